@@ -1,0 +1,50 @@
+"""Errors of the protocol package.
+
+    EdgefedError
+    ├── ProtocolError            bad bytes or messages from the wire (dropped and counted)
+    │   ├── MessageTooLarge      over the size limit before decoding
+    │   ├── DecodeError          not msgpack, wrong shape, failed validation
+    │   └── UnknownVersion       a version field we do not speak
+    └── ObjectError              an object (YAML/JSON) a user gave is invalid
+        └── UnsupportedField     a field edgefed does not implement (never dropped silently)
+"""
+
+from __future__ import annotations
+
+
+class EdgefedError(Exception):
+    """Base of every error edgefed raises on purpose."""
+
+
+class ProtocolError(EdgefedError):
+    """A message from the wire could not be accepted."""
+
+
+class MessageTooLarge(ProtocolError):
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"message of {size} bytes exceeds the limit of {limit} bytes")
+        self.size = size
+        self.limit = limit
+
+
+class DecodeError(ProtocolError):
+    """Not msgpack, not a map, or a field failed validation."""
+
+
+class UnknownVersion(ProtocolError):
+    def __init__(self, version: object) -> None:
+        super().__init__(f"unknown protocol version {version!r}")
+        self.version = version
+
+
+class ObjectError(EdgefedError):
+    """An object given by a user is invalid; `field` names where (dotted path)."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+
+class UnsupportedField(ObjectError):
+    """A field that Kubernetes has and edgefed does not implement."""

@@ -1,0 +1,322 @@
+"""Kubernetes-shaped objects: Node, Pod, DaemonSet, Deployment, ConfigMap.
+
+Field names follow Kubernetes (camelCase on the wire and in YAML, snake_case in
+Python). Every model forbids unknown fields, so a field edgefed does not implement
+is named in an error instead of being dropped silently; `parse_object` turns
+pydantic's errors into one readable `ObjectError` with the dotted field path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic.alias_generators import to_camel
+
+from shared.errors import ObjectError, UnsupportedField
+from shared.quantity import parse_resource
+from shared.topics import valid_node_name
+
+MAX_NAME = 253
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", populate_by_name=True, alias_generator=to_camel, frozen=False
+    )
+
+    def dump(self) -> dict[str, Any]:
+        """JSON-able dict with Kubernetes field names, defaults left out."""
+        out = self.model_dump(mode="json", by_alias=True, exclude_none=True, exclude_defaults=True)
+        for key in ("api_version", "kind"):
+            if key in type(self).model_fields:
+                out = {to_camel(key): getattr(self, key), **out}
+        return out
+
+
+def _check_name(v: str) -> str:
+    if not valid_node_name(v):
+        raise ValueError(
+            "must be a lowercase DNS-1123 name: a-z, 0-9, '-' and '.', "
+            f"starting and ending with a letter or digit, at most {MAX_NAME} characters"
+        )
+    return v
+
+
+class ObjectMeta(_Model):
+    name: str
+    namespace: str = "default"
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+    uid: str | None = None
+    generation: int | None = None
+    creation_timestamp: str | None = None
+
+    _name = field_validator("name", "namespace")(_check_name)
+
+
+class EnvVar(_Model):
+    name: str
+    value: str = ""
+
+
+class ContainerPort(_Model):
+    container_port: int = Field(ge=1, le=65535)
+    name: str | None = None
+    protocol: Literal["TCP", "UDP"] = "TCP"
+    host_port: int | None = Field(default=None, ge=1, le=65535)
+
+
+class ResourceRequirements(_Model):
+    requests: dict[str, str | int | float] = Field(default_factory=dict)
+    limits: dict[str, str | int | float] = Field(default_factory=dict)
+
+    @field_validator("requests", "limits")
+    @classmethod
+    def _quantities(cls, v: dict[str, str | int | float]) -> dict[str, str | int | float]:
+        for name, q in v.items():
+            try:
+                parse_resource(name, q, field=name)
+            except ObjectError as exc:
+                raise ValueError(exc.message) from None
+        return v
+
+    def request(self, name: str) -> int:
+        """Requested amount (limits stand in for missing requests, as in Kubernetes)."""
+        q = self.requests.get(name, self.limits.get(name))
+        return 0 if q is None else parse_resource(name, q, field=name)
+
+    def limit(self, name: str) -> int | None:
+        q = self.limits.get(name)
+        return None if q is None else parse_resource(name, q, field=name)
+
+
+class Container(_Model):
+    name: str
+    image: str = Field(min_length=1, max_length=1024)
+    command: list[str] = Field(default_factory=list)
+    args: list[str] = Field(default_factory=list)
+    env: list[EnvVar] = Field(default_factory=list)
+    working_dir: str | None = None
+    ports: list[ContainerPort] = Field(default_factory=list)
+    resources: ResourceRequirements = Field(default_factory=ResourceRequirements)
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+
+    _name = field_validator("name")(_check_name)
+
+
+class Toleration(_Model):
+    key: str | None = None
+    operator: Literal["Exists", "Equal"] = "Equal"
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    toleration_seconds: int | None = None
+
+
+class Taint(_Model):
+    key: str
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"]
+
+
+class PodSpec(_Model):
+    containers: list[Container] = Field(min_length=1)
+    restart_policy: Literal["Always", "OnFailure", "Never"] = "Always"
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    node_name: str | None = None
+    tolerations: list[Toleration] = Field(default_factory=list)
+    host_network: bool = True
+    termination_grace_period_seconds: int = Field(default=10, ge=0, le=3600)
+
+    @field_validator("containers")
+    @classmethod
+    def _unique(cls, v: list[Container]) -> list[Container]:
+        names = [c.name for c in v]
+        if len(set(names)) != len(names):
+            raise ValueError("container names must be unique within a pod")
+        return v
+
+    def requests(self) -> dict[str, int]:
+        """Summed requests of all containers, by resource name."""
+        total: dict[str, int] = {}
+        for c in self.containers:
+            for name in {*c.resources.requests, *c.resources.limits}:
+                total[name] = total.get(name, 0) + c.resources.request(name)
+        return total
+
+
+class PodTemplateMeta(_Model):
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+
+class PodTemplate(_Model):
+    metadata: PodTemplateMeta = Field(default_factory=PodTemplateMeta)
+    spec: PodSpec
+
+
+class LabelSelector(_Model):
+    match_labels: dict[str, str] = Field(default_factory=dict)
+
+    def matches(self, labels: dict[str, str]) -> bool:
+        return all(labels.get(k) == v for k, v in self.match_labels.items())
+
+
+class ContainerStatus(_Model):
+    name: str
+    state: Literal["waiting", "running", "terminated"] = "waiting"
+    ready: bool = False
+    restart_count: int = 0
+    exit_code: int | None = None
+    reason: str | None = None
+    message: str | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+
+
+PodPhase = Literal["Pending", "Running", "Succeeded", "Failed", "Unknown"]
+
+
+class PodStatus(_Model):
+    phase: PodPhase = "Pending"
+    reason: str | None = None
+    message: str | None = None
+    node_name: str | None = None
+    container_statuses: list[ContainerStatus] = Field(default_factory=list)
+    revision: str | None = None
+    updated_at: float | None = None
+
+
+class Pod(_Model):
+    api_version: Literal["v1"] = "v1"
+    kind: Literal["Pod"] = "Pod"
+    metadata: ObjectMeta
+    spec: PodSpec
+    status: PodStatus = Field(default_factory=PodStatus)
+
+
+class DaemonSetSpec(_Model):
+    selector: LabelSelector = Field(default_factory=LabelSelector)
+    template: PodTemplate
+
+
+class DaemonSet(_Model):
+    api_version: Literal["apps/v1"] = "apps/v1"
+    kind: Literal["DaemonSet"] = "DaemonSet"
+    metadata: ObjectMeta
+    spec: DaemonSetSpec
+
+
+class DeploymentSpec(_Model):
+    replicas: int = Field(default=1, ge=0, le=100_000)
+    selector: LabelSelector = Field(default_factory=LabelSelector)
+    template: PodTemplate
+
+
+class Deployment(_Model):
+    api_version: Literal["apps/v1"] = "apps/v1"
+    kind: Literal["Deployment"] = "Deployment"
+    metadata: ObjectMeta
+    spec: DeploymentSpec
+
+
+class ConfigMap(_Model):
+    api_version: Literal["v1"] = "v1"
+    kind: Literal["ConfigMap"] = "ConfigMap"
+    metadata: ObjectMeta
+    data: dict[str, str] = Field(default_factory=dict)
+
+
+class NodeCondition(_Model):
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str | None = None
+    message: str | None = None
+    last_transition: float | None = None
+
+
+class NodeSpec(_Model):
+    taints: list[Taint] = Field(default_factory=list)
+    unschedulable: bool = False
+
+
+class NodeStatus(_Model):
+    capacity: dict[str, int] = Field(default_factory=dict)
+    allocatable: dict[str, int] = Field(default_factory=dict)
+    arch: str = "amd64"
+    os: str = "linux"
+    agent_version: str | None = None
+    ready: Literal["Ready", "NotReady", "Unknown"] = "Unknown"
+    reason: str | None = None
+    last_seen: float | None = None
+    desired_gen: int = 0
+    acked_gen: int = 0
+    usage: dict[str, float] = Field(default_factory=dict)
+
+
+class Node(_Model):
+    api_version: Literal["v1"] = "v1"
+    kind: Literal["Node"] = "Node"
+    metadata: ObjectMeta
+    spec: NodeSpec = Field(default_factory=NodeSpec)
+    status: NodeStatus = Field(default_factory=NodeStatus)
+
+
+Workload = DaemonSet | Deployment | Pod
+KINDS: dict[str, type[_Model]] = {
+    "Pod": Pod,
+    "DaemonSet": DaemonSet,
+    "Deployment": Deployment,
+    "ConfigMap": ConfigMap,
+    "Node": Node,
+}
+API_VERSIONS = {"Pod": "v1", "ConfigMap": "v1", "Node": "v1", "DaemonSet": "apps/v1",
+                "Deployment": "apps/v1"}
+
+
+def _path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def parse_object(doc: Any) -> _Model:
+    """Validate one Kubernetes-style document into its model.
+
+    Raises `UnsupportedField` for fields edgefed does not implement and
+    `ObjectError` for anything else wrong, always naming the field.
+    """
+    if not isinstance(doc, dict):
+        raise ObjectError("a document must be a mapping with apiVersion, kind and metadata")
+    kind = doc.get("kind")
+    if kind not in KINDS:
+        raise ObjectError(
+            f"unsupported kind {kind!r}; supported: {', '.join(sorted(KINDS))}", field="kind"
+        )
+    want = API_VERSIONS[kind]
+    if doc.get("apiVersion", want) != want:
+        raise ObjectError(
+            f"{kind} must have apiVersion {want!r}, not {doc.get('apiVersion')!r}",
+            field="apiVersion",
+        )
+    try:
+        return KINDS[kind].model_validate(doc)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = _path(err["loc"])
+        if err["type"] == "extra_forbidden":
+            raise UnsupportedField(
+                f"{kind}: field {field!r} is not supported by edgefed", field=field
+            ) from None
+        ctx = err.get("ctx", {}).get("error")
+        msg = str(ctx) if isinstance(ctx, Exception) else err["msg"]
+        raise ObjectError(f"{kind}: {field}: {msg}", field=field) from None
+
+
+def spec_hash(obj: Any) -> str:
+    """Stable short hash of a JSON-able value (pod template revision)."""
+    raw = json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(raw).hexdigest()[:10]

@@ -1,0 +1,80 @@
+"""MQTT topic names: the only place a topic string is written.
+
+    fed/v1/{pp}/{node}/down   cloud -> edge: desired deltas, acks, requests
+    fed/v1/{pp}/{node}/up     edge -> cloud: reports, resync requests, responses
+    fed/v1/{pp}/{node}/will   last will of the edge session
+
+`pp` is the node's partition: two hex digits of crc32(node) % 256.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from typing import Literal
+
+PREFIX = "fed/v1"
+PARTITIONS = 256
+Direction = Literal["down", "up", "will"]
+
+# DNS-1123 subdomain: also guarantees no MQTT wildcard or level separator in a name.
+_NODE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+
+
+def valid_node_name(name: str) -> bool:
+    return bool(_NODE_NAME.match(name))
+
+
+def partition_of(node: str) -> int:
+    return zlib.crc32(node.encode()) % PARTITIONS
+
+
+def pp(partition: int) -> str:
+    return f"{partition:02x}"
+
+
+def topic(node: str, direction: Direction) -> str:
+    return f"{PREFIX}/{pp(partition_of(node))}/{node}/{direction}"
+
+
+def down(node: str) -> str:
+    return topic(node, "down")
+
+
+def up(node: str) -> str:
+    return topic(node, "up")
+
+
+def will(node: str) -> str:
+    return topic(node, "will")
+
+
+def up_filter(partition: int) -> str:
+    """Subscription a cloud shard makes for one partition's reports."""
+    return f"{PREFIX}/{pp(partition)}/+/up"
+
+
+def will_filter(partition: int) -> str:
+    return f"{PREFIX}/{pp(partition)}/+/will"
+
+
+def all_up_filters() -> list[str]:
+    """Partition-independent filters, for an embedded cloud that owns all 256."""
+    return [f"{PREFIX}/+/+/up", f"{PREFIX}/+/+/will"]
+
+
+def parse(topic_name: str) -> tuple[str, Direction] | None:
+    """(node, direction) of a topic, or None if it is not ours or is inconsistent.
+
+    The partition must match the node name: a message whose topic lies about its
+    partition is refused like any other forged input.
+    """
+    parts = topic_name.split("/")
+    if len(parts) != 5 or f"{parts[0]}/{parts[1]}" != PREFIX:
+        return None
+    _, _, part, node, direction = parts
+    if direction not in ("down", "up", "will") or not valid_node_name(node):
+        return None
+    if part != pp(partition_of(node)):
+        return None
+    return node, direction  # type: ignore[return-value]
