@@ -1,0 +1,121 @@
+"""The one settings tree of the cloudcore binary.
+
+Every field has a default, a unit and a reason in its docstring comment; CLI flags
+and `CLOUDCORE_*` environment variables map onto it in `__main__`. `validate()` runs
+before anything starts, so a bad value fails fast with the field's name instead of
+half a service coming up. Settings are passed down explicitly; nothing reads them
+from a global.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cloudcore.errors import ConfigError
+
+
+@dataclass
+class StoreSettings:
+    state_dir: Path = Path("./cloudcore-state")
+    """Directory of the LMDB environment (created if missing)."""
+    map_size: int = 4 * 1024**3
+    """LMDB map size in bytes (address space, not disk); default 4 GiB."""
+    batch_interval: float = 0.02
+    """Seconds the writer waits to gather a batch before committing (group commit)."""
+    batch_max_ops: int = 5000
+    """Commit early once this many distinct puts/deletes are pending."""
+
+
+@dataclass
+class MqttSettings:
+    host: str = "127.0.0.1"
+    """Broker host."""
+    port: int = 1883
+    """Broker port."""
+    client_id: str = "cloudcore"
+    """Prefix of the MQTT client ids; fixed so the broker keeps the subscriber's
+    persistent session (clean_session false) and queued QoS 1 reports survive a restart."""
+    keepalive: int = 30
+    """MQTT keepalive in seconds."""
+    publishers: int = 1
+    """Publisher connections (nodes are spread over them by partition)."""
+    publish_concurrency: int = 256
+    """QoS 1 publishes awaiting PUBACK at once, per publisher connection."""
+    reconnect_base: float = 0.5
+    """First reconnect delay in seconds (jittered, doubled per failure)."""
+    reconnect_cap: float = 30.0
+    """Longest reconnect delay in seconds."""
+
+
+@dataclass
+class HttpSettings:
+    host: str = "127.0.0.1"
+    """Address the API binds to."""
+    port: int = 8080
+    """API port; 0 picks a free one (the chosen port is printed)."""
+
+
+@dataclass
+class SyncSettings:
+    heartbeat: float = 30.0
+    """Default edge heartbeat in seconds, for nodes that do not state their own.
+    A node is NotReady after 3 x heartbeat without a report."""
+    missed_heartbeats: int = 3
+    """Heartbeats a node may miss before it is NotReady."""
+    ack_timeout: float = 5.0
+    """Seconds to wait for a desired ack before the first resend."""
+    ack_timeout_cap: float = 120.0
+    """Longest wait between resends of a desired delta (backoff cap), seconds."""
+    liveness_interval: float = 1.0
+    """How often liveness deadlines are checked, seconds."""
+    log_interval: float = 60.0
+    """Bad input from one node is logged at most once per this many seconds."""
+    telemetry_points: int = 120
+    """Telemetry samples kept in memory per node (for the forecaster)."""
+
+
+@dataclass
+class Settings:
+    store: StoreSettings = field(default_factory=StoreSettings)
+    mqtt: MqttSettings = field(default_factory=MqttSettings)
+    http: HttpSettings = field(default_factory=HttpSettings)
+    sync: SyncSettings = field(default_factory=SyncSettings)
+    log_level: str = "INFO"
+    """Python logging level name."""
+
+    def validate(self) -> Settings:
+        """Raise ConfigError naming the first invalid field; returns self for chaining."""
+        _positive("store.batch_interval", self.store.batch_interval)
+        _positive("store.batch_max_ops", self.store.batch_max_ops)
+        _positive("store.map_size", self.store.map_size)
+        _port("mqtt.port", self.mqtt.port, allow_zero=False)
+        _port("http.port", self.http.port, allow_zero=True)
+        if not self.mqtt.host:
+            raise ConfigError("mqtt.host must not be empty", field="mqtt.host")
+        if not self.mqtt.client_id or len(self.mqtt.client_id) > 20:
+            raise ConfigError("mqtt.client_id must be 1..20 characters", field="mqtt.client_id")
+        for name in ("keepalive", "publishers", "publish_concurrency"):
+            _positive(f"mqtt.{name}", getattr(self.mqtt, name))
+        _positive("mqtt.reconnect_base", self.mqtt.reconnect_base)
+        if self.mqtt.reconnect_cap < self.mqtt.reconnect_base:
+            raise ConfigError("mqtt.reconnect_cap must be >= mqtt.reconnect_base",
+                              field="mqtt.reconnect_cap")
+        for name in ("heartbeat", "missed_heartbeats", "ack_timeout", "ack_timeout_cap",
+                     "liveness_interval", "log_interval", "telemetry_points"):
+            _positive(f"sync.{name}", getattr(self.sync, name))
+        if logging.getLevelName(self.log_level.upper()) not in range(0, 60):
+            raise ConfigError(f"log_level: unknown level {self.log_level!r}", field="log_level")
+        return self
+
+
+def _positive(name: str, value: float) -> None:
+    if not value > 0:
+        raise ConfigError(f"{name} must be > 0, got {value!r}", field=name)
+
+
+def _port(name: str, value: int, *, allow_zero: bool) -> None:
+    low = 0 if allow_zero else 1
+    if not low <= value <= 65535:
+        raise ConfigError(f"{name} must be in {low}..65535, got {value!r}", field=name)

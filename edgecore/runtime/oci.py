@@ -1,0 +1,209 @@
+"""Turn a ContainerSpec plus an image config into an OCI runtime ``config.json``.
+
+Pure functions, no I/O except reading ``/etc/passwd`` of the image rootfs, so
+the mapping from spec to OCI (namespaces, limits, process) is easy to test
+and to read in one place.
+
+Choices (see docs/runtime.md): the container shares the host network
+namespace (edgefed has no CNI); pid, ipc, uts and mount namespaces are
+private; capabilities are podman's default set; no_new_privileges is on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from edgecore.runtime.errors import InvalidSpec
+from edgecore.runtime.images import ImageConfig
+from edgecore.runtime.types import ContainerSpec
+
+__all__ = ["ANNOTATION_DIGEST", "ANNOTATION_IMAGE", "ANNOTATION_NAME", "build_oci_config"]
+
+ANNOTATION_NAME = "io.edgefed.container.name"
+ANNOTATION_IMAGE = "io.edgefed.container.image"
+ANNOTATION_DIGEST = "io.edgefed.container.image-digest"
+
+CPU_PERIOD_US = 100_000
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+_CAPS = [
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL",
+    "CAP_NET_BIND_SERVICE", "CAP_SETFCAP", "CAP_SETGID", "CAP_SETPCAP", "CAP_SETUID",
+    "CAP_SYS_CHROOT",
+]  # fmt: skip
+
+_MASKED = [
+    "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+    "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi",
+    "/sys/firmware", "/sys/fs/selinux", "/sys/dev/block",
+]  # fmt: skip
+_READONLY = [
+    "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger",
+]  # fmt: skip
+
+# (type, major, minor) of the devices every container gets.
+_DEVICES = [("c", 1, 3), ("c", 1, 5), ("c", 1, 7), ("c", 1, 8), ("c", 1, 9), ("c", 5, 0),
+            ("c", 5, 2), ("c", 136, -1)]  # fmt: skip
+
+
+def _lookup(path: Path, name: str, field: int) -> int | None:
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        parts = line.split(":")
+        if len(parts) > field and parts[0] == name and parts[field].isdigit():
+            return int(parts[field])
+    return None
+
+
+def resolve_user(user: str, rootfs: Path) -> tuple[int, int]:
+    """Image ``User`` (``""``, ``uid``, ``name``, ``uid:gid``, ``name:group``) -> (uid, gid)."""
+    if not user:
+        return 0, 0
+    name, _, group = user.partition(":")
+    if name.isdigit():
+        uid = int(name)
+        gid_default = _lookup_gid_of_uid(rootfs, uid)
+    else:
+        found = _lookup(rootfs / "etc/passwd", name, 2)
+        if found is None:
+            raise InvalidSpec(f"image user {name!r} is not in the image's /etc/passwd")
+        uid = found
+        gid_default = _lookup(rootfs / "etc/passwd", name, 3) or 0
+    if not group:
+        return uid, gid_default
+    if group.isdigit():
+        return uid, int(group)
+    gid = _lookup(rootfs / "etc/group", group, 2)
+    if gid is None:
+        raise InvalidSpec(f"image group {group!r} is not in the image's /etc/group")
+    return uid, gid
+
+
+def _lookup_gid_of_uid(rootfs: Path, uid: int) -> int:
+    try:
+        lines = (rootfs / "etc/passwd").read_text(errors="replace").splitlines()
+    except OSError:
+        return 0
+    for line in lines:
+        parts = line.split(":")
+        if len(parts) > 3 and parts[2] == str(uid) and parts[3].isdigit():
+            return int(parts[3])
+    return 0
+
+
+def process_args(spec: ContainerSpec, image: ImageConfig) -> list[str]:
+    """Kubernetes rules: command replaces Entrypoint, args replace Cmd."""
+    if spec.command:
+        argv = [*spec.command, *spec.args]
+    elif spec.args:
+        argv = [*image.entrypoint, *spec.args]
+    else:
+        argv = [*image.entrypoint, *image.cmd]
+    if not argv:
+        raise InvalidSpec(
+            f"container {spec.name!r}: neither the spec nor image {spec.image!r} "
+            "gives a command to run"
+        )
+    return argv
+
+
+def merge_env(image_env: tuple[str, ...], env: Mapping[str, str], hostname: str) -> list[str]:
+    merged: dict[str, str] = {"PATH": DEFAULT_PATH}
+    for item in image_env:
+        key, _, value = item.partition("=")
+        merged[key] = value
+    merged["HOSTNAME"] = hostname
+    merged.update(env)
+    return [f"{k}={v}" for k, v in merged.items()]
+
+
+def build_oci_config(
+    *,
+    spec: ContainerSpec,
+    image: ImageConfig,
+    digest: str,
+    rootfs: Path,
+    cgroups_path: str,
+    swap_accounting: bool,
+    host_files: tuple[str, ...] = ("/etc/resolv.conf", "/etc/hosts"),
+) -> dict[str, Any]:
+    """The OCI runtime config for ``spec``; ``rootfs`` is only read for user lookup."""
+    uid, gid = resolve_user(image.user, rootfs)
+    hostname = spec.name
+    resources: dict[str, Any] = {
+        "devices": [{"allow": False, "access": "rwm"}]
+        + [
+            {"allow": True, "type": t, "major": ma, "minor": mi, "access": "rwm"}
+            for t, ma, mi in _DEVICES
+        ],
+    }
+    if spec.memory_limit_bytes is not None:
+        resources["memory"] = {"limit": spec.memory_limit_bytes}
+        if swap_accounting:
+            # limit+swap == limit: no swap, so the OOM killer acts at the limit.
+            resources["memory"]["swap"] = spec.memory_limit_bytes
+    if spec.cpu_limit_millis is not None:
+        resources["cpu"] = {
+            "quota": spec.cpu_limit_millis * CPU_PERIOD_US // 1000,
+            "period": CPU_PERIOD_US,
+        }
+    if spec.pids_limit is not None:
+        resources["pids"] = {"limit": spec.pids_limit}
+
+    mounts: list[dict[str, Any]] = [
+        {"destination": "/proc", "type": "proc", "source": "proc"},
+        {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+         "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+        {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+         "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]},
+        {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+         "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
+        {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
+         "options": ["nosuid", "noexec", "nodev"]},
+        {"destination": "/sys", "type": "sysfs", "source": "sysfs",
+         "options": ["nosuid", "noexec", "nodev", "ro"]},
+        {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
+         "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]},
+        {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
+         "options": ["nosuid", "nodev", "mode=1777", "size=65536k"]},
+    ]  # fmt: skip
+    # Host networking: the container must resolve names like the host does.
+    mounts += [
+        {"destination": f, "type": "bind", "source": f, "options": ["rbind", "ro", "nosuid", "nodev"]}
+        for f in host_files
+        if Path(f).exists()
+    ]
+    return {
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": False,
+            "user": {"uid": uid, "gid": gid},
+            "args": process_args(spec, image),
+            "env": merge_env(image.env, spec.env, hostname),
+            "cwd": spec.working_dir or image.working_dir or "/",
+            "capabilities": {k: list(_CAPS) for k in ("bounding", "effective", "permitted")},
+            "noNewPrivileges": True,
+        },
+        "root": {"path": "rootfs", "readonly": False},
+        "hostname": hostname,
+        "mounts": mounts,
+        "annotations": {
+            **spec.annotations,
+            ANNOTATION_NAME: spec.name,
+            ANNOTATION_IMAGE: spec.image,
+            ANNOTATION_DIGEST: digest,
+        },
+        "linux": {
+            # No "network" entry: the container joins the host's network namespace.
+            "namespaces": [{"type": t} for t in ("pid", "ipc", "uts", "mount")],
+            "cgroupsPath": cgroups_path,
+            "resources": resources,
+            "maskedPaths": list(_MASKED),
+            "readonlyPaths": list(_READONLY),
+        },
+    }

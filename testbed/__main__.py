@@ -1,0 +1,175 @@
+"""`testbed`: run a local edgefed fleet, the demo, and the benchmarks.
+
+    testbed up --nodes 3          start everything, print how to reach it, Ctrl-C stops
+    testbed demo                  up + apply examples/ + wait for convergence + fetch a page
+    testbed bench sync --nodes N  simulated fleet: time for a DaemonSet to be acked by all
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import yaml
+
+from testbed.fleet import Fleet, FleetSettings
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def _wait_for_stop(duration: float | None) -> None:
+    """Sleep until Ctrl-C / SIGTERM, or for `duration` seconds when given."""
+    stop = False
+
+    def on_signal(*_: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    deadline = None if duration is None else time.monotonic() + duration
+    while not stop and (deadline is None or time.monotonic() < deadline):
+        time.sleep(0.2)
+
+
+def _print_fleet(fleet: Fleet) -> None:
+    assert fleet.broker is not None
+    print(f"  cloudcore API   {fleet.api}   (export FEDCTL_SERVER={fleet.api})")
+    print(f"  mosquitto       {fleet.broker.host}:{fleet.broker.port}")
+    if fleet.registry is not None:
+        print(f"  registry        {fleet.registry.address}   image {fleet.image}")
+    for a in fleet.agents:
+        where = f"netns {a.host.name}" if a.host else "host network"
+        print(f"  {a.name:<14}  {a.address:<15} {where}   state {a.state_dir}")
+    print(f"  logs            {fleet.workdir / 'logs'}")
+
+
+def _settings(args: argparse.Namespace) -> FleetSettings:
+    return FleetSettings(nodes=args.nodes, workdir=Path(args.workdir),
+                         heartbeat_s=args.heartbeat,
+                         use_netns=False if args.no_netns else None)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    fleet = Fleet(_settings(args))
+    print(f"starting a fleet of {args.nodes} edge agents ...", flush=True)
+    with fleet:
+        fleet.wait_nodes_ready(timeout=60)
+        print("fleet is up:")
+        _print_fleet(fleet)
+        print("Ctrl-C stops everything.", flush=True)
+        _wait_for_stop(None)
+        print("stopping ...", flush=True)
+    return 0
+
+
+def _fedctl(fleet: Fleet, *argv: str, stdin: str | None = None) -> str:
+    cmd = [sys.executable, "-m", "fedctl", "--server", fleet.api, *argv]
+    r = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=120)
+    if r.returncode != 0:
+        raise RuntimeError(f"fedctl {' '.join(argv)} failed ({r.returncode}): {r.stderr.strip()}")
+    return r.stdout
+
+
+def example_documents(image: str) -> str:
+    """The examples/ manifests with ${IMAGE} set to the testbed registry's busybox."""
+    texts = [p.read_text().replace("${IMAGE}", image) for p in sorted(EXAMPLES.glob("*.yaml"))]
+    return "\n---\n".join(texts)
+
+
+def expected_pods(docs: str, nodes: int) -> int:
+    n = 0
+    for d in yaml.safe_load_all(docs):
+        if not d:
+            continue
+        n += nodes if d["kind"] == "DaemonSet" else d["spec"].get("replicas", 1)
+    return n
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    duration_env = os.environ.get("DEMO_DURATION", "")
+    duration = float(duration_env) if duration_env else None
+    fleet = Fleet(_settings(args))
+    t0 = time.monotonic()
+    print(f"== starting mosquitto, a registry, cloudcore and {args.nodes} edge agents", flush=True)
+    try:
+        with fleet:
+            fleet.wait_nodes_ready(timeout=90)
+            _print_fleet(fleet)
+            print(f"== nodes Ready after {time.monotonic() - t0:.1f} s", flush=True)
+            print(_fedctl(fleet, "get", "nodes"), flush=True)
+            docs = example_documents(fleet.image)
+            print("== fedctl apply -f examples/", flush=True)
+            print(_fedctl(fleet, "apply", "-f", "-", stdin=docs), flush=True)
+            want = expected_pods(docs, args.nodes)
+            t1 = time.monotonic()
+
+            def converged() -> bool:
+                pods = fleet.pods()
+                return len(pods) == want and all(
+                    p.get("status", {}).get("phase") == "Running" for p in pods)
+
+            try:
+                fleet.wait(converged, timeout=120, what=f"{want} pods Running")
+            except TimeoutError as exc:
+                print(_fedctl(fleet, "get", "pods", "-o", "wide"))
+                raise SystemExit(f"demo failed: {exc}") from None
+            print(f"== {want} pods Running {time.monotonic() - t1:.1f} s after apply", flush=True)
+            print(_fedctl(fleet, "get", "pods", "-o", "wide"), flush=True)
+            a = fleet.agents[0]
+            url = f"http://{a.address}:8080/"
+            with urllib.request.urlopen(url, timeout=10) as r:
+                page = r.read().decode(errors="replace").strip()
+            print(f"== GET {url} (pod web-{a.name}) ->\n{page}", flush=True)
+            if duration == 0:
+                print("== demo converged; DEMO_DURATION=0, stopping", flush=True)
+                return 0
+            print("== demo running; Ctrl-C stops everything "
+                  f"(try: FEDCTL_SERVER={fleet.api} .venv/bin/fedctl get pods)", flush=True)
+            _wait_for_stop(duration)
+            print("stopping ...", flush=True)
+    except (TimeoutError, RuntimeError) as exc:
+        print(f"demo failed: {exc}", file=sys.stderr)
+        for p in [fleet.cloud, *(a.proc for a in fleet.agents)]:
+            if p is not None:
+                print(f"--- last lines of {p.name} ({p.log})\n{p.tail(15)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from testbed.bench import bench_sync
+
+    return bench_sync(nodes=args.nodes, procs=args.procs, workdir=Path(args.workdir))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="testbed", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    for name, fn in (("up", cmd_up), ("demo", cmd_demo)):
+        s = sub.add_parser(name)
+        s.add_argument("--nodes", type=int, default=3)
+        s.add_argument("--workdir", default="var/testbed")
+        s.add_argument("--heartbeat", type=float, default=5.0, help="agent heartbeat, seconds")
+        s.add_argument("--no-netns", action="store_true",
+                       help="run agents in the host network (pods' ports may clash)")
+        s.set_defaults(fn=fn)
+    b = sub.add_parser("bench")
+    b.add_argument("what", choices=["sync"])
+    b.add_argument("--nodes", type=int, default=5000)
+    b.add_argument("--procs", type=int, default=2, help="simulator processes")
+    b.add_argument("--workdir", default="var/bench")
+    b.set_defaults(fn=cmd_bench)
+    args = p.parse_args(argv)
+    return int(args.fn(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

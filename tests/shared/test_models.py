@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+import pytest
+
+from shared.errors import ObjectError, UnsupportedField
+from shared.models import DaemonSet, parse_object
+from shared.quantity import parse_cpu, parse_memory
+
+DS = {
+    "apiVersion": "apps/v1",
+    "kind": "DaemonSet",
+    "metadata": {"name": "web", "labels": {"app": "web"}},
+    "spec": {
+        "selector": {"matchLabels": {"app": "web"}},
+        "template": {
+            "metadata": {"labels": {"app": "web"}},
+            "spec": {"containers": [{"name": "httpd", "image": "busybox",
+                                     "args": ["httpd", "-f"],
+                                     "resources": {"limits": {"cpu": "250m", "memory": "32Mi"}}}]},
+        },
+    },
+}
+
+
+def test_daemonset_parses_and_dumps_back():
+    obj = parse_object(DS)
+    assert isinstance(obj, DaemonSet)
+    assert parse_object(obj.dump()) == obj
+    assert obj.spec.template.spec.requests() == {"cpu": 250, "memory": 32 * 2**20}
+
+
+def test_unsupported_field_is_named():
+    doc = {**DS, "spec": {**DS["spec"], "updateStrategy": {"type": "RollingUpdate"}}}
+    with pytest.raises(UnsupportedField) as err:
+        parse_object(doc)
+    assert err.value.field == "spec.updateStrategy"
+
+
+def test_bad_values_name_the_field():
+    with pytest.raises(ObjectError) as err:
+        parse_object({"kind": "Pod", "metadata": {"name": "Bad_Name"},
+                      "spec": {"containers": [{"name": "c", "image": "i"}]}})
+    assert err.value.field == "metadata.name"
+    with pytest.raises(ObjectError, match="unsupported kind"):
+        parse_object({"kind": "StatefulSet", "metadata": {"name": "x"}})
+    with pytest.raises(ObjectError, match="apiVersion"):
+        parse_object({**DS, "apiVersion": "v1"})
+    with pytest.raises(ObjectError, match="mapping"):
+        parse_object(["not", "a", "map"])
+
+
+def test_quantities():
+    assert parse_cpu("250m") == 250
+    assert parse_cpu("2") == 2000
+    assert parse_cpu(0.5) == 500
+    assert parse_memory("64Mi") == 64 * 2**20
+    assert parse_memory("1G") == 10**9
+    with pytest.raises(ObjectError):
+        parse_memory("12Qi")
