@@ -1,0 +1,141 @@
+"""The agent's one settings object: every knob, its default and its unit, validated.
+
+Built once (by `edgecore.__main__` from the command line, or by a test) and passed
+explicitly to every component; nothing reads configuration from globals or the
+environment behind the caller's back.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgecore.errors import ConfigError
+from shared.topics import valid_node_name
+
+MiB = 1024 * 1024
+_LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+_LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
+_HOSTPORT = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:[0-9]{1,5}$|^[A-Za-z0-9.\-]+$")
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    """Settings of one edge agent. Units are in the field names or the comments."""
+
+    node: str
+    """Node name (DNS-1123); also the MQTT client id and part of every topic."""
+    state_dir: Path
+    """Directory owned by the agent: LMDB cache in `cache/`, runtime root in `runtime/`."""
+    labels: dict[str, str] = field(default_factory=dict)
+    """Node labels reported to the cloud (used by nodeSelector). Default: none."""
+
+    mqtt_host: str = "127.0.0.1"
+    """Broker host name or address."""
+    mqtt_port: int = 1883
+    """Broker TCP port."""
+    mqtt_keepalive_s: int = 30
+    """MQTT keepalive in seconds; the broker declares the session dead (and publishes the
+    will) after 1.5x this without traffic."""
+    reconnect_initial_s: float = 0.5
+    """First reconnect delay in seconds; doubles per failed attempt (jittered)."""
+    reconnect_max_s: float = 30.0
+    """Cap of the reconnect delay in seconds."""
+
+    heartbeat_s: float = 30.0
+    """Seconds between heartbeats (an empty report), jittered by `heartbeat_jitter`."""
+    heartbeat_jitter: float = 0.1
+    """Fraction (0..0.5) by which each heartbeat interval is randomised."""
+    report_batch_s: float = 0.5
+    """Seconds the reporter waits to collect pod status changes into one report."""
+    reconcile_interval_s: float = 5.0
+    """Seconds between level-triggered reconcile passes when nothing wakes the reconciler."""
+    outbox_budget_bytes: int = 64 * MiB
+    """Bytes of unacknowledged reports kept in the LMDB outbox; over it, the oldest
+    telemetry/heartbeats are dropped first, then old status reports, never the newest."""
+    cache_map_bytes: int = 1024 * MiB
+    """LMDB map size in bytes (address space, not RAM; a ceiling for the cache file)."""
+
+    insecure_registries: tuple[str, ...] = ()
+    """Registries (host:port) pulled from over plain HTTP / without TLS verification."""
+    runtime_dir: Path | None = None
+    """Runtime (crun) root; default `state_dir / "runtime"`."""
+
+    capacity_cpu_millis: int | None = None
+    """Override of the cpu capacity in millicores; default os.cpu_count() * 1000."""
+    capacity_memory_bytes: int | None = None
+    """Override of the memory capacity in bytes; default MemTotal of /proc/meminfo."""
+    capacity_pods: int = 110
+    """Maximum pods on this node (Kubernetes' default 110)."""
+
+    crashloop_initial_s: float = 10.0
+    """First CrashLoopBackOff delay in seconds; doubles per consecutive crash."""
+    crashloop_max_s: float = 300.0
+    """Cap of the CrashLoopBackOff delay in seconds (5 min as in Kubernetes)."""
+    crashloop_reset_s: float = 600.0
+    """A container that ran this many seconds before exiting resets its backoff."""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.state_dir / "cache"
+
+    @property
+    def runtime_root(self) -> Path:
+        return self.runtime_dir or self.state_dir / "runtime"
+
+    def validate(self) -> None:
+        """Raise `ConfigError` naming the first invalid field and its limit."""
+        if not valid_node_name(self.node):
+            raise ConfigError(
+                "must be a lowercase DNS-1123 name (a-z, 0-9, '-', '.'; at most 253 chars)",
+                field="node",
+            )
+        if not str(self.state_dir):
+            raise ConfigError("must be a directory path", field="state_dir")
+        for k, v in self.labels.items():
+            if not _LABEL_KEY.match(k) or len(k) > 253:
+                raise ConfigError(f"invalid label key {k!r}", field="labels")
+            if not _LABEL_VALUE.match(v):
+                raise ConfigError(
+                    f"invalid value {v!r} for label {k!r} (at most 63 chars of [A-Za-z0-9-_.])",
+                    field="labels",
+                )
+        if not self.mqtt_host:
+            raise ConfigError("must not be empty", field="mqtt_host")
+        _range("mqtt_port", self.mqtt_port, 1, 65535)
+        _range("mqtt_keepalive_s", self.mqtt_keepalive_s, 5, 65535)
+        _range("reconnect_initial_s", self.reconnect_initial_s, 0.01, 3600)
+        _range("reconnect_max_s", self.reconnect_max_s, self.reconnect_initial_s, 3600)
+        _range("heartbeat_s", self.heartbeat_s, 0.1, 86400)
+        _range("heartbeat_jitter", self.heartbeat_jitter, 0, 0.5)
+        _range("report_batch_s", self.report_batch_s, 0, 60)
+        _range("reconcile_interval_s", self.reconcile_interval_s, 0.05, 3600)
+        _range("outbox_budget_bytes", self.outbox_budget_bytes, 64 * 1024, 1 << 40)
+        _range("cache_map_bytes", self.cache_map_bytes, 4 * MiB, 1 << 44)
+        if self.outbox_budget_bytes > self.cache_map_bytes // 2:
+            raise ConfigError(
+                f"must be at most half of cache_map_bytes ({self.cache_map_bytes // 2})",
+                field="outbox_budget_bytes",
+            )
+        for reg in self.insecure_registries:
+            if not _HOSTPORT.match(reg):
+                raise ConfigError(f"{reg!r} is not host or host:port", field="insecure_registries")
+        if self.capacity_cpu_millis is not None:
+            _range("capacity_cpu_millis", self.capacity_cpu_millis, 1, 1 << 32)
+        if self.capacity_memory_bytes is not None:
+            _range("capacity_memory_bytes", self.capacity_memory_bytes, MiB, 1 << 50)
+        _range("capacity_pods", self.capacity_pods, 0, 10_000)
+        _range("crashloop_initial_s", self.crashloop_initial_s, 0.01, 3600)
+        _range("crashloop_max_s", self.crashloop_max_s, self.crashloop_initial_s, 86400)
+        _range("crashloop_reset_s", self.crashloop_reset_s, 1, 86400)
+
+
+def _range(name: str, value: float, lo: float, hi: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"must be a number, got {value!r}", field=name)
+    if not lo <= value <= hi:
+        raise ConfigError(f"{value!r} is outside [{lo}, {hi}]", field=name)

@@ -1,0 +1,577 @@
+"""CrunRuntime: edgefed's only way to run a container, on crun under conmon.
+
+Why conmon: the agent must be restartable (upgrades, crashes, kill -9) without
+taking its workloads down and without losing their output or exit status.
+conmon is a tiny per-container monitor that owns the container's stdio (k8s
+log file) and writes its exit code to a file; started in its own session and
+double-forked, it is reparented away from the agent, so a new agent process
+finds the container running (``crun list``) or finds its exit file.
+
+Why a wrapper on hybrid hosts: crun refuses a host whose ``/sys/fs/cgroup`` is
+a v1 tmpfs with a v2 hierarchy at ``/sys/fs/cgroup/unified`` ("cgroups in
+hybrid mode not supported").  Detected once at construction; crun is then
+invoked (by us and by conmon, via ``-r``) through a generated script that
+enters a private mount namespace, unmounts the unified hierarchy there only,
+and execs crun, which then sees a plain cgroup v1 host.
+
+Layout under ``root_dir``::
+
+    crun/                 crun --root (crun's own state)
+    images/               one OCI image layout shared by all images (skopeo)
+    rootfs-cache/<digest> read-only rootfs, unpacked once per image (umoci)
+    bundles/<cid>/        config.json, rootfs (overlay mount), upper/, work/,
+                          meta.json (timestamps), conmon.pid, conmon.out
+    exits/<cid>           exit code written by conmon
+    logs/<cid>.log        stdout+stderr in k8s-file format, written by conmon
+    conmon/persist/<cid>/ conmon's per-container persist dir (oom marker)
+    conmon/sockets/       conmon's attach-socket dir (unused, but required)
+    crun-wrapper.sh       only on hybrid-cgroup hosts
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shlex
+import shutil
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from edgecore.runtime._proc import describe, run_cmd
+from edgecore.runtime.errors import (
+    ContainerExists,
+    ContainerNotFound,
+    ContainerRuntimeError,
+    ContainerStartError,
+    HostUnsupported,
+    RuntimeCommandError,
+)
+from edgecore.runtime.images import ImageStore
+from edgecore.runtime.oci import build_oci_config
+from edgecore.runtime.types import ContainerSpec, ContainerState, ContainerStatus, validate_cid
+
+__all__ = ["CrunRuntime", "detect_hybrid_cgroups", "parse_k8s_log"]
+
+_CGROUP2_MOUNT = "/sys/fs/cgroup/unified"
+_POLL_S = 0.02
+
+
+def detect_hybrid_cgroups(mountinfo: str | None = None) -> bool:
+    """True if the host mounts cgroup v1 at /sys/fs/cgroup and cgroup v2 at .../unified.
+
+    This is crun's own test (statfs of /sys/fs/cgroup and of the unified
+    directory), done on /proc/self/mountinfo so no process is spawned.
+    """
+    if mountinfo is None:
+        mountinfo = Path("/proc/self/mountinfo").read_text()
+    fstypes: dict[str, str] = {}
+    for line in mountinfo.splitlines():
+        left, sep, right = line.partition(" - ")
+        fields = left.split()
+        if not sep or len(fields) < 5:
+            continue
+        fstypes[fields[4]] = right.split()[0]
+    return fstypes.get("/sys/fs/cgroup") != "cgroup2" and fstypes.get(_CGROUP2_MOUNT) == "cgroup2"
+
+
+def parse_k8s_log(data: bytes) -> bytes:
+    """Reassemble container output from conmon's k8s-file lines.
+
+    Each line is ``<timestamp> <stdout|stderr> <F|P> <content>``; ``P`` marks a
+    partial line (no newline in the original output).
+    """
+    out = bytearray()
+    for line in data.split(b"\n"):
+        parts = line.split(b" ", 3)
+        if len(parts) < 3:
+            continue
+        out += parts[3] if len(parts) == 4 else b""
+        if parts[2] != b"P":
+            out += b"\n"
+    return bytes(out)
+
+
+def _proc_alive(pid: int) -> bool:
+    """True if ``pid`` exists and is not a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+class CrunRuntime:
+    """The :class:`~edgecore.runtime.types.Runtime` on crun + conmon + skopeo + umoci.
+
+    Construction is cheap and synchronous: it resolves the binaries (raising
+    :class:`HostUnsupported` if one is missing), creates the directory layout,
+    and detects hybrid cgroups once.  Any number of instances (including ones
+    in later agent processes) may use the same ``root_dir`` one after another;
+    concurrent use of one root by two live agents is not supported.
+    """
+
+    def __init__(
+        self,
+        root_dir: Path,
+        *,
+        insecure_registries: tuple[str, ...] = (),
+        crun: str = "crun",
+        conmon: str = "conmon",
+        skopeo: str = "skopeo",
+        umoci: str = "umoci",
+        cgroup_parent: str = "/edgefed",
+        hybrid_cgroups: bool | None = None,
+        log_size_max_bytes: int = 16 * 1024 * 1024,
+        start_timeout_s: float = 30.0,
+    ) -> None:
+        self.root = Path(root_dir).absolute()
+        self._crun = self._which(crun)
+        self._conmon = self._which(conmon)
+        self._unshare = self._which("unshare") if hybrid_cgroups is not False else ""
+        self._mount = self._which("mount")
+        self._umount = self._which("umount")
+        if not cgroup_parent.startswith("/"):
+            raise HostUnsupported(f"cgroup_parent {cgroup_parent!r} must be an absolute path")
+        self._cgroup_parent = cgroup_parent.rstrip("/")
+        self._log_size_max = log_size_max_bytes
+        self._start_timeout_s = start_timeout_s
+
+        self._crun_root = self.root / "crun"
+        self._bundles = self.root / "bundles"
+        self._exits = self.root / "exits"
+        self._logs = self.root / "logs"
+        self._persist = self.root / "conmon" / "persist"
+        self._sockets = self.root / "conmon" / "sockets"
+        for d in (self._crun_root, self._bundles, self._exits, self._logs, self._persist,
+                  self._sockets):  # fmt: skip
+            d.mkdir(parents=True, exist_ok=True)
+        self.images = ImageStore(
+            self.root, insecure_registries=insecure_registries, skopeo=skopeo, umoci=umoci
+        )
+
+        self.hybrid_cgroups = detect_hybrid_cgroups() if hybrid_cgroups is None else hybrid_cgroups
+        self.runtime_path = self._write_wrapper() if self.hybrid_cgroups else self._crun
+        v2 = Path("/sys/fs/cgroup/cgroup.controllers").exists()
+        self._swap_accounting = v2 or Path(
+            "/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes"
+        ).exists()
+
+    @staticmethod
+    def _which(binary: str) -> str:
+        path = shutil.which(binary)
+        if path is None:
+            raise HostUnsupported(f"{binary!r} was not found on PATH; the edge runtime needs it")
+        return path
+
+    def _write_wrapper(self) -> str:
+        """Write the hybrid-cgroup crun wrapper (atomically) and return its path."""
+        script = (
+            "#!/bin/sh\n"
+            "# Generated by edgefed (edgecore.runtime): crun refuses hybrid cgroup v1/v2\n"
+            "# hosts, so run it in a private mount namespace without the v2 hierarchy.\n"
+            f"exec {shlex.quote(self._unshare)} --mount --propagation private -- /bin/sh -c "
+            f"'umount {_CGROUP2_MOUNT} 2>/dev/null || umount -l {_CGROUP2_MOUNT} 2>/dev/null; "
+            f'exec "$0" "$@"\' {shlex.quote(self._crun)} "$@"\n'
+        )
+        path = self.root / "crun-wrapper.sh"
+        if not path.exists() or path.read_text() != script:
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(script)
+            tmp.chmod(0o755)
+            tmp.replace(path)
+        return str(path)
+
+    # -- helpers ------------------------------------------------------------
+
+    def _crun_argv(self, *args: str) -> list[str]:
+        return [self.runtime_path, "--root", str(self._crun_root), *args]
+
+    async def _crun_cmd(self, *args: str, what: str, check: bool = True) -> Any:
+        return await run_cmd(
+            self._crun_argv(*args), error=RuntimeCommandError if check else None, what=what,
+            timeout=60.0,
+        )
+
+    async def _crun_states(self) -> dict[str, dict[str, Any]]:
+        res = await self._crun_cmd("list", "--format", "json", what="list containers")
+        out = res.stdout.strip()
+        entries: list[dict[str, Any]] = json.loads(out) if out else []
+        return {e["id"]: e for e in entries}
+
+    async def _crun_state(self, cid: str) -> dict[str, Any] | None:
+        res = await self._crun_cmd("state", cid, what=f"state {cid}", check=False)
+        if res.returncode != 0:
+            return None
+        state: dict[str, Any] = json.loads(res.stdout)
+        return state
+
+    def _exit_code(self, cid: str) -> int | None:
+        return _read_int(self._exits / cid)
+
+    # -- Runtime interface ----------------------------------------------------
+
+    async def pull(self, image: str, *, insecure: bool | None = None) -> str:
+        """Pull ``image`` into the local store unless present; return its manifest digest."""
+        return await self.images.pull(image, insecure=insecure)
+
+    async def run(self, cid: str, spec: ContainerSpec) -> None:
+        """Create container ``cid`` from ``spec`` and start it under a detached conmon.
+
+        Pulls (IfNotPresent) and unpacks the image if needed.  Returns once
+        ``crun start`` has returned, i.e. the container process is running.
+        On failure everything created for ``cid`` is removed again.
+        """
+        validate_cid(cid)
+        bundle = self._bundles / cid
+        if bundle.exists() or await self._crun_state(cid) is not None:
+            raise ContainerExists(f"container {cid!r} already exists; remove it first")
+        await self.images.pull(spec.image)
+        digest, lower = await self.images.rootfs(spec.image)
+        image_cfg = self.images.config(digest)
+        try:
+            bundle.mkdir()
+        except FileExistsError as exc:
+            raise ContainerExists(f"container {cid!r} already exists; remove it first") from exc
+        try:
+            config = build_oci_config(
+                spec=spec,
+                image=image_cfg,
+                digest=digest,
+                rootfs=lower,
+                cgroups_path=f"{self._cgroup_parent}/{cid}",
+                swap_accounting=self._swap_accounting,
+            )
+            for stale in (self._exits / cid, self._logs / f"{cid}.log"):
+                stale.unlink(missing_ok=True)
+            await self._mount_rootfs(lower, bundle)
+            (bundle / "config.json").write_text(json.dumps(config, indent=1))
+            meta: dict[str, Any] = {
+                "created_at": time.time(),
+                "image": spec.image,
+                "digest": digest,
+                "stop_signal": image_cfg.stop_signal,
+            }
+            (bundle / "meta.json").write_text(json.dumps(meta))
+            await self._spawn_conmon(cid, bundle)
+            await self._crun_cmd("start", cid, what=f"start {cid}")
+            meta["started_at"] = time.time()
+            (bundle / "meta.json").write_text(json.dumps(meta))
+        except BaseException as exc:
+            with contextlib.suppress(ContainerRuntimeError, OSError):
+                await self.remove(cid)
+            if isinstance(exc, RuntimeCommandError):
+                raise ContainerStartError(str(exc)) from exc
+            raise
+
+    async def _mount_rootfs(self, lower: Path, bundle: Path) -> None:
+        """Give the container a copy-on-write rootfs over the shared unpacked image."""
+        for d in ("rootfs", "upper", "work"):
+            (bundle / d).mkdir()
+        opts = f"lowerdir={lower},upperdir={bundle / 'upper'},workdir={bundle / 'work'}"
+        await run_cmd(
+            [self._mount, "-t", "overlay", "overlay", "-o", opts, str(bundle / "rootfs")],
+            error=ContainerStartError,
+            what=f"mount overlay rootfs for {bundle.name}",
+            timeout=30.0,
+        )
+
+    async def _spawn_conmon(self, cid: str, bundle: Path) -> int:
+        """Start conmon (which runs ``crun create``); return the container pid.
+
+        conmon gets its own session (``start_new_session``) and forks its
+        long-lived monitor, whose parent exits at once; so the monitor is no
+        child of ours and survives SIGKILL of the agent or of its process
+        group.  conmon reports the container pid (or crun's error) on the
+        ``_OCI_SYNCPIPE`` pipe, which is how we know ``crun create`` finished.
+        """
+        persist = self._persist / cid
+        persist.mkdir(exist_ok=True)
+        argv = [
+            self._conmon, "--api-version", "1",
+            "-c", cid, "-u", cid, "-n", cid,
+            "-r", self.runtime_path,
+            "--runtime-arg", "--root", "--runtime-arg", str(self._crun_root),
+            "-b", str(bundle),
+            "-p", str(bundle / "container.pid"),
+            "-P", str(bundle / "conmon.pid"),
+            "-l", f"k8s-file:{self._logs / f'{cid}.log'}",
+            "--log-size-max", str(self._log_size_max),
+            "--exit-dir", str(self._exits),
+            "--persist-dir", str(persist),
+            "--socket-dir-path", str(self._sockets),
+            "--log-level", "error",
+        ]  # fmt: skip
+        read_fd, write_fd = os.pipe()
+        try:
+            with open(bundle / "conmon.out", "wb") as out:
+                proc = await asyncio.create_subprocess_exec(
+                    *argv,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=out,
+                    pass_fds=(write_fd,),
+                    start_new_session=True,
+                    env={"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+                         "_OCI_SYNCPIPE": str(write_fd)},
+                )
+            os.close(write_fd)
+            write_fd = -1
+            rc = await proc.wait()
+            if rc != 0:
+                raise ContainerStartError(
+                    f"create {cid}: conmon exited {rc}: {self._conmon_output(bundle)}"
+                )
+            line = await asyncio.wait_for(_read_line(read_fd), self._start_timeout_s)
+        except TimeoutError as exc:
+            raise ContainerStartError(
+                f"create {cid}: no answer from conmon within {self._start_timeout_s} s"
+            ) from exc
+        finally:
+            if write_fd >= 0:
+                os.close(write_fd)
+            os.close(read_fd)
+        try:
+            msg = json.loads(line)
+            pid = int(msg["data"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ContainerStartError(
+                f"create {cid}: conmon said {line!r}: {self._conmon_output(bundle)}"
+            ) from exc
+        if pid <= 0:
+            raise ContainerStartError(
+                f"create {cid}: crun create failed: {msg.get('message') or self._conmon_output(bundle)}"
+            )
+        return pid
+
+    @staticmethod
+    def _conmon_output(bundle: Path) -> str:
+        try:
+            return (bundle / "conmon.out").read_text(errors="replace").strip()[-2000:] or "(none)"
+        except FileNotFoundError:
+            return "(none)"
+
+    async def stop(self, cid: str, *, grace_s: float = 10) -> None:
+        """Send the stop signal (image StopSignal or SIGTERM), wait ``grace_s``, then SIGKILL.
+
+        Returns once the container has exited and conmon has recorded its exit
+        code.  A container that is already stopped, or unknown to crun, is left
+        as it is.
+        """
+        validate_cid(cid)
+        state = await self._crun_state(cid)
+        if state is None:
+            if not (self._bundles / cid).exists():
+                raise ContainerNotFound(f"container {cid!r} does not exist")
+            return
+        if state.get("status") == "stopped" or self._exit_code(cid) is not None:
+            return
+        sig = "TERM"
+        meta = self._meta(cid)
+        if isinstance(meta.get("stop_signal"), str):
+            sig = meta["stop_signal"].removeprefix("SIG")
+        if state.get("status") == "running" and grace_s > 0:
+            await self._kill(cid, sig)
+            if await self._wait_exited(cid, grace_s):
+                return
+        await self._kill(cid, "KILL")
+        if not await self._wait_exited(cid, 10.0):
+            raise RuntimeCommandError(f"stop {cid}: still running 10 s after SIGKILL")
+
+    async def _kill(self, cid: str, sig: str) -> None:
+        res = await self._crun_cmd("kill", cid, sig, what=f"kill {cid}", check=False)
+        if res.returncode != 0:
+            state = await self._crun_state(cid)
+            if state is not None and state.get("status") != "stopped":
+                raise RuntimeCommandError(f"signal {cid}: {describe(self._crun_argv(), res)}")
+
+    async def _wait_exited(self, cid: str, timeout: float) -> bool:
+        """Wait until conmon wrote the exit file (or, if conmon is gone, crun says stopped)."""
+        deadline = time.monotonic() + timeout
+        exit_file = self._exits / cid
+        next_state_check = time.monotonic() + 0.5
+        while True:
+            if exit_file.exists():
+                return True
+            now = time.monotonic()
+            if now >= next_state_check:
+                next_state_check = now + 0.5
+                state = await self._crun_state(cid)
+                if (state is None or state.get("status") == "stopped") and not self._conmon_alive(
+                    cid
+                ):
+                    return True
+            if now >= deadline:
+                return False
+            await asyncio.sleep(_POLL_S)
+
+    def _conmon_pid(self, cid: str) -> int | None:
+        return _read_int(self._bundles / cid / "conmon.pid")
+
+    def _conmon_alive(self, cid: str) -> bool:
+        pid = self._conmon_pid(cid)
+        if pid is None or not _proc_alive(pid):
+            return False
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except FileNotFoundError:
+            return False
+        return bool(cmdline) and cmdline[0].endswith(b"conmon") and cid.encode() in cmdline
+
+    async def remove(self, cid: str) -> None:
+        """Kill and delete the container, then its bundle, exit file, logs and conmon dirs.
+
+        Idempotent: removing an unknown or half-created container succeeds.
+        """
+        validate_cid(cid)
+        res = await self._crun_cmd("delete", "--force", cid, what=f"delete {cid}", check=False)
+        if res.returncode != 0 and await self._crun_state(cid) is not None:
+            raise RuntimeCommandError(f"delete {cid}: {describe(self._crun_argv(), res)}")
+        # conmon writes the exit file after the container dies; wait for it to
+        # finish so nothing reappears after we clean up.
+        deadline = time.monotonic() + 10.0
+        while self._conmon_alive(cid):
+            if time.monotonic() >= deadline:
+                pid = self._conmon_pid(cid)
+                if pid is not None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                break
+            await asyncio.sleep(_POLL_S)
+        bundle = self._bundles / cid
+        rootfs = bundle / "rootfs"
+        if rootfs.exists() and os.path.ismount(rootfs):
+            res = await run_cmd([self._umount, str(rootfs)], error=None, what="umount")
+            if res.returncode != 0:
+                await run_cmd(
+                    [self._umount, "-l", str(rootfs)], error=RuntimeCommandError,
+                    what=f"unmount rootfs of {cid}",
+                )
+        for f in (self._exits / cid, self._logs / f"{cid}.log"):
+            f.unlink(missing_ok=True)
+        for d in (self._persist / cid, bundle):
+            if d.exists():
+                await asyncio.to_thread(shutil.rmtree, d)
+
+    def _meta(self, cid: str) -> dict[str, Any]:
+        try:
+            data: dict[str, Any] = json.loads((self._bundles / cid / "meta.json").read_text())
+        except (FileNotFoundError, ValueError):
+            return {}
+        return data
+
+    def _annotations(self, cid: str) -> dict[str, str]:
+        try:
+            cfg = json.loads((self._bundles / cid / "config.json").read_text())
+        except (FileNotFoundError, ValueError):
+            return {}
+        return dict(cfg.get("annotations") or {})
+
+    def _oom_killed(self, cid: str, exit_code: int | None) -> bool:
+        """conmon's oom marker, or (v1) the cgroup's oom_kill counter if still there."""
+        if (self._persist / cid / "oom").exists():
+            return True
+        if exit_code != 128 + signal.SIGKILL:
+            return False
+        control = Path(f"/sys/fs/cgroup/memory{self._cgroup_parent}/{cid}/memory.oom_control")
+        try:
+            for line in control.read_text().splitlines():
+                key, _, value = line.partition(" ")
+                if key == "oom_kill" and int(value) > 0:
+                    return True
+        except (OSError, ValueError):
+            pass
+        return False
+
+    async def list(self) -> list[ContainerState]:
+        """Every container under this root: crun's containers plus any leftover bundle."""
+        states = await self._crun_states()
+        ids = set(states) | {p.name for p in self._bundles.iterdir() if p.is_dir()}
+        result = []
+        for cid in sorted(ids):
+            crun_state = states.get(cid)
+            exit_file = self._exits / cid
+            exit_code = self._exit_code(cid)
+            status: ContainerStatus
+            if exit_code is not None:
+                status = "stopped"
+            elif crun_state is not None and crun_state.get("status") in (
+                "created", "running", "stopped"
+            ):  # fmt: skip
+                status = crun_state["status"]
+            elif crun_state is not None and crun_state.get("status") == "paused":
+                status = "running"
+            else:
+                status = "unknown"
+            pid = int(crun_state.get("pid") or 0) if crun_state else 0
+            meta = self._meta(cid)
+            finished_at = None
+            if exit_code is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    finished_at = exit_file.stat().st_mtime
+            result.append(
+                ContainerState(
+                    id=cid,
+                    status=status,
+                    pid=pid if pid > 0 and status in ("created", "running") else None,
+                    exit_code=exit_code,
+                    started_at=meta.get("started_at"),
+                    finished_at=finished_at,
+                    oom_killed=self._oom_killed(cid, exit_code),
+                    annotations=self._annotations(cid),
+                )
+            )
+        return result
+
+    async def logs(self, cid: str, *, tail: int | None = None) -> bytes:
+        """stdout and stderr interleaved as written, optionally only the last ``tail`` lines."""
+        validate_cid(cid)
+        path = self._logs / f"{cid}.log"
+        try:
+            raw = await asyncio.to_thread(path.read_bytes)
+        except FileNotFoundError:
+            if (self._bundles / cid).exists():
+                return b""
+            raise ContainerNotFound(f"container {cid!r} does not exist") from None
+        out = parse_k8s_log(raw)
+        if tail is None:
+            return out
+        if tail <= 0:
+            return b""
+        lines = out.splitlines(keepends=True)
+        return b"".join(lines[-tail:])
+
+
+async def _read_line(fd: int) -> bytes:
+    """Read up to the first newline (or EOF) from a pipe without blocking the loop."""
+    loop = asyncio.get_running_loop()
+    os.set_blocking(fd, False)
+    buf = bytearray()
+    done: asyncio.Future[bytes] = loop.create_future()
+
+    def on_readable() -> None:
+        try:
+            chunk = os.read(fd, 4096)
+        except BlockingIOError:
+            return
+        buf.extend(chunk)
+        if (not chunk or b"\n" in buf) and not done.done():
+            done.set_result(bytes(buf).split(b"\n", 1)[0])
+
+    loop.add_reader(fd, on_readable)
+    try:
+        return await done
+    finally:
+        loop.remove_reader(fd)
+
+

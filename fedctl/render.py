@@ -1,0 +1,391 @@
+"""Turning API objects into what the user reads: tables, describe text, JSON, YAML.
+
+Tables are rich tables without borders, laid out like kubectl's so they stay easy
+to `grep` and `awk`. Rich decides on color: on a terminal there is color, in a
+pipe there is none (the Console is built by `fedctl.app` with that in mind).
+JSON and YAML are written with plain `write` calls, never through rich, so they
+are byte-for-byte parseable.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+import yaml
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from fedctl.kinds import Kind
+
+NONE = "<none>"
+_TIME_KEYS = {"lastSeen", "startedAt", "finishedAt", "updatedAt", "lastTransition", "lastHeartbeat"}
+
+_READY_STYLE = {"Ready": "green", "NotReady": "red", "Unknown": "yellow"}
+_PHASE_STYLE = {
+    "Running": "green", "Pending": "yellow", "Failed": "red", "Succeeded": "blue",
+    "Unknown": "magenta",
+}
+
+
+# --- small formatters ---------------------------------------------------------------
+
+
+def _dig(obj: Any, *path: str, default: Any = None) -> Any:
+    for p in path:
+        if not isinstance(obj, dict):
+            return default
+        obj = obj.get(p)
+    return default if obj is None else obj
+
+
+def _epoch(value: Any) -> float | None:
+    """Seconds since the epoch from a unix number or an RFC 3339 string."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str) and value:
+        try:
+            return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            return None
+    return None
+
+
+def duration(seconds: float) -> str:
+    """kubectl's compact age: 45s, 3m12s, 5h, 3d."""
+    s = max(0, int(seconds))
+    if s < 120:
+        return f"{s}s"
+    if s < 600:
+        return f"{s // 60}m{s % 60}s"
+    if s < 3 * 3600:
+        return f"{s // 60}m"
+    if s < 2 * 86400:
+        return f"{s // 3600}h"
+    return f"{s // 86400}d"
+
+
+def age(value: Any, *, now: float | None = None) -> str:
+    t = _epoch(value)
+    if t is None:
+        return "-"
+    return duration((time.time() if now is None else now) - t)
+
+
+def ago(value: Any, *, now: float | None = None) -> str:
+    t = _epoch(value)
+    return "never" if t is None else f"{age(t, now=now)} ago"
+
+
+def timestamp(value: Any) -> str:
+    t = _epoch(value)
+    if t is None:
+        return str(value)
+    iso = datetime.fromtimestamp(t, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return f"{iso} ({ago(t)})"
+
+
+def labels_text(labels: Any) -> str:
+    if not isinstance(labels, dict) or not labels:
+        return NONE
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+
+
+def _styled(value: str, styles: dict[str, str]) -> Text:
+    return Text(value, style=styles.get(value, ""))
+
+
+# --- per-kind columns ----------------------------------------------------------------
+
+
+def _node_status(node: dict[str, Any]) -> Text:
+    ready = str(_dig(node, "status", "ready", default="Unknown"))
+    text = _styled(ready, _READY_STYLE)
+    if _dig(node, "spec", "unschedulable"):
+        text.append(",SchedulingDisabled", style="yellow")
+    return text
+
+
+def _gen(node: dict[str, Any]) -> Text:
+    acked = _dig(node, "status", "ackedGen", default=0)
+    desired = _dig(node, "status", "desiredGen", default=0)
+    return Text(f"{acked}/{desired}", style="yellow" if acked != desired else "")
+
+
+def _pod_restarts(pod: dict[str, Any]) -> int:
+    return sum(int(c.get("restartCount") or 0) for c in _dig(pod, "status", "containerStatuses", default=[]))
+
+
+def _pod_reason(pod: dict[str, Any]) -> str:
+    reason = _dig(pod, "status", "reason")
+    if reason:
+        return str(reason)
+    for c in _dig(pod, "status", "containerStatuses", default=[]):
+        if c.get("reason"):
+            return str(c["reason"])
+    return "-"
+
+
+def _pod_ready(pod: dict[str, Any]) -> str:
+    statuses = _dig(pod, "status", "containerStatuses", default=[])
+    total = len(_dig(pod, "spec", "containers", default=[])) or len(statuses)
+    return f"{sum(1 for c in statuses if c.get('ready'))}/{total}"
+
+
+def _pod_node(pod: dict[str, Any]) -> str:
+    return str(_dig(pod, "status", "nodeName") or _dig(pod, "spec", "nodeName") or "<unscheduled>")
+
+
+def _images(obj: dict[str, Any]) -> str:
+    spec = _dig(obj, "spec", "template", "spec") or _dig(obj, "spec") or {}
+    return ",".join(str(c.get("image", "?")) for c in spec.get("containers", [])) or "-"
+
+
+def _node_selector(obj: dict[str, Any]) -> str:
+    sel = _dig(obj, "spec", "template", "spec", "nodeSelector")
+    return labels_text(sel) if sel else "<all>"
+
+
+def workload_ready(obj: dict[str, Any]) -> str:
+    """`ready/desired` from whichever status fields cloudcore reports, else '-'."""
+    status = obj.get("status") or {}
+    for ready_key, want_key in (
+        ("numberReady", "desiredNumberScheduled"),
+        ("readyReplicas", "replicas"),
+        ("ready", "desired"),
+    ):
+        if ready_key in status or want_key in status:
+            want = status.get(want_key, _dig(obj, "spec", "replicas", default="?"))
+            return f"{status.get(ready_key, 0)}/{want}"
+    return "-"
+
+
+Column = tuple[str, Callable[[dict[str, Any]], str | Text]]
+
+
+def _name(o: dict[str, Any]) -> str:
+    return str(_dig(o, "metadata", "name", default="?"))
+
+
+def _ns(o: dict[str, Any]) -> str:
+    return str(_dig(o, "metadata", "namespace", default="default"))
+
+
+def _created(o: dict[str, Any]) -> str:
+    return age(_dig(o, "metadata", "creationTimestamp"))
+
+
+def columns(kind: Kind, *, wide: bool, all_namespaces: bool, mixed: bool = False) -> list[Column]:
+    """The table columns for a kind; `mixed` adds KIND for the workloads view."""
+    cols: list[Column] = []
+    if all_namespaces and kind.namespaced:
+        cols.append(("NAMESPACE", _ns))
+    if mixed:
+        cols.append(("KIND", lambda o: str(o.get("kind", "?"))))
+    cols.append(("NAME", _name))
+    if kind.kind == "Node":
+        cols += [
+            ("STATUS", _node_status),
+            ("LAST SEEN", lambda o: ago(_dig(o, "status", "lastSeen"))),
+            ("GEN", _gen),
+        ]
+        if wide:
+            cols += [
+                ("ARCH", lambda o: str(_dig(o, "status", "arch", default="-"))),
+                ("OS", lambda o: str(_dig(o, "status", "os", default="-"))),
+                ("AGENT", lambda o: str(_dig(o, "status", "agentVersion", default="-"))),
+                ("CPU", lambda o: _quantity(_dig(o, "status", "allocatable", "cpu"), "cpu")),
+                ("MEMORY", lambda o: _quantity(_dig(o, "status", "allocatable", "memory"), "memory")),
+                ("REASON", lambda o: str(_dig(o, "status", "reason", default="-"))),
+                ("LABELS", lambda o: labels_text(_dig(o, "metadata", "labels"))),
+            ]
+    elif kind.kind == "Pod":
+        cols += [
+            ("NODE", _pod_node),
+            ("PHASE", lambda o: _styled(str(_dig(o, "status", "phase", default="Pending")), _PHASE_STYLE)),
+            ("RESTARTS", lambda o: str(_pod_restarts(o))),
+            ("REASON", _pod_reason),
+        ]
+        if wide:
+            cols += [
+                ("READY", _pod_ready),
+                ("REVISION", lambda o: str(_dig(o, "status", "revision", default="-"))),
+                ("IMAGES", _images),
+                ("MESSAGE", lambda o: str(_dig(o, "status", "message", default="-"))),
+            ]
+    elif kind.kind in ("DaemonSet", "Deployment"):
+        cols.append(("READY", workload_ready))
+        if kind.kind == "Deployment" and not mixed:
+            cols.append(("REPLICAS", lambda o: str(_dig(o, "spec", "replicas", default=1))))
+        cols += [("NODE SELECTOR", _node_selector), ("AGE", _created)]
+        if wide or mixed:
+            cols.append(("IMAGES", _images))
+    elif kind.kind == "ConfigMap":
+        cols += [("DATA", lambda o: str(len(o.get("data") or {}))), ("AGE", _created)]
+    return cols
+
+
+def _quantity(value: Any, name: str) -> str:
+    from shared.quantity import format_cpu, format_memory
+
+    if not isinstance(value, int):
+        return "-" if value is None else str(value)
+    return format_cpu(value) if name == "cpu" else format_memory(value)
+
+
+def table(
+    console: Console,
+    kind: Kind,
+    items: list[dict[str, Any]],
+    *,
+    wide: bool = False,
+    all_namespaces: bool = False,
+    mixed: bool = False,
+) -> None:
+    cols = columns(kind, wide=wide, all_namespaces=all_namespaces, mixed=mixed)
+    t = Table(box=None, show_edge=False, pad_edge=False, padding=(0, 3, 0, 0), header_style="bold")
+    for title, _ in cols:
+        t.add_column(title, no_wrap=True, overflow="ignore")
+    for item in items:
+        t.add_row(*(fn(item) for _, fn in cols))
+    console.print(t)
+
+
+# --- machine-readable output -------------------------------------------------------
+
+
+def as_list(items: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "List", "items": items}
+
+
+def write_json(out: TextIO, value: Any) -> None:
+    out.write(json.dumps(value, indent=2, sort_keys=False) + "\n")
+
+
+def write_yaml(out: TextIO, value: Any) -> None:
+    out.write(yaml.safe_dump(value, sort_keys=False, default_flow_style=False, allow_unicode=True))
+
+
+# --- describe ----------------------------------------------------------------------
+
+
+def _scalar(key: str, value: Any) -> str:
+    if value is None:
+        return NONE
+    if key in _TIME_KEYS or key == "creationTimestamp":
+        return timestamp(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def tree(value: Any, *, key: str = "", indent: int = 0) -> Iterable[Text]:
+    """Nested dicts and lists as indented `key: value` lines (all fields, none hidden)."""
+    pad = "  " * indent
+    if isinstance(value, dict):
+        if not value:
+            return
+        for k, v in value.items():
+            if isinstance(v, dict) and v and all(not isinstance(x, dict | list) for x in v.values()) and k in (
+                "labels", "annotations", "nodeSelector", "matchLabels",
+            ):
+                yield Text.assemble(pad, (f"{k}:", "bold"), f" {labels_text(v)}")
+            elif isinstance(v, dict | list) and v:
+                if isinstance(v, list) and all(not isinstance(x, dict | list) for x in v):
+                    yield Text.assemble(pad, (f"{k}:", "bold"), " " + ", ".join(map(str, v)))
+                else:
+                    yield Text.assemble(pad, (f"{k}:", "bold"))
+                    yield from tree(v, key=k, indent=indent + 1)
+            else:
+                shown = NONE if isinstance(v, dict | list) else _scalar(k, v)
+                yield Text.assemble(pad, (f"{k}:", "bold"), f" {shown}")
+    elif isinstance(value, list):
+        for item in value:
+            lines = list(tree(item, key=key, indent=indent + 1))
+            if not lines:
+                yield Text(f"{pad}- {_scalar(key, item)}")
+                continue
+            first = lines[0]
+            first = Text.assemble(pad, "- ", first[len(pad) + 2 :])
+            yield first
+            yield from lines[1:]
+    else:
+        yield Text(f"{pad}{_scalar(key, value)}")
+
+
+def _field(console: Console, label: str, value: str | Text) -> None:
+    console.print(Text.assemble((f"{label + ':':<14}", "bold"), value))
+
+
+def describe(console: Console, kind: Kind, obj: dict[str, Any], related: list[dict[str, Any]] | None) -> None:
+    """kubectl-style description: a summary of what matters most, then every field.
+
+    `related` are the pods of a node or a workload, shown as a table at the end
+    (None when they could not be listed).
+    """
+    meta = obj.get("metadata") or {}
+    status = obj.get("status") or {}
+    _field(console, "Name", str(meta.get("name", "?")))
+    if kind.namespaced:
+        _field(console, "Namespace", str(meta.get("namespace", "default")))
+    _field(console, "Kind", str(obj.get("kind", kind.kind)))
+    _field(console, "Labels", labels_text(meta.get("labels")))
+    _field(console, "Annotations", labels_text(meta.get("annotations")))
+    if meta.get("creationTimestamp"):
+        _field(console, "Created", timestamp(meta["creationTimestamp"]))
+
+    if kind.kind == "Node":
+        ready = _node_status(obj)
+        if status.get("reason"):
+            ready.append(f" ({status['reason']})")
+        _field(console, "Status", ready)
+        _field(console, "Last Seen", timestamp(status["lastSeen"]) if status.get("lastSeen") else "never")
+        acked, desired = status.get("ackedGen", 0), status.get("desiredGen", 0)
+        behind = f" (behind by {desired - acked})" if isinstance(acked, int) and isinstance(desired, int) and acked < desired else ""
+        _field(console, "Generation", Text(f"acked {acked} / desired {desired}{behind}", style="yellow" if behind else ""))
+        _field(console, "Platform", f"{status.get('os', '-')}/{status.get('arch', '-')}, agent {status.get('agentVersion') or '-'}")
+    elif kind.kind == "Pod":
+        _field(console, "Node", _pod_node(obj))
+        _field(console, "Phase", _styled(str(status.get("phase", "Pending")), _PHASE_STYLE))
+        # The scheduler's verdict is what a user looks for first when a pod is Pending.
+        _field(console, "Reason", str(status.get("reason") or NONE))
+        _field(console, "Message", str(status.get("message") or NONE))
+        _field(console, "Ready", _pod_ready(obj))
+        _field(console, "Restarts", str(_pod_restarts(obj)))
+    elif kind.kind in ("DaemonSet", "Deployment"):
+        _field(console, "Ready", workload_ready(obj))
+        if kind.kind == "Deployment":
+            _field(console, "Replicas", str(_dig(obj, "spec", "replicas", default=1)))
+        _field(console, "Node Selector", _node_selector(obj))
+        _field(console, "Images", _images(obj))
+
+    rest = {k: v for k, v in obj.items() if k not in ("apiVersion", "kind", "metadata")}
+    extra_meta = {k: v for k, v in meta.items() if k not in ("name", "namespace", "labels", "annotations", "creationTimestamp")}
+    if extra_meta:
+        rest = {"metadata": extra_meta, **rest}
+    for section, value in rest.items():
+        console.print(Text(f"{section[:1].upper()}{section[1:]}:", style="bold"))
+        lines = list(tree(value, key=section, indent=1))
+        for line in lines or [Text(f"  {NONE}")]:
+            console.print(line)
+
+    if related is not None:
+        from fedctl.kinds import POD
+
+        console.print(Text("Pods:", style="bold"))
+        if not related:
+            console.print(f"  {NONE}")
+        else:
+            t = Table(box=None, show_edge=False, pad_edge=False, padding=(0, 3, 0, 2), header_style="bold")
+            cols = columns(POD, wide=False, all_namespaces=False)
+            for title, _ in cols:
+                t.add_column(title, no_wrap=True, overflow="ignore")
+            for item in related:
+                t.add_row(*(fn(item) for _, fn in cols))
+            console.print(t)
