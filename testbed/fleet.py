@@ -80,9 +80,9 @@ class Fleet:
         if self.s.with_registry:
             from testbed.registry import LocalRegistry, seed_busybox
 
-            self.registry = LocalRegistry(host=hosts[0], workdir=self.workdir / "registry")
+            self.registry = LocalRegistry(host=hosts[0])
             self.registry.start()
-            self.image = seed_busybox(self.registry, cache_dir=self.workdir / "images")
+            self.image = seed_busybox(self.registry)
         self.start_cloud()
         for i in range(self.s.nodes):
             self.add_agent(i)

@@ -30,9 +30,10 @@ class CmdResult:
 
 def describe(argv: Sequence[str], result: CmdResult) -> str:
     """A one-line explanation of a failed command for an error message."""
-    err = result.stderr.decode(errors="replace").strip() or result.stdout.decode(
-        errors="replace"
-    ).strip()
+    err = (
+        result.stderr.decode(errors="replace").strip()
+        or result.stdout.decode(errors="replace").strip()
+    )
     if len(err) > _STDERR_MAX:
         err = "..." + err[-_STDERR_MAX:]
     return f"`{shlex.join(argv)}` exited {result.returncode}: {err or '(no output)'}"

@@ -163,9 +163,9 @@ class CrunRuntime:
         self.hybrid_cgroups = detect_hybrid_cgroups() if hybrid_cgroups is None else hybrid_cgroups
         self.runtime_path = self._write_wrapper() if self.hybrid_cgroups else self._crun
         v2 = Path("/sys/fs/cgroup/cgroup.controllers").exists()
-        self._swap_accounting = v2 or Path(
-            "/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes"
-        ).exists()
+        self._swap_accounting = (
+            v2 or Path("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes").exists()
+        )
 
     @staticmethod
     def _which(binary: str) -> str:
@@ -199,7 +199,9 @@ class CrunRuntime:
 
     async def _crun_cmd(self, *args: str, what: str, check: bool = True) -> Any:
         return await run_cmd(
-            self._crun_argv(*args), error=RuntimeCommandError if check else None, what=what,
+            self._crun_argv(*args),
+            error=RuntimeCommandError if check else None,
+            what=what,
             timeout=60.0,
         )
 
@@ -322,8 +324,12 @@ class CrunRuntime:
                     stderr=out,
                     pass_fds=(write_fd,),
                     start_new_session=True,
-                    env={"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
-                         "_OCI_SYNCPIPE": str(write_fd)},
+                    # conmon also drops an "oom" marker into its cwd: keep it in the bundle.
+                    cwd=bundle,
+                    env={
+                        "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+                        "_OCI_SYNCPIPE": str(write_fd),
+                    },
                 )
             os.close(write_fd)
             write_fd = -1
@@ -349,9 +355,8 @@ class CrunRuntime:
                 f"create {cid}: conmon said {line!r}: {self._conmon_output(bundle)}"
             ) from exc
         if pid <= 0:
-            raise ContainerStartError(
-                f"create {cid}: crun create failed: {msg.get('message') or self._conmon_output(bundle)}"
-            )
+            reason = msg.get("message") or self._conmon_output(bundle)
+            raise ContainerStartError(f"create {cid}: crun create failed: {reason}")
         return pid
 
     @staticmethod
@@ -454,7 +459,8 @@ class CrunRuntime:
             res = await run_cmd([self._umount, str(rootfs)], error=None, what="umount")
             if res.returncode != 0:
                 await run_cmd(
-                    [self._umount, "-l", str(rootfs)], error=RuntimeCommandError,
+                    [self._umount, "-l", str(rootfs)],
+                    error=RuntimeCommandError,
                     what=f"unmount rootfs of {cid}",
                 )
         for f in (self._exits / cid, self._logs / f"{cid}.log"):
@@ -573,5 +579,3 @@ async def _read_line(fd: int) -> bytes:
         return await done
     finally:
         loop.remove_reader(fd)
-
-

@@ -170,7 +170,9 @@ class ImageStore:
             )
             digest = self.digest_of(ref)
             if digest is None:
-                raise ImagePullError(f"pull {ref}: skopeo succeeded but the tag is not in the index")
+                raise ImagePullError(
+                    f"pull {ref}: skopeo succeeded but the tag is not in the index"
+                )
             return digest
 
     def rootfs_path(self, digest: str) -> Path:
@@ -191,8 +193,14 @@ class ImageStore:
             tmp = self.cache / f".tmp-{uuid.uuid4().hex}"
             try:
                 await run_cmd(
-                    [self._umoci, "raw", "unpack", "--image", f"{self.layout}:{_layout_tag(ref)}",
-                     str(tmp)],
+                    [
+                        self._umoci,
+                        "raw",
+                        "unpack",
+                        "--image",
+                        f"{self.layout}:{_layout_tag(ref)}",
+                        str(tmp),
+                    ],
                     error=ImageUnpackError,
                     what=f"unpack {ref}",
                     timeout=self._pull_timeout_s,

@@ -48,6 +48,13 @@ _DEVICES = [("c", 1, 3), ("c", 1, 5), ("c", 1, 7), ("c", 1, 8), ("c", 1, 9), ("c
             ("c", 5, 2), ("c", 136, -1)]  # fmt: skip
 
 
+def _device_rule(kind: str, major: int, minor: int) -> dict[str, Any]:
+    rule: dict[str, Any] = {"allow": True, "type": kind, "major": major, "access": "rwm"}
+    if minor >= 0:  # an absent minor is the wildcard
+        rule["minor"] = minor
+    return rule
+
+
 def _lookup(path: Path, name: str, field: int) -> int | None:
     try:
         lines = path.read_text(errors="replace").splitlines()
@@ -137,10 +144,7 @@ def build_oci_config(
     hostname = spec.name
     resources: dict[str, Any] = {
         "devices": [{"allow": False, "access": "rwm"}]
-        + [
-            {"allow": True, "type": t, "major": ma, "minor": mi, "access": "rwm"}
-            for t, ma, mi in _DEVICES
-        ],
+        + [_device_rule(t, ma, mi) for t, ma, mi in _DEVICES],
     }
     if spec.memory_limit_bytes is not None:
         resources["memory"] = {"limit": spec.memory_limit_bytes}
@@ -174,7 +178,12 @@ def build_oci_config(
     ]  # fmt: skip
     # Host networking: the container must resolve names like the host does.
     mounts += [
-        {"destination": f, "type": "bind", "source": f, "options": ["rbind", "ro", "nosuid", "nodev"]}
+        {
+            "destination": f,
+            "type": "bind",
+            "source": f,
+            "options": ["rbind", "ro", "nosuid", "nodev"],
+        }
         for f in host_files
         if Path(f).exists()
     ]

@@ -71,8 +71,14 @@ class ContainerSpec:
                 f"ContainerSpec.name {self.name!r} must be a DNS label "
                 "(1-63 characters, [a-z0-9-], no leading or trailing '-')"
             )
-        if not isinstance(self.image, str) or not self.image or any(c.isspace() for c in self.image):
-            raise InvalidSpec(f"ContainerSpec.image {self.image!r} must be a non-empty image reference")
+        if (
+            not isinstance(self.image, str)
+            or not self.image
+            or any(c.isspace() for c in self.image)
+        ):
+            raise InvalidSpec(
+                f"ContainerSpec.image {self.image!r} must be a non-empty image reference"
+            )
         for fname in ("command", "args"):
             value = getattr(self, fname)
             if isinstance(value, str) or not all(isinstance(v, str) for v in value):
