@@ -23,7 +23,9 @@ API = "/api/v1"
 
 def _path(kind: Kind, namespace: str | None, name: str) -> str:
     if kind.namespaced:
-        return f"{API}/{kind.plural}/{quote(namespace or 'default', safe='')}/{quote(name, safe='')}"
+        return (
+            f"{API}/{kind.plural}/{quote(namespace or 'default', safe='')}/{quote(name, safe='')}"
+        )
     return f"{API}/{kind.plural}/{quote(name, safe='')}"
 
 
@@ -63,7 +65,9 @@ class ApiClient:
 
     # --- the contract ----------------------------------------------------------
 
-    def apply(self, documents: list[dict[str, Any]], *, dry_run: bool = False) -> list[dict[str, Any]]:
+    def apply(
+        self, documents: list[dict[str, Any]], *, dry_run: bool = False
+    ) -> list[dict[str, Any]]:
         """Create or update the documents; one result per document, in order."""
         body = self._request(
             "POST", f"{API}/apply", json={"documents": documents, "dryRun": dry_run}
@@ -101,9 +105,7 @@ class ApiClient:
         )
 
     def delete(self, kind: Kind, name: str, *, namespace: str | None = None) -> None:
-        self._request(
-            "DELETE", _path(kind, namespace, name), what=_describe(kind, namespace, name)
-        )
+        self._request("DELETE", _path(kind, namespace, name), what=_describe(kind, namespace, name))
 
     # --- plumbing --------------------------------------------------------------
 

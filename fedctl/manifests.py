@@ -66,7 +66,11 @@ def validate(doc: Any, source: str) -> Document:
     """One document -> a `Document`, or a ManifestError naming the file, document and field."""
     label = source
     if isinstance(doc, dict):
-        name = (doc.get("metadata") or {}).get("name") if isinstance(doc.get("metadata"), dict) else None
+        name = (
+            (doc.get("metadata") or {}).get("name")
+            if isinstance(doc.get("metadata"), dict)
+            else None
+        )
         if doc.get("kind") and name:
             label = f"{source} ({doc['kind']}/{name})"
     try:
@@ -80,7 +84,9 @@ def validate(doc: Any, source: str) -> Document:
     return Document(source=source, kind=kind, namespace=namespace, name=meta["name"], body=body)
 
 
-def load(paths: list[str], *, recursive: bool = False, stdin: TextIO | None = None) -> list[Document]:
+def load(
+    paths: list[str], *, recursive: bool = False, stdin: TextIO | None = None
+) -> list[Document]:
     """All documents of all paths (`-` is stdin), validated, in the order given.
 
     Raises ManifestError on the first problem; an empty result is an error too,
@@ -107,6 +113,8 @@ def load(paths: list[str], *, recursive: bool = False, stdin: TextIO | None = No
     for d in docs:
         k = (d.kind.kind, d.namespace, d.name)
         if k in seen:
-            raise ManifestError(f"{d.source}: {d.ref} is also defined in {seen[k]}", field="metadata.name")
+            raise ManifestError(
+                f"{d.source}: {d.ref} is also defined in {seen[k]}", field="metadata.name"
+            )
         seen[k] = d.source
     return docs

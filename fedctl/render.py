@@ -16,18 +16,23 @@ from datetime import UTC, datetime
 from typing import Any, TextIO
 
 import yaml
-from rich.console import Console
+from rich.console import Console, RenderableType
+from rich.segment import Segment, Segments
 from rich.table import Table
 from rich.text import Text
 
-from fedctl.kinds import Kind
+from fedctl.kinds import POD, Kind
+from shared.quantity import format_cpu, format_memory
 
 NONE = "<none>"
 _TIME_KEYS = {"lastSeen", "startedAt", "finishedAt", "updatedAt", "lastTransition", "lastHeartbeat"}
 
 _READY_STYLE = {"Ready": "green", "NotReady": "red", "Unknown": "yellow"}
 _PHASE_STYLE = {
-    "Running": "green", "Pending": "yellow", "Failed": "red", "Succeeded": "blue",
+    "Running": "green",
+    "Pending": "yellow",
+    "Failed": "red",
+    "Succeeded": "blue",
     "Unknown": "magenta",
 }
 
@@ -119,7 +124,10 @@ def _gen(node: dict[str, Any]) -> Text:
 
 
 def _pod_restarts(pod: dict[str, Any]) -> int:
-    return sum(int(c.get("restartCount") or 0) for c in _dig(pod, "status", "containerStatuses", default=[]))
+    return sum(
+        int(c.get("restartCount") or 0)
+        for c in _dig(pod, "status", "containerStatuses", default=[])
+    )
 
 
 def _pod_reason(pod: dict[str, Any]) -> str:
@@ -201,14 +209,20 @@ def columns(kind: Kind, *, wide: bool, all_namespaces: bool, mixed: bool = False
                 ("OS", lambda o: str(_dig(o, "status", "os", default="-"))),
                 ("AGENT", lambda o: str(_dig(o, "status", "agentVersion", default="-"))),
                 ("CPU", lambda o: _quantity(_dig(o, "status", "allocatable", "cpu"), "cpu")),
-                ("MEMORY", lambda o: _quantity(_dig(o, "status", "allocatable", "memory"), "memory")),
+                (
+                    "MEMORY",
+                    lambda o: _quantity(_dig(o, "status", "allocatable", "memory"), "memory"),
+                ),
                 ("REASON", lambda o: str(_dig(o, "status", "reason", default="-"))),
                 ("LABELS", lambda o: labels_text(_dig(o, "metadata", "labels"))),
             ]
     elif kind.kind == "Pod":
         cols += [
             ("NODE", _pod_node),
-            ("PHASE", lambda o: _styled(str(_dig(o, "status", "phase", default="Pending")), _PHASE_STYLE)),
+            (
+                "PHASE",
+                lambda o: _styled(str(_dig(o, "status", "phase", default="Pending")), _PHASE_STYLE),
+            ),
             ("RESTARTS", lambda o: str(_pod_restarts(o))),
             ("REASON", _pod_reason),
         ]
@@ -232,11 +246,18 @@ def columns(kind: Kind, *, wide: bool, all_namespaces: bool, mixed: bool = False
 
 
 def _quantity(value: Any, name: str) -> str:
-    from shared.quantity import format_cpu, format_memory
-
     if not isinstance(value, int):
         return "-" if value is None else str(value)
     return format_cpu(value) if name == "cpu" else format_memory(value)
+
+
+def _table(cols: list[Column], items: list[dict[str, Any]]) -> Table:
+    t = Table(box=None, show_edge=False, pad_edge=False, padding=(0, 3, 0, 0), header_style="bold")
+    for title, _ in cols:
+        t.add_column(title, no_wrap=True, overflow="ignore")
+    for item in items:
+        t.add_row(*(fn(item) for _, fn in cols))
+    return t
 
 
 def table(
@@ -249,12 +270,26 @@ def table(
     mixed: bool = False,
 ) -> None:
     cols = columns(kind, wide=wide, all_namespaces=all_namespaces, mixed=mixed)
-    t = Table(box=None, show_edge=False, pad_edge=False, padding=(0, 3, 0, 0), header_style="bold")
-    for title, _ in cols:
-        t.add_column(title, no_wrap=True, overflow="ignore")
-    for item in items:
-        t.add_row(*(fn(item) for _, fn in cols))
-    console.print(t)
+    print_rstripped(console, _table(cols, items))
+
+
+def print_rstripped(console: Console, renderable: RenderableType, *, indent: int = 0) -> None:
+    """Print without the trailing spaces rich pads table rows with.
+
+    kubectl's tables end each line at the last character; trailing blanks would
+    make `fedctl get ... | awk` and diffs of saved output noisy.
+    """
+    for line in console.render_lines(renderable, pad=False):
+        segs = list(line)
+        while segs and not segs[-1].control and not segs[-1].text.strip():
+            segs.pop()
+        if segs:
+            last = segs[-1]
+            segs[-1] = Segment(last.text.rstrip(), last.style, last.control)
+        if indent:
+            segs.insert(0, Segment(" " * indent))
+        segs.append(Segment.line())
+        console.print(Segments(segs), end="")
 
 
 # --- machine-readable output -------------------------------------------------------
@@ -292,8 +327,17 @@ def tree(value: Any, *, key: str = "", indent: int = 0) -> Iterable[Text]:
         if not value:
             return
         for k, v in value.items():
-            if isinstance(v, dict) and v and all(not isinstance(x, dict | list) for x in v.values()) and k in (
-                "labels", "annotations", "nodeSelector", "matchLabels",
+            if (
+                isinstance(v, dict)
+                and v
+                and all(not isinstance(x, dict | list) for x in v.values())
+                and k
+                in (
+                    "labels",
+                    "annotations",
+                    "nodeSelector",
+                    "matchLabels",
+                )
             ):
                 yield Text.assemble(pad, (f"{k}:", "bold"), f" {labels_text(v)}")
             elif isinstance(v, dict | list) and v:
@@ -320,10 +364,12 @@ def tree(value: Any, *, key: str = "", indent: int = 0) -> Iterable[Text]:
 
 
 def _field(console: Console, label: str, value: str | Text) -> None:
-    console.print(Text.assemble((f"{label + ':':<14}", "bold"), value))
+    console.print(Text.assemble((f"{label + ':':<15}", "bold"), value))
 
 
-def describe(console: Console, kind: Kind, obj: dict[str, Any], related: list[dict[str, Any]] | None) -> None:
+def describe(
+    console: Console, kind: Kind, obj: dict[str, Any], related: list[dict[str, Any]] | None
+) -> None:
     """kubectl-style description: a summary of what matters most, then every field.
 
     `related` are the pods of a node or a workload, shown as a table at the end
@@ -344,12 +390,29 @@ def describe(console: Console, kind: Kind, obj: dict[str, Any], related: list[di
         ready = _node_status(obj)
         if status.get("reason"):
             ready.append(f" ({status['reason']})")
-        _field(console, "Status", ready)
-        _field(console, "Last Seen", timestamp(status["lastSeen"]) if status.get("lastSeen") else "never")
+        _field(console, "Ready", ready)
+        _field(
+            console,
+            "Last Seen",
+            timestamp(status["lastSeen"]) if status.get("lastSeen") else "never",
+        )
         acked, desired = status.get("ackedGen", 0), status.get("desiredGen", 0)
-        behind = f" (behind by {desired - acked})" if isinstance(acked, int) and isinstance(desired, int) and acked < desired else ""
-        _field(console, "Generation", Text(f"acked {acked} / desired {desired}{behind}", style="yellow" if behind else ""))
-        _field(console, "Platform", f"{status.get('os', '-')}/{status.get('arch', '-')}, agent {status.get('agentVersion') or '-'}")
+        behind = (
+            f" (behind by {desired - acked})"
+            if isinstance(acked, int) and isinstance(desired, int) and acked < desired
+            else ""
+        )
+        _field(
+            console,
+            "Generation",
+            Text(f"acked {acked} / desired {desired}{behind}", style="yellow" if behind else ""),
+        )
+        _field(
+            console,
+            "Platform",
+            f"{status.get('os', '-')}/{status.get('arch', '-')}, "
+            f"agent {status.get('agentVersion') or '-'}",
+        )
     elif kind.kind == "Pod":
         _field(console, "Node", _pod_node(obj))
         _field(console, "Phase", _styled(str(status.get("phase", "Pending")), _PHASE_STYLE))
@@ -366,7 +429,11 @@ def describe(console: Console, kind: Kind, obj: dict[str, Any], related: list[di
         _field(console, "Images", _images(obj))
 
     rest = {k: v for k, v in obj.items() if k not in ("apiVersion", "kind", "metadata")}
-    extra_meta = {k: v for k, v in meta.items() if k not in ("name", "namespace", "labels", "annotations", "creationTimestamp")}
+    extra_meta = {
+        k: v
+        for k, v in meta.items()
+        if k not in ("name", "namespace", "labels", "annotations", "creationTimestamp")
+    }
     if extra_meta:
         rest = {"metadata": extra_meta, **rest}
     for section, value in rest.items():
@@ -376,16 +443,9 @@ def describe(console: Console, kind: Kind, obj: dict[str, Any], related: list[di
             console.print(line)
 
     if related is not None:
-        from fedctl.kinds import POD
-
         console.print(Text("Pods:", style="bold"))
         if not related:
             console.print(f"  {NONE}")
         else:
-            t = Table(box=None, show_edge=False, pad_edge=False, padding=(0, 3, 0, 2), header_style="bold")
             cols = columns(POD, wide=False, all_namespaces=False)
-            for title, _ in cols:
-                t.add_column(title, no_wrap=True, overflow="ignore")
-            for item in related:
-                t.add_row(*(fn(item) for _, fn in cols))
-            console.print(t)
+            print_rstripped(console, _table(cols, related), indent=2)

@@ -1,0 +1,616 @@
+"""Fleet simulator: thousands of simulated edge nodes per process, for scale benchmarks.
+
+Each simulated node is one real MQTT session speaking the real protocol
+(`shared.codec`, `shared.topics`, `shared.delta.EdgeDesired`) to a real broker, so
+cloudcore cannot tell it from an edgecore agent, except that nothing is persisted
+and no container runs: a pod entry is reported Running as soon as its gen is
+applied (optionally). That is what a benchmark of the cloud and the broker needs:
+the protocol's traffic and timing, without the agent's disk and crun costs.
+
+gmqtt is used, not aiomqtt: aiomqtt keeps a per-client timer task that costs about
+21 % of a core idle at 12k sessions (DESIGN.md section 8), while a gmqtt session is
+a transport, a protocol object and one keepalive `call_later`. Heartbeats for all
+nodes are driven by one loop per process instead of one timer per node, for the
+same reason.
+
+Run one process per ~2,500-15,000 sessions (each session is one file descriptor;
+the limit is 20,000 per process):
+
+    python -m testbed.simulator --host 127.0.0.1 --port 1883 \\
+        --prefix sim --start 0 --count 2500 --stats /tmp/sim-0.json
+
+Node names are `{prefix}-{i}` for i in [start, start + count).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import random
+import resource
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gmqtt
+from gmqtt.mqtt.constants import MQTTv311
+
+from shared import topics
+from shared.codec import Ack, Desired, Report, ReportAck, Resync, Will, decode, encode
+from shared.delta import EdgeDesired, Outcome
+from shared.entries import POD, split_key, status_value
+from shared.errors import ProtocolError
+from shared.models import ContainerStatus, PodStatus
+
+log = logging.getLogger("testbed.simulator")
+
+CAPACITY = {"cpu": 4000, "memory": 8_589_934_592, "pods": 110}
+AGENT_VERSION = "sim"
+
+
+@dataclass(frozen=True)
+class SimSettings:
+    """How the simulated fleet behaves; every field is fixed for the process's life."""
+
+    host: str = "127.0.0.1"  # broker address
+    port: int = 1883  # broker port
+    names: tuple[str, ...] = ()  # node names, also the MQTT client ids
+    labels: dict[str, str] = field(default_factory=dict)  # node labels, reported on connect
+    heartbeat: float = 30.0  # seconds between empty reports, jittered +-20 %
+    connect_rate_per_s: float = 500.0  # new sessions opened per second
+    report_pods: bool = False  # report each applied pod Running (the ack bench leaves it off)
+    stats_path: Path | None = None  # JSON stats file, rewritten every `stats_interval`
+    stats_interval: float = 1.0  # seconds
+    keepalive: int = 60  # MQTT keepalive, seconds
+    per_node_stats: bool = False  # add every node's timings and counters to the stats file
+    max_connecting: int = 256  # connects in flight at once (a slow broker must not pile up)
+
+
+class SimNode:
+    """One simulated edge: its desired state in memory, its counters and its session."""
+
+    __slots__ = (
+        "applied_at",
+        "bytes_in",
+        "bytes_out",
+        "client",
+        "connected",
+        "connects",
+        "desired",
+        "first_desired_at",
+        "msgs_in",
+        "msgs_out",
+        "name",
+        "next_heartbeat",
+        "racked",
+        "reacks",
+        "resyncs",
+        "seq",
+        "sim",
+    )
+
+    def __init__(self, name: str, sim: Simulator) -> None:
+        self.name = name
+        self.sim = sim
+        self.desired = EdgeDesired()
+        self.seq = 0  # last report seq sent
+        self.racked = 0  # highest seq the cloud acknowledged
+        self.client: gmqtt.Client | None = None
+        self.connected = False
+        self.connects = 0
+        self.next_heartbeat = 0.0
+        self.first_desired_at: float | None = None
+        self.applied_at: dict[int, float] = {}  # gen -> wall time it was applied
+        self.msgs_in = self.msgs_out = self.bytes_in = self.bytes_out = 0
+        self.reacks = self.resyncs = 0
+
+    # --- outgoing ----------------------------------------------------------------
+
+    def send(self, msg: Ack | Report | Resync) -> None:
+        if self.client is None or not self.connected:
+            return  # the resync on the next connect brings the cloud up to date
+        data = encode(msg)
+        self.client.publish(topics.up(self.name), data, qos=1)
+        self.msgs_out += 1
+        self.bytes_out += len(data)
+        self.sim.msgs_out += 1
+        self.sim.bytes_out += len(data)
+
+    def report(self, **fields: Any) -> None:
+        self.seq += 1
+        self.send(
+            Report(
+                node=self.name,
+                seq=self.seq,
+                epoch=self.desired.epoch,
+                gen=self.desired.gen,
+                ts=time.time(),
+                **fields,
+            )
+        )
+
+    def node_status(self) -> dict[str, Any]:
+        return {
+            "capacity": dict(CAPACITY),
+            "allocatable": dict(CAPACITY),
+            "arch": "amd64",
+            "os": "linux",
+            "agentVersion": AGENT_VERSION,
+            "labels": dict(self.sim.settings.labels),
+            "heartbeat": self.sim.settings.heartbeat,
+        }
+
+    # --- gmqtt callbacks ------------------------------------------------------------
+
+    def on_connect(self, client: gmqtt.Client, session_present: int, rc: int, props: Any) -> None:
+        self.connected = True
+        self.connects += 1
+        self.sim.connected += 1
+        if not session_present:
+            # gmqtt does not resubscribe by itself; a fresh session needs it again.
+            if client.subscriptions:
+                for sub in client.subscriptions:
+                    client.resubscribe(sub)
+            else:
+                client.subscribe(topics.down(self.name), qos=1)
+        # The edge's opening: where it stands, then who it is (DESIGN.md section 3).
+        self.resyncs += 1
+        self.send(
+            Resync(
+                node=self.name,
+                epoch=self.desired.epoch,
+                gen=self.desired.gen,
+                seq=self.seq,
+                reason="connect",
+            )
+        )
+        self.report(node_status=self.node_status())
+        hb = self.sim.settings.heartbeat
+        self.next_heartbeat = time.monotonic() + random.uniform(0.2 * hb, hb)
+
+    def on_disconnect(self, client: gmqtt.Client, packet: Any, exc: Any = None) -> None:
+        if self.connected:
+            self.connected = False
+            self.sim.connected -= 1
+
+    def on_message(
+        self, client: gmqtt.Client, topic: str, payload: bytes, qos: int, props: Any
+    ) -> int:
+        self.msgs_in += 1
+        self.bytes_in += len(payload)
+        self.sim.msgs_in += 1
+        self.sim.bytes_in += len(payload)
+        try:
+            msg = decode(payload)
+        except ProtocolError as exc:
+            self.sim.invalid += 1
+            log.debug("%s: dropped a bad message: %s", self.name, exc)
+            return 0
+        if msg.node != self.name:
+            self.sim.invalid += 1
+            return 0
+        if isinstance(msg, Desired):
+            self.on_desired(msg)
+        elif isinstance(msg, ReportAck):
+            self.racked = max(self.racked, msg.seq)
+        return 0
+
+    def on_desired(self, msg: Desired) -> None:
+        now = time.time()
+        if self.first_desired_at is None:
+            self.first_desired_at = now
+        outcome = self.desired.classify(msg)
+        if outcome is Outcome.DUPLICATE:
+            self.reacks += 1
+            self.sim.reacks += 1
+            self.send(
+                Ack(node=self.name, epoch=self.desired.epoch or msg.epoch, gen=self.desired.gen)
+            )
+            return
+        if outcome is Outcome.GAP:
+            self.resyncs += 1
+            self.sim.gaps += 1
+            self.send(
+                Resync(
+                    node=self.name,
+                    epoch=self.desired.epoch,
+                    gen=self.desired.gen,
+                    seq=self.seq,
+                    reason="gap",
+                )
+            )
+            return
+        old = self.desired.items
+        self.desired = self.desired.applied(msg)
+        self.applied_at[msg.gen] = now
+        self.sim.record_applied(msg.gen, now)
+        self.send(Ack(node=self.name, epoch=msg.epoch, gen=msg.gen))
+        if self.sim.settings.report_pods:
+            pods = self.pod_changes(old, self.desired.items)
+            if pods:
+                self.report(pods=pods)
+
+    def pod_changes(self, old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+        """Statuses to report: new or changed pods Running at once, removed pods gone (None)."""
+        out: dict[str, Any] = {}
+        for k, v in new.items():
+            if split_key(k)[0] != POD or old.get(k) == v:
+                continue
+            spec = v.get("spec") if isinstance(v, dict) else None
+            containers = (spec or {}).get("containers") or []
+            status = PodStatus(
+                phase="Running",
+                node_name=self.name,
+                updated_at=time.time(),
+                revision=v.get("revision") if isinstance(v, dict) else None,
+                container_statuses=[
+                    ContainerStatus(
+                        name=c.get("name", "c"), state="running", ready=True, started_at=time.time()
+                    )
+                    for c in containers
+                    if isinstance(c, dict)
+                ],
+            )
+            out[k] = status_value(status)
+        for k in old:
+            if k not in new and split_key(k)[0] == POD:
+                out[k] = None
+        return out
+
+
+class Simulator:
+    """The fleet of one process: connects gradually, answers, beats, writes stats."""
+
+    def __init__(self, settings: SimSettings) -> None:
+        for name in settings.names:
+            if not topics.valid_node_name(name):
+                raise ValueError(f"names: {name!r} is not a valid node name (DNS-1123)")
+        if settings.connect_rate_per_s <= 0:
+            raise ValueError("connect_rate_per_s: must be positive")
+        if settings.heartbeat <= 0:
+            raise ValueError("heartbeat: must be positive seconds")
+        self.settings = settings
+        self.nodes = [SimNode(n, self) for n in settings.names]
+        self.connected = 0
+        self.msgs_in = self.msgs_out = self.bytes_in = self.bytes_out = 0
+        self.reacks = self.gaps = self.invalid = self.connect_failures = 0
+        self.acks: dict[int, int] = {}  # gen -> nodes that applied it
+        self.gen_times: dict[int, list[float]] = {}  # gen -> [first, last] wall time applied
+        self.started_at = time.time()
+        self.all_connected_after: float | None = None  # seconds from start
+
+    def record_applied(self, gen: int, now: float) -> None:
+        self.acks[gen] = self.acks.get(gen, 0) + 1
+        span = self.gen_times.setdefault(gen, [now, now])
+        span[1] = now
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Connect every node (rate-limited), then serve until cancelled; disconnects on exit."""
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tasks.append(tg.create_task(self._connect_all(), name="sim.connect"))
+                tasks.append(tg.create_task(self._heartbeats(), name="sim.heartbeats"))
+                if self.settings.stats_path is not None:
+                    tasks.append(tg.create_task(self._stats_loop(), name="sim.stats"))
+        finally:
+            await self._disconnect_all()
+
+    async def _connect_all(self) -> None:
+        gate = asyncio.Semaphore(self.settings.max_connecting)
+        interval = 1.0 / self.settings.connect_rate_per_s
+        start = time.monotonic()
+        pending: set[asyncio.Task[None]] = set()
+        for i, node in enumerate(self.nodes):
+            await gate.acquire()
+            task = asyncio.create_task(self._connect(node, gate), name=f"sim.connect[{node.name}]")
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+            # Pace against the schedule, not per sleep, so timer slop does not add up.
+            delay = start + (i + 1) * interval - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        while pending:
+            await asyncio.gather(*list(pending))
+        self.all_connected_after = time.time() - self.started_at
+        log.info("%d sessions connected in %.1f s", len(self.nodes), self.all_connected_after)
+
+    async def _connect(self, node: SimNode, gate: asyncio.Semaphore) -> None:
+        """First connect, retried with capped jittered backoff; gmqtt reconnects after that."""
+        try:
+            delay = 0.5
+            while True:
+                client = gmqtt.Client(
+                    node.name,
+                    clean_session=False,
+                    will_message=gmqtt.Message(
+                        topics.will(node.name), encode(Will(node=node.name)), qos=1
+                    ),
+                )
+                client.set_config(
+                    {"reconnect_retries": -1, "reconnect_delay": random.uniform(1.0, 5.0)}
+                )
+                client.on_connect = node.on_connect
+                client.on_message = node.on_message
+                client.on_disconnect = node.on_disconnect
+                node.client = client
+                try:
+                    await client.connect(
+                        self.settings.host,
+                        self.settings.port,
+                        keepalive=self.settings.keepalive,
+                        version=MQTTv311,
+                    )
+                    return
+                except (TimeoutError, OSError, gmqtt.MQTTConnectError) as exc:
+                    self.connect_failures += 1
+                    log.debug("%s: connect failed: %s", node.name, exc)
+                    with contextlib.suppress(Exception):
+                        await client.disconnect()
+                    node.client = None
+                    await asyncio.sleep(random.uniform(0, delay))
+                    delay = min(delay * 2, 10.0)
+        finally:
+            gate.release()
+
+    async def _heartbeats(self) -> None:
+        """One loop beats for every node, instead of one timer per node."""
+        hb = self.settings.heartbeat
+        tick = min(1.0, hb / 4)
+        while True:
+            await asyncio.sleep(tick)
+            now = time.monotonic()
+            for node in self.nodes:
+                if node.connected and node.next_heartbeat <= now:
+                    node.report()
+                    node.next_heartbeat = now + random.uniform(0.8 * hb, 1.2 * hb)
+
+    async def _stats_loop(self) -> None:
+        assert self.settings.stats_path is not None
+        while True:
+            self.write_stats(self.settings.stats_path)
+            await asyncio.sleep(self.settings.stats_interval)
+
+    async def _disconnect_all(self) -> None:
+        clients = [n.client for n in self.nodes if n.client is not None]
+        for n in self.nodes:
+            n.client = None
+
+        async def close(c: gmqtt.Client) -> None:
+            with contextlib.suppress(Exception):
+                await c.disconnect()
+
+        # Shielded and bounded: a cancelled run still says goodbye (no will storm),
+        # but a dead broker cannot hold the process.
+        with contextlib.suppress(Exception, asyncio.CancelledError):
+            await asyncio.wait_for(
+                asyncio.shield(asyncio.gather(*(close(c) for c in clients))), timeout=10
+            )
+        if self.settings.stats_path is not None:
+            self.write_stats(self.settings.stats_path)
+
+    # --- stats ---------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """The figures a benchmark reads: sessions, per-gen applies, traffic, memory."""
+        at_gen: dict[int, int] = {}
+        first_desired = 0
+        for n in self.nodes:
+            at_gen[n.desired.gen] = at_gen.get(n.desired.gen, 0) + 1
+            first_desired += n.first_desired_at is not None
+        applied = {str(g): c for g, c in sorted(self.acks.items())}
+        out: dict[str, Any] = {
+            "ts": time.time(),
+            "pid": os.getpid(),
+            "nodes": len(self.nodes),
+            "connected": self.connected,
+            "connect_failures": self.connect_failures,
+            "started_at": self.started_at,
+            "all_connected_after_s": self.all_connected_after,
+            "first_desired": first_desired,
+            # gen -> nodes that applied (and acked) it; "gens" is the name testbed.bench reads.
+            "acks": applied,
+            "gens": applied,
+            "gen_times": {str(g): v for g, v in sorted(self.gen_times.items())},
+            "at_gen": {str(g): c for g, c in sorted(at_gen.items())},
+            "reacks": self.reacks,
+            "gaps": self.gaps,
+            "invalid": self.invalid,
+            "msgs_in": self.msgs_in,
+            "msgs_out": self.msgs_out,
+            "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out,
+            "rss_bytes": rss_bytes(),
+        }
+        if self.settings.per_node_stats:
+            out["per_node"] = {
+                n.name: {
+                    "connected": n.connected,
+                    "connects": n.connects,
+                    "first_desired_at": n.first_desired_at,
+                    "applied_at": {str(g): t for g, t in n.applied_at.items()},
+                    "gen": n.desired.gen,
+                    "seq": n.seq,
+                    "racked": n.racked,
+                    "msgs_in": n.msgs_in,
+                    "msgs_out": n.msgs_out,
+                    "bytes_in": n.bytes_in,
+                    "bytes_out": n.bytes_out,
+                    "reacks": n.reacks,
+                    "resyncs": n.resyncs,
+                }
+                for n in self.nodes
+            }
+        return out
+
+    def write_stats(self, path: Path) -> None:
+        """Atomically (write + rename), so a reader never sees half a file."""
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(self.stats()))
+        os.replace(tmp, path)
+
+
+def rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return 0
+
+
+async def run_simulator(
+    *,
+    host: str,
+    port: int,
+    names: list[str],
+    labels: dict[str, str],
+    heartbeat: float,
+    connect_rate_per_s: float,
+    report_pods: bool,
+    stats_path: Path | None,
+    keepalive: int = 60,
+    per_node_stats: bool = False,
+) -> None:
+    """Simulate `names` as edge nodes against the broker until cancelled."""
+    settings = SimSettings(
+        host=host,
+        port=port,
+        names=tuple(names),
+        labels=dict(labels),
+        heartbeat=heartbeat,
+        connect_rate_per_s=connect_rate_per_s,
+        report_pods=report_pods,
+        stats_path=stats_path,
+        keepalive=keepalive,
+        per_node_stats=per_node_stats,
+    )
+    await Simulator(settings).run()
+
+
+# --- command line -------------------------------------------------------------------
+
+
+def _labels(text: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for term in filter(None, text.split(",")):
+        k, sep, v = term.partition("=")
+        if not sep or not k:
+            raise argparse.ArgumentTypeError(f"--labels: {term!r} is not KEY=VALUE")
+        out[k] = v
+    return out
+
+
+def _raise_fd_limit(need: int) -> None:
+    """Lift the soft open-file limit to the hard one; say so if it still is not enough."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        soft = hard
+    if need + 64 > soft:
+        raise SystemExit(
+            f"--count {need} needs about {need + 64} file descriptors but the limit is {soft}; "
+            "split the fleet over several processes"
+        )
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m testbed.simulator",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--host", default="127.0.0.1", help="broker host (default %(default)s)")
+    p.add_argument("--port", type=int, default=1883, help="broker port (default %(default)s)")
+    p.add_argument("--prefix", default="sim", help="node name prefix (default %(default)s)")
+    p.add_argument("--start", type=int, default=0, help="first node index (default 0)")
+    p.add_argument(
+        "--count", type=int, default=2500, help="nodes in this process (default %(default)s)"
+    )
+    p.add_argument(
+        "--labels",
+        type=_labels,
+        default={"edgefed.io/simulated": "true"},
+        help="node labels KEY=VALUE,... (default edgefed.io/simulated=true)",
+    )
+    p.add_argument("--heartbeat", type=float, default=30.0, help="seconds (default %(default)s)")
+    p.add_argument(
+        "--rate", type=float, default=500.0, help="connects per second (default %(default)s)"
+    )
+    p.add_argument(
+        "--keepalive", type=int, default=60, help="MQTT keepalive s (default %(default)s)"
+    )
+    p.add_argument("--report-pods", action="store_true", help="report applied pods Running")
+    p.add_argument(
+        "--stats", type=Path, default=None, help="JSON stats file, rewritten every second"
+    )
+    p.add_argument("--per-node-stats", action="store_true", help="add per-node timings to --stats")
+    p.add_argument("--no-uvloop", action="store_true", help="use the default asyncio loop")
+    p.add_argument("-v", "--verbose", action="store_true")
+    args = p.parse_args(argv)
+    if args.count < 1 or args.start < 0:
+        p.error("--count must be >= 1 and --start >= 0")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    logging.getLogger("gmqtt").setLevel(logging.INFO if args.verbose else logging.ERROR)
+    _raise_fd_limit(args.count)
+    names = [f"{args.prefix}-{i}" for i in range(args.start, args.start + args.count)]
+
+    async def serve() -> None:
+        # SIGTERM (how the testbed stops us) cancels like Ctrl-C, so the sessions are
+        # closed cleanly and the last stats are written.
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, task.cancel)
+        with contextlib.suppress(asyncio.CancelledError):
+            await run_simulator(
+                host=args.host,
+                port=args.port,
+                names=names,
+                labels=args.labels,
+                heartbeat=args.heartbeat,
+                connect_rate_per_s=args.rate,
+                report_pods=args.report_pods,
+                stats_path=args.stats,
+                keepalive=args.keepalive,
+                per_node_stats=args.per_node_stats,
+            )
+
+    coro = serve()
+    try:
+        if not args.no_uvloop:
+            try:
+                import uvloop
+            except ImportError:
+                uvloop = None  # type: ignore[assignment]
+            if uvloop is not None:
+                uvloop.run(coro)
+                return 0
+        asyncio.run(coro)
+    except KeyboardInterrupt:
+        pass
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

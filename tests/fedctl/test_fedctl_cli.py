@@ -1,0 +1,465 @@
+"""fedctl against a stub of cloudcore's HTTP API (see conftest.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from fedctl.__main__ import main
+from fedctl.app import app
+from fedctl.config import DEFAULT_SERVER, resolve
+from fedctl.errors import UsageError
+
+REPO = Path(__file__).resolve().parents[2]
+ANSI = "\x1b["
+
+MANIFEST = """\
+apiVersion: apps/v1
+kind: DaemonSet
+metadata:
+  name: web
+  labels: {app: web}
+spec:
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      nodeSelector: {zone: shop}
+      containers:
+        - name: web
+          image: busybox:1.36
+          command: ["httpd", "-f"]
+          resources: {requests: {cpu: 100m, memory: 32Mi}}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: api}
+spec:
+  replicas: 2
+  template:
+    metadata: {labels: {app: api}}
+    spec:
+      containers: [{name: api, image: busybox:1.36}]
+---
+# a comment-only document is skipped
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: cfg, namespace: shop}
+data: {greeting: hello}
+"""
+
+
+def run(stub_url: str | None, *args: str, input: str | None = None) -> Any:
+    argv = (["--server", stub_url] if stub_url else []) + list(args)
+    return CliRunner().invoke(app, argv, input=input)
+
+
+def node(name: str, *, ready: str = "Ready", acked: int = 3, desired: int = 3) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": name, "labels": {"zone": "shop"}},
+        "status": {
+            "ready": ready,
+            "lastSeen": time.time() - 4,
+            "ackedGen": acked,
+            "desiredGen": desired,
+            "arch": "arm64",
+            "os": "linux",
+            "agentVersion": "0.1.0",
+            "capacity": {"cpu": 4000, "memory": 8 * 2**30, "pods": 110},
+            "allocatable": {"cpu": 3500, "memory": 7 * 2**30, "pods": 110},
+        },
+    }
+
+
+def pod(
+    name: str,
+    node_name: str | None,
+    *,
+    phase: str = "Running",
+    app_label: str = "web",
+    reason: str | None = None,
+    message: str | None = None,
+    restarts: int = 0,
+) -> dict[str, Any]:
+    status: dict[str, Any] = {
+        "phase": phase,
+        "nodeName": node_name,
+        "containerStatuses": [
+            {
+                "name": "web",
+                "state": "running",
+                "ready": phase == "Running",
+                "restartCount": restarts,
+            }
+        ],
+    }
+    if reason:
+        status["reason"] = reason
+    if message:
+        status["message"] = message
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": "default", "labels": {"app": app_label}},
+        "spec": {"nodeName": node_name, "containers": [{"name": "web", "image": "busybox"}]},
+        "status": status,
+    }
+
+
+# --- apply -----------------------------------------------------------------------------
+
+
+def test_apply_multi_document_yaml_then_reapply(stub: Any, tmp_path: Path) -> None:
+    f = tmp_path / "app.yaml"
+    f.write_text(MANIFEST)
+    r = run(stub.url, "apply", "-f", str(f))
+    assert r.exit_code == 0, r.output
+    assert r.stdout.splitlines() == [
+        "daemonset/web created",
+        "deployment/api created",
+        "configmap/cfg created",
+    ]
+    method, path, body = stub.requests[-1]
+    assert (method, path, body["dryRun"]) == ("POST", "/api/v1/apply", False)
+    assert [d["kind"] for d in body["documents"]] == ["DaemonSet", "Deployment", "ConfigMap"]
+
+    r = run(stub.url, "apply", "-f", str(f))
+    assert r.stdout.splitlines()[0] == "daemonset/web unchanged"
+
+    f.write_text(MANIFEST.replace("replicas: 2", "replicas: 3"))
+    r = run(stub.url, "apply", "-f", str(tmp_path), "--dry-run")  # a directory
+    assert r.exit_code == 0, r.output
+    assert "deployment/api configured (dry run)" in r.stdout.splitlines()
+    assert stub.requests[-1][2]["dryRun"] is True
+
+
+def test_apply_from_stdin(stub: Any) -> None:
+    r = run(stub.url, "apply", "-f", "-", input=MANIFEST.split("---")[1])
+    assert r.exit_code == 0, r.output
+    assert r.stdout.strip() == "deployment/api created"
+
+
+def test_invalid_field_is_named_and_nothing_is_sent(stub: Any, tmp_path: Path) -> None:
+    f = tmp_path / "bad.yaml"
+    f.write_text(
+        MANIFEST.replace(
+            "image: busybox:1.36\n          command", "imag: busybox\n          command"
+        )
+    )
+    r = run(stub.url, "apply", "-f", str(f))
+    assert r.exit_code == 1
+    assert "spec.template.spec.containers[0].imag" in r.stderr
+    assert "DaemonSet/web" in r.stderr and "bad.yaml#1" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert stub.requests == []
+
+    f.write_text(MANIFEST.replace("replicas: 2", "replicas: -1"))
+    r = run(stub.url, "apply", "-f", str(f))
+    assert r.exit_code == 1 and "spec.replicas" in r.stderr and "bad.yaml#2" in r.stderr
+
+
+def test_bad_yaml_and_missing_file(stub: Any, tmp_path: Path) -> None:
+    f = tmp_path / "broken.yaml"
+    f.write_text("kind: Pod\nmetadata: [unclosed\n")
+    r = run(stub.url, "apply", "-f", str(f))
+    assert r.exit_code == 1 and "not valid YAML (line" in r.stderr
+    r = run(stub.url, "apply", "-f", str(tmp_path / "nope.yaml"))
+    assert r.exit_code == 1 and "no such file or directory" in r.stderr
+
+
+def test_server_side_rejection_is_one_line_with_field(stub: Any, tmp_path: Path) -> None:
+    f = tmp_path / "cm.yaml"
+    f.write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cfg\n"
+        "  annotations: {stub/reject: 'quota exceeded'}\n"
+    )
+    r = run(stub.url, "apply", "-f", str(f))
+    assert r.exit_code == 1
+    assert r.stderr.strip() == "error: metadata.annotations: quota exceeded"
+
+
+# --- get -------------------------------------------------------------------------------
+
+
+def test_get_nodes_table(stub: Any) -> None:
+    stub.put(node("edge-1"))
+    stub.put(node("edge-2", ready="NotReady", acked=2, desired=3))
+    r = run(stub.url, "get", "nodes")
+    assert r.exit_code == 0, r.output
+    lines = r.stdout.splitlines()
+    assert lines[0].split() == ["NAME", "STATUS", "LAST", "SEEN", "GEN"]
+    assert lines[1].split()[:2] == ["edge-1", "Ready"] and lines[1].split()[-1] == "3/3"
+    assert lines[2].split()[:2] == ["edge-2", "NotReady"] and lines[2].split()[-1] == "2/3"
+    assert "ago" in lines[1]
+    assert ANSI not in r.stdout
+
+    r = run(stub.url, "get", "no", "-o", "wide")
+    assert (
+        "arm64" in r.stdout
+        and "3500m" in r.stdout
+        and "7Gi" in r.stdout
+        and "zone=shop" in r.stdout
+    )
+
+
+def test_get_pods_json_selector_and_node(stub: Any) -> None:
+    stub.put(pod("web-a", "edge-1", restarts=2))
+    stub.put(pod("web-b", None, phase="Pending", reason="Unschedulable"))
+    stub.put(pod("api-a", "edge-2", app_label="api"))
+    r = run(stub.url, "get", "pods", "-l", "app=web", "-o", "json")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["kind"] == "List"
+    assert [p["metadata"]["name"] for p in doc["items"]] == ["web-a", "web-b"]
+    assert (
+        "labelSelector=app%3Dweb" in stub.requests[-1][1]
+        or "labelSelector=app=web" in stub.requests[-1][1]
+    )
+
+    r = run(stub.url, "get", "pods")
+    rows = [line.split() for line in r.stdout.splitlines()]
+    assert rows[0] == ["NAME", "NODE", "PHASE", "RESTARTS", "REASON"]
+    assert ["web-a", "edge-1", "Running", "2", "-"] in rows
+    assert ["web-b", "<unscheduled>", "Pending", "0", "Unschedulable"] in rows
+
+    r = run(stub.url, "get", "pods", "--node", "edge-2", "-o", "name")
+    assert r.stdout.strip() == "pod/api-a"
+
+    r = run(stub.url, "get", "pod", "web-a", "-o", "yaml")
+    assert yaml.safe_load(r.stdout)["status"]["nodeName"] == "edge-1"
+
+    r = run(stub.url, "get", "pods", "-A")
+    assert r.stdout.splitlines()[0].split()[0] == "NAMESPACE"
+    assert "namespace=" not in stub.requests[-1][1]
+
+
+def test_get_workloads_lists_both_kinds(stub: Any, tmp_path: Path) -> None:
+    (tmp_path / "app.yaml").write_text(MANIFEST)
+    assert run(stub.url, "apply", "-f", str(tmp_path / "app.yaml")).exit_code == 0
+    r = run(stub.url, "get", "workloads")
+    rows = [line.split() for line in r.stdout.splitlines()]
+    assert rows[0][:3] == ["KIND", "NAME", "READY"]
+    assert [row[:2] for row in rows[1:]] == [["DaemonSet", "web"], ["Deployment", "api"]]
+    r = run(stub.url, "get", "cm", "-n", "shop")
+    assert r.stdout.splitlines()[1].split()[:2] == ["cfg", "1"]
+
+
+def test_not_found_exits_3(stub: Any) -> None:
+    r = run(stub.url, "get", "pod", "ghost")
+    assert r.exit_code == 3
+    assert r.stderr.strip() == 'error: pod "ghost" in namespace "default" not found'
+    r = run(stub.url, "describe", "node", "ghost")
+    assert r.exit_code == 3
+    r = run(stub.url, "get", "workloads", "ghost")
+    assert r.exit_code == 3
+
+
+def test_empty_list_says_so_on_stderr(stub: Any) -> None:
+    r = run(stub.url, "get", "pods")
+    assert r.exit_code == 0 and r.stdout == ""
+    assert "No pods found in namespace 'default'" in r.stderr
+
+
+# --- describe, delete --------------------------------------------------------------------
+
+
+def test_describe_pod_shows_scheduling_reason(stub: Any) -> None:
+    stub.put(
+        pod(
+            "web-b",
+            None,
+            phase="Pending",
+            reason="Unschedulable",
+            message="0/3 nodes match: 3 lack cpu (want 100m)",
+        )
+    )
+    r = run(stub.url, "describe", "pod", "web-b")
+    assert r.exit_code == 0, r.output
+    out = r.stdout
+    assert "Reason:        Unschedulable" in out
+    assert "Message:       0/3 nodes match: 3 lack cpu (want 100m)" in out
+    assert "image: busybox" in out  # every field, not just the summary
+
+
+def test_describe_node_lists_its_pods(stub: Any) -> None:
+    stub.put(node("edge-1", acked=2, desired=3))
+    stub.put(pod("web-a", "edge-1"))
+    r = run(stub.url, "describe", "node", "edge-1")
+    assert r.exit_code == 0, r.output
+    assert "acked 2 / desired 3 (behind by 1)" in r.stdout
+    assert "capacity:" in r.stdout and "agentVersion: 0.1.0" in r.stdout
+    assert "Pods:" in r.stdout and "web-a" in r.stdout
+
+
+def test_delete_by_name_and_by_file(stub: Any, tmp_path: Path) -> None:
+    f = tmp_path / "app.yaml"
+    f.write_text(MANIFEST)
+    run(stub.url, "apply", "-f", str(f))
+    r = run(stub.url, "delete", "ds", "web")
+    assert (r.exit_code, r.stdout.strip()) == (0, "daemonset/web deleted")
+    r = run(stub.url, "delete", "daemonset", "web")
+    assert r.exit_code == 3 and "not found" in r.stderr
+    assert run(stub.url, "delete", "daemonset", "web", "--ignore-not-found").exit_code == 0
+
+    r = run(stub.url, "delete", "-f", str(f))
+    assert r.exit_code == 3  # web was already gone; the rest is deleted anyway
+    assert r.stdout.splitlines() == ["deployment/api deleted", "configmap/cfg deleted"]
+    assert ("DELETE", "/api/v1/configmaps/shop/cfg", None) in stub.requests
+
+
+# --- wait ------------------------------------------------------------------------------
+
+
+def test_wait_until_running(stub: Any) -> None:
+    stub.put(pod("web-a", "edge-1", phase="Pending"))
+    stub.put(pod("web-b", "edge-2", phase="Running"))
+    stub.put(pod("api-a", "edge-2", phase="Pending", app_label="api"))
+
+    def later() -> None:
+        time.sleep(0.5)
+        stub.put(pod("web-a", "edge-1", phase="Running"))
+
+    t = threading.Thread(target=later)
+    t.start()
+    started = time.monotonic()
+    r = run(
+        stub.url,
+        "wait",
+        "--for=Running",
+        "pods",
+        "-l",
+        "app=web",
+        "--timeout",
+        "10",
+        "--interval",
+        "0.1",
+    )
+    t.join()
+    assert r.exit_code == 0, r.output
+    assert time.monotonic() - started < 5
+    assert r.stdout.splitlines() == ["pod/web-a condition met", "pod/web-b condition met"]
+
+
+def test_wait_times_out_with_the_stragglers(stub: Any) -> None:
+    stub.put(pod("web-a", None, phase="Pending", reason="Unschedulable"))
+    stub.put(pod("web-b", "edge-2", phase="Running"))
+    r = run(
+        stub.url,
+        "wait",
+        "--for=Running",
+        "pods",
+        "-l",
+        "app=web",
+        "--timeout",
+        "0.3",
+        "--interval",
+        "0.1",
+    )
+    assert r.exit_code == 1
+    assert "timed out after 0.3 waiting for pods -l app=web to be Running" in r.stderr
+    assert "1/2 are; not yet: web-a (Pending: Unschedulable)" in r.stderr
+
+    r = run(stub.url, "wait", "--for=Running", "pods", "-l", "app=none", "--timeout", "0.2")
+    assert r.exit_code == 1 and "nothing matched" in r.stderr
+
+
+def test_wait_for_node_ready_and_bad_condition(stub: Any) -> None:
+    stub.put(node("edge-1"))
+    r = run(stub.url, "wait", "nodes", "edge-1", "--for", "ready", "--timeout", "2")
+    assert r.exit_code == 0 and r.stdout.strip() == "node/edge-1 condition met"
+    r = run(stub.url, "wait", "pods", "--for", "Sleeping")
+    assert r.exit_code == 2 and "Running" in r.stderr
+
+
+# --- server resolution, errors, exit codes ---------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_unreachable_server_is_one_clear_line() -> None:
+    url = f"http://127.0.0.1:{_free_port()}"
+    r = run(url, "get", "nodes")
+    assert r.exit_code == 1
+    assert r.stderr.startswith(f"error: cannot reach cloudcore at {url}: ")
+    assert len(r.stderr.splitlines()) == 1 and "Traceback" not in r.stderr
+
+
+def test_server_resolution_order(tmp_path: Path) -> None:
+    cfg = tmp_path / "edgefed" / "fedctl.yaml"
+    env = {"XDG_CONFIG_HOME": str(tmp_path)}
+    assert resolve(flag=None, env=env).server == DEFAULT_SERVER
+    cfg.parent.mkdir()
+    cfg.write_text("server: http://from-file:1/\n")
+    assert resolve(flag=None, env=env).server == "http://from-file:1"
+    env["FEDCTL_SERVER"] = "http://from-env:2"
+    assert resolve(flag=None, env=env).server == "http://from-env:2"
+    assert resolve(flag="http://flag:3", env=env).server == "http://flag:3"
+    with pytest.raises(UsageError, match="not an http"):
+        resolve(flag="ftp://x", env=env)
+
+
+def test_usage_errors_exit_2_with_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["get", "gizmos"]) == 2
+    assert capsys.readouterr().err.startswith("error: unknown resource type 'gizmos'")
+    assert main(["get", "--bogus", "pods"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == "error: No such option: --bogus (see 'fedctl get --help')"
+    assert main(["delete", "pod"]) == 2
+    assert main(["get", "pods", "-n", "x", "-A"]) == 2
+
+
+def test_subprocess_piped_output_has_no_ansi(stub: Any, tmp_path: Path) -> None:
+    """The real entry point, with a pipe for stdout and a terminal-ish environment."""
+    stub.put(node("edge-1", ready="NotReady", acked=1, desired=2))
+    stub.put(pod("web-a", "edge-1", phase="Failed", reason="CrashLoopBackOff", restarts=5))
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("FORCE_COLOR", "CLICOLOR_FORCE", "TTY_COMPATIBLE")
+    }
+    env.update(
+        TERM="xterm-256color",
+        COLORTERM="truecolor",
+        FEDCTL_SERVER=stub.url,
+        XDG_CONFIG_HOME=str(tmp_path),
+    )
+
+    def fedctl(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "fedctl", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=REPO,
+            timeout=30,
+            check=False,
+        )
+
+    out = fedctl("get", "nodes")
+    assert out.returncode == 0, out.stderr
+    assert "edge-1" in out.stdout and "NotReady" in out.stdout and "1/2" in out.stdout
+    out2 = fedctl("describe", "pod", "web-a")
+    assert "CrashLoopBackOff" in out2.stdout
+    bad = fedctl("get", "pod", "ghost")
+    assert bad.returncode == 3
+    for o in (out, out2, bad):
+        assert ANSI not in o.stdout + o.stderr
+        assert "Traceback" not in o.stderr
