@@ -105,7 +105,7 @@ class Settings:
         for name in ("heartbeat", "missed_heartbeats", "ack_timeout", "ack_timeout_cap",
                      "liveness_interval", "log_interval", "telemetry_points"):
             _positive(f"sync.{name}", getattr(self.sync, name))
-        if logging.getLevelName(self.log_level.upper()) not in range(0, 60):
+        if logging.getLevelName(self.log_level.upper()) not in range(60):
             raise ConfigError(f"log_level: unknown level {self.log_level!r}", field="log_level")
         return self
 

@@ -213,9 +213,8 @@ class Store:
             if value is _DELETE:
                 ops.append((db, key.encode(), None))
                 continue
-            if isinstance(value, _Later):
-                value = value.producer()
-            ops.append((db, key.encode(), msgpack.packb(value, use_bin_type=True)))
+            data = value.producer() if isinstance(value, _Later) else value
+            ops.append((db, key.encode(), msgpack.packb(data, use_bin_type=True)))
         return ops, batch
 
     def _write(self, ops: list[_Op]) -> None:

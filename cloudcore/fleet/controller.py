@@ -1,0 +1,737 @@
+"""The fleet controller: objects -> pods -> per-node desired sets.
+
+Level-triggered like Kubernetes controllers: every change marks the nodes whose
+desired set may differ ("dirty"), and `_commit()` recomputes exactly those sets
+with `NodeDesired.replace`, so one API call that touches 1,000 nodes bumps each
+node's gen once. The sync hub is told which nodes changed through `listener`.
+
+Placement rules:
+- a DaemonSet owns one pod per node that its template's selector, arch and
+  tolerations admit (named `{ds}-{node}`); the pod is bound to that node if it fits
+  there, else Pending with the reason;
+- a Deployment owns `replicas` pods named `{dep}-{i}`, placed by the scheduler;
+- a bare Pod is placed by the scheduler, or bound to `spec.nodeName` if given.
+Pending pods are retried whenever a node joins, changes, or frees capacity.
+NotReady nodes keep their pods: edges run autonomously while offline (no eviction).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+from cloudcore.errors import NotFound
+from cloudcore.fleet import naming
+from cloudcore.fleet.lifecycle import Liveness
+from cloudcore.scheduler import NodeView, Scheduler
+from cloudcore.scheduler.core import ARCH_LABEL, requests_of, unschedulable_message
+from shared.delta import NodeDesired
+from shared.entries import POD, pod_entry, pod_key, split_key
+from shared.errors import ObjectError
+from shared.models import (
+    ConfigMap,
+    DaemonSet,
+    Deployment,
+    Node,
+    Pod,
+    PodSpec,
+    PodStatus,
+    PodTemplate,
+    spec_hash,
+)
+
+log = logging.getLogger("cloudcore.fleet")
+
+Key = tuple[str, str]  # (namespace, name)
+Action = Literal["created", "configured", "unchanged"]
+KIND_DB = {"Node": "nodes", "Pod": "pods", "DaemonSet": "daemonsets",
+           "Deployment": "deployments", "ConfigMap": "configmaps"}
+_NS_KINDS = ("Pod", "DaemonSet", "Deployment", "ConfigMap")
+
+
+class Persister(Protocol):
+    """What the fleet needs from the store (write-behind, batched)."""
+
+    @property
+    def epoch(self) -> str: ...
+    def put(self, db: str, key: str, value: Any) -> None: ...
+    def put_later(self, db: str, key: str, producer: Callable[[], Any]) -> None: ...
+    def delete(self, db: str, key: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    kind: str
+    namespace: str | None
+    name: str
+    action: Action
+
+    def dump(self) -> dict[str, Any]:
+        return {"kind": self.kind, "namespace": self.namespace, "name": self.name,
+                "action": self.action}
+
+
+def dump_object(obj: Any) -> dict[str, Any]:
+    """An object as the API shows it: Kubernetes names, status included."""
+    out: dict[str, Any] = obj.model_dump(mode="json", by_alias=True, exclude_none=True)
+    return out
+
+
+class Fleet:
+    """All objects of the fleet, in memory, and the controller logic over them."""
+
+    def __init__(self, *, store: Persister, scheduler: Scheduler, liveness: Liveness,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.scheduler = scheduler
+        self.liveness = liveness
+        self.clock = clock
+        self.nodes: dict[str, Node] = {}
+        self.pods: dict[Key, Pod] = {}
+        self.daemonsets: dict[Key, DaemonSet] = {}
+        self.deployments: dict[Key, Deployment] = {}
+        self.configmaps: dict[Key, ConfigMap] = {}
+        self.desired: dict[str, NodeDesired] = {}
+        self.report_seq: dict[str, int] = {}
+        self.telemetry: dict[str, list[dict[str, Any]]] = {}
+        self.telemetry_points = 120
+        self.listener: Callable[[set[str]], None] | None = None
+        self._bound: dict[Key, str] = {}  # pod -> node whose desired set holds it
+        self._on_node: dict[str, set[Key]] = {}
+        self._pending: set[Key] = set()
+        self._entries: dict[Key, dict[str, Any]] = {}  # cached desired-set values
+        self._dirty: set[str] = set()
+
+    # -- loading ------------------------------------------------------------------------
+
+    def load(self, records: dict[str, dict[str, Any]]) -> None:
+        """Rebuild memory from the store. Nodes become Unknown until they report."""
+        for name, raw in records.get("nodes", {}).items():
+            node = Node.model_validate(raw)
+            node.status.ready = "Unknown"
+            node.status.reason = "CloudcoreRestarted"
+            self.nodes[name] = node
+            hb = node.metadata.annotations.get(naming.HEARTBEAT)
+            self.liveness.set_heartbeat(name, float(hb) if hb else None)
+            self.liveness.start(name)
+        for db, target, model in (("pods", self.pods, Pod),
+                                  ("daemonsets", self.daemonsets, DaemonSet),
+                                  ("deployments", self.deployments, Deployment),
+                                  ("configmaps", self.configmaps, ConfigMap)):
+            for raw in records.get(db, {}).values():
+                obj = model.model_validate(raw)
+                target[(obj.metadata.namespace, obj.metadata.name)] = obj  # type: ignore[index,attr-defined]
+        for name, rec in records.get("desired", {}).items():
+            nd = NodeDesired.from_record(rec)
+            self.desired[name] = nd
+            for k in nd.items:
+                kind, ns, pname = split_key(k)
+                if kind == POD and (ns, pname) in self.pods:
+                    self._bind_index((ns, pname), name)
+                    self._entries[(ns, pname)] = nd.items[k][0]
+        self.report_seq = {k: int(v) for k, v in records.get("reportseq", {}).items()}
+        self._pending = {k for k in self.pods if k not in self._bound}
+        for name, node in self.nodes.items():
+            nd = self.desired.get(name)
+            if nd is not None:
+                node.status.desired_gen, node.status.acked_gen = nd.gen, nd.acked
+        self._retry_pending()
+        self._commit()
+
+    # -- API: apply / delete / read -----------------------------------------------------
+
+    def plan(self, objs: list[Any]) -> list[ApplyResult]:
+        """What `apply` would do, without doing it (dry run); validates references."""
+        out = []
+        for obj in objs:
+            kind, ns, name = _ident(obj)
+            if kind == "Node":
+                if name not in self.nodes:
+                    raise ObjectError(f"node {name!r} is not registered; nodes join by "
+                                      "connecting their agent", field="metadata.name")
+                cur = self.nodes[name]
+                same = (cur.spec == obj.spec and all(
+                    cur.metadata.labels.get(k) == v for k, v in obj.metadata.labels.items())
+                    and self._applied_labels(cur) == obj.metadata.labels)
+                out.append(ApplyResult(kind, None, name, "unchanged" if same else "configured"))
+                continue
+            if isinstance(obj, DaemonSet | Deployment):
+                _check_selector(obj)
+            cur = self._table(kind).get((ns, name))
+            if cur is None:
+                action: Action = "created"
+            elif _comparable(cur) == _comparable(obj):
+                action = "unchanged"
+            else:
+                action = "configured"
+            out.append(ApplyResult(kind, ns, name, action))
+        return out
+
+    def apply(self, objs: list[Any]) -> list[ApplyResult]:
+        """Create or update objects; validate everything first (all or nothing)."""
+        results = self.plan(objs)
+        for obj, res in zip(objs, results, strict=True):
+            if res.action == "unchanged":
+                continue
+            if isinstance(obj, Node):
+                self._apply_node(obj)
+            elif isinstance(obj, DaemonSet):
+                self._apply_workload(self.daemonsets, "daemonsets", obj)
+                self._sync_daemonset(obj, self.nodes)
+            elif isinstance(obj, Deployment):
+                self._apply_workload(self.deployments, "deployments", obj)
+                self._sync_deployment(obj)
+            elif isinstance(obj, Pod):
+                self._apply_bare_pod(obj)
+            elif isinstance(obj, ConfigMap):
+                self._apply_workload(self.configmaps, "configmaps", obj)
+        self._retry_pending()
+        self._commit()
+        return results
+
+    def delete(self, kind: str, namespace: str | None, name: str) -> dict[str, Any]:
+        """Delete an object and what it owns; returns the deleted object."""
+        if kind == "Node":
+            node = self.nodes.get(name)
+            if node is None:
+                raise NotFound("Node", name)
+            self._delete_node(name)
+            self._retry_pending()
+            self._commit()
+            return dump_object(node)
+        key = (namespace or "default", name)
+        table = self._table(kind)
+        obj = table.get(key)
+        if obj is None:
+            raise NotFound(kind, f"{key[0]}/{name}")
+        del table[key]
+        self.store.delete(KIND_DB[kind], _skey(key))
+        if kind == "Pod":
+            self._delete_pod(key)
+        elif kind in ("DaemonSet", "Deployment"):
+            for pk in self._owned(f"{kind}/{key[0]}/{name}"):
+                self._delete_pod(pk)
+        self._retry_pending()
+        self._commit()
+        return dump_object(obj)
+
+    def get(self, kind: str, namespace: str | None, name: str) -> dict[str, Any]:
+        if kind == "Node":
+            node = self.nodes.get(name)
+            if node is None:
+                raise NotFound("Node", name)
+            return dump_object(node)
+        obj = self._table(kind).get((namespace or "default", name))
+        if obj is None:
+            raise NotFound(kind, f"{namespace}/{name}")
+        return dump_object(obj)
+
+    def list(self, kind: str, *, namespace: str | None = None,
+             selector: Callable[[dict[str, str]], bool] | None = None,
+             node: str | None = None) -> list[dict[str, Any]]:
+        items: Iterable[Any]
+        if kind == "Node":
+            items = (self.nodes[n] for n in sorted(self.nodes))
+        else:
+            table = self._table(kind)
+            items = (table[k] for k in sorted(table))
+        out = []
+        for obj in items:
+            if namespace and kind != "Node" and obj.metadata.namespace != namespace:
+                continue
+            if selector is not None and not selector(obj.metadata.labels):
+                continue
+            if node is not None:
+                if kind == "Pod":
+                    if self._bound.get((obj.metadata.namespace, obj.metadata.name)) != node:
+                        continue
+                elif kind == "Node" and obj.metadata.name != node:
+                    continue
+            out.append(dump_object(obj))
+        return out
+
+    # -- hub-facing: node lifecycle and reports -----------------------------------------
+
+    def register_node(self, name: str) -> bool:
+        """Create an unknown node on first contact; True if it was new."""
+        if name in self.nodes:
+            return False
+        node = Node.model_validate({"metadata": {"name": name, "namespace": "default"}})
+        node.metadata.uid = str(uuid.uuid4())
+        node.metadata.creation_timestamp = _now_iso()
+        node.metadata.labels = {"kubernetes.io/hostname": name}
+        self.nodes[name] = node
+        self._save_node(name)
+        log.info("node %s registered", name)
+        self._node_changed(name)
+        self._commit()
+        return True
+
+    def node_status(self, name: str, status: dict[str, Any]) -> None:
+        """Apply the node_status of a report (capacity, labels, heartbeat...)."""
+        node = self.nodes[name]
+        st = node.status
+        before = (dict(st.allocatable), dict(node.metadata.labels), st.arch)
+        for src, attr in (("capacity", "capacity"), ("allocatable", "allocatable")):
+            val = status.get(src)
+            if isinstance(val, dict):
+                setattr(st, attr, {str(k): int(v) for k, v in val.items()
+                                   if isinstance(v, int | float) and not isinstance(v, bool)})
+        if isinstance(status.get("arch"), str):
+            st.arch = status["arch"]
+        if isinstance(status.get("os"), str):
+            st.os = status["os"]
+        agent = status.get("agentVersion", status.get("agent_version"))
+        if isinstance(agent, str):
+            st.agent_version = agent
+        labels = status.get("labels")
+        applied = self._applied_labels(node)
+        if isinstance(labels, dict):
+            for k, v in labels.items():
+                if isinstance(k, str) and isinstance(v, str) and k not in applied:
+                    node.metadata.labels[k] = v
+        node.metadata.labels.setdefault("kubernetes.io/hostname", name)
+        node.metadata.labels[ARCH_LABEL] = st.arch
+        node.metadata.labels["kubernetes.io/os"] = st.os
+        hb = status.get("heartbeat")
+        if isinstance(hb, int | float) and not isinstance(hb, bool) and hb > 0:
+            node.metadata.annotations[naming.HEARTBEAT] = f"{float(hb):g}"
+            self.liveness.set_heartbeat(name, float(hb))
+        self._save_node(name)
+        if before != (st.allocatable, node.metadata.labels, st.arch):
+            self._node_changed(name)
+            self._commit()
+
+    def heard(self, name: str, now: float) -> None:
+        """Any valid message from the node restarts its liveness clock (monotonic `now`)."""
+        self.liveness.heard(name, now)
+
+    def mark_ready(self, name: str) -> None:
+        """A report arrived: the node is Ready and last_seen is now (wall clock)."""
+        node = self.nodes[name]
+        node.status.last_seen = self.clock()
+        if node.status.ready != "Ready":
+            self._set_ready(node, "Ready", "NodeReported", "the agent reported")
+        self._save_node(name)
+
+    def mark_not_ready(self, name: str, *, reason: str, message: str) -> bool:
+        node = self.nodes.get(name)
+        if node is None or node.status.ready == "NotReady":
+            return False
+        self._set_ready(node, "NotReady", reason, message)
+        self._save_node(name)
+        return True
+
+    def pod_statuses(self, name: str, pods: dict[str, dict[str, Any] | None]) -> int:
+        """Apply pod statuses a node reported; returns how many were ignored."""
+        ignored = 0
+        for k, value in pods.items():
+            try:
+                kind, ns, pname = split_key(k)
+            except ValueError:
+                ignored += 1
+                continue
+            pk = (ns, pname)
+            pod = self.pods.get(pk)
+            if kind != POD or pod is None or self._bound.get(pk) != name or value is None:
+                ignored += 1
+                continue
+            try:
+                status = PodStatus.model_validate(value)
+            except ValueError:
+                ignored += 1
+                continue
+            status.node_name = name
+            pod.status = status
+            self._save_pod(pk)
+        return ignored
+
+    def add_telemetry(self, name: str, samples: list[dict[str, Any]]) -> None:
+        """Keep recent samples per node; the newest numeric values become status.usage."""
+        if not samples:
+            return
+        ring = self.telemetry.setdefault(name, [])
+        ring.extend(samples)
+        del ring[: max(0, len(ring) - self.telemetry_points)]
+        usage = {k: float(v) for k, v in samples[-1].items()
+                 if isinstance(v, int | float) and not isinstance(v, bool) and k != "ts"}
+        if usage:
+            self.nodes[name].status.usage = usage
+            self._save_node(name)
+
+    def record_ack(self, name: str, epoch: str, gen: int) -> bool:
+        """An edge confirmed (epoch, gen); collects tombstones. True if `acked` moved."""
+        nd = self.desired.get(name)
+        if nd is None or not nd.ack(epoch, gen):
+            return False
+        nd.collect()
+        self.store.put_later("desired", name, nd.to_record)
+        node = self.nodes.get(name)
+        if node is not None:
+            node.status.acked_gen = nd.acked
+            self._save_node(name)
+        return True
+
+    def desired_for(self, name: str) -> NodeDesired:
+        """The node's desired set, created empty in the store epoch if it has none."""
+        nd = self.desired.get(name)
+        if nd is None:
+            nd = self.desired[name] = NodeDesired(node=name, epoch=self.store.epoch)
+        return nd
+
+    def set_report_seq(self, name: str, seq: int) -> None:
+        self.report_seq[name] = seq
+        self.store.put("reportseq", name, seq)
+
+    def expire(self, now: float) -> list[str]:
+        """Mark nodes NotReady whose liveness deadline passed; returns them."""
+        out = []
+        for name in self.liveness.expired(now):
+            node = self.nodes.get(name)
+            if node is None:
+                continue
+            window = self.liveness.window(name)
+            if self.mark_not_ready(name, reason="NodeStatusUnknown",
+                                   message=f"no report for {window:g}s"):
+                out.append(name)
+        return out
+
+    def readiness_counts(self) -> dict[str, int]:
+        counts = {"Ready": 0, "NotReady": 0, "Unknown": 0}
+        for node in self.nodes.values():
+            counts[node.status.ready] += 1
+        return counts
+
+    # -- internals: objects -------------------------------------------------------------
+
+    def _table(self, kind: str) -> dict[Key, Any]:
+        tables: dict[str, dict[Key, Any]] = {
+            "Pod": self.pods, "DaemonSet": self.daemonsets, "Deployment": self.deployments,
+            "ConfigMap": self.configmaps}
+        if kind not in tables:
+            raise NotFound("kind", kind)
+        return tables[kind]
+
+    def _apply_workload(self, table: dict[Key, Any], db: str, obj: Any) -> None:
+        key = (obj.metadata.namespace, obj.metadata.name)
+        _stamp(obj, table.get(key))
+        table[key] = obj
+        self.store.put_later(db, _skey(key), lambda: dump_object(obj))
+
+    def _apply_node(self, obj: Node) -> None:
+        name = obj.metadata.name
+        node = self.nodes[name]
+        prev = self._applied_labels(node)
+        labels = {k: v for k, v in node.metadata.labels.items() if k not in prev}
+        labels.update(obj.metadata.labels)
+        node.metadata.labels = labels
+        node.metadata.annotations[naming.APPLIED_LABELS] = json.dumps(
+            obj.metadata.labels, sort_keys=True)
+        node.spec = obj.spec
+        self._save_node(name)
+        self._node_changed(name)
+
+    @staticmethod
+    def _applied_labels(node: Node) -> dict[str, str]:
+        raw = node.metadata.annotations.get(naming.APPLIED_LABELS)
+        return dict(json.loads(raw)) if raw else {}
+
+    def _apply_bare_pod(self, obj: Pod) -> None:
+        key = (obj.metadata.namespace, obj.metadata.name)
+        old = self.pods.get(key)
+        _stamp(obj, old)
+        if old is not None:
+            obj.metadata.annotations = {**old.metadata.annotations, **obj.metadata.annotations}
+        self._put_pod(key, obj, old)
+
+    def _put_pod(self, key: Key, pod: Pod, old: Pod | None) -> None:
+        """Store a new or updated pod and (re)place it."""
+        if old is not None:
+            pod.status = old.status
+            if naming.SCHEDULED in old.metadata.annotations:
+                pod.metadata.annotations.setdefault(
+                    naming.SCHEDULED, old.metadata.annotations[naming.SCHEDULED])
+        self.pods[key] = pod
+        self._entries.pop(key, None)
+        node = self._bound.get(key)
+        if node is not None:
+            target = pod.spec.node_name
+            if (target is None or target == node) and self._fits(key, node, daemon=_daemon(pod)):
+                self._dirty.add(node)
+                self._save_pod(key)
+                return
+            self._unbind(key)
+        self._pending.add(key)
+        self._save_pod(key)
+
+    def _delete_pod(self, key: Key) -> None:
+        if self.pods.pop(key, None) is None:
+            return
+        self._unbind(key)
+        self._pending.discard(key)
+        self._entries.pop(key, None)
+        self.store.delete("pods", _skey(key))
+
+    def _delete_node(self, name: str) -> None:
+        for pk in list(self._on_node.get(name, ())):
+            if _daemon(self.pods[pk]):
+                self._delete_pod(pk)
+            else:
+                self._unbind(pk)
+                self._pending.add(pk)
+        for pk in [k for k, p in self.pods.items() if p.spec.node_name == name]:
+            if _daemon(self.pods[pk]):
+                self._delete_pod(pk)
+        # The desired set is kept (emptied, not removed) so its gen keeps growing: an
+        # agent that comes back under the same name gets a clean delta, never a stale gen.
+        self._dirty.add(name)
+        del self.nodes[name]
+        self.store.delete("nodes", name)
+        self.report_seq.pop(name, None)
+        self.store.delete("reportseq", name)
+        self.liveness.forget(name)
+
+    def _owned(self, owner: str) -> list[Key]:
+        return [k for k, p in self.pods.items()
+                if p.metadata.annotations.get(naming.OWNER) == owner]
+
+    # -- internals: controllers ---------------------------------------------------------
+
+    def _sync_daemonset(self, ds: DaemonSet, nodes: Iterable[str]) -> None:
+        ns, dsname = ds.metadata.namespace, ds.metadata.name
+        owner = f"DaemonSet/{ns}/{dsname}"
+        thash = spec_hash(ds.spec.template.dump())
+        for name in list(nodes):
+            node = self.nodes.get(name)
+            if node is None:
+                continue
+            key = (ns, naming.child_name(dsname, name))
+            pod = self.pods.get(key)
+            want = self.scheduler.placeable(ds.spec.template.spec, self._view(name))
+            if not want:
+                if pod is not None and pod.metadata.annotations.get(naming.OWNER) == owner:
+                    self._delete_pod(key)
+                continue
+            if pod is not None and pod.metadata.annotations.get(naming.TEMPLATE_HASH) == thash:
+                continue
+            new = _pod_from_template(ds.spec.template, ns=ns, name=key[1], owner=owner,
+                                     thash=thash, node=name)
+            self._put_pod(key, new, pod)
+
+    def _sync_deployment(self, dep: Deployment) -> None:
+        ns, depname = dep.metadata.namespace, dep.metadata.name
+        owner = f"Deployment/{ns}/{depname}"
+        thash = spec_hash(dep.spec.template.dump())
+        wanted = {(ns, naming.child_name(depname, str(i))) for i in range(dep.spec.replicas)}
+        for key in self._owned(owner):
+            if key not in wanted:
+                self._delete_pod(key)
+        for key in sorted(wanted, key=lambda k: k[1]):
+            pod = self.pods.get(key)
+            if pod is not None and pod.metadata.annotations.get(naming.TEMPLATE_HASH) == thash:
+                continue
+            new = _pod_from_template(dep.spec.template, ns=ns, name=key[1], owner=owner,
+                                     thash=thash, node=None)
+            self._put_pod(key, new, pod)
+
+    def _node_changed(self, name: str) -> None:
+        """A node joined or changed labels/taints/capacity: DaemonSets and pending pods."""
+        for ds in self.daemonsets.values():
+            self._sync_daemonset(ds, [name])
+        self._retry_pending()
+
+    def _retry_pending(self) -> None:
+        if not self.nodes:
+            for key in self._pending:
+                self._explain_pending(key, unschedulable_message(0, Counter()))
+            return
+        for key in sorted(self._pending):
+            pod = self.pods.get(key)
+            if pod is None:
+                self._pending.discard(key)
+                continue
+            target = pod.spec.node_name
+            if target is not None:
+                daemon = _daemon(pod)
+                if target not in self.nodes:
+                    self._explain_pending(key, f"0/1 nodes available: node {target} not found")
+                    continue
+                reason = self.scheduler.check(pod.spec, self._view(target), daemon=daemon)
+                if reason is None:
+                    self._bind(key, target, f"scheduled on {target}: bound by spec.nodeName")
+                else:
+                    self._explain_pending(
+                        key, f"0/1 nodes available: 1 {reason} (pod is bound to {target})")
+                continue
+            decision = self.scheduler.schedule(pod.spec, (self._view(n) for n in self.nodes))
+            if decision.node is None:
+                self._explain_pending(key, decision.message)
+            else:
+                self._bind(key, decision.node, decision.message)
+
+    def _fits(self, key: Key, node: str, *, daemon: bool) -> bool:
+        """Whether the (updated) pod still fits on its node, not counting itself."""
+        pod = self.pods[key]
+        view = self._view(node, exclude=key)
+        return self.scheduler.check(pod.spec, view, daemon=daemon) is None
+
+    def _bind(self, key: Key, node: str, message: str) -> None:
+        pod = self.pods[key]
+        self._pending.discard(key)
+        self._bind_index(key, node)
+        pod.metadata.annotations[naming.SCHEDULED] = message
+        pod.status = PodStatus(phase="Pending", reason="Scheduled", message=message,
+                               node_name=node)
+        self._dirty.add(node)
+        self._save_pod(key)
+
+    def _bind_index(self, key: Key, node: str) -> None:
+        self._bound[key] = node
+        self._on_node.setdefault(node, set()).add(key)
+
+    def _unbind(self, key: Key) -> None:
+        node = self._bound.pop(key, None)
+        if node is not None:
+            self._on_node.get(node, set()).discard(key)
+            self._dirty.add(node)
+
+    def _explain_pending(self, key: Key, message: str) -> None:
+        pod = self.pods.get(key)
+        if pod is None:
+            return
+        st = pod.status
+        if st.phase == "Pending" and st.reason == "Unschedulable" and st.message == message:
+            return
+        pod.status = PodStatus(phase="Pending", reason="Unschedulable", message=message)
+        pod.metadata.annotations[naming.SCHEDULED] = f"not scheduled: {message}"
+        self._save_pod(key)
+
+    def _view(self, name: str, *, exclude: Key | None = None) -> NodeView:
+        node = self.nodes[name]
+        requested: dict[str, int] = {}
+        for pk in self._on_node.get(name, ()):
+            if pk == exclude or pk not in self.pods:
+                continue
+            for res, amount in requests_of(self.pods[pk].spec).items():
+                requested[res] = requested.get(res, 0) + amount
+        return NodeView(name=name, labels=node.metadata.labels, taints=node.spec.taints,
+                        unschedulable=node.spec.unschedulable, ready=node.status.ready,
+                        allocatable=node.status.allocatable, requested=requested)
+
+    def _commit(self) -> None:
+        """Recompute the desired sets of dirty nodes; one gen bump per changed node."""
+        changed: set[str] = set()
+        for name in sorted(self._dirty):
+            wanted = {}
+            for pk in self._on_node.get(name, ()):
+                entry = self._entries.get(pk)
+                if entry is None:
+                    entry = self._entries[pk] = pod_entry(self.pods[pk])
+                wanted[pod_key(*pk)] = entry
+            fresh = name not in self.desired
+            nd = self.desired_for(name)
+            if nd.replace(wanted):
+                changed.add(name)
+            if fresh or name in changed:
+                self.store.put_later("desired", name, nd.to_record)
+            node = self.nodes.get(name)
+            if node is not None and node.status.desired_gen != nd.gen:
+                node.status.desired_gen = nd.gen
+                self._save_node(name)
+        self._dirty.clear()
+        if changed and self.listener is not None:
+            self.listener(changed)
+
+    # -- internals: persistence ---------------------------------------------------------
+
+    def _save_node(self, name: str) -> None:
+        node = self.nodes[name]
+        self.store.put_later("nodes", name, lambda: dump_object(node))
+
+    def _save_pod(self, key: Key) -> None:
+        pod = self.pods[key]
+        self.store.put_later("pods", _skey(key), lambda: dump_object(pod))
+
+    def _set_ready(self, node: Node, ready: Literal["Ready", "NotReady", "Unknown"],
+                   reason: str, message: str) -> None:
+        node.status.ready = ready
+        node.status.reason = reason
+        # NodeStatus has no conditions list (yet); the transition is logged instead.
+        log.info("node %s is %s: %s (%s)", node.metadata.name, ready, message, reason)
+
+
+# -- helpers ----------------------------------------------------------------------------
+
+
+def _ident(obj: Any) -> tuple[str, str | None, str]:
+    kind = obj.kind
+    ns = None if kind == "Node" else obj.metadata.namespace
+    return kind, ns, obj.metadata.name
+
+
+def _skey(key: Key) -> str:
+    return f"{key[0]}/{key[1]}"
+
+
+_SYSTEM_ANNOTATIONS = (naming.SCHEDULED, naming.HEARTBEAT, naming.APPLIED_LABELS)
+
+
+def _comparable(obj: Any) -> dict[str, Any]:
+    """The user-owned part of an object: no status, identity or controller annotations."""
+    d: dict[str, Any] = obj.dump()
+    d.pop("status", None)
+    meta = d.get("metadata", {})
+    for k in ("uid", "generation", "creationTimestamp"):
+        meta.pop(k, None)
+    ann = {k: v for k, v in meta.get("annotations", {}).items() if k not in _SYSTEM_ANNOTATIONS}
+    meta.pop("annotations", None)
+    if ann:
+        meta["annotations"] = ann
+    return d
+
+
+def _stamp(obj: Any, old: Any) -> None:
+    """Carry identity over from the stored object; bump generation on change."""
+    meta = obj.metadata
+    if old is None:
+        meta.uid = str(uuid.uuid4())
+        meta.creation_timestamp = _now_iso()
+        meta.generation = 1
+    else:
+        meta.uid = old.metadata.uid
+        meta.creation_timestamp = old.metadata.creation_timestamp
+        meta.generation = (old.metadata.generation or 1) + 1
+
+
+def _check_selector(obj: DaemonSet | Deployment) -> None:
+    if not obj.spec.selector.matches(obj.spec.template.metadata.labels):
+        raise ObjectError(f"{obj.kind}: spec.selector does not match the template's labels",
+                          field="spec.selector.matchLabels")
+
+
+def _pod_from_template(tpl: PodTemplate, *, ns: str, name: str, owner: str, thash: str,
+                       node: str | None) -> Pod:
+    spec: PodSpec = tpl.spec.model_copy(deep=True)
+    if node is not None:
+        spec.node_name = node
+    pod = Pod.model_validate({"metadata": {"name": name, "namespace": ns}, "spec": {
+        "containers": [{"name": "x", "image": "x"}]}})
+    pod.spec = spec
+    pod.metadata.labels = dict(tpl.metadata.labels)
+    pod.metadata.annotations = {**tpl.metadata.annotations, naming.OWNER: owner,
+                                naming.TEMPLATE_HASH: thash}
+    return pod
+
+
+def _daemon(pod: Pod) -> bool:
+    return pod.metadata.annotations.get(naming.OWNER, "").startswith("DaemonSet/")
+
+
+def _now_iso() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

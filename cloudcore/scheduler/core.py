@@ -1,0 +1,239 @@
+"""Filters and scorers of the scheduler, and the `Scheduler` that combines them.
+
+A filter answers "can this pod run on this node?" with None (yes) or a short
+reason ("insufficient memory"); the reasons of all rejected nodes are counted into
+the Pending message, as Kubernetes does ("0/3 nodes available: 2 node selector
+mismatch, 1 insufficient memory"). Scorers rank the feasible nodes from 0 to 100;
+the weighted sum picks the node, ties broken by name so decisions are repeatable.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from shared.models import PodSpec, Taint, Toleration
+
+ARCH_LABEL = "kubernetes.io/arch"
+# Resources every node has; if a node has not reported them yet they do not constrain.
+# Any other resource (an accelerator such as nvidia.com/gpu) is 0 unless reported.
+_BASIC = ("cpu", "memory", "pods", "ephemeral-storage")
+
+
+@dataclass(frozen=True)
+class NodeView:
+    """What the scheduler may know about a node."""
+
+    name: str
+    labels: dict[str, str] = field(default_factory=dict)
+    taints: Sequence[Taint] = ()
+    unschedulable: bool = False
+    ready: str = "Unknown"
+    allocatable: dict[str, int] = field(default_factory=dict)
+    requested: dict[str, int] = field(default_factory=dict)
+    """Summed requests of the pods already bound there; `pods` is their count."""
+
+
+@dataclass(frozen=True)
+class Decision:
+    node: str | None
+    reason: str  # "Scheduled" or "Unschedulable"
+    message: str
+
+
+class Filter(Protocol):
+    def __call__(self, spec: PodSpec, req: dict[str, int], node: NodeView) -> str | None: ...
+
+
+class Scorer(Protocol):
+    """0..100, higher is better. `weight` scales it in the sum."""
+
+    name: str
+    weight: float
+
+    def __call__(self, spec: PodSpec, req: dict[str, int], node: NodeView) -> float: ...
+
+
+# -- filters ---------------------------------------------------------------------------
+
+
+def unschedulable(spec: PodSpec, req: dict[str, int], node: NodeView) -> str | None:
+    return "node unschedulable" if node.unschedulable else None
+
+
+def not_ready(spec: PodSpec, req: dict[str, int], node: NodeView) -> str | None:
+    # Unknown (e.g. right after a cloudcore restart) is allowed: the node most likely
+    # still runs and will converge; only a node known to be gone is avoided.
+    return "node not ready" if node.ready == "NotReady" else None
+
+
+def arch(spec: PodSpec, req: dict[str, int], node: NodeView) -> str | None:
+    want = spec.node_selector.get(ARCH_LABEL)
+    if want is None or node.labels.get(ARCH_LABEL) == want:
+        return None
+    return "arch mismatch"
+
+
+def node_selector(spec: PodSpec, req: dict[str, int], node: NodeView) -> str | None:
+    for k, v in spec.node_selector.items():
+        if k != ARCH_LABEL and node.labels.get(k) != v:
+            return "node selector mismatch"
+    return None
+
+
+def taints(spec: PodSpec, req: dict[str, int], node: NodeView) -> str | None:
+    for t in node.taints:
+        if t.effect in ("NoSchedule", "NoExecute") and not tolerates(spec.tolerations, t):
+            return "untolerated taint"
+    return None
+
+
+def capacity(spec: PodSpec, req: dict[str, int], node: NodeView) -> str | None:
+    for res in sorted(req):
+        amount = req[res]
+        if amount <= 0:
+            continue
+        alloc = node.allocatable.get(res)
+        if alloc is None:
+            if res in _BASIC:
+                continue
+            return f"insufficient {res}"
+        if node.requested.get(res, 0) + amount > alloc:
+            return f"insufficient {res}"
+    return None
+
+
+def tolerates(tolerations: Iterable[Toleration], taint: Taint) -> bool:
+    """Kubernetes toleration matching (key/operator/value/effect)."""
+    for tol in tolerations:
+        if tol.effect is not None and tol.effect != taint.effect:
+            continue
+        if tol.operator == "Exists":
+            if tol.key is None or tol.key == taint.key:
+                return True
+        elif tol.key == taint.key and (tol.value or "") == (taint.value or ""):
+            return True
+    return False
+
+
+DEFAULT_FILTERS: tuple[Filter, ...] = (unschedulable, not_ready, arch, node_selector, taints,
+                                       capacity)
+"""In order; a node is rejected with the reason of the first filter that fails."""
+
+# A DaemonSet pod is meant for one node: it tolerates unschedulable and not-ready
+# nodes (as in Kubernetes) and only the placement constraints apply.
+DAEMON_SKIP = frozenset({unschedulable, not_ready})
+
+
+# -- scorers ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Headroom:
+    """Most free cpu + memory after placing the pod (mean of the two free fractions)."""
+
+    name: str = "headroom"
+    weight: float = 1.0
+
+    def __call__(self, spec: PodSpec, req: dict[str, int], node: NodeView) -> float:
+        fractions = []
+        for res in ("cpu", "memory"):
+            alloc = node.allocatable.get(res)
+            if not alloc:
+                fractions.append(0.5)  # unknown capacity: neither preferred nor avoided
+                continue
+            used = node.requested.get(res, 0) + req.get(res, 0)
+            fractions.append(max(0.0, 1.0 - used / alloc))
+        return 100.0 * sum(fractions) / len(fractions)
+
+
+@dataclass(frozen=True)
+class PreferNoSchedule:
+    """Avoid nodes with untolerated PreferNoSchedule taints."""
+
+    name: str = "prefer-no-schedule"
+    weight: float = 0.5
+
+    def __call__(self, spec: PodSpec, req: dict[str, int], node: NodeView) -> float:
+        bad = [t for t in node.taints
+               if t.effect == "PreferNoSchedule" and not tolerates(spec.tolerations, t)]
+        return 0.0 if bad else 100.0
+
+
+DEFAULT_SCORERS: tuple[Scorer, ...] = (Headroom(), PreferNoSchedule())
+
+
+# -- the scheduler ---------------------------------------------------------------------
+
+
+class Scheduler:
+    """Filters then scores; every decision carries its reason."""
+
+    def __init__(self, *, filters: Sequence[Filter] = DEFAULT_FILTERS,
+                 scorers: Sequence[Scorer] = DEFAULT_SCORERS) -> None:
+        self.filters = tuple(filters)
+        self.scorers = tuple(scorers)
+
+    def check(self, spec: PodSpec, node: NodeView, *, daemon: bool = False) -> str | None:
+        """None if the pod fits `node`, else the first failing filter's reason."""
+        req = requests_of(spec)
+        for f in self.filters:
+            if daemon and f in DAEMON_SKIP:
+                continue
+            reason = f(spec, req, node)
+            if reason is not None:
+                return reason
+        return None
+
+    def placeable(self, spec: PodSpec, node: NodeView) -> bool:
+        """Whether a DaemonSet pod belongs on `node` (selector, arch, taints; not capacity)."""
+        req = requests_of(spec)
+        return all(f(spec, req, node) is None for f in (arch, node_selector, taints))
+
+    def schedule(self, spec: PodSpec, nodes: Iterable[NodeView]) -> Decision:
+        """Pick the best feasible node, or explain why none fits."""
+        req = requests_of(spec)
+        rejected: Counter[str] = Counter()
+        best: tuple[float, str] | None = None
+        feasible = 0
+        total = 0
+        for node in nodes:
+            total += 1
+            reason = next((r for f in self.filters if (r := f(spec, req, node)) is not None),
+                          None)
+            if reason is not None:
+                rejected[reason] += 1
+                continue
+            feasible += 1
+            score = sum(s.weight * s(spec, req, node) for s in self.scorers)
+            if best is None or score > best[0] or (score == best[0] and node.name < best[1]):
+                best = (score, node.name)
+        if best is None:
+            return Decision(node=None, reason="Unschedulable",
+                            message=unschedulable_message(total, rejected))
+        return Decision(node=best[1], reason="Scheduled",
+                        message=f"scheduled on {best[1]}: highest score {best[0]:.1f} "
+                                f"of {feasible}/{total} feasible nodes")
+
+
+def requests_of(spec: PodSpec) -> dict[str, int]:
+    """The pod's summed requests, plus one `pods` slot."""
+    req = spec.requests()
+    req["pods"] = req.get("pods", 0) + 1
+    return req
+
+
+def unschedulable_message(total: int, rejected: Counter[str]) -> str:
+    if total == 0:
+        return "0/0 nodes available: no nodes registered"
+    parts = ", ".join(f"{n} {r}" for r, n in sorted(rejected.items(), key=lambda x: (-x[1], x[0])))
+    return f"0/{total} nodes available: {parts}"
+
+
+def explain_single(node: str, reason: str) -> str:
+    return f"0/1 nodes available: 1 {reason} (pod is bound to node {node})"
+
+
+FilterFn = Callable[[PodSpec, dict[str, int], NodeView], str | None]

@@ -1,0 +1,173 @@
+"""The cloudcore service: wires store, fleet, scheduler, sync hub and API together.
+
+`run(settings)` opens the store, loads the fleet into memory, then owns one
+asyncio.TaskGroup of named tasks until cancelled:
+
+    cloudcore.store.writer        batched LMDB commits
+    cloudcore.synchub.subscriber  MQTT in: reports, acks, resyncs, wills
+    cloudcore.synchub.publisher[i] MQTT out: deltas and report acks
+    cloudcore.synchub.retries     resend deltas whose ack is late
+    cloudcore.synchub.liveness    NotReady after missed heartbeats
+    cloudcore.api                 uvicorn serving the FastAPI app
+
+If any task fails, the group cancels the rest and `run` raises; on cancellation
+the store commits what is pending before it closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import uvicorn
+from fastapi import FastAPI
+
+from cloudcore.api import create_app
+from cloudcore.config import Settings
+from cloudcore.errors import ConfigError
+from cloudcore.fleet import Fleet, Liveness
+from cloudcore.metrics import Labels, Metrics
+from cloudcore.scheduler import Scheduler
+from cloudcore.store import Store
+from cloudcore.synchub import SyncHub
+from cloudcore.synchub.mqtt import Publisher, Subscriber
+from shared import topics
+
+log = logging.getLogger("cloudcore")
+
+
+@dataclass
+class Running:
+    """Handles to a running service, for tests and the CLI."""
+
+    fleet: Fleet
+    hub: SyncHub
+    store: Store
+    metrics: Metrics
+    app: FastAPI
+    url: str
+
+
+async def run(settings: Settings, *,
+              on_started: Callable[[Running], None] | None = None) -> None:
+    """Run cloudcore until cancelled. Raises on a fatal error (store, bad settings)."""
+    settings.validate()
+    metrics = Metrics()
+    async with Store(settings.store) as store:
+        liveness = Liveness(default_heartbeat=settings.sync.heartbeat,
+                            missed=settings.sync.missed_heartbeats, now=time.monotonic())
+        fleet = Fleet(store=store, scheduler=Scheduler(), liveness=liveness)
+        fleet.telemetry_points = settings.sync.telemetry_points
+        fleet.load(store.load())
+        log.info("loaded %d nodes, %d pods; store epoch %s", len(fleet.nodes), len(fleet.pods),
+                 store.epoch)
+        hub = SyncHub(fleet=fleet, store=store, settings=settings.sync, metrics=metrics)
+        publishers = [Publisher(settings.mqtt, index=i) for i in range(settings.mqtt.publishers)]
+
+        def send(topic: str, payload: bytes) -> None:
+            parsed = topics.parse(topic)
+            part = topics.partition_of(parsed[0]) if parsed else 0
+            publishers[part % len(publishers)].enqueue(topic, payload)
+
+        hub.attach(send)
+        connected = {"sub": False}
+
+        def on_connected(up: bool) -> None:
+            connected["sub"] = up
+
+        subscriber = Subscriber(settings.mqtt, handler=hub.handle, on_connected=on_connected)
+        _register_gauges(metrics, fleet=fleet, store=store, publishers=publishers)
+        app = create_app(fleet, metrics=metrics, flush=store.flush,
+                         ready=lambda: connected["sub"])
+        server = _Server(uvicorn.Config(app, host=settings.http.host, port=settings.http.port,
+                                        lifespan="off", log_level="warning",
+                                        access_log=False))
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(store.run(), name="cloudcore.store.writer")
+            tg.create_task(subscriber.run(), name="cloudcore.synchub.subscriber")
+            for i, pub in enumerate(publishers):
+                tg.create_task(pub.run(), name=f"cloudcore.synchub.publisher[{i}]")
+            tg.create_task(hub.run_retries(), name="cloudcore.synchub.retries")
+            tg.create_task(hub.run_liveness(), name="cloudcore.synchub.liveness")
+            sock = _bind(settings.http.host, settings.http.port)
+            api = tg.create_task(_serve(server, sock), name="cloudcore.api")
+            while not server.started:
+                if api.done():
+                    break
+                await asyncio.sleep(0.02)
+            if server.started:
+                host, port = server.bound()
+                url = f"http://{host}:{port}"
+                print(f"cloudcore listening on {url}", flush=True)
+                if on_started is not None:
+                    on_started(Running(fleet=fleet, hub=hub, store=store, metrics=metrics,
+                                       app=app, url=url))
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: the service owns shutdown."""
+
+    @contextlib.contextmanager
+    def capture_signals(self):  # type: ignore[no-untyped-def]
+        yield
+
+    def bound(self) -> tuple[str, int]:
+        for srv in self.servers:
+            for sock in srv.sockets:
+                addr = sock.getsockname()
+                return str(addr[0]), int(addr[1])
+        return self.config.host, self.config.port
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """Bind the API socket up front, so a busy port is a clear error, not a sys.exit."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        family = infos[0][0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as exc:
+        raise ConfigError(f"http: cannot bind {host}:{port}: {exc}", field="http.port") from exc
+    sock.set_inheritable(True)
+    return sock
+
+
+async def _serve(server: _Server, sock: socket.socket) -> None:
+    """Serve until cancelled, then shut down gracefully (closing the sockets)."""
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        server.should_exit = True
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(asyncio.shield(task), timeout=5)
+        if not task.done():
+            task.cancel()
+        raise
+    finally:
+        sock.close()
+    raise RuntimeError("API server stopped unexpectedly")
+
+
+def _register_gauges(metrics: Metrics, *, fleet: Fleet, store: Store,
+                     publishers: list[Publisher]) -> None:
+    metrics.describe("cloudcore_nodes", "Nodes by readiness.")
+    metrics.describe("cloudcore_store_commits", "Batched store write transactions committed.")
+    metrics.describe("cloudcore_store_ops_written", "Puts and deletes written by those commits.")
+
+    def gauges() -> Iterable[tuple[str, Labels, float]]:
+        for state, n in fleet.readiness_counts().items():
+            yield "cloudcore_nodes", (("ready", state),), float(n)
+        yield "cloudcore_store_commits", (), float(store.commits)
+        yield "cloudcore_store_ops_written", (), float(store.ops_written)
+        yield "cloudcore_store_pending_ops", (), float(store.pending)
+        yield "cloudcore_pods", (), float(len(fleet.pods))
+        yield "cloudcore_publish_backlog", (), float(sum(p.backlog for p in publishers))
+
+    metrics.add_gauges(gauges)

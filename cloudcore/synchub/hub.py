@@ -1,0 +1,323 @@
+"""Protocol logic of the sync hub (DESIGN.md section 3), independent of MQTT.
+
+Per node the hub keeps one `_Link`: at most one desired delta in flight. A change
+while one is in flight only marks the link; the next delta goes out when the ack
+arrives (or the retry timer fires) and, being "everything after acked", it carries
+all changes made meanwhile: deltas collapse. Late acks are retried with the shared
+jittered backoff; NotReady nodes are not retried at all (their agent resyncs when
+it reconnects), so a fleet that is offline for days costs no traffic.
+
+Reports are idempotent by seq. A new report is applied in memory, its seq is
+enqueued to the store, and its ReportAck is sent only after the batch holding it
+commits (group commit): a crash can lose a report we have not acked, never one we
+have. A duplicate is re-acked the same way, with the highest processed seq.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from cloudcore.backoff import Backoff
+from cloudcore.config import SyncSettings
+from cloudcore.fleet import Fleet
+from cloudcore.metrics import Metrics
+from cloudcore.store import Store
+from shared import topics
+from shared.codec import Ack, Desired, Report, ReportAck, Resync, Will, decode, encode
+from shared.errors import DecodeError, MessageTooLarge, ProtocolError, UnknownVersion
+
+log = logging.getLogger("cloudcore.synchub")
+
+Send = Callable[[str, bytes], None]
+
+IN = "cloudcore_messages_in_total"
+OUT = "cloudcore_messages_out_total"
+DROPPED = "cloudcore_messages_dropped_total"
+RESENT = "cloudcore_desired_resends_total"
+
+
+@dataclass
+class _Link:
+    """Delivery state of one node's desired stream (memory only; rebuilt on resync)."""
+
+    epoch: str | None = None  # the epoch the edge said it is in (None: it has none yet)
+    epoch_known: bool = False  # False: not heard since start; assume ours
+    inflight: int | None = None  # gen of the delta awaiting its ack
+    attempts: int = 0
+    retry_at: float = 0.0
+
+
+class SyncHub:
+    """Handles every message from the edges and sends them desired deltas and acks."""
+
+    def __init__(self, *, fleet: Fleet, store: Store, settings: SyncSettings,
+                 metrics: Metrics, clock: Callable[[], float] = time.monotonic) -> None:
+        self.fleet = fleet
+        self.store = store
+        self.settings = settings
+        self.metrics = metrics
+        self.clock = clock
+        self._send: Send | None = None
+        self._links: dict[str, _Link] = {}
+        self._retry: list[tuple[float, str]] = []
+        self._racks: dict[asyncio.Future[None], dict[str, int]] = {}
+        self._logged: dict[tuple[str, str], float] = {}
+        self._backoff = Backoff(base=settings.ack_timeout, cap=settings.ack_timeout_cap)
+        self._wake_retry = asyncio.Event()
+        metrics.describe(IN, "Valid messages received from edges, by type.")
+        metrics.describe(OUT, "Messages sent to edges, by type.")
+        metrics.describe(DROPPED, "Messages dropped as invalid, by reason.")
+        metrics.describe(RESENT, "Desired deltas resent because the ack was late.")
+        fleet.listener = self.desired_changed
+
+    def attach(self, send: Send) -> None:
+        """Set the transport: send(topic, payload) must not block."""
+        self._send = send
+
+    # -- input ---------------------------------------------------------------------------
+
+    def handle(self, topic: str, payload: bytes) -> None:
+        """Process one message from the broker; never raises (bad input is dropped)."""
+        try:
+            self._handle(topic, payload)
+        except Exception:  # a bug must not take the hub down with it
+            self.metrics.inc(DROPPED, reason="internal_error")
+            log.exception("internal error handling a message on %s", topic)
+
+    def _handle(self, topic: str, payload: bytes) -> None:
+        parsed = topics.parse(topic)
+        if parsed is None or parsed[1] == "down":
+            self._drop("?", "bad_topic", f"topic {topic[:200]!r} is not an up/will topic")
+            return
+        node, direction = parsed
+        try:
+            msg = decode(payload)
+        except MessageTooLarge as exc:
+            self._drop(node, "too_large", str(exc))
+            return
+        except UnknownVersion as exc:
+            self._drop(node, "unknown_version", str(exc))
+            return
+        except (DecodeError, ProtocolError) as exc:
+            self._drop(node, "decode_error", str(exc))
+            return
+        if msg.node != node:
+            self._drop(node, "node_mismatch", f"message names node {msg.node!r}")
+            return
+        if direction == "will":
+            if isinstance(msg, Will):
+                self._on_will(node)
+            else:
+                self._drop(node, "unexpected_type", f"{msg.t} on the will topic")
+            return
+        if isinstance(msg, Report):
+            self._on_report(node, msg)
+        elif isinstance(msg, Ack):
+            self._on_ack(node, msg)
+        elif isinstance(msg, Resync):
+            self._on_resync(node, msg)
+        else:
+            self._drop(node, "unexpected_type", f"{msg.t} sent upstream")
+            return
+        self.metrics.inc(IN, type=msg.t)
+
+    def _on_resync(self, node: str, msg: Resync) -> None:
+        link = self._link(node)
+        link.epoch, link.epoch_known = msg.epoch, True
+        link.inflight = -1  # hold sends triggered by registering: the reply below covers them
+        self.fleet.register_node(node)
+        self.fleet.heard(node, self.clock())
+        nd = self.fleet.desired_for(node)
+        last = self.fleet.report_seq.get(node, 0)
+        if msg.seq < last:
+            # Seqs only grow on a healthy edge: a smaller one means its state was
+            # wiped, so forget what we processed or its new reports would be ignored.
+            log.warning("node %s restarted its report stream (seq %d < %d)", node, msg.seq, last)
+            self.fleet.set_report_seq(node, 0)
+        if msg.epoch == nd.epoch:
+            self.fleet.record_ack(node, msg.epoch, msg.gen)
+        link.inflight = None
+        link.attempts = 0
+        if msg.epoch != nd.epoch or msg.gen != nd.gen:
+            self._send_delta(node, base=msg.gen)
+
+    def _on_ack(self, node: str, msg: Ack) -> None:
+        if node not in self.fleet.nodes:
+            return
+        self.fleet.heard(node, self.clock())
+        nd = self.fleet.desired_for(node)
+        self.fleet.record_ack(node, msg.epoch, msg.gen)
+        link = self._link(node)
+        if msg.epoch == nd.epoch:
+            link.epoch, link.epoch_known = nd.epoch, True
+        if link.inflight is not None and nd.acked >= link.inflight:
+            link.inflight = None
+            link.attempts = 0
+        self._maybe_send(node)
+
+    def _on_report(self, node: str, msg: Report) -> None:
+        self.fleet.register_node(node)
+        last = self.fleet.report_seq.get(node, 0)
+        if msg.seq <= last:
+            self.fleet.heard(node, self.clock())
+            self.metrics.inc("cloudcore_reports_duplicate_total")
+            self._ack_report(node, last)
+            return
+        if msg.node_status:
+            self.fleet.node_status(node, msg.node_status)
+        if msg.pods:
+            ignored = self.fleet.pod_statuses(node, msg.pods)
+            if ignored:
+                self.metrics.inc("cloudcore_pod_statuses_ignored_total", ignored)
+        if msg.telemetry:
+            self.fleet.add_telemetry(node, msg.telemetry)
+        nd = self.fleet.desired_for(node)
+        if msg.epoch == nd.epoch and msg.gen:
+            self.fleet.record_ack(node, msg.epoch, msg.gen)
+            link = self._link(node)
+            if link.inflight is not None and nd.acked >= link.inflight:
+                link.inflight = None
+        self.fleet.heard(node, self.clock())  # after node_status: it may set the heartbeat
+        self.fleet.mark_ready(node)
+        self.fleet.set_report_seq(node, msg.seq)
+        self._ack_report(node, msg.seq)
+        self._maybe_send(node)
+
+    def _on_will(self, node: str) -> None:
+        if node not in self.fleet.nodes:
+            return
+        self.metrics.inc(IN, type="will")
+        self.fleet.mark_not_ready(node, reason="NodeLinkLost",
+                                  message="the agent's MQTT session ended (last will)")
+        link = self._links.get(node)
+        if link is not None:
+            link.inflight = None  # the agent resyncs on reconnect; no retries meanwhile
+
+    # -- reports: group-committed acks ---------------------------------------------------
+
+    def _ack_report(self, node: str, seq: int) -> None:
+        """Send ReportAck(seq) once everything enqueued so far is committed."""
+        fut = self.store.durable()
+        if fut.done():
+            self._emit(node, ReportAck(node=node, seq=seq))
+            return
+        acks = self._racks.get(fut)
+        if acks is None:
+            acks = self._racks[fut] = {}
+            fut.add_done_callback(self._committed)
+        acks[node] = max(seq, acks.get(node, 0))
+
+    def _committed(self, fut: asyncio.Future[None]) -> None:
+        acks = self._racks.pop(fut, {})
+        if fut.cancelled() or fut.exception() is not None:
+            return  # not durable: the edges resend, and we process them again
+        for node, seq in acks.items():
+            self._emit(node, ReportAck(node=node, seq=seq))
+
+    # -- desired: one delta in flight per node -------------------------------------------
+
+    def desired_changed(self, nodes: set[str]) -> None:
+        """Fleet listener: these nodes' desired sets changed."""
+        for node in nodes:
+            self._maybe_send(node)
+
+    def _maybe_send(self, node: str) -> None:
+        nd = self.fleet.desired.get(node)
+        if nd is None or nd.gen <= nd.acked:
+            return
+        link = self._link(node)
+        if link.inflight is not None:
+            return  # sent after the ack, or by the retry timer: changes collapse
+        status = self.fleet.nodes.get(node)
+        if status is not None and status.status.ready == "NotReady":
+            return  # the agent resyncs when it comes back
+        self._send_delta(node, base=nd.acked)
+
+    def _send_delta(self, node: str, *, base: int) -> None:
+        nd = self.fleet.desired_for(node)
+        link = self._link(node)
+        epoch = link.epoch if link.epoch_known else nd.epoch
+        self._emit(node, nd.delta(base, epoch))
+        link.inflight = nd.gen
+        link.retry_at = self.clock() + self._backoff.delay(link.attempts)
+        heapq.heappush(self._retry, (link.retry_at, node))
+        self._wake_retry.set()
+
+    def retry_due(self, now: float) -> int:
+        """Resend deltas whose ack is late; returns how many were resent."""
+        sent = 0
+        while self._retry and self._retry[0][0] <= now:
+            when, node = heapq.heappop(self._retry)
+            link = self._links.get(node)
+            if link is None or link.inflight is None or link.retry_at != when:
+                continue
+            nd = self.fleet.desired.get(node)
+            node_obj = self.fleet.nodes.get(node)
+            if nd is None or nd.acked >= nd.gen or (
+                    node_obj is not None and node_obj.status.ready == "NotReady"):
+                link.inflight = None
+                continue
+            link.attempts += 1
+            self.metrics.inc(RESENT)
+            self._send_delta(node, base=nd.acked)
+            sent += 1
+        return sent
+
+    async def run_retries(self) -> None:
+        """Work until cancelled: fire retry timers."""
+        while True:
+            self._wake_retry.clear()
+            self.retry_due(self.clock())
+            delay = 1.0
+            if self._retry:
+                delay = min(delay, max(0.0, self._retry[0][0] - self.clock()))
+            try:
+                async with asyncio.timeout(delay):
+                    await self._wake_retry.wait()
+            except TimeoutError:
+                pass
+
+    async def run_liveness(self) -> None:
+        """Work until cancelled: NotReady after missed heartbeats."""
+        while True:
+            for node in self.fleet.expire(self.clock()):
+                link = self._links.get(node)
+                if link is not None:
+                    link.inflight = None
+            await asyncio.sleep(self.settings.liveness_interval)
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def _link(self, node: str) -> _Link:
+        link = self._links.get(node)
+        if link is None:
+            link = self._links[node] = _Link()
+        return link
+
+    def _emit(self, node: str, msg: Desired | ReportAck) -> None:
+        if self._send is None:
+            log.debug("no transport yet; dropping %s to %s", msg.t, node)
+            return
+        self._send(topics.down(node), encode(msg))
+        self.metrics.inc(OUT, type=msg.t)
+
+    def _drop(self, node: str, reason: str, detail: str) -> None:
+        self.metrics.inc(DROPPED, reason=reason)
+        now = self.clock()
+        key = (node, reason)
+        if now - self._logged.get(key, -1e18) >= self.settings.log_interval:
+            self._logged[key] = now
+            log.warning("dropped a message from node %s: %s: %s", node, reason, detail)
+            if len(self._logged) > 100_000:
+                cutoff = now - self.settings.log_interval
+                self._logged = {k: t for k, t in self._logged.items() if t >= cutoff}
+
+    def link_state(self, node: str) -> dict[str, Any]:
+        link = self._links.get(node, _Link())
+        return {"epoch": link.epoch, "inflight": link.inflight, "attempts": link.attempts}

@@ -1,0 +1,160 @@
+"""MQTT connections of the hub: one subscriber, N publishers (the only aiomqtt user).
+
+The subscriber uses a fixed client id with clean_session false, so the broker keeps
+its subscriptions and queues QoS 1 reports while cloudcore is down; they arrive on
+the next start. Publishers only send: a queue feeds `publish_concurrency` workers
+per connection, each awaiting its PUBACK, so one slow PUBACK never blocks the rest.
+Both reconnect forever with the shared jittered backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import aiomqtt
+
+from cloudcore.backoff import Backoff
+from cloudcore.config import MqttSettings
+from cloudcore.errors import BrokerUnavailable
+from shared import topics
+
+log = logging.getLogger("cloudcore.synchub.mqtt")
+
+Handler = Callable[[str, bytes], None]
+
+
+SHUTDOWN_GRACE = 2.0
+"""Seconds a cancelled session may take to disconnect. aiomqtt's __aexit__ waits
+without a timeout for the broker's disconnect callback, which a session cancelled
+mid-connect may never get; a stop must not hang on it."""
+
+
+async def _bounded(coro: Coroutine[Any, Any, None], name: str) -> None:
+    """Run `coro` in its own task; when cancelled, give it SHUTDOWN_GRACE to finish."""
+    inner = asyncio.create_task(coro, name=name)
+    try:
+        await asyncio.shield(inner)
+    except asyncio.CancelledError:
+        inner.cancel()
+        done, _ = await asyncio.wait({inner}, timeout=SHUTDOWN_GRACE)
+        if not done:
+            log.warning("%s did not disconnect within %.0fs; abandoning it", name,
+                        SHUTDOWN_GRACE)
+        raise
+
+
+def _backoff(settings: MqttSettings) -> Backoff:
+    return Backoff(base=settings.reconnect_base, cap=settings.reconnect_cap)
+
+
+class Subscriber:
+    """Receives every partition's `up` and `will` messages and hands them to `handler`."""
+
+    def __init__(self, settings: MqttSettings, *, handler: Handler,
+                 on_connected: Callable[[bool], None] | None = None) -> None:
+        self._settings = settings
+        self._handler = handler
+        self._on_connected = on_connected or (lambda _up: None)
+
+    async def run(self) -> None:
+        """Work until cancelled; reconnects on broker errors."""
+        attempt = 0
+        backoff = _backoff(self._settings)
+        while True:
+            try:
+                await _bounded(self._session(), "subscriber.session")
+            except BrokerUnavailable as exc:
+                self._on_connected(False)
+                delay = backoff.delay(attempt)
+                attempt += 1
+                log.warning("subscriber: %s; reconnecting in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+            else:
+                attempt = 0
+
+    async def _session(self) -> None:
+        s = self._settings
+        try:
+            async with aiomqtt.Client(
+                s.host, s.port, identifier=f"{s.client_id}-sub", clean_session=False,
+                keepalive=s.keepalive, max_queued_incoming_messages=0,
+            ) as client:
+                await client.subscribe([(f, 1) for f in topics.all_up_filters()])
+                log.info("subscriber connected to %s:%d", s.host, s.port)
+                self._on_connected(True)
+                async for message in client.messages:
+                    payload = message.payload
+                    data = bytes(payload) if isinstance(payload, bytes | bytearray) else b""
+                    self._handler(message.topic.value, data)
+        except aiomqtt.MqttError as exc:
+            raise BrokerUnavailable(f"broker {s.host}:{s.port}: {exc}",
+                                    delay=s.reconnect_base) from exc
+
+
+class Publisher:
+    """Sends queued (topic, payload) pairs with QoS 1 over its own connection."""
+
+    def __init__(self, settings: MqttSettings, *, index: int,
+                 on_sent: Callable[[], None] | None = None) -> None:
+        self._settings = settings
+        self._index = index
+        self._queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
+        self._on_sent = on_sent or (lambda: None)
+        self.connected = False
+
+    def enqueue(self, topic: str, payload: bytes) -> None:
+        self._queue.put_nowait((topic, payload))
+
+    @property
+    def backlog(self) -> int:
+        return self._queue.qsize()
+
+    async def run(self) -> None:
+        attempt = 0
+        backoff = _backoff(self._settings)
+        while True:
+            try:
+                await _bounded(self._session(), f"publisher[{self._index}].session")
+            except BrokerUnavailable as exc:
+                self.connected = False
+                delay = backoff.delay(attempt)
+                attempt += 1
+                log.warning("publisher %d: %s; reconnecting in %.1fs", self._index, exc, delay)
+                await asyncio.sleep(delay)
+            else:
+                attempt = 0
+
+    async def _session(self) -> None:
+        s = self._settings
+        try:
+            async with aiomqtt.Client(
+                s.host, s.port, identifier=f"{s.client_id}-pub{self._index}",
+                clean_session=True, keepalive=s.keepalive,
+                max_inflight_messages=s.publish_concurrency,
+            ) as client:
+                self.connected = True
+                async with asyncio.TaskGroup() as tg:
+                    for i in range(s.publish_concurrency):
+                        tg.create_task(self._worker(client), name=f"publisher[{i}]")
+        except aiomqtt.MqttError as exc:
+            raise BrokerUnavailable(f"broker {s.host}:{s.port}: {exc}",
+                                    delay=s.reconnect_base) from exc
+        except ExceptionGroup as group:
+            mqtt_errors, rest = group.split(aiomqtt.MqttError)
+            if mqtt_errors is None or rest is not None:
+                raise
+            raise BrokerUnavailable(f"broker {s.host}:{s.port}: {mqtt_errors.exceptions[0]}",
+                                    delay=s.reconnect_base) from group
+
+    async def _worker(self, client: aiomqtt.Client) -> None:
+        while True:
+            topic, payload = await self._queue.get()
+            try:
+                await client.publish(topic, payload, qos=1)
+            except aiomqtt.MqttError:
+                self._queue.put_nowait((topic, payload))  # resent after reconnect
+                raise
+            self._on_sent()

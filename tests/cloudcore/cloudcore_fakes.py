@@ -1,0 +1,64 @@
+"""Fakes injected through cloudcore's small interfaces (unit tests only)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from cloudcore.fleet import Fleet, Liveness
+from cloudcore.scheduler import Scheduler
+
+GI = 2**30
+
+
+class FakeStore:
+    """A Persister that keeps the last write of each key in a dict."""
+
+    epoch = "e1"
+
+    def __init__(self) -> None:
+        self.data: dict[tuple[str, str], Any] = {}
+
+    def put(self, db: str, key: str, value: Any) -> None:
+        self.data[(db, key)] = value
+
+    def put_later(self, db: str, key: str, producer: Callable[[], Any]) -> None:
+        self.data[(db, key)] = producer()
+
+    def delete(self, db: str, key: str) -> None:
+        self.data.pop((db, key), None)
+
+
+def make_fleet(store: Any = None) -> Fleet:
+    return Fleet(store=store or FakeStore(), scheduler=Scheduler(),
+                 liveness=Liveness(default_heartbeat=30, missed=3, now=0.0))
+
+
+def add_node(fleet: Fleet, name: str, *, labels: dict[str, str] | None = None,
+             cpu: int = 4000, memory: int = 8 * GI, arch: str = "amd64") -> None:
+    fleet.register_node(name)
+    fleet.node_status(name, {"allocatable": {"cpu": cpu, "memory": memory, "pods": 110},
+                             "capacity": {"cpu": cpu, "memory": memory, "pods": 110},
+                             "arch": arch, "labels": labels or {}, "heartbeat": 10})
+    fleet.mark_ready(name)
+
+
+def daemonset(name: str = "agent", *, args: list[str] | None = None,
+              node_selector: dict[str, str] | None = None) -> dict[str, Any]:
+    return {"apiVersion": "apps/v1", "kind": "DaemonSet",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"selector": {"matchLabels": {"app": name}},
+                     "template": {"metadata": {"labels": {"app": name}},
+                                  "spec": {"nodeSelector": node_selector or {},
+                                           "containers": [{"name": "main", "image": "busybox",
+                                                           "args": args or ["sleep", "1d"]}]}}}}
+
+
+def deployment(name: str = "web", *, replicas: int = 2, memory: str = "64Mi") -> dict[str, Any]:
+    return {"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": name},
+            "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
+                     "template": {"metadata": {"labels": {"app": name}},
+                                  "spec": {"containers": [{
+                                      "name": "main", "image": "nginx",
+                                      "resources": {"requests": {"memory": memory}}}]}}}}

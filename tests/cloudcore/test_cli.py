@@ -1,0 +1,54 @@
+"""The `cloudcore` binary: settings validation, the listening line, clean SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import free_port
+
+from cloudcore.__main__ import main, parse_args
+from cloudcore.config import Settings
+from cloudcore.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_settings_validation_names_the_field() -> None:
+    s = Settings()
+    s.mqtt.port = 0
+    with pytest.raises(ConfigError) as err:
+        s.validate()
+    assert err.value.field == "mqtt.port"
+    assert parse_args(["--heartbeat", "5", "--http-port", "0"]).sync.heartbeat == 5
+    assert main(["--heartbeat", "-1"]) == 2
+
+
+def test_binary_starts_and_stops_on_sigterm(mosquitto: int, tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, "-X", "faulthandler", "-m", "cloudcore",
+         "--state-dir", str(tmp_path / "s"),
+         "--mqtt-host", "127.0.0.1", "--mqtt-port", str(mosquitto),
+         "--http-port", str(free_port()), "--log-level", "WARNING"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith("cloudcore listening on http://127.0.0.1:"), line
+        proc.send_signal(signal.SIGTERM)
+        try:
+            code = proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGABRT)
+            proc.wait()
+            code = None
+        assert code == 0, proc.stderr.read() if proc.stderr else ""
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -1,0 +1,171 @@
+"""The fleet controller: workloads -> pods -> per-node desired sets and gens."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from cloudcore_fakes import GI, FakeStore, add_node, daemonset, deployment, make_fleet
+
+from cloudcore.errors import NotFound
+from cloudcore.fleet.naming import OWNER, child_name
+from shared.delta import EdgeDesired
+from shared.entries import parse_pod_entry, pod_key
+from shared.errors import ObjectError
+from shared.models import parse_object
+
+
+def apply(fleet: Any, *docs: dict[str, Any]) -> list[str]:
+    return [r.action for r in fleet.apply([parse_object(d) for d in docs])]
+
+
+def test_daemonset_on_three_nodes_update_and_delete() -> None:
+    fleet = make_fleet()
+    changed: list[set[str]] = []
+    fleet.listener = changed.append
+    for n in ("n1", "n2", "n3"):
+        add_node(fleet, n)
+    assert apply(fleet, daemonset()) == ["created"]
+    assert changed[-1] == {"n1", "n2", "n3"}
+    gens = {}
+    for n in ("n1", "n2", "n3"):
+        nd = fleet.desired[n]
+        key = pod_key("default", f"agent-{n}")
+        assert list(nd.items) == [key]
+        pod = fleet.pods[("default", f"agent-{n}")]
+        assert pod.metadata.annotations[OWNER] == "DaemonSet/default/agent"
+        assert pod.status.node_name == n
+        gens[n] = nd.gen
+
+    # the edge follows along through deltas
+    edge = EdgeDesired()
+    edge = edge.applied(fleet.desired["n1"].delta(0, None))
+
+    assert apply(fleet, daemonset(args=["sleep", "2d"])) == ["configured"]
+    for n in ("n1", "n2", "n3"):
+        nd = fleet.desired[n]
+        assert nd.gen == gens[n] + 1
+        (value, kgen), = nd.items.values()
+        assert kgen == nd.gen
+        assert parse_pod_entry("k", value).spec.containers[0].args == ["sleep", "2d"]
+    delta = fleet.desired["n1"].delta(edge.gen, edge.epoch)
+    assert list(delta.put) == [pod_key("default", "agent-n1")] and not delta.snapshot
+
+    assert apply(fleet, daemonset(args=["sleep", "2d"])) == ["unchanged"]
+    assert fleet.desired["n1"].gen == gens["n1"] + 1
+
+    fleet.delete("DaemonSet", "default", "agent")
+    for n in ("n1", "n2", "n3"):
+        nd = fleet.desired[n]
+        assert nd.items == {}
+        assert nd.tombs == {pod_key("default", f"agent-{n}"): gens[n] + 2}
+    assert fleet.pods == {}
+
+
+def test_new_node_gets_daemonset_pod_and_selector_is_respected() -> None:
+    fleet = make_fleet()
+    add_node(fleet, "a", labels={"role": "cam"})
+    apply(fleet, daemonset(node_selector={"role": "cam"}))
+    add_node(fleet, "b", labels={"role": "cam"})
+    add_node(fleet, "c", labels={"role": "other"})
+    assert set(fleet.desired["b"].items) == {pod_key("default", "agent-b")}
+    assert fleet.desired.get("c") is None or fleet.desired["c"].items == {}
+    # relabel c through the API: it gets the pod; relabel b away: its pod goes
+    node_doc = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "c",
+                                                                "labels": {"role": "cam"}}}
+    assert apply(fleet, node_doc) == ["configured"]
+    assert set(fleet.desired["c"].items) == {pod_key("default", "agent-c")}
+    node_doc["metadata"] = {"name": "b", "labels": {"role": "gone"}}
+    apply(fleet, node_doc)
+    assert fleet.desired["b"].items == {}
+    assert pod_key("default", "agent-b") in fleet.desired["b"].tombs
+
+
+def test_deployment_spreads_by_headroom_and_pending_is_explained() -> None:
+    fleet = make_fleet()
+    add_node(fleet, "small", memory=GI)
+    add_node(fleet, "big", memory=4 * GI)
+    apply(fleet, deployment(replicas=5, memory="1Gi"))
+    placed = [p.status.node_name for p in fleet.pods.values()]
+    assert sorted(placed, key=str) == ["big"] * 4 + ["small"]  # most headroom first
+    apply(fleet, deployment(replicas=6, memory="1Gi"))
+    pending = [p for p in fleet.pods.values() if p.status.reason == "Unschedulable"]
+    assert len(pending) == 1
+    assert pending[0].status.message == "0/2 nodes available: 2 insufficient memory"
+    # capacity freed -> retried
+    apply(fleet, deployment(replicas=5, memory="1Gi"))
+    assert all(p.status.reason == "Scheduled" for p in fleet.pods.values())
+    # a new node makes room for more
+    apply(fleet, deployment(replicas=6, memory="1Gi"))
+    add_node(fleet, "late", memory=2 * GI)
+    assert all(p.status.reason == "Scheduled" for p in fleet.pods.values())
+    assert fleet.pods[("default", "web-5")].status.node_name == "late"
+
+
+def test_bare_pod_no_nodes_then_node_joins() -> None:
+    fleet = make_fleet()
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+           "spec": {"containers": [{"name": "c", "image": "busybox"}]}}
+    apply(fleet, pod)
+    assert fleet.pods[("default", "p")].status.reason == "Unschedulable"
+    assert "no nodes" in (fleet.pods[("default", "p")].status.message or "")
+    add_node(fleet, "n1")
+    assert fleet.pods[("default", "p")].status.node_name == "n1"
+    assert pod_key("default", "p") in fleet.desired["n1"].items
+    assert apply(fleet, pod) == ["unchanged"]
+
+
+def test_pod_status_from_report_and_delete_errors() -> None:
+    fleet = make_fleet()
+    add_node(fleet, "n1")
+    apply(fleet, daemonset())
+    ignored = fleet.pod_statuses("n1", {
+        pod_key("default", "agent-n1"): {"phase": "Running", "containerStatuses": [
+            {"name": "main", "state": "running", "ready": True}]},
+        pod_key("default", "nope"): {"phase": "Running"},
+        "garbage": {"phase": "Running"},
+    })
+    assert ignored == 2
+    st = fleet.pods[("default", "agent-n1")].status
+    assert st.phase == "Running" and st.container_statuses[0].ready
+    with pytest.raises(NotFound):
+        fleet.delete("Deployment", "default", "missing")
+    bad = deployment()
+    bad["spec"]["selector"] = {"matchLabels": {"app": "other"}}
+    with pytest.raises(ObjectError):
+        apply(fleet, bad)
+
+
+def test_ack_collects_tombstones_and_persists() -> None:
+    store = FakeStore()
+    fleet = make_fleet(store)
+    add_node(fleet, "n1")
+    apply(fleet, daemonset())
+    fleet.delete("DaemonSet", "default", "agent")
+    nd = fleet.desired["n1"]
+    assert nd.tombs
+    assert fleet.record_ack("n1", "e1", nd.gen)
+    assert nd.tombs == {} and nd.acked == nd.gen
+    assert store.data[("desired", "n1")]["acked"] == nd.gen
+    assert fleet.nodes["n1"].status.acked_gen == nd.gen
+
+
+def test_reload_from_records_rebuilds_bindings() -> None:
+    store = FakeStore()
+    fleet = make_fleet(store)
+    add_node(fleet, "n1")
+    apply(fleet, daemonset(), deployment(replicas=1))
+    records: dict[str, dict[str, Any]] = {}
+    for (db, key), value in store.data.items():
+        records.setdefault(db, {})[key] = value
+    again = make_fleet(FakeStore())
+    again.load(records)
+    assert again.nodes["n1"].status.ready == "Unknown"
+    assert again.desired["n1"].gen == fleet.desired["n1"].gen
+    assert again.list("Pod", node="n1") == fleet.list("Pod", node="n1")
+
+
+def test_long_names_are_hashed() -> None:
+    name = child_name("d" * 200, "n" * 100)
+    assert len(name) <= 253 and name[-11] == "-"
+    assert child_name("a", "b") == "a-b"

@@ -1,0 +1,191 @@
+"""The sync hub against a real mosquitto, driven by a scripted fake edge (aiomqtt)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import aiomqtt
+import httpx
+import msgpack
+from cloudcore_fakes import daemonset
+
+from cloudcore.config import Settings
+from shared import topics
+from shared.codec import Ack, Desired, Report, ReportAck, Resync, Will, decode, encode
+from shared.delta import EdgeDesired
+from shared.entries import parse_pod_entry, pod_key
+
+DROPPED = "cloudcore_messages_dropped_total"
+
+
+class FakeEdge:
+    """One edge session: sends up-messages, collects down-messages."""
+
+    def __init__(self, node: str, port: int) -> None:
+        self.node = node
+        self.port = port
+        self.inbox: asyncio.Queue[Any] = asyncio.Queue()
+        self._client: aiomqtt.Client | None = None
+        self._reader: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> FakeEdge:
+        self._client = aiomqtt.Client("127.0.0.1", self.port, identifier=f"edge-{self.node}",
+                                      clean_session=True)
+        await self._client.__aenter__()
+        await self._client.subscribe(topics.down(self.node), qos=1)
+        self._reader = asyncio.create_task(self._read(), name=f"edge[{self.node}].reader")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._reader is not None and self._client is not None
+        self._reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._reader
+        await self._client.__aexit__(None, None, None)
+
+    async def _read(self) -> None:
+        assert self._client is not None
+        async for m in self._client.messages:
+            self.inbox.put_nowait(decode(bytes(m.payload)))  # type: ignore[arg-type]
+
+    async def publish(self, payload: bytes, *, direction: str = "up",
+                      node: str | None = None) -> None:
+        assert self._client is not None
+        await self._client.publish(topics.topic(node or self.node, direction),  # type: ignore[arg-type]
+                                   payload, qos=1)
+
+    async def send(self, msg: Any) -> None:
+        await self.publish(encode(msg))
+
+    async def recv(self, kind: type, timeout: float = 5.0) -> Any:
+        async with asyncio.timeout(timeout):
+            while True:
+                msg = await self.inbox.get()
+                if isinstance(msg, kind):
+                    return msg
+
+    async def quiet(self, kind: type, seconds: float) -> None:
+        """Assert nothing of `kind` arrives for `seconds`."""
+        try:
+            msg = await self.recv(kind, seconds)
+        except TimeoutError:
+            return
+        raise AssertionError(f"unexpected {msg!r}")
+
+
+async def until(cond: Any, timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not cond():
+            await asyncio.sleep(0.01)
+
+
+async def test_sync_flow_reports_bad_input_will_and_restart(
+        mosquitto: int, settings: Settings, service_factory: Any) -> None:
+    settings.mqtt.port = mosquitto
+    svc = service_factory()
+    run = await svc.start()
+    fleet, metrics = run.fleet, run.metrics
+    async with httpx.AsyncClient(base_url=run.url) as api:
+        r = await api.post("/api/v1/apply", json={"documents": [daemonset()]})
+        assert r.status_code == 200
+        await until(lambda: run.hub and (asyncio.get_running_loop() is not None))
+        async with FakeEdge("e1", mosquitto) as edge:
+            # connect: resync from nothing -> snapshot with the DaemonSet pod
+            await edge.send(Resync(node="e1", epoch=None, gen=0, seq=0))
+            snap = await edge.recv(Desired)
+            assert snap.snapshot and snap.epoch == run.store.epoch
+            assert list(snap.put) == [pod_key("default", "agent-e1")]
+            local = EdgeDesired().applied(snap)
+            await edge.send(Ack(node="e1", epoch=snap.epoch, gen=snap.gen))
+            await until(lambda: fleet.desired["e1"].acked == snap.gen)
+
+            # first report: Ready, statuses applied, acked after the commit
+            await edge.send(Report(node="e1", seq=1, epoch=local.epoch, gen=local.gen,
+                                   node_status={"allocatable": {"cpu": 2000, "memory": 2**31},
+                                                "arch": "arm64", "agentVersion": "0.1.0",
+                                                "heartbeat": 30},
+                                   pods={pod_key("default", "agent-e1"): {"phase": "Running"}}))
+            assert (await edge.recv(ReportAck)).seq == 1
+            node = fleet.nodes["e1"]
+            assert node.status.ready == "Ready" and node.status.agent_version == "0.1.0"
+            assert node.metadata.labels["kubernetes.io/arch"] == "arm64"
+            assert fleet.pods[("default", "agent-e1")].status.phase == "Running"
+            assert run.store.load()["reportseq"]["e1"] == 1
+
+            # duplicate: re-acked, not re-applied
+            await edge.send(Report(node="e1", seq=1, pods={
+                pod_key("default", "agent-e1"): {"phase": "Failed"}}))
+            assert (await edge.recv(ReportAck)).seq == 1
+            assert fleet.pods[("default", "agent-e1")].status.phase == "Running"
+
+            # bad input is counted and dropped; the hub keeps working
+            await edge.publish(b"\xc1garbage")
+            await edge.publish(b"\x00" * (4 * 1024 * 1024 + 1))
+            await edge.publish(msgpack.packb({"v": 99, "t": "report", "node": "e1", "seq": 5}))
+            await edge.publish(encode(Report(node="e2", seq=9)))  # topic says e1
+            await edge.publish(encode(ReportAck(node="e1", seq=1)))  # wrong direction
+            await edge.send(Report(node="e1", seq=2))
+            assert (await edge.recv(ReportAck)).seq == 2
+            assert metrics.value(DROPPED, reason="decode_error") == 1
+            assert metrics.value(DROPPED, reason="too_large") == 1
+            assert metrics.value(DROPPED, reason="unknown_version") == 1
+            assert metrics.value(DROPPED, reason="node_mismatch") == 1
+            assert metrics.value(DROPPED, reason="unexpected_type") == 1
+            text = (await api.get("/metrics")).text
+            assert 'cloudcore_messages_dropped_total{reason="too_large"} 1' in text
+            assert 'cloudcore_nodes{ready="Ready"} 1' in text
+
+            # template update -> delta from the acked gen; not acked -> resent; then acked
+            await api.post("/api/v1/apply", json={"documents": [daemonset(args=["v2"])]})
+            delta = await edge.recv(Desired)
+            assert not delta.snapshot and delta.base == local.gen
+            value = delta.put[pod_key("default", "agent-e1")]
+            assert parse_pod_entry("k", value).spec.containers[0].args == ["v2"]
+            again = await edge.recv(Desired, timeout=3)  # the ack was "lost"
+            assert again.gen == delta.gen and again.base == local.gen
+            local = local.applied(again)
+            await edge.send(Ack(node="e1", epoch=local.epoch, gen=local.gen))
+            await until(lambda: fleet.desired["e1"].acked == local.gen)
+            await edge.quiet(Desired, 1.5)  # acked: no more resends
+            gen, acked = fleet.desired["e1"].gen, fleet.desired["e1"].acked
+
+            # will -> NotReady at once
+            await edge.publish(encode(Will(node="e1")), direction="will")
+            await until(lambda: fleet.nodes["e1"].status.ready == "NotReady")
+            assert fleet.nodes["e1"].status.reason == "NodeLinkLost"
+
+    # restart on the same state dir: same epoch, desired sets and acks; Unknown
+    epoch = run.store.epoch
+    await svc.stop()
+    svc2 = service_factory()
+    run2 = await svc2.start()
+    assert run2.store.epoch == epoch
+    assert run2.fleet.desired["e1"].gen == gen and run2.fleet.desired["e1"].acked == acked
+    assert run2.fleet.nodes["e1"].status.ready == "Unknown"
+    assert run2.fleet.report_seq["e1"] == 2
+    async with FakeEdge("e1", mosquitto) as edge:
+        await edge.send(Resync(node="e1", epoch=local.epoch, gen=local.gen, seq=2))
+        await edge.quiet(Desired, 0.5)  # already current: no snapshot after a restart
+        await edge.send(Report(node="e1", seq=2))
+        assert (await edge.recv(ReportAck)).seq == 2
+        assert run2.fleet.nodes["e1"].status.ready == "Unknown"  # a duplicate is no report
+        await edge.send(Report(node="e1", seq=3))
+        assert (await edge.recv(ReportAck)).seq == 3
+        assert run2.fleet.nodes["e1"].status.ready == "Ready"
+
+
+async def test_missed_heartbeats_make_a_node_not_ready_and_restart_gives_unknown(
+        mosquitto: int, settings: Settings, service_factory: Any) -> None:
+    settings.mqtt.port = mosquitto
+    run = await service_factory().start()
+    async with FakeEdge("e2", mosquitto) as edge:
+        await edge.send(Report(node="e2", seq=1, node_status={"heartbeat": 0.2}))
+        await edge.recv(ReportAck)
+        assert run.fleet.nodes["e2"].status.ready == "Ready"
+        await until(lambda: run.fleet.nodes["e2"].status.ready == "NotReady", timeout=3)
+        assert run.fleet.nodes["e2"].status.reason == "NodeStatusUnknown"
+        await edge.send(Report(node="e2", seq=2))
+        await edge.recv(ReportAck)
+        assert run.fleet.nodes["e2"].status.ready == "Ready"
