@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import free_port
+from testbed.ports import free_port
 
 from cloudcore.__main__ import main, parse_args
 from cloudcore.config import Settings
