@@ -46,12 +46,14 @@ async def run_cmd(
     what: str,
     timeout: float | None = 120.0,
     env: Mapping[str, str] | None = None,
+    check: bool = True,
 ) -> CmdResult:
     """Run ``argv`` to completion and return its output.
 
-    If ``error`` is given, a non-zero exit raises ``error(f"{what}: ...")`` with
-    stderr in the message; otherwise the caller inspects ``returncode``.  A
-    timeout or cancellation kills the child before propagating.
+    If ``error`` is given, a timeout raises it, and so does a non-zero exit
+    (``error(f"{what}: ...")`` with stderr in the message) unless ``check`` is
+    false; otherwise the caller inspects ``returncode``.  A timeout or
+    cancellation kills the child before propagating.
     """
     try:
         proc = await asyncio.create_subprocess_exec(
@@ -73,6 +75,6 @@ async def run_cmd(
             raise error(f"{what}: `{shlex.join(argv)}` timed out after {timeout} s") from exc
         raise
     result = CmdResult(proc.returncode if proc.returncode is not None else -1, stdout, stderr)
-    if result.returncode != 0 and error is not None:
+    if result.returncode != 0 and error is not None and check:
         raise error(f"{what}: {describe(argv, result)}")
     return result

@@ -23,6 +23,8 @@ Layout under ``root_dir``::
                           meta.json (timestamps), conmon.pid, conmon.out
     exits/<cid>           exit code written by conmon
     logs/<cid>.log        stdout+stderr in k8s-file format, written by conmon
+    logs/<cid>.log.<n>    older output moved aside by rotate_logs (1 = newest)
+    image-usage.json      image reference -> last use (gc order)
     conmon/persist/<cid>/ conmon's per-container persist dir (oom marker)
     conmon/sockets/       conmon's attach-socket dir (unused, but required)
     crun-wrapper.sh       only on hybrid-cgroup hosts
@@ -34,10 +36,14 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
 import time
+import uuid
+from collections import Counter
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -47,12 +53,22 @@ from edgecore.runtime.errors import (
     ContainerNotFound,
     ContainerRuntimeError,
     ContainerStartError,
+    ExecTimeout,
     HostUnsupported,
+    InvalidSpec,
     RuntimeCommandError,
 )
 from edgecore.runtime.images import ImageStore
-from edgecore.runtime.oci import build_oci_config
-from edgecore.runtime.types import ContainerSpec, ContainerState, ContainerStatus, validate_cid
+from edgecore.runtime.oci import build_oci_config, resolve_devices
+from edgecore.runtime.types import (
+    ContainerSpec,
+    ContainerState,
+    ContainerStats,
+    ContainerStatus,
+    ImageInfo,
+    PullPolicy,
+    validate_cid,
+)
 
 __all__ = ["CrunRuntime", "detect_hybrid_cgroups", "parse_k8s_log"]
 
@@ -134,6 +150,8 @@ class CrunRuntime:
         hybrid_cgroups: bool | None = None,
         log_size_max_bytes: int = 16 * 1024 * 1024,
         start_timeout_s: float = 30.0,
+        min_free_disk_bytes: int = 100 * 1024 * 1024,
+        platform: tuple[str, str | None] | None = None,
     ) -> None:
         self.root = Path(root_dir).absolute()
         self._crun = self._which(crun)
@@ -156,9 +174,19 @@ class CrunRuntime:
         for d in (self._crun_root, self._bundles, self._exits, self._logs, self._persist,
                   self._sockets):  # fmt: skip
             d.mkdir(parents=True, exist_ok=True)
-        self.images = ImageStore(
-            self.root, insecure_registries=insecure_registries, skopeo=skopeo, umoci=umoci
+        # ``images`` is both the store (``runtime.images.blob_count()``, as
+        # before) and, being awaitable when called, ``await runtime.images()``.
+        self.image_store = ImageStore(
+            self.root,
+            insecure_registries=insecure_registries,
+            skopeo=skopeo,
+            umoci=umoci,
+            min_free_bytes=min_free_disk_bytes,
+            platform=platform,
         )
+        self.images: _ImagesAccessor = _ImagesAccessor(self.image_store)
+        # Image references a run() is between pull and bundle creation for: gc keeps them.
+        self._pinned: Counter[str] = Counter()
 
         self.hybrid_cgroups = detect_hybrid_cgroups() if hybrid_cgroups is None else hybrid_cgroups
         self.runtime_path = self._write_wrapper() if self.hybrid_cgroups else self._crun
@@ -223,9 +251,18 @@ class CrunRuntime:
 
     # -- Runtime interface ----------------------------------------------------
 
-    async def pull(self, image: str, *, insecure: bool | None = None) -> str:
-        """Pull ``image`` into the local store unless present; return its manifest digest."""
-        return await self.images.pull(image, insecure=insecure)
+    async def pull(
+        self, image: str, *, insecure: bool | None = None, policy: PullPolicy = "IfNotPresent"
+    ) -> str:
+        """Make ``image`` present per ``policy`` (IfNotPresent/Always/Never); return its digest.
+
+        Raises :class:`InsufficientDisk` before copying if the store's
+        filesystem has less than ``min_free_disk_bytes`` free,
+        :class:`ImageNotPresent` for ``Never`` and a missing image, and
+        :class:`NoMatchingManifest` if a multi-platform image has nothing for
+        this runtime's ``platform``.
+        """
+        return await self.image_store.pull(image, insecure=insecure, policy=policy)
 
     async def run(self, cid: str, spec: ContainerSpec) -> None:
         """Create container ``cid`` from ``spec`` and start it under a detached conmon.
@@ -238,9 +275,27 @@ class CrunRuntime:
         bundle = self._bundles / cid
         if bundle.exists() or await self._crun_state(cid) is not None:
             raise ContainerExists(f"container {cid!r} already exists; remove it first")
-        await self.images.pull(spec.image)
-        digest, lower = await self.images.rootfs(spec.image)
-        image_cfg = self.images.config(digest)
+        missing = [str(m.source) for m in spec.mounts if not m.source.exists()]
+        if missing:
+            raise ContainerStartError(
+                f"run {cid}: mount source(s) {', '.join(missing)} do not exist on the host"
+            )
+        devices = resolve_devices(spec.devices)
+        self._pinned[spec.image] += 1
+        try:
+            await self._run_pinned(cid, spec, bundle, devices)
+        finally:
+            self._pinned[spec.image] -= 1
+            if self._pinned[spec.image] <= 0:
+                del self._pinned[spec.image]
+
+    async def _run_pinned(
+        self, cid: str, spec: ContainerSpec, bundle: Path, devices: list[Any]
+    ) -> None:
+        store = self.image_store
+        await store.pull(spec.image, policy=spec.pull_policy)
+        digest, lower = await store.rootfs(spec.image)
+        image_cfg = store.config(digest)
         try:
             bundle.mkdir()
         except FileExistsError as exc:
@@ -253,8 +308,9 @@ class CrunRuntime:
                 rootfs=lower,
                 cgroups_path=f"{self._cgroup_parent}/{cid}",
                 swap_accounting=self._swap_accounting,
+                devices=devices,
             )
-            for stale in (self._exits / cid, self._logs / f"{cid}.log"):
+            for stale in (self._exits / cid, *self._log_files(cid)):
                 stale.unlink(missing_ok=True)
             await self._mount_rootfs(lower, bundle)
             (bundle / "config.json").write_text(json.dumps(config, indent=1))
@@ -265,6 +321,7 @@ class CrunRuntime:
                 "stop_signal": image_cfg.stop_signal,
             }
             (bundle / "meta.json").write_text(json.dumps(meta))
+            store.mark_used(spec.image)
             await self._spawn_conmon(cid, bundle)
             await self._crun_cmd("start", cid, what=f"start {cid}")
             meta["started_at"] = time.time()
@@ -463,7 +520,7 @@ class CrunRuntime:
                     error=RuntimeCommandError,
                     what=f"unmount rootfs of {cid}",
                 )
-        for f in (self._exits / cid, self._logs / f"{cid}.log"):
+        for f in (self._exits / cid, *self._log_files(cid)):
             f.unlink(missing_ok=True)
         for d in (self._persist / cid, bundle):
             if d.exists():
@@ -539,16 +596,47 @@ class CrunRuntime:
             )
         return result
 
-    async def logs(self, cid: str, *, tail: int | None = None) -> bytes:
-        """stdout and stderr interleaved as written, optionally only the last ``tail`` lines."""
+    # -- logs ---------------------------------------------------------------
+
+    def _log_files(self, cid: str) -> list[Path]:
+        """This container's log files, oldest first: ``<cid>.log.<n>``..., ``<cid>.log``."""
+        pattern = re.compile(re.escape(cid) + r"\.log\.([0-9]+)")
+        rotated = []
+        for p in self._logs.iterdir():
+            m = pattern.fullmatch(p.name)
+            if m:
+                rotated.append((int(m.group(1)), p))
+        live = self._logs / f"{cid}.log"
+        return [p for _, p in sorted(rotated, reverse=True)] + ([live] if live.exists() else [])
+
+    async def logs(self, cid: str, *, tail: int | None = None, since: float | None = None) -> bytes:
+        """stdout and stderr interleaved as written, rotated files included.
+
+        ``since`` (Unix time) keeps only records conmon stamped at or after
+        it; ``tail`` then keeps the last ``tail`` lines.
+        """
         validate_cid(cid)
-        path = self._logs / f"{cid}.log"
-        try:
-            raw = await asyncio.to_thread(path.read_bytes)
-        except FileNotFoundError:
+        files = self._log_files(cid)
+        if not files:
             if (self._bundles / cid).exists():
                 return b""
-            raise ContainerNotFound(f"container {cid!r} does not exist") from None
+            raise ContainerNotFound(f"container {cid!r} does not exist")
+
+        def read() -> bytes:
+            chunks = []
+            for f in files:
+                with contextlib.suppress(FileNotFoundError):
+                    data = f.read_bytes()
+                    chunks.append(data if data.endswith(b"\n") or not data else data + b"\n")
+            return b"".join(chunks)
+
+        raw = await asyncio.to_thread(read)
+        if since is not None:
+            raw = b"".join(
+                line
+                for line in raw.splitlines(keepends=True)
+                if (ts := _k8s_timestamp(line)) is not None and ts >= since
+            )
         out = parse_k8s_log(raw)
         if tail is None:
             return out
@@ -556,6 +644,254 @@ class CrunRuntime:
             return b""
         lines = out.splitlines(keepends=True)
         return b"".join(lines[-tail:])
+
+    async def rotate_logs(self, cid: str, *, max_bytes: int = 0, keep: int = 1) -> bool:
+        """Move the live log ``<cid>.log`` to ``<cid>.log.1`` if it is over ``max_bytes``.
+
+        Older files shift up (``.1`` -> ``.2``...) and those beyond ``keep``
+        are deleted.  conmon cannot be told to reopen its log (2.1.6 has no
+        such signal), so it keeps appending to the moved file until it has
+        written ``log_size_max_bytes`` since it opened it, then creates a
+        fresh ``<cid>.log``: nothing is lost, each file holds at most
+        ``log_size_max_bytes`` (plus one line), and output is only lost if
+        this is not called at least once per ``log_size_max_bytes`` of
+        output (conmon then replaces the live file, as without rotation).
+        While the live file is absent (moved, conmon not yet reopened) this
+        is a no-op.  Returns True if it moved the file.
+        """
+        validate_cid(cid)
+        if keep < 1:
+            raise InvalidSpec(f"rotate_logs keep must be >= 1, got {keep}")
+        live = self._logs / f"{cid}.log"
+        try:
+            size = live.stat().st_size
+        except FileNotFoundError:
+            return False
+        if size <= max_bytes or size == 0:
+            return False
+        files = self._log_files(cid)
+        rotated = [p for p in files if p != live]  # oldest first
+        for p in rotated:
+            n = int(p.name.rsplit(".", 1)[1])
+            if n >= keep:
+                p.unlink(missing_ok=True)
+        for p in rotated:  # oldest first, so no rename replaces a file still to move
+            n = int(p.name.rsplit(".", 1)[1])
+            if n < keep:
+                p.rename(self._logs / f"{cid}.log.{n + 1}")
+        live.rename(self._logs / f"{cid}.log.1")
+        return True
+
+    async def rotate_all_logs(self, *, max_bytes: int = 0, keep: int = 1) -> list[str]:
+        """:meth:`rotate_logs` for every container; returns the ids rotated.
+
+        The agent calls this periodically (often enough that no container
+        writes ``log_size_max_bytes`` between two calls).
+        """
+        done = []
+        for p in sorted(self._bundles.iterdir()):
+            if p.is_dir() and await self.rotate_logs(p.name, max_bytes=max_bytes, keep=keep):
+                done.append(p.name)
+        return done
+
+    # -- exec -----------------------------------------------------------------
+
+    async def exec(
+        self, cid: str, argv: list[str], *, timeout_s: float = 30
+    ) -> tuple[int, bytes, bytes]:
+        """Run ``argv`` in running container ``cid`` (``crun exec``); return (rc, out, err).
+
+        The process gets the container's user, working directory and
+        environment.  The exit code is the process's, or crun's own 255 when
+        it could not start it (e.g. executable not found; the reason is in
+        stderr).  After ``timeout_s`` the process (and crun exec) are killed
+        and :class:`ExecTimeout` is raised.  Output is held in memory: meant
+        for probes and short commands.
+        """
+        validate_cid(cid)
+        if isinstance(argv, str) or not argv or not all(isinstance(a, str) for a in argv):
+            raise InvalidSpec("exec argv must be a non-empty list of strings")
+        state = await self._crun_state(cid)
+        if state is None:
+            if not (self._bundles / cid).exists():
+                raise ContainerNotFound(f"container {cid!r} does not exist")
+            raise RuntimeCommandError(f"exec in {cid}: the container is not running")
+        if state.get("status") != "running" or self._exit_code(cid) is not None:
+            raise RuntimeCommandError(
+                f"exec in {cid}: the container is {state.get('status')}, not running"
+            )
+        try:
+            proc_cfg = json.loads((self._bundles / cid / "config.json").read_text())["process"]
+        except (FileNotFoundError, ValueError, KeyError) as exc:
+            raise RuntimeCommandError(f"exec in {cid}: its config.json is unreadable") from exc
+        user = proc_cfg.get("user") or {}
+        pid_file = self._bundles / cid / f"exec-{uuid.uuid4().hex[:12]}.pid"
+        full = self._crun_argv(
+            "exec", "--user", f"{int(user.get('uid', 0))}:{int(user.get('gid', 0))}",
+            "--cwd", str(proc_cfg.get("cwd") or "/"), "--pid-file", str(pid_file),
+            cid, *argv,
+        )  # fmt: skip
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *full,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+            try:
+                out, err = await asyncio.wait_for(proc.communicate(), timeout_s)
+            except BaseException:
+                # Killing crun exec would leave the process running in the
+                # container: kill the process itself first (crun then exits).
+                inner = _read_int(pid_file)
+                if inner is not None and inner > 0:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(inner, signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
+                raise
+        except TimeoutError as exc:
+            raise ExecTimeout(f"exec in {cid}: {argv!r} ran longer than {timeout_s} s") from exc
+        finally:
+            pid_file.unlink(missing_ok=True)
+        return (proc.returncode if proc.returncode is not None else -1), out, err
+
+    # -- stats ----------------------------------------------------------------
+
+    async def stats(self, cid: str) -> ContainerStats | None:
+        """cpu and memory counters of a running container's cgroup, or ``None``.
+
+        The cgroup is found from the container process's ``/proc/<pid>/cgroup``
+        (v1: the ``cpuacct`` and ``memory`` hierarchies; v2: the unified one),
+        so it is wherever crun put it.  ``None`` if the container is not
+        running (its cgroup may be gone); :class:`ContainerNotFound` if the id
+        is unknown.
+        """
+        validate_cid(cid)
+        state = await self._crun_state(cid)
+        if state is None:
+            if not (self._bundles / cid).exists():
+                raise ContainerNotFound(f"container {cid!r} does not exist")
+            return None
+        pid = int(state.get("pid") or 0)
+        if state.get("status") not in ("running", "paused") or pid <= 0:
+            return None
+        return await asyncio.to_thread(_cgroup_stats, pid)
+
+    # -- images -----------------------------------------------------------------
+
+    def _in_use_digests(self) -> set[str]:
+        digests = set()
+        for bundle in self._bundles.iterdir():
+            meta = self._meta(bundle.name)
+            if isinstance(meta.get("digest"), str):
+                digests.add(meta["digest"])
+        return digests
+
+    async def gc(
+        self,
+        *,
+        keep_refs: set[str],
+        max_age_s: float | None = None,
+        target_free_bytes: int | None = None,
+    ) -> list[str]:
+        """Remove images no container uses (running or exited) and not in ``keep_refs``.
+
+        Without ``max_age_s``/``target_free_bytes`` every such image goes;
+        with ``max_age_s`` those unused (not pulled or started) for longer;
+        with ``target_free_bytes`` the least recently used, one by one, until
+        the image filesystem has that much free.  Unreferenced blobs and
+        unpacked rootfs go with them.  Returns the references removed.
+        """
+        return await self.image_store.gc(
+            in_use_digests=self._in_use_digests(),
+            keep_refs=set(keep_refs) | set(self._pinned),
+            max_age_s=max_age_s,
+            target_free_bytes=target_free_bytes,
+        )
+
+
+class _ImagesAccessor:
+    """``runtime.images``: the :class:`ImageStore`'s attributes, and ``await runtime.images()``."""
+
+    def __init__(self, store: ImageStore) -> None:
+        self._store = store
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    async def __call__(self) -> list[ImageInfo]:
+        """Every image reference in the store, least recently used first."""
+        return await asyncio.to_thread(self._store.images)
+
+
+def _k8s_timestamp(line: bytes) -> float | None:
+    """The Unix time of one k8s-file log line (RFC 3339, nanoseconds), or None."""
+    ts, _, _ = line.partition(b" ")
+    try:
+        return datetime.fromisoformat(ts.decode()).timestamp()
+    except ValueError:
+        return None
+
+
+def _cgroup_dirs(pid: int) -> dict[str, Path]:
+    """controller name ("" for v2) -> cgroup directory of ``pid``."""
+    out: dict[str, Path] = {}
+    base = Path("/sys/fs/cgroup")
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        rel = path.lstrip("/")
+        if not controllers:
+            out[""] = base / rel
+            continue
+        for name in controllers.split(","):
+            for mount in (base / name, base / controllers):
+                if mount.is_dir():
+                    out[name] = mount / rel
+                    break
+    return out
+
+
+def _cgroup_stats(pid: int) -> ContainerStats | None:
+    try:
+        dirs = _cgroup_dirs(pid)
+    except (FileNotFoundError, ProcessLookupError, ValueError):
+        return None
+    try:
+        if "cpuacct" in dirs and "memory" in dirs:  # cgroup v1
+            cpu = int((dirs["cpuacct"] / "cpuacct.usage").read_text())
+            mem = int((dirs["memory"] / "memory.usage_in_bytes").read_text())
+            stat = _kv(dirs["memory"] / "memory.stat")
+            inactive = stat.get("total_inactive_file", stat.get("inactive_file"))
+            pids = _read_int(dirs["pids"] / "pids.current") if "pids" in dirs else None
+        elif "" in dirs:  # cgroup v2
+            cg = dirs[""]
+            cpu = _kv(cg / "cpu.stat")["usage_usec"] * 1000
+            mem = int((cg / "memory.current").read_text())
+            inactive = _kv(cg / "memory.stat").get("inactive_file")
+            pids = _read_int(cg / "pids.current")
+        else:
+            return None
+    except (FileNotFoundError, KeyError, ValueError):
+        return None
+    working = max(mem - inactive, 0) if inactive is not None else None
+    return ContainerStats(
+        cpu_usage_ns=cpu,
+        memory_bytes=mem,
+        memory_working_set_bytes=working,
+        pids=pids,
+        timestamp=time.time(),
+    )
+
+
+def _kv(path: Path) -> dict[str, int]:
+    out = {}
+    for line in path.read_text().splitlines():
+        key, _, value = line.partition(" ")
+        if value.strip().lstrip("-").isdigit():
+            out[key] = int(value)
+    return out
 
 
 async def _read_line(fd: int) -> bytes:

@@ -11,13 +11,20 @@ Exception tree::
     ContainerRuntimeError
     ├── RuntimeTemporaryError            retry later (has ``delay``)
     │   ├── ImagePullError               registry unreachable, skopeo failed
-    │   ├── ImageUnpackError             umoci failed (disk full, I/O)
+    │   │   └── InsufficientDisk         too little free space for images (has
+    │   │                                ``needed_bytes``/``free_bytes``); also
+    │   │                                ENOSPC while pulling or unpacking
+    │   ├── ImageUnpackError             umoci failed (I/O)
+    │   ├── ImageNotPresent              pull policy Never and the image is missing
+    │   │                                (the operator may still load it: retried)
+    │   ├── ExecTimeout                  exec() ran longer than its timeout
     │   ├── ContainerStartError          conmon/crun could not create or start
     │   └── RuntimeCommandError          any other crun/conmon/mount failure
     └── RuntimePermanentError            do not retry the same request
         ├── InvalidSpec                  bad ContainerSpec, container id or image ref
         ├── ContainerExists              run() on an id that is already in use
         ├── ContainerNotFound            logs() on an id this runtime never had
+        ├── NoMatchingManifest           the image has no manifest for our platform
         └── HostUnsupported              crun / conmon / skopeo / umoci missing
 """
 
@@ -28,10 +35,14 @@ __all__ = [
     "ContainerNotFound",
     "ContainerRuntimeError",
     "ContainerStartError",
+    "ExecTimeout",
     "HostUnsupported",
+    "ImageNotPresent",
     "ImagePullError",
     "ImageUnpackError",
+    "InsufficientDisk",
     "InvalidSpec",
+    "NoMatchingManifest",
     "RuntimeCommandError",
     "RuntimePermanentError",
     "RuntimeTemporaryError",
@@ -75,6 +86,40 @@ class ContainerStartError(RuntimeTemporaryError):
 
 class RuntimeCommandError(RuntimeTemporaryError):
     """A crun, conmon or mount command failed outside of start."""
+
+
+class InsufficientDisk(ImagePullError):
+    """Not enough free disk space to pull or unpack an image.
+
+    Temporary: garbage collection or the operator may free space.  Carries the
+    numbers so the agent can report them.
+    """
+
+    def __init__(
+        self, message: str, *, needed_bytes: int, free_bytes: int, delay: float | None = 60.0
+    ) -> None:
+        super().__init__(message, delay=delay)
+        self.needed_bytes = needed_bytes
+        self.free_bytes = free_bytes
+
+
+class ImageNotPresent(RuntimeTemporaryError):
+    """Pull policy ``Never`` and the image is not in the local store.
+
+    Temporary like Kubernetes' ErrImageNeverPull: the image may be loaded onto
+    the node by other means, so the request is retried (with ``delay``).
+    """
+
+    def __init__(self, message: str, *, delay: float | None = 60.0) -> None:
+        super().__init__(message, delay=delay)
+
+
+class ExecTimeout(RuntimeTemporaryError):
+    """``exec()`` did not finish within its timeout; the process was killed."""
+
+
+class NoMatchingManifest(RuntimePermanentError):
+    """The image is a multi-platform list without an entry for this node's platform."""
 
 
 class InvalidSpec(RuntimePermanentError):

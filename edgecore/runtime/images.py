@@ -8,9 +8,15 @@ read-only rootfs under ``rootfs-cache/<digest>/`` exactly once; containers
 then get a copy-on-write overlay on top of it (see ``crun.py``).
 
 Tags in the layout are derived from the full image reference (registry, name
-and tag), so ``pull`` is IfNotPresent: a reference already in the index is
-never fetched again.  Writes to the layout are serialised with one lock —
-skopeo rewrites ``index.json`` and an edge device pulls rarely.
+and tag), so ``pull`` with the default IfNotPresent policy never fetches a
+reference already in the index.  Writes to the layout (pulls, unpacks, gc) are
+serialised with one lock — skopeo rewrites ``index.json`` and an edge device
+pulls rarely.
+
+``image-usage.json`` next to the layout maps each layout tag to its original
+reference and last-use time; it drives :meth:`ImageStore.images` and the
+age/LRU order of :meth:`ImageStore.gc`.  gc deletes index entries, then
+every blob no remaining manifest references, then unused unpacked rootfs.
 """
 
 from __future__ import annotations
@@ -19,17 +25,61 @@ import asyncio
 import hashlib
 import json
 import os
+import platform as _platform
 import re
 import shutil
+import time
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgecore.runtime._proc import run_cmd
-from edgecore.runtime.errors import ImagePullError, ImageUnpackError, InvalidSpec
+from edgecore.runtime._proc import CmdResult, describe, run_cmd
+from edgecore.runtime.errors import (
+    ImageNotPresent,
+    ImagePullError,
+    ImageUnpackError,
+    InsufficientDisk,
+    InvalidSpec,
+    NoMatchingManifest,
+)
+from edgecore.runtime.types import PULL_POLICIES, ImageInfo, PullPolicy
 
-__all__ = ["ImageConfig", "ImageStore", "normalize_ref", "registry_of"]
+__all__ = [
+    "ImageConfig",
+    "ImageStore",
+    "host_platform",
+    "normalize_ref",
+    "registry_of",
+]
+
+_MACHINE_TO_OCI: dict[str, tuple[str, str | None]] = {
+    "x86_64": ("amd64", None),
+    "amd64": ("amd64", None),
+    "aarch64": ("arm64", None),
+    "arm64": ("arm64", None),
+    "armv8l": ("arm", "v7"),  # 32-bit userland on a 64-bit core
+    "armv7l": ("arm", "v7"),
+    "armv6l": ("arm", "v6"),
+    "i386": ("386", None),
+    "i686": ("386", None),
+    "riscv64": ("riscv64", None),
+    "ppc64le": ("ppc64le", None),
+    "s390x": ("s390x", None),
+}
+
+
+def host_platform(machine: str | None = None) -> tuple[str, str | None]:
+    """OCI (architecture, variant) of this host, from ``platform.machine()``."""
+    m = (machine if machine is not None else _platform.machine()).lower()
+    return _MACHINE_TO_OCI.get(m, (m, None))
+
+
+# skopeo: "no image found in manifest list for architecture ..." (Docker lists)
+# or "... in image index for architecture ..." (OCI indexes).
+_NO_MANIFEST = re.compile(r"no image found in (manifest list|image index) for architecture")
+_ENOSPC = "no space left on device"
 
 _REF_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]*$")
 _REF_NAME = "org.opencontainers.image.ref.name"
@@ -82,11 +132,16 @@ class ImageStore:
         skopeo: str = "skopeo",
         umoci: str = "umoci",
         pull_timeout_s: float = 900.0,
-        min_free_bytes: int = 64 * 1024 * 1024,
+        min_free_bytes: int = 100 * 1024 * 1024,
+        platform: tuple[str, str | None] | None = None,
     ) -> None:
         self.layout = root / "images"
         self.cache = root / "rootfs-cache"
         self._policy = root / "policy.json"
+        self._usage_file = root / "image-usage.json"
+        self.platform = platform if platform is not None else host_platform()
+        if min_free_bytes < 0:
+            raise InvalidSpec(f"min_free_bytes must be >= 0, got {min_free_bytes}")
         self._insecure = frozenset(insecure_registries)
         self._skopeo = skopeo
         self._umoci = umoci
@@ -141,39 +196,264 @@ class ImageStore:
 
     # -- pull / unpack ------------------------------------------------------
 
-    async def pull(self, image: str, *, insecure: bool | None = None) -> str:
-        """Copy ``image`` into the layout unless present; return the manifest digest.
+    def _free_bytes(self) -> int:
+        """Free bytes for an unprivileged writer on the store's filesystem (statvfs)."""
+        path = self.layout if self.layout.exists() else self.cache
+        st = os.statvfs(path)
+        return st.f_bavail * st.f_frsize
 
+    def _disk_error(self, what: str, free: int, *, enospc: bool = False) -> InsufficientDisk:
+        needed = self._min_free_bytes
+        cause = "ran out of disk space" if enospc else "refused: too little free disk space"
+        return InsufficientDisk(
+            f"{what}: {cause}: {free} bytes ({free / 2**20:.1f} MiB) free on the filesystem "
+            f"of {self.layout.parent}, need at least {needed} bytes ({needed / 2**20:.1f} MiB, "
+            "min_free_disk_bytes); free space or garbage-collect images",
+            needed_bytes=needed,
+            free_bytes=free,
+        )
+
+    async def pull(
+        self, image: str, *, insecure: bool | None = None, policy: PullPolicy = "IfNotPresent"
+    ) -> str:
+        """Make ``image`` present according to ``policy``; return the manifest digest.
+
+        ``IfNotPresent``: copy only if the reference is not in the store.
+        ``Always``: copy every time (cheap when nothing changed: skopeo skips
+        blobs it has); the reference then points at the registry's current
+        manifest.  ``Never``: raise :class:`ImageNotPresent` if it is missing.
+        Before a copy, the free space of the store's filesystem must be at
+        least ``min_free_bytes`` (else :class:`InsufficientDisk`).
         ``insecure=None`` means: plain HTTP / no TLS verification only for
         registries listed in ``insecure_registries``.
         """
         ref = normalize_ref(image)
-        if (digest := self.digest_of(ref)) is not None:
+        if policy not in PULL_POLICIES:
+            raise InvalidSpec(f"pull policy {policy!r} must be one of {', '.join(PULL_POLICIES)}")
+        if policy == "Never":
+            if (digest := self.digest_of(ref)) is None:
+                raise ImageNotPresent(
+                    f"image {ref} is not present on this node and its pull policy is Never; "
+                    "load it into the node's image store first"
+                )
+            return digest
+        if policy == "IfNotPresent" and (digest := self.digest_of(ref)) is not None:
             return digest
         async with self._lock:
-            if (digest := self.digest_of(ref)) is not None:
+            if policy == "IfNotPresent" and (digest := self.digest_of(ref)) is not None:
                 return digest
-            free = (await asyncio.to_thread(shutil.disk_usage, self.cache)).free
+            free = await asyncio.to_thread(self._free_bytes)
             if free < self._min_free_bytes:
-                raise ImagePullError(
-                    f"pull {ref}: only {free // 2**20} MiB free under {self.cache}, "
-                    f"need at least {self._min_free_bytes // 2**20} MiB"
-                )
+                raise self._disk_error(f"pull {ref}", free)
             if insecure is None:
                 insecure = registry_of(ref) in self._insecure
-            argv = [self._skopeo, "--policy", str(self._policy), "copy", "--quiet"]
+            arch, variant = self.platform
+            argv = [self._skopeo, "--policy", str(self._policy), "--override-os", "linux",
+                    "--override-arch", arch]  # fmt: skip
+            if variant:
+                argv += ["--override-variant", variant]
+            argv += ["copy", "--quiet"]
             if insecure:
                 argv.append("--src-tls-verify=false")
             argv += [f"docker://{ref}", f"oci:{self.layout}:{_layout_tag(ref)}"]
-            await run_cmd(
-                argv, error=ImagePullError, what=f"pull {ref}", timeout=self._pull_timeout_s
-            )
+            res = await run_cmd(
+                argv, error=ImagePullError, what=f"pull {ref}",
+                timeout=self._pull_timeout_s, check=False,
+            )  # fmt: skip
+            if res.returncode != 0:
+                await self._raise_for(f"pull {ref}", argv, res, ImagePullError)
             digest = self.digest_of(ref)
             if digest is None:
                 raise ImagePullError(
                     f"pull {ref}: skopeo succeeded but the tag is not in the index"
                 )
+            self.mark_used(ref)
             return digest
+
+    async def _raise_for(
+        self,
+        what: str,
+        argv: list[str],
+        res: CmdResult,
+        error: type[ImagePullError] | type[ImageUnpackError],
+    ) -> None:
+        """Turn a failed skopeo/umoci run into the most specific error."""
+        text = (res.stderr + res.stdout).decode(errors="replace")
+        if _NO_MANIFEST.search(text):
+            arch, variant = self.platform
+            plat = f"linux/{arch}" + (f"/{variant}" if variant else "")
+            raise NoMatchingManifest(
+                f"{what}: the image has no manifest for this node's platform {plat} "
+                f"(skopeo: {describe(argv, res)})"
+            )
+        if _ENOSPC in text.lower():
+            free = await asyncio.to_thread(self._free_bytes)
+            raise self._disk_error(what, free, enospc=True)
+        raise error(f"{what}: {describe(argv, res)}")
+
+    # -- usage records, listing and garbage collection ---------------------
+
+    def _usage(self) -> dict[str, dict[str, Any]]:
+        try:
+            data: dict[str, dict[str, Any]] = json.loads(self._usage_file.read_text())
+        except (FileNotFoundError, ValueError):
+            return {}
+        return data
+
+    def _write_usage(self, usage: dict[str, dict[str, Any]]) -> None:
+        tmp = self._usage_file.with_suffix(f".tmp-{uuid.uuid4().hex[:8]}")
+        tmp.write_text(json.dumps(usage))
+        tmp.replace(self._usage_file)
+
+    def mark_used(self, image: str, when: float | None = None) -> None:
+        """Record that ``image`` was pulled or started a container (for gc's LRU order)."""
+        ref = normalize_ref(image)
+        usage = self._usage()
+        usage[_layout_tag(ref)] = {"ref": ref, "last_used": time.time() if when is None else when}
+        self._write_usage(usage)
+
+    def _tagged(self) -> list[tuple[str, dict[str, Any]]]:
+        return [
+            (str(desc["annotations"][_REF_NAME]), desc)
+            for desc in self._index().get("manifests", [])
+            if desc.get("annotations", {}).get(_REF_NAME)
+        ]
+
+    def _blob_path(self, digest: str) -> Path:
+        algo, _, hexdigest = digest.partition(":")
+        return self.layout / "blobs" / algo / hexdigest
+
+    def _referenced(self, desc: dict[str, Any]) -> set[str]:
+        """Digests of ``desc`` and everything it points at (manifest, config, layers)."""
+        out = {str(desc["digest"])}
+        try:
+            doc = self._blob(str(desc["digest"]))
+        except (FileNotFoundError, ValueError):
+            return out
+        for child in doc.get("manifests", []):  # an image index
+            out |= self._referenced(child)
+        if "config" in doc:
+            out.add(str(doc["config"]["digest"]))
+        out |= {str(layer["digest"]) for layer in doc.get("layers", [])}
+        return out
+
+    def _info(self, tag: str, desc: dict[str, Any], usage: dict[str, Any]) -> ImageInfo:
+        digest = str(desc["digest"])
+        size = int(desc.get("size", 0))
+        last_used: float | None = None
+        try:
+            manifest = self._blob(digest)
+            size += int(manifest.get("config", {}).get("size", 0))
+            size += sum(int(layer.get("size", 0)) for layer in manifest.get("layers", []))
+            last_used = self._blob_path(digest).stat().st_mtime
+        except (FileNotFoundError, ValueError):
+            pass
+        rec = usage.get(tag, {})
+        ref = str(rec.get("ref") or tag.rsplit("-", 1)[0])
+        return ImageInfo(
+            ref=ref,
+            digest=digest,
+            size_bytes=size,
+            last_used=float(rec.get("last_used") or last_used or 0.0),
+        )
+
+    def images(self) -> list[ImageInfo]:
+        """Every reference in the store, least recently used first."""
+        usage = self._usage()
+        infos = [self._info(tag, desc, usage) for tag, desc in self._tagged()]
+        return sorted(infos, key=lambda i: (i.last_used, i.ref))
+
+    async def gc(
+        self,
+        *,
+        in_use_digests: Collection[str],
+        keep_refs: Collection[str],
+        max_age_s: float | None = None,
+        target_free_bytes: int | None = None,
+    ) -> list[str]:
+        """Remove references not in ``keep_refs`` whose digest is not in ``in_use_digests``.
+
+        Without ``max_age_s`` and ``target_free_bytes`` every such reference
+        goes.  With ``max_age_s``, those unused for longer go; with
+        ``target_free_bytes``, the least recently used go one by one until
+        the filesystem has that much free space (or no candidate is left).
+        Returns the references removed, in removal order.
+        """
+        keep_tags = {_layout_tag(normalize_ref(r)) for r in keep_refs}
+        in_use = set(in_use_digests)
+        removed: list[str] = []
+        async with self._lock:
+            usage = self._usage()
+            candidates = sorted(
+                (
+                    (info, tag)
+                    for tag, desc in self._tagged()
+                    if tag not in keep_tags
+                    and (info := self._info(tag, desc, usage)).digest not in in_use
+                ),
+                key=lambda c: c[0].last_used,
+            )
+            now = time.time()
+            by_age = (
+                [c for c in candidates if now - c[0].last_used > max_age_s]
+                if max_age_s is not None
+                else ([] if target_free_bytes is not None else list(candidates))
+            )
+            for info, tag in by_age:
+                await self._remove_tag(tag, in_use)
+                removed.append(info.ref)
+            if target_free_bytes is not None:
+                aged = {tag for _, tag in by_age}
+                for info, tag in candidates:
+                    if tag in aged:
+                        continue
+                    if await asyncio.to_thread(self._free_bytes) >= target_free_bytes:
+                        break
+                    await self._remove_tag(tag, in_use)
+                    removed.append(info.ref)
+            await self._sweep_cache(in_use)
+        return removed
+
+    async def _remove_tag(self, tag: str, in_use: set[str]) -> None:
+        """Drop ``tag`` from the index, then unreferenced blobs and rootfs (lock held)."""
+        index = self._index()
+        index["manifests"] = [
+            d for d in index.get("manifests", []) if d.get("annotations", {}).get(_REF_NAME) != tag
+        ]
+        tmp = self.layout / f".index-{uuid.uuid4().hex[:8]}.json"
+        tmp.write_text(json.dumps(index))
+        tmp.replace(self.layout / "index.json")
+        usage = self._usage()
+        if usage.pop(tag, None) is not None:
+            self._write_usage(usage)
+        keep: set[str] = set()
+        for desc in index["manifests"]:
+            keep |= self._referenced(desc)
+        blobs = self.layout / "blobs" / "sha256"
+        if blobs.exists():
+            for blob in list(blobs.iterdir()):
+                if f"sha256:{blob.name}" not in keep:
+                    blob.unlink(missing_ok=True)
+        await self._sweep_cache(in_use | {str(d["digest"]) for d in index["manifests"]})
+
+    async def _sweep_cache(self, keep_digests: set[str]) -> None:
+        """Delete unpacked rootfs of digests not kept, and leftovers of crashed unpacks.
+
+        A rootfs is first renamed away (atomic), so a concurrent ``rootfs()``
+        never finds a half-deleted directory.  Called with the lock held.
+        """
+        keep_names = {self.rootfs_path(d).name for d in keep_digests}
+        keep_names |= {
+            self.rootfs_path(str(d["digest"])).name for d in self._index().get("manifests", [])
+        }
+        for entry in list(self.cache.iterdir()):
+            if entry.name in keep_names:
+                continue
+            doomed = entry
+            if not entry.name.startswith((".tmp-", ".trash-")):
+                doomed = self.cache / f".trash-{uuid.uuid4().hex}"
+                os.rename(entry, doomed)
+            await asyncio.to_thread(shutil.rmtree, doomed, True)
 
     def rootfs_path(self, digest: str) -> Path:
         return self.cache / digest.replace(":", "-")
@@ -192,19 +472,14 @@ class ImageStore:
                 return digest, target
             tmp = self.cache / f".tmp-{uuid.uuid4().hex}"
             try:
-                await run_cmd(
-                    [
-                        self._umoci,
-                        "raw",
-                        "unpack",
-                        "--image",
-                        f"{self.layout}:{_layout_tag(ref)}",
-                        str(tmp),
-                    ],
-                    error=ImageUnpackError,
-                    what=f"unpack {ref}",
-                    timeout=self._pull_timeout_s,
-                )
+                argv = [self._umoci, "raw", "unpack", "--image",
+                        f"{self.layout}:{_layout_tag(ref)}", str(tmp)]  # fmt: skip
+                res = await run_cmd(
+                    argv, error=ImageUnpackError, what=f"unpack {ref}",
+                    timeout=self._pull_timeout_s, check=False,
+                )  # fmt: skip
+                if res.returncode != 0:
+                    await self._raise_for(f"unpack {ref}", argv, res, ImageUnpackError)
                 # rename is atomic: a crash leaves only a .tmp- dir, never a half rootfs.
                 os.rename(tmp, target)
             finally:

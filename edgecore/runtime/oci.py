@@ -11,15 +11,25 @@ private; capabilities are podman's default set; no_new_privileges is on.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import os
+import stat
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgecore.runtime.errors import InvalidSpec
+from edgecore.runtime.errors import ContainerStartError, InvalidSpec
 from edgecore.runtime.images import ImageConfig
-from edgecore.runtime.types import ContainerSpec
+from edgecore.runtime.types import ContainerSpec, parse_device
 
-__all__ = ["ANNOTATION_DIGEST", "ANNOTATION_IMAGE", "ANNOTATION_NAME", "build_oci_config"]
+__all__ = [
+    "ANNOTATION_DIGEST",
+    "ANNOTATION_IMAGE",
+    "ANNOTATION_NAME",
+    "HostDevice",
+    "build_oci_config",
+    "resolve_devices",
+]
 
 ANNOTATION_NAME = "io.edgefed.container.name"
 ANNOTATION_IMAGE = "io.edgefed.container.image"
@@ -46,6 +56,48 @@ _READONLY = [
 # (type, major, minor) of the devices every container gets.
 _DEVICES = [("c", 1, 3), ("c", 1, 5), ("c", 1, 7), ("c", 1, 8), ("c", 1, 9), ("c", 5, 0),
             ("c", 5, 2), ("c", 136, -1)]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class HostDevice:
+    """A host device node as the OCI spec needs it (``linux.devices`` entry)."""
+
+    path: str  # inside the container
+    type: str  # "c" or "b"
+    major: int
+    minor: int
+    file_mode: int
+    uid: int
+    gid: int
+
+
+def resolve_devices(entries: Sequence[str]) -> list[HostDevice]:
+    """``os.stat`` each host device node of ``ContainerSpec.devices``.
+
+    A missing node raises :class:`ContainerStartError` (temporary: a USB
+    accelerator may be plugged in later); a path that is not a character or
+    block device raises :class:`InvalidSpec`.
+    """
+    out = []
+    for entry in entries:
+        host, inside = parse_device(entry)
+        try:
+            st = os.stat(host)
+        except FileNotFoundError as exc:
+            raise ContainerStartError(f"device {host} does not exist on this node") from exc
+        if stat.S_ISCHR(st.st_mode):
+            kind = "c"
+        elif stat.S_ISBLK(st.st_mode):
+            kind = "b"
+        else:
+            raise InvalidSpec(f"ContainerSpec.devices: {host} is not a device node")
+        out.append(
+            HostDevice(
+                path=inside, type=kind, major=os.major(st.st_rdev), minor=os.minor(st.st_rdev),
+                file_mode=stat.S_IMODE(st.st_mode), uid=st.st_uid, gid=st.st_gid,
+            )
+        )  # fmt: skip
+    return out
 
 
 def _device_rule(kind: str, major: int, minor: int) -> dict[str, Any]:
@@ -138,13 +190,19 @@ def build_oci_config(
     cgroups_path: str,
     swap_accounting: bool,
     host_files: tuple[str, ...] = ("/etc/resolv.conf", "/etc/hosts"),
+    devices: Sequence[HostDevice] = (),
 ) -> dict[str, Any]:
-    """The OCI runtime config for ``spec``; ``rootfs`` is only read for user lookup."""
-    uid, gid = resolve_user(image.user, rootfs)
+    """The OCI runtime config for ``spec``; ``rootfs`` is only read for user lookup.
+
+    ``devices`` (from :func:`resolve_devices`) are created in the container
+    and allowed, each by its exact type/major/minor, in the device cgroup.
+    """
+    uid, gid = resolve_user(spec.user if spec.user is not None else image.user, rootfs)
     hostname = spec.name
     resources: dict[str, Any] = {
         "devices": [{"allow": False, "access": "rwm"}]
-        + [_device_rule(t, ma, mi) for t, ma, mi in _DEVICES],
+        + [_device_rule(t, ma, mi) for t, ma, mi in _DEVICES]
+        + [_device_rule(d.type, d.major, d.minor) for d in devices],
     }
     if spec.memory_limit_bytes is not None:
         resources["memory"] = {"limit": spec.memory_limit_bytes}
@@ -187,6 +245,18 @@ def build_oci_config(
         for f in host_files
         if Path(f).exists()
     ]
+    # Spec mounts come last so they may sit on top of the defaults (e.g. under /tmp).
+    mounts += [
+        {
+            "destination": m.destination,
+            "type": "bind",
+            "source": str(m.source),
+            "options": ["rbind", "rprivate", *(["ro"] if m.read_only else [])],
+        }
+        for m in spec.mounts
+    ]
+    # Like Docker: a non-root user gets no effective/permitted capabilities.
+    caps = list(_CAPS) if uid == 0 else []
     return {
         "ociVersion": "1.0.2",
         "process": {
@@ -195,7 +265,11 @@ def build_oci_config(
             "args": process_args(spec, image),
             "env": merge_env(image.env, spec.env, hostname),
             "cwd": spec.working_dir or image.working_dir or "/",
-            "capabilities": {k: list(_CAPS) for k in ("bounding", "effective", "permitted")},
+            "capabilities": {
+                "bounding": list(_CAPS),
+                "effective": caps,
+                "permitted": list(caps),
+            },
             "noNewPrivileges": True,
         },
         "root": {"path": "rootfs", "readonly": False},
@@ -211,6 +285,18 @@ def build_oci_config(
             # No "network" entry: the container joins the host's network namespace.
             "namespaces": [{"type": t} for t in ("pid", "ipc", "uts", "mount")],
             "cgroupsPath": cgroups_path,
+            "devices": [
+                {
+                    "path": d.path,
+                    "type": d.type,
+                    "major": d.major,
+                    "minor": d.minor,
+                    "fileMode": d.file_mode,
+                    "uid": d.uid,
+                    "gid": d.gid,
+                }
+                for d in devices
+            ],
             "resources": resources,
             "maskedPaths": list(_MASKED),
             "readonlyPaths": list(_READONLY),

@@ -11,19 +11,82 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
 from types import MappingProxyType
 from typing import Literal, Protocol, runtime_checkable
 
 from edgecore.runtime.errors import InvalidSpec
 
-__all__ = ["ContainerSpec", "ContainerState", "ContainerStatus", "Runtime", "validate_cid"]
+__all__ = [
+    "ContainerSpec",
+    "ContainerState",
+    "ContainerStats",
+    "ContainerStatus",
+    "ExtendedRuntime",
+    "ImageInfo",
+    "Mount",
+    "PullPolicy",
+    "Runtime",
+    "validate_cid",
+]
 
 ContainerStatus = Literal["created", "running", "stopped", "unknown"]
+PullPolicy = Literal["IfNotPresent", "Always", "Never"]
+PULL_POLICIES: tuple[str, ...] = ("IfNotPresent", "Always", "Never")
 
 # Container ids become file names, cgroup names and crun ids: keep them boring.
 _CID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _ENV_KEY_RE = re.compile(r"^[^=\x00]+$")
+_USER_RE = re.compile(r"^[0-9]{1,10}(:[0-9]{1,10})?$")
+
+
+def _container_path(what: str, value: object) -> str:
+    """An absolute, normalised path inside the container (no ``..``, not ``/``)."""
+    if not isinstance(value, str) or not value.startswith("/") or "\x00" in value:
+        raise InvalidSpec(f"{what} {value!r} must be an absolute path")
+    parts = PurePosixPath(value).parts
+    if ".." in parts or len(parts) < 2:
+        raise InvalidSpec(f"{what} {value!r} must not contain '..' and must not be '/'")
+    return str(PurePosixPath(value))
+
+
+@dataclass(frozen=True)
+class Mount:
+    """A bind mount of the host path ``source`` at ``destination`` in the container.
+
+    ``source`` may be a directory or a file and must exist when the container
+    is started.  Mount a *directory* for content that is updated while the
+    container runs (configMap/secret): a file bind mount pins the inode, so a
+    replace-by-rename on the host is not seen inside, while any change inside
+    a mounted directory is.
+    """
+
+    source: Path
+    destination: str
+    read_only: bool = False
+
+    def __post_init__(self) -> None:
+        src = Path(self.source) if isinstance(self.source, str | Path) else None
+        if src is None or not src.is_absolute():
+            raise InvalidSpec(f"Mount.source {self.source!r} must be an absolute host path")
+        object.__setattr__(self, "source", src)
+        object.__setattr__(
+            self, "destination", _container_path("Mount.destination", self.destination)
+        )
+        if not isinstance(self.read_only, bool):
+            raise InvalidSpec(f"Mount.read_only must be a bool, got {self.read_only!r}")
+
+
+def parse_device(entry: str) -> tuple[str, str]:
+    """``/dev/x`` or ``/host/path:/dev/in-container`` -> (host path, container path)."""
+    host, sep, inside = entry.partition(":")
+    if not host.startswith("/"):
+        raise InvalidSpec(
+            f"ContainerSpec.devices entry {entry!r} must be HOST_PATH[:CONTAINER_PATH], "
+            "both absolute"
+        )
+    return host, _container_path("ContainerSpec.devices container path", inside if sep else host)
 
 
 def validate_cid(cid: str) -> str:
@@ -52,6 +115,14 @@ class ContainerSpec:
     ``annotations`` are stored in the OCI config and come back from
     :meth:`Runtime.list`, which is how the reconciler finds its pod key and
     spec hash again after an agent restart.
+
+    ``mounts`` are bind mounts (see :class:`Mount`).  ``user`` is ``"uid"`` or
+    ``"uid:gid"`` (numeric) and overrides the image's ``User``; a uid without
+    gid takes the gid from the image's ``/etc/passwd`` (else 0); a non-root
+    user gets no effective capabilities.  ``devices`` are host device nodes
+    (``/dev/x`` or ``/host/node:/dev/in-container``) made available to the
+    container and allowed in its device cgroup.  ``pull_policy`` is used by
+    :meth:`Runtime.run` when it makes the image present.
     """
 
     name: str
@@ -64,6 +135,10 @@ class ContainerSpec:
     memory_limit_bytes: int | None = None
     pids_limit: int | None = None
     annotations: Mapping[str, str] = field(default_factory=dict)
+    mounts: Sequence[Mount] = ()
+    user: str | None = None
+    devices: Sequence[str] = ()
+    pull_policy: PullPolicy = "IfNotPresent"
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
@@ -100,6 +175,31 @@ class ContainerSpec:
         # Below ~4 MiB the runtime itself cannot start inside the cgroup.
         _positive("memory_limit_bytes", self.memory_limit_bytes, 4 * 1024 * 1024)
         _positive("pids_limit", self.pids_limit, 1)
+        if isinstance(self.mounts, str | Mount) or not all(
+            isinstance(m, Mount) for m in self.mounts
+        ):
+            raise InvalidSpec("ContainerSpec.mounts must be a sequence of Mount")
+        object.__setattr__(self, "mounts", tuple(self.mounts))
+        dests = [m.destination for m in self.mounts]
+        if len(set(dests)) != len(dests):
+            raise InvalidSpec(f"ContainerSpec.mounts has a duplicate destination: {dests}")
+        if self.user is not None and (
+            not isinstance(self.user, str) or not _USER_RE.match(self.user)
+        ):
+            raise InvalidSpec(
+                f"ContainerSpec.user {self.user!r} must be numeric 'uid' or 'uid:gid'"
+            )
+        if isinstance(self.devices, str) or not all(isinstance(d, str) for d in self.devices):
+            raise InvalidSpec("ContainerSpec.devices must be a sequence of strings")
+        object.__setattr__(self, "devices", tuple(self.devices))
+        inside = [parse_device(d)[1] for d in self.devices]
+        if len(set(inside)) != len(inside):
+            raise InvalidSpec(f"ContainerSpec.devices has a duplicate container path: {inside}")
+        if self.pull_policy not in PULL_POLICIES:
+            raise InvalidSpec(
+                f"ContainerSpec.pull_policy {self.pull_policy!r} must be one of "
+                f"{', '.join(PULL_POLICIES)}"
+            )
 
     def __hash__(self) -> int:
         return hash(
@@ -114,6 +214,10 @@ class ContainerSpec:
                 self.memory_limit_bytes,
                 self.pids_limit,
                 tuple(sorted(self.annotations.items())),
+                self.mounts,
+                self.user,
+                self.devices,
+                self.pull_policy,
             )
         )
 
@@ -136,6 +240,39 @@ class ContainerState:
     finished_at: float | None
     oom_killed: bool
     annotations: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """One image reference in the local store.
+
+    ``size_bytes`` is the size of its blobs in the store (manifest, config and
+    compressed layers; layers shared with other images are counted for each).
+    ``last_used`` is the Unix time of its last pull or container start (for a
+    store written by an older runtime: the manifest's mtime).
+    """
+
+    ref: str
+    digest: str
+    size_bytes: int
+    last_used: float
+
+
+@dataclass(frozen=True)
+class ContainerStats:
+    """A sample of a running container's cgroup counters.
+
+    ``cpu_usage_ns`` is cumulative CPU time (all cores) since the start;
+    ``memory_bytes`` is the cgroup's usage including page cache,
+    ``memory_working_set_bytes`` that minus inactive file pages (what
+    Kubernetes reports and evicts on); ``pids`` is the number of tasks.
+    """
+
+    cpu_usage_ns: int
+    memory_bytes: int
+    memory_working_set_bytes: int | None
+    pids: int | None
+    timestamp: float
 
 
 @runtime_checkable
@@ -172,4 +309,50 @@ class Runtime(Protocol):
 
     async def logs(self, cid: str, *, tail: int | None = None) -> bytes:
         """The container's stdout and stderr, interleaved, optionally the last ``tail`` lines."""
+        ...
+
+
+@runtime_checkable
+class ExtendedRuntime(Runtime, Protocol):
+    """Runtime features beyond the reconciler's core (probes, telemetry, images, logs).
+
+    A separate protocol so existing fakes of :class:`Runtime` stay valid.
+    """
+
+    async def pull(
+        self, image: str, *, insecure: bool | None = None, policy: PullPolicy = "IfNotPresent"
+    ) -> str:
+        """Make ``image`` present according to ``policy``; return its manifest digest."""
+        ...
+
+    async def logs(self, cid: str, *, tail: int | None = None, since: float | None = None) -> bytes:
+        """Output (rotated files included), the last ``tail`` lines, lines at/after ``since``."""
+        ...
+
+    async def exec(
+        self, cid: str, argv: list[str], *, timeout_s: float = 30
+    ) -> tuple[int, bytes, bytes]:
+        """Run ``argv`` in the running container; return (exit code, stdout, stderr)."""
+        ...
+
+    async def stats(self, cid: str) -> ContainerStats | None:
+        """cgroup cpu and memory counters, or ``None`` if the container is not running."""
+        ...
+
+    async def images(self) -> list[ImageInfo]:
+        """Every image reference in the local store."""
+        ...
+
+    async def gc(
+        self,
+        *,
+        keep_refs: set[str],
+        max_age_s: float | None = None,
+        target_free_bytes: int | None = None,
+    ) -> list[str]:
+        """Remove unused images; return the references removed."""
+        ...
+
+    async def rotate_logs(self, cid: str, *, max_bytes: int = 0, keep: int = 1) -> bool:
+        """Move the live log aside (keeping ``keep`` old files); True if it did."""
         ...
