@@ -16,7 +16,9 @@ def parse_cpu(value: str | int | float, *, field: str = "cpu") -> int:
     s = str(value).strip()
     m = _QTY.match(s)
     if not m or m.group(2) not in ("", "m"):
-        raise ObjectError(f"{field}: invalid cpu quantity {value!r} (use '500m' or '2')", field=field)
+        raise ObjectError(
+            f"{field}: invalid cpu quantity {value!r} (use '500m' or '2')", field=field
+        )
     number = float(m.group(1))
     return round(number) if m.group(2) == "m" else round(number * 1000)
 

@@ -71,7 +71,8 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 def _fedctl(fleet: Fleet, *argv: str, stdin: str | None = None) -> str:
     cmd = [sys.executable, "-m", "fedctl", "--server", fleet.api, *argv]
-    r = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=120,
+                       check=False)
     if r.returncode != 0:
         raise RuntimeError(f"fedctl {' '.join(argv)} failed ({r.returncode}): {r.stderr.strip()}")
     return r.stdout

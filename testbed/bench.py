@@ -86,7 +86,7 @@ def bench_sync(*, nodes: int, procs: int, workdir: Path) -> int:
                    what=f"{nodes} nodes registered", interval=1)
         registered_s = time.monotonic() - t_conn
         time.sleep(2)
-        cpu0, rss0 = _proc_usage(fleet.cloud.pid)
+        _, rss0 = _proc_usage(fleet.cloud.pid)
         results: dict[str, Any] = {"nodes": nodes, "simulator_processes": procs,
                                    "connect_s": round(connect_s, 1),
                                    "registered_s": round(registered_s, 1),

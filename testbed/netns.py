@@ -17,11 +17,11 @@ from dataclasses import dataclass
 
 
 def available() -> bool:
-    return os.geteuid() == 0 and shutil.which("ip") is not None and shutil.which("nsenter") is not None
+    return os.geteuid() == 0 and all(shutil.which(b) for b in ("ip", "nsenter"))
 
 
 def _ip(*args: str, check: bool = True) -> None:
-    r = subprocess.run(["ip", *args], capture_output=True, text=True)
+    r = subprocess.run(["ip", *args], capture_output=True, text=True, check=False)
     if check and r.returncode != 0:
         raise RuntimeError(f"ip {' '.join(args)}: {r.stderr.strip()}")
 
@@ -43,7 +43,8 @@ class Host:
 
     def impair(self, *, delay_ms: int = 0, loss_pct: float = 0.0) -> None:
         """netem delay/loss on the host side of the link (clear with impair())."""
-        subprocess.run(["tc", "qdisc", "del", "dev", self.veth, "root"], capture_output=True)
+        subprocess.run(["tc", "qdisc", "del", "dev", self.veth, "root"], capture_output=True,
+                       check=False)
         if delay_ms or loss_pct:
             subprocess.run(["tc", "qdisc", "add", "dev", self.veth, "root", "netem",
                             "delay", f"{delay_ms}ms", "loss", f"{loss_pct}%"], check=True)

@@ -9,11 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from testbed.ports import free_port
 
 from cloudcore.__main__ import main, parse_args
 from cloudcore.config import Settings
 from cloudcore.errors import ConfigError
+from testbed.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 

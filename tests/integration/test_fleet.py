@@ -24,7 +24,8 @@ pytestmark = pytest.mark.integration
 
 
 def web_ds(image: str, text: str) -> dict[str, Any]:
-    script = f"mkdir -p /tmp/www && echo '{text}' > /tmp/www/index.html && exec httpd -f -p 8080 -h /tmp/www"
+    script = (f"mkdir -p /tmp/www && echo '{text}' > /tmp/www/index.html"
+              " && exec httpd -f -p 8080 -h /tmp/www")
     return {
         "apiVersion": "apps/v1", "kind": "DaemonSet",
         "metadata": {"name": "web"},
@@ -172,10 +173,12 @@ def test_bad_and_replayed_messages_change_nothing(fleet: Fleet) -> None:
 
 
 def _epoch(agent: Agent) -> str:
+    """The epoch the agent holds, read from its LMDB cache (LMDB allows a second
+    process to open the same environment while the agent runs)."""
     from edgecore.cache import Cache
 
-    with Cache.open_readonly(agent.state_dir / "cache") as cache:
-        return cache.load_desired().epoch or ""
+    with Cache(agent.state_dir / "cache") as cache:
+        return cache.get_desired().epoch or ""
 
 
 def test_delete_removes_containers(fleet: Fleet) -> None:

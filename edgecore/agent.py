@@ -1,0 +1,109 @@
+"""The edge agent: wires cache, link, reconciler and reporter, and runs them.
+
+`Agent.run()` owns one asyncio.TaskGroup of named tasks
+(`edgecore[{node}].link`, `.reconciler`, `.reporter`, `.heartbeat`). It works
+until cancelled and raises if a component fails fatally. Cancelling it stops the
+agent only: containers keep running (they outlive the agent) and are adopted by
+the next agent on the same state dir.
+
+Startup order matters for offline operation: the reconciler starts from the
+cached desired set at once, whether the link ever comes up or not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from edgecore.backoff import Backoff, jittered
+from edgecore.cache import Cache
+from edgecore.config import AgentSettings
+from edgecore.link import Link
+from edgecore.nodeinfo import node_status
+from edgecore.reconciler import CrashLoop, Reconciler
+from edgecore.reporter import Reporter
+from edgecore.sync import SyncHandler
+
+if TYPE_CHECKING:
+    from edgecore.runtime.types import Runtime
+
+log = logging.getLogger(__name__)
+
+
+class Agent:
+    """One edge agent. Components are exposed as attributes once `run()` has built them."""
+
+    def __init__(
+        self, settings: AgentSettings, *, runtime: Runtime | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self._runtime = runtime
+        self.clock = clock
+        self.cache: Cache | None = None
+        self.sync: SyncHandler | None = None
+        self.link: Link | None = None
+        self.reconciler: Reconciler | None = None
+        self.reporter: Reporter | None = None
+        self.started = asyncio.Event()  # set once every component is built
+
+    def _make_runtime(self) -> Runtime:
+        # Imported here so tests with a fake runtime never touch crun.
+        from edgecore.runtime import CrunRuntime
+
+        return CrunRuntime(self.settings.runtime_root,
+                           insecure_registries=self.settings.insecure_registries)
+
+    async def run(self) -> None:
+        s = self.settings
+        s.state_dir.mkdir(parents=True, exist_ok=True)
+        cache = self.cache = Cache(s.cache_dir, map_bytes=s.cache_map_bytes,
+                                   outbox_budget=s.outbox_budget_bytes)
+        try:
+            runtime = self._runtime or self._make_runtime()
+            sync = self.sync = SyncHandler(node=s.node, cache=cache)
+            reporter = self.reporter = Reporter(
+                node=s.node, cache=cache, desired=lambda: sync.desired,
+                node_status=lambda: node_status(s), batch_s=s.report_batch_s, clock=self.clock)
+            reconciler = self.reconciler = Reconciler(
+                node=s.node, runtime=runtime, cache=cache, desired=lambda: sync.desired,
+                sink=reporter, interval_s=s.reconcile_interval_s, clock=self.clock,
+                crashloop=CrashLoop(initial_s=s.crashloop_initial_s, max_s=s.crashloop_max_s,
+                                    reset_s=s.crashloop_reset_s))
+            link = self.link = Link(
+                node=s.node, host=s.mqtt_host, port=s.mqtt_port, handler=sync,
+                keepalive_s=s.mqtt_keepalive_s,
+                backoff=Backoff(initial=s.reconnect_initial_s, cap=s.reconnect_max_s))
+            sync.on_applied = reconciler.wake
+            reporter.kick = link.kick
+            log.info("edgecore %s starting: desired %s gen %d, report seq %d, %d in outbox",
+                     s.node, sync.desired.epoch, sync.desired.gen, cache.last_seq(),
+                     len(cache.outbox()))
+            self.started.set()
+            async with asyncio.TaskGroup() as tg:
+                for name, coro in (
+                    ("link", link.run()),
+                    ("reconciler", reconciler.run()),
+                    ("reporter", reporter.run()),
+                    ("heartbeat", self._heartbeat(link, reporter)),
+                ):
+                    tg.create_task(coro, name=f"edgecore[{s.node}].{name}")
+        finally:
+            # Worker threads that a cancellation left behind finish before the close.
+            await asyncio.to_thread(cache.close)
+
+    async def _heartbeat(self, link: Link, reporter: Reporter) -> None:
+        """An empty report every heartbeat_s (jittered) while connected and otherwise quiet.
+
+        Skipped while offline: a stale heartbeat proves nothing, and the Resync on
+        reconnect plus the next heartbeat tell the cloud we are back.
+        """
+        s = self.settings
+        while True:
+            await asyncio.sleep(jittered(s.heartbeat_s, s.heartbeat_jitter))
+            quiet = time.monotonic() - reporter.last_append >= s.heartbeat_s / 2
+            if link.connected and quiet:
+                await reporter.heartbeat()

@@ -1,0 +1,291 @@
+"""LMDB-backed cache: desired set, pod records, report outbox, counters.
+
+Named databases of the one environment (`state_dir/cache`):
+
+- `desired`: `@epoch`, `@gen` and one `k/{key}` entry per desired item. A new
+  set replaces the old one in ONE write transaction, committed with fsync, so
+  after kill -9 or power loss we hold either the old or the new set, never a mix.
+  That is what makes an Ack("I applied gen N") true.
+- `pods`: `r/{pod key}`: the reconciler's record (restart counts, backoff);
+  `s/{pod key}`: the last status we put in a report. Separate keys so the
+  reconciler and the reporter never overwrite each other's half.
+- `outbox`: reports waiting for a ReportAck, keyed by seq as 8-byte big-endian
+  (so LMDB's byte order is seq order); value = one kind byte + encoded report.
+- `meta`: `seq`, the last report seq ever assigned; only grows.
+
+Every commit is synced (LMDB's default), because the seq counter and the acked
+desired gen must never go backwards after a power cut; the agent keeps the commit
+rate low (reports are batched) instead of weakening durability.
+
+All methods are synchronous and short; the agent runs the ones on its message
+path in a worker thread (`asyncio.to_thread`). py-lmdb releases the GIL during
+I/O and uses MDB_NOTLS, so calls from different threads are safe; LMDB itself
+serialises writers.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lmdb
+import msgpack
+
+from edgecore.errors import CacheError
+from shared.delta import EdgeDesired
+
+log = logging.getLogger(__name__)
+
+_EPOCH = b"@epoch"
+_GEN = b"@gen"
+_ITEM = b"k/"
+_REC = b"r/"
+_STATUS = b"s/"
+_SEQ = b"seq"
+# When over budget, evict down to this fraction so eviction scans are amortised.
+_LOW_WATER = 0.9
+
+
+class OutboxKind(enum.Enum):
+    """How precious an outbox entry is when the byte budget forces a drop."""
+
+    STATUS = b"s"  # pod / node status changes: kept as long as possible
+    TELEMETRY = b"t"  # samples and heartbeats: dropped first
+
+
+@dataclass(frozen=True)
+class AppendResult:
+    seq: int
+    dropped_telemetry: int = 0
+    dropped_status: int = 0  # >0 means the cloud missed status changes: resend all
+
+
+def _be(n: int) -> bytes:
+    return n.to_bytes(8, "big")
+
+
+def _pack(v: Any) -> bytes:
+    return msgpack.packb(v, use_bin_type=True)
+
+
+def _unpack(b: bytes) -> Any:
+    return msgpack.unpackb(b, raw=False, strict_map_key=False)
+
+
+class Cache:
+    """One open LMDB environment. Use as a context manager or call `close()`."""
+
+    def __init__(self, path: Path, *, map_bytes: int = 1 << 30, outbox_budget: int = 64 << 20):
+        self.path = Path(path)
+        self.outbox_budget = outbox_budget
+        self._lock = threading.Lock()  # guards _outbox_bytes (writers may be in threads)
+        self._cond = threading.Condition()  # guards _active / _closed
+        self._active = 0
+        self._closed = False
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            self._env = lmdb.open(
+                str(self.path), map_size=map_bytes, max_dbs=8, subdir=True,
+                sync=True, metasync=True, readahead=False,
+            )
+            self._desired = self._env.open_db(b"desired")
+            self._pods = self._env.open_db(b"pods")
+            self._outbox = self._env.open_db(b"outbox")
+            self._meta = self._env.open_db(b"meta")
+            with self._env.begin(db=self._outbox) as txn:
+                self._outbox_bytes = sum(len(v) for _, v in txn.cursor())
+        except (lmdb.Error, OSError) as exc:
+            raise CacheError(f"cannot open cache at {self.path}: {exc}") from exc
+
+    def __enter__(self) -> Cache:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        """Close the environment once no call (possibly in a worker thread) is inside it.
+
+        A task awaiting `asyncio.to_thread(cache...)` can be cancelled while its thread
+        is still committing; closing under it would pull the map out from under C code.
+        """
+        with self._cond:
+            self._cond.wait_for(lambda: self._active == 0, timeout=timeout_s)
+            if not self._closed:
+                self._closed = True
+                self._env.close()
+
+    @contextmanager
+    def _txn(self, *, write: bool = False) -> Iterator[lmdb.Transaction]:
+        """A transaction with lmdb errors wrapped; commits on success, aborts on error."""
+        with self._cond:
+            if self._closed:
+                raise CacheError("cache is closed")
+            self._active += 1
+        try:
+            with self._env.begin(write=write) as txn:
+                yield txn
+        except lmdb.Error as exc:
+            raise CacheError(f"cache {'write' if write else 'read'} failed: {exc}") from exc
+        finally:
+            with self._cond:
+                self._active -= 1
+                self._cond.notify_all()
+
+    # -- desired -------------------------------------------------------------------
+
+    def get_desired(self) -> EdgeDesired:
+        with self._txn() as txn:
+            raw_epoch = txn.get(_EPOCH, db=self._desired)
+            raw_gen = txn.get(_GEN, db=self._desired)
+            items: dict[str, Any] = {}
+            cur = txn.cursor(db=self._desired)
+            if cur.set_range(_ITEM):
+                for k, v in cur:
+                    if not k.startswith(_ITEM):
+                        break
+                    items[k[len(_ITEM):].decode()] = _unpack(v)
+        return EdgeDesired(
+            epoch=None if raw_epoch is None else _unpack(raw_epoch),
+            gen=0 if raw_gen is None else int.from_bytes(raw_gen, "big"),
+            items=items,
+        )
+
+    def put_desired(self, desired: EdgeDesired) -> None:
+        """Replace the desired set, epoch and gen atomically and durably (fsync on commit)."""
+        with self._txn(write=True) as txn:
+            cur = txn.cursor(db=self._desired)
+            if cur.set_range(_ITEM):
+                while cur.key().startswith(_ITEM):
+                    if not cur.delete():
+                        break
+            for k, v in desired.items.items():
+                txn.put(_ITEM + k.encode(), _pack(v), db=self._desired)
+            txn.put(_EPOCH, _pack(desired.epoch), db=self._desired)
+            txn.put(_GEN, _be(desired.gen), db=self._desired)
+
+    # -- pod records -----------------------------------------------------------------
+
+    def pod_records(self) -> dict[str, dict[str, Any]]:
+        """The reconciler's record of every pod it has touched."""
+        return self._prefixed(_REC)
+
+    def put_pod_record(self, key: str, record: Mapping[str, Any]) -> None:
+        with self._txn(write=True) as txn:
+            txn.put(_REC + key.encode(), _pack(dict(record)), db=self._pods)
+
+    def delete_pod_record(self, key: str) -> None:
+        with self._txn(write=True) as txn:
+            txn.delete(_REC + key.encode(), db=self._pods)
+
+    def reported_statuses(self) -> dict[str, dict[str, Any]]:
+        """The last status value reported for each pod (what the cloud has been told)."""
+        return self._prefixed(_STATUS)
+
+    def _prefixed(self, prefix: bytes) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        with self._txn() as txn:
+            cur = txn.cursor(db=self._pods)
+            if cur.set_range(prefix):
+                for k, v in cur:
+                    if not k.startswith(prefix):
+                        break
+                    out[k[len(prefix):].decode()] = _unpack(v)
+        return out
+
+    # -- outbox ------------------------------------------------------------------------
+
+    def last_seq(self) -> int:
+        with self._txn() as txn:
+            raw = txn.get(_SEQ, db=self._meta)
+        return 0 if raw is None else int.from_bytes(raw, "big")
+
+    @property
+    def outbox_bytes(self) -> int:
+        return self._outbox_bytes
+
+    def append_report(
+        self,
+        make: Callable[[int], bytes],
+        *,
+        kind: OutboxKind,
+        reported: Mapping[str, dict[str, Any] | None] | None = None,
+    ) -> AppendResult:
+        """Assign the next seq, store `make(seq)` in the outbox, all in ONE synced txn.
+
+        `reported` records the pod statuses this report carries (None: pod gone), so
+        "what the cloud was told" moves exactly with the report that tells it.
+        Returns the seq and what the byte budget forced out.
+        """
+        with self._txn(write=True) as txn, self._lock:
+            raw = txn.get(_SEQ, db=self._meta)
+            seq = (0 if raw is None else int.from_bytes(raw, "big")) + 1
+            payload = make(seq)
+            value = kind.value + payload
+            txn.put(_SEQ, _be(seq), db=self._meta)
+            txn.put(_be(seq), value, db=self._outbox)
+            for key, status in (reported or {}).items():
+                if status is None:
+                    txn.delete(_STATUS + key.encode(), db=self._pods)
+                else:
+                    txn.put(_STATUS + key.encode(), _pack(status), db=self._pods)
+            total = self._outbox_bytes + len(value)
+            dropped_t = dropped_s = 0
+            if total > self.outbox_budget:
+                total, dropped_t, dropped_s = self._evict(txn, total, newest=seq)
+            self._outbox_bytes = total
+        if dropped_t or dropped_s:
+            log.warning(
+                "outbox over its budget of %d bytes: dropped %d telemetry and %d status reports",
+                self.outbox_budget, dropped_t, dropped_s,
+            )
+        return AppendResult(seq=seq, dropped_telemetry=dropped_t, dropped_status=dropped_s)
+
+    def _evict(self, txn: lmdb.Transaction, total: int, *, newest: int) -> tuple[int, int, int]:
+        """Drop oldest telemetry, then oldest status reports (never `newest`), to low water."""
+        target = int(self.outbox_budget * _LOW_WATER)
+        telemetry: list[tuple[bytes, int]] = []
+        status: list[tuple[bytes, int]] = []
+        for k, v in txn.cursor(db=self._outbox):
+            if int.from_bytes(k, "big") == newest:
+                continue
+            (telemetry if v[:1] == OutboxKind.TELEMETRY.value else status).append((k, len(v)))
+        dropped = [0, 0]
+        for i, group in enumerate((telemetry, status)):
+            for k, size in group:
+                if total <= target:
+                    break
+                txn.delete(k, db=self._outbox)
+                total -= size
+                dropped[i] += 1
+        return total, dropped[0], dropped[1]
+
+    def outbox(self, *, after: int = 0) -> list[tuple[int, bytes]]:
+        """Unacknowledged reports with seq > `after`, in seq order: (seq, encoded report)."""
+        out: list[tuple[int, bytes]] = []
+        with self._txn() as txn:
+            cur = txn.cursor(db=self._outbox)
+            if cur.set_range(_be(after + 1)):
+                out.extend((int.from_bytes(k, "big"), bytes(v[1:])) for k, v in cur)
+        return out
+
+    def ack_reports(self, seq: int) -> int:
+        """Drop every outbox entry with seq <= `seq`; returns how many were dropped."""
+        n = 0
+        with self._txn(write=True) as txn, self._lock:
+            cur = txn.cursor(db=self._outbox)
+            freed = 0
+            if cur.first():
+                while cur.key() and int.from_bytes(cur.key(), "big") <= seq:
+                    freed += len(cur.value())
+                    n += 1
+                    if not cur.delete():
+                        break
+            self._outbox_bytes -= freed
+        return n

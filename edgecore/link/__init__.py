@@ -1,0 +1,5 @@
+"""The agent's one MQTT session: the ONLY module importing aiomqtt."""
+
+from edgecore.link.link import Link, LinkHandler, LinkStats
+
+__all__ = ["Link", "LinkHandler", "LinkStats"]

@@ -1,0 +1,190 @@
+"""One persistent MQTT session to the broker, reconnected forever.
+
+Why it looks like this:
+- clean_session=False with QoS 1 both ways: the broker queues our `down` messages
+  while we are away, and our publishes are retried until PUBACK.
+- On every (re)connect the link sends the handler's hello (a Resync carrying our
+  desired gen and last report seq), then pumps the outbox in seq order. Reports
+  are only ever published by this pump, one at a time on one session, so the cloud
+  sees them in seq order and a cumulative ReportAck(seq) is correct.
+- Every payload is decoded by `shared.codec`; bad bytes and messages addressed to
+  another node are counted, logged at most once a minute, and dropped.
+- The will (`shared.topics.will`) tells the cloud at once when the session dies
+  uncleanly. A clean stop disconnects gracefully (no will): the containers keep
+  running, only the agent is restarting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import aiomqtt
+
+from edgecore.backoff import Backoff
+from edgecore.errors import LinkError
+from edgecore.ratelimit import RateLimitedLog
+from shared import topics
+from shared.codec import Ack, Message, Resync, Will, decode, encode
+from shared.errors import ProtocolError
+
+log = logging.getLogger(__name__)
+
+# Upper bound for one publish/subscribe round trip before the session is
+# considered broken and rebuilt.
+OP_TIMEOUT_S = 15.0
+
+
+class LinkHandler(Protocol):
+    """What the link needs from the rest of the agent."""
+
+    def hello(self) -> Resync:
+        """The message to send first on every (re)connect."""
+        ...
+
+    def pending(self, after: int) -> list[tuple[int, bytes]]:
+        """Encoded reports with seq > `after`, in seq order (the outbox)."""
+        ...
+
+    async def handle(self, msg: Message) -> Sequence[Ack | Resync]:
+        """Process one valid message for this node; returns replies to publish."""
+        ...
+
+
+@dataclass
+class LinkStats:
+    connects: int = 0
+    connect_failures: int = 0
+    received: int = 0
+    malformed: int = 0  # ProtocolError: garbled, oversized, unknown version
+    foreign: int = 0  # node field is not ours
+    published: int = 0
+    reports_sent: int = 0
+
+
+class Link:
+    """`await link.run()` until cancelled; `kick()` after appending to the outbox."""
+
+    def __init__(
+        self, *, node: str, host: str, port: int, handler: LinkHandler, keepalive_s: int = 30,
+        backoff: Backoff | None = None,
+    ) -> None:
+        self.node = node
+        self.host = host
+        self.port = port
+        self.keepalive_s = keepalive_s
+        self.handler = handler
+        self.backoff = backoff or Backoff()
+        self.stats = LinkStats()
+        self._kick = asyncio.Event()
+        self._connected = asyncio.Event()
+        self._rlog = RateLimitedLog(log)
+        self._down = topics.down(node)
+        self._up = topics.up(node)
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    async def wait_connected(self) -> None:
+        await self._connected.wait()
+
+    def kick(self) -> None:
+        """Wake the outbox pump: something new is waiting to be sent."""
+        self._kick.set()
+
+    async def run(self) -> None:
+        """Keep a session up until cancelled, backing off between failed attempts."""
+        while True:
+            try:
+                await self._session()
+            except LinkError as exc:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    # The session broke while we were being cancelled (e.g. the graceful
+                    # disconnect timed out): the stop request wins over a reconnect.
+                    raise asyncio.CancelledError from exc
+                self.stats.connect_failures += 1
+                delay = self.backoff.next()
+                log.warning("mqtt link to %s:%d down (%s); retrying in %.1f s",
+                            self.host, self.port, exc, delay)
+                await asyncio.sleep(delay)
+            finally:
+                self._connected.clear()
+
+    async def _session(self) -> None:
+        will = aiomqtt.Will(topics.will(self.node), encode(Will(node=self.node)), qos=1)
+        client = aiomqtt.Client(
+            self.host, self.port, identifier=self.node, clean_session=False,
+            keepalive=self.keepalive_s, will=will, timeout=OP_TIMEOUT_S,
+        )
+        try:
+            async with client:
+                await client.subscribe(self._down, qos=1)
+                self.stats.connects += 1
+                self.backoff.reset()
+                self._connected.set()
+                log.info("mqtt link up: %s:%d as %s", self.host, self.port, self.node)
+                await self._publish(client, self.handler.hello())
+                await self._serve(client)
+        except aiomqtt.MqttError as exc:
+            raise LinkError(str(exc) or type(exc).__name__) from exc
+
+    async def _serve(self, client: aiomqtt.Client) -> None:
+        """Run the outbox pump and the receiver until either fails; then stop both.
+
+        Plain tasks rather than a TaskGroup: on Python 3.11 a TaskGroup whose child
+        fails leaves a cancel request on the parent task, which would make a later
+        stop request indistinguishable from a broken session.
+        """
+        pump = asyncio.create_task(self._pump(client), name=f"edgecore[{self.node}].link.pump")
+        recv = asyncio.create_task(self._receive(client), name=f"edgecore[{self.node}].link.recv")
+        try:
+            done, _ = await asyncio.wait({pump, recv}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in (pump, recv):
+                t.cancel()
+            await asyncio.gather(pump, recv, return_exceptions=True)
+        for t in done:
+            t.result()  # re-raises the MqttError (or a bug) that ended the session
+        raise LinkError("session ended")
+
+    async def _publish(self, client: aiomqtt.Client, msg: Ack | Resync) -> None:
+        await client.publish(self._up, encode(msg), qos=1)
+        self.stats.published += 1
+
+    async def _pump(self, client: aiomqtt.Client) -> None:
+        """Send the outbox in seq order; everything unacked is resent on each new session."""
+        sent = 0
+        while True:
+            self._kick.clear()
+            for seq, payload in await asyncio.to_thread(self.handler.pending, sent):
+                await client.publish(self._up, payload, qos=1)
+                self.stats.published += 1
+                self.stats.reports_sent += 1
+                sent = seq
+            await self._kick.wait()
+
+    async def _receive(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            self.stats.received += 1
+            payload = message.payload
+            if not isinstance(payload, bytes | bytearray):
+                payload = b"" if payload is None else str(payload).encode()
+            try:
+                msg = decode(bytes(payload))
+            except ProtocolError as exc:
+                self.stats.malformed += 1
+                self._rlog.warning("malformed", "dropped a malformed message on %s: %s",
+                                   message.topic.value, exc)
+                continue
+            if msg.node != self.node:
+                self.stats.foreign += 1
+                self._rlog.warning("foreign", "dropped a message for node %r on %s",
+                                   msg.node, message.topic.value)
+                continue
+            for reply in await self.handler.handle(msg):
+                await self._publish(client, reply)

@@ -1,0 +1,57 @@
+"""What this device is: capacity, architecture, OS, the node status we report first.
+
+Read once at start from the host (os.cpu_count, /proc/meminfo, platform), unless
+the settings override it (a device may want to keep headroom for itself).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+from edgecore import __version__
+from edgecore.config import AgentSettings
+
+_ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64",
+         "i386": "386", "i686": "386", "riscv64": "riscv64"}
+
+
+def go_arch(machine: str | None = None) -> str:
+    """platform.machine() in the GOARCH/OCI spelling images use (amd64, arm64, arm)."""
+    m = (machine if machine is not None else platform.machine()).lower()
+    if m in _ARCH:
+        return _ARCH[m]
+    if m.startswith("arm"):
+        return "arm"
+    return m or "unknown"
+
+
+def mem_total_bytes(meminfo: Path = Path("/proc/meminfo")) -> int:
+    """MemTotal in bytes, or 0 if it cannot be read."""
+    try:
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def node_status(settings: AgentSettings) -> dict[str, Any]:
+    """The node_status of the first report after start (wire names, camelCase)."""
+    capacity = {
+        "cpu": settings.capacity_cpu_millis or (os.cpu_count() or 1) * 1000,
+        "memory": settings.capacity_memory_bytes or mem_total_bytes(),
+        "pods": settings.capacity_pods,
+    }
+    return {
+        "capacity": capacity,
+        "allocatable": dict(capacity),  # no system reservation yet: allocatable = capacity
+        "arch": go_arch(),
+        "os": platform.system().lower() or "linux",
+        "agentVersion": __version__,
+        "labels": dict(settings.labels),
+        "heartbeat": settings.heartbeat_s,
+    }

@@ -1,0 +1,374 @@
+"""The reconciler: make the containers on this node match the desired pods.
+
+Level-triggered, like the kubelet: every pass reads the whole desired set (the
+persisted copy) and the whole actual state (`runtime.list()`), and acts on the
+difference, so a missed event or an agent restart can never leave the node
+wrong for longer than one pass. Passes run when woken (new desired state) and
+every `interval_s`; it never needs the network.
+
+Per pod, in its own task (a slow image pull of one pod never holds up another;
+a pod whose previous work is still running is skipped this pass):
+- containers of another revision are stopped and removed, then the new ones
+  created (a rolling update on this node: old down before new up);
+- missing containers are run; running ones that match are adopted untouched;
+- exited ones are restarted per restartPolicy with CrashLoopBackOff
+  (10 s doubling to 5 min, reset after 10 min of running), the schedule kept in
+  the cache so it survives agent restarts;
+- containers of pods that are no longer desired are stopped with the grace
+  period they were created with, and removed.
+Every pod's outcome, including errors, becomes a PodStatus for the reporter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from edgecore.backoff import capped_delay
+from edgecore.cache import Cache
+from edgecore.reconciler.naming import (
+    ANN_CONTAINER,
+    ANN_GRACE,
+    ANN_POD,
+    ANN_REVISION,
+    container_id,
+    container_spec,
+)
+from edgecore.reconciler.records import ContainerRecord, PodRecord
+from edgecore.reconciler.status import pod_status, terminated_reason
+from edgecore.runtime.errors import (
+    ContainerRuntimeError,
+    ImagePullError,
+    ImageUnpackError,
+    RuntimePermanentError,
+    RuntimeTemporaryError,
+)
+from edgecore.runtime.types import ContainerState, Runtime
+from shared.delta import EdgeDesired
+from shared.entries import POD, PodEntry, parse_pod_entry, split_key
+from shared.models import Container, ContainerStatus, PodStatus
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE = 500  # characters of an error message carried in a status
+
+
+class StatusSink(Protocol):
+    """Where pod statuses go (the reporter); None means the pod is gone from the node."""
+
+    def update(self, key: str, status: PodStatus | None) -> None: ...
+
+
+@dataclass(frozen=True)
+class CrashLoop:
+    """Restart backoff of a container (Kubernetes' CrashLoopBackOff numbers)."""
+
+    initial_s: float = 10.0
+    max_s: float = 300.0
+    reset_s: float = 600.0  # ran this long before exiting: start the backoff afresh
+
+    def delay(self, failures: int) -> float:
+        return capped_delay(failures, initial=self.initial_s, cap=self.max_s)
+
+
+def _msg(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 3] + "..."
+
+
+class Reconciler:
+    def __init__(
+        self, *, node: str, runtime: Runtime, cache: Cache, desired: Callable[[], EdgeDesired],
+        sink: StatusSink, crashloop: CrashLoop | None = None, interval_s: float = 5.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.node = node
+        self.runtime = runtime
+        self.cache = cache
+        self.desired = desired
+        self.sink = sink
+        self.crashloop = crashloop or CrashLoop()
+        self.interval_s = interval_s
+        self.clock = clock  # wall clock: records with due times outlive the process
+        self.passes = 0
+        self._wake = asyncio.Event()
+        self._inflight: dict[str, asyncio.Task[None]] = {}
+        self._parsed: dict[str, tuple[Any, PodEntry | Exception]] = {}
+        self._records = {k: PodRecord.from_dict(v) for k, v in cache.pod_records().items()}
+
+    def wake(self) -> None:
+        """Ask for a pass as soon as possible (e.g. after a new desired set was persisted)."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Reconcile until cancelled; in-flight pod work is cancelled on the way out.
+
+        Cancelling never stops containers: they outlive the agent.
+        """
+        try:
+            while True:
+                self._wake.clear()
+                await self.reconcile_once(wait=False)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._sleep_time()):
+                        await self._wake.wait()
+        finally:
+            tasks = list(self._inflight.values())
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _sleep_time(self) -> float:
+        """Until the next pass: the interval, or sooner if a restart falls due before it."""
+        now = self.clock()
+        due = [c.next_start_at for r in self._records.values() for c in r.containers.values()
+               if c.next_start_at > now and not c.completed]
+        soonest = min(due, default=now + self.interval_s) - now
+        return max(0.05, min(self.interval_s, soonest + 0.01))
+
+    async def reconcile_once(self, *, wait: bool = True) -> None:
+        """One pass over every pod; with `wait`, returns when all of its pod work is done."""
+        self.passes += 1
+        desired = self.desired()
+        try:
+            actual = await self.runtime.list()
+        except ContainerRuntimeError as exc:
+            # Without the actual state, any action could be wrong: skip the pass.
+            log.warning("reconcile pass skipped: cannot list containers: %s", exc)
+            return
+        groups: dict[str, list[ContainerState]] = {}
+        for st in actual:
+            pod = st.annotations.get(ANN_POD)
+            if pod:  # containers without our annotation are not ours to touch
+                groups.setdefault(pod, []).append(st)
+        wanted = self._parse(desired)
+        keys = set(wanted)
+        # A set we never received (fresh cache) is not "delete everything".
+        if desired.epoch is not None or desired.gen > 0:
+            keys |= set(groups) | set(self._records)
+        started: list[asyncio.Task[None]] = []
+        for key in sorted(keys):
+            if key in self._inflight:
+                continue
+            task = asyncio.create_task(
+                self._sync_pod(key, wanted.get(key), groups.get(key, [])),
+                name=f"edgecore[{self.node}].reconciler.{key}",
+            )
+            self._inflight[key] = task
+            task.add_done_callback(lambda _t, k=key: self._inflight.pop(k, None))
+            started.append(task)
+        if wait and started:
+            await asyncio.gather(*started)
+
+    def _parse(self, desired: EdgeDesired) -> dict[str, PodEntry | Exception]:
+        out: dict[str, PodEntry | Exception] = {}
+        for key, value in desired.items.items():
+            if not key.startswith(POD + "/"):
+                continue
+            cached = self._parsed.get(key)
+            if cached is not None and cached[0] == value:
+                out[key] = cached[1]
+                continue
+            try:
+                entry: PodEntry | Exception = parse_pod_entry(key, value)
+            except Exception as exc:  # pydantic, KeyError, TypeError: all mean "not a pod"
+                entry = exc
+            self._parsed[key] = (value, entry)
+            out[key] = entry
+        for gone in set(self._parsed) - set(out):
+            del self._parsed[gone]
+        return out
+
+    # -- one pod ------------------------------------------------------------------------
+
+    async def _sync_pod(
+        self, key: str, want: PodEntry | Exception | None, states: list[ContainerState],
+    ) -> None:
+        """Converge one pod; never raises (except cancellation): errors become its status."""
+        try:
+            if want is None:
+                await self._remove_pod(key, states)
+            elif isinstance(want, Exception):
+                await self._stop_remove(states)
+                self.sink.update(key, PodStatus(
+                    phase="Failed", reason="InvalidSpec", node_name=self.node,
+                    message=f"desired value of {key} is not a valid pod: {_msg(want)}"))
+            else:
+                self.sink.update(key, await self._converge(want, states))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("reconciling %s failed", key)
+            self.sink.update(key, PodStatus(
+                phase="Unknown", reason="ReconcileError", message=_msg(exc), node_name=self.node,
+                revision=None if not isinstance(want, PodEntry) else want.revision))
+
+    async def _remove_pod(self, key: str, states: list[ContainerState]) -> None:
+        if states:
+            log.info("removing %s (%d containers): no longer desired", key, len(states))
+        await self._stop_remove(states)
+        if self._records.pop(key, None) is not None:
+            await asyncio.to_thread(self.cache.delete_pod_record, key)
+        self.sink.update(key, None)
+
+    async def _stop_remove(self, states: list[ContainerState]) -> None:
+        for st in states:
+            if st.status == "running":
+                try:
+                    grace = float(st.annotations.get(ANN_GRACE, "10"))
+                except ValueError:
+                    grace = 10.0
+                await self.runtime.stop(st.id, grace_s=grace)
+            await self.runtime.remove(st.id)
+
+    async def _converge(self, entry: PodEntry, states: list[ContainerState]) -> PodStatus:
+        key = entry.key
+        rec = self._records.get(key)
+        before = rec.to_dict() if rec is not None else None
+        if rec is None or rec.revision != entry.revision:
+            rec = PodRecord(revision=entry.revision)  # a new revision starts with fresh counts
+        self._records[key] = rec
+        _, ns, name = split_key(key)
+        names = {c.name for c in entry.spec.containers}
+        current: dict[str, ContainerState] = {}
+        stale: list[ContainerState] = []
+        for st in states:
+            cname = st.annotations.get(ANN_CONTAINER, "")
+            expected = container_id(ns, name, cname, entry.revision)
+            if (st.annotations.get(ANN_REVISION) != entry.revision or cname not in names
+                    or cname in current or st.id != expected):
+                stale.append(st)
+            else:
+                current[cname] = st
+        if stale:
+            log.info("%s: replacing %d container(s) with revision %s", key, len(stale),
+                     entry.revision)
+        now = self.clock()
+        if not current and all(not rec.container(c.name).completed
+                               and rec.container(c.name).next_start_at <= now
+                               for c in entry.spec.containers):
+            # Everything is about to be (re)created: say so before a possibly slow pull.
+            self.sink.update(key, pod_status(
+                [ContainerStatus(name=c.name, reason="ContainerCreating",
+                                 restart_count=rec.container(c.name).restarts)
+                 for c in entry.spec.containers],
+                revision=entry.revision, node=self.node))
+        await self._stop_remove(stale)
+        statuses = []
+        for c in entry.spec.containers:
+            cid = container_id(ns, name, c.name, entry.revision)
+            statuses.append(await self._container(entry, c, cid, current.get(c.name),
+                                                  rec.container(c.name)))
+        after = rec.to_dict()
+        if after != before:
+            await asyncio.to_thread(self.cache.put_pod_record, key, after)
+        return pod_status(statuses, revision=entry.revision, node=self.node)
+
+    # -- one container ------------------------------------------------------------------
+
+    async def _container(
+        self, entry: PodEntry, c: Container, cid: str, st: ContainerState | None,
+        rec: ContainerRecord,
+    ) -> ContainerStatus:
+        now = self.clock()
+        if st is not None and st.status == "running":
+            if rec.running_since is None:  # adopted without a record (e.g. cache lost)
+                rec.running_since = st.started_at
+            return ContainerStatus(name=c.name, state="running", ready=True,
+                                   restart_count=rec.restarts, started_at=rec.running_since)
+        if st is not None and st.status in ("stopped", "unknown"):
+            self._observe_exit(st, rec, entry.spec.restart_policy)
+            if rec.completed:
+                return self._terminated(c.name, rec)
+            if now < rec.next_start_at:
+                return self._backing_off(c.name, rec)
+            await self.runtime.remove(st.id)
+            rec.restarts += 1
+            return await self._start(entry, c, cid, rec)
+        if rec.completed:  # finished for good; its container may have been cleaned away
+            return self._terminated(c.name, rec)
+        if now < rec.next_start_at:
+            return self._backing_off(c.name, rec)
+        if st is not None:  # "created": a start that never finished; clear it and retry
+            await self.runtime.remove(st.id)
+        return await self._start(entry, c, cid, rec)
+
+    def _observe_exit(self, st: ContainerState, rec: ContainerRecord, policy: str) -> None:
+        """Count an exit once (it stays visible until the restart) and schedule the restart."""
+        ident = f"{st.id}@{st.started_at}-{st.finished_at}-{st.status}"
+        if rec.seen_exit == ident:
+            return
+        rec.seen_exit = ident
+        rec.running_since = None
+        rec.exit_code = st.exit_code
+        rec.exit_reason = terminated_reason(st.exit_code, oom=st.oom_killed)
+        rec.finished_at = st.finished_at if st.finished_at is not None else self.clock()
+        if not (policy == "Always" or (policy == "OnFailure" and st.exit_code != 0)):
+            rec.completed = True
+            return
+        ran = (st.finished_at - st.started_at
+               if st.finished_at is not None and st.started_at is not None else 0.0)
+        if ran >= self.crashloop.reset_s:
+            rec.failures = 0
+        rec.failures += 1
+        rec.next_start_at = rec.finished_at + self.crashloop.delay(rec.failures)
+        log.info("container %s exited %s (%s); restart in %.0f s", st.id, st.exit_code,
+                 rec.exit_reason, max(0.0, rec.next_start_at - self.clock()))
+
+    async def _start(
+        self, entry: PodEntry, c: Container, cid: str, rec: ContainerRecord,
+    ) -> ContainerStatus:
+        now = self.clock()
+        try:
+            await self.runtime.run(cid, container_spec(entry, c))
+        except RuntimePermanentError as exc:
+            self._start_failed(rec, "CreateContainerConfigError", exc, delay=self.crashloop.max_s)
+            return self._waiting(c.name, rec)
+        except (ImagePullError, ImageUnpackError) as exc:
+            self._start_failed(rec, "ImagePullBackOff", exc, delay=exc.delay)
+            return self._waiting(c.name, rec)
+        except RuntimeTemporaryError as exc:
+            self._start_failed(rec, "CreateContainerError", exc, delay=exc.delay)
+            return self._waiting(c.name, rec)
+        if rec.waiting_reason is not None:
+            rec.failures = 0  # start failures do not count toward a later crash loop
+        rec.waiting_reason = rec.waiting_message = None
+        rec.running_since = now
+        rec.completed = False
+        return ContainerStatus(name=c.name, state="running", ready=True,
+                               restart_count=rec.restarts, started_at=now)
+
+    def _start_failed(
+        self, rec: ContainerRecord, reason: str, exc: Exception, *, delay: float | None,
+    ) -> None:
+        rec.failures += 1
+        wait = delay if delay is not None else self.crashloop.delay(rec.failures)
+        rec.next_start_at = self.clock() + wait
+        rec.waiting_reason = reason
+        rec.waiting_message = _msg(exc)
+        log.warning("starting a container failed (%s), retry in %.0f s: %s", reason, wait, exc)
+
+    def _waiting(self, name: str, rec: ContainerRecord) -> ContainerStatus:
+        return ContainerStatus(name=name, state="waiting", reason=rec.waiting_reason,
+                               message=rec.waiting_message, restart_count=rec.restarts)
+
+    def _backing_off(self, name: str, rec: ContainerRecord) -> ContainerStatus:
+        if rec.waiting_reason is not None:  # a failed start is waiting for its retry
+            return self._waiting(name, rec)
+        delay = self.crashloop.delay(rec.failures)
+        return ContainerStatus(
+            name=name, state="waiting", reason="CrashLoopBackOff", restart_count=rec.restarts,
+            exit_code=rec.exit_code, finished_at=rec.finished_at,
+            message=(f"back-off {delay:g}s restarting failed container {name} "
+                     f"(last exit {rec.exit_code}, {rec.exit_reason})"),
+        )
+
+    def _terminated(self, name: str, rec: ContainerRecord) -> ContainerStatus:
+        return ContainerStatus(name=name, state="terminated", exit_code=rec.exit_code,
+                               reason=rec.exit_reason, restart_count=rec.restarts,
+                               finished_at=rec.finished_at)

@@ -1,0 +1,90 @@
+"""A fake `edgecore.runtime.types.Runtime` for reconciler unit tests.
+
+It keeps containers in a dict, records every call, and lets a test crash a
+container (`exit`) or make starts of an image fail, on an injectable clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+from edgecore.runtime.errors import ContainerExists, ContainerRuntimeError
+from edgecore.runtime.types import ContainerSpec, ContainerState, validate_cid
+
+
+@dataclass
+class FakeContainer:
+    spec: ContainerSpec
+    state: ContainerState
+
+
+@dataclass
+class FakeRuntime:
+    clock: Callable[[], float] = lambda: 0.0
+    containers: dict[str, FakeContainer] = field(default_factory=dict)
+    calls: list[tuple[str, str]] = field(default_factory=list)
+    fail_images: dict[str, Exception] = field(default_factory=dict)
+    list_error: Exception | None = None
+
+    async def pull(self, image: str, *, insecure: bool | None = None) -> str:
+        self.calls.append(("pull", image))
+        if image in self.fail_images:
+            raise self.fail_images[image]
+        return "sha256:" + "0" * 64
+
+    async def run(self, cid: str, spec: ContainerSpec) -> None:
+        validate_cid(cid)
+        self.calls.append(("run", cid))
+        if cid in self.containers:
+            raise ContainerExists(f"container {cid} exists")
+        if spec.image in self.fail_images:
+            raise self.fail_images[spec.image]
+        self.containers[cid] = FakeContainer(spec, ContainerState(
+            id=cid, status="running", pid=1000 + len(self.calls), exit_code=None,
+            started_at=self.clock(), finished_at=None, oom_killed=False,
+            annotations=dict(spec.annotations)))
+
+    async def stop(self, cid: str, *, grace_s: float = 10) -> None:
+        self.calls.append(("stop", cid))
+        self.last_grace = grace_s
+        c = self.containers.get(cid)
+        if c is not None and c.state.status == "running":
+            self.exit(cid, 143)
+
+    async def remove(self, cid: str) -> None:
+        self.calls.append(("remove", cid))
+        self.containers.pop(cid, None)
+
+    async def list(self) -> list[ContainerState]:
+        if self.list_error is not None:
+            raise self.list_error
+        return [c.state for c in self.containers.values()]
+
+    async def logs(self, cid: str, *, tail: int | None = None) -> bytes:
+        return b""
+
+    # -- test controls -------------------------------------------------------------------
+
+    def exit(self, cid: str, code: int | None, *, oom: bool = False,
+             at: float | None = None) -> None:
+        """The container's process ends (as conmon would record it)."""
+        c = self.containers[cid]
+        c.state = replace(c.state, status="stopped", pid=None, exit_code=code, oom_killed=oom,
+                          finished_at=self.clock() if at is None else at)
+
+    def adopt(self, cid: str, spec: ContainerSpec, *, started_at: float) -> None:
+        """A container that was already running before the agent started."""
+        self.containers[cid] = FakeContainer(spec, ContainerState(
+            id=cid, status="running", pid=42, exit_code=None, started_at=started_at,
+            finished_at=None, oom_killed=False, annotations=dict(spec.annotations)))
+
+    def ops(self, *kinds: str) -> list[tuple[str, str]]:
+        return [c for c in self.calls if not kinds or c[0] in kinds]
+
+    def running(self) -> set[str]:
+        return {cid for cid, c in self.containers.items() if c.state.status == "running"}
+
+
+class BrokenList(ContainerRuntimeError):
+    pass

@@ -1,0 +1,312 @@
+"""Reconciler logic against the fake runtime, on a fake clock, with a real LMDB cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edgecore.cache import Cache
+from edgecore.reconciler import CrashLoop, Reconciler
+from edgecore.reconciler.naming import ANN_POD, container_id
+from edgecore.runtime.errors import ImagePullError, RuntimeCommandError
+from shared.delta import EdgeDesired
+from shared.entries import pod_entry, pod_key
+from shared.models import Pod, PodStatus
+
+# tests/ is not a package (and gmqtt installs a top-level "tests" package), so the
+# fake comes from this directory, which pytest puts on sys.path for its tests.
+from edgecore_fakes import FakeRuntime  # isort: skip
+
+NODE = "edge-1"
+
+
+class Clock:
+    def __init__(self, t: float = 1000.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.latest: dict[str, PodStatus | None] = {}
+        self.history: list[tuple[str, PodStatus | None]] = []
+
+    def update(self, key: str, status: PodStatus | None) -> None:
+        self.latest[key] = status
+        self.history.append((key, status))
+
+
+def pod(name: str, *, image: str = "busybox:1", policy: str = "Always", grace: int = 10,
+        containers: list[dict[str, Any]] | None = None, ns: str = "default") -> tuple[str, dict]:
+    p = Pod.model_validate({
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"restartPolicy": policy, "terminationGracePeriodSeconds": grace,
+                 "containers": containers or [{"name": "main", "image": image}]},
+    })
+    return pod_key(ns, name), pod_entry(p)
+
+
+class World:
+    """Desired set + fake runtime + cache + a reconciler that can be 'restarted'."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.clock = Clock()
+        self.runtime = FakeRuntime(clock=self.clock)
+        self.cache = Cache(tmp_path / "cache")
+        self.desired = EdgeDesired(epoch="E", gen=1, items={})
+        self.sink = Sink()
+        self.rec = self.new_reconciler()
+
+    def new_reconciler(self) -> Reconciler:
+        self.sink = Sink()
+        return Reconciler(node=NODE, runtime=self.runtime, cache=self.cache,
+                          desired=lambda: self.desired, sink=self.sink, clock=self.clock,
+                          crashloop=CrashLoop())
+
+    def set(self, *pods: tuple[str, dict]) -> None:
+        self.desired = EdgeDesired(epoch="E", gen=self.desired.gen + 1, items=dict(pods))
+
+    async def step(self) -> None:
+        await self.rec.reconcile_once()
+
+    def status(self, key: str) -> PodStatus:
+        st = self.sink.latest[key]
+        assert st is not None
+        return st
+
+
+@pytest.fixture
+def world(tmp_path: Path):
+    w = World(tmp_path)
+    yield w
+    w.cache.close()
+
+
+def cid(name: str, entry: dict, container: str = "main", ns: str = "default") -> str:
+    return container_id(ns, name, container, entry["revision"])
+
+
+async def test_create_maps_container_spec(world: World) -> None:
+    key, entry = pod("web", containers=[{
+        "name": "main", "image": "reg:5000/app:1", "command": ["/bin/app"], "args": ["-v"],
+        "env": [{"name": "A", "value": "1"}], "workingDir": "/srv",
+        "resources": {"limits": {"cpu": "500m", "memory": "64Mi"}},
+    }, {"name": "side", "image": "busybox:1"}])
+    world.set((key, entry))
+    await world.step()
+    assert world.runtime.running() == {cid("web", entry), cid("web", entry, "side")}
+    spec = world.runtime.containers[cid("web", entry)].spec
+    assert (spec.image, spec.command, spec.args, dict(spec.env), spec.working_dir) == (
+        "reg:5000/app:1", ("/bin/app",), ("-v",), {"A": "1"}, "/srv")
+    assert (spec.cpu_limit_millis, spec.memory_limit_bytes) == (500, 64 * 2**20)
+    assert spec.annotations[ANN_POD] == key
+    st = world.status(key)
+    assert st.phase == "Running" and st.revision == entry["revision"] and st.node_name == NODE
+    assert [c.state for c in st.container_statuses] == ["running", "running"]
+    # The "about to create" status went out before the runs.
+    first = world.sink.history[0][1]
+    assert first is not None and first.phase == "Pending" and first.reason == "ContainerCreating"
+    # A second pass changes nothing.
+    n = len(world.runtime.calls)
+    await world.step()
+    assert len(world.runtime.calls) == n
+
+
+async def test_adopts_running_containers_after_agent_restart(world: World) -> None:
+    key, entry = pod("web")
+    world.set((key, entry))
+    await world.step()
+    world.runtime.calls.clear()
+    world.rec = world.new_reconciler()  # agent restart: same cache, same runtime
+    await world.step()
+    assert world.runtime.calls == []
+    assert world.status(key).phase == "Running"
+
+
+async def test_update_replaces_old_revision(world: World) -> None:
+    key, v1 = pod("web", image="app:1", grace=3)
+    world.set((key, v1))
+    await world.step()
+    _, v2 = pod("web", image="app:2", grace=3)
+    world.set((key, v2))
+    world.runtime.calls.clear()
+    await world.step()
+    assert world.runtime.ops() == [("stop", cid("web", v1)), ("remove", cid("web", v1)),
+                                   ("run", cid("web", v2))]
+    assert world.runtime.last_grace == 3
+    assert world.status(key).revision == v2["revision"]
+
+
+async def test_delete_stops_with_grace_and_reports_gone(world: World) -> None:
+    key, entry = pod("web", grace=7)
+    other = pod("db")
+    world.set((key, entry), other)
+    await world.step()
+    world.set(other)
+    await world.step()
+    assert cid("web", entry) not in world.runtime.containers
+    assert world.runtime.last_grace == 7
+    assert world.sink.latest[key] is None
+    assert key not in world.cache.pod_records()
+    assert world.status(other[0]).phase == "Running"
+
+
+async def test_crashloop_backoff_schedule(world: World) -> None:
+    key, entry = pod("web")
+    world.set((key, entry))
+    await world.step()
+    c = cid("web", entry)
+    expected = [10, 20, 40, 80, 160, 300, 300]
+    for i, delay in enumerate(expected, start=1):
+        world.clock.t += 1
+        world.runtime.exit(c, 1)
+        crashed_at = world.clock.t
+        await world.step()
+        cs = world.status(key).container_statuses[0]
+        assert (cs.state, cs.reason, cs.exit_code) == ("waiting", "CrashLoopBackOff", 1)
+        assert f"back-off {delay}s" in (cs.message or "")
+        assert world.status(key).phase == "Running"
+        world.clock.t = crashed_at + delay - 0.5
+        await world.step()
+        assert c not in world.runtime.running()
+        if i == 3:  # the schedule survives an agent restart
+            world.rec = world.new_reconciler()
+        world.clock.t = crashed_at + delay
+        await world.step()
+        assert c in world.runtime.running()
+        assert world.status(key).container_statuses[0].restart_count == i
+    # Ten minutes of running resets the backoff to 10 s.
+    world.clock.t += 601
+    world.runtime.exit(c, 2)
+    await world.step()
+    assert "back-off 10s" in (world.status(key).container_statuses[0].message or "")
+
+
+@pytest.mark.parametrize(("policy", "code", "phase", "restarts"), [
+    ("Never", 0, "Succeeded", False),
+    ("Never", 3, "Failed", False),
+    ("OnFailure", 0, "Succeeded", False),
+    ("OnFailure", 3, "Running", True),
+    ("Always", 0, "Running", True),
+])
+async def test_restart_policies(world: World, policy: str, code: int, phase: str,
+                                restarts: bool) -> None:
+    key, entry = pod("job", policy=policy)
+    world.set((key, entry))
+    await world.step()
+    world.runtime.exit(cid("job", entry), code)
+    await world.step()
+    st = world.status(key)
+    assert st.phase == phase
+    world.clock.t += 400
+    await world.step()
+    assert (cid("job", entry) in world.runtime.running()) is restarts
+    if not restarts:
+        cs = world.status(key).container_statuses[0]
+        assert cs.state == "terminated" and cs.exit_code == code
+        assert cs.reason == ("Completed" if code == 0 else "Error")
+
+
+async def test_oom_killed_reason(world: World) -> None:
+    key, entry = pod("hog", policy="Never")
+    world.set((key, entry))
+    await world.step()
+    world.runtime.exit(cid("hog", entry), 137, oom=True)
+    await world.step()
+    cs = world.status(key).container_statuses[0]
+    assert (cs.reason, world.status(key).phase) == ("OOMKilled", "Failed")
+
+
+async def test_pull_failure_backs_off_and_does_not_block_other_pods(world: World) -> None:
+    bad_key, bad = pod("bad", image="nowhere:1")
+    good_key, good = pod("good")
+    world.runtime.fail_images["nowhere:1"] = ImagePullError("registry unreachable")
+    world.set((bad_key, bad), (good_key, good))
+    await world.step()
+    st = world.status(bad_key)
+    assert (st.phase, st.reason) == ("Pending", "ImagePullBackOff")
+    assert "registry unreachable" in (st.message or "")
+    assert world.status(good_key).phase == "Running"
+    runs = len(world.runtime.ops("run"))
+    await world.step()  # inside the backoff: no retry
+    assert len(world.runtime.ops("run")) == runs
+    del world.runtime.fail_images["nowhere:1"]
+    world.clock.t += 10
+    await world.step()
+    assert world.status(bad_key).phase == "Running"
+    assert world.status(bad_key).container_statuses[0].restart_count == 0
+
+
+async def test_invalid_entry_fails_only_that_pod(world: World) -> None:
+    good = pod("good")
+    world.set(("pod/default/broken", {"name": "broken", "spec": {"containers": []}}), good)
+    await world.step()
+    st = world.status("pod/default/broken")
+    assert (st.phase, st.reason) == ("Failed", "InvalidSpec")
+    assert world.status(good[0]).phase == "Running"
+
+
+async def test_unexpected_runtime_error_becomes_status(world: World) -> None:
+    key, entry = pod("web")
+    world.set((key, entry))
+    await world.step()
+    world.runtime.exit(cid("web", entry), 1)
+    world.clock.t += 100
+
+    async def broken_remove(_cid: str) -> None:
+        raise RuntimeCommandError("umount failed")
+
+    world.runtime.remove = broken_remove  # type: ignore[method-assign]
+    await world.step()
+    st = world.status(key)
+    assert (st.phase, st.reason) == ("Unknown", "ReconcileError")
+
+
+async def test_list_failure_skips_the_pass(world: World) -> None:
+    key, entry = pod("web")
+    world.set((key, entry))
+    await world.step()
+    world.set()
+    world.runtime.list_error = RuntimeCommandError("crun list failed")
+    await world.step()
+    assert world.runtime.running() == {cid("web", entry)}
+
+
+async def test_never_deletes_before_first_desired_set(world: World) -> None:
+    key, entry = pod("web")
+    world.set((key, entry))
+    await world.step()
+    world.desired = EdgeDesired()  # e.g. a fresh cache beside an old runtime root
+    await world.step()
+    assert world.runtime.running() == {cid("web", entry)}
+
+
+async def test_run_cancels_inflight_work_without_touching_containers(world: World) -> None:
+    import asyncio
+
+    key, entry = pod("web")
+    world.set((key, entry))
+    world.rec.interval_s = 0.05
+    task = asyncio.create_task(world.rec.run())
+    for _ in range(100):
+        await asyncio.sleep(0.01)
+        if world.runtime.running():
+            break
+    world.rec.wake()
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert world.runtime.running() == {cid("web", entry)}
+    assert world.rec.passes >= 2
+
+
+def test_container_ids_are_unambiguous_and_short() -> None:
+    assert container_id("a.b", "c", "m", "r" * 10) != container_id("a", "b.c", "m", "r" * 10)
+    long = container_id("n" * 63, "p" * 200, "c" * 63, "abcdef1234")
+    assert len(long) <= 100
+    assert long != container_id("n" * 63, "p" * 199 + "q", "c" * 63, "abcdef1234")
