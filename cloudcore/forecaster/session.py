@@ -1,0 +1,57 @@
+"""The one place in cloudcore that imports onnxruntime.
+
+`OnnxModel` loads the forecaster graph once (one session, one intra-op thread, so a
+forecast never competes with the event loop's core for more than one thread) and
+checks it honours the contract written in `models/model.py`:
+input "x" float32 [batch, 2, 60], output "y" float32 [batch, 2, 15, 2].
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from cloudcore.forecaster.errors import InferenceError, ModelLoadError
+
+CONTEXT = 60
+HORIZON = 15
+RESOURCES = 2
+QUANTILES = 2
+
+
+class OnnxModel:
+    """A loaded forecaster graph: `run(x [B, 2, 60]) -> y [B, 2, 15, 2]`."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = str(path)
+        if not Path(path).is_file():
+            raise ModelLoadError("model file not found", path=self.path)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 1
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            self._sess = ort.InferenceSession(self.path, opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own unexported types
+            raise ModelLoadError(f"onnxruntime cannot load it: {exc}", path=self.path) from exc
+        ins, outs = self._sess.get_inputs(), self._sess.get_outputs()
+        if len(ins) != 1 or list(ins[0].shape[1:]) != [RESOURCES, CONTEXT]:
+            raise ModelLoadError(
+                f"input must be one tensor [batch, {RESOURCES}, {CONTEXT}], got "
+                f"{[(i.name, i.shape) for i in ins]}", path=self.path)
+        if len(outs) != 1 or list(outs[0].shape[1:]) != [RESOURCES, HORIZON, QUANTILES]:
+            raise ModelLoadError(
+                f"output must be one tensor [batch, {RESOURCES}, {HORIZON}, {QUANTILES}], "
+                f"got {[(o.name, o.shape) for o in outs]}", path=self.path)
+        self._in, self._out = ins[0].name, outs[0].name
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """One batched call; x must be C-contiguous float32 [B, 2, 60]."""
+        try:
+            (y,) = self._sess.run([self._out], {self._in: x})
+        except Exception as exc:
+            raise InferenceError(f"forecast batch of {len(x)} failed: {exc}") from exc
+        return np.asarray(y)
