@@ -41,6 +41,21 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
                    default=float(_env("HEARTBEAT", str(d.sync.heartbeat))),
                    help="default edge heartbeat, seconds (NotReady after 3x)")
     p.add_argument("--log-level", default=_env("LOG_LEVEL", d.log_level))
+    p.add_argument("--auth", action="store_true",
+                   default=_env("AUTH", "") not in ("", "0", "false"),
+                   help="require bearer tokens on the API; creates a first admin token in "
+                        "STATE_DIR/admin.token if there is none")
+    p.add_argument("--auth-tokens", metavar="FILE", default=_env("AUTH_TOKENS", "") or None,
+                   help="static API tokens, 'token,role[,name]' per line (turns auth on)")
+    p.add_argument("--advertise-mqtt", metavar="HOST:PORT",
+                   default=_env("ADVERTISE_MQTT", d.auth.advertise_mqtt),
+                   help="broker address given to joining nodes (default: --mqtt-host:port)")
+    p.add_argument("--join-token-ttl", type=float, metavar="SECONDS",
+                   default=float(_env("JOIN_TOKEN_TTL", str(d.auth.join_token_ttl))),
+                   help="default lifetime of join tokens")
+    p.add_argument("--mosquitto-passwd", metavar="FILE",
+                   default=_env("MOSQUITTO_PASSWD", "") or None,
+                   help="keep this mosquitto password_file in sync with node credentials")
     a = p.parse_args(argv)
     s = Settings()
     s.store.state_dir = Path(a.state_dir)
@@ -49,10 +64,38 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
     s.http.host, s.http.port = a.http_host, a.http_port
     s.sync.heartbeat = a.heartbeat
     s.log_level = a.log_level
+    s.auth.enabled = bool(a.auth)
+    s.auth.tokens_file = Path(a.auth_tokens) if a.auth_tokens else None
+    s.auth.advertise_mqtt = a.advertise_mqtt
+    s.auth.join_token_ttl = a.join_token_ttl
+    s.auth.mosquitto_passwd = Path(a.mosquitto_passwd) if a.mosquitto_passwd else None
     return s
 
 
+def backup_main(argv: Sequence[str]) -> int:
+    """`cloudcore backup [--state-dir DIR] DEST`: a consistent copy of the LMDB store."""
+    from cloudcore.errors import StoreError
+    from cloudcore.store import backup
+
+    p = argparse.ArgumentParser(prog="cloudcore backup",
+                                description="copy the LMDB store (safe while cloudcore runs)")
+    p.add_argument("--state-dir", default=_env("STATE_DIR", str(Settings().store.state_dir)))
+    p.add_argument("--no-compact", action="store_true", help="copy pages as they are")
+    p.add_argument("dest", help="new or empty directory for the copy")
+    a = p.parse_args(argv)
+    try:
+        size = backup(Path(a.state_dir), Path(a.dest), compact=not a.no_compact)
+    except StoreError as exc:
+        print(f"cloudcore backup: {exc}", file=sys.stderr)
+        return 1
+    print(f"backed up {a.state_dir} to {a.dest} ({size} bytes)")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["backup"]:
+        return backup_main(args[1:])
     try:
         settings = parse_args(argv).validate()
     except (ValueError, ConfigError) as exc:

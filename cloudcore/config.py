@@ -77,11 +77,49 @@ class SyncSettings:
 
 
 @dataclass
+class AuthSettings:
+    enabled: bool = False
+    """Require bearer tokens on the API. Off by default so a local fleet and the tests
+    work without tokens; `--auth` or `--auth-tokens FILE` turn it on."""
+    tokens_file: Path | None = None
+    """Static API tokens, one `token,role[,name]` per line (`#` comments); roles are
+    admin, operator and read-only. Read once at start."""
+    bootstrap_admin: bool = True
+    """With auth on and no admin token in the store, create one at start and write it
+    to `<state_dir>/admin.token` (mode 0600)."""
+    join_token_ttl: float = 24 * 3600.0
+    """Default lifetime of a join token, seconds (`fedctl token create --ttl`)."""
+    max_join_token_ttl: float = 365 * 24 * 3600.0
+    """Longest lifetime a join token may be given, seconds."""
+    advertise_mqtt: str = ""
+    """`host:port` of the broker as edge nodes reach it, returned by `POST /api/v1/join`.
+    Empty: `mqtt.host:mqtt.port` (right only when nodes see the broker as cloudcore does)."""
+    mosquitto_passwd: Path | None = None
+    """If set, cloudcore (re)writes this mosquitto `password_file` whenever a node joins
+    or is deleted (hashes in mosquitto's own `$7$` PBKDF2-SHA512 format). Reload the
+    broker on change (see docs/operations.md)."""
+
+
+@dataclass
+class ApiSettings:
+    max_page: int = 10_000
+    """Largest `limit` a list request may ask for. A list without `limit` returns
+    everything in one answer (as before pagination existed)."""
+    events: int = 10_000
+    """Events kept in the in-memory ring (`GET /api/v1/events`)."""
+    watch_heartbeat: float = 10.0
+    """Seconds between BOOKMARK lines on an idle watch stream (lets clients and proxies
+    see the stream is alive)."""
+
+
+@dataclass
 class Settings:
     store: StoreSettings = field(default_factory=StoreSettings)
     mqtt: MqttSettings = field(default_factory=MqttSettings)
     http: HttpSettings = field(default_factory=HttpSettings)
     sync: SyncSettings = field(default_factory=SyncSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    api: ApiSettings = field(default_factory=ApiSettings)
     log_level: str = "INFO"
     """Python logging level name."""
 
@@ -105,9 +143,31 @@ class Settings:
         for name in ("heartbeat", "missed_heartbeats", "ack_timeout", "ack_timeout_cap",
                      "liveness_interval", "log_interval", "telemetry_points"):
             _positive(f"sync.{name}", getattr(self.sync, name))
+        for name in ("join_token_ttl", "max_join_token_ttl"):
+            _positive(f"auth.{name}", getattr(self.auth, name))
+        if self.auth.tokens_file is not None:
+            self.auth.enabled = True
+            if not Path(self.auth.tokens_file).is_file():
+                raise ConfigError(f"auth.tokens_file: {self.auth.tokens_file} is not a file",
+                                  field="auth.tokens_file")
+        if self.auth.advertise_mqtt:
+            self.broker_address()
+        for name in ("max_page", "events", "watch_heartbeat"):
+            _positive(f"api.{name}", getattr(self.api, name))
         if logging.getLevelName(self.log_level.upper()) not in range(60):
             raise ConfigError(f"log_level: unknown level {self.log_level!r}", field="log_level")
         return self
+
+    def broker_address(self) -> tuple[str, int]:
+        """The broker as nodes should reach it: `auth.advertise_mqtt` or mqtt host/port."""
+        text = self.auth.advertise_mqtt
+        if not text:
+            return self.mqtt.host, self.mqtt.port
+        host, sep, port = text.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ConfigError(f"auth.advertise_mqtt must be host:port, got {text!r}",
+                              field="auth.advertise_mqtt")
+        return host.strip("[]"), int(port)
 
 
 def _positive(name: str, value: float) -> None:

@@ -28,6 +28,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from cloudcore.api import create_app
+from cloudcore.auth import Auth
 from cloudcore.config import Settings
 from cloudcore.errors import ConfigError
 from cloudcore.fleet import Fleet, Liveness
@@ -46,6 +47,7 @@ class Running:
     """Handles to a running service, for tests and the CLI."""
 
     fleet: Fleet
+    auth: Auth
     hub: SyncHub
     store: Store
     metrics: Metrics
@@ -63,7 +65,10 @@ async def run(settings: Settings, *,
                             missed=settings.sync.missed_heartbeats, now=time.monotonic())
         fleet = Fleet(store=store, scheduler=Scheduler(), liveness=liveness)
         fleet.telemetry_points = settings.sync.telemetry_points
-        fleet.load(store.load())
+        fleet.events.capacity = settings.api.events
+        records = store.load()
+        fleet.load(records)
+        auth = _open_auth(settings, store, records)
         log.info("loaded %d nodes, %d pods; store epoch %s", len(fleet.nodes), len(fleet.pods),
                  store.epoch)
         hub = SyncHub(fleet=fleet, store=store, settings=settings.sync, metrics=metrics)
@@ -83,7 +88,10 @@ async def run(settings: Settings, *,
         subscriber = Subscriber(settings.mqtt, handler=hub.handle, on_connected=on_connected)
         _register_gauges(metrics, fleet=fleet, store=store, publishers=publishers)
         app = create_app(fleet, metrics=metrics, flush=store.flush,
-                         ready=lambda: connected["sub"])
+                         ready=lambda: connected["sub"], auth=auth, settings=settings.api,
+                         broker=settings.broker_address(),
+                         join_ttl=settings.auth.join_token_ttl,
+                         max_join_ttl=settings.auth.max_join_token_ttl)
         server = _Server(uvicorn.Config(app, host=settings.http.host, port=settings.http.port,
                                         lifespan="off", log_level="warning",
                                         access_log=False))
@@ -95,7 +103,8 @@ async def run(settings: Settings, *,
             tg.create_task(hub.run_retries(), name="cloudcore.synchub.retries")
             tg.create_task(hub.run_liveness(), name="cloudcore.synchub.liveness")
             sock = _bind(settings.http.host, settings.http.port)
-            api = tg.create_task(_serve(server, sock), name="cloudcore.api")
+            api = tg.create_task(_serve(server, sock, on_stop=fleet.watches.close),
+                                 name="cloudcore.api")
             while not server.started:
                 if api.done():
                     break
@@ -105,8 +114,8 @@ async def run(settings: Settings, *,
                 url = f"http://{host}:{port}"
                 print(f"cloudcore listening on {url}", flush=True)
                 if on_started is not None:
-                    on_started(Running(fleet=fleet, hub=hub, store=store, metrics=metrics,
-                                       app=app, url=url))
+                    on_started(Running(fleet=fleet, auth=auth, hub=hub, store=store,
+                                       metrics=metrics, app=app, url=url))
 
 
 class _Server(uvicorn.Server):
@@ -138,12 +147,17 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-async def _serve(server: _Server, sock: socket.socket) -> None:
-    """Serve until cancelled, then shut down gracefully (closing the sockets)."""
+async def _serve(server: _Server, sock: socket.socket, *,
+                 on_stop: Callable[[], None] = lambda: None) -> None:
+    """Serve until cancelled, then shut down gracefully (closing the sockets).
+
+    `on_stop` ends long-lived responses (watch streams) so the graceful shutdown
+    does not wait for them."""
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
         await asyncio.shield(task)
     except asyncio.CancelledError:
+        on_stop()
         server.should_exit = True
         with contextlib.suppress(Exception):
             await asyncio.wait_for(asyncio.shield(task), timeout=5)
@@ -153,6 +167,35 @@ async def _serve(server: _Server, sock: socket.socket) -> None:
     finally:
         sock.close()
     raise RuntimeError("API server stopped unexpectedly")
+
+
+def _open_auth(settings: Settings, store: Store,
+               records: dict[str, dict[str, object]]) -> Auth:
+    """The auth registry from the store, static tokens and the first admin token."""
+    cfg = settings.auth
+    passwd = cfg.mosquitto_passwd
+
+    def write_passwd() -> None:
+        if passwd is None:
+            return
+        tmp = passwd.with_name(passwd.name + ".tmp")
+        try:
+            tmp.write_text(auth.mosquitto_passwd())
+            tmp.chmod(0o640)
+            tmp.replace(passwd)
+        except OSError as exc:
+            log.error("cannot write mosquitto password file %s: %s", passwd, exc)
+
+    auth = Auth(store=store, enabled=cfg.enabled, on_credentials=write_passwd)
+    auth.load(records)  # type: ignore[arg-type]
+    if cfg.tokens_file is not None:
+        n = auth.load_static(cfg.tokens_file)
+        log.info("auth: %d static API tokens from %s", n, cfg.tokens_file)
+    if cfg.enabled and cfg.bootstrap_admin:
+        auth.bootstrap(settings.store.state_dir / "admin.token")
+    write_passwd()
+    log.info("API auth is %s", "on" if cfg.enabled else "off (anyone may call the API)")
+    return auth
 
 
 def _register_gauges(metrics: Metrics, *, fleet: Fleet, store: Store,

@@ -1,4 +1,5 @@
-"""The fedctl commands: apply, get, describe, delete, wait.
+"""The fedctl commands: apply, get (-w), describe, delete, wait, label, cordon,
+uncordon, drain, events, token, apitoken, node and config.
 
 Each command is small: parse flags, call `ApiClient`, hand the result to
 `fedctl.render`. Errors travel as `FedctlError` subclasses up to `_handles_errors`,
@@ -9,6 +10,7 @@ which prints one line on stderr and exits with the error's code (0 ok, 1 error,
 from __future__ import annotations
 
 import functools
+import json
 import os
 import re
 import sys
@@ -23,6 +25,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
+from fedctl import config as cfg
 from fedctl import kinds, manifests, render
 from fedctl.client import ApiClient
 from fedctl.config import Settings, resolve
@@ -35,7 +38,7 @@ app = typer.Typer(
     name="fedctl",
     help="Drive an edgefed fleet: apply workloads, inspect nodes and pods, wait for rollout.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -48,9 +51,16 @@ class State:
     server_flag: str | None = None
     timeout: float = 10.0
     transport: httpx.BaseTransport | None = None
+    token_flag: str | None = None
+    context_flag: str | None = None
 
     def settings(self) -> Settings:
-        return resolve(flag=self.server_flag, timeout=self.timeout)
+        return resolve(
+            flag=self.server_flag,
+            timeout=self.timeout,
+            token=self.token_flag,
+            context=self.context_flag,
+        )
 
     def client(self) -> ApiClient:
         return ApiClient(self.settings(), transport=self.transport)
@@ -122,10 +132,29 @@ def _global(
         float,
         typer.Option("--request-timeout", metavar="SECONDS", help="Timeout of each HTTP request."),
     ] = 10.0,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            "--token",
+            metavar="TOKEN",
+            help="API bearer token. Default: $FEDCTL_TOKEN, then the context's token.",
+        ),
+    ] = None,
+    context: Annotated[
+        str | None,
+        typer.Option(
+            "--context",
+            metavar="NAME",
+            help="Use this context of the config file (default: $FEDCTL_CONTEXT, then "
+            "current-context).",
+        ),
+    ] = None,
 ) -> None:
     state = ctx.ensure_object(State)
     state.server_flag = server
     state.timeout = request_timeout
+    state.token_flag = token
+    state.context_flag = context
 
 
 # --- apply ------------------------------------------------------------------------
@@ -209,11 +238,33 @@ def get(
     output: Annotated[
         Output | None, typer.Option("--output", "-o", help="wide, json, yaml or name.")
     ] = None,
+    watch: Annotated[
+        bool,
+        typer.Option("--watch", "-w", help="After listing, print changes as they happen."),
+    ] = False,
+    watch_for: Annotated[
+        str | None,
+        typer.Option("--watch-for", metavar="DURATION", help="With -w: stop after this long."),
+    ] = None,
 ) -> None:
-    """List objects as a table, or show one; -o json|yaml for scripts."""
+    """List objects as a table, or show one; -o json|yaml for scripts; -w to watch."""
     group = kinds.resolve(resource)
     ns = _namespace(namespace, all_namespaces)
+    if watch or watch_for:
+        if len(group) != 1:
+            raise UsageError("-w watches one kind; name daemonsets or deployments")
+        limit = parse_duration(watch_for) if watch_for else None
+        _watch(ctx, group[0], name=name, ns=ns, selector=selector, node=node,
+               output=output, limit=limit)
+        return
+    if output is Output.json and not name and len(group) == 1:
+        with _state(ctx).client() as api:
+            if _json_fast(api, group[0], ns=ns, selector=selector, node=node):
+                return
     found: list[tuple[kinds.Kind, dict[str, Any]]] = []
+    fields = render.TABLE_FIELDS.get(group[0].kind) if output is None and len(group) == 1 else None
+    if output is Output.name:
+        fields = ("metadata.name", "metadata.namespace")
     with _state(ctx).client() as api:
         if name:
             for kind in group:
@@ -228,7 +279,7 @@ def get(
                 )
         else:
             for kind in group:
-                items = api.list(kind, namespace=ns, selector=selector, node=node)
+                items = api.list(kind, namespace=ns, selector=selector, node=node, fields=fields)
                 found += [(kind, o) for o in sorted(items, key=_sort_key)]
 
     objs = [o for _, o in found]
@@ -239,8 +290,9 @@ def get(
         return
     console = stdout_console()
     if output is Output.name:
-        for kind, o in found:
-            console.print(f"{kind.singular}/{o.get('metadata', {}).get('name', '?')}")
+        lines = [f"{kind.singular}/{o.get('metadata', {}).get('name', '?')}" for kind, o in found]
+        if lines:
+            console.file.write("\n".join(lines) + "\n")
         return
     if not found:
         where = (
@@ -448,7 +500,7 @@ def wait(
     deadline = time.monotonic() + limit
     last_error: str | None = None
     items: list[dict[str, Any]] = []
-    with _state(ctx).client() as api:
+    with _state(ctx).client() as api, _Progress(what) as progress:
         while True:
             try:
                 if name:
@@ -462,6 +514,7 @@ def wait(
             except Unreachable as exc:
                 last_error = exc.message
             if last_error is None:
+                progress.update(sum(1 for o in items if ok(o)), len(items))
                 if deleting and not items:
                     stdout_console().print(f"{what} deleted")
                     return
@@ -496,3 +549,424 @@ def wait(
 
 def debug_enabled() -> bool:
     return os.environ.get("FEDCTL_DEBUG", "") not in ("", "0")
+
+
+# --- get: fast JSON and watch ----------------------------------------------------------
+
+_FAST_JSON_AFTER = 500
+
+
+def _json_fast(
+    api: ApiClient, kind: kinds.Kind, *, ns: str | None, selector: str | None, node: str | None
+) -> bool:
+    """`get KIND -o json` of a list longer than one page: items are copied as cloudcore
+    sends them, one compact object per line, without parsing (100k nodes in about a
+    second). Returns False for short lists, which keep the fully indented output."""
+    items, cont = api.list_page(
+        kind, namespace=ns, selector=selector, node=node, limit=_FAST_JSON_AFTER
+    )
+    out = sys.stdout
+    if not cont:
+        render.write_json(out, render.as_list(sorted(items, key=_sort_key)))
+        return True
+    out.write('{\n  "apiVersion": "v1",\n  "kind": "List",\n  "items": [\n')
+    first = True
+    for o in items:
+        out.write(("" if first else ",\n") + "    " + json.dumps(o, separators=(",", ":")))
+        first = False
+    buf = out.buffer if hasattr(out, "buffer") else None
+    for line in api.list_lines(kind, namespace=ns, selector=selector, node=node, cont=cont):
+        if buf is not None:
+            out.flush()
+            buf.write(b",\n    " + line)
+        else:
+            out.write(",\n    " + line.decode())
+    out.write("\n  ]\n}\n")
+    return True
+
+
+def _watch(
+    ctx: typer.Context,
+    kind: kinds.Kind,
+    *,
+    name: str | None,
+    ns: str | None,
+    selector: str | None,
+    node: str | None,
+    output: Output | None,
+    limit: float | None,
+) -> None:
+    """List, then print each change: table rows, `-o json` event lines, or `-o name`."""
+    deadline = None if limit is None else time.monotonic() + limit
+    console = stdout_console()
+    cols = render.columns(kind, wide=output is Output.wide, all_namespaces=ns is None)
+    initial: list[dict[str, Any]] = []
+    widths: list[int] | None = None
+    with _state(ctx).client() as api:
+        stream = api.watch(
+            kind, namespace=ns, selector=selector, node=node, name=name,
+            heartbeat=1.0 if deadline is not None else None,
+        )
+        for ev in stream:
+            etype = ev.get("type")
+            obj = ev.get("object") or {}
+            if etype == "BOOKMARK":
+                if ev.get("initialEventsEnd") and output not in (Output.json, Output.name):
+                    widths = render.print_rows(console, cols, initial, header=True)
+                    initial = []
+            elif output is Output.json:
+                sys.stdout.write(json.dumps(ev, separators=(",", ":")) + "\n")
+                sys.stdout.flush()
+            elif output is Output.name:
+                console.print(f"{kind.singular}/{obj.get('metadata', {}).get('name', '?')}")
+            elif widths is None:
+                initial.append(obj)
+            else:
+                if etype == "DELETED":
+                    obj = {**obj, "status": {**(obj.get("status") or {}), "phase": "Deleted",
+                                             "ready": "Deleted"}}
+                widths = render.print_rows(console, cols, [obj], header=False, widths=widths)
+            if deadline is not None and time.monotonic() >= deadline:
+                return
+
+
+# --- node operations -----------------------------------------------------------------
+
+
+def _label_args(pairs: list[str]) -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for p in pairs:
+        if p.endswith("-") and "=" not in p:
+            out[p[:-1]] = None
+        elif "=" in p:
+            k, _, v = p.partition("=")
+            if not k:
+                raise UsageError(f"label {p!r}: empty key")
+            out[k] = v
+        else:
+            raise UsageError(f"label {p!r}: use KEY=VALUE to set or KEY- to remove")
+    return out
+
+
+@app.command()
+@_handles_errors
+def label(
+    ctx: typer.Context,
+    *,
+    resource: Annotated[str, typer.Argument(metavar="node", help="Only nodes can be labeled.")],
+    name: Annotated[str, typer.Argument(metavar="NAME")],
+    pairs: Annotated[list[str], typer.Argument(metavar="KEY=VALUE|KEY-...")],
+) -> None:
+    """Set (k=v) or remove (k-) node labels; they survive what the agent reports."""
+    (kind,) = kinds.resolve(resource, allow_group=False)
+    if kind is not kinds.NODE:
+        raise UsageError("label works on nodes (workload labels live in their manifests)")
+    labels = _label_args(pairs)
+    with _state(ctx).client() as api:
+        api.patch_node(name, labels=labels)
+    stdout_console().print(f"node/{name} labeled")
+
+
+def _cordon(ctx: typer.Context, names: list[str], on: bool) -> None:
+    with _state(ctx).client() as api:
+        for n in names:
+            api.patch_node(n, unschedulable=on)
+            stdout_console().print(f"node/{n} {'cordoned' if on else 'uncordoned'}")
+
+
+@app.command()
+@_handles_errors
+def cordon(ctx: typer.Context, names: Annotated[list[str], typer.Argument(metavar="NODE...")]
+           ) -> None:
+    """Mark nodes unschedulable: new pods go elsewhere, running pods stay."""
+    _cordon(ctx, names, True)
+
+
+@app.command()
+@_handles_errors
+def uncordon(ctx: typer.Context, names: Annotated[list[str], typer.Argument(metavar="NODE...")]
+             ) -> None:
+    """Mark nodes schedulable again (Pending pods may land on them)."""
+    _cordon(ctx, names, False)
+
+
+@app.command()
+@_handles_errors
+def drain(ctx: typer.Context, name: Annotated[str, typer.Argument(metavar="NODE")]) -> None:
+    """Cordon a node and move its Deployment and bare pods to other nodes.
+
+    DaemonSet pods stay, and so do pods pinned to the node with spec.nodeName.
+    """
+    with _state(ctx).client() as api:
+        result = api.drain(name)
+    console = stdout_console()
+    console.print(f"node/{name} cordoned")
+    for e in result.get("evicted", []):
+        where = f"rescheduled on {e['node']}" if e.get("node") else "Pending (no node fits)"
+        console.print(f"pod/{e.get('pod')} evicted, {where}")
+    for k in result.get("kept", []):
+        console.print(f"pod/{k.get('pod')} kept ({k.get('reason')})")
+    console.print(f"node/{name} drained")
+
+
+@app.command()
+@_handles_errors
+def events(
+    ctx: typer.Context,
+    *,
+    obj: Annotated[
+        str | None,
+        typer.Argument(metavar="[OBJECT]", help="name, kind/name or kind/namespace/name."),
+    ] = None,
+    limit: Annotated[int | None, typer.Option("--limit", help="Newest N events.")] = None,
+    warnings: Annotated[bool, typer.Option("--warnings", help="Only Warning events.")] = False,
+    output: Annotated[
+        Output | None, typer.Option("--output", "-o", help="json or yaml.")
+    ] = None,
+) -> None:
+    """Recent events: scheduling, failures, node readiness, joins, drains."""
+    with _state(ctx).client() as api:
+        items = api.events(obj=obj, limit=limit, type_="Warning" if warnings else None)
+    if output in (Output.json, Output.yaml):
+        (render.write_json if output is Output.json else render.write_yaml)(
+            sys.stdout, render.as_list(items)
+        )
+        return
+    if not items:
+        sys.stderr.write("No events found.\n")
+        return
+    render.events_table(stdout_console(), items)
+
+
+# --- wait progress ---------------------------------------------------------------------
+
+
+class _Progress:
+    """A progress bar on stderr while `wait` polls, only when stderr is a terminal."""
+
+    def __init__(self, what: str) -> None:
+        self.bar: Any = None
+        self.task: Any = None
+        if sys.stderr.isatty():
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+            self.bar = Progress(
+                TextColumn(f"waiting for {what}"), BarColumn(), MofNCompleteColumn(),
+                console=Console(stderr=True), transient=True,
+            )
+
+    def __enter__(self) -> _Progress:
+        if self.bar is not None:
+            self.bar.start()
+            self.task = self.bar.add_task("wait", total=None)
+        return self
+
+    def update(self, done: int, total: int) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, completed=done, total=max(total, 1))
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+# --- sub-command groups -------------------------------------------------------------
+
+token_app = typer.Typer(help="Join tokens for new nodes (admin).", no_args_is_help=True)
+apitoken_app = typer.Typer(help="API bearer tokens with roles (admin).", no_args_is_help=True)
+node_app = typer.Typer(help="Node operations.", no_args_is_help=True)
+config_app = typer.Typer(help="Contexts in the fedctl config file.", no_args_is_help=True)
+app.add_typer(token_app, name="token")
+app.add_typer(apitoken_app, name="apitoken")
+app.add_typer(node_app, name="node")
+app.add_typer(config_app, name="config")
+
+
+def _when(value: Any) -> str:
+    return render.age(value) if value else "-"
+
+
+def _until(value: Any) -> str:
+    if not isinstance(value, int | float):
+        return "never"
+    left = value - time.time()
+    return render.duration(left) if left > 0 else "expired"
+
+
+@token_app.command("create")
+@_handles_errors
+def token_create(
+    ctx: typer.Context,
+    *,
+    ttl: Annotated[str, typer.Option("--ttl", metavar="DURATION", help="Lifetime (24h).")] = "24h",
+    labels: Annotated[
+        str | None,
+        typer.Option("--labels", metavar="K=V,...", help="Labels every joining node gets."),
+    ] = None,
+    description: Annotated[str, typer.Option("--description", help="A note.")] = "",
+) -> None:
+    """Issue a join token; prints it once (cloudcore keeps only a hash)."""
+    lab: dict[str, str] = {}
+    for term in filter(None, (labels or "").split(",")):
+        k, sep, v = term.partition("=")
+        if not sep or not k.strip():
+            raise UsageError(f"--labels: {term!r} is not KEY=VALUE")
+        lab[k.strip()] = v.strip()
+    body = {"ttlSeconds": parse_duration(ttl), "labels": lab, "description": description}
+    with _state(ctx).client() as api:
+        rec = api.call("POST", "jointokens", json=body)
+    stdout_console().print(str(rec.get("token")))
+
+
+@token_app.command("list")
+@_handles_errors
+def token_list(ctx: typer.Context) -> None:
+    """Join tokens (ids, expiry, labels, uses), never their secrets."""
+    with _state(ctx).client() as api:
+        items = api.call("GET", "jointokens").get("items", [])
+    render.simple_table(
+        stdout_console(),
+        ["ID", "EXPIRES IN", "USES", "LABELS", "DESCRIPTION"],
+        [[str(r.get("id")), _until(r.get("expires")), str(r.get("uses", 0)),
+          render.labels_text(r.get("labels")), r.get("description") or "-"] for r in items],
+    )
+
+
+@token_app.command("revoke")
+@_handles_errors
+def token_revoke(ctx: typer.Context, token_id: Annotated[str, typer.Argument(metavar="ID")]
+                 ) -> None:
+    """Revoke a join token by id (or the whole token)."""
+    with _state(ctx).client() as api:
+        api.call("DELETE", f"jointokens/{token_id.split('.', 1)[0]}",
+                 what=f'join token "{token_id}"')
+    stdout_console().print(f"jointoken/{token_id.split('.', 1)[0]} revoked")
+
+
+@apitoken_app.command("create")
+@_handles_errors
+def apitoken_create(
+    ctx: typer.Context,
+    *,
+    role: Annotated[str, typer.Option("--role", help="admin, operator or read-only.")],
+    name: Annotated[str, typer.Option("--name", help="Who or what uses it.")],
+    ttl: Annotated[
+        str | None, typer.Option("--ttl", metavar="DURATION", help="Lifetime (default none).")
+    ] = None,
+) -> None:
+    """Issue an API token; prints it once."""
+    body: dict[str, Any] = {"role": role, "name": name}
+    if ttl:
+        body["ttlSeconds"] = parse_duration(ttl)
+    with _state(ctx).client() as api:
+        rec = api.call("POST", "apitokens", json=body)
+    stdout_console().print(str(rec.get("token")))
+
+
+@apitoken_app.command("list")
+@_handles_errors
+def apitoken_list(ctx: typer.Context) -> None:
+    """API tokens (ids, names, roles), never their secrets."""
+    with _state(ctx).client() as api:
+        items = api.call("GET", "apitokens").get("items", [])
+    render.simple_table(
+        stdout_console(),
+        ["ID", "NAME", "ROLE", "EXPIRES IN", "AGE"],
+        [[str(r.get("id")), str(r.get("name")), str(r.get("role")), _until(r.get("expires")),
+          _when(r.get("created"))] for r in items],
+    )
+
+
+@apitoken_app.command("revoke")
+@_handles_errors
+def apitoken_revoke(ctx: typer.Context, token_id: Annotated[str, typer.Argument(metavar="ID")]
+                    ) -> None:
+    """Revoke an API token by id."""
+    with _state(ctx).client() as api:
+        api.call("DELETE", f"apitokens/{token_id.split('.', 1)[0]}",
+                 what=f'API token "{token_id}"')
+    stdout_console().print(f"apitoken/{token_id.split('.', 1)[0]} revoked")
+
+
+@app.command()
+@_handles_errors
+def whoami(ctx: typer.Context) -> None:
+    """The name and role cloudcore sees for your token."""
+    with _state(ctx).client() as api:
+        me = api.call("GET", "whoami")
+    auth = "" if me.get("authEnabled") else " (auth is off on this cloudcore)"
+    stdout_console().print(f"{me.get('name')} ({me.get('role')}){auth}")
+
+
+@node_app.command("delete")
+@_handles_errors
+def node_delete(
+    ctx: typer.Context, names: Annotated[list[str], typer.Argument(metavar="NAME...")]
+) -> None:
+    """Remove nodes, their pods' placement and their broker credentials (admin)."""
+    with _state(ctx).client() as api:
+        for n in names:
+            api.delete(kinds.NODE, n)
+            stdout_console().print(f"node/{n} deleted")
+
+
+@config_app.command("set-context")
+@_handles_errors
+def config_set_context(
+    *,
+    name: Annotated[str, typer.Argument(metavar="NAME")],
+    server: Annotated[str, typer.Option("--server", metavar="URL", help="cloudcore URL.")],
+    token: Annotated[str | None, typer.Option("--token", help="Bearer token.")] = None,
+    use: Annotated[bool, typer.Option("--use", help="Also make it the current context.")] = False,
+) -> None:
+    """Create or update a context (server and optional token)."""
+    path = cfg.config_path()
+    data = cfg.load_file(path)
+    entry: dict[str, Any] = {"server": cfg.check_server(server)}
+    if token:
+        entry["token"] = token
+    data.setdefault("contexts", {})[name] = entry
+    if use or not data.get("current-context"):
+        data["current-context"] = name
+    cfg.save_file(path, data)
+    stdout_console().print(f'context "{name}" set in {path}')
+
+
+@config_app.command("use-context")
+@_handles_errors
+def config_use_context(name: Annotated[str, typer.Argument(metavar="NAME")]) -> None:
+    """Make NAME the current context."""
+    path = cfg.config_path()
+    data = cfg.load_file(path)
+    if name not in (data.get("contexts") or {}):
+        raise NotFound(f'no context named "{name}" in {path}', status=404)
+    data["current-context"] = name
+    cfg.save_file(path, data)
+    stdout_console().print(f'switched to context "{name}"')
+
+
+@config_app.command("get-contexts")
+@_handles_errors
+def config_get_contexts() -> None:
+    """The contexts of the config file; * marks the current one."""
+    path = cfg.config_path()
+    data = cfg.load_file(path)
+    current = data.get("current-context")
+    rows = [
+        ["*" if n == current else "", n, str(c.get("server")), "yes" if c.get("token") else "no"]
+        for n, c in sorted((data.get("contexts") or {}).items())
+    ]
+    if not rows:
+        sys.stderr.write(f"No contexts in {path}.\n")
+        return
+    render.simple_table(stdout_console(), ["CURRENT", "NAME", "SERVER", "TOKEN"], rows)
+
+
+@config_app.command("current-context")
+@_handles_errors
+def config_current_context() -> None:
+    """Print the current context's name."""
+    current = cfg.load_file(cfg.config_path()).get("current-context")
+    if not current:
+        raise FedctlError("no current context (see 'fedctl config use-context')")
+    stdout_console().print(current)

@@ -8,6 +8,8 @@ commands above never see an httpx exception. Tests inject an
 
 from __future__ import annotations
 
+import json as jsonlib
+from collections.abc import Iterator
 from types import TracebackType
 from typing import Any
 from urllib.parse import quote
@@ -19,6 +21,10 @@ from fedctl.errors import NotFound, ServerError, Unreachable
 from fedctl.kinds import Kind
 
 API = "/api/v1"
+PAGE = 5000
+"""Objects per list request: big enough that 100k nodes take 20 round trips, small
+enough that one page is a few MB."""
+NDJSON = "application/x-ndjson"
 
 
 def _path(kind: Kind, namespace: str | None, name: str) -> str:
@@ -40,11 +46,15 @@ class ApiClient:
 
     def __init__(self, settings: Settings, *, transport: httpx.BaseTransport | None = None) -> None:
         self.server = settings.server
+        self.timeout = settings.timeout
+        headers = {"Accept": "application/json", "User-Agent": "fedctl"}
+        if settings.token:
+            headers["Authorization"] = f"Bearer {settings.token}"
         self._http = httpx.Client(
             base_url=settings.server,
             timeout=settings.timeout,
             transport=transport,
-            headers={"Accept": "application/json", "User-Agent": "fedctl"},
+            headers=headers,
             # FEDCTL_SERVER is explicit; a stray HTTP(S)_PROXY must not reroute it.
             trust_env=False,
         )
@@ -77,15 +87,10 @@ class ApiClient:
             raise ServerError("cloudcore answered apply without a 'results' list", status=200)
         return results
 
-    def list(
-        self,
-        kind: Kind,
-        *,
-        namespace: str | None = None,
-        selector: str | None = None,
-        node: str | None = None,
-    ) -> list[dict[str, Any]]:
-        """Objects of a kind; `namespace=None` means all namespaces."""
+    @staticmethod
+    def _params(
+        kind: Kind, namespace: str | None, selector: str | None, node: str | None
+    ) -> dict[str, str]:
         params: dict[str, str] = {}
         if namespace is not None and kind.namespaced:
             params["namespace"] = namespace
@@ -93,11 +98,155 @@ class ApiClient:
             params["labelSelector"] = selector
         if node:
             params["node"] = node
+        return params
+
+    def list(
+        self,
+        kind: Kind,
+        *,
+        namespace: str | None = None,
+        selector: str | None = None,
+        node: str | None = None,
+        fields: tuple[str, ...] | None = None,
+        page: int = PAGE,
+    ) -> list[dict[str, Any]]:
+        """Objects of a kind; `namespace=None` means all namespaces. Pages through
+        the list `page` objects at a time; `fields` asks only for those paths."""
+        items: list[dict[str, Any]] = []
+        cont: str | None = None
+        while True:
+            got, cont = self.list_page(
+                kind, namespace=namespace, selector=selector, node=node, fields=fields,
+                limit=page, cont=cont,
+            )
+            items += got
+            if not cont:
+                return items
+
+    def list_page(
+        self,
+        kind: Kind,
+        *,
+        namespace: str | None = None,
+        selector: str | None = None,
+        node: str | None = None,
+        fields: tuple[str, ...] | None = None,
+        limit: int | None = None,
+        cont: str | None = None,
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """One page: (items, continue token or None on the last page)."""
+        params = self._params(kind, namespace, selector, node)
+        if limit:
+            params["limit"] = str(limit)
+        if cont:
+            params["continue"] = cont
+        if fields:
+            params["fields"] = ",".join(fields)
         body = self._request("GET", f"{API}/{kind.plural}", params=params)
         items = body.get("items")
         if not isinstance(items, list):
             raise ServerError(f"cloudcore answered GET {kind.plural} without 'items'", status=200)
-        return items
+        nxt = body.get("continue")
+        return items, nxt if isinstance(nxt, str) and nxt else None
+
+    def list_lines(
+        self,
+        kind: Kind,
+        *,
+        namespace: str | None = None,
+        selector: str | None = None,
+        node: str | None = None,
+        cont: str | None = None,
+        page: int = PAGE,
+    ) -> Iterator[bytes]:
+        """Every object from `cont` on as raw compact JSON, one per item, without
+        parsing it (for `-o json` of very large lists)."""
+        while True:
+            params = self._params(kind, namespace, selector, node)
+            params["limit"] = str(page)
+            if cont:
+                params["continue"] = cont
+            resp = self._send("GET", f"{API}/{kind.plural}", params=params,
+                              headers={"Accept": NDJSON})
+            if resp.status_code >= 400 or not resp.headers.get("content-type", "").startswith(
+                NDJSON
+            ):
+                self._decode(resp, what=None)
+                raise ServerError("cloudcore does not support JSON-lines lists", status=200)
+            yield from (line for line in resp.content.split(b"\n") if line)
+            cont = resp.headers.get("x-continue")
+            if not cont:
+                return
+
+    def watch(
+        self,
+        kind: Kind,
+        *,
+        namespace: str | None = None,
+        selector: str | None = None,
+        node: str | None = None,
+        name: str | None = None,
+        send_initial: bool = True,
+        heartbeat: float | None = None,
+    ) -> Iterator[dict[str, Any]]:
+        """Events of the server's watch stream, `{"type", "object"}`, until it ends."""
+        params = self._params(kind, namespace, selector, node)
+        if name:
+            params["name"] = name
+        if heartbeat:
+            params["heartbeatSeconds"] = str(heartbeat)
+        params["sendInitialEvents"] = "true" if send_initial else "false"
+        timeout = httpx.Timeout(self.timeout, read=max(60.0, 3 * self.timeout))
+        try:
+            with self._http.stream(
+                "GET", f"{API}/watch/{kind.plural}", params=params, timeout=timeout
+            ) as resp:
+                if resp.status_code >= 400:
+                    resp.read()
+                    self._decode(resp, what=None)
+                for line in resp.iter_lines():
+                    if line.strip():
+                        yield jsonlib.loads(line)
+        except httpx.TimeoutException as exc:
+            raise Unreachable(f"watch on {self.server} went quiet: {type(exc).__name__}") from exc
+        except httpx.TransportError as exc:
+            raise Unreachable(f"watch on {self.server} broke: {exc or type(exc).__name__}") from exc
+        except ValueError as exc:
+            raise ServerError(f"cloudcore sent a watch line that is not JSON: {exc}",
+                              status=200) from exc
+
+    # --- nodes, events, tokens ---------------------------------------------------
+
+    def patch_node(
+        self, name: str, *, labels: dict[str, str | None] | None = None,
+        unschedulable: bool | None = None,
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"metadata": {"labels": labels or {}}, "spec": {}}
+        if unschedulable is not None:
+            body["spec"]["unschedulable"] = unschedulable
+        return self._request("PATCH", f"{API}/nodes/{quote(name, safe='')}", json=body,
+                             what=f'node "{name}"')
+
+    def drain(self, name: str) -> dict[str, Any]:
+        return self._request("POST", f"{API}/nodes/{quote(name, safe='')}/drain",
+                             what=f'node "{name}"')
+
+    def events(self, *, obj: str | None = None, limit: int | None = None,
+               type_: str | None = None) -> list[dict[str, Any]]:
+        params: dict[str, str] = {}
+        if obj:
+            params["object"] = obj
+        if limit:
+            params["limit"] = str(limit)
+        if type_:
+            params["type"] = type_
+        items = self._request("GET", f"{API}/events", params=params).get("items")
+        return items if isinstance(items, list) else []
+
+    def call(self, method: str, path: str, *, json: Any = None,
+             what: str | None = None) -> dict[str, Any]:
+        """Any other API call (tokens, whoami): JSON in, JSON object out."""
+        return self._request(method, f"{API}/{path}", json=json, what=what)
 
     def get(self, kind: Kind, name: str, *, namespace: str | None = None) -> dict[str, Any]:
         return self._request(
@@ -118,8 +267,20 @@ class ApiClient:
         params: dict[str, str] | None = None,
         json: Any = None,
     ) -> dict[str, Any]:
+        resp = self._send(method, url, params=params, json=json)
+        return self._decode(resp, what=what)
+
+    def _send(
+        self,
+        method: str,
+        url: str,
+        *,
+        params: dict[str, str] | None = None,
+        json: Any = None,
+        headers: dict[str, str] | None = None,
+    ) -> httpx.Response:
         try:
-            resp = self._http.request(method, url, params=params, json=json)
+            return self._http.request(method, url, params=params, json=json, headers=headers)
         except httpx.TimeoutException as exc:
             raise Unreachable(
                 f"cannot reach cloudcore at {self.server}: timed out ({type(exc).__name__})"
@@ -127,7 +288,6 @@ class ApiClient:
         except httpx.TransportError as exc:
             reason = str(exc) or type(exc).__name__
             raise Unreachable(f"cannot reach cloudcore at {self.server}: {reason}") from exc
-        return self._decode(resp, what=what)
 
     def _decode(self, resp: httpx.Response, *, what: str | None) -> dict[str, Any]:
         try:
@@ -136,6 +296,13 @@ class ApiClient:
             body = None
         if resp.status_code >= 400:
             msg, field = _error_of(body, resp)
+            if resp.status_code == 401:
+                hint = "" if "Authorization" in resp.request.headers else (
+                    " (cloudcore has auth on: pass --token, set FEDCTL_TOKEN or a context token)"
+                )
+                raise ServerError(f"unauthorized: {msg}{hint}", status=401, field=field)
+            if resp.status_code == 403:
+                raise ServerError(f"forbidden: {msg}", status=403, field=field)
             if resp.status_code == 404:
                 raise NotFound(f"{what} not found" if what else msg, status=404, field=field)
             raise ServerError(msg, status=resp.status_code, field=field)

@@ -1,49 +1,183 @@
 """Routes of the cloudcore API and the mapping of errors to JSON responses.
 
-Every error is `{"error": message, "field": name-or-null}` with a 4xx status; a
-bug becomes a 500 with the same shape, never a traceback in the body.
+Every error is `{"error": message, "field": name-or-null}` (plus `reason` for auth
+errors) with a 4xx status; a bug becomes a 500 with the same shape, never a
+traceback in the body. The schema of every route, error model included, is served
+at `/openapi.json` and browsable at `/docs`.
+
+Access: with auth off (the default) every route is open. With auth on, `GET`s need
+a read-only token, workload and node operations an operator token, and tokens and
+node deletion an admin token (`cloudcore.auth.Role`). `POST /api/v1/join` is
+authenticated by its join token instead; health, readiness, metrics and the schema
+stay open.
 """
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import contextlib
+import json
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Annotated, Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cloudcore.api.selectors import parse_selector
+from cloudcore.auth import Auth, AuthError, Principal, Role
+from cloudcore.auth.registry import public
+from cloudcore.config import ApiSettings
 from cloudcore.errors import NotFound
 from cloudcore.fleet import Fleet
+from cloudcore.fleet.controller import dump_object
 from cloudcore.metrics import Metrics
 from shared.errors import ObjectError
 from shared.models import parse_object
+from shared.topics import valid_node_name
 
 log = logging.getLogger("cloudcore.api")
 
 PLURALS = {"nodes": "Node", "pods": "Pod", "daemonsets": "DaemonSet",
            "deployments": "Deployment", "configmaps": "ConfigMap"}
 MAX_DOCUMENTS = 1000
+MAX_FIELDS = 32
+NDJSON = "application/x-ndjson"
+
+
+# -- documented bodies ---------------------------------------------------------------
+
+
+class ErrorBody(BaseModel):
+    """Every 4xx/5xx answer."""
+
+    error: str = Field(description="What went wrong, for a human.")
+    field: str | None = Field(None, description="The offending field or parameter, if any.")
+    reason: str | None = Field(None, description="Machine-readable cause (auth errors), "
+                               "e.g. UnknownJoinToken, JoinTokenExpired, Forbidden.")
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorBody, "description": "Missing, unknown or expired token."},
+    403: {"model": ErrorBody, "description": "The token's role may not do this."},
+    404: {"model": ErrorBody, "description": "No such object or resource type."},
+    422: {"model": ErrorBody, "description": "Invalid request or object; `field` says where."},
+}
 
 
 class ApplyBody(BaseModel):
-    documents: list[Any] = Field(max_length=MAX_DOCUMENTS)
+    documents: list[Any] = Field(max_length=MAX_DOCUMENTS,
+                                 description="Kubernetes-style objects (Pod, DaemonSet, "
+                                             "Deployment, ConfigMap, Node).")
     dryRun: bool = False
 
 
-def _error(status: int, message: str, field: str | None = None) -> JSONResponse:
-    return JSONResponse({"error": message, "field": field}, status_code=status)
+class ListBody(BaseModel):
+    items: list[dict[str, Any]]
+    continue_: str | None = Field(None, alias="continue",
+                                  description="Pass as `continue` for the next page; "
+                                              "absent on the last page.")
+
+
+class JoinRequest(BaseModel):
+    token: str = Field(min_length=1, max_length=512, description="Join token `id.secret`.")
+    name: str = Field(min_length=1, max_length=253, description="Node name (DNS-1123).")
+    labels: dict[str, str] = Field(default_factory=dict, description="Labels the node "
+                                   "asks for; the token's labels win on conflict.")
+    arch: str | None = Field(None, max_length=32, description="e.g. amd64, arm64.")
+
+
+class BrokerAddress(BaseModel):
+    host: str
+    port: int
+
+
+class Credentials(BaseModel):
+    username: str
+    password: str = Field(description="Shown once; cloudcore keeps only a hash.")
+
+
+class JoinResponse(BaseModel):
+    node: dict[str, Any]
+    broker: BrokerAddress
+    credentials: Credentials
+
+
+class JoinTokenRequest(BaseModel):
+    ttlSeconds: float | None = Field(None, gt=0, description="Lifetime; default 24 h.")
+    labels: dict[str, str] = Field(default_factory=dict,
+                                   description="Labels every node joining with it gets.")
+    description: str = Field("", max_length=256)
+
+
+class ApiTokenRequest(BaseModel):
+    role: str = Field(description="admin, operator or read-only.")
+    name: str = Field(min_length=1, max_length=128, description="Who or what uses it.")
+    ttlSeconds: float | None = Field(None, gt=0, description="Lifetime; default: none.")
+
+
+class NodeMeta(BaseModel):
+    labels: dict[str, str | None] = Field(default_factory=dict,
+                                          description="Value null removes the label.")
+
+
+class NodeSpecPatch(BaseModel):
+    unschedulable: bool | None = None
+
+
+class NodePatch(BaseModel):
+    """A merge patch of the node fields an operator may change."""
+
+    metadata: NodeMeta = Field(default_factory=NodeMeta)
+    spec: NodeSpecPatch = Field(default_factory=NodeSpecPatch)
+
+
+def _error(status: int, message: str, field: str | None = None, *,
+           reason: str | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
+    body: dict[str, Any] = {"error": message, "field": field}
+    if reason is not None:
+        body["reason"] = reason
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def encode_continue(key: Any) -> str:
+    raw = json.dumps(list(key) if isinstance(key, tuple) else key, separators=(",", ":"))
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_continue(token: str, kind: str) -> Any:
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        key = json.loads(raw)
+        if kind == "Node" and isinstance(key, str):
+            return key
+        if (kind != "Node" and isinstance(key, list) and len(key) == 2
+                and all(isinstance(p, str) for p in key)):
+            return tuple(key)
+    except ValueError:
+        pass
+    raise ObjectError("continue: not a token from a previous page of this list",
+                      field="continue")
 
 
 def create_app(fleet: Fleet, *, metrics: Metrics,
                flush: Callable[[], Awaitable[None]],
-               ready: Callable[[], bool] = lambda: True) -> FastAPI:
-    """The API over `fleet`. `flush` makes writes durable before a write returns."""
-    app = FastAPI(title="edgefed cloudcore", version="0.1.0")
+               ready: Callable[[], bool] = lambda: True,
+               auth: Auth | None = None,
+               settings: ApiSettings | None = None,
+               broker: tuple[str, int] = ("127.0.0.1", 1883),
+               join_ttl: float = 24 * 3600.0,
+               max_join_ttl: float = 365 * 24 * 3600.0) -> FastAPI:
+    """The API over `fleet`. `flush` makes writes durable before a write returns;
+    `auth` (default: off) checks bearer tokens; `broker` is what joining nodes are told."""
+    api = settings or ApiSettings()
+    access = auth if auth is not None else Auth(store=fleet.store, enabled=False)
+    app = FastAPI(title="edgefed cloudcore", version="0.2.0", responses=ERRORS,
+                  description="The cloud API of edgefed. Errors are always `ErrorBody`.")
 
     @app.exception_handler(ObjectError)
     async def _object_error(_: Request, exc: ObjectError) -> JSONResponse:
@@ -53,10 +187,15 @@ def create_app(fleet: Fleet, *, metrics: Metrics,
     async def _not_found(_: Request, exc: NotFound) -> JSONResponse:
         return _error(404, str(exc))
 
+    @app.exception_handler(AuthError)
+    async def _auth_error(_: Request, exc: AuthError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        return _error(exc.status, exc.message, exc.field, reason=exc.reason, headers=headers)
+
     @app.exception_handler(RequestValidationError)
     async def _bad_request(_: Request, exc: RequestValidationError) -> JSONResponse:
         err = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
-        field = ".".join(str(p) for p in err["loc"] if p != "body") or None
+        field = ".".join(str(p) for p in err["loc"] if p not in ("body", "query", "path")) or None
         return _error(422, f"{field}: {err['msg']}" if field else err["msg"], field)
 
     @app.exception_handler(StarletteHTTPException)
@@ -68,21 +207,117 @@ def create_app(fleet: Fleet, *, metrics: Metrics,
         log.exception("internal error")
         return _error(500, f"internal error: {type(exc).__name__}")
 
-    @app.get("/healthz")
+    # -- access ----------------------------------------------------------------------
+
+    def caller(authorization: Annotated[str | None, Header(include_in_schema=False)] = None
+               ) -> Principal:
+        return access.authenticate(authorization)
+
+    def needs(role: Role, action: str) -> Any:
+        def check(who: Principal = Depends(caller)) -> Principal:
+            access.require(who, role, action)
+            return who
+        return Depends(check)
+
+    reader = needs(Role.READ_ONLY, "reading")
+    operator = needs(Role.OPERATOR, "changing workloads and nodes")
+    admin = needs(Role.ADMIN, "managing tokens and nodes")
+
+    # -- health ----------------------------------------------------------------------
+
+    @app.get("/healthz", summary="Liveness: the process serves HTTP", tags=["health"])
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz")
+    @app.get("/readyz", summary="Readiness: the store is open and the broker connected",
+             tags=["health"], responses={503: {"model": ErrorBody}})
     async def readyz() -> JSONResponse:
         if ready():
             return JSONResponse({"status": "ready"})
         return _error(503, "not ready: store or broker not connected yet")
 
-    @app.get("/metrics")
+    @app.get("/metrics", summary="Prometheus metrics (text format 0.0.4)", tags=["health"])
     async def prometheus() -> PlainTextResponse:
         return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
 
-    @app.post("/api/v1/apply")
+    # -- identity ---------------------------------------------------------------------
+
+    @app.get("/api/v1/whoami", summary="The caller's name and role", tags=["auth"])
+    async def whoami(who: Principal = Depends(caller)) -> dict[str, Any]:
+        return {"name": who.name, "role": who.role.label, "authEnabled": access.enabled}
+
+    @app.post("/api/v1/join", summary="Join a node with a join token",
+              tags=["nodes"], response_model=JoinResponse,
+              description="Validates the join token (401 `unknown or revoked join token` / "
+                          "`join token expired`), registers the node with the token's and "
+                          "the request's labels, and returns the broker address and new "
+                          "per-node broker credentials (the password is shown only here). "
+                          "409 if a node of that name has already joined.")
+    async def join(body: JoinRequest) -> dict[str, Any]:
+        rec = access.check_join_token(body.token)
+        if not valid_node_name(body.name):
+            raise ObjectError("name: must be a lowercase DNS-1123 name (a-z, 0-9, '-', '.')",
+                              field="name")
+        access.check_can_join(body.name)
+        labels = {**body.labels, **rec.get("labels", {})}
+        node = fleet.join_node(body.name, labels=labels, arch=body.arch)
+        username, password = access.issue_credentials(body.name)
+        access.used_join_token(rec["id"])
+        await flush()
+        log.info("node %s joined with join token %s", body.name, rec["id"])
+        return {"node": dump_object(node), "broker": {"host": broker[0], "port": broker[1]},
+                "credentials": {"username": username, "password": password}}
+
+    @app.post("/api/v1/jointokens", summary="Create a join token (admin)", tags=["auth"],
+              dependencies=[admin])
+    async def create_join_token(body: JoinTokenRequest) -> dict[str, Any]:
+        ttl = body.ttlSeconds or join_ttl
+        if ttl > max_join_ttl:
+            raise ObjectError(f"ttlSeconds: at most {max_join_ttl:g}", field="ttlSeconds")
+        token, rec = access.create_join_token(ttl=ttl, labels=body.labels,
+                                              description=body.description)
+        await flush()
+        return {"token": token, **public(rec)}
+
+    @app.get("/api/v1/jointokens", summary="List join tokens, without secrets (admin)",
+             tags=["auth"], dependencies=[admin])
+    async def list_join_tokens() -> dict[str, Any]:
+        return {"items": [public(r) for _, r in sorted(access.join_tokens.items())]}
+
+    @app.delete("/api/v1/jointokens/{token_id}", summary="Revoke a join token (admin)",
+                tags=["auth"], dependencies=[admin])
+    async def revoke_join_token(token_id: str) -> dict[str, Any]:
+        rec = access.revoke_join_token(token_id.split(".", 1)[0])
+        await flush()
+        return {"deleted": public(rec)}
+
+    @app.post("/api/v1/apitokens", summary="Create an API token with a role (admin)",
+              tags=["auth"], dependencies=[admin])
+    async def create_api_token(body: ApiTokenRequest) -> dict[str, Any]:
+        try:
+            role = Role.parse(body.role)
+        except ValueError as exc:
+            raise ObjectError(f"role: {exc}", field="role") from None
+        token, rec = access.create_api_token(role=role, name=body.name, ttl=body.ttlSeconds)
+        await flush()
+        return {"token": token, **public(rec)}
+
+    @app.get("/api/v1/apitokens", summary="List API tokens, without secrets (admin)",
+             tags=["auth"], dependencies=[admin])
+    async def list_api_tokens() -> dict[str, Any]:
+        return {"items": [public(r) for _, r in sorted(access.api_tokens.items())]}
+
+    @app.delete("/api/v1/apitokens/{token_id}", summary="Revoke an API token (admin)",
+                tags=["auth"], dependencies=[admin])
+    async def revoke_api_token(token_id: str) -> dict[str, Any]:
+        rec = access.revoke_api_token(token_id.split(".", 1)[0])
+        await flush()
+        return {"deleted": public(rec)}
+
+    # -- workloads ---------------------------------------------------------------------
+
+    @app.post("/api/v1/apply", summary="Create or update objects (all or nothing)",
+              tags=["objects"], dependencies=[operator])
     async def apply(body: ApplyBody) -> dict[str, Any]:
         objs = []
         for i, doc in enumerate(body.documents):
@@ -103,32 +338,190 @@ def create_app(fleet: Fleet, *, metrics: Metrics,
             raise NotFound("resource type", plural)
         return kind
 
-    @app.get("/api/v1/{plural}")
-    async def list_objects(plural: str, namespace: str | None = None,
-                           labelSelector: str | None = None,
-                           node: str | None = None) -> dict[str, Any]:
+    # -- events and watches (before the /{plural} catch-all) ------------------------------
+
+    @app.get("/api/v1/events", summary="Recent fleet events, oldest first", tags=["events"],
+             dependencies=[reader],
+             description="Scheduling decisions, pods that cannot be placed or fail, node "
+                         "Ready/NotReady changes, joins, cordons and drains, from a bounded "
+                         "in-memory ring. `object` is `name`, `kind/name` or "
+                         "`kind/namespace/name`.")
+    async def events(object: str | None = None,
+                     limit: Annotated[int | None, Query(ge=1, le=100_000)] = None,
+                     type: Annotated[str | None, Query(pattern="^(Normal|Warning)$")] = None
+                     ) -> dict[str, Any]:
+        return {"items": fleet.events.list(obj=object, limit=limit, type=type)}
+
+    @app.get("/api/v1/watch/{plural}", summary="Stream changes as JSON lines",
+             tags=["objects"], dependencies=[reader],
+             responses={200: {"content": {NDJSON: {}},
+                              "description": "One JSON object per line: "
+                              '`{"type": "ADDED"|"MODIFIED"|"DELETED", "object": {...}}`, '
+                              'and `{"type": "BOOKMARK"}` heartbeats; the first BOOKMARK '
+                              'after the initial ADDED events has `"initialEventsEnd": '
+                              "true`."}},
+             description="Changes coalesce: an object that changed several times while "
+                         "the client was slow is sent once, in its latest state. An object "
+                         "that stops matching the filters is sent as DELETED.")
+    async def watch(*, plural: str, namespace: str | None = None,
+                    labelSelector: str | None = None, node: str | None = None,
+                    name: str | None = None, sendInitialEvents: bool = True,
+                    heartbeatSeconds: Annotated[float | None, Query(ge=0.05, le=300)] = None
+                    ) -> StreamingResponse:
         kind = _kind(plural)
         selector = parse_selector(labelSelector) if labelSelector else None
-        return {"items": fleet.list(kind, namespace=namespace, selector=selector, node=node)}
+        beat = heartbeatSeconds or api.watch_heartbeat
 
-    @app.get("/api/v1/nodes/{name}")
+        def want(key: Any, obj: Any) -> bool:
+            if name is not None and (key if kind == "Node" else key[1]) != name:
+                return False
+            return fleet.matches(kind, key, obj, namespace=namespace, selector=selector,
+                                 node=node)
+
+        watcher = fleet.watches.subscribe(kind)
+
+        async def stream() -> AsyncIterator[bytes]:
+            sent: set[Any] = set()
+            try:
+                if sendInitialEvents:
+                    chunk: list[bytes] = []
+                    table = fleet.table_of(kind)
+                    for key in list(fleet.sorted_keys(kind)):
+                        obj = table.get(key)
+                        if obj is None or not want(key, obj):
+                            continue
+                        sent.add(key)
+                        chunk.append(_line("ADDED", fleet.encoded(kind, key)))
+                        if len(chunk) >= 500:
+                            yield b"".join(chunk)
+                            chunk = []
+                    yield b"".join(chunk) + b'{"type":"BOOKMARK","initialEventsEnd":true}\n'
+                while not watcher.closed:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(beat):
+                            await watcher.wake.wait()
+                    if watcher.closed:
+                        break
+                    dirty = watcher.take()
+                    if not dirty:
+                        yield b'{"type":"BOOKMARK"}\n'
+                        continue
+                    out = []
+                    for key, tomb in dirty.items():
+                        obj = fleet.lookup(kind, key)
+                        if obj is not None and want(key, obj):
+                            out.append(_line("MODIFIED" if key in sent else "ADDED",
+                                             fleet.encoded(kind, key)))
+                            sent.add(key)
+                        elif key in sent:
+                            sent.discard(key)
+                            body = tomb if tomb is not None else (
+                                dump_object(obj) if obj is not None else None)
+                            raw = json.dumps(body, separators=(",", ":")).encode()
+                            out.append(_line("DELETED", raw))
+                    if out:
+                        yield b"".join(out)
+            finally:
+                fleet.watches.unsubscribe(watcher)
+
+        return StreamingResponse(stream(), media_type=NDJSON,
+                                 headers={"Cache-Control": "no-cache"})
+
+    # -- lists and objects ---------------------------------------------------------------
+
+    @app.get("/api/v1/{plural}", summary="List objects of a kind, optionally paged",
+             tags=["objects"], dependencies=[reader],
+             responses={200: {"model": ListBody,
+                              "content": {NDJSON: {}},
+                              "description": "`{items, continue}`; with `Accept: "
+                              "application/x-ndjson`, one object per line and the continue "
+                              "token in the `X-Continue` header."}},
+             description="Without `limit` every matching object is returned at once. With "
+                         "`limit`, at most that many, in (namespace, name) order, and a "
+                         "`continue` token to pass for the next page. `fields` (comma-"
+                         "separated dotted paths such as `metadata.name,status.ready`) "
+                         "returns only those fields of each object.")
+    async def list_objects(*, request: Request, plural: str, namespace: str | None = None,
+                           labelSelector: str | None = None,
+                           node: str | None = None,
+                           limit: Annotated[int | None, Query(ge=1)] = None,
+                           continue_: Annotated[str | None, Query(alias="continue")] = None,
+                           fields: str | None = None) -> Response:
+        kind = _kind(plural)
+        if limit is not None and limit > api.max_page:
+            raise ObjectError(f"limit: at most {api.max_page}", field="limit")
+        selector = parse_selector(labelSelector) if labelSelector else None
+        after = decode_continue(continue_, kind) if continue_ else None
+        proj: tuple[str, ...] | None = None
+        if fields:
+            proj = tuple(sorted({f.strip() for f in fields.split(",") if f.strip()}))
+            if len(proj) > MAX_FIELDS:
+                raise ObjectError(f"fields: at most {MAX_FIELDS} paths", field="fields")
+        keys, more = fleet.page(kind, namespace=namespace, selector=selector, node=node,
+                                limit=limit, after=after)
+        parts = [fleet.encoded(kind, k, proj) for k in keys]
+        token = encode_continue(more) if more is not None else None
+        headers = {"X-Continue": token} if token else {}
+        if NDJSON in request.headers.get("accept", ""):
+            body = b"\n".join(parts) + (b"\n" if parts else b"")
+            return Response(body, media_type=NDJSON, headers=headers)
+        tail = b"]" + (b',"continue":' + json.dumps(token).encode() if token else b"") + b"}"
+        return Response(b'{"items":[' + b",".join(parts) + tail,
+                        media_type="application/json", headers=headers)
+
+    @app.get("/api/v1/nodes/{name}", summary="Get one node", tags=["nodes"],
+             dependencies=[reader])
     async def get_node(name: str) -> dict[str, Any]:
         return fleet.get("Node", None, name)
 
-    @app.delete("/api/v1/nodes/{name}")
+    @app.patch("/api/v1/nodes/{name}", summary="Label or (un)cordon a node (operator)",
+               tags=["nodes"], dependencies=[operator],
+               description="Merge patch: `metadata.labels` sets labels (null removes one); "
+                           "`spec.unschedulable` cordons (true) or uncordons (false).")
+    async def patch_node(name: str, body: NodePatch) -> dict[str, Any]:
+        for k in body.metadata.labels:
+            if not k or any(c in k for c in " =,!"):
+                raise ObjectError(f"metadata.labels: invalid label key {k!r}",
+                                  field="metadata.labels")
+        node = fleet.patch_node(name, labels=body.metadata.labels,
+                                unschedulable=body.spec.unschedulable)
+        await flush()
+        return node
+
+    @app.post("/api/v1/nodes/{name}/drain", summary="Cordon a node and move its pods away "
+              "(operator)", tags=["nodes"], dependencies=[operator],
+              description="Deployment pods and unpinned bare pods are rescheduled on other "
+                          "nodes; DaemonSet pods and pods pinned by spec.nodeName stay.")
+    async def drain(name: str) -> dict[str, Any]:
+        result = fleet.drain(name)
+        await flush()
+        return result
+
+    @app.delete("/api/v1/nodes/{name}", summary="Delete a node and its credentials (admin)",
+                tags=["nodes"], dependencies=[admin],
+                description="Its pods are unbound (DaemonSet pods deleted, the rest "
+                            "rescheduled) and its broker credentials removed.")
     async def delete_node(name: str) -> dict[str, Any]:
         deleted = fleet.delete("Node", None, name)
+        access.forget_node(name)
         await flush()
         return {"deleted": deleted}
 
-    @app.get("/api/v1/{plural}/{namespace}/{name}")
+    @app.get("/api/v1/{plural}/{namespace}/{name}", summary="Get one namespaced object",
+             tags=["objects"], dependencies=[reader])
     async def get_object(plural: str, namespace: str, name: str) -> dict[str, Any]:
         return fleet.get(_kind(plural), namespace, name)
 
-    @app.delete("/api/v1/{plural}/{namespace}/{name}")
+    @app.delete("/api/v1/{plural}/{namespace}/{name}",
+                summary="Delete a namespaced object and what it owns (operator)",
+                tags=["objects"], dependencies=[operator])
     async def delete_object(plural: str, namespace: str, name: str) -> dict[str, Any]:
         deleted = fleet.delete(_kind(plural), namespace, name)
         await flush()
         return {"deleted": deleted}
 
     return app
+
+
+def _line(kind: str, raw: bytes) -> bytes:
+    return b'{"type":"' + kind.encode() + b'","object":' + raw + b"}\n"

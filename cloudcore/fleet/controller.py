@@ -17,6 +17,7 @@ NotReady nodes keep their pods: edges run autonomously while offline (no evictio
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -28,7 +29,9 @@ from typing import Any, Literal, Protocol
 
 from cloudcore.errors import NotFound
 from cloudcore.fleet import naming
+from cloudcore.fleet.events import EventLog
 from cloudcore.fleet.lifecycle import Liveness
+from cloudcore.fleet.watch import WatchHub
 from cloudcore.scheduler import NodeView, Scheduler
 from cloudcore.scheduler.core import ARCH_LABEL, requests_of, unschedulable_message
 from shared.delta import NodeDesired
@@ -53,6 +56,31 @@ Action = Literal["created", "configured", "unchanged"]
 KIND_DB = {"Node": "nodes", "Pod": "pods", "DaemonSet": "daemonsets",
            "Deployment": "deployments", "ConfigMap": "configmaps"}
 _NS_KINDS = ("Pod", "DaemonSet", "Deployment", "ConfigMap")
+
+
+class _Table(dict):  # type: ignore[type-arg]
+    """A dict that counts insertions and removals, so the sorted key list of a kind
+    (pagination, lists) is recomputed only when the set of keys changed."""
+
+    __slots__ = ("version",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.version = 0
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        if key not in self:
+            self.version += 1
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key: Any) -> None:
+        super().__delitem__(key)
+        self.version += 1
+
+    def pop(self, key: Any, *default: Any) -> Any:
+        if key in self:
+            self.version += 1
+        return super().pop(key, *default)
 
 
 class Persister(Protocol):
@@ -92,11 +120,15 @@ class Fleet:
         self.scheduler = scheduler
         self.liveness = liveness
         self.clock = clock
-        self.nodes: dict[str, Node] = {}
-        self.pods: dict[Key, Pod] = {}
-        self.daemonsets: dict[Key, DaemonSet] = {}
-        self.deployments: dict[Key, Deployment] = {}
-        self.configmaps: dict[Key, ConfigMap] = {}
+        self.nodes: dict[str, Node] = _Table()
+        self.pods: dict[Key, Pod] = _Table()
+        self.daemonsets: dict[Key, DaemonSet] = _Table()
+        self.deployments: dict[Key, Deployment] = _Table()
+        self.configmaps: dict[Key, ConfigMap] = _Table()
+        self.events = EventLog(clock=clock)
+        self.watches = WatchHub()
+        self._encoded: dict[tuple[str, tuple[str, ...] | None], dict[Any, bytes]] = {}
+        self._sorted: dict[str, tuple[int, list[Any]]] = {}
         self.desired: dict[str, NodeDesired] = {}
         self.report_seq: dict[str, int] = {}
         self.telemetry: dict[str, list[dict[str, Any]]] = {}
@@ -212,6 +244,7 @@ class Fleet:
             raise NotFound(kind, f"{key[0]}/{name}")
         del table[key]
         self.store.delete(KIND_DB[kind], _skey(key))
+        self._changed(kind, key, deleted=lambda: dump_object(obj))
         if kind == "Pod":
             self._delete_pod(key)
         elif kind in ("DaemonSet", "Deployment"):
@@ -256,6 +289,177 @@ class Fleet:
             out.append(dump_object(obj))
         return out
 
+    # -- API: pages, encoded objects, node operations -----------------------------------
+
+    def table_of(self, kind: str) -> dict[Any, Any]:
+        return self.nodes if kind == "Node" else self._table(kind)
+
+    def sorted_keys(self, kind: str) -> list[Any]:
+        """Every key of a kind in list order; cached until a key is added or removed."""
+        table = self.table_of(kind)
+        version = getattr(table, "version", None)
+        cached = self._sorted.get(kind)
+        if cached is None or version is None or cached[0] != version:
+            cached = (version if version is not None else -1, sorted(table))
+            self._sorted[kind] = cached
+        return cached[1]
+
+    def lookup(self, kind: str, key: Any) -> Any | None:
+        return self.table_of(kind).get(key)
+
+    def matches(self, kind: str, key: Any, obj: Any, *, namespace: str | None = None,
+                selector: Callable[[dict[str, str]], bool] | None = None,
+                node: str | None = None) -> bool:
+        """The filters of `list` for one object."""
+        if namespace and kind != "Node" and obj.metadata.namespace != namespace:
+            return False
+        if selector is not None and not selector(obj.metadata.labels):
+            return False
+        if node is not None:
+            if kind == "Pod":
+                return self._bound.get(key) == node
+            if kind == "Node":
+                return bool(key == node)
+        return True
+
+    def page(self, kind: str, *, namespace: str | None = None,
+             selector: Callable[[dict[str, str]], bool] | None = None,
+             node: str | None = None, limit: int | None = None,
+             after: Any = None) -> tuple[list[Any], Any]:
+        """Keys of matching objects after `after`, at most `limit`; and the key to
+        continue after (None when the list is complete)."""
+        import bisect
+
+        keys = self.sorted_keys(kind)
+        start = 0 if after is None else bisect.bisect_right(keys, after)
+        if kind != "Node" and namespace and after is None:
+            start = bisect.bisect_left(keys, (namespace, ""))
+        table = self.table_of(kind)
+        plain = selector is None and node is None and (kind == "Node" or not namespace)
+        if plain:
+            end = len(keys) if limit is None else min(len(keys), start + limit)
+            out = keys[start:end]
+            return out, (out[-1] if end < len(keys) and out else None)
+        out = []
+        for i in range(start, len(keys)):
+            key = keys[i]
+            if kind != "Node" and namespace and key[0] != namespace:
+                if key[0] > namespace:
+                    break
+                continue
+            if not self.matches(kind, key, table[key], namespace=namespace, selector=selector,
+                                node=node):
+                continue
+            out.append(key)
+            if limit is not None and len(out) >= limit:
+                more = i + 1 < len(keys)
+                return out, (key if more else None)
+        return out, None
+
+    def encoded(self, kind: str, key: Any, fields: tuple[str, ...] | None = None) -> bytes:
+        """The object as compact JSON (optionally only `fields`, dotted API paths);
+        cached until the object changes."""
+        cache = self._encoded.get((kind, fields))
+        if cache is None:
+            if len(self._encoded) >= 8:  # a few projections at most; drop the oldest
+                del self._encoded[next(iter(self._encoded))]
+            cache = self._encoded[(kind, fields)] = {}
+        raw = cache.get(key)
+        if raw is None:
+            obj = self.table_of(kind)[key]
+            if fields is None:
+                raw = obj.model_dump_json(by_alias=True, exclude_none=True).encode()
+            else:
+                raw = _project(obj, fields)
+            cache[key] = raw
+        return raw
+
+    def join_node(self, name: str, *, labels: dict[str, str], arch: str | None) -> Node:
+        """Register a node that joined with a token (or adopt one its agent registered)."""
+        self.register_node(name)
+        node = self.nodes[name]
+        status: dict[str, Any] = {"labels": labels}
+        if arch:
+            status["arch"] = arch
+        self.node_status(name, status)
+        self.events.add(type="Normal", reason="Joined", obj=f"Node/{name}",
+                        message=f"node {name} joined with labels "
+                                f"{','.join(f'{k}={v}' for k, v in sorted(labels.items())) or '-'}")
+        return node
+
+    def patch_node(self, name: str, *, labels: dict[str, str | None] | None = None,
+                   unschedulable: bool | None = None) -> dict[str, Any]:
+        """Set or remove (value None) node labels and/or (un)cordon. Labels set here are
+        API-owned (kept over what the agent reports), as with `apply` of a Node."""
+        node = self.nodes.get(name)
+        if node is None:
+            raise NotFound("Node", name)
+        if labels:
+            applied = self._applied_labels(node)
+            for k, v in labels.items():
+                if v is None:
+                    node.metadata.labels.pop(k, None)
+                    applied.pop(k, None)
+                else:
+                    node.metadata.labels[k] = v
+                    applied[k] = v
+            node.metadata.annotations[naming.APPLIED_LABELS] = json.dumps(applied,
+                                                                          sort_keys=True)
+        if unschedulable is not None and unschedulable != node.spec.unschedulable:
+            node.spec.unschedulable = unschedulable
+            self.events.add(type="Normal",
+                            reason="Cordoned" if unschedulable else "Uncordoned",
+                            obj=f"Node/{name}",
+                            message=f"node {name} marked "
+                                    f"{'unschedulable' if unschedulable else 'schedulable'}")
+        self._save_node(name)
+        self._node_changed(name)
+        self._commit()
+        return dump_object(node)
+
+    def drain(self, name: str) -> dict[str, Any]:
+        """Cordon the node and move its Deployment and bare pods elsewhere: they are
+        unbound and rescheduled (Pending with the reason if nothing fits). DaemonSet
+        pods stay, and so do pods pinned to the node by `spec.nodeName`."""
+        if name not in self.nodes:
+            raise NotFound("Node", name)
+        self.patch_node(name, unschedulable=True)
+        moved, kept = [], []
+        for key in sorted(self._on_node.get(name, ())):
+            pod = self.pods[key]
+            ref = f"{key[0]}/{key[1]}"
+            if _daemon(pod):
+                kept.append({"pod": ref, "reason": "DaemonSet pod"})
+            elif pod.spec.node_name == name:
+                kept.append({"pod": ref, "reason": "bound to the node by spec.nodeName"})
+            else:
+                self._unbind(key)
+                self._pending.add(key)
+                moved.append(key)
+                self.events.add(type="Normal", reason="Evicted", obj=f"Pod/{ref}",
+                                message=f"evicted from {name} by drain")
+        self._retry_pending()
+        self._commit()
+        placed = {f"{k[0]}/{k[1]}": self._bound.get(k) for k in moved}
+        self.events.add(type="Normal", reason="Drained", obj=f"Node/{name}",
+                        message=f"{len(moved)} pods moved, {len(kept)} kept")
+        return {"node": name, "evicted": [{"pod": p, "node": n} for p, n in placed.items()],
+                "kept": kept}
+
+    def _pod_events(self, key: Key, old: PodStatus, new: PodStatus) -> None:
+        ref = f"Pod/{key[0]}/{key[1]}"
+        if new.phase == "Failed" and old.phase != "Failed":
+            self.events.add(type="Warning", reason="Failed", obj=ref,
+                            message=new.message or new.reason or "pod failed")
+        before = {c.name: c.restart_count for c in old.container_statuses}
+        for c in new.container_statuses:
+            if c.restart_count > before.get(c.name, c.restart_count):
+                why = c.reason or (f"exit code {c.exit_code}" if c.exit_code is not None
+                                   else "restarted")
+                self.events.add(type="Warning", reason="BackOff", obj=ref,
+                                message=f"container {c.name} restarted ({why}); "
+                                        f"{c.restart_count} restarts")
+
     # -- hub-facing: node lifecycle and reports -----------------------------------------
 
     def register_node(self, name: str) -> bool:
@@ -269,6 +473,8 @@ class Fleet:
         self.nodes[name] = node
         self._save_node(name)
         log.info("node %s registered", name)
+        self.events.add(type="Normal", reason="Registered", obj=f"Node/{name}",
+                        message=f"node {name} registered")
         self._node_changed(name)
         self._commit()
         return True
@@ -348,6 +554,7 @@ class Fleet:
                 ignored += 1
                 continue
             status.node_name = name
+            self._pod_events(pk, pod.status, status)
             pod.status = status
             self._save_pod(pk)
         return ignored
@@ -423,6 +630,7 @@ class Fleet:
         _stamp(obj, table.get(key))
         table[key] = obj
         self.store.put_later(db, _skey(key), lambda: dump_object(obj))
+        self._changed(obj.kind, key)
 
     def _apply_node(self, obj: Node) -> None:
         name = obj.metadata.name
@@ -471,8 +679,10 @@ class Fleet:
         self._save_pod(key)
 
     def _delete_pod(self, key: Key) -> None:
-        if self.pods.pop(key, None) is None:
+        pod = self.pods.pop(key, None)
+        if pod is None:
             return
+        self._changed("Pod", key, deleted=lambda: dump_object(pod))
         self._unbind(key)
         self._pending.discard(key)
         self._entries.pop(key, None)
@@ -491,8 +701,11 @@ class Fleet:
         # The desired set is kept (emptied, not removed) so its gen keeps growing: an
         # agent that comes back under the same name gets a clean delta, never a stale gen.
         self._dirty.add(name)
-        del self.nodes[name]
+        node = self.nodes.pop(name)
         self.store.delete("nodes", name)
+        self._changed("Node", name, deleted=lambda: dump_object(node))
+        self.events.add(type="Normal", reason="Deleted", obj=f"Node/{name}",
+                        message=f"node {name} deleted; its pods were unbound")
         self.report_seq.pop(name, None)
         self.store.delete("reportseq", name)
         self.liveness.forget(name)
@@ -590,6 +803,8 @@ class Fleet:
                                node_name=node)
         self._dirty.add(node)
         self._save_pod(key)
+        self.events.add(type="Normal", reason="Scheduled", obj=f"Pod/{key[0]}/{key[1]}",
+                        message=message)
 
     def _bind_index(self, key: Key, node: str) -> None:
         self._bound[key] = node
@@ -611,6 +826,8 @@ class Fleet:
         pod.status = PodStatus(phase="Pending", reason="Unschedulable", message=message)
         pod.metadata.annotations[naming.SCHEDULED] = f"not scheduled: {message}"
         self._save_pod(key)
+        self.events.add(type="Warning", reason="FailedScheduling",
+                        obj=f"Pod/{key[0]}/{key[1]}", message=message)
 
     def _view(self, name: str, *, exclude: Key | None = None) -> NodeView:
         node = self.nodes[name]
@@ -653,15 +870,28 @@ class Fleet:
     def _save_node(self, name: str) -> None:
         node = self.nodes[name]
         self.store.put_later("nodes", name, lambda: dump_object(node))
+        self._changed("Node", name)
 
     def _save_pod(self, key: Key) -> None:
         pod = self.pods[key]
         self.store.put_later("pods", _skey(key), lambda: dump_object(pod))
+        self._changed("Pod", key)
+
+    def _changed(self, kind: str, key: Any, *,
+                 deleted: Callable[[], dict[str, Any]] | None = None) -> None:
+        """An object was saved or deleted: drop its cached JSON, wake its watchers."""
+        for (k, _), cache in self._encoded.items():
+            if k == kind:
+                cache.pop(key, None)
+        self.watches.touch(kind, key, deleted=deleted)
 
     def _set_ready(self, node: Node, ready: Literal["Ready", "NotReady", "Unknown"],
                    reason: str, message: str) -> None:
         node.status.ready = ready
         node.status.reason = reason
+        self.events.add(type="Normal" if ready == "Ready" else "Warning",
+                        reason=f"Node{ready}", obj=f"Node/{node.metadata.name}",
+                        message=message)
         # NodeStatus has no conditions list (yet); the transition is logged instead.
         log.info("node %s is %s: %s (%s)", node.metadata.name, ready, message, reason)
 
@@ -677,6 +907,45 @@ def _ident(obj: Any) -> tuple[str, str | None, str]:
 
 def _skey(key: Key) -> str:
     return f"{key[0]}/{key[1]}"
+
+
+@functools.lru_cache(maxsize=64)
+def _include(model: type, fields: tuple[str, ...]) -> dict[str, Any]:
+    """pydantic's `include` for dotted API paths (camelCase model fields, then dict
+    keys as they are): `status.lastSeen` -> {"status": {"last_seen": True}}."""
+    from pydantic import BaseModel
+    from pydantic.alias_generators import to_snake
+
+    inc: dict[str, Any] = {}
+    for path in fields:
+        cls: Any = model
+        dst = inc
+        parts = path.split(".")
+        for i, part in enumerate(parts):
+            key = part
+            if isinstance(cls, type) and issubclass(cls, BaseModel):
+                snake = to_snake(part)
+                if snake not in cls.model_fields:
+                    break
+                key = snake
+                ann = cls.model_fields[snake].annotation
+                cls = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+            if i == len(parts) - 1:
+                dst[key] = True
+            else:
+                nxt = dst.get(key)
+                if nxt is True:
+                    break
+                dst = dst.setdefault(key, {})
+    return inc
+
+
+def _project(obj: Any, fields: tuple[str, ...]) -> bytes:
+    """Only the dotted API paths `fields` of an object (e.g. `status.lastSeen`), as
+    compact JSON; unknown paths are left out."""
+    inc = _include(type(obj), fields)
+    raw: bytes = obj.model_dump_json(by_alias=True, exclude_none=True, include=inc).encode()
+    return raw
 
 
 _SYSTEM_ANNOTATIONS = (naming.SCHEDULED, naming.HEARTBEAT, naming.APPLIED_LABELS)

@@ -8,6 +8,6 @@ callers that need durability await `flush()` (force a commit now) or the future
 from `durable()` (wait for the batch that holds what they enqueued: group commit).
 """
 
-from cloudcore.store.lmdbstore import DBS, Store
+from cloudcore.store.lmdbstore import DBS, Store, backup
 
-__all__ = ["DBS", "Store"]
+__all__ = ["DBS", "Store", "backup"]

@@ -20,9 +20,11 @@ from shared.delta import new_epoch
 log = logging.getLogger("cloudcore.store")
 
 DBS = ("nodes", "daemonsets", "deployments", "pods", "configmaps", "desired", "reportseq",
-       "meta")
+       "meta", "tokens", "credentials")
 """Named databases: one per object kind, plus per-node desired sets (NodeDesired
-records), per-node last processed report seq, and meta (the store epoch)."""
+records), per-node last processed report seq, meta (the store epoch), join and API
+tokens (hashed) and per-node broker credentials (hashed)."""
+_MAX_DBS = 32  # room for new named databases without reopening old environments
 
 _DELETE = object()
 _Op = tuple[str, bytes, bytes | None]
@@ -61,7 +63,7 @@ class Store:
         try:
             path.mkdir(parents=True, exist_ok=True)
             self._env = lmdb.open(str(path), map_size=self._settings.map_size,
-                                  max_dbs=len(DBS) + 1, subdir=True, lock=True)
+                                  max_dbs=_MAX_DBS, subdir=True, lock=True)
             for name in DBS:
                 self._dbs[name] = self._env.open_db(name.encode())
             with self._env.begin(write=True) as txn:
@@ -244,6 +246,29 @@ class Store:
             batch.set_exception(writing.exception())  # type: ignore[arg-type]
         else:
             batch.set_result(None)
+
+
+def backup(state_dir: Path, dest: Path, *, compact: bool = True) -> int:
+    """Copy the LMDB environment at `state_dir` into the new directory `dest`.
+
+    A consistent snapshot (one read transaction), safe while cloudcore runs, like
+    `mdb_copy -c`. Returns the size in bytes of the copy.
+    """
+    src, dst = Path(state_dir), Path(dest)
+    if not (src / "data.mdb").is_file():
+        raise StoreError(f"no LMDB store at {src} (data.mdb missing)")
+    if dst.exists() and any(dst.iterdir()):
+        raise StoreError(f"backup destination {dst} exists and is not empty")
+    try:
+        dst.mkdir(parents=True, exist_ok=True)
+        env = lmdb.open(str(src), readonly=True, lock=True, max_dbs=_MAX_DBS, subdir=True)
+        try:
+            env.copy(str(dst), compact=compact)
+        finally:
+            env.close()
+    except (lmdb.Error, OSError) as exc:
+        raise StoreError(f"backup of {src} to {dst} failed: {exc}") from exc
+    return (dst / "data.mdb").stat().st_size
 
 
 class _Later:

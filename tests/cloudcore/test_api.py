@@ -75,11 +75,11 @@ async def test_apply_get_list_delete(api: tuple[httpx.AsyncClient, Fleet, Store]
 async def test_errors_are_json(api: tuple[httpx.AsyncClient, Fleet, Store]) -> None:
     client, _, _ = api
     bad = deployment()
-    bad["spec"]["template"]["spec"]["containers"][0]["securityContext"] = {"privileged": True}
+    bad["spec"]["template"]["spec"]["containers"][0]["lifecycle"] = {"preStop": {}}
     r = await client.post("/api/v1/apply", json={"documents": [daemonset(), bad]})
     assert r.status_code == 422
     body = r.json()
-    assert body["field"] == "spec.template.spec.containers[0].securityContext"
+    assert body["field"] == "spec.template.spec.containers[0].lifecycle"
     assert "documents[1]" in body["error"] and "not supported" in body["error"]
     assert (await client.get("/api/v1/daemonsets")).json()["items"] == []  # all or nothing
 

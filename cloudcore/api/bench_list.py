@@ -1,0 +1,105 @@
+"""Benchmark: `fedctl get nodes` against a cloudcore API holding N registered nodes.
+
+    python -m cloudcore.api.bench_list [--nodes 100000] [--runs 3]
+
+Registers the nodes directly through the fleet (with capacity, labels and a Ready
+status, as real agents would leave them) over a real LMDB store in a temporary
+directory, serves the real API with uvicorn on a free port, then times the real
+`fedctl` as subprocesses: `get nodes -o json` and the `get nodes` table, both with
+stdout to a file. The first run of each is "cold" (no cached JSON on the server);
+a benchmark prints figures, it asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import uvicorn
+
+from cloudcore.api import create_app
+from cloudcore.config import StoreSettings
+from cloudcore.fleet import Fleet, Liveness
+from cloudcore.metrics import Metrics
+from cloudcore.scheduler import Scheduler
+from cloudcore.store import Store
+
+
+def _fedctl(url: str, *args: str, out: Path) -> tuple[float, int]:
+    t = time.perf_counter()
+    with out.open("wb") as f:
+        subprocess.run([sys.executable, "-m", "fedctl", "--server", url, *args], stdout=f,
+                       check=True, env={**os.environ, "NO_COLOR": "1"})
+    return time.perf_counter() - t, out.stat().st_size
+
+
+async def bench(nodes: int, runs: int) -> None:
+    with tempfile.TemporaryDirectory(prefix="bench-list-") as tmp:
+        async with Store(StoreSettings(state_dir=Path(tmp) / "s", batch_max_ops=50_000)) as store:
+            writer = asyncio.create_task(store.run())
+            fleet = Fleet(store=store, scheduler=Scheduler(),
+                          liveness=Liveness(default_heartbeat=30, missed=3, now=0))
+            t = time.perf_counter()
+            for i in range(nodes):
+                name = f"edge-{i:06d}"
+                fleet.register_node(name)
+                fleet.node_status(name, {
+                    "allocatable": {"cpu": 4000, "memory": 8 << 30, "pods": 110},
+                    "capacity": {"cpu": 4000, "memory": 8 << 30, "pods": 110},
+                    "arch": "arm64" if i % 3 else "amd64", "agentVersion": "0.1.0",
+                    "labels": {"zone": f"z{i % 50}", "site": f"shop-{i % 1000}"},
+                    "heartbeat": 30})
+                fleet.mark_ready(name)
+                if i % 5000 == 4999:
+                    await store.flush()
+            await store.flush()
+            print(f"registered {nodes} nodes in {time.perf_counter() - t:.1f} s", flush=True)
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+            app = create_app(fleet, metrics=Metrics(), flush=store.flush)
+            server = uvicorn.Server(uvicorn.Config(app, lifespan="off", log_level="warning",
+                                                   access_log=False))
+            serving = asyncio.create_task(server.serve(sockets=[sock]))
+            while not server.started:
+                await asyncio.sleep(0.01)
+            out = Path(tmp) / "out"
+            secs, _ = await asyncio.to_thread(_fedctl, url, "--help", out=out)
+            print(f"fedctl --help (interpreter + imports): {secs:.2f} s")
+            for label, args in (("get nodes -o json", ("get", "nodes", "-o", "json")),
+                                ("get nodes (table)", ("get", "nodes")),
+                                ("get nodes -o name", ("get", "nodes", "-o", "name"))):
+                for run in range(runs):
+                    if run == 0:  # cold: as if every node had reported since the last list
+                        for cache in fleet._encoded.values():
+                            cache.clear()
+                    secs, size = await asyncio.to_thread(_fedctl, url, *args, out=out)
+                    lines = out.read_bytes().count(b"\n")
+                    print(f"fedctl {label:<20} run {run + 1} {'cold' if run == 0 else 'warm'}:"
+                          f" {secs:5.2f} s  ({size / 1e6:.1f} MB, {lines} lines)", flush=True)
+            server.should_exit = True
+            await serving
+            sock.close()
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--nodes", type=int, default=100_000)
+    p.add_argument("--runs", type=int, default=3)
+    a = p.parse_args()
+    asyncio.run(bench(a.nodes, a.runs))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,262 @@
+"""The `Auth` registry: join tokens, API tokens and node credentials (see package doc).
+
+Store layout (named databases of the cloudcore store):
+    tokens       `join/<id>` -> join token record, `api/<id>` -> API token record
+    credentials  `<node>`    -> {"username", "hash" ($7$ mosquitto format), "created"}
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import IntEnum
+from pathlib import Path
+from typing import Any, Protocol
+
+from cloudcore.auth import secrets as sec
+from cloudcore.auth.errors import (
+    Forbidden,
+    JoinRefused,
+    JoinTokenExpired,
+    Unauthenticated,
+    UnknownJoinToken,
+)
+from cloudcore.errors import ConfigError, NotFound
+
+log = logging.getLogger("cloudcore.auth")
+
+
+class Role(IntEnum):
+    """Ordered: a role may do everything the roles below it may."""
+
+    READ_ONLY = 0
+    OPERATOR = 1
+    ADMIN = 2
+
+    @property
+    def label(self) -> str:
+        return self.name.lower().replace("_", "-")
+
+    @classmethod
+    def parse(cls, text: str) -> Role:
+        for role in cls:
+            if role.label == text.strip().lower() or role.name == text.strip().upper():
+                return role
+        raise ValueError(f"unknown role {text!r}; use admin, operator or read-only")
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who made a request: a token's name and role (`anonymous` admin when auth is off)."""
+
+    name: str
+    role: Role
+    token_id: str | None = None
+
+
+ANONYMOUS = Principal(name="anonymous", role=Role.ADMIN)
+
+
+class Writer(Protocol):
+    def put(self, db: str, key: str, value: Any) -> None: ...
+    def delete(self, db: str, key: str) -> None: ...
+
+
+class Auth:
+    """All secrets cloudcore knows, hashed; `enabled` says whether the API checks them."""
+
+    def __init__(self, *, store: Writer, enabled: bool = False,
+                 clock: Callable[[], float] = time.time,
+                 on_credentials: Callable[[], None] | None = None) -> None:
+        self.store = store
+        self.enabled = enabled
+        self.clock = clock
+        self.on_credentials = on_credentials
+        self.join_tokens: dict[str, dict[str, Any]] = {}
+        self.api_tokens: dict[str, dict[str, Any]] = {}
+        self.credentials: dict[str, dict[str, Any]] = {}
+        self._static: dict[str, Principal] = {}  # sha256(token) -> principal
+
+    # -- loading -------------------------------------------------------------------
+
+    def load(self, records: dict[str, dict[str, Any]]) -> None:
+        for key, rec in records.get("tokens", {}).items():
+            kind, _, tid = key.partition("/")
+            if kind == "join":
+                self.join_tokens[tid] = rec
+            elif kind == "api":
+                self.api_tokens[tid] = rec
+        self.credentials = dict(records.get("credentials", {}))
+
+    def load_static(self, path: Path) -> int:
+        """Read `token,role[,name]` lines; returns how many tokens were read."""
+        try:
+            lines = Path(path).read_text().splitlines()
+        except OSError as exc:
+            raise ConfigError(f"auth.tokens_file: cannot read {path}: {exc}",
+                              field="auth.tokens_file") from exc
+        for no, raw in enumerate(lines, 1):
+            line = raw.strip()
+            if not line or line.startswith("#"):
+                continue
+            parts = [p.strip() for p in line.split(",")]
+            if len(parts) < 2 or not parts[0]:
+                raise ConfigError(f"auth.tokens_file {path}:{no}: expected token,role[,name]",
+                                  field="auth.tokens_file")
+            try:
+                role = Role.parse(parts[1])
+            except ValueError as exc:
+                raise ConfigError(f"auth.tokens_file {path}:{no}: {exc}",
+                                  field="auth.tokens_file") from None
+            name = parts[2] if len(parts) > 2 and parts[2] else f"static-{no}"
+            self._static[sec.sha256(parts[0])] = Principal(name=name, role=role)
+        return len(self._static)
+
+    def bootstrap(self, path: Path) -> str | None:
+        """Create a first admin token if none exists; writes it to `path` (0600)."""
+        now = self.clock()
+        if any(Role.parse(r["role"]) is Role.ADMIN and not _expired(r, now)
+               for r in self.api_tokens.values()):
+            return None
+        if any(p.role is Role.ADMIN for p in self._static.values()):
+            return None
+        token, _ = self.create_api_token(role=Role.ADMIN, name="bootstrap-admin")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(token + "\n")
+        log.warning("auth is on and there was no admin token: wrote one to %s", path)
+        return token
+
+    # -- API tokens ----------------------------------------------------------------
+
+    def create_api_token(self, *, role: Role, name: str,
+                         ttl: float | None = None) -> tuple[str, dict[str, Any]]:
+        token, tid, digest = sec.new_token(8, 32)
+        now = self.clock()
+        rec = {"id": tid, "hash": digest, "role": role.label, "name": name, "created": now,
+               "expires": now + ttl if ttl else None}
+        self.api_tokens[tid] = rec
+        self.store.put("tokens", f"api/{tid}", rec)
+        return token, rec
+
+    def revoke_api_token(self, tid: str) -> dict[str, Any]:
+        rec = self.api_tokens.pop(tid, None)
+        if rec is None:
+            raise NotFound("API token", tid)
+        self.store.delete("tokens", f"api/{tid}")
+        return rec
+
+    def authenticate(self, authorization: str | None) -> Principal:
+        """The principal of an `Authorization: Bearer ...` header (auth off: anonymous)."""
+        if not self.enabled:
+            return ANONYMOUS
+        if not authorization:
+            raise Unauthenticated("missing bearer token (Authorization: Bearer TOKEN)")
+        scheme, _, token = authorization.partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise Unauthenticated("expected 'Authorization: Bearer TOKEN'")
+        static = self._static.get(sec.sha256(token))
+        if static is not None:
+            return static
+        parts = sec.split_token(token)
+        rec = self.api_tokens.get(parts[0]) if parts else None
+        if parts is None or rec is None or not sec.same(sec.sha256(parts[1]), rec["hash"]):
+            raise Unauthenticated("unknown or revoked API token")
+        if _expired(rec, self.clock()):
+            raise Unauthenticated("API token expired")
+        return Principal(name=rec["name"], role=Role.parse(rec["role"]), token_id=rec["id"])
+
+    @staticmethod
+    def require(principal: Principal, role: Role, action: str) -> None:
+        if principal.role < role:
+            raise Forbidden(f"{principal.name} has role {principal.role.label}; {action} "
+                            f"needs {role.label}")
+
+    # -- join tokens ---------------------------------------------------------------
+
+    def create_join_token(self, *, ttl: float, labels: dict[str, str] | None = None,
+                          description: str = "") -> tuple[str, dict[str, Any]]:
+        token, tid, digest = sec.new_token(6, 24)
+        now = self.clock()
+        rec = {"id": tid, "hash": digest, "created": now, "expires": now + ttl,
+               "labels": dict(labels or {}), "description": description, "uses": 0}
+        self.join_tokens[tid] = rec
+        self.store.put("tokens", f"join/{tid}", rec)
+        return token, rec
+
+    def revoke_join_token(self, tid: str) -> dict[str, Any]:
+        rec = self.join_tokens.pop(tid, None)
+        if rec is None:
+            raise NotFound("join token", tid)
+        self.store.delete("tokens", f"join/{tid}")
+        return rec
+
+    def check_join_token(self, token: str) -> dict[str, Any]:
+        """The token's record if it is valid; else UnknownJoinToken or JoinTokenExpired."""
+        parts = sec.split_token(token)
+        rec = self.join_tokens.get(parts[0]) if parts else None
+        if parts is None or rec is None or not sec.same(sec.sha256(parts[1]), rec["hash"]):
+            raise UnknownJoinToken("unknown or revoked join token", field="token")
+        if _expired(rec, self.clock()):
+            raise JoinTokenExpired("join token expired", field="token")
+        return rec
+
+    def used_join_token(self, tid: str) -> None:
+        rec = self.join_tokens.get(tid)
+        if rec is not None:
+            rec["uses"] = int(rec.get("uses", 0)) + 1
+            rec["lastUsed"] = self.clock()
+            self.store.put("tokens", f"join/{tid}", rec)
+
+    # -- node credentials ------------------------------------------------------------
+
+    def check_can_join(self, node: str) -> None:
+        if node in self.credentials:
+            raise JoinRefused(f"node {node!r} has already joined; delete it first "
+                              f"(fedctl node delete {node}) to join it again", field="name")
+
+    def issue_credentials(self, node: str) -> tuple[str, str]:
+        """New broker credentials of a node: (username, password); the username is the
+        node name so a broker ACL pattern (`%u`) confines it to its own topics."""
+        password = sec.new_password()
+        rec = {"username": node, "hash": sec.mosquitto_hash(password), "created": self.clock()}
+        self.credentials[node] = rec
+        self.store.put("credentials", node, rec)
+        self._credentials_changed()
+        return node, password
+
+    def verify_credentials(self, username: str, password: str) -> bool:
+        rec = self.credentials.get(username)
+        return rec is not None and sec.mosquitto_verify(password, rec["hash"])
+
+    def forget_node(self, node: str) -> bool:
+        if self.credentials.pop(node, None) is None:
+            return False
+        self.store.delete("credentials", node)
+        self._credentials_changed()
+        return True
+
+    def mosquitto_passwd(self, extra: dict[str, str] | None = None) -> str:
+        """A mosquitto password_file of every node credential (plus `extra` hashes)."""
+        lines = [f"{u}:{h}" for u, h in sorted((extra or {}).items())]
+        lines += [f"{r['username']}:{r['hash']}" for _, r in sorted(self.credentials.items())]
+        return "".join(line + "\n" for line in lines)
+
+    def _credentials_changed(self) -> None:
+        if self.on_credentials is not None:
+            self.on_credentials()
+
+
+def _expired(rec: dict[str, Any], now: float) -> bool:
+    exp = rec.get("expires")
+    return exp is not None and float(exp) <= now
+
+
+def public(rec: dict[str, Any]) -> dict[str, Any]:
+    """A token record without its hash, as the API lists it."""
+    return {k: v for k, v in rec.items() if k != "hash"}

@@ -1,0 +1,52 @@
+"""An in-process API over a real LMDB store, with auth configurable (shared by tests)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from cloudcore.api import create_app
+from cloudcore.auth import Auth
+from cloudcore.config import StoreSettings
+from cloudcore.fleet import Fleet, Liveness
+from cloudcore.metrics import Metrics
+from cloudcore.scheduler import Scheduler
+from cloudcore.store import Store
+
+
+@dataclass
+class Api:
+    client: httpx.AsyncClient
+    fleet: Fleet
+    store: Store
+    auth: Auth
+
+
+@contextlib.asynccontextmanager
+async def open_api(tmp_path: Path, *, auth_on: bool = False,
+                   clock: object = None) -> AsyncIterator[Api]:
+    async with Store(StoreSettings(state_dir=tmp_path / "s", batch_interval=0.005)) as store:
+        writer = asyncio.create_task(store.run(), name="test.writer")
+        fleet = Fleet(store=store, scheduler=Scheduler(),
+                      liveness=Liveness(default_heartbeat=30, missed=3, now=0))
+        records = store.load()
+        fleet.load(records)
+        kw = {"clock": clock} if clock is not None else {}
+        auth = Auth(store=store, enabled=auth_on, **kw)  # type: ignore[arg-type]
+        auth.load(records)
+        app = create_app(fleet, metrics=Metrics(), flush=store.flush, auth=auth,
+                         broker=("broker.example", 8883))
+        transport = httpx.ASGITransport(app=app)
+        try:
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+                yield Api(client, fleet, store, auth)
+        finally:
+            fleet.watches.close()
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer
