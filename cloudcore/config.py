@@ -113,6 +113,19 @@ class ApiSettings:
 
 
 @dataclass
+class ForecastSettings:
+    enabled: bool = True
+    """Run the forecaster (needs onnxruntime and the model file; without them it is
+    disabled with one log line and the scheduler places by requests only)."""
+    interval: float = 60.0
+    """Seconds between two batched forecasts of the fleet."""
+    model_path: Path | None = None
+    """The ONNX model; None = the shipped `models/forecaster.onnx`."""
+    capacity_nodes: int = 10_000
+    """Nodes the forecaster keeps history for (preallocated, 480 bytes each)."""
+
+
+@dataclass
 class Settings:
     store: StoreSettings = field(default_factory=StoreSettings)
     mqtt: MqttSettings = field(default_factory=MqttSettings)
@@ -120,6 +133,7 @@ class Settings:
     sync: SyncSettings = field(default_factory=SyncSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
     api: ApiSettings = field(default_factory=ApiSettings)
+    forecast: ForecastSettings = field(default_factory=ForecastSettings)
     log_level: str = "INFO"
     """Python logging level name."""
 
@@ -154,6 +168,8 @@ class Settings:
             self.broker_address()
         for name in ("max_page", "events", "watch_heartbeat"):
             _positive(f"api.{name}", getattr(self.api, name))
+        _positive("forecast.interval", self.forecast.interval)
+        _positive("forecast.capacity_nodes", self.forecast.capacity_nodes)
         if logging.getLevelName(self.log_level.upper()) not in range(60):
             raise ConfigError(f"log_level: unknown level {self.log_level!r}", field="log_level")
         return self

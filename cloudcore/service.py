@@ -8,6 +8,7 @@ asyncio.TaskGroup of named tasks until cancelled:
     cloudcore.synchub.publisher[i] MQTT out: deltas and report acks
     cloudcore.synchub.retries     resend deltas whose ack is late
     cloudcore.synchub.liveness    NotReady after missed heartbeats
+    cloudcore.forecaster          batched forecast of every node, each forecast.interval
     cloudcore.api                 uvicorn serving the FastAPI app
 
 If any task fails, the group cancels the rest and `run` raises; on cancellation
@@ -23,6 +24,7 @@ import socket
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
@@ -71,6 +73,7 @@ async def run(settings: Settings, *,
         auth = _open_auth(settings, store, records)
         log.info("loaded %d nodes, %d pods; store epoch %s", len(fleet.nodes), len(fleet.pods),
                  store.epoch)
+        forecaster = open_forecaster(settings, fleet)
         hub = SyncHub(fleet=fleet, store=store, settings=settings.sync, metrics=metrics)
         publishers = [Publisher(settings.mqtt, index=i) for i in range(settings.mqtt.publishers)]
 
@@ -102,6 +105,9 @@ async def run(settings: Settings, *,
                 tg.create_task(pub.run(), name=f"cloudcore.synchub.publisher[{i}]")
             tg.create_task(hub.run_retries(), name="cloudcore.synchub.retries")
             tg.create_task(hub.run_liveness(), name="cloudcore.synchub.liveness")
+            if forecaster is not None:
+                tg.create_task(forecaster.run(settings.forecast.interval),
+                               name="cloudcore.forecaster")
             sock = _bind(settings.http.host, settings.http.port)
             api = tg.create_task(_serve(server, sock, on_stop=fleet.watches.close),
                                  name="cloudcore.api")
@@ -167,6 +173,33 @@ async def _serve(server: _Server, sock: socket.socket, *,
     finally:
         sock.close()
     raise RuntimeError("API server stopped unexpectedly")
+
+
+def open_forecaster(settings: Settings, fleet: Fleet) -> Any | None:
+    """A `ForecastRunner` wired to the fleet, or None (logged once) when forecasting is
+    off or onnxruntime / the model cannot be loaded: then the scheduler uses requests."""
+    if not settings.forecast.enabled:
+        fleet.clear_forecasts()
+        return None
+    try:
+        from cloudcore.forecaster import ForecasterError, default_model_path
+        from cloudcore.forecaster.runner import ForecastRunner
+    except ImportError as exc:
+        log.warning("forecasting disabled: cannot import the forecaster (%s)", exc)
+        fleet.clear_forecasts()
+        return None
+    path = settings.forecast.model_path or default_model_path()
+    try:
+        runner = ForecastRunner(path, capacity_nodes=settings.forecast.capacity_nodes,
+                                apply=fleet.apply_forecasts, known=lambda: fleet.nodes,
+                                clock=fleet.clock)
+    except ForecasterError as exc:
+        log.warning("forecasting disabled: %s", exc)
+        fleet.clear_forecasts()
+        return None
+    fleet.observer = runner.observe
+    log.info("forecasting on: model %s, every %gs", path, settings.forecast.interval)
+    return runner
 
 
 def _open_auth(settings: Settings, store: Store,

@@ -776,6 +776,8 @@ token_app = typer.Typer(help="Join tokens for new nodes (admin).", no_args_is_he
 apitoken_app = typer.Typer(help="API bearer tokens with roles (admin).", no_args_is_help=True)
 node_app = typer.Typer(help="Node operations.", no_args_is_help=True)
 config_app = typer.Typer(help="Contexts in the fedctl config file.", no_args_is_help=True)
+top_app = typer.Typer(help="Resource usage, measured and forecast.", no_args_is_help=True)
+app.add_typer(top_app, name="top")
 app.add_typer(token_app, name="token")
 app.add_typer(apitoken_app, name="apitoken")
 app.add_typer(node_app, name="node")
@@ -970,3 +972,49 @@ def config_current_context() -> None:
     if not current:
         raise FedctlError("no current context (see 'fedctl config use-context')")
     stdout_console().print(current)
+
+
+# --- top -------------------------------------------------------------------------------
+
+
+def _pct(usage: dict[str, Any], key: str) -> float | None:
+    v = usage.get(key)
+    return round(100.0 * float(v), 1) if isinstance(v, int | float) else None
+
+
+@top_app.command("nodes")
+@_handles_errors
+def top_nodes(
+    ctx: typer.Context,
+    *,
+    forecast: Annotated[
+        bool, typer.Option("--forecast", help="Add the p50/p90 forecast of the next 15 minutes.")
+    ] = False,
+    output: Annotated[Output | None, typer.Option("--output", "-o", help="json or yaml.")] = None,
+) -> None:
+    """CPU and memory use of every node now (percent of allocatable); --forecast adds the
+    predicted peaks over the next 15 minutes (p50 and p90)."""
+    with _state(ctx).client() as api:
+        nodes = api.list(kinds.NODE)
+    cols = [("cpu", "CPU"), ("mem", "MEM")]
+    if forecast:
+        cols += [("cpu_p50", "CPU P50"), ("cpu_p90", "CPU P90"),
+                 ("mem_p50", "MEM P50"), ("mem_p90", "MEM P90")]
+    rows: list[dict[str, Any]] = []
+    for n in sorted(nodes, key=lambda o: str(o.get("metadata", {}).get("name", ""))):
+        usage = (n.get("status") or {}).get("usage") or {}
+        row: dict[str, Any] = {"name": n.get("metadata", {}).get("name", "?")}
+        for key, _ in cols:
+            row[key] = _pct(usage, key)
+        rows.append(row)
+    if output in (Output.json, Output.yaml):
+        (render.write_json if output is Output.json else render.write_yaml)(sys.stdout, rows)
+        return
+    if not rows:
+        sys.stderr.write("No nodes found.\n")
+        return
+    render.simple_table(
+        stdout_console(), ["NAME"] + [h for _, h in cols],
+        [[str(r["name"])] + ["-" if r[k] is None else f"{r[k]:.0f}%" for k, _ in cols]
+         for r in rows],
+    )

@@ -30,6 +30,7 @@ from typing import Any, Literal, Protocol
 from cloudcore.errors import NotFound
 from cloudcore.fleet import naming
 from cloudcore.fleet.events import EventLog
+from cloudcore.fleet.forecast import FORECAST_KEYS, WARN_INTERVAL, forecast_of, normalise
 from cloudcore.fleet.lifecycle import Liveness
 from cloudcore.fleet.watch import WatchHub
 from cloudcore.scheduler import NodeView, Scheduler
@@ -133,6 +134,11 @@ class Fleet:
         self.report_seq: dict[str, int] = {}
         self.telemetry: dict[str, list[dict[str, Any]]] = {}
         self.telemetry_points = 120
+        self.observer: Callable[[str, int, float, float], None] | None = None
+        """Gets every valid telemetry point as (node, minute, cpu 0..1, mem 0..1): the
+        forecaster, when it is enabled."""
+        self.telemetry_malformed = 0
+        self._warned: dict[str, float] = {}  # node -> clock of its last over-capacity warning
         self.listener: Callable[[set[str]], None] | None = None
         self._bound: dict[Key, str] = {}  # pod -> node whose desired set holds it
         self._on_node: dict[str, set[Key]] = {}
@@ -560,17 +566,62 @@ class Fleet:
         return ignored
 
     def add_telemetry(self, name: str, samples: list[dict[str, Any]]) -> None:
-        """Keep recent samples per node; the newest numeric values become status.usage."""
-        if not samples:
+        """Keep recent samples per node, feed valid points to the forecaster (`observer`)
+        and put the newest utilisation into status.usage (`cpu`, `mem`, 0..1).
+        Malformed points are ignored and counted in `telemetry_malformed`."""
+        if not isinstance(samples, list) or not samples:
             return
+        node = self.nodes[name]
         ring = self.telemetry.setdefault(name, [])
         ring.extend(samples)
         del ring[: max(0, len(ring) - self.telemetry_points)]
-        usage = {k: float(v) for k, v in samples[-1].items()
-                 if isinstance(v, int | float) and not isinstance(v, bool) and k != "ts"}
-        if usage:
-            self.nodes[name].status.usage = usage
+        newest: tuple[int, float, float] | None = None
+        for entry in samples:
+            point = normalise(entry, node.status.allocatable)
+            if point is None:
+                self.telemetry_malformed += 1
+                continue
+            if newest is None or point[0] >= newest[0]:
+                newest = point
+            if self.observer is not None:
+                self.observer(name, *point)
+        if newest is not None:
+            node.status.usage = {**node.status.usage, "cpu": newest[1], "mem": newest[2]}
             self._save_node(name)
+
+    def apply_forecasts(self, forecasts: dict[str, dict[str, float]]) -> None:
+        """Store per-node forecasts (`FORECAST_KEYS`, peaks over the horizon) in
+        status.usage, warn about nodes predicted at or over capacity (at most once per
+        node per `WARN_INTERVAL`), and retry pending pods against the new forecasts."""
+        now = self.clock()
+        for name, fc in forecasts.items():
+            node = self.nodes.get(name)
+            if node is None:
+                continue
+            usage = {k: v for k, v in node.status.usage.items() if k not in FORECAST_KEYS}
+            usage.update({k: float(fc[k]) for k in FORECAST_KEYS})
+            node.status.usage = usage
+            self._save_node(name)
+            peak = max(fc["cpu_p90"], fc["mem_p90"])
+            if peak >= 1.0 and now - self._warned.get(name, -WARN_INTERVAL) >= WARN_INTERVAL:
+                self._warned[name] = now
+                res = "cpu" if fc["cpu_p90"] >= fc["mem_p90"] else "memory"
+                self.events.add(type="Warning", reason="PredictedOverCapacity",
+                                obj=f"Node/{name}",
+                                message=f"{res} predicted to reach {100 * peak:.0f}% (p90) "
+                                        f"within 15 minutes")
+        for name in [n for n in self._warned if n not in self.nodes]:
+            del self._warned[name]
+        self._retry_pending()
+        self._commit()
+
+    def clear_forecasts(self) -> None:
+        """Drop forecasts from every node (forecasting is off: schedule by requests)."""
+        for name, node in self.nodes.items():
+            if any(k in node.status.usage for k in FORECAST_KEYS):
+                node.status.usage = {k: v for k, v in node.status.usage.items()
+                                     if k not in FORECAST_KEYS}
+                self._save_node(name)
 
     def record_ack(self, name: str, epoch: str, gen: int) -> bool:
         """An edge confirmed (epoch, gen); collects tombstones. True if `acked` moved."""
@@ -839,7 +890,8 @@ class Fleet:
                 requested[res] = requested.get(res, 0) + amount
         return NodeView(name=name, labels=node.metadata.labels, taints=node.spec.taints,
                         unschedulable=node.spec.unschedulable, ready=node.status.ready,
-                        allocatable=node.status.allocatable, requested=requested)
+                        allocatable=node.status.allocatable, requested=requested,
+                        forecast=forecast_of(node.status.usage))
 
     def _commit(self) -> None:
         """Recompute the desired sets of dirty nodes; one gen bump per changed node."""

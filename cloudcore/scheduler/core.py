@@ -34,6 +34,9 @@ class NodeView:
     allocatable: dict[str, int] = field(default_factory=dict)
     requested: dict[str, int] = field(default_factory=dict)
     """Summed requests of the pods already bound there; `pods` is their count."""
+    forecast: dict[str, float] | None = None
+    """Predicted utilisation (0..1, peak over the next 15 minutes): `cpu_p50`,
+    `cpu_p90`, `mem_p50`, `mem_p90`; None when the node has no forecast."""
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,22 @@ def capacity(spec: PodSpec, req: dict[str, int], node: NodeView) -> str | None:
     return None
 
 
+def predicted_capacity(spec: PodSpec, req: dict[str, int], node: NodeView) -> str | None:
+    """The node's p90-predicted usage plus the pod's request must fit allocatable."""
+    fc = node.forecast
+    if fc is None:
+        return None
+    for res, key in (("cpu", "cpu_p90"), ("memory", "mem_p90")):
+        alloc = node.allocatable.get(res)
+        p90 = fc.get(key)
+        if not alloc or p90 is None:
+            continue
+        if p90 * alloc + req.get(res, 0) > alloc or p90 >= 1.0:
+            short = "cpu" if res == "cpu" else "mem"
+            return f"predicted over capacity ({short} p90 {100 * p90:.0f}%)"
+    return None
+
+
 def tolerates(tolerations: Iterable[Toleration], taint: Taint) -> bool:
     """Kubernetes toleration matching (key/operator/value/effect)."""
     for tol in tolerations:
@@ -119,12 +138,12 @@ def tolerates(tolerations: Iterable[Toleration], taint: Taint) -> bool:
 
 
 DEFAULT_FILTERS: tuple[Filter, ...] = (unschedulable, not_ready, arch, node_selector, taints,
-                                       capacity)
+                                       capacity, predicted_capacity)
 """In order; a node is rejected with the reason of the first filter that fails."""
 
 # A DaemonSet pod is meant for one node: it tolerates unschedulable and not-ready
 # nodes (as in Kubernetes) and only the placement constraints apply.
-DAEMON_SKIP = frozenset({unschedulable, not_ready})
+DAEMON_SKIP = frozenset({unschedulable, not_ready, predicted_capacity})
 
 
 # -- scorers ---------------------------------------------------------------------------
@@ -162,7 +181,22 @@ class PreferNoSchedule:
         return 0.0 if bad else 100.0
 
 
-DEFAULT_SCORERS: tuple[Scorer, ...] = (Headroom(), PreferNoSchedule())
+@dataclass(frozen=True)
+class PredictedHeadroom:
+    """Most p90-predicted headroom, 1 - max(cpu_p90, mem_p90), when the node has a
+    forecast; without one, the request-based headroom (as `Headroom`)."""
+
+    name: str = "predicted-headroom"
+    weight: float = 1.0
+
+    def __call__(self, spec: PodSpec, req: dict[str, int], node: NodeView) -> float:
+        fc = node.forecast
+        if fc is None:
+            return Headroom()(spec, req, node)
+        return 100.0 * max(0.0, 1.0 - max(fc.get("cpu_p90", 0.0), fc.get("mem_p90", 0.0)))
+
+
+DEFAULT_SCORERS: tuple[Scorer, ...] = (Headroom(), PreferNoSchedule(), PredictedHeadroom())
 
 
 # -- the scheduler ---------------------------------------------------------------------

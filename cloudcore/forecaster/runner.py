@@ -1,0 +1,70 @@
+"""The service side of the forecaster: fed by fleet telemetry, run every interval.
+
+`ForecastRunner.observe` is the fleet's telemetry observer; `tick()` runs one batched
+`predict()` and hands each node's horizon peaks (p50/p90 of cpu and memory) to a
+callback (`Fleet.apply_forecasts`). `run()` is the `cloudcore.forecaster` task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Container
+from pathlib import Path
+
+from cloudcore.forecaster.core import Forecaster
+from cloudcore.forecaster.errors import CapacityExceeded, ForecasterError
+
+log = logging.getLogger("cloudcore.forecaster")
+
+Results = dict[str, dict[str, float]]
+
+
+class ForecastRunner:
+    def __init__(self, model_path: Path | str, *, capacity_nodes: int,
+                 apply: Callable[[Results], None],
+                 known: Callable[[], Container[str]] = lambda: (),
+                 clock: Callable[[], float] = time.time) -> None:
+        self.forecaster = Forecaster(model_path, capacity_nodes=capacity_nodes)
+        self.apply = apply
+        self.known = known
+        self.clock = clock
+        self.rejected = 0  # points refused because the forecaster is full
+        self._full_logged = False
+
+    def observe(self, node: str, minute: int, cpu: float, mem: float) -> None:
+        try:
+            self.forecaster.observe(node, minute, cpu, mem)
+        except CapacityExceeded as exc:
+            self.rejected += 1
+            if not self._full_logged:
+                self._full_logged = True
+                log.warning("forecaster full, nodes beyond it get no forecast: %s", exc)
+
+    def tick(self, *, now_minute: int | None = None) -> Results:
+        """One batched forecast; forgets nodes no longer in the fleet."""
+        fc = self.forecaster.predict(now_minute=now_minute)
+        known = self.known()
+        p50 = fc.p50.max(axis=2)  # [n, 2] peak over the horizon
+        p90 = fc.p90.max(axis=2)
+        out: Results = {}
+        gone = []
+        for i, name in enumerate(fc.nodes.tolist()):
+            if known and name not in known:
+                gone.append(name)
+                continue
+            out[name] = {"cpu_p50": float(p50[i, 0]), "cpu_p90": float(p90[i, 0]),
+                         "mem_p50": float(p50[i, 1]), "mem_p90": float(p90[i, 1])}
+        for name in gone:
+            self.forecaster.remove(name)
+        self.apply(out)
+        return out
+
+    async def run(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                self.tick(now_minute=int(self.clock() // 60))
+            except ForecasterError as exc:
+                log.error("forecast failed: %s", exc)
