@@ -29,6 +29,15 @@ def _label(text: str) -> tuple[str, str]:
     return key, value
 
 
+def _device(text: str) -> tuple[str, tuple[str, ...]]:
+    from edgecore.devices import parse_device_flag
+
+    try:
+        return parse_device_flag(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edgecore", description="edgefed edge agent")
     p.add_argument("--version", action="version", version=f"edgecore {__version__}")
@@ -48,6 +57,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--cpu-millis", type=int, default=None, help="cpu capacity override")
     run.add_argument("--memory-bytes", type=int, default=None, help="memory capacity override")
     run.add_argument("--max-pods", type=int, default=110, help="pod capacity (110)")
+    run.add_argument("--device", action="append", type=_device, default=[],
+                     metavar="RESOURCE=PATH[,PATH...]",
+                     help="accelerators of a resource, one exclusive device per path, e.g. "
+                          "example.com/npu=/dev/npu0,/dev/npu1; repeatable")
+    run.add_argument("--no-discover-accelerators", action="store_true",
+                     help="skip the NVIDIA/DRI/Coral/Hailo discovery plugins")
+    run.add_argument("--log-max-bytes", type=int, default=4 * 1024 * 1024,
+                     help="bytes per container log file (4 MiB)")
+    run.add_argument("--log-keep", type=int, default=2,
+                     help="rotated log files kept per container (2)")
+    run.add_argument("--telemetry-sample", type=float, default=10.0,
+                     help="seconds between telemetry samples (10)")
     run.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (INFO)")
     return p
 
@@ -59,7 +80,10 @@ def settings_from_args(args: argparse.Namespace) -> AgentSettings:
         heartbeat_s=args.heartbeat, insecure_registries=tuple(args.insecure_registry),
         outbox_budget_bytes=args.outbox_budget_mib * 1024 * 1024,
         capacity_cpu_millis=args.cpu_millis, capacity_memory_bytes=args.memory_bytes,
-        capacity_pods=args.max_pods,
+        capacity_pods=args.max_pods, devices=tuple(args.device),
+        discover_accelerators=not args.no_discover_accelerators,
+        log_max_bytes=args.log_max_bytes, log_keep=args.log_keep,
+        telemetry_sample_s=args.telemetry_sample,
     )
 
 

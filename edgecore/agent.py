@@ -1,7 +1,8 @@
 """The edge agent: wires cache, link, reconciler and reporter, and runs them.
 
 `Agent.run()` owns one asyncio.TaskGroup of named tasks
-(`edgecore[{node}].link`, `.reconciler`, `.reporter`, `.heartbeat`). It works
+(`edgecore[{node}].link`, `.reconciler`, `.reporter`, `.heartbeat`, `.telemetry`,
+`.logrotate`; the reconciler's prober adds `.prober.{cid}` per probed container). It works
 until cancelled and raises if a component fails fatally. Cancelling it stops the
 agent only: containers keep running (they outlive the agent) and are adopted by
 the next agent on the same state dir.
@@ -16,16 +17,21 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from edgecore.backoff import Backoff, jittered
 from edgecore.cache import Cache
 from edgecore.config import AgentSettings
+from edgecore.devices import DeviceAllocator, discover
 from edgecore.link import Link
 from edgecore.nodeinfo import node_status
+from edgecore.prober import ProbeManager, make_probe
 from edgecore.reconciler import CrashLoop, Reconciler
+from edgecore.reconciler.volumes import Volumes
 from edgecore.reporter import Reporter
+from edgecore.runtime.errors import ContainerRuntimeError
 from edgecore.sync import SyncHandler
+from edgecore.telemetry import Telemetry
 
 if TYPE_CHECKING:
     from edgecore.runtime.types import Runtime
@@ -48,6 +54,9 @@ class Agent:
         self.link: Link | None = None
         self.reconciler: Reconciler | None = None
         self.reporter: Reporter | None = None
+        self.devices: DeviceAllocator | None = None
+        self.telemetry: Telemetry | None = None
+        self.prober: ProbeManager | None = None
         self.started = asyncio.Event()  # set once every component is built
 
     def _make_runtime(self) -> Runtime:
@@ -55,7 +64,8 @@ class Agent:
         from edgecore.runtime import CrunRuntime
 
         return CrunRuntime(self.settings.runtime_root,
-                           insecure_registries=self.settings.insecure_registries)
+                           insecure_registries=self.settings.insecure_registries,
+                           log_size_max_bytes=self.settings.log_max_bytes)
 
     async def run(self) -> None:
         s = self.settings
@@ -65,14 +75,26 @@ class Agent:
         try:
             runtime = self._runtime or self._make_runtime()
             sync = self.sync = SyncHandler(node=s.node, cache=cache)
+            found = await asyncio.to_thread(discover, dev_root=s.dev_root,
+                                            builtin=s.discover_accelerators, generic=s.devices)
+            devices = self.devices = DeviceAllocator(found, cache.pod_allocations())
+            for resource, n in devices.capacity().items():
+                log.info("accelerator %s: %d device(s)", resource, n)
+            telemetry = self.telemetry = Telemetry(
+                runtime=runtime, sink=self._telemetry_sink, sample_s=s.telemetry_sample_s,
+                point_s=s.telemetry_point_s, clock=self.clock, node=s.node)
             reporter = self.reporter = Reporter(
                 node=s.node, cache=cache, desired=lambda: sync.desired,
-                node_status=lambda: node_status(s), batch_s=s.report_batch_s, clock=self.clock)
+                node_status=self._node_status, batch_s=s.report_batch_s, clock=self.clock)
+            prober = self.prober = ProbeManager(probe=make_probe(runtime), clock=self.clock,
+                                                node=s.node)
             reconciler = self.reconciler = Reconciler(
                 node=s.node, runtime=runtime, cache=cache, desired=lambda: sync.desired,
                 sink=reporter, interval_s=s.reconcile_interval_s, clock=self.clock,
                 crashloop=CrashLoop(initial_s=s.crashloop_initial_s, max_s=s.crashloop_max_s,
-                                    reset_s=s.crashloop_reset_s))
+                                    reset_s=s.crashloop_reset_s),
+                volumes=Volumes(s.pods_dir), devices=devices, prober=prober)
+            prober.on_change = reconciler.wake  # readiness changes are reported at once
             link = self.link = Link(
                 node=s.node, host=s.mqtt_host, port=s.mqtt_port, handler=sync,
                 keepalive_s=s.mqtt_keepalive_s,
@@ -89,11 +111,39 @@ class Agent:
                     ("reconciler", reconciler.run()),
                     ("reporter", reporter.run()),
                     ("heartbeat", self._heartbeat(link, reporter)),
+                    ("telemetry", telemetry.run()),
+                    ("logrotate", self._rotate_logs(runtime)),
                 ):
                     tg.create_task(coro, name=f"edgecore[{s.node}].{name}")
         finally:
             # Worker threads that a cancellation left behind finish before the close.
             await asyncio.to_thread(cache.close)
+
+    def _node_status(self) -> dict[str, Any]:
+        point = self.telemetry.last_point if self.telemetry is not None else None
+        node = (point or {}).get("node") or {}
+        usage = {k2: node[k1] for k1, k2 in (("cpu", "cpu"), ("mem", "memory")) if k1 in node}
+        return node_status(self.settings, usage=usage,
+                           accelerators=self.devices.capacity() if self.devices else None)
+
+    async def _telemetry_sink(self, point: dict[str, Any]) -> None:
+        if self.reporter is not None:
+            await self.reporter.telemetry(point)
+
+    async def _rotate_logs(self, runtime: Runtime) -> None:
+        """Rotate container logs every log_rotate_interval_s (if the runtime can)."""
+        s = self.settings
+        rotate = getattr(runtime, "rotate_all_logs", None)
+        if rotate is None:
+            return
+        while True:
+            try:
+                rotated = await rotate(max_bytes=0, keep=s.log_keep)
+                if rotated:
+                    log.debug("rotated the logs of %d container(s)", len(rotated))
+            except (ContainerRuntimeError, OSError) as exc:
+                log.warning("log rotation failed: %s", exc)
+            await asyncio.sleep(s.log_rotate_interval_s)
 
     async def _heartbeat(self, link: Link, reporter: Reporter) -> None:
         """An empty report every heartbeat_s (jittered) while connected and otherwise quiet.

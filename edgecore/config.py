@@ -19,6 +19,7 @@ _LABEL_KEY = re.compile(
     r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
 )
 _LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
+_RESOURCE = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
 _HOSTPORT = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:[0-9]{1,5}$|^[A-Za-z0-9.\-]+$")
 
 
@@ -78,6 +79,30 @@ class AgentSettings:
     crashloop_reset_s: float = 600.0
     """A container that ran this many seconds before exiting resets its backoff."""
 
+    devices: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    """Generic accelerator plugin: (resource name, device paths), e.g.
+    (("example.com/npu", ("/dev/npu0", "/dev/npu1")),). Each path is one exclusive device,
+    `HOST` or `HOST:CONTAINER`; a host path outside /dev appears as /dev/<basename>.
+    Default: none (the built-in NVIDIA, DRI, Coral and Hailo plugins still run)."""
+    discover_accelerators: bool = True
+    """Run the built-in discovery plugins (NVIDIA, DRI render nodes, Coral, Hailo)."""
+    dev_root: Path = Path("/dev")
+    """Where the built-in plugins look for device nodes (tests point it elsewhere)."""
+
+    telemetry_sample_s: float = 10.0
+    """Seconds between cpu/memory samples of the node and every pod."""
+    telemetry_point_s: int = 60
+    """Seconds aggregated into one telemetry point (a multiple of telemetry_sample_s)."""
+
+    log_max_bytes: int = 4 * MiB
+    """Bytes per container log file (conmon's --log-size-max); a container's logs use at
+    most (log_keep + 1) x this on disk."""
+    log_keep: int = 2
+    """Rotated log files kept per container besides the live one."""
+    log_rotate_interval_s: float = 10.0
+    """Seconds between log rotation passes; a container writing more than log_max_bytes
+    in this time loses output."""
+
     def __post_init__(self) -> None:
         self.validate()
 
@@ -88,6 +113,11 @@ class AgentSettings:
     @property
     def runtime_root(self) -> Path:
         return self.runtime_dir or self.state_dir / "runtime"
+
+    @property
+    def pods_dir(self) -> Path:
+        """Per-pod directories: emptyDir, configMap and secret volumes."""
+        return self.state_dir / "pods"
 
     def validate(self) -> None:
         """Raise `ConfigError` naming the first invalid field and its limit."""
@@ -134,6 +164,33 @@ class AgentSettings:
         _range("crashloop_initial_s", self.crashloop_initial_s, 0.01, 3600)
         _range("crashloop_max_s", self.crashloop_max_s, self.crashloop_initial_s, 86400)
         _range("crashloop_reset_s", self.crashloop_reset_s, 1, 86400)
+        seen: set[str] = set()
+        for entry in self.devices:
+            if not (isinstance(entry, tuple) and len(entry) == 2):
+                raise ConfigError(f"{entry!r} must be (resource, paths)", field="devices")
+            resource, paths = entry
+            if not _RESOURCE.match(resource) or resource in seen:
+                raise ConfigError(
+                    f"resource {resource!r} must be a unique domain/name such as "
+                    "example.com/npu", field="devices")
+            seen.add(resource)
+            if not paths:
+                raise ConfigError(f"resource {resource!r} has no device paths", field="devices")
+            for path in paths:
+                host, _, inside = path.partition(":")
+                if not host.startswith("/") or (inside and not inside.startswith("/")):
+                    raise ConfigError(
+                        f"device {path!r} of {resource!r} must be HOST[:CONTAINER], absolute",
+                        field="devices")
+        _range("telemetry_sample_s", self.telemetry_sample_s, 0.01, 3600)
+        _range("telemetry_point_s", self.telemetry_point_s, 1, 86400)
+        if self.telemetry_point_s < self.telemetry_sample_s:
+            raise ConfigError(
+                f"must be at least telemetry_sample_s ({self.telemetry_sample_s})",
+                field="telemetry_point_s")
+        _range("log_max_bytes", self.log_max_bytes, 4096, 1 << 40)
+        _range("log_keep", self.log_keep, 1, 100)
+        _range("log_rotate_interval_s", self.log_rotate_interval_s, 0.05, 3600)
 
 
 def _range(name: str, value: float, lo: float, hi: float) -> None:

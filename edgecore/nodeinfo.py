@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import platform
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -39,14 +40,23 @@ def mem_total_bytes(meminfo: Path = Path("/proc/meminfo")) -> int:
     return 0
 
 
-def node_status(settings: AgentSettings) -> dict[str, Any]:
-    """The node_status of the first report after start (wire names, camelCase)."""
+def node_status(
+    settings: AgentSettings, *, accelerators: Mapping[str, int] | None = None,
+    usage: Mapping[str, float] | None = None,
+) -> dict[str, Any]:
+    """The node_status of the first report after start (wire names, camelCase).
+
+    `accelerators` (device count per resource name) join cpu, memory and pods in
+    capacity and allocatable; `usage` is the newest telemetry ({"cpu": millicores,
+    "memory": bytes}), if any.
+    """
     capacity = {
         "cpu": settings.capacity_cpu_millis or (os.cpu_count() or 1) * 1000,
         "memory": settings.capacity_memory_bytes or mem_total_bytes(),
         "pods": settings.capacity_pods,
+        **(accelerators or {}),
     }
-    return {
+    out: dict[str, Any] = {
         "capacity": capacity,
         "allocatable": dict(capacity),  # no system reservation yet: allocatable = capacity
         "arch": go_arch(),
@@ -55,3 +65,6 @@ def node_status(settings: AgentSettings) -> dict[str, Any]:
         "labels": dict(settings.labels),
         "heartbeat": settings.heartbeat_s,
     }
+    if usage:
+        out["usage"] = dict(usage)
+    return out

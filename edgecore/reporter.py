@@ -8,7 +8,8 @@ bump and the "last reported" statuses are written in ONE synced transaction
 before the link may publish it; the link resends the outbox until ReportAck.
 
 The first report after start carries node_status; an empty report is the
-heartbeat.
+heartbeat; each telemetry point is a report of its own (`telemetry`), carrying
+the node's usage as a partial node_status ({"usage": {...}}).
 """
 
 from __future__ import annotations
@@ -113,6 +114,31 @@ class Reporter:
                 self._pending.setdefault(k, v)
             self._send_node_status = True
             self._event.set()
+        self.kick()
+        return result.seq
+
+    async def telemetry(self, point: dict[str, Any]) -> int | None:
+        """Persist one telemetry point as its own report (TELEMETRY: dropped first when the
+        outbox is over budget), with the node's usage as a partial node_status."""
+        d = self.desired()
+        now = self.clock()
+        node = point.get("node") or {}
+        usage = {"cpu": node["cpu"]} if "cpu" in node else {}
+        if "mem" in node:
+            usage["memory"] = node["mem"]
+
+        def make(seq: int) -> bytes:
+            return encode(Report(node=self.node, seq=seq, epoch=d.epoch, gen=d.gen, ts=now,
+                                 telemetry=[point],
+                                 node_status={"usage": usage} if usage else None))
+
+        try:
+            result = await asyncio.to_thread(self.cache.append_report, make,
+                                             kind=OutboxKind.TELEMETRY)
+        except CacheError as exc:
+            log.warning("cannot persist a telemetry point, dropped: %s", exc)
+            return None
+        self.last_append = time.monotonic()
         self.kick()
         return result.seq
 

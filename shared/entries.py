@@ -1,18 +1,37 @@
-"""Keys and values of a node's desired set, and the pod status a report carries.
+"""Keys and values of a node's desired set, and what a report carries.
 
 The desired set maps keys such as `pod/{namespace}/{name}` to plain JSON-able
 values; both sides build and read them only through this module.
+
+Entry shapes:
+- `pod/{ns}/{name}`: `pod_entry(pod)`, {name, namespace, labels, spec, revision}.
+- `configmap/{ns}/{name}`: {"data": {key: text}}, present on a node only while a
+  pod there mounts it (`referenced_keys`).
+- `secret/{ns}/{name}`: {"data": {key: base64 text}}, same rule.
+
+Report telemetry (`Report.telemetry`) is a list of one-minute points:
+{"ts": minute start (Unix s), "node": {"cpu": millicores, "mem": bytes},
+ "pods": {pod key: {"cpu": millicores, "mem": bytes}}} (`telemetry_point`).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from shared.models import Pod, PodSpec, PodStatus, spec_hash
+from shared.errors import ObjectError
+from shared.models import ConfigMap, Pod, PodSpec, PodStatus, Secret, spec_hash
 
 POD = "pod"
 CONFIGMAP = "configmap"
+SECRET = "secret"
+
+# Kubernetes' rule for ConfigMap/Secret keys; they become file names.
+_DATA_KEY = re.compile(r"^[-._a-zA-Z0-9]{1,253}$")
 
 
 def key(kind: str, namespace: str, name: str) -> str:
@@ -26,6 +45,71 @@ def split_key(k: str) -> tuple[str, str, str]:
 
 def pod_key(namespace: str, name: str) -> str:
     return key(POD, namespace, name)
+
+
+def configmap_key(namespace: str, name: str) -> str:
+    return key(CONFIGMAP, namespace, name)
+
+
+def secret_key(namespace: str, name: str) -> str:
+    return key(SECRET, namespace, name)
+
+
+def configmap_entry(cm: ConfigMap | Mapping[str, str]) -> dict[str, Any]:
+    """The desired-set value of a ConfigMap (or of its plain `data`)."""
+    data = cm.data if isinstance(cm, ConfigMap) else cm
+    return {"data": dict(data)}
+
+
+def secret_entry(secret: Secret | Mapping[str, bytes | str]) -> dict[str, Any]:
+    """The desired-set value of a Secret (or of key -> bytes/text): data in base64."""
+    raw = secret.decoded() if isinstance(secret, Secret) else secret
+    return {"data": {k: base64.b64encode(v.encode() if isinstance(v, str) else v).decode()
+                     for k, v in raw.items()}}
+
+
+def config_files(k: str, value: Any) -> dict[str, bytes]:
+    """The files (key -> content) of a `configmap/...` or `secret/...` entry.
+
+    Raises ObjectError naming the entry if the value is malformed or a key is not
+    a valid file name.
+    """
+    kind = k.split("/", 1)[0]
+    data = value.get("data") if isinstance(value, dict) else None
+    if not isinstance(data, dict):
+        raise ObjectError(f"{k}: value must be a mapping with 'data'", field="data")
+    out: dict[str, bytes] = {}
+    for name, v in data.items():
+        if not isinstance(name, str) or not _DATA_KEY.match(name) or name in (".", ".."):
+            raise ObjectError(f"{k}: key {name!r} is not a valid file name", field="data")
+        if not isinstance(v, str):
+            raise ObjectError(f"{k}: data[{name!r}] must be a string", field="data")
+        if kind == SECRET:
+            try:
+                out[name] = base64.b64decode(v, validate=True)
+            except (binascii.Error, ValueError):
+                raise ObjectError(f"{k}: data[{name!r}] is not base64", field="data") from None
+        else:
+            out[name] = v.encode()
+    return out
+
+
+def referenced_keys(namespace: str, spec: PodSpec) -> set[str]:
+    """The configmap/secret desired keys a pod's volumes need on its node."""
+    out: set[str] = set()
+    for v in spec.volumes:
+        if v.config_map is not None:
+            out.add(configmap_key(namespace, v.config_map.name))
+        if v.secret is not None:
+            out.add(secret_key(namespace, v.secret.secret_name))
+    return out
+
+
+def telemetry_point(
+    ts: int, *, node: Mapping[str, float], pods: Mapping[str, Mapping[str, float]],
+) -> dict[str, Any]:
+    """One one-minute telemetry point as carried in `Report.telemetry`."""
+    return {"ts": ts, "node": dict(node), "pods": {k: dict(v) for k, v in pods.items()}}
 
 
 def pod_entry(pod: Pod) -> dict[str, Any]:

@@ -8,11 +8,20 @@ pydantic's errors into one readable `ObjectError` with the dotted field path.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 from shared.errors import ObjectError, UnsupportedField
@@ -93,6 +102,163 @@ class ResourceRequirements(_Model):
         return None if q is None else parse_resource(name, q, field=name)
 
 
+def _abs_path(v: str) -> str:
+    """An absolute, normalised path without '..' and not '/' (a mount point)."""
+    parts = v.split("/")
+    if not v.startswith("/") or "\x00" in v or ".." in parts or not v.strip("/"):
+        raise ValueError(f"{v!r} must be an absolute path without '..', not '/'")
+    return v
+
+
+def _rel_path(v: str) -> str:
+    """A relative path of a projected file: no leading '/', no '..' component."""
+    parts = v.split("/")
+    if not v or v.startswith("/") or "\x00" in v or ".." in parts or "" in parts:
+        raise ValueError(f"{v!r} must be a relative path without '..' or empty parts")
+    return v
+
+
+class VolumeMount(_Model):
+    """Where a pod volume appears in a container (`subPath` is not supported)."""
+
+    name: str
+    mount_path: str
+    read_only: bool = False
+
+    _path = field_validator("mount_path")(_abs_path)
+
+
+class HostPathVolumeSource(_Model):
+    path: str
+    type: Literal["", "DirectoryOrCreate", "Directory", "FileOrCreate", "File", "Socket",
+                  "CharDevice", "BlockDevice"] | None = None
+
+    @field_validator("path")
+    @classmethod
+    def _abs(cls, v: str) -> str:
+        if not v.startswith("/") or "\x00" in v or ".." in v.split("/"):
+            raise ValueError(f"{v!r} must be an absolute host path without '..'")
+        return v
+
+
+class EmptyDirVolumeSource(_Model):
+    """A scratch directory that lives as long as the pod is on the node (no options yet)."""
+
+
+class KeyToPath(_Model):
+    key: str = Field(min_length=1, max_length=253)
+    path: str = Field(max_length=1024)
+
+    _path = field_validator("path")(_rel_path)
+
+
+class ConfigMapVolumeSource(_Model):
+    name: str
+    items: list[KeyToPath] | None = None
+    optional: bool = False
+
+    _name = field_validator("name")(_check_name)
+
+
+class SecretVolumeSource(_Model):
+    secret_name: str
+    items: list[KeyToPath] | None = None
+    optional: bool = False
+
+    _name = field_validator("secret_name")(_check_name)
+
+
+class Volume(_Model):
+    """A pod volume: exactly one of hostPath, emptyDir, configMap, secret."""
+
+    name: str
+    host_path: HostPathVolumeSource | None = None
+    empty_dir: EmptyDirVolumeSource | None = None
+    config_map: ConfigMapVolumeSource | None = None
+    secret: SecretVolumeSource | None = None
+
+    _name = field_validator("name")(_check_name)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Volume:
+        n = sum(x is not None for x in (self.host_path, self.empty_dir, self.config_map,
+                                         self.secret))
+        if n != 1:
+            raise ValueError(f"volume {self.name!r} must have exactly one of hostPath, "
+                             f"emptyDir, configMap, secret (has {n})")
+        return self
+
+
+class ExecAction(_Model):
+    command: list[str] = Field(min_length=1)
+
+
+class TCPSocketAction(_Model):
+    port: int | str
+
+
+class HTTPGetAction(_Model):
+    path: str = "/"
+    port: int | str
+    scheme: Literal["HTTP"] = "HTTP"
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        if not v.startswith("/") or any(c.isspace() or ord(c) < 32 for c in v):
+            raise ValueError(f"{v!r} must start with '/' and contain no spaces")
+        return v
+
+
+class Probe(_Model):
+    """A container probe (Kubernetes semantics); probes reach the container on 127.0.0.1
+    because containers share the node's network."""
+
+    exec: ExecAction | None = None
+    tcp_socket: TCPSocketAction | None = None
+    http_get: HTTPGetAction | None = None
+    initial_delay_seconds: int = Field(default=0, ge=0, le=86400)
+    period_seconds: int = Field(default=10, ge=1, le=86400)
+    timeout_seconds: int = Field(default=1, ge=1, le=3600)
+    failure_threshold: int = Field(default=3, ge=1, le=1000)
+    success_threshold: int = Field(default=1, ge=1, le=1000)
+
+    @model_validator(mode="after")
+    def _one_handler(self) -> Probe:
+        n = sum(x is not None for x in (self.exec, self.tcp_socket, self.http_get))
+        if n != 1:
+            raise ValueError(f"a probe needs exactly one of exec, tcpSocket, httpGet (has {n})")
+        return self
+
+    def port(self) -> int | str | None:
+        if self.tcp_socket is not None:
+            return self.tcp_socket.port
+        if self.http_get is not None:
+            return self.http_get.port
+        return None
+
+
+class SecurityContext(_Model):
+    """Numeric user and group of the container's process (overrides the image's User)."""
+
+    run_as_user: int | None = Field(default=None, ge=0, le=2**32 - 2)
+    run_as_group: int | None = Field(default=None, ge=0, le=2**32 - 2)
+
+    @model_validator(mode="after")
+    def _group_needs_user(self) -> SecurityContext:
+        if self.run_as_group is not None and self.run_as_user is None:
+            raise ValueError("runAsGroup needs runAsUser too (edgefed sets both or neither)")
+        return self
+
+    def user(self) -> str | None:
+        """The runtime's "uid[:gid]" or None (the image's user)."""
+        if self.run_as_user is None:
+            return None
+        if self.run_as_group is None:
+            return str(self.run_as_user)
+        return f"{self.run_as_user}:{self.run_as_group}"
+
+
 class Container(_Model):
     name: str
     image: str = Field(min_length=1, max_length=1024)
@@ -103,8 +269,41 @@ class Container(_Model):
     ports: list[ContainerPort] = Field(default_factory=list)
     resources: ResourceRequirements = Field(default_factory=ResourceRequirements)
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    volume_mounts: list[VolumeMount] = Field(default_factory=list)
+    liveness_probe: Probe | None = None
+    readiness_probe: Probe | None = None
+    startup_probe: Probe | None = None
+    security_context: SecurityContext | None = None
 
     _name = field_validator("name")(_check_name)
+
+    @model_validator(mode="after")
+    def _mounts_and_probes(self) -> Container:
+        paths = [m.mount_path.rstrip("/") for m in self.volume_mounts]
+        if len(set(paths)) != len(paths):
+            raise ValueError(f"container {self.name!r}: duplicate volumeMounts mountPath")
+        names = {p.name for p in self.ports if p.name}
+        for kind, probe in (("livenessProbe", self.liveness_probe),
+                            ("readinessProbe", self.readiness_probe),
+                            ("startupProbe", self.startup_probe)):
+            port = probe.port() if probe is not None else None
+            if isinstance(port, str) and port not in names:
+                raise ValueError(f"container {self.name!r}: {kind} port {port!r} names no "
+                                 "container port")
+            if isinstance(port, int) and not 1 <= port <= 65535:
+                raise ValueError(f"container {self.name!r}: {kind} port {port} is outside "
+                                 "1..65535")
+        if self.startup_probe is not None and self.startup_probe.success_threshold != 1:
+            raise ValueError(f"container {self.name!r}: startupProbe successThreshold must be 1")
+        if self.liveness_probe is not None and self.liveness_probe.success_threshold != 1:
+            raise ValueError(f"container {self.name!r}: livenessProbe successThreshold must be 1")
+        return self
+
+    def probe_port(self, port: int | str) -> int:
+        """A probe's port as a number (a name is looked up in `ports`)."""
+        if isinstance(port, int):
+            return port
+        return next(p.container_port for p in self.ports if p.name == port)
 
 
 class Toleration(_Model):
@@ -129,6 +328,7 @@ class PodSpec(_Model):
     tolerations: list[Toleration] = Field(default_factory=list)
     host_network: bool = True
     termination_grace_period_seconds: int = Field(default=10, ge=0, le=3600)
+    volumes: list[Volume] = Field(default_factory=list)
 
     @field_validator("containers")
     @classmethod
@@ -137,6 +337,21 @@ class PodSpec(_Model):
         if len(set(names)) != len(names):
             raise ValueError("container names must be unique within a pod")
         return v
+
+    @model_validator(mode="after")
+    def _mounts_name_volumes(self) -> PodSpec:
+        names = [v.name for v in self.volumes]
+        if len(set(names)) != len(names):
+            raise ValueError("volume names must be unique within a pod")
+        for c in self.containers:
+            for m in c.volume_mounts:
+                if m.name not in names:
+                    raise ValueError(f"container {c.name!r}: volumeMount {m.name!r} names no "
+                                     f"volume of the pod (volumes: {', '.join(names) or 'none'})")
+        return self
+
+    def volume(self, name: str) -> Volume:
+        return next(v for v in self.volumes if v.name == name)
 
     def requests(self) -> dict[str, int]:
         """Summed requests of all containers, by resource name."""
@@ -164,6 +379,16 @@ class LabelSelector(_Model):
         return all(labels.get(k) == v for k, v in self.match_labels.items())
 
 
+class LastState(_Model):
+    """How the previous instance of a container ended (Kubernetes' lastState.terminated)."""
+
+    exit_code: int | None = None
+    reason: str | None = None
+    message: str | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+
+
 class ContainerStatus(_Model):
     name: str
     state: Literal["waiting", "running", "terminated"] = "waiting"
@@ -174,6 +399,8 @@ class ContainerStatus(_Model):
     message: str | None = None
     started_at: float | None = None
     finished_at: float | None = None
+    started: bool | None = None  # startup probe passed (None: not reported)
+    last_state: LastState | None = None
 
 
 PodPhase = Literal["Pending", "Running", "Succeeded", "Failed", "Unknown"]
@@ -187,6 +414,7 @@ class PodStatus(_Model):
     container_statuses: list[ContainerStatus] = Field(default_factory=list)
     revision: str | None = None
     updated_at: float | None = None
+    ready: bool | None = None  # Running and every container ready (None: not reported)
 
 
 class Pod(_Model):
@@ -227,6 +455,38 @@ class ConfigMap(_Model):
     kind: Literal["ConfigMap"] = "ConfigMap"
     metadata: ObjectMeta
     data: dict[str, str] = Field(default_factory=dict)
+
+
+class Secret(_Model):
+    """A v1 Secret: `data` values are base64, `stringData` plain text (merged over data).
+
+    Delivered to a node as a `secret/{ns}/{name}` desired entry (shared.entries) only
+    when a pod there mounts it. Not yet in KINDS: the cloud side registers it when it
+    stores and delivers secrets.
+    """
+
+    api_version: Literal["v1"] = "v1"
+    kind: Literal["Secret"] = "Secret"
+    metadata: ObjectMeta
+    type: str = "Opaque"
+    data: dict[str, str] = Field(default_factory=dict)
+    string_data: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("data")
+    @classmethod
+    def _base64(cls, v: dict[str, str]) -> dict[str, str]:
+        for k, value in v.items():
+            try:
+                base64.b64decode(value, validate=True)
+            except (binascii.Error, ValueError):
+                raise ValueError(f"data[{k!r}] is not valid base64") from None
+        return v
+
+    def decoded(self) -> dict[str, bytes]:
+        """Every key's bytes (stringData wins over data, as in Kubernetes)."""
+        out = {k: base64.b64decode(v) for k, v in self.data.items()}
+        out.update({k: v.encode() for k, v in self.string_data.items()})
+        return out
 
 
 class NodeCondition(_Model):

@@ -7,8 +7,9 @@ Named databases of the one environment (`state_dir/cache`):
   after kill -9 or power loss we hold either the old or the new set, never a mix.
   That is what makes an Ack("I applied gen N") true.
 - `pods`: `r/{pod key}`: the reconciler's record (restart counts, backoff);
-  `s/{pod key}`: the last status we put in a report. Separate keys so the
-  reconciler and the reporter never overwrite each other's half.
+  `s/{pod key}`: the last status we put in a report; `a/{pod key}`: the pod's
+  exclusive device allocations. Separate keys so the reconciler and the
+  reporter never overwrite each other's half.
 - `outbox`: reports waiting for a ReportAck, keyed by seq as 8-byte big-endian
   (so LMDB's byte order is seq order); value = one kind byte + encoded report.
 - `meta`: `seq`, the last report seq ever assigned; only grows.
@@ -47,6 +48,7 @@ _GEN = b"@gen"
 _ITEM = b"k/"
 _REC = b"r/"
 _STATUS = b"s/"
+_ALLOC = b"a/"
 _SEQ = b"seq"
 # When over budget, evict down to this fraction so eviction scans are amortised.
 _LOW_WATER = 0.9
@@ -183,6 +185,18 @@ class Cache:
     def delete_pod_record(self, key: str) -> None:
         with self._txn(write=True) as txn:
             txn.delete(_REC + key.encode(), db=self._pods)
+
+    def pod_allocations(self) -> dict[str, dict[str, Any]]:
+        """Device allocations by pod key: {container: {resource: [device ids]}}."""
+        return self._prefixed(_ALLOC)
+
+    def put_pod_allocation(self, key: str, value: Mapping[str, Any] | None) -> None:
+        """Store (or, with None, delete) the device allocations of one pod."""
+        with self._txn(write=True) as txn:
+            if value is None:
+                txn.delete(_ALLOC + key.encode(), db=self._pods)
+            else:
+                txn.put(_ALLOC + key.encode(), _pack(dict(value)), db=self._pods)
 
     def reported_statuses(self) -> dict[str, dict[str, Any]]:
         """The last status value reported for each pod (what the cloud has been told)."""

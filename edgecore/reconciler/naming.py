@@ -8,8 +8,10 @@ and the id scheme live here, in one place.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 
-from edgecore.runtime.types import ContainerSpec
+from edgecore.devices import Device
+from edgecore.runtime.types import ContainerSpec, Mount
 from shared.entries import PodEntry
 from shared.models import Container
 
@@ -17,6 +19,7 @@ ANN_POD = "edgefed.io/pod"  # pod key, e.g. pod/default/web
 ANN_CONTAINER = "edgefed.io/container"  # container name within the pod
 ANN_REVISION = "edgefed.io/revision"  # pod spec revision the container was created from
 ANN_GRACE = "edgefed.io/grace-s"  # terminationGracePeriodSeconds, to stop it after deletion
+ENV_DEVICES = "EDGEFED_DEVICES"  # container paths of the allocated accelerators, comma-separated
 
 MAX_ID = 100
 
@@ -34,17 +37,34 @@ def container_id(namespace: str, pod: str, container: str, revision: str) -> str
     return f"{cid[:MAX_ID - 17]}.{digest}"
 
 
-def container_spec(entry: PodEntry, c: Container) -> ContainerSpec:
-    """The runtime spec of one container (raises runtime InvalidSpec if unusable)."""
+def container_spec(
+    entry: PodEntry, c: Container, *, mounts: Sequence[Mount] = (),
+    devices: Sequence[Device] = (),
+) -> ContainerSpec:
+    """The runtime spec of one container (raises runtime InvalidSpec if unusable).
+
+    `mounts` are the container's volume mounts, `devices` its allocated
+    accelerators; their primary nodes' container paths are also listed in the
+    EDGEFED_DEVICES environment variable unless the pod sets it.
+    """
+    env = {e.name: e.value for e in c.env}
+    if devices and ENV_DEVICES not in env:
+        env[ENV_DEVICES] = ",".join(d.paths[0].partition(":")[2] or d.paths[0]
+                                    for d in devices)
+    entries = list(dict.fromkeys(p for d in devices for p in d.paths))
     return ContainerSpec(
         name=c.name,
         image=c.image,
         command=tuple(c.command),
         args=tuple(c.args),
-        env={e.name: e.value for e in c.env},
+        env=env,
         working_dir=c.working_dir,
         cpu_limit_millis=c.resources.limit("cpu"),
         memory_limit_bytes=c.resources.limit("memory"),
+        mounts=tuple(mounts),
+        devices=tuple(entries),
+        user=c.security_context.user() if c.security_context is not None else None,
+        pull_policy=c.image_pull_policy,
         annotations={
             ANN_POD: entry.key,
             ANN_CONTAINER: c.name,
@@ -52,3 +72,4 @@ def container_spec(entry: PodEntry, c: Container) -> ContainerSpec:
             ANN_GRACE: str(entry.spec.termination_grace_period_seconds),
         },
     )
+

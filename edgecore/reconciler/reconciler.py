@@ -17,6 +17,15 @@ a pod whose previous work is still running is skipped this pass):
 - containers of pods that are no longer desired are stopped with the grace
   period they were created with, and removed.
 Every pod's outcome, including errors, becomes a PodStatus for the reporter.
+
+Before any container of a pod starts, its volumes are made ready (`volumes.py`;
+on every pass, so configMap/secret changes reach running containers) and its
+accelerators allocated (`edgecore.devices`); either missing keeps the container
+waiting (pod Pending: CreateContainerConfigError / InsufficientDevices) and is
+retried every pass without counting as a failure. Running containers with
+probes get a prober (`edgecore.prober`): its readiness becomes
+ContainerStatus.ready, and a liveness/startup failure makes the reconciler
+stop the container, which is then restarted like a crash ("Unhealthy: ...").
 """
 
 from __future__ import annotations
@@ -26,11 +35,13 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from edgecore.backoff import capped_delay
 from edgecore.cache import Cache
+from edgecore.devices import DeviceAllocator, InsufficientDevices, wanted
+from edgecore.prober import ProbeManager
 from edgecore.reconciler.naming import (
     ANN_CONTAINER,
     ANN_GRACE,
@@ -41,6 +52,7 @@ from edgecore.reconciler.naming import (
 )
 from edgecore.reconciler.records import ContainerRecord, PodRecord
 from edgecore.reconciler.status import pod_status, terminated_reason
+from edgecore.reconciler.volumes import PreparedVolumes, VolumeError, Volumes
 from edgecore.runtime.errors import (
     ContainerRuntimeError,
     ImagePullError,
@@ -51,7 +63,7 @@ from edgecore.runtime.errors import (
 from edgecore.runtime.types import ContainerState, Runtime
 from shared.delta import EdgeDesired
 from shared.entries import POD, PodEntry, parse_pod_entry, split_key
-from shared.models import Container, ContainerStatus, PodStatus
+from shared.models import Container, ContainerStatus, LastState, PodStatus
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +88,14 @@ class CrashLoop:
         return capped_delay(failures, initial=self.initial_s, cap=self.max_s)
 
 
+@dataclass(frozen=True)
+class _PodContext:
+    """What every container of a pod needs this pass: its volumes, or why it must wait."""
+
+    volumes: PreparedVolumes | None = None
+    blocked: tuple[str, str] | None = None  # (reason, message): do not start containers
+
+
 def _msg(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
     return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 3] + "..."
@@ -85,9 +105,13 @@ class Reconciler:
     def __init__(
         self, *, node: str, runtime: Runtime, cache: Cache, desired: Callable[[], EdgeDesired],
         sink: StatusSink, crashloop: CrashLoop | None = None, interval_s: float = 5.0,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.time, volumes: Volumes | None = None,
+        devices: DeviceAllocator | None = None, prober: ProbeManager | None = None,
     ) -> None:
         self.node = node
+        self.volumes = volumes  # None: pods with volumes cannot start here
+        self.devices = devices  # None: no accelerators on this node
+        self.prober = prober  # None: probes are not run (running means ready)
         self.runtime = runtime
         self.cache = cache
         self.desired = desired
@@ -122,6 +146,8 @@ class Reconciler:
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            if self.prober is not None:
+                await self.prober.close()
 
     def _sleep_time(self) -> float:
         """Until the next pass: the interval, or sooner if a restart falls due before it."""
@@ -151,12 +177,17 @@ class Reconciler:
         # A set we never received (fresh cache) is not "delete everything".
         if desired.epoch is not None or desired.gen > 0:
             keys |= set(groups) | set(self._records)
+            if self.volumes is not None and self.passes % 12 == 1:
+                # Pod dirs left by a crash between container removal and cleanup.
+                for gone in await asyncio.to_thread(
+                        self.volumes.sweep, keys | set(self._inflight)):
+                    log.info("removed leftover volumes of %s", gone)
         started: list[asyncio.Task[None]] = []
         for key in sorted(keys):
             if key in self._inflight:
                 continue
             task = asyncio.create_task(
-                self._sync_pod(key, wanted.get(key), groups.get(key, [])),
+                self._sync_pod(key, wanted.get(key), groups.get(key, []), desired.items),
                 name=f"edgecore[{self.node}].reconciler.{key}",
             )
             self._inflight[key] = task
@@ -188,6 +219,7 @@ class Reconciler:
 
     async def _sync_pod(
         self, key: str, want: PodEntry | Exception | None, states: list[ContainerState],
+        items: dict[str, Any],
     ) -> None:
         """Converge one pod; never raises (except cancellation): errors become its status."""
         try:
@@ -199,7 +231,7 @@ class Reconciler:
                     phase="Failed", reason="InvalidSpec", node_name=self.node,
                     message=f"desired value of {key} is not a valid pod: {_msg(want)}"))
             else:
-                self.sink.update(key, await self._converge(want, states))
+                self.sink.update(key, await self._converge(want, states, items))
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -214,10 +246,16 @@ class Reconciler:
         await self._stop_remove(states)
         if self._records.pop(key, None) is not None:
             await asyncio.to_thread(self.cache.delete_pod_record, key)
+        if self.devices is not None and self.devices.release(key):
+            await asyncio.to_thread(self.cache.put_pod_allocation, key, None)
+        if self.volumes is not None and await asyncio.to_thread(self.volumes.remove, key):
+            log.info("removed the volumes of %s", key)
         self.sink.update(key, None)
 
     async def _stop_remove(self, states: list[ContainerState]) -> None:
         for st in states:
+            if self.prober is not None:
+                self.prober.forget(st.id)
             if st.status == "running":
                 try:
                     grace = float(st.annotations.get(ANN_GRACE, "10"))
@@ -226,7 +264,9 @@ class Reconciler:
                 await self.runtime.stop(st.id, grace_s=grace)
             await self.runtime.remove(st.id)
 
-    async def _converge(self, entry: PodEntry, states: list[ContainerState]) -> PodStatus:
+    async def _converge(
+        self, entry: PodEntry, states: list[ContainerState], items: dict[str, Any],
+    ) -> PodStatus:
         key = entry.key
         rec = self._records.get(key)
         before = rec.to_dict() if rec is not None else None
@@ -259,44 +299,88 @@ class Reconciler:
                  for c in entry.spec.containers],
                 revision=entry.revision, node=self.node))
         await self._stop_remove(stale)
+        ctx = await self._prepare(entry, items)
+        if self.devices is not None and self.devices.retain(key, names):
+            await asyncio.to_thread(self.cache.put_pod_allocation, key,
+                                    self.devices.pod_value(key))
         statuses = []
         for c in entry.spec.containers:
             cid = container_id(ns, name, c.name, entry.revision)
             statuses.append(await self._container(entry, c, cid, current.get(c.name),
-                                                  rec.container(c.name)))
+                                                  rec.container(c.name), ctx=ctx))
         after = rec.to_dict()
         if after != before:
             await asyncio.to_thread(self.cache.put_pod_record, key, after)
         return pod_status(statuses, revision=entry.revision, node=self.node)
 
+    async def _prepare(self, entry: PodEntry, items: dict[str, Any]) -> _PodContext:
+        if not entry.spec.volumes:
+            return _PodContext()
+        if self.volumes is None:
+            return _PodContext(blocked=("CreateContainerConfigError",
+                                        "this agent has no directory for pod volumes"))
+        try:
+            return _PodContext(volumes=await asyncio.to_thread(self.volumes.prepare, entry, items))
+        except VolumeError as exc:
+            return _PodContext(blocked=("CreateContainerConfigError", _msg(exc)))
+
     # -- one container ------------------------------------------------------------------
 
     async def _container(
         self, entry: PodEntry, c: Container, cid: str, st: ContainerState | None,
-        rec: ContainerRecord,
+        rec: ContainerRecord, *, ctx: _PodContext,
     ) -> ContainerStatus:
         now = self.clock()
         if st is not None and st.status == "running":
             if rec.running_since is None:  # adopted without a record (e.g. cache lost)
                 rec.running_since = st.started_at
-            return ContainerStatus(name=c.name, state="running", ready=True,
-                                   restart_count=rec.restarts, started_at=rec.running_since)
+            if self.prober is None:
+                return self._running(c.name, rec, ready=True, started=None)
+            self.prober.ensure(cid, c, started_at=st.started_at or rec.running_since,
+                               instance=str(st.started_at))
+            probe = self.prober.state(cid, c)
+            if probe.unhealthy is None:
+                return self._running(c.name, rec, ready=probe.ready, started=probe.started)
+            st = await self._kill_unhealthy(entry, cid, st, rec, probe.unhealthy)
+            if st is None or st.status == "running":
+                return self._running(c.name, rec, ready=False, started=probe.started)
         if st is not None and st.status in ("stopped", "unknown"):
+            if self.prober is not None:
+                self.prober.forget(cid)
             self._observe_exit(st, rec, entry.spec.restart_policy)
             if rec.completed:
                 return self._terminated(c.name, rec)
             if now < rec.next_start_at:
                 return self._backing_off(c.name, rec)
+            if ctx.blocked is not None:
+                return self._blocked(c.name, rec, ctx.blocked)
             await self.runtime.remove(st.id)
             rec.restarts += 1
-            return await self._start(entry, c, cid, rec)
+            return await self._start(entry, c, cid, rec, ctx)
         if rec.completed:  # finished for good; its container may have been cleaned away
             return self._terminated(c.name, rec)
         if now < rec.next_start_at:
             return self._backing_off(c.name, rec)
+        if ctx.blocked is not None:
+            return self._blocked(c.name, rec, ctx.blocked)
         if st is not None:  # "created": a start that never finished; clear it and retry
             await self.runtime.remove(st.id)
-        return await self._start(entry, c, cid, rec)
+        return await self._start(entry, c, cid, rec, ctx)
+
+    async def _kill_unhealthy(
+        self, entry: PodEntry, cid: str, st: ContainerState, rec: ContainerRecord, why: str,
+    ) -> ContainerState | None:
+        """Stop a container its liveness/startup probe gave up on; return its new state.
+
+        The exit is then counted like a crash (restart policy, CrashLoopBackOff),
+        with `why` ("Unhealthy: ...") as the termination message.
+        """
+        log.info("%s: stopping container %s: %s", entry.key, cid, why)
+        rec.kill_message = why
+        assert self.prober is not None
+        self.prober.forget(cid)
+        await self.runtime.stop(cid, grace_s=float(entry.spec.termination_grace_period_seconds))
+        return next((s for s in await self.runtime.list() if s.id == cid), None)
 
     def _observe_exit(self, st: ContainerState, rec: ContainerRecord, policy: str) -> None:
         """Count an exit once (it stays visible until the restart) and schedule the restart."""
@@ -307,6 +391,8 @@ class Reconciler:
         rec.running_since = None
         rec.exit_code = st.exit_code
         rec.exit_reason = terminated_reason(st.exit_code, oom=st.oom_killed)
+        rec.exit_message, rec.kill_message = rec.kill_message, None
+        rec.last_started_at = st.started_at
         rec.finished_at = st.finished_at if st.finished_at is not None else self.clock()
         if not (policy == "Always" or (policy == "OnFailure" and st.exit_code != 0)):
             rec.completed = True
@@ -321,11 +407,28 @@ class Reconciler:
                  rec.exit_reason, max(0.0, rec.next_start_at - self.clock()))
 
     async def _start(
-        self, entry: PodEntry, c: Container, cid: str, rec: ContainerRecord,
+        self, entry: PodEntry, c: Container, cid: str, rec: ContainerRecord, ctx: _PodContext,
     ) -> ContainerStatus:
         now = self.clock()
+        if self.prober is not None:
+            self.prober.forget(cid)  # a new instance is probed afresh
         try:
-            await self.runtime.run(cid, container_spec(entry, c))
+            devices = await self._allocate(entry, c)
+        except InsufficientDevices as exc:
+            return self._blocked(c.name, rec, ("InsufficientDevices", _msg(exc)))
+        try:
+            spec = container_spec(entry, c, devices=devices,
+                                  mounts=ctx.volumes.mounts(c) if ctx.volumes else ())
+            try:
+                await self.runtime.run(cid, spec)
+            except ImagePullError as exc:
+                if spec.pull_policy != "Always":
+                    raise
+                # Offline first: a registry we cannot reach must not keep a container
+                # down whose image is already here; IfNotPresent pulls only if missing.
+                log.warning("%s: pull (Always) of %s failed, trying the local copy: %s",
+                            entry.key, spec.image, exc)
+                await self.runtime.run(cid, replace(spec, pull_policy="IfNotPresent"))
         except RuntimePermanentError as exc:
             self._start_failed(rec, "CreateContainerConfigError", exc, delay=self.crashloop.max_s)
             return self._waiting(c.name, rec)
@@ -340,8 +443,43 @@ class Reconciler:
         rec.waiting_reason = rec.waiting_message = None
         rec.running_since = now
         rec.completed = False
-        return ContainerStatus(name=c.name, state="running", ready=True,
-                               restart_count=rec.restarts, started_at=now)
+        if self.prober is None:
+            return self._running(c.name, rec, ready=True, started=None)
+        self.prober.ensure(cid, c, started_at=now, instance=None)
+        probe = self.prober.state(cid, c)
+        return self._running(c.name, rec, ready=probe.ready, started=probe.started)
+
+    async def _allocate(self, entry: PodEntry, c: Container) -> list[Any]:
+        if self.devices is None:
+            want = wanted(c)
+            if want:
+                raise InsufficientDevices(
+                    f"container {c.name!r} needs {', '.join(sorted(want))}; this node has none")
+            return []
+        devices, changed = self.devices.allocate(entry.key, c)
+        if changed:
+            await asyncio.to_thread(self.cache.put_pod_allocation, entry.key,
+                                    self.devices.pod_value(entry.key))
+        return devices
+
+    def _running(self, name: str, rec: ContainerRecord, *, ready: bool,
+                 started: bool | None) -> ContainerStatus:
+        return ContainerStatus(name=name, state="running", ready=ready, started=started,
+                               restart_count=rec.restarts, started_at=rec.running_since,
+                               last_state=self._last_state(rec))
+
+    def _blocked(self, name: str, rec: ContainerRecord, why: tuple[str, str]) -> ContainerStatus:
+        """Waiting for something outside the container (volume, device): not a failure."""
+        return ContainerStatus(name=name, state="waiting", reason=why[0], message=why[1],
+                               restart_count=rec.restarts, last_state=self._last_state(rec))
+
+    @staticmethod
+    def _last_state(rec: ContainerRecord) -> LastState | None:
+        if rec.finished_at is None:
+            return None
+        return LastState(exit_code=rec.exit_code, reason=rec.exit_reason,
+                         message=rec.exit_message, started_at=rec.last_started_at,
+                         finished_at=rec.finished_at)
 
     def _start_failed(
         self, rec: ContainerRecord, reason: str, exc: Exception, *, delay: float | None,
@@ -355,20 +493,23 @@ class Reconciler:
 
     def _waiting(self, name: str, rec: ContainerRecord) -> ContainerStatus:
         return ContainerStatus(name=name, state="waiting", reason=rec.waiting_reason,
-                               message=rec.waiting_message, restart_count=rec.restarts)
+                               message=rec.waiting_message, restart_count=rec.restarts,
+                               last_state=self._last_state(rec))
 
     def _backing_off(self, name: str, rec: ContainerRecord) -> ContainerStatus:
         if rec.waiting_reason is not None:  # a failed start is waiting for its retry
             return self._waiting(name, rec)
         delay = self.crashloop.delay(rec.failures)
+        why = f"; {rec.exit_message}" if rec.exit_message else ""
         return ContainerStatus(
             name=name, state="waiting", reason="CrashLoopBackOff", restart_count=rec.restarts,
             exit_code=rec.exit_code, finished_at=rec.finished_at,
             message=(f"back-off {delay:g}s restarting failed container {name} "
-                     f"(last exit {rec.exit_code}, {rec.exit_reason})"),
+                     f"(last exit {rec.exit_code}, {rec.exit_reason}{why})"),
+            last_state=self._last_state(rec),
         )
 
     def _terminated(self, name: str, rec: ContainerRecord) -> ContainerStatus:
         return ContainerStatus(name=name, state="terminated", exit_code=rec.exit_code,
                                reason=rec.exit_reason, restart_count=rec.restarts,
-                               finished_at=rec.finished_at)
+                               message=rec.exit_message, finished_at=rec.finished_at)

@@ -25,6 +25,9 @@ class ContainerRecord:
     finished_at: float | None = None
     waiting_reason: str | None = None  # why it is not running now (start failure)
     waiting_message: str | None = None
+    exit_message: str | None = None  # e.g. "Unhealthy: liveness probe failed 3 times: ..."
+    kill_message: str | None = None  # why we stopped it, until its exit is observed
+    last_started_at: float | None = None  # start of the instance that last exited
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ContainerRecord:

@@ -15,7 +15,7 @@ from shared.models import ContainerStatus, PodStatus
 # Waiting reasons that mean "has never got going", so the pod is still Pending.
 PENDING_REASONS = frozenset({
     "ContainerCreating", "ImagePullBackOff", "ErrImagePull", "CreateContainerError",
-    "CreateContainerConfigError", "InvalidImageName",
+    "CreateContainerConfigError", "InvalidImageName", "InsufficientDevices",
 })
 
 
@@ -36,6 +36,7 @@ def pod_status(
     return PodStatus(
         phase=phase, reason=reason, message=message, node_name=node,
         container_statuses=containers, revision=revision,
+        ready=phase == "Running" and all(c.ready for c in containers),
     )
 
 

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from edgecore.runtime.errors import ContainerExists, ContainerRuntimeError
-from edgecore.runtime.types import ContainerSpec, ContainerState, validate_cid
+from edgecore.runtime.types import ContainerSpec, ContainerState, ContainerStats, validate_cid
 
 
 @dataclass
@@ -26,6 +26,12 @@ class FakeRuntime:
     calls: list[tuple[str, str]] = field(default_factory=list)
     fail_images: dict[str, Exception] = field(default_factory=dict)
     list_error: Exception | None = None
+    # ExtendedRuntime parts (probes, telemetry, logs): exec answers from `exec_result`,
+    # stats from `stats_of`; `rotations` counts rotate_all_logs calls.
+    exec_result: Callable[[str, list[str]], tuple[int, bytes, bytes]] = (
+        lambda _cid, _argv: (0, b"", b""))
+    stats_of: dict[str, ContainerStats] = field(default_factory=dict)
+    rotations: list[tuple[int, int]] = field(default_factory=list)
 
     async def pull(self, image: str, *, insecure: bool | None = None) -> str:
         self.calls.append(("pull", image))
@@ -63,6 +69,21 @@ class FakeRuntime:
 
     async def logs(self, cid: str, *, tail: int | None = None) -> bytes:
         return b""
+
+    async def exec(self, cid: str, argv: list[str], *,
+                   timeout_s: float = 30) -> tuple[int, bytes, bytes]:
+        self.calls.append(("exec", cid))
+        return self.exec_result(cid, argv)
+
+    async def stats(self, cid: str) -> ContainerStats | None:
+        c = self.containers.get(cid)
+        if c is None or c.state.status != "running":
+            return None
+        return self.stats_of.get(cid)
+
+    async def rotate_all_logs(self, *, max_bytes: int = 0, keep: int = 1) -> list[str]:
+        self.rotations.append((max_bytes, keep))
+        return []
 
     # -- test controls -------------------------------------------------------------------
 
