@@ -23,6 +23,7 @@ from edgecore.backoff import Backoff, jittered
 from edgecore.cache import Cache
 from edgecore.config import AgentSettings
 from edgecore.devices import DeviceAllocator, discover
+from edgecore.errors import CacheError
 from edgecore.link import Link
 from edgecore.nodeinfo import node_status
 from edgecore.prober import ProbeManager, make_probe
@@ -156,4 +157,8 @@ class Agent:
             await asyncio.sleep(jittered(s.heartbeat_s, s.heartbeat_jitter))
             quiet = time.monotonic() - reporter.last_append >= s.heartbeat_s / 2
             if link.connected and quiet:
-                await reporter.heartbeat()
+                try:
+                    await reporter.heartbeat()
+                except CacheError as exc:
+                    # A full disk is temporary: skip this beat, keep the agent running.
+                    log.warning("heartbeat not queued: %s", exc)

@@ -3,6 +3,9 @@
     testbed up --nodes 3          start everything, print how to reach it, Ctrl-C stops
     testbed demo                  up + apply examples/ + wait for convergence + fetch a page
     testbed bench sync --nodes N  simulated fleet: time for a DaemonSet to be acked by all
+    testbed chaos SCENARIO        start a fleet, inject a named fault, print figures:
+                                  partition --minutes 10, flaky, broker-restart, cloud-kill,
+                                  agent-kill, offline-reboot --pods 20; `outbox` needs no fleet
 """
 
 from __future__ import annotations
@@ -150,6 +153,25 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return bench_sync(nodes=args.nodes, procs=args.procs, workdir=Path(args.workdir))
 
 
+def cmd_chaos(args: argparse.Namespace) -> int:
+    import json
+
+    from testbed.chaos import outbox_figures, run_scenario
+
+    if args.scenario == "outbox":
+        print(json.dumps(outbox_figures(pods=args.pods, heartbeat_s=args.heartbeat_default),
+                         indent=2))
+        return 0
+    s = _settings(args)
+    s.agent_args = ("--mqtt-keepalive", str(args.keepalive))
+    with Fleet(s) as fleet:
+        fleet.wait_nodes_ready(timeout=60)
+        _print_fleet(fleet)
+        run_scenario(fleet, args.scenario, minutes=args.minutes, pods=args.pods,
+                     cycles=args.cycles, delay_ms=args.delay_ms, loss_pct=args.loss)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="testbed", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -168,6 +190,23 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--procs", type=int, default=2, help="simulator processes")
     b.add_argument("--workdir", default="var/bench")
     b.set_defaults(fn=cmd_bench)
+    from testbed.chaos import SCENARIOS
+
+    c = sub.add_parser("chaos", help="start a fleet and run a named fault scenario")
+    c.add_argument("scenario", choices=SCENARIOS)
+    c.add_argument("--nodes", type=int, default=3)
+    c.add_argument("--workdir", default="var/chaos")
+    c.add_argument("--heartbeat", type=float, default=5.0, help="agent heartbeat, seconds")
+    c.add_argument("--keepalive", type=int, default=10, help="agent MQTT keepalive, seconds")
+    c.add_argument("--no-netns", action="store_true", help=argparse.SUPPRESS)
+    c.add_argument("--minutes", type=float, default=1.0, help="partition / flaky duration")
+    c.add_argument("--pods", type=int, default=20, help="offline-reboot pods; outbox pods")
+    c.add_argument("--cycles", type=int, default=20, help="restarts / kills")
+    c.add_argument("--delay-ms", type=int, default=200)
+    c.add_argument("--loss", type=float, default=5.0, help="flaky: packet loss, percent")
+    c.add_argument("--heartbeat-default", type=float, default=30.0,
+                   help="outbox: the heartbeat the figure assumes (agent default 30 s)")
+    c.set_defaults(fn=cmd_chaos)
     args = p.parse_args(argv)
     return int(args.fn(args))
 

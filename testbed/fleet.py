@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import shutil
+import subprocess
 import sys
 import time
 import urllib.error
@@ -37,6 +38,8 @@ class FleetSettings:
     labels: dict[str, str] = field(default_factory=lambda: {"edgefed.io/role": "edge"})
     cloud_args: tuple[str, ...] = ()
     agent_args: tuple[str, ...] = ()
+    state_tmpfs_mib: int = 0  # >0: each agent's state dir is its own tmpfs of this size
+    # (root only), so fault injection can fill an agent's disk without touching the host's
 
 
 @dataclass
@@ -118,6 +121,10 @@ class Fleet:
         name = f"{self.s.node_prefix}-{index + 1}"
         state = self.workdir / "nodes" / name
         host = self.net.add_host(index) if self.net else None
+        if self.s.state_tmpfs_mib and not os.path.ismount(state):
+            state.mkdir(parents=True, exist_ok=True)
+            subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={self.s.state_tmpfs_mib}m",
+                            "tmpfs", str(state)], check=True, capture_output=True)
         argv = self.agent_argv(name, state)
         if host is not None:
             argv = [*host.nsenter(), *argv]
@@ -213,6 +220,9 @@ class Fleet:
             a.proc.stop()
         for a in self.agents:
             remove_containers(a.state_dir)
+            if self.s.state_tmpfs_mib and os.path.ismount(a.state_dir):
+                subprocess.run(["umount", "-l", str(a.state_dir)], check=False,
+                               capture_output=True)
         if self.cloud:
             self.cloud.stop()
         if self.registry is not None:
