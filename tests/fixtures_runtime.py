@@ -10,16 +10,16 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import socket
+import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
 
-from edgecore.runtime import CrunRuntime
+from edgecore.runtime import ContainerSpec, ContainerState, CrunRuntime
 from testbed.registry import LocalRegistry, seed_busybox
 
 TOOLS = ("crun", "conmon", "skopeo", "umoci", "docker-registry", "busybox", "unshare")
@@ -45,11 +45,30 @@ def seeded_registry() -> Iterator[SeededRegistry]:
         yield SeededRegistry(reg, seed_busybox(reg))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+async def state_of(rt: CrunRuntime, cid: str) -> ContainerState | None:
+    return next((s for s in await rt.list() if s.id == cid), None)
+
+
+async def wait_state(
+    rt: CrunRuntime, cid: str, pred: Callable[[ContainerState], bool], timeout: float = 10.0
+) -> ContainerState:
+    """Poll until `pred` holds for container `cid`, or fail naming its last state."""
+    deadline = time.monotonic() + timeout
+    while True:
+        st = await state_of(rt, cid)
+        if st is not None and pred(st):
+            return st
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{cid}: condition not met within {timeout} s, last state {st}")
+        await asyncio.sleep(0.05)
+
+
+def stopped(st: ContainerState) -> bool:
+    return st.status == "stopped" and st.exit_code is not None
+
+
+def spec(image: str, name: str, *command: str, **kw: object) -> ContainerSpec:
+    return ContainerSpec(name=name, image=image, command=list(command), **kw)  # type: ignore[arg-type]
 
 
 def conmon_pids(root: Path) -> list[int]:

@@ -33,10 +33,11 @@ from shared.models import Pod, PodStatus
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fixtures_runtime import (  # noqa: F401  (fixtures are used by name)
     SeededRegistry,
-    free_port,
     runtime,
     seeded_registry,
 )
+
+from testbed.ports import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 

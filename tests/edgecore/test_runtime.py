@@ -15,7 +15,6 @@ import signal
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -25,7 +24,6 @@ from edgecore.runtime import (
     ContainerNotFound,
     ContainerSpec,
     ContainerStartError,
-    ContainerState,
     CrunRuntime,
     ImagePullError,
     InvalidSpec,
@@ -43,40 +41,22 @@ from fixtures_runtime import (  # noqa: F401  (fixtures are used by name)
     SeededRegistry,
     cleanup_root,
     conmon_pids,
-    free_port,
     require_tools,
     runtime,
     seeded_registry,
+    spec,
+    state_of,
+    stopped,
+    wait_state,
 )
+
+from testbed.ports import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-async def state_of(rt: CrunRuntime, cid: str) -> ContainerState | None:
-    return next((s for s in await rt.list() if s.id == cid), None)
-
-
-async def wait_state(
-    rt: CrunRuntime, cid: str, pred: Callable[[ContainerState], bool], timeout: float = 10.0
-) -> ContainerState:
-    deadline = time.monotonic() + timeout
-    while True:
-        st = await state_of(rt, cid)
-        if st is not None and pred(st):
-            return st
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{cid}: condition not met within {timeout} s, last state {st}")
-        await asyncio.sleep(0.05)
-
-
-def stopped(st: ContainerState) -> bool:
-    return st.status == "stopped" and st.exit_code is not None
-
-
-def spec(image: str, name: str, *command: str, **kw: object) -> ContainerSpec:
-    return ContainerSpec(name=name, image=image, command=list(command), **kw)  # type: ignore[arg-type]
 
 
 # -- pure helpers ---------------------------------------------------------------

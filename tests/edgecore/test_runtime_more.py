@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +29,6 @@ from edgecore.runtime import (
     ContainerNotFound,
     ContainerSpec,
     ContainerStartError,
-    ContainerState,
     CrunRuntime,
     ExecTimeout,
     ExtendedRuntime,
@@ -50,6 +49,10 @@ from fixtures_runtime import (  # noqa: F401  (fixtures are used by name)
     require_tools,
     runtime,
     seeded_registry,
+    spec,
+    state_of,
+    stopped,
+    wait_state,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -58,29 +61,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 # -- helpers ----------------------------------------------------------------------
 
 
-async def state_of(rt: CrunRuntime, cid: str) -> ContainerState | None:
-    return next((s for s in await rt.list() if s.id == cid), None)
-
-
-async def wait_state(
-    rt: CrunRuntime, cid: str, pred: Callable[[ContainerState], bool], timeout: float = 10.0
-) -> ContainerState:
-    deadline = time.monotonic() + timeout
-    while True:
-        st = await state_of(rt, cid)
-        if st is not None and pred(st):
-            return st
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{cid}: condition not met within {timeout} s, last state {st}")
-        await asyncio.sleep(0.05)
-
-
-def stopped(st: ContainerState) -> bool:
-    return st.status == "stopped" and st.exit_code is not None
-
-
-def spec(image: str, name: str, *command: str, **kw: object) -> ContainerSpec:
-    return ContainerSpec(name=name, image=image, command=list(command), **kw)  # type: ignore[arg-type]
 
 
 @contextlib.asynccontextmanager
