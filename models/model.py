@@ -21,8 +21,11 @@ Design (per resource, weights not shared between cpu and memory):
   all 60 and the last 15, mean of the last 5 and 15) and two level features (a and
   s themselves, since dynamics near 0 or 1 differ): 69 features.
 - Model: a linear map plus a small ReLU layer (16 units) on the same features,
-  giving 30 outputs o: p50 = a + s * o[:15], p90 = p50 + s * exp(o[15:]).
+  giving 30 outputs o: p50 = a + k * s * o[:15], p90 = p50 + s * exp(o[15:]).
   Trained with the pinball loss at 0.5 and 0.9 (see train.py).
+- k (`params["shrink"]`, default 1) damps the p50 step from the last value: a blend
+  of the model and the last value, chosen on the validation part only
+  (`train.choose_shrink`); p90 keeps its distance above p50.
 """
 
 from __future__ import annotations
@@ -90,10 +93,15 @@ def forward(params: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
     f, a, s = features(x)
     _, _, o = raw_outputs(params, f)
     o = o.transpose(1, 0, 2)  # [B, 2, 30]
-    p50 = a + s * o[..., :HORIZON]
+    p50 = a + shrink_of(params) * (s * o[..., :HORIZON])
     p90 = p50 + s * np.exp(o[..., HORIZON:])
     y = np.stack([p50, p90], axis=3)
     return np.clip(y, 0.0, 1.0).astype(np.float32)
+
+
+def shrink_of(params: dict[str, np.ndarray]) -> np.float32:
+    """The p50 damping factor k (1 = the model as trained)."""
+    return np.float32(params["shrink"].reshape(-1)[0]) if "shrink" in params else np.float32(1)
 
 
 def export_onnx(params: dict[str, np.ndarray], path: Path, *, doc: str = "") -> None:
@@ -114,50 +122,54 @@ def export_onnx(params: dict[str, np.ndarray], path: Path, *, doc: str = "") -> 
         nodes.append(helper.make_node(op, inputs, [out], name=out, **attrs))
         return out
 
-    # The graph computes the same function as `forward`, rearranged for speed (every
-    # full-size [batch, 2, 60] pass costs ~50 MB of memory traffic at 100k nodes):
-    # all features that are linear in z (the lags and the window means) are folded,
-    # with the "- a" of z, into one weight matrix applied to the raw window, so z is
-    # never materialised: z @ W == (x @ W') / s.
-    wx, gw, bias, w2h, hidden = folded_weights(params)
-    ax2 = const("ax2", [2])
+    # The graph computes the same function as `forward`, rearranged for speed: at
+    # 100k nodes every full-size pass costs milliseconds of memory traffic, so the
+    # graph is built to make few of them (see `scaled_weights` for the algebra):
+    # - nothing is divided by s before the last step: ONE MatMul per output group
+    #   on [window, 7 window summaries] gives s * (pre-activations) directly, the
+    #   ReLU commuting with the positive factor s;
+    # - the window's min/max over all 60 and the last 15 minutes come from one
+    #   ReduceMin/ReduceMax over [2, B, 4, 15] (quarters), not a strided slice;
+    # - elementwise ops on [2, B, 1] tensors use [2, B] views when a scalar is
+    #   broadcast (onnxruntime walks a trailing dimension of 1 element by element);
+    # - the output is assembled as [2, B, 15, 2] so the final Transpose moves
+    #   contiguous 30-float rows.
+    w_h, w_o, w2h, hidden = scaled_weights(params)
+    r_ = RESOURCES
     xt = node("Transpose", ["x"], "xt", perm=[1, 0, 2])  # [2, B, 60]
-    lin = node("MatMul", [xt, const("wx", wx)], "lin")  # [2, B, H + 30]
+    q4 = node("Reshape", [xt, const("shp_q4", [r_, -1, 4, 15])], "q4")  # quarters
+    mn4 = node("ReduceMin", [q4], "mn4", axes=[3], keepdims=0)  # [2, B, 4]
+    mx4 = node("ReduceMax", [q4], "mx4", axes=[3], keepdims=0)
+    mn = node("ReduceMin", [mn4], "mn", axes=[2], keepdims=1)  # [2, B, 1]
+    mx = node("ReduceMax", [mx4], "mx", axes=[2], keepdims=1)
+    ax2 = const("ax2", [2])
+    last_q = [const("lq_st", [3]), const("lq_en", [4]), ax2]
+    mn15 = node("Slice", [mn4, *last_q], "mn15")
+    mx15 = node("Slice", [mx4, *last_q], "mx15")
     a = node("Slice", [xt, const("a_st", [CONTEXT - 1]), const("a_en", [CONTEXT]), ax2], "a")
-    x15 = node("Slice", [xt, const("x15_st", [CONTEXT - 15]), const("x15_en", [CONTEXT]), ax2],
-               "x15")
-    mn = node("ReduceMin", [xt], "mn", axes=[2], keepdims=1)
-    mx = node("ReduceMax", [xt], "mx", axes=[2], keepdims=1)
-    s = node("Add", [node("Mul", [node("Sub", [mx, mn], "rng"), const("quarter", 0.25)], "rq"),
-                     const("eps", SCALE_EPS)], "s")
-    ext = node("Concat", [mn, mx,
-                          node("ReduceMin", [x15], "mn15", axes=[2], keepdims=1),
-                          node("ReduceMax", [x15], "mx15", axes=[2], keepdims=1)], "ext", axis=2)
-    ext_z = node("Div", [node("Sub", [ext, a], "ext_a"), s], "ext_z")
-    g = node("Concat", [ext_z, a, s], "g", axis=2)  # [2, B, 6]
-    pre = node("Add", [node("Add", [node("Div", [lin, s], "lin_s"),
-                                    node("MatMul", [g, const("gw", gw)], "g_mm")], "pre0"),
-                       const("bias", bias)], "pre")
+    rng2 = node("Reshape", [node("Sub", [mx, mn], "rng"), const("shp_2b", [r_, -1])], "rng2")
+    s2 = node("Add", [node("Mul", [rng2, const("quarter", 0.25)], "rq"),
+                      const("eps", SCALE_EPS)], "s2")  # [2, B]
+    s = node("Unsqueeze", [s2, ax2], "s")  # [2, B, 1]
+    g = node("Concat", [mn, mx, mn15, mx15, node("Mul", [a, s], "as"),
+                        node("Mul", [s, s], "ss"), s], "g", axis=2)  # [2, B, 7]
+    f = node("Concat", [xt, g], "f", axis=2)  # [2, B, 67]
+    so = node("MatMul", [f, const("w_o", w_o)], "q_o")  # s * (linear part of o)
     if hidden:
-        h = node("Relu", [node("Slice", [pre, const("h_st", [0]), const("h_en", [hidden]), ax2],
-                               "pre_h")], "h")
-        o_lin = node("Slice", [pre, const("o_st", [hidden]),
-                               const("o_en", [hidden + 2 * HORIZON]), ax2], "o_lin")
-        o = node("Add", [o_lin, node("MatMul", [h, const("w2h", w2h)], "h_mm")], "o")
-    else:
-        o = pre
-    o50 = node("Slice", [o, const("q50_st", [0]), const("q50_en", [HORIZON]), ax2], "o50")
-    o90 = node("Slice", [o, const("q90_st", [HORIZON]), const("q90_en", [2 * HORIZON]), ax2],
-               "o90")
-    t90 = node("Add", [o50, node("Exp", [o90], "e90")], "t90")
+        hr = node("Relu", [node("MatMul", [f, const("w_h", w_h)], "q_h")], "hr")  # s * h
+        so = node("Add", [so, node("MatMul", [hr, const("w2h", w2h)], "h_mm")], "so")  # s * o
+    d = node("Reshape", [so, const("shp_d", [r_, -1, 2, HORIZON])], "d")  # [2, B, 2, 15]
+    nodes.append(helper.make_node("Split", [d], ["d50", "d90"], name="split", axis=2))
     ax3 = const("ax3", [3])
-    tq = node("Concat", [node("Unsqueeze", [o50, ax3], "t50u"),
-                         node("Unsqueeze", [t90, ax3], "t90u")], "tq", axis=3)  # [2, B, 15, 2]
-    s4 = node("Unsqueeze", [s, ax3], "s4")
-    a4 = node("Unsqueeze", [a, ax3], "a4")
-    y = node("Add", [a4, node("Mul", [s4, tq], "stq")], "y_t")
-    y = node("Clip", [y, const("lo", 0.0), const("hi", 1.0)], "y_clip")
-    node("Transpose", [y], "y", perm=[1, 0, 2, 3])
+    s4 = node("Unsqueeze", [s, ax3], "s4")  # [2, B, 1, 1]
+    p50 = node("Add", ["d50", node("Unsqueeze", [a, ax3], "a4")], "p50")  # a + s * o50
+    e90 = node("Mul", [node("Exp", [node("Div", ["d90", s4], "o90")], "e90"), s4], "se90")
+    p90 = node("Add", [p50, e90], "p90")  # p50 + s * exp(o90)
+    col = const("shp_col", [r_, -1, HORIZON, 1])
+    pq = node("Concat", [node("Reshape", [p50, col], "p50c"), node("Reshape", [p90, col], "p90c")],
+              "pq", axis=3)  # [2, B, 15, 2]
+    pq = node("Clip", [pq, const("lo", 0.0), const("hi", 1.0)], "y_clip")
+    node("Transpose", [pq], "y", perm=[1, 0, 2, 3])
 
     graph = helper.make_graph(
         nodes,
@@ -196,6 +208,33 @@ def folded_weights(
             w2h.astype(np.float32), hidden)
 
 
+def scaled_weights(
+    params: dict[str, np.ndarray],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Weights of the exported graph, which computes s * (pre-activations) instead of
+    the pre-activations, so nothing is divided by s until the p90 exponent.
+
+    With `folded_weights`: pre = x @ lag / s + ((ext - a) / s) @ gw[:4] + a * gw[4]
+    + s * gw[5] + bias, ext = (min, max, min15, max15). Multiplied by s > 0:
+    s * pre = x @ lag' + ext @ gw[:4] + (a s) gw[4] + (s s) gw[5] + s bias, where
+    lag' subtracts the ext weights from the last lag (a = x[59]). So one MatMul of
+    f = [x (60), min, max, min15, max15, a s, s s, s] (67 columns) by W [2, 67, H + 30]
+    gives s * pre; relu(s * pre_h) = s * h (s > 0), and s * o = (s * pre_o) + (s * h) @ w2h.
+    The p50 columns are multiplied by the damping factor k (`shrink_of`).
+    Returns (w_h [2, 67, H], w_o [2, 67, 30], w2h [2, H, 30], H), float32."""
+    lag, gw, bias, w2h, hidden = folded_weights(params)
+    lag = lag.astype(np.float64)
+    gw = gw.astype(np.float64)
+    lag[:, CONTEXT - 1] -= gw[:, :4].sum(axis=1)
+    w = np.concatenate([lag, gw, bias.astype(np.float64)], axis=1)
+    w2h = w2h.astype(np.float64)
+    k = float(shrink_of(params))  # p50 = a + k * (s * o50): scale the p50 columns
+    w[:, :, hidden : hidden + HORIZON] *= k
+    w2h[:, :, :HORIZON] *= k
+    w = w.astype(np.float32)
+    return w[:, :, :hidden], w[:, :, hidden:], w2h.astype(np.float32), hidden
+
+
 def save_params(params: dict[str, np.ndarray], path: Path) -> None:
     """The trained parameters in numpy form, for the reference forward in the tests."""
     np.savez(path, **params)
@@ -203,4 +242,5 @@ def save_params(params: dict[str, np.ndarray], path: Path) -> None:
 
 def load_params(path: Path) -> dict[str, np.ndarray]:
     with np.load(path) as z:
-        return {k: z[k].astype(np.float32) for k in ("w1", "b1", "w2", "b2")}
+        return {k: z[k].astype(np.float32) for k in ("w1", "b1", "w2", "b2", "shrink")
+                if k in z.files}

@@ -139,6 +139,7 @@ class Forecaster:
         self._row: dict[str, int] = {}
         # free rows, lowest on top so a fleet without churn stays packed in [0, n)
         self._free = list(range(capacity_nodes - 1, -1, -1))
+        self._xbuf = np.empty((0, RESOURCES, CONTEXT), np.float32)  # reused model input
         self._now = -1
         self._placed = self._late_placed = self._late_dropped = 0
         self._invalid = self._restarts = 0
@@ -249,8 +250,10 @@ class Forecaster:
         now = self._now if now_minute is None else max(int(now_minute), self._now)
         rows = np.flatnonzero(self.last >= 0)
         n = len(rows)
-        p50 = np.empty((n, RESOURCES, HORIZON), np.float32)
-        p90 = np.empty((n, RESOURCES, HORIZON), np.float32)
+        # one fresh [n, 2, 15, 2] result per call (a Forecast must not change under its
+        # holder when the next one is made); onnxruntime writes into it directly, and
+        # p50/p90 are views of its last axis
+        y = np.empty((n, RESOURCES, HORIZON, 2), np.float32)
         lag = now - self.last[rows]
         points = np.minimum(now - self.first[rows] + 1, CONTEXT)
         method = np.where(points >= CONTEXT, Method.MODEL, Method.PADDED).astype(np.uint8)
@@ -258,12 +261,13 @@ class Forecaster:
         method[lag >= self.stale_after] = Method.STALE
         use_model = method <= Method.PADDED
         sel = np.flatnonzero(use_model)
-        if len(sel):
-            x = self._windows(rows[sel] if len(sel) < n else rows, now,
-                              lag[sel], points[sel])
-            y = self._model.run(x)
-            p50[sel] = y[..., 0]
-            p90[sel] = y[..., 1]
+        if len(sel) == n:  # the usual case: every node has history, no scatter needed
+            self._model.run(self._windows(rows, now, lag, points), out=y)
+        elif len(sel):
+            x = self._windows(rows[sel], now, lag[sel], points[sel])
+            y[sel] = self._model.run(x, out=np.empty((len(sel), RESOURCES, HORIZON, 2),
+                                                     np.float32))
+        p50, p90 = y[..., 0], y[..., 1]
         rest = np.flatnonzero(~use_model)
         if len(rest):
             last_v, peak = self._last_and_peak(rows[rest])
@@ -286,10 +290,16 @@ class Forecaster:
         self, rows: np.ndarray, now: int, lag: np.ndarray, points: np.ndarray,
     ) -> np.ndarray:
         """The windows ending at `now` of `rows`, oldest first, as one contiguous
-        float32 [len(rows), 2, 60]; carried forward to `now` and padded backwards."""
+        float32 [len(rows), 2, 60]; carried forward to `now` and padded backwards.
+        It is a view of a buffer reused by the next call (grown when the fleet grows),
+        so no 100k-row array is allocated and page-faulted in on every forecast."""
         c0 = (now + 1) % CONTEXT  # column of minute now - 59
         k = CONTEXT - c0
-        x = np.empty((len(rows), RESOURCES, CONTEXT), np.float32)
+        m = len(rows)
+        if len(self._xbuf) < m:
+            self._xbuf = np.empty((min(self.capacity, max(m, 2 * len(self._xbuf))),
+                                   RESOURCES, CONTEXT), np.float32)
+        x = self._xbuf[:m]
         if len(rows) and rows[-1] - rows[0] + 1 == len(rows):  # packed: plain slices
             src = self.values[rows[0] : rows[-1] + 1]
         else:  # holes left by nodes that went: whole-row copies first (fast memcpy)

