@@ -40,6 +40,11 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
     p.add_argument("--heartbeat", type=float,
                    default=float(_env("HEARTBEAT", str(d.sync.heartbeat))),
                    help="default edge heartbeat, seconds (NotReady after 3x)")
+    p.add_argument("--pod-eviction-timeout", type=float, metavar="SECONDS",
+                   default=float(_env("POD_EVICTION_TIMEOUT",
+                                      str(d.sync.pod_eviction_timeout))),
+                   help="seconds a node may be NotReady before its Deployment replicas "
+                        "move elsewhere (300; per-pod tolerationSeconds override it)")
     p.add_argument("--log-level", default=_env("LOG_LEVEL", d.log_level))
     p.add_argument("--auth", action="store_true",
                    default=_env("AUTH", "") not in ("", "0", "false"),
@@ -63,6 +68,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
     s.mqtt.publishers = a.publishers
     s.http.host, s.http.port = a.http_host, a.http_port
     s.sync.heartbeat = a.heartbeat
+    s.sync.pod_eviction_timeout = a.pod_eviction_timeout
     s.log_level = a.log_level
     s.auth.enabled = bool(a.auth)
     s.auth.tokens_file = Path(a.auth_tokens) if a.auth_tokens else None

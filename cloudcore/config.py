@@ -74,6 +74,11 @@ class SyncSettings:
     """Bad input from one node is logged at most once per this many seconds."""
     telemetry_points: int = 120
     """Telemetry samples kept in memory per node (for the forecaster)."""
+    pod_eviction_timeout: float = 300.0
+    """Seconds a node may be NotReady before its Deployment replicas are moved to other
+    nodes (Kubernetes' default toleration, 5 min); a pod's own NoExecute toleration of
+    node.kubernetes.io/unreachable or not-ready with tolerationSeconds overrides it.
+    DaemonSet pods and pods pinned by nodeName never move. 0 moves them at once."""
 
 
 @dataclass
@@ -157,6 +162,10 @@ class Settings:
         for name in ("heartbeat", "missed_heartbeats", "ack_timeout", "ack_timeout_cap",
                      "liveness_interval", "log_interval", "telemetry_points"):
             _positive(f"sync.{name}", getattr(self.sync, name))
+        if not self.sync.pod_eviction_timeout >= 0:
+            raise ConfigError("sync.pod_eviction_timeout must be >= 0, got "
+                              f"{self.sync.pod_eviction_timeout!r}",
+                              field="sync.pod_eviction_timeout")
         for name in ("join_token_ttl", "max_join_token_ttl"):
             _positive(f"auth.{name}", getattr(self.auth, name))
         if self.auth.tokens_file is not None:

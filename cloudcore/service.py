@@ -67,6 +67,7 @@ async def run(settings: Settings, *,
                             missed=settings.sync.missed_heartbeats, now=time.monotonic())
         fleet = Fleet(store=store, scheduler=Scheduler(), liveness=liveness)
         fleet.telemetry_points = settings.sync.telemetry_points
+        fleet.eviction.timeout = settings.sync.pod_eviction_timeout
         fleet.events.capacity = settings.api.events
         records = store.load()
         fleet.load(records)
@@ -94,7 +95,8 @@ async def run(settings: Settings, *,
                          ready=lambda: connected["sub"], auth=auth, settings=settings.api,
                          broker=settings.broker_address(),
                          join_ttl=settings.auth.join_token_ttl,
-                         max_join_ttl=settings.auth.max_join_token_ttl)
+                         max_join_ttl=settings.auth.max_join_token_ttl,
+                         requests=hub.requests)
         server = _Server(uvicorn.Config(app, host=settings.http.host, port=settings.http.port,
                                         lifespan="off", log_level="warning",
                                         access_log=False))

@@ -1,4 +1,9 @@
-"""Command line of the edge agent: `edgecore run --name N --state-dir D ...`.
+"""Command line of the edge agent: `edgecore join`, `run` and `reset`.
+
+`edgecore join --cloud URL --token T --state-dir D` writes `D/edgecore.json` (node
+name, labels, broker address and credentials); `edgecore run --state-dir D` (or
+`--config FILE`) then needs no other flag, and flags given override the file.
+`edgecore run --name N --state-dir D --mqtt-host H ...` still works without a file.
 
 Parses and validates settings before anything starts (a bad flag is one clear
 line on stderr and exit code 2, never a traceback), then runs the agent on
@@ -43,14 +48,55 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"edgecore {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the agent until SIGTERM/SIGINT")
-    run.add_argument("--name", required=True, help="node name (DNS-1123)")
+    _run_flags(run)
+    join = sub.add_parser(
+        "join", help="join a cloudcore with a join token and write STATE_DIR/edgecore.json",
+        description="Trade a join token (fedctl token create) for this node's broker "
+                    "credentials; write them with the name, labels and broker address to "
+                    "STATE_DIR/edgecore.json (mode 0600), then optionally start the agent.")
+    join.add_argument("--cloud", required=True, metavar="URL",
+                      help="cloudcore API, e.g. http://cloud.example:8080")
+    join.add_argument("--token", required=True, help="join token ID.SECRET")
+    join.add_argument("--name", default=None, help="node name (default: the host name)")
+    join.add_argument("--label", action="append", type=_label, default=[], metavar="K=V",
+                      help="node label; repeatable (the token's labels win)")
+    join.add_argument("--state-dir", type=Path, default=Path("/var/lib/edgecore"),
+                      help="agent state directory (/var/lib/edgecore)")
+    join.add_argument("--arch", default=None, help="architecture to announce (this machine's)")
+    join.add_argument("--broker", default=None, metavar="HOST:PORT",
+                      help="use this broker address instead of the one cloudcore advertises")
+    join.add_argument("--start", action="store_true", help="run the agent once joined")
+    join.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (INFO)")
+    reset = sub.add_parser(
+        "reset", help="stop and remove this agent's containers and delete its state dir",
+        description="Undo `edgecore join`: stop and remove the containers of "
+                    "STATE_DIR/runtime, then delete STATE_DIR. The cloud keeps the node until "
+                    "`fedctl node delete NAME`.")
+    reset.add_argument("--state-dir", type=Path, default=Path("/var/lib/edgecore"),
+                       help="agent state directory (/var/lib/edgecore)")
+    reset.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+    reset.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING (WARNING)")
+    return p
+
+
+def _run_flags(run: argparse.ArgumentParser) -> None:
+    run.add_argument("--config", type=Path, default=None, metavar="FILE",
+                     help="config written by `edgecore join` (default: STATE_DIR/edgecore.json "
+                          "if present); flags override it")
+    run.add_argument("--name", default=None, help="node name (DNS-1123); required without "
+                                                  "a config file")
     run.add_argument("--state-dir", required=True, type=Path, help="agent state directory")
-    run.add_argument("--mqtt-host", default="127.0.0.1", help="broker host (127.0.0.1)")
-    run.add_argument("--mqtt-port", type=int, default=1883, help="broker port (1883)")
+    run.add_argument("--mqtt-host", default=None, help="broker host (127.0.0.1)")
+    run.add_argument("--mqtt-port", type=int, default=None, help="broker port (1883)")
     run.add_argument("--mqtt-keepalive", type=int, default=30, help="keepalive seconds (30)")
     run.add_argument("--label", action="append", type=_label, default=[], metavar="K=V",
                      help="node label; repeatable")
     run.add_argument("--heartbeat", type=float, default=30.0, help="heartbeat seconds (30)")
+    run.add_argument("--reconnect-max", type=float, default=None, metavar="SECONDS",
+                     help="cap of the reconnect backoff (min(30, heartbeat))")
+    run.add_argument("--op-timeout", type=float, default=None, metavar="SECONDS",
+                     help="MQTT connect/publish timeout before the session is rebuilt "
+                          "(heartbeat, within 5..15)")
     run.add_argument("--insecure-registry", action="append", default=[], metavar="HOST:PORT",
                      help="registry reached without TLS; repeatable")
     run.add_argument("--outbox-budget-mib", type=int, default=64, help="outbox MiB (64)")
@@ -70,14 +116,35 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--telemetry-sample", type=float, default=10.0,
                      help="seconds between telemetry samples (10)")
     run.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (INFO)")
-    return p
 
 
 def settings_from_args(args: argparse.Namespace) -> AgentSettings:
+    """Settings of `run`: the joined config file (if any), overridden by the flags.
+
+    Raises ConfigError for a bad value and JoinError for an unreadable config file.
+    """
+    from edgecore.join import JoinedConfig, config_path, load_config
+
+    cfg: JoinedConfig | None = None
+    path = getattr(args, "config", None)
+    if path is not None:
+        cfg = load_config(path)
+    elif config_path(args.state_dir).is_file():
+        cfg = load_config(config_path(args.state_dir))
+    name = args.name or (cfg.name if cfg else None)
+    if not name:
+        raise ConfigError("is required (--name, or a config from `edgecore join`)",
+                          field="node")
     return AgentSettings(
-        node=args.name, state_dir=args.state_dir, labels=dict(args.label),
-        mqtt_host=args.mqtt_host, mqtt_port=args.mqtt_port, mqtt_keepalive_s=args.mqtt_keepalive,
+        node=name, state_dir=args.state_dir,
+        labels={**(cfg.labels if cfg else {}), **dict(args.label)},
+        mqtt_host=args.mqtt_host or (cfg.broker_host if cfg else "127.0.0.1"),
+        mqtt_port=args.mqtt_port or (cfg.broker_port if cfg else 1883),
+        mqtt_username=cfg.username if cfg else None,
+        mqtt_password=cfg.password if cfg else None,
+        mqtt_keepalive_s=args.mqtt_keepalive,
         heartbeat_s=args.heartbeat, insecure_registries=tuple(args.insecure_registry),
+        reconnect_max_s=args.reconnect_max, op_timeout_s=args.op_timeout,
         outbox_budget_bytes=args.outbox_budget_mib * 1024 * 1024,
         capacity_cpu_millis=args.cpu_millis, capacity_memory_bytes=args.memory_bytes,
         capacity_pods=args.max_pods, devices=tuple(args.device),
@@ -115,14 +182,102 @@ async def _serve(settings: AgentSettings) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from edgecore.join import JoinError
+
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "reset":
+        return _reset(args)
     try:
-        settings = settings_from_args(args)
+        if args.command == "join":
+            settings = _join(args)
+            if settings is None:
+                return 0
+        else:
+            settings = settings_from_args(args)
     except ConfigError as exc:
         print(f"edgecore: invalid setting {exc}", file=sys.stderr)
         return 2
+    except JoinError as exc:
+        print(f"edgecore: {exc}", file=sys.stderr)
+        return 1
+    return _run(settings)
+
+
+def _join(args: argparse.Namespace) -> AgentSettings | None:
+    """`edgecore join`: the settings to run with if `--start`, else None."""
+    from edgecore.join import config_path, join, remove_state_dir
+
+    name = args.name or _default_name()
+    broker = None
+    if args.broker:
+        host, sep, port = args.broker.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ConfigError(f"{args.broker!r} must be HOST:PORT", field="broker")
+        broker = (host, int(port))
+    labels = dict(args.label)
+    # Check the name and labels here, before the token is spent on a doomed join.
+    AgentSettings(node=name, state_dir=args.state_dir, labels=labels)
+    existed = args.state_dir.exists()
+    try:
+        cfg = join(cloud=args.cloud, token=args.token, name=name, labels=labels,
+                   state_dir=args.state_dir, arch=args.arch, broker=broker)
+    except BaseException:
+        if not existed and args.state_dir.exists() and not any(args.state_dir.iterdir()):
+            remove_state_dir(args.state_dir)
+        raise
+    path = config_path(args.state_dir)
+    print(f"joined {args.cloud} as node {cfg.name!r}; broker {cfg.broker_host}:"
+          f"{cfg.broker_port}" + (f" as user {cfg.username!r}" if cfg.username else ""))
+    print(f"wrote {path} (mode 0600; it holds the broker password)")
+    if not args.start:
+        print(f"start the agent with: edgecore run --state-dir {args.state_dir}")
+        return None
+    print("starting the agent")
+    sys.stdout.flush()
+    return settings_from_args(build_parser().parse_args(
+        ["run", "--state-dir", str(args.state_dir), "--config", str(path)]))
+
+
+def _default_name() -> str:
+    from edgecore.join import default_name
+
+    return default_name()
+
+
+def _reset(args: argparse.Namespace) -> int:
+    from edgecore.join import JoinError, looks_like_state_dir, remove_containers, remove_state_dir
+    from edgecore.runtime.errors import ContainerRuntimeError
+
+    d: Path = args.state_dir
+    if not d.exists():
+        print(f"edgecore: {d} does not exist; nothing to reset", file=sys.stderr)
+        return 0
+    if not looks_like_state_dir(d):
+        print(f"edgecore: {d} is not an edgecore state directory (no edgecore.json, cache/ "
+              "or runtime/); refusing to delete it", file=sys.stderr)
+        return 1
+    if not args.yes:
+        if not sys.stdin.isatty():
+            print("edgecore: reset deletes the containers and state of this agent; pass --yes",
+                  file=sys.stderr)
+            return 1
+        answer = input(f"Stop and remove this agent's containers and delete {d}? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("aborted")
+            return 1
+    try:
+        removed = asyncio.run(remove_containers(d / "runtime"))
+        remove_state_dir(d)
+    except (ContainerRuntimeError, JoinError, OSError) as exc:
+        print(f"edgecore: reset failed: {exc}", file=sys.stderr)
+        return 1
+    print(f"removed {removed} container(s) and {d}")
+    return 0
+
+
+def _run(settings: AgentSettings) -> int:
     try:
         import uvloop
 

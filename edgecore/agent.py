@@ -2,7 +2,8 @@
 
 `Agent.run()` owns one asyncio.TaskGroup of named tasks
 (`edgecore[{node}].link`, `.reconciler`, `.reporter`, `.heartbeat`, `.telemetry`,
-`.logrotate`; the reconciler's prober adds `.prober.{cid}` per probed container). It works
+`.logrotate`, `.requests`; the reconciler's prober adds `.prober.{cid}` per probed
+container, and each logs/exec request from the cloud a `.request.{id}`). It works
 until cancelled and raises if a component fails fatally. Cancelling it stops the
 agent only: containers keep running (they outlive the agent) and are adopted by
 the next agent on the same state dir.
@@ -30,6 +31,7 @@ from edgecore.prober import ProbeManager, make_probe
 from edgecore.reconciler import CrashLoop, Reconciler
 from edgecore.reconciler.volumes import Volumes
 from edgecore.reporter import Reporter
+from edgecore.requests import EdgeRequests
 from edgecore.runtime.errors import ContainerRuntimeError
 from edgecore.sync import SyncHandler
 from edgecore.telemetry import Telemetry
@@ -58,6 +60,7 @@ class Agent:
         self.devices: DeviceAllocator | None = None
         self.telemetry: Telemetry | None = None
         self.prober: ProbeManager | None = None
+        self.requests: EdgeRequests | None = None
         self.started = asyncio.Event()  # set once every component is built
 
     def _make_runtime(self) -> Runtime:
@@ -99,9 +102,19 @@ class Agent:
             link = self.link = Link(
                 node=s.node, host=s.mqtt_host, port=s.mqtt_port, handler=sync,
                 keepalive_s=s.mqtt_keepalive_s,
-                backoff=Backoff(initial=s.reconnect_initial_s, cap=s.reconnect_max_s))
+                username=s.mqtt_username, password=s.mqtt_password,
+                backoff=Backoff(initial=s.reconnect_initial_s, cap=s.reconnect_cap_s),
+                op_timeout_s=s.op_timeout)
             sync.on_applied = reconciler.wake
+            requests = self.requests = EdgeRequests(node=s.node, runtime=runtime,
+                                                    send=sync.queue_response, kick=link.kick)
+            sync.on_request = requests.submit
             reporter.kick = link.kick
+            # Full disk: heartbeats go out unpersisted, reusing the cloud's acked seq.
+            reporter.publish_unpersisted = link.beat
+            reporter.acked = lambda: link.report_acked
+            beat_now = asyncio.Event()
+            link.on_up = beat_now.set  # a (re)connected node reports at once
             log.info("edgecore %s starting: desired %s gen %d, report seq %d, %d in outbox",
                      s.node, sync.desired.epoch, sync.desired.gen, cache.last_seq(),
                      len(cache.outbox()))
@@ -111,9 +124,10 @@ class Agent:
                     ("link", link.run()),
                     ("reconciler", reconciler.run()),
                     ("reporter", reporter.run()),
-                    ("heartbeat", self._heartbeat(link, reporter)),
+                    ("heartbeat", self._heartbeat(link, reporter, beat_now)),
                     ("telemetry", telemetry.run()),
                     ("logrotate", self._rotate_logs(runtime)),
+                    ("requests", requests.run()),
                 ):
                     tg.create_task(coro, name=f"edgecore[{s.node}].{name}")
         finally:
@@ -146,19 +160,26 @@ class Agent:
                 log.warning("log rotation failed: %s", exc)
             await asyncio.sleep(s.log_rotate_interval_s)
 
-    async def _heartbeat(self, link: Link, reporter: Reporter) -> None:
-        """An empty report every heartbeat_s (jittered) while connected and otherwise quiet.
+    async def _heartbeat(self, link: Link, reporter: Reporter, now: asyncio.Event) -> None:
+        """An empty report every heartbeat_s (jittered) while connected and otherwise
+        quiet, and one right after every (re)connect (`now`), so a healed node is Ready
+        as soon as its link is up rather than a heartbeat later.
 
-        Skipped while offline: a stale heartbeat proves nothing, and the Resync on
-        reconnect plus the next heartbeat tell the cloud we are back.
+        Skipped while offline: a stale heartbeat proves nothing. On a full disk the
+        reporter publishes it unpersisted (see `Reporter.heartbeat`).
         """
         s = self.settings
         while True:
-            await asyncio.sleep(jittered(s.heartbeat_s, s.heartbeat_jitter))
+            try:
+                async with asyncio.timeout(jittered(s.heartbeat_s, s.heartbeat_jitter)):
+                    await now.wait()
+            except TimeoutError:
+                pass
+            forced = now.is_set()
+            now.clear()
             quiet = time.monotonic() - reporter.last_append >= s.heartbeat_s / 2
-            if link.connected and quiet:
+            if link.connected and (quiet or forced):
                 try:
                     await reporter.heartbeat()
-                except CacheError as exc:
-                    # A full disk is temporary: skip this beat, keep the agent running.
-                    log.warning("heartbeat not queued: %s", exc)
+                except CacheError as exc:  # reporter handles it; belt and braces
+                    log.warning("heartbeat not sent: %s", exc)

@@ -38,13 +38,25 @@ class AgentSettings:
     """Broker host name or address."""
     mqtt_port: int = 1883
     """Broker TCP port."""
+    mqtt_username: str | None = None
+    """Broker username (`edgecore join` writes the node's credentials); None: anonymous."""
+    mqtt_password: str | None = field(default=None, repr=False)
+    """Broker password, given with `mqtt_username`; never logged."""
     mqtt_keepalive_s: int = 30
     """MQTT keepalive in seconds; the broker declares the session dead (and publishes the
     will) after 1.5x this without traffic."""
     reconnect_initial_s: float = 0.5
     """First reconnect delay in seconds; doubles per failed attempt (jittered)."""
-    reconnect_max_s: float = 30.0
-    """Cap of the reconnect delay in seconds."""
+    reconnect_max_s: float | None = None
+    """Cap of the reconnect delay in seconds; None (default): min(30, heartbeat_s), so
+    after a long outage the agent retries at least once per heartbeat and a healed
+    node is Ready again within about one heartbeat whatever the heartbeat is. The
+    effective value is `reconnect_cap_s`."""
+    op_timeout_s: float | None = None
+    """Seconds one MQTT connect/subscribe/publish may take before the session is
+    declared broken and rebuilt; None (default): the heartbeat, clamped to [5, 15] (not
+    below 5 s, so a busy broker's slow PUBACK does not tear a healthy session down).
+    Effective value: `op_timeout`."""
 
     heartbeat_s: float = 30.0
     """Seconds between heartbeats (an empty report), jittered by `heartbeat_jitter`."""
@@ -107,6 +119,20 @@ class AgentSettings:
         self.validate()
 
     @property
+    def reconnect_cap_s(self) -> float:
+        """The reconnect backoff cap in effect (see `reconnect_max_s`)."""
+        if self.reconnect_max_s is not None:
+            return self.reconnect_max_s
+        return max(self.reconnect_initial_s, min(30.0, self.heartbeat_s))
+
+    @property
+    def op_timeout(self) -> float:
+        """The MQTT operation timeout in effect (see `op_timeout_s`)."""
+        if self.op_timeout_s is not None:
+            return self.op_timeout_s
+        return max(5.0, min(15.0, self.heartbeat_s))
+
+    @property
     def cache_dir(self) -> Path:
         return self.state_dir / "cache"
 
@@ -139,9 +165,14 @@ class AgentSettings:
         if not self.mqtt_host:
             raise ConfigError("must not be empty", field="mqtt_host")
         _range("mqtt_port", self.mqtt_port, 1, 65535)
+        if (self.mqtt_username is None) != (self.mqtt_password is None):
+            raise ConfigError("username and password go together", field="mqtt_username")
         _range("mqtt_keepalive_s", self.mqtt_keepalive_s, 5, 65535)
         _range("reconnect_initial_s", self.reconnect_initial_s, 0.01, 3600)
-        _range("reconnect_max_s", self.reconnect_max_s, self.reconnect_initial_s, 3600)
+        if self.reconnect_max_s is not None:
+            _range("reconnect_max_s", self.reconnect_max_s, self.reconnect_initial_s, 3600)
+        if self.op_timeout_s is not None:
+            _range("op_timeout_s", self.op_timeout_s, 0.5, 600)
         _range("heartbeat_s", self.heartbeat_s, 0.1, 86400)
         _range("heartbeat_jitter", self.heartbeat_jitter, 0, 0.5)
         _range("report_batch_s", self.report_batch_s, 0, 60)

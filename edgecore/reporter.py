@@ -10,6 +10,17 @@ before the link may publish it; the link resends the outbox until ReportAck.
 The first report after start carries node_status; an empty report is the
 heartbeat; each telemetry point is a report of its own (`telemetry`), carrying
 the node's usage as a partial node_status ({"usage": {...}}).
+
+A full disk (the outbox write raises `CacheError`, e.g. ENOSPC) is temporary:
+- status changes stay pending and are retried with the shared backoff; nothing is
+  marked "reported" until a report carrying it is persisted, so the cloud gets the
+  full current status once space returns;
+- a heartbeat that cannot be persisted is published UNPERSISTED (`publish_unpersisted`,
+  the link's one-slot side channel) as an empty report that reuses the highest seq
+  the cloud is known to have processed (`acked_floor`). For the cloud that is a
+  duplicate: it re-acks it and restarts the node's liveness clock, and it changes
+  nothing else. No new seq is ever used without being persisted, so seqs still only
+  grow across restarts and no real report can be shadowed by a heartbeat.
 """
 
 from __future__ import annotations
@@ -20,8 +31,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from edgecore.backoff import Backoff
 from edgecore.cache import Cache, OutboxKind
 from edgecore.errors import CacheError
+from edgecore.ratelimit import RateLimitedLog
 from shared.codec import Report, encode
 from shared.delta import EdgeDesired
 from shared.entries import status_value
@@ -41,6 +54,9 @@ class Reporter:
         self, *, node: str, cache: Cache, desired: Callable[[], EdgeDesired],
         node_status: Callable[[], dict[str, Any]], kick: Callable[[], None] = lambda: None,
         batch_s: float = 0.5, clock: Callable[[], float] = time.time,
+        acked: Callable[[], int] = lambda: 0,
+        publish_unpersisted: Callable[[bytes], None] | None = None,
+        retry: Backoff | None = None,
     ) -> None:
         self.node = node
         self.cache = cache
@@ -54,6 +70,30 @@ class Reporter:
         self._pending: dict[str, dict[str, Any] | None] = {}
         self._event = asyncio.Event()
         self._send_node_status = True
+        self.acked = acked
+        """Highest seq the cloud acked in this process (the link's ReportAck watermark)."""
+        self.publish_unpersisted = publish_unpersisted
+        """Where a heartbeat goes when it cannot be persisted (None: it is skipped)."""
+        self.retry = retry or Backoff(initial=max(batch_s, 0.5), cap=30.0)
+        self.persist_failures = 0
+        self.unpersisted_heartbeats = 0
+        self._rlog = RateLimitedLog(log)
+        self._floor: int | None = None  # computed on first need (it reads the outbox)
+        self._failed = False  # the last flush could not be persisted
+
+    @property
+    def acked_floor(self) -> int:
+        """Highest seq that the cloud has processed or that no longer waits in the
+        outbox: an empty report with this seq is a no-op (a duplicate) for the cloud.
+
+        Every seq below the oldest outbox entry was acked by the cloud (or dropped by
+        the budget, its content given up); new entries only get higher seqs, so the
+        value computed once stays a valid floor, raised by later acks.
+        """
+        if self._floor is None:
+            first = self.cache.outbox(after=0)[:1]
+            self._floor = first[0][0] - 1 if first else self.cache.last_seq()
+        return max(self._floor, self.acked())
 
     def update(self, key: str, status: PodStatus | None) -> None:
         """StatusSink: the pod's current status (None: gone). Cheap; called every pass."""
@@ -75,10 +115,16 @@ class Reporter:
             await self._event.wait()
             await asyncio.sleep(self.batch_s)
             await self.flush()
+            if self._failed:
+                # Not persisted (disk full): retry with backoff, not every batch_s.
+                await asyncio.sleep(self.retry.next())
+            else:
+                self.retry.reset()
 
     async def flush(self) -> int | None:
         """Persist one report with everything pending; returns its seq (None: nothing to say)."""
         self._event.clear()
+        self._failed = False
         if not self._pending and not self._send_node_status:
             return None
         pods, self._pending = self._pending, {}
@@ -95,9 +141,12 @@ class Reporter:
             result = await asyncio.to_thread(
                 self.cache.append_report, make, kind=OutboxKind.STATUS, reported=pods)
         except CacheError as exc:
-            log.error("cannot persist a report, will retry: %s", exc)
+            self.persist_failures += 1
+            self._rlog.warning("status", "cannot persist a status report (%d pod changes "
+                               "pending), will retry: %s", len(pods), exc)
             for k, v in pods.items():  # put back what newer updates have not replaced
                 self._pending.setdefault(k, v)
+            self._failed = True
             self._event.set()
             return None
         for k, v in pods.items():
@@ -136,22 +185,41 @@ class Reporter:
             result = await asyncio.to_thread(self.cache.append_report, make,
                                              kind=OutboxKind.TELEMETRY)
         except CacheError as exc:
-            log.warning("cannot persist a telemetry point, dropped: %s", exc)
+            self.persist_failures += 1
+            self._rlog.warning("telemetry", "cannot persist a telemetry point, dropped: %s",
+                               exc)
             return None
         self.last_append = time.monotonic()
         self.kick()
         return result.seq
 
-    async def heartbeat(self) -> int:
-        """Persist an empty report (droppable first under the outbox budget); returns seq."""
+    async def heartbeat(self) -> int | None:
+        """Persist an empty report (droppable first under the outbox budget); returns seq.
+
+        If it cannot be persisted (CacheError: disk full), publish it unpersisted with
+        seq `acked_floor` instead (see the module docstring) and return None.
+        """
         d = self.desired()
         now = self.clock()
 
         def make(seq: int) -> bytes:
             return encode(Report(node=self.node, seq=seq, epoch=d.epoch, gen=d.gen, ts=now))
 
-        result = await asyncio.to_thread(self.cache.append_report, make,
-                                         kind=OutboxKind.TELEMETRY)
+        try:
+            result = await asyncio.to_thread(self.cache.append_report, make,
+                                             kind=OutboxKind.TELEMETRY)
+        except CacheError as exc:
+            self.persist_failures += 1
+            floor = self.acked_floor
+            if self.publish_unpersisted is None or floor < 1:
+                self._rlog.warning("heartbeat", "heartbeat skipped (cannot persist it and "
+                                   "no acked seq to reuse): %s", exc)
+                return None
+            self._rlog.warning("heartbeat", "cannot persist heartbeats, sending them "
+                               "unpersisted as seq %d: %s", floor, exc)
+            self.unpersisted_heartbeats += 1
+            self.publish_unpersisted(make(floor))
+            return None
         self.last_append = time.monotonic()
         self.kick()
         return result.seq

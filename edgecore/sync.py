@@ -11,20 +11,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from edgecore.cache import Cache
 from edgecore.errors import CacheError
 from edgecore.ratelimit import RateLimitedLog
-from shared.codec import Ack, Desired, Message, ReportAck, Resync
+from shared.codec import Ack, Desired, Message, ReportAck, Request, Response, Resync, encode
 from shared.delta import EdgeDesired, Outcome
 
 log = logging.getLogger(__name__)
 
 # A burst of in-flight deltas behind one gap must cost one resync, not one each.
 GAP_RESYNC_QUIET_S = 2.0
+# Request responses waiting for the link (memory only): past this, producers wait.
+RESPONSE_QUEUE_BYTES = 2 * 1024 * 1024
 
 
 @dataclass
@@ -52,6 +56,12 @@ class SyncHandler:
         self._desired = cache.get_desired()
         self._last_gap: tuple[str | None, int, float] | None = None
         self._rlog = RateLimitedLog(log)
+        # Requests (logs, exec) go to this callback; their Responses come back through
+        # `queue_response` and leave with the outbox pump (see `pending`).
+        self.on_request: Callable[[Request], None] | None = None
+        self._responses: deque[bytes] = deque()
+        self._response_bytes = 0
+        self._responses_lock = threading.Lock()
 
     @property
     def desired(self) -> EdgeDesired:
@@ -74,6 +84,12 @@ class SyncHandler:
                 await asyncio.to_thread(self.cache.ack_reports, msg.seq)
             except CacheError as exc:
                 self._rlog.warning("rack", "cannot trim the outbox: %s", exc)
+            return []
+        if isinstance(msg, Request):
+            if self.on_request is None:
+                self._rlog.warning("request", "dropped a %s request: not served here", msg.kind)
+            else:
+                self.on_request(msg)
             return []
         self.stats.unexpected += 1
         self._rlog.warning(f"unexpected:{msg.t}", "dropped a %r message on the down topic", msg.t)
@@ -114,5 +130,28 @@ class SyncHandler:
         return [self.hello("gap")]
 
     def pending(self, after: int) -> list[tuple[int, bytes]]:
-        """LinkHandler: the outbox after `after`, in seq order (runs in a worker thread)."""
-        return self.cache.outbox(after=after)
+        """LinkHandler: the outbox after `after`, in seq order (runs in a worker thread),
+        then the queued request responses.
+
+        Responses ride on the link's ordered publish pump; they carry the seq of the
+        last report before them so the pump's report cursor does not move. They are
+        not persisted: one lost with a broken session ends its request (the cloud
+        times out), which is what requests promise.
+        """
+        items = self.cache.outbox(after=after)
+        last = items[-1][0] if items else after
+        with self._responses_lock:
+            while self._responses:
+                items.append((last, self._responses.popleft()))
+            self._response_bytes = 0
+        return items
+
+    def queue_response(self, msg: Response) -> bool:
+        """Queue a Response for the link; False (nothing queued) while the queue is full."""
+        payload = encode(msg)
+        with self._responses_lock:
+            if self._responses and self._response_bytes + len(payload) > RESPONSE_QUEUE_BYTES:
+                return False
+            self._responses.append(payload)
+            self._response_bytes += len(payload)
+        return True

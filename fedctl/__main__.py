@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     except click_exceptions.ClickException as exc:
         _fail(exc.format_message())
         return exc.exit_code
-    except (click_exceptions.Abort, typer.Abort):
+    except typer.Abort:
         return 130
     except BrokenPipeError:
         # `fedctl get pods | head`: the reader left; exit quietly, as cat does.

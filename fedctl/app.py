@@ -900,6 +900,66 @@ def whoami(ctx: typer.Context) -> None:
     stdout_console().print(f"{me.get('name')} ({me.get('role')}){auth}")
 
 
+ContainerOpt = Annotated[
+    str | None, typer.Option("--container", "-c", help="Container (when the pod has several).")
+]
+
+
+@app.command()
+@_handles_errors
+def logs(
+    ctx: typer.Context,
+    *,
+    pod: Annotated[str, typer.Argument(metavar="POD")],
+    namespace: NamespaceOpt = None,
+    container: ContainerOpt = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Stream new output.")] = False,
+    tail: Annotated[
+        int | None, typer.Option("--tail", min=0, metavar="N", help="Only the last N lines.")
+    ] = None,
+    since: Annotated[
+        str | None, typer.Option("--since", metavar="DURATION", help="Only output newer than "
+                                 "this, e.g. 10m, 1h, 30s.")
+    ] = None,
+) -> None:
+    """Print a pod container's log, fetched from its node."""
+    try:
+        since_s = parse_duration(since) if since is not None else None
+    except UsageError:
+        raise UsageError(f"--since: {since!r} is not a duration (use 30s, 10m or 1h)") from None
+    out = sys.stdout.buffer
+    with _state(ctx).client() as api:
+        for chunk in api.logs(pod, namespace=namespace, container=container, tail=tail,
+                              since=since_s, follow=follow):
+            out.write(chunk)
+            out.flush()
+
+
+@app.command("exec")
+@_handles_errors
+def exec_(
+    ctx: typer.Context,
+    *,
+    pod: Annotated[str, typer.Argument(metavar="POD")],
+    command: Annotated[list[str], typer.Argument(metavar="COMMAND")],
+    namespace: NamespaceOpt = None,
+    container: ContainerOpt = None,
+    timeout: Annotated[
+        str, typer.Option("--timeout", metavar="DURATION", help="Kill the command after this.")
+    ] = "30s",
+) -> None:
+    """Run a command in a pod's container; exits with the command's exit code."""
+    with _state(ctx).client() as api:
+        res = api.exec(pod, list(command), namespace=namespace, container=container,
+                       timeout=parse_duration(timeout))
+    sys.stdout.write(str(res.get("stdout") or ""))
+    sys.stdout.flush()
+    sys.stderr.write(str(res.get("stderr") or ""))
+    sys.stderr.flush()
+    code = res.get("exitCode")
+    raise typer.Exit(code if isinstance(code, int) else 1)
+
+
 @node_app.command("delete")
 @_handles_errors
 def node_delete(

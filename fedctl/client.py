@@ -215,6 +215,57 @@ class ApiClient:
             raise ServerError(f"cloudcore sent a watch line that is not JSON: {exc}",
                               status=200) from exc
 
+    # --- logs and exec ------------------------------------------------------------
+
+    def logs(
+        self, name: str, *, namespace: str | None = None, container: str | None = None,
+        tail: int | None = None, since: float | None = None, follow: bool = False,
+    ) -> Iterator[bytes]:
+        """A container's log as it arrives; with `follow`, until the server ends it."""
+        params: dict[str, str] = {}
+        if container:
+            params["container"] = container
+        if tail is not None:
+            params["tail"] = str(tail)
+        if since is not None:
+            params["since"] = str(since)
+        if follow:
+            params["follow"] = "true"
+        ns = quote(namespace or "default", safe="")
+        url = f"{API}/pods/{ns}/{quote(name, safe='')}/log"
+        # The server answers within ~10 s; a follow may then be quiet for up to 45 s.
+        timeout = httpx.Timeout(self.timeout, read=None if follow else max(60.0, self.timeout))
+        try:
+            with self._http.stream("GET", url, params=params, timeout=timeout) as resp:
+                if resp.status_code >= 400:
+                    resp.read()
+                    self._decode(resp, what=None)  # the server names the pod or container
+                yield from resp.iter_raw()
+        except httpx.TimeoutException as exc:
+            raise Unreachable(f"logs from {self.server} went quiet: {type(exc).__name__}"
+                              ) from exc
+        except httpx.TransportError as exc:
+            raise Unreachable(f"logs from {self.server} broke: {exc or type(exc).__name__}"
+                              ) from exc
+
+    def exec(
+        self, name: str, command: list[str], *, namespace: str | None = None,
+        container: str | None = None, timeout: float = 30.0,
+    ) -> dict[str, Any]:
+        """Run `command` in the pod's container: `{"exitCode", "stdout", "stderr"}`."""
+        ns = quote(namespace or "default", safe="")
+        url = f"{API}/pods/{ns}/{quote(name, safe='')}/exec"
+        body = {"command": command, "container": container, "timeout": timeout}
+        try:
+            resp = self._http.post(url, json=body,
+                                   timeout=httpx.Timeout(self.timeout, read=timeout + 30))
+        except httpx.TimeoutException as exc:
+            raise Unreachable(f"exec on {self.server}: timed out ({type(exc).__name__})"
+                              ) from exc
+        except httpx.TransportError as exc:
+            raise Unreachable(f"cannot reach cloudcore at {self.server}: {exc}") from exc
+        return self._decode(resp, what=None)  # the server names the pod or container
+
     # --- nodes, events, tokens ---------------------------------------------------
 
     def patch_node(

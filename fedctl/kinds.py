@@ -28,8 +28,10 @@ POD = Kind("Pod", "pods", namespaced=True)
 DAEMONSET = Kind("DaemonSet", "daemonsets", namespaced=True)
 DEPLOYMENT = Kind("Deployment", "deployments", namespaced=True)
 CONFIGMAP = Kind("ConfigMap", "configmaps", namespaced=True)
+SECRET = Kind("Secret", "secrets", namespaced=True)
+NAMESPACE = Kind("Namespace", "namespaces", namespaced=False)
 
-ALL = (NODE, POD, DAEMONSET, DEPLOYMENT, CONFIGMAP)
+ALL = (NODE, POD, DAEMONSET, DEPLOYMENT, CONFIGMAP, SECRET, NAMESPACE)
 BY_KIND = {k.kind: k for k in ALL}
 
 _ALIASES: dict[str, tuple[Kind, ...]] = {}
@@ -39,6 +41,8 @@ for _k, _names in (
     (DAEMONSET, ("daemonset", "daemonsets", "ds")),
     (DEPLOYMENT, ("deployment", "deployments", "deploy")),
     (CONFIGMAP, ("configmap", "configmaps", "cm")),
+    (SECRET, ("secret", "secrets")),
+    (NAMESPACE, ("namespace", "namespaces", "ns")),
 ):
     for _n in _names:
         _ALIASES[_n] = (_k,)
@@ -46,7 +50,7 @@ WORKLOAD_NAMES = ("workload", "workloads", "wl")
 for _n in WORKLOAD_NAMES:
     _ALIASES[_n] = (DAEMONSET, DEPLOYMENT)
 
-KNOWN = "nodes, pods, workloads, daemonsets, deployments, configmaps"
+KNOWN = "nodes, pods, workloads, daemonsets, deployments, configmaps, secrets, namespaces"
 
 
 def resolve(name: str, *, allow_group: bool = True) -> tuple[Kind, ...]:

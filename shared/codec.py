@@ -103,7 +103,54 @@ class Will(_Msg):
     t: Literal["will"] = "will"
 
 
-Message = Annotated[Desired | Ack | Resync | Report | ReportAck | Will, Field(discriminator="t")]
+MAX_CHUNK_BYTES = 64 * 1024
+"""Largest `Response.data`: a log or exec output is split into chunks of at most this."""
+
+
+class Request(_Msg):
+    """cloud -> edge: run a request against a pod's container (docs/proposals/0001).
+
+    `kind` "logs" reads the container's log (`tail` lines, records `since` a Unix
+    time, `follow` keeps streaming new output until `timeout` s have passed); "exec"
+    runs `argv` in the container, killed after `timeout` s; "cancel" ends request
+    `id` early (the cloud's client went away). Answered by `Response`s with the same id.
+    """
+
+    t: Literal["req"] = "req"
+    id: str = Field(min_length=1, max_length=64)
+    kind: Literal["logs", "exec", "cancel"]
+    pod: str = Field(default="", max_length=600)  # pod key, e.g. pod/default/web
+    container: str | None = Field(default=None, max_length=63)
+    tail: int | None = Field(default=None, ge=0)
+    since: float | None = None
+    follow: bool = False
+    argv: list[str] = Field(default_factory=list, max_length=256)
+    timeout: float = Field(default=30.0, gt=0, le=24 * 3600)
+
+
+class Response(_Msg):
+    """edge -> cloud: one chunk of the answer to `Request` `id`, numbered by `seq` from 0.
+
+    `stream` says which output `data` belongs to (exec has both). The last chunk has
+    `done`; it carries `exit_code` (exec) or `error` with a machine-readable `code`
+    (NotFound, BadRequest, Conflict, Timeout, Busy, Failed).
+    """
+
+    t: Literal["resp"] = "resp"
+    id: str = Field(min_length=1, max_length=64)
+    seq: int = Field(ge=0)
+    stream: Literal["stdout", "stderr"] = "stdout"
+    data: bytes = Field(default=b"", max_length=MAX_CHUNK_BYTES)
+    exit_code: int | None = None
+    error: str | None = Field(default=None, max_length=4096)
+    code: str | None = Field(default=None, max_length=32)
+    done: bool = False
+
+
+Message = Annotated[
+    Desired | Ack | Resync | Report | ReportAck | Will | Request | Response,
+    Field(discriminator="t"),
+]
 _ADAPTER: TypeAdapter[Message] = TypeAdapter(Message)
 
 

@@ -1,4 +1,5 @@
-"""Kubernetes-shaped objects: Node, Pod, DaemonSet, Deployment, ConfigMap.
+"""Kubernetes-shaped objects: Node, Pod, DaemonSet, Deployment, ConfigMap, Secret,
+Namespace.
 
 Field names follow Kubernetes (camelCase on the wire and in YAML, snake_case in
 Python). Every model forbids unknown fields, so a field edgefed does not implement
@@ -461,8 +462,8 @@ class Secret(_Model):
     """A v1 Secret: `data` values are base64, `stringData` plain text (merged over data).
 
     Delivered to a node as a `secret/{ns}/{name}` desired entry (shared.entries) only
-    when a pod there mounts it. Not yet in KINDS: the cloud side registers it when it
-    stores and delivers secrets.
+    when a pod there mounts it. Cloudcore stores it normalised (`normalised()`:
+    stringData folded into data) and redacts the values in lists and watches.
     """
 
     api_version: Literal["v1"] = "v1"
@@ -487,6 +488,35 @@ class Secret(_Model):
         out = {k: base64.b64decode(v) for k, v in self.data.items()}
         out.update({k: v.encode() for k, v in self.string_data.items()})
         return out
+
+    def normalised(self) -> Secret:
+        """The same secret with stringData folded into data (as Kubernetes stores it)."""
+        if not self.string_data:
+            return self
+        data = {k: base64.b64encode(v).decode() for k, v in self.decoded().items()}
+        return self.model_copy(update={"data": data, "string_data": {}})
+
+
+class NamespaceMeta(_Model):
+    """Metadata of a cluster-scoped object: no namespace."""
+
+    name: str
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+    uid: str | None = None
+    generation: int | None = None
+    creation_timestamp: str | None = None
+
+    _name = field_validator("name")(_check_name)
+
+
+class Namespace(_Model):
+    """A v1 Namespace (cluster-scoped). Objects may name a namespace that has no
+    Namespace object (as `default` is implicit); this records labels for it."""
+
+    api_version: Literal["v1"] = "v1"
+    kind: Literal["Namespace"] = "Namespace"
+    metadata: NamespaceMeta
 
 
 class NodeCondition(_Model):
@@ -530,10 +560,14 @@ KINDS: dict[str, type[_Model]] = {
     "DaemonSet": DaemonSet,
     "Deployment": Deployment,
     "ConfigMap": ConfigMap,
+    "Secret": Secret,
+    "Namespace": Namespace,
     "Node": Node,
 }
-API_VERSIONS = {"Pod": "v1", "ConfigMap": "v1", "Node": "v1", "DaemonSet": "apps/v1",
-                "Deployment": "apps/v1"}
+API_VERSIONS = {"Pod": "v1", "ConfigMap": "v1", "Secret": "v1", "Namespace": "v1",
+                "Node": "v1", "DaemonSet": "apps/v1", "Deployment": "apps/v1"}
+CLUSTER_KINDS = frozenset({"Node", "Namespace"})
+"""Kinds without a namespace: keyed by name alone in the API and the store."""
 
 
 def _path(loc: tuple[int | str, ...]) -> str:

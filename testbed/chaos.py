@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import random
 import subprocess
@@ -292,9 +293,15 @@ class Chaos:
                 except OSError:  # some file systems cannot; write zeros instead
                     chunk = b"\0" * (1 << 20)
                     left = size
-                    while left > 0:
-                        f.write(chunk[:min(left, len(chunk))])
-                        left -= len(chunk)
+                    try:
+                        while left > 0:
+                            f.write(chunk[:min(left, len(chunk))])
+                            f.flush()
+                            left -= len(chunk)
+                    except OSError as exc:
+                        # the agent wrote meanwhile: the disk is full sooner, as wanted
+                        if exc.errno != errno.ENOSPC:
+                            raise
         self._fillers[node] = path
         self._note(f"fill disk {node} ({size} bytes, {leave_bytes} left)")
         return size

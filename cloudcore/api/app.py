@@ -19,6 +19,7 @@ import base64
 import contextlib
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, Any
 
@@ -37,13 +38,14 @@ from cloudcore.fleet import Fleet
 from cloudcore.fleet.controller import dump_object
 from cloudcore.metrics import Metrics
 from shared.errors import ObjectError
-from shared.models import parse_object
+from shared.models import CLUSTER_KINDS, parse_object
 from shared.topics import valid_node_name
 
 log = logging.getLogger("cloudcore.api")
 
 PLURALS = {"nodes": "Node", "pods": "Pod", "daemonsets": "DaemonSet",
-           "deployments": "Deployment", "configmaps": "ConfigMap"}
+           "deployments": "Deployment", "configmaps": "ConfigMap", "secrets": "Secret",
+           "namespaces": "Namespace"}
 MAX_DOCUMENTS = 1000
 MAX_FIELDS = 32
 NDJSON = "application/x-ndjson"
@@ -72,7 +74,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 class ApplyBody(BaseModel):
     documents: list[Any] = Field(max_length=MAX_DOCUMENTS,
                                  description="Kubernetes-style objects (Pod, DaemonSet, "
-                                             "Deployment, ConfigMap, Node).")
+                                             "Deployment, ConfigMap, Secret, Namespace, "
+                                             "Node).")
     dryRun: bool = False
 
 
@@ -120,6 +123,21 @@ class ApiTokenRequest(BaseModel):
     ttlSeconds: float | None = Field(None, gt=0, description="Lifetime; default: none.")
 
 
+class ExecBody(BaseModel):
+    command: list[str] = Field(min_length=1, max_length=256,
+                               description="argv of the command to run in the container.")
+    container: str | None = Field(None, max_length=63, description="Needed when the pod "
+                                  "has several containers.")
+    timeout: float = Field(30.0, gt=0, le=3600, description="Seconds before the command "
+                           "is killed (504).")
+
+
+REQUEST_STATUS = {"NotFound": 404, "BadRequest": 422, "Conflict": 409, "Busy": 429,
+                  "Timeout": 504, "Overflow": 502, "Failed": 502}
+ANSWER_TIMEOUT = 10.0  # seconds a node has to send the first chunk of an answer
+FOLLOW_IDLE = 45.0  # seconds without a chunk (edges send one every 15 s) ending a follow
+
+
 class NodeMeta(BaseModel):
     labels: dict[str, str | None] = Field(default_factory=dict,
                                           description="Value null removes the label.")
@@ -153,9 +171,9 @@ def decode_continue(token: str, kind: str) -> Any:
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         key = json.loads(raw)
-        if kind == "Node" and isinstance(key, str):
+        if kind in CLUSTER_KINDS and isinstance(key, str):
             return key
-        if (kind != "Node" and isinstance(key, list) and len(key) == 2
+        if (kind not in CLUSTER_KINDS and isinstance(key, list) and len(key) == 2
                 and all(isinstance(p, str) for p in key)):
             return tuple(key)
     except ValueError:
@@ -171,9 +189,11 @@ def create_app(fleet: Fleet, *, metrics: Metrics,
                settings: ApiSettings | None = None,
                broker: tuple[str, int] = ("127.0.0.1", 1883),
                join_ttl: float = 24 * 3600.0,
-               max_join_ttl: float = 365 * 24 * 3600.0) -> FastAPI:
+               max_join_ttl: float = 365 * 24 * 3600.0,
+               requests: Any = None) -> FastAPI:
     """The API over `fleet`. `flush` makes writes durable before a write returns;
-    `auth` (default: off) checks bearer tokens; `broker` is what joining nodes are told."""
+    `auth` (default: off) checks bearer tokens; `broker` is what joining nodes are told;
+    `requests` (the sync hub's `Requests`) serves pod logs and exec (else 503)."""
     api = settings or ApiSettings()
     access = auth if auth is not None else Auth(store=fleet.store, enabled=False)
     app = FastAPI(title="edgefed cloudcore", version="0.2.0", responses=ERRORS,
@@ -338,6 +358,12 @@ def create_app(fleet: Fleet, *, metrics: Metrics,
             raise NotFound("resource type", plural)
         return kind
 
+    def _namespaced(plural: str) -> str:
+        kind = _kind(plural)
+        if kind in CLUSTER_KINDS:
+            raise NotFound("namespaced resource type", plural)
+        return kind
+
     # -- events and watches (before the /{plural} catch-all) ------------------------------
 
     @app.get("/api/v1/events", summary="Recent fleet events, oldest first", tags=["events"],
@@ -373,7 +399,7 @@ def create_app(fleet: Fleet, *, metrics: Metrics,
         beat = heartbeatSeconds or api.watch_heartbeat
 
         def want(key: Any, obj: Any) -> bool:
-            if name is not None and (key if kind == "Node" else key[1]) != name:
+            if name is not None and (key if kind in CLUSTER_KINDS else key[1]) != name:
                 return False
             return fleet.matches(kind, key, obj, namespace=namespace, selector=selector,
                                  node=node)
@@ -440,13 +466,14 @@ def create_app(fleet: Fleet, *, metrics: Metrics,
                          "`limit`, at most that many, in (namespace, name) order, and a "
                          "`continue` token to pass for the next page. `fields` (comma-"
                          "separated dotted paths such as `metadata.name,status.ready`) "
-                         "returns only those fields of each object.")
+                         "returns only those fields of each object. Secret values are "
+                         "`<redacted>` unless `reveal=true` (then `fields` is ignored).")
     async def list_objects(*, request: Request, plural: str, namespace: str | None = None,
                            labelSelector: str | None = None,
                            node: str | None = None,
                            limit: Annotated[int | None, Query(ge=1)] = None,
                            continue_: Annotated[str | None, Query(alias="continue")] = None,
-                           fields: str | None = None) -> Response:
+                           fields: str | None = None, reveal: bool = False) -> Response:
         kind = _kind(plural)
         if limit is not None and limit > api.max_page:
             raise ObjectError(f"limit: at most {api.max_page}", field="limit")
@@ -459,7 +486,12 @@ def create_app(fleet: Fleet, *, metrics: Metrics,
                 raise ObjectError(f"fields: at most {MAX_FIELDS} paths", field="fields")
         keys, more = fleet.page(kind, namespace=namespace, selector=selector, node=node,
                                 limit=limit, after=after)
-        parts = [fleet.encoded(kind, k, proj) for k in keys]
+        if reveal and kind == "Secret":
+            table = fleet.table_of(kind)
+            parts = [json.dumps(dump_object(table[k]), separators=(",", ":")).encode()
+                     for k in keys]
+        else:
+            parts = [fleet.encoded(kind, k, proj) for k in keys]
         token = encode_continue(more) if more is not None else None
         headers = {"X-Continue": token} if token else {}
         if NDJSON in request.headers.get("accept", ""):
@@ -507,20 +539,148 @@ def create_app(fleet: Fleet, *, metrics: Metrics,
         await flush()
         return {"deleted": deleted}
 
+    # -- logs and exec: requests to the pod's node (docs/proposals/0001-requests.md) ------
+
+    def _pod_node(namespace: str, name: str) -> str:
+        """The node a pod runs on, or a clear 404/409/503."""
+        if requests is None:
+            raise _Refused(503, "logs and exec are not available on this server")
+        pod = fleet.get("Pod", namespace, name)
+        node = (pod.get("status") or {}).get("nodeName") or (pod.get("spec") or {}).get("nodeName")
+        if not node:
+            raise _Refused(409, f"pod {namespace}/{name} is not scheduled to a node yet")
+        obj = fleet.nodes.get(node)
+        if obj is not None and obj.status.ready == "NotReady":
+            raise _Refused(409, f"node {node} of pod {namespace}/{name} is NotReady")
+        return str(node)
+
+    async def _first(stream: Any, node: str) -> Any:
+        try:
+            msg = await stream.next(ANSWER_TIMEOUT)
+        except TimeoutError:
+            raise _Refused(504, f"node {node} did not answer within {ANSWER_TIMEOUT:g} s") from None
+        _check(msg)
+        return msg
+
+    def _check(msg: Any) -> None:
+        if msg.error is not None:
+            raise _Refused(REQUEST_STATUS.get(msg.code or "", 502), msg.error)
+
+    @app.exception_handler(_Refused)
+    async def _refused(_: Request, exc: _Refused) -> JSONResponse:
+        return _error(exc.status, exc.message)
+
+    @app.get("/api/v1/pods/{namespace}/{name}/log", summary="A container's log (streamed)",
+             tags=["pods"], dependencies=[reader],
+             responses={200: {"content": {"text/plain": {}}},
+                        409: {"model": ErrorBody}, 504: {"model": ErrorBody}},
+             description="Asks the pod's node over MQTT. `tail`: last N lines; `since`: "
+                         "only the last N seconds; `follow`: keep streaming new output "
+                         "until `timeout` seconds or the client disconnects. 409 if the "
+                         "node is NotReady, 504 if it does not answer within 10 s.")
+    async def pod_log(*, namespace: str, name: str, container: str | None = None,
+                      tail: Annotated[int | None, Query(ge=0)] = None,
+                      since: Annotated[float | None, Query(gt=0)] = None,
+                      follow: bool = False,
+                      timeout: Annotated[float, Query(gt=0, le=24 * 3600)] = 3600.0
+                      ) -> StreamingResponse:
+        node = _pod_node(namespace, name)
+        stream = requests.stream(node, kind="logs", pod=f"pod/{namespace}/{name}",
+                                 container=container, tail=tail, follow=follow,
+                                 since=None if since is None else time.time() - since,
+                                 timeout=timeout if follow else 30.0)
+        await stream.__aenter__()
+        try:
+            first = await _first(stream, node)
+        except BaseException:
+            await stream.__aexit__(None, None, None)
+            raise
+
+        async def body() -> AsyncIterator[bytes]:
+            msg = first
+            try:
+                while True:
+                    if msg.data:
+                        yield msg.data
+                    if msg.done:
+                        if msg.error:
+                            yield f"\nerror: {msg.error}\n".encode()
+                        return
+                    try:
+                        msg = await stream.next(FOLLOW_IDLE if follow else ANSWER_TIMEOUT)
+                    except TimeoutError:
+                        yield f"\nerror: node {node} stopped answering\n".encode()
+                        return
+            finally:
+                await stream.__aexit__(None, None, None)
+
+        return StreamingResponse(body(), media_type="text/plain; charset=utf-8",
+                                 headers={"Cache-Control": "no-cache"})
+
+    @app.post("/api/v1/pods/{namespace}/{name}/exec", summary="Run a command in a container "
+              "(operator)", tags=["pods"], dependencies=[operator],
+              responses={409: {"model": ErrorBody}, 504: {"model": ErrorBody}},
+              description="Runs `command` in the pod's container on its node and returns "
+                          "`{exitCode, stdout, stderr}` (output as UTF-8, invalid bytes "
+                          "replaced). 409 if the node is NotReady or the container not "
+                          "running, 504 if the node does not answer or the command times out.")
+    async def pod_exec(namespace: str, name: str, body: ExecBody) -> dict[str, Any]:
+        node = _pod_node(namespace, name)
+        out: dict[str, list[bytes]] = {"stdout": [], "stderr": []}
+        async with requests.stream(node, kind="exec", pod=f"pod/{namespace}/{name}",
+                                   container=body.container, argv=body.command,
+                                   timeout=body.timeout) as stream:
+            msg = await _first(stream, node)
+            while True:
+                out[msg.stream].append(msg.data)
+                if msg.done:
+                    break
+                try:
+                    msg = await stream.next(body.timeout + ANSWER_TIMEOUT)
+                except TimeoutError:
+                    raise _Refused(504, f"node {node} stopped answering") from None
+                _check(msg)
+        return {"exitCode": msg.exit_code,
+                "stdout": b"".join(out["stdout"]).decode(errors="replace"),
+                "stderr": b"".join(out["stderr"]).decode(errors="replace")}
+
+    @app.get("/api/v1/namespaces/{name}", summary="Get one namespace", tags=["objects"],
+             dependencies=[reader])
+    async def get_namespace(name: str) -> dict[str, Any]:
+        return fleet.get("Namespace", None, name)
+
+    @app.delete("/api/v1/namespaces/{name}", summary="Delete a namespace object (operator)",
+                tags=["objects"], dependencies=[operator],
+                description="Removes the Namespace object only; objects in the namespace "
+                            "stay (edgefed does not cascade namespace deletion).")
+    async def delete_namespace(name: str) -> dict[str, Any]:
+        deleted = fleet.delete("Namespace", None, name)
+        await flush()
+        return {"deleted": deleted}
+
     @app.get("/api/v1/{plural}/{namespace}/{name}", summary="Get one namespaced object",
              tags=["objects"], dependencies=[reader])
     async def get_object(plural: str, namespace: str, name: str) -> dict[str, Any]:
-        return fleet.get(_kind(plural), namespace, name)
+        return fleet.get(_namespaced(plural), namespace, name)
 
     @app.delete("/api/v1/{plural}/{namespace}/{name}",
                 summary="Delete a namespaced object and what it owns (operator)",
                 tags=["objects"], dependencies=[operator])
     async def delete_object(plural: str, namespace: str, name: str) -> dict[str, Any]:
-        deleted = fleet.delete(_kind(plural), namespace, name)
+        deleted = fleet.delete(_namespaced(plural), namespace, name)
         await flush()
         return {"deleted": deleted}
 
     return app
+
+
+class _Refused(Exception):
+    """A logs/exec call answered with `status` and a JSON error body."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
 
 
 def _line(kind: str, raw: bytes) -> bytes:

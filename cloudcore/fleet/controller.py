@@ -12,7 +12,11 @@ Placement rules:
 - a Deployment owns `replicas` pods named `{dep}-{i}`, placed by the scheduler;
 - a bare Pod is placed by the scheduler, or bound to `spec.nodeName` if given.
 Pending pods are retried whenever a node joins, changes, or frees capacity.
-NotReady nodes keep their pods: edges run autonomously while offline (no eviction).
+ConfigMaps and Secrets go into the desired set of exactly the nodes whose placed pods
+mount them (`shared.entries.referenced_keys`): a change of one is a delta to those
+nodes only, and its entry leaves a node when the last pod there using it does.
+NotReady nodes keep their pods (edges run autonomously while offline) until the
+pods' toleration runs out; then Deployment replicas move (`eviction.py`).
 """
 
 from __future__ import annotations
@@ -30,23 +34,37 @@ from typing import Any, Literal, Protocol
 from cloudcore.errors import NotFound
 from cloudcore.fleet import naming
 from cloudcore.fleet.events import EventLog
+from cloudcore.fleet.eviction import Eviction
 from cloudcore.fleet.forecast import FORECAST_KEYS, WARN_INTERVAL, forecast_of, normalise
 from cloudcore.fleet.lifecycle import Liveness
 from cloudcore.fleet.watch import WatchHub
 from cloudcore.scheduler import NodeView, Scheduler
 from cloudcore.scheduler.core import ARCH_LABEL, requests_of, unschedulable_message
 from shared.delta import NodeDesired
-from shared.entries import POD, pod_entry, pod_key, split_key
+from shared.entries import (
+    CONFIGMAP,
+    POD,
+    SECRET,
+    configmap_entry,
+    pod_entry,
+    pod_key,
+    referenced_keys,
+    secret_entry,
+    split_key,
+)
 from shared.errors import ObjectError
 from shared.models import (
+    CLUSTER_KINDS,
     ConfigMap,
     DaemonSet,
     Deployment,
+    Namespace,
     Node,
     Pod,
     PodSpec,
     PodStatus,
     PodTemplate,
+    Secret,
     spec_hash,
 )
 
@@ -55,8 +73,9 @@ log = logging.getLogger("cloudcore.fleet")
 Key = tuple[str, str]  # (namespace, name)
 Action = Literal["created", "configured", "unchanged"]
 KIND_DB = {"Node": "nodes", "Pod": "pods", "DaemonSet": "daemonsets",
-           "Deployment": "deployments", "ConfigMap": "configmaps"}
-_NS_KINDS = ("Pod", "DaemonSet", "Deployment", "ConfigMap")
+           "Deployment": "deployments", "ConfigMap": "configmaps", "Secret": "secrets",
+           "Namespace": "namespaces"}
+_NS_KINDS = ("Pod", "DaemonSet", "Deployment", "ConfigMap", "Secret")
 
 
 class _Table(dict):  # type: ignore[type-arg]
@@ -126,6 +145,8 @@ class Fleet:
         self.daemonsets: dict[Key, DaemonSet] = _Table()
         self.deployments: dict[Key, Deployment] = _Table()
         self.configmaps: dict[Key, ConfigMap] = _Table()
+        self.secrets: dict[Key, Secret] = _Table()
+        self.namespaces: dict[str, Namespace] = _Table()
         self.events = EventLog(clock=clock)
         self.watches = WatchHub()
         self._encoded: dict[tuple[str, tuple[str, ...] | None], dict[Any, bytes]] = {}
@@ -144,7 +165,12 @@ class Fleet:
         self._on_node: dict[str, set[Key]] = {}
         self._pending: set[Key] = set()
         self._entries: dict[Key, dict[str, Any]] = {}  # cached desired-set values
+        self._refs: dict[Key, set[str]] = {}  # pod -> configmap/secret keys it mounts
+        self._config_entries: dict[str, dict[str, Any] | None] = {}  # None: no such object
         self._dirty: set[str] = set()
+        self.eviction = Eviction(self)
+        """Moves Deployment replicas off long-NotReady nodes; `timeout` is the
+        cloud-wide default toleration (settings.sync.pod_eviction_timeout)."""
 
     # -- loading ------------------------------------------------------------------------
 
@@ -161,10 +187,13 @@ class Fleet:
         for db, target, model in (("pods", self.pods, Pod),
                                   ("daemonsets", self.daemonsets, DaemonSet),
                                   ("deployments", self.deployments, Deployment),
-                                  ("configmaps", self.configmaps, ConfigMap)):
+                                  ("configmaps", self.configmaps, ConfigMap),
+                                  ("secrets", self.secrets, Secret)):
             for raw in records.get(db, {}).values():
                 obj = model.model_validate(raw)
                 target[(obj.metadata.namespace, obj.metadata.name)] = obj  # type: ignore[index,attr-defined]
+        for name, raw in records.get("namespaces", {}).items():
+            self.namespaces[name] = Namespace.model_validate(raw)
         for name, rec in records.get("desired", {}).items():
             nd = NodeDesired.from_record(rec)
             self.desired[name] = nd
@@ -201,10 +230,11 @@ class Fleet:
                 continue
             if isinstance(obj, DaemonSet | Deployment):
                 _check_selector(obj)
-            cur = self._table(kind).get((ns, name))
+            cur = self._table(kind).get(_key(kind, ns, name))
             if cur is None:
                 action: Action = "created"
-            elif _comparable(cur) == _comparable(obj):
+            elif _comparable(cur) == _comparable(
+                    obj.normalised() if isinstance(obj, Secret) else obj):
                 action = "unchanged"
             else:
                 action = "configured"
@@ -229,6 +259,12 @@ class Fleet:
                 self._apply_bare_pod(obj)
             elif isinstance(obj, ConfigMap):
                 self._apply_workload(self.configmaps, "configmaps", obj)
+                self._config_changed(CONFIGMAP, obj.metadata.namespace, obj.metadata.name)
+            elif isinstance(obj, Secret):
+                self._apply_workload(self.secrets, "secrets", obj.normalised())
+                self._config_changed(SECRET, obj.metadata.namespace, obj.metadata.name)
+            elif isinstance(obj, Namespace):
+                self._apply_workload(self.namespaces, "namespaces", obj)
         self._retry_pending()
         self._commit()
         return results
@@ -243,17 +279,22 @@ class Fleet:
             self._retry_pending()
             self._commit()
             return dump_object(node)
-        key = (namespace or "default", name)
+        key = _key(kind, namespace or "default", name)
         table = self._table(kind)
         obj = table.get(key)
         if obj is None:
-            raise NotFound(kind, f"{key[0]}/{name}")
-        del table[key]
-        self.store.delete(KIND_DB[kind], _skey(key))
-        self._changed(kind, key, deleted=lambda: dump_object(obj))
+            raise NotFound(kind, name if kind in CLUSTER_KINDS else f"{key[0]}/{name}")
         if kind == "Pod":
+            # _delete_pod removes it from the table, the store and its node's desired set
+            # (removing it from the table first used to leave it in the desired set).
             self._delete_pod(key)
-        elif kind in ("DaemonSet", "Deployment"):
+        else:
+            del table[key]
+            self.store.delete(KIND_DB[kind], _skey(key))
+            self._changed(kind, key, deleted=lambda: dump_object(obj))
+        if kind in ("ConfigMap", "Secret"):
+            self._config_changed(CONFIGMAP if kind == "ConfigMap" else SECRET, *key)
+        if kind in ("DaemonSet", "Deployment"):
             for pk in self._owned(f"{kind}/{key[0]}/{name}"):
                 self._delete_pod(pk)
         self._retry_pending()
@@ -266,9 +307,9 @@ class Fleet:
             if node is None:
                 raise NotFound("Node", name)
             return dump_object(node)
-        obj = self._table(kind).get((namespace or "default", name))
+        obj = self._table(kind).get(_key(kind, namespace or "default", name))
         if obj is None:
-            raise NotFound(kind, f"{namespace}/{name}")
+            raise NotFound(kind, name if kind in CLUSTER_KINDS else f"{namespace}/{name}")
         return dump_object(obj)
 
     def list(self, kind: str, *, namespace: str | None = None,
@@ -282,7 +323,7 @@ class Fleet:
             items = (table[k] for k in sorted(table))
         out = []
         for obj in items:
-            if namespace and kind != "Node" and obj.metadata.namespace != namespace:
+            if namespace and kind not in CLUSTER_KINDS and obj.metadata.namespace != namespace:
                 continue
             if selector is not None and not selector(obj.metadata.labels):
                 continue
@@ -317,7 +358,7 @@ class Fleet:
                 selector: Callable[[dict[str, str]], bool] | None = None,
                 node: str | None = None) -> bool:
         """The filters of `list` for one object."""
-        if namespace and kind != "Node" and obj.metadata.namespace != namespace:
+        if namespace and kind not in CLUSTER_KINDS and obj.metadata.namespace != namespace:
             return False
         if selector is not None and not selector(obj.metadata.labels):
             return False
@@ -338,10 +379,10 @@ class Fleet:
 
         keys = self.sorted_keys(kind)
         start = 0 if after is None else bisect.bisect_right(keys, after)
-        if kind != "Node" and namespace and after is None:
+        if kind not in CLUSTER_KINDS and namespace and after is None:
             start = bisect.bisect_left(keys, (namespace, ""))
         table = self.table_of(kind)
-        plain = selector is None and node is None and (kind == "Node" or not namespace)
+        plain = selector is None and node is None and (kind in CLUSTER_KINDS or not namespace)
         if plain:
             end = len(keys) if limit is None else min(len(keys), start + limit)
             out = keys[start:end]
@@ -349,7 +390,7 @@ class Fleet:
         out = []
         for i in range(start, len(keys)):
             key = keys[i]
-            if kind != "Node" and namespace and key[0] != namespace:
+            if kind not in CLUSTER_KINDS and namespace and key[0] != namespace:
                 if key[0] > namespace:
                     break
                 continue
@@ -364,7 +405,8 @@ class Fleet:
 
     def encoded(self, kind: str, key: Any, fields: tuple[str, ...] | None = None) -> bytes:
         """The object as compact JSON (optionally only `fields`, dotted API paths);
-        cached until the object changes."""
+        cached until the object changes. Secret values are redacted (lists, watches):
+        only `get` of one Secret, or a list with `reveal`, shows them."""
         cache = self._encoded.get((kind, fields))
         if cache is None:
             if len(self._encoded) >= 8:  # a few projections at most; drop the oldest
@@ -377,6 +419,8 @@ class Fleet:
                 raw = obj.model_dump_json(by_alias=True, exclude_none=True).encode()
             else:
                 raw = _project(obj, fields)
+            if kind == "Secret":
+                raw = _redact(raw)
             cache[key] = raw
         return raw
 
@@ -658,6 +702,7 @@ class Fleet:
             if self.mark_not_ready(name, reason="NodeStatusUnknown",
                                    message=f"no report for {window:g}s"):
                 out.append(name)
+        self.eviction.run()  # same tick: replicas whose toleration ran out move
         return out
 
     def readiness_counts(self) -> dict[str, int]:
@@ -671,13 +716,13 @@ class Fleet:
     def _table(self, kind: str) -> dict[Key, Any]:
         tables: dict[str, dict[Key, Any]] = {
             "Pod": self.pods, "DaemonSet": self.daemonsets, "Deployment": self.deployments,
-            "ConfigMap": self.configmaps}
+            "ConfigMap": self.configmaps, "Secret": self.secrets, "Namespace": self.namespaces}
         if kind not in tables:
             raise NotFound("kind", kind)
         return tables[kind]
 
-    def _apply_workload(self, table: dict[Key, Any], db: str, obj: Any) -> None:
-        key = (obj.metadata.namespace, obj.metadata.name)
+    def _apply_workload(self, table: dict[Any, Any], db: str, obj: Any) -> None:
+        key = _key(obj.kind, getattr(obj.metadata, "namespace", None), obj.metadata.name)
         _stamp(obj, table.get(key))
         table[key] = obj
         self.store.put_later(db, _skey(key), lambda: dump_object(obj))
@@ -718,6 +763,7 @@ class Fleet:
                     naming.SCHEDULED, old.metadata.annotations[naming.SCHEDULED])
         self.pods[key] = pod
         self._entries.pop(key, None)
+        self._refs.pop(key, None)
         node = self._bound.get(key)
         if node is not None:
             target = pod.spec.node_name
@@ -737,6 +783,7 @@ class Fleet:
         self._unbind(key)
         self._pending.discard(key)
         self._entries.pop(key, None)
+        self._refs.pop(key, None)
         self.store.delete("pods", _skey(key))
 
     def _delete_node(self, name: str) -> None:
@@ -893,6 +940,34 @@ class Fleet:
                         allocatable=node.status.allocatable, requested=requested,
                         forecast=forecast_of(node.status.usage))
 
+    def _config_changed(self, kind: str, namespace: str, name: str) -> None:
+        """A ConfigMap/Secret was created, changed or deleted: the nodes whose pods
+        mount it are dirty (their entry for it changes); no other node is."""
+        ck = f"{kind}/{namespace}/{name}"
+        self._config_entries.pop(ck, None)
+        for node, keys in self._on_node.items():
+            if any(ck in self._pod_refs(pk) for pk in keys if pk in self.pods):
+                self._dirty.add(node)
+
+    def _pod_refs(self, key: Key) -> set[str]:
+        refs = self._refs.get(key)
+        if refs is None:
+            refs = self._refs[key] = referenced_keys(key[0], self.pods[key].spec)
+        return refs
+
+    def _config_entry(self, ck: str) -> dict[str, Any] | None:
+        """The desired-set value of `configmap/...` or `secret/...`; None if the object
+        does not exist (the pod then waits on its node, as in Kubernetes)."""
+        if ck not in self._config_entries:
+            kind, ns, name = split_key(ck)
+            entry: dict[str, Any] | None = None
+            if kind == CONFIGMAP and (ns, name) in self.configmaps:
+                entry = configmap_entry(self.configmaps[(ns, name)])
+            elif kind == SECRET and (ns, name) in self.secrets:
+                entry = secret_entry(self.secrets[(ns, name)])
+            self._config_entries[ck] = entry
+        return self._config_entries[ck]
+
     def _commit(self) -> None:
         """Recompute the desired sets of dirty nodes; one gen bump per changed node."""
         changed: set[str] = set()
@@ -903,6 +978,10 @@ class Fleet:
                 if entry is None:
                     entry = self._entries[pk] = pod_entry(self.pods[pk])
                 wanted[pod_key(*pk)] = entry
+                for ck in self._pod_refs(pk):
+                    value = self._config_entry(ck)
+                    if value is not None:
+                        wanted[ck] = value
             fresh = name not in self.desired
             nd = self.desired_for(name)
             if nd.replace(wanted):
@@ -946,6 +1025,7 @@ class Fleet:
                         message=message)
         # NodeStatus has no conditions list (yet); the transition is logged instead.
         log.info("node %s is %s: %s (%s)", node.metadata.name, ready, message, reason)
+        self.eviction.observe(node.metadata.name, ready)
 
 
 # -- helpers ----------------------------------------------------------------------------
@@ -953,12 +1033,17 @@ class Fleet:
 
 def _ident(obj: Any) -> tuple[str, str | None, str]:
     kind = obj.kind
-    ns = None if kind == "Node" else obj.metadata.namespace
+    ns = None if kind in CLUSTER_KINDS else obj.metadata.namespace
     return kind, ns, obj.metadata.name
 
 
-def _skey(key: Key) -> str:
-    return f"{key[0]}/{key[1]}"
+def _key(kind: str, namespace: str | None, name: str) -> Any:
+    """The table key of an object: its name for cluster-scoped kinds, else (ns, name)."""
+    return name if kind in CLUSTER_KINDS else (namespace or "default", name)
+
+
+def _skey(key: Key | str) -> str:
+    return key if isinstance(key, str) else f"{key[0]}/{key[1]}"
 
 
 @functools.lru_cache(maxsize=64)
@@ -998,6 +1083,18 @@ def _project(obj: Any, fields: tuple[str, ...]) -> bytes:
     inc = _include(type(obj), fields)
     raw: bytes = obj.model_dump_json(by_alias=True, exclude_none=True, include=inc).encode()
     return raw
+
+
+REDACTED = "<redacted>"
+
+
+def _redact(raw: bytes) -> bytes:
+    """A Secret's JSON with every data value replaced by REDACTED (keys stay visible)."""
+    obj = json.loads(raw)
+    for f in ("data", "stringData"):
+        if isinstance(obj.get(f), dict):
+            obj[f] = dict.fromkeys(obj[f], REDACTED)
+    return json.dumps(obj, separators=(",", ":")).encode()
 
 
 _SYSTEM_ANNOTATIONS = (naming.SCHEDULED, naming.HEARTBEAT, naming.APPLIED_LABELS)

@@ -28,8 +28,20 @@ from cloudcore.config import SyncSettings
 from cloudcore.fleet import Fleet
 from cloudcore.metrics import Metrics
 from cloudcore.store import Store
+from cloudcore.synchub.requests import Requests
 from shared import topics
-from shared.codec import Ack, Desired, Report, ReportAck, Resync, Will, decode, encode
+from shared.codec import (
+    Ack,
+    Desired,
+    Report,
+    ReportAck,
+    Request,
+    Response,
+    Resync,
+    Will,
+    decode,
+    encode,
+)
 from shared.errors import DecodeError, MessageTooLarge, ProtocolError, UnknownVersion
 
 log = logging.getLogger("cloudcore.synchub")
@@ -75,6 +87,7 @@ class SyncHub:
         metrics.describe(DROPPED, "Messages dropped as invalid, by reason.")
         metrics.describe(RESENT, "Desired deltas resent because the ack was late.")
         fleet.listener = self.desired_changed
+        self.requests = Requests(emit=self._emit)  # logs/exec: docs/proposals/0001
 
     def attach(self, send: Send) -> None:
         """Set the transport: send(topic, payload) must not block."""
@@ -122,6 +135,8 @@ class SyncHub:
             self._on_ack(node, msg)
         elif isinstance(msg, Resync):
             self._on_resync(node, msg)
+        elif isinstance(msg, Response):
+            self.requests.deliver(node, msg)
         else:
             self._drop(node, "unexpected_type", f"{msg.t} sent upstream")
             return
@@ -300,7 +315,7 @@ class SyncHub:
             link = self._links[node] = _Link()
         return link
 
-    def _emit(self, node: str, msg: Desired | ReportAck) -> None:
+    def _emit(self, node: str, msg: Desired | ReportAck | Request) -> None:
         if self._send is None:
             log.debug("no transport yet; dropping %s to %s", msg.t, node)
             return

@@ -9,6 +9,9 @@ Why it looks like this:
   sees them in seq order and a cumulative ReportAck(seq) is correct.
 - Every payload is decoded by `shared.codec`; bad bytes and messages addressed to
   another node are counted, logged at most once a minute, and dropped.
+- `beat()` hands the link one UNPERSISTED report (a heartbeat the disk could not
+  hold, see `edgecore.reporter`); the pump publishes it after the outbox, so it
+  never overtakes a persisted report, and forgets it when the session ends.
 - The will (`shared.topics.will`) tells the cloud at once when the session dies
   uncleanly. A clean stop disconnects gracefully (no will): the containers keep
   running, only the agent is restarting.
@@ -18,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -28,13 +31,13 @@ from edgecore.backoff import Backoff
 from edgecore.errors import LinkError
 from edgecore.ratelimit import RateLimitedLog
 from shared import topics
-from shared.codec import Ack, Message, Resync, Will, decode, encode
+from shared.codec import Ack, Message, ReportAck, Resync, Will, decode, encode
 from shared.errors import ProtocolError
 
 log = logging.getLogger(__name__)
 
-# Upper bound for one publish/subscribe round trip before the session is
-# considered broken and rebuilt.
+# Default upper bound for one connect/publish/subscribe round trip before the session
+# is considered broken and rebuilt (the agent passes `AgentSettings.op_timeout`).
 OP_TIMEOUT_S = 15.0
 
 
@@ -63,6 +66,7 @@ class LinkStats:
     foreign: int = 0  # node field is not ours
     published: int = 0
     reports_sent: int = 0
+    beats_sent: int = 0  # unpersisted heartbeats (`Link.beat`)
 
 
 class Link:
@@ -70,12 +74,22 @@ class Link:
 
     def __init__(
         self, *, node: str, host: str, port: int, handler: LinkHandler, keepalive_s: int = 30,
-        backoff: Backoff | None = None,
+        backoff: Backoff | None = None, username: str | None = None,
+        password: str | None = None, op_timeout_s: float = OP_TIMEOUT_S,
+        on_up: Callable[[], None] | None = None,
     ) -> None:
         self.node = node
+        self._username = username
+        self._password = password
         self.host = host
         self.port = port
         self.keepalive_s = keepalive_s
+        self.op_timeout_s = op_timeout_s
+        self.on_up = on_up
+        """Called once per session after the hello is published (the agent beats then)."""
+        self.report_acked = 0
+        """Highest ReportAck seq received (the cloud durably processed every seq <= it)."""
+        self._beat: bytes | None = None
         self.handler = handler
         self.backoff = backoff or Backoff()
         self.stats = LinkStats()
@@ -96,6 +110,15 @@ class Link:
         """Wake the outbox pump: something new is waiting to be sent."""
         self._kick.set()
 
+    def beat(self, payload: bytes) -> None:
+        """Publish one encoded, unpersisted report after the outbox, if connected.
+
+        One slot: a newer beat replaces an unsent one; dropped when the session ends.
+        """
+        if self.connected:
+            self._beat = payload
+            self._kick.set()
+
     async def run(self) -> None:
         """Keep a session up until cancelled, backing off between failed attempts."""
         while True:
@@ -114,12 +137,14 @@ class Link:
                 await asyncio.sleep(delay)
             finally:
                 self._connected.clear()
+                self._beat = None
 
     async def _session(self) -> None:
         will = aiomqtt.Will(topics.will(self.node), encode(Will(node=self.node)), qos=1)
         client = aiomqtt.Client(
             self.host, self.port, identifier=self.node, clean_session=False,
-            keepalive=self.keepalive_s, will=will, timeout=OP_TIMEOUT_S,
+            keepalive=self.keepalive_s, will=will, timeout=self.op_timeout_s,
+            username=self._username, password=self._password,
         )
         try:
             async with client:
@@ -129,6 +154,8 @@ class Link:
                 self._connected.set()
                 log.info("mqtt link up: %s:%d as %s", self.host, self.port, self.node)
                 await self._publish(client, self.handler.hello())
+                if self.on_up is not None:
+                    self.on_up()
                 await self._serve(client)
         except aiomqtt.MqttError as exc:
             raise LinkError(str(exc) or type(exc).__name__) from exc
@@ -166,6 +193,11 @@ class Link:
                 self.stats.published += 1
                 self.stats.reports_sent += 1
                 sent = seq
+            beat, self._beat = self._beat, None
+            if beat is not None:
+                await client.publish(self._up, beat, qos=1)
+                self.stats.published += 1
+                self.stats.beats_sent += 1
             await self._kick.wait()
 
     async def _receive(self, client: aiomqtt.Client) -> None:
@@ -186,5 +218,7 @@ class Link:
                 self._rlog.warning("foreign", "dropped a message for node %r on %s",
                                    msg.node, message.topic.value)
                 continue
+            if isinstance(msg, ReportAck):
+                self.report_acked = max(self.report_acked, msg.seq)
             for reply in await self.handler.handle(msg):
                 await self._publish(client, reply)

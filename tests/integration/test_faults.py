@@ -318,10 +318,6 @@ def test_agent_killed_at_random_points_keeps_a_valid_cache(fleet: Fleet, chaos: 
     delete_and_wait(fleet, "deployments", "churn", [a])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "edgecore defect: on a full disk the agent now survives (heartbeat write errors are "
-    "caught), but heartbeats that cannot be queued are not sent, so the node goes NotReady; "
-    "the fix is to publish an unpersisted heartbeat when the outbox write fails"))
 def test_disk_full_agent_survives_and_recovers(fleet: Fleet, chaos: Chaos) -> None:
     a = fleet.agents[0]
     fleet.wait(lambda: settled(fleet, a), timeout=60, what="settled before")
@@ -348,13 +344,54 @@ def test_disk_full_agent_survives_and_recovers(fleet: Fleet, chaos: Chaos) -> No
         assert s["desiredGen"] == gen0 + 1
         assert s["ackedGen"] == gen == gen0  # never acks what it could not persist
         assert a.proc.alive(), "the agent exited on a full disk"
-        assert s["ready"] == "Ready"
+        assert s["ready"] == "Ready"  # unpersisted heartbeats (a duplicate seq) keep it so
+        assert "sending them unpersisted" in log_since(a, off)
     finally:
         reader.communicate("", timeout=10)
     chaos.free_disk(a.name)
     t = time.monotonic()
     fleet.wait(lambda: settled(fleet, a), timeout=60, what="settled after disk freed")
     figure("disk_full.settled_after_free_s", round(time.monotonic() - t, 2))
+
+
+def test_replica_moves_after_its_toleration_and_old_node_stops_it(fleet: Fleet,
+                                                                  chaos: Chaos) -> None:
+    a, b = fleet.agents[0], fleet.agents[1]
+    for agent in (a, b):
+        pin_label(fleet, agent.name, "chaos/evict")
+    doc = sleeper("ev", "v1", kind="Deployment", selector={"chaos/evict": "yes"})
+    doc["spec"]["template"]["spec"]["tolerations"] = [
+        {"key": "node.kubernetes.io/unreachable", "operator": "Exists",
+         "effect": "NoExecute", "tolerationSeconds": 2}]
+    fleet.apply([doc])
+    key = "pod/default/ev-0"
+
+    def node_of() -> str | None:
+        return fleet.get("/api/v1/pods/default/ev-0")["status"].get("nodeName")
+
+    fleet.wait(lambda: any(key in running_revisions(x) for x in (a, b)), timeout=60,
+               what="ev-0 running")
+    src, dst = (a, b) if key in running_revisions(a) else (b, a)
+    assert node_of() == src.name
+    t_cut = time.monotonic()
+    chaos.cut(src.name)
+    fleet.wait(lambda: node_status(fleet, src.name)["ready"] == "NotReady", timeout=10,
+               interval=0.1, what="NotReady while cut")
+    t_nr = time.monotonic()
+    fleet.wait(lambda: node_of() == dst.name, timeout=20, interval=0.1, what="ev-0 moved")
+    figure("eviction.moved_after_notready_s", round(time.monotonic() - t_nr, 2))
+    assert time.monotonic() - t_nr >= 1.0  # not before its 2 s toleration (+- 1 s tick)
+    fleet.wait(lambda: key in running_revisions(dst), timeout=60, what="ev-0 on the new node")
+    figure("eviction.running_elsewhere_after_cut_s", round(time.monotonic() - t_cut, 2))
+    assert key in running_revisions(src)  # the cut node still runs its copy, autonomously
+    items = fleet.get("/api/v1/events?object=Pod/default/ev-0")["items"]
+    assert any(e["reason"] == "Evicted" and e["object"] == "Pod/default/ev-0" for e in items)
+    chaos.heal(src.name)
+    fleet.wait(lambda: key not in running_revisions(src), timeout=60,
+               what="the old node stopped its copy after the heal")
+    fleet.wait(lambda: settled(fleet, src) and settled(fleet, dst), timeout=60,
+               what="settled")
+    delete_and_wait(fleet, "deployments", "ev", [a, b])
 
 
 def test_duplicated_reordered_corrupted_deltas_change_nothing(fleet: Fleet,

@@ -1,0 +1,242 @@
+"""Edge runtime figures (issue 6, "What it must show"): `python -m testbed.bench_edge`.
+
+Prints, on this machine, with a real fleet of one node (mosquitto, registry,
+cloudcore, one agent in its network namespace):
+
+1. apply -> Running: seconds from `POST /api/v1/apply` of one busybox pod (image
+   already pulled) until the API shows it Running, against a bare `crun run
+   --detach` of a bundle of the same shape (the pod's own config.json, read-only
+   rootfs of the same image, own cgroup); median of N runs and the ratio.
+2. edgecore RSS (VmRSS) and idle CPU (% of one core over --idle-s seconds, from
+   utime+stime in /proc/PID/stat) with 0 and with 20 running pods.
+3. installed size of `pip install edgefed[edge]` in a fresh venv (du of
+   site-packages), and that onnxruntime, fastapi, uvicorn and numpy are absent.
+
+A program that prints figures, not a timed test (CONVENTIONS: benchmarks).
+Needs root and the integration test packages (crun, conmon, skopeo, umoci,
+mosquitto, docker-registry).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from testbed.fleet import Fleet, FleetSettings
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+HEAVY = ("onnxruntime", "fastapi", "uvicorn", "numpy")
+
+
+def pod(name: str, image: str, labels: dict[str, str] | None = None) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "labels": labels or {"bench": "one"}},
+            "spec": {"containers": [{"name": "main", "image": image,
+                                     "command": ["sleep", "3600"]}]}}
+
+
+def phase(f: Fleet, name: str) -> str | None:
+    try:
+        return f.get(f"/api/v1/pods/default/{name}").get("status", {}).get("phase")
+    except OSError:
+        return None
+
+
+def apply_to_running(f: Fleet, name: str) -> float:
+    t0 = time.perf_counter()
+    f.apply([pod(name, f.image)])
+    while phase(f, name) != "Running":
+        if time.perf_counter() - t0 > 120:
+            raise TimeoutError(f"pod {name} not Running after 120 s")
+        time.sleep(0.005)
+    return time.perf_counter() - t0
+
+
+def delete_pod(f: Fleet, name: str) -> None:
+    f.delete(f"/api/v1/pods/default/{name}")
+    f.wait(lambda: not _containers_of(f, name), timeout=60, what=f"{name} removed")
+
+
+def _runtime_root(f: Fleet) -> Path:
+    return f.agents[0].state_dir / "runtime"
+
+
+def _containers_of(f: Fleet, name: str) -> list[str]:
+    bundles = _runtime_root(f) / "bundles"
+    return [p.name for p in bundles.iterdir() if p.name.startswith(f"default_{name}_")]
+
+
+def bare_crun(f: Fleet, template_cid: str, runs: int) -> list[float]:
+    """Time `crun run --detach` of a bundle shaped like the pod's container."""
+    from edgecore.runtime import CrunRuntime
+
+    root = _runtime_root(f)
+    rt = CrunRuntime(Path(tempfile.mkdtemp(prefix="bench-crun-")))
+    cfg = json.loads((root / "bundles" / template_cid / "config.json").read_text())
+    caches = sorted((root / "rootfs-cache").iterdir())
+    rootfs = next(c / "rootfs" if (c / "rootfs").is_dir() else c for c in caches)
+    crun_root = rt.root / "crun"
+    times = []
+    for i in range(runs):
+        cid = f"bench-bare-{i}"
+        bundle = rt.root / "bundles" / cid
+        bundle.mkdir(parents=True)
+        cfg["root"] = {"path": str(rootfs), "readonly": True}
+        cfg.setdefault("linux", {})["cgroupsPath"] = f"/edgefed-bench/{cid}"
+        cfg["annotations"] = {}
+        cfg["process"]["terminal"] = False
+        cfg["mounts"] = [m for m in cfg.get("mounts", [])
+                         if not str(m.get("source", "")).startswith(str(f.workdir))]
+        (bundle / "config.json").write_text(json.dumps(cfg))
+        argv = [rt.runtime_path, "--root", str(crun_root), "run", "--detach",
+                "--bundle", str(bundle), cid]
+        t0 = time.perf_counter()
+        # No pipes: the detached container would hold them open and run() would wait.
+        subprocess.run(argv, check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, timeout=60)
+        times.append(time.perf_counter() - t0)
+        subprocess.run([rt.runtime_path, "--root", str(crun_root), "delete", "-f", cid],
+                       check=False, capture_output=True)
+    shutil.rmtree(rt.root, ignore_errors=True)
+    return times
+
+
+def agent_pid(f: Fleet) -> int:
+    """The agent's python process (under nsenter when in a network namespace)."""
+    want = str(f.agents[0].state_dir)
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit():
+            continue
+        try:
+            argv = (p / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        args = [a.decode(errors="replace") for a in argv]
+        if "edgecore" in args and want in args and "python" in Path(args[0]).name:
+            return int(p.name)
+    raise RuntimeError("edgecore process not found")
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def cpu_ticks(pid: int) -> int:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2:].split()
+    return int(fields[11]) + int(fields[12])  # utime, stime
+
+
+def idle_cpu(pid: int, seconds: float) -> float:
+    """% of one core used by `pid` over `seconds`."""
+    t0, c0 = time.monotonic(), cpu_ticks(pid)
+    time.sleep(seconds)
+    t1, c1 = time.monotonic(), cpu_ticks(pid)
+    return 100.0 * (c1 - c0) / CLK_TCK / (t1 - t0)
+
+
+def install_size(src: Path) -> dict[str, Any]:
+    venv = Path(tempfile.mkdtemp(prefix="bench-edge-venv-"))
+    try:
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(venv / "bin" / "pip"), "install", "-q", f"{src}[edge]"],
+                       check=True, capture_output=True)
+        site = next((venv / "lib").glob("python3*/site-packages"))
+
+        def du(p: Path) -> int:
+            out = subprocess.run(["du", "-sk", str(p)], capture_output=True, text=True,
+                                 check=True).stdout
+            return int(out.split()[0]) * 1024
+
+        total = du(site)
+        tooling = sum(du(site / n) for n in ("pip", "setuptools", "_distutils_hack",
+                                             "pkg_resources") if (site / n).exists())
+        names = {p.name.lower() for p in site.iterdir()}
+        present = [h for h in HEAVY if any(n == h or n.startswith(f"{h}-") for n in names)]
+        biggest = sorted(((du(p), p.name) for p in site.iterdir() if p.is_dir()), reverse=True)
+        return {"total_mib": total / 2**20, "without_pip_setuptools_mib":
+                (total - tooling) / 2**20, "heavy_present": present,
+                "largest": [(n, round(b / 2**20, 1)) for b, n in biggest[:6]]}
+    finally:
+        shutil.rmtree(venv, ignore_errors=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--runs", type=int, default=5, help="apply->Running and crun samples")
+    ap.add_argument("--pods", type=int, default=20, help="pods for the loaded idle figure")
+    ap.add_argument("--idle-s", type=float, default=60.0, help="CPU measuring window")
+    ap.add_argument("--settle-s", type=float, default=15.0, help="wait before measuring")
+    ap.add_argument("--skip-install", action="store_true", help="skip the pip install figure")
+    ap.add_argument("--workdir", type=Path, default=None)
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("bench_edge runs real containers: run it as root")
+    # SIGTERM (e.g. from `timeout`) must still stop the fleet and its containers.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("bench_edge: terminated"))
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-edge-"))
+    f = Fleet(FleetSettings(nodes=1, workdir=workdir, heartbeat_s=30.0))
+    f.start()
+    try:
+        f.wait_nodes_ready(timeout=60)
+        # Warm-up: pulls and unpacks the image once, so runs measure starts only.
+        warm = apply_to_running(f, "warmup")
+        template = _containers_of(f, "warmup")[0]
+        print(f"warm-up (image pull included): {warm:.2f} s", flush=True)
+        bare = bare_crun(f, template, args.runs)
+        delete_pod(f, "warmup")
+        ours = []
+        for i in range(args.runs):
+            ours.append(apply_to_running(f, f"bench-{i}"))
+            delete_pod(f, f"bench-{i}")
+        med_ours, med_bare = statistics.median(ours), statistics.median(bare)
+        print(f"apply -> Running (median of {args.runs}): {med_ours * 1000:.0f} ms "
+              f"[{', '.join(f'{t * 1000:.0f}' for t in ours)}]")
+        print(f"bare crun run --detach (median of {args.runs}): {med_bare * 1000:.0f} ms "
+              f"[{', '.join(f'{t * 1000:.0f}' for t in bare)}]")
+        print(f"ratio: {med_ours / med_bare:.1f}x", flush=True)
+
+        pid = agent_pid(f)
+        time.sleep(args.settle_s)
+        rss0, cpu0 = rss_mib(pid), idle_cpu(pid, args.idle_s)
+        print(f"edgecore, 0 pods: RSS {rss0:.1f} MiB, idle CPU {cpu0:.2f} % of a core "
+              f"over {args.idle_s:g} s", flush=True)
+        f.apply([pod(f"idle-{i}", f.image, {"bench": "idle"}) for i in range(args.pods)])
+        f.wait(lambda: sum(p["status"].get("phase") == "Running"
+                           for p in f.pods("bench=idle")) == args.pods,
+               timeout=300, what=f"{args.pods} pods Running")
+        time.sleep(args.settle_s)
+        rss20, cpu20 = rss_mib(pid), idle_cpu(pid, args.idle_s)
+        print(f"edgecore, {args.pods} pods: RSS {rss20:.1f} MiB, idle CPU {cpu20:.2f} % of a "
+              f"core over {args.idle_s:g} s", flush=True)
+        for i in range(args.pods):
+            f.delete(f"/api/v1/pods/default/idle-{i}")
+        f.wait(lambda: not any(p.name.startswith("default_idle-")
+                               for p in (_runtime_root(f) / "bundles").iterdir()),
+               timeout=120, what="idle pods removed")
+    finally:
+        f.stop()
+    if not args.skip_install:
+        size = install_size(Path(__file__).resolve().parents[1])
+        print(f"pip install edgefed[edge]: site-packages {size['total_mib']:.1f} MiB "
+              f"({size['without_pip_setuptools_mib']:.1f} MiB without pip/setuptools); "
+              f"largest: {size['largest']}")
+        print(f"heavy cloud packages present: {size['heavy_present'] or 'none'} "
+              f"(checked: {', '.join(HEAVY)})")
+
+
+if __name__ == "__main__":
+    main()
