@@ -115,12 +115,15 @@ def telemetry_point(
 def pod_entry(pod: Pod) -> dict[str, Any]:
     """The desired-set value for a pod placed on a node."""
     spec = pod.spec.dump()
+    # The revision names what runs, not where: every pod of one template revision has
+    # the same revision on every node (placement is not a change to the containers).
+    template = {k: v for k, v in spec.items() if k != "nodeName"}
     return {
         "name": pod.metadata.name,
         "namespace": pod.metadata.namespace,
         "labels": pod.metadata.labels,
         "spec": spec,
-        "revision": spec_hash(spec),
+        "revision": spec_hash(template),
     }
 
 

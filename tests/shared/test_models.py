@@ -57,3 +57,16 @@ def test_quantities():
     assert parse_memory("1G") == 10**9
     with pytest.raises(ObjectError):
         parse_memory("12Qi")
+
+
+def test_revision_is_the_same_on_every_node():
+    from shared.entries import pod_entry
+    from shared.models import Pod
+
+    def placed(node: str, image: str = "busybox") -> dict:
+        return pod_entry(Pod.model_validate({
+            "metadata": {"name": f"web-{node}"},
+            "spec": {"nodeName": node, "containers": [{"name": "c", "image": image}]}}))
+
+    assert placed("n1")["revision"] == placed("n2")["revision"]
+    assert placed("n1")["revision"] != placed("n1", image="other")["revision"]
