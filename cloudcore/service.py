@@ -83,7 +83,7 @@ async def run(settings: Settings, *,
             part = topics.partition_of(parsed[0]) if parsed else 0
             publishers[part % len(publishers)].enqueue(topic, payload)
 
-        hub.attach(send)
+        hub.attach(send, backlog=lambda: sum(p.backlog for p in publishers))
         connected = {"sub": False}
 
         def on_connected(up: bool) -> None:

@@ -50,6 +50,7 @@ Send = Callable[[str, bytes], None]
 
 IN = "cloudcore_messages_in_total"
 OUT = "cloudcore_messages_out_total"
+BACKLOG_WAIT = 0.5  # seconds retries wait while our own publish queue drains
 DROPPED = "cloudcore_messages_dropped_total"
 RESENT = "cloudcore_desired_resends_total"
 
@@ -76,6 +77,7 @@ class SyncHub:
         self.metrics = metrics
         self.clock = clock
         self._send: Send | None = None
+        self._backlog: Callable[[], int] | None = None
         self._links: dict[str, _Link] = {}
         self._retry: list[tuple[float, str]] = []
         self._racks: dict[asyncio.Future[None], dict[str, int]] = {}
@@ -89,9 +91,15 @@ class SyncHub:
         fleet.listener = self.desired_changed
         self.requests = Requests(emit=self._emit)  # logs/exec: docs/proposals/0001
 
-    def attach(self, send: Send) -> None:
-        """Set the transport: send(topic, payload) must not block."""
+    def attach(self, send: Send, *, backlog: Callable[[], int] | None = None) -> None:
+        """Set the transport: send(topic, payload) must not block.
+
+        `backlog()` tells how many messages are still queued for the broker; while
+        it is not zero an ack is not late yet (the delta may not even have left), so
+        retries wait instead of queueing the same delta again.
+        """
         self._send = send
+        self._backlog = backlog
 
     # -- input ---------------------------------------------------------------------------
 
@@ -264,9 +272,21 @@ class SyncHub:
         heapq.heappush(self._retry, (link.retry_at, node))
         self._wake_retry.set()
 
+    def _postpone(self, until: float) -> None:
+        """Move every retry due before `until` to `until` (attempts unchanged)."""
+        while self._retry and self._retry[0][0] < until:
+            when, node = heapq.heappop(self._retry)
+            link = self._links.get(node)
+            if link is not None and link.retry_at == when:
+                link.retry_at = until
+                heapq.heappush(self._retry, (until, node))
+
     def retry_due(self, now: float) -> int:
         """Resend deltas whose ack is late; returns how many were resent."""
         sent = 0
+        if self._retry and self._retry[0][0] <= now and self._backlog and self._backlog():
+            self._postpone(now + BACKLOG_WAIT)
+            return 0
         while self._retry and self._retry[0][0] <= now:
             when, node = heapq.heappop(self._retry)
             link = self._links.get(node)
