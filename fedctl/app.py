@@ -181,21 +181,44 @@ def apply(
         bool, typer.Option("--recursive", "-R", help="Descend into subdirectories.")
     ] = False,
     dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Ask cloudcore what would change; change nothing.")
+        bool,
+        typer.Option("--dry-run", help="Ask cloudcore what would change (it still validates) "
+                     "and show a YAML diff of each object that would be configured; change "
+                     "nothing."),
     ] = False,
 ) -> None:
-    """Create or update objects from multi-document YAML (validated locally first)."""
+    """Create or update objects from multi-document YAML (validated locally first).
+
+    What `get -o yaml|json` prints can be applied back: a `kind: List` is expanded,
+    and status and server-managed metadata (uid, generation, creationTimestamp,
+    resourceVersion) are ignored.
+    """
     if not filename:
         raise UsageError("apply needs -f FILE, -f DIR or -f - (stdin)")
     docs = manifests.load(filename, recursive=recursive)
+    out = sys.stdout
     with _state(ctx).client() as api:
         results = api.apply([d.body for d in docs], dry_run=dry_run)
-    console = stdout_console()
-    suffix = " (dry run)" if dry_run else ""
-    for r in results:
-        kind = kinds.BY_KIND.get(str(r.get("kind")))
-        singular = kind.singular if kind else str(r.get("kind", "object")).lower()
-        console.print(f"{singular}/{r.get('name', '?')} {r.get('action', 'applied')}{suffix}")
+        suffix = " (dry run)" if dry_run else ""
+        for doc, r in zip(docs, results, strict=False):
+            kind = kinds.BY_KIND.get(str(r.get("kind")))
+            singular = kind.singular if kind else str(r.get("kind", "object")).lower()
+            action = r.get("action", "applied")
+            out.write(f"{singular}/{r.get('name', '?')} {action}{suffix}\n")
+            if dry_run and action == "configured":
+                out.write(_dry_run_diff(api, doc))
+    out.flush()
+
+
+def _dry_run_diff(api: ApiClient, doc: manifests.Document) -> str:
+    """The YAML diff between the live object and `doc`, as `apply` would compare them."""
+    try:
+        live = api.get(doc.kind, doc.name, namespace=doc.namespace)
+        before = manifests.comparable(live, live=live)
+        after = manifests.comparable(doc.body, live=live)
+    except (FedctlError, ValueError) as exc:  # the result line is printed already
+        return f"  (no diff: {getattr(exc, 'message', exc)})\n"
+    return render.unified_diff(doc.ref, before, after)
 
 
 # --- get --------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json as jsonlib
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from typing import Any
 from urllib.parse import quote
@@ -111,17 +112,34 @@ class ApiClient:
         page: int = PAGE,
     ) -> list[dict[str, Any]]:
         """Objects of a kind; `namespace=None` means all namespaces. Pages through
-        the list `page` objects at a time; `fields` asks only for those paths."""
+        the list `page` objects at a time; `fields` asks only for those paths.
+
+        The next page is requested (from the `X-Continue` header) while this one is
+        parsed, so the server encodes page n+1 while the client decodes page n."""
+        params = self._params(kind, namespace, selector, node)
+        params["limit"] = str(page)
+        if fields:
+            params["fields"] = ",".join(fields)
+        url = f"{API}/{kind.plural}"
+
+        def fetch(cont: str | None) -> httpx.Response:
+            return self._send("GET", url, params={**params, "continue": cont} if cont
+                              else params)
+
         items: list[dict[str, Any]] = []
-        cont: str | None = None
-        while True:
-            got, cont = self.list_page(
-                kind, namespace=namespace, selector=selector, node=node, fields=fields,
-                limit=page, cont=cont,
-            )
-            items += got
-            if not cont:
-                return items
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedctl-page") as pool:
+            pending = pool.submit(fetch, None)
+            while True:
+                resp = pending.result()
+                ahead = resp.headers.get("x-continue") if resp.status_code < 400 else None
+                if ahead:
+                    pending = pool.submit(fetch, ahead)
+                got, cont = self._items(kind, self._decode(resp, what=None))
+                items += got
+                if not cont:
+                    return items
+                if cont != ahead:  # no header (or a different token): fetch in turn
+                    pending = pool.submit(fetch, cont)
 
     def list_page(
         self,
@@ -142,7 +160,10 @@ class ApiClient:
             params["continue"] = cont
         if fields:
             params["fields"] = ",".join(fields)
-        body = self._request("GET", f"{API}/{kind.plural}", params=params)
+        return self._items(kind, self._request("GET", f"{API}/{kind.plural}", params=params))
+
+    @staticmethod
+    def _items(kind: Kind, body: dict[str, Any]) -> tuple[list[dict[str, Any]], str | None]:
         items = body.get("items")
         if not isinstance(items, list):
             raise ServerError(f"cloudcore answered GET {kind.plural} without 'items'", status=200)

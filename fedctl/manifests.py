@@ -4,10 +4,17 @@ Every document is validated with `shared.models.parse_object` before anything is
 sent, so a bad field is named with its file and document number and nothing is
 half-applied. What is sent is the validated model's dump: plain JSON even when the
 YAML held dates or other types JSON cannot carry.
+
+What `fedctl get -o yaml|json` prints can be applied back: a `kind: List` document
+is expanded into its items, and `status` and the server-managed metadata (uid,
+generation, creationTimestamp, resourceVersion) are accepted and ignored. Any other
+unknown field is still an error naming the field.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +25,7 @@ import yaml
 from fedctl.errors import ManifestError
 from fedctl.kinds import BY_KIND, Kind
 from shared.errors import ObjectError
-from shared.models import parse_object
+from shared.models import Node, Secret, expand_lists, parse_object, without_server_fields
 
 SUFFIXES = (".yaml", ".yml", ".json")
 
@@ -58,8 +65,35 @@ def _parse_stream(text: str, source: str) -> list[tuple[str, Any]]:
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ManifestError(f"{source}: not valid YAML{where}: {problem}") from None
-    # Empty documents (a trailing `---`, a comment-only file) are skipped, as kubectl does.
-    return [(f"{source}#{i}", doc) for i, doc in enumerate(raw, start=1) if doc is not None]
+    # Empty documents (a trailing `---`, a comment-only file) are skipped, as kubectl does;
+    # a `kind: List` (what `get` prints for several objects) stands for its items.
+    out: list[tuple[str, Any]] = []
+    for i, doc in enumerate(raw, start=1):
+        if doc is None:
+            continue
+        items = expand_lists(doc)
+        if items == [doc]:
+            out.append((f"{source}#{i}", doc))
+        else:
+            out += [(f"{source}#{i}.items[{j}]", item) for j, item in enumerate(items)]
+    return out
+
+
+REDACTED = "<redacted>"
+
+
+def _check_redacted(doc: dict[str, Any], label: str) -> None:
+    """Lists show Secret values as REDACTED; applying that would overwrite the secret."""
+    if doc.get("kind") != "Secret":
+        return
+    for f in ("data", "stringData"):
+        values = doc.get(f)
+        if isinstance(values, dict):
+            for k, v in values.items():
+                if v == REDACTED:
+                    raise ManifestError(
+                        f"{label}: {f}.{k} is {REDACTED} (lists hide secret values); "
+                        f"get the secret by name to apply it", field=f"{f}.{k}")
 
 
 def validate(doc: Any, source: str) -> Document:
@@ -73,8 +107,10 @@ def validate(doc: Any, source: str) -> Document:
         )
         if doc.get("kind") and name:
             label = f"{source} ({doc['kind']}/{name})"
+    if isinstance(doc, dict):
+        _check_redacted(doc, label)
     try:
-        model = parse_object(doc)
+        model = parse_object(without_server_fields(doc))
     except ObjectError as exc:
         raise ManifestError(f"{label}: {exc.message}", field=exc.field) from None
     body = model.dump()
@@ -118,3 +154,48 @@ def load(
             )
         seen[k] = d.source
     return docs
+
+
+SYSTEM_PREFIX = "edgefed.io/"
+"""Annotations under this prefix are set by cloudcore, not by the user."""
+
+
+def _owned_node_labels(live: dict[str, Any]) -> dict[str, str]:
+    raw = ((live.get("metadata") or {}).get("annotations") or {}).get(
+        f"{SYSTEM_PREFIX}applied-labels")
+    try:
+        applied = json.loads(raw) if raw else {}
+    except ValueError:
+        applied = {}
+    return applied if isinstance(applied, dict) else {}
+
+
+def comparable(body: dict[str, Any], *, live: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The user-owned part of an object (what `apply` compares), for a dry-run diff:
+    no status, server metadata or `edgefed.io/` annotations, Secret
+    values hashed (a diff must not print them). With `live` (the object as the server
+    holds it), a Node keeps only the labels `apply` owns, as the server judges them."""
+    model = parse_object(without_server_fields(body))
+    if isinstance(model, Secret):
+        model = model.normalised()
+    # Defaults included: both sides go through the same model, so they only show
+    # where a default is what changed (replicas 1 -> 3).
+    out: dict[str, Any] = model.model_dump(mode="json", by_alias=True, exclude_none=True)
+    out.pop("status", None)
+    meta = out.get("metadata") or {}
+    ann = {k: v for k, v in (meta.pop("annotations", None) or {}).items()
+           if not k.startswith(SYSTEM_PREFIX)}
+    if ann:
+        meta["annotations"] = ann
+    if isinstance(model, Node) and live is not None:
+        owned = _owned_node_labels(live)
+        live_labels = (live.get("metadata") or {}).get("labels") or {}
+        labels = {k: v for k, v in (meta.get("labels") or {}).items()
+                  if k in owned or live_labels.get(k) != v}
+        meta.pop("labels", None)
+        if labels:
+            meta["labels"] = labels
+    if isinstance(model, Secret) and out.get("data"):
+        out["data"] = {k: "<sha256:" + hashlib.sha256(v.encode()).hexdigest()[:12] + ">"
+                       for k, v in out["data"].items()}
+    return out

@@ -614,3 +614,31 @@ def spec_hash(obj: Any) -> str:
     """Stable short hash of a JSON-able value (pod template revision)."""
     raw = json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(raw).hexdigest()[:10]
+
+
+SERVER_METADATA = ("uid", "generation", "creationTimestamp", "resourceVersion")
+"""Metadata the server sets. `get` prints it; `apply` accepts it and ignores it."""
+SERVER_FIELDS = ("status",)
+"""Top-level fields the server owns (what the node reports); ignored by `apply`."""
+
+
+def expand_lists(doc: Any) -> list[Any]:
+    """A `kind: List` document (what `get -o yaml|json` prints for several objects)
+    -> its items; any other document -> itself. Items are not validated here."""
+    if isinstance(doc, dict) and doc.get("kind") == "List" and isinstance(doc.get("items"),
+                                                                         list):
+        return list(doc["items"])
+    return [doc]
+
+
+def without_server_fields(doc: Any) -> Any:
+    """A shallow copy of `doc` without `status` and the server-managed metadata
+    (SERVER_METADATA), so that what `get` prints can be applied unchanged. Anything
+    else, unknown fields included, is kept for `parse_object` to judge."""
+    if not isinstance(doc, dict):
+        return doc
+    out = {k: v for k, v in doc.items() if k not in SERVER_FIELDS}
+    meta = out.get("metadata")
+    if isinstance(meta, dict):
+        out["metadata"] = {k: v for k, v in meta.items() if k not in SERVER_METADATA}
+    return out

@@ -34,11 +34,17 @@ from cloudcore.auth import Auth, AuthError, Principal, Role
 from cloudcore.auth.registry import public
 from cloudcore.config import ApiSettings
 from cloudcore.errors import NotFound
-from cloudcore.fleet import Fleet
+from cloudcore.fleet import Fleet, naming
 from cloudcore.fleet.controller import dump_object
 from cloudcore.metrics import Metrics
 from shared.errors import ObjectError
-from shared.models import CLUSTER_KINDS, parse_object
+from shared.models import (
+    CLUSTER_KINDS,
+    Node,
+    expand_lists,
+    parse_object,
+    without_server_fields,
+)
 from shared.topics import valid_node_name
 
 log = logging.getLogger("cloudcore.api")
@@ -75,7 +81,11 @@ class ApplyBody(BaseModel):
     documents: list[Any] = Field(max_length=MAX_DOCUMENTS,
                                  description="Kubernetes-style objects (Pod, DaemonSet, "
                                              "Deployment, ConfigMap, Secret, Namespace, "
-                                             "Node).")
+                                             "Node), or `kind: List` documents of them. "
+                                             "`status` and the server-managed metadata "
+                                             "(uid, generation, creationTimestamp, "
+                                             "resourceVersion) are accepted and ignored, "
+                                             "so what a GET returns can be applied back.")
     dryRun: bool = False
 
 
@@ -341,16 +351,32 @@ def create_app(fleet: Fleet, *, metrics: Metrics,
     async def apply(body: ApplyBody) -> dict[str, Any]:
         objs = []
         for i, doc in enumerate(body.documents):
-            try:
-                objs.append(parse_object(doc))
-            except ObjectError as exc:
-                raise type(exc)(f"documents[{i}]: {exc.message}", field=exc.field) from None
+            items = expand_lists(doc)
+            for j, item in enumerate(items):
+                where = f"documents[{i}]" + (f".items[{j}]" if items != [doc] else "")
+                try:
+                    objs.append(_owned_labels(parse_object(without_server_fields(item))))
+                except ObjectError as exc:
+                    raise type(exc)(f"{where}: {exc.message}", field=exc.field) from None
+        if len(objs) > MAX_DOCUMENTS:
+            raise ObjectError(f"documents: at most {MAX_DOCUMENTS} objects",
+                              field="documents")
         if body.dryRun:
             results = fleet.plan(objs)
         else:
             results = fleet.apply(objs)
             await flush()
         return {"results": [r.dump() for r in results], "dryRun": body.dryRun}
+
+    def _owned_labels(obj: Any) -> Any:
+        """A Node as `get` prints it carries the labels its agent reports too; those stay
+        agent-owned, so restating one with its current value is not a change."""
+        live = fleet.nodes.get(obj.metadata.name) if isinstance(obj, Node) else None
+        if live is not None:
+            applied = json.loads(live.metadata.annotations.get(naming.APPLIED_LABELS) or "{}")
+            obj.metadata.labels = {k: v for k, v in obj.metadata.labels.items()
+                                   if k in applied or live.metadata.labels.get(k) != v}
+        return obj
 
     def _kind(plural: str) -> str:
         kind = PLURALS.get(plural)

@@ -144,7 +144,9 @@ def test_apply_multi_document_yaml_then_reapply(stub: Any, tmp_path: Path) -> No
     r = run(stub.url, "apply", "-f", str(tmp_path), "--dry-run")  # a directory
     assert r.exit_code == 0, r.output
     assert "deployment/api configured (dry run)" in r.stdout.splitlines()
-    assert stub.requests[-1][2]["dryRun"] is True
+    assert "+  replicas: 3" in r.stdout.splitlines()  # the diff against the live object
+    posts = [req for req in stub.requests if req[0] == "POST"]
+    assert posts[-1][2]["dryRun"] is True
 
 
 def test_apply_from_stdin(stub: Any) -> None:
