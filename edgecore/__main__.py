@@ -19,6 +19,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from edgecore import __version__
 from edgecore.config import AgentSettings
@@ -115,6 +116,17 @@ def _run_flags(run: argparse.ArgumentParser) -> None:
                      help="rotated log files kept per container (2)")
     run.add_argument("--telemetry-sample", type=float, default=10.0,
                      help="seconds between telemetry samples (10)")
+    run.add_argument("--reconcile-interval", type=float, default=5.0,
+                     help="seconds between cheap checks for exited containers (5)")
+    run.add_argument("--reconcile-resync", type=float, default=30.0,
+                     help="seconds between full reconcile passes when nothing changed (30)")
+    run.add_argument("--image-gc-interval", type=float, default=600.0,
+                     help="seconds between image garbage collections (600)")
+    run.add_argument("--image-gc-max-unused", type=float, default=86400.0,
+                     help="remove images unused for longer than this many seconds (86400)")
+    run.add_argument("--image-gc-min-free-mib", type=int, default=1024,
+                     help="below this free disk (MiB), remove least recently used images "
+                          "until it is free again (1024)")
     run.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (INFO)")
 
 
@@ -151,6 +163,10 @@ def settings_from_args(args: argparse.Namespace) -> AgentSettings:
         discover_accelerators=not args.no_discover_accelerators,
         log_max_bytes=args.log_max_bytes, log_keep=args.log_keep,
         telemetry_sample_s=args.telemetry_sample,
+        reconcile_interval_s=args.reconcile_interval, reconcile_resync_s=args.reconcile_resync,
+        image_gc_interval_s=args.image_gc_interval,
+        image_gc_max_unused_s=args.image_gc_max_unused,
+        image_gc_min_free_bytes=args.image_gc_min_free_mib * 1024 * 1024,
     )
 
 
@@ -171,14 +187,52 @@ async def _serve(settings: AgentSettings) -> None:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop, sig.name)
+    agent = Agent(settings)
+    trimmer = asyncio.create_task(_trim_memory(agent.started), name="edgecore.trim")
     try:
-        await Agent(settings).run()
+        await agent.run()
     except asyncio.CancelledError:
         if not stopping:
             raise
     finally:
+        trimmer.cancel()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+
+
+def _libc() -> Any:
+    """glibc through ctypes, or None (musl, other platforms): memory tuning is optional."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None)
+    except OSError:
+        return None
+    return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+
+
+def _limit_malloc_arenas() -> None:
+    """At most two glibc malloc arenas: by default each worker thread (asyncio.to_thread)
+    gets its own, and their fragments add megabytes of RSS to a small agent. Called
+    before any thread exists."""
+    libc = _libc()
+    if libc is not None:
+        libc.mallopt(-8, 2)  # M_ARENA_MAX
+
+
+async def _trim_memory(started: asyncio.Event, *, every_s: float = 60.0) -> None:
+    """Once the agent has started (the imports and pydantic schema building leave free
+    heap behind), then every `every_s`: collect garbage and hand free heap back to the OS."""
+    import gc
+
+    libc = _libc()
+    await started.wait()
+    await asyncio.sleep(5)
+    while True:
+        gc.collect()
+        if libc is not None:
+            libc.malloc_trim(0)
+        await asyncio.sleep(every_s)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -278,6 +332,7 @@ def _reset(args: argparse.Namespace) -> int:
 
 
 def _run(settings: AgentSettings) -> int:
+    _limit_malloc_arenas()
     try:
         import uvloop
 

@@ -2,7 +2,7 @@
 
 `Agent.run()` owns one asyncio.TaskGroup of named tasks
 (`edgecore[{node}].link`, `.reconciler`, `.reporter`, `.heartbeat`, `.telemetry`,
-`.logrotate`, `.requests`; the reconciler's prober adds `.prober.{cid}` per probed
+`.logrotate`, `.imagegc`, `.requests`; the reconciler's prober adds `.prober.{cid}` per probed
 container, and each logs/exec request from the cloud a `.request.{id}`). It works
 until cancelled and raises if a component fails fatally. Cancelling it stops the
 agent only: containers keep running (they outlive the agent) and are adopted by
@@ -95,10 +95,14 @@ class Agent:
             reconciler = self.reconciler = Reconciler(
                 node=s.node, runtime=runtime, cache=cache, desired=lambda: sync.desired,
                 sink=reporter, interval_s=s.reconcile_interval_s, clock=self.clock,
+                resync_s=s.reconcile_resync_s,
                 crashloop=CrashLoop(initial_s=s.crashloop_initial_s, max_s=s.crashloop_max_s,
                                     reset_s=s.crashloop_reset_s),
                 volumes=Volumes(s.pods_dir), devices=devices, prober=prober)
             prober.on_change = reconciler.wake  # readiness changes are reported at once
+            reconciler.on_disk_full = lambda exc: self.collect_images(
+                runtime, reconciler, why="pull failed: insufficient disk",
+                min_free_bytes=max(s.image_gc_min_free_bytes, exc.needed_bytes))
             link = self.link = Link(
                 node=s.node, host=s.mqtt_host, port=s.mqtt_port, handler=sync,
                 keepalive_s=s.mqtt_keepalive_s,
@@ -127,6 +131,7 @@ class Agent:
                     ("heartbeat", self._heartbeat(link, reporter, beat_now)),
                     ("telemetry", telemetry.run()),
                     ("logrotate", self._rotate_logs(runtime)),
+                    ("imagegc", self._image_gc(runtime, reconciler)),
                     ("requests", requests.run()),
                 ):
                     tg.create_task(coro, name=f"edgecore[{s.node}].{name}")
@@ -159,6 +164,42 @@ class Agent:
             except (ContainerRuntimeError, OSError) as exc:
                 log.warning("log rotation failed: %s", exc)
             await asyncio.sleep(s.log_rotate_interval_s)
+
+    async def _image_gc(self, runtime: Runtime, reconciler: Reconciler) -> None:
+        """Collect unused images every image_gc_interval_s (if the runtime can)."""
+        if getattr(runtime, "gc", None) is None:
+            return
+        while True:
+            await asyncio.sleep(self.settings.image_gc_interval_s)
+            await self.collect_images(runtime, reconciler, why="periodic")
+
+    async def collect_images(
+        self, runtime: Runtime, reconciler: Reconciler, *, why: str,
+        min_free_bytes: int | None = None,
+    ) -> list[str]:
+        """One image GC: keep the images of every desired pod's containers; remove those
+        unused for image_gc_max_unused_s, then least recently used ones while the runtime
+        root's filesystem has less than `min_free_bytes` (default image_gc_min_free_bytes)
+        free. Errors are logged, not raised: a failed GC must not stop the agent."""
+        s = self.settings
+        gc = getattr(runtime, "gc", None)
+        if gc is None:
+            return []
+        keep = reconciler.desired_images()
+        try:
+            removed: list[str] = await gc(
+                keep_refs=keep, max_age_s=s.image_gc_max_unused_s,
+                target_free_bytes=(s.image_gc_min_free_bytes if min_free_bytes is None
+                                   else min_free_bytes))
+        except (ContainerRuntimeError, OSError) as exc:
+            log.warning("image GC (%s) failed: %s", why, exc)
+            return []
+        if removed:
+            log.info("image GC (%s) removed %d image(s): %s", why, len(removed),
+                     ", ".join(removed))
+        else:
+            log.debug("image GC (%s): nothing to remove (%d image(s) kept)", why, len(keep))
+        return removed
 
     async def _heartbeat(self, link: Link, reporter: Reporter, now: asyncio.Event) -> None:
         """An empty report every heartbeat_s (jittered) while connected and otherwise

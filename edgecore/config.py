@@ -65,7 +65,13 @@ class AgentSettings:
     report_batch_s: float = 0.5
     """Seconds the reporter waits to collect pod status changes into one report."""
     reconcile_interval_s: float = 5.0
-    """Seconds between level-triggered reconcile passes when nothing wakes the reconciler."""
+    """Seconds between checks, when nothing wakes the reconciler, of whether a container
+    exited (crun: one stat of conmon's exit directory, no process spawned); a full
+    level-triggered pass follows if one did."""
+    reconcile_resync_s: float = 30.0
+    """Seconds between full reconcile passes (list every container) when nothing changed;
+    new desired state, exits and due restarts still trigger a pass at once. Never
+    shorter than reconcile_interval_s."""
     outbox_budget_bytes: int = 64 * MiB
     """Bytes of unacknowledged reports kept in the LMDB outbox; over it, the oldest
     telemetry/heartbeats are dropped first, then old status reports, never the newest."""
@@ -105,6 +111,15 @@ class AgentSettings:
     """Seconds between cpu/memory samples of the node and every pod."""
     telemetry_point_s: int = 60
     """Seconds aggregated into one telemetry point (a multiple of telemetry_sample_s)."""
+
+    image_gc_interval_s: float = 600.0
+    """Seconds between image garbage collections (also run at once when a pull fails
+    for lack of disk space); images of desired pods and of existing containers stay."""
+    image_gc_max_unused_s: float = 86400.0
+    """Images unused (not pulled or started) for longer than this many seconds go."""
+    image_gc_min_free_bytes: int = 1024 * MiB
+    """Below this many free bytes on the runtime root's filesystem, the least recently
+    used unused images go until it is free again (or none is left)."""
 
     log_max_bytes: int = 4 * MiB
     """Bytes per container log file (conmon's --log-size-max); a container's logs use at
@@ -219,6 +234,10 @@ class AgentSettings:
             raise ConfigError(
                 f"must be at least telemetry_sample_s ({self.telemetry_sample_s})",
                 field="telemetry_point_s")
+        _range("reconcile_resync_s", self.reconcile_resync_s, 0.05, 86400)
+        _range("image_gc_interval_s", self.image_gc_interval_s, 1, 86400 * 7)
+        _range("image_gc_max_unused_s", self.image_gc_max_unused_s, 0, 86400 * 365)
+        _range("image_gc_min_free_bytes", self.image_gc_min_free_bytes, 0, 1 << 50)
         _range("log_max_bytes", self.log_max_bytes, 4096, 1 << 40)
         _range("log_keep", self.log_keep, 1, 100)
         _range("log_rotate_interval_s", self.log_rotate_interval_s, 0.05, 3600)

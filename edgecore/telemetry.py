@@ -1,8 +1,10 @@
 """Telemetry: node and per-pod cpu and memory, sampled every 10 s, sent as 60 s points.
 
 Each sample reads the node's `/proc/stat` (cpu busy jiffies) and `/proc/meminfo`
-(MemTotal - MemAvailable), and `runtime.stats(cid)` of every running container
-of ours (cumulative cpu ns, working-set memory), grouped by pod. cpu is a rate
+(MemTotal - MemAvailable), and the stats of every running container of ours
+(cumulative cpu ns, working-set memory), grouped by pod: one batched
+`runtime.stats_all()` if the runtime has it (crun: one `crun list` and the cgroup
+files, no process per pod), else `runtime.stats(cid)` one by one. cpu is a rate
 between two samples, so the first sample after start (or after a container
 restart) contributes memory only. Samples are averaged per point interval
 (aligned to wall-clock minutes by default):
@@ -29,7 +31,7 @@ from typing import Any
 
 from edgecore.reconciler.naming import ANN_POD
 from edgecore.runtime.errors import ContainerRuntimeError
-from edgecore.runtime.types import Runtime
+from edgecore.runtime.types import ContainerStats, Runtime
 from shared.entries import telemetry_point
 
 log = logging.getLogger(__name__)
@@ -109,6 +111,7 @@ class Telemetry:
     _pod_acc: dict[str, _Acc] = field(default_factory=dict)
     _prev_node: tuple[int, int] | None = None
     _prev_ctr: dict[str, tuple[int, float]] = field(default_factory=dict)
+    _pod_of: dict[str, str] = field(default_factory=dict)  # container id -> pod key
     _ncpu: int = field(default_factory=lambda: os.cpu_count() or 1)
 
     async def run(self) -> None:
@@ -156,11 +159,44 @@ class Telemetry:
         return cpu, None if mem is None else float(mem)
 
     async def _pod_samples(self) -> dict[str, tuple[float | None, float | None]]:
+        batched = getattr(self.runtime, "stats_all", None)
+        if batched is not None:
+            # One batched read per tick (one `crun list`, cgroup files in one thread);
+            # the full list(), for the pod annotation, only when a new container shows up.
+            all_stats: dict[str, ContainerStats] = await batched()
+            if not set(all_stats) <= set(self._pod_of):
+                self._pod_of = {st.id: st.annotations.get(ANN_POD, "")
+                                for st in await self.runtime.list()}
+            stats = {cid: s for cid, s in all_stats.items() if self._pod_of.get(cid)}
+            self._pod_of = {cid: self._pod_of[cid] for cid in all_stats if cid in self._pod_of}
+        else:
+            stats = await self._stats_one_by_one()
+        out: dict[str, list[float | None]] = {}
+        for cid, s in stats.items():
+            key = self._pod_of[cid]
+            cpu = None
+            prev = self._prev_ctr.get(cid)
+            if prev is not None and s.timestamp > prev[1] and s.cpu_usage_ns >= prev[0]:
+                cpu = (s.cpu_usage_ns - prev[0]) / ((s.timestamp - prev[1]) * 1e9) * 1000
+            self._prev_ctr[cid] = (s.cpu_usage_ns, s.timestamp)
+            mem = s.memory_working_set_bytes
+            if mem is None:
+                mem = s.memory_bytes
+            acc = out.setdefault(key, [None, 0.0])
+            if cpu is not None:
+                acc[0] = (acc[0] or 0.0) + cpu
+            acc[1] = (acc[1] or 0.0) + mem
+        for gone in set(self._prev_ctr) - set(stats):
+            del self._prev_ctr[gone]
+        return {k: (v[0], v[1]) for k, v in out.items()}
+
+    async def _stats_one_by_one(self) -> dict[str, ContainerStats]:
+        """Runtimes without `stats_all`: list, then `stats(cid)` per running container."""
         stats = getattr(self.runtime, "stats", None)
         if stats is None:
             return {}
-        out: dict[str, list[float | None]] = {}
-        seen: set[str] = set()
+        out: dict[str, ContainerStats] = {}
+        pod_of: dict[str, str] = {}
         for st in await self.runtime.list():
             key = st.annotations.get(ANN_POD)
             if not key or st.status != "running":
@@ -169,21 +205,8 @@ class Telemetry:
                 s = await stats(st.id)
             except ContainerRuntimeError:
                 continue
-            if s is None:
-                continue
-            seen.add(st.id)
-            cpu = None
-            prev = self._prev_ctr.get(st.id)
-            if prev is not None and s.timestamp > prev[1] and s.cpu_usage_ns >= prev[0]:
-                cpu = (s.cpu_usage_ns - prev[0]) / ((s.timestamp - prev[1]) * 1e9) * 1000
-            self._prev_ctr[st.id] = (s.cpu_usage_ns, s.timestamp)
-            mem = s.memory_working_set_bytes
-            if mem is None:
-                mem = s.memory_bytes
-            acc = out.setdefault(key, [None, 0.0])
-            if cpu is not None:
-                acc[0] = (acc[0] or 0.0) + cpu
-            acc[1] = (acc[1] or 0.0) + mem
-        for gone in set(self._prev_ctr) - seen:
-            del self._prev_ctr[gone]
-        return {k: (v[0], v[1]) for k, v in out.items()}
+            if s is not None:
+                out[st.id] = s
+                pod_of[st.id] = key
+        self._pod_of = pod_of
+        return out

@@ -50,6 +50,7 @@ Send = Callable[[str, bytes], None]
 
 IN = "cloudcore_messages_in_total"
 OUT = "cloudcore_messages_out_total"
+ACKS_PER_S = 1000.0  # a conservative rate for one aiomqtt subscriber (DESIGN.md: ~5k/s)
 BACKLOG_WAIT = 0.5  # seconds retries wait while our own publish queue drains
 DROPPED = "cloudcore_messages_dropped_total"
 RESENT = "cloudcore_desired_resends_total"
@@ -268,7 +269,13 @@ class SyncHub:
         epoch = link.epoch if link.epoch_known else nd.epoch
         self._emit(node, nd.delta(base, epoch))
         link.inflight = nd.gen
-        link.retry_at = self.clock() + self._backoff.delay(link.attempts)
+        # An ack is late only after the deltas queued before it could have been
+        # answered: allow for the fleet-wide number in flight at the rate one
+        # subscriber connection processes acks, so a rollout to 15,000 nodes does not
+        # resend to nodes whose acks are merely waiting in our inbound queue.
+        in_flight = len(self._retry)
+        link.retry_at = (self.clock() + self._backoff.delay(link.attempts)
+                         + in_flight / ACKS_PER_S)
         heapq.heappush(self._retry, (link.retry_at, node))
         self._wake_retry.set()
 

@@ -3,8 +3,12 @@
 Level-triggered, like the kubelet: every pass reads the whole desired set (the
 persisted copy) and the whole actual state (`runtime.list()`), and acts on the
 difference, so a missed event or an agent restart can never leave the node
-wrong for longer than one pass. Passes run when woken (new desired state) and
-every `interval_s`; it never needs the network.
+wrong for longer than one pass. Passes run when woken (new desired state), when
+a restart falls due, and every `interval_s` if the runtime's cheap
+`state_token()` (crun: the mtime of conmon's exit directory) says a container
+exited, else at least every `resync_s` (a full resync, whatever happened); a
+runtime without `state_token` gets a full pass every `interval_s`. It never
+needs the network.
 
 Per pod, in its own task (a slow image pull of one pod never holds up another;
 a pod whose previous work is still running is skipped this pass):
@@ -17,6 +21,10 @@ a pod whose previous work is still running is skipped this pass):
 - containers of pods that are no longer desired are stopped with the grace
   period they were created with, and removed.
 Every pod's outcome, including errors, becomes a PodStatus for the reporter.
+While an image is pulled (`runtime.pull` before `runtime.run`), the pod is
+reported once as Pending/ContainerCreating "pulling IMAGE", then every
+`pull_report_s` with the elapsed seconds. A pull that fails with InsufficientDisk
+calls `on_disk_full` (the agent's image GC) and is retried once.
 
 Before any container of a pod starts, its volumes are made ready (`volumes.py`;
 on every pass, so configMap/secret changes reach running containers) and its
@@ -34,7 +42,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -57,10 +65,13 @@ from edgecore.runtime.errors import (
     ContainerRuntimeError,
     ImagePullError,
     ImageUnpackError,
+    InsufficientDisk,
+    InvalidSpec,
     RuntimePermanentError,
     RuntimeTemporaryError,
 )
-from edgecore.runtime.types import ContainerState, Runtime
+from edgecore.runtime.images import normalize_ref
+from edgecore.runtime.types import ContainerSpec, ContainerState, Runtime
 from shared.delta import EdgeDesired
 from shared.entries import POD, PodEntry, parse_pod_entry, split_key
 from shared.models import Container, ContainerStatus, LastState, PodStatus
@@ -107,6 +118,8 @@ class Reconciler:
         sink: StatusSink, crashloop: CrashLoop | None = None, interval_s: float = 5.0,
         clock: Callable[[], float] = time.time, volumes: Volumes | None = None,
         devices: DeviceAllocator | None = None, prober: ProbeManager | None = None,
+        resync_s: float = 30.0, pull_report_after_s: float = 0.2, pull_report_s: float = 30.0,
+        on_disk_full: Callable[[InsufficientDisk], Awaitable[object]] | None = None,
     ) -> None:
         self.node = node
         self.volumes = volumes  # None: pods with volumes cannot start here
@@ -118,6 +131,14 @@ class Reconciler:
         self.sink = sink
         self.crashloop = crashloop or CrashLoop()
         self.interval_s = interval_s
+        self.resync_s = max(resync_s, interval_s)
+        self.pull_report_after_s = pull_report_after_s  # a quicker pull is not reported
+        self.pull_report_s = pull_report_s
+        self.on_disk_full = on_disk_full
+        self.skipped = 0  # periodic passes skipped because nothing could have changed
+        self._last_full: float | None = None  # clock() of the last pass
+        self._last_token: object = None
+        self._deferred = False  # the last pass left pods in flight: pass again
         self.clock = clock  # wall clock: records with due times outlive the process
         self.passes = 0
         self._wake = asyncio.Event()
@@ -136,8 +157,12 @@ class Reconciler:
         """
         try:
             while True:
+                woken = self._wake.is_set()
                 self._wake.clear()
-                await self.reconcile_once(wait=False)
+                if woken or self._pass_needed():
+                    await self.reconcile_once(wait=False)
+                else:
+                    self.skipped += 1
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self._sleep_time()):
                         await self._wake.wait()
@@ -148,6 +173,22 @@ class Reconciler:
             await asyncio.gather(*tasks, return_exceptions=True)
             if self.prober is not None:
                 await self.prober.close()
+
+    def _token(self) -> object:
+        token = getattr(self.runtime, "state_token", None)
+        return None if token is None else token()
+
+    def _pass_needed(self) -> bool:
+        """False only if nothing can have changed since the last pass: no exit seen by
+        the runtime's state token, no restart due, no pod left in flight, resync not due."""
+        token = self._token()
+        if token is None or self._last_full is None or token != self._last_token:
+            return True
+        now = self.clock()
+        if self._deferred or now - self._last_full >= self.resync_s:
+            return True
+        return any(self._last_full < c.next_start_at <= now and not c.completed
+                   for r in self._records.values() for c in r.containers.values())
 
     def _sleep_time(self) -> float:
         """Until the next pass: the interval, or sooner if a restart falls due before it."""
@@ -161,11 +202,13 @@ class Reconciler:
         """One pass over every pod; with `wait`, returns when all of its pod work is done."""
         self.passes += 1
         desired = self.desired()
+        token = self._token()  # before the list: an exit during it shows next time
         try:
             actual = await self.runtime.list()
         except ContainerRuntimeError as exc:
             # Without the actual state, any action could be wrong: skip the pass.
             log.warning("reconcile pass skipped: cannot list containers: %s", exc)
+            self._deferred = True
             return
         groups: dict[str, list[ContainerState]] = {}
         for st in actual:
@@ -182,9 +225,12 @@ class Reconciler:
                 for gone in await asyncio.to_thread(
                         self.volumes.sweep, keys | set(self._inflight)):
                     log.info("removed leftover volumes of %s", gone)
+        self._last_full, self._last_token = self.clock(), token
+        self._deferred = False
         started: list[asyncio.Task[None]] = []
         for key in sorted(keys):
             if key in self._inflight:
+                self._deferred = True
                 continue
             task = asyncio.create_task(
                 self._sync_pod(key, wanted.get(key), groups.get(key, []), desired.items),
@@ -195,6 +241,14 @@ class Reconciler:
             started.append(task)
         if wait and started:
             await asyncio.gather(*started)
+
+    def desired_images(self) -> set[str]:
+        """The image of every container of every desired pod (image GC keeps them)."""
+        images: set[str] = set()
+        for entry in self._parse(self.desired()).values():
+            if isinstance(entry, PodEntry):
+                images.update(c.image for c in entry.spec.containers)
+        return images
 
     def _parse(self, desired: EdgeDesired) -> dict[str, PodEntry | Exception]:
         out: dict[str, PodEntry | Exception] = {}
@@ -419,16 +473,27 @@ class Reconciler:
         try:
             spec = container_spec(entry, c, devices=devices,
                                   mounts=ctx.volumes.mounts(c) if ctx.volumes else ())
+            if await self._needs_pull(spec):
+                try:
+                    await self._pull(entry, spec.image, always=spec.pull_policy == "Always")
+                except ImagePullError as exc:
+                    if spec.pull_policy != "Always" or isinstance(exc, InsufficientDisk):
+                        raise
+                    # Offline first: a registry we cannot reach must not keep a container
+                    # down whose image is already here; IfNotPresent pulls only if missing.
+                    log.warning("%s: pull (Always) of %s failed, trying the local copy: %s",
+                                entry.key, spec.image, exc)
+                # Pulled (or Always failed): run() finds the image or pulls it itself.
+                spec = replace(spec, pull_policy="IfNotPresent")
             try:
-                await self.runtime.run(cid, spec)
-            except ImagePullError as exc:
-                if spec.pull_policy != "Always":
+                await self._run(entry, cid, spec)
+            except InsufficientDisk as exc:  # run() pulled and the disk was full
+                if self.on_disk_full is None:
                     raise
-                # Offline first: a registry we cannot reach must not keep a container
-                # down whose image is already here; IfNotPresent pulls only if missing.
-                log.warning("%s: pull (Always) of %s failed, trying the local copy: %s",
-                            entry.key, spec.image, exc)
-                await self.runtime.run(cid, replace(spec, pull_policy="IfNotPresent"))
+                log.warning("%s: starting %s: %s; collecting unused images and retrying",
+                            entry.key, cid, exc)
+                await self.on_disk_full(exc)
+                await self._run(entry, cid, spec)
         except RuntimePermanentError as exc:
             self._start_failed(rec, "CreateContainerConfigError", exc, delay=self.crashloop.max_s)
             return self._waiting(c.name, rec)
@@ -448,6 +513,76 @@ class Reconciler:
         self.prober.ensure(cid, c, started_at=now, instance=None)
         probe = self.prober.state(cid, c)
         return self._running(c.name, rec, ready=probe.ready, started=probe.started)
+
+    async def _run(self, entry: PodEntry, cid: str, spec: ContainerSpec) -> None:
+        try:
+            await self.runtime.run(cid, spec)
+        except ImagePullError as exc:
+            if spec.pull_policy != "Always" or isinstance(exc, InsufficientDisk):
+                raise
+            # Offline first: a registry we cannot reach must not keep a container
+            # down whose image is already here; IfNotPresent pulls only if missing.
+            log.warning("%s: pull (Always) of %s failed, trying the local copy: %s",
+                        entry.key, spec.image, exc)
+            await self.runtime.run(cid, replace(spec, pull_policy="IfNotPresent"))
+
+    async def _needs_pull(self, spec: ContainerSpec) -> bool:
+        """Whether to pull before run() (so the pod can be reported as pulling): only for
+        runtimes that list their images; others pull inside run(), unreported."""
+        images = getattr(self.runtime, "images", None)
+        if images is None or spec.pull_policy == "Never":
+            return False
+        if spec.pull_policy == "Always":
+            return True
+        try:
+            ref = normalize_ref(spec.image)
+        except InvalidSpec:
+            return False  # run() reports it
+        return ref not in {i.ref for i in await images()}
+
+    async def _pull(self, entry: PodEntry, image: str, *, always: bool) -> None:
+        """Pull `image`, reporting the pod as pulling if it takes a while; on
+        InsufficientDisk, let `on_disk_full` free space and try once more."""
+        try:
+            await self._pull_reporting(entry, image, always=always)
+        except InsufficientDisk as exc:
+            if self.on_disk_full is None:
+                raise
+            log.warning("%s: pull of %s: %s; collecting unused images and retrying",
+                        entry.key, image, exc)
+            await self.on_disk_full(exc)
+            await self._pull_reporting(entry, image, always=always)
+
+    async def _pull_reporting(self, entry: PodEntry, image: str, *, always: bool) -> None:
+        pull = (self.runtime.pull(image) if not always
+                else self.runtime.pull(image, policy="Always"))  # type: ignore[call-arg]
+        task = asyncio.ensure_future(pull)
+        t0 = time.monotonic()
+        wait = self.pull_report_after_s
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=wait)
+                if done:
+                    task.result()
+                    return
+                # Once when the pull turns out not to be instant, then every pull_report_s.
+                self.sink.update(entry.key, self._pulling(entry, image, time.monotonic() - t0))
+                wait = self.pull_report_s
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    def _pulling(self, entry: PodEntry, image: str, elapsed: float) -> PodStatus:
+        rec = self._records.get(entry.key)
+        restarts = {n: c.restarts for n, c in rec.containers.items()} if rec else {}
+        msg = f"pulling {image} ({elapsed:.0f} s)"
+        return pod_status(
+            [ContainerStatus(name=c.name, state="waiting", reason="ContainerCreating",
+                             message=msg, restart_count=restarts.get(c.name, 0))
+             for c in entry.spec.containers],
+            revision=entry.revision, node=self.node)
 
     async def _allocate(self, entry: PodEntry, c: Container) -> list[Any]:
         if self.devices is None:

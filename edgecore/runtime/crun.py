@@ -779,6 +779,30 @@ class CrunRuntime:
             return None
         return await asyncio.to_thread(_cgroup_stats, pid)
 
+    async def stats_all(self) -> dict[str, ContainerStats]:
+        """:meth:`stats` of every running container: one ``crun list``, then the cgroup
+        files of all of them read in one worker thread (telemetry's batched read)."""
+        states = await self._crun_states()
+        pids = {cid: int(s.get("pid") or 0) for cid, s in states.items()
+                if s.get("status") in ("running", "paused") and int(s.get("pid") or 0) > 0}
+
+        def read() -> dict[str, ContainerStats]:
+            out = {}
+            for cid, pid in pids.items():
+                if (st := _cgroup_stats(pid)) is not None:
+                    out[cid] = st
+            return out
+
+        return await asyncio.to_thread(read)
+
+    def state_token(self) -> int:
+        """Changes when a container exits (conmon writes its exit file): a cheap check,
+        without spawning crun, of whether a full :meth:`list` can show anything new."""
+        try:
+            return self._exits.stat().st_mtime_ns
+        except FileNotFoundError:
+            return 0
+
     # -- images -----------------------------------------------------------------
 
     def _in_use_digests(self) -> set[str]:

@@ -50,3 +50,22 @@ def test_retry_without_backlog_is_unchanged() -> None:
     now[0] = 5.0
     assert hub.retry_due(now[0]) == 1
     assert len(sent) == 2
+
+
+def test_ack_deadline_grows_with_the_number_in_flight() -> None:
+    """A big rollout gives later nodes more time: their acks queue behind the others'."""
+    from cloudcore.synchub.hub import ACKS_PER_S
+
+    fleet = make_fleet()
+    settings = SyncSettings()
+    settings.ack_timeout = 1.0
+    hub = SyncHub(fleet=fleet, store=FakeStore(), settings=settings, metrics=Metrics(),
+                  clock=lambda: 0.0)
+    hub.attach(lambda topic, payload: None)
+    for i in range(50):
+        add_node(fleet, f"n{i}")
+    fleet.apply([parse_object(daemonset())])
+    deadlines = sorted(when for when, _ in hub._retry)
+    assert len(deadlines) == 50
+    assert deadlines[-1] - deadlines[0] >= 48 / ACKS_PER_S
+    assert hub.retry_due(deadlines[0]) == 1  # due ones are still resent

@@ -6,8 +6,10 @@ container (`exit`) or make starts of an image fail, on an injectable clock.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from edgecore.runtime.errors import ContainerExists, ContainerRuntimeError
 from edgecore.runtime.types import ContainerSpec, ContainerState, ContainerStats, validate_cid
@@ -33,11 +35,31 @@ class FakeRuntime:
     stats_of: dict[str, ContainerStats] = field(default_factory=dict)
     rotations: list[tuple[int, int]] = field(default_factory=list)
 
-    async def pull(self, image: str, *, insecure: bool | None = None) -> str:
+    # Image store: `pull_gate` (if set) holds every pull until set; `pull_errors` are
+    # raised by the next pulls, one each; `gc` records its arguments and removes `gc_removes`.
+    pull_gate: asyncio.Event | None = None
+    pull_errors: list[Exception] = field(default_factory=list)
+    gc_calls: list[dict[str, Any]] = field(default_factory=list)
+    gc_removes: list[str] = field(default_factory=list)
+
+    async def pull(self, image: str, *, insecure: bool | None = None,
+                   policy: str = "IfNotPresent") -> str:
         self.calls.append(("pull", image))
+        if self.pull_gate is not None:
+            await self.pull_gate.wait()
+        if self.pull_errors:
+            raise self.pull_errors.pop(0)
         if image in self.fail_images:
             raise self.fail_images[image]
         return "sha256:" + "0" * 64
+
+    async def gc(self, *, keep_refs: set[str], max_age_s: float | None = None,
+                 target_free_bytes: int | None = None) -> list[str]:
+        self.calls.append(("gc", ""))
+        self.gc_calls.append({"keep_refs": set(keep_refs), "max_age_s": max_age_s,
+                              "target_free_bytes": target_free_bytes})
+        removed, self.gc_removes = self.gc_removes, []
+        return removed
 
     async def run(self, cid: str, spec: ContainerSpec) -> None:
         validate_cid(cid)

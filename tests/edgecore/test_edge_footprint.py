@@ -1,0 +1,133 @@
+"""The idle loop's cost: no full reconcile pass while the runtime's state token says
+nothing exited, and one batched stats read per telemetry tick."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edgecore.cache import Cache
+from edgecore.reconciler import Reconciler
+from edgecore.reconciler.naming import ANN_POD
+from edgecore.runtime.types import ContainerSpec, ContainerState, ContainerStats
+from edgecore.telemetry import Telemetry
+from shared.delta import EdgeDesired
+from shared.entries import pod_entry, pod_key
+from shared.models import Pod, PodStatus
+
+from edgecore_fakes import FakeRuntime  # isort: skip
+
+
+class TokenFake(FakeRuntime):
+    """A runtime with crun's cheap `state_token` and batched `stats_all`."""
+
+    token = 0
+    lists = 0
+    batched = 0
+
+    def state_token(self) -> int:
+        return self.token
+
+    async def list(self) -> list[ContainerState]:
+        self.lists += 1
+        return await super().list()
+
+    async def stats_all(self) -> dict[str, ContainerStats]:
+        self.batched += 1
+        return {cid: ContainerStats(cpu_usage_ns=10**9 * self.batched, memory_bytes=100,
+                                    memory_working_set_bytes=80, pids=1,
+                                    timestamp=float(self.batched))
+                for cid in self.running()}
+
+
+class Sink:
+    def update(self, key: str, status: PodStatus | None) -> None:
+        pass
+
+
+@pytest.fixture
+def cache(tmp_path: Path):
+    c = Cache(tmp_path / "cache")
+    yield c
+    c.close()
+
+
+def desired(n: int) -> EdgeDesired:
+    items = {}
+    for i in range(n):
+        p = Pod.model_validate({"metadata": {"name": f"p{i}"}, "spec": {"containers": [
+            {"name": "main", "image": "busybox:1"}]}})
+        items[pod_key("default", f"p{i}")] = pod_entry(p)
+    return EdgeDesired(epoch="E", gen=1, items=items)
+
+
+async def until(cond: Any, timeout: float = 5) -> None:
+    async with asyncio.timeout(timeout):
+        while not cond():
+            await asyncio.sleep(0.01)
+
+
+async def test_idle_passes_are_skipped_until_something_exits(cache: Cache) -> None:
+    rt = TokenFake()
+    want = desired(20)
+    rec = Reconciler(node="n", runtime=rt, cache=cache, desired=lambda: want, sink=Sink(),
+                     interval_s=0.05, resync_s=3600, clock=lambda: 1000.0)
+    task = asyncio.create_task(rec.run())
+    try:
+        await until(lambda: len(rt.running()) == 20 and not rec._inflight)
+        await until(lambda: rec.skipped >= 5)
+        passes, lists = rec.passes, rt.lists
+        await asyncio.sleep(0.3)
+        assert (rec.passes, rt.lists) == (passes, lists)  # idle: no list() at all
+        cid = sorted(rt.running())[0]
+        rt.exit(cid, 1)
+        rt.token += 1  # conmon wrote an exit file
+        await until(lambda: rec.passes > passes)
+        rec.wake()  # a new desired set still wakes a pass at once
+        await until(lambda: rec.passes > passes + 1)
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+async def test_resync_without_token_or_after_resync_s(cache: Cache) -> None:
+    now = [1000.0]
+    rt = TokenFake()
+    rec = Reconciler(node="n", runtime=rt, cache=cache, desired=lambda: desired(1),
+                     sink=Sink(), interval_s=0.05, resync_s=30, clock=lambda: now[0])
+    await rec.reconcile_once()
+    assert not rec._pass_needed()
+    now[0] += 31
+    assert rec._pass_needed()
+    plain = Reconciler(node="n", runtime=FakeRuntime(), cache=cache,
+                       desired=lambda: desired(1), sink=Sink(), interval_s=0.05)
+    await plain.reconcile_once()
+    assert plain._pass_needed()  # no state token: every interval, as before
+
+
+async def test_telemetry_reads_stats_in_one_batch(tmp_path: Path) -> None:
+    rt = TokenFake()
+    for i in range(20):
+        await rt.run(f"c{i}", ContainerSpec(name="main", image="x",
+                                            annotations={ANN_POD: f"pod/default/p{i}"}))
+    await rt.run("foreign", ContainerSpec(name="main", image="x"))
+    points: list[dict[str, Any]] = []
+
+    async def sink(p: dict[str, Any]) -> None:
+        points.append(p)
+
+    tel = Telemetry(runtime=rt, sink=sink)
+    for t in (0.0, 10.0, 20.0, 60.0):
+        await tel.sample(now=t)
+    assert rt.batched == 4 and rt.lists == 1  # list() only to learn the new containers
+    [point] = points
+    assert len(point["pods"]) == 20
+    assert point["pods"]["pod/default/p0"] == {"cpu": 1000, "mem": 80}
+    await rt.run("c20", ContainerSpec(name="main", image="x",
+                                      annotations={ANN_POD: "pod/default/p20"}))
+    await tel.sample(now=70.0)
+    assert rt.lists == 2
