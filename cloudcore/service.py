@@ -194,7 +194,7 @@ def open_forecaster(settings: Settings, fleet: Fleet) -> Any | None:
     try:
         runner = ForecastRunner(path, capacity_nodes=settings.forecast.capacity_nodes,
                                 apply=fleet.apply_forecasts, known=lambda: fleet.nodes,
-                                clock=fleet.clock)
+                                clock=fleet.clock, origins=fleet.scheduler.forecast_made)
     except ForecasterError as exc:
         log.warning("forecasting disabled: %s", exc)
         fleet.clear_forecasts()

@@ -15,6 +15,9 @@ follows public trace segments, placed by the REAL cloudcore scheduler
   ONNX model on the simulated node usage, refreshed every simulated minute (as
   `forecast.interval` = 60 s does). The `predicted_capacity` filter and the
   `PredictedHeadroom` scorer then act; the request capacity filter still applies.
+  The runner tells the scheduler each forecast's origin (`Scheduler.forecast_made`),
+  so pods placed since it count on top of the p90, as in cloudcore; the scheduler's
+  clock is the simulated one (minute t = t * 60 s).
 - `forecast-overcommit` (optional): as `forecast` but without the request capacity
   filter, i.e. placement by predicted usage only (how far forecasts could pack).
 
@@ -262,12 +265,13 @@ def run_policy(policy: str, w: Workloads, usage: UsageModel, names: list[str], *
     filters = DEFAULT_FILTERS
     if policy == "forecast-overcommit":
         filters = tuple(f for f in DEFAULT_FILTERS if f is not capacity)
-    sched = Scheduler(filters=filters)
+    sim_now = [0.0]  # the simulated wall clock, seconds
+    sched = Scheduler(filters=filters, clock=lambda: sim_now[0])
     forecasts: dict[str, dict[str, float]] = {}
     runner = None
     if use_forecast:
         runner = ForecastRunner(default_model_path(), capacity_nodes=n,
-                                apply=forecasts.update)
+                                apply=forecasts.update, origins=sched.forecast_made)
     node_of = start.copy()
     req = np.zeros((n, 3), np.int64)  # cpu, memory, pods
     running = node_of >= 0
@@ -286,6 +290,7 @@ def run_policy(policy: str, w: Workloads, usage: UsageModel, names: list[str], *
     methods: dict[str, int] = {}
 
     for t, u in enumerate(usage.run(minutes)):
+        sim_now[0] = 60.0 * t
         # departures
         gone = np.flatnonzero((w.depart == t) & (node_of >= 0))
         if len(gone):

@@ -77,7 +77,8 @@ class Forecast:
 
     `p50`/`p90` are float32 [n, 2, 15]: resource 0 = cpu, 1 = memory; step k is the
     minute now + 1 + k; utilisation in 0..1. `method`, `points` (minutes of history
-    the forecast saw, carried-forward ones included) and `gaps` are [n]; row i
+    the forecast saw, carried-forward ones included), `gaps` and `newest` (the newest
+    minute the node really reported, <= now: the forecast's origin) are [n]; row i
     belongs to `nodes[i]`.
     """
 
@@ -88,6 +89,7 @@ class Forecast:
     method: np.ndarray  # uint8, values of Method
     points: np.ndarray
     gaps: np.ndarray
+    newest: np.ndarray  # int64 minute
     _pos: dict[str, int] | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
@@ -274,7 +276,8 @@ class Forecaster:
             p50[rest] = last_v[..., None]
             p90[rest] = peak[..., None]
         return Forecast(now=now, nodes=self._names[rows], p50=p50, p90=p90, method=method,
-                        points=points, gaps=self.gaps[rows].copy())
+                        points=points, gaps=self.gaps[rows].copy(),
+                        newest=self.last[rows].copy())
 
     def _last_and_peak(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Newest value and peak of each row's own stored minutes, [m, 2] each."""

@@ -2,7 +2,10 @@
 
 `ForecastRunner.observe` is the fleet's telemetry observer; `tick()` runs one batched
 `predict()` and hands each node's horizon peaks (p50/p90 of cpu and memory) to a
-callback (`Fleet.apply_forecasts`). `run()` is the `cloudcore.forecaster` task.
+callback (`Fleet.apply_forecasts`). Before that, `origins` (the scheduler's
+`Scheduler.forecast_made`) learns each node's forecast origin: the start, in Unix
+seconds, of the newest minute the node reported, so placements made since still
+count against the node. `run()` is the `cloudcore.forecaster` task.
 """
 
 from __future__ import annotations
@@ -25,9 +28,11 @@ class ForecastRunner:
     def __init__(self, model_path: Path | str, *, capacity_nodes: int,
                  apply: Callable[[Results], None],
                  known: Callable[[], Container[str]] = lambda: (),
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 origins: Callable[[dict[str, float]], None] | None = None) -> None:
         self.forecaster = Forecaster(model_path, capacity_nodes=capacity_nodes)
         self.apply = apply
+        self.origins = origins
         self.known = known
         self.clock = clock
         self.rejected = 0  # points refused because the forecaster is full
@@ -49,15 +54,20 @@ class ForecastRunner:
         p50 = fc.p50.max(axis=2)  # [n, 2] peak over the horizon
         p90 = fc.p90.max(axis=2)
         out: Results = {}
+        origin: dict[str, float] = {}
         gone = []
+        newest = (fc.newest * 60).tolist()
         for i, name in enumerate(fc.nodes.tolist()):
             if known and name not in known:
                 gone.append(name)
                 continue
             out[name] = {"cpu_p50": float(p50[i, 0]), "cpu_p90": float(p90[i, 0]),
                          "mem_p50": float(p50[i, 1]), "mem_p90": float(p90[i, 1])}
+            origin[name] = float(newest[i])
         for name in gone:
             self.forecaster.remove(name)
+        if self.origins is not None:
+            self.origins(origin)
         self.apply(out)
         return out
 

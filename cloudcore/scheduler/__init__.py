@@ -1,7 +1,9 @@
 """Pod placement: filters, then scores, and a human-readable reason for every decision.
 
-Pure logic over `NodeView`s (no I/O, no fleet state), so it is unit-tested with
-plain values. The forecaster plugs in later as one more `Scorer`.
+Logic over `NodeView`s (no I/O, no fleet state), so it is unit-tested with plain
+values. Its one piece of state is a ledger of its own recent placements
+(`RecentPlacements`): the forecast-aware filter and scorer count pods placed since a
+node's forecast was made, until a forecast has seen them.
 """
 
 from cloudcore.scheduler.core import (
@@ -14,6 +16,7 @@ from cloudcore.scheduler.core import (
     Scorer,
     tolerates,
 )
+from cloudcore.scheduler.recent import RecentPlacements
 
-__all__ = ["DEFAULT_FILTERS", "DEFAULT_SCORERS", "Decision", "Filter", "NodeView", "Scheduler",
-           "Scorer", "tolerates"]
+__all__ = ["DEFAULT_FILTERS", "DEFAULT_SCORERS", "Decision", "Filter", "NodeView",
+           "RecentPlacements", "Scheduler", "Scorer", "tolerates"]

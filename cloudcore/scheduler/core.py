@@ -5,15 +5,24 @@ reason ("insufficient memory"); the reasons of all rejected nodes are counted in
 the Pending message, as Kubernetes does ("0/3 nodes available: 2 node selector
 mismatch, 1 insufficient memory"). Scorers rank the feasible nodes from 0 to 100;
 the weighted sum picks the node, ties broken by name so decisions are repeatable.
+
+The predicted filter and scorer use a node's p90 forecast plus the requests of the
+pods placed there since the forecast's inputs ended (`NodeView.unforecast`); the
+`Scheduler` fills that in from its own ledger of placements
+(`cloudcore.scheduler.recent`), which the forecaster prunes through
+`Scheduler.forecast_made` each time it forecasts.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from cloudcore.scheduler.recent import RecentPlacements
 from shared.models import PodSpec, Taint, Toleration
 
 ARCH_LABEL = "kubernetes.io/arch"
@@ -37,6 +46,10 @@ class NodeView:
     forecast: dict[str, float] | None = None
     """Predicted utilisation (0..1, peak over the next 15 minutes): `cpu_p50`,
     `cpu_p90`, `mem_p50`, `mem_p90`; None when the node has no forecast."""
+    unforecast: dict[str, int] = field(default_factory=dict)
+    """Summed requests of the pods bound to the node after its forecast's inputs ended
+    (so not in the forecast yet); added to the p90 by the predicted filter and scorer.
+    `Scheduler` adds the placements of its own ledger to it."""
 
 
 @dataclass(frozen=True)
@@ -109,7 +122,8 @@ def capacity(spec: PodSpec, req: dict[str, int], node: NodeView) -> str | None:
 
 
 def predicted_capacity(spec: PodSpec, req: dict[str, int], node: NodeView) -> str | None:
-    """The node's p90-predicted usage plus the pod's request must fit allocatable."""
+    """The node's predicted usage (p90, plus the requests of pods placed since the
+    forecast: `unforecast`) plus the pod's request must fit allocatable."""
     fc = node.forecast
     if fc is None:
         return None
@@ -118,9 +132,11 @@ def predicted_capacity(spec: PodSpec, req: dict[str, int], node: NodeView) -> st
         p90 = fc.get(key)
         if not alloc or p90 is None:
             continue
-        if p90 * alloc + req.get(res, 0) > alloc or p90 >= 1.0:
+        extra = node.unforecast.get(res, 0)
+        if p90 * alloc + extra + req.get(res, 0) > alloc or p90 >= 1.0:
             short = "cpu" if res == "cpu" else "mem"
-            return f"predicted over capacity ({short} p90 {100 * p90:.0f}%)"
+            since = f" + {100 * extra / alloc:.0f}% placed since" if extra > 0 else ""
+            return f"predicted over capacity ({short} p90 {100 * p90:.0f}%{since})"
     return None
 
 
@@ -183,7 +199,8 @@ class PreferNoSchedule:
 
 @dataclass(frozen=True)
 class PredictedHeadroom:
-    """Most p90-predicted headroom, 1 - max(cpu_p90, mem_p90), when the node has a
+    """Most predicted headroom after placing the pod, 1 - max over cpu and memory of
+    (p90 + (unforecast + the pod's request) / allocatable), when the node has a
     forecast; without one, the request-based headroom (as `Headroom`)."""
 
     name: str = "predicted-headroom"
@@ -193,7 +210,14 @@ class PredictedHeadroom:
         fc = node.forecast
         if fc is None:
             return Headroom()(spec, req, node)
-        return 100.0 * max(0.0, 1.0 - max(fc.get("cpu_p90", 0.0), fc.get("mem_p90", 0.0)))
+        peak = 0.0
+        for res, key in (("cpu", "cpu_p90"), ("memory", "mem_p90")):
+            used = fc.get(key, 0.0)
+            alloc = node.allocatable.get(res)
+            if alloc:
+                used += (node.unforecast.get(res, 0) + req.get(res, 0)) / alloc
+            peak = max(peak, used)
+        return 100.0 * max(0.0, 1.0 - peak)
 
 
 DEFAULT_SCORERS: tuple[Scorer, ...] = (Headroom(), PreferNoSchedule(), PredictedHeadroom())
@@ -203,12 +227,38 @@ DEFAULT_SCORERS: tuple[Scorer, ...] = (Headroom(), PreferNoSchedule(), Predicted
 
 
 class Scheduler:
-    """Filters then scores; every decision carries its reason."""
+    """Filters then scores; every decision carries its reason.
+
+    `schedule()` records each placement it decides in `recent` (the caller binds the
+    pod to `Decision.node`), so the next decisions count it against the node's
+    forecast until `forecast_made` reports a forecast that has seen it. `check()` (a
+    pod already bound by name, or re-checked on its own node) neither records nor
+    adds the ledger: such a pod may already be in it.
+    """
 
     def __init__(self, *, filters: Sequence[Filter] = DEFAULT_FILTERS,
-                 scorers: Sequence[Scorer] = DEFAULT_SCORERS) -> None:
+                 scorers: Sequence[Scorer] = DEFAULT_SCORERS,
+                 clock: Callable[[], float] = time.time,
+                 recent: RecentPlacements | None = None) -> None:
         self.filters = tuple(filters)
         self.scorers = tuple(scorers)
+        self.recent = RecentPlacements(clock=clock) if recent is None else recent
+
+    def forecast_made(self, origins: dict[str, float]) -> None:
+        """New forecasts exist; `origins[node]` is the start (Unix s) of the newest
+        telemetry minute the node's forecast saw. Placements they cover stop counting."""
+        self.recent.forecast_made(origins)
+
+    def _with_recent(self, node: NodeView) -> NodeView:
+        if node.forecast is None or node.name not in self.recent:
+            return node
+        extra = self.recent.unforecast(node.name)
+        if not extra:
+            return node
+        merged = dict(node.unforecast)
+        for res, v in extra.items():
+            merged[res] = merged.get(res, 0) + v
+        return dataclasses.replace(node, unforecast=merged)
 
     def check(self, spec: PodSpec, node: NodeView, *, daemon: bool = False) -> str | None:
         """None if the pod fits `node`, else the first failing filter's reason."""
@@ -233,8 +283,9 @@ class Scheduler:
         best: tuple[float, str] | None = None
         feasible = 0
         total = 0
-        for node in nodes:
+        for given in nodes:
             total += 1
+            node = self._with_recent(given)
             reason = next((r for f in self.filters if (r := f(spec, req, node)) is not None),
                           None)
             if reason is not None:
@@ -247,6 +298,7 @@ class Scheduler:
         if best is None:
             return Decision(node=None, reason="Unschedulable",
                             message=unschedulable_message(total, rejected))
+        self.recent.add(best[1], req)
         return Decision(node=best[1], reason="Scheduled",
                         message=f"scheduled on {best[1]}: highest score {best[0]:.1f} "
                                 f"of {feasible}/{total} feasible nodes")
