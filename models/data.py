@@ -23,8 +23,10 @@ range, never used to fit or tune anything.
 Synthetic nodes: the traces are fleet aggregates, far smoother than one machine.
 `synthetic_nodes` draws per-node variants of a history series: a random gain and
 level (so nodes sit at different utilisations), plus AR(1) noise with a random
-amplitude, clipped to [0, 1]. This is augmentation, not real per-node data; the
-evaluation is on the real (aggregate) series only.
+amplitude, clipped to [0, 1]. In training this is augmentation, not real per-node
+data. `models.evaluate` also scores a second, per-node table on synthetic nodes of
+the same family cut from the HELD-OUT range of every series, drawn with another seed
+(see its docstring and the README for why the parameters are plausible).
 """
 
 from __future__ import annotations
@@ -127,9 +129,12 @@ def windows_at(values: np.ndarray, origins: np.ndarray) -> tuple[np.ndarray, np.
 
 
 def synthetic_nodes(
-    values: np.ndarray, *, count: int, rng: np.random.Generator
+    values: np.ndarray, *, count: int, rng: np.random.Generator,
+    center: np.ndarray | None = None,
 ) -> list[np.ndarray]:
-    """`count` per-node variants of a [2, T] series (see the module docstring)."""
+    """`count` per-node variants of a [2, T] series (see the module docstring): per
+    node and resource, level + gain * (x - center) + AR(1) noise, clipped to [0, 1].
+    `center` [2] defaults to the mean of `values`."""
     out = []
     t = values.shape[1]
     for _ in range(count):
@@ -138,7 +143,7 @@ def synthetic_nodes(
             x = values[r]
             gain = rng.uniform(0.5, 2.0)
             level = rng.uniform(0.05, 0.9)
-            base = level + gain * (x - x.mean())
+            base = level + gain * (x - (x.mean() if center is None else center[r]))
             sigma = rng.uniform(0.0, 0.04)
             phi = rng.uniform(0.0, 0.9)
             e = rng.normal(0.0, sigma, t)

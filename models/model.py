@@ -23,9 +23,16 @@ Design (per resource, weights not shared between cpu and memory):
 - Model: a linear map plus a small ReLU layer (16 units) on the same features,
   giving 30 outputs o: p50 = a + k * s * o[:15], p90 = p50 + s * exp(o[15:]).
   Trained with the pinball loss at 0.5 and 0.9 (see train.py).
-- k (`params["shrink"]`, default 1) damps the p50 step from the last value: a blend
-  of the model and the last value, chosen on the validation part only
-  (`train.choose_shrink`); p90 keeps its distance above p50.
+- k (`params["shrink"]`, default 1) damps the network's p50 step from the last
+  value; `params["lin"]` (optional, [2, 67, 15]) adds a linear path on the graph's
+  raw inputs g = [the 60 raw lags, min, max, min15, max15, a s, s s, s]: a ridge
+  fit of y - a, weighted by a blend factor at training. So p50 = a + k s o50 +
+  g @ lin, an ensemble of the network, a ridge-like linear model and the last
+  value, with the weights chosen on the validation part only (`train.choose_blend`).
+- `params["p90_log_scale"]` (optional, [2], per resource) calibrates the p90:
+  p90 = p50 + s exp(o90 + c) (`train.calibrate`, validation part only).
+- None of these adds an operation to the graph: they are folded into its weights
+  (`scaled_weights`), so the inference cost does not change.
 """
 
 from __future__ import annotations
@@ -69,6 +76,35 @@ def features(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return f, a, s
 
 
+def graph_inputs(x: np.ndarray) -> np.ndarray:
+    """x [B, 2, 60] -> g [B, 2, 67], the graph's MatMul input before the scaling:
+    [60 raw lags, min, max, min15, max15, a s, s s, s] (the linear path's features)."""
+    x = x.astype(np.float32, copy=False)
+    a = x[..., CONTEXT - 1 : CONTEXT]
+    mn, mx = x.min(axis=2, keepdims=True), x.max(axis=2, keepdims=True)
+    x15 = x[..., CONTEXT - 15 :]
+    s = (mx - mn) * np.float32(0.25) + np.float32(SCALE_EPS)
+    return np.concatenate([x, mn, mx, x15.min(axis=2, keepdims=True),
+                           x15.max(axis=2, keepdims=True), a * s, s * s, s], axis=2)
+
+
+N_GRAPH_INPUTS = CONTEXT + 7
+
+
+def linear_path(params: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray | float:
+    """The linear path's p50 term [B, 2, 15] (0 if the parameters have none)."""
+    if "lin" not in params:
+        return 0.0
+    return np.einsum("brf,rfh->brh", graph_inputs(x), params["lin"]).astype(np.float32)
+
+
+def p90_log_scale(params: dict[str, np.ndarray]) -> np.ndarray:
+    """Per-resource calibration c of the p90 offset (0 = as trained), [2]."""
+    if "p90_log_scale" not in params:
+        return np.zeros(RESOURCES, np.float32)
+    return params["p90_log_scale"].reshape(RESOURCES).astype(np.float32)
+
+
 def init_params(hidden: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Parameters: w1 [2, F, H], b1 [2, 1, H], w2 [2, F + H, 30], b2 [2, 1, 30]."""
     f = N_FEATURES
@@ -93,8 +129,8 @@ def forward(params: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
     f, a, s = features(x)
     _, _, o = raw_outputs(params, f)
     o = o.transpose(1, 0, 2)  # [B, 2, 30]
-    p50 = a + shrink_of(params) * (s * o[..., :HORIZON])
-    p90 = p50 + s * np.exp(o[..., HORIZON:])
+    p50 = a + shrink_of(params) * (s * o[..., :HORIZON]) + linear_path(params, x)
+    p90 = p50 + s * np.exp(o[..., HORIZON:] + p90_log_scale(params)[None, :, None])
     y = np.stack([p50, p90], axis=3)
     return np.clip(y, 0.0, 1.0).astype(np.float32)
 
@@ -220,7 +256,9 @@ def scaled_weights(
     lag' subtracts the ext weights from the last lag (a = x[59]). So one MatMul of
     f = [x (60), min, max, min15, max15, a s, s s, s] (67 columns) by W [2, 67, H + 30]
     gives s * pre; relu(s * pre_h) = s * h (s > 0), and s * o = (s * pre_o) + (s * h) @ w2h.
-    The p50 columns are multiplied by the damping factor k (`shrink_of`).
+    The p50 columns are multiplied by the damping factor k (`shrink_of`), and the
+    linear path (`lin`, on exactly these 67 columns) is added to them; the p90
+    calibration c adds c * s to the p90 columns (the `s` row), i.e. c to o90.
     Returns (w_h [2, 67, H], w_o [2, 67, 30], w2h [2, H, 30], H), float32."""
     lag, gw, bias, w2h, hidden = folded_weights(params)
     lag = lag.astype(np.float64)
@@ -231,6 +269,10 @@ def scaled_weights(
     k = float(shrink_of(params))  # p50 = a + k * (s * o50): scale the p50 columns
     w[:, :, hidden : hidden + HORIZON] *= k
     w2h[:, :, :HORIZON] *= k
+    if "lin" in params:
+        w[:, :, hidden : hidden + HORIZON] += params["lin"].astype(np.float64)
+    w[:, N_GRAPH_INPUTS - 1, hidden + HORIZON :] += p90_log_scale(params).astype(
+        np.float64)[:, None]
     w = w.astype(np.float32)
     return w[:, :, :hidden], w[:, :, hidden:], w2h.astype(np.float32), hidden
 
@@ -242,5 +284,6 @@ def save_params(params: dict[str, np.ndarray], path: Path) -> None:
 
 def load_params(path: Path) -> dict[str, np.ndarray]:
     with np.load(path) as z:
-        return {k: z[k].astype(np.float32) for k in ("w1", "b1", "w2", "b2", "shrink")
+        return {k: z[k].astype(np.float32)
+                for k in ("w1", "b1", "w2", "b2", "shrink", "lin", "p90_log_scale")
                 if k in z.files}

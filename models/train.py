@@ -11,6 +11,15 @@ refitted on the whole history and exported. The held-out last 20 % is never read
 Fit: Adam on the pinball loss at 0.5 (p50) and 0.9 (p90), computed in the
 normalised space, optionally weighted by each window's scale (then it equals the
 pinball loss in utilisation units). Plain numpy: forward and backward are written out below.
+
+After the network: a linear path (ridge on the graph's 67 raw inputs, fitted on the
+same windows) and the blend p50 = a + alpha * (network step) + beta * (linear
+step), alpha and beta chosen on validation (`choose_blend`); then a per-resource p90
+scale chosen on validation so p90 covers 90 % there (`calibrate`). Validation sets:
+the validation part of each training series, and synthetic nodes cut from that part
+(drawn with their own seed), so the choices weigh the aggregate traces and the
+per-node job alike. `--post-only` redoes these choices for the shipped network
+without refitting it.
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ from models.model import (
     export_onnx,
     features,
     forward,
+    graph_inputs,
     init_params,
     load_params,
     raw_outputs,
@@ -143,52 +153,200 @@ def ewma_alpha(valid: list[tuple[np.ndarray, np.ndarray]]) -> float:
     return best[1]
 
 
-SHRINK_GRID = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3)
+BLEND_GRID = tuple(round(0.1 * i, 1) for i in range(11))
+VALID_NODES = 4  # synthetic nodes per training series cut from its validation part
+VALID_NODE_SEED = 1000  # their own seed (training draws from `seed`, evaluation from another)
+LIN_LAMBDAS = (1e-3, 1e-1, 10.0)
 
 
-def choose_shrink(params: dict[str, np.ndarray],
-                  valid: list[tuple[np.ndarray, np.ndarray]]) -> tuple[float, list[str]]:
-    """The p50 damping factor k (p50 = last + k * (model p50 - last)) with the best mean,
-    over the training series, of validation sMAPE relative to the last value (so the
-    smooth google2019 counts as much as alibaba2018). `params` must be fitted without
-    the validation part; the held-out range is never read. Ties go to the larger k."""
+def validation_sets(series: list[data.Series], seed: int) -> dict[str, tuple[np.ndarray, ...]]:
+    """Windows of the validation part of each training series: the real series, and
+    `VALID_NODES` synthetic nodes of it (variation drawn over the history part, windows
+    cut only from the validation part). Never the held-out range, never azure_v2."""
+    rng = np.random.default_rng(seed + VALID_NODE_SEED)
+    out: dict[str, tuple[np.ndarray, ...]] = {}
+    for s in series:
+        out[s.name] = data.windows(s.values, s.valid_start, s.split, step=s.step)
+        hist = s.values[:, : s.split]
+        xs, ys = [], []
+        for v in data.synthetic_nodes(hist, count=VALID_NODES, rng=rng):
+            x, y = data.windows(v, s.valid_start, s.split, step=s.step)
+            xs.append(x)
+            ys.append(y)
+        out[f"{s.name} nodes"] = (np.concatenate(xs), np.concatenate(ys))
+    return out
+
+
+def fit_linear(x: np.ndarray, y: np.ndarray, lam: float) -> np.ndarray:
+    """The linear path: per resource, ridge of y - a on the graph's 67 raw inputs
+    (`model.graph_inputs`; no intercept, the inputs hold s and the level), [2, 67, 15]."""
+    g = graph_inputs(x)
+    a = x[..., -1:].astype(np.float64)
+    lin = np.empty((x.shape[1], g.shape[2], HORIZON))
+    for r in range(x.shape[1]):
+        m = g[:, r].astype(np.float64)
+        lin[r] = np.linalg.solve(m.T @ m + lam * np.eye(m.shape[1]), m.T @ (y[:, r] - a[:, r]))
+    return lin.astype(np.float32)
+
+
+class _Parts:
+    """The pieces of the blend for one validation set, computed once."""
+
+    def __init__(self, params: dict[str, np.ndarray], lin: np.ndarray, x: np.ndarray,
+                 y: np.ndarray) -> None:
+        f, a, s = features(x)
+        _, _, o = raw_outputs(params, f)
+        o = o.transpose(1, 0, 2)
+        self.y, self.a, self.s = y, a, s
+        self.net = s * o[..., :HORIZON]  # the network's p50 step (k = 1)
+        self.width = s * np.exp(o[..., HORIZON:])  # the p90 offset before calibration
+        self.lin = np.einsum("brf,rfh->brh", graph_inputs(x), lin)
+        self.last = score(y, last_value(x))["smape_p50"]
+
+    def p50(self, alpha: float, beta: float) -> np.ndarray:
+        return self.a + alpha * self.net + beta * self.lin
+
+    def pred(self, alpha: float, beta: float, log_scale: np.ndarray) -> np.ndarray:
+        p50 = self.p50(alpha, beta)
+        p90 = p50 + self.width * np.exp(log_scale)[None, :, None]
+        return np.clip(np.stack([p50, p90], axis=3), 0.0, 1.0)
+
+
+def linear_lambda(x: np.ndarray, y: np.ndarray,
+                  valid: dict[str, tuple[np.ndarray, ...]]) -> float:
+    """Ridge strength of the linear path alone with the best mean validation sMAPE."""
     best = (np.inf, 1.0)
+    for lam in LIN_LAMBDAS:
+        lin = fit_linear(x, y, lam)
+        sm = []
+        for vx, vy in valid.values():
+            p50 = vx[..., -1:] + np.einsum("brf,rfh->brh", graph_inputs(vx), lin)
+            sm.append(score(vy, np.stack([p50, p50], axis=3))["smape_p50"])
+        best = min(best, (float(np.mean(sm)), lam))
+    return best[1]
+
+
+def choose_blend(params: dict[str, np.ndarray], lin: np.ndarray,
+                 valid: dict[str, tuple[np.ndarray, ...]],
+                 ridge: Ridge) -> tuple[float, float, list[str]]:
+    """(alpha, beta) of p50 = a + alpha * network step + beta * linear step, on the grid
+    `BLEND_GRID` squared: the lowest mean over the validation sets of sMAPE relative
+    to the last value, among the pairs not worse than the ridge baseline on either
+    real training series' validation part (if no pair is, among all). `params` and
+    `lin` must be fitted without the validation part; the held-out range is never read."""
+    parts = {k: _Parts(params, lin, vx, vy) for k, (vx, vy) in valid.items()}
+    ridge_sm = {k: score(vy, ridge.predict(vx))["smape_p50"] for k, (vx, vy) in valid.items()}
+    real = [k for k in valid if not k.endswith(" nodes")]
+    rows = []
+    for alpha in BLEND_GRID:
+        for beta in BLEND_GRID:
+            sm = {}
+            for k, p in parts.items():
+                p50 = p.p50(alpha, beta)
+                sm[k] = score(p.y, np.stack([p50, p50], axis=3))["smape_p50"]
+            rel = float(np.mean([sm[k] / parts[k].last for k in parts]))
+            ok = all(sm[k] <= ridge_sm[k] for k in real)
+            rows.append((not ok, rel, -alpha, -beta, sm))
+    best = min(rows, key=lambda r: r[:4])
+    alpha, beta = -best[2], -best[3]
+    log = ["ridge validation sMAPE: "
+           + ", ".join(f"{k} {v:.3f}" for k, v in ridge_sm.items()),
+           "last value validation sMAPE: "
+           + ", ".join(f"{k} {p.last:.3f}" for k, p in parts.items()),
+           f"chosen alpha {alpha}, beta {beta}: mean sMAPE / last value {best[1]:.4f} ("
+           + ", ".join(f"{k} {v:.3f}" for k, v in best[4].items())
+           + ("" if not best[0] else "; no pair was as good as ridge on both series") + ")"]
+    return alpha, beta, log
+
+
+def calibrate(params: dict[str, np.ndarray], lin: np.ndarray, alpha: float, beta: float,
+              valid: dict[str, tuple[np.ndarray, ...]]) -> tuple[np.ndarray, list[str]]:
+    """Per resource, the log scale c of the p90 offset at which the mean over the
+    validation sets of p90 coverage is 90 % (bisection; coverage grows with c)."""
+    parts = [_Parts(params, lin, vx, vy) for vx, vy in valid.values()]
+    out = np.zeros(2, np.float32)
     log = []
-    for k in SHRINK_GRID:
-        p = {**params, "shrink": np.array([k], np.float32)}
-        rel = []
-        for vx, vy in valid:
-            rel.append(score(vy, forward(p, vx))["smape_p50"]
-                       / score(vy, last_value(vx))["smape_p50"])
-        log.append(f"k {k}: sMAPE / last value {', '.join(f'{r:.4f}' for r in rel)}")
-        if np.mean(rel) < best[0] - 1e-9:
-            best = (float(np.mean(rel)), k)
-    return best[1], log
+    for r in range(2):
+        def coverage(c: float, r: int = r) -> float:
+            ls = np.zeros(2)
+            ls[r] = c
+            return float(np.mean([100.0 * (p.y[:, r] <= p.pred(alpha, beta, ls)[:, r, :, 1])
+                                  .mean() for p in parts]))
+        lo, hi = -3.0, 3.0
+        before = coverage(0.0)
+        for _ in range(40):
+            mid = 0.5 * (lo + hi)
+            if coverage(mid) < 90.0:
+                lo = mid
+            else:
+                hi = mid
+        out[r] = hi
+        log.append(f"{('cpu', 'memory')[r]}: p90 scale x{np.exp(hi):.3f} (mean validation "
+                   f"coverage {before:.1f} % -> {coverage(hi):.1f} %)")
+    return out, log
 
 
-def shrink_only(args: argparse.Namespace) -> None:
-    """Adds the damping factor to the shipped model without refitting it: refits the
-    recorded hyper-parameters on the history minus validation (as the tuning did),
-    chooses k on validation, writes k into the shipped .npz/.onnx/train_config."""
+def post_fit(params: dict[str, np.ndarray], lin: np.ndarray, alpha: float, beta: float,
+             log_scale: np.ndarray) -> dict[str, np.ndarray]:
+    """The exported parameters: the network with its blend weight, the weighted
+    linear path, the p90 calibration."""
+    return {**{k: v for k, v in params.items() if k in ("w1", "b1", "w2", "b2")},
+            "shrink": np.array([alpha], np.float32),
+            "lin": (beta * lin).astype(np.float32),
+            "p90_log_scale": log_scale.astype(np.float32)}
+
+
+def tune_post(params: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray,
+              valid: dict[str, tuple[np.ndarray, ...]],
+              ridge: Ridge) -> tuple[float, float, float, np.ndarray, list[str]]:
+    """Linear-path lambda, blend and calibration, all chosen on validation for a
+    network fitted without it (on windows x, y)."""
+    lam = linear_lambda(x, y, valid)
+    lin = fit_linear(x, y, lam)
+    alpha, beta, log = choose_blend(params, lin, valid, ridge)
+    log_scale, cal_log = calibrate(params, lin, alpha, beta, valid)
+    return lam, alpha, beta, log_scale, [f"linear path lambda {lam}", *log, *cal_log]
+
+
+def post_only(args: argparse.Namespace) -> None:
+    """Redoes the post-fit choices for the shipped network without refitting it:
+    refits the recorded hyper-parameters on the history minus validation (as the
+    tuning did), chooses the linear path's lambda, the blend and the calibration on
+    validation, refits the linear path on the whole history and writes the shipped
+    .npz/.onnx/train_config."""
     cfg = json.loads((HERE / "train_config.json").read_text())
     hp = Hyper(**cfg["hyper"])
     rng = np.random.default_rng(cfg["seed"])
     series = [data.load_series(n) for n in data.TRAIN_SERIES]  # never azure_v2
-    valid = [data.windows(s.values, s.valid_start, s.split, step=s.step) for s in series]
+    valid = validation_sets(series, cfg["seed"])
     xt, yt = training_windows(series, "valid_start", nodes=hp.synthetic_nodes, rng=rng)
     fitted = fit(xt, yt, hp, np.random.default_rng(cfg["seed"]))
-    k, log = choose_shrink(fitted, valid)
+    ridge_t = Ridge.fit(xt, yt, cfg["ridge_lambda"])
+    lam, alpha, beta, log_scale, log = tune_post(fitted, xt, yt, valid, ridge_t)
     for line in log:
-        print(" ", line)
-    print(f"chosen k = {k}")
-    params = load_params(args.out.with_suffix(".npz"))
-    params["shrink"] = np.array([k], np.float32)
+        print(" ", line, flush=True)
+    xh, yh = training_windows(series, "split", nodes=hp.synthetic_nodes, rng=rng)
+    params = post_fit(load_params(args.out.with_suffix(".npz")), fit_linear(xh, yh, lam),
+                      alpha, beta, log_scale)
     export_onnx(params, args.out, doc=DOC)
     save_params(params, args.out.with_suffix(".npz"))
-    cfg["p50_shrink"] = k
-    cfg["p50_shrink_criterion"] = ("mean over training series of validation sMAPE / "
-                                   "last-value sMAPE; grid " + ", ".join(map(str, SHRINK_GRID)))
+    cfg.pop("p50_shrink", None)
+    cfg.pop("p50_shrink_criterion", None)
+    cfg.update(_post_config(lam, alpha, beta, log_scale))
     (HERE / "train_config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+
+
+def _post_config(lam: float, alpha: float, beta: float,
+                 log_scale: np.ndarray) -> dict[str, object]:
+    return {
+        "linear_path_lambda": lam, "blend_network": alpha, "blend_linear": beta,
+        "blend_criterion": ("mean over the validation sets (training series, real and "
+                            f"{VALID_NODES} synthetic nodes each, seed + {VALID_NODE_SEED}) "
+                            "of sMAPE / last-value sMAPE, among pairs not worse than ridge "
+                            "on the real ones; grid " + ", ".join(map(str, BLEND_GRID))),
+        "p90_log_scale": [round(float(v), 5) for v in log_scale],
+        "p90_criterion": "mean validation coverage 90 % per resource",
+    }
 
 
 DOC = ("edgefed forecaster: x[batch,2,60] cpu/mem utilisation, last 60 minutes -> "
@@ -200,16 +358,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=HERE / "forecaster.onnx")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="no tuning grid (for a smoke run)")
-    ap.add_argument("--shrink-only", action="store_true",
-                    help="only choose the p50 damping of the shipped model (see shrink_only)")
+    ap.add_argument("--post-only", action="store_true",
+                    help="only redo the blend and calibration of the shipped network "
+                         "(see post_only)")
     args = ap.parse_args(argv)
-    if args.shrink_only:
-        shrink_only(args)
+    if args.post_only:
+        post_only(args)
         return
     rng = np.random.default_rng(args.seed)
     t0 = time.time()
     series = [data.load_series(n) for n in data.TRAIN_SERIES]  # never azure_v2
     valid = [data.windows(s.values, s.valid_start, s.split, step=s.step) for s in series]
+    valid_sets = validation_sets(series, args.seed)
 
     print("tuning on the validation part of the history ...", flush=True)
     xt, yt = training_windows(series, "valid_start", nodes=Hyper().synthetic_nodes, rng=rng)
@@ -230,17 +390,18 @@ def main(argv: list[str] | None = None) -> None:
         print(f"  {hp}: valid sMAPE {sm:.3f} pinball90 {pin:.5f} coverage {cov}", flush=True)
         results.append((sm + 100 * pin, hp, params))
     _, best, best_params = min(results, key=lambda r: r[0])
-    shrink, shrink_log = choose_shrink(best_params, valid)
-    for line in shrink_log:
-        print(" ", line, flush=True)
     lam = ridge_lambda(xt, yt, valid)
     alpha = ewma_alpha(valid)
     print(f"chosen {best}; ridge lambda {lam}; ewma alpha {alpha}", flush=True)
+    lin_lam, w_net, w_lin, log_scale, post_log = tune_post(
+        best_params, xt, yt, valid_sets, Ridge.fit(xt, yt, lam))
+    for line in post_log:
+        print(" ", line, flush=True)
 
     print("refitting on the whole history ...", flush=True)
     xh, yh = training_windows(series, "split", nodes=best.synthetic_nodes, rng=rng)
     params = fit(xh, yh, best, np.random.default_rng(args.seed), log=True)
-    params["shrink"] = np.array([shrink], np.float32)
+    params = post_fit(params, fit_linear(xh, yh, lin_lam), w_net, w_lin, log_scale)
     export_onnx(params, args.out, doc=DOC)
     save_params(params, args.out.with_suffix(".npz"))
     ridge = Ridge.fit(xh, yh, lam)  # the ridge baseline sees exactly the same windows
@@ -248,7 +409,7 @@ def main(argv: list[str] | None = None) -> None:
     (HERE / "train_config.json").write_text(json.dumps({
         "hyper": asdict(best), "ridge_lambda": lam, "ewma_alpha": alpha, "seed": args.seed,
         "train_series": list(data.TRAIN_SERIES), "training_windows": len(xh),
-        "p50_shrink": shrink,
+        **_post_config(lin_lam, w_net, w_lin, log_scale),
     }, indent=2) + "\n")
     print(f"wrote {args.out} ({args.out.stat().st_size} bytes) in {time.time() - t0:.0f} s")
 
