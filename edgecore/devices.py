@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shared.models import Container
+from shared.pods import Container
 
 NVIDIA = "nvidia.com/gpu"
 DRI = "dri.edgefed.io/render"

@@ -33,7 +33,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from edgecore.runtime.errors import ContainerRuntimeError, ExecTimeout
-from shared.models import Container, Probe
+from shared.pods import Container, Probe
 
 log = logging.getLogger(__name__)
 

@@ -38,7 +38,7 @@ from edgecore.ratelimit import RateLimitedLog
 from shared.codec import Report, encode
 from shared.delta import EdgeDesired
 from shared.entries import status_value
-from shared.models import PodStatus
+from shared.pods import PodStatus
 
 log = logging.getLogger(__name__)
 

@@ -1,17 +1,26 @@
 """The wire format: msgpack maps with a version field `v` and a type field `t`.
 
 Every message is decoded under limits (total size, string, array and map lengths)
-and validated into a pydantic model, so a garbled or hostile payload becomes a
+and validated into a typed message, so a garbled or hostile payload becomes a
 `ProtocolError` that the receiver counts and drops; it never reaches stored state.
+
+Messages are frozen, slotted dataclasses checked by hand in `__post_init__`, not
+pydantic models: the edge agent imports this module, and pydantic with its compiled
+core costs a small device about 10 MiB of RSS (docs/edgecore.md, "Memory"). One
+check runs whether a message is built in code or decoded from the wire, so a
+message that breaks the schema raises `DecodeError` either way. The bytes on the
+wire are those of the pydantic models this replaced (every field, in declaration
+order, defaults included; tests/shared/test_codec_parity.py holds the two side by side).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
 
 import msgpack
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from shared import PROTOCOL_VERSION
 from shared.errors import DecodeError, MessageTooLarge, UnknownVersion
@@ -29,13 +38,162 @@ class Limits:
 
 DEFAULT_LIMITS = Limits()
 
+# -- field checks: each returns the (possibly normalised) value or raises ValueError ------
 
-class _Msg(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
+_Check = Callable[[Any], Any]
+
+
+def _int(*, ge: int | None = None) -> _Check:
+    def check(v: Any) -> int:
+        if type(v) is not int:  # bool is an int subclass and is not accepted
+            raise ValueError(f"must be an integer, not {type(v).__name__}")
+        if ge is not None and v < ge:
+            raise ValueError(f"must be >= {ge}")
+        return v
+    return check
+
+
+def _opt(inner: _Check) -> _Check:
+    def check(v: Any) -> Any:
+        return None if v is None else inner(v)
+    return check
+
+
+def _str(*, min_length: int = 0, max_length: int | None = None) -> _Check:
+    def check(v: Any) -> str:
+        if not isinstance(v, str):
+            raise ValueError(f"must be a string, not {type(v).__name__}")
+        if len(v) < min_length:
+            raise ValueError(f"must have at least {min_length} character(s)")
+        if max_length is not None and len(v) > max_length:
+            raise ValueError(f"must have at most {max_length} characters")
+        return v
+    return check
+
+
+def _float(*, gt: float | None = None, le: float | None = None) -> _Check:
+    def check(v: Any) -> float:
+        if type(v) not in (int, float):
+            raise ValueError(f"must be a number, not {type(v).__name__}")
+        v = float(v)
+        if gt is not None and not v > gt:
+            raise ValueError(f"must be > {gt:g}")
+        if le is not None and not v <= le:
+            raise ValueError(f"must be <= {le:g}")
+        return v
+    return check
+
+
+def _bool(v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise ValueError(f"must be a boolean, not {type(v).__name__}")
+    return v
+
+
+def _literal(*choices: str) -> _Check:
+    def check(v: Any) -> str:
+        if v not in choices or not isinstance(v, str):
+            raise ValueError(f"must be one of {', '.join(map(repr, choices))}, not {v!r}")
+        return v
+    return check
+
+
+def _map(value: _Check | None = None) -> _Check:
+    def check(v: Any) -> dict[str, Any]:
+        if not isinstance(v, dict):
+            raise ValueError(f"must be a map, not {type(v).__name__}")
+        for k, x in v.items():
+            if not isinstance(k, str):
+                raise ValueError(f"keys must be strings, not {type(k).__name__}")
+            if value is not None:
+                try:
+                    value(x)
+                except ValueError as exc:
+                    raise ValueError(f"[{k!r}] {exc}") from None
+        return v
+    return check
+
+
+def _list(item: _Check, *, max_length: int | None = None) -> _Check:
+    def check(v: Any) -> list[Any]:
+        if not isinstance(v, list):
+            raise ValueError(f"must be a list, not {type(v).__name__}")
+        if max_length is not None and len(v) > max_length:
+            raise ValueError(f"must have at most {max_length} items")
+        for i, x in enumerate(v):
+            try:
+                item(x)
+            except ValueError as exc:
+                raise ValueError(f"[{i}] {exc}") from None
+        return v
+    return check
+
+
+def _bytes(*, max_length: int) -> _Check:
+    def check(v: Any) -> bytes:
+        if not isinstance(v, bytes):
+            raise ValueError(f"must be bytes, not {type(v).__name__}")
+        if len(v) > max_length:
+            raise ValueError(f"must have at most {max_length} bytes")
+        return v
+    return check
+
+
+def _any(v: Any) -> Any:
+    return v
+
+
+def _dict_or_none(v: Any) -> Any:
+    if v is not None and not isinstance(v, dict):
+        raise ValueError(f"must be a map or nil, not {type(v).__name__}")
+    return v
+
+
+_BASE_CHECKS: dict[str, _Check] = {"v": _int(), "node": _str(min_length=1, max_length=253)}
+
+# -- messages ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Msg:
+    """Base of every message: protocol version and the node it concerns.
+
+    Subclasses list a check per field in `_checks`; the field order is the order of
+    the keys on the wire.
+    """
+
+    t: ClassVar[str]
+    _own_checks: ClassVar[dict[str, _Check]] = {}
+    _wire: ClassVar[tuple[str, ...]] = ()
+
     v: int = PROTOCOL_VERSION
-    node: str = Field(min_length=1, max_length=253)
+    node: str
+
+    def __post_init__(self) -> None:
+        for checks in (_BASE_CHECKS, self._own_checks):
+            for name, check in checks.items():
+                value = getattr(self, name)
+                try:
+                    ok = check(value)
+                except ValueError as exc:
+                    raise DecodeError(f"invalid message: {name}: {exc}") from None
+                if ok is not value:  # normalised (int -> float)
+                    object.__setattr__(self, name, ok)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Every field, in wire order (what `encode` packs)."""
+        cls = type(self)
+        if not cls._wire:
+            cls._wire = ("v", "node", "t", *(f.name for f in dataclasses.fields(cls)
+                                             if f.name not in ("v", "node")))
+        return {name: self.t if name == "t" else getattr(self, name) for name in cls._wire}
+
+    def model_copy(self, *, update: dict[str, Any] | None = None) -> Any:
+        """A copy with `update` applied and checked (the name pydantic callers know)."""
+        return dataclasses.replace(self, **(update or {}))
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Desired(_Msg):
     """cloud -> edge: the node's desired set at `gen`, as a delta from `base` or a snapshot.
 
@@ -43,23 +201,30 @@ class Desired(_Msg):
     `delete` lists keys removed after `base` (empty in a snapshot).
     """
 
-    t: Literal["desired"] = "desired"
-    epoch: str = Field(min_length=1, max_length=64)
-    base: int = Field(ge=0)
-    gen: int = Field(ge=0)
+    t: ClassVar[str] = "desired"
+    _own_checks: ClassVar[dict[str, _Check]] = {
+        "epoch": _str(min_length=1, max_length=64), "base": _int(ge=0), "gen": _int(ge=0),
+        "snapshot": _bool, "put": _map(), "delete": _list(_str())}
+    epoch: str
+    base: int
+    gen: int
     snapshot: bool = False
-    put: dict[str, Any] = Field(default_factory=dict)
-    delete: list[str] = Field(default_factory=list)
+    put: dict[str, Any] = field(default_factory=dict)
+    delete: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Ack(_Msg):
     """edge -> cloud: the desired set at (epoch, gen) is durably applied."""
 
-    t: Literal["ack"] = "ack"
-    epoch: str = Field(max_length=64)
-    gen: int = Field(ge=0)
+    t: ClassVar[str] = "ack"
+    _own_checks: ClassVar[dict[str, _Check]] = {"epoch": _str(max_length=64),
+                                                 "gen": _int(ge=0)}
+    epoch: str
+    gen: int
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Resync(_Msg):
     """edge -> cloud: send me a delta from (epoch, gen); sent on connect and on a gap.
 
@@ -67,46 +232,58 @@ class Resync(_Msg):
     memory of the node's report stream can tell which reports are new.
     """
 
-    t: Literal["resync"] = "resync"
-    epoch: str | None = Field(default=None, max_length=64)
-    gen: int = Field(ge=0)
-    seq: int = Field(default=0, ge=0)
-    reason: str = Field(default="connect", max_length=64)
+    t: ClassVar[str] = "resync"
+    _own_checks: ClassVar[dict[str, _Check]] = {
+        "epoch": _opt(_str(max_length=64)), "gen": _int(ge=0), "seq": _int(ge=0),
+        "reason": _str(max_length=64)}
+    epoch: str | None = None
+    gen: int
+    seq: int = 0
+    reason: str = "connect"
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Report(_Msg):
     """edge -> cloud: pod statuses that changed, node status, telemetry; idempotent by seq.
 
     An empty report (no pods, no node status) is the heartbeat.
     """
 
-    t: Literal["report"] = "report"
-    seq: int = Field(ge=1)
-    epoch: str | None = Field(default=None, max_length=64)
-    gen: int = Field(default=0, ge=0)
+    t: ClassVar[str] = "report"
+    _own_checks: ClassVar[dict[str, _Check]] = {
+        "seq": _int(ge=1), "epoch": _opt(_str(max_length=64)), "gen": _int(ge=0),
+        "ts": _float(), "pods": _map(_dict_or_none), "node_status": _dict_or_none,
+        "telemetry": _list(_map())}
+    seq: int
+    epoch: str | None = None
+    gen: int = 0
     ts: float = 0.0
-    pods: dict[str, dict[str, Any] | None] = Field(default_factory=dict)
+    pods: dict[str, dict[str, Any] | None] = field(default_factory=dict)
     node_status: dict[str, Any] | None = None
-    telemetry: list[dict[str, Any]] = Field(default_factory=list)
+    telemetry: list[dict[str, Any]] = field(default_factory=list)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ReportAck(_Msg):
     """cloud -> edge: every report with seq <= `seq` is stored; drop them from the outbox."""
 
-    t: Literal["rack"] = "rack"
-    seq: int = Field(ge=0)
+    t: ClassVar[str] = "rack"
+    _own_checks: ClassVar[dict[str, _Check]] = {"seq": _int(ge=0)}
+    seq: int
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Will(_Msg):
     """Last will of the edge session, published by the broker when the link dies."""
 
-    t: Literal["will"] = "will"
+    t: ClassVar[str] = "will"
 
 
 MAX_CHUNK_BYTES = 64 * 1024
 """Largest `Response.data`: a log or exec output is split into chunks of at most this."""
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Request(_Msg):
     """cloud -> edge: run a request against a pod's container (docs/proposals/0001).
 
@@ -116,18 +293,24 @@ class Request(_Msg):
     `id` early (the cloud's client went away). Answered by `Response`s with the same id.
     """
 
-    t: Literal["req"] = "req"
-    id: str = Field(min_length=1, max_length=64)
+    t: ClassVar[str] = "req"
+    _own_checks: ClassVar[dict[str, _Check]] = {
+        "id": _str(min_length=1, max_length=64), "kind": _literal("logs", "exec", "cancel"),
+        "pod": _str(max_length=600), "container": _opt(_str(max_length=63)),
+        "tail": _opt(_int(ge=0)), "since": _opt(_float()), "follow": _bool,
+        "argv": _list(_str(), max_length=256), "timeout": _float(gt=0, le=24 * 3600)}
+    id: str
     kind: Literal["logs", "exec", "cancel"]
-    pod: str = Field(default="", max_length=600)  # pod key, e.g. pod/default/web
-    container: str | None = Field(default=None, max_length=63)
-    tail: int | None = Field(default=None, ge=0)
+    pod: str = ""  # pod key, e.g. pod/default/web
+    container: str | None = None
+    tail: int | None = None
     since: float | None = None
     follow: bool = False
-    argv: list[str] = Field(default_factory=list, max_length=256)
-    timeout: float = Field(default=30.0, gt=0, le=24 * 3600)
+    argv: list[str] = field(default_factory=list)
+    timeout: float = 30.0
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Response(_Msg):
     """edge -> cloud: one chunk of the answer to `Request` `id`, numbered by `seq` from 0.
 
@@ -136,26 +319,31 @@ class Response(_Msg):
     (NotFound, BadRequest, Conflict, Timeout, Busy, Failed).
     """
 
-    t: Literal["resp"] = "resp"
-    id: str = Field(min_length=1, max_length=64)
-    seq: int = Field(ge=0)
+    t: ClassVar[str] = "resp"
+    _own_checks: ClassVar[dict[str, _Check]] = {
+        "id": _str(min_length=1, max_length=64), "seq": _int(ge=0),
+        "stream": _literal("stdout", "stderr"), "data": _bytes(max_length=MAX_CHUNK_BYTES),
+        "exit_code": _opt(_int()), "error": _opt(_str(max_length=4096)),
+        "code": _opt(_str(max_length=32)), "done": _bool}
+    id: str
+    seq: int
     stream: Literal["stdout", "stderr"] = "stdout"
-    data: bytes = Field(default=b"", max_length=MAX_CHUNK_BYTES)
+    data: bytes = b""
     exit_code: int | None = None
-    error: str | None = Field(default=None, max_length=4096)
-    code: str | None = Field(default=None, max_length=32)
+    error: str | None = None
+    code: str | None = None
     done: bool = False
 
 
-Message = Annotated[
-    Desired | Ack | Resync | Report | ReportAck | Will | Request | Response,
-    Field(discriminator="t"),
-]
-_ADAPTER: TypeAdapter[Message] = TypeAdapter(Message)
+Message = Desired | Ack | Resync | Report | ReportAck | Will | Request | Response
+_TYPES: dict[str, type[_Msg]] = {c.t: c for c in (Desired, Ack, Resync, Report, ReportAck,
+                                                   Will, Request, Response)}
+_FIELDS: dict[str, frozenset[str]] = {
+    t: frozenset(f.name for f in dataclasses.fields(c)) for t, c in _TYPES.items()}
 
 
 def encode(msg: _Msg) -> bytes:
-    return msgpack.packb(msg.model_dump(mode="python"), use_bin_type=True)
+    return msgpack.packb(msg.as_dict(), use_bin_type=True)
 
 
 def decode(data: bytes, *, limits: Limits = DEFAULT_LIMITS) -> Message:
@@ -179,13 +367,20 @@ def decode(data: bytes, *, limits: Limits = DEFAULT_LIMITS) -> Message:
     version = raw.get("v")
     if version != PROTOCOL_VERSION:
         raise UnknownVersion(version)
-    for field in ("put", "pods"):
-        n = len(raw.get(field) or ())
+    for name in ("put", "pods"):
+        value = raw.get(name)
+        n = len(value) if isinstance(value, dict) else 0  # a non-map fails validation
         if n > limits.max_keys:
-            raise DecodeError(f"{field}: {n} keys exceed the limit of {limits.max_keys}")
+            raise DecodeError(f"{name}: {n} keys exceed the limit of {limits.max_keys}")
+    t = raw.get("t")
+    cls = _TYPES.get(t) if isinstance(t, str) else None
+    if cls is None:
+        raise DecodeError(f"invalid message: t: unknown message type {t!r}")
+    names = _FIELDS[t]
     try:
-        return _ADAPTER.validate_python(raw)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"])
-        raise DecodeError(f"invalid message: {loc}: {err['msg']}") from None
+        return cls(**{k: v for k, v in raw.items() if k in names})  # type: ignore[return-value]
+    except TypeError as exc:  # a required field is missing
+        missing = next((f.name for f in dataclasses.fields(cls)
+                        if f.name not in raw and f.default is dataclasses.MISSING
+                        and f.default_factory is dataclasses.MISSING), None)
+        raise DecodeError(f"invalid message: {missing or '?'}: field required") from exc

@@ -9,6 +9,11 @@ Entry shapes:
   pod there mounts it (`referenced_keys`).
 - `secret/{ns}/{name}`: {"data": {key: base64 text}}, same rule.
 
+The edge reads entries with `parse_pod_entry` into `shared.pods` types and builds
+statuses from them, so this module and everything the agent imports from it stay
+free of pydantic; the functions that take `shared.models` objects (the cloud's
+side: `pod_entry`, `parse_status`) import them when called.
+
 Report telemetry (`Report.telemetry`) is a list of one-minute points:
 {"ts": minute start (Unix s), "node": {"cpu": millicores, "mem": bytes},
  "pods": {pod key: {"cpu": millicores, "mem": bytes}}} (`telemetry_point`).
@@ -21,10 +26,13 @@ import binascii
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
+from shared import pods
 from shared.errors import ObjectError
-from shared.models import ConfigMap, Pod, PodSpec, PodStatus, Secret, spec_hash
+
+if TYPE_CHECKING:
+    from shared import models
 
 POD = "pod"
 CONFIGMAP = "configmap"
@@ -55,15 +63,15 @@ def secret_key(namespace: str, name: str) -> str:
     return key(SECRET, namespace, name)
 
 
-def configmap_entry(cm: ConfigMap | Mapping[str, str]) -> dict[str, Any]:
+def configmap_entry(cm: models.ConfigMap | Mapping[str, str]) -> dict[str, Any]:
     """The desired-set value of a ConfigMap (or of its plain `data`)."""
-    data = cm.data if isinstance(cm, ConfigMap) else cm
+    data = cm if isinstance(cm, Mapping) else cm.data
     return {"data": dict(data)}
 
 
-def secret_entry(secret: Secret | Mapping[str, bytes | str]) -> dict[str, Any]:
+def secret_entry(secret: models.Secret | Mapping[str, bytes | str]) -> dict[str, Any]:
     """The desired-set value of a Secret (or of key -> bytes/text): data in base64."""
-    raw = secret.decoded() if isinstance(secret, Secret) else secret
+    raw = secret if isinstance(secret, Mapping) else secret.decoded()
     return {"data": {k: base64.b64encode(v.encode() if isinstance(v, str) else v).decode()
                      for k, v in raw.items()}}
 
@@ -94,8 +102,14 @@ def config_files(k: str, value: Any) -> dict[str, bytes]:
     return out
 
 
-def referenced_keys(namespace: str, spec: PodSpec) -> set[str]:
-    """The configmap/secret desired keys a pod's volumes need on its node."""
+class _Spec(Protocol):
+    @property
+    def volumes(self) -> Any: ...
+
+
+def referenced_keys(namespace: str, spec: _Spec) -> set[str]:
+    """The configmap/secret desired keys a pod's volumes need on its node (`spec` is a
+    `shared.models.PodSpec` or a `shared.pods.PodSpec`)."""
     out: set[str] = set()
     for v in spec.volumes:
         if v.config_map is not None:
@@ -112,8 +126,10 @@ def telemetry_point(
     return {"ts": ts, "node": dict(node), "pods": {k: dict(v) for k, v in pods.items()}}
 
 
-def pod_entry(pod: Pod) -> dict[str, Any]:
+def pod_entry(pod: models.Pod) -> dict[str, Any]:
     """The desired-set value for a pod placed on a node."""
+    from shared.models import spec_hash
+
     spec = pod.spec.dump()
     # The revision names what runs, not where: every pod of one template revision has
     # the same revision on every node (placement is not a change to the containers).
@@ -133,25 +149,47 @@ class PodEntry:
     name: str
     namespace: str
     labels: dict[str, str]
-    spec: PodSpec
+    spec: pods.PodSpec
     revision: str
 
 
-def parse_pod_entry(k: str, value: dict[str, Any]) -> PodEntry:
-    """Raises shared.errors.ObjectError (via pydantic) if the value is not a pod."""
+def _entry_str(k: str, value: dict[str, Any], name: str) -> str:
+    v = value.get(name)
+    if not isinstance(v, str) or not v:
+        raise ObjectError(f"{k}: {name} must be a non-empty string, not {v!r}", field=name)
+    return v
+
+
+def parse_pod_entry(k: str, value: Any) -> PodEntry:
+    """A `pod/...` desired value -> PodEntry; raises shared.errors.ObjectError naming the
+    field if the value is not a pod (shared.pods checks the spec)."""
+    if not isinstance(value, dict):
+        raise ObjectError(f"{k}: value must be a mapping, not {type(value).__name__}")
+    labels = value.get("labels") or {}
+    if not isinstance(labels, dict) or not all(
+            isinstance(a, str) and isinstance(b, str) for a, b in labels.items()):
+        raise ObjectError(f"{k}: labels must map strings to strings", field="labels")
+    if "spec" not in value:
+        raise ObjectError(f"{k}: spec: field required", field="spec")
     return PodEntry(
         key=k,
-        name=value["name"],
-        namespace=value["namespace"],
-        labels=dict(value.get("labels") or {}),
-        spec=PodSpec.model_validate(value["spec"]),
-        revision=value["revision"],
+        name=_entry_str(k, value, "name"),
+        namespace=_entry_str(k, value, "namespace"),
+        labels=dict(labels),
+        spec=pods.PodSpec.parse(value["spec"], "spec"),
+        revision=_entry_str(k, value, "revision"),
     )
 
 
-def status_value(status: PodStatus) -> dict[str, Any]:
+def status_value(status: pods.PodStatus | models.PodStatus) -> dict[str, Any]:
+    """A pod status as a report carries it (either kind renders the same)."""
+    if isinstance(status, pods.PodStatus):
+        return status.to_wire()
     return status.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
-def parse_status(value: dict[str, Any]) -> PodStatus:
+def parse_status(value: dict[str, Any]) -> models.PodStatus:
+    """A reported status, validated (the cloud's side)."""
+    from shared.models import PodStatus
+
     return PodStatus.model_validate(value)

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from edgecore.devices import Device
 from edgecore.runtime.types import ContainerSpec, Mount
 from shared.entries import PodEntry
-from shared.models import Container
+from shared.pods import Container
 
 ANN_POD = "edgefed.io/pod"  # pod key, e.g. pod/default/web
 ANN_CONTAINER = "edgefed.io/container"  # container name within the pod

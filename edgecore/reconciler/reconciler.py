@@ -74,7 +74,7 @@ from edgecore.runtime.images import normalize_ref
 from edgecore.runtime.types import ContainerSpec, ContainerState, Runtime
 from shared.delta import EdgeDesired
 from shared.entries import POD, PodEntry, parse_pod_entry, split_key
-from shared.models import Container, ContainerStatus, LastState, PodStatus
+from shared.pods import Container, ContainerStatus, LastState, PodStatus
 
 log = logging.getLogger(__name__)
 

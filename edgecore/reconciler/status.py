@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from shared.models import ContainerStatus, PodStatus
+from shared.pods import ContainerStatus, PodStatus
 
 # Waiting reasons that mean "has never got going", so the pod is still Pending.
 PENDING_REASONS = frozenset({

@@ -35,7 +35,7 @@ from typing import Any
 from edgecore.runtime.types import Mount
 from shared.entries import PodEntry, config_files, configmap_key, secret_key, split_key
 from shared.errors import ObjectError
-from shared.models import ConfigMapVolumeSource, Container, SecretVolumeSource, Volume
+from shared.pods import ConfigMapVolumeSource, Container, SecretVolumeSource, Volume
 
 log = logging.getLogger(__name__)
 

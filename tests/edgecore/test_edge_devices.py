@@ -19,7 +19,8 @@ from edgecore.reconciler import Reconciler
 from edgecore.reconciler.naming import ENV_DEVICES, container_id
 from shared.delta import EdgeDesired
 from shared.entries import pod_entry, pod_key
-from shared.models import Pod, PodStatus
+from shared.models import Pod
+from shared.pods import PodStatus
 
 from edgecore_fakes import FakeRuntime  # isort: skip
 
@@ -50,11 +51,11 @@ def test_builtin_plugins_and_generic_devices(tmp_path: Path) -> None:
 def test_allocation_is_exclusive_reused_and_released() -> None:
     found = discover(builtin=False, generic=[(NPU, ("/dev/npu0", "/dev/npu1", "/dev/npu2"))])
     alloc = DeviceAllocator(found)
-    from shared.models import Container
+    from shared.pods import Container
 
-    two = Container.model_validate({"name": "a", "image": "x",
+    two = Container.parse({"name": "a", "image": "x",
                                     "resources": {"limits": {NPU: 2, "cpu": "1"}}})
-    one = Container.model_validate({"name": "b", "image": "x",
+    one = Container.parse({"name": "b", "image": "x",
                                     "resources": {"limits": {NPU: "1"}}})
     devs, changed = alloc.allocate("pod/d/p", two)
     assert changed and [d.id for d in devs] == ["/dev/npu0", "/dev/npu1"]

@@ -16,7 +16,8 @@ from edgecore.runtime.types import ContainerSpec, ContainerState, ContainerStats
 from edgecore.telemetry import Telemetry
 from shared.delta import EdgeDesired
 from shared.entries import pod_entry, pod_key
-from shared.models import Pod, PodStatus
+from shared.models import Pod
+from shared.pods import PodStatus
 
 from edgecore_fakes import FakeRuntime  # isort: skip
 

@@ -18,7 +18,8 @@ from edgecore.runtime.errors import InsufficientDisk
 from edgecore.runtime.types import ContainerSpec, ImageInfo
 from shared.delta import EdgeDesired
 from shared.entries import pod_entry, pod_key
-from shared.models import Pod, PodStatus
+from shared.models import Pod
+from shared.pods import PodStatus
 
 from edgecore_fakes import FakeRuntime  # isort: skip
 

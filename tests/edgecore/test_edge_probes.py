@@ -23,7 +23,8 @@ from edgecore.reconciler.naming import container_id
 from edgecore.runtime.errors import ExecTimeout
 from shared.delta import EdgeDesired
 from shared.entries import pod_entry, pod_key
-from shared.models import Container, Pod, PodStatus, Probe
+from shared.models import Pod
+from shared.pods import Container, PodStatus, Probe
 
 from edgecore_fakes import FakeRuntime  # isort: skip
 
@@ -44,7 +45,7 @@ class Scripted:
 
 
 def container(**probes: Any) -> Container:
-    return Container.model_validate({"name": "main", "image": "x", **probes})
+    return Container.parse({"name": "main", "image": "x", **probes})
 
 
 def probe(cmd: str, **kw: Any) -> dict[str, Any]:
@@ -154,7 +155,7 @@ async def test_exec_probe_and_named_ports() -> None:
     assert await exec_probe(rt, "c", ["x"], 2) == (False, "command timed out after 2s")
     assert (await exec_probe(object(), "c", ["x"], 1))[0] is False
     # A named port resolves against the container's ports; a refused connect is a failure.
-    c = Container.model_validate({"name": "m", "image": "x",
+    c = Container.parse({"name": "m", "image": "x",
                                   "ports": [{"containerPort": 1, "name": "web"}],
                                   "readinessProbe": {"tcpSocket": {"port": "web"}}})
     assert c.readiness_probe is not None

@@ -13,7 +13,8 @@ from edgecore.reconciler.naming import ANN_POD, container_id
 from edgecore.runtime.errors import ImagePullError, RuntimeCommandError
 from shared.delta import EdgeDesired
 from shared.entries import pod_entry, pod_key
-from shared.models import Pod, PodStatus
+from shared.models import Pod
+from shared.pods import PodStatus
 
 # tests/ is not a package (and gmqtt installs a top-level "tests" package), so the
 # fake comes from this directory, which pytest puts on sys.path for its tests.

@@ -29,7 +29,7 @@ from edgecore.errors import CacheError, ConfigError
 from edgecore.reporter import Reporter
 from shared.codec import Report, ReportAck, Resync, decode, encode
 from shared.delta import EdgeDesired
-from shared.models import PodStatus
+from shared.pods import PodStatus
 
 from edgecore_fakes import FakeRuntime  # isort: skip
 from test_edge_link import fake_cloud, running  # isort: skip

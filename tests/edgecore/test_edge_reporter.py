@@ -12,7 +12,7 @@ from edgecore.nodeinfo import go_arch, mem_total_bytes, node_status
 from edgecore.reporter import Reporter
 from shared.codec import Report, decode
 from shared.delta import EdgeDesired
-from shared.models import ContainerStatus, PodStatus
+from shared.pods import ContainerStatus, PodStatus
 
 NODE = "edge-1"
 

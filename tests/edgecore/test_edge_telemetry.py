@@ -14,7 +14,7 @@ from edgecore.runtime.types import ContainerSpec, ContainerStats
 from edgecore.telemetry import Telemetry, read_cpu_jiffies, read_mem_used
 from shared.codec import Report, decode
 from shared.delta import EdgeDesired
-from shared.models import PodStatus
+from shared.pods import PodStatus
 
 from edgecore_fakes import FakeRuntime  # isort: skip
 

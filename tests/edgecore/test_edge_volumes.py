@@ -24,7 +24,8 @@ from shared.entries import (
     secret_entry,
     secret_key,
 )
-from shared.models import Pod, PodStatus
+from shared.models import Pod
+from shared.pods import PodStatus
 
 from edgecore_fakes import FakeRuntime  # isort: skip
 

@@ -28,7 +28,8 @@ from edgecore.reconciler.volumes import Volumes
 from edgecore.runtime import CrunRuntime
 from shared.delta import EdgeDesired
 from shared.entries import configmap_entry, configmap_key, pod_entry, pod_key, secret_entry
-from shared.models import Pod, PodStatus
+from shared.models import Pod
+from shared.pods import PodStatus
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fixtures_runtime import (  # noqa: F401  (fixtures are used by name)
