@@ -8,6 +8,7 @@ asyncio.TaskGroup of named tasks until cancelled:
     cloudcore.synchub.publisher[i] MQTT out: deltas and report acks
     cloudcore.synchub.retries     resend deltas whose ack is late
     cloudcore.synchub.liveness    NotReady after missed heartbeats
+    cloudcore.fleet.encoder       re-encodes changed objects for recently listed views
     cloudcore.forecaster          batched forecast of every node, each forecast.interval
     cloudcore.api                 uvicorn serving the FastAPI app
 
@@ -107,6 +108,7 @@ async def run(settings: Settings, *,
                 tg.create_task(pub.run(), name=f"cloudcore.synchub.publisher[{i}]")
             tg.create_task(hub.run_retries(), name="cloudcore.synchub.retries")
             tg.create_task(hub.run_liveness(), name="cloudcore.synchub.liveness")
+            tg.create_task(fleet.keep_encoded(), name="cloudcore.fleet.encoder")
             if forecaster is not None:
                 tg.create_task(forecaster.run(settings.forecast.interval),
                                name="cloudcore.forecaster")

@@ -10,6 +10,7 @@ which prints one line on stderr and exits with the error's code (0 ok, 1 error,
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import os
 import re
@@ -18,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Annotated, Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, ParamSpec, TypeVar
 
 import httpx
 import typer
@@ -26,10 +27,16 @@ from rich.console import Console
 from rich.text import Text
 
 from fedctl import config as cfg
-from fedctl import kinds, manifests, render
+from fedctl import kinds, render
 from fedctl.client import ApiClient
 from fedctl.config import Settings, resolve
 from fedctl.errors import FedctlError, NotFound, Unreachable, UsageError
+
+if TYPE_CHECKING:
+    from fedctl import manifests
+
+# fedctl.manifests (pydantic and every object model, about 0.12 s to import) is
+# imported by the commands that read manifests, not by `get` or `logs`.
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -195,6 +202,8 @@ def apply(
     """
     if not filename:
         raise UsageError("apply needs -f FILE, -f DIR or -f - (stdin)")
+    from fedctl import manifests
+
     docs = manifests.load(filename, recursive=recursive)
     out = sys.stdout
     with _state(ctx).client() as api:
@@ -212,6 +221,8 @@ def apply(
 
 def _dry_run_diff(api: ApiClient, doc: manifests.Document) -> str:
     """The YAML diff between the live object and `doc`, as `apply` would compare them."""
+    from fedctl import manifests
+
     try:
         live = api.get(doc.kind, doc.name, namespace=doc.namespace)
         before = manifests.comparable(live, live=live)
@@ -234,6 +245,15 @@ def _namespace(namespace: str | None, all_namespaces: bool) -> str | None:
 def _sort_key(o: dict[str, Any]) -> tuple[str, str]:
     meta = o.get("metadata") or {}
     return str(meta.get("namespace", "")), str(meta.get("name", ""))
+
+
+def _sorted(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Items in (namespace, name) order. cloudcore lists in that order already, so a
+    check (one pass over the keys) usually replaces the sort."""
+    keys = [_sort_key(o) for o in items]
+    if all(a <= b for a, b in itertools.pairwise(keys)):
+        return items
+    return [items[i] for i in sorted(range(len(items)), key=keys.__getitem__)]
 
 
 NamespaceOpt = Annotated[
@@ -303,7 +323,7 @@ def get(
         else:
             for kind in group:
                 items = api.list(kind, namespace=ns, selector=selector, node=node, fields=fields)
-                found += [(kind, o) for o in sorted(items, key=_sort_key)]
+                found += [(kind, o) for o in _sorted(items)]
 
     objs = [o for _, o in found]
     if output in (Output.json, Output.yaml):
@@ -399,6 +419,8 @@ def delete(
     if filename:
         if resource or names:
             raise UsageError("give either KIND NAME... or -f FILE, not both")
+        from fedctl import manifests
+
         targets = [
             (d.kind, d.namespace, d.name) for d in manifests.load(filename, recursive=recursive)
         ]

@@ -14,7 +14,6 @@ environment), so it is the same on every machine.
 from __future__ import annotations
 
 import argparse
-import enum
 import sys
 from pathlib import Path
 from typing import Any
@@ -61,12 +60,12 @@ def _metavar(param: Any) -> str:
     """The value placeholder of an option: its metavar, an enum's choices, or its type."""
     if param.metavar:
         return str(param.metavar)
-    desc = getattr(param, "type_descriptor", None)
-    ann = getattr(desc, "annotation", None)
-    if isinstance(ann, type) and issubclass(ann, enum.Enum):
-        return "|".join(str(m.value) for m in ann)
-    names = {int: "INTEGER", float: "FLOAT", str: "TEXT", Path: "PATH"}
-    return names.get(ann, "VALUE") if isinstance(ann, type) else "VALUE"
+    choices = getattr(param.type, "choices", None)
+    if choices:
+        return "|".join(str(getattr(c, "value", c)) for c in choices)
+    names = {"str": "TEXT", "text": "TEXT", "int": "INTEGER", "integer": "INTEGER",
+             "int range": "INTEGER", "float": "FLOAT", "path": "PATH"}
+    return names.get(getattr(param.type, "name", ""), "VALUE")
 
 
 def _param_rows(cmd: Any) -> tuple[list[str], list[str]]:

@@ -517,7 +517,7 @@ def create_app(fleet: Fleet, *, metrics: Metrics,
             parts = [json.dumps(dump_object(table[k]), separators=(",", ":")).encode()
                      for k in keys]
         else:
-            parts = [fleet.encoded(kind, k, proj) for k in keys]
+            parts = fleet.encoded_many(kind, keys, proj)
         token = encode_continue(more) if more is not None else None
         headers = {"X-Continue": token} if token else {}
         if NDJSON in request.headers.get("accept", ""):

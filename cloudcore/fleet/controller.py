@@ -21,6 +21,7 @@ pods' toleration runs out; then Deployment replicas move (`eviction.py`).
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import logging
@@ -69,6 +70,10 @@ from shared.models import (
 )
 
 log = logging.getLogger("cloudcore.fleet")
+
+KEEP_WARM = 600.0
+"""Seconds after its last list that a projection (say the `get nodes` table) is still
+kept encoded in the background; after that its cache is dropped."""
 
 Key = tuple[str, str]  # (namespace, name)
 Action = Literal["created", "configured", "unchanged"]
@@ -150,6 +155,10 @@ class Fleet:
         self.events = EventLog(clock=clock)
         self.watches = WatchHub()
         self._encoded: dict[tuple[str, tuple[str, ...] | None], dict[Any, bytes]] = {}
+        self._listed: dict[tuple[str, tuple[str, ...] | None], float] = {}
+        """When each cached projection was last listed (monotonic): the ones listed
+        within KEEP_WARM are re-encoded in the background as objects change."""
+        self._stale: dict[str, set[Any]] = {}
         self._sorted: dict[str, tuple[int, list[Any]]] = {}
         self.desired: dict[str, NodeDesired] = {}
         self.report_seq: dict[str, int] = {}
@@ -407,22 +416,42 @@ class Fleet:
         """The object as compact JSON (optionally only `fields`, dotted API paths);
         cached until the object changes. Secret values are redacted (lists, watches):
         only `get` of one Secret, or a list with `reveal`, shows them."""
+        return self.encoded_many(kind, (key,), fields)[0]
+
+    def encoded_many(self, kind: str, keys: Iterable[Any],
+                     fields: tuple[str, ...] | None = None) -> list[bytes]:
+        """`encoded` for a page of keys, with the lookups done once per page: every
+        report changes a node's lastSeen, so in a live fleet most of a 100k-node list
+        is encoded afresh, and the per-object overhead is most of the cost."""
         cache = self._encoded.get((kind, fields))
         if cache is None:
             if len(self._encoded) >= 8:  # a few projections at most; drop the oldest
-                del self._encoded[next(iter(self._encoded))]
+                oldest = next(iter(self._encoded))
+                del self._encoded[oldest]
+                self._listed.pop(oldest, None)
             cache = self._encoded[(kind, fields)] = {}
-        raw = cache.get(key)
-        if raw is None:
-            obj = self.table_of(kind)[key]
-            if fields is None:
-                raw = obj.model_dump_json(by_alias=True, exclude_none=True).encode()
-            else:
-                raw = _project(obj, fields)
-            if kind == "Secret":
-                raw = _redact(raw)
-            cache[key] = raw
-        return raw
+        self._listed[(kind, fields)] = time.monotonic()
+        return self._encode_into(cache, kind, keys, fields)
+
+    def _encode_into(self, cache: dict[Any, bytes], kind: str, keys: Iterable[Any],
+                     fields: tuple[str, ...] | None) -> list[bytes]:
+        table = self.table_of(kind)
+        secret = kind == "Secret"
+        get = cache.get
+        out: list[bytes] = []
+        for key in keys:
+            raw = get(key)
+            if raw is None:
+                obj = table[key]
+                cls = type(obj)  # its serializer gives bytes: no str round-trip
+                raw = cls.__pydantic_serializer__.to_json(
+                    obj, include=None if fields is None else _include(cls, fields),
+                    by_alias=True, exclude_none=True)
+                if secret:
+                    raw = _redact(raw)
+                cache[key] = raw
+            out.append(raw)
+        return out
 
     def join_node(self, name: str, *, labels: dict[str, str], arch: str | None) -> Node:
         """Register a node that joined with a token (or adopt one its agent registered)."""
@@ -1014,7 +1043,41 @@ class Fleet:
         for (k, _), cache in self._encoded.items():
             if k == kind:
                 cache.pop(key, None)
+                self._stale.setdefault(kind, set()).add(key)
         self.watches.touch(kind, key, deleted=deleted)
+
+    def refresh_encoded(self, limit: int) -> int:
+        """Re-encode up to `limit` changed objects for every projection listed within
+        KEEP_WARM, so the next list finds them cached: in a live fleet every report
+        changes a node's lastSeen, and without this each `get nodes` would encode all
+        100k nodes again while the user waits. Projections not listed for KEEP_WARM
+        are dropped (their memory too). Returns how many objects it looked at."""
+        now = time.monotonic()
+        for proj, at in list(self._listed.items()):
+            if now - at > KEEP_WARM:
+                del self._listed[proj]
+                self._encoded.pop(proj, None)
+        done = 0
+        for kind, stale in list(self._stale.items()):
+            take = [stale.pop() for _ in range(min(limit - done, len(stale)))]
+            if not stale:
+                del self._stale[kind]
+            table = self.table_of(kind)
+            take = [k for k in take if k in table]
+            for (k, fields), cache in list(self._encoded.items()):
+                if k == kind:
+                    self._encode_into(cache, kind, [x for x in take if x not in cache], fields)
+            done += len(take)
+            if done >= limit:
+                break
+        return done
+
+    async def keep_encoded(self, interval: float = 0.5, chunk: int = 2000) -> None:
+        """Run refresh_encoded in the background, a chunk per loop turn."""
+        while True:
+            await asyncio.sleep(interval)
+            while self.refresh_encoded(chunk):
+                await asyncio.sleep(0)
 
     def _set_ready(self, node: Node, ready: Literal["Ready", "NotReady", "Unknown"],
                    reason: str, message: str) -> None:
@@ -1075,14 +1138,6 @@ def _include(model: type, fields: tuple[str, ...]) -> dict[str, Any]:
                     break
                 dst = dst.setdefault(key, {})
     return inc
-
-
-def _project(obj: Any, fields: tuple[str, ...]) -> bytes:
-    """Only the dotted API paths `fields` of an object (e.g. `status.lastSeen`), as
-    compact JSON; unknown paths are left out."""
-    inc = _include(type(obj), fields)
-    raw: bytes = obj.model_dump_json(by_alias=True, exclude_none=True, include=inc).encode()
-    return raw
 
 
 REDACTED = "<redacted>"
