@@ -24,6 +24,20 @@ def _env(name: str, default: str) -> str:
     return os.environ.get(f"CLOUDCORE_{name}", default)
 
 
+def _read_secret(path: Path, flag: str) -> str:
+    """The first line of a secret file (a password is not passed on the command line,
+    where `ps` shows it)."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{flag}: cannot read {path}: {exc.strerror or exc}",
+                          field=flag) from exc
+    secret = text.splitlines()[0].strip() if text.strip() else ""
+    if not secret:
+        raise ConfigError(f"{flag}: {path} is empty", field=flag)
+    return secret
+
+
 def parse_args(argv: Sequence[str] | None = None) -> Settings:
     """Build Settings from flags (which override CLOUDCORE_* env vars)."""
     d = Settings()
@@ -33,6 +47,11 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
     p.add_argument("--mqtt-host", default=_env("MQTT_HOST", d.mqtt.host))
     p.add_argument("--mqtt-port", type=int, default=int(_env("MQTT_PORT", str(d.mqtt.port))))
     p.add_argument("--mqtt-client-id", default=_env("MQTT_CLIENT_ID", d.mqtt.client_id))
+    p.add_argument("--mqtt-username", default=_env("MQTT_USERNAME", "") or None,
+                   help="cloudcore's own broker username (default: anonymous)")
+    p.add_argument("--mqtt-password-file", metavar="FILE",
+                   default=_env("MQTT_PASSWORD_FILE", "") or None,
+                   help="file holding that user's password (first line)")
     p.add_argument("--publishers", type=int, default=int(_env("PUBLISHERS",
                                                               str(d.mqtt.publishers))))
     p.add_argument("--http-host", default=_env("HTTP_HOST", d.http.host))
@@ -66,6 +85,9 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
     s.store.state_dir = Path(a.state_dir)
     s.mqtt.host, s.mqtt.port, s.mqtt.client_id = a.mqtt_host, a.mqtt_port, a.mqtt_client_id
     s.mqtt.publishers = a.publishers
+    s.mqtt.username = a.mqtt_username
+    if a.mqtt_password_file:
+        s.mqtt.password = _read_secret(Path(a.mqtt_password_file), "--mqtt-password-file")
     s.http.host, s.http.port = a.http_host, a.http_port
     s.sync.heartbeat = a.heartbeat
     s.sync.pod_eviction_timeout = a.pod_eviction_timeout

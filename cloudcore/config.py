@@ -47,6 +47,10 @@ class MqttSettings:
     """First reconnect delay in seconds (jittered, doubled per failure)."""
     reconnect_cap: float = 30.0
     """Longest reconnect delay in seconds."""
+    username: str | None = None
+    """cloudcore's own broker username (None: connect anonymously)."""
+    password: str | None = field(default=None, repr=False)
+    """Its password (from `--mqtt-password-file`; never logged or printed)."""
 
 
 @dataclass
@@ -155,6 +159,13 @@ class Settings:
             raise ConfigError("mqtt.client_id must be 1..20 characters", field="mqtt.client_id")
         for name in ("keepalive", "publishers", "publish_concurrency"):
             _positive(f"mqtt.{name}", getattr(self.mqtt, name))
+        if self.mqtt.password is not None and not self.mqtt.username:
+            raise ConfigError("mqtt password given without mqtt.username",
+                              field="mqtt.username")
+        if self.mqtt.username is not None and (
+                not self.mqtt.username or any(c in self.mqtt.username for c in ":\n")):
+            raise ConfigError("mqtt.username must be non-empty, without ':' or newlines",
+                              field="mqtt.username")
         _positive("mqtt.reconnect_base", self.mqtt.reconnect_base)
         if self.mqtt.reconnect_cap < self.mqtt.reconnect_base:
             raise ConfigError("mqtt.reconnect_cap must be >= mqtt.reconnect_base",

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 import time
 from collections.abc import Callable, Iterable
@@ -32,6 +33,7 @@ from fastapi import FastAPI
 
 from cloudcore.api import create_app
 from cloudcore.auth import Auth
+from cloudcore.auth.secrets import mosquitto_hash
 from cloudcore.config import Settings
 from cloudcore.errors import ConfigError
 from cloudcore.fleet import Fleet, Liveness
@@ -211,14 +213,23 @@ def _open_auth(settings: Settings, store: Store,
     """The auth registry from the store, static tokens and the first admin token."""
     cfg = settings.auth
     passwd = cfg.mosquitto_passwd
+    own: dict[str, str] = {}  # cloudcore's own broker user goes in the same file
+    if passwd is not None and settings.mqtt.username and settings.mqtt.password:
+        own[settings.mqtt.username] = mosquitto_hash(settings.mqtt.password)
 
     def write_passwd() -> None:
         if passwd is None:
             return
         tmp = passwd.with_name(passwd.name + ".tmp")
         try:
-            tmp.write_text(auth.mosquitto_passwd())
+            try:  # keep the file's group: the broker reads it through that group
+                gid: int | None = passwd.stat().st_gid
+            except FileNotFoundError:
+                gid = None
+            tmp.write_text(auth.mosquitto_passwd(own))
             tmp.chmod(0o640)
+            if gid is not None and gid != tmp.stat().st_gid:
+                os.chown(tmp, -1, gid)
             tmp.replace(passwd)
         except OSError as exc:
             log.error("cannot write mosquitto password file %s: %s", passwd, exc)

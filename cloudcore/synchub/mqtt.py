@@ -80,6 +80,7 @@ class Subscriber:
         try:
             async with aiomqtt.Client(
                 s.host, s.port, identifier=f"{s.client_id}-sub", clean_session=False,
+                username=s.username, password=s.password,
                 keepalive=s.keepalive, max_queued_incoming_messages=0,
             ) as client:
                 await client.subscribe([(f, 1) for f in topics.all_up_filters()])
@@ -132,6 +133,7 @@ class Publisher:
         try:
             async with aiomqtt.Client(
                 s.host, s.port, identifier=f"{s.client_id}-pub{self._index}",
+                username=s.username, password=s.password,
                 clean_session=True, keepalive=s.keepalive,
                 max_inflight_messages=s.publish_concurrency,
             ) as client:

@@ -28,6 +28,23 @@ def test_settings_validation_names_the_field() -> None:
     assert main(["--heartbeat", "-1"]) == 2
 
 
+def test_broker_login_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    secret = tmp_path / "pw"
+    secret.write_text("hunter2\nignored second line\n")
+    s = parse_args(["--mqtt-username", "cloud", "--mqtt-password-file", str(secret)])
+    assert (s.mqtt.username, s.mqtt.password) == ("cloud", "hunter2")
+    assert "hunter2" not in repr(s)  # never printed with the settings
+    monkeypatch.setenv("CLOUDCORE_MQTT_USERNAME", "from-env")
+    monkeypatch.setenv("CLOUDCORE_MQTT_PASSWORD_FILE", str(secret))
+    assert parse_args([]).validate().mqtt.username == "from-env"
+    monkeypatch.delenv("CLOUDCORE_MQTT_USERNAME")
+    with pytest.raises(ConfigError) as err:  # a password for nobody
+        parse_args([]).validate()
+    assert err.value.field == "mqtt.username"
+    (tmp_path / "empty").write_text("\n")
+    assert main(["--mqtt-username", "c", "--mqtt-password-file", str(tmp_path / "empty")]) == 2
+
+
 def test_binary_starts_and_stops_on_sigterm(mosquitto: int, tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
