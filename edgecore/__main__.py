@@ -120,6 +120,9 @@ def _run_flags(run: argparse.ArgumentParser) -> None:
                      help="seconds between cheap checks for exited containers (5)")
     run.add_argument("--reconcile-resync", type=float, default=30.0,
                      help="seconds between full reconcile passes when nothing changed (30)")
+    run.add_argument("--pull-report", type=float, default=10.0, metavar="SECONDS",
+                     help="seconds between status reports of a pod whose image is being "
+                          "pulled, with bytes and layers done (10)")
     run.add_argument("--image-gc-interval", type=float, default=600.0,
                      help="seconds between image garbage collections (600)")
     run.add_argument("--image-gc-max-unused", type=float, default=86400.0,
@@ -164,6 +167,7 @@ def settings_from_args(args: argparse.Namespace) -> AgentSettings:
         log_max_bytes=args.log_max_bytes, log_keep=args.log_keep,
         telemetry_sample_s=args.telemetry_sample,
         reconcile_interval_s=args.reconcile_interval, reconcile_resync_s=args.reconcile_resync,
+        pull_report_s=args.pull_report,
         image_gc_interval_s=args.image_gc_interval,
         image_gc_max_unused_s=args.image_gc_max_unused,
         image_gc_min_free_bytes=args.image_gc_min_free_mib * 1024 * 1024,

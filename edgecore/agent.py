@@ -95,7 +95,7 @@ class Agent:
             reconciler = self.reconciler = Reconciler(
                 node=s.node, runtime=runtime, cache=cache, desired=lambda: sync.desired,
                 sink=reporter, interval_s=s.reconcile_interval_s, clock=self.clock,
-                resync_s=s.reconcile_resync_s,
+                resync_s=s.reconcile_resync_s, pull_report_s=s.pull_report_s,
                 crashloop=CrashLoop(initial_s=s.crashloop_initial_s, max_s=s.crashloop_max_s,
                                     reset_s=s.crashloop_reset_s),
                 volumes=Volumes(s.pods_dir), devices=devices, prober=prober)

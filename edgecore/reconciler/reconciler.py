@@ -23,7 +23,8 @@ a pod whose previous work is still running is skipped this pass):
 Every pod's outcome, including errors, becomes a PodStatus for the reporter.
 While an image is pulled (`runtime.pull` before `runtime.run`), the pod is
 reported once as Pending/ContainerCreating "pulling IMAGE", then every
-`pull_report_s` with the elapsed seconds. A pull that fails with InsufficientDisk
+`pull_report_s` with the elapsed seconds and, if the runtime measures it
+(`pull_progress`), the bytes and layers done of the total. A pull that fails with InsufficientDisk
 calls `on_disk_full` (the agent's image GC) and is retried once.
 
 Before any container of a pod starts, its volumes are made ready (`volumes.py`;
@@ -71,7 +72,7 @@ from edgecore.runtime.errors import (
     RuntimeTemporaryError,
 )
 from edgecore.runtime.images import normalize_ref
-from edgecore.runtime.types import ContainerSpec, ContainerState, Runtime
+from edgecore.runtime.types import ContainerSpec, ContainerState, PullProgress, Runtime
 from shared.delta import EdgeDesired
 from shared.entries import POD, PodEntry, parse_pod_entry, split_key
 from shared.pods import Container, ContainerStatus, LastState, PodStatus
@@ -118,7 +119,7 @@ class Reconciler:
         sink: StatusSink, crashloop: CrashLoop | None = None, interval_s: float = 5.0,
         clock: Callable[[], float] = time.time, volumes: Volumes | None = None,
         devices: DeviceAllocator | None = None, prober: ProbeManager | None = None,
-        resync_s: float = 30.0, pull_report_after_s: float = 0.2, pull_report_s: float = 30.0,
+        resync_s: float = 30.0, pull_report_after_s: float = 0.2, pull_report_s: float = 10.0,
         on_disk_full: Callable[[InsufficientDisk], Awaitable[object]] | None = None,
     ) -> None:
         self.node = node
@@ -566,7 +567,9 @@ class Reconciler:
                     task.result()
                     return
                 # Once when the pull turns out not to be instant, then every pull_report_s.
-                self.sink.update(entry.key, self._pulling(entry, image, time.monotonic() - t0))
+                progress = await self._pull_progress(image)
+                self.sink.update(entry.key, self._pulling(entry, image, time.monotonic() - t0,
+                                                          progress))
                 wait = self.pull_report_s
         finally:
             if not task.done():
@@ -574,10 +577,25 @@ class Reconciler:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
 
-    def _pulling(self, entry: PodEntry, image: str, elapsed: float) -> PodStatus:
+    async def _pull_progress(self, image: str) -> PullProgress | None:
+        """The runtime's measure of a pull in progress (None if it cannot tell)."""
+        measure = getattr(self.runtime, "pull_progress", None)
+        if measure is None:
+            return None
+        try:
+            progress: PullProgress | None = await measure(image)
+        except (ContainerRuntimeError, OSError) as exc:
+            log.debug("pull progress of %s: %s", image, exc)
+            return None
+        return progress
+
+    def _pulling(self, entry: PodEntry, image: str, elapsed: float,
+                 progress: PullProgress | None = None) -> PodStatus:
         rec = self._records.get(entry.key)
         restarts = {n: c.restarts for n, c in rec.containers.items()} if rec else {}
-        msg = f"pulling {image} ({elapsed:.0f} s)"
+        # "pulling REF: 3.1 of 8.0 MiB, 1 of 2 layers (4 s)": docs/edgecore.md, "Pulls".
+        what = f": {progress.describe()}" if progress is not None else ""
+        msg = f"pulling {image}{what} ({elapsed:.0f} s)"
         return pod_status(
             [ContainerStatus(name=c.name, state="waiting", reason="ContainerCreating",
                              message=msg, restart_count=restarts.get(c.name, 0))

@@ -33,6 +33,7 @@ from edgecore.runtime.types import (
     ImageInfo,
     Mount,
     PullPolicy,
+    PullProgress,
     Runtime,
 )
 
@@ -59,6 +60,7 @@ __all__ = [
     "Mount",
     "NoMatchingManifest",
     "PullPolicy",
+    "PullProgress",
     "Runtime",
     "RuntimeCommandError",
     "RuntimePermanentError",

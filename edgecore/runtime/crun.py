@@ -67,6 +67,7 @@ from edgecore.runtime.types import (
     ContainerStatus,
     ImageInfo,
     PullPolicy,
+    PullProgress,
     validate_cid,
 )
 
@@ -263,6 +264,10 @@ class CrunRuntime:
         this runtime's ``platform``.
         """
         return await self.image_store.pull(image, insecure=insecure, policy=policy)
+
+    async def pull_progress(self, image: str) -> PullProgress | None:
+        """Bytes and layers done of a pull in progress (``None``: not being pulled)."""
+        return await self.image_store.pull_progress(image)
 
     async def run(self, cid: str, spec: ContainerSpec) -> None:
         """Create container ``cid`` from ``spec`` and start it under a detached conmon.

@@ -22,8 +22,10 @@ every blob no remaining manifest references, then unused unpacked rootfs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
+import logging
 import os
 import platform as _platform
 import re
@@ -44,7 +46,9 @@ from edgecore.runtime.errors import (
     InvalidSpec,
     NoMatchingManifest,
 )
-from edgecore.runtime.types import PULL_POLICIES, ImageInfo, PullPolicy
+from edgecore.runtime.types import PULL_POLICIES, ImageInfo, PullPolicy, PullProgress
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "ImageConfig",
@@ -109,6 +113,30 @@ def _layout_tag(ref: str) -> str:
     return f"{readable}-{hashlib.sha256(ref.encode()).hexdigest()[:12]}"
 
 
+_PUT_BLOB = "oci-put-blob"  # skopeo's temp file for a blob being written to the layout
+
+
+@dataclass
+class _ActivePull:
+    """A pull in progress: what `pull_progress` needs to measure it."""
+
+    ref: str
+    insecure: bool
+    copying: bool = False  # holds the store lock (else queued behind another pull)
+    layers: list[tuple[str, int]] | None = None  # (digest, size) once the manifest is known
+    inspecting: asyncio.Task[None] | None = None
+
+
+def _pick_manifest(index: dict[str, Any], arch: str, variant: str | None) -> str | None:
+    """The digest of the manifest for linux/arch[/variant] in an image index."""
+    fits = [m for m in index.get("manifests", [])
+            if (m.get("platform") or {}).get("os", "linux") == "linux"
+            and (m.get("platform") or {}).get("architecture") == arch]
+    exact = [m for m in fits if (m.get("platform") or {}).get("variant") == variant]
+    chosen = (exact or fits or [None])[0]
+    return None if chosen is None else str(chosen.get("digest"))
+
+
 @dataclass(frozen=True)
 class ImageConfig:
     """The parts of an OCI image config the runtime turns into a process."""
@@ -148,6 +176,7 @@ class ImageStore:
         self._pull_timeout_s = pull_timeout_s
         self._min_free_bytes = min_free_bytes
         self._lock = asyncio.Lock()
+        self._active: dict[str, _ActivePull] = {}
         self.cache.mkdir(parents=True, exist_ok=True)
         # Our own policy file: the store must not depend on the host's
         # /etc/containers.  Signature checking is not done (see docs/runtime.md).
@@ -239,36 +268,122 @@ class ImageStore:
             return digest
         if policy == "IfNotPresent" and (digest := self.digest_of(ref)) is not None:
             return digest
-        async with self._lock:
-            if policy == "IfNotPresent" and (digest := self.digest_of(ref)) is not None:
-                return digest
-            free = await asyncio.to_thread(self._free_bytes)
-            if free < self._min_free_bytes:
-                raise self._disk_error(f"pull {ref}", free)
-            if insecure is None:
-                insecure = registry_of(ref) in self._insecure
-            arch, variant = self.platform
-            argv = [self._skopeo, "--policy", str(self._policy), "--override-os", "linux",
-                    "--override-arch", arch]  # fmt: skip
-            if variant:
-                argv += ["--override-variant", variant]
-            argv += ["copy", "--quiet"]
-            if insecure:
-                argv.append("--src-tls-verify=false")
-            argv += [f"docker://{ref}", f"oci:{self.layout}:{_layout_tag(ref)}"]
-            res = await run_cmd(
-                argv, error=ImagePullError, what=f"pull {ref}",
-                timeout=self._pull_timeout_s, check=False,
-            )  # fmt: skip
-            if res.returncode != 0:
-                await self._raise_for(f"pull {ref}", argv, res, ImagePullError)
-            digest = self.digest_of(ref)
-            if digest is None:
-                raise ImagePullError(
-                    f"pull {ref}: skopeo succeeded but the tag is not in the index"
-                )
-            self.mark_used(ref)
+        if insecure is None:
+            insecure = registry_of(ref) in self._insecure
+        active = self._active.setdefault(ref, _ActivePull(ref, insecure))
+        try:
+            async with self._lock:
+                active.copying = True
+                return await self._copy(ref, insecure=insecure, policy=policy)
+        finally:
+            if self._active.get(ref) is active:
+                del self._active[ref]
+            if active.inspecting is not None and not active.inspecting.done():
+                active.inspecting.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await active.inspecting
+
+    async def _copy(self, ref: str, *, insecure: bool, policy: PullPolicy) -> str:
+        """The pull proper, under the store lock."""
+        if policy == "IfNotPresent" and (digest := self.digest_of(ref)) is not None:
             return digest
+        free = await asyncio.to_thread(self._free_bytes)
+        if free < self._min_free_bytes:
+            raise self._disk_error(f"pull {ref}", free)
+        arch, variant = self.platform
+        argv = [self._skopeo, "--policy", str(self._policy), "--override-os", "linux",
+                "--override-arch", arch]  # fmt: skip
+        if variant:
+            argv += ["--override-variant", variant]
+        argv += ["copy", "--quiet"]
+        if insecure:
+            argv.append("--src-tls-verify=false")
+        argv += [f"docker://{ref}", f"oci:{self.layout}:{_layout_tag(ref)}"]
+        res = await run_cmd(
+            argv, error=ImagePullError, what=f"pull {ref}",
+            timeout=self._pull_timeout_s, check=False,
+        )  # fmt: skip
+        if res.returncode != 0:
+            await self._raise_for(f"pull {ref}", argv, res, ImagePullError)
+        digest = self.digest_of(ref)
+        if digest is None:
+            raise ImagePullError(
+                f"pull {ref}: skopeo succeeded but the tag is not in the index"
+            )
+        self.mark_used(ref)
+        return digest
+
+    async def pull_progress(self, image: str) -> PullProgress | None:
+        """How far the pull of ``image`` has got, or ``None`` if it is not being pulled.
+
+        Measured, not reported by skopeo: the layer list and sizes come from the
+        registry's manifest (``skopeo inspect --raw``, asked once per pull, in the
+        background, on the first call: quick pulls never pay for it); bytes done are
+        the layer blobs already in the layout plus skopeo's partly written temp blob
+        files (``oci-put-blob*``). The store copies one image at a time, so those
+        belong to this pull.
+        """
+        try:
+            ref = normalize_ref(image)
+        except InvalidSpec:
+            return None
+        active = self._active.get(ref)
+        if active is None:
+            return None
+        if not active.copying:
+            return PullProgress(ref=ref, bytes_done=0, bytes_total=None, layers_done=0,
+                                layers_total=None, queued=True)
+        if active.layers is None and active.inspecting is None:
+            active.inspecting = asyncio.ensure_future(self._learn_layers(active))
+        return await asyncio.to_thread(self._measure, active)
+
+    def _measure(self, active: _ActivePull) -> PullProgress:
+        partial = 0
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(self.layout):
+                if entry.name.startswith(_PUT_BLOB):
+                    with contextlib.suppress(OSError):
+                        partial += entry.stat().st_size
+        if active.layers is None:
+            return PullProgress(ref=active.ref, bytes_done=partial, bytes_total=None,
+                                layers_done=0, layers_total=None)
+        done_bytes = done_layers = 0
+        for digest, size in active.layers:
+            if self._blob_path(digest).exists():
+                done_bytes += size
+                done_layers += 1
+        total = sum(size for _, size in active.layers)
+        return PullProgress(ref=active.ref, bytes_done=min(total, done_bytes + partial),
+                            bytes_total=total, layers_done=done_layers,
+                            layers_total=len(active.layers))
+
+    async def _inspect_raw(self, ref: str, insecure: bool) -> dict[str, Any]:
+        argv = [self._skopeo, "--policy", str(self._policy), "inspect", "--raw"]
+        if insecure:
+            argv.append("--tls-verify=false")
+        argv.append(f"docker://{ref}")
+        res = await run_cmd(argv, error=ImagePullError, what=f"inspect {ref}", timeout=60)
+        doc: dict[str, Any] = json.loads(res.stdout)
+        return doc
+
+    async def _learn_layers(self, active: _ActivePull) -> None:
+        """Fill ``active.layers`` from the registry (best effort: progress stays
+        without totals if the registry cannot tell)."""
+        try:
+            doc = await self._inspect_raw(active.ref, active.insecure)
+            if "manifests" in doc:  # an image index: the manifest for this platform
+                digest = _pick_manifest(doc, *self.platform)
+                if digest is None:
+                    return
+                name = active.ref.split("@", 1)[0]
+                last = name.rsplit("/", 1)
+                if ":" in last[-1]:
+                    name = name.rsplit(":", 1)[0]
+                doc = await self._inspect_raw(f"{name}@{digest}", active.insecure)
+            active.layers = [(str(layer["digest"]), int(layer["size"]))
+                             for layer in doc.get("layers", [])]
+        except (ImagePullError, ValueError, KeyError, TypeError) as exc:
+            log.debug("pull progress of %s: no layer sizes: %s", active.ref, exc)
 
     async def _raise_for(
         self,

@@ -26,6 +26,7 @@ __all__ = [
     "ImageInfo",
     "Mount",
     "PullPolicy",
+    "PullProgress",
     "Runtime",
     "validate_cid",
 ]
@@ -256,6 +257,34 @@ class ImageInfo:
     digest: str
     size_bytes: int
     last_used: float
+
+
+@dataclass(frozen=True)
+class PullProgress:
+    """How far a pull in progress has got (`ImageStore.pull_progress`).
+
+    Bytes and layers are those of the image's compressed layers for this node's
+    platform; a layer the store already had counts as done. The totals are
+    ``None`` until the registry has told the manifest; ``queued`` means the pull
+    waits for another one (the store copies one image at a time).
+    """
+
+    ref: str
+    bytes_done: int
+    bytes_total: int | None
+    layers_done: int
+    layers_total: int | None
+    queued: bool = False
+
+    def describe(self) -> str:
+        """Human text for a status message, e.g. "3.1 of 8.0 MiB, 1 of 2 layers"."""
+        if self.queued:
+            return "waiting for another pull"
+        done = f"{self.bytes_done / 2**20:.1f}"
+        if self.bytes_total is None or self.layers_total is None:
+            return f"{done} MiB"
+        return (f"{done} of {self.bytes_total / 2**20:.1f} MiB, "
+                f"{self.layers_done} of {self.layers_total} layers")
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,8 @@ from edgecore.cache import Cache
 from edgecore.config import AgentSettings
 from edgecore.reconciler import CrashLoop, Reconciler
 from edgecore.runtime.errors import InsufficientDisk
-from edgecore.runtime.types import ContainerSpec, ImageInfo
+from edgecore.runtime.images import ImageStore, _ActivePull
+from edgecore.runtime.types import ContainerSpec, ImageInfo, PullProgress
 from shared.delta import EdgeDesired
 from shared.entries import pod_entry, pod_key
 from shared.models import Pod
@@ -200,6 +201,66 @@ async def test_pull_progress_repeats_at_a_slow_cadence(cache: Cache) -> None:
     rt.pull_gate.set()
     await step
     assert 2 <= len(sink.pulling()) <= 5
+
+
+class ProgressFake(ImageFake):
+    """A runtime that measures its pulls (as CrunRuntime.pull_progress does)."""
+
+    progress: PullProgress | None = None
+
+    async def pull_progress(self, image: str) -> PullProgress | None:
+        return self.progress
+
+
+async def test_pull_progress_names_bytes_and_layers(cache: Cache) -> None:
+    rt = ProgressFake()
+    rt.pull_gate = asyncio.Event()
+    rt.progress = PullProgress(ref="app:1", bytes_done=3 * MiB, bytes_total=8 * MiB,
+                               layers_done=1, layers_total=2)
+    key, entry = pod("a", "app:1")
+    sink = Sink()
+    rec = reconciler(rt, cache, sink, (key, entry), pull_report_after_s=0.01,
+                     pull_report_s=0.05)
+    step = asyncio.create_task(rec.reconcile_once())
+    async with asyncio.timeout(5):
+        while not sink.pulling():
+            await asyncio.sleep(0.01)
+    assert sink.pulling()[0].message == "pulling app:1: 3.0 of 8.0 MiB, 1 of 2 layers (0 s)"
+    rt.progress = None  # a runtime that cannot tell: elapsed time only
+    n = len(sink.pulling())
+    async with asyncio.timeout(5):
+        while len(sink.pulling()) == n:
+            await asyncio.sleep(0.01)
+    assert sink.pulling()[-1].message == "pulling app:1 (0 s)"
+    rt.pull_gate.set()
+    await step
+    assert sink.history[-1][1] is not None and sink.history[-1][1].phase == "Running"
+
+
+async def test_image_store_measures_blobs_and_partial_files(tmp_path: Path) -> None:
+    store = ImageStore(tmp_path)
+    assert await store.pull_progress("app:1") is None  # not being pulled
+    blobs = store.layout / "blobs" / "sha256"
+    blobs.mkdir(parents=True)
+    a, b = "sha256:" + "a" * 64, "sha256:" + "b" * 64
+    active = store._active["app:1"] = _ActivePull("app:1", insecure=False)
+    queued = await store.pull_progress("app:1")
+    assert queued is not None and queued.queued
+    assert queued.describe() == "waiting for another pull"
+    active.copying = True
+    active.layers = [(a, 1000), (b, 3000)]
+    (blobs / ("a" * 64)).write_bytes(b"x" * 1000)
+    (store.layout / "oci-put-blob123").write_bytes(b"x" * 1200)
+    p = await store.pull_progress("app:1")
+    assert p == PullProgress(ref="app:1", bytes_done=2200, bytes_total=4000,
+                             layers_done=1, layers_total=2)
+    (store.layout / "oci-put-blob123").unlink()
+    (blobs / ("b" * 64)).write_bytes(b"x" * 3000)
+    p = await store.pull_progress("app:1")
+    assert p is not None and (p.bytes_done, p.layers_done) == (4000, 2)
+    active.layers = None  # the registry has not told the sizes (yet)
+    p = await store.pull_progress("app:1")
+    assert p is not None and p.bytes_total is None and p.describe() == "0.0 MiB"
 
 
 async def test_present_image_is_neither_pulled_nor_reported(cache: Cache) -> None:
