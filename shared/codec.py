@@ -44,12 +44,20 @@ _Check = Callable[[Any], Any]
 
 
 def _int(*, ge: int | None = None) -> _Check:
+    if ge is None:
+        def any_int(v: Any) -> int:
+            if type(v) is not int:  # bool is an int subclass and is not accepted
+                raise ValueError(f"must be an integer, not {type(v).__name__}")
+            return v
+        return any_int
+    lo = ge
+
     def check(v: Any) -> int:
-        if type(v) is not int:  # bool is an int subclass and is not accepted
+        if type(v) is int and v >= lo:
+            return v
+        if type(v) is not int:
             raise ValueError(f"must be an integer, not {type(v).__name__}")
-        if ge is not None and v < ge:
-            raise ValueError(f"must be >= {ge}")
-        return v
+        raise ValueError(f"must be >= {lo}")
     return check
 
 
@@ -164,21 +172,22 @@ class _Msg:
 
     t: ClassVar[str]
     _own_checks: ClassVar[dict[str, _Check]] = {}
+    _all_checks: ClassVar[tuple[tuple[str, _Check], ...]] = ()  # set below, per class
     _wire: ClassVar[tuple[str, ...]] = ()
 
     v: int = PROTOCOL_VERSION
     node: str
 
     def __post_init__(self) -> None:
-        for checks in (_BASE_CHECKS, self._own_checks):
-            for name, check in checks.items():
+        name = ""
+        try:
+            for name, check in self._all_checks:
                 value = getattr(self, name)
-                try:
-                    ok = check(value)
-                except ValueError as exc:
-                    raise DecodeError(f"invalid message: {name}: {exc}") from None
+                ok = check(value)
                 if ok is not value:  # normalised (int -> float)
                     object.__setattr__(self, name, ok)
+        except ValueError as exc:
+            raise DecodeError(f"invalid message: {name}: {exc}") from None
 
     def as_dict(self) -> dict[str, Any]:
         """Every field, in wire order (what `encode` packs)."""
@@ -338,6 +347,8 @@ class Response(_Msg):
 Message = Desired | Ack | Resync | Report | ReportAck | Will | Request | Response
 _TYPES: dict[str, type[_Msg]] = {c.t: c for c in (Desired, Ack, Resync, Report, ReportAck,
                                                    Will, Request, Response)}
+for _cls in _TYPES.values():
+    _cls._all_checks = (*_BASE_CHECKS.items(), *_cls._own_checks.items())
 _FIELDS: dict[str, frozenset[str]] = {
     t: frozenset(f.name for f in dataclasses.fields(c)) for t, c in _TYPES.items()}
 
