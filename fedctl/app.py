@@ -10,7 +10,6 @@ which prints one line on stderr and exits with the error's code (0 ok, 1 error,
 from __future__ import annotations
 
 import functools
-import itertools
 import json
 import os
 import re
@@ -247,15 +246,6 @@ def _sort_key(o: dict[str, Any]) -> tuple[str, str]:
     return str(meta.get("namespace", "")), str(meta.get("name", ""))
 
 
-def _sorted(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Items in (namespace, name) order. cloudcore lists in that order already, so a
-    check (one pass over the keys) usually replaces the sort."""
-    keys = [_sort_key(o) for o in items]
-    if all(a <= b for a, b in itertools.pairwise(keys)):
-        return items
-    return [items[i] for i in sorted(range(len(items)), key=keys.__getitem__)]
-
-
 NamespaceOpt = Annotated[
     str | None, typer.Option("--namespace", "-n", help="Namespace (default: 'default').")
 ]
@@ -323,7 +313,7 @@ def get(
         else:
             for kind in group:
                 items = api.list(kind, namespace=ns, selector=selector, node=node, fields=fields)
-                found += [(kind, o) for o in _sorted(items)]
+                found += [(kind, o) for o in items]  # cloudcore lists in (ns, name) order
 
     objs = [o for _, o in found]
     if output in (Output.json, Output.yaml):

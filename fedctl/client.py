@@ -58,6 +58,8 @@ class ApiClient:
             headers=headers,
             # FEDCTL_SERVER is explicit; a stray HTTP(S)_PROXY must not reroute it.
             trust_env=False,
+            # Plain http never uses TLS: skip loading the CA bundle (~0.06 s a command).
+            **({} if settings.server.startswith("https:") else {"verify": False}),
         )
 
     def __enter__(self) -> ApiClient:
