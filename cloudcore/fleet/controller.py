@@ -38,6 +38,7 @@ from cloudcore.fleet.events import EventLog
 from cloudcore.fleet.eviction import Eviction
 from cloudcore.fleet.forecast import FORECAST_KEYS, WARN_INTERVAL, forecast_of, normalise
 from cloudcore.fleet.lifecycle import Liveness
+from cloudcore.fleet.projection import FAST
 from cloudcore.fleet.watch import WatchHub
 from cloudcore.scheduler import NodeView, Scheduler
 from cloudcore.scheduler.core import ARCH_LABEL, requests_of, unschedulable_message
@@ -439,14 +440,19 @@ class Fleet:
         secret = kind == "Secret"
         get = cache.get
         out: list[bytes] = []
+        fast = None
         for key in keys:
             raw = get(key)
             if raw is None:
                 obj = table[key]
-                cls = type(obj)  # its serializer gives bytes: no str round-trip
-                raw = cls.__pydantic_serializer__.to_json(
-                    obj, include=None if fields is None else _include(cls, fields),
-                    by_alias=True, exclude_none=True)
+                cls = type(obj)
+                if fields is not None and fast is None:
+                    fast = FAST.get((cls, fields), _no_fast)
+                if fast is None or (raw := fast(obj)) is None:
+                    # the serializer gives bytes: no str round-trip
+                    raw = cls.__pydantic_serializer__.to_json(
+                        obj, include=None if fields is None else _include(cls, fields),
+                        by_alias=True, exclude_none=True)
                 if secret:
                     raw = _redact(raw)
                 cache[key] = raw
@@ -1138,6 +1144,10 @@ def _include(model: type, fields: tuple[str, ...]) -> dict[str, Any]:
                     break
                 dst = dst.setdefault(key, {})
     return inc
+
+
+def _no_fast(obj: Any) -> bytes | None:
+    return None
 
 
 REDACTED = "<redacted>"
