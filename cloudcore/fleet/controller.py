@@ -163,6 +163,10 @@ class Fleet:
         self._sorted: dict[str, tuple[int, list[Any]]] = {}
         self.desired: dict[str, NodeDesired] = {}
         self.report_seq: dict[str, int] = {}
+        self.deleted_nodes: dict[str, float] = {}
+        """Nodes deleted through the API (name -> when): their agents' messages do not
+        register them again (a deleted node's session may outlive its credentials);
+        joining again with a token clears the mark."""
         self.telemetry: dict[str, list[dict[str, Any]]] = {}
         self.telemetry_points = 120
         self.observer: Callable[[str, int, float, float], None] | None = None
@@ -213,6 +217,8 @@ class Fleet:
                     self._bind_index((ns, pname), name)
                     self._entries[(ns, pname)] = nd.items[k][0]
         self.report_seq = {k: int(v) for k, v in records.get("reportseq", {}).items()}
+        self.deleted_nodes = {k: float(v.get("at", 0)) if isinstance(v, dict) else 0.0
+                              for k, v in records.get("deletednodes", {}).items()}
         self._pending = {k for k in self.pods if k not in self._bound}
         for name, node in self.nodes.items():
             nd = self.desired.get(name)
@@ -461,7 +467,7 @@ class Fleet:
 
     def join_node(self, name: str, *, labels: dict[str, str], arch: str | None) -> Node:
         """Register a node that joined with a token (or adopt one its agent registered)."""
-        self.register_node(name)
+        self.register_node(name, rejoin=True)
         node = self.nodes[name]
         status: dict[str, Any] = {"labels": labels}
         if arch:
@@ -547,10 +553,17 @@ class Fleet:
 
     # -- hub-facing: node lifecycle and reports -----------------------------------------
 
-    def register_node(self, name: str) -> bool:
-        """Create an unknown node on first contact; True if it was new."""
+    def register_node(self, name: str, *, rejoin: bool = False) -> bool:
+        """Create an unknown node on first contact; True if it was new. A node deleted
+        through the API is not created again by its agent's messages, only by a join
+        (`rejoin`)."""
         if name in self.nodes:
             return False
+        if name in self.deleted_nodes:
+            if not rejoin:
+                return False
+            del self.deleted_nodes[name]
+            self.store.delete("deletednodes", name)
         node = Node.model_validate({"metadata": {"name": name, "namespace": "default"}})
         node.metadata.uid = str(uuid.uuid4())
         node.metadata.creation_timestamp = _now_iso()
@@ -842,6 +855,8 @@ class Fleet:
         self.report_seq.pop(name, None)
         self.store.delete("reportseq", name)
         self.liveness.forget(name)
+        self.deleted_nodes[name] = self.clock()
+        self.store.put("deletednodes", name, {"at": self.deleted_nodes[name]})
 
     def _owned(self, owner: str) -> list[Key]:
         return [k for k, p in self.pods.items()

@@ -20,10 +20,11 @@ from shared.delta import new_epoch
 log = logging.getLogger("cloudcore.store")
 
 DBS = ("nodes", "daemonsets", "deployments", "pods", "configmaps", "desired", "reportseq",
-       "meta", "tokens", "credentials", "secrets", "namespaces")
+       "meta", "tokens", "credentials", "secrets", "namespaces", "deletednodes")
 """Named databases: one per object kind, plus per-node desired sets (NodeDesired
 records), per-node last processed report seq, meta (the store epoch), join and API
-tokens (hashed) and per-node broker credentials (hashed)."""
+tokens (hashed), per-node broker credentials (hashed) and the names of deleted nodes
+(whose agents must not re-register them until they join again)."""
 _MAX_DBS = 32  # room for new named databases without reopening old environments
 
 _DELETE = object()

@@ -138,6 +138,10 @@ class SyncHub:
             else:
                 self._drop(node, "unexpected_type", f"{msg.t} on the will topic")
             return
+        if node in self.fleet.deleted_nodes and node not in self.fleet.nodes:
+            # deleted through the API while its session lives on: not re-registered
+            self._drop(node, "deleted_node", "the node was deleted; it must join again")
+            return
         if isinstance(msg, Report):
             self._on_report(node, msg)
         elif isinstance(msg, Ack):

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+from cloudcore_fakes import add_node, make_fleet
 from hypothesis import given
 from hypothesis import strategies as st
 
 from cloudcore.fleet.controller import _include
 from cloudcore.fleet.projection import FAST, NODE_TABLE
-from cloudcore_fakes import add_node, make_fleet
 from fedctl.render import TABLE_FIELDS
 from shared.models import Node
 
@@ -26,10 +26,11 @@ floats = st.floats(allow_nan=False, allow_infinity=False)
        ready=st.sampled_from(["Ready", "NotReady", "Unknown"]),
        seen=st.none() | floats | st.floats(min_value=1.5e9, max_value=2.5e9),
        desired=st.integers(0, 2**62), acked=st.integers(0, 2**62))
-def test_node_table_encoder_matches_pydantic(name: str, unschedulable: bool, ready: str,
+def test_node_table_encoder_matches_pydantic(*, name: str, unschedulable: bool, ready: str,
                                              seen: float | None, desired: int,
                                              acked: int) -> None:
-    node = Node.model_validate({"metadata": {"name": name}, "spec": {"unschedulable": unschedulable},
+    node = Node.model_validate({"metadata": {"name": name},
+                                "spec": {"unschedulable": unschedulable},
                                 "status": {"ready": ready, "lastSeen": seen,
                                            "desiredGen": desired, "ackedGen": acked}})
     fast = FAST[(Node, NODE_TABLE)](node)

@@ -189,3 +189,36 @@ async def test_missed_heartbeats_make_a_node_not_ready_and_restart_gives_unknown
         await edge.send(Report(node="e2", seq=2))
         await edge.recv(ReportAck)
         assert run.fleet.nodes["e2"].status.ready == "Ready"
+
+
+async def test_a_deleted_node_is_not_re_registered_by_its_live_agent(
+        mosquitto: int, settings: Settings, service_factory: Any) -> None:
+    """`fedctl node delete` while the agent is still connected: its next messages are
+    dropped and counted instead of creating the node again, also after a restart;
+    joining again with a token lifts that."""
+    settings.mqtt.port = mosquitto
+    svc = service_factory()
+    run = await svc.start()
+    async with httpx.AsyncClient(base_url=run.url) as api, FakeEdge("e9", mosquitto) as edge:
+        await edge.send(Report(node="e9", seq=1))
+        assert (await edge.recv(ReportAck)).seq == 1
+        assert (await api.delete("/api/v1/nodes/e9")).status_code == 200
+        await edge.send(Report(node="e9", seq=2))
+        await edge.send(Resync(node="e9", epoch=None, gen=0, seq=2))
+        await until(lambda: run.metrics.value(DROPPED, reason="deleted_node") == 2)
+        await edge.quiet(ReportAck, 0.3)
+        assert (await api.get("/api/v1/nodes/e9")).status_code == 404
+    await svc.stop()
+    svc2 = service_factory()
+    run2 = await svc2.start()
+    async with httpx.AsyncClient(base_url=run2.url) as api, FakeEdge("e9", mosquitto) as edge:
+        await edge.send(Report(node="e9", seq=3))
+        await until(lambda: run2.metrics.value(DROPPED, reason="deleted_node") == 1)
+        assert "e9" not in run2.fleet.nodes
+        token = (await api.post("/api/v1/jointokens", json={"ttlSeconds": 600})).json()["token"]
+        r = await api.post("/api/v1/join", json={"token": token, "name": "e9"})
+        assert r.status_code == 200, r.text
+        await edge.send(Report(node="e9", seq=4))
+        assert (await edge.recv(ReportAck)).seq == 4
+        assert run2.fleet.nodes["e9"].status.ready == "Ready"
+    await svc2.stop()
