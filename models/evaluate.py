@@ -121,13 +121,21 @@ def targets(results: dict[str, dict[str, dict[str, float]]], *,
             f"p50 sMAPE {gain:+.1f} % vs last value "
             f"({'met' if gain >= 10.0 else 'NOT met'}: target >= 10 % lower)",
             f"{'not worse' if mdl['smape_p50'] <= ridge['smape_p50'] else 'WORSE'} than ridge "
-            f"({mdl['smape_p50']:.2f} vs {ridge['smape_p50']:.2f})",
+            f"({_pair(mdl['smape_p50'], ridge['smape_p50'])})",
             f"p90 coverage {mdl['coverage_p90']:.1f} % "
             f"({'met' if 85.0 <= mdl['coverage_p90'] <= 95.0 else 'NOT met'}: target 85-95 %)",
         ]
         tag = " (held out: not a training series)" if name in data.HELD_OUT_SERIES else ""
         out.append(f"- {name}{label}{tag}: " + "; ".join(checks))
     return out
+
+
+def _pair(a: float, b: float) -> str:
+    """"a vs b" with enough decimals to tell them apart (up to 4)."""
+    for d in (2, 3, 4):
+        if f"{a:.{d}f}" != f"{b:.{d}f}":
+            break
+    return f"{a:.{d}f} vs {b:.{d}f}"
 
 
 def write_readme(text: str) -> None:

@@ -23,12 +23,13 @@ Design (per resource, weights not shared between cpu and memory):
 - Model: a linear map plus a small ReLU layer (16 units) on the same features,
   giving 30 outputs o: p50 = a + k * s * o[:15], p90 = p50 + s * exp(o[15:]).
   Trained with the pinball loss at 0.5 and 0.9 (see train.py).
-- k (`params["shrink"]`, default 1) damps the network's p50 step from the last
-  value; `params["lin"]` (optional, [2, 67, 15]) adds a linear path on the graph's
-  raw inputs g = [the 60 raw lags, min, max, min15, max15, a s, s s, s]: a ridge
-  fit of y - a, weighted by a blend factor at training. So p50 = a + k s o50 +
-  g @ lin, an ensemble of the network, a ridge-like linear model and the last
-  value, with the weights chosen on the validation part only (`train.choose_blend`).
+- k (`params["shrink"]`, one value or one per resource, default 1) weighs the
+  network's p50 step from the last value; `params["lin"]` (optional, [2, 67, 15])
+  adds a linear path on the graph's raw inputs g = [the 60 raw lags, min, max,
+  min15, max15, a s, s s, s]: a ridge fit of y - a, times a blend weight per
+  resource. So p50 = a + k s o50 + g @ lin, an ensemble of the network, a
+  ridge-like linear model and the last value, with the weights chosen on the
+  validation part only (`train.choose_blend`).
 - `params["p90_log_scale"]` (optional, [2], per resource) calibrates the p90:
   p90 = p50 + s exp(o90 + c) (`train.calibrate`, validation part only).
 - None of these adds an operation to the graph: they are folded into its weights
@@ -129,15 +130,18 @@ def forward(params: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
     f, a, s = features(x)
     _, _, o = raw_outputs(params, f)
     o = o.transpose(1, 0, 2)  # [B, 2, 30]
-    p50 = a + shrink_of(params) * (s * o[..., :HORIZON]) + linear_path(params, x)
+    p50 = a + shrink_of(params)[None, :, None] * (s * o[..., :HORIZON]) + linear_path(params, x)
     p90 = p50 + s * np.exp(o[..., HORIZON:] + p90_log_scale(params)[None, :, None])
     y = np.stack([p50, p90], axis=3)
     return np.clip(y, 0.0, 1.0).astype(np.float32)
 
 
-def shrink_of(params: dict[str, np.ndarray]) -> np.float32:
-    """The p50 damping factor k (1 = the model as trained)."""
-    return np.float32(params["shrink"].reshape(-1)[0]) if "shrink" in params else np.float32(1)
+def shrink_of(params: dict[str, np.ndarray]) -> np.ndarray:
+    """The weight k of the network's p50 step per resource, [2] (1 = as trained)."""
+    if "shrink" not in params:
+        return np.ones(RESOURCES, np.float32)
+    k = params["shrink"].reshape(-1).astype(np.float32)
+    return np.repeat(k, RESOURCES) if k.size == 1 else k
 
 
 def export_onnx(params: dict[str, np.ndarray], path: Path, *, doc: str = "") -> None:
@@ -266,7 +270,7 @@ def scaled_weights(
     lag[:, CONTEXT - 1] -= gw[:, :4].sum(axis=1)
     w = np.concatenate([lag, gw, bias.astype(np.float64)], axis=1)
     w2h = w2h.astype(np.float64)
-    k = float(shrink_of(params))  # p50 = a + k * (s * o50): scale the p50 columns
+    k = shrink_of(params).astype(np.float64)[:, None, None]  # p50 = a + k * (s * o50)
     w[:, :, hidden : hidden + HORIZON] *= k
     w2h[:, :, :HORIZON] *= k
     if "lin" in params:

@@ -78,19 +78,21 @@ def test_flat_history_forecasts_about_the_same_level(session: ort.InferenceSessi
 
 
 @pytest.mark.parametrize(("hidden", "shrink", "folded"),
-                         [(0, 1.0, False), (8, 0.6, False), (8, 0.4, True), (0, 0.0, True)])
-def test_export_of_any_parameters_equals_the_reference(tmp_path: Path, hidden: int,
-                                                       shrink: float, folded: bool) -> None:
+                         [(0, 1.0, False), (8, 0.6, False), (8, 0.4, True), (0, 0.0, True),
+                          (8, (0.3, 0.9), True)])
+def test_export_of_any_parameters_equals_the_reference(
+        tmp_path: Path, hidden: int, shrink: float | tuple[float, float], folded: bool) -> None:
     """The rearranged graph (scaled weights, p50 damping) for other shapes too: no
-    hidden layer, a damping factor other than the shipped one, and with the linear
-    path and the p90 calibration folded into the weights (or the linear path alone)."""
+    hidden layer, a damping factor other than the shipped one (one, or one per
+    resource), and with the linear path and the p90 calibration folded into the
+    weights (or the linear path alone)."""
     from models.model import N_GRAPH_INPUTS, export_onnx, init_params
 
     rng = np.random.default_rng(hidden)
     params = init_params(hidden, rng)
     for k in ("w2", "b1", "b2"):
         params[k] = rng.normal(0, 0.3, params[k].shape).astype(np.float32)
-    params["shrink"] = np.array([shrink], np.float32)
+    params["shrink"] = np.atleast_1d(np.array(shrink, np.float32))  # one, or per resource
     if folded:
         params["lin"] = rng.normal(0, 0.02, (2, N_GRAPH_INPUTS, HORIZON)).astype(np.float32)
         params["p90_log_scale"] = np.array([-0.3, 0.2], np.float32)
