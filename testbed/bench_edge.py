@@ -11,7 +11,8 @@ cloudcore, one agent in its network namespace):
    over --idle-s seconds, from utime+stime in /proc/PID/stat; separately
    cutime+cstime, the crun processes it spawned) with 0 and with 20 running pods.
 3. installed size of `pip install edgefed[edge]` in a fresh venv (du of
-   site-packages), and that onnxruntime, fastapi, uvicorn and numpy are absent.
+   site-packages), and that onnxruntime, fastapi, uvicorn, numpy and pydantic are
+   absent.
 
 A program that prints figures, not a timed test (CONVENTIONS: benchmarks).
 Needs root and the integration test packages (crun, conmon, skopeo, umoci,
@@ -37,6 +38,7 @@ from testbed.fleet import Fleet, FleetSettings
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 HEAVY = ("onnxruntime", "fastapi", "uvicorn", "numpy")
+CLOUD_ONLY = ("pydantic", "pydantic_core")  # shared.models: the cloud's and the CLI's schema
 
 
 def pod(name: str, image: str, labels: dict[str, str] | None = None) -> dict[str, Any]:
@@ -169,7 +171,8 @@ def install_size(src: Path) -> dict[str, Any]:
         tooling = sum(du(site / n) for n in ("pip", "setuptools", "_distutils_hack",
                                              "pkg_resources") if (site / n).exists())
         names = {p.name.lower() for p in site.iterdir()}
-        present = [h for h in HEAVY if any(n == h or n.startswith(f"{h}-") for n in names)]
+        present = [h for h in (*HEAVY, *CLOUD_ONLY)
+                   if any(n == h or n.startswith(f"{h}-") for n in names)]
         biggest = sorted(((du(p), p.name) for p in site.iterdir() if p.is_dir()), reverse=True)
         return {"total_mib": total / 2**20, "without_pip_setuptools_mib":
                 (total - tooling) / 2**20, "heavy_present": present,
@@ -239,8 +242,8 @@ def main() -> None:
         print(f"pip install edgefed[edge]: site-packages {size['total_mib']:.1f} MiB "
               f"({size['without_pip_setuptools_mib']:.1f} MiB without pip/setuptools); "
               f"largest: {size['largest']}")
-        print(f"heavy cloud packages present: {size['heavy_present'] or 'none'} "
-              f"(checked: {', '.join(HEAVY)})")
+        print(f"cloud-only packages present: {size['heavy_present'] or 'none'} "
+              f"(checked: {', '.join((*HEAVY, *CLOUD_ONLY))})")
 
 
 if __name__ == "__main__":

@@ -385,3 +385,7 @@ class ExtendedRuntime(Runtime, Protocol):
     async def rotate_logs(self, cid: str, *, max_bytes: int = 0, keep: int = 1) -> bool:
         """Move the live log aside (keeping ``keep`` old files); True if it did."""
         ...
+
+    async def pull_progress(self, image: str) -> PullProgress | None:
+        """Bytes and layers done of a pull of ``image`` in progress (``None``: none)."""
+        ...
