@@ -337,25 +337,36 @@ class ImageStore:
             active.inspecting = asyncio.ensure_future(self._learn_layers(active))
         return await asyncio.to_thread(self._measure, active)
 
-    def _measure(self, active: _ActivePull) -> PullProgress:
-        partial = 0
+    def _partial_blobs(self) -> dict[str, int]:
+        """skopeo's temp blob files in the layout: name -> bytes written so far."""
+        out: dict[str, int] = {}
         with contextlib.suppress(OSError):
             for entry in os.scandir(self.layout):
                 if entry.name.startswith(_PUT_BLOB):
                     with contextlib.suppress(OSError):
-                        partial += entry.stat().st_size
-        if active.layers is None:
+                        out[entry.name] = entry.stat().st_size
+        return out
+
+    def _measure(self, active: _ActivePull) -> PullProgress:
+        layers = active.layers
+        for _attempt in range(5):
+            before = self._partial_blobs()
+            done = [] if layers is None else [
+                (d, n) for d, n in layers if self._blob_path(d).exists()]
+            after = self._partial_blobs()
+            # A temp file renamed into blobs/ between the looks would be counted twice
+            # or not at all: take the look in which no temp file came or went.
+            if before.keys() == after.keys():
+                break
+        partial = sum(after.values())
+        if layers is None:
             return PullProgress(ref=active.ref, bytes_done=partial, bytes_total=None,
                                 layers_done=0, layers_total=None)
-        done_bytes = done_layers = 0
-        for digest, size in active.layers:
-            if self._blob_path(digest).exists():
-                done_bytes += size
-                done_layers += 1
-        total = sum(size for _, size in active.layers)
-        return PullProgress(ref=active.ref, bytes_done=min(total, done_bytes + partial),
-                            bytes_total=total, layers_done=done_layers,
-                            layers_total=len(active.layers))
+        total = sum(n for _, n in layers)
+        return PullProgress(ref=active.ref,
+                            bytes_done=min(total, sum(n for _, n in done) + partial),
+                            bytes_total=total, layers_done=len(done),
+                            layers_total=len(layers))
 
     async def _inspect_raw(self, ref: str, insecure: bool) -> dict[str, Any]:
         argv = [self._skopeo, "--policy", str(self._policy), "inspect", "--raw"]
