@@ -9,8 +9,9 @@ commands above never see an httpx exception. Tests inject an
 from __future__ import annotations
 
 import json as jsonlib
+import queue
+import threading
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from typing import Any
 from urllib.parse import quote
@@ -116,8 +117,11 @@ class ApiClient:
         """Objects of a kind; `namespace=None` means all namespaces. Pages through
         the list `page` objects at a time; `fields` asks only for those paths.
 
-        The next page is requested (from the `X-Continue` header) while this one is
-        parsed, so the server encodes page n+1 while the client decodes page n."""
+        A fetcher thread asks for page n+1 (from the `X-Continue` header) as soon as
+        page n has arrived, before this thread starts parsing page n, so cloudcore
+        encodes the next page while fedctl decodes this one. (Asking from this thread
+        after handing over would not overlap: `json.loads` keeps the GIL, so the
+        request would only leave once the page was parsed.)"""
         params = self._params(kind, namespace, selector, node)
         params["limit"] = str(page)
         if fields:
@@ -128,20 +132,44 @@ class ApiClient:
             return self._send("GET", url, params={**params, "continue": cont} if cont
                               else params)
 
-        items: list[dict[str, Any]] = []
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedctl-page") as pool:
-            pending = pool.submit(fetch, None)
-            while True:
-                resp = pending.result()
+        pages: queue.Queue[tuple[httpx.Response | BaseException, str | None]] = queue.Queue()
+        stop = threading.Event()
+
+        def fetcher() -> None:
+            cont: str | None = None
+            while not stop.is_set():
+                try:
+                    resp = fetch(cont)
+                except BaseException as exc:  # handed to the caller's thread
+                    pages.put((exc, None))
+                    return
                 ahead = resp.headers.get("x-continue") if resp.status_code < 400 else None
-                if ahead:
-                    pending = pool.submit(fetch, ahead)
-                got, cont = self._items(kind, self._decode(resp, what=None))
+                pages.put((resp, ahead))
+                if not ahead:
+                    return
+                cont = ahead
+
+        thread = threading.Thread(target=fetcher, name="fedctl-pages", daemon=True)
+        thread.start()
+        items: list[dict[str, Any]] = []
+        try:
+            while True:
+                got_resp, ahead = pages.get()
+                if isinstance(got_resp, BaseException):
+                    raise got_resp
+                got, cont = self._items(kind, self._decode(got_resp, what=None))
                 items += got
                 if not cont:
                     return items
-                if cont != ahead:  # no header (or a different token): fetch in turn
-                    pending = pool.submit(fetch, cont)
+                if cont != ahead:  # no header (an older server): fetch in turn
+                    break
+            while cont:
+                got, cont = self._items(kind, self._decode(fetch(cont), what=None))
+                items += got
+            return items
+        finally:
+            stop.set()
+            thread.join(timeout=0.1)
 
     def list_page(
         self,

@@ -7,7 +7,9 @@ status, as real agents would leave them) over a real LMDB store in a temporary
 directory, serves the real API with uvicorn on a free port, then times the real
 `fedctl` as subprocesses: `get nodes -o json` and the `get nodes` table, both with
 stdout to a file. Run 1 of each is "cold" (no cached JSON on the server: the first
-list after a restart or a long idle); run 2 is "live" (every node reported since the
+list within a second of a restart, before the background encoder has filled the
+`get nodes` view, or of another view after 10 minutes unlisted); run 2 is "live"
+(every node reported since the
 last list, which changes its lastSeen, and cloudcore's background encoder, as in the
 service, re-encoded them: its CPU time is printed); later runs are "warm". A
 benchmark prints figures, it asserts nothing.
@@ -83,7 +85,7 @@ async def bench(nodes: int, runs: int) -> None:
                                 ("get nodes -o name", ("get", "nodes", "-o", "name"))):
                 for run in range(runs):
                     what = "warm"
-                    if run == 0:  # cold: the first list after a restart or a long idle
+                    if run == 0:  # cold: the worst case, see the docstring
                         for cache in fleet._encoded.values():
                             cache.clear()
                         what = "cold"

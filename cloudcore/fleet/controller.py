@@ -38,7 +38,7 @@ from cloudcore.fleet.events import EventLog
 from cloudcore.fleet.eviction import Eviction
 from cloudcore.fleet.forecast import FORECAST_KEYS, WARN_INTERVAL, forecast_of, normalise
 from cloudcore.fleet.lifecycle import Liveness
-from cloudcore.fleet.projection import FAST
+from cloudcore.fleet.projection import PINNED
 from cloudcore.fleet.watch import WatchHub
 from cloudcore.scheduler import NodeView, Scheduler
 from cloudcore.scheduler.core import ARCH_LABEL, requests_of, unschedulable_message
@@ -430,15 +430,19 @@ class Fleet:
         """`encoded` for a page of keys, with the lookups done once per page: every
         report changes a node's lastSeen, so in a live fleet most of a 100k-node list
         is encoded afresh, and the per-object overhead is most of the cost."""
+        self._listed[(kind, fields)] = time.monotonic()
+        return self._encode_into(self._cache_of(kind, fields), kind, keys, fields)
+
+    def _cache_of(self, kind: str, fields: tuple[str, ...] | None) -> dict[Any, bytes]:
         cache = self._encoded.get((kind, fields))
         if cache is None:
             if len(self._encoded) >= 8:  # a few projections at most; drop the oldest
-                oldest = next(iter(self._encoded))
-                del self._encoded[oldest]
-                self._listed.pop(oldest, None)
+                oldest = next((p for p in self._encoded if p not in PINNED), None)
+                if oldest is not None:
+                    del self._encoded[oldest]
+                    self._listed.pop(oldest, None)
             cache = self._encoded[(kind, fields)] = {}
-        self._listed[(kind, fields)] = time.monotonic()
-        return self._encode_into(cache, kind, keys, fields)
+        return cache
 
     def _encode_into(self, cache: dict[Any, bytes], kind: str, keys: Iterable[Any],
                      fields: tuple[str, ...] | None) -> list[bytes]:
@@ -446,19 +450,14 @@ class Fleet:
         secret = kind == "Secret"
         get = cache.get
         out: list[bytes] = []
-        fast = None
         for key in keys:
             raw = get(key)
             if raw is None:
                 obj = table[key]
-                cls = type(obj)
-                if fields is not None and fast is None:
-                    fast = FAST.get((cls, fields), _no_fast)
-                if fast is None or (raw := fast(obj)) is None:
-                    # the serializer gives bytes: no str round-trip
-                    raw = cls.__pydantic_serializer__.to_json(
-                        obj, include=None if fields is None else _include(cls, fields),
-                        by_alias=True, exclude_none=True)
+                cls = type(obj)  # its serializer gives bytes: no str round-trip
+                raw = cls.__pydantic_serializer__.to_json(
+                    obj, include=None if fields is None else _include(cls, fields),
+                    by_alias=True, exclude_none=True)
                 if secret:
                     raw = _redact(raw)
                 cache[key] = raw
@@ -1069,13 +1068,14 @@ class Fleet:
 
     def refresh_encoded(self, limit: int) -> int:
         """Re-encode up to `limit` changed objects for every projection listed within
-        KEEP_WARM, so the next list finds them cached: in a live fleet every report
-        changes a node's lastSeen, and without this each `get nodes` would encode all
-        100k nodes again while the user waits. Projections not listed for KEEP_WARM
-        are dropped (their memory too). Returns how many objects it looked at."""
+        KEEP_WARM (and the PINNED ones), so the next list finds them cached: in a live
+        fleet every report changes a node's lastSeen, and without this each `get nodes`
+        would encode all 100k nodes again while the user waits. Other projections not
+        listed for KEEP_WARM are dropped (their memory too). Returns how many objects
+        it looked at."""
         now = time.monotonic()
         for proj, at in list(self._listed.items()):
-            if now - at > KEEP_WARM:
+            if now - at > KEEP_WARM and proj not in PINNED:
                 del self._listed[proj]
                 self._encoded.pop(proj, None)
         done = 0
@@ -1094,7 +1094,17 @@ class Fleet:
         return done
 
     async def keep_encoded(self, interval: float = 0.5, chunk: int = 2000) -> None:
-        """Run refresh_encoded in the background, a chunk per loop turn."""
+        """Encode the PINNED views (`fedctl get nodes`) once, then run refresh_encoded,
+        a chunk per loop turn, until cancelled."""
+        for kind, fields in sorted(PINNED, key=str):
+            cache = self._cache_of(kind, fields)
+            self._listed[(kind, fields)] = time.monotonic()
+            keys = self.sorted_keys(kind)
+            for i in range(0, len(keys), chunk):
+                page = [k for k in keys[i:i + chunk] if k not in cache]
+                self._encode_into(cache, kind, [k for k in page if k in self.table_of(kind)],
+                                  fields)
+                await asyncio.sleep(0)
         while True:
             await asyncio.sleep(interval)
             while self.refresh_encoded(chunk):
@@ -1159,10 +1169,6 @@ def _include(model: type, fields: tuple[str, ...]) -> dict[str, Any]:
                     break
                 dst = dst.setdefault(key, {})
     return inc
-
-
-def _no_fast(obj: Any) -> bytes | None:
-    return None
 
 
 REDACTED = "<redacted>"

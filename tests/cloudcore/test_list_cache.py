@@ -11,6 +11,8 @@ from cloudcore_fakes import add_node, make_fleet
 
 from cloudcore.fleet import controller
 from cloudcore.fleet.controller import Fleet
+from cloudcore.fleet.projection import NODE_TABLE
+from fedctl.render import TABLE_FIELDS
 from shared.models import parse_object
 
 TABLE = ("metadata.name", "status.lastSeen", "status.ready")
@@ -103,3 +105,23 @@ async def test_keep_encoded_runs_until_cancelled() -> None:
             break
     task.cancel()
     assert "a" in fleet._encoded[("Node", TABLE)]
+
+
+async def test_the_get_nodes_view_is_encoded_at_start_and_kept() -> None:
+    assert tuple(sorted(set(TABLE_FIELDS["Node"]))) == NODE_TABLE  # what fedctl asks for
+    fleet = make_fleet()
+    for i in range(30):
+        add_node(fleet, f"n{i:02d}")
+    task = asyncio.create_task(fleet.keep_encoded(interval=0.01, chunk=7))
+    try:
+        await asyncio.sleep(0.05)
+        cache = fleet._encoded[("Node", NODE_TABLE)]
+        assert len(cache) == 30  # before anyone listed
+        for proj in fleet._listed:  # as if nobody had listed it for ages
+            fleet._listed[proj] -= controller.KEEP_WARM + 1
+        fleet.clock = lambda: 2e9
+        fleet.mark_ready("n03")
+        await asyncio.sleep(0.05)
+        assert json.loads(fleet._encoded[("Node", NODE_TABLE)]["n03"])["status"]["lastSeen"] == 2e9
+    finally:
+        task.cancel()
