@@ -33,6 +33,7 @@ import uvicorn
 from cloudcore.api import create_app
 from cloudcore.config import StoreSettings
 from cloudcore.fleet import Fleet, Liveness
+from cloudcore.fleet.projection import NODE_TABLE
 from cloudcore.metrics import Metrics
 from cloudcore.scheduler import Scheduler
 from cloudcore.store import Store
@@ -80,6 +81,10 @@ async def bench(nodes: int, runs: int) -> None:
             secs, _ = await asyncio.to_thread(_fedctl, url, "--help", out=out)
             print(f"fedctl --help (interpreter + imports): {secs:.2f} s")
             refresher = asyncio.create_task(fleet.keep_encoded())
+            t = time.perf_counter()
+            while len(fleet._encoded.get(("Node", NODE_TABLE), ())) < nodes:
+                await asyncio.sleep(0.01)  # the service encodes the get-nodes view at start
+            print(f"get-nodes view encoded in the background in {time.perf_counter() - t:.2f} s")
             for label, args in (("get nodes -o json", ("get", "nodes", "-o", "json")),
                                 ("get nodes (table)", ("get", "nodes")),
                                 ("get nodes -o name", ("get", "nodes", "-o", "name"))):
