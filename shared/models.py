@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import json
 from typing import Any, Literal
@@ -40,10 +41,16 @@ class _Model(BaseModel):
     def dump(self) -> dict[str, Any]:
         """JSON-able dict with Kubernetes field names, defaults left out."""
         out = self.model_dump(mode="json", by_alias=True, exclude_none=True, exclude_defaults=True)
-        for key in ("api_version", "kind"):
-            if key in type(self).model_fields:
-                out = {to_camel(key): getattr(self, key), **out}
+        for key in _identity_fields(type(self)):
+            out = {to_camel(key): getattr(self, key), **out}
         return out
+
+
+@functools.cache
+def _identity_fields(cls: type[_Model]) -> tuple[str, ...]:
+    """Which of api_version and kind a model has (`model_fields` is a slow descriptor
+    in pydantic 2.11+, and `dump` runs for every pod entry of every rollout)."""
+    return tuple(k for k in ("api_version", "kind") if k in cls.model_fields)
 
 
 def _check_name(v: str) -> str:
