@@ -148,9 +148,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 async def _main(settings: Settings) -> None:
-    from cloudcore.service import run
+    from cloudcore.service import run, tune_gc
 
-    task = asyncio.create_task(run(settings), name="cloudcore")
+    task = asyncio.create_task(run(settings, on_started=lambda _: tune_gc()), name="cloudcore")
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, task.cancel)
