@@ -126,21 +126,25 @@ def telemetry_point(
     return {"ts": ts, "node": dict(node), "pods": {k: dict(v) for k, v in pods.items()}}
 
 
-def pod_entry(pod: models.Pod) -> dict[str, Any]:
-    """The desired-set value for a pod placed on a node."""
-    from shared.models import spec_hash
-
+def pod_entry(pod: models.Pod, *, revision: str | None = None) -> dict[str, Any]:
+    """The desired-set value for a pod placed on a node. A caller that makes many pods
+    of one template may pass the `revision` it computed once (`pod_revision`)."""
     spec = pod.spec.dump()
-    # The revision names what runs, not where: every pod of one template revision has
-    # the same revision on every node (placement is not a change to the containers).
-    template = {k: v for k, v in spec.items() if k != "nodeName"}
     return {
         "name": pod.metadata.name,
         "namespace": pod.metadata.namespace,
         "labels": pod.metadata.labels,
         "spec": spec,
-        "revision": spec_hash(template),
+        "revision": revision if revision is not None else pod_revision(spec),
     }
+
+
+def pod_revision(spec: dict[str, Any]) -> str:
+    """The revision names what runs, not where: every pod of one template revision has
+    the same revision on every node (placement is not a change to the containers)."""
+    from shared.models import spec_hash
+
+    return spec_hash({k: v for k, v in spec.items() if k != "nodeName"})
 
 
 @dataclass(frozen=True)

@@ -63,7 +63,6 @@ from shared.models import (
     Namespace,
     Node,
     Pod,
-    PodSpec,
     PodStatus,
     PodTemplate,
     Secret,
@@ -160,6 +159,7 @@ class Fleet:
         """When each cached projection was last listed (monotonic): the ones listed
         within KEEP_WARM are re-encoded in the background as objects change."""
         self._stale: dict[str, set[Any]] = {}
+        self._revisions: dict[str, str] = {}  # template hash -> pod revision
         self._sorted: dict[str, tuple[int, list[Any]]] = {}
         self.desired: dict[str, NodeDesired] = {}
         self.report_seq: dict[str, int] = {}
@@ -1025,7 +1025,7 @@ class Fleet:
             for pk in self._on_node.get(name, ()):
                 entry = self._entries.get(pk)
                 if entry is None:
-                    entry = self._entries[pk] = pod_entry(self.pods[pk])
+                    entry = self._entries[pk] = self._pod_entry(self.pods[pk])
                 wanted[pod_key(*pk)] = entry
                 for ck in self._pod_refs(pk):
                     value = self._config_entry(ck)
@@ -1046,6 +1046,20 @@ class Fleet:
             self.listener(changed)
 
     # -- internals: persistence ---------------------------------------------------------
+
+    def _pod_entry(self, pod: Pod) -> dict[str, Any]:
+        """pod_entry, with the revision of template-made pods hashed once per template
+        (the same spec but nodeName for every pod of a DaemonSet)."""
+        thash = pod.metadata.annotations.get(naming.TEMPLATE_HASH)
+        if thash is None or naming.OWNER not in pod.metadata.annotations:
+            return pod_entry(pod)
+        revision = self._revisions.get(thash)
+        entry = pod_entry(pod, revision=revision)
+        if revision is None:
+            if len(self._revisions) >= 1024:
+                self._revisions.clear()
+            self._revisions[thash] = entry["revision"]
+        return entry
 
     def _save_node(self, name: str) -> None:
         node = self.nodes[name]
@@ -1219,18 +1233,26 @@ def _check_selector(obj: DaemonSet | Deployment) -> None:
                           field="spec.selector.matchLabels")
 
 
+_SPEC_SOURCES: dict[str, dict[str, Any]] = {}
+"""Template hash -> the template's pod spec as a plain dict, dumped once per template
+rather than once per pod (a DaemonSet over 100k nodes makes 100k pods of one template)."""
+
+
 def _pod_from_template(tpl: PodTemplate, *, ns: str, name: str, owner: str, thash: str,
                        node: str | None) -> Pod:
-    spec: PodSpec = tpl.spec.model_copy(deep=True)
-    if node is not None:
-        spec.node_name = node
-    pod = Pod.model_validate({"metadata": {"name": name, "namespace": ns}, "spec": {
-        "containers": [{"name": "x", "image": "x"}]}})
-    pod.spec = spec
-    pod.metadata.labels = dict(tpl.metadata.labels)
-    pod.metadata.annotations = {**tpl.metadata.annotations, naming.OWNER: owner,
-                                naming.TEMPLATE_HASH: thash}
-    return pod
+    src = _SPEC_SOURCES.get(thash)
+    if src is None:
+        if len(_SPEC_SOURCES) >= 256:
+            _SPEC_SOURCES.clear()
+        src = _SPEC_SOURCES[thash] = tpl.spec.model_dump()
+    # One validation builds the pod with its own copies of every list and dict (a
+    # deep copy of the template's model plus a placeholder pod cost three times more).
+    return Pod.model_validate({
+        "metadata": {"name": name, "namespace": ns, "labels": tpl.metadata.labels,
+                     "annotations": {**tpl.metadata.annotations, naming.OWNER: owner,
+                                     naming.TEMPLATE_HASH: thash}},
+        "spec": src if node is None else {**src, "node_name": node},
+    })
 
 
 def _daemon(pod: Pod) -> bool:
