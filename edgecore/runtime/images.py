@@ -177,6 +177,7 @@ class ImageStore:
         self._min_free_bytes = min_free_bytes
         self._lock = asyncio.Lock()
         self._active: dict[str, _ActivePull] = {}
+        self._pulls: dict[str, tuple[asyncio.Task[str], list[int]]] = {}  # ref -> (copy, waiters)
         self.cache.mkdir(parents=True, exist_ok=True)
         # Our own policy file: the store must not depend on the host's
         # /etc/containers.  Signature checking is not done (see docs/runtime.md).
@@ -270,6 +271,33 @@ class ImageStore:
             return digest
         if insecure is None:
             insecure = registry_of(ref) in self._insecure
+        # Pods that want the same image share one copy and its outcome: behind the
+        # store lock, each would otherwise copy in turn, and from an unreachable
+        # registry each failure takes a connect timeout (N pods of a dead image held
+        # every other pull on the node for N x 60 s, new specs included).
+        shared = self._pulls.get(ref)
+        if shared is None:
+            task = asyncio.create_task(self._pull_once(ref, insecure, policy), name=f"pull {ref}")
+            shared = self._pulls[ref] = (task, [0])
+            task.add_done_callback(lambda t, r=ref: self._pull_done(r, t))
+        task, waiters = shared
+        waiters[0] += 1
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if waiters[0] == 1 and not task.done():  # nobody else wants it: stop skopeo
+                task.cancel()
+            raise
+        finally:
+            waiters[0] -= 1
+
+    def _pull_done(self, ref: str, task: asyncio.Task[str]) -> None:
+        if self._pulls.get(ref, (None,))[0] is task:
+            del self._pulls[ref]
+        if not task.cancelled():
+            task.exception()  # retrieved here: every waiter may have been cancelled
+
+    async def _pull_once(self, ref: str, insecure: bool, policy: PullPolicy) -> str:
         active = self._active.setdefault(ref, _ActivePull(ref, insecure))
         try:
             async with self._lock:

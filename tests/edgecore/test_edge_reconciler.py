@@ -311,3 +311,23 @@ def test_container_ids_are_unambiguous_and_short() -> None:
     long = container_id("n" * 63, "p" * 200, "c" * 63, "abcdef1234")
     assert len(long) <= 100
     assert long != container_id("n" * 63, "p" * 199 + "q", "c" * 63, "abcdef1234")
+
+
+async def test_a_new_image_replaces_one_whose_pull_keeps_failing(world: World) -> None:
+    """The registry of the old image is gone (moved, or a typo fixed by a new apply):
+    the next start uses the new spec at once, and the old image is not tried again."""
+    key, old = pod("web", image="gone.example:5000/busybox:1", policy="Always")
+    world.runtime.fail_images["gone.example:5000/busybox:1"] = ImagePullError("unreachable")
+    world.set((key, old))
+    await world.step()
+    assert world.status(key).reason == "ImagePullBackOff"
+    _, new = pod("web", image="busybox:2", policy="Always")
+    assert new["revision"] != old["revision"]
+    world.set((key, new))
+    tried = len([op for op in world.runtime.calls if "gone.example" in str(op)])
+    await world.step()
+    st = world.status(key)
+    assert st.phase == "Running", st
+    assert st.revision == new["revision"]
+    assert len([op for op in world.runtime.calls if "gone.example" in str(op)]) == tried
+
