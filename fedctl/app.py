@@ -462,13 +462,19 @@ def _condition(
 
         def now(o: dict[str, Any]) -> str:
             st = o.get("status") or {}
+            if not render.pod_up_to_date(o):
+                rev = render.pod_revision(o)
+                return f"{st.get('phase', 'Pending')}: updating to revision {rev}"
             reason = st.get("reason") or render._pod_reason(o)
             return f"{st.get('phase', 'Pending')}" + (
                 f": {reason}" if reason and reason != "-" else ""
             )
 
         def ok(o: dict[str, Any]) -> bool:
-            return (o.get("status") or {}).get("phase", "Pending") == canonical
+            # Running means running the current spec: after an update the status is the
+            # old revision's until the agent reports the new one.
+            return (o.get("status") or {}).get("phase", "Pending") == canonical and (
+                canonical != "Running" or render.pod_up_to_date(o))
     elif kind is kinds.NODE:
         allowed = _NODE_STATES
         canonical = next((p for p in allowed if p.lower() == wanted.lower()), None)

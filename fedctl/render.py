@@ -276,6 +276,22 @@ def _table(cols: list[Column], items: list[dict[str, Any]]) -> Table:
     return t
 
 
+REVISION_ANNOTATION = "edgefed.io/revision"
+"""The revision of a pod's current spec, set by cloudcore (its `naming.REVISION`)."""
+
+
+def pod_revision(o: dict[str, Any]) -> str | None:
+    """The revision the pod should run, if cloudcore recorded it."""
+    rev = ((o.get("metadata") or {}).get("annotations") or {}).get(REVISION_ANNOTATION)
+    return rev if isinstance(rev, str) else None
+
+
+def pod_up_to_date(o: dict[str, Any]) -> bool:
+    """Whether the pod's status is about its current spec (no revision recorded: yes)."""
+    want = pod_revision(o)
+    return want is None or (o.get("status") or {}).get("revision") == want
+
+
 TABLE_FIELDS: dict[str, tuple[str, ...]] = {
     "Node": ("metadata.name", "status.ready", "spec.unschedulable", "status.lastSeen",
              "status.ackedGen", "status.desiredGen"),

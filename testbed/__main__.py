@@ -115,9 +115,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
             t1 = time.monotonic()
 
             def converged() -> bool:
+                # Running the applied spec: after an update a pod's status stays the
+                # old revision's until its agent reports the new one.
                 pods = fleet.pods()
                 return len(pods) == want and all(
-                    p.get("status", {}).get("phase") == "Running" for p in pods)
+                    p.get("status", {}).get("phase") == "Running" and p.get("status", {}).get(
+                        "revision") == p["metadata"].get("annotations", {}).get(
+                        "edgefed.io/revision", p.get("status", {}).get("revision"))
+                    for p in pods)
 
             try:
                 fleet.wait(converged, timeout=120, what=f"{want} pods Running")

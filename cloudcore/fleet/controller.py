@@ -50,6 +50,7 @@ from shared.entries import (
     configmap_entry,
     pod_entry,
     pod_key,
+    pod_revision,
     referenced_keys,
     secret_entry,
     split_key,
@@ -802,7 +803,10 @@ class Fleet:
         self._put_pod(key, obj, old)
 
     def _put_pod(self, key: Key, pod: Pod, old: Pod | None) -> None:
-        """Store a new or updated pod and (re)place it."""
+        """Store a new or updated pod and (re)place it. Its status stays the old one
+        until the agent reports; the REVISION annotation tells the two apart."""
+        pod.metadata.annotations.pop(naming.REVISION, None)  # never the user's
+        pod.metadata.annotations[naming.REVISION] = self._revision_of(pod)
         if old is not None:
             pod.status = old.status
             if naming.SCHEDULED in old.metadata.annotations:
@@ -1048,18 +1052,25 @@ class Fleet:
     # -- internals: persistence ---------------------------------------------------------
 
     def _pod_entry(self, pod: Pod) -> dict[str, Any]:
-        """pod_entry, with the revision of template-made pods hashed once per template
-        (the same spec but nodeName for every pod of a DaemonSet)."""
-        thash = pod.metadata.annotations.get(naming.TEMPLATE_HASH)
-        if thash is None or naming.OWNER not in pod.metadata.annotations:
-            return pod_entry(pod)
-        revision = self._revisions.get(thash)
-        entry = pod_entry(pod, revision=revision)
-        if revision is None:
+        """pod_entry with the revision recorded on the pod (REVISION annotation)."""
+        return pod_entry(pod, revision=self._revision_of(pod))
+
+    def _revision_of(self, pod: Pod) -> str:
+        """The revision of the pod's spec: its annotation, else hashed (once per
+        template for template-made pods: the same spec but nodeName for every pod of
+        a DaemonSet)."""
+        ann = pod.metadata.annotations
+        if (rev := ann.get(naming.REVISION)) is not None:
+            return rev
+        thash = ann.get(naming.TEMPLATE_HASH)
+        if thash is None or naming.OWNER not in ann:
+            return pod_revision(pod.spec.dump())
+        rev = self._revisions.get(thash)
+        if rev is None:
             if len(self._revisions) >= 1024:
                 self._revisions.clear()
-            self._revisions[thash] = entry["revision"]
-        return entry
+            rev = self._revisions[thash] = pod_revision(pod.spec.dump())
+        return rev
 
     def _save_node(self, name: str) -> None:
         node = self.nodes[name]
@@ -1197,7 +1208,8 @@ def _redact(raw: bytes) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode()
 
 
-_SYSTEM_ANNOTATIONS = (naming.SCHEDULED, naming.HEARTBEAT, naming.APPLIED_LABELS)
+_SYSTEM_ANNOTATIONS = (naming.SCHEDULED, naming.HEARTBEAT, naming.APPLIED_LABELS,
+                       naming.REVISION)
 
 
 def _comparable(obj: Any) -> dict[str, Any]:

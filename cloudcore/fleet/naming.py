@@ -10,6 +10,10 @@ OWNER = "edgefed.io/owner"
 """`Kind/namespace/name` of the workload that owns a pod."""
 TEMPLATE_HASH = "edgefed.io/template-hash"
 """Hash of the pod template a pod was made from (detects template updates)."""
+REVISION = "edgefed.io/revision"
+"""The revision of a pod's current spec (what its desired entry carries). The pod
+runs its current spec once `status.revision`, which the agent reports, equals it;
+until then it is being updated (its status is still the old revision's)."""
 SCHEDULED = "edgefed.io/scheduled"
 """The scheduler's last decision about a pod, in words (`fedctl describe` shows it)."""
 HEARTBEAT = "edgefed.io/heartbeat"

@@ -144,6 +144,7 @@ class Reconciler:
         self.passes = 0
         self._wake = asyncio.Event()
         self._inflight: dict[str, asyncio.Task[None]] = {}
+        self._inflight_rev: dict[str, str | None] = {}  # the revision each task works for
         self._parsed: dict[str, tuple[Any, PodEntry | Exception]] = {}
         self._records = {k: PodRecord.from_dict(v) for k, v in cache.pod_records().items()}
 
@@ -230,18 +231,35 @@ class Reconciler:
         self._deferred = False
         started: list[asyncio.Task[None]] = []
         for key in sorted(keys):
+            want = wanted.get(key)
             if key in self._inflight:
+                rev = want.revision if isinstance(want, PodEntry) else None
+                if rev != self._inflight_rev.get(key) and not self._inflight[key].done():
+                    # Work for a superseded spec (typically a pull from a registry that
+                    # is gone, which can take a minute to fail): stop it, as a shutdown
+                    # would, and start the new spec as soon as it has unwound.
+                    log.info("%s: a new revision %s arrived; stopping the work on %s",
+                             key, rev, self._inflight_rev.get(key))
+                    self._inflight[key].cancel()
                 self._deferred = True
                 continue
             task = asyncio.create_task(
-                self._sync_pod(key, wanted.get(key), groups.get(key, []), desired.items),
+                self._sync_pod(key, want, groups.get(key, []), desired.items),
                 name=f"edgecore[{self.node}].reconciler.{key}",
             )
             self._inflight[key] = task
-            task.add_done_callback(lambda _t, k=key: self._inflight.pop(k, None))
+            self._inflight_rev[key] = want.revision if isinstance(want, PodEntry) else None
+            task.add_done_callback(lambda t, k=key: self._work_done(k, t))
             started.append(task)
         if wait and started:
-            await asyncio.gather(*started)
+            await asyncio.gather(*started, return_exceptions=True)  # superseded: cancelled
+
+    def _work_done(self, key: str, task: asyncio.Task[None]) -> None:
+        if self._inflight.get(key) is task:
+            del self._inflight[key]
+            self._inflight_rev.pop(key, None)
+        if task.cancelled():
+            self.wake()  # superseded (or shutting down): pass again now
 
     def desired_images(self) -> set[str]:
         """The image of every container of every desired pod (image GC keeps them)."""

@@ -169,3 +169,38 @@ def test_long_names_are_hashed() -> None:
     name = child_name("d" * 200, "n" * 100)
     assert len(name) <= 253 and name[-11] == "-"
     assert child_name("a", "b") == "a-b"
+
+
+def test_an_updated_pod_says_which_revision_it_should_run() -> None:
+    """After a template update the pod keeps its old status until the agent reports;
+    its REVISION annotation (what its desired entry carries) tells them apart."""
+    from cloudcore.fleet.naming import REVISION
+    from fedctl.render import pod_up_to_date
+
+    fleet = make_fleet()
+    add_node(fleet, "n1")
+    apply(fleet, daemonset())
+    key = ("default", "agent-n1")
+    (value, _), = fleet.desired["n1"].items.values()
+    rev1 = fleet.pods[key].metadata.annotations[REVISION]
+    assert value["revision"] == rev1
+    fleet.pod_statuses("n1", {pod_key(*key): {"phase": "Running", "revision": rev1}})
+    assert pod_up_to_date(fleet.get("Pod", "default", "agent-n1"))
+
+    apply(fleet, daemonset(args=["sleep", "2d"]))
+    (value, _), = fleet.desired["n1"].items.values()
+    pod = fleet.pods[key]
+    rev2 = pod.metadata.annotations[REVISION]
+    assert rev2 != rev1 and value["revision"] == rev2
+    assert pod.status.phase == "Running" and pod.status.revision == rev1  # still the old
+    assert not pod_up_to_date(fleet.get("Pod", "default", "agent-n1"))
+    fleet.pod_statuses("n1", {pod_key(*key): {"phase": "Running", "revision": rev2}})
+    assert pod_up_to_date(fleet.get("Pod", "default", "agent-n1"))
+
+    # a user's own value of the annotation is not taken
+    bare = {"apiVersion": "v1", "kind": "Pod", "metadata": {
+        "name": "solo", "annotations": {REVISION: "forged"}},
+        "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "busybox"}]}}
+    apply(fleet, bare)
+    assert fleet.pods[("default", "solo")].metadata.annotations[REVISION] != "forged"
+    assert apply(fleet, bare) == ["unchanged"]  # and it does not make apply see a change

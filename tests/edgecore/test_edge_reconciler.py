@@ -331,3 +331,43 @@ async def test_a_new_image_replaces_one_whose_pull_keeps_failing(world: World) -
     assert st.revision == new["revision"]
     assert len([op for op in world.runtime.calls if "gone.example" in str(op)]) == tried
 
+
+
+async def test_a_new_spec_stops_the_pull_of_the_old_one(world: World) -> None:
+    """The new spec arrives while the old image's pull still hangs (a registry that is
+    gone can take a minute to fail): that work is stopped and the new spec starts."""
+    import asyncio
+
+    gate = asyncio.Event()
+    pulled: list[str] = []
+
+    async def images() -> list[Any]:
+        return []
+
+    async def pull(image: str, **_: Any) -> str:
+        pulled.append(image)
+        if image.startswith("gone.example"):
+            await gate.wait()  # never set: the old registry does not answer
+        return "sha256:" + "0" * 64
+
+    world.runtime.images = images  # type: ignore[attr-defined]
+    world.runtime.pull = pull  # type: ignore[method-assign]
+    key, old = pod("web", image="gone.example:5000/busybox:1", policy="Always")
+    world.set((key, old))
+    await world.rec.reconcile_once(wait=False)
+    for _ in range(100):
+        await asyncio.sleep(0.01)
+        if pulled:
+            break
+    assert pulled == ["gone.example:5000/busybox:1"]
+    _, new = pod("web", image="busybox:2", policy="Always")
+    world.set((key, new))
+    await world.rec.reconcile_once(wait=False)  # cancels the superseded work
+    for _ in range(100):
+        await asyncio.sleep(0.01)
+        if not world.rec._inflight:
+            break
+    await world.step()
+    st = world.status(key)
+    assert (st.phase, st.revision) == ("Running", new["revision"]), st
+    assert pulled == ["gone.example:5000/busybox:1", "busybox:2"]
