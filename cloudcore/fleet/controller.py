@@ -160,7 +160,6 @@ class Fleet:
         """When each cached projection was last listed (monotonic): the ones listed
         within KEEP_WARM are re-encoded in the background as objects change."""
         self._stale: dict[str, set[Any]] = {}
-        self._revisions: dict[str, str] = {}  # template hash -> pod revision
         self._sorted: dict[str, tuple[int, list[Any]]] = {}
         self.desired: dict[str, NodeDesired] = {}
         self.report_seq: dict[str, int] = {}
@@ -802,11 +801,13 @@ class Fleet:
             obj.metadata.annotations = {**old.metadata.annotations, **obj.metadata.annotations}
         self._put_pod(key, obj, old)
 
-    def _put_pod(self, key: Key, pod: Pod, old: Pod | None) -> None:
+    def _put_pod(self, key: Key, pod: Pod, old: Pod | None, *,
+                 revision: str | None = None) -> None:
         """Store a new or updated pod and (re)place it. Its status stays the old one
-        until the agent reports; the REVISION annotation tells the two apart."""
-        pod.metadata.annotations.pop(naming.REVISION, None)  # never the user's
-        pod.metadata.annotations[naming.REVISION] = self._revision_of(pod)
+        until the agent reports; the REVISION annotation (`revision`, else hashed from
+        the spec, never the user's value) tells the two apart."""
+        pod.metadata.annotations[naming.REVISION] = (
+            revision if revision is not None else pod_revision(pod.spec.dump()))
         if old is not None:
             pod.status = old.status
             if naming.SCHEDULED in old.metadata.annotations:
@@ -870,7 +871,7 @@ class Fleet:
     def _sync_daemonset(self, ds: DaemonSet, nodes: Iterable[str]) -> None:
         ns, dsname = ds.metadata.namespace, ds.metadata.name
         owner = f"DaemonSet/{ns}/{dsname}"
-        thash = spec_hash(ds.spec.template.dump())
+        tpl = _Template(ds.spec.template)
         for name in list(nodes):
             node = self.nodes.get(name)
             if node is None:
@@ -882,27 +883,25 @@ class Fleet:
                 if pod is not None and pod.metadata.annotations.get(naming.OWNER) == owner:
                     self._delete_pod(key)
                 continue
-            if pod is not None and pod.metadata.annotations.get(naming.TEMPLATE_HASH) == thash:
+            if pod is not None and pod.metadata.annotations.get(naming.TEMPLATE_HASH) == tpl.thash:
                 continue
-            new = _pod_from_template(ds.spec.template, ns=ns, name=key[1], owner=owner,
-                                     thash=thash, node=name)
-            self._put_pod(key, new, pod)
+            self._put_pod(key, tpl.pod(ns=ns, name=key[1], owner=owner, node=name), pod,
+                          revision=tpl.revision)
 
     def _sync_deployment(self, dep: Deployment) -> None:
         ns, depname = dep.metadata.namespace, dep.metadata.name
         owner = f"Deployment/{ns}/{depname}"
-        thash = spec_hash(dep.spec.template.dump())
+        tpl = _Template(dep.spec.template)
         wanted = {(ns, naming.child_name(depname, str(i))) for i in range(dep.spec.replicas)}
         for key in self._owned(owner):
             if key not in wanted:
                 self._delete_pod(key)
         for key in sorted(wanted, key=lambda k: k[1]):
             pod = self.pods.get(key)
-            if pod is not None and pod.metadata.annotations.get(naming.TEMPLATE_HASH) == thash:
+            if pod is not None and pod.metadata.annotations.get(naming.TEMPLATE_HASH) == tpl.thash:
                 continue
-            new = _pod_from_template(dep.spec.template, ns=ns, name=key[1], owner=owner,
-                                     thash=thash, node=None)
-            self._put_pod(key, new, pod)
+            self._put_pod(key, tpl.pod(ns=ns, name=key[1], owner=owner, node=None), pod,
+                          revision=tpl.revision)
 
     def _node_changed(self, name: str) -> None:
         """A node joined or changed labels/taints/capacity: DaemonSets and pending pods."""
@@ -1052,25 +1051,9 @@ class Fleet:
     # -- internals: persistence ---------------------------------------------------------
 
     def _pod_entry(self, pod: Pod) -> dict[str, Any]:
-        """pod_entry with the revision recorded on the pod (REVISION annotation)."""
-        return pod_entry(pod, revision=self._revision_of(pod))
-
-    def _revision_of(self, pod: Pod) -> str:
-        """The revision of the pod's spec: its annotation, else hashed (once per
-        template for template-made pods: the same spec but nodeName for every pod of
-        a DaemonSet)."""
-        ann = pod.metadata.annotations
-        if (rev := ann.get(naming.REVISION)) is not None:
-            return rev
-        thash = ann.get(naming.TEMPLATE_HASH)
-        if thash is None or naming.OWNER not in ann:
-            return pod_revision(pod.spec.dump())
-        rev = self._revisions.get(thash)
-        if rev is None:
-            if len(self._revisions) >= 1024:
-                self._revisions.clear()
-            rev = self._revisions[thash] = pod_revision(pod.spec.dump())
-        return rev
+        """pod_entry with the revision recorded on the pod (pods stored before the
+        REVISION annotation existed have theirs hashed)."""
+        return pod_entry(pod, revision=pod.metadata.annotations.get(naming.REVISION))
 
     def _save_node(self, name: str) -> None:
         node = self.nodes[name]
@@ -1112,7 +1095,7 @@ class Fleet:
             take = [k for k in take if k in table]
             for (k, fields), cache in list(self._encoded.items()):
                 if k == kind:
-                    self._encode_into(cache, kind, [x for x in take if x not in cache], fields)
+                    self._encode_into(cache, kind, take, fields)
             done += len(take)
             if done >= limit:
                 break
@@ -1124,10 +1107,9 @@ class Fleet:
         for kind, fields in sorted(PINNED, key=str):
             cache = self._cache_of(kind, fields)
             self._listed[(kind, fields)] = time.monotonic()
-            keys = self.sorted_keys(kind)
-            for i in range(0, len(keys), chunk):
-                page = [k for k in keys[i:i + chunk] if k not in cache]
-                self._encode_into(cache, kind, [k for k in page if k in self.table_of(kind)],
+            keys, table = self.sorted_keys(kind), self.table_of(kind)
+            for i in range(0, len(keys), chunk):  # keys may go while this yields
+                self._encode_into(cache, kind, [k for k in keys[i:i + chunk] if k in table],
                                   fields)
                 await asyncio.sleep(0)
         while True:
@@ -1245,26 +1227,32 @@ def _check_selector(obj: DaemonSet | Deployment) -> None:
                           field="spec.selector.matchLabels")
 
 
-_SPEC_SOURCES: dict[str, dict[str, Any]] = {}
-"""Template hash -> the template's pod spec as a plain dict, dumped once per template
-rather than once per pod (a DaemonSet over 100k nodes makes 100k pods of one template)."""
+class _Template:
+    """A workload's pod template, prepared once for the many pods made from it (a
+    DaemonSet over 100k nodes makes 100k pods of one template)."""
 
+    def __init__(self, tpl: PodTemplate) -> None:
+        self.tpl = tpl
+        self.thash = spec_hash(tpl.dump())
 
-def _pod_from_template(tpl: PodTemplate, *, ns: str, name: str, owner: str, thash: str,
-                       node: str | None) -> Pod:
-    src = _SPEC_SOURCES.get(thash)
-    if src is None:
-        if len(_SPEC_SOURCES) >= 256:
-            _SPEC_SOURCES.clear()
-        src = _SPEC_SOURCES[thash] = tpl.spec.model_dump()
-    # One validation builds the pod with its own copies of every list and dict (a
-    # deep copy of the template's model plus a placeholder pod cost three times more).
-    return Pod.model_validate({
-        "metadata": {"name": name, "namespace": ns, "labels": tpl.metadata.labels,
-                     "annotations": {**tpl.metadata.annotations, naming.OWNER: owner,
-                                     naming.TEMPLATE_HASH: thash}},
-        "spec": src if node is None else {**src, "node_name": node},
-    })
+    @functools.cached_property
+    def spec(self) -> dict[str, Any]:
+        return self.tpl.spec.model_dump()
+
+    @functools.cached_property
+    def revision(self) -> str:
+        """What every pod of it runs: the same spec but nodeName."""
+        return pod_revision(self.tpl.spec.dump())
+
+    def pod(self, *, ns: str, name: str, owner: str, node: str | None) -> Pod:
+        # One validation builds the pod with its own copies of every list and dict (a
+        # deep copy of the template's model plus a placeholder pod cost three times more).
+        return Pod.model_validate({
+            "metadata": {"name": name, "namespace": ns, "labels": self.tpl.metadata.labels,
+                         "annotations": {**self.tpl.metadata.annotations, naming.OWNER: owner,
+                                         naming.TEMPLATE_HASH: self.thash}},
+            "spec": self.spec if node is None else {**self.spec, "node_name": node},
+        })
 
 
 def _daemon(pod: Pod) -> bool:
