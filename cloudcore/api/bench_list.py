@@ -33,6 +33,7 @@ import uvicorn
 from cloudcore.api import create_app
 from cloudcore.config import StoreSettings
 from cloudcore.fleet import Fleet, Liveness
+from cloudcore.fleet.bench_apply import register_nodes
 from cloudcore.fleet.projection import NODE_TABLE
 from cloudcore.metrics import Metrics
 from cloudcore.scheduler import Scheduler
@@ -54,19 +55,7 @@ async def bench(nodes: int, runs: int) -> None:
             fleet = Fleet(store=store, scheduler=Scheduler(),
                           liveness=Liveness(default_heartbeat=30, missed=3, now=0))
             t = time.perf_counter()
-            for i in range(nodes):
-                name = f"edge-{i:06d}"
-                fleet.register_node(name)
-                fleet.node_status(name, {
-                    "allocatable": {"cpu": 4000, "memory": 8 << 30, "pods": 110},
-                    "capacity": {"cpu": 4000, "memory": 8 << 30, "pods": 110},
-                    "arch": "arm64" if i % 3 else "amd64", "agentVersion": "0.1.0",
-                    "labels": {"zone": f"z{i % 50}", "site": f"shop-{i % 1000}"},
-                    "heartbeat": 30})
-                fleet.mark_ready(name)
-                if i % 5000 == 4999:
-                    await store.flush()
-            await store.flush()
+            await register_nodes(fleet, store, nodes)
             print(f"registered {nodes} nodes in {time.perf_counter() - t:.1f} s", flush=True)
             sock = socket.socket()
             sock.bind(("127.0.0.1", 0))

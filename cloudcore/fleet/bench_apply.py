@@ -19,13 +19,31 @@ import tempfile
 import time
 from pathlib import Path
 
+from cloudcore.config import StoreSettings
+from cloudcore.fleet import Fleet, Liveness
+from cloudcore.scheduler import Scheduler
+from cloudcore.store import Store
+
+
+async def register_nodes(fleet: Fleet, store: Store, nodes: int) -> None:
+    """`nodes` Ready nodes with capacity, labels and arch, as agents leave them."""
+    for i in range(nodes):
+        name = f"edge-{i:06d}"
+        fleet.register_node(name)
+        fleet.node_status(name, {
+            "allocatable": {"cpu": 4000, "memory": 8 << 30, "pods": 110},
+            "capacity": {"cpu": 4000, "memory": 8 << 30, "pods": 110},
+            "arch": "arm64" if i % 3 else "amd64", "agentVersion": "0.1.0",
+            "labels": {"zone": f"z{i % 50}", "site": f"shop-{i % 1000}"},
+            "heartbeat": 30})
+        fleet.mark_ready(name)
+        if i % 5000 == 4999:
+            await store.flush()
+    await store.flush()
+
 
 async def _one(nodes: int, tuned: bool) -> None:
-    from cloudcore.config import StoreSettings
-    from cloudcore.fleet import Fleet, Liveness
-    from cloudcore.scheduler import Scheduler
     from cloudcore.service import tune_gc
-    from cloudcore.store import Store
     from shared.models import parse_object
 
     with tempfile.TemporaryDirectory(prefix="bench-apply-") as tmp:
@@ -33,15 +51,7 @@ async def _one(nodes: int, tuned: bool) -> None:
             writer = asyncio.create_task(store.run())
             fleet = Fleet(store=store, scheduler=Scheduler(),
                           liveness=Liveness(default_heartbeat=30, missed=3, now=0))
-            for i in range(nodes):
-                name = f"edge-{i:06d}"
-                fleet.register_node(name)
-                fleet.node_status(name, {"allocatable": {"cpu": 4000, "memory": 8 << 30,
-                                                         "pods": 110}, "heartbeat": 30})
-                fleet.mark_ready(name)
-                if i % 5000 == 4999:
-                    await store.flush()
-            await store.flush()
+            await register_nodes(fleet, store, nodes)
             if tuned:
                 tune_gc()
             ds = parse_object({
