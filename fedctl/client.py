@@ -161,12 +161,9 @@ class ApiClient:
                 items += got
                 if not cont:
                     return items
-                if cont != ahead:  # no header (an older server): fetch in turn
-                    break
-            while cont:
-                got, cont = self._items(kind, self._decode(fetch(cont), what=None))
-                items += got
-            return items
+                if cont != ahead:  # the fetcher follows the header, which must agree
+                    raise ServerError(f"cloudcore's page of {kind.plural} has a continue "
+                                      "token but no matching X-Continue header", status=200)
         finally:
             stop.set()
             thread.join(timeout=0.1)
