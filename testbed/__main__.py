@@ -21,6 +21,7 @@ from pathlib import Path
 
 import yaml
 
+from fedctl.render import pod_up_to_date
 from testbed.fleet import Fleet, FleetSettings
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -119,9 +120,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 # old revision's until its agent reports the new one.
                 pods = fleet.pods()
                 return len(pods) == want and all(
-                    p.get("status", {}).get("phase") == "Running" and p.get("status", {}).get(
-                        "revision") == p["metadata"].get("annotations", {}).get(
-                        "edgefed.io/revision", p.get("status", {}).get("revision"))
+                    (p.get("status") or {}).get("phase") == "Running" and pod_up_to_date(p)
                     for p in pods)
 
             try:
