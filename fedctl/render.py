@@ -131,13 +131,17 @@ def _pod_restarts(pod: dict[str, Any]) -> int:
 
 
 def _pod_reason(pod: dict[str, Any]) -> str:
+    """The status' reason; `Updating` first while the node still reports an older
+    revision than the pod's spec (an offline node keeps running the old one)."""
     reason = _dig(pod, "status", "reason")
-    if reason:
-        return str(reason)
-    for c in _dig(pod, "status", "containerStatuses", default=[]):
-        if c.get("reason"):
-            return str(c["reason"])
-    return "-"
+    if not reason:
+        for c in _dig(pod, "status", "containerStatuses", default=[]):
+            if c.get("reason"):
+                reason = c["reason"]
+                break
+    if not pod_up_to_date(pod) and _dig(pod, "status", "revision"):
+        return f"Updating ({reason})" if reason else "Updating"
+    return str(reason) if reason else "-"
 
 
 def _pod_ready(pod: dict[str, Any]) -> str:
@@ -295,8 +299,9 @@ def pod_up_to_date(o: dict[str, Any]) -> bool:
 TABLE_FIELDS: dict[str, tuple[str, ...]] = {
     "Node": ("metadata.name", "status.ready", "spec.unschedulable", "status.lastSeen",
              "status.ackedGen", "status.desiredGen"),
-    "Pod": ("metadata.name", "metadata.namespace", "status.nodeName", "spec.nodeName",
-            "status.phase", "status.containerStatuses", "status.reason"),
+    "Pod": ("metadata.name", "metadata.namespace", "metadata.annotations", "status.nodeName",
+            "spec.nodeName", "status.phase", "status.containerStatuses", "status.reason",
+            "status.revision"),
 }
 """What the default (not wide) table of a kind reads: `get` asks cloudcore for only
 these fields, which makes a 100k-node table several times cheaper to fetch and parse."""

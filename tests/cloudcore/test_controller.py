@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -175,7 +176,7 @@ def test_an_updated_pod_says_which_revision_it_should_run() -> None:
     """After a template update the pod keeps its old status until the agent reports;
     its REVISION annotation (what its desired entry carries) tells them apart."""
     from cloudcore.fleet.naming import REVISION
-    from fedctl.render import pod_up_to_date
+    from fedctl.render import TABLE_FIELDS, _pod_reason, pod_up_to_date
 
     fleet = make_fleet()
     add_node(fleet, "n1")
@@ -194,8 +195,14 @@ def test_an_updated_pod_says_which_revision_it_should_run() -> None:
     assert rev2 != rev1 and value["revision"] == rev2
     assert pod.status.phase == "Running" and pod.status.revision == rev1  # still the old
     assert not pod_up_to_date(fleet.get("Pod", "default", "agent-n1"))
+    # `fedctl get pods` asks for its table fields only; they carry what it needs to say so
+    fields = tuple(sorted(set(TABLE_FIELDS["Pod"])))
+    row = json.loads(fleet.encoded("Pod", key, fields))
+    assert _pod_reason(row) == "Updating" and not pod_up_to_date(row)
     fleet.pod_statuses("n1", {pod_key(*key): {"phase": "Running", "revision": rev2}})
     assert pod_up_to_date(fleet.get("Pod", "default", "agent-n1"))
+    row = json.loads(fleet.encoded("Pod", key, fields))
+    assert _pod_reason(row) == "-" and pod_up_to_date(row)
 
     # a user's own value of the annotation is not taken
     bare = {"apiVersion": "v1", "kind": "Pod", "metadata": {
