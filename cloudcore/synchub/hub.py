@@ -195,6 +195,11 @@ class SyncHub:
         if msg.seq <= last:
             self.fleet.heard(node, self.clock())
             self.metrics.inc("cloudcore_reports_duplicate_total")
+            # An agent that cannot persist a new report (full disk) beats with an acked
+            # seq: proof of life for a NotReady node. Not for an Unknown one: after a
+            # restart a duplicate may be the broker redelivering from before it.
+            if self.fleet.nodes[node].status.ready == "NotReady":
+                self.fleet.mark_ready(node)
             self._ack_report(node, last)
             return
         if msg.node_status:

@@ -155,6 +155,11 @@ async def test_sync_flow_reports_bad_input_will_and_restart(
             await edge.publish(encode(Will(node="e1")), direction="will")
             await until(lambda: fleet.nodes["e1"].status.ready == "NotReady")
             assert fleet.nodes["e1"].status.reason == "NodeLinkLost"
+            # back, but its disk is full: the heartbeat reuses an acked seq (a duplicate),
+            # which is proof of life for a NotReady node
+            await edge.send(Report(node="e1", seq=2))
+            assert (await edge.recv(ReportAck)).seq == 2
+            assert fleet.nodes["e1"].status.ready == "Ready"
 
     # restart on the same state dir: same epoch, desired sets and acks; Unknown
     epoch = run.store.epoch

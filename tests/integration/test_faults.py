@@ -346,6 +346,17 @@ def test_disk_full_agent_survives_and_recovers(fleet: Fleet, chaos: Chaos) -> No
         assert a.proc.alive(), "the agent exited on a full disk"
         assert s["ready"] == "Ready"  # unpersisted heartbeats (a duplicate seq) keep it so
         assert "sending them unpersisted" in log_since(a, off)
+        # cut off while the disk is full: NotReady; after the heal its unpersisted
+        # heartbeats (an acked seq, a duplicate) make it Ready again
+        chaos.cut(a.name)
+        fleet.wait(lambda: node_status(fleet, a.name)["ready"] == "NotReady", timeout=20,
+                   interval=0.1, what="NotReady while cut")
+        chaos.heal(a.name)
+        t = time.monotonic()
+        fleet.wait(lambda: node_status(fleet, a.name)["ready"] == "Ready", timeout=60,
+                   interval=0.2, what="Ready after the heal, the disk still full")
+        figure("disk_full.ready_after_heal_s", round(time.monotonic() - t, 2))
+        assert cached(a)[1] == gen0  # still nothing persisted
     finally:
         reader.communicate("", timeout=10)
     chaos.free_disk(a.name)
