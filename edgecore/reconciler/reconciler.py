@@ -35,6 +35,12 @@ retried every pass without counting as a failure. Running containers with
 probes get a prober (`edgecore.prober`): its readiness becomes
 ContainerStatus.ready, and a liveness/startup failure makes the reconciler
 stop the container, which is then restarted like a crash ("Unhealthy: ...").
+
+A cache write the disk refuses (pod records, accelerator allocations) does not
+fail the pod: its status stays what the containers say, the newest value waits
+in memory and is retried with backoff (0.5 s doubling to 30 s), logged once a
+minute. An agent restart before the retry succeeds loses those records (restart
+counts, CrashLoopBackOff schedule), not the containers.
 """
 
 from __future__ import annotations
@@ -50,7 +56,9 @@ from typing import Any, Protocol
 from edgecore.backoff import capped_delay
 from edgecore.cache import Cache
 from edgecore.devices import DeviceAllocator, InsufficientDevices, wanted
+from edgecore.errors import CacheError
 from edgecore.prober import ProbeManager
+from edgecore.ratelimit import RateLimitedLog
 from edgecore.reconciler.naming import (
     ANN_CONTAINER,
     ANN_GRACE,
@@ -147,6 +155,12 @@ class Reconciler:
         self._inflight_rev: dict[str, str | None] = {}  # the revision each task works for
         self._parsed: dict[str, tuple[Any, PodEntry | Exception]] = {}
         self._records = {k: PodRecord.from_dict(v) for k, v in cache.pod_records().items()}
+        # Cache writes that failed (CacheError: a full disk), newest per (what, pod key),
+        # retried with backoff; meanwhile the in-memory records are the truth.
+        self._unpersisted: dict[tuple[str, str], tuple[Callable[..., object], tuple[Any, ...]]] = {}
+        self._persist_failures = 0
+        self._persist_retry_at = 0.0
+        self._persist_log = RateLimitedLog(log)
 
     def wake(self) -> None:
         """Ask for a pass as soon as possible (e.g. after a new desired set was persisted)."""
@@ -189,6 +203,8 @@ class Reconciler:
         now = self.clock()
         if self._deferred or now - self._last_full >= self.resync_s:
             return True
+        if self._unpersisted and now >= self._persist_retry_at:
+            return True
         return any(self._last_full < c.next_start_at <= now and not c.completed
                    for r in self._records.values() for c in r.containers.values())
 
@@ -197,12 +213,15 @@ class Reconciler:
         now = self.clock()
         due = [c.next_start_at for r in self._records.values() for c in r.containers.values()
                if c.next_start_at > now and not c.completed]
+        if self._unpersisted and self._persist_retry_at > now:
+            due.append(self._persist_retry_at)
         soonest = min(due, default=now + self.interval_s) - now
         return max(0.05, min(self.interval_s, soonest + 0.01))
 
     async def reconcile_once(self, *, wait: bool = True) -> None:
         """One pass over every pod; with `wait`, returns when all of its pod work is done."""
         self.passes += 1
+        await self._retry_unpersisted()
         desired = self.desired()
         token = self._token()  # before the list: an exit during it shows next time
         try:
@@ -288,6 +307,47 @@ class Reconciler:
             del self._parsed[gone]
         return out
 
+    # -- cache writes that a full disk refused -------------------------------------------
+
+    async def _persist(self, slot: tuple[str, str], fn: Callable[..., object],
+                       *args: Any) -> None:
+        """Write to the cache. A CacheError (a full disk) does not fail the pod: the
+        write waits, newest per slot, for `_retry_unpersisted`; the in-memory state
+        stays the truth for this process (a restart before the retry loses it)."""
+        self._unpersisted.pop(slot, None)  # an older failed write of the slot is moot
+        try:
+            await asyncio.to_thread(fn, *args)
+        except CacheError as exc:
+            self._unpersisted[slot] = (fn, args)
+            self._persist_failed(exc)
+
+    def _persist_failed(self, exc: CacheError) -> None:
+        self._persist_failures += 1
+        self._persist_retry_at = self.clock() + capped_delay(
+            self._persist_failures, initial=0.5, cap=30.0)
+        self._persist_log.warning(
+            "cache", "cannot persist pod records (%d waiting, retried with backoff): %s",
+            len(self._unpersisted), exc)
+
+    async def _retry_unpersisted(self) -> None:
+        """Retry the waiting writes once due; not those of pods with work in flight
+        (their task writes the newer value itself)."""
+        if not self._unpersisted or self.clock() < self._persist_retry_at:
+            return
+        for slot, write in list(self._unpersisted.items()):
+            if slot[1] in self._inflight:
+                continue
+            try:
+                await asyncio.to_thread(write[0], *write[1])
+            except CacheError as exc:
+                self._persist_failed(exc)
+                return
+            if self._unpersisted.get(slot) is write:
+                del self._unpersisted[slot]
+        if not self._unpersisted:
+            self._persist_failures = 0
+            log.info("pod records are persisted again")
+
     # -- one pod ------------------------------------------------------------------------
 
     async def _sync_pod(
@@ -318,9 +378,9 @@ class Reconciler:
             log.info("removing %s (%d containers): no longer desired", key, len(states))
         await self._stop_remove(states)
         if self._records.pop(key, None) is not None:
-            await asyncio.to_thread(self.cache.delete_pod_record, key)
+            await self._persist(("record", key), self.cache.delete_pod_record, key)
         if self.devices is not None and self.devices.release(key):
-            await asyncio.to_thread(self.cache.put_pod_allocation, key, None)
+            await self._persist(("allocation", key), self.cache.put_pod_allocation, key, None)
         if self.volumes is not None and await asyncio.to_thread(self.volumes.remove, key):
             log.info("removed the volumes of %s", key)
         self.sink.update(key, None)
@@ -374,8 +434,8 @@ class Reconciler:
         await self._stop_remove(stale)
         ctx = await self._prepare(entry, items)
         if self.devices is not None and self.devices.retain(key, names):
-            await asyncio.to_thread(self.cache.put_pod_allocation, key,
-                                    self.devices.pod_value(key))
+            await self._persist(("allocation", key), self.cache.put_pod_allocation, key,
+                                self.devices.pod_value(key))
         statuses = []
         for c in entry.spec.containers:
             cid = container_id(ns, name, c.name, entry.revision)
@@ -383,7 +443,7 @@ class Reconciler:
                                                   rec.container(c.name), ctx=ctx))
         after = rec.to_dict()
         if after != before:
-            await asyncio.to_thread(self.cache.put_pod_record, key, after)
+            await self._persist(("record", key), self.cache.put_pod_record, key, after)
         return pod_status(statuses, revision=entry.revision, node=self.node)
 
     async def _prepare(self, entry: PodEntry, items: dict[str, Any]) -> _PodContext:
@@ -629,8 +689,8 @@ class Reconciler:
             return []
         devices, changed = self.devices.allocate(entry.key, c)
         if changed:
-            await asyncio.to_thread(self.cache.put_pod_allocation, entry.key,
-                                    self.devices.pod_value(entry.key))
+            await self._persist(("allocation", entry.key), self.cache.put_pod_allocation,
+                                entry.key, self.devices.pod_value(entry.key))
         return devices
 
     def _running(self, name: str, rec: ContainerRecord, *, ready: bool,

@@ -371,3 +371,56 @@ async def test_a_new_spec_stops_the_pull_of_the_old_one(world: World) -> None:
     st = world.status(key)
     assert (st.phase, st.revision) == ("Running", new["revision"]), st
     assert pulled == ["gone.example:5000/busybox:1", "busybox:2"]
+
+
+async def test_a_full_disk_does_not_fail_pods_and_records_are_written_later(
+        world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgecore.errors import CacheError
+
+    real_put = world.cache.put_pod_record
+    full = True
+    attempts = []
+
+    def put(key: str, value: dict) -> None:
+        attempts.append(key)
+        if full:
+            raise CacheError("cache write failed: mdb_txn_commit: No space left on device")
+        real_put(key, value)
+
+    monkeypatch.setattr(world.cache, "put_pod_record", put)
+    key, entry = pod("web")
+    world.set((key, entry))
+    await world.step()
+    assert world.status(key).phase == "Running"  # not a ReconcileError
+    assert key not in world.cache.pod_records() and len(attempts) == 1
+    await world.step()  # backing off: not retried before 0.5 s
+    assert len(attempts) == 1
+    world.clock.t += 0.6
+    await world.step()  # still full: retried, still waiting, the pod untouched
+    assert len(attempts) == 2 and world.status(key).phase == "Running"
+    full = False
+    world.clock.t += 0.6
+    await world.step()  # not due yet (second failure: 1 s)
+    assert len(attempts) == 2 and key not in world.cache.pod_records()
+    world.clock.t += 0.6
+    await world.step()
+    assert world.cache.pod_records()[key]["revision"] == entry["revision"]
+    assert not world.rec._unpersisted
+    # a later delete while the disk is full is not overwritten by the older write
+    real_delete = world.cache.delete_pod_record
+
+    def delete(key: str) -> None:
+        if full:
+            raise CacheError("cache write failed: mdb_txn_commit: No space left on device")
+        real_delete(key)
+
+    monkeypatch.setattr(world.cache, "delete_pod_record", delete)
+    full = True
+    world.set()
+    await world.step()
+    assert world.sink.latest[key] is None and not world.runtime.running()
+    assert key in world.cache.pod_records()
+    full = False
+    world.clock.t += 1.0
+    await world.step()
+    assert key not in world.cache.pod_records()
