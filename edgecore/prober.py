@@ -89,11 +89,21 @@ class ContainerProber:
         return [t for t in self.tracks if t.kind != "startup"]
 
     def next_due(self) -> float | None:
+        self._bound(self.clock())
         return min((t.next_at for t in self._active()), default=None)
+
+    def _bound(self, now: float) -> None:
+        """The wall clock can go back (an NTP step, a device booting offline without a
+        battery-backed clock): no probe is due further off than its period (or its
+        initial delay), or a liveness probe would pause until the clock catches up."""
+        for t in self.tracks:
+            t.next_at = min(t.next_at, now + max(t.probe.period_seconds,
+                                                 t.probe.initial_delay_seconds))
 
     async def step(self, now: float | None = None) -> None:
         """Run every active probe due at `now` (concurrently) and apply the results."""
         now = self.clock() if now is None else now
+        self._bound(now)
         due = [t for t in self._active() if t.next_at <= now]
         if not due:
             return

@@ -201,6 +201,8 @@ class Reconciler:
         if token is None or self._last_full is None or token != self._last_token:
             return True
         now = self.clock()
+        if now < self._last_full:  # the wall clock went back: pass (and re-anchor) now
+            return True
         if self._deferred or now - self._last_full >= self.resync_s:
             return True
         if self._unpersisted and now >= self._persist_retry_at:
@@ -464,6 +466,11 @@ class Reconciler:
         rec: ContainerRecord, *, ctx: _PodContext,
     ) -> ContainerStatus:
         now = self.clock()
+        # The wall clock can go back (a device without a battery-backed clock booting
+        # offline, an NTP step): a restart is never due further off than its backoff
+        # from now, or a crashed container would wait for the clock to catch up.
+        rec.next_start_at = min(rec.next_start_at,
+                                now + self.crashloop.delay(max(rec.failures, 1)))
         if st is not None and st.status == "running":
             if rec.running_since is None:  # adopted without a record (e.g. cache lost)
                 rec.running_since = st.started_at

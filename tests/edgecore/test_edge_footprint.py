@@ -104,6 +104,13 @@ async def test_resync_without_token_or_after_resync_s(cache: Cache) -> None:
     assert not rec._pass_needed()
     now[0] += 31
     assert rec._pass_needed()
+    await rec.reconcile_once()
+    now[0] -= 86_400  # the wall clock went a day back: resync now, not in a day
+    assert rec._pass_needed()
+    await rec.reconcile_once()
+    assert not rec._pass_needed()
+    now[0] += 31
+    assert rec._pass_needed()
     plain = Reconciler(node="n", runtime=FakeRuntime(), cache=cache,
                        desired=lambda: desired(1), sink=Sink(), interval_s=0.05)
     await plain.reconcile_once()

@@ -96,6 +96,24 @@ async def test_liveness_failures_mark_unhealthy_and_stop_probing() -> None:
     assert len(fn.calls) == n
 
 
+async def test_liveness_keeps_probing_when_the_clock_goes_back() -> None:
+    """An NTP step back (or a device booting offline without a battery-backed clock)
+    must not pause a liveness probe until the wall clock catches up."""
+    fn = Scripted()
+    fn.results = {"live": [True, False, False, False]}
+    c = container(livenessProbe=probe("live", periodSeconds=10, failureThreshold=3))
+    p = ContainerProber(cid="c", container=c, started_at=1000.0, probe=fn,
+                        on_change=lambda: None)
+    await p.step(1000.0)
+    assert fn.calls == ["live"]
+    back = 1000.0 - 86_400.0  # a day back
+    await p.step(back)  # the pre-jump due time (1010) is pulled in to one period from now
+    assert fn.calls == ["live"] and p.next_due() is not None
+    for t in (10.0, 20.0, 30.0):
+        await p.step(back + t)
+    assert p.state.unhealthy is not None and len(fn.calls) == 4
+
+
 async def test_startup_failure_threshold_is_unhealthy() -> None:
     fn = Scripted()
     fn.results = {"startup": [False, False]}

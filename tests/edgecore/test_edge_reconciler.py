@@ -187,6 +187,25 @@ async def test_crashloop_backoff_schedule(world: World) -> None:
     assert "back-off 10s" in (world.status(key).container_statuses[0].message or "")
 
 
+async def test_a_clock_going_back_does_not_hold_a_restart(world: World) -> None:
+    """A device without a battery-backed clock that boots offline, or an NTP step: a
+    crashed container is restarted after its backoff, not when the clock catches up."""
+    key, entry = pod("web")
+    world.set((key, entry))
+    await world.step()
+    c = cid("web", entry)
+    world.clock.t += 1
+    world.runtime.exit(c, 1)
+    await world.step()  # restart due in 10 s
+    world.clock.t -= 86_400.0  # a day back
+    await world.step()
+    assert c not in world.runtime.running()
+    assert "back-off 10s" in (world.status(key).container_statuses[0].message or "")
+    world.clock.t += 10.0
+    await world.step()
+    assert c in world.runtime.running()
+
+
 @pytest.mark.parametrize(("policy", "code", "phase", "restarts"), [
     ("Never", 0, "Succeeded", False),
     ("Never", 3, "Failed", False),
