@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from edgecore.backoff import Backoff, jittered
 from edgecore.cache import Cache
+from edgecore.cache.check import open_checked
 from edgecore.config import AgentSettings
 from edgecore.devices import DeviceAllocator, discover
 from edgecore.errors import CacheError
@@ -74,8 +75,10 @@ class Agent:
     async def run(self) -> None:
         s = self.settings
         s.state_dir.mkdir(parents=True, exist_ok=True)
-        cache = self.cache = Cache(s.cache_dir, map_bytes=s.cache_map_bytes,
-                                   outbox_budget=s.outbox_budget_bytes)
+        cache, _ = await asyncio.to_thread(
+            open_checked, s.cache_dir, map_bytes=s.cache_map_bytes,
+            outbox_budget=s.outbox_budget_bytes)
+        self.cache = cache
         try:
             runtime = self._runtime or self._make_runtime()
             sync = self.sync = SyncHandler(node=s.node, cache=cache)

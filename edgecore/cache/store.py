@@ -80,6 +80,20 @@ def _unpack(b: bytes) -> Any:
     return msgpack.unpackb(b, raw=False, strict_map_key=False)
 
 
+def check_entry(db: bytes, key: bytes, value: bytes) -> None:
+    """Raises if an entry of database `db` is not what this module writes there
+    (`edgecore.cache.check` reads a whole suspicious file with it, in a child)."""
+    if (db, key) in ((b"desired", _GEN), (b"meta", _SEQ)):
+        if len(value) != 8:
+            raise ValueError(f"{db.decode()} {key.decode()}: not an 8-byte counter")
+    elif db == b"outbox":
+        if len(key) != 8 or value[:1] not in {k.value for k in OutboxKind}:
+            raise ValueError("an outbox entry is malformed")
+        _unpack(value[1:])
+    else:
+        _unpack(value)
+
+
 class Cache:
     """One open LMDB environment. Use as a context manager or call `close()`."""
 

@@ -165,3 +165,67 @@ def test_closed_cache_raises_cache_error(tmp_path: Path) -> None:
     cache.close()  # idempotent
     with pytest.raises(CacheError):
         cache.get_desired()
+
+
+# -- a corrupt cache file (failing SD card, bad write): checked in a child, moved aside --
+
+
+def _filled(path: Path) -> EdgeDesired:
+    d = EdgeDesired(epoch="e1", gen=3, items={f"pod/default/p{i}": {"x": "y" * 200}
+                                              for i in range(50)})
+    with Cache(path) as cache:
+        cache.put_desired(d)
+        cache.append_report(_report, kind=OutboxKind.STATUS)
+    return d
+
+
+def test_a_readable_cache_passes_the_check_and_keeps_its_data(tmp_path: Path) -> None:
+    from edgecore.cache.check import check, open_checked
+
+    assert check(tmp_path / "none") is None  # nothing yet: a fresh cache
+    d = _filled(tmp_path / "c")
+    assert check(tmp_path / "c") is None
+    cache, why = open_checked(tmp_path / "c")
+    with cache:
+        assert why is None and cache.get_desired() == d
+    assert not (tmp_path / "c.corrupt").exists()
+
+
+def test_damaged_pages_are_caught_and_the_cache_is_moved_aside(tmp_path: Path) -> None:
+    from edgecore.cache.check import check, open_checked
+
+    path = tmp_path / "c"
+    _filled(path)
+    data = path / "data.mdb"
+    raw = bytearray(data.read_bytes())
+    raw[2 * 4096:] = bytes((i * 131 + 7) % 256 for i in range(len(raw) - 2 * 4096))
+    data.write_bytes(bytes(raw))  # the two meta pages intact, every tree page garbage
+    why = check(path)
+    assert why is not None
+    cache, why2 = open_checked(path)
+    with cache:
+        assert why2 == why
+        assert cache.get_desired() == EdgeDesired()  # fresh: the cloud sends it again
+        cache.put_desired(EdgeDesired(epoch="e2", gen=1, items={}))
+    assert (tmp_path / "c.corrupt" / "data.mdb").read_bytes() == bytes(raw)  # kept to look at
+    # a second corrupt cache replaces the first one set aside (bounded disk use)
+    (path / "data.mdb").write_bytes(b"not lmdb at all" * 1000)
+    cache, why3 = open_checked(path)
+    cache.close()
+    assert why3 is not None
+    assert (tmp_path / "c.corrupt" / "data.mdb").read_bytes().startswith(b"not lmdb")
+
+
+def test_a_value_the_agent_could_not_decode_is_corrupt(tmp_path: Path) -> None:
+    import lmdb
+
+    from edgecore.cache.check import check
+
+    path = tmp_path / "c"
+    _filled(path)
+    env = lmdb.open(str(path), max_dbs=8)
+    with env.begin(write=True, db=env.open_db(b"desired")) as txn:
+        txn.put(b"k/pod/default/p0", b"\xc1\xc1")  # 0xc1 is never valid msgpack
+    env.close()
+    why = check(path)
+    assert why is not None and "p0" not in why  # the reason, not the data

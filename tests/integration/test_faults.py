@@ -427,6 +427,35 @@ def test_duplicated_reordered_corrupted_deltas_change_nothing(fleet: Fleet,
     assert settled(fleet, a)
 
 
+def test_corrupt_cache_is_set_aside_and_rebuilt_from_the_cloud(fleet: Fleet,
+                                                               chaos: Chaos) -> None:
+    """A failing SD card garbles the agent's LMDB file while it is down: the agent
+    checks it in a child process, moves it aside, starts with an empty cache, gets
+    its desired set again from the cloud and keeps its running containers."""
+    a = fleet.agents[0]
+    fleet.apply([sleeper("pt", "corrupt-1")])
+    fleet.wait(lambda: settled(fleet, a) and bool(running_revisions(a)), timeout=60,
+               what="settled before")
+    before = {c.id: c.pid for c in containers(a) if c.status == "running"}
+    chaos.kill_agent(a.name)
+    fleet.wait(lambda: node_status(fleet, a.name)["ready"] == "NotReady", timeout=20,
+               interval=0.1, what="NotReady after the kill")
+    data = a.state_dir / "cache" / "data.mdb"
+    raw = bytearray(data.read_bytes())
+    raw[2 * 4096:] = random.Random(7).randbytes(len(raw) - 2 * 4096)  # every tree page
+    data.write_bytes(bytes(raw))
+    off = log_size(a)
+    t = time.monotonic()
+    chaos.start_agent(a.name)
+    fleet.wait(lambda: settled(fleet, a), timeout=60, what="settled with a rebuilt cache")
+    figure("corrupt_cache.settled_s", round(time.monotonic() - t, 2))
+    text = log_since(a, off)
+    assert "is corrupt" in text and "starting with an empty one" in text
+    assert (a.state_dir / "cache.corrupt" / "data.mdb").read_bytes() == bytes(raw)
+    assert {c.id: c.pid for c in containers(a) if c.status == "running"} == before
+    # Ready again means a new report was processed: the cloud restarted its seq count
+
+
 def test_500_simulated_nodes_reconnect_without_notready(fleet: Fleet, chaos: Chaos,
                                                         tmp_path: Path) -> None:
     assert fleet.broker is not None
