@@ -433,9 +433,88 @@ class Pod(_Model):
     status: PodStatus = Field(default_factory=PodStatus)
 
 
+def _count_or_percent(v: int | str, *, low: int) -> int | str:
+    if isinstance(v, bool):
+        raise ValueError("must be a number or a percentage such as '10%'")
+    if isinstance(v, int):
+        if v < low:
+            raise ValueError(f"must be at least {low}")
+        return v
+    text = v.strip()
+    if not text.endswith("%") or not text[:-1].isdigit() or not low <= int(text[:-1]) <= 100:
+        raise ValueError(f"must be a number or a percentage from {low}% to 100%, not {v!r}")
+    return text
+
+
+def resolve_count(v: int | str, total: int, *, round_up: bool) -> int:
+    """A count-or-percentage of `total` (percentages rounded up or down, as Kubernetes
+    does for maxUnavailable (down, at least 1) and for thresholds)."""
+    if isinstance(v, int):
+        return v
+    pct = int(v[:-1])
+    whole, rest = divmod(pct * total, 100)
+    return whole + (1 if round_up and rest else 0)
+
+
+class RollingUpdate(_Model):
+    """Kubernetes' `rollingUpdate`: `maxUnavailable` nodes are updated at a time."""
+
+    max_unavailable: int | str = 1
+
+    @field_validator("max_unavailable")
+    @classmethod
+    def _max_unavailable(cls, v: int | str) -> int | str:
+        return _count_or_percent(v, low=1)
+
+
+class UpdateStrategy(_Model):
+    """How a template change reaches the pods. Kubernetes' fields plus edgefed's
+    health gate: `failureThreshold` failed updated pods are tolerated (a number or a
+    percentage of the pods); one more aborts the rollout, and with `autoRollback`
+    (default) every updated pod goes back to the last template that rolled out."""
+
+    type: Literal["RollingUpdate"] = "RollingUpdate"
+    rolling_update: RollingUpdate = Field(default_factory=RollingUpdate)
+    failure_threshold: int | str = 0
+    auto_rollback: bool = True
+
+    @field_validator("failure_threshold")
+    @classmethod
+    def _failure_threshold(cls, v: int | str) -> int | str:
+        return _count_or_percent(v, low=0)
+
+
+class RolloutStatus(_Model):
+    """Where the rollout of the workload's template stands (edgefed's)."""
+
+    phase: Literal["Complete", "Progressing", "Paused", "RolledBack", "Aborted"] = "Complete"
+    message: str | None = None
+    failed: int = 0
+
+
+class WorkloadStatus(_Model):
+    """DaemonSet status, with Kubernetes' field names, computed by cloudcore."""
+
+    observed_generation: int | None = None
+    desired_number_scheduled: int = 0
+    updated_number_scheduled: int = 0
+    number_ready: int = 0
+    number_available: int = 0
+    current_revision: str | None = None  # the template that last rolled out everywhere
+    update_revision: str | None = None  # spec.template's
+    rollout: RolloutStatus = Field(default_factory=RolloutStatus)
+
+
 class DaemonSetSpec(_Model):
     selector: LabelSelector = Field(default_factory=LabelSelector)
     template: PodTemplate
+    update_strategy: UpdateStrategy | None = None
+    """None: a template change reaches every node at once (edgefed's default, unlike
+    Kubernetes, which rolls one node at a time)."""
+    min_ready_seconds: int = Field(default=0, ge=0, le=86_400)
+    progress_deadline_seconds: int = Field(default=600, ge=1, le=7 * 86_400)
+    """An updated pod not Ready within this long (on a Ready node) counts as failed."""
+    paused: bool = False
 
 
 class DaemonSet(_Model):
@@ -443,6 +522,7 @@ class DaemonSet(_Model):
     kind: Literal["DaemonSet"] = "DaemonSet"
     metadata: ObjectMeta
     spec: DaemonSetSpec
+    status: WorkloadStatus | None = None
 
 
 class DeploymentSpec(_Model):

@@ -39,6 +39,8 @@ from cloudcore.fleet.eviction import Eviction
 from cloudcore.fleet.forecast import FORECAST_KEYS, WARN_INTERVAL, forecast_of, normalise
 from cloudcore.fleet.lifecycle import Liveness
 from cloudcore.fleet.projection import PINNED
+from cloudcore.fleet.rollout import Rollouts
+from cloudcore.fleet.template import Template
 from cloudcore.fleet.watch import WatchHub
 from cloudcore.scheduler import NodeView, Scheduler
 from cloudcore.scheduler.core import ARCH_LABEL, requests_of, unschedulable_message
@@ -65,9 +67,7 @@ from shared.models import (
     Node,
     Pod,
     PodStatus,
-    PodTemplate,
     Secret,
-    spec_hash,
 )
 
 log = logging.getLogger("cloudcore.fleet")
@@ -182,9 +182,12 @@ class Fleet:
         self._refs: dict[Key, set[str]] = {}  # pod -> configmap/secret keys it mounts
         self._config_entries: dict[str, dict[str, Any] | None] = {}  # None: no such object
         self._dirty: set[str] = set()
+        self._owners: dict[str, set[Key]] = {}  # workload ("Kind/ns/name") -> its pods
         self.eviction = Eviction(self)
         """Moves Deployment replicas off long-NotReady nodes; `timeout` is the
         cloud-wide default toleration (settings.sync.pod_eviction_timeout)."""
+        self.rollouts = Rollouts(self)
+        """Health-gated DaemonSet rollouts and workload statuses (`rollout.py`)."""
 
     # -- loading ------------------------------------------------------------------------
 
@@ -208,6 +211,9 @@ class Fleet:
                 target[(obj.metadata.namespace, obj.metadata.name)] = obj  # type: ignore[index,attr-defined]
         for name, raw in records.get("namespaces", {}).items():
             self.namespaces[name] = Namespace.model_validate(raw)
+        for key, pod in self.pods.items():
+            self._index_owner(key, pod)
+        self.rollouts.load(records.get("rollouts", {}))
         for name, rec in records.get("desired", {}).items():
             nd = NodeDesired.from_record(rec)
             self.desired[name] = nd
@@ -266,6 +272,8 @@ class Fleet:
             if isinstance(obj, Node):
                 self._apply_node(obj)
             elif isinstance(obj, DaemonSet):
+                old = self.daemonsets.get((obj.metadata.namespace, obj.metadata.name))
+                self.rollouts.applied(obj, old)
                 self._apply_workload(self.daemonsets, "daemonsets", obj)
                 self._sync_daemonset(obj, self.nodes)
             elif isinstance(obj, Deployment):
@@ -281,6 +289,7 @@ class Fleet:
                 self._config_changed(SECRET, obj.metadata.namespace, obj.metadata.name)
             elif isinstance(obj, Namespace):
                 self._apply_workload(self.namespaces, "namespaces", obj)
+        self.rollouts.tick()  # statuses now, and a rollout's first batch
         self._retry_pending()
         self._commit()
         return results
@@ -313,6 +322,7 @@ class Fleet:
         if kind in ("DaemonSet", "Deployment"):
             for pk in self._owned(f"{kind}/{key[0]}/{name}"):
                 self._delete_pod(pk)
+            self.rollouts.forget(f"{kind}/{key[0]}/{name}")
         self._retry_pending()
         self._commit()
         return dump_object(obj)
@@ -654,6 +664,7 @@ class Fleet:
             self._pod_events(pk, pod.status, status)
             pod.status = status
             self._save_pod(pk)
+            self.rollouts.pod_reported(pk, pod)
         return ignored
 
     def add_telemetry(self, name: str, samples: list[dict[str, Any]]) -> None:
@@ -750,6 +761,9 @@ class Fleet:
                                    message=f"no report for {window:g}s"):
                 out.append(name)
         self.eviction.run()  # same tick: replicas whose toleration ran out move
+        if self.rollouts.tick():  # and rollouts take their next step
+            self._retry_pending()
+            self._commit()
         return out
 
     def readiness_counts(self) -> dict[str, int]:
@@ -814,6 +828,7 @@ class Fleet:
                 pod.metadata.annotations.setdefault(
                     naming.SCHEDULED, old.metadata.annotations[naming.SCHEDULED])
         self.pods[key] = pod
+        self._index_owner(key, pod, old)
         self._entries.pop(key, None)
         self._refs.pop(key, None)
         node = self._bound.get(key)
@@ -831,6 +846,10 @@ class Fleet:
         pod = self.pods.pop(key, None)
         if pod is None:
             return
+        owner = pod.metadata.annotations.get(naming.OWNER)
+        if owner is not None:
+            self._owners.get(owner, set()).discard(key)
+            self.rollouts.touch(owner)
         self._changed("Pod", key, deleted=lambda: dump_object(pod))
         self._unbind(key)
         self._pending.discard(key)
@@ -863,15 +882,51 @@ class Fleet:
         self.store.put("deletednodes", name, {"at": self.deleted_nodes[name]})
 
     def _owned(self, owner: str) -> list[Key]:
-        return [k for k, p in self.pods.items()
-                if p.metadata.annotations.get(naming.OWNER) == owner]
+        return self.owned_keys(owner)
+
+    def owned_keys(self, owner: str) -> list[Key]:
+        """The pods of a workload (`Kind/namespace/name`), sorted."""
+        return sorted(self._owners.get(owner, ()))
+
+    def _index_owner(self, key: Key, pod: Pod, old: Pod | None = None) -> None:
+        before = old.metadata.annotations.get(naming.OWNER) if old is not None else None
+        owner = pod.metadata.annotations.get(naming.OWNER)
+        if before is not None and before != owner:
+            self._owners.get(before, set()).discard(key)
+        if owner is not None:
+            self._owners.setdefault(owner, set()).add(key)
+        self.rollouts.touch(owner)
+
+    def node_of(self, key: Key) -> str | None:
+        """The node whose desired set holds the pod, else the one it is bound to by spec."""
+        node = self._bound.get(key)
+        if node is None:
+            pod = self.pods.get(key)
+            node = pod.spec.node_name if pod is not None else None
+        return node
+
+    def put_pod(self, key: Key, pod: Pod, old: Pod | None, *, revision: str) -> None:
+        """`_put_pod` for the rollout controller."""
+        self._put_pod(key, pod, old, revision=revision)
+
+    def sync_daemonset(self, ds: DaemonSet) -> None:
+        self._sync_daemonset(ds, self.nodes)
+
+    def save_workload(self, kind: str, key: Key) -> None:
+        """Persist a workload whose status changed, and tell its watchers."""
+        obj = self._table(kind)[key]
+        self.store.put_later(KIND_DB[kind], _skey(key), lambda: dump_object(obj))
+        self._changed(kind, key)
 
     # -- internals: controllers ---------------------------------------------------------
 
     def _sync_daemonset(self, ds: DaemonSet, nodes: Iterable[str]) -> None:
+        """One pod per admitting node. During a rollout (`rollout.py`) a pod gets the
+        update only once its batch comes: until then (and after a rollback) it keeps
+        or gets the stable template, `hold`."""
         ns, dsname = ds.metadata.namespace, ds.metadata.name
         owner = f"DaemonSet/{ns}/{dsname}"
-        tpl = _Template(ds.spec.template)
+        tpl, hold, rolled_back = self.rollouts.templates(ds)
         for name in list(nodes):
             node = self.nodes.get(name)
             if node is None:
@@ -883,15 +938,19 @@ class Fleet:
                 if pod is not None and pod.metadata.annotations.get(naming.OWNER) == owner:
                     self._delete_pod(key)
                 continue
-            if pod is not None and pod.metadata.annotations.get(naming.TEMPLATE_HASH) == tpl.thash:
+            have = pod.metadata.annotations.get(naming.TEMPLATE_HASH) if pod is not None else None
+            target = tpl
+            if hold is not None and (have != tpl.thash or rolled_back):
+                target = hold
+            if have == target.thash:
                 continue
-            self._put_pod(key, tpl.pod(ns=ns, name=key[1], owner=owner, node=name), pod,
-                          revision=tpl.revision)
+            self._put_pod(key, target.pod(ns=ns, name=key[1], owner=owner, node=name), pod,
+                          revision=target.revision)
 
     def _sync_deployment(self, dep: Deployment) -> None:
         ns, depname = dep.metadata.namespace, dep.metadata.name
         owner = f"Deployment/{ns}/{depname}"
-        tpl = _Template(dep.spec.template)
+        tpl = Template(dep.spec.template)
         wanted = {(ns, naming.child_name(depname, str(i))) for i in range(dep.spec.replicas)}
         for key in self._owned(owner):
             if key not in wanted:
@@ -1121,6 +1180,10 @@ class Fleet:
                    reason: str, message: str) -> None:
         node.status.ready = ready
         node.status.reason = reason
+        for pk in self._on_node.get(node.metadata.name, ()):
+            pod = self.pods.get(pk)
+            if pod is not None:
+                self.rollouts.touch(pod.metadata.annotations.get(naming.OWNER))
         self.events.add(type="Normal" if ready == "Ready" else "Warning",
                         reason=f"Node{ready}", obj=f"Node/{node.metadata.name}",
                         message=message)
@@ -1225,34 +1288,6 @@ def _check_selector(obj: DaemonSet | Deployment) -> None:
     if not obj.spec.selector.matches(obj.spec.template.metadata.labels):
         raise ObjectError(f"{obj.kind}: spec.selector does not match the template's labels",
                           field="spec.selector.matchLabels")
-
-
-class _Template:
-    """A workload's pod template, prepared once for the many pods made from it (a
-    DaemonSet over 100k nodes makes 100k pods of one template)."""
-
-    def __init__(self, tpl: PodTemplate) -> None:
-        self.tpl = tpl
-        self.thash = spec_hash(tpl.dump())
-
-    @functools.cached_property
-    def spec(self) -> dict[str, Any]:
-        return self.tpl.spec.model_dump()
-
-    @functools.cached_property
-    def revision(self) -> str:
-        """What every pod of it runs: the same spec but nodeName."""
-        return pod_revision(self.tpl.spec.dump())
-
-    def pod(self, *, ns: str, name: str, owner: str, node: str | None) -> Pod:
-        # One validation builds the pod with its own copies of every list and dict (a
-        # deep copy of the template's model plus a placeholder pod cost three times more).
-        return Pod.model_validate({
-            "metadata": {"name": name, "namespace": ns, "labels": self.tpl.metadata.labels,
-                         "annotations": {**self.tpl.metadata.annotations, naming.OWNER: owner,
-                                         naming.TEMPLATE_HASH: self.thash}},
-            "spec": self.spec if node is None else {**self.spec, "node_name": node},
-        })
 
 
 def _daemon(pod: Pod) -> bool:

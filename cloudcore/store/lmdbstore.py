@@ -20,7 +20,7 @@ from shared.delta import new_epoch
 log = logging.getLogger("cloudcore.store")
 
 DBS = ("nodes", "daemonsets", "deployments", "pods", "configmaps", "desired", "reportseq",
-       "meta", "tokens", "credentials", "secrets", "namespaces", "deletednodes")
+       "meta", "tokens", "credentials", "secrets", "namespaces", "deletednodes", "rollouts")
 """Named databases: one per object kind, plus per-node desired sets (NodeDesired
 records), per-node last processed report seq, meta (the store epoch), join and API
 tokens (hashed), per-node broker credentials (hashed) and the names of deleted nodes

@@ -30,10 +30,39 @@ def test_daemonset_parses_and_dumps_back():
 
 
 def test_unsupported_field_is_named():
-    doc = {**DS, "spec": {**DS["spec"], "updateStrategy": {"type": "RollingUpdate"}}}
+    doc = {**DS, "spec": {**DS["spec"], "revisionHistoryLimit": 3}}
     with pytest.raises(UnsupportedField) as err:
         parse_object(doc)
-    assert err.value.field == "spec.updateStrategy"
+    assert err.value.field == "spec.revisionHistoryLimit"
+    doc = {**DS, "spec": {**DS["spec"], "updateStrategy": {
+        "type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 1}}}}
+    with pytest.raises(UnsupportedField) as err:
+        parse_object(doc)
+    assert err.value.field == "spec.updateStrategy.rollingUpdate.maxSurge"
+
+
+def test_update_strategy_counts_and_percentages():
+    from shared.models import resolve_count
+
+    doc = {**DS, "spec": {**DS["spec"], "minReadySeconds": 5, "updateStrategy": {
+        "rollingUpdate": {"maxUnavailable": "10%"}, "failureThreshold": 2}}}
+    ds = parse_object(doc)
+    st = ds.spec.update_strategy
+    assert (st.type, st.rolling_update.max_unavailable, st.failure_threshold,
+            st.auto_rollback) == ("RollingUpdate", "10%", 2, True)
+    assert parse_object(ds.dump()) == ds
+    assert resolve_count("10%", 95, round_up=False) == 9
+    assert resolve_count("10%", 95, round_up=True) == 10
+    assert resolve_count(3, 95, round_up=True) == 3
+    for bad, field in (({"type": "OnDelete"}, "spec.updateStrategy.type"),
+                       ({"rollingUpdate": {"maxUnavailable": 0}},
+                        "spec.updateStrategy.rollingUpdate.maxUnavailable"),
+                       ({"rollingUpdate": {"maxUnavailable": "150%"}},
+                        "spec.updateStrategy.rollingUpdate.maxUnavailable"),
+                       ({"failureThreshold": "x%"}, "spec.updateStrategy.failureThreshold")):
+        with pytest.raises(ObjectError) as err:
+            parse_object({**DS, "spec": {**DS["spec"], "updateStrategy": bad}})
+        assert err.value.field == field, bad
 
 
 def test_bad_values_name_the_field():

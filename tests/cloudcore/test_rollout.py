@@ -1,0 +1,270 @@
+"""Health-gated DaemonSet rollouts: batches, health gate, failure threshold, automatic
+rollback, nodes that are not Ready, pause, restarts (the fleet with a fake clock)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cloudcore_fakes import FakeStore, add_node, daemonset, make_fleet
+
+from cloudcore.fleet.naming import REVISION, TEMPLATE_HASH
+from shared.entries import pod_key, split_key
+from shared.models import parse_object
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def staged(args: list[str], *, batch: int | str = 2, threshold: int | str = 0,
+           min_ready: int = 0, deadline: int = 600, auto: bool = True,
+           paused: bool = False) -> dict[str, Any]:
+    doc = daemonset(args=args)
+    doc["spec"].update({
+        "minReadySeconds": min_ready, "progressDeadlineSeconds": deadline, "paused": paused,
+        "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": batch},
+                           "failureThreshold": threshold, "autoRollback": auto}})
+    return doc
+
+
+class World:
+    def __init__(self, nodes: int, store: FakeStore | None = None) -> None:
+        self.store = store or FakeStore()
+        self.fleet = make_fleet(self.store)
+        self.clock = Clock()
+        self.fleet.rollouts.clock = self.clock
+        self.names = [f"n{i:02d}" for i in range(1, nodes + 1)]
+        for n in self.names:
+            add_node(self.fleet, n)
+
+    def apply(self, doc: dict[str, Any]) -> None:
+        self.fleet.apply([parse_object(doc)])
+
+    def tick(self, seconds: float = 1.0) -> None:
+        self.clock.t += seconds
+        self.fleet.expire(0.0)  # the liveness tick: eviction, then rollouts
+
+    def pods(self) -> dict[str, Any]:
+        return {p.spec.node_name: p for p in self.fleet.pods.values()}
+
+    def revision_of(self, node: str) -> str:
+        return self.pods()[node].metadata.annotations[REVISION]
+
+    def desired_revision(self, node: str) -> str:
+        (value, _), = self.fleet.desired[node].items.values()
+        return value["revision"]
+
+    def report(self, node: str, *, ready: bool = True, waiting: str | None = None) -> None:
+        """The node's agent reports its pod at the revision its desired set holds."""
+        pod = self.pods()[node]
+        key = (pod.metadata.namespace, pod.metadata.name)
+        rev = self.desired_revision(node)
+        container: dict[str, Any] = {"name": "main", "state": "running", "ready": ready}
+        if waiting:
+            container = {"name": "main", "state": "waiting", "reason": waiting,
+                         "restartCount": 1}
+        self.fleet.pod_statuses(node, {pod_key(*key): {
+            "phase": "Running", "revision": rev, "ready": ready and not waiting,
+            "containerStatuses": [container]}})
+
+    def report_all(self) -> None:
+        for n in self.names:
+            if self.fleet.nodes[n].status.ready == "Ready":
+                self.report(n)
+
+    def status(self) -> Any:
+        return self.fleet.daemonsets[("default", "agent")].status
+
+    def updated(self, rev: str) -> set[str]:
+        return {n for n, p in self.pods().items() if p.metadata.annotations[REVISION] == rev}
+
+
+def rev_of(w: World, doc: dict[str, Any]) -> str:
+    from cloudcore.fleet.template import Template
+
+    return Template(parse_object(doc).spec.template).revision
+
+
+def test_a_staged_rollout_goes_batch_by_batch_after_each_is_healthy() -> None:
+    w = World(7)
+    v1, v2 = staged(["v1"], batch=3, min_ready=5), staged(["v2"], batch=3, min_ready=5)
+    r1, r2 = rev_of(w, v1), rev_of(w, v2)
+    w.apply(v1)  # a create is not staged
+    assert w.updated(r1) == set(w.names)
+    w.report_all()
+    w.tick()
+    st = w.status()
+    assert (st.desired_number_scheduled, st.number_ready, st.rollout.phase) == (7, 7, "Complete")
+
+    w.apply(v2)
+    first = w.updated(r2)
+    assert len(first) == 3 and st is not w.status()
+    assert w.status().rollout.phase == "Progressing"
+    assert w.status().updated_number_scheduled == 3
+    assert all(w.desired_revision(n) == (r2 if n in first else r1) for n in w.names)
+    w.tick(10)
+    assert w.updated(r2) == first  # not healthy yet: no new batch
+    for n in first:
+        w.report(n)
+    w.tick(1)
+    assert w.updated(r2) == first  # Ready, but not for minReadySeconds yet
+    w.tick(5)
+    second = w.updated(r2) - first
+    assert len(second) == 3
+    for n in second:
+        w.report(n)
+    w.tick(6)
+    assert len(w.updated(r2)) == 7
+    for n in set(w.names) - first - second:
+        w.report(n)
+    w.tick(6)
+    st = w.status()
+    assert (st.rollout.phase, st.current_revision, st.update_revision) == ("Complete", r2, r2)
+    assert st.updated_number_scheduled == st.number_available == 7
+    reasons = [e["reason"] for e in w.fleet.events.list()]
+    assert "RolloutComplete" in reasons
+
+
+def test_failures_over_the_threshold_roll_every_node_back() -> None:
+    w = World(6)
+    v1, v2 = staged(["v1"], threshold=1), staged(["v2"], threshold=1)
+    r1, r2 = rev_of(w, v1), rev_of(w, v2)
+    w.apply(v1)
+    w.report_all()
+    w.tick()
+    w.apply(v2)
+    a, b = sorted(w.updated(r2))
+    w.report(a, waiting="CrashLoopBackOff")
+    w.tick()  # one failure is tolerated (threshold 1); the other pod is still in progress
+    third = w.updated(r2) - {a, b}
+    assert len(third) == 1
+    assert w.status().rollout.failed == 1
+    w.report(b, waiting="ErrImagePull")
+    w.tick()  # two failures > 1: abort and roll back every updated pod
+    assert w.updated(r2) == set()
+    assert all(w.desired_revision(n) == r1 for n in w.names)
+    st = w.status()
+    assert st.rollout.phase == "RolledBack" and st.current_revision == r1
+    assert st.update_revision == r2 and st.rollout.failed == 2
+    [ev] = [e for e in w.fleet.events.list() if e["reason"] == "RolloutAborted"]
+    assert a in ev["message"] and "CrashLoopBackOff" in ev["message"]
+    assert "ErrImagePull" in ev["message"] and r1 in ev["message"]
+    w.tick(60)
+    assert w.updated(r2) == set()  # stays rolled back
+    v3 = staged(["v3"], threshold=1)
+    w.apply(v3)  # a fixed template starts a new rollout
+    assert len(w.updated(rev_of(w, v3))) == 2
+    assert w.status().rollout.phase == "Progressing"
+
+
+def test_without_rollback_the_failed_pods_stay_and_no_batch_starts() -> None:
+    w = World(4)
+    w.apply(staged(["v1"], batch=1, auto=False))
+    w.report_all()
+    v2 = staged(["v2"], batch=1, auto=False)
+    w.apply(v2)
+    [a] = w.updated(rev_of(w, v2))
+    w.report(a, waiting="CrashLoopBackOff")
+    w.tick(30)
+    assert w.updated(rev_of(w, v2)) == {a}
+    assert w.status().rollout.phase == "Aborted"
+
+
+def test_a_pod_not_ready_by_the_progress_deadline_has_failed() -> None:
+    w = World(3)
+    w.apply(staged(["v1"], batch=1, deadline=30))
+    w.report_all()
+    v2 = staged(["v2"], batch=1, deadline=30)
+    w.apply(v2)
+    [a] = w.updated(rev_of(w, v2))
+    w.report(a, ready=False)  # running, never Ready
+    w.tick(20)
+    assert w.status().rollout.phase == "Progressing"
+    w.tick(11)
+    assert w.status().rollout.phase == "RolledBack"
+    [ev] = [e for e in w.fleet.events.list() if e["reason"] == "RolloutAborted"]
+    assert "not Ready 30 s after the update" in ev["message"]
+
+
+def test_nodes_that_are_not_ready_neither_block_nor_fail_and_get_it_at_the_end() -> None:
+    w = World(4)
+    w.apply(staged(["v1"], batch=1, deadline=10))
+    w.report_all()
+    off = w.names[-1]
+    w.fleet.mark_not_ready(off, reason="NodeStatusUnknown", message="test")
+    v2 = staged(["v2"], batch=1, deadline=10)
+    r2 = rev_of(w, v2)
+    w.apply(v2)
+    for _ in range(3):
+        [n] = w.updated(r2) - {off} - {m for m in w.names if w.pods()[m].status.revision == r2}
+        w.report(n)
+        w.tick(1)
+    assert w.status().rollout.phase == "Complete"
+    assert off in w.updated(r2) and w.desired_revision(off) == r2  # applied on reconnect
+    assert not [e for e in w.fleet.events.list() if e["reason"] == "RolloutAborted"]
+
+
+def test_paused_stops_new_batches_and_a_new_node_gets_the_stable_template() -> None:
+    w = World(4)
+    w.apply(staged(["v1"], batch=1))
+    w.report_all()
+    v2 = staged(["v2"], batch=1, paused=True)
+    r1, r2 = rev_of(w, staged(["v1"])), rev_of(w, v2)
+    w.apply(v2)
+    assert w.updated(r2) == set()
+    assert w.status().rollout.phase == "Paused"
+    add_node(w.fleet, "n99")
+    w.fleet._commit()
+    assert w.revision_of("n99") == r1  # joins during the rollout: the stable template
+    w.apply(staged(["v2"], batch=1))  # resume
+    assert len(w.updated(r2)) == 1
+
+
+def test_a_template_change_without_strategy_goes_everywhere_at_once() -> None:
+    w = World(5)
+    w.apply(daemonset(args=["v1"]))
+    w.apply(daemonset(args=["v2"]))
+    assert len({w.desired_revision(n) for n in w.names}) == 1
+    assert w.status().rollout.phase == "Complete"
+
+
+def test_a_rollout_survives_a_cloudcore_restart() -> None:
+    w = World(4)
+    w.apply(staged(["v1"], batch=1))
+    w.report_all()
+    v2 = staged(["v2"], batch=1)
+    r1, r2 = rev_of(w, staged(["v1"])), rev_of(w, v2)
+    w.apply(v2)
+    [a] = w.updated(r2)
+    records: dict[str, dict[str, Any]] = {}
+    for (db, key), value in w.store.data.items():
+        records.setdefault(db, {})[key] = value
+    again = World(0)
+    again.fleet.load(records)
+    again.names = w.names
+    for n in w.names:
+        again.fleet.mark_ready(n)
+    again.tick()
+    # the stable template is known: the other nodes keep it, the updated one keeps the update
+    assert again.updated(r2) == {a}
+    assert again.updated(r1) == set(w.names) - {a}
+    assert again.status().rollout.phase == "Progressing"
+    again.report(a)
+    again.tick()
+    assert len(again.updated(r2)) == 2
+
+
+def test_status_counts_and_pod_keys() -> None:
+    w = World(3)
+    w.apply(staged(["v1"], batch="50%"))
+    w.report(w.names[0])
+    w.tick()
+    st = w.status()
+    assert (st.desired_number_scheduled, st.number_ready, st.number_available) == (3, 1, 1)
+    for p in w.fleet.pods.values():
+        assert p.metadata.annotations[TEMPLATE_HASH]
+    assert all(split_key(k)[0] == "pod" for n in w.names for k in w.fleet.desired[n].items)
