@@ -157,6 +157,10 @@ class NodeSpecPatch(BaseModel):
     unschedulable: bool | None = None
 
 
+class RolloutAction(BaseModel):
+    action: str = Field(description="pause, resume, undo or retry.")
+
+
 class NodePatch(BaseModel):
     """A merge patch of the node fields an operator may change."""
 
@@ -552,6 +556,19 @@ def create_app(fleet: Fleet, *, metrics: Metrics,
                           "nodes; DaemonSet pods and pods pinned by spec.nodeName stay.")
     async def drain(name: str) -> dict[str, Any]:
         result = fleet.drain(name)
+        await flush()
+        return result
+
+    @app.post("/api/v1/daemonsets/{namespace}/{name}/rollout",
+              summary="Pause, resume, undo or retry a DaemonSet's rollout (operator)",
+              tags=["objects"], dependencies=[operator],
+              description="`pause`/`resume` set spec.paused (no new batches while paused); "
+                          "`undo` sets spec.template back to the template that last rolled "
+                          "out everywhere (every pod gets it at once); `retry` starts an "
+                          "aborted rollout of the current template again. Returns the "
+                          "DaemonSet.")
+    async def rollout(namespace: str, name: str, body: RolloutAction) -> dict[str, Any]:
+        result = fleet.rollout(namespace, name, body.action)
         await flush()
         return result
 

@@ -68,6 +68,7 @@ from shared.models import (
     Pod,
     PodStatus,
     Secret,
+    spec_hash,
 )
 
 log = logging.getLogger("cloudcore.fleet")
@@ -326,6 +327,41 @@ class Fleet:
         self._retry_pending()
         self._commit()
         return dump_object(obj)
+
+    ROLLOUT_ACTIONS = ("pause", "resume", "undo", "retry")
+
+    def rollout(self, namespace: str, name: str, action: str) -> dict[str, Any]:
+        """pause / resume (spec.paused), undo (spec.template back to the last template
+        that rolled out everywhere: every pod gets it at once) or retry (an aborted
+        rollout of the current template starts again) a DaemonSet's rollout."""
+        key = (namespace, name)
+        ds = self.daemonsets.get(key)
+        if ds is None:
+            raise NotFound("DaemonSet", f"{namespace}/{name}")
+        if action not in self.ROLLOUT_ACTIONS:
+            raise ObjectError(f"action: {action!r} is not one of "
+                              f"{', '.join(self.ROLLOUT_ACTIONS)}", field="action")
+        owner = f"DaemonSet/{namespace}/{name}"
+        if action == "retry":
+            if not self.rollouts.retry(ds):
+                raise ObjectError(f"DaemonSet {namespace}/{name}: no aborted rollout of its "
+                                  "template to retry", field="action")
+            self.rollouts.tick()
+            self._retry_pending()
+            self._commit()
+            return dump_object(ds)
+        new = ds.model_copy(deep=True)
+        if action in ("pause", "resume"):
+            new.spec.paused = action == "pause"
+        else:
+            stable = self.rollouts.stable(owner)
+            if stable is None or stable.thash == spec_hash(ds.spec.template.dump()):
+                raise ObjectError(f"DaemonSet {namespace}/{name}: nothing to undo, its "
+                                  "template is the one that last rolled out", field="action")
+            # the stable template again: no rollout under way, every pod gets it at once
+            new.spec.template = stable.tpl.model_copy(deep=True)
+        self.apply([new])
+        return dump_object(self.daemonsets[key])
 
     def get(self, kind: str, namespace: str | None, name: str) -> dict[str, Any]:
         if kind == "Node":

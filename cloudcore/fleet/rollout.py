@@ -162,6 +162,23 @@ class Rollouts:
         if owner is not None and owner.startswith("DaemonSet/"):
             self._dirty.add(owner)
 
+    def stable(self, owner: str) -> Template | None:
+        st = self._states.get(owner)
+        return None if st is None else st.stable
+
+    def retry(self, ds: DaemonSet) -> bool:
+        """Start an aborted rollout of the same template again; False if none was."""
+        st = self._states.get(owner_of(ds))
+        if st is None or st.aborted != Template(ds.spec.template).thash:
+            return False
+        st.aborted = st.target = None
+        st.failed.clear()
+        st.updated_at.clear()
+        st.status_at = float("-inf")
+        self._save(owner_of(ds))
+        self._dirty.add(owner_of(ds))
+        return True
+
     def pod_reported(self, key: Key, pod: Pod) -> None:
         """Its node reported the pod's status: note when it became Ready at its
         revision (minReadySeconds counts from here), and refresh the status."""

@@ -268,3 +268,47 @@ def test_status_counts_and_pod_keys() -> None:
     for p in w.fleet.pods.values():
         assert p.metadata.annotations[TEMPLATE_HASH]
     assert all(split_key(k)[0] == "pod" for n in w.names for k in w.fleet.desired[n].items)
+
+
+def test_rollout_actions_pause_resume_undo_retry() -> None:
+    import pytest
+
+    from cloudcore.errors import NotFound
+    from shared.errors import ObjectError
+
+    w = World(4)
+    v1, v2 = staged(["v1"], batch=1), staged(["v2"], batch=1)
+    r1, r2 = rev_of(w, v1), rev_of(w, v2)
+    w.apply(v1)
+    w.report_all()
+    with pytest.raises(ObjectError, match="nothing to undo"):
+        w.fleet.rollout("default", "agent", "undo")
+    with pytest.raises(ObjectError, match="no aborted rollout"):
+        w.fleet.rollout("default", "agent", "retry")
+    with pytest.raises(ObjectError, match="not one of"):
+        w.fleet.rollout("default", "agent", "explode")
+    with pytest.raises(NotFound):
+        w.fleet.rollout("default", "nope", "pause")
+    w.apply(v2)
+    [a] = w.updated(r2)
+    out = w.fleet.rollout("default", "agent", "pause")
+    assert out["spec"]["paused"] is True and out["status"]["rollout"]["phase"] == "Paused"
+    w.report(a)
+    w.tick()
+    assert w.updated(r2) == {a}
+    w.fleet.rollout("default", "agent", "resume")
+    assert len(w.updated(r2)) == 2
+    # undo: the stable template everywhere, at once
+    out = w.fleet.rollout("default", "agent", "undo")
+    assert w.updated(r2) == set() and w.updated(r1) == set(w.names)
+    assert out["status"]["rollout"]["phase"] == "Complete"
+    assert out["metadata"]["generation"] == 5  # create, v2, pause, resume, undo
+    # retry: an aborted rollout of the same template starts again
+    w.apply(v2)
+    [b] = w.updated(r2)
+    w.report(b, waiting="CrashLoopBackOff")
+    w.tick()
+    assert w.status().rollout.phase == "RolledBack" and w.updated(r2) == set()
+    out = w.fleet.rollout("default", "agent", "retry")
+    assert out["status"]["rollout"]["phase"] == "Progressing"
+    assert len(w.updated(r2)) == 1
