@@ -1,5 +1,5 @@
-"""The fedctl commands: apply, get (-w), describe, delete, wait, label, cordon,
-uncordon, drain, events, token, apitoken, node and config.
+"""The fedctl commands: apply, get (-w), describe, delete, wait, rollout, label,
+cordon, uncordon, drain, events, token, apitoken, node and config.
 
 Each command is small: parse flags, call `ApiClient`, hand the result to
 `fedctl.render`. Errors travel as `FedctlError` subclasses up to `_handles_errors`,
@@ -818,7 +818,12 @@ apitoken_app = typer.Typer(help="API bearer tokens with roles (admin).", no_args
 node_app = typer.Typer(help="Node operations.", no_args_is_help=True)
 config_app = typer.Typer(help="Contexts in the fedctl config file.", no_args_is_help=True)
 top_app = typer.Typer(help="Resource usage, measured and forecast.", no_args_is_help=True)
+rollout_app = typer.Typer(
+    help="Follow and steer DaemonSet rollouts: status, pause, resume, undo, retry.",
+    no_args_is_help=True,
+)
 app.add_typer(top_app, name="top")
+app.add_typer(rollout_app, name="rollout")
 app.add_typer(token_app, name="token")
 app.add_typer(apitoken_app, name="apitoken")
 app.add_typer(node_app, name="node")
@@ -1119,3 +1124,160 @@ def top_nodes(
         [[str(r["name"])] + ["-" if r[k] is None else f"{r[k]:.0f}%" for k, _ in cols]
          for r in rows],
     )
+
+
+# --- rollout ---------------------------------------------------------------------------
+
+TargetArg = Annotated[
+    str, typer.Argument(metavar="KIND/NAME", help="daemonset/NAME (or ds/NAME); KIND NAME "
+                        "works too.")
+]
+NameArg = Annotated[
+    str | None,
+    typer.Argument(metavar="NAME", show_default=False,
+                   help="The DaemonSet's name, when the first argument is only its KIND."),
+]
+
+
+def _rollout_target(target: str, name: str | None) -> str:
+    """The DaemonSet's name from `daemonset/NAME` or `daemonset NAME` (kubectl's forms)."""
+    kind_text, sep, rest = target.partition("/")
+    if sep and name is None:
+        name = rest
+    elif sep or name is None:
+        raise UsageError(f"{target!r}: name the DaemonSet as KIND/NAME, e.g. daemonset/agent")
+    (kind,) = kinds.resolve(kind_text, allow_group=False)
+    if kind is not kinds.DAEMONSET:
+        raise UsageError(f"rollout works on daemonsets, not {kind.plural} "
+                         "(Deployments update their replicas at once)")
+    if not name:
+        raise UsageError(f"{target!r}: the DaemonSet's name is empty")
+    return name
+
+
+def rollout_state(obj: dict[str, Any]) -> tuple[str, str]:
+    """Where a DaemonSet's rollout stands for `rollout status`: ("done" | "failed" |
+    "waiting", what to tell the user). A status older than the spec (its
+    observedGeneration is below metadata.generation) is waiting, whatever it says."""
+    status = obj.get("status")
+    if not isinstance(status, dict):
+        return "waiting", "cloudcore has reported no status yet"
+    generation = (obj.get("metadata") or {}).get("generation")
+    observed = status.get("observedGeneration")
+    if isinstance(generation, int) and (not isinstance(observed, int) or observed < generation):
+        return "waiting", f"cloudcore has not observed generation {generation} yet"
+    phase = render.rollout_phase(obj)
+    progress = render.rollout_progress(obj)
+    if phase == "Complete":
+        return "done", progress
+    if phase in ("RolledBack", "Aborted"):
+        return "failed", f"{'rolled back' if phase == 'RolledBack' else 'aborted'}: {progress}"
+    if phase == "Paused":
+        return "waiting", f"paused, {progress}"
+    return "waiting", progress
+
+
+@rollout_app.command("status")
+@_handles_errors
+def rollout_status(
+    ctx: typer.Context,
+    *,
+    target: TargetArg,
+    name: NameArg = None,
+    namespace: NamespaceOpt = None,
+    timeout: Annotated[
+        str | None,
+        typer.Option("--timeout", metavar="DURATION",
+                     help="Give up after this long (60, 90s, 2m). Default: wait until the "
+                     "rollout ends."),
+    ] = None,
+    interval: Annotated[
+        float, typer.Option("--interval", metavar="SECONDS", help="Polling interval.")
+    ] = 0.5,
+) -> None:
+    """Follow a DaemonSet's rollout until it ends, printing each step.
+
+    Exits 0 once the rollout is complete, 1 with cloudcore's message when it was
+    rolled back or aborted, 1 on --timeout. A paused rollout is waited for (resume it
+    with `fedctl rollout resume`). A cloudcore that is briefly unreachable is retried.
+    """
+    ds = _rollout_target(target, name)
+    ns = namespace or "default"
+    limit = parse_duration(timeout) if timeout is not None else None
+    if interval <= 0:
+        raise UsageError("--interval: must be a positive number of seconds")
+    what = f'daemonset "{ds}" rollout'
+    resume = f"fedctl rollout resume daemonset/{ds}" + ("" if ns == "default" else f" -n {ns}")
+    deadline = None if limit is None else time.monotonic() + limit
+    console = stdout_console()
+    said: str | None = None
+    with _state(ctx).client() as api:
+        while True:
+            try:
+                state, text = rollout_state(api.get(kinds.DAEMONSET, ds, namespace=ns))
+            except Unreachable as exc:
+                state, text = "waiting", f"cloudcore unreachable: {exc.message}"
+            if state == "done":
+                console.print(f'daemonset "{ds}" successfully rolled out', markup=False)
+                return
+            if state == "failed":
+                raise FedctlError(f"{what} {text} (see: fedctl events daemonset/{ns}/{ds})")
+            if text != said:
+                paused = f" (resume with: {resume})" if text.startswith("paused") else ""
+                console.print(f"Waiting for {what}: {text}{paused}", markup=False)
+                said = text
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise FedctlError(f"timed out after {timeout} waiting for {what}: {text}")
+            time.sleep(interval if remaining is None else min(interval, remaining))
+
+
+def _rollout_action(ctx: typer.Context, *, target: str, name: str | None,
+                    namespace: str | None, action: str) -> tuple[str, dict[str, Any]]:
+    """POST the action; (the DaemonSet's name, the DaemonSet after it)."""
+    ds = _rollout_target(target, name)
+    with _state(ctx).client() as api:
+        return ds, api.rollout(ds, action, namespace=namespace or "default")
+
+
+@rollout_app.command("pause")
+@_handles_errors
+def rollout_pause(ctx: typer.Context, target: TargetArg, name: NameArg = None,
+                  namespace: NamespaceOpt = None) -> None:
+    """Stop new batches of a DaemonSet's rollout (pods already updating go on)."""
+    ds, _ = _rollout_action(ctx, target=target, name=name, namespace=namespace,
+                            action="pause")
+    stdout_console().print(f"daemonset/{ds} paused", markup=False)
+
+
+@rollout_app.command("resume")
+@_handles_errors
+def rollout_resume(ctx: typer.Context, target: TargetArg, name: NameArg = None,
+                   namespace: NamespaceOpt = None) -> None:
+    """Let a paused rollout go on with its next batch."""
+    ds, _ = _rollout_action(ctx, target=target, name=name, namespace=namespace,
+                            action="resume")
+    stdout_console().print(f"daemonset/{ds} resumed", markup=False)
+
+
+@rollout_app.command("undo")
+@_handles_errors
+def rollout_undo(ctx: typer.Context, target: TargetArg, name: NameArg = None,
+                 namespace: NamespaceOpt = None) -> None:
+    """Put back the template that last rolled out everywhere, on every node at once."""
+    ds, obj = _rollout_action(ctx, target=target, name=name, namespace=namespace,
+                              action="undo")
+    status = obj.get("status") or {}
+    revision = status.get("currentRevision") or status.get("updateRevision")
+    to = f" to revision {revision}" if revision else ""
+    stdout_console().print(f"daemonset/{ds} rolled back{to}", markup=False)
+
+
+@rollout_app.command("retry")
+@_handles_errors
+def rollout_retry(ctx: typer.Context, target: TargetArg, name: NameArg = None,
+                  namespace: NamespaceOpt = None) -> None:
+    """Start an aborted or rolled-back rollout of the current template again."""
+    ds, _ = _rollout_action(ctx, target=target, name=name, namespace=namespace,
+                            action="retry")
+    stdout_console().print(f"daemonset/{ds} rollout restarted", markup=False)

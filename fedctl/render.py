@@ -35,6 +35,13 @@ _PHASE_STYLE = {
     "Succeeded": "blue",
     "Unknown": "magenta",
 }
+_ROLLOUT_STYLE = {
+    "Complete": "green",
+    "Progressing": "yellow",
+    "Paused": "yellow",
+    "RolledBack": "red",
+    "Aborted": "red",
+}
 
 
 # --- small formatters ---------------------------------------------------------------
@@ -178,6 +185,42 @@ def workload_ready(obj: dict[str, Any]) -> str:
     return "-"
 
 
+def rollout_phase(obj: dict[str, Any]) -> str:
+    """The DaemonSet's rollout phase; cloudcore leaves out the default, Complete.
+    '-' when it has no status at all."""
+    status = obj.get("status")
+    if not isinstance(status, dict):
+        return "-"
+    return str(_dig(status, "rollout", "phase", default="Complete"))
+
+
+def rollout_progress(obj: dict[str, Any]) -> str:
+    """What the rollout is doing: cloudcore's message, else one in its words from the
+    counts (`3 of 10 pods updated to revision abc, 0 failed`)."""
+    status = obj.get("status") or {}
+    message = _dig(status, "rollout", "message")
+    if message:
+        return str(message)
+    return (f"{status.get('updatedNumberScheduled', 0)} of "
+            f"{status.get('desiredNumberScheduled', 0)} pods updated to revision "
+            f"{status.get('updateRevision') or '-'}, "
+            f"{_dig(status, 'rollout', 'failed', default=0)} failed")
+
+
+def _rollout_cell(obj: dict[str, Any]) -> Text:
+    return _styled(rollout_phase(obj), _ROLLOUT_STYLE)
+
+
+def _status_count(key: str) -> Callable[[dict[str, Any]], str]:
+    """A count of the status (0 when cloudcore left it out), '-' without a status."""
+
+    def cell(obj: dict[str, Any]) -> str:
+        status = obj.get("status")
+        return str(status.get(key) or 0) if isinstance(status, dict) else "-"
+
+    return cell
+
+
 Column = tuple[str, Callable[[dict[str, Any]], str | Text]]
 
 
@@ -257,9 +300,22 @@ def columns(kind: Kind, *, wide: bool, all_namespaces: bool, mixed: bool = False
         cols.append(("READY", workload_ready))
         if kind.kind == "Deployment" and not mixed:
             cols.append(("REPLICAS", lambda o: str(_dig(o, "spec", "replicas", default=1))))
+        # DaemonSets' own status columns; the workloads view (`mixed`) keeps the columns
+        # both kinds have, as Deployments report no status yet.
+        rollouts = kind.kind == "DaemonSet" and not mixed
+        if rollouts:
+            cols += [
+                ("UP-TO-DATE", _status_count("updatedNumberScheduled")),
+                ("AVAILABLE", _status_count("numberAvailable")),
+                ("ROLLOUT", _rollout_cell),
+            ]
         cols += [("NODE SELECTOR", _node_selector), ("AGE", _created)]
         if wide or mixed:
             cols.append(("IMAGES", _images))
+        if wide and rollouts:
+            cols.append(
+                ("MESSAGE", lambda o: str(_dig(o, "status", "rollout", "message", default="-")))
+            )
     elif kind.kind == "ConfigMap":
         cols += [("DATA", lambda o: str(len(o.get("data") or {}))), ("AGE", _created)]
     return cols
@@ -502,8 +558,42 @@ def tree(value: Any, *, key: str = "", indent: int = 0) -> Iterable[Text]:
         yield Text(f"{pad}{_scalar(key, value)}")
 
 
-def _field(console: Console, label: str, value: str | Text) -> None:
-    console.print(Text.assemble((f"{label + ':':<15}", "bold"), value))
+def _field(console: Console, label: str, value: str | Text, *, indent: int = 0) -> None:
+    """`Label:` and its value in the value column (15), the label indented by `indent`."""
+    head = f"{label}:".ljust(15 - indent - 1) + " "
+    console.print(Text.assemble(" " * indent, (head, "bold"), value))
+
+
+def _rollout(console: Console, obj: dict[str, Any]) -> None:
+    """A DaemonSet's rollout: where it stands (from its status) and how it goes (spec)."""
+    spec = obj.get("spec") or {}
+    status = obj.get("status")
+    console.print(Text("Rollout:", style="bold"))
+    if isinstance(status, dict):
+        _field(console, "Phase", _rollout_cell(obj), indent=2)
+        _field(console, "Message", str(_dig(status, "rollout", "message", default=NONE)),
+               indent=2)
+        _field(console, "Revisions", f"current {status.get('currentRevision') or NONE}, "
+               f"update {status.get('updateRevision') or NONE}", indent=2)
+        desired = status.get("desiredNumberScheduled") or 0
+        _field(console, "Pods", f"{status.get('updatedNumberScheduled') or 0} updated, "
+               f"{status.get('numberReady') or 0} ready, "
+               f"{status.get('numberAvailable') or 0} available of {desired} desired "
+               f"({_dig(status, 'rollout', 'failed', default=0)} failed)", indent=2)
+    else:
+        _field(console, "Phase", f"{NONE} (no status reported yet)", indent=2)
+    strategy = spec.get("updateStrategy")
+    if not isinstance(strategy, dict):
+        _field(console, "Strategy", "all nodes at once (no updateStrategy)", indent=2)
+        return
+    _field(console, "Strategy", (
+        f"{strategy.get('type') or 'RollingUpdate'}: maxUnavailable "
+        f"{_dig(strategy, 'rollingUpdate', 'maxUnavailable', default=1)}, failureThreshold "
+        f"{strategy.get('failureThreshold', 0)}, autoRollback "
+        f"{_scalar('autoRollback', strategy.get('autoRollback', True))}"), indent=2)
+    _field(console, "Health Gate", f"minReadySeconds {spec.get('minReadySeconds', 0)}, "
+           f"progressDeadlineSeconds {spec.get('progressDeadlineSeconds', 600)}", indent=2)
+    _field(console, "Paused", _scalar("paused", bool(spec.get("paused"))), indent=2)
 
 
 def describe(
@@ -566,6 +656,8 @@ def describe(
             _field(console, "Replicas", str(_dig(obj, "spec", "replicas", default=1)))
         _field(console, "Node Selector", _node_selector(obj))
         _field(console, "Images", _images(obj))
+        if kind.kind == "DaemonSet":
+            _rollout(console, obj)
 
     rest = {k: v for k, v in obj.items() if k not in ("apiVersion", "kind", "metadata")}
     extra_meta = {
