@@ -11,6 +11,7 @@ Measures, in one run on this machine:
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -65,6 +66,10 @@ def bench_sync(*, nodes: int, procs: int, workdir: Path) -> int:
     stats = [workdir / f"sim-{i}.json" for i in range(procs)]
     for f in stats:
         f.unlink(missing_ok=True)
+    # The workdir is the bench's scratch space: a cloud store left by an earlier run
+    # (say of 10,000 nodes) would hold nodes that never connect now and never ack.
+    for stale in ("cloud", "mosquitto"):
+        shutil.rmtree(workdir / stale, ignore_errors=True)
     try:
         fleet.workdir.mkdir(parents=True, exist_ok=True)
         fleet.broker = Mosquitto(workdir=workdir / "mosquitto").start()
