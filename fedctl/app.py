@@ -1157,8 +1157,9 @@ def _rollout_target(target: str, name: str | None) -> str:
 
 def rollout_state(obj: dict[str, Any]) -> tuple[str, str]:
     """Where a DaemonSet's rollout stands for `rollout status`: ("done" | "failed" |
-    "waiting", what to tell the user). A status older than the spec (its
-    observedGeneration is below metadata.generation) is waiting, whatever it says."""
+    "waiting", what to tell the user). Done: the rollout is Complete and every pod on a
+    Ready node is available. A status older than the spec (its observedGeneration is
+    below metadata.generation) is waiting, whatever it says."""
     status = obj.get("status")
     if not isinstance(status, dict):
         return "waiting", "cloudcore has reported no status yet"
@@ -1169,7 +1170,13 @@ def rollout_state(obj: dict[str, Any]) -> tuple[str, str]:
     phase = render.rollout_phase(obj)
     progress = render.rollout_progress(obj)
     if phase == "Complete":
-        return "done", progress
+        # the template rolled out; done once its pods run (those on nodes that are not
+        # Ready cannot say so: they get it when they reconnect)
+        desired = status.get("desiredNumberScheduled", 0)
+        offline = (status.get("rollout") or {}).get("offline", 0)
+        if status.get("numberAvailable", 0) + offline >= desired:
+            return "done", progress
+        return "waiting", progress
     if phase in ("RolledBack", "Aborted"):
         return "failed", f"{'rolled back' if phase == 'RolledBack' else 'aborted'}: {progress}"
     if phase == "Paused":

@@ -490,6 +490,7 @@ class RolloutStatus(_Model):
     phase: Literal["Complete", "Progressing", "Paused", "RolledBack", "Aborted"] = "Complete"
     message: str | None = None
     failed: int = 0
+    offline: int = 0  # pods on nodes that are not Ready (they neither block nor fail it)
 
 
 class WorkloadStatus(_Model):

@@ -85,6 +85,7 @@ class _State:
     target: str | None = None  # template hash the per-rollout memory below is about
     failed: dict[Key, str] = field(default_factory=dict)  # updated pods that failed: why
     updated_at: dict[Key, float] = field(default_factory=dict)
+    reported_at: dict[Key, float] = field(default_factory=dict)  # its node's last report
     ready_since: dict[Key, tuple[str, float]] = field(default_factory=dict)
     status_at: float = float("-inf")
 
@@ -187,6 +188,7 @@ class Rollouts:
         if st is None:
             return
         self._dirty.add(owner)
+        st.reported_at[key] = self.clock()
         rev = pod.metadata.annotations.get(naming.REVISION)
         if rev is not None and ready_at(pod, rev):
             if st.ready_since.get(key, (None, 0.0))[0] != rev:
@@ -277,16 +279,20 @@ class Rollouts:
                 candidates.append(k)
                 continue
             since = st.updated_at.setdefault(k, now)
+            # Only a report made after the update says anything about it (after a retry,
+            # the node's last report may still be the failed attempt's).
+            fresh = st.reported_at.get(k, float("-inf")) >= since
             if k not in st.failed:
-                why = failure(pod, update.revision)
-                if why is None and not ready_at(pod, update.revision) and now - since > deadline:
+                why = failure(pod, update.revision) if fresh else None
+                if why is None and not (fresh and ready_at(pod, update.revision)) and (
+                        now - since > deadline):
                     why = f"not Ready {deadline:g} s after the update"
                 if why is not None:
                     st.failed[k] = why[:MAX_MESSAGE]
                     log.info("rollout of %s: pod %s/%s failed: %s", owner, *k, why)
             if k in st.failed:
                 continue
-            if self._healthy(st, k, pod, update.revision, now=now,
+            if fresh and self._healthy(st, k, pod, update.revision, now=now,
                              min_ready=ds.spec.min_ready_seconds):
                 healthy += 1
             else:
@@ -359,25 +365,33 @@ class Rollouts:
                 ready += 1
                 if now - st.ready_since[k][1] >= min_ready:
                     available += 1
-        for gone in set(st.ready_since) - set(keys):
-            del st.ready_since[gone]
+        alive = set(keys)
+        for memo in (st.ready_since, st.reported_at):
+            for gone in set(memo) - alive:
+                del memo[gone]
         strategy = ds.spec.update_strategy
+        offline = sum(1 for k in keys if not self._node_ready(k))
         if hold is None:
-            rollout = RolloutStatus(phase="Complete")
+            rollout = RolloutStatus(
+                phase="Complete", offline=offline,
+                message=(f"{available} of {len(keys)} pods available at revision "
+                         f"{update.revision}"
+                         + (f", {offline} on nodes that are not Ready" if offline else "")))
         elif st.aborted == update.thash:
             back = strategy is not None and strategy.auto_rollback
             rollout = RolloutStatus(
                 phase="RolledBack" if back else "Aborted", failed=len(st.failed),
+                offline=offline,
                 message=(f"revision {update.revision} failed on {len(st.failed)} pod(s); "
                          + (f"back to revision {hold.revision}; apply a fixed template"
                             if back else "no new batches; apply a fixed template")))
         else:
-            waiting = sum(1 for k in keys if not self._node_ready(k))
             rollout = RolloutStatus(
                 phase="Paused" if ds.spec.paused else "Progressing", failed=len(st.failed),
+                offline=offline,
                 message=(f"{updated} of {len(keys)} pods updated to revision "
                          f"{update.revision}, {len(st.failed)} failed"
-                         + (f", {waiting} on nodes that are not Ready" if waiting else "")))
+                         + (f", {offline} on nodes that are not Ready" if offline else "")))
         status = WorkloadStatus(
             observed_generation=ds.metadata.generation, desired_number_scheduled=len(keys),
             updated_number_scheduled=updated, number_ready=ready, number_available=available,

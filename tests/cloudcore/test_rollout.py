@@ -311,4 +311,9 @@ def test_rollout_actions_pause_resume_undo_retry() -> None:
     assert w.status().rollout.phase == "RolledBack" and w.updated(r2) == set()
     out = w.fleet.rollout("default", "agent", "retry")
     assert out["status"]["rollout"]["phase"] == "Progressing"
-    assert len(w.updated(r2)) == 1
+    assert w.updated(r2) == {b}
+    w.tick(5)  # b's last report is the failed attempt's: it says nothing about this one
+    assert w.status().rollout.phase == "Progressing"
+    w.report(b)
+    w.tick()
+    assert len(w.updated(r2)) == 2

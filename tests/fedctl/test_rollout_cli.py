@@ -302,8 +302,12 @@ def test_pause_resume_undo_retry(cloud: Cloud) -> None:
     assert rows(fed(cloud, "get", "ds").stdout)[1][4] == "Progressing"
     r = fed(cloud, "rollout", "undo", "ds/agent")
     assert (r.exit_code, r.stdout) == (0, f"daemonset/agent rolled back to revision {r1}\n")
-    r = fed(cloud, "rollout", "status", "ds/agent", "--timeout", "5s")
-    assert (r.exit_code, r.stdout) == (0, 'daemonset "agent" successfully rolled out\n')
+    r = fed(cloud, "rollout", "status", "ds/agent", "--timeout", "0.3s")
+    assert r.exit_code == 1 and "available" in r.stderr  # the crashed pod is not back yet
+    with Agents(cloud):
+        r = fed(cloud, "rollout", "status", "ds/agent", "--interval", "0.05", "--timeout", "10")
+    assert r.exit_code == 0, r.output
+    assert r.stdout.endswith('daemonset "agent" successfully rolled out\n')
 
 
 def test_rollout_errors(cloud: Cloud) -> None:
