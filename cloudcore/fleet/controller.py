@@ -17,6 +17,8 @@ mount them (`shared.entries.referenced_keys`): a change of one is a delta to tho
 nodes only, and its entry leaves a node when the last pod there using it does.
 NotReady nodes keep their pods (edges run autonomously while offline) until the
 pods' toleration runs out; then Deployment replicas move (`eviction.py`).
+A DaemonSet with an updateStrategy gets a template change in health-gated batches,
+with automatic rollback (`rollout.py`); without one, every node gets it at once.
 """
 
 from __future__ import annotations
@@ -321,7 +323,7 @@ class Fleet:
         if kind in ("ConfigMap", "Secret"):
             self._config_changed(CONFIGMAP if kind == "ConfigMap" else SECRET, *key)
         if kind in ("DaemonSet", "Deployment"):
-            for pk in self._owned(f"{kind}/{key[0]}/{name}"):
+            for pk in self.owned_keys(f"{kind}/{key[0]}/{name}"):
                 self._delete_pod(pk)
             self.rollouts.forget(f"{kind}/{key[0]}/{name}")
         self._retry_pending()
@@ -917,9 +919,6 @@ class Fleet:
         self.deleted_nodes[name] = self.clock()
         self.store.put("deletednodes", name, {"at": self.deleted_nodes[name]})
 
-    def _owned(self, owner: str) -> list[Key]:
-        return self.owned_keys(owner)
-
     def owned_keys(self, owner: str) -> list[Key]:
         """The pods of a workload (`Kind/namespace/name`), sorted."""
         return sorted(self._owners.get(owner, ()))
@@ -988,7 +987,7 @@ class Fleet:
         owner = f"Deployment/{ns}/{depname}"
         tpl = Template(dep.spec.template)
         wanted = {(ns, naming.child_name(depname, str(i))) for i in range(dep.spec.replicas)}
-        for key in self._owned(owner):
+        for key in self.owned_keys(owner):
             if key not in wanted:
                 self._delete_pod(key)
         for key in sorted(wanted, key=lambda k: k[1]):
