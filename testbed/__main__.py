@@ -3,6 +3,8 @@
     testbed up --nodes 3          start everything, print how to reach it, Ctrl-C stops
     testbed demo                  up + apply examples/ + wait for convergence + fetch a page
     testbed bench sync --nodes N  simulated fleet: time for a DaemonSet to be acked by all
+    testbed bench rollout         simulated fleet: health-gated DaemonSet rollouts, a good
+                                  update in batches (--batch 10%) and a bad one rolled back
     testbed chaos SCENARIO        start a fleet, inject a named fault, print figures:
                                   partition --minutes 10, flaky, broker-restart, cloud-kill,
                                   agent-kill, offline-reboot --pods 20; `outbox` needs no fleet
@@ -152,9 +154,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from testbed.bench import bench_sync
+    from testbed.bench import batch_size, bench_rollout, bench_sync
 
-    return bench_sync(nodes=args.nodes, procs=args.procs, workdir=Path(args.workdir))
+    workdir = Path(args.workdir or f"var/{'bench' if args.what == 'sync' else 'bench-rollout'}")
+    if args.what == "rollout":
+        try:
+            batch = batch_size(args.batch)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        return bench_rollout(nodes=args.nodes, procs=args.procs, batch=batch, workdir=workdir)
+    return bench_sync(nodes=args.nodes, procs=args.procs, workdir=workdir)
 
 
 def cmd_chaos(args: argparse.Namespace) -> int:
@@ -189,10 +199,13 @@ def main(argv: list[str] | None = None) -> int:
                        help="run agents in the host network (pods' ports may clash)")
         s.set_defaults(fn=fn)
     b = sub.add_parser("bench")
-    b.add_argument("what", choices=["sync"])
+    b.add_argument("what", choices=["sync", "rollout"])
     b.add_argument("--nodes", type=int, default=5000)
     b.add_argument("--procs", type=int, default=2, help="simulator processes")
-    b.add_argument("--workdir", default="var/bench")
+    b.add_argument("--batch", default="10%",
+                   help="rollout: maxUnavailable, a number or a percentage (default 10%%)")
+    b.add_argument("--workdir", default=None,
+                   help="default var/bench (sync), var/bench-rollout (rollout)")
     b.set_defaults(fn=cmd_bench)
     from testbed.chaos import SCENARIOS
 

@@ -1,19 +1,34 @@
-"""`testbed bench sync`: a simulated fleet against one cloudcore and one mosquitto.
+"""`testbed bench sync|rollout`: a simulated fleet against one cloudcore and one mosquitto.
 
-Measures, in one run on this machine:
+`sync` measures, in one run on this machine:
 - time from `apply` of a DaemonSet until every node has applied and acked it
   (edge side, from the simulators' stats) and until cloudcore has recorded every ack;
 - the same for an update of the DaemonSet's args (a delta to every node);
 - messages and bytes on the wire per node-update (both directions);
 - cloudcore CPU seconds and RSS, per 1,000 nodes.
+
+`rollout` measures health-gated DaemonSet rollouts (cloudcore/fleet/rollout.py) with
+simulators that report pods Running and Ready, except those whose command or args
+contain `crash-now`, which they report in CrashLoopBackOff:
+- a good update (batches of `maxUnavailable`): time until Complete with every pod
+  available, the number of batches (from cloudcore's log), cloudcore CPU, messages;
+- a bad update: time until cloudcore rolled it back, how many nodes ever got the bad
+  template, and the time until every node is available at the good revision again.
+
+Both share `simulated_fleet` (broker, cloudcore, simulator processes, teardown).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sys
 import time
+import urllib.error
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -57,12 +72,38 @@ def _ds(image_args: list[str]) -> dict[str, Any]:
                                                            "args": image_args}]}}}}
 
 
-def bench_sync(*, nodes: int, procs: int, workdir: Path) -> int:
+@dataclass
+class SimFleet:
+    """A running benchmark fleet: mosquitto, cloudcore and the simulator processes."""
+
+    fleet: Fleet
+    nodes: int
+    procs: int
+    stats_files: list[Path]
+    sims: list[Proc] = field(default_factory=list)
+    connect_s: float = 0.0  # from starting the simulators until every session is up
+    registered_s: float = 0.0  # ... until cloudcore lists every node
+
+    @property
+    def cloud_pid(self) -> int:
+        assert self.fleet.cloud is not None and self.fleet.cloud.pid is not None
+        return self.fleet.cloud.pid
+
+    def stats(self) -> dict[str, Any]:
+        """The simulators' counters, summed (each file is rewritten every second)."""
+        return _stats(self.stats_files)
+
+
+@contextmanager
+def simulated_fleet(*, nodes: int, procs: int, workdir: Path,
+                    sim_args: tuple[str, ...] = ()) -> Iterator[SimFleet]:
+    """Start mosquitto, cloudcore and `procs` simulator processes (`nodes` sessions in
+    all, with `sim_args` added), wait until every node is connected and registered,
+    and stop everything on exit. Raises TimeoutError or RuntimeError if it cannot."""
     workdir = workdir.resolve()
     settings = FleetSettings(nodes=0, workdir=workdir, use_netns=False, heartbeat_s=300,
                              with_registry=False)
     fleet = Fleet(settings)
-    sims: list[Proc] = []
     stats = [workdir / f"sim-{i}.json" for i in range(procs)]
     for f in stats:
         f.unlink(missing_ok=True)
@@ -70,6 +111,7 @@ def bench_sync(*, nodes: int, procs: int, workdir: Path) -> int:
     # (say of 10,000 nodes) would hold nodes that never connect now and never ack.
     for stale in ("cloud", "mosquitto"):
         shutil.rmtree(workdir / stale, ignore_errors=True)
+    sf = SimFleet(fleet=fleet, nodes=nodes, procs=procs, stats_files=stats)
     try:
         fleet.workdir.mkdir(parents=True, exist_ok=True)
         fleet.broker = Mosquitto(workdir=workdir / "mosquitto").start()
@@ -82,61 +124,260 @@ def bench_sync(*, nodes: int, procs: int, workdir: Path) -> int:
             argv = [sys.executable, "-m", "testbed.simulator", "--host", "127.0.0.1",
                     "--port", str(fleet.broker.port), "--prefix", "sim", "--start",
                     str(i * per), "--count", str(count), "--stats", str(stats[i]),
-                    "--heartbeat", "300"]
-            sims.append(Proc(f"sim-{i}", argv, log=workdir / "logs" / f"sim-{i}.log").start())
+                    "--heartbeat", "300", *sim_args]
+            sf.sims.append(
+                Proc(f"sim-{i}", argv, log=workdir / "logs" / f"sim-{i}.log").start())
         fleet.wait(lambda: _stats(stats)["connected"] >= nodes, timeout=600,
                    what=f"{nodes} simulated sessions connected", interval=1)
-        connect_s = time.monotonic() - t_conn
+        sf.connect_s = time.monotonic() - t_conn
         fleet.wait(lambda: len(fleet.nodes()) >= nodes, timeout=600,
                    what=f"{nodes} nodes registered", interval=1)
-        registered_s = time.monotonic() - t_conn
+        sf.registered_s = time.monotonic() - t_conn
         time.sleep(2)
-        _, rss0 = _proc_usage(fleet.cloud.pid)
-        results: dict[str, Any] = {"nodes": nodes, "simulator_processes": procs,
-                                   "connect_s": round(connect_s, 1),
-                                   "registered_s": round(registered_s, 1),
-                                   "cloud_rss_idle_mb": round(rss0 / 2**20, 1)}
-        for label, args in (("create", ["sleep", "1"]), ("update", ["sleep", "2"])):
-            before = _stats(stats)
-            gens_before = sum(before["gens"].values())
-            c0, _ = _proc_usage(fleet.cloud.pid)
-            t0 = time.monotonic()
-            fleet.apply([_ds(args)])
-            fleet.wait(lambda b=gens_before: sum(_stats(stats)["gens"].values()) >= b + nodes,
-                       timeout=900, what=f"{label}: all {nodes} nodes applied", interval=0.2)
-            edge_s = time.monotonic() - t0
+        yield sf
+    finally:
+        for s in sf.sims:
+            s.stop()
+        fleet.stop()
 
-            def cloud_acked() -> bool:
-                return all(n["status"].get("ackedGen", 0) >= n["status"].get("desiredGen", 1)
-                           for n in fleet.nodes())
 
-            fleet.wait(cloud_acked, timeout=300, what=f"{label}: cloud recorded all acks",
-                       interval=0.5)
-            cloud_s = time.monotonic() - t0
-            time.sleep(1)
-            after = _stats(stats)
-            c1, rss1 = _proc_usage(fleet.cloud.pid)
-            results[label] = {
-                "all_nodes_applied_s": round(edge_s, 2),
-                "cloud_recorded_all_acks_s": round(cloud_s, 2),
-                "msgs_per_node_update": round(
-                    (after["msgs_in"] + after["msgs_out"] - before["msgs_in"]
-                     - before["msgs_out"]) / nodes, 2),
-                "bytes_down_per_node": round((after["bytes_in"] - before["bytes_in"]) / nodes),
-                "bytes_up_per_node": round((after["bytes_out"] - before["bytes_out"]) / nodes),
-                "cloud_cpu_s_per_1000_nodes": round((c1 - c0) / nodes * 1000, 3),
-            }
-        cpu1, rss1 = _proc_usage(fleet.cloud.pid)
-        results["cloud_rss_mb"] = round(rss1 / 2**20, 1)
-        results["cloud_rss_mb_per_1000_nodes"] = round(rss1 / 2**20 / nodes * 1000, 2)
-        results["cloud_cpu_s_total"] = round(cpu1, 1)
-        print(json.dumps(results, indent=2))
-        (workdir / "result.json").write_text(json.dumps(results, indent=2))
+def bench_sync(*, nodes: int, procs: int, workdir: Path) -> int:
+    try:
+        with simulated_fleet(nodes=nodes, procs=procs, workdir=workdir) as sf:
+            _sync(sf, workdir.resolve())
         return 0
     except (TimeoutError, RuntimeError) as exc:
         print(f"bench failed: {exc}", file=sys.stderr)
         return 1
-    finally:
-        for s in sims:
-            s.stop()
-        fleet.stop()
+
+
+def _sync(sf: SimFleet, workdir: Path) -> None:
+    fleet, nodes, stats = sf.fleet, sf.nodes, sf.stats_files
+    _, rss0 = _proc_usage(sf.cloud_pid)
+    results: dict[str, Any] = {"nodes": nodes, "simulator_processes": sf.procs,
+                               "connect_s": round(sf.connect_s, 1),
+                               "registered_s": round(sf.registered_s, 1),
+                               "cloud_rss_idle_mb": round(rss0 / 2**20, 1)}
+    for label, args in (("create", ["sleep", "1"]), ("update", ["sleep", "2"])):
+        before = _stats(stats)
+        gens_before = sum(before["gens"].values())
+        c0, _ = _proc_usage(sf.cloud_pid)
+        t0 = time.monotonic()
+        fleet.apply([_ds(args)])
+        fleet.wait(lambda b=gens_before: sum(_stats(stats)["gens"].values()) >= b + nodes,
+                   timeout=900, what=f"{label}: all {nodes} nodes applied", interval=0.2)
+        edge_s = time.monotonic() - t0
+
+        def cloud_acked() -> bool:
+            return all(n["status"].get("ackedGen", 0) >= n["status"].get("desiredGen", 1)
+                       for n in fleet.nodes())
+
+        fleet.wait(cloud_acked, timeout=300, what=f"{label}: cloud recorded all acks",
+                   interval=0.5)
+        cloud_s = time.monotonic() - t0
+        time.sleep(1)
+        after = _stats(stats)
+        c1, rss1 = _proc_usage(sf.cloud_pid)
+        results[label] = {
+            "all_nodes_applied_s": round(edge_s, 2),
+            "cloud_recorded_all_acks_s": round(cloud_s, 2),
+            "msgs_per_node_update": round(
+                (after["msgs_in"] + after["msgs_out"] - before["msgs_in"]
+                 - before["msgs_out"]) / nodes, 2),
+            "bytes_down_per_node": round((after["bytes_in"] - before["bytes_in"]) / nodes),
+            "bytes_up_per_node": round((after["bytes_out"] - before["bytes_out"]) / nodes),
+            "cloud_cpu_s_per_1000_nodes": round((c1 - c0) / nodes * 1000, 3),
+        }
+    cpu1, rss1 = _proc_usage(sf.cloud_pid)
+    results["cloud_rss_mb"] = round(rss1 / 2**20, 1)
+    results["cloud_rss_mb_per_1000_nodes"] = round(rss1 / 2**20 / nodes * 1000, 2)
+    results["cloud_cpu_s_total"] = round(cpu1, 1)
+    print(json.dumps(results, indent=2))
+    (workdir / "result.json").write_text(json.dumps(results, indent=2))
+
+
+# --- rollout -------------------------------------------------------------------------
+
+CRASH_MARKER = "crash-now"
+"""The simulators report a pod whose command or args contain this as crash-looping."""
+_BATCH_LINE = re.compile(
+    r"rollout of DaemonSet/default/bench: (\d+) more pod\(s\) get revision (\S+)")
+
+
+def batch_size(text: str) -> int | str:
+    """`--batch` as maxUnavailable takes it: a number ("500") or a percentage ("10%")."""
+    t = text.strip()
+    if t.isdigit() and int(t) >= 1:
+        return int(t)
+    if t.endswith("%") and t[:-1].isdigit() and 1 <= int(t[:-1]) <= 100:
+        return t
+    raise ValueError(f"--batch: {text!r} is not a number >= 1 or a percentage from 1% to 100%")
+
+
+def _rollout_ds(args: list[str], batch: int | str) -> dict[str, Any]:
+    doc = _ds(args)
+    doc["spec"].update({
+        "minReadySeconds": 0,
+        "updateStrategy": {"type": "RollingUpdate",
+                           "rollingUpdate": {"maxUnavailable": batch},
+                           "failureThreshold": 0, "autoRollback": True},
+    })
+    return doc
+
+
+class _Watch:
+    """Polls DaemonSet default/bench; remembers the highest updatedNumberScheduled seen
+    and the last status (for the message of a timeout)."""
+
+    def __init__(self, sf: SimFleet) -> None:
+        self.sf = sf
+        self.max_updated = 0
+        self.last: dict[str, Any] = {}
+
+    def until(self, cond: Callable[[dict[str, Any], dict[str, Any]], bool], *,
+              timeout: float, what: str, interval: float = 0.2) -> float:
+        """Poll until `cond(metadata, status)`; the monotonic time it first held.
+        Raises TimeoutError (with the last status) or RuntimeError (cloudcore died)."""
+        cloud = self.sf.fleet.cloud
+        assert cloud is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            now = time.monotonic()
+            try:
+                ds = self.sf.fleet.get("/api/v1/daemonsets/default/bench")
+            except (urllib.error.URLError, OSError) as exc:
+                if not cloud.alive():
+                    raise RuntimeError(f"cloudcore exited:\n{cloud.tail()}") from exc
+            else:
+                meta, status = ds.get("metadata", {}), ds.get("status") or {}
+                self.last = status
+                if status.get("observedGeneration") == meta.get("generation"):
+                    self.max_updated = max(self.max_updated,
+                                           int(status.get("updatedNumberScheduled", 0)))
+                if cond(meta, status):
+                    return now
+            if now > deadline:
+                raise TimeoutError(f"{what}: not reached after {timeout:g} s "
+                                   f"(last status: {json.dumps(self.last)})")
+            time.sleep(interval)
+
+
+def _current(meta: dict[str, Any], status: dict[str, Any]) -> bool:
+    return status.get("observedGeneration") == meta.get("generation")
+
+
+def _phase(status: dict[str, Any]) -> str:
+    return str((status.get("rollout") or {}).get("phase", "Complete"))
+
+
+def _batches(log: Path, offset: int, revision: str) -> tuple[int, int]:
+    """(batches, pods) cloudcore's log says were given `revision` after `offset`."""
+    with log.open("rb") as f:
+        f.seek(offset)
+        text = f.read().decode(errors="replace")
+    sizes = [int(m[1]) for m in _BATCH_LINE.finditer(text) if m[2] == revision]
+    return len(sizes), sum(sizes)
+
+
+def bench_rollout(*, nodes: int, procs: int, batch: int | str, workdir: Path) -> int:
+    try:
+        with simulated_fleet(nodes=nodes, procs=procs, workdir=workdir,
+                             sim_args=("--report-pods", "--crash-marker", CRASH_MARKER)) as sf:
+            _rollout(sf, batch, workdir.resolve())
+        return 0
+    except urllib.error.HTTPError as exc:
+        body = exc.read().decode(errors="replace")
+        print(f"bench failed: cloudcore answered {exc.code}: {body}", file=sys.stderr)
+        return 1
+    except urllib.error.URLError as exc:
+        print(f"bench failed: cannot reach cloudcore: {exc.reason}", file=sys.stderr)
+        return 1
+    except (TimeoutError, RuntimeError) as exc:
+        print(f"bench failed: {exc}", file=sys.stderr)
+        return 1
+
+
+def _rollout(sf: SimFleet, batch: int | str, workdir: Path) -> None:
+    fleet, nodes = sf.fleet, sf.nodes
+    assert fleet.cloud is not None and fleet.broker is not None and fleet.broker.proc
+    log = fleet.cloud.log
+    broker_pid = fleet.broker.proc.pid
+    watch = _Watch(sf)
+    results: dict[str, Any] = {"nodes": nodes, "simulator_processes": sf.procs,
+                               "batch": batch, "connect_s": round(sf.connect_s, 1),
+                               "registered_s": round(sf.registered_s, 1)}
+
+    # a. every node at v1 (the first template goes to every node at once)
+    t0 = time.monotonic()
+    fleet.apply([_rollout_ds(["sleep", "v1"], batch)])
+    t1 = watch.until(
+        lambda m, s: (_current(m, s) and _phase(s) == "Complete"
+                      and s.get("numberAvailable", 0) == nodes),
+        timeout=600, what=f"create: Complete with {nodes} pods available")
+    rev1 = watch.last["updateRevision"]
+    results["create"] = {"complete_s": round(t1 - t0, 2)}
+    time.sleep(2)
+
+    # b. a good update, in batches of maxUnavailable
+    mark, before = log.stat().st_size, sf.stats()
+    c0, b0 = _proc_usage(sf.cloud_pid)[0], _proc_usage(broker_pid)[0]
+    t0 = time.monotonic()
+    fleet.apply([_rollout_ds(["sleep", "v2"], batch)])
+    t1 = watch.until(
+        lambda m, s: (_current(m, s) and s.get("updateRevision") != rev1
+                      and _phase(s) == "Complete" and s.get("numberAvailable", 0) == nodes
+                      and s.get("currentRevision") == s.get("updateRevision")),
+        timeout=900, what=f"good update: Complete with {nodes} pods available")
+    c1, b1 = _proc_usage(sf.cloud_pid)[0], _proc_usage(broker_pid)[0]
+    rev2 = watch.last["updateRevision"]
+    time.sleep(1.5)  # the simulators' stats files are rewritten every second
+    after = sf.stats()
+    batches, pods = _batches(log, mark, rev2)
+    complete_s = t1 - t0
+    results["good_update"] = {
+        "complete_s": round(complete_s, 2),
+        "batches": batches,
+        "pods_updated_in_batches": pods,
+        "s_per_batch": round(complete_s / batches, 2) if batches else None,
+        "cloud_cpu_s": round(c1 - c0, 2),
+        "broker_cpu_s": round(b1 - b0, 2),
+        "msgs_per_node": round((after["msgs_in"] + after["msgs_out"]
+                                - before["msgs_in"] - before["msgs_out"]) / nodes, 2),
+    }
+
+    # c. a bad update: the first batch crash-loops, the rollout is rolled back
+    mark, before = log.stat().st_size, sf.stats()
+    c0, b0 = _proc_usage(sf.cloud_pid)[0], _proc_usage(broker_pid)[0]
+    watch.max_updated = 0
+    t0 = time.monotonic()
+    fleet.apply([_rollout_ds(["sh", "-c", CRASH_MARKER], batch)])
+    t1 = watch.until(lambda m, s: _current(m, s) and _phase(s) == "RolledBack",
+                     timeout=600, what="bad update: RolledBack")
+    failed = int((watch.last.get("rollout") or {}).get("failed", 0))
+    rev_bad = watch.last["updateRevision"]
+    t2 = watch.until(
+        lambda m, s: (_current(m, s) and s.get("currentRevision") == rev2
+                      and s.get("updatedNumberScheduled", 0) == 0
+                      and s.get("numberAvailable", 0) == nodes),
+        timeout=600, what=f"bad update: all {nodes} pods available at the good revision again")
+    c1, b1 = _proc_usage(sf.cloud_pid)[0], _proc_usage(broker_pid)[0]
+    time.sleep(1.5)
+    after = sf.stats()
+    batches, pods = _batches(log, mark, rev_bad)
+    results["bad_update"] = {
+        "rolled_back_s": round(t1 - t0, 2),
+        "all_available_again_s": round(t2 - t0, 2),
+        "batches": batches,
+        "pods_given_bad_template": pods,
+        "max_updated_seen": watch.max_updated,
+        "failed_at_rollback": failed,
+        "cloud_cpu_s": round(c1 - c0, 2),
+        "broker_cpu_s": round(b1 - b0, 2),
+        "msgs_per_node": round((after["msgs_in"] + after["msgs_out"]
+                                - before["msgs_in"] - before["msgs_out"]) / nodes, 2),
+    }
+    cpu, rss = _proc_usage(sf.cloud_pid)
+    results["cloud_rss_mb"] = round(rss / 2**20, 1)
+    results["cloud_cpu_s_total"] = round(cpu, 1)
+    print(json.dumps(results, indent=2))
+    (workdir / "result.json").write_text(json.dumps(results, indent=2))

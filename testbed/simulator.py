@@ -4,8 +4,10 @@ Each simulated node is one real MQTT session speaking the real protocol
 (`shared.codec`, `shared.topics`, `shared.delta.EdgeDesired`) to a real broker, so
 cloudcore cannot tell it from an edgecore agent, except that nothing is persisted
 and no container runs: a pod entry is reported Running as soon as its gen is
-applied (optionally). That is what a benchmark of the cloud and the broker needs:
-the protocol's traffic and timing, without the agent's disk and crun costs.
+applied (optionally; with a crash marker, a pod whose command or args contain it is
+reported crash-looping instead, to exercise health-gated rollouts). That is what a
+benchmark of the cloud and the broker needs: the protocol's traffic and timing,
+without the agent's disk and crun costs.
 
 gmqtt is used, not aiomqtt: aiomqtt keeps a per-client timer task that costs about
 21 % of a core idle at 12k sessions (DESIGN.md section 8), while a gmqtt session is
@@ -71,6 +73,8 @@ class SimSettings:
     keepalive: int = 60  # MQTT keepalive, seconds
     per_node_stats: bool = False  # add every node's timings and counters to the stats file
     max_connecting: int = 256  # connects in flight at once (a slow broker must not pile up)
+    crash_marker: str | None = None  # with report_pods: a pod whose container command or
+    # args contain this text is reported crashing (Running, not ready, CrashLoopBackOff)
 
 
 class SimNode:
@@ -238,25 +242,46 @@ class SimNode:
                 self.report(pods=pods)
 
     def pod_changes(self, old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
-        """Statuses to report: new or changed pods Running at once, removed pods gone (None)."""
+        """Statuses to report: new or changed pods Running at once (crashing, with a
+        `crash_marker` in a container's command or args), removed pods gone (None)."""
         out: dict[str, Any] = {}
+        marker = self.sim.settings.crash_marker
         for k, v in new.items():
             if split_key(k)[0] != POD or old.get(k) == v:
                 continue
             spec = v.get("spec") if isinstance(v, dict) else None
-            containers = (spec or {}).get("containers") or []
+            containers = [c for c in (spec or {}).get("containers") or [] if isinstance(c, dict)]
+            now = time.time()
+            crashing = marker is not None and any(
+                marker in str(word)
+                for c in containers
+                for word in [*(c.get("command") or []), *(c.get("args") or [])]
+            )
+            if crashing:
+                statuses = [
+                    ContainerStatus(
+                        name=c.get("name", "c"),
+                        state="waiting",
+                        ready=False,
+                        reason="CrashLoopBackOff",
+                        restart_count=1,
+                    )
+                    for c in containers
+                ]
+            else:
+                statuses = [
+                    ContainerStatus(
+                        name=c.get("name", "c"), state="running", ready=True, started_at=now
+                    )
+                    for c in containers
+                ]
             status = PodStatus(
                 phase="Running",
                 node_name=self.name,
-                updated_at=time.time(),
+                updated_at=now,
                 revision=v.get("revision") if isinstance(v, dict) else None,
-                container_statuses=[
-                    ContainerStatus(
-                        name=c.get("name", "c"), state="running", ready=True, started_at=time.time()
-                    )
-                    for c in containers
-                    if isinstance(c, dict)
-                ],
+                container_statuses=statuses,
+                ready=False if crashing else None,
             )
             out[k] = status_value(status)
         for k in old:
@@ -276,6 +301,8 @@ class Simulator:
             raise ValueError("connect_rate_per_s: must be positive")
         if settings.heartbeat <= 0:
             raise ValueError("heartbeat: must be positive seconds")
+        if settings.crash_marker == "":
+            raise ValueError("crash_marker: must not be empty (it would match every pod)")
         self.settings = settings
         self.nodes = [SimNode(n, self) for n in settings.names]
         self.connected = 0
@@ -479,6 +506,7 @@ async def run_simulator(
     stats_path: Path | None,
     keepalive: int = 60,
     per_node_stats: bool = False,
+    crash_marker: str | None = None,
 ) -> None:
     """Simulate `names` as edge nodes against the broker until cancelled."""
     settings = SimSettings(
@@ -492,6 +520,7 @@ async def run_simulator(
         stats_path=stats_path,
         keepalive=keepalive,
         per_node_stats=per_node_stats,
+        crash_marker=crash_marker,
     )
     await Simulator(settings).run()
 
@@ -550,6 +579,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--report-pods", action="store_true", help="report applied pods Running")
     p.add_argument(
+        "--crash-marker",
+        default=None,
+        metavar="TEXT",
+        help="with --report-pods: report a pod whose container command or args contain TEXT "
+        "as crashing (CrashLoopBackOff)",
+    )
+    p.add_argument(
         "--stats", type=Path, default=None, help="JSON stats file, rewritten every second"
     )
     p.add_argument("--per-node-stats", action="store_true", help="add per-node timings to --stats")
@@ -591,6 +627,7 @@ def main(argv: list[str] | None = None) -> int:
                 stats_path=args.stats,
                 keepalive=args.keepalive,
                 per_node_stats=args.per_node_stats,
+                crash_marker=args.crash_marker,
             )
 
     coro = serve()
