@@ -923,6 +923,15 @@ class Fleet:
         """The pods of a workload (`Kind/namespace/name`), sorted."""
         return sorted(self._owners.get(owner, ()))
 
+    def owned_set(self, owner: str) -> set[Key]:
+        """The pods of a workload, unsorted (do not change it)."""
+        return self._owners.get(owner, set())
+
+    @property
+    def bound(self) -> dict[Key, str]:
+        """Pod -> the node whose desired set holds it (read only)."""
+        return self._bound
+
     def _index_owner(self, key: Key, pod: Pod, old: Pod | None = None) -> None:
         before = old.metadata.annotations.get(naming.OWNER) if old is not None else None
         owner = pod.metadata.annotations.get(naming.OWNER)
@@ -931,14 +940,6 @@ class Fleet:
         if owner is not None:
             self._owners.setdefault(owner, set()).add(key)
         self.rollouts.touch(owner)
-
-    def node_of(self, key: Key) -> str | None:
-        """The node whose desired set holds the pod, else the one it is bound to by spec."""
-        node = self._bound.get(key)
-        if node is None:
-            pod = self.pods.get(key)
-            node = pod.spec.node_name if pod is not None else None
-        return node
 
     def put_pod(self, key: Key, pod: Pod, old: Pod | None, *, revision: str) -> None:
         """`_put_pod` for the rollout controller."""

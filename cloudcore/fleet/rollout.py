@@ -38,9 +38,10 @@ at most every `max(1 s, pods / 20,000 s)`.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -76,6 +77,20 @@ MAX_MESSAGE = 400
 
 def owner_of(ds: DaemonSet) -> str:
     return f"DaemonSet/{ds.metadata.namespace}/{ds.metadata.name}"
+
+
+@dataclass
+class _Scan:
+    """What one pass over a DaemonSet's pods found."""
+
+    total: int = 0
+    updated: int = 0  # pods with the update template
+    ready: int = 0  # Running and Ready at their own revision
+    available: int = 0  # ... for minReadySeconds
+    offline: int = 0  # on nodes that are not Ready
+    candidates: list[Key] = field(default_factory=list)  # not yet updated, node Ready
+    in_flight: int = 0  # updated, node Ready, not yet healthy, not failed
+    healthy: int = 0  # updated, available, reported since the update
 
 
 @dataclass
@@ -213,7 +228,12 @@ class Rollouts:
 
     def tick(self) -> bool:
         """Advance every rollout under way and refresh the statuses that changed;
-        True if pods changed (the caller retries pending pods and commits)."""
+        True if pods changed (the caller retries pending pods and commits). One pass
+        over a DaemonSet's pods per tick, and only when something may have changed: a
+        report or a node's readiness (dirty), a batch, or, while a rollout moves, time
+        (`minReadySeconds`, the progress deadline) at most every max(1 s, pods /
+        20,000 s). A rollout that is RolledBack, Aborted or Complete costs nothing
+        until one of its pods or nodes changes."""
         now = self.clock()
         changed = False
         for key, ds in list(self.fleet.daemonsets.items()):
@@ -222,103 +242,123 @@ class Rollouts:
             if st is None:
                 continue
             update, hold, _ = self.templates(ds)
-            if hold is not None:
-                changed |= self._advance(ds, owner, st, update, now)
-                update, hold, _ = self.templates(ds)  # it may have completed
-            elif owner not in self._dirty:
+            moving = hold is not None and st.aborted != update.thash
+            keys = self.fleet.owned_set(owner)
+            every = max(1.0, len(keys) / STATUS_PODS_PER_SECOND)
+            if now - st.status_at < every or not (moving or owner in self._dirty):
                 continue
+            self._dirty.discard(owner)
+            st.status_at = now
             if hold is None and st.target is not None:
                 st.target = None  # no rollout under way: forget the last one's pods
                 st.failed.clear()
                 st.updated_at.clear()
-            keys = self.fleet.owned_keys(owner)
-            every = max(1.0, len(keys) / STATUS_PODS_PER_SECOND)
-            if now - st.status_at >= every or changed:
-                self._dirty.discard(owner)
-                st.status_at = now
-                self._status(key, ds, st, update=update, hold=hold, keys=keys, now=now)
+            if moving and st.target != update.thash:
+                st.target = update.thash
+                st.failed.clear()
+                st.updated_at.clear()
+            scan = self._scan(ds, st, update, keys, now, moving=moving)
+            if moving:
+                changed |= self._advance(ds, owner, st, update, scan)
+                update, hold, _ = self.templates(ds)  # it may have completed
+            self._status(key, ds, st, update=update, hold=hold, scan=scan)
         return changed
 
-    def _node_ready(self, key: Key) -> bool:
-        node = self.fleet.node_of(key)
-        n = self.fleet.nodes.get(node) if node is not None else None
-        return n is not None and n.status.ready == "Ready"
-
-    def _healthy(self, st: _State, key: Key, pod: Pod, revision: str, *, now: float,
-                 min_ready: float) -> bool:
-        if not ready_at(pod, revision):
-            st.ready_since.pop(key, None)
-            return False
-        rev, since = st.ready_since.get(key, (None, now))
-        if rev != revision:
-            since = now
-            st.ready_since[key] = (revision, now)
-        return now - since >= min_ready
-
-    def _advance(self, ds: DaemonSet, owner: str, st: _State, update: Template,
-                 now: float) -> bool:
-        strategy = ds.spec.update_strategy
-        assert strategy is not None
-        if st.target != update.thash:
-            st.target = update.thash
-            st.failed.clear()
-            st.updated_at.clear()
-        if st.aborted == update.thash:
-            return False
-        pods = self.fleet.pods
-        keys = self.fleet.owned_keys(owner)
-        candidates: list[Key] = []
-        in_flight = healthy = 0
+    def _scan(self, ds: DaemonSet, st: _State, update: Template, keys: Collection[Key],
+              now: float, *, moving: bool) -> _Scan:
+        """One pass over the DaemonSet's pods: the status counts and, with `moving`,
+        what the rollout needs (candidates, pods in progress, healthy, new failures)."""
+        pods, nodes, bound = self.fleet.pods, self.fleet.nodes, self.fleet.bound
+        min_ready = ds.spec.min_ready_seconds
         deadline = float(ds.spec.progress_deadline_seconds)
+        sc = _Scan()
         for k in keys:
             pod = pods[k]
-            if not self._node_ready(k):
+            ann = pod.metadata.annotations
+            node = nodes.get(bound.get(k) or pod.spec.node_name or "")
+            node_ready = node is not None and node.status.ready == "Ready"
+            sc.total += 1
+            if not node_ready:
+                sc.offline += 1
+            is_update = ann.get(naming.TEMPLATE_HASH) == update.thash
+            if is_update:
+                sc.updated += 1
+            rev = ann.get(naming.REVISION)
+            available = False
+            if rev is not None and ready_at(pod, rev):
+                seen, since = st.ready_since.get(k, (None, now))
+                if seen != rev:
+                    since = now
+                    st.ready_since[k] = (rev, now)
+                sc.ready += 1
+                available = now - since >= min_ready
+                sc.available += available
+            else:
+                st.ready_since.pop(k, None)
+            if not moving:
+                continue
+            if not node_ready:
                 st.updated_at[k] = now  # the deadline counts only while its node is Ready
                 continue
-            if pod.metadata.annotations.get(naming.TEMPLATE_HASH) != update.thash:
-                candidates.append(k)
+            if not is_update:
+                sc.candidates.append(k)
                 continue
-            since = st.updated_at.setdefault(k, now)
+            updated_at = st.updated_at.setdefault(k, now)
             # Only a report made after the update says anything about it (after a retry,
             # the node's last report may still be the failed attempt's).
-            fresh = st.reported_at.get(k, float("-inf")) >= since
+            fresh = st.reported_at.get(k, float("-inf")) >= updated_at
             if k not in st.failed:
                 why = failure(pod, update.revision) if fresh else None
-                if why is None and not (fresh and ready_at(pod, update.revision)) and (
-                        now - since > deadline):
+                if why is None and not (fresh and available) and now - updated_at > deadline:
                     why = f"not Ready {deadline:g} s after the update"
                 if why is not None:
                     st.failed[k] = why[:MAX_MESSAGE]
-                    log.info("rollout of %s: pod %s/%s failed: %s", owner, *k, why)
+                    log.debug("rollout of %s: pod %s failed: %s", owner_of(ds), k[1], why)
             if k in st.failed:
                 continue
-            if fresh and self._healthy(st, k, pod, update.revision, now=now,
-                             min_ready=ds.spec.min_ready_seconds):
-                healthy += 1
+            if fresh and available:
+                sc.healthy += 1
             else:
-                in_flight += 1
-        threshold = resolve_count(strategy.failure_threshold, len(keys), round_up=False)
+                sc.in_flight += 1
+        for memo in (st.ready_since, st.reported_at):
+            if len(memo) > sc.total:  # pods that are gone
+                for gone in [k for k in memo if k not in keys]:
+                    del memo[gone]
+        return sc
+
+    def _advance(self, ds: DaemonSet, owner: str, st: _State, update: Template,
+                 sc: _Scan) -> bool:
+        """The rollout's next step from the scan: abort, complete, or the next batch."""
+        strategy = ds.spec.update_strategy
+        assert strategy is not None
+        threshold = resolve_count(strategy.failure_threshold, sc.total, round_up=False)
         if len(st.failed) > threshold:
             return self._abort(ds, owner, st, update, threshold)
         if ds.spec.paused:
             return False
-        if not candidates and in_flight == 0:
-            if healthy == 0 and keys:
+        if not sc.candidates and sc.in_flight == 0:
+            if sc.healthy == 0 and sc.total:
                 return False  # nothing verified yet (no Ready node): wait
             return self._complete(ds, owner, st, update)
-        room = max(1, resolve_count(strategy.rolling_update.max_unavailable, len(keys),
-                                    round_up=False)) - in_flight
-        if room <= 0 or not candidates:
+        room = max(1, resolve_count(strategy.rolling_update.max_unavailable, sc.total,
+                                    round_up=False)) - sc.in_flight
+        if room <= 0 or not sc.candidates:
             return False
-        ns = ds.metadata.namespace
-        for k in candidates[:room]:
+        pods, ns, now = self.fleet.pods, ds.metadata.namespace, self.clock()
+        batch = heapq.nsmallest(room, sc.candidates)  # in name order
+        for k in batch:
             old = pods[k]
             self.fleet.put_pod(k, update.pod(ns=ns, name=k[1], owner=owner,
                                              node=old.spec.node_name),
                                old, revision=update.revision)
             st.updated_at[k] = now
-        log.info("rollout of %s: %d more pod(s) get revision %s", owner,
-                 min(room, len(candidates)), update.revision)
+            was = st.ready_since.pop(k, None)  # Ready at the old revision, not the new one
+            if was is not None:
+                sc.ready -= 1
+                sc.available -= now - was[1] >= ds.spec.min_ready_seconds
+        sc.updated += len(batch)
+        log.info("rollout of %s: %d more pod(s) get revision %s", owner, len(batch),
+                 update.revision)
         return True
 
     def _abort(self, ds: DaemonSet, owner: str, st: _State, update: Template,
@@ -352,51 +392,35 @@ class Rollouts:
     # -- status -------------------------------------------------------------------------
 
     def _status(self, key: Key, ds: DaemonSet, st: _State, *, update: Template,
-                hold: Template | None, keys: list[Key], now: float) -> None:
-        pods = self.fleet.pods
-        updated = ready = available = 0
-        min_ready = ds.spec.min_ready_seconds
-        for k in keys:
-            pod = pods[k]
-            if pod.metadata.annotations.get(naming.TEMPLATE_HASH) == update.thash:
-                updated += 1
-            rev = pod.metadata.annotations.get(naming.REVISION)
-            if rev is not None and self._healthy(st, k, pod, rev, now=now, min_ready=0.0):
-                ready += 1
-                if now - st.ready_since[k][1] >= min_ready:
-                    available += 1
-        alive = set(keys)
-        for memo in (st.ready_since, st.reported_at):
-            for gone in set(memo) - alive:
-                del memo[gone]
+                hold: Template | None, scan: _Scan) -> None:
+        """The DaemonSet's status from this tick's scan (a batch, a rollback or the
+        completion made in the same tick shows in the counts on the next one)."""
         strategy = ds.spec.update_strategy
-        offline = sum(1 for k in keys if not self._node_ready(k))
+        total, offline, failed = scan.total, scan.offline, len(st.failed)
+        not_ready = f", {offline} on nodes that are not Ready" if offline else ""
         if hold is None:
             rollout = RolloutStatus(
                 phase="Complete", offline=offline,
-                message=(f"{available} of {len(keys)} pods available at revision "
-                         f"{update.revision}"
-                         + (f", {offline} on nodes that are not Ready" if offline else "")))
+                message=(f"{scan.available} of {total} pods available at revision "
+                         f"{update.revision}{not_ready}"))
         elif st.aborted == update.thash:
             back = strategy is not None and strategy.auto_rollback
             rollout = RolloutStatus(
-                phase="RolledBack" if back else "Aborted", failed=len(st.failed),
-                offline=offline,
-                message=(f"revision {update.revision} failed on {len(st.failed)} pod(s); "
+                phase="RolledBack" if back else "Aborted", failed=failed, offline=offline,
+                message=(f"revision {update.revision} failed on {failed} pod(s); "
                          + (f"back to revision {hold.revision}; apply a fixed template"
                             if back else "no new batches; apply a fixed template")))
         else:
             rollout = RolloutStatus(
-                phase="Paused" if ds.spec.paused else "Progressing", failed=len(st.failed),
+                phase="Paused" if ds.spec.paused else "Progressing", failed=failed,
                 offline=offline,
-                message=(f"{updated} of {len(keys)} pods updated to revision "
-                         f"{update.revision}, {len(st.failed)} failed"
-                         + (f", {offline} on nodes that are not Ready" if offline else "")))
+                message=(f"{scan.updated} of {total} pods updated to revision "
+                         f"{update.revision}, {failed} failed{not_ready}"))
         status = WorkloadStatus(
-            observed_generation=ds.metadata.generation, desired_number_scheduled=len(keys),
-            updated_number_scheduled=updated, number_ready=ready, number_available=available,
-            current_revision=(hold or update).revision, update_revision=update.revision,
-            rollout=rollout)
+            observed_generation=ds.metadata.generation, desired_number_scheduled=total,
+            updated_number_scheduled=scan.updated, number_ready=scan.ready,
+            number_available=scan.available, current_revision=(hold or update).revision,
+            update_revision=update.revision, rollout=rollout)
         if status != ds.status:
             ds.status = status
             self.fleet.save_workload("DaemonSet", key)

@@ -317,3 +317,35 @@ def test_rollout_actions_pause_resume_undo_retry() -> None:
     w.report(b)
     w.tick()
     assert len(w.updated(r2)) == 2
+
+
+def test_a_settled_daemonset_is_not_scanned_until_something_changes() -> None:
+    w = World(3)
+    v1, v2 = staged(["v1"], batch=1), staged(["v2"], batch=1)
+    w.apply(v1)
+    w.report_all()
+    w.tick()
+    scans: list[str] = []
+    real = w.fleet.rollouts._scan
+
+    def counting(*args: Any, **kw: Any) -> Any:
+        scans.append("scan")
+        return real(*args, **kw)
+
+    w.fleet.rollouts._scan = counting  # type: ignore[method-assign]
+    w.tick(5)
+    w.tick(5)
+    assert scans == []  # Complete and nothing reported: no pass over its pods
+    w.report(w.names[0])
+    w.tick()
+    assert len(scans) == 1
+    w.apply(v2)
+    [a] = w.updated(rev_of(w, v2))
+    w.report(a, waiting="CrashLoopBackOff")
+    w.tick()
+    assert w.status().rollout.phase == "RolledBack"
+    w.tick()  # the status after the rollback's changes
+    scans.clear()
+    w.tick(5)
+    w.tick(5)
+    assert scans == []  # rolled back and quiet: no pass either
