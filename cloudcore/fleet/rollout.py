@@ -33,7 +33,7 @@ Deployments update their replicas at once (not staged yet).
 The DaemonSet's `status` (Kubernetes' names: desiredNumberScheduled,
 updatedNumberScheduled, numberReady, numberAvailable, currentRevision,
 updateRevision, plus `rollout`) is recomputed when its pods or their nodes change,
-at most every `max(1 s, pods / 20,000 s)`.
+at most every tick (1 s), or every pods / 20,000 s for bigger DaemonSets.
 """
 
 from __future__ import annotations
@@ -231,9 +231,9 @@ class Rollouts:
         True if pods changed (the caller retries pending pods and commits). One pass
         over a DaemonSet's pods per tick, and only when something may have changed: a
         report or a node's readiness (dirty), a batch, or, while a rollout moves, time
-        (`minReadySeconds`, the progress deadline) at most every max(1 s, pods /
-        20,000 s). A rollout that is RolledBack, Aborted or Complete costs nothing
-        until one of its pods or nodes changes."""
+        (`minReadySeconds`, the progress deadline): every tick, or every pods / 20,000
+        s for DaemonSets of more than 20,000 pods. A DaemonSet that is RolledBack,
+        Aborted or Complete costs nothing until one of its pods or nodes changes."""
         now = self.clock()
         changed = False
         for key, ds in list(self.fleet.daemonsets.items()):
@@ -244,7 +244,7 @@ class Rollouts:
             update, hold, _ = self.templates(ds)
             moving = hold is not None and st.aborted != update.thash
             keys = self.fleet.owned_set(owner)
-            every = max(1.0, len(keys) / STATUS_PODS_PER_SECOND)
+            every = len(keys) / STATUS_PODS_PER_SECOND  # ticks are >= 1 s apart anyway
             if now - st.status_at < every or not (moving or owner in self._dirty):
                 continue
             self._dirty.discard(owner)
