@@ -43,6 +43,7 @@ test: lint
 
 bench: deps
 	$(VENV)/bin/testbed bench sync --nodes 5000
+	$(VENV)/bin/testbed bench rollout --nodes 5000
 
 clean:
 	rm -rf $(VENV) var build *.egg-info
