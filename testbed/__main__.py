@@ -117,21 +117,40 @@ def cmd_demo(args: argparse.Namespace) -> int:
             want = expected_pods(docs, args.nodes)
             t1 = time.monotonic()
 
+            rollouts: dict[str, str] = {}
+
             def converged() -> bool:
-                # Running the applied spec: after an update a pod's status stays the
-                # old revision's until its agent reports the new one.
+                # Every DaemonSet's rollout complete (a staged one goes a node at a time;
+                # the local registry's address, so the image, changes between runs), and
+                # every pod Running and Ready its applied spec: after an update a pod's
+                # status stays the old revision's until its agent reports the new one,
+                # and a container in CrashLoopBackOff is Running but not Ready.
+                done = True
+                for ds in fleet.get("/api/v1/daemonsets")["items"]:
+                    st, name = ds.get("status") or {}, ds["metadata"]["name"]
+                    rollout = st.get("rollout") or {}
+                    if rollout.get("phase", "Complete") != "Complete" or (
+                            st.get("observedGeneration", 0) < ds["metadata"]["generation"]):
+                        done = False
+                        msg = f"{rollout.get('phase', '?')}: {rollout.get('message', '')}"
+                        if rollouts.get(name) != msg:
+                            rollouts[name] = msg
+                            print(f"   rollout of daemonset/{name}: {msg}", flush=True)
                 pods = fleet.pods()
-                return len(pods) == want and all(
+                return done and len(pods) == want and all(
                     (p.get("status") or {}).get("phase") == "Running" and pod_up_to_date(p)
-                    for p in pods)
+                    and (p.get("status") or {}).get("ready") is not False for p in pods)
 
             try:
-                fleet.wait(converged, timeout=120, what=f"{want} pods Running")
+                fleet.wait(converged, timeout=300, what=f"{want} pods Running and Ready",
+                           interval=0.5)
             except TimeoutError as exc:
                 print(_fedctl(fleet, "get", "pods", "-o", "wide"))
                 raise SystemExit(f"demo failed: {exc}") from None
-            print(f"== {want} pods Running {time.monotonic() - t1:.1f} s after apply", flush=True)
+            print(f"== {want} pods Running and Ready {time.monotonic() - t1:.1f} s after apply",
+                  flush=True)
             print(_fedctl(fleet, "get", "pods", "-o", "wide"), flush=True)
+            print(_fedctl(fleet, "get", "daemonsets"), flush=True)
             a = fleet.agents[0]
             url = f"http://{a.address}:8080/"
             with urllib.request.urlopen(url, timeout=10) as r:
