@@ -819,7 +819,8 @@ node_app = typer.Typer(help="Node operations.", no_args_is_help=True)
 config_app = typer.Typer(help="Contexts in the fedctl config file.", no_args_is_help=True)
 top_app = typer.Typer(help="Resource usage, measured and forecast.", no_args_is_help=True)
 rollout_app = typer.Typer(
-    help="Follow and steer DaemonSet rollouts: status, pause, resume, undo, retry.",
+    help="Follow and steer DaemonSet and Deployment rollouts: status, pause, resume, undo, "
+    "retry.",
     no_args_is_help=True,
 )
 app.add_typer(top_app, name="top")
@@ -1129,34 +1130,38 @@ def top_nodes(
 # --- rollout ---------------------------------------------------------------------------
 
 TargetArg = Annotated[
-    str, typer.Argument(metavar="KIND/NAME", help="daemonset/NAME (or ds/NAME); KIND NAME "
-                        "works too.")
+    str, typer.Argument(metavar="KIND/NAME", help="daemonset/NAME or deployment/NAME (ds/, "
+                        "deploy/ too); KIND NAME works too.")
 ]
 NameArg = Annotated[
     str | None,
     typer.Argument(metavar="NAME", show_default=False,
-                   help="The DaemonSet's name, when the first argument is only its KIND."),
+                   help="The workload's name, when the first argument is only its KIND."),
 ]
+_ROLLOUT_KINDS = (kinds.DAEMONSET, kinds.DEPLOYMENT)
 
 
-def _rollout_target(target: str, name: str | None) -> str:
-    """The DaemonSet's name from `daemonset/NAME` or `daemonset NAME` (kubectl's forms)."""
+def _rollout_target(target: str, name: str | None) -> tuple[kinds.Kind, str]:
+    """The workload from `daemonset/NAME` or `deployment NAME` (kubectl's forms)."""
     kind_text, sep, rest = target.partition("/")
     if sep and name is None:
         name = rest
     elif sep or name is None:
-        raise UsageError(f"{target!r}: name the DaemonSet as KIND/NAME, e.g. daemonset/agent")
+        raise UsageError(f"{target!r}: name the workload as KIND/NAME, e.g. daemonset/agent")
     (kind,) = kinds.resolve(kind_text, allow_group=False)
-    if kind is not kinds.DAEMONSET:
-        raise UsageError(f"rollout works on daemonsets, not {kind.plural} "
-                         "(Deployments update their replicas at once)")
+    if kind not in _ROLLOUT_KINDS:
+        raise UsageError(f"rollout works on daemonsets and deployments, not {kind.plural}")
     if not name:
-        raise UsageError(f"{target!r}: the DaemonSet's name is empty")
-    return name
+        raise UsageError(f"{target!r}: the {kind.kind}'s name is empty")
+    return kind, name
+
+
+def _singular(kind: kinds.Kind) -> str:
+    return kind.kind.lower()
 
 
 def rollout_state(obj: dict[str, Any]) -> tuple[str, str]:
-    """Where a DaemonSet's rollout stands for `rollout status`: ("done" | "failed" |
+    """Where a workload's rollout stands for `rollout status`: ("done" | "failed" |
     "waiting", what to tell the user). Done: the rollout is Complete and every pod on a
     Ready node is available. A status older than the spec (its observedGeneration is
     below metadata.generation) is waiting, whatever it says."""
@@ -1172,9 +1177,9 @@ def rollout_state(obj: dict[str, Any]) -> tuple[str, str]:
     if phase == "Complete":
         # the template rolled out; done once its pods run (those on nodes that are not
         # Ready cannot say so: they get it when they reconnect)
-        desired = status.get("desiredNumberScheduled", 0)
+        desired, _, _, available = render.status_counts(obj)
         offline = (status.get("rollout") or {}).get("offline", 0)
-        if status.get("numberAvailable", 0) + offline >= desired:
+        if available + offline >= desired:
             return "done", progress
         return "waiting", progress
     if phase in ("RolledBack", "Aborted"):
@@ -1202,33 +1207,34 @@ def rollout_status(
         float, typer.Option("--interval", metavar="SECONDS", help="Polling interval.")
     ] = 0.5,
 ) -> None:
-    """Follow a DaemonSet's rollout until it ends, printing each step.
+    """Follow a DaemonSet's or Deployment's rollout until it ends, printing each step.
 
     Exits 0 once the rollout is complete, 1 with cloudcore's message when it was
     rolled back or aborted, 1 on --timeout. A paused rollout is waited for (resume it
     with `fedctl rollout resume`). A cloudcore that is briefly unreachable is retried.
     """
-    ds = _rollout_target(target, name)
+    kind, ds = _rollout_target(target, name)
+    one = _singular(kind)
     ns = namespace or "default"
     limit = parse_duration(timeout) if timeout is not None else None
     if interval <= 0:
         raise UsageError("--interval: must be a positive number of seconds")
-    what = f'daemonset "{ds}" rollout'
-    resume = f"fedctl rollout resume daemonset/{ds}" + ("" if ns == "default" else f" -n {ns}")
+    what = f'{one} "{ds}" rollout'
+    resume = f"fedctl rollout resume {one}/{ds}" + ("" if ns == "default" else f" -n {ns}")
     deadline = None if limit is None else time.monotonic() + limit
     console = stdout_console()
     said: str | None = None
     with _state(ctx).client() as api:
         while True:
             try:
-                state, text = rollout_state(api.get(kinds.DAEMONSET, ds, namespace=ns))
+                state, text = rollout_state(api.get(kind, ds, namespace=ns))
             except Unreachable as exc:
                 state, text = "waiting", f"cloudcore unreachable: {exc.message}"
             if state == "done":
-                console.print(f'daemonset "{ds}" successfully rolled out', markup=False)
+                console.print(f'{one} "{ds}" successfully rolled out', markup=False)
                 return
             if state == "failed":
-                raise FedctlError(f"{what} {text} (see: fedctl events daemonset/{ns}/{ds})")
+                raise FedctlError(f"{what} {text} (see: fedctl events {one}/{ns}/{ds})")
             if text != said:
                 paused = f" (resume with: {resume})" if text.startswith("paused") else ""
                 console.print(f"Waiting for {what}: {text}{paused}", markup=False)
@@ -1241,20 +1247,21 @@ def rollout_status(
 
 def _rollout_action(ctx: typer.Context, *, target: str, name: str | None,
                     namespace: str | None, action: str) -> tuple[str, dict[str, Any]]:
-    """POST the action; (the DaemonSet's name, the DaemonSet after it)."""
-    ds = _rollout_target(target, name)
+    """POST the action; (`kind/name` as fedctl prints it, the object after it)."""
+    kind, ds = _rollout_target(target, name)
     with _state(ctx).client() as api:
-        return ds, api.rollout(ds, action, namespace=namespace or "default")
+        obj = api.rollout(kind, ds, action, namespace=namespace or "default")
+    return f"{_singular(kind)}/{ds}", obj
 
 
 @rollout_app.command("pause")
 @_handles_errors
 def rollout_pause(ctx: typer.Context, target: TargetArg, name: NameArg = None,
                   namespace: NamespaceOpt = None) -> None:
-    """Stop new batches of a DaemonSet's rollout (pods already updating go on)."""
+    """Stop new batches of a rollout (pods already updating go on)."""
     ds, _ = _rollout_action(ctx, target=target, name=name, namespace=namespace,
                             action="pause")
-    stdout_console().print(f"daemonset/{ds} paused", markup=False)
+    stdout_console().print(f"{ds} paused", markup=False)
 
 
 @rollout_app.command("resume")
@@ -1264,20 +1271,20 @@ def rollout_resume(ctx: typer.Context, target: TargetArg, name: NameArg = None,
     """Let a paused rollout go on with its next batch."""
     ds, _ = _rollout_action(ctx, target=target, name=name, namespace=namespace,
                             action="resume")
-    stdout_console().print(f"daemonset/{ds} resumed", markup=False)
+    stdout_console().print(f"{ds} resumed", markup=False)
 
 
 @rollout_app.command("undo")
 @_handles_errors
 def rollout_undo(ctx: typer.Context, target: TargetArg, name: NameArg = None,
                  namespace: NamespaceOpt = None) -> None:
-    """Put back the template that last rolled out everywhere, on every node at once."""
+    """Put back the template that last rolled out everywhere, on every pod at once."""
     ds, obj = _rollout_action(ctx, target=target, name=name, namespace=namespace,
                               action="undo")
     status = obj.get("status") or {}
     revision = status.get("currentRevision") or status.get("updateRevision")
     to = f" to revision {revision}" if revision else ""
-    stdout_console().print(f"daemonset/{ds} rolled back{to}", markup=False)
+    stdout_console().print(f"{ds} rolled back{to}", markup=False)
 
 
 @rollout_app.command("retry")
@@ -1287,4 +1294,4 @@ def rollout_retry(ctx: typer.Context, target: TargetArg, name: NameArg = None,
     """Start an aborted or rolled-back rollout of the current template again."""
     ds, _ = _rollout_action(ctx, target=target, name=name, namespace=namespace,
                             action="retry")
-    stdout_console().print(f"daemonset/{ds} rollout restarted", markup=False)
+    stdout_console().print(f"{ds} rollout restarted", markup=False)

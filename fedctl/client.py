@@ -20,7 +20,7 @@ import httpx
 
 from fedctl.config import Settings
 from fedctl.errors import NotFound, ServerError, Unreachable
-from fedctl.kinds import DAEMONSET, Kind
+from fedctl.kinds import Kind
 
 API = "/api/v1"
 PAGE = 5000
@@ -330,12 +330,12 @@ class ApiClient:
         return self._request("POST", f"{API}/nodes/{quote(name, safe='')}/drain",
                              what=f'node "{name}"')
 
-    def rollout(self, name: str, action: str, *, namespace: str | None = None
+    def rollout(self, kind: Kind, name: str, action: str, *, namespace: str | None = None
                 ) -> dict[str, Any]:
-        """pause, resume, undo or retry a DaemonSet's rollout; the DaemonSet after it."""
-        return self._request("POST", _path(DAEMONSET, namespace, name) + "/rollout",
-                             json={"action": action},
-                             what=_describe(DAEMONSET, namespace, name))
+        """pause, resume, undo or retry a DaemonSet's or Deployment's rollout; the
+        object after it."""
+        return self._request("POST", _path(kind, namespace, name) + "/rollout",
+                             json={"action": action}, what=_describe(kind, namespace, name))
 
     def events(self, *, obj: str | None = None, limit: int | None = None,
                type_: str | None = None) -> list[dict[str, Any]]:

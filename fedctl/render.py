@@ -194,6 +194,23 @@ def rollout_phase(obj: dict[str, Any]) -> str:
     return str(_dig(status, "rollout", "phase", default="Complete"))
 
 
+STATUS_COUNTS = {
+    # kind -> (desired, updated, ready, available): Kubernetes' names for each kind
+    "DaemonSet": ("desiredNumberScheduled", "updatedNumberScheduled", "numberReady",
+                  "numberAvailable"),
+    "Deployment": ("replicas", "updatedReplicas", "readyReplicas", "availableReplicas"),
+}
+
+
+def status_counts(obj: dict[str, Any]) -> tuple[int, int, int, int]:
+    """(desired, updated, ready, available) pods of a DaemonSet or Deployment's status
+    (0 for what cloudcore left out)."""
+    status = obj.get("status") or {}
+    keys = STATUS_COUNTS.get(str(obj.get("kind")), STATUS_COUNTS["DaemonSet"])
+    desired, updated, ready, available = (int(status.get(k) or 0) for k in keys)
+    return desired, updated, ready, available
+
+
 def rollout_progress(obj: dict[str, Any]) -> str:
     """What the rollout is doing: cloudcore's message, else one in its words from the
     counts (`3 of 10 pods updated to revision abc, 0 failed`)."""
@@ -201,8 +218,8 @@ def rollout_progress(obj: dict[str, Any]) -> str:
     message = _dig(status, "rollout", "message")
     if message:
         return str(message)
-    return (f"{status.get('updatedNumberScheduled', 0)} of "
-            f"{status.get('desiredNumberScheduled', 0)} pods updated to revision "
+    desired, updated, _, _ = status_counts(obj)
+    return (f"{updated} of {desired} pods updated to revision "
             f"{status.get('updateRevision') or '-'}, "
             f"{_dig(status, 'rollout', 'failed', default=0)} failed")
 
@@ -300,13 +317,14 @@ def columns(kind: Kind, *, wide: bool, all_namespaces: bool, mixed: bool = False
         cols.append(("READY", workload_ready))
         if kind.kind == "Deployment" and not mixed:
             cols.append(("REPLICAS", lambda o: str(_dig(o, "spec", "replicas", default=1))))
-        # DaemonSets' own status columns; the workloads view (`mixed`) keeps the columns
-        # both kinds have, as Deployments report no status yet.
-        rollouts = kind.kind == "DaemonSet" and not mixed
+        # the rollout's columns (each kind's own status names); the workloads view
+        # (`mixed`) keeps it short
+        rollouts = not mixed
         if rollouts:
+            _, updated, _, available = STATUS_COUNTS[kind.kind]
             cols += [
-                ("UP-TO-DATE", _status_count("updatedNumberScheduled")),
-                ("AVAILABLE", _status_count("numberAvailable")),
+                ("UP-TO-DATE", _status_count(updated)),
+                ("AVAILABLE", _status_count(available)),
                 ("ROLLOUT", _rollout_cell),
             ]
         cols += [("NODE SELECTOR", _node_selector), ("AGE", _created)]
@@ -565,7 +583,7 @@ def _field(console: Console, label: str, value: str | Text, *, indent: int = 0) 
 
 
 def _rollout(console: Console, obj: dict[str, Any]) -> None:
-    """A DaemonSet's rollout: where it stands (from its status) and how it goes (spec)."""
+    """A workload's rollout: where it stands (from its status) and how it goes (spec)."""
     spec = obj.get("spec") or {}
     status = obj.get("status")
     console.print(Text("Rollout:", style="bold"))
@@ -575,16 +593,16 @@ def _rollout(console: Console, obj: dict[str, Any]) -> None:
                indent=2)
         _field(console, "Revisions", f"current {status.get('currentRevision') or NONE}, "
                f"update {status.get('updateRevision') or NONE}", indent=2)
-        desired = status.get("desiredNumberScheduled") or 0
-        _field(console, "Pods", f"{status.get('updatedNumberScheduled') or 0} updated, "
-               f"{status.get('numberReady') or 0} ready, "
-               f"{status.get('numberAvailable') or 0} available of {desired} desired "
-               f"({_dig(status, 'rollout', 'failed', default=0)} failed)", indent=2)
+        desired, updated, ready, available = status_counts(obj)
+        _field(console, "Pods", f"{updated} updated, {ready} ready, {available} available "
+               f"of {desired} desired ({_dig(status, 'rollout', 'failed', default=0)} "
+               "failed)", indent=2)
     else:
         _field(console, "Phase", f"{NONE} (no status reported yet)", indent=2)
-    strategy = spec.get("updateStrategy")
+    field = "updateStrategy" if obj.get("kind") != "Deployment" else "strategy"
+    strategy = spec.get(field)
     if not isinstance(strategy, dict):
-        _field(console, "Strategy", "all nodes at once (no updateStrategy)", indent=2)
+        _field(console, "Strategy", f"all pods at once (no {field})", indent=2)
         return
     _field(console, "Strategy", (
         f"{strategy.get('type') or 'RollingUpdate'}: maxUnavailable "
@@ -656,8 +674,7 @@ def describe(
             _field(console, "Replicas", str(_dig(obj, "spec", "replicas", default=1)))
         _field(console, "Node Selector", _node_selector(obj))
         _field(console, "Images", _images(obj))
-        if kind.kind == "DaemonSet":
-            _rollout(console, obj)
+        _rollout(console, obj)
 
     rest = {k: v for k, v in obj.items() if k not in ("apiVersion", "kind", "metadata")}
     extra_meta = {

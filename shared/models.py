@@ -526,10 +526,29 @@ class DaemonSet(_Model):
     status: WorkloadStatus | None = None
 
 
+class DeploymentStatus(_Model):
+    """Deployment status, with Kubernetes' field names, computed by cloudcore."""
+
+    observed_generation: int | None = None
+    replicas: int = 0
+    updated_replicas: int = 0
+    ready_replicas: int = 0
+    available_replicas: int = 0
+    current_revision: str | None = None  # edgefed: the template that last rolled out
+    update_revision: str | None = None  # edgefed: spec.template's
+    rollout: RolloutStatus = Field(default_factory=RolloutStatus)
+
+
 class DeploymentSpec(_Model):
     replicas: int = Field(default=1, ge=0, le=100_000)
     selector: LabelSelector = Field(default_factory=LabelSelector)
     template: PodTemplate
+    strategy: UpdateStrategy | None = None
+    """Kubernetes' `strategy` (RollingUpdate only; `Recreate` is refused), with the
+    same health gate as a DaemonSet's `updateStrategy`. None: every replica at once."""
+    min_ready_seconds: int = Field(default=0, ge=0, le=86_400)
+    progress_deadline_seconds: int = Field(default=600, ge=1, le=7 * 86_400)
+    paused: bool = False
 
 
 class Deployment(_Model):
@@ -537,6 +556,7 @@ class Deployment(_Model):
     kind: Literal["Deployment"] = "Deployment"
     metadata: ObjectMeta
     spec: DeploymentSpec
+    status: DeploymentStatus | None = None
 
 
 class ConfigMap(_Model):

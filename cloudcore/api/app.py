@@ -559,16 +559,21 @@ def create_app(fleet: Fleet, *, metrics: Metrics,
         await flush()
         return result
 
-    @app.post("/api/v1/daemonsets/{namespace}/{name}/rollout",
-              summary="Pause, resume, undo or retry a DaemonSet's rollout (operator)",
+    @app.post("/api/v1/{plural}/{namespace}/{name}/rollout",
+              summary="Pause, resume, undo or retry a DaemonSet's or Deployment's rollout "
+                      "(operator)",
               tags=["objects"], dependencies=[operator],
               description="`pause`/`resume` set spec.paused (no new batches while paused); "
                           "`undo` sets spec.template back to the template that last rolled "
                           "out everywhere (every pod gets it at once); `retry` starts an "
                           "aborted rollout of the current template again. Returns the "
-                          "DaemonSet.")
-    async def rollout(namespace: str, name: str, body: RolloutAction) -> dict[str, Any]:
-        result = fleet.rollout(namespace, name, body.action)
+                          "object. `plural`: daemonsets or deployments.")
+    async def rollout(plural: str, namespace: str, name: str,
+                      body: RolloutAction) -> dict[str, Any]:
+        kind = {"daemonsets": "DaemonSet", "deployments": "Deployment"}.get(plural)
+        if kind is None:
+            raise NotFound("rollout of kind", plural)
+        result = fleet.rollout(kind, namespace, name, body.action)
         await flush()
         return result
 

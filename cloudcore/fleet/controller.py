@@ -17,8 +17,9 @@ mount them (`shared.entries.referenced_keys`): a change of one is a delta to tho
 nodes only, and its entry leaves a node when the last pod there using it does.
 NotReady nodes keep their pods (edges run autonomously while offline) until the
 pods' toleration runs out; then Deployment replicas move (`eviction.py`).
-A DaemonSet with an updateStrategy gets a template change in health-gated batches,
-with automatic rollback (`rollout.py`); without one, every node gets it at once.
+A DaemonSet with an updateStrategy (a Deployment with a strategy) gets a template
+change in health-gated batches, with automatic rollback (`rollout.py`); without one,
+every pod gets it at once.
 """
 
 from __future__ import annotations
@@ -42,7 +43,6 @@ from cloudcore.fleet.forecast import FORECAST_KEYS, WARN_INTERVAL, forecast_of, 
 from cloudcore.fleet.lifecycle import Liveness
 from cloudcore.fleet.projection import PINNED
 from cloudcore.fleet.rollout import Rollouts
-from cloudcore.fleet.template import Template
 from cloudcore.fleet.watch import WatchHub
 from cloudcore.scheduler import NodeView, Scheduler
 from cloudcore.scheduler.core import ARCH_LABEL, requests_of, unschedulable_message
@@ -280,6 +280,8 @@ class Fleet:
                 self._apply_workload(self.daemonsets, "daemonsets", obj)
                 self._sync_daemonset(obj, self.nodes)
             elif isinstance(obj, Deployment):
+                old_dep = self.deployments.get((obj.metadata.namespace, obj.metadata.name))
+                self.rollouts.applied(obj, old_dep)
                 self._apply_workload(self.deployments, "deployments", obj)
                 self._sync_deployment(obj)
             elif isinstance(obj, Pod):
@@ -332,21 +334,23 @@ class Fleet:
 
     ROLLOUT_ACTIONS = ("pause", "resume", "undo", "retry")
 
-    def rollout(self, namespace: str, name: str, action: str) -> dict[str, Any]:
+    def rollout(self, kind: str, namespace: str, name: str, action: str) -> dict[str, Any]:
         """pause / resume (spec.paused), undo (spec.template back to the last template
         that rolled out everywhere: every pod gets it at once) or retry (an aborted
-        rollout of the current template starts again) a DaemonSet's rollout."""
+        rollout of the current template starts again) a DaemonSet's or Deployment's
+        rollout."""
         key = (namespace, name)
-        ds = self.daemonsets.get(key)
+        table = self.daemonsets if kind == "DaemonSet" else self.deployments
+        ds = table.get(key)
         if ds is None:
-            raise NotFound("DaemonSet", f"{namespace}/{name}")
+            raise NotFound(kind, f"{namespace}/{name}")
         if action not in self.ROLLOUT_ACTIONS:
             raise ObjectError(f"action: {action!r} is not one of "
                               f"{', '.join(self.ROLLOUT_ACTIONS)}", field="action")
-        owner = f"DaemonSet/{namespace}/{name}"
+        owner = f"{kind}/{namespace}/{name}"
         if action == "retry":
             if not self.rollouts.retry(ds):
-                raise ObjectError(f"DaemonSet {namespace}/{name}: no aborted rollout of its "
+                raise ObjectError(f"{kind} {namespace}/{name}: no aborted rollout of its "
                                   "template to retry", field="action")
             self.rollouts.tick()
             self._retry_pending()
@@ -358,12 +362,12 @@ class Fleet:
         else:
             stable = self.rollouts.stable(owner)
             if stable is None or stable.thash == spec_hash(ds.spec.template.dump()):
-                raise ObjectError(f"DaemonSet {namespace}/{name}: nothing to undo, its "
+                raise ObjectError(f"{kind} {namespace}/{name}: nothing to undo, its "
                                   "template is the one that last rolled out", field="action")
             # the stable template again: no rollout under way, every pod gets it at once
             new.spec.template = stable.tpl.model_copy(deep=True)
         self.apply([new])
-        return dump_object(self.daemonsets[key])
+        return dump_object(table[key])
 
     def get(self, kind: str, namespace: str | None, name: str) -> dict[str, Any]:
         if kind == "Node":
@@ -945,8 +949,11 @@ class Fleet:
         """`_put_pod` for the rollout controller."""
         self._put_pod(key, pod, old, revision=revision)
 
-    def sync_daemonset(self, ds: DaemonSet) -> None:
-        self._sync_daemonset(ds, self.nodes)
+    def sync_workload(self, obj: DaemonSet | Deployment) -> None:
+        if isinstance(obj, DaemonSet):
+            self._sync_daemonset(obj, self.nodes)
+        else:
+            self._sync_deployment(obj)
 
     def save_workload(self, kind: str, key: Key) -> None:
         """Persist a workload whose status changed, and tell its watchers."""
@@ -984,19 +991,25 @@ class Fleet:
                           revision=target.revision)
 
     def _sync_deployment(self, dep: Deployment) -> None:
+        """`replicas` pods; during a rollout, as for a DaemonSet, a replica gets the
+        update only in its batch (new replicas get the stable template, `hold`)."""
         ns, depname = dep.metadata.namespace, dep.metadata.name
         owner = f"Deployment/{ns}/{depname}"
-        tpl = Template(dep.spec.template)
+        tpl, hold, rolled_back = self.rollouts.templates(dep)
         wanted = {(ns, naming.child_name(depname, str(i))) for i in range(dep.spec.replicas)}
         for key in self.owned_keys(owner):
             if key not in wanted:
                 self._delete_pod(key)
         for key in sorted(wanted, key=lambda k: k[1]):
             pod = self.pods.get(key)
-            if pod is not None and pod.metadata.annotations.get(naming.TEMPLATE_HASH) == tpl.thash:
+            have = pod.metadata.annotations.get(naming.TEMPLATE_HASH) if pod is not None else None
+            target = tpl
+            if hold is not None and (have != tpl.thash or rolled_back):
+                target = hold
+            if have == target.thash:
                 continue
-            self._put_pod(key, tpl.pod(ns=ns, name=key[1], owner=owner, node=None), pod,
-                          revision=tpl.revision)
+            self._put_pod(key, target.pod(ns=ns, name=key[1], owner=owner, node=None), pod,
+                          revision=target.revision)
 
     def _node_changed(self, name: str) -> None:
         """A node joined or changed labels/taints/capacity: DaemonSets and pending pods."""

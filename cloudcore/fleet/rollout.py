@@ -1,13 +1,14 @@
-"""Health-gated rollouts of DaemonSet templates, with fleet-wide automatic rollback.
+"""Health-gated rollouts of workload templates, with fleet-wide automatic rollback.
 
-A DaemonSet with `spec.updateStrategy` (Kubernetes' `RollingUpdate`, plus edgefed's
-`failureThreshold` and `autoRollback`) does not hand a new template to every node at
-once. cloudcore keeps, per DaemonSet, the **stable** template: the last one that rolled
-out everywhere (persisted in the store's `rollouts` database). While `spec.template`
-differs from it, a rollout is under way:
+A DaemonSet with `spec.updateStrategy`, or a Deployment with `spec.strategy`
+(Kubernetes' `RollingUpdate`, plus edgefed's `failureThreshold` and `autoRollback`),
+does not hand a new template to every pod at once. cloudcore keeps, per workload, the
+**stable** template: the last one that rolled out everywhere (persisted in the
+store's `rollouts` database). While `spec.template` differs from it, a rollout is
+under way:
 
-- pods not yet given the update keep the stable template, and so do pods of nodes
-  that join meanwhile;
+- pods not yet given the update keep the stable template, and so do pods made
+  meanwhile (a node that joins, a replica added);
 - every tick (the liveness tick, 1 s, and right after an apply) the next batch of
   pods on **Ready** nodes gets the update, so that at most `maxUnavailable` updated
   pods are in progress (given the update, not yet healthy, not failed);
@@ -15,25 +16,27 @@ differs from it, a rollout is under way:
   update's revision for `minReadySeconds`; it **failed** if it reports Failed, a
   container waits in CrashLoopBackOff or an image or configuration error, or it is
   not healthy `progressDeadlineSeconds` after the update (counted only while its node
-  is Ready). A pod that failed once stays failed for this rollout;
+  is Ready). Only reports made after the update count. A pod that failed once stays
+  failed for this rollout;
 - more failed pods than `failureThreshold` **aborts** the rollout: with
   `autoRollback` (the default) every updated pod goes back to the stable template, on
   every node, at once (status RolledBack); without it the updated pods stay and no
   new batch starts (Aborted). Either way an event says which pods failed and why. A
   new template (another apply) starts a new rollout;
-- pods on nodes that are not Ready neither block the rollout nor count as failed:
-  when every pod on a Ready node is updated and healthy (at least one), the rollout
-  is complete, the update becomes the stable template, and the pods of offline
-  nodes get it too (their agents apply it when they reconnect);
+- pods on nodes that are not Ready (and Deployment replicas not placed on any node)
+  neither block the rollout nor count as failed: when every pod on a Ready node is
+  updated and healthy (at least one), the rollout is complete, the update becomes
+  the stable template, and the other pods get it too (agents apply it when they
+  reconnect);
 - `spec.paused` stops new batches (pods in progress go on).
 
-Without `updateStrategy` a template change goes to every node at once, as before.
-Deployments update their replicas at once (not staged yet).
+Without a strategy a template change goes to every pod at once, as before.
 
-The DaemonSet's `status` (Kubernetes' names: desiredNumberScheduled,
-updatedNumberScheduled, numberReady, numberAvailable, currentRevision,
-updateRevision, plus `rollout`) is recomputed when its pods or their nodes change,
-at most every tick (1 s), or every pods / 20,000 s for bigger DaemonSets.
+The workload's `status` (Kubernetes' names: a DaemonSet's desiredNumberScheduled,
+updatedNumberScheduled, numberReady, numberAvailable; a Deployment's replicas,
+updatedReplicas, readyReplicas, availableReplicas; both with currentRevision,
+updateRevision and `rollout`) is recomputed when its pods or their nodes change, at
+most every tick (1 s), or every pods / 20,000 s for bigger workloads.
 """
 
 from __future__ import annotations
@@ -49,9 +52,12 @@ from cloudcore.fleet import naming
 from cloudcore.fleet.template import Template
 from shared.models import (
     DaemonSet,
+    Deployment,
+    DeploymentStatus,
     Pod,
     PodTemplate,
     RolloutStatus,
+    UpdateStrategy,
     WorkloadStatus,
     resolve_count,
 )
@@ -71,17 +77,25 @@ FAILURE_REASONS = frozenset({
 """Container waiting reasons that fail an updated pod at once."""
 POD_FAILURE_REASONS = frozenset({"InvalidSpec"})
 STATUS_PODS_PER_SECOND = 20_000.0
-"""A DaemonSet's status is recomputed at most every max(1, pods / this) seconds."""
+"""A workload's status is recomputed at most every pods / this seconds (and tick)."""
 MAX_MESSAGE = 400
 
 
-def owner_of(ds: DaemonSet) -> str:
-    return f"DaemonSet/{ds.metadata.namespace}/{ds.metadata.name}"
+Workload = DaemonSet | Deployment
+
+
+def owner_of(obj: Workload) -> str:
+    return f"{obj.kind}/{obj.metadata.namespace}/{obj.metadata.name}"
+
+
+def strategy_of(obj: Workload) -> UpdateStrategy | None:
+    """A DaemonSet's `updateStrategy`, a Deployment's `strategy` (Kubernetes' names)."""
+    return obj.spec.update_strategy if isinstance(obj, DaemonSet) else obj.spec.strategy
 
 
 @dataclass
 class _Scan:
-    """What one pass over a DaemonSet's pods found."""
+    """What one pass over a workload's pods found."""
 
     total: int = 0
     updated: int = 0  # pods with the update template
@@ -89,6 +103,7 @@ class _Scan:
     available: int = 0  # ... for minReadySeconds
     offline: int = 0  # on nodes that are not Ready
     candidates: list[Key] = field(default_factory=list)  # not yet updated, node Ready
+    unplaced: list[Key] = field(default_factory=list)  # not yet updated, on no node
     in_flight: int = 0  # updated, node Ready, not yet healthy, not failed
     healthy: int = 0  # updated, available, reported since the update
 
@@ -151,8 +166,8 @@ class Rollouts:
     def _save(self, owner: str) -> None:
         self.fleet.store.put("rollouts", owner, self._states[owner].record())
 
-    def applied(self, ds: DaemonSet, old: DaemonSet | None) -> None:
-        """A DaemonSet was created or changed (before its pods are synced): keep its
+    def applied(self, ds: Workload, old: Workload | None) -> None:
+        """A workload was created or changed (before its pods are synced): keep its
         status, and decide what the stable template is."""
         owner = owner_of(ds)
         if old is not None and old.status is not None:
@@ -161,8 +176,8 @@ class Rollouts:
         if st is None or st.stable is None:
             base = old.spec.template if old is not None else ds.spec.template
             st = self._states[owner] = _State(stable=Template(base))
-        if ds.spec.update_strategy is None:
-            st.stable = Template(ds.spec.template)  # every node at once
+        if strategy_of(ds) is None:
+            st.stable = Template(ds.spec.template)  # every pod at once
             st.aborted = None
         st.status_at = float("-inf")  # a new spec: its status at once
         self._save(owner)
@@ -175,14 +190,14 @@ class Rollouts:
 
     def touch(self, owner: str | None) -> None:
         """Something about one of its pods changed: refresh its status next tick."""
-        if owner is not None and owner.startswith("DaemonSet/"):
+        if owner is not None and owner in self._states:
             self._dirty.add(owner)
 
     def stable(self, owner: str) -> Template | None:
         st = self._states.get(owner)
         return None if st is None else st.stable
 
-    def retry(self, ds: DaemonSet) -> bool:
+    def retry(self, ds: Workload) -> bool:
         """Start an aborted rollout of the same template again; False if none was."""
         st = self._states.get(owner_of(ds))
         if st is None or st.aborted != Template(ds.spec.template).thash:
@@ -211,17 +226,18 @@ class Rollouts:
         else:
             st.ready_since.pop(key, None)
 
-    def templates(self, ds: DaemonSet) -> tuple[Template, Template | None, bool]:
-        """(update, hold, rolled_back) for `_sync_daemonset`: with a rollout under way,
+    def templates(self, ds: Workload) -> tuple[Template, Template | None, bool]:
+        """(update, hold, rolled_back) for the controller's sync: with a rollout under way,
         pods not yet updated keep or get `hold` (the stable template), and with
         `rolled_back` the updated ones go back to it too; `hold` None: every pod gets
         the update."""
         update = Template(ds.spec.template)
         st = self._states.get(owner_of(ds))
-        if (st is None or st.stable is None or ds.spec.update_strategy is None
+        strategy = strategy_of(ds)
+        if (st is None or st.stable is None or strategy is None
                 or st.stable.thash == update.thash):
             return update, None, False
-        rolled_back = st.aborted == update.thash and ds.spec.update_strategy.auto_rollback
+        rolled_back = st.aborted == update.thash and strategy.auto_rollback
         return update, st.stable, rolled_back
 
     # -- the tick -----------------------------------------------------------------------
@@ -229,15 +245,17 @@ class Rollouts:
     def tick(self) -> bool:
         """Advance every rollout under way and refresh the statuses that changed;
         True if pods changed (the caller retries pending pods and commits). One pass
-        over a DaemonSet's pods per tick, and only when something may have changed: a
+        over a workload's pods per tick, and only when something may have changed: a
         report or a node's readiness (dirty), a batch, or, while a rollout moves, time
         (`minReadySeconds`, the progress deadline): every tick, or every pods / 20,000
-        s for DaemonSets of more than 20,000 pods. A DaemonSet that is RolledBack,
+        s for workloads of more than 20,000 pods. A workload that is RolledBack,
         Aborted or Complete costs nothing until one of its pods or nodes changes."""
         now = self.clock()
         changed = False
-        for key, ds in list(self.fleet.daemonsets.items()):
-            owner = f"DaemonSet/{key[0]}/{key[1]}"
+        workloads: list[tuple[Key, Workload]] = [*self.fleet.daemonsets.items(),
+                                                 *self.fleet.deployments.items()]
+        for key, ds in workloads:
+            owner = owner_of(ds)
             st = self._states.get(owner)
             if st is None:
                 continue
@@ -264,9 +282,9 @@ class Rollouts:
             self._status(key, ds, st, update=update, hold=hold, scan=scan)
         return changed
 
-    def _scan(self, ds: DaemonSet, st: _State, update: Template, keys: Collection[Key],
+    def _scan(self, ds: Workload, st: _State, update: Template, keys: Collection[Key],
               now: float, *, moving: bool) -> _Scan:
-        """One pass over the DaemonSet's pods: the status counts and, with `moving`,
+        """One pass over the workload's pods: the status counts and, with `moving`,
         what the rollout needs (candidates, pods in progress, healthy, new failures)."""
         pods, nodes, bound = self.fleet.pods, self.fleet.nodes, self.fleet.bound
         min_ready = ds.spec.min_ready_seconds
@@ -275,10 +293,11 @@ class Rollouts:
         for k in keys:
             pod = pods[k]
             ann = pod.metadata.annotations
-            node = nodes.get(bound.get(k) or pod.spec.node_name or "")
+            where = bound.get(k) or pod.spec.node_name
+            node = nodes.get(where) if where is not None else None
             node_ready = node is not None and node.status.ready == "Ready"
             sc.total += 1
-            if not node_ready:
+            if where is not None and not node_ready:
                 sc.offline += 1
             is_update = ann.get(naming.TEMPLATE_HASH) == update.thash
             if is_update:
@@ -296,6 +315,10 @@ class Rollouts:
             else:
                 st.ready_since.pop(k, None)
             if not moving:
+                continue
+            if where is None:  # a replica placed nowhere runs nothing: no risk, no gate
+                if not is_update:
+                    sc.unplaced.append(k)
                 continue
             if not node_ready:
                 st.updated_at[k] = now  # the deadline counts only while its node is Ready
@@ -326,16 +349,17 @@ class Rollouts:
                     del memo[gone]
         return sc
 
-    def _advance(self, ds: DaemonSet, owner: str, st: _State, update: Template,
+    def _advance(self, ds: Workload, owner: str, st: _State, update: Template,
                  sc: _Scan) -> bool:
         """The rollout's next step from the scan: abort, complete, or the next batch."""
-        strategy = ds.spec.update_strategy
+        strategy = strategy_of(ds)
         assert strategy is not None
         threshold = resolve_count(strategy.failure_threshold, sc.total, round_up=False)
         if len(st.failed) > threshold:
             return self._abort(ds, owner, st, update, threshold)
         if ds.spec.paused:
             return False
+        moved = self._update(ds, owner, st, update, sc=sc, batch=sc.unplaced)
         if not sc.candidates and sc.in_flight == 0:
             if sc.healthy == 0 and sc.total:
                 return False  # nothing verified yet (no Ready node): wait
@@ -343,13 +367,21 @@ class Rollouts:
         room = max(1, resolve_count(strategy.rolling_update.max_unavailable, sc.total,
                                     round_up=False)) - sc.in_flight
         if room <= 0 or not sc.candidates:
-            return False
-        pods, ns, now = self.fleet.pods, ds.metadata.namespace, self.clock()
+            return moved
         batch = heapq.nsmallest(room, sc.candidates)  # in name order
+        self._update(ds, owner, st, update, sc=sc, batch=batch)
+        log.info("rollout of %s: %d more pod(s) get revision %s", owner, len(batch),
+                 update.revision)
+        return True
+
+    def _update(self, ds: Workload, owner: str, st: _State, update: Template, *,
+                sc: _Scan, batch: list[Key]) -> bool:
+        """Give `batch` the update; True if there was any."""
+        pods, ns, now = self.fleet.pods, ds.metadata.namespace, self.clock()
         for k in batch:
             old = pods[k]
-            self.fleet.put_pod(k, update.pod(ns=ns, name=k[1], owner=owner,
-                                             node=old.spec.node_name),
+            node = old.spec.node_name if isinstance(ds, DaemonSet) else None
+            self.fleet.put_pod(k, update.pod(ns=ns, name=k[1], owner=owner, node=node),
                                old, revision=update.revision)
             st.updated_at[k] = now
             was = st.ready_since.pop(k, None)  # Ready at the old revision, not the new one
@@ -357,17 +389,16 @@ class Rollouts:
                 sc.ready -= 1
                 sc.available -= now - was[1] >= ds.spec.min_ready_seconds
         sc.updated += len(batch)
-        log.info("rollout of %s: %d more pod(s) get revision %s", owner, len(batch),
-                 update.revision)
-        return True
+        return bool(batch)
 
-    def _abort(self, ds: DaemonSet, owner: str, st: _State, update: Template,
+    def _abort(self, ds: Workload, owner: str, st: _State, update: Template,
                threshold: int) -> bool:
         st.aborted = update.thash
         self._save(owner)
         worst = "; ".join(f"{k[1]}: {why}" for k, why in sorted(st.failed.items())[:3])
         more = f" (and {len(st.failed) - 3} more)" if len(st.failed) > 3 else ""
-        back = ds.spec.update_strategy is not None and ds.spec.update_strategy.auto_rollback
+        strategy = strategy_of(ds)
+        back = strategy is not None and strategy.auto_rollback
         what = (f"rolling back every node to revision {st.stable.revision}"
                 if back and st.stable is not None else "updated pods left as they are")
         self.fleet.events.add(
@@ -376,26 +407,26 @@ class Rollouts:
                      f"(threshold {threshold}): {worst}{more}; {what}")[:1000])
         log.warning("rollout of %s aborted: %d failed pods; %s", owner, len(st.failed), what)
         if back:
-            self.fleet.sync_daemonset(ds)
+            self.fleet.sync_workload(ds)
             return True
         return False
 
-    def _complete(self, ds: DaemonSet, owner: str, st: _State, update: Template) -> bool:
+    def _complete(self, ds: Workload, owner: str, st: _State, update: Template) -> bool:
         st.stable = update
         st.aborted = None
         self._save(owner)
         self.fleet.events.add(type="Normal", reason="RolloutComplete", obj=owner,
                               message=f"revision {update.revision} runs on every Ready node")
-        self.fleet.sync_daemonset(ds)  # the pods of nodes that were not Ready get it too
+        self.fleet.sync_workload(ds)  # the pods of nodes that were not Ready get it too
         return True
 
     # -- status -------------------------------------------------------------------------
 
-    def _status(self, key: Key, ds: DaemonSet, st: _State, *, update: Template,
+    def _status(self, key: Key, ds: Workload, st: _State, *, update: Template,
                 hold: Template | None, scan: _Scan) -> None:
-        """The DaemonSet's status from this tick's scan (a batch, a rollback or the
+        """The workload's status from this tick's scan (a batch, a rollback or the
         completion made in the same tick shows in the counts on the next one)."""
-        strategy = ds.spec.update_strategy
+        strategy = strategy_of(ds)
         total, offline, failed = scan.total, scan.offline, len(st.failed)
         not_ready = f", {offline} on nodes that are not Ready" if offline else ""
         if hold is None:
@@ -416,11 +447,19 @@ class Rollouts:
                 offline=offline,
                 message=(f"{scan.updated} of {total} pods updated to revision "
                          f"{update.revision}, {failed} failed{not_ready}"))
-        status = WorkloadStatus(
-            observed_generation=ds.metadata.generation, desired_number_scheduled=total,
-            updated_number_scheduled=scan.updated, number_ready=scan.ready,
-            number_available=scan.available, current_revision=(hold or update).revision,
-            update_revision=update.revision, rollout=rollout)
+        status: WorkloadStatus | DeploymentStatus
+        if isinstance(ds, DaemonSet):
+            status = WorkloadStatus(
+                observed_generation=ds.metadata.generation, desired_number_scheduled=total,
+                updated_number_scheduled=scan.updated, number_ready=scan.ready,
+                number_available=scan.available, current_revision=(hold or update).revision,
+                update_revision=update.revision, rollout=rollout)
+        else:
+            status = DeploymentStatus(
+                observed_generation=ds.metadata.generation, replicas=total,
+                updated_replicas=scan.updated, ready_replicas=scan.ready,
+                available_replicas=scan.available, current_revision=(hold or update).revision,
+                update_revision=update.revision, rollout=rollout)
         if status != ds.status:
-            ds.status = status
-            self.fleet.save_workload("DaemonSet", key)
+            ds.status = status  # type: ignore[assignment]
+            self.fleet.save_workload(ds.kind, key)

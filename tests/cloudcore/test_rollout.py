@@ -282,24 +282,24 @@ def test_rollout_actions_pause_resume_undo_retry() -> None:
     w.apply(v1)
     w.report_all()
     with pytest.raises(ObjectError, match="nothing to undo"):
-        w.fleet.rollout("default", "agent", "undo")
+        w.fleet.rollout("DaemonSet", "default", "agent", "undo")
     with pytest.raises(ObjectError, match="no aborted rollout"):
-        w.fleet.rollout("default", "agent", "retry")
+        w.fleet.rollout("DaemonSet", "default", "agent", "retry")
     with pytest.raises(ObjectError, match="not one of"):
-        w.fleet.rollout("default", "agent", "explode")
+        w.fleet.rollout("DaemonSet", "default", "agent", "explode")
     with pytest.raises(NotFound):
-        w.fleet.rollout("default", "nope", "pause")
+        w.fleet.rollout("DaemonSet", "default", "nope", "pause")
     w.apply(v2)
     [a] = w.updated(r2)
-    out = w.fleet.rollout("default", "agent", "pause")
+    out = w.fleet.rollout("DaemonSet", "default", "agent", "pause")
     assert out["spec"]["paused"] is True and out["status"]["rollout"]["phase"] == "Paused"
     w.report(a)
     w.tick()
     assert w.updated(r2) == {a}
-    w.fleet.rollout("default", "agent", "resume")
+    w.fleet.rollout("DaemonSet", "default", "agent", "resume")
     assert len(w.updated(r2)) == 2
     # undo: the stable template everywhere, at once
-    out = w.fleet.rollout("default", "agent", "undo")
+    out = w.fleet.rollout("DaemonSet", "default", "agent", "undo")
     assert w.updated(r2) == set() and w.updated(r1) == set(w.names)
     assert out["status"]["rollout"]["phase"] == "Complete"
     assert out["metadata"]["generation"] == 5  # create, v2, pause, resume, undo
@@ -309,7 +309,7 @@ def test_rollout_actions_pause_resume_undo_retry() -> None:
     w.report(b, waiting="CrashLoopBackOff")
     w.tick()
     assert w.status().rollout.phase == "RolledBack" and w.updated(r2) == set()
-    out = w.fleet.rollout("default", "agent", "retry")
+    out = w.fleet.rollout("DaemonSet", "default", "agent", "retry")
     assert out["status"]["rollout"]["phase"] == "Progressing"
     assert w.updated(r2) == {b}
     w.tick(5)  # b's last report is the failed attempt's: it says nothing about this one
@@ -349,3 +349,93 @@ def test_a_settled_daemonset_is_not_scanned_until_something_changes() -> None:
     w.tick(5)
     w.tick(5)
     assert scans == []  # rolled back and quiet: no pass either
+
+
+def staged_deployment(args: list[str], *, replicas: int = 4, batch: int | str = 1,
+                      memory: str = "64Mi") -> dict[str, Any]:
+    from cloudcore_fakes import deployment
+
+    doc = deployment("web", replicas=replicas, memory=memory)
+    doc["spec"]["template"]["spec"]["containers"][0]["args"] = args
+    doc["spec"]["strategy"] = {"type": "RollingUpdate",
+                               "rollingUpdate": {"maxUnavailable": batch}}
+    return doc
+
+
+class DeploymentWorld(World):
+    """Reports by the node each replica is bound to (replicas have no spec.nodeName)."""
+
+    def replicas(self) -> dict[Key, Any]:
+        return {k: p for k, p in self.fleet.pods.items() if k[1].startswith("web-")}
+
+    def report_replica(self, key: Key, *, waiting: str | None = None) -> None:
+        node = self.fleet.bound[key]
+        (value, _), = [(v, g) for k, (v, g) in self.fleet.desired[node].items.items()
+                       if k == pod_key(*key)]
+        container: dict[str, Any] = {"name": "main", "state": "running", "ready": True}
+        if waiting:
+            container = {"name": "main", "state": "waiting", "reason": waiting}
+        self.fleet.pod_statuses(node, {pod_key(*key): {
+            "phase": "Running", "revision": value["revision"], "ready": not waiting,
+            "containerStatuses": [container]}})
+
+    def dep_status(self) -> Any:
+        return self.fleet.deployments[("default", "web")].status
+
+    def at(self, rev: str) -> set[Key]:
+        return {k for k, p in self.replicas().items()
+                if p.metadata.annotations[REVISION] == rev}
+
+
+Key = tuple[str, str]
+
+
+def test_a_deployment_rolls_replica_by_replica_and_back() -> None:
+    w = DeploymentWorld(4)
+    v1, v2 = staged_deployment(["v1"]), staged_deployment(["v2"])
+    r1, r2 = rev_of(w, v1), rev_of(w, v2)
+    w.apply(v1)
+    for k in w.replicas():
+        w.report_replica(k)
+    w.tick()
+    st = w.dep_status()
+    assert (st.replicas, st.ready_replicas, st.available_replicas) == (4, 4, 4)
+    assert st.rollout.phase == "Complete"
+
+    w.apply(v2)
+    [a] = w.at(r2)
+    w.report_replica(a)
+    w.tick()
+    assert len(w.at(r2)) == 2 and w.dep_status().rollout.phase == "Progressing"
+    [b] = w.at(r2) - {a}
+    w.report_replica(b, waiting="CrashLoopBackOff")
+    w.tick()
+    assert w.at(r2) == set() and w.at(r1) == set(w.replicas())
+    assert w.dep_status().rollout.phase == "RolledBack"
+    [ev] = [e for e in w.fleet.events.list() if e["reason"] == "RolloutAborted"]
+    assert ev["object"] == "Deployment/default/web" and b[1] in ev["message"]
+
+
+def test_replicas_placed_nowhere_take_the_update_at_once_and_do_not_block() -> None:
+    w = DeploymentWorld(1)  # 8 GiB: room for 2 replicas of 3 GiB, the third is Pending
+    v1 = staged_deployment(["v1"], replicas=3, memory="3Gi")
+    v2 = staged_deployment(["v2"], replicas=3, memory="3Gi")
+    w.apply(v1)
+    placed = set(w.fleet.bound)
+    assert len(placed) == 2
+    for k in placed:
+        w.report_replica(k)
+    w.tick()
+    assert w.dep_status().rollout.offline == 0  # pending is not "on a node not Ready"
+    w.apply(v2)
+    r2 = rev_of(w, v2)
+    pending = set(w.replicas()) - placed
+    assert pending <= w.at(r2) and len(w.at(r2)) == 2  # the pending one + one batch
+    for k in w.at(r2) & placed:
+        w.report_replica(k)
+    w.tick()
+    for k in w.at(r2) & placed:
+        w.report_replica(k)
+    w.tick()
+    assert w.at(r2) == set(w.replicas())
+    assert w.dep_status().rollout.phase == "Complete"

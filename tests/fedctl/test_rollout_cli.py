@@ -86,10 +86,11 @@ class Agents:
 
     def _step(self) -> None:
         fleet = self.cloud.fleet
-        for pod in list(fleet.pods.values()):
-            node = pod.spec.node_name
-            ((value, _),) = fleet.desired[node].items.values()
-            rev = value["revision"]
+        for key, pod in list(fleet.pods.items()):
+            node = fleet.bound.get(key)
+            if node is None:
+                continue  # placed nowhere: no agent to report it
+            rev = fleet.desired[node].items[pod_key(*key)][0]["revision"]
             container: dict[str, Any] = {"name": "main", "state": "running", "ready": True}
             if rev == self.bad:
                 container = {"name": "main", "state": "waiting", "reason": "CrashLoopBackOff",
@@ -151,15 +152,18 @@ def test_get_daemonsets_shows_the_rollout(cloud: Cloud) -> None:
     assert header.split()[-2:] == ["IMAGES", "MESSAGE"]
     assert line.endswith(f"busybox   1 of 3 pods updated to revision {revision(v2)}, 0 failed")
 
-    # Deployments keep their columns, and the mixed table still lists both kinds
+    # Deployments have the same columns (their status's names), and the mixed table
+    # still lists both kinds
     apply(cloud, deployment("web", replicas=1))
     r = fed(cloud, "get", "deployments")
-    assert rows(r.stdout)[0] == ["NAME", "READY", "REPLICAS", "NODE", "SELECTOR", "AGE"]
+    assert rows(r.stdout)[0] == ["NAME", "READY", "REPLICAS", "UP-TO-DATE", "AVAILABLE",
+                                 "ROLLOUT", "NODE", "SELECTOR", "AGE"]
+    assert rows(r.stdout)[1][:6] == ["web", "0/1", "1", "1", "0", "Complete"]
     r = fed(cloud, "get", "workloads")
     assert r.exit_code == 0, r.output
     assert rows(r.stdout)[0] == ["KIND", "NAME", "READY", "NODE", "SELECTOR", "AGE", "IMAGES"]
     assert [row[:3] for row in rows(r.stdout)[1:]] == [["DaemonSet", "agent", "2/3"],
-                                                      ["Deployment", "web", "-"]]
+                                                      ["Deployment", "web", "0/1"]]
 
 
 def test_describe_daemonset_has_a_rollout_section(cloud: Cloud) -> None:
@@ -186,7 +190,7 @@ def test_describe_daemonset_has_a_rollout_section(cloud: Cloud) -> None:
     lines = r.stdout.splitlines()
     at = lines.index("Rollout:")
     assert lines[at + 1] == "  Phase:       Complete"
-    assert "  Strategy:    all nodes at once (no updateStrategy)" in lines[at:]
+    assert "  Strategy:    all pods at once (no updateStrategy)" in lines[at:]
     assert not [x for x in lines if x.startswith("  Health Gate:")]
 
 
@@ -318,7 +322,7 @@ def test_rollout_errors(cloud: Cloud) -> None:
     assert (r.exit_code, r.stderr) == (
         3, 'error: daemonset "nope" in namespace "shop" not found\n')
     apply(cloud, deployment("web"))
-    for argv in (["status", "deployment/web"], ["pause", "agent"], ["undo", "ds/"],
+    for argv in (["status", "configmap/web"], ["pause", "agent"], ["undo", "ds/"],
                  ["status", "ds/agent", "--timeout", "soon"], ["resume", "pods/x"]):
         r = fed(cloud, "rollout", *argv)
         assert r.exit_code == 2, (argv, r.output)
@@ -336,3 +340,31 @@ def test_a_daemonset_without_status_shows_dashes() -> None:
     obj = {"kind": "DaemonSet", "metadata": {"name": "old"}, "spec": {}}
     render.table(Console(file=out, width=200, color_system=None), kinds.DAEMONSET, [obj])
     assert out.getvalue().splitlines()[1].split() == ["old", "-", "-", "-", "-", "<all>", "-"]
+
+
+def test_a_deployment_rollout_is_followed_paused_and_resumed(cloud: Cloud) -> None:
+    def web(args: list[str], *, paused: bool = False) -> dict[str, Any]:
+        doc = deployment("web", replicas=3)
+        doc["spec"]["template"]["spec"]["containers"][0]["args"] = args
+        doc["spec"].update({"paused": paused, "strategy": {
+            "type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1}}})
+        return doc
+
+    apply(cloud, web(["v1"]))
+    Agents(cloud).step()
+    apply(cloud, web(["v2"], paused=True))
+    r = fed(cloud, "rollout", "status", "deploy/web", "--timeout", "0.3s")
+    assert r.exit_code == 1
+    assert r.stdout.startswith('Waiting for deployment "web" rollout: paused, 0 of 3 pods')
+    assert "fedctl rollout resume deployment/web" in r.stdout
+    r = fed(cloud, "rollout", "resume", "deployment/web")
+    assert (r.exit_code, r.stdout) == (0, "deployment/web resumed\n")
+    with Agents(cloud):
+        r = fed(cloud, "rollout", "status", "deploy/web", "--interval", "0.05",
+                "--timeout", "20")
+    assert r.exit_code == 0, r.output
+    assert r.stdout.endswith('deployment "web" successfully rolled out\n')
+    assert rows(fed(cloud, "get", "deploy").stdout)[1][:6] == [
+        "web", "3/3", "3", "3", "3", "Complete"]
+    r = fed(cloud, "describe", "deployment", "web")
+    assert "RollingUpdate: maxUnavailable 1" in r.stdout
