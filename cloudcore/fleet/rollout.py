@@ -106,6 +106,7 @@ class _Scan:
     unplaced: list[Key] = field(default_factory=list)  # not yet updated, on no node
     in_flight: int = 0  # updated, node Ready, not yet healthy, not failed
     healthy: int = 0  # updated, available, reported since the update
+    new_failures: int = 0  # pods found failed in this pass
 
 
 @dataclass
@@ -120,8 +121,11 @@ class _State:
     status_at: float = float("-inf")
 
     def record(self) -> dict[str, Any]:
+        """What survives a restart: the stable template, an aborted update, and the
+        pods that failed in the rollout under way (so a restart never forgets them)."""
         return {"stable": None if self.stable is None else self.stable.tpl.dump(),
-                "aborted": self.aborted}
+                "aborted": self.aborted, "target": self.target,
+                "failed": {f"{ns}/{name}": why for (ns, name), why in self.failed.items()}}
 
 
 def failure(pod: Pod, revision: str) -> str | None:
@@ -160,7 +164,11 @@ class Rollouts:
         for owner, rec in records.items():
             raw = rec.get("stable")
             stable = Template(PodTemplate.model_validate(raw)) if raw else None
-            self._states[owner] = _State(stable=stable, aborted=rec.get("aborted"))
+            failed = {tuple(k.split("/", 1)): str(why)
+                      for k, why in (rec.get("failed") or {}).items() if "/" in k}
+            self._states[owner] = _State(stable=stable, aborted=rec.get("aborted"),
+                                         target=rec.get("target"),
+                                         failed=failed)  # type: ignore[arg-type]
         self._dirty.update(self._states)
 
     def _save(self, owner: str) -> None:
@@ -276,6 +284,8 @@ class Rollouts:
                 st.failed.clear()
                 st.updated_at.clear()
             scan = self._scan(ds, st, update, keys, now, moving=moving)
+            if scan.new_failures:
+                self._save(owner)
             if moving:
                 changed |= self._advance(ds, owner, st, update, scan)
                 update, hold, _ = self.templates(ds)  # it may have completed
@@ -336,6 +346,7 @@ class Rollouts:
                     why = f"not Ready {deadline:g} s after the update"
                 if why is not None:
                     st.failed[k] = why[:MAX_MESSAGE]
+                    sc.new_failures += 1
                     log.debug("rollout of %s: pod %s failed: %s", owner_of(ds), k[1], why)
             if k in st.failed:
                 continue

@@ -439,3 +439,31 @@ def test_replicas_placed_nowhere_take_the_update_at_once_and_do_not_block() -> N
     w.tick()
     assert w.at(r2) == set(w.replicas())
     assert w.dep_status().rollout.phase == "Complete"
+
+
+def test_failed_pods_are_remembered_across_a_restart() -> None:
+    w = World(4)
+    w.apply(staged(["v1"], batch=1, threshold=1))
+    w.report_all()
+    v2 = staged(["v2"], batch=1, threshold=1)
+    r2 = rev_of(w, v2)
+    w.apply(v2)
+    [a] = w.updated(r2)
+    w.report(a, waiting="CrashLoopBackOff")
+    w.tick()  # one failure, tolerated: the next batch goes out
+    assert w.status().rollout.failed == 1
+    records: dict[str, dict[str, Any]] = {}
+    for (db, key), value in w.store.data.items():
+        records.setdefault(db, {})[key] = value
+    again = World(0)
+    again.fleet.load(records)
+    again.names = w.names
+    for n in w.names:
+        again.fleet.mark_ready(n)
+    again.tick()
+    assert again.status().rollout.failed == 1  # not forgotten
+    [b] = again.updated(r2) - {a}
+    again.report(b, waiting="ErrImagePull")
+    again.tick()  # the second failure is over the threshold
+    assert again.status().rollout.phase == "RolledBack"
+    assert again.updated(r2) == set()
