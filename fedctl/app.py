@@ -1246,12 +1246,19 @@ def rollout_status(
 
 
 def _rollout_action(ctx: typer.Context, *, target: str, name: str | None,
-                    namespace: str | None, action: str) -> tuple[str, dict[str, Any]]:
-    """POST the action; (`kind/name` as fedctl prints it, the object after it)."""
-    kind, ds = _rollout_target(target, name)
+                    namespace: str | None, action: str,
+                    says: Callable[[dict[str, Any]], str]) -> None:
+    """POST the action and print `kind/name` and what `says` of the object after it."""
+    kind, obj_name = _rollout_target(target, name)
     with _state(ctx).client() as api:
-        obj = api.rollout(kind, ds, action, namespace=namespace or "default")
-    return f"{_singular(kind)}/{ds}", obj
+        obj = api.rollout(kind, obj_name, action, namespace=namespace or "default")
+    stdout_console().print(f"{_singular(kind)}/{obj_name} {says(obj)}", markup=False)
+
+
+def _rolled_back_to(obj: dict[str, Any]) -> str:
+    status = obj.get("status") or {}
+    revision = status.get("currentRevision") or status.get("updateRevision")
+    return "rolled back" + (f" to revision {revision}" if revision else "")
 
 
 @rollout_app.command("pause")
@@ -1259,9 +1266,8 @@ def _rollout_action(ctx: typer.Context, *, target: str, name: str | None,
 def rollout_pause(ctx: typer.Context, target: TargetArg, name: NameArg = None,
                   namespace: NamespaceOpt = None) -> None:
     """Stop new batches of a rollout (pods already updating go on)."""
-    ds, _ = _rollout_action(ctx, target=target, name=name, namespace=namespace,
-                            action="pause")
-    stdout_console().print(f"{ds} paused", markup=False)
+    _rollout_action(ctx, target=target, name=name, namespace=namespace, action="pause",
+                    says=lambda _: "paused")
 
 
 @rollout_app.command("resume")
@@ -1269,9 +1275,8 @@ def rollout_pause(ctx: typer.Context, target: TargetArg, name: NameArg = None,
 def rollout_resume(ctx: typer.Context, target: TargetArg, name: NameArg = None,
                    namespace: NamespaceOpt = None) -> None:
     """Let a paused rollout go on with its next batch."""
-    ds, _ = _rollout_action(ctx, target=target, name=name, namespace=namespace,
-                            action="resume")
-    stdout_console().print(f"{ds} resumed", markup=False)
+    _rollout_action(ctx, target=target, name=name, namespace=namespace, action="resume",
+                    says=lambda _: "resumed")
 
 
 @rollout_app.command("undo")
@@ -1279,12 +1284,8 @@ def rollout_resume(ctx: typer.Context, target: TargetArg, name: NameArg = None,
 def rollout_undo(ctx: typer.Context, target: TargetArg, name: NameArg = None,
                  namespace: NamespaceOpt = None) -> None:
     """Put back the template that last rolled out everywhere, on every pod at once."""
-    ds, obj = _rollout_action(ctx, target=target, name=name, namespace=namespace,
-                              action="undo")
-    status = obj.get("status") or {}
-    revision = status.get("currentRevision") or status.get("updateRevision")
-    to = f" to revision {revision}" if revision else ""
-    stdout_console().print(f"{ds} rolled back{to}", markup=False)
+    _rollout_action(ctx, target=target, name=name, namespace=namespace, action="undo",
+                    says=_rolled_back_to)
 
 
 @rollout_app.command("retry")
@@ -1292,6 +1293,5 @@ def rollout_undo(ctx: typer.Context, target: TargetArg, name: NameArg = None,
 def rollout_retry(ctx: typer.Context, target: TargetArg, name: NameArg = None,
                   namespace: NamespaceOpt = None) -> None:
     """Start an aborted or rolled-back rollout of the current template again."""
-    ds, _ = _rollout_action(ctx, target=target, name=name, namespace=namespace,
-                            action="retry")
-    stdout_console().print(f"{ds} rollout restarted", markup=False)
+    _rollout_action(ctx, target=target, name=name, namespace=namespace, action="retry",
+                    says=lambda _: "rollout restarted")

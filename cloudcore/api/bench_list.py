@@ -19,25 +19,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import uvicorn
 
 from cloudcore.api import create_app
-from cloudcore.config import StoreSettings
-from cloudcore.fleet import Fleet, Liveness
-from cloudcore.fleet.bench_apply import register_nodes
+from cloudcore.fleet.bench_apply import bench_fleet, register_nodes
 from cloudcore.fleet.projection import NODE_TABLE
 from cloudcore.metrics import Metrics
-from cloudcore.scheduler import Scheduler
-from cloudcore.store import Store
 
 
 def _fedctl(url: str, *args: str, out: Path) -> tuple[float, int]:
@@ -49,70 +43,63 @@ def _fedctl(url: str, *args: str, out: Path) -> tuple[float, int]:
 
 
 async def bench(nodes: int, runs: int) -> None:
-    with tempfile.TemporaryDirectory(prefix="bench-list-") as tmp:
-        async with Store(StoreSettings(state_dir=Path(tmp) / "s", batch_max_ops=50_000)) as store:
-            writer = asyncio.create_task(store.run())
-            fleet = Fleet(store=store, scheduler=Scheduler(),
-                          liveness=Liveness(default_heartbeat=30, missed=3, now=0))
-            t = time.perf_counter()
-            await register_nodes(fleet, store, nodes)
-            print(f"registered {nodes} nodes in {time.perf_counter() - t:.1f} s", flush=True)
-            sock = socket.socket()
-            sock.bind(("127.0.0.1", 0))
-            url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-            app = create_app(fleet, metrics=Metrics(), flush=store.flush)
-            server = uvicorn.Server(uvicorn.Config(app, lifespan="off", log_level="warning",
-                                                   access_log=False))
-            serving = asyncio.create_task(server.serve(sockets=[sock]))
-            while not server.started:
-                await asyncio.sleep(0.01)
-            out = Path(tmp) / "out"
-            secs, _ = await asyncio.to_thread(_fedctl, url, "--help", out=out)
-            print(f"fedctl --help (interpreter + imports): {secs:.2f} s")
-            refresher = asyncio.create_task(fleet.keep_encoded())
-            t = time.perf_counter()
-            while len(fleet._encoded.get(("Node", NODE_TABLE), ())) < nodes:
-                await asyncio.sleep(0.01)  # the service encodes the get-nodes view at start
-            print(f"get-nodes view encoded in the background in {time.perf_counter() - t:.2f} s")
-            for label, args in (("get nodes -o json", ("get", "nodes", "-o", "json")),
-                                ("get nodes (table)", ("get", "nodes")),
-                                ("get nodes -o name", ("get", "nodes", "-o", "name"))):
-                for run in range(runs):
-                    what = "warm"
-                    if run == 0:  # cold: the worst case, see the docstring
-                        for cache in fleet._encoded.values():
-                            cache.clear()
-                        what = "cold"
-                    elif run == 1:  # live: every node reported since the last list
-                        refresher.cancel()  # measured on its own below
-                        cpu = time.process_time()
-                        for name in list(fleet.nodes):
-                            fleet.mark_ready(name)
-                        await store.flush()  # the reports' own writes are done
-                        reports = time.process_time() - cpu
-                        stale = sum(len(v) for v in fleet._stale.values())
-                        cpu = time.process_time()
-                        refresher = asyncio.create_task(fleet.keep_encoded(interval=0.01))
-                        while fleet._stale:  # the background re-encoding catches up
-                            await asyncio.sleep(0.01)
-                        views = ["full" if f is None else f"{len(f)} fields"
-                                 for k, f in fleet._encoded if k == "Node"]
-                        print(f"  {len(fleet.nodes)} reports: {reports:.2f} CPU s; background "
-                              f"re-encoding of {stale} nodes for {len(views)} listed views "
-                              f"({', '.join(views)}): "
-                              f"{time.process_time() - cpu:.2f} CPU s", flush=True)
-                        what = "live"
-                    secs, size = await asyncio.to_thread(_fedctl, url, *args, out=out)
-                    lines = out.read_bytes().count(b"\n")
-                    print(f"fedctl {label:<20} run {run + 1} {what}:"
-                          f" {secs:5.2f} s  ({size / 1e6:.1f} MB, {lines} lines)", flush=True)
-            refresher.cancel()
-            server.should_exit = True
-            await serving
-            sock.close()
-            writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await writer
+    async with bench_fleet("bench-list-") as (fleet, store, tmp):
+        t = time.perf_counter()
+        await register_nodes(fleet, store, nodes)
+        print(f"registered {nodes} nodes in {time.perf_counter() - t:.1f} s", flush=True)
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        app = create_app(fleet, metrics=Metrics(), flush=store.flush)
+        server = uvicorn.Server(uvicorn.Config(app, lifespan="off", log_level="warning",
+                                               access_log=False))
+        serving = asyncio.create_task(server.serve(sockets=[sock]))
+        while not server.started:
+            await asyncio.sleep(0.01)
+        out = tmp / "out"
+        secs, _ = await asyncio.to_thread(_fedctl, url, "--help", out=out)
+        print(f"fedctl --help (interpreter + imports): {secs:.2f} s")
+        refresher = asyncio.create_task(fleet.keep_encoded())
+        t = time.perf_counter()
+        while len(fleet._encoded.get(("Node", NODE_TABLE), ())) < nodes:
+            await asyncio.sleep(0.01)  # the service encodes the get-nodes view at start
+        print(f"get-nodes view encoded in the background in {time.perf_counter() - t:.2f} s")
+        for label, args in (("get nodes -o json", ("get", "nodes", "-o", "json")),
+                            ("get nodes (table)", ("get", "nodes")),
+                            ("get nodes -o name", ("get", "nodes", "-o", "name"))):
+            for run in range(runs):
+                what = "warm"
+                if run == 0:  # cold: the worst case, see the docstring
+                    for cache in fleet._encoded.values():
+                        cache.clear()
+                    what = "cold"
+                elif run == 1:  # live: every node reported since the last list
+                    refresher.cancel()  # measured on its own below
+                    cpu = time.process_time()
+                    for name in list(fleet.nodes):
+                        fleet.mark_ready(name)
+                    await store.flush()  # the reports' own writes are done
+                    reports = time.process_time() - cpu
+                    stale = sum(len(v) for v in fleet._stale.values())
+                    cpu = time.process_time()
+                    refresher = asyncio.create_task(fleet.keep_encoded(interval=0.01))
+                    while fleet._stale:  # the background re-encoding catches up
+                        await asyncio.sleep(0.01)
+                    views = ["full" if f is None else f"{len(f)} fields"
+                             for k, f in fleet._encoded if k == "Node"]
+                    print(f"  {len(fleet.nodes)} reports: {reports:.2f} CPU s; background "
+                          f"re-encoding of {stale} nodes for {len(views)} listed views "
+                          f"({', '.join(views)}): "
+                          f"{time.process_time() - cpu:.2f} CPU s", flush=True)
+                    what = "live"
+                secs, size = await asyncio.to_thread(_fedctl, url, *args, out=out)
+                lines = out.read_bytes().count(b"\n")
+                print(f"fedctl {label:<20} run {run + 1} {what}:"
+                      f" {secs:5.2f} s  ({size / 1e6:.1f} MB, {lines} lines)", flush=True)
+        refresher.cancel()
+        server.should_exit = True
+        await serving
+        sock.close()
 
 
 def main() -> None:

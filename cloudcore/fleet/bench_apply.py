@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from cloudcore.config import StoreSettings
@@ -42,31 +44,43 @@ async def register_nodes(fleet: Fleet, store: Store, nodes: int) -> None:
     await store.flush()
 
 
+@contextlib.asynccontextmanager
+async def bench_fleet(prefix: str) -> AsyncIterator[tuple[Fleet, Store, Path]]:
+    """A Fleet over its own LMDB store in a temporary directory (also yielded), with the
+    store's writer running until the block ends."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        async with Store(StoreSettings(state_dir=Path(tmp) / "s", batch_max_ops=50_000)) as store:
+            writer = asyncio.create_task(store.run())
+            try:
+                yield (Fleet(store=store, scheduler=Scheduler(),
+                             liveness=Liveness(default_heartbeat=30, missed=3, now=0)),
+                       store, Path(tmp))
+            finally:
+                writer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await writer
+
+
 async def _one(nodes: int, tuned: bool) -> None:
     from cloudcore.service import tune_gc
     from shared.models import parse_object
 
-    with tempfile.TemporaryDirectory(prefix="bench-apply-") as tmp:
-        async with Store(StoreSettings(state_dir=Path(tmp) / "s", batch_max_ops=50_000)) as store:
-            writer = asyncio.create_task(store.run())
-            fleet = Fleet(store=store, scheduler=Scheduler(),
-                          liveness=Liveness(default_heartbeat=30, missed=3, now=0))
-            await register_nodes(fleet, store, nodes)
-            if tuned:
-                tune_gc()
-            ds = parse_object({
-                "apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": "agent"},
-                "spec": {"template": {"metadata": {"labels": {"app": "agent"}}, "spec": {
-                    "containers": [{"name": "c", "image": "busybox"}]}}}})
-            t = time.perf_counter()
-            fleet.apply([ds])
-            applied = time.perf_counter() - t
-            await store.flush()
-            total = time.perf_counter() - t
-            print(f"{'cloudcore gc' if tuned else 'default gc  '}: apply of a DaemonSet over "
-                  f"{nodes} nodes {applied:.2f} s, committed {total:.2f} s "
-                  f"({len(fleet.pods)} pods)", flush=True)
-            writer.cancel()
+    async with bench_fleet("bench-apply-") as (fleet, store, _):
+        await register_nodes(fleet, store, nodes)
+        if tuned:
+            tune_gc()
+        ds = parse_object({
+            "apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": "agent"},
+            "spec": {"template": {"metadata": {"labels": {"app": "agent"}}, "spec": {
+                "containers": [{"name": "c", "image": "busybox"}]}}}})
+        t = time.perf_counter()
+        fleet.apply([ds])
+        applied = time.perf_counter() - t
+        await store.flush()
+        total = time.perf_counter() - t
+        print(f"{'cloudcore gc' if tuned else 'default gc  '}: apply of a DaemonSet over "
+              f"{nodes} nodes {applied:.2f} s, committed {total:.2f} s "
+              f"({len(fleet.pods)} pods)", flush=True)
 
 
 def main() -> None:

@@ -70,7 +70,6 @@ from shared.models import (
     Pod,
     PodStatus,
     Secret,
-    spec_hash,
 )
 
 log = logging.getLogger("cloudcore.fleet")
@@ -361,7 +360,7 @@ class Fleet:
             new.spec.paused = action == "pause"
         else:
             stable = self.rollouts.stable(owner)
-            if stable is None or stable.thash == spec_hash(ds.spec.template.dump()):
+            if stable is None or stable.thash == self.rollouts.plan(ds).update.thash:
                 raise ObjectError(f"{kind} {namespace}/{name}: nothing to undo, its "
                                   "template is the one that last rolled out", field="action")
             # the stable template again: no rollout under way, every pod gets it at once
@@ -969,7 +968,7 @@ class Fleet:
         or gets the stable template, `hold`."""
         ns, dsname = ds.metadata.namespace, ds.metadata.name
         owner = f"DaemonSet/{ns}/{dsname}"
-        tpl, hold, rolled_back = self.rollouts.templates(ds)
+        plan = self.rollouts.plan(ds)
         for name in list(nodes):
             node = self.nodes.get(name)
             if node is None:
@@ -981,35 +980,27 @@ class Fleet:
                 if pod is not None and pod.metadata.annotations.get(naming.OWNER) == owner:
                     self._delete_pod(key)
                 continue
-            have = pod.metadata.annotations.get(naming.TEMPLATE_HASH) if pod is not None else None
-            target = tpl
-            if hold is not None and (have != tpl.thash or rolled_back):
-                target = hold
-            if have == target.thash:
-                continue
-            self._put_pod(key, target.pod(ns=ns, name=key[1], owner=owner, node=name), pod,
-                          revision=target.revision)
+            target = plan.target_for(pod)
+            if target is not None:
+                self._put_pod(key, target.pod(ns=ns, name=key[1], owner=owner, node=name),
+                              pod, revision=target.revision)
 
     def _sync_deployment(self, dep: Deployment) -> None:
         """`replicas` pods; during a rollout, as for a DaemonSet, a replica gets the
         update only in its batch (new replicas get the stable template, `hold`)."""
         ns, depname = dep.metadata.namespace, dep.metadata.name
         owner = f"Deployment/{ns}/{depname}"
-        tpl, hold, rolled_back = self.rollouts.templates(dep)
+        plan = self.rollouts.plan(dep)
         wanted = {(ns, naming.child_name(depname, str(i))) for i in range(dep.spec.replicas)}
         for key in self.owned_keys(owner):
             if key not in wanted:
                 self._delete_pod(key)
         for key in sorted(wanted, key=lambda k: k[1]):
             pod = self.pods.get(key)
-            have = pod.metadata.annotations.get(naming.TEMPLATE_HASH) if pod is not None else None
-            target = tpl
-            if hold is not None and (have != tpl.thash or rolled_back):
-                target = hold
-            if have == target.thash:
-                continue
-            self._put_pod(key, target.pod(ns=ns, name=key[1], owner=owner, node=None), pod,
-                          revision=target.revision)
+            target = plan.target_for(pod)
+            if target is not None:
+                self._put_pod(key, target.pod(ns=ns, name=key[1], owner=owner, node=None),
+                              pod, revision=target.revision)
 
     def _node_changed(self, name: str) -> None:
         """A node joined or changed labels/taints/capacity: DaemonSets and pending pods."""

@@ -109,6 +109,30 @@ class _Scan:
     new_failures: int = 0  # pods found failed in this pass
 
 
+@dataclass(frozen=True)
+class Plan:
+    """Which template a workload's pods get: the `update` (spec.template), or, while a
+    rollout is under way, `hold` (the stable template) for pods not yet in a batch,
+    and after a rollback (`rolled_back`) for the updated ones too."""
+
+    update: Template
+    hold: Template | None = None
+    rolled_back: bool = False
+
+    @property
+    def pair(self) -> tuple[Template, Template | None]:
+        return self.update, self.hold
+
+    def target_for(self, pod: Pod | None) -> Template | None:
+        """The template `pod` (None: not made yet) should be made from; None if it
+        already is."""
+        have = pod.metadata.annotations.get(naming.TEMPLATE_HASH) if pod is not None else None
+        target = self.update
+        if self.hold is not None and (have != self.update.thash or self.rolled_back):
+            target = self.hold
+        return None if have == target.thash else target
+
+
 @dataclass
 class _State:
     stable: Template | None
@@ -119,6 +143,25 @@ class _State:
     reported_at: dict[Key, float] = field(default_factory=dict)  # its node's last report
     ready_since: dict[Key, tuple[str, float]] = field(default_factory=dict)
     status_at: float = float("-inf")
+    update: tuple[PodTemplate, Template] | None = None  # spec.template, prepared once
+
+    def restart(self, target: str | None) -> None:
+        """Forget the per-rollout memory: a new rollout (of `target`), or none."""
+        self.target = target
+        self.failed.clear()
+        self.updated_at.clear()
+
+    def note_ready(self, key: Key, revision: str | None, ready: bool, now: float) -> float:
+        """Track since when the pod is Ready at `revision`; returns that time (`now`
+        when it just became so), or +inf when it is not Ready."""
+        if revision is None or not ready:
+            self.ready_since.pop(key, None)
+            return float("inf")
+        seen, since = self.ready_since.get(key, (None, now))
+        if seen != revision:
+            since = now
+            self.ready_since[key] = (revision, now)
+        return since
 
     def record(self) -> dict[str, Any]:
         """What survives a restart: the stable template, an aborted update, and the
@@ -208,11 +251,10 @@ class Rollouts:
     def retry(self, ds: Workload) -> bool:
         """Start an aborted rollout of the same template again; False if none was."""
         st = self._states.get(owner_of(ds))
-        if st is None or st.aborted != Template(ds.spec.template).thash:
+        if st is None or st.aborted != self.plan(ds).update.thash:
             return False
-        st.aborted = st.target = None
-        st.failed.clear()
-        st.updated_at.clear()
+        st.aborted = None
+        st.restart(None)
         st.status_at = float("-inf")
         self._save(owner_of(ds))
         self._dirty.add(owner_of(ds))
@@ -226,27 +268,24 @@ class Rollouts:
         if st is None:
             return
         self._dirty.add(owner)
-        st.reported_at[key] = self.clock()
+        now = self.clock()
+        st.reported_at[key] = now
         rev = pod.metadata.annotations.get(naming.REVISION)
-        if rev is not None and ready_at(pod, rev):
-            if st.ready_since.get(key, (None, 0.0))[0] != rev:
-                st.ready_since[key] = (rev, self.clock())
-        else:
-            st.ready_since.pop(key, None)
+        st.note_ready(key, rev, rev is not None and ready_at(pod, rev), now)
 
-    def templates(self, ds: Workload) -> tuple[Template, Template | None, bool]:
-        """(update, hold, rolled_back) for the controller's sync: with a rollout under way,
-        pods not yet updated keep or get `hold` (the stable template), and with
-        `rolled_back` the updated ones go back to it too; `hold` None: every pod gets
-        the update."""
-        update = Template(ds.spec.template)
+    def plan(self, ds: Workload) -> Plan:
+        """Which template the workload's pods get (`Plan.target_for`)."""
         st = self._states.get(owner_of(ds))
+        if st is None:
+            return Plan(Template(ds.spec.template))
+        if st.update is None or st.update[0] is not ds.spec.template:
+            st.update = (ds.spec.template, Template(ds.spec.template))  # hashed once
+        update = st.update[1]
         strategy = strategy_of(ds)
-        if (st is None or st.stable is None or strategy is None
-                or st.stable.thash == update.thash):
-            return update, None, False
-        rolled_back = st.aborted == update.thash and strategy.auto_rollback
-        return update, st.stable, rolled_back
+        if st.stable is None or strategy is None or st.stable.thash == update.thash:
+            return Plan(update)
+        return Plan(update, st.stable,
+                    rolled_back=st.aborted == update.thash and strategy.auto_rollback)
 
     # -- the tick -----------------------------------------------------------------------
 
@@ -267,7 +306,7 @@ class Rollouts:
             st = self._states.get(owner)
             if st is None:
                 continue
-            update, hold, _ = self.templates(ds)
+            update, hold = self.plan(ds).pair
             moving = hold is not None and st.aborted != update.thash
             keys = self.fleet.owned_set(owner)
             every = len(keys) / STATUS_PODS_PER_SECOND  # ticks are >= 1 s apart anyway
@@ -276,19 +315,15 @@ class Rollouts:
             self._dirty.discard(owner)
             st.status_at = now
             if hold is None and st.target is not None:
-                st.target = None  # no rollout under way: forget the last one's pods
-                st.failed.clear()
-                st.updated_at.clear()
+                st.restart(None)  # no rollout under way: forget the last one's pods
             if moving and st.target != update.thash:
-                st.target = update.thash
-                st.failed.clear()
-                st.updated_at.clear()
+                st.restart(update.thash)
             scan = self._scan(ds, st, update, keys, now, moving=moving)
             if scan.new_failures:
                 self._save(owner)
             if moving:
                 changed |= self._advance(ds, owner, st, update, scan)
-                update, hold, _ = self.templates(ds)  # it may have completed
+                update, hold = self.plan(ds).pair  # it may have completed
             self._status(key, ds, st, update=update, hold=hold, scan=scan)
         return changed
 
@@ -313,17 +348,11 @@ class Rollouts:
             if is_update:
                 sc.updated += 1
             rev = ann.get(naming.REVISION)
-            available = False
-            if rev is not None and ready_at(pod, rev):
-                seen, since = st.ready_since.get(k, (None, now))
-                if seen != rev:
-                    since = now
-                    st.ready_since[k] = (rev, now)
+            since = st.note_ready(k, rev, rev is not None and ready_at(pod, rev), now)
+            available = now - since >= min_ready  # never for +inf: not Ready
+            if since <= now:
                 sc.ready += 1
-                available = now - since >= min_ready
-                sc.available += available
-            else:
-                st.ready_since.pop(k, None)
+            sc.available += available
             if not moving:
                 continue
             if where is None:  # a replica placed nowhere runs nothing: no risk, no gate

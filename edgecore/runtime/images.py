@@ -327,12 +327,7 @@ class ImageStore:
         if insecure:
             argv.append("--src-tls-verify=false")
         argv += [f"docker://{ref}", f"oci:{self.layout}:{_layout_tag(ref)}"]
-        res = await run_cmd(
-            argv, error=ImagePullError, what=f"pull {ref}",
-            timeout=self._pull_timeout_s, check=False,
-        )  # fmt: skip
-        if res.returncode != 0:
-            await self._raise_for(f"pull {ref}", argv, res, ImagePullError)
+        await self._run_tool(argv, what=f"pull {ref}", error=ImagePullError)
         digest = self.digest_of(ref)
         if digest is None:
             raise ImagePullError(
@@ -424,14 +419,16 @@ class ImageStore:
         except (ImagePullError, ValueError, KeyError, TypeError) as exc:
             log.debug("pull progress of %s: no layer sizes: %s", active.ref, exc)
 
-    async def _raise_for(
-        self,
-        what: str,
-        argv: list[str],
-        res: CmdResult,
+    async def _run_tool(
+        self, argv: list[str], *, what: str,
         error: type[ImagePullError] | type[ImageUnpackError],
-    ) -> None:
-        """Turn a failed skopeo/umoci run into the most specific error."""
+    ) -> CmdResult:
+        """Run skopeo/umoci (the pull timeout); a failure becomes the most specific
+        error."""
+        res = await run_cmd(argv, error=error, what=what, timeout=self._pull_timeout_s,
+                            check=False)
+        if res.returncode == 0:
+            return res
         text = (res.stderr + res.stdout).decode(errors="replace")
         if _NO_MANIFEST.search(text):
             arch, variant = self.platform
@@ -628,12 +625,7 @@ class ImageStore:
             try:
                 argv = [self._umoci, "raw", "unpack", "--image",
                         f"{self.layout}:{_layout_tag(ref)}", str(tmp)]  # fmt: skip
-                res = await run_cmd(
-                    argv, error=ImageUnpackError, what=f"unpack {ref}",
-                    timeout=self._pull_timeout_s, check=False,
-                )  # fmt: skip
-                if res.returncode != 0:
-                    await self._raise_for(f"unpack {ref}", argv, res, ImageUnpackError)
+                await self._run_tool(argv, what=f"unpack {ref}", error=ImageUnpackError)
                 # rename is atomic: a crash leaves only a .tmp- dir, never a half rootfs.
                 os.rename(tmp, target)
             finally:

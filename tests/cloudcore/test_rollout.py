@@ -41,6 +41,20 @@ class World:
         for n in self.names:
             add_node(self.fleet, n)
 
+    def restarted(self) -> World:
+        """A new cloudcore loading what this one stored; its nodes report again (Ready)
+        and it ticks once."""
+        records: dict[str, dict[str, Any]] = {}
+        for (db, key), value in self.store.data.items():
+            records.setdefault(db, {})[key] = value
+        again = World(0)
+        again.fleet.load(records)
+        again.names = self.names
+        for n in self.names:
+            again.fleet.mark_ready(n)
+        again.tick()
+        return again
+
     def apply(self, doc: dict[str, Any]) -> None:
         self.fleet.apply([parse_object(doc)])
 
@@ -240,15 +254,7 @@ def test_a_rollout_survives_a_cloudcore_restart() -> None:
     r1, r2 = rev_of(w, staged(["v1"])), rev_of(w, v2)
     w.apply(v2)
     [a] = w.updated(r2)
-    records: dict[str, dict[str, Any]] = {}
-    for (db, key), value in w.store.data.items():
-        records.setdefault(db, {})[key] = value
-    again = World(0)
-    again.fleet.load(records)
-    again.names = w.names
-    for n in w.names:
-        again.fleet.mark_ready(n)
-    again.tick()
+    again = w.restarted()
     # the stable template is known: the other nodes keep it, the updated one keeps the update
     assert again.updated(r2) == {a}
     assert again.updated(r1) == set(w.names) - {a}
@@ -452,15 +458,7 @@ def test_failed_pods_are_remembered_across_a_restart() -> None:
     w.report(a, waiting="CrashLoopBackOff")
     w.tick()  # one failure, tolerated: the next batch goes out
     assert w.status().rollout.failed == 1
-    records: dict[str, dict[str, Any]] = {}
-    for (db, key), value in w.store.data.items():
-        records.setdefault(db, {})[key] = value
-    again = World(0)
-    again.fleet.load(records)
-    again.names = w.names
-    for n in w.names:
-        again.fleet.mark_ready(n)
-    again.tick()
+    again = w.restarted()
     assert again.status().rollout.failed == 1  # not forgotten
     [b] = again.updated(r2) - {a}
     again.report(b, waiting="ErrImagePull")
