@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ParamSpec, TypeVar
 
 import httpx
@@ -59,6 +60,8 @@ class State:
     transport: httpx.BaseTransport | None = None
     token_flag: str | None = None
     context_flag: str | None = None
+    ca_flag: str | None = None
+    insecure_skip_tls_verify: bool = False
 
     def settings(self) -> Settings:
         return resolve(
@@ -66,10 +69,17 @@ class State:
             timeout=self.timeout,
             token=self.token_flag,
             context=self.context_flag,
+            ca_file=self.ca_flag,
+            insecure_skip_tls_verify=self.insecure_skip_tls_verify,
         )
 
     def client(self) -> ApiClient:
-        return ApiClient(self.settings(), transport=self.transport)
+        settings = self.settings()
+        if settings.insecure_skip_tls_verify and settings.server.startswith("https:"):
+            sys.stderr.write(f"warning: not verifying the TLS certificate of {settings.server}"
+                             " (insecure-skip-tls-verify): anyone on the path can read and "
+                             "change this session, token included\n")
+        return ApiClient(settings, transport=self.transport)
 
 
 class Output(StrEnum):
@@ -124,6 +134,7 @@ def _state(ctx: typer.Context) -> State:
 @app.callback()
 def _global(
     ctx: typer.Context,
+    *,
     server: Annotated[
         str | None,
         typer.Option(
@@ -155,12 +166,30 @@ def _global(
             "current-context).",
         ),
     ] = None,
+    certificate_authority: Annotated[
+        str | None,
+        typer.Option(
+            "--certificate-authority",
+            metavar="FILE",
+            help="PEM CA to verify cloudcore's HTTPS certificate with (its fleet CA). "
+            "Default: $FEDCTL_CA, then the context's certificate-authority.",
+        ),
+    ] = None,
+    insecure_skip_tls_verify: Annotated[
+        bool,
+        typer.Option(
+            "--insecure-skip-tls-verify",
+            help="Do not verify cloudcore's HTTPS certificate (unsafe: warns).",
+        ),
+    ] = False,
 ) -> None:
     state = ctx.ensure_object(State)
     state.server_flag = server
     state.timeout = request_timeout
     state.token_flag = token
     state.context_flag = context
+    state.ca_flag = certificate_authority
+    state.insecure_skip_tls_verify = insecure_skip_tls_verify
 
 
 # --- apply ------------------------------------------------------------------------
@@ -853,15 +882,32 @@ def token_create(
         typer.Option("--labels", metavar="K=V,...", help="Labels every joining node gets."),
     ] = None,
     description: Annotated[str, typer.Option("--description", help="A note.")] = "",
+    uses: Annotated[
+        int | None,
+        typer.Option("--uses", min=1, metavar="N",
+                     help="How many nodes may join with it (cloudcore's default: 1)."),
+    ] = None,
+    name: Annotated[
+        str | None,
+        typer.Option("--name", metavar="NODE", help="Only a node of this name may join with it."),
+    ] = None,
 ) -> None:
-    """Issue a join token; prints it once (cloudcore keeps only a hash)."""
+    """Issue a join token; prints it once (cloudcore keeps only a hash).
+
+    The token is ID.SECRET.CA-HASH: the last part pins cloudcore's fleet CA, so
+    `edgecore join` trusts the cloud it joins without a CA file."""
     lab: dict[str, str] = {}
     for term in filter(None, (labels or "").split(",")):
         k, sep, v = term.partition("=")
         if not sep or not k.strip():
             raise UsageError(f"--labels: {term!r} is not KEY=VALUE")
         lab[k.strip()] = v.strip()
-    body = {"ttlSeconds": parse_duration(ttl), "labels": lab, "description": description}
+    body: dict[str, Any] = {"ttlSeconds": parse_duration(ttl), "labels": lab,
+                            "description": description}
+    if uses is not None:
+        body["uses"] = uses
+    if name is not None:
+        body["name"] = name
     with _state(ctx).client() as api:
         rec = api.call("POST", "jointokens", json=body)
     stdout_console().print(str(rec.get("token")))
@@ -1026,14 +1072,30 @@ def config_set_context(
     name: Annotated[str, typer.Argument(metavar="NAME")],
     server: Annotated[str, typer.Option("--server", metavar="URL", help="cloudcore URL.")],
     token: Annotated[str | None, typer.Option("--token", help="Bearer token.")] = None,
+    certificate_authority: Annotated[
+        str | None,
+        typer.Option("--certificate-authority", metavar="FILE",
+                     help="PEM CA that signs cloudcore's HTTPS certificate."),
+    ] = None,
+    insecure_skip_tls_verify: Annotated[
+        bool, typer.Option("--insecure-skip-tls-verify",
+                           help="Do not verify cloudcore's certificate (unsafe).")
+    ] = False,
     use: Annotated[bool, typer.Option("--use", help="Also make it the current context.")] = False,
 ) -> None:
-    """Create or update a context (server and optional token)."""
+    """Create or update a context (server, optional token and CA)."""
     path = cfg.config_path()
     data = cfg.load_file(path)
     entry: dict[str, Any] = {"server": cfg.check_server(server)}
     if token:
         entry["token"] = token
+    if certificate_authority:
+        ca = Path(certificate_authority).expanduser().resolve()
+        if not ca.is_file():
+            raise UsageError(f"--certificate-authority: CA file {str(ca)!r} does not exist")
+        entry["certificate-authority"] = str(ca)
+    if insecure_skip_tls_verify:
+        entry["insecure-skip-tls-verify"] = True
     data.setdefault("contexts", {})[name] = entry
     if use or not data.get("current-context"):
         data["current-context"] = name
@@ -1062,13 +1124,15 @@ def config_get_contexts() -> None:
     data = cfg.load_file(path)
     current = data.get("current-context")
     rows = [
-        ["*" if n == current else "", n, str(c.get("server")), "yes" if c.get("token") else "no"]
+        ["*" if n == current else "", n, str(c.get("server")), "yes" if c.get("token") else "no",
+         "skip-verify" if c.get("insecure-skip-tls-verify")
+         else str(c.get("certificate-authority") or "-")]
         for n, c in sorted((data.get("contexts") or {}).items())
     ]
     if not rows:
         sys.stderr.write(f"No contexts in {path}.\n")
         return
-    render.simple_table(stdout_console(), ["CURRENT", "NAME", "SERVER", "TOKEN"], rows)
+    render.simple_table(stdout_console(), ["CURRENT", "NAME", "SERVER", "TOKEN", "CA"], rows)
 
 
 @config_app.command("current-context")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json as jsonlib
 import queue
+import ssl
 import threading
 from collections.abc import Iterator
 from types import TracebackType
@@ -27,6 +28,61 @@ PAGE = 5000
 """Objects per list request: big enough that 100k nodes take 20 round trips, small
 enough that one page is a few MB."""
 NDJSON = "application/x-ndjson"
+
+
+def tls_verify(settings: Settings) -> ssl.SSLContext | bool:
+    """What httpx verifies an https server with: the configured CA file (cloudcore's
+    fleet CA) alone, else the system bundle; False when verification is skipped, and
+    for plain http (which never uses TLS: no CA bundle to load, ~0.06 s a command)."""
+    if not settings.server.startswith("https:") or settings.insecure_skip_tls_verify:
+        return False
+    if settings.ca_file is None:
+        return True
+    try:
+        return ssl.create_default_context(cafile=str(settings.ca_file))
+    except (OSError, ssl.SSLError) as exc:
+        raise Unreachable(f"cannot load the CA file {settings.ca_file}: {exc}") from exc
+
+
+def _ssl_cause(exc: BaseException) -> ssl.SSLError | None:
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return None
+        if isinstance(seen, ssl.SSLError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def unreachable(server: str, exc: httpx.TransportError, *, ca_file: object = None,
+                what: str = "cannot reach cloudcore at") -> Unreachable:
+    """One clear line for a transport failure; a TLS failure says what to do about it."""
+    cause = _ssl_cause(exc)
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        code = getattr(cause, "verify_code", None)
+        msg = getattr(cause, "verify_message", None) or str(cause)
+        host = server.split("://", 1)[-1].split("/", 1)[0].rsplit(":", 1)[0].strip("[]")
+        if code == 62:  # X509_V_ERR_HOSTNAME_MISMATCH
+            return Unreachable(f"TLS: cloudcore's certificate at {server} is not valid for "
+                               f"host {host!r} ({msg}); use the name or address it was "
+                               "issued for")
+        if code == 10:  # X509_V_ERR_CERT_HAS_EXPIRED
+            return Unreachable(f"TLS: cloudcore's certificate at {server} has expired")
+        trusted = f"the CA in {ca_file}" if ca_file else "the system's CA bundle"
+        return Unreachable(f"TLS: cloudcore's certificate at {server} is not signed by "
+                           f"{trusted} ({msg}); pass --certificate-authority FILE (cloudcore "
+                           "serves its CA at /api/v1/ca) or set it in the context")
+    if cause is not None:
+        if "WRONG_VERSION_NUMBER" in str(cause) or "record layer" in str(cause):
+            return Unreachable(f"TLS: {server} does not speak TLS (is cloudcore running "
+                               "with --insecure? then use an http:// URL)")
+        return Unreachable(f"TLS handshake with {server} failed: {cause}")
+    if server.startswith("http:") and isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError):
+        # a TLS server hangs up on a plain request (reset, or no response at all)
+        return Unreachable(f"{what} {server}: {exc or type(exc).__name__} (cloudcore serves "
+                           "HTTPS by default: use an https:// URL)")
+    return Unreachable(f"{what} {server}: {exc or type(exc).__name__}")
 
 
 def _path(kind: Kind, namespace: str | None, name: str) -> str:
@@ -52,6 +108,7 @@ class ApiClient:
         headers = {"Accept": "application/json", "User-Agent": "fedctl"}
         if settings.token:
             headers["Authorization"] = f"Bearer {settings.token}"
+        self._ca_file = settings.ca_file
         self._http = httpx.Client(
             base_url=settings.server,
             timeout=settings.timeout,
@@ -59,8 +116,7 @@ class ApiClient:
             headers=headers,
             # FEDCTL_SERVER is explicit; a stray HTTP(S)_PROXY must not reroute it.
             trust_env=False,
-            # Plain http never uses TLS: skip loading the CA bundle (~0.06 s a command).
-            **({} if settings.server.startswith("https:") else {"verify": False}),
+            verify=tls_verify(settings),
         )
 
     def __enter__(self) -> ApiClient:
@@ -258,7 +314,8 @@ class ApiClient:
         except httpx.TimeoutException as exc:
             raise Unreachable(f"watch on {self.server} went quiet: {type(exc).__name__}") from exc
         except httpx.TransportError as exc:
-            raise Unreachable(f"watch on {self.server} broke: {exc or type(exc).__name__}") from exc
+            raise unreachable(self.server, exc, ca_file=self._ca_file,
+                              what="watch broke on") from exc
         except ValueError as exc:
             raise ServerError(f"cloudcore sent a watch line that is not JSON: {exc}",
                               status=200) from exc
@@ -293,8 +350,8 @@ class ApiClient:
             raise Unreachable(f"logs from {self.server} went quiet: {type(exc).__name__}"
                               ) from exc
         except httpx.TransportError as exc:
-            raise Unreachable(f"logs from {self.server} broke: {exc or type(exc).__name__}"
-                              ) from exc
+            raise unreachable(self.server, exc, ca_file=self._ca_file,
+                              what="logs broke from") from exc
 
     def exec(
         self, name: str, command: list[str], *, namespace: str | None = None,
@@ -311,7 +368,7 @@ class ApiClient:
             raise Unreachable(f"exec on {self.server}: timed out ({type(exc).__name__})"
                               ) from exc
         except httpx.TransportError as exc:
-            raise Unreachable(f"cannot reach cloudcore at {self.server}: {exc}") from exc
+            raise unreachable(self.server, exc, ca_file=self._ca_file) from exc
         return self._decode(resp, what=None)  # the server names the pod or container
 
     # --- nodes, events, tokens ---------------------------------------------------
@@ -392,8 +449,7 @@ class ApiClient:
                 f"cannot reach cloudcore at {self.server}: timed out ({type(exc).__name__})"
             ) from exc
         except httpx.TransportError as exc:
-            reason = str(exc) or type(exc).__name__
-            raise Unreachable(f"cannot reach cloudcore at {self.server}: {reason}") from exc
+            raise unreachable(self.server, exc, ca_file=self._ca_file) from exc
 
     def _decode(self, resp: httpx.Response, *, what: str | None) -> dict[str, Any]:
         try:

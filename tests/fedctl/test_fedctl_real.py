@@ -199,7 +199,8 @@ def test_tokens_env_and_contexts(secure_cloud: Cloud, tmp_path: Path) -> None:
     assert lab.exit_code == 0
     r = fed(None, "config", "get-contexts")
     rows = [line.split() for line in r.stdout.splitlines()[1:]]
-    assert rows == [["lab", "http://127.0.0.1:9", "no"], ["*", "prod", cloud.url, "yes"]]
+    assert rows == [["lab", "http://127.0.0.1:9", "no", "-"],
+                    ["*", "prod", cloud.url, "yes", "-"]]
     assert fed(None, "config", "use-context", "prod").exit_code == 0
     assert fed(None, "config", "current-context").stdout.strip() == "prod"
     assert fed(None, "whoami").stdout.strip() == "root (admin)"
