@@ -23,20 +23,46 @@ from typing import Any, ClassVar, Literal
 import msgpack
 
 from shared import PROTOCOL_VERSION
-from shared.errors import DecodeError, MessageTooLarge, UnknownVersion
+from shared.errors import DecodeError, MessageTooLarge, TooDeep, UnknownVersion
+
+KiB = 1024
+MiB = 1024 * KiB
 
 
 @dataclass(frozen=True)
 class Limits:
     """Size limits applied before and during decoding."""
 
-    max_message_bytes: int = 4 * 1024 * 1024
+    max_message_bytes: int = 4 * MiB
     max_keys: int = 10_000  # entries in a desired set / pods in a report
-    max_str_bytes: int = 256 * 1024
+    max_str_bytes: int = 256 * KiB  # any string or bytes
     max_items: int = 100_000  # any array or map
+    max_depth: int = 32  # containers nested in containers; checked before unpacking
 
 
 DEFAULT_LIMITS = Limits()
+"""The limits of protocol version 1 before proposal 0002 (what `decode` uses unless
+told otherwise); receivers use the per-direction limits below."""
+
+DOWN_LIMITS = Limits(max_message_bytes=4 * MiB, max_keys=10_000, max_str_bytes=1 * MiB,
+                     max_items=100_000)
+"""cloud -> edge. A Desired snapshot holds a node's whole set: its pods (at most
+capacity_pods, 110 by default, 10,000 at most) and the ConfigMaps/Secrets they mount.
+A ConfigMap (as in Kubernetes) holds at most 1 MiB, so that is the longest string, and
+a sealed Secret's ciphertext the longest bytes; a message holds at most 4 MiB (what
+a 256 MB device unpacks comfortably). A sealed Secret's ciphertext is its msgpack
+value (data in base64) plus 16 bytes (`shared.seal.sealed_size`), so its clear data
+may be about 3/4 of the limit. An entry that does not fit is never sent
+(`entry_fits`); the API refuses it at apply."""
+
+UP_LIMITS = Limits(max_message_bytes=1 * MiB, max_keys=10_000, max_str_bytes=64 * KiB,
+                   max_items=20_000)
+"""edge -> cloud. Measured (tests/shared/test_limits.py): a report of every pod of a
+full default node (110 pods, four containers each, 256-byte status messages) is 242
+KiB, a telemetry point of 110 pods about 6 KiB, a heartbeat under 100 bytes, a
+Response at most its 64 KiB chunk plus its 4 KiB error. 1 MiB holds such a report
+for about 450 pods; the longest string or bytes an agent sends is a Response chunk
+(64 KiB)."""
 
 # -- field checks: each returns the (possibly normalised) value or raises ValueError ------
 
@@ -307,7 +333,8 @@ class Request(_Msg):
         "id": _str(min_length=1, max_length=64), "kind": _literal("logs", "exec", "cancel"),
         "pod": _str(max_length=600), "container": _opt(_str(max_length=63)),
         "tail": _opt(_int(ge=0)), "since": _opt(_float()), "follow": _bool,
-        "argv": _list(_str(), max_length=256), "timeout": _float(gt=0, le=24 * 3600)}
+        "argv": _list(_str(), max_length=256), "timeout": _float(gt=0, le=24 * 3600),
+        "exp": _opt(_float())}
     id: str
     kind: Literal["logs", "exec", "cancel"]
     pod: str = ""  # pod key, e.g. pod/default/web
@@ -317,6 +344,9 @@ class Request(_Msg):
     follow: bool = False
     argv: list[str] = field(default_factory=list)
     timeout: float = 30.0
+    exp: float | None = None
+    """Unix seconds after which the edge refuses the request (replay protection,
+    proposal 0002); None only from a cloud before it (refused unless insecure)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -358,9 +388,13 @@ def encode(msg: _Msg) -> bytes:
 
 
 def decode(data: bytes, *, limits: Limits = DEFAULT_LIMITS) -> Message:
-    """Bytes -> a validated message, or a `ProtocolError` saying why not."""
+    """Bytes -> a validated message, or a `ProtocolError` saying why not.
+
+    The size is checked first, then the nesting depth by a scan that builds nothing
+    (`check_depth`), and only then is the message unpacked."""
     if len(data) > limits.max_message_bytes:
         raise MessageTooLarge(len(data), limits.max_message_bytes)
+    check_depth(data, limits.max_depth)
     try:
         raw = msgpack.unpackb(
             data,
@@ -395,3 +429,102 @@ def decode(data: bytes, *, limits: Limits = DEFAULT_LIMITS) -> Message:
                         if f.name not in raw and f.default is dataclasses.MISSING
                         and f.default_factory is dataclasses.MISSING), None)
         raise DecodeError(f"invalid message: {missing or '?'}: field required") from exc
+
+
+# -- limits that need no unpacking -------------------------------------------------------
+
+# Bytes taken by each msgpack lead byte whose object has a fixed size (0: not fixed).
+_FIXED = bytearray(256)
+for _b in range(0x80):
+    _FIXED[_b] = 1
+for _b in range(0xE0, 0x100):
+    _FIXED[_b] = 1
+for _b in range(0xA0, 0xC0):
+    _FIXED[_b] = 1 + (_b & 0x1F)
+for _b, _n in {0xC0: 1, 0xC2: 1, 0xC3: 1, 0xCA: 5, 0xCB: 9, 0xCC: 2, 0xCD: 3, 0xCE: 5,
+               0xCF: 9, 0xD0: 2, 0xD1: 3, 0xD2: 5, 0xD3: 9, 0xD4: 3, 0xD5: 4, 0xD6: 6,
+               0xD7: 10, 0xD8: 18}.items():
+    _FIXED[_b] = _n
+# Variable-size scalars: lead byte -> (bytes of the length field, extra header bytes).
+_SIZED = {0xC4: (1, 0), 0xC5: (2, 0), 0xC6: (4, 0), 0xD9: (1, 0), 0xDA: (2, 0),
+          0xDB: (4, 0), 0xC7: (1, 1), 0xC8: (2, 1), 0xC9: (4, 1)}
+# Containers: lead byte -> (bytes of the count field, children per count).
+_CONTAINERS = {0xDC: (2, 1), 0xDD: (4, 1), 0xDE: (2, 2), 0xDF: (4, 2)}
+
+
+def check_depth(data: bytes, max_depth: int) -> None:
+    """Raise `TooDeep` if msgpack `data` nests containers deeper than `max_depth`.
+
+    Walks the lead bytes only (strings are skipped by their length, nothing is
+    built), so a hostile message is refused before msgpack unpacks it. Malformed
+    or truncated input ends the scan quietly: unpacking reports it.
+    """
+    n = len(data)
+    i = 0
+    stack: list[int] = []  # children still to read, per open container
+    fixed = _FIXED
+    while i < n:
+        b = data[i]
+        size = fixed[b]
+        children = 0
+        if size:
+            i += size
+        elif 0x80 <= b <= 0x9F:  # fixmap / fixarray
+            children = (b & 0x0F) * (2 if b < 0x90 else 1)
+            i += 1
+            if not children and len(stack) >= max_depth:
+                raise TooDeep(f"message nested deeper than {max_depth} levels")
+        elif b in _SIZED:
+            width, extra = _SIZED[b]
+            length = int.from_bytes(data[i + 1:i + 1 + width], "big")
+            i += 1 + width + extra + length
+        elif b in _CONTAINERS:
+            width, per = _CONTAINERS[b]
+            children = int.from_bytes(data[i + 1:i + 1 + width], "big") * per
+            i += 1 + width
+            if not children and len(stack) >= max_depth:
+                raise TooDeep(f"message nested deeper than {max_depth} levels")
+        else:
+            return  # 0xC1 (never used): unpacking reports it
+        if children:
+            stack.append(children)
+            if len(stack) > max_depth:
+                raise TooDeep(f"message nested deeper than {max_depth} levels")
+            continue
+        while stack:  # one object done: it was a child of the innermost container
+            stack[-1] -= 1
+            if stack[-1]:
+                break
+            stack.pop()
+        if not stack:
+            return  # the top-level object is complete
+
+
+def entry_fits(key: str, value: Any, *, limits: Limits = DOWN_LIMITS) -> str | None:
+    """Why a desired entry (as it goes on the wire, i.e. a Secret already sealed) can
+    never be delivered under `limits`, or None if it can: a string or bytes over
+    `max_str_bytes`, or a message holding only this entry over `max_message_bytes`."""
+    try:
+        raw = msgpack.packb(value, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as exc:
+        return f"{key}: not encodable: {exc}"
+    try:
+        msgpack.unpackb(raw, raw=False, strict_map_key=True,
+                        max_str_len=limits.max_str_bytes, max_bin_len=limits.max_str_bytes,
+                        max_array_len=limits.max_items, max_map_len=limits.max_items)
+    except ValueError as exc:
+        return (f"{key}: a string or array exceeds the wire limits (strings at most "
+                f"{limits.max_str_bytes} bytes, arrays and maps {limits.max_items} items): "
+                f"{exc}")
+    except Exception as exc:  # msgpack raises several unrelated types
+        return f"{key}: not deliverable: {exc}"
+    # the message around one entry: a Desired header and the key, well under 1 KiB
+    if len(raw) + len(key) + 1024 > limits.max_message_bytes:
+        return (f"{key}: {len(raw)} bytes exceed the message limit of "
+                f"{limits.max_message_bytes} bytes")
+    if len(raw) > 0:
+        try:
+            check_depth(raw, limits.max_depth - 2)  # message map > put map > entry
+        except TooDeep:
+            return f"{key}: nested deeper than {limits.max_depth - 2} levels"
+    return None

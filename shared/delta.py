@@ -13,7 +13,14 @@ epoch. (The contract asks for `base == gen`; accepting an older base is equally
 correct, because a delta from b carries every change after b, and saves a resync
 when an older delta overtakes a newer one.) An old or equal gen is a duplicate to
 re-ack; a base beyond the local gen is a gap that asks for a resync; a snapshot
-always applies unless it is older than what we hold in the same epoch.
+always applies unless it is older than what we hold in the same epoch, or is under
+one of the last `EPOCHS_KEPT` epochs the edge left (`REFUSED`: a recorded snapshot
+replayed by someone with broker access must not roll the node back; proposal 0002).
+
+Drift (proposal 0002): an edge that reports a gen above the cloud's in the cloud's
+epoch (a forged message once accepted, or a cloud restored from an older backup)
+cannot converge by deltas; the cloud moves that node to a new epoch of its own
+(`NodeDesired.restart_epoch`) and sends a snapshot.
 """
 
 from __future__ import annotations
@@ -114,6 +121,19 @@ class NodeDesired:
             self.floor = max(self.floor, self.acked)
         return len(old)
 
+    def restart_epoch(self, epoch: str) -> None:
+        """Continue this node's set under a new `epoch` (drift): the edge's next message
+        gets a snapshot, acks of the old epoch count for nothing, and no tombstone is
+        needed any more. Items and gen are kept."""
+        self.epoch = epoch
+        self.tombs.clear()
+        self.floor = self.gen
+        self.acked = 0
+
+    def drifted(self, epoch: str | None, gen: int) -> bool:
+        """Whether an edge claiming (epoch, gen) holds a gen we never made in our epoch."""
+        return epoch == self.epoch and gen > self.gen
+
     def to_record(self) -> dict[str, Any]:
         return {"node": self.node, "epoch": self.epoch, "gen": self.gen,
                 "items": {k: [v, g] for k, (v, g) in self.items.items()},
@@ -130,18 +150,26 @@ class Outcome(Enum):
     APPLIED = "applied"  # persist, then ack the new gen
     DUPLICATE = "duplicate"  # nothing new: re-ack the local gen
     GAP = "gap"  # cannot apply: ask for a resync from the local gen
+    REFUSED = "refused"  # a snapshot under an epoch this edge left: never applied
+
+
+EPOCHS_KEPT = 16
+"""Epochs an edge remembers having left (EdgeDesired.left)."""
 
 
 @dataclass
 class EdgeDesired:
-    """The edge's copy of its desired set."""
+    """The edge's copy of its desired set, and the last epochs it left."""
 
     epoch: str | None = None
     gen: int = 0
     items: dict[str, Any] = field(default_factory=dict)
+    left: tuple[str, ...] = ()  # oldest first, at most EPOCHS_KEPT
 
     def classify(self, msg: Desired) -> Outcome:
         if msg.snapshot:
+            if msg.epoch != self.epoch and msg.epoch in self.left:
+                return Outcome.REFUSED
             if msg.epoch == self.epoch and msg.gen <= self.gen:
                 return Outcome.DUPLICATE
             return Outcome.APPLIED
@@ -159,9 +187,12 @@ class EdgeDesired:
         Returns a new object so the caller can persist it before adopting it.
         """
         if msg.snapshot:
-            return EdgeDesired(epoch=msg.epoch, gen=msg.gen, items=dict(msg.put))
+            left = self.left
+            if self.epoch is not None and msg.epoch != self.epoch:
+                left = (*(e for e in left if e != self.epoch), self.epoch)[-EPOCHS_KEPT:]
+            return EdgeDesired(epoch=msg.epoch, gen=msg.gen, items=dict(msg.put), left=left)
         items = dict(self.items)
         for k in msg.delete:
             items.pop(k, None)
         items.update(msg.put)
-        return EdgeDesired(epoch=msg.epoch, gen=msg.gen, items=items)
+        return EdgeDesired(epoch=msg.epoch, gen=msg.gen, items=items, left=self.left)

@@ -4,7 +4,9 @@
     ├── ProtocolError            bad bytes or messages from the wire (dropped and counted)
     │   ├── MessageTooLarge      over the size limit before decoding
     │   ├── DecodeError          not msgpack, wrong shape, failed validation
-    │   └── UnknownVersion       a version field we do not speak
+    │   │   └── TooDeep          nested deeper than the limit (refused before unpacking)
+    │   ├── UnknownVersion       a version field we do not speak
+    │   └── AuthFailed           the message's tag (or a sealed Secret) does not verify
     └── ObjectError              an object (YAML/JSON) a user gave is invalid
         └── UnsupportedField     a field edgefed does not implement (never dropped silently)
 """
@@ -29,6 +31,15 @@ class MessageTooLarge(ProtocolError):
 
 class DecodeError(ProtocolError):
     """Not msgpack, not a map, or a field failed validation."""
+
+
+class TooDeep(DecodeError):
+    """Containers nested deeper than the limit; found by a scan before any unpacking."""
+
+
+class AuthFailed(ProtocolError):
+    """A message (or a sealed Secret value) failed authentication: wrong key, wrong
+    topic or direction, or altered bytes. Nothing of it was unpacked."""
 
 
 class UnknownVersion(ProtocolError):

@@ -2,7 +2,8 @@
 
 Named databases of the one environment (`state_dir/cache`):
 
-- `desired`: `@epoch`, `@gen` and one `k/{key}` entry per desired item. A new
+- `desired`: `@epoch`, `@gen`, `@left` (epochs left, shared.delta.EdgeDesired.left)
+  and one `k/{key}` entry per desired item. A new
   set replaces the old one in ONE write transaction, committed with fsync, so
   after kill -9 or power loss we hold either the old or the new set, never a mix.
   That is what makes an Ack("I applied gen N") true.
@@ -45,6 +46,7 @@ log = logging.getLogger(__name__)
 
 _EPOCH = b"@epoch"
 _GEN = b"@gen"
+_LEFT = b"@left"  # epochs the edge left (replayed snapshots under them are refused)
 _ITEM = b"k/"
 _REC = b"r/"
 _STATUS = b"s/"
@@ -160,6 +162,7 @@ class Cache:
         with self._txn() as txn:
             raw_epoch = txn.get(_EPOCH, db=self._desired)
             raw_gen = txn.get(_GEN, db=self._desired)
+            raw_left = txn.get(_LEFT, db=self._desired)
             items: dict[str, Any] = {}
             cur = txn.cursor(db=self._desired)
             if cur.set_range(_ITEM):
@@ -171,6 +174,7 @@ class Cache:
             epoch=None if raw_epoch is None else _unpack(raw_epoch),
             gen=0 if raw_gen is None else int.from_bytes(raw_gen, "big"),
             items=items,
+            left=() if raw_left is None else tuple(_unpack(raw_left)),
         )
 
     def put_desired(self, desired: EdgeDesired) -> None:
@@ -185,6 +189,7 @@ class Cache:
                 txn.put(_ITEM + k.encode(), _pack(v), db=self._desired)
             txn.put(_EPOCH, _pack(desired.epoch), db=self._desired)
             txn.put(_GEN, _be(desired.gen), db=self._desired)
+            txn.put(_LEFT, _pack(list(desired.left)), db=self._desired)
 
     # -- pod records -----------------------------------------------------------------
 

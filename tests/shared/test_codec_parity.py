@@ -86,6 +86,7 @@ class Request(_Msg):
     follow: bool = False
     argv: list[str] = Field(default_factory=list, max_length=256)
     timeout: float = Field(default=30.0, gt=0, le=24 * 3600)
+    exp: float | None = None  # proposal 0002
 
 
 class Response(_Msg):
