@@ -14,6 +14,7 @@ import binascii
 import functools
 import hashlib
 import json
+import re
 from typing import Any, Literal
 
 from pydantic import (
@@ -219,8 +220,9 @@ class HTTPGetAction(_Model):
 
 
 class Probe(_Model):
-    """A container probe (Kubernetes semantics); probes reach the container on 127.0.0.1
-    because containers share the node's network."""
+    """A container probe (Kubernetes semantics); the agent runs it in the pod's network
+    namespace, so it reaches the container on 127.0.0.1 as Kubernetes' probes reach the
+    pod IP."""
 
     exec: ExecAction | None = None
     tcp_socket: TCPSocketAction | None = None
@@ -246,25 +248,104 @@ class Probe(_Model):
         return None
 
 
-class SecurityContext(_Model):
-    """Numeric user and group of the container's process (overrides the image's User)."""
+CAPABILITY = r"^[A-Z][A-Z0-9_]{0,63}$"
+"""A Linux capability as Kubernetes writes it (`NET_ADMIN`; `CAP_NET_ADMIN` is accepted
+too, and `ALL` in `drop` means every capability)."""
+MAX_ID = 2**32 - 2
+"""The largest user or group id (2**32 - 1 is the kernel's "no id")."""
 
-    run_as_user: int | None = Field(default=None, ge=0, le=2**32 - 2)
-    run_as_group: int | None = Field(default=None, ge=0, le=2**32 - 2)
+
+def _localhost_profile(v: str | None) -> str | None:
+    """A seccomp profile file relative to the node's profile directory."""
+    if v is None:
+        return v
+    parts = v.split("/")
+    if not v or v.startswith("/") or "\x00" in v or ".." in parts or "" in parts:
+        raise ValueError(f"{v!r} must be a relative path without '..' or empty parts")
+    return v
+
+
+class SeccompProfile(_Model):
+    """Kubernetes' seccompProfile: RuntimeDefault (edgefed's default when unset),
+    Unconfined (no filter; only where the policy level allows) or Localhost (a profile
+    file under the node's seccomp directory, named by `localhostProfile`)."""
+
+    type: Literal["RuntimeDefault", "Unconfined", "Localhost"]
+    localhost_profile: str | None = Field(default=None, max_length=1024)
+
+    _profile = field_validator("localhost_profile")(_localhost_profile)
 
     @model_validator(mode="after")
-    def _group_needs_user(self) -> SecurityContext:
-        if self.run_as_group is not None and self.run_as_user is None:
-            raise ValueError("runAsGroup needs runAsUser too (edgefed sets both or neither)")
+    def _profile_iff_localhost(self) -> SeccompProfile:
+        if (self.type == "Localhost") != (self.localhost_profile is not None):
+            raise ValueError("localhostProfile is required with type Localhost and "
+                             "allowed only with it")
+        return self
+
+
+class Capabilities(_Model):
+    """Capabilities added to or dropped from the runtime's default set."""
+
+    add: list[str] = Field(default_factory=list)
+    drop: list[str] = Field(default_factory=list)
+
+    @field_validator("add", "drop")
+    @classmethod
+    def _names(cls, v: list[str]) -> list[str]:
+        for name in v:
+            if not re.match(CAPABILITY, name):
+                raise ValueError(f"{name!r} is not a capability name such as NET_ADMIN")
+        return v
+
+
+class SecurityContext(_Model):
+    """A container's securityContext (Kubernetes' fields edgefed implements). Unset
+    fields take the pod's `securityContext`, then the runtime's safe defaults; the
+    namespace's policy level (`shared.policy`) decides which values may run."""
+
+    run_as_user: int | None = Field(default=None, ge=0, le=MAX_ID)
+    run_as_group: int | None = Field(default=None, ge=0, le=MAX_ID)
+    run_as_non_root: bool | None = None
+    read_only_root_filesystem: bool | None = None
+    privileged: bool | None = None
+    allow_privilege_escalation: bool | None = None
+    capabilities: Capabilities | None = None
+    seccomp_profile: SeccompProfile | None = None
+
+    @model_validator(mode="after")
+    def _escalation(self) -> SecurityContext:
+        if self.privileged and self.allow_privilege_escalation is False:
+            raise ValueError("allowPrivilegeEscalation cannot be false when privileged "
+                             "is true")
         return self
 
     def user(self) -> str | None:
-        """The runtime's "uid[:gid]" or None (the image's user)."""
+        """The runtime's "uid[:gid]" or None (the image's user); container level only
+        (`shared.policy.effective` merges in the pod's securityContext)."""
         if self.run_as_user is None:
             return None
         if self.run_as_group is None:
             return str(self.run_as_user)
         return f"{self.run_as_user}:{self.run_as_group}"
+
+
+class PodSecurityContext(_Model):
+    """A pod's securityContext: defaults for every container, plus the pod-wide groups."""
+
+    run_as_user: int | None = Field(default=None, ge=0, le=MAX_ID)
+    run_as_group: int | None = Field(default=None, ge=0, le=MAX_ID)
+    run_as_non_root: bool | None = None
+    fs_group: int | None = Field(default=None, ge=0, le=MAX_ID)
+    supplemental_groups: list[int] = Field(default_factory=list, max_length=64)
+    seccomp_profile: SeccompProfile | None = None
+
+    @field_validator("supplemental_groups")
+    @classmethod
+    def _groups(cls, v: list[int]) -> list[int]:
+        for g in v:
+            if not 0 <= g <= MAX_ID:
+                raise ValueError(f"group {g} is outside 0..{MAX_ID}")
+        return v
 
 
 class Container(_Model):
@@ -334,7 +415,13 @@ class PodSpec(_Model):
     node_selector: dict[str, str] = Field(default_factory=dict)
     node_name: str | None = None
     tolerations: list[Toleration] = Field(default_factory=list)
-    host_network: bool = True
+    host_network: bool = False
+    """Share the node's network namespace (only where the policy level allows); false:
+    the pod gets its own network namespace and address (status.podIP)."""
+    host_users: bool = True
+    """Kubernetes' default: the pod's user ids are the host's. false: a user namespace
+    maps the pod's ids (root included) to an unprivileged range of the host's."""
+    security_context: PodSecurityContext | None = None
     termination_grace_period_seconds: int = Field(default=10, ge=0, le=3600)
     volumes: list[Volume] = Field(default_factory=list)
 
@@ -356,6 +443,18 @@ class PodSpec(_Model):
                 if m.name not in names:
                     raise ValueError(f"container {c.name!r}: volumeMount {m.name!r} names no "
                                      f"volume of the pod (volumes: {', '.join(names) or 'none'})")
+        pod = self.security_context
+        for c in self.containers:
+            sc = c.security_context
+            user = _first(sc and sc.run_as_user, pod and pod.run_as_user)
+            group = _first(sc and sc.run_as_group, pod and pod.run_as_group)
+            non_root = _first(sc and sc.run_as_non_root, pod and pod.run_as_non_root)
+            if group is not None and user is None:
+                raise ValueError(f"container {c.name!r}: runAsGroup needs runAsUser too "
+                                 "(at pod or container level; edgefed sets both or neither)")
+            if non_root and user == 0:
+                raise ValueError(f"container {c.name!r}: runAsNonRoot is true but runAsUser "
+                                 "is 0")
         return self
 
     def volume(self, name: str) -> Volume:
@@ -368,6 +467,11 @@ class PodSpec(_Model):
             for name in {*c.resources.requests, *c.resources.limits}:
                 total[name] = total.get(name, 0) + c.resources.request(name)
         return total
+
+
+def _first(*values: Any) -> Any:
+    """The first value that is not None (a container's field over its pod's)."""
+    return next((v for v in values if v is not None), None)
 
 
 class PodTemplateMeta(_Model):
@@ -423,6 +527,8 @@ class PodStatus(_Model):
     revision: str | None = None
     updated_at: float | None = None
     ready: bool | None = None  # Running and every container ready (None: not reported)
+    pod_ip: str | None = Field(default=None, alias="podIP")
+    """The pod's own address (None: hostNetwork, or not reported yet)."""
 
 
 class Pod(_Model):

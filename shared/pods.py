@@ -23,6 +23,7 @@ Statuses go the other way: the edge builds `PodStatus` / `ContainerStatus` /
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, TypeVar
@@ -36,7 +37,12 @@ _Parse = Callable[[Any, str], Any]
 MAX_NAME = 253
 
 
+_ALIASES = {"pod_ip": "podIP"}  # where Kubernetes' name is not plain camelCase
+
+
 def _camel(name: str) -> str:
+    if name in _ALIASES:
+        return _ALIASES[name]
     head, *rest = name.split("_")
     return head + "".join(p.title() for p in rest)
 
@@ -375,8 +381,9 @@ class HTTPGetAction(_Obj):
 
 @dataclass(slots=True, frozen=True, kw_only=True)
 class Probe(_Obj):
-    """A container probe (Kubernetes semantics); probes reach the container on 127.0.0.1
-    because containers share the node's network."""
+    """A container probe (Kubernetes semantics); the agent runs it in the pod's network
+    namespace, so it reaches the container on 127.0.0.1 as Kubernetes' probes reach the
+    pod IP."""
 
     exec: ExecAction | None = _f(_opt(_obj(ExecAction)), None)
     tcp_socket: TCPSocketAction | None = _f(_opt(_obj(TCPSocketAction)), None)
@@ -400,24 +407,104 @@ class Probe(_Obj):
         return None
 
 
-@dataclass(slots=True, frozen=True, kw_only=True)
-class SecurityContext(_Obj):
-    """Numeric user and group of the container's process (overrides the image's User)."""
+CAPABILITY = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
+MAX_ID = 2**32 - 2
 
-    run_as_user: int | None = _f(_opt(_int(0, 2**32 - 2)), None)
-    run_as_group: int | None = _f(_opt(_int(0, 2**32 - 2)), None)
+
+def _localhost_profile(v: Any, path: str) -> str:
+    v = _str(max_length=1024)(v, path)
+    parts = v.split("/")
+    if not v or v.startswith("/") or "\x00" in v or ".." in parts or "" in parts:
+        raise _fail(path, f"{v!r} must be a relative path without '..' or empty parts")
+    return v  # type: ignore[no-any-return]
+
+
+def _capability(v: Any, path: str) -> str:
+    v = _str()(v, path)
+    if not CAPABILITY.match(v):
+        raise _fail(path, f"{v!r} is not a capability name such as NET_ADMIN")
+    return v  # type: ignore[no-any-return]
+
+
+def _group(v: Any, path: str) -> int:
+    if type(v) is not int:
+        raise _fail(path, f"must be an integer, not {_type_name(v)}")
+    if not 0 <= v <= MAX_ID:
+        raise _fail(path, f"group {v} is outside 0..{MAX_ID}")
+    return v
+
+
+def _groups(v: Any, path: str) -> list[int]:
+    out: list[int] = _list(_group)(v, path)
+    if len(out) > 64:
+        raise _fail(path, "must have at most 64 items")
+    return out
+
+
+@dataclass(slots=True, frozen=True, kw_only=True)
+class SeccompProfile(_Obj):
+    """Kubernetes' seccompProfile: RuntimeDefault (edgefed's default when unset),
+    Unconfined (no filter; only where the policy level allows) or Localhost (a profile
+    file under the node's seccomp directory, named by `localhostProfile`)."""
+
+    type: Literal["RuntimeDefault", "Unconfined", "Localhost"] = _f(
+        _literal("RuntimeDefault", "Unconfined", "Localhost"))
+    localhost_profile: str | None = _f(_opt(_localhost_profile), None)
 
     def _check(self, path: str) -> None:
-        if self.run_as_group is not None and self.run_as_user is None:
-            raise _fail(path, "runAsGroup needs runAsUser too (edgefed sets both or neither)")
+        if (self.type == "Localhost") != (self.localhost_profile is not None):
+            raise _fail(path, "localhostProfile is required with type Localhost and "
+                              "allowed only with it")
+
+
+@dataclass(slots=True, frozen=True, kw_only=True)
+class Capabilities(_Obj):
+    """Capabilities added to or dropped from the runtime's default set."""
+
+    add: list[str] = _f(_list(_capability), factory=list)
+    drop: list[str] = _f(_list(_capability), factory=list)
+
+
+@dataclass(slots=True, frozen=True, kw_only=True)
+class SecurityContext(_Obj):
+    """A container's securityContext (Kubernetes' fields edgefed implements). Unset
+    fields take the pod's `securityContext`, then the runtime's safe defaults; the
+    namespace's policy level (`shared.policy`) decides which values may run."""
+
+    run_as_user: int | None = _f(_opt(_int(0, MAX_ID)), None)
+    run_as_group: int | None = _f(_opt(_int(0, MAX_ID)), None)
+    run_as_non_root: bool | None = _f(_opt(_bool), None)
+    read_only_root_filesystem: bool | None = _f(_opt(_bool), None)
+    privileged: bool | None = _f(_opt(_bool), None)
+    allow_privilege_escalation: bool | None = _f(_opt(_bool), None)
+    capabilities: Capabilities | None = _f(_opt(_obj(Capabilities)), None)
+    seccomp_profile: SeccompProfile | None = _f(_opt(_obj(SeccompProfile)), None)
+
+    def _check(self, path: str) -> None:
+        if self.privileged and self.allow_privilege_escalation is False:
+            raise _fail(path, "allowPrivilegeEscalation cannot be false when privileged "
+                              "is true")
 
     def user(self) -> str | None:
-        """The runtime's "uid[:gid]" or None (the image's user)."""
+        """The runtime's "uid[:gid]" or None (the image's user); container level only
+        (`shared.policy.effective` merges in the pod's securityContext)."""
         if self.run_as_user is None:
             return None
         if self.run_as_group is None:
             return str(self.run_as_user)
         return f"{self.run_as_user}:{self.run_as_group}"
+
+
+@dataclass(slots=True, frozen=True, kw_only=True)
+class PodSecurityContext(_Obj):
+    """A pod's securityContext: defaults for every container, plus the pod-wide groups."""
+
+    run_as_user: int | None = _f(_opt(_int(0, MAX_ID)), None)
+    run_as_group: int | None = _f(_opt(_int(0, MAX_ID)), None)
+    run_as_non_root: bool | None = _f(_opt(_bool), None)
+    fs_group: int | None = _f(_opt(_int(0, MAX_ID)), None)
+    supplemental_groups: list[int] = _f(_groups, factory=list)
+    seccomp_profile: SeccompProfile | None = _f(_opt(_obj(SeccompProfile)), None)
 
 
 @dataclass(slots=True, frozen=True, kw_only=True)
@@ -485,7 +572,9 @@ class PodSpec(_Obj):
     node_selector: dict[str, str] = _f(_map(_str()), factory=dict)
     node_name: str | None = _f(_opt(_str()), None)
     tolerations: list[Toleration] = _f(_list(_obj(Toleration)), factory=list)
-    host_network: bool = _f(_bool, True)
+    host_network: bool = _f(_bool, False)
+    host_users: bool = _f(_bool, True)
+    security_context: PodSecurityContext | None = _f(_opt(_obj(PodSecurityContext)), None)
     termination_grace_period_seconds: int = _f(_int(0, 3600), 10)
     volumes: list[Volume] = _f(_list(_obj(Volume)), factory=list)
 
@@ -501,6 +590,18 @@ class PodSpec(_Obj):
                 if m.name not in vols:
                     raise _fail(path, f"container {c.name!r}: volumeMount {m.name!r} names no "
                                       f"volume of the pod (volumes: {', '.join(vols) or 'none'})")
+        pod = self.security_context
+        for c in self.containers:
+            sc = c.security_context
+            user = _first(sc and sc.run_as_user, pod and pod.run_as_user)
+            group = _first(sc and sc.run_as_group, pod and pod.run_as_group)
+            non_root = _first(sc and sc.run_as_non_root, pod and pod.run_as_non_root)
+            if group is not None and user is None:
+                raise _fail(path, f"container {c.name!r}: runAsGroup needs runAsUser too "
+                                  "(at pod or container level; edgefed sets both or neither)")
+            if non_root and user == 0:
+                raise _fail(path, f"container {c.name!r}: runAsNonRoot is true but "
+                                  "runAsUser is 0")
 
     def volume(self, name: str) -> Volume:
         return next(v for v in self.volumes if v.name == name)
@@ -512,6 +613,11 @@ class PodSpec(_Obj):
             for name in {*c.resources.requests, *c.resources.limits}:
                 total[name] = total.get(name, 0) + c.resources.request(name)
         return total
+
+
+def _first(*values: Any) -> Any:
+    """The first value that is not None (a container's field over its pod's)."""
+    return next((v for v in values if v is not None), None)
 
 
 # -- statuses (built by the edge, validated by the cloud) ----------------------------------
@@ -578,6 +684,7 @@ class PodStatus:
     revision: str | None = None
     updated_at: float | None = None
     ready: bool | None = None  # Running and every container ready (None: not reported)
+    pod_ip: str | None = None  # the pod's own address (None: hostNetwork or not reported)
 
     def to_wire(self) -> dict[str, Any]:
         """What a report carries for this pod (`shared.models.PodStatus` validates it)."""

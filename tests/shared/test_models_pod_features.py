@@ -96,8 +96,20 @@ def test_new_fields_do_not_change_old_revisions() -> None:
      "spec.containers[0]", "successThreshold must be 1"),
     (pod_doc({"livenessProbe": {"exec": {"command": ["true"]}, "periodSeconds": 0}}),
      "spec.containers[0].livenessProbe.periodSeconds", "greater than or equal to 1"),
-    (pod_doc({"securityContext": {"runAsGroup": 5}}), "spec.containers[0].securityContext",
-     "runAsGroup needs runAsUser"),
+    (pod_doc({"securityContext": {"runAsGroup": 5}}), "spec", "runAsGroup needs runAsUser"),
+    (pod_doc({"securityContext": {"runAsUser": 0}}, securityContext={"runAsNonRoot": True}),
+     "spec", "runAsNonRoot is true but runAsUser is 0"),
+    (pod_doc({"securityContext": {"privileged": True, "allowPrivilegeEscalation": False}}),
+     "spec.containers[0].securityContext", "cannot be false when privileged"),
+    (pod_doc({"securityContext": {"capabilities": {"add": ["net_admin"]}}}),
+     "spec.containers[0].securityContext.capabilities.add", "not a capability name"),
+    (pod_doc({"securityContext": {"seccompProfile": {"type": "Localhost"}}}),
+     "spec.containers[0].securityContext.seccompProfile", "localhostProfile is required"),
+    (pod_doc(securityContext={"seccompProfile": {"type": "Localhost",
+                                                 "localhostProfile": "/etc/x.json"}}),
+     "spec.securityContext.seccompProfile.localhostProfile", "relative path"),
+    (pod_doc(securityContext={"supplementalGroups": [-1]}),
+     "spec.securityContext.supplementalGroups", "outside"),
     (pod_doc({"securityContext": {"runAsUser": -1}}),
      "spec.containers[0].securityContext.runAsUser", "greater than or equal to 0"),
 ])
@@ -115,13 +127,45 @@ def test_bad_values_name_the_field(doc: dict[str, Any], field: str, match: str) 
              volumes=[{"name": "v", "emptyDir": {}}]),
      "spec.containers[0].volumeMounts[0].subPath"),
     (pod_doc({"livenessProbe": {"grpc": {"port": 1}}}), "spec.containers[0].livenessProbe.grpc"),
-    (pod_doc({"securityContext": {"privileged": True}}),
-     "spec.containers[0].securityContext.privileged"),
+    (pod_doc({"securityContext": {"procMount": "Unmasked"}}),
+     "spec.containers[0].securityContext.procMount"),
+    (pod_doc(securityContext={"sysctls": []}), "spec.securityContext.sysctls"),
 ])
 def test_unknown_fields_are_refused_by_name(doc: dict[str, Any], field: str) -> None:
     with pytest.raises(UnsupportedField) as err:
         parse_object(doc)
     assert err.value.field == field
+
+
+def test_security_context_fields_parse_and_merge() -> None:
+    from shared.policy import effective
+
+    pod = parse_object(pod_doc(
+        {"securityContext": {"runAsUser": 1000, "readOnlyRootFilesystem": True,
+                             "allowPrivilegeEscalation": False,
+                             "capabilities": {"add": ["NET_BIND_SERVICE"], "drop": ["ALL"]},
+                             "seccompProfile": {"type": "Localhost",
+                                                "localhostProfile": "edge/web.json"}},
+         "ports": [{"containerPort": 80, "hostPort": 8080}]},
+        securityContext={"runAsGroup": 2000, "runAsNonRoot": True, "fsGroup": 3000,
+                         "supplementalGroups": [4000],
+                         "seccompProfile": {"type": "RuntimeDefault"}},
+        hostUsers=False, hostNetwork=False))
+    assert isinstance(pod, Pod)
+    assert parse_object(pod.dump()) == pod
+    assert "hostNetwork" not in pod.dump()["spec"]  # the default is false now
+    eff = effective(pod.spec, pod.spec.containers[0])
+    assert (eff.user(), eff.run_as_non_root, eff.fs_group, eff.supplemental_groups) == \
+        ("1000:2000", True, 3000, (4000,))
+    assert (eff.seccomp, eff.seccomp_localhost, eff.cap_add, eff.cap_drop) == \
+        ("Localhost", "edge/web.json", ("NET_BIND_SERVICE",), ("ALL",))
+    assert (eff.read_only_root_filesystem, eff.allow_privilege_escalation, eff.privileged,
+            eff.host_users, eff.host_network) == (True, False, False, False, False)
+    plain = parse_object(pod_doc())
+    assert isinstance(plain, Pod)
+    eff = effective(plain.spec, plain.spec.containers[0])
+    assert (eff.user(), eff.seccomp, eff.host_users, eff.host_network) == \
+        (None, "RuntimeDefault", True, False)
 
 
 def test_configmap_and_secret_entries() -> None:

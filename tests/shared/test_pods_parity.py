@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from shared import models, pods
+from shared import models, pods, policy
 from shared.entries import parse_pod_entry, pod_entry, status_value
 from shared.errors import ObjectError, UnsupportedField
 
@@ -37,15 +37,25 @@ FULL: dict[str, Any] = {
          "readinessProbe": {"tcpSocket": {"port": 8080}, "successThreshold": 2},
          "startupProbe": {"exec": {"command": ["true"]}, "initialDelaySeconds": 1,
                           "timeoutSeconds": 3},
-         "securityContext": {"runAsUser": 1000, "runAsGroup": 1000}},
-        {"name": "side", "image": "busybox"},
+         "securityContext": {"runAsUser": 1000, "runAsGroup": 1000, "runAsNonRoot": True,
+                             "readOnlyRootFilesystem": True, "privileged": False,
+                             "allowPrivilegeEscalation": False,
+                             "capabilities": {"add": ["NET_BIND_SERVICE"], "drop": ["ALL"]},
+                             "seccompProfile": {"type": "Localhost",
+                                                "localhostProfile": "profiles/web.json"}}},
+        {"name": "side", "image": "busybox",
+         "securityContext": {"privileged": True, "seccompProfile": {"type": "Unconfined"}}},
     ],
     "restartPolicy": "OnFailure",
     "nodeSelector": {"zone": "shop"},
     "nodeName": "edge-1",
     "tolerations": [{"key": "k", "operator": "Equal", "value": "v", "effect": "NoExecute",
                      "tolerationSeconds": 30}, {"operator": "Exists"}],
-    "hostNetwork": False,
+    "hostNetwork": True,
+    "hostUsers": False,
+    "securityContext": {"runAsUser": 1001, "runAsGroup": 1001, "runAsNonRoot": True,
+                        "fsGroup": 2000, "supplementalGroups": [3000, 3001],
+                        "seccompProfile": {"type": "RuntimeDefault"}},
     "terminationGracePeriodSeconds": 3,
     "volumes": [
         {"name": "conf", "configMap": {"name": "web-conf", "optional": True,
@@ -77,12 +87,17 @@ def test_canonical_spec_parses_to_the_same_values(raw):
         assert a.resources.request("cpu") == b.resources.request("cpu")
         assert (a.security_context and a.security_context.user()) == \
             (b.security_context and b.security_context.user())
+        assert policy.effective(new, a) == policy.effective(old, b)
         for pa, pb in ((a.liveness_probe, b.liveness_probe),
                        (a.readiness_probe, b.readiness_probe)):
             assert (pa is None) == (pb is None)
             if pa is not None and pb is not None:
                 assert a.probe_port(pa.port()) == b.probe_port(pb.port())
                 assert pa.period_seconds == pb.period_seconds
+    for level in policy.LEVELS:
+        allow = policy.parse_host_path_allow(["/var"])
+        assert policy.check(new, level, host_path_allow=allow) == \
+            policy.check(old, level, host_path_allow=allow)
 
 
 def test_pod_entry_round_trip():
@@ -137,9 +152,11 @@ def _new_verdict(raw: Any) -> pods.PodSpec | None:
 
 _scalars = (st.none() | st.booleans() | st.integers(-2, 70000) | st.sampled_from(
     [1.0, 0.5, "", "x", "/", "/a/../b", "a/b", "8080", "http", "web", "TCP", "Always",
-     "Exists", "NoExecute", "100Mi", "bad!", "true", "conf", "data", "Never", "HTTP"]))
+     "Exists", "NoExecute", "100Mi", "bad!", "true", "conf", "data", "Never", "HTTP",
+     "ALL", "NET_ADMIN", "Localhost", "Unconfined", "RuntimeDefault", "p.json"]))
 _values = st.recursive(_scalars, lambda c: st.lists(c, max_size=2)
-                       | st.dictionaries(st.sampled_from(["name", "port", "x", "path"]), c,
+                       | st.dictionaries(st.sampled_from(["name", "port", "x", "path", "type",
+                                                         "localhostProfile"]), c,
                                          max_size=2), max_leaves=4)
 
 
@@ -190,7 +207,7 @@ def test_same_verdict_on_mutated_specs(raw):
 
 def test_status_renders_like_the_pydantic_status():
     new = pods.PodStatus(
-        phase="Running", node_name="edge-1", revision="abc", ready=True,
+        phase="Running", node_name="edge-1", revision="abc", ready=True, pod_ip="10.88.0.7",
         container_statuses=[
             pods.ContainerStatus(name="m", state="running", ready=True, restart_count=2,
                                  started_at=1.5, started=True,
