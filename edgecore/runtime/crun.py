@@ -25,6 +25,7 @@ Layout under ``root_dir``::
     logs/<cid>.log        stdout+stderr in k8s-file format, written by conmon
     logs/<cid>.log.<n>    older output moved aside by rotate_logs (1 = newest)
     image-usage.json      image reference -> last use (gc order)
+    userns.json           pod -> host id range of its user namespace (userns.py)
     conmon/persist/<cid>/ conmon's per-container persist dir (oom marker)
     conmon/sockets/       conmon's attach-socket dir (unused, but required)
     crun-wrapper.sh       only on hybrid-cgroup hosts
@@ -59,7 +60,7 @@ from edgecore.runtime.errors import (
     RuntimeCommandError,
 )
 from edgecore.runtime.images import ImageStore
-from edgecore.runtime.oci import build_oci_config, resolve_devices
+from edgecore.runtime.oci import build_oci_config, host_device_nodes, resolve_devices
 from edgecore.runtime.types import (
     ContainerSpec,
     ContainerState,
@@ -70,6 +71,7 @@ from edgecore.runtime.types import (
     PullProgress,
     validate_cid,
 )
+from edgecore.runtime.userns import IdRanges, idmapped_bind
 
 __all__ = ["CrunRuntime", "detect_hybrid_cgroups", "parse_k8s_log"]
 
@@ -121,6 +123,17 @@ def _proc_alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
 
 
+def _is_mount(path: Path) -> bool:
+    """Whether ``path`` is a mount point (mountinfo: a bind of the same file system,
+    e.g. the idmapped lower of a user-namespace rootfs, has its parent's st_dev)."""
+    target = str(path.absolute()).replace("\\", "\\134").replace(" ", "\\040")
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return os.path.ismount(path)
+    return any(len(f := ln.split(" ", 5)) > 4 and f[4] == target for ln in lines)
+
+
 def _read_int(path: Path) -> int | None:
     try:
         return int(path.read_text().strip())
@@ -153,6 +166,9 @@ class CrunRuntime:
         start_timeout_s: float = 30.0,
         min_free_disk_bytes: int = 100 * 1024 * 1024,
         platform: tuple[str, str | None] | None = None,
+        userns_base: int = 100_000,
+        userns_size: int = 65_536,
+        userns_count: int = 1024,
     ) -> None:
         self.root = Path(root_dir).absolute()
         self._crun = self._which(crun)
@@ -188,6 +204,9 @@ class CrunRuntime:
         self.images: _ImagesAccessor = _ImagesAccessor(self.image_store)
         # Image references a run() is between pull and bundle creation for: gc keeps them.
         self._pinned: Counter[str] = Counter()
+        # Host id ranges of pods with a user namespace (ContainerSpec.userns).
+        self.id_ranges = IdRanges(self.root / "userns.json", base=userns_base,
+                                  size=userns_size, count=userns_count)
 
         self.hybrid_cgroups = detect_hybrid_cgroups() if hybrid_cgroups is None else hybrid_cgroups
         self.runtime_path = self._write_wrapper() if self.hybrid_cgroups else self._crun
@@ -286,6 +305,9 @@ class CrunRuntime:
                 f"run {cid}: mount source(s) {', '.join(missing)} do not exist on the host"
             )
         devices = resolve_devices(spec.devices)
+        if spec.security.privileged:
+            wanted = {d.path for d in devices}
+            devices += [d for d in host_device_nodes() if d.path not in wanted]
         self._pinned[spec.image] += 1
         try:
             await self._run_pinned(cid, spec, bundle, devices)
@@ -306,6 +328,17 @@ class CrunRuntime:
         except FileExistsError as exc:
             raise ContainerExists(f"container {cid!r} already exists; remove it first") from exc
         try:
+            meta: dict[str, Any] = {
+                "created_at": time.time(),
+                "image": spec.image,
+                "digest": digest,
+                "stop_signal": image_cfg.stop_signal,
+            }
+            idmap = None
+            if spec.userns is not None:
+                meta["userns"] = spec.userns  # before anything is mounted: remove() frees it
+                (bundle / "meta.json").write_text(json.dumps(meta))
+                idmap = self.id_ranges.allocate(spec.userns)
             config = build_oci_config(
                 spec=spec,
                 image=image_cfg,
@@ -314,17 +347,18 @@ class CrunRuntime:
                 cgroups_path=f"{self._cgroup_parent}/{cid}",
                 swap_accounting=self._swap_accounting,
                 devices=devices,
+                idmap=idmap,
             )
             for stale in (self._exits / cid, *self._log_files(cid)):
                 stale.unlink(missing_ok=True)
-            await self._mount_rootfs(lower, bundle)
+            if spec.userns is not None and idmap is not None:
+                fd = await self.id_ranges.userns_fd(spec.userns)
+                (bundle / "lower").mkdir()
+                await asyncio.to_thread(idmapped_bind, lower, bundle / "lower", fd)
+                await self._mount_rootfs(bundle / "lower", bundle, owner=idmap[0])
+            else:
+                await self._mount_rootfs(lower, bundle)
             (bundle / "config.json").write_text(json.dumps(config, indent=1))
-            meta: dict[str, Any] = {
-                "created_at": time.time(),
-                "image": spec.image,
-                "digest": digest,
-                "stop_signal": image_cfg.stop_signal,
-            }
             (bundle / "meta.json").write_text(json.dumps(meta))
             store.mark_used(spec.image)
             await self._spawn_conmon(cid, bundle)
@@ -338,10 +372,16 @@ class CrunRuntime:
                 raise ContainerStartError(str(exc)) from exc
             raise
 
-    async def _mount_rootfs(self, lower: Path, bundle: Path) -> None:
-        """Give the container a copy-on-write rootfs over the shared unpacked image."""
+    async def _mount_rootfs(self, lower: Path, bundle: Path, *, owner: int = 0) -> None:
+        """Give the container a copy-on-write rootfs over the shared unpacked image.
+
+        ``owner``: host id of the container's root (user namespace), who owns the
+        upper layer so the container can write its root.
+        """
         for d in ("rootfs", "upper", "work"):
             (bundle / d).mkdir()
+            if owner:
+                os.chown(bundle / d, owner, owner)
         opts = f"lowerdir={lower},upperdir={bundle / 'upper'},workdir={bundle / 'work'}"
         await run_cmd(
             [self._mount, "-t", "overlay", "overlay", "-o", opts, str(bundle / "rootfs")],
@@ -516,20 +556,25 @@ class CrunRuntime:
                 break
             await asyncio.sleep(_POLL_S)
         bundle = self._bundles / cid
-        rootfs = bundle / "rootfs"
-        if rootfs.exists() and os.path.ismount(rootfs):
-            res = await run_cmd([self._umount, str(rootfs)], error=None, what="umount")
-            if res.returncode != 0:
-                await run_cmd(
-                    [self._umount, "-l", str(rootfs)],
-                    error=RuntimeCommandError,
-                    what=f"unmount rootfs of {cid}",
-                )
+        userns = self._meta(cid).get("userns")
+        for mnt in (bundle / "rootfs", bundle / "lower"):  # overlay first, then its lower
+            if mnt.exists() and _is_mount(mnt):
+                res = await run_cmd([self._umount, str(mnt)], error=None, what="umount")
+                if res.returncode != 0:
+                    await run_cmd(
+                        [self._umount, "-l", str(mnt)],
+                        error=RuntimeCommandError,
+                        what=f"unmount {mnt.name} of {cid}",
+                    )
         for f in (self._exits / cid, *self._log_files(cid)):
             f.unlink(missing_ok=True)
         for d in (self._persist / cid, bundle):
             if d.exists():
                 await asyncio.to_thread(shutil.rmtree, d)
+        if isinstance(userns, str) and not any(
+            self._meta(p.name).get("userns") == userns for p in self._bundles.iterdir()
+        ):
+            self.id_ranges.release(userns)
 
     def _meta(self, cid: str) -> dict[str, Any]:
         try:

@@ -4,9 +4,13 @@ Pure functions, no I/O except reading ``/etc/passwd`` of the image rootfs, so
 the mapping from spec to OCI (namespaces, limits, process) is easy to test
 and to read in one place.
 
-Choices (see docs/runtime.md): the container shares the host network
-namespace (edgefed has no CNI); pid, ipc, uts and mount namespaces are
-private; capabilities are podman's default set; no_new_privileges is on.
+Choices (see docs/runtime.md): pid, ipc, uts and mount namespaces are
+private; the network namespace is the pod's (``ContainerSpec.netns``) or the
+host's; a user namespace maps the pod's root to an unprivileged host range
+when asked (``idmap``). Hardening by default (``Security``): containerd's 14
+default capabilities, the default seccomp profile (``seccomp.py``),
+no_new_privileges, masked and read-only ``/proc`` and ``/sys`` paths, a device
+cgroup that denies all but the standard nodes. ``privileged`` lifts all of it.
 """
 
 from __future__ import annotations
@@ -20,7 +24,14 @@ from typing import Any
 
 from edgecore.runtime.errors import ContainerStartError, InvalidSpec
 from edgecore.runtime.images import ImageConfig
-from edgecore.runtime.types import ContainerSpec, parse_device
+from edgecore.runtime.seccomp import default_profile
+from edgecore.runtime.types import (
+    ALL_CAPABILITIES,
+    DEFAULT_CAPABILITIES,
+    ContainerSpec,
+    Security,
+    parse_device,
+)
 
 __all__ = [
     "ANNOTATION_DIGEST",
@@ -28,6 +39,9 @@ __all__ = [
     "ANNOTATION_NAME",
     "HostDevice",
     "build_oci_config",
+    "capability_sets",
+    "host_capabilities",
+    "host_device_nodes",
     "resolve_devices",
 ]
 
@@ -38,16 +52,11 @@ ANNOTATION_DIGEST = "io.edgefed.container.image-digest"
 CPU_PERIOD_US = 100_000
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
-_CAPS = [
-    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL",
-    "CAP_NET_BIND_SERVICE", "CAP_SETFCAP", "CAP_SETGID", "CAP_SETPCAP", "CAP_SETUID",
-    "CAP_SYS_CHROOT",
-]  # fmt: skip
-
 _MASKED = [
-    "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
-    "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi",
-    "/sys/firmware", "/sys/fs/selinux", "/sys/dev/block",
+    "/proc/acpi", "/proc/asound", "/proc/interrupts", "/proc/kcore", "/proc/keys",
+    "/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug",
+    "/proc/scsi", "/sys/firmware", "/sys/fs/selinux", "/sys/dev/block",
+    "/sys/devices/virtual/powercap",
 ]  # fmt: skip
 _READONLY = [
     "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger",
@@ -98,6 +107,64 @@ def resolve_devices(entries: Sequence[str]) -> list[HostDevice]:
             )
         )  # fmt: skip
     return out
+
+
+def host_device_nodes(dev: Path = Path("/dev")) -> list[HostDevice]:
+    """Every character and block device under ``dev`` (what a privileged container gets).
+
+    ``pts``, ``shm`` and ``mqueue`` are skipped: the container has its own.
+    """
+    out = []
+    for dirpath, dirnames, filenames in os.walk(dev):
+        if dirpath == str(dev):
+            dirnames[:] = [d for d in dirnames if d not in ("pts", "shm", "mqueue")]
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            try:
+                st = os.lstat(path)
+            except OSError:
+                continue
+            if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+                out.append(HostDevice(
+                    path=path, type="c" if stat.S_ISCHR(st.st_mode) else "b",
+                    major=os.major(st.st_rdev), minor=os.minor(st.st_rdev),
+                    file_mode=stat.S_IMODE(st.st_mode), uid=st.st_uid, gid=st.st_gid))
+    return out
+
+
+def host_capabilities(status: str | None = None) -> tuple[str, ...]:
+    """The capabilities in this process's bounding set (``CapBnd`` of /proc/self/status):
+    "all capabilities" for a privileged container, as a container cannot get more."""
+    if status is None:
+        try:
+            status = Path("/proc/self/status").read_text()
+        except OSError:
+            return ALL_CAPABILITIES
+    for line in status.splitlines():
+        if line.startswith("CapBnd:"):
+            bits = int(line.split()[1], 16)
+            return tuple(c for i, c in enumerate(ALL_CAPABILITIES) if bits >> i & 1)
+    return ALL_CAPABILITIES
+
+
+def capability_sets(sec: Security, uid: int, *,
+                    available: Sequence[str] = ALL_CAPABILITIES) -> dict[str, list[str]]:
+    """The OCI ``process.capabilities`` of a container.
+
+    Kubernetes semantics: start from the default 14 (all of them if privileged),
+    remove ``drop`` (``ALL``: every one), then add ``add`` (``ALL``: every one).
+    "All" means all of ``available`` (the agent's own bounding set). As in
+    Docker, a non-root user keeps the bounding set but gets no effective or
+    permitted capabilities.
+    """
+    if sec.privileged or "ALL" in sec.capabilities_add:
+        caps = list(available)
+    else:
+        caps = [] if "ALL" in sec.capabilities_drop else [
+            c for c in DEFAULT_CAPABILITIES if c not in sec.capabilities_drop]
+        caps += [c for c in sec.capabilities_add if c not in caps]
+    active = list(caps) if uid == 0 else []
+    return {"bounding": caps, "effective": active, "permitted": list(active)}
 
 
 def _device_rule(kind: str, major: int, minor: int) -> dict[str, Any]:
@@ -191,19 +258,36 @@ def build_oci_config(
     swap_accounting: bool,
     host_files: tuple[str, ...] = ("/etc/resolv.conf", "/etc/hosts"),
     devices: Sequence[HostDevice] = (),
+    idmap: tuple[int, int] | None = None,
+    machine: str | None = None,
 ) -> dict[str, Any]:
     """The OCI runtime config for ``spec``; ``rootfs`` is only read for user lookup.
 
-    ``devices`` (from :func:`resolve_devices`) are created in the container
-    and allowed, each by its exact type/major/minor, in the device cgroup.
+    ``devices`` (from :func:`resolve_devices`; for a privileged container also
+    :func:`host_device_nodes`) are created in the container and allowed, each by
+    its exact type/major/minor, in the device cgroup (privileged: every device).
+    ``idmap`` = (first host id, count) puts the container in a user namespace
+    whose ids 0..count-1 are those host ids (uid and gid alike); the rootfs
+    must then be owned by the mapped ids (crun.py mounts it idmapped).
+    ``machine`` picks the seccomp profile's architecture (default: this host).
+    Raises :class:`InvalidSpec` when ``run_as_non_root`` meets uid 0.
     """
+    sec = spec.security
     uid, gid = resolve_user(spec.user if spec.user is not None else image.user, rootfs)
+    if sec.run_as_non_root and uid == 0:
+        raise InvalidSpec(
+            f"container {spec.name!r} has runAsNonRoot and its user is root (uid 0): "
+            "set runAsUser or use an image with a non-root USER")
+    if idmap is not None and not (uid < idmap[1] and gid < idmap[1]):
+        raise InvalidSpec(
+            f"container {spec.name!r}: user {uid}:{gid} is outside the pod's user "
+            f"namespace (ids 0..{idmap[1] - 1})")
     hostname = spec.name
-    resources: dict[str, Any] = {
-        "devices": [{"allow": False, "access": "rwm"}]
-        + [_device_rule(t, ma, mi) for t, ma, mi in _DEVICES]
-        + [_device_rule(d.type, d.major, d.minor) for d in devices],
-    }
+    device_rules = ([{"allow": True, "access": "rwm"}] if sec.privileged else
+                    [{"allow": False, "access": "rwm"}]
+                    + [_device_rule(t, ma, mi) for t, ma, mi in _DEVICES]
+                    + [_device_rule(d.type, d.major, d.minor) for d in devices])
+    resources: dict[str, Any] = {"devices": device_rules}
     if spec.memory_limit_bytes is not None:
         resources["memory"] = {"limit": spec.memory_limit_bytes}
         if swap_accounting:
@@ -228,13 +312,14 @@ def build_oci_config(
         {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
          "options": ["nosuid", "noexec", "nodev"]},
         {"destination": "/sys", "type": "sysfs", "source": "sysfs",
-         "options": ["nosuid", "noexec", "nodev", "ro"]},
+         "options": ["nosuid", "noexec", "nodev", *([] if sec.privileged else ["ro"])]},
         {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
          "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]},
         {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
          "options": ["nosuid", "nodev", "mode=1777", "size=65536k"]},
     ]  # fmt: skip
-    # Host networking: the container must resolve names like the host does.
+    # The container resolves names like the host does (its own netns: still the host's
+    # resolvers, reached through NAT).
     mounts += [
         {
             "destination": f,
@@ -255,8 +340,35 @@ def build_oci_config(
         }
         for m in spec.mounts
     ]
-    # Like Docker: a non-root user gets no effective/permitted capabilities.
-    caps = list(_CAPS) if uid == 0 else []
+    namespaces: list[dict[str, str]] = [{"type": t} for t in ("pid", "ipc", "uts", "mount")]
+    if spec.netns is not None:
+        namespaces.append({"type": "network", "path": spec.netns})
+    linux: dict[str, Any] = {
+        "namespaces": namespaces,
+        "cgroupsPath": cgroups_path,
+        "devices": [
+            {
+                "path": d.path,
+                "type": d.type,
+                "major": d.major,
+                "minor": d.minor,
+                "fileMode": d.file_mode,
+                "uid": d.uid,
+                "gid": d.gid,
+            }
+            for d in devices
+        ],
+        "resources": resources,
+    }
+    if not sec.privileged:
+        linux["maskedPaths"] = list(_MASKED)
+        linux["readonlyPaths"] = list(_READONLY)
+        if sec.seccomp == "RuntimeDefault":
+            linux["seccomp"] = default_profile(machine)
+    if idmap is not None:
+        namespaces.append({"type": "user"})
+        linux["uidMappings"] = [{"containerID": 0, "hostID": idmap[0], "size": idmap[1]}]
+        linux["gidMappings"] = [{"containerID": 0, "hostID": idmap[0], "size": idmap[1]}]
     return {
         "ociVersion": "1.0.2",
         "process": {
@@ -265,14 +377,10 @@ def build_oci_config(
             "args": process_args(spec, image),
             "env": merge_env(image.env, spec.env, hostname),
             "cwd": spec.working_dir or image.working_dir or "/",
-            "capabilities": {
-                "bounding": list(_CAPS),
-                "effective": caps,
-                "permitted": list(caps),
-            },
-            "noNewPrivileges": True,
+            "capabilities": capability_sets(sec, uid, available=host_capabilities()),
+            "noNewPrivileges": sec.no_new_privileges and not sec.privileged,
         },
-        "root": {"path": "rootfs", "readonly": False},
+        "root": {"path": "rootfs", "readonly": sec.read_only_rootfs},
         "hostname": hostname,
         "mounts": mounts,
         "annotations": {
@@ -281,24 +389,5 @@ def build_oci_config(
             ANNOTATION_IMAGE: spec.image,
             ANNOTATION_DIGEST: digest,
         },
-        "linux": {
-            # No "network" entry: the container joins the host's network namespace.
-            "namespaces": [{"type": t} for t in ("pid", "ipc", "uts", "mount")],
-            "cgroupsPath": cgroups_path,
-            "devices": [
-                {
-                    "path": d.path,
-                    "type": d.type,
-                    "major": d.major,
-                    "minor": d.minor,
-                    "fileMode": d.file_mode,
-                    "uid": d.uid,
-                    "gid": d.gid,
-                }
-                for d in devices
-            ],
-            "resources": resources,
-            "maskedPaths": list(_MASKED),
-            "readonlyPaths": list(_READONLY),
-        },
+        "linux": linux,
     }

@@ -28,6 +28,7 @@ __all__ = [
     "PullPolicy",
     "PullProgress",
     "Runtime",
+    "Security",
     "validate_cid",
 ]
 
@@ -40,6 +41,77 @@ _CID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _ENV_KEY_RE = re.compile(r"^[^=\x00]+$")
 _USER_RE = re.compile(r"^[0-9]{1,10}(:[0-9]{1,10})?$")
+_USERNS_RE = re.compile(r"^[^\x00]{1,300}$")
+
+# Every capability Linux 6.x knows, in bit order (CAP_CHECKPOINT_RESTORE = 40).
+ALL_CAPABILITIES: tuple[str, ...] = (
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID",
+    "CAP_KILL", "CAP_SETGID", "CAP_SETUID", "CAP_SETPCAP", "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE", "CAP_NET_BROADCAST", "CAP_NET_ADMIN", "CAP_NET_RAW",
+    "CAP_IPC_LOCK", "CAP_IPC_OWNER", "CAP_SYS_MODULE", "CAP_SYS_RAWIO", "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE", "CAP_SYS_PACCT", "CAP_SYS_ADMIN", "CAP_SYS_BOOT", "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE", "CAP_SYS_TIME", "CAP_SYS_TTY_CONFIG", "CAP_MKNOD", "CAP_LEASE",
+    "CAP_AUDIT_WRITE", "CAP_AUDIT_CONTROL", "CAP_SETFCAP", "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN", "CAP_SYSLOG", "CAP_WAKE_ALARM", "CAP_BLOCK_SUSPEND", "CAP_AUDIT_READ",
+    "CAP_PERFMON", "CAP_BPF", "CAP_CHECKPOINT_RESTORE",
+)  # fmt: skip
+
+# containerd's and Docker's default set (14).
+DEFAULT_CAPABILITIES: tuple[str, ...] = (
+    "CAP_AUDIT_WRITE", "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_FSETID",
+    "CAP_KILL", "CAP_MKNOD", "CAP_NET_BIND_SERVICE", "CAP_NET_RAW", "CAP_SETFCAP",
+    "CAP_SETGID", "CAP_SETPCAP", "CAP_SETUID", "CAP_SYS_CHROOT",
+)  # fmt: skip
+
+
+def capability_name(name: str) -> str:
+    """``NET_ADMIN`` / ``net_admin`` / ``CAP_NET_ADMIN`` -> ``CAP_NET_ADMIN``; ``ALL`` stays.
+
+    Raises :class:`InvalidSpec` for a name Linux does not know.
+    """
+    if not isinstance(name, str):
+        raise InvalidSpec(f"capability {name!r} must be a string")
+    up = name.upper()
+    if up == "ALL":
+        return "ALL"
+    full = up if up.startswith("CAP_") else f"CAP_{up}"
+    if full not in ALL_CAPABILITIES:
+        raise InvalidSpec(f"capability {name!r} is not a Linux capability")
+    return full
+
+
+@dataclass(frozen=True)
+class Security:
+    """How much of the host a container may touch (its Kubernetes securityContext,
+    already checked against the pod's policy level by the agent).
+
+    The defaults are the safe ones: the default seccomp profile, the default 14
+    capabilities, no_new_privileges, a writable root. ``privileged`` gives every
+    capability, every host device, no seccomp filter and no masked paths.
+    ``capabilities_drop`` may hold ``ALL``; names are normalised to ``CAP_*``.
+    ``run_as_non_root`` refuses to start a container whose user resolves to uid 0.
+    """
+
+    privileged: bool = False
+    run_as_non_root: bool = False
+    read_only_rootfs: bool = False
+    no_new_privileges: bool = True
+    capabilities_add: Sequence[str] = ()
+    capabilities_drop: Sequence[str] = ()
+    seccomp: Literal["RuntimeDefault", "Unconfined"] = "RuntimeDefault"
+
+    def __post_init__(self) -> None:
+        for fname in ("privileged", "run_as_non_root", "read_only_rootfs", "no_new_privileges"):
+            if not isinstance(getattr(self, fname), bool):
+                raise InvalidSpec(f"Security.{fname} must be a bool")
+        for fname in ("capabilities_add", "capabilities_drop"):
+            value = getattr(self, fname)
+            if isinstance(value, str):
+                raise InvalidSpec(f"Security.{fname} must be a sequence of names")
+            object.__setattr__(self, fname, tuple(capability_name(c) for c in value))
+        if self.seccomp not in ("RuntimeDefault", "Unconfined"):
+            raise InvalidSpec(f"Security.seccomp {self.seccomp!r} must be RuntimeDefault or "
+                              "Unconfined (Localhost profiles are not supported)")
 
 
 def _container_path(what: str, value: object) -> str:
@@ -124,6 +196,13 @@ class ContainerSpec:
     (``/dev/x`` or ``/host/node:/dev/in-container``) made available to the
     container and allowed in its device cgroup.  ``pull_policy`` is used by
     :meth:`Runtime.run` when it makes the image present.
+
+    ``security`` is the container's hardening (see :class:`Security`).
+    ``userns`` names the group of containers (the pod) that share one user
+    namespace: the runtime maps their root to an unprivileged host id range of
+    their own; ``None`` keeps the host's ids (Kubernetes ``hostUsers: true``).
+    ``netns`` is the path of the network namespace to join (the pod's);
+    ``None`` means the host's network.
     """
 
     name: str
@@ -140,8 +219,21 @@ class ContainerSpec:
     user: str | None = None
     devices: Sequence[str] = ()
     pull_policy: PullPolicy = "IfNotPresent"
+    security: Security = field(default_factory=Security)
+    userns: str | None = None
+    netns: str | None = None
 
     def __post_init__(self) -> None:
+        if not isinstance(self.security, Security):
+            raise InvalidSpec("ContainerSpec.security must be a Security")
+        if self.userns is not None and (
+            not isinstance(self.userns, str) or not _USERNS_RE.match(self.userns)
+        ):
+            raise InvalidSpec("ContainerSpec.userns must be a non-empty key (the pod) or None")
+        if self.netns is not None and (
+            not isinstance(self.netns, str) or not self.netns.startswith("/")
+        ):
+            raise InvalidSpec(f"ContainerSpec.netns {self.netns!r} must be an absolute path")
         if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
             raise InvalidSpec(
                 f"ContainerSpec.name {self.name!r} must be a DNS label "
@@ -219,6 +311,9 @@ class ContainerSpec:
                 self.user,
                 self.devices,
                 self.pull_policy,
+                self.security,
+                self.userns,
+                self.netns,
             )
         )
 
