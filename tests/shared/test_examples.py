@@ -1,4 +1,5 @@
-"""Every manifest in examples/ is one edgefed accepts (with $IMAGE filled in)."""
+"""Every manifest in examples/ is one edgefed accepts (with $IMAGE filled in), and runs
+under the cloud's default policy level (baseline) with no hostPath allowed."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from shared.models import parse_object
+from shared import policy
+from shared.models import DaemonSet, Deployment, Pod, parse_object
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml"))
 
@@ -18,7 +20,11 @@ def test_example_parses(path: Path) -> None:
     docs = [d for d in yaml.safe_load_all(text) if d]
     assert docs
     for doc in docs:
-        parse_object(doc)
+        obj = parse_object(doc)
+        if isinstance(obj, DaemonSet | Deployment):
+            assert policy.check(obj.spec.template.spec, policy.DEFAULT_LEVEL) == []
+        elif isinstance(obj, Pod):
+            assert policy.check(obj.spec, policy.DEFAULT_LEVEL) == []
 
 
 def test_there_are_examples() -> None:
