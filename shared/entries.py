@@ -4,7 +4,9 @@ The desired set maps keys such as `pod/{namespace}/{name}` to plain JSON-able
 values; both sides build and read them only through this module.
 
 Entry shapes:
-- `pod/{ns}/{name}`: `pod_entry(pod)`, {name, namespace, labels, spec, revision}.
+- `pod/{ns}/{name}`: `pod_entry(pod)`, {name, namespace, labels, spec, revision} and
+  `policy` ({level, hostPathAllow}: what cloudcore admitted the pod under, which the
+  agent checks again; `shared.policy.Admitted`), absent for pods admitted before levels.
 - `configmap/{ns}/{name}`: {"data": {key: text}}, present on a node only while a
   pod there mounts it (`referenced_keys`).
 - `secret/{ns}/{name}`: {"data": {key: base64 text}}, same rule.
@@ -30,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from shared import pods
 from shared.errors import ObjectError
+from shared.policy import Admitted
 
 if TYPE_CHECKING:
     from shared import models
@@ -130,13 +133,17 @@ def pod_entry(pod: models.Pod, *, revision: str | None = None) -> dict[str, Any]
     """The desired-set value for a pod placed on a node. A caller that makes many pods
     of one template may pass the `revision` it computed once (`pod_revision`)."""
     spec = pod.spec.dump()
-    return {
+    out: dict[str, Any] = {
         "name": pod.metadata.name,
         "namespace": pod.metadata.namespace,
         "labels": pod.metadata.labels,
         "spec": spec,
         "revision": revision if revision is not None else pod_revision(spec),
     }
+    admitted = Admitted.from_annotations(pod.metadata.annotations)
+    if admitted is not None:
+        out["policy"] = admitted.entry_value()
+    return out
 
 
 def pod_revision(spec: dict[str, Any]) -> str:
@@ -155,6 +162,8 @@ class PodEntry:
     labels: dict[str, str]
     spec: pods.PodSpec
     revision: str
+    policy: Admitted | None = None
+    """The level the cloud admitted the pod under (None: an entry from before levels)."""
 
 
 def _entry_str(k: str, value: dict[str, Any], name: str) -> str:
@@ -182,7 +191,17 @@ def parse_pod_entry(k: str, value: Any) -> PodEntry:
         labels=dict(labels),
         spec=pods.PodSpec.parse(value["spec"], "spec"),
         revision=_entry_str(k, value, "revision"),
+        policy=_entry_policy(k, value.get("policy")),
     )
+
+
+def _entry_policy(k: str, value: Any) -> Admitted | None:
+    if value is None:
+        return None
+    try:
+        return Admitted.from_entry(value, "policy")
+    except ObjectError as exc:
+        raise ObjectError(f"{k}: {exc.message}", field=exc.field) from None
 
 
 def status_value(status: pods.PodStatus | models.PodStatus) -> dict[str, Any]:

@@ -110,6 +110,26 @@ def test_pod_entry_round_trip():
     assert (entry.name, entry.namespace, entry.labels, entry.revision) == \
         ("web", "default", {"app": "web"}, value["revision"])
     assert entry.spec.dump() == value["spec"]
+    assert "policy" not in value and entry.policy is None  # admitted before levels
+
+
+def test_pod_entry_carries_the_admitted_level():
+    adm = policy.Admitted("baseline", policy.parse_host_path_allow(["/var/data:rw"]))
+    pod = models.parse_object({"apiVersion": "v1", "kind": "Pod",
+                               "metadata": {"name": "web", "annotations": adm.annotations()},
+                               "spec": FULL})
+    assert isinstance(pod, models.Pod)
+    value = pod_entry(pod)
+    assert value["policy"] == {"level": "baseline", "hostPathAllow": ["/var/data:rw"]}
+    entry = parse_pod_entry("pod/default/web", value)
+    assert entry.policy == adm
+    assert [str(v) for v in policy.check(entry.spec, entry.policy.level,
+                                         host_path_allow=entry.policy.host_path_allow)] == [
+        str(v) for v in policy.check(pod.spec, "baseline",
+                                     host_path_allow=adm.host_path_allow)]
+    with pytest.raises(ObjectError, match="pod/default/web: policy") as info:
+        parse_pod_entry("pod/default/web", {**value, "policy": {"level": "root"}})
+    assert info.value.field == "policy"
 
 
 @pytest.mark.parametrize(("value", "field"), [
