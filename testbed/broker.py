@@ -1,18 +1,40 @@
-"""A real mosquitto on a free port, as a context manager (tests and `testbed up`)."""
+"""A real mosquitto on a free port, as a context manager (tests, `testbed up`, the demo).
+
+Two shapes, chosen explicitly:
+
+- secure (`BrokerSecurity`), what `testbed up`, `make demo` and docs/operations.md
+  run: no anonymous clients; `password_file` and `acl_file` written by cloudcore
+  (`--mosquitto-passwd`, `--mosquitto-acl`: its own service users and every joined
+  node, nodes by pattern to their own topics); `use_username_as_clientid true`, so
+  a client id is an identity and nobody can kick another's session; a TLS listener
+  with the certificates of the fleet CA (`cloudcore pki broker`), and optionally a
+  second one that requires a node client certificate and takes its CN as the username.
+  The files are watched and the broker reloaded (SIGHUP) when cloudcore rewrites one.
+- open (`security=None`): plain TCP, anonymous, anyone may read and write every topic.
+  For unit tests of the link and the hub, and for `--insecure` (which warns).
+
+The broker always logs to `workdir/mosquitto.log` (a silent broker once hid fd
+exhaustion); `log_tail()` reads it.
+"""
 
 from __future__ import annotations
 
 import grp
+import logging
 import os
+import pwd
 import shutil
 import signal
 import subprocess
 import tempfile
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
 from testbed.ports import free_port, wait_port
+
+log = logging.getLogger("testbed.broker")
 
 ACL = """\
 user {cloud_user}
@@ -22,25 +44,40 @@ pattern read fed/v1/+/%u/down
 pattern write fed/v1/+/%u/up
 pattern write fed/v1/+/%u/will
 """
-"""The ACL of docs/operations.md: cloudcore's user everywhere, each node only its own
-topics (its username is its node name)."""
+"""The ACL of proposal 0002 for one service user (the legacy `auth_user` shape); in the
+secure shape cloudcore writes the ACL itself."""
+
+INSECURE_WARNING = (
+    "INSECURE broker: plain MQTT, anonymous clients allowed. Anyone who reaches "
+    "{where} can read every node's desired state (Secret values included), forge "
+    "reports and requests, and take over any client id. Use it for tests only."
+)
+
+
+@dataclass(frozen=True)
+class BrokerSecurity:
+    """What the secure broker is configured with (files cloudcore writes)."""
+
+    passwd: Path  # mosquitto password_file, kept by cloudcore (--mosquitto-passwd)
+    acl: Path  # mosquitto acl_file, kept by cloudcore (--mosquitto-acl)
+    tls_dir: Path | None = None  # ca.crt, broker.crt, broker.key from `cloudcore pki broker`;
+    # None: no TLS (passwords cross the network in clear; only for the legacy tests)
+    client_cert_port: int | None = None  # >0 or 0 (a free port): a second TLS listener that
+    # requires a client certificate from the fleet CA and uses its CN as the username
 
 
 class Mosquitto:
-    """mosquitto listening on `hosts` (all on one port), no persistence, anonymous.
+    """mosquitto listening on `hosts` (all on one port), no persistence unless asked.
 
     Queues are generous so a fleet of QoS 1 sessions is not throttled by the broker's
     defaults (100 queued, 20 in flight per client).
-
-    With `auth_user` (cloudcore's broker username) it is set up as docs/operations.md
-    says for production: no anonymous clients, `password_file` at `passwd` (cloudcore
-    keeps it, `--mosquitto-passwd`), the ACL above, and a watcher that reloads the
-    broker (SIGHUP) when the file changes, as the documented systemd path unit does.
     """
 
     def __init__(self, *, hosts: tuple[str, ...] = ("127.0.0.1",), port: int | None = None,
                  workdir: Path | None = None, persistence: bool = False,
-                 auth_user: str | None = None) -> None:
+                 security: BrokerSecurity | None = None, auth_user: str | None = None,
+                 log_types: tuple[str, ...] = ("error", "warning", "notice", "information"),
+                 ) -> None:
         if shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists():
             raise RuntimeError("mosquitto is not installed (apt-get install mosquitto)")
         self.hosts = hosts
@@ -50,26 +87,71 @@ class Mosquitto:
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="edgefed-mosquitto-"))
         self.persistence = persistence
         self.auth_user = auth_user
-        self.passwd = self.workdir / "passwd"
+        if auth_user and security is None:  # legacy: our ACL for one cloud user, no TLS
+            security = BrokerSecurity(passwd=self.workdir / "passwd", acl=self.workdir / "acl")
+        self.security = security
+        self.passwd = security.passwd if security else self.workdir / "passwd"
+        self.cert_port: int | None = None
+        if security is not None and security.client_cert_port is not None:
+            self.cert_port = security.client_cert_port or free_port(self.host)
+        self.log_types = log_types
+        self.log = self.workdir / "mosquitto.log"
         self.reloads = 0
         self.proc: subprocess.Popen[bytes] | None = None
         self._unwatch = threading.Event()
         self._watcher: threading.Thread | None = None
 
+    @property
+    def tls(self) -> bool:
+        return self.security is not None and self.security.tls_dir is not None
+
+    @property
+    def insecure(self) -> bool:
+        return self.security is None
+
+    @property
+    def ca_file(self) -> Path | None:
+        """The fleet CA that signs the broker's certificate, if it speaks TLS."""
+        if self.security is None or self.security.tls_dir is None:
+            return None
+        return self.security.tls_dir / "ca.crt"
+
     def config(self) -> str:
-        lines = [f"listener {self.port} {h}" for h in self.hosts]
-        if self.auth_user:
-            lines += ["allow_anonymous false", f"password_file {self.passwd}",
-                      f"acl_file {self.workdir / 'acl'}"]
+        sec = self.security
+        lines = ["per_listener_settings false"]
+        if sec is None:
+            lines += [f"listener {self.port} {h}" for h in self.hosts]
+            lines += ["allow_anonymous true"]
+        else:
+            tls: list[str] = []
+            if sec.tls_dir is not None:
+                tls = [f"cafile {sec.tls_dir / 'ca.crt'}",
+                       f"certfile {sec.tls_dir / 'broker.crt'}",
+                       f"keyfile {sec.tls_dir / 'broker.key'}",
+                       "tls_version tlsv1.2"]
+            # use_username_as_clientid is a listener option in mosquitto 2.0 even with
+            # per_listener_settings false: it must follow every `listener` line, or a
+            # client can take over another identity's session on that listener
+            for h in self.hosts:
+                lines += [f"listener {self.port} {h}", *tls, "use_username_as_clientid true"]
+            if self.cert_port is not None and tls:
+                for h in self.hosts:
+                    lines += [f"listener {self.cert_port} {h}", *tls,
+                              "require_certificate true", "use_identity_as_username true",
+                              "use_username_as_clientid true"]
+            lines += ["allow_anonymous false", f"password_file {sec.passwd}",
+                      f"acl_file {sec.acl}"]
         lines += [
-            *([] if self.auth_user else ["allow_anonymous true"]),
             "max_queued_messages 1000000",
             "max_inflight_messages 0",
             "max_keepalive 3600",
             "set_tcp_nodelay true",
             f"persistence {'true' if self.persistence else 'false'}",
             f"persistence_location {self.workdir}/",
-            "log_dest none",
+            f"log_dest file {self.log}",
+            *(f"log_type {t}" for t in self.log_types),
+            "connection_messages true",
+            "log_timestamp_format %Y-%m-%dT%H:%M:%S",
         ]
         return "\n".join(lines) + "\n"
 
@@ -77,48 +159,77 @@ class Mosquitto:
         self.workdir.mkdir(parents=True, exist_ok=True)
         conf = self.workdir / "mosquitto.conf"
         conf.write_text(self.config())
-        if self.auth_user:
-            self._auth_files()
+        self._prepare_files()
+        if self.insecure:
+            log.warning(INSECURE_WARNING.format(
+                where=", ".join(f"{h}:{self.port}" for h in self.hosts)))
         binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         self.proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE)
         try:
             wait_port(self.host, self.port, timeout=10)
         except TimeoutError:
+            err = self.log_tail()
             self.stop()
-            raise
-        if self.auth_user and self._watcher is None:
+            raise RuntimeError(f"mosquitto did not start; its log:\n{err}") from None
+        if self.security is not None and self._watcher is None:
             self._unwatch.clear()
-            self._watcher = threading.Thread(target=self._watch_passwd, daemon=True,
-                                             name="mosquitto-passwd-watch")
+            self._watcher = threading.Thread(target=self._watch_files, daemon=True,
+                                             name="mosquitto-auth-watch")
             self._watcher.start()
         return self
 
-    def _auth_files(self) -> None:
-        """The ACL and an empty password file, readable by the broker after it drops
-        root for the `mosquitto` user: group `mosquitto`, mode 0640, as in
-        docs/operations.md (cloudcore keeps the file's group when it rewrites it)."""
-        acl = self.workdir / "acl"
-        acl.write_text(ACL.format(cloud_user=self.auth_user))
-        if not self.passwd.exists():
-            self.passwd.touch()
-        try:
-            gid = grp.getgrnam("mosquitto").gr_gid
-        except KeyError:  # no such group: the broker keeps running as this user
+    def _prepare_files(self) -> None:
+        """Files the broker reads after it drops root for the `mosquitto` user: the
+        password file and ACL (empty until cloudcore writes them; cloudcore keeps the
+        group when it rewrites one), the TLS key and the log, group `mosquitto`, 0640,
+        as in docs/operations.md."""
+        sec = self.security
+        files: list[Path] = []
+        if sec is not None:
+            for f in (sec.passwd, sec.acl):
+                f.parent.mkdir(parents=True, exist_ok=True)
+                if not f.exists():
+                    f.touch(0o600)
+            if self.auth_user:
+                sec.acl.write_text(ACL.format(cloud_user=self.auth_user))
+            files += [sec.passwd, sec.acl]
+            if sec.tls_dir is not None:
+                missing = [n for n in ("ca.crt", "broker.crt", "broker.key")
+                           if not (sec.tls_dir / n).is_file()]
+                if missing:
+                    raise RuntimeError(f"broker TLS files missing in {sec.tls_dir}: {missing} "
+                                       "(cloudcore pki broker --out DIR writes them)")
+                files += [sec.tls_dir / n for n in ("ca.crt", "broker.crt", "broker.key")]
+        self.log.touch()
+        if os.geteuid() != 0:
             return
-        if os.geteuid() == 0:
-            self.workdir.chmod(0o711)
-            for f in (acl, self.passwd):
-                os.chown(f, -1, gid)
-                f.chmod(0o640)
+        try:
+            uid, gid = pwd.getpwnam("mosquitto").pw_uid, grp.getgrnam("mosquitto").gr_gid
+        except KeyError:  # no such user: the broker keeps running as this user
+            return
+        os.chown(self.log, uid, gid)
+        for f in files:
+            os.chown(f, -1, gid)
+            f.chmod(0o640)
+        for f in [self.log, *files]:
+            _traversable(f.parent)
 
-    def _watch_passwd(self, interval: float = 0.1) -> None:
-        def stamp() -> tuple[int, int] | None:
-            try:
-                st = self.passwd.stat()
-            except OSError:
-                return None
-            return st.st_mtime_ns, st.st_ino
+
+    def _watch_files(self, interval: float = 0.1) -> None:
+        assert self.security is not None
+        watched = (self.security.passwd, self.security.acl)
+
+        def stamp() -> tuple[tuple[int, int] | None, ...]:
+            out: list[tuple[int, int] | None] = []
+            for f in watched:
+                try:
+                    st = f.stat()
+                except OSError:
+                    out.append(None)
+                else:
+                    out.append((st.st_mtime_ns, st.st_ino))
+            return tuple(out)
 
         seen = stamp()
         while not self._unwatch.wait(interval):
@@ -129,6 +240,12 @@ class Mosquitto:
                 if proc is not None and proc.poll() is None:
                     proc.send_signal(signal.SIGHUP)
                     self.reloads += 1
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
 
     def kill(self) -> None:
         """kill -9, for fault injection."""
@@ -164,3 +281,15 @@ class Mosquitto:
         self.stop()
         if self._own_dir:
             shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def _traversable(directory: Path) -> None:
+    """Let the broker's user reach files below `directory` (search permission only, not
+    listing) on every ancestor: pytest's and mkdtemp's directories are 0700."""
+    for d in [directory, *directory.parents]:
+        mode = d.stat().st_mode
+        if mode & 0o001 == 0:
+            d.chmod((mode & 0o7777) | 0o001)
+
+
+__all__ = ["ACL", "BrokerSecurity", "Mosquitto"]
