@@ -155,6 +155,9 @@ class Outcome(Enum):
 
 EPOCHS_KEPT = 16
 """Epochs an edge remembers having left (EdgeDesired.left)."""
+LEFT_EPOCH = "left-epoch"
+"""`Resync.reason` of an edge that refused a snapshot under an epoch it left: the
+cloud then moves the node to a new epoch (it may be a cloud restored from a backup)."""
 
 
 @dataclass

@@ -37,6 +37,7 @@ from typing import Any, Literal, Protocol
 
 from cloudcore.errors import NotFound
 from cloudcore.fleet import naming
+from cloudcore.fleet.admission import Admission
 from cloudcore.fleet.events import EventLog
 from cloudcore.fleet.eviction import Eviction
 from cloudcore.fleet.forecast import FORECAST_KEYS, WARN_INTERVAL, forecast_of, normalise
@@ -143,8 +144,15 @@ class Fleet:
     """All objects of the fleet, in memory, and the controller logic over them."""
 
     def __init__(self, *, store: Persister, scheduler: Scheduler, liveness: Liveness,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 admission: Admission | None = None,
+                 protected_labels: tuple[str, ...] = ()) -> None:
         self.store = store
+        self.admission = admission or Admission()
+        """Pod security admission: every apply and dry run passes through it."""
+        self.protected_labels = protected_labels
+        """Label prefixes an admin protects besides `naming.PROTECTED_LABEL_PREFIXES`:
+        a node's report cannot set them on itself."""
         self.scheduler = scheduler
         self.liveness = liveness
         self.clock = clock
@@ -238,7 +246,9 @@ class Fleet:
     # -- API: apply / delete / read -----------------------------------------------------
 
     def plan(self, objs: list[Any]) -> list[ApplyResult]:
-        """What `apply` would do, without doing it (dry run); validates references."""
+        """What `apply` would do, without doing it (dry run); validates references and
+        the pod security policy (which stamps what passes with its level)."""
+        self.admission.admit(objs, self.namespaces)
         out = []
         for obj in objs:
             kind, ns, name = _ident(obj)
@@ -522,7 +532,7 @@ class Fleet:
         status: dict[str, Any] = {"labels": labels}
         if arch:
             status["arch"] = arch
-        self.node_status(name, status)
+        self.node_status(name, status, trusted=True)
         self.events.add(type="Normal", reason="Joined", obj=f"Node/{name}",
                         message=f"node {name} joined with labels "
                                 f"{','.join(f'{k}={v}' for k, v in sorted(labels.items())) or '-'}")
@@ -627,9 +637,13 @@ class Fleet:
         self._commit()
         return True
 
-    def node_status(self, name: str, status: dict[str, Any]) -> None:
-        """Apply the node_status of a report (capacity, labels, heartbeat...)."""
+    def node_status(self, name: str, status: dict[str, Any], *, trusted: bool = False) -> int:
+        """Apply the node_status of a report (capacity, labels, heartbeat...); returns
+        how many labels were refused. A node cannot set protected labels on itself
+        (`naming.protected_label`); `trusted` (a join, whose labels the API vetted)
+        can."""
         node = self.nodes[name]
+        refused = 0
         st = node.status
         before = (dict(st.allocatable), dict(node.metadata.labels), st.arch)
         for src, attr in (("capacity", "capacity"), ("allocatable", "allocatable")):
@@ -648,8 +662,13 @@ class Fleet:
         applied = self._applied_labels(node)
         if isinstance(labels, dict):
             for k, v in labels.items():
-                if isinstance(k, str) and isinstance(v, str) and k not in applied:
-                    node.metadata.labels[k] = v
+                if not (isinstance(k, str) and isinstance(v, str)) or k in applied:
+                    continue
+                if not trusted and (k in _CLOUD_LABELS
+                                    or naming.protected_label(k, self.protected_labels)):
+                    refused += 1
+                    continue
+                node.metadata.labels[k] = v
         node.metadata.labels.setdefault("kubernetes.io/hostname", name)
         node.metadata.labels[ARCH_LABEL] = st.arch
         node.metadata.labels["kubernetes.io/os"] = st.os
@@ -661,6 +680,46 @@ class Fleet:
         if before != (st.allocatable, node.metadata.labels, st.arch):
             self._node_changed(name)
             self._commit()
+        return refused
+
+    def restart_epoch(self, name: str, epoch: str, *, why: str) -> NodeDesired:
+        """Move a node's desired set to a new `epoch` (drift: the edge claims a gen the
+        cloud never made); the next message to it is a snapshot. A Warning event
+        `DesiredDrift` names the node."""
+        nd = self.desired_for(name)
+        old = nd.epoch
+        nd.restart_epoch(epoch)
+        self.store.put_later("desired", name, nd.to_record)
+        node = self.nodes.get(name)
+        if node is not None:
+            node.status.acked_gen = 0
+            self._save_node(name)
+        log.warning("node %s: desired drift (%s); epoch %s -> %s, sending a snapshot",
+                    name, why, old, epoch)
+        self.events.add(type="Warning", reason="DesiredDrift", obj=f"Node/{name}",
+                        message=f"node {name}: {why}; its desired set is sent again as a "
+                                f"snapshot under a new epoch")
+        return nd
+
+    def undeliverable(self, name: str, key: str, reason: str) -> None:
+        """A desired entry of node `name` cannot be sent (over the wire limits): the
+        pods there that need it get a Warning event, and a pod still Pending says why
+        in its status. The node's other entries are sent without it."""
+        kind, ns, ename = split_key(key)
+        pods = [(ns, ename)] if kind == POD else [
+            pk for pk in self._on_node.get(name, ()) if pk in self.pods
+            and key in self._pod_refs(pk)]
+        for pk in pods:
+            pod = self.pods.get(pk)
+            if pod is None:
+                continue
+            message = f"cannot be delivered to node {name}: {reason}"
+            self.events.add(type="Warning", reason="Undeliverable",
+                            obj=f"Pod/{pk[0]}/{pk[1]}", message=message)
+            if pod.status.phase == "Pending" and pod.status.message != message:
+                pod.status = PodStatus(phase="Pending", reason="Undeliverable",
+                                       message=message, node_name=name)
+                self._save_pod(pk)
 
     def heard(self, name: str, now: float) -> None:
         """Any valid message from the node restarts its liveness clock (monotonic `now`)."""
@@ -1233,6 +1292,10 @@ class Fleet:
 
 
 # -- helpers ----------------------------------------------------------------------------
+
+
+_CLOUD_LABELS = frozenset({ARCH_LABEL, "kubernetes.io/os", "kubernetes.io/hostname"})
+"""Labels the cloud sets from what it knows (arch and os as reported, the name)."""
 
 
 def _ident(obj: Any) -> tuple[str, str | None, str]:

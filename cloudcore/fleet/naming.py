@@ -23,6 +23,28 @@ APPLIED_LABELS = "edgefed.io/applied-labels"
 without touching the labels the agent reports."""
 
 
+PROTECTED_LABEL_PREFIXES: tuple[str, ...] = (
+    "edgefed.io/", "node-role.kubernetes.io/", "node-restriction.kubernetes.io/")
+"""Label prefixes the cloud owns on nodes (a NodeRestriction of our own, proposal 0002):
+a node's report cannot set them on itself; the API and a join token can. A prefix
+here matches the label's domain part (`edgefed.io/x`, also `a.edgefed.io/x`)."""
+
+
+def protected_label(key: str, extra: tuple[str, ...] = ()) -> bool:
+    """Whether a node may not set label `key` on itself: under a protected domain
+    (`PROTECTED_LABEL_PREFIXES`, or their subdomains) or one of the admin's `extra`
+    prefixes (a prefix ending in `/` is a domain, any other a plain key prefix)."""
+    domain, sep, _ = key.rpartition("/")
+    for prefix in (*PROTECTED_LABEL_PREFIXES, *extra):
+        if prefix.endswith("/"):
+            want = prefix[:-1]
+            if sep and (domain == want or domain.endswith("." + want)):
+                return True
+        elif key.startswith(prefix):
+            return True
+    return False
+
+
 def child_name(parent: str, suffix: str) -> str:
     """`{parent}-{suffix}`, shortened with a hash when over 253 characters."""
     name = f"{parent}-{suffix}"

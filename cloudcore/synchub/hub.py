@@ -7,6 +7,17 @@ all changes made meanwhile: deltas collapse. Late acks are retried with the shar
 jittered backoff; NotReady nodes are not retried at all (their agent resyncs when
 it reconnects), so a fleet that is offline for days costs no traffic.
 
+Every message is authenticated end to end (proposal 0002, `shared.seal`): one from a
+node is unsealed with its k_up before anything unpacks it, one to a node is sealed
+with its k_down, and Secret values in a node's delta are encrypted for that node as
+the delta is built, so the in-memory desired set stays clear and one set serves every
+send. A node without a key (never joined, or revoked) is dropped as `unknown_node`
+and never registered, unless the hub runs `insecure`. A node's report cannot set
+protected labels on itself (`Fleet.node_status`). An edge claiming a gen above ours
+in our epoch (a forged message once accepted, a restored backup) gets its set under
+a new epoch as a snapshot (`DesiredDrift`). An entry that does not fit the wire
+limits is never sent: the rest of the node's delta goes, the pod is told why.
+
 Reports are idempotent by seq. A new report is applied in memory, its seq is
 enqueued to the store, and its ReportAck is sent only after the batch holding it
 commits (group commit): a crash can lose a report we have not acked, never one we
@@ -23,14 +34,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import msgpack
+
 from cloudcore.backoff import Backoff
 from cloudcore.config import SyncSettings
 from cloudcore.fleet import Fleet
 from cloudcore.metrics import Metrics
 from cloudcore.store import Store
 from cloudcore.synchub.requests import Requests
-from shared import topics
+from shared import seal, topics
 from shared.codec import (
+    DOWN_LIMITS,
+    UP_LIMITS,
     Ack,
     Desired,
     Report,
@@ -41,12 +56,23 @@ from shared.codec import (
     Will,
     decode,
     encode,
+    entry_fits,
 )
-from shared.errors import DecodeError, MessageTooLarge, ProtocolError, UnknownVersion
+from shared.delta import LEFT_EPOCH, NodeDesired, new_epoch
+from shared.entries import SECRET
+from shared.errors import (
+    AuthFailed,
+    DecodeError,
+    MessageTooLarge,
+    ProtocolError,
+    UnknownVersion,
+)
 
 log = logging.getLogger("cloudcore.synchub")
 
 Send = Callable[[str, bytes], None]
+KeyLookup = Callable[[str], bytes | None]
+"""node name -> its 32-byte node key, or None if it has none (not joined, revoked)."""
 
 IN = "cloudcore_messages_in_total"
 OUT = "cloudcore_messages_out_total"
@@ -54,6 +80,10 @@ ACKS_PER_S = 1000.0  # a conservative rate for one aiomqtt subscriber (DESIGN.md
 BACKLOG_WAIT = 0.5  # seconds retries wait while our own publish queue drains
 DROPPED = "cloudcore_messages_dropped_total"
 RESENT = "cloudcore_desired_resends_total"
+DRIFT = "cloudcore_desired_drift_total"
+UNDELIVERABLE = "cloudcore_desired_undeliverable_total"
+LABELS_REFUSED = "cloudcore_node_labels_refused_total"
+UNSENT = "cloudcore_messages_unsent_total"
 
 
 @dataclass
@@ -71,7 +101,19 @@ class SyncHub:
     """Handles every message from the edges and sends them desired deltas and acks."""
 
     def __init__(self, *, fleet: Fleet, store: Store, settings: SyncSettings,
-                 metrics: Metrics, clock: Callable[[], float] = time.monotonic) -> None:
+                 metrics: Metrics, clock: Callable[[], float] = time.monotonic,
+                 keys: KeyLookup | None = None, insecure: bool = False) -> None:
+        """`keys(node)` gives a node's key (cloudcore passes `Auth.node_key`). Without
+        a lookup the hub can authenticate nothing and runs insecure (a warning says
+        so); `insecure` also accepts unsealed messages from nodes without a key."""
+        if keys is None and not insecure:
+            log.warning("sync hub without node keys: messages are NOT authenticated "
+                        "(insecure)")
+            insecure = True
+        self.keys = keys
+        self.insecure = insecure
+        self._node_keys: dict[str, tuple[bytes, seal.NodeKeys]] = {}
+        self._undeliverable: dict[tuple[str, str], tuple[int, str]] = {}
         self.fleet = fleet
         self.store = store
         self.settings = settings
@@ -89,6 +131,13 @@ class SyncHub:
         metrics.describe(OUT, "Messages sent to edges, by type.")
         metrics.describe(DROPPED, "Messages dropped as invalid, by reason.")
         metrics.describe(RESENT, "Desired deltas resent because the ack was late.")
+        metrics.describe(DRIFT, "Nodes moved to a new epoch because they claimed a gen "
+                                "above the cloud's (DesiredDrift).")
+        metrics.describe(UNDELIVERABLE, "Desired entries left out of a message because "
+                                        "they exceed the wire limits.")
+        metrics.describe(LABELS_REFUSED, "Protected labels a node tried to set on itself.")
+        metrics.describe(UNSENT, "Messages not sent to a node, by reason (no_key: the "
+                                 "node has no key, e.g. revoked).")
         fleet.listener = self.desired_changed
         self.requests = Requests(emit=self._emit)  # logs/exec: docs/proposals/0001
 
@@ -118,8 +167,24 @@ class SyncHub:
             self._drop("?", "bad_topic", f"topic {topic[:200]!r} is not an up/will topic")
             return
         node, direction = parsed
+        if len(payload) > UP_LIMITS.max_message_bytes + seal.TAG_BYTES:
+            self._drop(node, "too_large", f"message of {len(payload)} bytes exceeds the "
+                                          f"limit of {UP_LIMITS.max_message_bytes} bytes")
+            return
+        keys = self._keys_of(node)
+        if keys is not None:
+            try:
+                payload = seal.unseal(keys.up, topic, payload)
+            except AuthFailed as exc:
+                if not self.insecure:
+                    self._drop(node, "auth_failed", str(exc))
+                    return
+        elif not self.insecure:
+            self._drop(node, "unknown_node", "the node has no key (it never joined, or "
+                                             "was revoked)")
+            return
         try:
-            msg = decode(payload)
+            msg = decode(payload, limits=UP_LIMITS)
         except MessageTooLarge as exc:
             self._drop(node, "too_large", str(exc))
             return
@@ -168,6 +233,12 @@ class SyncHub:
             # wiped, so forget what we processed or its new reports would be ignored.
             log.warning("node %s restarted its report stream (seq %d < %d)", node, msg.seq, last)
             self.fleet.set_report_seq(node, 0)
+        if nd.drifted(msg.epoch, msg.gen):
+            nd = self._drift(node, msg.epoch, f"it reported gen {msg.gen} above the "
+                                              f"cloud's {nd.gen} in epoch {msg.epoch}")
+        elif msg.reason == LEFT_EPOCH and msg.epoch != nd.epoch:
+            nd = self._drift(node, msg.epoch, f"it refused a snapshot under epoch "
+                                              f"{nd.epoch}, which it had left")
         if msg.epoch == nd.epoch:
             self.fleet.record_ack(node, msg.epoch, msg.gen)
         link.inflight = None
@@ -180,6 +251,10 @@ class SyncHub:
             return
         self.fleet.heard(node, self.clock())
         nd = self.fleet.desired_for(node)
+        if nd.drifted(msg.epoch, msg.gen):
+            self._drift(node, msg.epoch, f"it acked gen {msg.gen} above the cloud's {nd.gen}")
+            self._send_delta(node, base=0)
+            return
         self.fleet.record_ack(node, msg.epoch, msg.gen)
         link = self._link(node)
         if msg.epoch == nd.epoch:
@@ -203,7 +278,11 @@ class SyncHub:
             self._ack_report(node, last)
             return
         if msg.node_status:
-            self.fleet.node_status(node, msg.node_status)
+            refused = self.fleet.node_status(node, msg.node_status)
+            if refused:
+                self.metrics.inc(LABELS_REFUSED, refused)
+                self._drop_log(node, "labels_refused", f"{refused} protected label(s) "
+                                                       "it reported for itself ignored")
         if msg.pods:
             ignored = self.fleet.pod_statuses(node, msg.pods)
             if ignored:
@@ -211,7 +290,11 @@ class SyncHub:
         if msg.telemetry:
             self.fleet.add_telemetry(node, msg.telemetry)
         nd = self.fleet.desired_for(node)
-        if msg.epoch == nd.epoch and msg.gen:
+        drifted = nd.drifted(msg.epoch, msg.gen)
+        if drifted:
+            nd = self._drift(node, msg.epoch,
+                             f"it reported gen {msg.gen} above the cloud's {nd.gen}")
+        elif msg.epoch == nd.epoch and msg.gen:
             self.fleet.record_ack(node, msg.epoch, msg.gen)
             link = self._link(node)
             if link.inflight is not None and nd.acked >= link.inflight:
@@ -220,7 +303,21 @@ class SyncHub:
         self.fleet.mark_ready(node)
         self.fleet.set_report_seq(node, msg.seq)
         self._ack_report(node, msg.seq)
-        self._maybe_send(node)
+        if drifted:
+            self._send_delta(node, base=0)
+        else:
+            self._maybe_send(node)
+
+    def _drift(self, node: str, edge_epoch: str | None, why: str) -> NodeDesired:
+        """The edge (in `edge_epoch`) holds a gen we never made: a new epoch for the
+        node, counted; the caller sends the snapshot."""
+        self.metrics.inc(DRIFT)
+        nd = self.fleet.restart_epoch(node, new_epoch(), why=why)
+        link = self._link(node)
+        link.epoch, link.epoch_known = edge_epoch, True
+        link.inflight = None
+        link.attempts = 0
+        return nd
 
     def _on_will(self, node: str) -> None:
         if node not in self.fleet.nodes:
@@ -276,7 +373,7 @@ class SyncHub:
         nd = self.fleet.desired_for(node)
         link = self._link(node)
         epoch = link.epoch if link.epoch_known else nd.epoch
-        self._emit(node, nd.delta(base, epoch))
+        self._emit(node, self._for_wire(node, nd.delta(base, epoch)))
         link.inflight = nd.gen
         # An ack is late only after the deltas queued before it could have been
         # answered: allow for the fleet-wide number in flight at the rate one
@@ -351,20 +448,90 @@ class SyncHub:
             link = self._links[node] = _Link()
         return link
 
+    def _keys_of(self, node: str) -> seal.NodeKeys | None:
+        """The node's derived keys (cached while its key stays the same)."""
+        if self.keys is None:
+            return None
+        raw = self.keys(node)
+        if raw is None:
+            self._node_keys.pop(node, None)
+            return None
+        cached = self._node_keys.get(node)
+        if cached is None or cached[0] != raw:
+            cached = self._node_keys[node] = (raw, seal.NodeKeys.derive(raw))
+        return cached[1]
+
+    def _for_wire(self, node: str, msg: Desired) -> Desired:
+        """The delta as it may leave: Secret values sealed for the node, and no entry
+        that cannot be delivered (each reported once per change, on its pods)."""
+        if not msg.put:
+            return msg
+        keys = self._keys_of(node)
+        put: dict[str, Any] = {}
+        for k, v in msg.put.items():
+            put[k] = (seal.seal_secret(keys.secret, node=node, entry_key=k, value=v)
+                      if keys is not None and k.startswith(SECRET + "/") else v)
+        sizes: dict[str, int] = {}
+        for k, v in list(put.items()):
+            reason = entry_fits(k, v, limits=DOWN_LIMITS)
+            if reason is not None:
+                del put[k]
+                self._undeliverable_entry(node, k, reason)
+        wire = msg.model_copy(update={"put": put}) if put != msg.put else msg
+        size = len(encode(wire))
+        if size > DOWN_LIMITS.max_message_bytes:
+            # every entry fits alone, but not all together: leave out the largest
+            # until the rest fits (they go once others are gone or smaller)
+            for k, v in put.items():
+                sizes[k] = len(encode_value(v)) + len(k)
+            for k in sorted(sizes, key=sizes.__getitem__, reverse=True):
+                if size <= DOWN_LIMITS.max_message_bytes:
+                    break
+                del put[k]
+                size -= sizes[k]
+                self._undeliverable_entry(
+                    node, k, f"the node's desired set exceeds the message limit of "
+                             f"{DOWN_LIMITS.max_message_bytes} bytes")
+            wire = msg.model_copy(update={"put": put})
+        return wire
+
+    def _undeliverable_entry(self, node: str, key: str, reason: str) -> None:
+        self.metrics.inc(UNDELIVERABLE)
+        nd = self.fleet.desired.get(node)
+        kgen = nd.items[key][1] if nd is not None and key in nd.items else -1
+        if self._undeliverable.get((node, key)) == (kgen, reason):
+            return  # told once per change of the entry
+        self._undeliverable[(node, key)] = (kgen, reason)
+        if len(self._undeliverable) > 100_000:
+            self._undeliverable.clear()
+        log.warning("not sending %s to node %s: %s", key, node, reason)
+        self.fleet.undeliverable(node, key, reason)
+
     def _emit(self, node: str, msg: Desired | ReportAck | Request) -> None:
         if self._send is None:
             log.debug("no transport yet; dropping %s to %s", msg.t, node)
             return
-        self._send(topics.down(node), encode(msg))
+        topic = topics.down(node)
+        payload = encode(msg)
+        keys = self._keys_of(node)
+        if keys is not None:
+            payload = seal.seal(keys.down, topic, payload)
+        elif not self.insecure:
+            self.metrics.inc(UNSENT, reason="no_key")
+            return
+        self._send(topic, payload)
         self.metrics.inc(OUT, type=msg.t)
 
     def _drop(self, node: str, reason: str, detail: str) -> None:
         self.metrics.inc(DROPPED, reason=reason)
+        self._drop_log(node, reason, detail)
+
+    def _drop_log(self, node: str, reason: str, detail: str) -> None:
         now = self.clock()
         key = (node, reason)
         if now - self._logged.get(key, -1e18) >= self.settings.log_interval:
             self._logged[key] = now
-            log.warning("dropped a message from node %s: %s: %s", node, reason, detail)
+            log.warning("node %s: %s: %s", node, reason, detail)
             if len(self._logged) > 100_000:
                 cutoff = now - self.settings.log_interval
                 self._logged = {k: t for k, t in self._logged.items() if t >= cutoff}
@@ -372,3 +539,8 @@ class SyncHub:
     def link_state(self, node: str) -> dict[str, Any]:
         link = self._links.get(node, _Link())
         return {"epoch": link.epoch, "inflight": link.inflight, "attempts": link.attempts}
+
+
+def encode_value(value: Any) -> bytes:
+    """One desired value as msgpack (its share of a message's size)."""
+    return msgpack.packb(value, use_bin_type=True)  # type: ignore[no-any-return]

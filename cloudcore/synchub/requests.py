@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any
@@ -20,6 +21,10 @@ from typing import Any
 from shared.codec import Request, Response
 
 log = logging.getLogger("cloudcore.synchub.requests")
+
+REQUEST_TTL_S = 120.0
+"""A Request's `exp` is this many seconds after it is made: an edge refuses it later
+(a replay), so an edge clock may lag the cloud's by up to this much."""
 
 MAX_BUFFERED = 256
 """Chunks held per stream (in order or waiting for a gap) before it is failed:
@@ -81,15 +86,17 @@ class RequestStream:
 class Requests:
     """Open request streams, by id. `emit(node, msg)` sends a Request down."""
 
-    def __init__(self, emit: Callable[[str, Any], None]) -> None:
+    def __init__(self, emit: Callable[[str, Any], None], *,
+                 clock: Callable[[], float] = time.time) -> None:
         self._emit = emit
+        self._clock = clock
         self._streams: dict[str, RequestStream] = {}
         self.stray = 0  # responses for no open stream (late, or after a restart)
 
     def stream(self, node: str, *, kind: str, pod: str, **fields: Any) -> RequestStream:
         """A stream for a new request (sent when the stream is entered)."""
         req = Request(node=node, id=secrets.token_hex(8), kind=kind,  # type: ignore[arg-type]
-                      pod=pod, **fields)
+                      pod=pod, exp=self._clock() + REQUEST_TTL_S, **fields)
         return RequestStream(self, node, req)
 
     def open(self, stream: RequestStream) -> None:
@@ -99,7 +106,8 @@ class Requests:
     def close(self, stream: RequestStream) -> None:
         self._streams.pop(stream.req.id, None)
         if not stream.done:
-            self._emit(stream.node, Request(node=stream.node, id=stream.req.id, kind="cancel"))
+            self._emit(stream.node, Request(node=stream.node, id=stream.req.id, kind="cancel",
+                                            exp=self._clock() + REQUEST_TTL_S))
 
     def deliver(self, node: str, msg: Response) -> None:
         """A Response from `node`; one for an unknown id or from another node is dropped."""

@@ -1,4 +1,8 @@
-"""The sync hub against a real mosquitto, driven by a scripted fake edge (aiomqtt)."""
+"""The sync hub against a real mosquitto, driven by a scripted fake edge (aiomqtt).
+
+These tests are about the protocol, so cloudcore runs `insecure` (unsealed messages,
+nodes that never joined); sealing and keys are tested in test_hub_security.py and
+tests/edgecore/test_edge_security.py."""
 
 from __future__ import annotations
 
@@ -84,6 +88,7 @@ async def until(cond: Any, timeout: float = 5.0) -> None:
 async def test_sync_flow_reports_bad_input_will_and_restart(
         mosquitto: int, settings: Settings, service_factory: Any) -> None:
     settings.mqtt.port = mosquitto
+    settings.insecure = True
     svc = service_factory()
     run = await svc.start()
     fleet, metrics = run.fleet, run.metrics
@@ -184,6 +189,7 @@ async def test_sync_flow_reports_bad_input_will_and_restart(
 async def test_missed_heartbeats_make_a_node_not_ready_and_restart_gives_unknown(
         mosquitto: int, settings: Settings, service_factory: Any) -> None:
     settings.mqtt.port = mosquitto
+    settings.insecure = True
     run = await service_factory().start()
     async with FakeEdge("e2", mosquitto) as edge:
         await edge.send(Report(node="e2", seq=1, node_status={"heartbeat": 0.2}))
@@ -202,6 +208,7 @@ async def test_a_deleted_node_is_not_re_registered_by_its_live_agent(
     dropped and counted instead of creating the node again, also after a restart;
     joining again with a token lifts that."""
     settings.mqtt.port = mosquitto
+    settings.insecure = True
     svc = service_factory()
     run = await svc.start()
     async with httpx.AsyncClient(base_url=run.url) as api, FakeEdge("e9", mosquitto) as edge:
