@@ -37,6 +37,7 @@ from typing import Any, Literal, Protocol
 
 from cloudcore.errors import NotFound
 from cloudcore.fleet import naming
+from cloudcore.fleet.admission import Admission
 from cloudcore.fleet.events import EventLog
 from cloudcore.fleet.eviction import Eviction
 from cloudcore.fleet.forecast import FORECAST_KEYS, WARN_INTERVAL, forecast_of, normalise
@@ -144,8 +145,11 @@ class Fleet:
 
     def __init__(self, *, store: Persister, scheduler: Scheduler, liveness: Liveness,
                  clock: Callable[[], float] = time.time,
+                 admission: Admission | None = None,
                  protected_labels: tuple[str, ...] = ()) -> None:
         self.store = store
+        self.admission = admission or Admission()
+        """Pod security admission: every apply and dry run passes through it."""
         self.protected_labels = protected_labels
         """Label prefixes an admin protects besides `naming.PROTECTED_LABEL_PREFIXES`:
         a node's report cannot set them on itself."""
@@ -242,7 +246,9 @@ class Fleet:
     # -- API: apply / delete / read -----------------------------------------------------
 
     def plan(self, objs: list[Any]) -> list[ApplyResult]:
-        """What `apply` would do, without doing it (dry run); validates references."""
+        """What `apply` would do, without doing it (dry run); validates references and
+        the pod security policy (which stamps what passes with its level)."""
+        self.admission.admit(objs, self.namespaces)
         out = []
         for obj in objs:
             kind, ns, name = _ident(obj)

@@ -1,0 +1,146 @@
+"""Pod security admission: the cloud's side of `shared.policy`.
+
+Every apply (and dry run: both go through `Fleet.plan`) passes its objects here before
+anything changes. A Pod, or a DaemonSet's or Deployment's pod template, is checked
+against its namespace's level (the `pod-security.kubernetes.io/enforce` label of the
+Namespace object, else `PolicySettings.default_level`); a Namespace in the same apply
+counts with its new labels, as if applied first (kubectl applies a file's Namespace
+before what goes in it). If anything breaks its level, the whole apply is refused with
+`PolicyRefused` (HTTP 422) listing every violation of every object, one line each.
+
+What passes is stamped with what it was admitted under (`shared.policy.Admitted`, as
+annotations on the Pod or the pod template, which the pods made from it inherit); the
+pod's desired entry carries it and the agent checks the same spec under the same level
+before it runs it. A value a user writes in those annotations is overwritten.
+
+Relabelling a namespace changes nothing that already runs (as in Kubernetes); the
+next apply of a workload there is checked under the new level.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from cloudcore.errors import ConfigError
+from shared.errors import ObjectError
+from shared.models import DaemonSet, Deployment, Namespace, Pod, PodSpec
+from shared.policy import (
+    ENFORCE_LABEL,
+    HOST_PATH_ANNOTATION,
+    LEVELS,
+    Admitted,
+    HostPathRule,
+    Level,
+    Violation,
+    check,
+    level_of,
+    parse_host_path_allow,
+)
+
+
+@dataclass(frozen=True)
+class PolicySettings:
+    default_level: Level = "baseline"
+    """Level of a namespace without the `pod-security.kubernetes.io/enforce` label
+    (`--default-pod-security`): privileged, baseline or restricted."""
+    host_path_allow: tuple[HostPathRule, ...] = ()
+    """hostPath prefixes pods at baseline may mount (`--host-path-allow PREFIX[:rw]`,
+    repeatable): read-only unless `:rw`. Empty: no hostPath below privileged."""
+
+    @classmethod
+    def from_flags(cls, *, default_level: str = "baseline",
+                   host_path_allow: Iterable[str] = ()) -> PolicySettings:
+        """From the CLI's strings; raises ConfigError naming the flag."""
+        if default_level not in LEVELS:
+            raise ConfigError(f"--default-pod-security: {default_level!r} is not one of "
+                              f"{', '.join(LEVELS)}")
+        try:
+            rules = parse_host_path_allow(host_path_allow)
+        except ValueError as exc:
+            raise ConfigError(f"--host-path-allow: {exc}") from None
+        return cls(default_level, rules)  # type: ignore[arg-type]
+
+    def validate(self) -> None:
+        if self.default_level not in LEVELS:
+            raise ConfigError(f"policy.default_level: {self.default_level!r} is not one of "
+                              f"{', '.join(LEVELS)}")
+
+
+class PolicyRefused(ObjectError):
+    """An apply broke its namespaces' policy levels: every violation, one line each."""
+
+    def __init__(self, refused: list[tuple[str, list[Violation]]]) -> None:
+        self.refused = refused
+        """(object, e.g. "DaemonSet default/web", its violations) per refused object."""
+        lines = [f"{obj}: {v}" for obj, vs in refused for v in vs]
+        n = len(lines)
+        super().__init__(
+            f"refused by pod security policy ({n} violation{'s' if n != 1 else ''}):\n"
+            + "\n".join(lines),
+            field=refused[0][1][0].field)
+
+    @property
+    def violations(self) -> list[Violation]:
+        return [v for _, vs in self.refused for v in vs]
+
+
+class Admission:
+    """Checks and stamps the workloads of an apply (see the module docstring)."""
+
+    def __init__(self, settings: PolicySettings | None = None) -> None:
+        self.settings = settings or PolicySettings()
+
+    def level(self, namespace: str, namespaces: Mapping[str, Namespace]) -> Level:
+        ns = namespaces.get(namespace)
+        return level_of(ns.metadata.labels if ns is not None else {},
+                        self.settings.default_level)
+
+    def admit(self, objs: list[Any], namespaces: Mapping[str, Namespace]) -> None:
+        """Check every workload in `objs` and stamp the ones that pass; raise
+        PolicyRefused (every violation) or ObjectError (a Namespace label that is not a
+        level) and change nothing if any fails."""
+        levels = dict(namespaces)
+        for obj in objs:
+            if isinstance(obj, Namespace):
+                try:
+                    level_of(obj.metadata.labels)
+                except ObjectError as exc:
+                    raise ObjectError(f"Namespace {obj.metadata.name}: {exc.message}",
+                                      field=exc.field) from None
+                levels[obj.metadata.name] = obj
+        refused: list[tuple[str, list[Violation]]] = []
+        stamps: list[tuple[dict[str, str], Admitted]] = []
+        for obj in objs:
+            target = _pod_spec(obj)
+            if target is None:
+                continue
+            spec, path, annotations = target
+            level = self.level(obj.metadata.namespace, levels)
+            violations = check(spec, level, host_path_allow=self.settings.host_path_allow,
+                               path=path)
+            if violations:
+                refused.append((f"{obj.kind} {obj.metadata.namespace}/{obj.metadata.name}",
+                                violations))
+            else:
+                stamps.append((annotations, Admitted.of(spec, level,
+                                                        self.settings.host_path_allow)))
+        if refused:
+            raise PolicyRefused(refused)
+        for annotations, admitted in stamps:
+            annotations.pop(HOST_PATH_ANNOTATION, None)
+            annotations.update(admitted.annotations())
+
+
+def _pod_spec(obj: Any) -> tuple[PodSpec, str, dict[str, str]] | None:
+    """A workload's pod spec, its dotted path, and the annotations to stamp."""
+    if isinstance(obj, Pod):
+        return obj.spec, "spec", obj.metadata.annotations
+    if isinstance(obj, DaemonSet | Deployment):
+        tpl = obj.spec.template
+        return tpl.spec, "spec.template.spec", tpl.metadata.annotations
+    return None
+
+
+__all__ = ["ENFORCE_LABEL", "Admission", "PolicyRefused", "PolicySettings"]
