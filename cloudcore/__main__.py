@@ -3,6 +3,9 @@
 SIGTERM and SIGINT cancel the service task, which stops every component and
 commits pending store writes; the exit code is 0 for a clean stop, 2 for bad
 settings and 1 for a fatal error.
+
+Subcommands: `cloudcore backup DEST` copies the store; `cloudcore pki broker --out DIR
+--host H...` writes a broker's TLS files from the fleet CA (making the CA if missing).
 """
 
 from __future__ import annotations
@@ -22,6 +25,14 @@ from cloudcore.errors import CloudcoreError, ConfigError
 
 def _env(name: str, default: str) -> str:
     return os.environ.get(f"CLOUDCORE_{name}", default)
+
+
+def _env_flag(name: str) -> bool:
+    return _env(name, "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def _env_list(name: str) -> list[str]:
+    return [x.strip() for x in _env(name, "").split(",") if x.strip()]
 
 
 def _read_secret(path: Path, flag: str) -> str:
@@ -46,16 +57,28 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
                    help="LMDB state directory")
     p.add_argument("--mqtt-host", default=_env("MQTT_HOST", d.mqtt.host))
     p.add_argument("--mqtt-port", type=int, default=int(_env("MQTT_PORT", str(d.mqtt.port))))
-    p.add_argument("--mqtt-client-id", default=_env("MQTT_CLIENT_ID", d.mqtt.client_id))
-    p.add_argument("--mqtt-username", default=_env("MQTT_USERNAME", "") or None,
-                   help="cloudcore's own broker username (default: anonymous)")
+    p.add_argument("--mqtt-username", default=_env("MQTT_USERNAME", d.mqtt.username),
+                   help="cloudcore's service identity: it logs in as USER_sub and "
+                        "USER_pub<i>, also its client ids (default cloudcore)")
     p.add_argument("--mqtt-password-file", metavar="FILE",
                    default=_env("MQTT_PASSWORD_FILE", "") or None,
-                   help="file holding that user's password (first line)")
+                   help="file holding those identities' password (first line); default "
+                        "with --mosquitto-passwd: made in STATE_DIR/mqtt.password")
+    p.add_argument("--mqtt-tls", action="store_true", default=_env_flag("MQTT_TLS"),
+                   help="connect to the broker over TLS, verifying it against the fleet "
+                        "CA (or --mqtt-ca-file)")
+    p.add_argument("--mqtt-ca-file", metavar="FILE", default=_env("MQTT_CA_FILE", "") or None,
+                   help="CA bundle to verify the broker with (default STATE_DIR/pki/ca.crt)")
+    p.add_argument("--mqtt-client-cert", action="store_true",
+                   default=_env_flag("MQTT_CLIENT_CERT"),
+                   help="present fleet-CA client certificates (CN = USER_sub, USER_pub<i>)")
     p.add_argument("--publishers", type=int, default=int(_env("PUBLISHERS",
                                                               str(d.mqtt.publishers))))
     p.add_argument("--http-host", default=_env("HTTP_HOST", d.http.host))
     p.add_argument("--http-port", type=int, default=int(_env("HTTP_PORT", str(d.http.port))))
+    p.add_argument("--api-san", action="append", metavar="NAME",
+                   default=_env_list("API_SAN"),
+                   help="extra DNS name or IP for the API's certificate (repeatable)")
     p.add_argument("--heartbeat", type=float,
                    default=float(_env("HEARTBEAT", str(d.sync.heartbeat))),
                    help="default edge heartbeat, seconds (NotReady after 3x)")
@@ -65,38 +88,68 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
                    help="seconds a node may be NotReady before its Deployment replicas "
                         "move elsewhere (300; per-pod tolerationSeconds override it)")
     p.add_argument("--log-level", default=_env("LOG_LEVEL", d.log_level))
-    p.add_argument("--auth", action="store_true",
-                   default=_env("AUTH", "") not in ("", "0", "false"),
-                   help="require bearer tokens on the API; creates a first admin token in "
-                        "STATE_DIR/admin.token if there is none")
+    p.add_argument("--insecure", action="store_true", default=_env_flag("INSECURE"),
+                   help="NO API auth (anonymous admin), plain HTTP, and a sync hub that "
+                        "takes unsealed messages and unjoined nodes; warns at start")
+    p.add_argument("--auth", action="store_true", default=False,
+                   help="accepted for compatibility: API auth is on unless --insecure")
     p.add_argument("--auth-tokens", metavar="FILE", default=_env("AUTH_TOKENS", "") or None,
                    help="static API tokens, 'token,role[,name]' per line (turns auth on)")
-    p.add_argument("--advertise-mqtt", metavar="HOST:PORT",
+    p.add_argument("--advertise-mqtt", metavar="[mqtts://]HOST:PORT",
                    default=_env("ADVERTISE_MQTT", d.auth.advertise_mqtt),
-                   help="broker address given to joining nodes (default: --mqtt-host:port)")
+                   help="broker address given to joining nodes (default: --mqtt-host:port;"
+                        " mqtts:// = TLS, mqtt:// = plain, none = as --mqtt-tls)")
     p.add_argument("--join-token-ttl", type=float, metavar="SECONDS",
                    default=float(_env("JOIN_TOKEN_TTL", str(d.auth.join_token_ttl))),
                    help="default lifetime of join tokens")
     p.add_argument("--mosquitto-passwd", metavar="FILE",
                    default=_env("MOSQUITTO_PASSWD", "") or None,
-                   help="keep this mosquitto password_file in sync with node credentials")
+                   help="keep this mosquitto password_file: cloudcore's identities and "
+                        "every joined node")
+    p.add_argument("--mosquitto-acl", metavar="FILE",
+                   default=_env("MOSQUITTO_ACL", "") or None,
+                   help="write this mosquitto acl_file (each node only its own topics)")
+    p.add_argument("--node-certs", action="store_true", default=_env_flag("NODE_CERTS"),
+                   help="issue node client certificates at join (CN = node name, 90 days)")
+    p.add_argument("--broker-cert-dir", metavar="DIR",
+                   default=_env("BROKER_CERT_DIR", "") or None,
+                   help="write the broker's TLS files (ca.crt, broker.crt, broker.key) here")
+    p.add_argument("--broker-san", action="append", metavar="NAME",
+                   default=_env_list("BROKER_SAN"),
+                   help="name or IP in the broker's certificate (repeatable; default: the "
+                        "advertised broker host, --mqtt-host, loopback)")
+    p.add_argument("--join-rate", type=float, metavar="PER_MINUTE",
+                   default=float(_env("JOIN_RATE", str(d.auth.join_rate))),
+                   help="joins per minute per client address (burst --join-burst)")
+    p.add_argument("--join-burst", type=int,
+                   default=int(_env("JOIN_BURST", str(d.auth.join_burst))))
     a = p.parse_args(argv)
     s = Settings()
     s.store.state_dir = Path(a.state_dir)
-    s.mqtt.host, s.mqtt.port, s.mqtt.client_id = a.mqtt_host, a.mqtt_port, a.mqtt_client_id
+    s.mqtt.host, s.mqtt.port = a.mqtt_host, a.mqtt_port
     s.mqtt.publishers = a.publishers
     s.mqtt.username = a.mqtt_username
     if a.mqtt_password_file:
         s.mqtt.password = _read_secret(Path(a.mqtt_password_file), "--mqtt-password-file")
+    s.mqtt.tls = bool(a.mqtt_tls)
+    s.mqtt.ca_file = Path(a.mqtt_ca_file) if a.mqtt_ca_file else None
+    s.mqtt.client_cert = bool(a.mqtt_client_cert)
     s.http.host, s.http.port = a.http_host, a.http_port
+    s.http.sans = list(a.api_san)
+    s.insecure = bool(a.insecure)
     s.sync.heartbeat = a.heartbeat
     s.sync.pod_eviction_timeout = a.pod_eviction_timeout
     s.log_level = a.log_level
-    s.auth.enabled = bool(a.auth)
+    s.auth.enabled = not s.insecure
     s.auth.tokens_file = Path(a.auth_tokens) if a.auth_tokens else None
     s.auth.advertise_mqtt = a.advertise_mqtt
     s.auth.join_token_ttl = a.join_token_ttl
     s.auth.mosquitto_passwd = Path(a.mosquitto_passwd) if a.mosquitto_passwd else None
+    s.auth.mosquitto_acl = Path(a.mosquitto_acl) if a.mosquitto_acl else None
+    s.auth.node_certs = bool(a.node_certs)
+    s.auth.broker_cert_dir = Path(a.broker_cert_dir) if a.broker_cert_dir else None
+    s.auth.broker_sans = list(a.broker_san)
+    s.auth.join_rate, s.auth.join_burst = a.join_rate, a.join_burst
     return s
 
 
@@ -120,10 +173,40 @@ def backup_main(argv: Sequence[str]) -> int:
     return 0
 
 
+def pki_main(argv: Sequence[str]) -> int:
+    """`cloudcore pki broker --out DIR --host H [--host H2]`: the broker's TLS files."""
+    from cloudcore.auth.pki import FleetCA
+
+    p = argparse.ArgumentParser(prog="cloudcore pki",
+                                description="certificates from the fleet CA")
+    sub = p.add_subparsers(dest="what", required=True)
+    b = sub.add_parser("broker", help="write ca.crt, broker.crt, broker.key for a broker's "
+                                      "TLS listener (creates the fleet CA if missing)")
+    b.add_argument("--state-dir", default=_env("STATE_DIR", str(Settings().store.state_dir)))
+    b.add_argument("--out", required=True, help="directory for the files")
+    b.add_argument("--host", action="append", required=True,
+                   help="DNS name or IP the broker is reached at (repeatable)")
+    a = p.parse_args(argv)
+    s = Settings()
+    s.store.state_dir = Path(a.state_dir)
+    try:
+        ca = FleetCA.open(s.pki_dir)
+        files = ca.write_broker_certs(Path(a.out), a.host)
+    except (ConfigError, OSError) as exc:
+        print(f"cloudcore pki: {exc}", file=sys.stderr)
+        return 1
+    for path in files.values():
+        print(path)
+    print(f"fleet CA {ca.hash}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["backup"]:
         return backup_main(args[1:])
+    if args[:1] == ["pki"]:
+        return pki_main(args[1:])
     try:
         settings = parse_args(argv).validate()
     except (ValueError, ConfigError) as exc:

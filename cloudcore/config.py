@@ -34,9 +34,25 @@ class MqttSettings:
     """Broker host."""
     port: int = 1883
     """Broker port."""
-    client_id: str = "cloudcore"
-    """Prefix of the MQTT client ids; fixed so the broker keeps the subscriber's
-    persistent session (clean_session false) and queued QoS 1 reports survive a restart."""
+    username: str = "cloudcore"
+    """cloudcore's service identity on the broker (proposal 0002): its connections log
+    in as `<username>_sub` and `<username>_pub<i>`, which are also their MQTT client ids
+    (the broker runs with use_username_as_clientid). The `_` keeps them out of the node
+    namespace. Fixed, so the broker keeps the subscriber's persistent session
+    (clean_session false) and queued QoS 1 reports survive a restart."""
+    password: str | None = field(default=None, repr=False)
+    """The password of those identities (from `--mqtt-password-file`; never logged or
+    printed). None with `auth.mosquitto_passwd` set: cloudcore makes one and keeps it in
+    `<state_dir>/mqtt.password` (0600); None otherwise: log in without a password."""
+    tls: bool = False
+    """Connect to the broker over TLS (`--mqtt-tls`), verifying its certificate
+    against `ca_file`."""
+    ca_file: Path | None = None
+    """CA bundle to verify the broker with; None: the fleet CA
+    (`<state_dir>/pki/ca.crt`)."""
+    client_cert: bool = False
+    """Present a client certificate from the fleet CA (CN = the connection's identity),
+    for a broker listener with require_certificate (`--mqtt-client-cert`)."""
     keepalive: int = 30
     """MQTT keepalive in seconds."""
     publishers: int = 1
@@ -47,10 +63,10 @@ class MqttSettings:
     """First reconnect delay in seconds (jittered, doubled per failure)."""
     reconnect_cap: float = 30.0
     """Longest reconnect delay in seconds."""
-    username: str | None = None
-    """cloudcore's own broker username (None: connect anonymously)."""
-    password: str | None = field(default=None, repr=False)
-    """Its password (from `--mqtt-password-file`; never logged or printed)."""
+
+    def identity(self, role: str) -> str:
+        """The login and client id of one connection: `sub`, or `pub<i>`."""
+        return f"{self.username}_{role}"
 
 
 @dataclass
@@ -59,6 +75,9 @@ class HttpSettings:
     """Address the API binds to."""
     port: int = 8080
     """API port; 0 picks a free one (the chosen port is printed)."""
+    sans: list[str] = field(default_factory=list)
+    """Extra names and IP addresses for the API's certificate (`--api-san`), beside
+    127.0.0.1, localhost, the bind address and this machine's host name."""
 
 
 @dataclass
@@ -87,9 +106,9 @@ class SyncSettings:
 
 @dataclass
 class AuthSettings:
-    enabled: bool = False
-    """Require bearer tokens on the API. Off by default so a local fleet and the tests
-    work without tokens; `--auth` or `--auth-tokens FILE` turn it on."""
+    enabled: bool = True
+    """Require bearer tokens on the API (the default; `--insecure` turns it off and the
+    API answers everyone as an anonymous admin)."""
     tokens_file: Path | None = None
     """Static API tokens, one `token,role[,name]` per line (`#` comments); roles are
     admin, operator and read-only. Read once at start."""
@@ -101,12 +120,31 @@ class AuthSettings:
     max_join_token_ttl: float = 365 * 24 * 3600.0
     """Longest lifetime a join token may be given, seconds."""
     advertise_mqtt: str = ""
-    """`host:port` of the broker as edge nodes reach it, returned by `POST /api/v1/join`.
-    Empty: `mqtt.host:mqtt.port` (right only when nodes see the broker as cloudcore does)."""
+    """`host:port`, `mqtts://host:port` (TLS) or `mqtt://host:port` (plain): the broker
+    as edge nodes reach it, returned by `POST /api/v1/join`. Empty: `mqtt.host:mqtt.port`
+    (right only when nodes see the broker as cloudcore does). Without a scheme, TLS as
+    `mqtt.tls`."""
     mosquitto_passwd: Path | None = None
-    """If set, cloudcore (re)writes this mosquitto `password_file` whenever a node joins
-    or is deleted (hashes in mosquitto's own `$7$` PBKDF2-SHA512 format). Reload the
-    broker on change (see docs/operations.md)."""
+    """If set, cloudcore (re)writes this mosquitto `password_file` with its service
+    identities and every joined node (mosquitto's `$7$` PBKDF2-SHA512 hashes), at most
+    about twice a second after joins and deletes. Reload the broker on change (see
+    docs/operations.md): that is also what closes a deleted node's session."""
+    mosquitto_acl: Path | None = None
+    """If set, cloudcore writes this mosquitto `acl_file` at start (proposal 0002)."""
+    join_rate: float = 10.0
+    """Joins per minute one client address may make (token bucket; 429 past it)."""
+    join_burst: int = 20
+    """Joins one client address may make at once before `join_rate` applies."""
+    node_certs: bool = False
+    """Issue node client certificates (CN = node name, 90 days) at join and renew them
+    (`--node-certs`), for a broker listener with require_certificate and
+    use_identity_as_username."""
+    broker_cert_dir: Path | None = None
+    """If set, write the broker's TLS files there at start (`ca.crt`, `broker.crt`,
+    `broker.key`), as `cloudcore pki broker` does."""
+    broker_sans: list[str] = field(default_factory=list)
+    """Names and addresses in the broker's certificate; empty: the advertised broker
+    host, mqtt.host, 127.0.0.1 and localhost."""
 
 
 @dataclass
@@ -119,6 +157,9 @@ class ApiSettings:
     watch_heartbeat: float = 10.0
     """Seconds between BOOKMARK lines on an idle watch stream (lets clients and proxies
     see the stream is alive)."""
+    max_body_bytes: int = 3 * 1024 * 1024
+    """Largest request body, bytes (3 MiB, as kube-apiserver); larger gets 413 before
+    it is parsed."""
 
 
 @dataclass
@@ -145,6 +186,10 @@ class Settings:
     forecast: ForecastSettings = field(default_factory=ForecastSettings)
     log_level: str = "INFO"
     """Python logging level name."""
+    insecure: bool = False
+    """`--insecure`: no API auth (anonymous admin), plain HTTP, and a sync hub that
+    accepts unsealed messages and registers nodes that never joined. For a laptop
+    experiment only; warned about loudly at every start."""
 
     def validate(self) -> Settings:
         """Raise ConfigError naming the first invalid field; returns self for chaining."""
@@ -155,17 +200,17 @@ class Settings:
         _port("http.port", self.http.port, allow_zero=True)
         if not self.mqtt.host:
             raise ConfigError("mqtt.host must not be empty", field="mqtt.host")
-        if not self.mqtt.client_id or len(self.mqtt.client_id) > 20:
-            raise ConfigError("mqtt.client_id must be 1..20 characters", field="mqtt.client_id")
         for name in ("keepalive", "publishers", "publish_concurrency"):
             _positive(f"mqtt.{name}", getattr(self.mqtt, name))
-        if self.mqtt.password is not None and not self.mqtt.username:
-            raise ConfigError("mqtt password given without mqtt.username",
-                              field="mqtt.username")
-        if self.mqtt.username is not None and (
-                not self.mqtt.username or any(c in self.mqtt.username for c in ":\n")):
-            raise ConfigError("mqtt.username must be non-empty, without ':' or newlines",
-                              field="mqtt.username")
+        if (not self.mqtt.username or len(self.mqtt.username) > 40
+                or any(c in self.mqtt.username for c in ":#+/ \n")):
+            raise ConfigError("mqtt.username must be 1..40 characters, without ':', '#', "
+                              "'+', '/', spaces or newlines", field="mqtt.username")
+        if self.mqtt.ca_file is not None and not Path(self.mqtt.ca_file).is_file():
+            raise ConfigError(f"mqtt.ca_file: {self.mqtt.ca_file} is not a file",
+                              field="mqtt.ca_file")
+        if self.mqtt.client_cert and not self.mqtt.tls:
+            raise ConfigError("mqtt.client_cert needs mqtt.tls", field="mqtt.client_cert")
         _positive("mqtt.reconnect_base", self.mqtt.reconnect_base)
         if self.mqtt.reconnect_cap < self.mqtt.reconnect_base:
             raise ConfigError("mqtt.reconnect_cap must be >= mqtt.reconnect_base",
@@ -179,14 +224,16 @@ class Settings:
                               field="sync.pod_eviction_timeout")
         for name in ("join_token_ttl", "max_join_token_ttl"):
             _positive(f"auth.{name}", getattr(self.auth, name))
-        if self.auth.tokens_file is not None:
-            self.auth.enabled = True
-            if not Path(self.auth.tokens_file).is_file():
-                raise ConfigError(f"auth.tokens_file: {self.auth.tokens_file} is not a file",
-                                  field="auth.tokens_file")
+        if self.insecure:
+            self.auth.enabled = False
+        if self.auth.tokens_file is not None and not Path(self.auth.tokens_file).is_file():
+            raise ConfigError(f"auth.tokens_file: {self.auth.tokens_file} is not a file",
+                              field="auth.tokens_file")
         if self.auth.advertise_mqtt:
             self.broker_address()
-        for name in ("max_page", "events", "watch_heartbeat"):
+        _positive("auth.join_rate", self.auth.join_rate)
+        _positive("auth.join_burst", self.auth.join_burst)
+        for name in ("max_page", "events", "watch_heartbeat", "max_body_bytes"):
             _positive(f"api.{name}", getattr(self.api, name))
         _positive("forecast.interval", self.forecast.interval)
         _positive("forecast.capacity_nodes", self.forecast.capacity_nodes)
@@ -196,14 +243,29 @@ class Settings:
 
     def broker_address(self) -> tuple[str, int]:
         """The broker as nodes should reach it: `auth.advertise_mqtt` or mqtt host/port."""
+        host, port, _ = self.advertised_broker()
+        return host, port
+
+    def advertised_broker(self) -> tuple[str, int, bool]:
+        """(host, port, tls) of the broker as joining nodes are told."""
         text = self.auth.advertise_mqtt
         if not text:
-            return self.mqtt.host, self.mqtt.port
-        host, sep, port = text.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
-            raise ConfigError(f"auth.advertise_mqtt must be host:port, got {text!r}",
-                              field="auth.advertise_mqtt")
-        return host.strip("[]"), int(port)
+            return self.mqtt.host, self.mqtt.port, self.mqtt.tls
+        scheme, sep, rest = text.partition("://")
+        if not sep:
+            scheme, rest = "", text
+        host, sep, port = rest.rpartition(":")
+        if (scheme not in ("", "mqtt", "mqtts") or not sep or not host or not port.isdigit()
+                or not 1 <= int(port) <= 65535):
+            raise ConfigError("auth.advertise_mqtt must be host:port, mqtts://host:port or "
+                              f"mqtt://host:port, got {text!r}", field="auth.advertise_mqtt")
+        tls = self.mqtt.tls if not scheme else scheme == "mqtts"
+        return host.strip("[]"), int(port), tls
+
+    @property
+    def pki_dir(self) -> Path:
+        """Where the fleet CA and the API's certificate live: `<state_dir>/pki`."""
+        return Path(self.store.state_dir) / "pki"
 
 
 def _positive(name: str, value: float) -> None:

@@ -10,7 +10,12 @@ asyncio.TaskGroup of named tasks until cancelled:
     cloudcore.synchub.liveness    NotReady after missed heartbeats
     cloudcore.fleet.encoder       re-encodes changed objects for recently listed views
     cloudcore.forecaster          batched forecast of every node, each forecast.interval
-    cloudcore.api                 uvicorn serving the FastAPI app
+    cloudcore.auth.broker-files   rewrites the broker's password file after joins/deletes
+    cloudcore.api                 uvicorn serving the FastAPI app (HTTPS by default)
+
+Before the store opens, the fleet CA is loaded or made (`STATE/pki`, cloudcore.auth.pki)
+and the API's certificate issued; with `--insecure` the API serves plain HTTP, without
+auth, and the hub accepts unsealed messages, after a loud warning.
 
 If any task fails, the group cancels the rest and `run` raises; on cancellation
 the store commits what is pending before it closes.
@@ -23,10 +28,13 @@ import contextlib
 import gc
 import logging
 import os
+import secrets
 import socket
+import ssl
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -34,6 +42,8 @@ from fastapi import FastAPI
 
 from cloudcore.api import create_app
 from cloudcore.auth import Auth
+from cloudcore.auth.broker import BrokerFiles, mosquitto_acl, service_identities
+from cloudcore.auth.pki import RENEW_BEFORE, FleetCA, api_hosts, not_after
 from cloudcore.auth.secrets import mosquitto_hash
 from cloudcore.config import Settings
 from cloudcore.errors import ConfigError
@@ -42,10 +52,16 @@ from cloudcore.metrics import Labels, Metrics
 from cloudcore.scheduler import Scheduler
 from cloudcore.store import Store
 from cloudcore.synchub import SyncHub
-from cloudcore.synchub.mqtt import Publisher, Subscriber
+from cloudcore.synchub.mqtt import Publisher, Subscriber, client_tls
 from shared import topics
 
 log = logging.getLogger("cloudcore")
+
+INSECURE_WARNING = (
+    "RUNNING INSECURE (--insecure): the API needs no token (anyone is admin) and serves "
+    "plain HTTP; the sync hub accepts unsealed messages and registers nodes that never "
+    "joined. Anyone who reaches the API or the broker owns the fleet. Never do this "
+    "outside a throwaway experiment.")
 
 
 @dataclass
@@ -59,13 +75,26 @@ class Running:
     metrics: Metrics
     app: FastAPI
     url: str
+    ca: FleetCA
+    broker_files: BrokerFiles
 
 
 async def run(settings: Settings, *,
               on_started: Callable[[Running], None] | None = None) -> None:
     """Run cloudcore until cancelled. Raises on a fatal error (store, bad settings)."""
     settings.validate()
+    if settings.insecure:
+        log.warning(INSECURE_WARNING)
     metrics = Metrics()
+    ca = FleetCA.open(settings.pki_dir)
+    api_tls = None
+    if not settings.insecure:
+        api_tls = ca.ensure_server_cert("api", api_hosts(settings.http.host,
+                                                         settings.http.sans))
+    if settings.auth.broker_cert_dir is not None:
+        ca.write_broker_certs(settings.auth.broker_cert_dir, broker_hosts(settings))
+    _mqtt_password(settings)
+    mqtt_tls = _mqtt_tls(settings, ca)
     async with Store(settings.store) as store:
         liveness = Liveness(default_heartbeat=settings.sync.heartbeat,
                             missed=settings.sync.missed_heartbeats, now=time.monotonic())
@@ -75,13 +104,15 @@ async def run(settings: Settings, *,
         fleet.events.capacity = settings.api.events
         records = store.load()
         fleet.load(records)
-        auth = _open_auth(settings, store, records)
+        auth, broker_files = _open_auth(settings, store, records)
         del records
         log.info("loaded %d nodes, %d pods; store epoch %s", len(fleet.nodes), len(fleet.pods),
                  store.epoch)
         forecaster = open_forecaster(settings, fleet)
-        hub = SyncHub(fleet=fleet, store=store, settings=settings.sync, metrics=metrics)
-        publishers = [Publisher(settings.mqtt, index=i) for i in range(settings.mqtt.publishers)]
+        hub = SyncHub(fleet=fleet, store=store, settings=settings.sync, metrics=metrics,
+                      keys=auth.node_key, insecure=settings.insecure)
+        publishers = [Publisher(settings.mqtt, index=i, tls=mqtt_tls.get(f"pub{i}"))
+                      for i in range(settings.mqtt.publishers)]
 
         def send(topic: str, payload: bytes) -> None:
             parsed = topics.parse(topic)
@@ -94,17 +125,20 @@ async def run(settings: Settings, *,
         def on_connected(up: bool) -> None:
             connected["sub"] = up
 
-        subscriber = Subscriber(settings.mqtt, handler=hub.handle, on_connected=on_connected)
+        subscriber = Subscriber(settings.mqtt, handler=hub.handle, on_connected=on_connected,
+                                tls=mqtt_tls.get("sub"))
         _register_gauges(metrics, fleet=fleet, store=store, publishers=publishers)
         app = create_app(fleet, metrics=metrics, flush=store.flush,
                          ready=lambda: connected["sub"], auth=auth, settings=settings.api,
-                         broker=settings.broker_address(),
-                         join_ttl=settings.auth.join_token_ttl,
-                         max_join_ttl=settings.auth.max_join_token_ttl,
+                         auth_settings=settings.auth,
+                         broker=settings.advertised_broker(), ca=ca,
                          requests=hub.requests)
+        tls_kw: dict[str, Any] = {}
+        if api_tls is not None:
+            tls_kw = {"ssl_certfile": str(api_tls[0]), "ssl_keyfile": str(api_tls[1])}
         server = _Server(uvicorn.Config(app, host=settings.http.host, port=settings.http.port,
                                         lifespan="off", log_level="warning",
-                                        access_log=False))
+                                        access_log=False, **tls_kw))
         async with asyncio.TaskGroup() as tg:
             tg.create_task(store.run(), name="cloudcore.store.writer")
             tg.create_task(subscriber.run(), name="cloudcore.synchub.subscriber")
@@ -113,6 +147,8 @@ async def run(settings: Settings, *,
             tg.create_task(hub.run_retries(), name="cloudcore.synchub.retries")
             tg.create_task(hub.run_liveness(), name="cloudcore.synchub.liveness")
             tg.create_task(fleet.keep_encoded(), name="cloudcore.fleet.encoder")
+            if broker_files.passwd is not None:
+                tg.create_task(broker_files.run(), name="cloudcore.auth.broker-files")
             if forecaster is not None:
                 tg.create_task(forecaster.run(settings.forecast.interval),
                                name="cloudcore.forecaster")
@@ -125,11 +161,14 @@ async def run(settings: Settings, *,
                 await asyncio.sleep(0.02)
             if server.started:
                 host, port = server.bound()
-                url = f"http://{host}:{port}"
+                url = f"{'https' if api_tls else 'http'}://{_url_host(host)}:{port}"
                 print(f"cloudcore listening on {url}", flush=True)
+                if api_tls:
+                    print(f"fleet CA {ca.cert_path} ({ca.hash})", flush=True)
                 if on_started is not None:
                     on_started(Running(fleet=fleet, auth=auth, hub=hub, store=store,
-                                       metrics=metrics, app=app, url=url))
+                                       metrics=metrics, app=app, url=url, ca=ca,
+                                       broker_files=broker_files))
 
 
 class _Server(uvicorn.Server):
@@ -229,41 +268,110 @@ def tune_gc() -> None:
 
 
 def _open_auth(settings: Settings, store: Store,
-               records: dict[str, dict[str, object]]) -> Auth:
-    """The auth registry from the store, static tokens and the first admin token."""
+               records: dict[str, dict[str, object]]) -> tuple[Auth, BrokerFiles]:
+    """The auth registry from the store, static tokens and the first admin token, and
+    the broker files it keeps (written once now, then after every change, debounced)."""
     cfg = settings.auth
-    passwd = cfg.mosquitto_passwd
-    own: dict[str, str] = {}  # cloudcore's own broker user goes in the same file
-    if passwd is not None and settings.mqtt.username and settings.mqtt.password:
-        own[settings.mqtt.username] = mosquitto_hash(settings.mqtt.password)
-
-    def write_passwd() -> None:
-        if passwd is None:
-            return
-        tmp = passwd.with_name(passwd.name + ".tmp")
-        try:
-            try:  # keep the file's group: the broker reads it through that group
-                gid: int | None = passwd.stat().st_gid
-            except FileNotFoundError:
-                gid = None
-            tmp.write_text(auth.mosquitto_passwd(own))
-            tmp.chmod(0o640)
-            if gid is not None and gid != tmp.stat().st_gid:
-                os.chown(tmp, -1, gid)
-            tmp.replace(passwd)
-        except OSError as exc:
-            log.error("cannot write mosquitto password file %s: %s", passwd, exc)
-
-    auth = Auth(store=store, enabled=cfg.enabled, on_credentials=write_passwd)
+    users = service_identities(settings.mqtt.username, settings.mqtt.publishers)
+    own: dict[str, str] = {}  # cloudcore's own identities go in the same file
+    if settings.mqtt.password:
+        digest = mosquitto_hash(settings.mqtt.password)
+        own = dict.fromkeys(users, digest)
+    files = BrokerFiles(passwd=cfg.mosquitto_passwd, acl=cfg.mosquitto_acl,
+                        passwd_text=lambda: auth.mosquitto_passwd(own),
+                        acl_text=mosquitto_acl(users))
+    auth = Auth(store=store, enabled=cfg.enabled, on_credentials=files.changed)
     auth.load(records)  # type: ignore[arg-type]
     if cfg.tokens_file is not None:
         n = auth.load_static(cfg.tokens_file)
         log.info("auth: %d static API tokens from %s", n, cfg.tokens_file)
     if cfg.enabled and cfg.bootstrap_admin:
         auth.bootstrap(settings.store.state_dir / "admin.token")
-    write_passwd()
+    try:
+        files.write_now()
+    except OSError as exc:
+        raise ConfigError(f"cannot write the broker files: {exc}",
+                          field="auth.mosquitto_passwd") from exc
     log.info("API auth is %s", "on" if cfg.enabled else "off (anyone may call the API)")
-    return auth
+    return auth, files
+
+
+def broker_hosts(settings: Settings) -> list[str]:
+    """The names in the broker's certificate: `auth.broker_sans`, or the advertised
+    broker host, mqtt.host and loopback."""
+    if settings.auth.broker_sans:
+        return list(settings.auth.broker_sans)
+    return [settings.broker_address()[0], settings.mqtt.host, "127.0.0.1", "localhost"]
+
+
+def _mqtt_password(settings: Settings) -> None:
+    """With a password file to keep and no password given, use (or make, 0600) the one
+    in `<state_dir>/mqtt.password`: a broker that has a password file never takes
+    cloudcore's identities without one."""
+    m = settings.mqtt
+    if m.password is not None or settings.auth.mosquitto_passwd is None:
+        return
+    path = settings.store.state_dir / "mqtt.password"
+    try:
+        text = path.read_text().strip() if path.exists() else ""
+        if not text:
+            settings.store.state_dir.mkdir(parents=True, exist_ok=True)
+            settings.store.state_dir.chmod(0o700)
+            text = secrets.token_urlsafe(24)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(text + "\n")
+            log.info("made cloudcore's broker password in %s", path)
+    except OSError as exc:
+        raise ConfigError(f"mqtt password: cannot use {path}: {exc}",
+                          field="mqtt.password") from exc
+    m.password = text
+
+
+def _mqtt_tls(settings: Settings, ca: FleetCA) -> dict[str, ssl.SSLContext]:
+    """A TLS context per broker identity (`sub`, `pub<i>`), or none without mqtt.tls.
+    With mqtt.client_cert each presents a fleet-CA certificate of its own identity."""
+    m = settings.mqtt
+    if not m.tls:
+        return {}
+    ca_file = m.ca_file or ca.cert_path
+    roles = ["sub"] + [f"pub{i}" for i in range(m.publishers)]
+    out = {}
+    for role in roles:
+        cert = None
+        if m.client_cert:
+            d = settings.pki_dir / "mqtt"
+            d.mkdir(mode=0o700, exist_ok=True)
+            ident = m.identity(role)
+            crt, key = d / f"{ident}.crt", d / f"{ident}.key"
+            if not crt.exists() or not key.exists() or _expiring(crt):
+                issued = ca.issue_client(ident, days=365)
+                _write_private(key, issued.key)
+                crt.write_text(issued.cert)
+            cert = (crt, key)
+        try:
+            out[role] = client_tls(ca_file, cert=cert)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"mqtt TLS: cannot load {ca_file}: {exc}",
+                              field="mqtt.ca_file") from exc
+    return out
+
+
+def _expiring(crt: Path) -> bool:
+    try:
+        return not_after(crt.read_bytes()) - time.time() < RENEW_BEFORE
+    except (OSError, ValueError):
+        return True
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
 
 
 def _register_gauges(metrics: Metrics, *, fleet: Fleet, store: Store,

@@ -63,6 +63,16 @@ def all_up_filters() -> list[str]:
     return [f"{PREFIX}/+/+/up", f"{PREFIX}/+/+/will"]
 
 
+def acl_rules() -> list[tuple[str, str]]:
+    """The broker ACL of proposal 0002 as (access, filter): service identities get the
+    whole tree; a node, by mosquitto pattern (`%u` = its username = its node name),
+    reads only its own `down` and writes only its own `up` and `will`."""
+    return [("service", f"{PREFIX}/#"),
+            ("read", f"{PREFIX}/+/%u/down"),
+            ("write", f"{PREFIX}/+/%u/up"),
+            ("write", f"{PREFIX}/+/%u/will")]
+
+
 def parse(topic_name: str) -> tuple[str, Direction] | None:
     """(node, direction) of a topic, or None if it is not ours or is inconsistent.
 

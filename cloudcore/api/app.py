@@ -5,11 +5,19 @@ errors) with a 4xx status; a bug becomes a 500 with the same shape, never a
 traceback in the body. The schema of every route, error model included, is served
 at `/openapi.json` and browsable at `/docs`.
 
-Access: with auth off (the default) every route is open. With auth on, `GET`s need
-a read-only token, workload and node operations an operator token, and tokens and
-node deletion an admin token (`cloudcore.auth.Role`). `POST /api/v1/join` is
-authenticated by its join token instead; health, readiness, metrics and the schema
-stay open.
+Access (proposal 0002): with auth on (the default) `GET`s need a read-only token;
+Secret values (`GET /api/v1/secrets/{ns}/{name}`, `reveal=true`), pod logs, exec, and
+workload and node changes an operator token; tokens and node deletion an admin token
+(`cloudcore.auth.Role`). `POST /api/v1/join` is authenticated by its join token and
+rate-limited per client address; `POST /api/v1/nodes/{name}/certificate` by the node
+key. Health, readiness, metrics, the schema and `GET /api/v1/ca` stay open; `/metrics`
+holds counts and durations only, no names, labels of objects or secrets. With auth off
+(`--insecure`) every route is open to an anonymous admin.
+
+Every request body is capped (`ApiSettings.max_body_bytes`, 3 MiB): a larger
+Content-Length, or a streamed body that grows past it, gets 413 before any parsing.
+ConfigMap and Secret values are refused at apply when they could not reach a node
+(the wire's per-string limit), naming the field and the limit.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ import base64
 import contextlib
 import json
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, Any
@@ -31,20 +40,29 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cloudcore.api.selectors import parse_selector
 from cloudcore.auth import Auth, AuthError, Principal, Role
+from cloudcore.auth.errors import TooManyJoins
+from cloudcore.auth.pki import FleetCA
+from cloudcore.auth.ratelimit import RateLimiter
 from cloudcore.auth.registry import public
-from cloudcore.config import ApiSettings
+from cloudcore.config import ApiSettings, AuthSettings
 from cloudcore.errors import NotFound
 from cloudcore.fleet import Fleet, naming
 from cloudcore.fleet.controller import dump_object
 from cloudcore.metrics import Metrics
+from shared import seal
+from shared.codec import DOWN_LIMITS, Limits
+from shared.entries import secret_entry
 from shared.errors import ObjectError
 from shared.models import (
     CLUSTER_KINDS,
+    ConfigMap,
     Node,
+    Secret,
     expand_lists,
     parse_object,
     without_server_fields,
 )
+from shared.names import reserved_node_name
 from shared.topics import valid_node_name
 
 log = logging.getLogger("cloudcore.api")
@@ -54,6 +72,9 @@ PLURALS = {"nodes": "Node", "pods": "Pod", "daemonsets": "DaemonSet",
            "namespaces": "Namespace"}
 MAX_DOCUMENTS = 1000
 MAX_FIELDS = 32
+ENTRY_OVERHEAD = 64 * 1024
+"""Bytes of a message to a node kept for what is not an object's values (envelope,
+other keys), when the API checks that one object fits."""
 NDJSON = "application/x-ndjson"
 
 
@@ -73,6 +94,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody, "description": "Missing, unknown or expired token."},
     403: {"model": ErrorBody, "description": "The token's role may not do this."},
     404: {"model": ErrorBody, "description": "No such object or resource type."},
+    413: {"model": ErrorBody, "description": "Request body over the limit (3 MiB)."},
     422: {"model": ErrorBody, "description": "Invalid request or object; `field` says where."},
 }
 
@@ -97,7 +119,9 @@ class ListBody(BaseModel):
 
 
 class JoinRequest(BaseModel):
-    token: str = Field(min_length=1, max_length=512, description="Join token `id.secret`.")
+    token: str = Field(min_length=1, max_length=512, description="Join token "
+                       "`id.secret.pin` as printed (or `id.secret`); the pin part, the hex "
+                       "SHA-256 of the fleet CA's DER, must match this cloudcore's CA.")
     name: str = Field(min_length=1, max_length=253, description="Node name (DNS-1123).")
     labels: dict[str, str] = Field(default_factory=dict, description="Labels the node "
                                    "asks for; the token's labels win on conflict.")
@@ -107,6 +131,7 @@ class JoinRequest(BaseModel):
 class BrokerAddress(BaseModel):
     host: str
     port: int
+    tls: bool = Field(False, description="Connect with TLS, verifying against caCert.")
 
 
 class Credentials(BaseModel):
@@ -114,10 +139,32 @@ class Credentials(BaseModel):
     password: str = Field(description="Shown once; cloudcore keeps only a hash.")
 
 
+class ClientCert(BaseModel):
+    cert: str = Field(description="PEM client certificate, CN = the node name.")
+    key: str = Field(description="PEM private key (EC P-256); shown once, not kept.")
+    notAfter: int = Field(description="Expiry, unix seconds; renew when a third is left.")
+
+
 class JoinResponse(BaseModel):
     node: dict[str, Any]
     broker: BrokerAddress
     credentials: Credentials
+    key: str = Field(description="base64 of the node's 32-byte key for end-to-end "
+                     "message authentication (shared.seal); shown once.")
+    caCert: str | None = Field(None, description="PEM of the fleet CA.")
+    clientCert: ClientCert | None = Field(None, description="With --node-certs.")
+
+
+class CaInfo(BaseModel):
+    caCert: str = Field(description="PEM of the fleet CA.")
+    caCertHash: str = Field(description="`sha256:` + hex SHA-256 of the CA's DER.")
+
+
+class RenewRequest(BaseModel):
+    ts: int = Field(description="Unix seconds now (within 5 min of the server's clock, "
+                    "and newer than the node's last renewal).")
+    mac: str = Field(min_length=64, max_length=64, description="hex HMAC-SHA256(k_up, "
+                     "'renew|<name>|<ts>'), k_up derived from the node key.")
 
 
 class JoinTokenRequest(BaseModel):
@@ -125,6 +172,9 @@ class JoinTokenRequest(BaseModel):
     labels: dict[str, str] = Field(default_factory=dict,
                                    description="Labels every node joining with it gets.")
     description: str = Field("", max_length=256)
+    uses: int = Field(1, ge=1, le=1_000_000, description="How many nodes it may join.")
+    name: str | None = Field(None, min_length=1, max_length=253,
+                             description="The one node name it may join (bound token).")
 
 
 class ApiTokenRequest(BaseModel):
@@ -201,17 +251,26 @@ def create_app(fleet: Fleet, *, metrics: Metrics,
                ready: Callable[[], bool] = lambda: True,
                auth: Auth | None = None,
                settings: ApiSettings | None = None,
-               broker: tuple[str, int] = ("127.0.0.1", 1883),
-               join_ttl: float = 24 * 3600.0,
-               max_join_ttl: float = 365 * 24 * 3600.0,
+               auth_settings: AuthSettings | None = None,
+               broker: tuple[str, int] | tuple[str, int, bool] = ("127.0.0.1", 1883),
+               ca: FleetCA | None = None,
+               wire: Limits = DOWN_LIMITS,
                requests: Any = None) -> FastAPI:
     """The API over `fleet`. `flush` makes writes durable before a write returns;
-    `auth` (default: off) checks bearer tokens; `broker` is what joining nodes are told;
-    `requests` (the sync hub's `Requests`) serves pod logs and exec (else 503)."""
+    `auth` checks bearer tokens (default: an Auth with checks off, for embedding and
+    tests; the service always passes its own); `broker` (host, port[, tls]) is what
+    joining nodes are told; `ca` the fleet CA (`GET /api/v1/ca`, the join token pin,
+    node certificates with `auth_settings.node_certs`); `wire` the cloud-to-edge
+    limits objects must fit; `requests` (the sync hub's `Requests`) serves pod logs
+    and exec (else 503)."""
     api = settings or ApiSettings()
+    auth_cfg = auth_settings or AuthSettings()
     access = auth if auth is not None else Auth(store=fleet.store, enabled=False)
+    broker_tls = bool(broker[2]) if len(broker) > 2 else False  # type: ignore[misc]
+    joins = RateLimiter(per_minute=auth_cfg.join_rate, burst=auth_cfg.join_burst)
     app = FastAPI(title="edgefed cloudcore", version="0.2.0", responses=ERRORS,
                   description="The cloud API of edgefed. Errors are always `ErrorBody`.")
+    app.add_middleware(BodyLimit, max_bytes=api.max_body_bytes)
 
     @app.exception_handler(ObjectError)
     async def _object_error(_: Request, exc: ObjectError) -> JSONResponse:
@@ -224,6 +283,8 @@ def create_app(fleet: Fleet, *, metrics: Metrics,
     @app.exception_handler(AuthError)
     async def _auth_error(_: Request, exc: AuthError) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        if isinstance(exc, TooManyJoins):
+            headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
         return _error(exc.status, exc.message, exc.field, reason=exc.reason, headers=headers)
 
     @app.exception_handler(RequestValidationError)
@@ -234,7 +295,7 @@ def create_app(fleet: Fleet, *, metrics: Metrics,
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return _error(exc.status_code, str(exc.detail))
+        return _error(exc.status_code, str(exc.detail), headers=exc.headers)
 
     @app.exception_handler(Exception)
     async def _bug(_: Request, exc: Exception) -> JSONResponse:
@@ -256,6 +317,7 @@ def create_app(fleet: Fleet, *, metrics: Metrics,
     reader = needs(Role.READ_ONLY, "reading")
     operator = needs(Role.OPERATOR, "changing workloads and nodes")
     admin = needs(Role.ADMIN, "managing tokens and nodes")
+    log_reader = needs(Role.OPERATOR, "reading pod logs")
 
     # -- health ----------------------------------------------------------------------
 
@@ -280,38 +342,109 @@ def create_app(fleet: Fleet, *, metrics: Metrics,
     async def whoami(who: Principal = Depends(caller)) -> dict[str, Any]:
         return {"name": who.name, "role": who.role.label, "authEnabled": access.enabled}
 
-    @app.post("/api/v1/join", summary="Join a node with a join token",
-              tags=["nodes"], response_model=JoinResponse,
-              description="Validates the join token (401 `unknown or revoked join token` / "
-                          "`join token expired`), registers the node with the token's and "
-                          "the request's labels, and returns the broker address and new "
-                          "per-node broker credentials (the password is shown only here). "
-                          "409 if a node of that name has already joined.")
-    async def join(body: JoinRequest) -> dict[str, Any]:
-        rec = access.check_join_token(body.token)
-        if not valid_node_name(body.name):
+    @app.get("/api/v1/ca", summary="The fleet CA (no token needed)", tags=["auth"],
+             response_model=CaInfo,
+             description="What a joining agent fetches first, unverified, and checks "
+                         "against the pin in its join token before it trusts anything "
+                         "else from this server.")
+    async def fleet_ca() -> dict[str, Any]:
+        if ca is None:
+            raise NotFound("fleet CA of this server", "ca")
+        return {"caCert": ca.cert_pem, "caCertHash": ca.hash}
+
+    def _check_node_name(name: str) -> None:
+        if not valid_node_name(name):
             raise ObjectError("name: must be a lowercase DNS-1123 name (a-z, 0-9, '-', '.')",
                               field="name")
+        why = reserved_node_name(name)
+        if why is not None:
+            raise ObjectError(f"name: reserved: {why}", field="name")
+
+    def _client_cert(name: str) -> dict[str, Any]:
+        assert ca is not None
+        issued = ca.issue_client(name)
+        access.record_client_cert(name, serial=issued.serial, not_after=issued.not_after)
+        return {"cert": issued.cert, "key": issued.key, "notAfter": issued.not_after}
+
+    @app.post("/api/v1/join", summary="Join a node with a join token",
+              tags=["nodes"], response_model=JoinResponse, response_model_exclude_none=True,
+              responses={429: {"model": ErrorBody, "description": "Too many joins from "
+                               "this address; see Retry-After."}},
+              description="Validates the join token (401 `unknown or revoked join token`, "
+                          "`join token expired`, `join token used up`, a CA pin that is "
+                          "not this server's; 403 for a token bound to another name), "
+                          "refuses invalid and reserved names (422), registers the node "
+                          "with the token's and the request's labels, and returns the "
+                          "broker address, new per-node broker credentials and node key "
+                          "(shown only here), the fleet CA and, with --node-certs, a "
+                          "client certificate. 409 if a node of that name has already "
+                          "joined; 429 past the per-address rate limit. The broker may "
+                          "learn the new password up to a second after this answer (its "
+                          "password file is rewritten in batches): agents retry their "
+                          "connection with backoff.")
+    async def join(body: JoinRequest, request: Request) -> dict[str, Any]:
+        wait = joins.take(request.client.host if request.client else "-")
+        if wait > 0:
+            raise TooManyJoins(f"too many joins from this address; retry in {wait:.0f} s",
+                               retry_after=wait)
+        rec = access.check_join_token(body.token, name=body.name,
+                                      pin=ca.pin if ca is not None else None)
+        _check_node_name(body.name)
         access.check_can_join(body.name)
         labels = {**body.labels, **rec.get("labels", {})}
         node = fleet.join_node(body.name, labels=labels, arch=body.arch)
-        username, password = access.issue_credentials(body.name)
+        creds = access.issue_credentials(body.name)
+        out: dict[str, Any] = {
+            "node": dump_object(node),
+            "broker": {"host": broker[0], "port": broker[1], "tls": broker_tls},
+            "credentials": {"username": creds.username, "password": creds.password},
+            "key": creds.key_b64,
+            "caCert": ca.cert_pem if ca is not None else None}
+        if auth_cfg.node_certs and ca is not None:
+            out["clientCert"] = _client_cert(body.name)
         access.used_join_token(rec["id"])
         await flush()
         log.info("node %s joined with join token %s", body.name, rec["id"])
-        return {"node": dump_object(node), "broker": {"host": broker[0], "port": broker[1]},
-                "credentials": {"username": username, "password": password}}
+        return out
+
+    @app.post("/api/v1/nodes/{name}/certificate", summary="Renew a node's client "
+              "certificate (authenticated by the node key)", tags=["nodes"],
+              response_model=ClientCert,
+              description="Body `{ts, mac}`: mac = hex HMAC-SHA256(k_up, "
+                          "'renew|<name>|<ts>') (shared.seal.renew_mac). Answers a new "
+                          "certificate and key; the old one stays valid until it expires, "
+                          "so the agent reconnects with the new one when it likes. 409 "
+                          "when this server does not issue node certificates.")
+    async def renew_certificate(name: str, body: RenewRequest) -> dict[str, Any]:
+        if not auth_cfg.node_certs or ca is None:
+            raise _Refused(409, "this cloudcore does not issue node certificates "
+                                "(start it with --node-certs)")
+        access.verify_renewal(name, ts=body.ts, mac=body.mac)
+        cert = _client_cert(name)
+        await flush()
+        log.info("node %s renewed its client certificate", name)
+        return cert
 
     @app.post("/api/v1/jointokens", summary="Create a join token (admin)", tags=["auth"],
-              dependencies=[admin])
+              dependencies=[admin],
+              description="`token` is `id.secret.pin` (pin: hex SHA-256 of the fleet CA's "
+                          "DER); it joins at most `uses` nodes (default 1), only a node "
+                          "called `name` if given.")
     async def create_join_token(body: JoinTokenRequest) -> dict[str, Any]:
-        ttl = body.ttlSeconds or join_ttl
-        if ttl > max_join_ttl:
-            raise ObjectError(f"ttlSeconds: at most {max_join_ttl:g}", field="ttlSeconds")
+        ttl = body.ttlSeconds or auth_cfg.join_token_ttl
+        if ttl > auth_cfg.max_join_token_ttl:
+            raise ObjectError(f"ttlSeconds: at most {auth_cfg.max_join_token_ttl:g}",
+                              field="ttlSeconds")
+        if body.name is not None:
+            _check_node_name(body.name)
         token, rec = access.create_join_token(ttl=ttl, labels=body.labels,
-                                              description=body.description)
+                                              description=body.description,
+                                              uses=body.uses, name=body.name)
         await flush()
-        return {"token": token, **public(rec)}
+        if ca is not None:  # the printed token pins the CA (proposal 0002)
+            token = f"{token}.{ca.pin}"
+        return {"token": token, **public(rec),
+                "caCertHash": ca.hash if ca is not None else None}
 
     @app.get("/api/v1/jointokens", summary="List join tokens, without secrets (admin)",
              tags=["auth"], dependencies=[admin])
@@ -359,7 +492,9 @@ def create_app(fleet: Fleet, *, metrics: Metrics,
             for j, item in enumerate(items):
                 where = f"documents[{i}]" + (f".items[{j}]" if items != [doc] else "")
                 try:
-                    objs.append(_owned_labels(parse_object(without_server_fields(item))))
+                    obj = _owned_labels(parse_object(without_server_fields(item)))
+                    check_wire_limits(obj, wire)
+                    objs.append(obj)
                 except ObjectError as exc:
                     raise type(exc)(f"{where}: {exc.message}", field=exc.field) from None
         if len(objs) > MAX_DOCUMENTS:
@@ -497,14 +632,18 @@ def create_app(fleet: Fleet, *, metrics: Metrics,
                          "`continue` token to pass for the next page. `fields` (comma-"
                          "separated dotted paths such as `metadata.name,status.ready`) "
                          "returns only those fields of each object. Secret values are "
-                         "`<redacted>` unless `reveal=true` (then `fields` is ignored).")
+                         "`<redacted>` unless `reveal=true` (operator; then `fields` is "
+                         "ignored).")
     async def list_objects(*, request: Request, plural: str, namespace: str | None = None,
                            labelSelector: str | None = None,
                            node: str | None = None,
                            limit: Annotated[int | None, Query(ge=1)] = None,
                            continue_: Annotated[str | None, Query(alias="continue")] = None,
-                           fields: str | None = None, reveal: bool = False) -> Response:
+                           fields: str | None = None, reveal: bool = False,
+                           who: Principal = Depends(caller)) -> Response:
         kind = _kind(plural)
+        if reveal and kind == "Secret":
+            access.require(who, Role.OPERATOR, "reading Secret values (reveal=true)")
         if limit is not None and limit > api.max_page:
             raise ObjectError(f"limit: at most {api.max_page}", field="limit")
         selector = parse_selector(labelSelector) if labelSelector else None
@@ -618,8 +757,8 @@ def create_app(fleet: Fleet, *, metrics: Metrics,
     async def _refused(_: Request, exc: _Refused) -> JSONResponse:
         return _error(exc.status, exc.message)
 
-    @app.get("/api/v1/pods/{namespace}/{name}/log", summary="A container's log (streamed)",
-             tags=["pods"], dependencies=[reader],
+    @app.get("/api/v1/pods/{namespace}/{name}/log", summary="A container's log (streamed, "
+             "operator)", tags=["pods"], dependencies=[log_reader],
              responses={200: {"content": {"text/plain": {}}},
                         409: {"model": ErrorBody}, 504: {"model": ErrorBody}},
              description="Asks the pod's node over MQTT. `tail`: last N lines; `since`: "
@@ -707,9 +846,15 @@ def create_app(fleet: Fleet, *, metrics: Metrics,
         return {"deleted": deleted}
 
     @app.get("/api/v1/{plural}/{namespace}/{name}", summary="Get one namespaced object",
-             tags=["objects"], dependencies=[reader])
-    async def get_object(plural: str, namespace: str, name: str) -> dict[str, Any]:
-        return fleet.get(_namespaced(plural), namespace, name)
+             tags=["objects"],
+             description="A Secret's values need operator (403 for read-only), as "
+                         "Kubernetes' `view` role does not read Secrets.")
+    async def get_object(plural: str, namespace: str, name: str,
+                         who: Principal = Depends(caller)) -> dict[str, Any]:
+        kind = _namespaced(plural)
+        access.require(who, Role.OPERATOR if kind == "Secret" else Role.READ_ONLY,
+                       "reading Secret values" if kind == "Secret" else "reading")
+        return fleet.get(kind, namespace, name)
 
     @app.delete("/api/v1/{plural}/{namespace}/{name}",
                 summary="Delete a namespaced object and what it owns (operator)",
@@ -720,6 +865,85 @@ def create_app(fleet: Fleet, *, metrics: Metrics,
         return {"deleted": deleted}
 
     return app
+
+
+def check_wire_limits(obj: Any, limits: Limits) -> None:
+    """Refuse (ObjectError, naming the field and the limit) a ConfigMap or Secret that
+    could never reach a node: a value over the wire's per-string limit, or, for a
+    Secret, all its values together over it once sealed (a sealed Secret travels as
+    one ciphertext, shared.seal)."""
+    cap = limits.max_str_bytes
+    if isinstance(obj, ConfigMap):
+        for key, value in obj.data.items():
+            size = len(value.encode())
+            if size > cap:
+                raise ObjectError(f"data[{key!r}]: {size} bytes, over the per-value limit "
+                                  f"of {cap} bytes a node can receive", field=f"data.{key}")
+        total = sum(len(k.encode()) + len(v.encode()) for k, v in obj.data.items())
+        budget = limits.max_message_bytes - ENTRY_OVERHEAD
+        if total > budget:
+            raise ObjectError(f"data: {total} bytes in all, over the {budget} bytes one "
+                              "ConfigMap may hold to fit a message to a node", field="data")
+    elif isinstance(obj, Secret):
+        entry = secret_entry(obj.normalised())
+        for key, value in entry["data"].items():
+            size = len(value.encode()) if isinstance(value, str) else len(value)
+            if size > cap:
+                raise ObjectError(f"data[{key!r}]: {size} bytes (base64), over the "
+                                  f"per-value limit of {cap} bytes a node can receive",
+                                  field=f"data.{key}")
+        sealed = seal.sealed_size(entry)
+        if sealed > cap:
+            raise ObjectError(f"data: {sealed} bytes sealed, over the limit of {cap} bytes "
+                              "for one Secret sent to a node (all values together)",
+                              field="data")
+
+
+class BodyLimit:
+    """ASGI middleware: 413 for a request body over `max_bytes`, before the app parses
+    it. A Content-Length over the cap is refused at once; a body without one (chunked)
+    is counted as it streams and refused when it grows past the cap."""
+
+    def __init__(self, app: Any, *, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length":
+                try:
+                    length = int(value)
+                except ValueError:
+                    length = -1
+                if length < 0 or length > self.max_bytes:
+                    await self._refuse(send, length)
+                    return
+        seen = 0
+        limit = self.max_bytes
+
+        async def counted() -> Any:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise StarletteHTTPException(413, f"request body over {limit} bytes")
+            return message
+
+        await self.app(scope, counted, send)
+
+    async def _refuse(self, send: Any, length: int) -> None:
+        what = f"{length} bytes" if length >= 0 else "an invalid Content-Length"
+        body = json.dumps({"error": f"request body of {what}, over the limit of "
+                                    f"{self.max_bytes} bytes", "field": None}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(body)).encode()),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})
 
 
 class _Refused(Exception):

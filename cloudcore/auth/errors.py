@@ -6,7 +6,11 @@
         ├── Forbidden        403     a valid token whose role is too low
         ├── UnknownJoinToken 401     join token never issued, or revoked
         ├── JoinTokenExpired 401     join token past its expiry
-        └── JoinRefused      409     the node name is taken by a node with credentials
+        ├── JoinTokenUsedUp  401     join token joined as many nodes as it may
+        ├── CaPinMismatch    401     the token pins another fleet CA than this one
+        ├── JoinTokenBound   403     the token is bound to another node name
+        ├── JoinRefused      409     the node name is taken by a node with credentials
+        └── TooManyJoins     429     this address joins too often (`retry_after` s)
 """
 
 from __future__ import annotations
@@ -47,3 +51,27 @@ class JoinTokenExpired(AuthError):
 class JoinRefused(AuthError):
     status = 409
     reason = "NodeExists"
+
+
+class JoinTokenUsedUp(AuthError):
+    status = 401
+    reason = "JoinTokenUsedUp"
+
+
+class CaPinMismatch(AuthError):
+    status = 401
+    reason = "CaPinMismatch"
+
+
+class JoinTokenBound(AuthError):
+    status = 403
+    reason = "JoinTokenBound"
+
+
+class TooManyJoins(AuthError):
+    status = 429
+    reason = "TooManyRequests"
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

@@ -2,29 +2,48 @@
 
 Store layout (named databases of the cloudcore store):
     tokens       `join/<id>` -> join token record, `api/<id>` -> API token record
-    credentials  `<node>`    -> {"username", "hash" ($7$ mosquitto format), "created"}
+    credentials  `<node>`    -> {"username", "hash" ($7$ mosquitto format), "created",
+                                 "key" (base64 of the 32-byte node key), "cert"
+                                 (serial and notAfter of its client certificate, if any)}
+
+A join token record: {"id", "hash", "created", "expires", "labels", "description",
+"uses" (joins made with it), "maxUses" (default 1; a record without it, from before
+use limits, counts as 1), "name" (the one node name it may join, or null)}.
+
+The node key is kept in clear in the store (0700 directory): it is a shared secret for
+HMAC and AEAD, so a hash would not do. Deleting a node forgets it at once; the sync hub
+asks `node_key()` for every message, so a forgotten node's messages are refused.
 """
 
 from __future__ import annotations
 
+import base64
+import hmac
 import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
 from typing import Any, Protocol
 
 from cloudcore.auth import secrets as sec
 from cloudcore.auth.errors import (
+    CaPinMismatch,
     Forbidden,
     JoinRefused,
+    JoinTokenBound,
     JoinTokenExpired,
+    JoinTokenUsedUp,
     Unauthenticated,
     UnknownJoinToken,
 )
 from cloudcore.errors import ConfigError, NotFound
+from shared import seal
+
+RENEW_SKEW = 300.0
+"""Seconds a renewal call's `ts` may be away from cloudcore's clock."""
 
 log = logging.getLogger("cloudcore.auth")
 
@@ -60,6 +79,19 @@ class Principal:
 ANONYMOUS = Principal(name="anonymous", role=Role.ADMIN)
 
 
+@dataclass(frozen=True)
+class NodeCredentials:
+    """What a node gets once, at join: its broker login and its node key."""
+
+    username: str
+    password: str = field(repr=False)
+    key: bytes = field(repr=False)
+
+    @property
+    def key_b64(self) -> str:
+        return base64.b64encode(self.key).decode()
+
+
 class Writer(Protocol):
     def put(self, db: str, key: str, value: Any) -> None: ...
     def delete(self, db: str, key: str) -> None: ...
@@ -79,6 +111,8 @@ class Auth:
         self.api_tokens: dict[str, dict[str, Any]] = {}
         self.credentials: dict[str, dict[str, Any]] = {}
         self._static: dict[str, Principal] = {}  # sha256(token) -> principal
+        self._keys: dict[str, bytes] = {}  # node -> node key (decoded from credentials)
+        self._renewed: dict[str, int] = {}  # node -> ts of its last accepted renewal
 
     # -- loading -------------------------------------------------------------------
 
@@ -90,6 +124,11 @@ class Auth:
             elif kind == "api":
                 self.api_tokens[tid] = rec
         self.credentials = dict(records.get("credentials", {}))
+        self._keys = {}
+        for node, rec in self.credentials.items():
+            key = _decode_key(rec.get("key"))
+            if key is not None:
+                self._keys[node] = key
 
     def load_static(self, path: Path) -> int:
         """Read `token,role[,name]` lines; returns how many tokens were read."""
@@ -180,11 +219,17 @@ class Auth:
     # -- join tokens ---------------------------------------------------------------
 
     def create_join_token(self, *, ttl: float, labels: dict[str, str] | None = None,
-                          description: str = "") -> tuple[str, dict[str, Any]]:
+                          description: str = "", uses: int = 1,
+                          name: str | None = None) -> tuple[str, dict[str, Any]]:
+        """A new join token `id.secret` (the API appends the CA pin) and its record.
+        It joins at most `uses` nodes, and only a node called `name` if given."""
+        if uses < 1:
+            raise ValueError("uses must be >= 1")
         token, tid, digest = sec.new_token(6, 24)
         now = self.clock()
         rec = {"id": tid, "hash": digest, "created": now, "expires": now + ttl,
-               "labels": dict(labels or {}), "description": description, "uses": 0}
+               "labels": dict(labels or {}), "description": description, "uses": 0,
+               "maxUses": int(uses), "name": name}
         self.join_tokens[tid] = rec
         self.store.put("tokens", f"join/{tid}", rec)
         return token, rec
@@ -196,14 +241,27 @@ class Auth:
         self.store.delete("tokens", f"join/{tid}")
         return rec
 
-    def check_join_token(self, token: str) -> dict[str, Any]:
-        """The token's record if it is valid; else UnknownJoinToken or JoinTokenExpired."""
-        parts = sec.split_token(token)
+    def check_join_token(self, token: str, *, name: str | None = None,
+                         pin: str | None = None) -> dict[str, Any]:
+        """The token's record if it may join a node called `name` now; else
+        UnknownJoinToken, CaPinMismatch (the token's third part is not `pin`, the
+        hex SHA-256 of this fleet CA), JoinTokenExpired, JoinTokenUsedUp or
+        JoinTokenBound. A token without the pin part is accepted."""
+        parts = sec.split_join_token(token)
         rec = self.join_tokens.get(parts[0]) if parts else None
         if parts is None or rec is None or not sec.same(sec.sha256(parts[1]), rec["hash"]):
             raise UnknownJoinToken("unknown or revoked join token", field="token")
+        if parts[2] is not None and pin is not None and not sec.same(parts[2], pin):
+            raise CaPinMismatch("join token pins another fleet CA than this cloudcore's "
+                                "(GET /api/v1/ca shows its hash)", field="token")
         if _expired(rec, self.clock()):
             raise JoinTokenExpired("join token expired", field="token")
+        if int(rec.get("uses", 0)) >= max_uses(rec):
+            raise JoinTokenUsedUp("join token used up", field="token")
+        bound = rec.get("name")
+        if bound and name is not None and name != bound:
+            raise JoinTokenBound(f"join token is bound to node name {bound!r}",
+                                 field="name")
         return rec
 
     def used_join_token(self, tid: str) -> None:
@@ -220,21 +278,63 @@ class Auth:
             raise JoinRefused(f"node {node!r} has already joined; delete it first "
                               f"(fedctl node delete {node}) to join it again", field="name")
 
-    def issue_credentials(self, node: str) -> tuple[str, str]:
-        """New broker credentials of a node: (username, password); the username is the
-        node name so a broker ACL pattern (`%u`) confines it to its own topics."""
+    def issue_credentials(self, node: str) -> NodeCredentials:
+        """New broker credentials and node key of a node. The username is the node name
+        so a broker ACL pattern (`%u`) confines it to its own topics."""
         password = sec.new_password()
-        rec = {"username": node, "hash": sec.mosquitto_hash(password), "created": self.clock()}
+        key = seal.new_node_key()
+        rec = {"username": node, "hash": sec.mosquitto_hash(password),
+               "created": self.clock(), "key": base64.b64encode(key).decode()}
         self.credentials[node] = rec
+        self._keys[node] = key
+        self._renewed.pop(node, None)
         self.store.put("credentials", node, rec)
         self._credentials_changed()
-        return node, password
+        return NodeCredentials(username=node, password=password, key=key)
+
+    def node_key(self, node: str) -> bytes | None:
+        """The node's 32-byte key, or None (not joined, or deleted: refuse its messages)."""
+        return self._keys.get(node)
+
+    def node_keys(self) -> dict[str, bytes]:
+        """Every joined node's key (a copy)."""
+        return dict(self._keys)
+
+    def record_client_cert(self, node: str, *, serial: int, not_after: int) -> None:
+        """Remember the serial and expiry of the node's latest client certificate."""
+        rec = self.credentials.get(node)
+        if rec is None:
+            raise NotFound("node credentials", node)
+        rec["cert"] = {"serial": str(serial), "notAfter": not_after}
+        self.store.put("credentials", node, rec)
+
+    def verify_renewal(self, node: str, *, ts: int, mac: str) -> None:
+        """Check a certificate renewal call: `mac` = hex HMAC(k_up, "renew|node|ts")
+        with the node's key, `ts` within RENEW_SKEW of now and newer than the last
+        accepted one (no replay). Raises Unauthenticated otherwise."""
+        key = self._keys.get(node)
+        if key is None:
+            raise Unauthenticated(f"node {node!r} has no credentials (not joined, or "
+                                  "deleted)")
+        expect = seal.renew_mac(seal.NodeKeys.derive(key).up, node, ts)
+        if not hmac.compare_digest(expect.encode(), mac.strip().lower().encode()):
+            raise Unauthenticated("renewal mac does not verify with the node's key",
+                                  field="mac")
+        if abs(self.clock() - ts) > RENEW_SKEW:
+            raise Unauthenticated(f"ts is more than {RENEW_SKEW:g} s away from the "
+                                  "server's clock", field="ts")
+        if ts <= self._renewed.get(node, 0):
+            raise Unauthenticated("ts is not newer than the last renewal (replay?)",
+                                  field="ts")
+        self._renewed[node] = ts
 
     def verify_credentials(self, username: str, password: str) -> bool:
         rec = self.credentials.get(username)
         return rec is not None and sec.mosquitto_verify(password, rec["hash"])
 
     def forget_node(self, node: str) -> bool:
+        self._keys.pop(node, None)
+        self._renewed.pop(node, None)
         if self.credentials.pop(node, None) is None:
             return False
         self.store.delete("credentials", node)
@@ -250,6 +350,21 @@ class Auth:
     def _credentials_changed(self) -> None:
         if self.on_credentials is not None:
             self.on_credentials()
+
+
+def max_uses(rec: dict[str, Any]) -> int:
+    """How many nodes a join token may join (1 for records from before use limits)."""
+    return int(rec.get("maxUses") or 1)
+
+
+def _decode_key(text: Any) -> bytes | None:
+    if not isinstance(text, str):
+        return None
+    try:
+        key = base64.b64decode(text, validate=True)
+    except ValueError:
+        return None
+    return key if len(key) == seal.KEY_BYTES else None
 
 
 def _expired(rec: dict[str, Any], now: float) -> bool:

@@ -36,6 +36,15 @@ def split_token(token: str) -> tuple[str, str] | None:
     return tid, secret
 
 
+def split_join_token(token: str) -> tuple[str, str, str | None] | None:
+    """A join token's (id, secret, CA pin or None): `id.secret` or `id.secret.pin`,
+    the pin being the hex SHA-256 of the fleet CA's DER (proposal 0002)."""
+    parts = token.strip().split(".")
+    if len(token) > 512 or len(parts) not in (2, 3) or not all(parts):
+        return None
+    return parts[0], parts[1], parts[2].lower() if len(parts) == 3 else None
+
+
 def sha256(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 

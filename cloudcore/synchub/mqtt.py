@@ -1,17 +1,25 @@
 """MQTT connections of the hub: one subscriber, N publishers (the only aiomqtt user).
 
-The subscriber uses a fixed client id with clean_session false, so the broker keeps
-its subscriptions and queues QoS 1 reports while cloudcore is down; they arrive on
-the next start. Publishers only send: a queue feeds `publish_concurrency` workers
-per connection, each awaiting its PUBACK, so one slow PUBACK never blocks the rest.
-Both reconnect forever with the shared jittered backoff.
+Each connection is one service identity of proposal 0002: it logs in as
+`<user>_sub` or `<user>_pub<i>`, and that is its client id too (the broker runs with
+use_username_as_clientid, so nobody else can take the id over). The subscriber's id
+is fixed and it uses clean_session false, so the broker keeps its subscriptions and
+queues QoS 1 reports while cloudcore is down; they arrive on the next start. With
+`tls`, every connection verifies the broker against the fleet CA (or `--mqtt-ca-file`)
+and may present a client certificate of its own identity.
+
+Publishers only send: a queue feeds `publish_concurrency` workers per connection,
+each awaiting its PUBACK, so one slow PUBACK never blocks the rest. Both reconnect
+forever with the shared jittered backoff.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
 import aiomqtt
@@ -46,6 +54,16 @@ async def _bounded(coro: Coroutine[Any, Any, None], name: str) -> None:
         raise
 
 
+def client_tls(ca_file: Path, *, cert: tuple[Path, Path] | None = None) -> ssl.SSLContext:
+    """A TLS context that verifies the broker against `ca_file` (host name included)
+    and presents `cert` = (certificate, key) files if given."""
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca_file))
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if cert is not None:
+        ctx.load_cert_chain(str(cert[0]), str(cert[1]))
+    return ctx
+
+
 def _backoff(settings: MqttSettings) -> Backoff:
     return Backoff(base=settings.reconnect_base, cap=settings.reconnect_cap)
 
@@ -54,10 +72,13 @@ class Subscriber:
     """Receives every partition's `up` and `will` messages and hands them to `handler`."""
 
     def __init__(self, settings: MqttSettings, *, handler: Handler,
-                 on_connected: Callable[[bool], None] | None = None) -> None:
+                 on_connected: Callable[[bool], None] | None = None,
+                 tls: ssl.SSLContext | None = None) -> None:
         self._settings = settings
         self._handler = handler
         self._on_connected = on_connected or (lambda _up: None)
+        self._tls = tls
+        self.identity = settings.identity("sub")
 
     async def run(self) -> None:
         """Work until cancelled; reconnects on broker errors."""
@@ -79,8 +100,8 @@ class Subscriber:
         s = self._settings
         try:
             async with aiomqtt.Client(
-                s.host, s.port, identifier=f"{s.client_id}-sub", clean_session=False,
-                username=s.username, password=s.password,
+                s.host, s.port, identifier=self.identity, clean_session=False,
+                username=self.identity, password=s.password, tls_context=self._tls,
                 keepalive=s.keepalive, max_queued_incoming_messages=0,
             ) as client:
                 await client.subscribe([(f, 1) for f in topics.all_up_filters()])
@@ -90,7 +111,7 @@ class Subscriber:
                     payload = message.payload
                     data = bytes(payload) if isinstance(payload, bytes | bytearray) else b""
                     self._handler(message.topic.value, data)
-        except aiomqtt.MqttError as exc:
+        except (aiomqtt.MqttError, OSError) as exc:  # OSError: ssl.SSLError, refused
             raise BrokerUnavailable(f"broker {s.host}:{s.port}: {exc}",
                                     delay=s.reconnect_base) from exc
 
@@ -99,9 +120,12 @@ class Publisher:
     """Sends queued (topic, payload) pairs with QoS 1 over its own connection."""
 
     def __init__(self, settings: MqttSettings, *, index: int,
-                 on_sent: Callable[[], None] | None = None) -> None:
+                 on_sent: Callable[[], None] | None = None,
+                 tls: ssl.SSLContext | None = None) -> None:
         self._settings = settings
         self._index = index
+        self._tls = tls
+        self.identity = settings.identity(f"pub{index}")
         self._queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
         self._on_sent = on_sent or (lambda: None)
         self.connected = False
@@ -132,8 +156,8 @@ class Publisher:
         s = self._settings
         try:
             async with aiomqtt.Client(
-                s.host, s.port, identifier=f"{s.client_id}-pub{self._index}",
-                username=s.username, password=s.password,
+                s.host, s.port, identifier=self.identity,
+                username=self.identity, password=s.password, tls_context=self._tls,
                 clean_session=True, keepalive=s.keepalive,
                 max_inflight_messages=s.publish_concurrency,
             ) as client:
@@ -145,7 +169,7 @@ class Publisher:
                 async with asyncio.TaskGroup() as tg:
                     for i in range(s.publish_concurrency):
                         tg.create_task(self._worker(client), name=f"publisher[{i}]")
-        except aiomqtt.MqttError as exc:
+        except (aiomqtt.MqttError, OSError) as exc:
             raise BrokerUnavailable(f"broker {s.host}:{s.port}: {exc}",
                                     delay=s.reconnect_base) from exc
         except ExceptionGroup as group:

@@ -1,4 +1,9 @@
-"""An in-process API over a real LMDB store, with auth configurable (shared by tests)."""
+"""An in-process API over a real LMDB store, with auth configurable (shared by tests).
+
+Plain mode: the app is driven through httpx's ASGITransport, so there is no TLS and,
+unless `auth_on`, no token (the product's defaults are the opposite; the service
+tests in test_api.py cover HTTPS and auth as shipped). A fleet CA is made in tmp_path
+unless `ca=False`, so join tokens are pinned and join answers carry it."""
 
 from __future__ import annotations
 
@@ -12,7 +17,8 @@ import httpx
 
 from cloudcore.api import create_app
 from cloudcore.auth import Auth
-from cloudcore.config import StoreSettings
+from cloudcore.auth.pki import FleetCA
+from cloudcore.config import ApiSettings, AuthSettings, StoreSettings
 from cloudcore.fleet import Fleet, Liveness
 from cloudcore.metrics import Metrics
 from cloudcore.scheduler import Scheduler
@@ -25,11 +31,13 @@ class Api:
     fleet: Fleet
     store: Store
     auth: Auth
+    ca: FleetCA | None
 
 
 @contextlib.asynccontextmanager
-async def open_api(tmp_path: Path, *, auth_on: bool = False,
-                   clock: object = None) -> AsyncIterator[Api]:
+async def open_api(tmp_path: Path, *, auth_on: bool = False, clock: object = None,
+                   ca: bool = True, auth_settings: AuthSettings | None = None,
+                   api_settings: ApiSettings | None = None) -> AsyncIterator[Api]:
     async with Store(StoreSettings(state_dir=tmp_path / "s", batch_interval=0.005)) as store:
         writer = asyncio.create_task(store.run(), name="test.writer")
         fleet = Fleet(store=store, scheduler=Scheduler(),
@@ -39,12 +47,14 @@ async def open_api(tmp_path: Path, *, auth_on: bool = False,
         kw = {"clock": clock} if clock is not None else {}
         auth = Auth(store=store, enabled=auth_on, **kw)  # type: ignore[arg-type]
         auth.load(records)
+        fleet_ca = FleetCA.open(tmp_path / "pki") if ca else None
         app = create_app(fleet, metrics=Metrics(), flush=store.flush, auth=auth,
-                         broker=("broker.example", 8883))
+                         broker=("broker.example", 8883, True), ca=fleet_ca,
+                         auth_settings=auth_settings, settings=api_settings)
         transport = httpx.ASGITransport(app=app)
         try:
             async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-                yield Api(client, fleet, store, auth)
+                yield Api(client, fleet, store, auth, fleet_ca)
         finally:
             fleet.watches.close()
             writer.cancel()

@@ -26,6 +26,10 @@ def mosquitto(tmp_path: Path) -> Iterator[int]:
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     s = Settings()
+    # Service tests drive the hub with unsealed fake edges on an anonymous broker and
+    # call the API over plain HTTP: insecure mode. The shipped default (secure) is
+    # tested where it matters (test_api.py's HTTPS tests, test_cli.py).
+    s.insecure = True
     s.store.state_dir = tmp_path / "state"
     s.store.batch_interval = 0.005
     s.http.port = 0
