@@ -921,9 +921,11 @@ def token_list(ctx: typer.Context) -> None:
         items = api.call("GET", "jointokens").get("items", [])
     render.simple_table(
         stdout_console(),
-        ["ID", "EXPIRES IN", "USES", "LABELS", "DESCRIPTION"],
-        [[str(r.get("id")), _until(r.get("expires")), str(r.get("uses", 0)),
-          render.labels_text(r.get("labels")), r.get("description") or "-"] for r in items],
+        ["ID", "EXPIRES IN", "USES", "NAME", "LABELS", "DESCRIPTION"],
+        [[str(r.get("id")), _until(r.get("expires")),
+          f"{r.get('uses', 0)}/{r['maxUses']}" if r.get("maxUses") else str(r.get("uses", 0)),
+          str(r.get("name") or "-"), render.labels_text(r.get("labels")),
+          r.get("description") or "-"] for r in items],
     )
 
 
