@@ -1,8 +1,10 @@
 """Container probes: startup, liveness and readiness, with Kubernetes' semantics.
 
 One `ContainerProber` (one asyncio task) per running container instance that
-has probes. Probes reach the container on 127.0.0.1: containers share the
-node's network namespace (docs/runtime.md).
+has probes. TCP and HTTP probes connect to 127.0.0.1 from inside the container's
+network namespace (the pod's own, or the node's with hostNetwork), found by
+`runtime.netns_path(cid)` (`edgecore.podnet.connect_in_netns`); a runtime without it
+(fakes) is probed on the agent's own 127.0.0.1.
 
 - exec: `runtime.exec(cid, command, timeout_s=timeoutSeconds)`; exit 0 = success.
 - tcpSocket: a TCP connect to 127.0.0.1:port within timeoutSeconds.
@@ -32,6 +34,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from edgecore.podnet import connect_in_netns
 from edgecore.runtime.errors import ContainerRuntimeError, ExecTimeout
 from shared.pods import Container, Probe
 
@@ -230,16 +233,20 @@ class ProbeManager:
 def make_probe(runtime: object, *, host: str = "127.0.0.1") -> ProbeFn:
     """The real probe function: exec through the runtime, TCP and HTTP on `host`."""
 
+    netns_of = getattr(runtime, "netns_path", None)
+
     async def probe(cid: str, c: Container, p: Probe) -> tuple[bool, str]:
         timeout = float(p.timeout_seconds)
         try:
             if p.exec is not None:
                 return await exec_probe(runtime, cid, p.exec.command, timeout)
+            netns = netns_of(cid) if netns_of is not None else None
             if p.tcp_socket is not None:
-                return await tcp_probe(host, c.probe_port(p.tcp_socket.port), timeout)
+                return await tcp_probe(host, c.probe_port(p.tcp_socket.port), timeout,
+                                       netns=netns)
             assert p.http_get is not None
             return await http_probe(host, c.probe_port(p.http_get.port), p.http_get.path,
-                                    timeout)
+                                    timeout, netns=netns)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a probe never crashes the prober
@@ -265,10 +272,18 @@ async def exec_probe(runtime: object, cid: str, argv: list[str],
     return False, f"command exited {rc}" + (f": {tail}" if tail else "")
 
 
-async def tcp_probe(host: str, port: int, timeout: float) -> tuple[bool, str]:
+async def _open(host: str, port: int,
+                netns: str | None) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    if netns is None:
+        return await asyncio.open_connection(host, port)
+    return await connect_in_netns(netns, host, port)
+
+
+async def tcp_probe(host: str, port: int, timeout: float, *,
+                    netns: str | None = None) -> tuple[bool, str]:
     try:
         async with asyncio.timeout(timeout):
-            _, writer = await asyncio.open_connection(host, port)
+            _, writer = await _open(host, port, netns)
     except TimeoutError:
         return False, f"tcp connect to {host}:{port} timed out after {timeout:g}s"
     except OSError as exc:
@@ -279,12 +294,13 @@ async def tcp_probe(host: str, port: int, timeout: float) -> tuple[bool, str]:
     return True, ""
 
 
-async def http_probe(host: str, port: int, path: str, timeout: float) -> tuple[bool, str]:
+async def http_probe(host: str, port: int, path: str, timeout: float, *,
+                     netns: str | None = None) -> tuple[bool, str]:
     url = f"http://{host}:{port}{path}"
     writer = None
     try:
         async with asyncio.timeout(timeout):
-            reader, writer = await asyncio.open_connection(host, port)
+            reader, writer = await _open(host, port, netns)
             writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
                          "User-Agent: edgefed-probe/1\r\nAccept: */*\r\n"
                          "Connection: close\r\n\r\n".encode())

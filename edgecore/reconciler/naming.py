@@ -11,9 +11,11 @@ import hashlib
 from collections.abc import Sequence
 
 from edgecore.devices import Device
-from edgecore.runtime.types import ContainerSpec, Mount
+from edgecore.runtime.errors import InvalidSpec
+from edgecore.runtime.types import ContainerSpec, Mount, Security
 from shared.entries import PodEntry
 from shared.pods import Container
+from shared.policy import effective
 
 ANN_POD = "edgefed.io/pod"  # pod key, e.g. pod/default/web
 ANN_CONTAINER = "edgefed.io/container"  # container name within the pod
@@ -39,14 +41,26 @@ def container_id(namespace: str, pod: str, container: str, revision: str) -> str
 
 def container_spec(
     entry: PodEntry, c: Container, *, mounts: Sequence[Mount] = (),
-    devices: Sequence[Device] = (),
+    devices: Sequence[Device] = (), netns: str | None = None,
 ) -> ContainerSpec:
     """The runtime spec of one container (raises runtime InvalidSpec if unusable).
 
     `mounts` are the container's volume mounts, `devices` its allocated
     accelerators; their primary nodes' container paths are also listed in the
-    EDGEFED_DEVICES environment variable unless the pod sets it.
+    EDGEFED_DEVICES environment variable unless the pod sets it. `netns` is the
+    pod's network namespace (None: the host's). The securityContext (the
+    container's over the pod's, `shared.policy.effective`) becomes the runtime's
+    `Security`; `hostUsers: false` gives the pod a user namespace of its own.
     """
+    eff = effective(entry.spec, c)
+    if eff.seccomp == "Localhost":
+        raise InvalidSpec(f"container {c.name!r}: seccompProfile Localhost "
+                          f"({eff.seccomp_localhost}) is not supported by this agent")
+    security = Security(
+        privileged=eff.privileged, run_as_non_root=eff.run_as_non_root,
+        read_only_rootfs=eff.read_only_root_filesystem,
+        no_new_privileges=not eff.allow_privilege_escalation,
+        capabilities_add=eff.cap_add, capabilities_drop=eff.cap_drop, seccomp=eff.seccomp)
     env = {e.name: e.value for e in c.env}
     if devices and ENV_DEVICES not in env:
         env[ENV_DEVICES] = ",".join(d.paths[0].partition(":")[2] or d.paths[0]
@@ -63,8 +77,11 @@ def container_spec(
         memory_limit_bytes=c.resources.limit("memory"),
         mounts=tuple(mounts),
         devices=tuple(entries),
-        user=c.security_context.user() if c.security_context is not None else None,
+        user=eff.user(),
         pull_policy=c.image_pull_policy,
+        security=security,
+        userns=None if eff.host_users else entry.key,
+        netns=netns,
         annotations={
             ANN_POD: entry.key,
             ANN_CONTAINER: c.name,

@@ -27,6 +27,20 @@ reported once as Pending/ContainerCreating "pulling IMAGE", then every
 (`pull_progress`), the bytes and layers done of the total. A pull that fails with InsufficientDisk
 calls `on_disk_full` (the agent's image GC) and is retried once.
 
+Before anything of a pod is created, its spec is checked again against the policy
+level it was admitted under (`PodEntry.policy`, else `policy_default`), never more
+permissive than this agent's `policy_cap` (`shared.policy.check`; hostPaths are also
+checked resolved on this node, symbolic links followed). A spec that breaks it, forged
+or slipped past the cloud, does not run: its containers are removed and its status is
+Failed, reason PolicyViolation, "PolicyViolation: <field> <value> not allowed by
+<level> (...)".
+
+A pod without `hostNetwork` gets its own network namespace and address from the
+`network` (`edgecore.podnet`) before its containers start; all of them join it and the
+address is reported as `podIP`. Without a `network` (unit tests, a device without
+iproute2/nftables) each container of such a pod gets a private namespace with only
+loopback: the agent never falls back to the host's network.
+
 Before any container of a pod starts, its volumes are made ready (`volumes.py`;
 on every pass, so configMap/secret changes reach running containers) and its
 accelerators allocated (`edgecore.devices`); either missing keeps the container
@@ -47,7 +61,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
@@ -57,6 +73,7 @@ from edgecore.backoff import capped_delay
 from edgecore.cache import Cache
 from edgecore.devices import DeviceAllocator, InsufficientDevices, wanted
 from edgecore.errors import CacheError
+from edgecore.podnet import HostPort, NetworkError, PodNetwork
 from edgecore.prober import ProbeManager
 from edgecore.ratelimit import RateLimitedLog
 from edgecore.reconciler.naming import (
@@ -84,6 +101,7 @@ from edgecore.runtime.types import ContainerSpec, ContainerState, PullProgress, 
 from shared.delta import EdgeDesired
 from shared.entries import POD, PodEntry, parse_pod_entry, split_key
 from shared.pods import Container, ContainerStatus, LastState, PodStatus
+from shared.policy import Level, Violation, check, host_path_rule, stricter
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +132,8 @@ class _PodContext:
 
     volumes: PreparedVolumes | None = None
     blocked: tuple[str, str] | None = None  # (reason, message): do not start containers
+    netns: str | None = None  # the pod's network namespace (None: the host's)
+    pod_ip: str | None = None
 
 
 def _msg(exc: BaseException) -> str:
@@ -129,8 +149,13 @@ class Reconciler:
         devices: DeviceAllocator | None = None, prober: ProbeManager | None = None,
         resync_s: float = 30.0, pull_report_after_s: float = 0.2, pull_report_s: float = 10.0,
         on_disk_full: Callable[[InsufficientDisk], Awaitable[object]] | None = None,
+        network: PodNetwork | None = None, policy_default: Level = "baseline",
+        policy_cap: Level = "privileged",
     ) -> None:
         self.node = node
+        self.network = network  # None: pods without hostNetwork cannot start here
+        self.policy_default = policy_default  # for entries that carry no level
+        self.policy_cap = policy_cap  # the most this agent allows, whatever the entry says
         self.volumes = volumes  # None: pods with volumes cannot start here
         self.devices = devices  # None: no accelerators on this node
         self.prober = prober  # None: probes are not run (running means ready)
@@ -248,6 +273,9 @@ class Reconciler:
                 for gone in await asyncio.to_thread(
                         self.volumes.sweep, keys | set(self._inflight)):
                     log.info("removed leftover volumes of %s", gone)
+            if self.network is not None and self.passes % 12 == 1:
+                for gone in await self.network.sweep(keys | set(self._inflight)):
+                    log.info("removed the leftover network of %s", gone)
         self._last_full, self._last_token = self.clock(), token
         self._deferred = False
         started: list[asyncio.Task[None]] = []
@@ -385,6 +413,8 @@ class Reconciler:
             await self._persist(("allocation", key), self.cache.put_pod_allocation, key, None)
         if self.volumes is not None and await asyncio.to_thread(self.volumes.remove, key):
             log.info("removed the volumes of %s", key)
+        if self.network is not None and await self.network.detach(key):
+            log.info("removed the network of %s", key)
         self.sink.update(key, None)
 
     async def _stop_remove(self, states: list[ContainerState]) -> None:
@@ -399,10 +429,48 @@ class Reconciler:
                 await self.runtime.stop(st.id, grace_s=grace)
             await self.runtime.remove(st.id)
 
+    def _violations(self, entry: PodEntry) -> tuple[Level, list[Violation]]:
+        """How the spec breaks its level (the entry's, capped by this agent's)."""
+        admitted = entry.policy
+        level = stricter(admitted.level if admitted is not None else self.policy_default,
+                         self.policy_cap)
+        rules = admitted.host_path_allow if admitted is not None else ()
+        found = check(entry.spec, level, host_path_allow=rules)
+        if level == "baseline" and not found:
+            # The cloud matched the path as written; on the node a symbolic link may
+            # lead elsewhere (/allowed/link -> /): check where it really goes.
+            for i, v in enumerate(entry.spec.volumes):
+                if v.host_path is None:
+                    continue
+                real = os.path.realpath(v.host_path.path)
+                if host_path_rule(real, rules) is None:
+                    found.append(Violation(
+                        f"spec.volumes[{i}].hostPath.path", v.host_path.path, level,
+                        f"resolves on this node to {real}, which no allowed prefix covers"))
+        return level, found
+
+    async def _refuse(self, entry: PodEntry, states: list[ContainerState], level: Level,
+                      found: list[Violation]) -> PodStatus:
+        """A spec its level does not allow: nothing of it runs or stays on the node."""
+        await self._stop_remove(states)
+        if self.network is not None:
+            await self.network.detach(entry.key)
+        text = "; ".join(f"{v.field} {json.dumps(v.value)} not allowed by {v.level}: "
+                         f"{v.message}" for v in found)
+        log.warning("%s: refused by policy %s: %s", entry.key, level, text)
+        return PodStatus(
+            phase="Failed", reason="PolicyViolation", node_name=self.node,
+            message=_msg(Exception(f"PolicyViolation: {text}")), revision=entry.revision,
+            container_statuses=[ContainerStatus(name=c.name, reason="PolicyViolation")
+                                for c in entry.spec.containers])
+
     async def _converge(
         self, entry: PodEntry, states: list[ContainerState], items: dict[str, Any],
     ) -> PodStatus:
         key = entry.key
+        level, found = self._violations(entry)
+        if found:
+            return await self._refuse(entry, states, level, found)
         rec = self._records.get(key)
         before = rec.to_dict() if rec is not None else None
         if rec is None or rec.revision != entry.revision:
@@ -446,18 +514,33 @@ class Reconciler:
         after = rec.to_dict()
         if after != before:
             await self._persist(("record", key), self.cache.put_pod_record, key, after)
-        return pod_status(statuses, revision=entry.revision, node=self.node)
+        return pod_status(statuses, revision=entry.revision, node=self.node, pod_ip=ctx.pod_ip)
 
     async def _prepare(self, entry: PodEntry, items: dict[str, Any]) -> _PodContext:
+        netns = pod_ip = None
+        if not entry.spec.host_network and self.network is None:
+            netns = "private"
+        elif not entry.spec.host_network:
+            assert self.network is not None
+            ports = [HostPort(p.host_port, p.container_port, p.protocol)
+                     for c in entry.spec.containers for p in c.ports if p.host_port]
+            try:
+                addr = await self.network.attach(entry.key, host_ports=ports)
+            except NetworkError as exc:
+                return _PodContext(blocked=("NetworkNotReady", _msg(exc)))
+            netns, pod_ip = addr.netns, addr.ip
         if not entry.spec.volumes:
-            return _PodContext()
+            return _PodContext(netns=netns, pod_ip=pod_ip)
         if self.volumes is None:
             return _PodContext(blocked=("CreateContainerConfigError",
-                                        "this agent has no directory for pod volumes"))
+                                        "this agent has no directory for pod volumes"),
+                               netns=netns, pod_ip=pod_ip)
         try:
-            return _PodContext(volumes=await asyncio.to_thread(self.volumes.prepare, entry, items))
+            return _PodContext(volumes=await asyncio.to_thread(self.volumes.prepare, entry, items),
+                               netns=netns, pod_ip=pod_ip)
         except VolumeError as exc:
-            return _PodContext(blocked=("CreateContainerConfigError", _msg(exc)))
+            return _PodContext(blocked=("CreateContainerConfigError", _msg(exc)),
+                               netns=netns, pod_ip=pod_ip)
 
     # -- one container ------------------------------------------------------------------
 
@@ -557,7 +640,7 @@ class Reconciler:
         except InsufficientDevices as exc:
             return self._blocked(c.name, rec, ("InsufficientDevices", _msg(exc)))
         try:
-            spec = container_spec(entry, c, devices=devices,
+            spec = container_spec(entry, c, devices=devices, netns=ctx.netns,
                                   mounts=ctx.volumes.mounts(c) if ctx.volumes else ())
             if await self._needs_pull(spec):
                 try:

@@ -16,11 +16,13 @@ from shared.pods import ContainerStatus, PodStatus
 PENDING_REASONS = frozenset({
     "ContainerCreating", "ImagePullBackOff", "ErrImagePull", "CreateContainerError",
     "CreateContainerConfigError", "InvalidImageName", "InsufficientDevices",
+    "NetworkNotReady",
 })
 
 
 def pod_status(
     containers: list[ContainerStatus], *, revision: str, node: str,
+    pod_ip: str | None = None,
 ) -> PodStatus:
     pending = [c for c in containers if c.state == "waiting" and c.reason in PENDING_REASONS
                and c.restart_count == 0]
@@ -37,6 +39,7 @@ def pod_status(
         phase=phase, reason=reason, message=message, node_name=node,
         container_statuses=containers, revision=revision,
         ready=phase == "Running" and all(c.ready for c in containers),
+        pod_ip=pod_ip,
     )
 
 

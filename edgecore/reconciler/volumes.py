@@ -14,6 +14,10 @@ Everything a pod's volumes need on the host lives under one directory per pod,
   miss the rename (docs/runtime.md); so running containers see updates in place.
 - hostPath: nothing under the pod dir; the host path is checked (or created) per
   its `type` and bind mounted.
+- `secret/` is a tmpfs mounted per pod (size-limited, `nosuid,nodev,noexec`) before
+  the first Secret value is written, so Secret values never reach the disk; it is
+  unmounted when the pod goes (and by `sweep` after a crash). The volumes root is 0700:
+  no local user but root reaches any pod's files.
 
 All methods are synchronous file-system work; the reconciler calls them in a
 worker thread.
@@ -22,6 +26,7 @@ worker thread.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import hashlib
 import logging
 import os
@@ -40,6 +45,39 @@ from shared.pods import ConfigMapVolumeSource, Container, SecretVolumeSource, Vo
 log = logging.getLogger(__name__)
 
 _TMP = ".edgefed-tmp-"
+_MS_NOSUID, _MS_NODEV, _MS_NOEXEC = 2, 4, 8
+_MNT_DETACH = 2
+SECRET_TMPFS_BYTES = 16 * 1024 * 1024  # per pod; Kubernetes caps a Secret at 1 MiB
+
+
+def _mounts_under(d: Path) -> list[Path]:
+    """Mount points at or below `d`, deepest first (from /proc/self/mountinfo)."""
+    prefix = str(d)
+    out = []
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/mountinfo").read_text().splitlines():
+            fields = line.split(" ", 5)
+            if len(fields) > 4:
+                mp = fields[4].replace("\\040", " ").replace("\\134", "\\")
+                if mp == prefix or mp.startswith(prefix + "/"):
+                    out.append(Path(mp))
+    return sorted(out, key=lambda p: len(p.parts), reverse=True)
+
+
+def _mount_tmpfs(d: Path, size: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    opts = f"size={size},mode=0755".encode()
+    if libc.mount(b"tmpfs", os.fsencode(d), b"tmpfs", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC,
+                  opts) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"mount tmpfs on {d}: {os.strerror(err)}")
+
+
+def _unmount(d: Path) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.umount2(os.fsencode(d), _MNT_DETACH) != 0:
+        err = ctypes.get_errno()
+        log.warning("cannot unmount %s: %s", d, os.strerror(err))
 
 
 class VolumeError(Exception):
@@ -66,8 +104,9 @@ class PreparedVolumes:
 
 
 class Volumes:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, secret_tmpfs_bytes: int = SECRET_TMPFS_BYTES) -> None:
         self.root = Path(root).absolute()
+        self.secret_tmpfs_bytes = secret_tmpfs_bytes
         # What was last written per projected directory (digest), so an unchanged
         # configMap costs no file I/O per pass.
         self._written: dict[Path, str] = {}
@@ -89,6 +128,7 @@ class Volumes:
         pod_dir = self.pod_dir(entry.key)
         if not self.root.exists():
             self.root.mkdir(parents=True, exist_ok=True)
+        if stat.S_IMODE(self.root.stat().st_mode) != 0o700:
             self.root.chmod(0o700)  # secrets live below; containers see only their mounts
         for v in entry.spec.volumes:
             try:
@@ -116,6 +156,8 @@ class Volumes:
             assert v.secret is not None
             src, what = v.secret, "secret"
             k = secret_key(entry.namespace, v.secret.secret_name)
+        if what == "secret":
+            self._secret_tmpfs(pod_dir / what)
         d = pod_dir / what / v.name
         if k in items:
             try:
@@ -138,6 +180,21 @@ class Volumes:
             files = projected
         self._write_dir(d, files)
         return d
+
+    def _secret_tmpfs(self, d: Path) -> None:
+        """Make sure the pod's secret directory is its own tmpfs before anything is written."""
+        if d in _mounts_under(d):
+            return
+        d.mkdir(parents=True, exist_ok=True)
+        for leftover in d.iterdir():  # written by an older agent, on disk: not any more
+            if leftover.is_dir():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
+        for p in list(self._written):
+            if p.is_relative_to(d):
+                del self._written[p]
+        _mount_tmpfs(d, self.secret_tmpfs_bytes)
 
     def _write_dir(self, d: Path, files: Mapping[str, bytes]) -> None:
         h = hashlib.sha256()
@@ -176,6 +233,8 @@ class Volumes:
                 del self._written[p]
         if not d.exists():
             return False
+        for mnt in _mounts_under(d):
+            _unmount(mnt)
         shutil.rmtree(d, ignore_errors=True)
         return True
 

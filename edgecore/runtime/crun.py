@@ -845,6 +845,14 @@ class CrunRuntime:
 
         return await asyncio.to_thread(read)
 
+    def netns_path(self, cid: str) -> str | None:
+        """``/proc/<pid>/ns/net`` of the container's process while it runs, else None."""
+        validate_cid(cid)
+        pid = _read_int(self._bundles / cid / "container.pid")
+        if pid is None or pid <= 0 or not _proc_alive(pid) or self._exit_code(cid) is not None:
+            return None
+        return f"/proc/{pid}/ns/net"
+
     def state_token(self) -> int:
         """Changes when a container exits (conmon writes its exit file): a cheap check,
         without spawning crun, of whether a full :meth:`list` can show anything new."""

@@ -341,7 +341,9 @@ def build_oci_config(
         for m in spec.mounts
     ]
     namespaces: list[dict[str, str]] = [{"type": t} for t in ("pid", "ipc", "uts", "mount")]
-    if spec.netns is not None:
+    if spec.netns == "private":
+        namespaces.append({"type": "network"})
+    elif spec.netns is not None:
         namespaces.append({"type": "network", "path": spec.netns})
     linux: dict[str, Any] = {
         "namespaces": namespaces,

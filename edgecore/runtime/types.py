@@ -201,8 +201,9 @@ class ContainerSpec:
     ``userns`` names the group of containers (the pod) that share one user
     namespace: the runtime maps their root to an unprivileged host id range of
     their own; ``None`` keeps the host's ids (Kubernetes ``hostUsers: true``).
-    ``netns`` is the path of the network namespace to join (the pod's);
-    ``None`` means the host's network.
+    ``netns`` is the path of the network namespace to join (the pod's),
+    ``"private"`` for a new namespace of the container's own (loopback only),
+    ``None`` for the host's network.
     """
 
     name: str
@@ -231,9 +232,11 @@ class ContainerSpec:
         ):
             raise InvalidSpec("ContainerSpec.userns must be a non-empty key (the pod) or None")
         if self.netns is not None and (
-            not isinstance(self.netns, str) or not self.netns.startswith("/")
+            not isinstance(self.netns, str)
+            or not (self.netns.startswith("/") or self.netns == "private")
         ):
-            raise InvalidSpec(f"ContainerSpec.netns {self.netns!r} must be an absolute path")
+            raise InvalidSpec(f"ContainerSpec.netns {self.netns!r} must be an absolute path, "
+                              "'private' or None")
         if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
             raise InvalidSpec(
                 f"ContainerSpec.name {self.name!r} must be a DNS label "
@@ -483,4 +486,9 @@ class ExtendedRuntime(Runtime, Protocol):
 
     async def pull_progress(self, image: str) -> PullProgress | None:
         """Bytes and layers done of a pull of ``image`` in progress (``None``: none)."""
+        ...
+
+    def netns_path(self, cid: str) -> str | None:
+        """``/proc/<pid>/ns/net`` of the running container (probes connect from inside
+        it), or ``None`` if it is not running."""
         ...

@@ -94,6 +94,8 @@ async def test_configmap_secret_emptydir_hostpath_become_mounts(world: World,
     ])
     world.put(configmap_key("default", "app"), configmap_entry({"a.conf": "x=1", "b": "2"}))
     world.put(secret_key("default", "creds"), secret_entry({"token": b"s3cret"}))
+    # Admitted under baseline with the host dir allowed read-only (the cloud's record).
+    entry["policy"] = {"level": "baseline", "hostPathAllow": [str(host.parent)]}
     world.put(key, entry)
     await world.rec.reconcile_once()
     cid = container_id("default", "web", "main", entry["revision"])
@@ -109,6 +111,9 @@ async def test_configmap_secret_emptydir_hostpath_become_mounts(world: World,
     assert stat.S_IMODE(mounts["/scratch"].source.stat().st_mode) == 0o777
     assert mounts["/data"].source == host and host.is_dir() and mounts["/data"].read_only
     assert stat.S_IMODE(world.volumes.root.stat().st_mode) == 0o700
+    # Secret values live on a tmpfs of the pod's own, never on disk.
+    assert mount_type(pod_dir / "secret") == "tmpfs"
+    assert mount_type(pod_dir / "configmap") is None
 
     # A configMap change reaches the running container in place: same dir, new files,
     # written by rename (new inode), removed keys gone; the container is not restarted.
@@ -133,8 +138,18 @@ async def test_configmap_secret_emptydir_hostpath_become_mounts(world: World,
     world.drop(key)
     await world.rec.reconcile_once()
     assert not pod_dir.exists()
+    assert mount_type(pod_dir / "secret") is None
     assert host.is_dir()  # hostPath content is never deleted
     assert world.latest[key] is None
+
+
+def mount_type(path: Path) -> str | None:
+    """The file system type mounted exactly at `path`, or None."""
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        left, _, right = line.partition(" - ")
+        if left.split()[4] == str(path):
+            return right.split()[0]
+    return None
 
 
 async def test_missing_configmap_keeps_pod_pending_until_delivered(world: World) -> None:
