@@ -32,14 +32,14 @@ import logging
 import os
 import shutil
 import stat
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from edgecore.runtime.types import Mount
 from shared.entries import PodEntry, config_files, configmap_key, secret_key, split_key
-from shared.errors import ObjectError
+from shared.errors import AuthFailed, ObjectError
 from shared.pods import ConfigMapVolumeSource, Container, SecretVolumeSource, Volume
 
 log = logging.getLogger(__name__)
@@ -104,9 +104,14 @@ class PreparedVolumes:
 
 
 class Volumes:
-    def __init__(self, root: Path, *, secret_tmpfs_bytes: int = SECRET_TMPFS_BYTES) -> None:
+    def __init__(self, root: Path, *, secret_tmpfs_bytes: int = SECRET_TMPFS_BYTES,
+                 open_secret: Callable[[str, Any], Any] | None = None) -> None:
         self.root = Path(root).absolute()
         self.secret_tmpfs_bytes = secret_tmpfs_bytes
+        self._open_secret = open_secret
+        """`open_secret(entry key, value)`: a sealed Secret entry's clear value
+        (shared.seal; raises AuthFailed). Secrets stay sealed in the cache and are
+        opened only here, when their files are written."""
         # What was last written per projected directory (digest), so an unchanged
         # configMap costs no file I/O per pass.
         self._written: dict[Path, str] = {}
@@ -161,8 +166,11 @@ class Volumes:
         d = pod_dir / what / v.name
         if k in items:
             try:
-                files = config_files(k, items[k])
-            except ObjectError as exc:
+                value = items[k]
+                if what == "secret" and self._open_secret is not None:
+                    value = self._open_secret(k, value)
+                files = config_files(k, value)
+            except (ObjectError, AuthFailed) as exc:
                 raise VolumeError(f"volume {v.name!r}: {exc}") from None
         elif src.optional:
             files = {}
