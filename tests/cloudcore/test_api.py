@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from cloudcore_fakes import add_node, daemonset, deployment
 
 from cloudcore.api import create_app
-from cloudcore.config import StoreSettings
+from cloudcore.config import Settings, StoreSettings
 from cloudcore.fleet import Fleet, Liveness
 from cloudcore.metrics import Metrics
 from cloudcore.scheduler import Scheduler
 from cloudcore.store import Store
+from shared.codec import DOWN_LIMITS
 
 
 @pytest.fixture
@@ -98,3 +101,59 @@ async def test_errors_are_json(api: tuple[httpx.AsyncClient, Fleet, Store]) -> N
         assert (await client.get(path)).status_code == 200
     metrics = (await client.get("/metrics")).text
     assert metrics.endswith("\n")
+
+
+async def test_values_too_big_for_the_wire_are_refused_at_apply(
+        api: tuple[httpx.AsyncClient, Fleet, Store]) -> None:
+    client, fleet, _ = api
+    cap = DOWN_LIMITS.max_str_bytes
+    cm = {"apiVersion": "v1", "kind": "ConfigMap",
+          "metadata": {"name": "big", "namespace": "default"},
+          "data": {"ok": "x", "blob": "x" * (cap + 1)}}
+    r = await client.post("/api/v1/apply", json={"documents": [cm]})
+    assert r.status_code == 422
+    assert r.json()["field"] == "data.blob"
+    assert f"limit of {cap} bytes" in r.json()["error"] and "documents[0]" in r.json()["error"]
+    assert ("default", "big") not in fleet.configmaps
+    cm["data"]["blob"] = "x" * (cap - 10)
+    assert (await client.post("/api/v1/apply", json={"documents": [cm]})).status_code == 200
+
+    # a Secret travels sealed as one ciphertext: all values together must fit
+    half = cap // 2  # each value fits (2/3 of the cap in base64), both do not
+    secret = {"apiVersion": "v1", "kind": "Secret",
+              "metadata": {"name": "s", "namespace": "default"},
+              "stringData": {"a": "y" * half, "b": "y" * half}}
+    r = await client.post("/api/v1/apply", json={"documents": [secret]})
+    assert r.status_code == 422 and r.json()["field"] == "data"
+    assert "sealed" in r.json()["error"] and str(cap) in r.json()["error"]
+    secret["stringData"] = {"a": "y" * half}
+    assert (await client.post("/api/v1/apply", json={"documents": [secret]})).status_code == 200
+
+
+async def test_https_with_the_fleet_ca(service_factory: Any, settings: Settings,
+                                       mosquitto: int) -> None:
+    """The API as shipped: HTTPS with the fleet CA, tokens required, /api/v1/ca open."""
+    settings.insecure = False
+    settings.mqtt.port = mosquitto
+    settings.forecast.enabled = False
+    running = await service_factory().start()
+    assert running.url.startswith("https://127.0.0.1:")
+    ca_file = settings.store.state_dir / "pki" / "ca.crt"
+    verify = ssl.create_default_context(cafile=str(ca_file))
+    async with httpx.AsyncClient(base_url=running.url, verify=verify) as c:
+        assert (await c.get("/healthz")).status_code == 200
+        ca = (await c.get("/api/v1/ca")).json()
+        assert ca["caCert"] == ca_file.read_text() and ca["caCertHash"] == running.ca.hash
+        r = await c.get("/api/v1/nodes")
+        assert r.status_code == 401
+        admin = (settings.store.state_dir / "admin.token").read_text().strip()
+        assert (settings.store.state_dir / "admin.token").stat().st_mode & 0o777 == 0o600
+        r = await c.get("/api/v1/nodes", headers={"Authorization": f"Bearer {admin}"})
+        assert r.status_code == 200
+    # a client that trusts only the system CAs refuses the server; plain HTTP gets nowhere
+    async with httpx.AsyncClient(base_url=running.url) as c:
+        with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+            await c.get("/healthz")
+    async with httpx.AsyncClient(base_url=running.url.replace("https", "http")) as c:
+        with pytest.raises(httpx.HTTPError):
+            await c.get("/healthz")

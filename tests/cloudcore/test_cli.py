@@ -38,25 +38,38 @@ def test_broker_login_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("CLOUDCORE_MQTT_PASSWORD_FILE", str(secret))
     assert parse_args([]).validate().mqtt.username == "from-env"
     monkeypatch.delenv("CLOUDCORE_MQTT_USERNAME")
-    with pytest.raises(ConfigError) as err:  # a password for nobody
-        parse_args([]).validate()
+    s = parse_args([]).validate()  # the service identity defaults to cloudcore
+    assert (s.mqtt.identity("sub"), s.mqtt.identity("pub0")) == ("cloudcore_sub",
+                                                                 "cloudcore_pub0")
+    with pytest.raises(ConfigError) as err:
+        parse_args(["--mqtt-username", "a/b"]).validate()
     assert err.value.field == "mqtt.username"
+    with pytest.raises(ConfigError) as err:
+        parse_args(["--mqtt-client-cert"]).validate()
+    assert err.value.field == "mqtt.client_cert"
     (tmp_path / "empty").write_text("\n")
     assert main(["--mqtt-username", "c", "--mqtt-password-file", str(tmp_path / "empty")]) == 2
 
 
-def test_binary_starts_and_stops_on_sigterm(mosquitto: int, tmp_path: Path) -> None:
+@pytest.mark.parametrize("insecure", [False, True])
+def test_binary_starts_and_stops_on_sigterm(mosquitto: int, tmp_path: Path,
+                                            insecure: bool) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
         [sys.executable, "-X", "faulthandler", "-m", "cloudcore",
          "--state-dir", str(tmp_path / "s"),
          "--mqtt-host", "127.0.0.1", "--mqtt-port", str(mosquitto),
-         "--http-port", str(free_port()), "--log-level", "WARNING"],
+         "--http-port", str(free_port()), "--log-level", "WARNING",
+         *(["--insecure"] if insecure else [])],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()
-        assert line.startswith("cloudcore listening on http://127.0.0.1:"), line
+        scheme = "http" if insecure else "https"
+        assert line.startswith(f"cloudcore listening on {scheme}://127.0.0.1:"), line
+        if not insecure:  # the CA clients pin is printed with its hash
+            assert proc.stdout.readline().startswith("fleet CA ")
+            assert (tmp_path / "s" / "admin.token").exists()
         proc.send_signal(signal.SIGTERM)
         try:
             code = proc.wait(10)
@@ -64,7 +77,9 @@ def test_binary_starts_and_stops_on_sigterm(mosquitto: int, tmp_path: Path) -> N
             proc.send_signal(signal.SIGABRT)
             proc.wait()
             code = None
-        assert code == 0, proc.stderr.read() if proc.stderr else ""
+        err = proc.stderr.read() if proc.stderr else ""
+        assert code == 0, err
+        assert ("RUNNING INSECURE" in err) is insecure
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -1,0 +1,179 @@
+"""The broker files cloudcore keeps, against a real mosquitto: service identities log
+in, nodes reach only their own topics, and deleting a node closes its session at once
+(the password file is rewritten, the broker reloaded with SIGHUP)."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import signal
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import aiomqtt
+import pytest
+from cloudcore_fakes import FakeStore
+
+from cloudcore.auth import Auth
+from cloudcore.auth.broker import BrokerFiles, mosquitto_acl, service_identities
+from cloudcore.auth.secrets import mosquitto_hash
+from shared import topics
+from testbed.ports import free_port, wait_port
+
+MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+pytestmark = pytest.mark.skipif(not Path(MOSQUITTO).exists(), reason="needs mosquitto")
+
+
+class Broker:
+    def __init__(self, workdir: Path) -> None:
+        self.dir = workdir
+        self.port = free_port()
+        self.passwd, self.acl = workdir / "passwd", workdir / "acl"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        conf = self.dir / "mosquitto.conf"
+        conf.write_text("\n".join([
+            f"listener {self.port} 127.0.0.1", "allow_anonymous false",
+            f"password_file {self.passwd}", f"acl_file {self.acl}",
+            "use_username_as_clientid true", "persistence false", "log_dest none",
+            "user root", ""]))
+        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port("127.0.0.1", self.port, timeout=10)
+
+    def reload(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGHUP)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(5)
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> Iterator[tuple[Broker, Auth, BrokerFiles, dict[str, str]]]:
+    broker = Broker(tmp_path)
+    users = service_identities("cloudcore", 1)
+    own = dict.fromkeys(users, mosquitto_hash("svc-pw"))
+    files: BrokerFiles
+    auth = Auth(store=FakeStore(), enabled=True, on_credentials=lambda: files.changed())
+    files = BrokerFiles(passwd=broker.passwd, acl=broker.acl,
+                        passwd_text=lambda: auth.mosquitto_passwd(own),
+                        acl_text=mosquitto_acl(users), min_interval=0.05)
+    pw = {n: auth.issue_credentials(n).password for n in ("edge-1", "edge-2")}
+    files.write_now()
+    broker.start()
+    try:
+        yield broker, auth, files, pw
+    finally:
+        broker.stop()
+
+
+async def _client(port: int, user: str, pw: str) -> AsyncIterator[aiomqtt.Client]:
+    async with aiomqtt.Client("127.0.0.1", port, username=user, password=pw,
+                              identifier=user, timeout=5) as c:
+        yield c
+
+
+async def _login(port: int, user: str, pw: str) -> str:
+    try:
+        async with aiomqtt.Client("127.0.0.1", port, username=user, password=pw,
+                                  identifier=user, timeout=5):
+            return "ok"
+    except aiomqtt.MqttError as exc:
+        return str(exc)
+
+
+async def test_acl_and_revocation_with_real_mosquitto(
+        setup: tuple[Broker, Auth, BrokerFiles, dict[str, str]]) -> None:
+    broker, auth, files, pw = setup
+    port = broker.port
+    assert await _login(port, "cloudcore_sub", "svc-pw") == "ok"
+    assert await _login(port, "cloudcore_pub0", "svc-pw") == "ok"
+    assert await _login(port, "cloudcore", "svc-pw") != "ok"  # not an identity
+    assert await _login(port, "edge-1", "wrong") != "ok"
+
+    async with aiomqtt.Client("127.0.0.1", port, username="cloudcore_sub", password="svc-pw",
+                              identifier="cloudcore_sub", timeout=5) as cloud, \
+            aiomqtt.Client("127.0.0.1", port, username="edge-1", password=pw["edge-1"],
+                           identifier="edge-1", timeout=5) as e1, \
+            aiomqtt.Client("127.0.0.1", port, username="edge-2", password=pw["edge-2"],
+                           identifier="edge-2", timeout=5) as e2:
+        await cloud.subscribe([(f, 1) for f in topics.all_up_filters()])
+        await e1.subscribe(topics.down("edge-1"), qos=1)
+        await e1.subscribe(topics.down("edge-2"), qos=1)  # not its own: the ACL denies
+        await asyncio.sleep(0.2)
+        # edge-1 writes another's up: silently dropped by the ACL; its own arrives
+        await e1.publish(topics.up("edge-2"), b"forged", qos=1)
+        await e1.publish(topics.up("edge-1"), b"mine", qos=1)
+        async with asyncio.timeout(5):
+            msg = await anext(aiter(cloud.messages))
+        assert (msg.topic.value, msg.payload) == (topics.up("edge-1"), b"mine")
+        # cloud -> edge-2's down: edge-1 does not receive it
+        await e2.subscribe(topics.down("edge-2"), qos=1)
+        await asyncio.sleep(0.2)
+        await cloud.publish(topics.down("edge-2"), b"for-2", qos=1)
+        async with asyncio.timeout(5):
+            got = await anext(aiter(e2.messages))
+        assert got.payload == b"for-2"
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.5):
+                await anext(aiter(e1.messages))
+
+        # revoke edge-1: forget it, the debounced writer rewrites the file, reload
+        assert auth.forget_node("edge-1")
+        writer = asyncio.create_task(files.run())
+        try:
+            for _ in range(50):
+                if "edge-1:" not in broker.passwd.read_text():
+                    break
+                await asyncio.sleep(0.02)
+            assert "edge-1:" not in broker.passwd.read_text()
+            assert "edge-2:" in broker.passwd.read_text()
+            broker.reload()
+            with pytest.raises(aiomqtt.MqttError):  # mosquitto closes the session
+                async with asyncio.timeout(5):
+                    async for _ in e1.messages:
+                        pass
+            # edge-2 and cloudcore keep theirs
+            await e2.publish(topics.up("edge-2"), b"still here", qos=1)
+            async with asyncio.timeout(5):
+                msg = await anext(aiter(cloud.messages))
+            assert msg.payload == b"still here"
+        finally:
+            writer.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await writer
+    assert await _login(port, "edge-1", pw["edge-1"]) != "ok"
+
+
+async def test_rewrites_are_debounced(tmp_path: Path) -> None:
+    auth: Auth
+    files = BrokerFiles(passwd=tmp_path / "passwd", acl=None,
+                        passwd_text=lambda: auth.mosquitto_passwd(), acl_text="",
+                        min_interval=0.1)
+    auth = Auth(store=FakeStore(), on_credentials=files.changed)
+    task = asyncio.create_task(files.run())
+    try:
+        for i in range(300):
+            auth.issue_credentials(f"n{i}")
+            if i % 50 == 0:
+                await asyncio.sleep(0)
+        await asyncio.sleep(0.3)
+        text = (tmp_path / "passwd").read_text()
+        assert text.count("\n") == 300 and "n299:$7$" in text
+        assert 1 <= files.writes <= 8  # not 300
+        assert (tmp_path / "passwd").stat().st_mode & 0o777 == 0o640
+        before = files.writes
+        auth.forget_node("n0")  # a change after a quiet spell is written at once
+        await asyncio.sleep(0.05)
+        assert files.writes == before + 1 and "n0:" not in (tmp_path / "passwd").read_text()
+        auth.forget_node("n1")
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert "n1:" not in (tmp_path / "passwd").read_text()  # pending change flushed on stop
