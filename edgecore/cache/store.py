@@ -27,6 +27,7 @@ serialises writers.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 import threading
@@ -107,10 +108,16 @@ class Cache:
         self._active = 0
         self._closed = False
         try:
-            self.path.mkdir(parents=True, exist_ok=True)
+            # Secrets and every pod spec live here: no local user but root may read it
+            # (0700 directory, 0600 files, also fixed on a cache an older agent made).
+            self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self.path.chmod(0o700)
+            for f in ("data.mdb", "lock.mdb"):
+                with contextlib.suppress(FileNotFoundError):
+                    (self.path / f).chmod(0o600)
             self._env = lmdb.open(
                 str(self.path), map_size=map_bytes, max_dbs=8, subdir=True,
-                sync=True, metasync=True, readahead=False,
+                sync=True, metasync=True, readahead=False, mode=0o600,
             )
             self._desired = self._env.open_db(b"desired")
             self._pods = self._env.open_db(b"pods")

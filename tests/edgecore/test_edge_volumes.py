@@ -184,13 +184,15 @@ async def test_configmap_removed_later_keeps_running_container(world: World) -> 
     assert (conf / "k").read_text() == "v"  # last content stays, as in Kubernetes
 
 
-def test_items_projection_optional_and_bad_hostpath(tmp_path: Path) -> None:
+def test_items_projection_optional_and_bad_hostpath(tmp_path: Path,
+                                                    request: pytest.FixtureRequest) -> None:
     vols = Volumes(tmp_path / "pods")
     key, value = pod("p", volumes=[
         {"name": "conf", "configMap": {"name": "c", "items": [{"key": "a", "path": "x/y.conf"}]}},
         {"name": "opt", "secret": {"secretName": "nope", "optional": True}},
     ], mounts=[])
     entry = parse_pod_entry(key, value)
+    request.addfinalizer(lambda: vols.remove(key))  # the pod's secret tmpfs
     prepared = vols.prepare(entry, {"configmap/default/c": {"data": {"a": "A", "b": "B"}}})
     conf = prepared.paths["conf"]
     assert (conf / "x" / "y.conf").read_text() == "A"

@@ -76,11 +76,15 @@ class Node:
             await asyncio.sleep(0.05)
 
 
-def add_pod(node: Node, name: str, spec: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+def add_pod(node: Node, name: str, spec: dict[str, Any], *,
+            policy: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
+    """Put a pod in the desired set; `policy` is what the cloud admitted it under."""
     # PID 1 ignores SIGTERM here (sh, httpd): keep the stop grace short.
     p = Pod.model_validate({"metadata": {"name": name},
                             "spec": {"terminationGracePeriodSeconds": 1, **spec}})
     key, entry = pod_key("default", name), pod_entry(p)
+    if policy is not None:
+        entry["policy"] = policy
     node.put(key, entry)
     return key, entry
 
@@ -118,7 +122,7 @@ async def test_volumes_user_and_device_in_a_real_container(
                              {"name": "creds", "mountPath": "/run/creds"},
                              {"name": "out", "mountPath": "/out"},
                              {"name": "host", "mountPath": "/host", "readOnly": True}]}],
-    })
+    }, policy={"level": "baseline", "hostPathAllow": [str(host)]})
     out = node.volumes.pod_dir(key) / "empty" / "out"
     task = asyncio.create_task(node.rec.run())
     try:
