@@ -1,9 +1,11 @@
 """Command line of the edge agent: `edgecore join`, `run` and `reset`.
 
 `edgecore join --cloud URL --token T --state-dir D` writes `D/edgecore.json` (node
-name, labels, broker address and credentials); `edgecore run --state-dir D` (or
-`--config FILE`) then needs no other flag, and flags given override the file.
-`edgecore run --name N --state-dir D --mqtt-host H ...` still works without a file.
+name, labels, broker address, credentials, node key, TLS files); `edgecore run
+--state-dir D` (or `--config FILE`) then needs no other flag, and flags given override
+the file. Without a node key `run` refuses to start unless `--insecure` (then messages
+are not authenticated, and a loud warning says so): `edgecore run --insecure --name N
+--state-dir D --mqtt-host H ...` is the keyless, throwaway form.
 
 Parses and validates settings before anything starts (a bad flag is one clear
 line on stderr and exit code 2, never a traceback), then runs the agent on
@@ -56,8 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
                     "credentials; write them with the name, labels and broker address to "
                     "STATE_DIR/edgecore.json (mode 0600), then optionally start the agent.")
     join.add_argument("--cloud", required=True, metavar="URL",
-                      help="cloudcore API, e.g. http://cloud.example:8080")
-    join.add_argument("--token", required=True, help="join token ID.SECRET")
+                      help="cloudcore API, e.g. https://cloud.example:8080")
+    join.add_argument("--token", required=True,
+                      help="join token ID.SECRET.PIN (PIN: sha256 of the fleet CA)")
+    join.add_argument("--ca-file", type=Path, default=None, metavar="PEM",
+                      help="verify the cloud against this CA instead of the token's pin")
+    join.add_argument("--insecure-skip-tls-verify", action="store_true",
+                      help="DANGEROUS: do not verify the cloud (also needed for http://)")
     join.add_argument("--name", default=None, help="node name (default: the host name)")
     join.add_argument("--label", action="append", type=_label, default=[], metavar="K=V",
                       help="node label; repeatable (the token's labels win)")
@@ -90,6 +97,17 @@ def _run_flags(run: argparse.ArgumentParser) -> None:
     run.add_argument("--mqtt-host", default=None, help="broker host (127.0.0.1)")
     run.add_argument("--mqtt-port", type=int, default=None, help="broker port (1883)")
     run.add_argument("--mqtt-keepalive", type=int, default=30, help="keepalive seconds (30)")
+    run.add_argument("--insecure", action="store_true",
+                     help="DANGEROUS: run without a node key; messages are not "
+                          "authenticated and anyone with broker access controls the node")
+    run.add_argument("--tls", action="store_true", default=None,
+                     help="connect to the broker over TLS (default: as joined)")
+    run.add_argument("--ca-file", type=Path, default=None, metavar="PEM",
+                     help="CA the broker's certificate must chain to (default: as joined)")
+    run.add_argument("--client-cert", type=Path, default=None, metavar="PEM",
+                     help="client certificate for the broker (with --client-key)")
+    run.add_argument("--client-key", type=Path, default=None, metavar="PEM",
+                     help="private key of --client-cert")
     run.add_argument("--label", action="append", type=_label, default=[], metavar="K=V",
                      help="node label; repeatable")
     run.add_argument("--heartbeat", type=float, default=30.0, help="heartbeat seconds (30)")
@@ -150,13 +168,22 @@ def settings_from_args(args: argparse.Namespace) -> AgentSettings:
     if not name:
         raise ConfigError("is required (--name, or a config from `edgecore join`)",
                           field="node")
-    return AgentSettings(
+    node_key = cfg.node_key() if cfg else None
+    ca_file = args.ca_file or (Path(cfg.ca_file) if cfg and cfg.ca_file else None)
+    client_cert = args.client_cert or (Path(cfg.client_cert)
+                                       if cfg and cfg.client_cert else None)
+    client_key = args.client_key or (Path(cfg.client_key) if cfg and cfg.client_key else None)
+    tls = args.tls if args.tls is not None else bool(cfg.tls if cfg else False)
+    tls = tls or args.ca_file is not None or args.client_cert is not None
+    settings = AgentSettings(
         node=name, state_dir=args.state_dir,
         labels={**(cfg.labels if cfg else {}), **dict(args.label)},
         mqtt_host=args.mqtt_host or (cfg.broker_host if cfg else "127.0.0.1"),
         mqtt_port=args.mqtt_port or (cfg.broker_port if cfg else 1883),
         mqtt_username=cfg.username if cfg else None,
         mqtt_password=cfg.password if cfg else None,
+        node_key=node_key, tls=tls, ca_file=ca_file if tls else None,
+        client_cert=client_cert if tls else None, client_key=client_key if tls else None,
         mqtt_keepalive_s=args.mqtt_keepalive,
         heartbeat_s=args.heartbeat, insecure_registries=tuple(args.insecure_registry),
         reconnect_max_s=args.reconnect_max, op_timeout_s=args.op_timeout,
@@ -172,6 +199,14 @@ def settings_from_args(args: argparse.Namespace) -> AgentSettings:
         image_gc_max_unused_s=args.image_gc_max_unused,
         image_gc_min_free_bytes=args.image_gc_min_free_mib * 1024 * 1024,
     )
+    if node_key is None:
+        if not getattr(args, "insecure", False):
+            raise ConfigError("no node key: join first (`edgecore join`), or pass --insecure "
+                              "to run with unauthenticated messages", field="node_key")
+        log.warning("RUNNING INSECURE (--insecure): no node key, so messages from the cloud "
+                    "are not authenticated: anyone with broker access can run anything on "
+                    "this node")
+    return settings
 
 
 async def _serve(settings: AgentSettings) -> None:
@@ -280,7 +315,9 @@ def _join(args: argparse.Namespace) -> AgentSettings | None:
     existed = args.state_dir.exists()
     try:
         cfg = join(cloud=args.cloud, token=args.token, name=name, labels=labels,
-                   state_dir=args.state_dir, arch=args.arch, broker=broker)
+                   state_dir=args.state_dir, arch=args.arch, broker=broker,
+                   ca_file=args.ca_file,
+                   insecure_skip_tls_verify=args.insecure_skip_tls_verify)
     except BaseException:
         if not existed and args.state_dir.exists() and not any(args.state_dir.iterdir()):
             remove_state_dir(args.state_dir)
@@ -288,7 +325,9 @@ def _join(args: argparse.Namespace) -> AgentSettings | None:
     path = config_path(args.state_dir)
     print(f"joined {args.cloud} as node {cfg.name!r}; broker {cfg.broker_host}:"
           f"{cfg.broker_port}" + (f" as user {cfg.username!r}" if cfg.username else ""))
-    print(f"wrote {path} (mode 0600; it holds the broker password)")
+    print(f"wrote {path} (mode 0600; it holds the broker password and the node key)")
+    if cfg.key is None:
+        print("warning: the cloud gave no node key; `edgecore run` needs --insecure")
     if not args.start:
         print(f"start the agent with: edgecore run --state-dir {args.state_dir}")
         return None

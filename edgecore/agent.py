@@ -26,7 +26,7 @@ from edgecore.cache.check import open_checked
 from edgecore.config import AgentSettings
 from edgecore.devices import DeviceAllocator, discover
 from edgecore.errors import CacheError
-from edgecore.link import Link
+from edgecore.link import Link, TlsFiles
 from edgecore.nodeinfo import node_status
 from edgecore.prober import ProbeManager, make_probe
 from edgecore.reconciler import CrashLoop, Reconciler
@@ -36,6 +36,8 @@ from edgecore.requests import EdgeRequests
 from edgecore.runtime.errors import ContainerRuntimeError
 from edgecore.sync import SyncHandler
 from edgecore.telemetry import Telemetry
+from shared import seal
+from shared.errors import AuthFailed
 
 if TYPE_CHECKING:
     from edgecore.runtime.types import Runtime
@@ -81,7 +83,12 @@ class Agent:
         self.cache = cache
         try:
             runtime = self._runtime or self._make_runtime()
-            sync = self.sync = SyncHandler(node=s.node, cache=cache)
+            keys = seal.NodeKeys.derive(s.node_key) if s.node_key is not None else None
+            if keys is None:
+                log.warning("no node key: messages to and from the cloud are NOT "
+                            "authenticated (insecure)")
+            sync = self.sync = SyncHandler(node=s.node, cache=cache,
+                                           require_exp=keys is not None)
             found = await asyncio.to_thread(discover, dev_root=s.dev_root,
                                             builtin=s.discover_accelerators, generic=s.devices)
             devices = self.devices = DeviceAllocator(found, cache.pod_allocations())
@@ -101,7 +108,8 @@ class Agent:
                 resync_s=s.reconcile_resync_s, pull_report_s=s.pull_report_s,
                 crashloop=CrashLoop(initial_s=s.crashloop_initial_s, max_s=s.crashloop_max_s,
                                     reset_s=s.crashloop_reset_s),
-                volumes=Volumes(s.pods_dir), devices=devices, prober=prober)
+                volumes=Volumes(s.pods_dir, open_secret=self._secret_opener(keys)),
+                devices=devices, prober=prober)
             prober.on_change = reconciler.wake  # readiness changes are reported at once
             reconciler.on_disk_full = lambda exc: self.collect_images(
                 runtime, reconciler, why="pull failed: insufficient disk",
@@ -111,7 +119,9 @@ class Agent:
                 keepalive_s=s.mqtt_keepalive_s,
                 username=s.mqtt_username, password=s.mqtt_password,
                 backoff=Backoff(initial=s.reconnect_initial_s, cap=s.reconnect_cap_s),
-                op_timeout_s=s.op_timeout)
+                op_timeout_s=s.op_timeout, keys=keys,
+                tls=TlsFiles(ca_file=s.ca_file, client_cert=s.client_cert,
+                             client_key=s.client_key) if s.tls else None)
             sync.on_applied = reconciler.wake
             requests = self.requests = EdgeRequests(node=s.node, runtime=runtime,
                                                     send=sync.queue_response, kick=link.kick)
@@ -141,6 +151,20 @@ class Agent:
         finally:
             # Worker threads that a cancellation left behind finish before the close.
             await asyncio.to_thread(cache.close)
+
+    def _secret_opener(self, keys: seal.NodeKeys | None) -> Callable[[str, Any], Any]:
+        """Opens a sealed Secret value when a volume needs it (raises AuthFailed);
+        clear values pass (only an insecure cloud sends them, over sealed messages)."""
+        node = self.settings.node
+
+        def open_secret(entry_key: str, value: Any) -> Any:
+            if not seal.is_sealed(value):
+                return value
+            if keys is None:
+                raise AuthFailed(f"{entry_key}: sealed, and this agent has no node key")
+            return seal.open_secret(keys.secret, node=node, entry_key=entry_key, sealed=value)
+
+        return open_secret
 
     def _node_status(self) -> dict[str, Any]:
         point = self.telemetry.last_point if self.telemetry is not None else None

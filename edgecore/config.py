@@ -42,6 +42,19 @@ class AgentSettings:
     """Broker username (`edgecore join` writes the node's credentials); None: anonymous."""
     mqtt_password: str | None = field(default=None, repr=False)
     """Broker password, given with `mqtt_username`; never logged."""
+    node_key: bytes | None = field(default=None, repr=False)
+    """The node key (32 bytes, from `edgecore join`): every message to and from the cloud
+    is authenticated with keys derived from it (shared.seal) and Secret values are
+    opened with it. None: messages go unsealed, which only `edgecore run --insecure`
+    allows (the CLI refuses otherwise); never logged."""
+    tls: bool = False
+    """Connect to the broker over TLS, verified against `ca_file` (or the system CAs)."""
+    ca_file: Path | None = None
+    """The fleet CA (PEM) that the broker's certificate must chain to."""
+    client_cert: Path | None = None
+    """Client certificate (PEM) presented to the broker; with `client_key`."""
+    client_key: Path | None = None
+    """Private key (PEM) of `client_cert`."""
     mqtt_keepalive_s: int = 30
     """MQTT keepalive in seconds; the broker declares the session dead (and publishes the
     will) after 1.5x this without traffic."""
@@ -186,6 +199,13 @@ class AgentSettings:
         _range("mqtt_port", self.mqtt_port, 1, 65535)
         if (self.mqtt_username is None) != (self.mqtt_password is None):
             raise ConfigError("username and password go together", field="mqtt_username")
+        if self.node_key is not None and (not isinstance(self.node_key, bytes)
+                                          or len(self.node_key) != 32):
+            raise ConfigError("must be 32 bytes", field="node_key")
+        if (self.client_cert is None) != (self.client_key is None):
+            raise ConfigError("client_cert and client_key go together", field="client_cert")
+        if (self.ca_file is not None or self.client_cert is not None) and not self.tls:
+            raise ConfigError("ca_file and client certificates need tls", field="tls")
         _range("mqtt_keepalive_s", self.mqtt_keepalive_s, 5, 65535)
         _range("reconnect_initial_s", self.reconnect_initial_s, 0.01, 3600)
         if self.reconnect_max_s is not None:

@@ -1,10 +1,18 @@
 """Joining a device to a cloudcore, and forgetting it again (`edgecore join` / `reset`).
 
-`join` trades a join token for this node's broker credentials (the contract is
-`POST /api/v1/join` in docs/cloudcore.md) and writes them with the node name,
-labels and broker address to `STATE_DIR/edgecore.json` (mode 0600), which
-`edgecore run --state-dir STATE_DIR` (or `--config FILE`) then reads. The call
-uses urllib from the standard library: the device needs no HTTP client package.
+`join` trades a join token for this node's broker credentials and its node key (the
+contract is `POST /api/v1/join`, docs/proposals/0002-zero-trust.md) and writes them
+with the node name, labels and broker address to `STATE_DIR/edgecore.json` (mode
+0600, in a 0700 state dir), which `edgecore run --state-dir STATE_DIR` (or `--config
+FILE`) then reads. The fleet CA goes to `STATE_DIR/ca.crt`, a client certificate (when
+cloudcore issues them) to `client.crt`/`client.key`.
+
+Trust: a token `ID.SECRET.PIN` pins the fleet CA (PIN = hex sha256 of its DER). `join`
+fetches `GET /api/v1/ca` without verification, checks the hash against the pin, and
+makes the join call verified against that CA; `--ca-file` gives the CA instead;
+`--insecure-skip-tls-verify` (loud) skips all of it, and is needed for a plain
+`http://` cloud too. The calls use urllib and ssl from the standard library: the
+device needs no HTTP client package.
 
 `reset` stops and removes the containers of this agent's runtime root and deletes
 the state directory, so the device can join again (after `fedctl node delete`).
@@ -14,13 +22,18 @@ Errors are `JoinError` with a one-line message fit for a terminal.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
+import hashlib
 import json
+import logging
 import os
 import platform
 import re
 import shutil
 import socket
+import ssl
 import tempfile
 import urllib.error
 import urllib.request
@@ -30,7 +43,16 @@ from typing import Any
 
 from edgecore.errors import EdgecoreError
 
+log = logging.getLogger(__name__)
+
 CONFIG_NAME = "edgecore.json"
+CA_NAME = "ca.crt"
+CLIENT_CERT_NAME = "client.crt"
+CLIENT_KEY_NAME = "client.key"
+INSECURE_JOIN_WARNING = (
+    "INSECURE JOIN (--insecure-skip-tls-verify): the cloudcore API is not verified, so "
+    "whoever sits on the network path can hand this node a fake cloud, read its join "
+    "token and its node key")
 JOIN_TIMEOUT_S = 15.0
 _ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64",
          "armv7l": "arm", "armv6l": "arm", "riscv64": "riscv64", "ppc64le": "ppc64le",
@@ -52,6 +74,30 @@ class JoinedConfig:
     username: str | None = None
     password: str | None = field(default=None, repr=False)
     cloud: str | None = None
+    key: str | None = field(default=None, repr=False)
+    """The node key, base64 (32 bytes): authenticates every message (shared.seal)."""
+    tls: bool = False
+    """Connect to the broker with TLS (verified against `ca_file`)."""
+    ca_file: str | None = None
+    """The fleet CA (PEM), `STATE_DIR/ca.crt`."""
+    client_cert: str | None = None
+    """Client certificate (PEM) for the broker, when cloudcore issues them."""
+    client_key: str | None = None
+    """Its private key (PEM, mode 0600)."""
+    cert_not_after: float | None = None
+    """Expiry of the client certificate (Unix seconds)."""
+
+    def node_key(self) -> bytes | None:
+        """The decoded node key, or None if the config has none."""
+        if self.key is None:
+            return None
+        try:
+            raw = base64.b64decode(self.key, validate=True)
+        except (binascii.Error, ValueError):
+            raise JoinError("key: not base64") from None
+        if len(raw) != 32:
+            raise JoinError(f"key: {len(raw)} bytes, a node key is 32")
+        return raw
 
     def dump(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -60,6 +106,15 @@ class JoinedConfig:
         }
         if self.username is not None:
             out["credentials"] = {"username": self.username, "password": self.password}
+        if self.key is not None:
+            out["key"] = self.key
+        if self.tls or self.ca_file:
+            out["tls"] = self.tls
+            out["ca_file"] = self.ca_file
+        if self.client_cert is not None:
+            out["client_cert"] = self.client_cert
+            out["client_key"] = self.client_key
+            out["cert_not_after"] = self.cert_not_after
         return out
 
     @classmethod
@@ -74,9 +129,20 @@ class JoinedConfig:
                        broker_host=str(broker.get("host") or "127.0.0.1"),
                        broker_port=int(broker.get("port") or 1883),
                        username=creds.get("username"), password=creds.get("password"),
-                       cloud=raw.get("cloud"))
+                       cloud=raw.get("cloud"), key=_opt_str(raw.get("key")),
+                       tls=bool(raw.get("tls", False)), ca_file=_opt_str(raw.get("ca_file")),
+                       client_cert=_opt_str(raw.get("client_cert")),
+                       client_key=_opt_str(raw.get("client_key")),
+                       cert_not_after=(float(raw["cert_not_after"])
+                                       if raw.get("cert_not_after") is not None else None))
         except (AttributeError, KeyError, TypeError, ValueError) as exc:
             raise JoinError(f"{source}: not an edgecore config ({exc})") from None
+
+
+def _opt_str(v: Any) -> str | None:
+    if v is not None and not isinstance(v, str):
+        raise TypeError(f"{v!r} must be text")
+    return v
 
 
 def default_name() -> str:
@@ -105,15 +171,14 @@ def load_config(path: Path) -> JoinedConfig:
     return JoinedConfig.parse(raw, source=str(path))
 
 
-def write_config(path: Path, cfg: JoinedConfig) -> None:
-    """Write atomically with mode 0600 (it holds the broker password)."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".edgecore-", suffix=".json")
+def write_private(path: Path, text: str) -> None:
+    """Write `text` atomically with mode 0600 in a 0700 directory."""
+    make_state_dir(path.parent)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
     try:
         os.fchmod(fd, 0o600)
         with os.fdopen(fd, "w") as f:
-            json.dump(cfg.dump(), f, indent=2, sort_keys=True)
-            f.write("\n")
+            f.write(text)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -121,19 +186,101 @@ def write_config(path: Path, cfg: JoinedConfig) -> None:
         raise
 
 
-def request_join(cloud: str, *, token: str, name: str, labels: dict[str, str],
-                 arch: str, timeout: float = JOIN_TIMEOUT_S) -> dict[str, Any]:
-    """POST /api/v1/join; the decoded answer, or JoinError with the cloud's message."""
-    url = cloud.rstrip("/") + "/api/v1/join"
-    if not url.startswith(("http://", "https://")):
-        raise JoinError(f"--cloud {cloud!r} must start with http:// or https://")
-    body = json.dumps({"token": token, "name": name, "labels": labels, "arch": arch}).encode()
-    req = urllib.request.Request(url, data=body, method="POST",
-                                 headers={"Content-Type": "application/json",
-                                          "Accept": "application/json"})
+def make_state_dir(state_dir: Path) -> None:
+    """Create the state dir (and parents) and make it 0700: it holds keys."""
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(state_dir, 0o700)
+
+
+def write_config(path: Path, cfg: JoinedConfig) -> None:
+    """Write atomically with mode 0600 (it holds the broker password and node key)."""
+    write_private(path, json.dumps(cfg.dump(), indent=2, sort_keys=True) + "\n")
+
+
+# -- trust: the CA pin -------------------------------------------------------------------
+
+
+def split_token(token: str) -> tuple[str, str | None]:
+    """`ID.SECRET[.PIN]` -> (the token to send, the CA pin as lowercase hex or None)."""
+    parts = token.strip().split(".")
+    if len(parts) == 3:
+        pin = parts[2].lower().removeprefix("sha256:")
+        if not re.fullmatch(r"[0-9a-f]{64}", pin):
+            raise JoinError("the token's third part must be the hex sha256 of the fleet CA")
+        return token.strip(), pin
+    return token.strip(), None
+
+
+def ca_hash(pem: str) -> str:
+    """Hex sha256 of the DER of a PEM certificate (what a token pins)."""
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            answer = json.loads(resp.read())
+        der = ssl.PEM_cert_to_DER_cert(pem)
+    except ValueError as exc:
+        raise JoinError(f"the cloud's CA is not a PEM certificate: {exc}") from None
+    return hashlib.sha256(der).hexdigest()
+
+
+def _unverified() -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def fetch_pinned_ca(cloud: str, pin: str, *, timeout: float = JOIN_TIMEOUT_S) -> str:
+    """GET /api/v1/ca without verification and return its PEM if its hash is `pin`."""
+    answer = _call(cloud, "/api/v1/ca", None, _unverified(), timeout=timeout, name="")
+    pem = answer.get("caCert") if isinstance(answer, dict) else None
+    if not isinstance(pem, str):
+        raise JoinError(f"{cloud}/api/v1/ca gave no caCert; is --cloud the cloudcore API?")
+    got = ca_hash(pem)
+    if got != pin:
+        raise JoinError(f"the fleet CA of {cloud} (sha256 {got}) is not the one the token "
+                        f"pins ({pin}): refusing to join (wrong cloud, or someone in the "
+                        "middle)")
+    return pem
+
+
+def trust(cloud: str, *, token: str, ca_file: Path | None = None,
+          insecure_skip_tls_verify: bool = False) -> tuple[ssl.SSLContext | None, str | None]:
+    """The TLS context for the join call and the fleet CA PEM (if known), per the
+    token's pin, `--ca-file` or the insecure flag."""
+    if cloud.startswith("http://"):
+        if not insecure_skip_tls_verify:
+            raise JoinError(f"--cloud {cloud} is plain HTTP: the join token and the node key "
+                            "would cross the network in clear; use https:// (or, for a "
+                            "throwaway setup, --insecure-skip-tls-verify)")
+        log.warning(INSECURE_JOIN_WARNING)
+        return None, None
+    if not cloud.startswith("https://"):
+        raise JoinError(f"--cloud {cloud!r} must start with https:// (or http://)")
+    if ca_file is not None:
+        try:
+            pem = ca_file.read_text()
+        except OSError as exc:
+            raise JoinError(f"--ca-file {ca_file}: {exc}") from None
+        return ssl.create_default_context(cadata=pem), pem
+    if insecure_skip_tls_verify:
+        log.warning(INSECURE_JOIN_WARNING)
+        return _unverified(), None
+    _, pin = split_token(token)
+    if pin is None:
+        raise JoinError("the token pins no CA (ID.SECRET.PIN): pass --ca-file with the "
+                        "fleet CA, or ask for a token from `fedctl token create`")
+    pem = fetch_pinned_ca(cloud, pin)
+    return ssl.create_default_context(cadata=pem), pem
+
+
+def _call(cloud: str, path: str, body: dict[str, Any] | None, ctx: ssl.SSLContext | None,
+          *, timeout: float, name: str) -> Any:
+    url = cloud.rstrip("/") + path
+    req = urllib.request.Request(
+        url, data=None if body is None else json.dumps(body).encode(),
+        method="GET" if body is None else "POST",
+        headers={"Content-Type": "application/json", "Accept": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout, context=ctx) as resp:
+            return json.loads(resp.read())
     except urllib.error.HTTPError as exc:
         raise JoinError(_http_error(exc, name=name)) from None
     except urllib.error.URLError as exc:
@@ -142,6 +289,17 @@ def request_join(cloud: str, *, token: str, name: str, labels: dict[str, str],
         raise JoinError(f"cannot reach cloudcore at {cloud}: {exc}") from None
     except ValueError:
         raise JoinError(f"{url} did not answer JSON; is --cloud the cloudcore API?") from None
+
+
+def request_join(cloud: str, *, token: str, name: str, labels: dict[str, str],
+                 arch: str, timeout: float = JOIN_TIMEOUT_S,
+                 context: ssl.SSLContext | None = None) -> dict[str, Any]:
+    """POST /api/v1/join; the decoded answer, or JoinError with the cloud's message."""
+    url = cloud.rstrip("/") + "/api/v1/join"
+    if not url.startswith(("http://", "https://")):
+        raise JoinError(f"--cloud {cloud!r} must start with http:// or https://")
+    body = {"token": token, "name": name, "labels": labels, "arch": arch}
+    answer = _call(cloud, "/api/v1/join", body, context, timeout=timeout, name=name)
     if not isinstance(answer, dict) or "broker" not in answer:
         raise JoinError(f"{url} gave an unexpected answer; is --cloud the cloudcore API?")
     return answer
@@ -163,23 +321,54 @@ def _http_error(exc: urllib.error.HTTPError, *, name: str) -> str:
 
 
 def join(*, cloud: str, token: str, name: str, labels: dict[str, str], state_dir: Path,
-         arch: str | None = None, broker: tuple[str, int] | None = None) -> JoinedConfig:
-    """Join and write `state_dir/edgecore.json`; refuses if the device already joined."""
+         arch: str | None = None, broker: tuple[str, int] | None = None,
+         ca_file: Path | None = None, insecure_skip_tls_verify: bool = False) -> JoinedConfig:
+    """Join and write `state_dir/edgecore.json` (and ca.crt, client.crt/.key); refuses if
+    the device already joined. See the module docstring for how the cloud is trusted."""
     path = config_path(state_dir)
     if path.exists():
         old = load_config(path)
         raise JoinError(f"{path} exists: this device already joined as {old.name!r} "
                         f"(run `edgecore reset --state-dir {state_dir}` first)")
+    ctx, pinned = trust(cloud, token=token, ca_file=ca_file,
+                        insecure_skip_tls_verify=insecure_skip_tls_verify)
     answer = request_join(cloud, token=token, name=name, labels=labels,
-                          arch=arch or local_arch())
+                          arch=arch or local_arch(), context=ctx)
     node_labels = dict(((answer.get("node") or {}).get("metadata") or {}).get("labels") or {})
     host, port = broker or (answer["broker"]["host"], int(answer["broker"]["port"]))
     creds = answer.get("credentials") or {}
+    key = answer.get("key")
+    if key is not None:
+        try:
+            if len(base64.b64decode(key, validate=True)) != 32:
+                raise ValueError
+        except (binascii.Error, ValueError, TypeError):
+            raise JoinError("the cloud's answer holds no valid node key") from None
+    make_state_dir(state_dir)
+    ca_pem = pinned or answer.get("caCert")
+    ca_path = None
+    if isinstance(ca_pem, str) and ca_pem.strip():
+        ca_path = state_dir / CA_NAME
+        write_private(ca_path, ca_pem)
+        os.chmod(ca_path, 0o644)
+    client_cert = client_key = None
+    not_after = None
+    cc = answer.get("clientCert")
+    if isinstance(cc, dict) and cc.get("cert") and cc.get("key"):
+        write_private(state_dir / CLIENT_CERT_NAME, str(cc["cert"]))
+        write_private(state_dir / CLIENT_KEY_NAME, str(cc["key"]))
+        client_cert = str(state_dir / CLIENT_CERT_NAME)
+        client_key = str(state_dir / CLIENT_KEY_NAME)
+        not_after = float(cc["notAfter"]) if cc.get("notAfter") is not None else None
+    tls = bool((answer.get("broker") or {}).get("tls", False))
     cfg = JoinedConfig(name=name, labels={**labels, **{k: v for k, v in node_labels.items()
                                                         if k in labels}},
                        broker_host=host, broker_port=port,
                        username=creds.get("username"), password=creds.get("password"),
-                       cloud=cloud)
+                       cloud=cloud, key=key, tls=tls,
+                       ca_file=str(ca_path) if ca_path is not None else None,
+                       client_cert=client_cert, client_key=client_key,
+                       cert_not_after=not_after)
     write_config(path, cfg)
     return cfg
 

@@ -5,6 +5,13 @@ replies: a Desired that applies is persisted (one synced LMDB txn) BEFORE its Ac
 is returned, a duplicate is re-acked, a gap asks for a Resync from the local gen,
 and a ReportAck trims the outbox. The link calls it; it never touches the network,
 so the ordering "persist, then ack" is testable without a broker.
+
+Replays (proposal 0002): the link has already checked every message's tag, but a
+recorded genuine message could be sent again. A Request is refused once its `exp` has
+passed or when its id was seen before (ids are remembered until they expire, at most
+`SEEN_IDS`); a snapshot under an epoch this edge left is refused (shared.delta) and
+answered with a Resync saying so, so that a cloud restored from a backup moves the
+node to a new epoch instead of rolling it back.
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -21,7 +28,7 @@ from edgecore.cache import Cache
 from edgecore.errors import CacheError
 from edgecore.ratelimit import RateLimitedLog
 from shared.codec import Ack, Desired, Message, ReportAck, Request, Response, Resync, encode
-from shared.delta import EdgeDesired, Outcome
+from shared.delta import LEFT_EPOCH, EdgeDesired, Outcome
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +36,8 @@ log = logging.getLogger(__name__)
 GAP_RESYNC_QUIET_S = 2.0
 # Request responses waiting for the link (memory only): past this, producers wait.
 RESPONSE_QUEUE_BYTES = 2 * 1024 * 1024
+# Request ids remembered against replays (each until its exp passes).
+SEEN_IDS = 4096
 
 
 @dataclass
@@ -39,6 +48,8 @@ class SyncStats:
     report_acks: int = 0
     unexpected: int = 0  # a message type the cloud should not send us
     persist_failures: int = 0
+    refused_epochs: int = 0  # snapshots under an epoch we left (replays, old backups)
+    replayed_requests: int = 0  # a Request seen before, expired, or without exp
 
 
 class SyncHandler:
@@ -46,9 +57,15 @@ class SyncHandler:
 
     def __init__(
         self, *, node: str, cache: Cache, on_applied: Callable[[], None] = lambda: None,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
+        require_exp: bool = False,
     ) -> None:
+        """`wall` is the Unix clock Request expiries are checked against;
+        `require_exp` refuses a Request without one (a keyed, secure agent)."""
         self.node = node
+        self._wall = wall
+        self.require_exp = require_exp
+        self._seen: OrderedDict[tuple[str, bool], float] = OrderedDict()
         self.cache = cache
         self.on_applied = on_applied
         self.stats = SyncStats()
@@ -86,6 +103,12 @@ class SyncHandler:
                 self._rlog.warning("rack", "cannot trim the outbox: %s", exc)
             return []
         if isinstance(msg, Request):
+            why = self._replayed(msg)
+            if why is not None:
+                self.stats.replayed_requests += 1
+                self._rlog.warning("replay", "refused %s request %s: %s", msg.kind, msg.id,
+                                   why)
+                return []
             if self.on_request is None:
                 self._rlog.warning("request", "dropped a %s request: not served here", msg.kind)
             else:
@@ -95,9 +118,33 @@ class SyncHandler:
         self._rlog.warning(f"unexpected:{msg.t}", "dropped a %r message on the down topic", msg.t)
         return []
 
+    def _replayed(self, msg: Request) -> str | None:
+        """Why a Request must not run (expired, seen, no expiry), or None."""
+        now = self._wall()
+        while self._seen:  # forget ids whose expiry passed: they are refused by exp now
+            oldest = next(iter(self._seen.values()))
+            if oldest >= now and len(self._seen) <= SEEN_IDS:
+                break
+            self._seen.popitem(last=False)
+        if msg.exp is None:
+            return "it carries no expiry" if self.require_exp else None
+        if msg.exp < now:
+            return f"it expired {now - msg.exp:.0f} s ago (or this clock is ahead)"
+        key = (msg.id, msg.kind == "cancel")
+        if key in self._seen:
+            return "its id was seen before"
+        self._seen[key] = msg.exp
+        return None
+
     async def _desired_msg(self, msg: Desired) -> list[Ack | Resync]:
         local = self._desired
         outcome = local.classify(msg)
+        if outcome is Outcome.REFUSED:
+            self.stats.refused_epochs += 1
+            self._rlog.warning("left-epoch", "refused a snapshot under epoch %s, which this "
+                               "node left (a replay, or a cloud restored from a backup)",
+                               msg.epoch)
+            return self._resync_once(LEFT_EPOCH)
         if outcome is Outcome.APPLIED:
             new = local.applied(msg)
             try:
@@ -119,15 +166,20 @@ class SyncHandler:
             assert local.epoch is not None  # a duplicate is always of our own epoch
             return [Ack(node=self.node, epoch=local.epoch, gen=local.gen)]
         self.stats.gaps += 1
+        log.info("desired gap: have %s gen %d, got %s base %d -> gen %d; asking for resync",
+                 local.epoch, local.gen, msg.epoch, msg.base, msg.gen)
+        return self._resync_once("gap")
+
+    def _resync_once(self, reason: str) -> list[Ack | Resync]:
+        """A Resync, unless one for the same state went out within the quiet time."""
+        local = self._desired
         now = self._clock()
         if self._last_gap is not None:
             epoch, gen, at = self._last_gap
             if (epoch, gen) == (local.epoch, local.gen) and now - at < GAP_RESYNC_QUIET_S:
                 return []
         self._last_gap = (local.epoch, local.gen, now)
-        log.info("desired gap: have %s gen %d, got %s base %d -> gen %d; asking for resync",
-                 local.epoch, local.gen, msg.epoch, msg.base, msg.gen)
-        return [self.hello("gap")]
+        return [self.hello(reason)]
 
     def pending(self, after: int) -> list[tuple[int, bytes]]:
         """LinkHandler: the outbox after `after`, in seq order (runs in a worker thread),

@@ -7,8 +7,16 @@ Why it looks like this:
   desired gen and last report seq), then pumps the outbox in seq order. Reports
   are only ever published by this pump, one at a time on one session, so the cloud
   sees them in seq order and a cumulative ReportAck(seq) is correct.
-- Every payload is decoded by `shared.codec`; bad bytes and messages addressed to
-  another node are counted, logged at most once a minute, and dropped.
+- Every payload is authenticated (`shared.seal`, proposal 0002): one from the cloud
+  is unsealed with k_down before anything unpacks it (a bad tag counts in
+  `LinkStats.auth_failed`), then decoded under `DOWN_LIMITS`; everything we publish
+  is sealed with k_up at the moment it is published (reports wait in the outbox
+  unsealed, so a rotated key applies to them). Bad bytes and messages addressed to
+  another node are counted, logged at most once a minute, and dropped. Without keys
+  (`edgecore run --insecure`) nothing is sealed or checked.
+- TLS when configured: the broker's certificate is verified against the fleet CA, a
+  client certificate is presented if one is configured; the files are read on every
+  (re)connect, so a renewed certificate is used by the next session.
 - `beat()` hands the link one UNPERSISTED report (a heartbeat the disk could not
   hold, see `edgecore.reporter`); the pump publishes it after the outbox, so it
   never overtakes a persisted report, and forgets it when the session ends.
@@ -21,8 +29,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import aiomqtt
@@ -30,9 +40,9 @@ import aiomqtt
 from edgecore.backoff import Backoff
 from edgecore.errors import LinkError
 from edgecore.ratelimit import RateLimitedLog
-from shared import topics
-from shared.codec import Ack, Message, ReportAck, Resync, Will, decode, encode
-from shared.errors import ProtocolError
+from shared import seal, topics
+from shared.codec import DOWN_LIMITS, Ack, Message, ReportAck, Resync, Will, decode, encode
+from shared.errors import AuthFailed, ProtocolError
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +73,26 @@ class LinkStats:
     connect_failures: int = 0
     received: int = 0
     malformed: int = 0  # ProtocolError: garbled, oversized, unknown version
+    auth_failed: int = 0  # tag did not verify: forged, altered or for another key
     foreign: int = 0  # node field is not ours
     published: int = 0
     reports_sent: int = 0
     beats_sent: int = 0  # unpersisted heartbeats (`Link.beat`)
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """What the TLS session to the broker is built from (read on every connect)."""
+
+    ca_file: Path | None = None  # None: the system's CAs
+    client_cert: Path | None = None
+    client_key: Path | None = None
+
+    def context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=str(self.ca_file) if self.ca_file else None)
+        if self.client_cert is not None:
+            ctx.load_cert_chain(str(self.client_cert), str(self.client_key or self.client_cert))
+        return ctx
 
 
 class Link:
@@ -76,9 +102,13 @@ class Link:
         self, *, node: str, host: str, port: int, handler: LinkHandler, keepalive_s: int = 30,
         backoff: Backoff | None = None, username: str | None = None,
         password: str | None = None, op_timeout_s: float = OP_TIMEOUT_S,
-        on_up: Callable[[], None] | None = None,
+        on_up: Callable[[], None] | None = None, keys: seal.NodeKeys | None = None,
+        tls: TlsFiles | None = None,
     ) -> None:
         self.node = node
+        self.keys = keys
+        """k_down/k_up of this node; None: nothing is sealed or checked (insecure)."""
+        self.tls = tls
         self._username = username
         self._password = password
         self.host = host
@@ -139,12 +169,21 @@ class Link:
                 self._connected.clear()
                 self._beat = None
 
+    def _seal(self, topic: str, payload: bytes) -> bytes:
+        return payload if self.keys is None else seal.seal(self.keys.up, topic, payload)
+
     async def _session(self) -> None:
-        will = aiomqtt.Will(topics.will(self.node), encode(Will(node=self.node)), qos=1)
+        will_topic = topics.will(self.node)
+        will = aiomqtt.Will(will_topic, self._seal(will_topic, encode(Will(node=self.node))),
+                            qos=1)
+        try:
+            tls_context = self.tls.context() if self.tls is not None else None
+        except (OSError, ssl.SSLError) as exc:
+            raise LinkError(f"TLS setup failed: {exc}") from exc
         client = aiomqtt.Client(
             self.host, self.port, identifier=self.node, clean_session=False,
             keepalive=self.keepalive_s, will=will, timeout=self.op_timeout_s,
-            username=self._username, password=self._password,
+            username=self._username, password=self._password, tls_context=tls_context,
         )
         try:
             async with client:
@@ -180,7 +219,7 @@ class Link:
         raise LinkError("session ended")
 
     async def _publish(self, client: aiomqtt.Client, msg: Ack | Resync) -> None:
-        await client.publish(self._up, encode(msg), qos=1)
+        await client.publish(self._up, self._seal(self._up, encode(msg)), qos=1)
         self.stats.published += 1
 
     async def _pump(self, client: aiomqtt.Client) -> None:
@@ -189,13 +228,13 @@ class Link:
         while True:
             self._kick.clear()
             for seq, payload in await asyncio.to_thread(self.handler.pending, sent):
-                await client.publish(self._up, payload, qos=1)
+                await client.publish(self._up, self._seal(self._up, payload), qos=1)
                 self.stats.published += 1
                 self.stats.reports_sent += 1
                 sent = seq
             beat, self._beat = self._beat, None
             if beat is not None:
-                await client.publish(self._up, beat, qos=1)
+                await client.publish(self._up, self._seal(self._up, beat), qos=1)
                 self.stats.published += 1
                 self.stats.beats_sent += 1
             await self._kick.wait()
@@ -206,8 +245,22 @@ class Link:
             payload = message.payload
             if not isinstance(payload, bytes | bytearray):
                 payload = b"" if payload is None else str(payload).encode()
+            data = bytes(payload)
+            topic = message.topic.value
+            if self.keys is not None:
+                if len(data) > DOWN_LIMITS.max_message_bytes + seal.TAG_BYTES:
+                    self.stats.malformed += 1
+                    self._rlog.warning("malformed", "dropped a message of %d bytes on %s: "
+                                       "over the limit", len(data), topic)
+                    continue
+                try:
+                    data = seal.unseal(self.keys.down, topic, data)
+                except AuthFailed as exc:
+                    self.stats.auth_failed += 1
+                    self._rlog.warning("auth", "dropped a message on %s: %s", topic, exc)
+                    continue
             try:
-                msg = decode(bytes(payload))
+                msg = decode(data, limits=DOWN_LIMITS)
             except ProtocolError as exc:
                 self.stats.malformed += 1
                 self._rlog.warning("malformed", "dropped a malformed message on %s: %s",

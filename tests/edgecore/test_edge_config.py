@@ -40,11 +40,36 @@ def test_cli_builds_settings(tmp_path: Path) -> None:
     args = build_parser().parse_args([
         "run", "--name", "edge-7", "--state-dir", str(tmp_path), "--mqtt-host", "broker",
         "--mqtt-port", "1884", "--label", "zone=a", "--label", "gpu=", "--heartbeat", "5",
-        "--insecure-registry", "localhost:5000"])
+        "--insecure-registry", "localhost:5000", "--insecure"])
     s = settings_from_args(args)
     assert (s.node, s.mqtt_host, s.mqtt_port, s.heartbeat_s) == ("edge-7", "broker", 1884, 5)
     assert s.labels == {"zone": "a", "gpu": ""}
     assert s.insecure_registries == ("localhost:5000",)
+
+
+def test_run_refuses_to_start_without_a_key_unless_insecure(tmp_path: Path, capsys,
+                                                           caplog) -> None:
+    assert main(["run", "--name", "edge-7", "--state-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "invalid setting node_key: no node key" in err and "--insecure" in err
+    s = settings_from_args(build_parser().parse_args(
+        ["run", "--name", "edge-7", "--state-dir", str(tmp_path), "--insecure"]))
+    assert s.node_key is None
+    assert "RUNNING INSECURE" in caplog.text
+
+
+def test_tls_and_key_settings_are_checked(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        AgentSettings(node="n", state_dir=tmp_path, node_key=b"short")
+    assert err.value.field == "node_key"
+    with pytest.raises(ConfigError) as err:
+        AgentSettings(node="n", state_dir=tmp_path, ca_file=tmp_path / "ca.crt")
+    assert err.value.field == "tls"
+    with pytest.raises(ConfigError) as err:
+        AgentSettings(node="n", state_dir=tmp_path, tls=True, client_cert=tmp_path / "c")
+    assert err.value.field == "client_cert"
+    s = AgentSettings(node="n", state_dir=tmp_path, node_key=bytes(32), tls=True)
+    assert bytes(32).hex() not in repr(s) and "node_key" not in repr(s)
 
 
 def test_cli_bad_setting_is_one_line_exit_2(tmp_path: Path, capsys) -> None:

@@ -6,6 +6,7 @@ with `fedctl token create`, as an admin would.
 
 from __future__ import annotations
 
+import base64
 import json
 import stat
 import sys
@@ -21,6 +22,10 @@ from fedctl.app import app as fedctl_app
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
 from e2e_cloud import Cloud, serve_cloud
 
+# The API here serves plain HTTP (tests/e2e/e2e_cloud.py); the CA pin over HTTPS is
+# tested in test_edge_join_tls.py.
+INSECURE = ("--insecure-skip-tls-verify",)
+
 
 @pytest.fixture
 def cloud(tmp_path: Path) -> Iterator[Cloud]:
@@ -34,16 +39,18 @@ def token(cloud: Cloud, *args: str) -> str:
 
 
 def test_join_writes_config_and_run_uses_it(cloud: Cloud, tmp_path: Path, capsys) -> None:
-    tok = token(cloud, "--ttl", "1h", "--labels", "zone=shop")
+    tok = token(cloud, "--ttl", "1h", "--labels", "zone=shop", "--uses", "3")
     d = tmp_path / "edge"
     rc = main(["join", "--cloud", cloud.url, "--token", tok, "--name", "edge-7",
-               "--label", "rack=3", "--label", "zone=evil", "--state-dir", str(d)])
+               "--label", "rack=3", "--label", "zone=evil", "--state-dir", str(d), *INSECURE])
     out = capsys.readouterr()
     assert rc == 0, out.err
     assert "joined" in out.out and "edge-7" in out.out and "broker.example:8883" in out.out
     path = d / "edgecore.json"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(d.stat().st_mode) == 0o700
     cfg = json.loads(path.read_text())
+    assert len(base64.b64decode(cfg["key"])) == 32
     assert cfg["name"] == "edge-7"
     assert cfg["broker"] == {"host": "broker.example", "port": 8883}
     assert cfg["labels"] == {"rack": "3", "zone": "shop"}  # the token's label wins
@@ -57,6 +64,7 @@ def test_join_writes_config_and_run_uses_it(cloud: Cloud, tmp_path: Path, capsys
     assert (s.mqtt_username, s.mqtt_password) == ("edge-7", cfg["credentials"]["password"])
     assert s.labels == {"rack": "3", "zone": "shop"}
     assert cfg["credentials"]["password"] not in repr(s)
+    assert s.node_key == base64.b64decode(cfg["key"]) and cfg["key"] not in repr(s)
     s = settings_from_args(build_parser().parse_args(
         ["run", "--config", str(path), "--state-dir", str(tmp_path / "other"),
          "--mqtt-host", "10.0.0.1", "--label", "rack=4"]))
@@ -65,12 +73,12 @@ def test_join_writes_config_and_run_uses_it(cloud: Cloud, tmp_path: Path, capsys
 
     # joining twice into the same state dir is refused before calling the cloud
     rc = main(["join", "--cloud", cloud.url, "--token", tok, "--name", "edge-8",
-               "--state-dir", str(d)])
+               "--state-dir", str(d), *INSECURE])
     assert rc == 1 and "already joined as 'edge-7'" in capsys.readouterr().err
 
     # the same name from another device: 409, one line
     rc = main(["join", "--cloud", cloud.url, "--token", tok, "--name", "edge-7",
-               "--state-dir", str(tmp_path / "edge-b")])
+               "--state-dir", str(tmp_path / "edge-b"), *INSECURE])
     err = capsys.readouterr().err
     assert rc == 1 and err.count("\n") == 1
     assert "name 'edge-7' is taken" in err and "already joined" in err
@@ -80,7 +88,7 @@ def test_join_writes_config_and_run_uses_it(cloud: Cloud, tmp_path: Path, capsys
 def test_wrong_and_expired_token(cloud: Cloud, tmp_path: Path, capsys) -> None:
     d = tmp_path / "edge"
     rc = main(["join", "--cloud", cloud.url, "--token", "abcdef.000000000000000000000000",
-               "--name", "e1", "--state-dir", str(d)])
+               "--name", "e1", "--state-dir", str(d), *INSECURE])
     err = capsys.readouterr().err
     assert rc == 1
     assert err == ("edgecore: join token rejected: unknown or revoked join token "
@@ -90,7 +98,7 @@ def test_wrong_and_expired_token(cloud: Cloud, tmp_path: Path, capsys) -> None:
     tok = token(cloud, "--ttl", "1h")
     cloud.clock.now += 3601
     rc = main(["join", "--cloud", cloud.url, "--token", tok, "--name", "e1",
-               "--state-dir", str(d)])
+               "--state-dir", str(d), *INSECURE])
     err = capsys.readouterr().err
     assert rc == 1 and "join token rejected: join token expired" in err
     assert "e1" not in cloud.fleet.nodes
@@ -103,13 +111,21 @@ def test_unreachable_cloud_and_bad_name(tmp_path: Path, capsys) -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     rc = main(["join", "--cloud", f"http://127.0.0.1:{port}", "--token", "a.b", "--name",
-               "e1", "--state-dir", str(tmp_path / "e")])
+               "e1", "--state-dir", str(tmp_path / "e"), *INSECURE])
     err = capsys.readouterr().err
     assert rc == 1 and err.startswith(f"edgecore: cannot reach cloudcore at http://127.0.0.1:{port}")
     assert "Traceback" not in err
     rc = main(["join", "--cloud", "http://x", "--token", "a.b", "--name", "Bad_Name",
                "--state-dir", str(tmp_path / "e")])
     assert rc == 2 and "invalid setting node" in capsys.readouterr().err
+
+
+def test_plain_http_needs_the_insecure_flag(tmp_path: Path, capsys) -> None:
+    rc = main(["join", "--cloud", "http://127.0.0.1:9", "--token", "a.b", "--name", "e1",
+               "--state-dir", str(tmp_path / "e")])
+    err = capsys.readouterr().err
+    assert rc == 1 and "plain HTTP" in err and "--insecure-skip-tls-verify" in err
+    assert not (tmp_path / "e").exists()
 
 
 def test_run_without_name_or_config_is_exit_2(tmp_path: Path, capsys) -> None:
@@ -121,7 +137,7 @@ def test_reset_removes_the_state_dir(cloud: Cloud, tmp_path: Path, capsys,
                                      monkeypatch: pytest.MonkeyPatch) -> None:
     d = tmp_path / "edge"
     assert main(["join", "--cloud", cloud.url, "--token", token(cloud), "--name", "e2",
-                 "--state-dir", str(d)]) == 0
+                 "--state-dir", str(d), *INSECURE]) == 0
     (d / "cache").mkdir()
     capsys.readouterr()
     # without --yes and without a terminal: refused
@@ -138,7 +154,7 @@ def test_reset_removes_the_state_dir(cloud: Cloud, tmp_path: Path, capsys,
     assert not d.exists()
     # then it can join again under a new name
     assert main(["join", "--cloud", cloud.url, "--token", token(cloud), "--name", "e3",
-                 "--state-dir", str(d)]) == 0
+                 "--state-dir", str(d), *INSECURE]) == 0
 
 
 async def test_reset_stops_and_removes_real_containers(tmp_path: Path) -> None:

@@ -1,0 +1,180 @@
+"""`edgecore join` over HTTPS: the token's third part pins the fleet CA (proposal 0002).
+
+A small stdlib HTTPS server stands in for cloudcore's two calls (`GET /api/v1/ca`,
+`POST /api/v1/join`), with a CA and server certificate made by `cryptography`.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import hashlib
+import http.server
+import ipaddress
+import json
+import ssl
+import stat
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from edgecore.__main__ import build_parser, main, settings_from_args
+
+KEY = bytes(range(32))
+
+
+def _name(cn: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def make_ca(cn: str = "edgefed fleet CA") -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(_name(cn)).issuer_name(_name(cn))
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    return key, cert
+
+
+def make_server_cert(ca_key: Any, ca: x509.Certificate) -> tuple[bytes, bytes]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(_name("api")).issuer_name(ca.subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    return (cert.public_bytes(serialization.Encoding.PEM),
+            key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                              serialization.NoEncryption()))
+
+
+def pem(cert: x509.Certificate) -> str:
+    return cert.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def der_hash(cert: x509.Certificate) -> str:
+    return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+
+
+@dataclass
+class FakeCloud:
+    url: str
+    ca: x509.Certificate
+    joins: list[dict[str, Any]]
+
+
+@pytest.fixture
+def https_cloud(tmp_path: Path) -> Iterator[FakeCloud]:
+    ca_key, ca = make_ca()
+    cert, key = make_server_cert(ca_key, ca)
+    (tmp_path / "srv.crt").write_bytes(cert)
+    (tmp_path / "srv.key").write_bytes(key)
+    joins: list[dict[str, Any]] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *a: Any) -> None:
+            pass
+
+        def _json(self, body: Any) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self) -> None:
+            assert self.path == "/api/v1/ca"
+            self._json({"caCert": pem(ca), "caCertHash": "sha256:" + der_hash(ca)})
+
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            joins.append(body)
+            self._json({
+                "node": {"metadata": {"name": body["name"], "labels": {}}},
+                "broker": {"host": "broker.example", "port": 8883, "tls": True},
+                "credentials": {"username": body["name"], "password": "pw"},
+                "key": base64.b64encode(KEY).decode(), "caCert": pem(ca),
+                "clientCert": {"cert": "CERT PEM", "key": "KEY PEM", "notAfter": 1.9e9}})
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(tmp_path / "srv.crt", tmp_path / "srv.key")
+    server.socket = ctx.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield FakeCloud(f"https://127.0.0.1:{server.server_address[1]}", ca, joins)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def test_pinned_join_writes_key_ca_and_client_cert(https_cloud: FakeCloud, tmp_path: Path,
+                                                   capsys) -> None:
+    d = tmp_path / "edge"
+    tok = f"abcdef.0123456789abcdef.{der_hash(https_cloud.ca)}"
+    rc = main(["join", "--cloud", https_cloud.url, "--token", tok, "--name", "e1",
+               "--state-dir", str(d)])
+    assert rc == 0, capsys.readouterr().err
+    assert https_cloud.joins[0]["token"] == tok  # the server accepts the pin part too
+    assert stat.S_IMODE(d.stat().st_mode) == 0o700
+    cfg = json.loads((d / "edgecore.json").read_text())
+    assert base64.b64decode(cfg["key"]) == KEY
+    assert cfg["tls"] is True and cfg["ca_file"] == str(d / "ca.crt")
+    assert (d / "ca.crt").read_text() == pem(https_cloud.ca)
+    assert stat.S_IMODE((d / "client.key").stat().st_mode) == 0o600
+    assert cfg["client_cert"] == str(d / "client.crt") and cfg["cert_not_after"] == 1.9e9
+    s = settings_from_args(build_parser().parse_args(["run", "--state-dir", str(d)]))
+    assert s.node_key == KEY and s.tls and s.ca_file == d / "ca.crt"
+    assert s.client_cert == d / "client.crt" and s.client_key == d / "client.key"
+
+
+def test_a_cloud_whose_ca_is_not_the_pinned_one_is_refused(https_cloud: FakeCloud,
+                                                          tmp_path: Path, capsys) -> None:
+    _, other = make_ca("someone in the middle")
+    d = tmp_path / "edge"
+    rc = main(["join", "--cloud", https_cloud.url, "--token",
+               f"abcdef.0123456789abcdef.{der_hash(other)}", "--name", "e1",
+               "--state-dir", str(d)])
+    err = capsys.readouterr().err
+    assert rc == 1 and "not the one the token pins" in err and err.count("\n") == 1
+    assert https_cloud.joins == [] and not d.exists()
+
+
+def test_without_a_pin_the_ca_file_or_the_insecure_flag_is_needed(
+        https_cloud: FakeCloud, tmp_path: Path, capsys, caplog) -> None:
+    base = ["join", "--cloud", https_cloud.url, "--token", "abcdef.0123456789abcdef",
+            "--name", "e1"]
+    rc = main([*base, "--state-dir", str(tmp_path / "a")])
+    assert rc == 1 and "pins no CA" in capsys.readouterr().err and https_cloud.joins == []
+    # --ca-file: verified against it
+    (tmp_path / "ca.pem").write_text(pem(https_cloud.ca))
+    assert main([*base, "--state-dir", str(tmp_path / "b"), "--ca-file",
+                 str(tmp_path / "ca.pem")]) == 0
+    # a wrong --ca-file fails verification
+    _, other = make_ca("other")
+    (tmp_path / "other.pem").write_text(pem(other))
+    rc = main([*base, "--state-dir", str(tmp_path / "c"), "--ca-file",
+               str(tmp_path / "other.pem")])
+    assert rc == 1 and "CERTIFICATE_VERIFY_FAILED" in capsys.readouterr().err
+    # insecure: works, loudly
+    assert main([*base, "--state-dir", str(tmp_path / "d"),
+                 "--insecure-skip-tls-verify"]) == 0
+    assert "INSECURE JOIN" in caplog.text
+    assert len(https_cloud.joins) == 2
