@@ -13,6 +13,11 @@ cloudcore, one agent in its network namespace):
 3. installed size of `pip install edgefed[edge]` in a fresh venv (du of
    site-packages), and that onnxruntime, fastapi, uvicorn, numpy and pydantic are
    absent.
+4. what workload isolation costs at start (`--isolation-only` prints just this): on
+   the agent's own reconciler, runtime and pod network (no cloud, no MQTT), seconds
+   from a pod entry entering the desired set until its status is Running, for
+   hostNetwork + host users (no isolation), the pod network, a user namespace
+   (hostUsers: false), and both; median of N runs each and the ratio to the first.
 
 A program that prints figures, not a timed test (CONVENTIONS: benchmarks).
 Needs root and the integration test packages (crun, conmon, skopeo, umoci,
@@ -22,6 +27,8 @@ mosquitto, docker-registry).
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -181,6 +188,109 @@ def install_size(src: Path) -> dict[str, Any]:
         shutil.rmtree(venv, ignore_errors=True)
 
 
+ISOLATION_VARIANTS = (
+    ("hostNetwork, host users", {"hostNetwork": True}),
+    ("pod network", {}),
+    ("user namespace (hostNetwork)", {"hostNetwork": True, "hostUsers": False}),
+    ("pod network + user namespace", {"hostUsers": False}),
+)
+
+
+async def _isolation_figures(workdir: Path, runs: int) -> list[tuple[str, list[float]]]:
+    # Imported here: the rest of the bench needs none of the agent's modules.
+    from edgecore.cache import Cache
+    from edgecore.podnet import PodNetwork
+    from edgecore.reconciler import Reconciler
+    from edgecore.reconciler.volumes import Volumes
+    from edgecore.runtime import CrunRuntime
+    from shared.delta import EdgeDesired
+    from shared.entries import pod_entry, pod_key
+    from shared.models import Pod
+    from shared.pods import PodStatus
+    from testbed.registry import LocalRegistry, seed_busybox
+
+    statuses: dict[str, PodStatus | None] = {}
+    items: dict[str, Any] = {}
+    gen = [1]
+
+    class Sink:
+        def update(self, key: str, status: PodStatus | None) -> None:
+            statuses[key] = status
+
+    with LocalRegistry() as reg:
+        image = seed_busybox(reg)
+        cgroup = f"/edgefed-bench-{os.getpid()}"
+        rt = CrunRuntime(workdir / "runtime", insecure_registries=(reg.address,),
+                         cgroup_parent=cgroup)
+        net = PodNetwork(workdir / "podnet", bridge="efbench0", cidr="10.125.0.0/24",
+                         table="efbench", netns_prefix="efbench-")
+        cache = Cache(workdir / "cache")
+        rec = Reconciler(node="bench", runtime=rt, cache=cache, sink=Sink(),
+                         desired=lambda: EdgeDesired(epoch="E", gen=gen[0], items=dict(items)),
+                         volumes=Volumes(workdir / "pods"), network=net, interval_s=0.05)
+        task = asyncio.create_task(rec.run())
+
+        async def until(pred: Any, what: str, timeout: float = 60.0) -> None:
+            deadline = time.monotonic() + timeout
+            while not pred():
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{what}: {statuses}")
+                await asyncio.sleep(0.002)
+
+        async def one(name: str, extra: dict[str, Any]) -> float:
+            p = Pod.model_validate({"metadata": {"name": name}, "spec": {
+                "terminationGracePeriodSeconds": 0, **extra,
+                "containers": [{"name": "main", "image": image, "command": ["sleep", "3600"]}]}})
+            key, entry = pod_key("default", name), pod_entry(p)
+            entry["policy"] = {"level": "privileged"}  # hostNetwork is beyond baseline
+            t0 = time.perf_counter()
+            items[key] = entry
+            gen[0] += 1
+            rec.wake()
+            await until(lambda: (st := statuses.get(key)) is not None and st.phase == "Running",
+                        f"{name} Running")
+            took = time.perf_counter() - t0
+            del items[key]
+            gen[0] += 1
+            rec.wake()
+            await until(lambda: key in statuses and statuses[key] is None, f"{name} removed")
+            return took
+
+        try:
+            await one("warmup", {})  # pulls and unpacks the image, sets up the bridge
+            await one("warmup-userns", {"hostUsers": False})
+            out = []
+            for label, extra in ISOLATION_VARIANTS:
+                out.append((label, [await one(f"iso-{i}", extra) for i in range(runs)]))
+            return out
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            for st in await rt.list():
+                await rt.remove(st.id)
+            for key in list(net.keys()):
+                await net.detach(key)
+            cache.close()
+            subprocess.run(["ip", "link", "del", net.bridge], capture_output=True, check=False)
+            subprocess.run(["nft", "delete", "table", "ip", net.table], capture_output=True,
+                           check=False)
+            for controller in Path("/sys/fs/cgroup").iterdir():
+                with contextlib.suppress(OSError):
+                    (controller / cgroup.lstrip("/")).rmdir()
+
+
+def isolation_figures(workdir: Path, runs: int) -> None:
+    """Print apply->Running per isolation variant (figure 4 of the module docstring)."""
+    results = asyncio.run(_isolation_figures(workdir / "isolation", runs))
+    base = statistics.median(results[0][1])
+    print(f"isolation at start: desired entry -> Running on the agent's reconciler "
+          f"(median of {runs})")
+    for label, times in results:
+        med = statistics.median(times)
+        print(f"  {label}: {med * 1000:.0f} ms "
+              f"[{', '.join(f'{t * 1000:.0f}' for t in times)}], {med / base:.2f}x", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=5, help="apply->Running and crun samples")
@@ -189,12 +299,17 @@ def main() -> None:
     ap.add_argument("--settle-s", type=float, default=15.0, help="wait before measuring")
     ap.add_argument("--skip-install", action="store_true", help="skip the pip install figure")
     ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--isolation-only", action="store_true",
+                    help="only the isolation figures (no fleet, no install size)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench_edge runs real containers: run it as root")
     # SIGTERM (e.g. from `timeout`) must still stop the fleet and its containers.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit("bench_edge: terminated"))
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-edge-"))
+    if args.isolation_only:
+        isolation_figures(workdir, args.runs)
+        return
     f = Fleet(FleetSettings(nodes=1, workdir=workdir, heartbeat_s=30.0))
     f.start()
     try:
@@ -237,6 +352,7 @@ def main() -> None:
                timeout=120, what="idle pods removed")
     finally:
         f.stop()
+    isolation_figures(workdir, args.runs)
     if not args.skip_install:
         size = install_size(Path(__file__).resolve().parents[1])
         print(f"pip install edgefed[edge]: site-packages {size['total_mib']:.1f} MiB "
