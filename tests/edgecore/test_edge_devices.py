@@ -157,7 +157,7 @@ def test_device_flag_settings_and_capacity(tmp_path: Path) -> None:
     args = build_parser().parse_args([
         "run", "--name", "n1", "--state-dir", str(tmp_path),
         "--device", f"{NPU}=/tmp/x/npu0,/tmp/x/npu1", "--log-max-bytes", "65536",
-        "--log-keep", "3"])
+        "--log-keep", "3", "--insecure"])
     s = settings_from_args(args)
     assert s.devices == ((NPU, ("/tmp/x/npu0", "/tmp/x/npu1")),)
     assert (s.log_max_bytes, s.log_keep) == (65536, 3)

@@ -280,7 +280,7 @@ def test_gc_and_resync_flags_and_validation(tmp_path: Path) -> None:
     args = build_parser().parse_args([
         "run", "--name", NODE, "--state-dir", str(tmp_path), "--image-gc-interval", "60",
         "--image-gc-max-unused", "3600", "--image-gc-min-free-mib", "256",
-        "--reconcile-interval", "2", "--reconcile-resync", "20"])
+        "--reconcile-interval", "2", "--reconcile-resync", "20", "--insecure"])
     s = settings_from_args(args)
     assert (s.image_gc_interval_s, s.image_gc_max_unused_s, s.image_gc_min_free_bytes,
             s.reconcile_interval_s, s.reconcile_resync_s) == (60, 3600, 256 * MiB, 2, 20)

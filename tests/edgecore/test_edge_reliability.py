@@ -224,11 +224,11 @@ def test_backoff_defaults_follow_the_heartbeat(tmp_path: Path) -> None:
 def test_backoff_flags(tmp_path: Path) -> None:
     args = build_parser().parse_args(["run", "--name", "n", "--state-dir", str(tmp_path),
                                       "--heartbeat", "10", "--reconnect-max", "4",
-                                      "--op-timeout", "3"])
+                                      "--op-timeout", "3", "--insecure"])
     s = settings_from_args(args)
     assert (s.reconnect_cap_s, s.op_timeout) == (4, 3)
     args = build_parser().parse_args(["run", "--name", "n", "--state-dir", str(tmp_path),
-                                      "--heartbeat", "10"])
+                                      "--heartbeat", "10", "--insecure"])
     s = settings_from_args(args)
     assert (s.reconnect_cap_s, s.op_timeout) == (10, 10)
 

@@ -9,7 +9,8 @@ import pytest
 from edgecore.cache import Cache, OutboxKind
 from edgecore.errors import CacheError
 from edgecore.sync import SyncHandler
-from shared.codec import Ack, Desired, ReportAck, Resync, Will
+from shared.codec import Ack, Desired, ReportAck, Request, Resync, Will
+from shared.delta import LEFT_EPOCH
 
 NODE = "edge-1"
 
@@ -96,3 +97,53 @@ async def test_report_ack_trims_outbox_and_wrong_direction_is_dropped(cache: Cac
     assert [s for s, _ in sync.pending(0)] == [3]
     assert await sync.handle(Will(node=NODE)) == []
     assert sync.stats.unexpected == 1
+
+
+# -- replays (proposal 0002) ----------------------------------------------------------
+
+
+async def test_requests_expired_seen_or_without_expiry_are_refused(cache: Cache) -> None:
+    now = [1000.0]
+    sync = SyncHandler(node=NODE, cache=cache, wall=lambda: now[0], require_exp=True)
+    ran: list[str] = []
+    sync.on_request = lambda r: ran.append(f"{r.kind}:{r.id}")
+
+    def req(rid: str, exp: float | None, kind: str = "exec") -> Request:
+        return Request(node=NODE, id=rid, kind=kind, argv=["id"], exp=exp)  # type: ignore[arg-type]
+
+    assert await sync.handle(req("a", 1100)) == []
+    await sync.handle(req("a", 1100))  # replayed as recorded
+    await sync.handle(req("b", 999))  # expired
+    await sync.handle(req("c", None))  # an expiry is required
+    await sync.handle(req("a", 1100, kind="cancel"))  # its cancel shares the id: runs once
+    await sync.handle(req("a", 1100, kind="cancel"))
+    assert ran == ["exec:a", "cancel:a"]
+    assert sync.stats.replayed_requests == 4
+    now[0] = 1200.0  # later, the recorded one is refused by its expiry alone
+    await sync.handle(req("a", 1100))
+    assert ran == ["exec:a", "cancel:a"] and sync.stats.replayed_requests == 5
+    # an insecure agent takes requests from a cloud that sends no expiry
+    old = SyncHandler(node=NODE, cache=cache, wall=lambda: now[0])
+    old.on_request = lambda r: ran.append(r.id)
+    await old.handle(req("z", None))
+    assert ran[-1] == "z"
+
+
+async def test_a_snapshot_under_a_left_epoch_is_refused_also_after_a_restart(
+        cache: Cache) -> None:
+    sync = SyncHandler(node=NODE, cache=cache)
+    await sync.handle(desired(1, snapshot=True, epoch="E1", put={"pod/a/x": 1}))
+    await sync.handle(desired(2, 1, epoch="E1", put={"pod/a/evil": 1}))
+    await sync.handle(desired(5, snapshot=True, epoch="E2", put={"pod/a/y": 2}))
+    assert cache.get_desired().left == ("E1",)
+    # a recorded E1 snapshot replayed, after an agent restart on the same cache
+    again = SyncHandler(node=NODE, cache=cache)
+    replies = await again.handle(desired(9, snapshot=True, epoch="E1", put={"pod/a/evil": 1}))
+    assert replies == [Resync(node=NODE, epoch="E2", gen=5, seq=0, reason=LEFT_EPOCH)]
+    assert again.stats.refused_epochs == 1
+    assert cache.get_desired().items == {"pod/a/y": 2}
+    # only the last 16 epochs are kept
+    for i in range(20):
+        await again.handle(desired(1, snapshot=True, epoch=f"F{i}"))
+    left = cache.get_desired().left
+    assert len(left) == 16 and left[-1] == "F18" and "E1" not in left
