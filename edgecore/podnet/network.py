@@ -190,7 +190,10 @@ class PodNetwork:
 
     async def _setup(self) -> None:
         self._tool(self._nft, "nftables")
-        if not Path(f"/sys/class/net/{self.bridge}").exists():
+        # Not /sys/class/net: an agent in a network namespace of its own (the testbed)
+        # sees the sysfs of whoever mounted /sys; `ip` asks the kernel for this one.
+        rc, _ = await self._ipcmd("link", "show", "dev", self.bridge, check=False)
+        if rc != 0:
             await self._ipcmd("link", "add", self.bridge, "type", "bridge")
         prefix = self.net.prefixlen
         _, addrs = await self._ipcmd("-o", "-4", "addr", "show", "dev", self.bridge)
