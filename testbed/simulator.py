@@ -22,12 +22,21 @@ the limit is 20,000 per process):
         --prefix sim --start 0 --count 2500 --stats /tmp/sim-0.json
 
 Node names are `{prefix}-{i}` for i in [start, start + count).
+
+Secure fleets (proposal 0002): `--keys FILE` is a JSON object node -> base64 node key
+(or node -> {"key": ..., "username": ..., "password": ...} to log in with the node's
+broker credentials too), as a testbed gets them by joining the nodes; every message is
+then sealed and checked as a real agent does (`shared.seal`), and a node missing from
+the file is an error. `--tls --ca-file CA` connects over TLS. Without `--keys` the nodes
+speak unsealed, as before, for an `--insecure` cloudcore.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import binascii
 import contextlib
 import json
 import logging
@@ -35,6 +44,7 @@ import os
 import random
 import resource
 import signal
+import ssl
 import sys
 import time
 from dataclasses import dataclass, field
@@ -44,9 +54,19 @@ from typing import Any
 import gmqtt
 from gmqtt.mqtt.constants import MQTTv311
 
-from shared import topics
-from shared.codec import Ack, Desired, Report, ReportAck, Resync, Will, decode, encode
-from shared.delta import EdgeDesired, Outcome
+from shared import seal, topics
+from shared.codec import (
+    DOWN_LIMITS,
+    Ack,
+    Desired,
+    Report,
+    ReportAck,
+    Resync,
+    Will,
+    decode,
+    encode,
+)
+from shared.delta import LEFT_EPOCH, EdgeDesired, Outcome
 from shared.entries import POD, split_key, status_value
 from shared.errors import ProtocolError
 from shared.models import ContainerStatus, PodStatus
@@ -75,6 +95,12 @@ class SimSettings:
     max_connecting: int = 256  # connects in flight at once (a slow broker must not pile up)
     crash_marker: str | None = None  # with report_pods: a pod whose container command or
     # args contain this text is reported crashing (Running, not ready, CrashLoopBackOff)
+    keys: dict[str, bytes] = field(default_factory=dict, repr=False)  # node -> node key;
+    # empty: unsealed messages (an --insecure cloudcore); else every node must have one
+    credentials: dict[str, tuple[str, str]] = field(default_factory=dict, repr=False)
+    # node -> (broker username, password); empty: anonymous
+    tls: bool = False  # connect over TLS
+    ca_file: Path | None = None  # the CA the broker's certificate chains to (with tls)
 
 
 class SimNode:
@@ -89,6 +115,7 @@ class SimNode:
         "connects",
         "desired",
         "first_desired_at",
+        "keys",
         "msgs_in",
         "msgs_out",
         "name",
@@ -104,6 +131,8 @@ class SimNode:
         self.name = name
         self.sim = sim
         self.desired = EdgeDesired()
+        key = sim.settings.keys.get(name)
+        self.keys = seal.NodeKeys.derive(key) if key is not None else None
         self.seq = 0  # last report seq sent
         self.racked = 0  # highest seq the cloud acknowledged
         self.client: gmqtt.Client | None = None
@@ -120,8 +149,11 @@ class SimNode:
     def send(self, msg: Ack | Report | Resync) -> None:
         if self.client is None or not self.connected:
             return  # the resync on the next connect brings the cloud up to date
+        topic = topics.up(self.name)
         data = encode(msg)
-        self.client.publish(topics.up(self.name), data, qos=1)
+        if self.keys is not None:
+            data = seal.seal(self.keys.up, topic, data)
+        self.client.publish(topic, data, qos=1)
         self.msgs_out += 1
         self.bytes_out += len(data)
         self.sim.msgs_out += 1
@@ -192,7 +224,9 @@ class SimNode:
         self.sim.msgs_in += 1
         self.sim.bytes_in += len(payload)
         try:
-            msg = decode(payload)
+            if self.keys is not None:
+                payload = seal.unseal(self.keys.down, topic, payload)
+            msg = decode(payload, limits=DOWN_LIMITS)
         except ProtocolError as exc:
             self.sim.invalid += 1
             log.debug("%s: dropped a bad message: %s", self.name, exc)
@@ -211,6 +245,11 @@ class SimNode:
         if self.first_desired_at is None:
             self.first_desired_at = now
         outcome = self.desired.classify(msg)
+        if outcome is Outcome.REFUSED:
+            self.resyncs += 1
+            self.send(Resync(node=self.name, epoch=self.desired.epoch, gen=self.desired.gen,
+                             seq=self.seq, reason=LEFT_EPOCH))
+            return
         if outcome is Outcome.DUPLICATE:
             self.reacks += 1
             self.sim.reacks += 1
@@ -303,7 +342,15 @@ class Simulator:
             raise ValueError("heartbeat: must be positive seconds")
         if settings.crash_marker == "":
             raise ValueError("crash_marker: must not be empty (it would match every pod)")
+        if settings.keys:
+            missing = [n for n in settings.names if n not in settings.keys]
+            if missing:
+                raise ValueError(f"keys: no key for {len(missing)} node(s), e.g. {missing[0]!r}")
         self.settings = settings
+        self._ssl: ssl.SSLContext | bool = False
+        if settings.tls:
+            self._ssl = ssl.create_default_context(
+                cafile=str(settings.ca_file) if settings.ca_file else None)
         self.nodes = [SimNode(n, self) for n in settings.names]
         self.connected = 0
         self.msgs_in = self.msgs_out = self.bytes_in = self.bytes_out = 0
@@ -356,13 +403,18 @@ class Simulator:
         try:
             delay = 0.5
             while True:
+                will_topic = topics.will(node.name)
+                will = encode(Will(node=node.name))
+                if node.keys is not None:
+                    will = seal.seal(node.keys.up, will_topic, will)
                 client = gmqtt.Client(
                     node.name,
                     clean_session=False,
-                    will_message=gmqtt.Message(
-                        topics.will(node.name), encode(Will(node=node.name)), qos=1
-                    ),
+                    will_message=gmqtt.Message(will_topic, will, qos=1),
                 )
+                creds = self.settings.credentials.get(node.name)
+                if creds is not None:
+                    client.set_auth_credentials(*creds)
                 client.set_config(
                     {"reconnect_retries": -1, "reconnect_delay": random.uniform(1.0, 5.0)}
                 )
@@ -376,6 +428,7 @@ class Simulator:
                         self.settings.port,
                         keepalive=self.settings.keepalive,
                         version=MQTTv311,
+                        ssl=self._ssl,
                     )
                     return
                 except (TimeoutError, OSError, gmqtt.MQTTConnectError) as exc:
@@ -507,6 +560,10 @@ async def run_simulator(
     keepalive: int = 60,
     per_node_stats: bool = False,
     crash_marker: str | None = None,
+    keys: dict[str, bytes] | None = None,
+    credentials: dict[str, tuple[str, str]] | None = None,
+    tls: bool = False,
+    ca_file: Path | None = None,
 ) -> None:
     """Simulate `names` as edge nodes against the broker until cancelled."""
     settings = SimSettings(
@@ -521,8 +578,34 @@ async def run_simulator(
         keepalive=keepalive,
         per_node_stats=per_node_stats,
         crash_marker=crash_marker,
+        keys=dict(keys or {}),
+        credentials=dict(credentials or {}),
+        tls=tls,
+        ca_file=ca_file,
     )
     await Simulator(settings).run()
+
+
+def load_keys(path: Path) -> tuple[dict[str, bytes], dict[str, tuple[str, str]]]:
+    """A `--keys` file: node -> base64 key, or node -> {"key", "username", "password"}.
+    Returns (keys, credentials); ValueError naming the node if an entry is malformed."""
+    raw = json.loads(path.read_text())
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: must be a JSON object node -> key")
+    keys: dict[str, bytes] = {}
+    creds: dict[str, tuple[str, str]] = {}
+    for node, entry in raw.items():
+        b64 = entry.get("key") if isinstance(entry, dict) else entry
+        try:
+            key = base64.b64decode(str(b64), validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError(f"{path}: {node}: key is not base64") from None
+        if len(key) != seal.KEY_BYTES:
+            raise ValueError(f"{path}: {node}: a node key is {seal.KEY_BYTES} bytes")
+        keys[node] = key
+        if isinstance(entry, dict) and entry.get("username") and entry.get("password"):
+            creds[node] = (str(entry["username"]), str(entry["password"]))
+    return keys, creds
 
 
 # --- command line -------------------------------------------------------------------
@@ -567,8 +650,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--labels",
         type=_labels,
-        default={"edgefed.io/simulated": "true"},
-        help="node labels KEY=VALUE,... (default edgefed.io/simulated=true)",
+        default={"testbed/simulated": "true"},
+        help="node labels KEY=VALUE,... (default testbed/simulated=true; a node cannot set "
+        "edgefed.io/ labels on itself)",
     )
     p.add_argument("--heartbeat", type=float, default=30.0, help="seconds (default %(default)s)")
     p.add_argument(
@@ -589,11 +673,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--stats", type=Path, default=None, help="JSON stats file, rewritten every second"
     )
     p.add_argument("--per-node-stats", action="store_true", help="add per-node timings to --stats")
+    p.add_argument(
+        "--keys",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="JSON node -> base64 node key (or -> {key, username, password}): seal and check "
+        "every message; without it the nodes speak unsealed (an --insecure cloudcore)",
+    )
+    p.add_argument("--tls", action="store_true", help="connect to the broker over TLS")
+    p.add_argument(
+        "--ca-file", type=Path, default=None, help="with --tls: the CA of the broker's certificate"
+    )
     p.add_argument("--no-uvloop", action="store_true", help="use the default asyncio loop")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     if args.count < 1 or args.start < 0:
         p.error("--count must be >= 1 and --start >= 0")
+    if args.ca_file is not None and not args.tls:
+        p.error("--ca-file needs --tls")
     return args
 
 
@@ -606,6 +704,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("gmqtt").setLevel(logging.INFO if args.verbose else logging.ERROR)
     _raise_fd_limit(args.count)
     names = [f"{args.prefix}-{i}" for i in range(args.start, args.start + args.count)]
+    keys: dict[str, bytes] = {}
+    creds: dict[str, tuple[str, str]] = {}
+    if args.keys is not None:
+        try:
+            keys, creds = load_keys(args.keys)
+        except (OSError, ValueError) as exc:
+            print(f"error: --keys: {exc}", file=sys.stderr)
+            return 1
 
     async def serve() -> None:
         # SIGTERM (how the testbed stops us) cancels like Ctrl-C, so the sessions are
@@ -628,6 +734,10 @@ def main(argv: list[str] | None = None) -> int:
                 keepalive=args.keepalive,
                 per_node_stats=args.per_node_stats,
                 crash_marker=args.crash_marker,
+                keys=keys,
+                credentials=creds,
+                tls=args.tls,
+                ca_file=args.ca_file,
             )
 
     coro = serve()
