@@ -508,6 +508,25 @@ def entry_fits(key: str, value: Any, *, limits: Limits = DOWN_LIMITS) -> str | N
         raw = msgpack.packb(value, use_bin_type=True)
     except (TypeError, ValueError, OverflowError) as exc:
         return f"{key}: not encodable: {exc}"
+    if len(raw) <= min(limits.max_str_bytes, limits.max_items):
+        pass  # no string or array in it can be longer than the whole: only depth to check
+    else:
+        reason = _unpack_limits(key, raw, limits)
+        if reason is not None:
+            return reason
+    # the message around one entry: a Desired header and the key, well under 1 KiB
+    if len(raw) + len(key) + 1024 > limits.max_message_bytes:
+        return (f"{key}: {len(raw)} bytes exceed the message limit of "
+                f"{limits.max_message_bytes} bytes")
+    if len(raw) > limits.max_depth - 2:
+        try:
+            check_depth(raw, limits.max_depth - 2)  # message map > put map > entry
+        except TooDeep:
+            return f"{key}: nested deeper than {limits.max_depth - 2} levels"
+    return None
+
+
+def _unpack_limits(key: str, raw: bytes, limits: Limits) -> str | None:
     try:
         msgpack.unpackb(raw, raw=False, strict_map_key=True,
                         max_str_len=limits.max_str_bytes, max_bin_len=limits.max_str_bytes,
@@ -518,13 +537,4 @@ def entry_fits(key: str, value: Any, *, limits: Limits = DOWN_LIMITS) -> str | N
                 f"{exc}")
     except Exception as exc:  # msgpack raises several unrelated types
         return f"{key}: not deliverable: {exc}"
-    # the message around one entry: a Desired header and the key, well under 1 KiB
-    if len(raw) + len(key) + 1024 > limits.max_message_bytes:
-        return (f"{key}: {len(raw)} bytes exceed the message limit of "
-                f"{limits.max_message_bytes} bytes")
-    if len(raw) > 0:
-        try:
-            check_depth(raw, limits.max_depth - 2)  # message map > put map > entry
-        except TooDeep:
-            return f"{key}: nested deeper than {limits.max_depth - 2} levels"
     return None
