@@ -81,6 +81,8 @@ def container_spec(
         pull_policy=c.image_pull_policy,
         security=security,
         userns=None if eff.host_users else entry.key,
+        supplemental_groups=(*eff.supplemental_groups,
+                             *(() if eff.fs_group is None else (eff.fs_group,))),
         netns=netns,
         annotations={
             ANN_POD: entry.key,

@@ -278,9 +278,11 @@ def build_oci_config(
         raise InvalidSpec(
             f"container {spec.name!r} has runAsNonRoot and its user is root (uid 0): "
             "set runAsUser or use an image with a non-root USER")
-    if idmap is not None and not (uid < idmap[1] and gid < idmap[1]):
+    groups = [g for g in spec.supplemental_groups if g != gid]
+    if idmap is not None and not all(i < idmap[1] for i in (uid, gid, *groups)):
         raise InvalidSpec(
-            f"container {spec.name!r}: user {uid}:{gid} is outside the pod's user "
+            f"container {spec.name!r}: user {uid}:{gid} (groups {groups}) is outside the "
+            "pod's user "
             f"namespace (ids 0..{idmap[1] - 1})")
     hostname = spec.name
     device_rules = ([{"allow": True, "access": "rwm"}] if sec.privileged else
@@ -375,7 +377,7 @@ def build_oci_config(
         "ociVersion": "1.0.2",
         "process": {
             "terminal": False,
-            "user": {"uid": uid, "gid": gid},
+            "user": {"uid": uid, "gid": gid, **({"additionalGids": groups} if groups else {})},
             "args": process_args(spec, image),
             "env": merge_env(image.env, spec.env, hostname),
             "cwd": spec.working_dir or image.working_dir or "/",

@@ -203,7 +203,8 @@ class ContainerSpec:
     their own; ``None`` keeps the host's ids (Kubernetes ``hostUsers: true``).
     ``netns`` is the path of the network namespace to join (the pod's),
     ``"private"`` for a new namespace of the container's own (loopback only),
-    ``None`` for the host's network.
+    ``None`` for the host's network. ``supplemental_groups`` are extra group
+    ids of the process (Kubernetes ``supplementalGroups`` and ``fsGroup``).
     """
 
     name: str
@@ -223,8 +224,15 @@ class ContainerSpec:
     security: Security = field(default_factory=Security)
     userns: str | None = None
     netns: str | None = None
+    supplemental_groups: Sequence[int] = ()
 
     def __post_init__(self) -> None:
+        if isinstance(self.supplemental_groups, str) or not all(
+            type(g) is int and 0 <= g < 2**32 - 1 for g in self.supplemental_groups
+        ):
+            raise InvalidSpec("ContainerSpec.supplemental_groups must be group ids")
+        object.__setattr__(self, "supplemental_groups",
+                           tuple(dict.fromkeys(self.supplemental_groups)))
         if not isinstance(self.security, Security):
             raise InvalidSpec("ContainerSpec.security must be a Security")
         if self.userns is not None and (
@@ -317,6 +325,7 @@ class ContainerSpec:
                 self.security,
                 self.userns,
                 self.netns,
+                self.supplemental_groups,
             )
         )
 
