@@ -2,6 +2,12 @@
 
     testbed up --nodes 3          start everything, print how to reach it, Ctrl-C stops
     testbed demo                  up + apply examples/ + wait for convergence + fetch a page
+
+  Both are secure by default: a TLS broker with no anonymous clients and per-node ACLs,
+  cloudcore over HTTPS with a token, agents that join with one-use tokens; fedctl gets
+  server, token and CA from WORKDIR/fedctl.yaml (export FEDCTL_CONFIG=...). --insecure
+  is the old open fleet, for comparison only.
+
     testbed bench sync --nodes N  simulated fleet: time for a DaemonSet to be acked by all
     testbed bench rollout         simulated fleet: health-gated DaemonSet rollouts, a good
                                   update in batches (--batch 10%) and a bad one rolled back
@@ -15,10 +21,8 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import yaml
@@ -46,20 +50,30 @@ def _wait_for_stop(duration: float | None) -> None:
 
 def _print_fleet(fleet: Fleet) -> None:
     assert fleet.broker is not None
-    print(f"  cloudcore API   {fleet.api}   (export FEDCTL_SERVER={fleet.api})")
-    print(f"  mosquitto       {fleet.broker.host}:{fleet.broker.port}")
+    b = fleet.broker
+    print(f"  cloudcore API   {fleet.api}")
+    print(f"  mosquitto       {'mqtts' if b.tls else 'mqtt'}://{b.host}:{b.port}"
+          + ("   (TLS, no anonymous clients, per-node ACL)" if b.tls else "   (ANONYMOUS)"))
+    if b.cert_port:
+        print(f"                  mqtts://{b.host}:{b.cert_port}   (client certificates)")
+    if fleet.ca_file is not None and fleet.secure:
+        print(f"  fleet CA        {fleet.ca_file}")
     if fleet.registry is not None:
         print(f"  registry        {fleet.registry.address}   image {fleet.image}")
     for a in fleet.agents:
         where = f"netns {a.host.name}" if a.host else "host network"
         print(f"  {a.name:<14}  {a.address:<15} {where}   state {a.state_dir}")
-    print(f"  logs            {fleet.workdir / 'logs'}")
+    print(f"  logs            {fleet.workdir / 'logs'}   broker: {b.log}")
+    print(f"  fedctl          export FEDCTL_CONFIG={fleet.context_file}"
+          + ("   (server, admin token and CA)" if fleet.secure else ""))
+    print("                  .venv/bin/fedctl get nodes")
 
 
 def _settings(args: argparse.Namespace) -> FleetSettings:
     return FleetSettings(nodes=args.nodes, workdir=Path(args.workdir),
                          heartbeat_s=args.heartbeat,
-                         use_netns=False if args.no_netns else None)
+                         use_netns=False if args.no_netns else None,
+                         insecure=args.insecure, node_certs=args.node_certs)
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -76,12 +90,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def _fedctl(fleet: Fleet, *argv: str, stdin: str | None = None) -> str:
-    cmd = [sys.executable, "-m", "fedctl", "--server", fleet.api, *argv]
-    r = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=120,
-                       check=False)
-    if r.returncode != 0:
-        raise RuntimeError(f"fedctl {' '.join(argv)} failed ({r.returncode}): {r.stderr.strip()}")
-    return r.stdout
+    return fleet.fedctl(*argv, stdin=stdin).stdout
 
 
 def example_documents(image: str) -> str:
@@ -152,15 +161,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
             print(_fedctl(fleet, "get", "pods", "-o", "wide"), flush=True)
             print(_fedctl(fleet, "get", "daemonsets"), flush=True)
             a = fleet.agents[0]
-            url = f"http://{a.address}:8080/"
-            with urllib.request.urlopen(url, timeout=10) as r:
-                page = r.read().decode(errors="replace").strip()
-            print(f"== GET {url} (pod web-{a.name}) ->\n{page}", flush=True)
+            page = fleet.pod_page(f"web-{a.name}", port=8080)
+            print(f"== what pod web-{a.name} serves on port 8080 ->\n{page}", flush=True)
             if duration == 0:
                 print("== demo converged; DEMO_DURATION=0, stopping", flush=True)
                 return 0
-            print("== demo running; Ctrl-C stops everything "
-                  f"(try: FEDCTL_SERVER={fleet.api} .venv/bin/fedctl get pods)", flush=True)
+            print("== demo running; Ctrl-C stops everything (try: "
+                  f"FEDCTL_CONFIG={fleet.context_file} .venv/bin/fedctl get pods)", flush=True)
             _wait_for_stop(duration)
             print("stopping ...", flush=True)
     except (TimeoutError, RuntimeError) as exc:
@@ -216,6 +223,11 @@ def main(argv: list[str] | None = None) -> int:
         s.add_argument("--heartbeat", type=float, default=5.0, help="agent heartbeat, seconds")
         s.add_argument("--no-netns", action="store_true",
                        help="run agents in the host network (pods' ports may clash)")
+        s.add_argument("--insecure", action="store_true",
+                       help="the old open fleet: anonymous plain MQTT, open plain-HTTP API, "
+                            "unjoined agents (warns; for comparison only)")
+        s.add_argument("--node-certs", action="store_true",
+                       help="agents log in to the broker with client certificates")
         s.set_defaults(fn=fn)
     b = sub.add_parser("bench")
     b.add_argument("what", choices=["sync", "rollout"])
@@ -235,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--heartbeat", type=float, default=5.0, help="agent heartbeat, seconds")
     c.add_argument("--keepalive", type=int, default=10, help="agent MQTT keepalive, seconds")
     c.add_argument("--no-netns", action="store_true", help=argparse.SUPPRESS)
+    c.add_argument("--insecure", action="store_true", help="the old open fleet (warns)")
+    c.add_argument("--node-certs", action="store_true", help=argparse.SUPPRESS)
     c.add_argument("--minutes", type=float, default=1.0, help="partition / flaky duration")
     c.add_argument("--pods", type=int, default=20, help="offline-reboot pods; outbox pods")
     c.add_argument("--cycles", type=int, default=20, help="restarts / kills")

@@ -64,6 +64,10 @@ class BrokerSecurity:
     # None: no TLS (passwords cross the network in clear; only for the legacy tests)
     client_cert_port: int | None = None  # >0 or 0 (a free port): a second TLS listener that
     # requires a client certificate from the fleet CA and uses its CN as the username
+    probe_password: str | None = None  # tests only: a loopback TLS listener of its own
+    # where user `probe` may read and write every topic: "a client with broker access"
+    # (a broker admin, or the broker itself compromised) without borrowing cloudcore's
+    # identities, which would kick cloudcore's own sessions
 
 
 class Mosquitto:
@@ -94,6 +98,11 @@ class Mosquitto:
         self.cert_port: int | None = None
         if security is not None and security.client_cert_port is not None:
             self.cert_port = security.client_cert_port or free_port(self.host)
+        self.probe_port: int | None = None
+        self._probe_passwd = self.workdir / "probe.passwd"
+        self._probe_acl = self.workdir / "probe.acl"
+        if security is not None and security.probe_password is not None:
+            self.probe_port = free_port("127.0.0.1")
         self.log_types = log_types
         self.log = self.workdir / "mosquitto.log"
         self.reloads = 0
@@ -118,29 +127,36 @@ class Mosquitto:
 
     def config(self) -> str:
         sec = self.security
-        lines = ["per_listener_settings false"]
         if sec is None:
+            lines = ["per_listener_settings false"]
             lines += [f"listener {self.port} {h}" for h in self.hosts]
             lines += ["allow_anonymous true"]
         else:
+            # Settings per listener, so a test probe can have its own password file; each
+            # listener carries its own auth lines. use_username_as_clientid is a listener
+            # option in any case: without it on a listener, a client there can take over
+            # another identity's session.
+            lines = ["per_listener_settings true"]
             tls: list[str] = []
             if sec.tls_dir is not None:
                 tls = [f"cafile {sec.tls_dir / 'ca.crt'}",
                        f"certfile {sec.tls_dir / 'broker.crt'}",
                        f"keyfile {sec.tls_dir / 'broker.key'}",
                        "tls_version tlsv1.2"]
-            # use_username_as_clientid is a listener option in mosquitto 2.0 even with
-            # per_listener_settings false: it must follow every `listener` line, or a
-            # client can take over another identity's session on that listener
+            auth = ["allow_anonymous false", f"password_file {sec.passwd}",
+                    f"acl_file {sec.acl}", "use_username_as_clientid true"]
             for h in self.hosts:
-                lines += [f"listener {self.port} {h}", *tls, "use_username_as_clientid true"]
+                lines += [f"listener {self.port} {h}", *tls, *auth]
             if self.cert_port is not None and tls:
                 for h in self.hosts:
                     lines += [f"listener {self.cert_port} {h}", *tls,
                               "require_certificate true", "use_identity_as_username true",
+                              "allow_anonymous false", f"acl_file {sec.acl}",
                               "use_username_as_clientid true"]
-            lines += ["allow_anonymous false", f"password_file {sec.passwd}",
-                      f"acl_file {sec.acl}"]
+            if self.probe_port is not None:
+                lines += [f"listener {self.probe_port} 127.0.0.1", *tls,
+                          "allow_anonymous false", f"password_file {self._probe_passwd}",
+                          f"acl_file {self._probe_acl}", "use_username_as_clientid true"]
         lines += [
             "max_queued_messages 1000000",
             "max_inflight_messages 0",
@@ -194,6 +210,13 @@ class Mosquitto:
             if self.auth_user:
                 sec.acl.write_text(ACL.format(cloud_user=self.auth_user))
             files += [sec.passwd, sec.acl]
+            if sec.probe_password is not None:
+                self._probe_acl.write_text("user probe\ntopic readwrite #\n")
+                self._probe_passwd.unlink(missing_ok=True)
+                self._probe_passwd.touch(0o600)
+                subprocess.run(["mosquitto_passwd", "-b", str(self._probe_passwd), "probe",
+                                sec.probe_password], check=True, capture_output=True)
+                files += [self._probe_passwd, self._probe_acl]
             if sec.tls_dir is not None:
                 missing = [n for n in ("ca.crt", "broker.crt", "broker.key")
                            if not (sec.tls_dir / n).is_file()]

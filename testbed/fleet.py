@@ -3,14 +3,27 @@ N real edge agents, each agent its own host in a network namespace when we are r
 
 Used by `testbed up`, `make demo` and the integration tests. Every process logs to a
 file under the work directory; `stop()` undoes everything, containers included.
+
+Secure by default, as docs/security.md describes production: the fleet CA is made by
+`cloudcore pki broker` (which also writes the broker's TLS files), mosquitto takes no
+anonymous client and reads the password file and ACL cloudcore keeps, cloudcore serves
+HTTPS and needs a token (the admin token it writes at first start), and every agent
+joins with a one-use join token bound to its name (`edgecore join`, which pins the CA
+by the token's third part) before it runs from its state dir. fedctl is handed the
+server, token and CA through a context file, `WORKDIR/fedctl.yaml`
+(`export FEDCTL_CONFIG=...`). `FleetSettings(insecure=True)` is the old open fleet:
+anonymous plain MQTT, an open plain-HTTP API, unjoined agents; it warns.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
+import secrets
 import shutil
+import ssl
 import subprocess
 import sys
 import time
@@ -21,9 +34,17 @@ from pathlib import Path
 from typing import Any
 
 from testbed import netns
-from testbed.broker import Mosquitto
+from testbed.broker import BrokerSecurity, Mosquitto
 from testbed.ports import free_port, wait_port
 from testbed.procs import Proc
+
+log = logging.getLogger("testbed.fleet")
+
+INSECURE_WARNING = """\
+!!! INSECURE fleet (--insecure): anonymous plain MQTT, an open plain-HTTP API (anyone
+!!! is admin), agents that run unjoined and take unsealed messages. Anyone on this
+!!! machine or its bridge can read every Secret, run commands in any pod and forge
+!!! nodes. Never expose it; drop --insecure for the secure default."""
 
 
 @dataclass
@@ -40,6 +61,11 @@ class FleetSettings:
     agent_args: tuple[str, ...] = ()
     state_tmpfs_mib: int = 0  # >0: each agent's state dir is its own tmpfs of this size
     # (root only), so fault injection can fill an agent's disk without touching the host's
+    insecure: bool = False  # the old open fleet (module doc); warns
+    node_certs: bool = False  # agents log in to the broker with client certificates
+    # from the fleet CA (cloudcore --node-certs, the broker's require_certificate listener)
+    broker_probe: bool = False  # tests: a loopback broker listener where user `probe` has
+    # access to every topic ("a client with broker access"; see `probe_mqtt`)
 
 
 @dataclass
@@ -63,6 +89,9 @@ class Fleet:
         self.cloud: Proc | None = None
         self.agents: list[Agent] = []
         self.api = ""
+        self.ca_file: Path | None = None  # the fleet CA (secure fleets)
+        self.admin_token: str | None = None
+        self._ssl: ssl.SSLContext | None = None
 
     # ---- start -------------------------------------------------------------
     def start(self) -> Fleet:
@@ -79,7 +108,19 @@ class Fleet:
         if self.use_netns:
             self.net = netns.Network(os.getpid() % 200 + 20).up()
             hosts = (self.net.gateway, "127.0.0.1")
-        self.broker = Mosquitto(hosts=hosts, workdir=self.workdir / "mosquitto").start()
+        if self.s.insecure:
+            log.warning(INSECURE_WARNING)
+            self.broker = Mosquitto(hosts=hosts, workdir=self.workdir / "mosquitto").start()
+        else:
+            tls_dir = self.workdir / "mosquitto" / "tls"
+            self._pki_broker(tls_dir, hosts)
+            sec = BrokerSecurity(passwd=self.workdir / "mosquitto" / "passwd",
+                                 acl=self.workdir / "mosquitto" / "acl", tls_dir=tls_dir,
+                                 client_cert_port=0 if self.s.node_certs else None,
+                                 probe_password=secrets.token_urlsafe(16)
+                                 if self.s.broker_probe else None)
+            self.broker = Mosquitto(hosts=hosts, workdir=self.workdir / "mosquitto",
+                                    security=sec).start()
         if self.s.with_registry:
             from testbed.registry import LocalRegistry, seed_busybox
 
@@ -91,31 +132,176 @@ class Fleet:
             self.add_agent(i)
 
     @property
+    def cloud_state(self) -> Path:
+        return self.workdir / "cloud"
+
+    @property
+    def secure(self) -> bool:
+        return not self.s.insecure
+
+    def _pki_broker(self, out: Path, hosts: tuple[str, ...]) -> None:
+        """The fleet CA (made on first use in the cloud's state dir) and the broker's TLS
+        files, through cloudcore's own subcommand."""
+        argv = [sys.executable, "-m", "cloudcore", "pki", "broker", "--state-dir",
+                str(self.cloud_state), "--out", str(out)]
+        for h in (*hosts, "localhost"):
+            argv += ["--host", h]
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+        if r.returncode != 0:
+            raise RuntimeError(f"cloudcore pki broker failed: {r.stderr.strip()}")
+        self.ca_file = self.cloud_state / "pki" / "ca.crt"
+        self._ssl = ssl.create_default_context(cafile=str(self.ca_file))
+
+    @property
     def broker_host(self) -> str:
         assert self.broker is not None
         return self.broker.host
 
     def start_cloud(self) -> None:
         port = self.s.http_port or free_port()
-        self.api = f"http://127.0.0.1:{port}"
         assert self.broker is not None
-        argv = [sys.executable, "-m", "cloudcore", "--state-dir", str(self.workdir / "cloud"),
+        argv = [sys.executable, "-m", "cloudcore", "--state-dir", str(self.cloud_state),
                 "--mqtt-host", "127.0.0.1", "--mqtt-port", str(self.broker.port),
                 "--http-host", "127.0.0.1", "--http-port", str(port),
-                "--heartbeat", str(self.s.heartbeat_s), *self.s.cloud_args]
+                "--heartbeat", str(self.s.heartbeat_s)]
+        if self.s.insecure:
+            self.api = f"http://127.0.0.1:{port}"
+            argv += ["--insecure"]
+        else:
+            self.api = f"https://127.0.0.1:{port}"
+            sec = self.broker.security
+            assert sec is not None
+            broker_port = self.broker.cert_port if self.s.node_certs else self.broker.port
+            argv += ["--mqtt-tls", "--mosquitto-passwd", str(sec.passwd),
+                     "--mosquitto-acl", str(sec.acl),
+                     "--advertise-mqtt", f"mqtts://{self.broker_host}:{broker_port}"]
+            if self.s.node_certs:
+                argv += ["--node-certs"]
+        argv += list(self.s.cloud_args)
         self.cloud = Proc("cloudcore", argv, log=self.workdir / "logs" / "cloudcore.log").start()
         self.wait_http(f"{self.api}/readyz", timeout=30, proc=self.cloud)
+        if self.secure:
+            self.admin_token = (self.cloud_state / "admin.token").read_text().strip()
+        self.write_context()
+
+    def write_context(self) -> Path:
+        """`WORKDIR/fedctl.yaml`: one context, `testbed`, with the API's URL, the admin
+        token and the fleet CA, for `FEDCTL_CONFIG=... fedctl ...` (mode 0600)."""
+        ctx: dict[str, Any] = {"server": self.api}
+        if self.admin_token:
+            ctx["token"] = self.admin_token
+        if self.ca_file is not None and self.secure:
+            ctx["certificate-authority"] = str(self.ca_file)
+        data = {"current-context": "testbed", "contexts": {"testbed": ctx}}
+        fd = os.open(self.context_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2)  # JSON is YAML; fedctl reads either
+            f.write("\n")
+        return self.context_file
+
+    @property
+    def context_file(self) -> Path:
+        return self.workdir / "fedctl.yaml"
+
+    def fedctl_env(self) -> dict[str, str]:
+        """The environment that points fedctl at this fleet (its context file)."""
+        return {"FEDCTL_CONFIG": str(self.context_file)}
+
+    def fedctl(self, *argv: str, stdin: str | None = None, check: bool = True,
+               timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """Run fedctl against this fleet through its context file."""
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("FEDCTL_SERVER", "FEDCTL_TOKEN", "FEDCTL_CA", "FEDCTL_CONTEXT")}
+        r = subprocess.run([sys.executable, "-m", "fedctl", *argv], input=stdin,
+                           capture_output=True, text=True, timeout=timeout, check=False,
+                           env={**env, **self.fedctl_env()})
+        if check and r.returncode != 0:
+            raise RuntimeError(f"fedctl {' '.join(argv)} failed ({r.returncode}): "
+                               f"{r.stderr.strip()}")
+        return r
+
+    def probe_mqtt(self) -> dict[str, Any]:
+        """aiomqtt.Client keyword arguments for a client with access to every topic (the
+        test probe of `broker_probe`; in an insecure fleet anyone is one)."""
+        assert self.broker is not None
+        if self.broker.insecure:
+            return {"hostname": self.broker.host, "port": self.broker.port}
+        sec = self.broker.security
+        assert sec is not None and self.broker.probe_port, "FleetSettings(broker_probe=True)"
+        return {"hostname": "127.0.0.1", "port": self.broker.probe_port, "username": "probe",
+                "password": sec.probe_password, "tls_context": self.broker_tls()}
+
+    def broker_tls(self) -> ssl.SSLContext | None:
+        """A client TLS context that trusts the broker (the fleet CA)."""
+        if self.broker is None or self.broker.ca_file is None:
+            return None
+        return ssl.create_default_context(cafile=str(self.broker.ca_file))
+
+    def node_config(self, name: str) -> dict[str, Any]:
+        """What `edgecore join` wrote for a node (its credentials and key): a node's
+        own secrets, for tests that act as that node."""
+        return dict(json.loads((self.agent(name).state_dir / "edgecore.json").read_text()))
 
     def agent_argv(self, name: str, state_dir: Path) -> list[str]:
         assert self.broker is not None
-        argv = [sys.executable, "-m", "edgecore", "run", "--name", name,
-                "--state-dir", str(state_dir), "--mqtt-host", self.broker_host,
-                "--mqtt-port", str(self.broker.port), "--heartbeat", str(self.s.heartbeat_s)]
-        for k, v in self.s.labels.items():
-            argv += ["--label", f"{k}={v}"]
+        if self.secure:  # everything else comes from the state dir `edgecore join` wrote
+            argv = [sys.executable, "-m", "edgecore", "run", "--state-dir", str(state_dir),
+                    "--heartbeat", str(self.s.heartbeat_s)]
+        else:
+            argv = [sys.executable, "-m", "edgecore", "run", "--insecure", "--name", name,
+                    "--state-dir", str(state_dir), "--mqtt-host", self.broker_host,
+                    "--mqtt-port", str(self.broker.port), "--heartbeat", str(self.s.heartbeat_s)]
+            for k, v in self.s.labels.items():
+                argv += ["--label", f"{k}={v}"]
         if self.registry is not None:
             argv += ["--insecure-registry", self.registry.address]
         return [*argv, *self.s.agent_args]
+
+    def join_token(self, *, name: str | None = None, uses: int = 1, ttl: float = 600,
+                   labels: dict[str, str] | None = None) -> str:
+        """A join token made through the API with the admin token (labels: the fleet's;
+        the cloud owns edgefed.io/* labels, so the token, not the node, sets them)."""
+        body: dict[str, Any] = {"ttlSeconds": ttl, "uses": uses, "description": "testbed",
+                                "labels": self.s.labels if labels is None else labels}
+        if name is not None:
+            body["name"] = name
+        return str(self.post("/api/v1/jointokens", body)["token"])
+
+    def join(self, name: str, state: Path, *, token: str | None = None) -> None:
+        """`edgecore join` for `name` into `state` (run in the host's network: the API
+        listens on loopback). A state dir from an earlier run of this same cloud is kept;
+        otherwise the cloud forgets the node and it joins afresh."""
+        conf = state / "edgecore.json"
+        known = self._exists(f"/api/v1/nodes/{name}")
+        if conf.exists() and known and self._same_ca(conf):
+            return
+        if known:
+            self.delete(f"/api/v1/nodes/{name}")
+        conf.unlink(missing_ok=True)
+        state.mkdir(parents=True, exist_ok=True)
+        token = token or self.join_token(name=name)
+        r = subprocess.run([sys.executable, "-m", "edgecore", "join", "--cloud", self.api,
+                            "--token", token, "--name", name, "--state-dir", str(state)],
+                           capture_output=True, text=True, timeout=60, check=False)
+        if r.returncode != 0:
+            raise RuntimeError(f"edgecore join {name} failed ({r.returncode}): "
+                               f"{(r.stderr or r.stdout).strip()}")
+
+    def _same_ca(self, conf: Path) -> bool:
+        try:
+            ca = Path(json.loads(conf.read_text()).get("ca_file") or "")
+            return self.ca_file is not None and ca.read_bytes() == self.ca_file.read_bytes()
+        except (OSError, ValueError):
+            return False
+
+    def _exists(self, path: str) -> bool:
+        try:
+            self.get(path)
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:
+                return False
+            raise
+        return True
 
     def add_agent(self, index: int) -> Agent:
         name = f"{self.s.node_prefix}-{index + 1}"
@@ -125,6 +311,8 @@ class Fleet:
             state.mkdir(parents=True, exist_ok=True)
             subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={self.s.state_tmpfs_mib}m",
                             "tmpfs", str(state)], check=True, capture_output=True)
+        if self.secure:
+            self.join(name, state)
         argv = self.agent_argv(name, state)
         if host is not None:
             argv = [*host.nsenter(), *argv]
@@ -153,7 +341,7 @@ class Fleet:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                with urllib.request.urlopen(url, timeout=2) as r:
+                with self.urlopen(url, timeout=2) as r:
                     if r.status == 200:
                         return
             except (urllib.error.URLError, OSError):
@@ -164,20 +352,55 @@ class Fleet:
                 raise TimeoutError(f"{url} not ready after {timeout} s")
             time.sleep(0.1)
 
+    def urlopen(self, url_or_path: str | urllib.request.Request, *, timeout: float = 10,
+                token: str | None = None) -> Any:
+        """urllib's urlopen against the API: verified against the fleet CA, with the
+        admin token (or `token`; "" for none). A path is relative to the API."""
+        req = url_or_path
+        if isinstance(req, str):
+            req = urllib.request.Request(req if "://" in req else f"{self.api}{req}")
+        bearer = self.admin_token if token is None else token
+        if bearer and not req.has_header("Authorization"):
+            req.add_header("Authorization", f"Bearer {bearer}")
+        return urllib.request.urlopen(req, timeout=timeout, context=self._ssl)
+
     def get(self, path: str) -> Any:
-        with urllib.request.urlopen(f"{self.api}{path}", timeout=10) as r:
+        with self.urlopen(path, timeout=10) as r:
             return json.loads(r.read())
 
     def post(self, path: str, body: Any) -> Any:
         req = urllib.request.Request(f"{self.api}{path}", data=json.dumps(body).encode(),
                                      headers={"content-type": "application/json"})
-        with urllib.request.urlopen(req, timeout=30) as r:
+        with self.urlopen(req, timeout=30) as r:
             return json.loads(r.read())
 
     def delete(self, path: str) -> Any:
         req = urllib.request.Request(f"{self.api}{path}", method="DELETE")
-        with urllib.request.urlopen(req, timeout=30) as r:
+        with self.urlopen(req, timeout=30) as r:
             return json.loads(r.read())
+
+    def pod_page(self, pod: str, *, port: int, path: str = "/", namespace: str = "default",
+                 timeout: float = 5) -> str:
+        """What a pod serves over HTTP on `port`: at its own IP when it has one (its own
+        network namespace) or its node's (hostNetwork), else from inside the pod with
+        `fedctl exec ... wget` (authenticated end to end like every request to a node)."""
+        obj = self.get(f"/api/v1/pods/{namespace}/{pod}")
+        node = (obj.get("status") or {}).get("nodeName") or (obj.get("spec") or {}).get(
+            "nodeName")
+        ips = [(obj.get("status") or {}).get("podIP")]
+        ips += [a.address for a in self.agents if a.name == node]
+        for ip in filter(None, ips):
+            try:
+                with urllib.request.urlopen(f"http://{ip}:{port}{path}", timeout=timeout) as r:
+                    return str(r.read().decode(errors="replace").strip())
+            except (urllib.error.URLError, OSError):
+                continue
+        r = self.fedctl("exec", "-n", namespace, pod, "--", "wget", "-qO-",
+                        f"http://127.0.0.1:{port}{path}", check=False, timeout=timeout + 30)
+        if r.returncode != 0:
+            raise OSError(f"pod {namespace}/{pod} serves nothing on port {port}: "
+                          f"{r.stderr.strip()}")
+        return r.stdout.strip()
 
     def apply(self, docs: list[dict[str, Any]]) -> Any:
         return self.post("/api/v1/apply", {"documents": docs})

@@ -26,7 +26,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     if missing := _missing():
         pytest.fail(f"missing system packages: {missing} (make test installs them)")
     workdir = tmp_path_factory.mktemp("fleet")
-    f = Fleet(FleetSettings(nodes=3, workdir=workdir, heartbeat_s=1.0))
+    f = Fleet(FleetSettings(nodes=3, workdir=workdir, heartbeat_s=1.0, broker_probe=True))
     f.start()
     try:
         f.wait_nodes_ready(timeout=60)

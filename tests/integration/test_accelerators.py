@@ -50,8 +50,8 @@ def npu_deployment(image: str) -> dict:
 
 
 def fedctl(f: Fleet, *argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "fedctl", "--server", f.api, *argv],
-                          capture_output=True, text=True, timeout=60, check=False)
+    return subprocess.run([sys.executable, "-m", "fedctl", *argv], capture_output=True,
+                          text=True, timeout=60, check=False, env={**os.environ, **f.fedctl_env()})
 
 
 def test_two_pods_get_one_device_each_and_the_third_waits(npu_fleet: Fleet) -> None:

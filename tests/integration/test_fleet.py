@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-import urllib.request
 from typing import Any
 
-import paho.mqtt.client as mqtt
+import aiomqtt
 import pytest
 
 from edgecore.runtime import ContainerState, CrunRuntime
@@ -49,9 +48,8 @@ def running(agent: Agent) -> dict[str, ContainerState]:
     return {c.id: c for c in containers(agent) if c.status == "running"}
 
 
-def page(agent: Agent) -> str:
-    with urllib.request.urlopen(f"http://{agent.address}:8080/", timeout=5) as r:
-        return r.read().decode().strip()
+def page(fleet: Fleet, agent: Agent) -> str:
+    return fleet.pod_page(f"web-{agent.name}", port=8080)
 
 
 def all_running(fleet: Fleet, n: int, selector: str = "app=web") -> bool:
@@ -61,7 +59,7 @@ def all_running(fleet: Fleet, n: int, selector: str = "app=web") -> bool:
 
 def pages_are(fleet: Fleet, text: str) -> bool:
     try:
-        return all(page(a) == text for a in fleet.agents)
+        return all(page(fleet, a) == text for a in fleet.agents)
     except OSError:
         return False
 
@@ -99,7 +97,7 @@ def test_agent_killed_adopts_its_containers(fleet: Fleet) -> None:
     fleet.wait_nodes_ready(timeout=30)
     after = running(agent)
     assert {c: s.pid for c, s in after.items()} == {c: s.pid for c, s in before.items()}
-    assert page(agent) == "v2"
+    assert page(fleet, agent) == "v2"
 
 
 def test_cloud_killed_loses_nothing_and_flaps_nothing(fleet: Fleet) -> None:
@@ -124,20 +122,17 @@ def test_cloud_killed_loses_nothing_and_flaps_nothing(fleet: Fleet) -> None:
 
 
 def _publish(fleet: Fleet, topic: str, payloads: list[bytes]) -> None:
-    assert fleet.broker is not None
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="test-injector")
-    c.connect(fleet.broker.host, fleet.broker.port)
-    c.loop_start()
-    try:
-        for p in payloads:
-            c.publish(topic, p, qos=1).wait_for_publish(5)
-    finally:
-        c.loop_stop()
-        c.disconnect()
+    """Publish as a client with broker access (the fleet's test probe): the agent and the
+    cloud must still refuse whatever is not sealed with the node's key."""
+    async def go() -> None:
+        async with aiomqtt.Client(**fleet.probe_mqtt(), timeout=10) as c:
+            for p in payloads:
+                await c.publish(topic, p, qos=1)
+    asyncio.run(go())
 
 
 def _metric(fleet: Fleet, name: str) -> float:
-    with urllib.request.urlopen(f"{fleet.api}/metrics", timeout=5) as r:
+    with fleet.urlopen("/metrics", timeout=5) as r:
         text = r.read().decode()
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                if line.startswith(name) and not line.startswith("#"))
@@ -168,7 +163,7 @@ def test_bad_and_replayed_messages_change_nothing(fleet: Fleet) -> None:
     assert {c: s.pid for c, s in running(agent).items()} == \
         {c: s.pid for c, s in before.items()}
     assert fleet.get(f"/api/v1/nodes/{agent.name}")["status"]["ready"] == "Ready"
-    assert page(agent) == "v2"
+    assert page(fleet, agent) == "v2"
     assert agent.proc.alive()
 
 

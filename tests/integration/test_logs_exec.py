@@ -57,8 +57,8 @@ def _running(f: Fleet) -> bool:
 
 
 def fedctl(f: Fleet, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run([sys.executable, "-m", "fedctl", "--server", f.api, *args],
-                          capture_output=True, timeout=timeout, check=False)
+    return subprocess.run([sys.executable, "-m", "fedctl", *args], capture_output=True,
+                          timeout=timeout, check=False, env={**os.environ, **f.fedctl_env()})
 
 
 def test_logs_tail_shows_the_last_lines(fleet: Fleet) -> None:
@@ -77,9 +77,9 @@ def test_exec_prints_output_and_exits_with_its_code(fleet: Fleet) -> None:
 
 
 def test_follow_streams_new_output(fleet: Fleet) -> None:
-    proc = subprocess.Popen([sys.executable, "-m", "fedctl", "--server", fleet.api, "logs",
+    proc = subprocess.Popen([sys.executable, "-m", "fedctl", "logs",
                              "echo", "-f", "--tail", "1"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+                            stderr=subprocess.PIPE, env={**os.environ, **fleet.fedctl_env()})
     try:
         assert proc.stdout is not None
         assert proc.stdout.readline() == b"line 3\n"

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import sys
 import time
-import urllib.request
 from typing import Any
 
 import pytest
@@ -42,16 +41,15 @@ def canary(image: str, text: str, *, crash: bool = False) -> dict[str, Any]:
     }
 
 
-def page(agent: Agent) -> str | None:
+def page(fleet: Fleet, agent: Agent) -> str | None:
     try:
-        with urllib.request.urlopen(f"http://{agent.address}:8081/", timeout=2) as r:
-            return r.read().decode().strip()
+        return fleet.pod_page(f"{NAME}-{agent.name}", port=8081, timeout=2)
     except OSError:
         return None
 
 
 def pages(fleet: Fleet) -> list[str | None]:
-    return [page(a) for a in fleet.agents]
+    return [page(fleet, a) for a in fleet.agents]
 
 
 def status(fleet: Fleet) -> dict[str, Any]:

@@ -52,7 +52,7 @@ def secure(tmp_path: Path) -> Iterator[tuple[Mosquitto, FleetCA]]:
     _passwd(files / "passwd", {"svc_sub": "svc-pw", "edge-a": "a-pw", "edge-b": "b-pw"})
     (files / "acl").write_text(ACL)
     sec = BrokerSecurity(passwd=files / "passwd", acl=files / "acl", tls_dir=tls,
-                         client_cert_port=0)
+                         client_cert_port=0, probe_password="probe-pw")
     with Mosquitto(workdir=tmp_path / "mosquitto", security=sec) as broker:
         yield broker, ca
 
@@ -157,3 +157,24 @@ def test_open_mode_warns(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> No
         assert broker.insecure and not broker.tls
         assert asyncio.run(_login(broker.port)) == "ok"
     assert "INSECURE broker" in caplog.text
+
+
+def test_the_probe_listener_has_its_own_user(secure: tuple[Mosquitto, FleetCA]) -> None:
+    broker, _ = secure
+    assert broker.ca_file is not None and broker.probe_port
+    tls = _tls(broker.ca_file)
+
+    async def scenario() -> bytes:
+        async with aiomqtt.Client("127.0.0.1", broker.port, timeout=5, tls_context=tls,
+                                  username="edge-a", password="a-pw") as a, \
+                aiomqtt.Client("127.0.0.1", broker.probe_port, timeout=5, tls_context=tls,
+                               username="probe", password="probe-pw") as probe:
+            await a.subscribe("fed/v1/x/edge-a/down", qos=1)
+            await probe.publish("fed/v1/x/edge-a/down", b"from the probe", qos=1)
+            async with asyncio.timeout(5):
+                msg = await anext(aiter(a.messages))
+            return bytes(msg.payload)  # type: ignore[arg-type]
+    assert asyncio.run(scenario()) == b"from the probe"
+    # the probe's password is good on its own listener only
+    assert asyncio.run(_login(broker.port, tls_context=tls, username="probe",
+                              password="probe-pw")) != "ok"
