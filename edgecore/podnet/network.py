@@ -306,7 +306,8 @@ class PodNetwork:
         async with self._lock:
             rec = self._pods.pop(key, None)
             netns, veth = self._names(key)
-            existed = rec is not None or (self.netns_dir / netns).exists()
+            if rec is None and not (self.netns_dir / netns).exists():
+                return False  # nothing of it here (called on every pass for refused pods)
             await self._ipcmd("netns", "del", netns, check=False)
             await self._ipcmd("link", "del", veth, check=False)
             if rec is not None:
@@ -315,7 +316,7 @@ class PodNetwork:
                     await self._write_rules()
                 elif rec.get("ports"):
                     await self._setup()
-            return existed
+            return True
 
     async def sweep(self, keep: set[str]) -> list[str]:
         """Detach pods not in `keep` (left by a crash between removal and cleanup)."""

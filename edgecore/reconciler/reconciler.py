@@ -179,6 +179,7 @@ class Reconciler:
         self._inflight: dict[str, asyncio.Task[None]] = {}
         self._inflight_rev: dict[str, str | None] = {}  # the revision each task works for
         self._parsed: dict[str, tuple[Any, PodEntry | Exception]] = {}
+        self._refused: dict[str, tuple[str, Level]] = {}  # pod key -> revision, level logged
         self._records = {k: PodRecord.from_dict(v) for k, v in cache.pod_records().items()}
         # Cache writes that failed (CacheError: a full disk), newest per (what, pod key),
         # retried with backoff; meanwhile the in-memory records are the truth.
@@ -415,6 +416,7 @@ class Reconciler:
             log.info("removed the volumes of %s", key)
         if self.network is not None and await self.network.detach(key):
             log.info("removed the network of %s", key)
+        self._refused.pop(key, None)
         self.sink.update(key, None)
 
     async def _stop_remove(self, states: list[ContainerState]) -> None:
@@ -457,7 +459,9 @@ class Reconciler:
             await self.network.detach(entry.key)
         text = "; ".join(f"{v.field} {json.dumps(v.value)} not allowed by {v.level}: "
                          f"{v.message}" for v in found)
-        log.warning("%s: refused by policy %s: %s", entry.key, level, text)
+        if self._refused.get(entry.key) != (entry.revision, level):  # once per revision
+            self._refused[entry.key] = (entry.revision, level)
+            log.warning("%s: refused by policy %s: %s", entry.key, level, text)
         return PodStatus(
             phase="Failed", reason="PolicyViolation", node_name=self.node,
             message=_msg(Exception(f"PolicyViolation: {text}")), revision=entry.revision,
@@ -471,6 +475,7 @@ class Reconciler:
         level, found = self._violations(entry)
         if found:
             return await self._refuse(entry, states, level, found)
+        self._refused.pop(key, None)
         rec = self._records.get(key)
         before = rec.to_dict() if rec is not None else None
         if rec is None or rec.revision != entry.revision:
@@ -518,6 +523,8 @@ class Reconciler:
 
     async def _prepare(self, entry: PodEntry, items: dict[str, Any]) -> _PodContext:
         netns = pod_ip = None
+        if entry.spec.host_network and self.network is not None:
+            await self.network.detach(entry.key)  # a revision that moved to the host's
         if not entry.spec.host_network and self.network is None:
             netns = "private"
         elif not entry.spec.host_network:

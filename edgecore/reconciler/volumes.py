@@ -108,6 +108,7 @@ class Volumes:
                  open_secret: Callable[[str, Any], Any] | None = None) -> None:
         self.root = Path(root).absolute()
         self.secret_tmpfs_bytes = secret_tmpfs_bytes
+        self._tmpfs: set[Path] = set()  # secret dirs known to be mounted (saves mountinfo reads)
         self._open_secret = open_secret
         """`open_secret(entry key, value)`: a sealed Secret entry's clear value
         (shared.seal; raises AuthFailed). Secrets stay sealed in the cache and are
@@ -191,7 +192,10 @@ class Volumes:
 
     def _secret_tmpfs(self, d: Path) -> None:
         """Make sure the pod's secret directory is its own tmpfs before anything is written."""
-        if d in _mounts_under(d):
+        if d in self._tmpfs:
+            return
+        if d in _mounts_under(d):  # mounted by an earlier agent process
+            self._tmpfs.add(d)
             return
         d.mkdir(parents=True, exist_ok=True)
         for leftover in d.iterdir():  # written by an older agent, on disk: not any more
@@ -203,6 +207,7 @@ class Volumes:
             if p.is_relative_to(d):
                 del self._written[p]
         _mount_tmpfs(d, self.secret_tmpfs_bytes)
+        self._tmpfs.add(d)
 
     def _write_dir(self, d: Path, files: Mapping[str, bytes]) -> None:
         h = hashlib.sha256()
@@ -241,6 +246,7 @@ class Volumes:
                 del self._written[p]
         if not d.exists():
             return False
+        self._tmpfs = {p for p in self._tmpfs if not p.is_relative_to(d)}
         for mnt in _mounts_under(d):
             _unmount(mnt)
         shutil.rmtree(d, ignore_errors=True)
