@@ -7,6 +7,7 @@ tests/edgecore/test_edge_security.py."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 from typing import Any
 
@@ -16,7 +17,7 @@ import msgpack
 from cloudcore_fakes import daemonset
 
 from cloudcore.config import Settings
-from shared import topics
+from shared import seal, topics
 from shared.codec import Ack, Desired, Report, ReportAck, Resync, Will, decode, encode
 from shared.delta import EdgeDesired
 from shared.entries import parse_pod_entry, pod_key
@@ -33,6 +34,7 @@ class FakeEdge:
         self.inbox: asyncio.Queue[Any] = asyncio.Queue()
         self._client: aiomqtt.Client | None = None
         self._reader: asyncio.Task[None] | None = None
+        self.keys: seal.NodeKeys | None = None  # set once joined: the hub seals then
 
     async def __aenter__(self) -> FakeEdge:
         self._client = aiomqtt.Client("127.0.0.1", self.port, identifier=f"edge-{self.node}",
@@ -52,13 +54,18 @@ class FakeEdge:
     async def _read(self) -> None:
         assert self._client is not None
         async for m in self._client.messages:
-            self.inbox.put_nowait(decode(bytes(m.payload)))  # type: ignore[arg-type]
+            data = bytes(m.payload)  # type: ignore[arg-type]
+            if self.keys is not None:
+                data = seal.unseal(self.keys.down, m.topic.value, data)
+            self.inbox.put_nowait(decode(data))
 
     async def publish(self, payload: bytes, *, direction: str = "up",
                       node: str | None = None) -> None:
         assert self._client is not None
-        await self._client.publish(topics.topic(node or self.node, direction),  # type: ignore[arg-type]
-                                   payload, qos=1)
+        topic = topics.topic(node or self.node, direction)  # type: ignore[arg-type]
+        if self.keys is not None:
+            payload = seal.seal(self.keys.up, topic, payload)
+        await self._client.publish(topic, payload, qos=1)
 
     async def send(self, msg: Any) -> None:
         await self.publish(encode(msg))
@@ -230,6 +237,7 @@ async def test_a_deleted_node_is_not_re_registered_by_its_live_agent(
         token = (await api.post("/api/v1/jointokens", json={"ttlSeconds": 600})).json()["token"]
         r = await api.post("/api/v1/join", json={"token": token, "name": "e9"})
         assert r.status_code == 200, r.text
+        edge.keys = seal.NodeKeys.derive(base64.b64decode(r.json()["key"]))
         await edge.send(Report(node="e9", seq=4))
         assert (await edge.recv(ReportAck)).seq == 4
         assert run2.fleet.nodes["e9"].status.ready == "Ready"
