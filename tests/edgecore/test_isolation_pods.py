@@ -349,3 +349,24 @@ async def test_local_user_cannot_read_the_agent_store(
         for s in await runtime.list():
             await runtime.remove(s.id)
         shutil.rmtree(state, ignore_errors=True)
+
+
+async def test_pod_network_ipam_clash_and_sweep(podnet: PodNetwork) -> None:
+    from edgecore.podnet import HostPort, NetworkError
+
+    a = await podnet.attach("pod/default/a", host_ports=[HostPort(18081, 80)])
+    b = await podnet.attach("pod/default/b")
+    assert a.ip != b.ip and Path(a.netns).exists()
+    assert await podnet.attach("pod/default/a", host_ports=[HostPort(18081, 80)]) == a
+    with pytest.raises(NetworkError, match="hostPort 18081/TCP is already used"):
+        await podnet.attach("pod/default/c", host_ports=[HostPort(18081, 8080)])
+    await podnet.detach("pod/default/c")
+    # A namespace lost (a reboot empties /run) is made again with the same address.
+    subprocess.run(["ip", "netns", "del", Path(b.netns).name], check=True)
+    assert await podnet.attach("pod/default/b") == b and Path(b.netns).exists()
+    assert await podnet.sweep({"pod/default/b"}) == ["pod/default/a"]
+    assert not Path(a.netns).exists() and podnet.address("pod/default/a") is None
+    assert not await podnet.detach("pod/default/a")  # idempotent
+    # The freed address is handed out again (lowest free).
+    assert (await podnet.attach("pod/default/d")).ip == a.ip
+    assert oct((podnet.state_dir).stat().st_mode & 0o777) == "0o700"
