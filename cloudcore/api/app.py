@@ -71,6 +71,8 @@ PLURALS = {"nodes": "Node", "pods": "Pod", "daemonsets": "DaemonSet",
            "deployments": "Deployment", "configmaps": "ConfigMap", "secrets": "Secret",
            "namespaces": "Namespace"}
 MAX_DOCUMENTS = 1000
+JOINS = "cloudcore_joins_total"
+REFUSED = "cloudcore_api_refused_total"
 MAX_FIELDS = 32
 ENTRY_OVERHEAD = 64 * 1024
 """Bytes of a message to a node kept for what is not an object's values (envelope,
@@ -270,7 +272,13 @@ def create_app(fleet: Fleet, *, metrics: Metrics,
     joins = RateLimiter(per_minute=auth_cfg.join_rate, burst=auth_cfg.join_burst)
     app = FastAPI(title="edgefed cloudcore", version="0.2.0", responses=ERRORS,
                   description="The cloud API of edgefed. Errors are always `ErrorBody`.")
-    app.add_middleware(BodyLimit, max_bytes=api.max_body_bytes)
+    metrics.describe(JOINS, "Join calls by result: Joined, or why one was refused "
+                            "(UnknownJoinToken, JoinTokenUsedUp, CaPinMismatch, "
+                            "ReservedName, TooManyRequests, ...).")
+    metrics.describe(REFUSED, "API calls refused before they did anything, by reason "
+                              "(Unauthenticated, Forbidden, BodyTooLarge, join refusals).")
+    app.add_middleware(BodyLimit, max_bytes=api.max_body_bytes,
+                       on_refused=lambda: metrics.inc(REFUSED, reason="BodyTooLarge"))
 
     @app.exception_handler(ObjectError)
     async def _object_error(_: Request, exc: ObjectError) -> JSONResponse:
@@ -282,6 +290,7 @@ def create_app(fleet: Fleet, *, metrics: Metrics,
 
     @app.exception_handler(AuthError)
     async def _auth_error(_: Request, exc: AuthError) -> JSONResponse:
+        metrics.inc(REFUSED, reason=exc.reason)
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
         if isinstance(exc, TooManyJoins):
             headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
@@ -383,6 +392,19 @@ def create_app(fleet: Fleet, *, metrics: Metrics,
                           "password file is rewritten in batches): agents retry their "
                           "connection with backoff.")
     async def join(body: JoinRequest, request: Request) -> dict[str, Any]:
+        try:
+            out = await _join(body, request)
+        except AuthError as exc:
+            metrics.inc(JOINS, result=exc.reason)
+            raise
+        except ObjectError:
+            metrics.inc(JOINS, result="ReservedName" if reserved_node_name(body.name)
+                        else "InvalidName")
+            raise
+        metrics.inc(JOINS, result="Joined")
+        return out
+
+    async def _join(body: JoinRequest, request: Request) -> dict[str, Any]:
         wait = joins.take(request.client.host if request.client else "-")
         if wait > 0:
             raise TooManyJoins(f"too many joins from this address; retry in {wait:.0f} s",
@@ -904,9 +926,11 @@ class BodyLimit:
     it. A Content-Length over the cap is refused at once; a body without one (chunked)
     is counted as it streams and refused when it grows past the cap."""
 
-    def __init__(self, app: Any, *, max_bytes: int) -> None:
+    def __init__(self, app: Any, *, max_bytes: int,
+                 on_refused: Callable[[], None] = lambda: None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.on_refused = on_refused
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -930,12 +954,14 @@ class BodyLimit:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
+                    self.on_refused()
                     raise StarletteHTTPException(413, f"request body over {limit} bytes")
             return message
 
         await self.app(scope, counted, send)
 
     async def _refuse(self, send: Any, length: int) -> None:
+        self.on_refused()
         what = f"{length} bytes" if length >= 0 else "an invalid Content-Length"
         body = json.dumps({"error": f"request body of {what}, over the limit of "
                                     f"{self.max_bytes} bytes", "field": None}).encode()

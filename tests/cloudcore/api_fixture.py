@@ -32,6 +32,7 @@ class Api:
     store: Store
     auth: Auth
     ca: FleetCA | None
+    metrics: Metrics
 
 
 @contextlib.asynccontextmanager
@@ -48,13 +49,14 @@ async def open_api(tmp_path: Path, *, auth_on: bool = False, clock: object = Non
         auth = Auth(store=store, enabled=auth_on, **kw)  # type: ignore[arg-type]
         auth.load(records)
         fleet_ca = FleetCA.open(tmp_path / "pki") if ca else None
-        app = create_app(fleet, metrics=Metrics(), flush=store.flush, auth=auth,
+        metrics = Metrics()
+        app = create_app(fleet, metrics=metrics, flush=store.flush, auth=auth,
                          broker=("broker.example", 8883, True), ca=fleet_ca,
                          auth_settings=auth_settings, settings=api_settings)
         transport = httpx.ASGITransport(app=app)
         try:
             async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-                yield Api(client, fleet, store, auth, fleet_ca)
+                yield Api(client, fleet, store, auth, fleet_ca, metrics)
         finally:
             fleet.watches.close()
             writer.cancel()

@@ -133,6 +133,8 @@ async def test_secret_values_need_operator(roles: tuple[object, dict[str, str]])
     assert r.status_code == 200, r.text
     r = await c.get("/api/v1/secrets/default/db", headers=_h(tok["read-only"]))
     assert r.status_code == 403 and "reading Secret values needs operator" in r.json()["error"]
+    assert api.metrics.value("cloudcore_api_refused_total",  # type: ignore[attr-defined]
+                             reason="Forbidden") == 1
     r = await c.get("/api/v1/secrets/default/db", headers=_h(tok["operator"]))
     assert r.status_code == 200 and r.json()["data"]["password"] == "aHVudGVyMg=="
     # lists and watches never carry values; reveal=true needs operator
@@ -194,6 +196,7 @@ async def test_bodies_over_the_cap_get_413(tmp_path: Path) -> None:
         r = await api.client.post("/api/v1/apply", content=chunks(),
                                   headers={**_h(admin), "content-type": "application/json"})
         assert r.status_code == 413 and "request body over" in r.json()["error"]
+        assert api.metrics.value("cloudcore_api_refused_total", reason="BodyTooLarge") == 3
         r = await api.client.post("/api/v1/apply", json={"documents": [deployment()]},
                                   headers=_h(admin))
         assert r.status_code == 200

@@ -58,11 +58,11 @@ def setup(tmp_path: Path) -> Iterator[tuple[Broker, Auth, BrokerFiles, dict[str,
     broker = Broker(tmp_path)
     users = service_identities("cloudcore", 1)
     own = dict.fromkeys(users, mosquitto_hash("svc-pw"))
-    files: BrokerFiles
-    auth = Auth(store=FakeStore(), enabled=True, on_credentials=lambda: files.changed())
+    auth: Auth
     files = BrokerFiles(passwd=broker.passwd, acl=broker.acl,
                         passwd_text=lambda: auth.mosquitto_passwd(own),
                         acl_text=mosquitto_acl(users), min_interval=0.05)
+    auth = Auth(store=FakeStore(), enabled=True, on_credentials=files.changed)
     pw = {n: auth.issue_credentials(n).password for n in ("edge-1", "edge-2")}
     files.write_now()
     broker.start()
@@ -153,7 +153,8 @@ async def test_acl_and_revocation_with_real_mosquitto(
 async def test_rewrites_are_debounced(tmp_path: Path) -> None:
     auth: Auth
     files = BrokerFiles(passwd=tmp_path / "passwd", acl=None,
-                        passwd_text=lambda: auth.mosquitto_passwd(), acl_text="",
+                        passwd_text=lambda: auth.mosquitto_passwd(),  # noqa: PLW0108 (auth is bound below)
+                        acl_text="",
                         min_interval=0.1)
     auth = Auth(store=FakeStore(), on_credentials=files.changed)
     task = asyncio.create_task(files.run())

@@ -128,6 +128,8 @@ async def test_one_use_token_bound_name_and_ca_pin(tmp_path: Path) -> None:
         assert r.json() == {"error": "join token used up", "field": "token",
                             "reason": "JoinTokenUsedUp"}
         assert "b" not in api.fleet.nodes
+        assert api.metrics.value("cloudcore_joins_total", result="JoinTokenUsedUp") == 1
+        assert api.metrics.value("cloudcore_joins_total", result="Joined") == 1
 
         # a token pinning another CA is refused; without the pin part it is accepted
         token = (await api.client.post("/api/v1/jointokens", json={"uses": 2})).json()["token"]
@@ -164,6 +166,7 @@ async def test_reserved_names_are_refused(tmp_path: Path) -> None:
         r = await api.client.post("/api/v1/join", json={"token": token, "name": "cloudcore_sub"})
         assert r.status_code == 422  # '_' is never a node name: services only
         assert not api.auth.credentials
+        assert api.metrics.value("cloudcore_joins_total", result="ReservedName") == 7
         assert api.auth.join_tokens[token.split(".")[0]]["uses"] == 0
 
 
