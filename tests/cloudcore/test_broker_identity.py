@@ -17,7 +17,10 @@ from cloudcore_fakes import FakeStore
 
 from cloudcore.auth import Auth
 from cloudcore.auth.broker import BrokerFiles, mosquitto_acl, service_identities
+from cloudcore.auth.pki import FleetCA
 from cloudcore.auth.secrets import mosquitto_hash
+from cloudcore.config import MqttSettings
+from cloudcore.synchub.mqtt import Publisher, Subscriber, client_tls
 from shared import topics
 from testbed.ports import free_port, wait_port
 
@@ -178,3 +181,87 @@ async def test_rewrites_are_debounced(tmp_path: Path) -> None:
         with pytest.raises(asyncio.CancelledError):
             await task
     assert "n1:" not in (tmp_path / "passwd").read_text()  # pending change flushed on stop
+
+
+@pytest.fixture
+def tls_broker(tmp_path: Path) -> Iterator[tuple[FleetCA, int]]:
+    """mosquitto with a TLS listener from the fleet CA that requires client
+    certificates and takes the CN as the username (the --node-certs setup)."""
+    ca = FleetCA.open(tmp_path / "pki")
+    files = ca.write_broker_certs(tmp_path / "broker", ["127.0.0.1", "localhost"])
+    port = free_port()
+    (tmp_path / "acl").write_text(mosquitto_acl(service_identities("cloudcore", 1)))
+    conf = tmp_path / "mosquitto.conf"
+    conf.write_text("\n".join([
+        f"listener {port} 127.0.0.1", f"cafile {files['ca']}", f"certfile {files['cert']}",
+        f"keyfile {files['key']}", "require_certificate true",
+        "use_identity_as_username true", "use_username_as_clientid true",
+        "allow_anonymous false", f"acl_file {tmp_path / 'acl'}", "persistence false",
+        "log_dest none", "user root", ""]))
+    proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        wait_port("127.0.0.1", port, timeout=10)
+        yield ca, port
+    finally:
+        proc.terminate()
+        proc.wait(5)
+
+
+async def test_mqtt_tls_with_fleet_certificates(tmp_path: Path,
+                                                tls_broker: tuple[FleetCA, int]) -> None:
+    """cloudcore's own connections over TLS to a listener that wants client
+    certificates: its identities present fleet-CA certificates, a node logs in with
+    the certificate issued at join, a client without one or with another CA's cannot."""
+    ca, port = tls_broker
+    def cert_files(name: str) -> tuple[Path, Path]:
+        issued = ca.issue_client(name)
+        crt, key = tmp_path / f"{name}.crt", tmp_path / f"{name}.key"
+        crt.write_text(issued.cert)
+        key.write_text(issued.key)
+        return crt, key
+
+    settings = MqttSettings(host="127.0.0.1", port=port, tls=True,
+                            reconnect_base=0.05, reconnect_cap=0.2)
+    got: list[tuple[str, bytes]] = []
+    up = asyncio.Event()
+    sub = Subscriber(settings, handler=lambda t, p: got.append((t, p)),
+                     on_connected=lambda ok: up.set() if ok else None,
+                     tls=client_tls(ca.cert_path, cert=cert_files("cloudcore_sub")))
+    pub = Publisher(settings, index=0,
+                    tls=client_tls(ca.cert_path, cert=cert_files("cloudcore_pub0")))
+    tasks = [asyncio.create_task(sub.run()), asyncio.create_task(pub.run())]
+    try:
+        async with asyncio.timeout(10):
+            await up.wait()
+        edge_tls = client_tls(ca.cert_path, cert=cert_files("edge-1"))
+        async with aiomqtt.Client("127.0.0.1", port, tls_context=edge_tls,
+                                  identifier="edge-1", timeout=5) as edge:
+            await edge.subscribe(topics.down("edge-1"), qos=1)
+            await edge.publish(topics.up("edge-1"), b"hi", qos=1)
+            pub.enqueue(topics.down("edge-1"), b"down")
+            async with asyncio.timeout(5):
+                msg = await anext(aiter(edge.messages))
+            assert msg.payload == b"down"
+        while not got:
+            await asyncio.sleep(0.02)
+        assert got == [(topics.up("edge-1"), b"hi")]
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    # no client certificate, or one from another CA: refused
+    with pytest.raises(aiomqtt.MqttError):
+        async with aiomqtt.Client("127.0.0.1", port, timeout=1, identifier="x",
+                                  tls_context=client_tls(ca.cert_path)):
+            pass
+    other = FleetCA.open(tmp_path / "other")
+    issued = other.issue_client("edge-1")
+    (tmp_path / "o.crt").write_text(issued.cert)
+    (tmp_path / "o.key").write_text(issued.key)
+    with pytest.raises(aiomqtt.MqttError):
+        async with aiomqtt.Client("127.0.0.1", port, timeout=1, identifier="edge-1",
+                                  tls_context=client_tls(
+                                      ca.cert_path,
+                                      cert=(tmp_path / "o.crt", tmp_path / "o.key"))):
+            pass
