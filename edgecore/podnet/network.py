@@ -13,8 +13,9 @@ the bridge-plus-portmap shape of Kubernetes' default CNI plugins itself:
 - addresses from a small IPAM persisted in `<state_dir>/ipam.json` (atomic rewrite):
   a pod keeps its address across agent restarts, and the lowest free address is
   handed out next;
-- one nftables table (`ip edgefed`), rewritten whole and atomically (`nft -f`) on every
-  change: outbound NAT (masquerade of pod sources leaving by another interface), and
+- one nftables table (`ip <bridge>`, `ip edgefed0` by default), rewritten whole and
+  atomically (`nft -f`) on every change: outbound NAT (masquerade of pod sources
+  leaving by another interface), and
   `hostPort` mappings (DNAT of traffic to any local address of the device, from other
   hosts (prerouting) and from the device itself (output), including 127.0.0.1 via
   `route_localnet` on the bridge and a masquerade of loopback sources).
@@ -22,6 +23,10 @@ the bridge-plus-portmap shape of Kubernetes' default CNI plugins itself:
 The namespace lives under /run, so after a reboot it is gone with the containers; the
 reconciler then recreates both. `detach` deletes the namespace (the veth pair goes
 with it), the pod's nftables rules and its address.
+
+Two agents in one network namespace (tests, the testbed without per-agent namespaces)
+need distinct bridges and address ranges; namespace and veth names already differ (they
+hash the state dir).
 
 Not done: IPv6, network policies between pods, bandwidth limits; the host's firewall
 must let forwarded traffic through (a FORWARD policy of DROP, as Docker sets it, needs
@@ -84,7 +89,7 @@ class PodNetwork:
         *,
         bridge: str = "edgefed0",
         cidr: str = "10.88.0.0/16",
-        table: str = "edgefed",
+        table: str | None = None,
         netns_prefix: str = "edgefed-",
         netns_dir: Path = Path("/run/netns"),
         ip: str = "ip",
@@ -96,7 +101,9 @@ class PodNetwork:
         if self.net.num_addresses < 4:
             raise ValueError(f"pod network {cidr} is too small")
         self.gateway = str(self.net.network_address + 1)
-        self.table = table
+        if not 1 <= len(bridge) <= 15 or not bridge.replace("-", "").replace("_", "").isalnum():
+            raise ValueError(f"bridge name {bridge!r} must be 1-15 letters, digits, '-', '_'")
+        self.table = table or bridge  # one table per bridge: agents sharing a netns differ
         self.netns_prefix = netns_prefix
         self.netns_dir = Path(netns_dir)
         self._ip, self._nft = ip, nft
