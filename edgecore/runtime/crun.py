@@ -188,6 +188,9 @@ class CrunRuntime:
         self._logs = self.root / "logs"
         self._persist = self.root / "conmon" / "persist"
         self._sockets = self.root / "conmon" / "sockets"
+        # Container configs (env), logs and rootfs are the workloads' business only.
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.root.chmod(0o700)
         for d in (self._crun_root, self._bundles, self._exits, self._logs, self._persist,
                   self._sockets):  # fmt: skip
             d.mkdir(parents=True, exist_ok=True)
