@@ -80,7 +80,9 @@ class PodNetwork:
     """Bridge, namespaces, addresses and nftables rules of the pods on this device.
 
     All methods are coroutines; `attach`/`detach` of one pod are idempotent and
-    serialised (one lock), so the reconciler may call them on every pass.
+    serialised (one lock), so the reconciler may call them on every pass: once a pod's
+    namespace was checked (or made) by this process, `attach` costs a stat of its path
+    and no process.
     """
 
     def __init__(
@@ -109,6 +111,7 @@ class PodNetwork:
         self._ip, self._nft = ip, nft
         self._lock = asyncio.Lock()
         self._ready = False
+        self._up: set[str] = set()  # pods checked or made by this process: no `ip` per pass
         self._ipam = self.state_dir / "ipam.json"
         self._pods: dict[str, dict[str, object]] = {}
         with contextlib.suppress(FileNotFoundError, ValueError, TypeError, KeyError):
@@ -266,8 +269,10 @@ class PodNetwork:
                 self._pods[key] = rec
                 self._save()
             ip = str(rec["ip"])
-            if not await self._configured(netns, ip):
-                await self._create(netns, veth, ip)
+            if key not in self._up or not (self.netns_dir / netns).exists():
+                if not await self._configured(netns, ip):
+                    await self._create(netns, veth, ip)
+                self._up.add(key)
             if [tuple(p) for p in rec.get("ports") or []] != ports:  # type: ignore[attr-defined]
                 taken = {(int(hp), str(pr)) for k, r in self._pods.items() if k != key
                          for hp, _, pr in r.get("ports") or []}  # type: ignore[attr-defined]
@@ -312,6 +317,7 @@ class PodNetwork:
         """Remove the pod's namespace, veth, host ports and address; True if it had any."""
         async with self._lock:
             rec = self._pods.pop(key, None)
+            self._up.discard(key)
             netns, veth = self._names(key)
             if rec is None and not (self.netns_dir / netns).exists():
                 return False  # nothing of it here (called on every pass for refused pods)
