@@ -11,6 +11,7 @@ asyncio.TaskGroup of named tasks until cancelled:
     cloudcore.fleet.encoder       re-encodes changed objects for recently listed views
     cloudcore.forecaster          batched forecast of every node, each forecast.interval
     cloudcore.auth.broker-files   rewrites the broker's password file after joins/deletes
+    cloudcore.synchub.closer      closes a revoked node's session (--node-certs only)
     cloudcore.api                 uvicorn serving the FastAPI app (HTTPS by default)
 
 Before the store opens, the fleet CA is loaded or made (`STATE/pki`, cloudcore.auth.pki)
@@ -52,7 +53,7 @@ from cloudcore.metrics import Labels, Metrics
 from cloudcore.scheduler import Scheduler
 from cloudcore.store import Store
 from cloudcore.synchub import SyncHub
-from cloudcore.synchub.mqtt import Publisher, Subscriber, client_tls
+from cloudcore.synchub.mqtt import Publisher, SessionCloser, Subscriber, client_tls
 from shared import topics
 
 log = logging.getLogger("cloudcore")
@@ -104,7 +105,9 @@ async def run(settings: Settings, *,
         fleet.events.capacity = settings.api.events
         records = store.load()
         fleet.load(records)
-        auth, broker_files = _open_auth(settings, store, records)
+        closer = _session_closer(settings, ca)
+        auth, broker_files = _open_auth(settings, store, records, ca=ca,
+                                        on_revoked=closer.close if closer else None)
         del records
         log.info("loaded %d nodes, %d pods; store epoch %s", len(fleet.nodes), len(fleet.pods),
                  store.epoch)
@@ -147,8 +150,10 @@ async def run(settings: Settings, *,
             tg.create_task(hub.run_retries(), name="cloudcore.synchub.retries")
             tg.create_task(hub.run_liveness(), name="cloudcore.synchub.liveness")
             tg.create_task(fleet.keep_encoded(), name="cloudcore.fleet.encoder")
-            if broker_files.passwd is not None:
+            if broker_files.enabled:
                 tg.create_task(broker_files.run(), name="cloudcore.auth.broker-files")
+            if closer is not None:
+                tg.create_task(closer.run(), name="cloudcore.synchub.closer")
             if forecaster is not None:
                 tg.create_task(forecaster.run(settings.forecast.interval),
                                name="cloudcore.forecaster")
@@ -268,19 +273,25 @@ def tune_gc() -> None:
 
 
 def _open_auth(settings: Settings, store: Store,
-               records: dict[str, dict[str, object]]) -> tuple[Auth, BrokerFiles]:
+               records: dict[str, dict[str, object]], *, ca: FleetCA,
+               on_revoked: Callable[[str], None] | None = None) -> tuple[Auth, BrokerFiles]:
     """The auth registry from the store, static tokens and the first admin token, and
-    the broker files it keeps (written once now, then after every change, debounced)."""
+    the broker files it keeps (written once now, then after every change, debounced;
+    with node certificates and a broker cert dir, the CRL too)."""
     cfg = settings.auth
     users = service_identities(settings.mqtt.username, settings.mqtt.publishers)
     own: dict[str, str] = {}  # cloudcore's own identities go in the same file
     if settings.mqtt.password:
         digest = mosquitto_hash(settings.mqtt.password)
         own = dict.fromkeys(users, digest)
+    crl = (cfg.broker_cert_dir / "crl.pem"
+           if cfg.node_certs and cfg.broker_cert_dir is not None else None)
     files = BrokerFiles(passwd=cfg.mosquitto_passwd, acl=cfg.mosquitto_acl,
                         passwd_text=lambda: auth.mosquitto_passwd(own),
-                        acl_text=mosquitto_acl(users))
-    auth = Auth(store=store, enabled=cfg.enabled, on_credentials=files.changed)
+                        acl_text=mosquitto_acl(users),
+                        crl=crl, crl_pem=lambda: ca.crl(auth.revoked_serials()))
+    auth = Auth(store=store, enabled=cfg.enabled, on_credentials=files.changed,
+                on_revoked=on_revoked)
     auth.load(records)  # type: ignore[arg-type]
     if cfg.tokens_file is not None:
         n = auth.load_static(cfg.tokens_file)
@@ -294,6 +305,31 @@ def _open_auth(settings: Settings, store: Store,
                           field="auth.mosquitto_passwd") from exc
     log.info("API auth is %s", "on" if cfg.enabled else "off (anyone may call the API)")
     return auth, files
+
+
+def _session_closer(settings: Settings, ca: FleetCA) -> SessionCloser | None:
+    """With node certificates over TLS, what closes a revoked node's open session: it
+    connects where nodes do (the advertised broker) with a one-day certificate of the
+    node's name, made in memory for that one connection."""
+    host, port, tls = settings.advertised_broker()
+    if not settings.auth.node_certs or not tls:
+        return None
+    ca_file = settings.mqtt.ca_file or ca.cert_path
+
+    def tls_for(node: str) -> ssl.SSLContext:
+        issued = ca.issue_client(node, days=1)
+        tmp = settings.pki_dir / f".closer-{secrets.token_hex(4)}"
+        tmp.mkdir(mode=0o700)
+        try:
+            _write_private(tmp / "c.crt", issued.cert)
+            _write_private(tmp / "c.key", issued.key)
+            return client_tls(ca_file, cert=(tmp / "c.crt", tmp / "c.key"))
+        finally:
+            for f in ("c.crt", "c.key"):
+                (tmp / f).unlink(missing_ok=True)
+            tmp.rmdir()
+
+    return SessionCloser(host, port, tls_for=tls_for)
 
 
 def broker_hosts(settings: Settings) -> list[str]:

@@ -9,6 +9,14 @@ cloudcore (the systemd path unit of docs/operations.md, testbed's broker) sends 
 broker SIGHUP when the file changes; mosquitto 2.0 then re-reads it and disconnects
 clients whose credentials are gone, which is how deleting a node closes its session.
 
+With node certificates (`--node-certs`) the password file does not apply to nodes
+(the broker takes their identity from the certificate), so a deleted node's
+certificates go into a CRL, `crl.pem` in `--broker-cert-dir` (mosquitto `crlfile`),
+written before the password file: the reload that file change triggers loads it, and
+the broker refuses those certificates from then on. mosquitto keeps a session that is
+already open across a reload in that mode, so the sync hub also takes the node's
+client id over once (`synchub.mqtt.SessionCloser`), which closes it.
+
 Writes are debounced: a change marks the files dirty and `run()` rewrites them at most
 once per `min_interval` (0.5 s) and always after the last change, so 5,000 quick joins
 rewrite the file a handful of times, not 5,000. A join may therefore answer before
@@ -57,11 +65,14 @@ class BrokerFiles:
 
     def __init__(self, *, passwd: Path | None, acl: Path | None,
                  passwd_text: Callable[[], str], acl_text: str,
+                 crl: Path | None = None, crl_pem: Callable[[], bytes] | None = None,
                  min_interval: float = MIN_INTERVAL) -> None:
         self.passwd = passwd
         self.acl = acl
+        self.crl = crl if crl_pem is not None else None
         self._passwd_text = passwd_text
         self._acl_text = acl_text
+        self._crl_pem = crl_pem
         self.min_interval = min_interval
         self.writes = 0
         """Rewrites of the password file so far (for tests and metrics)."""
@@ -69,11 +80,12 @@ class BrokerFiles:
 
     @property
     def enabled(self) -> bool:
-        return self.passwd is not None or self.acl is not None
+        """Whether there is anything to rewrite after a change."""
+        return self.passwd is not None or self.crl is not None
 
     def changed(self) -> None:
         """Credentials changed: rewrite soon (callable from the event loop thread)."""
-        if self.passwd is not None:
+        if self.enabled:
             self._dirty.set()
 
     def write_now(self) -> None:
@@ -98,6 +110,13 @@ class BrokerFiles:
                 self._write_passwd()
 
     def _write_passwd(self) -> None:
+        """The CRL first, then the password file (whose change makes the broker reload,
+        picking up both)."""
+        if self.crl is not None and self._crl_pem is not None:
+            try:
+                _replace(self.crl, self._crl_pem().decode(), mode=0o644)
+            except OSError as exc:
+                log.error("cannot write the broker's CRL %s: %s", self.crl, exc)
         if self.passwd is None:
             return
         try:
@@ -107,7 +126,7 @@ class BrokerFiles:
             log.error("cannot write mosquitto password file %s: %s", self.passwd, exc)
 
 
-def _replace(path: Path, text: str) -> None:
+def _replace(path: Path, text: str, *, mode: int = 0o640) -> None:
     """Write `path` atomically, mode 0640, keeping an existing file's group (the broker
     reads it through that group)."""
     try:
@@ -115,11 +134,11 @@ def _replace(path: Path, text: str) -> None:
     except FileNotFoundError:
         gid = None
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
-        os.chmod(tmp, 0o640)
+        os.chmod(tmp, mode)
         if gid is not None and gid != tmp.stat().st_gid:
             os.chown(tmp, -1, gid)
         tmp.replace(path)

@@ -246,16 +246,37 @@ class FleetCA:
             return False
         return cert_names(crt.read_bytes()) == {_canonical(h) for h in names}
 
+    def crl(self, revoked: Iterable[tuple[int, float]]) -> bytes:
+        """A PEM CRL of `revoked` (serial, notAfter) certificates, for the broker's
+        `crlfile`. Its nextUpdate is the CA's own expiry: cloudcore pushes a new CRL
+        when it revokes, and an expired CRL would make OpenSSL refuse every client."""
+        now = _utc(self.clock() - _BACKDATE)
+        builder = (x509.CertificateRevocationListBuilder()
+                   .issuer_name(self.cert.subject)
+                   .last_update(now)
+                   .next_update(self.cert.not_valid_after_utc)
+                   .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                       self.key.public_key()), critical=False))
+        for serial, _ in revoked:
+            builder = builder.add_revoked_certificate(
+                x509.RevokedCertificateBuilder().serial_number(serial)
+                .revocation_date(now).build())
+        return builder.sign(self.key, hashes.SHA256()).public_bytes(
+            serialization.Encoding.PEM)
+
     def write_broker_certs(self, out: Path, hosts: Iterable[str]) -> dict[str, Path]:
         """`out/ca.crt`, `out/broker.crt` (0644) and `out/broker.key` (0640; group kept,
         or `mosquitto` when run as root and that group exists) for a broker's TLS
-        listener. Issued again only when needed (see ensure_server_cert)."""
+        listener, and `out/crl.pem` (empty, if missing; cloudcore rewrites it when it
+        revokes node certificates). Issued again only when needed (ensure_server_cert)."""
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         _write(out / "ca.crt", self.cert_pem.encode(), 0o644)
         crt, key = self.ensure_server_cert("broker", hosts, directory=out, key_mode=0o640)
         _broker_group(key)
-        return {"ca": out / "ca.crt", "cert": crt, "key": key}
+        if not (out / "crl.pem").exists():
+            write_file(out / "crl.pem", self.crl([]), 0o644)
+        return {"ca": out / "ca.crt", "cert": crt, "key": key, "crl": out / "crl.pem"}
 
 
 def api_hosts(bind_host: str, extra: Iterable[str] = ()) -> list[str]:
@@ -307,6 +328,11 @@ def _general_name(host: str) -> x509.GeneralName:
         return x509.IPAddress(ipaddress.ip_address(host))
     except ValueError:
         return x509.DNSName(host)
+
+
+def write_file(path: Path, data: bytes, mode: int) -> None:
+    """Write `path` atomically with `mode` (see `_write`)."""
+    _write(path, data, mode)
 
 
 def _write(path: Path, data: bytes, mode: int) -> None:

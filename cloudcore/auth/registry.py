@@ -1,10 +1,13 @@
 """The `Auth` registry: join tokens, API tokens and node credentials (see package doc).
 
 Store layout (named databases of the cloudcore store):
-    tokens       `join/<id>` -> join token record, `api/<id>` -> API token record
+    tokens       `join/<id>` -> join token record, `api/<id>` -> API token record,
+                 `crl/<serial>` -> {"serial", "notAfter", "node"}: a revoked client
+                 certificate, kept until it expires (the broker's CRL)
     credentials  `<node>`    -> {"username", "hash" ($7$ mosquitto format), "created",
-                                 "key" (base64 of the 32-byte node key), "cert"
-                                 (serial and notAfter of its client certificate, if any)}
+                                 "key" (base64 of the 32-byte node key), "certs"
+                                 ([{serial, notAfter}] of its unexpired client
+                                 certificates, with --node-certs)}
 
 A join token record: {"id", "hash", "created", "expires", "labels", "description",
 "uses" (joins made with it), "maxUses" (default 1; a record without it, from before
@@ -102,16 +105,22 @@ class Auth:
 
     def __init__(self, *, store: Writer, enabled: bool = False,
                  clock: Callable[[], float] = time.time,
-                 on_credentials: Callable[[], None] | None = None) -> None:
+                 on_credentials: Callable[[], None] | None = None,
+                 on_revoked: Callable[[str], None] | None = None) -> None:
+        """`on_credentials()` runs after any change of node credentials or revoked
+        certificates (rewrite the broker files); `on_revoked(node)` after a node that
+        had client certificates is forgotten (close its broker session)."""
         self.store = store
         self.enabled = enabled
         self.clock = clock
         self.on_credentials = on_credentials
+        self.on_revoked = on_revoked
         self.join_tokens: dict[str, dict[str, Any]] = {}
         self.api_tokens: dict[str, dict[str, Any]] = {}
         self.credentials: dict[str, dict[str, Any]] = {}
         self._static: dict[str, Principal] = {}  # sha256(token) -> principal
         self._keys: dict[str, bytes] = {}  # node -> node key (decoded from credentials)
+        self.revoked: dict[str, dict[str, Any]] = {}  # serial -> revoked cert record
         self._renewed: dict[str, int] = {}  # node -> ts of its last accepted renewal
 
     # -- loading -------------------------------------------------------------------
@@ -123,6 +132,8 @@ class Auth:
                 self.join_tokens[tid] = rec
             elif kind == "api":
                 self.api_tokens[tid] = rec
+            elif kind == "crl":
+                self.revoked[tid] = rec
         self.credentials = dict(records.get("credentials", {}))
         self._keys = {}
         for node, rec in self.credentials.items():
@@ -301,12 +312,24 @@ class Auth:
         return dict(self._keys)
 
     def record_client_cert(self, node: str, *, serial: int, not_after: int) -> None:
-        """Remember the serial and expiry of the node's latest client certificate."""
+        """Remember a client certificate issued to the node (all unexpired ones are
+        revoked with the node)."""
         rec = self.credentials.get(node)
         if rec is None:
             raise NotFound("node credentials", node)
-        rec["cert"] = {"serial": str(serial), "notAfter": not_after}
+        now = self.clock()
+        certs = [c for c in rec.get("certs", []) if float(c["notAfter"]) > now]
+        rec["certs"] = [*certs, {"serial": str(serial), "notAfter": not_after}]
         self.store.put("credentials", node, rec)
+
+    def revoked_serials(self) -> list[tuple[int, float]]:
+        """(serial, notAfter) of every revoked certificate not yet expired (the CRL);
+        expired ones are forgotten here."""
+        now = self.clock()
+        for serial in [s for s, r in self.revoked.items() if float(r["notAfter"]) <= now]:
+            del self.revoked[serial]
+            self.store.delete("tokens", f"crl/{serial}")
+        return sorted((int(s), float(r["notAfter"])) for s, r in self.revoked.items())
 
     def verify_renewal(self, node: str, *, ts: int, mac: str) -> None:
         """Check a certificate renewal call: `mac` = hex HMAC(k_up, "renew|node|ts")
@@ -335,9 +358,18 @@ class Auth:
     def forget_node(self, node: str) -> bool:
         self._keys.pop(node, None)
         self._renewed.pop(node, None)
-        if self.credentials.pop(node, None) is None:
+        rec = self.credentials.pop(node, None)
+        if rec is None:
             return False
         self.store.delete("credentials", node)
+        now = self.clock()
+        for cert in rec.get("certs", []):
+            if float(cert["notAfter"]) > now:
+                crl = {"serial": cert["serial"], "notAfter": cert["notAfter"], "node": node}
+                self.revoked[cert["serial"]] = crl
+                self.store.put("tokens", f"crl/{cert['serial']}", crl)
+        if rec.get("certs") and self.on_revoked is not None:
+            self.on_revoked(node)
         self._credentials_changed()
         return True
 

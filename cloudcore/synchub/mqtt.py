@@ -188,3 +188,45 @@ class Publisher:
                 self._queue.put_nowait((topic, payload))  # resent after reconnect
                 raise
             self._on_sent()
+
+
+class SessionCloser:
+    """Closes the broker session of a node revoked under `--node-certs`.
+
+    There the broker takes a node's identity from its certificate, so a reload after
+    the CRL changed refuses the certificate from then on but keeps a session already
+    open. This takes the node's client id over once, with a short-lived certificate of
+    the node's name that `tls_for(node)` makes: the broker drops the old session, this
+    one disconnects at once, and the agent's reconnect is refused by the CRL. It waits
+    `delay` seconds first, so the broker has reloaded the CRL by then."""
+
+    def __init__(self, host: str, port: int, *, tls_for: Callable[[str], ssl.SSLContext],
+                 delay: float = 2.0) -> None:
+        self._host = host
+        self._port = port
+        self._tls_for = tls_for
+        self._delay = delay
+        self._queue: asyncio.Queue[str] = asyncio.Queue()
+        self.closed = 0
+        """Sessions taken over so far."""
+
+    def close(self, node: str) -> None:
+        """Close `node`'s session soon (callable from the event loop thread)."""
+        self._queue.put_nowait(node)
+
+    async def run(self) -> None:
+        """Work until cancelled; a failure is logged, not retried (the node's key is
+        refused by the hub whatever happens here)."""
+        while True:
+            node = await self._queue.get()
+            await asyncio.sleep(self._delay)
+            try:
+                async with aiomqtt.Client(self._host, self._port, identifier=node,
+                                          clean_session=True, timeout=5,
+                                          tls_context=self._tls_for(node)):
+                    pass
+                self.closed += 1
+                log.info("closed the broker session of revoked node %s", node)
+            except (aiomqtt.MqttError, OSError, ValueError) as exc:
+                log.warning("could not close the broker session of revoked node %s: %s",
+                            node, exc)

@@ -7,8 +7,9 @@ from __future__ import annotations
 import asyncio
 import shutil
 import signal
+import ssl
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import aiomqtt
@@ -20,7 +21,7 @@ from cloudcore.auth.broker import BrokerFiles, mosquitto_acl, service_identities
 from cloudcore.auth.pki import FleetCA
 from cloudcore.auth.secrets import mosquitto_hash
 from cloudcore.config import MqttSettings
-from cloudcore.synchub.mqtt import Publisher, Subscriber, client_tls
+from cloudcore.synchub.mqtt import Publisher, SessionCloser, Subscriber, client_tls
 from shared import topics
 from testbed.ports import free_port, wait_port
 
@@ -73,12 +74,6 @@ def setup(tmp_path: Path) -> Iterator[tuple[Broker, Auth, BrokerFiles, dict[str,
         yield broker, auth, files, pw
     finally:
         broker.stop()
-
-
-async def _client(port: int, user: str, pw: str) -> AsyncIterator[aiomqtt.Client]:
-    async with aiomqtt.Client("127.0.0.1", port, username=user, password=pw,
-                              identifier=user, timeout=5) as c:
-        yield c
 
 
 async def _login(port: int, user: str, pw: str) -> str:
@@ -184,7 +179,7 @@ async def test_rewrites_are_debounced(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def tls_broker(tmp_path: Path) -> Iterator[tuple[FleetCA, int]]:
+def tls_broker(tmp_path: Path) -> Iterator[tuple[FleetCA, int, subprocess.Popen[bytes]]]:
     """mosquitto with a TLS listener from the fleet CA that requires client
     certificates and takes the CN as the username (the --node-certs setup)."""
     ca = FleetCA.open(tmp_path / "pki")
@@ -197,23 +192,23 @@ def tls_broker(tmp_path: Path) -> Iterator[tuple[FleetCA, int]]:
         f"keyfile {files['key']}", "require_certificate true",
         "use_identity_as_username true", "use_username_as_clientid true",
         "allow_anonymous false", f"acl_file {tmp_path / 'acl'}", "persistence false",
-        "log_dest none", "user root", ""]))
+        f"crlfile {files['crl']}", "log_dest none", "user root", ""]))
     proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:
         wait_port("127.0.0.1", port, timeout=10)
-        yield ca, port
+        yield ca, port, proc
     finally:
         proc.terminate()
         proc.wait(5)
 
 
-async def test_mqtt_tls_with_fleet_certificates(tmp_path: Path,
-                                                tls_broker: tuple[FleetCA, int]) -> None:
+async def test_mqtt_tls_with_fleet_certificates(
+        tmp_path: Path, tls_broker: tuple[FleetCA, int, subprocess.Popen[bytes]]) -> None:
     """cloudcore's own connections over TLS to a listener that wants client
     certificates: its identities present fleet-CA certificates, a node logs in with
     the certificate issued at join, a client without one or with another CA's cannot."""
-    ca, port = tls_broker
+    ca, port, _ = tls_broker
     def cert_files(name: str) -> tuple[Path, Path]:
         issued = ca.issue_client(name)
         crt, key = tmp_path / f"{name}.crt", tmp_path / f"{name}.key"
@@ -265,3 +260,52 @@ async def test_mqtt_tls_with_fleet_certificates(tmp_path: Path,
                                       ca.cert_path,
                                       cert=(tmp_path / "o.crt", tmp_path / "o.key"))):
             pass
+
+
+async def test_revoking_a_node_certificate_closes_its_session(
+        tmp_path: Path, tls_broker: tuple[FleetCA, int, subprocess.Popen[bytes]]) -> None:
+    """--node-certs: deleting the node writes the CRL (the reload refuses the
+    certificate from then on) and the closer takes the client id over, so the session
+    that mosquitto would keep across the reload ends at once."""
+    ca, port, proc = tls_broker
+    clock_now = 1_800_000_000.0
+    closer = SessionCloser("127.0.0.1", port, tls_for=lambda n: _tls(ca, tmp_path, n),
+                           delay=0.0)
+    auth = Auth(store=FakeStore(), on_revoked=closer.close, clock=lambda: clock_now)
+    auth.issue_credentials("edge-1")
+    issued = ca.issue_client("edge-1")
+    auth.record_client_cert("edge-1", serial=issued.serial, not_after=issued.not_after)
+    (tmp_path / "e.crt").write_text(issued.cert)
+    (tmp_path / "e.key").write_text(issued.key)
+    edge_tls = client_tls(ca.cert_path, cert=(tmp_path / "e.crt", tmp_path / "e.key"))
+    crl_file = tmp_path / "broker" / "crl.pem"
+    task = asyncio.create_task(closer.run())
+    try:
+        async with aiomqtt.Client("127.0.0.1", port, tls_context=edge_tls,
+                                  identifier="edge-1", timeout=5) as edge:
+            await edge.subscribe(topics.down("edge-1"), qos=1)
+            assert auth.forget_node("edge-1")
+            crl_file.write_bytes(ca.crl(auth.revoked_serials()))
+            proc.send_signal(signal.SIGHUP)
+            with pytest.raises(aiomqtt.MqttError):
+                async with asyncio.timeout(5):
+                    async for _ in edge.messages:
+                        pass
+        async with asyncio.timeout(5):  # it was the takeover that closed it
+            while closer.closed != 1:
+                await asyncio.sleep(0.02)
+        with pytest.raises(aiomqtt.MqttError):  # and it cannot come back
+            async with aiomqtt.Client("127.0.0.1", port, tls_context=edge_tls,
+                                      identifier="edge-1", timeout=1):
+                pass
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+def _tls(ca: FleetCA, d: Path, node: str) -> ssl.SSLContext:
+    issued = ca.issue_client(node, days=1)
+    (d / "k.crt").write_text(issued.cert)
+    (d / "k.key").write_text(issued.key)
+    return client_tls(ca.cert_path, cert=(d / "k.crt", d / "k.key"))

@@ -196,7 +196,7 @@ async def test_node_certificates_and_renewal(tmp_path: Path) -> None:
         assert body["clientCert"]["notAfter"] == int(cert.not_valid_after_utc.timestamp())
         assert "PRIVATE KEY" in body["clientCert"]["key"]
         stored = api.store.load()["credentials"]["e1"]
-        assert stored["cert"]["serial"] == str(cert.serial_number)
+        assert stored["certs"][0]["serial"] == str(cert.serial_number)
         assert "PRIVATE KEY" not in str(stored)
 
         k_up = seal.NodeKeys.derive(base64.b64decode(body["key"])).up
@@ -219,8 +219,17 @@ async def test_node_certificates_and_renewal(tmp_path: Path) -> None:
         r = await api.client.post(url, json={"ts": ts + 1,
                                              "mac": seal.renew_mac(wrong, "e1", ts + 1)})
         assert r.status_code == 401 and r.json()["field"] == "mac"
-        # a deleted node cannot renew
+        # a deleted node cannot renew, and both its certificates are revoked (CRL)
         assert (await api.client.delete("/api/v1/nodes/e1")).status_code == 200
+        serials = {s for s, _ in api.auth.revoked_serials()}
+        assert serials == {cert.serial_number, renewed.serial_number}
+        crl = x509.load_pem_x509_crl(api.ca.crl(api.auth.revoked_serials()))
+        assert crl.is_signature_valid(api.ca.cert.public_key())  # type: ignore[arg-type]
+        assert crl.get_revoked_certificate_by_serial_number(renewed.serial_number)
+        assert "crl/" + str(cert.serial_number) in str(api.store.load()["tokens"])
+        clock.now += 91 * 86400  # expired certificates leave the CRL
+        assert api.auth.revoked_serials() == []
+        clock.now -= 91 * 86400
         r = await api.client.post(url, json={"ts": ts + 2,
                                              "mac": seal.renew_mac(k_up, "e1", ts + 2)})
         assert r.status_code == 401
