@@ -11,8 +11,10 @@ import ssl
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import aiomqtt
+import httpx
 import pytest
 from cloudcore_fakes import FakeStore
 
@@ -309,3 +311,47 @@ def _tls(ca: FleetCA, d: Path, node: str) -> ssl.SSLContext:
     (d / "k.crt").write_text(issued.cert)
     (d / "k.key").write_text(issued.key)
     return client_tls(ca.cert_path, cert=(d / "k.crt", d / "k.key"))
+
+
+async def test_service_keeps_the_broker_files_and_logs_in_as_its_identities(
+        tmp_path: Path, settings: Any, service_factory: Any) -> None:
+    """cloudcore as shipped (secure) with --mosquitto-passwd/--mosquitto-acl and no
+    password given: it makes its own, writes its identities and the ACL, logs in to a
+    broker that allows nobody else, and a node that joins can log in once the file is
+    rewritten and the broker reloaded."""
+    broker = Broker(tmp_path / "mq")
+    broker.dir.mkdir()
+    settings.insecure = False
+    settings.forecast.enabled = False
+    settings.mqtt.port = broker.port
+    settings.mqtt.publishers = 2
+    settings.auth.mosquitto_passwd, settings.auth.mosquitto_acl = broker.passwd, broker.acl
+    running = await service_factory().start()
+    state = settings.store.state_dir
+    password = (state / "mqtt.password").read_text().strip()
+    assert (state / "mqtt.password").stat().st_mode & 0o777 == 0o600 and len(password) >= 24
+    users = [line.split(":")[0] for line in broker.passwd.read_text().splitlines()]
+    assert users == ["cloudcore_pub0", "cloudcore_pub1", "cloudcore_sub"]
+    assert "user cloudcore_pub1\n" in broker.acl.read_text()
+    broker.start()
+    try:
+        ca = ssl.create_default_context(cafile=str(state / "pki" / "ca.crt"))
+        admin = {"Authorization": "Bearer " + (state / "admin.token").read_text().strip()}
+        async with httpx.AsyncClient(base_url=running.url, verify=ca, headers=admin) as api:
+            async with asyncio.timeout(10):
+                while (await api.get("/readyz")).status_code != 200:
+                    await asyncio.sleep(0.05)
+            token = (await api.post("/api/v1/jointokens", json={})).json()["token"]
+            r = await api.post("/api/v1/join", json={"token": token, "name": "edge-1"})
+            assert r.status_code == 200, r.text
+            creds = r.json()["credentials"]
+        async with asyncio.timeout(5):
+            while "edge-1:" not in broker.passwd.read_text():
+                await asyncio.sleep(0.05)
+        broker.reload()
+        await asyncio.sleep(0.3)
+        assert await _login(broker.port, "edge-1", creds["password"]) == "ok"
+        # a node's password opens only its own identity
+        assert await _login(broker.port, "cloudcore_sub", creds["password"]) != "ok"
+    finally:
+        broker.stop()
