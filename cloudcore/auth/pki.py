@@ -25,6 +25,7 @@ import hashlib
 import ipaddress
 import os
 import secrets
+import socket
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -280,15 +281,19 @@ class FleetCA:
 
 
 def api_hosts(bind_host: str, extra: Iterable[str] = ()) -> list[str]:
-    """The names the API certificate carries: loopback, the bind address (unless a
-    wildcard), this machine's host name and `extra` (`--api-san`)."""
+    """The names the API certificate carries: loopback, the bind address, this
+    machine's host name and `extra` (`--api-san`). For a wildcard bind, also the
+    addresses the host name resolves to (other addresses need `--api-san`)."""
     hosts = ["127.0.0.1", "localhost"]
-    if bind_host and bind_host not in ("0.0.0.0", "::", ""):
+    wildcard = bind_host in ("0.0.0.0", "::", "")
+    if not wildcard:
         hosts.append(bind_host)
     with contextlib.suppress(OSError):
-        import socket
-
-        hosts.append(socket.gethostname())
+        name = socket.gethostname()
+        hosts.append(name)
+        if wildcard:
+            hosts += [str(info[4][0]) for info in socket.getaddrinfo(
+                name, None, type=socket.SOCK_STREAM) if "%" not in str(info[4][0])]
     hosts.extend(extra)
     return _unique(hosts)
 
