@@ -399,7 +399,7 @@ def create_app(fleet: Fleet, *, metrics: Metrics,
             raise
         except ObjectError:
             metrics.inc(JOINS, result="ReservedName" if reserved_node_name(body.name)
-                        else "InvalidName")
+                        else "Invalid")
             raise
         metrics.inc(JOINS, result="Joined")
         return out
