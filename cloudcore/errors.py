@@ -6,6 +6,7 @@
         ├── ConfigError              settings are invalid; nothing was started (permanent)
         ├── StoreError               the LMDB store failed; the service stops (permanent)
         ├── NotFound                 an object the caller named does not exist (API 404)
+        ├── AuthError                who may do what: 401/403/409/429 (cloudcore.auth.errors)
         └── TemporaryError           worth retrying after `delay` seconds
             └── BrokerUnavailable    the MQTT broker cannot be reached right now
 

@@ -103,7 +103,7 @@ class Writer(Protocol):
 class Auth:
     """All secrets cloudcore knows, hashed; `enabled` says whether the API checks them."""
 
-    def __init__(self, *, store: Writer, enabled: bool = False,
+    def __init__(self, *, store: Writer, enabled: bool = True,
                  clock: Callable[[], float] = time.time,
                  on_credentials: Callable[[], None] | None = None,
                  on_revoked: Callable[[str], None] | None = None) -> None:
