@@ -154,23 +154,43 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
 
 
 def backup_main(argv: Sequence[str]) -> int:
-    """`cloudcore backup [--state-dir DIR] DEST`: a consistent copy of the LMDB store."""
+    """`cloudcore backup [--state-dir DIR] DEST`: a consistent copy of the LMDB store,
+    and of the fleet CA (`DEST/pki`, 0700/0600): a store restored without its CA would
+    leave every pinned token and node certificate pointing at a CA that is gone."""
     from cloudcore.errors import StoreError
     from cloudcore.store import backup
 
     p = argparse.ArgumentParser(prog="cloudcore backup",
-                                description="copy the LMDB store (safe while cloudcore runs)")
+                                description="copy the LMDB store (safe while cloudcore runs) "
+                                            "and the fleet CA (DEST/pki)")
     p.add_argument("--state-dir", default=_env("STATE_DIR", str(Settings().store.state_dir)))
     p.add_argument("--no-compact", action="store_true", help="copy pages as they are")
     p.add_argument("dest", help="new or empty directory for the copy")
     a = p.parse_args(argv)
     try:
         size = backup(Path(a.state_dir), Path(a.dest), compact=not a.no_compact)
-    except StoreError as exc:
+        ca = _backup_ca(Path(a.state_dir) / "pki", Path(a.dest) / "pki")
+    except (StoreError, OSError) as exc:
         print(f"cloudcore backup: {exc}", file=sys.stderr)
         return 1
     print(f"backed up {a.state_dir} to {a.dest} ({size} bytes)")
+    if ca:
+        print(f"with the fleet CA in {Path(a.dest) / 'pki'}: restore it with the store, "
+              "or every join token pin and node certificate stops working")
     return 0
+
+
+def _backup_ca(src: Path, dst: Path) -> bool:
+    """Copy the fleet CA (ca.crt, ca.key) beside the store copy, keeping it private."""
+    if not (src / "ca.crt").is_file() or not (src / "ca.key").is_file():
+        return False
+    dst.mkdir(mode=0o700, parents=True, exist_ok=True)
+    dst.chmod(0o700)
+    for name, mode in (("ca.crt", 0o644), ("ca.key", 0o600)):
+        fd = os.open(dst / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        with os.fdopen(fd, "wb") as f:
+            f.write((src / name).read_bytes())
+    return True
 
 
 def pki_main(argv: Sequence[str]) -> int:

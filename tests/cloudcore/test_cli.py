@@ -84,3 +84,21 @@ def test_binary_starts_and_stops_on_sigterm(mosquitto: int, tmp_path: Path,
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+async def test_backup_keeps_the_fleet_ca(tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    from cloudcore.auth.pki import FleetCA
+    from cloudcore.config import StoreSettings
+    from cloudcore.store import Store
+
+    state = tmp_path / "s"
+    async with Store(StoreSettings(state_dir=state)):
+        pass
+    ca = FleetCA.open(state / "pki")
+    assert main(["backup", "--state-dir", str(state), str(tmp_path / "b")]) == 0
+    copy = tmp_path / "b" / "pki"
+    assert FleetCA.open(copy).hash == ca.hash
+    assert (copy / "ca.key").stat().st_mode & 0o777 == 0o600
+    assert copy.stat().st_mode & 0o777 == 0o700
+    assert "fleet CA" in capsys.readouterr().out
