@@ -6,8 +6,12 @@ batched: callers enqueue puts and deletes, a writer task commits them in one wri
 transaction every `batch_interval` seconds or `batch_max_ops` operations, and
 callers that need durability await `flush()` (force a commit now) or the future
 from `durable()` (wait for the batch that holds what they enqueued: group commit).
+
+Secret values are encrypted at rest (`encryption.py`: a key file, keys named per record,
+`rotate_encryption_key`); the state directory is 0700 and the LMDB files 0600.
 """
 
-from cloudcore.store.lmdbstore import DBS, Store, backup
+from cloudcore.store.encryption import KeyRing
+from cloudcore.store.lmdbstore import DBS, Rotation, Store, backup, rotate_encryption_key
 
-__all__ = ["DBS", "Store", "backup"]
+__all__ = ["DBS", "KeyRing", "Rotation", "Store", "backup", "rotate_encryption_key"]

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ import msgpack
 
 from cloudcore.config import StoreSettings
 from cloudcore.errors import StoreError
+from cloudcore.store.encryption import KeyRing, is_encrypted, key_name, should_encrypt
 from shared.delta import new_epoch
 
 log = logging.getLogger("cloudcore.store")
@@ -26,16 +29,25 @@ records), per-node last processed report seq, meta (the store epoch), join and A
 tokens (hashed), per-node broker credentials (hashed) and the names of deleted nodes
 (whose agents must not re-register them until they join again)."""
 _MAX_DBS = 32  # room for new named databases without reopening old environments
+DIR_MODE = 0o700
+FILE_MODE = 0o600
+"""The state directory and the LMDB files: readable by cloudcore's user only (they hold
+Secrets, encrypted, and token hashes)."""
 
 _DELETE = object()
 _Op = tuple[str, bytes, bytes | None]
 
 
 class Store:
-    """Batched LMDB store. Use as `async with Store(settings) as store:` and run `run()`."""
+    """Batched LMDB store. Use as `async with Store(settings) as store:` and run `run()`.
 
-    def __init__(self, settings: StoreSettings) -> None:
+    Records holding Secret values are encrypted with the keys of `key_file` (default
+    `<state_dir>/encryption.keys`, created on first open; see `encryption.py`)."""
+
+    def __init__(self, settings: StoreSettings, *, key_file: Path | None = None) -> None:
         self._settings = settings
+        self._key_file = key_file
+        self._keys: KeyRing | None = None
         self._env: lmdb.Environment | None = None
         self._dbs: dict[str, Any] = {}
         self._epoch = ""
@@ -62,9 +74,11 @@ class Store:
         """Open (creating if needed) the environment and the store epoch."""
         path = Path(self._settings.state_dir)
         try:
-            path.mkdir(parents=True, exist_ok=True)
+            _private_dir(path)
+            self._keys = KeyRing.open(path, self._key_file)
             self._env = lmdb.open(str(path), map_size=self._settings.map_size,
-                                  max_dbs=_MAX_DBS, subdir=True, lock=True)
+                                  max_dbs=_MAX_DBS, subdir=True, lock=True, mode=FILE_MODE)
+            _private_files(path)
             for name in DBS:
                 self._dbs[name] = self._env.open_db(name.encode())
             with self._env.begin(write=True) as txn:
@@ -109,19 +123,32 @@ class Store:
     # -- reads ---------------------------------------------------------------------
 
     def load(self) -> dict[str, dict[str, Any]]:
-        """Every record of every database: {db: {key: value}}."""
-        if self._env is None:
+        """Every record of every database: {db: {key: value}}. Records that hold
+        Secret values but were written unencrypted (before encryption at rest) are
+        rewritten encrypted."""
+        if self._env is None or self._keys is None:
             raise StoreError("store is not open")
         out: dict[str, dict[str, Any]] = {}
+        plain: list[_Op] = []
         try:
             with self._env.begin() as txn:
                 for name in DBS:
-                    out[name] = {
-                        k.decode(): msgpack.unpackb(v, raw=False, strict_map_key=False)
-                        for k, v in txn.cursor(db=self._dbs[name])
-                    }
+                    records = out[name] = {}
+                    for k, raw in txn.cursor(db=self._dbs[name]):
+                        v = raw
+                        if is_encrypted(raw):
+                            v = self._keys.decrypt(name, k, raw)
+                        elif should_encrypt(name, raw):
+                            plain.append((name, k, self._keys.encrypt(name, k, raw)))
+                        records[k.decode()] = msgpack.unpackb(v, raw=False,
+                                                              strict_map_key=False)
         except (lmdb.Error, ValueError) as exc:
             raise StoreError(f"cannot load the store: {exc}") from exc
+        if plain:
+            self._write(plain)
+            log.warning("encrypted %d store records that held Secret values in plain "
+                        "text; old copies may remain in free pages of data.mdb until "
+                        "`cloudcore backup` makes a compacted copy", len(plain))
         return out
 
     # -- writes --------------------------------------------------------------------
@@ -217,7 +244,10 @@ class Store:
                 ops.append((db, key.encode(), None))
                 continue
             data = value.producer() if isinstance(value, _Later) else value
-            ops.append((db, key.encode(), msgpack.packb(data, use_bin_type=True)))
+            raw, k = msgpack.packb(data, use_bin_type=True), key.encode()
+            if self._keys is not None and should_encrypt(db, raw):
+                raw = self._keys.encrypt(db, k, raw)
+            ops.append((db, k, raw))
         return ops, batch
 
     def _write(self, ops: list[_Op]) -> None:
@@ -261,15 +291,82 @@ def backup(state_dir: Path, dest: Path, *, compact: bool = True) -> int:
     if dst.exists() and any(dst.iterdir()):
         raise StoreError(f"backup destination {dst} exists and is not empty")
     try:
-        dst.mkdir(parents=True, exist_ok=True)
+        _private_dir(dst)
         env = lmdb.open(str(src), readonly=True, lock=True, max_dbs=_MAX_DBS, subdir=True)
         try:
             env.copy(str(dst), compact=compact)
         finally:
             env.close()
+        _private_files(dst)
     except (lmdb.Error, OSError) as exc:
         raise StoreError(f"backup of {src} to {dst} failed: {exc}") from exc
     return (dst / "data.mdb").stat().st_size
+
+
+def _private_dir(path: Path) -> None:
+    """Create `path` (and its parents) if missing; make it 0700 either way."""
+    path.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+    os.chmod(path, DIR_MODE)
+
+
+def _private_files(path: Path) -> None:
+    for name in ("data.mdb", "lock.mdb"):
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(path / name, FILE_MODE)
+
+
+@dataclass(frozen=True)
+class Rotation:
+    key: str
+    """The key that now encrypts."""
+    rewritten: int
+    """Records rewritten under it."""
+    dropped: tuple[str, ...]
+    """Keys removed from the file (`drop_old`)."""
+
+
+def rotate_encryption_key(state_dir: Path, *, key_file: Path | None = None,
+                          drop_old: bool = False, new_key: bool = True,
+                          map_size: int = 4 * 1024**3) -> Rotation:
+    """Put a new key first in the key file (`new_key`), then rewrite every record that
+    holds Secret values under it, in one write transaction; with `drop_old`, remove the
+    other keys from the file afterwards (no record needs them any more). Run it with
+    cloudcore stopped: a running cloudcore keeps encrypting with the key it started
+    with, which `drop_old` would remove."""
+    path = Path(state_dir)
+    if not (path / "data.mdb").is_file():
+        raise StoreError(f"no LMDB store at {path} (data.mdb missing)")
+    file = key_file or path / "encryption.keys"
+    old = KeyRing.load(file)
+    ring = old.with_new_key() if new_key else old
+    if new_key:
+        ring.save()
+    rewritten = 0
+    try:
+        env = lmdb.open(str(path), map_size=map_size, max_dbs=_MAX_DBS, subdir=True,
+                        lock=True, mode=FILE_MODE)
+        try:
+            dbs = {name: env.open_db(name.encode()) for name in DBS}
+            with env.begin(write=True) as txn:
+                for name, db in dbs.items():
+                    todo = []
+                    for k, v in txn.cursor(db=db):
+                        plain = ring.decrypt(name, k, v)
+                        if ((should_encrypt(name, plain) or is_encrypted(v))
+                                and key_name(v) != ring.primary):
+                            todo.append((k, ring.encrypt(name, k, plain)))
+                    for k, v in todo:
+                        txn.put(k, v, db=db)
+                    rewritten += len(todo)
+        finally:
+            env.close()
+    except lmdb.Error as exc:
+        raise StoreError(f"rewriting the store at {path} failed: {exc}") from exc
+    dropped: tuple[str, ...] = ()
+    if drop_old:
+        dropped = tuple(n for n, _ in ring.keys[1:])
+        ring.only_primary().save()
+    return Rotation(ring.primary, rewritten, dropped)
 
 
 class _Later:
