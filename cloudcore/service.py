@@ -12,6 +12,7 @@ asyncio.TaskGroup of named tasks until cancelled:
     cloudcore.forecaster          batched forecast of every node, each forecast.interval
     cloudcore.auth.broker-files   rewrites the broker's password file after joins/deletes
     cloudcore.synchub.closer      closes a revoked node's session (--node-certs only)
+    cloudcore.auth.api-cert       issues the API's certificate again before it expires
     cloudcore.api                 uvicorn serving the FastAPI app (HTTPS by default)
 
 Before the store opens, the fleet CA is loaded or made (`STATE/pki`, cloudcore.auth.pki)
@@ -154,6 +155,9 @@ async def run(settings: Settings, *,
                 tg.create_task(broker_files.run(), name="cloudcore.auth.broker-files")
             if closer is not None:
                 tg.create_task(closer.run(), name="cloudcore.synchub.closer")
+            if api_tls is not None:
+                tg.create_task(_renew_api_cert(settings, ca, server),
+                               name="cloudcore.auth.api-cert")
             if forecaster is not None:
                 tg.create_task(forecaster.run(settings.forecast.interval),
                                name="cloudcore.forecaster")
@@ -305,6 +309,29 @@ def _open_auth(settings: Settings, store: Store,
                           field="auth.mosquitto_passwd") from exc
     log.info("API auth is %s", "on" if cfg.enabled else "off (anyone may call the API)")
     return auth, files
+
+
+API_CERT_CHECK = 12 * 3600.0
+"""Seconds between checks of the API certificate's expiry while running."""
+
+
+async def _renew_api_cert(settings: Settings, ca: FleetCA, server: _Server, *,
+                          every: float = API_CERT_CHECK) -> None:
+    """Issue the API certificate again when it nears expiry and load it into the
+    running server's TLS context: new connections get it, open ones keep theirs, so a
+    cloudcore that runs for years never serves an expired certificate."""
+    hosts = api_hosts(settings.http.host, settings.http.sans)
+    crt, _ = ca.ensure_server_cert("api", hosts)
+    loaded = crt.read_bytes()
+    while True:
+        await asyncio.sleep(every)
+        crt, key = ca.ensure_server_cert("api", hosts)
+        ctx = server.config.ssl
+        if ctx is not None and crt.read_bytes() != loaded:
+            ctx.load_cert_chain(str(crt), str(key))
+            loaded = crt.read_bytes()
+            log.info("API certificate loaded from %s (expires %s)", crt,
+                     time.ctime(not_after(loaded)))
 
 
 def _session_closer(settings: Settings, ca: FleetCA) -> SessionCloser | None:

@@ -137,3 +137,33 @@ def test_pki_broker_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     ("cloudcore_sub", True), ("my-cloudcore", False)])
 def test_reserved_names(name: str, reserved: bool) -> None:
     assert (reserved_node_name(name) is not None) is reserved
+
+
+async def test_running_service_reloads_a_renewed_api_cert(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from cloudcore.config import Settings
+    from cloudcore.service import _renew_api_cert
+
+    now = [1_800_000_000.0]
+    settings = Settings()
+    settings.store.state_dir = tmp_path
+    ca = FleetCA.open(settings.pki_dir, clock=lambda: now[0])
+    crt, _ = ca.ensure_server_cert("api", pki.api_hosts(settings.http.host, []))
+    loads: list[str] = []
+    ctx = SimpleNamespace(load_cert_chain=lambda c, k: loads.append(Path(c).read_text()))
+    server = SimpleNamespace(config=SimpleNamespace(ssl=ctx))
+    task = asyncio.create_task(_renew_api_cert(settings, ca, server, every=0.01))  # type: ignore[arg-type]
+    try:
+        await asyncio.sleep(0.05)
+        assert loads == []  # far from expiry: nothing to do
+        now[0] += 340 * 86400
+        for _ in range(100):
+            if loads:
+                break
+            await asyncio.sleep(0.01)
+        assert loads == [crt.read_text()]
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
