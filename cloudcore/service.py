@@ -33,6 +33,7 @@ import os
 import secrets
 import socket
 import ssl
+import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -87,6 +88,8 @@ async def run(settings: Settings, *,
     settings.validate()
     if settings.insecure:
         log.warning(INSECURE_WARNING)
+        if not log.isEnabledFor(logging.WARNING):  # loud even with --log-level ERROR
+            print(f"cloudcore: WARNING: {INSECURE_WARNING}", file=sys.stderr, flush=True)
     metrics = Metrics()
     ca = FleetCA.open(settings.pki_dir)
     api_tls = None
