@@ -21,6 +21,7 @@ from pathlib import Path
 
 from cloudcore.config import Settings
 from cloudcore.errors import CloudcoreError, ConfigError
+from cloudcore.fleet.admission import PolicySettings
 
 
 def _env(name: str, default: str) -> str:
@@ -123,6 +124,19 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
                    help="joins per minute per client address (burst --join-burst)")
     p.add_argument("--join-burst", type=int,
                    default=int(_env("JOIN_BURST", str(d.auth.join_burst))))
+    p.add_argument("--default-pod-security", metavar="LEVEL",
+                   default=_env("DEFAULT_POD_SECURITY", d.policy.default_level),
+                   help="policy level of a namespace without the label "
+                        "pod-security.kubernetes.io/enforce: privileged, baseline "
+                        "(default) or restricted")
+    p.add_argument("--host-path-allow", action="append", metavar="PREFIX[:rw]",
+                   default=_env_list("HOST_PATH_ALLOW"),
+                   help="hostPath prefix pods at baseline may mount, read-only unless "
+                        ":rw (repeatable)")
+    p.add_argument("--encryption-key-file", metavar="FILE",
+                   default=_env("ENCRYPTION_KEY_FILE", "") or None,
+                   help="keys for Secret values at rest (default STATE_DIR/encryption.keys,"
+                        " made on first start)")
     a = p.parse_args(argv)
     s = Settings()
     s.store.state_dir = Path(a.state_dir)
@@ -150,6 +164,10 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
     s.auth.broker_cert_dir = Path(a.broker_cert_dir) if a.broker_cert_dir else None
     s.auth.broker_sans = list(a.broker_san)
     s.auth.join_rate, s.auth.join_burst = a.join_rate, a.join_burst
+    s.policy = PolicySettings.from_flags(default_level=a.default_pod_security,
+                                         host_path_allow=a.host_path_allow)
+    s.store.encryption_key_file = (Path(a.encryption_key_file) if a.encryption_key_file
+                                   else None)
     return s
 
 
@@ -221,8 +239,38 @@ def pki_main(argv: Sequence[str]) -> int:
     return 0
 
 
+def rotate_main(argv: Sequence[str]) -> int:
+    """`cloudcore rotate-encryption-key [--state-dir DIR] [--encryption-key-file FILE]
+    [--drop-old]`: a new key first in the key file, every Secret rewritten under it."""
+    from cloudcore.errors import StoreError
+    from cloudcore.store import rotate_encryption_key
+
+    p = argparse.ArgumentParser(prog="cloudcore rotate-encryption-key",
+                                description="put a new key first in the key file and "
+                                            "rewrite every Secret under it (stop cloudcore "
+                                            "first)")
+    p.add_argument("--state-dir", default=_env("STATE_DIR", str(Settings().store.state_dir)))
+    p.add_argument("--encryption-key-file", metavar="FILE",
+                   default=_env("ENCRYPTION_KEY_FILE", "") or None)
+    p.add_argument("--drop-old", action="store_true",
+                   help="then remove every other key from the file")
+    a = p.parse_args(argv)
+    try:
+        rot = rotate_encryption_key(
+            Path(a.state_dir), drop_old=a.drop_old,
+            key_file=Path(a.encryption_key_file) if a.encryption_key_file else None)
+    except StoreError as exc:
+        print(f"cloudcore rotate-encryption-key: {exc}", file=sys.stderr)
+        return 1
+    dropped = f"; removed keys {', '.join(rot.dropped)}" if rot.dropped else ""
+    print(f"encrypting with key {rot.key}; rewrote {rot.rewritten} records{dropped}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["rotate-encryption-key"]:
+        return rotate_main(args[1:])
     if args[:1] == ["backup"]:
         return backup_main(args[1:])
     if args[:1] == ["pki"]:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cloudcore.errors import ConfigError
+from cloudcore.fleet.admission import PolicySettings
 
 
 @dataclass
@@ -26,6 +27,9 @@ class StoreSettings:
     """Seconds the writer waits to gather a batch before committing (group commit)."""
     batch_max_ops: int = 5000
     """Commit early once this many distinct puts/deletes are pending."""
+    encryption_key_file: Path | None = None
+    """Keys for Secret values at rest (`name:base64` lines; the first encrypts, all
+    decrypt). None: `<state_dir>/encryption.keys`, created 0600 on first start."""
 
 
 @dataclass
@@ -184,6 +188,8 @@ class Settings:
     auth: AuthSettings = field(default_factory=AuthSettings)
     api: ApiSettings = field(default_factory=ApiSettings)
     forecast: ForecastSettings = field(default_factory=ForecastSettings)
+    policy: PolicySettings = field(default_factory=PolicySettings)
+    """Pod security: the default level of a namespace and the hostPath allowlist."""
     log_level: str = "INFO"
     """Python logging level name."""
     insecure: bool = False
@@ -196,6 +202,7 @@ class Settings:
         _positive("store.batch_interval", self.store.batch_interval)
         _positive("store.batch_max_ops", self.store.batch_max_ops)
         _positive("store.map_size", self.store.map_size)
+        self.policy.validate()
         _port("mqtt.port", self.mqtt.port, allow_zero=False)
         _port("http.port", self.http.port, allow_zero=True)
         if not self.mqtt.host:

@@ -51,6 +51,7 @@ from cloudcore.auth.secrets import mosquitto_hash
 from cloudcore.config import Settings
 from cloudcore.errors import ConfigError
 from cloudcore.fleet import Fleet, Liveness
+from cloudcore.fleet.admission import Admission
 from cloudcore.metrics import Labels, Metrics
 from cloudcore.scheduler import Scheduler
 from cloudcore.store import Store
@@ -100,10 +101,11 @@ async def run(settings: Settings, *,
         ca.write_broker_certs(settings.auth.broker_cert_dir, broker_hosts(settings))
     _mqtt_password(settings)
     mqtt_tls = _mqtt_tls(settings, ca)
-    async with Store(settings.store) as store:
+    async with Store(settings.store, key_file=settings.store.encryption_key_file) as store:
         liveness = Liveness(default_heartbeat=settings.sync.heartbeat,
                             missed=settings.sync.missed_heartbeats, now=time.monotonic())
-        fleet = Fleet(store=store, scheduler=Scheduler(), liveness=liveness)
+        fleet = Fleet(store=store, scheduler=Scheduler(), liveness=liveness,
+                      admission=Admission(settings.policy))
         fleet.telemetry_points = settings.sync.telemetry_points
         fleet.eviction.timeout = settings.sync.pod_eviction_timeout
         fleet.events.capacity = settings.api.events
