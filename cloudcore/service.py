@@ -101,7 +101,7 @@ async def run(settings: Settings, *,
         ca.write_broker_certs(settings.auth.broker_cert_dir, broker_hosts(settings))
     _mqtt_password(settings)
     mqtt_tls = _mqtt_tls(settings, ca)
-    async with Store(settings.store, key_file=settings.store.encryption_key_file) as store:
+    async with Store(settings.store) as store:
         liveness = Liveness(default_heartbeat=settings.sync.heartbeat,
                             missed=settings.sync.missed_heartbeats, now=time.monotonic())
         fleet = Fleet(store=store, scheduler=Scheduler(), liveness=liveness,

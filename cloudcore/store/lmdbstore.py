@@ -17,7 +17,7 @@ import msgpack
 
 from cloudcore.config import StoreSettings
 from cloudcore.errors import StoreError
-from cloudcore.store.encryption import KeyRing, is_encrypted, key_name, should_encrypt
+from cloudcore.store.encryption import KEY_FILE, KeyRing, is_encrypted, key_name, should_encrypt
 from shared.delta import new_epoch
 
 log = logging.getLogger("cloudcore.store")
@@ -41,12 +41,12 @@ _Op = tuple[str, bytes, bytes | None]
 class Store:
     """Batched LMDB store. Use as `async with Store(settings) as store:` and run `run()`.
 
-    Records holding Secret values are encrypted with the keys of `key_file` (default
-    `<state_dir>/encryption.keys`, created on first open; see `encryption.py`)."""
+    Records holding Secret values are encrypted with the keys of
+    `settings.encryption_key_file` (default `<state_dir>/encryption.keys`, created on
+    first open; see `encryption.py`)."""
 
-    def __init__(self, settings: StoreSettings, *, key_file: Path | None = None) -> None:
+    def __init__(self, settings: StoreSettings) -> None:
         self._settings = settings
-        self._key_file = key_file
         self._keys: KeyRing | None = None
         self._env: lmdb.Environment | None = None
         self._dbs: dict[str, Any] = {}
@@ -75,7 +75,7 @@ class Store:
         path = Path(self._settings.state_dir)
         try:
             _private_dir(path)
-            self._keys = KeyRing.open(path, self._key_file)
+            self._keys = KeyRing.open(path, self._settings.encryption_key_file)
             self._env = lmdb.open(str(path), map_size=self._settings.map_size,
                                   max_dbs=_MAX_DBS, subdir=True, lock=True, mode=FILE_MODE)
             _private_files(path)
@@ -336,7 +336,7 @@ def rotate_encryption_key(state_dir: Path, *, key_file: Path | None = None,
     path = Path(state_dir)
     if not (path / "data.mdb").is_file():
         raise StoreError(f"no LMDB store at {path} (data.mdb missing)")
-    file = key_file or path / "encryption.keys"
+    file = key_file or path / KEY_FILE
     old = KeyRing.load(file)
     ring = old.with_new_key() if new_key else old
     if new_key:

@@ -11,6 +11,7 @@ import shutil
 import stat
 import subprocess
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import lmdb
@@ -123,18 +124,18 @@ async def test_a_wrong_key_fails_clearly(tmp_path: Path) -> None:
     real = KeyRing.load(tmp_path / "s" / KEY_FILE)
     other = tmp_path / "other.keys"
     KeyRing(((real.primary, os.urandom(32)),), other).save()  # same name, other bytes
-    async with Store(settings, key_file=other) as store:
+    async with Store(replace(settings, encryption_key_file=other)) as store:
         with pytest.raises(StoreError, match=r"does not decrypt with key .*wrong key file"):
             store.load()
     KeyRing((("another", os.urandom(32)),), other).save()  # another name altogether
-    async with Store(settings, key_file=other) as store:
+    async with Store(replace(settings, encryption_key_file=other)) as store:
         with pytest.raises(StoreError, match=r"encrypted with key .*does not hold"):
             store.load()
     with pytest.raises(StoreError, match="cannot read encryption key file"):
-        Store(settings, key_file=tmp_path / "missing.keys").open()
+        Store(replace(settings, encryption_key_file=tmp_path / "missing.keys")).open()
     (tmp_path / "bad.keys").write_text("k1:notbase64\n")
     with pytest.raises(StoreError, match=r"bad.keys:1: expected `name:base64"):
-        Store(settings, key_file=tmp_path / "bad.keys").open()
+        Store(replace(settings, encryption_key_file=tmp_path / "bad.keys")).open()
 
 
 async def test_rotation_rewrites_every_secret_under_the_new_key(tmp_path: Path) -> None:
