@@ -13,12 +13,13 @@ Two shapes, chosen explicitly:
 - open (`security=None`): plain TCP, anonymous, anyone may read and write every topic.
   For unit tests of the link and the hub, and for `--insecure` (which warns).
 
-The broker always logs to `workdir/mosquitto.log` (a silent broker once hid fd
-exhaustion); `log_tail()` reads it.
+The broker always logs to a file, `log` (`WORKDIR/run/mosquitto.log`; a silent broker
+once hid fd exhaustion); `log_tail()` reads it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import grp
 import logging
 import os
@@ -36,17 +37,6 @@ from testbed.ports import free_port, wait_port
 
 log = logging.getLogger("testbed.broker")
 
-ACL = """\
-user {cloud_user}
-topic readwrite fed/v1/#
-
-pattern read fed/v1/+/%u/down
-pattern write fed/v1/+/%u/up
-pattern write fed/v1/+/%u/will
-"""
-"""The ACL of proposal 0002 for one service user (the legacy `auth_user` shape); in the
-secure shape cloudcore writes the ACL itself."""
-
 INSECURE_WARNING = (
     "INSECURE broker: plain MQTT, anonymous clients allowed. Anyone who reaches "
     "{where} can read every node's desired state (Secret values included), forge "
@@ -56,12 +46,12 @@ INSECURE_WARNING = (
 
 @dataclass(frozen=True)
 class BrokerSecurity:
-    """What the secure broker is configured with (files cloudcore writes)."""
+    """The secure shape. Its files live in the broker's run directory (`Mosquitto.passwd`,
+    `.acl`, `.tls_dir`), which the caller fills before `start()`: cloudcore writes the
+    first two (`--mosquitto-passwd`, `--mosquitto-acl`), `cloudcore pki broker --out`
+    the third."""
 
-    passwd: Path  # mosquitto password_file, kept by cloudcore (--mosquitto-passwd)
-    acl: Path  # mosquitto acl_file, kept by cloudcore (--mosquitto-acl)
-    tls_dir: Path | None = None  # ca.crt, broker.crt, broker.key from `cloudcore pki broker`;
-    # None: no TLS (passwords cross the network in clear; only for the legacy tests)
+    tls: bool = True  # False: no TLS (passwords cross the network in clear; tests only)
     client_cert_port: int | None = None  # >0 or 0 (a free port): a second TLS listener that
     # requires a client certificate from the fleet CA and uses its CN as the username
     probe_password: str | None = None  # tests only: a loopback TLS listener of its own
@@ -75,11 +65,17 @@ class Mosquitto:
 
     Queues are generous so a fleet of QoS 1 sessions is not throttled by the broker's
     defaults (100 queued, 20 in flight per client).
+
+    Everything the broker reads or writes lives in a run directory of its own under
+    the system's temporary directory (`rundir`; `workdir/run` links to it): mosquitto
+    drops root for the `mosquitto` user and re-reads its files on every reload as that
+    user, so they must not sit below a private (0700) directory such as pytest's,
+    whose mode other processes reset at will.
     """
 
     def __init__(self, *, hosts: tuple[str, ...] = ("127.0.0.1",), port: int | None = None,
                  workdir: Path | None = None, persistence: bool = False,
-                 security: BrokerSecurity | None = None, auth_user: str | None = None,
+                 security: BrokerSecurity | None = None,
                  log_types: tuple[str, ...] = ("error", "warning", "notice", "information"),
                  ) -> None:
         if shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists():
@@ -87,32 +83,33 @@ class Mosquitto:
         self.hosts = hosts
         self.host = hosts[0]
         self.port = port or free_port(self.host)
+        self.rundir = Path(tempfile.mkdtemp(prefix="edgefed-mosquitto-"))
         self._own_dir = workdir is None
-        self.workdir = workdir or Path(tempfile.mkdtemp(prefix="edgefed-mosquitto-"))
+        self.workdir = workdir or self.rundir
         self.persistence = persistence
-        self.auth_user = auth_user
-        if auth_user and security is None:  # legacy: our ACL for one cloud user, no TLS
-            security = BrokerSecurity(passwd=self.workdir / "passwd", acl=self.workdir / "acl")
         self.security = security
-        self.passwd = security.passwd if security else self.workdir / "passwd"
+        self.passwd = self.rundir / "passwd"
+        self.acl = self.rundir / "acl"
+        self.tls_dir = self.rundir / "tls"
         self.cert_port: int | None = None
         if security is not None and security.client_cert_port is not None:
             self.cert_port = security.client_cert_port or free_port(self.host)
         self.probe_port: int | None = None
-        self._probe_passwd = self.workdir / "probe.passwd"
-        self._probe_acl = self.workdir / "probe.acl"
+        self._probe_passwd = self.rundir / "probe.passwd"
+        self._probe_acl = self.rundir / "probe.acl"
         if security is not None and security.probe_password is not None:
             self.probe_port = free_port("127.0.0.1")
         self.log_types = log_types
-        self.log = self.workdir / "mosquitto.log"
+        self.log = self.rundir / "mosquitto.log"
         self.reloads = 0
         self.proc: subprocess.Popen[bytes] | None = None
         self._unwatch = threading.Event()
         self._watcher: threading.Thread | None = None
+        self._prepare_rundir()
 
     @property
     def tls(self) -> bool:
-        return self.security is not None and self.security.tls_dir is not None
+        return self.security is not None and self.security.tls
 
     @property
     def insecure(self) -> bool:
@@ -121,9 +118,7 @@ class Mosquitto:
     @property
     def ca_file(self) -> Path | None:
         """The fleet CA that signs the broker's certificate, if it speaks TLS."""
-        if self.security is None or self.security.tls_dir is None:
-            return None
-        return self.security.tls_dir / "ca.crt"
+        return self.tls_dir / "ca.crt" if self.tls else None
 
     def config(self) -> str:
         sec = self.security
@@ -138,20 +133,20 @@ class Mosquitto:
             # another identity's session.
             lines = ["per_listener_settings true"]
             tls: list[str] = []
-            if sec.tls_dir is not None:
-                tls = [f"cafile {sec.tls_dir / 'ca.crt'}",
-                       f"certfile {sec.tls_dir / 'broker.crt'}",
-                       f"keyfile {sec.tls_dir / 'broker.key'}",
+            if sec.tls:
+                tls = [f"cafile {self.tls_dir / 'ca.crt'}",
+                       f"certfile {self.tls_dir / 'broker.crt'}",
+                       f"keyfile {self.tls_dir / 'broker.key'}",
                        "tls_version tlsv1.2"]
-            auth = ["allow_anonymous false", f"password_file {sec.passwd}",
-                    f"acl_file {sec.acl}", "use_username_as_clientid true"]
+            auth = ["allow_anonymous false", f"password_file {self.passwd}",
+                    f"acl_file {self.acl}", "use_username_as_clientid true"]
             for h in self.hosts:
                 lines += [f"listener {self.port} {h}", *tls, *auth]
             if self.cert_port is not None and tls:
                 for h in self.hosts:
                     lines += [f"listener {self.cert_port} {h}", *tls,
                               "require_certificate true", "use_identity_as_username true",
-                              "allow_anonymous false", f"acl_file {sec.acl}",
+                              "allow_anonymous false", f"acl_file {self.acl}",
                               "use_username_as_clientid true"]
             if self.probe_port is not None:
                 lines += [f"listener {self.probe_port} 127.0.0.1", *tls,
@@ -163,7 +158,7 @@ class Mosquitto:
             "max_keepalive 3600",
             "set_tcp_nodelay true",
             f"persistence {'true' if self.persistence else 'false'}",
-            f"persistence_location {self.workdir}/",
+            f"persistence_location {self.rundir}/",
             f"log_dest file {self.log}",
             *(f"log_type {t}" for t in self.log_types),
             "connection_messages true",
@@ -171,11 +166,25 @@ class Mosquitto:
         ]
         return "\n".join(lines) + "\n"
 
+    def _prepare_rundir(self) -> None:
+        """The run directory, owned by the broker's user when we are root (it writes its
+        log and persistence there), and the link to it from the work directory."""
+        self.rundir.chmod(0o700)
+        self.tls_dir.mkdir(exist_ok=True)
+        if os.geteuid() == 0:
+            with contextlib.suppress(KeyError):
+                os.chown(self.rundir, pwd.getpwnam("mosquitto").pw_uid, 0)
+        if not self._own_dir:
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            link = self.workdir / "run"
+            if link.is_symlink() or link.exists():
+                link.unlink()
+            link.symlink_to(self.rundir)
+
     def start(self) -> Mosquitto:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        conf = self.workdir / "mosquitto.conf"
+        conf = self.rundir / "mosquitto.conf"
         conf.write_text(self.config())
-        self._prepare_files()
+        self._prepare_files([conf])
         if self.insecure:
             log.warning(INSECURE_WARNING.format(
                 where=", ".join(f"{h}:{self.port}" for h in self.hosts)))
@@ -195,21 +204,17 @@ class Mosquitto:
             self._watcher.start()
         return self
 
-    def _prepare_files(self) -> None:
+    def _prepare_files(self, files: list[Path]) -> None:
         """Files the broker reads after it drops root for the `mosquitto` user: the
-        password file and ACL (empty until cloudcore writes them; cloudcore keeps the
-        group when it rewrites one), the TLS key and the log, group `mosquitto`, 0640,
-        as in docs/operations.md."""
+        config, the password file and ACL (empty until cloudcore writes them; cloudcore
+        keeps the group when it rewrites one) and the TLS files: group `mosquitto`,
+        0640, as in docs/operations.md."""
         sec = self.security
-        files: list[Path] = []
         if sec is not None:
-            for f in (sec.passwd, sec.acl):
-                f.parent.mkdir(parents=True, exist_ok=True)
+            for f in (self.passwd, self.acl):
                 if not f.exists():
                     f.touch(0o600)
-            if self.auth_user:
-                sec.acl.write_text(ACL.format(cloud_user=self.auth_user))
-            files += [sec.passwd, sec.acl]
+            files += [self.passwd, self.acl]
             if sec.probe_password is not None:
                 self._probe_acl.write_text("user probe\ntopic readwrite #\n")
                 self._probe_passwd.unlink(missing_ok=True)
@@ -217,13 +222,13 @@ class Mosquitto:
                 subprocess.run(["mosquitto_passwd", "-b", str(self._probe_passwd), "probe",
                                 sec.probe_password], check=True, capture_output=True)
                 files += [self._probe_passwd, self._probe_acl]
-            if sec.tls_dir is not None:
-                missing = [n for n in ("ca.crt", "broker.crt", "broker.key")
-                           if not (sec.tls_dir / n).is_file()]
+            if sec.tls:
+                names = ("ca.crt", "broker.crt", "broker.key")
+                missing = [n for n in names if not (self.tls_dir / n).is_file()]
                 if missing:
-                    raise RuntimeError(f"broker TLS files missing in {sec.tls_dir}: {missing} "
+                    raise RuntimeError(f"broker TLS files missing in {self.tls_dir}: {missing} "
                                        "(cloudcore pki broker --out DIR writes them)")
-                files += [sec.tls_dir / n for n in ("ca.crt", "broker.crt", "broker.key")]
+                files += [self.tls_dir / n for n in names]
         self.log.touch()
         if os.geteuid() != 0:
             return
@@ -235,13 +240,11 @@ class Mosquitto:
         for f in files:
             os.chown(f, -1, gid)
             f.chmod(0o640)
-        for f in [self.log, *files]:
-            _traversable(f.parent)
-
+        self.tls_dir.chmod(0o750)
+        os.chown(self.tls_dir, -1, gid)
 
     def _watch_files(self, interval: float = 0.1) -> None:
-        assert self.security is not None
-        watched = (self.security.passwd, self.security.acl)
+        watched = (self.passwd, self.acl)
 
         def stamp() -> tuple[tuple[int, int] | None, ...]:
             out: list[tuple[int, int] | None] = []
@@ -302,17 +305,14 @@ class Mosquitto:
     def __exit__(self, et: type[BaseException] | None, e: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop()
-        if self._own_dir:
-            shutil.rmtree(self.workdir, ignore_errors=True)
+        self.remove()
+
+    def remove(self) -> None:
+        """Delete the run directory (after `stop()`; the broker is gone for good)."""
+        shutil.rmtree(self.rundir, ignore_errors=True)
+        link = self.workdir / "run"
+        if not self._own_dir and link.is_symlink():
+            link.unlink()
 
 
-def _traversable(directory: Path) -> None:
-    """Let the broker's user reach files below `directory` (search permission only, not
-    listing) on every ancestor: pytest's and mkdtemp's directories are 0700."""
-    for d in [directory, *directory.parents]:
-        mode = d.stat().st_mode
-        if mode & 0o001 == 0:
-            d.chmod((mode & 0o7777) | 0o001)
-
-
-__all__ = ["ACL", "BrokerSecurity", "Mosquitto"]
+__all__ = ["BrokerSecurity", "Mosquitto"]

@@ -112,15 +112,13 @@ class Fleet:
             log.warning(INSECURE_WARNING)
             self.broker = Mosquitto(hosts=hosts, workdir=self.workdir / "mosquitto").start()
         else:
-            tls_dir = self.workdir / "mosquitto" / "tls"
-            self._pki_broker(tls_dir, hosts)
-            sec = BrokerSecurity(passwd=self.workdir / "mosquitto" / "passwd",
-                                 acl=self.workdir / "mosquitto" / "acl", tls_dir=tls_dir,
-                                 client_cert_port=0 if self.s.node_certs else None,
+            sec = BrokerSecurity(client_cert_port=0 if self.s.node_certs else None,
                                  probe_password=secrets.token_urlsafe(16)
                                  if self.s.broker_probe else None)
             self.broker = Mosquitto(hosts=hosts, workdir=self.workdir / "mosquitto",
-                                    security=sec).start()
+                                    security=sec)
+            self._pki_broker(self.broker.tls_dir, hosts)
+            self.broker.start()
         if self.s.with_registry:
             from testbed.registry import LocalRegistry, seed_busybox
 
@@ -169,11 +167,9 @@ class Fleet:
             argv += ["--insecure"]
         else:
             self.api = f"https://127.0.0.1:{port}"
-            sec = self.broker.security
-            assert sec is not None
             broker_port = self.broker.cert_port if self.s.node_certs else self.broker.port
-            argv += ["--mqtt-tls", "--mosquitto-passwd", str(sec.passwd),
-                     "--mosquitto-acl", str(sec.acl),
+            argv += ["--mqtt-tls", "--mosquitto-passwd", str(self.broker.passwd),
+                     "--mosquitto-acl", str(self.broker.acl),
                      "--advertise-mqtt", f"mqtts://{self.broker_host}:{broker_port}"]
             if self.s.node_certs:
                 argv += ["--node-certs"]
@@ -443,6 +439,7 @@ class Fleet:
             a.proc.stop()
         for a in self.agents:
             remove_containers(a.state_dir)
+            unmount_below(a.state_dir)  # Secret volumes are tmpfs mounts of their own
             if self.s.state_tmpfs_mib and os.path.ismount(a.state_dir):
                 subprocess.run(["umount", "-l", str(a.state_dir)], check=False,
                                capture_output=True)
@@ -452,6 +449,7 @@ class Fleet:
             self.registry.stop()
         if self.broker:
             self.broker.stop()
+            self.broker.remove()
         if self.net:
             self.net.close()
         self.agents.clear()
@@ -465,6 +463,18 @@ class Fleet:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def unmount_below(directory: Path) -> None:
+    """Lazily unmount whatever is mounted below `directory` (deepest first), so the
+    directory can be deleted; the state dir's own tmpfs (state_tmpfs_mib) stays."""
+    root = str(directory.resolve()) + "/"
+    try:
+        mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
+    except OSError:
+        return
+    for m in sorted((m for m in mounts if m.startswith(root)), key=len, reverse=True):
+        subprocess.run(["umount", "-l", m], check=False, capture_output=True)
 
 
 def remove_containers(state_dir: Path) -> None:

@@ -45,15 +45,12 @@ def secure(tmp_path: Path) -> Iterator[tuple[Mosquitto, FleetCA]]:
     if shutil.which("mosquitto_passwd") is None:
         pytest.skip("mosquitto_passwd is not installed")
     ca = FleetCA.open(tmp_path / "pki")
-    tls = tmp_path / "broker-tls"
-    ca.write_broker_certs(tls, ["127.0.0.1"])
-    files = tmp_path / "auth"
-    files.mkdir()
-    _passwd(files / "passwd", {"svc_sub": "svc-pw", "edge-a": "a-pw", "edge-b": "b-pw"})
-    (files / "acl").write_text(ACL)
-    sec = BrokerSecurity(passwd=files / "passwd", acl=files / "acl", tls_dir=tls,
-                         client_cert_port=0, probe_password="probe-pw")
-    with Mosquitto(workdir=tmp_path / "mosquitto", security=sec) as broker:
+    sec = BrokerSecurity(client_cert_port=0, probe_password="probe-pw")
+    broker = Mosquitto(workdir=tmp_path / "mosquitto", security=sec)
+    ca.write_broker_certs(broker.tls_dir, ["127.0.0.1"])
+    _passwd(broker.passwd, {"svc_sub": "svc-pw", "edge-a": "a-pw", "edge-b": "b-pw"})
+    broker.acl.write_text(ACL)
+    with broker:
         yield broker, ca
 
 
@@ -86,7 +83,7 @@ def test_tls_and_credentials_are_required(secure: tuple[Mosquitto, FleetCA]) -> 
     # a client that does not know the fleet CA does not trust the broker
     assert asyncio.run(_login(broker.port, tls_context=ssl.create_default_context(),
                               username="edge-a", password="a-pw")) != "ok"
-    conf = (broker.workdir / "mosquitto.conf").read_text()
+    conf = (broker.rundir / "mosquitto.conf").read_text()
     for line in ("allow_anonymous false", "use_username_as_clientid true",
                  "require_certificate true", "use_identity_as_username true"):
         assert line in conf
@@ -136,10 +133,10 @@ def test_node_client_certificate_listener(secure: tuple[Mosquitto, FleetCA],
 
 def test_changed_files_reload_the_broker(secure: tuple[Mosquitto, FleetCA]) -> None:
     broker, _ = secure
-    assert broker.security is not None and broker.ca_file is not None
+    assert broker.ca_file is not None
     tls = _tls(broker.ca_file)
     before = broker.reloads
-    _passwd(broker.security.passwd, {"svc_sub": "svc-pw", "edge-c": "c-pw"})
+    _passwd(broker.passwd, {"svc_sub": "svc-pw", "edge-c": "c-pw"})
     deadline = time.monotonic() + 5
     while broker.reloads == before and time.monotonic() < deadline:
         time.sleep(0.05)
