@@ -170,3 +170,16 @@ async def test_api_refuses_with_422_and_every_line_and_dry_run_too(tmp_path: Pat
         assert r.status_code == 200, r.text
         r = await api.client.get("/api/v1/pods/devices/p")
         assert r.json()["metadata"]["annotations"][policy.LEVEL_ANNOTATION] == "privileged"
+
+
+def test_cloudcore_flags_reach_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cloudcore.__main__ import main, parse_args
+
+    s = parse_args(["--default-pod-security", "restricted", "--host-path-allow", "/var/log",
+                    "--host-path-allow", "/data:rw"]).validate()
+    assert s.policy == PolicySettings("restricted", (policy.HostPathRule("/var/log"),
+                                                     policy.HostPathRule("/data", True)))
+    monkeypatch.setenv("CLOUDCORE_HOST_PATH_ALLOW", "/srv,/opt:rw")
+    assert parse_args([]).policy.host_path_allow == (policy.HostPathRule("/srv"),
+                                                     policy.HostPathRule("/opt", True))
+    assert main(["--default-pod-security", "strict"]) == 2

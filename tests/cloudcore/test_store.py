@@ -220,3 +220,20 @@ async def test_an_unprivileged_user_cannot_read_the_store(tmp_path: Path) -> Non
             assert r.returncode != 0 and "Permission denied" in r.stderr, r
     finally:
         shutil.rmtree(base)
+
+
+async def test_cloudcore_rotate_encryption_key_command(tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]
+                                                       ) -> None:
+    from cloudcore.__main__ import main
+
+    async with Store(StoreSettings(state_dir=tmp_path / "s")) as store:
+        _secret_records(store)
+    assert main(["rotate-encryption-key", "--state-dir", str(tmp_path / "s")]) == 0
+    assert "rewrote 2 records" in capsys.readouterr().out
+    assert main(["rotate-encryption-key", "--state-dir", str(tmp_path / "s"),
+                 "--drop-old"]) == 0
+    assert "removed keys" in capsys.readouterr().out
+    assert len(KeyRing.load(tmp_path / "s" / KEY_FILE).keys) == 1
+    assert main(["rotate-encryption-key", "--state-dir", str(tmp_path / "none")]) == 1
+    assert "data.mdb missing" in capsys.readouterr().err
