@@ -101,6 +101,13 @@ async def run(settings: Settings, *,
         ca.write_broker_certs(settings.auth.broker_cert_dir, broker_hosts(settings))
     _mqtt_password(settings)
     mqtt_tls = _mqtt_tls(settings, ca)
+    if settings.auth.node_certs and not settings.advertised_broker()[2]:
+        log.warning("--node-certs with a plain broker address: nodes get certificates "
+                    "they cannot use; advertise mqtts://HOST:PORT")
+    if settings.auth.node_certs and settings.auth.broker_cert_dir is None:
+        log.warning("--node-certs without --broker-cert-dir: the certificates of deleted "
+                    "nodes go into no CRL the broker reads, so they can connect until "
+                    "they expire (their messages are still refused)")
     async with Store(settings.store) as store:
         liveness = Liveness(default_heartbeat=settings.sync.heartbeat,
                             missed=settings.sync.missed_heartbeats, now=time.monotonic())
