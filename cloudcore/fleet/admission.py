@@ -93,9 +93,14 @@ class Admission:
         self.settings = settings or PolicySettings()
 
     def level(self, namespace: str, namespaces: Mapping[str, Namespace]) -> Level:
+        """The namespace's level; a stored label that is not a level (written before
+        admission checked labels) counts as restricted, as Kubernetes treats it."""
         ns = namespaces.get(namespace)
-        return level_of(ns.metadata.labels if ns is not None else {},
-                        self.settings.default_level)
+        try:
+            return level_of(ns.metadata.labels if ns is not None else {},
+                            self.settings.default_level)
+        except ObjectError:
+            return "restricted"
 
     def admit(self, objs: list[Any], namespaces: Mapping[str, Namespace]) -> None:
         """Check every workload in `objs` and stamp the ones that pass; raise

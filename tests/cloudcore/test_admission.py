@@ -94,6 +94,10 @@ def test_a_namespace_label_that_is_not_a_level_is_refused() -> None:
     with pytest.raises(ObjectError, match=r"Namespace x: .*'root' is not a policy level") as e:
         Admission().admit([parse_object(namespace("x", "root"))], {})
     assert e.value.field == "metadata.labels"
+    # one stored before labels were checked counts as restricted (as in Kubernetes)
+    stored = {"x": Namespace.model_validate(namespace("x", "root"))}
+    with pytest.raises(PolicyRefused, match=r"\(policy restricted\)"):
+        Admission().admit([parse_object(pod(ns="x"))], stored)
 
 
 def test_admitted_objects_are_stamped_and_a_users_stamp_is_overwritten() -> None:
