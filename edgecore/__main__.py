@@ -184,6 +184,7 @@ def settings_from_args(args: argparse.Namespace) -> AgentSettings:
         mqtt_password=cfg.password if cfg else None,
         node_key=node_key, tls=tls, ca_file=ca_file if tls else None,
         client_cert=client_cert if tls else None, client_key=client_key if tls else None,
+        cloud_url=cfg.cloud if cfg else None,
         mqtt_keepalive_s=args.mqtt_keepalive,
         heartbeat_s=args.heartbeat, insecure_registries=tuple(args.insecure_registry),
         reconnect_max_s=args.reconnect_max, op_timeout_s=args.op_timeout,

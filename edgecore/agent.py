@@ -2,9 +2,10 @@
 
 `Agent.run()` owns one asyncio.TaskGroup of named tasks
 (`edgecore[{node}].link`, `.reconciler`, `.reporter`, `.heartbeat`, `.telemetry`,
-`.logrotate`, `.imagegc`, `.requests`; the reconciler's prober adds `.prober.{cid}` per probed
-container, and each logs/exec request from the cloud a `.request.{id}`). It works
-until cancelled and raises if a component fails fatally. Cancelling it stops the
+`.logrotate`, `.imagegc`, `.requests`, `.certrenew`; the reconciler's prober adds
+`.prober.{cid}` per probed container, and each logs/exec request from the cloud a
+`.request.{id}`). It works until cancelled and raises if a component fails fatally.
+Cancelling it stops the
 agent only: containers keep running (they outlive the agent) and are adopted by
 the next agent on the same state dir.
 
@@ -43,6 +44,9 @@ if TYPE_CHECKING:
     from edgecore.runtime.types import Runtime
 
 log = logging.getLogger(__name__)
+
+RENEW_RETRY_S = 300.0
+"""Seconds between attempts to renew the client certificate after a failed one."""
 
 
 class Agent:
@@ -146,6 +150,7 @@ class Agent:
                     ("logrotate", self._rotate_logs(runtime)),
                     ("imagegc", self._image_gc(runtime, reconciler)),
                     ("requests", requests.run()),
+                    ("certrenew", self._renew_certificate(link, keys)),
                 ):
                     tg.create_task(coro, name=f"edgecore[{s.node}].{name}")
         finally:
@@ -227,6 +232,39 @@ class Agent:
         else:
             log.debug("image GC (%s): nothing to remove (%d image(s) kept)", why, len(keep))
         return removed
+
+    async def _renew_certificate(self, link: Link, keys: seal.NodeKeys | None) -> None:
+        """Renew the broker client certificate when a third of its lifetime is left
+        (`POST /api/v1/nodes/{name}/certificate`, authenticated by the node key), then
+        reconnect with it; the old one stays valid meanwhile, so no session is lost.
+        A failed attempt is retried every RENEW_RETRY_S (and logged); without a client
+        certificate, a cloud URL or a key there is nothing to do."""
+        from edgecore.join import JoinError, certificate_lifetime, renew_certificate
+
+        s = self.settings
+        if s.client_cert is None or s.client_key is None or not s.cloud_url or keys is None:
+            return
+        while True:
+            try:
+                start, end = await asyncio.to_thread(certificate_lifetime, s.client_cert)
+            except (OSError, ValueError) as exc:
+                log.warning("cannot read the client certificate %s: %s", s.client_cert, exc)
+                await asyncio.sleep(RENEW_RETRY_S)
+                continue
+            due = end - (end - start) / 3
+            await asyncio.sleep(max(0.0, due - self.clock()))
+            try:
+                await asyncio.to_thread(
+                    renew_certificate, s.cloud_url, name=s.node, k_up=keys.up,
+                    cert_file=s.client_cert, key_file=s.client_key, ca_file=s.ca_file,
+                    now=self.clock())
+            except (JoinError, OSError) as exc:
+                log.warning("client certificate renewal failed (it expires at %s): %s; "
+                            "retrying in %.0f s", time.ctime(end), exc, RENEW_RETRY_S)
+                await asyncio.sleep(RENEW_RETRY_S)
+                continue
+            log.info("renewed the client certificate; reconnecting with it")
+            link.reconnect()
 
     async def _heartbeat(self, link: Link, reporter: Reporter, now: asyncio.Event) -> None:
         """An empty report every heartbeat_s (jittered) while connected and otherwise

@@ -55,6 +55,9 @@ class AgentSettings:
     """Client certificate (PEM) presented to the broker; with `client_key`."""
     client_key: Path | None = None
     """Private key (PEM) of `client_cert`."""
+    cloud_url: str | None = None
+    """The cloudcore API the node joined (from `edgecore join`); with a client
+    certificate, the agent renews it there when a third of its lifetime is left."""
     mqtt_keepalive_s: int = 30
     """MQTT keepalive in seconds; the broker declares the session dead (and publishes the
     will) after 1.5x this without traffic."""

@@ -373,6 +373,39 @@ def join(*, cloud: str, token: str, name: str, labels: dict[str, str], state_dir
     return cfg
 
 
+def renew_certificate(cloud: str, *, name: str, k_up: bytes, cert_file: Path, key_file: Path,
+                      ca_file: Path | None, now: float,
+                      timeout: float = JOIN_TIMEOUT_S) -> float | None:
+    """`POST /api/v1/nodes/{name}/certificate`, authenticated by the node key (proposal
+    0002); writes the new certificate and key over the old ones (0600, atomically) and
+    returns the new expiry (Unix seconds) if the cloud said. JoinError on failure."""
+    from shared.seal import renew_mac
+
+    if cloud.startswith("https://"):
+        ctx: ssl.SSLContext | None = ssl.create_default_context(
+            cafile=str(ca_file) if ca_file else None)
+    else:
+        ctx = None
+    ts = int(now)
+    answer = _call(cloud, f"/api/v1/nodes/{name}/certificate",
+                   {"ts": ts, "mac": renew_mac(k_up, name, ts)}, ctx, timeout=timeout,
+                   name=name)
+    if not isinstance(answer, dict) or not answer.get("cert") or not answer.get("key"):
+        raise JoinError(f"{cloud}: the renewal answer holds no certificate")
+    write_private(key_file, str(answer["key"]))
+    write_private(cert_file, str(answer["cert"]))
+    not_after = answer.get("notAfter")
+    return float(not_after) if isinstance(not_after, int | float) else None
+
+
+def certificate_lifetime(cert_file: Path) -> tuple[float, float]:
+    """(notBefore, notAfter) of a PEM certificate, Unix seconds."""
+    from cryptography import x509
+
+    cert = x509.load_pem_x509_certificate(cert_file.read_bytes())
+    return (cert.not_valid_before_utc.timestamp(), cert.not_valid_after_utc.timestamp())
+
+
 def looks_like_state_dir(state_dir: Path) -> bool:
     """Whether a directory is an agent's (guards `reset` against a mistyped path)."""
     return any((state_dir / p).exists() for p in (CONFIG_NAME, "cache", "runtime", "pods"))

@@ -124,6 +124,7 @@ class Link:
         self.backoff = backoff or Backoff()
         self.stats = LinkStats()
         self._kick = asyncio.Event()
+        self._restart = asyncio.Event()
         self._connected = asyncio.Event()
         self._rlog = RateLimitedLog(log)
         self._down = topics.down(node)
@@ -139,6 +140,10 @@ class Link:
     def kick(self) -> None:
         """Wake the outbox pump: something new is waiting to be sent."""
         self._kick.set()
+
+    def reconnect(self) -> None:
+        """End the session and connect again (e.g. with a renewed client certificate)."""
+        self._restart.set()
 
     def beat(self, payload: bytes) -> None:
         """Publish one encoded, unpersisted report after the outbox, if connected.
@@ -208,12 +213,19 @@ class Link:
         """
         pump = asyncio.create_task(self._pump(client), name=f"edgecore[{self.node}].link.pump")
         recv = asyncio.create_task(self._receive(client), name=f"edgecore[{self.node}].link.recv")
+        self._restart.clear()
+        restart = asyncio.create_task(self._restart.wait(),
+                                      name=f"edgecore[{self.node}].link.restart")
         try:
-            done, _ = await asyncio.wait({pump, recv}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait({pump, recv, restart},
+                                         return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for t in (pump, recv):
+            for t in (pump, recv, restart):
                 t.cancel()
-            await asyncio.gather(pump, recv, return_exceptions=True)
+            await asyncio.gather(pump, recv, restart, return_exceptions=True)
+        if restart in done:
+            self.backoff.reset()
+            raise LinkError("reconnecting as asked (new client certificate)")
         for t in done:
             t.result()  # re-raises the MqttError (or a bug) that ended the session
         raise LinkError("session ended")

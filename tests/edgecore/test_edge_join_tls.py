@@ -7,6 +7,7 @@ A small stdlib HTTPS server stands in for cloudcore's two calls (`GET /api/v1/ca
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime
 import hashlib
 import http.server
@@ -27,6 +28,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from edgecore.__main__ import build_parser, main, settings_from_args
+from edgecore.agent import Agent
+from edgecore.config import AgentSettings
+from shared import seal
 
 KEY = bytes(range(32))
 
@@ -62,6 +66,20 @@ def make_server_cert(ca_key: Any, ca: x509.Certificate) -> tuple[bytes, bytes]:
                               serialization.NoEncryption()))
 
 
+def _client_cert(ca_key: Any, ca: x509.Certificate, cn: str, *,
+                 hours: tuple[float, float] = (-1, 24)) -> tuple[bytes, bytes]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(_name(cn)).issuer_name(ca.subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now + datetime.timedelta(hours=hours[0]))
+            .not_valid_after(now + datetime.timedelta(hours=hours[1]))
+            .sign(ca_key, hashes.SHA256()))
+    return (key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                              serialization.NoEncryption()),
+            cert.public_bytes(serialization.Encoding.PEM))
+
+
 def pem(cert: x509.Certificate) -> str:
     return cert.public_bytes(serialization.Encoding.PEM).decode()
 
@@ -75,6 +93,7 @@ class FakeCloud:
     url: str
     ca: x509.Certificate
     joins: list[dict[str, Any]]
+    renewals: list[dict[str, Any]]
 
 
 @pytest.fixture
@@ -84,6 +103,7 @@ def https_cloud(tmp_path: Path) -> Iterator[FakeCloud]:
     (tmp_path / "srv.crt").write_bytes(cert)
     (tmp_path / "srv.key").write_bytes(key)
     joins: list[dict[str, Any]] = []
+    renewals: list[dict[str, Any]] = []
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def log_message(self, *a: Any) -> None:
@@ -103,6 +123,17 @@ def https_cloud(tmp_path: Path) -> Iterator[FakeCloud]:
 
         def do_POST(self) -> None:
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            if self.path.endswith("/certificate"):
+                name = self.path.split("/")[-2]
+                k_up = seal.NodeKeys.derive(KEY).up
+                if body["mac"] != seal.renew_mac(k_up, name, body["ts"]):
+                    self.send_response(401)
+                    self.end_headers()
+                    return
+                renewals.append(body)
+                key, cert = _client_cert(ca_key, ca, name)
+                self._json({"cert": cert.decode(), "key": key.decode(), "notAfter": 2e9})
+                return
             joins.append(body)
             self._json({
                 "node": {"metadata": {"name": body["name"], "labels": {}}},
@@ -118,7 +149,7 @@ def https_cloud(tmp_path: Path) -> Iterator[FakeCloud]:
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield FakeCloud(f"https://127.0.0.1:{server.server_address[1]}", ca, joins)
+        yield FakeCloud(f"https://127.0.0.1:{server.server_address[1]}", ca, joins, renewals)
     finally:
         server.shutdown()
         server.server_close()
@@ -178,3 +209,45 @@ def test_without_a_pin_the_ca_file_or_the_insecure_flag_is_needed(
                  "--insecure-skip-tls-verify"]) == 0
     assert "INSECURE JOIN" in caplog.text
     assert len(https_cloud.joins) == 2
+
+
+async def test_the_agent_renews_its_client_certificate_when_a_third_is_left(
+        https_cloud: FakeCloud, tmp_path: Path) -> None:
+    """A certificate with under a third of its life left is renewed at once (signed
+    with the node key), written over the old one, and the link told to reconnect."""
+    import asyncio
+
+    ca_key, ca = make_ca()
+    key, cert = _client_cert(ca_key, ca, "e1", hours=(-20, 4))  # 4 of 24 h left
+    d = tmp_path / "state"
+    d.mkdir()
+    (d / "client.crt").write_bytes(cert)
+    (d / "client.key").write_bytes(key)
+    (d / "ca.crt").write_text(pem(https_cloud.ca))
+    s = AgentSettings(node="e1", state_dir=d, node_key=KEY, tls=True, ca_file=d / "ca.crt",
+                      client_cert=d / "client.crt", client_key=d / "client.key",
+                      cloud_url=https_cloud.url)
+    agent = Agent(s)
+    reconnects: list[int] = []
+
+    class FakeLink:
+        def reconnect(self) -> None:
+            reconnects.append(1)
+
+    task = asyncio.create_task(agent._renew_certificate(
+        FakeLink(), seal.NodeKeys.derive(KEY)))  # type: ignore[arg-type]
+    try:
+        async with asyncio.timeout(10):
+            while not reconnects:
+                await asyncio.sleep(0.05)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert len(https_cloud.renewals) == 1
+    assert (d / "client.crt").read_bytes() != cert
+    assert stat.S_IMODE((d / "client.key").stat().st_mode) == 0o600
+    from edgecore.join import certificate_lifetime
+
+    start, end = certificate_lifetime(d / "client.crt")
+    assert end - start > 20 * 3600  # the fresh one: not due again for hours

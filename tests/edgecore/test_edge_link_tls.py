@@ -138,6 +138,17 @@ async def test_link_speaks_tls_with_a_client_certificate(tls_broker: tuple[int, 
             while link.stats.published < 1 and time.monotonic() - t0 < 10:
                 await asyncio.sleep(0.05)
             assert link.connected and link.stats.connects == 1 and link.stats.published == 1
+            # a renewed certificate: the link reconnects on request, and says hello again
+            link.reconnect()
+            async with asyncio.timeout(10):
+                async for m in cloud.messages:
+                    again = decode(seal.unseal(keys.up, m.topic.value, bytes(m.payload)))  # type: ignore[arg-type]
+                    assert isinstance(again, Resync)
+                    break
+            assert link.stats.connects == 2
+            t0 = time.monotonic()
+            while link.stats.published < 2 and time.monotonic() - t0 < 10:
+                await asyncio.sleep(0.05)
         finally:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
