@@ -2,6 +2,7 @@
 
     testbed up --nodes 3          start everything, print how to reach it, Ctrl-C stops
     testbed demo                  up + apply examples/ + wait for convergence + fetch a page
+    testbed broker --state-dir S  the secure mosquitto alone, for a cloudcore run by hand
 
   Both are secure by default: a TLS broker with no anonymous clients and per-node ACLs,
   cloudcore over HTTPS with a token, agents that join with one-use tokens; fedctl gets
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -179,6 +181,42 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_broker(args: argparse.Namespace) -> int:
+    """The secure mosquitto on its own, for a cloudcore started by hand (the README's
+    quickstart): TLS from the fleet CA in STATE_DIR, no anonymous clients, the password
+    file and ACL cloudcore keeps, reloaded when they change. Prints cloudcore's flags."""
+    import logging
+
+    from testbed.broker import BrokerSecurity, Mosquitto
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    hosts = tuple(args.host) or ("127.0.0.1",)
+    workdir = Path(args.workdir).resolve()
+    broker = Mosquitto(hosts=hosts, port=args.port, workdir=workdir,
+                       security=None if args.insecure else BrokerSecurity())
+    if not args.insecure:
+        argv = [sys.executable, "-m", "cloudcore", "pki", "broker", "--state-dir",
+                args.state_dir, "--out", str(broker.tls_dir)]
+        for h in hosts:
+            argv += ["--host", h]
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+        if r.returncode != 0:
+            print(f"testbed broker: {r.stderr.strip()}", file=sys.stderr)
+            return 1
+    with broker:
+        run = workdir / "run"
+        scheme = "mqtt" if args.insecure else "mqtts"
+        print(f"mosquitto on {scheme}://{hosts[0]}:{broker.port}   log {run / 'mosquitto.log'}")
+        if args.insecure:
+            print(f"cloudcore flags:  --mqtt-port {broker.port} --insecure")
+        else:
+            print(f"cloudcore flags:  --state-dir {args.state_dir} --mqtt-host {hosts[0]} "
+                  f"--mqtt-port {broker.port} --mqtt-tls --mosquitto-passwd {run / 'passwd'} "
+                  f"--mosquitto-acl {run / 'acl'}", flush=True)
+        _wait_for_stop(None)
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from testbed.bench import batch_size, bench_rollout, bench_sync
 
@@ -229,6 +267,15 @@ def main(argv: list[str] | None = None) -> int:
         s.add_argument("--node-certs", action="store_true",
                        help="agents log in to the broker with client certificates")
         s.set_defaults(fn=fn)
+    br = sub.add_parser("broker", help="the secure mosquitto alone, for a cloudcore started "
+                                       "by hand (prints cloudcore's flags)")
+    br.add_argument("--state-dir", required=True, help="cloudcore's state dir (its fleet CA)")
+    br.add_argument("--port", type=int, default=8883)
+    br.add_argument("--host", action="append", default=[],
+                    help="address to listen on and name in the certificate (127.0.0.1)")
+    br.add_argument("--workdir", default="var/broker")
+    br.add_argument("--insecure", action="store_true", help="plain and anonymous (warns)")
+    br.set_defaults(fn=cmd_broker)
     b = sub.add_parser("bench")
     b.add_argument("what", choices=["sync", "rollout"])
     b.add_argument("--nodes", type=int, default=5000)
