@@ -501,9 +501,18 @@ def check_depth(data: bytes, max_depth: int) -> None:
 
 
 def entry_fits(key: str, value: Any, *, limits: Limits = DOWN_LIMITS) -> str | None:
-    """Why a desired entry (as it goes on the wire, i.e. a Secret already sealed) can
-    never be delivered under `limits`, or None if it can: a string or bytes over
-    `max_str_bytes`, or a message holding only this entry over `max_message_bytes`."""
+    """Why a desired entry can never be delivered under `limits`, or None if it can: a
+    string or bytes over `max_str_bytes`, or a message holding only this entry over
+    `max_message_bytes`. A `secret/...` value given in clear is measured as it will go,
+    sealed (`shared.seal`), so the API can check a Secret at apply with this too."""
+    if key.startswith("secret/") and not (isinstance(value, dict) and "enc" in value):
+        from shared.seal import NONCE_BYTES, SECRET_ENC, sealed_size
+
+        try:
+            value = {"enc": SECRET_ENC, "n": bytes(NONCE_BYTES),
+                     "ct": bytes(sealed_size(value))}
+        except (TypeError, ValueError, OverflowError) as exc:
+            return f"{key}: not encodable: {exc}"
     try:
         raw = msgpack.packb(value, use_bin_type=True)
     except (TypeError, ValueError, OverflowError) as exc:

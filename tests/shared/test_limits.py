@@ -119,3 +119,14 @@ def test_request_carries_an_expiry() -> None:
     assert Request(node="n1", id="r1", kind="logs").exp is None
     with pytest.raises(DecodeError):
         Request(node="n1", id="r1", kind="logs", exp="soon")  # type: ignore[arg-type]
+
+
+def test_a_clear_secret_is_measured_as_it_will_be_sealed() -> None:
+    from shared.entries import secret_entry
+
+    small = secret_entry({"k": b"x" * 1000})
+    assert entry_fits("secret/d/s", small) is None
+    # 800 KiB of data: in base64 and sealed, ~1.04 MiB of ciphertext, over 1 MiB
+    big = secret_entry({"k": b"x" * (800 * 1024)})
+    reason = entry_fits("secret/d/s", big)
+    assert reason is not None and "secret/d/s" in reason
