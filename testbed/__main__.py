@@ -9,7 +9,8 @@
   server, token and CA from WORKDIR/fedctl.yaml (export FEDCTL_CONFIG=...). --insecure
   is the old open fleet, for comparison only.
 
-    testbed bench sync --nodes N  simulated fleet: time for a DaemonSet to be acked by all
+    testbed bench sync --nodes N  simulated fleet: time for a DaemonSet to be acked by all,
+                                  secure (joined, TLS, sealed) and --insecure side by side
     testbed bench rollout         simulated fleet: health-gated DaemonSet rollouts, a good
                                   update in batches (--batch 10%) and a bad one rolled back
     testbed chaos SCENARIO        start a fleet, inject a named fault, print figures:
@@ -227,8 +228,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         except ValueError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-        return bench_rollout(nodes=args.nodes, procs=args.procs, batch=batch, workdir=workdir)
-    return bench_sync(nodes=args.nodes, procs=args.procs, workdir=workdir)
+        return bench_rollout(nodes=args.nodes, procs=args.procs, batch=batch, workdir=workdir,
+                             secure=args.mode != "insecure")
+    modes = ("secure", "insecure") if args.mode == "both" else (args.mode,)
+    return bench_sync(nodes=args.nodes, procs=args.procs, workdir=workdir, modes=modes)
 
 
 def cmd_chaos(args: argparse.Namespace) -> int:
@@ -282,6 +285,10 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--procs", type=int, default=2, help="simulator processes")
     b.add_argument("--batch", default="10%",
                    help="rollout: maxUnavailable, a number or a percentage (default 10%%)")
+    b.add_argument("--mode", choices=["both", "secure", "insecure"], default="both",
+                   help="sync: the secure fleet (joined nodes, TLS, sealed messages), the "
+                        "--insecure one, or both side by side (default); rollout: secure "
+                        "unless insecure")
     b.add_argument("--workdir", default=None,
                    help="default var/bench (sync), var/bench-rollout (rollout)")
     b.set_defaults(fn=cmd_bench)

@@ -15,24 +15,32 @@ contain `crash-now`, which they report in CrashLoopBackOff:
 - a bad update: time until cloudcore rolled it back, how many nodes ever got the bad
   template, and the time until every node is available at the good revision again.
 
-Both share `simulated_fleet` (broker, cloudcore, simulator processes, teardown).
+Both share `simulated_fleet` (broker, cloudcore, simulator processes, teardown). The
+fleet is secure by default, as `testbed up` runs it: every simulated node is joined
+through the API first (`join_bulk`: one multi-use join token, concurrent joins; the
+simulators get the node keys and broker credentials in a `--keys` file), then
+connects over TLS and seals every message. `bench sync` measures both the secure and
+the `--insecure` fleet in one run and prints them side by side, with the broker's
+memory per session.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import sys
 import time
 import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from testbed.broker import Mosquitto
 from testbed.fleet import Fleet, FleetSettings
 from testbed.procs import Proc
 
@@ -48,6 +56,13 @@ def _proc_usage(pid: int) -> tuple[float, int]:
         if line.startswith("VmRSS:"):
             rss = int(line.split()[1]) * 1024
     return cpu, rss
+
+
+def _proc_io(pid: int) -> int:
+    """Bytes a process read and wrote through syscalls (sockets included: for the broker,
+    what crossed the wire, TLS records and MQTT framing included)."""
+    io = dict(line.split(": ") for line in Path(f"/proc/{pid}/io").read_text().splitlines())
+    return int(io["rchar"]) + int(io["wchar"])
 
 
 def _stats(files: list[Path]) -> dict[str, Any]:
@@ -80,29 +95,69 @@ class SimFleet:
     nodes: int
     procs: int
     stats_files: list[Path]
+    secure: bool = True
     sims: list[Proc] = field(default_factory=list)
+    join_s: float = 0.0  # secure: joining every node through the API
+    join_cloud_cpu_s: float = 0.0
     connect_s: float = 0.0  # from starting the simulators until every session is up
     registered_s: float = 0.0  # ... until cloudcore lists every node
+    broker_rss_idle: int = 0  # bytes, before the simulators connect
+    broker_rss_connected: int = 0  # ... once every session is up
 
     @property
     def cloud_pid(self) -> int:
         assert self.fleet.cloud is not None and self.fleet.cloud.pid is not None
         return self.fleet.cloud.pid
 
+    @property
+    def broker_pid(self) -> int:
+        assert self.fleet.broker is not None and self.fleet.broker.proc is not None
+        return self.fleet.broker.proc.pid
+
     def stats(self) -> dict[str, Any]:
         """The simulators' counters, summed (each file is rewritten every second)."""
         return _stats(self.stats_files)
 
 
+def join_bulk(fleet: Fleet, names: list[str], *, threads: int = 16) -> dict[str, Any]:
+    """Join every node in `names` through the API with one multi-use join token, as
+    `edgecore join` would (several at once); returns the `--keys` file content of the
+    simulator: node -> {key, username, password}."""
+    token = fleet.join_token(uses=len(names), ttl=3600, labels={})
+
+    def join(name: str) -> tuple[str, dict[str, Any]]:
+        req = urllib.request.Request(f"{fleet.api}/api/v1/join",
+                                     data=json.dumps({"token": token, "name": name}).encode(),
+                                     headers={"content-type": "application/json"})
+        for attempt in range(5):
+            try:
+                with fleet.urlopen(req, timeout=60, token="") as r:
+                    body = json.loads(r.read())
+                break
+            except urllib.error.HTTPError as exc:
+                if exc.code != 429 or attempt == 4:
+                    raise RuntimeError(f"join {name}: HTTP {exc.code}: "
+                                       f"{exc.read()[:200]!r}") from None
+                time.sleep(1 + attempt)
+        return name, {"key": body["key"], **body["credentials"]}
+
+    with ThreadPoolExecutor(threads) as pool:
+        return dict(pool.map(join, names))
+
+
 @contextmanager
-def simulated_fleet(*, nodes: int, procs: int, workdir: Path,
+def simulated_fleet(*, nodes: int, procs: int, workdir: Path, secure: bool = True,
                     sim_args: tuple[str, ...] = ()) -> Iterator[SimFleet]:
     """Start mosquitto, cloudcore and `procs` simulator processes (`nodes` sessions in
-    all, with `sim_args` added), wait until every node is connected and registered,
-    and stop everything on exit. Raises TimeoutError or RuntimeError if it cannot."""
+    all, with `sim_args` added), joining every node first when `secure`, wait until
+    every node is connected and registered, and stop everything on exit. Raises
+    TimeoutError or RuntimeError if it cannot."""
     workdir = workdir.resolve()
     settings = FleetSettings(nodes=0, workdir=workdir, use_netns=False, heartbeat_s=300,
-                             with_registry=False)
+                             with_registry=False, insecure=not secure,
+                             # every join comes from this one address
+                             cloud_args=("--join-rate", "1000000", "--join-burst", "1000000")
+                             if secure else ())
     fleet = Fleet(settings)
     stats = [workdir / f"sim-{i}.json" for i in range(procs)]
     for f in stats:
@@ -111,29 +166,45 @@ def simulated_fleet(*, nodes: int, procs: int, workdir: Path,
     # (say of 10,000 nodes) would hold nodes that never connect now and never ack.
     for stale in ("cloud", "mosquitto"):
         shutil.rmtree(workdir / stale, ignore_errors=True)
-    sf = SimFleet(fleet=fleet, nodes=nodes, procs=procs, stats_files=stats)
+    sf = SimFleet(fleet=fleet, nodes=nodes, procs=procs, stats_files=stats, secure=secure)
     try:
-        fleet.workdir.mkdir(parents=True, exist_ok=True)
-        fleet.broker = Mosquitto(workdir=workdir / "mosquitto").start()
-        fleet.start_cloud()
+        fleet.start()
         assert fleet.cloud is not None and fleet.cloud.pid is not None
+        assert fleet.broker is not None
         per = -(-nodes // procs)
+        extra: list[str] = []
+        if secure:
+            c0, _ = _proc_usage(sf.cloud_pid)
+            t_join = time.monotonic()
+            keys = join_bulk(fleet, [f"sim-{i}" for i in range(nodes)])
+            sf.join_s = time.monotonic() - t_join
+            sf.join_cloud_cpu_s = _proc_usage(sf.cloud_pid)[0] - c0
+            keys_file = workdir / "keys.json"
+            fd = os.open(keys_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as out:
+                json.dump(keys, out)
+            assert fleet.broker.ca_file is not None
+            extra = ["--keys", str(keys_file), "--tls", "--ca-file", str(fleet.broker.ca_file)]
+            time.sleep(1.5)  # the password file is rewritten at most twice a second
+        _, sf.broker_rss_idle = _proc_usage(sf.broker_pid)
         t_conn = time.monotonic()
         for i in range(procs):
             count = min(per, nodes - i * per)
             argv = [sys.executable, "-m", "testbed.simulator", "--host", "127.0.0.1",
                     "--port", str(fleet.broker.port), "--prefix", "sim", "--start",
                     str(i * per), "--count", str(count), "--stats", str(stats[i]),
-                    "--heartbeat", "300", *sim_args]
+                    "--heartbeat", "300", *extra, *sim_args]
             sf.sims.append(
                 Proc(f"sim-{i}", argv, log=workdir / "logs" / f"sim-{i}.log").start())
         fleet.wait(lambda: _stats(stats)["connected"] >= nodes, timeout=600,
                    what=f"{nodes} simulated sessions connected", interval=1)
         sf.connect_s = time.monotonic() - t_conn
-        fleet.wait(lambda: len(fleet.nodes()) >= nodes, timeout=600,
-                   what=f"{nodes} nodes registered", interval=1)
+        fleet.wait(lambda: sum(1 for n in fleet.nodes()
+                               if n.get("status", {}).get("ready") == "Ready") >= nodes,
+                   timeout=600, what=f"{nodes} nodes registered", interval=1)
         sf.registered_s = time.monotonic() - t_conn
         time.sleep(2)
+        _, sf.broker_rss_connected = _proc_usage(sf.broker_pid)
         yield sf
     finally:
         for s in sf.sims:
@@ -141,27 +212,62 @@ def simulated_fleet(*, nodes: int, procs: int, workdir: Path,
         fleet.stop()
 
 
-def bench_sync(*, nodes: int, procs: int, workdir: Path) -> int:
+def bench_sync(*, nodes: int, procs: int, workdir: Path, modes: tuple[str, ...] = (
+        "secure", "insecure")) -> int:
+    """`testbed bench sync`: each of `modes` in turn (secure: auth, TLS and sealed
+    messages; insecure: none of it), then both side by side."""
+    results: dict[str, Any] = {}
     try:
-        with simulated_fleet(nodes=nodes, procs=procs, workdir=workdir) as sf:
-            _sync(sf, workdir.resolve())
-        return 0
+        for mode in modes:
+            print(f"== {mode} fleet of {nodes} simulated nodes", flush=True)
+            with simulated_fleet(nodes=nodes, procs=procs, workdir=workdir / mode,
+                                 secure=mode == "secure") as sf:
+                results[mode] = _sync(sf, (workdir / mode).resolve())
     except (TimeoutError, RuntimeError) as exc:
         print(f"bench failed: {exc}", file=sys.stderr)
         return 1
+    if len(results) > 1:
+        print("== side by side")
+        print(json.dumps(_compare(results), indent=2))
+        (workdir / "result.json").write_text(json.dumps(
+            {"compare": _compare(results), **results}, indent=2))
+    return 0
 
 
-def _sync(sf: SimFleet, workdir: Path) -> None:
+def _compare(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    keys = ("cloud_cpu_s_per_1000_nodes", "bytes_down_per_node", "bytes_up_per_node",
+            "broker_wire_bytes_per_node", "all_nodes_applied_s", "cloud_recorded_all_acks_s")
+    out: dict[str, Any] = {}
+    for phase in ("create", "update"):
+        out[phase] = {k: {m: r[phase][k] for m, r in results.items()} for k in keys}
+    for k in ("broker_rss_kib_per_session", "connect_s", "cloud_rss_mb"):
+        out[k] = {m: r.get(k) for m, r in results.items()}
+    return out
+
+
+def _sync(sf: SimFleet, workdir: Path) -> dict[str, Any]:
     fleet, nodes, stats = sf.fleet, sf.nodes, sf.stats_files
     _, rss0 = _proc_usage(sf.cloud_pid)
     results: dict[str, Any] = {"nodes": nodes, "simulator_processes": sf.procs,
+                               "secure": sf.secure,
                                "connect_s": round(sf.connect_s, 1),
                                "registered_s": round(sf.registered_s, 1),
-                               "cloud_rss_idle_mb": round(rss0 / 2**20, 1)}
+                               "cloud_rss_idle_mb": round(rss0 / 2**20, 1),
+                               "broker_rss_idle_mb": round(sf.broker_rss_idle / 2**20, 1),
+                               "broker_rss_connected_mb":
+                                   round(sf.broker_rss_connected / 2**20, 1),
+                               "broker_rss_kib_per_session": round(
+                                   (sf.broker_rss_connected - sf.broker_rss_idle)
+                                   / 1024 / nodes, 1)}
+    if sf.secure:
+        results["join_s"] = round(sf.join_s, 1)
+        results["join_cloud_cpu_s_per_1000_nodes"] = round(
+            sf.join_cloud_cpu_s / nodes * 1000, 2)
     for label, args in (("create", ["sleep", "1"]), ("update", ["sleep", "2"])):
         before = _stats(stats)
         gens_before = sum(before["gens"].values())
         c0, _ = _proc_usage(sf.cloud_pid)
+        io0 = _proc_io(sf.broker_pid)
         t0 = time.monotonic()
         fleet.apply([_ds(args)])
         fleet.wait(lambda b=gens_before: sum(_stats(stats)["gens"].values()) >= b + nodes,
@@ -178,6 +284,7 @@ def _sync(sf: SimFleet, workdir: Path) -> None:
         time.sleep(1)
         after = _stats(stats)
         c1, rss1 = _proc_usage(sf.cloud_pid)
+        io1 = _proc_io(sf.broker_pid)
         results[label] = {
             "all_nodes_applied_s": round(edge_s, 2),
             "cloud_recorded_all_acks_s": round(cloud_s, 2),
@@ -186,14 +293,18 @@ def _sync(sf: SimFleet, workdir: Path) -> None:
                  - before["msgs_out"]) / nodes, 2),
             "bytes_down_per_node": round((after["bytes_in"] - before["bytes_in"]) / nodes),
             "bytes_up_per_node": round((after["bytes_out"] - before["bytes_out"]) / nodes),
+            # both legs (cloud <-> broker <-> node), both directions, as the broker's
+            # sockets saw them: TLS records and MQTT framing included
+            "broker_wire_bytes_per_node": round((io1 - io0) / nodes),
             "cloud_cpu_s_per_1000_nodes": round((c1 - c0) / nodes * 1000, 3),
         }
     cpu1, rss1 = _proc_usage(sf.cloud_pid)
     results["cloud_rss_mb"] = round(rss1 / 2**20, 1)
     results["cloud_rss_mb_per_1000_nodes"] = round(rss1 / 2**20 / nodes * 1000, 2)
     results["cloud_cpu_s_total"] = round(cpu1, 1)
-    print(json.dumps(results, indent=2))
+    print(json.dumps(results, indent=2), flush=True)
     (workdir / "result.json").write_text(json.dumps(results, indent=2))
+    return results
 
 
 # --- rollout -------------------------------------------------------------------------
@@ -279,9 +390,10 @@ def _batches(log: Path, offset: int, revision: str) -> tuple[int, int]:
     return len(sizes), sum(sizes)
 
 
-def bench_rollout(*, nodes: int, procs: int, batch: int | str, workdir: Path) -> int:
+def bench_rollout(*, nodes: int, procs: int, batch: int | str, workdir: Path,
+                  secure: bool = True) -> int:
     try:
-        with simulated_fleet(nodes=nodes, procs=procs, workdir=workdir,
+        with simulated_fleet(nodes=nodes, procs=procs, workdir=workdir, secure=secure,
                              sim_args=("--report-pods", "--crash-marker", CRASH_MARKER)) as sf:
             _rollout(sf, batch, workdir.resolve())
         return 0
