@@ -245,6 +245,7 @@ def cmd_chaos(args: argparse.Namespace) -> int:
         return 0
     s = _settings(args)
     s.agent_args = ("--mqtt-keepalive", str(args.keepalive))
+    s.broker_probe = True  # the message faults publish as a client with broker access
     with Fleet(s) as fleet:
         fleet.wait_nodes_ready(timeout=60)
         _print_fleet(fleet)

@@ -145,6 +145,7 @@ class Mosquitto:
             if self.cert_port is not None and tls:
                 for h in self.hosts:
                     lines += [f"listener {self.cert_port} {h}", *tls,
+                              f"crlfile {self.tls_dir / 'crl.pem'}",
                               "require_certificate true", "use_identity_as_username true",
                               "allow_anonymous false", f"acl_file {self.acl}",
                               "use_username_as_clientid true"]
@@ -229,6 +230,11 @@ class Mosquitto:
                     raise RuntimeError(f"broker TLS files missing in {self.tls_dir}: {missing} "
                                        "(cloudcore pki broker --out DIR writes them)")
                 files += [self.tls_dir / n for n in names]
+                if self.cert_port is not None:  # cloudcore keeps deleted nodes' certificates
+                    if not (self.tls_dir / "crl.pem").is_file():  # here (pki broker makes it)
+                        raise RuntimeError(f"no crl.pem in {self.tls_dir} for the client "
+                                           "certificate listener")
+                    files.append(self.tls_dir / "crl.pem")
         self.log.touch()
         if os.geteuid() != 0:
             return

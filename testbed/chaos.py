@@ -23,10 +23,12 @@ person at a Python prompt use the same code.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import errno
 import os
 import random
+import ssl
 import subprocess
 import threading
 import time
@@ -82,6 +84,9 @@ class Injector:
     port: int
     client_id: str = field(
         default_factory=lambda: f"chaos-{os.getpid()}-{random.randrange(1 << 30)}")
+    username: str | None = None  # a secure broker: the fleet's test probe (broker_probe)
+    password: str | None = field(default=None, repr=False)
+    tls_context: ssl.SSLContext | None = None
 
     def __post_init__(self) -> None:
         import paho.mqtt.client as mqtt
@@ -90,6 +95,10 @@ class Injector:
         self._lock = threading.Lock()
         self._c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id)
         self._c.on_message = self._on_message
+        if self.username is not None:
+            self._c.username_pw_set(self.username, self.password)
+        if self.tls_context is not None:
+            self._c.tls_set_context(self.tls_context)
         self._c.connect(self.host, self.port)
         self._c.loop_start()
 
@@ -314,9 +323,11 @@ class Chaos:
 
     # ---- messages --------------------------------------------------------------------
     def injector(self) -> Injector:
-        b = self.fleet.broker
-        assert b is not None
-        return Injector(host=b.host, port=b.port)
+        """A client with broker access: anyone on an insecure fleet's broker, the test
+        probe on a secure one (FleetSettings(broker_probe=True))."""
+        kw = self.fleet.probe_mqtt()
+        return Injector(host=kw["hostname"], port=kw["port"], username=kw.get("username"),
+                        password=kw.get("password"), tls_context=kw.get("tls_context"))
 
     def send_down(self, node: str, payloads: list[bytes]) -> None:
         """Publish raw payloads on the node's `down` topic, as if from the cloud."""
@@ -334,13 +345,27 @@ class Chaos:
                duplicate: int = 1, reorder: bool = False, corrupt_bits: int = 0) -> None:
         """Send `messages` (encoded by shared.codec) `duplicate` times each, shuffled
         if `reorder`, with `corrupt_bits` random bit flips each if asked."""
-        payloads = [codec.encode(m) for m in messages for _ in range(duplicate)]
+        payloads = [self._sealed(node, direction, codec.encode(m))
+                    for m in messages for _ in range(duplicate)]
         if reorder:
             self.rng.shuffle(payloads)
         if corrupt_bits:
             payloads = [corrupt(p, flips=corrupt_bits, rng=self.rng) for p in payloads]
         send = self.send_down if direction == "down" else self.send_up
         send(node, payloads)
+
+    def _sealed(self, node: str, direction: str, inner: bytes) -> bytes:
+        """`inner` as the cloud (down) or the node (up) would send it: sealed with the
+        node's key on a secure fleet (the protocol is under test, not its authentication;
+        a corrupted message then fails its tag), as is on an insecure one."""
+        if not self.fleet.secure:
+            return inner
+        from shared import seal
+
+        keys = seal.NodeKeys.derive(base64.b64decode(self.fleet.node_config(node)["key"]))
+        if direction == "down":
+            return seal.seal(keys.down, topics.down(node), inner)
+        return seal.seal(keys.up, topics.up(node), inner)
 
     # ---- undo ------------------------------------------------------------------------
     def restore(self) -> None:

@@ -171,8 +171,9 @@ class Fleet:
             argv += ["--mqtt-tls", "--mosquitto-passwd", str(self.broker.passwd),
                      "--mosquitto-acl", str(self.broker.acl),
                      "--advertise-mqtt", f"mqtts://{self.broker_host}:{broker_port}"]
-            if self.s.node_certs:
-                argv += ["--node-certs"]
+            if self.s.node_certs:  # the CRL of deleted nodes' certificates goes beside
+                # the broker's files, which cloudcore then keeps renewed too
+                argv += ["--node-certs", "--broker-cert-dir", str(self.broker.tls_dir)]
         argv += list(self.s.cloud_args)
         self.cloud = Proc("cloudcore", argv, log=self.workdir / "logs" / "cloudcore.log").start()
         self.wait_http(f"{self.api}/readyz", timeout=30, proc=self.cloud)

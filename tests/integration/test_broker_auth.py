@@ -87,3 +87,24 @@ def test_a_bad_password_file_fails_fast(tmp_path: Path) -> None:
                        check=False, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2
     assert "--mqtt-password-file" in r.stderr and "missing" in r.stderr
+
+
+def test_node_certificates_and_their_revocation(tmp_path: Path) -> None:
+    """The stronger option: nodes log in with client certificates from the fleet CA (the
+    broker's require_certificate listener); deleting a node puts its certificate on the
+    CRL and the broker refuses it."""
+    f = Fleet(FleetSettings(nodes=1, workdir=tmp_path / "fleet", heartbeat_s=1.0,
+                            with_registry=False, use_netns=False, node_certs=True))
+    f.start()
+    try:
+        f.wait_nodes_ready(timeout=30)
+        conf = f.node_config("edge-1")
+        assert f.broker is not None and conf["broker"]["port"] == f.broker.cert_port
+        assert Path(conf["client_cert"]).is_file() and conf["tls"] is True
+        a = f.agent("edge-1")
+        mark = len(a.proc.log.read_text())
+        f.fedctl("node", "delete", "edge-1")
+        f.wait(lambda: "certificate revoked" in a.proc.log.read_text()[mark:], timeout=20,
+               what="the broker refusing edge-1's revoked certificate")
+    finally:
+        f.stop()

@@ -54,6 +54,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
                    if shutil.which(b) is None and not Path(f"/usr/sbin/{b}").exists()]:
         pytest.fail(f"missing system packages: {missing}")
     f = Fleet(FleetSettings(nodes=3, workdir=tmp_path_factory.mktemp("faults"), heartbeat_s=HB,
+                            broker_probe=True,
                             state_tmpfs_mib=256,
                             agent_args=("--mqtt-keepalive", str(KEEPALIVE))))
     f.start()
