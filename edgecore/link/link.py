@@ -51,6 +51,20 @@ log = logging.getLogger(__name__)
 OP_TIMEOUT_S = 15.0
 
 
+def _resume_cancel() -> None:
+    """Re-raise a cancellation an aiomqtt call swallowed.
+
+    aiomqtt waits for a PUBACK/SUBACK with `asyncio.wait_for`, which on Python 3.11
+    returns the result instead of raising when the cancel and the answer arrive
+    together (gh-86296). The task stays marked as cancelling, so a stop of the agent
+    (or of the pump, when a session ends) would be lost and the task run on: seen as
+    a hung stop over TLS, where the PUBACK often arrives in the same loop turn.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 class LinkHandler(Protocol):
     """What the link needs from the rest of the agent."""
 
@@ -178,6 +192,7 @@ class Link:
         return payload if self.keys is None else seal.seal(self.keys.up, topic, payload)
 
     async def _session(self) -> None:
+        self._restart.clear()  # this session reads the certificate files afresh
         will_topic = topics.will(self.node)
         will = aiomqtt.Will(will_topic, self._seal(will_topic, encode(Will(node=self.node))),
                             qos=1)
@@ -193,6 +208,7 @@ class Link:
         try:
             async with client:
                 await client.subscribe(self._down, qos=1)
+                _resume_cancel()
                 self.stats.connects += 1
                 self.backoff.reset()
                 self._connected.set()
@@ -213,7 +229,6 @@ class Link:
         """
         pump = asyncio.create_task(self._pump(client), name=f"edgecore[{self.node}].link.pump")
         recv = asyncio.create_task(self._receive(client), name=f"edgecore[{self.node}].link.recv")
-        self._restart.clear()
         restart = asyncio.create_task(self._restart.wait(),
                                       name=f"edgecore[{self.node}].link.restart")
         try:
@@ -232,6 +247,7 @@ class Link:
 
     async def _publish(self, client: aiomqtt.Client, msg: Ack | Resync) -> None:
         await client.publish(self._up, self._seal(self._up, encode(msg)), qos=1)
+        _resume_cancel()
         self.stats.published += 1
 
     async def _pump(self, client: aiomqtt.Client) -> None:
@@ -241,12 +257,14 @@ class Link:
             self._kick.clear()
             for seq, payload in await asyncio.to_thread(self.handler.pending, sent):
                 await client.publish(self._up, self._seal(self._up, payload), qos=1)
+                _resume_cancel()
                 self.stats.published += 1
                 self.stats.reports_sent += 1
                 sent = seq
             beat, self._beat = self._beat, None
             if beat is not None:
                 await client.publish(self._up, self._seal(self._up, beat), qos=1)
+                _resume_cancel()
                 self.stats.published += 1
                 self.stats.beats_sent += 1
             await self._kick.wait()

@@ -131,13 +131,7 @@ async def test_link_speaks_tls_with_a_client_certificate(tls_broker: tuple[int, 
                     hello = decode(seal.unseal(keys.up, m.topic.value, bytes(m.payload)))  # type: ignore[arg-type]
                     assert isinstance(hello, Resync) and hello.node == NODE
                     break
-            # the PUBACK comes back over TLS too. (Stopping the link while that publish
-            # is in flight hung this test's loop past its timeout; a plain script
-            # does not: see the report of issue 11.)
-            t0 = time.monotonic()
-            while link.stats.published < 1 and time.monotonic() - t0 < 10:
-                await asyncio.sleep(0.05)
-            assert link.connected and link.stats.connects == 1 and link.stats.published == 1
+            assert link.connected and link.stats.connects == 1
             # a renewed certificate: the link reconnects on request, and says hello again
             link.reconnect()
             async with asyncio.timeout(10):
@@ -146,9 +140,9 @@ async def test_link_speaks_tls_with_a_client_certificate(tls_broker: tuple[int, 
                     assert isinstance(again, Resync)
                     break
             assert link.stats.connects == 2
-            t0 = time.monotonic()
-            while link.stats.published < 2 and time.monotonic() - t0 < 10:
-                await asyncio.sleep(0.05)
+            # stopped at once, here often with the hello's PUBACK arriving in the same
+            # loop turn as the cancel (which aiomqtt's wait_for swallowed before
+            # link._resume_cancel)
         finally:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
