@@ -17,7 +17,7 @@ contain `crash-now`, which they report in CrashLoopBackOff:
 
 Both share `simulated_fleet` (broker, cloudcore, simulator processes, teardown). The
 fleet is secure by default, as `testbed up` runs it: every simulated node is joined
-through the API first (`join_bulk`: one multi-use join token, concurrent joins; the
+through the API first (`Fleet.join_many`: one multi-use join token, concurrent joins; the
 simulators get the node keys and broker credentials in a `--keys` file), then
 connects over TLS and seals every message. `bench sync` measures both the secure and
 the `--insecure` fleet in one run and prints them side by side, with the broker's
@@ -27,15 +27,12 @@ memory per session.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import sys
 import time
 import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,32 +116,6 @@ class SimFleet:
         return _stats(self.stats_files)
 
 
-def join_bulk(fleet: Fleet, names: list[str], *, threads: int = 16) -> dict[str, Any]:
-    """Join every node in `names` through the API with one multi-use join token, as
-    `edgecore join` would (several at once); returns the `--keys` file content of the
-    simulator: node -> {key, username, password}."""
-    token = fleet.join_token(uses=len(names), ttl=3600, labels={})
-
-    def join(name: str) -> tuple[str, dict[str, Any]]:
-        req = urllib.request.Request(f"{fleet.api}/api/v1/join",
-                                     data=json.dumps({"token": token, "name": name}).encode(),
-                                     headers={"content-type": "application/json"})
-        for attempt in range(5):
-            try:
-                with fleet.urlopen(req, timeout=60, token="") as r:
-                    body = json.loads(r.read())
-                break
-            except urllib.error.HTTPError as exc:
-                if exc.code != 429 or attempt == 4:
-                    raise RuntimeError(f"join {name}: HTTP {exc.code}: "
-                                       f"{exc.read()[:200]!r}") from None
-                time.sleep(1 + attempt)
-        return name, {"key": body["key"], **body["credentials"]}
-
-    with ThreadPoolExecutor(threads) as pool:
-        return dict(pool.map(join, names))
-
-
 @contextmanager
 def simulated_fleet(*, nodes: int, procs: int, workdir: Path, secure: bool = True,
                     sim_args: tuple[str, ...] = ()) -> Iterator[SimFleet]:
@@ -176,16 +147,10 @@ def simulated_fleet(*, nodes: int, procs: int, workdir: Path, secure: bool = Tru
         if secure:
             c0, _ = _proc_usage(sf.cloud_pid)
             t_join = time.monotonic()
-            keys = join_bulk(fleet, [f"sim-{i}" for i in range(nodes)])
+            extra = fleet.simulator_args([f"sim-{i}" for i in range(nodes)],
+                                         keys_file=workdir / "keys.json")
             sf.join_s = time.monotonic() - t_join
             sf.join_cloud_cpu_s = _proc_usage(sf.cloud_pid)[0] - c0
-            keys_file = workdir / "keys.json"
-            fd = os.open(keys_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as out:
-                json.dump(keys, out)
-            assert fleet.broker.ca_file is not None
-            extra = ["--keys", str(keys_file), "--tls", "--ca-file", str(fleet.broker.ca_file)]
-            time.sleep(1.5)  # the password file is rewritten at most twice a second
         _, sf.broker_rss_idle = _proc_usage(sf.broker_pid)
         t_conn = time.monotonic()
         for i in range(procs):

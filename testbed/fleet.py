@@ -29,6 +29,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -283,6 +284,46 @@ class Fleet:
         if r.returncode != 0:
             raise RuntimeError(f"edgecore join {name} failed ({r.returncode}): "
                                f"{(r.stderr or r.stdout).strip()}")
+
+    def join_many(self, names: list[str], *, threads: int = 16) -> dict[str, Any]:
+        """Join every node in `names` through the API with one multi-use join token, as
+        `edgecore join` would (several at once); node -> {key, username, password}, the
+        `--keys` file of the simulator. Joins from one address are rate-limited: start
+        cloudcore with a high `--join-rate`/`--join-burst` for thousands."""
+        token = self.join_token(uses=len(names), ttl=3600, labels={})
+
+        def join(name: str) -> tuple[str, dict[str, Any]]:
+            req = urllib.request.Request(
+                f"{self.api}/api/v1/join", headers={"content-type": "application/json"},
+                data=json.dumps({"token": token, "name": name}).encode())
+            for attempt in range(5):
+                try:
+                    with self.urlopen(req, timeout=60, token="") as r:
+                        body = json.loads(r.read())
+                    break
+                except urllib.error.HTTPError as exc:
+                    if exc.code != 429 or attempt == 4:
+                        raise RuntimeError(f"join {name}: HTTP {exc.code}: "
+                                           f"{exc.read()[:200]!r}") from None
+                    time.sleep(1 + attempt)
+            return name, {"key": body["key"], **body["credentials"]}
+
+        with ThreadPoolExecutor(threads) as pool:
+            return dict(pool.map(join, names))
+
+    def simulator_args(self, names: list[str], *, keys_file: Path) -> list[str]:
+        """What `python -m testbed.simulator` needs for `names` on this fleet: nothing on
+        an insecure one; on a secure one the nodes are joined (`join_many`), their keys
+        and credentials written to `keys_file` (0600), and TLS against the fleet CA."""
+        if not self.secure:
+            return []
+        keys = self.join_many(names)
+        fd = os.open(keys_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            json.dump(keys, out)
+        assert self.broker is not None and self.broker.ca_file is not None
+        time.sleep(1.5)  # cloudcore rewrites the broker's password file twice a second
+        return ["--keys", str(keys_file), "--tls", "--ca-file", str(self.broker.ca_file)]
 
     def _same_ca(self, conf: Path) -> bool:
         try:

@@ -54,7 +54,9 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
                    if shutil.which(b) is None and not Path(f"/usr/sbin/{b}").exists()]:
         pytest.fail(f"missing system packages: {missing}")
     f = Fleet(FleetSettings(nodes=3, workdir=tmp_path_factory.mktemp("faults"), heartbeat_s=HB,
-                            broker_probe=True,
+                            broker_probe=True,  # the message faults
+                            # 500 simulated nodes join from this one address
+                            cloud_args=("--join-rate", "100000", "--join-burst", "100000"),
                             state_tmpfs_mib=256,
                             agent_args=("--mqtt-keepalive", str(KEEPALIVE))))
     f.start()
@@ -462,11 +464,13 @@ def test_500_simulated_nodes_reconnect_without_notready(fleet: Fleet, chaos: Cha
     assert fleet.broker is not None
     count, hb = 500, 5.0
     stats = tmp_path / "sim.json"
+    secure = fleet.simulator_args([f"sim-{i}" for i in range(count)],
+                                  keys_file=tmp_path / "keys.json")
     sim = Proc("simulator", [sys.executable, "-m", "testbed.simulator",
                              "--host", "127.0.0.1", "--port", str(fleet.broker.port),
                              "--prefix", "sim", "--start", "0", "--count", str(count),
                              "--heartbeat", str(hb), "--rate", "2000", "--keepalive", "10",
-                             "--stats", str(stats)], log=tmp_path / "sim.log").start()
+                             "--stats", str(stats), *secure], log=tmp_path / "sim.log").start()
 
     def sims() -> dict[str, str]:
         return {n["metadata"]["name"]: n["status"]["ready"] for n in fleet.nodes()
