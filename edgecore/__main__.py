@@ -148,6 +148,16 @@ def _run_flags(run: argparse.ArgumentParser) -> None:
     run.add_argument("--image-gc-min-free-mib", type=int, default=1024,
                      help="below this free disk (MiB), remove least recently used images "
                           "until it is free again (1024)")
+    run.add_argument("--pod-cidr", default="10.88.0.0/16",
+                     help="IPv4 range of the pod network; the bridge takes its first address "
+                          "(10.88.0.0/16)")
+    run.add_argument("--pod-bridge", default="edgefed0",
+                     help="bridge of the pod network, at most 15 characters (edgefed0); two "
+                          "agents in one network namespace need different bridges and ranges")
+    run.add_argument("--policy-cap", default="privileged",
+                     choices=("privileged", "baseline", "restricted"),
+                     help="the most this agent runs, whatever level the cloud admitted a pod "
+                          "under (privileged: the cloud's level decides)")
     run.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (INFO)")
 
 
@@ -199,6 +209,7 @@ def settings_from_args(args: argparse.Namespace) -> AgentSettings:
         image_gc_interval_s=args.image_gc_interval,
         image_gc_max_unused_s=args.image_gc_max_unused,
         image_gc_min_free_bytes=args.image_gc_min_free_mib * 1024 * 1024,
+        pod_cidr=args.pod_cidr, pod_bridge=args.pod_bridge, policy_cap=args.policy_cap,
     )
     if node_key is None:
         if not getattr(args, "insecure", False):
@@ -345,7 +356,13 @@ def _default_name() -> str:
 
 
 def _reset(args: argparse.Namespace) -> int:
-    from edgecore.join import JoinError, looks_like_state_dir, remove_containers, remove_state_dir
+    from edgecore.join import (
+        JoinError,
+        looks_like_state_dir,
+        remove_containers,
+        remove_pod_network,
+        remove_state_dir,
+    )
     from edgecore.runtime.errors import ContainerRuntimeError
 
     d: Path = args.state_dir
@@ -367,6 +384,7 @@ def _reset(args: argparse.Namespace) -> int:
             return 1
     try:
         removed = asyncio.run(remove_containers(d / "runtime"))
+        asyncio.run(remove_pod_network(d))
         remove_state_dir(d)
     except (ContainerRuntimeError, JoinError, OSError) as exc:
         print(f"edgecore: reset failed: {exc}", file=sys.stderr)

@@ -29,6 +29,7 @@ from edgecore.devices import DeviceAllocator, discover
 from edgecore.errors import CacheError
 from edgecore.link import Link, TlsFiles
 from edgecore.nodeinfo import node_status
+from edgecore.podnet import PodNetwork
 from edgecore.prober import ProbeManager, make_probe
 from edgecore.reconciler import CrashLoop, Reconciler
 from edgecore.reconciler.volumes import Volumes
@@ -113,7 +114,9 @@ class Agent:
                 crashloop=CrashLoop(initial_s=s.crashloop_initial_s, max_s=s.crashloop_max_s,
                                     reset_s=s.crashloop_reset_s),
                 volumes=Volumes(s.pods_dir, open_secret=self._secret_opener(keys)),
-                devices=devices, prober=prober)
+                devices=devices, prober=prober,
+                network=PodNetwork(s.podnet_dir, bridge=s.pod_bridge, cidr=s.pod_cidr),
+                policy_cap=s.policy_cap)
             prober.on_change = reconciler.wake  # readiness changes are reported at once
             reconciler.on_disk_full = lambda exc: self.collect_images(
                 runtime, reconciler, why="pull failed: insufficient disk",

@@ -7,6 +7,7 @@ environment behind the caller's back.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -146,6 +147,13 @@ class AgentSettings:
     most (log_keep + 1) x this on disk."""
     log_keep: int = 2
     """Rotated log files kept per container besides the live one."""
+    pod_cidr: str = "10.88.0.0/16"
+    """IPv4 range of the pod network; the bridge takes its first address."""
+    pod_bridge: str = "edgefed0"
+    """Name of the pod network's bridge (at most 15 characters)."""
+    policy_cap: str = "privileged"
+    """The most this agent runs whatever a pod entry says it was admitted under:
+    privileged (trust the cloud's level), baseline or restricted."""
     log_rotate_interval_s: float = 10.0
     """Seconds between log rotation passes; a container writing more than log_max_bytes
     in this time loses output."""
@@ -174,6 +182,11 @@ class AgentSettings:
     @property
     def runtime_root(self) -> Path:
         return self.runtime_dir or self.state_dir / "runtime"
+
+    @property
+    def podnet_dir(self) -> Path:
+        """The pod network's IPAM (ipam.json)."""
+        return self.state_dir / "podnet"
 
     @property
     def pods_dir(self) -> Path:
@@ -209,6 +222,17 @@ class AgentSettings:
             raise ConfigError("client_cert and client_key go together", field="client_cert")
         if (self.ca_file is not None or self.client_cert is not None) and not self.tls:
             raise ConfigError("ca_file and client certificates need tls", field="tls")
+        if self.policy_cap not in ("privileged", "baseline", "restricted"):
+            raise ConfigError("must be privileged, baseline or restricted", field="policy_cap")
+        if not self.pod_bridge or len(self.pod_bridge) > 15 or not all(
+                c.isalnum() or c in "-_." for c in self.pod_bridge):
+            raise ConfigError("must be 1..15 characters of [A-Za-z0-9-_.]", field="pod_bridge")
+        try:
+            net = ipaddress.ip_network(self.pod_cidr)
+        except ValueError as exc:
+            raise ConfigError(f"not an IPv4 range: {exc}", field="pod_cidr") from None
+        if net.version != 4 or net.prefixlen > 28:
+            raise ConfigError("must be an IPv4 range of /28 or larger", field="pod_cidr")
         _range("mqtt_keepalive_s", self.mqtt_keepalive_s, 5, 65535)
         _range("reconnect_initial_s", self.reconnect_initial_s, 0.01, 3600)
         if self.reconnect_max_s is not None:

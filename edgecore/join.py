@@ -427,4 +427,24 @@ async def remove_containers(runtime_root: Path) -> int:
 
 
 def remove_state_dir(state_dir: Path) -> None:
+    """Delete the state dir, after unmounting the pods' Secret tmpfs mounts under it."""
+    from edgecore.reconciler.volumes import Volumes
+
+    pods = state_dir / "pods"
+    if pods.is_dir():
+        Volumes(pods).sweep(set())
     shutil.rmtree(state_dir)
+
+
+async def remove_pod_network(state_dir: Path) -> int:
+    """Delete the network namespaces, veths and host ports of this agent's pods."""
+    podnet = state_dir / "podnet"
+    if not (podnet / "ipam.json").is_file():
+        return 0
+    from edgecore.podnet import PodNetwork
+
+    try:
+        cidr = str(json.loads((podnet / "ipam.json").read_text())["cidr"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+    return len(await PodNetwork(podnet, cidr=cidr).sweep(set()))
