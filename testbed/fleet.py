@@ -242,8 +242,11 @@ class Fleet:
 
     def agent_argv(self, name: str, state_dir: Path) -> list[str]:
         assert self.broker is not None
-        if self.secure:  # everything else comes from the state dir `edgecore join` wrote
+        if self.secure:  # everything else comes from the state dir `edgecore join` wrote;
+            # the broker's address too, but it gets a new port on every start of the fleet
+            port = self.broker.cert_port if self.s.node_certs else self.broker.port
             argv = [sys.executable, "-m", "edgecore", "run", "--state-dir", str(state_dir),
+                    "--mqtt-host", self.broker_host, "--mqtt-port", str(port),
                     "--heartbeat", str(self.s.heartbeat_s)]
         else:
             argv = [sys.executable, "-m", "edgecore", "run", "--insecure", "--name", name,
