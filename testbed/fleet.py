@@ -361,7 +361,25 @@ class Fleet:
         agent = Agent(name=name, state_dir=state, proc=proc, host=host,
                       address=host.address if host else "127.0.0.1")
         self.agents.append(agent)
+        if not self.secure and self.s.labels:
+            self._label_unjoined(name, proc)
         return agent
+
+    def _label_unjoined(self, name: str, proc: Proc) -> None:
+        """An unjoined node (insecure fleet) registers with its first report, and the
+        cloud ignores the protected labels (edgefed.io/...) it claims for itself: an
+        admin sets them, as for any node, once it is there."""
+        def registered() -> bool:
+            if not proc.alive():
+                raise RuntimeError(f"{name} exited during start:\n{proc.tail()}")
+            return self._exists(f"/api/v1/nodes/{name}")
+        self.wait(registered, timeout=60, what=f"{name} registered")
+        req = urllib.request.Request(
+            f"{self.api}/api/v1/nodes/{name}", method="PATCH",
+            data=json.dumps({"metadata": {"labels": self.s.labels}}).encode(),
+            headers={"content-type": "application/json"})
+        with self.urlopen(req, timeout=30):
+            pass
 
     def agent(self, name: str) -> Agent:
         return next(a for a in self.agents if a.name == name)
