@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import difflib
 import functools
 import hashlib
 import json
@@ -813,11 +814,19 @@ def parse_object(doc: Any) -> _Model:
     try:
         return KINDS[kind].model_validate(doc)
     except ValidationError as exc:
-        err = exc.errors()[0]
+        errors = exc.errors()
+        # A misspelt field (`imagee`) is both unknown and, under its right name, missing:
+        # name the unknown one, and the missing sibling it was probably meant to be.
+        err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
         field = _path(err["loc"])
         if err["type"] == "extra_forbidden":
+            parent = err["loc"][:-1]
+            missing = [str(e["loc"][-1]) for e in errors
+                       if e["type"] == "missing" and e["loc"][:-1] == parent]
+            close = difflib.get_close_matches(str(err["loc"][-1]), missing, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise UnsupportedField(
-                f"{kind}: field {field!r} is not supported by edgefed", field=field
+                f"{kind}: field {field!r} is not supported by edgefed{hint}", field=field
             ) from None
         ctx = err.get("ctx", {}).get("error")
         msg = str(ctx) if isinstance(ctx, Exception) else err["msg"]

@@ -99,3 +99,23 @@ def test_revision_is_the_same_on_every_node():
 
     assert placed("n1")["revision"] == placed("n2")["revision"]
     assert placed("n1")["revision"] != placed("n1", image="other")["revision"]
+
+
+@pytest.mark.parametrize(("doc", "field", "hint"), [
+    ({"apiVersion": "v1", "kind": "Pod", "metdata": {"name": "x"},
+      "spec": {"containers": [{"name": "a", "image": "b"}]}}, "metdata", "metadata"),
+    ({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "x"},
+      "spec": {"containers": [{"name": "a", "imagee": "b"}]}},
+     "spec.containers[0].imagee", "image"),
+])
+def test_a_misspelt_field_is_named_not_the_missing_one(doc: dict, field: str,
+                                                         hint: str) -> None:
+    """Issue 16: `imagee`/`metdata` said `Field required` about the right name."""
+    from shared.errors import UnsupportedField
+    from shared.models import parse_object
+
+    with pytest.raises(UnsupportedField) as info:
+        parse_object(doc)
+    assert info.value.field == field
+    assert f"{field!r} is not supported" in str(info.value)
+    assert f"did you mean {hint!r}" in str(info.value)
