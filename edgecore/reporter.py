@@ -2,8 +2,13 @@
 
 The reconciler tells the reporter every pod's current status (it is the
 reconciler's `StatusSink`); the reporter keeps what it last told the cloud (in
-memory and in the cache) and batches only the differences into one `Report`
-every `batch_s`. Each report gets the next seq, and the outbox entry, the seq
+memory and in the cache) and sends only the differences. A change that someone
+waits for goes out at once (issue 16): a pod's phase, pod-level reason,
+readiness or revision differs from what the cloud was told, or the pod is gone,
+or it is new and not merely Pending. Everything else (pull progress, a message
+text, restart counts within a phase, a new pod's first Pending) waits up to
+`batch_s` so that bursts share one report; an urgent change flushes whatever is
+waiting with it. Each report gets the next seq, and the outbox entry, the seq
 bump and the "last reported" statuses are written in ONE synced transaction
 before the link may publish it; the link resends the outbox until ReportAck.
 
@@ -26,6 +31,7 @@ A full disk (the outbox write raises `CacheError`, e.g. ENOSPC) is temporary:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -49,6 +55,22 @@ def _comparable(status: PodStatus) -> dict[str, Any]:
     return value
 
 
+# What an operator, `fedctl wait` or a rollout waits for: a change in any of these is
+# reported at once rather than batched.
+_URGENT_FIELDS = ("phase", "reason", "ready", "revision")
+
+
+def urgent(old: dict[str, Any] | None, new: dict[str, Any] | None) -> bool:
+    """Whether the change from `old` (what the cloud knows; None: nothing) to `new`
+    (None: the pod is gone) must be reported without waiting for the batch window."""
+    if new is None:
+        return old is not None
+    if old is None:  # a new pod: its first Pending/ContainerCreating can wait
+        return (new.get("phase", "Pending") != "Pending"
+                or new.get("reason") not in (None, "ContainerCreating"))
+    return any(old.get(f) != new.get(f) for f in _URGENT_FIELDS)
+
+
 class Reporter:
     def __init__(
         self, *, node: str, cache: Cache, desired: Callable[[], EdgeDesired],
@@ -69,6 +91,8 @@ class Reporter:
         self._reported: dict[str, dict[str, Any]] = cache.reported_statuses()
         self._pending: dict[str, dict[str, Any] | None] = {}
         self._event = asyncio.Event()
+        self._urgent = asyncio.Event()  # something in _pending must not wait for batch_s
+        self.urgent_flushes = 0  # reports sent before their batch window ended
         self._send_node_status = True
         self.acked = acked
         """Highest seq the cloud acked in this process (the link's ReportAck watermark)."""
@@ -103,6 +127,8 @@ class Reporter:
             return
         self._pending[key] = value
         self._event.set()
+        if urgent(self._reported.get(key), value):
+            self._urgent.set()
 
     @property
     def pending(self) -> int:
@@ -113,7 +139,12 @@ class Reporter:
         await self.flush()
         while True:
             await self._event.wait()
-            await asyncio.sleep(self.batch_s)
+            if not self._urgent.is_set():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.batch_s):
+                        await self._urgent.wait()
+                if self._urgent.is_set():
+                    self.urgent_flushes += 1
             await self.flush()
             if self._failed:
                 # Not persisted (disk full): retry with backoff, not every batch_s.
@@ -124,6 +155,7 @@ class Reporter:
     async def flush(self) -> int | None:
         """Persist one report with everything pending; returns its seq (None: nothing to say)."""
         self._event.clear()
+        self._urgent.clear()
         self._failed = False
         if not self._pending and not self._send_node_status:
             return None

@@ -10,6 +10,13 @@ exited, else at least every `resync_s` (a full resync, whatever happened); a
 runtime without `state_token` gets a full pass every `interval_s`. It never
 needs the network.
 
+A pass woken by a new desired set while nothing else is due reuses the listing
+of the last full pass instead of asking the runtime again (no `crun list` on the
+start path, issue 16) when that listing still holds: the state token has not
+moved since (no container exited) and no pod to be synced has had work since it
+was taken (`_dirty`; a pod's work marks it, a completed removal leaves it clean
+and empty). Otherwise the pass lists, as before.
+
 Per pod, in its own task (a slow image pull of one pod never holds up another;
 a pod whose previous work is still running is skipped this pass):
 - containers of another revision are stopped and removed, then the new ones
@@ -173,6 +180,12 @@ class Reconciler:
         self._last_full: float | None = None  # clock() of the last pass
         self._last_token: object = None
         self._deferred = False  # the last pass left pods in flight: pass again
+        # The last full listing (pod key -> its containers), the token read before it,
+        # and the pods whose containers may have changed since (module docstring).
+        self._listing: dict[str, list[ContainerState]] | None = None
+        self._listing_token: object = None
+        self._dirty: set[str] = set()
+        self.cached_passes = 0  # passes that reused the last listing
         self.clock = clock  # wall clock: records with due times outlive the process
         self.passes = 0
         self._wake = asyncio.Event()
@@ -201,8 +214,9 @@ class Reconciler:
             while True:
                 woken = self._wake.is_set()
                 self._wake.clear()
-                if woken or self._pass_needed():
-                    await self.reconcile_once(wait=False)
+                needed = self._pass_needed()
+                if woken or needed:
+                    await self.reconcile_once(wait=False, reuse_listing=not needed)
                 else:
                     self.skipped += 1
                 with contextlib.suppress(TimeoutError):
@@ -246,28 +260,45 @@ class Reconciler:
         soonest = min(due, default=now + self.interval_s) - now
         return max(0.05, min(self.interval_s, soonest + 0.01))
 
-    async def reconcile_once(self, *, wait: bool = True) -> None:
-        """One pass over every pod; with `wait`, returns when all of its pod work is done."""
+    async def reconcile_once(self, *, wait: bool = True, reuse_listing: bool = False) -> None:
+        """One pass over every pod; with `wait`, returns when all of its pod work is done.
+
+        `reuse_listing`: the last full listing may stand in for `runtime.list()` if it
+        still holds for every pod this pass would sync (module docstring)."""
         self.passes += 1
         await self._retry_unpersisted()
         desired = self.desired()
-        token = self._token()  # before the list: an exit during it shows next time
-        try:
-            actual = await self.runtime.list()
-        except ContainerRuntimeError as exc:
-            # Without the actual state, any action could be wrong: skip the pass.
-            log.warning("reconcile pass skipped: cannot list containers: %s", exc)
-            self._deferred = True
-            return
-        groups: dict[str, list[ContainerState]] = {}
-        for st in actual:
-            pod = st.annotations.get(ANN_POD)
-            if pod:  # containers without our annotation are not ours to touch
-                groups.setdefault(pod, []).append(st)
         wanted = self._parse(desired)
-        keys = set(wanted)
         # A set we never received (fresh cache) is not "delete everything".
-        if desired.epoch is not None or desired.gen > 0:
+        everything = desired.epoch is not None or desired.gen > 0
+        token = self._token()  # before the list: an exit during it shows next time
+        groups = self._listing if reuse_listing else None
+        if groups is not None:
+            keys = set(wanted) | (set(groups) | set(self._records) if everything else set())
+            if (token is None or token != self._listing_token
+                    or (keys - set(self._inflight)) & self._dirty):
+                groups = None
+        listed = groups is None
+        if not listed:
+            self.cached_passes += 1
+        else:
+            self._dirty = set(self._inflight)  # their work may change what we list now
+            self._listing = None  # a removal ending during the list must not clean its pod
+            try:
+                actual = await self.runtime.list()
+            except ContainerRuntimeError as exc:
+                # Without the actual state, any action could be wrong: skip the pass.
+                log.warning("reconcile pass skipped: cannot list containers: %s", exc)
+                self._deferred = True
+                return
+            groups = {}
+            for st in actual:
+                pod = st.annotations.get(ANN_POD)
+                if pod:  # containers without our annotation are not ours to touch
+                    groups.setdefault(pod, []).append(st)
+            self._listing, self._listing_token = groups, token
+        keys = set(wanted)
+        if everything:
             keys |= set(groups) | set(self._records)
             if self.volumes is not None and self.passes % 12 == 1:
                 # Pod dirs left by a crash between container removal and cleanup.
@@ -277,7 +308,8 @@ class Reconciler:
             if self.network is not None and self.passes % 12 == 1:
                 for gone in await self.network.sweep(keys | set(self._inflight)):
                     log.info("removed the leftover network of %s", gone)
-        self._last_full, self._last_token = self.clock(), token
+        if listed:  # a pass on a reused listing is no resync
+            self._last_full, self._last_token = self.clock(), token
         self._deferred = False
         started: list[asyncio.Task[None]] = []
         for key in sorted(keys):
@@ -386,11 +418,14 @@ class Reconciler:
         items: dict[str, Any],
     ) -> None:
         """Converge one pod; never raises (except cancellation): errors become its status."""
+        self._dirty.add(key)  # the last listing no longer tells this pod's containers
         try:
             if want is None:
                 await self._remove_pod(key, states)
+                self._cleared(key)
             elif isinstance(want, Exception):
                 await self._stop_remove(states)
+                self._cleared(key)
                 self.sink.update(key, PodStatus(
                     phase="Failed", reason="InvalidSpec", node_name=self.node,
                     message=f"desired value of {key} is not a valid pod: {_msg(want)}"))
@@ -403,6 +438,12 @@ class Reconciler:
             self.sink.update(key, PodStatus(
                 phase="Unknown", reason="ReconcileError", message=_msg(exc), node_name=self.node,
                 revision=None if not isinstance(want, PodEntry) else want.revision))
+
+    def _cleared(self, key: str) -> None:
+        """Every container of `key` is gone: the last listing holds again for it."""
+        if self._listing is not None:
+            self._listing.pop(key, None)
+            self._dirty.discard(key)
 
     async def _remove_pod(self, key: str, states: list[ContainerState]) -> None:
         if states:

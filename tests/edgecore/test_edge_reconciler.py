@@ -443,3 +443,72 @@ async def test_a_full_disk_does_not_fail_pods_and_records_are_written_later(
     world.clock.t += 1.0
     await world.step()
     assert key not in world.cache.pod_records()
+
+
+class TokenRuntime(FakeRuntime):
+    """The fake with crun's cheap exit token and a count of listings."""
+
+    exits = 0
+    lists = 0
+
+    def state_token(self) -> int:
+        return self.exits
+
+    async def list(self):  # type: ignore[no-untyped-def]
+        self.lists += 1
+        return await super().list()
+
+    def exit(self, cid: str, code: int | None, **kw: Any) -> None:  # type: ignore[override]
+        self.exits += 1
+        super().exit(cid, code, **kw)
+
+
+async def test_a_new_pod_after_a_quiet_spell_starts_without_listing(tmp_path: Path) -> None:
+    """Issue 16: no `crun list` on the start path when the last listing still holds;
+    a listing is taken again once the token moved or a pod to sync has had work."""
+    import asyncio
+
+    w = World(tmp_path)
+    rt = w.runtime = TokenRuntime(clock=w.clock)
+    w.rec = Reconciler(node=NODE, runtime=rt, cache=w.cache, desired=lambda: w.desired,
+                       sink=w.sink, clock=w.clock, interval_s=3600, resync_s=3600)
+    task = asyncio.create_task(w.rec.run())
+
+    async def settle() -> None:
+        for _ in range(200):
+            await asyncio.sleep(0.002)
+            if not w.rec._inflight and not w.rec._wake.is_set():
+                return
+
+    try:
+        await settle()
+        assert rt.lists == 1  # the first pass lists
+        a, b, c = pod("a"), pod("b"), pod("c")
+        w.set(a)
+        w.rec.wake()
+        await settle()
+        assert w.status(a[0]).phase == "Running" and rt.lists == 1
+        assert w.rec.cached_passes == 1
+        w.set(a, b)  # a has had work since the listing: list again (a is synced too)
+        w.rec.wake()
+        await settle()
+        assert w.status(b[0]).phase == "Running" and rt.lists == 2
+        assert rt.ops("run").count(("run", cid("a", a[1]))) == 1  # never started twice
+        w.set(a, b, c)  # b has had work since the second listing
+        w.rec.wake()
+        await settle()
+        assert rt.lists == 3
+        w.set(a, b)  # a removal leaves its pod clean (and empty) in the listing
+        w.rec.wake()
+        await settle()
+        assert w.sink.latest[c[0]] is None and rt.lists == 4
+        rt.exit(cid("a", a[1]), 1)  # an exit moves the token: a woken pass lists
+        w.set(a)
+        w.rec.wake()
+        await settle()
+        assert rt.lists == 5
+        assert w.sink.latest[b[0]] is None and w.status(a[0]).container_statuses[0].state
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        w.cache.close()

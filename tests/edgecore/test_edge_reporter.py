@@ -110,3 +110,68 @@ def test_mem_total(tmp_path: Path) -> None:
     f.write_text("MemTotal:        2048 kB\nMemFree: 1 kB\n")
     assert mem_total_bytes(f) == 2048 * 1024
     assert mem_total_bytes(tmp_path / "missing") == 0
+
+
+PENDING = PodStatus(phase="Pending", reason="ContainerCreating", container_statuses=[
+    ContainerStatus(name="main", state="waiting", reason="ContainerCreating")])
+
+
+def test_which_changes_are_urgent() -> None:
+    from edgecore.reporter import _comparable, urgent
+
+    pending, running = _comparable(PENDING), _comparable(RUNNING)
+    assert not urgent(None, pending)  # a new pod's first Pending can wait
+    assert urgent(None, running) and urgent(pending, running) and urgent(running, None)
+    pulling = _comparable(PodStatus(phase="Pending", reason="ContainerCreating",
+                                    message="pulling x (10 s)"))
+    assert not urgent(pending, pulling)  # progress text only
+    backoff = _comparable(PodStatus(phase="Pending", reason="ImagePullBackOff", message="m"))
+    assert urgent(pending, backoff) and urgent(None, backoff)
+    unready = _comparable(PodStatus(phase="Running", ready=False, container_statuses=[
+        ContainerStatus(name="main", state="running", ready=False)]))
+    assert urgent(running, unready)
+    assert urgent(running, _comparable(PodStatus(phase="Running", revision="r2",
+                                                 container_statuses=RUNNING.container_statuses)))
+    restarted = _comparable(PodStatus(phase="Running", container_statuses=[
+        ContainerStatus(name="main", state="running", ready=True, restart_count=1)]))
+    assert not urgent(running, restarted)
+    assert not urgent(None, None)
+
+
+async def test_running_is_reported_at_once_and_progress_waits(tmp_path: Path) -> None:
+    """A pod's Running must not wait for the batch window its Pending opened (issue 16):
+    with a 60 s window, Running still reaches the outbox at once; a message-only change
+    waits for the window."""
+    import asyncio
+
+    with Cache(tmp_path / "c") as cache:
+        kicks: list[int] = []
+        r = Reporter(node=NODE, cache=cache, desired=lambda: EdgeDesired(epoch="E", gen=4),
+                     node_status=lambda: {"arch": "amd64"}, kick=lambda: kicks.append(1),
+                     batch_s=60.0, clock=lambda: 123.0)
+        task = asyncio.create_task(r.run())
+        try:
+            async def outbox_len(n: int) -> None:
+                async with asyncio.timeout(5):
+                    while len(reports(cache)) < n:
+                        await asyncio.sleep(0.005)
+
+            await outbox_len(1)  # node status
+            r.update("pod/a/x", PENDING)  # opens the window
+            await asyncio.sleep(0.05)
+            assert len(reports(cache)) == 1
+            r.update("pod/a/x", RUNNING)
+            await outbox_len(2)
+            (_, second) = reports(cache)
+            assert second.pods["pod/a/x"]["phase"] == "Running"
+            assert r.urgent_flushes == 1
+            r.update("pod/a/x", PodStatus(phase="Running", container_statuses=[
+                ContainerStatus(name="main", state="running", ready=True, restart_count=1)]))
+            await asyncio.sleep(0.1)
+            assert len(reports(cache)) == 2  # waits for the batch window
+            r.update("pod/a/x", None)  # gone: at once, with the waiting change folded in
+            await outbox_len(3)
+            assert reports(cache)[2].pods == {"pod/a/x": None}
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
