@@ -84,6 +84,39 @@ def host_platform(machine: str | None = None) -> tuple[str, str | None]:
 # or "... in image index for architecture ..." (OCI indexes).
 _NO_MANIFEST = re.compile(r"no image found in (manifest list|image index) for architecture")
 _ENOSPC = "no space left on device"
+# Why a skopeo/umoci call failed, in the words a user acts on; tried in order against
+# its output (docs/edgecore.md: an ImagePullBackOff message says the cause first).
+_CAUSES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
+    (re.compile(pattern, re.IGNORECASE), cause) for pattern, cause in (
+        (r"manifest unknown", "manifest unknown: the registry has no such tag or digest"),
+        (r"name unknown|repository name not known",
+         "name unknown: the registry has no such repository"),
+        (r"server gave HTTP response to HTTPS client",
+         "the registry answered plain HTTP to HTTPS: list it in --insecure-registry"),
+        (r"connection refused", "connection refused by the registry"),
+        (r"no such host|server misbehaving|Temporary failure in name resolution",
+         "the registry's host name does not resolve"),
+        (r"unauthorized|authentication required|requested access to the resource is denied",
+         "the registry refused access (unauthorized)"),
+        (r"x509:", "the registry's TLS certificate is not trusted"),
+        (r"i/o timeout|deadline exceeded|TLS handshake timeout",
+         "the registry did not answer in time"),
+        (r"network is unreachable|no route to host", "the registry is unreachable"),
+    ))
+_SKOPEO_MSG = re.compile(r'level=(?:fatal|error) msg="((?:[^"\\]|\\.)*)"')
+
+
+def failure_cause(text: str) -> str:
+    """The cause of a failed skopeo/umoci call in a few words: a known one, else the
+    tool's own last message (skopeo's `msg="..."`), else its last line."""
+    for pattern, cause in _CAUSES:
+        if pattern.search(text):
+            return cause
+    found = _SKOPEO_MSG.findall(text)
+    if found:
+        return found[-1].replace('\\"', '"')[-300:]
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1][-300:] if lines else "no output"
 
 _REF_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]*$")
 _REF_NAME = "org.opencontainers.image.ref.name"
@@ -440,7 +473,7 @@ class ImageStore:
         if _ENOSPC in text.lower():
             free = await asyncio.to_thread(self._free_bytes)
             raise self._disk_error(what, free, enospc=True)
-        raise error(f"{what}: {describe(argv, res)}")
+        raise error(f"{what}: {failure_cause(text)} ({describe(argv, res)})")
 
     # -- usage records, listing and garbage collection ---------------------
 
