@@ -313,8 +313,10 @@ def _http_error(exc: urllib.error.HTTPError, *, name: str) -> str:
     if exc.code == 401:
         return f"join token rejected: {message} (ask an admin: fedctl token create)"
     if exc.code == 409:
-        return (f"name {name!r} is taken: {message} (pick another --name, or "
-                f"fedctl node delete {name})")
+        # A cloud that already says how to free the name gets no second copy of the hint.
+        hint = ("" if "fedctl node delete" in message
+                else f" (pick another --name, or fedctl node delete {name})")
+        return f"name {name!r} is taken: {message}{hint}"
     if exc.code == 422:
         return f"invalid join request: {message}"
     return f"cloudcore answered HTTP {exc.code}: {message}"

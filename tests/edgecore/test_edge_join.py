@@ -82,6 +82,7 @@ def test_join_writes_config_and_run_uses_it(cloud: Cloud, tmp_path: Path, capsys
     err = capsys.readouterr().err
     assert rc == 1 and err.count("\n") == 1
     assert "name 'edge-7' is taken" in err and "already joined" in err
+    assert err.count("fedctl node delete") == 1  # the hint once (issue 16)
     assert not (tmp_path / "edge-b").exists()
 
 
