@@ -107,6 +107,9 @@ class _Scan:
     in_flight: int = 0  # updated, node Ready, not yet healthy, not failed
     healthy: int = 0  # updated, available, reported since the update
     new_failures: int = 0  # pods found failed in this pass
+    # No rollout under way: pods on Ready nodes that are not available and whose status
+    # says why they will not become so by themselves (ImagePullBackOff, ...).
+    stuck: list[tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -354,6 +357,10 @@ class Rollouts:
                 sc.ready += 1
             sc.available += available
             if not moving:
+                if not available and node_ready and rev is not None:
+                    why = failure(pod, rev)
+                    if why is not None:
+                        sc.stuck.append((k[1], why))
                 continue
             if where is None:  # a replica placed nowhere runs nothing: no risk, no gate
                 if not is_update:
@@ -469,7 +476,18 @@ class Rollouts:
         strategy = strategy_of(ds)
         total, offline, failed = scan.total, scan.offline, len(st.failed)
         not_ready = f", {offline} on nodes that are not Ready" if offline else ""
-        if hold is None:
+        if hold is None and scan.stuck:
+            # The template went everywhere, but pods on Ready nodes report that they
+            # cannot run it (issue 16: all in ImagePullBackOff said Complete).
+            stuck = sorted(scan.stuck)
+            why = "; ".join(f"{name}: {text}" for name, text in stuck[:3])
+            more = f" (and {len(stuck) - 3} more)" if len(stuck) > 3 else ""
+            rollout = RolloutStatus(
+                phase="Progressing", failed=len(stuck), offline=offline,
+                message=(f"{scan.available} of {total} pods available at revision "
+                         f"{update.revision}{not_ready}; {len(stuck)} failing: {why}{more}")
+                [:1000])
+        elif hold is None:
             rollout = RolloutStatus(
                 phase="Complete", offline=offline,
                 message=(f"{scan.available} of {total} pods available at revision "

@@ -465,3 +465,25 @@ def test_failed_pods_are_remembered_across_a_restart() -> None:
     again.tick()  # the second failure is over the threshold
     assert again.status().rollout.phase == "RolledBack"
     assert again.updated(r2) == set()
+
+
+def test_a_daemonset_whose_pods_cannot_pull_is_not_complete() -> None:
+    """Issue 16: every pod in ImagePullBackOff made a first apply `Complete`."""
+    w = World(3)
+    w.apply(daemonset(args=["v1"]))
+    for n in w.names:
+        pod = w.pods()[n]
+        key = (pod.metadata.namespace, pod.metadata.name)
+        w.fleet.pod_statuses(n, {pod_key(*key): {
+            "phase": "Pending", "reason": "ImagePullBackOff", "revision": w.desired_revision(n),
+            "message": "pull x: manifest unknown", "containerStatuses": [
+                {"name": "main", "state": "waiting", "reason": "ImagePullBackOff",
+                 "message": "pull x: manifest unknown"}]}})
+    w.tick()
+    st = w.status()
+    assert st.rollout.phase == "Progressing" and st.rollout.failed == 3
+    assert "3 failing" in st.rollout.message and "manifest unknown" in st.rollout.message
+    assert st.number_available == 0
+    w.report_all()  # fixed (e.g. the image was pushed): Running everywhere
+    w.tick()
+    assert (w.status().rollout.phase, w.status().number_available) == ("Complete", 3)
