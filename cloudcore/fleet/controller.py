@@ -187,6 +187,8 @@ class Fleet:
         self.listener: Callable[[set[str]], None] | None = None
         self._bound: dict[Key, str] = {}  # pod -> node whose desired set holds it
         self._on_node: dict[str, set[Key]] = {}
+        self._lost: dict[Key, PodStatus] = {}  # last reported status of pods marked not ready
+        self._node_lost: set[str] = set()  # nodes whose pods were marked NodeLost
         self._pending: set[Key] = set()
         self._entries: dict[Key, dict[str, Any]] = {}  # cached desired-set values
         self._refs: dict[Key, set[str]] = {}  # pod -> configmap/secret keys it mounts
@@ -731,7 +733,56 @@ class Fleet:
         node.status.last_seen = self.clock()
         if node.status.ready != "Ready":
             self._set_ready(node, "Ready", "NodeReported", "the agent reported")
+            self._pods_back(name)
         self._save_node(name)
+
+    # -- pods of nodes that are not Ready (Kubernetes: MarkPodsNotReady, NodeLost) --------
+    # The node's last reported statuses are kept aside in memory and put back when it
+    # reports again (the agent sends only changes, so it will not repeat them); a pod the
+    # node reports meanwhile simply takes the new status. Lost on a cloud restart: such a
+    # pod then shows NodeLost until its status next changes on the node.
+
+    def _pods_not_ready(self, name: str, *, lost_for: float | None = None) -> None:
+        """The pods on `name` are not ready (its node is NotReady); with `lost_for`
+        (seconds NotReady), also phase Unknown, reason NodeLost."""
+        for pk in sorted(self._on_node.get(name, ())):
+            pod = self.pods.get(pk)
+            if pod is None or pod.status.node_name != name:
+                continue  # never reported: nothing to take back
+            was = self._lost.setdefault(pk, pod.status)
+            update: dict[str, Any] = {"ready": False, "container_statuses": [
+                c.model_copy(update={"ready": False}) for c in pod.status.container_statuses]}
+            if lost_for is not None:
+                update.update(phase="Unknown", reason="NodeLost", message=(
+                    f"node {name} has been NotReady for {lost_for:.0f}s; last reported "
+                    f"{was.phase}" + (f" ({was.reason})" if was.reason else "")))
+            status = pod.status.model_copy(update=update)
+            if status != pod.status:
+                pod.status = status
+                self._save_pod(pk)
+                self.rollouts.touch(pod.metadata.annotations.get(naming.OWNER))
+
+    def _pods_back(self, name: str) -> None:
+        """`name` reports again: its pods get back what it last reported."""
+        for pk in sorted(self._on_node.get(name, ())):
+            was = self._lost.pop(pk, None)
+            pod = self.pods.get(pk)
+            if was is not None and pod is not None and pod.status.node_name == name:
+                pod.status = was
+                self._save_pod(pk)
+                self.rollouts.touch(pod.metadata.annotations.get(naming.OWNER))
+        self._node_lost.discard(name)
+
+    def _mark_lost(self) -> None:
+        """Pods of nodes NotReady for longer than the eviction timeout: NodeLost."""
+        now = self.eviction.clock()
+        for name, node in self.nodes.items():
+            since = self.eviction.not_ready_since(name)
+            if (node.status.ready != "NotReady" or since is None or name in self._node_lost
+                    or now - since < self.eviction.timeout):
+                continue
+            self._node_lost.add(name)
+            self._pods_not_ready(name, lost_for=now - since)
 
     def mark_not_ready(self, name: str, *, reason: str, message: str) -> bool:
         node = self.nodes.get(name)
@@ -761,6 +812,7 @@ class Fleet:
                 ignored += 1
                 continue
             status.node_name = name
+            self._lost.pop(pk, None)  # reported afresh: nothing to put back
             self._pod_events(pk, pod.status, status)
             pod.status = status
             self._save_pod(pk)
@@ -860,6 +912,7 @@ class Fleet:
             if self.mark_not_ready(name, reason="NodeStatusUnknown",
                                    message=f"no report for {window:g}s"):
                 out.append(name)
+        self._mark_lost()
         self.eviction.run()  # same tick: replicas whose toleration ran out move
         if self.rollouts.tick():  # and rollouts take their next step
             self._retry_pending()
@@ -1289,6 +1342,8 @@ class Fleet:
         # NodeStatus has no conditions list (yet); the transition is logged instead.
         log.info("node %s is %s: %s (%s)", node.metadata.name, ready, message, reason)
         self.eviction.observe(node.metadata.name, ready)
+        if ready == "NotReady":
+            self._pods_not_ready(node.metadata.name)
 
 
 # -- helpers ----------------------------------------------------------------------------

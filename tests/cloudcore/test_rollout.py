@@ -487,3 +487,30 @@ def test_a_daemonset_whose_pods_cannot_pull_is_not_complete() -> None:
     w.report_all()  # fixed (e.g. the image was pushed): Running everywhere
     w.tick()
     assert (w.status().rollout.phase, w.status().number_available) == ("Complete", 3)
+
+
+def test_pods_of_a_node_not_ready_are_not_ready_then_node_lost() -> None:
+    """Issue 16: pods on a node NotReady for 9 minutes showed `Running 1/1 ready` and
+    counted as available. As in Kubernetes: not ready at once, Unknown/NodeLost after
+    the eviction timeout, and what the node reported comes back when it reports again."""
+    w = World(2)
+    w.fleet.eviction.clock = w.clock
+    w.apply(daemonset(args=["v1"]))
+    w.report_all()
+    w.tick()
+    assert w.status().number_available == 2
+    lost = w.pods()["n01"]
+    w.fleet.mark_not_ready("n01", reason="NodeStatusUnknown", message="no report for 90s")
+    assert lost.status.ready is False and lost.status.phase == "Running"
+    assert not any(c.ready for c in lost.status.container_statuses)
+    w.tick()
+    assert (w.status().number_ready, w.status().number_available) == (1, 1)
+    w.tick(w.fleet.eviction.timeout + 1)
+    assert (lost.status.phase, lost.status.reason) == ("Unknown", "NodeLost")
+    assert "n01 has been NotReady" in (lost.status.message or "")
+    assert "last reported Running" in (lost.status.message or "")
+    assert w.pods()["n02"].status.phase == "Running"
+    w.fleet.mark_ready("n01")  # it reports again (a heartbeat: no pod statuses)
+    assert (lost.status.phase, lost.status.ready, lost.status.reason) == ("Running", True, None)
+    w.tick()
+    assert w.status().number_available == 2
