@@ -158,6 +158,10 @@ def _run_flags(run: argparse.ArgumentParser) -> None:
                      choices=("privileged", "baseline", "restricted"),
                      help="the most this agent runs, whatever level the cloud admitted a pod "
                           "under (privileged: the cloud's level decides)")
+    run.add_argument("--metrics-file", type=Path, default=None, metavar="PATH",
+                     help="the agent's counters, Prometheus text format (STATE/metrics.prom)")
+    run.add_argument("--metrics-interval", type=float, default=10.0, metavar="SECONDS",
+                     help="seconds between rewrites of the metrics file (10)")
     run.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (INFO)")
 
 
@@ -209,6 +213,7 @@ def settings_from_args(args: argparse.Namespace) -> AgentSettings:
         image_gc_interval_s=args.image_gc_interval,
         image_gc_max_unused_s=args.image_gc_max_unused,
         image_gc_min_free_bytes=args.image_gc_min_free_mib * 1024 * 1024,
+        metrics_file=args.metrics_file, metrics_interval_s=args.metrics_interval,
         pod_cidr=args.pod_cidr, pod_bridge=args.pod_bridge, policy_cap=args.policy_cap,
     )
     if node_key is None:

@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from edgecore import metrics
 from edgecore.backoff import Backoff, jittered
 from edgecore.cache import Cache
 from edgecore.cache.check import open_checked
@@ -154,6 +155,9 @@ class Agent:
                     ("imagegc", self._image_gc(runtime, reconciler)),
                     ("requests", requests.run()),
                     ("certrenew", self._renew_certificate(link, keys)),
+                    ("metrics", metrics.run(
+                        s.metrics_path, node=s.node, interval=s.metrics_interval_s,
+                        collect=lambda: metrics.samples(link.stats, sync.stats))),
                 ):
                     tg.create_task(coro, name=f"edgecore[{s.node}].{name}")
         finally:

@@ -151,6 +151,12 @@ class AgentSettings:
     """IPv4 range of the pod network; the bridge takes its first address."""
     pod_bridge: str = "edgefed0"
     """Name of the pod network's bridge (at most 15 characters)."""
+    metrics_file: Path | None = None
+    """The agent's counters in the Prometheus text format, rewritten every
+    metrics_interval_s (None: `state_dir/metrics.prom`). Point node_exporter's
+    textfile collector at its directory, or at a symlink to it."""
+    metrics_interval_s: float = 10.0
+    """Seconds between rewrites of the metrics file."""
     policy_cap: str = "privileged"
     """The most this agent runs whatever a pod entry says it was admitted under:
     privileged (trust the cloud's level), baseline or restricted."""
@@ -187,6 +193,10 @@ class AgentSettings:
     def podnet_dir(self) -> Path:
         """The pod network's IPAM (ipam.json)."""
         return self.state_dir / "podnet"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.metrics_file or self.state_dir / "metrics.prom"
 
     @property
     def pods_dir(self) -> Path:
@@ -233,6 +243,7 @@ class AgentSettings:
             raise ConfigError(f"not an IPv4 range: {exc}", field="pod_cidr") from None
         if net.version != 4 or net.prefixlen > 28:
             raise ConfigError("must be an IPv4 range of /28 or larger", field="pod_cidr")
+        _range("metrics_interval_s", self.metrics_interval_s, 0.1, 3600)
         _range("mqtt_keepalive_s", self.mqtt_keepalive_s, 5, 65535)
         _range("reconnect_initial_s", self.reconnect_initial_s, 0.01, 3600)
         if self.reconnect_max_s is not None:

@@ -7,8 +7,8 @@ credentials), a node (its own broker credentials and node key, read from its sta
 dir), and a client with broker access (the fleet's test probe: a broker listener of
 its own where user `probe` may read and write every topic, which is what a broker
 admin or a compromised broker has). Each refusal is checked where it is counted:
-cloudcore's `/metrics`, the agent's log (its `LinkStats`), the broker's log, or the
-HTTP status the API answers.
+cloudcore's `/metrics`, the agent's metrics file (`edgecore_messages_refused_total`,
+edgecore.metrics), the broker's log, or the HTTP status the API answers.
 
 edge-1 is the victim, edge-2 the malicious node, edge-3 the node whose gen is forged.
 """
@@ -55,7 +55,8 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
                    and not Path(f"/usr/sbin/{b}").exists()]:
         pytest.fail(f"missing system packages: {missing} (make test installs them)")
     f = Fleet(FleetSettings(nodes=3, workdir=tmp_path_factory.mktemp("attacks"),
-                            heartbeat_s=1.0, broker_probe=True))
+                            heartbeat_s=1.0, broker_probe=True,
+                            agent_args=("--metrics-interval", "0.3")))
     f.start()
     try:
         f.wait_nodes_ready(timeout=60)
@@ -191,27 +192,27 @@ def probe(f: Fleet) -> dict[str, Any]:
     return {**f.probe_mqtt(), "timeout": 10}
 
 
-def fresh_log(f: Fleet, a: Agent) -> int:
-    """Restart an agent so its log shows the next refusal (the agent logs each kind of
-    dropped message once a minute; its LinkStats counters are not exported) and return
-    where its log stands."""
-    mark = len(agent_log(a))
-    a.proc.stop()
-    a.proc.start()
-    f.wait(lambda: "mqtt link up" in agent_log(a)[mark:], timeout=30,
-           what=f"{a.name} reconnected")
-    f.wait_nodes_ready(timeout=30)
-    return len(agent_log(a))
+def agent_metric(a: Agent, name: str, **labels: str) -> float:
+    """A counter from the agent's own metrics file (edgecore.metrics, Prometheus text)."""
+    try:
+        text = (a.state_dir / "metrics.prom").read_text()
+    except FileNotFoundError:
+        return 0.0
+    want = [f'{k}="{v}"' for k, v in labels.items()]
+    for line in text.splitlines():
+        if line.startswith(name + "{") and all(w in line for w in want):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
 
 
-def wait_log(a: Agent, needle: str, *, since: int, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if needle in agent_log(a)[since:]:
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"{a.name} never logged {needle!r}; its log:\n"
-                         f"{agent_log(a)[since:][-3000:]}")
+def wait_refused(f: Fleet, a: Agent, reason: str, *, above: float, timeout: float = 15) -> None:
+    """Until the agent's edgecore_messages_refused_total{reason} exceeds `above`."""
+    f.wait(lambda: agent_metric(a, "edgecore_messages_refused_total", reason=reason) > above,
+           timeout=timeout, what=f"{a.name} counts a refused message ({reason})")
+
+
+def refused(a: Agent, reason: str) -> float:
+    return agent_metric(a, "edgecore_messages_refused_total", reason=reason)
 
 
 def exec_in(f: Fleet, pod: str, *argv: str) -> subprocess.CompletedProcess[str]:
@@ -311,14 +312,14 @@ def test_a_node_cannot_get_another_node_to_accept_a_message(fleet: Fleet) -> Non
     # edge-1 verifies with its key and drops it (counted: LinkStats.auth_failed, logged)
     k2 = node_keys(fleet, "edge-2")
     forged = seal.seal(k2.down, topics.down("edge-1"), codec.encode(evil))
-    mark = fresh_log(fleet, victim)
+    bad0 = refused(victim, "auth_failed")
     asyncio.run(publish(probe(fleet), topics.down("edge-1"), [forged]))
-    wait_log(victim, "message tag does not verify", since=mark)
+    wait_refused(fleet, victim, "auth_failed", above=bad0)
     # 3. edge-1's own up-direction tag reflected back down does not verify either
     k1 = node_keys(fleet, "edge-1")
     reflected = seal.seal(k1.up, topics.down("edge-1"), codec.encode(evil))
     asyncio.run(publish(probe(fleet), topics.down("edge-1"), [reflected]))
-    time.sleep(1)
+    wait_refused(fleet, victim, "auth_failed", above=bad0 + 1)
     assert agent_state(victim)[1] == gen
     assert "evil" not in agent_log(victim)[mark:].replace("pod/default/evil", "")
 
@@ -327,7 +328,7 @@ def test_a_node_cannot_get_another_node_to_accept_a_message(fleet: Fleet) -> Non
 
 def test_forged_exec_is_refused_and_a_genuine_one_cannot_be_replayed(fleet: Fleet) -> None:
     victim = fleet.agent("edge-1")
-    mark = fresh_log(fleet, victim)
+    bad0 = refused(victim, "auth_failed")
     marker = "/tmp/pwned-" + uuid.uuid4().hex[:8]
     req = codec.Request(node="edge-1", id=uuid.uuid4().hex, kind="exec", pod="pod/default/web-1",
                         argv=["sh", "-c", f"id > {marker}; cat /etc/db/password >> {marker}"],
@@ -336,8 +337,7 @@ def test_forged_exec_is_refused_and_a_genuine_one_cannot_be_replayed(fleet: Flee
     wrong = seal.seal(seal.NodeKeys.derive(seal.new_node_key()).down, topics.down("edge-1"),
                       inner)
     asyncio.run(publish(probe(fleet), topics.down("edge-1"), [inner, wrong]))
-    wait_log(victim, "message tag does not verify", since=mark)
-    time.sleep(1)
+    wait_refused(fleet, victim, "auth_failed", above=bad0 + 1)  # both: no tag, wrong key
     assert exec_in(fleet, "web-1", "test", "-e", marker).returncode == 1, "the forged exec ran"
 
     # a genuine exec, captured on the wire by the broker-access client, then replayed:
@@ -351,8 +351,9 @@ def test_forged_exec_is_refused_and_a_genuine_one_cannot_be_replayed(fleet: Flee
     wire = asyncio.run(receive(probe(fleet), topics.down("edge-1"), within=4, trigger=genuine))
     reqs = [p for p in wire if _is_exec(p)]
     assert reqs, "captured no exec request"
+    replays0 = refused(victim, "replayed_request")
     asyncio.run(publish(probe(fleet), topics.down("edge-1"), reqs * 2))
-    time.sleep(2)
+    wait_refused(fleet, victim, "replayed_request", above=replays0 + 1)
     r = exec_in(fleet, "web-1", "cat", counter)
     assert r.returncode == 0, r.stderr
     assert r.stdout == "x\n", f"the replayed exec ran again: {r.stdout!r}"
@@ -368,7 +369,7 @@ def _is_exec(payload: bytes) -> bool:
 
 def test_forged_and_altered_desired_sets_are_refused(fleet: Fleet) -> None:
     victim = fleet.agent("edge-1")
-    mark = fresh_log(fleet, victim)
+    bad0 = refused(victim, "auth_failed")
     epoch, _ = agent_state(victim)  # the epoch is visible on the wire (sniffed)
     marker = Path("/tmp") / f"hostpath-pwned-{uuid.uuid4().hex[:8]}"
     evil_pod = {"apiVersion": "v1", "kind": "Pod",
@@ -393,8 +394,8 @@ def test_forged_and_altered_desired_sets_are_refused(fleet: Fleet) -> None:
     altered = bytearray(desired[0])
     altered[len(altered) // 2] ^= 0x01
     asyncio.run(publish(probe(fleet), topics.down("edge-1"), [bytes(altered)]))
-    wait_log(victim, "message tag does not verify", since=mark)
-    time.sleep(2)
+    wait_refused(fleet, victim, "auth_failed", above=bad0 + 2)  # unsealed, made up, altered
+    time.sleep(1)
     assert not marker.exists(), "the forged hostPath pod wrote to the host"
     assert "evil" not in {c.id.split("_")[0] for c in _containers(victim)}
     assert agent_state(victim)[1] < 1_000_000
