@@ -293,15 +293,29 @@ class PodNetwork:
         return rc == 0 and f" {ip}/" in out
 
     async def _create(self, netns: str, veth: str, ip: str) -> None:
-        # A half-made namespace (agent killed mid-way) is replaced whole.
-        await self._ipcmd("netns", "del", netns, check=False)
-        await self._ipcmd("link", "del", veth, check=False)
-        await self._ipcmd("netns", "add", netns)
+        """Two `ip` processes on the start path (issue 16): one batch in this namespace
+        (the netns, the veth pair, onto the bridge), one in the pod's (addresses, route).
+        Leftovers are cleared first only when there are any: a half-made namespace
+        (agent killed mid-way) is replaced whole, and a veth whose namespace is still
+        being torn down by the kernel makes the first attempt fail and be retried."""
+        clean = not (self.netns_dir / netns).exists()
+        for attempt in (1, 2):
+            if not clean:
+                await self._ipcmd("netns", "del", netns, check=False)
+                await self._ipcmd("link", "del", veth, check=False)
+            try:
+                await self._ipbatch([
+                    f"netns add {netns}",
+                    f"link add {veth} type veth peer name eth0 netns {netns}",
+                    f"link set {veth} master {self.bridge} up",
+                ])
+                break
+            except NetworkError:
+                if attempt == 2:
+                    await self._ipcmd("netns", "del", netns, check=False)
+                    raise
+                clean = False
         try:
-            await self._ipbatch([
-                f"link add {veth} type veth peer name eth0 netns {netns}",
-                f"link set {veth} master {self.bridge} up",
-            ])
             await self._ipbatch([
                 "link set lo up",
                 f"addr add {ip}/{self.net.prefixlen} dev eth0",

@@ -370,3 +370,13 @@ async def test_pod_network_ipam_clash_and_sweep(podnet: PodNetwork) -> None:
     # The freed address is handed out again (lowest free).
     assert (await podnet.attach("pod/default/d")).ip == a.ip
     assert oct((podnet.state_dir).stat().st_mode & 0o777) == "0o700"
+    # A veth left behind without its namespace (a namespace the kernel is still
+    # tearing down, or a crash): the fast two-batch create fails once and is redone.
+    netns_e, veth_e = podnet._names("pod/default/e")
+    subprocess.run(["ip", "link", "add", veth_e, "type", "veth", "peer", "name",
+                    f"{veth_e[:10]}p"], check=True)
+    e = await podnet.attach("pod/default/e")
+    assert Path(e.netns).exists()
+    out = subprocess.run(["ip", "-n", netns_e, "-o", "-4", "addr", "show", "dev", "eth0"],
+                         capture_output=True, text=True, check=True).stdout
+    assert f" {e.ip}/" in out
