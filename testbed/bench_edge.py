@@ -4,9 +4,14 @@ Prints, on this machine, with a real fleet of one node (mosquitto, registry,
 cloudcore, one agent in its network namespace):
 
 1. apply -> Running: seconds from `POST /api/v1/apply` of one busybox pod (image
-   already pulled) until the API shows it Running, against a bare `crun run
-   --detach` of a bundle of the same shape (the pod's own config.json, read-only
-   rootfs of the same image, own cgroup); median of N runs and the ratio.
+   already pulled) until the API shows it Running, each apply from a quiet state
+   (the previous pod removed and `--quiet-s` without anything happening, so no
+   report batch window is open and the reconciler's periodic pass has run), with
+   the pod network and with hostNetwork; min / median / p90 / max of `--runs`,
+   beside a bare `crun run --detach` of a bundle of the same shape (the pod's own
+   config.json, read-only rootfs of the same image, own cgroup) and the agent's own
+   stages read from its log (desired applied, the runtime's image / rootfs / overlay
+   / config / create / start, and the rest: report, MQTT, cloud, API poll).
 2. edgecore RSS (VmRSS, at the end of the idle window) and idle CPU (% of one core
    over --idle-s seconds, from utime+stime in /proc/PID/stat; separately
    cutime+cstime, the crun processes it spawned) with 0 and with 20 running pods.
@@ -31,6 +36,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import statistics
@@ -48,42 +54,107 @@ HEAVY = ("onnxruntime", "fastapi", "uvicorn", "numpy")
 CLOUD_ONLY = ("pydantic", "pydantic_core")  # shared.models: the cloud's and the CLI's schema
 
 
-def pod(name: str, image: str, labels: dict[str, str] | None = None) -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "labels": labels or {"bench": "one"}},
-            "spec": {"containers": [{"name": "main", "image": image,
-                                     "command": ["sleep", "3600"]}]}}
+BENCH_NS = "bench-host"  # privileged namespace: hostNetwork pods are beyond baseline
 
 
-def phase(f: Fleet, name: str) -> str | None:
+def pod(name: str, image: str, labels: dict[str, str] | None = None, *,
+        host_network: bool = False) -> dict[str, Any]:
+    spec: dict[str, Any] = {"terminationGracePeriodSeconds": 1,
+                            "containers": [{"name": "main", "image": image,
+                                            "command": ["sleep", "3600"]}]}
+    meta: dict[str, Any] = {"name": name, "labels": labels or {"bench": "one"}}
+    if host_network:
+        spec["hostNetwork"] = True
+        meta["namespace"] = BENCH_NS
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec}
+
+
+def namespace(name: str, level: str) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Namespace", "metadata": {
+        "name": name, "labels": {"pod-security.kubernetes.io/enforce": level}}}
+
+
+def dist(times: list[float]) -> str:
+    """min / median / p90 / max in ms."""
+    xs = sorted(t * 1000 for t in times)
+    p90 = xs[min(len(xs) - 1, max(0, -(-9 * len(xs) // 10) - 1))]
+    return (f"min {xs[0]:.0f} / median {statistics.median(xs):.0f} / p90 {p90:.0f} / "
+            f"max {xs[-1]:.0f} ms (n={len(xs)})")
+
+
+def load() -> str:
+    return "load average " + " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def phase(f: Fleet, name: str, ns: str = "default") -> str | None:
     try:
-        return f.get(f"/api/v1/pods/default/{name}").get("status", {}).get("phase")
+        return f.get(f"/api/v1/pods/{ns}/{name}").get("status", {}).get("phase")
     except OSError:
         return None
 
 
-def apply_to_running(f: Fleet, name: str) -> float:
-    t0 = time.perf_counter()
-    f.apply([pod(name, f.image)])
-    while phase(f, name) != "Running":
+def apply_to_running(f: Fleet, name: str, *, host_network: bool = False) -> tuple[float, float]:
+    """Seconds from the apply until the API shows the pod Running; and time.time() of
+    the apply (to line it up with the agent's log)."""
+    ns = BENCH_NS if host_network else "default"
+    wall, t0 = time.time(), time.perf_counter()
+    f.apply([pod(name, f.image, host_network=host_network)])
+    while phase(f, name, ns) != "Running":
         if time.perf_counter() - t0 > 120:
             raise TimeoutError(f"pod {name} not Running after 120 s")
-        time.sleep(0.005)
-    return time.perf_counter() - t0
+        time.sleep(0.002)
+    return time.perf_counter() - t0, wall
 
 
-def delete_pod(f: Fleet, name: str) -> None:
-    f.delete(f"/api/v1/pods/default/{name}")
-    f.wait(lambda: not _containers_of(f, name), timeout=60, what=f"{name} removed")
+def delete_pod(f: Fleet, name: str, *, host_network: bool = False) -> None:
+    ns = BENCH_NS if host_network else "default"
+    f.delete(f"/api/v1/pods/{ns}/{name}")
+    f.wait(lambda: not _containers_of(f, name, ns), timeout=60, what=f"{name} removed")
+
+
+_LOG_TS = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) ")
+_STARTED = re.compile(r"started (\S+) in ([0-9.]+) ms \((.*) ms\)")
+
+
+def _log_time(line: str) -> float | None:
+    m = _LOG_TS.match(line)
+    if m is None:
+        return None
+    return time.mktime(time.strptime(m.group(1), "%Y-%m-%d %H:%M:%S")) + int(m.group(2)) / 1000
+
+
+def agent_stages(log_text: str, name: str, applied_at: float) -> dict[str, float] | None:
+    """The agent's stages for pod `name` applied at `applied_at` (ms; log times are
+    to the millisecond): apply -> desired applied, reconciler before the runtime, the
+    runtime's own stages."""
+    desired_at = None
+    for line in log_text.splitlines():
+        at = _log_time(line)
+        if at is None or at < applied_at - 0.002:
+            continue
+        if desired_at is None and "applied desired" in line:
+            desired_at = at
+        m = _STARTED.search(line)
+        if m and f"_{name}_" in m.group(1) and desired_at is not None:
+            total = float(m.group(2))
+            out = {"apply->desired applied": (desired_at - applied_at) * 1000,
+                   "reconciler before run()": (at - desired_at) * 1000 - total}
+            for part in m.group(3).split(", "):
+                k, v = part.rsplit(" ", 1)
+                out[f"runtime {k}"] = float(v)
+            out["runtime total"] = total
+            out["_done_at"] = (at - applied_at) * 1000
+            return out
+    return None
 
 
 def _runtime_root(f: Fleet) -> Path:
     return f.agents[0].state_dir / "runtime"
 
 
-def _containers_of(f: Fleet, name: str) -> list[str]:
+def _containers_of(f: Fleet, name: str, ns: str = "default") -> list[str]:
     bundles = _runtime_root(f) / "bundles"
-    return [p.name for p in bundles.iterdir() if p.name.startswith(f"default_{name}_")]
+    return [p.name for p in bundles.iterdir() if p.name.startswith(f"{ns}_{name}_")]
 
 
 def bare_crun(f: Fleet, template_cid: str, runs: int) -> list[float]:
@@ -293,7 +364,11 @@ def isolation_figures(workdir: Path, runs: int) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--runs", type=int, default=5, help="apply->Running and crun samples")
+    ap.add_argument("--runs", type=int, default=20, help="apply->Running and crun samples")
+    ap.add_argument("--quiet-s", type=float, default=6.0,
+                    help="quiet time before each apply (over the reconciler's 5 s interval)")
+    ap.add_argument("--start-only", action="store_true",
+                    help="only the apply->Running figures (no idle, isolation, install)")
     ap.add_argument("--pods", type=int, default=20, help="pods for the loaded idle figure")
     ap.add_argument("--idle-s", type=float, default=60.0, help="CPU measuring window")
     ap.add_argument("--settle-s", type=float, default=15.0, help="wait before measuring")
@@ -315,21 +390,49 @@ def main() -> None:
     try:
         f.wait_nodes_ready(timeout=60)
         # Warm-up: pulls and unpacks the image once, so runs measure starts only.
-        warm = apply_to_running(f, "warmup")
+        warm = apply_to_running(f, "warmup")[0]
         template = _containers_of(f, "warmup")[0]
         print(f"warm-up (image pull included): {warm:.2f} s", flush=True)
         bare = bare_crun(f, template, args.runs)
         delete_pod(f, "warmup")
-        ours = []
-        for i in range(args.runs):
-            ours.append(apply_to_running(f, f"bench-{i}"))
-            delete_pod(f, f"bench-{i}")
-        med_ours, med_bare = statistics.median(ours), statistics.median(bare)
-        print(f"apply -> Running (median of {args.runs}): {med_ours * 1000:.0f} ms "
-              f"[{', '.join(f'{t * 1000:.0f}' for t in ours)}]")
-        print(f"bare crun run --detach (median of {args.runs}): {med_bare * 1000:.0f} ms "
-              f"[{', '.join(f'{t * 1000:.0f}' for t in bare)}]")
-        print(f"ratio: {med_ours / med_bare:.1f}x", flush=True)
+        f.apply([namespace(BENCH_NS, "privileged")])
+        apply_to_running(f, "warmup-host", host_network=True)
+        delete_pod(f, "warmup-host", host_network=True)
+        log_path = f.workdir / "logs" / f"{f.agents[0].name}.log"
+        print(f"apply -> Running from a quiet state ({args.quiet_s:g} s before each apply), "
+              f"{args.runs} runs each; {load()}", flush=True)
+        results: dict[str, tuple[list[float], list[dict[str, float]]]] = {}
+        for label, host in (("pod network", False), ("hostNetwork", True)):
+            times, stages = [], []
+            for i in range(args.runs):
+                time.sleep(args.quiet_s)
+                name = f"bench-{'h' if host else 'n'}{i}"
+                took, wall = apply_to_running(f, name, host_network=host)
+                times.append(took)
+                st = agent_stages(log_path.read_text(errors="replace"), name, wall)
+                if st is not None:
+                    st["_took"] = took * 1000
+                    stages.append(st)
+                delete_pod(f, name, host_network=host)
+            results[label] = (times, stages)
+        med_bare = statistics.median(bare)
+        print(f"  bare crun run --detach:  {dist(bare)}")
+        for label, (times, stages) in results.items():
+            med = statistics.median(times)
+            print(f"  apply -> Running, {label}: {dist(times)}; median - bare "
+                  f"{(med - med_bare) * 1000:+.0f} ms, p90 - bare "
+                  f"{(sorted(times)[-(-9 * len(times) // 10) - 1] - med_bare) * 1000:+.0f} ms")
+            print(f"    [{', '.join(f'{t * 1000:.0f}' for t in times)}]")
+            if stages:
+                keys = [k for k in stages[0] if not k.startswith("_")]
+                parts = [f"{k} {statistics.median(s[k] for s in stages if k in s):.1f}"
+                         for k in keys]
+                rest = statistics.median(s["_took"] - s["_done_at"] for s in stages)
+                print(f"    agent stages (median ms of {len(stages)}): {', '.join(parts)}; "
+                      f"after run(): report, MQTT, cloud, API poll {rest:.1f}")
+        print(f"  {load()}", flush=True)
+        if args.start_only:
+            return
 
         pid = agent_pid(f)
         time.sleep(args.settle_s)
