@@ -2,11 +2,16 @@
 
 Storage (preallocated once, no reallocation as nodes join and leave):
 
-- `values` float32 [capacity, 2, 60]: one row per node, cpu and memory. The ring is
-  indexed by TIME, not per node: minute t lives in column t % 60 for every node.
-  So the window ending at minute `now` is the same rotation of columns for all
-  rows, and gathering 100,000 windows is two strided copies instead of 100,000
-  differently rotated ones.
+- `values` float32 [capacity, 2, 75]: one row per node, cpu and memory. The ring is
+  indexed by TIME, not per node: minute t lives in column t % 75 for every node, so
+  the window ending at minute `now` is the same rotation of columns for all rows, and
+  gathering 100,000 windows is a few strided copies. 75 = the 60 minutes a forecast
+  reads + the 15 it predicts: the ring also holds, at every minute, the newest
+  training examples of the online learner (context now-74..now-15, targets
+  now-14..now; `training_sample`).
+- `level` float64 [capacity, 2]: the node's level m, an exponentially weighted mean
+  of its history up to `last` (half-life `online.LEVEL_HALF_LIFE`), a feature of the
+  online heads; updated with every new minute (carried-forward ones included).
 - `first`/`last` int64 [capacity]: first and newest minute of the node's current
   history (-1 = free row); `gaps` int64: minutes filled by carrying the last value
   forward; a name -> row dict and a free-list of rows.
@@ -27,12 +32,16 @@ seen (or the given one, if later). A node that has not reported up to `now` has 
 last value carried forward to `now`, in the gathered copy only. Then, by the number
 of minutes of history it has up to `now`:
 
-- >= 60: the model (method MODEL);
-- 10..59: the model on the window padded backwards with its earliest value (PADDED);
+- >= 60: the long head on the 60-minute window (method MODEL);
+- 10..59: the short head on the last 10 minutes (SHORT), a path fitted and
+  calibrated for short windows (no padding);
 - < 10, or no report for `stale_after_minutes`: no model; p50 = last value and
   p90 = the peak of what it has (FALLBACK or STALE). Callers see the flag.
 
-All MODEL and PADDED rows go to onnxruntime in ONE call.
+Both heads are served by the online graph (`session.OnlineModel`) with the weights
+the `OnlineLearner` has published (the shipped prior until it has learned): one
+onnxruntime call for the MODEL rows, one for the SHORT rows. `training_sample` cuts
+the learner's examples at `now`; it never reads a minute after `now`.
 """
 
 from __future__ import annotations
@@ -46,16 +55,27 @@ from pathlib import Path
 import numpy as np
 
 from cloudcore.forecaster.errors import CapacityExceeded
-from cloudcore.forecaster.session import CONTEXT, HORIZON, RESOURCES, OnnxModel
+from cloudcore.forecaster.online import (
+    LEVEL_HALF_LIFE,
+    LONG,
+    SHORT,
+    OnlineLearner,
+    OnlineSettings,
+    Sample,
+)
+from cloudcore.forecaster.session import CONTEXT, HORIZON, RESOURCES, OnlineModel
 
-MIN_POINTS_FOR_MODEL = 10
+MIN_POINTS_FOR_MODEL = SHORT
+RING = CONTEXT + HORIZON
+ALPHA = 1.0 - 0.5 ** (1.0 / LEVEL_HALF_LIFE)  # of the per-node level (an EWMA)
 
 
 class Method(IntEnum):
     """How a node's forecast was made."""
 
-    MODEL = 0  # the model on a full 60-minute window
-    PADDED = 1  # the model on 10..59 minutes, padded with the earliest value
+    MODEL = 0  # the long head on a full 60-minute window
+    SHORT = 1  # the short head on the last 10 minutes (10..59 minutes of history)
+    PADDED = 1  # the name of SHORT before the short head existed
     FALLBACK = 2  # too little history: p50 = last value, p90 = peak seen
     STALE = 3  # no report for stale_after_minutes: same as FALLBACK
 
@@ -116,7 +136,7 @@ class Forecast:
 
 
 class Forecaster:
-    """Keeps the last 60 minutes of every node and forecasts the next 15 for all."""
+    """Keeps the last 75 minutes of every node and forecasts the next 15 for all."""
 
     def __init__(
         self,
@@ -124,24 +144,29 @@ class Forecaster:
         *,
         capacity_nodes: int,
         stale_after_minutes: int = 15,
+        online: OnlineSettings | None = None,
+        seed: int = 0,
     ) -> None:
         if capacity_nodes < 1:
             raise ValueError(f"capacity_nodes must be >= 1, got {capacity_nodes}")
         if not 1 <= stale_after_minutes <= CONTEXT:
             raise ValueError(
                 f"stale_after_minutes must be within 1..{CONTEXT}, got {stale_after_minutes}")
-        self._model = OnnxModel(model_path)
+        self._model = OnlineModel(model_path)
+        self.learner = OnlineLearner(self._model.prior(), online)
+        self._rng = np.random.default_rng(seed)  # which nodes the learner samples
         self.capacity = capacity_nodes
         self.stale_after = stale_after_minutes
-        self.values = np.zeros((capacity_nodes, RESOURCES, CONTEXT), np.float32)
+        self.values = np.zeros((capacity_nodes, RESOURCES, RING), np.float32)
         self.first = np.full(capacity_nodes, -1, np.int64)
         self.last = np.full(capacity_nodes, -1, np.int64)
         self.gaps = np.zeros(capacity_nodes, np.int64)
+        self.level = np.zeros((capacity_nodes, RESOURCES), np.float64)
         self._names = np.empty(capacity_nodes, dtype=object)
         self._row: dict[str, int] = {}
         # free rows, lowest on top so a fleet without churn stays packed in [0, n)
         self._free = list(range(capacity_nodes - 1, -1, -1))
-        self._xbuf = np.empty((0, RESOURCES, CONTEXT), np.float32)  # reused model input
+        self._xbuf = np.empty(0, np.float32)  # reused model input
         self._now = -1
         self._placed = self._late_placed = self._late_dropped = 0
         self._invalid = self._restarts = 0
@@ -176,7 +201,7 @@ class Forecaster:
     def nbytes(self) -> int:
         """Bytes of the preallocated arrays (not counting the name index)."""
         return int(self.values.nbytes + self.first.nbytes + self.last.nbytes
-                   + self.gaps.nbytes + self._names.nbytes)
+                   + self.gaps.nbytes + self.level.nbytes + self._names.nbytes)
 
     # ---- ingestion --------------------------------------------------------------
     def observe(self, node: str, ts_minute: int, cpu: float, mem: float) -> bool:
@@ -201,18 +226,22 @@ class Forecaster:
                 self._restarts += 1
             self.first[row] = t
             self.last[row] = t
+            self.level[row] = (cpu, mem)
         elif t > last:
             if t - last > 1:  # carry the last value forward over the gap
-                cols = np.arange(last + 1, t) % CONTEXT
-                vals[:, cols] = vals[:, last % CONTEXT][:, None]
+                cols = np.arange(last + 1, t) % RING
+                vals[:, cols] = vals[:, last % RING][:, None]
                 self.gaps[row] += t - last - 1
+                keep = (1.0 - ALPHA) ** (t - last - 1)
+                self.level[row] = keep * self.level[row] + (1.0 - keep) * vals[:, last % RING]
             self.last[row] = t
+            self.level[row] += ALPHA * (np.array((cpu, mem)) - self.level[row])
         elif t < last:
             if t <= last - CONTEXT or t < self.first[row]:
                 self._late_dropped += 1
                 return False
             self._late_placed += 1
-        c = t % CONTEXT
+        c = t % RING
         vals[0, c] = cpu
         vals[1, c] = mem
         self._placed += 1
@@ -234,9 +263,10 @@ class Forecaster:
         ok[ok] = self.last[rows[ok]] == t - 1
         ok &= np.isfinite(cpu) & np.isfinite(mem)
         fast = rows[ok]
-        c = t % CONTEXT
-        self.values[fast, 0, c] = np.clip(cpu[ok], 0.0, 1.0)
-        self.values[fast, 1, c] = np.clip(mem[ok], 0.0, 1.0)
+        c = t % RING
+        v = np.clip(np.stack([cpu[ok], mem[ok]], axis=1), 0.0, 1.0)
+        self.values[fast, :, c] = v
+        self.level[fast] += ALPHA * (v - self.level[fast])
         self.last[fast] = t
         stored = len(fast)
         self._placed += stored
@@ -248,29 +278,34 @@ class Forecaster:
 
     # ---- forecasting ------------------------------------------------------------
     def predict(self, *, now_minute: int | None = None) -> Forecast:
-        """Forecasts every known node with one batched model call (see module doc)."""
+        """Forecasts every known node with one batched call per head (see module doc)."""
         now = self._now if now_minute is None else max(int(now_minute), self._now)
         rows = np.flatnonzero(self.last >= 0)
         n = len(rows)
-        # one fresh [n, 2, 15, 2] result per call (a Forecast must not change under its
+        # one fresh [2, n, 2, 15] result per call (a Forecast must not change under its
         # holder when the next one is made); onnxruntime writes into it directly, and
-        # p50/p90 are views of its last axis
-        y = np.empty((n, RESOURCES, HORIZON, 2), np.float32)
+        # p50/p90 are views of it
+        y = np.empty((RESOURCES, n, 2, HORIZON), np.float32)
         lag = now - self.last[rows]
         points = np.minimum(now - self.first[rows] + 1, CONTEXT)
-        method = np.where(points >= CONTEXT, Method.MODEL, Method.PADDED).astype(np.uint8)
+        method = np.where(points >= CONTEXT, Method.MODEL, Method.SHORT).astype(np.uint8)
         method[points < MIN_POINTS_FOR_MODEL] = Method.FALLBACK
         method[lag >= self.stale_after] = Method.STALE
-        use_model = method <= Method.PADDED
-        sel = np.flatnonzero(use_model)
-        if len(sel) == n:  # the usual case: every node has history, no scatter needed
-            self._model.run(self._windows(rows, now, lag, points), out=y)
-        elif len(sel):
-            x = self._windows(rows[sel], now, lag[sel], points[sel])
-            y[sel] = self._model.run(x, out=np.empty((len(sel), RESOURCES, HORIZON, 2),
-                                                     np.float32))
-        p50, p90 = y[..., 0], y[..., 1]
-        rest = np.flatnonzero(~use_model)
+        for m, length in ((Method.MODEL, LONG), (Method.SHORT, SHORT)):
+            sel = np.flatnonzero(method == m)
+            if not len(sel):
+                continue
+            wt = self.learner.weights(length)
+            x = self._windows(rows[sel], now, lag[sel], length)
+            lv = self.level[rows[sel]].T[:, :, None].astype(np.float32)
+            if len(sel) == n:  # the usual case: every node alike, no scatter needed
+                self._model.run(x, lv, wt, out=y)
+            else:
+                y[:, sel] = self._model.run(
+                    x, lv, wt, out=np.empty((RESOURCES, len(sel), 2, HORIZON), np.float32))
+        p50 = y[:, :, 0].transpose(1, 0, 2)
+        p90 = y[:, :, 1].transpose(1, 0, 2)
+        rest = np.flatnonzero(method >= Method.FALLBACK)
         if len(rest):
             last_v, peak = self._last_and_peak(rows[rest])
             p50[rest] = last_v[..., None]
@@ -279,50 +314,68 @@ class Forecaster:
                         points=points, gaps=self.gaps[rows].copy(),
                         newest=self.last[rows].copy())
 
+    def training_sample(self, *, now_minute: int | None = None,
+                        max_nodes: int | None = None) -> Sample:
+        """The online learner's examples at `now` (default: the newest minute seen):
+        of nodes that reported minute `now`, up to `max_nodes` (random subset)
+        75-minute windows (60 context + 15 target minutes, all <= now) and, of nodes
+        with 25..74 minutes of history, 25-minute ones (10 + 15). Copies."""
+        now = self._now if now_minute is None else int(now_minute)
+        cap = self.learner.settings.sample_nodes if max_nodes is None else max_nodes
+        rows = np.flatnonzero((self.last == now) & (self.first >= 0))
+        points = now - self.first[rows] + 1
+        out = []
+        for length, ok in ((RING, points >= RING),
+                           (SHORT + HORIZON, (points >= SHORT + HORIZON) & (points < RING))):
+            r = rows[ok]
+            if len(r) > cap:
+                r = np.sort(self._rng.choice(r, cap, replace=False))
+            x = self._windows(r, now, np.zeros(len(r), np.int64), length).copy()
+            # the level at the end of the context (minute now - 15), undone from the level
+            # at now: level_now = (1-A)^15 level_u + A sum_k (1-A)^k x[now - k]
+            k = (1.0 - ALPHA) ** np.arange(HORIZON)[::-1]  # oldest target minute first
+            recent = x[..., -HORIZON:].astype(np.float64) @ k  # [2, m]
+            lv = (self.level[r].T - ALPHA * recent) / (1.0 - ALPHA) ** HORIZON
+            out += [x, lv[:, :, None].astype(np.float32)]
+        return Sample(long=out[0], short=out[2], long_level=out[1], short_level=out[3])
+
     def _last_and_peak(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Newest value and peak of each row's own stored minutes, [m, 2] each."""
+        """Newest value and peak of each row's own stored minutes of the last hour,
+        [m, 2] each."""
         last = self.last[rows][:, None]
-        cols = np.arange(CONTEXT)[None, :]
-        minute = last - (last - cols) % CONTEXT  # the minute each column holds
-        valid = minute >= self.first[rows][:, None]
+        cols = np.arange(RING)[None, :]
+        minute = last - (last - cols) % RING  # the minute each column holds
+        valid = (minute >= self.first[rows][:, None]) & (minute > last - CONTEXT)
         v = self.values[rows]
         peak = np.where(valid[:, None, :], v, -np.inf).max(axis=2).astype(np.float32)
-        return v[np.arange(len(rows)), :, (last[:, 0] % CONTEXT)], peak
+        return v[np.arange(len(rows)), :, (last[:, 0] % RING)], peak
 
-    def _windows(
-        self, rows: np.ndarray, now: int, lag: np.ndarray, points: np.ndarray,
-    ) -> np.ndarray:
-        """The windows ending at `now` of `rows`, oldest first, as one contiguous
-        float32 [len(rows), 2, 60]; carried forward to `now` and padded backwards.
-        It is a view of a buffer reused by the next call (grown when the fleet grows),
-        so no 100k-row array is allocated and page-faulted in on every forecast."""
-        c0 = (now + 1) % CONTEXT  # column of minute now - 59
-        k = CONTEXT - c0
+    def _windows(self, rows: np.ndarray, now: int, lag: np.ndarray, length: int) -> np.ndarray:
+        """The `length`-minute windows ending at `now` of `rows`, oldest first, as one
+        C-contiguous float32 [2, len(rows), length] (resource-major, as the graph reads
+        them), carried forward to `now`. A view of a buffer reused by the next call
+        (grown when needed), so no 100k-row array is allocated per forecast."""
         m = len(rows)
-        if len(self._xbuf) < m:
-            self._xbuf = np.empty((min(self.capacity, max(m, 2 * len(self._xbuf))),
-                                   RESOURCES, CONTEXT), np.float32)
-        x = self._xbuf[:m]
-        if len(rows) and rows[-1] - rows[0] + 1 == len(rows):  # packed: plain slices
+        need = RESOURCES * m * length
+        if self._xbuf.size < need:
+            self._xbuf = np.empty(max(need, 2 * self._xbuf.size), np.float32)
+        x = self._xbuf[:need].reshape(RESOURCES, m, length)
+        c0 = (now - length + 1) % RING  # column of the oldest minute
+        k = min(length, RING - c0)  # columns before the ring wraps
+        if m and rows[-1] - rows[0] + 1 == m:  # packed: plain slices
             src = self.values[rows[0] : rows[-1] + 1]
         else:  # holes left by nodes that went: whole-row copies first (fast memcpy)
             src = np.take(self.values, rows, axis=0)
-        x[..., :k] = src[..., c0:]
-        x[..., k:] = src[..., :c0]
+        for r in range(RESOURCES):
+            x[r, :, :k] = src[:, r, c0 : c0 + k]
+            if k < length:
+                x[r, :, k:] = src[:, r, : length - k]
         behind = np.flatnonzero(lag > 0)
         if len(behind):  # carry forward: positions after the newest point = newest value
-            j = np.arange(CONTEXT)
-            lb = lag[behind]
-            newest = x[behind, :, CONTEXT - 1 - lb]  # [m, 2]
-            xb = x[behind]
-            x[behind] = np.where(j[None, None, :] > (CONTEXT - 1 - lb)[:, None, None],
-                                 newest[:, :, None], xb)
-        short = np.flatnonzero(points < CONTEXT)
-        if len(short):  # pad backwards: positions before the earliest point = earliest
-            j = np.arange(CONTEXT)
-            start = CONTEXT - points[short]
-            earliest = x[short, :, start]  # [m, 2]
-            xs = x[short]
-            x[short] = np.where(j[None, None, :] < start[:, None, None],
-                                earliest[:, :, None], xs)
+            j = np.arange(length)
+            lb = np.minimum(lag[behind], length - 1)
+            newest = x[:, behind, length - 1 - lb]  # [2, b]
+            xb = x[:, behind]
+            x[:, behind] = np.where(j[None, None, :] > (length - 1 - lb)[None, :, None],
+                                    newest[:, :, None], xb)
         return x

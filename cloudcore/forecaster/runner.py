@@ -6,6 +6,13 @@ callback (`Fleet.apply_forecasts`). Before that, `origins` (the scheduler's
 `Scheduler.forecast_made`) learns each node's forecast origin: the start, in Unix
 seconds, of the newest minute the node reported, so placements made since still
 count against the node. `run()` is the `cloudcore.forecaster` task.
+
+Online learning: each tick also cuts the learner's examples at that minute
+(`Forecaster.training_sample`, a copy of at most `online.sample_nodes` windows, made
+on the event loop so it never races `observe`); `run()` then hands them to a worker
+thread (`asyncio.to_thread(learn_pending)`), so fitting and calibrating never hold
+the event loop. The new weights serve from the next tick on. `run()` awaits the learning before it
+sleeps again, so batches never queue up.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from pathlib import Path
 
 from cloudcore.forecaster.core import Forecaster
 from cloudcore.forecaster.errors import CapacityExceeded, ForecasterError
+from cloudcore.forecaster.online import OnlineSettings, Sample
 
 log = logging.getLogger("cloudcore.forecaster")
 
@@ -29,8 +37,10 @@ class ForecastRunner:
                  apply: Callable[[Results], None],
                  known: Callable[[], Container[str]] = lambda: (),
                  clock: Callable[[], float] = time.time,
-                 origins: Callable[[dict[str, float]], None] | None = None) -> None:
-        self.forecaster = Forecaster(model_path, capacity_nodes=capacity_nodes)
+                 origins: Callable[[dict[str, float]], None] | None = None,
+                 online: OnlineSettings | None = None) -> None:
+        self.forecaster = Forecaster(model_path, capacity_nodes=capacity_nodes, online=online)
+        self._pending: Sample | None = None
         self.apply = apply
         self.origins = origins
         self.known = known
@@ -69,7 +79,16 @@ class ForecastRunner:
         if self.origins is not None:
             self.origins(origin)
         self.apply(out)
+        if self.forecaster.learner.settings.enabled:
+            self._pending = self.forecaster.training_sample(now_minute=fc.now)
         return out
+
+    def learn_pending(self) -> None:
+        """Learns from the examples the last tick cut (thread-safe against ticks: the
+        sample is a copy and the weights are swapped in whole)."""
+        sample, self._pending = self._pending, None
+        if sample is not None:
+            self.forecaster.learner.learn(sample)
 
     async def run(self, interval: float) -> None:
         while True:
@@ -78,3 +97,5 @@ class ForecastRunner:
                 self.tick(now_minute=int(self.clock() // 60))
             except ForecasterError as exc:
                 log.error("forecast failed: %s", exc)
+                continue
+            await asyncio.to_thread(self.learn_pending)

@@ -18,6 +18,7 @@ import numpy as np
 import onnxruntime as ort
 
 from cloudcore.forecaster.errors import InferenceError, ModelLoadError
+from cloudcore.forecaster.online import Weights
 
 CONTEXT = 60
 HORIZON = 15
@@ -72,3 +73,74 @@ class OnnxModel:
             return out
         except Exception as exc:
             raise InferenceError(f"forecast batch of {len(x)} failed: {exc}") from exc
+
+
+class OnlineModel:
+    """The online forecaster graph (`models/forecaster_online.onnx`, built by
+    `models/online.py`): weights are inputs, so the heads learned in cloudcore are served
+    by onnxruntime; the shipped prior weights are outputs of the same file.
+
+        inputs   x [2, batch, L] (resource-major windows, oldest first), m [2, batch, 1]
+                 (each node's level), w1 [2, L, 30], w2 [2, 3, 30] (`online.Weights`;
+                 L = 60 or 10: one head each)
+        outputs  y [2, batch, 2, 15] (axis 2: p50, p90; in 0..1);
+                 prior_w60 [2, 61, 15], prior_q60 [2, 15], prior_w10 [2, 11, 15],
+                 prior_q10 [2, 15] (the prior in the normalised form of
+                 `cloudcore.forecaster.online.Head`)
+    """
+
+    INPUTS = ("x", "m", "w1", "w2")
+    PRIORS = ("prior_w60", "prior_q60", "prior_w10", "prior_q10")
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = str(path)
+        if not Path(path).is_file():
+            raise ModelLoadError("model file not found", path=self.path)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 1
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            self._sess = ort.InferenceSession(self.path, opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own unexported types
+            raise ModelLoadError(f"onnxruntime cannot load it: {exc}", path=self.path) from exc
+        ins = [i.name for i in self._sess.get_inputs()]
+        outs = [o.name for o in self._sess.get_outputs()]
+        if ins != list(self.INPUTS) or outs[:1] != ["y"] or not set(self.PRIORS) <= set(outs):
+            raise ModelLoadError(
+                f"not an online forecaster graph: inputs {ins} (want {list(self.INPUTS)}), "
+                f"outputs {outs} (want y and {list(self.PRIORS)})", path=self.path)
+        self._binding = self._sess.io_binding()
+
+    def prior(self) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """The shipped prior per window length: (normalised weights [2, L, 15], q [2, 15])."""
+        z = np.zeros((RESOURCES, 1, 10), np.float32)
+        feeds = {"x": z, "m": np.zeros((RESOURCES, 1, 1), np.float32),
+                 "w1": np.zeros((RESOURCES, 10, 2 * HORIZON), np.float32),
+                 "w2": np.zeros((RESOURCES, 3, 2 * HORIZON), np.float32)}
+        try:
+            w60, q60, w10, q10 = self._sess.run(list(self.PRIORS), feeds)
+        except Exception as exc:
+            raise ModelLoadError(f"cannot read the prior: {exc}", path=self.path) from exc
+        return {60: (np.asarray(w60), np.asarray(q60)), 10: (np.asarray(w10), np.asarray(q10))}
+
+    def run(self, x: np.ndarray, m: np.ndarray, wt: Weights, out: np.ndarray) -> np.ndarray:
+        """One batched call; x C-contiguous float32 [2, B, L], m [2, B, 1], the head's
+        weights; the result is written into `out` (C-contiguous float32 [2, B, 2, 15])."""
+        try:
+            if not (x.flags.c_contiguous and out.flags.c_contiguous and x.dtype == np.float32
+                    and out.dtype == np.float32
+                    and out.shape == (RESOURCES, x.shape[1], QUANTILES, HORIZON)):
+                raise ValueError("x and out must be C-contiguous float32 [2, B, L] and "
+                                 "[2, B, 2, 15]")
+            bd = self._binding
+            bd.bind_cpu_input("x", x)
+            bd.bind_cpu_input("m", np.ascontiguousarray(m, np.float32))
+            bd.bind_cpu_input("w1", wt.w1)
+            bd.bind_cpu_input("w2", wt.w2)
+            bd.bind_output("y", "cpu", 0, np.float32, list(out.shape), out.ctypes.data)
+            self._sess.run_with_iobinding(bd)
+            return out
+        except Exception as exc:
+            raise InferenceError(f"forecast batch of {x.shape[1]} failed: {exc}") from exc

@@ -15,6 +15,8 @@ from cloudcore.forecaster import (
     ModelLoadError,
     default_model_path,
 )
+from cloudcore.forecaster.core import RING
+from cloudcore.forecaster.online import reference
 
 
 def make(capacity: int = 16) -> Forecaster:
@@ -30,7 +32,7 @@ def window(fc: Forecaster, node: str) -> np.ndarray:
     """The stored ring of a node, oldest first, ending at its last minute (test helper)."""
     row = fc._row[node]
     last = int(fc.last[row])
-    cols = np.arange(last - 59, last + 1) % 60
+    cols = np.arange(last - 59, last + 1) % RING
     return fc.values[row][:, cols]
 
 
@@ -63,7 +65,7 @@ def test_nodes_join_and_leave_and_rows_are_reused() -> None:
     out = fc.predict()
     assert sorted(out.nodes.tolist()) == ["b", "c"]
     c = out.get("c")
-    assert c["method"] == "PADDED" and c["points"] == 10
+    assert c["method"] == "SHORT" and c["points"] == 10
     # nothing of the node that left shows through in the new node's forecast
     assert abs(c["cpu"]["p50"][0] - 0.9) < 0.03
     with pytest.raises(KeyError):
@@ -114,7 +116,7 @@ def test_short_history_fallbacks() -> None:
     fc = make()
     feed(fc, "new", range(55, 60), cpu=0.1)  # 5 points: no model
     fc.observe("new", 57, 0.5, 0.6)  # a late peak
-    feed(fc, "young", range(40, 60), cpu=0.3)  # 20 points: padded
+    feed(fc, "young", range(40, 60), cpu=0.3)  # 20 points: the short head
     feed(fc, "full", range(60))
     out = fc.predict()
     new = out.get("new")
@@ -122,7 +124,7 @@ def test_short_history_fallbacks() -> None:
     assert new["cpu"]["p50"] == pytest.approx([0.1] * 15)
     assert new["cpu"]["p90"] == pytest.approx([0.5] * 15)  # the peak it has seen
     young = out.get("young")
-    assert young["method"] == "PADDED" and young["points"] == 20
+    assert young["method"] == "SHORT" and young["points"] == 20
     assert abs(young["cpu"]["p50"][0] - 0.3) < 0.02
     assert out.get("full")["method"] == "MODEL"
 
@@ -155,14 +157,14 @@ def test_batch_of_1000_nodes_in_one_call() -> None:
     calls = 0
     run = fc._model.run
 
-    def counting(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    def counting(x: np.ndarray, m: np.ndarray, wt: object, out: np.ndarray) -> np.ndarray:
         nonlocal calls
         calls += 1
-        return run(x, out)
+        return run(x, m, wt, out)
 
     fc._model.run = counting  # type: ignore[method-assign]
     out = fc.predict()
-    assert calls == 1
+    assert calls == 2  # one per head: the long one and the short one (late-joiner)
     assert len(out) == n - len(names[::7]) + 1
     model_rows = out.method == Method.MODEL
     assert model_rows.sum() == n - len(names[::7])
@@ -184,12 +186,15 @@ def test_missing_or_broken_model_is_a_clear_error(tmp_path) -> None:
 
 def test_predict_equals_the_numpy_reference_and_forecasts_do_not_alias() -> None:
     """The io-bound path (input buffer reused, onnxruntime writing into the result)
-    gives the reference forward pass of models/model.py, for the all-model case and
-    the mixed case (some FALLBACK rows), and an earlier Forecast is not overwritten
-    by the next predict()."""
-    from models.model import forward, load_params
+    gives the numpy reference of the online graph (with the weights in use), for the
+    all-model case and the mixed case (some FALLBACK rows), and an earlier Forecast is
+    not overwritten by the next predict()."""
 
-    params = load_params(default_model_path().with_suffix(".npz"))
+    def forward(x: np.ndarray, rows: list[int]) -> np.ndarray:
+        m = fc.level[rows].T[:, :, None]
+        y = reference(x.transpose(1, 0, 2), m, fc.learner.weights(60))  # [2, n, 2, 15]
+        return y.transpose(1, 0, 3, 2)  # [n, 2, 15, 2]
+
     rng = np.random.default_rng(3)
     fc = make(capacity=64)
     names = [f"n{i}" for i in range(40)]
@@ -200,7 +205,7 @@ def test_predict_equals_the_numpy_reference_and_forecasts_do_not_alias() -> None
     first = fc.predict()
     kept = first.p50.copy(), first.p90.copy()
     x = np.stack([window(fc, n) for n in names]).astype(np.float32)
-    ref = forward(params, x)
+    ref = forward(x, [fc._row[n] for n in names])
     np.testing.assert_allclose(first.p50, ref[..., 0], atol=1e-4, rtol=0)
     np.testing.assert_allclose(first.p90, ref[..., 1], atol=1e-4, rtol=0)
 
@@ -211,7 +216,7 @@ def test_predict_equals_the_numpy_reference_and_forecasts_do_not_alias() -> None
     np.testing.assert_array_equal(first.p50, kept[0])
     np.testing.assert_array_equal(first.p90, kept[1])
     x2 = np.stack([window(fc, n) for n in names]).astype(np.float32)
-    ref2 = forward(params, x2)
+    ref2 = forward(x2, [fc._row[n] for n in names])
     rows = [second.position(n) for n in names]
     np.testing.assert_allclose(second.p50[rows], ref2[..., 0], atol=1e-4, rtol=0)
     np.testing.assert_allclose(second.p90[rows], ref2[..., 1], atol=1e-4, rtol=0)

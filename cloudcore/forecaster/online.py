@@ -1,0 +1,287 @@
+"""Online learning: scale-free ridge heads fitted to the fleet's own telemetry, and a
+p90 calibrated from their recent errors.
+
+Why: a forecaster trained once on other clusters' traces transfers only partly to a
+new fleet, and one that reads the utilisation LEVEL pulls every node toward the
+levels it was trained on. The cloud sees every node every minute, so it can learn
+the fleet it serves; only the shipped prior is learned elsewhere.
+
+Scale-free inputs. A window x (L one-minute points, oldest first) is described
+relative to itself: its last value `a` and its scale `s = max((max - min) / 4,
+SCALE_FLOOR)`. A head predicts the normalised step z_h = (y_h - a) / s from the
+normalised lags (x - a) / s, the node's own longer-term level relative to the window,
+clip((m - a) / s) with m an exponentially weighted mean of the node's history
+(half-life `LEVEL_HALF_LIFE`, kept per node by the `Forecaster`), and a bias; so
+p50_h = a + s * z_h. Shifting a window by
+a constant or multiplying it by a factor (another capacity) shifts or multiplies its
+forecast the same way (exactly, as long as the range is above 4 x SCALE_FLOOR).
+
+The graph (`models/forecaster_online.onnx`, see `models/online.py`) gets the weights
+as INPUTS, so what is learned here is served by the same onnxruntime call:
+
+    p50 = a + (x - a) @ w + s * b + s * clip((m - a) / s) * v
+    p90 = p50 + s * q                      q >= 0 [2, 15] (normalised p90 offset)
+
+(rearranged for speed as `Weights` describes: two MatMuls, no pass over the window
+but the min/max and the one that multiplies it).
+
+One `Head` per window length: `LONG` (60 minutes, nodes with a full hour) and `SHORT`
+(the last 10 minutes, nodes with 10..59 minutes of history: a path fitted and
+calibrated for short windows instead of padding them to a shape never seen).
+
+Per head and resource it keeps the ridge's sufficient statistics (X'X [L+1, L+1],
+X'Y [L+1, 15], each example weighted by its scale s relative to the running mean
+scale, so a quiet window does not weigh as much as a busy one; decayed with a
+half-life in examples) and solves
+`(X'X + lam I) w = X'Y + lam w0` after each batch: the shipped prior w0 dominates
+while a fleet is new and the fleet's own examples take over as they accumulate (lam
+is the prior's weight in examples).
+
+p90, calibrated online (split conformal with an adaptive level): before an example
+joins the statistics, its normalised error under the CURRENT weights is pushed into
+a ring of the last `residuals` errors per resource; q = that ring's quantile (redone
+once `residuals` / 256 new errors have arrived) at a level that is nudged by `gamma`
+toward the 90 % target whenever the published q covered more or less than 90 % of
+the new errors (adaptive conformal inference, Gibbs & Candes 2021). Per resource,
+every horizon step its own q.
+
+Only the past: an example is a window whose 15 target minutes have all been
+observed (`Forecaster.training_sample` cuts it from the ring at minute `now`: context
+now-74..now-15, targets now-14..now). Nothing here reads a minute after `now`.
+
+Cost (bounded whatever the fleet size): per head 2 x ((L+1)^2 + (L+1) x 15) float64
+statistics and a [2, residuals, 15] float32 ring (LONG, 4096 errors: 0.5 MiB); one
+batch of at most `sample_nodes` windows per minute: O(sample_nodes x L^2) for the
+statistics, an L x L solve and a quantile over the ring. Run off the event loop by
+`ForecastRunner` (a worker thread); `publish` swaps in the new weights atomically.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+
+HORIZON = 15
+RESOURCES = 2
+LONG = 60
+SHORT = 10
+SCALE_FLOOR = 1e-3
+"""Smallest window scale s (utilisation units): a flat window is not divided by 0."""
+LEVEL_HALF_LIFE = 360.0
+"""Minutes: half-life of the per-node level m (an EWMA of the node's history)."""
+TARGET_CLIP = 16.0
+"""Normalised targets are clipped to +-this in the ridge fit (a jump out of a flat
+window would otherwise weigh thousands of times more than a normal example); the
+calibration uses the unclipped errors."""
+
+
+@dataclass(frozen=True)
+class OnlineSettings:
+    """How the forecaster learns online; every field with its default and unit."""
+
+    enabled: bool = True
+    """Learn from the fleet (False: serve the shipped prior only)."""
+    sample_nodes: int = 2000
+    """Nodes per minute whose newest 75 minutes become training examples (random
+    subset when more are eligible): bounds the CPU of learning whatever the fleet."""
+    prior_weight: float = 2000.0
+    """lam: how many examples the shipped prior weighs in the ridge fit."""
+    half_life: float = 200_000.0
+    """Examples after which an old example weighs half (forgetting)."""
+    residuals: int = 4096
+    """Recent normalised errors kept per resource for the p90 calibration."""
+    coverage: float = 0.9
+    """Target coverage of the p90."""
+    gamma: float = 0.005
+    """Step of the adaptive calibration level per batch."""
+
+    def validate(self) -> OnlineSettings:
+        for name in ("sample_nodes", "residuals"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"forecast.online.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("prior_weight", "half_life", "gamma"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"forecast.online.{name} must be > 0, got {getattr(self, name)}")
+        if not 0.5 <= self.coverage < 1:
+            raise ValueError(f"forecast.online.coverage must be in [0.5, 1), got {self.coverage}")
+        return self
+
+
+@dataclass(frozen=True)
+class Weights:
+    """The graph's weight inputs for one head, in the form it computes fastest:
+    y [2, B, 30] = x @ w1 + [a, s, s * clip((m - a) / s)] @ w2, columns 0..14 the p50
+    and 15..29 the p90 (w1 [2, L, 30], w2 [2, 3, 30]). This is the module doc's
+    formula with (x - a) @ w = x @ w - a * sum(w) folded into the `a` row."""
+
+    w1: np.ndarray
+    w2: np.ndarray
+
+    @classmethod
+    def from_normalised(cls, wn: np.ndarray, q: np.ndarray) -> Weights:
+        """wn [2, L + 1, 15]: rows 0..L-2 weigh the normalised lags 0..L-2, row L-1 the
+        level feature, row L the bias (the last lag is always 0 and has no row);
+        q [2, 15] the normalised p90 offset (negative values count as 0)."""
+        length = wn.shape[1] - 1
+        w = np.zeros((RESOURCES, length, HORIZON))
+        w[:, :-1] = wn[:, : length - 1]
+        b, v = wn[:, length], wn[:, length - 1]
+        qq = np.maximum(np.asarray(q, np.float64).reshape(RESOURCES, HORIZON), 0.0)
+        w1 = np.concatenate([w, w], axis=2)
+        a_row = 1.0 - w.sum(axis=1)
+        w2 = np.stack([np.concatenate([a_row, a_row], axis=1),
+                       np.concatenate([b, b + qq], axis=1),
+                       np.concatenate([v, v], axis=1)], axis=1)
+        return cls(np.ascontiguousarray(w1, np.float32), np.ascontiguousarray(w2, np.float32))
+
+
+def level_and_scale(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """x [2, m, L] -> (a, s) [2, m, 1] as the graph computes them (float32)."""
+    x = x.astype(np.float32, copy=False)
+    a = x[..., -1:]
+    s = np.maximum((x.max(axis=2, keepdims=True) - x.min(axis=2, keepdims=True))
+                   * np.float32(0.25), np.float32(SCALE_FLOOR))
+    return a, s
+
+
+def design(x: np.ndarray, m: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """x [2, n, L], m [2, n, 1] -> (f [2, n, L + 1] = L-1 normalised lags, the level
+    feature and a 1, a, s), float64 f."""
+    a, s = level_and_scale(x)
+    f = np.empty((*x.shape[:2], x.shape[2] + 1), np.float64)
+    f[..., :-2] = (x[..., :-1] - a) / s
+    f[..., -2] = np.clip((m.astype(np.float32) - a) / s, -TARGET_CLIP, TARGET_CLIP)[..., 0]
+    f[..., -1] = 1.0
+    return f, a, s
+
+
+def reference(x: np.ndarray, m: np.ndarray, wt: Weights) -> np.ndarray:
+    """Numpy reference of the graph: x [2, n, L], m [2, n, 1] -> y [2, n, 2, 15]
+    (axis 2: p50, p90)."""
+    a, s = level_and_scale(x)
+    lv = np.clip((m.astype(np.float32) - a) / s, -TARGET_CLIP, TARGET_CLIP)
+    g = np.concatenate([a, s, s * lv], axis=2)
+    y = x.astype(np.float32) @ wt.w1 + g @ wt.w2
+    return np.clip(y, 0.0, 1.0).reshape(x.shape[0], x.shape[1], 2, HORIZON).astype(np.float32)
+
+
+class Head:
+    """Ridge statistics, weights and calibration of one window length."""
+
+    def __init__(self, length: int, prior_wn: np.ndarray, prior_q: np.ndarray,
+                 settings: OnlineSettings) -> None:
+        if prior_wn.shape != (RESOURCES, length + 1, HORIZON):
+            raise ValueError(f"prior of the {length}-minute head must be "
+                             f"[2, {length + 1}, 15], got {list(prior_wn.shape)}")
+        self.length = length
+        self.settings = settings
+        self.prior = prior_wn.astype(np.float64)
+        self.xtx = np.zeros((RESOURCES, length + 1, length + 1))
+        self.xty = np.zeros((RESOURCES, length + 1, HORIZON))
+        self.s_ref = np.zeros((RESOURCES, 1))  # running mean scale (example weights)
+        self.examples = 0.0  # decayed count
+        self.seen = 0  # examples ever learned from
+        self.res = np.zeros((RESOURCES, settings.residuals, HORIZON), np.float32)
+        self.res_n = 0
+        self.res_i = 0
+        self._since_q = 0
+        self.level = np.full(RESOURCES, settings.coverage)
+        self.covered = np.zeros(RESOURCES)  # of the published q, over the recent batches
+        self.covered_n = 0
+        self.wn = self.prior.copy()
+        self.q = np.asarray(prior_q, np.float64).reshape(RESOURCES, HORIZON).copy()
+        self.current = Weights.from_normalised(self.wn, self.q)
+
+    def update(self, x: np.ndarray, lv: np.ndarray, y: np.ndarray) -> None:
+        """Learns from examples: x [2, m, L] windows, lv [2, m, 1] the node's level at
+        the window's end, y [2, m, 15] the minutes after."""
+        m = x.shape[1]
+        if m == 0:
+            return
+        st = self.settings
+        f, a, s = design(x, lv)
+        t = (y - a) / s  # normalised targets
+        # calibration first: the errors of the weights in use, on examples they never saw
+        err = (t - f @ self.wn).astype(np.float32)
+        cov = (err <= self.q[:, None, :]).mean(axis=(1, 2))
+        self.level = np.clip(self.level + st.gamma * (st.coverage - cov), 0.5, 0.995)
+        self.covered = 0.98 * self.covered + 0.02 * cov if self.covered_n else cov
+        self.covered_n += 1
+        cap = st.residuals
+        for lo in range(max(0, m - cap), m, cap):  # only the newest `cap` matter
+            chunk = err[:, lo : lo + cap]
+            k = chunk.shape[1]
+            idx = (self.res_i + np.arange(k)) % cap
+            self.res[:, idx] = chunk
+            self.res_i = int((self.res_i + k) % cap)
+            self.res_n = min(cap, self.res_n + k)
+        # ridge statistics, decayed, then the solve toward the prior
+        tc = np.clip(t, -TARGET_CLIP, TARGET_CLIP)
+        decay = 0.5 ** (m / st.half_life)
+        sm = s[..., 0].astype(np.float64)  # [2, m]
+        self.s_ref = (decay * self.s_ref * self.examples + sm.sum(axis=1, keepdims=True)) / (
+            decay * self.examples + m)
+        fw = f * (sm / self.s_ref)[..., None]
+        fwt = fw.transpose(0, 2, 1)
+        self.xtx = decay * self.xtx + fwt @ f  # BLAS, not einsum: 5x faster here
+        self.xty = decay * self.xty + fwt @ tc
+        self.examples = decay * self.examples + m
+        self.seen += m
+        lam = st.prior_weight
+        eye = np.eye(self.length + 1)[None]
+        self.wn = np.linalg.solve(self.xtx + lam * eye, self.xty + lam * self.prior)
+        self._since_q += m
+        if self.res_n >= 50 and self._since_q >= max(1, st.residuals // 256):
+            self._since_q = 0  # the quantile is the costly step: every 16 new errors
+            ring = self.res[:, : self.res_n]
+            self.q = np.maximum(np.stack([np.quantile(ring[r], self.level[r], axis=0)
+                                          for r in range(RESOURCES)]), 0.0)
+        self.current = Weights.from_normalised(self.wn, self.q)
+
+
+@dataclass(frozen=True)
+class Sample:
+    """Training examples cut at one minute: `long` [2, m, 75] (60 context + 15 target
+    minutes) and `short` [2, k, 25] (10 + 15) of nodes too young for a long one, and
+    each node's level m at the end of the context (`long_level` [2, m, 1],
+    `short_level` [2, k, 1])."""
+
+    long: np.ndarray
+    short: np.ndarray
+    long_level: np.ndarray
+    short_level: np.ndarray
+
+
+class OnlineLearner:
+    """Both heads; `learn(sample)` may run in a worker thread while `weights()` is read
+    on the event loop: each head publishes an immutable `Weights` by reference swap."""
+
+    def __init__(self, prior: dict[int, tuple[np.ndarray, np.ndarray]],
+                 settings: OnlineSettings | None = None) -> None:
+        self.settings = (settings or OnlineSettings()).validate()
+        self.heads = {n: Head(n, *prior[n], self.settings) for n in (LONG, SHORT)}
+        self._lock = threading.Lock()  # one learn() at a time
+
+    def weights(self, length: int) -> Weights:
+        return self.heads[length].current
+
+    def learn(self, sample: Sample) -> None:
+        if not self.settings.enabled:
+            return
+        with self._lock:
+            lg, sh = sample.long, sample.short
+            if lg.shape[1]:
+                self.heads[LONG].update(lg[..., :LONG], sample.long_level, lg[..., LONG:])
+            # the short head learns from the last 10 context minutes of every window
+            xs = np.concatenate([lg[..., LONG - SHORT :], sh], axis=1)
+            ls = np.concatenate([sample.long_level, sample.short_level], axis=1)
+            if xs.shape[1]:
+                self.heads[SHORT].update(xs[..., :SHORT], ls, xs[..., SHORT:])
+
+    def status(self) -> dict[str, object]:
+        """Examples learned and the calibration state per head (for logs and tests)."""
+        return {str(n): {"examples": h.seen, "level": h.level.round(3).tolist(),
+                         "recent_coverage": h.covered.round(3).tolist()}
+                for n, h in self.heads.items()}
