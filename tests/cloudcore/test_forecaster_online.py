@@ -1,0 +1,92 @@
+"""Online learning in the forecaster: scale-free forecasts, the learner's bounds, and
+the runner learning off the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import numpy as np
+import pytest
+
+from cloudcore.forecaster import Forecaster, OnlineSettings, default_model_path
+from cloudcore.forecaster.runner import ForecastRunner
+
+
+def wavy(minutes: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(minutes)
+    x = 0.4 + 0.1 * np.sin(t / 9.0)[:, None] + rng.normal(0, 0.02, (minutes, 2))
+    return np.clip(x, 0.05, 0.95)
+
+
+@pytest.mark.parametrize(("scale", "shift"), [(0.25, 0.0), (1.0, 0.3), (0.5, 0.1)])
+def test_same_window_at_another_level_or_capacity_same_relative_forecast(
+        scale: float, shift: float) -> None:
+    """y = scale * x + shift (a node c = 1/scale times larger, or busier by `shift`):
+    its forecast is scale * forecast(x) + shift, for both heads, after learning."""
+    fc = Forecaster(default_model_path(), capacity_nodes=8)
+    x = wavy(150, seed=0) * 0.6  # room for the shift inside 0..1
+    for t in range(150):
+        fc.observe("x", t, *x[t])
+        fc.observe("y", t, *(scale * x[t] + shift))
+        if t >= 120:
+            fc.observe("young-x", t, *x[t])
+            fc.observe("young-y", t, *(scale * x[t] + shift))
+        fc.predict(now_minute=t)
+        fc.learner.learn(fc.training_sample(now_minute=t))
+    assert fc.learner.heads[60].seen > 0  # learned, not only the prior
+    out = fc.predict()
+    for a, b, method in (("x", "y", "MODEL"), ("young-x", "young-y", "SHORT")):
+        i, j = out.position(a), out.position(b)
+        assert out.get(a)["method"] == method
+        np.testing.assert_allclose(out.p50[j], scale * out.p50[i] + shift, atol=2e-5)
+        np.testing.assert_allclose(out.p90[j], scale * out.p90[i] + shift, atol=2e-5)
+
+
+def test_learner_memory_is_bounded_and_weights_move_from_the_prior() -> None:
+    st = OnlineSettings(sample_nodes=30, residuals=256)
+    fc = Forecaster(default_model_path(), capacity_nodes=100, online=st)
+    names = [f"n{i}" for i in range(100)]
+    x = wavy(200, seed=1)
+    rng = np.random.default_rng(2)
+    prior = fc.learner.weights(60)
+    sizes = None
+    for t in range(200):
+        v = np.clip(x[t] + rng.normal(0, 0.05, (100, 2)), 0, 1).astype(np.float32)
+        fc.observe_batch(names, t, v[:, 0], v[:, 1])
+        sample = fc.training_sample(now_minute=t)
+        assert sample.long.shape[1] <= 30 and sample.short.shape[1] <= 30
+        fc.learner.learn(sample)
+        head = fc.learner.heads[60]
+        now = (head.xtx.shape, head.res.shape)
+        assert sizes in (None, now)
+        sizes = now
+    assert fc.learner.heads[60].seen == 30 * (200 - 74)
+    assert not np.allclose(fc.learner.weights(60).w1, prior.w1)
+
+
+async def test_runner_learns_in_a_worker_thread() -> None:
+    seen: list[str] = []
+    runner = ForecastRunner(default_model_path(), capacity_nodes=4, apply=lambda r: None,
+                            clock=lambda: 100 * 60.0)
+    learn = runner.forecaster.learner.learn
+
+    def spy(sample: object) -> None:
+        seen.append(threading.current_thread().name)
+        learn(sample)  # type: ignore[arg-type]
+
+    runner.forecaster.learner.learn = spy  # type: ignore[method-assign]
+    x = wavy(101, seed=3)
+    for t in range(101):
+        runner.observe("a", t, *x[t])
+    task = asyncio.create_task(runner.run(0.01))
+    for _ in range(200):
+        await asyncio.sleep(0.01)
+        if seen:
+            break
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert seen and seen[0] != threading.main_thread().name
+    assert runner.forecaster.learner.heads[60].seen >= 1
