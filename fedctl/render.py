@@ -309,6 +309,7 @@ def columns(kind: Kind, *, wide: bool, all_namespaces: bool, mixed: bool = False
         if wide:
             cols += [
                 ("READY", _pod_ready),
+                ("IP", lambda o: str(_dig(o, "status", "podIP", default="-"))),
                 ("REVISION", lambda o: str(_dig(o, "status", "revision", default="-"))),
                 ("IMAGES", _images),
                 ("MESSAGE", lambda o: str(_dig(o, "status", "message", default="-"))),

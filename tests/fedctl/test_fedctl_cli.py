@@ -218,6 +218,21 @@ def test_get_nodes_table(stub: Any) -> None:
     )
 
 
+def test_get_pods_wide_shows_the_pod_ip(stub: Any) -> None:
+    web = pod("web-a", "edge-1")
+    web["status"]["podIP"] = "10.88.0.7"
+    stub.put(web)
+    stub.put(pod("web-b", None, phase="Pending", reason="Unschedulable"))
+    r = run(stub.url, "get", "pods", "-o", "wide")
+    assert r.exit_code == 0, r.output
+    head, *rows = r.stdout.splitlines()
+    assert "IP" in head.split()
+    ip_col = head.split().index("IP")
+    by_name = {row.split()[0]: row.split() for row in rows}
+    assert by_name["web-a"][ip_col] == "10.88.0.7"
+    assert "10.88.0.7" not in " ".join(by_name["web-b"])
+
+
 def test_get_pods_json_selector_and_node(stub: Any) -> None:
     stub.put(pod("web-a", "edge-1", restarts=2))
     stub.put(pod("web-b", None, phase="Pending", reason="Unschedulable"))
