@@ -330,10 +330,13 @@ async def _isolation_figures(workdir: Path, runs: int) -> list[tuple[str, list[f
         try:
             await one("warmup", {})  # pulls and unpacks the image, sets up the bridge
             await one("warmup-userns", {"hostUsers": False})
-            out = []
-            for label, extra in ISOLATION_VARIANTS:
-                out.append((label, [await one(f"iso-{i}", extra) for i in range(runs)]))
-            return out
+            # Round robin, not one variant after another: the machine is shared and its
+            # load drifts, and a drift must fall on every variant alike.
+            times: dict[str, list[float]] = {label: [] for label, _ in ISOLATION_VARIANTS}
+            for i in range(runs):
+                for label, extra in ISOLATION_VARIANTS:
+                    times[label].append(await one(f"iso-{i}", extra))
+            return list(times.items())
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
@@ -355,11 +358,14 @@ def isolation_figures(workdir: Path, runs: int) -> None:
     results = asyncio.run(_isolation_figures(workdir / "isolation", runs))
     base = statistics.median(results[0][1])
     print(f"isolation at start: desired entry -> Running on the agent's reconciler "
-          f"(median of {runs})")
+          f"({runs} runs per variant, interleaved; load average {os.getloadavg()[0]:.2f})")
     for label, times in results:
+        ordered = sorted(times)
         med = statistics.median(times)
-        print(f"  {label}: {med * 1000:.0f} ms "
-              f"[{', '.join(f'{t * 1000:.0f}' for t in times)}], {med / base:.2f}x", flush=True)
+        p90 = ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))]
+        print(f"  {label}: min {ordered[0] * 1000:.0f} / median {med * 1000:.0f} / "
+              f"p90 {p90 * 1000:.0f} / max {ordered[-1] * 1000:.0f} ms, "
+              f"median {med / base:.2f}x", flush=True)
 
 
 def main() -> None:
