@@ -142,7 +142,7 @@ def _global(
             "-s",
             metavar="URL",
             help="cloudcore API base URL. Default: $FEDCTL_SERVER, then 'server' in "
-            "~/.config/edgefed/fedctl.yaml, then http://127.0.0.1:8080.",
+            "~/.config/edgefed/fedctl.yaml, then https://127.0.0.1:8080.",
         ),
     ] = None,
     request_timeout: Annotated[

@@ -12,7 +12,7 @@ contexts, like a kubeconfig, plus the older top-level `server`/`token` keys:
       prod: {server: https://cloud.example.net:8080, token: abcd1234.xxxx,
              certificate-authority: prod-ca.crt}
       lab:  {server: https://127.0.0.1:8080, insecure-skip-tls-verify: true}
-    server: http://127.0.0.1:8080      # used when no context is selected
+    server: https://127.0.0.1:8080     # used when no context is selected
 
 Precedence: `--server` / `--token` / `--certificate-authority` flags, then
 `$FEDCTL_SERVER` / `$FEDCTL_TOKEN` / `$FEDCTL_CA`, then the selected context
@@ -36,7 +36,7 @@ import yaml
 
 from fedctl.errors import FedctlError, UsageError
 
-DEFAULT_SERVER = "http://127.0.0.1:8080"
+DEFAULT_SERVER = "https://127.0.0.1:8080"
 ENV_SERVER = "FEDCTL_SERVER"
 ENV_TOKEN = "FEDCTL_TOKEN"
 ENV_CONTEXT = "FEDCTL_CONTEXT"
