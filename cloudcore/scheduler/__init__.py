@@ -9,14 +9,17 @@ node's forecast was made, until a forecast has seen them.
 from cloudcore.scheduler.core import (
     DEFAULT_FILTERS,
     DEFAULT_SCORERS,
+    RIGHT_SIZING_FILTERS,
     Decision,
     Filter,
     NodeView,
+    RightSizedCapacity,
     Scheduler,
     Scorer,
     tolerates,
 )
 from cloudcore.scheduler.recent import RecentPlacements
 
-__all__ = ["DEFAULT_FILTERS", "DEFAULT_SCORERS", "Decision", "Filter", "NodeView",
-           "RecentPlacements", "Scheduler", "Scorer", "tolerates"]
+__all__ = ["DEFAULT_FILTERS", "DEFAULT_SCORERS", "RIGHT_SIZING_FILTERS", "Decision", "Filter",
+           "NodeView", "RecentPlacements", "RightSizedCapacity", "Scheduler", "Scorer",
+           "tolerates"]

@@ -11,6 +11,19 @@ pods placed there since the forecast's inputs ended (`NodeView.unforecast`); the
 `Scheduler` fills that in from its own ledger of placements
 (`cloudcore.scheduler.recent`), which the forecaster prunes through
 `Scheduler.forecast_made` each time it forecasts.
+
+Two placement modes (`Scheduler.requests_mode()`, the default, and
+`Scheduler.right_sizing(safety=...)`):
+
+- requests: cpu and memory are admitted by declared requests (`capacity`), and a
+  node's forecast can only refuse more (`predicted_capacity`);
+- right-sizing: on a node whose forecast is TRUSTED (`forecast["trusted"] == 1`: a
+  full hour of history and the forecaster's p90 calibration within 85-95 %, set by
+  `ForecastRunner`), cpu and memory are admitted by forecast instead of requests:
+  p90 + safety (a fraction of allocatable) + the requests of pods bound since the
+  forecast (`unforecast`) + the pod's request must fit allocatable
+  (`RightSizedCapacity`). On any other node, or for any other resource (pods,
+  accelerators), the request-based `capacity` filter applies, unchanged.
 """
 
 from __future__ import annotations
@@ -153,9 +166,49 @@ def tolerates(tolerations: Iterable[Toleration], taint: Taint) -> bool:
     return False
 
 
+def trusted(node: NodeView) -> bool:
+    """The node's forecast may replace its requests (see the module doc)."""
+    return node.forecast is not None and node.forecast.get("trusted", 0.0) >= 1.0
+
+
+@dataclass(frozen=True)
+class RightSizedCapacity:
+    """Right-sizing's capacity filter: by forecast on a trusted node, by requests
+    otherwise (see the module doc). `safety` is a fraction of allocatable (0.05 = 5
+    points of utilisation) kept free above the p90."""
+
+    safety: float = 0.05
+
+    def __call__(self, spec: PodSpec, req: dict[str, int], node: NodeView) -> str | None:
+        if not trusted(node):
+            return capacity(spec, req, node)
+        fc = node.forecast or {}
+        others = {r: v for r, v in req.items() if r not in ("cpu", "memory")}
+        reason = capacity(spec, others, node)
+        if reason is not None:
+            return reason
+        for res, key in (("cpu", "cpu_p90"), ("memory", "mem_p90")):
+            alloc = node.allocatable.get(res)
+            p90 = fc.get(key)
+            if not alloc or p90 is None:
+                continue
+            extra = node.unforecast.get(res, 0)
+            if (p90 + self.safety) * alloc + extra + req.get(res, 0) > alloc:
+                short = "cpu" if res == "cpu" else "mem"
+                since = f" + {100 * extra / alloc:.0f}% placed since" if extra > 0 else ""
+                return (f"right-sized over capacity ({short} p90 {100 * p90:.0f}% + "
+                        f"{100 * self.safety:.0f}% safety{since})")
+        return None
+
+
 DEFAULT_FILTERS: tuple[Filter, ...] = (unschedulable, not_ready, arch, node_selector, taints,
                                        capacity, predicted_capacity)
 """In order; a node is rejected with the reason of the first filter that fails."""
+
+RIGHT_SIZING_FILTERS: tuple[Filter, ...] = (unschedulable, not_ready, arch, node_selector,
+                                            taints, RightSizedCapacity())
+"""Right-sizing: the request capacity and predicted filters replaced by one
+`RightSizedCapacity` (safety 5 %)."""
 
 # A DaemonSet pod is meant for one node: it tolerates unschedulable and not-ready
 # nodes (as in Kubernetes) and only the placement constraints apply.
@@ -244,12 +297,24 @@ class Scheduler:
         self.scorers = tuple(scorers)
         self.recent = RecentPlacements(clock=clock) if recent is None else recent
 
+    @classmethod
+    def right_sizing(cls, *, safety: float = 0.05, clock: Callable[[], float] = time.time,
+                     scorers: Sequence[Scorer] = DEFAULT_SCORERS) -> Scheduler:
+        """A scheduler in right-sizing mode (module doc); `safety` in 0..0.5."""
+        if not 0.0 <= safety <= 0.5:
+            raise ValueError(f"right-sizing safety must be within 0..0.5, got {safety}")
+        filters = tuple(RightSizedCapacity(safety) if isinstance(f, RightSizedCapacity) else f
+                        for f in RIGHT_SIZING_FILTERS)
+        return cls(filters=filters, scorers=scorers, clock=clock)
+
     def forecast_made(self, origins: dict[str, float]) -> None:
         """New forecasts exist; `origins[node]` is the start (Unix s) of the newest
         telemetry minute the node's forecast saw. Placements they cover stop counting."""
         self.recent.forecast_made(origins)
 
     def _with_recent(self, node: NodeView) -> NodeView:
+        # the right-sizing filter counts the ledger against the forecast, as the
+        # predicted filter does
         if node.forecast is None or node.name not in self.recent:
             return node
         extra = self.recent.unforecast(node.name)
@@ -266,6 +331,8 @@ class Scheduler:
         for f in self.filters:
             if daemon and f in DAEMON_SKIP:
                 continue
+            if daemon and isinstance(f, RightSizedCapacity):
+                f = capacity  # noqa: PLW2901  (a DaemonSet pod: requests, as in requests mode)
             reason = f(spec, req, node)
             if reason is not None:
                 return reason

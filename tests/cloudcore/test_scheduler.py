@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from cloudcore.scheduler import NodeView, Scheduler
 from shared.models import PodSpec, Taint
 
@@ -83,3 +85,36 @@ def test_prefer_no_schedule_is_a_score_not_a_filter() -> None:
     d = Scheduler().schedule(spec(), [soft, node("b")])
     assert d.node == "b"
     assert Scheduler().schedule(spec(), [soft]).node == "a"
+
+
+def test_right_sizing_admits_by_forecast_on_trusted_nodes_only() -> None:
+    full = {"cpu": 3800, "memory": 7 * GI, "pods": 5}  # requests leave 200m
+    quiet = {"cpu_p50": 0.3, "cpu_p90": 0.35, "mem_p50": 0.4, "mem_p90": 0.45}
+    pod = spec(resources={"requests": {"cpu": "1", "memory": "1Gi"}})
+    trusted = node("t", requested=full, forecast={**quiet, "trusted": 1.0})
+    untrusted = node("u", requested=full, forecast={**quiet, "trusted": 0.0})
+    rs = Scheduler.right_sizing(safety=0.05)
+    assert Scheduler().check(pod, trusted) == "insufficient cpu"  # requests mode
+    assert rs.check(pod, trusted) is None  # 35 % + 5 % + 25 % of the cpu fits
+    assert rs.check(pod, untrusted) == "insufficient cpu"  # falls back to requests
+    assert rs.check(pod, node("n", requested=full)) == "insufficient cpu"  # no forecast
+    # the request-only resources still count on a trusted node
+    no_slot = node("p", requested={**full, "pods": 110}, forecast={**quiet, "trusted": 1.0})
+    assert rs.check(pod, no_slot) == "insufficient pods"
+    hot = node("h", forecast={**quiet, "cpu_p90": 0.75, "trusted": 1.0})
+    assert rs.check(pod, hot) == "right-sized over capacity (cpu p90 75% + 5% safety)"
+    assert rs.check(pod, hot, daemon=True) is None  # a DaemonSet pod: requests only
+
+
+def test_right_sizing_counts_pods_placed_since_the_forecast() -> None:
+    now = [1000.0]
+    rs = Scheduler.right_sizing(safety=0.05, clock=lambda: now[0])
+    fc = {"cpu_p50": 0.2, "cpu_p90": 0.25, "mem_p50": 0.1, "mem_p90": 0.1, "trusted": 1.0}
+    n = node("t", requested={"cpu": 4000, "memory": 0, "pods": 1}, forecast=fc)
+    pod = spec(resources={"requests": {"cpu": "1"}})
+    placed = [rs.schedule(pod, [n]).node for _ in range(4)]
+    assert placed == ["t", "t", None, None]  # 25 % + 5 % + 2 x 25 % fits, a third does not
+    rs.forecast_made({"t": now[0] + 60})  # a forecast that has seen them
+    assert rs.schedule(pod, [n]).node == "t"
+    with pytest.raises(ValueError, match="safety"):
+        Scheduler.right_sizing(safety=0.9)

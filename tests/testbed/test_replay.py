@@ -45,3 +45,16 @@ def test_synthetic_fallback_is_used_and_said(monkeypatch: pytest.MonkeyPatch) ->
     assert "SYNTHETIC" in note
     assert all(s.shape[0] == 2 and s.shape[1] >= 500 for s in series)
     assert all(((s >= 0) & (s <= 1)).all() for s in series)
+
+
+def test_right_sizing_runs_the_real_scheduler_mode_and_trusts_calibrated_nodes() -> None:
+    lines: list[str] = []
+    results = replay.replay(40, 1.5, seed=2, policies=("requests", "right-sizing"),
+                            out=lines.append, request_factor=1.5, demand=2.0)
+    req, rs = results
+    assert rs.policy == "right-sizing" and rs.forecast_ms > 0
+    assert 0 < rs.trusted_share <= 1
+    assert rs.placed >= req.placed  # over-requested workloads: it admits more
+    assert "trusted node forecasts" in "\n".join(lines)
+    spread = replay.format_spread([results, results])
+    assert "over 2 seeds" in spread and "vs requests" in spread
