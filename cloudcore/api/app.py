@@ -10,7 +10,8 @@ Secret values (`GET /api/v1/secrets/{ns}/{name}`, `reveal=true`), pod logs, exec
 workload and node changes an operator token; tokens and node deletion an admin token
 (`cloudcore.auth.Role`). `POST /api/v1/join` is authenticated by its join token and
 rate-limited per client address; `POST /api/v1/nodes/{name}/certificate` by the node
-key. Health, readiness, metrics, the schema and `GET /api/v1/ca` stay open; `/metrics`
+key. Health, readiness, metrics, the schema, `GET /api/v1/ca` and the console's static
+pages (`/`, `/console/`: no data; cloudcore.console) stay open; `/metrics`
 holds counts and durations only, no names, labels of objects or secrets. With auth off
 (`--insecure`) every route is open to an anonymous admin.
 
@@ -327,6 +328,10 @@ def create_app(fleet: Fleet, *, metrics: Metrics,
     operator = needs(Role.OPERATOR, "changing workloads and nodes")
     admin = needs(Role.ADMIN, "managing tokens and nodes")
     log_reader = needs(Role.OPERATOR, "reading pod logs")
+
+    # -- the web console at / (cloudcore/console; its pages call the routes below) ----
+    from cloudcore.console import console_router  # here: the console imports api.selectors
+    app.include_router(console_router(fleet, access=access))
 
     # -- health ----------------------------------------------------------------------
 
