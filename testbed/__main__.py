@@ -55,6 +55,10 @@ def _print_fleet(fleet: Fleet) -> None:
     assert fleet.broker is not None
     b = fleet.broker
     print(f"  cloudcore API   {fleet.api}")
+    print(f"  console         {fleet.api}/console/"
+          + (f"   (the browser will not know the fleet CA; sign in with the admin token "
+             f"{fleet.admin_token}, from {fleet.cloud_state / 'admin.token'})"
+             if fleet.admin_token else "   (insecure: no sign-in)"))
     print(f"  mosquitto       {'mqtts' if b.tls else 'mqtt'}://{b.host}:{b.port}"
           + ("   (TLS, no anonymous clients, per-node ACL)" if b.tls else "   (ANONYMOUS)"))
     if b.cert_port:

@@ -161,6 +161,7 @@ async def test_sign_in_see_the_nodes_and_open_one(browser: Any, cloud: Cloud) ->
         await page.wait_for_selector("#node-status .state-Ready")
         assert await page.inner_text("#node-name") == "site-1"
         await page.wait_for_selector(".live.on")
+        await shot(page, "node")
         assert not page.errors, page.errors
     finally:
         await page.close()

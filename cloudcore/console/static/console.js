@@ -265,15 +265,16 @@ async function fleetPage(signal) {
         h("div", { class: "card" }, h("div", { class: "n" }, o.total), "nodes")),
         h("p", { class: "muted" }, "By site: ",
           Object.keys(o.groups.site).length ? chips(o.groups.site) : "no site labels",
-          " By arch: ", chips(o.groups.arch)));
-      historyBox.replaceChildren(sparkline(history));
-      troubled.replaceChildren(table(["node", "state", "reason", "last seen", "acked / desired gen", "labels"],
+          " \u00b7 By arch: ", chips(o.groups.arch)));
+      historyBox.replaceChildren(...(history.length > 1 ? [sparkline(history)] : []));
+      troubled.replaceChildren(...[table(["node", "state", "reason", "last seen", "acked / desired gen", "labels"],
         o.troubled.map((n) => h("tr", {},
           h("td", {}, h("a", { href: `#/nodes/${seg(n.name)}` }, n.name)),
           h("td", {}, stateCell(n.ready)), h("td", {}, text(n.reason)), h("td", {}, ago(n.lastSeen)),
           h("td", { class: "num" }, `${n.ackedGen} / ${n.desiredGen}`), h("td", {}, chips(n.labels))))),
         o.troubledTotal > o.troubled.length
-          ? h("p", { class: "muted" }, `${o.troubledTotal - o.troubled.length} more in trouble`) : null);
+          ? h("p", { class: "muted" }, `${o.troubledTotal - o.troubled.length} more in trouble`) : null,
+      ].filter(Boolean));
       const fields = "metadata.name,metadata.labels,status.ready,status.reason,status.lastSeen," +
         "status.desiredGen,status.ackedGen,status.arch,spec.unschedulable";
       const page = await api(`/api/v1/nodes?${sel}limit=${PAGE}&fields=${fields}` +
@@ -616,11 +617,17 @@ async function render() {
   if (pageAbort) pageAbort.abort();
   pageAbort = new AbortController();
   const signal = pageAbort.signal;
-  if (!token()) {
-    showSignIn("");
-    return;
+  if (!token() && session === null) {
+    // a cloudcore started with --insecure answers without a token (anonymous admin)
+    const resp = await fetch("/api/v1/whoami", { cache: "no-store", credentials: "omit" });
+    const who = resp.ok ? await resp.json() : null;
+    if (!who || who.authEnabled) {
+      showSignIn("");
+      return;
+    }
+    session = { name: who.name, role: who.role };
   }
-  if (session === null) {
+  if (session === null && token()) {
     const err = await signIn(token());
     if (err) {
       showSignIn(err.status === 401 ? "" : err.message);
