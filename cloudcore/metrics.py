@@ -1,26 +1,51 @@
-"""Counters and gauges exposed on /metrics in the Prometheus text format.
+"""Counters and gauges exposed on /metrics, through prometheus-client.
 
-A tiny registry instead of prometheus_client: cloudcore needs a handful of
-labelled counters, and the registry is an object passed around explicitly (no
-process-global default registry, which makes tests with two services in one
-process honest).
+The registry is an object passed around explicitly (a `CollectorRegistry` of its own
+per `Metrics`, never prometheus-client's process-global default), which keeps tests
+with two services in one process honest. Counting stays a dict addition on the hot
+path (the sync hub counts every message): `Metrics` is a prometheus-client custom
+collector that turns its counters and the scrape-time gauge callbacks into metric
+families when scraped, and prometheus-client writes the text format. The names are
+those of the hand-written registry this replaced (counters end in `_total`), so
+dashboards and the tests that read `/metrics` are unchanged; values now print as
+floats (`1.0`).
+
+Also in the registry: prometheus-client's process collector (`process_cpu_seconds_total`,
+`process_resident_memory_bytes`, open fds...) and, once `LoopLag.run()` is running,
+how late the event loop runs a timer (`cloudcore_event_loop_lag_seconds`, and the
+worst over the last minute, `cloudcore_event_loop_lag_max_seconds`): the design wants
+no call to hold the loop more than 50 ms, and this is where that shows.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Callable, Iterable
+import asyncio
+import time
+from collections import defaultdict, deque
+from collections.abc import Callable, Iterable, Iterator
+
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.samples import Sample
 
 Labels = tuple[tuple[str, str], ...]
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+LAG = "cloudcore_event_loop_lag_seconds"
+LAG_MAX = "cloudcore_event_loop_lag_max_seconds"
 
 
 class Metrics:
-    """Named counters with labels plus gauge callbacks evaluated at scrape time."""
+    """Named counters with labels plus gauge callbacks evaluated at scrape time, in a
+    prometheus-client registry of their own (`registry`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, process: bool = True) -> None:
         self._counters: dict[str, dict[Labels, float]] = defaultdict(lambda: defaultdict(float))
         self._help: dict[str, str] = {}
         self._gauges: list[Callable[[], Iterable[tuple[str, Labels, float]]]] = []
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(_Families(self))
+        if process:
+            ProcessCollector(namespace="", registry=self.registry)
 
     def describe(self, name: str, text: str) -> None:
         self._help[name] = text
@@ -38,33 +63,70 @@ class Metrics:
         """Register a callback yielding (name, labels, value) for every scrape."""
         self._gauges.append(fn)
 
-    def render(self) -> str:
-        lines: list[str] = []
+    def collect(self) -> Iterator[Metric]:
+        """prometheus-client's collector protocol: every family, counters first."""
         for name in sorted(self._counters):
-            if name in self._help:
-                lines.append(f"# HELP {name} {self._help[name]}")
-            lines.append(f"# TYPE {name} counter")
+            family = CounterMetricFamily(name, self._help.get(name, name))
+            sample = name if name.endswith("_total") else name + "_total"
             for labels, v in sorted(self._counters[name].items()):
-                lines.append(f"{name}{_fmt(labels)} {v:g}")
+                family.samples.append(Sample(sample, dict(labels), v))
+            yield family
         gauges: dict[str, list[tuple[Labels, float]]] = defaultdict(list)
         for fn in self._gauges:
             for name, labels, v in fn():
                 gauges[name].append((labels, v))
         for name in sorted(gauges):
-            if name in self._help:
-                lines.append(f"# HELP {name} {self._help[name]}")
-            lines.append(f"# TYPE {name} gauge")
+            family = GaugeMetricFamily(name, self._help.get(name, name))
             for labels, v in gauges[name]:
-                lines.append(f"{name}{_fmt(labels)} {v:g}")
-        return "\n".join(lines) + "\n"
+                family.samples.append(Sample(name, dict(labels), v))
+            yield family
+
+    def render(self) -> str:
+        """Every metric of the registry in the Prometheus text format 0.0.4."""
+        return generate_latest(self.registry).decode()
 
 
-def _fmt(labels: Labels) -> str:
-    if not labels:
-        return ""
-    inner = ",".join(f'{k}="{_escape(v)}"' for k, v in labels)
-    return "{" + inner + "}"
+class _Families:
+    """The registry's view of a `Metrics` (whose `describe` means something else)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.collect = metrics.collect
 
 
-def _escape(v: str) -> str:
-    return v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+class LoopLag:
+    """How late the event loop wakes a timer: `run()` sleeps `interval` seconds again
+    and again and records the overshoot, the last one and the worst of the last
+    `window` seconds, as gauges of `metrics`."""
+
+    def __init__(self, metrics: Metrics, *, interval: float = 0.25,
+                 window: float = 60.0) -> None:
+        self.interval = interval
+        self.window = window
+        self.last = 0.0
+        self._seen: deque[tuple[float, float]] = deque()
+        metrics.describe(LAG, "How late the event loop last ran a timer (seconds); "
+                              "high values mean a call held the loop.")
+        metrics.describe(LAG_MAX, "The worst event loop lag of the last minute (seconds).")
+        metrics.add_gauges(self._gauges)
+
+    def worst(self) -> float:
+        return max((lag for _, lag in self._seen), default=0.0)
+
+    def _gauges(self) -> Iterable[tuple[str, Labels, float]]:
+        yield LAG, (), self.last
+        yield LAG_MAX, (), self.worst()
+
+    def record(self, lag: float, now: float) -> None:
+        self.last = max(0.0, lag)
+        self._seen.append((now, self.last))
+        while self._seen and self._seen[0][0] < now - self.window:
+            self._seen.popleft()
+
+    async def run(self) -> None:
+        """Measure until cancelled."""
+        loop = asyncio.get_running_loop()
+        while True:
+            start = loop.time()
+            await asyncio.sleep(self.interval)
+            now = loop.time()
+            self.record(now - start - self.interval, time.monotonic())

@@ -52,7 +52,7 @@ from cloudcore.config import Settings
 from cloudcore.errors import ConfigError
 from cloudcore.fleet import Fleet, Liveness
 from cloudcore.fleet.admission import Admission
-from cloudcore.metrics import Labels, Metrics
+from cloudcore.metrics import Labels, LoopLag, Metrics
 from cloudcore.scheduler import Scheduler
 from cloudcore.store import Store
 from cloudcore.synchub import SyncHub
@@ -163,6 +163,7 @@ async def run(settings: Settings, *,
             tg.create_task(hub.run_retries(), name="cloudcore.synchub.retries")
             tg.create_task(hub.run_liveness(), name="cloudcore.synchub.liveness")
             tg.create_task(fleet.keep_encoded(), name="cloudcore.fleet.encoder")
+            tg.create_task(LoopLag(metrics).run(), name="cloudcore.metrics.loop-lag")
             if broker_files.enabled:
                 tg.create_task(broker_files.run(), name="cloudcore.auth.broker-files")
             if closer is not None:

@@ -145,6 +145,12 @@ async def test_console_is_served_with_a_strict_csp_and_no_data(cloud: Cloud) -> 
         assert (await c.get(cloud.url + "/console/static/nope.js")).status_code == 404
         # the console's own summary needs a token like the API
         assert (await c.get(cloud.url + "/console/api/overview")).status_code == 401
+        # the real service's /metrics (prometheus-client): fleet gauges and loop lag
+        text = (await c.get(cloud.url + "/metrics")).text
+        assert f'cloudcore_nodes{{ready="Ready"}} {float(NODES)}' in text
+        assert "cloudcore_event_loop_lag_seconds " in text
+        assert "cloudcore_event_loop_lag_max_seconds " in text
+        assert "process_cpu_seconds_total " in text
 
 
 async def test_sign_in_see_the_nodes_and_open_one(browser: Any, cloud: Cloud) -> None:
