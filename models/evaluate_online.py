@@ -177,7 +177,8 @@ def verdicts(name: str, res: dict[str, dict[str, float]]) -> list[str]:
     return [
         f"- {name}: p50 sMAPE {m['smape_p50']:.3f} vs best baseline {best} "
         f"{base[best]['smape_p50']:.3f} ({ok50}"
-        f": no worse than the best baseline); {gain:+.1f} % below last value; p90 coverage "
+        f": no worse than the best baseline); {abs(gain):.1f} % "
+        f"{'below' if gain >= 0 else 'ABOVE'} last value; p90 coverage "
         f"cpu {m['coverage_cpu']:.1f} %, mem {m['coverage_mem']:.1f} % "
         f"({'met' if cov_ok else 'NOT met'}: 85-95 % per resource); pinball {m['pinball_p90']:.5f} "
         f"vs best baseline {pin_best:.5f} ({'met' if m['pinball_p90'] < pin_best else 'NOT met'})"]
@@ -214,7 +215,7 @@ def main(argv: list[str] | None = None) -> None:
                            key=lambda k: r[k]["smape_p50"])
                 cap_rows.append(
                     f"| {name} | x{c:g} | {m['smape_p50']:.3f} | {lv['smape_p50']:.3f} | "
-                    f"{100 * (1 - m['smape_p50'] / lv['smape_p50']):+.1f} % | "
+                    f"{100 * (m['smape_p50'] / lv['smape_p50'] - 1):+.1f} % | "
                     f"{best} {r[best]['smape_p50']:.3f} | {m['coverage_cpu']:.1f} / "
                     f"{m['coverage_mem']:.1f} | {m['pinball_p90'] * c:.5f} |")
                 result[name][f"x{c:g}"] = r  # type: ignore[index]
