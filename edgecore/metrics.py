@@ -3,7 +3,9 @@
 Why a file: the agent serves no port (a device should open as few as it can), and
 node_exporter's textfile collector, which fleets already run, picks up `*.prom` files
 from a directory. The file is rewritten atomically every `interval` seconds and once
-more when the agent stops; a scraper never sees half of it.
+more when the agent stops; a scraper never sees half of it. A write the disk refuses
+(full, read-only) is logged once a minute and tried again next interval: counters are
+never worth the agent (a full disk is a fault the agent must survive).
 
 What it counts is what an operator needs to see an attack or a broken peer on the
 device itself: messages refused by the link (tag did not verify, malformed, addressed
@@ -16,13 +18,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from edgecore.link import LinkStats
+from edgecore.ratelimit import RateLimitedLog
 from edgecore.sync import SyncStats
+
+log = logging.getLogger(__name__)
 
 Sample = tuple[str, dict[str, str], float]
 
@@ -96,9 +102,13 @@ def write(path: Path, text: str) -> None:
 async def run(path: Path, *, node: str, collect: Callable[[], list[Sample]],
               interval: float) -> None:
     """Work until cancelled: rewrite the file every `interval` s, and once at the end."""
+    rlog = RateLimitedLog(log)
     try:
         while True:
-            await asyncio.to_thread(write, path, render(node, collect()))
+            try:
+                await asyncio.to_thread(write, path, render(node, collect()))
+            except OSError as exc:
+                rlog.warning("write", "cannot write the metrics file %s: %s", path, exc)
             await asyncio.sleep(interval)
     finally:
         with contextlib.suppress(OSError):

@@ -41,3 +41,28 @@ async def test_the_file_follows_the_counters_and_is_written_once_more_at_stop(
     assert 'reason="auth_failed"} 5' in path.read_text()
     assert oct(path.stat().st_mode & 0o777) == "0o644"
     assert not [p for p in path.parent.iterdir() if p.name.startswith(".metrics-")]
+
+
+async def test_a_disk_that_refuses_the_file_does_not_stop_the_agent(
+        tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A full disk made the metrics task raise ENOSPC and take the whole agent down
+    (the disk-full fault test); the write is logged and tried again next interval."""
+    import errno
+
+    calls = []
+
+    def full(path: Path, text: str) -> None:
+        calls.append(path)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(metrics, "write", full)
+    task = asyncio.create_task(metrics.run(
+        tmp_path / "metrics.prom", node="n", interval=0.01,
+        collect=lambda: metrics.samples(LinkStats(), SyncStats())))
+    for _ in range(100):
+        if len(calls) >= 3:
+            break
+        await asyncio.sleep(0.01)
+    assert len(calls) >= 3 and not task.done()  # still running, still trying
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
