@@ -26,6 +26,8 @@ import time
 from collections.abc import Callable, Container
 from pathlib import Path
 
+import numpy as np
+
 from cloudcore.forecaster.core import Forecaster, Method
 from cloudcore.forecaster.errors import CapacityExceeded, ForecasterError
 from cloudcore.forecaster.online import OnlineSettings, Sample
@@ -44,6 +46,7 @@ class ForecastRunner:
                  online: OnlineSettings | None = None) -> None:
         self.forecaster = Forecaster(model_path, capacity_nodes=capacity_nodes, online=online)
         self._pending: Sample | None = None
+        self.learn_failures = 0
         self.apply = apply
         self.origins = origins
         self.known = known
@@ -93,8 +96,14 @@ class ForecastRunner:
         """Learns from the examples the last tick cut (thread-safe against ticks: the
         sample is a copy and the weights are swapped in whole)."""
         sample, self._pending = self._pending, None
-        if sample is not None:
+        if sample is None:
+            return
+        try:
             self.forecaster.learner.learn(sample)
+        except (ValueError, FloatingPointError, np.linalg.LinAlgError) as exc:
+            # the weights in use stay as they were; forecasting goes on
+            self.learn_failures += 1
+            log.error("online learning failed, keeping the current weights: %s", exc)
 
     async def run(self, interval: float) -> None:
         while True:

@@ -90,3 +90,21 @@ async def test_runner_learns_in_a_worker_thread() -> None:
         await task
     assert seen and seen[0] != threading.main_thread().name
     assert runner.forecaster.learner.heads[60].seen >= 1
+
+
+def test_a_learning_failure_keeps_the_weights_and_the_runner(caplog) -> None:
+    runner = ForecastRunner(default_model_path(), capacity_nodes=4, apply=lambda r: None)
+    x = wavy(80, seed=4)
+    for t in range(80):
+        runner.observe("a", t, *x[t])
+    runner.tick(now_minute=79)
+    before = runner.forecaster.learner.weights(60)
+
+    def broken(sample: object) -> None:
+        raise np.linalg.LinAlgError("singular")
+
+    runner.forecaster.learner.learn = broken  # type: ignore[method-assign]
+    runner.learn_pending()
+    assert runner.learn_failures == 1 and "online learning failed" in caplog.text
+    assert runner.forecaster.learner.weights(60) is before
+    assert runner.tick(now_minute=80)["a"]["trusted"] == 0.0  # not calibrated yet
