@@ -137,9 +137,17 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
                    default=_env("ENCRYPTION_KEY_FILE", "") or None,
                    help="keys for Secret values at rest (default STATE_DIR/encryption.keys,"
                         " made on first start)")
+    p.add_argument("--placement", choices=("requests", "right-sizing"),
+                   default=_env("PLACEMENT", d.forecast.placement),
+                   help="right-sizing: admit cpu/memory by the p90 forecast where it is "
+                        "trusted, by requests elsewhere (default requests)")
+    p.add_argument("--placement-safety", type=float, metavar="FRACTION",
+                   default=float(_env("PLACEMENT_SAFETY", str(d.forecast.placement_safety))),
+                   help="right-sizing's margin above the p90, of allocatable (default 0.05)")
     a = p.parse_args(argv)
     s = Settings()
     s.store.state_dir = Path(a.state_dir)
+    s.forecast.placement, s.forecast.placement_safety = a.placement, a.placement_safety
     s.mqtt.host, s.mqtt.port = a.mqtt_host, a.mqtt_port
     s.mqtt.publishers = a.publishers
     s.mqtt.username = a.mqtt_username

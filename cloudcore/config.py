@@ -174,9 +174,19 @@ class ForecastSettings:
     interval: float = 60.0
     """Seconds between two batched forecasts of the fleet."""
     model_path: Path | None = None
-    """The ONNX model; None = the shipped `models/forecaster.onnx`."""
+    """The ONNX model; None = the shipped `models/forecaster_online.onnx`."""
     capacity_nodes: int = 10_000
-    """Nodes the forecaster keeps history for (preallocated, 480 bytes each)."""
+    """Nodes the forecaster keeps history for (preallocated, 640 bytes each)."""
+    online_learning: bool = True
+    """Learn from the fleet's telemetry (`cloudcore.forecaster.online`); False = serve
+    the shipped prior only."""
+    placement: str = "requests"
+    """`--placement`: "requests" (admit by requests; forecasts only refuse more) or
+    "right-sizing" (admit cpu and memory by p90 + `placement_safety` on nodes whose
+    forecast is trusted, by requests elsewhere; `cloudcore.scheduler.core`)."""
+    placement_safety: float = 0.05
+    """`--placement-safety`: right-sizing's margin above the p90, a fraction of
+    allocatable (0..0.5)."""
 
 
 @dataclass
@@ -244,6 +254,12 @@ class Settings:
             _positive(f"api.{name}", getattr(self.api, name))
         _positive("forecast.interval", self.forecast.interval)
         _positive("forecast.capacity_nodes", self.forecast.capacity_nodes)
+        if self.forecast.placement not in ("requests", "right-sizing"):
+            raise ConfigError(f"forecast.placement: {self.forecast.placement!r} is not "
+                              "requests or right-sizing", field="forecast.placement")
+        if not 0.0 <= self.forecast.placement_safety <= 0.5:
+            raise ConfigError(f"forecast.placement_safety: {self.forecast.placement_safety} "
+                              "is outside 0..0.5", field="forecast.placement_safety")
         if logging.getLevelName(self.log_level.upper()) not in range(60):
             raise ConfigError(f"log_level: unknown level {self.log_level!r}", field="log_level")
         return self

@@ -111,7 +111,9 @@ async def run(settings: Settings, *,
     async with Store(settings.store) as store:
         liveness = Liveness(default_heartbeat=settings.sync.heartbeat,
                             missed=settings.sync.missed_heartbeats, now=time.monotonic())
-        fleet = Fleet(store=store, scheduler=Scheduler(), liveness=liveness,
+        scheduler = (Scheduler.right_sizing(safety=settings.forecast.placement_safety)
+                     if settings.forecast.placement == "right-sizing" else Scheduler())
+        fleet = Fleet(store=store, scheduler=scheduler, liveness=liveness,
                       admission=Admission(settings.policy))
         fleet.telemetry_points = settings.sync.telemetry_points
         fleet.eviction.timeout = settings.sync.pod_eviction_timeout
@@ -251,7 +253,7 @@ def open_forecaster(settings: Settings, fleet: Fleet) -> Any | None:
         fleet.clear_forecasts()
         return None
     try:
-        from cloudcore.forecaster import ForecasterError, default_model_path
+        from cloudcore.forecaster import ForecasterError, OnlineSettings, default_model_path
         from cloudcore.forecaster.runner import ForecastRunner
     except ImportError as exc:
         log.warning("forecasting disabled: cannot import the forecaster (%s)", exc)
@@ -261,7 +263,8 @@ def open_forecaster(settings: Settings, fleet: Fleet) -> Any | None:
     try:
         runner = ForecastRunner(path, capacity_nodes=settings.forecast.capacity_nodes,
                                 apply=fleet.apply_forecasts, known=lambda: fleet.nodes,
-                                clock=fleet.clock, origins=fleet.scheduler.forecast_made)
+                                clock=fleet.clock, origins=fleet.scheduler.forecast_made,
+                                online=OnlineSettings(enabled=settings.forecast.online_learning))
     except ForecasterError as exc:
         log.warning("forecasting disabled: %s", exc)
         fleet.clear_forecasts()

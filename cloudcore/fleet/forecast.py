@@ -7,8 +7,9 @@ value > 1); it is normalised by the node's allocatable cpu millicores, `mem` by 
 allocatable memory bytes; both are clipped to 0..1.
 
 Forecast results land in `status.usage` as `cpu_p50`, `cpu_p90`, `mem_p50`,
-`mem_p90`: the peak over the 15-minute horizon, 0..1 (NodeStatus.usage is a float
-dict, so the forecast method is not stored there).
+`mem_p90`: the peak over the 15-minute horizon, 0..1, and `trusted` (1.0 when the
+right-sizing scheduler may admit by this forecast, else 0.0; NodeStatus.usage is a
+float dict, so the forecast method is not stored there).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-FORECAST_KEYS = ("cpu_p50", "cpu_p90", "mem_p50", "mem_p90")
+FORECAST_KEYS = ("cpu_p50", "cpu_p90", "mem_p50", "mem_p90", "trusted")
 WARN_INTERVAL = 600.0
 """Seconds between two `PredictedOverCapacity` warnings about the same node."""
 

@@ -88,7 +88,8 @@ def test_telemetry_to_status_scheduler_and_event() -> None:
     warn = fleet.events.list(obj="Node/hot", type="Warning")
     assert [e["reason"] for e in warn] == ["PredictedOverCapacity"]
     assert not fleet.events.list(obj="Node/cool", type="Warning")
-    fleet.apply_forecasts({"hot": {"cpu_p50": 1, "cpu_p90": 1, "mem_p50": 0, "mem_p90": 0}})
+    fleet.apply_forecasts({"hot": {"cpu_p50": 1, "cpu_p90": 1, "mem_p50": 0, "mem_p90": 0,
+                               "trusted": 0.0}})
     assert len(fleet.events.list(obj="Node/hot", type="Warning")) == 1  # rate-limited
 
 
@@ -129,3 +130,25 @@ def test_fedctl_top_nodes_forecast(cloud: Cloud) -> None:
     assert rows["hot"]["cpu_p90"] > 95 and rows["cool"]["cpu"] == 10.0
     r = fed(cloud, "describe", "pod", "p")
     assert "predicted over capacity (cpu p90" in r.stdout, r.stdout
+
+
+def test_placement_flags_reach_the_settings_and_trusted_reaches_the_scheduler() -> None:
+    from cloudcore.__main__ import parse_args
+    from cloudcore.config import ConfigError
+    from cloudcore.fleet.forecast import forecast_of
+    from cloudcore.scheduler import RightSizedCapacity, Scheduler
+
+    s = parse_args(["--placement", "right-sizing", "--placement-safety", "0.1"])
+    assert (s.forecast.placement, s.forecast.placement_safety) == ("right-sizing", 0.1)
+    assert parse_args([]).forecast.placement == "requests"
+    s.forecast.placement_safety = 0.9
+    with pytest.raises(ConfigError, match="placement_safety"):
+        s.validate()
+    fleet = make_fleet()
+    runner = _feed(fleet)
+    usage = fleet.nodes["warm"].status.usage
+    assert usage["trusted"] == 0.0  # 60 minutes: the learner has no examples yet
+    assert runner.forecaster.learner.calibrated() is False
+    assert forecast_of(usage)["trusted"] == 0.0
+    rs = Scheduler.right_sizing()
+    assert any(isinstance(f, RightSizedCapacity) for f in rs.filters)
