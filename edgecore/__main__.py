@@ -96,7 +96,7 @@ def _run_flags(run: argparse.ArgumentParser) -> None:
     run.add_argument("--state-dir", required=True, type=Path, help="agent state directory")
     run.add_argument("--mqtt-host", default=None, help="broker host (127.0.0.1)")
     run.add_argument("--mqtt-port", type=int, default=None, help="broker port (1883)")
-    run.add_argument("--mqtt-keepalive", type=int, default=30, help="keepalive seconds (30)")
+    run.add_argument("--mqtt-keepalive", type=int, default=600, help="keepalive seconds (600)")
     run.add_argument("--insecure", action="store_true",
                      help="DANGEROUS: run without a node key; messages are not "
                           "authenticated and anyone with broker access controls the node")
@@ -110,7 +110,8 @@ def _run_flags(run: argparse.ArgumentParser) -> None:
                      help="private key of --client-cert")
     run.add_argument("--label", action="append", type=_label, default=[], metavar="K=V",
                      help="node label; repeatable")
-    run.add_argument("--heartbeat", type=float, default=30.0, help="heartbeat seconds (30)")
+    run.add_argument("--heartbeat", type=float, default=60.0,
+                     help="liveness interval seconds (60; NotReady after 3x)")
     run.add_argument("--reconnect-max", type=float, default=None, metavar="SECONDS",
                      help="cap of the reconnect backoff (min(30, heartbeat))")
     run.add_argument("--op-timeout", type=float, default=None, metavar="SECONDS",

@@ -274,9 +274,12 @@ class Agent:
             link.reconnect()
 
     async def _heartbeat(self, link: Link, reporter: Reporter, now: asyncio.Event) -> None:
-        """An empty report every heartbeat_s (jittered) while connected and otherwise
-        quiet, and one right after every (re)connect (`now`), so a healed node is Ready
-        as soon as its link is up rather than a heartbeat later.
+        """An empty report while connected and quiet for 1.5 x heartbeat_s (checked every
+        half heartbeat, jittered), and one right after every (re)connect (`now`), so a
+        healed node is Ready as soon as its link is up rather than a heartbeat later.
+        Telemetry points and statuses count: with the default 60 s heartbeat and a point
+        a minute, an idle node sends no heartbeat at all, and the longest silence is
+        2 x heartbeat_s, inside the cloud's 3 x heartbeat_s window.
 
         Skipped while offline: a stale heartbeat proves nothing. On a full disk the
         reporter publishes it unpersisted (see `Reporter.heartbeat`).
@@ -284,13 +287,13 @@ class Agent:
         s = self.settings
         while True:
             try:
-                async with asyncio.timeout(jittered(s.heartbeat_s, s.heartbeat_jitter)):
+                async with asyncio.timeout(jittered(s.heartbeat_s / 2, s.heartbeat_jitter)):
                     await now.wait()
             except TimeoutError:
                 pass
             forced = now.is_set()
             now.clear()
-            quiet = time.monotonic() - reporter.last_append >= s.heartbeat_s / 2
+            quiet = time.monotonic() - reporter.last_append >= 1.5 * s.heartbeat_s
             if link.connected and (quiet or forced):
                 try:
                     await reporter.heartbeat()

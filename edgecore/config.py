@@ -59,9 +59,14 @@ class AgentSettings:
     cloud_url: str | None = None
     """The cloudcore API the node joined (from `edgecore join`); with a client
     certificate, the agent renews it there when a third of its lifetime is left."""
-    mqtt_keepalive_s: int = 30
+    mqtt_keepalive_s: int = 600
     """MQTT keepalive in seconds; the broker declares the session dead (and publishes the
-    will) after 1.5x this without traffic."""
+    will) after 1.5x this without traffic. paho pings every keepalive whatever else was
+    sent (eclipse-paho/paho.mqtt.python#813), and liveness comes from the telemetry
+    points anyway (3 x heartbeat_s), so it is long: one ping exchange per 10 minutes
+    (issue 16). A killed agent's will still goes out at once (its socket closes); a
+    link that dies silently is NotReady in the cloud after 3 x heartbeat_s, and the
+    agent notices within a minute (the next point's PUBACK times out)."""
     reconnect_initial_s: float = 0.5
     """First reconnect delay in seconds; doubles per failed attempt (jittered)."""
     reconnect_max_s: float | None = None
@@ -75,8 +80,11 @@ class AgentSettings:
     below 5 s, so a busy broker's slow PUBACK does not tear a healthy session down).
     Effective value: `op_timeout`."""
 
-    heartbeat_s: float = 30.0
-    """Seconds between heartbeats (an empty report), jittered by `heartbeat_jitter`."""
+    heartbeat_s: float = 60.0
+    """Liveness interval in seconds, told to the cloud (NotReady after 3x this without a
+    message). An empty report goes out only when nothing else (a status, a telemetry
+    point) went out for 1.5x this; with telemetry every 60 s an idle node sends none
+    (issue 16). Checked every half interval, jittered by `heartbeat_jitter`."""
     heartbeat_jitter: float = 0.1
     """Fraction (0..0.5) by which each heartbeat interval is randomised."""
     report_batch_s: float = 0.5

@@ -13,7 +13,15 @@ restart) contributes memory only. Samples are averaged per point interval
      "pods": {"pod/ns/name": {"cpu": millicores, "mem": bytes}}}
 
 A point is emitted when the first sample of the next interval arrives (a
-partial last interval before a stop is dropped). The sink (the reporter) puts
+partial last interval before a stop is dropped).
+
+What goes on the wire is compact (issue 16, proposal 0003): `pods` holds only the
+pods whose figures moved by at least `cpu_quantum_m` millicores or
+`mem_quantum_bytes` since the value last sent for them (and `null` for a pod gone
+since), and is left out when nothing moved; every `full_every`-th point (and the
+first) carries every pod and `"full": true`, so a reader that lost track (a cloud
+restart) is whole again within `full_every` minutes. The node's figures are always
+there: they are what the cloud forecasts from. The sink (the reporter) puts
 it into the outbox as a telemetry report, which the outbox drops first when
 over its byte budget, and which is kept while offline (the outbox is the ring).
 """
@@ -105,7 +113,12 @@ class Telemetry:
     clock: Callable[[], float] = time.time
     proc: Path = Path("/proc")
     node: str = ""
-    last_point: dict[str, Any] | None = None  # the newest point emitted
+    last_point: dict[str, Any] | None = None  # the newest point, every pod in it
+    cpu_quantum_m: int = 5  # a pod's cpu moving less than this is not sent again
+    mem_quantum_bytes: int = 1 << 20  # ... nor its memory moving less than this
+    full_every: int = 10  # every n-th point carries every pod (0: always)
+    _points: int = 0
+    _sent: dict[str, dict[str, float]] = field(default_factory=dict)  # last sent per pod
     _bucket: int | None = None
     _node_acc: _Acc = field(default_factory=_Acc)
     _pod_acc: dict[str, _Acc] = field(default_factory=dict)
@@ -140,8 +153,36 @@ class Telemetry:
             self._pod_acc.setdefault(key, _Acc()).add(cpu, mem)
         if done is not None:
             self.last_point = done
-            await self.sink(done)
+            await self.sink(self._compact(done))
         return done
+
+    def _compact(self, point: dict[str, Any]) -> dict[str, Any]:
+        """The point as sent: only the pods that moved (module docstring)."""
+        pods: dict[str, dict[str, float]] = point.get("pods") or {}
+        full = self.full_every <= 0 or self._points % self.full_every == 0
+        self._points += 1
+        if full:
+            self._sent = {k: dict(v) for k, v in pods.items()}
+            return {**point, "full": True}
+        changed: dict[str, dict[str, float] | None] = {}
+        for key, value in pods.items():
+            last = self._sent.get(key)
+            if last is None or self._moved(last, value):
+                changed[key] = dict(value)
+                self._sent[key] = dict(value)
+        for gone in set(self._sent) - set(pods):
+            changed[gone] = None
+            del self._sent[gone]
+        out = {k: v for k, v in point.items() if k != "pods"}
+        if changed:
+            out["pods"] = changed
+        return out
+
+    def _moved(self, last: dict[str, float], value: dict[str, float]) -> bool:
+        if set(last) != set(value):
+            return True
+        return (abs(value.get("cpu", 0) - last.get("cpu", 0)) >= self.cpu_quantum_m
+                or abs(value.get("mem", 0) - last.get("mem", 0)) >= self.mem_quantum_bytes)
 
     def _point(self, bucket: int) -> dict[str, Any]:
         return telemetry_point(bucket, node=self._node_acc.value(),

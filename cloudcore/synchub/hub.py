@@ -22,6 +22,13 @@ Reports are idempotent by seq. A new report is applied in memory, its seq is
 enqueued to the store, and its ReportAck is sent only after the batch holding it
 commits (group commit): a crash can lose a report we have not acked, never one we
 have. A duplicate is re-acked the same way, with the highest processed seq.
+
+Acks are cumulative, so only the ones that matter go out at once (issue 16,
+proposal 0003): a report that is only telemetry waits for its ack, which comes with
+the node's next ack (any other report, a duplicate), or after `LAZY_RACK_S`, or once
+`LAZY_RACK_REPORTS` wait. An idle node thus costs one ReportAck every ten minutes
+instead of one a minute; what waits is at most a few telemetry reports in the
+edge's outbox, resent (and dropped here as duplicates) if the link breaks.
 """
 
 from __future__ import annotations
@@ -76,6 +83,8 @@ KeyLookup = Callable[[str], bytes | None]
 
 IN = "cloudcore_messages_in_total"
 OUT = "cloudcore_messages_out_total"
+LAZY_RACK_S = 600.0  # longest a telemetry-only report waits for its ReportAck, seconds
+LAZY_RACK_REPORTS = 10  # ... or until this many wait
 ACKS_PER_S = 1000.0  # a conservative rate for one aiomqtt subscriber (DESIGN.md: ~5k/s)
 BACKLOG_WAIT = 0.5  # seconds retries wait while our own publish queue drains
 DROPPED = "cloudcore_messages_dropped_total"
@@ -124,6 +133,8 @@ class SyncHub:
         self._links: dict[str, _Link] = {}
         self._retry: list[tuple[float, str]] = []
         self._racks: dict[asyncio.Future[None], dict[str, int]] = {}
+        # node -> (clock() the ack is due, seq, reports waiting): acks that can wait
+        self._lazy: dict[str, tuple[float, int, int]] = {}
         self._logged: dict[tuple[str, str], float] = {}
         self._backoff = Backoff(base=settings.ack_timeout, cap=settings.ack_timeout_cap)
         self._wake_retry = asyncio.Event()
@@ -275,6 +286,7 @@ class SyncHub:
             # restart a duplicate may be the broker redelivering from before it.
             if self.fleet.nodes[node].status.ready == "NotReady":
                 self.fleet.mark_ready(node)
+            self._lazy.pop(node, None)
             self._ack_report(node, last)
             return
         if msg.node_status:
@@ -302,7 +314,12 @@ class SyncHub:
         self.fleet.heard(node, self.clock())  # after node_status: it may set the heartbeat
         self.fleet.mark_ready(node)
         self.fleet.set_report_seq(node, msg.seq)
-        self._ack_report(node, msg.seq)
+        if msg.telemetry and not msg.pods and (not msg.node_status
+                                               or set(msg.node_status) == {"usage"}):
+            self._ack_later(node, msg.seq, within=LAZY_RACK_S)
+        else:
+            self._lazy.pop(node, None)  # this ack covers the waiting ones (cumulative)
+            self._ack_report(node, msg.seq)
         if drifted:
             self._send_delta(node, base=0)
         else:
@@ -330,6 +347,25 @@ class SyncHub:
             link.inflight = None  # the agent resyncs on reconnect; no retries meanwhile
 
     # -- reports: group-committed acks ---------------------------------------------------
+
+    def _ack_later(self, node: str, seq: int, *, within: float) -> None:
+        """Ack `seq` (cumulative) within `within` seconds, or with the node's next ack."""
+        now = self.clock()
+        due, _, waiting = self._lazy.get(node, (now + within, 0, 0))
+        due = min(due, now + within)
+        if waiting + 1 >= LAZY_RACK_REPORTS or due <= now:
+            self._lazy.pop(node, None)
+            self._ack_report(node, seq)
+            return
+        self._lazy[node] = (due, seq, waiting + 1)
+
+    def flush_acks(self, now: float) -> int:
+        """Send the waiting acks that are due; returns how many went out."""
+        due = [(node, seq) for node, (when, seq, _) in self._lazy.items() if when <= now]
+        for node, seq in due:
+            del self._lazy[node]
+            self._ack_report(node, seq)
+        return len(due)
 
     def _ack_report(self, node: str, seq: int) -> None:
         """Send ReportAck(seq) once everything enqueued so far is committed."""
@@ -438,6 +474,8 @@ class SyncHub:
                 link = self._links.get(node)
                 if link is not None:
                     link.inflight = None
+            if self._lazy:
+                self.flush_acks(self.clock())
             await asyncio.sleep(self.settings.liveness_interval)
 
     # -- helpers -------------------------------------------------------------------------

@@ -242,3 +242,32 @@ async def test_a_deleted_node_is_not_re_registered_by_its_live_agent(
         assert (await edge.recv(ReportAck)).seq == 4
         assert run2.fleet.nodes["e9"].status.ready == "Ready"
     await svc2.stop()
+
+
+async def test_telemetry_reports_are_acked_lazily_and_cumulatively(
+        mosquitto: int, settings: Settings, service_factory: Any) -> None:
+    """Issue 16: an idle node's telemetry report a minute no longer costs a ReportAck a
+    minute; the next other report's ack covers it, and so does the timer."""
+    from cloudcore.synchub import hub as hub_module
+
+    settings.mqtt.port = mosquitto
+    settings.insecure = True
+    run = await service_factory().start()
+    point = {"ts": 60, "node": {"cpu": 5, "mem": 7}}
+    async with FakeEdge("e3", mosquitto) as edge:
+        await edge.send(Report(node="e3", seq=1, node_status={"heartbeat": 30}))
+        assert (await edge.recv(ReportAck)).seq == 1
+        await edge.send(Report(node="e3", seq=2, telemetry=[point]))
+        await edge.send(Report(node="e3", seq=3, telemetry=[point]))
+        await edge.quiet(ReportAck, 0.5)
+        await until(lambda: run.fleet.report_seq.get("e3") == 3)
+        await edge.send(Report(node="e3", seq=4))  # a heartbeat: acked at once, for all
+        assert (await edge.recv(ReportAck)).seq == 4
+        await edge.send(Report(node="e3", seq=5, telemetry=[point]))
+        await until(lambda: run.fleet.report_seq.get("e3") == 5)
+        await edge.quiet(ReportAck, 0.3)
+        assert run.hub.flush_acks(run.hub.clock() + hub_module.LAZY_RACK_S) == 1
+        assert (await edge.recv(ReportAck)).seq == 5
+        for seq in range(6, 6 + hub_module.LAZY_RACK_REPORTS):  # or once enough wait
+            await edge.send(Report(node="e3", seq=seq, telemetry=[point]))
+        assert (await edge.recv(ReportAck)).seq == 5 + hub_module.LAZY_RACK_REPORTS

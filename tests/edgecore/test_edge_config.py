@@ -15,7 +15,8 @@ from edgecore.errors import ConfigError
 
 def test_defaults_are_valid(tmp_path: Path) -> None:
     s = AgentSettings(node="edge-1", state_dir=tmp_path)
-    assert s.heartbeat_s == 30 and s.outbox_budget_bytes == 64 * 2**20
+    assert s.heartbeat_s == 60 and s.outbox_budget_bytes == 64 * 2**20
+    assert s.mqtt_keepalive_s == 600  # paho pings every keepalive (proposal 0003)
     assert s.runtime_root == tmp_path / "runtime" and s.cache_dir == tmp_path / "cache"
 
 

@@ -70,7 +70,34 @@ async def test_samples_aggregate_into_minute_points(tmp_path: Path) -> None:
     assert p["node"]["cpu"] == 1000
     assert p["node"]["mem"] == round(sum(2000 + i for i in range(6)) / 6 * 1024)
     assert p["pods"] == {"pod/default/web": {"cpu": 250, "mem": 2000}}
-    assert tel.last_point == p
+    assert p["full"] is True  # the first point carries every pod
+    assert tel.last_point == {k: v for k, v in p.items() if k != "full"}
+
+
+def test_points_on_the_wire_carry_only_pods_that_moved() -> None:
+    """Issue 16: compact telemetry; every full_every-th point has every pod again."""
+    tel = Telemetry(runtime=FakeRuntime(), sink=lambda p: None,  # type: ignore[arg-type,return-value]
+                    full_every=3)
+    node = {"cpu": 100, "mem": 5 << 30}
+
+    def point(ts: int, pods: dict[str, dict[str, float]]) -> dict[str, Any]:
+        return tel._compact({"ts": ts, "node": dict(node), "pods": pods})
+
+    a, b = "pod/default/a", "pod/default/b"
+    first = point(0, {a: {"cpu": 10, "mem": 100 << 20}, b: {"cpu": 0, "mem": 8 << 20}})
+    assert first["full"] is True and set(first["pods"]) == {a, b}
+    # a moved by less than the quanta (4 m, 512 KiB), b did not move: no pods at all
+    quiet = point(60, {a: {"cpu": 14, "mem": (100 << 20) + (512 << 10)},
+                       b: {"cpu": 0, "mem": 8 << 20}})
+    assert quiet == {"ts": 60, "node": node}
+    # a moved 5 m from what was SENT (10 -> 15), b is gone, c is new
+    c = "pod/default/c"
+    moved = point(120, {a: {"cpu": 15, "mem": 100 << 20}, c: {"cpu": 1, "mem": 1 << 20}})
+    assert moved["pods"] == {a: {"cpu": 15, "mem": 100 << 20}, b: None,
+                             c: {"cpu": 1, "mem": 1 << 20}}
+    assert "full" not in moved
+    again = point(180, {a: {"cpu": 15, "mem": 100 << 20}, c: {"cpu": 1, "mem": 1 << 20}})
+    assert again["full"] is True and set(again["pods"]) == {a, c}
 
 
 async def test_reporter_puts_points_in_the_outbox_as_telemetry(tmp_path: Path) -> None:
@@ -82,7 +109,7 @@ async def test_reporter_puts_points_in_the_outbox_as_telemetry(tmp_path: Path) -
         [(got_seq, raw)] = cache.outbox()
         msg = decode(raw)
         assert isinstance(msg, Report) and got_seq == seq
-        assert msg.telemetry == [point] and msg.node_status == {"usage": {"cpu": 5, "memory": 7}}
+        assert msg.telemetry == [point] and msg.node_status is None
         # Over the budget, telemetry goes first and the newest status stays.
         big = {"ts": 0, "node": {}, "pods": {f"pod/a/p{i}": {"cpu": i} for i in range(400)}}
         for _ in range(10):
