@@ -14,7 +14,8 @@ many nodes have not acked their desired gen, and the first `troubled` nodes
 (NotReady, Unknown, or behind on gens), worst first. It walks the node table once per
 call and keeps the answer for `OVERVIEW_TTL` seconds per filter (callers during a walk
 share it), so open consoles cost at most one walk every 10 s per filter, however many
-tabs.
+tabs. `GET /console/api/nodes/{name}/telemetry` (read-only) serves a node's recent
+one-minute telemetry points and its forecast, for the node page's plot.
 """
 
 from __future__ import annotations
@@ -31,7 +32,9 @@ from fastapi.responses import RedirectResponse, Response
 
 from cloudcore.api.selectors import parse_selector
 from cloudcore.auth import Auth, Principal, Role
+from cloudcore.errors import NotFound
 from cloudcore.fleet import Fleet
+from cloudcore.fleet.forecast import forecast_of, normalise
 
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
        "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
@@ -46,6 +49,7 @@ CHUNK = 2000  # nodes walked between two yields to the event loop
 STATE_RANK = {"NotReady": 0, "Unknown": 1, "Ready": 2}
 SITE_LABELS = ("edgefed.io/site", "site", "topology.kubernetes.io/zone")
 TOP_VALUES = 20
+HORIZON = 15 * 60  # seconds the forecast covers (DESIGN.md section 6)
 
 
 def _static_files() -> dict[str, tuple[bytes, str]]:
@@ -111,7 +115,29 @@ def console_router(fleet: Fleet, *, access: Auth,
             hit = cache[key] = (now, walk)
         return await asyncio.shield(hit[1])
 
+    @router.get("/console/api/nodes/{name}/telemetry", tags=["console"])
+    async def telemetry(name: str, _: Principal = Depends(reader)) -> dict[str, Any]:
+        node = fleet.nodes.get(name)
+        if node is None:
+            raise NotFound("node", name)
+        return node_telemetry(node, fleet.telemetry.get(name, []))
+
     return router
+
+
+def node_telemetry(node: Any, samples: list[Any]) -> dict[str, Any]:
+    """What a node page plots: the node's recent one-minute points as the fleet keeps
+    them (`[minute start, cpu, mem]`, 0..1 of allocatable, oldest first, at most one a
+    minute) and its forecast (`cpu_p50`, `cpu_p90`, `mem_p50`, `mem_p90`: the peak over
+    the next `horizonSeconds`, `trusted`), or null without one."""
+    by_minute: dict[int, tuple[float, float]] = {}
+    for entry in samples:
+        point = normalise(entry, node.status.allocatable)
+        if point is not None:
+            by_minute[point[0]] = (point[1], point[2])
+    return {"points": [[m * 60, cpu, mem] for m, (cpu, mem) in sorted(by_minute.items())],
+            "forecast": forecast_of(node.status.usage),
+            "horizonSeconds": HORIZON}
 
 
 async def summarize(fleet: Fleet, *, selector: Callable[[dict[str, str]], bool] | None,

@@ -11,11 +11,14 @@ CA store of ours); everything else is what an operator's browser does.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import shutil
+import socket
 import ssl
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -23,7 +26,16 @@ from typing import Any
 
 import httpx
 import pytest
+import uvicorn
 
+from cloudcore.api import create_app
+from cloudcore.auth import Auth
+from cloudcore.config import StoreSettings
+from cloudcore.fleet import Fleet as CloudFleet
+from cloudcore.fleet import Liveness
+from cloudcore.metrics import Metrics
+from cloudcore.scheduler import Scheduler
+from cloudcore.store import Store
 from testbed.fleet import Fleet, FleetSettings
 from testbed.procs import Proc
 
@@ -287,3 +299,90 @@ async def test_signing_out_forgets_the_token_and_a_bad_token_is_refused(browser:
         assert time.monotonic() - started < 10
     finally:
         await page.close()
+
+
+@pytest.fixture
+def local_cloud(tmp_path: Path) -> Iterator[Any]:
+    """An in-process API (LMDB store, no broker, auth off as with --insecure) whose fleet
+    the test can feed telemetry and forecasts, which the simulator does not send."""
+    ready, box = threading.Event(), {}
+
+    def run() -> None:
+        async def main() -> None:
+            async with Store(StoreSettings(state_dir=tmp_path / "s",
+                                           batch_interval=0.005)) as store:
+                writer = asyncio.create_task(store.run())
+                fleet = CloudFleet(store=store, scheduler=Scheduler(),
+                              liveness=Liveness(default_heartbeat=30, missed=3, now=0))
+                app = create_app(fleet, metrics=Metrics(process=False), flush=store.flush,
+                                 auth=Auth(store=store, enabled=False))
+                sock = socket.socket()
+                sock.bind(("127.0.0.1", 0))
+                server = uvicorn.Server(uvicorn.Config(app, lifespan="off",
+                                                       log_level="warning"))
+                box.update(server=server, fleet=fleet, loop=asyncio.get_running_loop(),
+                           url=f"http://127.0.0.1:{sock.getsockname()[1]}")
+                serving = asyncio.create_task(server.serve(sockets=[sock]))
+                while not server.started:
+                    await asyncio.sleep(0.01)
+                ready.set()
+                await serving
+                writer.cancel()
+                await asyncio.gather(writer, return_exceptions=True)
+                sock.close()
+
+        asyncio.run(main())
+
+    thread = threading.Thread(target=run, daemon=True, name="console-local-api")
+    thread.start()
+    assert ready.wait(15), "the in-process API did not start"
+    try:
+        yield box
+    finally:
+        box["loop"].call_soon_threadsafe(box["fleet"].watches.close)
+        box["server"].should_exit = True
+        thread.join(10)
+
+
+def _feed(fleet: CloudFleet, name: str) -> None:
+    """A node with an hour of one-minute telemetry and a forecast (in the API's loop)."""
+    fleet.join_node(name, labels={"edgefed.io/site": "lyon"}, arch="arm64")
+    node = fleet.nodes[name]
+    node.status.allocatable = {"cpu": 4000, "memory": 8 << 30}
+    now = int(time.time()) // 60 * 60
+    fleet.add_telemetry(name, [{"ts": now - 60 * (60 - i),
+                                "node": {"cpu": 0.2 + 0.1 * (i % 5) / 4, "mem": 2 << 30}}
+                               for i in range(60)])
+    fleet.apply_forecasts({name: {"cpu_p50": 0.4, "cpu_p90": 0.55, "mem_p50": 0.25,
+                                  "mem_p90": 0.3, "trusted": 1.0}})
+
+
+async def test_a_node_shows_its_telemetry_and_forecast_plot(browser: Any,
+                                                            local_cloud: Any) -> None:
+    fut = asyncio.run_coroutine_threadsafe(_call(_feed, local_cloud["fleet"], "shop-7"),
+                                           local_cloud["loop"])
+    await asyncio.wrap_future(fut)
+    page = await browser.new_page(viewport={"width": 1280, "height": 860})
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    try:
+        # auth off (--insecure): the console opens without a sign-in
+        await page.goto(local_cloud["url"] + "/console/#/nodes/shop-7")
+        await page.wait_for_selector("svg.plot[data-resource=cpu] polyline.actual")
+        assert await page.get_attribute("svg.plot[data-resource=cpu] polyline.actual",
+                                        "data-points") == "60"
+        assert await page.get_attribute("svg.plot[data-resource=cpu] rect.band",
+                                        "data-p90") == "0.55"
+        assert await page.get_attribute("svg.plot[data-resource=mem] line.p50",
+                                        "data-p50") == "0.25"
+        caption = await page.inner_text("#node-plots figure:first-child figcaption")
+        assert "p50 40 %" in caption and "p90 55 %" in caption
+        assert "anonymous" in await page.inner_text("#who")
+        await shot(page, "forecast")
+        assert not errors, errors
+    finally:
+        await page.close()
+
+
+async def _call(fn: Any, *args: Any) -> Any:
+    return fn(*args)

@@ -120,6 +120,12 @@ async def _endpoint_and_overview(store: Store) -> None:
         assert o["troubledTotal"] == 2
         r = await c.get("/console/api/overview", headers=auth, params={"troubled": 10_000})
         assert r.status_code == 422
+        # a node's telemetry for its plot: read-only role, 404 for no such node
+        assert (await c.get("/console/api/nodes/n0/telemetry")).status_code == 401
+        r = await c.get("/console/api/nodes/n0/telemetry", headers=auth)
+        assert r.json() == {"points": [], "forecast": None, "horizonSeconds": 900}
+        r = await c.get("/console/api/nodes/nope/telemetry", headers=auth)
+        assert r.status_code == 404
         # the pages themselves are open (they hold no data) and strict
         page = await c.get("/console/")
         assert page.status_code == 200 and "script-src 'self'" in page.headers[

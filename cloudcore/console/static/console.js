@@ -348,8 +348,20 @@ async function nodePage(signal, name) {
   const pods = new Map();
   const podsBox = h("div", { id: "node-pods" });
   const eventsBox = h("div", { id: "node-events" });
+  const plots = h("div", { id: "node-plots", class: "plots" });
   view.replaceChildren(h("h1", {}, "Node ", h("span", { id: "node-name" }, name), " ", live),
-    actions, status, h("h2", {}, "Pods"), podsBox, h("h2", {}, "Events"), eventsBox);
+    actions, status, h("h2", {}, "Telemetry and forecast"), plots,
+    h("h2", {}, "Pods"), podsBox, h("h2", {}, "Events"), eventsBox);
+  const loadTelemetry = async () => {
+    try {
+      const t = await api(`/console/api/nodes/${seg(name)}/telemetry`, { signal });
+      plots.replaceChildren(...(t.points.length || t.forecast
+        ? [forecastPlot(t, "cpu", 1), forecastPlot(t, "mem", 2)]
+        : [h("p", { class: "muted" }, "no telemetry reported yet")]));
+    } catch (err) {
+      if (!signal.aborted) plots.replaceChildren(errorBox(err));
+    }
+  };
 
   function show(node) {
     const st = node.status || {};
@@ -364,7 +376,9 @@ async function nodePage(signal, name) {
         `${t.key}${t.value ? "=" + t.value : ""}:${t.effect}`))],
       ["capacity", chips(st.capacity)],
       ["allocatable", chips(st.allocatable)],
-      ["usage (telemetry)", Object.keys(st.usage || {}).length ? chips(st.usage) : "not reported"],
+      ["usage (telemetry)", Object.keys(st.usage || {}).length
+        ? chips(Object.fromEntries(Object.entries(st.usage).map(([k, v]) => [k, +Number(v).toFixed(3)])))
+        : "not reported"],
       ["labels", h("span", { id: "node-labels" }, chips(node.metadata.labels))],
     ]));
     actions.replaceChildren();
@@ -392,6 +406,8 @@ async function nodePage(signal, name) {
     return;
   }
   loadEvents(eventsBox, `Node/${name}`, signal);
+  loadTelemetry();
+  every(30000, signal, () => document.hidden || loadTelemetry());
   watch(`/api/v1/watch/nodes?name=${seg(name)}`, signal, (events) => {
     for (const ev of events) if (ev.object && ev.type !== "DELETED") show(ev.object);
   }, live.set);
@@ -404,6 +420,48 @@ async function nodePage(signal, name) {
     }
     showPods();
   }, () => {});
+}
+
+// A node's last hour of one-minute utilisation (line) and its forecast for the next
+// 15 minutes: the p50..p90 band of the peak, the p50 as a line. SVG built with the DOM.
+function forecastPlot(t, resource, column) {
+  const NS = "http://www.w3.org/2000/svg";
+  const W = 560, H = 140, L = 40, R = 8, T = 8, B = 22;
+  const svgEl = (tag, attrs, content) => {
+    const el = document.createElementNS(NS, tag);
+    for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, String(v));
+    if (content !== undefined) el.textContent = content;
+    return el;
+  };
+  const last = t.points.length ? t.points[t.points.length - 1][0] + 60 : Date.now() / 1000;
+  const x0 = last - 3600, x1 = last + t.horizonSeconds;
+  const x = (ts) => L + ((ts - x0) / (x1 - x0)) * (W - L - R);
+  const y = (v) => T + (1 - Math.min(Math.max(v, 0), 1)) * (H - T - B);
+  const svg = svgEl("svg", { viewBox: `0 0 ${W} ${H}`, width: W, height: H, role: "img",
+    "aria-label": `${resource} utilisation and forecast`, class: "plot", "data-resource": resource });
+  for (const v of [0, 0.5, 1]) {
+    svg.append(svgEl("line", { x1: L, x2: W - R, y1: y(v), y2: y(v), class: "grid" }),
+      svgEl("text", { x: L - 4, y: y(v) + 4, "text-anchor": "end", class: "axis" }, `${v * 100}%`));
+  }
+  svg.append(svgEl("line", { x1: x(last), x2: x(last), y1: T, y2: H - B, class: "now" }),
+    svgEl("text", { x: x(last), y: H - 6, "text-anchor": "middle", class: "axis" }, "now"),
+    svgEl("text", { x: L, y: H - 6, class: "axis" }, "-60 min"),
+    svgEl("text", { x: W - R, y: H - 6, "text-anchor": "end", class: "axis" }, "+15 min"));
+  const fc = t.forecast;
+  if (fc) {
+    const p50 = fc[`${resource}_p50`], p90 = fc[`${resource}_p90`];
+    svg.append(svgEl("rect", { x: x(last), width: x(x1) - x(last), y: y(p90),
+      height: Math.max(1, y(p50) - y(p90)), class: "band", "data-p90": p90 }),
+    svgEl("line", { x1: x(last), x2: x(x1), y1: y(p50), y2: y(p50), class: "p50", "data-p50": p50 }));
+  }
+  const pts = t.points.filter((p) => p[0] >= x0).map((p) => `${x(p[0] + 30).toFixed(1)},${y(p[column]).toFixed(1)}`);
+  if (pts.length) svg.append(svgEl("polyline", { points: pts.join(" "), class: "actual", "data-points": pts.length }));
+  const pct = (v) => `${Math.round(v * 100)} %`;
+  const now = t.points.length ? pct(t.points[t.points.length - 1][column]) : "-";
+  return h("figure", { class: "plot-box" }, svg, h("figcaption", {},
+    `${resource}: now ${now}`,
+    fc ? `; next 15 min peak p50 ${pct(fc[`${resource}_p50`])}, p90 ${pct(fc[`${resource}_p90`])}` +
+      (fc.trusted ? "" : " (not trusted yet)") : "; no forecast yet"));
 }
 
 function podTable(rows) {
