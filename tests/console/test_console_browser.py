@@ -213,6 +213,10 @@ async def test_a_daemonset_rollout_moves_in_the_page_without_reload(browser: Any
         await shot(page, "workloads")
         await page.wait_for_selector(f"{row} [data-col=phase]:text-is('Complete')", timeout=30_000)
         assert await page.evaluate("() => window.__sameDocument") is True  # never reloaded
+        # the workload's events say how the rollout went
+        await page.click(f"{row} a")
+        await page.wait_for_selector("#workload-events td:text-is('RolloutComplete')",
+                                     timeout=10_000)
         # operators get the rollout buttons, and they work
         await page.click(f"{row} button[data-action=pause]")
         await page.wait_for_selector(f"{row} button[data-action=resume]", timeout=10_000)

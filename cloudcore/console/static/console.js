@@ -493,9 +493,17 @@ async function loadEvents(box, object, signal) {
 async function workloadsPage(signal) {
   const live = liveBadge();
   const boxes = { daemonsets: h("div", { id: "daemonsets" }), deployments: h("div", { id: "deployments" }) };
+  const focus = hashQuery().get("events");
+  const eventsBox = h("div", { id: "workload-events" });
   view.replaceChildren(h("h1", {}, "Workloads ", live),
     h("h2", {}, "DaemonSets"), boxes.daemonsets, h("h2", {}, "Deployments"), boxes.deployments,
-    h("p", { class: "muted" }, "Rollouts update live from the API's watch stream."));
+    h("p", { class: "muted" }, "Rollouts update live from the API's watch stream. " +
+      "Open a workload for its events (batches, failures, rollbacks and why)."),
+    ...(focus ? [h("h2", {}, `Events of ${focus}`), eventsBox] : []));
+  if (focus) {
+    loadEvents(eventsBox, focus, signal);
+    every(5000, signal, () => document.hidden || loadEvents(eventsBox, focus, signal));
+  }
   for (const plural of ["daemonsets", "deployments"]) {
     const items = new Map();
     let queued = false;
@@ -534,8 +542,9 @@ function workloadTable(plural, rows, box) {
       const pct = desired ? Math.round((100 * (available || 0)) / desired) : 0;
       const id = `${w.metadata.namespace}/${w.metadata.name}`;
       const failed = (ro.failed || []).map((f) => (typeof f === "string" ? f : JSON.stringify(f)));
+      const kind = ds ? "DaemonSet" : "Deployment";
       return h("tr", { "data-workload": id },
-        h("td", {}, id),
+        h("td", {}, h("a", { href: `#/workloads?events=${seg(`${kind}/${id}`)}` }, id)),
         h("td", {}, h("span", { class: "bar", title: `${pct}% available` }, h("span", { style: null })), ` ${pct}%`),
         h("td", { class: "num" }, text(desired)), h("td", { class: "num", "data-col": "updated" }, text(updated)),
         h("td", { class: "num", "data-col": "ready" }, text(ready)),
