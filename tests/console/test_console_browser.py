@@ -36,6 +36,8 @@ from cloudcore.fleet import Liveness
 from cloudcore.metrics import Metrics
 from cloudcore.scheduler import Scheduler
 from cloudcore.store import Store
+from cloudcore.synchub.requests import Requests
+from shared.codec import Response
 from testbed.fleet import Fleet, FleetSettings
 from testbed.procs import Proc
 
@@ -318,8 +320,9 @@ def local_cloud(tmp_path: Path) -> Iterator[Any]:
                 writer = asyncio.create_task(store.run())
                 fleet = CloudFleet(store=store, scheduler=Scheduler(),
                               liveness=Liveness(default_heartbeat=30, missed=3, now=0))
+                requests = Requests(lambda node, req: scripted_node(requests, node, req))
                 app = create_app(fleet, metrics=Metrics(process=False), flush=store.flush,
-                                 auth=Auth(store=store, enabled=False))
+                                 auth=Auth(store=store, enabled=False), requests=requests)
                 sock = socket.socket()
                 sock.bind(("127.0.0.1", 0))
                 server = uvicorn.Server(uvicorn.Config(app, lifespan="off",
@@ -346,6 +349,26 @@ def local_cloud(tmp_path: Path) -> Iterator[Any]:
         box["loop"].call_soon_threadsafe(box["fleet"].watches.close)
         box["server"].should_exit = True
         thread.join(10)
+
+
+def scripted_node(requests: Requests, node: str, req: Any) -> None:
+    """The edge's side of logs and exec, scripted (the cloud's side is the real one):
+    a log of 3 lines, then with `follow` a line every 0.3 s; exec echoes its argv."""
+    loop = asyncio.get_running_loop()
+
+    def answer(seq: int, data: bytes, **kw: Any) -> None:
+        requests.deliver(node, Response(node=node, id=req.id, seq=seq, data=data, **kw))
+
+    if req.kind == "logs":
+        answer(0, b"line 1\nline 2 <b>not bold</b>\nline 3\n")
+        if not req.follow:
+            loop.call_soon(lambda: answer(1, b"", done=True))
+            return
+        for i in range(1, 20):
+            loop.call_later(0.3 * i, answer, i, f"followed {i}\n".encode())
+    elif req.kind == "exec":
+        answer(0, " ".join(req.argv).encode() + b"\n")
+        loop.call_soon(lambda: answer(1, b"", done=True, exit_code=0))
 
 
 def _feed(fleet: CloudFleet, name: str) -> None:
@@ -390,3 +413,39 @@ async def test_a_node_shows_its_telemetry_and_forecast_plot(browser: Any,
 
 async def _call(fn: Any, *args: Any) -> Any:
     return fn(*args)
+
+
+def _pod(fleet: CloudFleet, node: str) -> None:
+    from shared.models import parse_object
+
+    fleet.join_node(node, labels={}, arch="amd64")
+    fleet.apply([parse_object({"apiVersion": "v1", "kind": "Pod",
+                               "metadata": {"name": "web", "namespace": "default"},
+                               "spec": {"nodeName": node,
+                                        "containers": [{"name": "c", "image": "busybox"}]}})])
+
+
+async def test_an_operator_follows_a_log_and_runs_exec(browser: Any, local_cloud: Any) -> None:
+    fut = asyncio.run_coroutine_threadsafe(_call(_pod, local_cloud["fleet"], "shop-8"),
+                                           local_cloud["loop"])
+    await asyncio.wrap_future(fut)
+    page = await browser.new_page(viewport={"width": 1280, "height": 860})
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    try:
+        await page.goto(local_cloud["url"] + "/console/#/pods/default/web")
+        await page.wait_for_selector("#show-logs")  # anonymous admin: an operator
+        await page.click("#show-logs")
+        await page.wait_for_selector("#log:has-text('line 3')")
+        first = await page.inner_text("#log")
+        assert "line 2 <b>not bold</b>" in first  # text, not markup
+        await page.wait_for_selector("#log:has-text('followed 3')", timeout=10_000)
+        assert await page.query_selector("#log b") is None
+        await page.fill("#exec-command", "echo hi there")
+        await page.click("#exec")
+        await page.wait_for_selector("#exec-output:has-text('exit code 0')")
+        assert "echo hi there" in await page.inner_text("#exec-output")
+        await shot(page, "logs")
+        assert not errors, errors
+    finally:
+        await page.close()
