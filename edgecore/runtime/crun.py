@@ -269,7 +269,19 @@ class CrunRuntime:
         )
 
     async def _crun_states(self) -> dict[str, dict[str, Any]]:
-        res = await self._crun_cmd("list", "--format", "json", what="list containers")
+        for attempt in range(3):
+            res = await self._crun_cmd("list", "--format", "json", what="list containers",
+                                       check=False)
+            if res.returncode == 0:
+                break
+            # crun reads every container's state file; one being created or deleted at
+            # that moment may be half there ("error opening file `.../status`: No such
+            # file or directory"). A failed list skips a whole reconcile pass, so look
+            # again rather than fail.
+            if attempt == 2 or b"No such file or directory" not in res.stderr:
+                raise RuntimeCommandError(
+                    f"list containers: {describe(self._crun_argv('list'), res)}")
+            await asyncio.sleep(0.01 * (attempt + 1))
         out = res.stdout.strip()
         entries: list[dict[str, Any]] = json.loads(out) if out else []
         return {e["id"]: e for e in entries}
