@@ -4,6 +4,8 @@ overview summary, in-process over a real LMDB store (no browser needed)."""
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import time
 from pathlib import Path
 
@@ -130,3 +132,14 @@ async def _endpoint_and_overview(store: Store) -> None:
         page = await c.get("/console/")
         assert page.status_code == 200 and "script-src 'self'" in page.headers[
             "content-security-policy"]
+
+
+def test_the_grafana_dashboard_names_only_metrics_cloudcore_has() -> None:
+    root = Path(__file__).resolve().parents[2]
+    dash = json.loads((root / "docs" / "grafana-cloudcore.json").read_text())
+    exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
+    names = {n for e in exprs for n in re.findall(r"\b(cloudcore_[a-z_]+)\b", e)}
+    source = "\n".join(p.read_text() for p in (root / "cloudcore").rglob("*.py"))
+    missing = sorted(n for n in names if f'"{n}"' not in source)
+    assert not missing, f"the dashboard uses metrics cloudcore does not define: {missing}"
+    assert len(names) >= 15

@@ -545,7 +545,7 @@ function workloadTable(plural, rows, box) {
       const kind = ds ? "DaemonSet" : "Deployment";
       return h("tr", { "data-workload": id },
         h("td", {}, h("a", { href: `#/workloads?events=${seg(`${kind}/${id}`)}` }, id)),
-        h("td", {}, h("span", { class: "bar", title: `${pct}% available` }, h("span", { style: null })), ` ${pct}%`),
+        h("td", {}, h("span", { class: "bar", title: `${pct}% available` }, h("span", {})), ` ${pct}%`),
         h("td", { class: "num" }, text(desired)), h("td", { class: "num", "data-col": "updated" }, text(updated)),
         h("td", { class: "num", "data-col": "ready" }, text(ready)),
         h("td", { class: "num", "data-col": "available" }, text(available)),
@@ -715,7 +715,12 @@ async function render() {
   document.getElementById("top").hidden = false;
   document.getElementById("who").textContent = `${session.name} (${session.role})`;
   const [path] = location.hash.replace(/^#/, "").split("?");
-  const parts = path.split("/").filter(Boolean).map(decodeURIComponent);
+  let parts;
+  try {
+    parts = path.split("/").filter(Boolean).map(decodeURIComponent);
+  } catch (_) {
+    parts = []; // a malformed address: the fleet page
+  }
   for (const a of document.querySelectorAll("[data-nav]")) {
     a.classList.toggle("active", a.dataset.nav === (parts[0] === "workloads" ? "workloads" : "fleet"));
   }
