@@ -10,7 +10,9 @@ those of the hand-written registry this replaced (counters end in `_total`), so
 dashboards and the tests that read `/metrics` are unchanged; values now print as
 floats (`1.0`).
 
-Also in the registry: prometheus-client's process collector (`process_cpu_seconds_total`,
+`add_rollout_gauges` adds rollout progress without names (`cloudcore_rollouts{kind,
+phase}`, `cloudcore_rollout_pods{kind,state}`). Also in the registry:
+prometheus-client's process collector (`process_cpu_seconds_total`,
 `process_resident_memory_bytes`, open fds...) and, once `LoopLag.run()` is running,
 how late the event loop runs a timer (`cloudcore_event_loop_lag_seconds`, and the
 worst over the last minute, `cloudcore_event_loop_lag_max_seconds`): the design wants
@@ -23,6 +25,7 @@ import asyncio
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -84,6 +87,47 @@ class Metrics:
     def render(self) -> str:
         """Every metric of the registry in the Prometheus text format 0.0.4."""
         return generate_latest(self.registry).decode()
+
+
+ROLLOUTS = "cloudcore_rollouts"
+ROLLOUT_PODS = "cloudcore_rollout_pods"
+PHASES = ("Complete", "Progressing", "Paused", "RolledBack", "Aborted")
+
+
+def add_rollout_gauges(metrics: Metrics, fleet: Any) -> None:
+    """Describe and register `rollout_gauges(fleet)` for every scrape."""
+    metrics.describe(ROLLOUTS, "DaemonSets and Deployments by kind and rollout phase.")
+    metrics.describe(ROLLOUT_PODS, "Pods of DaemonSets and Deployments by kind and "
+                                   "rollout state (desired, updated, ready, available, "
+                                   "failed in the rollout under way, on nodes not Ready).")
+    metrics.add_gauges(lambda: rollout_gauges(fleet))
+
+
+def rollout_gauges(fleet: Any) -> Iterable[tuple[str, Labels, float]]:
+    """Rollout progress over every DaemonSet and Deployment, as counts without names:
+    workloads by kind and rollout phase, and their pods by kind and state (desired,
+    updated, ready, available, failed, offline). One pass over the workloads."""
+    for kind, table, fields in (
+            ("DaemonSet", fleet.daemonsets,
+             ("desired_number_scheduled", "updated_number_scheduled", "number_ready",
+              "number_available")),
+            ("Deployment", fleet.deployments,
+             ("replicas", "updated_replicas", "ready_replicas", "available_replicas"))):
+        phases = dict.fromkeys(PHASES, 0)
+        pods = dict.fromkeys(("desired", "updated", "ready", "available", "failed",
+                              "offline"), 0)
+        for obj in table.values():
+            st = obj.status
+            phases[st.rollout.phase] = phases.get(st.rollout.phase, 0) + 1
+            for state, field in zip(("desired", "updated", "ready", "available"), fields,
+                                    strict=True):
+                pods[state] += getattr(st, field) or 0
+            pods["failed"] += st.rollout.failed
+            pods["offline"] += st.rollout.offline
+        for phase, n in phases.items():
+            yield ROLLOUTS, (("kind", kind), ("phase", phase)), float(n)
+        for state, n in pods.items():
+            yield ROLLOUT_PODS, (("kind", kind), ("state", state)), float(n)
 
 
 class _Families:

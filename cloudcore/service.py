@@ -52,7 +52,7 @@ from cloudcore.config import Settings
 from cloudcore.errors import ConfigError
 from cloudcore.fleet import Fleet, Liveness
 from cloudcore.fleet.admission import Admission
-from cloudcore.metrics import Labels, LoopLag, Metrics
+from cloudcore.metrics import Labels, LoopLag, Metrics, add_rollout_gauges
 from cloudcore.scheduler import Scheduler
 from cloudcore.store import Store
 from cloudcore.synchub import SyncHub
@@ -469,3 +469,4 @@ def _register_gauges(metrics: Metrics, *, fleet: Fleet, store: Store,
         yield "cloudcore_publish_backlog", (), float(sum(p.backlog for p in publishers))
 
     metrics.add_gauges(gauges)
+    add_rollout_gauges(metrics, fleet)

@@ -219,6 +219,11 @@ async def test_a_daemonset_rollout_moves_in_the_page_without_reload(browser: Any
         await page.click(f"{row} a")
         await page.wait_for_selector("#workload-events td:text-is('RolloutComplete')",
                                      timeout=10_000)
+        # rollout progress in /metrics, without names
+        text = (await cloud.call("GET", "/metrics")).text
+        assert 'cloudcore_rollouts{kind="DaemonSet",phase="Complete"} 1.0' in text
+        assert f'cloudcore_rollout_pods{{kind="DaemonSet",state="updated"}} {float(NODES)}' in text
+        assert "probe" not in text
         # operators get the rollout buttons, and they work
         await page.click(f"{row} button[data-action=pause]")
         await page.wait_for_selector(f"{row} button[data-action=resume]", timeout=10_000)

@@ -16,7 +16,7 @@ from cloudcore.api import create_app
 from cloudcore.auth import Auth, Role
 from cloudcore.config import StoreSettings
 from cloudcore.fleet import Fleet, Liveness
-from cloudcore.metrics import LAG, LAG_MAX, LoopLag, Metrics
+from cloudcore.metrics import LAG, LAG_MAX, LoopLag, Metrics, add_rollout_gauges
 from cloudcore.scheduler import Scheduler
 from cloudcore.store import Store
 
@@ -90,7 +90,9 @@ async def _endpoint_and_overview(store: Store) -> None:
     fleet = Fleet(store=store, scheduler=Scheduler(),
                   liveness=Liveness(default_heartbeat=30, missed=3, now=0))
     access = Auth(store=store, enabled=True)
-    app = create_app(fleet, metrics=Metrics(), flush=store.flush, auth=access)
+    metrics = Metrics()
+    add_rollout_gauges(metrics, fleet)
+    app = create_app(fleet, metrics=metrics, flush=store.flush, auth=access)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
         r = await c.get("/metrics")
@@ -122,6 +124,21 @@ async def _endpoint_and_overview(store: Store) -> None:
         assert o["troubledTotal"] == 2
         r = await c.get("/console/api/overview", headers=auth, params={"troubled": 10_000})
         assert r.status_code == 422
+        # rollout progress as counts without names
+        op, _ = access.create_api_token(role=Role.OPERATOR, name="op")
+        ds = {"apiVersion": "apps/v1", "kind": "DaemonSet",
+              "metadata": {"name": "agent", "namespace": "default"},
+              "spec": {"selector": {"matchLabels": {"app": "a"}},
+                       "template": {"metadata": {"labels": {"app": "a"}},
+                                    "spec": {"containers": [{"name": "c",
+                                                             "image": "busybox"}]}}}}
+        r = await c.post("/api/v1/apply", json={"documents": [ds]},
+                         headers={"Authorization": f"Bearer {op}"})
+        assert r.status_code == 200, r.text
+        text = (await c.get("/metrics")).text
+        assert 'cloudcore_rollout_pods{kind="DaemonSet",state="desired"} 4.0' in text
+        assert 'cloudcore_rollouts{kind="Deployment",phase="Complete"} 0.0' in text
+        assert "# TYPE cloudcore_rollouts gauge" in text and "agent" not in text
         # a node's telemetry for its plot: read-only role, 404 for no such node
         assert (await c.get("/console/api/nodes/n0/telemetry")).status_code == 401
         r = await c.get("/console/api/nodes/n0/telemetry", headers=auth)

@@ -541,7 +541,6 @@ function workloadTable(plural, rows, box) {
       const available = ds ? st.numberAvailable : st.availableReplicas;
       const pct = desired ? Math.round((100 * (available || 0)) / desired) : 0;
       const id = `${w.metadata.namespace}/${w.metadata.name}`;
-      const failed = (ro.failed || []).map((f) => (typeof f === "string" ? f : JSON.stringify(f)));
       const kind = ds ? "DaemonSet" : "Deployment";
       return h("tr", { "data-workload": id },
         h("td", {}, h("a", { href: `#/workloads?events=${seg(`${kind}/${id}`)}` }, id)),
@@ -551,7 +550,8 @@ function workloadTable(plural, rows, box) {
         h("td", { class: "num", "data-col": "available" }, text(available)),
         h("td", {}, h("span", { "data-col": "phase" }, text(ro.phase)),
           ro.message ? h("div", { class: "muted" }, ro.message) : null,
-          failed.length ? h("div", { class: "error" }, `failed: ${failed.join("; ")}`) : null,
+          ro.failed ? h("div", { class: "error", "data-col": "failed" },
+            `${ro.failed} failed (the workload's events say which and why)`) : null,
           ro.offline ? h("div", { class: "muted" }, `${ro.offline} on nodes not Ready`) : null),
         h("td", {}, text(st.updateRevision), st.currentRevision && st.currentRevision !== st.updateRevision
           ? h("div", { class: "muted" }, `stable ${st.currentRevision}`) : null),
