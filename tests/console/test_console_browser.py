@@ -93,7 +93,8 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         sim = Proc("simulator", [sys.executable, "-m", "testbed.simulator",
                                  "--host", "127.0.0.1", "--port", str(f.broker.port),
                                  "--prefix", "site", "--start", "0", "--count", str(NODES),
-                                 "--heartbeat", "2", "--report-pods", *secure],
+                                 "--heartbeat", "2", "--report-pods",
+                                 "--crash-marker", "crash-now", *secure],
                    log=work / "sim.log").start()
         f.wait(lambda: sum(n["status"]["ready"] == "Ready" for n in f.nodes()) == NODES,
                timeout=30, what="simulated nodes Ready")
@@ -224,6 +225,17 @@ async def test_a_daemonset_rollout_moves_in_the_page_without_reload(browser: Any
         assert 'cloudcore_rollouts{kind="DaemonSet",phase="Complete"} 1.0' in text
         assert f'cloudcore_rollout_pods{{kind="DaemonSet",state="updated"}} {float(NODES)}' in text
         assert "probe" not in text
+        # a template whose pods crash: the rollout fails, rolls back, and says why
+        ds["spec"]["template"]["spec"]["containers"][0]["args"] = ["crash-now"]
+        r = await cloud.call("POST", "/api/v1/apply", json={"documents": [ds]})
+        assert r.status_code == 200, r.text
+        await page.wait_for_selector(f"{row} [data-col=phase]:text-is('RolledBack')",
+                                     timeout=20_000)
+        assert "1 failed" in await page.inner_text(f"{row} [data-col=failed]")
+        await page.wait_for_selector("#workload-events td:text-is('RolloutAborted')",
+                                     timeout=10_000)
+        assert "CrashLoopBackOff" in await page.inner_text("#workload-events")
+        await shot(page, "rollback")
         # operators get the rollout buttons, and they work
         await page.click(f"{row} button[data-action=pause]")
         await page.wait_for_selector(f"{row} button[data-action=resume]", timeout=10_000)
