@@ -117,14 +117,15 @@ async function api(path, { method = "GET", body, signal, raw = false } = {}) {
 }
 
 // Follows a watch stream (JSON lines) until the page goes; reconnects after a drop.
-// onBatch gets the events of one read; onLive(true|false) tells whether it is connected.
+// onBatch gets the events of one read; every (re)connection starts with a RESET event
+// (drop what you hold) and then the current objects as ADDED, so nothing that changed
+// or went while the stream was down is missed. onLive(true|false): connected or not.
 async function watch(path, signal, onBatch, onLive) {
   const sep = path.includes("?") ? "&" : "?";
-  let first = true;
   while (!signal.aborted) {
     try {
-      const resp = await api(`${path}${sep}sendInitialEvents=${first}`, { signal, raw: true });
-      first = false;
+      const resp = await api(`${path}${sep}sendInitialEvents=true`, { signal, raw: true });
+      let reset = true; // the first batch (ends with the initialEventsEnd bookmark)
       onLive(true);
       const reader = resp.body.getReader();
       const decoder = new TextDecoder();
@@ -135,13 +136,16 @@ async function watch(path, signal, onBatch, onLive) {
         buffered += decoder.decode(value, { stream: true });
         const lines = buffered.split("\n");
         buffered = lines.pop();
-        const events = [];
+        const events = reset ? [{ type: "RESET" }] : [];
         for (const line of lines) {
           if (!line) continue;
           const ev = JSON.parse(line);
           if (ev.type !== "BOOKMARK" || ev.initialEventsEnd) events.push(ev);
         }
-        if (events.length) onBatch(events);
+        if (events.length > (reset ? 1 : 0)) {
+          reset = false;
+          onBatch(events);
+        }
       }
     } catch (err) {
       if (signal.aborted || (err instanceof ApiError && err.status === 401)) return;
@@ -413,6 +417,7 @@ async function nodePage(signal, name) {
   }, live.set);
   watch(`/api/v1/watch/pods?node=${seg(name)}`, signal, (events) => {
     for (const ev of events) {
+      if (ev.type === "RESET") pods.clear();
       if (!ev.object) continue;
       const key = `${ev.object.metadata.namespace}/${ev.object.metadata.name}`;
       if (ev.type === "DELETED") pods.delete(key);
@@ -516,6 +521,7 @@ async function workloadsPage(signal) {
     redraw();
     watch(`/api/v1/watch/${plural}`, signal, (events) => {
       for (const ev of events) {
+        if (ev.type === "RESET") items.clear();
         if (!ev.object) continue;
         const key = `${ev.object.metadata.namespace}/${ev.object.metadata.name}`;
         if (ev.type === "DELETED") items.delete(key);
