@@ -281,7 +281,11 @@ class Resync(_Msg):
 class Report(_Msg):
     """edge -> cloud: pod statuses that changed, node status, telemetry; idempotent by seq.
 
-    An empty report (no pods, no node status) is the heartbeat.
+    An empty report (no pods, no node status) is the heartbeat. On the wire the
+    optional fields at their defaults (`epoch` null, `gen` 0, `pods` empty,
+    `node_status` null, `telemetry` empty) are left out (proposal 0003): an idle
+    node's telemetry report a minute is about 30 bytes shorter. Decoding fills them
+    in, so either form reads the same, as it always did.
     """
 
     t: ClassVar[str] = "report"
@@ -383,8 +387,22 @@ _FIELDS: dict[str, frozenset[str]] = {
     t: frozenset(f.name for f in dataclasses.fields(c)) for t, c in _TYPES.items()}
 
 
+_REPORT_DEFAULTS: tuple[tuple[str, Any], ...] = (
+    ("epoch", None), ("gen", 0), ("pods", {}), ("node_status", None), ("telemetry", []))
+
+
+def wire_dict(msg: _Msg) -> dict[str, Any]:
+    """What `encode` packs: every field, but a Report without its defaults."""
+    out = msg.as_dict()
+    if isinstance(msg, Report):
+        for name, default in _REPORT_DEFAULTS:
+            if out[name] == default and type(out[name]) is type(default):
+                del out[name]
+    return out
+
+
 def encode(msg: _Msg) -> bytes:
-    return msgpack.packb(msg.as_dict(), use_bin_type=True)
+    return msgpack.packb(wire_dict(msg), use_bin_type=True)
 
 
 def decode(data: bytes, *, limits: Limits = DEFAULT_LIMITS) -> Message:
