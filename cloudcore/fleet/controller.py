@@ -764,10 +764,12 @@ class Fleet:
 
     def _pods_back(self, name: str) -> None:
         """`name` reports again: its pods get back what it last reported."""
-        for pk in sorted(self._on_node.get(name, ())):
-            was = self._lost.pop(pk, None)
+        # Every entry of this node, also of pods deleted or moved meanwhile (dropped).
+        for pk in [k for k, st in self._lost.items() if st.node_name == name]:
+            was = self._lost.pop(pk)
             pod = self.pods.get(pk)
-            if was is not None and pod is not None and pod.status.node_name == name:
+            if pod is not None and pod.status.node_name == name and pk in self._on_node.get(
+                    name, ()):
                 pod.status = was
                 self._save_pod(pk)
                 self.rollouts.touch(pod.metadata.annotations.get(naming.OWNER))
