@@ -13,9 +13,11 @@ needs the network.
 A pass woken by a new desired set while nothing else is due reuses the listing
 of the last full pass instead of asking the runtime again (no `crun list` on the
 start path, issue 16) when that listing still holds: the state token has not
-moved since (no container exited) and no pod to be synced has had work since it
-was taken (`_dirty`; a pod's work marks it, a completed removal leaves it clean
-and empty). Otherwise the pass lists, as before.
+moved since (no container exited) and no pod to be synced has had a container
+started, stopped or removed since it was taken (`_dirty`: each such runtime call
+marks its pod when it ends; a completed removal leaves the pod clean and empty).
+Otherwise the pass lists, as before. A pod whose pass changed nothing (a running
+pod checked again) stays clean, so a node running pods starts a new one unlisted.
 
 Per pod, in its own task (a slow image pull of one pod never holds up another;
 a pod whose previous work is still running is skipped this pass):
@@ -72,7 +74,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -282,7 +284,7 @@ class Reconciler:
         if not listed:
             self.cached_passes += 1
         else:
-            self._dirty = set(self._inflight)  # their work may change what we list now
+            self._dirty = set()  # a change that ends after the list starts marks anew
             self._listing = None  # a removal ending during the list must not clean its pod
             try:
                 actual = await self.runtime.list()
@@ -418,7 +420,6 @@ class Reconciler:
         items: dict[str, Any],
     ) -> None:
         """Converge one pod; never raises (except cancellation): errors become its status."""
-        self._dirty.add(key)  # the last listing no longer tells this pod's containers
         try:
             if want is None:
                 await self._remove_pod(key, states)
@@ -438,6 +439,16 @@ class Reconciler:
             self.sink.update(key, PodStatus(
                 phase="Unknown", reason="ReconcileError", message=_msg(exc), node_name=self.node,
                 revision=None if not isinstance(want, PodEntry) else want.revision))
+
+    @contextlib.asynccontextmanager
+    async def _changing(self, key: str) -> AsyncIterator[None]:
+        """Around a runtime call that changes `key`'s containers: once it ends (however),
+        the last listing no longer tells them (module docstring). Marked at the end, so
+        a change that straddles the start of a listing is marked after it too."""
+        try:
+            yield
+        finally:
+            self._dirty.add(key)
 
     def _cleared(self, key: str) -> None:
         """Every container of `key` is gone: the last listing holds again for it."""
@@ -469,8 +480,10 @@ class Reconciler:
                     grace = float(st.annotations.get(ANN_GRACE, "10"))
                 except ValueError:
                     grace = 10.0
-                await self.runtime.stop(st.id, grace_s=grace)
-            await self.runtime.remove(st.id)
+                async with self._changing(st.annotations.get(ANN_POD, "")):
+                    await self.runtime.stop(st.id, grace_s=grace)
+            async with self._changing(st.annotations.get(ANN_POD, "")):
+                await self.runtime.remove(st.id)
 
     def _violations(self, entry: PodEntry) -> tuple[Level, list[Violation]]:
         """How the spec breaks its level (the entry's, capped by this agent's)."""
@@ -625,7 +638,8 @@ class Reconciler:
                 return self._backing_off(c.name, rec)
             if ctx.blocked is not None:
                 return self._blocked(c.name, rec, ctx.blocked)
-            await self.runtime.remove(st.id)
+            async with self._changing(entry.key):
+                await self.runtime.remove(st.id)
             rec.restarts += 1
             return await self._start(entry, c, cid, rec, ctx)
         if rec.completed:  # finished for good; its container may have been cleaned away
@@ -635,7 +649,8 @@ class Reconciler:
         if ctx.blocked is not None:
             return self._blocked(c.name, rec, ctx.blocked)
         if st is not None:  # "created": a start that never finished; clear it and retry
-            await self.runtime.remove(st.id)
+            async with self._changing(entry.key):
+                await self.runtime.remove(st.id)
         return await self._start(entry, c, cid, rec, ctx)
 
     async def _kill_unhealthy(
@@ -650,7 +665,9 @@ class Reconciler:
         rec.kill_message = why
         assert self.prober is not None
         self.prober.forget(cid)
-        await self.runtime.stop(cid, grace_s=float(entry.spec.termination_grace_period_seconds))
+        async with self._changing(entry.key):
+            await self.runtime.stop(cid,
+                                    grace_s=float(entry.spec.termination_grace_period_seconds))
         return next((s for s in await self.runtime.list() if s.id == cid), None)
 
     def _observe_exit(self, st: ContainerState, rec: ContainerRecord, policy: str) -> None:
@@ -733,7 +750,8 @@ class Reconciler:
 
     async def _run(self, entry: PodEntry, cid: str, spec: ContainerSpec) -> None:
         try:
-            await self.runtime.run(cid, spec)
+            async with self._changing(entry.key):
+                await self.runtime.run(cid, spec)
         except ImagePullError as exc:
             if spec.pull_policy != "Always" or isinstance(exc, InsufficientDisk):
                 raise
@@ -741,7 +759,8 @@ class Reconciler:
             # down whose image is already here; IfNotPresent pulls only if missing.
             log.warning("%s: pull (Always) of %s failed, trying the local copy: %s",
                         entry.key, spec.image, exc)
-            await self.runtime.run(cid, replace(spec, pull_policy="IfNotPresent"))
+            async with self._changing(entry.key):
+                await self.runtime.run(cid, replace(spec, pull_policy="IfNotPresent"))
 
     async def _needs_pull(self, spec: ContainerSpec) -> bool:
         """Whether to pull before run() (so the pod can be reported as pulling): only for

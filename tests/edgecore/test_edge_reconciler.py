@@ -502,12 +502,23 @@ async def test_a_new_pod_after_a_quiet_spell_starts_without_listing(tmp_path: Pa
         w.rec.wake()
         await settle()
         assert w.sink.latest[c[0]] is None and rt.lists == 4
+        # c's stop moved the exit token; the periodic pass lists again and finds a and b
+        # as they were (left alone, so clean): a new pod then starts without a list
+        await w.rec.reconcile_once()
+        assert rt.lists == 5
+        d = pod("d")
+        w.set(a, b, d)
+        w.rec.wake()
+        await settle()
+        assert w.status(d[0]).phase == "Running" and rt.lists == 5
+        assert w.rec.cached_passes == 2
         rt.exit(cid("a", a[1]), 1)  # an exit moves the token: a woken pass lists
         w.set(a)
         w.rec.wake()
         await settle()
-        assert rt.lists == 5
-        assert w.sink.latest[b[0]] is None and w.status(a[0]).container_statuses[0].state
+        assert rt.lists == 6
+        assert w.sink.latest[b[0]] is None and w.sink.latest[d[0]] is None
+        assert w.status(a[0]).container_statuses[0].state
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
