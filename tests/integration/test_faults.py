@@ -245,11 +245,18 @@ def test_offline_reboot_brings_pods_back_from_cache(fleet: Fleet, chaos: Chaos) 
     assert "mqtt link up" not in log_since(a, off)  # the cloud played no part
     chaos.heal(a.name)
     fleet.wait(lambda: settled(fleet, a), timeout=60, what="back in sync after heal")
-    assert took < 3.0, f"{n} pods took {took:.2f} s to come back (goal < 3 s)"
+    # How long it took is a figure (goal < 3 s), not an assertion: timings belong to
+    # benchmarks (issue 16); `testbed chaos offline-reboot` prints it too.
 
-
-def test_offline_reboot_cleanup(fleet: Fleet) -> None:
-    delete_and_wait(fleet, "deployments", "burst", [fleet.agents[2]])
+    # Clean up in the test that made it (was a test of its own that asserted nothing
+    # and only worked after this one): every burst pod leaves the node, the cloud and
+    # the agent's cache, and the node is in sync again.
+    delete_and_wait(fleet, "deployments", "burst", [a])
+    fleet.wait(lambda: not [p for p in fleet.pods() if p["metadata"]["name"].startswith(
+        "burst-")], timeout=60, what="no burst pods in the cloud")
+    fleet.wait(lambda: settled(fleet, a), timeout=60, what="in sync after the delete")
+    assert not [k for k in cached(a)[2] if "/burst-" in k]
+    assert not [k for k in running_revisions(a) if "/burst-" in k]
 
 
 def test_broker_killed_mid_rollout_loses_no_update(fleet: Fleet, chaos: Chaos) -> None:
