@@ -13,6 +13,8 @@
                                   secure (joined, TLS, sealed) and --insecure side by side
     testbed bench rollout         simulated fleet: health-gated DaemonSet rollouts, a good
                                   update in batches (--batch 10%) and a bad one rolled back
+    testbed bench idle            two real agents at their defaults (0 and --pods 10 pods):
+                                  idle link bytes per node by packet capture (--duration)
     testbed chaos SCENARIO        start a fleet, inject a named fault, print figures:
                                   partition --minutes 10, flaky, broker-restart, cloud-kill,
                                   agent-kill, offline-reboot --pods 20; `outbox` needs no fleet
@@ -225,6 +227,12 @@ def cmd_broker(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from testbed.bench import batch_size, bench_rollout, bench_sync
 
+    if args.what == "idle":
+        from testbed.bench_idle import main as bench_idle
+
+        argv = ["--duration", str(args.duration), "--pods", str(args.pods)]
+        bench_idle([*argv, *(["--workdir", args.workdir] if args.workdir else [])])
+        return 0
     workdir = Path(args.workdir or f"var/{'bench' if args.what == 'sync' else 'bench-rollout'}")
     if args.what == "rollout":
         try:
@@ -285,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     br.add_argument("--insecure", action="store_true", help="plain and anonymous (warns)")
     br.set_defaults(fn=cmd_broker)
     b = sub.add_parser("bench")
-    b.add_argument("what", choices=["sync", "rollout"])
+    b.add_argument("what", choices=["sync", "rollout", "idle"])
     b.add_argument("--nodes", type=int, default=5000)
     b.add_argument("--procs", type=int, default=2, help="simulator processes")
     b.add_argument("--batch", default="10%",
@@ -296,6 +304,9 @@ def main(argv: list[str] | None = None) -> int:
                         "unless insecure")
     b.add_argument("--workdir", default=None,
                    help="default var/bench (sync), var/bench-rollout (rollout)")
+    b.add_argument("--duration", type=float, default=600.0,
+                   help="idle: capture window in seconds (default 600)")
+    b.add_argument("--pods", type=int, default=10, help="idle: pods on the second node")
     b.set_defaults(fn=cmd_bench)
     from testbed.chaos import SCENARIOS
 
