@@ -295,23 +295,29 @@ class Chaos:
         free = st.f_bavail * st.f_frsize
         size = max(0, free - leave_bytes)
         path = a.state_dir / "chaos-filler"
-        with path.open("ab") as f:
+        # Known before a byte is written: whatever happens below, free_disk (and the
+        # teardown) removes it. A filler that raised half-way used to stay, and every
+        # later test on that node ran on a full disk.
+        self._fillers[node] = path
+        # Unbuffered: a buffered writer keeps the bytes ENOSPC refused and raises again
+        # when it is closed, outside any handler.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
             if size:
                 try:
-                    os.posix_fallocate(f.fileno(), f.tell(), size)
+                    os.posix_fallocate(fd, os.lseek(fd, 0, os.SEEK_END), size)
                 except OSError:  # some file systems cannot; write zeros instead
                     chunk = b"\0" * (1 << 20)
                     left = size
                     try:
                         while left > 0:
-                            f.write(chunk[:min(left, len(chunk))])
-                            f.flush()
-                            left -= len(chunk)
+                            left -= os.write(fd, chunk[:min(left, len(chunk))])
                     except OSError as exc:
                         # the agent wrote meanwhile: the disk is full sooner, as wanted
                         if exc.errno != errno.ENOSPC:
                             raise
-        self._fillers[node] = path
+        finally:
+            os.close(fd)
         self._note(f"fill disk {node} ({size} bytes, {leave_bytes} left)")
         return size
 
