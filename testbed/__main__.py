@@ -200,7 +200,8 @@ def cmd_broker(args: argparse.Namespace) -> int:
     hosts = tuple(args.host) or ("127.0.0.1",)
     workdir = Path(args.workdir).resolve()
     broker = Mosquitto(hosts=hosts, port=args.port, workdir=workdir,
-                       security=None if args.insecure else BrokerSecurity())
+                       security=None if args.insecure else BrokerSecurity(),
+                       insecure=args.insecure)
     if not args.insecure:
         argv = [sys.executable, "-m", "cloudcore", "pki", "broker", "--state-dir",
                 args.state_dir, "--out", str(broker.tls_dir)]

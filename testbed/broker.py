@@ -75,9 +75,12 @@ class Mosquitto:
 
     def __init__(self, *, hosts: tuple[str, ...] = ("127.0.0.1",), port: int | None = None,
                  workdir: Path | None = None, persistence: bool = False,
-                 security: BrokerSecurity | None = None,
+                 security: BrokerSecurity | None = None, insecure: bool = False,
                  log_types: tuple[str, ...] = ("error", "warning", "notice", "information"),
                  ) -> None:
+        if (security is None) != insecure:
+            raise ValueError("give the broker its security (BrokerSecurity), or ask for the "
+                             "open broker explicitly with insecure=True; not both, not neither")
         if shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists():
             raise RuntimeError("mosquitto is not installed (apt-get install mosquitto)")
         self.hosts = hosts

@@ -111,7 +111,8 @@ class Fleet:
             hosts = (self.net.gateway, "127.0.0.1")
         if self.s.insecure:
             log.warning(INSECURE_WARNING)
-            self.broker = Mosquitto(hosts=hosts, workdir=self.workdir / "mosquitto").start()
+            self.broker = Mosquitto(hosts=hosts, workdir=self.workdir / "mosquitto",
+                                    insecure=True).start()
         else:
             sec = BrokerSecurity(client_cert_port=0 if self.s.node_certs else None,
                                  probe_password=secrets.token_urlsafe(16)

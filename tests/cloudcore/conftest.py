@@ -19,7 +19,7 @@ from testbed.broker import Mosquitto
 @pytest.fixture
 def mosquitto(tmp_path: Path) -> Iterator[int]:
     """A private mosquitto broker; yields its port."""
-    with Mosquitto(workdir=tmp_path / "mosquitto") as broker:
+    with Mosquitto(workdir=tmp_path / "mosquitto", insecure=True) as broker:
         yield broker.port
 
 

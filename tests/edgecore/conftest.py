@@ -19,5 +19,5 @@ def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
     """A private broker; tests may stop() it to cut every link at once."""
     if shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists():
         pytest.skip("mosquitto is not installed")
-    with Mosquitto(workdir=tmp_path / "mosquitto") as broker:
+    with Mosquitto(workdir=tmp_path / "mosquitto", insecure=True) as broker:
         yield broker

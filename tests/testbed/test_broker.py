@@ -150,7 +150,7 @@ def test_changed_files_reload_the_broker(secure: tuple[Mosquitto, FleetCA]) -> N
 
 def test_open_mode_warns(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="testbed.broker"), \
-            Mosquitto(workdir=tmp_path / "m") as broker:
+            Mosquitto(workdir=tmp_path / "m", insecure=True) as broker:
         assert broker.insecure and not broker.tls
         assert asyncio.run(_login(broker.port)) == "ok"
     assert "INSECURE broker" in caplog.text
@@ -175,3 +175,8 @@ def test_the_probe_listener_has_its_own_user(secure: tuple[Mosquitto, FleetCA]) 
     # the probe's password is good on its own listener only
     assert asyncio.run(_login(broker.port, tls_context=tls, username="probe",
                               password="probe-pw")) != "ok"
+
+
+def test_an_open_broker_must_be_asked_for(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="insecure=True"):
+        Mosquitto(workdir=tmp_path / "m")

@@ -33,7 +33,7 @@ N = 50
 @pytest.fixture
 def broker(tmp_path: Path) -> Iterator[int]:
     """A private mosquitto on a free port; yields the port."""
-    with Mosquitto(workdir=tmp_path / "mosquitto") as b:
+    with Mosquitto(workdir=tmp_path / "mosquitto", insecure=True) as b:
         yield b.port
 
 

@@ -48,7 +48,7 @@ def test_keys_file_and_flags(tmp_path: Path) -> None:
 
 
 async def test_keyed_nodes_seal_up_and_refuse_forged_down(tmp_path: Path) -> None:
-    with Mosquitto(workdir=tmp_path / "mosquitto") as broker:
+    with Mosquitto(workdir=tmp_path / "mosquitto", insecure=True) as broker:
         got: list[Any] = []
         bad: list[str] = []
         lock = threading.Lock()
