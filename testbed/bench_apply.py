@@ -1,7 +1,7 @@
 """Benchmark: applying a DaemonSet over N registered nodes, with Python's default
 garbage-collector settings and with cloudcore's (`cloudcore.service.tune_gc`).
 
-    python -m cloudcore.fleet.bench_apply [--nodes 50000]
+    python -m testbed.bench_apply [--nodes 50000]
 
 Each setting runs in a fresh interpreter (a subprocess of this program) over its
 own LMDB store in a temporary directory: register the nodes, then time
@@ -92,7 +92,7 @@ def main() -> None:
         asyncio.run(_one(a.nodes, a.one == "tuned"))
         return
     for mode in ("default", "tuned"):
-        subprocess.run([sys.executable, "-m", "cloudcore.fleet.bench_apply",
+        subprocess.run([sys.executable, "-m", "testbed.bench_apply",
                         "--nodes", str(a.nodes), "--one", mode], check=True)
 
 

@@ -1,6 +1,6 @@
 """Benchmark: `fedctl get nodes` against a cloudcore API holding N registered nodes.
 
-    python -m cloudcore.api.bench_list [--nodes 100000] [--runs 3]
+    python -m testbed.bench_list [--nodes 100000] [--runs 3]
 
 Registers the nodes directly through the fleet (with capacity, labels and a Ready
 status, as real agents would leave them) over a real LMDB store in a temporary
@@ -29,7 +29,7 @@ from pathlib import Path
 import uvicorn
 
 from cloudcore.api import create_app
-from cloudcore.fleet.bench_apply import bench_fleet, register_nodes
+from testbed.bench_apply import bench_fleet, register_nodes
 from cloudcore.fleet.projection import NODE_TABLE
 from cloudcore.metrics import Metrics
 
