@@ -26,22 +26,28 @@ RESOURCES = 2
 QUANTILES = 2
 
 
+def open_session(path: Path | str) -> ort.InferenceSession:
+    """An onnxruntime session on one intra-op thread (a forecast never competes with
+    the event loop's core for more than one thread), or ModelLoadError saying why not."""
+    if not Path(path).is_file():
+        raise ModelLoadError("model file not found", path=str(path))
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    try:
+        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own unexported types
+        raise ModelLoadError(f"onnxruntime cannot load it: {exc}", path=str(path)) from exc
+
+
 class OnnxModel:
     """A loaded forecaster graph: `run(x [B, 2, 60]) -> y [B, 2, 15, 2]`."""
 
     def __init__(self, path: Path | str) -> None:
         self.path = str(path)
-        if not Path(path).is_file():
-            raise ModelLoadError("model file not found", path=self.path)
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = 1
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        try:
-            self._sess = ort.InferenceSession(self.path, opts, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises its own unexported types
-            raise ModelLoadError(f"onnxruntime cannot load it: {exc}", path=self.path) from exc
+        self._sess = open_session(path)
         ins, outs = self._sess.get_inputs(), self._sess.get_outputs()
         if len(ins) != 1 or list(ins[0].shape[1:]) != [RESOURCES, CONTEXT]:
             raise ModelLoadError(
@@ -94,17 +100,7 @@ class OnlineModel:
 
     def __init__(self, path: Path | str) -> None:
         self.path = str(path)
-        if not Path(path).is_file():
-            raise ModelLoadError("model file not found", path=self.path)
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = 1
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        try:
-            self._sess = ort.InferenceSession(self.path, opts, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises its own unexported types
-            raise ModelLoadError(f"onnxruntime cannot load it: {exc}", path=self.path) from exc
+        self._sess = open_session(path)
         ins = [i.name for i in self._sess.get_inputs()]
         outs = [o.name for o in self._sess.get_outputs()]
         if ins != list(self.INPUTS) or outs[:1] != ["y"] or not set(self.PRIORS) <= set(outs):

@@ -137,19 +137,26 @@ def capacity(spec: PodSpec, req: dict[str, int], node: NodeView) -> str | None:
 def predicted_capacity(spec: PodSpec, req: dict[str, int], node: NodeView) -> str | None:
     """The node's predicted usage (p90, plus the requests of pods placed since the
     forecast: `unforecast`) plus the pod's request must fit allocatable."""
-    fc = node.forecast
-    if fc is None:
+    if node.forecast is None:
         return None
+    return _over_p90(req, node, safety=0.0, what="predicted")
+
+
+def _over_p90(req: dict[str, int], node: NodeView, *, safety: float, what: str) -> str | None:
+    """Why the node's p90 (plus `safety`, a fraction of allocatable, plus the requests
+    placed since the forecast) and the pod's request do not fit allocatable, or None."""
+    fc = node.forecast or {}
     for res, key in (("cpu", "cpu_p90"), ("memory", "mem_p90")):
         alloc = node.allocatable.get(res)
         p90 = fc.get(key)
         if not alloc or p90 is None:
             continue
         extra = node.unforecast.get(res, 0)
-        if p90 * alloc + extra + req.get(res, 0) > alloc or p90 >= 1.0:
+        if (p90 + safety) * alloc + extra + req.get(res, 0) > alloc or p90 >= 1.0:
             short = "cpu" if res == "cpu" else "mem"
+            margin = f" + {100 * safety:.0f}% safety" if safety else ""
             since = f" + {100 * extra / alloc:.0f}% placed since" if extra > 0 else ""
-            return f"predicted over capacity ({short} p90 {100 * p90:.0f}%{since})"
+            return f"{what} over capacity ({short} p90 {100 * p90:.0f}%{margin}{since})"
     return None
 
 
@@ -182,23 +189,11 @@ class RightSizedCapacity:
     def __call__(self, spec: PodSpec, req: dict[str, int], node: NodeView) -> str | None:
         if not trusted(node):
             return capacity(spec, req, node)
-        fc = node.forecast or {}
         others = {r: v for r, v in req.items() if r not in ("cpu", "memory")}
         reason = capacity(spec, others, node)
         if reason is not None:
             return reason
-        for res, key in (("cpu", "cpu_p90"), ("memory", "mem_p90")):
-            alloc = node.allocatable.get(res)
-            p90 = fc.get(key)
-            if not alloc or p90 is None:
-                continue
-            extra = node.unforecast.get(res, 0)
-            if (p90 + self.safety) * alloc + extra + req.get(res, 0) > alloc:
-                short = "cpu" if res == "cpu" else "mem"
-                since = f" + {100 * extra / alloc:.0f}% placed since" if extra > 0 else ""
-                return (f"right-sized over capacity ({short} p90 {100 * p90:.0f}% + "
-                        f"{100 * self.safety:.0f}% safety{since})")
-        return None
+        return _over_p90(req, node, safety=self.safety, what="right-sized")
 
 
 DEFAULT_FILTERS: tuple[Filter, ...] = (unschedulable, not_ready, arch, node_selector, taints,
