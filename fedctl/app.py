@@ -481,6 +481,12 @@ def parse_duration(text: str) -> float:
     return float(m.group(1)) * scale
 
 
+def format_duration(seconds: float) -> str:
+    """A duration in seconds, with its unit (0.3 s, 120 s): a bare number reads as
+    anything."""
+    return f"{seconds:g} s"
+
+
 def _condition(
     kind: kinds.Kind, wanted: str
 ) -> tuple[str, Callable[[dict[str, Any]], bool], Callable[[dict[str, Any]], str]]:
@@ -601,18 +607,19 @@ def wait(
 
     if last_error is not None:
         raise FedctlError(
-            f"timed out after {timeout} waiting for {what} to be {canonical}; "
-            f"last error: {last_error}"
+            f"timed out after {format_duration(limit)} waiting for {what} to be "
+            f"{canonical}; last error: {last_error}"
         )
     if not items:
         raise FedctlError(
-            f"timed out after {timeout} waiting for {what} to be {canonical}: nothing matched"
+            f"timed out after {format_duration(limit)} waiting for {what} to be "
+            f"{canonical}: nothing matched"
         )
     pending = [o for o in sorted(items, key=_sort_key) if not ok(o)]
     shown = ", ".join(f"{o.get('metadata', {}).get('name', '?')} ({now(o)})" for o in pending[:5])
     more = f" and {len(pending) - 5} more" if len(pending) > 5 else ""
     raise FedctlError(
-        f"timed out after {timeout} waiting for {what} to be {canonical}: "
+        f"timed out after {format_duration(limit)} waiting for {what} to be {canonical}: "
         f"{len(items) - len(pending)}/{len(items)} are; not yet: {shown}{more}"
     )
 
@@ -1307,7 +1314,8 @@ def rollout_status(
                 said = text
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
-                raise FedctlError(f"timed out after {timeout} waiting for {what}: {text}")
+                raise FedctlError(f"timed out after {format_duration(limit or 0.0)} "
+                                 f"waiting for {what}: {text}")
             time.sleep(interval if remaining is None else min(interval, remaining))
 
 

@@ -387,11 +387,18 @@ def test_wait_times_out_with_the_stragglers(stub: Any) -> None:
         "0.1",
     )
     assert r.exit_code == 1
-    assert "timed out after 0.3 waiting for pods -l app=web to be Running" in r.stderr
+    assert "timed out after 0.3 s waiting for pods -l app=web to be Running" in r.stderr
     assert "1/2 are; not yet: web-a (Pending: Unschedulable)" in r.stderr
 
     r = run(stub.url, "wait", "--for=Running", "pods", "-l", "app=none", "--timeout", "0.2")
-    assert r.exit_code == 1 and "nothing matched" in r.stderr
+    assert r.exit_code == 1 and "after 0.2 s" in r.stderr and "nothing matched" in r.stderr
+
+
+def test_durations_are_printed_with_their_unit() -> None:
+    from fedctl.app import format_duration, parse_duration
+
+    assert [format_duration(parse_duration(t)) for t in ("0.3", "60s", "90", "2m", "1h")] == [
+        "0.3 s", "60 s", "90 s", "120 s", "3600 s"]
 
 
 def test_wait_for_node_ready_and_bad_condition(stub: Any) -> None:

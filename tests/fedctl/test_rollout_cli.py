@@ -254,7 +254,7 @@ def test_rollout_status_times_out_while_paused_and_goes_on_after_resume(cloud: C
     assert r.stdout == (f'Waiting for daemonset "agent" rollout: {progress} '
                         "(resume with: fedctl rollout resume daemonset/agent)\n")
     assert r.stderr == (
-        f'error: timed out after 0.5s waiting for daemonset "agent" rollout: {progress}\n')
+        f'error: timed out after 0.5 s waiting for daemonset "agent" rollout: {progress}\n')
 
     r = fed(cloud, "rollout", "resume", "ds/agent")
     assert (r.exit_code, r.stdout) == (0, "daemonset/agent resumed\n")
