@@ -29,6 +29,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from shared.errors import ObjectError, UnsupportedField
+from shared.kinds import API_VERSIONS, CLUSTER_KINDS  # noqa: F401 (re-exported)
 from shared.quantity import parse_resource
 from shared.topics import valid_node_name
 
@@ -779,10 +780,8 @@ KINDS: dict[str, type[_Model]] = {
     "Namespace": Namespace,
     "Node": Node,
 }
-API_VERSIONS = {"Pod": "v1", "ConfigMap": "v1", "Secret": "v1", "Namespace": "v1",
-                "Node": "v1", "DaemonSet": "apps/v1", "Deployment": "apps/v1"}
-CLUSTER_KINDS = frozenset({"Node", "Namespace"})
-"""Kinds without a namespace: keyed by name alone in the API and the store."""
+# API_VERSIONS and CLUSTER_KINDS come from the one kind table (shared/kinds.py),
+# re-exported here for the modules that import them from the models.
 
 
 def _path(loc: tuple[int | str, ...]) -> str:
