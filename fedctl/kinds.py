@@ -1,56 +1,39 @@
 """The resource kinds fedctl knows, and the names a user may type for them.
 
-kubectl users type `po`, `ds`, `deploy`; accept the same short names so muscle
-memory works. `workloads` is fedctl's own: daemonsets and deployments together.
+The kinds themselves (API path, scope, kubectl's short names such as `po`, `ds`,
+`deploy`) come from the one kind table, `shared/kinds.py`, so muscle memory works
+and a new kind needs no edit here. `workloads` is fedctl's own: daemonsets and
+deployments together.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from fedctl.errors import UsageError
+from shared.kinds import ALL, BY_KIND, KindInfo
 
+Kind = KindInfo
+"""One kind as fedctl uses it: `kind`, `plural` (the API path), `namespaced`, `singular`."""
 
-@dataclass(frozen=True)
-class Kind:
-    kind: str  # the object's `kind`, e.g. "DaemonSet"
-    plural: str  # path segment of the API, e.g. "daemonsets"
-    namespaced: bool
+NODE = BY_KIND["Node"]
+POD = BY_KIND["Pod"]
+DAEMONSET = BY_KIND["DaemonSet"]
+DEPLOYMENT = BY_KIND["Deployment"]
+CONFIGMAP = BY_KIND["ConfigMap"]
+SECRET = BY_KIND["Secret"]
+NAMESPACE = BY_KIND["Namespace"]
 
-    @property
-    def singular(self) -> str:
-        """Lowercase name used in output lines such as `daemonset/web created`."""
-        return self.kind.lower()
+__all__ = ["ALL", "BY_KIND", "CONFIGMAP", "DAEMONSET", "DEPLOYMENT", "KNOWN", "NAMESPACE",
+           "NODE", "POD", "SECRET", "WORKLOAD_NAMES", "Kind", "resolve"]
 
-
-NODE = Kind("Node", "nodes", namespaced=False)
-POD = Kind("Pod", "pods", namespaced=True)
-DAEMONSET = Kind("DaemonSet", "daemonsets", namespaced=True)
-DEPLOYMENT = Kind("Deployment", "deployments", namespaced=True)
-CONFIGMAP = Kind("ConfigMap", "configmaps", namespaced=True)
-SECRET = Kind("Secret", "secrets", namespaced=True)
-NAMESPACE = Kind("Namespace", "namespaces", namespaced=False)
-
-ALL = (NODE, POD, DAEMONSET, DEPLOYMENT, CONFIGMAP, SECRET, NAMESPACE)
-BY_KIND = {k.kind: k for k in ALL}
-
-_ALIASES: dict[str, tuple[Kind, ...]] = {}
-for _k, _names in (
-    (NODE, ("node", "nodes", "no")),
-    (POD, ("pod", "pods", "po")),
-    (DAEMONSET, ("daemonset", "daemonsets", "ds")),
-    (DEPLOYMENT, ("deployment", "deployments", "deploy")),
-    (CONFIGMAP, ("configmap", "configmaps", "cm")),
-    (SECRET, ("secret", "secrets")),
-    (NAMESPACE, ("namespace", "namespaces", "ns")),
-):
-    for _n in _names:
-        _ALIASES[_n] = (_k,)
+_ALIASES: dict[str, tuple[Kind, ...]] = {n: (k,) for k in ALL for n in k.names}
 WORKLOAD_NAMES = ("workload", "workloads", "wl")
 for _n in WORKLOAD_NAMES:
     _ALIASES[_n] = (DAEMONSET, DEPLOYMENT)
 
-KNOWN = "nodes, pods, workloads, daemonsets, deployments, configmaps, secrets, namespaces"
+KNOWN = ", ".join(
+    name for k in ALL
+    for name in ((k.plural, "workloads") if k is POD else (k.plural,)))
+"""The names an error message offers: every kind's plural, workloads after pods."""
 
 
 def resolve(name: str, *, allow_group: bool = True) -> tuple[Kind, ...]:

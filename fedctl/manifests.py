@@ -25,6 +25,7 @@ import yaml
 from fedctl.errors import ManifestError
 from fedctl.kinds import BY_KIND, Kind
 from shared.errors import ObjectError
+from shared.kinds import REDACTED
 from shared.models import Node, Secret, expand_lists, parse_object, without_server_fields
 
 SUFFIXES = (".yaml", ".yml", ".json")
@@ -77,9 +78,6 @@ def _parse_stream(text: str, source: str) -> list[tuple[str, Any]]:
         else:
             out += [(f"{source}#{i}.items[{j}]", item) for j, item in enumerate(items)]
     return out
-
-
-REDACTED = "<redacted>"
 
 
 def _check_redacted(doc: dict[str, Any], label: str) -> None:
