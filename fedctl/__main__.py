@@ -8,6 +8,7 @@ so that nothing unexpected ever prints a traceback unless FEDCTL_DEBUG is set.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 import typer
@@ -18,6 +19,15 @@ except ImportError:  # pragma: no cover - older typer on real click
     from click import exceptions as click_exceptions  # type: ignore[no-redef]
 
 from fedctl.app import _fail, app, debug_enabled
+
+
+def _reader_gone() -> int:
+    """`fedctl describe ... | head`: the reader left. Exit quietly with the status a shell
+    gives cat killed by SIGPIPE (128 + 13), so a `set -o pipefail` script sees why; stdout
+    goes to /dev/null so that the interpreter's last flush cannot complain."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.__stdout__.fileno() if sys.__stdout__ else 1)
+    return 128 + signal.SIGPIPE
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,10 +50,15 @@ def main(argv: list[str] | None = None) -> int:
     except typer.Abort:
         return 130
     except BrokenPipeError:
-        # `fedctl get pods | head`: the reader left; exit quietly, as cat does.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        return 1
+        return _reader_gone()
+    except SystemExit as exc:
+        # Others catch EPIPE first and exit 1, which reads as a failure: rich raises
+        # SystemExit(1) from the BrokenPipeError, click wraps stdout and stderr in its
+        # PacifyFlushWrapper and exits 1, even in non-standalone mode.
+        if isinstance(exc.__context__, BrokenPipeError) or type(sys.stdout).__name__ in (
+                "PacifyFlushWrapper", "_PacifyFlushWrapper"):
+            return _reader_gone()
+        raise
     except Exception as exc:  # the promise: no traceback, ever, unless asked for
         if debug_enabled():
             raise

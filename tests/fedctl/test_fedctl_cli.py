@@ -487,3 +487,20 @@ def test_subprocess_piped_output_has_no_ansi(stub: Any, tmp_path: Path) -> None:
     for o in (out, out2, bad):
         assert ANSI not in o.stdout + o.stderr
         assert "Traceback" not in o.stderr
+
+
+def test_a_reader_that_leaves_early_ends_fedctl_quietly_with_141(stub: Any) -> None:
+    """`fedctl describe ... | head`: when the reader has gone, fedctl stops as a
+    SIGPIPE-killed cat would in a shell (status 141), with nothing on stderr."""
+    stub.put(pod("web-a", "edge-1", phase="Running"))
+    env = {**os.environ, "FEDCTL_SERVER": stub.url}
+    for args in (["describe", "pod", "web-a"], ["get", "pods"], ["--help"]):
+        r, w = os.pipe()
+        os.close(r)  # the reader is gone before fedctl writes a byte
+        try:
+            out = subprocess.run([sys.executable, "-m", "fedctl", *args], stdout=w,
+                                 stderr=subprocess.PIPE, text=True, env=env, cwd=REPO,
+                                 timeout=30, check=False)
+        finally:
+            os.close(w)
+        assert (out.returncode, out.stderr) == (141, ""), args
