@@ -22,7 +22,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from edgecore import metrics
-from edgecore.backoff import Backoff, jittered
 from edgecore.cache import Cache
 from edgecore.cache.check import open_checked
 from edgecore.config import AgentSettings
@@ -40,6 +39,7 @@ from edgecore.runtime.errors import ContainerRuntimeError
 from edgecore.sync import SyncHandler
 from edgecore.telemetry import Telemetry
 from shared import seal
+from shared.backoff import Backoff, jittered
 from shared.errors import AuthFailed
 
 if TYPE_CHECKING:

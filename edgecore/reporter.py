@@ -38,10 +38,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from edgecore.backoff import Backoff
 from edgecore.cache import Cache, OutboxKind
 from edgecore.errors import CacheError
 from edgecore.ratelimit import RateLimitedLog
+from shared.backoff import Backoff
 from shared.codec import Report, encode
 from shared.delta import EdgeDesired
 from shared.entries import status_value

@@ -37,10 +37,10 @@ from typing import Protocol
 
 import aiomqtt
 
-from edgecore.backoff import Backoff
 from edgecore.errors import LinkError
 from edgecore.ratelimit import RateLimitedLog
 from shared import seal, topics
+from shared.backoff import Backoff
 from shared.codec import DOWN_LIMITS, Ack, Message, ReportAck, Resync, Will, decode, encode
 from shared.errors import AuthFailed, ProtocolError
 

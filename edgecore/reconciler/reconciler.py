@@ -78,7 +78,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
-from edgecore.backoff import capped_delay
 from edgecore.cache import Cache
 from edgecore.devices import DeviceAllocator, InsufficientDevices, wanted
 from edgecore.errors import CacheError
@@ -107,6 +106,7 @@ from edgecore.runtime.errors import (
 )
 from edgecore.runtime.images import normalize_ref
 from edgecore.runtime.types import ContainerSpec, ContainerState, PullProgress, Runtime
+from shared.backoff import capped_delay
 from shared.delta import EdgeDesired
 from shared.entries import POD, PodEntry, parse_pod_entry, split_key
 from shared.pods import Container, ContainerStatus, LastState, PodStatus

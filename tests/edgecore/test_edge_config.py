@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from edgecore.__main__ import build_parser, main, settings_from_args
-from edgecore.backoff import Backoff, capped_delay, jittered
 from edgecore.config import AgentSettings
 from edgecore.errors import ConfigError
+from shared.backoff import Backoff, capped_delay, jittered
 
 
 def test_defaults_are_valid(tmp_path: Path) -> None:
