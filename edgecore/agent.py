@@ -30,13 +30,12 @@ from edgecore.errors import CacheError
 from edgecore.link import Link, TlsFiles
 from edgecore.nodeinfo import node_status
 from edgecore.podnet import PodNetwork
-from edgecore.prober import ProbeManager, make_probe
 from edgecore.reconciler import CrashLoop, Reconciler
+from edgecore.reconciler.prober import ProbeManager, make_probe
 from edgecore.reconciler.volumes import Volumes
-from edgecore.reporter import Reporter
 from edgecore.requests import EdgeRequests
 from edgecore.runtime.errors import ContainerRuntimeError
-from edgecore.sync import SyncHandler
+from edgecore.sync import Reporter, SyncHandler
 from edgecore.telemetry import Telemetry
 from shared import seal
 from shared.backoff import Backoff, jittered

@@ -18,7 +18,7 @@ Why it looks like this:
   client certificate is presented if one is configured; the files are read on every
   (re)connect, so a renewed certificate is used by the next session.
 - `beat()` hands the link one UNPERSISTED report (a heartbeat the disk could not
-  hold, see `edgecore.reporter`); the pump publishes it after the outbox, so it
+  hold, see `edgecore.sync.reporter`); the pump publishes it after the outbox, so it
   never overtakes a persisted report, and forgets it when the session ends.
 - The will (`shared.topics.will`) tells the cloud at once when the session dies
   uncleanly. A clean stop disconnects gracefully (no will): the containers keep

@@ -55,7 +55,7 @@ on every pass, so configMap/secret changes reach running containers) and its
 accelerators allocated (`edgecore.devices`); either missing keeps the container
 waiting (pod Pending: CreateContainerConfigError / InsufficientDevices) and is
 retried every pass without counting as a failure. Running containers with
-probes get a prober (`edgecore.prober`): its readiness becomes
+probes get a prober (`edgecore.reconciler.prober`): its readiness becomes
 ContainerStatus.ready, and a liveness/startup failure makes the reconciler
 stop the container, which is then restarted like a crash ("Unhealthy: ...").
 
@@ -82,7 +82,6 @@ from edgecore.cache import Cache
 from edgecore.devices import DeviceAllocator, InsufficientDevices, wanted
 from edgecore.errors import CacheError
 from edgecore.podnet import HostPort, NetworkError, PodNetwork
-from edgecore.prober import ProbeManager
 from edgecore.ratelimit import RateLimitedLog
 from edgecore.reconciler.naming import (
     ANN_CONTAINER,
@@ -92,6 +91,7 @@ from edgecore.reconciler.naming import (
     container_id,
     container_spec,
 )
+from edgecore.reconciler.prober import ProbeManager
 from edgecore.reconciler.records import ContainerRecord, PodRecord
 from edgecore.reconciler.status import pod_status, terminated_reason
 from edgecore.reconciler.volumes import PreparedVolumes, VolumeError, Volumes

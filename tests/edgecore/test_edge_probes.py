@@ -10,7 +10,9 @@ from typing import Any
 import pytest
 
 from edgecore.cache import Cache
-from edgecore.prober import (
+from edgecore.reconciler import Reconciler
+from edgecore.reconciler.naming import container_id
+from edgecore.reconciler.prober import (
     ContainerProber,
     ProbeManager,
     exec_probe,
@@ -18,8 +20,6 @@ from edgecore.prober import (
     make_probe,
     tcp_probe,
 )
-from edgecore.reconciler import Reconciler
-from edgecore.reconciler.naming import container_id
 from edgecore.runtime.errors import ExecTimeout
 from shared.delta import EdgeDesired
 from shared.entries import pod_entry, pod_key

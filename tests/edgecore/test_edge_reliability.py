@@ -26,7 +26,7 @@ from edgecore.agent import Agent
 from edgecore.cache import Cache
 from edgecore.config import AgentSettings
 from edgecore.errors import CacheError, ConfigError
-from edgecore.reporter import Reporter
+from edgecore.sync import Reporter
 from shared.codec import Report, ReportAck, Resync, decode, encode
 from shared.delta import EdgeDesired
 from shared.pods import PodStatus

@@ -9,7 +9,7 @@ import pytest
 from edgecore.cache import Cache
 from edgecore.config import AgentSettings
 from edgecore.nodeinfo import go_arch, mem_total_bytes, node_status
-from edgecore.reporter import Reporter
+from edgecore.sync import Reporter
 from shared.codec import Report, decode
 from shared.delta import EdgeDesired
 from shared.pods import ContainerStatus, PodStatus
@@ -117,7 +117,7 @@ PENDING = PodStatus(phase="Pending", reason="ContainerCreating", container_statu
 
 
 def test_which_changes_are_urgent() -> None:
-    from edgecore.reporter import _comparable, urgent
+    from edgecore.sync.reporter import _comparable, urgent
 
     pending, running = _comparable(PENDING), _comparable(RUNNING)
     assert not urgent(None, pending)  # a new pod's first Pending can wait

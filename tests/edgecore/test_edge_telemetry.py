@@ -9,8 +9,8 @@ from typing import Any
 
 from edgecore.cache import Cache
 from edgecore.reconciler.naming import ANN_POD
-from edgecore.reporter import Reporter
 from edgecore.runtime.types import ContainerSpec, ContainerStats
+from edgecore.sync import Reporter
 from edgecore.telemetry import Telemetry, read_cpu_jiffies, read_mem_used
 from shared.codec import Report, decode
 from shared.delta import EdgeDesired

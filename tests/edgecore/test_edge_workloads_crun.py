@@ -21,9 +21,9 @@ import pytest
 
 from edgecore.cache import Cache
 from edgecore.devices import DeviceAllocator, discover
-from edgecore.prober import ProbeManager, make_probe
 from edgecore.reconciler import CrashLoop, Reconciler
 from edgecore.reconciler.naming import container_id
+from edgecore.reconciler.prober import ProbeManager, make_probe
 from edgecore.reconciler.volumes import Volumes
 from edgecore.runtime import CrunRuntime
 from shared.delta import EdgeDesired

@@ -1,4 +1,4 @@
-"""The edge half of the sync protocol (DESIGN.md section 3), free of MQTT.
+"""What comes down from the cloud (DESIGN.md section 3), free of MQTT.
 
 `SyncHandler` turns each decoded message from the cloud into durable state and
 replies: a Desired that applies is persisted (one synced LMDB txn) BEFORE its Ack

@@ -1,0 +1,16 @@
+"""The edge half of the sync protocol (DESIGN.md section 3), free of MQTT.
+
+Two directions, one module each:
+- `desired.py` (`SyncHandler`): what comes down. A Desired that applies is
+  persisted before it is acked; a ReportAck trims the outbox; a Request goes to
+  the request handler. It is the link's `LinkHandler`.
+- `reporter.py` (`Reporter`): what goes up. Pod statuses, heartbeats and telemetry
+  become numbered reports, persisted in the outbox before the link may send them.
+
+Both talk to the cache, never to the network: the link carries what they produce.
+"""
+
+from edgecore.sync.desired import SyncHandler, SyncStats
+from edgecore.sync.reporter import Reporter
+
+__all__ = ["Reporter", "SyncHandler", "SyncStats"]
