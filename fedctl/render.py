@@ -21,7 +21,7 @@ from rich.segment import Segment, Segments
 from rich.table import Table
 from rich.text import Text
 
-from fedctl.kinds import POD, Kind
+from fedctl.kinds import BY_KIND, POD, Kind
 from shared.quantity import format_cpu, format_memory
 
 NONE = "<none>"
@@ -99,8 +99,7 @@ def timestamp(value: Any) -> str:
     t = _epoch(value)
     if t is None:
         return str(value)
-    iso = datetime.fromtimestamp(t, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    return f"{iso} ({ago(t)})"
+    return f"{rfc3339(t)} ({ago(t)})"
 
 
 def labels_text(labels: Any) -> str:
@@ -518,7 +517,64 @@ def write_json(out: TextIO, value: Any) -> None:
 
 
 def write_yaml(out: TextIO, value: Any) -> None:
-    out.write(yaml.safe_dump(value, sort_keys=False, default_flow_style=False, allow_unicode=True))
+    """`value` as YAML for a person: `readable` first (JSON stays the API's own form)."""
+    out.write(yaml.safe_dump(readable(value), sort_keys=False, default_flow_style=False,
+                             allow_unicode=True))
+
+
+_QUANTITY_MAPS = {"capacity", "allocatable"}
+"""Status maps whose cpu is in millicores and memory in bytes (a node's)."""
+
+
+def readable(value: Any) -> Any:
+    """An API object (or a List of them) as a person reads it, still fit to apply back.
+
+    What cloudcore sends is exact but raw: a Node carries `namespace: default`, times are
+    Unix seconds, the forecast floats show float32 noise (0.1550000011920929) and a node's
+    capacity is millicores and bytes without a unit. Here a cluster-scoped object has no
+    namespace, every time field is RFC 3339 (UTC), floats keep 6 significant digits and
+    capacity and allocatable read as Kubernetes quantities (cpu `2` or `1500m`, memory
+    `8Gi`). Only the copy printed changes; apply ignores status either way.
+    """
+    if isinstance(value, list):
+        return [readable(v) for v in value]
+    if not isinstance(value, dict):
+        return value
+    out = _readable_tree(value, key="")
+    info = BY_KIND.get(str(value.get("kind")))
+    meta = out.get("metadata")
+    if info is not None and not info.namespaced and isinstance(meta, dict):
+        meta.pop("namespace", None)
+    return out
+
+
+def _readable_tree(value: Any, *, key: str, parent: str = "") -> Any:
+    if isinstance(value, dict):
+        return {k: _readable_tree(v, key=k, parent=key) for k, v in value.items()}
+    if isinstance(value, list):
+        if key == "items":  # a List's items are objects of their own
+            return [readable(v) for v in value]
+        return [_readable_tree(v, key=key, parent=parent) for v in value]
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return value
+    if key in _TIME_KEYS or key.endswith("Timestamp"):
+        return rfc3339(value)
+    if parent in _QUANTITY_MAPS and isinstance(value, int):
+        if key == "cpu":
+            return format_cpu(value)
+        if key in ("memory", "ephemeral-storage"):
+            return format_memory(value)
+    if isinstance(value, float):
+        return float(f"{value:.6g}")
+    return value
+
+
+def rfc3339(value: Any) -> str:
+    """Unix seconds (or an RFC 3339 string) as RFC 3339 in UTC, to the second."""
+    t = _epoch(value)
+    if t is None:
+        return str(value)
+    return datetime.fromtimestamp(t, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 # --- describe ----------------------------------------------------------------------
@@ -677,10 +733,11 @@ def describe(
         _field(console, "Images", _images(obj))
         _rollout(console, obj)
 
-    rest = {k: v for k, v in obj.items() if k not in ("apiVersion", "kind", "metadata")}
+    shown = readable(obj)  # quantities with units, no float noise (times: _scalar's)
+    rest = {k: v for k, v in shown.items() if k not in ("apiVersion", "kind", "metadata")}
     extra_meta = {
         k: v
-        for k, v in meta.items()
+        for k, v in (shown.get("metadata") or {}).items()
         if k not in ("name", "namespace", "labels", "annotations", "creationTimestamp")
     }
     if extra_meta:

@@ -504,3 +504,27 @@ def test_a_reader_that_leaves_early_ends_fedctl_quietly_with_141(stub: Any) -> N
         finally:
             os.close(w)
         assert (out.returncode, out.stderr) == (141, ""), args
+
+
+def test_get_yaml_reads_as_kubernetes(stub: Any) -> None:
+    """`get nodes -o yaml` shows what cloudcore sends in a person's terms: no namespace on
+    a cluster-scoped Node, RFC 3339 times, quantities with units, floats without float32
+    noise; `-o json` stays the API's exact form, for scripts."""
+    n = node("edge-1")
+    n["metadata"].update(namespace="default", creationTimestamp=1796545262.4020996)
+    n["status"].update(lastSeen=1796545262.4020996, capacity={
+        "cpu": 2000, "memory": 8 * 2**30, "pods": 110}, allocatable={
+        "cpu": 1500, "memory": 1536 * 2**20, "pods": 110},
+        usage={"cpu_p50": 0.1550000011920929, "trusted": 1.0})
+    stub.put(n)
+    got = yaml.safe_load(run(stub.url, "get", "nodes", "-o", "yaml").stdout)["items"][0]
+    assert "namespace" not in got["metadata"]
+    assert got["metadata"]["creationTimestamp"] == "2026-12-06T08:21:02Z"
+    assert got["status"]["lastSeen"] == "2026-12-06T08:21:02Z"
+    assert got["status"]["capacity"] == {"cpu": "2", "memory": "8Gi", "pods": 110}
+    assert got["status"]["allocatable"] == {"cpu": "1500m", "memory": "1536Mi", "pods": 110}
+    assert got["status"]["usage"] == {"cpu_p50": 0.155, "trusted": 1.0}
+    one = yaml.safe_load(run(stub.url, "get", "node", "edge-1", "-o", "yaml").stdout)
+    assert "namespace" not in one["metadata"] and one["status"]["capacity"]["cpu"] == "2"
+    raw = json.loads(run(stub.url, "get", "node", "edge-1", "-o", "json").stdout)
+    assert raw["status"]["lastSeen"] == 1796545262.4020996
