@@ -5,7 +5,19 @@
   (edge side, from the simulators' stats) and until cloudcore has recorded every ack;
 - the same for an update of the DaemonSet's args (a delta to every node);
 - messages and bytes on the wire per node-update (both directions);
-- cloudcore CPU seconds and RSS, per 1,000 nodes.
+- cloudcore CPU per node-update (CPU-ms of the cloudcore process during a phase divided
+  by the nodes it updated; the API polling that waits for the acks is part of it) and
+  RSS per 1,000 nodes (idle after registration, and after both phases);
+- a steady phase (`--steady S` seconds, default 60, after the update): the cloud's
+  CPU-ms per node status report it handled (its `cloudcore_messages_in_total` reports)
+  while the fleet only reports (heartbeats every ~300 s per node) and nothing changes.
+
+`--cloud-tree DIR` runs cloudcore (and `cloudcore pki broker`) with `PYTHONPATH=DIR`
+(and `PYTHONSAFEPATH=1`, so the working directory does not shadow it), while the
+simulators and this program stay on this checkout: the cloud of an old commit
+(`git archive OLD | tar -x -C /tmp/before`) measured by the same bench, in one sitting
+with the current one. Run it as `python -m testbed.bench sync --nodes N --cloud-tree DIR`
+(the options of this module's own `main`).
 
 `rollout` measures health-gated DaemonSet rollouts (cloudcore/fleet/rollout.py) with
 simulators that report pods Running and Ready, except those whose command or args
@@ -26,7 +38,9 @@ memory per session.
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
 import re
 import shutil
 import sys
@@ -117,12 +131,36 @@ class SimFleet:
 
 
 @contextmanager
+def _cloud_pythonpath(tree: Path | None) -> Iterator[None]:
+    """While the block runs, child processes import cloudcore (and shared) from `tree`:
+    `PYTHONPATH=tree` and `PYTHONSAFEPATH=1` in this process's environment, which
+    `testbed.fleet` passes to the processes it starts; restored on exit, before the
+    simulators start. Nothing when `tree` is None."""
+    if tree is None:
+        yield
+        return
+    saved = {k: os.environ.get(k) for k in ("PYTHONPATH", "PYTHONSAFEPATH")}
+    os.environ["PYTHONPATH"] = str(tree)
+    os.environ["PYTHONSAFEPATH"] = "1"
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@contextmanager
 def simulated_fleet(*, nodes: int, procs: int, workdir: Path, secure: bool = True,
-                    sim_args: tuple[str, ...] = ()) -> Iterator[SimFleet]:
-    """Start mosquitto, cloudcore and `procs` simulator processes (`nodes` sessions in
-    all, with `sim_args` added), joining every node first when `secure`, wait until
-    every node is connected and registered, and stop everything on exit. Raises
-    TimeoutError or RuntimeError if it cannot."""
+                    sim_args: tuple[str, ...] = (),
+                    cloud_tree: Path | None = None) -> Iterator[SimFleet]:
+    """Start mosquitto, cloudcore (from `cloud_tree` when given, see
+    `_cloud_pythonpath`) and `procs` simulator processes (`nodes` sessions in all, with
+    `sim_args` added), joining every node first when `secure`, wait until every node is
+    connected and registered, and stop everything on exit. Raises TimeoutError or
+    RuntimeError if it cannot."""
     workdir = workdir.resolve()
     settings = FleetSettings(nodes=0, workdir=workdir, use_netns=False, heartbeat_s=300,
                              with_registry=False, insecure=not secure,
@@ -139,7 +177,8 @@ def simulated_fleet(*, nodes: int, procs: int, workdir: Path, secure: bool = Tru
         shutil.rmtree(workdir / stale, ignore_errors=True)
     sf = SimFleet(fleet=fleet, nodes=nodes, procs=procs, stats_files=stats, secure=secure)
     try:
-        fleet.start()
+        with _cloud_pythonpath(cloud_tree):
+            fleet.start()
         assert fleet.cloud is not None and fleet.cloud.pid is not None
         assert fleet.broker is not None
         per = -(-nodes // procs)
@@ -178,16 +217,20 @@ def simulated_fleet(*, nodes: int, procs: int, workdir: Path, secure: bool = Tru
 
 
 def bench_sync(*, nodes: int, procs: int, workdir: Path, modes: tuple[str, ...] = (
-        "secure", "insecure")) -> int:
+        "secure", "insecure"), cloud_tree: Path | None = None, steady_s: float = 60.0) -> int:
     """`testbed bench sync`: each of `modes` in turn (secure: auth, TLS and sealed
-    messages; insecure: none of it), then both side by side."""
+    messages; insecure: none of it), then both side by side; cloudcore from
+    `cloud_tree` when given."""
     results: dict[str, Any] = {}
     try:
         for mode in modes:
-            print(f"== {mode} fleet of {nodes} simulated nodes", flush=True)
+            print(f"== {mode} fleet of {nodes} simulated nodes, cloudcore from "
+                  f"{cloud_tree or 'this checkout'}, load "
+                  f"{Path('/proc/loadavg').read_text().strip()}", flush=True)
             with simulated_fleet(nodes=nodes, procs=procs, workdir=workdir / mode,
-                                 secure=mode == "secure") as sf:
-                results[mode] = _sync(sf, (workdir / mode).resolve())
+                                 secure=mode == "secure", cloud_tree=cloud_tree) as sf:
+                results[mode] = _sync(sf, (workdir / mode).resolve(), steady_s=steady_s)
+                results[mode]["cloud_tree"] = str(cloud_tree or "this checkout")
     except (TimeoutError, RuntimeError) as exc:
         print(f"bench failed: {exc}", file=sys.stderr)
         return 1
@@ -200,24 +243,55 @@ def bench_sync(*, nodes: int, procs: int, workdir: Path, modes: tuple[str, ...] 
 
 
 def _compare(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    keys = ("cloud_cpu_s_per_1000_nodes", "bytes_down_per_node", "bytes_up_per_node",
+    keys = ("cloud_cpu_ms_per_node_update", "bytes_down_per_node", "bytes_up_per_node",
             "broker_wire_bytes_per_node", "all_nodes_applied_s", "cloud_recorded_all_acks_s")
     out: dict[str, Any] = {}
     for phase in ("create", "update"):
         out[phase] = {k: {m: r[phase][k] for m, r in results.items()} for k in keys}
-    for k in ("broker_rss_kib_per_session", "connect_s", "cloud_rss_mb"):
+    for k in ("broker_rss_kib_per_session", "connect_s", "cloud_rss_mb",
+              "cloud_rss_mb_per_1000_nodes", "cloud_rss_idle_mb_per_1000_nodes", "steady"):
         out[k] = {m: r.get(k) for m, r in results.items()}
     return out
 
 
-def _sync(sf: SimFleet, workdir: Path) -> dict[str, Any]:
+def _reports_in(fleet: Fleet) -> float:
+    """Node reports cloudcore has handled, from its metrics
+    (`cloudcore_messages_in_total{type="report"}`)."""
+    with fleet.urlopen("/metrics", timeout=30) as r:
+        text = r.read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("cloudcore_messages_in_total{") and 'type="report"' in line)
+
+
+def _steady(sf: SimFleet, seconds: float) -> dict[str, Any]:
+    """`seconds` of a settled fleet that only reports: the cloud's CPU-ms per node
+    status report it handled, and its CPU share."""
+    n0 = _reports_in(sf.fleet)
+    c0, _ = _proc_usage(sf.cloud_pid)
+    t0 = time.monotonic()
+    time.sleep(seconds)
+    c1, _ = _proc_usage(sf.cloud_pid)
+    elapsed = time.monotonic() - t0
+    n1 = _reports_in(sf.fleet)
+    reports = n1 - n0
+    return {"seconds": round(elapsed, 1), "reports": int(reports),
+            "cloud_cpu_s": round(c1 - c0, 2),
+            "cloud_cpu_pct": round((c1 - c0) / elapsed * 100, 1),
+            "cloud_cpu_ms_per_report": round((c1 - c0) * 1000 / reports, 3)
+            if reports else None}
+
+
+def _sync(sf: SimFleet, workdir: Path, *, steady_s: float = 60.0) -> dict[str, Any]:
     fleet, nodes, stats = sf.fleet, sf.nodes, sf.stats_files
     _, rss0 = _proc_usage(sf.cloud_pid)
     results: dict[str, Any] = {"nodes": nodes, "simulator_processes": sf.procs,
                                "secure": sf.secure,
+                               "load_start": Path("/proc/loadavg").read_text().split()[0],
                                "connect_s": round(sf.connect_s, 1),
                                "registered_s": round(sf.registered_s, 1),
                                "cloud_rss_idle_mb": round(rss0 / 2**20, 1),
+                               "cloud_rss_idle_mb_per_1000_nodes":
+                                   round(rss0 / 2**20 / nodes * 1000, 2),
                                "broker_rss_idle_mb": round(sf.broker_rss_idle / 2**20, 1),
                                "broker_rss_connected_mb":
                                    round(sf.broker_rss_connected / 2**20, 1),
@@ -262,12 +336,26 @@ def _sync(sf: SimFleet, workdir: Path) -> dict[str, Any]:
             # sockets saw them: TLS records and MQTT framing included
             "broker_wire_bytes_per_node": round((io1 - io0) / nodes),
             "cloud_cpu_s_per_1000_nodes": round((c1 - c0) / nodes * 1000, 3),
+            # the same figure read per node: CPU-ms per node-update
+            "cloud_cpu_ms_per_node_update": round((c1 - c0) * 1000 / nodes, 3),
+            "load1": Path("/proc/loadavg").read_text().split()[0],
         }
+    if steady_s > 0:
+        results["steady"] = _steady(sf, steady_s)
     cpu1, rss1 = _proc_usage(sf.cloud_pid)
     results["cloud_rss_mb"] = round(rss1 / 2**20, 1)
     results["cloud_rss_mb_per_1000_nodes"] = round(rss1 / 2**20 / nodes * 1000, 2)
     results["cloud_cpu_s_total"] = round(cpu1, 1)
+    results["load_end"] = Path("/proc/loadavg").read_text().split()[0]
     print(json.dumps(results, indent=2), flush=True)
+    steady = results.get("steady") or {}
+    print(f"cloud CPU per node-update: create {results['create']['cloud_cpu_ms_per_node_update']}"
+          f" ms, update {results['update']['cloud_cpu_ms_per_node_update']} ms; steady: "
+          f"{steady.get('cloud_cpu_ms_per_report')} ms per node status report "
+          f"({steady.get('reports')} reports in {steady.get('seconds')} s); RSS per 1,000 "
+          f"nodes: {results['cloud_rss_idle_mb_per_1000_nodes']} MB idle, "
+          f"{results['cloud_rss_mb_per_1000_nodes']} MB after both phases; load "
+          f"{results['load_start']} -> {results['load_end']}", flush=True)
     (workdir / "result.json").write_text(json.dumps(results, indent=2))
     return results
 
@@ -458,3 +546,43 @@ def _rollout(sf: SimFleet, batch: int | str, workdir: Path) -> None:
     results["cloud_cpu_s_total"] = round(cpu, 1)
     print(json.dumps(results, indent=2))
     (workdir / "result.json").write_text(json.dumps(results, indent=2))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m testbed.bench sync|rollout`: the benches with the options `testbed
+    bench` does not carry (`--cloud-tree`, `--steady`)."""
+    p = argparse.ArgumentParser(prog="python -m testbed.bench",
+                                description=__doc__.splitlines()[0])
+    p.add_argument("what", choices=["sync", "rollout"])
+    p.add_argument("--nodes", type=int, default=5000)
+    p.add_argument("--procs", type=int, default=2, help="simulator processes")
+    p.add_argument("--mode", choices=["both", "secure", "insecure"], default="both",
+                   help="sync: secure, insecure or both side by side; rollout: secure "
+                        "unless insecure")
+    p.add_argument("--batch", default="10%", help="rollout: maxUnavailable (10%%)")
+    p.add_argument("--workdir", type=Path, default=None)
+    p.add_argument("--cloud-tree", type=Path, default=None,
+                   help="run cloudcore from this source tree (PYTHONPATH, the cloud only)")
+    p.add_argument("--steady", type=float, default=60.0,
+                   help="sync: seconds of the steady (reports only) phase; 0 skips it")
+    a = p.parse_args(argv)
+    tree = a.cloud_tree.resolve() if a.cloud_tree else None
+    if tree is not None and not (tree / "cloudcore" / "__main__.py").is_file():
+        p.error(f"--cloud-tree {a.cloud_tree}: no cloudcore/__main__.py there")
+    if a.what == "rollout":
+        try:
+            batch = batch_size(a.batch)
+        except ValueError as exc:
+            p.error(str(exc))
+        if tree is not None:
+            p.error("--cloud-tree: sync only")
+        return bench_rollout(nodes=a.nodes, procs=a.procs, batch=batch,
+                             workdir=a.workdir or Path("var/bench-rollout"),
+                             secure=a.mode != "insecure")
+    modes = ("secure", "insecure") if a.mode == "both" else (a.mode,)
+    return bench_sync(nodes=a.nodes, procs=a.procs, workdir=a.workdir or Path("var/bench"),
+                      modes=modes, cloud_tree=tree, steady_s=a.steady)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

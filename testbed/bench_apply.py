@@ -1,12 +1,38 @@
-"""Benchmark: applying a DaemonSet over N registered nodes, with Python's default
-garbage-collector settings and with cloudcore's (`cloudcore.service.tune_gc`).
+"""Benchmark: DaemonSet applies over N registered nodes, as the cloud's API runs them:
+memory, apply time and the worst event-loop lag while they run (issue 13).
 
-    python -m testbed.bench_apply [--nodes 50000]
+    python -m testbed.bench_apply [--nodes 100000] [--daemonsets 1,10] [--runs 1]
+        [--tree [LABEL=]DIR ...] [--log-dir DIR]
 
-Each setting runs in a fresh interpreter (a subprocess of this program) over its
-own LMDB store in a temporary directory: register the nodes, then time
-`Fleet.apply` of one DaemonSet (one pod per node: placement, pod objects, per-node
-desired sets) and the store commit after it. Prints figures, asserts nothing.
+Each measurement runs in a fresh interpreter (a subprocess, started when the machine's
+1-minute load average is below `--quiet-load`, or after `--quiet-wait` seconds anyway)
+over its own LMDB store in a temporary directory:
+
+1. build a `Fleet` as the tests and the old bench do (`Fleet(store=, scheduler=,
+   liveness=)`), set cloudcore's collector settings (`cloudcore.service.tune_gc`, as
+   the binary does once started) and register N Ready nodes with capacity, labels and
+   arch (`register_node`, `node_status`, `mark_ready`), as agents leave them;
+2. start a lag monitor in the same asyncio loop (uvloop when installed, as the binary):
+   a 10 ms timer that records how late it fires;
+3. apply K DaemonSets one after another, each as the API's apply handler does
+   (`fleet.apply([ds])` inside a coroutine, then `await flush`); an apply counts as
+   done when every node's desired set (`desired_for(node).values()`) holds the
+   DaemonSet's pod and the store has committed (so expansion that continues in the
+   background after `apply` returns is waited for, polled in small slices that
+   cost the loop little);
+4. print RSS (VmRSS after a 2 s settle, and the peak VmHWM), per-apply wall and CPU
+   time, how long the `apply` call itself held the loop, and the lag monitor's worst
+   and 99th-percentile lateness during the applies.
+
+`--tree DIR` runs the measuring subprocess with `PYTHONPATH=DIR` (and `PYTHONSAFEPATH=1`,
+so the working directory cannot shadow it): `git archive OLD | tar -x -C /tmp/before`
+then `--tree before=/tmp/before --tree after=.` measures the old and the new code
+alternately in one sitting. The measuring part (`_measure`) uses only names both trees
+offer and imports nothing from `testbed`, which the old tree may not have.
+
+A subprocess whose RSS passes `--max-rss-gb`, or that leaves the machine less than
+2 GB available, is killed (the machine is shared) and reported as over the limit with
+the figures it reached. Prints figures, asserts nothing.
 """
 
 from __future__ import annotations
@@ -14,17 +40,29 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
+import os
+import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from cloudcore.config import StoreSettings
-from cloudcore.fleet import Fleet, Liveness
-from cloudcore.scheduler import Scheduler
-from cloudcore.store import Store
+if TYPE_CHECKING:
+    from cloudcore.fleet import Fleet
+    from cloudcore.store import Store
+
+ROOT = Path(__file__).resolve().parent.parent
+"""The checkout this file is in: the default tree."""
+
+LAG_TICK = 0.010
+
+
+# --- helpers shared with testbed.bench_list (current tree only) ----------------------
 
 
 async def register_nodes(fleet: Fleet, store: Store, nodes: int) -> None:
@@ -48,6 +86,11 @@ async def register_nodes(fleet: Fleet, store: Store, nodes: int) -> None:
 async def bench_fleet(prefix: str) -> AsyncIterator[tuple[Fleet, Store, Path]]:
     """A Fleet over its own LMDB store in a temporary directory (also yielded), with the
     store's writer running until the block ends."""
+    from cloudcore.config import StoreSettings
+    from cloudcore.fleet import Fleet, Liveness
+    from cloudcore.scheduler import Scheduler
+    from cloudcore.store import Store
+
     with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
         async with Store(StoreSettings(state_dir=Path(tmp) / "s", batch_max_ops=50_000)) as store:
             writer = asyncio.create_task(store.run())
@@ -61,39 +104,320 @@ async def bench_fleet(prefix: str) -> AsyncIterator[tuple[Fleet, Store, Path]]:
                     await writer
 
 
-async def _one(nodes: int, tuned: bool) -> None:
+# --- the measuring subprocess ---------------------------------------------------------
+
+
+def _mem() -> dict[str, int]:
+    """VmRSS and VmHWM of this process, bytes."""
+    out = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            out[key] = int(rest.split()[0]) * 1024
+    return out
+
+
+def _loadavg() -> float:
+    return float(Path("/proc/loadavg").read_text().split()[0])
+
+
+def _emit(kind: str, data: dict[str, Any]) -> None:
+    print(f"{kind} {json.dumps(data)}", flush=True)
+
+
+def _ds_doc(index: int) -> dict[str, Any]:
+    name = f"ds{index}"
+    return {"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": name},
+            "spec": {"template": {"metadata": {"labels": {"app": name}}, "spec": {
+                "containers": [{"name": "c", "image": "busybox",
+                                "args": ["sleep", "3600"]}]}}}}
+
+
+class _LagMonitor:
+    """A timer every LAG_TICK seconds; records how late each one fires (seconds)."""
+
+    def __init__(self) -> None:
+        self.samples: list[float] = []
+        self.recording = False
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            t = loop.time()
+            await asyncio.sleep(LAG_TICK)
+            if self.recording:
+                self.samples.append(max(0.0, loop.time() - t - LAG_TICK))
+
+
+async def _expanded(fleet: Any, names: list[str], key_prefix: str) -> None:
+    """Until every node's desired set holds a key starting with `key_prefix`: checked
+    in slices of 500 nodes with a loop turn between, so the check itself holds the
+    loop only a few ms; a node once done is not checked again."""
+    i = 0
+    while i < len(names):
+        end = min(i + 500, len(names))
+        while i < end:
+            if not any(k.startswith(key_prefix) for k in fleet.desired_for(names[i]).values()):
+                break
+            i += 1
+        await asyncio.sleep(0 if i == end else LAG_TICK)
+
+
+async def _measure(nodes: int, daemonsets: int) -> None:
+    import gc
+
     from cloudcore.service import tune_gc
     from shared.models import parse_object
 
+    t_start = time.perf_counter()
+    mem0 = _mem()
     async with bench_fleet("bench-apply-") as (fleet, store, _):
-        await register_nodes(fleet, store, nodes)
-        if tuned:
-            tune_gc()
-        ds = parse_object({
-            "apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": "agent"},
-            "spec": {"template": {"metadata": {"labels": {"app": "agent"}}, "spec": {
-                "containers": [{"name": "c", "image": "busybox"}]}}}})
+        tune_gc()  # as the cloudcore binary does once started, before agents connect
         t = time.perf_counter()
-        fleet.apply([ds])
-        applied = time.perf_counter() - t
-        await store.flush()
-        total = time.perf_counter() - t
-        print(f"{'cloudcore gc' if tuned else 'default gc  '}: apply of a DaemonSet over "
-              f"{nodes} nodes {applied:.2f} s, committed {total:.2f} s "
-              f"({len(fleet.pods)} pods)", flush=True)
+        await register_nodes(fleet, store, nodes)
+        register_s = time.perf_counter() - t
+        await asyncio.sleep(2)
+        mem_nodes = _mem()
+        _emit("PROGRESS", {"stage": "nodes", "register_s": round(register_s, 2),
+                           "rss": mem_nodes["VmRSS"]})
+        names = [f"edge-{i:06d}" for i in range(nodes)]
+        monitor = _LagMonitor()
+        lag_task = asyncio.create_task(monitor.run())
+        await asyncio.sleep(0.5)
+        applies: list[dict[str, Any]] = []
+        lags: list[float] = []
+        for k in range(daemonsets):
+            ds = parse_object(_ds_doc(k))
+            await asyncio.sleep(0.5)  # a quiet loop before each apply
+            monitor.samples = []
+            monitor.recording = True
+            load = _loadavg()
+            t0, c0 = time.perf_counter(), time.process_time()
+            fleet.apply([ds])  # the API's apply handler, then its `await flush()`
+            held = time.perf_counter() - t0
+            await store.flush()
+            t_call = time.perf_counter() - t0
+            await _expanded(fleet, names, f"pod/default/ds{k}-")
+            await store.flush()
+            wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+            await asyncio.sleep(0.05)  # the timer that was due during the last hold fires
+            monitor.recording = False
+            samples = monitor.samples
+            lags += samples
+            rec = {"ds": k + 1, "wall_s": round(wall, 3), "cpu_s": round(cpu, 3),
+                   "apply_call_s": round(held, 3), "call_and_flush_s": round(t_call, 3),
+                   "lag_max_ms": round(max(samples, default=0.0) * 1000, 1),
+                   "lag_samples": len(samples), "load1": load, "rss": _mem()["VmRSS"]}
+            applies.append(rec)
+            _emit("PROGRESS", {"stage": "apply", **rec})
+        lag_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await lag_task
+        await asyncio.sleep(2)  # settle: what the process holds, not what an apply peaked at
+        mem_end = _mem()
+        pods = len(fleet.pods)
+        gc_counts = gc.get_count()
+    lags.sort()
+    p99 = lags[min(len(lags) - 1, int(len(lags) * 0.99))] if lags else 0.0
+    _emit("RESULT", {
+        "nodes": nodes, "daemonsets": daemonsets, "pods": pods,
+        "register_s": round(register_s, 2),
+        "rss_start": mem0["VmRSS"], "rss_nodes": mem_nodes["VmRSS"],
+        "rss_end": mem_end["VmRSS"], "rss_peak": mem_end["VmHWM"],
+        "applies": applies,
+        "lag_max_ms": round(lags[-1] * 1000, 1) if lags else 0.0,
+        "lag_p99_ms": round(p99 * 1000, 1), "lag_samples": len(lags),
+        "gc_count": gc_counts, "total_s": round(time.perf_counter() - t_start, 1)})
 
 
-def main() -> None:
+def _measure_main(nodes: int, daemonsets: int) -> None:
+    factory = None
+    try:
+        import uvloop
+
+        factory = uvloop.new_event_loop
+    except ImportError:
+        pass
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(_measure(nodes, daemonsets))
+
+
+# --- the orchestrating parent -----------------------------------------------------------
+
+
+MIN_AVAILABLE = 2 << 30
+"""A measuring process is killed when the machine's MemAvailable falls below this (the
+machine is shared: others' tests must not be the ones the kernel's OOM killer picks)."""
+
+
+def _available() -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    return 1 << 62
+
+
+def _wait_quiet(limit: float, wait: float) -> float:
+    """Wait until the 1-minute load average is below `limit` (at most `wait` seconds);
+    the load average then."""
+    deadline = time.monotonic() + wait
+    while _loadavg() >= limit and time.monotonic() < deadline:
+        time.sleep(2)
+    return _loadavg()
+
+
+def _run_one(tree: Path, label: str, *, nodes: int, daemonsets: int, max_rss: int,
+             log: Path | None) -> dict[str, Any]:
+    env = {**os.environ, "PYTHONPATH": str(tree), "PYTHONSAFEPATH": "1"}
+    argv = [sys.executable, str(Path(__file__).resolve()), "--measure",
+            "--nodes", str(nodes), "--daemonsets", str(daemonsets)]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            env=env, cwd="/", text=True)
+    peak = {"rss": 0, "killed": False}
+
+    def guard() -> None:
+        status = Path(f"/proc/{proc.pid}/status")
+        while proc.poll() is None:
+            try:
+                for line in status.read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        rss = int(line.split()[1]) * 1024
+                        peak["rss"] = max(peak["rss"], rss)
+                        if rss > max_rss or _available() < MIN_AVAILABLE:
+                            peak["killed"] = True
+                            proc.kill()
+            except (FileNotFoundError, ProcessLookupError):
+                return
+            time.sleep(0.2)
+
+    threading.Thread(target=guard, daemon=True).start()
+    result: dict[str, Any] = {}
+    progress: list[dict[str, Any]] = []
+    lines: list[str] = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        lines.append(line)
+        kind, _, data = line.partition(" ")
+        if kind == "RESULT":
+            result = json.loads(data)
+        elif kind == "PROGRESS":
+            progress.append(json.loads(data))
+            print(f"  [{label} {daemonsets} DS] {data.strip()}", flush=True)
+        else:
+            print(f"  [{label}] {line.rstrip()}", flush=True)
+    rc = proc.wait()
+    if log is not None:
+        log.write_text("".join(lines))
+    if not result:
+        applies = [p for p in progress if p.get("stage") == "apply"]
+        result = {"nodes": nodes, "daemonsets": daemonsets, "failed": True, "rc": rc,
+                  "killed_over_rss": peak["killed"], "rss_seen": peak["rss"],
+                  "applies": applies, "progress": progress}
+    result["rss_seen_by_parent"] = peak["rss"]
+    return result
+
+
+def _fmt(result: dict[str, Any]) -> dict[str, str]:
+    mb = 2**20
+    applies = result.get("applies") or []
+    walls = [a["wall_s"] for a in applies]
+    cpus = [a["cpu_s"] for a in applies]
+    row = {
+        "register s": f"{result['register_s']:.1f}" if "register_s" in result else "-",
+        "RSS nodes MB": f"{result['rss_nodes'] / mb:.0f}" if "rss_nodes" in result else "-",
+        "RSS end MB": f"{result['rss_end'] / mb:.0f}" if "rss_end" in result else "-",
+        "peak MB": f"{result['rss_peak'] / mb:.0f}" if "rss_peak" in result else "-",
+        "apply s (med/max)": (f"{statistics.median(walls):.2f}/{max(walls):.2f}"
+                              if walls else "-"),
+        "apply CPU s (med)": f"{statistics.median(cpus):.2f}" if cpus else "-",
+        "call held s (max)": (f"{max(a['apply_call_s'] for a in applies):.3f}"
+                              if applies else "-"),
+        "lag max ms": f"{result['lag_max_ms']:.0f}" if "lag_max_ms" in result else (
+            f"{max(a['lag_max_ms'] for a in applies):.0f}" if applies else "-"),
+        "lag p99 ms": f"{result['lag_p99_ms']:.0f}" if "lag_p99_ms" in result else "-",
+    }
+    if result.get("failed"):
+        what = ("killed over --max-rss-gb" if result.get("killed_over_rss")
+                else f"exited {result.get('rc')}")
+        row["RSS end MB"] = (f">{result['rss_seen'] / mb:.0f} ({what}, "
+                             f"{len(applies)} DS done)")
+        if applies:
+            row["lag max ms"] = f"{max(a['lag_max_ms'] for a in applies):.0f}"
+    return row
+
+
+def _table(rows: list[tuple[str, int, int, float, dict[str, Any]]]) -> str:
+    heads = ["tree", "DS", "run", "load"]
+    cells = []
+    for label, ds, run, load, result in rows:
+        f = _fmt(result)
+        if len(heads) == 4:
+            heads += list(f)
+        cells.append([label, str(ds), str(run), f"{load:.2f}", *f.values()])
+    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(heads)]
+    out = ["  ".join(h.rjust(w) for h, w in zip(heads, widths, strict=True))]
+    out += ["  ".join(c.rjust(w) for c, w in zip(cell, widths, strict=True)) for cell in cells]
+    return "\n".join(out)
+
+
+def _tree(text: str) -> tuple[str, Path]:
+    label, sep, path = text.partition("=")
+    if not sep:
+        label, path = Path(text).resolve().name or text, text
+    p = Path(path).resolve()
+    if not (p / "cloudcore" / "fleet").is_dir():
+        raise argparse.ArgumentTypeError(f"--tree {text}: {p} has no cloudcore/fleet")
+    return label, p
+
+
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--nodes", type=int, default=50_000)
-    p.add_argument("--one", choices=("default", "tuned"), help=argparse.SUPPRESS)
-    a = p.parse_args()
-    if a.one:
-        asyncio.run(_one(a.nodes, a.one == "tuned"))
+    p.add_argument("--nodes", type=int, default=100_000)
+    p.add_argument("--daemonsets", default="1,10",
+                   help="comma-separated DaemonSet counts, each a fresh process (1,10)")
+    p.add_argument("--runs", type=int, default=1, help="repeats of every (tree, count)")
+    p.add_argument("--tree", type=_tree, action="append", default=[],
+                   help="[LABEL=]DIR: run cloudcore from DIR (repeatable; default: "
+                        "this checkout); trees alternate within each run")
+    p.add_argument("--max-rss-gb", type=float, default=14.0,
+                   help="kill a measuring process above this RSS (default 14)")
+    p.add_argument("--quiet-load", type=float, default=1.0,
+                   help="start each measurement once the 1-min load is below this (1.0)")
+    p.add_argument("--quiet-wait", type=float, default=90.0,
+                   help="... or after this many seconds anyway (90)")
+    p.add_argument("--log-dir", type=Path, help="keep each subprocess's raw output here")
+    p.add_argument("--json", type=Path, help="write every result to this file")
+    p.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.measure:
+        _measure_main(a.nodes, int(a.daemonsets))
         return
-    for mode in ("default", "tuned"):
-        subprocess.run([sys.executable, "-m", "testbed.bench_apply",
-                        "--nodes", str(a.nodes), "--one", mode], check=True)
+    trees = a.tree or [("this", ROOT)]
+    counts = [int(x) for x in a.daemonsets.split(",") if x.strip()]
+    if a.log_dir:
+        a.log_dir.mkdir(parents=True, exist_ok=True)
+    rows: list[tuple[str, int, int, float, dict[str, Any]]] = []
+    for run in range(1, a.runs + 1):
+        for ds in counts:
+            # alternate which tree goes first, so a drift of the machine's load
+            # does not favour one of them
+            order = trees if run % 2 else list(reversed(trees))
+            for label, tree in order:
+                load = _wait_quiet(a.quiet_load, a.quiet_wait)
+                print(f"== {label} ({tree}): {a.nodes} nodes, {ds} DaemonSet(s), run {run}, "
+                      f"load {Path('/proc/loadavg').read_text().strip()}", flush=True)
+                log = a.log_dir / f"apply-{label}-{ds}ds-run{run}.log" if a.log_dir else None
+                result = _run_one(tree, label, nodes=a.nodes, daemonsets=ds,
+                                  max_rss=int(a.max_rss_gb * 2**30), log=log)
+                result["tree"], result["run"], result["load1_start"] = label, run, load
+                rows.append((label, ds, run, load, result))
+                print(_table([rows[-1]]), flush=True)
+    print(f"\n== {a.nodes} nodes; RSS after a 2 s settle; apply = until every node's "
+          "desired set holds the pod and the store committed; lag = how late a 10 ms "
+          f"timer fired during the applies; load at end {_loadavg():.2f}")
+    print(_table(rows), flush=True)
+    if a.json:
+        a.json.write_text(json.dumps([r[4] for r in rows], indent=2))
 
 
 if __name__ == "__main__":

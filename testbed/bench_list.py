@@ -29,9 +29,9 @@ from pathlib import Path
 import uvicorn
 
 from cloudcore.api import create_app
-from testbed.bench_apply import bench_fleet, register_nodes
 from cloudcore.fleet.projection import NODE_TABLE
 from cloudcore.metrics import Metrics
+from testbed.bench_apply import bench_fleet, register_nodes
 
 
 def _fedctl(url: str, *args: str, out: Path) -> tuple[float, int]:
