@@ -163,7 +163,7 @@ async def _expanded(fleet: Any, names: list[str], key_prefix: str) -> None:
         await asyncio.sleep(0 if i == end else LAG_TICK)
 
 
-async def _measure(nodes: int, daemonsets: int) -> None:
+async def _measure(nodes: int, daemonsets: int, settle: float = 2.0) -> None:
     import gc
 
     from cloudcore.service import tune_gc
@@ -176,7 +176,7 @@ async def _measure(nodes: int, daemonsets: int) -> None:
         t = time.perf_counter()
         await register_nodes(fleet, store, nodes)
         register_s = time.perf_counter() - t
-        await asyncio.sleep(2)
+        await asyncio.sleep(settle)
         mem_nodes = _mem()
         _emit("PROGRESS", {"stage": "nodes", "register_s": round(register_s, 2),
                            "rss": mem_nodes["VmRSS"]})
@@ -188,7 +188,7 @@ async def _measure(nodes: int, daemonsets: int) -> None:
         lags: list[float] = []
         for k in range(daemonsets):
             ds = parse_object(_ds_doc(k))
-            await asyncio.sleep(0.5)  # a quiet loop before each apply
+            await asyncio.sleep(settle / 4)  # a quiet loop before each apply
             monitor.samples = []
             monitor.recording = True
             load = _loadavg()
@@ -213,7 +213,7 @@ async def _measure(nodes: int, daemonsets: int) -> None:
         lag_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await lag_task
-        await asyncio.sleep(2)  # settle: what the process holds, not what an apply peaked at
+        await asyncio.sleep(settle)  # what the process holds, not what an apply peaked at
         mem_end = _mem()
         pods = len(fleet.pods)
         gc_counts = gc.get_count()
@@ -230,7 +230,7 @@ async def _measure(nodes: int, daemonsets: int) -> None:
         "gc_count": gc_counts, "total_s": round(time.perf_counter() - t_start, 1)})
 
 
-def _measure_main(nodes: int, daemonsets: int) -> None:
+def _measure_main(nodes: int, daemonsets: int, settle: float) -> None:
     factory = None
     try:
         import uvloop
@@ -239,7 +239,7 @@ def _measure_main(nodes: int, daemonsets: int) -> None:
     except ImportError:
         pass
     with asyncio.Runner(loop_factory=factory) as runner:
-        runner.run(_measure(nodes, daemonsets))
+        runner.run(_measure(nodes, daemonsets, settle))
 
 
 # --- the orchestrating parent -----------------------------------------------------------
@@ -388,9 +388,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--log-dir", type=Path, help="keep each subprocess's raw output here")
     p.add_argument("--json", type=Path, help="write every result to this file")
     p.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--settle", type=float, default=2.0, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.measure:
-        _measure_main(a.nodes, int(a.daemonsets))
+        _measure_main(a.nodes, int(a.daemonsets), a.settle)
         return
     trees = a.tree or [("this", ROOT)]
     counts = [int(x) for x in a.daemonsets.split(",") if x.strip()]
