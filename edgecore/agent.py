@@ -42,7 +42,7 @@ from shared.backoff import Backoff, jittered
 from shared.errors import AuthFailed
 
 if TYPE_CHECKING:
-    from edgecore.runtime.types import Runtime
+    from edgecore.runtime.types import ExtendedRuntime
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ class Agent:
     """One edge agent. Components are exposed as attributes once `run()` has built them."""
 
     def __init__(
-        self, settings: AgentSettings, *, runtime: Runtime | None = None,
+        self, settings: AgentSettings, *, runtime: ExtendedRuntime | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
@@ -71,7 +71,7 @@ class Agent:
         self.requests: EdgeRequests | None = None
         self.started = asyncio.Event()  # set once every component is built
 
-    def _make_runtime(self) -> Runtime:
+    def _make_runtime(self) -> ExtendedRuntime:
         # Imported here so tests with a fake runtime never touch crun.
         from edgecore.runtime import CrunRuntime
 
@@ -188,31 +188,30 @@ class Agent:
         if self.reporter is not None:
             await self.reporter.telemetry(point)
 
-    async def _rotate_logs(self, runtime: Runtime) -> None:
+    async def _rotate_logs(self, runtime: ExtendedRuntime) -> None:
         """Rotate container logs every log_rotate_interval_s (if the runtime can)."""
         s = self.settings
-        rotate = getattr(runtime, "rotate_all_logs", None)
-        if rotate is None:
+        if not runtime.capabilities.log_rotation:
             return
         while True:
             try:
-                rotated = await rotate(max_bytes=0, keep=s.log_keep)
+                rotated = await runtime.rotate_all_logs(max_bytes=0, keep=s.log_keep)
                 if rotated:
                     log.debug("rotated the logs of %d container(s)", len(rotated))
             except (ContainerRuntimeError, OSError) as exc:
                 log.warning("log rotation failed: %s", exc)
             await asyncio.sleep(s.log_rotate_interval_s)
 
-    async def _image_gc(self, runtime: Runtime, reconciler: Reconciler) -> None:
+    async def _image_gc(self, runtime: ExtendedRuntime, reconciler: Reconciler) -> None:
         """Collect unused images every image_gc_interval_s (if the runtime can)."""
-        if getattr(runtime, "gc", None) is None:
+        if not runtime.capabilities.image_gc:
             return
         while True:
             await asyncio.sleep(self.settings.image_gc_interval_s)
             await self.collect_images(runtime, reconciler, why="periodic")
 
     async def collect_images(
-        self, runtime: Runtime, reconciler: Reconciler, *, why: str,
+        self, runtime: ExtendedRuntime, reconciler: Reconciler, *, why: str,
         min_free_bytes: int | None = None,
     ) -> list[str]:
         """One image GC: keep the images of every desired pod's containers; remove those
@@ -220,12 +219,11 @@ class Agent:
         root's filesystem has less than `min_free_bytes` (default image_gc_min_free_bytes)
         free. Errors are logged, not raised: a failed GC must not stop the agent."""
         s = self.settings
-        gc = getattr(runtime, "gc", None)
-        if gc is None:
+        if not runtime.capabilities.image_gc:
             return []
         keep = reconciler.desired_images()
         try:
-            removed: list[str] = await gc(
+            removed = await runtime.gc(
                 keep_refs=keep, max_age_s=s.image_gc_max_unused_s,
                 target_free_bytes=(s.image_gc_min_free_bytes if min_free_bytes is None
                                    else min_free_bytes))

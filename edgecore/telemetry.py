@@ -3,8 +3,9 @@
 Each sample reads the node's `/proc/stat` (cpu busy jiffies) and `/proc/meminfo`
 (MemTotal - MemAvailable), and the stats of every running container of ours
 (cumulative cpu ns, working-set memory), grouped by pod: one batched
-`runtime.stats_all()` if the runtime has it (crun: one `crun list` and the cgroup
-files, no process per pod), else `runtime.stats(cid)` one by one. cpu is a rate
+`runtime.stats_all()` if the runtime declares it (`capabilities.stats_all`; crun: one
+`crun list` and the cgroup files, no process per pod), else `runtime.stats(cid)` one
+by one. cpu is a rate
 between two samples, so the first sample after start (or after a container
 restart) contributes memory only. Samples are averaged per point interval
 (aligned to wall-clock minutes by default):
@@ -39,7 +40,7 @@ from typing import Any
 
 from edgecore.reconciler.naming import ANN_POD
 from edgecore.runtime.errors import ContainerRuntimeError
-from edgecore.runtime.types import ContainerStats, Runtime
+from edgecore.runtime.types import ContainerStats, ExtendedRuntime
 from shared.entries import telemetry_point
 
 log = logging.getLogger(__name__)
@@ -106,7 +107,7 @@ class _Acc:
 
 @dataclass
 class Telemetry:
-    runtime: Runtime
+    runtime: ExtendedRuntime
     sink: Callable[[dict[str, Any]], Awaitable[None]]
     sample_s: float = 10.0
     point_s: int = 60
@@ -200,11 +201,10 @@ class Telemetry:
         return cpu, None if mem is None else float(mem)
 
     async def _pod_samples(self) -> dict[str, tuple[float | None, float | None]]:
-        batched = getattr(self.runtime, "stats_all", None)
-        if batched is not None:
+        if self.runtime.capabilities.stats_all:
             # One batched read per tick (one `crun list`, cgroup files in one thread);
             # the full list(), for the pod annotation, only when a new container shows up.
-            all_stats: dict[str, ContainerStats] = await batched()
+            all_stats = await self.runtime.stats_all()
             if not set(all_stats) <= set(self._pod_of):
                 self._pod_of = {st.id: st.annotations.get(ANN_POD, "")
                                 for st in await self.runtime.list()}
@@ -233,8 +233,7 @@ class Telemetry:
 
     async def _stats_one_by_one(self) -> dict[str, ContainerStats]:
         """Runtimes without `stats_all`: list, then `stats(cid)` per running container."""
-        stats = getattr(self.runtime, "stats", None)
-        if stats is None:
+        if not self.runtime.capabilities.stats:
             return {}
         out: dict[str, ContainerStats] = {}
         pod_of: dict[str, str] = {}
@@ -243,7 +242,7 @@ class Telemetry:
             if not key or st.status != "running":
                 continue
             try:
-                s = await stats(st.id)
+                s = await self.runtime.stats(st.id)
             except ContainerRuntimeError:
                 continue
             if s is not None:

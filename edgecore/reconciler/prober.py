@@ -3,8 +3,8 @@
 One `ContainerProber` (one asyncio task) per running container instance that
 has probes. TCP and HTTP probes connect to 127.0.0.1 from inside the container's
 network namespace (the pod's own, or the node's with hostNetwork), found by
-`runtime.netns_path(cid)` (`edgecore.podnet.connect_in_netns`); a runtime without it
-(fakes) is probed on the agent's own 127.0.0.1.
+`runtime.netns_path(cid)` (`edgecore.podnet.connect_in_netns`); a runtime whose
+capabilities lack `netns` (fakes) is probed on the agent's own 127.0.0.1.
 
 - exec: `runtime.exec(cid, command, timeout_s=timeoutSeconds)`; exit 0 = success.
 - tcpSocket: a TCP connect to 127.0.0.1:port within timeoutSeconds.
@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 
 from edgecore.podnet import connect_in_netns
 from edgecore.runtime.errors import ContainerRuntimeError, ExecTimeout
+from edgecore.runtime.types import ExtendedRuntime
 from shared.pods import Container, Probe
 
 log = logging.getLogger(__name__)
@@ -230,10 +231,11 @@ class ProbeManager:
 # -- the probe handlers ---------------------------------------------------------------
 
 
-def make_probe(runtime: object, *, host: str = "127.0.0.1") -> ProbeFn:
-    """The real probe function: exec through the runtime, TCP and HTTP on `host`."""
+def make_probe(runtime: ExtendedRuntime, *, host: str = "127.0.0.1") -> ProbeFn:
+    """The real probe function: exec through the runtime, TCP and HTTP on `host`
+    (inside the container's network namespace if the runtime can name it)."""
 
-    netns_of = getattr(runtime, "netns_path", None)
+    netns_of = runtime.netns_path if runtime.capabilities.netns else None
 
     async def probe(cid: str, c: Container, p: Probe) -> tuple[bool, str]:
         timeout = float(p.timeout_seconds)
@@ -255,13 +257,12 @@ def make_probe(runtime: object, *, host: str = "127.0.0.1") -> ProbeFn:
     return probe
 
 
-async def exec_probe(runtime: object, cid: str, argv: list[str],
+async def exec_probe(runtime: ExtendedRuntime, cid: str, argv: list[str],
                      timeout: float) -> tuple[bool, str]:
-    exec_ = getattr(runtime, "exec", None)
-    if exec_ is None:
+    if not runtime.capabilities.exec:
         return False, "the runtime cannot exec in containers"
     try:
-        rc, out, err = await exec_(cid, list(argv), timeout_s=timeout)
+        rc, out, err = await runtime.exec(cid, list(argv), timeout_s=timeout)
     except ExecTimeout:
         return False, f"command timed out after {timeout:g}s"
     except ContainerRuntimeError as exc:

@@ -7,8 +7,8 @@ wrong for longer than one pass. Passes run when woken (new desired state), when
 a restart falls due, and every `interval_s` if the runtime's cheap
 `state_token()` (crun: the mtime of conmon's exit directory) says a container
 exited, else at least every `resync_s` (a full resync, whatever happened); a
-runtime without `state_token` gets a full pass every `interval_s`. It never
-needs the network.
+runtime whose capabilities lack `state_token` gets a full pass every `interval_s`.
+It never needs the network.
 
 A pass woken by a new desired set while nothing else is due reuses the listing
 of the last full pass instead of asking the runtime again (no `crun list` on the
@@ -105,7 +105,7 @@ from edgecore.runtime.errors import (
     RuntimeTemporaryError,
 )
 from edgecore.runtime.images import normalize_ref
-from edgecore.runtime.types import ContainerSpec, ContainerState, PullProgress, Runtime
+from edgecore.runtime.types import ContainerSpec, ContainerState, ExtendedRuntime, PullProgress
 from shared.backoff import capped_delay
 from shared.delta import EdgeDesired
 from shared.entries import POD, PodEntry, parse_pod_entry, split_key
@@ -152,8 +152,9 @@ def _msg(exc: BaseException) -> str:
 
 class Reconciler:
     def __init__(
-        self, *, node: str, runtime: Runtime, cache: Cache, desired: Callable[[], EdgeDesired],
-        sink: StatusSink, crashloop: CrashLoop | None = None, interval_s: float = 5.0,
+        self, *, node: str, runtime: ExtendedRuntime, cache: Cache,
+        desired: Callable[[], EdgeDesired], sink: StatusSink,
+        crashloop: CrashLoop | None = None, interval_s: float = 5.0,
         clock: Callable[[], float] = time.time, volumes: Volumes | None = None,
         devices: DeviceAllocator | None = None, prober: ProbeManager | None = None,
         resync_s: float = 30.0, pull_report_after_s: float = 0.2, pull_report_s: float = 10.0,
@@ -233,8 +234,7 @@ class Reconciler:
                 await self.prober.close()
 
     def _token(self) -> object:
-        token = getattr(self.runtime, "state_token", None)
-        return None if token is None else token()
+        return self.runtime.state_token() if self.runtime.capabilities.state_token else None
 
     def _pass_needed(self) -> bool:
         """False only if nothing can have changed since the last pass: no exit seen by
@@ -765,8 +765,7 @@ class Reconciler:
     async def _needs_pull(self, spec: ContainerSpec) -> bool:
         """Whether to pull before run() (so the pod can be reported as pulling): only for
         runtimes that list their images; others pull inside run(), unreported."""
-        images = getattr(self.runtime, "images", None)
-        if images is None or spec.pull_policy == "Never":
+        if not self.runtime.capabilities.images or spec.pull_policy == "Never":
             return False
         if spec.pull_policy == "Always":
             return True
@@ -774,7 +773,7 @@ class Reconciler:
             ref = normalize_ref(spec.image)
         except InvalidSpec:
             return False  # run() reports it
-        return ref not in {i.ref for i in await images()}
+        return ref not in {i.ref for i in await self.runtime.images()}
 
     async def _pull(self, entry: PodEntry, image: str, *, always: bool) -> None:
         """Pull `image`, reporting the pod as pulling if it takes a while; on
@@ -791,7 +790,7 @@ class Reconciler:
 
     async def _pull_reporting(self, entry: PodEntry, image: str, *, always: bool) -> None:
         pull = (self.runtime.pull(image) if not always
-                else self.runtime.pull(image, policy="Always"))  # type: ignore[call-arg]
+                else self.runtime.pull(image, policy="Always"))
         task = asyncio.ensure_future(pull)
         t0 = time.monotonic()
         wait = self.pull_report_after_s
@@ -814,11 +813,10 @@ class Reconciler:
 
     async def _pull_progress(self, image: str) -> PullProgress | None:
         """The runtime's measure of a pull in progress (None if it cannot tell)."""
-        measure = getattr(self.runtime, "pull_progress", None)
-        if measure is None:
+        if not self.runtime.capabilities.pull_progress:
             return None
         try:
-            progress: PullProgress | None = await measure(image)
+            progress = await self.runtime.pull_progress(image)
         except (ContainerRuntimeError, OSError) as exc:
             log.debug("pull progress of %s: %s", image, exc)
             return None

@@ -25,6 +25,7 @@ from edgecore.runtime.errors import (
 )
 from edgecore.runtime.images import ImageStore, host_platform
 from edgecore.runtime.types import (
+    Capabilities,
     ContainerSpec,
     ContainerState,
     ContainerStats,
@@ -38,6 +39,7 @@ from edgecore.runtime.types import (
 )
 
 __all__ = [
+    "Capabilities",
     "ContainerExists",
     "ContainerNotFound",
     "ContainerRuntimeError",

@@ -67,6 +67,7 @@ from edgecore.runtime.errors import (
 from edgecore.runtime.images import ImageStore
 from edgecore.runtime.oci import build_oci_config, host_device_nodes, resolve_devices
 from edgecore.runtime.types import (
+    Capabilities,
     ContainerSpec,
     ContainerState,
     ContainerStats,
@@ -161,6 +162,12 @@ class CrunRuntime:
     concurrent use of one root by two live agents is not supported.
     """
 
+    capabilities = Capabilities(
+        exec=True, stats=True, stats_all=True, images=True, pull_progress=True,
+        image_gc=True, log_rotation=True, netns=True, state_token=True,
+    )
+    """crun has every optional operation of :class:`ExtendedRuntime`."""
+
     def __init__(
         self,
         root_dir: Path,
@@ -204,8 +211,7 @@ class CrunRuntime:
         for d in (self._crun_root, self._bundles, self._exits, self._logs, self._persist,
                   self._sockets):  # fmt: skip
             d.mkdir(parents=True, exist_ok=True)
-        # ``images`` is both the store (``runtime.images.blob_count()``, as
-        # before) and, being awaitable when called, ``await runtime.images()``.
+        # The image store itself, for callers that need more than `images()` / `gc()`.
         self.image_store = ImageStore(
             self.root,
             insecure_registries=insecure_registries,
@@ -214,7 +220,6 @@ class CrunRuntime:
             min_free_bytes=min_free_disk_bytes,
             platform=platform,
         )
-        self.images: _ImagesAccessor = _ImagesAccessor(self.image_store)
         # Image references a run() is between pull and bundle creation for: gc keeps them.
         self._pinned: Counter[str] = Counter()
         # Host id ranges of pods with a user namespace (ContainerSpec.userns).
@@ -911,6 +916,10 @@ class CrunRuntime:
 
     # -- images -----------------------------------------------------------------
 
+    async def images(self) -> list[ImageInfo]:
+        """Every image reference in the store, least recently used first."""
+        return await asyncio.to_thread(self.image_store.images)
+
     def _in_use_digests(self) -> set[str]:
         digests = set()
         for bundle in self._bundles.iterdir():
@@ -940,20 +949,6 @@ class CrunRuntime:
             max_age_s=max_age_s,
             target_free_bytes=target_free_bytes,
         )
-
-
-class _ImagesAccessor:
-    """``runtime.images``: the :class:`ImageStore`'s attributes, and ``await runtime.images()``."""
-
-    def __init__(self, store: ImageStore) -> None:
-        self._store = store
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._store, name)
-
-    async def __call__(self) -> list[ImageInfo]:
-        """Every image reference in the store, least recently used first."""
-        return await asyncio.to_thread(self._store.images)
 
 
 def _k8s_timestamp(line: bytes) -> float | None:

@@ -1,9 +1,16 @@
 """The runtime's small typed interface: what the reconciler may ask for and see.
 
-The reconciler talks only to :class:`Runtime`; the crun implementation lives in
-``edgecore.runtime.crun`` and a fake for unit tests needs nothing but these
-types.  Specs are frozen and hashable-by-value (sequences become tuples,
+The reconciler talks to :class:`Runtime` (and to those optional operations of
+:class:`ExtendedRuntime` that the runtime's capabilities declare); the crun
+implementation lives in ``edgecore.runtime.crun`` and a fake for unit tests needs
+nothing but these types.  Specs are frozen and hashable-by-value (sequences become tuples,
 mappings are copied) so the reconciler can hash them into annotations.
+
+Beyond the core operations every runtime has (:class:`Runtime`), the optional ones
+(:class:`ExtendedRuntime`: exec, stats, image listing and GC, log rotation...) are
+declared once, by the runtime itself, in its :class:`Capabilities`: a caller tests
+``runtime.capabilities.exec`` rather than probing for the attribute, so what a
+runtime can do is written in one place and a fake says so as plainly as crun.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from typing import Literal, Protocol, runtime_checkable
 from edgecore.runtime.errors import InvalidSpec
 
 __all__ = [
+    "Capabilities",
     "ContainerSpec",
     "ContainerState",
     "ContainerStats",
@@ -411,6 +419,40 @@ class ContainerStats:
     timestamp: float
 
 
+@dataclass(frozen=True)
+class Capabilities:
+    """Which optional operations of :class:`ExtendedRuntime` a runtime implements.
+
+    Each runtime declares its own once (``Runtime.capabilities``); callers test a
+    flag, never the attribute, and fall back as each flag says when it is off (the
+    default: a runtime of the core operations only).
+    """
+
+    exec: bool = False
+    """``exec()``. Off: an exec probe fails ("the runtime cannot exec in containers")."""
+    stats: bool = False
+    """``stats(cid)``, per container. Off (and no ``stats_all``): no pod telemetry."""
+    stats_all: bool = False
+    """``stats_all()``, every container in one read; preferred over ``stats``."""
+    images: bool = False
+    """``images()`` lists the local store and ``pull()`` takes ``policy=``: the
+    reconciler pulls before ``run()`` and reports the pod as pulling meanwhile.
+    Off: ``run()`` pulls, unreported."""
+    pull_progress: bool = False
+    """``pull_progress()``: bytes and layers of a pull in progress, in the pulling
+    status. Off: the status tells the elapsed time only."""
+    image_gc: bool = False
+    """``gc()``: the agent collects unused images periodically and on a full disk."""
+    log_rotation: bool = False
+    """``rotate_logs()`` and ``rotate_all_logs()``: the agent rotates container logs."""
+    netns: bool = False
+    """``netns_path()``: TCP and HTTP probes connect from inside the container's
+    network namespace. Off: they connect to the agent's own 127.0.0.1."""
+    state_token: bool = False
+    """``state_token()``: a cheap "did a container exit" check, so a periodic
+    reconciler pass is skipped when nothing changed. Off: every interval is a pass."""
+
+
 @runtime_checkable
 class Runtime(Protocol):
     """The container runtime as the reconciler sees it.
@@ -419,6 +461,11 @@ class Runtime(Protocol):
     failures raise ``RuntimeTemporaryError`` subclasses, permanent ones
     ``RuntimePermanentError`` subclasses (see ``edgecore.runtime.errors``).
     """
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """Which optional operations (:class:`ExtendedRuntime`) this runtime has."""
+        ...
 
     async def pull(self, image: str, *, insecure: bool | None = None) -> str:
         """Make ``image`` present locally (IfNotPresent) and return its manifest digest."""
@@ -452,13 +499,17 @@ class Runtime(Protocol):
 class ExtendedRuntime(Runtime, Protocol):
     """Runtime features beyond the reconciler's core (probes, telemetry, images, logs).
 
-    A separate protocol so existing fakes of :class:`Runtime` stay valid.
+    A runtime has those of these operations that its :class:`Capabilities` declare
+    (each method names its flag); a caller holding an ``ExtendedRuntime`` calls an
+    operation only when its flag is on. ``logs`` with ``since`` has no flag: the
+    cloud's logs requests (``edgecore.requests``) assume it.
     """
 
     async def pull(
         self, image: str, *, insecure: bool | None = None, policy: PullPolicy = "IfNotPresent"
     ) -> str:
-        """Make ``image`` present according to ``policy``; return its manifest digest."""
+        """(``images``) Make ``image`` present according to ``policy``; return its
+        manifest digest."""
         ...
 
     async def logs(self, cid: str, *, tail: int | None = None, since: float | None = None) -> bytes:
@@ -468,15 +519,22 @@ class ExtendedRuntime(Runtime, Protocol):
     async def exec(
         self, cid: str, argv: list[str], *, timeout_s: float = 30
     ) -> tuple[int, bytes, bytes]:
-        """Run ``argv`` in the running container; return (exit code, stdout, stderr)."""
+        """(``exec``) Run ``argv`` in the running container; return (exit code, stdout,
+        stderr)."""
         ...
 
     async def stats(self, cid: str) -> ContainerStats | None:
-        """cgroup cpu and memory counters, or ``None`` if the container is not running."""
+        """(``stats``) cgroup cpu and memory counters, or ``None`` if the container is
+        not running."""
+        ...
+
+    async def stats_all(self) -> dict[str, ContainerStats]:
+        """(``stats_all``) The counters of every running container, by id, in one read."""
         ...
 
     async def images(self) -> list[ImageInfo]:
-        """Every image reference in the local store."""
+        """(``images``) Every image reference in the local store, least recently used
+        first."""
         ...
 
     async def gc(
@@ -486,18 +544,29 @@ class ExtendedRuntime(Runtime, Protocol):
         max_age_s: float | None = None,
         target_free_bytes: int | None = None,
     ) -> list[str]:
-        """Remove unused images; return the references removed."""
+        """(``image_gc``) Remove unused images; return the references removed."""
         ...
 
     async def rotate_logs(self, cid: str, *, max_bytes: int = 0, keep: int = 1) -> bool:
-        """Move the live log aside (keeping ``keep`` old files); True if it did."""
+        """(``log_rotation``) Move the live log aside (keeping ``keep`` old files); True
+        if it did."""
+        ...
+
+    async def rotate_all_logs(self, *, max_bytes: int = 0, keep: int = 1) -> list[str]:
+        """(``log_rotation``) ``rotate_logs`` for every container; the ids rotated."""
         ...
 
     async def pull_progress(self, image: str) -> PullProgress | None:
-        """Bytes and layers done of a pull of ``image`` in progress (``None``: none)."""
+        """(``pull_progress``) Bytes and layers done of a pull of ``image`` in progress
+        (``None``: none)."""
         ...
 
     def netns_path(self, cid: str) -> str | None:
-        """``/proc/<pid>/ns/net`` of the running container (probes connect from inside
-        it), or ``None`` if it is not running."""
+        """(``netns``) ``/proc/<pid>/ns/net`` of the running container (probes connect
+        from inside it), or ``None`` if it is not running."""
+        ...
+
+    def state_token(self) -> object:
+        """(``state_token``) A value that changes whenever a container exits: equal
+        tokens mean a new :meth:`list` would show no exit."""
         ...

@@ -9,10 +9,16 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, ClassVar
 
 from edgecore.runtime.errors import ContainerExists, ContainerRuntimeError
-from edgecore.runtime.types import ContainerSpec, ContainerState, ContainerStats, validate_cid
+from edgecore.runtime.types import (
+    Capabilities,
+    ContainerSpec,
+    ContainerState,
+    ContainerStats,
+    validate_cid,
+)
 
 
 @dataclass
@@ -23,6 +29,11 @@ class FakeContainer:
 
 @dataclass
 class FakeRuntime:
+    # What it implements beyond the core: a subclass that adds an operation (images,
+    # state_token, stats_all...) declares it by overriding this.
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        exec=True, stats=True, image_gc=True, log_rotation=True)
+
     clock: Callable[[], float] = lambda: 0.0
     containers: dict[str, FakeContainer] = field(default_factory=dict)
     calls: list[tuple[str, str]] = field(default_factory=list)
@@ -102,6 +113,9 @@ class FakeRuntime:
         if c is None or c.state.status != "running":
             return None
         return self.stats_of.get(cid)
+
+    async def rotate_logs(self, cid: str, *, max_bytes: int = 0, keep: int = 1) -> bool:
+        return False
 
     async def rotate_all_logs(self, *, max_bytes: int = 0, keep: int = 1) -> list[str]:
         self.rotations.append((max_bytes, keep))

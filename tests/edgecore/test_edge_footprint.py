@@ -4,6 +4,7 @@ nothing exited, and one batched stats read per telemetry tick."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,8 @@ from edgecore_fakes import FakeRuntime  # isort: skip
 
 class TokenFake(FakeRuntime):
     """A runtime with crun's cheap `state_token` and batched `stats_all`."""
+
+    capabilities = replace(FakeRuntime.capabilities, state_token=True, stats_all=True)
 
     token = 0
     lists = 0

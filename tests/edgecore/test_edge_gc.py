@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ MiB = 1024 * 1024
 class ImageFake(FakeRuntime):
     """The fake with an image list, so the reconciler pulls (and reports) before run()."""
 
+    capabilities = replace(FakeRuntime.capabilities, images=True)
     present: set[str]
 
     async def images(self) -> list[ImageInfo]:
@@ -206,6 +208,7 @@ async def test_pull_progress_repeats_at_a_slow_cadence(cache: Cache) -> None:
 class ProgressFake(ImageFake):
     """A runtime that measures its pulls (as CrunRuntime.pull_progress does)."""
 
+    capabilities = replace(ImageFake.capabilities, pull_progress=True)
     progress: PullProgress | None = None
 
     async def pull_progress(self, image: str) -> PullProgress | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -370,6 +371,8 @@ async def test_a_new_spec_stops_the_pull_of_the_old_one(world: World) -> None:
         return "sha256:" + "0" * 64
 
     world.runtime.images = images  # type: ignore[attr-defined]
+    world.runtime.capabilities = replace(  # type: ignore[misc]
+        world.runtime.capabilities, images=True)
     world.runtime.pull = pull  # type: ignore[method-assign]
     key, old = pod("web", image="gone.example:5000/busybox:1", policy="Always")
     world.set((key, old))
@@ -447,6 +450,8 @@ async def test_a_full_disk_does_not_fail_pods_and_records_are_written_later(
 
 class TokenRuntime(FakeRuntime):
     """The fake with crun's cheap exit token and a count of listings."""
+
+    capabilities = replace(FakeRuntime.capabilities, state_token=True)
 
     exits = 0
     lists = 0

@@ -115,14 +115,14 @@ async def test_pull_once_shared_by_two_containers(
     ref = seeded_registry.busybox
     digest = await runtime.pull(ref)
     assert digest.startswith("sha256:")
-    blobs = runtime.images.blob_count()
+    blobs = runtime.image_store.blob_count()
     index = runtime.root / "images" / "index.json"
     mtime = index.stat().st_mtime_ns
     assert await runtime.pull(ref) == digest  # IfNotPresent: no second copy
 
     await runtime.run("a", spec(ref, "a", "sleep", "30"))
     await runtime.run("b", spec(ref, "b", "sleep", "30"))
-    assert runtime.images.blob_count() == blobs
+    assert runtime.image_store.blob_count() == blobs
     assert index.stat().st_mtime_ns == mtime
     assert len(json.loads(index.read_text())["manifests"]) == 1
     assert len(list((runtime.root / "rootfs-cache").iterdir())) == 1

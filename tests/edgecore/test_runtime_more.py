@@ -346,7 +346,7 @@ async def test_gc_removes_unused_and_keeps_used(
     await runtime.run("old", spec(variants.v2, "old", "true"))  # unpacks v2's rootfs
     await wait_state(runtime, "old", stopped)
     assert {i.ref for i in await runtime.images()} == {ref, variants.v2}
-    blobs = runtime.images.blob_count()
+    blobs = runtime.image_store.blob_count()
     caches = len(list((runtime.root / "rootfs-cache").iterdir()))
     assert caches == 2
 
@@ -360,7 +360,7 @@ async def test_gc_removes_unused_and_keeps_used(
     assert await runtime.gc(keep_refs=set()) == [variants.v2]
     assert [i.ref for i in await runtime.images()] == [ref]
     # v2's manifest and config are gone; the shared layer stays.
-    assert runtime.images.blob_count() == blobs - 2
+    assert runtime.image_store.blob_count() == blobs - 2
     assert len(list((runtime.root / "rootfs-cache").iterdir())) == 1
     assert (await state_of(runtime, "keep")).status == "running"  # type: ignore[union-attr]
     await runtime.run("again", spec(ref, "again", "true"))
