@@ -336,6 +336,11 @@ def columns(kind: Kind, *, wide: bool, all_namespaces: bool, mixed: bool = False
             )
     elif kind.kind == "ConfigMap":
         cols += [("DATA", lambda o: str(len(o.get("data") or {}))), ("AGE", _created)]
+    elif kind.kind == "Namespace":  # edgefed has no namespace phases: each is Active;
+        # one in use without a Namespace object of its own has no age
+        cols += [("STATUS", lambda o: "Active"),
+                 ("LABELS", lambda o: labels_text(_dig(o, "metadata", "labels"))),
+                 ("AGE", _created)]
     return cols
 
 

@@ -208,3 +208,30 @@ def test_tokens_env_and_contexts(secure_cloud: Cloud, tmp_path: Path) -> None:
     assert r.exit_code == 1 and "127.0.0.1:9" in r.stderr
     assert fed(None, "--context", "nope", "get", "nodes").exit_code == 2
     assert fed(None, "config", "use-context", "nope").exit_code == 3
+
+
+def test_get_namespaces_lists_those_in_use(cloud: Cloud) -> None:
+    """`get ns` lists the Namespace objects and every namespace that objects live in
+    (cloudcore keeps a Namespace object only for one applied as such)."""
+    cloud.call(add_node, cloud.fleet, "edge-1")
+    docs = [{"apiVersion": "apps/v1", "kind": "DaemonSet",
+             "metadata": {"name": "agent", "namespace": "kube-system"},
+             "spec": {"template": {"metadata": {"labels": {"app": "agent"}}, "spec": {
+                 "containers": [{"name": "c", "image": "busybox"}]}}}},
+            {"apiVersion": "v1", "kind": "Namespace",
+             "metadata": {"name": "shop", "labels": {"tier": "edge"}}}]
+    r = CliRunner().invoke(app, ["--server", cloud.url, "apply", "-f", "-"],
+                           input=json.dumps({"apiVersion": "v1", "kind": "List",
+                                             "items": docs}))
+    assert r.exit_code == 0, r.output
+    r = fed(cloud, "get", "ns")
+    assert r.exit_code == 0, r.output
+    rows = [line.split() for line in r.stdout.splitlines()]
+    assert rows[0] == ["NAME", "STATUS", "LABELS", "AGE"]
+    assert [row[0] for row in rows[1:]] == ["default", "kube-system", "shop"]
+    assert rows[3][1:3] == ["Active", "tier=edge"] and rows[2][-1] == "-"
+    got = yaml.safe_load(fed(cloud, "get", "namespace", "kube-system", "-o", "yaml").stdout)
+    assert got == {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "kube-system"}}
+    names = json.loads(fed(cloud, "get", "namespaces", "-o", "json").stdout)["items"]
+    assert [n["metadata"]["name"] for n in names] == ["default", "kube-system", "shop"]
+    assert fed(cloud, "get", "namespace", "nosuch").exit_code == 3
