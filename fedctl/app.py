@@ -30,7 +30,7 @@ from fedctl import config as cfg
 from fedctl import kinds, render
 from fedctl.client import ApiClient
 from fedctl.config import Settings, resolve
-from fedctl.errors import FedctlError, NotFound, Unreachable, UsageError
+from fedctl.errors import FedctlError, ManifestError, NotFound, Unreachable, UsageError
 
 if TYPE_CHECKING:
     from fedctl import manifests
@@ -233,6 +233,8 @@ def apply(
     from fedctl import manifests
 
     docs = manifests.load(filename, recursive=recursive)
+    for d in docs:
+        _refuse_unexpanded(d)
     out = sys.stdout
     with _state(ctx).client() as api:
         results = api.apply([d.body for d in docs], dry_run=dry_run)
@@ -245,6 +247,46 @@ def apply(
             if dry_run and action == "configured":
                 out.write(_dry_run_diff(api, doc))
     out.flush()
+
+
+_UNEXPANDED = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?[-=?+][^}]*)?\}")
+_OWN_SHELL = {"command", "args", "data", "stringData"}
+"""Where `${NAME}` may be the pod's own: a shell in the container expands it (command,
+args) or a file holds it (a ConfigMap's or Secret's data)."""
+
+
+def _unexpanded(value: Any, path: str) -> tuple[str, str, str] | None:
+    """(field path, variable, value) of the first `${NAME}` left in an image, or standing for
+    a whole value anywhere a shell or file in the pod would not expand it."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if k not in _OWN_SHELL:
+                found = _unexpanded(v, f"{path}.{k}" if path else str(k))
+                if found:
+                    return found
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            found = _unexpanded(v, f"{path}[{i}]")
+            if found:
+                return found
+    elif isinstance(value, str) and "${" in value:
+        m = _UNEXPANDED.search(value)
+        if m and (path.endswith(".image") or m.group(0) == value.strip()):
+            return path, m.group(1), value
+    return None
+
+
+def _refuse_unexpanded(doc: manifests.Document) -> None:
+    """Refuse a document with a `${NAME}` nobody expanded (a template applied as it is):
+    cloudcore would accept it and the node fail later with CreateContainerConfigError."""
+    found = _unexpanded(doc.body, "")
+    if found:
+        path, var, value = found
+        raise ManifestError(
+            f"{doc.source} ({doc.kind.kind}/{doc.name}): {path} is {value!r}: ${{{var}}} "
+            f"was not expanded (fedctl does not expand variables): set it and expand the "
+            f"file first, e.g. "
+            f"`export {var}=...; envsubst < FILE | fedctl apply -f -`", field=path)
 
 
 def _dry_run_diff(api: ApiClient, doc: manifests.Document) -> str:

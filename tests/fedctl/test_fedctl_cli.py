@@ -174,6 +174,29 @@ def test_invalid_field_is_named_and_nothing_is_sent(stub: Any, tmp_path: Path) -
     assert r.exit_code == 1 and "spec.replicas" in r.stderr and "bad.yaml#2" in r.stderr
 
 
+def test_an_unexpanded_variable_is_refused_and_nothing_is_sent(stub: Any, tmp_path: Path) -> None:
+    """The README's examples carry `${IMAGE}`: applied as they are, cloudcore took them
+    and the pods failed with CreateContainerConfigError. fedctl refuses them instead."""
+    f = tmp_path / "web.yaml"
+    f.write_text(MANIFEST.replace("image: busybox:1.36\n          command",
+                                  "image: ${IMAGE}\n          command"))
+    r = run(stub.url, "apply", "-f", str(f))
+    assert r.exit_code == 1 and len(r.stderr.strip().splitlines()) == 1
+    assert ("web.yaml#1 (DaemonSet/web): spec.template.spec.containers[0].image is "
+            "'${IMAGE}': ${IMAGE} was not expanded") in r.stderr
+    assert "envsubst < FILE | fedctl apply -f -" in r.stderr
+    f.write_text(MANIFEST.replace("busybox:1.36\n", "${REGISTRY:-localhost:5000}/busybox\n"))
+    r = run(stub.url, "apply", "-f", str(f))
+    assert r.exit_code == 1 and "${REGISTRY} was not expanded" in r.stderr
+    assert stub.requests == []
+    # a shell in the pod expands its own variables; a ConfigMap may hold a template
+    f.write_text(MANIFEST.replace('command: ["httpd", "-f"]',
+                                  'command: ["sh", "-c", "echo ${HOSTNAME}"]')
+                 .replace("data: {greeting: hello}", "data: {greeting: '${NAME}'}"))
+    r = run(stub.url, "apply", "-f", str(f))
+    assert r.exit_code == 0, r.output
+
+
 def test_bad_yaml_and_missing_file(stub: Any, tmp_path: Path) -> None:
     f = tmp_path / "broken.yaml"
     f.write_text("kind: Pod\nmetadata: [unclosed\n")
