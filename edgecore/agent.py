@@ -11,6 +11,15 @@ the next agent on the same state dir.
 
 Startup order matters for offline operation: the reconciler starts from the
 cached desired set at once, whether the link ever comes up or not.
+
+Wiring: each part is given its collaborators as constructor arguments and nothing
+is set on it afterwards, so a part is complete once built and its wiring reads in
+one place (`run()`). The few mutual needs (the sync handler and the prober wake
+the reconciler, which reads the sync handler's desired set and owns the prober;
+the request handler feeds the link, which serves the sync handler, which hands
+requests to the request handler) are met by plain signals made first and given to
+both sides: an `asyncio.Event` each for "reconcile now" and "publish now", and the
+`ResponseQueue` between the request and sync handlers.
 """
 
 from __future__ import annotations
@@ -18,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from edgecore import metrics
@@ -34,8 +43,8 @@ from edgecore.reconciler import CrashLoop, Reconciler
 from edgecore.reconciler.prober import ProbeManager, make_probe
 from edgecore.reconciler.volumes import Volumes
 from edgecore.requests import EdgeRequests
-from edgecore.runtime.errors import ContainerRuntimeError
-from edgecore.sync import Reporter, SyncHandler
+from edgecore.runtime.errors import ContainerRuntimeError, InsufficientDisk
+from edgecore.sync import Reporter, ResponseQueue, SyncHandler
 from edgecore.telemetry import Telemetry
 from shared import seal
 from shared.backoff import Backoff, jittered
@@ -92,35 +101,24 @@ class Agent:
             if keys is None:
                 log.warning("no node key: messages to and from the cloud are NOT "
                             "authenticated (insecure)")
-            sync = self.sync = SyncHandler(node=s.node, cache=cache,
-                                           require_exp=keys is not None)
+            # Every part gets its collaborators at construction. Where two parts need
+            # each other, a signal made first goes to both: `wake` asks the reconciler
+            # for a pass (a new desired set, a readiness change), `kick` wakes the link's
+            # outbox pump (a queued response), `beat_now` asks for a heartbeat (a
+            # (re)connect); `responses` is what the request handler puts and the sync
+            # handler drains for the link.
+            wake, kick, beat_now = asyncio.Event(), asyncio.Event(), asyncio.Event()
+            responses = ResponseQueue()
+            requests = self.requests = EdgeRequests(node=s.node, runtime=runtime,
+                                                    send=responses.put, kick=kick.set)
+            sync = self.sync = SyncHandler(
+                node=s.node, cache=cache, on_applied=wake.set, on_request=requests.submit,
+                responses=responses, require_exp=keys is not None)
             found = await asyncio.to_thread(discover, dev_root=s.dev_root,
                                             builtin=s.discover_accelerators, generic=s.devices)
             devices = self.devices = DeviceAllocator(found, cache.pod_allocations())
             for resource, n in devices.capacity().items():
                 log.info("accelerator %s: %d device(s)", resource, n)
-            telemetry = self.telemetry = Telemetry(
-                runtime=runtime, sink=self._telemetry_sink, sample_s=s.telemetry_sample_s,
-                point_s=s.telemetry_point_s, clock=self.clock, node=s.node)
-            reporter = self.reporter = Reporter(
-                node=s.node, cache=cache, desired=lambda: sync.desired,
-                node_status=self._node_status, batch_s=s.report_batch_s, clock=self.clock)
-            prober = self.prober = ProbeManager(probe=make_probe(runtime), clock=self.clock,
-                                                node=s.node)
-            reconciler = self.reconciler = Reconciler(
-                node=s.node, runtime=runtime, cache=cache, desired=lambda: sync.desired,
-                sink=reporter, interval_s=s.reconcile_interval_s, clock=self.clock,
-                resync_s=s.reconcile_resync_s, pull_report_s=s.pull_report_s,
-                crashloop=CrashLoop(initial_s=s.crashloop_initial_s, max_s=s.crashloop_max_s,
-                                    reset_s=s.crashloop_reset_s),
-                volumes=Volumes(s.pods_dir, open_secret=self._secret_opener(keys)),
-                devices=devices, prober=prober,
-                network=PodNetwork(s.podnet_dir, bridge=s.pod_bridge, cidr=s.pod_cidr),
-                policy_cap=s.policy_cap)
-            prober.on_change = reconciler.wake  # readiness changes are reported at once
-            reconciler.on_disk_full = lambda exc: self.collect_images(
-                runtime, reconciler, why="pull failed: insufficient disk",
-                min_free_bytes=max(s.image_gc_min_free_bytes, exc.needed_bytes))
             link = self.link = Link(
                 node=s.node, host=s.mqtt_host, port=s.mqtt_port, handler=sync,
                 keepalive_s=s.mqtt_keepalive_s,
@@ -128,17 +126,38 @@ class Agent:
                 backoff=Backoff(initial=s.reconnect_initial_s, cap=s.reconnect_cap_s),
                 op_timeout_s=s.op_timeout, keys=keys,
                 tls=TlsFiles(ca_file=s.ca_file, client_cert=s.client_cert,
-                             client_key=s.client_key) if s.tls else None)
-            sync.on_applied = reconciler.wake
-            requests = self.requests = EdgeRequests(node=s.node, runtime=runtime,
-                                                    send=sync.queue_response, kick=link.kick)
-            sync.on_request = requests.submit
-            reporter.kick = link.kick
-            # Full disk: heartbeats go out unpersisted, reusing the cloud's acked seq.
-            reporter.publish_unpersisted = link.beat
-            reporter.acked = lambda: link.report_acked
-            beat_now = asyncio.Event()
-            link.on_up = beat_now.set  # a (re)connected node reports at once
+                             client_key=s.client_key) if s.tls else None,
+                on_up=beat_now.set,  # a (re)connected node reports at once
+                kick=kick)
+            reporter = self.reporter = Reporter(
+                node=s.node, cache=cache, desired=lambda: sync.desired,
+                node_status=self._node_status, batch_s=s.report_batch_s, clock=self.clock,
+                kick=link.kick, acked=lambda: link.report_acked,
+                # Full disk: heartbeats go out unpersisted, reusing the cloud's acked seq.
+                publish_unpersisted=link.beat)
+            telemetry = self.telemetry = Telemetry(
+                runtime=runtime, sink=reporter.telemetry, sample_s=s.telemetry_sample_s,
+                point_s=s.telemetry_point_s, clock=self.clock, node=s.node)
+            prober = self.prober = ProbeManager(
+                probe=make_probe(runtime), clock=self.clock, node=s.node,
+                on_change=wake.set)  # readiness changes are reported at once
+
+            def free_disk(exc: InsufficientDisk, keep: set[str]) -> Awaitable[list[str]]:
+                return self.collect_images(
+                    runtime, keep=keep, why="pull failed: insufficient disk",
+                    min_free_bytes=max(s.image_gc_min_free_bytes, exc.needed_bytes))
+
+            reconciler = self.reconciler = Reconciler(
+                node=s.node, runtime=runtime, cache=cache, desired=lambda: sync.desired,
+                sink=reporter, wake=wake, interval_s=s.reconcile_interval_s,
+                clock=self.clock, resync_s=s.reconcile_resync_s,
+                pull_report_s=s.pull_report_s,
+                crashloop=CrashLoop(initial_s=s.crashloop_initial_s, max_s=s.crashloop_max_s,
+                                    reset_s=s.crashloop_reset_s),
+                volumes=Volumes(s.pods_dir, open_secret=self._secret_opener(keys)),
+                devices=devices, prober=prober, on_disk_full=free_disk,
+                network=PodNetwork(s.podnet_dir, bridge=s.pod_bridge, cidr=s.pod_cidr),
+                policy_cap=s.policy_cap)
             log.info("edgecore %s starting: desired %s gen %d, report seq %d, %d in outbox",
                      s.node, sync.desired.epoch, sync.desired.gen, cache.last_seq(),
                      len(cache.outbox()))
@@ -151,7 +170,7 @@ class Agent:
                     ("heartbeat", self._heartbeat(link, reporter, beat_now)),
                     ("telemetry", telemetry.run()),
                     ("logrotate", self._rotate_logs(runtime)),
-                    ("imagegc", self._image_gc(runtime, reconciler)),
+                    ("imagegc", self._image_gc(runtime, reconciler.desired_images)),
                     ("requests", requests.run()),
                     ("certrenew", self._renew_certificate(link, keys)),
                     ("metrics", metrics.run(
@@ -184,10 +203,6 @@ class Agent:
         return node_status(self.settings, usage=usage,
                            accelerators=self.devices.capacity() if self.devices else None)
 
-    async def _telemetry_sink(self, point: dict[str, Any]) -> None:
-        if self.reporter is not None:
-            await self.reporter.telemetry(point)
-
     async def _rotate_logs(self, runtime: ExtendedRuntime) -> None:
         """Rotate container logs every log_rotate_interval_s (if the runtime can)."""
         s = self.settings
@@ -202,26 +217,27 @@ class Agent:
                 log.warning("log rotation failed: %s", exc)
             await asyncio.sleep(s.log_rotate_interval_s)
 
-    async def _image_gc(self, runtime: ExtendedRuntime, reconciler: Reconciler) -> None:
+    async def _image_gc(self, runtime: ExtendedRuntime,
+                        desired_images: Callable[[], set[str]]) -> None:
         """Collect unused images every image_gc_interval_s (if the runtime can)."""
         if not runtime.capabilities.image_gc:
             return
         while True:
             await asyncio.sleep(self.settings.image_gc_interval_s)
-            await self.collect_images(runtime, reconciler, why="periodic")
+            await self.collect_images(runtime, keep=desired_images(), why="periodic")
 
     async def collect_images(
-        self, runtime: ExtendedRuntime, reconciler: Reconciler, *, why: str,
+        self, runtime: ExtendedRuntime, *, keep: set[str], why: str,
         min_free_bytes: int | None = None,
     ) -> list[str]:
-        """One image GC: keep the images of every desired pod's containers; remove those
-        unused for image_gc_max_unused_s, then least recently used ones while the runtime
-        root's filesystem has less than `min_free_bytes` (default image_gc_min_free_bytes)
-        free. Errors are logged, not raised: a failed GC must not stop the agent."""
+        """One image GC: keep `keep` (the images of every desired pod's containers);
+        remove those unused for image_gc_max_unused_s, then least recently used ones
+        while the runtime root's filesystem has less than `min_free_bytes` (default
+        image_gc_min_free_bytes) free. Errors are logged, not raised: a failed GC must
+        not stop the agent."""
         s = self.settings
         if not runtime.capabilities.image_gc:
             return []
-        keep = reconciler.desired_images()
         try:
             removed = await runtime.gc(
                 keep_refs=keep, max_age_s=s.image_gc_max_unused_s,

@@ -7,9 +7,9 @@ at most `max_active` at once (more are answered `Busy`), each in its own task
 (`edgecore[{node}].request.{id}`), found by the pod and container annotations the
 reconciler put on the container, ended by its deadline or a `cancel` request.
 
-It never touches the network: responses go to `send` (the sync handler's queue,
-drained by the link), which returns False while that queue is full; we then wait,
-which is the backpressure of a fast log.
+It never touches the network: responses go to `send` (the agent gives it
+`ResponseQueue.put`, the queue the sync handler drains for the link), which returns
+False while that queue is full; we then wait, which is the backpressure of a fast log.
 """
 
 from __future__ import annotations

@@ -117,8 +117,11 @@ class Link:
         backoff: Backoff | None = None, username: str | None = None,
         password: str | None = None, op_timeout_s: float = OP_TIMEOUT_S,
         on_up: Callable[[], None] | None = None, keys: seal.NodeKeys | None = None,
-        tls: TlsFiles | None = None,
+        tls: TlsFiles | None = None, kick: asyncio.Event | None = None,
     ) -> None:
+        """`kick` is the event that wakes the outbox pump (`kick()` sets it): the agent
+        shares it with the parts built before the link that queue something to send
+        (the request handler). None: its own."""
         self.node = node
         self.keys = keys
         """k_down/k_up of this node; None: nothing is sealed or checked (insecure)."""
@@ -137,7 +140,7 @@ class Link:
         self.handler = handler
         self.backoff = backoff or Backoff()
         self.stats = LinkStats()
-        self._kick = asyncio.Event()
+        self._kick = kick if kick is not None else asyncio.Event()
         self._restart = asyncio.Event()
         self._connected = asyncio.Event()
         self._rlog = RateLimitedLog(log)

@@ -33,8 +33,9 @@ Every pod's outcome, including errors, becomes a PodStatus for the reporter.
 While an image is pulled (`runtime.pull` before `runtime.run`), the pod is
 reported once as Pending/ContainerCreating "pulling IMAGE", then every
 `pull_report_s` with the elapsed seconds and, if the runtime measures it
-(`pull_progress`), the bytes and layers done of the total. A pull that fails with InsufficientDisk
-calls `on_disk_full` (the agent's image GC) and is retried once.
+(`pull_progress`), the bytes and layers done of the total. A pull that fails with
+InsufficientDisk calls `on_disk_full` (the agent's image GC, told which images the
+desired pods use) and is retried once.
 
 Before anything of a pod is created, its spec is checked again against the policy
 level it was admitted under (`PodEntry.policy`, else `policy_default`), never more
@@ -158,10 +159,16 @@ class Reconciler:
         clock: Callable[[], float] = time.time, volumes: Volumes | None = None,
         devices: DeviceAllocator | None = None, prober: ProbeManager | None = None,
         resync_s: float = 30.0, pull_report_after_s: float = 0.2, pull_report_s: float = 10.0,
-        on_disk_full: Callable[[InsufficientDisk], Awaitable[object]] | None = None,
+        on_disk_full: Callable[[InsufficientDisk, set[str]], Awaitable[object]] | None = None,
         network: PodNetwork | None = None, policy_default: Level = "baseline",
-        policy_cap: Level = "privileged",
+        policy_cap: Level = "privileged", wake: asyncio.Event | None = None,
     ) -> None:
+        """`wake` is the event that asks for a pass as soon as possible: the agent
+        shares it with the parts that must wake the reconciler (the sync handler on a
+        new desired set, the prober on a readiness change), which are built before it.
+        None: its own (`wake()` sets it either way). `on_disk_full(exc, keep)` is the
+        agent's image GC, awaited when a pull fails with InsufficientDisk; `keep` holds
+        the images of the desired pods (`desired_images`)."""
         self.node = node
         self.network = network  # None: pods without hostNetwork cannot start here
         self.policy_default = policy_default  # for entries that carry no level
@@ -191,7 +198,7 @@ class Reconciler:
         self.cached_passes = 0  # passes that reused the last listing
         self.clock = clock  # wall clock: records with due times outlive the process
         self.passes = 0
-        self._wake = asyncio.Event()
+        self._wake = wake if wake is not None else asyncio.Event()
         self._inflight: dict[str, asyncio.Task[None]] = {}
         self._inflight_rev: dict[str, str | None] = {}  # the revision each task works for
         self._parsed: dict[str, tuple[Any, PodEntry | Exception]] = {}
@@ -726,7 +733,7 @@ class Reconciler:
                     raise
                 log.warning("%s: starting %s: %s; collecting unused images and retrying",
                             entry.key, cid, exc)
-                await self.on_disk_full(exc)
+                await self.on_disk_full(exc, self.desired_images())
                 await self._run(entry, cid, spec)
         except RuntimePermanentError as exc:
             self._start_failed(rec, "CreateContainerConfigError", exc, delay=self.crashloop.max_s)
@@ -785,7 +792,7 @@ class Reconciler:
                 raise
             log.warning("%s: pull of %s: %s; collecting unused images and retrying",
                         entry.key, image, exc)
-            await self.on_disk_full(exc)
+            await self.on_disk_full(exc, self.desired_images())
             await self._pull_reporting(entry, image, always=always)
 
     async def _pull_reporting(self, entry: PodEntry, image: str, *, always: bool) -> None:

@@ -18,24 +18,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from edgecore.cache import Cache
 from edgecore.errors import CacheError
 from edgecore.ratelimit import RateLimitedLog
-from shared.codec import Ack, Desired, Message, ReportAck, Request, Response, Resync, encode
+from edgecore.sync.responses import ResponseQueue
+from shared.codec import Ack, Desired, Message, ReportAck, Request, Resync
 from shared.delta import LEFT_EPOCH, EdgeDesired, Outcome
 
 log = logging.getLogger(__name__)
 
 # A burst of in-flight deltas behind one gap must cost one resync, not one each.
 GAP_RESYNC_QUIET_S = 2.0
-# Request responses waiting for the link (memory only): past this, producers wait.
-RESPONSE_QUEUE_BYTES = 2 * 1024 * 1024
 # Request ids remembered against replays (each until its exp passes).
 SEEN_IDS = 4096
 
@@ -57,11 +55,17 @@ class SyncHandler:
 
     def __init__(
         self, *, node: str, cache: Cache, on_applied: Callable[[], None] = lambda: None,
+        on_request: Callable[[Request], None] | None = None,
+        responses: ResponseQueue | None = None,
         clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
         require_exp: bool = False,
     ) -> None:
-        """`wall` is the Unix clock Request expiries are checked against;
-        `require_exp` refuses a Request without one (a keyed, secure agent)."""
+        """`on_applied` is called after a new desired set is persisted (the agent wakes
+        the reconciler); `on_request` gets every Request that is not a replay (None:
+        they are dropped, not served here) and its Responses come back through
+        `responses`, drained by `pending`. `wall` is the Unix clock Request expiries
+        are checked against; `require_exp` refuses a Request without one (a keyed,
+        secure agent)."""
         self.node = node
         self._wall = wall
         self.require_exp = require_exp
@@ -73,12 +77,8 @@ class SyncHandler:
         self._desired = cache.get_desired()
         self._last_gap: tuple[str | None, int, float] | None = None
         self._rlog = RateLimitedLog(log)
-        # Requests (logs, exec) go to this callback; their Responses come back through
-        # `queue_response` and leave with the outbox pump (see `pending`).
-        self.on_request: Callable[[Request], None] | None = None
-        self._responses: deque[bytes] = deque()
-        self._response_bytes = 0
-        self._responses_lock = threading.Lock()
+        self.on_request = on_request
+        self.responses = responses if responses is not None else ResponseQueue()
 
     @property
     def desired(self) -> EdgeDesired:
@@ -192,18 +192,5 @@ class SyncHandler:
         """
         items = self.cache.outbox(after=after)
         last = items[-1][0] if items else after
-        with self._responses_lock:
-            while self._responses:
-                items.append((last, self._responses.popleft()))
-            self._response_bytes = 0
+        items.extend((last, payload) for payload in self.responses.drain())
         return items
-
-    def queue_response(self, msg: Response) -> bool:
-        """Queue a Response for the link; False (nothing queued) while the queue is full."""
-        payload = encode(msg)
-        with self._responses_lock:
-            if self._responses and self._response_bytes + len(payload) > RESPONSE_QUEUE_BYTES:
-                return False
-            self._responses.append(payload)
-            self._response_bytes += len(payload)
-        return True

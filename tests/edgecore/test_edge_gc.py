@@ -84,7 +84,7 @@ async def test_gc_keeps_desired_images_and_logs_removals(tmp_path: Path, cache: 
                            image_gc_min_free_bytes=512 * MiB), runtime=rt)
     rt.gc_removes = ["old:1", "older:0"]
     with caplog.at_level(logging.INFO, logger="edgecore.agent"):
-        removed = await agent.collect_images(rt, rec, why="periodic")
+        removed = await agent.collect_images(rt, keep=rec.desired_images(), why="periodic")
     assert removed == ["old:1", "older:0"]
     assert rt.gc_calls == [{"keep_refs": {"app:1", "reg:5000/side:2"}, "max_age_s": 3600,
                             "target_free_bytes": 512 * MiB}]
@@ -114,9 +114,11 @@ async def test_insufficient_disk_runs_gc_then_retries(cache: Cache, fake: type) 
     rt = fake()
     key, entry = pod("a", "app:1")
     freed: list[InsufficientDisk] = []
+    kept: list[set[str]] = []
 
-    async def on_disk_full(exc: InsufficientDisk) -> None:
+    async def on_disk_full(exc: InsufficientDisk, keep: set[str]) -> None:
         freed.append(exc)
+        kept.append(keep)
 
     full = InsufficientDisk("disk full", needed_bytes=100 * MiB, free_bytes=MiB)
     if fake is ImageFake:
@@ -132,6 +134,7 @@ async def test_insufficient_disk_runs_gc_then_retries(cache: Cache, fake: type) 
     rec = reconciler(rt, cache, sink, (key, entry), on_disk_full=on_disk_full)
     await rec.reconcile_once()
     assert freed == [full]
+    assert kept == [{"app:1"}]  # the GC is told what the desired pods use
     assert rt.running()  # retried after the GC
     assert sink.history[-1][1] is not None and sink.history[-1][1].phase == "Running"
 
@@ -157,9 +160,10 @@ async def test_agent_wires_disk_full_to_gc(tmp_path: Path) -> None:
         await asyncio.wait_for(agent.started.wait(), 5)
         assert agent.reconciler is not None and agent.reconciler.on_disk_full is not None
         await agent.reconciler.on_disk_full(
-            InsufficientDisk("x", needed_bytes=2048 * MiB, free_bytes=0))
+            InsufficientDisk("x", needed_bytes=2048 * MiB, free_bytes=0), {"app:1"})
         # The bigger of the configured threshold and what the pull needed.
         assert rt.gc_calls[-1]["target_free_bytes"] == 2048 * MiB
+        assert rt.gc_calls[-1]["keep_refs"] == {"app:1"}
     finally:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):

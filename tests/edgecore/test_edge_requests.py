@@ -13,7 +13,7 @@ from edgecore.reconciler.naming import ANN_CONTAINER, ANN_POD
 from edgecore.requests import EdgeRequests
 from edgecore.runtime.errors import ExecTimeout
 from edgecore.runtime.types import ContainerState
-from edgecore.sync import SyncHandler
+from edgecore.sync import ResponseQueue, SyncHandler
 from shared.codec import MAX_CHUNK_BYTES, Request, Response, decode
 
 
@@ -56,12 +56,13 @@ class Runtime:
 class Harness:
     def __init__(self, tmp_path: Path) -> None:
         self.cache = Cache(tmp_path / "cache")
-        self.sync = SyncHandler(node="n1", cache=self.cache)
         self.runtime = Runtime()
         self.kicks = 0
-        self.reqs = EdgeRequests(node="n1", runtime=self.runtime, send=self.sync.queue_response,
+        self.responses = ResponseQueue()
+        self.reqs = EdgeRequests(node="n1", runtime=self.runtime, send=self.responses.put,
                                  kick=self._kick, max_active=2, poll_s=0.02)
-        self.sync.on_request = self.reqs.submit
+        self.sync = SyncHandler(node="n1", cache=self.cache, on_request=self.reqs.submit,
+                                responses=self.responses)
         self.got: list[Response] = []
 
     def _kick(self) -> None:
@@ -169,7 +170,7 @@ async def test_follow_sends_new_lines_until_the_deadline(h: Harness) -> None:
 
 
 async def test_responses_ride_the_pump_without_moving_the_report_cursor(h: Harness) -> None:
-    h.sync.queue_response(Response(node="n1", id="z", seq=0, done=True))
+    assert h.responses.put(Response(node="n1", id="z", seq=0, done=True))
     items = h.sync.pending(41)
     assert [seq for seq, _ in items] == [41]
     assert h.sync.pending(41) == []

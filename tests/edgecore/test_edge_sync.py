@@ -104,9 +104,9 @@ async def test_report_ack_trims_outbox_and_wrong_direction_is_dropped(cache: Cac
 
 async def test_requests_expired_seen_or_without_expiry_are_refused(cache: Cache) -> None:
     now = [1000.0]
-    sync = SyncHandler(node=NODE, cache=cache, wall=lambda: now[0], require_exp=True)
     ran: list[str] = []
-    sync.on_request = lambda r: ran.append(f"{r.kind}:{r.id}")
+    sync = SyncHandler(node=NODE, cache=cache, wall=lambda: now[0], require_exp=True,
+                       on_request=lambda r: ran.append(f"{r.kind}:{r.id}"))
 
     def req(rid: str, exp: float | None, kind: str = "exec") -> Request:
         return Request(node=NODE, id=rid, kind=kind, argv=["id"], exp=exp)  # type: ignore[arg-type]
@@ -123,8 +123,8 @@ async def test_requests_expired_seen_or_without_expiry_are_refused(cache: Cache)
     await sync.handle(req("a", 1100))
     assert ran == ["exec:a", "cancel:a"] and sync.stats.replayed_requests == 5
     # an insecure agent takes requests from a cloud that sends no expiry
-    old = SyncHandler(node=NODE, cache=cache, wall=lambda: now[0])
-    old.on_request = lambda r: ran.append(r.id)
+    old = SyncHandler(node=NODE, cache=cache, wall=lambda: now[0],
+                      on_request=lambda r: ran.append(r.id))
     await old.handle(req("z", None))
     assert ran[-1] == "z"
 

@@ -52,13 +52,13 @@ class Node:
         self.latest: dict[str, PodStatus | None] = {}
         self.cache = Cache(tmp_path / "cache")
         self.volumes = Volumes(tmp_path / "pods")
-        self.prober = ProbeManager(probe=make_probe(rt))
+        wake = asyncio.Event()  # shared, as the agent does: a probe change wakes the pass
+        self.prober = ProbeManager(probe=make_probe(rt), on_change=wake.set)
         self.rec = Reconciler(
             node="n", runtime=rt, cache=self.cache, sink=self, interval_s=0.2,
             desired=lambda: EdgeDesired(epoch="E", gen=self.gen, items=dict(self.items)),
             crashloop=CrashLoop(initial_s=0.3, max_s=1), volumes=self.volumes,
-            devices=devices, prober=self.prober)
-        self.prober.on_change = self.rec.wake
+            devices=devices, prober=self.prober, wake=wake)
 
     def update(self, key: str, status: PodStatus | None) -> None:
         self.latest[key] = status
