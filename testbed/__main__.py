@@ -250,7 +250,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_chaos(args: argparse.Namespace) -> int:
     import json
 
-    from testbed.chaos import outbox_figures, run_scenario
+    from testbed.chaos import ChaosError, outbox_figures, run_scenario
 
     if args.scenario == "outbox":
         print(json.dumps(outbox_figures(pods=args.pods, heartbeat_s=args.heartbeat_default),
@@ -262,8 +262,12 @@ def cmd_chaos(args: argparse.Namespace) -> int:
     with Fleet(s) as fleet:
         fleet.wait_nodes_ready(timeout=60)
         _print_fleet(fleet)
-        run_scenario(fleet, args.scenario, minutes=args.minutes, pods=args.pods,
-                     cycles=args.cycles, delay_ms=args.delay_ms, loss_pct=args.loss)
+        try:
+            run_scenario(fleet, args.scenario, minutes=args.minutes, pods=args.pods,
+                         cycles=args.cycles, delay_ms=args.delay_ms, loss_pct=args.loss)
+        except ChaosError as exc:  # a fault this machine cannot inject: say which
+            print(f"testbed chaos {args.scenario}: {exc}", file=sys.stderr)
+            return 1
     return 0
 
 

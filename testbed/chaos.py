@@ -4,7 +4,9 @@ One object, `Chaos(fleet)`, knows how to break every part of a local fleet for r
 and how to undo it:
 
 - links: cut / heal an agent's veth, netem delay, jitter, loss, duplication,
-  reordering and corruption on it (only the testbed's own 10.231.x.y hosts);
+  reordering and corruption on it (only the testbed's own 10.231.x.y hosts); on a
+  kernel without netem, loss by nftables random drops in the agent's namespace (the
+  rest has no stand-in and is refused, `NetemMissing`, or left out and said so);
 - processes: kill -9 and start again the broker (same port, so every client finds it
   where it was), cloudcore and any agent; "reboot" an agent (kill -9 it and crash-stop
   every container it ran, as a power cut would);
@@ -46,6 +48,16 @@ class ChaosError(RuntimeError):
     """A fault cannot be injected safely (no namespace, no private disk, ...)."""
 
 
+class NetemMissing(ChaosError):
+    """The kernel has no netem qdisc (sch_netem), and the impairment asked for needs it."""
+
+
+NETEM_MISSING = ("netem is missing from this kernel (`tc qdisc add ... netem`: "
+                 "'Specified qdisc kind is unknown'; module sch_netem)")
+CHAOS_TABLE = "testbed_chaos"
+"""The nftables table (family inet, in an agent's network namespace) of the fallback."""
+
+
 @dataclass
 class Netem:
     """tc netem parameters for one direction of a link (the host side of the veth,
@@ -73,6 +85,12 @@ class Netem:
         if self.corrupt_pct:
             a += ["corrupt", f"{self.corrupt_pct}%"]
         return a
+
+    def without_loss(self) -> list[str]:
+        """The netem arguments other than loss: what nftables cannot do."""
+        return Netem(delay_ms=self.delay_ms, jitter_ms=self.jitter_ms,
+                     duplicate_pct=self.duplicate_pct, reorder_pct=self.reorder_pct,
+                     corrupt_pct=self.corrupt_pct).args()
 
 
 @dataclass
@@ -143,9 +161,13 @@ def corrupt(payload: bytes, *, flips: int = 3, rng: random.Random | None = None)
 class Chaos:
     """Fault injection on one running fleet; `restore()` undoes what is still in force."""
 
-    def __init__(self, fleet: Fleet, *, seed: int | None = None) -> None:
+    def __init__(self, fleet: Fleet, *, seed: int | None = None,
+                 netem: bool | None = None) -> None:
+        """`netem`: None finds out on first use whether the kernel has netem; False
+        never uses it (random loss by nftables only), True insists on it."""
         self.fleet = fleet
         self.rng = random.Random(seed)
+        self.netem = netem
         self._cut: set[str] = set()
         self._impaired: set[str] = set()
         self._fillers: dict[str, Path] = {}
@@ -186,24 +208,47 @@ class Chaos:
         finally:
             self.heal(node)
 
-    def impair(self, node: str, netem: Netem | None = None, **kw: Any) -> None:
+    def impair(self, node: str, netem: Netem | None = None, *, partial: bool = False,
+               **kw: Any) -> str:
         """netem on the link towards the agent: `impair(n, delay_ms=200, loss_pct=5)`.
-        `impair(n)` with nothing clears it."""
+        `impair(n)` with nothing clears it. Returns what is in force, in words.
+
+        On a kernel without netem (`self.netem` False, or found missing) loss falls
+        back to nftables random drops on the agent's side of the link (the same
+        direction); the rest (delay, jitter, duplication, reordering, corruption) has
+        no fallback: NetemMissing, unless `partial`, which applies the loss alone and
+        says in the returned text what was left out."""
         netem = netem or Netem(**kw)
-        veth = self.host(node).veth
-        subprocess.run(["tc", "qdisc", "del", "dev", veth, "root"], capture_output=True,
+        host = self.host(node)
+        subprocess.run(["tc", "qdisc", "del", "dev", host.veth, "root"], capture_output=True,
                        check=False)
+        _nft(host, "delete", "table", "inet", CHAOS_TABLE, check=False)
         args = netem.args()
-        if args:
-            r = subprocess.run(["tc", "qdisc", "add", "dev", veth, "root", "netem", *args],
-                               capture_output=True, text=True, check=False)
-            if r.returncode != 0:
-                raise ChaosError(f"tc netem {' '.join(args)} on {veth}: {r.stderr.strip()}")
-            self._impaired.add(node)
-            self._note(f"impair {node} {' '.join(args)}")
-        else:
+        if not args:
             self._impaired.discard(node)
             self._note(f"clear impairment {node}")
+            return f"{node}: link clear"
+        if self.netem is not False:
+            r = subprocess.run(["tc", "qdisc", "add", "dev", host.veth, "root", "netem", *args],
+                               capture_output=True, text=True, check=False)
+            if r.returncode == 0:
+                self.netem = True
+                self._impaired.add(node)
+                self._note(f"impair {node} {' '.join(args)}")
+                return f"{node}: netem {' '.join(args)}"
+            if "qdisc kind is unknown" not in r.stderr or self.netem is True:
+                raise ChaosError(f"tc netem {' '.join(args)} on {host.veth}: "
+                                 f"{r.stderr.strip()}")
+            self.netem = False
+        rest = netem.without_loss()
+        if rest and not (partial and netem.loss_pct):
+            raise NetemMissing(f"{NETEM_MISSING}: cannot apply {' '.join(rest)} to {node} "
+                               "(nftables can stand in for loss only)")
+        _nft(host, "-f", "-", stdin=_drop_table(netem.loss_pct))
+        self._impaired.add(node)
+        self._note(f"impair {node} nftables loss {netem.loss_pct}%")
+        return (f"{node}: loss {netem.loss_pct:g} % by nftables random drops"
+                + (f" ({' '.join(rest)} not applied: no netem)" if rest else ""))
 
     # ---- broker ----------------------------------------------------------------------
     def kill_broker(self) -> None:
@@ -401,6 +446,25 @@ class Chaos:
         self.restore()
 
 
+def _drop_table(loss_pct: float) -> str:
+    """An nftables table that drops `loss_pct` % of what enters the namespace by eth0
+    (to the agent, and forwarded to its pods), at random, in steps of 0.01 %."""
+    n = max(0, min(10000, round(loss_pct * 100)))
+    rule = f'iifname "eth0" numgen random mod 10000 < {n} drop'
+    return (f"table inet {CHAOS_TABLE} {{\n"
+            f"  chain input {{ type filter hook input priority -10; policy accept; {rule}; }}\n"
+            f"  chain forward {{ type filter hook forward priority -10; policy accept; "
+            f"{rule}; }}\n}}\n")
+
+
+def _nft(host: Host, *args: str, stdin: str | None = None, check: bool = True) -> None:
+    """`nft ARGS` in the agent's network namespace."""
+    r = subprocess.run([*host.nsenter(), "nft", *args], input=stdin, capture_output=True,
+                       text=True, check=False)
+    if check and r.returncode != 0:
+        raise ChaosError(f"nft {' '.join(args)} in {host.name}: {r.stderr.strip()}")
+
+
 def crash_containers(agent: Agent) -> int:
     """SIGKILL and remove every container under the agent's crun root, all at once
     (a reboot gives no grace). Returns how many there were."""
@@ -495,10 +559,9 @@ def run_scenario(fleet: Fleet, name: str, *, minutes: float = 1.0, pods: int = 2
                        interval=0.05, what="Ready")
             figs["ready_after_heal_s"] = round(time.monotonic() - t, 2)
         elif name == "flaky":
-            out(f"netem delay {delay_ms} ms, loss {loss_pct} % on every link for {minutes} min")
-            for a in fleet.agents:
-                chaos.impair(a.name, delay_ms=delay_ms, jitter_ms=delay_ms // 4,
-                             loss_pct=loss_pct)
+            out(f"delay {delay_ms} ms, loss {loss_pct} % on every link for {minutes} min")
+            impair_all(chaos, Netem(delay_ms=delay_ms, jitter_ms=delay_ms // 4,
+                                    loss_pct=loss_pct), out=out)
             deadline = time.monotonic() + minutes * 60
             i = 0
             while time.monotonic() < deadline:
@@ -554,6 +617,21 @@ def run_scenario(fleet: Fleet, name: str, *, minutes: float = 1.0, pods: int = 2
         figs["converged_after_s"] = round(time.monotonic() - t, 2)
     out(" ".join(f"{k}={v}" for k, v in figs.items()))
     return figs
+
+
+def impair_all(chaos: Chaos, netem: Netem, *, out: Callable[[str], None] = print) -> None:
+    """`netem` on every agent's link; on a kernel without netem, the loss by nftables
+    and a line saying so (and what is left out). Nothing to fall back to (no loss
+    asked for): NetemMissing."""
+    said = False
+    for a in chaos.fleet.agents:
+        what = chaos.impair(a.name, netem, partial=True)
+        if chaos.netem is False and not said:
+            rest = netem.without_loss()
+            out(f"{NETEM_MISSING}: using nftables random drops for the loss "
+                f"({netem.loss_pct:g} %)" + (f"; not applied: {' '.join(rest)}" if rest else ""))
+            said = True
+        out(f"  {what}")
 
 
 def _containers(agent: Agent) -> list[Any]:

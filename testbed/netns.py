@@ -5,7 +5,8 @@
 
 Agents enter their namespace with `nsenter --net` (not `ip netns exec`, which
 remounts /sys and would hide the cgroup hierarchies crun needs). Cutting a link
-for real is `ip link set <host side veth> down`; delay and loss use netem.
+for real is `ip link set <host side veth> down`; delay and loss use netem, or
+nftables random drops where the kernel has no netem (`testbed.chaos`).
 """
 
 from __future__ import annotations
