@@ -162,6 +162,11 @@ async def test_running_is_reported_at_once_and_progress_waits(tmp_path: Path) ->
             assert len(reports(cache)) == 1
             r.update("pod/a/x", RUNNING)
             await outbox_len(2)
+            # The flush is over (it kicks last, after noting what the cloud was told):
+            # an update while it still runs is judged against the old Pending.
+            async with asyncio.timeout(5):
+                while len(kicks) < 2:
+                    await asyncio.sleep(0.005)
             (_, second) = reports(cache)
             assert second.pods["pod/a/x"]["phase"] == "Running"
             assert r.urgent_flushes == 1
