@@ -1,7 +1,9 @@
 """`testbed`: run a local edgefed fleet, the demo, and the benchmarks.
 
-    testbed up --nodes 3          start everything, print how to reach it, Ctrl-C stops
-    testbed demo                  up + apply examples/ + wait for convergence + fetch a page
+    testbed up --nodes 3          start everything, print how to reach it, Ctrl-C stops;
+                                  a second run reuses var/testbed and says so (--fresh)
+    testbed demo                  up + apply examples/ + wait for convergence + fetch a page,
+                                  in var/demo, started clean (--reuse keeps the last one)
     testbed broker --state-dir S  the secure mosquitto alone, for a cloudcore run by hand
 
   Both are secure by default: a TLS broker with no anonymous clients and per-node ACLs,
@@ -28,12 +30,14 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from fedctl.render import pod_up_to_date
-from testbed.fleet import Fleet, FleetSettings
+from testbed.fleet import Fleet, FleetSettings, clear_workdir, earlier_run
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -85,13 +89,46 @@ def _settings(args: argparse.Namespace) -> FleetSettings:
                          insecure=args.insecure, node_certs=args.node_certs)
 
 
+def _prepare_workdir(workdir: Path, *, fresh: bool, what: str, fresh_flag: str) -> None:
+    """Start clean (`fresh`: an earlier run's state removed) or say what is reused."""
+    earlier = earlier_run(workdir)
+    if fresh:
+        if earlier or workdir.exists():
+            clear_workdir(workdir)
+            print(f"starting clean: removed {workdir} (an earlier {what}'s state)", flush=True)
+        return
+    if earlier:
+        print(f"reusing {workdir} from an earlier {what}: " + "; ".join(earlier)
+              + f". {fresh_flag} starts clean.", flush=True)
+
+
+def _print_reused(fleet: Fleet) -> None:
+    """The objects and nodes of an earlier run that are back in this one."""
+    running = {a.name for a in fleet.agents}
+    old_nodes = [f"{n['metadata']['name']} ({(n.get('status') or {}).get('ready', '?')})"
+                 for n in fleet.nodes() if n["metadata"]["name"] not in running]
+    workloads = [f"{plural[:-1]}/{o['metadata'].get('namespace', 'default')}/"
+                 f"{o['metadata']['name']}"
+                 for plural in ("daemonsets", "deployments")
+                 for o in fleet.get(f"/api/v1/{plural}")["items"]]
+    if workloads:
+        print(f"  from the earlier run: {', '.join(workloads)}", flush=True)
+    if old_nodes:
+        print(f"  nodes of the earlier run not started now: {', '.join(old_nodes)}", flush=True)
+
+
 def cmd_up(args: argparse.Namespace) -> int:
+    workdir = Path(args.workdir)
+    _prepare_workdir(workdir, fresh=args.fresh, what="run", fresh_flag="--fresh")
+    reused = bool(earlier_run(workdir))
     fleet = Fleet(_settings(args))
     print(f"starting a fleet of {args.nodes} edge agents ...", flush=True)
     with fleet:
         fleet.wait_nodes_ready(timeout=60)
         print("fleet is up:")
         _print_fleet(fleet)
+        if reused:
+            _print_reused(fleet)
         print("Ctrl-C stops everything.", flush=True)
         _wait_for_stop(None)
         print("stopping ...", flush=True)
@@ -117,9 +154,63 @@ def expected_pods(docs: str, nodes: int) -> int:
     return n
 
 
+def workload_refs(docs: str) -> list[str]:
+    """`Kind/namespace/name` of each workload in `docs` (what the demo applied)."""
+    return [f"{d['kind']}/{d['metadata'].get('namespace') or 'default'}/{d['metadata']['name']}"
+            for d in yaml.safe_load_all(docs)
+            if d and d.get("kind") in ("DaemonSet", "Deployment")]
+
+
+def stragglers(workloads: dict[str, dict[str, Any] | None], pods: list[dict[str, Any]], *,
+               want: int, nodes: set[str]) -> list[str]:
+    """What keeps the applied workloads from having converged, one line each (empty:
+    converged): a workload whose rollout is not Complete at its generation, a pod of
+    theirs not Running, Ready and on its applied spec, or the wrong number of pods.
+    `workloads`: ref -> the object (None: not found); `pods`: the cluster's (only those
+    the workloads own on `nodes`, or unscheduled, count; others are not the demo's)."""
+    out: list[str] = []
+    for ref, w in workloads.items():
+        if w is None:
+            out.append(f"{ref.lower()}: not found")
+            continue
+        st = w.get("status") or {}
+        rollout = st.get("rollout") or {}
+        phase = rollout.get("phase", "Complete")
+        if st.get("observedGeneration", 0) < w["metadata"].get("generation", 0):
+            out.append(f"{ref.lower()}: generation {w['metadata'].get('generation')} not "
+                       f"observed yet (at {st.get('observedGeneration', 0)})")
+        elif phase != "Complete":
+            out.append(f"{ref.lower()}: rollout {phase}: {rollout.get('message', '')}".rstrip())
+    mine = [p for p in pods
+            if (p["metadata"].get("annotations") or {}).get("edgefed.io/owner") in workloads
+            and ((p.get("spec") or {}).get("nodeName") in nodes | {None})]
+    good = 0
+    for p in sorted(mine, key=lambda p: p["metadata"]["name"]):
+        st = p.get("status") or {}
+        if (st.get("phase") == "Running" and pod_up_to_date(p)
+                and st.get("ready") is not False):
+            good += 1
+            continue
+        where = (p.get("spec") or {}).get("nodeName") or "unscheduled"
+        state = st.get("phase", "Pending") + "".join(
+            f": {x}" for x in (st.get("reason"), st.get("message")) if x)
+        if st.get("phase") == "Running" and not pod_up_to_date(p):
+            state += " (not yet on its applied spec)"
+        elif st.get("phase") == "Running":
+            state += " (not Ready)"
+        out.append(f"pod/{p['metadata'].get('namespace', 'default')}/{p['metadata']['name']} "
+                   f"on {where}: {state[:300]}")
+    if len(mine) != want or good != want:
+        out.append(f"{good} of {want} pods Running and Ready ({len(mine)} exist)")
+    return out
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     duration_env = os.environ.get("DEMO_DURATION", "")
     duration = float(duration_env) if duration_env else None
+    reuse = args.reuse or os.environ.get("DEMO_REUSE", "") not in ("", "0")
+    _prepare_workdir(Path(args.workdir), fresh=not reuse, what="demo",
+                     fresh_flag="Without --reuse (DEMO_REUSE=1) the demo")
     fleet = Fleet(_settings(args))
     t0 = time.monotonic()
     print(f"== starting mosquitto, a registry, cloudcore and {args.nodes} edge agents", flush=True)
@@ -133,38 +224,45 @@ def cmd_demo(args: argparse.Namespace) -> int:
             print("== fedctl apply -f examples/", flush=True)
             print(_fedctl(fleet, "apply", "-f", "-", stdin=docs), flush=True)
             want = expected_pods(docs, args.nodes)
+            refs = workload_refs(docs)
+            nodes = {a.name for a in fleet.agents}
             t1 = time.monotonic()
+            said: dict[str, str] = {}
+            left: list[str] = []
 
-            rollouts: dict[str, str] = {}
+            def get_or_none(ref: str) -> dict[str, Any] | None:
+                kind, ns, name = ref.split("/")
+                try:
+                    return dict(fleet.get(f"/api/v1/{kind.lower()}s/{ns}/{name}"))
+                except urllib.error.HTTPError as exc:
+                    if exc.code == 404:
+                        return None
+                    raise
 
             def converged() -> bool:
-                # Every DaemonSet's rollout complete (a staged one goes a node at a time;
-                # the local registry's address, so the image, changes between runs), and
-                # every pod Running and Ready its applied spec: after an update a pod's
-                # status stays the old revision's until its agent reports the new one,
-                # and a container in CrashLoopBackOff is Running but not Ready.
-                done = True
-                for ds in fleet.get("/api/v1/daemonsets")["items"]:
-                    st, name = ds.get("status") or {}, ds["metadata"]["name"]
-                    rollout = st.get("rollout") or {}
-                    if rollout.get("phase", "Complete") != "Complete" or (
-                            st.get("observedGeneration", 0) < ds["metadata"]["generation"]):
-                        done = False
-                        msg = f"{rollout.get('phase', '?')}: {rollout.get('message', '')}"
-                        if rollouts.get(name) != msg:
-                            rollouts[name] = msg
-                            print(f"   rollout of daemonset/{name}: {msg}", flush=True)
-                pods = fleet.pods()
-                return done and len(pods) == want and all(
-                    (p.get("status") or {}).get("phase") == "Running" and pod_up_to_date(p)
-                    and (p.get("status") or {}).get("ready") is not False for p in pods)
+                # Only what the demo applied counts (a reused fleet may hold more): each
+                # workload's rollout Complete at its generation (a staged one goes a node
+                # at a time), and each of its pods Running and Ready on its applied spec
+                # (after an update a pod's status is the old revision's until its agent
+                # reports the new one; a container in CrashLoopBackOff is Running but not
+                # Ready).
+                workloads = {ref: get_or_none(ref) for ref in refs}
+                for ref, w in workloads.items():
+                    rollout = ((w or {}).get("status") or {}).get("rollout") or {}
+                    msg = f"{rollout.get('phase', '?')}: {rollout.get('message', '')}"
+                    if rollout and rollout.get("phase") != "Complete" and said.get(ref) != msg:
+                        said[ref] = msg
+                        print(f"   rollout of {ref.lower()}: {msg}", flush=True)
+                left[:] = stragglers(workloads, fleet.pods(), want=want, nodes=nodes)
+                return not left
 
             try:
                 fleet.wait(converged, timeout=300, what=f"{want} pods Running and Ready",
                            interval=0.5)
-            except TimeoutError as exc:
-                print(_fedctl(fleet, "get", "pods", "-o", "wide"))
-                raise SystemExit(f"demo failed: {exc}") from None
+            except TimeoutError:
+                print(_fedctl(fleet, "get", "pods", "-A", "-o", "wide"))
+                raise SystemExit("demo failed: not converged after 300 s; not yet:\n  "
+                                 + "\n  ".join(left or ["(the API did not answer)"])) from None
             print(f"== {want} pods Running and Ready {time.monotonic() - t1:.1f} s after apply",
                   flush=True)
             print(_fedctl(fleet, "get", "pods", "-o", "wide"), flush=True)
@@ -256,6 +354,7 @@ def cmd_chaos(args: argparse.Namespace) -> int:
         print(json.dumps(outbox_figures(pods=args.pods, heartbeat_s=args.heartbeat_default),
                          indent=2))
         return 0
+    _prepare_workdir(Path(args.workdir), fresh=True, what="chaos run", fresh_flag="")
     s = _settings(args)
     s.agent_args = ("--mqtt-keepalive", str(args.keepalive))
     s.broker_probe = True  # the message faults publish as a client with broker access
@@ -271,15 +370,61 @@ def cmd_chaos(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="testbed", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="cmd", required=True)
-    for name, fn in (("up", cmd_up), ("demo", cmd_demo)):
-        s = sub.add_parser(name)
-        s.add_argument("--nodes", type=int, default=3)
-        s.add_argument("--workdir", default="var/testbed")
-        s.add_argument("--heartbeat", type=float, default=5.0, help="agent heartbeat, seconds")
+class _Help(argparse.RawDescriptionHelpFormatter):
+    """Descriptions as written, and an option's default after its help (not a flag's)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if action.default not in (None, False, [], argparse.SUPPRESS) and action.option_strings:
+            text += " (default: %(default)s)"
+        return text
+
+
+def _sub(sub: Any, name: str, summary: str, description: str) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name, help=summary, description=f"{summary}.\n\n{description}", formatter_class=_Help)
+    return parser
+
+
+_UP = """Starts mosquitto (TLS, per-node ACLs), a local OCI registry seeded with busybox,
+cloudcore (HTTPS, admin token) and N edge agents that join with one-use tokens, each in
+a network namespace of its own when run as root. Prints the API, the console, the
+registry's image and the fedctl context file; Ctrl-C stops everything.
+
+The work directory is kept between runs: a second run takes over the cloud's objects
+and the agents' state (joins, images, pods) and says so; --fresh starts clean."""
+
+_DEMO = """`testbed up` in a state directory of its own (var/demo), started clean, then:
+fedctl apply -f examples/ (with the registry's image for ${IMAGE}), a wait of up to
+300 s until every pod of those workloads is Running and Ready (a failure names what
+did not converge and its state), and a page fetched from a pod. DEMO_DURATION=0 stops
+once converged; --reuse (or DEMO_REUSE=1) keeps the previous demo's state, which shows a
+staged rollout (the registry's address, so the image, changes between runs)."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `testbed` command line: every subcommand and option with its help."""
+    p = argparse.ArgumentParser(prog="testbed", description=__doc__, formatter_class=_Help)
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+    for name, fn, summary, description, workdir in (
+            ("up", cmd_up, "start a local fleet and keep it running until Ctrl-C", _UP,
+             "var/testbed"),
+            ("demo", cmd_demo, "up + apply examples/ + wait for convergence + fetch a page",
+             _DEMO, "var/demo")):
+        s = _sub(sub, name, summary, description)
+        s.add_argument("--nodes", type=int, default=3, help="edge agents to start")
+        s.add_argument("--workdir", default=workdir,
+                       help="state, logs and the fedctl context file (fedctl.yaml)")
+        if name == "up":
+            s.add_argument("--fresh", action="store_true",
+                           help="delete what an earlier run left in --workdir first (its "
+                                "cloud state, nodes, workloads, images, containers)")
+        else:
+            s.add_argument("--reuse", action="store_true",
+                           help="keep the previous demo's state instead of starting clean "
+                                "(also DEMO_REUSE=1)")
+        s.add_argument("--heartbeat", type=float, default=5.0,
+                       help="agent heartbeat, seconds (NotReady after 3 missed)")
         s.add_argument("--no-netns", action="store_true",
                        help="run agents in the host network (pods' ports may clash)")
         s.add_argument("--insecure", action="store_true",
@@ -288,37 +433,56 @@ def main(argv: list[str] | None = None) -> int:
         s.add_argument("--node-certs", action="store_true",
                        help="agents log in to the broker with client certificates")
         s.set_defaults(fn=fn)
-    br = sub.add_parser("broker", help="the secure mosquitto alone, for a cloudcore started "
-                                       "by hand (prints cloudcore's flags)")
+    br = _sub(sub, "broker", "the secure mosquitto alone, for a cloudcore started by hand",
+              "TLS from the fleet CA in --state-dir (made there if missing), no anonymous "
+              "clients, the password file\nand ACL cloudcore keeps, reloaded when they "
+              "change. Prints the flags to start cloudcore with.")
     br.add_argument("--state-dir", required=True, help="cloudcore's state dir (its fleet CA)")
-    br.add_argument("--port", type=int, default=8883)
+    br.add_argument("--port", type=int, default=8883, help="port to listen on")
     br.add_argument("--host", action="append", default=[],
-                    help="address to listen on and name in the certificate (127.0.0.1)")
-    br.add_argument("--workdir", default="var/broker")
+                    help="address to listen on and name in the certificate; repeatable "
+                         "(127.0.0.1)")
+    br.add_argument("--workdir", default="var/broker",
+                    help="mosquitto's config, TLS files and log")
     br.add_argument("--insecure", action="store_true", help="plain and anonymous (warns)")
     br.set_defaults(fn=cmd_broker)
-    b = sub.add_parser("bench")
-    b.add_argument("what", choices=["sync", "rollout", "idle"])
-    b.add_argument("--nodes", type=int, default=5000)
+    b = _sub(sub, "bench", "benchmarks that print figures (docs/benchmarks.md)",
+             "sync     simulated fleet: time for a DaemonSet to be acked by every node\n"
+             "rollout  simulated fleet: a health-gated rollout in batches, and a bad one "
+             "rolled back\n"
+             "idle     two real agents at their defaults: idle link bytes per node by "
+             "packet capture")
+    b.add_argument("what", choices=["sync", "rollout", "idle"], help="which benchmark")
+    b.add_argument("--nodes", type=int, default=5000, help="sync, rollout: simulated nodes")
     b.add_argument("--procs", type=int, default=2, help="simulator processes")
     b.add_argument("--batch", default="10%",
-                   help="rollout: maxUnavailable, a number or a percentage (default 10%%)")
+                   help="rollout: maxUnavailable, a number or a percentage")
     b.add_argument("--mode", choices=["both", "secure", "insecure"], default="both",
                    help="sync: the secure fleet (joined nodes, TLS, sealed messages), the "
-                        "--insecure one, or both side by side (default); rollout: secure "
-                        "unless insecure")
+                        "--insecure one, or both side by side; rollout: secure unless "
+                        "insecure")
     b.add_argument("--workdir", default=None,
-                   help="default var/bench (sync), var/bench-rollout (rollout)")
+                   help="var/bench (sync), var/bench-rollout (rollout) when not given")
     b.add_argument("--duration", type=float, default=600.0,
-                   help="idle: capture window in seconds (default 600)")
+                   help="idle: capture window in seconds")
     b.add_argument("--pods", type=int, default=10, help="idle: pods on the second node")
     b.set_defaults(fn=cmd_bench)
     from testbed.chaos import SCENARIOS
 
-    c = sub.add_parser("chaos", help="start a fleet and run a named fault scenario")
-    c.add_argument("scenario", choices=SCENARIOS)
-    c.add_argument("--nodes", type=int, default=3)
-    c.add_argument("--workdir", default="var/chaos")
+    c = _sub(sub, "chaos", "start a fleet, run a named fault scenario, print its figures",
+             "partition       cut one agent's link for --minutes, two updates meanwhile\n"
+             "flaky           delay and loss on every link for --minutes, an update every "
+             "10 s\n"
+             "                (no netem in the kernel: the loss alone, by nftables)\n"
+             "broker-restart  restart mosquitto --cycles times, an update each time\n"
+             "cloud-kill      kill -9 cloudcore --cycles times\n"
+             "agent-kill      kill -9 one agent --cycles times\n"
+             "offline-reboot  an agent rebooted while cut off, with --pods pods\n"
+             "outbox          the outbox's size figures (needs no fleet)\n\n"
+             "docs/reliability.md has the scenarios and their figures.")
+    c.add_argument("scenario", choices=SCENARIOS, help="which fault")
+    c.add_argument("--nodes", type=int, default=3, help="edge agents to start")
+    c.add_argument("--workdir", default="var/chaos", help="the fleet's state and logs")
     c.add_argument("--heartbeat", type=float, default=5.0, help="agent heartbeat, seconds")
     c.add_argument("--keepalive", type=int, default=10, help="agent MQTT keepalive, seconds")
     c.add_argument("--no-netns", action="store_true", help=argparse.SUPPRESS)
@@ -327,12 +491,16 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--minutes", type=float, default=1.0, help="partition / flaky duration")
     c.add_argument("--pods", type=int, default=20, help="offline-reboot pods; outbox pods")
     c.add_argument("--cycles", type=int, default=20, help="restarts / kills")
-    c.add_argument("--delay-ms", type=int, default=200)
+    c.add_argument("--delay-ms", type=int, default=200, help="flaky: link delay, ms")
     c.add_argument("--loss", type=float, default=5.0, help="flaky: packet loss, percent")
     c.add_argument("--heartbeat-default", type=float, default=30.0,
-                   help="outbox: the heartbeat the figure assumes (agent default 30 s)")
+                   help="outbox: the heartbeat the figure assumes, seconds")
     c.set_defaults(fn=cmd_chaos)
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     return int(args.fn(args))
 
 

@@ -529,6 +529,43 @@ class Fleet:
         self.stop()
 
 
+def earlier_run(workdir: Path) -> list[str]:
+    """What a fleet started in `workdir` takes over from an earlier run there, in words
+    (empty: nothing): the cloud's state (its objects, nodes, tokens and fleet CA) and
+    the agents' state dirs (their join, desired set and images)."""
+    found: list[str] = []
+    if (workdir / "cloud").is_dir() and any((workdir / "cloud").iterdir()):
+        found.append("the cloud's state (workloads and other objects, nodes, tokens, CA)")
+    nodes = sorted(p.name for p in (workdir / "nodes").glob("*") if p.is_dir())
+    if nodes:
+        found.append(f"the state of agents {', '.join(nodes)} (joins, images, pods)")
+    return found
+
+
+WORKDIR_MARKERS = ("cloud", "nodes", "logs", "mosquitto", "fedctl.yaml")
+"""What a fleet's work directory holds; `clear_workdir` deletes nothing else."""
+
+
+def clear_workdir(workdir: Path) -> None:
+    """Remove an earlier run's work directory: the containers its agents left running,
+    the mounts below it, then the files. Refuses a non-empty directory that does not
+    look like a fleet's (no cloud/, nodes/, logs/, mosquitto/ or fedctl.yaml)."""
+    workdir = workdir.resolve()
+    if not workdir.exists():
+        return
+    entries = [p.name for p in workdir.iterdir()]
+    if entries and not any(m in entries for m in WORKDIR_MARKERS):
+        raise RuntimeError(f"{workdir} does not look like a testbed work directory "
+                           f"(it holds {', '.join(sorted(entries)[:5])}); not deleting it")
+    for state in sorted((workdir / "nodes").glob("*")):
+        if state.is_dir():
+            remove_containers(state)
+            unmount_below(state)
+            if os.path.ismount(state):
+                subprocess.run(["umount", "-l", str(state)], check=False, capture_output=True)
+    shutil.rmtree(workdir)
+
+
 def unmount_below(directory: Path) -> None:
     """Lazily unmount whatever is mounted below `directory` (deepest first), so the
     directory can be deleted; the state dir's own tmpfs (state_tmpfs_mib) stays."""
@@ -558,4 +595,5 @@ def remove_containers(state_dir: Path) -> None:
     asyncio.run(clean())
 
 
-__all__ = ["Agent", "Fleet", "FleetSettings", "remove_containers", "wait_port"]
+__all__ = ["Agent", "Fleet", "FleetSettings", "clear_workdir", "earlier_run",
+           "remove_containers", "wait_port"]
