@@ -16,13 +16,12 @@ order, defaults included; tests/shared/test_codec_parity.py holds the two side b
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import msgpack
 
-from shared import PROTOCOL_VERSION
+from shared import PROTOCOL_VERSION, validate
 from shared.errors import DecodeError, MessageTooLarge, TooDeep, UnknownVersion
 
 KiB = 1024
@@ -64,124 +63,19 @@ Response at most its 64 KiB chunk plus its 4 KiB error. 1 MiB holds such a repor
 for about 450 pods; the longest string or bytes an agent sends is a Response chunk
 (64 KiB)."""
 
-# -- field checks: each returns the (possibly normalised) value or raises ValueError ------
-
-_Check = Callable[[Any], Any]
-
-
-def _int(*, ge: int | None = None) -> _Check:
-    if ge is None:
-        def any_int(v: Any) -> int:
-            if type(v) is not int:  # bool is an int subclass and is not accepted
-                raise ValueError(f"must be an integer, not {type(v).__name__}")
-            return v
-        return any_int
-    lo = ge
-
-    def check(v: Any) -> int:
-        if type(v) is int and v >= lo:
-            return v
-        if type(v) is not int:
-            raise ValueError(f"must be an integer, not {type(v).__name__}")
-        raise ValueError(f"must be >= {lo}")
-    return check
-
-
-def _opt(inner: _Check) -> _Check:
-    def check(v: Any) -> Any:
-        return None if v is None else inner(v)
-    return check
-
-
-def _str(*, min_length: int = 0, max_length: int | None = None) -> _Check:
-    def check(v: Any) -> str:
-        if not isinstance(v, str):
-            raise ValueError(f"must be a string, not {type(v).__name__}")
-        if len(v) < min_length:
-            raise ValueError(f"must have at least {min_length} character(s)")
-        if max_length is not None and len(v) > max_length:
-            raise ValueError(f"must have at most {max_length} characters")
-        return v
-    return check
-
-
-def _float(*, gt: float | None = None, le: float | None = None) -> _Check:
-    def check(v: Any) -> float:
-        if type(v) not in (int, float):
-            raise ValueError(f"must be a number, not {type(v).__name__}")
-        v = float(v)
-        if gt is not None and not v > gt:
-            raise ValueError(f"must be > {gt:g}")
-        if le is not None and not v <= le:
-            raise ValueError(f"must be <= {le:g}")
-        return v
-    return check
-
-
-def _bool(v: Any) -> bool:
-    if not isinstance(v, bool):
-        raise ValueError(f"must be a boolean, not {type(v).__name__}")
-    return v
-
-
-def _literal(*choices: str) -> _Check:
-    def check(v: Any) -> str:
-        if v not in choices or not isinstance(v, str):
-            raise ValueError(f"must be one of {', '.join(map(repr, choices))}, not {v!r}")
-        return v
-    return check
-
-
-def _map(value: _Check | None = None) -> _Check:
-    def check(v: Any) -> dict[str, Any]:
-        if not isinstance(v, dict):
-            raise ValueError(f"must be a map, not {type(v).__name__}")
-        for k, x in v.items():
-            if not isinstance(k, str):
-                raise ValueError(f"keys must be strings, not {type(k).__name__}")
-            if value is not None:
-                try:
-                    value(x)
-                except ValueError as exc:
-                    raise ValueError(f"[{k!r}] {exc}") from None
-        return v
-    return check
-
-
-def _list(item: _Check, *, max_length: int | None = None) -> _Check:
-    def check(v: Any) -> list[Any]:
-        if not isinstance(v, list):
-            raise ValueError(f"must be a list, not {type(v).__name__}")
-        if max_length is not None and len(v) > max_length:
-            raise ValueError(f"must have at most {max_length} items")
-        for i, x in enumerate(v):
-            try:
-                item(x)
-            except ValueError as exc:
-                raise ValueError(f"[{i}] {exc}") from None
-        return v
-    return check
-
-
-def _bytes(*, max_length: int) -> _Check:
-    def check(v: Any) -> bytes:
-        if not isinstance(v, bytes):
-            raise ValueError(f"must be bytes, not {type(v).__name__}")
-        if len(v) > max_length:
-            raise ValueError(f"must have at most {max_length} bytes")
-        return v
-    return check
-
-
-def _any(v: Any) -> Any:
-    return v
-
-
-def _dict_or_none(v: Any) -> Any:
-    if v is not None and not isinstance(v, dict):
-        raise ValueError(f"must be a map or nil, not {type(v).__name__}")
-    return v
-
+# Field checks come from the one kit (shared/validate.py); short local names keep the
+# message tables below readable.
+_Check = validate.Check
+_int = validate.integer
+_opt = validate.optional
+_str = validate.string
+_float = validate.number
+_bool = validate.boolean
+_literal = validate.literal
+_map = validate.mapping
+_list = validate.array
+_bytes = validate.byte_string
+_dict_or_none = validate.map_or_none
 
 _BASE_CHECKS: dict[str, _Check] = {"v": _int(), "node": _str(min_length=1, max_length=253)}
 

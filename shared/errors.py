@@ -58,4 +58,9 @@ class ObjectError(EdgefedError):
 
 
 class UnsupportedField(ObjectError):
-    """A field that Kubernetes has and edgefed does not implement."""
+    """A field that Kubernetes has and edgefed does not implement; `hint` is a
+    " (did you mean 'x'?)" suffix naming a close known field, or empty."""
+
+    def __init__(self, message: str, *, field: str | None = None, hint: str = "") -> None:
+        super().__init__(message, field=field)
+        self.hint = hint

@@ -15,25 +15,50 @@ import difflib
 import functools
 import hashlib
 import json
-import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    GetCoreSchemaHandler,
+    GetJsonSchemaHandler,
+    SerializationInfo,
     ValidationError,
     field_validator,
-    model_validator,
 )
 from pydantic.alias_generators import to_camel
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema, PydanticCustomError, core_schema
 
+from shared import validate
 from shared.errors import ObjectError, UnsupportedField
 from shared.kinds import API_VERSIONS, CLUSTER_KINDS  # noqa: F401 (re-exported)
-from shared.quantity import parse_resource
-from shared.topics import valid_node_name
+from shared.pods import (  # noqa: F401 (the pod spec's pieces, re-exported)
+    Capabilities,
+    ConfigMapVolumeSource,
+    Container,
+    ContainerPort,
+    EmptyDirVolumeSource,
+    EnvVar,
+    ExecAction,
+    HostPathVolumeSource,
+    HTTPGetAction,
+    KeyToPath,
+    PodSecurityContext,
+    PodSpec,
+    Probe,
+    ResourceRequirements,
+    SeccompProfile,
+    SecretVolumeSource,
+    SecurityContext,
+    TCPSocketAction,
+    Toleration,
+    Volume,
+    VolumeMount,
+)
 
-MAX_NAME = 253
+MAX_NAME = validate.MAX_NAME
 
 
 class _Model(BaseModel):
@@ -56,13 +81,7 @@ def _identity_fields(cls: type[_Model]) -> tuple[str, ...]:
     return tuple(k for k in ("api_version", "kind") if k in cls.model_fields)
 
 
-def _check_name(v: str) -> str:
-    if not valid_node_name(v):
-        raise ValueError(
-            "must be a lowercase DNS-1123 name: a-z, 0-9, '-' and '.', "
-            f"starting and ending with a letter or digit, at most {MAX_NAME} characters"
-        )
-    return v
+_check_name = validate.dns_name
 
 
 class ObjectMeta(_Model):
@@ -77,403 +96,57 @@ class ObjectMeta(_Model):
     _name = field_validator("name", "namespace")(_check_name)
 
 
-class EnvVar(_Model):
-    name: str
-    value: str = ""
-
-
-class ContainerPort(_Model):
-    container_port: int = Field(ge=1, le=65535)
-    name: str | None = None
-    protocol: Literal["TCP", "UDP"] = "TCP"
-    host_port: int | None = Field(default=None, ge=1, le=65535)
-
-
-class ResourceRequirements(_Model):
-    requests: dict[str, str | int | float] = Field(default_factory=dict)
-    limits: dict[str, str | int | float] = Field(default_factory=dict)
-
-    @field_validator("requests", "limits")
-    @classmethod
-    def _quantities(cls, v: dict[str, str | int | float]) -> dict[str, str | int | float]:
-        for name, q in v.items():
-            try:
-                parse_resource(name, q, field=name)
-            except ObjectError as exc:
-                raise ValueError(exc.message) from None
-        return v
-
-    def request(self, name: str) -> int:
-        """Requested amount (limits stand in for missing requests, as in Kubernetes)."""
-        q = self.requests.get(name, self.limits.get(name))
-        return 0 if q is None else parse_resource(name, q, field=name)
-
-    def limit(self, name: str) -> int | None:
-        q = self.limits.get(name)
-        return None if q is None else parse_resource(name, q, field=name)
-
-
-def _abs_path(v: str) -> str:
-    """An absolute, normalised path without '..' and not '/' (a mount point)."""
-    parts = v.split("/")
-    if not v.startswith("/") or "\x00" in v or ".." in parts or not v.strip("/"):
-        raise ValueError(f"{v!r} must be an absolute path without '..', not '/'")
-    return v
-
-
-def _rel_path(v: str) -> str:
-    """A relative path of a projected file: no leading '/', no '..' component."""
-    parts = v.split("/")
-    if not v or v.startswith("/") or "\x00" in v or ".." in parts or "" in parts:
-        raise ValueError(f"{v!r} must be a relative path without '..' or empty parts")
-    return v
-
-
-class VolumeMount(_Model):
-    """Where a pod volume appears in a container (`subPath` is not supported)."""
-
-    name: str
-    mount_path: str
-    read_only: bool = False
-
-    _path = field_validator("mount_path")(_abs_path)
-
-
-class HostPathVolumeSource(_Model):
-    path: str
-    type: Literal["", "DirectoryOrCreate", "Directory", "FileOrCreate", "File", "Socket",
-                  "CharDevice", "BlockDevice"] | None = None
-
-    @field_validator("path")
-    @classmethod
-    def _abs(cls, v: str) -> str:
-        if not v.startswith("/") or "\x00" in v or ".." in v.split("/"):
-            raise ValueError(f"{v!r} must be an absolute host path without '..'")
-        return v
-
-
-class EmptyDirVolumeSource(_Model):
-    """A scratch directory that lives as long as the pod is on the node (no options yet)."""
-
-
-class KeyToPath(_Model):
-    key: str = Field(min_length=1, max_length=253)
-    path: str = Field(max_length=1024)
-
-    _path = field_validator("path")(_rel_path)
-
-
-class ConfigMapVolumeSource(_Model):
-    name: str
-    items: list[KeyToPath] | None = None
-    optional: bool = False
-
-    _name = field_validator("name")(_check_name)
-
-
-class SecretVolumeSource(_Model):
-    secret_name: str
-    items: list[KeyToPath] | None = None
-    optional: bool = False
-
-    _name = field_validator("secret_name")(_check_name)
-
-
-class Volume(_Model):
-    """A pod volume: exactly one of hostPath, emptyDir, configMap, secret."""
-
-    name: str
-    host_path: HostPathVolumeSource | None = None
-    empty_dir: EmptyDirVolumeSource | None = None
-    config_map: ConfigMapVolumeSource | None = None
-    secret: SecretVolumeSource | None = None
-
-    _name = field_validator("name")(_check_name)
-
-    @model_validator(mode="after")
-    def _one_source(self) -> Volume:
-        n = sum(x is not None for x in (self.host_path, self.empty_dir, self.config_map,
-                                         self.secret))
-        if n != 1:
-            raise ValueError(f"volume {self.name!r} must have exactly one of hostPath, "
-                             f"emptyDir, configMap, secret (has {n})")
-        return self
-
-
-class ExecAction(_Model):
-    command: list[str] = Field(min_length=1)
-
-
-class TCPSocketAction(_Model):
-    port: int | str
-
-
-class HTTPGetAction(_Model):
-    path: str = "/"
-    port: int | str
-    scheme: Literal["HTTP"] = "HTTP"
-
-    @field_validator("path")
-    @classmethod
-    def _path(cls, v: str) -> str:
-        if not v.startswith("/") or any(c.isspace() or ord(c) < 32 for c in v):
-            raise ValueError(f"{v!r} must start with '/' and contain no spaces")
-        return v
-
-
-class Probe(_Model):
-    """A container probe (Kubernetes semantics); the agent runs it in the pod's network
-    namespace, so it reaches the container on 127.0.0.1 as Kubernetes' probes reach the
-    pod IP."""
-
-    exec: ExecAction | None = None
-    tcp_socket: TCPSocketAction | None = None
-    http_get: HTTPGetAction | None = None
-    initial_delay_seconds: int = Field(default=0, ge=0, le=86400)
-    period_seconds: int = Field(default=10, ge=1, le=86400)
-    timeout_seconds: int = Field(default=1, ge=1, le=3600)
-    failure_threshold: int = Field(default=3, ge=1, le=1000)
-    success_threshold: int = Field(default=1, ge=1, le=1000)
-
-    @model_validator(mode="after")
-    def _one_handler(self) -> Probe:
-        n = sum(x is not None for x in (self.exec, self.tcp_socket, self.http_get))
-        if n != 1:
-            raise ValueError(f"a probe needs exactly one of exec, tcpSocket, httpGet (has {n})")
-        return self
-
-    def port(self) -> int | str | None:
-        if self.tcp_socket is not None:
-            return self.tcp_socket.port
-        if self.http_get is not None:
-            return self.http_get.port
-        return None
-
-
-CAPABILITY = r"^[A-Z][A-Z0-9_]{0,63}$"
-"""A Linux capability as Kubernetes writes it (`NET_ADMIN`; `CAP_NET_ADMIN` is accepted
-too, and `ALL` in `drop` means every capability)."""
-MAX_ID = 2**32 - 2
-"""The largest user or group id (2**32 - 1 is the kernel's "no id")."""
-
-
-def _localhost_profile(v: str | None) -> str | None:
-    """A seccomp profile file relative to the node's profile directory."""
-    if v is None:
-        return v
-    parts = v.split("/")
-    if not v or v.startswith("/") or "\x00" in v or ".." in parts or "" in parts:
-        raise ValueError(f"{v!r} must be a relative path without '..' or empty parts")
-    return v
-
-
-class SeccompProfile(_Model):
-    """Kubernetes' seccompProfile: RuntimeDefault (edgefed's default when unset),
-    Unconfined (no filter; only where the policy level allows) or Localhost (a profile
-    file under the node's seccomp directory, named by `localhostProfile`)."""
-
-    type: Literal["RuntimeDefault", "Unconfined", "Localhost"]
-    localhost_profile: str | None = Field(default=None, max_length=1024)
-
-    _profile = field_validator("localhost_profile")(_localhost_profile)
-
-    @model_validator(mode="after")
-    def _profile_iff_localhost(self) -> SeccompProfile:
-        if (self.type == "Localhost") != (self.localhost_profile is not None):
-            raise ValueError("localhostProfile is required with type Localhost and "
-                             "allowed only with it")
-        return self
-
-
-class Capabilities(_Model):
-    """Capabilities added to or dropped from the runtime's default set."""
-
-    add: list[str] = Field(default_factory=list)
-    drop: list[str] = Field(default_factory=list)
-
-    @field_validator("add", "drop")
-    @classmethod
-    def _names(cls, v: list[str]) -> list[str]:
-        for name in v:
-            if not re.match(CAPABILITY, name):
-                raise ValueError(f"{name!r} is not a capability name such as NET_ADMIN")
-        return v
-
-
-class SecurityContext(_Model):
-    """A container's securityContext (Kubernetes' fields edgefed implements). Unset
-    fields take the pod's `securityContext`, then the runtime's safe defaults; the
-    namespace's policy level (`shared.policy`) decides which values may run."""
-
-    run_as_user: int | None = Field(default=None, ge=0, le=MAX_ID)
-    run_as_group: int | None = Field(default=None, ge=0, le=MAX_ID)
-    run_as_non_root: bool | None = None
-    read_only_root_filesystem: bool | None = None
-    privileged: bool | None = None
-    allow_privilege_escalation: bool | None = None
-    capabilities: Capabilities | None = None
-    seccomp_profile: SeccompProfile | None = None
-
-    @model_validator(mode="after")
-    def _escalation(self) -> SecurityContext:
-        if self.privileged and self.allow_privilege_escalation is False:
-            raise ValueError("allowPrivilegeEscalation cannot be false when privileged "
-                             "is true")
-        return self
-
-    def user(self) -> str | None:
-        """The runtime's "uid[:gid]" or None (the image's user); container level only
-        (`shared.policy.effective` merges in the pod's securityContext)."""
-        if self.run_as_user is None:
-            return None
-        if self.run_as_group is None:
-            return str(self.run_as_user)
-        return f"{self.run_as_user}:{self.run_as_group}"
-
-
-class PodSecurityContext(_Model):
-    """A pod's securityContext: defaults for every container, plus the pod-wide groups."""
-
-    run_as_user: int | None = Field(default=None, ge=0, le=MAX_ID)
-    run_as_group: int | None = Field(default=None, ge=0, le=MAX_ID)
-    run_as_non_root: bool | None = None
-    fs_group: int | None = Field(default=None, ge=0, le=MAX_ID)
-    supplemental_groups: list[int] = Field(default_factory=list, max_length=64)
-    seccomp_profile: SeccompProfile | None = None
-
-    @field_validator("supplemental_groups")
-    @classmethod
-    def _groups(cls, v: list[int]) -> list[int]:
-        for g in v:
-            if not 0 <= g <= MAX_ID:
-                raise ValueError(f"group {g} is outside 0..{MAX_ID}")
-        return v
-
-
-class Container(_Model):
-    name: str
-    image: str = Field(min_length=1, max_length=1024)
-    command: list[str] = Field(default_factory=list)
-    args: list[str] = Field(default_factory=list)
-    env: list[EnvVar] = Field(default_factory=list)
-    working_dir: str | None = None
-    ports: list[ContainerPort] = Field(default_factory=list)
-    resources: ResourceRequirements = Field(default_factory=ResourceRequirements)
-    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
-    volume_mounts: list[VolumeMount] = Field(default_factory=list)
-    liveness_probe: Probe | None = None
-    readiness_probe: Probe | None = None
-    startup_probe: Probe | None = None
-    security_context: SecurityContext | None = None
-
-    _name = field_validator("name")(_check_name)
-
-    @model_validator(mode="after")
-    def _mounts_and_probes(self) -> Container:
-        paths = [m.mount_path.rstrip("/") for m in self.volume_mounts]
-        if len(set(paths)) != len(paths):
-            raise ValueError(f"container {self.name!r}: duplicate volumeMounts mountPath")
-        names = {p.name for p in self.ports if p.name}
-        for kind, probe in (("livenessProbe", self.liveness_probe),
-                            ("readinessProbe", self.readiness_probe),
-                            ("startupProbe", self.startup_probe)):
-            port = probe.port() if probe is not None else None
-            if isinstance(port, str) and port not in names:
-                raise ValueError(f"container {self.name!r}: {kind} port {port!r} names no "
-                                 "container port")
-            if isinstance(port, int) and not 1 <= port <= 65535:
-                raise ValueError(f"container {self.name!r}: {kind} port {port} is outside "
-                                 "1..65535")
-        if self.startup_probe is not None and self.startup_probe.success_threshold != 1:
-            raise ValueError(f"container {self.name!r}: startupProbe successThreshold must be 1")
-        if self.liveness_probe is not None and self.liveness_probe.success_threshold != 1:
-            raise ValueError(f"container {self.name!r}: livenessProbe successThreshold must be 1")
-        return self
-
-    def probe_port(self, port: int | str) -> int:
-        """A probe's port as a number (a name is looked up in `ports`)."""
-        if isinstance(port, int):
-            return port
-        return next(p.container_port for p in self.ports if p.name == port)
-
-
-class Toleration(_Model):
-    key: str | None = None
-    operator: Literal["Exists", "Equal"] = "Equal"
-    value: str | None = None
-    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
-    toleration_seconds: int | None = None
+# -- the pod spec: defined once, in shared.pods (msgspec Structs the agent reads too) -----
+# The pieces are re-exported under their old names; `Pod.spec` and `PodTemplate.spec`
+# validate and dump through `_PodSpecField`, so a field exists on both sides or neither.
+
+CAPABILITY = validate.CAPABILITY.pattern
+MAX_ID = validate.MAX_ID
+
+
+class _PodSpecField:
+    """pydantic's view of `shared.pods.PodSpec`: validated by its own rules (an
+    already-built spec is taken as is), dumped as pydantic dumped the old models
+    (honouring by_alias, exclude_none and exclude_defaults)."""
+
+    def __get_pydantic_core_schema__(self, source: Any,
+                                     handler: GetCoreSchemaHandler) -> CoreSchema:
+        return core_schema.no_info_plain_validator_function(
+            _validate_spec,
+            serialization=core_schema.plain_serializer_function_ser_schema(
+                _serialize_spec, info_arg=True))
+
+    def __get_pydantic_json_schema__(self, schema: CoreSchema,
+                                     handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        return {"type": "object", "title": "PodSpec",
+                "description": "A Kubernetes pod spec (the fields of shared.pods.PodSpec)"}
+
+
+def _validate_spec(v: Any) -> PodSpec:
+    try:
+        return PodSpec.parse(v)
+    except ObjectError as exc:
+        sub = exc.field or ""
+        reason = exc.message.removeprefix(f"{sub}: ") if sub else exc.message
+        kind = "edgefed_unsupported" if isinstance(exc, UnsupportedField) else "edgefed_invalid"
+        hint = exc.hint if isinstance(exc, UnsupportedField) else ""
+        raise PydanticCustomError(kind, "{reason}",
+                                  {"reason": reason, "field": sub, "hint": hint}) from None
+
+
+def _serialize_spec(v: PodSpec, info: SerializationInfo) -> dict[str, Any]:
+    return v.model_dump(by_alias=bool(info.by_alias), exclude_none=info.exclude_none,
+                        exclude_defaults=info.exclude_defaults)
+
+
+PodSpecField = Annotated[PodSpec, _PodSpecField()]
+"""The type of a pydantic field holding a pod spec."""
 
 
 class Taint(_Model):
     key: str
     value: str | None = None
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"]
-
-
-class PodSpec(_Model):
-    containers: list[Container] = Field(min_length=1)
-    restart_policy: Literal["Always", "OnFailure", "Never"] = "Always"
-    node_selector: dict[str, str] = Field(default_factory=dict)
-    node_name: str | None = None
-    tolerations: list[Toleration] = Field(default_factory=list)
-    host_network: bool = False
-    """Share the node's network namespace (only where the policy level allows); false:
-    the pod gets its own network namespace and address (status.podIP)."""
-    host_users: bool = True
-    """Kubernetes' default: the pod's user ids are the host's. false: a user namespace
-    maps the pod's ids (root included) to an unprivileged range of the host's."""
-    security_context: PodSecurityContext | None = None
-    termination_grace_period_seconds: int = Field(default=10, ge=0, le=3600)
-    volumes: list[Volume] = Field(default_factory=list)
-
-    @field_validator("containers")
-    @classmethod
-    def _unique(cls, v: list[Container]) -> list[Container]:
-        names = [c.name for c in v]
-        if len(set(names)) != len(names):
-            raise ValueError("container names must be unique within a pod")
-        return v
-
-    @model_validator(mode="after")
-    def _mounts_name_volumes(self) -> PodSpec:
-        names = [v.name for v in self.volumes]
-        if len(set(names)) != len(names):
-            raise ValueError("volume names must be unique within a pod")
-        for c in self.containers:
-            for m in c.volume_mounts:
-                if m.name not in names:
-                    raise ValueError(f"container {c.name!r}: volumeMount {m.name!r} names no "
-                                     f"volume of the pod (volumes: {', '.join(names) or 'none'})")
-        pod = self.security_context
-        for c in self.containers:
-            sc = c.security_context
-            user = _first(sc and sc.run_as_user, pod and pod.run_as_user)
-            group = _first(sc and sc.run_as_group, pod and pod.run_as_group)
-            non_root = _first(sc and sc.run_as_non_root, pod and pod.run_as_non_root)
-            if group is not None and user is None:
-                raise ValueError(f"container {c.name!r}: runAsGroup needs runAsUser too "
-                                 "(at pod or container level; edgefed sets both or neither)")
-            if non_root and user == 0:
-                raise ValueError(f"container {c.name!r}: runAsNonRoot is true but runAsUser "
-                                 "is 0")
-        return self
-
-    def volume(self, name: str) -> Volume:
-        return next(v for v in self.volumes if v.name == name)
-
-    def requests(self) -> dict[str, int]:
-        """Summed requests of all containers, by resource name."""
-        total: dict[str, int] = {}
-        for c in self.containers:
-            for name in {*c.resources.requests, *c.resources.limits}:
-                total[name] = total.get(name, 0) + c.resources.request(name)
-        return total
-
-
-def _first(*values: Any) -> Any:
-    """The first value that is not None (a container's field over its pod's)."""
-    return next((v for v in values if v is not None), None)
 
 
 class PodTemplateMeta(_Model):
@@ -483,7 +156,7 @@ class PodTemplateMeta(_Model):
 
 class PodTemplate(_Model):
     metadata: PodTemplateMeta = Field(default_factory=PodTemplateMeta)
-    spec: PodSpec
+    spec: PodSpecField
 
 
 class LabelSelector(_Model):
@@ -537,7 +210,7 @@ class Pod(_Model):
     api_version: Literal["v1"] = "v1"
     kind: Literal["Pod"] = "Pod"
     metadata: ObjectMeta
-    spec: PodSpec
+    spec: PodSpecField
     status: PodStatus = Field(default_factory=PodStatus)
 
 
@@ -814,6 +487,10 @@ def parse_object(doc: Any) -> _Model:
         return KINDS[kind].model_validate(doc)
     except ValidationError as exc:
         errors = exc.errors()
+        spec_err = next((e for e in errors if e["type"] in ("edgefed_unsupported",
+                                                             "edgefed_invalid")), None)
+        if spec_err is not None:  # the pod spec's own rules (shared.pods) said why
+            raise _spec_error(kind, spec_err) from None
         # A misspelt field (`imagee`) is both unknown and, under its right name, missing:
         # name the unknown one, and the missing sibling it was probably meant to be.
         err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
@@ -830,6 +507,19 @@ def parse_object(doc: Any) -> _Model:
         ctx = err.get("ctx", {}).get("error")
         msg = str(ctx) if isinstance(ctx, Exception) else err["msg"]
         raise ObjectError(f"{kind}: {field}: {msg}", field=field) from None
+
+
+def _spec_error(kind: str, err: Any) -> ObjectError:
+    ctx = err.get("ctx", {})
+    field = _path(err["loc"])
+    sub = str(ctx.get("field", ""))
+    if sub:
+        field = f"{field}{sub}" if sub.startswith("[") or not field else f"{field}.{sub}"
+    if err["type"] == "edgefed_unsupported":
+        return UnsupportedField(
+            f"{kind}: field {field!r} is not supported by edgefed{ctx.get('hint', '')}",
+            field=field, hint=str(ctx.get("hint", "")))
+    return ObjectError(f"{kind}: {field}: {ctx.get('reason', err['msg'])}", field=field)
 
 
 def spec_hash(obj: Any) -> str:
