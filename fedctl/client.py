@@ -138,10 +138,30 @@ class ApiClient:
     def apply(
         self, documents: list[dict[str, Any]], *, dry_run: bool = False
     ) -> list[dict[str, Any]]:
-        """Create or update the documents; one result per document, in order."""
-        body = self._request(
-            "POST", f"{API}/apply", json={"documents": documents, "dryRun": dry_run}
-        )
+        """Create or update the documents; one result per document, in order.
+
+        A request that reached cloudcore but got no answer in time (a read timeout)
+        may have been applied all the same: the error says so and names the objects,
+        instead of the 'cannot reach cloudcore' of a request that never arrived."""
+        try:
+            resp = self._http.request(
+                "POST", f"{API}/apply", json={"documents": documents, "dryRun": dry_run})
+        except httpx.ReadTimeout as exc:
+            refs = [_ref(d) for d in documents]
+            shown = ", ".join(refs[:5]) + (f" and {len(refs) - 5} more" if len(refs) > 5 else "")
+            see = f"fedctl get {refs[0].replace('/', ' ', 1)}" if len(refs) == 1 else (
+                "fedctl get")
+            raise Unreachable(
+                f"cloudcore did not answer the apply of {shown} within {self.timeout:g} s "
+                f"(--request-timeout): it may have applied {'it' if len(refs) == 1 else 'them'}"
+                f" all the same; see `{see}` before retrying") from exc
+        except httpx.TimeoutException as exc:
+            raise Unreachable(
+                f"cannot reach cloudcore at {self.server}: timed out ({type(exc).__name__})"
+            ) from exc
+        except httpx.TransportError as exc:
+            raise unreachable(self.server, exc, ca_file=self._ca_file) from exc
+        body = self._decode(resp, what=None)
         results = body.get("results")
         if not isinstance(results, list):
             raise ServerError("cloudcore answered apply without a 'results' list", status=200)
@@ -475,6 +495,16 @@ class ApiClient:
                 status=resp.status_code,
             )
         return body
+
+
+def _ref(doc: Any) -> str:
+    """`deployment/NAME` (with ` -n NS` outside default) of a document, for messages."""
+    if not isinstance(doc, dict):
+        return "object/?"
+    meta = doc.get("metadata") if isinstance(doc.get("metadata"), dict) else {}
+    ns = meta.get("namespace")
+    return (f"{str(doc.get('kind', 'object')).lower()}/{meta.get('name', '?')}"
+            + (f" -n {ns}" if ns and ns != "default" else ""))
 
 
 def _error_of(body: Any, resp: httpx.Response) -> tuple[str, str | None]:

@@ -3,8 +3,9 @@
 It implements the contract fedctl relies on (apply, list with filters, get,
 delete, JSON errors) over a real socket with http.server in a thread, so the
 tests exercise httpx, URLs and status codes exactly as against cloudcore. It
-validates applied documents with shared.models like the real server, and rejects
-a document annotated `stub/reject` to let tests see a server-side error.
+validates applied documents with shared.models like the real server, rejects
+a document annotated `stub/reject` to let tests see a server-side error, and
+answers the apply of one annotated `stub/delay: SECONDS` that much later.
 """
 
 from __future__ import annotations
@@ -147,6 +148,9 @@ def _handler(stub: Stub) -> type[BaseHTTPRequestHandler]:
                 except ObjectError as exc:
                     self._send(400, {"error": exc.message, "field": exc.field})
                     return
+                delay = doc.get("metadata", {}).get("annotations", {}).get("stub/delay")
+                if delay:  # a slow cloud: answers after this many seconds
+                    time.sleep(float(delay))
                 reject = doc.get("metadata", {}).get("annotations", {}).get("stub/reject")
                 if reject:
                     self._send(422, {"error": reject, "field": "metadata.annotations"})

@@ -551,3 +551,17 @@ def test_get_yaml_reads_as_kubernetes(stub: Any) -> None:
     assert "namespace" not in one["metadata"] and one["status"]["capacity"]["cpu"] == "2"
     raw = json.loads(run(stub.url, "get", "node", "edge-1", "-o", "json").stdout)
     assert raw["status"]["lastSeen"] == 1796545262.4020996
+
+
+def test_an_apply_that_times_out_names_what_may_have_been_created(stub: Any) -> None:
+    """`replicas: 100000` kept cloudcore busy past the request timeout while it created
+    the object: 'cannot reach cloudcore' was wrong, the object was there."""
+    doc = ("apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: big\n"
+           "  annotations: {stub/delay: '1.5'}\nspec:\n  replicas: 100000\n  template:\n"
+           "    spec:\n      containers: [{name: c, image: busybox}]\n")
+    r = run(stub.url, "--request-timeout", "0.5", "apply", "-f", "-", input=doc)
+    assert r.exit_code == 1
+    assert r.stderr.strip() == (
+        "error: cloudcore did not answer the apply of deployment/big within 0.5 s "
+        "(--request-timeout): it may have applied it all the same; see `fedctl get "
+        "deployment big` before retrying")
