@@ -12,7 +12,7 @@ from edgecore.cache import Cache
 from edgecore.reconciler.naming import ANN_CONTAINER, ANN_POD
 from edgecore.requests import EdgeRequests
 from edgecore.runtime.errors import ExecTimeout
-from edgecore.runtime.types import ContainerState
+from edgecore.runtime.types import Capabilities, ContainerState
 from edgecore.sync import ResponseQueue, SyncHandler
 from shared.codec import MAX_CHUNK_BYTES, Request, Response, decode
 
@@ -25,6 +25,8 @@ def state(cid: str, pod: str, container: str, *, status: str = "running",
 
 
 class Runtime:
+    capabilities = Capabilities(exec=True)  # list, logs and exec: what requests use
+
     def __init__(self) -> None:
         self.states = [state("old", "pod/default/p", "main", status="stopped", started=0.5),
                        state("cur", "pod/default/p", "main"),
