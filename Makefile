@@ -37,6 +37,7 @@ demo: deps
 lint: deps
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy --strict shared/
 
 test: lint
 	$(PY) -m pytest -q -p no:cacheprovider

@@ -273,7 +273,7 @@ class Response(_Msg):
 
 
 Message = Desired | Ack | Resync | Report | ReportAck | Will | Request | Response
-_TYPES: dict[str, type[_Msg]] = {c.t: c for c in (Desired, Ack, Resync, Report, ReportAck,
+_TYPES: dict[str, type[Message]] = {c.t: c for c in (Desired, Ack, Resync, Report, ReportAck,
                                                    Will, Request, Response)}
 for _cls in _TYPES.values():
     _cls._all_checks = (*_BASE_CHECKS.items(), *_cls._own_checks.items())
@@ -333,9 +333,9 @@ def decode(data: bytes, *, limits: Limits = DEFAULT_LIMITS) -> Message:
     cls = _TYPES.get(t) if isinstance(t, str) else None
     if cls is None:
         raise DecodeError(f"invalid message: t: unknown message type {t!r}")
-    names = _FIELDS[t]
+    names = _FIELDS[cls.t]
     try:
-        return cls(**{k: v for k, v in raw.items() if k in names})  # type: ignore[return-value]
+        return cls(**{k: v for k, v in raw.items() if k in names})
     except TypeError as exc:  # a required field is missing
         missing = next((f.name for f in dataclasses.fields(cls)
                         if f.name not in raw and f.default is dataclasses.MISSING

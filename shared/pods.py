@@ -109,8 +109,9 @@ class Spec(msgspec.Struct, rename="camel", forbid_unknown_fields=True, frozen=Tr
         del mode  # every value is JSON-able already
         if by_alias and exclude_defaults:
             return self.dump()
-        return _plain(self, by_alias=bool(by_alias), exclude_none=exclude_none,
-                      exclude_defaults=exclude_defaults)
+        out: dict[str, Any] = _plain(self, by_alias=bool(by_alias), exclude_none=exclude_none,
+                                     exclude_defaults=exclude_defaults)
+        return out
 
 
 def _plain(v: Any, *, by_alias: bool, exclude_none: bool, exclude_defaults: bool) -> Any:
@@ -291,19 +292,19 @@ def _object_error(cls: type[Spec], text: str, path: str) -> ObjectError:
 # -- the spec --------------------------------------------------------------------------------
 
 
-class EnvVar(Spec, kw_only=True):
+class EnvVar(Spec, kw_only=True, frozen=True):
     name: str
     value: str = ""
 
 
-class ContainerPort(Spec, kw_only=True):
+class ContainerPort(Spec, kw_only=True, frozen=True):
     container_port: Port
     name: str | None = None
     protocol: Literal["TCP", "UDP"] = "TCP"
     host_port: Port | None = None
 
 
-class ResourceRequirements(Spec, kw_only=True):
+class ResourceRequirements(Spec, kw_only=True, frozen=True):
     requests: dict[str, Quantity] = {}
     limits: dict[str, Quantity] = {}
 
@@ -321,7 +322,7 @@ class ResourceRequirements(Spec, kw_only=True):
         return None if q is None else parse_resource(name, q, field=name)
 
 
-class VolumeMount(Spec, kw_only=True):
+class VolumeMount(Spec, kw_only=True, frozen=True):
     """Where a pod volume appears in a container (`subPath` is not supported)."""
 
     name: str
@@ -332,7 +333,7 @@ class VolumeMount(Spec, kw_only=True):
         _rule(validate.abs_path, self.mount_path, "mountPath")
 
 
-class HostPathVolumeSource(Spec, kw_only=True):
+class HostPathVolumeSource(Spec, kw_only=True, frozen=True):
     path: str
     type: Literal["", "DirectoryOrCreate", "Directory", "FileOrCreate", "File", "Socket",
                   "CharDevice", "BlockDevice"] | None = None
@@ -341,11 +342,11 @@ class HostPathVolumeSource(Spec, kw_only=True):
         _rule(validate.host_path, self.path, "path")
 
 
-class EmptyDirVolumeSource(Spec, kw_only=True):
+class EmptyDirVolumeSource(Spec, kw_only=True, frozen=True):
     """A scratch directory that lives as long as the pod is on the node (no options yet)."""
 
 
-class KeyToPath(Spec, kw_only=True):
+class KeyToPath(Spec, kw_only=True, frozen=True):
     key: Annotated[str, Meta(min_length=1, max_length=253)]
     path: Annotated[str, Meta(max_length=1024)]
 
@@ -353,7 +354,7 @@ class KeyToPath(Spec, kw_only=True):
         _rule(validate.rel_path, self.path, "path")
 
 
-class ConfigMapVolumeSource(Spec, kw_only=True):
+class ConfigMapVolumeSource(Spec, kw_only=True, frozen=True):
     name: str
     items: list[KeyToPath] | None = None
     optional: bool = False
@@ -362,7 +363,7 @@ class ConfigMapVolumeSource(Spec, kw_only=True):
         _rule(validate.dns_name, self.name, "name")
 
 
-class SecretVolumeSource(Spec, kw_only=True):
+class SecretVolumeSource(Spec, kw_only=True, frozen=True):
     secret_name: str
     items: list[KeyToPath] | None = None
     optional: bool = False
@@ -371,7 +372,7 @@ class SecretVolumeSource(Spec, kw_only=True):
         _rule(validate.dns_name, self.secret_name, "secretName")
 
 
-class Volume(Spec, kw_only=True):
+class Volume(Spec, kw_only=True, frozen=True):
     """A pod volume: exactly one of hostPath, emptyDir, configMap, secret."""
 
     name: str
@@ -389,15 +390,15 @@ class Volume(Spec, kw_only=True):
                              f"emptyDir, configMap, secret (has {n})")
 
 
-class ExecAction(Spec, kw_only=True):
+class ExecAction(Spec, kw_only=True, frozen=True):
     command: Annotated[list[str], Meta(min_length=1)]
 
 
-class TCPSocketAction(Spec, kw_only=True):
+class TCPSocketAction(Spec, kw_only=True, frozen=True):
     port: int | str
 
 
-class HTTPGetAction(Spec, kw_only=True):
+class HTTPGetAction(Spec, kw_only=True, frozen=True):
     path: str = "/"
     port: int | str
     scheme: Literal["HTTP"] = "HTTP"
@@ -406,7 +407,7 @@ class HTTPGetAction(Spec, kw_only=True):
         _rule(validate.http_path, self.path, "path")
 
 
-class Probe(Spec, kw_only=True):
+class Probe(Spec, kw_only=True, frozen=True):
     """A container probe (Kubernetes semantics); the agent runs it in the pod's network
     namespace, so it reaches the container on 127.0.0.1 as Kubernetes' probes reach the
     pod IP."""
@@ -433,7 +434,7 @@ class Probe(Spec, kw_only=True):
         return None
 
 
-class SeccompProfile(Spec, kw_only=True):
+class SeccompProfile(Spec, kw_only=True, frozen=True):
     """Kubernetes' seccompProfile: RuntimeDefault (edgefed's default when unset),
     Unconfined (no filter; only where the policy level allows) or Localhost (a profile
     file under the node's seccomp directory, named by `localhostProfile`)."""
@@ -449,7 +450,7 @@ class SeccompProfile(Spec, kw_only=True):
                              "allowed only with it")
 
 
-class Capabilities(Spec, kw_only=True):
+class Capabilities(Spec, kw_only=True, frozen=True):
     """Capabilities added to or dropped from the runtime's default set."""
 
     add: list[str] = []
@@ -462,7 +463,7 @@ class Capabilities(Spec, kw_only=True):
             _rule(validate.capability, name, "drop")
 
 
-class SecurityContext(Spec, kw_only=True):
+class SecurityContext(Spec, kw_only=True, frozen=True):
     """A container's securityContext (Kubernetes' fields edgefed implements). Unset
     fields take the pod's `securityContext`, then the runtime's safe defaults; the
     namespace's policy level (`shared.policy`) decides which values may run."""
@@ -491,7 +492,7 @@ class SecurityContext(Spec, kw_only=True):
         return f"{self.run_as_user}:{self.run_as_group}"
 
 
-class PodSecurityContext(Spec, kw_only=True):
+class PodSecurityContext(Spec, kw_only=True, frozen=True):
     """A pod's securityContext: defaults for every container, plus the pod-wide groups."""
 
     run_as_user: Id | None = None
@@ -506,7 +507,7 @@ class PodSecurityContext(Spec, kw_only=True):
             _rule(validate.group_id, g, "supplementalGroups")
 
 
-class Container(Spec, kw_only=True):
+class Container(Spec, kw_only=True, frozen=True):
     name: str
     image: Annotated[str, Meta(min_length=1, max_length=1024)]
     command: list[str] = []
@@ -555,7 +556,7 @@ class Container(Spec, kw_only=True):
         return next(p.container_port for p in self.ports if p.name == port)
 
 
-class Toleration(Spec, kw_only=True):
+class Toleration(Spec, kw_only=True, frozen=True):
     key: str | None = None
     operator: Literal["Exists", "Equal"] = "Equal"
     value: str | None = None
@@ -563,7 +564,7 @@ class Toleration(Spec, kw_only=True):
     toleration_seconds: int | None = None
 
 
-class PodSpec(Spec, kw_only=True):
+class PodSpec(Spec, kw_only=True, frozen=True):
     containers: Annotated[list[Container], Meta(min_length=1)]
     restart_policy: Literal["Always", "OnFailure", "Never"] = "Always"
     node_selector: dict[str, str] = {}

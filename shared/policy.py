@@ -34,7 +34,7 @@ import json
 import posixpath
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard
 
 from shared.errors import ObjectError
 
@@ -60,7 +60,8 @@ RESTRICTED_CAPABILITIES = frozenset({"NET_BIND_SERVICE"})
 """The only capability restricted lets a container add (after dropping ALL)."""
 
 
-def valid_level(value: object) -> bool:
+def valid_level(value: object) -> TypeGuard[Level]:
+    """Whether `value` is one of the LEVELS."""
     return value in LEVELS
 
 
@@ -78,7 +79,7 @@ def level_of(labels: Mapping[str, str], default: Level = DEFAULT_LEVEL) -> Level
     if not valid_level(value):
         raise ObjectError(f"metadata.labels[{ENFORCE_LABEL!r}]: {value!r} is not a policy "
                           f"level; one of {', '.join(LEVELS)}", field="metadata.labels")
-    return value  # type: ignore[return-value]
+    return value
 
 
 # -- hostPath allowlist ---------------------------------------------------------------------
@@ -364,7 +365,7 @@ class Admitted:
         return cls(level, tuple(r for r in allow if r in used))
 
     def annotations(self) -> dict[str, str]:
-        out = {LEVEL_ANNOTATION: self.level}
+        out: dict[str, str] = {LEVEL_ANNOTATION: self.level}
         if self.host_path_allow:
             out[HOST_PATH_ANNOTATION] = ",".join(map(str, self.host_path_allow))
         return out
@@ -380,7 +381,7 @@ class Admitted:
             rules = parse_host_path_allow([annotations.get(HOST_PATH_ANNOTATION, "")])
         except ValueError:
             return None
-        return cls(level, rules)  # type: ignore[arg-type]
+        return cls(level, rules)
 
     def entry_value(self) -> dict[str, Any]:
         out: dict[str, Any] = {"level": self.level}

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import zlib
-from typing import Literal
+from typing import Literal, TypeGuard
 
 PREFIX = "fed/v1"
 PARTITIONS = 256
@@ -83,8 +83,12 @@ def parse(topic_name: str) -> tuple[str, Direction] | None:
     if len(parts) != 5 or f"{parts[0]}/{parts[1]}" != PREFIX:
         return None
     _, _, part, node, direction = parts
-    if direction not in ("down", "up", "will") or not valid_node_name(node):
+    if not _is_direction(direction) or not valid_node_name(node):
         return None
     if part != pp(partition_of(node)):
         return None
-    return node, direction  # type: ignore[return-value]
+    return node, direction
+
+
+def _is_direction(value: str) -> TypeGuard[Direction]:
+    return value in ("down", "up", "will")
