@@ -488,14 +488,25 @@ class Fleet:
         raise TimeoutError(f"{what}: not reached after {timeout} s (last: {last!r})")
 
     def wait_nodes_ready(self, *, timeout: float = 60) -> None:
+        """Wait until every agent's node is Ready; a TimeoutError names those that are
+        not and their state (NotReady and why, or not registered)."""
         want = {a.name for a in self.agents}
+        behind: list[str] = []
 
         def ready() -> bool:
-            got = {n["metadata"]["name"] for n in self.nodes()
-                   if n.get("status", {}).get("ready") == "Ready"}
-            return want <= got
+            status = {n["metadata"]["name"]: n.get("status") or {} for n in self.nodes()}
+            behind[:] = [
+                f"{name} ({status[name].get('ready', 'Unknown')}"
+                + (f": {status[name]['reason']}" if status[name].get("reason") else "") + ")"
+                if name in status else f"{name} (not registered)"
+                for name in sorted(want) if status.get(name, {}).get("ready") != "Ready"]
+            return not behind
 
-        self.wait(ready, timeout=timeout, what=f"nodes {sorted(want)} Ready")
+        try:
+            self.wait(ready, timeout=timeout, what="nodes Ready")
+        except TimeoutError:
+            raise TimeoutError(f"nodes not Ready after {timeout} s: "
+                               f"{', '.join(behind) or '(the API did not answer)'}") from None
 
     # ---- stop ----------------------------------------------------------------
     def stop(self) -> None:

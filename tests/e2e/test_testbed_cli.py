@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -18,7 +18,7 @@ from testbed.__main__ import (
     stragglers,
     workload_refs,
 )
-from testbed.fleet import clear_workdir, earlier_run
+from testbed.fleet import Agent, Fleet, FleetSettings, clear_workdir, earlier_run
 
 
 def _subparsers(p: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
@@ -138,3 +138,19 @@ def test_stragglers_name_what_did_not_converge_and_only_what_the_demo_applied() 
     behind = {"DaemonSet/default/web": _ds("web", gen=2, observed=1)}
     assert stragglers(behind, ok, want=2, nodes=nodes) == [
         "daemonset/default/web: generation 2 not observed yet (at 1)"]
+
+
+def test_nodes_that_do_not_get_ready_are_named_with_their_state(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fleet = Fleet(FleetSettings(nodes=0, workdir=tmp_path, use_netns=False))
+    for name in ("edge-1", "edge-2", "edge-3"):
+        fleet.agents.append(Agent(name=name, state_dir=tmp_path, proc=cast(Any, None),
+                                  host=None, address="127.0.0.1"))
+    monkeypatch.setattr(fleet, "nodes", lambda: [
+        {"metadata": {"name": "edge-1"}, "status": {"ready": "Ready"}},
+        {"metadata": {"name": "edge-2"},
+         "status": {"ready": "NotReady", "reason": "HeartbeatMissed"}}])
+    with pytest.raises(TimeoutError) as exc:
+        fleet.wait_nodes_ready(timeout=0.3)
+    assert str(exc.value) == ("nodes not Ready after 0.3 s: edge-2 (NotReady: "
+                              "HeartbeatMissed), edge-3 (not registered)")
