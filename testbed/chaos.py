@@ -527,10 +527,29 @@ def _status(fleet: Fleet, node: str) -> dict[str, Any]:
     return dict(fleet.get(f"/api/v1/nodes/{node}")["status"])
 
 
-def _converged(fleet: Fleet) -> bool:
-    return all(n["status"]["ready"] == "Ready"
-               and n["status"]["ackedGen"] == n["status"]["desiredGen"]
-               for n in fleet.nodes() if n["metadata"]["name"] in {a.name for a in fleet.agents})
+def _unconverged(fleet: Fleet) -> list[str]:
+    """The fleet's nodes that are not Ready or not in sync, each with its state."""
+    mine = {a.name for a in fleet.agents}
+    return [f"{n['metadata']['name']} ({n['status']['ready']}, acked gen "
+            f"{n['status']['ackedGen']} of {n['status']['desiredGen']})"
+            for n in fleet.nodes() if n["metadata"]["name"] in mine
+            and (n["status"]["ready"] != "Ready"
+                 or n["status"]["ackedGen"] != n["status"]["desiredGen"])]
+
+
+def _wait_converged(fleet: Fleet, *, timeout: float) -> None:
+    """Wait until every node is Ready and in sync; a TimeoutError names those not."""
+    left: list[str] = []
+
+    def converged() -> bool:
+        left[:] = _unconverged(fleet)
+        return not left
+
+    try:
+        fleet.wait(converged, timeout=timeout, what="fleet converged")
+    except TimeoutError:
+        raise TimeoutError(f"fleet not converged after {timeout} s: "
+                           f"{', '.join(left) or '(the API did not answer)'}") from None
 
 
 def run_scenario(fleet: Fleet, name: str, *, minutes: float = 1.0, pods: int = 20,
@@ -542,7 +561,7 @@ def run_scenario(fleet: Fleet, name: str, *, minutes: float = 1.0, pods: int = 2
     figs: dict[str, Any] = {"scenario": name}
     with chaos:
         fleet.apply([_sleeper(fleet.image, "chaos", "0")])
-        fleet.wait(lambda: _converged(fleet), timeout=120, what="fleet converged")
+        _wait_converged(fleet, timeout=120)
         if name == "partition":
             t = time.monotonic()
             chaos.cut(node)
@@ -613,7 +632,7 @@ def run_scenario(fleet: Fleet, name: str, *, minutes: float = 1.0, pods: int = 2
         else:
             raise ChaosError(f"unknown scenario {name!r}; one of {', '.join(SCENARIOS)}")
         t = time.monotonic()
-        fleet.wait(lambda: _converged(fleet), timeout=300, what="fleet converged after")
+        _wait_converged(fleet, timeout=300)
         figs["converged_after_s"] = round(time.monotonic() - t, 2)
     out(" ".join(f"{k}={v}" for k, v in figs.items()))
     return figs

@@ -23,13 +23,24 @@ from testbed.fleet import Agent, Fleet
 
 
 class _Hosts:
-    """What Chaos asks of a fleet for link faults: its agents and their hosts."""
+    """What Chaos asks of a fleet: its agents and their hosts, and the nodes' status
+    (`status`: name -> (ready, ackedGen, desiredGen))."""
 
-    def __init__(self, agents: list[Agent]) -> None:
+    def __init__(self, agents: list[Agent],
+                 status: dict[str, tuple[str, int, int]] | None = None) -> None:
         self.agents = agents
+        self.status = status or {}
 
     def agent(self, name: str) -> Agent:
         return next(a for a in self.agents if a.name == name)
+
+    def nodes(self) -> list[dict[str, Any]]:
+        return [{"metadata": {"name": n}, "status": {"ready": r, "ackedGen": a,
+                                                     "desiredGen": d}}
+                for n, (r, a, d) in self.status.items()]
+
+    def wait(self, check: Any, **kw: Any) -> Any:
+        return Fleet.wait(cast(Fleet, self), check, **kw)
 
 
 class _Running:
@@ -118,3 +129,15 @@ def test_this_kernel_gets_netem_or_the_fallback(fleet: Fleet) -> None:
                         "edge-1: loss 50 % by nftables random drops (delay 20ms not applied: "
                         "no netem)")
     assert CHAOS_TABLE not in _tables(fleet)
+
+
+def test_a_scenario_that_does_not_converge_names_the_nodes() -> None:
+    from testbed.chaos import _wait_converged
+
+    agents = [Agent(name=n, state_dir=Path("/nonexistent"), proc=cast(Any, _Running()),
+                    host=None, address="127.0.0.1") for n in ("edge-1", "edge-2")]
+    hosts = _Hosts(agents, {"edge-1": ("Ready", 3, 3), "edge-2": ("NotReady", 2, 3)})
+    with pytest.raises(TimeoutError) as exc:
+        _wait_converged(cast(Fleet, hosts), timeout=0.2)
+    assert str(exc.value) == ("fleet not converged after 0.2 s: edge-2 (NotReady, acked gen 2 "
+                              "of 3)")
