@@ -8,7 +8,7 @@ asyncio.TaskGroup of named tasks until cancelled:
     cloudcore.synchub.publisher[i] MQTT out: deltas and report acks
     cloudcore.synchub.retries     resend deltas whose ack is late
     cloudcore.synchub.liveness    NotReady after missed heartbeats
-    cloudcore.fleet.encoder       re-encodes changed objects for recently listed views
+    cloudcore.api.list-cache      re-encodes changed objects for recently listed views
     cloudcore.forecaster          batched forecast of every node, each forecast.interval
     cloudcore.auth.broker-files   rewrites the broker's password file after joins/deletes
     cloudcore.synchub.closer      closes a revoked node's session (--node-certs only)
@@ -44,6 +44,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from cloudcore.api import create_app
+from cloudcore.api.listcache import ListCache
 from cloudcore.auth import Auth
 from cloudcore.auth.broker import BrokerFiles, mosquitto_acl, service_identities
 from cloudcore.auth.pki import RENEW_BEFORE, FleetCA, api_hosts, not_after
@@ -57,7 +58,6 @@ from cloudcore.scheduler import Scheduler
 from cloudcore.store import Store
 from cloudcore.synchub import SyncHub
 from cloudcore.synchub.mqtt import Publisher, SessionCloser, Subscriber, client_tls
-from shared import topics
 
 log = logging.getLogger("cloudcore")
 
@@ -114,10 +114,10 @@ async def run(settings: Settings, *,
         scheduler = (Scheduler.right_sizing(safety=settings.forecast.placement_safety)
                      if settings.forecast.placement == "right-sizing" else Scheduler())
         fleet = Fleet(store=store, scheduler=scheduler, liveness=liveness,
-                      admission=Admission(settings.policy))
-        fleet.telemetry_points = settings.sync.telemetry_points
-        fleet.eviction.timeout = settings.sync.pod_eviction_timeout
-        fleet.events.capacity = settings.api.events
+                      admission=Admission(settings.policy),
+                      telemetry_points=settings.sync.telemetry_points,
+                      eviction_timeout=settings.sync.pod_eviction_timeout,
+                      events=settings.api.events)
         records = store.load()
         fleet.load(records)
         closer = _session_closer(settings, ca)
@@ -127,15 +127,14 @@ async def run(settings: Settings, *,
         log.info("loaded %d nodes, %d pods; store epoch %s", len(fleet.nodes), len(fleet.pods),
                  store.epoch)
         forecaster = open_forecaster(settings, fleet)
-        hub = SyncHub(fleet=fleet, store=store, settings=settings.sync, metrics=metrics,
+        hub = SyncHub(nodes=fleet, desired=fleet.desired_sets, store=store,
+                      settings=settings.sync, metrics=metrics,
                       keys=auth.node_key, insecure=settings.insecure)
         publishers = [Publisher(settings.mqtt, index=i, tls=mqtt_tls.get(f"pub{i}"))
                       for i in range(settings.mqtt.publishers)]
 
-        def send(topic: str, payload: bytes) -> None:
-            parsed = topics.parse(topic)
-            part = topics.partition_of(parsed[0]) if parsed else 0
-            publishers[part % len(publishers)].enqueue(topic, payload)
+        def send(partition: int, topic: str, payload: bytes) -> None:
+            publishers[partition % len(publishers)].enqueue(topic, payload)
 
         hub.attach(send, backlog=lambda: sum(p.backlog for p in publishers))
         connected = {"sub": False}
@@ -146,7 +145,8 @@ async def run(settings: Settings, *,
         subscriber = Subscriber(settings.mqtt, handler=hub.handle, on_connected=on_connected,
                                 tls=mqtt_tls.get("sub"))
         _register_gauges(metrics, fleet=fleet, store=store, publishers=publishers)
-        app = create_app(fleet, metrics=metrics, flush=store.flush,
+        lists = ListCache(fleet.objects)
+        app = create_app(fleet, cache=lists, metrics=metrics, flush=store.flush,
                          ready=lambda: connected["sub"], auth=auth, settings=settings.api,
                          auth_settings=settings.auth,
                          broker=settings.advertised_broker(), ca=ca,
@@ -164,7 +164,7 @@ async def run(settings: Settings, *,
                 tg.create_task(pub.run(), name=f"cloudcore.synchub.publisher[{i}]")
             tg.create_task(hub.run_retries(), name="cloudcore.synchub.retries")
             tg.create_task(hub.run_liveness(), name="cloudcore.synchub.liveness")
-            tg.create_task(fleet.keep_encoded(), name="cloudcore.fleet.encoder")
+            tg.create_task(lists.keep_encoded(), name="cloudcore.api.list-cache")
             tg.create_task(LoopLag(metrics).run(), name="cloudcore.metrics.loop-lag")
             if broker_files.enabled:
                 tg.create_task(broker_files.run(), name="cloudcore.auth.broker-files")

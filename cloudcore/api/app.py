@@ -39,6 +39,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from cloudcore.api.listcache import ListCache
 from cloudcore.api.selectors import parse_selector
 from cloudcore.auth import Auth, AuthError, Principal, Role
 from cloudcore.auth.errors import TooManyJoins
@@ -48,7 +49,7 @@ from cloudcore.auth.registry import public
 from cloudcore.config import ApiSettings, AuthSettings
 from cloudcore.errors import NotFound
 from cloudcore.fleet import Fleet, naming
-from cloudcore.fleet.controller import dump_object
+from cloudcore.fleet.objects import dump_object
 from cloudcore.metrics import Metrics
 from shared import seal
 from shared.codec import DOWN_LIMITS, Limits
@@ -258,15 +259,18 @@ def create_app(fleet: Fleet, *, metrics: Metrics,
                broker: tuple[str, int] | tuple[str, int, bool] = ("127.0.0.1", 1883),
                ca: FleetCA | None = None,
                wire: Limits = DOWN_LIMITS,
-               requests: Any = None) -> FastAPI:
+               requests: Any = None,
+               cache: ListCache | None = None) -> FastAPI:
     """The API over `fleet`. `flush` makes writes durable before a write returns;
     `auth` checks bearer tokens (default: an Auth with checks off, for embedding and
     tests; the service always passes its own); `broker` (host, port[, tls]) is what
     joining nodes are told; `ca` the fleet CA (`GET /api/v1/ca`, the join token pin,
     node certificates with `auth_settings.node_certs`); `wire` the cloud-to-edge
     limits objects must fit; `requests` (the sync hub's `Requests`) serves pod logs
-    and exec (else 503)."""
+    and exec (else 503); `cache` the list cache (the service runs its refresher; by
+    default one is made over the fleet's objects)."""
     api = settings or ApiSettings()
+    lists = cache if cache is not None else ListCache(fleet.objects)
     auth_cfg = auth_settings or AuthSettings()
     access = auth if auth is not None else Auth(store=fleet.store, enabled=False)
     broker_tls = bool(broker[2]) if len(broker) > 2 else False  # type: ignore[misc]
@@ -609,7 +613,7 @@ def create_app(fleet: Fleet, *, metrics: Metrics,
                         if obj is None or not want(key, obj):
                             continue
                         sent.add(key)
-                        chunk.append(_line("ADDED", fleet.encoded(kind, key)))
+                        chunk.append(_line("ADDED", lists.encoded(kind, key)))
                         if len(chunk) >= 500:
                             yield b"".join(chunk)
                             chunk = []
@@ -629,7 +633,7 @@ def create_app(fleet: Fleet, *, metrics: Metrics,
                         obj = fleet.lookup(kind, key)
                         if obj is not None and want(key, obj):
                             out.append(_line("MODIFIED" if key in sent else "ADDED",
-                                             fleet.encoded(kind, key)))
+                                             lists.encoded(kind, key)))
                             sent.add(key)
                         elif key in sent:
                             sent.discard(key)
@@ -687,7 +691,7 @@ def create_app(fleet: Fleet, *, metrics: Metrics,
             parts = [json.dumps(dump_object(table[k]), separators=(",", ":")).encode()
                      for k in keys]
         else:
-            parts = fleet.encoded_many(kind, keys, proj)
+            parts = lists.encoded_many(kind, keys, proj)
         token = encode_continue(more) if more is not None else None
         headers = {"X-Continue": token} if token else {}
         if NDJSON in request.headers.get("accept", ""):

@@ -33,13 +33,15 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
 
 from cloudcore.fleet import naming
+from cloudcore.fleet.desired import DesiredSets
+from cloudcore.fleet.events import EventLog
+from cloudcore.fleet.nodes import Nodes
+from cloudcore.fleet.objects import Objects
+from cloudcore.fleet.placement import Placement
+from cloudcore.scheduler import Scheduler
 from shared.models import Pod, Toleration
-
-if TYPE_CHECKING:
-    from cloudcore.fleet.controller import Fleet
 
 UNREACHABLE = "node.kubernetes.io/unreachable"
 NOT_READY = "node.kubernetes.io/not-ready"
@@ -67,11 +69,19 @@ def toleration_seconds(tolerations: Iterable[Toleration], default: float) -> flo
 
 
 class Eviction:
-    """NotReady clocks per node and the moves they trigger; owned by one `Fleet`."""
+    """NotReady clocks per node and the moves they trigger (through the public
+    methods of the objects, placement, desired sets and nodes)."""
 
-    def __init__(self, fleet: Fleet, *, timeout: float = 300.0, retry_s: float = 30.0,
+    def __init__(self, *, objects: Objects, placement: Placement, desired: DesiredSets,
+                 nodes: Nodes, scheduler: Scheduler, events: EventLog,
+                 timeout: float = 300.0, retry_s: float = 30.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self.fleet = fleet
+        self.objects = objects
+        self.placement = placement
+        self.desired = desired
+        self.nodes = nodes
+        self.scheduler = scheduler
+        self.events = events
         self.timeout = timeout
         """Default toleration of a NotReady node, seconds (`--pod-eviction-timeout`)."""
         self.retry_s = retry_s
@@ -93,24 +103,33 @@ class Eviction:
     def not_ready_since(self, node: str) -> float | None:
         return self._since.get(node)
 
+    def mark_lost(self) -> None:
+        """Pods of nodes NotReady for longer than the eviction timeout: NodeLost."""
+        now = self.clock()
+        for name, node in self.objects.nodes.items():
+            since = self._since.get(name)
+            if (node.status.ready != "NotReady" or since is None or self.nodes.lost(name)
+                    or now - since < self.timeout):
+                continue
+            self.nodes.mark_lost(name, now - since)
+
     def run(self) -> int:
         """Move every replica whose toleration ran out; returns how many moved.
 
         Costs only the NotReady nodes whose next deadline has come.
         """
-        fleet = self.fleet
         now = self.clock()
         moved = 0
         for name, since in list(self._since.items()):
             if self._next.get(name, since) > now:
                 continue
-            node = fleet.nodes.get(name)
+            node = self.objects.nodes.get(name)
             if node is None or node.status.ready != "NotReady":
                 self.observe(name, "Ready" if node is not None else "Gone")
                 continue
             next_at = math.inf
-            for key in sorted(fleet._on_node.get(name, ())):
-                pod = fleet.pods.get(key)
+            for key in sorted(self.placement.on_node(name)):
+                pod = self.objects.pods.get(key)
                 if pod is None or not _movable(pod, name):
                     continue
                 grace = toleration_seconds(pod.spec.tolerations, self.timeout)
@@ -125,25 +144,23 @@ class Eviction:
             self._next[name] = next_at
         if moved:
             self.evicted += moved
-            fleet._retry_pending()  # the moves may have freed room elsewhere
-            fleet._commit()
+            self.placement.retry_pending()  # the moves may have freed room elsewhere
+            self.desired.commit()
         return moved
 
     def _move(self, key: tuple[str, str], node: str, grace: float) -> bool:
-        fleet = self.fleet
-        pod = fleet.pods[key]
+        pod = self.objects.pods[key]
         ref = f"Pod/{key[0]}/{key[1]}"
         why = f"node {node} NotReady for more than {grace:g}s (the pod's toleration)"
-        decision = fleet.scheduler.schedule(
-            pod.spec, (fleet._view(n) for n in fleet.nodes if n != node))
+        decision = self.scheduler.schedule(
+            pod.spec, (self.placement.view(n) for n in self.objects.nodes if n != node))
         if decision.node is None:
-            fleet.events.add(type="Warning", reason="EvictionBlocked", obj=ref,
+            self.events.add(type="Warning", reason="EvictionBlocked", obj=ref,
                              message=f"{why}, but no other node fits ({decision.message}); "
                                      f"kept on {node}")
             return False
-        fleet._unbind(key)
-        fleet._bind(key, decision.node, decision.message)
-        fleet.events.add(type="Normal", reason="Evicted", obj=ref,
+        self.placement.move(key, decision.node, decision.message)
+        self.events.add(type="Normal", reason="Evicted", obj=ref,
                          message=f"{why}: moved to {decision.node}")
         return True
 

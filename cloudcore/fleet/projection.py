@@ -4,9 +4,9 @@
 live fleet each report changes a node's `status.lastSeen`, so without help the list
 after a quiet spell would encode all 100k nodes while the operator waits (about 0.45 s
 of the server's time). Views listed recently are re-encoded in the background as
-objects change (`Fleet.refresh_encoded`); the views named here are, in addition,
-encoded once at start and never dropped. Cost: one ~4 us encode per node report,
-about 1.5 % of a core for 100k nodes reporting every 30 s.
+objects change (`cloudcore.api.listcache.ListCache.refresh_encoded`); the views named
+here are, in addition, encoded once at start and never dropped. Cost: one ~4 us
+encode per node report, about 1.5 % of a core for 100k nodes reporting every 30 s.
 """
 
 from __future__ import annotations

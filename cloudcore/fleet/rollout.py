@@ -43,32 +43,36 @@ from __future__ import annotations
 
 import heapq
 import logging
-import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
 
 from cloudcore.fleet import naming
+from cloudcore.fleet.events import EventLog
+from cloudcore.fleet.objects import Objects
+from cloudcore.fleet.placement import Placement
+from cloudcore.fleet.plans import (
+    Plan,
+    RolloutPlans,
+    RolloutState,
+    Workload,
+    owner_of,
+    ready_at,
+    strategy_of,
+)
 from cloudcore.fleet.template import Template
+from cloudcore.fleet.workloads import Workloads
 from shared.models import (
     DaemonSet,
-    Deployment,
     DeploymentStatus,
     Pod,
-    PodTemplate,
     RolloutStatus,
-    UpdateStrategy,
     WorkloadStatus,
     resolve_count,
 )
 
-if TYPE_CHECKING:
-    from cloudcore.fleet.controller import Fleet
-
 log = logging.getLogger("cloudcore.fleet.rollout")
 
 Key = tuple[str, str]
-
 FAILURE_REASONS = frozenset({
     "CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull", "InvalidImageName",
     "CreateContainerError", "CreateContainerConfigError", "RunContainerError",
@@ -80,17 +84,6 @@ STATUS_PODS_PER_SECOND = 20_000.0
 """A workload's status is recomputed at most every pods / this seconds (and tick)."""
 MAX_MESSAGE = 400
 
-
-Workload = DaemonSet | Deployment
-
-
-def owner_of(obj: Workload) -> str:
-    return f"{obj.kind}/{obj.metadata.namespace}/{obj.metadata.name}"
-
-
-def strategy_of(obj: Workload) -> UpdateStrategy | None:
-    """A DaemonSet's `updateStrategy`, a Deployment's `strategy` (Kubernetes' names)."""
-    return obj.spec.update_strategy if isinstance(obj, DaemonSet) else obj.spec.strategy
 
 
 @dataclass
@@ -111,69 +104,6 @@ class _Scan:
     # says why they will not become so by themselves (ImagePullBackOff, ...).
     stuck: list[tuple[str, str]] = field(default_factory=list)
 
-
-@dataclass(frozen=True)
-class Plan:
-    """Which template a workload's pods get: the `update` (spec.template), or, while a
-    rollout is under way, `hold` (the stable template) for pods not yet in a batch,
-    and after a rollback (`rolled_back`) for the updated ones too."""
-
-    update: Template
-    hold: Template | None = None
-    rolled_back: bool = False
-
-    @property
-    def pair(self) -> tuple[Template, Template | None]:
-        return self.update, self.hold
-
-    def target_for(self, pod: Pod | None) -> Template | None:
-        """The template `pod` (None: not made yet) should be made from; None if it
-        already is."""
-        have = pod.metadata.annotations.get(naming.TEMPLATE_HASH) if pod is not None else None
-        target = self.update
-        if self.hold is not None and (have != self.update.thash or self.rolled_back):
-            target = self.hold
-        return None if have == target.thash else target
-
-
-@dataclass
-class _State:
-    stable: Template | None
-    aborted: str | None = None  # template hash of an update that was aborted
-    target: str | None = None  # template hash the per-rollout memory below is about
-    failed: dict[Key, str] = field(default_factory=dict)  # updated pods that failed: why
-    updated_at: dict[Key, float] = field(default_factory=dict)
-    reported_at: dict[Key, float] = field(default_factory=dict)  # its node's last report
-    ready_since: dict[Key, tuple[str, float]] = field(default_factory=dict)
-    status_at: float = float("-inf")
-    update: tuple[PodTemplate, Template] | None = None  # spec.template, prepared once
-
-    def restart(self, target: str | None) -> None:
-        """Forget the per-rollout memory: a new rollout (of `target`), or none."""
-        self.target = target
-        self.failed.clear()
-        self.updated_at.clear()
-
-    def note_ready(self, key: Key, revision: str | None, ready: bool, now: float) -> float:
-        """Track since when the pod is Ready at `revision`; returns that time (`now`
-        when it just became so), or +inf when it is not Ready."""
-        if revision is None or not ready:
-            self.ready_since.pop(key, None)
-            return float("inf")
-        seen, since = self.ready_since.get(key, (None, now))
-        if seen != revision:
-            since = now
-            self.ready_since[key] = (revision, now)
-        return since
-
-    def record(self) -> dict[str, Any]:
-        """What survives a restart: the stable template, an aborted update, and the
-        pods that failed in the rollout under way (so a restart never forgets them)."""
-        return {"stable": None if self.stable is None else self.stable.tpl.dump(),
-                "aborted": self.aborted, "target": self.target,
-                "failed": {f"{ns}/{name}": why for (ns, name), why in self.failed.items()}}
-
-
 def failure(pod: Pod, revision: str) -> str | None:
     """Why an updated pod counts as failed from its reported status, or None."""
     s = pod.status
@@ -188,107 +118,30 @@ def failure(pod: Pod, revision: str) -> str | None:
             return f"container {c.name}: {c.reason}" + (f": {c.message}" if c.message else "")
     return None
 
-
-def ready_at(pod: Pod, revision: str | None) -> bool:
-    """Running and Ready, and reported for `revision`."""
-    s = pod.status
-    return (s.revision is not None and s.revision == revision and s.phase == "Running"
-            and s.ready is not False
-            and all(c.ready for c in s.container_statuses))
-
-
 class Rollouts:
-    def __init__(self, fleet: Fleet, clock: Callable[[], float] = time.monotonic) -> None:
-        self.fleet = fleet
-        self.clock = clock
-        self._states: dict[str, _State] = {}
-        self._dirty: set[str] = set()
+    """The rollout tick over every workload: batches, health, abort and rollback,
+    completion, and the workloads' statuses. Uses the objects, the bind index and the
+    workloads controller only through their public methods."""
 
-    # -- state --------------------------------------------------------------------------
+    def __init__(self, *, plans: RolloutPlans, objects: Objects, placement: Placement,
+                 workloads: Workloads, events: EventLog) -> None:
+        self.plans = plans
+        self.objects = objects
+        self.placement = placement
+        self.workloads = workloads
+        self.events = events
 
-    def load(self, records: dict[str, dict[str, Any]]) -> None:
-        for owner, rec in records.items():
-            raw = rec.get("stable")
-            stable = Template(PodTemplate.model_validate(raw)) if raw else None
-            failed = {tuple(k.split("/", 1)): str(why)
-                      for k, why in (rec.get("failed") or {}).items() if "/" in k}
-            self._states[owner] = _State(stable=stable, aborted=rec.get("aborted"),
-                                         target=rec.get("target"),
-                                         failed=failed)  # type: ignore[arg-type]
-        self._dirty.update(self._states)
+    @property
+    def clock(self) -> Callable[[], float]:
+        """The monotonic clock of the rollouts (the plans' clock; tests set it)."""
+        return self.plans.clock
 
-    def _save(self, owner: str) -> None:
-        self.fleet.store.put("rollouts", owner, self._states[owner].record())
-
-    def applied(self, ds: Workload, old: Workload | None) -> None:
-        """A workload was created or changed (before its pods are synced): keep its
-        status, and decide what the stable template is."""
-        owner = owner_of(ds)
-        if old is not None and old.status is not None:
-            ds.status = old.status.model_copy(deep=True)
-        st = self._states.get(owner)
-        if st is None or st.stable is None:
-            base = old.spec.template if old is not None else ds.spec.template
-            st = self._states[owner] = _State(stable=Template(base))
-        if strategy_of(ds) is None:
-            st.stable = Template(ds.spec.template)  # every pod at once
-            st.aborted = None
-        st.status_at = float("-inf")  # a new spec: its status at once
-        self._save(owner)
-        self._dirty.add(owner)
-
-    def forget(self, owner: str) -> None:
-        if self._states.pop(owner, None) is not None:
-            self.fleet.store.delete("rollouts", owner)
-        self._dirty.discard(owner)
-
-    def touch(self, owner: str | None) -> None:
-        """Something about one of its pods changed: refresh its status next tick."""
-        if owner is not None and owner in self._states:
-            self._dirty.add(owner)
-
-    def stable(self, owner: str) -> Template | None:
-        st = self._states.get(owner)
-        return None if st is None else st.stable
-
-    def retry(self, ds: Workload) -> bool:
-        """Start an aborted rollout of the same template again; False if none was."""
-        st = self._states.get(owner_of(ds))
-        if st is None or st.aborted != self.plan(ds).update.thash:
-            return False
-        st.aborted = None
-        st.restart(None)
-        st.status_at = float("-inf")
-        self._save(owner_of(ds))
-        self._dirty.add(owner_of(ds))
-        return True
-
-    def pod_reported(self, key: Key, pod: Pod) -> None:
-        """Its node reported the pod's status: note when it became Ready at its
-        revision (minReadySeconds counts from here), and refresh the status."""
-        owner = pod.metadata.annotations.get(naming.OWNER)
-        st = self._states.get(owner) if owner is not None else None
-        if st is None:
-            return
-        self._dirty.add(owner)
-        now = self.clock()
-        st.reported_at[key] = now
-        rev = pod.metadata.annotations.get(naming.REVISION)
-        st.note_ready(key, rev, rev is not None and ready_at(pod, rev), now)
+    @clock.setter
+    def clock(self, value: Callable[[], float]) -> None:
+        self.plans.clock = value
 
     def plan(self, ds: Workload) -> Plan:
-        """Which template the workload's pods get (`Plan.target_for`)."""
-        st = self._states.get(owner_of(ds))
-        if st is None:
-            return Plan(Template(ds.spec.template))
-        if st.update is None or st.update[0] is not ds.spec.template:
-            st.update = (ds.spec.template, Template(ds.spec.template))  # hashed once
-        update = st.update[1]
-        strategy = strategy_of(ds)
-        if st.stable is None or strategy is None or st.stable.thash == update.thash:
-            return Plan(update)
-        return Plan(update, st.stable,
-                    rolled_back=st.aborted == update.thash and strategy.auto_rollback)
+        return self.plans.plan(ds)
 
     # -- the tick -----------------------------------------------------------------------
 
@@ -302,20 +155,20 @@ class Rollouts:
         Aborted or Complete costs nothing until one of its pods or nodes changes."""
         now = self.clock()
         changed = False
-        workloads: list[tuple[Key, Workload]] = [*self.fleet.daemonsets.items(),
-                                                 *self.fleet.deployments.items()]
+        workloads: list[tuple[Key, Workload]] = [*self.objects.daemonsets.items(),
+                                                 *self.objects.deployments.items()]
         for key, ds in workloads:
             owner = owner_of(ds)
-            st = self._states.get(owner)
+            st = self.plans.state(owner)
             if st is None:
                 continue
             update, hold = self.plan(ds).pair
             moving = hold is not None and st.aborted != update.thash
-            keys = self.fleet.owned_set(owner)
+            keys = self.workloads.owned_set(owner)
             every = len(keys) / STATUS_PODS_PER_SECOND  # ticks are >= 1 s apart anyway
-            if now - st.status_at < every or not (moving or owner in self._dirty):
+            if now - st.status_at < every or not (moving or owner in self.plans.dirty):
                 continue
-            self._dirty.discard(owner)
+            self.plans.dirty.discard(owner)
             st.status_at = now
             if hold is None and st.target is not None:
                 st.restart(None)  # no rollout under way: forget the last one's pods
@@ -323,18 +176,18 @@ class Rollouts:
                 st.restart(update.thash)
             scan = self._scan(ds, st, update, keys, now, moving=moving)
             if scan.new_failures:
-                self._save(owner)
+                self.plans.save(owner)
             if moving:
                 changed |= self._advance(ds, owner, st, update, scan)
                 update, hold = self.plan(ds).pair  # it may have completed
             self._status(key, ds, st, update=update, hold=hold, scan=scan)
         return changed
 
-    def _scan(self, ds: Workload, st: _State, update: Template, keys: Collection[Key],
+    def _scan(self, ds: Workload, st: RolloutState, update: Template, keys: Collection[Key],
               now: float, *, moving: bool) -> _Scan:
         """One pass over the workload's pods: the status counts and, with `moving`,
         what the rollout needs (candidates, pods in progress, healthy, new failures)."""
-        pods, nodes, bound = self.fleet.pods, self.fleet.nodes, self.fleet.bound
+        pods, nodes, bound = self.objects.pods, self.objects.nodes, self.placement.bound
         min_ready = ds.spec.min_ready_seconds
         deadline = float(ds.spec.progress_deadline_seconds)
         sc = _Scan()
@@ -396,7 +249,7 @@ class Rollouts:
                     del memo[gone]
         return sc
 
-    def _advance(self, ds: Workload, owner: str, st: _State, update: Template,
+    def _advance(self, ds: Workload, owner: str, st: RolloutState, update: Template,
                  sc: _Scan) -> bool:
         """The rollout's next step from the scan: abort, complete, or the next batch."""
         strategy = strategy_of(ds)
@@ -421,14 +274,14 @@ class Rollouts:
                  update.revision)
         return True
 
-    def _update(self, ds: Workload, owner: str, st: _State, update: Template, *,
+    def _update(self, ds: Workload, owner: str, st: RolloutState, update: Template, *,
                 sc: _Scan, batch: list[Key]) -> bool:
         """Give `batch` the update; True if there was any."""
-        pods, ns, now = self.fleet.pods, ds.metadata.namespace, self.clock()
+        pods, ns, now = self.objects.pods, ds.metadata.namespace, self.clock()
         for k in batch:
             old = pods[k]
             node = old.spec.node_name if isinstance(ds, DaemonSet) else None
-            self.fleet.put_pod(k, update.pod(ns=ns, name=k[1], owner=owner, node=node),
+            self.workloads.put_pod(k, update.pod(ns=ns, name=k[1], owner=owner, node=node),
                                old, revision=update.revision)
             st.updated_at[k] = now
             was = st.ready_since.pop(k, None)  # Ready at the old revision, not the new one
@@ -438,38 +291,38 @@ class Rollouts:
         sc.updated += len(batch)
         return bool(batch)
 
-    def _abort(self, ds: Workload, owner: str, st: _State, update: Template,
+    def _abort(self, ds: Workload, owner: str, st: RolloutState, update: Template,
                threshold: int) -> bool:
         st.aborted = update.thash
-        self._save(owner)
+        self.plans.save(owner)
         worst = "; ".join(f"{k[1]}: {why}" for k, why in sorted(st.failed.items())[:3])
         more = f" (and {len(st.failed) - 3} more)" if len(st.failed) > 3 else ""
         strategy = strategy_of(ds)
         back = strategy is not None and strategy.auto_rollback
         what = (f"rolling back every node to revision {st.stable.revision}"
                 if back and st.stable is not None else "updated pods left as they are")
-        self.fleet.events.add(
+        self.events.add(
             type="Warning", reason="RolloutAborted", obj=owner,
             message=(f"revision {update.revision}: {len(st.failed)} updated pod(s) failed "
                      f"(threshold {threshold}): {worst}{more}; {what}")[:1000])
         log.warning("rollout of %s aborted: %d failed pods; %s", owner, len(st.failed), what)
         if back:
-            self.fleet.sync_workload(ds)
+            self.workloads.sync(ds)
             return True
         return False
 
-    def _complete(self, ds: Workload, owner: str, st: _State, update: Template) -> bool:
+    def _complete(self, ds: Workload, owner: str, st: RolloutState, update: Template) -> bool:
         st.stable = update
         st.aborted = None
-        self._save(owner)
-        self.fleet.events.add(type="Normal", reason="RolloutComplete", obj=owner,
+        self.plans.save(owner)
+        self.events.add(type="Normal", reason="RolloutComplete", obj=owner,
                               message=f"revision {update.revision} runs on every Ready node")
-        self.fleet.sync_workload(ds)  # the pods of nodes that were not Ready get it too
+        self.workloads.sync(ds)  # the pods of nodes that were not Ready get it too
         return True
 
     # -- status -------------------------------------------------------------------------
 
-    def _status(self, key: Key, ds: Workload, st: _State, *, update: Template,
+    def _status(self, key: Key, ds: Workload, st: RolloutState, *, update: Template,
                 hold: Template | None, scan: _Scan) -> None:
         """The workload's status from this tick's scan (a batch, a rollback or the
         completion made in the same tick shows in the counts on the next one)."""
@@ -520,4 +373,4 @@ class Rollouts:
                 update_revision=update.revision, rollout=rollout)
         if status != ds.status:
             ds.status = status  # type: ignore[assignment]
-            self.fleet.save_workload(ds.kind, key)
+            self.objects.save(ds.kind, key)

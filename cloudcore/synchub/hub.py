@@ -13,7 +13,7 @@ with its k_down, and Secret values in a node's delta are encrypted for that node
 the delta is built, so the in-memory desired set stays clear and one set serves every
 send. A node without a key (never joined, or revoked) is dropped as `unknown_node`
 and never registered, unless the hub runs `insecure`. A node's report cannot set
-protected labels on itself (`Fleet.node_status`). An edge claiming a gen above ours
+protected labels on itself (`cloudcore.fleet.nodes.Nodes.status`). An edge claiming a gen above ours
 in our epoch (a forged message once accepted, a restored backup) gets its set under
 a new epoch as a snapshot (`DesiredDrift`). An entry that does not fit the wire
 limits is never sent: the rest of the node's delta goes, the pod is told why.
@@ -43,13 +43,13 @@ from typing import Any
 
 import msgpack
 
-from cloudcore.backoff import Backoff
 from cloudcore.config import SyncSettings
-from cloudcore.fleet import Fleet
 from cloudcore.metrics import Metrics
 from cloudcore.store import Store
+from cloudcore.synchub.ports import DesiredSource, NodeSink, Send
 from cloudcore.synchub.requests import Requests
 from shared import seal, topics
+from shared.backoff import Backoff
 from shared.codec import (
     DOWN_LIMITS,
     UP_LIMITS,
@@ -77,7 +77,6 @@ from shared.errors import (
 
 log = logging.getLogger("cloudcore.synchub")
 
-Send = Callable[[str, bytes], None]
 KeyLookup = Callable[[str], bytes | None]
 """node name -> its 32-byte node key, or None if it has none (not joined, revoked)."""
 
@@ -109,10 +108,13 @@ class _Link:
 class SyncHub:
     """Handles every message from the edges and sends them desired deltas and acks."""
 
-    def __init__(self, *, fleet: Fleet, store: Store, settings: SyncSettings,
-                 metrics: Metrics, clock: Callable[[], float] = time.monotonic,
+    def __init__(self, *, nodes: NodeSink, desired: DesiredSource, store: Store,
+                 settings: SyncSettings, metrics: Metrics,
+                 clock: Callable[[], float] = time.monotonic,
                  keys: KeyLookup | None = None, insecure: bool = False) -> None:
-        """`keys(node)` gives a node's key (cloudcore passes `Auth.node_key`). Without
+        """`nodes` gets what the edges report (the fleet), `desired` gives what they
+        should run (the fleet's desired sets); the hub subscribes to its changes.
+        `keys(node)` gives a node's key (cloudcore passes `Auth.node_key`). Without
         a lookup the hub can authenticate nothing and runs insecure (a warning says
         so); `insecure` also accepts unsealed messages from nodes without a key."""
         if keys is None and not insecure:
@@ -123,7 +125,8 @@ class SyncHub:
         self.insecure = insecure
         self._node_keys: dict[str, tuple[bytes, seal.NodeKeys]] = {}
         self._undeliverable: dict[tuple[str, str], tuple[int, str]] = {}
-        self.fleet = fleet
+        self.nodes = nodes
+        self.desired = desired
         self.store = store
         self.settings = settings
         self.metrics = metrics
@@ -149,11 +152,11 @@ class SyncHub:
         metrics.describe(LABELS_REFUSED, "Protected labels a node tried to set on itself.")
         metrics.describe(UNSENT, "Messages not sent to a node, by reason (no_key: the "
                                  "node has no key, e.g. revoked).")
-        fleet.listener = self.desired_changed
+        desired.add_listener(self.desired_changed)
         self.requests = Requests(emit=self._emit)  # logs/exec: docs/proposals/0001
 
     def attach(self, send: Send, *, backlog: Callable[[], int] | None = None) -> None:
-        """Set the transport: send(topic, payload) must not block.
+        """Set the transport: send(partition, topic, payload) must not block.
 
         `backlog()` tells how many messages are still queued for the broker; while
         it is not zero an ack is not late yet (the delta may not even have left), so
@@ -214,7 +217,7 @@ class SyncHub:
             else:
                 self._drop(node, "unexpected_type", f"{msg.t} on the will topic")
             return
-        if node in self.fleet.deleted_nodes and node not in self.fleet.nodes:
+        if self.nodes.is_deleted(node):
             # deleted through the API while its session lives on: not re-registered
             self._drop(node, "deleted_node", "the node was deleted; it must join again")
             return
@@ -235,15 +238,15 @@ class SyncHub:
         link = self._link(node)
         link.epoch, link.epoch_known = msg.epoch, True
         link.inflight = -1  # hold sends triggered by registering: the reply below covers them
-        self.fleet.register_node(node)
-        self.fleet.heard(node, self.clock())
-        nd = self.fleet.desired_for(node)
-        last = self.fleet.report_seq.get(node, 0)
+        self.nodes.register_node(node)
+        self.nodes.heard(node, self.clock())
+        nd = self.desired.desired_for(node)
+        last = self.desired.report_seq(node)
         if msg.seq < last:
             # Seqs only grow on a healthy edge: a smaller one means its state was
             # wiped, so forget what we processed or its new reports would be ignored.
             log.warning("node %s restarted its report stream (seq %d < %d)", node, msg.seq, last)
-            self.fleet.set_report_seq(node, 0)
+            self.desired.set_report_seq(node, 0)
         if nd.drifted(msg.epoch, msg.gen):
             nd = self._drift(node, msg.epoch, f"it reported gen {msg.gen} above the "
                                               f"cloud's {nd.gen} in epoch {msg.epoch}")
@@ -251,22 +254,22 @@ class SyncHub:
             nd = self._drift(node, msg.epoch, f"it refused a snapshot under epoch "
                                               f"{nd.epoch}, which it had left")
         if msg.epoch == nd.epoch:
-            self.fleet.record_ack(node, msg.epoch, msg.gen)
+            self.desired.record_ack(node, msg.epoch, msg.gen)
         link.inflight = None
         link.attempts = 0
         if msg.epoch != nd.epoch or msg.gen != nd.gen:
             self._send_delta(node, base=msg.gen)
 
     def _on_ack(self, node: str, msg: Ack) -> None:
-        if node not in self.fleet.nodes:
+        if not self.nodes.known(node):
             return
-        self.fleet.heard(node, self.clock())
-        nd = self.fleet.desired_for(node)
+        self.nodes.heard(node, self.clock())
+        nd = self.desired.desired_for(node)
         if nd.drifted(msg.epoch, msg.gen):
             self._drift(node, msg.epoch, f"it acked gen {msg.gen} above the cloud's {nd.gen}")
             self._send_delta(node, base=0)
             return
-        self.fleet.record_ack(node, msg.epoch, msg.gen)
+        self.desired.record_ack(node, msg.epoch, msg.gen)
         link = self._link(node)
         if msg.epoch == nd.epoch:
             link.epoch, link.epoch_known = nd.epoch, True
@@ -276,44 +279,44 @@ class SyncHub:
         self._maybe_send(node)
 
     def _on_report(self, node: str, msg: Report) -> None:
-        self.fleet.register_node(node)
-        last = self.fleet.report_seq.get(node, 0)
+        self.nodes.register_node(node)
+        last = self.desired.report_seq(node)
         if msg.seq <= last:
-            self.fleet.heard(node, self.clock())
+            self.nodes.heard(node, self.clock())
             self.metrics.inc("cloudcore_reports_duplicate_total")
             # An agent that cannot persist a new report (full disk) beats with an acked
             # seq: proof of life for a NotReady node. Not for an Unknown one: after a
             # restart a duplicate may be the broker redelivering from before it.
-            if self.fleet.nodes[node].status.ready == "NotReady":
-                self.fleet.mark_ready(node)
+            if self.nodes.readiness(node) == "NotReady":
+                self.nodes.mark_ready(node)
             self._lazy.pop(node, None)
             self._ack_report(node, last)
             return
         if msg.node_status:
-            refused = self.fleet.node_status(node, msg.node_status)
+            refused = self.nodes.node_status(node, msg.node_status)
             if refused:
                 self.metrics.inc(LABELS_REFUSED, refused)
                 self._drop_log(node, "labels_refused", f"{refused} protected label(s) "
                                                        "it reported for itself ignored")
         if msg.pods:
-            ignored = self.fleet.pod_statuses(node, msg.pods)
+            ignored = self.nodes.pod_statuses(node, msg.pods)
             if ignored:
                 self.metrics.inc("cloudcore_pod_statuses_ignored_total", ignored)
         if msg.telemetry:
-            self.fleet.add_telemetry(node, msg.telemetry)
-        nd = self.fleet.desired_for(node)
+            self.nodes.add_telemetry(node, msg.telemetry)
+        nd = self.desired.desired_for(node)
         drifted = nd.drifted(msg.epoch, msg.gen)
         if drifted:
             nd = self._drift(node, msg.epoch,
                              f"it reported gen {msg.gen} above the cloud's {nd.gen}")
         elif msg.epoch == nd.epoch and msg.gen:
-            self.fleet.record_ack(node, msg.epoch, msg.gen)
+            self.desired.record_ack(node, msg.epoch, msg.gen)
             link = self._link(node)
             if link.inflight is not None and nd.acked >= link.inflight:
                 link.inflight = None
-        self.fleet.heard(node, self.clock())  # after node_status: it may set the heartbeat
-        self.fleet.mark_ready(node)
-        self.fleet.set_report_seq(node, msg.seq)
+        self.nodes.heard(node, self.clock())  # after node_status: it may set the heartbeat
+        self.nodes.mark_ready(node)
+        self.desired.set_report_seq(node, msg.seq)
         if msg.telemetry and not msg.pods and (not msg.node_status
                                                or set(msg.node_status) == {"usage"}):
             self._ack_later(node, msg.seq, within=LAZY_RACK_S)
@@ -329,7 +332,7 @@ class SyncHub:
         """The edge (in `edge_epoch`) holds a gen we never made: a new epoch for the
         node, counted; the caller sends the snapshot."""
         self.metrics.inc(DRIFT)
-        nd = self.fleet.restart_epoch(node, new_epoch(), why=why)
+        nd = self.desired.restart_epoch(node, new_epoch(), why=why)
         link = self._link(node)
         link.epoch, link.epoch_known = edge_epoch, True
         link.inflight = None
@@ -337,10 +340,10 @@ class SyncHub:
         return nd
 
     def _on_will(self, node: str) -> None:
-        if node not in self.fleet.nodes:
+        if not self.nodes.known(node):
             return
         self.metrics.inc(IN, type="will")
-        self.fleet.mark_not_ready(node, reason="NodeLinkLost",
+        self.nodes.mark_not_ready(node, reason="NodeLinkLost",
                                   message="the agent's MQTT session ended (last will)")
         link = self._links.get(node)
         if link is not None:
@@ -394,19 +397,18 @@ class SyncHub:
             self._maybe_send(node)
 
     def _maybe_send(self, node: str) -> None:
-        nd = self.fleet.desired.get(node)
+        nd = self.desired.get(node)
         if nd is None or nd.gen <= nd.acked:
             return
         link = self._link(node)
         if link.inflight is not None:
             return  # sent after the ack, or by the retry timer: changes collapse
-        status = self.fleet.nodes.get(node)
-        if status is not None and status.status.ready == "NotReady":
+        if self.nodes.readiness(node) == "NotReady":
             return  # the agent resyncs when it comes back
         self._send_delta(node, base=nd.acked)
 
     def _send_delta(self, node: str, *, base: int) -> None:
-        nd = self.fleet.desired_for(node)
+        nd = self.desired.desired_for(node)
         link = self._link(node)
         epoch = link.epoch if link.epoch_known else nd.epoch
         self._emit(node, self._for_wire(node, nd.delta(base, epoch)))
@@ -441,10 +443,8 @@ class SyncHub:
             link = self._links.get(node)
             if link is None or link.inflight is None or link.retry_at != when:
                 continue
-            nd = self.fleet.desired.get(node)
-            node_obj = self.fleet.nodes.get(node)
-            if nd is None or nd.acked >= nd.gen or (
-                    node_obj is not None and node_obj.status.ready == "NotReady"):
+            nd = self.desired.get(node)
+            if nd is None or nd.acked >= nd.gen or self.nodes.readiness(node) == "NotReady":
                 link.inflight = None
                 continue
             link.attempts += 1
@@ -470,7 +470,7 @@ class SyncHub:
     async def run_liveness(self) -> None:
         """Work until cancelled: NotReady after missed heartbeats."""
         while True:
-            for node in self.fleet.expire(self.clock()):
+            for node in self.nodes.expire(self.clock()):
                 link = self._links.get(node)
                 if link is not None:
                     link.inflight = None
@@ -535,7 +535,7 @@ class SyncHub:
 
     def _undeliverable_entry(self, node: str, key: str, reason: str) -> None:
         self.metrics.inc(UNDELIVERABLE)
-        nd = self.fleet.desired.get(node)
+        nd = self.desired.get(node)
         kgen = nd.items[key][1] if nd is not None and key in nd.items else -1
         if self._undeliverable.get((node, key)) == (kgen, reason):
             return  # told once per change of the entry
@@ -543,7 +543,7 @@ class SyncHub:
         if len(self._undeliverable) > 100_000:
             self._undeliverable.clear()
         log.warning("not sending %s to node %s: %s", key, node, reason)
-        self.fleet.undeliverable(node, key, reason)
+        self.nodes.undeliverable(node, key, reason)
 
     def _emit(self, node: str, msg: Desired | ReportAck | Request) -> None:
         if self._send is None:
@@ -557,7 +557,7 @@ class SyncHub:
         elif not self.insecure:
             self.metrics.inc(UNSENT, reason="no_key")
             return
-        self._send(topic, payload)
+        self._send(topics.partition_of(node), topic, payload)
         self.metrics.inc(OUT, type=msg.t)
 
     def _drop(self, node: str, reason: str, detail: str) -> None:

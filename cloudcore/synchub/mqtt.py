@@ -24,10 +24,10 @@ from typing import Any
 
 import aiomqtt
 
-from cloudcore.backoff import Backoff
 from cloudcore.config import MqttSettings
 from cloudcore.errors import BrokerUnavailable
 from shared import topics
+from shared.backoff import Backoff
 
 log = logging.getLogger("cloudcore.synchub.mqtt")
 

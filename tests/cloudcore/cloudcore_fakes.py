@@ -29,8 +29,8 @@ class FakeStore:
         self.data.pop((db, key), None)
 
 
-def make_fleet(store: Any = None) -> Fleet:
-    return Fleet(store=store or FakeStore(), scheduler=Scheduler(),
+def make_fleet(store: Any = None, *, scheduler: Scheduler | None = None) -> Fleet:
+    return Fleet(store=store or FakeStore(), scheduler=scheduler or Scheduler(),
                  liveness=Liveness(default_heartbeat=30, missed=3, now=0.0))
 
 

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from cloudcore_fakes import GI, FakeStore, add_node, daemonset, deployment, make_fleet
 
+from cloudcore.api.listcache import ListCache
 from cloudcore.errors import NotFound
 from cloudcore.fleet.naming import OWNER, child_name
 from shared.delta import EdgeDesired
@@ -23,7 +24,7 @@ def apply(fleet: Any, *docs: dict[str, Any]) -> list[str]:
 def test_daemonset_on_three_nodes_update_and_delete() -> None:
     fleet = make_fleet()
     changed: list[set[str]] = []
-    fleet.listener = changed.append
+    fleet.desired_sets.add_listener(changed.append)
     for n in ("n1", "n2", "n3"):
         add_node(fleet, n)
     assert apply(fleet, daemonset()) == ["created"]
@@ -197,11 +198,12 @@ def test_an_updated_pod_says_which_revision_it_should_run() -> None:
     assert not pod_up_to_date(fleet.get("Pod", "default", "agent-n1"))
     # `fedctl get pods` asks for its table fields only; they carry what it needs to say so
     fields = tuple(sorted(set(TABLE_FIELDS["Pod"])))
-    row = json.loads(fleet.encoded("Pod", key, fields))
+    lists = ListCache(fleet.objects)
+    row = json.loads(lists.encoded("Pod", key, fields))
     assert _pod_reason(row) == "Updating" and not pod_up_to_date(row)
     fleet.pod_statuses("n1", {pod_key(*key): {"phase": "Running", "revision": rev2}})
     assert pod_up_to_date(fleet.get("Pod", "default", "agent-n1"))
-    row = json.loads(fleet.encoded("Pod", key, fields))
+    row = json.loads(lists.encoded("Pod", key, fields))
     assert _pod_reason(row) == "-" and pod_up_to_date(row)
 
     # a user's own value of the annotation is not taken

@@ -38,7 +38,7 @@ def apply(fleet: Fleet, *docs: dict[str, Any]) -> None:
 
 
 def where(fleet: Fleet, name: str) -> str | None:
-    return fleet._bound.get(("default", name))
+    return fleet.bound.get(("default", name))
 
 
 def cut(fleet: Fleet, node: str) -> None:
@@ -53,7 +53,7 @@ def with_tolerations(doc: dict[str, Any], tols: list[dict[str, Any]]) -> dict[st
 def test_replicas_move_only_after_the_default_toleration() -> None:
     fleet, clock = fleet_with()
     apply(fleet, deployment(replicas=2), daemonset())
-    on_n1 = sorted(k[1] for k in fleet._on_node["n1"] if k[1].startswith("web-"))
+    on_n1 = sorted(k[1] for k in fleet.placement.on_node("n1") if k[1].startswith("web-"))
     assert on_n1, "the scheduler put no replica on n1"
     gen1 = fleet.desired["n1"].gen
     cut(fleet, "n1")
@@ -79,17 +79,17 @@ def test_the_liveness_tick_drives_eviction() -> None:
     fleet, clock = fleet_with()
     fleet.eviction.timeout = 10
     apply(fleet, deployment(replicas=2))
-    moved = list(fleet._on_node["n1"])
+    moved = list(fleet.placement.on_node("n1"))
     cut(fleet, "n1")
     clock.t += 11
     fleet.expire(0.0)  # the hub calls this every liveness interval
-    assert moved and all(fleet._bound[k] == "n2" for k in moved)
+    assert moved and all(fleet.bound[k] == "n2" for k in moved)
 
 
 def test_node_back_in_time_keeps_its_pods() -> None:
     fleet, clock = fleet_with()
     apply(fleet, deployment(replicas=2))
-    before = dict(fleet._bound)
+    before = dict(fleet.bound)
     cut(fleet, "n1")
     clock.t += 200
     fleet.mark_ready("n1")
@@ -98,7 +98,7 @@ def test_node_back_in_time_keeps_its_pods() -> None:
     cut(fleet, "n1")  # a new outage starts a new clock
     clock.t += 299
     assert fleet.eviction.run() == 0
-    assert fleet._bound == before
+    assert fleet.bound == before
 
 
 def test_pod_tolerations_override_the_default() -> None:

@@ -17,11 +17,11 @@ def make_hub(backlog: list[int]) -> tuple[SyncHub, list[Desired], list[float]]:
     now = [0.0]
     settings = SyncSettings()
     settings.ack_timeout = 1.0
-    hub = SyncHub(fleet=fleet, store=FakeStore(), settings=settings, metrics=Metrics(),
-                  clock=lambda: now[0])
+    hub = SyncHub(nodes=fleet, desired=fleet.desired_sets, store=FakeStore(),  # type: ignore[arg-type]
+                  settings=settings, metrics=Metrics(), clock=lambda: now[0])
     sent: list[Desired] = []
 
-    def send(topic: str, payload: bytes) -> None:
+    def send(partition: int, topic: str, payload: bytes) -> None:
         msg = decode(payload)
         if isinstance(msg, Desired):
             sent.append(msg)
@@ -59,9 +59,9 @@ def test_ack_deadline_grows_with_the_number_in_flight() -> None:
     fleet = make_fleet()
     settings = SyncSettings()
     settings.ack_timeout = 1.0
-    hub = SyncHub(fleet=fleet, store=FakeStore(), settings=settings, metrics=Metrics(),
-                  clock=lambda: 0.0)
-    hub.attach(lambda topic, payload: None)
+    hub = SyncHub(nodes=fleet, desired=fleet.desired_sets, store=FakeStore(),  # type: ignore[arg-type]
+                  settings=settings, metrics=Metrics(), clock=lambda: 0.0)
+    hub.attach(lambda partition, topic, payload: None)
     for i in range(50):
         add_node(fleet, f"n{i}")
     fleet.apply([parse_object(daemonset())])

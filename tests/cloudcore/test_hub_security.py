@@ -50,11 +50,12 @@ class World:
         self.keys = dict(KEYS if keys is None else keys)
         self.fleet = make_fleet(Store())
         self.metrics = Metrics()
-        self.hub = SyncHub(fleet=self.fleet, store=Store(), settings=SyncSettings(),  # type: ignore[arg-type]
+        self.hub = SyncHub(nodes=self.fleet, desired=self.fleet.desired_sets,
+                           store=Store(), settings=SyncSettings(),  # type: ignore[arg-type]
                            metrics=self.metrics, clock=lambda: 0.0, keys=self.keys.get,
                            insecure=insecure)
         self.wire: list[tuple[str, bytes]] = []
-        self.hub.attach(lambda t, p: self.wire.append((t, p)))
+        self.hub.attach(lambda part, t, p: self.wire.append((t, p)))
 
     def k(self, node: str) -> seal.NodeKeys:
         return seal.NodeKeys.derive(self.keys[node])

@@ -48,7 +48,7 @@ def keys(fleet: Fleet, node: str) -> set[str]:
 def fleet3() -> tuple[Fleet, list[set[str]]]:
     fleet = make_fleet()
     changed: list[set[str]] = []
-    fleet.listener = changed.append
+    fleet.desired_sets.add_listener(changed.append)
     for n in ("n1", "n2", "n3"):
         add_node(fleet, n)
     return fleet, changed

@@ -60,7 +60,7 @@ async def test_label_cordon_drain_and_events(tmp_path: Path) -> None:
         r = await api.client.post("/api/v1/apply", json={"documents": [
             daemonset(), deployment(replicas=4)]})
         assert r.status_code == 200
-        on_a = {k[1] for k, v in api.fleet._bound.items() if v == "a"}
+        on_a = {k[1] for k, v in api.fleet.bound.items() if v == "a"}
         assert "agent-a" in on_a and any(p.startswith("web-") for p in on_a)
 
         r = await api.client.patch("/api/v1/nodes/a", json={
@@ -79,7 +79,7 @@ async def test_label_cordon_drain_and_events(tmp_path: Path) -> None:
         moved = {e["pod"]: e["node"] for e in result["evicted"]}
         assert moved and set(moved.values()) == {"b"}
         assert result["kept"] == [{"pod": "default/agent-a", "reason": "DaemonSet pod"}]
-        assert {k[1] for k, v in api.fleet._bound.items() if v == "a"} == {"agent-a"}
+        assert {k[1] for k, v in api.fleet.bound.items() if v == "a"} == {"agent-a"}
 
         r = await api.client.patch("/api/v1/nodes/a", json={"spec": {"unschedulable": False}})
         assert r.json()["spec"]["unschedulable"] is False

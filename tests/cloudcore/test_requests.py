@@ -54,14 +54,15 @@ async def setup(tmp_path: Path) -> AsyncIterator[Setup]:
         writer = asyncio.create_task(store.run(), name="test.writer")
         fleet = Fleet(store=store, scheduler=Scheduler(),
                       liveness=Liveness(default_heartbeat=30, missed=3, now=0))
-        hub = SyncHub(fleet=fleet, store=store, settings=SyncSettings(), metrics=Metrics())
+        hub = SyncHub(nodes=fleet, desired=fleet.desired_sets, store=store,
+                      settings=SyncSettings(), metrics=Metrics())
         app = create_app(fleet, metrics=Metrics(), flush=store.flush, requests=hub.requests)
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
             s = Setup(client, fleet, hub)
             loop = asyncio.get_running_loop()
 
-            def send(topic: str, payload: bytes) -> None:
+            def send(partition: int, topic: str, payload: bytes) -> None:
                 msg = decode(payload)
                 if not isinstance(msg, Request):
                     return

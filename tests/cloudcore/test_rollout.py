@@ -232,7 +232,7 @@ def test_paused_stops_new_batches_and_a_new_node_gets_the_stable_template() -> N
     assert w.updated(r2) == set()
     assert w.status().rollout.phase == "Paused"
     add_node(w.fleet, "n99")
-    w.fleet._commit()
+    w.fleet.commit()
     assert w.revision_of("n99") == r1  # joins during the rollout: the stable template
     w.apply(staged(["v2"], batch=1))  # resume
     assert len(w.updated(r2)) == 1

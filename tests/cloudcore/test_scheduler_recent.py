@@ -140,9 +140,8 @@ def _telemetry(cpu: float, minutes: int = 60) -> list[dict[str, Any]]:
 
 
 def test_fleet_burst_with_real_forecaster_and_origins() -> None:
-    fleet: Fleet = make_fleet()
     now = [T0 + 60 * 60 + 10.0]  # just after the 60th minute was reported
-    fleet.scheduler = Scheduler(clock=lambda: now[0])
+    fleet: Fleet = make_fleet(scheduler=Scheduler(clock=lambda: now[0]))
     runner = ForecastRunner(default_model_path(), capacity_nodes=8,
                             apply=fleet.apply_forecasts, known=lambda: fleet.nodes,
                             origins=fleet.scheduler.forecast_made)

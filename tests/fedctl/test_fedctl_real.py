@@ -135,7 +135,7 @@ def test_label_cordon_drain_events_delete(cloud: Cloud) -> None:
     r = fed(cloud, "drain", "a")
     assert r.exit_code == 0, r.output
     assert "node/a drained" in r.stdout
-    assert all(v == "b" for v in cloud.fleet._bound.values())
+    assert all(v == "b" for v in cloud.fleet.bound.values())
 
     r = fed(cloud, "events", "node/a")
     assert "Cordoned" in r.stdout and "Drained" in r.stdout

@@ -1,0 +1,236 @@
+"""Per-node desired sets: what each node should run, by generation, and its acks.
+
+`DesiredSets` owns one `NodeDesired` per node (`shared.delta`), level-triggered like a
+Kubernetes controller: a change marks the nodes whose set may differ (the nodes whose
+bound pods changed come from `Placement.take_changed`; pods changed in place,
+configs and deleted nodes are marked here) and `commit()` recomputes exactly those
+sets with `NodeDesired.replace`, so one API call that touches 1,000 nodes bumps each
+node's gen once. Listeners (the sync hub, through `DesiredSource`) are told which
+nodes changed.
+
+It also owns the cached desired-set value of every pod and config object, the pod
+-> ConfigMap/Secret references (`shared.entries.referenced_keys`: a config goes to
+exactly the nodes whose pods mount it), acks, epochs (drift) and the per-node report
+seqs the hub keeps idempotent by.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from cloudcore.fleet import naming
+from cloudcore.fleet.events import EventLog
+from cloudcore.fleet.objects import Key, Objects
+from cloudcore.fleet.placement import Placement
+from shared.delta import NodeDesired
+from shared.entries import (
+    CONFIGMAP,
+    POD,
+    SECRET,
+    configmap_entry,
+    pod_entry,
+    pod_key,
+    referenced_keys,
+    secret_entry,
+    split_key,
+)
+from shared.models import Pod
+
+log = logging.getLogger("cloudcore.fleet")
+
+Listener = Callable[[set[str]], None]
+
+
+class DesiredSets:
+    """The desired set of every node, and what it takes to keep them current."""
+
+    def __init__(self, *, objects: Objects, placement: Placement, events: EventLog) -> None:
+        self.objects = objects
+        self.store = objects.store
+        self.placement = placement
+        self.events = events
+        self._sets: dict[str, NodeDesired] = {}
+        self._report_seq: dict[str, int] = {}
+        self._entries: dict[Key, dict[str, Any]] = {}  # cached desired-set values of pods
+        self._refs: dict[Key, set[str]] = {}  # pod -> configmap/secret keys it mounts
+        self._config_entries: dict[str, dict[str, Any] | None] = {}  # None: no such object
+        self._dirty: set[str] = set()
+        self._listeners: list[Listener] = []
+
+    # -- reads --------------------------------------------------------------------------
+
+    @property
+    def sets(self) -> Mapping[str, NodeDesired]:
+        """node -> its desired set (read only)."""
+        return self._sets
+
+    def get(self, name: str) -> NodeDesired | None:
+        """The node's desired set, or None if it has none (yet)."""
+        return self._sets.get(name)
+
+    def desired_for(self, name: str) -> NodeDesired:
+        """The node's desired set, created empty in the store epoch if it has none."""
+        nd = self._sets.get(name)
+        if nd is None:
+            nd = self._sets[name] = NodeDesired(node=name, epoch=self.store.epoch)
+        return nd
+
+    @property
+    def report_seqs(self) -> Mapping[str, int]:
+        """node -> the highest report seq processed (read only)."""
+        return self._report_seq
+
+    def report_seq(self, name: str) -> int:
+        return self._report_seq.get(name, 0)
+
+    def pod_refs(self, key: Key) -> set[str]:
+        """The ConfigMap/Secret entry keys pod `key` mounts."""
+        refs = self._refs.get(key)
+        if refs is None:
+            refs = self._refs[key] = referenced_keys(key[0], self.objects.pods[key].spec)
+        return refs
+
+    # -- listeners ----------------------------------------------------------------------
+
+    def add_listener(self, listener: Listener) -> None:
+        """Call `listener(nodes)` with the nodes whose sets changed, after each commit."""
+        self._listeners.append(listener)
+
+    # -- loading ------------------------------------------------------------------------
+
+    def load(self, records: dict[str, dict[str, Any]]) -> None:
+        """Desired sets and report seqs from the store; the pods they hold are bound
+        there again (`Placement.restore`)."""
+        pods = self.objects.pods
+        for name, rec in records.get("desired", {}).items():
+            nd = NodeDesired.from_record(rec)
+            self._sets[name] = nd
+            for k in nd.items:
+                kind, ns, pname = split_key(k)
+                if kind == POD and (ns, pname) in pods:
+                    self.placement.restore((ns, pname), name)
+                    self._entries[(ns, pname)] = nd.items[k][0]
+        self._report_seq = {k: int(v) for k, v in records.get("reportseq", {}).items()}
+
+    def sync_node_gens(self) -> None:
+        """After loading: every node's status shows its set's gen and acked gen."""
+        for name, node in self.objects.nodes.items():
+            nd = self._sets.get(name)
+            if nd is not None:
+                node.status.desired_gen, node.status.acked_gen = nd.gen, nd.acked
+
+    # -- changes ------------------------------------------------------------------------
+
+    def mark(self, node: str) -> None:
+        """`node`'s set may differ: the next commit recomputes it."""
+        self._dirty.add(node)
+
+    def invalidate(self, key: Key) -> None:
+        """Pod `key` changed or went: its cached value and references are dropped."""
+        self._entries.pop(key, None)
+        self._refs.pop(key, None)
+
+    def config_changed(self, kind: str, namespace: str, name: str) -> None:
+        """A ConfigMap/Secret was created, changed or deleted: the nodes whose pods
+        mount it are dirty (their entry for it changes); no other node is."""
+        ck = f"{kind}/{namespace}/{name}"
+        self._config_entries.pop(ck, None)
+        pods = self.objects.pods
+        for node, keys in self.placement.nodes_with_pods():
+            if any(ck in self.pod_refs(pk) for pk in keys if pk in pods):
+                self._dirty.add(node)
+
+    def commit(self) -> None:
+        """Recompute the desired sets of dirty nodes; one gen bump per changed node."""
+        dirty = self._dirty | self.placement.take_changed()
+        self._dirty = set()
+        changed: set[str] = set()
+        pods, nodes = self.objects.pods, self.objects.nodes
+        for name in sorted(dirty):
+            wanted = {}
+            for pk in self.placement.on_node(name):
+                entry = self._entries.get(pk)
+                if entry is None:
+                    entry = self._entries[pk] = pod_value(pods[pk])
+                wanted[pod_key(*pk)] = entry
+                for ck in self.pod_refs(pk):
+                    value = self._config_entry(ck)
+                    if value is not None:
+                        wanted[ck] = value
+            fresh = name not in self._sets
+            nd = self.desired_for(name)
+            if nd.replace(wanted):
+                changed.add(name)
+            if fresh or name in changed:
+                self.store.put_later("desired", name, nd.to_record)
+            node = nodes.get(name)
+            if node is not None and node.status.desired_gen != nd.gen:
+                node.status.desired_gen = nd.gen
+                self.objects.save("Node", name)
+        if changed:
+            for listener in self._listeners:
+                listener(changed)
+
+    def _config_entry(self, ck: str) -> dict[str, Any] | None:
+        """The desired-set value of `configmap/...` or `secret/...`; None if the object
+        does not exist (the pod then waits on its node, as in Kubernetes)."""
+        if ck not in self._config_entries:
+            kind, ns, name = split_key(ck)
+            entry: dict[str, Any] | None = None
+            if kind == CONFIGMAP and (ns, name) in self.objects.configmaps:
+                entry = configmap_entry(self.objects.configmaps[(ns, name)])
+            elif kind == SECRET and (ns, name) in self.objects.secrets:
+                entry = secret_entry(self.objects.secrets[(ns, name)])
+            self._config_entries[ck] = entry
+        return self._config_entries[ck]
+
+    # -- acks, epochs, report seqs ------------------------------------------------------
+
+    def record_ack(self, name: str, epoch: str, gen: int) -> bool:
+        """An edge confirmed (epoch, gen); collects tombstones. True if `acked` moved."""
+        nd = self._sets.get(name)
+        if nd is None or not nd.ack(epoch, gen):
+            return False
+        nd.collect()
+        self.store.put_later("desired", name, nd.to_record)
+        node = self.objects.nodes.get(name)
+        if node is not None:
+            node.status.acked_gen = nd.acked
+            self.objects.save("Node", name)
+        return True
+
+    def restart_epoch(self, name: str, epoch: str, *, why: str) -> NodeDesired:
+        """Move a node's desired set to a new `epoch` (drift: the edge claims a gen the
+        cloud never made); the next message to it is a snapshot. A Warning event
+        `DesiredDrift` names the node."""
+        nd = self.desired_for(name)
+        old = nd.epoch
+        nd.restart_epoch(epoch)
+        self.store.put_later("desired", name, nd.to_record)
+        node = self.objects.nodes.get(name)
+        if node is not None:
+            node.status.acked_gen = 0
+            self.objects.save("Node", name)
+        log.warning("node %s: desired drift (%s); epoch %s -> %s, sending a snapshot",
+                    name, why, old, epoch)
+        self.events.add(type="Warning", reason="DesiredDrift", obj=f"Node/{name}",
+                        message=f"node {name}: {why}; its desired set is sent again as a "
+                                f"snapshot under a new epoch")
+        return nd
+
+    def set_report_seq(self, name: str, seq: int) -> None:
+        self._report_seq[name] = seq
+        self.store.put("reportseq", name, seq)
+
+    def forget_report_seq(self, name: str) -> None:
+        """The node was deleted: its report stream starts again from nothing."""
+        self._report_seq.pop(name, None)
+        self.store.delete("reportseq", name)
+
+
+def pod_value(pod: Pod) -> dict[str, Any]:
+    """pod_entry with the revision recorded on the pod (pods stored before the
+    REVISION annotation existed have theirs hashed)."""
+    return pod_entry(pod, revision=pod.metadata.annotations.get(naming.REVISION))

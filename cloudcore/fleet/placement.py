@@ -1,0 +1,222 @@
+"""Where pods run: the bind index, fits, and pending pods with their retries.
+
+`Placement` owns which node's desired set holds each pod (`bound`, and its inverse
+per node), the pods waiting for a node (`pending`) and the scheduler's reasons
+written on them. It binds by the scheduler's decision or by `spec.nodeName`, checks
+that an updated pod still fits where it is, and retries every pending pod whenever
+a caller says room may have appeared (a node joined or changed, a pod left).
+
+It does not build desired sets: every node whose set of bound pods changed is
+remembered until `DesiredSets.commit` takes them (`take_changed`), so the desired
+part sits above this one and never the other way round.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from typing import Any
+
+from cloudcore.fleet import naming
+from cloudcore.fleet.events import EventLog
+from cloudcore.fleet.forecast import forecast_of
+from cloudcore.fleet.objects import Key, Objects, is_daemon
+from cloudcore.scheduler import NodeView, Scheduler
+from cloudcore.scheduler.core import requests_of, unschedulable_message
+from shared.models import PodStatus
+
+
+class Placement:
+    """The bind index and the pending pods of one fleet."""
+
+    def __init__(self, *, objects: Objects, scheduler: Scheduler, events: EventLog) -> None:
+        self.objects = objects
+        self.scheduler = scheduler
+        self.events = events
+        self._bound: dict[Key, str] = {}  # pod -> node whose desired set holds it
+        self._on_node: dict[str, set[Key]] = {}
+        self._pending: set[Key] = set()
+        self._changed: set[str] = set()  # nodes whose bound pods changed since taken
+
+    # -- reads --------------------------------------------------------------------------
+
+    @property
+    def bound(self) -> dict[Key, str]:
+        """Pod -> the node whose desired set holds it (read only)."""
+        return self._bound
+
+    def node_of(self, key: Key) -> str | None:
+        return self._bound.get(key)
+
+    def on_node(self, node: str) -> set[Key]:
+        """The pods bound to `node` (read only)."""
+        return self._on_node.get(node, _EMPTY)
+
+    def nodes_with_pods(self) -> Iterable[tuple[str, set[Key]]]:
+        """(node, its bound pods) for every node with any (read only)."""
+        return self._on_node.items()
+
+    def is_pending(self, key: Key) -> bool:
+        return key in self._pending
+
+    def take_changed(self) -> set[str]:
+        """The nodes whose set of bound pods changed since the last call."""
+        changed, self._changed = self._changed, set()
+        return changed
+
+    # -- the index ----------------------------------------------------------------------
+
+    def restore(self, key: Key, node: str) -> None:
+        """Record a binding loaded from the store (the desired set already holds it)."""
+        self._bound[key] = node
+        self._on_node.setdefault(node, set()).add(key)
+
+    def restore_pending(self) -> None:
+        """After loading: every pod not bound waits for a node."""
+        self._pending = {k for k in self.objects.pods if k not in self._bound}
+
+    def queue(self, key: Key) -> None:
+        """The pod waits for a node (the next `retry_pending` places it)."""
+        self._pending.add(key)
+
+    def forget(self, key: Key) -> None:
+        """The pod is gone: off its node, out of the pending set."""
+        self.unbind(key)
+        self._pending.discard(key)
+
+    def bind(self, key: Key, node: str, message: str) -> None:
+        pod = self.objects.pods[key]
+        self._pending.discard(key)
+        self._bound[key] = node
+        self._on_node.setdefault(node, set()).add(key)
+        pod.metadata.annotations[naming.SCHEDULED] = message
+        pod.status = PodStatus(phase="Pending", reason="Scheduled", message=message,
+                               node_name=node)
+        self._changed.add(node)
+        self.objects.save("Pod", key)
+        self.events.add(type="Normal", reason="Scheduled", obj=f"Pod/{key[0]}/{key[1]}",
+                        message=message)
+
+    def unbind(self, key: Key) -> None:
+        node = self._bound.pop(key, None)
+        if node is not None:
+            self._on_node.get(node, set()).discard(key)
+            self._changed.add(node)
+
+    def move(self, key: Key, node: str, message: str) -> None:
+        """Rebind a pod to another node (eviction)."""
+        self.unbind(key)
+        self.bind(key, node, message)
+
+    def replaced(self, key: Key) -> None:
+        """A pod's spec changed: it stays where it is if it still fits there (its node's
+        desired set is marked changed), else it is unbound and waits for a node."""
+        pod = self.objects.pods[key]
+        node = self._bound.get(key)
+        if node is not None:
+            target = pod.spec.node_name
+            if (target is None or target == node) and self.fits(key, node,
+                                                                daemon=is_daemon(pod)):
+                self._changed.add(node)
+                return
+            self.unbind(key)
+        self._pending.add(key)
+
+    def mark(self, node: str) -> None:
+        """`node`'s desired set may differ although its bound pods did not change."""
+        self._changed.add(node)
+
+    # -- scheduling ---------------------------------------------------------------------
+
+    def view(self, name: str, *, exclude: Key | None = None) -> NodeView:
+        """What the scheduler sees of node `name`: labels, taints, readiness, room."""
+        node = self.objects.nodes[name]
+        pods = self.objects.pods
+        requested: dict[str, int] = {}
+        for pk in self._on_node.get(name, ()):
+            if pk == exclude or pk not in pods:
+                continue
+            for res, amount in requests_of(pods[pk].spec).items():
+                requested[res] = requested.get(res, 0) + amount
+        return NodeView(name=name, labels=node.metadata.labels, taints=node.spec.taints,
+                        unschedulable=node.spec.unschedulable, ready=node.status.ready,
+                        allocatable=node.status.allocatable, requested=requested,
+                        forecast=forecast_of(node.status.usage))
+
+    def placeable(self, spec: Any, node: str) -> bool:
+        """Whether a DaemonSet template admits `node` (selector, arch, tolerations)."""
+        return bool(self.scheduler.placeable(spec, self.view(node)))
+
+    def fits(self, key: Key, node: str, *, daemon: bool) -> bool:
+        """Whether the (updated) pod still fits on its node, not counting itself."""
+        pod = self.objects.pods[key]
+        view = self.view(node, exclude=key)
+        return self.scheduler.check(pod.spec, view, daemon=daemon) is None
+
+    def retry_pending(self) -> None:
+        """Try to place every pending pod (in name order)."""
+        nodes, pods = self.objects.nodes, self.objects.pods
+        if not nodes:
+            for key in self._pending:
+                self._explain_pending(key, unschedulable_message(0, Counter()))
+            return
+        for key in sorted(self._pending):
+            pod = pods.get(key)
+            if pod is None:
+                self._pending.discard(key)
+                continue
+            target = pod.spec.node_name
+            if target is not None:
+                daemon = is_daemon(pod)
+                if target not in nodes:
+                    self._explain_pending(key, f"0/1 nodes available: node {target} not found")
+                    continue
+                reason = self.scheduler.check(pod.spec, self.view(target), daemon=daemon)
+                if reason is None:
+                    self.bind(key, target, f"scheduled on {target}: bound by spec.nodeName")
+                else:
+                    self._explain_pending(
+                        key, f"0/1 nodes available: 1 {reason} (pod is bound to {target})")
+                continue
+            decision = self.scheduler.schedule(pod.spec, (self.view(n) for n in nodes))
+            if decision.node is None:
+                self._explain_pending(key, decision.message)
+            else:
+                self.bind(key, decision.node, decision.message)
+
+    def drain(self, name: str) -> tuple[list[Key], list[dict[str, str]]]:
+        """Unbind the pods of `name` that may run elsewhere (they wait for a node);
+        DaemonSet pods and pods pinned by `spec.nodeName` stay. Returns (moved keys,
+        kept pods with the reason)."""
+        moved: list[Key] = []
+        kept: list[dict[str, str]] = []
+        for key in sorted(self._on_node.get(name, ())):
+            pod = self.objects.pods[key]
+            ref = f"{key[0]}/{key[1]}"
+            if is_daemon(pod):
+                kept.append({"pod": ref, "reason": "DaemonSet pod"})
+            elif pod.spec.node_name == name:
+                kept.append({"pod": ref, "reason": "bound to the node by spec.nodeName"})
+            else:
+                self.unbind(key)
+                self._pending.add(key)
+                moved.append(key)
+                self.events.add(type="Normal", reason="Evicted", obj=f"Pod/{ref}",
+                                message=f"evicted from {name} by drain")
+        return moved, kept
+
+    def _explain_pending(self, key: Key, message: str) -> None:
+        pod = self.objects.pods.get(key)
+        if pod is None:
+            return
+        st = pod.status
+        if st.phase == "Pending" and st.reason == "Unschedulable" and st.message == message:
+            return
+        pod.status = PodStatus(phase="Pending", reason="Unschedulable", message=message)
+        pod.metadata.annotations[naming.SCHEDULED] = f"not scheduled: {message}"
+        self.objects.save("Pod", key)
+        self.events.add(type="Warning", reason="FailedScheduling",
+                        obj=f"Pod/{key[0]}/{key[1]}", message=message)
+
+
+_EMPTY: set[Key] = set()

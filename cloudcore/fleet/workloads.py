@@ -1,0 +1,181 @@
+"""Workload controllers: DaemonSets and Deployments turned into pods.
+
+`Workloads` owns the owner index (workload `Kind/namespace/name` -> its pods) and the
+pod writes every controller shares (`put_pod`, `delete_pod`): a pod is stored, its
+cached desired value dropped (`DesiredSets.invalidate`) and it is (re)placed
+(`Placement.replaced`). Which template a pod is made from comes from the rollout
+plans (`plans.py`); the rollout tick (`rollout.py`) sits above this part and calls
+`put_pod` / `sync` for its batches.
+
+- a DaemonSet owns one pod per node that its template's selector, arch and
+  tolerations admit (named `{ds}-{node}`); the pod is bound to that node if it fits
+  there, else Pending with the reason;
+- a Deployment owns `replicas` pods named `{dep}-{i}`, placed by the scheduler;
+- a bare Pod is placed by the scheduler, or bound to `spec.nodeName` if given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from cloudcore.fleet import naming
+from cloudcore.fleet.desired import DesiredSets
+from cloudcore.fleet.objects import Key, Objects, is_daemon, stamp
+from cloudcore.fleet.placement import Placement
+from cloudcore.fleet.plans import RolloutPlans
+from shared.entries import pod_revision
+from shared.models import DaemonSet, Deployment, Pod
+
+
+class Workloads:
+    """The DaemonSet and Deployment controllers and the owner index."""
+
+    def __init__(self, *, objects: Objects, placement: Placement, desired: DesiredSets,
+                 plans: RolloutPlans) -> None:
+        self.objects = objects
+        self.placement = placement
+        self.desired = desired
+        self.plans = plans
+        self._owners: dict[str, set[Key]] = {}  # workload ("Kind/ns/name") -> its pods
+
+    # -- the owner index ----------------------------------------------------------------
+
+    def load(self) -> None:
+        """Index the owners of the pods loaded from the store."""
+        for key, pod in self.objects.pods.items():
+            self._index_owner(key, pod)
+
+    def owned_keys(self, owner: str) -> list[Key]:
+        """The pods of a workload (`Kind/namespace/name`), sorted."""
+        return sorted(self._owners.get(owner, ()))
+
+    def owned_set(self, owner: str) -> set[Key]:
+        """The pods of a workload, unsorted (do not change it)."""
+        return self._owners.get(owner, set())
+
+    def _index_owner(self, key: Key, pod: Pod, old: Pod | None = None) -> None:
+        before = old.metadata.annotations.get(naming.OWNER) if old is not None else None
+        owner = pod.metadata.annotations.get(naming.OWNER)
+        if before is not None and before != owner:
+            self._owners.get(before, set()).discard(key)
+        if owner is not None:
+            self._owners.setdefault(owner, set()).add(key)
+        self.plans.touch(owner)
+
+    # -- pods ---------------------------------------------------------------------------
+
+    def put_pod(self, key: Key, pod: Pod, old: Pod | None, *,
+                revision: str | None = None) -> None:
+        """Store a new or updated pod and (re)place it. Its status stays the old one
+        until the agent reports; the REVISION annotation (`revision`, else hashed from
+        the spec, never the user's value) tells the two apart."""
+        pod.metadata.annotations[naming.REVISION] = (
+            revision if revision is not None else pod_revision(pod.spec.dump()))
+        if old is not None:
+            pod.status = old.status
+            if naming.SCHEDULED in old.metadata.annotations:
+                pod.metadata.annotations.setdefault(
+                    naming.SCHEDULED, old.metadata.annotations[naming.SCHEDULED])
+        self.objects.pods[key] = pod
+        self._index_owner(key, pod, old)
+        self.desired.invalidate(key)
+        self.placement.replaced(key)
+        self.objects.save("Pod", key)
+
+    def apply_bare_pod(self, obj: Pod) -> None:
+        key = (obj.metadata.namespace, obj.metadata.name)
+        old = self.objects.pods.get(key)
+        stamp(obj, old)
+        if old is not None:
+            obj.metadata.annotations = {**old.metadata.annotations, **obj.metadata.annotations}
+        self.put_pod(key, obj, old)
+
+    def delete_pod(self, key: Key) -> None:
+        pod = self.objects.pods.get(key)
+        if pod is None:
+            return
+        owner = pod.metadata.annotations.get(naming.OWNER)
+        if owner is not None:
+            self._owners.get(owner, set()).discard(key)
+            self.plans.touch(owner)
+        self.objects.remove("Pod", key)
+        self.placement.forget(key)
+        self.desired.invalidate(key)
+
+    def delete_owned(self, owner: str) -> None:
+        """Delete every pod of a workload (it was deleted)."""
+        for pk in self.owned_keys(owner):
+            self.delete_pod(pk)
+
+    # -- controllers --------------------------------------------------------------------
+
+    def apply(self, obj: DaemonSet | Deployment) -> None:
+        """A workload was created or changed: store it and sync its pods."""
+        table = self.objects.daemonsets if isinstance(obj, DaemonSet) else self.objects.deployments
+        self.plans.applied(obj, table.get((obj.metadata.namespace, obj.metadata.name)))
+        self.objects.put(obj)
+        self.sync(obj)
+
+    def sync(self, obj: DaemonSet | Deployment) -> None:
+        if isinstance(obj, DaemonSet):
+            self.sync_daemonset(obj, self.objects.nodes)
+        else:
+            self.sync_deployment(obj)
+
+    def sync_daemonset(self, ds: DaemonSet, nodes: Iterable[str]) -> None:
+        """One pod per admitting node. During a rollout (`rollout.py`) a pod gets the
+        update only once its batch comes: until then (and after a rollback) it keeps
+        or gets the stable template, `hold`."""
+        ns, dsname = ds.metadata.namespace, ds.metadata.name
+        owner = f"DaemonSet/{ns}/{dsname}"
+        plan = self.plans.plan(ds)
+        all_nodes, pods = self.objects.nodes, self.objects.pods
+        for name in list(nodes):
+            if name not in all_nodes:
+                continue
+            key = (ns, naming.child_name(dsname, name))
+            pod = pods.get(key)
+            if not self.placement.placeable(ds.spec.template.spec, name):
+                if pod is not None and pod.metadata.annotations.get(naming.OWNER) == owner:
+                    self.delete_pod(key)
+                continue
+            target = plan.target_for(pod)
+            if target is not None:
+                self.put_pod(key, target.pod(ns=ns, name=key[1], owner=owner, node=name),
+                             pod, revision=target.revision)
+
+    def sync_deployment(self, dep: Deployment) -> None:
+        """`replicas` pods; during a rollout, as for a DaemonSet, a replica gets the
+        update only in its batch (new replicas get the stable template, `hold`)."""
+        ns, depname = dep.metadata.namespace, dep.metadata.name
+        owner = f"Deployment/{ns}/{depname}"
+        plan = self.plans.plan(dep)
+        wanted = {(ns, naming.child_name(depname, str(i))) for i in range(dep.spec.replicas)}
+        for key in self.owned_keys(owner):
+            if key not in wanted:
+                self.delete_pod(key)
+        for key in sorted(wanted, key=lambda k: k[1]):
+            pod = self.objects.pods.get(key)
+            target = plan.target_for(pod)
+            if target is not None:
+                self.put_pod(key, target.pod(ns=ns, name=key[1], owner=owner, node=None),
+                             pod, revision=target.revision)
+
+    def node_changed(self, name: str) -> None:
+        """A node joined or changed labels/taints/capacity: its DaemonSet pods."""
+        for ds in list(self.objects.daemonsets.values()):
+            self.sync_daemonset(ds, [name])
+
+    def node_deleted(self, name: str) -> None:
+        """A node is being deleted: its DaemonSet pods go, its other pods wait for
+        another node (pods pinned to it by `spec.nodeName` stay Pending)."""
+        pods = self.objects.pods
+        for pk in list(self.placement.on_node(name)):
+            if is_daemon(pods[pk]):
+                self.delete_pod(pk)
+            else:
+                self.placement.unbind(pk)
+                self.placement.queue(pk)
+        for pk in [k for k, p in pods.items() if p.spec.node_name == name]:
+            if is_daemon(pods[pk]):
+                self.delete_pod(pk)
