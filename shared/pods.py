@@ -608,6 +608,11 @@ class PodSpec(Spec, kw_only=True, frozen=True):
             if c.get("resources") == {}:
                 del c["resources"]
 
+    def with_node(self, node: str | None) -> PodSpec:
+        """This spec placed on `node` (`nodeName`), without validating it again: what a
+        workload's template gives each of its pods (the rest is shared, all frozen)."""
+        return msgspec.structs.replace(self, node_name=node)
+
     def volume(self, name: str) -> Volume:
         return next(v for v in self.volumes if v.name == name)
 

@@ -386,3 +386,12 @@ def test_status_renders_like_the_pydantic_status():
     old = models.PodStatus.model_validate(status_value(new))
     assert status_value(old) == status_value(new)
     assert status_value(pods.PodStatus()) == {"phase": "Pending", "containerStatuses": []}
+
+
+def test_a_template_spec_placed_on_a_node_shares_the_rest() -> None:
+    spec = pods.PodSpec.parse(FULL)
+    placed = spec.with_node("edge-9")
+    assert placed.node_name == "edge-9" and placed.containers is spec.containers
+    assert placed.dump() == {**spec.dump(), "nodeName": "edge-9"}
+    pod = models.Pod.model_validate({"metadata": {"name": "a"}, "spec": placed})
+    assert pod.spec is placed  # an already-built spec is taken as is
