@@ -4,8 +4,9 @@ Every message is decoded under limits (total size, string, array and map lengths
 and validated into a typed message, so a garbled or hostile payload becomes a
 `ProtocolError` that the receiver counts and drops; it never reaches stored state.
 
-Messages are frozen, slotted dataclasses checked by hand in `__post_init__`, not
-pydantic models: the edge agent imports this module, and pydantic with its compiled
+Messages are frozen, slotted dataclasses checked in `__post_init__` with the field
+checks of `shared.validate` (the one kit, shared with the pod spec), not pydantic
+models: the edge agent imports this module, and pydantic with its compiled
 core costs a small device about 10 MiB of RSS (docs/edgecore.md, "Memory"). One
 check runs whether a message is built in code or decoded from the wire, so a
 message that breaks the schema raises `DecodeError` either way. The bytes on the
