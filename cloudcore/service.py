@@ -8,6 +8,7 @@ asyncio.TaskGroup of named tasks until cancelled:
     cloudcore.synchub.publisher[i] MQTT out: deltas and report acks
     cloudcore.synchub.retries     resend deltas whose ack is late
     cloudcore.synchub.liveness    NotReady after missed heartbeats
+    cloudcore.fleet.expander      expands DaemonSets over big fleets in bounded slices
     cloudcore.api.list-cache      re-encodes changed objects for recently listed views
     cloudcore.forecaster          batched forecast of every node, each forecast.interval
     cloudcore.auth.broker-files   rewrites the broker's password file after joins/deletes
@@ -117,7 +118,7 @@ async def run(settings: Settings, *,
                       admission=Admission(settings.policy),
                       telemetry_points=settings.sync.telemetry_points,
                       eviction_timeout=settings.sync.pod_eviction_timeout,
-                      events=settings.api.events)
+                      events=settings.api.events, background=True)
         records = store.load()
         fleet.load(records)
         closer = _session_closer(settings, ca)
@@ -164,6 +165,7 @@ async def run(settings: Settings, *,
                 tg.create_task(pub.run(), name=f"cloudcore.synchub.publisher[{i}]")
             tg.create_task(hub.run_retries(), name="cloudcore.synchub.retries")
             tg.create_task(hub.run_liveness(), name="cloudcore.synchub.liveness")
+            tg.create_task(fleet.run(settle=store.flush), name="cloudcore.fleet.expander")
             tg.create_task(lists.keep_encoded(), name="cloudcore.api.list-cache")
             tg.create_task(LoopLag(metrics).run(), name="cloudcore.metrics.loop-lag")
             if broker_files.enabled:

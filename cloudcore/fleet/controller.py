@@ -32,7 +32,7 @@ gets it at once.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from cloudcore.errors import NotFound
@@ -85,10 +85,14 @@ class Fleet:
                  protected_labels: tuple[str, ...] = (),
                  telemetry_points: int = 120,
                  eviction_timeout: float = 300.0,
-                 events: int | None = None) -> None:
+                 events: int | None = None,
+                 background: bool = False) -> None:
         """`telemetry_points` samples kept per node; `eviction_timeout` is the
         cloud-wide default toleration of a NotReady node in seconds
-        (settings.sync.pod_eviction_timeout); `events` the event log's capacity."""
+        (settings.sync.pod_eviction_timeout); `events` the event log's capacity. With
+        `background`, DaemonSets over big fleets are expanded in bounded slices by
+        `run()`, which the owner must then run (the service does); without it every
+        apply expands them at once, in the call."""
         self.store = store
         self.scheduler = scheduler
         self.liveness = liveness
@@ -109,7 +113,8 @@ class Fleet:
                               protected_labels=protected_labels,
                               telemetry_points=telemetry_points)
         self.workloads = Workloads(objects=self.objects, placement=self.placement,
-                                   desired=self.desired_sets, plans=self.plans)
+                                   desired=self.desired_sets, plans=self.plans,
+                                   background=background)
         self.rollouts = Rollouts(plans=self.plans, objects=self.objects,
                                  placement=self.placement, workloads=self.workloads,
                                  events=self.events)
@@ -211,6 +216,16 @@ class Fleet:
         self.placement.restore_pending()
         self.desired_sets.sync_node_gens()
         self.commit()
+
+    async def run(self, *, settle: Callable[[], Awaitable[None]] | None = None) -> None:
+        """Work until cancelled: expand DaemonSets in the background (with
+        `background`), committing after each bounded slice; `settle` (the store's
+        flush) is awaited after each, so a store batch holds one slice's writes."""
+        await self.workloads.run_expansions(self.commit, settle=settle)
+
+    async def expanded(self) -> None:
+        """Wait until every DaemonSet applied so far has its pods (`run` must run)."""
+        await self.workloads.expanded()
 
     def commit(self) -> None:
         """Retry pending pods, then recompute the desired sets that may differ."""

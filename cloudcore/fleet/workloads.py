@@ -12,11 +12,24 @@ plans (`plans.py`); the rollout tick (`rollout.py`) sits above this part and cal
   there, else Pending with the reason;
 - a Deployment owns `replicas` pods named `{dep}-{i}`, placed by the scheduler;
 - a bare Pod is placed by the scheduler, or bound to `spec.nodeName` if given.
+
+A DaemonSet over a big fleet is expanded in the background when the fleet runs with
+`background` (the service does): the apply stores the DaemonSet and returns, and
+`run_expansions` makes its pods a bounded slice at a time (`SLICE_S` of work, then the
+caller's commit, then the event loop runs), so MQTT, the API and liveness never wait
+behind 100,000 pods. Meanwhile lists, gets and watches show the pods made so far and
+the rollout status counts them; a later apply, a template change or a delete of the
+same DaemonSet restarts or ends its expansion. Expanding is idempotent (a node whose
+pod is already at its target is skipped), so a node that joins meanwhile, or a
+restart in the middle (every DaemonSet is expanded again after `load`), is harmless.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 
 from cloudcore.fleet import naming
 from cloudcore.fleet.desired import DesiredSets
@@ -26,24 +39,50 @@ from cloudcore.fleet.plans import RolloutPlans
 from shared.entries import pod_revision
 from shared.models import DaemonSet, Deployment, Pod
 
+SYNC_NODES = 256
+"""A DaemonSet over at most this many nodes is expanded at once, in the call."""
+SLICE_S = 0.025
+"""Seconds the event loop is held by one slice of expansion and its commit together
+(the slice's own share is adapted to what its commit took last time)."""
+STEP = 32
+"""Nodes expanded between two looks at the clock."""
+
+
+@dataclass
+class _Expansion:
+    ds: DaemonSet  # the object this expansion is for (a new apply makes a new one)
+    names: list[str]  # the nodes at the time it started
+    done: int = 0
+
 
 class Workloads:
     """The DaemonSet and Deployment controllers and the owner index."""
 
     def __init__(self, *, objects: Objects, placement: Placement, desired: DesiredSets,
-                 plans: RolloutPlans) -> None:
+                 plans: RolloutPlans, background: bool = False) -> None:
+        """With `background`, DaemonSets over more than `SYNC_NODES` nodes are expanded
+        by `run_expansions`, which the owner must run."""
         self.objects = objects
         self.placement = placement
         self.desired = desired
         self.plans = plans
+        self.background = background
         self._owners: dict[str, set[Key]] = {}  # workload ("Kind/ns/name") -> its pods
+        self._expanding: dict[Key, _Expansion] = {}
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     # -- the owner index ----------------------------------------------------------------
 
     def load(self) -> None:
-        """Index the owners of the pods loaded from the store."""
+        """Index the owners of the pods loaded from the store; in the background, expand
+        every DaemonSet again (a restart may have cut an expansion short)."""
         for key, pod in self.objects.pods.items():
             self._index_owner(key, pod)
+        if self.background:
+            for ds in self.objects.daemonsets.values():
+                self._expand_later(ds)
 
     def owned_keys(self, owner: str) -> list[Key]:
         """The pods of a workload (`Kind/namespace/name`), sorted."""
@@ -117,10 +156,77 @@ class Workloads:
         self.sync(obj)
 
     def sync(self, obj: DaemonSet | Deployment) -> None:
-        if isinstance(obj, DaemonSet):
-            self.sync_daemonset(obj, self.objects.nodes)
-        else:
+        """Make the workload's pods what its spec and rollout plan say: a Deployment
+        at once; a DaemonSet at once over a small fleet, else in the background."""
+        if isinstance(obj, Deployment):
             self.sync_deployment(obj)
+        elif self.background and len(self.objects.nodes) > SYNC_NODES:
+            self._expand_later(obj)
+        else:
+            self._expanding.pop((obj.metadata.namespace, obj.metadata.name), None)
+            self.sync_daemonset(obj, self.objects.nodes)
+
+    # -- background expansion of DaemonSets ---------------------------------------------
+
+    def expanding(self) -> int:
+        """DaemonSets whose expansion is under way."""
+        return len(self._expanding)
+
+    async def expanded(self) -> None:
+        """Wait until no DaemonSet expansion is under way."""
+        await self._idle.wait()
+
+    def _expand_later(self, ds: DaemonSet) -> None:
+        key = (ds.metadata.namespace, ds.metadata.name)
+        self._expanding.pop(key, None)  # a new one goes last; starts over the fleet
+        self._expanding[key] = _Expansion(ds=ds, names=list(self.objects.nodes))
+        self._idle.clear()
+        self._wake.set()
+
+    def expand_slice(self, budget: float = SLICE_S) -> bool:
+        """Expand DaemonSets for about `budget` seconds; True if work remains."""
+        end = time.perf_counter() + budget
+        daemonsets = self.objects.daemonsets
+        while self._expanding:
+            key, job = next(iter(self._expanding.items()))
+            if daemonsets.get(key) is not job.ds:  # deleted, or applied again (queued anew)
+                del self._expanding[key]
+                continue
+            step = job.names[job.done:job.done + STEP]
+            job.done += len(step)
+            self.sync_daemonset(job.ds, step)
+            if job.done >= len(job.names):
+                del self._expanding[key]
+            if time.perf_counter() >= end:
+                break
+        if not self._expanding:
+            self._idle.set()
+        return bool(self._expanding)
+
+    async def run_expansions(self, commit: Callable[[], None], *,
+                             settle: Callable[[], Awaitable[None]] | None = None,
+                             budget: float = SLICE_S) -> None:
+        """Work until cancelled: expand queued DaemonSets a slice at a time, calling
+        `commit` (pending retry and desired-set commit) after each slice and letting
+        the event loop run between slices. `settle` (the store's flush) is awaited
+        after each slice, so what a slice wrote is serialised in a batch of its own
+        and no store batch grows with the fleet."""
+        share = budget / 2  # of the slice's time spent expanding (the rest: the commit)
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._expanding:
+                start = time.perf_counter()
+                self.expand_slice(share)
+                mid = time.perf_counter()
+                commit()
+                took = time.perf_counter() - start
+                if took > 0:  # aim the next slice at `budget` in all
+                    share = min(budget, max(budget / 20, (mid - start) * budget / took))
+                if settle is not None:
+                    await settle()
+                else:
+                    await asyncio.sleep(0)
 
     def sync_daemonset(self, ds: DaemonSet, nodes: Iterable[str]) -> None:
         """One pod per admitting node. During a rollout (`rollout.py`) a pod gets the
