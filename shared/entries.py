@@ -6,9 +6,10 @@ values; both sides build and read them only through this module.
 Entry shapes:
 - `pod/{ns}/{name}`: `pod_entry(pod)`, {name, namespace, labels, spec, revision} and
   `policy` ({level, hostPathAllow}: what cloudcore admitted the pod under, which the
-  agent checks again; `shared.policy.Admitted`), absent for pods admitted before levels.
+  agent checks again; `shared.policy.Admitted`), absent for pods admitted before levels;
+  `uid` and `annotations` (only the keys) when the pod's env reads them (`fieldRef`).
 - `configmap/{ns}/{name}`: {"data": {key: text}}, present on a node only while a
-  pod there mounts it (`referenced_keys`).
+  pod there mounts it or reads it into its env (`referenced_keys`).
 - `secret/{ns}/{name}`: {"data": {key: base64 text}}, same rule.
 
 The edge reads entries with `parse_pod_entry` into `shared.pods` types and builds
@@ -28,9 +29,9 @@ import binascii
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
-from shared import pods
+from shared import pods, validate
 from shared.errors import ObjectError
 from shared.policy import Admitted
 
@@ -105,21 +106,48 @@ def config_files(k: str, value: Any) -> dict[str, bytes]:
     return out
 
 
-class _Spec(Protocol):
-    @property
-    def volumes(self) -> Any: ...
-
-
-def referenced_keys(namespace: str, spec: _Spec) -> set[str]:
-    """The configmap/secret desired keys a pod's volumes need on its node (`spec` is a
-    `shared.models.PodSpec` or a `shared.pods.PodSpec`)."""
+def referenced_keys(namespace: str, spec: pods.PodSpec) -> set[str]:
+    """The configmap/secret desired keys a pod needs on its node: those its volumes
+    mount and those its containers' `env[].valueFrom` and `envFrom` read (optional ones
+    included: present, they are used)."""
     out: set[str] = set()
     for v in spec.volumes:
         if v.config_map is not None:
             out.add(configmap_key(namespace, v.config_map.name))
         if v.secret is not None:
             out.add(secret_key(namespace, v.secret.secret_name))
+    for c in spec.all_containers():
+        for e in c.env:
+            src = e.value_from
+            if src is None:
+                continue
+            if src.config_map_key_ref is not None:
+                out.add(configmap_key(namespace, src.config_map_key_ref.name))
+            if src.secret_key_ref is not None:
+                out.add(secret_key(namespace, src.secret_key_ref.name))
+        for f in c.env_from:
+            if f.config_map_ref is not None:
+                out.add(configmap_key(namespace, f.config_map_ref.name))
+            if f.secret_ref is not None:
+                out.add(secret_key(namespace, f.secret_ref.name))
     return out
+
+
+def referenced_meta(spec: pods.PodSpec) -> tuple[bool, set[str]]:
+    """What of a pod's metadata beyond name, namespace and labels its env reads:
+    (its uid, the annotation keys), so a desired entry carries only those."""
+    uid, annotations = False, set()
+    for c in spec.all_containers():
+        for e in c.env:
+            ref = e.value_from.field_ref if e.value_from is not None else None
+            if ref is None:
+                continue
+            if ref.field_path == "metadata.uid":
+                uid = True
+            sub = validate.subscript(ref.field_path)
+            if sub is not None and sub[0] == "annotations":
+                annotations.add(sub[1])
+    return uid, annotations
 
 
 def telemetry_point(
@@ -140,6 +168,12 @@ def pod_entry(pod: models.Pod, *, revision: str | None = None) -> dict[str, Any]
         "spec": spec,
         "revision": revision if revision is not None else pod_revision(spec),
     }
+    uid, annotations = referenced_meta(pod.spec)
+    if uid and pod.metadata.uid:
+        out["uid"] = pod.metadata.uid
+    wanted = {k: v for k, v in pod.metadata.annotations.items() if k in annotations}
+    if wanted:
+        out["annotations"] = wanted
     admitted = Admitted.from_annotations(pod.metadata.annotations)
     if admitted is not None:
         out["policy"] = admitted.entry_value()
@@ -164,6 +198,10 @@ class PodEntry:
     revision: str
     policy: Admitted | None = None
     """The level the cloud admitted the pod under (None: an entry from before levels)."""
+    uid: str | None = None
+    """The pod's uid, carried only when its env reads `metadata.uid`."""
+    annotations: dict[str, str] | None = None
+    """The pod's annotations its env reads (`metadata.annotations['KEY']`), only those."""
 
 
 def _entry_str(k: str, value: dict[str, Any], name: str) -> str:
@@ -182,6 +220,13 @@ def parse_pod_entry(k: str, value: Any) -> PodEntry:
     if not isinstance(labels, dict) or not all(
             isinstance(a, str) and isinstance(b, str) for a, b in labels.items()):
         raise ObjectError(f"{k}: labels must map strings to strings", field="labels")
+    annotations = value.get("annotations")
+    if annotations is not None and (not isinstance(annotations, dict) or not all(
+            isinstance(a, str) and isinstance(b, str) for a, b in annotations.items())):
+        raise ObjectError(f"{k}: annotations must map strings to strings", field="annotations")
+    uid = value.get("uid")
+    if uid is not None and not isinstance(uid, str):
+        raise ObjectError(f"{k}: uid must be a string, not {type(uid).__name__}", field="uid")
     if "spec" not in value:
         raise ObjectError(f"{k}: spec: field required", field="spec")
     return PodEntry(
@@ -192,6 +237,8 @@ def parse_pod_entry(k: str, value: Any) -> PodEntry:
         spec=pods.PodSpec.parse(value["spec"], "spec"),
         revision=_entry_str(k, value, "revision"),
         policy=_entry_policy(k, value.get("policy")),
+        uid=uid,
+        annotations=dict(annotations) if annotations is not None else None,
     )
 
 

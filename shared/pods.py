@@ -293,9 +293,108 @@ def _object_error(cls: type[Spec], text: str, path: str) -> ObjectError:
 # -- the spec --------------------------------------------------------------------------------
 
 
-class EnvVar(Spec, kw_only=True, frozen=True):
+class ObjectFieldSelector(Spec, kw_only=True, frozen=True):
+    """`fieldRef`: a field of the pod (`FIELD_PATHS`, or a label / annotation by key)."""
+
+    field_path: str
+    api_version: Literal["v1"] = "v1"
+
+    def __post_init__(self) -> None:
+        _rule(validate.field_path, self.field_path, "fieldPath")
+
+
+class ResourceFieldSelector(Spec, kw_only=True, frozen=True):
+    """`resourceFieldRef`: a container's cpu / memory request or limit, divided by
+    `divisor` and rounded up (an unset limit is the node's capacity, as in Kubernetes)."""
+
+    resource: Literal["limits.cpu", "limits.memory", "requests.cpu", "requests.memory"]
+    container_name: str | None = None
+    divisor: Quantity = 1
+
+    def __post_init__(self) -> None:
+        _rule(lambda d: validate.divisor(self.resource.partition(".")[2], d), self.divisor,
+              "divisor")
+
+
+class ConfigMapKeySelector(Spec, kw_only=True, frozen=True):
     name: str
+    key: str
+    optional: bool = False
+
+    def __post_init__(self) -> None:
+        _rule(validate.dns_name, self.name, "name")
+        _rule(validate.data_key, self.key, "key")
+
+
+class SecretKeySelector(Spec, kw_only=True, frozen=True):
+    name: str
+    key: str
+    optional: bool = False
+
+    def __post_init__(self) -> None:
+        _rule(validate.dns_name, self.name, "name")
+        _rule(validate.data_key, self.key, "key")
+
+
+class EnvVarSource(Spec, kw_only=True, frozen=True):
+    """Where an environment variable's value comes from: exactly one source."""
+
+    field_ref: ObjectFieldSelector | None = None
+    resource_field_ref: ResourceFieldSelector | None = None
+    config_map_key_ref: ConfigMapKeySelector | None = None
+    secret_key_ref: SecretKeySelector | None = None
+
+    def __post_init__(self) -> None:
+        n = sum(x is not None for x in (self.field_ref, self.resource_field_ref,
+                                         self.config_map_key_ref, self.secret_key_ref))
+        if n != 1:
+            raise ValueError("valueFrom must have exactly one of fieldRef, resourceFieldRef, "
+                             f"configMapKeyRef, secretKeyRef (has {n})")
+
+
+class EnvVar(Spec, kw_only=True, frozen=True):
+    """`$(NAME)` in `value` (and in the container's command and args) is replaced by an
+    earlier variable's value, as in Kubernetes; `$$` is a literal `$`."""
+
+    name: Annotated[str, Meta(min_length=1, max_length=MAX_NAME)]
     value: str = ""
+    value_from: EnvVarSource | None = None
+
+    def __post_init__(self) -> None:
+        _rule(validate.env_name, self.name, "name")
+        if self.value and self.value_from is not None:
+            raise ValueError(f"env {self.name!r}: value and valueFrom cannot both be set")
+
+
+class ConfigMapEnvSource(Spec, kw_only=True, frozen=True):
+    name: str
+    optional: bool = False
+
+    def __post_init__(self) -> None:
+        _rule(validate.dns_name, self.name, "name")
+
+
+class SecretEnvSource(Spec, kw_only=True, frozen=True):
+    name: str
+    optional: bool = False
+
+    def __post_init__(self) -> None:
+        _rule(validate.dns_name, self.name, "name")
+
+
+class EnvFromSource(Spec, kw_only=True, frozen=True):
+    """Every key of a ConfigMap or Secret as a variable (`prefix` + key); keys that are
+    not valid variable names are skipped, as Kubernetes does."""
+
+    prefix: Annotated[str, Meta(max_length=MAX_NAME)] = ""
+    config_map_ref: ConfigMapEnvSource | None = None
+    secret_ref: SecretEnvSource | None = None
+
+    def __post_init__(self) -> None:
+        if self.prefix:
+            _rule(validate.env_name, self.prefix, "prefix")
+        if (self.config_map_ref is None) == (self.secret_ref is None):
+            raise ValueError("envFrom needs exactly one of configMapRef, secretRef")
 
 
 class ContainerPort(Spec, kw_only=True, frozen=True):
@@ -514,6 +613,7 @@ class Container(Spec, kw_only=True, frozen=True):
     command: list[str] = []
     args: list[str] = []
     env: list[EnvVar] = []
+    env_from: list[EnvFromSource] = []
     working_dir: str | None = None
     ports: list[ContainerPort] = []
     resources: ResourceRequirements = ResourceRequirements()
@@ -578,6 +678,9 @@ class PodSpec(Spec, kw_only=True, frozen=True):
     """Kubernetes' default: the pod's user ids are the host's. false: a user namespace
     maps the pod's ids (root included) to an unprivileged range of the host's."""
     security_context: PodSecurityContext | None = None
+    service_account_name: str | None = None
+    """Recorded (an env `fieldRef` reads it); edgefed has no service accounts: no token
+    is mounted (docs/pods.md)."""
     termination_grace_period_seconds: Annotated[int, Meta(ge=0, le=3600)] = 10
     volumes: list[Volume] = []
 
@@ -591,6 +694,14 @@ class PodSpec(Spec, kw_only=True, frozen=True):
                 if m.name not in vols:
                     raise ValueError(f"container {c.name!r}: volumeMount {m.name!r} names no "
                                      f"volume of the pod (volumes: {', '.join(vols) or 'none'})")
+        names = {c.name for c in self.containers}
+        for c in self.containers:
+            for e in c.env:
+                ref = e.value_from.resource_field_ref if e.value_from is not None else None
+                if ref is not None and ref.container_name not in (None, "", *names):
+                    raise ValueError(f"container {c.name!r}: env {e.name!r} resourceFieldRef "
+                                     f"containerName {ref.container_name!r} names no "
+                                     "container of the pod")
         pod = self.security_context
         for c in self.containers:
             sc = c.security_context
@@ -614,6 +725,10 @@ class PodSpec(Spec, kw_only=True, frozen=True):
         workload's template gives each of its pods (the rest is shared, all frozen)."""
         return msgspec.structs.replace(self, node_name=node)
 
+    def all_containers(self) -> list[Container]:
+        """The init containers, then the app containers."""
+        return self.containers
+
     def volume(self, name: str) -> Volume:
         return next(v for v in self.volumes if v.name == name)
 
@@ -632,7 +747,9 @@ def _first(*values: Any) -> Any:
 
 
 SPEC_TYPES: tuple[type[Spec], ...] = (
-    PodSpec, Container, EnvVar, ContainerPort, ResourceRequirements, VolumeMount, Volume,
+    PodSpec, Container, EnvVar, EnvVarSource, ObjectFieldSelector, ResourceFieldSelector,
+    ConfigMapKeySelector, SecretKeySelector, EnvFromSource, ConfigMapEnvSource,
+    SecretEnvSource, ContainerPort, ResourceRequirements, VolumeMount, Volume,
     HostPathVolumeSource, EmptyDirVolumeSource, KeyToPath, ConfigMapVolumeSource,
     SecretVolumeSource, Probe, ExecAction, TCPSocketAction, HTTPGetAction, SecurityContext,
     PodSecurityContext, Capabilities, SeccompProfile, Toleration)

@@ -249,3 +249,53 @@ def unique(names: list[str], what: str) -> None:
     """No name twice; `what` says which ("container names")."""
     if len(set(names)) != len(names):
         raise ValueError(f"{what} must be unique within a pod")
+
+
+FIELD_PATHS = ("metadata.name", "metadata.namespace", "metadata.uid", "spec.nodeName",
+               "spec.serviceAccountName", "status.podIP", "status.podIPs", "status.hostIP",
+               "status.hostIPs")
+"""The pod fields an env `fieldRef` may name, besides `metadata.labels['KEY']` and
+`metadata.annotations['KEY']` (Kubernetes' list for environment variables)."""
+_SUBSCRIPT = re.compile(r"^metadata\.(labels|annotations)\['([^'\]]{1,317})'\]$")
+_DATA_KEY = re.compile(r"^[-._a-zA-Z0-9]{1,253}$")
+
+
+def field_path(v: str) -> str:
+    """A `fieldRef.fieldPath` edgefed resolves (FIELD_PATHS or a label / annotation)."""
+    if v not in FIELD_PATHS and not _SUBSCRIPT.match(v):
+        raise ValueError(f"{v!r} is not a supported fieldPath (one of {', '.join(FIELD_PATHS)}, "
+                         "metadata.labels['KEY'], metadata.annotations['KEY'])")
+    return v
+
+
+def subscript(path: str) -> tuple[str, str] | None:
+    """`metadata.labels['app']` -> ("labels", "app"); None for a plain field path."""
+    m = _SUBSCRIPT.match(path)
+    return (m.group(1), m.group(2)) if m else None
+
+
+def env_name(v: str) -> str:
+    """An environment variable name: printable ASCII without '=' (Kubernetes' rule since
+    1.30; the C identifier rule of before is a subset)."""
+    if not v or "=" in v or any(not 32 <= ord(c) <= 126 for c in v):
+        raise ValueError(f"{v!r} must be printable ASCII characters without '='")
+    return v
+
+
+def data_key(v: str) -> str:
+    """A ConfigMap / Secret key: [-._a-zA-Z0-9], at most 253 characters, not '.' or '..'."""
+    if not _DATA_KEY.match(v) or v in (".", ".."):
+        raise ValueError(f"{v!r} must consist of alphanumerics, '-', '_' or '.' (at most "
+                         "253), and not be '.' or '..'")
+    return v
+
+
+def divisor(resource: str, v: str | int | float) -> str | int | float:
+    """A resourceFieldRef divisor: a positive quantity of `resource` (cpu or memory)."""
+    try:
+        n = parse_resource(resource, v, field="divisor")
+    except ObjectError as exc:
+        raise ValueError(exc.message.removeprefix("divisor: ")) from None
+    if n <= 0:
+        raise ValueError(f"{v!r} must be a positive {resource} quantity")
+    return v

@@ -8,9 +8,10 @@ and the id scheme live here, in one place.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from edgecore.devices import Device
+from edgecore.reconciler.env import expand
 from edgecore.runtime.errors import InvalidSpec
 from edgecore.runtime.types import ContainerSpec, Mount, Security
 from shared.entries import PodEntry
@@ -42,6 +43,7 @@ def container_id(namespace: str, pod: str, container: str, revision: str) -> str
 def container_spec(
     entry: PodEntry, c: Container, *, mounts: Sequence[Mount] = (),
     devices: Sequence[Device] = (), netns: str | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> ContainerSpec:
     """The runtime spec of one container (raises runtime InvalidSpec if unusable).
 
@@ -50,7 +52,9 @@ def container_spec(
     EDGEFED_DEVICES environment variable unless the pod sets it. `netns` is the
     pod's network namespace (None: the host's). The securityContext (the
     container's over the pod's, `shared.policy.effective`) becomes the runtime's
-    `Security`; `hostUsers: false` gives the pod a user namespace of its own.
+    `Security`; `hostUsers: false` gives the pod a user namespace of its own. `env` is
+    the container's built environment (`edgecore.reconciler.env.build`; None: its plain
+    `env` values); `$(NAME)` in command and args is expanded from it, as in Kubernetes.
     """
     eff = effective(entry.spec, c)
     if eff.seccomp == "Localhost":
@@ -61,7 +65,8 @@ def container_spec(
         read_only_rootfs=eff.read_only_root_filesystem,
         no_new_privileges=not eff.allow_privilege_escalation,
         capabilities_add=eff.cap_add, capabilities_drop=eff.cap_drop, seccomp=eff.seccomp)
-    env = {e.name: e.value for e in c.env}
+    env = dict(env) if env is not None else {e.name: expand(e.value, {}) for e in c.env
+                                             if e.value_from is None}
     if devices and ENV_DEVICES not in env:
         env[ENV_DEVICES] = ",".join(d.paths[0].partition(":")[2] or d.paths[0]
                                     for d in devices)
@@ -69,8 +74,8 @@ def container_spec(
     return ContainerSpec(
         name=c.name,
         image=c.image,
-        command=tuple(c.command),
-        args=tuple(c.args),
+        command=tuple(expand(a, env) for a in c.command),
+        args=tuple(expand(a, env) for a in c.args),
         env=env,
         working_dir=c.working_dir,
         cpu_limit_millis=c.resources.limit("cpu"),

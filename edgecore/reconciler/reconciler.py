@@ -75,7 +75,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -84,6 +84,8 @@ from edgecore.devices import DeviceAllocator, InsufficientDevices, wanted
 from edgecore.errors import CacheError
 from edgecore.podnet import HostPort, NetworkError, PodNetwork
 from edgecore.ratelimit import RateLimitedLog
+from edgecore.reconciler import env as envs
+from edgecore.reconciler.env import EnvError
 from edgecore.reconciler.naming import (
     ANN_CONTAINER,
     ANN_GRACE,
@@ -109,7 +111,7 @@ from edgecore.runtime.images import normalize_ref
 from edgecore.runtime.types import ContainerSpec, ContainerState, ExtendedRuntime, PullProgress
 from shared.backoff import capped_delay
 from shared.delta import EdgeDesired
-from shared.entries import POD, PodEntry, parse_pod_entry, split_key
+from shared.entries import POD, PodEntry, config_files, parse_pod_entry, split_key
 from shared.pods import Container, ContainerStatus, LastState, PodStatus
 from shared.policy import Level, Violation, check, host_path_rule, stricter
 
@@ -144,6 +146,7 @@ class _PodContext:
     blocked: tuple[str, str] | None = None  # (reason, message): do not start containers
     netns: str | None = None  # the pod's network namespace (None: the host's)
     pod_ip: str | None = None
+    items: Mapping[str, Any] | None = None  # the desired set (ConfigMaps, Secrets for env)
 
 
 def _msg(exc: BaseException) -> str:
@@ -568,7 +571,7 @@ class Reconciler:
                  for c in entry.spec.containers],
                 revision=entry.revision, node=self.node))
         await self._stop_remove(stale)
-        ctx = await self._prepare(entry, items)
+        ctx = replace(await self._prepare(entry, items), items=items)
         if self.devices is not None and self.devices.retain(key, names):
             await self._persist(("allocation", key), self.cache.put_pod_allocation, key,
                                 self.devices.pod_value(key))
@@ -708,11 +711,15 @@ class Reconciler:
         if self.prober is not None:
             self.prober.forget(cid)  # a new instance is probed afresh
         try:
+            env = self._env(entry, c, ctx)
+        except (EnvError, VolumeError) as exc:
+            return self._blocked(c.name, rec, ("CreateContainerConfigError", _msg(exc)))
+        try:
             devices = await self._allocate(entry, c)
         except InsufficientDevices as exc:
             return self._blocked(c.name, rec, ("InsufficientDevices", _msg(exc)))
         try:
-            spec = container_spec(entry, c, devices=devices, netns=ctx.netns,
+            spec = container_spec(entry, c, devices=devices, netns=ctx.netns, env=env,
                                   mounts=ctx.volumes.mounts(c) if ctx.volumes else ())
             if await self._needs_pull(spec):
                 try:
@@ -754,6 +761,23 @@ class Reconciler:
         self.prober.ensure(cid, c, started_at=now, instance=None)
         probe = self.prober.state(cid, c)
         return self._running(c.name, rec, ready=probe.ready, started=probe.started)
+
+    def _env(self, entry: PodEntry, c: Container, ctx: _PodContext) -> dict[str, str] | None:
+        """The container's environment with `valueFrom` / `envFrom` resolved (None: it has
+        neither, its plain values are all); raises EnvError / VolumeError if a ConfigMap,
+        Secret or key it needs is missing or malformed (`edgecore.reconciler.env`)."""
+        if not c.env_from and all(e.value_from is None for e in c.env):
+            return None
+        items = ctx.items or {}
+
+        def data(k: str) -> Mapping[str, bytes] | None:
+            if self.volumes is not None:
+                return self.volumes.config_data(k, items)
+            return config_files(k, items[k]) if k in items else None
+
+        hip = envs.host_ip()
+        facts = envs.PodFacts(node=self.node, pod_ip=ctx.pod_ip or hip, host_ip=hip)
+        return envs.build(entry, c, data=data, facts=facts)
 
     async def _run(self, entry: PodEntry, cid: str, spec: ContainerSpec) -> None:
         try:

@@ -190,6 +190,20 @@ class Volumes:
         self._write_dir(d, files)
         return d
 
+    def config_data(self, k: str, items: Mapping[str, Any]) -> dict[str, bytes] | None:
+        """The keys of the `configmap/...` or `secret/...` entry `k` in the desired set
+        (a sealed Secret opened), None if the node does not have it; raises VolumeError
+        if the entry is malformed. For a container's env (`edgecore.reconciler.env`)."""
+        if k not in items:
+            return None
+        value = items[k]
+        try:
+            if k.startswith("secret/") and self._open_secret is not None:
+                value = self._open_secret(k, value)
+            return config_files(k, value)
+        except (ObjectError, AuthFailed) as exc:
+            raise VolumeError(str(exc)) from None
+
     def _secret_tmpfs(self, d: Path) -> None:
         """Make sure the pod's secret directory is its own tmpfs before anything is written."""
         if d in self._tmpfs:

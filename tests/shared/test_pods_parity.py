@@ -175,7 +175,19 @@ def test_full_sets_every_field_of_the_spec() -> None:
 FULL: dict[str, Any] = {
     "containers": [
         {"name": "web", "image": "registry.local:5000/web:1", "command": ["/bin/web"],
-         "args": ["--port", "8080"], "env": [{"name": "A", "value": "1"}, {"name": "B"}],
+         "args": ["--port", "8080"], "env": [
+             {"name": "A", "value": "1"}, {"name": "B"},
+             {"name": "C", "valueFrom": {"configMapKeyRef": {"name": "web-conf", "key": "c",
+                                                             "optional": True}}},
+             {"name": "D", "valueFrom": {"secretKeyRef": {"name": "web-keys", "key": "d",
+                                                          "optional": False}}},
+             {"name": "E", "valueFrom": {"fieldRef": {"apiVersion": "v1",
+                                                      "fieldPath": "spec.nodeName"}}},
+             {"name": "F", "valueFrom": {"resourceFieldRef": {
+                 "containerName": "web", "resource": "limits.memory", "divisor": "1Mi"}}}],
+         "envFrom": [{"prefix": "CONF_", "configMapRef": {"name": "web-conf",
+                                                          "optional": True}},
+                     {"secretRef": {"name": "web-keys", "optional": False}}],
          "workingDir": "/srv",
          "ports": [{"containerPort": 8080, "name": "http"},
                    {"containerPort": 53, "protocol": "UDP", "hostPort": 5353}],
@@ -205,6 +217,7 @@ FULL: dict[str, Any] = {
                      "tolerationSeconds": 30}, {"operator": "Exists"}],
     "hostNetwork": True,
     "hostUsers": False,
+    "serviceAccountName": "web",
     "securityContext": {"runAsUser": 1001, "runAsGroup": 1001, "runAsNonRoot": True,
                         "fsGroup": 2000, "supplementalGroups": [3000, 3001],
                         "seccompProfile": {"type": "RuntimeDefault"}},

@@ -1,0 +1,95 @@
+"""The pod fields of issue 18 on real crun containers (the busybox of the test registry):
+env from a ConfigMap, a Secret, the node name and the pod's own fields, seen inside the
+container; init containers running in order before the app container.
+
+Real crun/conmon/skopeo/umoci (fixtures_runtime.py), the reconciler run as the agent
+runs it (`Node` of test_edge_workloads_crun.py).
+"""
+
+# ruff: noqa: F811  (pytest fixtures imported from fixtures_runtime are parameters here)
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+import pytest
+
+from edgecore.runtime import CrunRuntime
+from shared.entries import configmap_entry, configmap_key, secret_entry, secret_key
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from fixtures_runtime import (  # noqa: F401  (fixtures are used by name)
+    SeededRegistry,
+    runtime,
+    seeded_registry,
+)
+
+from test_edge_workloads_crun import Node, _read, add_pod  # isort: skip
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+
+
+async def test_env_from_configmap_secret_and_node_name_inside_a_container(
+    runtime: CrunRuntime, seeded_registry: SeededRegistry, tmp_path: Path,
+) -> None:
+    node = Node(runtime, tmp_path)
+    node.put(configmap_key("default", "app"), configmap_entry({"MODE": "fast", "LEVEL": "3"}))
+    node.put(secret_key("default", "creds"), secret_entry({"password": b"s3cret"}))
+    script = ('echo "$MODE $LEVEL $APP_LEVEL $PASSWORD $NODE $POD $CPU_M" > /out/env.tmp;'
+              " mv /out/env.tmp /out/env; echo \"$1\" > /out/arg; sleep 300")
+    key, _ = add_pod(node, "env", {
+        "nodeName": "n",
+        "volumes": [{"name": "out", "emptyDir": {}}],
+        "containers": [{
+            "name": "main", "image": seeded_registry.busybox,
+            "command": ["sh", "-c", script, "sh", "node=$(NODE)"],
+            "resources": {"limits": {"cpu": "500m"}},
+            "envFrom": [{"configMapRef": {"name": "app"}},
+                        {"prefix": "APP_", "configMapRef": {"name": "app"}}],
+            "env": [
+                {"name": "PASSWORD", "valueFrom": {"secretKeyRef": {"name": "creds",
+                                                                    "key": "password"}}},
+                {"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+                {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                {"name": "CPU_M", "valueFrom": {"resourceFieldRef": {
+                    "resource": "limits.cpu", "divisor": "1m"}}}],
+            "volumeMounts": [{"name": "out", "mountPath": "/out"}]}],
+    })
+    out = node.volumes.pod_dir(key) / "empty" / "out"
+    task = asyncio.create_task(node.rec.run())
+    try:
+        await node.until("env written", lambda: _read(out / "env") is not None)
+        assert _read(out / "env") == "fast 3 3 s3cret n env 500"
+        assert _read(out / "arg") == "node=n"
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        node.cache.close()
+
+
+async def test_a_missing_secret_key_keeps_the_container_waiting(
+    runtime: CrunRuntime, seeded_registry: SeededRegistry, tmp_path: Path,
+) -> None:
+    node = Node(runtime, tmp_path)
+    node.put(secret_key("default", "creds"), secret_entry({"user": b"u"}))
+    key, _ = add_pod(node, "nokey", {"containers": [{
+        "name": "main", "image": seeded_registry.busybox, "command": ["sleep", "300"],
+        "env": [{"name": "P", "valueFrom": {"secretKeyRef": {"name": "creds",
+                                                             "key": "password"}}}]}]})
+    task = asyncio.create_task(node.rec.run())
+    try:
+        await node.until("config error", lambda: (st := node.latest.get(key)) is not None
+                         and st.reason == "CreateContainerConfigError")
+        st = node.latest[key]
+        assert st is not None and st.phase == "Pending"
+        assert "couldn't find key password in Secret default/creds" in (st.message or "")
+        assert not [c for c in await runtime.list() if c.annotations.get(
+            "edgefed.io/pod") == key]
+        node.put(secret_key("default", "creds"), secret_entry({"password": b"p"}))
+        await node.until("running", lambda: (st := node.latest.get(key)) is not None
+                         and st.phase == "Running")
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        node.cache.close()
