@@ -9,9 +9,11 @@ Each measurement runs in a fresh interpreter (a subprocess, started when the mac
 over its own LMDB store in a temporary directory:
 
 1. build a `Fleet` as the tests and the old bench do (`Fleet(store=, scheduler=,
-   liveness=)`), set cloudcore's collector settings (`cloudcore.service.tune_gc`, as
-   the binary does once started) and register N Ready nodes with capacity, labels and
-   arch (`register_node`, `node_status`, `mark_ready`), as agents leave them;
+   liveness=)`; where the tree's service builds it with `background=True` and runs
+   its `run(settle=store.flush)` task, so does the bench), set cloudcore's collector
+   settings (`cloudcore.service.tune_gc`, as the binary does once started) and
+   register N Ready nodes with capacity, labels and arch (`register_node`,
+   `node_status`, `mark_ready`), as agents leave them;
 2. start a lag monitor in the same asyncio loop (uvloop when installed, as the binary):
    a 10 ms timer that records how late it fires;
 3. apply K DaemonSets one after another, each as the API's apply handler does
@@ -82,26 +84,44 @@ async def register_nodes(fleet: Fleet, store: Store, nodes: int) -> None:
     await store.flush()
 
 
+def _service_style(fleet_cls: type) -> bool:
+    """Whether this tree's service builds its Fleet with `background=True` and runs its
+    `run(settle=store.flush)` task (DaemonSet expansion in slices, issue 13); the
+    trees before that have neither, and their service applies in the call."""
+    import inspect
+
+    return ("background" in inspect.signature(fleet_cls).parameters
+            and callable(getattr(fleet_cls, "run", None)))
+
+
 @contextlib.asynccontextmanager
 async def bench_fleet(prefix: str) -> AsyncIterator[tuple[Fleet, Store, Path]]:
     """A Fleet over its own LMDB store in a temporary directory (also yielded), with the
-    store's writer running until the block ends."""
+    store's writer running until the block ends, built and run as this tree's
+    `cloudcore/service.py` does (`_service_style`)."""
     from cloudcore.config import StoreSettings
     from cloudcore.fleet import Fleet, Liveness
     from cloudcore.scheduler import Scheduler
     from cloudcore.store import Store
 
+    background = _service_style(Fleet)
     with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
         async with Store(StoreSettings(state_dir=Path(tmp) / "s", batch_max_ops=50_000)) as store:
-            writer = asyncio.create_task(store.run())
+            tasks = [asyncio.create_task(store.run())]
+            liveness = Liveness(default_heartbeat=30, missed=3, now=0)
+            if background:
+                fleet = Fleet(store=store, scheduler=Scheduler(), liveness=liveness,
+                              background=True)
+                tasks.append(asyncio.create_task(fleet.run(settle=store.flush)))
+            else:
+                fleet = Fleet(store=store, scheduler=Scheduler(), liveness=liveness)
             try:
-                yield (Fleet(store=store, scheduler=Scheduler(),
-                             liveness=Liveness(default_heartbeat=30, missed=3, now=0)),
-                       store, Path(tmp))
+                yield fleet, store, Path(tmp)
             finally:
-                writer.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await writer
+                for task in reversed(tasks):
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
 
 
 # --- the measuring subprocess ---------------------------------------------------------
@@ -166,11 +186,13 @@ async def _expanded(fleet: Any, names: list[str], key_prefix: str) -> None:
 async def _measure(nodes: int, daemonsets: int, settle: float = 2.0) -> None:
     import gc
 
+    from cloudcore.fleet import Fleet
     from cloudcore.service import tune_gc
     from shared.models import parse_object
 
     t_start = time.perf_counter()
     mem0 = _mem()
+    background = _service_style(Fleet)
     async with bench_fleet("bench-apply-") as (fleet, store, _):
         tune_gc()  # as the cloudcore binary does once started, before agents connect
         t = time.perf_counter()
@@ -179,7 +201,7 @@ async def _measure(nodes: int, daemonsets: int, settle: float = 2.0) -> None:
         await asyncio.sleep(settle)
         mem_nodes = _mem()
         _emit("PROGRESS", {"stage": "nodes", "register_s": round(register_s, 2),
-                           "rss": mem_nodes["VmRSS"]})
+                           "rss": mem_nodes["VmRSS"], "background_expansion": background})
         names = [f"edge-{i:06d}" for i in range(nodes)]
         monitor = _LagMonitor()
         lag_task = asyncio.create_task(monitor.run())
@@ -220,6 +242,7 @@ async def _measure(nodes: int, daemonsets: int, settle: float = 2.0) -> None:
         # emitted before the teardown (closing the store, freeing GBs of objects)
         _emit("RESULT", {
             "nodes": nodes, "daemonsets": daemonsets, "pods": len(fleet.pods),
+            "background_expansion": background,
             "register_s": round(register_s, 2),
             "rss_start": mem0["VmRSS"], "rss_nodes": mem_nodes["VmRSS"],
             "rss_end": mem_end["VmRSS"], "rss_peak": mem_end["VmHWM"],
