@@ -17,7 +17,7 @@ seqs the hub keeps idempotent by.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Set
 from typing import Any
 
 from cloudcore.fleet import naming
@@ -41,6 +41,9 @@ from shared.models import Pod
 log = logging.getLogger("cloudcore.fleet")
 
 Listener = Callable[[set[str]], None]
+_NO_REFS: frozenset[str] = frozenset()  # what most pods mount: one shared empty set
+SHARED_ENTRIES = 4096
+"""Entries of DaemonSet templates kept for sharing at most (then the memo starts over)."""
 
 
 class DesiredSets:
@@ -54,7 +57,10 @@ class DesiredSets:
         self._sets: dict[str, NodeDesired] = {}
         self._report_seq: dict[str, int] = {}
         self._entries: dict[Key, dict[str, Any]] = {}  # cached desired-set values of pods
-        self._refs: dict[Key, set[str]] = {}  # pod -> configmap/secret keys it mounts
+        self._refs: dict[Key, Set[str]] = {}  # pod -> configmap/secret keys it mounts
+        self._shared: dict[tuple[str, str, str], dict[str, Any]] = {}
+        """(DaemonSet, template hash, revision) -> the entry of one of its pods: every
+        other pod's entry shares all of it but its name and nodeName."""
         self._config_entries: dict[str, dict[str, Any] | None] = {}  # None: no such object
         self._dirty: set[str] = set()
         self._listeners: list[Listener] = []
@@ -85,12 +91,38 @@ class DesiredSets:
     def report_seq(self, name: str) -> int:
         return self._report_seq.get(name, 0)
 
-    def pod_refs(self, key: Key) -> set[str]:
-        """The ConfigMap/Secret entry keys pod `key` mounts."""
+    def pod_refs(self, key: Key) -> Set[str]:
+        """The ConfigMap/Secret entry keys pod `key` mounts (read only)."""
         refs = self._refs.get(key)
         if refs is None:
-            refs = self._refs[key] = referenced_keys(key[0], self.objects.pods[key].spec)
+            refs = self._refs[key] = (referenced_keys(key[0], self.objects.pods[key].spec)
+                                      or _NO_REFS)
         return refs
+
+    def pod_entry(self, pod: Pod) -> dict[str, Any]:
+        """The desired-set value of a pod. A DaemonSet's pods of one template revision
+        differ only in their name and nodeName: their entries are made once per
+        revision and shallow-copied, sharing the spec's parts (never changed: entries
+        are replaced, not edited)."""
+        ann = pod.metadata.annotations
+        owner, thash = ann.get(naming.OWNER), ann.get(naming.TEMPLATE_HASH)
+        rev = ann.get(naming.REVISION)
+        if owner is None or thash is None or rev is None or not owner.startswith("DaemonSet/"):
+            return pod_value(pod)
+        base = self._shared.get((owner, thash, rev))
+        if base is None:
+            if len(self._shared) >= SHARED_ENTRIES:
+                self._shared.clear()
+            base = self._shared[(owner, thash, rev)] = pod_value(pod)
+            return base
+        name, node = pod.metadata.name, pod.spec.node_name
+        if base["name"] == name:
+            return base
+        spec = base["spec"]
+        if spec.get("nodeName") != node:
+            spec = {**spec, "nodeName": node} if node is not None else {
+                k: v for k, v in spec.items() if k != "nodeName"}
+        return {**base, "name": name, "spec": spec}
 
     # -- listeners ----------------------------------------------------------------------
 
@@ -153,7 +185,7 @@ class DesiredSets:
             for pk in self.placement.on_node(name):
                 entry = self._entries.get(pk)
                 if entry is None:
-                    entry = self._entries[pk] = pod_value(pods[pk])
+                    entry = self._entries[pk] = self.pod_entry(pods[pk])
                 wanted[pod_key(*pk)] = entry
                 for ck in self.pod_refs(pk):
                     value = self._config_entry(ck)

@@ -76,6 +76,9 @@ class Nodes:
         """Nodes deleted through the API (name -> when): their agents' messages do not
         register them again (a deleted node's session may outlive its credentials);
         joining again with a token clears the mark."""
+        self._shapes: dict[tuple[tuple[str, int], ...], dict[str, int]] = {}
+        """Capacity / allocatable dicts by content: nodes of one hardware shape share one
+        (they are replaced on a change, never edited in place)."""
         self._lost: dict[Key, PodStatus] = {}  # last reported status of pods marked not ready
         self._node_lost: set[str] = set()  # nodes whose pods were marked NodeLost
 
@@ -235,8 +238,7 @@ class Nodes:
         for src, attr in (("capacity", "capacity"), ("allocatable", "allocatable")):
             val = status.get(src)
             if isinstance(val, dict):
-                setattr(st, attr, {str(k): int(v) for k, v in val.items()
-                                   if isinstance(v, int | float) and not isinstance(v, bool)})
+                setattr(st, attr, self._shape(val))
         if isinstance(status.get("arch"), str):
             st.arch = status["arch"]
         if isinstance(status.get("os"), str):
@@ -264,6 +266,17 @@ class Nodes:
             self.liveness.set_heartbeat(name, float(hb))
         self.objects.save("Node", name)
         return refused, before != (st.allocatable, node.metadata.labels, st.arch)
+
+    def _shape(self, val: dict[Any, Any]) -> dict[str, int]:
+        """A capacity / allocatable dict, shared with every node that reports the same."""
+        items = tuple((str(k), int(v)) for k, v in val.items()
+                      if isinstance(v, int | float) and not isinstance(v, bool))
+        shape = self._shapes.get(items)
+        if shape is None:
+            if len(self._shapes) >= 10_000:  # shapes are few; a flood of them is not kept
+                self._shapes.clear()
+            shape = self._shapes[items] = dict(items)
+        return shape
 
     def pod_statuses(self, name: str, pods: dict[str, dict[str, Any] | None]
                      ) -> tuple[int, list[tuple[Key, Pod]]]:

@@ -213,3 +213,29 @@ def test_an_updated_pod_says_which_revision_it_should_run() -> None:
     apply(fleet, bare)
     assert fleet.pods[("default", "solo")].metadata.annotations[REVISION] != "forged"
     assert apply(fleet, bare) == ["unchanged"]  # and it does not make apply see a change
+
+
+def test_daemonset_entries_are_shared_per_revision_and_equal_fresh_ones() -> None:
+    """Each node's entry of a DaemonSet pod is what pod_entry makes for that pod, while
+    the pods and entries of one template share the spec's parts (issue 13: memory)."""
+    from cloudcore.fleet.desired import pod_value
+
+    fleet = make_fleet()
+    for n in ("n1", "n2", "n3"):
+        add_node(fleet, n)
+    apply(fleet, daemonset())
+    entries = []
+    for n in ("n1", "n2", "n3"):
+        key = ("default", f"agent-{n}")
+        (value, _), = fleet.desired[n].items.values()
+        assert value == pod_value(fleet.pods[key])
+        assert value["name"] == f"agent-{n}" and value["spec"]["nodeName"] == n
+        entries.append(value)
+    assert entries[1]["spec"]["containers"] is entries[2]["spec"]["containers"]
+    specs = [fleet.pods[("default", f"agent-{n}")].spec for n in ("n1", "n2", "n3")]
+    assert specs[0].containers is specs[1].containers is specs[2].containers
+    apply(fleet, daemonset(args=["sleep", "2d"]))  # a new revision: new entries
+    for n in ("n1", "n2", "n3"):
+        (value, _), = fleet.desired[n].items.values()
+        assert value == pod_value(fleet.pods[("default", f"agent-{n}")])
+        assert value["spec"]["containers"][0]["args"] == ["sleep", "2d"]
