@@ -207,6 +207,7 @@ class PodStatus(_Model):
     message: str | None = None
     node_name: str | None = None
     container_statuses: list[ContainerStatus] = Field(default_factory=list)
+    init_container_statuses: list[ContainerStatus] | None = None
     revision: str | None = None
     updated_at: float | None = None
     ready: bool | None = None  # Running and every container ready (None: not reported)

@@ -623,6 +623,9 @@ class Container(Spec, kw_only=True, frozen=True):
     readiness_probe: Probe | None = None
     startup_probe: Probe | None = None
     security_context: SecurityContext | None = None
+    restart_policy: Literal["Always"] | None = None
+    """Only on an init container: `Always` makes it a sidecar (started in order with
+    the init containers, kept running beside the app containers)."""
 
     def __post_init__(self) -> None:
         _rule(validate.dns_name, self.name, "name")
@@ -667,6 +670,9 @@ class Toleration(Spec, kw_only=True, frozen=True):
 
 class PodSpec(Spec, kw_only=True, frozen=True):
     containers: Annotated[list[Container], Meta(min_length=1)]
+    init_containers: list[Container] = []
+    """Run in order, each to completion, before the app containers (a sidecar, with
+    `restartPolicy: Always`, is started and kept running instead)."""
     restart_policy: Literal["Always", "OnFailure", "Never"] = "Always"
     node_selector: dict[str, str] = {}
     node_name: str | None = None
@@ -686,16 +692,28 @@ class PodSpec(Spec, kw_only=True, frozen=True):
 
     def __post_init__(self) -> None:
         _rule(lambda v: validate.unique(v, "container names"),
-              [c.name for c in self.containers], "containers")
+              [c.name for c in self.all_containers()], "containers")
+        for i, c in enumerate(self.containers):
+            if c.restart_policy is not None:
+                raise ValueError(f"@containers[{i}].restartPolicy: allowed only on init "
+                                 "containers (a sidecar)")
+        for i, c in enumerate(self.init_containers):
+            probes = [k for k, p in (("livenessProbe", c.liveness_probe),
+                                     ("readinessProbe", c.readiness_probe),
+                                     ("startupProbe", c.startup_probe)) if p is not None]
+            if probes and c.restart_policy is None:
+                raise ValueError(f"@initContainers[{i}].{probes[0]}: an init container that "
+                                 "runs to completion cannot have probes (a sidecar, "
+                                 "restartPolicy: Always, can)")
         vols = [v.name for v in self.volumes]
         validate.unique(vols, "volume names")
-        for c in self.containers:
+        for c in self.all_containers():
             for m in c.volume_mounts:
                 if m.name not in vols:
                     raise ValueError(f"container {c.name!r}: volumeMount {m.name!r} names no "
                                      f"volume of the pod (volumes: {', '.join(vols) or 'none'})")
-        names = {c.name for c in self.containers}
-        for c in self.containers:
+        names = {c.name for c in self.all_containers()}
+        for c in self.all_containers():
             for e in c.env:
                 ref = e.value_from.resource_field_ref if e.value_from is not None else None
                 if ref is not None and ref.container_name not in (None, "", *names):
@@ -703,7 +721,7 @@ class PodSpec(Spec, kw_only=True, frozen=True):
                                      f"containerName {ref.container_name!r} names no "
                                      "container of the pod")
         pod = self.security_context
-        for c in self.containers:
+        for c in self.all_containers():
             sc = c.security_context
             user = _first(sc and sc.run_as_user, pod and pod.run_as_user)
             group = _first(sc and sc.run_as_group, pod and pod.run_as_group)
@@ -716,7 +734,7 @@ class PodSpec(Spec, kw_only=True, frozen=True):
                                  "runAsUser is 0")
 
     def _tidy(self, out: dict[str, Any]) -> None:
-        for c in out["containers"]:
+        for c in [*out["containers"], *out.get("initContainers", ())]:
             if c.get("resources") == {}:
                 del c["resources"]
 
@@ -727,17 +745,36 @@ class PodSpec(Spec, kw_only=True, frozen=True):
 
     def all_containers(self) -> list[Container]:
         """The init containers, then the app containers."""
-        return self.containers
+        return [*self.init_containers, *self.containers] if self.init_containers \
+            else self.containers
 
     def volume(self, name: str) -> Volume:
         return next(v for v in self.volumes if v.name == name)
 
     def requests(self) -> dict[str, int]:
-        """Summed requests of all containers, by resource name."""
+        """The pod's requests by resource name, as Kubernetes counts them: the app
+        containers and the sidecars together, or the largest init container (with the
+        sidecars started before it) if that is more."""
         total: dict[str, int] = {}
+        sidecars: dict[str, int] = {}
+        peak: dict[str, int] = {}
+        for c in self.init_containers:
+            names = {*c.resources.requests, *c.resources.limits}
+            if c.restart_policy == "Always":
+                for name in names:
+                    sidecars[name] = sidecars.get(name, 0) + c.resources.request(name)
+                continue
+            for name in {*names, *sidecars}:
+                need = sidecars.get(name, 0) + (c.resources.request(name) if name in names
+                                                else 0)
+                peak[name] = max(peak.get(name, 0), need)
         for c in self.containers:
             for name in {*c.resources.requests, *c.resources.limits}:
                 total[name] = total.get(name, 0) + c.resources.request(name)
+        for name, n in sidecars.items():
+            total[name] = total.get(name, 0) + n
+        for name, n in peak.items():
+            total[name] = max(total.get(name, 0), n)
         return total
 
 
@@ -827,6 +864,7 @@ class PodStatus:
     message: str | None = None
     node_name: str | None = None
     container_statuses: list[ContainerStatus] = field(default_factory=list)
+    init_container_statuses: list[ContainerStatus] | None = None  # None: the pod has none
     revision: str | None = None
     updated_at: float | None = None
     ready: bool | None = None  # Running and every container ready (None: not reported)

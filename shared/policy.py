@@ -271,6 +271,8 @@ class _Checker:
         for i, vol in enumerate(spec.volumes):
             if vol.host_path is not None:
                 self._host_path(i, vol)
+        for i, c in enumerate(spec.init_containers):
+            self._container(f"initContainers[{i}]", c)
         for i, c in enumerate(spec.containers):
             self._container(f"containers[{i}]", c)
         return self.out
@@ -295,10 +297,10 @@ class _Checker:
             return
         if rule.writable:
             return
-        for j, c in enumerate(self.spec.containers):
+        for at, c in _containers(self.spec):
             for k, m in enumerate(c.volume_mounts):
                 if m.name == vol.name and not m.read_only:
-                    self.bad(f"containers[{j}].volumeMounts[{k}].readOnly", False,
+                    self.bad(f"{at}.volumeMounts[{k}].readOnly", False,
                              f"{hp.path} is allowed read-only (prefix {rule.prefix}); "
                              "set readOnly: true")
 
@@ -340,6 +342,12 @@ class _Checker:
         if explicit is None:
             self.bad(f"{sat}.seccompProfile.type", None, "must be RuntimeDefault or "
                      "Localhost (here or in the pod's securityContext)")
+
+
+def _containers(spec: Any) -> list[tuple[str, Any]]:
+    """Every container of a pod with its dotted path: init containers first."""
+    return [*((f"initContainers[{i}]", c) for i, c in enumerate(spec.init_containers)),
+            *((f"containers[{i}]", c) for i, c in enumerate(spec.containers))]
 
 
 # -- what an admitted pod carries ---------------------------------------------------------------

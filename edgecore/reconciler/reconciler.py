@@ -360,7 +360,7 @@ class Reconciler:
         images: set[str] = set()
         for entry in self._parse(self.desired()).values():
             if isinstance(entry, PodEntry):
-                images.update(c.image for c in entry.spec.containers)
+                images.update(c.image for c in entry.spec.all_containers())
         return images
 
     def _parse(self, desired: EdgeDesired) -> dict[str, PodEntry | Exception]:
@@ -546,7 +546,7 @@ class Reconciler:
             rec = PodRecord(revision=entry.revision)  # a new revision starts with fresh counts
         self._records[key] = rec
         _, ns, name = split_key(key)
-        names = {c.name for c in entry.spec.containers}
+        names = {c.name for c in entry.spec.all_containers()}
         current: dict[str, ContainerState] = {}
         stale: list[ContainerState] = []
         for st in states:
@@ -561,29 +561,105 @@ class Reconciler:
             log.info("%s: replacing %d container(s) with revision %s", key, len(stale),
                      entry.revision)
         now = self.clock()
+        spec = entry.spec
         if not current and all(not rec.container(c.name).completed
                                and rec.container(c.name).next_start_at <= now
-                               for c in entry.spec.containers):
+                               for c in spec.all_containers()):
             # Everything is about to be (re)created: say so before a possibly slow pull.
+            creating = [ContainerStatus(name=c.name, reason="ContainerCreating",
+                                        restart_count=rec.container(c.name).restarts)
+                        for c in spec.all_containers()]
+            n = len(spec.init_containers)
             self.sink.update(key, pod_status(
-                [ContainerStatus(name=c.name, reason="ContainerCreating",
-                                 restart_count=rec.container(c.name).restarts)
-                 for c in entry.spec.containers],
-                revision=entry.revision, node=self.node))
+                creating[n:], revision=entry.revision, node=self.node,
+                init=creating[:n], sidecar=[c.restart_policy == "Always"
+                                            for c in spec.init_containers]))
         await self._stop_remove(stale)
         ctx = replace(await self._prepare(entry, items), items=items)
         if self.devices is not None and self.devices.retain(key, names):
             await self._persist(("allocation", key), self.cache.put_pod_allocation, key,
                                 self.devices.pod_value(key))
+        init, initialized = await self._init_containers(entry, current, rec, ctx)
         statuses = []
-        for c in entry.spec.containers:
+        for c in spec.containers:
             cid = container_id(ns, name, c.name, entry.revision)
+            if not initialized:
+                statuses.append(ContainerStatus(
+                    name=c.name, reason="PodInitializing",
+                    restart_count=rec.container(c.name).restarts))
+                continue
             statuses.append(await self._container(entry, c, cid, current.get(c.name),
                                                   rec.container(c.name), ctx=ctx))
+        if init and spec.restart_policy != "Always" and all(
+                rec.container(c.name).completed for c in spec.containers):
+            init = await self._stop_sidecars(entry, current, rec, init)
         after = rec.to_dict()
         if after != before:
             await self._persist(("record", key), self.cache.put_pod_record, key, after)
-        return pod_status(statuses, revision=entry.revision, node=self.node, pod_ip=ctx.pod_ip)
+        return pod_status(statuses, revision=entry.revision, node=self.node, pod_ip=ctx.pod_ip,
+                          init=init, sidecar=[c.restart_policy == "Always"
+                                              for c in spec.init_containers])
+
+    async def _init_containers(
+        self, entry: PodEntry, current: dict[str, ContainerState], rec: PodRecord,
+        ctx: _PodContext,
+    ) -> tuple[list[ContainerStatus], bool]:
+        """Run the init containers in order, each to completion (a sidecar: until it
+        runs), the next only once the one before is done; restarted on failure unless the
+        pod's restartPolicy is Never (Kubernetes' rule). Returns their statuses and
+        whether all are done (the app containers may start). App containers already
+        running (adopted after the records were lost) mean the pod was initialized."""
+        spec = entry.spec
+        if not spec.init_containers:
+            return [], True
+        _, ns, name = split_key(entry.key)
+        started = any(c.name in current for c in spec.containers)
+        policy = "Never" if spec.restart_policy == "Never" else "OnFailure"
+        out: list[ContainerStatus] = []
+        done = True
+        for c in spec.init_containers:
+            crec = rec.container(c.name)
+            sidecar = c.restart_policy == "Always"
+            if not done:
+                out.append(ContainerStatus(name=c.name, reason="PodInitializing",
+                                           restart_count=crec.restarts))
+                continue
+            if not sidecar and started and not crec.completed:
+                out.append(ContainerStatus(name=c.name, state="terminated", exit_code=0,
+                                           reason="Completed", restart_count=crec.restarts))
+                continue
+            if sidecar and crec.completed:  # stopped once the app containers finished
+                out.append(self._terminated(c.name, crec))
+                continue
+            cid = container_id(ns, name, c.name, entry.revision)
+            st = await self._container(entry, c, cid, current.get(c.name), crec, ctx=ctx,
+                                       policy="Always" if sidecar else policy)
+            out.append(st)
+            done = (st.state == "running" if sidecar
+                    else st.state == "terminated" and st.exit_code == 0)
+        return out, done or started
+
+    async def _stop_sidecars(
+        self, entry: PodEntry, current: dict[str, ContainerState], rec: PodRecord,
+        init: list[ContainerStatus],
+    ) -> list[ContainerStatus]:
+        """Every app container finished for good: stop the sidecars, as Kubernetes does."""
+        out = list(init)
+        for i, c in enumerate(entry.spec.init_containers):
+            crec = rec.container(c.name)
+            if c.restart_policy != "Always" or crec.completed:
+                continue
+            st = current.get(c.name)
+            if st is not None and st.status == "running":
+                if self.prober is not None:
+                    self.prober.forget(st.id)
+                async with self._changing(entry.key):
+                    await self.runtime.stop(
+                        st.id, grace_s=float(entry.spec.termination_grace_period_seconds))
+            crec.completed, crec.exit_code, crec.exit_reason = True, 0, "Completed"
+            crec.finished_at = self.clock()
+            out[i] = self._terminated(c.name, crec)
+        return out
 
     async def _prepare(self, entry: PodEntry, items: dict[str, Any]) -> _PodContext:
         netns = pod_ip = None
@@ -617,8 +693,10 @@ class Reconciler:
 
     async def _container(
         self, entry: PodEntry, c: Container, cid: str, st: ContainerState | None,
-        rec: ContainerRecord, *, ctx: _PodContext,
+        rec: ContainerRecord, *, ctx: _PodContext, policy: str | None = None,
     ) -> ContainerStatus:
+        """Converge one container; `policy` overrides the pod's restartPolicy (an init
+        container's)."""
         now = self.clock()
         # The wall clock can go back (a device without a battery-backed clock booting
         # offline, an NTP step): a restart is never due further off than its backoff
@@ -641,7 +719,7 @@ class Reconciler:
         if st is not None and st.status in ("stopped", "unknown"):
             if self.prober is not None:
                 self.prober.forget(cid)
-            self._observe_exit(st, rec, entry.spec.restart_policy)
+            self._observe_exit(st, rec, policy or entry.spec.restart_policy)
             if rec.completed:
                 return self._terminated(c.name, rec)
             if now < rec.next_start_at:

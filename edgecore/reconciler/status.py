@@ -6,27 +6,57 @@
 - Succeeded: every container terminated with exit code 0 and none will restart.
 - Failed: every container terminated, at least one unsuccessfully, and none will
   restart (restartPolicy Never, or an exit the policy does not restart).
+
+While init containers run (`initializing`) the pod is Pending with the reason kubectl
+shows: `Init:1/2` (one of two done), `Init:CrashLoopBackOff`, `Init:Error`,
+`Init:ExitCode:N`, `Init:<waiting reason>`; Failed with `Init:Error` when an init
+container failed and the pod's restartPolicy is Never. A sidecar (an init container with
+`restartPolicy: Always`) counts as done once it runs; it then counts for readiness.
 """
 
 from __future__ import annotations
 
-from shared.pods import ContainerStatus, PodStatus
+from shared.pods import ContainerStatus, PodPhase, PodStatus
 
 # Waiting reasons that mean "has never got going", so the pod is still Pending.
 PENDING_REASONS = frozenset({
     "ContainerCreating", "ImagePullBackOff", "ErrImagePull", "CreateContainerError",
     "CreateContainerConfigError", "InvalidImageName", "InsufficientDevices",
-    "NetworkNotReady",
+    "NetworkNotReady", "PodInitializing",
 })
+
+
+def initializing(
+    init: list[ContainerStatus], sidecar: list[bool],
+) -> tuple[PodPhase, str, str | None] | None:
+    """(phase, reason, message) while the init containers are not done, kubectl's way;
+    None once every regular one completed and every sidecar runs."""
+    for i, (st, side) in enumerate(zip(init, sidecar, strict=True)):
+        if side and st.state != "waiting":  # running, or stopped after the app containers
+            continue
+        if not side and st.state == "terminated" and st.exit_code == 0:
+            continue
+        if st.state == "terminated":  # failed, and the pod's restartPolicy is Never
+            why = (f"Init:{st.reason}" if st.reason and st.reason != "Completed"
+                   else f"Init:ExitCode:{st.exit_code}")
+            return "Failed", why, st.message
+        if st.reason and st.reason not in ("ContainerCreating", "PodInitializing"):
+            return "Pending", f"Init:{st.reason}", st.message
+        return "Pending", f"Init:{i}/{len(init)}", None
+    return None
 
 
 def pod_status(
     containers: list[ContainerStatus], *, revision: str, node: str,
-    pod_ip: str | None = None,
+    pod_ip: str | None = None, init: list[ContainerStatus] | None = None,
+    sidecar: list[bool] | None = None,
 ) -> PodStatus:
+    """The pod's status from its app containers' (`containers`) and, if it has any, its
+    init containers' (`init`; `sidecar[i]`: the i-th is a sidecar)."""
     pending = [c for c in containers if c.state == "waiting" and c.reason in PENDING_REASONS
                and c.restart_count == 0]
     terminated = [c for c in containers if c.state == "terminated"]
+    phase: PodPhase
     if pending:
         first = pending[0]
         phase, reason, message = "Pending", first.reason, first.message
@@ -35,11 +65,16 @@ def pod_status(
         phase, reason, message = ("Succeeded", None, None) if ok else ("Failed", None, None)
     else:
         phase, reason, message = "Running", None, None
+    sidecars = [st for st, side in zip(init or [], sidecar or [], strict=False) if side]
+    if init:
+        early = initializing(init, sidecar or [False] * len(init))
+        if early is not None:
+            phase, reason, message = early
     return PodStatus(
         phase=phase, reason=reason, message=message, node_name=node,
         container_statuses=containers, revision=revision,
-        ready=phase == "Running" and all(c.ready for c in containers),
-        pod_ip=pod_ip,
+        ready=phase == "Running" and all(c.ready for c in [*containers, *sidecars]),
+        pod_ip=pod_ip, init_container_statuses=init or None,
     )
 
 

@@ -93,3 +93,36 @@ async def test_a_missing_secret_key_keeps_the_container_waiting(
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         node.cache.close()
+
+
+async def test_init_containers_run_in_order_before_the_main_one(
+    runtime: CrunRuntime, seeded_registry: SeededRegistry, tmp_path: Path,
+) -> None:
+    node = Node(runtime, tmp_path)
+    img = seeded_registry.busybox
+    mount = [{"name": "out", "mountPath": "/out"}]
+    key, _ = add_pod(node, "init", {
+        "volumes": [{"name": "out", "emptyDir": {}}],
+        "initContainers": [
+            {"name": "first", "image": img, "volumeMounts": mount,
+             "command": ["sh", "-c", "sleep 0.3; echo first >> /out/order"]},
+            {"name": "second", "image": img, "volumeMounts": mount,
+             "command": ["sh", "-c", "echo second >> /out/order"]}],
+        "containers": [{"name": "main", "image": img, "volumeMounts": mount,
+                        "command": ["sh", "-c", "echo main >> /out/order; sleep 300"]}],
+    })
+    out = node.volumes.pod_dir(key) / "empty" / "out"
+    task = asyncio.create_task(node.rec.run())
+    try:
+        await node.until("main ran", lambda: (_read(out / "order") or "").endswith("main"))
+        assert _read(out / "order") == "first\nsecond\nmain"
+        await node.until("running", lambda: (st := node.latest.get(key)) is not None
+                         and st.phase == "Running")
+        st = node.latest[key]
+        assert st is not None and st.init_container_statuses is not None
+        assert [(c.state, c.exit_code) for c in st.init_container_statuses] == [
+            ("terminated", 0), ("terminated", 0)]
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        node.cache.close()

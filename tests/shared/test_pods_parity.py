@@ -210,6 +210,12 @@ FULL: dict[str, Any] = {
         {"name": "side", "image": "busybox",
          "securityContext": {"privileged": True, "seccompProfile": {"type": "Unconfined"}}},
     ],
+    "initContainers": [
+        {"name": "migrate", "image": "busybox", "command": ["/bin/migrate"],
+         "volumeMounts": [{"name": "data", "mountPath": "/data"}]},
+        {"name": "proxy", "image": "busybox", "restartPolicy": "Always",
+         "readinessProbe": {"tcpSocket": {"port": 15001}}},
+    ],
     "restartPolicy": "OnFailure",
     "nodeSelector": {"zone": "shop"},
     "nodeName": "edge-1",
