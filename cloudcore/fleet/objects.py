@@ -102,6 +102,19 @@ def dump_object(obj: Any) -> dict[str, Any]:
     return out
 
 
+def record_of(obj: Any) -> dict[str, Any]:
+    """An object as the store keeps it: what `load` validates back into an equal
+    object. A pod's spec is written by its own `dump()` (defaults left out, one
+    msgspec call) instead of field by field: it is most of a pod and pods are most of
+    the store's writes."""
+    if isinstance(obj, Pod):
+        out: dict[str, Any] = obj.model_dump(mode="json", by_alias=True, exclude_none=True,
+                                             exclude={"spec"})
+        out["spec"] = obj.spec.dump()
+        return out
+    return dump_object(obj)
+
+
 class Objects:
     """Every object of the fleet by kind, persisted and watched."""
 
@@ -161,7 +174,7 @@ class Objects:
     def save(self, kind: str, key: Any) -> None:
         """Persist an object changed in place (written behind) and announce it."""
         obj = self._tables[kind][key]
-        self.store.put_later(KIND_DB[kind], skey(key), lambda: dump_object(obj))
+        self.store.put_later(KIND_DB[kind], skey(key), lambda: record_of(obj))
         self.changed(kind, key)
 
     def put(self, obj: Any) -> Any:
@@ -172,7 +185,7 @@ class Objects:
         table = self._tables[kind]
         stamp(obj, table.get(key))
         table[key] = obj
-        self.store.put_later(KIND_DB[kind], skey(key), lambda: dump_object(obj))
+        self.store.put_later(KIND_DB[kind], skey(key), lambda: record_of(obj))
         self.changed(kind, key)
         return key
 

@@ -239,3 +239,23 @@ def test_daemonset_entries_are_shared_per_revision_and_equal_fresh_ones() -> Non
         (value, _), = fleet.desired[n].items.values()
         assert value == pod_value(fleet.pods[("default", f"agent-{n}")])
         assert value["spec"]["containers"][0]["args"] == ["sleep", "2d"]
+
+
+def test_a_pod_record_loads_back_equal() -> None:
+    """The store keeps a pod's spec by its own dump (defaults left out): loading it
+    gives the same pod."""
+    from cloudcore.fleet.objects import dump_object, record_of
+    from shared.models import Pod
+
+    fleet = make_fleet()
+    add_node(fleet, "n1")
+    apply(fleet, daemonset(args=["sleep", "3d"]), {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "labels": {"a": "b"}},
+        "spec": {"nodeName": "n1", "restartPolicy": "OnFailure",
+                 "containers": [{"name": "c", "image": "busybox", "command": ["sh"],
+                                 "env": [{"name": "X", "value": "1"}],
+                                 "resources": {"requests": {"cpu": "100m"}}}]}})
+    for key in (("default", "p"), ("default", "agent-n1")):
+        pod = fleet.pods[key]
+        again = Pod.model_validate(record_of(pod))
+        assert again == pod and dump_object(again) == dump_object(pod)
