@@ -118,6 +118,38 @@ def validate(doc: Any, source: str) -> Document:
     return Document(source=source, kind=kind, namespace=namespace, name=meta["name"], body=body)
 
 
+def read(
+    paths: list[str], *, recursive: bool = False, stdin: TextIO | None = None
+) -> list[tuple[str, Any | ManifestError]]:
+    """Every raw document of every path (`-` is stdin), in order, with its source
+    ("web.yaml#2"); not validated. A path or file that cannot be read, or is not valid
+    YAML, stands as its ManifestError in the list (source: the path), and the other
+    paths are still read: `fedctl apply` reports it and goes on with the rest."""
+    out: list[tuple[str, Any | ManifestError]] = []
+    for path in paths:
+        if path == "-":
+            stream = stdin if stdin is not None else sys.stdin
+            texts = [("<stdin>", stream.read())]
+        else:
+            texts = []
+            try:
+                files = _files(path, recursive=recursive)
+            except ManifestError as exc:
+                out.append((path, exc))
+                continue
+            for f in files:
+                try:
+                    texts.append((str(f), f.read_text()))
+                except (OSError, UnicodeDecodeError) as exc:
+                    out.append((str(f), ManifestError(f"{f}: cannot read: {exc}")))
+        for source, text in texts:
+            try:
+                out += _parse_stream(text, source)
+            except ManifestError as exc:
+                out.append((source, exc))
+    return out
+
+
 def load(
     paths: list[str], *, recursive: bool = False, stdin: TextIO | None = None
 ) -> list[Document]:
@@ -127,20 +159,10 @@ def load(
     since applying nothing is almost always a wrong path.
     """
     docs: list[Document] = []
-    for path in paths:
-        if path == "-":
-            stream = stdin if stdin is not None else sys.stdin
-            texts = [("<stdin>", stream.read())]
-        else:
-            texts = []
-            for f in _files(path, recursive=recursive):
-                try:
-                    texts.append((str(f), f.read_text()))
-                except (OSError, UnicodeDecodeError) as exc:
-                    raise ManifestError(f"{f}: cannot read: {exc}") from None
-        for source, text in texts:
-            for src, doc in _parse_stream(text, source):
-                docs.append(validate(doc, src))
+    for src, doc in read(paths, recursive=recursive, stdin=stdin):
+        if isinstance(doc, ManifestError):
+            raise doc
+        docs.append(validate(doc, src))
     if not docs:
         raise ManifestError(f"no objects found in {', '.join(paths)}")
     seen: dict[tuple[str, str | None, str], str] = {}
