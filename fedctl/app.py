@@ -30,7 +30,14 @@ from fedctl import config as cfg
 from fedctl import kinds, render
 from fedctl.client import ApiClient
 from fedctl.config import Settings, resolve
-from fedctl.errors import FedctlError, ManifestError, NotFound, Unreachable, UsageError
+from fedctl.errors import (
+    FedctlError,
+    ManifestError,
+    NotFound,
+    ServerError,
+    Unreachable,
+    UsageError,
+)
 
 if TYPE_CHECKING:
     from fedctl import manifests
@@ -222,7 +229,13 @@ def apply(
                      "nothing."),
     ] = False,
 ) -> None:
-    """Create or update objects from multi-document YAML (validated locally first).
+    """Create or update objects from multi-document YAML, each document on its own.
+
+    Every document is validated locally first and applied on its own, as kubectl does:
+    a refused document is reported with every bad field (its path, why, and the
+    supported alternative where there is one) and the others still go on. A kind
+    edgefed does not serve (Service, Ingress, ServiceAccount, RBAC, storage claims) is
+    reported as skipped with the reason. Exits 1 if any document was refused.
 
     What `get -o yaml|json` prints can be applied back: a `kind: List` is expanded,
     and status and server-managed metadata (uid, generation, creationTimestamp,
@@ -230,63 +243,102 @@ def apply(
     """
     if not filename:
         raise UsageError("apply needs -f FILE, -f DIR or -f - (stdin)")
-    from fedctl import manifests
+    from fedctl import plan
 
-    docs = manifests.load(filename, recursive=recursive)
-    for d in docs:
-        _refuse_unexpanded(d)
-    out = sys.stdout
+    outcomes = plan.plan(filename, recursive=recursive)
+    todo = [o.document for o in outcomes if o.document is not None]
+    single = len(outcomes) == 1
+    refused = [o for o in outcomes if o.status == "refused"]
+    suffix = " (dry run)" if dry_run else ""
+    applied = 0
     with _state(ctx).client() as api:
-        results = api.apply([d.body for d in docs], dry_run=dry_run)
-        suffix = " (dry run)" if dry_run else ""
-        for doc, r in zip(docs, results, strict=False):
-            kind = kinds.BY_KIND.get(str(r.get("kind")))
-            singular = kind.singular if kind else str(r.get("kind", "object")).lower()
-            action = r.get("action", "applied")
-            out.write(f"{singular}/{r.get('name', '?')} {action}{suffix}\n")
-            if dry_run and action == "configured":
-                out.write(_dry_run_diff(api, doc))
-    out.flush()
-
-
-_UNEXPANDED = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?[-=?+][^}]*)?\}")
-_OWN_SHELL = {"command", "args", "data", "stringData"}
-"""Where `${NAME}` may be the pod's own: a shell in the container expands it (command,
-args) or a file holds it (a ConfigMap's or Secret's data)."""
-
-
-def _unexpanded(value: Any, path: str) -> tuple[str, str, str] | None:
-    """(field path, variable, value) of the first `${NAME}` left in an image, or standing for
-    a whole value anywhere a shell or file in the pod would not expand it."""
-    if isinstance(value, dict):
-        for k, v in value.items():
-            if k not in _OWN_SHELL:
-                found = _unexpanded(v, f"{path}.{k}" if path else str(k))
-                if found:
-                    return found
-    elif isinstance(value, list):
-        for i, v in enumerate(value):
-            found = _unexpanded(v, f"{path}[{i}]")
-            if found:
-                return found
-    elif isinstance(value, str) and "${" in value:
-        m = _UNEXPANDED.search(value)
-        if m and (path.endswith(".image") or m.group(0) == value.strip()):
-            return path, m.group(1), value
-    return None
-
-
-def _refuse_unexpanded(doc: manifests.Document) -> None:
-    """Refuse a document with a `${NAME}` nobody expanded (a template applied as it is):
-    cloudcore would accept it and the node fail later with CreateContainerConfigError."""
-    found = _unexpanded(doc.body, "")
-    if found:
-        path, var, value = found
+        batch = _apply_batch(api, todo, dry_run=dry_run)
+        done = iter(batch) if batch is not None else None
+        for o in outcomes:
+            if o.status == "skipped":
+                _print(f"{o.ref} skipped: {o.reason}")
+            elif o.status == "refused":
+                _report_refused(o.label, [p.line() for p in o.problems])
+            else:
+                assert o.document is not None
+                try:
+                    r = next(done) if done is not None else _apply_one(api, o.document,
+                                                                      dry_run=dry_run)
+                except ServerError as exc:
+                    if exc.status not in RETRY_SINGLY:  # auth, a bug: stop here
+                        raise
+                    refused.append(o)
+                    _report_refused(o.label, [_server_problem(exc)], by="cloudcore")
+                    continue
+                applied += 1
+                action = r.get("action", "applied")
+                _print(f"{o.document.ref} {action}{suffix}")
+                if dry_run and action == "configured":
+                    _print(_dry_run_diff(api, o.document), end="")
+    if refused and not single:
+        skipped = sum(o.status == "skipped" for o in outcomes)
         raise ManifestError(
-            f"{doc.source} ({doc.kind.kind}/{doc.name}): {path} is {value!r}: ${{{var}}} "
-            f"was not expanded (fedctl does not expand variables): set it and expand the "
-            f"file first, e.g. "
-            f"`export {var}=...; envsubst < FILE | fedctl apply -f -`", field=path)
+            f"{len(refused)} of {len(outcomes)} documents refused "
+            f"({applied} applied{suffix}, {skipped} skipped)")
+    if refused:
+        raise typer.Exit(1)
+
+
+RETRY_SINGLY = frozenset({400, 409, 413, 422})
+"""A batch apply refused with one of these is sent again one document at a time
+(cloudcore's apply is all or nothing: one bad document refuses the whole batch)."""
+
+
+def _apply_batch(api: ApiClient, docs: list[manifests.Document], *,
+                 dry_run: bool) -> list[dict[str, Any]] | None:
+    """All valid documents in one request (the common case: they all pass); None when
+    cloudcore refused the batch, so that each is then sent on its own."""
+    if not docs:
+        return []
+    try:
+        results = api.apply([d.body for d in docs], dry_run=dry_run)
+    except ServerError as exc:
+        if exc.status in RETRY_SINGLY:
+            return None
+        raise
+    if len(results) != len(docs):
+        raise ServerError(f"cloudcore answered an apply of {len(docs)} documents with "
+                          f"{len(results)} results", status=200)
+    return results
+
+
+def _apply_one(api: ApiClient, doc: manifests.Document, *, dry_run: bool) -> dict[str, Any]:
+    """One document in its own request, after cloudcore refused the batch."""
+    results = api.apply([doc.body], dry_run=dry_run)
+    if len(results) != 1:
+        raise ServerError(f"cloudcore answered the apply of one document with "
+                          f"{len(results)} results", status=200)
+    return results[0]
+
+
+_DOCUMENT_PREFIX = re.compile(r"^documents\[\d+\](\.items\[\d+\])?: ")
+
+
+def _server_problem(exc: ServerError) -> str:
+    """cloudcore's refusal of one document, without its `documents[0]: ` prefix."""
+    return _DOCUMENT_PREFIX.sub("", exc.message)
+
+
+def _print(text: str, *, end: str = "\n") -> None:
+    sys.stdout.write(text + end)
+    sys.stdout.flush()
+
+
+def _report_refused(label: str, lines: list[str], *, by: str = "") -> None:
+    """A refused document on stderr: one line for one problem, else a header and the
+    problems indented under it."""
+    who = f"refused by {by}" if by else "refused"
+    if len(lines) == 1:
+        _fail(f"{label}: {who}: {lines[0]}" if by else f"{label}: {lines[0]}")
+        return
+    _fail(f"{label}: {who}, {len(lines)} problems:")
+    sys.stderr.write("".join(f"  {line}\n" for line in lines))
+    sys.stderr.flush()
 
 
 def _dry_run_diff(api: ApiClient, doc: manifests.Document) -> str:

@@ -155,7 +155,8 @@ def test_apply_from_stdin(stub: Any) -> None:
     assert r.stdout.strip() == "deployment/api created"
 
 
-def test_invalid_field_is_named_and_nothing_is_sent(stub: Any, tmp_path: Path) -> None:
+def test_invalid_field_is_named_and_the_other_documents_still_go(stub: Any,
+                                                                   tmp_path: Path) -> None:
     f = tmp_path / "bad.yaml"
     f.write_text(
         MANIFEST.replace(
@@ -164,31 +165,37 @@ def test_invalid_field_is_named_and_nothing_is_sent(stub: Any, tmp_path: Path) -
     )
     r = run(stub.url, "apply", "-f", str(f))
     assert r.exit_code == 1
-    assert "spec.template.spec.containers[0].imag" in r.stderr
-    assert "DaemonSet/web" in r.stderr and "bad.yaml#1" in r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1
-    assert stub.requests == []
+    assert r.stdout.splitlines() == ["deployment/api created", "configmap/cfg created"]
+    lines = r.stderr.strip().splitlines()
+    assert lines[0].startswith("error: ") and "bad.yaml#1 (DaemonSet/web): " in lines[0]
+    assert "spec.template.spec.containers[0].imag: not supported by edgefed (did you mean " \
+        "'image'?)" in lines[0]
+    assert lines[1] == "error: 1 of 3 documents refused (2 applied, 0 skipped)"
+    [(_, _, body)] = [req for req in stub.requests if req[0] == "POST"]
+    assert [d["kind"] for d in body["documents"]] == ["Deployment", "ConfigMap"]
 
     f.write_text(MANIFEST.replace("replicas: 2", "replicas: -1"))
     r = run(stub.url, "apply", "-f", str(f))
     assert r.exit_code == 1 and "spec.replicas" in r.stderr and "bad.yaml#2" in r.stderr
 
 
-def test_an_unexpanded_variable_is_refused_and_nothing_is_sent(stub: Any, tmp_path: Path) -> None:
+def test_an_unexpanded_variable_is_refused_and_that_document_not_sent(stub: Any,
+                                                                       tmp_path: Path) -> None:
     """The README's examples carry `${IMAGE}`: applied as they are, cloudcore took them
     and the pods failed with CreateContainerConfigError. fedctl refuses them instead."""
     f = tmp_path / "web.yaml"
     f.write_text(MANIFEST.replace("image: busybox:1.36\n          command",
                                   "image: ${IMAGE}\n          command"))
     r = run(stub.url, "apply", "-f", str(f))
-    assert r.exit_code == 1 and len(r.stderr.strip().splitlines()) == 1
-    assert ("web.yaml#1 (DaemonSet/web): spec.template.spec.containers[0].image is "
+    assert r.exit_code == 1
+    assert ("web.yaml#1 (DaemonSet/web): spec.template.spec.containers[0].image: is "
             "'${IMAGE}': ${IMAGE} was not expanded") in r.stderr
     assert "envsubst < FILE | fedctl apply -f -" in r.stderr
     f.write_text(MANIFEST.replace("busybox:1.36\n", "${REGISTRY:-localhost:5000}/busybox\n"))
     r = run(stub.url, "apply", "-f", str(f))
     assert r.exit_code == 1 and "${REGISTRY} was not expanded" in r.stderr
-    assert stub.requests == []
+    sent = [d["kind"] for req in stub.requests if req[0] == "POST" for d in req[2]["documents"]]
+    assert "DaemonSet" not in sent
     # a shell in the pod expands its own variables; a ConfigMap may hold a template
     f.write_text(MANIFEST.replace('command: ["httpd", "-f"]',
                                   'command: ["sh", "-c", "echo ${HOSTNAME}"]')
@@ -204,6 +211,12 @@ def test_bad_yaml_and_missing_file(stub: Any, tmp_path: Path) -> None:
     assert r.exit_code == 1 and "not valid YAML (line" in r.stderr
     r = run(stub.url, "apply", "-f", str(tmp_path / "nope.yaml"))
     assert r.exit_code == 1 and "no such file or directory" in r.stderr
+    # a broken file among others: the others are still applied
+    (tmp_path / "cm.yaml").write_text(MANIFEST.rsplit("---", maxsplit=1)[-1])
+    r = run(stub.url, "apply", "-f", str(f), "-f", str(tmp_path / "cm.yaml"))
+    assert r.exit_code == 1 and r.stdout.splitlines() == ["configmap/cfg created"]
+    assert "broken.yaml: not valid YAML (line" in r.stderr
+    assert "1 of 2 documents refused (1 applied, 0 skipped)" in r.stderr
 
 
 def test_server_side_rejection_is_one_line_with_field(stub: Any, tmp_path: Path) -> None:
@@ -214,7 +227,128 @@ def test_server_side_rejection_is_one_line_with_field(stub: Any, tmp_path: Path)
     )
     r = run(stub.url, "apply", "-f", str(f))
     assert r.exit_code == 1
-    assert r.stderr.strip() == "error: metadata.annotations: quota exceeded"
+    assert r.stderr.strip() == (f"error: {f}#1 (ConfigMap/cfg): refused by cloudcore: "
+                                "metadata.annotations: quota exceeded")
+
+
+APP_AND_FRIENDS = """\
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: agent}
+---
+apiVersion: apps/v1
+kind: DaemonSet
+metadata: {name: agent}
+spec:
+  revisionHistoryLimit: 10
+  template:
+    spec:
+      containers:
+      - name: agent
+        image: busybox
+        terminationMessagePath: /dev/termination-log
+        volumeMounts: [{name: data, mountPath: /data, subPath: agent}]
+        lifecycle: {preStop: {exec: {command: [sleep, "5"]}}}
+      volumes:
+      - name: data
+        persistentVolumeClaim: {claimName: agent-data}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: api}
+spec:
+  template:
+    spec:
+      containers: [{name: api, image: busybox}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: api}
+spec:
+  selector: {app: api}
+  ports: [{port: 80}]
+---
+apiVersion: batch/v1
+kind: Job
+metadata: {name: once}
+spec:
+  template:
+    spec:
+      containers: [{name: once, image: busybox}]
+"""
+
+
+def test_each_document_on_its_own_every_problem_of_each_reported(stub: Any,
+                                                                  tmp_path: Path) -> None:
+    """kubectl-style (issue 18): a refused document lists all its bad fields at once, a
+    kind edgefed does not serve is skipped with its reason, the rest is applied, and
+    the exit code says something was refused."""
+    f = tmp_path / "app.yaml"
+    f.write_text(APP_AND_FRIENDS)
+    r = run(stub.url, "apply", "-f", str(f))
+    assert r.exit_code == 1
+    out = r.stdout.splitlines()
+    assert out[0].startswith("serviceaccount/agent skipped: pods get no Kubernetes API "
+                             "identity at the edge")
+    assert out[1] == "deployment/api created"
+    assert out[2].startswith("service/api skipped: Services are not served at the edge yet")
+    assert "docs/proposals/0005-edge-services.md" in out[2]
+    assert len(out) == 3
+    err = r.stderr.splitlines()
+    assert err[0] == f"error: {f}#2 (DaemonSet/agent): refused, 5 problems:"
+    assert err[1:6] == [
+        "  spec.revisionHistoryLimit: not supported by edgefed; instead: leave it out: "
+        "edgefed keeps the last template that rolled out (`fedctl rollout undo`)",
+        "  spec.template.spec.containers[0].terminationMessagePath: not supported by "
+        "edgefed; instead: leave it out: `fedctl logs` shows the container's output",
+        "  spec.template.spec.containers[0].volumeMounts[0].subPath: not supported by "
+        "edgefed (did you mean 'mountPath'?); instead: mount the volume at a directory; "
+        "a configMap/secret volume's `items` choose the file names",
+        "  spec.template.spec.containers[0].lifecycle: not supported by edgefed",
+        "  spec.template.spec.volumes[0].persistentVolumeClaim: not supported by edgefed; "
+        "instead: a hostPath (type: DirectoryOrCreate) or emptyDir volume",
+    ]
+    assert err[6] == (f"error: {f}#5 (Job/once): kind: kind Job is not run by edgefed; "
+                      "instead: a Pod with restartPolicy: OnFailure or Never")
+    assert err[7] == "error: 2 of 5 documents refused (1 applied, 2 skipped)"
+    [(_, _, body)] = [req for req in stub.requests if req[0] == "POST"]
+    assert [d["kind"] for d in body["documents"]] == ["Deployment"]
+
+
+def test_only_unserved_kinds_is_not_an_error(stub: Any) -> None:
+    doc = APP_AND_FRIENDS.split("---")[3]
+    r = run(stub.url, "apply", "-f", "-", input=doc)
+    assert r.exit_code == 0, r.output
+    assert r.stdout.startswith("service/api skipped: ")
+    assert [req for req in stub.requests if req[0] == "POST"] == []
+
+
+def test_a_document_cloudcore_refuses_does_not_stop_the_others(stub: Any,
+                                                               tmp_path: Path) -> None:
+    """cloudcore's apply is all or nothing; fedctl sends the documents one by one once
+    it refused the batch, so the others are still created (each in its own request)."""
+    f = tmp_path / "app.yaml"
+    f.write_text(MANIFEST.replace("metadata: {name: api}",
+                                  "metadata: {name: api, annotations: {stub/reject: 'no room'}}"))
+    r = run(stub.url, "apply", "-f", str(f))
+    assert r.exit_code == 1
+    assert r.stdout.splitlines() == ["daemonset/web created", "configmap/cfg created"]
+    assert r.stderr.splitlines() == [
+        f"error: {f}#2 (Deployment/api): refused by cloudcore: metadata.annotations: no room",
+        "error: 1 of 3 documents refused (2 applied, 0 skipped)"]
+    posts = [len(req[2]["documents"]) for req in stub.requests if req[0] == "POST"]
+    assert posts == [3, 1, 1, 1]  # the batch, then one by one
+    assert stub.find("deployments", "default", "api") is None
+    assert stub.find("daemonsets", "default", "web") is not None
+
+
+def test_an_object_defined_twice_is_refused_the_second_time(stub: Any, tmp_path: Path) -> None:
+    one = MANIFEST.rsplit("---", maxsplit=1)[-1]
+    r = run(stub.url, "apply", "-f", "-", input=one + "---\n" + one)
+    assert r.exit_code == 1
+    assert r.stdout.splitlines() == ["configmap/cfg created"]
+    assert ("<stdin>#2 (ConfigMap/cfg): metadata.name: configmap/cfg is also defined in "
+            "<stdin>#1") in r.stderr
 
 
 # --- get -------------------------------------------------------------------------------

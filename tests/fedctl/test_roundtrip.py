@@ -98,7 +98,7 @@ def test_server_fields_are_ignored_but_unknown_fields_are_named(applied: Cloud) 
     assert _apply(applied, json.dumps(doc)).stdout.strip() == "configmap/cfg unchanged"
     doc["spec"] = {}
     r = _apply(applied, json.dumps(doc))
-    assert r.exit_code == 1 and "'spec'" in r.stderr
+    assert r.exit_code == 1 and "(ConfigMap/cfg): spec: not supported by edgefed" in r.stderr
 
 
 def test_server_accepts_get_output_too(applied: Cloud) -> None:
