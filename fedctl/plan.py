@@ -121,8 +121,7 @@ SKIPPED_KINDS: dict[str, str] = {
                 f"or hostNetwork ({SERVICES_PROPOSAL})"),
     "IngressClass": "no ingress controller at the edge",
     "ServiceAccount": ("pods get no Kubernetes API identity at the edge (no API server to "
-                       "call); a pod's serviceAccountName is refused for the same reason "
-                       f"until {ISSUE_18}"),
+                       "call): no token is mounted"),
     "Role": _RBAC,
     "ClusterRole": _RBAC,
     "RoleBinding": _RBAC,
@@ -169,8 +168,10 @@ _HINTS: tuple[tuple[re.Pattern[str], str, bool], ...] = tuple(
         (r"\.initContainers$", "run the steps before the main process in one container "
          "(`sh -c 'step && exec main'`)", True),
         (r"\.affinity$", "nodeSelector (exact label match)", True),
-        (r"\.(serviceAccountName|serviceAccount|automountServiceAccountToken)$",
+        (r"\.(serviceAccountName|automountServiceAccountToken)$",
          "leave it out: no API token is mounted at the edge", True),
+        (r"\.serviceAccount$", "serviceAccountName (serviceAccount is its deprecated alias)",
+         False),
         (r"\.imagePullSecrets$", "", True),
         (r"\.(hostPID|hostIPC)$", "", True),
         (r"\.(dnsPolicy|dnsConfig)$", "leave it out: pods use the node's resolver", True),
