@@ -108,14 +108,16 @@ def config_files(k: str, value: Any) -> dict[str, bytes]:
 
 def referenced_keys(namespace: str, spec: pods.PodSpec) -> set[str]:
     """The configmap/secret desired keys a pod needs on its node: those its volumes
-    mount and those its containers' `env[].valueFrom` and `envFrom` read (optional ones
-    included: present, they are used)."""
+    mount, those its containers' `env[].valueFrom` and `envFrom` read (optional ones
+    included: present, they are used) and its `imagePullSecrets`."""
     out: set[str] = set()
     for v in spec.volumes:
         if v.config_map is not None:
             out.add(configmap_key(namespace, v.config_map.name))
         if v.secret is not None:
             out.add(secret_key(namespace, v.secret.secret_name))
+    for ref in spec.image_pull_secrets:
+        out.add(secret_key(namespace, ref.name))
     for c in spec.all_containers():
         for e in c.env:
             src = e.value_from

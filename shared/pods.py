@@ -260,6 +260,9 @@ def _object_error(cls: type[Spec], text: str, path: str) -> ObjectError:
         parent = _type_at(root, loc)
         known = [f.encode_name for f in parent.fields] if isinstance(
             parent, mi.StructType) else []
+        why = REFUSED.get(name)
+        if why is not None:
+            return UnsupportedField(f"{where}: not supported by edgefed: {why}", field=where)
         close = difflib.get_close_matches(name, known, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         return UnsupportedField(f"{where}: field is not supported by edgefed{hint}",
@@ -288,6 +291,20 @@ def _object_error(cls: type[Spec], text: str, path: str) -> ObjectError:
             msg = f"must be one of {', '.join(map(repr, t.values))}, not {got}"
     where = _join(path, at)
     return ObjectError(f"{where}: {msg}" if where else msg, field=where or None)
+
+
+REFUSED: dict[str, str] = {
+    "seLinuxOptions": "the edge runtime applies no SELinux labels; remove it",
+    "seLinuxChangePolicy": "the edge runtime applies no SELinux labels; remove it",
+    "windowsOptions": "Windows containers do not run at the edge; remove it",
+    "appArmorProfile": "the edge runtime applies no AppArmor profile (seccomp, capabilities "
+                       "and no_new_privileges confine containers); remove it",
+    "supplementalGroupsPolicy": "the image's groups are not merged (the default, Merge, "
+                                "is not implemented); list the groups in "
+                                "supplementalGroups",
+}
+"""Kubernetes fields edgefed knows and refuses, with the reason given for each (an
+unknown field gets "did you mean" instead)."""
 
 
 # -- the spec --------------------------------------------------------------------------------
@@ -428,6 +445,9 @@ class VolumeMount(Spec, kw_only=True, frozen=True):
     name: str
     mount_path: str
     read_only: bool = False
+    mount_propagation: Literal["None", "HostToContainer", "Bidirectional"] | None = None
+    """The bind's propagation: None (unset) rprivate, HostToContainer rslave,
+    Bidirectional rshared (privileged containers only, as in Kubernetes)."""
 
     def __post_init__(self) -> None:
         _rule(validate.abs_path, self.mount_path, "mountPath")
@@ -576,6 +596,9 @@ class SecurityContext(Spec, kw_only=True, frozen=True):
     allow_privilege_escalation: bool | None = None
     capabilities: Capabilities | None = None
     seccomp_profile: SeccompProfile | None = None
+    proc_mount: Literal["Default", "Unmasked"] | None = None
+    """Unmasked: /proc without the masked and read-only paths (needs hostUsers: false,
+    as in Kubernetes; only where the policy level allows)."""
 
     def __post_init__(self) -> None:
         if self.privileged and self.allow_privilege_escalation is False:
@@ -592,19 +615,35 @@ class SecurityContext(Spec, kw_only=True, frozen=True):
         return f"{self.run_as_user}:{self.run_as_group}"
 
 
+class Sysctl(Spec, kw_only=True, frozen=True):
+    name: Annotated[str, Meta(min_length=1, max_length=256)]
+    value: Annotated[str, Meta(max_length=4096)]
+
+    def __post_init__(self) -> None:
+        _rule(validate.sysctl, self.name, "name")
+
+
 class PodSecurityContext(Spec, kw_only=True, frozen=True):
-    """A pod's securityContext: defaults for every container, plus the pod-wide groups."""
+    """A pod's securityContext: defaults for every container, plus the pod-wide groups
+    and sysctls."""
 
     run_as_user: Id | None = None
     run_as_group: Id | None = None
     run_as_non_root: bool | None = None
     fs_group: Id | None = None
+    fs_group_change_policy: Literal["OnRootMismatch", "Always"] | None = None
+    """Accepted: the agent never changes a volume's ownership (fsGroup is a supplemental
+    group of every container), so both values mean the same."""
     supplemental_groups: Annotated[list[int], Meta(max_length=64)] = []
     seccomp_profile: SeccompProfile | None = None
+    sysctls: Annotated[list[Sysctl], Meta(max_length=64)] = []
+    """Namespaced kernel parameters set in the pod's containers (the policy level decides
+    which: baseline allows Kubernetes' safe set)."""
 
     def __post_init__(self) -> None:
         for g in self.supplemental_groups:
             _rule(validate.group_id, g, "supplementalGroups")
+        validate.unique([x.name for x in self.sysctls], "sysctl names")
 
 
 class Container(Spec, kw_only=True, frozen=True):
@@ -632,6 +671,11 @@ class Container(Spec, kw_only=True, frozen=True):
         paths = [m.mount_path.rstrip("/") for m in self.volume_mounts]
         if len(set(paths)) != len(paths):
             raise ValueError(f"container {self.name!r}: duplicate volumeMounts mountPath")
+        privileged = self.security_context is not None and self.security_context.privileged
+        for i, m in enumerate(self.volume_mounts):
+            if m.mount_propagation == "Bidirectional" and not privileged:
+                raise ValueError(f"@volumeMounts[{i}].mountPropagation: Bidirectional is "
+                                 "allowed only in a privileged container")
         names = {p.name for p in self.ports if p.name}
         for kind, probe in (("livenessProbe", self.liveness_probe),
                             ("readinessProbe", self.readiness_probe),
@@ -668,6 +712,38 @@ class Toleration(Spec, kw_only=True, frozen=True):
     toleration_seconds: int | None = None
 
 
+class PodDNSConfigOption(Spec, kw_only=True, frozen=True):
+    name: Annotated[str, Meta(min_length=1, max_length=64)]
+    value: Annotated[str, Meta(max_length=256)] | None = None
+
+    def __post_init__(self) -> None:
+        _rule(validate.resolv_word, self.name, "name")
+        if self.value is not None:
+            _rule(validate.resolv_word, self.value, "value")
+
+
+class PodDNSConfig(Spec, kw_only=True, frozen=True):
+    """Written into the pod's /etc/resolv.conf: merged over the node's (nameservers and
+    searches appended, options by name), or alone with `dnsPolicy: None`."""
+
+    nameservers: Annotated[list[str], Meta(max_length=3)] = []
+    searches: Annotated[list[str], Meta(max_length=32)] = []
+    options: list[PodDNSConfigOption] = []
+
+    def __post_init__(self) -> None:
+        for n in self.nameservers:
+            _rule(validate.ip_address, n, "nameservers")
+        for d in self.searches:
+            _rule(validate.search_domain, d, "searches")
+
+
+class LocalObjectReference(Spec, kw_only=True, frozen=True):
+    name: str
+
+    def __post_init__(self) -> None:
+        _rule(validate.dns_name, self.name, "name")
+
+
 class PodSpec(Spec, kw_only=True, frozen=True):
     containers: Annotated[list[Container], Meta(min_length=1)]
     init_containers: list[Container] = []
@@ -687,12 +763,44 @@ class PodSpec(Spec, kw_only=True, frozen=True):
     service_account_name: str | None = None
     """Recorded (an env `fieldRef` reads it); edgefed has no service accounts: no token
     is mounted (docs/pods.md)."""
+    automount_service_account_token: bool | None = None
+    """Recorded; no token is ever mounted (the pod's status message says so)."""
+    priority_class_name: str | None = None
+    """Recorded (for the eviction order under pressure, later)."""
+    dns_policy: Literal["ClusterFirst", "ClusterFirstWithHostNet", "Default", "None"] | None \
+        = None
+    """ClusterFirst (Kubernetes' default) and ClusterFirstWithHostNet are Default at the
+    edge (there is no cluster DNS): the node's resolv.conf. None: `dnsConfig` only."""
+    dns_config: PodDNSConfig | None = None
+    image_pull_secrets: list[LocalObjectReference] = []
+    """kubernetes.io/dockerconfigjson Secrets of the pod's namespace: credentials for
+    its image pulls."""
+    host_pid: bool = msgspec.field(default=False, name="hostPID")
+    """Share the node's process namespace (only where the policy level allows)."""
+    host_ipc: bool = msgspec.field(default=False, name="hostIPC")
+    """Share the node's IPC namespace (only where the policy level allows)."""
     termination_grace_period_seconds: Annotated[int, Meta(ge=0, le=3600)] = 10
     volumes: list[Volume] = []
 
     def __post_init__(self) -> None:
         _rule(lambda v: validate.unique(v, "container names"),
               [c.name for c in self.all_containers()], "containers")
+        for at, name in (("serviceAccountName", self.service_account_name),
+                         ("priorityClassName", self.priority_class_name)):
+            if name is not None:
+                _rule(validate.dns_name, name, at)
+        if self.dns_policy == "None" and (self.dns_config is None
+                                          or not self.dns_config.nameservers):
+            raise ValueError("@dnsConfig.nameservers: dnsPolicy None needs at least one "
+                             "nameserver in dnsConfig")
+        for i, x in enumerate(self.security_context.sysctls if self.security_context else ()):
+            if self.host_network and x.name.startswith("net."):
+                raise ValueError(f"@securityContext.sysctls[{i}].name: {x.name} cannot be set "
+                                 "with hostNetwork (it would change the node's)")
+            if self.host_ipc and (x.name.startswith(("kernel.shm", "kernel.msg", "kernel.sem"))
+                                  or x.name.startswith("fs.mqueue.")):
+                raise ValueError(f"@securityContext.sysctls[{i}].name: {x.name} cannot be set "
+                                 "with hostIPC (it would change the node's)")
         for i, c in enumerate(self.containers):
             if c.restart_policy is not None:
                 raise ValueError(f"@containers[{i}].restartPolicy: allowed only on init "
@@ -732,6 +840,9 @@ class PodSpec(Spec, kw_only=True, frozen=True):
             if non_root and user == 0:
                 raise ValueError(f"container {c.name!r}: runAsNonRoot is true but "
                                  "runAsUser is 0")
+            if sc is not None and sc.proc_mount == "Unmasked" and self.host_users:
+                raise ValueError(f"container {c.name!r}: procMount Unmasked needs "
+                                 "hostUsers: false (a user namespace), as in Kubernetes")
 
     def _tidy(self, out: dict[str, Any]) -> None:
         for c in [*out["containers"], *out.get("initContainers", ())]:
@@ -786,7 +897,8 @@ def _first(*values: Any) -> Any:
 SPEC_TYPES: tuple[type[Spec], ...] = (
     PodSpec, Container, EnvVar, EnvVarSource, ObjectFieldSelector, ResourceFieldSelector,
     ConfigMapKeySelector, SecretKeySelector, EnvFromSource, ConfigMapEnvSource,
-    SecretEnvSource, ContainerPort, ResourceRequirements, VolumeMount, Volume,
+    SecretEnvSource, Sysctl, PodDNSConfig, PodDNSConfigOption, LocalObjectReference,
+    ContainerPort, ResourceRequirements, VolumeMount, Volume,
     HostPathVolumeSource, EmptyDirVolumeSource, KeyToPath, ConfigMapVolumeSource,
     SecretVolumeSource, Probe, ExecAction, TCPSocketAction, HTTPGetAction, SecurityContext,
     PodSecurityContext, Capabilities, SeccompProfile, Toleration)

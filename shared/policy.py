@@ -3,12 +3,14 @@
 Three levels, as Kubernetes defines them, each allowing less than the one before:
 
 - `privileged`: no check at all (system pods, device access the admin trusts).
-- `baseline` (the cloud's default): no privileged container, no host network, no
-  `Unconfined` seccomp, capabilities added only from Kubernetes' baseline set, no
-  `hostPort`, no hostPath (so no host device) except under a prefix the admin allows
-  (`HostPathRule`: read-only unless the prefix is allowed `rw`, which means every
-  container mounts it `readOnly: true`). Accelerators requested as resources
-  (`nvidia.com/gpu: 1`) go through the node's device plugin and stay allowed.
+- `baseline` (the cloud's default): no privileged container, no host network, PID or
+  IPC namespace (`hostNetwork`, `hostPID`, `hostIPC`), no `Unconfined` seccomp, no
+  `procMount: Unmasked`, sysctls only from Kubernetes' safe set (`SAFE_SYSCTLS`),
+  capabilities added only from Kubernetes' baseline set, no `hostPort`, no hostPath
+  (so no host device) except under a prefix the admin allows (`HostPathRule`:
+  read-only unless the prefix is allowed `rw`, which means every container mounts it
+  `readOnly: true`). Accelerators requested as resources (`nvidia.com/gpu: 1`) go
+  through the node's device plugin and stay allowed.
 - `restricted`: baseline plus Kubernetes' hardening: no hostPath at all (volumes are
   configMap, secret and emptyDir), `runAsNonRoot: true` and no `runAsUser: 0`,
   `allowPrivilegeEscalation: false`, `capabilities.drop: [ALL]` (add only
@@ -57,6 +59,13 @@ BASELINE_CAPABILITIES = frozenset({
 """Capabilities baseline lets a container add (Kubernetes' list; also the runtime's
 default set)."""
 RESTRICTED_CAPABILITIES = frozenset({"NET_BIND_SERVICE"})
+SAFE_SYSCTLS = frozenset({
+    "kernel.shm_rmid_forced", "net.ipv4.ip_local_port_range", "net.ipv4.tcp_syncookies",
+    "net.ipv4.ping_group_range", "net.ipv4.ip_unprivileged_port_start",
+    "net.ipv4.ip_local_reserved_ports", "net.ipv4.tcp_keepalive_time",
+    "net.ipv4.tcp_fin_timeout", "net.ipv4.tcp_keepalive_intvl",
+    "net.ipv4.tcp_keepalive_probes"})
+"""The sysctls baseline allows (Kubernetes' safe set: namespaced, isolated per pod)."""
 """The only capability restricted lets a container add (after dropping ALL)."""
 
 
@@ -169,6 +178,12 @@ class Effective:
     seccomp_localhost: str | None
     host_users: bool
     host_network: bool
+    host_pid: bool = False
+    host_ipc: bool = False
+    proc_unmasked: bool = False
+    """procMount: Unmasked (no masked or read-only /proc paths)."""
+    sysctls: tuple[tuple[str, str], ...] = ()
+    """The pod's (name, value) pairs."""
 
     def user(self) -> str | None:
         """The runtime's "uid[:gid]" or None (the image's user)."""
@@ -209,6 +224,10 @@ def effective(spec: Any, container: Any) -> Effective:
         seccomp_localhost=profile.localhost_profile if profile is not None else None,
         host_users=spec.host_users,
         host_network=spec.host_network,
+        host_pid=spec.host_pid,
+        host_ipc=spec.host_ipc,
+        proc_unmasked=bool(sc and sc.proc_mount == "Unmasked"),
+        sysctls=tuple((x.name, x.value) for x in pod.sysctls) if pod is not None else (),
     )
 
 
@@ -263,9 +282,18 @@ class _Checker:
         spec, restricted = self.spec, self.level == "restricted"
         if spec.host_network:
             self.bad("hostNetwork", True, "the host's network namespace is not allowed")
+        if spec.host_pid:
+            self.bad("hostPID", True, "the host's process namespace is not allowed")
+        if spec.host_ipc:
+            self.bad("hostIPC", True, "the host's IPC namespace is not allowed")
         pod = spec.security_context
         if pod is not None:
             self._seccomp("securityContext.seccompProfile", pod.seccomp_profile)
+            for i, x in enumerate(pod.sysctls):
+                if x.name not in SAFE_SYSCTLS:
+                    self.bad(f"securityContext.sysctls[{i}].name", x.name,
+                             "only Kubernetes' safe sysctls are allowed ("
+                             f"{', '.join(sorted(SAFE_SYSCTLS))})")
             if restricted and pod.run_as_user == 0:
                 self.bad("securityContext.runAsUser", 0, "running as root is not allowed")
         for i, vol in enumerate(spec.volumes):
@@ -314,6 +342,8 @@ class _Checker:
         if sc is not None:
             if sc.privileged:
                 self.bad(f"{sat}.privileged", True, "privileged containers are not allowed")
+            if sc.proc_mount == "Unmasked":
+                self.bad(f"{sat}.procMount", "Unmasked", "an unmasked /proc is not allowed")
             self._seccomp(f"{sat}.seccompProfile", sc.seccomp_profile)
             caps = sc.capabilities
             allowed = RESTRICTED_CAPABILITIES if restricted else BASELINE_CAPABILITIES

@@ -299,3 +299,39 @@ def divisor(resource: str, v: str | int | float) -> str | int | float:
     if n <= 0:
         raise ValueError(f"{v!r} must be a positive {resource} quantity")
     return v
+
+
+_SYSCTL = re.compile(r"^[a-z0-9]([-_a-z0-9]*[a-z0-9])?([./][a-z0-9]([-_a-z0-9]*[a-z0-9])?)*$")
+_RESOLV_WORD = re.compile(r"^[!-~]+$")
+
+
+def sysctl(v: str) -> str:
+    """A sysctl name as Kubernetes writes it (`net.ipv4.ip_local_port_range`)."""
+    if not _SYSCTL.match(v) or len(v) > 253:
+        raise ValueError(f"{v!r} is not a sysctl name such as net.ipv4.tcp_syncookies")
+    return v
+
+
+def resolv_word(v: str) -> str:
+    """A word of resolv.conf (an option's name or value): printable, no spaces."""
+    if not _RESOLV_WORD.match(v):
+        raise ValueError(f"{v!r} must be printable characters without spaces")
+    return v
+
+
+def ip_address(v: str) -> str:
+    """An IPv4 or IPv6 address."""
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(v)
+    except ValueError:
+        raise ValueError(f"{v!r} is not an IP address") from None
+    return v
+
+
+def search_domain(v: str) -> str:
+    """A DNS search domain (a trailing '.' allowed)."""
+    if not v or len(v) > MAX_NAME or not valid_node_name(v.rstrip(".").lower()):
+        raise ValueError(f"{v!r} is not a DNS domain name")
+    return v

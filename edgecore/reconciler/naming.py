@@ -64,7 +64,8 @@ def container_spec(
         privileged=eff.privileged, run_as_non_root=eff.run_as_non_root,
         read_only_rootfs=eff.read_only_root_filesystem,
         no_new_privileges=not eff.allow_privilege_escalation,
-        capabilities_add=eff.cap_add, capabilities_drop=eff.cap_drop, seccomp=eff.seccomp)
+        capabilities_add=eff.cap_add, capabilities_drop=eff.cap_drop, seccomp=eff.seccomp,
+        proc_unmasked=eff.proc_unmasked)
     env = dict(env) if env is not None else {e.name: expand(e.value, {}) for e in c.env
                                              if e.value_from is None}
     if devices and ENV_DEVICES not in env:
@@ -89,6 +90,9 @@ def container_spec(
         supplemental_groups=(*eff.supplemental_groups,
                              *(() if eff.fs_group is None else (eff.fs_group,))),
         netns=netns,
+        host_pid=eff.host_pid,
+        host_ipc=eff.host_ipc,
+        sysctls=dict(eff.sysctls),
         annotations={
             ANN_POD: entry.key,
             ANN_CONTAINER: c.name,

@@ -77,6 +77,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, Protocol
 
 from edgecore.cache import Cache
@@ -84,6 +85,7 @@ from edgecore.devices import DeviceAllocator, InsufficientDevices, wanted
 from edgecore.errors import CacheError
 from edgecore.podnet import HostPort, NetworkError, PodNetwork
 from edgecore.ratelimit import RateLimitedLog
+from edgecore.reconciler import dns
 from edgecore.reconciler import env as envs
 from edgecore.reconciler.env import EnvError
 from edgecore.reconciler.naming import (
@@ -108,7 +110,13 @@ from edgecore.runtime.errors import (
     RuntimeTemporaryError,
 )
 from edgecore.runtime.images import normalize_ref
-from edgecore.runtime.types import ContainerSpec, ContainerState, ExtendedRuntime, PullProgress
+from edgecore.runtime.types import (
+    ContainerSpec,
+    ContainerState,
+    ExtendedRuntime,
+    Mount,
+    PullProgress,
+)
 from shared.backoff import capped_delay
 from shared.delta import EdgeDesired
 from shared.entries import POD, PodEntry, config_files, parse_pod_entry, split_key
@@ -118,6 +126,8 @@ from shared.policy import Level, Violation, check, host_path_rule, stricter
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE = 500  # characters of an error message carried in a status
+NO_TOKEN = ("no service account token is mounted: edgefed has no service accounts "
+            "(serviceAccountName is recorded)")
 
 
 class StatusSink(Protocol):
@@ -147,6 +157,7 @@ class _PodContext:
     netns: str | None = None  # the pod's network namespace (None: the host's)
     pod_ip: str | None = None
     items: Mapping[str, Any] | None = None  # the desired set (ConfigMaps, Secrets for env)
+    extra_mounts: tuple[Mount, ...] = ()  # the pod's own files (its resolv.conf)
 
 
 def _msg(exc: BaseException) -> str:
@@ -576,6 +587,8 @@ class Reconciler:
                                             for c in spec.init_containers]))
         await self._stop_remove(stale)
         ctx = replace(await self._prepare(entry, items), items=items)
+        if dns.needs_own(entry.spec) and ctx.blocked is None:
+            ctx = await self._resolv_conf(entry, ctx)
         if self.devices is not None and self.devices.retain(key, names):
             await self._persist(("allocation", key), self.cache.put_pod_allocation, key,
                                 self.devices.pod_value(key))
@@ -596,9 +609,14 @@ class Reconciler:
         after = rec.to_dict()
         if after != before:
             await self._persist(("record", key), self.cache.put_pod_record, key, after)
-        return pod_status(statuses, revision=entry.revision, node=self.node, pod_ip=ctx.pod_ip,
-                          init=init, sidecar=[c.restart_policy == "Always"
-                                              for c in spec.init_containers])
+        status = pod_status(statuses, revision=entry.revision, node=self.node,
+                            pod_ip=ctx.pod_ip, init=init,
+                            sidecar=[c.restart_policy == "Always" for c in spec.init_containers])
+        if status.message is None and status.phase == "Running" and (
+                spec.automount_service_account_token
+                or (spec.service_account_name and spec.automount_service_account_token is None)):
+            status.message = NO_TOKEN
+        return status
 
     async def _init_containers(
         self, entry: PodEntry, current: dict[str, ContainerState], rec: PodRecord,
@@ -661,6 +679,31 @@ class Reconciler:
             out[i] = self._terminated(c.name, crec)
         return out
 
+    async def _resolv_conf(self, entry: PodEntry, ctx: _PodContext) -> _PodContext:
+        """Write the pod's resolv.conf (dnsConfig / dnsPolicy None: `dns.py`) into its
+        directory and mount it over the node's."""
+        if self.volumes is None:
+            return replace(ctx, blocked=("CreateContainerConfigError",
+                                         "this agent has no directory for pod files "
+                                         "(dnsConfig needs one)"))
+        volumes = self.volumes
+
+        def write() -> Path:
+            try:
+                node_text = Path("/etc/resolv.conf").read_text(errors="replace")
+            except OSError:
+                node_text = ""
+            text = dns.resolv_conf(entry.spec, node_text)
+            return volumes.write_file(entry.key, "resolv.conf", text.encode())
+
+        try:
+            path = await asyncio.to_thread(write)
+        except OSError as exc:
+            return replace(ctx, blocked=("CreateContainerConfigError",
+                                         _msg(Exception(f"resolv.conf: {exc}"))))
+        return replace(ctx, extra_mounts=(
+            Mount(source=path, destination="/etc/resolv.conf", read_only=True),))
+
     async def _prepare(self, entry: PodEntry, items: dict[str, Any]) -> _PodContext:
         netns = pod_ip = None
         if entry.spec.host_network and self.network is not None:
@@ -670,7 +713,7 @@ class Reconciler:
         elif not entry.spec.host_network:
             assert self.network is not None
             ports = [HostPort(p.host_port, p.container_port, p.protocol)
-                     for c in entry.spec.containers for p in c.ports if p.host_port]
+                     for c in entry.spec.all_containers() for p in c.ports if p.host_port]
             try:
                 addr = await self.network.attach(entry.key, host_ports=ports)
             except NetworkError as exc:
@@ -798,7 +841,7 @@ class Reconciler:
             return self._blocked(c.name, rec, ("InsufficientDevices", _msg(exc)))
         try:
             spec = container_spec(entry, c, devices=devices, netns=ctx.netns, env=env,
-                                  mounts=ctx.volumes.mounts(c) if ctx.volumes else ())
+                                  mounts=self._mounts(c, ctx))
             if await self._needs_pull(spec):
                 try:
                     await self._pull(entry, spec.image, always=spec.pull_policy == "Always")
@@ -839,6 +882,13 @@ class Reconciler:
         self.prober.ensure(cid, c, started_at=now, instance=None)
         probe = self.prober.state(cid, c)
         return self._running(c.name, rec, ready=probe.ready, started=probe.started)
+
+    @staticmethod
+    def _mounts(c: Container, ctx: _PodContext) -> tuple[Mount, ...]:
+        """The container's volume mounts, then the pod's own files where no volume is."""
+        mounts = ctx.volumes.mounts(c) if ctx.volumes else ()
+        taken = {m.destination for m in mounts}
+        return (*mounts, *(m for m in ctx.extra_mounts if m.destination not in taken))
 
     def _env(self, entry: PodEntry, c: Container, ctx: _PodContext) -> dict[str, str] | None:
         """The container's environment with `valueFrom` / `envFrom` resolved (None: it has

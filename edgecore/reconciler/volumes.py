@@ -35,7 +35,7 @@ import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from edgecore.runtime.types import Mount
 from shared.entries import PodEntry, config_files, configmap_key, secret_key, split_key
@@ -80,6 +80,11 @@ def _unmount(d: Path) -> None:
         log.warning("cannot unmount %s: %s", d, os.strerror(err))
 
 
+PROPAGATION: dict[str, Literal["rprivate", "rslave", "rshared"]] = {
+    "None": "rprivate", "HostToContainer": "rslave", "Bidirectional": "rshared"}
+"""Kubernetes' mountPropagation -> the bind mount's propagation (kubelet's mapping)."""
+
+
 class VolumeError(Exception):
     """A volume of the pod cannot be made ready yet (missing configMap, bad hostPath).
 
@@ -98,7 +103,8 @@ class PreparedVolumes:
     def mounts(self, c: Container) -> tuple[Mount, ...]:
         return tuple(
             Mount(source=self.paths[m.name], destination=m.mount_path,
-                  read_only=m.read_only or m.name in self.read_only)
+                  read_only=m.read_only or m.name in self.read_only,
+                  propagation=PROPAGATION[m.mount_propagation or "None"])
             for m in c.volume_mounts
         )
 
@@ -189,6 +195,26 @@ class Volumes:
             files = projected
         self._write_dir(d, files)
         return d
+
+    def write_file(self, key: str, name: str, data: bytes) -> Path:
+        """Write a file of the pod's own (its resolv.conf) into its directory, atomically
+        (0644; an unchanged file is left alone), and return its path."""
+        d = self.pod_dir(key)
+        if not self.root.exists():
+            self.root.mkdir(parents=True, exist_ok=True)
+        if stat.S_IMODE(self.root.stat().st_mode) != 0o700:
+            self.root.chmod(0o700)
+        d.mkdir(parents=True, exist_ok=True)
+        target = d / name
+        with contextlib.suppress(OSError):
+            if target.read_bytes() == data:
+                return target
+        tmp = d / f"{_TMP}{name}"
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), "wb") as f:
+            f.write(data)
+            os.fchmod(f.fileno(), 0o644)
+        os.replace(tmp, target)
+        return target
 
     def config_data(self, k: str, items: Mapping[str, Any]) -> dict[str, bytes] | None:
         """The keys of the `configmap/...` or `secret/...` entry `k` in the desired set

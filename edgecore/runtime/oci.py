@@ -5,7 +5,8 @@ the mapping from spec to OCI (namespaces, limits, process) is easy to test
 and to read in one place.
 
 Choices (see docs/runtime.md): pid, ipc, uts and mount namespaces are
-private; the network namespace is the pod's (``ContainerSpec.netns``) or the
+private (pid and ipc are the host's when asked: hostPID / hostIPC, and then
+``/dev/shm`` is the host's too); the network namespace is the pod's (``ContainerSpec.netns``) or the
 host's; a user namespace maps the pod's root to an unprivileged host range
 when asked (``idmap``). Hardening by default (``Security``): containerd's 14
 default capabilities, the default seccomp profile (``seccomp.py``),
@@ -309,6 +310,8 @@ def build_oci_config(
          "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
         {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
          "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]},
+        {"destination": "/dev/shm", "type": "bind", "source": "/dev/shm",
+         "options": ["rbind", "nosuid", "noexec", "nodev"]} if spec.host_ipc else
         {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
          "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
         {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
@@ -338,11 +341,14 @@ def build_oci_config(
             "destination": m.destination,
             "type": "bind",
             "source": str(m.source),
-            "options": ["rbind", "rprivate", *(["ro"] if m.read_only else [])],
+            "options": ["rbind", m.propagation, *(["ro"] if m.read_only else [])],
         }
         for m in spec.mounts
     ]
-    namespaces: list[dict[str, str]] = [{"type": t} for t in ("pid", "ipc", "uts", "mount")]
+    shared = {"pid"} if spec.host_pid else set()
+    shared |= {"ipc"} if spec.host_ipc else set()
+    namespaces: list[dict[str, str]] = [{"type": t} for t in ("pid", "ipc", "uts", "mount")
+                                        if t not in shared]
     if spec.netns == "private":
         namespaces.append({"type": "network"})
     elif spec.netns is not None:
@@ -364,9 +370,12 @@ def build_oci_config(
         ],
         "resources": resources,
     }
+    if spec.sysctls:
+        linux["sysctl"] = dict(spec.sysctls)
     if not sec.privileged:
-        linux["maskedPaths"] = list(_MASKED)
-        linux["readonlyPaths"] = list(_READONLY)
+        if not sec.proc_unmasked:
+            linux["maskedPaths"] = list(_MASKED)
+            linux["readonlyPaths"] = list(_READONLY)
         if sec.seccomp == "RuntimeDefault":
             linux["seccomp"] = default_profile(machine)
     if idmap is not None:

@@ -98,6 +98,8 @@ class Security:
     capability, every host device, no seccomp filter and no masked paths.
     ``capabilities_drop`` may hold ``ALL``; names are normalised to ``CAP_*``.
     ``run_as_non_root`` refuses to start a container whose user resolves to uid 0.
+    ``proc_unmasked`` leaves ``/proc`` without the masked and read-only paths
+    (Kubernetes ``procMount: Unmasked``).
     """
 
     privileged: bool = False
@@ -107,9 +109,11 @@ class Security:
     capabilities_add: Sequence[str] = ()
     capabilities_drop: Sequence[str] = ()
     seccomp: Literal["RuntimeDefault", "Unconfined"] = "RuntimeDefault"
+    proc_unmasked: bool = False
 
     def __post_init__(self) -> None:
-        for fname in ("privileged", "run_as_non_root", "read_only_rootfs", "no_new_privileges"):
+        for fname in ("privileged", "run_as_non_root", "read_only_rootfs", "no_new_privileges",
+                      "proc_unmasked"):
             if not isinstance(getattr(self, fname), bool):
                 raise InvalidSpec(f"Security.{fname} must be a bool")
         for fname in ("capabilities_add", "capabilities_drop"):
@@ -140,12 +144,14 @@ class Mount:
     is started.  Mount a *directory* for content that is updated while the
     container runs (configMap/secret): a file bind mount pins the inode, so a
     replace-by-rename on the host is not seen inside, while any change inside
-    a mounted directory is.
+    a mounted directory is. ``propagation`` is the bind's mount propagation
+    (Kubernetes' mountPropagation None / HostToContainer / Bidirectional).
     """
 
     source: Path
     destination: str
     read_only: bool = False
+    propagation: Literal["rprivate", "rslave", "rshared"] = "rprivate"
 
     def __post_init__(self) -> None:
         src = Path(self.source) if isinstance(self.source, str | Path) else None
@@ -157,6 +163,9 @@ class Mount:
         )
         if not isinstance(self.read_only, bool):
             raise InvalidSpec(f"Mount.read_only must be a bool, got {self.read_only!r}")
+        if self.propagation not in ("rprivate", "rslave", "rshared"):
+            raise InvalidSpec(f"Mount.propagation {self.propagation!r} must be rprivate, "
+                              "rslave or rshared")
 
 
 def parse_device(entry: str) -> tuple[str, str]:
@@ -213,6 +222,9 @@ class ContainerSpec:
     ``"private"`` for a new namespace of the container's own (loopback only),
     ``None`` for the host's network. ``supplemental_groups`` are extra group
     ids of the process (Kubernetes ``supplementalGroups`` and ``fsGroup``).
+    ``host_pid`` / ``host_ipc`` share the host's process / IPC namespace
+    (Kubernetes ``hostPID`` / ``hostIPC``); ``sysctls`` are set in the container's
+    namespaces (Kubernetes ``securityContext.sysctls``).
     """
 
     name: str
@@ -233,8 +245,14 @@ class ContainerSpec:
     userns: str | None = None
     netns: str | None = None
     supplemental_groups: Sequence[int] = ()
+    host_pid: bool = False
+    host_ipc: bool = False
+    sysctls: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        for fname in ("host_pid", "host_ipc"):
+            if not isinstance(getattr(self, fname), bool):
+                raise InvalidSpec(f"ContainerSpec.{fname} must be a bool")
         if isinstance(self.supplemental_groups, str) or not all(
             type(g) is int and 0 <= g < 2**32 - 1 for g in self.supplemental_groups
         ):
@@ -271,7 +289,7 @@ class ContainerSpec:
             if isinstance(value, str) or not all(isinstance(v, str) for v in value):
                 raise InvalidSpec(f"ContainerSpec.{fname} must be a sequence of strings")
             object.__setattr__(self, fname, tuple(value))
-        for fname in ("env", "annotations"):
+        for fname in ("env", "annotations", "sysctls"):
             value = getattr(self, fname)
             if not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
                 raise InvalidSpec(f"ContainerSpec.{fname} must map strings to strings")
@@ -334,6 +352,9 @@ class ContainerSpec:
                 self.userns,
                 self.netns,
                 self.supplemental_groups,
+                self.host_pid,
+                self.host_ipc,
+                tuple(sorted(self.sysctls.items())),
             )
         )
 

@@ -126,3 +126,35 @@ async def test_init_containers_run_in_order_before_the_main_one(
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         node.cache.close()
+
+
+async def test_host_pid_sysctl_and_dns_config_in_a_real_container(
+    runtime: CrunRuntime, seeded_registry: SeededRegistry, tmp_path: Path,
+) -> None:
+    """(mountPropagation is checked in the OCI config only, test_pod_fields_runtime.py:
+    on this host the crun wrapper's private mount namespace cuts propagation.)"""
+    node = Node(runtime, tmp_path)
+    script = ("cat /proc/sys/kernel/shm_rmid_forced > /out/sysctl;"
+              " cat /etc/resolv.conf > /out/resolv; ls /proc | grep -c '^[0-9]' > /out/procs.t;"
+              " mv /out/procs.t /out/procs; sleep 300")
+    key, _ = add_pod(node, "hostpid", {
+        "hostPID": True,
+        "dnsPolicy": "None", "dnsConfig": {"nameservers": ["10.0.0.53"],
+                                           "options": [{"name": "ndots", "value": "2"}]},
+        "securityContext": {"sysctls": [{"name": "kernel.shm_rmid_forced", "value": "1"}]},
+        "volumes": [{"name": "out", "emptyDir": {}}],
+        "containers": [{"name": "main", "image": seeded_registry.busybox,
+                        "command": ["sh", "-c", script],
+                        "volumeMounts": [{"name": "out", "mountPath": "/out"}]}],
+    }, policy={"level": "privileged"})
+    out = node.volumes.pod_dir(key) / "empty" / "out"
+    task = asyncio.create_task(node.rec.run())
+    try:
+        await node.until("written", lambda: _read(out / "procs") is not None)
+        assert _read(out / "sysctl") == "1"
+        assert _read(out / "resolv") == "nameserver 10.0.0.53\noptions ndots:2"
+        assert int(_read(out / "procs") or 0) > 5  # the host's processes, not just its own
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        node.cache.close()

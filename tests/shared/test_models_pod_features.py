@@ -127,9 +127,10 @@ def test_bad_values_name_the_field(doc: dict[str, Any], field: str, match: str) 
              volumes=[{"name": "v", "emptyDir": {}}]),
      "spec.containers[0].volumeMounts[0].subPath"),
     (pod_doc({"livenessProbe": {"grpc": {"port": 1}}}), "spec.containers[0].livenessProbe.grpc"),
-    (pod_doc({"securityContext": {"procMount": "Unmasked"}}),
-     "spec.containers[0].securityContext.procMount"),
-    (pod_doc(securityContext={"sysctls": []}), "spec.securityContext.sysctls"),
+    (pod_doc({"securityContext": {"seLinuxOptions": {"level": "s0"}}}),
+     "spec.containers[0].securityContext.seLinuxOptions"),
+    (pod_doc(securityContext={"appArmorProfile": {"type": "RuntimeDefault"}}),
+     "spec.securityContext.appArmorProfile"),
 ])
 def test_unknown_fields_are_refused_by_name(doc: dict[str, Any], field: str) -> None:
     with pytest.raises(UnsupportedField) as err:

@@ -1,0 +1,126 @@
+"""How the recorded pod fields reach the runtime: hostPID / hostIPC namespaces,
+mountPropagation, procMount, sysctls (the OCI config), the pod's resolv.conf from
+dnsPolicy / dnsConfig, and the status note about service account tokens."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edgecore.cache import Cache
+from edgecore.reconciler import CrashLoop, Reconciler, dns
+from edgecore.reconciler.naming import container_spec
+from edgecore.reconciler.reconciler import NO_TOKEN
+from edgecore.reconciler.volumes import PROPAGATION, Volumes
+from edgecore.runtime.images import ImageConfig
+from edgecore.runtime.oci import build_oci_config
+from edgecore.runtime.types import ContainerSpec, Mount
+from shared.delta import EdgeDesired
+from shared.entries import parse_pod_entry, pod_entry, pod_key
+from shared.models import Pod
+from shared.pods import PodSpec
+
+from edgecore_fakes import FakeRuntime  # isort: skip
+
+IMAGE = ImageConfig(entrypoint=("sh",), cmd=(), env=(), working_dir="/", user="",
+                    stop_signal=None)
+
+
+def entry_of(spec: dict[str, Any]):
+    pod = Pod.model_validate({"metadata": {"name": "web"}, "spec": spec})
+    return parse_pod_entry(pod_key("default", "web"), pod_entry(pod))
+
+
+def oci(spec: ContainerSpec, tmp_path: Path) -> dict[str, Any]:
+    return build_oci_config(spec=spec, image=IMAGE, digest="sha256:0", rootfs=tmp_path,
+                            cgroups_path="x/y", swap_accounting=False)
+
+
+def test_host_namespaces_sysctls_and_proc_mount_reach_the_oci_config(tmp_path: Path) -> None:
+    entry = entry_of({"hostPID": True, "hostIPC": True, "hostUsers": False,
+                      "securityContext": {"sysctls": [{"name": "net.ipv4.tcp_syncookies",
+                                                       "value": "0"}]},
+                      "containers": [{"name": "m", "image": "busybox",
+                                      "securityContext": {"procMount": "Unmasked"}}]})
+    spec = container_spec(entry, entry.spec.containers[0])
+    assert (spec.host_pid, spec.host_ipc, dict(spec.sysctls)) == (
+        True, True, {"net.ipv4.tcp_syncookies": "0"})
+    cfg = oci(spec, tmp_path)
+    kinds = [n["type"] for n in cfg["linux"]["namespaces"]]
+    assert "pid" not in kinds and "ipc" not in kinds and "mount" in kinds
+    assert cfg["linux"]["sysctl"] == {"net.ipv4.tcp_syncookies": "0"}
+    assert "maskedPaths" not in cfg["linux"] and "readonlyPaths" not in cfg["linux"]
+    shm = next(m for m in cfg["mounts"] if m["destination"] == "/dev/shm")
+    assert (shm["type"], shm["source"]) == ("bind", "/dev/shm")
+    # the defaults: private namespaces, masked /proc, no sysctl
+    plain = entry_of({"containers": [{"name": "m", "image": "busybox"}]})
+    cfg = oci(container_spec(plain, plain.spec.containers[0]), tmp_path)
+    assert {"pid", "ipc"} <= {n["type"] for n in cfg["linux"]["namespaces"]}
+    assert "sysctl" not in cfg["linux"] and cfg["linux"]["maskedPaths"]
+
+
+@pytest.mark.parametrize(("k8s", "option"), [
+    (None, "rprivate"), ("None", "rprivate"), ("HostToContainer", "rslave"),
+    ("Bidirectional", "rshared")])
+def test_mount_propagation_maps_to_the_bind_option(k8s: str | None, option: str,
+                                                   tmp_path: Path) -> None:
+    assert PROPAGATION[k8s or "None"] == option
+    spec = ContainerSpec(name="m", image="busybox", mounts=(
+        Mount(source=tmp_path, destination="/data", propagation=PROPAGATION[k8s or "None"]),))
+    bind = next(m for m in oci(spec, tmp_path)["mounts"] if m["destination"] == "/data")
+    assert bind["options"][:2] == ["rbind", option]
+
+
+NODE_RESOLV = """# generated
+nameserver 192.168.1.1
+nameserver 192.168.1.2
+search home.lan
+options ndots:1 timeout:2
+"""
+
+
+def test_resolv_conf_follows_dns_policy_and_config() -> None:
+    plain = PodSpec.parse({"containers": [{"name": "m", "image": "b"}]})
+    assert not dns.needs_own(plain)
+    merged = PodSpec.parse({"dnsConfig": {
+        "nameservers": ["10.0.0.53", "192.168.1.1"], "searches": ["shop.local"],
+        "options": [{"name": "ndots", "value": "3"}, {"name": "edns0"}]},
+        "containers": [{"name": "m", "image": "b"}]})
+    assert dns.needs_own(merged)
+    assert dns.resolv_conf(merged, NODE_RESOLV) == (
+        "nameserver 192.168.1.1\nnameserver 192.168.1.2\nnameserver 10.0.0.53\n"
+        "search home.lan shop.local\noptions ndots:3 timeout:2 edns0\n")
+    alone = PodSpec.parse({"dnsPolicy": "None", "dnsConfig": {"nameservers": ["10.0.0.53"]},
+                           "containers": [{"name": "m", "image": "b"}]})
+    assert dns.resolv_conf(alone, NODE_RESOLV) == "nameserver 10.0.0.53\n"
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.latest: dict[str, Any] = {}
+
+    def update(self, key: str, status: Any) -> None:
+        self.latest[key] = status
+
+
+async def test_the_pod_gets_its_resolv_conf_and_a_token_note(tmp_path: Path) -> None:
+    rt = FakeRuntime(clock=lambda: 1000.0)
+    sink = Sink()
+    pod = Pod.model_validate({"metadata": {"name": "web"}, "spec": {
+        "serviceAccountName": "agent", "dnsPolicy": "None",
+        "dnsConfig": {"nameservers": ["10.0.0.53"], "searches": ["shop.local"]},
+        "containers": [{"name": "main", "image": "busybox:1"}]}})
+    k = pod_key("default", "web")
+    volumes = Volumes(tmp_path / "pods")
+    rec = Reconciler(node="edge-1", runtime=rt, cache=Cache(tmp_path / "cache"),
+                     desired=lambda: EdgeDesired(epoch="E", gen=1, items={k: pod_entry(pod)}),
+                     sink=sink, clock=lambda: 1000.0, crashloop=CrashLoop(), volumes=volumes)
+    await rec.reconcile_once()
+    st = sink.latest[k]
+    assert st.phase == "Running" and st.message == NO_TOKEN
+    (c,) = rt.containers.values()
+    (m,) = [m for m in c.spec.mounts if m.destination == "/etc/resolv.conf"]
+    assert m.read_only and m.source == volumes.pod_dir(k) / "resolv.conf"
+    assert m.source.read_text() == "nameserver 10.0.0.53\nsearch shop.local\n"
