@@ -13,7 +13,7 @@ Everything a pod's volumes need on the host lives under one directory per pod,
   mounted (read-only), because a single-file bind mount pins the inode and would
   miss the rename (docs/runtime.md); so running containers see updates in place.
 - hostPath: nothing under the pod dir; the host path is checked (or created) per
-  its `type` and bind mounted.
+  its `type` and bind mounted (unset: created as a directory if nothing is there).
 - `secret/` is a tmpfs mounted per pod (size-limited, `nosuid,nodev,noexec`) before
   the first Secret value is written, so Secret values never reach the disk; it is
   unmounted when the pod goes (and by `sweep` after a crash). The volumes root is 0700:
@@ -307,7 +307,12 @@ class Volumes:
 
 
 def _host_path(vol: str, path: Path, kind: str) -> Path:
-    """Check (or create) a hostPath per its type, Kubernetes' rules."""
+    """Check (or create) a hostPath per its type, Kubernetes' rules: unset checks nothing
+    but, when nothing is there, creates a directory (0755), as the kubelet's container
+    runtime does with a missing bind source; DirectoryOrCreate / FileOrCreate create
+    (a file's parent directory must exist, as in Kubernetes); Directory, File, Socket,
+    CharDevice and BlockDevice check. The policy check (the allowlist, the path resolved
+    on the node) runs before this, so nothing is created outside what the pod may mount."""
     if kind == "DirectoryOrCreate":
         if not path.exists():
             path.mkdir(parents=True, mode=0o755)
@@ -319,6 +324,8 @@ def _host_path(vol: str, path: Path, kind: str) -> Path:
             path.touch(mode=0o644)
         kind = "File"
     if not kind:
+        if not path.exists() and not path.is_symlink():
+            path.mkdir(parents=True, mode=0o755)
         return path
     try:
         mode = path.stat().st_mode

@@ -158,3 +158,26 @@ async def test_host_pid_sysctl_and_dns_config_in_a_real_container(
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         node.cache.close()
+
+
+async def test_a_hostpath_without_type_that_is_missing_is_created_and_runs(
+    runtime: CrunRuntime, seeded_registry: SeededRegistry, tmp_path: Path,
+) -> None:
+    """The canonical fluentd DaemonSet's case: /var/lib/docker/containers is not there."""
+    node = Node(runtime, tmp_path)
+    missing = tmp_path / "var" / "lib" / "docker" / "containers"
+    key, _ = add_pod(node, "fluentd", {
+        "volumes": [{"name": "logs", "hostPath": {"path": str(missing)}}],
+        "containers": [{"name": "main", "image": seeded_registry.busybox,
+                        "command": ["sh", "-c", "touch /logs/seen; sleep 300"],
+                        "volumeMounts": [{"name": "logs", "mountPath": "/logs"}]}],
+    }, policy={"level": "privileged"})
+    task = asyncio.create_task(node.rec.run())
+    try:
+        await node.until("ran", (missing / "seen").exists)
+        st = node.latest[key]
+        assert st is not None and st.phase == "Running"
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        node.cache.close()
