@@ -5,10 +5,17 @@ Hub.  Instead it builds a busybox image from the host's static busybox with
 umoci and serves it from Debian's ``docker-registry`` (distribution v2) on a
 free loopback port.  Edge agents then pull it exactly as they would pull from
 a real registry (plain HTTP: list its address in ``insecure_registries``).
+
+``LocalRegistry(auth=(user, password))`` protects it with htpasswd (bcrypt, written
+with the C library's crypt(3): no Apache tools needed), for pulls with
+``imagePullSecrets``.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import secrets
 import shutil
 import socket
 import subprocess
@@ -19,7 +26,8 @@ import urllib.request
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["APPLETS", "LocalRegistry", "RegistryError", "build_busybox_image", "seed_busybox"]
+__all__ = ["APPLETS", "LocalRegistry", "RegistryError", "build_busybox_image",
+           "htpasswd_line", "seed_busybox"]
 
 APPLETS = (
     "sh", "httpd", "wget", "sleep", "cat", "echo", "ls", "env", "id", "true", "false",
@@ -84,6 +92,26 @@ def build_busybox_image(
     _run(["umoci", "gc", "--layout", str(layout_dir)], "umoci gc")
 
 
+_BCRYPT_ALPHABET = "./ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+
+
+def htpasswd_line(user: str, password: str, *, cost: int = 4) -> str:
+    """``user:$2b$...``: an htpasswd entry with a bcrypt hash (what docker-registry reads),
+    made with libcrypt's crypt(3)."""
+    name = ctypes.util.find_library("crypt")
+    if name is None:
+        raise RegistryError("libcrypt not found: cannot hash an htpasswd password")
+    lib = ctypes.CDLL(name)
+    lib.crypt.restype = ctypes.c_char_p
+    lib.crypt.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+    # 22 salt characters; the last carries 2 bits only, so it is one of the canonical four.
+    salt = "".join(secrets.choice(_BCRYPT_ALPHABET) for _ in range(21)) + secrets.choice(".Oeu")
+    hashed = lib.crypt(password.encode(), f"$2b${cost:02d}${salt}".encode())
+    if not hashed or not hashed.startswith(b"$2"):
+        raise RegistryError("this C library's crypt(3) does not do bcrypt")
+    return f"{user}:{hashed.decode()}"
+
+
 def _free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
@@ -92,7 +120,8 @@ def _free_port(host: str = "127.0.0.1") -> int:
 
 
 class LocalRegistry:
-    """``docker-registry`` on ``host``:<free port> with filesystem storage and no auth.
+    """``docker-registry`` on ``host``:<free port> with filesystem storage; no auth
+    unless ``auth=(user, password)`` (htpasswd: every request needs those credentials).
 
     ``host`` is 127.0.0.1 by default; the testbed binds its bridge address so agents
     in their own network namespaces pull from it.
@@ -102,8 +131,9 @@ class LocalRegistry:
     """
 
     def __init__(self, *, binary: str = "docker-registry", startup_timeout_s: float = 15.0,
-                 host: str = "127.0.0.1") -> None:
+                 host: str = "127.0.0.1", auth: tuple[str, str] | None = None) -> None:
         self._binary = binary
+        self.auth = auth
         self.host = host
         self._startup_timeout_s = startup_timeout_s
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
@@ -130,6 +160,11 @@ class LocalRegistry:
                 "  delete:\n    enabled: true\n"
                 f"http:\n  addr: {self.host}:{port}\n"
             )
+            if self.auth is not None:
+                htpasswd = tmp / "htpasswd"
+                htpasswd.write_text(htpasswd_line(*self.auth) + "\n")
+                with config.open("a") as f:
+                    f.write(f"auth:\n  htpasswd:\n    realm: edgefed\n    path: {htpasswd}\n")
             log = (tmp / "registry.log").open("ab")
             try:
                 self._proc = subprocess.Popen(
@@ -161,6 +196,9 @@ class LocalRegistry:
                 with urllib.request.urlopen(f"{self.url}/v2/", timeout=1) as resp:
                     if resp.status == 200:
                         return True
+            except urllib.error.HTTPError as exc:
+                if exc.code == 401 and self.auth is not None:  # up, and asking who we are
+                    return True
             except (urllib.error.URLError, OSError):
                 pass
             time.sleep(0.05)
@@ -190,9 +228,10 @@ class LocalRegistry:
         if self._proc is None:
             raise RegistryError("registry is not running")
         ref = f"{self.address}/{name}:{tag}"
+        creds = ["--dest-creds", f"{self.auth[0]}:{self.auth[1]}"] if self.auth else []
         _run(
             ["skopeo", "--insecure-policy", "copy", "--quiet", "--dest-tls-verify=false",
-             f"oci:{layout_dir}:{tag}", f"docker://{ref}"],
+             *creds, f"oci:{layout_dir}:{tag}", f"docker://{ref}"],
             f"push {ref}",
         )  # fmt: skip
         return ref
