@@ -110,6 +110,7 @@ from edgecore.runtime.errors import (
     RuntimeTemporaryError,
 )
 from edgecore.runtime.images import normalize_ref
+from edgecore.runtime.registry_auth import RegistryCredentials, credentials_for
 from edgecore.runtime.types import (
     ContainerSpec,
     ContainerState,
@@ -119,7 +120,8 @@ from edgecore.runtime.types import (
 )
 from shared.backoff import capped_delay
 from shared.delta import EdgeDesired
-from shared.entries import POD, PodEntry, config_files, parse_pod_entry, split_key
+from shared.entries import POD, PodEntry, config_files, parse_pod_entry, secret_key, split_key
+from shared.errors import ObjectError
 from shared.pods import Container, ContainerStatus, LastState, PodStatus
 from shared.policy import Level, Violation, check, host_path_rule, stricter
 
@@ -844,7 +846,8 @@ class Reconciler:
                                   mounts=self._mounts(c, ctx))
             if await self._needs_pull(spec):
                 try:
-                    await self._pull(entry, spec.image, always=spec.pull_policy == "Always")
+                    await self._pull(entry, spec.image, always=spec.pull_policy == "Always",
+                                     credentials=self._pull_credentials(entry, spec.image, ctx))
                 except ImagePullError as exc:
                     if spec.pull_policy != "Always" or isinstance(exc, InsufficientDisk):
                         raise
@@ -897,15 +900,43 @@ class Reconciler:
         if not c.env_from and all(e.value_from is None for e in c.env):
             return None
         items = ctx.items or {}
-
-        def data(k: str) -> Mapping[str, bytes] | None:
-            if self.volumes is not None:
-                return self.volumes.config_data(k, items)
-            return config_files(k, items[k]) if k in items else None
-
         hip = envs.host_ip()
         facts = envs.PodFacts(node=self.node, pod_ip=ctx.pod_ip or hip, host_ip=hip)
-        return envs.build(entry, c, data=data, facts=facts)
+        return envs.build(entry, c, data=lambda k: self._config_data(k, items), facts=facts)
+
+    def _config_data(self, k: str, items: Mapping[str, Any]) -> Mapping[str, bytes] | None:
+        """A ConfigMap's / Secret's keys from the desired set (a sealed Secret opened);
+        None if the node does not have it; VolumeError / ObjectError if malformed."""
+        if self.volumes is not None:
+            return self.volumes.config_data(k, items)
+        return config_files(k, items[k]) if k in items else None
+
+    def _pull_credentials(self, entry: PodEntry, image: str,
+                          ctx: _PodContext) -> RegistryCredentials | None:
+        """The pod's imagePullSecrets' credentials for `image`'s registry (None: none
+        match, none is on the node yet, or the runtime cannot use them: the pull goes
+        without, as in Kubernetes). Never logged."""
+        refs = entry.spec.image_pull_secrets
+        if not refs:
+            return None
+        if not self.runtime.capabilities.pull_credentials:
+            log.warning("%s: imagePullSecrets not used: this runtime cannot pull with "
+                        "credentials", entry.key)
+            return None
+        found: list[Mapping[str, bytes]] = []
+        for ref in refs:
+            k = secret_key(entry.namespace, ref.name)
+            try:
+                data = self._config_data(k, ctx.items or {})
+            except (VolumeError, ObjectError) as exc:
+                log.warning("%s: pull secret %s is unusable: %s", entry.key, ref.name, exc)
+                continue
+            if data is None:
+                log.info("%s: pull secret %s is not on this node (yet); pulling without it",
+                         entry.key, ref.name)
+                continue
+            found.append(data)
+        return credentials_for(image, found)
 
     async def _run(self, entry: PodEntry, cid: str, spec: ContainerSpec) -> None:
         try:
@@ -934,22 +965,26 @@ class Reconciler:
             return False  # run() reports it
         return ref not in {i.ref for i in await self.runtime.images()}
 
-    async def _pull(self, entry: PodEntry, image: str, *, always: bool) -> None:
-        """Pull `image`, reporting the pod as pulling if it takes a while; on
-        InsufficientDisk, let `on_disk_full` free space and try once more."""
+    async def _pull(self, entry: PodEntry, image: str, *, always: bool,
+                    credentials: RegistryCredentials | None = None) -> None:
+        """Pull `image` (with the pod's registry `credentials`, if any), reporting the pod
+        as pulling if it takes a while; on InsufficientDisk, let `on_disk_full` free
+        space and try once more."""
         try:
-            await self._pull_reporting(entry, image, always=always)
+            await self._pull_reporting(entry, image, always=always, credentials=credentials)
         except InsufficientDisk as exc:
             if self.on_disk_full is None:
                 raise
             log.warning("%s: pull of %s: %s; collecting unused images and retrying",
                         entry.key, image, exc)
             await self.on_disk_full(exc, self.desired_images())
-            await self._pull_reporting(entry, image, always=always)
+            await self._pull_reporting(entry, image, always=always, credentials=credentials)
 
-    async def _pull_reporting(self, entry: PodEntry, image: str, *, always: bool) -> None:
-        pull = (self.runtime.pull(image) if not always
-                else self.runtime.pull(image, policy="Always"))
+    async def _pull_reporting(self, entry: PodEntry, image: str, *, always: bool,
+                              credentials: RegistryCredentials | None = None) -> None:
+        kw: dict[str, Any] = {} if credentials is None else {"credentials": credentials}
+        pull = (self.runtime.pull(image, **kw) if not always
+                else self.runtime.pull(image, policy="Always", **kw))
         task = asyncio.ensure_future(pull)
         t0 = time.monotonic()
         wait = self.pull_report_after_s

@@ -30,6 +30,7 @@ import os
 import platform as _platform
 import re
 import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import Collection
@@ -46,6 +47,7 @@ from edgecore.runtime.errors import (
     InvalidSpec,
     NoMatchingManifest,
 )
+from edgecore.runtime.registry_auth import RegistryCredentials
 from edgecore.runtime.types import PULL_POLICIES, ImageInfo, PullPolicy, PullProgress
 
 log = logging.getLogger(__name__)
@@ -158,6 +160,7 @@ class _ActivePull:
     copying: bool = False  # holds the store lock (else queued behind another pull)
     layers: list[tuple[str, int]] | None = None  # (digest, size) once the manifest is known
     inspecting: asyncio.Task[None] | None = None
+    authfile: str | None = None  # the pull's credentials (0600), while it runs
 
 
 def _pick_manifest(index: dict[str, Any], arch: str, variant: str | None) -> str | None:
@@ -277,9 +280,15 @@ class ImageStore:
         )
 
     async def pull(
-        self, image: str, *, insecure: bool | None = None, policy: PullPolicy = "IfNotPresent"
+        self, image: str, *, insecure: bool | None = None, policy: PullPolicy = "IfNotPresent",
+        credentials: RegistryCredentials | None = None,
     ) -> str:
         """Make ``image`` present according to ``policy``; return the manifest digest.
+
+        ``credentials`` (a pod's imagePullSecrets) are given to skopeo for this pull
+        only, in a temporary authfile (0600, beside the store, removed after); they
+        are never logged. Pods pulling the same image at once share one pull (and the
+        first one's credentials), as they share its outcome.
 
         ``IfNotPresent``: copy only if the reference is not in the store.
         ``Always``: copy every time (cheap when nothing changed: skopeo skips
@@ -310,7 +319,8 @@ class ImageStore:
         # every other pull on the node for N x 60 s, new specs included).
         shared = self._pulls.get(ref)
         if shared is None:
-            task = asyncio.create_task(self._pull_once(ref, insecure, policy), name=f"pull {ref}")
+            task = asyncio.create_task(self._pull_once(ref, insecure, policy, credentials),
+                                       name=f"pull {ref}")
             shared = self._pulls[ref] = (task, [0])
             task.add_done_callback(lambda t, r=ref: self._pull_done(r, t))
         task, waiters = shared
@@ -330,13 +340,20 @@ class ImageStore:
         if not task.cancelled():
             task.exception()  # retrieved here: every waiter may have been cancelled
 
-    async def _pull_once(self, ref: str, insecure: bool, policy: PullPolicy) -> str:
-        active = self._active.setdefault(ref, _ActivePull(ref, insecure))
+    async def _pull_once(self, ref: str, insecure: bool, policy: PullPolicy,
+                         credentials: RegistryCredentials | None = None) -> str:
+        authfile = (await asyncio.to_thread(self._write_authfile, credentials)
+                    if credentials is not None else None)
+        active = self._active.setdefault(ref, _ActivePull(ref, insecure, authfile=authfile))
         try:
             async with self._lock:
                 active.copying = True
-                return await self._copy(ref, insecure=insecure, policy=policy)
+                return await self._copy(ref, insecure=insecure, policy=policy,
+                                        authfile=authfile)
         finally:
+            if authfile is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(authfile)
             if self._active.get(ref) is active:
                 del self._active[ref]
             if active.inspecting is not None and not active.inspecting.done():
@@ -344,7 +361,17 @@ class ImageStore:
                 with contextlib.suppress(asyncio.CancelledError):
                     await active.inspecting
 
-    async def _copy(self, ref: str, *, insecure: bool, policy: PullPolicy) -> str:
+    def _write_authfile(self, credentials: RegistryCredentials) -> str:
+        """A containers-auth.json for one pull: created 0600 (mkstemp), beside the store."""
+        fd, path = tempfile.mkstemp(prefix=".auth-", suffix=".json", dir=self._policy.parent)
+        try:
+            os.write(fd, credentials.authfile())
+        finally:
+            os.close(fd)
+        return path
+
+    async def _copy(self, ref: str, *, insecure: bool, policy: PullPolicy,
+                    authfile: str | None = None) -> str:
         """The pull proper, under the store lock."""
         if policy == "IfNotPresent" and (digest := self.digest_of(ref)) is not None:
             return digest
@@ -359,6 +386,8 @@ class ImageStore:
         argv += ["copy", "--quiet"]
         if insecure:
             argv.append("--src-tls-verify=false")
+        if authfile is not None:
+            argv += ["--src-authfile", authfile]
         argv += [f"docker://{ref}", f"oci:{self.layout}:{_layout_tag(ref)}"]
         await self._run_tool(argv, what=f"pull {ref}", error=ImagePullError)
         digest = self.digest_of(ref)
@@ -424,10 +453,13 @@ class ImageStore:
                             bytes_total=total, layers_done=len(done),
                             layers_total=len(layers))
 
-    async def _inspect_raw(self, ref: str, insecure: bool) -> dict[str, Any]:
+    async def _inspect_raw(self, ref: str, insecure: bool,
+                           authfile: str | None = None) -> dict[str, Any]:
         argv = [self._skopeo, "--policy", str(self._policy), "inspect", "--raw"]
         if insecure:
             argv.append("--tls-verify=false")
+        if authfile is not None:
+            argv += ["--authfile", authfile]
         argv.append(f"docker://{ref}")
         res = await run_cmd(argv, error=ImagePullError, what=f"inspect {ref}", timeout=60)
         doc: dict[str, Any] = json.loads(res.stdout)
@@ -437,7 +469,7 @@ class ImageStore:
         """Fill ``active.layers`` from the registry (best effort: progress stays
         without totals if the registry cannot tell)."""
         try:
-            doc = await self._inspect_raw(active.ref, active.insecure)
+            doc = await self._inspect_raw(active.ref, active.insecure, active.authfile)
             if "manifests" in doc:  # an image index: the manifest for this platform
                 digest = _pick_manifest(doc, *self.platform)
                 if digest is None:
@@ -446,7 +478,8 @@ class ImageStore:
                 last = name.rsplit("/", 1)
                 if ":" in last[-1]:
                     name = name.rsplit(":", 1)[0]
-                doc = await self._inspect_raw(f"{name}@{digest}", active.insecure)
+                doc = await self._inspect_raw(f"{name}@{digest}", active.insecure,
+                                              active.authfile)
             active.layers = [(str(layer["digest"]), int(layer["size"]))
                              for layer in doc.get("layers", [])]
         except (ImagePullError, ValueError, KeyError, TypeError) as exc:

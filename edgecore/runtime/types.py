@@ -20,9 +20,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from types import MappingProxyType
-from typing import Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 from edgecore.runtime.errors import InvalidSpec
+
+if TYPE_CHECKING:
+    from edgecore.runtime.registry_auth import RegistryCredentials
 
 __all__ = [
     "Capabilities",
@@ -472,6 +475,9 @@ class Capabilities:
     state_token: bool = False
     """``state_token()``: a cheap "did a container exit" check, so a periodic
     reconciler pass is skipped when nothing changed. Off: every interval is a pass."""
+    pull_credentials: bool = False
+    """``pull()`` takes ``credentials=`` (a pod's imagePullSecrets). Off: pulls go
+    without credentials (a private registry refuses them: ImagePullBackOff)."""
 
 
 @runtime_checkable
@@ -527,10 +533,13 @@ class ExtendedRuntime(Runtime, Protocol):
     """
 
     async def pull(
-        self, image: str, *, insecure: bool | None = None, policy: PullPolicy = "IfNotPresent"
+        self, image: str, *, insecure: bool | None = None, policy: PullPolicy = "IfNotPresent",
+        credentials: RegistryCredentials | None = None,
     ) -> str:
         """(``images``) Make ``image`` present according to ``policy``; return its
-        manifest digest."""
+        manifest digest. ``credentials``: for this pull only (a pod's imagePullSecrets);
+        a runtime that cannot use them says so with ``Capabilities.pull_credentials``
+        false, and the caller does not pass them."""
         ...
 
     async def logs(self, cid: str, *, tail: int | None = None, since: float | None = None) -> bytes:
