@@ -41,7 +41,7 @@ from shared.models import DaemonSet, Deployment, Pod
 
 SYNC_NODES = 256
 """A DaemonSet over at most this many nodes is expanded at once, in the call."""
-SLICE_S = 0.025
+SLICE_S = 0.012
 """Seconds the event loop is held by one slice of expansion and its commit together
 (the slice's own share is adapted to what its commit took last time)."""
 STEP = 32
