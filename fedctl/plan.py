@@ -178,7 +178,9 @@ _HINTS: tuple[tuple[re.Pattern[str], str, bool], ...] = tuple(
         (r"\.priorityClassName$", "", True),
         (r"\.rollingUpdate\.maxSurge$", "rollingUpdate.maxUnavailable", True),
         (r"\.volumeMounts\[\d+\]\.mountPropagation$", "", True),
-        (r"\.securityContext\.", "", True),
+        (r"\.securityContext\.(seLinuxOptions|seLinuxChangePolicy|appArmorProfile|windowsOptions)$",
+         "seccompProfile, capabilities and allowPrivilegeEscalation confine a container "
+         "(docs/pods.md)", False),
         (r"\.topologySpreadConstraints$", f"podAntiAffinity on kubernetes.io/hostname, "
          f"planned in {ISSUE_18}; nodeSelector today", False),
         (r"\.volumeMounts\[\d+\]\.(subPath|subPathExpr)$", "mount the volume at a "
@@ -198,7 +200,8 @@ _HINTS: tuple[tuple[re.Pattern[str], str, bool], ...] = tuple(
          "maxUnavailable: 100% replaces every pod at once", False),
         (r"\.ports\[\d+\]\.hostIP$", "leave it out: a hostPort listens on every address "
          "of the node", False),
-        (r"\.(stdin|stdinOnce|tty)$", "`fedctl exec` for an interactive shell", False),
+        (r"\.(stdin|stdinOnce|tty)$", "`fedctl exec POD -- COMMAND` runs a command in "
+         "the pod", False),
     ))
 
 
