@@ -30,7 +30,7 @@ from cloudcore.fleet.desired import DesiredSets
 from cloudcore.fleet.events import EventLog
 from cloudcore.fleet.forecast import FORECAST_KEYS, WARN_INTERVAL, normalise
 from cloudcore.fleet.lifecycle import Liveness
-from cloudcore.fleet.objects import Key, Objects, now_iso
+from cloudcore.fleet.objects import Key, Objects, now_iso, share_fields_set
 from cloudcore.fleet.placement import Placement
 from cloudcore.scheduler.core import ARCH_LABEL
 from shared.entries import POD, split_key
@@ -132,6 +132,7 @@ class Nodes:
             node = Node.model_validate(raw)
             node.status.ready = "Unknown"
             node.status.reason = "CloudcoreRestarted"
+            share_fields_set(node)
             self.objects.nodes[name] = node
             hb = node.metadata.annotations.get(naming.HEARTBEAT)
             self.liveness.set_heartbeat(name, float(hb) if hb else None)
@@ -156,6 +157,7 @@ class Nodes:
         node.metadata.uid = str(uuid.uuid4())
         node.metadata.creation_timestamp = now_iso()
         node.metadata.labels = {"kubernetes.io/hostname": name}
+        share_fields_set(node)
         self.objects.nodes[name] = node
         self.objects.save("Node", name)
         log.info("node %s registered", name)
@@ -180,6 +182,7 @@ class Nodes:
         node.metadata.annotations[naming.APPLIED_LABELS] = json.dumps(
             obj.metadata.labels, sort_keys=True)
         node.spec = obj.spec
+        share_fields_set(node)
         self.objects.save("Node", name)
 
     def patch(self, name: str, *, labels: dict[str, str | None] | None = None,

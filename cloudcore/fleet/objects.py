@@ -19,10 +19,13 @@ import bisect
 import functools
 import json
 import time
+import typing
 import uuid
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
+
+from pydantic import BaseModel
 
 from cloudcore.errors import NotFound
 from cloudcore.fleet import naming
@@ -102,6 +105,42 @@ def dump_object(obj: Any) -> dict[str, Any]:
     return out
 
 
+_ALL_FIELDS: dict[type, set[str]] = {}
+_NESTED: dict[type, tuple[str, ...]] = {}
+
+
+def _holds_model(t: Any) -> bool:
+    if isinstance(t, type):
+        return issubclass(t, BaseModel)
+    return any(_holds_model(a) for a in typing.get_args(t))
+
+
+def share_fields_set(model: BaseModel) -> None:
+    """Give `model` and the models in it the one "fields set" of their class, holding
+    every field name. pydantic keeps, per instance, the set of fields given or
+    assigned (only `exclude_unset` and `model_fields_set` read it; cloudcore uses
+    neither); for the 100,000 nodes and pods the fleet keeps, those sets were a third
+    of a node's memory. Assigning a field adds its name: a no-op on a set that holds
+    every name, so the shared set never changes."""
+    cls = type(model)
+    names = _ALL_FIELDS.get(cls)
+    if names is None:
+        names = _ALL_FIELDS[cls] = set(cls.model_fields)
+        _NESTED[cls] = tuple(n for n, f in cls.model_fields.items()
+                             if _holds_model(f.annotation))
+    if model.__pydantic_fields_set__ is not names:
+        object.__setattr__(model, "__pydantic_fields_set__", names)
+    values = model.__dict__
+    for name in _NESTED[cls]:
+        v = values.get(name)
+        if isinstance(v, BaseModel):
+            share_fields_set(v)
+        elif isinstance(v, list):
+            for x in v:
+                if isinstance(x, BaseModel):
+                    share_fields_set(x)
+
+
 def record_of(obj: Any) -> dict[str, Any]:
     """An object as the store keeps it: what `load` validates back into an equal
     object. A pod's spec is written by its own `dump()` (defaults left out, one
@@ -148,6 +187,7 @@ class Objects:
                                   ("secrets", self.secrets, Secret)):
             for raw in records.get(db, {}).values():
                 obj = model.model_validate(raw)
+                share_fields_set(obj)
                 target[(obj.metadata.namespace, obj.metadata.name)] = obj  # type: ignore[attr-defined]
         for name, raw in records.get("namespaces", {}).items():
             self.namespaces[name] = Namespace.model_validate(raw)
@@ -174,6 +214,8 @@ class Objects:
     def save(self, kind: str, key: Any) -> None:
         """Persist an object changed in place (written behind) and announce it."""
         obj = self._tables[kind][key]
+        if kind == "Pod":  # pods get new status objects on reports
+            share_fields_set(obj)
         self.store.put_later(KIND_DB[kind], skey(key), lambda: record_of(obj))
         self.changed(kind, key)
 
