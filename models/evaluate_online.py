@@ -18,7 +18,10 @@ Baselines, with the same visibility (only minutes <= t at origin t):
   same series (grid 0.05..0.95), by the lowest p50 sMAPE there;
 - ridge on the 60 raw lags (plus a bias), predicting y - last value, refit every
   minute on every example whose targets are <= t (online, the series' own past),
-  lambda chosen on the history part the same way (grid 1e-3..10).
+  lambda chosen on the history part the same way (grid 1e-3..10). On an upsampled
+  series (google2019, azure_v2: 5-minute samples) both it and the forecaster learn
+  only from examples whose window ends at a real sample (`forecast_csv
+  --real-every 5`): the same training rule for both.
 
 Every baseline's p90 = its p50 + the 90th percentile (per resource and step) of its
 own errors over the last 4096 origins whose targets are <= t (redone every 16
@@ -62,11 +65,14 @@ def all_windows(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-def model_forecast(values: np.ndarray, tmp: Path) -> tuple[np.ndarray, np.ndarray]:
-    """p50, p90 [T, 2, 15] at every origin, through the forecast_csv program."""
+def model_forecast(values: np.ndarray, tmp: Path, step: int = 1,
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """p50, p90 [T, 2, 15] at every origin, through the forecast_csv program (learning
+    from real-sample examples only on an upsampled series: `--real-every step`)."""
     csv_path, out = tmp / "series.csv", tmp / "series.npz"
     np.savetxt(csv_path, values.T, fmt="%.7g", delimiter=",", header="cpu,mem", comments="")
-    forecast_csv.main(["--input", str(csv_path), "--output", str(out)])
+    forecast_csv.main(["--input", str(csv_path), "--output", str(out),
+                       "--real-every", str(step)])
     with np.load(out) as z:
         return z["p50"][0].astype(np.float64), z["p90"][0].astype(np.float64)
 
@@ -77,8 +83,10 @@ def ewma(x: np.ndarray, alpha: float) -> np.ndarray:
     return np.repeat((x @ w)[..., None], H, axis=2)
 
 
-def online_ridge(x: np.ndarray, y: np.ndarray, lam: float) -> np.ndarray:
-    """p50 [T, 2, 15]: at origin t, a ridge fitted on the examples of origins <= t - 15."""
+def online_ridge(x: np.ndarray, y: np.ndarray, lam: float, step: int = 1) -> np.ndarray:
+    """p50 [T, 2, 15]: at origin t, a ridge fitted on the examples of origins <= t - 15
+    (on an upsampled series only those whose window ends at a real sample, as the
+    forecaster learns: `forecast_csv --real-every`)."""
     t_len = len(x)
     f = np.concatenate([np.nan_to_num(x), np.ones((t_len, 2, 1))], axis=2)  # [T, 2, 61]
     a = np.nan_to_num(x[..., -1:])
@@ -90,11 +98,11 @@ def online_ridge(x: np.ndarray, y: np.ndarray, lam: float) -> np.ndarray:
     out = np.empty((t_len, 2, H))
     for t in range(t_len):
         u = t - H
-        if u >= C - 1:
+        if u >= C - 1 and u % step == 0:
             fu = f[u]
             xtx += fu[:, :, None] * fu[:, None, :]
             xty += fu[:, :, None] * tgt[u][:, None, :]
-            if t % 5 == 0 or t < 400:
+            if step > 1 or u % 5 == 0 or t < 400:
                 w = np.linalg.solve(xtx + eye, xty)
         out[t] = a[t] + np.einsum("rl,rlh->rh", f[t], w)
     return np.clip(out, 0.0, 1.0)
@@ -133,7 +141,7 @@ def choose(series: data.Series, x: np.ndarray, y: np.ndarray) -> dict[str, float
     hist_x, hist_y = x[: series.split], y[: series.split]
     hist_y = np.where(np.arange(series.split)[:, None, None] + H < series.split, hist_y, np.nan)
     best_l = min(RIDGE_GRID, key=lambda lam: metrics.smape(
-        ya, online_ridge(hist_x, hist_y, lam)[o]))
+        ya, online_ridge(hist_x, hist_y, lam, series.step)[o]))
     return {"ewma_alpha": float(best_a), "ridge_lambda": float(best_l)}
 
 
@@ -144,10 +152,10 @@ def evaluate_series(series: data.Series, scale: float, cfg: dict[str, float] | N
     if cfg is None:
         cfg = choose(series, x, y)
     o = data.origins(series.split, values.shape[1], step=series.step) - 1
-    p50m, p90m = model_forecast(values, tmp)
+    p50m, p90m = model_forecast(values, tmp, series.step)
     last = np.repeat(x[..., -1:], H, axis=2)
     ew = ewma(x, cfg["ewma_alpha"])
-    ridge = online_ridge(x, y, cfg["ridge_lambda"])
+    ridge = online_ridge(x, y, cfg["ridge_lambda"], series.step)
     out = {"model (online)": scores(y[o], p50m[o], p90m[o])}
     for name, p50 in (("last value", last), ("EWMA", ew), ("ridge, 60 lags, online", ridge)):
         out[name] = scores(y[o], p50[o], past_error_p90(np.nan_to_num(p50), y)[o])

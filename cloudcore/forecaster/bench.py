@@ -13,7 +13,11 @@ first, as telemetry would bring it):
   (a copy of at most `sample_nodes` windows) and `learner.learn()` (in cloudcore a
   worker thread; timed here on this thread, so its CPU is counted in full).
 
-It prints the median of each and of their sum per tick (the online part runs once
+Run it as cloudcore should run, with `OPENBLAS_NUM_THREADS=1` in the environment: the
+learner's X'X products are OpenBLAS matmuls, and OpenBLAS's own threads (one per core
+by default) spin against the other processes of a loaded machine (learn 205 ms
+median instead of 11.5 ms here, at load average 3 on 2 cores); the value in use is
+printed. It prints the median of each and of their sum per tick (the online part runs once
 per tick, so its whole cost is its amortised cost), the memory of the arrays, and
 the load average beside the figures (the machine is shared). A program that prints
 figures, not a timed test.
@@ -102,6 +106,9 @@ def main(argv: list[str] | None = None) -> None:
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     print(f"nodes                         {n}")
     print(f"cpu cores visible             {os.cpu_count()} (onnxruntime intra_op threads = 1)")
+    print(f"OPENBLAS_NUM_THREADS          {os.environ.get('OPENBLAS_NUM_THREADS', 'unset')} "
+          "(the learner's matmuls; unset = one BLAS thread per core, which under load made "
+          "learn 20x slower here: run cloudcore with 1)")
     print(f"load average (1/5/15 min)     {load}")
     print(f"ingest {RING} minutes             {ingest:.2f} s "
           f"({ingest / (RING * n) * 1e6:.2f} us per point, observe_batch)")

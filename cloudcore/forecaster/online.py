@@ -45,6 +45,25 @@ toward the 90 % target whenever the published q covered more or less than 90 % o
 the new errors (adaptive conformal inference, Gibbs & Candes 2021). Per resource,
 every horizon step its own q.
 
+The combination of experts (per fleet, per resource and horizon step). The served
+p50 is not the ridge head alone but a weighted mix of four experts: the ridge head,
+last value, and EWMAs of the window with alpha 0.1 and 0.6 (`EWMA_ALPHAS`). Each
+expert's loss on every example (the symmetric relative error |y - p| / (|y| + |p|),
+what sMAPE averages; made with the weights in use, before the example is learned) is
+added to a decayed sum L_k (half-life `mix_half_life` examples), and expert k weighs
+exp(-eta (L_k / min_j L_j - 1)) (exponentiated weights on the loss relative to the
+leader's, so the weights do not depend on the utilisation level; eta = `mix_eta`).
+By construction the mix follows whichever expert has done best on this fleet at this
+step, and mixes where they are close. All four are linear in the normalised
+features (an EWMA's weights sum to one, so ewma - a = sum c_i (x_i - a)), so the mix
+is one set of normalised weights: it is served by the same graph, the same MatMuls,
+and stays exactly scale-free. The p90's calibration errors are those of the MIXED
+p50 (conformal on what is served). Cost: per head 4 x [2, 15] float64 losses and
+weights, fixed whatever the fleet (0 bytes per node); per batch one extra
+[m, L] x [L] product per EWMA expert. Chosen on the training series' history only
+(`models/README.md`): the experts, eta (20 / 50 / 100 / 300: 100 had the best worse
+series against the online ridge baseline), the half-life.
+
 Only the past: an example is a window whose 15 target minutes have all been
 observed (`Forecaster.training_sample` cuts it from the ring at minute `now`: context
 now-74..now-15, targets now-14..now). Nothing here reads a minute after `now`.
@@ -96,12 +115,20 @@ class OnlineSettings:
     """Target coverage of the p90."""
     gamma: float = 0.001
     """Step of the adaptive calibration level per batch."""
+    mix: bool = True
+    """Serve the online combination of experts (the ridge head, last value, two EWMAs);
+    False: the ridge head alone."""
+    mix_eta: float = 100.0
+    """Sharpness of the combination: expert k weighs exp(-eta (L_k / min L - 1)), L its
+    decayed loss (dimensionless, so the weights do not depend on the utilisation level)."""
+    mix_half_life: float = 20_000.0
+    """Examples after which an old example's loss weighs half in the combination."""
 
     def validate(self) -> OnlineSettings:
         for name in ("sample_nodes", "residuals"):
             if getattr(self, name) < 1:
                 raise ValueError(f"forecast.online.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("prior_weight", "half_life", "gamma"):
+        for name in ("prior_weight", "half_life", "gamma", "mix_eta", "mix_half_life"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"forecast.online.{name} must be > 0, got {getattr(self, name)}")
         if not 0.5 <= self.coverage < 1:
@@ -135,6 +162,27 @@ class Weights:
                        np.concatenate([b, b + qq], axis=1),
                        np.concatenate([v, v], axis=1)], axis=1)
         return cls(np.ascontiguousarray(w1, np.float32), np.ascontiguousarray(w2, np.float32))
+
+
+EXPERTS = ("ridge head", "last value", "EWMA 0.1", "EWMA 0.6")
+EWMA_ALPHAS = (0.1, 0.6)
+"""Smoothing factors of the two EWMA experts (chosen on the training series' history:
+one slow, one fast; last value is the third fixed expert)."""
+
+
+def expert_weights(length: int) -> np.ndarray:
+    """The fixed experts in the normalised form of `Head.wn` (one row per expert, the
+    same for every step): last value (all zeros: p50 = a) and an EWMA of the window
+    per `EWMA_ALPHAS`. An EWMA's weights sum to one, so ewma - a = sum c_i (x_i - a):
+    a weighted sum of the normalised lags, without level or bias."""
+    rows = [np.zeros(length + 1)]
+    for al in EWMA_ALPHAS:
+        c = (1.0 - al) ** np.arange(length - 1, -1, -1, dtype=np.float64)
+        c[1:] *= al  # oldest point keeps the rest of the mass: sum(c) == 1
+        e = np.zeros(length + 1)
+        e[: length - 1] = c[:-1]  # the last lag is a itself (normalised 0): no row
+        rows.append(e)
+    return np.stack(rows)
 
 
 def level_and_scale(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -192,7 +240,39 @@ class Head:
         self.covered_n = 0
         self.wn = self.prior.copy()
         self.q = np.asarray(prior_q, np.float64).reshape(RESOURCES, HORIZON).copy()
-        self.current = Weights.from_normalised(self.wn, self.q)
+        # the combination of experts (module doc): fixed experts in the normalised form,
+        # their decayed losses and the weights they earn, per resource and step
+        self.experts = expert_weights(length)  # [K - 1, L + 1]: last value, EWMAs
+        k = 1 + len(self.experts)
+        self.loss = np.zeros((k, RESOURCES, HORIZON))
+        self.mix = np.zeros((k, RESOURCES, HORIZON))
+        self.mix[0] = 1.0  # the ridge head alone until the first losses are in
+        self.wmix = self._mixed()
+        self.current = Weights.from_normalised(self.wmix, self.q)
+
+    def _mixed(self) -> np.ndarray:
+        """The served normalised weights [2, L + 1, 15]: the mix of the ridge head and
+        the fixed experts (all linear in the normalised features, so their mix is too)."""
+        fixed = np.einsum("krh,kl->rlh", self.mix[1:], self.experts)
+        return self.mix[0][:, None, :] * self.wn + fixed
+
+    def _update_mix(self, f: np.ndarray, a: np.ndarray, s: np.ndarray, y: np.ndarray) -> None:
+        """Adds this batch's losses of every expert (made with the weights in use, before
+        the batch is learned) and re-weighs them. Loss per example: the symmetric
+        relative error |y - p| / (|y| + |p|) (what sMAPE averages; scale-free)."""
+        st = self.settings
+        m = f.shape[1]
+        zs = [f @ self.wn] + [np.repeat((f @ e)[..., None], HORIZON, axis=2)
+                              for e in self.experts]
+        losses = []
+        for z in zs:
+            p = np.clip(a + s * z, 0.0, 1.0)
+            losses.append((np.abs(y - p) / (np.abs(y) + p + 1e-6)).sum(axis=1))  # [2, 15]
+        decay = 0.5 ** (m / st.mix_half_life)
+        self.loss = decay * self.loss + np.stack(losses)
+        rel = self.loss / np.maximum(self.loss.min(axis=0, keepdims=True), 1e-12)
+        w = np.exp(-st.mix_eta * (rel - 1.0))
+        self.mix = w / w.sum(axis=0, keepdims=True)
 
     def update(self, x: np.ndarray, lv: np.ndarray, y: np.ndarray) -> None:
         """Learns from examples: x [2, m, L] windows, lv [2, m, 1] the node's level at
@@ -204,7 +284,7 @@ class Head:
         f, a, s = design(x, lv)
         t = (y - a) / s  # normalised targets
         # calibration first: the errors of the weights in use, on examples they never saw
-        err = (t - f @ self.wn).astype(np.float32)
+        err = (t - f @ self.wmix).astype(np.float32)
         cov = (err <= self.q[:, None, :]).mean(axis=(1, 2))
         self.level = np.clip(self.level + st.gamma * (st.coverage - cov), 0.5, 0.995)
         self.covered = 0.98 * self.covered + 0.02 * cov if self.covered_n else cov
@@ -217,6 +297,8 @@ class Head:
             self.res[:, idx] = chunk
             self.res_i = int((self.res_i + k) % cap)
             self.res_n = min(cap, self.res_n + k)
+        if st.mix:
+            self._update_mix(f, a, s, y)
         # ridge statistics, decayed, then the solve toward the prior
         tc = np.clip(t, -TARGET_CLIP, TARGET_CLIP)
         decay = 0.5 ** (m / st.half_life)
@@ -238,7 +320,8 @@ class Head:
             ring = self.res[:, : self.res_n]
             self.q = np.maximum(np.stack([np.quantile(ring[r], self.level[r], axis=0)
                                           for r in range(RESOURCES)]), 0.0)
-        self.current = Weights.from_normalised(self.wn, self.q)
+        self.wmix = self._mixed()
+        self.current = Weights.from_normalised(self.wmix, self.q)
 
 
 @dataclass(frozen=True)
@@ -293,5 +376,7 @@ class OnlineLearner:
     def status(self) -> dict[str, object]:
         """Examples learned and the calibration state per head (for logs and tests)."""
         return {str(n): {"examples": h.seen, "level": h.level.round(3).tolist(),
-                         "recent_coverage": h.covered.round(3).tolist()}
+                         "recent_coverage": h.covered.round(3).tolist(),
+                         "mix": dict(zip(EXPERTS, h.mix.mean(axis=2).round(3).tolist(),
+                                         strict=True))}
                 for n, h in self.heads.items()}

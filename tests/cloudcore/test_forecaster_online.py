@@ -108,3 +108,49 @@ def test_a_learning_failure_keeps_the_weights_and_the_runner(caplog) -> None:
     assert runner.learn_failures == 1 and "online learning failed" in caplog.text
     assert runner.forecaster.learner.weights(60) is before
     assert runner.tick(now_minute=80)["a"]["trusted"] == 0.0  # not calibrated yet
+
+
+def _run(series: np.ndarray, settings: OnlineSettings | None = None) -> Forecaster:
+    fc = Forecaster(default_model_path(), capacity_nodes=4, online=settings)
+    for t in range(len(series)):
+        fc.observe_batch(["a", "b"], t, series[t, :, 0], series[t, :, 1])
+        fc.learner.learn(fc.training_sample(now_minute=t))
+    return fc
+
+
+def test_the_combination_follows_the_best_expert_of_the_fleet() -> None:
+    """A random walk (last value is the best forecast there is) moves the weight to
+    last value; the served forecast then is (close to) the last value."""
+    rng = np.random.default_rng(5)
+    walk = np.clip(0.5 + np.cumsum(rng.normal(0, 0.01, (900, 2, 2)), axis=0), 0.02, 0.98)
+    fc = _run(walk)
+    head = fc.learner.heads[60]
+    assert head.mix.shape == (4, 2, 15)
+    np.testing.assert_allclose(head.mix.sum(axis=0), 1.0)
+    assert (head.mix[1].mean(axis=1) > 0.5).all()  # last value leads, cpu and memory
+    out = fc.predict()
+    lv = walk[-1]  # [node, resource]
+    assert np.abs(out.p50[:, :, 0] - lv).max() < 0.02
+
+
+def test_combination_off_serves_the_ridge_head_alone() -> None:
+    rng = np.random.default_rng(6)
+    walk = np.clip(0.5 + np.cumsum(rng.normal(0, 0.01, (300, 2, 2)), axis=0), 0.02, 0.98)
+    fc = _run(walk, OnlineSettings(mix=False))
+    head = fc.learner.heads[60]
+    assert (head.mix[0] == 1.0).all() and (head.mix[1:] == 0.0).all()
+    np.testing.assert_array_equal(head.wmix, head.wn)
+
+
+def test_expert_weights_are_the_ewma_in_normalised_form() -> None:
+    from cloudcore.forecaster.online import EWMA_ALPHAS, expert_weights
+
+    e = expert_weights(60)
+    assert e.shape == (1 + len(EWMA_ALPHAS), 61)
+    assert (e[0] == 0).all()  # last value
+    x = np.random.default_rng(7).uniform(0.2, 0.8, 60)
+    a, s = x[-1], max((x.max() - x.min()) / 4, 1e-3)
+    for row, al in zip(e[1:], EWMA_ALPHAS, strict=True):
+        w = (1 - al) ** np.arange(59, -1, -1.0)
+        w[1:] *= al
+        assert abs(a + s * (row[:59] @ ((x[:-1] - a) / s)) - x @ w) < 1e-12

@@ -117,3 +117,24 @@ def test_short_history_gets_the_short_head_calibrated() -> None:
     cov, n = coverage(res, short & late)
     assert n > 500
     assert ((cov >= 0.85) & (cov <= 0.95)).all(), cov
+
+
+def test_real_every_learns_only_from_examples_ending_at_a_real_sample(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """--real-every K: the learner takes the example of minute t only when its context
+    ends at a multiple of K (t - 15 % K == 0); forecasts are still made every minute."""
+    act, _ = noisy_fleet(3, 160, seed=5)
+    names = ["a", "b", "c"]
+    seen: list[int] = []
+    real_sample = forecast_csv.Forecaster.training_sample
+
+    def spy(self, *, now_minute=None, max_nodes=None):  # type: ignore[no-untyped-def]
+        seen.append(int(now_minute))
+        return real_sample(self, now_minute=now_minute, max_nodes=max_nodes)
+
+    monkeypatch.setattr(forecast_csv.Forecaster, "training_sample", spy)
+    res = forecast_csv.forecast_array(names, act, real_every=5)
+    assert seen and all((t - 15) % 5 == 0 for t in seen) and len(seen) == 32
+    assert np.isfinite(res["p50"][:, 10:]).all()  # a forecast at every minute
+    with pytest.raises(forecast_csv.InputError, match="real_every"):
+        forecast_csv.forecast_array(names, act, real_every=0)
