@@ -21,14 +21,23 @@ Two placement modes (`Scheduler.requests_mode()`, the default, and
   full hour of history and the forecaster's p90 calibration within 85-95 %, set by
   `ForecastRunner`), cpu and memory are admitted by forecast instead of requests:
   p90 + safety (a fraction of allocatable) + the requests of pods bound since the
-  forecast (`unforecast`) + the pod's request must fit allocatable
+  forecast (`unforecast`) + the pod's request must fit allocatable, and the node's
+  requests (the pod's included) may exceed allocatable by at most `overcommit`
   (`RightSizedCapacity`). On any other node, or for any other resource (pods,
   accelerators), the request-based `capacity` filter applies, unchanged.
+
+  Why the overcommit cap: the forecast looks 15 minutes ahead, a pod stays for
+  hours. Without a cap, a node whose load is in a trough of its daily cycle takes
+  pods into room the cycle takes back later, and the overloads come from that drift,
+  not from a wrong p90 (measured in `testbed.replay`, docs/benchmarks.md). Requests
+  still say something about the long run; the cap keeps them as a bound on how far
+  the forecast may reclaim.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -142,17 +151,34 @@ def predicted_capacity(spec: PodSpec, req: dict[str, int], node: NodeView) -> st
     return _over_p90(req, node, safety=0.0, what="predicted")
 
 
-def _over_p90(req: dict[str, int], node: NodeView, *, safety: float, what: str) -> str | None:
+def usage_per_request(node: NodeView, res: str, *, floor: float = 0.25) -> float:
+    """How much of its requests the node's pods use, by its forecast: p90 x allocatable /
+    requested, clipped to [floor, 1] (1 without requests or forecast). The p90 includes
+    the system's own use, so this errs high (toward charging the whole request)."""
+    key = "cpu_p90" if res == "cpu" else "mem_p90"
+    alloc = node.allocatable.get(res)
+    requested = node.requested.get(res, 0)
+    p90 = (node.forecast or {}).get(key)
+    if not alloc or requested <= 0 or p90 is None:
+        return 1.0
+    return min(1.0, max(floor, p90 * alloc / requested))
+
+
+def _over_p90(req: dict[str, int], node: NodeView, *, safety: float, what: str,
+              by_usage: bool = False) -> str | None:
     """Why the node's p90 (plus `safety`, a fraction of allocatable, plus the requests
-    placed since the forecast) and the pod's request do not fit allocatable, or None."""
+    placed since the forecast) and the pod's request do not fit allocatable, or None.
+    `by_usage`: the pod's and the recent placements' requests count at the node's
+    `usage_per_request` (what its pods actually use of theirs)."""
     fc = node.forecast or {}
     for res, key in (("cpu", "cpu_p90"), ("memory", "mem_p90")):
         alloc = node.allocatable.get(res)
         p90 = fc.get(key)
         if not alloc or p90 is None:
             continue
+        charge = usage_per_request(node, res) if by_usage else 1.0
         extra = node.unforecast.get(res, 0)
-        if (p90 + safety) * alloc + extra + req.get(res, 0) > alloc or p90 >= 1.0:
+        if (p90 + safety) * alloc + charge * (extra + req.get(res, 0)) > alloc or p90 >= 1.0:
             short = "cpu" if res == "cpu" else "mem"
             margin = f" + {100 * safety:.0f}% safety" if safety else ""
             since = f" + {100 * extra / alloc:.0f}% placed since" if extra > 0 else ""
@@ -182,9 +208,15 @@ def trusted(node: NodeView) -> bool:
 class RightSizedCapacity:
     """Right-sizing's capacity filter: by forecast on a trusted node, by requests
     otherwise (see the module doc). `safety` is a fraction of allocatable (0.05 = 5
-    points of utilisation) kept free above the p90."""
+    points of utilisation) kept free above the p90; `overcommit` the most a trusted
+    node's cpu or memory requests may exceed its allocatable (0.25 = requests up to
+    125 %; `math.inf` = no cap)."""
 
     safety: float = 0.05
+    overcommit: float = math.inf
+    by_usage: bool = False
+    """Count the pod (and the pods placed since the forecast) at the share of their
+    requests this node's pods use (`usage_per_request`) instead of whole."""
 
     def __call__(self, spec: PodSpec, req: dict[str, int], node: NodeView) -> str | None:
         if not trusted(node):
@@ -193,7 +225,14 @@ class RightSizedCapacity:
         reason = capacity(spec, others, node)
         if reason is not None:
             return reason
-        return _over_p90(req, node, safety=self.safety, what="right-sized")
+        for res in ("cpu", "memory"):
+            alloc = node.allocatable.get(res)
+            if alloc and (node.requested.get(res, 0) + req.get(res, 0)
+                          > alloc * (1.0 + self.overcommit)):
+                return (f"right-sized over capacity ({'cpu' if res == 'cpu' else 'mem'} "
+                        f"requests over {100 * (1.0 + self.overcommit):.0f}%)")
+        return _over_p90(req, node, safety=self.safety, what="right-sized",
+                         by_usage=self.by_usage)
 
 
 DEFAULT_FILTERS: tuple[Filter, ...] = (unschedulable, not_ready, arch, node_selector, taints,
@@ -293,12 +332,19 @@ class Scheduler:
         self.recent = RecentPlacements(clock=clock) if recent is None else recent
 
     @classmethod
-    def right_sizing(cls, *, safety: float = 0.05, clock: Callable[[], float] = time.time,
+    def right_sizing(cls, *, safety: float = 0.05, overcommit: float = 0.5,
+                     by_usage: bool = True, clock: Callable[[], float] = time.time,
                      scorers: Sequence[Scorer] = DEFAULT_SCORERS) -> Scheduler:
-        """A scheduler in right-sizing mode (module doc); `safety` in 0..0.5."""
+        """A scheduler in right-sizing mode (module doc); `safety` in 0..0.5,
+        `overcommit` >= 0 (math.inf: requests do not bound a trusted node), `by_usage`
+        as in `RightSizedCapacity`. The defaults (cap 50 %, pods counted by usage) were
+        chosen in `testbed.replay` on training seeds (docs/benchmarks.md)."""
         if not 0.0 <= safety <= 0.5:
             raise ValueError(f"right-sizing safety must be within 0..0.5, got {safety}")
-        filters = tuple(RightSizedCapacity(safety) if isinstance(f, RightSizedCapacity) else f
+        if not overcommit >= 0.0:
+            raise ValueError(f"right-sizing overcommit must be >= 0, got {overcommit}")
+        filters = tuple(RightSizedCapacity(safety, overcommit, by_usage)
+                        if isinstance(f, RightSizedCapacity) else f
                         for f in RIGHT_SIZING_FILTERS)
         return cls(filters=filters, scorers=scorers, clock=clock)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from cloudcore.scheduler import NodeView, Scheduler
@@ -93,7 +95,7 @@ def test_right_sizing_admits_by_forecast_on_trusted_nodes_only() -> None:
     pod = spec(resources={"requests": {"cpu": "1", "memory": "1Gi"}})
     trusted = node("t", requested=full, forecast={**quiet, "trusted": 1.0})
     untrusted = node("u", requested=full, forecast={**quiet, "trusted": 0.0})
-    rs = Scheduler.right_sizing(safety=0.05)
+    rs = Scheduler.right_sizing(safety=0.05, overcommit=math.inf, by_usage=False)
     assert Scheduler().check(pod, trusted) == "insufficient cpu"  # requests mode
     assert rs.check(pod, trusted) is None  # 35 % + 5 % + 25 % of the cpu fits
     assert rs.check(pod, untrusted) == "insufficient cpu"  # falls back to requests
@@ -108,7 +110,8 @@ def test_right_sizing_admits_by_forecast_on_trusted_nodes_only() -> None:
 
 def test_right_sizing_counts_pods_placed_since_the_forecast() -> None:
     now = [1000.0]
-    rs = Scheduler.right_sizing(safety=0.05, clock=lambda: now[0])
+    rs = Scheduler.right_sizing(safety=0.05, overcommit=math.inf, by_usage=False,
+                                clock=lambda: now[0])
     fc = {"cpu_p50": 0.2, "cpu_p90": 0.25, "mem_p50": 0.1, "mem_p90": 0.1, "trusted": 1.0}
     n = node("t", requested={"cpu": 4000, "memory": 0, "pods": 1}, forecast=fc)
     pod = spec(resources={"requests": {"cpu": "1"}})
@@ -118,3 +121,39 @@ def test_right_sizing_counts_pods_placed_since_the_forecast() -> None:
     assert rs.schedule(pod, [n]).node == "t"
     with pytest.raises(ValueError, match="safety"):
         Scheduler.right_sizing(safety=0.9)
+
+
+def test_right_sizing_overcommit_caps_a_trusted_nodes_requests() -> None:
+    quiet = {"cpu_p50": 0.2, "cpu_p90": 0.25, "mem_p50": 0.2, "mem_p90": 0.25, "trusted": 1.0}
+    pod = spec(resources={"requests": {"cpu": "1", "memory": "1Gi"}})
+    # requests already at 100 % of the cpu: the forecast has room (25 % + 5 % + 25 %)
+    full = node("t", requested={"cpu": 4000, "memory": GI, "pods": 4}, forecast=quiet)
+    uncapped = Scheduler.right_sizing(safety=0.05, overcommit=math.inf, by_usage=False)
+    assert uncapped.check(pod, full) is None  # no cap
+    capped = Scheduler.right_sizing(safety=0.05, overcommit=0.25, by_usage=False)
+    assert capped.check(pod, full) is None  # 5 cpu of requests on 4 = 125 %: at the cap
+    over = node("o", requested={"cpu": 4001, "memory": GI, "pods": 4}, forecast=quiet)
+    assert capped.check(pod, over) == "right-sized over capacity (cpu requests over 125%)"
+    # an untrusted node is by requests, whatever the cap
+    untrusted = node("u", requested={"cpu": 4000, "memory": GI, "pods": 4},
+                     forecast={**quiet, "trusted": 0.0})
+    assert capped.check(pod, untrusted) == "insufficient cpu"
+    with pytest.raises(ValueError, match="overcommit"):
+        Scheduler.right_sizing(overcommit=-0.1)
+
+
+def test_right_sizing_by_usage_counts_pods_at_what_the_nodes_pods_use() -> None:
+    # the node's pods requested 3 cpu and use (p90) 1.2 of its 4: 40 % of their requests
+    fc = {"cpu_p50": 0.25, "cpu_p90": 0.3, "mem_p50": 0.1, "mem_p90": 0.1, "trusted": 1.0}
+    n = node("t", requested={"cpu": 3000, "memory": GI, "pods": 3}, forecast=fc)
+    pod = spec(resources={"requests": {"cpu": "3"}})
+    whole = Scheduler.right_sizing(safety=0.05, overcommit=math.inf, by_usage=False)
+    assert whole.check(pod, n) == "right-sized over capacity (cpu p90 30% + 5% safety)"
+    by_use = Scheduler.right_sizing(safety=0.05, overcommit=math.inf, by_usage=True)
+    assert by_use.check(pod, n) is None  # 30 % + 5 % + 0.4 x 75 % fits
+    from cloudcore.scheduler.core import usage_per_request
+    assert usage_per_request(n, "cpu") == pytest.approx(0.4)
+    assert usage_per_request(node("e", forecast=fc), "cpu") == 1.0  # nothing requested
+    # never below the floor, never above 1
+    busy = node("b", requested={"cpu": 1000, "memory": GI, "pods": 1}, forecast=fc)
+    assert usage_per_request(busy, "cpu") == 1.0

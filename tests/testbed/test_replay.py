@@ -58,3 +58,10 @@ def test_right_sizing_runs_the_real_scheduler_mode_and_trusts_calibrated_nodes()
     assert "trusted node forecasts" in "\n".join(lines)
     spread = replay.format_spread([results, results])
     assert "over 2 seeds" in spread and "vs requests" in spread
+
+
+def test_right_sizing_options_are_checked_on_the_command_line() -> None:
+    with pytest.raises(SystemExit, match="overcommit"):
+        replay.main(["--nodes", "5", "--hours", "0.1", "--overcommit", "-1"])
+    with pytest.raises(SystemExit, match="safety"):
+        replay.main(["--nodes", "5", "--hours", "0.1", "--safety", "0.9"])
