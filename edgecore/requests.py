@@ -174,10 +174,15 @@ class EdgeRequests:
             raise RequestError("NotFound", f"{pod} has no container on node {self.node}")
         names = sorted({s.annotations.get(ANN_CONTAINER, "") for s in mine})
         if container is None:
-            if len(names) > 1:
+            # The one running container when only one runs (init containers that
+            # completed are not what `exec` / `logs` without a container mean).
+            running = sorted({s.annotations.get(ANN_CONTAINER, "") for s in mine
+                              if s.status == "running"})
+            choice = running if len(running) == 1 else names
+            if len(choice) > 1:
                 raise RequestError("BadRequest", f"{pod} has several containers; choose one "
                                                  f"of: {', '.join(names)}")
-            container = names[0]
+            container = choice[0]
         cands = [s for s in mine if s.annotations.get(ANN_CONTAINER) == container]
         if not cands:
             raise RequestError("NotFound", f"{pod} has no container {container!r} (it has: "
