@@ -1,0 +1,105 @@
+"""Issue 18's pod fields through the whole fleet: real mosquitto, cloudcore, two agents
+in network namespaces, real crun. A DaemonSet whose env reads a ConfigMap key, a Secret
+key (envFrom too) and `spec.nodeName`, with an init container, serves what its container
+sees: the cloud delivered the ConfigMap and Secret its env references to each node (not
+only those volumes mount), the agent resolved them, and the init container ran first."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from testbed.fleet import Fleet, FleetSettings
+
+pytestmark = pytest.mark.integration
+
+NEEDS = ("mosquitto", "crun", "conmon", "skopeo", "umoci", "docker-registry")
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    if os.geteuid() != 0:
+        pytest.skip("integration tests run real containers and need root")
+    missing = [b for b in NEEDS if shutil.which(b) is None
+               and not Path(f"/usr/sbin/{b}").exists()]
+    if missing:
+        pytest.fail(f"missing system packages: {missing} (make test installs them)")
+    f = Fleet(FleetSettings(nodes=2, workdir=tmp_path_factory.mktemp("fleet"),
+                            heartbeat_s=1.0))
+    f.start()
+    try:
+        f.wait_nodes_ready(timeout=60)
+        yield f
+    finally:
+        f.stop()
+
+
+def env_ds(image: str) -> dict[str, Any]:
+    script = ('mkdir -p /tmp/www && echo "$(cat /init/ran) $MODE $CONF_LEVEL $TOKEN $NODE"'
+              " > /tmp/www/index.html && exec httpd -f -p 8080 -h /tmp/www")
+    return {
+        "apiVersion": "apps/v1", "kind": "DaemonSet",
+        "metadata": {"name": "envs"},
+        "spec": {"selector": {"matchLabels": {"app": "envs"}},
+                 "template": {"metadata": {"labels": {"app": "envs"}}, "spec": {
+                     "volumes": [{"name": "init", "emptyDir": {}}],
+                     "initContainers": [{
+                         "name": "prepare", "image": image,
+                         "command": ["sh", "-c", "echo init-$(NODE) > /init/ran"],
+                         "env": [{"name": "NODE", "valueFrom": {"fieldRef": {
+                             "fieldPath": "spec.nodeName"}}}],
+                         "volumeMounts": [{"name": "init", "mountPath": "/init"}]}],
+                     "containers": [{
+                         "name": "httpd", "image": image, "command": ["sh", "-c", script],
+                         "envFrom": [{"prefix": "CONF_", "configMapRef": {"name": "conf"}}],
+                         "env": [
+                             {"name": "MODE", "valueFrom": {"configMapKeyRef": {
+                                 "name": "conf", "key": "MODE"}}},
+                             {"name": "TOKEN", "valueFrom": {"secretKeyRef": {
+                                 "name": "creds", "key": "token"}}},
+                             {"name": "NODE", "valueFrom": {"fieldRef": {
+                                 "fieldPath": "spec.nodeName"}}}],
+                         "volumeMounts": [{"name": "init", "mountPath": "/init"}],
+                         "resources": {"limits": {"memory": "32Mi"}}}]}}},
+    }
+
+
+def test_env_from_configmap_secret_and_node_name_with_an_init_container(
+        fleet: Fleet) -> None:
+    fleet.apply([
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "conf"},
+         "data": {"MODE": "fast", "LEVEL": "3"}},
+        {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "creds"},
+         "stringData": {"token": "t0k"}},
+        env_ds(fleet.image)])
+
+    def served() -> bool:
+        pods = fleet.pods("app=envs")
+        if len(pods) != 2 or any(p["status"].get("phase") != "Running" for p in pods):
+            return False
+        try:
+            return all(fleet.pod_page(p["metadata"]["name"], port=8080)
+                       == f"init-{p['spec']['nodeName']} fast 3 t0k {p['spec']['nodeName']}"
+                       for p in pods)
+        except OSError:
+            return False
+
+    try:
+        fleet.wait(served, timeout=120, what="both pods serve their env")
+    except TimeoutError as exc:
+        pages = {}
+        for p in fleet.pods("app=envs"):
+            try:
+                pages[p["metadata"]["name"]] = fleet.pod_page(p["metadata"]["name"], port=8080)
+            except OSError as err:
+                pages[p["metadata"]["name"]] = str(err)
+        raise AssertionError(f"{exc}; pods {[p['status'] for p in fleet.pods('app=envs')]}; "
+                             f"pages {pages}") from None
+    for p in fleet.pods("app=envs"):
+        (init,) = p["status"]["initContainerStatuses"]
+        assert (init["state"], init["exitCode"]) == ("terminated", 0)
