@@ -832,11 +832,7 @@ class PodSpec(Spec, kw_only=True, frozen=True):
         for c in self.all_containers():
             sc = c.security_context
             user = _first(sc and sc.run_as_user, pod and pod.run_as_user)
-            group = _first(sc and sc.run_as_group, pod and pod.run_as_group)
             non_root = _first(sc and sc.run_as_non_root, pod and pod.run_as_non_root)
-            if group is not None and user is None:
-                raise ValueError(f"container {c.name!r}: runAsGroup needs runAsUser too "
-                                 "(at pod or container level; edgefed sets both or neither)")
             if non_root and user == 0:
                 raise ValueError(f"container {c.name!r}: runAsNonRoot is true but "
                                  "runAsUser is 0")

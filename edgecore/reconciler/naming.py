@@ -84,6 +84,7 @@ def container_spec(
         mounts=tuple(mounts),
         devices=tuple(entries),
         user=eff.user(),
+        group=eff.run_as_group if eff.run_as_user is None else None,
         pull_policy=c.image_pull_policy,
         security=security,
         userns=None if eff.host_users else entry.key,

@@ -275,6 +275,8 @@ def build_oci_config(
     """
     sec = spec.security
     uid, gid = resolve_user(spec.user if spec.user is not None else image.user, rootfs)
+    if spec.user is None and spec.group is not None:
+        gid = spec.group  # runAsGroup alone: the image's user, this group
     if sec.run_as_non_root and uid == 0:
         raise InvalidSpec(
             f"container {spec.name!r} has runAsNonRoot and its user is root (uid 0): "

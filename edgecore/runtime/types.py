@@ -225,6 +225,8 @@ class ContainerSpec:
     ``"private"`` for a new namespace of the container's own (loopback only),
     ``None`` for the host's network. ``supplemental_groups`` are extra group
     ids of the process (Kubernetes ``supplementalGroups`` and ``fsGroup``).
+    ``group`` is the process's group id when ``user`` is not given (Kubernetes
+    ``runAsGroup`` without ``runAsUser``: the image's user with this group).
     ``host_pid`` / ``host_ipc`` share the host's process / IPC namespace
     (Kubernetes ``hostPID`` / ``hostIPC``); ``sysctls`` are set in the container's
     namespaces (Kubernetes ``securityContext.sysctls``).
@@ -251,8 +253,12 @@ class ContainerSpec:
     host_pid: bool = False
     host_ipc: bool = False
     sysctls: Mapping[str, str] = field(default_factory=dict)
+    group: int | None = None
 
     def __post_init__(self) -> None:
+        if self.group is not None and (type(self.group) is not int
+                                       or not 0 <= self.group < 2**32 - 1):
+            raise InvalidSpec(f"ContainerSpec.group {self.group!r} must be a group id")
         for fname in ("host_pid", "host_ipc"):
             if not isinstance(getattr(self, fname), bool):
                 raise InvalidSpec(f"ContainerSpec.{fname} must be a bool")
@@ -358,6 +364,7 @@ class ContainerSpec:
                 self.host_pid,
                 self.host_ipc,
                 tuple(sorted(self.sysctls.items())),
+                self.group,
             )
         )
 

@@ -124,3 +124,21 @@ async def test_the_pod_gets_its_resolv_conf_and_a_token_note(tmp_path: Path) -> 
     (m,) = [m for m in c.spec.mounts if m.destination == "/etc/resolv.conf"]
     assert m.read_only and m.source == volumes.pod_dir(k) / "resolv.conf"
     assert m.source.read_text() == "nameserver 10.0.0.53\nsearch shop.local\n"
+
+
+def test_run_as_group_alone_keeps_the_images_user(tmp_path: Path) -> None:
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "passwd").write_text("app:x:1000:1000::/:/bin/sh\n")
+    entry = entry_of({"securityContext": {"runAsGroup": 3000},
+                      "containers": [{"name": "m", "image": "busybox"}]})
+    spec = container_spec(entry, entry.spec.containers[0])
+    assert (spec.user, spec.group) == (None, 3000)
+    image = ImageConfig(entrypoint=("sh",), cmd=(), env=(), working_dir="/", user="app",
+                        stop_signal=None)
+    cfg = build_oci_config(spec=spec, image=image, digest="sha256:0", rootfs=tmp_path,
+                           cgroups_path="x/y", swap_accounting=False)
+    assert (cfg["process"]["user"]["uid"], cfg["process"]["user"]["gid"]) == (1000, 3000)
+    both = entry_of({"securityContext": {"runAsUser": 5, "runAsGroup": 6},
+                     "containers": [{"name": "m", "image": "busybox"}]})
+    spec = container_spec(both, both.spec.containers[0])
+    assert (spec.user, spec.group) == ("5:6", None)

@@ -96,7 +96,6 @@ def test_new_fields_do_not_change_old_revisions() -> None:
      "spec.containers[0]", "successThreshold must be 1"),
     (pod_doc({"livenessProbe": {"exec": {"command": ["true"]}, "periodSeconds": 0}}),
      "spec.containers[0].livenessProbe.periodSeconds", r"must be within 1\.\.86400"),
-    (pod_doc({"securityContext": {"runAsGroup": 5}}), "spec", "runAsGroup needs runAsUser"),
     (pod_doc({"securityContext": {"runAsUser": 0}}, securityContext={"runAsNonRoot": True}),
      "spec", "runAsNonRoot is true but runAsUser is 0"),
     (pod_doc({"securityContext": {"privileged": True, "allowPrivilegeEscalation": False}}),
