@@ -655,7 +655,7 @@ class Reconciler:
             st = await self._container(entry, c, cid, current.get(c.name), crec, ctx=ctx,
                                        policy="Always" if sidecar else policy)
             out.append(st)
-            done = (st.state == "running" if sidecar
+            done = (st.state == "running" and st.started is not False if sidecar
                     else st.state == "terminated" and st.exit_code == 0)
         return out, done or started
 

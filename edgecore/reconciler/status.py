@@ -11,7 +11,8 @@ While init containers run (`initializing`) the pod is Pending with the reason ku
 shows: `Init:1/2` (one of two done), `Init:CrashLoopBackOff`, `Init:Error`,
 `Init:ExitCode:N`, `Init:<waiting reason>`; Failed with `Init:Error` when an init
 container failed and the pod's restartPolicy is Never. A sidecar (an init container with
-`restartPolicy: Always`) counts as done once it runs; it then counts for readiness.
+`restartPolicy: Always`) counts as done once it runs and its startup probe, if it has one,
+passed; it then counts for readiness.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ def initializing(
     """(phase, reason, message) while the init containers are not done, kubectl's way;
     None once every regular one completed and every sidecar runs."""
     for i, (st, side) in enumerate(zip(init, sidecar, strict=True)):
-        if side and st.state != "waiting":  # running, or stopped after the app containers
+        if side and (st.state == "terminated"  # stopped after the app containers
+                     or (st.state == "running" and st.started is not False)):
             continue
         if not side and st.state == "terminated" and st.exit_code == 0:
             continue

@@ -220,3 +220,36 @@ async def test_an_init_container_breaking_policy_runs_nothing(world: World) -> N
     assert (st.phase, st.reason) == ("Failed", "PolicyViolation")
     assert "initContainers[0].securityContext.privileged" in (st.message or "")
     assert world.runs() == []
+
+
+async def test_the_next_init_container_waits_for_a_sidecars_startup_probe(
+        tmp_path: Path) -> None:
+    from test_edge_probes import World as ProbeWorld
+    from test_edge_probes import probe
+
+    w = ProbeWorld(tmp_path)
+    try:
+        p = Pod.model_validate({"metadata": {"name": "web"}, "spec": {
+            "initContainers": [{"name": "proxy", "image": "x", "restartPolicy": "Always",
+                                "startupProbe": probe("startup", periodSeconds=1)},
+                               {"name": "migrate", "image": "x"}],
+            "containers": [{"name": "main", "image": "x"}]}})
+        key = pod_key("default", "web")
+        w.items[key] = pod_entry(p)
+        w.fn.results = {"startup": [False, True]}
+        await w.rec.reconcile_once()
+        runs = [cid.split("_")[2] for op, cid in w.runtime.ops("run")]
+        assert runs == ["proxy"]
+        st = w.latest[key]
+        assert st is not None and st.reason == "Init:0/2"
+        await w.probe_all()
+        w.t += 1
+        await w.probe_all()
+        await w.rec.reconcile_once()
+        runs = [cid.split("_")[2] for op, cid in w.runtime.ops("run")]
+        assert runs == ["proxy", "migrate"]
+        st = w.latest[key]
+        assert st is not None and st.reason == "Init:1/2"
+    finally:
+        await w.prober.close()
+        w.cache.close()
