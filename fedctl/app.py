@@ -268,7 +268,8 @@ def apply(
                     if exc.status not in RETRY_SINGLY:  # auth, a bug: stop here
                         raise
                     refused.append(o)
-                    _report_refused(o.label, [_server_problem(exc)], by="cloudcore")
+                    _report_refused(o.label, _server_problems(exc, o.document),
+                                    by="cloudcore")
                     continue
                 applied += 1
                 action = r.get("action", "applied")
@@ -319,9 +320,16 @@ def _apply_one(api: ApiClient, doc: manifests.Document, *, dry_run: bool) -> dic
 _DOCUMENT_PREFIX = re.compile(r"^documents\[\d+\](\.items\[\d+\])?: ")
 
 
-def _server_problem(exc: ServerError) -> str:
-    """cloudcore's refusal of one document, without its `documents[0]: ` prefix."""
-    return _DOCUMENT_PREFIX.sub("", exc.message)
+def _server_problems(exc: ServerError, doc: manifests.Document) -> list[str]:
+    """cloudcore's refusal of one document, without its `documents[0]: ` prefix; a
+    refusal listing several problems one a line (the pod security policy's violations)
+    gives one problem each, without the object's name that starts each line."""
+    first, *rest = _DOCUMENT_PREFIX.sub("", exc.message).splitlines() or [""]
+    if not rest:
+        return [first]
+    where = f"{doc.kind.kind} {doc.namespace}/{doc.name}: " if doc.namespace else (
+        f"{doc.kind.kind} {doc.name}: ")
+    return [first.rstrip(":")] + [line.removeprefix(where) for line in rest if line.strip()]
 
 
 def _print(text: str, *, end: str = "\n") -> None:
@@ -336,7 +344,11 @@ def _report_refused(label: str, lines: list[str], *, by: str = "") -> None:
     if len(lines) == 1:
         _fail(f"{label}: {who}: {lines[0]}" if by else f"{label}: {lines[0]}")
         return
-    _fail(f"{label}: {who}, {len(lines)} problems:")
+    if by:  # cloudcore's own summary, then its lines
+        _fail(f"{label}: {who}: {lines[0]}:")
+        lines = lines[1:]
+    else:
+        _fail(f"{label}: {who}, {len(lines)} problems:")
     sys.stderr.write("".join(f"  {line}\n" for line in lines))
     sys.stderr.flush()
 

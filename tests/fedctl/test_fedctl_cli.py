@@ -699,3 +699,20 @@ def test_an_apply_that_times_out_names_what_may_have_been_created(stub: Any) -> 
         "error: cloudcore did not answer the apply of deployment/big within 0.5 s "
         "(--request-timeout): it may have applied it all the same; see `fedctl get "
         "deployment big` before retrying")
+
+
+def test_a_refusal_of_several_lines_is_one_problem_a_line(stub: Any) -> None:
+    """cloudcore's pod security policy lists every violation of an object, one a line,
+    each starting with the object: fedctl indents them under the document's line."""
+    why = ("refused by pod security policy (2 violations):\n"
+           "ConfigMap default/cfg: a=1: not allowed (policy baseline)\n"
+           "ConfigMap default/cfg: b=2: not allowed (policy baseline)")
+    doc = yaml.safe_dump({"apiVersion": "v1", "kind": "ConfigMap",
+                          "metadata": {"name": "cfg", "annotations": {"stub/reject": why}}})
+    r = run(stub.url, "apply", "-f", "-", input=doc)
+    assert r.exit_code == 1
+    assert r.stderr.splitlines() == [
+        "error: <stdin>#1 (ConfigMap/cfg): refused by cloudcore: metadata.annotations: "
+        "refused by pod security policy (2 violations):",
+        "  a=1: not allowed (policy baseline)",
+        "  b=2: not allowed (policy baseline)"]
