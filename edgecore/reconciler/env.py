@@ -26,7 +26,6 @@ import math
 import os
 import re
 import socket
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -97,6 +96,8 @@ def pod_uid(entry: PodEntry) -> str:
     pod's namespace and name (stable for the pod, as a uid is)."""
     if entry.uid:
         return entry.uid
+    import uuid  # rarely needed: not on the agent's import path
+
     return str(uuid.uuid5(uuid.NAMESPACE_URL, f"edgefed:{entry.key}"))
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import fnmatch
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -104,6 +103,12 @@ def _user_pass(entry: Any) -> tuple[str, str] | None:
     return None
 
 
+def _glob(host: str, pattern: str) -> bool:
+    import fnmatch  # only for wildcard entries: not on the agent's import path
+
+    return fnmatch.fnmatchcase(host, pattern)
+
+
 def credentials_for(image: str,
                     secrets: Iterable[Mapping[str, bytes]]) -> RegistryCredentials | None:
     """The credentials the pull secrets (each a Secret's data) hold for `image`'s
@@ -116,7 +121,7 @@ def credentials_for(image: str,
             if not isinstance(key, str):
                 continue
             khost, kpath = _pattern(key)
-            if not (khost == host or ("*" in khost and fnmatch.fnmatchcase(host, khost))):
+            if not (khost == host or ("*" in khost and _glob(host, khost))):
                 continue
             if kpath and path != kpath and not path.startswith(kpath + "/"):
                 continue
