@@ -17,11 +17,13 @@ Workloads whose pods' readiness changed are touched through the `touch` callable
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
 import uuid
 from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any, Literal
 
 from cloudcore.errors import NotFound
@@ -44,6 +46,13 @@ Observer = Callable[[str, int, float, float], None]
 
 CLOUD_LABELS = frozenset({ARCH_LABEL, "kubernetes.io/os", "kubernetes.io/hostname"})
 """Labels the cloud sets from what it knows (arch and os as reported, the name)."""
+
+
+@functools.lru_cache(maxsize=4096)
+def _applied(raw: str | None) -> Mapping[str, str]:
+    """The APPLIED_LABELS annotation parsed (read only; cached, as nodes report often and
+    the annotation rarely changes)."""
+    return MappingProxyType(dict(json.loads(raw))) if raw else MappingProxyType({})
 
 
 class Nodes:
@@ -112,9 +121,8 @@ class Nodes:
 
     @staticmethod
     def applied_labels(node: Node) -> dict[str, str]:
-        """Labels set through the API (kept over what the agent reports)."""
-        raw = node.metadata.annotations.get(naming.APPLIED_LABELS)
-        return dict(json.loads(raw)) if raw else {}
+        """Labels set through the API (kept over what the agent reports); a copy."""
+        return dict(_applied(node.metadata.annotations.get(naming.APPLIED_LABELS)))
 
     def unchanged(self, obj: Node) -> bool:
         """Whether applying Node `obj` would change nothing; ObjectError-free check,
@@ -237,21 +245,27 @@ class Nodes:
         node = self.objects.nodes[name]
         refused = 0
         st = node.status
-        before = (dict(st.allocatable), dict(node.metadata.labels), st.arch)
-        for src, attr in (("capacity", "capacity"), ("allocatable", "allocatable")):
-            val = status.get(src)
+        placed = False  # what placement sees changed: allocatable, labels, arch
+        saved = False  # anything at all changed
+        for attr in ("capacity", "allocatable"):
+            val = status.get(attr)
             if isinstance(val, dict):
-                setattr(st, attr, self._shape(val))
-        if isinstance(status.get("arch"), str):
-            st.arch = status["arch"]
-        if isinstance(status.get("os"), str):
-            st.os = status["os"]
+                shape = self._shape(val)  # shapes are shared: unchanged is the same dict
+                if shape is not getattr(st, attr) and shape != getattr(st, attr):
+                    setattr(st, attr, shape)
+                    saved = True
+                    placed = placed or attr == "allocatable"
         agent = status.get("agentVersion", status.get("agent_version"))
-        if isinstance(agent, str):
-            st.agent_version = agent
+        for attr, val in (("arch", status.get("arch")), ("os", status.get("os")),
+                          ("agent_version", agent)):
+            if isinstance(val, str) and val != getattr(st, attr):
+                setattr(st, attr, val)
+                saved = True
+                placed = placed or attr == "arch"
         labels = status.get("labels")
-        applied = self.applied_labels(node)
+        have = node.metadata.labels
         if isinstance(labels, dict):
+            applied = _applied(node.metadata.annotations.get(naming.APPLIED_LABELS))
             for k, v in labels.items():
                 if not (isinstance(k, str) and isinstance(v, str)) or k in applied:
                     continue
@@ -259,16 +273,24 @@ class Nodes:
                                     or naming.protected_label(k, self.protected_labels)):
                     refused += 1
                     continue
-                node.metadata.labels[k] = v
-        node.metadata.labels.setdefault("kubernetes.io/hostname", name)
-        node.metadata.labels[ARCH_LABEL] = st.arch
-        node.metadata.labels["kubernetes.io/os"] = st.os
+                if have.get(k) != v:
+                    have[k] = v
+                    placed = True
+        for k, v in (("kubernetes.io/hostname", have.get("kubernetes.io/hostname", name)),
+                     (ARCH_LABEL, st.arch), ("kubernetes.io/os", st.os)):
+            if have.get(k) != v:
+                have[k] = v
+                placed = True
         hb = status.get("heartbeat")
         if isinstance(hb, int | float) and not isinstance(hb, bool) and hb > 0:
-            node.metadata.annotations[naming.HEARTBEAT] = f"{float(hb):g}"
+            text = f"{float(hb):g}"
+            if node.metadata.annotations.get(naming.HEARTBEAT) != text:
+                node.metadata.annotations[naming.HEARTBEAT] = text
+                saved = True
             self.liveness.set_heartbeat(name, float(hb))
-        self.objects.save("Node", name)
-        return refused, before != (st.allocatable, node.metadata.labels, st.arch)
+        if saved or placed:  # a report that repeats what the node said is not a write
+            self.objects.save("Node", name)
+        return refused, placed
 
     def _shape(self, val: dict[Any, Any]) -> dict[str, int]:
         """A capacity / allocatable dict, shared with every node that reports the same."""

@@ -285,3 +285,22 @@ def test_shared_fields_sets_change_nothing_visible() -> None:
     pod = fleet.pods[("default", "agent-n1")]
     assert pod.status.__pydantic_fields_set__ is fleet.pods[
         ("default", "agent-n2")].status.__pydantic_fields_set__
+
+
+def test_a_node_status_that_repeats_itself_writes_nothing() -> None:
+    """A report that says what the node already said is not a store write, and says
+    placement did not change; a changed label is both (issue 13: CPU per report)."""
+    store = FakeStore()
+    fleet = make_fleet(store)
+    add_node(fleet, "n1", labels={"zone": "a"})
+    status = {"allocatable": {"cpu": 4000, "memory": 8 * GI, "pods": 110},
+              "capacity": {"cpu": 4000, "memory": 8 * GI, "pods": 110},
+              "arch": "amd64", "labels": {"zone": "a"}, "heartbeat": 10}
+    store.data.clear()
+    assert fleet.node_ops.status("n1", status) == (0, False)
+    assert store.data == {}
+    assert fleet.node_ops.status("n1", {**status, "labels": {"zone": "b"}}) == (0, True)
+    assert fleet.nodes["n1"].metadata.labels["zone"] == "b" and ("nodes", "n1") in store.data
+    again = {**status, "labels": {"zone": "b"}, "heartbeat": 20}
+    assert fleet.node_ops.status("n1", again)[1] is False
+    assert fleet.nodes["n1"].metadata.annotations["edgefed.io/heartbeat"] == "20"
