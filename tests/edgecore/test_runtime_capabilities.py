@@ -30,6 +30,7 @@ OPERATIONS = {
     "log_rotation": ("rotate_logs", "rotate_all_logs"),
     "netns": ("netns_path",),
     "state_token": ("state_token",),
+    "pull_credentials": ("pull",),  # pull(credentials=)
 }
 CORE = ("pull", "run", "stop", "remove", "list", "logs")
 
