@@ -577,16 +577,29 @@ def delete(
         bool, typer.Option("--ignore-not-found", help="Exit 0 even if something was already gone.")
     ] = False,
 ) -> None:
-    """Delete objects by KIND NAME..., or every object in -f FILE."""
+    """Delete objects by KIND NAME..., or every object in -f FILE.
+
+    With -f, a kind edgefed does not serve is skipped with the reason, as by apply, and
+    a document is deleted by its kind and name even if apply would refuse a field of it.
+    """
     targets: list[tuple[kinds.Kind, str | None, str]] = []
+    unknown = 0
     if filename:
         if resource or names:
             raise UsageError("give either KIND NAME... or -f FILE, not both")
-        from fedctl import manifests
+        from fedctl import plan
 
-        targets = [
-            (d.kind, d.namespace, d.name) for d in manifests.load(filename, recursive=recursive)
-        ]
+        for o in plan.plan(filename, recursive=recursive):
+            kind = kinds.BY_KIND.get(o.kind)
+            if o.status == "skipped":  # as apply: nothing of it exists in edgefed
+                _print(f"{o.ref} skipped: {o.reason}")
+            elif kind is None or not o.name:
+                unknown += 1
+                _report_refused(o.label, [p.line() for p in o.problems])
+            else:  # identity is enough to delete: a refused field does not matter here
+                target = (kind, (o.namespace or "default") if kind.namespaced else None, o.name)
+                if target not in targets:
+                    targets.append(target)
     else:
         if not resource or not names:
             raise UsageError("delete needs KIND NAME... or -f FILE")
@@ -607,6 +620,8 @@ def delete(
             console.print(f"{kind.singular}/{name} deleted")
     if missing and not ignore_not_found:
         raise typer.Exit(NotFound.exit_code)
+    if unknown:
+        raise typer.Exit(1)
 
 
 # --- wait -------------------------------------------------------------------------

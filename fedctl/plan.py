@@ -26,6 +26,7 @@ document is the thing the user wants running, and "skipped" would read as succes
 from __future__ import annotations
 
 import copy
+import dataclasses
 import difflib
 import re
 from dataclasses import dataclass, field
@@ -89,6 +90,8 @@ class Outcome:
     """Why it is skipped (one line)."""
     problems: tuple[Problem, ...] = field(default=())
     """Why it is refused (at least one)."""
+    namespace: str = ""
+    """metadata.namespace as written ("" when it has none)."""
 
     @property
     def ref(self) -> str:
@@ -459,7 +462,14 @@ def judge(doc: Any, source: str) -> Outcome:
     meta: dict[str, Any] = doc["metadata"] if isinstance(doc.get("metadata"), dict) else {}
     name = meta.get("name") if isinstance(meta.get("name"), str) else ""
     api_version = doc.get("apiVersion") if isinstance(doc.get("apiVersion"), str) else ""
-    unserved = _kind_outcome(source, str(kind), str(name), str(api_version))
+    ns = meta.get("namespace") if isinstance(meta.get("namespace"), str) else ""
+    outcome = _judge_served(doc, source, str(kind), str(name), str(api_version))
+    return dataclasses.replace(outcome, namespace=str(ns)) if ns else outcome
+
+
+def _judge_served(doc: dict[str, Any], source: str, kind: str, name: str,
+                  api_version: str) -> Outcome:
+    unserved = _kind_outcome(source, kind, name, api_version)
     if unserved is not None:
         return unserved
     try:

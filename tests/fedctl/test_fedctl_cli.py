@@ -716,3 +716,21 @@ def test_a_refusal_of_several_lines_is_one_problem_a_line(stub: Any) -> None:
         "refused by pod security policy (2 violations):",
         "  a=1: not allowed (policy baseline)",
         "  b=2: not allowed (policy baseline)"]
+
+
+def test_delete_by_file_skips_what_apply_skips(stub: Any, tmp_path: Path) -> None:
+    """What `apply -f` took, `delete -f` removes: a Service beside the Deployment is
+    skipped (not an error for the whole file), a document is deleted by its kind and
+    name even with a field apply would refuse, and an unknown kind is named."""
+    f = tmp_path / "app.yaml"
+    f.write_text(MANIFEST)
+    assert run(stub.url, "apply", "-f", str(f)).exit_code == 0
+    f.write_text(MANIFEST.replace("replicas: 2", "replicas: 2\n  revisionHistoryLimit: 3")
+                 + "---\n" + APP_AND_FRIENDS.split("---")[3]
+                 + "---\napiVersion: example.io/v1\nkind: Gadget\nmetadata: {name: g}\n")
+    r = run(stub.url, "delete", "-f", str(f))
+    assert r.exit_code == 1
+    out = r.stdout.splitlines()
+    assert out[0].startswith("service/api skipped: Services are not served at the edge")
+    assert out[1:] == ["daemonset/web deleted", "deployment/api deleted", "configmap/cfg deleted"]
+    assert "(Gadget/g): kind: Gadget (example.io/v1) is a custom resource" in r.stderr
