@@ -1,9 +1,10 @@
 """Reading manifests: files, directories or stdin, each holding YAML documents.
 
-Every document is validated with `shared.models.parse_object` before anything is
-sent, so a bad field is named with its file and document number and nothing is
-half-applied. What is sent is the validated model's dump: plain JSON even when the
-YAML held dates or other types JSON cannot carry.
+Every document is validated with `shared.models.parse_object` before it is sent, so
+a bad field is named with its file and document number. `read` gives the raw
+documents to `fedctl.plan`, which judges each on its own (kubectl-style apply);
+`load` is all or nothing. What is sent is the validated model's dump: plain JSON even
+when the YAML held dates or other types JSON cannot carry.
 
 What `fedctl get -o yaml|json` prints can be applied back: a `kind: List` document
 is expanded into its items, and `status` and the server-managed metadata (uid,
