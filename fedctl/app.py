@@ -280,7 +280,7 @@ def apply(
         skipped = sum(o.status == "skipped" for o in outcomes)
         raise ManifestError(
             f"{len(refused)} of {len(outcomes)} documents refused "
-            f"({applied} applied{suffix}, {skipped} skipped)")
+            f"({applied} {'would be applied' if dry_run else 'applied'}, {skipped} skipped)")
     if refused:
         raise typer.Exit(1)
 

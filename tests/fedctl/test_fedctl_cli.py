@@ -734,3 +734,17 @@ def test_delete_by_file_skips_what_apply_skips(stub: Any, tmp_path: Path) -> Non
     assert out[0].startswith("service/api skipped: Services are not served at the edge")
     assert out[1:] == ["daemonset/web deleted", "deployment/api deleted", "configmap/cfg deleted"]
     assert "(Gadget/g): kind: Gadget (example.io/v1) is a custom resource" in r.stderr
+
+
+def test_a_dry_run_goes_one_by_one_too(stub: Any, tmp_path: Path) -> None:
+    f = tmp_path / "app.yaml"
+    f.write_text(MANIFEST.replace("metadata: {name: api}",
+                                  "metadata: {name: api, annotations: {stub/reject: 'no room'}}"))
+    r = run(stub.url, "apply", "-f", str(f), "--dry-run")
+    assert r.exit_code == 1
+    assert r.stdout.splitlines() == ["daemonset/web created (dry run)",
+                                     "configmap/cfg created (dry run)"]
+    assert r.stderr.splitlines()[-1] == "error: 1 of 3 documents refused (2 would be applied, " \
+        "0 skipped)"
+    posts = [req[2]["dryRun"] for req in stub.requests if req[0] == "POST"]
+    assert posts == [True] * 4 and stub.objects == {}
