@@ -68,7 +68,8 @@ def pod_status(
     else:
         phase, reason, message = "Running", None, None
     sidecars = [st for st, side in zip(init or [], sidecar or [], strict=False) if side]
-    if init:
+    if init and all(c.state == "waiting" and c.reason == "PodInitializing"
+                    for c in containers):  # once initialized, a sidecar's crash is no Init:
         early = initializing(init, sidecar or [False] * len(init))
         if early is not None:
             phase, reason, message = early

@@ -253,3 +253,22 @@ async def test_the_next_init_container_waits_for_a_sidecars_startup_probe(
     finally:
         await w.prober.close()
         w.cache.close()
+
+
+async def test_a_sidecar_crashing_after_initialization_leaves_the_pod_running(
+        world: World) -> None:
+    key, entry = world.add("web", {
+        "initContainers": [{"name": "proxy", "image": "busybox:1", "restartPolicy": "Always"}],
+        "containers": [{"name": "main", "image": "busybox:1"}]})
+    await world.rec.reconcile_once()
+    assert world.runs() == ["proxy", "main"]
+    world.runtime.exit(cid(entry, "proxy"), 1)
+    await world.rec.reconcile_once()
+    st = world.status(key)
+    assert (st.phase, st.reason, st.ready) == ("Running", None, False)
+    assert st.init_container_statuses is not None
+    assert st.init_container_statuses[0].reason == "CrashLoopBackOff"
+    world.clock.t += 11
+    await world.rec.reconcile_once()
+    assert world.runs() == ["proxy", "main", "proxy"]
+    assert world.status(key).ready is True
