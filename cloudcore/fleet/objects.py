@@ -215,7 +215,10 @@ class Objects:
         """Persist an object changed in place (written behind) and announce it."""
         obj = self._tables[kind][key]
         if kind == "Pod":  # pods get new status objects on reports
-            share_fields_set(obj)
+            status = obj.status
+            if (obj.__pydantic_fields_set__ is not _ALL_FIELDS.get(type(obj))
+                    or status.__pydantic_fields_set__ is not _ALL_FIELDS.get(type(status))):
+                share_fields_set(obj)
         self.store.put_later(KIND_DB[kind], skey(key), lambda: record_of(obj))
         self.changed(kind, key)
 

@@ -102,3 +102,18 @@ def test_without_background_an_apply_expands_at_once() -> None:
         add_node(fleet, f"n{i:02d}")
     fleet.apply([parse_object(daemonset())])
     assert len(agent_pods(fleet)) == NODES and fleet.workloads.expanding() == 0
+
+
+def test_expansion_freezes_survivors_only_in_a_tuned_process(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from cloudcore import service
+
+    frozen: list[int] = []
+    monkeypatch.setattr(service.gc, "freeze", lambda: frozen.append(1))
+    monkeypatch.setattr(service.gc, "get_count", lambda: (0, service.FREEZE_AFTER, 0))
+    monkeypatch.setattr(service.gc, "get_threshold", lambda: (700, 10, 10))
+    assert not service.freeze_survivors() and frozen == []  # an embedder's own settings
+    monkeypatch.setattr(service.gc, "get_threshold", lambda: service.GC_THRESHOLDS)
+    assert service.freeze_survivors() and frozen == [1]
+    monkeypatch.setattr(service.gc, "get_count", lambda: (0, service.FREEZE_AFTER - 1, 0))
+    assert not service.freeze_survivors() and frozen == [1]
