@@ -83,7 +83,21 @@ POD_FAILURE_REASONS = frozenset({"InvalidSpec"})
 STATUS_PODS_PER_SECOND = 20_000.0
 """A workload's status is recomputed at most every pods / this seconds (and tick)."""
 MAX_MESSAGE = 400
+SCAN_CHUNK = 5000
+"""Pods of a workload with no rollout moving looked at per tick: a bigger workload's
+status is counted over several ticks (a pass over 100,000 pods held the event loop for
+about 0.45 s)."""
 
+
+
+@dataclass
+class _Pass:
+    """A status-only pass over a big workload's pods, a chunk per tick."""
+
+    keys: list[Key]
+    update: str  # the update template's hash the pass counts against
+    scan: _Scan
+    at: int = 0
 
 
 @dataclass
@@ -130,6 +144,7 @@ class Rollouts:
         self.placement = placement
         self.workloads = workloads
         self.events = events
+        self._passes: dict[str, _Pass] = {}  # workload -> its status pass under way
 
     @property
     def clock(self) -> Callable[[], float]:
@@ -157,14 +172,25 @@ class Rollouts:
         changed = False
         workloads: list[tuple[Key, Workload]] = [*self.objects.daemonsets.items(),
                                                  *self.objects.deployments.items()]
+        if self._passes:  # passes of workloads deleted meanwhile
+            live = {owner_of(ds) for _, ds in workloads}
+            for gone in [o for o in self._passes if o not in live]:
+                del self._passes[gone]
         for key, ds in workloads:
             owner = owner_of(ds)
             st = self.plans.state(owner)
             if st is None:
+                self._passes.pop(owner, None)
                 continue
             update, hold = self.plan(ds).pair
             moving = hold is not None and st.aborted != update.thash
             keys = self.workloads.owned_set(owner)
+            job = self._passes.get(owner)
+            if job is not None:
+                if not moving and job.update == update.thash:
+                    self._pass_on(key, ds, st, job, update=update, hold=hold, now=now)
+                    continue
+                del self._passes[owner]  # a rollout or a new template: count afresh
             every = len(keys) / STATUS_PODS_PER_SECOND  # ticks are >= 1 s apart anyway
             if now - st.status_at < every or not (moving or owner in self.plans.dirty):
                 continue
@@ -174,6 +200,11 @@ class Rollouts:
                 st.restart(None)  # no rollout under way: forget the last one's pods
             if moving and st.target != update.thash:
                 st.restart(update.thash)
+            if not moving and len(keys) > SCAN_CHUNK:
+                job = self._passes[owner] = _Pass(keys=list(keys), update=update.thash,
+                                                  scan=_Scan())
+                self._pass_on(key, ds, st, job, update=update, hold=hold, now=now)
+                continue
             scan = self._scan(ds, st, update, keys, now, moving=moving)
             if scan.new_failures:
                 self.plans.save(owner)
@@ -183,16 +214,40 @@ class Rollouts:
             self._status(key, ds, st, update=update, hold=hold, scan=scan)
         return changed
 
+    def _pass_on(self, key: Key, ds: Workload, st: RolloutState, job: _Pass, *,
+                 update: Template, hold: Template | None, now: float) -> None:
+        """The next chunk of a status pass; at its end, the status and the memo kept
+        for pods that are gone."""
+        chunk = job.keys[job.at:job.at + SCAN_CHUNK]
+        job.at += len(chunk)
+        self._scan(ds, st, update, chunk, now, moving=False, into=job.scan, prune=False)
+        if job.at < len(job.keys):
+            return
+        del self._passes[owner_of(ds)]
+        self._prune(st, self.workloads.owned_set(owner_of(ds)))
+        self._status(key, ds, st, update=update, hold=hold, scan=job.scan)
+
+    @staticmethod
+    def _prune(st: RolloutState, keys: Collection[Key]) -> None:
+        for memo in (st.ready_since, st.reported_at):
+            if len(memo) > len(keys):  # pods that are gone
+                for gone in [k for k in memo if k not in keys]:
+                    del memo[gone]
+
     def _scan(self, ds: Workload, st: RolloutState, update: Template, keys: Collection[Key],
-              now: float, *, moving: bool) -> _Scan:
-        """One pass over the workload's pods: the status counts and, with `moving`,
-        what the rollout needs (candidates, pods in progress, healthy, new failures)."""
+              now: float, *, moving: bool, into: _Scan | None = None,
+              prune: bool = True) -> _Scan:
+        """One pass over the workload's pods (or, `into` an earlier scan, over a chunk of
+        them): the status counts and, with `moving`, what the rollout needs
+        (candidates, pods in progress, healthy, new failures)."""
         pods, nodes, bound = self.objects.pods, self.objects.nodes, self.placement.bound
         min_ready = ds.spec.min_ready_seconds
         deadline = float(ds.spec.progress_deadline_seconds)
-        sc = _Scan()
+        sc = _Scan() if into is None else into
         for k in keys:
-            pod = pods[k]
+            pod = pods.get(k)
+            if pod is None:  # gone since a chunked pass listed it
+                continue
             ann = pod.metadata.annotations
             where = bound.get(k) or pod.spec.node_name
             node = nodes.get(where) if where is not None else None
@@ -243,10 +298,8 @@ class Rollouts:
                 sc.healthy += 1
             else:
                 sc.in_flight += 1
-        for memo in (st.ready_since, st.reported_at):
-            if len(memo) > sc.total:  # pods that are gone
-                for gone in [k for k in memo if k not in keys]:
-                    del memo[gone]
+        if prune:
+            self._prune(st, keys)
         return sc
 
     def _advance(self, ds: Workload, owner: str, st: RolloutState, update: Template,

@@ -514,3 +514,34 @@ def test_pods_of_a_node_not_ready_are_not_ready_then_node_lost() -> None:
     assert (lost.status.phase, lost.status.ready, lost.status.reason) == ("Running", True, None)
     w.tick()
     assert w.status().number_available == 2
+
+
+def test_a_big_workloads_status_is_counted_over_several_ticks(monkeypatch: Any) -> None:
+    """Without a rollout moving, a workload of more than SCAN_CHUNK pods is counted a
+    chunk per tick (no tick holds the event loop for a whole 100k-pod pass); the status
+    comes when the pass ends and counts every pod."""
+    from cloudcore.fleet import rollout
+
+    monkeypatch.setattr(rollout, "SCAN_CHUNK", 3)
+    w = World(7)
+    w.apply(daemonset())  # its tick counts 3 pods
+    w.tick()  # 6
+    assert w.status() is None
+    w.tick()  # 7: done
+    assert w.status().desired_number_scheduled == 7
+    w.report_all()  # the pods are Ready now: the next passes count them
+    scans = []
+    real = w.fleet.rollouts._scan
+
+    def counting(*a: Any, **kw: Any) -> Any:
+        scans.append(len(a[3]))
+        return real(*a, **kw)
+
+    w.fleet.rollouts._scan = counting  # type: ignore[method-assign]
+    w.tick()
+    w.tick()
+    assert w.status().number_ready == 0 and max(scans) <= 3  # not yet: 6 of 7 counted
+    w.tick()
+    status = w.status()
+    assert status.number_ready == 7 and status.desired_number_scheduled == 7
+    assert sum(scans) == 7
