@@ -18,6 +18,14 @@ def test_defaults_are_valid(tmp_path: Path) -> None:
     assert s.heartbeat_s == 60 and s.outbox_budget_bytes == 64 * 2**20
     assert s.mqtt_keepalive_s == 600  # paho pings every keepalive (proposal 0003)
     assert s.runtime_root == tmp_path / "runtime" and s.cache_dir == tmp_path / "cache"
+    assert s.event_loop == "asyncio"  # uvloop costs 2.2 MiB of RSS for no gain here
+
+
+def test_cli_event_loop(tmp_path: Path) -> None:
+    base = ["run", "--name", "edge-7", "--state-dir", str(tmp_path), "--insecure"]
+    assert settings_from_args(build_parser().parse_args(base)).event_loop == "asyncio"
+    s = settings_from_args(build_parser().parse_args([*base, "--event-loop", "uvloop"]))
+    assert s.event_loop == "uvloop"
 
 
 @pytest.mark.parametrize(("kwargs", "field"), [
@@ -29,6 +37,7 @@ def test_defaults_are_valid(tmp_path: Path) -> None:
     ({"outbox_budget_bytes": 10}, "outbox_budget_bytes"),
     ({"insecure_registries": ("not a host",)}, "insecure_registries"),
     ({"capacity_pods": -1}, "capacity_pods"),
+    ({"event_loop": "trio"}, "event_loop"),
 ])
 def test_invalid_settings_name_the_field(tmp_path: Path, kwargs: dict, field: str) -> None:
     args = {"node": "edge-1", "state_dir": tmp_path, **kwargs}

@@ -1,9 +1,16 @@
-"""The idle loop's cost: no full reconcile pass while the runtime's state token says
-nothing exited, and one batched stats read per telemetry tick."""
+"""The agent's footprint. The idle loop's cost: no full reconcile pass while the
+runtime's state token says nothing exited, and one batched stats read per telemetry
+tick. Its memory: what the agent's modules import (a set of packages it must not load,
+and a bound on the Python heap they allocate). RSS itself is measured by
+`python -m testbed.bench_edge --footprint`, not asserted: it moves with the host's
+libraries and page sharing."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -142,3 +149,40 @@ async def test_telemetry_reads_stats_in_one_batch(tmp_path: Path) -> None:
                                       annotations={ANN_POD: "pod/default/p20"}))
     await tel.sample(now=70.0)
     assert rt.lists == 2
+
+
+IMPORTS = """
+import json, sys, tracemalloc
+tracemalloc.start()
+import edgecore.__main__, edgecore.agent
+edgecore.__main__.build_parser()
+print(json.dumps({"traced": tracemalloc.get_traced_memory()[0],
+                  "modules": sorted(sys.modules)}))
+"""
+
+# Loaded only where they are needed, never by starting the agent: the cloud's schema
+# and web stack, numerics, the certificate renewal's x509 parser (edgecore.join imports
+# it when a renewal is due), the event loop's C extension (imported by `run` itself,
+# not by the modules), and libraries the agent has no use for.
+NOT_AT_START = ("pydantic", "pydantic_core", "shared.models", "fastapi", "uvicorn",
+                "starlette", "numpy", "onnxruntime", "cryptography", "uvloop", "yaml",
+                "requests", "httpx", "sqlite3", "xml", "http.server", "asyncio.windows_events")
+
+# The Python heap the agent's imports allocate (tracemalloc): 12.1 MiB on CPython 3.11
+# with paho 2.2 and msgspec 0.23 (2026-12-06); shared.models with pydantic would add
+# 5.5 MiB (and about 11 of RSS), cryptography's x509 2.3. A bound with room for ordinary
+# growth, not a measure of RSS.
+HEAP_BOUND_MIB = 16
+
+
+def test_the_agents_imports_stay_small() -> None:
+    out = subprocess.run([sys.executable, "-c", IMPORTS], capture_output=True, text=True,
+                         check=True, timeout=120).stdout
+    got = json.loads(out)
+    mods = set(got["modules"])
+    loaded = sorted(m for m in mods if any(m == x or m.startswith(x + ".")
+                                            for x in NOT_AT_START))
+    assert not loaded, f"the agent's modules load {loaded}"
+    assert got["traced"] < HEAP_BOUND_MIB * 2**20, (
+        f"the agent's imports allocate {got['traced'] / 2**20:.1f} MiB of Python heap "
+        f"(bound {HEAP_BOUND_MIB} MiB): see docs/edgecore.md, Memory")
