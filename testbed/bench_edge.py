@@ -12,9 +12,13 @@ cloudcore, one agent in its network namespace):
    config.json, read-only rootfs of the same image, own cgroup) and the agent's own
    stages read from its log (desired applied, the runtime's image / rootfs / overlay
    / config / create / start, and the rest: report, MQTT, cloud, API poll).
-2. edgecore RSS (VmRSS, at the end of the idle window) and idle CPU (% of one core
-   over --idle-s seconds, from utime+stime in /proc/PID/stat; separately
-   cutime+cstime, the crun processes it spawned) with 0 and with 20 running pods.
+2. edgecore memory (VmRSS and the peak VmHWM from /proc/PID/status; PSS and its
+   anonymous and file parts from /proc/PID/smaps_rollup; at the end of the idle
+   window) and idle CPU (% of one core over --idle-s seconds, from utime+stime in
+   /proc/PID/stat; separately cutime+cstime, the crun processes it spawned) with 0
+   and with 20 running pods, the load average beside. `--footprint` prints only this
+   (no start latency, isolation or install figures); with `--importtime` the agent
+   runs with PYTHONPROFILEIMPORTTIME and the bench prints what it imported.
 3. installed size of `pip install edgefed[edge]` in a fresh venv (du of
    site-packages), and that onnxruntime, fastapi, uvicorn, numpy and pydantic are
    absent.
@@ -208,11 +212,67 @@ def agent_pid(f: Fleet) -> int:
     raise RuntimeError("edgecore process not found")
 
 
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+def memory_mib(pid: int) -> dict[str, float]:
+    """MiB: VmRSS and VmHWM (its peak) from status; Pss, Pss_Anon, Pss_File,
+    Anonymous from smaps_rollup (PSS shares the libraries' pages among the processes
+    that map them: the figure to add up over processes)."""
+    out: dict[str, float] = {}
+    for name in ("status", "smaps_rollup"):
+        for line in Path(f"/proc/{pid}/{name}").read_text().splitlines():
+            key, _, rest = line.partition(":")
+            if key in ("VmRSS", "VmHWM", "Pss", "Pss_Anon", "Pss_File", "Anonymous"):
+                out[key] = int(rest.split()[0]) / 1024
+    return out
+
+
+def footprint_line(label: str, pid: int, idle_s: float) -> str:
+    """One line: the agent's CPU over `idle_s` and its memory at the end of it."""
+    cpu, kids = idle_cpu(pid, idle_s)
+    m = memory_mib(pid)
+    return (f"edgecore, {label}: RSS {m['VmRSS']:.1f} MiB (peak {m['VmHWM']:.1f}, "
+            f"anonymous {m['Anonymous']:.1f}), PSS {m['Pss']:.1f} MiB (anonymous "
+            f"{m['Pss_Anon']:.1f}, file {m['Pss_File']:.1f}); idle CPU {cpu:.2f} % of a core "
+            f"(+ {kids:.2f} % in processes it spawned) over {idle_s:g} s; {load()}")
+
+
+def imported_modules(log_text: str) -> list[str]:
+    """Modules the agent imported, in order, from its PYTHONPROFILEIMPORTTIME lines
+    ("import time: self | cumulative | name"; the header's fields are not numbers)."""
+    out = []
+    for line in log_text.splitlines():
+        if line.startswith("import time:"):
+            fields = line[len("import time:"):].split("|")
+            if len(fields) == 3 and fields[0].strip().isdigit():
+                out.append(fields[2].strip())
+    return out
+
+
+def footprint(f: Fleet, *, pods: int, settle_s: float, idle_s: float,
+              importtime: bool = False) -> None:
+    """Figure 2: the agent idle with 0 pods, with `pods` running, and with 0 again
+    after them (what the pods left behind)."""
+    pid = agent_pid(f)
+    time.sleep(settle_s)
+    print(footprint_line("0 pods", pid, idle_s), flush=True)
+    f.apply([pod(f"idle-{i}", f.image, {"bench": "idle"}) for i in range(pods)])
+    f.wait(lambda: sum(p["status"].get("phase") == "Running"
+                       for p in f.pods("bench=idle")) == pods,
+           timeout=300, what=f"{pods} pods Running")
+    time.sleep(settle_s)
+    print(footprint_line(f"{pods} pods", pid, idle_s), flush=True)
+    for i in range(pods):
+        f.delete(f"/api/v1/pods/default/idle-{i}")
+    f.wait(lambda: not any(p.name.startswith("default_idle-")
+                           for p in (_runtime_root(f) / "bundles").iterdir()),
+           timeout=120, what="idle pods removed")
+    time.sleep(settle_s)
+    print(footprint_line(f"0 pods again (after {pods})", pid, idle_s), flush=True)
+    if importtime:
+        log_path = f.workdir / "logs" / f"{f.agents[0].name}.log"
+        mods = imported_modules(log_path.read_text(errors="replace"))
+        tops = sorted({m.split(".")[0] for m in mods})
+        print(f"edgecore imported {len(mods)} modules (beyond the interpreter's start); "
+              f"top-level: {' '.join(tops)}")
 
 
 def cpu_ticks(pid: int) -> tuple[int, int]:
@@ -382,6 +442,11 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--isolation-only", action="store_true",
                     help="only the isolation figures (no fleet, no install size)")
+    ap.add_argument("--footprint", action="store_true",
+                    help="only the agent's memory and idle CPU with 0 and --pods pods")
+    ap.add_argument("--importtime", action="store_true",
+                    help="run the fleet with PYTHONPROFILEIMPORTTIME and print the modules "
+                         "the agent imported (slows every start a little)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench_edge runs real containers: run it as root")
@@ -391,10 +456,22 @@ def main() -> None:
     if args.isolation_only:
         isolation_figures(workdir, args.runs)
         return
-    f = Fleet(FleetSettings(nodes=1, workdir=workdir, heartbeat_s=30.0))
+    from edgecore.config import AgentSettings
+
+    defaults = AgentSettings(node="x", state_dir=Path("/nonexistent"))
+    if args.importtime:
+        os.environ["PYTHONPROFILEIMPORTTIME"] = "1"  # inherited by the fleet's processes
+    f = Fleet(FleetSettings(nodes=1, workdir=workdir, heartbeat_s=defaults.heartbeat_s))
     f.start()
     try:
         f.wait_nodes_ready(timeout=60)
+        if args.footprint:
+            print(f"agent at its defaults (heartbeat {defaults.heartbeat_s:g} s, telemetry "
+                  f"sample {defaults.telemetry_sample_s:g} s); settling {args.settle_s:g} s "
+                  f"before each window; {load()}", flush=True)
+            footprint(f, pods=args.pods, settle_s=args.settle_s, idle_s=args.idle_s,
+                      importtime=args.importtime)
+            return
         # Warm-up: pulls and unpacks the image once, so runs measure starts only.
         warm = apply_to_running(f, "warmup")[0]
         template = _containers_of(f, "warmup")[0]
@@ -440,25 +517,8 @@ def main() -> None:
         if args.start_only:
             return
 
-        pid = agent_pid(f)
-        time.sleep(args.settle_s)
-        (cpu0, kids0), rss0 = idle_cpu(pid, args.idle_s), rss_mib(pid)
-        print(f"edgecore, 0 pods: RSS {rss0:.1f} MiB, idle CPU {cpu0:.2f} % of a core "
-              f"(+ {kids0:.2f} % in processes it spawned) over {args.idle_s:g} s", flush=True)
-        f.apply([pod(f"idle-{i}", f.image, {"bench": "idle"}) for i in range(args.pods)])
-        f.wait(lambda: sum(p["status"].get("phase") == "Running"
-                           for p in f.pods("bench=idle")) == args.pods,
-               timeout=300, what=f"{args.pods} pods Running")
-        time.sleep(args.settle_s)
-        (cpu20, kids20), rss20 = idle_cpu(pid, args.idle_s), rss_mib(pid)
-        print(f"edgecore, {args.pods} pods: RSS {rss20:.1f} MiB, idle CPU {cpu20:.2f} % of a "
-              f"core (+ {kids20:.2f} % in processes it spawned) over {args.idle_s:g} s",
-              flush=True)
-        for i in range(args.pods):
-            f.delete(f"/api/v1/pods/default/idle-{i}")
-        f.wait(lambda: not any(p.name.startswith("default_idle-")
-                               for p in (_runtime_root(f) / "bundles").iterdir()),
-               timeout=120, what="idle pods removed")
+        footprint(f, pods=args.pods, settle_s=args.settle_s, idle_s=args.idle_s,
+                  importtime=args.importtime)
     finally:
         f.stop()
     isolation_figures(workdir, args.runs)
