@@ -67,6 +67,7 @@ from edgecore.runtime.errors import (
 )
 from edgecore.runtime.images import ImageStore
 from edgecore.runtime.oci import build_oci_config, host_device_nodes, resolve_devices
+from edgecore.runtime.registry_auth import RegistryCredentials
 from edgecore.runtime.types import (
     Capabilities,
     ContainerSpec,
@@ -189,6 +190,7 @@ class CrunRuntime:
     capabilities = Capabilities(
         exec=True, stats=True, stats_all=True, images=True, pull_progress=True,
         image_gc=True, log_rotation=True, netns=True, state_token=True,
+        pull_credentials=True,
     )
     """crun has every optional operation of :class:`ExtendedRuntime`."""
 
@@ -327,9 +329,13 @@ class CrunRuntime:
     # -- Runtime interface ----------------------------------------------------
 
     async def pull(
-        self, image: str, *, insecure: bool | None = None, policy: PullPolicy = "IfNotPresent"
+        self, image: str, *, insecure: bool | None = None, policy: PullPolicy = "IfNotPresent",
+        credentials: RegistryCredentials | None = None,
     ) -> str:
         """Make ``image`` present per ``policy`` (IfNotPresent/Always/Never); return its digest.
+
+        ``credentials`` (a pod's imagePullSecrets) go to skopeo for this pull only
+        (:meth:`ImageStore.pull <edgecore.runtime.images.ImageStore.pull>`).
 
         Raises :class:`InsufficientDisk` before copying if the store's
         filesystem has less than ``min_free_disk_bytes`` free,
@@ -337,7 +343,8 @@ class CrunRuntime:
         :class:`NoMatchingManifest` if a multi-platform image has nothing for
         this runtime's ``platform``.
         """
-        return await self.image_store.pull(image, insecure=insecure, policy=policy)
+        return await self.image_store.pull(image, insecure=insecure, policy=policy,
+                                           credentials=credentials)
 
     async def pull_progress(self, image: str) -> PullProgress | None:
         """Bytes and layers done of a pull in progress (``None``: not being pulled)."""

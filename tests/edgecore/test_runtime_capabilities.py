@@ -54,8 +54,4 @@ def test_a_declared_operation_exists(runtime: type) -> None:
 
 
 def test_crun_has_every_optional_operation() -> None:
-    caps = dataclasses.asdict(CrunRuntime.capabilities)
-    # pull_credentials: CrunRuntime.pull does not pass credentials to its image store yet
-    # (a two-line change to edgecore/runtime/crun.py, waiting for that file's current edit).
-    caps.pop("pull_credentials")
-    assert all(caps.values())
+    assert all(dataclasses.astuple(CrunRuntime.capabilities))
