@@ -95,8 +95,10 @@ class DesiredSets:
         """The ConfigMap/Secret entry keys pod `key` mounts (read only)."""
         refs = self._refs.get(key)
         if refs is None:
-            refs = self._refs[key] = (referenced_keys(key[0], self.objects.pods[key].spec)
-                                      or _NO_REFS)
+            spec = self.objects.pods[key].spec
+            if not spec.volumes:  # most pods: nothing to cache (a slot per pod is memory)
+                return _NO_REFS
+            refs = self._refs[key] = referenced_keys(key[0], spec) or _NO_REFS
         return refs
 
     def pod_entry(self, pod: Pod) -> dict[str, Any]:
