@@ -374,6 +374,13 @@ def build_oci_config(
     }
     if spec.sysctls:
         linux["sysctl"] = dict(spec.sysctls)
+    # As Kubernetes' CRI does: a propagating bind needs the container's root to propagate
+    # too (else crun makes the whole tree private first and the bind's source with it).
+    kinds = {m.propagation for m in spec.mounts}
+    if "rshared" in kinds:
+        linux["rootfsPropagation"] = "rshared"
+    elif "rslave" in kinds:
+        linux["rootfsPropagation"] = "rslave"
     if not sec.privileged:
         if not sec.proc_unmasked:
             linux["maskedPaths"] = list(_MASKED)

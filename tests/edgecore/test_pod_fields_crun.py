@@ -131,8 +131,6 @@ async def test_init_containers_run_in_order_before_the_main_one(
 async def test_host_pid_sysctl_and_dns_config_in_a_real_container(
     runtime: CrunRuntime, seeded_registry: SeededRegistry, tmp_path: Path,
 ) -> None:
-    """(mountPropagation is checked in the OCI config only, test_pod_fields_runtime.py:
-    on this host the crun wrapper's private mount namespace cuts propagation.)"""
     node = Node(runtime, tmp_path)
     script = ("cat /proc/sys/kernel/shm_rmid_forced > /out/sysctl;"
               " cat /etc/resolv.conf > /out/resolv; ls /proc | grep -c '^[0-9]' > /out/procs.t;"
@@ -181,3 +179,43 @@ async def test_a_hostpath_without_type_that_is_missing_is_created_and_runs(
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         node.cache.close()
+
+
+async def test_host_to_container_propagation_in_a_real_container(
+    runtime: CrunRuntime, seeded_registry: SeededRegistry, tmp_path: Path,
+) -> None:
+    """A mount made on the host under a HostToContainer volume after the container
+    started is seen inside (the host path is a shared mount, as / is under systemd)."""
+    import subprocess
+
+    host = tmp_path / "host"
+    host.mkdir()
+    subprocess.run(["mount", "--bind", str(host), str(host)], check=True)
+    subprocess.run(["mount", "--make-shared", str(host)], check=True)
+    node = Node(runtime, tmp_path)
+    sub = host / "sub"
+    sub.mkdir()
+    key, _ = add_pod(node, "prop", {
+        "volumes": [{"name": "out", "emptyDir": {}},
+                    {"name": "host", "hostPath": {"path": str(host), "type": "Directory"}}],
+        "containers": [{"name": "main", "image": seeded_registry.busybox,
+                        "command": ["sh", "-c", "while true; do ls /host/sub > /out/l.t;"
+                                    " mv /out/l.t /out/l; sleep 0.1; done"],
+                        "volumeMounts": [{"name": "out", "mountPath": "/out"},
+                                         {"name": "host", "mountPath": "/host",
+                                          "readOnly": True,
+                                          "mountPropagation": "HostToContainer"}]}],
+    }, policy={"level": "privileged"})
+    out = node.volumes.pod_dir(key) / "empty" / "out"
+    task = asyncio.create_task(node.rec.run())
+    try:
+        await node.until("running", lambda: _read(out / "l") == "")
+        subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(sub)], check=True)
+        (sub / "marker").write_text("x")
+        await node.until("host mount seen inside", lambda: _read(out / "l") == "marker")
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        node.cache.close()
+        subprocess.run(["umount", "-l", str(sub)], check=False)
+        subprocess.run(["umount", "-l", str(host)], check=False)

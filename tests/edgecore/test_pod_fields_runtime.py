@@ -69,8 +69,12 @@ def test_mount_propagation_maps_to_the_bind_option(k8s: str | None, option: str,
     assert PROPAGATION[k8s or "None"] == option
     spec = ContainerSpec(name="m", image="busybox", mounts=(
         Mount(source=tmp_path, destination="/data", propagation=PROPAGATION[k8s or "None"]),))
-    bind = next(m for m in oci(spec, tmp_path)["mounts"] if m["destination"] == "/data")
+    cfg = oci(spec, tmp_path)
+    bind = next(m for m in cfg["mounts"] if m["destination"] == "/data")
     assert bind["options"][:2] == ["rbind", option]
+    # the root propagates too when a bind does (else crun makes the tree private first)
+    assert cfg["linux"].get("rootfsPropagation") == (None if option == "rprivate"
+                                                     else option)
 
 
 NODE_RESOLV = """# generated
