@@ -164,6 +164,8 @@ class Workloads:
             self._expand_later(obj)
         else:
             self._expanding.pop((obj.metadata.namespace, obj.metadata.name), None)
+            if not self._expanding:
+                self._idle.set()
             self.sync_daemonset(obj, self.objects.nodes)
 
     # -- background expansion of DaemonSets ---------------------------------------------
