@@ -1,7 +1,7 @@
 """Placement replay: request-based vs forecast-aware scheduling on a simulated fleet.
 
     python -m testbed.replay [--nodes 1000] [--hours 4] [--seed 0] [--seeds N]
-                             [--safety 0.1] [--overcommit 0.5] [--whole-requests]
+                             [--safety 0.1] [--overcommit 0.3] [--whole-requests]
                              [--policies requests,forecast[,forecast-overcommit][,right-sizing]]
 
 A fleet of identical nodes (4 cpu, 16 GiB, 110 pods) runs workloads whose actual usage
@@ -27,8 +27,8 @@ follows public trace segments, placed by the REAL cloudcore scheduler
   the pods placed since the forecast + the pod, the pods counted at the share of
   their requests the node's pods use (`--whole-requests`: at their whole request),
   as long as the node's requests stay within 1 + `--overcommit` of allocatable;
-  elsewhere by requests. Defaults (safety 0.1, overcommit 0.5, by usage) were chosen
-  on seeds 0, 1, 2 (300 nodes, 2 h); report on other seeds.
+  elsewhere by requests. Defaults (safety 0.1, overcommit 0.3, by usage) were chosen
+  on seeds 0, 1, 2 (500 nodes, 3 h, requests 1.5 x p95, demand 2); report on others.
 
 Every forecast policy runs the forecaster as cloudcore does, online learning
 included: after each tick the runner learns from that minute's examples (here
@@ -95,7 +95,7 @@ INITIAL_FILL = 0.9
 TARGET_DEMAND = 1.3
 POLICIES = ("requests", "forecast", "forecast-overcommit", "right-sizing")
 SAFETY = 0.1  # right-sizing defaults, chosen on seeds 0-2 (docs/benchmarks.md)
-OVERCOMMIT = 0.5
+OVERCOMMIT = 0.3
 
 
 # -- usage data ------------------------------------------------------------------------

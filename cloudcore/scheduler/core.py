@@ -332,13 +332,14 @@ class Scheduler:
         self.recent = RecentPlacements(clock=clock) if recent is None else recent
 
     @classmethod
-    def right_sizing(cls, *, safety: float = 0.05, overcommit: float = 0.5,
+    def right_sizing(cls, *, safety: float = 0.05, overcommit: float = 0.3,
                      by_usage: bool = True, clock: Callable[[], float] = time.time,
                      scorers: Sequence[Scorer] = DEFAULT_SCORERS) -> Scheduler:
         """A scheduler in right-sizing mode (module doc); `safety` in 0..0.5,
         `overcommit` >= 0 (math.inf: requests do not bound a trusted node), `by_usage`
-        as in `RightSizedCapacity`. The defaults (cap 50 %, pods counted by usage) were
-        chosen in `testbed.replay` on training seeds (docs/benchmarks.md)."""
+        as in `RightSizedCapacity`. The defaults (cap 30 %, pods counted by usage) were
+        chosen in `testbed.replay` on training seeds (docs/benchmarks.md), with safety
+        0.1 (the caller's: cloudcore passes `forecast.placement_safety`)."""
         if not 0.0 <= safety <= 0.5:
             raise ValueError(f"right-sizing safety must be within 0..0.5, got {safety}")
         if not overcommit >= 0.0:
