@@ -23,7 +23,10 @@ Two placement modes (`Scheduler.requests_mode()`, the default, and
   p90 + safety (a fraction of allocatable) + the requests of pods bound since the
   forecast (`unforecast`) + the pod's request must fit allocatable, and the node's
   requests (the pod's included) may exceed allocatable by at most `overcommit`
-  (`RightSizedCapacity`). On any other node, or for any other resource (pods,
+  (`RightSizedCapacity`). With `by_usage` (the default of `Scheduler.right_sizing`)
+  the pod and the pods bound since the forecast count at the share of their requests
+  the node's pods use (`usage_per_request`), not whole: over-requested pods are
+  admitted by what pods like them use. On any other node, or for any other resource (pods,
   accelerators), the request-based `capacity` filter applies, unchanged.
 
   Why the overcommit cap: the forecast looks 15 minutes ahead, a pod stays for
