@@ -135,6 +135,15 @@ def referenced_keys(namespace: str, spec: pods.PodSpec) -> set[str]:
     return out
 
 
+def may_reference(spec: pods.PodSpec) -> bool:
+    """Whether `referenced_keys` can find anything in `spec` (cheap: no set is built),
+    for a caller that keeps no cache entry for the pods that reference nothing."""
+    if spec.volumes or spec.image_pull_secrets:
+        return True
+    return any(c.env_from or any(e.value_from is not None for e in c.env)
+               for c in spec.all_containers())
+
+
 def referenced_meta(spec: pods.PodSpec) -> tuple[bool, set[str]]:
     """What of a pod's metadata beyond name, namespace and labels its env reads:
     (its uid, the annotation keys), so a desired entry carries only those."""

@@ -124,16 +124,20 @@ class LocalRegistry:
     unless ``auth=(user, password)`` (htpasswd: every request needs those credentials).
 
     ``host`` is 127.0.0.1 by default; the testbed binds its bridge address so agents
-    in their own network namespaces pull from it.
+    in their own network namespaces pull from it. ``port`` 0 picks a free one; a
+    given port lets a registry take over another's address (agents list it as
+    insecure by address).
 
     Use as ``with LocalRegistry() as reg:`` or ``async with LocalRegistry() as reg:``.
     The process is started on enter (once ``/v2/`` answers) and stopped on exit.
     """
 
     def __init__(self, *, binary: str = "docker-registry", startup_timeout_s: float = 15.0,
-                 host: str = "127.0.0.1", auth: tuple[str, str] | None = None) -> None:
+                 host: str = "127.0.0.1", auth: tuple[str, str] | None = None,
+                 port: int = 0) -> None:
         self._binary = binary
         self.auth = auth
+        self.port = port
         self.host = host
         self._startup_timeout_s = startup_timeout_s
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
@@ -151,7 +155,7 @@ class LocalRegistry:
         tmp = Path(self._tmp.name)
         last_error = ""
         for _attempt in range(3):  # the free port can be taken between probe and bind
-            port = _free_port(self.host)
+            port = self.port or _free_port(self.host)
             config = tmp / "config.yml"
             config.write_text(
                 "version: 0.1\n"

@@ -6,6 +6,8 @@ only those volumes mount), the agent resolved them, and the init container ran f
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -15,6 +17,7 @@ from typing import Any
 import pytest
 
 from testbed.fleet import Fleet, FleetSettings
+from testbed.registry import LocalRegistry, seed_busybox
 
 pytestmark = pytest.mark.integration
 
@@ -103,3 +106,47 @@ def test_env_from_configmap_secret_and_node_name_with_an_init_container(
     for p in fleet.pods("app=envs"):
         (init,) = p["status"]["initContainerStatuses"]
         assert (init["state"], init["exitCode"]) == ("terminated", 0)
+
+
+def test_image_pull_secrets_through_the_fleet(fleet: Fleet) -> None:
+    """The fleet's registry is replaced, at the same address (the agents list it as
+    insecure), by one with htpasswd: a pod with imagePullSecrets runs, one without (on
+    the other node) is refused by the registry."""
+    host, port = fleet.registry.address.rsplit(":", 1)
+    fleet.registry.stop()
+    private = LocalRegistry(host=host, port=int(port), auth=("edge", "s3cret"))
+    private.start()
+    try:
+        image = seed_busybox(private, name="private/busybox")
+        auth = base64.b64encode(b"edge:s3cret").decode()
+        fleet.apply([
+            {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "regcred"},
+             "type": "kubernetes.io/dockerconfigjson",
+             "stringData": {".dockerconfigjson": json.dumps(
+                 {"auths": {private.address: {"auth": auth}}})}},
+            *[{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+               # a volume: until the cloud delivers the references of pods without
+               # one (tests/integration/test_pod_fields_refs.py, the xfail)
+               "spec": {"nodeName": node, **extra,
+                        "volumes": [{"name": "scratch", "emptyDir": {}}],
+                        "containers": [{
+                   "name": "main", "image": image, "command": ["sleep", "3600"]}]}}
+              for name, node, extra in (
+                  ("with-secret", "edge-1", {"imagePullSecrets": [{"name": "regcred"}]}),
+                  # another node: on edge-1 the image is there once pulled, and a pod
+                  # with IfNotPresent uses it without credentials (as in Kubernetes)
+                  ("without", "edge-2", {}))]])
+
+        def status(name: str) -> dict[str, Any]:
+            return dict(fleet.get(f"/api/v1/pods/default/{name}").get("status") or {})
+
+        try:
+            fleet.wait(lambda: status("with-secret").get("phase") == "Running", timeout=90,
+                       what="the pod with imagePullSecrets Running")
+        except TimeoutError as exc:
+            raise AssertionError(f"{exc}: {status('with-secret')}") from None
+        fleet.wait(lambda: status("without").get("reason") == "ImagePullBackOff", timeout=60,
+                   what="the pod without them refused")
+        assert "unauthorized" in str(status("without").get("message", "")).lower()
+    finally:
+        private.stop()

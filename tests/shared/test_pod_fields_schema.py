@@ -121,3 +121,25 @@ def test_safe_sysctls_pass_baseline_and_reach_the_effective_settings() -> None:
 def test_image_pull_secrets_are_delivered_with_the_pod() -> None:
     s = PodSpec.parse(spec({"imagePullSecrets": [{"name": "regcred"}]}))
     assert referenced_keys("shop", s) == {"secret/shop/regcred"}
+
+
+@pytest.mark.parametrize(("raw", "refs"), [
+    (spec(), False),
+    (spec(env=[{"name": "A", "value": "1"}]), False),
+    (spec(env=[{"name": "A", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}]),
+     True),  # no key, but a cheap "maybe" is enough
+    (spec(envFrom=[{"configMapRef": {"name": "c"}}]), True),
+    (spec({"imagePullSecrets": [{"name": "r"}]}), True),
+    (spec({"volumes": [{"name": "v", "emptyDir": {}}]}), True),
+    ({"initContainers": [{"name": "i", "image": "b", "env": [
+        {"name": "A", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]}],
+      "containers": [{"name": "m", "image": "b"}]}, True),
+])
+def test_may_reference_is_true_whenever_referenced_keys_can_find_something(
+        raw: dict[str, Any], refs: bool) -> None:
+    from shared.entries import may_reference
+
+    s = PodSpec.parse(raw)
+    assert may_reference(s) is refs
+    if not refs:
+        assert referenced_keys("ns", s) == set()
