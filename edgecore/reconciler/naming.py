@@ -66,8 +66,12 @@ def container_spec(
         no_new_privileges=not eff.allow_privilege_escalation,
         capabilities_add=eff.cap_add, capabilities_drop=eff.cap_drop, seccomp=eff.seccomp,
         proc_unmasked=eff.proc_unmasked)
-    env = dict(env) if env is not None else {e.name: expand(e.value, {}) for e in c.env
-                                             if e.value_from is None}
+    if env is None:  # plain values only: each may refer to the ones before it
+        env = {}
+        for e in c.env:
+            if e.value_from is None:
+                env[e.name] = expand(e.value, env)
+    env = dict(env)
     if devices and ENV_DEVICES not in env:
         env[ENV_DEVICES] = ",".join(d.paths[0].partition(":")[2] or d.paths[0]
                                     for d in devices)

@@ -243,3 +243,14 @@ async def test_the_container_waits_until_its_configmap_key_arrives(tmp_path: Pat
     assert sink.latest[k].phase == "Running"
     (c,) = rt.containers.values()
     assert c.spec.env["MODE"] == "fast" and c.spec.env["NODE"] == "edge-1"
+
+
+def test_plain_values_refer_to_earlier_ones_without_value_from() -> None:
+    entry = entry_of({"containers": [{"name": "m", "image": "b",
+                                      "command": ["echo", "$(URL)", "$$(URL)"],
+                                      "env": [{"name": "HOST", "value": "db"},
+                                              {"name": "URL", "value": "http://$(HOST):1"},
+                                              {"name": "COST", "value": "$$5"}]}]})
+    spec = container_spec(entry, entry.spec.containers[0])
+    assert dict(spec.env) == {"HOST": "db", "URL": "http://db:1", "COST": "$5"}
+    assert spec.command == ("echo", "http://db:1", "$(URL)")
