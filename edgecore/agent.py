@@ -157,7 +157,7 @@ class Agent:
                 volumes=Volumes(s.pods_dir, open_secret=self._secret_opener(keys)),
                 devices=devices, prober=prober, on_disk_full=free_disk,
                 network=PodNetwork(s.podnet_dir, bridge=s.pod_bridge, cidr=s.pod_cidr),
-                policy_cap=s.policy_cap)
+                policy_cap=s.policy_cap, seccomp_dir=s.seccomp_dir)
             log.info("edgecore %s starting: desired %s gen %d, report seq %d, %d in outbox",
                      s.node, sync.desired.epoch, sync.desired.gen, cache.last_seq(),
                      len(cache.outbox()))

@@ -212,6 +212,13 @@ class AgentSettings:
         return self.metrics_file or self.state_dir / "metrics.prom"
 
     @property
+    def seccomp_dir(self) -> Path:
+        """Localhost seccomp profiles: `seccompProfile: {type: Localhost,
+        localhostProfile: NAME}` reads `seccomp_dir / NAME` (the kubelet's
+        `/var/lib/kubelet/seccomp`)."""
+        return self.state_dir / "seccomp"
+
+    @property
     def pods_dir(self) -> Path:
         """Per-pod directories: emptyDir, configMap and secret volumes."""
         return self.state_dir / "pods"

@@ -43,7 +43,7 @@ def container_id(namespace: str, pod: str, container: str, revision: str) -> str
 def container_spec(
     entry: PodEntry, c: Container, *, mounts: Sequence[Mount] = (),
     devices: Sequence[Device] = (), netns: str | None = None,
-    env: Mapping[str, str] | None = None,
+    env: Mapping[str, str] | None = None, seccomp_profile: str | None = None,
 ) -> ContainerSpec:
     """The runtime spec of one container (raises runtime InvalidSpec if unusable).
 
@@ -55,16 +55,19 @@ def container_spec(
     `Security`; `hostUsers: false` gives the pod a user namespace of its own. `env` is
     the container's built environment (`edgecore.reconciler.env.build`; None: its plain
     `env` values); `$(NAME)` in command and args is expanded from it, as in Kubernetes.
+    `seccomp_profile` is the node's profile a `Localhost` seccompProfile names, already
+    read and converted (`edgecore.runtime.seccomp.localhost`).
     """
     eff = effective(entry.spec, c)
-    if eff.seccomp == "Localhost":
+    if eff.seccomp == "Localhost" and seccomp_profile is None:
         raise InvalidSpec(f"container {c.name!r}: seccompProfile Localhost "
-                          f"({eff.seccomp_localhost}) is not supported by this agent")
+                          f"({eff.seccomp_localhost}) needs the node's profile")
     security = Security(
         privileged=eff.privileged, run_as_non_root=eff.run_as_non_root,
         read_only_rootfs=eff.read_only_root_filesystem,
         no_new_privileges=not eff.allow_privilege_escalation,
         capabilities_add=eff.cap_add, capabilities_drop=eff.cap_drop, seccomp=eff.seccomp,
+        seccomp_profile=seccomp_profile if eff.seccomp == "Localhost" else None,
         proc_unmasked=eff.proc_unmasked)
     if env is None:  # plain values only: each may refer to the ones before it
         env = {}

@@ -100,6 +100,7 @@ from edgecore.reconciler.prober import ProbeManager
 from edgecore.reconciler.records import ContainerRecord, PodRecord
 from edgecore.reconciler.status import pod_status, terminated_reason
 from edgecore.reconciler.volumes import PreparedVolumes, VolumeError, Volumes
+from edgecore.runtime import seccomp
 from edgecore.runtime.errors import (
     ContainerRuntimeError,
     ImagePullError,
@@ -123,13 +124,18 @@ from shared.delta import EdgeDesired
 from shared.entries import POD, PodEntry, config_files, parse_pod_entry, secret_key, split_key
 from shared.errors import ObjectError
 from shared.pods import Container, ContainerStatus, LastState, PodStatus
-from shared.policy import Level, Violation, check, host_path_rule, stricter
+from shared.policy import Level, Violation, check, effective, host_path_rule, stricter
 
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE = 500  # characters of an error message carried in a status
 NO_TOKEN = ("no service account token is mounted: edgefed has no service accounts "
             "(serviceAccountName is recorded)")
+
+
+class SeccompProfileError(Exception):
+    """A Localhost seccomp profile is missing or unusable on this node: the container
+    waits (CreateContainerConfigError) and is tried again on the next pass."""
 
 
 class StatusSink(Protocol):
@@ -178,6 +184,7 @@ class Reconciler:
         on_disk_full: Callable[[InsufficientDisk, set[str]], Awaitable[object]] | None = None,
         network: PodNetwork | None = None, policy_default: Level = "baseline",
         policy_cap: Level = "privileged", wake: asyncio.Event | None = None,
+        seccomp_dir: Path | None = None,
     ) -> None:
         """`wake` is the event that asks for a pass as soon as possible: the agent
         shares it with the parts that must wake the reconciler (the sync handler on a
@@ -187,6 +194,7 @@ class Reconciler:
         the images of the desired pods (`desired_images`)."""
         self.node = node
         self.network = network  # None: pods without hostNetwork cannot start here
+        self.seccomp_dir = seccomp_dir  # Localhost seccomp profiles (None: refused)
         self.policy_default = policy_default  # for entries that carry no level
         self.policy_cap = policy_cap  # the most this agent allows, whatever the entry says
         self.volumes = volumes  # None: pods with volumes cannot start here
@@ -835,7 +843,8 @@ class Reconciler:
             self.prober.forget(cid)  # a new instance is probed afresh
         try:
             env = self._env(entry, c, ctx)
-        except (EnvError, VolumeError) as exc:
+            profile = await asyncio.to_thread(self._seccomp_profile, entry, c)
+        except (EnvError, VolumeError, SeccompProfileError) as exc:
             return self._blocked(c.name, rec, ("CreateContainerConfigError", _msg(exc)))
         try:
             devices = await self._allocate(entry, c)
@@ -843,6 +852,7 @@ class Reconciler:
             return self._blocked(c.name, rec, ("InsufficientDevices", _msg(exc)))
         try:
             spec = container_spec(entry, c, devices=devices, netns=ctx.netns, env=env,
+                                  seccomp_profile=profile,
                                   mounts=self._mounts(c, ctx))
             if await self._needs_pull(spec):
                 try:
@@ -885,6 +895,31 @@ class Reconciler:
         self.prober.ensure(cid, c, started_at=now, instance=None)
         probe = self.prober.state(cid, c)
         return self._running(c.name, rec, ready=probe.ready, started=probe.started)
+
+    def _seccomp_profile(self, entry: PodEntry, c: Container) -> str | None:
+        """The node's profile a `Localhost` seccompProfile names (under `seccomp_dir`,
+        as the kubelet's `<root>/seccomp`), as OCI JSON; None for the other kinds.
+        Raises SeccompProfileError saying what is wrong (the container then waits)."""
+        eff = effective(entry.spec, c)
+        if eff.seccomp != "Localhost" or eff.seccomp_localhost is None:
+            return None
+        name = eff.seccomp_localhost
+        if self.seccomp_dir is None:
+            raise SeccompProfileError(f"seccompProfile Localhost {name!r}: this agent has "
+                                      "no seccomp profile directory")
+        root = self.seccomp_dir.resolve()
+        path = (root / name).resolve()
+        if not path.is_relative_to(root):
+            raise SeccompProfileError(f"seccompProfile Localhost {name!r} leads out of "
+                                      f"{root}")
+        try:
+            return seccomp.localhost(path.read_text())
+        except OSError as exc:
+            raise SeccompProfileError(f"seccompProfile Localhost {name!r}: cannot read "
+                                      f"{path}: {exc.strerror}") from None
+        except ValueError as exc:
+            raise SeccompProfileError(f"seccompProfile Localhost {name!r} ({path}): "
+                                      f"{exc}") from None
 
     @staticmethod
     def _mounts(c: Container, ctx: _PodContext) -> tuple[Mount, ...]:

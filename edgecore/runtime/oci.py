@@ -16,6 +16,7 @@ cgroup that denies all but the standard nodes. ``privileged`` lifts all of it.
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 from collections.abc import Mapping, Sequence
@@ -387,6 +388,8 @@ def build_oci_config(
             linux["readonlyPaths"] = list(_READONLY)
         if sec.seccomp == "RuntimeDefault":
             linux["seccomp"] = default_profile(machine)
+        elif sec.seccomp == "Localhost" and sec.seccomp_profile is not None:
+            linux["seccomp"] = json.loads(sec.seccomp_profile)
     if idmap is not None:
         namespaces.append({"type": "user"})
         linux["uidMappings"] = [{"containerID": 0, "hostID": idmap[0], "size": idmap[1]}]

@@ -28,6 +28,7 @@ bad-arch action (kill) instead of slipping past a name-based rule.
 from __future__ import annotations
 
 import errno
+import json
 import platform
 from typing import Any
 
@@ -100,3 +101,37 @@ def default_profile(machine: str | None = None) -> dict[str, Any]:
             {"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": errno.ENOSYS},
         ],
     }
+
+
+_OCI_KEYS = ("defaultAction", "defaultErrnoRet", "architectures", "flags", "listenerPath",
+             "listenerMetadata", "syscalls")
+_RULE_KEYS = ("names", "action", "errnoRet", "args")
+
+
+def localhost(text: str) -> str:
+    """A node's seccomp profile file (Kubernetes' ``Localhost`` kind) as the OCI
+    ``linux.seccomp`` document, JSON text. Accepts the OCI form and Docker's (its
+    ``archMap`` becomes ``architectures``; ``comment``, ``includes``, ``excludes`` and
+    other Docker-only keys are dropped, as containerd does). Raises ValueError saying
+    what is wrong."""
+    try:
+        doc = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"not JSON: {exc}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("defaultAction"), str):
+        raise ValueError("a seccomp profile is a JSON object with a defaultAction")
+    out = {k: doc[k] for k in _OCI_KEYS if k in doc}
+    if "architectures" not in out and isinstance(doc.get("archMap"), list):
+        arches: list[Any] = []
+        for entry in doc["archMap"]:
+            if isinstance(entry, dict):
+                arches += [entry.get("architecture"), *(entry.get("subArchitectures") or [])]
+        out["architectures"] = [a for a in arches if isinstance(a, str)]
+    rules = out.get("syscalls", [])
+    if not isinstance(rules, list) or not all(isinstance(r, dict) for r in rules):
+        raise ValueError("syscalls must be a list of rules")
+    out["syscalls"] = [{k: r[k] for k in _RULE_KEYS if k in r} for r in rules
+                       if r.get("names") and isinstance(r.get("action"), str)]
+    if not out["syscalls"]:
+        del out["syscalls"]
+    return json.dumps(out, separators=(",", ":"), sort_keys=True)

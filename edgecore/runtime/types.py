@@ -111,8 +111,11 @@ class Security:
     no_new_privileges: bool = True
     capabilities_add: Sequence[str] = ()
     capabilities_drop: Sequence[str] = ()
-    seccomp: Literal["RuntimeDefault", "Unconfined"] = "RuntimeDefault"
+    seccomp: Literal["RuntimeDefault", "Unconfined", "Localhost"] = "RuntimeDefault"
     proc_unmasked: bool = False
+    seccomp_profile: str | None = None
+    """With ``seccomp="Localhost"``: the profile, an OCI ``linux.seccomp`` document as
+    JSON text (kept as text so the spec stays hashable); see ``seccomp.localhost``."""
 
     def __post_init__(self) -> None:
         for fname in ("privileged", "run_as_non_root", "read_only_rootfs", "no_new_privileges",
@@ -124,9 +127,12 @@ class Security:
             if isinstance(value, str):
                 raise InvalidSpec(f"Security.{fname} must be a sequence of names")
             object.__setattr__(self, fname, tuple(capability_name(c) for c in value))
-        if self.seccomp not in ("RuntimeDefault", "Unconfined"):
-            raise InvalidSpec(f"Security.seccomp {self.seccomp!r} must be RuntimeDefault or "
-                              "Unconfined (Localhost profiles are not supported)")
+        if self.seccomp not in ("RuntimeDefault", "Unconfined", "Localhost"):
+            raise InvalidSpec(f"Security.seccomp {self.seccomp!r} must be RuntimeDefault, "
+                              "Unconfined or Localhost")
+        if (self.seccomp == "Localhost") != (self.seccomp_profile is not None):
+            raise InvalidSpec("Security.seccomp_profile is required with Localhost and "
+                              "allowed only with it")
 
 
 def _container_path(what: str, value: object) -> str:

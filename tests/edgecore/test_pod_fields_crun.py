@@ -219,3 +219,36 @@ async def test_host_to_container_propagation_in_a_real_container(
         node.cache.close()
         subprocess.run(["umount", "-l", str(sub)], check=False)
         subprocess.run(["umount", "-l", str(host)], check=False)
+
+
+async def test_a_localhost_seccomp_profile_confines_a_real_container(
+    runtime: CrunRuntime, seeded_registry: SeededRegistry, tmp_path: Path,
+) -> None:
+    import json
+
+    profiles = tmp_path / "seccomp"
+    profiles.mkdir()
+    (profiles / "deny-mkdir.json").write_text(json.dumps({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO",
+                      "errnoRet": 1}]}))
+    node = Node(runtime, tmp_path)
+    node.rec.seccomp_dir = profiles
+    key, _ = add_pod(node, "seccomp", {
+        "securityContext": {"seccompProfile": {"type": "Localhost",
+                                               "localhostProfile": "deny-mkdir.json"}},
+        "volumes": [{"name": "out", "emptyDir": {}}],
+        "containers": [{"name": "main", "image": seeded_registry.busybox,
+                        "command": ["sh", "-c", "mkdir /tmp/x 2> /out/err.t;"
+                                    " mv /out/err.t /out/err; sleep 300"],
+                        "volumeMounts": [{"name": "out", "mountPath": "/out"}]}],
+    })
+    out = node.volumes.pod_dir(key) / "empty" / "out"
+    task = asyncio.create_task(node.rec.run())
+    try:
+        await node.until("ran", lambda: _read(out / "err") is not None)
+        assert "Operation not permitted" in (_read(out / "err") or "")
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        node.cache.close()

@@ -146,3 +146,60 @@ def test_run_as_group_alone_keeps_the_images_user(tmp_path: Path) -> None:
                      "containers": [{"name": "m", "image": "busybox"}]})
     spec = container_spec(both, both.spec.containers[0])
     assert (spec.user, spec.group) == ("5:6", None)
+
+
+DENY_MKDIR = {"defaultAction": "SCMP_ACT_ALLOW",
+              "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO",
+                            "errnoRet": 1, "comment": "docker-only key"}],
+              "archMap": [{"architecture": "SCMP_ARCH_X86_64",
+                           "subArchitectures": ["SCMP_ARCH_X86"]}]}
+
+
+def test_a_localhost_profile_in_docker_form_becomes_oci() -> None:
+    import json
+
+    from edgecore.runtime import seccomp
+
+    doc = json.loads(seccomp.localhost(json.dumps(DENY_MKDIR)))
+    assert doc == {"defaultAction": "SCMP_ACT_ALLOW",
+                   "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86"],
+                   "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO",
+                                 "errnoRet": 1}]}
+    for bad in ("not json", "[]", '{"syscalls": []}',
+                '{"defaultAction": "SCMP_ACT_ALLOW", "syscalls": 3}'):
+        with pytest.raises(ValueError):
+            seccomp.localhost(bad)
+
+
+async def test_localhost_seccomp_profiles_come_from_the_nodes_directory(
+        tmp_path: Path) -> None:
+    import json
+
+    profiles = tmp_path / "seccomp"
+    (profiles / "team").mkdir(parents=True)
+    (profiles / "team" / "deny-mkdir.json").write_text(json.dumps(DENY_MKDIR))
+    (profiles / "escape.json").symlink_to(tmp_path / "elsewhere.json")
+    (tmp_path / "elsewhere.json").write_text(json.dumps(DENY_MKDIR))
+    rt = FakeRuntime(clock=lambda: 1000.0)
+    sink = Sink()
+    items: dict[str, Any] = {}
+    for name, profile in (("ok", "team/deny-mkdir.json"), ("missing", "team/none.json"),
+                          ("escape", "escape.json")):
+        pod = Pod.model_validate({"metadata": {"name": name}, "spec": {
+            "securityContext": {"seccompProfile": {"type": "Localhost",
+                                                   "localhostProfile": profile}},
+            "containers": [{"name": "main", "image": "busybox:1"}]}})
+        items[pod_key("default", name)] = pod_entry(pod)
+    rec = Reconciler(node="edge-1", runtime=rt, cache=Cache(tmp_path / "cache"), sink=sink,
+                     desired=lambda: EdgeDesired(epoch="E", gen=1, items=dict(items)),
+                     clock=lambda: 1000.0, crashloop=CrashLoop(), seccomp_dir=profiles)
+    await rec.reconcile_once()
+    assert sink.latest["pod/default/ok"].phase == "Running"
+    (c,) = rt.containers.values()
+    assert c.spec.security.seccomp == "Localhost"
+    assert json.loads(c.spec.security.seccomp_profile or "")["syscalls"][0]["names"] == [
+        "mkdir", "mkdirat"]
+    for name, why in (("missing", "cannot read"), ("escape", "leads out of")):
+        st = sink.latest[f"pod/default/{name}"]
+        assert (st.phase, st.reason) == ("Pending", "CreateContainerConfigError"), name
+        assert why in st.message, st.message
