@@ -252,3 +252,27 @@ async def test_a_localhost_seccomp_profile_confines_a_real_container(
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         node.cache.close()
+
+
+async def test_host_ipc_shares_the_nodes_shm_with_a_real_container(
+    runtime: CrunRuntime, seeded_registry: SeededRegistry, tmp_path: Path,
+) -> None:
+    import uuid
+
+    name = f"edgefed-test-{uuid.uuid4().hex[:8]}"
+    seen = Path("/dev/shm") / name
+    node = Node(runtime, tmp_path)
+    add_pod(node, "hostipc", {
+        "hostIPC": True,
+        "containers": [{"name": "main", "image": seeded_registry.busybox,
+                        "command": ["sh", "-c", f"echo shared > /dev/shm/{name}; sleep 300"]}],
+    }, policy={"level": "privileged"})
+    task = asyncio.create_task(node.rec.run())
+    try:
+        await node.until("written to the node's /dev/shm", seen.exists)
+        assert seen.read_text().strip() == "shared"
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        node.cache.close()
+        seen.unlink(missing_ok=True)
