@@ -843,8 +843,9 @@ class Reconciler:
             self.prober.forget(cid)  # a new instance is probed afresh
         try:
             env = self._env(entry, c, ctx)
-            profile = await asyncio.to_thread(self._seccomp_profile, entry, c)
-        except (EnvError, VolumeError, SeccompProfileError) as exc:
+            profile = (await asyncio.to_thread(self._seccomp_profile, entry, c)
+                       if effective(entry.spec, c).seccomp == "Localhost" else None)
+        except (EnvError, VolumeError, ObjectError, SeccompProfileError) as exc:
             return self._blocked(c.name, rec, ("CreateContainerConfigError", _msg(exc)))
         try:
             devices = await self._allocate(entry, c)
