@@ -1059,11 +1059,25 @@ class Reconciler:
         # "pulling REF: 3.1 of 8.0 MiB, 1 of 2 layers (4 s)": docs/edgecore.md, "Pulls".
         what = f": {progress.describe()}" if progress is not None else ""
         msg = f"pulling {image}{what} ({elapsed:.0f} s)"
+        spec = entry.spec
+        init: list[ContainerStatus] = []
+        for c in spec.init_containers:  # those done say so; the one pulling says that
+            crec = rec.containers.get(c.name) if rec else None
+            if crec is not None and crec.completed and crec.exit_code == 0:
+                init.append(self._terminated(c.name, crec))
+            else:
+                init.append(ContainerStatus(
+                    name=c.name, reason="ContainerCreating", restart_count=restarts.get(
+                        c.name, 0), message=msg if c.image == image else None))
+        initializing = any(st.state != "terminated" for st in init)
         return pod_status(
-            [ContainerStatus(name=c.name, state="waiting", reason="ContainerCreating",
-                             message=msg, restart_count=restarts.get(c.name, 0))
-             for c in entry.spec.containers],
-            revision=entry.revision, node=self.node)
+            [ContainerStatus(name=c.name, state="waiting",
+                             reason="PodInitializing" if initializing else "ContainerCreating",
+                             message=None if initializing else msg,
+                             restart_count=restarts.get(c.name, 0))
+             for c in spec.containers],
+            revision=entry.revision, node=self.node, init=init or None,
+            sidecar=[c.restart_policy == "Always" for c in spec.init_containers])
 
     async def _allocate(self, entry: PodEntry, c: Container) -> list[Any]:
         if self.devices is None:

@@ -44,7 +44,7 @@ def initializing(
             return "Failed", why, st.message
         if st.reason and st.reason not in ("ContainerCreating", "PodInitializing"):
             return "Pending", f"Init:{st.reason}", st.message
-        return "Pending", f"Init:{i}/{len(init)}", None
+        return "Pending", f"Init:{i}/{len(init)}", st.message  # e.g. "pulling IMAGE ..."
     return None
 
 

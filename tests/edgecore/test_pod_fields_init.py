@@ -272,3 +272,43 @@ async def test_a_sidecar_crashing_after_initialization_leaves_the_pod_running(
     await world.rec.reconcile_once()
     assert world.runs() == ["proxy", "main", "proxy"]
     assert world.status(key).ready is True
+
+
+async def test_pulling_an_init_containers_image_is_reported_as_init_progress(
+        tmp_path: Path) -> None:
+    import asyncio
+
+    from test_edge_gc import ImageFake
+
+    rt = ImageFake(clock=lambda: 1000.0)
+    rt.pull_gate = asyncio.Event()
+    latest: dict[str, PodStatus | None] = {}
+
+    class Sink:
+        def update(self, key: str, status: PodStatus | None) -> None:
+            latest[key] = status
+
+    p = Pod.model_validate({"metadata": {"name": "web"}, "spec": {
+        "initContainers": [{"name": "first", "image": "reg:5000/init:1"}],
+        "containers": [{"name": "main", "image": "reg:5000/app:1"}]}})
+    key = pod_key("default", "web")
+    cache = Cache(tmp_path / "cache")
+    rec = Reconciler(node="n", runtime=rt, cache=cache, sink=Sink(), clock=lambda: 1000.0,
+                     desired=lambda: EdgeDesired(epoch="E", gen=1, items={key: pod_entry(p)}),
+                     pull_report_after_s=0.01)
+    step = asyncio.create_task(rec.reconcile_once())
+    try:
+        async with asyncio.timeout(5):
+            while (latest.get(key) is None
+                   or not (latest[key].message or "").startswith("pulling")):  # type: ignore[union-attr]
+                await asyncio.sleep(0.01)
+        st = latest[key]
+        assert st is not None and (st.phase, st.reason) == ("Pending", "Init:0/1")
+        assert (st.message or "").startswith("pulling reg:5000/init:1 (")
+        assert st.container_statuses[0].reason == "PodInitializing"
+        assert st.init_container_statuses is not None
+        assert st.init_container_statuses[0].reason == "ContainerCreating"
+    finally:
+        rt.pull_gate.set()
+        await step
+        cache.close()
