@@ -1,4 +1,5 @@
-"""Open a TCP connection from inside a pod's network namespace (for probes).
+"""Work from inside a pod's network namespace: a TCP connection (for probes), or any
+call (`in_netns`, for the pod's addresses over rtnetlink).
 
 A socket belongs to the network namespace it was created in, whatever thread uses it
 later. So a worker thread enters the pod's namespace (`setns`, which affects only the
@@ -15,8 +16,12 @@ import ctypes
 import os
 import socket
 import threading
+from collections.abc import Callable
+from typing import TypeVar
 
-__all__ = ["connect_in_netns"]
+__all__ = ["connect_in_netns", "in_netns"]
+
+T = TypeVar("T")
 
 _CLONE_NEWNET = 0x40000000
 _lock = threading.Lock()
@@ -29,19 +34,26 @@ def _setns(fd: int) -> None:
         raise OSError(err, f"setns: {os.strerror(err)}")
 
 
-def _socket_in(netns: str) -> socket.socket:
+def in_netns(netns: str, fn: Callable[[], T]) -> T:
+    """Call `fn` in this thread inside the namespace at path `netns`, then return the
+    thread to its own namespace (also when `fn` raises). Blocking: call it from a worker
+    thread (asyncio.to_thread), never from the event loop's."""
     with _lock:
         own = os.open(f"/proc/self/task/{threading.get_native_id()}/ns/net", os.O_RDONLY)
         target = os.open(netns, os.O_RDONLY)
         try:
             _setns(target)
             try:
-                return socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                return fn()
             finally:
                 _setns(own)  # never leave a pool thread in the pod's namespace
         finally:
             os.close(target)
             os.close(own)
+
+
+def _socket_in(netns: str) -> socket.socket:
+    return in_netns(netns, lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM))
 
 
 async def connect_in_netns(

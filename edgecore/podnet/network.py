@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import ipaddress
 import json
@@ -45,6 +46,9 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from edgecore.podnet.netns import in_netns
+from edgecore.podnet.rtnl import configure_pod_side
 
 __all__ = ["HostPort", "NetworkError", "NetworkUnsupported", "PodAddress", "PodNetwork"]
 
@@ -293,8 +297,9 @@ class PodNetwork:
         return rc == 0 and f" {ip}/" in out
 
     async def _create(self, netns: str, veth: str, ip: str) -> None:
-        """Two `ip` processes on the start path (issue 16): one batch in this namespace
-        (the netns, the veth pair, onto the bridge), one in the pod's (addresses, route).
+        """One `ip` process on the start path (issue 16): a batch in this namespace (the
+        netns, the veth pair, onto the bridge); then the pod's side (`lo` and `eth0` up,
+        its address, the default route) over rtnetlink from inside its namespace.
         Leftovers are cleared first only when there are any: a half-made namespace
         (agent killed mid-way) is replaced whole, and a veth whose namespace is still
         being torn down by the kernel makes the first attempt fail and be retried."""
@@ -315,17 +320,17 @@ class PodNetwork:
                     await self._ipcmd("netns", "del", netns, check=False)
                     raise
                 clean = False
+        # The pod's side over rtnetlink from a worker thread inside the namespace, not a
+        # second `ip` process (edgecore/podnet/rtnl.py says why).
+        configure = functools.partial(configure_pod_side, iface="eth0",
+                                      address=f"{ip}/{self.net.prefixlen}",
+                                      gateway=str(self.gateway))
         try:
-            await self._ipbatch([
-                "link set lo up",
-                f"addr add {ip}/{self.net.prefixlen} dev eth0",
-                "link set eth0 up",
-                f"route add default via {self.gateway} dev eth0",
-            ], netns=netns)
-        except NetworkError:
+            await asyncio.to_thread(in_netns, str(self.netns_dir / netns), configure)
+        except OSError as exc:
             await self._ipcmd("netns", "del", netns, check=False)
             await self._ipcmd("link", "del", veth, check=False)
-            raise
+            raise NetworkError(f"configure the namespace {netns} of {ip}: {exc}") from exc
 
     async def detach(self, key: str) -> bool:
         """Remove the pod's namespace, veth, host ports and address; True if it had any."""
