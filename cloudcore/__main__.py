@@ -10,10 +10,16 @@ Subcommands: `cloudcore backup DEST` copies the store; `cloudcore pki broker --o
 
 from __future__ import annotations
 
+import os
+
+# The online learner's matrix library would start one thread per core; on a loaded
+# 2-core machine those threads slowed learning up to 20x (docs/benchmarks.md). One is
+# enough: learning runs in its own worker thread beside the event loop.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 import argparse
 import asyncio
 import logging
-import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -143,11 +149,17 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
                         "trusted, by requests elsewhere (default requests)")
     p.add_argument("--placement-safety", type=float, metavar="FRACTION",
                    default=float(_env("PLACEMENT_SAFETY", str(d.forecast.placement_safety))),
-                   help="right-sizing's margin above the p90, of allocatable (default 0.05)")
+                   help="right-sizing's margin above the p90, of allocatable (default 0.1)")
+    p.add_argument("--placement-overcommit", type=float, metavar="FRACTION",
+                   default=float(_env("PLACEMENT_OVERCOMMIT",
+                                      str(d.forecast.placement_overcommit))),
+                   help="right-sizing: how far a trusted node's requests may exceed its "
+                        "allocatable (default 0.3 = 130%%)")
     a = p.parse_args(argv)
     s = Settings()
     s.store.state_dir = Path(a.state_dir)
     s.forecast.placement, s.forecast.placement_safety = a.placement, a.placement_safety
+    s.forecast.placement_overcommit = a.placement_overcommit
     s.mqtt.host, s.mqtt.port = a.mqtt_host, a.mqtt_port
     s.mqtt.publishers = a.publishers
     s.mqtt.username = a.mqtt_username

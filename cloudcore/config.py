@@ -184,9 +184,12 @@ class ForecastSettings:
     """`--placement`: "requests" (admit by requests; forecasts only refuse more) or
     "right-sizing" (admit cpu and memory by p90 + `placement_safety` on nodes whose
     forecast is trusted, by requests elsewhere; `cloudcore.scheduler.core`)."""
-    placement_safety: float = 0.05
+    placement_safety: float = 0.1
     """`--placement-safety`: right-sizing's margin above the p90, a fraction of
-    allocatable (0..0.5)."""
+    allocatable (0..0.5; 0.1 is what `testbed.replay` chose on its training seeds)."""
+    placement_overcommit: float = 0.3
+    """`--placement-overcommit`: how far the requests of a trusted node's pods may
+    exceed its allocatable under right-sizing (0.3 = 130 %; `cloudcore.scheduler.core`)."""
 
 
 @dataclass
@@ -260,6 +263,10 @@ class Settings:
         if not 0.0 <= self.forecast.placement_safety <= 0.5:
             raise ConfigError(f"forecast.placement_safety: {self.forecast.placement_safety} "
                               "is outside 0..0.5", field="forecast.placement_safety")
+        if not 0.0 <= self.forecast.placement_overcommit <= 10.0:
+            raise ConfigError(f"forecast.placement_overcommit: "
+                              f"{self.forecast.placement_overcommit} is outside 0..10",
+                              field="forecast.placement_overcommit")
         if logging.getLevelName(self.log_level.upper()) not in range(60):
             raise ConfigError(f"log_level: unknown level {self.log_level!r}", field="log_level")
         return self

@@ -112,7 +112,8 @@ async def run(settings: Settings, *,
     async with Store(settings.store) as store:
         liveness = Liveness(default_heartbeat=settings.sync.heartbeat,
                             missed=settings.sync.missed_heartbeats, now=time.monotonic())
-        scheduler = (Scheduler.right_sizing(safety=settings.forecast.placement_safety)
+        scheduler = (Scheduler.right_sizing(safety=settings.forecast.placement_safety,
+                                            overcommit=settings.forecast.placement_overcommit)
                      if settings.forecast.placement == "right-sizing" else Scheduler())
         fleet = Fleet(store=store, scheduler=scheduler, liveness=liveness,
                       admission=Admission(settings.policy),
