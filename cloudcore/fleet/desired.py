@@ -30,6 +30,7 @@ from shared.entries import (
     POD,
     SECRET,
     configmap_entry,
+    may_reference,
     pod_entry,
     pod_key,
     referenced_keys,
@@ -92,11 +93,12 @@ class DesiredSets:
         return self._report_seq.get(name, 0)
 
     def pod_refs(self, key: Key) -> Set[str]:
-        """The ConfigMap/Secret entry keys pod `key` mounts (read only)."""
+        """The ConfigMap/Secret entry keys pod `key` mounts or reads (env, envFrom,
+        imagePullSecrets; read only)."""
         refs = self._refs.get(key)
         if refs is None:
             spec = self.objects.pods[key].spec
-            if not spec.volumes:  # most pods: nothing to cache (a slot per pod is memory)
+            if not may_reference(spec):  # most pods: nothing to cache (a slot is memory)
                 return _NO_REFS
             refs = self._refs[key] = referenced_keys(key[0], spec) or _NO_REFS
         return refs

@@ -14,8 +14,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from shared.models import parse_object
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cloudcore"))
@@ -53,8 +51,6 @@ def test_env_and_pull_secret_references_reach_only_the_pods_node() -> None:
         "n2": []}
 
 
-@pytest.mark.xfail(strict=True, reason="cloudcore/fleet/desired.py pod_refs skips pods "
-                   "without volumes; needs shared.entries.may_reference (cloud change)")
 def test_a_pod_without_volumes_gets_its_references_too() -> None:
     assert delivered(volumes=False)["n1"] == [
         "configmap/default/conf", "pod/default/web", "secret/default/regcred"]
