@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import sys
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -36,7 +37,7 @@ from cloudcore.fleet.objects import Key, Objects, now_iso, share_fields_set
 from cloudcore.fleet.placement import Placement
 from cloudcore.scheduler.core import ARCH_LABEL
 from shared.entries import POD, split_key
-from shared.models import Node, Pod, PodStatus
+from shared.models import Node, NodeSpec, Pod, PodStatus
 
 log = logging.getLogger("cloudcore.fleet")
 
@@ -55,8 +56,21 @@ def _applied(raw: str | None) -> Mapping[str, str]:
     return MappingProxyType(dict(json.loads(raw))) if raw else MappingProxyType({})
 
 
+_PLAIN_SPEC = NodeSpec()
+"""The spec of every node without taints that is not cordoned: one object for all of
+them. Node specs are replaced (`apply`, `patch` copy on write), never changed in place."""
+_NO_USAGE: dict[str, float] = {}
+"""status.usage of a node that sent no telemetry yet: shared; usage is always replaced."""
+
+
 class Nodes:
-    """Registration, reports, liveness, telemetry and forecasts of the fleet's nodes."""
+    """Registration, reports, liveness, telemetry and forecasts of the fleet's nodes.
+
+    Memory: at 100,000 nodes what every node would hold a copy of is shared. Equal
+    capacity / allocatable dicts (`_shape`), equal annotation dicts (`_annotations`),
+    the plain spec and the empty usage are one object each, and the strings a report
+    repeats (label keys and values, arch, os, agent version) are interned. Shared
+    dicts are replaced on change, never edited in place."""
 
     def __init__(self, *, objects: Objects, placement: Placement, desired: DesiredSets,
                  liveness: Liveness, events: EventLog, touch: Touch,
@@ -88,6 +102,8 @@ class Nodes:
         self._shapes: dict[tuple[tuple[str, int], ...], dict[str, int]] = {}
         """Capacity / allocatable dicts by content: nodes of one hardware shape share one
         (they are replaced on a change, never edited in place)."""
+        self._shared_annotations: dict[tuple[tuple[str, str], ...], dict[str, str]] = {}
+        """Annotation dicts by content (`_annotations`), shared likewise."""
         self._lost: dict[Key, PodStatus] = {}  # last reported status of pods marked not ready
         self._node_lost: set[str] = set()  # nodes whose pods were marked NodeLost
 
@@ -140,6 +156,7 @@ class Nodes:
             node = Node.model_validate(raw)
             node.status.ready = "Unknown"
             node.status.reason = "CloudcoreRestarted"
+            self._compact(node)
             share_fields_set(node)
             self.objects.nodes[name] = node
             hb = node.metadata.annotations.get(naming.HEARTBEAT)
@@ -163,8 +180,9 @@ class Nodes:
             self.store.delete("deletednodes", name)
         node = Node.model_validate({"metadata": {"name": name, "namespace": "default"}})
         node.metadata.uid = str(uuid.uuid4())
-        node.metadata.creation_timestamp = now_iso()
+        node.metadata.creation_timestamp = sys.intern(now_iso())
         node.metadata.labels = {"kubernetes.io/hostname": name}
+        self._compact(node)
         share_fields_set(node)
         self.objects.nodes[name] = node
         self.objects.save("Node", name)
@@ -187,9 +205,10 @@ class Nodes:
         labels = {k: v for k, v in node.metadata.labels.items() if k not in prev}
         labels.update(obj.metadata.labels)
         node.metadata.labels = labels
-        node.metadata.annotations[naming.APPLIED_LABELS] = json.dumps(
-            obj.metadata.labels, sort_keys=True)
-        node.spec = obj.spec
+        node.metadata.annotations = self._annotations({
+            **node.metadata.annotations,
+            naming.APPLIED_LABELS: json.dumps(obj.metadata.labels, sort_keys=True)})
+        node.spec = _PLAIN_SPEC if obj.spec == _PLAIN_SPEC else obj.spec
         share_fields_set(node)
         self.objects.save("Node", name)
 
@@ -209,10 +228,12 @@ class Nodes:
                 else:
                     node.metadata.labels[k] = v
                     applied[k] = v
-            node.metadata.annotations[naming.APPLIED_LABELS] = json.dumps(applied,
-                                                                          sort_keys=True)
+            node.metadata.annotations = self._annotations({
+                **node.metadata.annotations,
+                naming.APPLIED_LABELS: json.dumps(applied, sort_keys=True)})
         if unschedulable is not None and unschedulable != node.spec.unschedulable:
-            node.spec.unschedulable = unschedulable
+            spec = node.spec.model_copy(update={"unschedulable": unschedulable})
+            node.spec = _PLAIN_SPEC if spec == _PLAIN_SPEC else spec
             self.events.add(type="Normal",
                             reason="Cordoned" if unschedulable else "Uncordoned",
                             obj=f"Node/{name}",
@@ -259,7 +280,7 @@ class Nodes:
         for attr, val in (("arch", status.get("arch")), ("os", status.get("os")),
                           ("agent_version", agent)):
             if isinstance(val, str) and val != getattr(st, attr):
-                setattr(st, attr, val)
+                setattr(st, attr, sys.intern(val))
                 saved = True
                 placed = placed or attr == "arch"
         labels = status.get("labels")
@@ -274,7 +295,7 @@ class Nodes:
                     refused += 1
                     continue
                 if have.get(k) != v:
-                    have[k] = v
+                    have[sys.intern(k)] = sys.intern(v)
                     placed = True
         for k, v in (("kubernetes.io/hostname", have.get("kubernetes.io/hostname", name)),
                      (ARCH_LABEL, st.arch), ("kubernetes.io/os", st.os)):
@@ -285,12 +306,39 @@ class Nodes:
         if isinstance(hb, int | float) and not isinstance(hb, bool) and hb > 0:
             text = f"{float(hb):g}"
             if node.metadata.annotations.get(naming.HEARTBEAT) != text:
-                node.metadata.annotations[naming.HEARTBEAT] = text
+                node.metadata.annotations = self._annotations(
+                    {**node.metadata.annotations, naming.HEARTBEAT: text})
                 saved = True
             self.liveness.set_heartbeat(name, float(hb))
         if saved or placed:  # a report that repeats what the node said is not a write
             self.objects.save("Node", name)
         return refused, placed
+
+    def _compact(self, node: Node) -> None:
+        """Share what a new or loaded node holds like many others (see the class)."""
+        if node.spec == _PLAIN_SPEC:
+            node.spec = _PLAIN_SPEC
+        st = node.status
+        if not st.usage:
+            st.usage = _NO_USAGE
+        for attr in ("capacity", "allocatable"):
+            val = getattr(st, attr)
+            if val:
+                setattr(st, attr, self._shape(val))
+        node.metadata.annotations = self._annotations(node.metadata.annotations)
+        node.metadata.labels = {sys.intern(k): sys.intern(v)
+                                for k, v in node.metadata.labels.items()}
+
+    def _annotations(self, ann: dict[str, str]) -> dict[str, str]:
+        """A node's annotations, shared with every node that has the same (most have
+        only the heartbeat interval, the same everywhere). Never change it in place."""
+        items = tuple(ann.items())  # in order: what the API shows stays as it was
+        shared = self._shared_annotations.get(items)
+        if shared is None:
+            if len(self._shared_annotations) >= 10_000:  # few in practice; a flood is not kept
+                self._shared_annotations.clear()
+            shared = self._shared_annotations[items] = dict(items)
+        return shared
 
     def _shape(self, val: dict[Any, Any]) -> dict[str, int]:
         """A capacity / allocatable dict, shared with every node that reports the same."""

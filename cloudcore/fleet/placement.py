@@ -21,6 +21,7 @@ from cloudcore.fleet import naming
 from cloudcore.fleet.events import EventLog
 from cloudcore.fleet.forecast import forecast_of
 from cloudcore.fleet.objects import Key, Objects, is_daemon
+from cloudcore.fleet.template import with_annotation
 from cloudcore.scheduler import NodeView, Scheduler
 from cloudcore.scheduler.core import requests_of, unschedulable_message
 from shared.models import PodStatus
@@ -89,7 +90,7 @@ class Placement:
         self._pending.discard(key)
         self._bound[key] = node
         self._on_node.setdefault(node, set()).add(key)
-        pod.metadata.annotations[naming.SCHEDULED] = message
+        with_annotation(pod, naming.SCHEDULED, message)
         pod.status = PodStatus(phase="Pending", reason="Scheduled", message=message,
                                node_name=node)
         self._changed.add(node)
@@ -213,7 +214,7 @@ class Placement:
         if st.phase == "Pending" and st.reason == "Unschedulable" and st.message == message:
             return
         pod.status = PodStatus(phase="Pending", reason="Unschedulable", message=message)
-        pod.metadata.annotations[naming.SCHEDULED] = f"not scheduled: {message}"
+        with_annotation(pod, naming.SCHEDULED, f"not scheduled: {message}")
         self.objects.save("Pod", key)
         self.events.add(type="Warning", reason="FailedScheduling",
                         obj=f"Pod/{key[0]}/{key[1]}", message=message)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import sys
 from typing import Any
 
 import msgspec
@@ -36,12 +37,48 @@ class Template:
         """What every pod of it runs: the same spec but nodeName."""
         return pod_revision(self.tpl.spec.dump())
 
+    @functools.cached_property
+    def labels(self) -> dict[str, str]:
+        """The labels every pod of the template carries: one dict for all of them (pod
+        labels are never changed in place; a pod made anew gets this dict again)."""
+        return {sys.intern(k): sys.intern(v) for k, v in self.tpl.metadata.labels.items()}
+
+    def annotations(self, owner: str) -> dict[str, str]:
+        """The annotations every pod of the template and `owner` starts with (the
+        template's, OWNER, TEMPLATE_HASH and REVISION): one dict shared by the siblings
+        until one of them gets its own. Pod annotations are copied on write
+        (`with_annotation`), never changed in place."""
+        shared = self._annotations.get(owner)
+        if shared is None:
+            shared = self._annotations[owner] = {
+                **self.tpl.metadata.annotations, naming.OWNER: sys.intern(owner),
+                naming.TEMPLATE_HASH: sys.intern(self.thash),
+                naming.REVISION: sys.intern(self.revision)}
+        return shared
+
+    @functools.cached_property
+    def _annotations(self) -> dict[str, dict[str, str]]:
+        return {}
+
     def pod(self, *, ns: str, name: str, owner: str, node: str | None) -> Pod:
         # One validation builds the pod's metadata; the spec is frozen, so the pod takes
-        # the template's own parts (validation passes a PodSpec instance through).
-        return Pod.model_validate({
-            "metadata": {"name": name, "namespace": ns, "labels": self.tpl.metadata.labels,
-                         "annotations": {**self.tpl.metadata.annotations, naming.OWNER: owner,
-                                         naming.TEMPLATE_HASH: self.thash}},
+        # the template's own parts (validation passes a PodSpec instance through). Its
+        # labels and annotations are then the dicts shared by every pod of the template.
+        annotations = self.annotations(owner)
+        pod = Pod.model_validate({
+            "metadata": {"name": name, "namespace": sys.intern(ns), "labels": {},
+                         "annotations": {}},
             "spec": self.spec_on(node),
         })
+        meta = pod.metadata.__dict__
+        meta["labels"], meta["annotations"] = self.labels, annotations
+        return pod
+
+
+def with_annotation(pod: Any, key: str, value: str) -> None:
+    """Set one annotation of a pod, copy on write: a pod's annotations dict may be
+    shared with its siblings (`Template.annotations`), so it is replaced, never
+    changed in place. No-op if it already has that value."""
+    ann = pod.metadata.annotations
+    if ann.get(key) != value:
+        pod.metadata.annotations = {**ann, key: value}

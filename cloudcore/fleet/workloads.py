@@ -36,6 +36,7 @@ from cloudcore.fleet.desired import DesiredSets
 from cloudcore.fleet.objects import Key, Objects, is_daemon, stamp
 from cloudcore.fleet.placement import Placement
 from cloudcore.fleet.plans import RolloutPlans
+from cloudcore.fleet.template import with_annotation
 from shared.entries import pod_revision
 from shared.models import DaemonSet, Deployment, Pod
 
@@ -108,13 +109,13 @@ class Workloads:
         """Store a new or updated pod and (re)place it. Its status stays the old one
         until the agent reports; the REVISION annotation (`revision`, else hashed from
         the spec, never the user's value) tells the two apart."""
-        pod.metadata.annotations[naming.REVISION] = (
-            revision if revision is not None else pod_revision(pod.spec.dump()))
+        with_annotation(pod, naming.REVISION,
+                        revision if revision is not None else pod_revision(pod.spec.dump()))
         if old is not None:
             pod.status = old.status
-            if naming.SCHEDULED in old.metadata.annotations:
-                pod.metadata.annotations.setdefault(
-                    naming.SCHEDULED, old.metadata.annotations[naming.SCHEDULED])
+            scheduled = old.metadata.annotations.get(naming.SCHEDULED)
+            if scheduled is not None and naming.SCHEDULED not in pod.metadata.annotations:
+                with_annotation(pod, naming.SCHEDULED, scheduled)
         self.objects.pods[key] = pod
         self._index_owner(key, pod, old)
         self.desired.invalidate(key)
