@@ -34,7 +34,7 @@ from cloudcore.fleet.events import EventLog
 from cloudcore.fleet.forecast import FORECAST_KEYS, WARN_INTERVAL, normalise
 from cloudcore.fleet.lifecycle import Liveness
 from cloudcore.fleet.objects import Key, Objects, now_iso, share_fields_set
-from cloudcore.fleet.placement import Placement
+from cloudcore.fleet.placement import Placement, pending_status
 from cloudcore.scheduler.core import ARCH_LABEL
 from shared.entries import POD, split_key
 from shared.models import Node, NodeSpec, Pod, PodStatus
@@ -414,8 +414,8 @@ class Nodes:
             self.events.add(type="Warning", reason="Undeliverable",
                             obj=f"Pod/{pk[0]}/{pk[1]}", message=message)
             if pod.status.phase == "Pending" and pod.status.message != message:
-                pod.status = PodStatus(phase="Pending", reason="Undeliverable",
-                                       message=message, node_name=name)
+                pod.status = pending_status(reason="Undeliverable", message=message,
+                                            node_name=name)
                 self.objects.save("Pod", pk)
 
     def add_telemetry(self, name: str, samples: list[dict[str, Any]]) -> None:

@@ -91,8 +91,7 @@ class Placement:
         self._bound[key] = node
         self._on_node.setdefault(node, set()).add(key)
         with_annotation(pod, naming.SCHEDULED, message)
-        pod.status = PodStatus(phase="Pending", reason="Scheduled", message=message,
-                               node_name=node)
+        pod.status = pending_status(reason="Scheduled", message=message, node_name=node)
         self._changed.add(node)
         self.objects.save("Pod", key)
         self.events.add(type="Normal", reason="Scheduled", obj=f"Pod/{key[0]}/{key[1]}",
@@ -213,7 +212,7 @@ class Placement:
         st = pod.status
         if st.phase == "Pending" and st.reason == "Unschedulable" and st.message == message:
             return
-        pod.status = PodStatus(phase="Pending", reason="Unschedulable", message=message)
+        pod.status = pending_status(reason="Unschedulable", message=message)
         with_annotation(pod, naming.SCHEDULED, f"not scheduled: {message}")
         self.objects.save("Pod", key)
         self.events.add(type="Warning", reason="FailedScheduling",
@@ -221,3 +220,13 @@ class Placement:
 
 
 _EMPTY: set[Key] = set()
+_NO_CONTAINERS: list[Any] = []
+"""The container statuses of every Pending status the cloud writes: one empty list for
+all of them (statuses are replaced, never edited in place; 56 bytes a pod)."""
+
+
+def pending_status(*, reason: str, message: str, node_name: str | None = None) -> PodStatus:
+    """A Pending status the cloud writes (no container has been reported)."""
+    status = PodStatus(phase="Pending", reason=reason, message=message, node_name=node_name)
+    status.__dict__["container_statuses"] = _NO_CONTAINERS
+    return status
