@@ -23,8 +23,9 @@ over its own LMDB store in a temporary directory:
    background after `apply` returns is waited for, polled in small slices that
    cost the loop little);
 4. print RSS (VmRSS after a 2 s settle, and the peak VmHWM), per-apply wall and CPU
-   time, how long the `apply` call itself held the loop, and the lag monitor's worst
-   and 99th-percentile lateness during the applies.
+   time, how long the `apply` call itself held the loop, the lag monitor's worst
+   and 99th-percentile lateness during the applies, and the collector's worst pause
+   per generation during them (gc.callbacks: how much of the lag is the collector's).
 
 `--tree DIR` runs the measuring subprocess with `PYTHONPATH=DIR` (and `PYTHONSAFEPATH=1`,
 so the working directory cannot shadow it): `git archive OLD | tar -x -C /tmp/before`
@@ -169,6 +170,31 @@ class _LagMonitor:
                 self.samples.append(max(0.0, loop.time() - t - LAG_TICK))
 
 
+class _GcPauses:
+    """The collector's pauses while `recording`, per generation (gc.callbacks): how
+    much of the loop lag is the collector's."""
+
+    def __init__(self) -> None:
+        self.recording = False
+        self.worst = [0.0, 0.0, 0.0]
+        self.total = [0.0, 0.0, 0.0]
+        self.count = [0, 0, 0]
+        self._t = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._t = time.perf_counter()
+        elif self.recording:
+            gen, pause = info["generation"], time.perf_counter() - self._t
+            self.worst[gen] = max(self.worst[gen], pause)
+            self.total[gen] += pause
+            self.count[gen] += 1
+
+    def summary(self) -> dict[str, Any]:
+        return {f"gen{g}": {"n": self.count[g], "worst_ms": round(self.worst[g] * 1000, 1),
+                            "total_s": round(self.total[g], 2)} for g in range(3)}
+
+
 async def _expanded(fleet: Any, names: list[str], key_prefix: str) -> None:
     """Until every node's desired set holds a key starting with `key_prefix`: checked
     in slices of 500 nodes with a loop turn between, so the check itself holds the
@@ -204,6 +230,8 @@ async def _measure(nodes: int, daemonsets: int, settle: float = 2.0) -> None:
                            "rss": mem_nodes["VmRSS"], "background_expansion": background})
         names = [f"edge-{i:06d}" for i in range(nodes)]
         monitor = _LagMonitor()
+        pauses = _GcPauses()
+        gc.callbacks.append(pauses)
         lag_task = asyncio.create_task(monitor.run())
         await asyncio.sleep(0.5)
         applies: list[dict[str, Any]] = []
@@ -212,7 +240,7 @@ async def _measure(nodes: int, daemonsets: int, settle: float = 2.0) -> None:
             ds = parse_object(_ds_doc(k))
             await asyncio.sleep(settle / 4)  # a quiet loop before each apply
             monitor.samples = []
-            monitor.recording = True
+            monitor.recording = pauses.recording = True
             load = _loadavg()
             t0, c0 = time.perf_counter(), time.process_time()
             fleet.apply([ds])  # the API's apply handler, then its `await flush()`
@@ -223,7 +251,7 @@ async def _measure(nodes: int, daemonsets: int, settle: float = 2.0) -> None:
             await store.flush()
             wall, cpu = time.perf_counter() - t0, time.process_time() - c0
             await asyncio.sleep(0.05)  # the timer that was due during the last hold fires
-            monitor.recording = False
+            monitor.recording = pauses.recording = False
             samples = monitor.samples
             lags += samples
             rec = {"ds": k + 1, "wall_s": round(wall, 3), "cpu_s": round(cpu, 3),
@@ -251,6 +279,8 @@ async def _measure(nodes: int, daemonsets: int, settle: float = 2.0) -> None:
             "lag_p99_ms": round(p99 * 1000, 1), "lag_samples": len(lags),
             # how long the loop was held in stretches of more than 50 ms, in all
             "held_over_50ms_s": round(sum(x for x in lags if x > 0.05), 2),
+            # the collector's pauses during the applies, per generation
+            "gc_pauses": pauses.summary(),
             "gc_count": gc.get_count(), "total_s": round(time.perf_counter() - t_start, 1)})
 
 
@@ -363,6 +393,9 @@ def _fmt(result: dict[str, Any]) -> dict[str, str]:
         "lag p99 ms": f"{result['lag_p99_ms']:.0f}" if "lag_p99_ms" in result else "-",
         "held>50ms s": (f"{result['held_over_50ms_s']:.1f}" if "held_over_50ms_s" in result
                         else "-"),
+        "worst gc ms (gen 0/1/2)": ("/".join(f"{v['worst_ms']:.0f}" for v in
+                                             result["gc_pauses"].values())
+                                    if "gc_pauses" in result else "-"),
     }
     if result.get("failed"):
         what = ("killed over --max-rss-gb" if result.get("killed_over_rss")
