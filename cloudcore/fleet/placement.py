@@ -38,6 +38,10 @@ class Placement:
         self._on_node: dict[str, set[Key]] = {}
         self._pending: set[Key] = set()
         self._changed: set[str] = set()  # nodes whose bound pods changed since taken
+        self._scheduled: dict[str, PodStatus] = {}
+        """node -> the Scheduled status last written for a pod bound there: the pods
+        bound to one node by one reason (each DaemonSet's pod on it) share one status
+        object and message (statuses are replaced, never edited in place)."""
 
     # -- reads --------------------------------------------------------------------------
 
@@ -90,8 +94,14 @@ class Placement:
         self._pending.discard(key)
         self._bound[key] = node
         self._on_node.setdefault(node, set()).add(key)
-        with_annotation(pod, naming.SCHEDULED, message)
-        pod.status = pending_status(reason="Scheduled", message=message, node_name=node)
+        status = self._scheduled.get(node)
+        if status is None or status.message != message:
+            if len(self._scheduled) > 2 * len(self.objects.nodes) + 1000:
+                self._scheduled.clear()  # deleted nodes' entries go now and then
+            status = self._scheduled[node] = pending_status(
+                reason="Scheduled", message=message, node_name=node)
+        with_annotation(pod, naming.SCHEDULED, status.message or message)
+        pod.status = status
         self._changed.add(node)
         self.objects.save("Pod", key)
         self.events.add(type="Normal", reason="Scheduled", obj=f"Pod/{key[0]}/{key[1]}",
