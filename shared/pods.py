@@ -870,6 +870,19 @@ class PodSpec(Spec, kw_only=True, frozen=True):
     def volume(self, name: str) -> Volume:
         return next(v for v in self.volumes if v.name == name)
 
+    def host_ports(self) -> frozenset[tuple[str, int]]:
+        """(protocol, port) pairs this pod takes on its node: each `hostPort` of the app
+        containers and sidecars, and with hostNetwork every `containerPort` (the pod
+        listens on the node's own addresses), as Kubernetes counts them."""
+        out: set[tuple[str, int]] = set()
+        for c in self.containers + [i for i in self.init_containers
+                                    if i.restart_policy == "Always"]:
+            for p in c.ports:
+                port = p.container_port if self.host_network else p.host_port
+                if port:
+                    out.add((p.protocol, port))
+        return frozenset(out)
+
     def requests(self) -> dict[str, int]:
         """The pod's requests by resource name, as Kubernetes counts them: the app
         containers and the sidecars together, or the largest init container (with the

@@ -143,15 +143,19 @@ class Placement:
         node = self.objects.nodes[name]
         pods = self.objects.pods
         requested: dict[str, int] = {}
+        ports: frozenset[tuple[str, int]] = frozenset()
         for pk in self._on_node.get(name, ()):
             if pk == exclude or pk not in pods:
                 continue
-            for res, amount in requests_of(pods[pk].spec).items():
+            spec = pods[pk].spec
+            for res, amount in requests_of(spec).items():
                 requested[res] = requested.get(res, 0) + amount
+            if taken := spec.host_ports():
+                ports |= taken
         return NodeView(name=name, labels=node.metadata.labels, taints=node.spec.taints,
                         unschedulable=node.spec.unschedulable, ready=node.status.ready,
                         allocatable=node.status.allocatable, requested=requested,
-                        forecast=forecast_of(node.status.usage))
+                        host_ports=ports, forecast=forecast_of(node.status.usage))
 
     def placeable(self, spec: Any, node: str) -> bool:
         """Whether a DaemonSet template admits `node` (selector, arch, tolerations)."""

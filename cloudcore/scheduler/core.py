@@ -71,6 +71,8 @@ class NodeView:
     forecast: dict[str, float] | None = None
     """Predicted utilisation (0..1, peak over the next 15 minutes): `cpu_p50`,
     `cpu_p90`, `mem_p50`, `mem_p90`; None when the node has no forecast."""
+    host_ports: frozenset[tuple[str, int]] = frozenset()
+    """(protocol, port) pairs the pods already bound there take on the node."""
     unforecast: dict[str, int] = field(default_factory=dict)
     """Summed requests of the pods bound to the node after its forecast's inputs ended
     (so not in the forecast yet); added to the p90 by the predicted filter and scorer.
@@ -115,6 +117,17 @@ def arch(spec: PodSpec, req: dict[str, int], node: NodeView) -> str | None:
     if want is None or node.labels.get(ARCH_LABEL) == want:
         return None
     return "arch mismatch"
+
+
+def host_ports(spec: PodSpec, req: dict[str, int], node: NodeView) -> str | None:
+    """No two pods on a node with the same host port (and protocol)."""
+    if not node.host_ports:
+        return None
+    taken = spec.host_ports() & node.host_ports
+    if not taken:
+        return None
+    proto, port = min(taken)
+    return f"host port {port}/{proto} in use"
 
 
 def node_selector(spec: PodSpec, req: dict[str, int], node: NodeView) -> str | None:
@@ -239,11 +252,11 @@ class RightSizedCapacity:
 
 
 DEFAULT_FILTERS: tuple[Filter, ...] = (unschedulable, not_ready, arch, node_selector, taints,
-                                       capacity, predicted_capacity)
+                                       host_ports, capacity, predicted_capacity)
 """In order; a node is rejected with the reason of the first filter that fails."""
 
 RIGHT_SIZING_FILTERS: tuple[Filter, ...] = (unschedulable, not_ready, arch, node_selector,
-                                            taints, RightSizedCapacity())
+                                            taints, host_ports, RightSizedCapacity())
 """Right-sizing: the request capacity and predicted filters replaced by one
 `RightSizedCapacity` (safety 5 %)."""
 

@@ -304,3 +304,25 @@ def test_a_node_status_that_repeats_itself_writes_nothing() -> None:
     again = {**status, "labels": {"zone": "b"}, "heartbeat": 20}
     assert fleet.node_ops.status("n1", again)[1] is False
     assert fleet.nodes["n1"].metadata.annotations["edgefed.io/heartbeat"] == "20"
+
+
+def test_replicas_with_one_host_port_spread_over_nodes() -> None:
+    # host ports are refused at the baseline level: a namespace that allows them
+    fleet = make_fleet()
+    apply(fleet, {"apiVersion": "v1", "kind": "Namespace", "metadata": {
+        "name": "edge", "labels": {"pod-security.kubernetes.io/enforce": "privileged"}}})
+    add_node(fleet, "a", memory=8 * GI)
+    add_node(fleet, "b", memory=8 * GI)
+    dep = deployment(replicas=3)
+    dep["metadata"]["namespace"] = "edge"
+    dep["spec"]["template"]["spec"]["containers"][0]["ports"] = [
+        {"containerPort": 5000, "hostPort": 5000}]
+    apply(fleet, dep)
+    placed = sorted(str(p.status.node_name) for p in fleet.pods.values()
+                    if p.status.reason == "Scheduled")
+    assert placed == ["a", "b"]  # not two on one node: the second would fail to bind
+    pending = [p for p in fleet.pods.values() if p.status.reason == "Unschedulable"]
+    assert [p.status.message for p in pending] == [
+        "0/2 nodes available: 2 host port 5000/TCP in use"]
+    add_node(fleet, "c", memory=8 * GI)  # room for the third
+    assert sorted(str(p.status.node_name) for p in fleet.pods.values()) == ["a", "b", "c"]

@@ -157,3 +157,21 @@ def test_right_sizing_by_usage_counts_pods_at_what_the_nodes_pods_use() -> None:
     # never below the floor, never above 1
     busy = node("b", requested={"cpu": 1000, "memory": GI, "pods": 1}, forecast=fc)
     assert usage_per_request(busy, "cpu") == 1.0
+
+
+def test_host_ports_are_a_constraint_per_node_and_protocol() -> None:
+    web = spec(containers=[{"name": "c", "image": "busybox",
+                            "ports": [{"containerPort": 80, "hostPort": 5000}]}])
+    s = Scheduler()
+    assert s.check(web, node("a", host_ports=frozenset({("TCP", 5000)}))) == \
+        "host port 5000/TCP in use"
+    assert s.check(web, node("a", host_ports=frozenset({("UDP", 5000)}))) is None
+    assert s.check(web, node("a", host_ports=frozenset({("TCP", 80)}))) is None
+    # with hostNetwork a containerPort is a port of the node
+    hn = spec(hostNetwork=True, containers=[{"name": "c", "image": "busybox",
+                                             "ports": [{"containerPort": 80}]}])
+    assert hn.host_ports() == frozenset({("TCP", 80)})
+    d = s.schedule(hn, [node("a", host_ports=frozenset({("TCP", 80)})), node("b")])
+    assert d.node == "b"
+    d = s.schedule(web, [node("a", host_ports=frozenset({("TCP", 5000)}))])
+    assert d.message == "0/1 nodes available: 1 host port 5000/TCP in use"
