@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from fixtures_fleet import real_fleet
 
 from testbed.fleet import Fleet, FleetSettings
 
@@ -34,7 +34,6 @@ pytestmark = pytest.mark.integration
 HERE = Path(__file__).resolve().parent
 CORPUS = HERE / "manifests"
 EXPECTED = HERE / "expected-fleet.yaml"
-NEEDS = ("mosquitto", "crun", "conmon", "skopeo", "umoci", "docker-registry")
 
 _ERROR = re.compile(r"^error: .*?#\d+(?:\.items\[\d+\])? \((?P<kind>[^/]+)/(?P<name>[^)]+)\): "
                     r"(?P<rest>.*)$")
@@ -44,19 +43,9 @@ _RESULT = re.compile(r"^(?P<ref>[a-z]+/\S+) (?P<action>created|configured|unchan
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    if os.geteuid() != 0:
-        pytest.skip("the fleet runs real containers and needs root")
-    missing = [b for b in NEEDS if shutil.which(b) is None and not Path(f"/usr/sbin/{b}").exists()]
-    if missing:
-        pytest.fail(f"missing system packages: {missing} (make test installs them)")
-    f = Fleet(FleetSettings(nodes=2, workdir=tmp_path_factory.mktemp("fleet"),
-                            heartbeat_s=1.0))
-    f.start()
-    try:
-        f.wait_nodes_ready(timeout=60)
+    with real_fleet(FleetSettings(nodes=2, workdir=tmp_path_factory.mktemp("fleet"),
+                                  heartbeat_s=1.0)) as f:
         yield f
-    finally:
-        f.stop()
 
 
 def outcomes_of(stdout: str, stderr: str) -> dict[str, Any]:

@@ -8,38 +8,24 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import shutil
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
+from fixtures_fleet import real_fleet
 
 from testbed.fleet import Fleet, FleetSettings
 from testbed.registry import LocalRegistry, seed_busybox
 
 pytestmark = pytest.mark.integration
 
-NEEDS = ("mosquitto", "crun", "conmon", "skopeo", "umoci", "docker-registry")
 
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    if os.geteuid() != 0:
-        pytest.skip("integration tests run real containers and need root")
-    missing = [b for b in NEEDS if shutil.which(b) is None
-               and not Path(f"/usr/sbin/{b}").exists()]
-    if missing:
-        pytest.fail(f"missing system packages: {missing} (make test installs them)")
-    f = Fleet(FleetSettings(nodes=2, workdir=tmp_path_factory.mktemp("fleet"),
-                            heartbeat_s=1.0))
-    f.start()
-    try:
-        f.wait_nodes_ready(timeout=60)
+    with real_fleet(FleetSettings(nodes=2, workdir=tmp_path_factory.mktemp("fleet"),
+                                  heartbeat_s=1.0)) as f:
         yield f
-    finally:
-        f.stop()
 
 
 def env_ds(image: str) -> dict[str, Any]:
