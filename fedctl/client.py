@@ -144,8 +144,9 @@ class ApiClient:
         may have been applied all the same: the error says so and names the objects,
         instead of the 'cannot reach cloudcore' of a request that never arrived."""
         try:
-            resp = self._http.request(
-                "POST", f"{API}/apply", json={"documents": documents, "dryRun": dry_run})
+            resp = self._send(
+                "POST", f"{API}/apply", json={"documents": documents, "dryRun": dry_run},
+                read_timeout_applies=True)
         except httpx.ReadTimeout as exc:
             refs = [_ref(d) for d in documents]
             shown = ", ".join(refs[:5]) + (f" and {len(refs) - 5} more" if len(refs) > 5 else "")
@@ -155,12 +156,6 @@ class ApiClient:
                 f"cloudcore did not answer the apply of {shown} within {self.timeout:g} s "
                 f"(--request-timeout): it may have applied {'it' if len(refs) == 1 else 'them'}"
                 f" all the same; see `{see}` before retrying") from exc
-        except httpx.TimeoutException as exc:
-            raise Unreachable(
-                f"cannot reach cloudcore at {self.server}: timed out ({type(exc).__name__})"
-            ) from exc
-        except httpx.TransportError as exc:
-            raise unreachable(self.server, exc, ca_file=self._ca_file) from exc
         body = self._decode(resp, what=None)
         results = body.get("results")
         if not isinstance(results, list):
@@ -461,10 +456,16 @@ class ApiClient:
         params: dict[str, str] | None = None,
         json: Any = None,
         headers: dict[str, str] | None = None,
+        read_timeout_applies: bool = False,
     ) -> httpx.Response:
+        """The request, or Unreachable; with `read_timeout_applies` a read timeout (the
+        request arrived, the answer did not) is raised as it is, for the caller to say
+        what may have happened."""
         try:
             return self._http.request(method, url, params=params, json=json, headers=headers)
         except httpx.TimeoutException as exc:
+            if read_timeout_applies and isinstance(exc, httpx.ReadTimeout):
+                raise
             raise Unreachable(
                 f"cannot reach cloudcore at {self.server}: timed out ({type(exc).__name__})"
             ) from exc
