@@ -11,6 +11,16 @@ Entry shapes:
 - `configmap/{ns}/{name}`: {"data": {key: text}}, present on a node only while a
   pod there mounts it or reads it into its env (`referenced_keys`).
 - `secret/{ns}/{name}`: {"data": {key: base64 text}}, same rule.
+- `agent/-/release` (`AGENT_RELEASE_KEY`): the agent release this node should run
+  (proposal 0006): `agent_release_entry(...)`, {"version": str, "image": str | None,
+  "upgrade": the AgentUpgrade's name, "deadline": seconds the new agent has to prove
+  healthy}; `parse_agent_release` reads it into `AgentRelease`. Absent: run what you
+  run. `image` None: switch to a version the node already holds (its previous slot).
+
+A node's status (a report's `node_status`) carries, beside `agentVersion`,
+`agentUpgrade`: {"version", "phase", "message", "previous"} with phase one of
+`UPGRADE_PHASES` (`agent_upgrade_value` builds it on the edge,
+`parse_agent_upgrade` reads it on the cloud and returns None for anything malformed).
 
 The edge reads entries with `parse_pod_entry` into `shared.pods` types and builds
 statuses from them, so this module and everything the agent imports from it stay
@@ -41,6 +51,18 @@ if TYPE_CHECKING:
 POD = "pod"
 CONFIGMAP = "configmap"
 SECRET = "secret"
+AGENT = "agent"
+
+AGENT_RELEASE_KEY = "agent/-/release"
+"""The desired key naming the agent release a node should run (one per node)."""
+DEFAULT_UPGRADE_DEADLINE = 120
+"""Seconds a new agent has to commit itself (connected, pods adopted, a report acked)."""
+MAX_UPGRADE_DEADLINE = 86_400
+UPGRADE_PHASES = ("Downloading", "Verifying", "Restarting", "Healthy", "Failed",
+                  "RolledBack")
+"""`agentUpgrade.phase` values. Failed: never restarted (pull, digest or signature
+refused); RolledBack: the new agent did not commit in time or crashed."""
+UPGRADE_TERMINAL_FAILURES = frozenset({"Failed", "RolledBack"})
 
 # Kubernetes' rule for ConfigMap/Secret keys; they become file names.
 _DATA_KEY = re.compile(r"^[-._a-zA-Z0-9]{1,253}$")
@@ -274,3 +296,86 @@ def parse_status(value: dict[str, Any]) -> models.PodStatus:
     from shared.models import PodStatus
 
     return PodStatus.model_validate(value)
+
+
+# -- the agent release (proposal 0006) ---------------------------------------------------
+
+@dataclass(frozen=True)
+class AgentRelease:
+    """What `agent/-/release` asks of a node."""
+
+    version: str
+    image: str | None
+    """The release image (an OCI reference); None: a version the node already holds."""
+    upgrade: str
+    """The name of the AgentUpgrade that asked (a changed name is a new request)."""
+    deadline: int = DEFAULT_UPGRADE_DEADLINE
+    """Seconds the new agent has to commit itself before the node goes back."""
+
+
+def agent_release_entry(*, version: str, image: str | None, upgrade: str,
+                        deadline: int = DEFAULT_UPGRADE_DEADLINE) -> dict[str, Any]:
+    """The desired-set value of `agent/-/release` (the cloud's side)."""
+    return {"version": version, "image": image, "upgrade": upgrade, "deadline": deadline}
+
+
+def parse_agent_release(k: str, value: Any) -> AgentRelease:
+    """An `agent/-/release` desired value -> AgentRelease; raises ObjectError naming the
+    field if it is malformed (the agent then refuses it and says why in its status)."""
+    if not isinstance(value, dict):
+        raise ObjectError(f"{k}: value must be a mapping, not {type(value).__name__}")
+    version = _entry_str(k, value, "version")
+    if len(version) > validate.MAX_NAME or "/" in version or version in (".", ".."):
+        raise ObjectError(f"{k}: version {version!r} is not a valid version name "
+                          f"(no '/', at most {validate.MAX_NAME} characters)",
+                          field="version")
+    image = value.get("image")
+    if image is not None and (not isinstance(image, str) or not image):
+        raise ObjectError(f"{k}: image must be a non-empty string or null, not {image!r}",
+                          field="image")
+    deadline = value.get("deadline", DEFAULT_UPGRADE_DEADLINE)
+    if (not isinstance(deadline, int) or isinstance(deadline, bool)
+            or not 1 <= deadline <= MAX_UPGRADE_DEADLINE):
+        raise ObjectError(f"{k}: deadline must be whole seconds from 1 to "
+                          f"{MAX_UPGRADE_DEADLINE}, not {deadline!r}", field="deadline")
+    return AgentRelease(version=version, image=image,
+                        upgrade=_entry_str(k, value, "upgrade"), deadline=deadline)
+
+
+@dataclass(frozen=True)
+class AgentUpgradeReport:
+    """A node's `agentUpgrade` status: how its latest upgrade request went."""
+
+    version: str
+    phase: str
+    """One of UPGRADE_PHASES."""
+    message: str = ""
+    previous: str | None = None
+    """The version the node ran before (where a rollback goes)."""
+
+
+def agent_upgrade_value(report: AgentUpgradeReport) -> dict[str, Any]:
+    """`agentUpgrade` as a node's status carries it (the edge's side)."""
+    return {"version": report.version, "phase": report.phase, "message": report.message,
+            "previous": report.previous}
+
+
+_MAX_UPGRADE_MESSAGE = 2000
+
+
+def parse_agent_upgrade(value: Any) -> AgentUpgradeReport | None:
+    """A reported `agentUpgrade` -> AgentUpgradeReport, or None if absent or malformed
+    (a node's report is input from the network: a bad field is ignored, never raised).
+    A message longer than 2000 characters keeps its start, where the cause is."""
+    if not isinstance(value, dict):
+        return None
+    version, phase = value.get("version"), value.get("phase")
+    if not isinstance(version, str) or not version or phase not in UPGRADE_PHASES:
+        return None
+    message = value.get("message")
+    previous = value.get("previous")
+    return AgentUpgradeReport(
+        version=version[:validate.MAX_NAME], phase=phase,
+        message=message[:_MAX_UPGRADE_MESSAGE] if isinstance(message, str) else "",
+        previous=previous[:validate.MAX_NAME] if isinstance(previous, str) and previous
+        else None)
