@@ -155,11 +155,15 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
                                       str(d.forecast.placement_overcommit))),
                    help="right-sizing: how far a trusted node's requests may exceed its "
                         "allocatable (default 0.3 = 130%%)")
+    p.add_argument("--forecast-interval", type=float, metavar="SECONDS",
+                   default=float(_env("FORECAST_INTERVAL", str(d.forecast.interval))),
+                   help="seconds between two batched forecasts of the fleet (60)")
     a = p.parse_args(argv)
     s = Settings()
     s.store.state_dir = Path(a.state_dir)
     s.forecast.placement, s.forecast.placement_safety = a.placement, a.placement_safety
     s.forecast.placement_overcommit = a.placement_overcommit
+    s.forecast.interval = a.forecast_interval
     s.mqtt.host, s.mqtt.port = a.mqtt_host, a.mqtt_port
     s.mqtt.publishers = a.publishers
     s.mqtt.username = a.mqtt_username

@@ -136,6 +136,9 @@ def _run_flags(run: argparse.ArgumentParser) -> None:
                      help="rotated log files kept per container (2)")
     run.add_argument("--telemetry-sample", type=float, default=10.0,
                      help="seconds between telemetry samples (10)")
+    run.add_argument("--telemetry-point", type=int, default=60, metavar="SECONDS",
+                     help="seconds aggregated into one telemetry point sent to the cloud "
+                          "(60; at least --telemetry-sample)")
     run.add_argument("--reconcile-interval", type=float, default=5.0,
                      help="seconds between cheap checks for exited containers (5)")
     run.add_argument("--reconcile-resync", type=float, default=30.0,
@@ -211,7 +214,7 @@ def settings_from_args(args: argparse.Namespace) -> AgentSettings:
         capacity_pods=args.max_pods, devices=tuple(args.device),
         discover_accelerators=not args.no_discover_accelerators,
         log_max_bytes=args.log_max_bytes, log_keep=args.log_keep,
-        telemetry_sample_s=args.telemetry_sample,
+        telemetry_sample_s=args.telemetry_sample, telemetry_point_s=args.telemetry_point,
         reconcile_interval_s=args.reconcile_interval, reconcile_resync_s=args.reconcile_resync,
         pull_report_s=args.pull_report,
         image_gc_interval_s=args.image_gc_interval,
