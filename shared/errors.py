@@ -7,8 +7,10 @@
     │   │   └── TooDeep          nested deeper than the limit (refused before unpacking)
     │   ├── UnknownVersion       a version field we do not speak
     │   └── AuthFailed           the message's tag (or a sealed Secret) does not verify
-    └── ObjectError              an object (YAML/JSON) a user gave is invalid
-        └── UnsupportedField     a field edgefed does not implement (never dropped silently)
+    ├── ObjectError              an object (YAML/JSON) a user gave is invalid
+    │   └── UnsupportedField     a field edgefed does not implement (never dropped silently)
+    └── ReleaseError             an agent release refused: malformed, bad digest, bad or
+                                 untrusted signature, version mismatch, no trusted key
 """
 
 from __future__ import annotations
@@ -64,3 +66,13 @@ class UnsupportedField(ObjectError):
     def __init__(self, message: str, *, field: str | None = None, hint: str = "") -> None:
         super().__init__(message, field=field)
         self.hint = hint
+
+
+class ReleaseError(EdgefedError):
+    """An agent release (proposal 0006) was refused; `reason` is one word a status can
+    carry (`malformed`, `digest`, `signature`, `version`, `nokeys`) and the
+    message says what was expected and what was found."""
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
