@@ -29,7 +29,13 @@ side: `pod_entry`, `parse_status`) import them when called.
 
 Report telemetry (`Report.telemetry`) is a list of one-minute points:
 {"ts": minute start (Unix s), "node": {"cpu": millicores, "mem": bytes},
- "pods": {pod key: {"cpu": millicores, "mem": bytes}}} (`telemetry_point`).
+ "pods": {pod key: {"cpu": millicores, "mem": bytes}}} (`telemetry_point`),
+and, in reports of their own, batches of Prometheus samples scraped on the device
+(`metrics_batch`, read back by `parse_metrics_batch`):
+{"ts": scrape time (Unix s), "metrics": {"iv": scrape interval (s),
+ "agent": SERIES, "pods": {pod key: SERIES}}} with SERIES = {"t": {family: type},
+ "s": [[sample name, {label: value}, value], ...]}. A pod entry carries the pod's
+`prometheus.io/*` annotations (`SCRAPE_ANNOTATION_PREFIX`): they say what to scrape.
 """
 
 from __future__ import annotations
@@ -183,6 +189,120 @@ def referenced_meta(spec: pods.PodSpec) -> tuple[bool, set[str]]:
     return uid, annotations
 
 
+SCRAPE_ANNOTATION_PREFIX = "prometheus.io/"
+"""Pod annotations with this prefix (`prometheus.io/scrape`, `port`, `path`) travel in
+the pod's desired entry: the agent scrapes the pods that ask for it."""
+
+METRIC_TYPES = frozenset({"counter", "gauge", "histogram", "summary", "untyped"})
+_METRIC_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
+_LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+MAX_METRIC_NAME = 200
+MAX_LABEL_VALUE = 1024
+MAX_LABELS = 32
+
+
+def valid_metric_name(name: str) -> bool:
+    return len(name) <= MAX_METRIC_NAME and _METRIC_NAME.match(name) is not None
+
+
+def valid_label_name(name: str) -> bool:
+    return len(name) <= MAX_METRIC_NAME and _LABEL_NAME.match(name) is not None
+
+
+Series = tuple[str, dict[str, str], float]
+"""One sample: (name, labels, value)."""
+
+
+@dataclass(frozen=True)
+class SeriesSet:
+    """The samples of one source (the agent, or one pod) and their families' types."""
+
+    types: dict[str, str]
+    samples: list[Series]
+
+
+@dataclass(frozen=True)
+class MetricsBatch:
+    """One scrape round of a device (`metrics_batch`), validated."""
+
+    ts: float
+    interval: float
+    agent: SeriesSet
+    pods: dict[str, SeriesSet]  # pod key -> its samples
+
+
+def _series_value(s: SeriesSet) -> dict[str, Any]:
+    return {"t": dict(s.types), "s": [[n, dict(lb), v] for n, lb, v in s.samples]}
+
+
+def metrics_batch(ts: float, *, interval: float, agent: SeriesSet,
+                  pods: Mapping[str, SeriesSet]) -> dict[str, Any]:
+    """One batch of scraped samples as carried in `Report.telemetry`."""
+    return {"ts": ts, "metrics": {"iv": interval, "agent": _series_value(agent),
+                                  "pods": {k: _series_value(v) for k, v in pods.items()}}}
+
+
+def is_metrics_batch(value: Any) -> bool:
+    """Whether a `Report.telemetry` item is a metrics batch (not a telemetry point)."""
+    return isinstance(value, dict) and "metrics" in value
+
+
+def _parse_series(where: str, value: Any) -> SeriesSet:
+    if not isinstance(value, dict):
+        raise ObjectError(f"{where}: must be a mapping", field="metrics")
+    types = value.get("t") or {}
+    if not isinstance(types, dict) or not all(
+            isinstance(n, str) and valid_metric_name(n) and t in METRIC_TYPES
+            for n, t in types.items()):
+        raise ObjectError(f"{where}.t: must map metric names to one of "
+                          f"{sorted(METRIC_TYPES)}", field="metrics")
+    raw = value.get("s") or []
+    if not isinstance(raw, list):
+        raise ObjectError(f"{where}.s: must be a list", field="metrics")
+    samples: list[Series] = []
+    for i, item in enumerate(raw):
+        if not (isinstance(item, list) and len(item) == 3):
+            raise ObjectError(f"{where}.s[{i}]: must be [name, labels, value]", field="metrics")
+        name, labels, v = item
+        if not isinstance(name, str) or not valid_metric_name(name):
+            raise ObjectError(f"{where}.s[{i}]: invalid metric name {name!r}", field="metrics")
+        if not isinstance(labels, dict) or len(labels) > MAX_LABELS or not all(
+                isinstance(a, str) and valid_label_name(a) and isinstance(b, str)
+                and len(b) <= MAX_LABEL_VALUE for a, b in labels.items()):
+            raise ObjectError(f"{where}.s[{i}]: labels must map at most {MAX_LABELS} label "
+                              f"names to strings of at most {MAX_LABEL_VALUE} characters",
+                              field="metrics")
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            raise ObjectError(f"{where}.s[{i}]: value must be a number", field="metrics")
+        samples.append((name, labels, float(v)))
+    return SeriesSet(types=dict(types), samples=samples)
+
+
+def parse_metrics_batch(value: Any) -> MetricsBatch:
+    """A `metrics_batch` item read back and checked (names, labels and values as the
+    Prometheus text format allows them); raises ObjectError naming what is wrong."""
+    if not is_metrics_batch(value):
+        raise ObjectError("not a metrics batch", field="metrics")
+    ts, body = value.get("ts"), value["metrics"]
+    if isinstance(ts, bool) or not isinstance(ts, int | float):
+        raise ObjectError("metrics batch: ts must be a number", field="ts")
+    if not isinstance(body, dict):
+        raise ObjectError("metrics batch: metrics must be a mapping", field="metrics")
+    iv = body.get("iv", 60)
+    if isinstance(iv, bool) or not isinstance(iv, int | float) or iv <= 0:
+        raise ObjectError("metrics batch: iv must be a positive number", field="metrics")
+    pods_raw = body.get("pods") or {}
+    if not isinstance(pods_raw, dict):
+        raise ObjectError("metrics batch: pods must be a mapping", field="metrics")
+    pods_out: dict[str, SeriesSet] = {}
+    for k, v in pods_raw.items():
+        if not isinstance(k, str) or k.count("/") != 2 or not k.startswith(POD + "/"):
+            raise ObjectError(f"metrics batch: {k!r} is not a pod key", field="metrics")
+        pods_out[k] = _parse_series(k, v)
+    return MetricsBatch(ts=float(ts), interval=float(iv),
+                        agent=_parse_series("agent", body.get("agent") or {}), pods=pods_out)
+
+
 def telemetry_point(
     ts: int, *, node: Mapping[str, float], pods: Mapping[str, Mapping[str, float]],
 ) -> dict[str, Any]:
@@ -204,7 +324,8 @@ def pod_entry(pod: models.Pod, *, revision: str | None = None) -> dict[str, Any]
     uid, annotations = referenced_meta(pod.spec)
     if uid and pod.metadata.uid:
         out["uid"] = pod.metadata.uid
-    wanted = {k: v for k, v in pod.metadata.annotations.items() if k in annotations}
+    wanted = {k: v for k, v in pod.metadata.annotations.items()
+              if k in annotations or k.startswith(SCRAPE_ANNOTATION_PREFIX)}
     if wanted:
         out["annotations"] = wanted
     admitted = Admitted.from_annotations(pod.metadata.annotations)
