@@ -56,6 +56,8 @@ ALL: tuple[KindInfo, ...] = (
     KindInfo("ConfigMap", "v1", "configmaps", "configmaps", namespaced=True, short=("cm",)),
     KindInfo("Secret", "v1", "secrets", "secrets", namespaced=True),
     KindInfo("Namespace", "v1", "namespaces", "namespaces", namespaced=False, short=("ns",)),
+    KindInfo("AgentUpgrade", "edgefed.io/v1", "agentupgrades", "agentupgrades",
+             namespaced=False, short=("au",)),
 )
 """Every kind, in the order fedctl lists them."""
 

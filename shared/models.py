@@ -1,5 +1,5 @@
 """Kubernetes-shaped objects: Node, Pod, DaemonSet, Deployment, ConfigMap, Secret,
-Namespace.
+Namespace, and edgefed's AgentUpgrade.
 
 Field names follow Kubernetes (camelCase on the wire and in YAML, snake_case in
 Python). Every model forbids unknown fields, so a field edgefed does not implement
@@ -35,6 +35,8 @@ from shared import validate
 from shared.errors import ObjectError, UnsupportedField
 from shared.kinds import API_VERSIONS, CLUSTER_KINDS  # noqa: F401 (re-exported)
 from shared.pods import (  # noqa: F401 (the pod spec's pieces, re-exported)
+    Affinity,
+    AffinitySelector,
     Capabilities,
     ConfigMapEnvSource,
     ConfigMapKeySelector,
@@ -49,12 +51,20 @@ from shared.pods import (  # noqa: F401 (the pod spec's pieces, re-exported)
     HostPathVolumeSource,
     HTTPGetAction,
     KeyToPath,
+    LabelSelectorRequirement,
     LocalObjectReference,
+    NodeAffinity,
+    NodeSelector,
+    NodeSelectorRequirement,
+    NodeSelectorTerm,
     ObjectFieldSelector,
+    PodAffinity,
+    PodAffinityTerm,
     PodDNSConfig,
     PodDNSConfigOption,
     PodSecurityContext,
     PodSpec,
+    PreferredSchedulingTerm,
     Probe,
     ResourceFieldSelector,
     ResourceRequirements,
@@ -68,6 +78,7 @@ from shared.pods import (  # noqa: F401 (the pod spec's pieces, re-exported)
     Toleration,
     Volume,
     VolumeMount,
+    WeightedPodAffinityTerm,
 )
 
 MAX_NAME = validate.MAX_NAME
@@ -446,6 +457,9 @@ class NodeStatus(_Model):
     desired_gen: int = 0
     acked_gen: int = 0
     usage: dict[str, float] = Field(default_factory=dict)
+    agent_upgrade: dict[str, Any] | None = None
+    """The node's last `agentUpgrade` report: {version, phase, message, previous}
+    (read with shared.entries.parse_agent_upgrade; None: never asked to upgrade)."""
 
 
 class Node(_Model):
@@ -454,6 +468,94 @@ class Node(_Model):
     metadata: ObjectMeta
     spec: NodeSpec = Field(default_factory=NodeSpec)
     status: NodeStatus = Field(default_factory=NodeStatus)
+
+
+# -- AgentUpgrade (edgefed's; proposal 0006) ---------------------------------------------
+
+class AgentUpgradeSpec(_Model):
+    """Which nodes run which agent release, and how fast they get there."""
+
+    version: str
+    """The release's version (what the nodes report as agentVersion once upgraded)."""
+    image: str
+    """The release image (`python -m cloudcore release publish` pushed it)."""
+    selector: LabelSelector = Field(default_factory=LabelSelector)
+    """The nodes it upgrades (matchLabels; empty: every node)."""
+    max_unavailable: int | str = 1
+    """Nodes upgrading at once: a number or a percentage of the selected nodes."""
+    failure_threshold: int | str = 0
+    """Failed nodes tolerated (number or percentage); one more aborts and rolls back."""
+    health_deadline_seconds: int = Field(default=120, ge=1, le=86_400)
+    """Seconds a node's new agent has to prove healthy (Ready time, plus a margin)."""
+    paused: bool = False
+
+    @field_validator("version")
+    @classmethod
+    def _version(cls, v: str) -> str:
+        if not v or len(v) > MAX_NAME or "/" in v or v in (".", "..") or not v.isprintable():
+            raise ValueError(f"must be a version name without '/' or spaces, at most "
+                             f"{MAX_NAME} characters, not {v!r}")
+        if any(c.isspace() for c in v):
+            raise ValueError(f"must not contain spaces: {v!r}")
+        return v
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, v: str) -> str:
+        if not v or len(v) > 1024 or any(c.isspace() for c in v):
+            raise ValueError(f"must be an image reference without spaces, not {v!r}")
+        return v
+
+    @field_validator("max_unavailable")
+    @classmethod
+    def _max_unavailable(cls, v: int | str) -> int | str:
+        return _count_or_percent(v, low=1)
+
+    @field_validator("failure_threshold")
+    @classmethod
+    def _failure_threshold(cls, v: int | str) -> int | str:
+        return _count_or_percent(v, low=0)
+
+
+class AgentUpgradeFailure(_Model):
+    """A node where the upgrade failed, and why (its own report, or the deadline)."""
+
+    node: str
+    reason: str
+    """Failed, RolledBack (the node's report) or Timeout (not healthy in time)."""
+    message: str = ""
+
+
+class AgentUpgradeStatus(_Model):
+    """Where an AgentUpgrade stands (computed by cloudcore)."""
+
+    observed_generation: int | None = None
+    phase: Literal["Progressing", "Complete", "Paused", "Aborted"] = "Progressing"
+    total: int = 0
+    """Selected nodes."""
+    upgraded: int = 0
+    """Nodes that run spec.version and reported healthy (or already ran it)."""
+    in_progress: int = 0
+    """Nodes told to upgrade, Ready, not yet done."""
+    failed: int = 0
+    waiting: int = 0
+    """Selected nodes that are not Ready: they upgrade when they are back."""
+    rolled_back: int = 0
+    """After an abort: nodes told to go back that run their previous version again."""
+    message: str | None = None
+    failures: list[AgentUpgradeFailure] = Field(default_factory=list)
+    """The failed nodes (the first 50 by name)."""
+
+
+class AgentUpgrade(_Model):
+    """Upgrade the agents of the selected nodes to a release, in health-gated batches
+    (edgefed's kind, cluster-scoped; cloudcore/fleet/upgrades.py)."""
+
+    api_version: Literal["edgefed.io/v1"] = "edgefed.io/v1"
+    kind: Literal["AgentUpgrade"] = "AgentUpgrade"
+    metadata: NamespaceMeta
+    spec: AgentUpgradeSpec
+    status: AgentUpgradeStatus | None = None
 
 
 Workload = DaemonSet | Deployment | Pod
@@ -465,6 +567,7 @@ KINDS: dict[str, type[_Model]] = {
     "Secret": Secret,
     "Namespace": Namespace,
     "Node": Node,
+    "AgentUpgrade": AgentUpgrade,
 }
 # API_VERSIONS and CLUSTER_KINDS come from the one kind table (shared/kinds.py),
 # re-exported here for the modules that import them from the models.

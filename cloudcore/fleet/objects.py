@@ -35,6 +35,7 @@ from shared.errors import ObjectError
 from shared.kinds import KIND_DB, REDACTED
 from shared.models import (
     CLUSTER_KINDS,
+    AgentUpgrade,
     ConfigMap,
     DaemonSet,
     Deployment,
@@ -169,10 +170,12 @@ class Objects:
         self.configmaps: dict[Key, ConfigMap] = Table()
         self.secrets: dict[Key, Secret] = Table()
         self.namespaces: dict[str, Namespace] = Table()
+        self.agentupgrades: dict[str, AgentUpgrade] = Table()
         self._tables: dict[str, dict[Any, Any]] = {
             "Node": self.nodes, "Pod": self.pods, "DaemonSet": self.daemonsets,
             "Deployment": self.deployments, "ConfigMap": self.configmaps,
-            "Secret": self.secrets, "Namespace": self.namespaces}
+            "Secret": self.secrets, "Namespace": self.namespaces,
+            "AgentUpgrade": self.agentupgrades}
         self._sinks: list[ChangeSink] = []
         self._sorted: dict[str, tuple[int, list[Any]]] = {}
 
@@ -191,6 +194,8 @@ class Objects:
                 target[(obj.metadata.namespace, obj.metadata.name)] = obj  # type: ignore[attr-defined]
         for name, raw in records.get("namespaces", {}).items():
             self.namespaces[name] = Namespace.model_validate(raw)
+        for name, raw in records.get("agentupgrades", {}).items():
+            self.agentupgrades[name] = AgentUpgrade.model_validate(raw)
 
     # -- change feed --------------------------------------------------------------------
 

@@ -23,11 +23,14 @@ from shared.delta import new_epoch
 log = logging.getLogger("cloudcore.store")
 
 DBS = ("nodes", "daemonsets", "deployments", "pods", "configmaps", "desired", "reportseq",
-       "meta", "tokens", "credentials", "secrets", "namespaces", "deletednodes", "rollouts")
+       "meta", "tokens", "credentials", "secrets", "namespaces", "deletednodes", "rollouts",
+       "agentupgrades", "upgradenodes")
 """Named databases: one per object kind, plus per-node desired sets (NodeDesired
 records), per-node last processed report seq, meta (the store epoch), join and API
 tokens (hashed), per-node broker credentials (hashed) and the names of deleted nodes
-(whose agents must not re-register them until they join again)."""
+(whose agents must not re-register them until they join again), AgentUpgrade objects
+and their per-node memory (`upgradenodes`: `upgrade/node` -> what the node ran before,
+whether it failed)."""
 _MAX_DBS = 32  # room for new named databases without reopening old environments
 DIR_MODE = 0o700
 FILE_MODE = 0o600

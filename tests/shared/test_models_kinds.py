@@ -11,7 +11,7 @@ from shared.models import API_VERSIONS, CLUSTER_KINDS, KINDS, Namespace, Secret,
 def test_registered() -> None:
     assert KINDS["Secret"] is Secret and KINDS["Namespace"] is Namespace
     assert API_VERSIONS["Secret"] == API_VERSIONS["Namespace"] == "v1"
-    assert {"Node", "Namespace"} == CLUSTER_KINDS
+    assert {"Node", "Namespace", "AgentUpgrade"} == CLUSTER_KINDS
 
 
 def test_secret_parse_and_normalise() -> None:
@@ -36,3 +36,27 @@ def test_namespace_has_no_namespace_and_a_valid_name() -> None:
                       "metadata": {"name": "shop", "namespace": "x"}})
     with pytest.raises(ObjectError, match="DNS-1123"):
         parse_object({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "Shop"}})
+
+
+def test_agent_upgrade_parse_defaults_and_refusals() -> None:
+    from shared.models import AgentUpgrade
+
+    doc = {"apiVersion": "edgefed.io/v1", "kind": "AgentUpgrade",
+           "metadata": {"name": "agent-0.9.1"},
+           "spec": {"version": "0.9.1", "image": "reg:5000/edgefed/agent:0.9.1",
+                    "selector": {"matchLabels": {"site": "berlin"}},
+                    "maxUnavailable": "25%"}}
+    au = parse_object(doc)
+    assert isinstance(au, AgentUpgrade)
+    assert au.spec.max_unavailable == "25%"
+    assert au.spec.failure_threshold == 0
+    assert au.spec.health_deadline_seconds == 120
+    for spec, field in (({"version": "a/b", "image": "x"}, "spec.version"),
+                        ({"version": "1", "image": "x y"}, "spec.image"),
+                        ({"version": "1", "image": "x", "maxUnavailable": 0},
+                         "spec.maxUnavailable"),
+                        ({"version": "1", "image": "x", "healthDeadlineSeconds": 0},
+                         "spec.healthDeadlineSeconds")):
+        with pytest.raises(ObjectError) as err:
+            parse_object({**doc, "spec": spec})
+        assert err.value.field == field
