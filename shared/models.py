@@ -35,8 +35,6 @@ from shared import validate
 from shared.errors import ObjectError, UnsupportedField
 from shared.kinds import API_VERSIONS, CLUSTER_KINDS  # noqa: F401 (re-exported)
 from shared.pods import (  # noqa: F401 (the pod spec's pieces, re-exported)
-    Affinity,
-    AffinitySelector,
     Capabilities,
     ConfigMapEnvSource,
     ConfigMapKeySelector,
@@ -51,20 +49,12 @@ from shared.pods import (  # noqa: F401 (the pod spec's pieces, re-exported)
     HostPathVolumeSource,
     HTTPGetAction,
     KeyToPath,
-    LabelSelectorRequirement,
     LocalObjectReference,
-    NodeAffinity,
-    NodeSelector,
-    NodeSelectorRequirement,
-    NodeSelectorTerm,
     ObjectFieldSelector,
-    PodAffinity,
-    PodAffinityTerm,
     PodDNSConfig,
     PodDNSConfigOption,
     PodSecurityContext,
     PodSpec,
-    PreferredSchedulingTerm,
     Probe,
     ResourceFieldSelector,
     ResourceRequirements,
@@ -78,7 +68,6 @@ from shared.pods import (  # noqa: F401 (the pod spec's pieces, re-exported)
     Toleration,
     Volume,
     VolumeMount,
-    WeightedPodAffinityTerm,
 )
 
 MAX_NAME = validate.MAX_NAME
