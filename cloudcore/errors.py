@@ -6,6 +6,8 @@
         ├── ConfigError              settings are invalid; nothing was started (permanent)
         ├── StoreError               the LMDB store failed; the service stops (permanent)
         ├── NotFound                 an object the caller named does not exist (API 404)
+        │   └── NamespaceNotFound    an object names a namespace that does not exist
+        ├── Conflict                 the object's state forbids the call (API 409)
         ├── AuthError                who may do what: 401/403/409/429 (cloudcore.auth.errors)
         └── TemporaryError           worth retrying after `delay` seconds
             └── BrokerUnavailable    the MQTT broker cannot be reached right now
@@ -43,6 +45,26 @@ class NotFound(CloudcoreError):
         super().__init__(f"{kind} {name!r} not found")
         self.kind = kind
         self.name = name
+
+
+class NamespaceNotFound(NotFound):
+    """An object was applied into a namespace that has no Namespace object (Kubernetes'
+    `namespaces "X" not found`)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__("Namespace", name)
+        self.args = (f'namespaces "{name}" not found: create the Namespace first '
+                     f"(`fedctl create namespace {name}`, a Namespace document in the same "
+                     "apply, or apply with --create-namespace)",)
+
+
+class Conflict(CloudcoreError):
+    """The call cannot be done in the object's current state (e.g. deleting a namespace
+    that still holds objects); the message says what to do first."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
 
 
 class TemporaryError(CloudcoreError):

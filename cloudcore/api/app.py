@@ -47,8 +47,9 @@ from cloudcore.auth.pki import FleetCA
 from cloudcore.auth.ratelimit import RateLimiter
 from cloudcore.auth.registry import public
 from cloudcore.config import ApiSettings, AuthSettings
-from cloudcore.errors import NotFound
+from cloudcore.errors import Conflict, NotFound
 from cloudcore.fleet import Fleet, naming
+from cloudcore.fleet.admission import missing_namespaces
 from cloudcore.fleet.objects import dump_object
 from cloudcore.metrics import Metrics
 from shared import seal
@@ -113,6 +114,10 @@ class ApplyBody(BaseModel):
                                              "resourceVersion) are accepted and ignored, "
                                              "so what a GET returns can be applied back.")
     dryRun: bool = False
+    createNamespaces: bool = Field(False, description="Create a namespace an object names "
+                                   "that does not exist (without labels), as Helm's "
+                                   "--create-namespace; without it such an object is "
+                                   "refused with 404 `namespaces \"X\" not found`.")
 
 
 class ListBody(BaseModel):
@@ -292,6 +297,10 @@ def create_app(fleet: Fleet, *, metrics: Metrics,
     @app.exception_handler(NotFound)
     async def _not_found(_: Request, exc: NotFound) -> JSONResponse:
         return _error(404, str(exc))
+
+    @app.exception_handler(Conflict)
+    async def _conflict(_: Request, exc: Conflict) -> JSONResponse:
+        return _error(409, exc.message)
 
     @app.exception_handler(AuthError)
     async def _auth_error(_: Request, exc: AuthError) -> JSONResponse:
@@ -531,12 +540,16 @@ def create_app(fleet: Fleet, *, metrics: Metrics,
         if len(objs) > MAX_DOCUMENTS:
             raise ObjectError(f"documents: at most {MAX_DOCUMENTS} objects",
                               field="documents")
+        made = missing_namespaces(objs, fleet.namespaces) if body.createNamespaces else []
         if body.dryRun:
-            results = fleet.plan(objs)
+            results = fleet.plan(objs, create_namespaces=body.createNamespaces)
         else:
-            results = fleet.apply(objs)
+            results = fleet.apply(objs, create_namespaces=body.createNamespaces)
             await flush()
-        return {"results": [r.dump() for r in results], "dryRun": body.dryRun}
+        out: dict[str, Any] = {"results": [r.dump() for r in results], "dryRun": body.dryRun}
+        if made:
+            out["namespacesCreated"] = made
+        return out
 
     def _owned_labels(obj: Any) -> Any:
         """A Node as `get` prints it carries the labels its agent reports too; those stay
@@ -867,10 +880,13 @@ def create_app(fleet: Fleet, *, metrics: Metrics,
     async def get_namespace(name: str) -> dict[str, Any]:
         return fleet.get("Namespace", None, name)
 
-    @app.delete("/api/v1/namespaces/{name}", summary="Delete a namespace object (operator)",
+    @app.delete("/api/v1/namespaces/{name}", summary="Delete an empty namespace (operator)",
                 tags=["objects"], dependencies=[operator],
-                description="Removes the Namespace object only; objects in the namespace "
-                            "stay (edgefed does not cascade namespace deletion).")
+                responses={409: {"model": ErrorBody}},
+                description="Only a namespace that holds no object may be deleted: 409 "
+                            "names what it still holds (edgefed does not delete a "
+                            "namespace's objects with it, unlike Kubernetes). `default` and "
+                            "`kube-system` always exist (409).")
     async def delete_namespace(name: str) -> dict[str, Any]:
         deleted = fleet.delete("Namespace", None, name)
         await flush()

@@ -1,6 +1,13 @@
-"""Pod security admission: the cloud's side of `shared.policy`.
+"""Admission: what every apply passes before anything changes (Kubernetes' admission
+plugins NamespaceLifecycle and PodSecurity, for the cloud).
 
-Every apply (and dry run: both go through `Fleet.plan`) passes its objects here before
+Namespaces must exist (NamespaceLifecycle): a namespaced object whose namespace has no
+Namespace object, is not `default` or `kube-system` (which always exist) and is not
+created by a Namespace document of the same apply is refused with `NamespaceNotFound`
+(HTTP 404, `namespaces "X" not found`), unless the apply asks for missing namespaces
+to be created (`create_namespaces`, fedctl's `--create-namespace`, as Helm's).
+
+Pod security: every apply (and dry run: both go through `Fleet.plan`) passes its objects here before
 anything changes. A Pod, or a DaemonSet's or Deployment's pod template, is checked
 against its namespace's level (the `pod-security.kubernetes.io/enforce` label of the
 Namespace object, else `PolicySettings.default_level`); a Namespace in the same apply
@@ -23,8 +30,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from cloudcore.errors import ConfigError
+from cloudcore.errors import ConfigError, NamespaceNotFound
+from cloudcore.fleet.objects import ALWAYS_NAMESPACES
 from shared.errors import ObjectError
+from shared.kinds import NAMESPACED_KINDS
 from shared.models import DaemonSet, Deployment, Namespace, Pod, PodSpec
 from shared.policy import (
     ENFORCE_LABEL,
@@ -102,10 +111,16 @@ class Admission:
         except ObjectError:
             return "restricted"
 
-    def admit(self, objs: list[Any], namespaces: Mapping[str, Namespace]) -> None:
-        """Check every workload in `objs` and stamp the ones that pass; raise
+    def admit(self, objs: list[Any], namespaces: Mapping[str, Namespace], *,
+              create_namespaces: bool = False) -> list[str]:
+        """Check every object in `objs` and stamp the workloads that pass; raise
+        NamespaceNotFound (the first object's namespace that does not exist),
         PolicyRefused (every violation) or ObjectError (a Namespace label that is not a
-        level) and change nothing if any fails."""
+        level) and change nothing if any fails. Returns the namespaces the apply must
+        create first (only with `create_namespaces`), in order of first use."""
+        missing = missing_namespaces(objs, namespaces)
+        if missing and not create_namespaces:
+            raise NamespaceNotFound(missing[0])
         levels = dict(namespaces)
         for obj in objs:
             if isinstance(obj, Namespace):
@@ -136,6 +151,22 @@ class Admission:
         for annotations, admitted in stamps:
             annotations.pop(HOST_PATH_ANNOTATION, None)
             annotations.update(admitted.annotations())
+        return missing
+
+
+def missing_namespaces(objs: list[Any], namespaces: Mapping[str, Namespace]) -> list[str]:
+    """The namespaces objects of `objs` live in that do not exist and that no Namespace
+    of `objs` creates, in order of first use."""
+    made = {o.metadata.name for o in objs if isinstance(o, Namespace)}
+    out: list[str] = []
+    for obj in objs:
+        if obj.kind not in NAMESPACED_KINDS:
+            continue
+        ns = obj.metadata.namespace
+        if ns in namespaces or ns in ALWAYS_NAMESPACES or ns in made or ns in out:
+            continue
+        out.append(ns)
+    return out
 
 
 def _pod_spec(obj: Any) -> tuple[PodSpec, str, dict[str, str]] | None:
@@ -148,4 +179,5 @@ def _pod_spec(obj: Any) -> tuple[PodSpec, str, dict[str, str]] | None:
     return None
 
 
-__all__ = ["ENFORCE_LABEL", "Admission", "PolicyRefused", "PolicySettings"]
+__all__ = ["ENFORCE_LABEL", "Admission", "PolicyRefused", "PolicySettings",
+           "missing_namespaces"]

@@ -234,10 +234,17 @@ class Fleet:
 
     # -- API: apply / delete / read -----------------------------------------------------
 
-    def plan(self, objs: list[Any]) -> list[ApplyResult]:
-        """What `apply` would do, without doing it (dry run); validates references and
-        the pod security policy (which stamps what passes with its level)."""
-        self.admission.admit(objs, self.objects.namespaces)
+    def plan(self, objs: list[Any], *, create_namespaces: bool = False) -> list[ApplyResult]:
+        """What `apply` would do, without doing it (dry run); validates references,
+        that namespaces exist (or, with `create_namespaces`, may be created) and the pod
+        security policy (which stamps what passes with its level)."""
+        return self._plan(objs, create_namespaces=create_namespaces)[0]
+
+    def _plan(self, objs: list[Any], *,
+              create_namespaces: bool) -> tuple[list[ApplyResult], list[str]]:
+        """(`plan`'s results, the namespaces `apply` must create first)."""
+        missing = self.admission.admit(objs, self.objects.namespaces,
+                                       create_namespaces=create_namespaces)
         out = []
         for obj in objs:
             kind, ns, name = ident(obj)
@@ -254,12 +261,18 @@ class Fleet:
             action: Action = ("created" if unchanged is None
                               else "unchanged" if unchanged else "configured")
             out.append(ApplyResult(kind, ns, name, action))
-        return out
+        return out, missing
 
-    def apply(self, objs: list[Any]) -> list[ApplyResult]:
-        """Create or update objects; validate everything first (all or nothing)."""
-        results = self.plan(objs)
-        for obj, res in zip(objs, results, strict=True):
+    def apply(self, objs: list[Any], *, create_namespaces: bool = False) -> list[ApplyResult]:
+        """Create or update objects; validate everything first (all or nothing). With
+        `create_namespaces`, a namespace an object names that does not exist is created
+        (a Namespace without labels, `Objects.create_namespace`) before the objects."""
+        results, missing = self._plan(objs, create_namespaces=create_namespaces)
+        for ns in missing:
+            self.objects.create_namespace(ns, why="created by an apply with --create-namespace")
+        # Namespaces first (kubectl applies a file's Namespace before what goes in it)
+        order = sorted(range(len(objs)), key=lambda i: not isinstance(objs[i], Namespace))
+        for obj, res in ((objs[i], results[i]) for i in order):
             if res.action == "unchanged":
                 continue
             if isinstance(obj, Node):
@@ -295,6 +308,8 @@ class Fleet:
         obj = self.objects.table(kind).get(key)
         if obj is None:
             raise NotFound(kind, name if kind in CLUSTER_KINDS else f"{key[0]}/{name}")
+        if kind == "Namespace":
+            self.objects.check_namespace_deletable(name)
         if kind == "Pod":
             # delete_pod removes it from the table, the store and its node's desired set
             self.workloads.delete_pod(key)

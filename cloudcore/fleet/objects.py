@@ -18,6 +18,7 @@ from __future__ import annotations
 import bisect
 import functools
 import json
+import logging
 import time
 import typing
 import uuid
@@ -27,12 +28,13 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel
 
-from cloudcore.errors import NotFound
+from cloudcore.errors import Conflict, NotFound
 from cloudcore.fleet import naming
 from cloudcore.fleet.events import EventLog
 from cloudcore.fleet.watch import WatchHub
 from shared.errors import ObjectError
-from shared.kinds import KIND_DB, REDACTED
+from shared.kinds import ALL as KINDS_IN_ORDER
+from shared.kinds import KIND_DB, NAMESPACED_KINDS, REDACTED
 from shared.models import (
     CLUSTER_KINDS,
     AgentUpgrade,
@@ -40,10 +42,17 @@ from shared.models import (
     DaemonSet,
     Deployment,
     Namespace,
+    NamespaceMeta,
     Node,
     Pod,
     Secret,
 )
+
+log = logging.getLogger("cloudcore.fleet")
+
+ALWAYS_NAMESPACES = ("default", "kube-system")
+"""Namespaces that always exist (created at load when absent) and cannot be deleted, as
+in Kubernetes."""
 
 Key = tuple[str, str]  # (namespace, name)
 Action = Literal["created", "configured", "unchanged"]
@@ -196,6 +205,53 @@ class Objects:
             self.namespaces[name] = Namespace.model_validate(raw)
         for name, raw in records.get("agentupgrades", {}).items():
             self.agentupgrades[name] = AgentUpgrade.model_validate(raw)
+        self.adopt_namespaces()
+
+    def adopt_namespaces(self) -> list[str]:
+        """Create the Namespace objects that must exist and do not: `default` and
+        `kube-system`, and every namespace an object already lives in (stores written
+        before namespaces had to exist). Created ones are persisted, so this happens
+        once per store; each is logged. Returns the names created."""
+        used = set(ALWAYS_NAMESPACES)
+        for kind in NAMESPACED_KINDS:
+            used.update(ns for ns, _ in self._tables[kind])
+        created = sorted(used - set(self.namespaces))
+        for name in created:
+            self.create_namespace(name, why=(
+                "it always exists" if name in ALWAYS_NAMESPACES
+                else "objects stored before namespaces had to exist live in it"))
+        return created
+
+    def create_namespace(self, name: str, *, why: str) -> None:
+        """Store a Namespace without labels (its pod security level is the default);
+        logged and recorded as an event with `why`."""
+        self.put(Namespace(metadata=NamespaceMeta(name=name)))
+        log.info("created Namespace %s: %s", name, why)
+        self.events.add(type="Normal", reason="NamespaceCreated", obj=f"Namespace/{name}",
+                        message=why)
+
+    def namespace_exists(self, name: str) -> bool:
+        return name in self.namespaces or name in ALWAYS_NAMESPACES
+
+    def check_namespace_deletable(self, name: str) -> None:
+        """Raise Conflict unless the namespace may be deleted: `default` and
+        `kube-system` never, any other only when nothing lives in it (edgefed does not
+        delete a namespace's objects with it: docs/cloudcore.md)."""
+        if name in ALWAYS_NAMESPACES:
+            raise Conflict(f'namespaces "{name}" cannot be deleted: it always exists')
+        held = []
+        for info in KINDS_IN_ORDER:
+            if not info.namespaced:
+                continue
+            keys = self.sorted_keys(info.kind)
+            lo = bisect.bisect_left(keys, (name, ""))
+            hi = bisect.bisect_left(keys, (name + "\x00", ""))
+            if hi > lo:
+                held.append(f"{hi - lo} {info.singular if hi - lo == 1 else info.plural}")
+        if held:
+            raise Conflict(f'namespaces "{name}" is not empty ({", ".join(held)}): delete '
+                           "what is in it first; edgefed does not delete a namespace's "
+                           "objects with it")
 
     # -- change feed --------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ import pytest
 from api_fixture import open_api
 from cloudcore_fakes import add_node, daemonset, make_fleet
 
-from cloudcore.errors import ConfigError
+from cloudcore.errors import ConfigError, NamespaceNotFound
 from cloudcore.fleet.admission import Admission, PolicyRefused, PolicySettings
 from shared import policy
 from shared.entries import parse_pod_entry, pod_key
@@ -76,8 +76,10 @@ def test_refusal_lists_every_violation_of_every_object() -> None:
 
 def test_namespace_level_default_and_a_namespace_in_the_same_apply() -> None:
     objs = [parse_object(pod(ns="devices", **copy.deepcopy(ROOT)))]
-    with pytest.raises(PolicyRefused):
-        Admission().admit(objs, {})
+    with pytest.raises(NamespaceNotFound, match='namespaces "devices" not found'):
+        Admission().admit(objs, {})  # namespaces must exist
+    with pytest.raises(PolicyRefused):  # one the apply creates has the default level
+        Admission().admit(objs, {}, create_namespaces=True)
     ns = parse_object(namespace("devices", "privileged"))
     Admission().admit([ns, *objs], {})  # the Namespace of the same apply counts
     assert objs[0].metadata.annotations[policy.LEVEL_ANNOTATION] == "privileged"

@@ -107,7 +107,8 @@ def test_configmap_and_secret_go_only_to_nodes_whose_pods_use_them() -> None:
 
 def test_workload_pods_get_their_configmaps_and_namespaces_are_respected() -> None:
     fleet, _ = fleet3()
-    apply(fleet, {**cm("conf", a="1"), "metadata": {"name": "conf", "namespace": "shop"}})
+    apply(fleet, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}},
+          {**cm("conf", a="1"), "metadata": {"name": "conf", "namespace": "shop"}})
     apply(fleet, {"apiVersion": "apps/v1", "kind": "DaemonSet",
                   "metadata": {"name": "agent", "namespace": "shop"},
                   "spec": {"selector": {"matchLabels": {"app": "a"}},
@@ -167,12 +168,13 @@ async def test_api_secrets_redacted_in_lists_and_namespaces(tmp_path: Path) -> N
         assert one["data"] == {"key": "aHVudGVyMg=="}
 
         ns = (await c.get("/api/v1/namespaces")).json()["items"]
-        assert [n["metadata"]["name"] for n in ns] == ["shop"]
+        # default and kube-system always exist, as in Kubernetes
+        assert [n["metadata"]["name"] for n in ns] == ["default", "kube-system", "shop"]
         assert "namespace" not in ns[0]["metadata"]
         assert (await c.get("/api/v1/namespaces/shop")).status_code == 200
         assert (await c.get("/api/v1/namespaces/x/shop")).status_code == 404
-        page = (await c.get("/api/v1/namespaces?limit=1")).json()
-        assert len(page["items"]) == 1 and "continue" not in page
+        page = (await c.get("/api/v1/namespaces?limit=3")).json()
+        assert len(page["items"]) == 3 and "continue" not in page
         assert (await c.delete("/api/v1/namespaces/shop")).status_code == 200
         assert (await c.get("/api/v1/namespaces/shop")).status_code == 404
         assert (await c.delete("/api/v1/secrets/default/pw")).status_code == 200
