@@ -167,6 +167,9 @@ def _run_flags(run: argparse.ArgumentParser) -> None:
                      help="the agent's counters, Prometheus text format (STATE/metrics.prom)")
     run.add_argument("--metrics-interval", type=float, default=10.0, metavar="SECONDS",
                      help="seconds between rewrites of the metrics file (10)")
+    run.add_argument("--scrape-interval", type=float, default=60.0, metavar="SECONDS",
+                     help="seconds between scrapes of pods annotated prometheus.io/scrape "
+                          "(60; 0: none)")
     run.add_argument("--event-loop", choices=("asyncio", "uvloop"), default="asyncio",
                      help="the event loop (asyncio; uvloop if installed, 2 MiB more RSS)")
     run.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (INFO)")
@@ -221,6 +224,7 @@ def settings_from_args(args: argparse.Namespace) -> AgentSettings:
         image_gc_max_unused_s=args.image_gc_max_unused,
         image_gc_min_free_bytes=args.image_gc_min_free_mib * 1024 * 1024,
         metrics_file=args.metrics_file, metrics_interval_s=args.metrics_interval,
+        scrape_interval_s=args.scrape_interval,
         pod_cidr=args.pod_cidr, pod_bridge=args.pod_bridge, policy_cap=args.policy_cap,
         event_loop=args.event_loop,
     )

@@ -2,12 +2,11 @@
 
 `Agent.run()` owns one asyncio.TaskGroup of named tasks
 (`edgecore[{node}].link`, `.reconciler`, `.reporter`, `.heartbeat`, `.telemetry`,
-`.logrotate`, `.imagegc`, `.requests`, `.certrenew`; the reconciler's prober adds
-`.prober.{cid}` per probed container, and each logs/exec request from the cloud a
-`.request.{id}`). It works until cancelled and raises if a component fails fatally.
-Cancelling it stops the
-agent only: containers keep running (they outlive the agent) and are adopted by
-the next agent on the same state dir.
+`.logrotate`, `.imagegc`, `.requests`, `.certrenew`, `.metrics`, `.scrape`; the
+reconciler's prober adds `.prober.{cid}` per probed container, and each logs/exec
+request from the cloud a `.request.{id}`). It works until cancelled and raises if a
+component fails fatally. Cancelling it stops the agent only: containers keep running
+(they outlive the agent) and are adopted by the next agent on the same state dir.
 
 Startup order matters for offline operation: the reconciler starts from the
 cached desired set at once, whether the link ever comes up or not.
@@ -30,7 +29,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from edgecore import metrics
+from edgecore import metrics, scrape
 from edgecore.cache import Cache
 from edgecore.cache.check import open_checked
 from edgecore.config import AgentSettings
@@ -44,6 +43,7 @@ from edgecore.reconciler.prober import ProbeManager, make_probe
 from edgecore.reconciler.volumes import Volumes
 from edgecore.requests import EdgeRequests
 from edgecore.runtime.errors import ContainerRuntimeError, InsufficientDisk
+from edgecore.scrape import ScrapeLimits, Scraper
 from edgecore.sync import Reporter, ResponseQueue, SyncHandler
 from edgecore.telemetry import Telemetry
 from shared import seal
@@ -78,6 +78,7 @@ class Agent:
         self.telemetry: Telemetry | None = None
         self.prober: ProbeManager | None = None
         self.requests: EdgeRequests | None = None
+        self.scraper: Scraper | None = None
         self.started = asyncio.Event()  # set once every component is built
 
     def _make_runtime(self) -> ExtendedRuntime:
@@ -147,6 +148,16 @@ class Agent:
                     runtime, keep=keep, why="pull failed: insufficient disk",
                     min_free_bytes=max(s.image_gc_min_free_bytes, exc.needed_bytes))
 
+            network = PodNetwork(s.podnet_dir, bridge=s.pod_bridge, cidr=s.pod_cidr)
+            scraper = self.scraper = Scraper(
+                targets=lambda: scrape.targets(sync.desired.items, self._pod_ip(network)),
+                sink=reporter.metrics, interval_s=s.scrape_interval_s or 60.0,
+                agent=lambda: metrics.samples(link.stats, sync.stats),
+                clock=self.clock, limits=ScrapeLimits(
+                    max_body_bytes=s.scrape_max_body_bytes, timeout_s=s.scrape_timeout_s,
+                    max_series_per_pod=s.scrape_max_series_per_pod,
+                    max_series_per_node=s.scrape_max_series_per_node,
+                    max_batch_bytes=s.scrape_max_batch_bytes))
             reconciler = self.reconciler = Reconciler(
                 node=s.node, runtime=runtime, cache=cache, desired=lambda: sync.desired,
                 sink=reporter, wake=wake, interval_s=s.reconcile_interval_s,
@@ -156,7 +167,7 @@ class Agent:
                                     reset_s=s.crashloop_reset_s),
                 volumes=Volumes(s.pods_dir, open_secret=self._secret_opener(keys)),
                 devices=devices, prober=prober, on_disk_full=free_disk,
-                network=PodNetwork(s.podnet_dir, bridge=s.pod_bridge, cidr=s.pod_cidr),
+                network=network,
                 policy_cap=s.policy_cap, seccomp_dir=s.seccomp_dir)
             log.info("edgecore %s starting: desired %s gen %d, report seq %d, %d in outbox",
                      s.node, sync.desired.epoch, sync.desired.gen, cache.last_seq(),
@@ -175,9 +186,12 @@ class Agent:
                     ("certrenew", self._renew_certificate(link, keys)),
                     ("metrics", metrics.run(
                         s.metrics_path, node=s.node, interval=s.metrics_interval_s,
-                        collect=lambda: metrics.samples(link.stats, sync.stats))),
+                        collect=lambda: metrics.samples(link.stats, sync.stats,
+                                                        scraper.stats))),
                 ):
                     tg.create_task(coro, name=f"edgecore[{s.node}].{name}")
+                if s.scrape_interval_s > 0:
+                    tg.create_task(scraper.run(), name=f"edgecore[{s.node}].scrape")
         finally:
             # Worker threads that a cancellation left behind finish before the close.
             await asyncio.to_thread(cache.close)
@@ -195,6 +209,13 @@ class Agent:
             return seal.open_secret(keys.secret, node=node, entry_key=entry_key, sealed=value)
 
         return open_secret
+
+    @staticmethod
+    def _pod_ip(network: PodNetwork) -> Callable[[str], str | None]:
+        def ip(key: str) -> str | None:
+            addr = network.address(key)
+            return None if addr is None else addr.ip
+        return ip
 
     def _node_status(self) -> dict[str, Any]:
         point = self.telemetry.last_point if self.telemetry is not None else None

@@ -165,6 +165,20 @@ class AgentSettings:
     textfile collector at its directory, or at a symlink to it."""
     metrics_interval_s: float = 10.0
     """Seconds between rewrites of the metrics file."""
+    scrape_interval_s: float = 60.0
+    """Seconds between scrapes of the pods annotated `prometheus.io/scrape: "true"`
+    (edgecore.scrape); each round sends one batch, with the agent's own metrics, to the
+    cloud. 0: no scraping and no batches."""
+    scrape_timeout_s: float = 10.0
+    """Seconds one pod's scrape may take."""
+    scrape_max_body_bytes: int = 256 * 1024
+    """Bytes read of one pod's metrics; a longer response is cut at a line boundary."""
+    scrape_max_series_per_pod: int = 500
+    """Series kept of one pod per scrape (the first ones in its exposition order)."""
+    scrape_max_series_per_node: int = 2000
+    """Series of all pods in one batch (the agent's own come on top)."""
+    scrape_max_batch_bytes: int = 256 * 1024
+    """Estimated encoded bytes of one batch (a report may hold 1 MiB)."""
     policy_cap: str = "privileged"
     """The most this agent runs whatever a pod entry says it was admitted under:
     privileged (trust the cloud's level), baseline or restricted."""
@@ -266,6 +280,13 @@ class AgentSettings:
         if net.version != 4 or net.prefixlen > 28:
             raise ConfigError("must be an IPv4 range of /28 or larger", field="pod_cidr")
         _range("metrics_interval_s", self.metrics_interval_s, 0.1, 3600)
+        if self.scrape_interval_s != 0:
+            _range("scrape_interval_s", self.scrape_interval_s, 1, 86400)
+        _range("scrape_timeout_s", self.scrape_timeout_s, 0.1, 600)
+        _range("scrape_max_body_bytes", self.scrape_max_body_bytes, 1024, 16 * MiB)
+        _range("scrape_max_series_per_pod", self.scrape_max_series_per_pod, 1, 15_000)
+        _range("scrape_max_series_per_node", self.scrape_max_series_per_node, 0, 15_000)
+        _range("scrape_max_batch_bytes", self.scrape_max_batch_bytes, 4096, 768 * 1024)
         _range("mqtt_keepalive_s", self.mqtt_keepalive_s, 5, 65535)
         _range("reconnect_initial_s", self.reconnect_initial_s, 0.01, 3600)
         if self.reconnect_max_s is not None:

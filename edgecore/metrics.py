@@ -11,7 +11,9 @@ What it counts is what an operator needs to see an attack or a broken peer on th
 device itself: messages refused by the link (tag did not verify, malformed, addressed
 to another node) and by the sync handler (a replayed or expired request, a snapshot
 under an epoch the node left, a type the cloud must not send), beside the link's
-connects and the desired sets applied.
+connects and the desired sets applied; the agent's RSS and CPU; and the scraper's
+counters (`edgecore.scrape`). The same samples go to the cloud in each metrics batch
+(issue 17), where Prometheus scrapes them from cloudcore's `/metrics/edge`.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pathlib import Path
 
 from edgecore.link import LinkStats
 from edgecore.ratelimit import RateLimitedLog
+from edgecore.scrape import ScrapeStats
 from edgecore.sync import SyncStats
 
 log = logging.getLogger(__name__)
@@ -40,11 +43,40 @@ _HELP = {
     "edgecore_link_connect_failures_total": ("counter", "MQTT session attempts that failed."),
     "edgecore_desired_applied_total": ("counter", "Desired sets persisted and acked."),
     "edgecore_reports_sent_total": ("counter", "Reports published from the outbox."),
+    "edgecore_process_resident_memory_bytes": ("gauge", "The agent's resident memory."),
+    "edgecore_process_cpu_seconds_total": ("counter", "CPU time the agent used."),
+    "edgecore_scrapes_total": ("counter", "Scrapes of annotated pods' metrics."),
+    "edgecore_scrape_failures_total": (
+        "counter", "Pod scrapes that brought nothing, by reason (connect, timeout, http, "
+                   "parse: the body was not the Prometheus text format)."),
+    "edgecore_scrape_truncated_total": (
+        "counter", "Pod responses over the size limit, cut at a line boundary."),
+    "edgecore_scrape_series_dropped_total": (
+        "counter", "Scraped series dropped by a bound (pod_limit, node_limit, batch_bytes)."),
+    "edgecore_scrape_batches_total": ("counter", "Batches of scraped samples reported."),
+    "edgecore_scrape_batch_bytes": ("gauge", "Estimated size of the last batch."),
+    "edgecore_pod_scrape_up": ("gauge", "1 if the pod's last scrape worked, else 0."),
 }
 
 
-def samples(link: LinkStats, sync: SyncStats) -> list[Sample]:
-    """Every metric of the agent, from the link's and the sync handler's counters."""
+def process_samples(proc: Path = Path("/proc/self")) -> list[Sample]:
+    """The agent's RSS (from statm; nothing if unreadable) and CPU seconds."""
+    out: list[Sample] = []
+    try:
+        pages = int((proc / "statm").read_text().split()[1])
+        out.append(("edgecore_process_resident_memory_bytes", {},
+                    float(pages * os.sysconf("SC_PAGE_SIZE"))))
+    except (OSError, ValueError, IndexError):
+        pass
+    t = os.times()
+    out.append(("edgecore_process_cpu_seconds_total", {}, float(t.user + t.system)))
+    return out
+
+
+def samples(link: LinkStats, sync: SyncStats,
+            scrape: ScrapeStats | None = None) -> list[Sample]:
+    """Every metric of the agent, from the link's and the sync handler's counters, the
+    process, and the scraper's counters when it runs (`scrape`)."""
     refused = {
         "auth_failed": link.auth_failed,
         "malformed": link.malformed,
@@ -62,6 +94,9 @@ def samples(link: LinkStats, sync: SyncStats) -> list[Sample]:
         ("edgecore_desired_applied_total", {}, float(sync.applied)),
         ("edgecore_reports_sent_total", {}, float(link.reports_sent)),
     ]
+    out += process_samples()
+    if scrape is not None:
+        out += scrape.samples()
     return out
 
 

@@ -53,6 +53,7 @@ _REC = b"r/"
 _STATUS = b"s/"
 _ALLOC = b"a/"
 _SEQ = b"seq"
+_METRICS_SEQ = b"@mseq"  # seq of the one metrics report the outbox may hold (see append_report)
 # When over budget, evict down to this fraction so eviction scans are amortised.
 _LOW_WATER = 0.9
 
@@ -69,6 +70,7 @@ class AppendResult:
     seq: int
     dropped_telemetry: int = 0
     dropped_status: int = 0  # >0 means the cloud missed status changes: resend all
+    superseded_metrics: int = 0  # an unsent metrics batch this one replaced
 
 
 def _be(n: int) -> bytes:
@@ -256,11 +258,17 @@ class Cache:
         *,
         kind: OutboxKind,
         reported: Mapping[str, dict[str, Any] | None] | None = None,
+        metrics: bool = False,
     ) -> AppendResult:
         """Assign the next seq, store `make(seq)` in the outbox, all in ONE synced txn.
 
         `reported` records the pod statuses this report carries (None: pod gone), so
         "what the cloud was told" moves exactly with the report that tells it.
+        `metrics`: the report is a batch of scraped samples (issue 17), of which the
+        cloud keeps only the latest: it replaces the previous one if that still waits
+        (so the outbox holds at most one, however long the link is down), and it is
+        the first thing the byte budget drops. It is stored as TELEMETRY (an older
+        agent reads the outbox as it always did); `@mseq` in meta says which seq it is.
         Returns the seq and what the byte budget forced out.
         """
         with self._txn(write=True) as txn, self._lock:
@@ -270,12 +278,20 @@ class Cache:
             value = kind.value + payload
             txn.put(_SEQ, _be(seq), db=self._meta)
             txn.put(_be(seq), value, db=self._outbox)
+            superseded = freed = 0
+            if metrics:
+                prev = txn.get(_METRICS_SEQ, db=self._meta)
+                if prev is not None:
+                    old = txn.pop(_be(_unpack(prev)), db=self._outbox)
+                    if old is not None:
+                        freed, superseded = len(old), 1
+                txn.put(_METRICS_SEQ, _pack(seq), db=self._meta)
             for key, status in (reported or {}).items():
                 if status is None:
                     txn.delete(_STATUS + key.encode(), db=self._pods)
                 else:
                     txn.put(_STATUS + key.encode(), _pack(status), db=self._pods)
-            total = self._outbox_bytes + len(value)
+            total = self._outbox_bytes - freed + len(value)
             dropped_t = dropped_s = 0
             if total > self.outbox_budget:
                 total, dropped_t, dropped_s = self._evict(txn, total, newest=seq)
@@ -285,19 +301,28 @@ class Cache:
                 "outbox over its budget of %d bytes: dropped %d telemetry and %d status reports",
                 self.outbox_budget, dropped_t, dropped_s,
             )
-        return AppendResult(seq=seq, dropped_telemetry=dropped_t, dropped_status=dropped_s)
+        return AppendResult(seq=seq, dropped_telemetry=dropped_t, dropped_status=dropped_s,
+                            superseded_metrics=superseded)
 
     def _evict(self, txn: lmdb.Transaction, total: int, *, newest: int) -> tuple[int, int, int]:
-        """Drop oldest telemetry, then oldest status reports (never `newest`), to low water."""
+        """Drop the metrics batch, then oldest telemetry, then oldest status reports
+        (never `newest`), to low water."""
         target = int(self.outbox_budget * _LOW_WATER)
+        raw = txn.get(_METRICS_SEQ, db=self._meta)
+        metrics_key = None if raw is None else _be(_unpack(raw))
+        first: list[tuple[bytes, int]] = []
         telemetry: list[tuple[bytes, int]] = []
         status: list[tuple[bytes, int]] = []
         for k, v in txn.cursor(db=self._outbox):
             if int.from_bytes(k, "big") == newest:
                 continue
-            (telemetry if v[:1] == OutboxKind.TELEMETRY.value else status).append((k, len(v)))
+            if k == metrics_key:
+                first.append((k, len(v)))
+            else:
+                (telemetry if v[:1] == OutboxKind.TELEMETRY.value else status).append(
+                    (k, len(v)))
         dropped = [0, 0]
-        for i, group in enumerate((telemetry, status)):
+        for i, group in ((0, first), (0, telemetry), (1, status)):
             for k, size in group:
                 if total <= target:
                     break

@@ -221,6 +221,29 @@ class Reporter:
         self.kick()
         return result.seq
 
+    async def metrics(self, batch: dict[str, Any]) -> int | None:
+        """Persist a batch of scraped samples (`shared.entries.metrics_batch`) as its own
+        report. The cloud keeps only the latest batch, so this one replaces a previous
+        batch still waiting in the outbox, and the byte budget drops it before any
+        telemetry or status (`Cache.append_report(metrics=True)`): scraped metrics
+        never crowd out status while offline. Returns the seq (None: not persisted)."""
+        now = self.clock()
+
+        def make(seq: int) -> bytes:
+            return encode(Report(node=self.node, seq=seq, ts=float(int(now)),
+                                 telemetry=[batch]))
+
+        try:
+            result = await asyncio.to_thread(self.cache.append_report, make,
+                                             kind=OutboxKind.TELEMETRY, metrics=True)
+        except CacheError as exc:
+            self.persist_failures += 1
+            self._rlog.warning("metrics", "cannot persist a metrics batch, dropped: %s", exc)
+            return None
+        self.last_append = time.monotonic()
+        self.kick()
+        return result.seq
+
     async def heartbeat(self) -> int | None:
         """Persist an empty report (droppable first under the outbox budget); returns seq.
 
