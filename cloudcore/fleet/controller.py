@@ -11,6 +11,7 @@
     workloads.py  Workloads      DaemonSet and Deployment controllers, owner index
     rollout.py    Rollouts       the health-gated rollout tick, workload statuses
     eviction.py   Eviction       replicas moved off long-NotReady nodes, NodeLost
+    upgrades.py   Upgrades       AgentUpgrades: nodes' agent releases in batches
 
 and keeps the public methods the API, the service, the sync hub (it is the hub's
 `NodeSink`) and tests call. Each method here is the sequence of part calls one
@@ -56,6 +57,7 @@ from cloudcore.fleet.objects import (
 from cloudcore.fleet.placement import Placement
 from cloudcore.fleet.plans import RolloutPlans
 from cloudcore.fleet.rollout import Rollouts
+from cloudcore.fleet.upgrades import Upgrades
 from cloudcore.fleet.watch import WatchHub
 from cloudcore.fleet.workloads import Workloads
 from cloudcore.scheduler import Scheduler
@@ -64,6 +66,7 @@ from shared.entries import CONFIGMAP, SECRET
 from shared.errors import ObjectError
 from shared.models import (
     CLUSTER_KINDS,
+    AgentUpgrade,
     ConfigMap,
     DaemonSet,
     Deployment,
@@ -125,6 +128,10 @@ class Fleet:
                                  timeout=eviction_timeout)
         """Moves Deployment replicas off long-NotReady nodes; `timeout` is the
         cloud-wide default toleration (settings.sync.pod_eviction_timeout)."""
+        self.upgrades = Upgrades(objects=self.objects, desired=self.desired_sets,
+                                 events=self.events, store=store)
+        """AgentUpgrades: the nodes' agent release entries in health-gated batches
+        (`upgrades.py`)."""
 
     # -- views of the parts' state (read only) ------------------------------------------
 
@@ -213,6 +220,7 @@ class Fleet:
         self.workloads.load()
         self.plans.load(records.get("rollouts", {}))
         self.desired_sets.load(records)
+        self.upgrades.load(records)
         self.placement.restore_pending()
         self.desired_sets.sync_node_gens()
         self.commit()
@@ -257,6 +265,8 @@ class Fleet:
                 continue
             if isinstance(obj, DaemonSet | Deployment):
                 check_selector(obj)
+            if isinstance(obj, AgentUpgrade):
+                self.upgrades.check(obj)
             unchanged = self.objects.unchanged(obj)
             action: Action = ("created" if unchanged is None
                               else "unchanged" if unchanged else "configured")
@@ -292,7 +302,10 @@ class Fleet:
                                                  obj.metadata.name)
             elif isinstance(obj, Namespace):
                 self.objects.put(obj)
+            elif isinstance(obj, AgentUpgrade):
+                self.upgrades.apply(obj)
         self.rollouts.tick()  # statuses now, and a rollout's first batch
+        self.upgrades.tick()  # and an AgentUpgrade's
         self.commit()
         return results
 
@@ -318,6 +331,8 @@ class Fleet:
         if kind in ("ConfigMap", "Secret"):
             self.desired_sets.config_changed(CONFIGMAP if kind == "ConfigMap" else SECRET,
                                              *key)
+        if kind == "AgentUpgrade":
+            self.upgrades.deleted(name)  # its release entries go
         if kind in ("DaemonSet", "Deployment"):
             owner = f"{kind}/{key[0]}/{name}"
             self.workloads.delete_owned(owner)
@@ -468,7 +483,11 @@ class Fleet:
     def node_status(self, name: str, status: dict[str, Any], *, trusted: bool = False) -> int:
         """Apply the node_status of a report (capacity, labels, heartbeat...); returns
         how many labels were refused (`Nodes.status`)."""
+        st = self.objects.nodes[name].status
+        agent = (st.agent_version, st.agent_upgrade)
         refused, changed = self.node_ops.status(name, status, trusted=trusted)
+        if agent != (st.agent_version, st.agent_upgrade):
+            self.upgrades.node_changed(name)
         if changed:
             self._node_changed(name)
             self.desired_sets.commit()
@@ -495,11 +514,13 @@ class Fleet:
         """A report arrived: the node is Ready and last_seen is now (wall clock)."""
         if self.node_ops.mark_ready(name):
             self.eviction.observe(name, "Ready")
+            self.upgrades.node_changed(name)
 
     def mark_not_ready(self, name: str, *, reason: str, message: str) -> bool:
         if not self.node_ops.mark_not_ready(name, reason=reason, message=message):
             return False
         self.eviction.observe(name, "NotReady")
+        self.upgrades.node_changed(name)
         return True
 
     def expire(self, now: float) -> list[str]:
@@ -508,9 +529,11 @@ class Fleet:
         out = self.node_ops.expire(now)
         for name in out:
             self.eviction.observe(name, "NotReady")
+            self.upgrades.node_changed(name)
         self.eviction.mark_lost()
         self.eviction.run()  # same tick: replicas whose toleration ran out move
-        if self.rollouts.tick():  # and rollouts take their next step
+        moved = self.rollouts.tick()  # and rollouts take their next step
+        if self.upgrades.tick() or moved:  # and agent upgrades theirs
             self.commit()
         return out
 
@@ -559,10 +582,12 @@ class Fleet:
         """A node joined or changed labels/taints/capacity: DaemonSets and pending pods."""
         self.workloads.node_changed(name)
         self.placement.retry_pending()
+        self.upgrades.node_changed(name)  # labels: which AgentUpgrade selects it
 
     def _delete_node(self, name: str) -> Node:
         self.workloads.node_deleted(name)
         # The desired set is kept (emptied, not removed) so its gen keeps growing: an
         # agent that comes back under the same name gets a clean delta, never a stale gen.
         self.desired_sets.mark(name)
+        self.upgrades.node_changed(name)
         return self.node_ops.remove(name)

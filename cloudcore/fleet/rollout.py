@@ -24,13 +24,23 @@ under way:
   new batch starts (Aborted). Either way an event says which pods failed and why. A
   new template (another apply) starts a new rollout;
 - pods on nodes that are not Ready (and Deployment replicas not placed on any node)
-  neither block the rollout nor count as failed: when every pod on a Ready node is
-  updated and healthy (at least one), the rollout is complete, the update becomes
-  the stable template, and the other pods get it too (agents apply it when they
-  reconnect);
+  neither block the batches nor count as failed;
+- the rollout is **complete** in the sense of `kubectl rollout status`: every pod
+  that should run (on a Ready node, or a replica on no node) has the update and is
+  available (Ready for `minReadySeconds`, reported since the update), at least one
+  of them. A failed pod that was tolerated (`failureThreshold`) or a replica on no
+  node therefore holds completion until it is available. Only then the update
+  becomes the stable template (what a rollback returns to) and the pods of nodes
+  that are not Ready get it too (agents apply it when they reconnect);
 - `spec.paused` stops new batches (pods in progress go on).
 
 Without a strategy a template change goes to every pod at once, as before.
+
+The status phase is `Complete` under the same rule, with or without a strategy, on a
+first create as on an update: until every pod is available it is `Progressing`, and
+its message names a few pods it waits for and why ("waiting for web-1
+(ContainerCreating)"). The `RolloutComplete` event is written once per template, when
+the status first says Complete (issues 16, 17, 18).
 
 The workload's `status` (Kubernetes' names: a DaemonSet's desiredNumberScheduled,
 updatedNumberScheduled, numberReady, numberAvailable; a Deployment's replicas,
@@ -83,6 +93,8 @@ POD_FAILURE_REASONS = frozenset({"InvalidSpec"})
 STATUS_PODS_PER_SECOND = 20_000.0
 """A workload's status is recomputed at most every pods / this seconds (and tick)."""
 MAX_MESSAGE = 400
+WAITING_SHOWN = 3
+"""Pods a status message names as what the rollout waits for."""
 SCAN_CHUNK = 5000
 """Pods of a workload with no rollout moving looked at per tick: a bigger workload's
 status is counted over several ticks (a pass over 100,000 pods held the event loop for
@@ -114,6 +126,21 @@ class _Scan:
     in_flight: int = 0  # updated, node Ready, not yet healthy, not failed
     healthy: int = 0  # updated, available, reported since the update
     new_failures: int = 0  # pods found failed in this pass
+    # What completion waits for: pods that should run at the update and are not yet
+    # available there (on Ready nodes, or on no node), and pods on Ready nodes not yet
+    # given the update. `done`: updated and available on a Ready node (with a rollout
+    # moving, Ready since the update as reported after it).
+    done: int = 0
+    waiting: int = 0
+    waiting_for: list[tuple[str, str]] = field(default_factory=list)  # a few, by name
+    old: int = 0  # not yet updated, node Ready
+    warming: bool = False  # a pod is Ready, not yet for minReadySeconds: look again
+
+    def wait_for(self, name: str, why: str) -> None:
+        self.waiting += 1
+        self.waiting_for.append((name, why))
+        if len(self.waiting_for) > 64:  # keep the first few by name, cheaply
+            self.waiting_for = sorted(self.waiting_for)[:WAITING_SHOWN]
     # No rollout under way: pods on Ready nodes that are not available and whose status
     # says why they will not become so by themselves (ImagePullBackOff, ...).
     stuck: list[tuple[str, str]] = field(default_factory=list)
@@ -132,6 +159,29 @@ def failure(pod: Pod, revision: str) -> str | None:
             return f"container {c.name}: {c.reason}" + (f": {c.message}" if c.message else "")
     return None
 
+def waiting_for(pod: Pod, revision: str | None, *, placed: bool, since: float, now: float,
+                min_ready: int, fresh: bool) -> str:
+    """Why a pod that should run at `revision` is not available there yet, in a few
+    words (Kubernetes' reasons where the agent reported one)."""
+    s = pod.status
+    if not placed:
+        return "Pending" + (f": {s.message}" if s.message else " on no node")
+    if since <= now and fresh:
+        return f"Ready for {now - since:.0f} of minReadySeconds {min_ready} s"
+    if s.revision != revision or not fresh:
+        return "not reported at this revision yet"
+    why = failure(pod, revision) if revision is not None else None
+    if why is not None:
+        return why
+    for c in s.container_statuses:
+        if c.state == "waiting" and c.reason:
+            return c.reason
+    for c in s.container_statuses:
+        if not c.ready:
+            return f"container {c.name} not Ready"
+    return s.reason or s.phase
+
+
 class Rollouts:
     """The rollout tick over every workload: batches, health, abort and rollback,
     completion, and the workloads' statuses. Uses the objects, the bind index and the
@@ -145,6 +195,9 @@ class Rollouts:
         self.workloads = workloads
         self.events = events
         self._passes: dict[str, _Pass] = {}  # workload -> its status pass under way
+        # workload -> the template hash whose completion its last RolloutComplete event
+        # announced (a pod that fails and recovers later does not announce it again)
+        self._announced: dict[str, str | None] = {}
 
     @property
     def clock(self) -> Callable[[], float]:
@@ -172,10 +225,12 @@ class Rollouts:
         changed = False
         workloads: list[tuple[Key, Workload]] = [*self.objects.daemonsets.items(),
                                                  *self.objects.deployments.items()]
-        if self._passes:  # passes of workloads deleted meanwhile
+        if self._passes or len(self._announced) > len(workloads):  # workloads deleted
             live = {owner_of(ds) for _, ds in workloads}
             for gone in [o for o in self._passes if o not in live]:
                 del self._passes[gone]
+            for gone in [o for o in self._announced if o not in live]:
+                del self._announced[gone]
         for key, ds in workloads:
             owner = owner_of(ds)
             st = self.plans.state(owner)
@@ -253,7 +308,8 @@ class Rollouts:
             node = nodes.get(where) if where is not None else None
             node_ready = node is not None and node.status.ready == "Ready"
             sc.total += 1
-            if where is not None and not node_ready:
+            offline = where is not None and not node_ready
+            if offline:
                 sc.offline += 1
             is_update = ann.get(naming.TEMPLATE_HASH) == update.thash
             if is_update:
@@ -263,7 +319,23 @@ class Rollouts:
             available = now - since >= min_ready  # never for +inf: not Ready
             if since <= now:
                 sc.ready += 1
+                sc.warming |= node_ready and not available
             sc.available += available
+            fresh = True  # without a rollout moving, any report at the revision counts
+            if moving and is_update and node_ready:
+                updated_at = st.updated_at.setdefault(k, now)
+                # Only a report made after the update says anything about it (after a
+                # retry, the node's last report may still be the failed attempt's).
+                fresh = st.reported_at.get(k, float("-inf")) >= updated_at
+            if is_update and node_ready and available and fresh:
+                sc.done += 1
+            elif not offline:  # pods on nodes that are not Ready do not hold completion
+                if not is_update and where is not None:
+                    sc.old += 1
+                else:
+                    sc.wait_for(k[1], waiting_for(pod, rev, placed=where is not None,
+                                                  since=since, now=now, min_ready=min_ready,
+                                                  fresh=fresh))
             if not moving:
                 if not available and node_ready and rev is not None:
                     why = failure(pod, rev)
@@ -280,10 +352,6 @@ class Rollouts:
             if not is_update:
                 sc.candidates.append(k)
                 continue
-            updated_at = st.updated_at.setdefault(k, now)
-            # Only a report made after the update says anything about it (after a retry,
-            # the node's last report may still be the failed attempt's).
-            fresh = st.reported_at.get(k, float("-inf")) >= updated_at
             if k not in st.failed:
                 why = failure(pod, update.revision) if fresh else None
                 if why is None and not (fresh and available) and now - updated_at > deadline:
@@ -314,8 +382,8 @@ class Rollouts:
             return False
         moved = self._update(ds, owner, st, update, sc=sc, batch=sc.unplaced)
         if not sc.candidates and sc.in_flight == 0:
-            if sc.healthy == 0 and sc.total:
-                return False  # nothing verified yet (no Ready node): wait
+            if not self._settled(ds, sc):
+                return moved  # tolerated failures, replicas on no node, no Ready node: wait
             return self._complete(ds, owner, st, update)
         room = max(1, resolve_count(strategy.rolling_update.max_unavailable, sc.total,
                                     round_up=False)) - sc.in_flight
@@ -365,23 +433,59 @@ class Rollouts:
         return False
 
     def _complete(self, ds: Workload, owner: str, st: RolloutState, update: Template) -> bool:
+        """Every pod that should run is updated and available (`_settled`): the update
+        is the stable template from now on (what a later rollback returns to), and the
+        pods of nodes that are not Ready get it too. The status of this tick says
+        Complete and announces it (`_status`)."""
         st.stable = update
         st.aborted = None
         self.plans.save(owner)
-        self.events.add(type="Normal", reason="RolloutComplete", obj=owner,
-                              message=f"revision {update.revision} runs on every Ready node")
         self.workloads.sync(ds)  # the pods of nodes that were not Ready get it too
         return True
 
+    def _settled(self, ds: Workload, sc: _Scan) -> bool:
+        """Complete in the sense of `kubectl rollout status`: every pod that should run
+        has the update and is available (Ready for minReadySeconds, reported since the
+        update while a rollout moves), at least one of them when there are pods at all;
+        pods on nodes that are not Ready do not hold it (they get the update when their
+        node reconnects). Replicas placed on no node do hold it, as in Kubernetes."""
+        if sc.waiting or sc.old or (sc.total and not sc.done):
+            return False
+        if isinstance(ds, DaemonSet):
+            return not self.workloads.is_expanding(ds)  # pods yet to be made
+        return sc.total == ds.spec.replicas  # no surge pod or old replica left
+
     # -- status -------------------------------------------------------------------------
+
+    def _waiting(self, ds: Workload, sc: _Scan) -> str:
+        """What completion waits for, in a few words."""
+        if sc.waiting:
+            shown = sorted(sc.waiting_for)[:WAITING_SHOWN]
+            more = f" and {sc.waiting - len(shown)} more" if sc.waiting > len(shown) else ""
+            return "waiting for " + ", ".join(f"{n} ({why})" for n, why in shown) + more
+        if sc.old:
+            return f"waiting for {sc.old} pod(s) to get the update"
+        if isinstance(ds, DaemonSet) and self.workloads.is_expanding(ds):
+            return f"waiting for the pods of every node to be made ({sc.total} so far)"
+        if not isinstance(ds, DaemonSet) and sc.total != ds.spec.replicas:
+            return f"waiting for {sc.total} pods to become {ds.spec.replicas}"
+        return "waiting for a pod on a Ready node"
 
     def _status(self, key: Key, ds: Workload, st: RolloutState, *, update: Template,
                 hold: Template | None, scan: _Scan) -> None:
         """The workload's status from this tick's scan (a batch, a rollback or the
         completion made in the same tick shows in the counts on the next one)."""
         strategy = strategy_of(ds)
+        owner = owner_of(ds)
         total, offline, failed = scan.total, scan.offline, len(st.failed)
         not_ready = f", {offline} on nodes that are not Ready" if offline else ""
+        if owner not in self._announced:  # first look since a start: what was said before
+            prev = ds.status.rollout if ds.status is not None else None
+            self._announced[owner] = (
+                update.thash if prev is not None and prev.phase == "Complete"
+                and ds.status is not None and ds.status.update_revision == update.revision
+                else None)
+        settled = self._settled(ds, scan)
         if hold is None and scan.stuck:
             # The template went everywhere, but pods on Ready nodes report that they
             # cannot run it (issue 16: all in ImagePullBackOff said Complete).
@@ -393,11 +497,17 @@ class Rollouts:
                 message=(f"{scan.available} of {total} pods available at revision "
                          f"{update.revision}{not_ready}; {len(stuck)} failing: {why}{more}")
                 [:1000])
-        elif hold is None:
+        elif hold is None and settled:
             rollout = RolloutStatus(
                 phase="Complete", offline=offline,
-                message=(f"{scan.available} of {total} pods available at revision "
+                message=(f"{scan.done} of {total} pods available at revision "
                          f"{update.revision}{not_ready}"))
+        elif hold is None:  # the template went everywhere; pods are not available yet
+            rollout = RolloutStatus(
+                phase="Progressing", offline=offline,
+                message=(f"{scan.done} of {total} pods available at revision "
+                         f"{update.revision}{not_ready}; {self._waiting(ds, scan)}")
+                [:1000])
         elif st.aborted == update.thash:
             back = strategy is not None and strategy.auto_rollback
             rollout = RolloutStatus(
@@ -410,7 +520,18 @@ class Rollouts:
                 phase="Paused" if ds.spec.paused else "Progressing", failed=failed,
                 offline=offline,
                 message=(f"{scan.updated} of {total} pods updated to revision "
-                         f"{update.revision}, {failed} failed{not_ready}"))
+                         f"{update.revision}, {failed} failed{not_ready}"
+                         # every batch went out: what completion still waits for
+                         + (f"; {self._waiting(ds, scan)}"
+                            if scan.waiting and not scan.candidates else ""))[:1000])
+        if rollout.phase == "Complete" and self._announced[owner] != update.thash:
+            self._announced[owner] = update.thash
+            self.events.add(type="Normal", reason="RolloutComplete", obj=owner,
+                            message=(f"revision {update.revision} runs on every Ready node "
+                                     f"and is available there ({scan.done} pods"
+                                     f"{not_ready})"))
+        if scan.warming:
+            self.plans.dirty.add(owner)  # minReadySeconds passes without a report: look again
         status: WorkloadStatus | DeploymentStatus
         if isinstance(ds, DaemonSet):
             status = WorkloadStatus(

@@ -175,6 +175,10 @@ class Workloads:
         """DaemonSets whose expansion is under way."""
         return len(self._expanding)
 
+    def is_expanding(self, ds: DaemonSet) -> bool:
+        """Whether `ds`'s pods are still being made (its rollout cannot be complete)."""
+        return (ds.metadata.namespace, ds.metadata.name) in self._expanding
+
     async def expanded(self) -> None:
         """Wait until no DaemonSet expansion is under way."""
         await self._idle.wait()
@@ -200,6 +204,7 @@ class Workloads:
             self.sync_daemonset(job.ds, step)
             if job.done >= len(job.names):
                 del self._expanding[key]
+                self.plans.touch(f"DaemonSet/{key[0]}/{key[1]}")  # its status: complete?
             if time.perf_counter() >= end:
                 break
         if not self._expanding:

@@ -111,8 +111,14 @@ def test_a_staged_rollout_goes_batch_by_batch_after_each_is_healthy() -> None:
     assert w.updated(r1) == set(w.names)
     w.report_all()
     w.tick()
+    st = w.status()  # Ready, not yet for minReadySeconds: not available, not Complete
+    assert (st.desired_number_scheduled, st.number_ready, st.number_available) == (7, 7, 0)
+    assert st.rollout.phase == "Progressing"
+    assert "0 of 7 pods available" in st.rollout.message
+    assert "minReadySeconds 5 s" in st.rollout.message
+    w.tick(5)  # no report needed: the time passing makes them available
     st = w.status()
-    assert (st.desired_number_scheduled, st.number_ready, st.rollout.phase) == (7, 7, "Complete")
+    assert (st.number_available, st.rollout.phase) == (7, "Complete")
 
     w.apply(v2)
     first = w.updated(r2)
@@ -243,7 +249,17 @@ def test_a_template_change_without_strategy_goes_everywhere_at_once() -> None:
     w.apply(daemonset(args=["v1"]))
     w.apply(daemonset(args=["v2"]))
     assert len({w.desired_revision(n) for n in w.names}) == 1
-    assert w.status().rollout.phase == "Complete"
+    st = w.status()  # it went everywhere, but no pod runs it yet: not Complete
+    assert st.rollout.phase == "Progressing" and st.number_available == 0
+    assert st.rollout.message.startswith("0 of 5 pods available at revision ")
+    assert "waiting for agent-n01 (not reported at this revision yet)" in st.rollout.message
+    assert "and 2 more" in st.rollout.message
+    assert not [e for e in w.fleet.events.list() if e["reason"] == "RolloutComplete"]
+    w.report_all()
+    w.tick()
+    assert (w.status().rollout.phase, w.status().number_available) == ("Complete", 5)
+    [ev] = [e for e in w.fleet.events.list() if e["reason"] == "RolloutComplete"]
+    assert w.status().update_revision in ev["message"]
 
 
 def test_a_rollout_survives_a_cloudcore_restart() -> None:
@@ -307,7 +323,15 @@ def test_rollout_actions_pause_resume_undo_retry() -> None:
     # undo: the stable template everywhere, at once
     out = w.fleet.rollout("DaemonSet", "default", "agent", "undo")
     assert w.updated(r2) == set() and w.updated(r1) == set(w.names)
-    assert out["status"]["rollout"]["phase"] == "Complete"
+    # the pod put back after running revision 2 (a) runs revision 1 once its node says
+    # so: not Complete before
+    assert out["status"]["rollout"]["phase"] == "Progressing"
+    assert out["status"]["rollout"]["message"] == (
+        f"3 of 4 pods available at revision {r1}; "
+        f"waiting for agent-{a} (not reported at this revision yet)")
+    w.report_all()
+    w.tick()
+    assert w.status().rollout.phase == "Complete"
     assert out["metadata"]["generation"] == 5  # create, v2, pause, resume, undo
     # retry: an aborted rollout of the same template starts again
     w.apply(v2)
@@ -444,7 +468,19 @@ def test_replicas_placed_nowhere_take_the_update_at_once_and_do_not_block() -> N
         w.report_replica(k)
     w.tick()
     assert w.at(r2) == set(w.replicas())
-    assert w.dep_status().rollout.phase == "Complete"
+    # As in Kubernetes, a replica on no node is not available: not Complete, and the
+    # update is not the stable template yet (what a rollback would go back to).
+    st = w.dep_status()
+    [web2] = pending
+    assert (st.rollout.phase, st.available_replicas) == ("Progressing", 2)
+    assert st.current_revision == rev_of(w, v1)
+    assert f"waiting for {web2[1]} (Pending" in st.rollout.message
+    add_node(w.fleet, "n99")  # room for it
+    w.fleet.commit()
+    w.report_replica(web2)
+    w.tick()
+    st = w.dep_status()
+    assert (st.rollout.phase, st.available_replicas, st.current_revision) == ("Complete", 3, r2)
 
 
 def test_failed_pods_are_remembered_across_a_restart() -> None:
@@ -545,3 +581,109 @@ def test_a_big_workloads_status_is_counted_over_several_ticks(monkeypatch: Any) 
     status = w.status()
     assert status.number_ready == 7 and status.desired_number_scheduled == 7
     assert sum(scans) == 7
+
+
+# -- Complete means what `kubectl rollout status` means (issues 16, 17, 18) ---------------
+
+
+def test_a_daemonset_with_no_pod_ready_is_not_complete() -> None:
+    """0/2 ready said Complete: the template had gone everywhere. Now it is Progressing,
+    saying what it waits for, until every pod is available; then Complete, once."""
+    w = World(2)
+    w.apply(daemonset(args=["v1"]))
+    for n in w.names:
+        w.report(n, ready=False)  # Running, its container not Ready
+    w.tick()
+    st = w.status()
+    assert (st.number_ready, st.number_available, st.rollout.phase) == (0, 0, "Progressing")
+    assert st.rollout.message == (
+        f"0 of 2 pods available at revision {st.update_revision}; waiting for "
+        "agent-n01 (container main not Ready), agent-n02 (container main not Ready)")
+    w.report("n01")
+    w.tick()
+    assert (w.status().number_available, w.status().rollout.phase) == (1, "Progressing")
+    w.report("n02")
+    w.tick()
+    assert (w.status().number_available, w.status().rollout.phase) == (2, "Complete")
+    w.report("n02", ready=False)  # it fails later: not Complete while it is not available
+    w.tick()
+    assert w.status().rollout.phase == "Progressing"
+    w.report("n02")
+    w.tick()
+    assert w.status().rollout.phase == "Complete"
+    completes = [e for e in w.fleet.events.list() if e["reason"] == "RolloutComplete"]
+    assert len(completes) == 1  # announced once per template, not on each recovery
+
+
+def test_min_ready_seconds_holds_complete_until_the_pods_are_available() -> None:
+    w = World(2)
+    doc = daemonset(args=["v1"])
+    doc["spec"]["minReadySeconds"] = 10
+    w.apply(doc)
+    w.report_all()
+    w.tick()
+    st = w.status()
+    assert (st.number_ready, st.number_available, st.rollout.phase) == (2, 0, "Progressing")
+    assert "agent-n01 (Ready for 1 of minReadySeconds 10 s)" in st.rollout.message
+    w.tick(5)
+    assert w.status().rollout.phase == "Progressing"
+    w.tick(5)  # 10 s Ready, with no new report: the tick looks again by itself
+    st = w.status()
+    assert (st.number_available, st.rollout.phase) == (2, "Complete")
+
+
+def test_pods_on_nodes_not_ready_do_not_hold_complete_and_none_at_all_is_not_complete() -> None:
+    w = World(2)
+    w.apply(daemonset(args=["v1"]))
+    w.fleet.mark_not_ready("n02", reason="NodeStatusUnknown", message="test")
+    w.report("n01")
+    w.tick()
+    st = w.status()
+    assert (st.rollout.phase, st.rollout.offline, st.number_available) == ("Complete", 1, 1)
+    w.fleet.mark_not_ready("n01", reason="NodeStatusUnknown", message="test")
+    w.tick()
+    st = w.status()  # nothing runs it anywhere that can be seen
+    assert (st.rollout.phase, st.rollout.offline) == ("Progressing", 2)
+    assert "waiting for a pod on a Ready node" in st.rollout.message
+
+
+def test_a_tolerated_failure_holds_complete_and_rollback_still_returns_to_the_stable() -> None:
+    """With failureThreshold 1 a pod that failed used to let the rollout complete (and
+    its template become the stable one). Now the rollout waits for it: the stable
+    template stays the old one, so a failure more still rolls every node back; a pod
+    that recovers lets it complete."""
+    for recovers in (True, False):
+        w = World(3)
+        v1, v2 = staged(["v1"], batch=1, threshold=1), staged(["v2"], batch=1, threshold=1)
+        r1, r2 = rev_of(w, v1), rev_of(w, v2)
+        w.apply(v1)
+        w.report_all()
+        w.tick()
+        w.apply(v2)
+        [a] = w.updated(r2)
+        w.report(a, waiting="CrashLoopBackOff")  # failed: tolerated
+        w.tick()
+        for _ in range(2):
+            [n] = w.updated(r2) - {a} - {m for m in w.names
+                                         if w.pods()[m].status.revision == r2}
+            w.report(n)
+            w.tick()
+        assert w.updated(r2) == set(w.names)
+        st = w.status()
+        assert (st.rollout.phase, st.current_revision, st.rollout.failed) == (
+            "Progressing", r1, 1)
+        assert f"waiting for agent-{a} (container main: CrashLoopBackOff)" in st.rollout.message
+        assert not [e for e in w.fleet.events.list() if e["reason"] == "RolloutComplete"
+                    and r2 in e["message"]]
+        if recovers:
+            w.report(a)
+            w.tick()
+            st = w.status()
+            assert (st.rollout.phase, st.current_revision) == ("Complete", r2)
+            assert w.fleet.plans.stable("DaemonSet/default/agent").revision == r2
+        else:
+            b = sorted(set(w.names) - {a})[0]
+            w.report(b, waiting="ErrImagePull")  # a second failure: over the threshold
+            w.tick()
+            assert w.status().rollout.phase == "RolledBack"
+            assert all(w.desired_revision(n) == r1 for n in w.names)

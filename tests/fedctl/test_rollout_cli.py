@@ -158,7 +158,8 @@ def test_get_daemonsets_shows_the_rollout(cloud: Cloud) -> None:
     r = fed(cloud, "get", "deployments")
     assert rows(r.stdout)[0] == ["NAME", "READY", "REPLICAS", "UP-TO-DATE", "AVAILABLE",
                                  "ROLLOUT", "NODE", "SELECTOR", "AGE"]
-    assert rows(r.stdout)[1][:6] == ["web", "0/1", "1", "1", "0", "Complete"]
+    # its replica is not available yet: not Complete (kubectl rollout status would wait)
+    assert rows(r.stdout)[1][:6] == ["web", "0/1", "1", "1", "0", "Progressing"]
     r = fed(cloud, "get", "workloads")
     assert r.exit_code == 0, r.output
     assert rows(r.stdout)[0] == ["KIND", "NAME", "READY", "NODE", "SELECTOR", "AGE", "IMAGES"]
@@ -189,7 +190,8 @@ def test_describe_daemonset_has_a_rollout_section(cloud: Cloud) -> None:
     r = fed(cloud, "describe", "ds", "plain")
     lines = r.stdout.splitlines()
     at = lines.index("Rollout:")
-    assert lines[at + 1] == "  Phase:       Complete"
+    assert lines[at + 1] == "  Phase:       Progressing"  # no pod of it reported yet
+    assert lines[at + 2].startswith("  Message:     0 of 3 pods available at revision ")
     assert "  Strategy:    all pods at once (no updateStrategy)" in lines[at:]
     assert not [x for x in lines if x.startswith("  Health Gate:")]
 
