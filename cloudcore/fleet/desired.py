@@ -8,6 +8,10 @@ sets with `NodeDesired.replace`, so one API call that touches 1,000 nodes bumps 
 node's gen once. Listeners (the sync hub, through `DesiredSource`) are told which
 nodes changed.
 
+Entries that come from no pod or config (the agent release, `agent/-/release`, set by
+the AgentUpgrade controller, `upgrades.py`) are held per node with `put_entry`; they
+are persisted inside the desired sets themselves and read back from them at load.
+
 It also owns the cached desired-set value of every pod and config object, the pod
 -> ConfigMap/Secret references (`shared.entries.referenced_keys`: a config goes to
 exactly the nodes whose pods mount it), acks, epochs (drift) and the per-node report
@@ -26,6 +30,7 @@ from cloudcore.fleet.objects import Key, Objects
 from cloudcore.fleet.placement import Placement
 from shared.delta import NodeDesired
 from shared.entries import (
+    AGENT,
     CONFIGMAP,
     POD,
     SECRET,
@@ -63,6 +68,8 @@ class DesiredSets:
         """(DaemonSet, template hash, revision) -> the entry of one of its pods: every
         other pod's entry shares all of it but its name and nodeName."""
         self._config_entries: dict[str, dict[str, Any] | None] = {}  # None: no such object
+        self._extra: dict[str, dict[str, Any]] = {}
+        """node -> {key: value} of entries from no pod or config (`put_entry`)."""
         self._dirty: set[str] = set()
         self._listeners: list[Listener] = []
 
@@ -128,6 +135,31 @@ class DesiredSets:
                 k: v for k, v in spec.items() if k != "nodeName"}
         return {**base, "name": name, "spec": spec}
 
+    def entry(self, node: str, key: str) -> Any | None:
+        """The value of an entry set with `put_entry` (None: absent)."""
+        return self._extra.get(node, {}).get(key)
+
+    def put_entry(self, node: str, key: str, value: Any | None) -> bool:
+        """Set (value None: remove) an entry of `node`'s set that no pod or config makes,
+        such as `agent/-/release`; the next commit sends it. True if it changed."""
+        have = self._extra.get(node)
+        if value is None:
+            if have is None or key not in have:
+                return False
+            del have[key]
+            if not have:
+                del self._extra[node]
+        else:
+            if have is not None and have.get(key) == value:
+                return False
+            self._extra.setdefault(node, {})[key] = value
+        self._dirty.add(node)
+        return True
+
+    def entries_of(self, key: str) -> dict[str, Any]:
+        """node -> the value of entry `key` set with `put_entry`, for every node with one."""
+        return {node: have[key] for node, have in self._extra.items() if key in have}
+
     # -- listeners ----------------------------------------------------------------------
 
     def add_listener(self, listener: Listener) -> None:
@@ -148,6 +180,8 @@ class DesiredSets:
                 if kind == POD and (ns, pname) in pods:
                     self.placement.restore((ns, pname), name)
                     self._entries[(ns, pname)] = nd.items[k][0]
+                elif kind == AGENT:
+                    self._extra.setdefault(name, {})[k] = nd.items[k][0]
         self._report_seq = {k: int(v) for k, v in records.get("reportseq", {}).items()}
 
     def sync_node_gens(self) -> None:
@@ -195,6 +229,9 @@ class DesiredSets:
                     value = self._config_entry(ck)
                     if value is not None:
                         wanted[ck] = value
+            extra = self._extra.get(name)
+            if extra:
+                wanted.update(extra)
             fresh = name not in self._sets
             nd = self.desired_for(name)
             if nd.replace(wanted):

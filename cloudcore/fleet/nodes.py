@@ -30,13 +30,14 @@ from typing import Any, Literal
 from cloudcore.errors import NotFound
 from cloudcore.fleet import naming
 from cloudcore.fleet.desired import DesiredSets
+from cloudcore.fleet.edgemetrics import EdgeSeries
 from cloudcore.fleet.events import EventLog
 from cloudcore.fleet.forecast import FORECAST_KEYS, WARN_INTERVAL, normalise
 from cloudcore.fleet.lifecycle import Liveness
 from cloudcore.fleet.objects import Key, Objects, now_iso, share_fields_set
 from cloudcore.fleet.placement import Placement, pending_status
 from cloudcore.scheduler.core import ARCH_LABEL
-from shared.entries import POD, split_key
+from shared.entries import POD, agent_upgrade_value, parse_agent_upgrade, split_key
 from shared.models import Node, NodeSpec, Pod, PodStatus
 
 log = logging.getLogger("cloudcore.fleet")
@@ -76,7 +77,8 @@ class Nodes:
                  liveness: Liveness, events: EventLog, touch: Touch,
                  clock: Callable[[], float] = time.time,
                  protected_labels: tuple[str, ...] = (),
-                 telemetry_points: int = 120) -> None:
+                 telemetry_points: int = 120,
+                 edge_series: EdgeSeries | None = None) -> None:
         self.objects = objects
         self.store = objects.store
         self.placement = placement
@@ -94,6 +96,8 @@ class Nodes:
         """Gets every valid telemetry point as (node, minute, cpu 0..1, mem 0..1): the
         forecaster, when it is enabled."""
         self.telemetry_malformed = 0
+        self.edge_series = edge_series or EdgeSeries(clock=clock)
+        """The newest Prometheus samples scraped on each device (`/metrics/edge`)."""
         self._warned: dict[str, float] = {}  # node -> clock of its last over-capacity warning
         self._deleted: dict[str, float] = {}
         """Nodes deleted through the API (name -> when): their agents' messages do not
@@ -283,6 +287,12 @@ class Nodes:
                 setattr(st, attr, sys.intern(val))
                 saved = True
                 placed = placed or attr == "arch"
+        upgrade = parse_agent_upgrade(status.get("agentUpgrade"))
+        if upgrade is not None:  # absent or malformed: the last report stands
+            value = agent_upgrade_value(upgrade)
+            if value != st.agent_upgrade:
+                st.agent_upgrade = value
+                saved = True
         labels = status.get("labels")
         have = node.metadata.labels
         if isinstance(labels, dict):
@@ -420,9 +430,13 @@ class Nodes:
 
     def add_telemetry(self, name: str, samples: list[dict[str, Any]]) -> None:
         """Keep recent samples per node, feed valid points to the forecaster (`observer`)
-        and put the newest utilisation into status.usage (`cpu`, `mem`, 0..1).
+        and put the newest utilisation into status.usage (`cpu`, `mem`, 0..1); batches
+        of scraped Prometheus samples go to `edge_series` instead.
         Malformed points are ignored and counted in `telemetry_malformed`."""
         if not isinstance(samples, list) or not samples:
+            return
+        samples = self.edge_series.take(name, samples)  # scraped samples (issue 17)
+        if not samples:
             return
         node = self.objects.nodes[name]
         ring = self.telemetry.setdefault(name, [])

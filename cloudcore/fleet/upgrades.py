@@ -1,0 +1,443 @@
+"""Upgrades of the fleet's agents: the AgentUpgrade controller (proposal 0006).
+
+An `AgentUpgrade` (edgefed.io/v1, cluster-scoped) names a release (`spec.version`,
+`spec.image`) and the nodes that should run it (`spec.selector`). This part gives those
+nodes the desired entry `agent/-/release` (`shared.entries.agent_release_entry`) in
+health-gated batches, as the workload rollouts (`rollout.py`) do for pods:
+
+- **candidates** are selected nodes that are Ready and do not run `spec.version`,
+  taken in name order; at most `maxUnavailable` (a number or a percentage of the
+  selected nodes, at least 1) are **in progress** at once: told to upgrade, Ready, not
+  yet done, not failed. A node **told** to upgrade keeps its entry; this part
+  remembers the version it ran before (where a rollback goes) in the store's
+  `upgradenodes` database;
+- a told node is **done** when it reports `agentVersion == spec.version` and
+  `agentUpgrade` {version: spec.version, phase: Healthy}. A selected node that already
+  runs the version counts as upgraded and is never told;
+- a told node **failed** when it reports `agentUpgrade` phase Failed or RolledBack for
+  the version (a report equal to the one it had when it was told says nothing new), or
+  when it has been Ready for `healthDeadlineSeconds` + `DEADLINE_MARGIN` since it was
+  told without being done (Timeout; the clock counts only while it is Ready: a node
+  goes NotReady for a moment when its agent restarts). A node that failed stays failed
+  for this AgentUpgrade;
+- a selected node that is not Ready is **waiting**: it neither holds a batch nor
+  fails; told or not, it upgrades when it is back (a told one keeps its entry);
+- more failed nodes than `failureThreshold` **aborts**: no new batches, and every
+  told node gets `agent/-/release` = {its previous version, image None} (it holds that
+  version in its previous slot; the failed ones went back on their own, the entry
+  keeps them there). An event `AgentUpgradeAborted` names the failed nodes and why.
+  An aborted AgentUpgrade stays aborted: delete it (or create one under another name)
+  to try again;
+- `spec.paused` stops new batches (nodes in progress go on);
+- **Complete** when no Ready selected node is left to tell and none is in progress;
+  waiting nodes are counted in the status and get their turn when they are back
+  (level-triggered: a node that joins later and matches is upgraded too).
+
+One node follows one AgentUpgrade: when several select it, the newest (creation time,
+then name) owns it, and the older ones leave it out of their counts. Deleting an
+AgentUpgrade removes its entries: nodes then keep running what they run.
+`spec.version` cannot change (another version is another AgentUpgrade, `agent-V` by
+fedctl's naming); the other fields can.
+
+The controller is level-triggered and cheap when nothing moves: `tick()` (the fleet's
+liveness tick, and right after an apply) scans the selected nodes only after a node's
+agent status, readiness or labels changed (`node_changed`), an AgentUpgrade changed,
+or while nodes are in progress (their deadlines).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from cloudcore.fleet.desired import DesiredSets
+from cloudcore.fleet.events import EventLog
+from cloudcore.fleet.objects import Objects, Persister
+from shared.entries import (
+    AGENT_RELEASE_KEY,
+    UPGRADE_TERMINAL_FAILURES,
+    AgentUpgradeReport,
+    agent_release_entry,
+    parse_agent_upgrade,
+)
+from shared.errors import ObjectError
+from shared.models import (
+    AgentUpgrade,
+    AgentUpgradeFailure,
+    AgentUpgradeStatus,
+    Node,
+    resolve_count,
+)
+
+log = logging.getLogger("cloudcore.fleet.upgrades")
+
+DB = "upgradenodes"
+"""Store database of the per-node memory: `{upgrade}/{node}` -> _Told.record()."""
+DEADLINE_MARGIN = 60.0
+"""Seconds added to healthDeadlineSeconds before the cloud calls a told node failed:
+the node's own deadline counts from its restart, after the download and checks."""
+MAX_FAILURES_SHOWN = 50
+MAX_MESSAGE = 1000
+
+
+@dataclass
+class _Told:
+    """What the controller remembers of a node it told to upgrade."""
+
+    previous: str | None
+    """The agentVersion the node reported when it was told (where a rollback goes)."""
+    stale: tuple[str, str, str] | None = None
+    """Its agentUpgrade report (version, phase, message) when it was told: the same
+    report again is not news about this upgrade."""
+    failed: tuple[str, str] | None = None
+    """(reason, message) once it failed: Failed, RolledBack or Timeout."""
+    ready_for: float = 0.0
+    """Seconds it has been Ready since it was told (not persisted: a cloud restart gives
+    nodes in progress a fresh deadline)."""
+    seen: float | None = None
+    """When the last scan saw it Ready (the clock of `ready_for`)."""
+
+    def record(self, version: str) -> dict[str, Any]:
+        return {"version": version, "previous": self.previous,
+                "stale": list(self.stale) if self.stale is not None else None,
+                "failed": list(self.failed) if self.failed is not None else None}
+
+    @classmethod
+    def from_record(cls, rec: dict[str, Any]) -> _Told:
+        stale, failed = rec.get("stale"), rec.get("failed")
+        return cls(previous=rec.get("previous"),
+                   stale=(str(stale[0]), str(stale[1]), str(stale[2]))
+                   if isinstance(stale, list) and len(stale) == 3 else None,
+                   failed=(str(failed[0]), str(failed[1]))
+                   if isinstance(failed, list) and len(failed) == 2 else None)
+
+
+@dataclass
+class _State:
+    """One AgentUpgrade's memory: the nodes it told, and whether it aborted."""
+
+    version: str
+    told: dict[str, _Told] = field(default_factory=dict)
+    aborted: bool = False
+    completed: bool = False  # the Complete event was sent for the current run
+
+
+@dataclass
+class _Scan:
+    total: int = 0
+    upgraded: int = 0
+    in_progress: int = 0
+    waiting: int = 0
+    rolled_back: int = 0
+    candidates: list[str] = field(default_factory=list)
+    new_failures: list[str] = field(default_factory=list)
+
+
+def _key(report: AgentUpgradeReport | None) -> tuple[str, str, str] | None:
+    return None if report is None else (report.version, report.phase, report.message)
+
+
+class Upgrades:
+    """The AgentUpgrade controller: batches, health, abort and rollback, statuses.
+
+    Reads nodes and AgentUpgrades through `Objects`, writes the nodes' release entries
+    through `DesiredSets.put_entry` (the facade commits), persists its per-node memory
+    through the store."""
+
+    def __init__(self, *, objects: Objects, desired: DesiredSets, events: EventLog,
+                 store: Persister, clock: Callable[[], float] = time.monotonic) -> None:
+        self.objects = objects
+        self.desired = desired
+        self.events = events
+        self.store = store
+        self.clock = clock
+        """Monotonic seconds: the health deadlines count on it (tests set it)."""
+        self._states: dict[str, _State] = {}
+        self._dirty = True
+        self._moving = False  # nodes in progress: scan every tick (deadlines)
+
+    # -- loading ------------------------------------------------------------------------
+
+    def load(self, records: dict[str, dict[str, Any]]) -> None:
+        """The per-node memory of every AgentUpgrade (after `Objects.load`)."""
+        for key, rec in records.get(DB, {}).items():
+            name, _, node = key.partition("/")
+            au = self.objects.agentupgrades.get(name)
+            if au is None or not node or not isinstance(rec, dict):
+                self.store.delete(DB, key)
+                continue
+            st = self._state(au)
+            if rec.get("version") != st.version:
+                self.store.delete(DB, key)
+                continue
+            st.told[node] = _Told.from_record(rec)
+        for au in self.objects.agentupgrades.values():
+            st = self._state(au)
+            st.aborted = au.status is not None and au.status.phase == "Aborted"
+            st.completed = au.status is not None and au.status.phase == "Complete"
+        self._dirty = True
+
+    def _state(self, au: AgentUpgrade) -> _State:
+        st = self._states.get(au.metadata.name)
+        if st is None:
+            st = self._states[au.metadata.name] = _State(version=au.spec.version)
+        return st
+
+    # -- API ----------------------------------------------------------------------------
+
+    def check(self, au: AgentUpgrade) -> None:
+        """Refuse what `apply` cannot do to an AgentUpgrade: change its version."""
+        old = self.objects.agentupgrades.get(au.metadata.name)
+        if old is not None and old.spec.version != au.spec.version:
+            raise ObjectError(
+                f"AgentUpgrade {au.metadata.name}: spec.version cannot change "
+                f"({old.spec.version!r} -> {au.spec.version!r}); another version is "
+                f"another AgentUpgrade (fedctl upgrade nodes --version "
+                f"{au.spec.version} makes agent-{au.spec.version})",
+                field="spec.version")
+
+    def apply(self, au: AgentUpgrade) -> None:
+        """Create or update an AgentUpgrade (checked with `check`); its status is kept
+        and recomputed on the next tick."""
+        self.check(au)
+        old = self.objects.agentupgrades.get(au.metadata.name)
+        if old is not None and old.status is not None:
+            au.status = old.status.model_copy(deep=True)
+        self.objects.put(au)
+        self._state(au)
+        self._dirty = True
+
+    def deleted(self, name: str) -> None:
+        """An AgentUpgrade was deleted (the caller removed the object): its entries go,
+        and its memory."""
+        st = self._states.pop(name, None)
+        if st is None:
+            return
+        for node in st.told:
+            self.store.delete(DB, f"{name}/{node}")
+        for node, value in self.desired.entries_of(AGENT_RELEASE_KEY).items():
+            if isinstance(value, dict) and value.get("upgrade") == name:
+                self.desired.put_entry(node, AGENT_RELEASE_KEY, None)
+        self._dirty = True
+
+    def node_changed(self, name: str) -> None:
+        """A node's agent status, readiness or labels changed, or it was deleted."""
+        self._dirty = True
+
+    # -- the tick -----------------------------------------------------------------------
+
+    def tick(self) -> bool:
+        """Advance every AgentUpgrade; True if a node's release entry changed (the caller
+        commits the desired sets)."""
+        if not self._states or not (self._dirty or self._moving):
+            return False
+        self._dirty = False
+        now = self.clock()
+        nodes = self.objects.nodes
+        ups = sorted(self.objects.agentupgrades.values(),
+                     key=lambda a: (a.metadata.creation_timestamp or "", a.metadata.name),
+                     reverse=True)
+        owner: dict[str, str] = {}  # node -> the newest AgentUpgrade selecting it
+        for au in ups:
+            sel = au.spec.selector
+            for name, node in nodes.items():
+                if name not in owner and sel.matches(node.metadata.labels):
+                    owner[name] = au.metadata.name
+        by_upgrade: dict[str, list[str]] = {}
+        for name in sorted(owner):
+            by_upgrade.setdefault(owner[name], []).append(name)
+        changed = False
+        moving = False
+        for au in ups:
+            st = self._state(au)
+            mine = by_upgrade.get(au.metadata.name, [])
+            self._forget_gone(au.metadata.name, st, mine)
+            sc = self._scan(au, st, mine, now)
+            changed |= self._advance(au, st, sc)
+            moving |= sc.in_progress > 0 and not st.aborted
+            self._status(au, st, sc)
+        self._moving = moving
+        return changed
+
+    def _forget_gone(self, name: str, st: _State, mine: list[str]) -> None:
+        """Told nodes that were deleted, or that a newer AgentUpgrade now owns (which
+        sets their entry): forgotten here. A node whose labels stopped matching keeps
+        its entry and memory (it was told; it stays told)."""
+        nodes = self.objects.nodes
+        taken = set(mine)
+        for node in [n for n in st.told if n not in nodes or (n not in taken
+                                                              and self._owned(n, name))]:
+            del st.told[node]
+            self.store.delete(DB, f"{name}/{node}")
+            if node not in nodes:
+                self.desired.put_entry(node, AGENT_RELEASE_KEY, None)
+
+    def _owned(self, node: str, name: str) -> bool:
+        """Whether `node`'s release entry belongs to another AgentUpgrade than `name`."""
+        value = self.desired.entry(node, AGENT_RELEASE_KEY)
+        return isinstance(value, dict) and value.get("upgrade") not in (None, name)
+
+    def _scan(self, au: AgentUpgrade, st: _State, mine: list[str], now: float) -> _Scan:
+        """Count the selected nodes; find candidates, new failures and deadlines."""
+        version = au.spec.version
+        limit = au.spec.health_deadline_seconds + DEADLINE_MARGIN
+        nodes = self.objects.nodes
+        sc = _Scan()
+        told = dict(st.told)  # told nodes that no longer match are still counted
+        names = list(mine) + sorted(n for n in told if n not in set(mine))
+        for name in names:
+            node = nodes[name]
+            sc.total += 1
+            s = node.status
+            ready = s.ready == "Ready"
+            report = parse_agent_upgrade(s.agent_upgrade)
+            memo = told.get(name)
+            if memo is None:
+                if s.agent_version == version:
+                    sc.upgraded += 1
+                elif not ready:
+                    sc.waiting += 1
+                else:
+                    sc.candidates.append(name)
+                continue
+            if st.aborted:
+                if memo.previous is not None and s.agent_version == memo.previous:
+                    sc.rolled_back += 1
+                continue
+            if memo.failed is not None:
+                continue
+            if (s.agent_version == version and report is not None
+                    and report.version == version and report.phase == "Healthy"):
+                sc.upgraded += 1
+                continue
+            if not ready:
+                memo.seen = None  # its deadline does not count while it is away
+                sc.waiting += 1
+                continue
+            if memo.seen is not None:
+                memo.ready_for += max(0.0, now - memo.seen)
+            memo.seen = now
+            why: tuple[str, str] | None = None
+            if (report is not None and report.version == version
+                    and report.phase in UPGRADE_TERMINAL_FAILURES
+                    and _key(report) != memo.stale):
+                why = (report.phase, report.message)
+            elif memo.ready_for > limit:
+                why = ("Timeout", f"not healthy at {version} {limit:g} s (Ready time) after "
+                                  f"it was told to upgrade; last report: "
+                                  + (f"{report.phase} {report.version}"
+                                     + (f": {report.message}" if report.message else "")
+                                     if report is not None else "none"))
+            if why is None:
+                sc.in_progress += 1
+                continue
+            memo.failed = (why[0], why[1][:MAX_MESSAGE])
+            self.store.put(DB, f"{au.metadata.name}/{name}", memo.record(version))
+            sc.new_failures.append(name)
+            self.events.add(type="Warning", reason="AgentUpgradeFailed", obj=f"Node/{name}",
+                            message=f"{au.metadata.name}: {why[0]}: {why[1]}"[:MAX_MESSAGE])
+        return sc
+
+    def _advance(self, au: AgentUpgrade, st: _State, sc: _Scan) -> bool:
+        """Abort, or tell the next batch; keep every told node's entry as it should be."""
+        name = au.metadata.name
+        failed = sum(1 for m in st.told.values() if m.failed is not None)
+        threshold = resolve_count(au.spec.failure_threshold, sc.total, round_up=False)
+        if not st.aborted and failed > threshold:
+            self._abort(au, st, failed, threshold)
+        if not st.aborted and not au.spec.paused and sc.candidates:
+            room = max(1, resolve_count(au.spec.max_unavailable, sc.total,
+                                        round_up=False)) - sc.in_progress
+            batch = sc.candidates[:max(0, room)]
+            for node in batch:
+                self._tell(au, st, node)
+            if batch:
+                sc.in_progress += len(batch)
+                sc.candidates = sc.candidates[len(batch):]
+                st.completed = False
+                self.events.add(type="Normal", reason="AgentUpgradeBatch",
+                                obj=f"AgentUpgrade/{name}",
+                                message=(f"{len(batch)} node(s) told to upgrade to "
+                                         f"{au.spec.version}: " + ", ".join(batch[:10])
+                                         + (" ..." if len(batch) > 10 else ""))
+                                [:MAX_MESSAGE])
+                log.info("agent upgrade %s: %d more node(s) told", name, len(batch))
+        changed = False
+        for node, memo in st.told.items():
+            changed |= self.desired.put_entry(node, AGENT_RELEASE_KEY,
+                                              self._entry(au, memo, aborted=st.aborted))
+        return changed
+
+    def _entry(self, au: AgentUpgrade, memo: _Told, *, aborted: bool) -> dict[str, Any] | None:
+        if not aborted:
+            return agent_release_entry(version=au.spec.version, image=au.spec.image,
+                                       upgrade=au.metadata.name,
+                                       deadline=au.spec.health_deadline_seconds)
+        if memo.previous is None or memo.previous == au.spec.version:
+            return None  # nothing known to go back to: it keeps what it runs
+        return agent_release_entry(version=memo.previous, image=None,
+                                   upgrade=au.metadata.name,
+                                   deadline=au.spec.health_deadline_seconds)
+
+    def _tell(self, au: AgentUpgrade, st: _State, name: str) -> None:
+        node: Node = self.objects.nodes[name]
+        memo = _Told(previous=node.status.agent_version,
+                     stale=_key(parse_agent_upgrade(node.status.agent_upgrade)))
+        memo.seen = self.clock()
+        st.told[name] = memo
+        self.store.put(DB, f"{au.metadata.name}/{name}", memo.record(au.spec.version))
+
+    def _abort(self, au: AgentUpgrade, st: _State, failed: int, threshold: int) -> None:
+        st.aborted = True
+        bad = sorted((n, m.failed) for n, m in st.told.items() if m.failed is not None)
+        worst = "; ".join(f"{n}: {why[0]}: {why[1]}" for n, why in bad[:3])
+        more = f" (and {len(bad) - 3} more)" if len(bad) > 3 else ""
+        back = sum(1 for m in st.told.values()
+                   if m.previous is not None and m.previous != au.spec.version)
+        self.events.add(
+            type="Warning", reason="AgentUpgradeAborted", obj=f"AgentUpgrade/{au.metadata.name}",
+            message=(f"version {au.spec.version}: {failed} node(s) failed (threshold "
+                     f"{threshold}): {worst}{more}; no new batches, {back} told node(s) "
+                     f"sent back to their previous version")[:MAX_MESSAGE])
+        log.warning("agent upgrade %s aborted: %d failed nodes", au.metadata.name, failed)
+
+    # -- status -------------------------------------------------------------------------
+
+    def _status(self, au: AgentUpgrade, st: _State, sc: _Scan) -> None:
+        bad = sorted((n, m.failed) for n, m in st.told.items() if m.failed is not None)
+        failures = [AgentUpgradeFailure(node=n, reason=why[0], message=why[1])
+                    for n, why in bad[:MAX_FAILURES_SHOWN]]
+        waiting = f", {sc.waiting} waiting (not Ready)" if sc.waiting else ""
+        counts = (f"{sc.upgraded} of {sc.total} nodes at {au.spec.version}, "
+                  f"{sc.in_progress} in progress, {len(bad)} failed{waiting}")
+        phase: Literal["Progressing", "Complete", "Paused", "Aborted"]
+        if st.aborted:
+            told = sum(1 for m in st.told.values()
+                       if m.previous is not None and m.previous != au.spec.version)
+            phase = "Aborted"
+            message = (f"aborted: {len(bad)} failed; {sc.rolled_back} of {told} told "
+                       f"node(s) back at their previous version; delete it to try again")
+        elif au.spec.paused:
+            phase, message = "Paused", counts
+        elif not sc.candidates and sc.in_progress == 0:
+            phase, message = "Complete", counts
+            if not st.completed:
+                st.completed = True
+                self.events.add(type="Normal", reason="AgentUpgradeComplete",
+                                obj=f"AgentUpgrade/{au.metadata.name}",
+                                message=f"every Ready selected node runs {au.spec.version}"
+                                        f" ({counts})")
+        else:
+            phase, message = "Progressing", counts
+        status = AgentUpgradeStatus(
+            observed_generation=au.metadata.generation, phase=phase, total=sc.total,
+            upgraded=sc.upgraded, in_progress=sc.in_progress, failed=len(bad),
+            waiting=sc.waiting, rolled_back=sc.rolled_back, message=message[:MAX_MESSAGE],
+            failures=failures)
+        if status != au.status:
+            au.status = status
+            self.objects.save("AgentUpgrade", au.metadata.name)
+
