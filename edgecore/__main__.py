@@ -11,6 +11,11 @@ Parses and validates settings before anything starts (a bad flag is one clear
 line on stderr and exit code 2, never a traceback), then runs the agent on the
 standard asyncio loop (uvloop with `--event-loop uvloop`) until SIGTERM/SIGINT.
 Stopping the agent does not stop containers.
+
+`run` first hands over to the launcher (`edgecore.upgrade.launcher`, proposal 0006):
+with no agent release installed it returns at once and the installed agent runs here;
+otherwise it runs the committed release (exec, same pid) or a release on trial. An
+agent that prepared a trial ends with `RestartRequested` and execs the launcher again.
 """
 
 from __future__ import annotations
@@ -22,11 +27,14 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgecore import __version__
 from edgecore.config import AgentSettings
 from edgecore.errors import ConfigError, EdgecoreError
+
+if TYPE_CHECKING:
+    from edgecore.upgrade import RestartRequested
 
 log = logging.getLogger("edgecore")
 
@@ -172,7 +180,26 @@ def _run_flags(run: argparse.ArgumentParser) -> None:
                           "(60; 0: none)")
     run.add_argument("--event-loop", choices=("asyncio", "uvloop"), default="asyncio",
                      help="the event loop (asyncio; uvloop if installed, 2 MiB more RSS)")
+    run.add_argument("--release-key", action="append", type=Path, default=[], metavar="FILE",
+                     help="trust agent releases signed with this ed25519 public key (base64 "
+                          "of the raw key, or PEM); repeatable; added to the keys from join")
+    run.add_argument("--release-pull-secret", type=Path, default=None, metavar="FILE",
+                     help="registry auth file (docker config JSON) for release images "
+                          "(STATE/agent/auth.json if present)")
     run.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (INFO)")
+
+
+def _release_keys(args: argparse.Namespace, joined: tuple[str, ...]) -> tuple[bytes, ...]:
+    """The trusted release keys: the joined config's and --release-key files'."""
+    from shared.errors import ReleaseError
+    from shared.release import load_public_key, parse_public_key
+
+    try:
+        keys = [parse_public_key(k) for k in joined]
+        keys += [load_public_key(p) for p in getattr(args, "release_key", [])]
+    except (ReleaseError, OSError) as exc:
+        raise ConfigError(str(exc), field="release_key") from None
+    return tuple(dict.fromkeys(keys))
 
 
 def settings_from_args(args: argparse.Namespace) -> AgentSettings:
@@ -227,6 +254,8 @@ def settings_from_args(args: argparse.Namespace) -> AgentSettings:
         scrape_interval_s=args.scrape_interval,
         pod_cidr=args.pod_cidr, pod_bridge=args.pod_bridge, policy_cap=args.policy_cap,
         event_loop=args.event_loop,
+        release_keys=_release_keys(args, cfg.release_keys if cfg else ()),
+        release_pull_secret=getattr(args, "release_pull_secret", None),
     )
     if node_key is None:
         if not getattr(args, "insecure", False):
@@ -238,8 +267,11 @@ def settings_from_args(args: argparse.Namespace) -> AgentSettings:
     return settings
 
 
-async def _serve(settings: AgentSettings) -> None:
+async def _serve(settings: AgentSettings) -> RestartRequested | None:
+    """Run the agent until a signal (None) or until it asks to restart into an agent
+    release on trial (the request)."""
     from edgecore.agent import Agent
+    from edgecore.upgrade import RestartRequested
 
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
@@ -257,8 +289,14 @@ async def _serve(settings: AgentSettings) -> None:
         loop.add_signal_handler(sig, stop, sig.name)
     agent = Agent(settings)
     trimmer = asyncio.create_task(_trim_memory(agent.started), name="edgecore.trim")
+    restart: RestartRequested | None = None
     try:
-        await agent.run()
+        try:
+            await agent.run()
+        except* RestartRequested as group:
+            first = group.exceptions[0]
+            assert isinstance(first, RestartRequested)
+            restart = first
     except asyncio.CancelledError:
         if not stopping:
             raise
@@ -266,6 +304,7 @@ async def _serve(settings: AgentSettings) -> None:
         trimmer.cancel()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+    return restart
 
 
 def _libc() -> Any:
@@ -309,6 +348,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "run":
+        from edgecore.upgrade import launched
+        from edgecore.upgrade.launcher import launch
+
+        if not launched():
+            launch(args.state_dir, list(sys.argv[1:] if argv is None else argv))
     if args.command == "reset":
         return _reset(args)
     try:
@@ -419,15 +464,20 @@ def _run(settings: AgentSettings) -> int:
             except ImportError:
                 log.error("edgecore: --event-loop uvloop, but uvloop is not installed")
                 return 2
-            uvloop.run(_serve(settings))
+            restart = uvloop.run(_serve(settings))
         else:
-            asyncio.run(_serve(settings))
+            restart = asyncio.run(_serve(settings))
     except EdgecoreError as exc:
         log.error("edgecore stopped: %s", exc)
         return 1
     except Exception as exc:  # a component failed (an ExceptionGroup from the TaskGroup)
         log.error("edgecore failed", exc_info=exc)
         return 1
+    if restart is not None:
+        from edgecore.upgrade.launcher import restart_into_launcher
+
+        log.info("%s (containers keep running)", restart)
+        restart_into_launcher()
     return 0
 
 

@@ -2,7 +2,7 @@
 
 `Agent.run()` owns one asyncio.TaskGroup of named tasks
 (`edgecore[{node}].link`, `.reconciler`, `.reporter`, `.heartbeat`, `.telemetry`,
-`.logrotate`, `.imagegc`, `.requests`, `.certrenew`, `.metrics`, `.scrape`; the
+`.logrotate`, `.imagegc`, `.requests`, `.certrenew`, `.metrics`, `.scrape`, `.upgrade`; the
 reconciler's prober adds `.prober.{cid}` per probed container, and each logs/exec
 request from the cloud a `.request.{id}`). It works until cancelled and raises if a
 component fails fatally. Cancelling it stops the agent only: containers keep running
@@ -29,7 +29,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from edgecore import metrics, scrape
+from edgecore import __version__, metrics, scrape
 from edgecore.cache import Cache
 from edgecore.cache.check import open_checked
 from edgecore.config import AgentSettings
@@ -46,6 +46,9 @@ from edgecore.runtime.errors import ContainerRuntimeError, InsufficientDisk
 from edgecore.scrape import ScrapeLimits, Scraper
 from edgecore.sync import Reporter, ResponseQueue, SyncHandler
 from edgecore.telemetry import Telemetry
+from edgecore.upgrade import on_trial, running_version
+from edgecore.upgrade.slots import Slots
+from edgecore.upgrade.upgrader import ReleaseImages, Upgrader
 from shared import seal
 from shared.backoff import Backoff, jittered
 from shared.errors import AuthFailed
@@ -78,6 +81,7 @@ class Agent:
         self.telemetry: Telemetry | None = None
         self.prober: ProbeManager | None = None
         self.requests: EdgeRequests | None = None
+        self.upgrader: Upgrader | None = None
         self.scraper: Scraper | None = None
         self.started = asyncio.Event()  # set once every component is built
 
@@ -169,6 +173,16 @@ class Agent:
                 devices=devices, prober=prober, on_disk_full=free_disk,
                 network=network,
                 policy_cap=s.policy_cap, seccomp_dir=s.seccomp_dir)
+            baseline = cache.last_seq()  # a report of this process has a higher seq
+            upgrader = self.upgrader = Upgrader(
+                slots=Slots(s.agent_dir, base=__version__), version=running_version(),
+                trial=on_trial(), desired=lambda: sync.desired,
+                images=self._release_images(runtime), trusted=s.release_keys,
+                # commit a trial once connected, pods adopted, and a report acked
+                healthy=lambda: (link.connected and reconciler.passes >= 1
+                                 and link.report_acked > baseline),
+                on_status=reporter.node_status_changed, pull_secret=s.release_pull_secret,
+                check_s=s.upgrade_check_s, clock=self.clock)
             log.info("edgecore %s starting: desired %s gen %d, report seq %d, %d in outbox",
                      s.node, sync.desired.epoch, sync.desired.gen, cache.last_seq(),
                      len(cache.outbox()))
@@ -184,6 +198,7 @@ class Agent:
                     ("imagegc", self._image_gc(runtime, reconciler.desired_images)),
                     ("requests", requests.run()),
                     ("certrenew", self._renew_certificate(link, keys)),
+                    ("upgrade", upgrader.run()),
                     ("metrics", metrics.run(
                         s.metrics_path, node=s.node, interval=s.metrics_interval_s,
                         collect=lambda: metrics.samples(link.stats, sync.stats,
@@ -222,7 +237,15 @@ class Agent:
         node = (point or {}).get("node") or {}
         usage = {k2: node[k1] for k1, k2 in (("cpu", "cpu"), ("mem", "memory")) if k1 in node}
         return node_status(self.settings, usage=usage,
-                           accelerators=self.devices.capacity() if self.devices else None)
+                           accelerators=self.devices.capacity() if self.devices else None,
+                           upgrade=self.upgrader.status() if self.upgrader else None)
+
+    @staticmethod
+    def _release_images(runtime: ExtendedRuntime) -> ReleaseImages | None:
+        """The image store agent releases are pulled through (the crun runtime's)."""
+        from edgecore.runtime import CrunRuntime
+
+        return runtime.image_store if isinstance(runtime, CrunRuntime) else None
 
     async def _rotate_logs(self, runtime: ExtendedRuntime) -> None:
         """Rotate container logs every log_rotate_interval_s (if the runtime can)."""

@@ -191,6 +191,16 @@ class AgentSettings:
     (2.5 against 1.0 ms to spawn and reap one, measured here), idles at the same CPU
     and costs 2.2 MiB more RSS (docs/edgecore.md, Memory)."""
 
+    release_keys: tuple[bytes, ...] = field(default=(), repr=False)
+    """Raw ed25519 public keys (32 bytes each) an agent release must be signed with
+    (proposal 0006): the join answer's, plus `--release-key FILE`. Empty: every
+    upgrade is refused with that reason."""
+    release_pull_secret: Path | None = None
+    """A registry auth file (docker config JSON, `{"auths": {...}}`) for pulling
+    release images (None: `state_dir/agent/auth.json` if present, else no credentials)."""
+    upgrade_check_s: float = 2.0
+    """Seconds between looks at the desired `agent/-/release` entry."""
+
     def __post_init__(self) -> None:
         self.validate()
 
@@ -207,6 +217,11 @@ class AgentSettings:
         if self.op_timeout_s is not None:
             return self.op_timeout_s
         return max(5.0, min(15.0, self.heartbeat_s))
+
+    @property
+    def agent_dir(self) -> Path:
+        """Agent releases: `slots/<version>/` and `boot.json` (edgecore.upgrade)."""
+        return self.state_dir / "agent"
 
     @property
     def cache_dir(self) -> Path:

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from edgecore.errors import EdgecoreError
+from shared.errors import ReleaseError
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,9 @@ class JoinedConfig:
     """Its private key (PEM, mode 0600)."""
     cert_not_after: float | None = None
     """Expiry of the client certificate (Unix seconds)."""
+    release_keys: tuple[str, ...] = ()
+    """Public keys (base64 of raw ed25519) an agent release must be signed with
+    (the join answer's `releaseKeys`, proposal 0006); empty: upgrades are refused."""
 
     def node_key(self) -> bytes | None:
         """The decoded node key, or None if the config has none."""
@@ -115,6 +119,8 @@ class JoinedConfig:
             out["client_cert"] = self.client_cert
             out["client_key"] = self.client_key
             out["cert_not_after"] = self.cert_not_after
+        if self.release_keys:
+            out["release_keys"] = list(self.release_keys)
         return out
 
     @classmethod
@@ -134,9 +140,18 @@ class JoinedConfig:
                        client_cert=_opt_str(raw.get("client_cert")),
                        client_key=_opt_str(raw.get("client_key")),
                        cert_not_after=(float(raw["cert_not_after"])
-                                       if raw.get("cert_not_after") is not None else None))
+                                       if raw.get("cert_not_after") is not None else None),
+                       release_keys=tuple(_str_list(raw.get("release_keys"))))
         except (AttributeError, KeyError, TypeError, ValueError) as exc:
             raise JoinError(f"{source}: not an edgecore config ({exc})") from None
+
+
+def _str_list(v: Any) -> list[str]:
+    if v is None:
+        return []
+    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+        raise TypeError(f"{v!r} must be a list of text")
+    return v
 
 
 def _opt_str(v: Any) -> str | None:
@@ -363,6 +378,14 @@ def join(*, cloud: str, token: str, name: str, labels: dict[str, str], state_dir
         client_key = str(state_dir / CLIENT_KEY_NAME)
         not_after = float(cc["notAfter"]) if cc.get("notAfter") is not None else None
     tls = bool((answer.get("broker") or {}).get("tls", False))
+    release_keys = answer.get("releaseKeys") or []
+    try:
+        from shared.release import parse_public_key
+
+        for k in release_keys:
+            parse_public_key(k)
+    except (ReleaseError, AttributeError, TypeError) as exc:
+        raise JoinError(f"the cloud's answer holds an invalid release key: {exc}") from None
     cfg = JoinedConfig(name=name, labels={**labels, **{k: v for k, v in node_labels.items()
                                                         if k in labels}},
                        broker_host=host, broker_port=port,
@@ -370,7 +393,7 @@ def join(*, cloud: str, token: str, name: str, labels: dict[str, str], state_dir
                        cloud=cloud, key=key, tls=tls,
                        ca_file=str(ca_path) if ca_path is not None else None,
                        client_cert=client_cert, client_key=client_key,
-                       cert_not_after=not_after)
+                       cert_not_after=not_after, release_keys=tuple(release_keys))
     write_config(path, cfg)
     return cfg
 

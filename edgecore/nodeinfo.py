@@ -12,8 +12,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from edgecore import __version__
 from edgecore.config import AgentSettings
+from edgecore.upgrade import running_version
 
 _ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64",
          "i386": "386", "i686": "386", "riscv64": "riscv64"}
@@ -42,13 +42,15 @@ def mem_total_bytes(meminfo: Path = Path("/proc/meminfo")) -> int:
 
 def node_status(
     settings: AgentSettings, *, accelerators: Mapping[str, int] | None = None,
-    usage: Mapping[str, float] | None = None,
+    usage: Mapping[str, float] | None = None, upgrade: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The node_status of the first report after start (wire names, camelCase).
 
     `accelerators` (device count per resource name) join cpu, memory and pods in
     capacity and allocatable; `usage` is the newest telemetry ({"cpu": millicores,
-    "memory": bytes}), if any.
+    "memory": bytes}), if any; `upgrade` the `agentUpgrade` status of the last agent
+    upgrade asked of this node (proposal 0006), if any. `agentVersion` is the release
+    the agent runs from (its slot), else the installed package's version.
     """
     capacity = {
         "cpu": settings.capacity_cpu_millis or (os.cpu_count() or 1) * 1000,
@@ -61,10 +63,12 @@ def node_status(
         "allocatable": dict(capacity),  # no system reservation yet: allocatable = capacity
         "arch": go_arch(),
         "os": platform.system().lower() or "linux",
-        "agentVersion": __version__,
+        "agentVersion": running_version(),
         "labels": dict(settings.labels),
         "heartbeat": settings.heartbeat_s,
     }
     if usage:
         out["usage"] = dict(usage)
+    if upgrade:
+        out["agentUpgrade"] = dict(upgrade)
     return out

@@ -199,6 +199,13 @@ class Reporter:
         self.kick()
         return result.seq
 
+    def node_status_changed(self) -> None:
+        """The node status changed in a way the cloud waits for (an agent upgrade's
+        phase): send it in a report at once."""
+        self._send_node_status = True
+        self._event.set()
+        self._urgent.set()
+
     async def telemetry(self, point: dict[str, Any]) -> int | None:
         """Persist one telemetry point as its own report (TELEMETRY: dropped first when the
         outbox is over budget). It claims no (epoch, gen): the acks and statuses say
