@@ -47,10 +47,10 @@ from cloudcore.auth.pki import FleetCA
 from cloudcore.auth.ratelimit import RateLimiter
 from cloudcore.auth.registry import public
 from cloudcore.config import ApiSettings, AuthSettings
-from cloudcore.errors import Conflict, NotFound
+from cloudcore.errors import Conflict, NamespaceNotFound, NotFound
 from cloudcore.fleet import Fleet, naming
-from cloudcore.fleet.admission import missing_namespaces
-from cloudcore.fleet.objects import dump_object
+from cloudcore.fleet.admission import PolicyRefused, missing_namespaces
+from cloudcore.fleet.objects import ApplyResult, dump_object, ident
 from cloudcore.metrics import Metrics
 from shared import seal
 from shared.codec import DOWN_LIMITS, Limits
@@ -66,6 +66,7 @@ from shared.models import (
     without_server_fields,
 )
 from shared.names import reserved_node_name
+from shared.problems import problems_of
 from shared.topics import valid_node_name
 
 log = logging.getLogger("cloudcore.api")
@@ -86,13 +87,27 @@ NDJSON = "application/x-ndjson"
 # -- documented bodies ---------------------------------------------------------------
 
 
+class FieldError(BaseModel):
+    """One violation of an invalid request or object."""
+
+    field: str | None = Field(description="Dotted path of the field in the object (or "
+                              "the request), e.g. spec.template.spec.hostPID.")
+    message: str = Field(description="Why, and where edgefed supports something close, "
+                         "what to write instead.")
+    document: str | None = Field(None, description="Which document of an apply, e.g. "
+                                 "documents[2] (apply only).")
+
+
 class ErrorBody(BaseModel):
     """Every 4xx/5xx answer."""
 
-    error: str = Field(description="What went wrong, for a human.")
+    error: str = Field(description="What went wrong, for a human (the first violation "
+                       "when there are several).")
     field: str | None = Field(None, description="The offending field or parameter, if any.")
     reason: str | None = Field(None, description="Machine-readable cause (auth errors), "
                                "e.g. UnknownJoinToken, JoinTokenExpired, Forbidden.")
+    errors: list[FieldError] | None = Field(None, description="422: every violation, "
+                                            "not only the first.")
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -114,6 +129,10 @@ class ApplyBody(BaseModel):
                                              "resourceVersion) are accepted and ignored, "
                                              "so what a GET returns can be applied back.")
     dryRun: bool = False
+    perDocument: bool = Field(False, description="Judge and apply every document on its "
+                              "own (kubectl-style): 200 with a result per document, "
+                              "applied or refused with its reasons. Without it the call "
+                              "is all or nothing.")
     createNamespaces: bool = Field(False, description="Create a namespace an object names "
                                    "that does not exist (without labels), as Helm's "
                                    "--create-namespace; without it such an object is "
@@ -228,11 +247,49 @@ class NodePatch(BaseModel):
 
 
 def _error(status: int, message: str, field: str | None = None, *,
-           reason: str | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
+           reason: str | None = None, headers: dict[str, str] | None = None,
+           errors: list[dict[str, Any]] | None = None) -> JSONResponse:
     body: dict[str, Any] = {"error": message, "field": field}
     if reason is not None:
         body["reason"] = reason
+    if errors is not None:
+        body["errors"] = errors
     return JSONResponse(body, status_code=status, headers=headers)
+
+
+class InvalidDocuments(ObjectError):
+    """Documents of an all-or-nothing apply that do not validate: the message and field
+    of the first (as before), and every violation of every one in `errors`."""
+
+    def __init__(self, refused: list[dict[str, Any]]) -> None:
+        first = refused[0]
+        super().__init__(f"{first['document']}: {first['error']}", field=first["field"])
+        self.errors = [{**e, "document": r["document"]} for r in refused
+                       for e in r["errors"]]
+
+
+def _refused_document(where: str, item: Any, exc: ObjectError) -> dict[str, Any]:
+    """The per-document result of a document that does not validate, with every
+    problem of it (`shared.problems`), not only the first its schema stopped at."""
+    meta = item.get("metadata") if isinstance(item, dict) else None
+    meta = meta if isinstance(meta, dict) else {}
+    found = problems_of(item) if isinstance(item, dict) else []
+    errors = [{"field": p.field, "message": p.reason + (f"; instead: {p.alternative}"
+                                                        if p.alternative else "")}
+              for p in found] or [{"field": exc.field, "message": exc.message}]
+    return {"status": "refused", "kind": item.get("kind") if isinstance(item, dict) else None,
+            "namespace": meta.get("namespace"), "name": meta.get("name"), "document": where,
+            "code": 422, "error": exc.message, "field": exc.field, "errors": errors}
+
+
+def violations_of(exc: ObjectError) -> list[dict[str, Any]]:
+    """Every violation an ObjectError stands for, as {field, message}."""
+    if isinstance(exc, InvalidDocuments):
+        return exc.errors
+    if isinstance(exc, PolicyRefused):
+        return [{"field": v.field, "message": f"{obj}: {v}"} for obj, vs in exc.refused
+                for v in vs]
+    return [{"field": exc.field, "message": exc.message}]
 
 
 def encode_continue(key: Any) -> str:
@@ -292,7 +349,7 @@ def create_app(fleet: Fleet, *, metrics: Metrics,
 
     @app.exception_handler(ObjectError)
     async def _object_error(_: Request, exc: ObjectError) -> JSONResponse:
-        return _error(422, exc.message, exc.field)
+        return _error(422, exc.message, exc.field, errors=violations_of(exc))
 
     @app.exception_handler(NotFound)
     async def _not_found(_: Request, exc: NotFound) -> JSONResponse:
@@ -312,9 +369,13 @@ def create_app(fleet: Fleet, *, metrics: Metrics,
 
     @app.exception_handler(RequestValidationError)
     async def _bad_request(_: Request, exc: RequestValidationError) -> JSONResponse:
-        err = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
-        field = ".".join(str(p) for p in err["loc"] if p not in ("body", "query", "path")) or None
-        return _error(422, f"{field}: {err['msg']}" if field else err["msg"], field)
+        errors = [{"field": ".".join(str(p) for p in e["loc"]
+                                     if p not in ("body", "query", "path")) or None,
+                   "message": e["msg"]} for e in exc.errors()[:64]]
+        if not errors:
+            errors = [{"field": None, "message": "invalid request"}]
+        field, msg = errors[0]["field"], errors[0]["message"]
+        return _error(422, f"{field}: {msg}" if field else msg, field, errors=errors)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -523,33 +584,81 @@ def create_app(fleet: Fleet, *, metrics: Metrics,
 
     # -- workloads ---------------------------------------------------------------------
 
-    @app.post("/api/v1/apply", summary="Create or update objects (all or nothing)",
-              tags=["objects"], dependencies=[operator])
+    @app.post("/api/v1/apply", summary="Create or update objects (all or nothing, or each "
+              "on its own with perDocument)",
+              tags=["objects"], dependencies=[operator],
+              description="All or nothing by default: any refused document refuses the "
+                          "call (422 with `errors` listing every violation of every "
+                          "document, 404 for a namespace that does not exist). With "
+                          "`perDocument: true` every document is judged on its own, as "
+                          "kubectl does: the answer is 200 with one result per document, "
+                          "`status: applied` (and `action`) or `status: refused` (with "
+                          "`code`, `error`, `field` and `errors`), and the documents that "
+                          "passed are applied.")
     async def apply(body: ApplyBody) -> dict[str, Any]:
-        objs = []
+        objs: list[Any] = []
+        slots: list[Any] = []  # per document item: its index in objs, or its refusal
+        wheres: list[str] = []
         for i, doc in enumerate(body.documents):
             items = expand_lists(doc)
             for j, item in enumerate(items):
                 where = f"documents[{i}]" + (f".items[{j}]" if items != [doc] else "")
+                wheres.append(where)
                 try:
                     obj = _owned_labels(parse_object(without_server_fields(item)))
                     check_wire_limits(obj, wire)
-                    objs.append(obj)
                 except ObjectError as exc:
-                    raise type(exc)(f"{where}: {exc.message}", field=exc.field) from None
-        if len(objs) > MAX_DOCUMENTS:
+                    slots.append(_refused_document(where, item, exc))
+                    continue
+                slots.append(len(objs))
+                objs.append(obj)
+        if len(slots) > MAX_DOCUMENTS:
             raise ObjectError(f"documents: at most {MAX_DOCUMENTS} objects",
                               field="documents")
-        made = missing_namespaces(objs, fleet.namespaces) if body.createNamespaces else []
-        if body.dryRun:
-            results = fleet.plan(objs, create_namespaces=body.createNamespaces)
+        out: dict[str, Any] = {"dryRun": body.dryRun}
+        if body.perDocument:
+            verdicts, made = fleet.apply_each(objs, dry_run=body.dryRun,
+                                              create_namespaces=body.createNamespaces)
+            if not body.dryRun:
+                await flush()
+            out["perDocument"] = True
+            out["results"] = [
+                slot if isinstance(slot, dict) else _verdict(wheres[k], objs[slot],
+                                                             verdicts[slot])
+                for k, slot in enumerate(slots)]
         else:
-            results = fleet.apply(objs, create_namespaces=body.createNamespaces)
-            await flush()
-        out: dict[str, Any] = {"results": [r.dump() for r in results], "dryRun": body.dryRun}
+            bad = [slot for slot in slots if isinstance(slot, dict)]
+            if bad:
+                raise InvalidDocuments(bad)
+            made = (missing_namespaces(objs, fleet.namespaces) if body.createNamespaces
+                    else [])
+            if body.dryRun:
+                results = fleet.plan(objs, create_namespaces=body.createNamespaces)
+            else:
+                results = fleet.apply(objs, create_namespaces=body.createNamespaces)
+                await flush()
+            out["results"] = [r.dump() for r in results]
         if made:
             out["namespacesCreated"] = made
         return out
+
+    def _verdict(where: str, obj: Any, verdict: Any) -> dict[str, Any]:
+        """One per-document result of an object that parsed: applied, or refused by the
+        fleet (a namespace that does not exist, the pod security policy...)."""
+        if isinstance(verdict, ApplyResult):
+            return {"status": "applied", **verdict.dump()}
+        kind, ns, name = ident(obj)
+        code = 404 if isinstance(verdict, NotFound) else 409 if isinstance(
+            verdict, Conflict) else 422
+        message = verdict.message if isinstance(verdict, ObjectError | Conflict) else str(
+            verdict)
+        field = verdict.field if isinstance(verdict, ObjectError) else (
+            "metadata.namespace" if isinstance(verdict, NamespaceNotFound) else None)
+        errors = (violations_of(verdict) if isinstance(verdict, ObjectError)
+                  else [{"field": field, "message": message}])
+        return {"status": "refused", "kind": kind, "namespace": ns, "name": name,
+                "document": where, "code": code, "error": message,
+                "field": field, "errors": errors}
 
     def _owned_labels(obj: Any) -> Any:
         """A Node as `get` prints it carries the labels its agent reports too; those stay

@@ -36,8 +36,8 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from cloudcore.errors import NotFound
-from cloudcore.fleet.admission import Admission
+from cloudcore.errors import Conflict, NotFound
+from cloudcore.fleet.admission import Admission, missing_namespaces
 from cloudcore.fleet.desired import DesiredSets
 from cloudcore.fleet.events import EventLog
 from cloudcore.fleet.eviction import Eviction
@@ -76,7 +76,10 @@ from shared.models import (
     Secret,
 )
 
-__all__ = ["ApplyResult", "Fleet", "Persister", "dump_object"]
+__all__ = ["ApplyResult", "Fleet", "Persister", "Refusal", "dump_object"]
+
+Refusal = ObjectError | NotFound | Conflict
+"""Why `Fleet.apply_each` refused one object (HTTP 422, 404 or 409)."""
 
 
 class Fleet:
@@ -308,6 +311,41 @@ class Fleet:
         self.upgrades.tick()  # and an AgentUpgrade's
         self.commit()
         return results
+
+    def apply_each(self, objs: list[Any], *, dry_run: bool = False,
+                   create_namespaces: bool = False
+                   ) -> tuple[list[ApplyResult | Refusal], list[str]]:
+        """kubectl-style: every object judged on its own (`plan`), the ones that pass
+        applied together (or only planned, with `dry_run`). Namespaces are judged
+        first, so an object may go into a Namespace of the same call, and an object
+        whose Namespace was refused is refused too. Returns, per object in order, its
+        result or the error that refused it (ObjectError, NotFound or Conflict), and
+        the namespaces created (with `create_namespaces`)."""
+        verdicts: list[ApplyResult | Refusal | None] = [None] * len(objs)
+        order = sorted(range(len(objs)), key=lambda i: not isinstance(objs[i], Namespace))
+        namespaces: list[Namespace] = []
+        passed: list[int] = []
+        for i in order:
+            obj = objs[i]
+            try:
+                self._plan([obj] if isinstance(obj, Namespace) else [*namespaces, obj],
+                           create_namespaces=create_namespaces)
+            except (ObjectError, NotFound, Conflict) as exc:
+                verdicts[i] = exc
+                continue
+            passed.append(i)
+            if isinstance(obj, Namespace):
+                namespaces.append(obj)
+        passed.sort()
+        batch = [objs[i] for i in passed]
+        created = (missing_namespaces(batch, self.objects.namespaces) if create_namespaces
+                   else [])
+        if batch:
+            results = (self.plan(batch, create_namespaces=create_namespaces) if dry_run
+                       else self.apply(batch, create_namespaces=create_namespaces))
+            for i, res in zip(passed, results, strict=True):
+                verdicts[i] = res
+        return [v for v in verdicts if v is not None], created
 
     def delete(self, kind: str, namespace: str | None, name: str) -> dict[str, Any]:
         """Delete an object and what it owns; returns the deleted object."""
