@@ -5,7 +5,9 @@ commits pending store writes; the exit code is 0 for a clean stop, 2 for bad
 settings and 1 for a fatal error.
 
 Subcommands: `cloudcore backup DEST` copies the store; `cloudcore pki broker --out DIR
---host H...` writes a broker's TLS files from the fleet CA (making the CA if missing).
+--host H...` writes a broker's TLS files from the fleet CA (making the CA if missing);
+`cloudcore release publish --version V --image REF` builds, signs and pushes an agent
+release (cloudcore/release.py).
 """
 
 from __future__ import annotations
@@ -299,6 +301,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return backup_main(args[1:])
     if args[:1] == ["pki"]:
         return pki_main(args[1:])
+    if args[:1] == ["release"]:
+        from cloudcore.release import main as release_main
+
+        return release_main(args[1:])
     try:
         settings = parse_args(argv).validate()
     except (ValueError, ConfigError) as exc:

@@ -9,6 +9,7 @@
         │   └── NamespaceNotFound    an object names a namespace that does not exist
         ├── Conflict                 the object's state forbids the call (API 409)
         ├── AuthError                who may do what: 401/403/409/429 (cloudcore.auth.errors)
+        ├── PublishError             `cloudcore release publish` failed (umoci, skopeo, key)
         └── TemporaryError           worth retrying after `delay` seconds
             └── BrokerUnavailable    the MQTT broker cannot be reached right now
 
@@ -65,6 +66,10 @@ class Conflict(CloudcoreError):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+
+class PublishError(CloudcoreError):
+    """An agent release could not be built, signed or pushed (cloudcore.release)."""
 
 
 class TemporaryError(CloudcoreError):

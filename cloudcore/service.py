@@ -55,6 +55,7 @@ from cloudcore.errors import ConfigError
 from cloudcore.fleet import Fleet, Liveness
 from cloudcore.fleet.admission import Admission
 from cloudcore.metrics import Labels, LoopLag, Metrics, add_rollout_gauges
+from cloudcore.release import open_release_key
 from cloudcore.scheduler import Scheduler
 from cloudcore.store import Store
 from cloudcore.synchub import SyncHub
@@ -94,6 +95,7 @@ async def run(settings: Settings, *,
             print(f"cloudcore: WARNING: {INSECURE_WARNING}", file=sys.stderr, flush=True)
     metrics = Metrics()
     ca = FleetCA.open(settings.pki_dir)
+    release_key = open_release_key(settings.pki_dir)  # signs agent releases; nodes get it
     api_tls = None
     if not settings.insecure:
         api_tls = ca.ensure_server_cert("api", api_hosts(settings.http.host,
@@ -152,7 +154,7 @@ async def run(settings: Settings, *,
                          ready=lambda: connected["sub"], auth=auth, settings=settings.api,
                          auth_settings=settings.auth,
                          broker=settings.advertised_broker(), ca=ca,
-                         requests=hub.requests)
+                         requests=hub.requests, release_keys=[release_key])
         tls_kw: dict[str, Any] = {}
         if api_tls is not None:
             tls_kw = {"ssl_certfile": str(api_tls[0]), "ssl_keyfile": str(api_tls[1])}

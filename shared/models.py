@@ -25,6 +25,7 @@ from pydantic import (
     GetJsonSchemaHandler,
     SerializationInfo,
     ValidationError,
+    ValidationInfo,
     field_validator,
 )
 from pydantic.alias_generators import to_camel
@@ -35,6 +36,8 @@ from shared import validate
 from shared.errors import ObjectError, UnsupportedField
 from shared.kinds import API_VERSIONS, CLUSTER_KINDS  # noqa: F401 (re-exported)
 from shared.pods import (  # noqa: F401 (the pod spec's pieces, re-exported)
+    Affinity,
+    AffinitySelector,
     Capabilities,
     ConfigMapEnvSource,
     ConfigMapKeySelector,
@@ -49,12 +52,20 @@ from shared.pods import (  # noqa: F401 (the pod spec's pieces, re-exported)
     HostPathVolumeSource,
     HTTPGetAction,
     KeyToPath,
+    LabelSelectorRequirement,
     LocalObjectReference,
+    NodeAffinity,
+    NodeSelector,
+    NodeSelectorRequirement,
+    NodeSelectorTerm,
     ObjectFieldSelector,
+    PodAffinity,
+    PodAffinityTerm,
     PodDNSConfig,
     PodDNSConfigOption,
     PodSecurityContext,
     PodSpec,
+    PreferredSchedulingTerm,
     Probe,
     ResourceFieldSelector,
     ResourceRequirements,
@@ -68,6 +79,7 @@ from shared.pods import (  # noqa: F401 (the pod spec's pieces, re-exported)
     Toleration,
     Volume,
     VolumeMount,
+    WeightedPodAffinityTerm,
 )
 
 MAX_NAME = validate.MAX_NAME
@@ -250,15 +262,39 @@ def resolve_count(v: int | str, total: int, *, round_up: bool) -> int:
     return whole + (1 if round_up and rest else 0)
 
 
-class RollingUpdate(_Model):
-    """Kubernetes' `rollingUpdate`: `maxUnavailable` nodes are updated at a time."""
+def _is_zero(v: int | str) -> bool:
+    return v in (0, "0%")
 
+
+class RollingUpdate(_Model):
+    """Kubernetes' `rollingUpdate`: `maxUnavailable` pods are replaced at a time (in
+    place, on their node); a Deployment's `maxSurge` (rounded up) starts that many extra
+    pods of the update above `replicas` and removes old ones as new ones become
+    available. Not both 0. A DaemonSet refuses `maxSurge` (`DaemonSetSpec`)."""
+
+    max_surge: int | str = 0  # before max_unavailable: its check reads this one
     max_unavailable: int | str = 1
+
+    @field_validator("max_surge")
+    @classmethod
+    def _max_surge(cls, v: int | str) -> int | str:
+        return _count_or_percent(v, low=0)
 
     @field_validator("max_unavailable")
     @classmethod
-    def _max_unavailable(cls, v: int | str) -> int | str:
-        return _count_or_percent(v, low=1)
+    def _max_unavailable(cls, v: int | str, info: ValidationInfo) -> int | str:
+        v = _count_or_percent(v, low=0)
+        if _is_zero(v) and _is_zero(info.data.get("max_surge", 0)):
+            raise ValueError("must be at least 1 when maxSurge is 0 (with both 0 no pod "
+                             "could be replaced)")
+        return v
+
+
+DAEMONSET_SURGE = (
+    " for a DaemonSet: it runs one pod per node, named after the node, so a second pod "
+    "cannot start there before the first one stops (nor share its host ports)")
+"""Why a DaemonSet refuses `maxSurge` (a Deployment takes it); the alternative,
+`maxUnavailable`, is `shared.problems`' hint."""
 
 
 class UpdateStrategy(_Model):
@@ -310,6 +346,15 @@ class DaemonSetSpec(_Model):
     progress_deadline_seconds: int = Field(default=600, ge=1, le=7 * 86_400)
     """An updated pod not Ready within this long (on a Ready node) counts as failed."""
     paused: bool = False
+
+    @field_validator("update_strategy")
+    @classmethod
+    def _no_surge(cls, v: UpdateStrategy | None) -> UpdateStrategy | None:
+        if v is not None and not _is_zero(v.rolling_update.max_surge):
+            raise PydanticCustomError("edgefed_unsupported", "{reason}", {
+                "reason": "maxSurge", "field": "rollingUpdate.maxSurge",
+                "hint": DAEMONSET_SURGE})
+        return v
 
 
 class DaemonSet(_Model):

@@ -30,7 +30,7 @@ from __future__ import annotations
 import difflib
 import functools
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -314,6 +314,9 @@ REFUSED: dict[str, str] = {
     "supplementalGroupsPolicy": "the image's groups are not merged (the default, Merge, "
                                 "is not implemented); list the groups in "
                                 "supplementalGroups",
+    "matchLabelKeys": "not implemented (rollout-aware pod affinity); state the labels in "
+                      "labelSelector",
+    "mismatchLabelKeys": "not implemented; state the labels in labelSelector",
 }
 """Kubernetes fields edgefed knows and refuses, with the reason given for each (an
 unknown field gets "did you mean" instead)."""
@@ -756,6 +759,274 @@ class LocalObjectReference(Spec, kw_only=True, frozen=True):
         _rule(validate.dns_name, self.name, "name")
 
 
+# -- affinity (Kubernetes' node affinity and inter-pod (anti-)affinity) ----------------------
+
+HOSTNAME_KEY = "kubernetes.io/hostname"
+"""The topology key of one node per domain; a node without the label is its own domain
+under its name (cloudcore sets the label to the node's name)."""
+_LABEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+_LABEL_PREFIX = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+_LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
+_INTEGER = re.compile(r"^[-+]?[0-9]{1,18}$")
+
+
+def _label_key(v: str) -> str:
+    prefix, slash, name = v.rpartition("/")
+    if (slash and not _LABEL_PREFIX.match(prefix)) or not _LABEL_NAME.match(name):
+        raise ValueError(f"{v!r} is not a label key (an optional DNS prefix and '/', then "
+                         "1-63 of [A-Za-z0-9-_.], starting and ending alphanumeric)")
+    return v
+
+
+def _label_value(v: str) -> str:
+    if not _LABEL_VALUE.match(v):
+        raise ValueError(f"{v!r} is not a label value (at most 63 of [A-Za-z0-9-_.], "
+                         "starting and ending alphanumeric)")
+    return v
+
+
+def _integer(v: str) -> int | None:
+    return int(v) if _INTEGER.match(v) else None
+
+
+class NodeSelectorRequirement(Spec, kw_only=True, frozen=True):
+    """One expression of a node selector term: a node label (`matchExpressions`) or a
+    node field (`matchFields`, only `metadata.name`) against `values`. In/NotIn take
+    one or more values, Exists/DoesNotExist none, Gt/Lt one integer (the label must be
+    an integer greater / less than it). NotIn and DoesNotExist match a node without
+    the label, as in Kubernetes."""
+
+    key: Annotated[str, Meta(min_length=1, max_length=317)]
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist", "Gt", "Lt"]
+    values: Annotated[list[str], Meta(max_length=1000)] = []
+
+    def __post_init__(self) -> None:
+        op, n = self.operator, len(self.values)
+        if op in ("In", "NotIn") and n == 0:
+            raise ValueError(f"@values: operator {op} needs at least one value")
+        if op in ("Exists", "DoesNotExist") and n:
+            raise ValueError(f"@values: operator {op} takes no values (has {n})")
+        if op in ("Gt", "Lt"):
+            if n != 1:
+                raise ValueError(f"@values: operator {op} takes exactly one value (has {n})")
+            if _integer(self.values[0]) is None:
+                raise ValueError(f"@values: operator {op} compares integers, "
+                                 f"{self.values[0]!r} is not one")
+
+    def matches(self, value: str | None) -> bool:
+        """Whether a node whose label (or field) `key` is `value` (None: absent) matches."""
+        op = self.operator
+        if op == "In":
+            return value is not None and value in self.values
+        if op == "NotIn":
+            return value is None or value not in self.values
+        if op == "Exists":
+            return value is not None
+        if op == "DoesNotExist":
+            return value is None
+        have = _integer(value) if value is not None else None
+        if have is None:
+            return False
+        want = int(self.values[0])
+        return have > want if op == "Gt" else have < want
+
+    def describe(self) -> str:
+        """`zone In [a, b]`, `gpu Exists`, `cores Gt 4`."""
+        if self.operator in ("Exists", "DoesNotExist"):
+            return f"{self.key} {self.operator}"
+        if self.operator in ("Gt", "Lt"):
+            return f"{self.key} {self.operator} {self.values[0]}"
+        return f"{self.key} {self.operator} [{', '.join(self.values)}]"
+
+
+class NodeSelectorTerm(Spec, kw_only=True, frozen=True):
+    """Every expression must match (AND). A term with none matches no node, as in
+    Kubernetes."""
+
+    match_expressions: list[NodeSelectorRequirement] = []
+    match_fields: list[NodeSelectorRequirement] = []
+
+    def __post_init__(self) -> None:
+        for i, r in enumerate(self.match_expressions):
+            _rule(_label_key, r.key, f"matchExpressions[{i}].key")
+            if r.operator in ("In", "NotIn"):
+                for v in r.values:
+                    _rule(_label_value, v, f"matchExpressions[{i}].values")
+        for i, r in enumerate(self.match_fields):
+            if r.key != "metadata.name":
+                raise ValueError(f"@matchFields[{i}].key: only metadata.name is a node field "
+                                 f"to match, not {r.key!r}")
+            if r.operator not in ("In", "NotIn") or len(r.values) != 1:
+                raise ValueError(f"@matchFields[{i}]: metadata.name takes operator In or "
+                                 "NotIn with exactly one value, as in Kubernetes")
+
+    def matches(self, labels: Mapping[str, str], name: str) -> bool:
+        if not self.match_expressions and not self.match_fields:
+            return False
+        return (all(r.matches(labels.get(r.key)) for r in self.match_expressions)
+                and all(r.matches(name) for r in self.match_fields))
+
+    def describe(self) -> str:
+        parts = [r.describe() for r in (*self.match_expressions, *self.match_fields)]
+        return ", ".join(parts) or "(empty term: matches no node)"
+
+
+class NodeSelector(Spec, kw_only=True, frozen=True):
+    """Required node affinity: a node must match one of the terms (OR)."""
+
+    node_selector_terms: Annotated[list[NodeSelectorTerm], Meta(min_length=1, max_length=100)]
+
+    def matches(self, labels: Mapping[str, str], name: str) -> bool:
+        return any(t.matches(labels, name) for t in self.node_selector_terms)
+
+    def describe(self) -> str:
+        """The terms in one line (at most about 160 characters)."""
+        text = " or ".join(t.describe() for t in self.node_selector_terms)
+        return text if len(text) <= 160 else text[:157] + "..."
+
+
+class PreferredSchedulingTerm(Spec, kw_only=True, frozen=True):
+    """A node matching `preference` scores `weight` (1-100) more."""
+
+    weight: Annotated[int, Meta(ge=1, le=100)]
+    preference: NodeSelectorTerm
+
+
+class NodeAffinity(Spec, kw_only=True, frozen=True):
+    required_during_scheduling_ignored_during_execution: NodeSelector | None = None
+    """Placement only: a running pod stays when its node's labels change."""
+    preferred_during_scheduling_ignored_during_execution: Annotated[
+        list[PreferredSchedulingTerm], Meta(max_length=100)] = []
+
+    def score(self, labels: Mapping[str, str], name: str) -> float:
+        """0..100: the share of the preferred terms' weight that the node matches (0
+        without preferred terms)."""
+        terms = self.preferred_during_scheduling_ignored_during_execution
+        total = sum(t.weight for t in terms)
+        if not total:
+            return 0.0
+        got = sum(t.weight for t in terms if t.preference.matches(labels, name))
+        return 100.0 * got / total
+
+
+class LabelSelectorRequirement(Spec, kw_only=True, frozen=True):
+    """In/NotIn take one or more values, Exists/DoesNotExist none; NotIn and
+    DoesNotExist match an object without the label."""
+
+    key: Annotated[str, Meta(min_length=1, max_length=317)]
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
+    values: Annotated[list[str], Meta(max_length=1000)] = []
+
+    def __post_init__(self) -> None:
+        _rule(_label_key, self.key, "key")
+        n = len(self.values)
+        if self.operator in ("In", "NotIn"):
+            if not n:
+                raise ValueError(f"@values: operator {self.operator} needs at least one value")
+            for v in self.values:
+                _rule(_label_value, v, "values")
+        elif n:
+            raise ValueError(f"@values: operator {self.operator} takes no values (has {n})")
+
+    def matches(self, labels: Mapping[str, str]) -> bool:
+        value = labels.get(self.key)
+        op = self.operator
+        if op == "In":
+            return value is not None and value in self.values
+        if op == "NotIn":
+            return value is None or value not in self.values
+        return (value is not None) == (op == "Exists")
+
+
+class AffinitySelector(Spec, kw_only=True, frozen=True):
+    """Kubernetes' LabelSelector in an affinity term (`labelSelector`,
+    `namespaceSelector`): every `matchLabels` pair and every expression must match; an
+    empty selector matches every object."""
+
+    match_labels: Mapping[str, str] = {}
+    match_expressions: list[LabelSelectorRequirement] = []
+
+    def __post_init__(self) -> None:
+        for k, v in self.match_labels.items():
+            _rule(_label_key, k, "matchLabels")
+            _rule(_label_value, v, "matchLabels")
+
+    def matches(self, labels: Mapping[str, str]) -> bool:
+        return (all(labels.get(k) == v for k, v in self.match_labels.items())
+                and all(r.matches(labels) for r in self.match_expressions))
+
+    def describe(self) -> str:
+        """`app=web`, `app In [a, b]`; `any pod` when empty."""
+        parts = [f"{k}={v}" for k, v in self.match_labels.items()]
+        for r in self.match_expressions:
+            parts.append(f"{r.key} {r.operator}" + (f" [{', '.join(r.values)}]"
+                                                     if r.values else ""))
+        return ", ".join(parts) or "any pod"
+
+
+class PodAffinityTerm(Spec, kw_only=True, frozen=True):
+    """The pods `labelSelector` selects (none without one, as in Kubernetes) in the
+    namespaces of `namespaces` and `namespaceSelector` (the pod's own namespace when
+    both are unset; `namespaceSelector: {}` is every namespace), counted per topology
+    domain: the nodes that share the value of node label `topologyKey`
+    (`kubernetes.io/hostname`: each node on its own)."""
+
+    topology_key: Annotated[str, Meta(min_length=1, max_length=317)]
+    label_selector: AffinitySelector | None = None
+    namespaces: list[str] = []
+    namespace_selector: AffinitySelector | None = None
+
+    def __post_init__(self) -> None:
+        _rule(_label_key, self.topology_key, "topologyKey")
+        for ns in self.namespaces:
+            _rule(validate.dns_name, ns, "namespaces")
+
+    def selects(self, labels: Mapping[str, str]) -> bool:
+        """Whether the label selector selects a pod with `labels` (its namespace is the
+        caller's to check)."""
+        return self.label_selector is not None and self.label_selector.matches(labels)
+
+    def describe(self) -> str:
+        return "no pod" if self.label_selector is None else self.label_selector.describe()
+
+
+class WeightedPodAffinityTerm(Spec, kw_only=True, frozen=True):
+    weight: Annotated[int, Meta(ge=1, le=100)]
+    pod_affinity_term: PodAffinityTerm
+
+
+class PodAffinity(Spec, kw_only=True, frozen=True):
+    """`podAffinity` (near the pods the terms select) and `podAntiAffinity` (away from
+    them) have this one shape."""
+
+    required_during_scheduling_ignored_during_execution: Annotated[
+        list[PodAffinityTerm], Meta(max_length=100)] = []
+    preferred_during_scheduling_ignored_during_execution: Annotated[
+        list[WeightedPodAffinityTerm], Meta(max_length=100)] = []
+
+
+class Affinity(Spec, kw_only=True, frozen=True):
+    """Where the scheduler may put the pod, beyond `nodeSelector` (docs/pods.md)."""
+
+    node_affinity: NodeAffinity | None = None
+    pod_affinity: PodAffinity | None = None
+    pod_anti_affinity: PodAffinity | None = None
+
+    def required_nodes(self) -> NodeSelector | None:
+        na = self.node_affinity
+        return na.required_during_scheduling_ignored_during_execution if na else None
+
+    def has_pod_terms(self) -> bool:
+        """Whether any inter-pod term (required or preferred) is set."""
+        return any(p is not None and (p.required_during_scheduling_ignored_during_execution
+                                      or p.preferred_during_scheduling_ignored_during_execution)
+                   for p in (self.pod_affinity, self.pod_anti_affinity))
+
+    def required_anti(self) -> list[PodAffinityTerm]:
+        p = self.pod_anti_affinity
+        return p.required_during_scheduling_ignored_during_execution if p else []
+
+
 class PodSpec(Spec, kw_only=True, frozen=True):
     containers: Annotated[list[Container], Meta(min_length=1)]
     init_containers: list[Container] = []
@@ -793,6 +1064,9 @@ class PodSpec(Spec, kw_only=True, frozen=True):
     """Share the node's IPC namespace (only where the policy level allows)."""
     termination_grace_period_seconds: Annotated[int, Meta(ge=0, le=3600)] = 10
     volumes: list[Volume] = []
+    affinity: Affinity | None = None
+    """Node affinity and inter-pod (anti-)affinity, honoured by cloudcore's scheduler
+    (the agent ignores it)."""
 
     def __post_init__(self) -> None:
         _rule(lambda v: validate.unique(v, "container names"),
@@ -922,7 +1196,10 @@ SPEC_TYPES: tuple[type[Spec], ...] = (
     ContainerPort, ResourceRequirements, VolumeMount, Volume,
     HostPathVolumeSource, EmptyDirVolumeSource, KeyToPath, ConfigMapVolumeSource,
     SecretVolumeSource, Probe, ExecAction, TCPSocketAction, HTTPGetAction, SecurityContext,
-    PodSecurityContext, Capabilities, SeccompProfile, Toleration)
+    PodSecurityContext, Capabilities, SeccompProfile, Toleration, Affinity, NodeAffinity,
+    NodeSelector, NodeSelectorTerm, NodeSelectorRequirement, PreferredSchedulingTerm,
+    PodAffinity, PodAffinityTerm, WeightedPodAffinityTerm, AffinitySelector,
+    LabelSelectorRequirement)
 """Every piece of the pod spec."""
 
 

@@ -64,7 +64,6 @@ _HINTS: tuple[tuple[re.Pattern[str], str, bool], ...] = tuple(
         (r"\.envFrom$", "mount the ConfigMap or Secret as a configMap/secret volume", True),
         (r"\.initContainers$", "run the steps before the main process in one container "
          "(`sh -c 'step && exec main'`)", True),
-        (r"\.affinity$", "nodeSelector (exact label match)", True),
         (r"\.(serviceAccountName|automountServiceAccountToken)$",
          "leave it out: no API token is mounted at the edge", True),
         (r"\.serviceAccount$", "serviceAccountName (serviceAccount is its deprecated alias)",
@@ -73,13 +72,15 @@ _HINTS: tuple[tuple[re.Pattern[str], str, bool], ...] = tuple(
         (r"\.(hostPID|hostIPC)$", "", True),
         (r"\.(dnsPolicy|dnsConfig)$", "leave it out: pods use the node's resolver", True),
         (r"\.priorityClassName$", "", True),
-        (r"\.rollingUpdate\.maxSurge$", "rollingUpdate.maxUnavailable", True),
+        (r"\.updateStrategy\.rollingUpdate\.maxSurge$", "rollingUpdate.maxUnavailable "
+         "(how many nodes have their pod replaced at a time); a Deployment takes maxSurge",
+         False),
         (r"\.volumeMounts\[\d+\]\.mountPropagation$", "", True),
         (r"\.securityContext\.(seLinuxOptions|seLinuxChangePolicy|appArmorProfile|windowsOptions)$",
          "seccompProfile, capabilities and allowPrivilegeEscalation confine a container "
          "(docs/pods.md)", False),
-        (r"\.topologySpreadConstraints$", f"podAntiAffinity on kubernetes.io/hostname, "
-         f"planned in {ISSUE_18}; nodeSelector today", False),
+        (r"\.topologySpreadConstraints$", "podAntiAffinity with topologyKey "
+         "kubernetes.io/hostname (or any node label) spreads replicas", False),
         (r"\.volumeMounts\[\d+\]\.(subPath|subPathExpr)$", "mount the volume at a "
          "directory; a configMap/secret volume's `items` choose the file names", False),
         (r"\.volumes\[\d+\]\.persistentVolumeClaim$", "a hostPath (type: "

@@ -30,7 +30,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, Query, Request
@@ -73,7 +73,7 @@ log = logging.getLogger("cloudcore.api")
 
 PLURALS = {"nodes": "Node", "pods": "Pod", "daemonsets": "DaemonSet",
            "deployments": "Deployment", "configmaps": "ConfigMap", "secrets": "Secret",
-           "namespaces": "Namespace"}
+           "namespaces": "Namespace", "agentupgrades": "AgentUpgrade"}
 MAX_DOCUMENTS = 1000
 JOINS = "cloudcore_joins_total"
 REFUSED = "cloudcore_api_refused_total"
@@ -181,6 +181,9 @@ class JoinResponse(BaseModel):
                      "message authentication (shared.seal); shown once.")
     caCert: str | None = Field(None, description="PEM of the fleet CA.")
     clientCert: ClientCert | None = Field(None, description="With --node-certs.")
+    releaseKeys: list[str] = Field(default_factory=list, description="base64 of the raw "
+                                   "32-byte ed25519 public keys agent releases are signed "
+                                   "with (proposal 0006); the agent trusts only these.")
 
 
 class CaInfo(BaseModel):
@@ -322,7 +325,8 @@ def create_app(fleet: Fleet, *, metrics: Metrics,
                ca: FleetCA | None = None,
                wire: Limits = DOWN_LIMITS,
                requests: Any = None,
-               cache: ListCache | None = None) -> FastAPI:
+               cache: ListCache | None = None,
+               release_keys: Sequence[str] = ()) -> FastAPI:
     """The API over `fleet`. `flush` makes writes durable before a write returns;
     `auth` checks bearer tokens (default: an Auth with checks off, for embedding and
     tests; the service always passes its own); `broker` (host, port[, tls]) is what
@@ -330,7 +334,8 @@ def create_app(fleet: Fleet, *, metrics: Metrics,
     node certificates with `auth_settings.node_certs`); `wire` the cloud-to-edge
     limits objects must fit; `requests` (the sync hub's `Requests`) serves pod logs
     and exec (else 503); `cache` the list cache (the service runs its refresher; by
-    default one is made over the fleet's objects)."""
+    default one is made over the fleet's objects); `release_keys` the public keys
+    (base64) agent releases are signed with, given to joining nodes."""
     api = settings or ApiSettings()
     lists = cache if cache is not None else ListCache(fleet.objects)
     auth_cfg = auth_settings or AuthSettings()
@@ -500,7 +505,8 @@ def create_app(fleet: Fleet, *, metrics: Metrics,
             "broker": {"host": broker[0], "port": broker[1], "tls": broker_tls},
             "credentials": {"username": creds.username, "password": creds.password},
             "key": creds.key_b64,
-            "caCert": ca.cert_pem if ca is not None else None}
+            "caCert": ca.cert_pem if ca is not None else None,
+            "releaseKeys": list(release_keys)}
         if auth_cfg.node_certs and ca is not None:
             out["clientCert"] = _client_cert(body.name)
         access.used_join_token(rec["id"])
@@ -983,6 +989,21 @@ def create_app(fleet: Fleet, *, metrics: Metrics,
         return {"exitCode": msg.exit_code,
                 "stdout": b"".join(out["stdout"]).decode(errors="replace"),
                 "stderr": b"".join(out["stderr"]).decode(errors="replace")}
+
+    @app.get("/api/v1/agentupgrades/{name}", summary="Get one AgentUpgrade",
+             tags=["objects"], dependencies=[reader])
+    async def get_agent_upgrade(name: str) -> dict[str, Any]:
+        return fleet.get("AgentUpgrade", None, name)
+
+    @app.delete("/api/v1/agentupgrades/{name}", summary="Delete an AgentUpgrade (operator)",
+                tags=["objects"], dependencies=[operator],
+                description="Stops it: its nodes' release entries are removed and they "
+                            "keep running what they run (an upgrade in flight on a node "
+                            "finishes or rolls back there).")
+    async def delete_agent_upgrade(name: str) -> dict[str, Any]:
+        deleted = fleet.delete("AgentUpgrade", None, name)
+        await flush()
+        return {"deleted": deleted}
 
     @app.get("/api/v1/namespaces/{name}", summary="Get one namespace", tags=["objects"],
              dependencies=[reader])

@@ -152,8 +152,10 @@ class Eviction:
         pod = self.objects.pods[key]
         ref = f"Pod/{key[0]}/{key[1]}"
         why = f"node {node} NotReady for more than {grace:g}s (the pod's toleration)"
+        topology = self.placement.topology(key)  # inter-pod affinity, if any concerns it
         decision = self.scheduler.schedule(
-            pod.spec, (self.placement.view(n) for n in self.objects.nodes if n != node))
+            pod.spec, (self.placement.view(n, topology=topology)
+                       for n in self.objects.nodes if n != node))
         if decision.node is None:
             self.events.add(type="Warning", reason="EvictionBlocked", obj=ref,
                              message=f"{why}, but no other node fits ({decision.message}); "

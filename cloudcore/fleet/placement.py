@@ -6,6 +6,12 @@ written on them. It binds by the scheduler's decision or by `spec.nodeName`, che
 that an updated pod still fits where it is, and retries every pending pod whenever
 a caller says room may have appeared (a node joined or changed, a pod left).
 
+Inter-pod affinity needs the labels of the pods bound per node, but only for a pod
+that has inter-pod terms or that a bound pod's required anti-affinity may select:
+`topology` builds the scheduler's `PodTopology` for such a pod in one pass over the
+bound pods, and returns None (no cost at all) for the others while no bound pod has
+required anti-affinity (`_anti`, the few that have).
+
 It does not build desired sets: every node whose set of bound pods changed is
 remembered until `DesiredSets.commit` takes them (`take_changed`), so the desired
 part sits above this one and never the other way round.
@@ -23,6 +29,7 @@ from cloudcore.fleet.forecast import forecast_of
 from cloudcore.fleet.objects import Key, Objects, is_daemon
 from cloudcore.fleet.template import with_annotation
 from cloudcore.scheduler import NodeView, Scheduler
+from cloudcore.scheduler.affinity import Placed, PodTopology, topology_of
 from cloudcore.scheduler.core import requests_of, unschedulable_message
 from shared.models import PodStatus
 
@@ -38,6 +45,7 @@ class Placement:
         self._on_node: dict[str, set[Key]] = {}
         self._pending: set[Key] = set()
         self._changed: set[str] = set()  # nodes whose bound pods changed since taken
+        self._anti: set[Key] = set()  # bound pods with required pod anti-affinity
         self._scheduled: dict[str, PodStatus] = {}
         """node -> the Scheduled status last written for a pod bound there: the pods
         bound to one node by one reason (each DaemonSet's pod on it) share one status
@@ -75,6 +83,7 @@ class Placement:
         """Record a binding loaded from the store (the desired set already holds it)."""
         self._bound[key] = node
         self._on_node.setdefault(node, set()).add(key)
+        self._track(key)
 
     def restore_pending(self) -> None:
         """After loading: every pod not bound waits for a node."""
@@ -94,6 +103,7 @@ class Placement:
         self._pending.discard(key)
         self._bound[key] = node
         self._on_node.setdefault(node, set()).add(key)
+        self._track(key)
         status = self._scheduled.get(node)
         if status is None or status.message != message:
             if len(self._scheduled) > 2 * len(self.objects.nodes) + 1000:
@@ -112,6 +122,16 @@ class Placement:
         if node is not None:
             self._on_node.get(node, set()).discard(key)
             self._changed.add(node)
+            self._anti.discard(key)
+
+    def _track(self, key: Key) -> None:
+        """Remember a bound pod whose required anti-affinity other pods must respect."""
+        pod = self.objects.pods.get(key)
+        affinity = pod.spec.affinity if pod is not None else None
+        if affinity is not None and affinity.required_anti():
+            self._anti.add(key)
+        else:
+            self._anti.discard(key)
 
     def move(self, key: Key, node: str, message: str) -> None:
         """Rebind a pod to another node (eviction)."""
@@ -128,6 +148,7 @@ class Placement:
             if (target is None or target == node) and self.fits(key, node,
                                                                 daemon=is_daemon(pod)):
                 self._changed.add(node)
+                self._track(key)
                 return
             self.unbind(key)
         self._pending.add(key)
@@ -138,8 +159,10 @@ class Placement:
 
     # -- scheduling ---------------------------------------------------------------------
 
-    def view(self, name: str, *, exclude: Key | None = None) -> NodeView:
-        """What the scheduler sees of node `name`: labels, taints, readiness, room."""
+    def view(self, name: str, *, exclude: Key | None = None,
+             topology: PodTopology | None = None) -> NodeView:
+        """What the scheduler sees of node `name`: labels, taints, readiness, room, and
+        the `topology` of the pod being placed (`topology()`)."""
         node = self.objects.nodes[name]
         pods = self.objects.pods
         requested: dict[str, int] = {}
@@ -155,16 +178,49 @@ class Placement:
         return NodeView(name=name, labels=node.metadata.labels, taints=node.spec.taints,
                         unschedulable=node.spec.unschedulable, ready=node.status.ready,
                         allocatable=node.status.allocatable, requested=requested,
-                        host_ports=ports, forecast=forecast_of(node.status.usage))
+                        host_ports=ports, forecast=forecast_of(node.status.usage),
+                        pod_topology=topology)
+
+    def topology(self, key: Key) -> PodTopology | None:
+        """What pod `key`'s inter-pod terms find among the bound pods (itself left
+        out), and the bound pods' anti-affinity that selects it; None when neither
+        exists (the scheduler then skips inter-pod affinity)."""
+        pod = self.objects.pods[key]
+        affinity = pod.spec.affinity
+        if not self._anti and (affinity is None or not affinity.has_pod_terms()):
+            return None
+        pods, nodes = self.objects.pods, self.objects.nodes
+
+        def placed(keys: Iterable[Key]) -> Iterable[Placed]:
+            for pk in keys:
+                p = pods.get(pk)
+                node = self._bound.get(pk)
+                if p is not None and node is not None:
+                    yield Placed(namespace=pk[0], name=pk[1], labels=p.metadata.labels,
+                                 node=node, affinity=p.spec.affinity)
+
+        def node_labels(name: str) -> dict[str, str] | None:
+            node = nodes.get(name)
+            return None if node is None else node.metadata.labels
+
+        return topology_of(
+            namespace=key[0], name=key[1], labels=pod.metadata.labels, affinity=affinity,
+            placed=lambda: placed(self._bound), anti_placed=placed(self._anti),
+            node_labels=node_labels,
+            namespace_labels=lambda: {n: ns.metadata.labels
+                                      for n, ns in self.objects.namespaces.items()})
 
     def placeable(self, spec: Any, node: str) -> bool:
-        """Whether a DaemonSet template admits `node` (selector, arch, tolerations)."""
-        return bool(self.scheduler.placeable(spec, self.view(node)))
+        """Whether a DaemonSet template admits `node` (selector, arch, required node
+        affinity, tolerations): judged on the node's name, labels and taints alone."""
+        n = self.objects.nodes[node]
+        return bool(self.scheduler.placeable(
+            spec, NodeView(name=node, labels=n.metadata.labels, taints=n.spec.taints)))
 
     def fits(self, key: Key, node: str, *, daemon: bool) -> bool:
         """Whether the (updated) pod still fits on its node, not counting itself."""
         pod = self.objects.pods[key]
-        view = self.view(node, exclude=key)
+        view = self.view(node, exclude=key, topology=self.topology(key))
         return self.scheduler.check(pod.spec, view, daemon=daemon) is None
 
     def retry_pending(self) -> None:
@@ -185,14 +241,17 @@ class Placement:
                 if target not in nodes:
                     self._explain_pending(key, f"0/1 nodes available: node {target} not found")
                     continue
-                reason = self.scheduler.check(pod.spec, self.view(target), daemon=daemon)
+                reason = self.scheduler.check(
+                    pod.spec, self.view(target, topology=self.topology(key)), daemon=daemon)
                 if reason is None:
                     self.bind(key, target, f"scheduled on {target}: bound by spec.nodeName")
                 else:
                     self._explain_pending(
                         key, f"0/1 nodes available: 1 {reason} (pod is bound to {target})")
                 continue
-            decision = self.scheduler.schedule(pod.spec, (self.view(n) for n in nodes))
+            topology = self.topology(key)
+            decision = self.scheduler.schedule(pod.spec, (self.view(n, topology=topology)
+                                                          for n in nodes))
             if decision.node is None:
                 self._explain_pending(key, decision.message)
             else:

@@ -7,8 +7,9 @@ cached desired value dropped (`DesiredSets.invalidate`) and it is (re)placed
 plans (`plans.py`); the rollout tick (`rollout.py`) sits above this part and calls
 `put_pod` / `sync` for its batches.
 
-- a DaemonSet owns one pod per node that its template's selector, arch and
-  tolerations admit (named `{ds}-{node}`); the pod is bound to that node if it fits
+- a DaemonSet owns one pod per node that its template's selector, required node
+  affinity, arch and tolerations admit (named `{ds}-{node}`), as Kubernetes'
+  DaemonSet controller decides; the pod is bound to that node if it fits
   there, else Pending with the reason;
 - a Deployment owns `replicas` pods named `{dep}-{i}`, placed by the scheduler;
 - a bare Pod is placed by the scheduler, or bound to `spec.nodeName` if given.

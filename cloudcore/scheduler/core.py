@@ -47,8 +47,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from cloudcore.scheduler.affinity import PodTopology
 from cloudcore.scheduler.recent import RecentPlacements
-from shared.models import PodSpec, Taint, Toleration
+from shared.models import NodeSelector, PodSpec, Taint, Toleration
 
 ARCH_LABEL = "kubernetes.io/arch"
 # Resources every node has; if a node has not reported them yet they do not constrain.
@@ -77,6 +78,10 @@ class NodeView:
     """Summed requests of the pods bound to the node after its forecast's inputs ended
     (so not in the forecast yet); added to the p90 by the predicted filter and scorer.
     `Scheduler` adds the placements of its own ledger to it."""
+    pod_topology: PodTopology | None = None
+    """For the pod being placed: the topology domains its inter-pod terms (and the placed
+    pods' anti-affinity that selects it) found (`cloudcore.scheduler.affinity`), the same
+    object in every node's view; None when no such term concerns the pod."""
 
 
 @dataclass(frozen=True)
@@ -135,6 +140,36 @@ def node_selector(spec: PodSpec, req: dict[str, int], node: NodeView) -> str | N
         if k != ARCH_LABEL and node.labels.get(k) != v:
             return "node selector mismatch"
     return None
+
+
+_DESCRIBED: dict[int, tuple[NodeSelector, str]] = {}
+
+
+def _describe(sel: NodeSelector) -> str:
+    """`sel.describe()`, kept per selector object (a template's pods share theirs), so a
+    pod rejected by 100,000 nodes formats its reason once."""
+    hit = _DESCRIBED.get(id(sel))
+    if hit is not None and hit[0] is sel:
+        return hit[1]
+    if len(_DESCRIBED) > 1000:
+        _DESCRIBED.clear()
+    text = sel.describe()
+    _DESCRIBED[id(sel)] = (sel, text)
+    return text
+
+
+def node_affinity(spec: PodSpec, req: dict[str, int], node: NodeView) -> str | None:
+    """Required node affinity: one of the node selector terms matches the node."""
+    sel = spec.affinity.required_nodes() if spec.affinity is not None else None
+    if sel is None or sel.matches(node.labels, node.name):
+        return None
+    return f"node affinity mismatch ({_describe(sel)})"
+
+
+def pod_affinity(spec: PodSpec, req: dict[str, int], node: NodeView) -> str | None:
+    """Required inter-pod affinity and anti-affinity (`NodeView.pod_topology`)."""
+    topo = node.pod_topology
+    return None if topo is None else topo.refuses(node.name, node.labels)
 
 
 def taints(spec: PodSpec, req: dict[str, int], node: NodeView) -> str | None:
@@ -251,14 +286,20 @@ class RightSizedCapacity:
                          by_usage=self.by_usage)
 
 
-DEFAULT_FILTERS: tuple[Filter, ...] = (unschedulable, not_ready, arch, node_selector, taints,
-                                       host_ports, capacity, predicted_capacity)
+DEFAULT_FILTERS: tuple[Filter, ...] = (unschedulable, not_ready, arch, node_selector,
+                                       node_affinity, taints, host_ports, pod_affinity,
+                                       capacity, predicted_capacity)
 """In order; a node is rejected with the reason of the first filter that fails."""
 
 RIGHT_SIZING_FILTERS: tuple[Filter, ...] = (unschedulable, not_ready, arch, node_selector,
-                                            taints, host_ports, RightSizedCapacity())
+                                            node_affinity, taints, host_ports, pod_affinity,
+                                            RightSizedCapacity())
 """Right-sizing: the request capacity and predicted filters replaced by one
 `RightSizedCapacity` (safety 5 %)."""
+
+AFFINITY_FILTERS = frozenset({node_affinity, pod_affinity})
+"""Filters that pass every node for a pod without `affinity` and without a
+`pod_topology`: the scheduler leaves them out for such pods (no cost to them)."""
 
 # A DaemonSet pod is meant for one node: it tolerates unschedulable and not-ready
 # nodes (as in Kubernetes) and only the placement constraints apply.
@@ -323,7 +364,38 @@ class PredictedHeadroom:
         return 100.0 * max(0.0, 1.0 - peak)
 
 
-DEFAULT_SCORERS: tuple[Scorer, ...] = (Headroom(), PreferNoSchedule(), PredictedHeadroom())
+@dataclass(frozen=True)
+class NodePreference:
+    """Preferred node affinity: the share of the preferred terms' weight the node
+    matches (0 without preferred terms)."""
+
+    name: str = "node-affinity"
+    weight: float = 2.0
+
+    def __call__(self, spec: PodSpec, req: dict[str, int], node: NodeView) -> float:
+        na = spec.affinity.node_affinity if spec.affinity is not None else None
+        return 0.0 if na is None else na.score(node.labels, node.name)
+
+
+@dataclass(frozen=True)
+class PodPreference:
+    """Preferred inter-pod affinity and anti-affinity (`PodTopology.score`; 0 without
+    preferred terms)."""
+
+    name: str = "pod-affinity"
+    weight: float = 2.0
+
+    def __call__(self, spec: PodSpec, req: dict[str, int], node: NodeView) -> float:
+        topo = node.pod_topology
+        return 0.0 if topo is None else topo.score(node.name, node.labels)
+
+
+DEFAULT_SCORERS: tuple[Scorer, ...] = (Headroom(), PreferNoSchedule(), PredictedHeadroom(),
+                                       NodePreference(), PodPreference())
+"""Kubernetes' weights for its affinity scores (2 each) against 1 for the room."""
+
+AFFINITY_SCORERS = (NodePreference, PodPreference)
+"""Scorer types that give 0 to a pod without affinity and without a `pod_topology`."""
 
 
 # -- the scheduler ---------------------------------------------------------------------
@@ -345,6 +417,10 @@ class Scheduler:
                  recent: RecentPlacements | None = None) -> None:
         self.filters = tuple(filters)
         self.scorers = tuple(scorers)
+        # for pods that no affinity concerns (most): the same without the affinity parts
+        self._plain_filters = tuple(f for f in self.filters if f not in AFFINITY_FILTERS)
+        self._plain_scorers = tuple(s for s in self.scorers
+                                    if not isinstance(s, AFFINITY_SCORERS))
         self.recent = RecentPlacements(clock=clock) if recent is None else recent
 
     @classmethod
@@ -386,7 +462,8 @@ class Scheduler:
     def check(self, spec: PodSpec, node: NodeView, *, daemon: bool = False) -> str | None:
         """None if the pod fits `node`, else the first failing filter's reason."""
         req = requests_of(spec)
-        for f in self.filters:
+        affine = spec.affinity is not None or node.pod_topology is not None
+        for f in self.filters if affine else self._plain_filters:
             if daemon and f in DAEMON_SKIP:
                 continue
             if daemon and isinstance(f, RightSizedCapacity):
@@ -397,9 +474,12 @@ class Scheduler:
         return None
 
     def placeable(self, spec: PodSpec, node: NodeView) -> bool:
-        """Whether a DaemonSet pod belongs on `node` (selector, arch, taints; not capacity)."""
+        """Whether a DaemonSet pod belongs on `node`: selector, arch, required node
+        affinity, taints (not capacity, not pod affinity), as Kubernetes' DaemonSet
+        controller decides. Reads only the node's name, labels and taints."""
         req = requests_of(spec)
-        return all(f(spec, req, node) is None for f in (arch, node_selector, taints))
+        return all(f(spec, req, node) is None
+                   for f in (arch, node_selector, node_affinity, taints))
 
     def schedule(self, spec: PodSpec, nodes: Iterable[NodeView]) -> Decision:
         """Pick the best feasible node, or explain why none fits."""
@@ -408,16 +488,21 @@ class Scheduler:
         best: tuple[float, str] | None = None
         feasible = 0
         total = 0
+        affine = spec.affinity is not None
         for given in nodes:
             total += 1
             node = self._with_recent(given)
-            reason = next((r for f in self.filters if (r := f(spec, req, node)) is not None),
+            if affine or node.pod_topology is not None:
+                filters, scorers = self.filters, self.scorers
+            else:
+                filters, scorers = self._plain_filters, self._plain_scorers
+            reason = next((r for f in filters if (r := f(spec, req, node)) is not None),
                           None)
             if reason is not None:
                 rejected[reason] += 1
                 continue
             feasible += 1
-            score = sum(s.weight * s(spec, req, node) for s in self.scorers)
+            score = sum(s.weight * s(spec, req, node) for s in scorers)
             if best is None or score > best[0] or (score == best[0] and node.name < best[1]):
                 best = (score, node.name)
         if best is None:

@@ -38,7 +38,8 @@ class Api:
 @contextlib.asynccontextmanager
 async def open_api(tmp_path: Path, *, auth_on: bool = False, clock: object = None,
                    ca: bool = True, auth_settings: AuthSettings | None = None,
-                   api_settings: ApiSettings | None = None) -> AsyncIterator[Api]:
+                   api_settings: ApiSettings | None = None,
+                   release_keys: tuple[str, ...] = ()) -> AsyncIterator[Api]:
     async with Store(StoreSettings(state_dir=tmp_path / "s", batch_interval=0.005)) as store:
         writer = asyncio.create_task(store.run(), name="test.writer")
         fleet = Fleet(store=store, scheduler=Scheduler(),
@@ -52,7 +53,8 @@ async def open_api(tmp_path: Path, *, auth_on: bool = False, clock: object = Non
         metrics = Metrics()
         app = create_app(fleet, metrics=metrics, flush=store.flush, auth=auth,
                          broker=("broker.example", 8883, True), ca=fleet_ca,
-                         auth_settings=auth_settings, settings=api_settings)
+                         auth_settings=auth_settings, settings=api_settings,
+                         release_keys=release_keys)
         transport = httpx.ASGITransport(app=app)
         try:
             async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:

@@ -141,3 +141,9 @@ def test_what_busybox_can_run_runs(fleet: Fleet, applied: dict[str, Any]) -> Non
     for prefix in ("nginx-deployment-", "my-nginx-", "frontend-", "redis-leader-"):
         pods = _pods(fleet, prefix)
         assert pods and all((p.get("status") or {}).get("nodeName") for p in pods), prefix
+    # KubeEdge's edgemesh demo requires nodes labelled node-role.kubernetes.io/edge and
+    # .../agent (required node affinity): the testbed's are not, so its pod waits, saying so
+    [demo] = _pods(fleet, "demo-edge-")
+    assert (demo.get("status") or {}).get("message") == (
+        "0/2 nodes available: 2 node affinity mismatch (node-role.kubernetes.io/edge Exists, "
+        "node-role.kubernetes.io/agent Exists)"), demo.get("status")

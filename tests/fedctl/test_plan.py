@@ -93,8 +93,7 @@ def test_planned_fields_say_so_and_name_the_alternative() -> None:
     assert plan.hint("spec.template.spec.hostPID") == ("", True)
     alt, planned = plan.hint("spec.template.spec.containers[1].env[0].valueFrom")
     assert planned and "configMap/secret volume" in alt
-    assert plan.hint("spec.template.spec.affinity") == ("nodeSelector (exact label match)",
-                                                          True)
+    assert plan.hint("spec.template.spec.affinity") == ("", False)  # supported now
     assert plan.hint("spec.template.spec.volumes[2].persistentVolumeClaim")[1] is False
     line = plan.Problem("spec.hostPID", "not supported by edgefed", planned=True).line()
     assert line == "spec.hostPID: not supported by edgefed (planned: issue 18)"

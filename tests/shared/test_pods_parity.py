@@ -250,6 +250,24 @@ FULL: dict[str, Any] = {
         {"name": "keys", "secret": {"secretName": "web-keys", "optional": False,
                                      "items": [{"key": "tls.key", "path": "tls/key"}]}},
     ],
+    "affinity": {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+                {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}],
+                 "matchFields": [{"key": "metadata.name", "operator": "NotIn",
+                                  "values": ["edge-0"]}]}]},
+            "preferredDuringSchedulingIgnoredDuringExecution": [
+                {"weight": 10, "preference": {"matchExpressions": [
+                    {"key": "cores", "operator": "Gt", "values": ["4"]}]}}]},
+        "podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+            {"labelSelector": {"matchLabels": {"app": "db"}}, "topologyKey": "zone",
+             "namespaces": ["data"]}]},
+        "podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+            {"weight": 100, "podAffinityTerm": {
+                "labelSelector": {"matchExpressions": [
+                    {"key": "app", "operator": "In", "values": ["web"]}]},
+                "namespaceSelector": {}, "topologyKey": "kubernetes.io/hostname"}}]},
+    },
 }
 MINIMAL: dict[str, Any] = {"containers": [{"name": "main", "image": "busybox"}]}
 
