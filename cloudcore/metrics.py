@@ -10,6 +10,8 @@ those of the hand-written registry this replaced (counters end in `_total`), so
 dashboards and the tests that read `/metrics` are unchanged; values now print as
 floats (`1.0`).
 
+`add_edge_gauges` adds what the store of series scraped on devices holds and refused
+(the series themselves are served apart, on `/metrics/edge`).
 `add_rollout_gauges` adds rollout progress without names (`cloudcore_rollouts{kind,
 phase}`, `cloudcore_rollout_pods{kind,state}`). Also in the registry:
 prometheus-client's process collector (`process_cpu_seconds_total`,
@@ -128,6 +130,31 @@ def rollout_gauges(fleet: Any) -> Iterable[tuple[str, Labels, float]]:
             yield ROLLOUTS, (("kind", kind), ("phase", phase)), float(n)
         for state, n in pods.items():
             yield ROLLOUT_PODS, (("kind", kind), ("state", state)), float(n)
+
+
+EDGE_BATCHES = "cloudcore_edge_metrics_batches"
+EDGE_SERIES = "cloudcore_edge_series"
+EDGE_NODES = "cloudcore_edge_series_nodes"
+
+
+def add_edge_gauges(metrics: Metrics, series: Any) -> None:
+    """What the store of edge series (`cloudcore.fleet.edgemetrics.EdgeSeries`) holds
+    and refused, on /metrics: batches accepted and refused by reason (malformed, stale,
+    node_limit, fleet_limit), series held and the nodes they come from."""
+    metrics.describe(EDGE_BATCHES, "Metrics batches from agents by result (accepted, or "
+                                   "why refused: malformed, stale, node_limit, "
+                                   "fleet_limit); counts since start.")
+    metrics.describe(EDGE_SERIES, "Series scraped on devices held for /metrics/edge.")
+    metrics.describe(EDGE_NODES, "Nodes whose scraped series are held.")
+
+    def gauges() -> Iterable[tuple[str, Labels, float]]:
+        yield EDGE_BATCHES, (("result", "accepted"),), float(series.accepted)
+        for reason in ("malformed", "stale", "node_limit", "fleet_limit"):
+            yield EDGE_BATCHES, (("result", reason),), float(series.refused[reason])
+        yield EDGE_SERIES, (), float(series.series)
+        yield EDGE_NODES, (), float(series.nodes())
+
+    metrics.add_gauges(gauges)
 
 
 class _Families:

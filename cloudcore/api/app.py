@@ -12,7 +12,8 @@ workload and node changes an operator token; tokens and node deletion an admin t
 rate-limited per client address; `POST /api/v1/nodes/{name}/certificate` by the node
 key. Health, readiness, metrics, the schema, `GET /api/v1/ca` and the console's static
 pages (`/`, `/console/`: no data; cloudcore.console) stay open; `/metrics`
-holds counts and durations only, no names, labels of objects or secrets. With auth off
+holds counts and durations only, no names, labels of objects or secrets. The series
+scraped on devices (`/metrics/edge`) name nodes and pods: they need a read-only token. With auth off
 (`--insecure`) every route is open to an anonymous admin.
 
 Every request body is capped (`ApiSettings.max_body_bytes`, 3 MiB): a larger
@@ -428,6 +429,16 @@ def create_app(fleet: Fleet, *, metrics: Metrics,
     @app.get("/metrics", summary="Prometheus metrics (text format 0.0.4)", tags=["health"])
     async def prometheus() -> PlainTextResponse:
         return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    @app.get("/metrics/edge", tags=["health"],
+             summary="Prometheus metrics scraped on the devices: the agents' own and those "
+                     "of pods annotated prometheus.io/scrape, labelled node, namespace, pod "
+                     "(text format 0.0.4; a read-only token: it names nodes and pods)")
+    async def prometheus_edge(_: Principal = reader) -> PlainTextResponse:
+        series = fleet.node_ops.edge_series
+        series.expire()
+        text = await asyncio.to_thread(series.render)  # long at fleet scale: off the loop
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
     # -- identity ---------------------------------------------------------------------
 
