@@ -13,6 +13,7 @@ import queue
 import ssl
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 from urllib.parse import quote
@@ -85,6 +86,19 @@ def unreachable(server: str, exc: httpx.TransportError, *, ca_file: object = Non
     return Unreachable(f"{what} {server}: {exc or type(exc).__name__}")
 
 
+@dataclass(frozen=True)
+class ApplyAnswer:
+    """cloudcore's answer to an apply."""
+
+    results: list[dict[str, Any]]
+    """One per document, in order."""
+    per_document: bool
+    """True when cloudcore judged each document on its own (each result has `status`:
+    applied or refused); False from a cloudcore that only applies all or nothing."""
+    namespaces_created: list[str]
+    """Namespaces cloudcore created for the documents (`create_namespaces`)."""
+
+
 def _path(kind: Kind, namespace: str | None, name: str) -> str:
     if kind.namespaced:
         return (
@@ -138,15 +152,32 @@ class ApiClient:
     def apply(
         self, documents: list[dict[str, Any]], *, dry_run: bool = False
     ) -> list[dict[str, Any]]:
+        """Create or update the documents, all or nothing; one result per document."""
+        return self.apply_documents(documents, dry_run=dry_run).results
+
+    def apply_documents(
+        self, documents: list[dict[str, Any]], *, dry_run: bool = False,
+        per_document: bool = False, create_namespaces: bool = False,
+    ) -> ApplyAnswer:
         """Create or update the documents; one result per document, in order.
+
+        With `per_document`, cloudcore judges each document on its own and answers a
+        result for each, `status` applied or refused (with `code`, `error`, `errors`);
+        a cloudcore from before that ignores the request and answers all or nothing
+        (`ApplyAnswer.per_document` is then False and a refusal is a ServerError).
+        `create_namespaces` asks cloudcore to create the namespaces the documents name
+        that do not exist (ignored by a cloudcore from before namespaces had to exist).
 
         A request that reached cloudcore but got no answer in time (a read timeout)
         may have been applied all the same: the error says so and names the objects,
         instead of the 'cannot reach cloudcore' of a request that never arrived."""
+        body: dict[str, Any] = {"documents": documents, "dryRun": dry_run}
+        if per_document:
+            body["perDocument"] = True
+        if create_namespaces:
+            body["createNamespaces"] = True
         try:
-            resp = self._send(
-                "POST", f"{API}/apply", json={"documents": documents, "dryRun": dry_run},
-                read_timeout_applies=True)
+            resp = self._send("POST", f"{API}/apply", json=body, read_timeout_applies=True)
         except httpx.ReadTimeout as exc:
             refs = [_ref(d) for d in documents]
             shown = ", ".join(refs[:5]) + (f" and {len(refs) - 5} more" if len(refs) > 5 else "")
@@ -156,11 +187,14 @@ class ApiClient:
                 f"cloudcore did not answer the apply of {shown} within {self.timeout:g} s "
                 f"(--request-timeout): it may have applied {'it' if len(refs) == 1 else 'them'}"
                 f" all the same; see `{see}` before retrying") from exc
-        body = self._decode(resp, what=None)
-        results = body.get("results")
-        if not isinstance(results, list):
+        answer = self._decode(resp, what=None)
+        results = answer.get("results")
+        if not isinstance(results, list) or not all(isinstance(r, dict) for r in results):
             raise ServerError("cloudcore answered apply without a 'results' list", status=200)
-        return results
+        made = answer.get("namespacesCreated")
+        return ApplyAnswer(results=results, per_document=answer.get("perDocument") is True,
+                           namespaces_created=[str(n) for n in made]
+                           if isinstance(made, list) else [])
 
     @staticmethod
     def _params(
@@ -488,7 +522,9 @@ class ApiClient:
                 raise ServerError(f"forbidden: {msg}", status=403, field=field)
             if resp.status_code == 404:
                 raise NotFound(f"{what} not found" if what else msg, status=404, field=field)
-            raise ServerError(msg, status=resp.status_code, field=field)
+            errors = body.get("errors") if isinstance(body, dict) else None
+            raise ServerError(msg, status=resp.status_code, field=field, errors=[
+                e for e in errors if isinstance(e, dict)] if isinstance(errors, list) else None)
         if not isinstance(body, dict):
             raise ServerError(
                 f"cloudcore answered {resp.request.method} {resp.request.url.path} "

@@ -13,6 +13,8 @@ the exit code, so no traceback ever reaches the user.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class FedctlError(Exception):
     """Base: a message for the user and the exit code it maps to."""
@@ -41,12 +43,15 @@ class Unreachable(FedctlError):
 
 
 class ServerError(FedctlError):
-    """cloudcore answered with an HTTP error; `field` is the offending field if it said."""
+    """cloudcore answered with an HTTP error; `field` is the offending field if it said,
+    `errors` every violation it listed (`{field, message}`; empty from older servers)."""
 
-    def __init__(self, message: str, *, status: int, field: str | None = None) -> None:
+    def __init__(self, message: str, *, status: int, field: str | None = None,
+                 errors: list[dict[str, Any]] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.field = field
+        self.errors = errors or []
 
 
 class NotFound(ServerError):

@@ -235,3 +235,65 @@ def test_get_namespaces_lists_those_in_use(cloud: Cloud) -> None:
     names = json.loads(fed(cloud, "get", "namespaces", "-o", "json").stdout)["items"]
     assert [n["metadata"]["name"] for n in names] == ["default", "kube-system", "shop"]
     assert fed(cloud, "get", "namespace", "nosuch").exit_code == 3
+
+
+def _cm(name: str, namespace: str) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": name, "namespace": namespace}, "data": {"a": "1"}}
+
+
+def _apply(cloud: Cloud, docs: list[dict[str, Any]], *flags: str) -> Any:
+    return CliRunner().invoke(app, ["--server", cloud.url, "apply", "-f", "-", *flags],
+                              input=yaml.safe_dump_all(docs))
+
+
+def test_apply_namespaces_first_create_namespace_and_refusals_per_document(
+        cloud: Cloud) -> None:
+    """Namespaces must exist (issue 18): a file's Namespace is applied before what goes in
+    it wherever it is written; a document in a namespace that does not exist is refused
+    by cloudcore on its own while the rest applies; --create-namespace makes it."""
+    ns = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}}
+    r = _apply(cloud, [_cm("a", "shop"), ns, _cm("b", "lab"), _cm("c", "default")])
+    assert r.exit_code == 1, r.output
+    assert r.stdout.splitlines() == ["configmap/a created", "namespace/shop created",
+                                     "configmap/c created"]
+    assert ('<stdin>#3 (ConfigMap/b): refused by cloudcore: namespaces "lab" not found'
+            in r.stderr), r.stderr
+    assert "1 of 4 documents refused (3 applied, 0 skipped)" in r.stderr
+    assert cloud.call(lambda: sorted(cloud.fleet.configmaps)) == [
+        ("default", "c"), ("shop", "a")]
+
+    r = _apply(cloud, [_cm("b", "lab")], "--create-namespace", "--dry-run")
+    assert r.exit_code == 0, r.output
+    assert r.stdout.splitlines() == ["namespace/lab created (dry run)",
+                                     "configmap/b created (dry run)"]
+    assert cloud.call(lambda: "lab" in cloud.fleet.namespaces) is False
+    r = _apply(cloud, [_cm("b", "lab")], "--create-namespace")
+    assert r.stdout.splitlines() == ["namespace/lab created", "configmap/b created"]
+    assert cloud.call(lambda: ("lab", "b") in cloud.fleet.configmaps)
+
+
+def test_create_namespace(cloud: Cloud) -> None:
+    r = fed(cloud, "create", "namespace", "factory")
+    assert r.exit_code == 0 and r.stdout.strip() == "namespace/factory created", r.output
+    assert cloud.call(lambda: "factory" in cloud.fleet.namespaces)
+    r = fed(cloud, "create", "namespace", "factory")
+    assert r.exit_code == 1 and 'namespaces "factory" already exists' in r.stderr
+    r = fed(cloud, "create", "namespace", "Bad_Name")
+    assert r.exit_code == 2 and "DNS-1123" in r.stderr
+
+
+def test_apply_reports_every_field_cloudcore_refuses(cloud: Cloud) -> None:
+    """A document fedctl passes and cloudcore refuses (here: the pod security policy)
+    is reported with each of cloudcore's reasons, and the other documents apply."""
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+           "spec": {"hostPID": True, "containers": [
+               {"name": "m", "image": "busybox", "securityContext": {"privileged": True}}]}}
+    r = _apply(cloud, [pod, _cm("ok", "default")])
+    assert r.exit_code == 1, r.output
+    assert r.stdout.splitlines() == ["configmap/ok created"]
+    err = r.stderr.splitlines()
+    assert err[0] == ("error: <stdin>#1 (Pod/p): refused by cloudcore: refused by pod security "
+                      "policy (2 violations):")
+    assert err[1].strip().startswith("spec.hostPID=true")
+    assert err[2].strip().startswith("spec.containers[0].securityContext.privileged=true")
