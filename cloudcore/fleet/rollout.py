@@ -70,9 +70,10 @@ from cloudcore.fleet.plans import (
     strategy_of,
 )
 from cloudcore.fleet.template import Template
-from cloudcore.fleet.workloads import Workloads
+from cloudcore.fleet.workloads import Workloads, replica_index, surge_allowed
 from shared.models import (
     DaemonSet,
+    Deployment,
     DeploymentStatus,
     Pod,
     RolloutStatus,
@@ -122,6 +123,7 @@ class _Scan:
     available: int = 0  # ... for minReadySeconds
     offline: int = 0  # on nodes that are not Ready
     candidates: list[Key] = field(default_factory=list)  # not yet updated, node Ready
+    serving: set[Key] = field(default_factory=set)  # ... of them, available
     unplaced: list[Key] = field(default_factory=list)  # not yet updated, on no node
     in_flight: int = 0  # updated, node Ready, not yet healthy, not failed
     healthy: int = 0  # updated, available, reported since the update
@@ -351,6 +353,8 @@ class Rollouts:
                 continue
             if not is_update:
                 sc.candidates.append(k)
+                if available:
+                    sc.serving.add(k)
                 continue
             if k not in st.failed:
                 why = failure(pod, update.revision) if fresh else None
@@ -381,10 +385,12 @@ class Rollouts:
         if ds.spec.paused:
             return False
         moved = self._update(ds, owner, st, update, sc=sc, batch=sc.unplaced)
-        if not sc.candidates and sc.in_flight == 0:
-            if not self._settled(ds, sc):
-                return moved  # tolerated failures, replicas on no node, no Ready node: wait
+        if not sc.candidates and sc.in_flight == 0 and self._settled(ds, sc):
             return self._complete(ds, owner, st, update)
+        if isinstance(ds, Deployment) and surge_allowed(ds, self.plan(ds)):
+            return self._surge(ds, owner, st, update, sc) or moved
+        if not sc.candidates and sc.in_flight == 0:
+            return moved  # tolerated failures, replicas on no node, no Ready node: wait
         room = max(1, resolve_count(strategy.rolling_update.max_unavailable, sc.total,
                                     round_up=False)) - sc.in_flight
         if room <= 0 or not sc.candidates:
@@ -394,6 +400,62 @@ class Rollouts:
         log.info("rollout of %s: %d more pod(s) get revision %s", owner, len(batch),
                  update.revision)
         return True
+
+    def _surge(self, dep: Deployment, owner: str, st: RolloutState, update: Template,
+               sc: _Scan) -> bool:
+        """A Deployment's rollout with `maxSurge`, as Kubernetes' Deployment controller
+        does it: new pods of the update (at free indexes) while the Deployment has fewer
+        than replicas + maxSurge, old ones removed while at least replicas -
+        maxUnavailable stay available, the unavailable old ones first. Pods on nodes that
+        are not Ready are left out of both sides (they get the update on completion)."""
+        strategy = dep.spec.strategy
+        assert strategy is not None
+        replicas = dep.spec.replicas
+        surge = resolve_count(strategy.rolling_update.max_surge, replicas, round_up=True)
+        unavailable = resolve_count(strategy.rolling_update.max_unavailable, replicas,
+                                    round_up=False)
+        want = max(0, replicas - sc.offline)
+        live = sc.total - sc.offline  # on Ready nodes, or on no node
+        old = len(sc.candidates)
+        new = live - old
+        new_unavailable = new - sc.healthy
+        moved = False
+        # Old pods go while enough stay available (Kubernetes' maxScaledDown).
+        down = min(old, live - (want - unavailable) - new_unavailable)
+        if down > 0:
+            gone = sorted(sc.candidates, key=lambda k: (k in sc.serving, k[1]))[:down]
+            for k in gone:
+                self.workloads.delete_pod(k)
+            log.info("rollout of %s: %d old pod(s) removed", owner, len(gone))
+            moved = True
+        # New pods while under replicas + maxSurge and short of replicas new ones.
+        up = min(want + surge - live, want - new)
+        if up > 0:
+            now, ns = self.clock(), dep.metadata.namespace
+            for k in self.workloads.free_replica_keys(dep, up):
+                self.workloads.put_pod(k, update.pod(ns=ns, name=k[1], owner=owner, node=None),
+                                       None, revision=update.revision)
+                st.updated_at[k] = now
+                st.ready_since.pop(k, None)  # a name an old pod had: nothing of it counts
+                st.reported_at.pop(k, None)
+            log.info("rollout of %s: %d more pod(s) at revision %s (surge)", owner, up,
+                     update.revision)
+            moved = True
+        elif not old and new > want:  # replicas lowered meanwhile: the surplus new ones go
+            pods, bound, nodes = self.objects.pods, self.placement.bound, self.objects.nodes
+
+            def live_new(k: Key) -> bool:
+                where = bound.get(k) or pods[k].spec.node_name
+                node = nodes.get(where) if where is not None else None
+                return where is None or (node is not None and node.status.ready == "Ready")
+
+            surplus = [k for k in self.workloads.owned_set(owner) if live_new(k)]
+            surplus.sort(key=lambda k: (k in st.ready_since,
+                                        -replica_index(dep.metadata.name, k[1])))
+            for k in surplus[:new - want]:
+                self.workloads.delete_pod(k)
+            moved = True
+        return moved
 
     def _update(self, ds: Workload, owner: str, st: RolloutState, update: Template, *,
                 sc: _Scan, batch: list[Key]) -> bool:

@@ -36,10 +36,28 @@ from cloudcore.fleet import naming
 from cloudcore.fleet.desired import DesiredSets
 from cloudcore.fleet.objects import Key, Objects, is_daemon, stamp
 from cloudcore.fleet.placement import Placement
-from cloudcore.fleet.plans import RolloutPlans
+from cloudcore.fleet.plans import Plan, RolloutPlans
 from cloudcore.fleet.template import with_annotation
 from shared.entries import pod_revision
-from shared.models import DaemonSet, Deployment, Pod
+from shared.models import DaemonSet, Deployment, Pod, resolve_count
+
+
+def replica_index(depname: str, name: str) -> int:
+    """The index of a Deployment's pod `{dep}-{i}` (a very long name hashed by
+    `naming.child_name` sorts last)."""
+    tail = name.removeprefix(f"{depname}-")
+    return int(tail) if tail.isdigit() and tail != name else 1 << 62
+
+
+def surge_allowed(dep: Deployment, plan: Plan) -> int:
+    """Pods a Deployment may have over `replicas` now: its `maxSurge` (rounded up, as
+    Kubernetes does) while a rollout is under way and not rolled back, else none."""
+    strategy = dep.spec.strategy
+    if strategy is None or plan.hold is None or plan.rolled_back:
+        return 0
+    return resolve_count(strategy.rolling_update.max_surge, dep.spec.replicas,
+                         round_up=True)
+
 
 SYNC_NODES = 256
 """A DaemonSet over at most this many nodes is expanded at once, in the call."""
@@ -260,21 +278,48 @@ class Workloads:
                              pod, revision=target.revision)
 
     def sync_deployment(self, dep: Deployment) -> None:
-        """`replicas` pods; during a rollout, as for a DaemonSet, a replica gets the
-        update only in its batch (new replicas get the stable template, `hold`)."""
+        """`replicas` pods named `{dep}-{i}`, missing ones made at the lowest free
+        indexes; during a rollout, as for a DaemonSet, a replica gets the update only in
+        its batch (new replicas get the stable template, `hold`). A rollout with
+        `maxSurge` (`rollout.py`) adds up to that many pods of the update at the next
+        free indexes and removes old ones, so the indexes of a Deployment's pods need not
+        stay 0..replicas-1. Pods over `replicas` (over replicas + maxSurge while such a
+        rollout is under way) go: those not at their target template first (after a
+        rollback, the update's), then the highest indexes."""
         ns, depname = dep.metadata.namespace, dep.metadata.name
         owner = f"Deployment/{ns}/{depname}"
         plan = self.plans.plan(dep)
-        wanted = {(ns, naming.child_name(depname, str(i))) for i in range(dep.spec.replicas)}
-        for key in self.owned_keys(owner):
-            if key not in wanted:
+        pods = self.objects.pods
+        keys = sorted(self.owned_set(owner), key=lambda k: replica_index(depname, k[1]))
+        allowed = dep.spec.replicas + surge_allowed(dep, plan)
+        if len(keys) > allowed:
+            keys.sort(key=lambda k: (plan.target_for(pods.get(k)) is None,
+                                     -replica_index(depname, k[1])))
+            for key in keys[:len(keys) - allowed]:
                 self.delete_pod(key)
-        for key in sorted(wanted, key=lambda k: k[1]):
-            pod = self.objects.pods.get(key)
+            keys = sorted(keys[len(keys) - allowed:],
+                          key=lambda k: replica_index(depname, k[1]))
+        if len(keys) < dep.spec.replicas:
+            keys += self.free_replica_keys(dep, dep.spec.replicas - len(keys))
+        for key in keys:
+            pod = pods.get(key)
             target = plan.target_for(pod)
             if target is not None:
                 self.put_pod(key, target.pod(ns=ns, name=key[1], owner=owner, node=None),
                              pod, revision=target.revision)
+
+    def free_replica_keys(self, dep: Deployment, count: int) -> list[Key]:
+        """`count` pod keys of the Deployment at the lowest indexes no pod of it uses."""
+        ns, depname = dep.metadata.namespace, dep.metadata.name
+        used = self.owned_set(f"Deployment/{ns}/{depname}")
+        out: list[Key] = []
+        i = 0
+        while len(out) < count:
+            key = (ns, naming.child_name(depname, str(i)))
+            if key not in used and key not in self.objects.pods:
+                out.append(key)
+            i += 1
+        return out
 
     def node_changed(self, name: str) -> None:
         """A node joined or changed labels/taints/capacity: its DaemonSet pods."""

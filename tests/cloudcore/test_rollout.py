@@ -687,3 +687,99 @@ def test_a_tolerated_failure_holds_complete_and_rollback_still_returns_to_the_st
             w.tick()
             assert w.status().rollout.phase == "RolledBack"
             assert all(w.desired_revision(n) == r1 for n in w.names)
+
+
+# -- maxSurge (issue 18) --------------------------------------------------------------------
+
+
+def surge_deployment(args: list[str], *, replicas: int = 3, surge: int | str = 1,
+                     unavailable: int | str = 0, threshold: int = 0) -> dict[str, Any]:
+    doc = staged_deployment(args, replicas=replicas)
+    doc["spec"]["strategy"] = {"type": "RollingUpdate", "failureThreshold": threshold,
+                               "rollingUpdate": {"maxSurge": surge,
+                                                 "maxUnavailable": unavailable}}
+    return doc
+
+
+def serving(w: DeploymentWorld) -> int:
+    """Replicas Running and Ready at the revision their node holds."""
+    return sum(1 for p in w.replicas().values()
+               if p.status.revision == p.metadata.annotations[REVISION] and p.status.ready)
+
+
+def report_new(w: DeploymentWorld) -> None:
+    """Each placed replica whose node has not reported it at its revision does so."""
+    for k, p in w.replicas().items():
+        if k in w.fleet.bound and p.status.revision != p.metadata.annotations[REVISION]:
+            w.report_replica(k)
+
+
+def test_max_surge_starts_new_replicas_before_the_old_ones_go() -> None:
+    """maxSurge 1, maxUnavailable 0: never fewer than 3 replicas serving, never more than
+    4 pods; each old replica goes only once a new one is available."""
+    w = DeploymentWorld(3)
+    v1, v2 = surge_deployment(["v1"]), surge_deployment(["v2"])
+    r1, r2 = rev_of(w, v1), rev_of(w, v2)
+    w.apply(v1)
+    report_new(w)
+    w.tick()
+    assert w.dep_status().rollout.phase == "Complete"
+    w.apply(v2)
+    assert len(w.at(r1)) == 3 and w.at(r2) == {("default", "web-3")}  # one above replicas
+    st = w.dep_status()
+    w.tick(5)  # the new one is not available yet: no old one goes
+    assert len(w.at(r1)) == 3 and len(w.at(r2)) == 1
+    most, least = 4, 3
+    for _ in range(12):
+        report_new(w)
+        w.tick()
+        most, least = max(most, len(w.replicas())), min(least, serving(w))
+        if w.dep_status().rollout.phase == "Complete":
+            break
+    st = w.dep_status()
+    assert (st.rollout.phase, st.replicas, st.updated_replicas, st.available_replicas,
+            st.current_revision) == ("Complete", 3, 3, 3, r2)
+    assert w.at(r2) == set(w.replicas()) and most == 4 and least == 3
+
+
+def test_max_surge_with_max_unavailable_and_percentages() -> None:
+    """maxSurge 50% of 4 (2) and maxUnavailable 1: at most 6 pods, at least 3 serving."""
+    w = DeploymentWorld(4)
+    v1 = surge_deployment(["v1"], replicas=4, surge="50%", unavailable=1)
+    v2 = surge_deployment(["v2"], replicas=4, surge="50%", unavailable=1)
+    w.apply(v1)
+    report_new(w)
+    w.tick()
+    w.apply(v2)
+    r2 = rev_of(w, v2)
+    # two new ones at once (the surge), and one old one goes (maxUnavailable 1)
+    assert len(w.replicas()) == 5 and len(w.at(r2)) == 2
+    most, least = 5, 3
+    for _ in range(12):
+        report_new(w)
+        w.tick()
+        most, least = max(most, len(w.replicas())), min(least, serving(w))
+        if w.dep_status().rollout.phase == "Complete":
+            break
+    assert w.dep_status().rollout.phase == "Complete"
+    assert w.at(r2) == set(w.replicas()) and len(w.replicas()) == 4
+    assert most <= 6 and least >= 3
+
+
+def test_a_failing_surge_pod_rolls_back_to_replicas_old_pods() -> None:
+    w = DeploymentWorld(3)
+    v1, v2 = surge_deployment(["v1"]), surge_deployment(["v2"])
+    r1, r2 = rev_of(w, v1), rev_of(w, v2)
+    w.apply(v1)
+    report_new(w)
+    w.tick()
+    w.apply(v2)
+    [new] = w.at(r2)
+    w.report_replica(new, waiting="CrashLoopBackOff")
+    w.tick()
+    st = w.dep_status()
+    assert st.rollout.phase == "RolledBack"
+    assert w.at(r2) == set() and len(w.at(r1)) == 3 == len(w.replicas())  # surge pod gone
+    report_new(w)
+    w.tick()
+    assert serving(w) == 3

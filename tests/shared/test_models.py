@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from shared.errors import ObjectError, UnsupportedField
@@ -36,9 +38,35 @@ def test_unsupported_field_is_named():
     assert err.value.field == "spec.revisionHistoryLimit"
     doc = {**DS, "spec": {**DS["spec"], "updateStrategy": {
         "type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 1}}}}
-    with pytest.raises(UnsupportedField) as err:
+    with pytest.raises(UnsupportedField) as err:  # a DaemonSet: one pod per node
         parse_object(doc)
     assert err.value.field == "spec.updateStrategy.rollingUpdate.maxSurge"
+    assert "one pod per node" in str(err.value)
+
+
+def test_max_surge_is_a_deployments_and_not_both_zero():
+    """Issue 18: a Deployment takes maxSurge (a count or a percentage); maxUnavailable
+    may then be 0, never both."""
+    dep = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
+           "spec": {"replicas": 3, "template": DS["spec"]["template"]}}
+
+    def with_rolling(rolling: dict[str, Any]) -> Any:
+        return parse_object({**dep, "spec": {**dep["spec"], "strategy": {
+            "type": "RollingUpdate", "rollingUpdate": rolling}}})
+
+    got = with_rolling({"maxSurge": "25%", "maxUnavailable": 0})
+    assert (got.spec.strategy.rolling_update.max_surge,
+            got.spec.strategy.rolling_update.max_unavailable) == ("25%", 0)
+    assert parse_object(got.dump()) == got
+    assert with_rolling({"maxSurge": 2}).spec.strategy.rolling_update.max_unavailable == 1
+    for bad in ({"maxUnavailable": 0}, {"maxSurge": 0, "maxUnavailable": "0%"},
+                {"maxSurge": "0%", "maxUnavailable": 0}):
+        with pytest.raises(ObjectError, match="maxSurge is 0") as err:
+            with_rolling(bad)
+        assert err.value.field == "spec.strategy.rollingUpdate.maxUnavailable"
+    with pytest.raises(ObjectError) as err:
+        with_rolling({"maxSurge": "150%"})
+    assert err.value.field == "spec.strategy.rollingUpdate.maxSurge"
 
 
 def test_update_strategy_counts_and_percentages():
