@@ -459,8 +459,15 @@ function forecastPlot(t, resource, column) {
       height: Math.max(1, y(p50) - y(p90)), class: "band", "data-p90": p90 }),
     svgEl("line", { x1: x(last), x2: x(x1), y1: y(p50), y2: y(p50), class: "p50", "data-p50": p50 }));
   }
-  const pts = t.points.filter((p) => p[0] >= x0).map((p) => `${x(p[0] + 30).toFixed(1)},${y(p[column]).toFixed(1)}`);
-  if (pts.length) svg.append(svgEl("polyline", { points: pts.join(" "), class: "actual", "data-points": pts.length }));
+  const shown = t.points.filter((p) => p[0] >= x0);
+  const pts = shown.map((p) => `${x(p[0] + 30).toFixed(1)},${y(p[column]).toFixed(1)}`);
+  if (pts.length) {
+    // the newest minute as a dot too: a line of one point (a node's first minute) has no length
+    const newest = shown[shown.length - 1];
+    svg.append(svgEl("polyline", { points: pts.join(" "), class: "actual", "data-points": pts.length }),
+      svgEl("circle", { cx: x(newest[0] + 30).toFixed(1), cy: y(newest[column]).toFixed(1), r: 2.5,
+        class: "newest", "data-value": newest[column] }));
+  }
   const pct = (v) => `${Math.round(v * 100)} %`;
   const now = t.points.length ? pct(t.points[t.points.length - 1][column]) : "-";
   return h("figure", { class: "plot-box" }, svg, h("figcaption", {},
