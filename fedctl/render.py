@@ -336,12 +336,70 @@ def columns(kind: Kind, *, wide: bool, all_namespaces: bool, mixed: bool = False
             )
     elif kind.kind == "ConfigMap":
         cols += [("DATA", lambda o: str(len(o.get("data") or {}))), ("AGE", _created)]
+    elif kind.kind == "AgentUpgrade":
+        cols += [
+            ("VERSION", lambda o: str(_dig(o, "spec", "version", default="-"))),
+            ("PHASE", lambda o: _styled(str(_dig(o, "status", "phase", default="-")),
+                                        _UPGRADE_STYLE)),
+            ("UPGRADED", _upgrade_count),
+            ("IN PROGRESS", lambda o: str(_dig(o, "status", "inProgress", default=0))),
+            ("FAILED", lambda o: str(_dig(o, "status", "failed", default=0))),
+            ("WAITING", lambda o: str(_dig(o, "status", "waiting", default=0))),
+            ("SELECTOR", _upgrade_selector),
+            ("AGE", _created),
+        ]
+        if wide:
+            cols += [("IMAGE", lambda o: str(_dig(o, "spec", "image", default="-"))),
+                     ("MESSAGE", lambda o: str(_dig(o, "status", "message", default="-")))]
     elif kind.kind == "Namespace":  # edgefed has no namespace phases: each is Active;
         # one in use without a Namespace object of its own has no age
         cols += [("STATUS", lambda o: "Active"),
                  ("LABELS", lambda o: labels_text(_dig(o, "metadata", "labels"))),
                  ("AGE", _created)]
     return cols
+
+
+_UPGRADE_STYLE = {"Complete": "green", "Progressing": "yellow", "Paused": "yellow",
+                  "Aborted": "red"}
+
+
+def _upgrade_count(o: dict[str, Any]) -> str:
+    return (f"{_dig(o, 'status', 'upgraded', default=0)}/"
+            f"{_dig(o, 'status', 'total', default=0)}")
+
+
+def _upgrade_selector(o: dict[str, Any]) -> str:
+    labels = _dig(o, "spec", "selector", "matchLabels")
+    return labels_text(labels) if labels else "<all nodes>"
+
+
+def _agent_upgrade(console: Console, obj: dict[str, Any]) -> None:
+    """An AgentUpgrade's summary: what, where, how far, and how it goes."""
+    spec = obj.get("spec") or {}
+    status = obj.get("status") or {}
+    _field(console, "Version", str(spec.get("version", "-")))
+    _field(console, "Image", str(spec.get("image", "-")))
+    _field(console, "Selector", _upgrade_selector(obj))
+    _field(console, "Phase", _styled(str(status.get("phase") or NONE), _UPGRADE_STYLE))
+    _field(console, "Nodes", (
+        f"{status.get('upgraded', 0)} upgraded of {status.get('total', 0)}, "
+        f"{status.get('inProgress', 0)} in progress, {status.get('failed', 0)} failed, "
+        f"{status.get('waiting', 0)} waiting (not Ready)"
+        + (f", {status['rolledBack']} rolled back" if status.get("rolledBack") else "")))
+    _field(console, "Message", str(status.get("message") or NONE))
+    _field(console, "Strategy", (
+        f"maxUnavailable {spec.get('maxUnavailable', 1)}, failureThreshold "
+        f"{spec.get('failureThreshold', 0)}, healthDeadlineSeconds "
+        f"{spec.get('healthDeadlineSeconds', 120)}"))
+    _field(console, "Paused", _scalar("paused", bool(spec.get("paused"))))
+    failures = status.get("failures") or []
+    if failures:
+        console.print(Text("Failed Nodes:", style="bold"))
+        rows = [f for f in failures if isinstance(f, dict)]
+        cols: list[Column] = [("NODE", lambda f: str(f.get("node", "?"))),
+                              ("REASON", lambda f: str(f.get("reason", "?"))),
+                              ("MESSAGE", lambda f: str(f.get("message", "")))]
+        print_rstripped(console, _table(cols, rows), indent=2)
 
 
 def _quantity(value: Any, name: str) -> str:
@@ -737,6 +795,8 @@ def describe(
         _field(console, "Node Selector", _node_selector(obj))
         _field(console, "Images", _images(obj))
         _rollout(console, obj)
+    elif kind.kind == "AgentUpgrade":
+        _agent_upgrade(console, obj)
 
     shown = readable(obj)  # quantities with units, no float noise (times: _scalar's)
     rest = {k: v for k, v in shown.items() if k not in ("apiVersion", "kind", "metadata")}
