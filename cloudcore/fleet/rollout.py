@@ -32,7 +32,11 @@ under way:
   node therefore holds completion until it is available. Only then the update
   becomes the stable template (what a rollback returns to) and the pods of nodes
   that are not Ready get it too (agents apply it when they reconnect);
-- `spec.paused` stops new batches (pods in progress go on).
+- `spec.paused` stops new batches (pods in progress go on);
+- a Deployment with `rollingUpdate.maxSurge` is not updated in place: new pods of the
+  update are made above `replicas` (at most maxSurge more) and old ones removed while
+  `replicas - maxUnavailable` stay available (`Rollouts._surge`, Kubernetes' rule).
+  A DaemonSet refuses maxSurge (one pod per node, named after it).
 
 Without a strategy a template change goes to every pod at once, as before.
 
