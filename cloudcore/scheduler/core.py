@@ -6,6 +6,12 @@ the Pending message, as Kubernetes does ("0/3 nodes available: 2 node selector
 mismatch, 1 insufficient memory"). Scorers rank the feasible nodes from 0 to 100;
 the weighted sum picks the node, ties broken by name so decisions are repeatable.
 
+Affinity (`spec.affinity`): required node affinity and inter-pod (anti-)affinity are
+filters, the preferred terms scorers (`NodePreference`, `PodPreference`, weight 2 as in
+Kubernetes). The inter-pod parts read `NodeView.pod_topology`, which the caller builds
+once per pod (`cloudcore.scheduler.affinity`); a pod without `affinity` and without a
+topology skips all four (`Scheduler` keeps the lists without them).
+
 The predicted filter and scorer use a node's p90 forecast plus the requests of the
 pods placed there since the forecast's inputs ended (`NodeView.unforecast`); the
 `Scheduler` fills that in from its own ledger of placements
@@ -287,12 +293,13 @@ class RightSizedCapacity:
 
 
 DEFAULT_FILTERS: tuple[Filter, ...] = (unschedulable, not_ready, arch, node_selector,
-                                       node_affinity, taints, host_ports, pod_affinity,
+                                       node_affinity, taints, pod_affinity, host_ports,
                                        capacity, predicted_capacity)
-"""In order; a node is rejected with the reason of the first filter that fails."""
+"""In order; a node is rejected with the reason of the first filter that fails (the
+affinity a user wrote is named before a host port that also clashes)."""
 
 RIGHT_SIZING_FILTERS: tuple[Filter, ...] = (unschedulable, not_ready, arch, node_selector,
-                                            node_affinity, taints, host_ports, pod_affinity,
+                                            node_affinity, taints, pod_affinity, host_ports,
                                             RightSizedCapacity())
 """Right-sizing: the request capacity and predicted filters replaced by one
 `RightSizedCapacity` (safety 5 %)."""
