@@ -228,6 +228,12 @@ def apply(
                      "and show a YAML diff of each object that would be configured; change "
                      "nothing."),
     ] = False,
+    create_namespace: Annotated[
+        bool,
+        typer.Option("--create-namespace", help="Create the namespaces the documents name "
+                     "that do not exist yet (as Helm's flag); without it an object in a "
+                     "namespace that does not exist is refused."),
+    ] = False,
 ) -> None:
     """Create or update objects from multi-document YAML, each document on its own.
 
@@ -236,6 +242,10 @@ def apply(
     supported alternative where there is one) and the others still go on. A kind
     edgefed does not serve (Service, Ingress, ServiceAccount, RBAC, storage claims) is
     reported as skipped with the reason. Exits 1 if any document was refused.
+
+    Namespaces must exist: a Namespace document is applied before the other documents
+    of the same call wherever it is written, `fedctl create namespace NAME` makes one,
+    and --create-namespace creates the missing ones.
 
     What `get -o yaml|json` prints can be applied back: a `kind: List` is expanded,
     and status and server-managed metadata (uid, generation, creationTimestamp,
@@ -246,14 +256,18 @@ def apply(
     from fedctl import plan
 
     outcomes = plan.plan(filename, recursive=recursive)
-    todo = [o.document for o in outcomes if o.document is not None]
+    # Namespaces first (kubectl users rely on a file's Namespace preceding what is in it)
+    todo = sorted((o.document for o in outcomes if o.document is not None),
+                  key=lambda d: d.kind.kind != "Namespace")
     single = len(outcomes) == 1
     refused = [o for o in outcomes if o.status == "refused"]
     suffix = " (dry run)" if dry_run else ""
     applied = 0
     with _state(ctx).client() as api:
-        batch = _apply_batch(api, todo, dry_run=dry_run)
-        done = iter(batch) if batch is not None else None
+        answers, made = _apply_all(api, todo, dry_run=dry_run,
+                                   create_namespaces=create_namespace)
+        for ns in made:
+            _print(f"namespace/{ns} created{suffix}")
         for o in outcomes:
             if o.status == "skipped":
                 _print(f"{o.ref} skipped: {o.reason}")
@@ -261,15 +275,10 @@ def apply(
                 _report_refused(o.label, [p.line() for p in o.problems])
             else:
                 assert o.document is not None
-                try:
-                    r = next(done) if done is not None else _apply_one(api, o.document,
-                                                                      dry_run=dry_run)
-                except ServerError as exc:
-                    if exc.status not in RETRY_SINGLY:  # auth, a bug: stop here
-                        raise
+                r = answers[id(o.document)]
+                if isinstance(r, ServerError) or r.get("status") == "refused":
                     refused.append(o)
-                    _report_refused(o.label, _server_problems(exc, o.document),
-                                    by="cloudcore")
+                    _report_refused(o.label, _server_problems(r, o.document), by="cloudcore")
                     continue
                 applied += 1
                 action = r.get("action", "applied")
@@ -285,47 +294,73 @@ def apply(
         raise typer.Exit(1)
 
 
-RETRY_SINGLY = frozenset({400, 409, 413, 422})
-"""A batch apply refused with one of these is sent again one document at a time
-(cloudcore's apply is all or nothing: one bad document refuses the whole batch)."""
+RETRY_SINGLY = frozenset({400, 404, 409, 413, 422})
+"""A batch apply refused with one of these by a cloudcore that applies all or nothing
+(from before per-document results) is sent again one document at a time."""
+
+Answer = dict[str, Any] | ServerError
+"""cloudcore's result for one document, or the error that refused it alone."""
 
 
-def _apply_batch(api: ApiClient, docs: list[manifests.Document], *,
-                 dry_run: bool) -> list[dict[str, Any]] | None:
-    """All valid documents in one request (the common case: they all pass); None when
-    cloudcore refused the batch, so that each is then sent on its own."""
+def _apply_all(api: ApiClient, docs: list[manifests.Document], *, dry_run: bool,
+               create_namespaces: bool) -> tuple[dict[int, Answer], list[str]]:
+    """Every document's answer (by `id` of the document) and the namespaces cloudcore
+    created. One request asks for per-document results; a cloudcore from before them
+    answers all or nothing, and when it refuses, each document is sent on its own, in
+    order (Namespaces first)."""
     if not docs:
-        return []
+        return {}, []
     try:
-        results = api.apply([d.body for d in docs], dry_run=dry_run)
+        answer = api.apply_documents([d.body for d in docs], dry_run=dry_run,
+                                     per_document=True, create_namespaces=create_namespaces)
     except ServerError as exc:
-        if exc.status in RETRY_SINGLY:
-            return None
-        raise
-    if len(results) != len(docs):
-        raise ServerError(f"cloudcore answered an apply of {len(docs)} documents with "
-                          f"{len(results)} results", status=200)
-    return results
-
-
-def _apply_one(api: ApiClient, doc: manifests.Document, *, dry_run: bool) -> dict[str, Any]:
-    """One document in its own request, after cloudcore refused the batch."""
-    results = api.apply([doc.body], dry_run=dry_run)
-    if len(results) != 1:
-        raise ServerError(f"cloudcore answered the apply of one document with "
-                          f"{len(results)} results", status=200)
-    return results[0]
+        if exc.status not in RETRY_SINGLY:
+            raise
+        answer = None
+    if answer is not None:
+        if len(answer.results) != len(docs):
+            raise ServerError(f"cloudcore answered an apply of {len(docs)} documents with "
+                              f"{len(answer.results)} results", status=200)
+        return {id(d): r for d, r in zip(docs, answer.results, strict=True)}, (
+            answer.namespaces_created)
+    out: dict[int, Answer] = {}
+    made: list[str] = []
+    for d in docs:
+        try:
+            one = api.apply_documents([d.body], dry_run=dry_run,
+                                      create_namespaces=create_namespaces)
+        except ServerError as exc:
+            if exc.status not in RETRY_SINGLY:  # auth, a bug: stop here
+                raise
+            out[id(d)] = exc
+            continue
+        if len(one.results) != 1:
+            raise ServerError(f"cloudcore answered the apply of one document with "
+                              f"{len(one.results)} results", status=200)
+        out[id(d)] = one.results[0]
+        made += one.namespaces_created
+    return out, made
 
 
 _DOCUMENT_PREFIX = re.compile(r"^documents\[\d+\](\.items\[\d+\])?: ")
 
 
-def _server_problems(exc: ServerError, doc: manifests.Document) -> list[str]:
+def _server_problems(answer: Answer, doc: manifests.Document) -> list[str]:
     """cloudcore's refusal of one document, without its `documents[0]: ` prefix; a
     refusal listing several problems one a line (the pod security policy's violations)
-    gives one problem each, without the object's name that starts each line."""
-    first, *rest = _DOCUMENT_PREFIX.sub("", exc.message).splitlines() or [""]
+    gives one problem each, without the object's name that starts each line; one with
+    several problems in `errors` (every bad field of a document) gives a line each."""
+    if isinstance(answer, ServerError):
+        message, errors = answer.message, answer.errors
+    else:
+        message = str(answer.get("error") or "refused")
+        errors = [e for e in answer.get("errors") or () if isinstance(e, dict)]
+    first, *rest = _DOCUMENT_PREFIX.sub("", message).splitlines() or [""]
     if not rest:
+        if len(errors) > 1:
+            return [f"{len(errors)} problems"] + [
+                f"{e['field']}: {e.get('message')}" if e.get("field") else str(e.get("message"))
+                for e in errors]
         return [first]
     where = f"{doc.kind.kind} {doc.namespace}/{doc.name}: " if doc.namespace else (
         f"{doc.kind.kind} {doc.name}: ")
@@ -364,6 +399,42 @@ def _dry_run_diff(api: ApiClient, doc: manifests.Document) -> str:
     except (FedctlError, ValueError) as exc:  # the result line is printed already
         return f"  (no diff: {getattr(exc, 'message', exc)})\n"
     return render.unified_diff(doc.ref, before, after)
+
+
+# --- create -----------------------------------------------------------------------
+
+create_app = typer.Typer(help="Create an object from the command line (kubectl create).",
+                         no_args_is_help=True)
+app.add_typer(create_app, name="create")
+
+
+@create_app.command("namespace")
+@_handles_errors
+def create_namespace(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(metavar="NAME")],
+    *,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate only.")] = False,
+) -> None:
+    """Create a namespace (without labels: the cloud's default pod security level).
+    Exits 1 if it exists already, as kubectl does; `apply -f` of a Namespace document
+    sets its labels."""
+    from shared import validate
+
+    try:
+        validate.dns_name(name)
+    except ValueError as exc:
+        raise UsageError(f"namespace name {name!r}: {exc}") from None
+    with _state(ctx).client() as api:
+        try:
+            api.get(kinds.NAMESPACE, name)
+        except NotFound:
+            pass
+        else:
+            raise ManifestError(f'namespaces "{name}" already exists')
+        api.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}],
+                  dry_run=dry_run)
+    _print(f"namespace/{name} created" + (" (dry run)" if dry_run else ""))
 
 
 # --- get --------------------------------------------------------------------------
