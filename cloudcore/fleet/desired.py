@@ -241,7 +241,7 @@ class DesiredSets:
             node = nodes.get(name)
             if node is not None and node.status.desired_gen != nd.gen:
                 node.status.desired_gen = nd.gen
-                self.objects.save("Node", name)
+                self.objects.changed("Node", name)  # derived: see record_ack
         if changed:
             for listener in self._listeners:
                 listener(changed)
@@ -262,16 +262,24 @@ class DesiredSets:
     # -- acks, epochs, report seqs ------------------------------------------------------
 
     def record_ack(self, name: str, epoch: str, gen: int) -> bool:
-        """An edge confirmed (epoch, gen); collects tombstones. True if `acked` moved."""
+        """An edge confirmed (epoch, gen); collects tombstones. True if `acked` moved.
+
+        Cost per node-update (issue 13): an ack writes nothing unless it collected
+        tombstones. The stored set's `acked` may then lag (it is written with the
+        node's next change); after a restart that only means a delta from an older
+        base, which the edge accepts (`shared.delta`: base <= gen applies), and the
+        node's next report or resync records its gen again. The node's
+        `desired_gen` / `acked_gen` are derived from the sets (`sync_node_gens` at
+        load), so they are announced to lists and watches but never written."""
         nd = self._sets.get(name)
         if nd is None or not nd.ack(epoch, gen):
             return False
-        nd.collect()
-        self.store.put_later("desired", name, nd.to_record)
+        if nd.collect():
+            self.store.put_later("desired", name, nd.to_record)
         node = self.objects.nodes.get(name)
         if node is not None:
             node.status.acked_gen = nd.acked
-            self.objects.save("Node", name)
+            self.objects.changed("Node", name)
         return True
 
     def restart_epoch(self, name: str, epoch: str, *, why: str) -> NodeDesired:

@@ -106,9 +106,11 @@ class Eviction:
     def mark_lost(self) -> None:
         """Pods of nodes NotReady for longer than the eviction timeout: NodeLost."""
         now = self.clock()
-        for name, node in self.objects.nodes.items():
-            since = self._since.get(name)
-            if (node.status.ready != "NotReady" or since is None or self.nodes.lost(name)
+        nodes = self.objects.nodes
+        # only the NotReady nodes (`_since`), not the whole fleet every tick (issue 13)
+        for name, since in list(self._since.items()):
+            node = nodes.get(name)
+            if (node is None or node.status.ready != "NotReady" or self.nodes.lost(name)
                     or now - since < self.timeout):
                 continue
             self.nodes.mark_lost(name, now - since)
