@@ -12,7 +12,8 @@ release and pushes it:
    cloudcore's own `shared` package lives in, so the agent of the same checkout or
    installation), built and signed by `shared.release.make_release`;
 2. an OCI image whose only layer holds `/release/bundle.tar.gz` and
-   `/release/release.json` (`umoci new` + `umoci insert`, rootless);
+   `/release/release.json` (`umoci new`, then the layer written here and added with
+   `umoci raw add-layer`);
 3. `skopeo copy` of that image to `docker://REF`, with registry credentials from
    `--registry-user` and `--registry-password-file` (given to skopeo in a temporary
    auth file, never on its command line), a CA (`--registry-ca`) or
@@ -25,11 +26,13 @@ from __future__ import annotations
 
 import argparse
 import base64
+import io
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -125,8 +128,9 @@ def publish(*, version: str, image: str, pki_dir: Path, source: Path | None = No
         ref = f"{layout}:{tag}"
         _run([umoci, "init", "--layout", str(layout)], "umoci init")
         _run([umoci, "new", "--image", ref], "umoci new")
-        _run([umoci, "insert", "--rootless", "--image", ref, str(content),
-              f"/{rel.RELEASE_DIR}"], "umoci insert")
+        layer = work / "layer.tar"
+        _layer_tar(content, layer)
+        _run([umoci, "raw", "add-layer", "--image", ref, str(layer)], "umoci raw add-layer")
         _run([umoci, "config", "--image", ref,
               "--config.label", f"io.edgefed.release.version={version}",
               "--config.label", f"io.edgefed.release.sha256={made.sha256}"], "umoci config")
@@ -149,6 +153,20 @@ def publish(*, version: str, image: str, pki_dir: Path, source: Path | None = No
     pub = base64.b64decode(rel.public_key_b64(key))
     return Published(version=version, image=image, sha256=made.sha256,
                      key_id=rel.key_id(pub), bundle_bytes=size)
+
+
+def _layer_tar(content: Path, out: Path) -> None:
+    """The image's one layer: `release/` and its files, owned by root, mtime 0 (umoci
+    writes the tar stream as given; its own `insert` left out tar's end blocks)."""
+    with tarfile.open(out, "w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo(rel.RELEASE_DIR)
+        info.type, info.mode = tarfile.DIRTYPE, 0o755
+        tar.addfile(info)
+        for name in (rel.MANIFEST, rel.BUNDLE):
+            data = (content / name).read_bytes()
+            info = tarfile.TarInfo(f"{rel.RELEASE_DIR}/{name}")
+            info.size, info.mode = len(data), 0o644
+            tar.addfile(info, io.BytesIO(data))
 
 
 def default_source() -> Path:
