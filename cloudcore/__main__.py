@@ -219,18 +219,23 @@ def backup_main(argv: Sequence[str]) -> int:
         return 1
     print(f"backed up {a.state_dir} to {a.dest} ({size} bytes)")
     if ca:
-        print(f"with the fleet CA in {Path(a.dest) / 'pki'}: restore it with the store, "
-              "or every join token pin and node certificate stops working")
+        print(f"with the fleet CA and the release key in {Path(a.dest) / 'pki'}: restore "
+              "them with the store, or every join token pin and node certificate stops "
+              "working and nodes refuse new agent releases")
     return 0
 
 
 def _backup_ca(src: Path, dst: Path) -> bool:
-    """Copy the fleet CA (ca.crt, ca.key) beside the store copy, keeping it private."""
+    """Copy the fleet CA (ca.crt, ca.key) and the agent release key (release.key, if
+    made) beside the store copy, keeping them private."""
     if not (src / "ca.crt").is_file() or not (src / "ca.key").is_file():
         return False
     dst.mkdir(mode=0o700, parents=True, exist_ok=True)
     dst.chmod(0o700)
-    for name, mode in (("ca.crt", 0o644), ("ca.key", 0o600)):
+    names = [("ca.crt", 0o644), ("ca.key", 0o600)]
+    if (src / "release.key").is_file():  # nodes trust only it for agent releases
+        names.append(("release.key", 0o600))
+    for name, mode in names:
         fd = os.open(dst / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
         with os.fdopen(fd, "wb") as f:
             f.write((src / name).read_bytes())

@@ -85,3 +85,16 @@ async def test_release_key_is_made_once_0600_and_given_at_join(tmp_path: Path) -
         r = await api.client.post("/api/v1/join", json={"token": token, "name": "edge-1"})
         assert r.status_code == 200, r.text
         assert r.json()["releaseKeys"] == [public]
+
+
+def test_backup_keeps_the_release_key(tmp_path: Path) -> None:
+    from cloudcore.__main__ import _backup_ca
+    from cloudcore.auth.pki import FleetCA
+
+    pki = tmp_path / "pki"
+    FleetCA.open(pki)
+    public = open_release_key(pki)
+    assert _backup_ca(pki, tmp_path / "copy" / "pki")
+    copy = release_key_path(tmp_path / "copy" / "pki")
+    assert stat.S_IMODE(copy.stat().st_mode) == 0o600
+    assert open_release_key(copy.parent) == public
