@@ -130,3 +130,67 @@ def test_a_good_update_goes_one_node_at_a_time(fleet: Fleet) -> None:
     assert st["currentRevision"] == st["updateRevision"] == target
     assert st["numberAvailable"] == st["updatedNumberScheduled"] == 3
     fleet.delete(f"/api/v1/daemonsets/default/{NAME}")
+
+
+SURGE = "surge-web"
+
+
+def surge_web(image: str, text: str) -> dict[str, Any]:
+    """Two replicas, maxSurge 1 and maxUnavailable 0: no replica is lost in an update."""
+    script = (f"mkdir -p /tmp/www && echo '{text}' > /tmp/www/index.html"
+              " && exec httpd -f -p 8082 -h /tmp/www")
+    return {
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": SURGE},
+        "spec": {
+            "replicas": 2, "selector": {"matchLabels": {"app": SURGE}},
+            "minReadySeconds": 5,
+            "strategy": {"type": "RollingUpdate",
+                         "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            "template": {"metadata": {"labels": {"app": SURGE}},
+                         "spec": {"terminationGracePeriodSeconds": 1, "containers": [{
+                             "name": "httpd", "image": image, "command": ["sh", "-c", script],
+                             "env": [{"name": "VERSION", "value": text}],
+                             "resources": {"limits": {"memory": "32Mi"}}}]}}},
+    }
+
+
+def deployment_phase(fleet: Fleet) -> str:
+    dep = fleet.get(f"/api/v1/deployments/default/{SURGE}")
+    st = dep.get("status") or {}
+    if (st.get("observedGeneration") or 0) < dep["metadata"]["generation"]:
+        return "Stale"
+    return str((st.get("rollout") or {}).get("phase", "Complete"))
+
+
+def test_a_deployment_with_max_surge_keeps_every_replica_serving(fleet: Fleet) -> None:
+    """Issue 18: with maxSurge 1 and maxUnavailable 0 a third pod of the update starts
+    before an old one goes, and the agents report at least two replicas Running and
+    Ready at every look during the update; it ends with two pods serving v2."""
+    fleet.apply([surge_web(fleet.image, "v1")])
+
+    def serving(text: str) -> list[str] | None:
+        names = sorted(p["metadata"]["name"] for p in fleet.pods(f"app={SURGE}"))
+        if len(names) != 2 or deployment_phase(fleet) != "Complete":
+            return None
+        pages = [fleet.pod_page(n, port=8082, timeout=3).strip() for n in names]
+        return names if pages == [text, text] else None
+
+    fleet.wait(lambda: serving("v1"), timeout=120, what="v1 on two replicas")
+    t = time.monotonic()
+    fleet.apply([surge_web(fleet.image, "v2")])
+    most, least = 0, 2
+    # Stale first: the apply's own status comes with the next tick
+    while time.monotonic() - t < 180 and deployment_phase(fleet) != "Complete":
+        pods = fleet.pods(f"app={SURGE}")
+        up = sum(1 for p in pods if (p.get("status") or {}).get("phase") == "Running"
+                 and (p.get("status") or {}).get("ready"))
+        most, least = max(most, len(pods)), min(least, up)
+        time.sleep(0.2)
+    names = fleet.wait(lambda: serving("v2"), timeout=60, what="v2 on two replicas")
+    figure("rollout.deployment_surge_two_replicas_s", round(time.monotonic() - t, 2))
+    assert most == 3, most  # the surge pod ran beside both old ones
+    assert least >= 2, least  # never fewer than two replicas Running and Ready
+    st = fleet.get(f"/api/v1/deployments/default/{SURGE}")["status"]
+    assert (st["replicas"], st["updatedReplicas"], st["availableReplicas"]) == (2, 2, 2)
+    assert len(names) == 2
+    fleet.delete(f"/api/v1/deployments/default/{SURGE}")
