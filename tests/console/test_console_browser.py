@@ -112,8 +112,16 @@ async def open_console(browser: Any, cloud: Cloud, token: str, route: str = "") 
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.errors = errors
+    said: list[str] = []  # what the page logged and asked, for a failure's message
+    page.on("console", lambda m: said.append(f"console.{m.type}: {m.text}"))
+    page.on("requestfailed", lambda r: said.append(f"failed: {r.url} {r.failure}"))
+    page.on("response", lambda r: said.append(f"{r.status} {r.url}"))
     await page.goto(cloud.url + "/", wait_until="domcontentloaded")
     assert page.url.endswith("/console/"), page.url  # / redirects to the console
+    try:
+        await page.wait_for_selector("#signin:not([hidden])", timeout=20_000)
+    except async_api.TimeoutError:
+        raise AssertionError(f"no sign-in form after 20 s: errors {errors}, {said}") from None
     await page.fill("#token", token)
     await page.click("#signin-form button[type=submit]")
     await page.wait_for_selector("#who:not(:empty)")
@@ -302,7 +310,7 @@ async def test_a_daemonset_applied_with_fedctl_rolls_out_in_the_page_without_rel
             new MutationObserver(record).observe(box, {childList: true, subtree: true});
         }""")
         out = await _in_thread(apply_probe, fleet, ticker("v1"))
-        assert "daemonset.apps/probe created" in out or "probe" in out, out
+        assert re.search(r"\bprobe created\b", out), out
         await page.wait_for_selector(f"{ROW} [data-col=available]:text-is('{NODES}')",
                                      timeout=60_000)
         await page.wait_for_selector(f"{ROW} [data-col=phase]:text-is('Complete')",
@@ -312,7 +320,8 @@ async def test_a_daemonset_applied_with_fedctl_rolls_out_in_the_page_without_rel
         assert len(v1) == NODES
         # a new template rolls one node at a time (maxUnavailable 1): seen as it moves
         await page.evaluate("() => { window.__seen = []; }")
-        await _in_thread(apply_probe, fleet, ticker("v2"))
+        out = await _in_thread(apply_probe, fleet, ticker("v2"))
+        assert re.search(r"\bprobe configured\b", out), out
         await page.wait_for_selector(f"{ROW} [data-col=phase]:text-is('Progressing')",
                                      timeout=30_000)
         await shot(page, "workloads")
@@ -387,13 +396,13 @@ async def test_an_operator_follows_a_real_pods_log_and_runs_exec(browser: Any,
                     .some(m => +m[1] >= n)""", arg=max(first) + 3, timeout=15_000)
         later = _ticks(await page.inner_text("#log"))
         assert max(later) >= max(first) + 3 and later == sorted(later), later
+        await page.fill("#exec-command", "false")
+        await page.click("#exec")
+        await page.wait_for_selector("#exec-output:has-text('exit code 1')", timeout=20_000)
         await page.fill("#exec-command", "cat /proc/1/cmdline")
         await page.click("#exec")
         await page.wait_for_selector("#exec-output:has-text('exit code 0')", timeout=20_000)
         assert "tick" in await page.inner_text("#exec-output")  # the pod's own process
-        await page.fill("#exec-command", "false")
-        await page.click("#exec")
-        await page.wait_for_selector("#exec-output:has-text('exit code 1')", timeout=20_000)
         await shot(page, "logs")
         assert not page.errors, page.errors
     finally:
