@@ -372,9 +372,10 @@ class ScrapeStats:
 
 
 def estimate(sample: Sample) -> int:
-    """About the msgpack size of one sample in a batch (an upper bound in practice)."""
+    """The msgpack size of one sample in a batch, or a little more (UTF-8 bytes of the
+    label values; the widest headers the limits on names and labels allow)."""
     name, labels, _ = sample
-    return len(name) + 12 + sum(len(k) + len(v) + 4 for k, v in labels.items())
+    return len(name) + 16 + sum(len(k) + len(v.encode()) + 4 for k, v in labels.items())
 
 
 class Scraper:
@@ -450,7 +451,8 @@ class Scraper:
     def _batch(self, ts: float, parsed: Mapping[str, Parsed]) -> dict[str, Any]:
         lim = self.limits
         own = list(self.agent()) + self.stats.samples()
-        size = sum(estimate(s) for s in own) + 64
+        own_types = _agent_types(own)
+        size = sum(estimate(s) for s in own) + sum(len(f) + 10 for f in own_types) + 64
         left = lim.max_series_per_node
         pods: dict[str, SeriesSet] = {}
         for key in sorted(parsed):
@@ -469,14 +471,13 @@ class Scraper:
                 size += n
                 left -= 1
             if kept:
-                names = {s[0] for s in kept}
-                types = {f: t for f, t in p.types.items()
-                         if any(n == f or n.startswith(f + "_") for n in names)}
+                families = {s[0] for s in kept} | {s[0].rsplit("_", 1)[0] for s in kept}
+                types = {f: t for f, t in p.types.items() if f in families}
                 size += sum(len(f) + 10 for f in types) + len(key) + 8
                 pods[key] = SeriesSet(types=types, samples=kept)
         self.stats.batch_bytes = size
         return metrics_batch(ts, interval=self.interval_s,
-                             agent=SeriesSet(types=_agent_types(own), samples=own), pods=pods)
+                             agent=SeriesSet(types=own_types, samples=own), pods=pods)
 
 
 def _agent_types(samples: Iterable[Sample]) -> dict[str, str]:

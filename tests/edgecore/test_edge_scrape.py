@@ -331,3 +331,16 @@ async def test_metrics_batch_dropped_first_under_budget(tmp_path: Path) -> None:
         assert m not in seqs  # the metrics batch went, though it was newer than telemetry
         assert res.dropped_telemetry == 1 and res.dropped_status == 0
         assert len(seqs) == 3
+
+
+async def test_batch_bytes_bound_counts_utf8_bytes(server: Server) -> None:
+    server.bodies["/u"] = "".join(
+        f's_u{{i="{i}",v="{"ü" * 200}"}} 1\n' for i in range(50)).encode()
+    sent: list[dict[str, Any]] = []
+    s = scraper([Target("pod/ns/u", "127.0.0.1", server.port, "/u")], sent,
+                max_batch_bytes=8192)
+    batch = await s.round()
+    import msgpack
+    kept = len(parse_metrics_batch(batch).pods["pod/ns/u"].samples)
+    assert 0 < kept < 50 and s.stats.dropped["batch_bytes"] == 50 - kept
+    assert len(msgpack.packb(batch)) <= 8192
