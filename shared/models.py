@@ -526,11 +526,11 @@ class AgentUpgradeSpec(_Model):
     @field_validator("version")
     @classmethod
     def _version(cls, v: str) -> str:
-        if not v or len(v) > MAX_NAME or "/" in v or v in (".", "..") or not v.isprintable():
-            raise ValueError(f"must be a version name without '/' or spaces, at most "
-                             f"{MAX_NAME} characters, not {v!r}")
-        if any(c.isspace() for c in v):
-            raise ValueError(f"must not contain spaces: {v!r}")
+        from shared.release import VERSION_RE  # what an agent accepts as a release version
+
+        if not VERSION_RE.match(v):
+            raise ValueError(f"must be a release version (letters, digits and '.+_-', at "
+                             f"most 64 characters, starting with a letter or digit), not {v!r}")
         return v
 
     @field_validator("image")
