@@ -62,6 +62,9 @@ STDERR_TAIL = 15
 STOP_GRACE_S = 20.0
 """Seconds a trial agent has to stop after SIGTERM before SIGKILL."""
 POLL_S = 0.25
+MESSAGE_BUDGET = 1200
+"""Characters of a failed trial's stderr in its RolledBack message (the cloud keeps the
+first 2000 of a message)."""
 
 # Run an agent from a directory holding edgecore/ and shared/ (a slot, or the
 # installed package's root): that directory first on sys.path, then the agent's CLI.
@@ -211,8 +214,7 @@ def _supervise(slots: Slots, trial: Trial, args: Sequence[str],
         state = slots.read()
         if state.trial is None:  # committed in the last instant before exiting
             return state
-        if tail:
-            reason += "; last stderr lines: " + " | ".join(tail)
+        reason += _stderr_summary(list(tail))
         _roll_back(slots, state, trial, reason)
         if stop:
             sys.exit(child.returncode if child.returncode and child.returncode > 0 else 0)
@@ -242,6 +244,21 @@ def _watch(slots: Slots, trial: Trial, child: subprocess.Popen[bytes],
                 return None
             return f"no commit in {trial.deadline_s} s"
         time.sleep(POLL_S)
+
+
+def _stderr_summary(lines: list[str], budget: int = MESSAGE_BUDGET) -> str:
+    """': LAST LINE (stderr: earlier | lines)': the last line (a traceback's exception)
+    first, since a status message may be cut at its end; then as many earlier lines as
+    fit in `budget` characters."""
+    if not lines:
+        return ""
+    out = f": {lines[-1]}"
+    earlier: list[str] = []
+    for line in reversed(lines[:-1]):
+        if len(out) + sum(len(e) + 3 for e in earlier) + len(line) + 14 > budget:
+            break
+        earlier.insert(0, line)
+    return out + (f" (stderr: {' | '.join(earlier)})" if earlier else "")
 
 
 def _stop(child: subprocess.Popen[bytes]) -> None:

@@ -164,8 +164,13 @@ class Upgrader:
             return
         if rel.version == self.version:
             st = self.state.status or {}
-            if st.get("version") != rel.version or st.get("phase") not in ("Healthy",):
-                self._set_status(rel.version, "Healthy", f"running {rel.version}",
+            if st.get("version") != rel.version or st.get("phase") != "Healthy":
+                # e.g. the cloud sends a node that rolled back to the version it runs:
+                # Healthy, and the earlier outcome stays readable in the message
+                earlier = (f" (before: {st.get('version')} {st.get('phase')}: "
+                           f"{st.get('message')})" if st.get("phase") in
+                           entries.UPGRADE_TERMINAL_FAILURES else "")
+                self._set_status(rel.version, "Healthy", f"running {rel.version}{earlier}",
                                  upgrade=rel.upgrade, previous=st.get("previous"))
             return
         if self.state.is_refused(rel.version, rel.upgrade):

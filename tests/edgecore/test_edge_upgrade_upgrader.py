@@ -229,3 +229,28 @@ async def test_a_trial_commits_once_healthy(tmp_path: Path, keys: dict[str, Any]
     assert st.status is not None and st.status["phase"] == "Healthy"
     assert st.status["previous"] == "1.5"
     assert sorted(h.slots.versions()) == ["1.5", "2.0"]  # at most two slots kept
+
+
+async def test_sent_back_to_the_running_version_keeps_the_rollback_readable(
+        tmp_path: Path) -> None:
+    h = Harness(tmp_path, trusted=[], version="1.0")
+    h.slots.write(BootState(base=__version__, active="1.0", status={
+        "version": "2.0", "phase": "RolledBack", "previous": "1.0", "upgrade": "agent-2.0",
+        "message": "the new agent 2.0 exited with code 1 before it committed: boom"}))
+    h.ask("1.0", None, upgrade="agent-2.0")
+    up = h.make()
+    await up.handle(h.desired.items[KEY])
+    status = up.status()
+    assert status is not None and status["phase"] == "Healthy" and status["version"] == "1.0"
+    assert "before: 2.0 RolledBack" in status["message"] and "boom" in status["message"]
+
+
+def test_a_failed_trials_message_puts_the_exception_first() -> None:
+    from edgecore.upgrade.launcher import _stderr_summary
+
+    lines = ["Traceback (most recent call last):", *[f'  File "x{i}.py"' for i in range(40)],
+             "RuntimeError: boom"]
+    text = _stderr_summary(lines, budget=200)
+    assert text.startswith(": RuntimeError: boom (stderr: ")
+    assert len(text) <= 200 and 'File "x39.py"' in text and "Traceback" not in text
+    assert _stderr_summary([]) == ""
