@@ -1022,6 +1022,16 @@ class Affinity(Spec, kw_only=True, frozen=True):
                                       or p.preferred_during_scheduling_ignored_during_execution)
                    for p in (self.pod_affinity, self.pod_anti_affinity))
 
+    def pod_terms(self) -> list[PodAffinityTerm]:
+        """Every inter-pod term, required and preferred, affinity and anti-affinity."""
+        out: list[PodAffinityTerm] = []
+        for p in (self.pod_affinity, self.pod_anti_affinity):
+            if p is not None:
+                out += p.required_during_scheduling_ignored_during_execution
+                out += [w.pod_affinity_term
+                        for w in p.preferred_during_scheduling_ignored_during_execution]
+        return out
+
     def required_anti(self) -> list[PodAffinityTerm]:
         p = self.pod_anti_affinity
         return p.required_during_scheduling_ignored_during_execution if p else []

@@ -9,8 +9,12 @@ a caller says room may have appeared (a node joined or changed, a pod left).
 Inter-pod affinity needs the labels of the pods bound per node, but only for a pod
 that has inter-pod terms or that a bound pod's required anti-affinity may select:
 `topology` builds the scheduler's `PodTopology` for such a pod in one pass over the
-bound pods, and returns None (no cost at all) for the others while no bound pod has
-required anti-affinity (`_anti`, the few that have).
+bound pods (as Kubernetes' scheduler does), and returns None (no cost at all) for the
+others while no bound pod has required anti-affinity (`_anti_host`, `_anti_wide`: the
+few that have). A check on one node (a DaemonSet pod, a pod bound by name, an updated
+pod on its node) looks only at that node's pods when every term is per hostname, so a
+DaemonSet with hostname anti-affinity costs what a plain one does per node, not a pass
+over the fleet per pod.
 
 It does not build desired sets: every node whose set of bound pods changed is
 remembered until `DesiredSets.commit` takes them (`take_changed`), so the desired
@@ -32,6 +36,7 @@ from cloudcore.scheduler import NodeView, Scheduler
 from cloudcore.scheduler.affinity import Placed, PodTopology, topology_of
 from cloudcore.scheduler.core import requests_of, unschedulable_message
 from shared.models import PodStatus
+from shared.pods import HOSTNAME_KEY
 
 
 class Placement:
@@ -45,7 +50,10 @@ class Placement:
         self._on_node: dict[str, set[Key]] = {}
         self._pending: set[Key] = set()
         self._changed: set[str] = set()  # nodes whose bound pods changed since taken
-        self._anti: set[Key] = set()  # bound pods with required pod anti-affinity
+        # bound pods with required pod anti-affinity: per node when all their terms are
+        # per hostname (a one-node check reads only that node's), else in `_anti_wide`
+        self._anti_host: dict[str, set[Key]] = {}
+        self._anti_wide: set[Key] = set()
         self._scheduled: dict[str, PodStatus] = {}
         """node -> the Scheduled status last written for a pod bound there: the pods
         bound to one node by one reason (each DaemonSet's pod on it) share one status
@@ -122,16 +130,31 @@ class Placement:
         if node is not None:
             self._on_node.get(node, set()).discard(key)
             self._changed.add(node)
-            self._anti.discard(key)
+            self._untrack(key, node)
 
     def _track(self, key: Key) -> None:
         """Remember a bound pod whose required anti-affinity other pods must respect."""
+        node = self._bound.get(key)
+        if node is None:
+            return
+        self._untrack(key, node)
         pod = self.objects.pods.get(key)
-        affinity = pod.spec.affinity if pod is not None else None
-        if affinity is not None and affinity.required_anti():
-            self._anti.add(key)
+        terms = pod.spec.affinity.required_anti() if (
+            pod is not None and pod.spec.affinity is not None) else []
+        if not terms:
+            return
+        if all(t.topology_key == HOSTNAME_KEY for t in terms):
+            self._anti_host.setdefault(node, set()).add(key)
         else:
-            self._anti.discard(key)
+            self._anti_wide.add(key)
+
+    def _untrack(self, key: Key, node: str) -> None:
+        self._anti_wide.discard(key)
+        on = self._anti_host.get(node)
+        if on is not None and key in on:
+            on.discard(key)
+            if not on:
+                del self._anti_host[node]
 
     def move(self, key: Key, node: str, message: str) -> None:
         """Rebind a pod to another node (eviction)."""
@@ -181,15 +204,33 @@ class Placement:
                         host_ports=ports, forecast=forecast_of(node.status.usage),
                         pod_topology=topology)
 
-    def topology(self, key: Key) -> PodTopology | None:
+    def topology(self, key: Key, *, node: str | None = None) -> PodTopology | None:
         """What pod `key`'s inter-pod terms find among the bound pods (itself left
         out), and the bound pods' anti-affinity that selects it; None when neither
-        exists (the scheduler then skips inter-pod affinity)."""
+        exists (the scheduler then skips inter-pod affinity). With `node`, only good
+        for judging that one node (fewer pods are read where the terms allow)."""
         pod = self.objects.pods[key]
         affinity = pod.spec.affinity
-        if not self._anti and (affinity is None or not affinity.has_pod_terms()):
+        own = affinity is not None and affinity.has_pod_terms()
+        if not own and not self._anti_host and not self._anti_wide:
             return None
         pods, nodes = self.objects.pods, self.objects.nodes
+        anti: Iterable[Key]
+        if node is not None:
+            anti = [*self._anti_host.get(node, ()), *self._anti_wide]
+        else:
+            anti = [k for keys in self._anti_host.values() for k in keys]
+            anti += self._anti_wide
+        if not own and not anti:
+            return None
+        bound: Iterable[Key] = self._bound
+        if node is not None and affinity is not None and all(
+                t.topology_key == HOSTNAME_KEY for t in affinity.pod_terms()) and not (
+                affinity.pod_affinity is not None
+                and affinity.pod_affinity.required_during_scheduling_ignored_during_execution):
+            # the node's own pods decide (not with required affinity: whether a selected
+            # pod exists anywhere decides the first-pod-of-a-group rule)
+            bound = self._on_node.get(node, _EMPTY)
 
         def placed(keys: Iterable[Key]) -> Iterable[Placed]:
             for pk in keys:
@@ -205,7 +246,7 @@ class Placement:
 
         return topology_of(
             namespace=key[0], name=key[1], labels=pod.metadata.labels, affinity=affinity,
-            placed=lambda: placed(self._bound), anti_placed=placed(self._anti),
+            placed=lambda: placed(bound), anti_placed=placed(anti),
             node_labels=node_labels,
             namespace_labels=lambda: {n: ns.metadata.labels
                                       for n, ns in self.objects.namespaces.items()})
@@ -220,7 +261,7 @@ class Placement:
     def fits(self, key: Key, node: str, *, daemon: bool) -> bool:
         """Whether the (updated) pod still fits on its node, not counting itself."""
         pod = self.objects.pods[key]
-        view = self.view(node, exclude=key, topology=self.topology(key))
+        view = self.view(node, exclude=key, topology=self.topology(key, node=node))
         return self.scheduler.check(pod.spec, view, daemon=daemon) is None
 
     def retry_pending(self) -> None:
@@ -242,7 +283,8 @@ class Placement:
                     self._explain_pending(key, f"0/1 nodes available: node {target} not found")
                     continue
                 reason = self.scheduler.check(
-                    pod.spec, self.view(target, topology=self.topology(key)), daemon=daemon)
+                    pod.spec, self.view(target, topology=self.topology(key, node=target)),
+                    daemon=daemon)
                 if reason is None:
                     self.bind(key, target, f"scheduled on {target}: bound by spec.nodeName")
                 else:

@@ -347,3 +347,41 @@ def test_daemonset_only_on_nodes_its_required_node_affinity_admits() -> None:
     assert sorted(k[1] for k in fleet.pods) == ["agent-a", "agent-b"]
     apply(fleet, {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "a", "labels": {}}})
     assert sorted(k[1] for k in fleet.pods) == ["agent-b"]
+
+
+def test_daemonset_pods_respect_pod_anti_affinity_per_node() -> None:
+    """A DaemonSet pod is checked on its one node: its hostname anti-affinity reads that
+    node's pods; a placed pod's anti-affinity keeps the DaemonSet's pod off its node (and
+    its leaving lets it in)."""
+    fleet = make_fleet()
+    for n in ("a", "b", "c"):
+        add_node(fleet, n)
+    noisy = {"apiVersion": "v1", "kind": "Pod",
+             "metadata": {"name": "noisy", "labels": {"app": "noisy"}},
+             "spec": {"nodeName": "b", "containers": [{"name": "c", "image": "busybox"}]}}
+    apply(fleet, noisy)
+    ds = daemonset("quiet")
+    ds["spec"]["template"]["spec"]["affinity"] = anti({"app": "noisy"})
+    apply(fleet, ds)
+    status = {k[1]: (p.status.reason, p.status.message) for k, p in fleet.pods.items()
+              if k[1].startswith("quiet-")}
+    assert status["quiet-a"][0] == status["quiet-c"][0] == "Scheduled"
+    assert status["quiet-b"] == ("Unschedulable", "0/1 nodes available: 1 pod anti-affinity: "
+                                 "app=noisy already on the node (pod is bound to b)")
+    fleet.delete("Pod", "default", "noisy")
+    assert fleet.pods[("default", "quiet-b")].status.reason == "Scheduled"
+    # the other way round: a placed pod refuses the DaemonSet's pods on its node only
+    loner = {"apiVersion": "v1", "kind": "Pod",
+             "metadata": {"name": "loner", "labels": {"app": "loner"}},
+             "spec": {"nodeName": "c", "affinity": anti({"app": "agent"}),
+                      "containers": [{"name": "c", "image": "busybox"}]}}
+    fleet.delete("DaemonSet", "default", "quiet")
+    apply(fleet, loner)
+    assert fleet.pods[("default", "loner")].status.reason == "Scheduled"
+    apply(fleet, daemonset())
+    status = {k[1]: p.status.reason for k, p in fleet.pods.items() if k[1].startswith("agent-")}
+    assert status == {"agent-a": "Scheduled", "agent-b": "Scheduled",
+                      "agent-c": "Unschedulable"}
+    msg = fleet.pods[("default", "agent-c")].status.message
+    assert msg == ("0/1 nodes available: 1 pod anti-affinity: a pod on the node refuses "
+                   "app=agent (pod is bound to c)")
