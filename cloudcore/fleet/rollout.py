@@ -138,13 +138,16 @@ class _Scan:
     # moving, Ready since the update as reported after it).
     done: int = 0
     waiting: int = 0
-    waiting_for: list[tuple[str, str]] = field(default_factory=list)  # a few, by name
+    # a few of them by name: (name, key, on a node, Ready since, reported since update);
+    # why they wait is put in words only for those a message shows
+    waiting_for: list[tuple[str, Key, bool, float, bool]] = field(default_factory=list)
+    now: float = 0.0
     old: int = 0  # not yet updated, node Ready
     warming: bool = False  # a pod is Ready, not yet for minReadySeconds: look again
 
-    def wait_for(self, name: str, why: str) -> None:
+    def wait_for(self, key: Key, *, placed: bool, since: float, fresh: bool) -> None:
         self.waiting += 1
-        self.waiting_for.append((name, why))
+        self.waiting_for.append((key[1], key, placed, since, fresh))
         if len(self.waiting_for) > 64:  # keep the first few by name, cheaply
             self.waiting_for = sorted(self.waiting_for)[:WAITING_SHOWN]
     # No rollout under way: pods on Ready nodes that are not available and whose status
@@ -305,6 +308,7 @@ class Rollouts:
         min_ready = ds.spec.min_ready_seconds
         deadline = float(ds.spec.progress_deadline_seconds)
         sc = _Scan() if into is None else into
+        sc.now = now
         for k in keys:
             pod = pods.get(k)
             if pod is None:  # gone since a chunked pass listed it
@@ -339,9 +343,7 @@ class Rollouts:
                 if not is_update and where is not None:
                     sc.old += 1
                 else:
-                    sc.wait_for(k[1], waiting_for(pod, rev, placed=where is not None,
-                                                  since=since, now=now, min_ready=min_ready,
-                                                  fresh=fresh))
+                    sc.wait_for(k, placed=where is not None, since=since, fresh=fresh)
             if not moving:
                 if not available and node_ready and rev is not None:
                     why = failure(pod, rev)
@@ -528,7 +530,14 @@ class Rollouts:
         if sc.waiting:
             shown = sorted(sc.waiting_for)[:WAITING_SHOWN]
             more = f" and {sc.waiting - len(shown)} more" if sc.waiting > len(shown) else ""
-            return "waiting for " + ", ".join(f"{n} ({why})" for n, why in shown) + more
+            words = []
+            for name, key, placed, since, fresh in shown:
+                pod = self.objects.pods.get(key)
+                why = "gone" if pod is None else waiting_for(
+                    pod, pod.metadata.annotations.get(naming.REVISION), placed=placed,
+                    since=since, now=sc.now, min_ready=ds.spec.min_ready_seconds, fresh=fresh)
+                words.append(f"{name} ({why})")
+            return "waiting for " + ", ".join(words) + more
         if sc.old:
             return f"waiting for {sc.old} pod(s) to get the update"
         if isinstance(ds, DaemonSet) and self.workloads.is_expanding(ds):
