@@ -22,21 +22,19 @@ from one made by a key not in the list, so both are `signature`, and the message
 names the trusted keys).
 `unpack` then checks that the bundle's own `release.json` names the same version.
 
-`cryptography` is imported only by the functions that sign or verify, so importing
-this module (for its names) costs the agent nothing.
+`cryptography`, `tarfile` and `gzip` are imported only by the functions that use
+them, so importing this module (for its names) costs the agent nothing.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import gzip
 import hashlib
 import io
 import json
 import os
 import re
-import tarfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +43,8 @@ from typing import TYPE_CHECKING, Any
 from shared.errors import ReleaseError
 
 if TYPE_CHECKING:
+    import tarfile
+
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 RELEASE_DIR = "release"
@@ -111,6 +111,8 @@ def _members(source: Path) -> list[tuple[str, Path]]:
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes, mode: int = 0o644) -> None:
+    import tarfile
+
     info = tarfile.TarInfo(name)
     info.size = len(data)
     info.mode = mode
@@ -123,6 +125,9 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes, mode: int = 0o644) -> Non
 def build_bundle(source: Path, *, version: str) -> bytes:
     """The bundle of `source` (a directory holding `edgecore/` and `shared/`, e.g. a
     checkout) for `version`: the same inputs give the same bytes."""
+    import gzip
+    import tarfile
+
     check_version(version)
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
@@ -314,6 +319,8 @@ def verify(release: Release, bundle: bytes, *, trusted: Sequence[bytes],
 
 def bundle_version(bundle: bytes) -> str:
     """The version in a bundle's own `release.json`; ReleaseError (malformed)."""
+    import tarfile
+
     try:
         with tarfile.open(fileobj=io.BytesIO(bundle), mode="r:gz") as tar:
             f = tar.extractfile(MANIFEST)
@@ -330,6 +337,8 @@ def unpack(bundle: bytes, dest: Path, *, version: str) -> None:
     """Unpack a verified bundle into `dest` (which must not exist), after checking that
     its own `release.json` says `version` (reason `version` otherwise), that it holds
     every package of PACKAGES and only regular files and directories under them."""
+    import tarfile
+
     inner = bundle_version(bundle)
     if inner != version:
         raise ReleaseError(f"the bundle says version {inner!r} inside, its manifest "
