@@ -488,3 +488,74 @@ async def _in_thread(fn: Any, *args: Any, **kw: Any) -> Any:
     """A blocking call (fedctl as a process, the fleet's polling) off the test's loop,
     so the browser's connection keeps being served meanwhile."""
     return await asyncio.to_thread(fn, *args, **kw)
+
+
+@pytest.fixture
+def insecure_cloud(tmp_path: Path) -> Iterator[str]:
+    """An in-process API with auth off, as `cloudcore --insecure` serves it (LMDB store,
+    no broker: only the sign-in path is looked at here); its URL."""
+    import socket
+    import threading
+
+    import uvicorn
+
+    from cloudcore.api import create_app
+    from cloudcore.auth import Auth
+    from cloudcore.config import StoreSettings
+    from cloudcore.fleet import Fleet as CloudFleet
+    from cloudcore.fleet import Liveness
+    from cloudcore.metrics import Metrics
+    from cloudcore.scheduler import Scheduler
+    from cloudcore.store import Store
+
+    ready, box = threading.Event(), {}
+
+    def run() -> None:
+        async def main() -> None:
+            async with Store(StoreSettings(state_dir=tmp_path / "s")) as store:
+                writer = asyncio.create_task(store.run())
+                fleet = CloudFleet(store=store, scheduler=Scheduler(),
+                                   liveness=Liveness(default_heartbeat=30, missed=3, now=0))
+                app = create_app(fleet, metrics=Metrics(process=False), flush=store.flush,
+                                 auth=Auth(store=store, enabled=False))
+                sock = socket.socket()
+                sock.bind(("127.0.0.1", 0))
+                server = uvicorn.Server(uvicorn.Config(app, lifespan="off",
+                                                       log_level="warning"))
+                box.update(server=server, fleet=fleet, loop=asyncio.get_running_loop(),
+                           url=f"http://127.0.0.1:{sock.getsockname()[1]}")
+                serving = asyncio.create_task(server.serve(sockets=[sock]))
+                while not server.started:
+                    await asyncio.sleep(0.01)
+                ready.set()
+                await serving
+                writer.cancel()
+                await asyncio.gather(writer, return_exceptions=True)
+                sock.close()
+
+        asyncio.run(main())
+
+    thread = threading.Thread(target=run, daemon=True, name="console-insecure-api")
+    thread.start()
+    assert ready.wait(15), "the in-process API did not start"
+    try:
+        yield str(box["url"])
+    finally:
+        box["loop"].call_soon_threadsafe(box["fleet"].watches.close)
+        box["server"].should_exit = True
+        thread.join(10)
+
+
+async def test_an_insecure_cloudcore_opens_without_sign_in(browser: Any,
+                                                           insecure_cloud: str) -> None:
+    page = await browser.new_page(viewport={"width": 1280, "height": 860})
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    try:
+        await page.goto(insecure_cloud + "/console/#/workloads")
+        await page.wait_for_selector("h1 .live.on")
+        assert "anonymous" in await page.inner_text("#who")
+        assert await page.is_hidden("#signin")
+        assert not errors, errors
+    finally:
+        await page.close()
