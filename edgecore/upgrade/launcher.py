@@ -18,7 +18,9 @@ can never break the thing that brings the previous one back. It reads
   (status `RolledBack` with the exit code and the last stderr lines, or "no commit in
   N s"; the request goes on the refused list) and `exec`s the previous agent;
 - a trial that was already started once and never came back to its launcher (power
-  cut, launcher killed: Mender's boot counter) is rolled back at once.
+  cut, launcher killed: Mender's boot counter) is rolled back at once;
+- an installed package of another version than the one that wrote boot.json (an
+  upgrade by the package manager) wins: the slots are no longer run.
 
 Why a child during the trial and `exec` otherwise: only a parent learns a crashed
 child's exit code and stderr without an outside supervisor (the testbed has none),
@@ -123,7 +125,16 @@ def launch(state_dir: Path, args: Sequence[str]) -> None:
     slots = Slots(agent_dir(state_dir), base=__version__)
     if not slots.boot_file.exists():
         return
+    recorded = slots.recorded_base()
     state = slots.read()
+    if recorded is not None and recorded != __version__ and (state.active or state.trial):
+        # Installed by hand (package manager) since: that installation wins over releases.
+        log.warning("the installed agent changed from %s to %s since agent release %s was "
+                    "committed: running the installed one", recorded, __version__,
+                    state.active or (state.trial.version if state.trial else ""))
+        state.active = None
+        state.trial = None
+        slots.write(state)
     launcher = launcher_argv()
     trial = state.trial
     if trial is not None:

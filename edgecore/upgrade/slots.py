@@ -132,6 +132,15 @@ class Slots:
                 os.replace(self.boot_file, self.boot_file.with_name(BOOT + ".corrupt"))
             return BootState(base=self.base)
 
+    def recorded_base(self) -> str | None:
+        """The installed version boot.json was last written by (None: unknown)."""
+        try:
+            raw = json.loads(self.boot_file.read_text())
+        except (OSError, ValueError):
+            return None
+        base = raw.get("base") if isinstance(raw, dict) else None
+        return base if isinstance(base, str) else None
+
     def write(self, state: BootState) -> None:
         """Replace boot.json atomically and durably."""
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -220,3 +220,14 @@ def test_a_missing_active_slot_falls_back_to_the_installed_agent(state: Path) ->
     res, _ = launch(state)
     assert res.returncode == 0 and "base" in res.stdout, res.stderr
     assert slots.read().active is None
+
+
+def test_an_installed_package_of_another_version_wins_over_the_slots(state: Path) -> None:
+    slots = slots_of(state)
+    make_slot(slots, "2.0")
+    older = Slots(state / "agent", base="0.0.1-before-apt-upgrade")
+    older.write(BootState(base="0.0.1-before-apt-upgrade", active="2.0"))
+    res, runs = launch(state)
+    assert res.returncode == 0 and "base" in res.stdout, res.stderr
+    assert runs == []
+    assert slots.read().active is None and slots.recorded_base() == __version__
