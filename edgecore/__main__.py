@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -407,6 +409,11 @@ def _join(args: argparse.Namespace) -> AgentSettings | None:
         return None
     print("starting the agent")
     sys.stdout.flush()
+    # An agent upgrade restarts through `edgecore run`, never through this join.
+    from edgecore.upgrade import ENV_LAUNCHER
+
+    os.environ[ENV_LAUNCHER] = json.dumps([sys.executable, "-m", "edgecore", "run",
+                                           "--state-dir", str(args.state_dir)])
     return settings_from_args(build_parser().parse_args(
         ["run", "--state-dir", str(args.state_dir), "--config", str(path)]))
 

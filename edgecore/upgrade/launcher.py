@@ -70,8 +70,10 @@ first 2000 of a message)."""
 
 # Run an agent from a directory holding edgecore/ and shared/ (a slot, or the
 # installed package's root): that directory first on sys.path, then the agent's CLI.
-_BOOT = ("import sys; sys.path.insert(0, sys.argv.pop(1)); sys.argv[0] = 'edgecore'; "
-         "from edgecore.__main__ import main; sys.exit(main())")
+# argv: python -c _BOOT edgecore DIR run ...; the literal "edgecore" argument keeps the
+# process findable as the agent (ps, pgrep -f, testbed.bench_edge) and is dropped.
+_BOOT = ("import sys; del sys.argv[1]; sys.path.insert(0, sys.argv.pop(1)); "
+         "sys.argv[0] = 'edgecore'; from edgecore.__main__ import main; sys.exit(main())")
 
 
 def agent_dir(state_dir: Path) -> Path:
@@ -95,7 +97,7 @@ def _base_root() -> str:
 def agent_command(slots: Slots, slot: str | None, args: Sequence[str]) -> list[str]:
     """argv that runs the agent of `slot` (None: the installed package) with `args`."""
     root = str(slots.path(slot)) if slot is not None else _base_root()
-    return [sys.executable, "-c", _BOOT, root, *args]
+    return [sys.executable, "-c", _BOOT, "edgecore", root, *args]
 
 
 def agent_env(version: str, *, trial: bool, launcher: list[str]) -> dict[str, str]:

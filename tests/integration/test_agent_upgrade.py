@@ -174,10 +174,15 @@ def test_an_upgrade_moves_every_agent_and_restarts_no_pod(
         st = node_status(fleet, a.name)
         assert st["agentUpgrade"]["version"] == version
         assert st["agentUpgrade"]["previous"] not in (None, version)
-        assert a.proc.alive() and a.proc.pid == pids[a.name]  # exec'd: the same process
+        # exec'd: the process the testbed started now runs the release from its slot,
+        # and is still found as the agent (testbed.bench_edge.agent_pid's rule)
+        assert a.proc.alive() and a.proc.pid == pids[a.name]
+        slot = a.state_dir / "agent" / "slots" / version
+        args = Path(f"/proc/{a.proc.pid}/cmdline").read_bytes().decode().split("\0")
+        assert str(slot) in args and "edgecore" in args and str(a.state_dir) in args, args
         b = boot(fleet, a.name)
         assert b["active"] == version and b["trial"] is None
-        assert (a.state_dir / "agent" / "slots" / version / "edgecore").is_dir()
+        assert (slot / "edgecore").is_dir()
     assert containers(fleet) == before  # same ids, pids and creation times
     restarts = [c.get("restartCount", 0) for p in fleet.pods(f"app={DS}")
                 for c in (p.get("status") or {}).get("containerStatuses") or []]
