@@ -32,7 +32,7 @@ from fedctl import manifests
 from fedctl.errors import ManifestError
 from fedctl.kinds import BY_KIND
 from shared.kinds import REDACTED
-from shared.problems import ISSUE_18, MAX_PROBLEMS, Problem, hint, problems_of
+from shared.problems import MAX_PROBLEMS, Problem, hint, problems_of
 
 SERVICES_PROPOSAL = "docs/proposals/0005-edge-services.md"
 
@@ -100,7 +100,6 @@ SKIPPED_KINDS: dict[str, str] = {
     "StorageClass": _STORAGE,
     "PodDisruptionBudget": "not honoured: `fedctl drain` moves pods without a budget",
     "HorizontalPodAutoscaler": "replicas are not autoscaled: spec.replicas stays as applied",
-    "PriorityClass": f"pod priority is not used yet ({ISSUE_18})",
     "LimitRange": "not enforced: requests and limits are taken as each pod writes them",
     "ResourceQuota": "not enforced: a namespace's pods are not counted against a quota",
     "CustomResourceDefinition": _EXTENDS_API,

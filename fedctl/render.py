@@ -351,6 +351,10 @@ def columns(kind: Kind, *, wide: bool, all_namespaces: bool, mixed: bool = False
         if wide:
             cols += [("IMAGE", lambda o: str(_dig(o, "spec", "image", default="-"))),
                      ("MESSAGE", lambda o: str(_dig(o, "status", "message", default="-")))]
+    elif kind.kind == "PriorityClass":
+        cols += [("VALUE", lambda o: str(o.get("value", 0))),
+                 ("GLOBAL-DEFAULT", lambda o: str(bool(o.get("globalDefault"))).lower()),
+                 ("AGE", _created)]
     elif kind.kind == "Namespace":  # edgefed has no namespace phases: each is Active;
         # one in use without a Namespace object of its own has no age
         cols += [("STATUS", lambda o: "Active"),

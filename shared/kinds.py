@@ -58,6 +58,8 @@ ALL: tuple[KindInfo, ...] = (
     KindInfo("Namespace", "v1", "namespaces", "namespaces", namespaced=False, short=("ns",)),
     KindInfo("AgentUpgrade", "edgefed.io/v1", "agentupgrades", "agentupgrades",
              namespaced=False, short=("au",)),
+    KindInfo("PriorityClass", "scheduling.k8s.io/v1", "priorityclasses", "priorityclasses",
+             namespaced=False, short=("pc",)),
 )
 """Every kind, in the order fedctl lists them."""
 

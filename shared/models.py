@@ -592,6 +592,52 @@ class AgentUpgrade(_Model):
     status: AgentUpgradeStatus | None = None
 
 
+# -- PriorityClass (scheduling.k8s.io/v1) ------------------------------------------------
+
+SYSTEM_PRIORITY_CLASSES: dict[str, int] = {"system-node-critical": 2_000_001_000,
+                                           "system-cluster-critical": 2_000_000_000}
+"""Kubernetes' built-in classes; they always exist (cloudcore creates them at load)."""
+HIGHEST_USER_PRIORITY = 1_000_000_000
+"""The highest value a user's PriorityClass may have (Kubernetes' limit)."""
+
+
+class PriorityClass(_Model):
+    """A scheduling.k8s.io/v1 PriorityClass (cluster-scoped): pods naming it in
+    `priorityClassName` get its `value` as `spec.priority`; the one `globalDefault` class
+    gives pods that name none theirs. Names starting `system-` are Kubernetes' built-in
+    classes only, and a user's value is at most 1,000,000,000, as in Kubernetes."""
+
+    api_version: Literal["scheduling.k8s.io/v1"] = "scheduling.k8s.io/v1"
+    kind: Literal["PriorityClass"] = "PriorityClass"
+    metadata: NamespaceMeta
+    value: int = Field(ge=-2_147_483_648, le=max(SYSTEM_PRIORITY_CLASSES.values()))
+    global_default: bool = False
+    description: str = Field(default="", max_length=1024)
+    preemption_policy: Literal["PreemptLowerPriority", "Never"] | None = None
+    """Accepted; edgefed never preempts (docs/pods.md, "Priority")."""
+
+    @field_validator("metadata")
+    @classmethod
+    def _reserved_name(cls, meta: NamespaceMeta) -> NamespaceMeta:
+        if meta.name.startswith("system-") and meta.name not in SYSTEM_PRIORITY_CLASSES:
+            raise ValueError(f"name {meta.name!r}: the prefix 'system-' is reserved for the "
+                             f"built-in classes ({', '.join(SYSTEM_PRIORITY_CLASSES)})")
+        return meta
+
+    @field_validator("value")
+    @classmethod
+    def _value(cls, value: int, info: ValidationInfo) -> int:
+        meta = info.data.get("metadata")
+        name = meta.name if isinstance(meta, NamespaceMeta) else ""
+        builtin = SYSTEM_PRIORITY_CLASSES.get(name)
+        if builtin is not None and value != builtin:
+            raise ValueError(f"{name} is a built-in class with value {builtin}")
+        if builtin is None and value > HIGHEST_USER_PRIORITY:
+            raise ValueError(f"at most {HIGHEST_USER_PRIORITY} (higher values are for the "
+                             "built-in system classes)")
+        return value
+
+
 Workload = DaemonSet | Deployment | Pod
 KINDS: dict[str, type[_Model]] = {
     "Pod": Pod,
@@ -602,6 +648,7 @@ KINDS: dict[str, type[_Model]] = {
     "Namespace": Namespace,
     "Node": Node,
     "AgentUpgrade": AgentUpgrade,
+    "PriorityClass": PriorityClass,
 }
 # API_VERSIONS and CLUSTER_KINDS come from the one kind table (shared/kinds.py),
 # re-exported here for the modules that import them from the models.

@@ -1059,7 +1059,12 @@ class PodSpec(Spec, kw_only=True, frozen=True):
     automount_service_account_token: bool | None = None
     """Recorded; no token is ever mounted (the pod's status message says so)."""
     priority_class_name: str | None = None
-    """Recorded (for the eviction order under pressure, later)."""
+    """The PriorityClass whose value the pod gets as `priority` (cloudcore's admission
+    resolves it: docs/pods.md, "Priority")."""
+    priority: Annotated[int, Meta(ge=-2147483648, le=2000001000)] | None = None
+    """Set by cloudcore from the PriorityClass (a value written by hand must equal it);
+    None: 0. Higher goes first where the cloud must choose: moves off a lost node and
+    pending pods placed on scarce capacity."""
     dns_policy: Literal["ClusterFirst", "ClusterFirstWithHostNet", "Default", "None"] | None \
         = None
     """ClusterFirst (Kubernetes' default) and ClusterFirstWithHostNet are Default at the

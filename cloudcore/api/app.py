@@ -74,7 +74,8 @@ log = logging.getLogger("cloudcore.api")
 
 PLURALS = {"nodes": "Node", "pods": "Pod", "daemonsets": "DaemonSet",
            "deployments": "Deployment", "configmaps": "ConfigMap", "secrets": "Secret",
-           "namespaces": "Namespace", "agentupgrades": "AgentUpgrade"}
+           "namespaces": "Namespace", "agentupgrades": "AgentUpgrade",
+           "priorityclasses": "PriorityClass"}
 MAX_DOCUMENTS = 1000
 JOINS = "cloudcore_joins_total"
 REFUSED = "cloudcore_api_refused_total"
@@ -1000,6 +1001,23 @@ def create_app(fleet: Fleet, *, metrics: Metrics,
         return {"exitCode": msg.exit_code,
                 "stdout": b"".join(out["stdout"]).decode(errors="replace"),
                 "stderr": b"".join(out["stderr"]).decode(errors="replace")}
+
+    @app.get("/api/v1/priorityclasses/{name}", summary="Get one PriorityClass",
+             tags=["objects"], dependencies=[reader])
+    async def get_priority_class(name: str) -> dict[str, Any]:
+        return fleet.get("PriorityClass", None, name)
+
+    @app.delete("/api/v1/priorityclasses/{name}", summary="Delete a PriorityClass (operator)",
+                tags=["objects"], dependencies=[operator],
+                responses={409: {"model": ErrorBody}},
+                description="Pods keep the priority they got from it (as in Kubernetes); "
+                            "a pod or template naming it is refused at its next apply. "
+                            "The built-in system-node-critical and system-cluster-critical "
+                            "cannot be deleted (409).")
+    async def delete_priority_class(name: str) -> dict[str, Any]:
+        deleted = fleet.delete("PriorityClass", None, name)
+        await flush()
+        return {"deleted": deleted}
 
     @app.get("/api/v1/agentupgrades/{name}", summary="Get one AgentUpgrade",
              tags=["objects"], dependencies=[reader])

@@ -7,6 +7,15 @@ created by a Namespace document of the same apply is refused with `NamespaceNotF
 (HTTP 404, `namespaces "X" not found`), unless the apply asks for missing namespaces
 to be created (`create_namespaces`, fedctl's `--create-namespace`, as Helm's).
 
+Priority (Kubernetes' Priority plugin): a pod spec (a Pod's, or a DaemonSet's or
+Deployment's template) naming `priorityClassName` gets that PriorityClass's value as
+`spec.priority`; one naming none gets the `globalDefault` class's name and value if
+there is one (else no priority, which counts as 0). A class that does not exist is
+refused (Kubernetes refuses the pod; here the workload too, at apply, so the error is
+where the user looks), and so is a hand-written `priority` that differs from the
+class's. PriorityClasses of the same apply count. A class's `value` cannot change (as
+in Kubernetes: delete and create it again), and only one class is `globalDefault`.
+
 Pod security: every apply (and dry run: both go through `Fleet.plan`) passes its objects here before
 anything changes. A Pod, or a DaemonSet's or Deployment's pod template, is checked
 against its namespace's level (the `pod-security.kubernetes.io/enforce` label of the
@@ -30,11 +39,22 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
+
 from cloudcore.errors import ConfigError, NamespaceNotFound
 from cloudcore.fleet.objects import ALWAYS_NAMESPACES
 from shared.errors import ObjectError
 from shared.kinds import NAMESPACED_KINDS
-from shared.models import DaemonSet, Deployment, Namespace, Pod, PodSpec
+from shared.models import (
+    SYSTEM_PRIORITY_CLASSES,
+    DaemonSet,
+    Deployment,
+    Namespace,
+    NamespaceMeta,
+    Pod,
+    PodSpec,
+    PriorityClass,
+)
 from shared.policy import (
     ENFORCE_LABEL,
     HOST_PATH_ANNOTATION,
@@ -112,7 +132,8 @@ class Admission:
             return "restricted"
 
     def admit(self, objs: list[Any], namespaces: Mapping[str, Namespace], *,
-              create_namespaces: bool = False) -> list[str]:
+              create_namespaces: bool = False,
+              classes: Mapping[str, PriorityClass] | None = None) -> list[str]:
         """Check every object in `objs` and stamp the workloads that pass; raise
         NamespaceNotFound (the first object's namespace that does not exist),
         PolicyRefused (every violation) or ObjectError (a Namespace label that is not a
@@ -121,6 +142,7 @@ class Admission:
         missing = missing_namespaces(objs, namespaces)
         if missing and not create_namespaces:
             raise NamespaceNotFound(missing[0])
+        priorities = resolve_priorities(objs, classes or {})
         levels = dict(namespaces)
         for obj in objs:
             if isinstance(obj, Namespace):
@@ -151,7 +173,69 @@ class Admission:
         for annotations, admitted in stamps:
             annotations.pop(HOST_PATH_ANNOTATION, None)
             annotations.update(admitted.annotations())
+        for obj, (name, value) in priorities:
+            _set_spec(obj, msgspec.structs.replace(_pod_spec_of(obj), priority_class_name=name,
+                                                   priority=value))
         return missing
+
+
+def resolve_priorities(objs: list[Any], stored: Mapping[str, PriorityClass]
+                       ) -> list[tuple[Any, tuple[str, int]]]:
+    """(workload, (class name, priority)) for every workload of `objs` that gets a
+    priority; raise ObjectError for a class that does not exist, a hand-written
+    priority that differs, a changed class value or a second globalDefault."""
+    classes = dict(stored)
+    for obj in objs:
+        if isinstance(obj, PriorityClass):
+            name = obj.metadata.name
+            old = classes.get(name)
+            if old is not None and old.value != obj.value:
+                raise ObjectError(f"PriorityClass {name}: value: may not be changed (from "
+                                  f"{old.value} to {obj.value}); delete the class and "
+                                  "create it again", field="value")
+            classes[name] = obj
+    defaults = sorted(n for n, c in classes.items() if c.global_default)
+    if len(defaults) > 1:
+        raise ObjectError(f"PriorityClass: only one class may be globalDefault, not "
+                          f"{' and '.join(defaults)}", field="globalDefault")
+    for name, value in SYSTEM_PRIORITY_CLASSES.items():  # a fleet that was never loaded
+        classes.setdefault(name, PriorityClass(metadata=NamespaceMeta(name=name),
+                                               value=value))
+    out: list[tuple[Any, tuple[str, int]]] = []
+    for obj in objs:
+        target = _pod_spec(obj)
+        if target is None:
+            continue
+        spec, path, _ = target
+        name = spec.priority_class_name or (defaults[0] if defaults else None)
+        what = f"{obj.kind} {obj.metadata.namespace}/{obj.metadata.name}"
+        if name is None:
+            if spec.priority not in (None, 0):
+                raise ObjectError(f"{what}: {path}.priority: set from a PriorityClass "
+                                  f"(priorityClassName), not by hand ({spec.priority})",
+                                  field=f"{path}.priority")
+            continue
+        cls = classes.get(name)
+        if cls is None:
+            raise ObjectError(f"{what}: {path}.priorityClassName: no PriorityClass with "
+                              f"name {name} was found", field=f"{path}.priorityClassName")
+        if spec.priority is not None and spec.priority != cls.value:
+            raise ObjectError(f"{what}: {path}.priority: {spec.priority} differs from the "
+                              f"value {cls.value} of PriorityClass {name} (leave it out: "
+                              "it is set from the class)", field=f"{path}.priority")
+        out.append((obj, (name, cls.value)))
+    return out
+
+
+def _pod_spec_of(obj: Any) -> PodSpec:
+    return obj.spec if isinstance(obj, Pod) else obj.spec.template.spec  # type: ignore[no-any-return]
+
+
+def _set_spec(obj: Any, spec: PodSpec) -> None:
+    if isinstance(obj, Pod):
+        obj.spec = spec
+    else:
+        obj.spec.template.spec = spec
 
 
 def missing_namespaces(objs: list[Any], namespaces: Mapping[str, Namespace]) -> list[str]:

@@ -66,6 +66,7 @@ from shared.entries import CONFIGMAP, SECRET
 from shared.errors import ObjectError
 from shared.models import (
     CLUSTER_KINDS,
+    SYSTEM_PRIORITY_CLASSES,
     AgentUpgrade,
     ConfigMap,
     DaemonSet,
@@ -73,6 +74,7 @@ from shared.models import (
     Namespace,
     Node,
     Pod,
+    PriorityClass,
     Secret,
 )
 
@@ -255,7 +257,8 @@ class Fleet:
               create_namespaces: bool) -> tuple[list[ApplyResult], list[str]]:
         """(`plan`'s results, the namespaces `apply` must create first)."""
         missing = self.admission.admit(objs, self.objects.namespaces,
-                                       create_namespaces=create_namespaces)
+                                       create_namespaces=create_namespaces,
+                                       classes=self.objects.priorityclasses)
         out = []
         for obj in objs:
             kind, ns, name = ident(obj)
@@ -303,7 +306,7 @@ class Fleet:
                 self.objects.put(obj.normalised())
                 self.desired_sets.config_changed(SECRET, obj.metadata.namespace,
                                                  obj.metadata.name)
-            elif isinstance(obj, Namespace):
+            elif isinstance(obj, Namespace | PriorityClass):
                 self.objects.put(obj)
             elif isinstance(obj, AgentUpgrade):
                 self.upgrades.apply(obj)
@@ -361,6 +364,8 @@ class Fleet:
             raise NotFound(kind, name if kind in CLUSTER_KINDS else f"{key[0]}/{name}")
         if kind == "Namespace":
             self.objects.check_namespace_deletable(name)
+        if kind == "PriorityClass" and name in SYSTEM_PRIORITY_CLASSES:
+            raise Conflict(f'priorityclasses "{name}" cannot be deleted: it is built in')
         if kind == "Pod":
             # delete_pod removes it from the table, the store and its node's desired set
             self.workloads.delete_pod(key)

@@ -11,6 +11,13 @@ without `tolerationSeconds` tolerates forever, <= 0 moves at once), or else the
 cloud-wide default `pod_eviction_timeout` (5 min, as Kubernetes'
 DefaultTolerationSeconds).
 
+Order: the replicas of a node whose toleration ran out are moved in priority order
+(`spec.priority`, from their PriorityClass: higher first, then by name), so when the
+other nodes have room for only some of them, the higher ones get it and the lower ones
+stay (EvictionBlocked, retried). This is the cloud's whole use of priority: nothing is
+preempted to make room, and the agent has no eviction under memory or disk pressure
+(docs/pods.md, "Priority").
+
 What moves: Deployment replicas only. DaemonSet pods belong to their node, pods
 pinned with `spec.nodeName` cannot go anywhere else, and a bare Pod has no
 controller to recreate it (Kubernetes would delete it; here it stays). A replica is
@@ -39,7 +46,7 @@ from cloudcore.fleet.desired import DesiredSets
 from cloudcore.fleet.events import EventLog
 from cloudcore.fleet.nodes import Nodes
 from cloudcore.fleet.objects import Objects
-from cloudcore.fleet.placement import Placement
+from cloudcore.fleet.placement import Placement, by_priority
 from cloudcore.scheduler import Scheduler
 from shared.models import Pod, Toleration
 
@@ -130,7 +137,8 @@ class Eviction:
                 self.observe(name, "Ready" if node is not None else "Gone")
                 continue
             next_at = math.inf
-            for key in sorted(self.placement.on_node(name)):
+            # higher priority first: on scarce capacity the higher ones get the room
+            for key in by_priority(self.placement.on_node(name), self.objects.pods):
                 pod = self.objects.pods.get(key)
                 if pod is None or not _movable(pod, name):
                     continue

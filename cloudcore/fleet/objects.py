@@ -37,6 +37,7 @@ from shared.kinds import ALL as KINDS_IN_ORDER
 from shared.kinds import KIND_DB, NAMESPACED_KINDS, REDACTED
 from shared.models import (
     CLUSTER_KINDS,
+    SYSTEM_PRIORITY_CLASSES,
     AgentUpgrade,
     ConfigMap,
     DaemonSet,
@@ -45,6 +46,7 @@ from shared.models import (
     NamespaceMeta,
     Node,
     Pod,
+    PriorityClass,
     Secret,
 )
 
@@ -180,11 +182,12 @@ class Objects:
         self.secrets: dict[Key, Secret] = Table()
         self.namespaces: dict[str, Namespace] = Table()
         self.agentupgrades: dict[str, AgentUpgrade] = Table()
+        self.priorityclasses: dict[str, PriorityClass] = Table()
         self._tables: dict[str, dict[Any, Any]] = {
             "Node": self.nodes, "Pod": self.pods, "DaemonSet": self.daemonsets,
             "Deployment": self.deployments, "ConfigMap": self.configmaps,
             "Secret": self.secrets, "Namespace": self.namespaces,
-            "AgentUpgrade": self.agentupgrades}
+            "AgentUpgrade": self.agentupgrades, "PriorityClass": self.priorityclasses}
         self._sinks: list[ChangeSink] = []
         self._sorted: dict[str, tuple[int, list[Any]]] = {}
 
@@ -205,7 +208,23 @@ class Objects:
             self.namespaces[name] = Namespace.model_validate(raw)
         for name, raw in records.get("agentupgrades", {}).items():
             self.agentupgrades[name] = AgentUpgrade.model_validate(raw)
+        for name, raw in records.get("priorityclasses", {}).items():
+            self.priorityclasses[name] = PriorityClass.model_validate(raw)
         self.adopt_namespaces()
+        self.adopt_priority_classes()
+
+    def adopt_priority_classes(self) -> list[str]:
+        """Create Kubernetes' built-in PriorityClasses (system-node-critical,
+        system-cluster-critical) when absent, as Kubernetes does at start; returns the
+        names created."""
+        created = [n for n in SYSTEM_PRIORITY_CLASSES if n not in self.priorityclasses]
+        for name in created:
+            self.put(PriorityClass(metadata=NamespaceMeta(name=name),
+                                   value=SYSTEM_PRIORITY_CLASSES[name],
+                                   description="Kubernetes' built-in class (edgefed "
+                                               "creates it)"))
+            log.info("created PriorityClass %s (built in)", name)
+        return created
 
     def adopt_namespaces(self) -> list[str]:
         """Create the Namespace objects that must exist and do not: `default` and

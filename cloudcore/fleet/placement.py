@@ -24,7 +24,7 @@ part sits above this one and never the other way round.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from cloudcore.fleet import naming
@@ -265,13 +265,15 @@ class Placement:
         return self.scheduler.check(pod.spec, view, daemon=daemon) is None
 
     def retry_pending(self) -> None:
-        """Try to place every pending pod (in name order)."""
+        """Try to place every pending pod: higher `spec.priority` first (when capacity is
+        scarce the higher ones get it, as Kubernetes' scheduling queue orders pods), then
+        in name order."""
         nodes, pods = self.objects.nodes, self.objects.pods
         if not nodes:
             for key in self._pending:
                 self._explain_pending(key, unschedulable_message(0, Counter()))
             return
-        for key in sorted(self._pending):
+        for key in by_priority(self._pending, pods):
             pod = pods.get(key)
             if pod is None:
                 self._pending.discard(key)
@@ -332,6 +334,16 @@ class Placement:
         self.objects.save("Pod", key)
         self.events.add(type="Warning", reason="FailedScheduling",
                         obj=f"Pod/{key[0]}/{key[1]}", message=message)
+
+
+def by_priority(keys: Iterable[Key], pods: Mapping[Key, Any]) -> list[Key]:
+    """`keys` with higher pod priority (`spec.priority`, None counting as 0) first, then
+    in name order; a key without a pod sorts as priority 0."""
+    def order(key: Key) -> tuple[int, Key]:
+        pod = pods.get(key)
+        return (-(pod.spec.priority or 0) if pod is not None else 0, key)
+
+    return sorted(keys, key=order)
 
 
 _EMPTY: set[Key] = set()

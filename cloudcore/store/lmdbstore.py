@@ -24,7 +24,7 @@ log = logging.getLogger("cloudcore.store")
 
 DBS = ("nodes", "daemonsets", "deployments", "pods", "configmaps", "desired", "reportseq",
        "meta", "tokens", "credentials", "secrets", "namespaces", "deletednodes", "rollouts",
-       "agentupgrades", "upgradenodes")
+       "agentupgrades", "upgradenodes", "priorityclasses")
 """Named databases: one per object kind, plus per-node desired sets (NodeDesired
 records), per-node last processed report seq, meta (the store epoch), join and API
 tokens (hashed), per-node broker credentials (hashed) and the names of deleted nodes

@@ -11,7 +11,7 @@ def test_every_model_kind_is_in_the_table_and_back() -> None:
 
 
 def test_scope_store_and_names() -> None:
-    assert {"Node", "Namespace", "AgentUpgrade"} == kinds.CLUSTER_KINDS
+    assert {"Node", "Namespace", "AgentUpgrade", "PriorityClass"} == kinds.CLUSTER_KINDS
     assert {"Pod", "DaemonSet", "Deployment", "ConfigMap", "Secret"} == kinds.NAMESPACED_KINDS
     assert kinds.KIND_DB["DaemonSet"] == "daemonsets"
     assert kinds.API_VERSIONS["Deployment"] == "apps/v1"

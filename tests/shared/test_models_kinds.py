@@ -11,7 +11,7 @@ from shared.models import API_VERSIONS, CLUSTER_KINDS, KINDS, Namespace, Secret,
 def test_registered() -> None:
     assert KINDS["Secret"] is Secret and KINDS["Namespace"] is Namespace
     assert API_VERSIONS["Secret"] == API_VERSIONS["Namespace"] == "v1"
-    assert {"Node", "Namespace", "AgentUpgrade"} == CLUSTER_KINDS
+    assert {"Node", "Namespace", "AgentUpgrade", "PriorityClass"} == CLUSTER_KINDS
 
 
 def test_secret_parse_and_normalise() -> None:

@@ -229,7 +229,7 @@ FULL: dict[str, Any] = {
     "hostUsers": False,
     "serviceAccountName": "web",
     "automountServiceAccountToken": False,
-    "priorityClassName": "edge-critical",
+    "priorityClassName": "edge-critical", "priority": 1000,
     "dnsPolicy": "None",
     "dnsConfig": {"nameservers": ["10.0.0.53", "fd00::53"], "searches": ["shop.local."],
                   "options": [{"name": "ndots", "value": "2"}, {"name": "edns0"}]},
