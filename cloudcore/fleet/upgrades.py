@@ -47,8 +47,10 @@ or while nodes are in progress (their deadlines).
 
 from __future__ import annotations
 
+import heapq
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -80,6 +82,9 @@ DEADLINE_MARGIN = 60.0
 """Seconds added to healthDeadlineSeconds before the cloud calls a told node failed:
 the node's own deadline counts from its restart, after the download and checks."""
 MAX_FAILURES_SHOWN = 50
+MAX_TELL_PER_TICK = 2000
+"""Nodes told per tick at most (a bigger batch takes several ticks), so one tick holds the
+event loop for tens of milliseconds (testbed/bench_upgrade.py)."""
 MAX_MESSAGE = 1000
 
 
@@ -117,23 +122,64 @@ class _Told:
 
 @dataclass
 class _State:
-    """One AgentUpgrade's memory: the nodes it told, and whether it aborted."""
+    """One AgentUpgrade's memory: the nodes it told, whether it aborted, and where each
+    of its nodes stands (kept up to date node by node, so a tick costs what changed)."""
 
     version: str
     told: dict[str, _Told] = field(default_factory=dict)
     aborted: bool = False
     completed: bool = False  # the Complete event was sent for the current run
+    full: bool = True
+    """Classify every node again on the next tick (new spec, selection, abort, load)."""
+    cls: dict[str, str] = field(default_factory=dict)
+    """node -> upgraded | waiting | candidate | progress | failed; after an abort, told
+    (sent back), back (runs its previous version again) or held (never told)."""
+    count: Counter[str] = field(default_factory=Counter)
+    candidates: set[str] = field(default_factory=set)
+    queue: list[str] = field(default_factory=list)
+    """A heap of candidates' names, smallest first (stale names are skipped on pop)."""
+    progress: set[str] = field(default_factory=set)
+    failed: set[str] = field(default_factory=set)
+    """Told nodes that failed (their memo says why)."""
 
+    def set_class(self, node: str, cls: str | None) -> bool:
+        """Record where `node` stands (None: not this AgentUpgrade's); True if it moved."""
+        old = self.cls.get(node)
+        if old == cls:
+            return False
+        if old is not None:
+            self.count[old] -= 1
+            self.candidates.discard(node)
+            self.progress.discard(node)
+        if cls is None:
+            del self.cls[node]
+            return True
+        self.cls[node] = cls
+        self.count[cls] += 1
+        if cls == "candidate":
+            self.candidates.add(node)
+            heapq.heappush(self.queue, node)
+        elif cls == "progress":
+            self.progress.add(node)
+        return True
 
-@dataclass
-class _Scan:
-    total: int = 0
-    upgraded: int = 0
-    in_progress: int = 0
-    waiting: int = 0
-    rolled_back: int = 0
-    candidates: list[str] = field(default_factory=list)
-    new_failures: list[str] = field(default_factory=list)
+    def next_candidates(self, n: int) -> list[str]:
+        """The `n` smallest candidates by name (they stay candidates until told)."""
+        out: list[str] = []
+        while self.queue and len(out) < n:
+            node = heapq.heappop(self.queue)
+            if node in self.candidates and (not out or out[-1] != node):
+                out.append(node)
+        for node in out:  # still candidates until the caller tells them
+            heapq.heappush(self.queue, node)
+        return out
+
+    def reset(self) -> None:
+        self.cls.clear()
+        self.count.clear()
+        self.candidates.clear()
+        self.queue.clear()
+        self.progress.clear()
 
 
 def _key(report: AgentUpgradeReport | None) -> tuple[str, str, str] | None:
@@ -156,8 +202,9 @@ class Upgrades:
         self.clock = clock
         """Monotonic seconds: the health deadlines count on it (tests set it)."""
         self._states: dict[str, _State] = {}
-        self._dirty = True
-        self._moving = False  # nodes in progress: scan every tick (deadlines)
+        self._owner: dict[str, str] = {}  # node -> the newest AgentUpgrade selecting it
+        self._reselect = True  # labels, nodes or AgentUpgrades changed: owners again
+        self._changed: set[str] = set()  # nodes whose status or readiness changed
 
     # -- loading ------------------------------------------------------------------------
 
@@ -173,12 +220,14 @@ class Upgrades:
             if rec.get("version") != st.version:
                 self.store.delete(DB, key)
                 continue
-            st.told[node] = _Told.from_record(rec)
+            memo = st.told[node] = _Told.from_record(rec)
+            if memo.failed is not None:
+                st.failed.add(node)
         for au in self.objects.agentupgrades.values():
             st = self._state(au)
             st.aborted = au.status is not None and au.status.phase == "Aborted"
             st.completed = au.status is not None and au.status.phase == "Complete"
-        self._dirty = True
+        self._reselect = True
 
     def _state(self, au: AgentUpgrade) -> _State:
         st = self._states.get(au.metadata.name)
@@ -207,8 +256,8 @@ class Upgrades:
         if old is not None and old.status is not None:
             au.status = old.status.model_copy(deep=True)
         self.objects.put(au)
-        self._state(au)
-        self._dirty = True
+        self._state(au).full = True
+        self._reselect = True
 
     def deleted(self, name: str) -> None:
         """An AgentUpgrade was deleted (the caller removed the object): its entries go,
@@ -221,56 +270,91 @@ class Upgrades:
         for node, value in self.desired.entries_of(AGENT_RELEASE_KEY).items():
             if isinstance(value, dict) and value.get("upgrade") == name:
                 self.desired.put_entry(node, AGENT_RELEASE_KEY, None)
-        self._dirty = True
+        self._reselect = True
 
     def node_changed(self, name: str) -> None:
-        """A node's agent status, readiness or labels changed, or it was deleted."""
-        self._dirty = True
+        """A node's agent status or readiness changed."""
+        if self._states:
+            self._changed.add(name)
+
+    def selection_changed(self) -> None:
+        """A node joined, was deleted or changed labels: which AgentUpgrade selects
+        which node is worked out again on the next tick."""
+        self._reselect = True
 
     # -- the tick -----------------------------------------------------------------------
 
     def tick(self) -> bool:
         """Advance every AgentUpgrade; True if a node's release entry changed (the caller
-        commits the desired sets)."""
-        if not self._states or not (self._dirty or self._moving):
+        commits the desired sets). Costs what changed: the nodes whose status or
+        readiness changed and those in progress (their deadlines), unless the selection
+        changed (then every node once)."""
+        if not self._states:
+            self._changed.clear()
             return False
-        self._dirty = False
+        moving = any(st.progress and not st.aborted for st in self._states.values())
+        if not (self._reselect or self._changed or moving
+                or any(st.full for st in self._states.values())):
+            return False
         now = self.clock()
-        nodes = self.objects.nodes
         ups = sorted(self.objects.agentupgrades.values(),
                      key=lambda a: (a.metadata.creation_timestamp or "", a.metadata.name),
                      reverse=True)
-        owner: dict[str, str] = {}  # node -> the newest AgentUpgrade selecting it
-        for au in ups:
-            sel = au.spec.selector
-            for name, node in nodes.items():
-                if name not in owner and sel.matches(node.metadata.labels):
-                    owner[name] = au.metadata.name
-        by_upgrade: dict[str, list[str]] = {}
-        for name in sorted(owner):
-            by_upgrade.setdefault(owner[name], []).append(name)
+        mine: dict[str, list[str]] | None = None
+        if self._reselect:
+            self._reselect = False
+            self._owner = {}
+            for au in ups:
+                sel = au.spec.selector
+                for name, node in self.objects.nodes.items():
+                    if name not in self._owner and sel.matches(node.metadata.labels):
+                        self._owner[name] = au.metadata.name
+            mine = {}
+            for name in sorted(self._owner):
+                mine.setdefault(self._owner[name], []).append(name)
+        changed_nodes, self._changed = self._changed, set()
         changed = False
-        moving = False
         for au in ups:
+            name = au.metadata.name
             st = self._state(au)
-            mine = by_upgrade.get(au.metadata.name, [])
-            self._forget_gone(au.metadata.name, st, mine)
-            sc = self._scan(au, st, mine, now)
-            changed |= self._advance(au, st, sc)
-            moving |= sc.in_progress > 0 and not st.aborted
-            self._status(au, st, sc)
-        self._moving = moving
+            if mine is not None:
+                st.full = True
+                self._forget_gone(name, st)
+            full = st.full
+            if full:
+                st.full = False
+                st.reset()
+                ours = mine.get(name, []) if mine is not None else [
+                    n for n, o in self._owner.items() if o == name]
+                names = sorted(set(ours) | set(st.told))
+                changed |= self._entries(au, st)
+            else:
+                names = sorted({n for n in changed_nodes if n in st.cls or n in st.told}
+                               | st.progress)
+            moved = False
+            for node in names:
+                moved |= st.set_class(node, self._classify(au, st, node, now))
+            aborted = st.aborted
+            changed |= self._advance(au, st)
+            if st.aborted and not aborted:  # every told node stands elsewhere now
+                st.reset()
+                for node in sorted(set(self._ours(name)) | set(st.told)):
+                    st.set_class(node, self._classify(au, st, node, now))
+                moved = True
+            if moved or names or full or au.status is None:
+                self._status(au, st)
         return changed
 
-    def _forget_gone(self, name: str, st: _State, mine: list[str]) -> None:
-        """Told nodes that were deleted, or that a newer AgentUpgrade now owns (which
-        sets their entry): forgotten here. A node whose labels stopped matching keeps
-        its entry and memory (it was told; it stays told)."""
+    def _ours(self, name: str) -> list[str]:
+        return [n for n, o in self._owner.items() if o == name]
+
+    def _forget_gone(self, name: str, st: _State) -> None:
+        """Told nodes that were deleted, or whose entry a newer AgentUpgrade took: forgotten
+        here. A node whose labels stopped matching stays told (and keeps its entry)."""
         nodes = self.objects.nodes
-        taken = set(mine)
-        for node in [n for n in st.told if n not in nodes or (n not in taken
-                                                              and self._owned(n, name))]:
+        for node in [n for n in st.told if n not in nodes or self._owned(n, name)]:
             del st.told[node]
+            st.failed.discard(node)
             self.store.delete(DB, f"{name}/{node}")
             if node not in nodes:
                 self.desired.put_entry(node, AGENT_RELEASE_KEY, None)
@@ -280,103 +364,109 @@ class Upgrades:
         value = self.desired.entry(node, AGENT_RELEASE_KEY)
         return isinstance(value, dict) and value.get("upgrade") not in (None, name)
 
-    def _scan(self, au: AgentUpgrade, st: _State, mine: list[str], now: float) -> _Scan:
-        """Count the selected nodes; find candidates, new failures and deadlines."""
+    def _classify(self, au: AgentUpgrade, st: _State, name: str, now: float) -> str | None:
+        """Where `name` stands in `au` (None: not one of its nodes); notes a told node's
+        failure (report or deadline) on the way."""
+        node = self.objects.nodes.get(name)
+        memo = st.told.get(name)
+        if node is None or (memo is not None and self._owned(name, au.metadata.name)):
+            if memo is not None:  # deleted, or a newer AgentUpgrade told it meanwhile
+                del st.told[name]
+                st.failed.discard(name)
+                self.store.delete(DB, f"{au.metadata.name}/{name}")
+                if node is None:
+                    self.desired.put_entry(name, AGENT_RELEASE_KEY, None)
+            return None
+        if memo is None and self._owner.get(name) != au.metadata.name:
+            return None
         version = au.spec.version
-        limit = au.spec.health_deadline_seconds + DEADLINE_MARGIN
-        nodes = self.objects.nodes
-        sc = _Scan()
-        told = dict(st.told)  # told nodes that no longer match are still counted
-        names = list(mine) + sorted(n for n in told if n not in set(mine))
-        for name in names:
-            node = nodes[name]
-            sc.total += 1
-            s = node.status
-            ready = s.ready == "Ready"
-            report = parse_agent_upgrade(s.agent_upgrade)
-            memo = told.get(name)
-            if memo is None:
-                if s.agent_version == version:
-                    sc.upgraded += 1
-                elif not ready:
-                    sc.waiting += 1
-                else:
-                    sc.candidates.append(name)
-                continue
+        s = node.status
+        ready = s.ready == "Ready"
+        if memo is None:
+            if s.agent_version == version:
+                return "upgraded"
             if st.aborted:
-                if memo.previous is not None and s.agent_version == memo.previous:
-                    sc.rolled_back += 1
-                continue
-            if memo.failed is not None:
-                continue
-            if (s.agent_version == version and report is not None
-                    and report.version == version and report.phase == "Healthy"):
-                sc.upgraded += 1
-                continue
-            if not ready:
-                memo.seen = None  # its deadline does not count while it is away
-                sc.waiting += 1
-                continue
-            if memo.seen is not None:
-                memo.ready_for += max(0.0, now - memo.seen)
-            memo.seen = now
-            why: tuple[str, str] | None = None
-            if (report is not None and report.version == version
-                    and report.phase in UPGRADE_TERMINAL_FAILURES
-                    and _key(report) != memo.stale):
-                why = (report.phase, report.message)
-            elif memo.ready_for > limit:
-                why = ("Timeout", f"not healthy at {version} {limit:g} s (Ready time) after "
-                                  f"it was told to upgrade; last report: "
-                                  + (f"{report.phase} {report.version}"
-                                     + (f": {report.message}" if report.message else "")
-                                     if report is not None else "none"))
-            if why is None:
-                sc.in_progress += 1
-                continue
-            memo.failed = (why[0], why[1][:MAX_MESSAGE])
-            self.store.put(DB, f"{au.metadata.name}/{name}", memo.record(version))
-            sc.new_failures.append(name)
-            self.events.add(type="Warning", reason="AgentUpgradeFailed", obj=f"Node/{name}",
-                            message=f"{au.metadata.name}: {why[0]}: {why[1]}"[:MAX_MESSAGE])
-        return sc
+                return "held"  # never told, and no longer will be
+            return "candidate" if ready else "waiting"
+        if st.aborted:
+            return "back" if memo.previous is not None and s.agent_version == memo.previous \
+                else "told"
+        if memo.failed is not None:
+            return "failed"
+        report = parse_agent_upgrade(s.agent_upgrade)
+        if (s.agent_version == version and report is not None
+                and report.version == version and report.phase == "Healthy"):
+            return "upgraded"
+        if not ready:
+            memo.seen = None  # its deadline does not count while it is away
+            return "waiting"
+        if memo.seen is not None:
+            memo.ready_for += max(0.0, now - memo.seen)
+        memo.seen = now
+        limit = au.spec.health_deadline_seconds + DEADLINE_MARGIN
+        why: tuple[str, str] | None = None
+        if (report is not None and report.version == version
+                and report.phase in UPGRADE_TERMINAL_FAILURES and _key(report) != memo.stale):
+            why = (report.phase, report.message)
+        elif memo.ready_for > limit:
+            last = "none" if report is None else (
+                f"{report.phase} {report.version}"
+                + (f": {report.message}" if report.message else ""))
+            why = ("Timeout", f"not healthy at {version} {limit:g} s (Ready time) after it "
+                              f"was told to upgrade; last report: {last}")
+        if why is None:
+            return "progress"
+        memo.failed = (why[0], why[1][:MAX_MESSAGE])
+        st.failed.add(name)
+        self.store.put(DB, f"{au.metadata.name}/{name}", memo.record(version))
+        self.events.add(type="Warning", reason="AgentUpgradeFailed", obj=f"Node/{name}",
+                        message=f"{au.metadata.name}: {why[0]}: {why[1]}"[:MAX_MESSAGE])
+        return "failed"
 
-    def _advance(self, au: AgentUpgrade, st: _State, sc: _Scan) -> bool:
-        """Abort, or tell the next batch; keep every told node's entry as it should be."""
+    def _advance(self, au: AgentUpgrade, st: _State) -> bool:
+        """Abort, or tell the next batch; True if a release entry changed."""
         name = au.metadata.name
-        failed = sum(1 for m in st.told.values() if m.failed is not None)
-        threshold = resolve_count(au.spec.failure_threshold, sc.total, round_up=False)
-        if not st.aborted and failed > threshold:
-            self._abort(au, st, failed, threshold)
-        if not st.aborted and not au.spec.paused and sc.candidates:
-            room = max(1, resolve_count(au.spec.max_unavailable, sc.total,
-                                        round_up=False)) - sc.in_progress
-            batch = sc.candidates[:max(0, room)]
-            for node in batch:
-                self._tell(au, st, node)
-            if batch:
-                sc.in_progress += len(batch)
-                sc.candidates = sc.candidates[len(batch):]
-                st.completed = False
-                self.events.add(type="Normal", reason="AgentUpgradeBatch",
-                                obj=f"AgentUpgrade/{name}",
-                                message=(f"{len(batch)} node(s) told to upgrade to "
-                                         f"{au.spec.version}: " + ", ".join(batch[:10])
-                                         + (" ..." if len(batch) > 10 else ""))
-                                [:MAX_MESSAGE])
-                log.info("agent upgrade %s: %d more node(s) told", name, len(batch))
+        total = len(st.cls)
+        threshold = resolve_count(au.spec.failure_threshold, total, round_up=False)
+        if not st.aborted and len(st.failed) > threshold:
+            self._abort(au, st, threshold)
+            return self._entries(au, st)
+        if st.aborted or au.spec.paused or not st.candidates:
+            return False
+        room = max(1, resolve_count(au.spec.max_unavailable, total, round_up=False)) \
+            - len(st.progress)
+        if room <= 0:
+            return False
+        batch = st.next_candidates(min(room, MAX_TELL_PER_TICK))  # in name order
+        entry = self._entry(au, None, aborted=False)
+        for node in batch:
+            self._tell(au, st, node)
+            self.desired.put_entry(node, AGENT_RELEASE_KEY, entry)
+            st.set_class(node, "progress")
+        st.completed = False
+        self.events.add(type="Normal", reason="AgentUpgradeBatch", obj=f"AgentUpgrade/{name}",
+                        message=(f"{len(batch)} node(s) told to upgrade to {au.spec.version}: "
+                                 + ", ".join(batch[:10]) + (" ..." if len(batch) > 10 else ""))
+                        [:MAX_MESSAGE])
+        log.info("agent upgrade %s: %d more node(s) told", name, len(batch))
+        return True
+
+    def _entries(self, au: AgentUpgrade, st: _State) -> bool:
+        """Every told node's entry as it should be (after a spec change, a load, an
+        abort); True if one changed."""
         changed = False
         for node, memo in st.told.items():
             changed |= self.desired.put_entry(node, AGENT_RELEASE_KEY,
                                               self._entry(au, memo, aborted=st.aborted))
         return changed
 
-    def _entry(self, au: AgentUpgrade, memo: _Told, *, aborted: bool) -> dict[str, Any] | None:
+    def _entry(self, au: AgentUpgrade, memo: _Told | None, *,
+               aborted: bool) -> dict[str, Any] | None:
         if not aborted:
             return agent_release_entry(version=au.spec.version, image=au.spec.image,
                                        upgrade=au.metadata.name,
                                        deadline=au.spec.health_deadline_seconds)
-        if memo.previous is None or memo.previous == au.spec.version:
+        if memo is None or memo.previous is None or memo.previous == au.spec.version:
             return None  # nothing known to go back to: it keeps what it runs
         return agent_release_entry(version=memo.previous, image=None,
                                    upgrade=au.metadata.name,
@@ -390,39 +480,46 @@ class Upgrades:
         st.told[name] = memo
         self.store.put(DB, f"{au.metadata.name}/{name}", memo.record(au.spec.version))
 
-    def _abort(self, au: AgentUpgrade, st: _State, failed: int, threshold: int) -> None:
+    def _abort(self, au: AgentUpgrade, st: _State, threshold: int) -> None:
         st.aborted = True
-        bad = sorted((n, m.failed) for n, m in st.told.items() if m.failed is not None)
-        worst = "; ".join(f"{n}: {why[0]}: {why[1]}" for n, why in bad[:3])
+        bad = sorted(st.failed)
+        worst = "; ".join(f"{n}: {st.told[n].failed[0]}: {st.told[n].failed[1]}"  # type: ignore[index]
+                          for n in bad[:3])
         more = f" (and {len(bad) - 3} more)" if len(bad) > 3 else ""
         back = sum(1 for m in st.told.values()
                    if m.previous is not None and m.previous != au.spec.version)
         self.events.add(
             type="Warning", reason="AgentUpgradeAborted", obj=f"AgentUpgrade/{au.metadata.name}",
-            message=(f"version {au.spec.version}: {failed} node(s) failed (threshold "
+            message=(f"version {au.spec.version}: {len(bad)} node(s) failed (threshold "
                      f"{threshold}): {worst}{more}; no new batches, {back} told node(s) "
                      f"sent back to their previous version")[:MAX_MESSAGE])
-        log.warning("agent upgrade %s aborted: %d failed nodes", au.metadata.name, failed)
+        log.warning("agent upgrade %s aborted: %d failed nodes", au.metadata.name, len(bad))
 
     # -- status -------------------------------------------------------------------------
 
-    def _status(self, au: AgentUpgrade, st: _State, sc: _Scan) -> None:
-        bad = sorted((n, m.failed) for n, m in st.told.items() if m.failed is not None)
-        failures = [AgentUpgradeFailure(node=n, reason=why[0], message=why[1])
-                    for n, why in bad[:MAX_FAILURES_SHOWN]]
-        waiting = f", {sc.waiting} waiting (not Ready)" if sc.waiting else ""
-        counts = (f"{sc.upgraded} of {sc.total} nodes at {au.spec.version}, "
-                  f"{sc.in_progress} in progress, {len(bad)} failed{waiting}")
+    def _status(self, au: AgentUpgrade, st: _State) -> None:
+        bad = sorted(st.failed)
+        failures = []
+        for n in bad[:MAX_FAILURES_SHOWN]:
+            why = st.told[n].failed
+            assert why is not None
+            failures.append(AgentUpgradeFailure(node=n, reason=why[0], message=why[1]))
+        c = st.count
+        total, upgraded = len(st.cls), c["upgraded"]
+        in_progress, waiting = c["progress"], c["waiting"]
+        note = f", {waiting} waiting (not Ready)" if waiting else ""
+        counts = (f"{upgraded} of {total} nodes at {au.spec.version}, "
+                  f"{in_progress} in progress, {len(bad)} failed{note}")
         phase: Literal["Progressing", "Complete", "Paused", "Aborted"]
         if st.aborted:
             told = sum(1 for m in st.told.values()
                        if m.previous is not None and m.previous != au.spec.version)
             phase = "Aborted"
-            message = (f"aborted: {len(bad)} failed; {sc.rolled_back} of {told} told "
+            message = (f"aborted: {len(bad)} failed; {c['back']} of {told} told "
                        f"node(s) back at their previous version; delete it to try again")
         elif au.spec.paused:
             phase, message = "Paused", counts
-        elif not sc.candidates and sc.in_progress == 0:
+        elif not st.candidates and not st.progress:
             phase, message = "Complete", counts
             if not st.completed:
                 st.completed = True
@@ -433,11 +530,9 @@ class Upgrades:
         else:
             phase, message = "Progressing", counts
         status = AgentUpgradeStatus(
-            observed_generation=au.metadata.generation, phase=phase, total=sc.total,
-            upgraded=sc.upgraded, in_progress=sc.in_progress, failed=len(bad),
-            waiting=sc.waiting, rolled_back=sc.rolled_back, message=message[:MAX_MESSAGE],
-            failures=failures)
+            observed_generation=au.metadata.generation, phase=phase, total=total,
+            upgraded=upgraded, in_progress=in_progress, failed=len(bad), waiting=waiting,
+            rolled_back=c["back"], message=message[:MAX_MESSAGE], failures=failures)
         if status != au.status:
             au.status = status
             self.objects.save("AgentUpgrade", au.metadata.name)
-

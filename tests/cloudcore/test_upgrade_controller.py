@@ -203,6 +203,9 @@ def test_a_told_node_that_goes_offline_keeps_its_entry_and_its_deadline_pauses()
     assert st.failed == 0  # away the whole time: never timed out
     assert st.waiting == 1
     w.online("n01")
+    w.step()  # back, still silent: its Ready time starts again from its return
+    assert w.status().failed == 0
+    assert w.status().in_progress == 1
     w.agents["n01"] = "ok"
     w.handled.pop("n01")
     w.step()
@@ -290,7 +293,7 @@ def test_pause_stops_new_batches_and_resume_goes_on() -> None:
 def test_version_cannot_change_and_delete_removes_the_entries() -> None:
     w = World(2)
     w.apply(upgrade_doc(batch=1))
-    with pytest.raises(ObjectError, match="spec.version cannot change") as err:
+    with pytest.raises(ObjectError, match=r"spec\.version cannot change") as err:
         w.apply({**upgrade_doc(), "spec": {**upgrade_doc()["spec"], "version": "1.0"}})
     assert err.value.field == "spec.version"
     assert w.told() == ["n01"]
@@ -356,3 +359,18 @@ def test_a_restart_mid_rollout_goes_on_from_where_it_was() -> None:
         again.step()
     assert again.status().phase == "Complete"
     assert isinstance(again.fleet.objects.agentupgrades[f"agent-{NEW}"], AgentUpgrade)
+
+
+def test_a_big_batch_is_told_over_several_ticks(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cloudcore.fleet import upgrades
+
+    monkeypatch.setattr(upgrades, "MAX_TELL_PER_TICK", 2)
+    w = World(5)
+    w.agents = dict.fromkeys(w.names, "silent")
+    w.apply(upgrade_doc(batch=5))
+    assert w.told() == ["n01", "n02"]
+    w.step()
+    assert w.told() == ["n01", "n02", "n03", "n04"]
+    w.step()
+    assert w.told() == w.names
+    assert w.status().in_progress == 5
