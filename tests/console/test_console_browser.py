@@ -322,7 +322,8 @@ async def test_a_daemonset_applied_with_fedctl_rolls_out_in_the_page_without_rel
         await page.evaluate("() => { window.__seen = []; }")
         out = await _in_thread(apply_probe, fleet, ticker("v2"))
         assert re.search(r"\bprobe configured\b", out), out
-        await page.wait_for_selector(f"{ROW} [data-col=phase]:text-is('Progressing')",
+        # (from the page's own record: the rollout may be over before fedctl returns)
+        await page.wait_for_function("() => window.__seen.some(s => s[0] === 'Progressing')",
                                      timeout=30_000)
         await shot(page, "workloads")
         await _in_thread(fleet.wait, lambda: probe_pods_running(fleet, "v2"), timeout=90,
