@@ -177,6 +177,9 @@ def waiting_for(pod: Pod, revision: str | None, *, placed: bool, since: float, n
         return "Pending" + (f": {s.message}" if s.message else " on no node")
     if since <= now and fresh:
         return f"Ready for {now - since:.0f} of minReadySeconds {min_ready} s"
+    if s.revision is None and s.phase == "Pending" and s.reason not in (None, "Scheduled"):
+        # the cloud's own word: why the pod cannot run there (Unschedulable, ...)
+        return f"Pending: {s.reason}" + (f": {s.message}" if s.message else "")
     if s.revision != revision or not fresh:
         return "not reported at this revision yet"
     why = failure(pod, revision) if revision is not None else None
