@@ -39,10 +39,14 @@ AgentUpgrade removes its entries: nodes then keep running what they run.
 `spec.version` cannot change (another version is another AgentUpgrade, `agent-V` by
 fedctl's naming); the other fields can.
 
-The controller is level-triggered and cheap when nothing moves: `tick()` (the fleet's
-liveness tick, and right after an apply) scans the selected nodes only after a node's
-agent status, readiness or labels changed (`node_changed`), an AgentUpgrade changed,
-or while nodes are in progress (their deadlines).
+The controller is level-triggered and costs what changed: it keeps where each node
+stands (upgraded, waiting, candidate, in progress, failed) and `tick()` (the fleet's
+liveness tick, and right after an apply) looks again only at the nodes whose agent
+status or readiness changed (`node_changed`) and at those in progress (their
+deadlines); which AgentUpgrade selects which node is worked out again, over every node,
+only after nodes joined, left or changed labels, or an AgentUpgrade changed
+(`selection_changed`, `apply`). At most `MAX_TELL_PER_TICK` nodes are told per tick.
+`python -m testbed.bench_upgrade` prints what a tick costs.
 """
 
 from __future__ import annotations

@@ -133,3 +133,22 @@ def test_names_and_counts() -> None:
     assert upgrade.match_labels("a=b, c=d") == {"a": "b", "c": "d"}
     with pytest.raises(UsageError):
         upgrade.match_labels("a in (b)")
+
+
+def test_apply_of_an_agentupgrade_document(cloud: Cloud) -> None:
+    import yaml
+    from typer.testing import CliRunner
+
+    from fedctl.app import app
+
+    doc = upgrade.document(name="agent-0.9.1", version="0.9.1", image=IMAGE,
+                           selector={"site": "paris"}, max_unavailable=1,
+                           failure_threshold=0, deadline=60)
+    r = CliRunner().invoke(app, ["--server", cloud.url, "apply", "-f", "-"],
+                           input=yaml.safe_dump(doc))
+    assert r.exit_code == 0, r.output
+    assert "agentupgrade/agent-0.9.1 created" in r.stdout
+    r = fed(cloud, "get", "agentupgrade", "agent-0.9.1", "-o", "yaml")
+    got = yaml.safe_load(r.stdout)
+    assert got["spec"]["selector"] == {"matchLabels": {"site": "paris"}}
+    assert got["status"]["total"] == 1
