@@ -728,8 +728,11 @@ def _rollout(console: Console, obj: dict[str, Any]) -> None:
     if not isinstance(strategy, dict):
         _field(console, "Strategy", f"all pods at once (no {field})", indent=2)
         return
+    surge = _dig(strategy, "rollingUpdate", "maxSurge", default=0)
     _field(console, "Strategy", (
-        f"{strategy.get('type') or 'RollingUpdate'}: maxUnavailable "
+        f"{strategy.get('type') or 'RollingUpdate'}: "
+        + (f"maxSurge {surge}, " if surge not in (0, "0%") else "")
+        + f"maxUnavailable "
         f"{_dig(strategy, 'rollingUpdate', 'maxUnavailable', default=1)}, failureThreshold "
         f"{strategy.get('failureThreshold', 0)}, autoRollback "
         f"{_scalar('autoRollback', strategy.get('autoRollback', True))}"), indent=2)

@@ -196,6 +196,29 @@ def test_describe_daemonset_has_a_rollout_section(cloud: Cloud) -> None:
     assert not [x for x in lines if x.startswith("  Health Gate:")]
 
 
+def test_max_surge_a_deployment_shows_it_and_a_daemonset_is_refused_with_why(
+        cloud: Cloud) -> None:
+    """Issue 18: a Deployment takes maxSurge (describe shows it); a DaemonSet's apply
+    fails naming the field, why, and what to use instead."""
+    dep = deployment("web", replicas=2)
+    dep["spec"]["strategy"] = {"type": "RollingUpdate",
+                               "rollingUpdate": {"maxSurge": "50%", "maxUnavailable": 0}}
+    apply(cloud, dep)
+    r = fed(cloud, "describe", "deployment", "web")
+    assert r.exit_code == 0, r.output
+    assert ("  Strategy:    RollingUpdate: maxSurge 50%, maxUnavailable 0, failureThreshold "
+            "0, autoRollback true") in r.stdout.splitlines()
+    ds = staged(["v1"])
+    ds["spec"]["updateStrategy"]["rollingUpdate"]["maxSurge"] = 1
+    r = CliRunner().invoke(app, ["--server", cloud.url, "apply", "-f", "-"],
+                           input=yaml.safe_dump(ds))
+    assert r.exit_code != 0
+    text = " ".join(r.output.split())
+    assert "spec.updateStrategy.rollingUpdate.maxSurge" in text
+    assert "one pod per node" in text and "rollingUpdate.maxUnavailable" in text
+    assert ("default", "agent") not in cloud.fleet.daemonsets  # nothing applied
+
+
 # --- rollout status -------------------------------------------------------------------
 
 
