@@ -86,7 +86,10 @@ def applied(fleet: Fleet, tmp_path_factory: pytest.TempPathFactory) -> dict[str,
     for src in sorted(p for p in CORPUS.glob("*.yaml") if p.name != "expected.yaml"):
         f = tmp / src.name
         f.write_text(src.read_text().replace("${IMAGE}", fleet.image))
-        r = fleet.fedctl("apply", "-f", str(f), check=False)
+        # --create-namespace, as a kubectl user applies the project's namespace manifest
+        # first (kube-prometheus' node-exporter goes into `monitoring`): namespaces must
+        # exist (tests/cloudcore/test_namespaces_exist.py)
+        r = fleet.fedctl("apply", "--create-namespace", "-f", str(f), check=False)
         got[src.name] = outcomes_of(r.stdout, r.stderr)
         refused = any(isinstance(v, dict) for v in got[src.name].values())
         assert r.returncode == (1 if refused else 0), (src.name, r.stdout, r.stderr)
