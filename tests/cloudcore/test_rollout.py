@@ -783,3 +783,48 @@ def test_a_failing_surge_pod_rolls_back_to_replicas_old_pods() -> None:
     report_new(w)
     w.tick()
     assert serving(w) == 3
+
+
+async def test_a_daemonset_still_being_expanded_is_not_complete(monkeypatch: Any) -> None:
+    """Over a big fleet a DaemonSet's pods are made in the background: the pods made so
+    far being available is not the rollout being complete."""
+    import asyncio
+
+    from cloudcore.fleet import Fleet, Liveness, workloads
+    from cloudcore.scheduler import Scheduler
+
+    monkeypatch.setattr(workloads, "SYNC_NODES", 2)
+    monkeypatch.setattr(workloads, "STEP", 2)
+    fleet = Fleet(store=FakeStore(), scheduler=Scheduler(), background=True,
+                  liveness=Liveness(default_heartbeat=30, missed=3, now=0.0))
+    names = [f"n{i:02d}" for i in range(8)]
+    for n in names:
+        add_node(fleet, n)
+
+    def report_made() -> None:
+        for (ns, name), pod in list(fleet.pods.items()):
+            node = pod.spec.node_name
+            (value, _), = fleet.desired[node].items.values()
+            fleet.pod_statuses(node, {pod_key(ns, name): {
+                "phase": "Running", "revision": value["revision"], "ready": True,
+                "containerStatuses": [{"name": "main", "state": "running", "ready": True}]}})
+
+    fleet.apply([parse_object(daemonset())])
+    fleet.workloads.expand_slice(0.0)  # one step of the expansion: 2 more nodes
+    fleet.commit()
+    made = len(fleet.pods)
+    assert 0 < made < len(names) and fleet.workloads.expanding() == 1
+    report_made()
+    fleet.expire(0.0)
+    st = fleet.daemonsets[("default", "agent")].status
+    assert (st.number_available, st.rollout.phase) == (made, "Progressing")
+    assert f"waiting for the pods of every node to be made ({made} so far)" in (
+        st.rollout.message)
+    while fleet.workloads.expand_slice(0.0):
+        fleet.commit()
+    fleet.commit()
+    await asyncio.sleep(0)
+    report_made()
+    fleet.expire(0.0)
+    st = fleet.daemonsets[("default", "agent")].status
+    assert (st.number_available, st.rollout.phase) == (len(names), "Complete")
