@@ -256,9 +256,10 @@ def apply(
     from fedctl import plan
 
     outcomes = plan.plan(filename, recursive=recursive)
-    # Namespaces first (kubectl users rely on a file's Namespace preceding what is in it)
+    # Namespaces and PriorityClasses first (kubectl users rely on a file's Namespace
+    # preceding what is in it; Helm installs both before workloads)
     todo = sorted((o.document for o in outcomes if o.document is not None),
-                  key=lambda d: d.kind.kind != "Namespace")
+                  key=lambda d: d.kind.kind not in ("Namespace", "PriorityClass"))
     single = len(outcomes) == 1
     refused = [o for o in outcomes if o.status == "refused"]
     suffix = " (dry run)" if dry_run else ""
@@ -307,7 +308,7 @@ def _apply_all(api: ApiClient, docs: list[manifests.Document], *, dry_run: bool,
     """Every document's answer (by `id` of the document) and the namespaces cloudcore
     created. One request asks for per-document results; a cloudcore from before them
     answers all or nothing, and when it refuses, each document is sent on its own, in
-    order (Namespaces first)."""
+    order (Namespaces and PriorityClasses first)."""
     if not docs:
         return {}, []
     try:

@@ -319,26 +319,27 @@ class Fleet:
                    create_namespaces: bool = False
                    ) -> tuple[list[ApplyResult | Refusal], list[str]]:
         """kubectl-style: every object judged on its own (`plan`), the ones that pass
-        applied together (or only planned, with `dry_run`). Namespaces are judged
-        first, so an object may go into a Namespace of the same call, and an object
-        whose Namespace was refused is refused too. Returns, per object in order, its
+        applied together (or only planned, with `dry_run`). Namespaces and
+        PriorityClasses are judged first, so an object may go into a Namespace (or name
+        a PriorityClass) of the same call, and one whose Namespace or class was refused
+        is refused too. Returns, per object in order, its
         result or the error that refused it (ObjectError, NotFound or Conflict), and
         the namespaces created (with `create_namespaces`)."""
         verdicts: list[ApplyResult | Refusal | None] = [None] * len(objs)
-        order = sorted(range(len(objs)), key=lambda i: not isinstance(objs[i], Namespace))
-        namespaces: list[Namespace] = []
+        first = (Namespace, PriorityClass)  # what the other objects may refer to
+        order = sorted(range(len(objs)), key=lambda i: not isinstance(objs[i], first))
+        context: list[Any] = []
         passed: list[int] = []
         for i in order:
             obj = objs[i]
             try:
-                self._plan([obj] if isinstance(obj, Namespace) else [*namespaces, obj],
-                           create_namespaces=create_namespaces)
+                self._plan([*context, obj], create_namespaces=create_namespaces)
             except (ObjectError, NotFound, Conflict) as exc:
                 verdicts[i] = exc
                 continue
             passed.append(i)
-            if isinstance(obj, Namespace):
-                namespaces.append(obj)
+            if isinstance(obj, first):
+                context.append(obj)
         passed.sort()
         batch = [objs[i] for i in passed]
         created = (missing_namespaces(batch, self.objects.namespaces) if create_namespaces

@@ -297,3 +297,23 @@ def test_apply_reports_every_field_cloudcore_refuses(cloud: Cloud) -> None:
                       "policy (2 violations):")
     assert err[1].strip().startswith("spec.hostPID=true")
     assert err[2].strip().startswith("spec.containers[0].securityContext.privileged=true")
+
+
+def test_priority_classes_apply_and_get(cloud: Cloud) -> None:
+    pc = {"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass",
+          "metadata": {"name": "edge-high"}, "value": 1000, "globalDefault": True}
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+           "spec": {"priorityClassName": "edge-high",
+                    "containers": [{"name": "m", "image": "busybox"}]}}
+    r = _apply(cloud, [pod, pc])
+    assert r.exit_code == 0, r.output
+    assert r.stdout.splitlines() == ["pod/p created", "priorityclass/edge-high created"]
+    rows = [line.split() for line in fed(cloud, "get", "pc").stdout.splitlines()]
+    assert rows[0] == ["NAME", "VALUE", "GLOBAL-DEFAULT", "AGE"]
+    assert rows[1][:3] == ["edge-high", "1000", "true"]
+    got = yaml.safe_load(fed(cloud, "get", "pod", "p", "-o", "yaml").stdout)
+    assert got["spec"]["priority"] == 1000
+    r = _apply(cloud, [{**pod, "metadata": {"name": "q"},
+                        "spec": {**pod["spec"], "priorityClassName": "nope"}}])
+    assert r.exit_code == 1
+    assert "spec.priorityClassName: no PriorityClass with name nope was found" in r.stderr
