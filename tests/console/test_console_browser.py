@@ -560,3 +560,20 @@ async def test_an_insecure_cloudcore_opens_without_sign_in(browser: Any,
         assert not errors, errors
     finally:
         await page.close()
+
+
+async def test_a_cloudcore_that_does_not_answer_gets_the_sign_in_form_and_why(
+        browser: Any, insecure_cloud: str) -> None:
+    page = await browser.new_page(viewport={"width": 1280, "height": 860})
+    try:
+        await page.route("**/api/v1/whoami", lambda route: route.abort())
+        await page.goto(insecure_cloud + "/console/")
+        await page.wait_for_selector("#signin:not([hidden])", timeout=10_000)
+        assert "did not answer" in await page.inner_text("#signin-error")
+        # once it answers, signing in opens the console
+        await page.unroute("**/api/v1/whoami")
+        await page.fill("#token", "anything")  # auth off: any token is the anonymous admin
+        await page.click("#signin-form button[type=submit]")
+        await page.wait_for_selector("#who:has-text('anonymous')")
+    finally:
+        await page.close()

@@ -709,8 +709,14 @@ async function render() {
   const signal = pageAbort.signal;
   if (!token() && session === null) {
     // a cloudcore started with --insecure answers without a token (anonymous admin)
-    const resp = await fetch("/api/v1/whoami", { cache: "no-store", credentials: "omit" });
-    const who = resp.ok ? await resp.json() : null;
+    let who = null;
+    try {
+      const resp = await fetch("/api/v1/whoami", { cache: "no-store", credentials: "omit" });
+      who = resp.ok ? await resp.json() : null;
+    } catch (err) { // unreachable: say so on the sign-in form rather than a blank page
+      showSignIn(`cloudcore did not answer (${err.message}); sign in to try again.`);
+      return;
+    }
     if (!who || who.authEnabled) {
       showSignIn("");
       return;
