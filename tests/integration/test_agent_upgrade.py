@@ -176,10 +176,16 @@ def test_an_upgrade_moves_every_agent_and_restarts_no_pod(
         assert st["agentUpgrade"]["previous"] not in (None, version)
         # exec'd: the process the testbed started now runs the release from its slot,
         # and is still found as the agent (testbed.bench_edge.agent_pid's rule)
-        assert a.proc.alive() and a.proc.pid == pids[a.name]
+        # (the committed trial reports Healthy, then its launcher execs it: a moment)
         slot = a.state_dir / "agent" / "slots" / version
-        args = Path(f"/proc/{a.proc.pid}/cmdline").read_bytes().decode().split("\0")
-        assert str(slot) in args and "edgecore" in args and str(a.state_dir) in args, args
+
+        def args(pid: int | None = a.proc.pid) -> list[str]:
+            return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+
+        fleet.wait(lambda s=str(slot): s in args(), timeout=30,  # type: ignore[misc]
+                   what=f"{a.name} exec'd {slot}")
+        assert a.proc.alive() and a.proc.pid == pids[a.name]
+        assert "edgecore" in args() and str(a.state_dir) in args(), args()
         b = boot(fleet, a.name)
         assert b["active"] == version and b["trial"] is None
         assert (slot / "edgecore").is_dir()
@@ -200,8 +206,11 @@ def test_a_release_that_crashes_is_rolled_back_and_the_rollout_aborts(
     fleet.apply([agent_upgrade(version, image, max_unavailable=1)])
 
     def rolled_back() -> bool:
+        # RolledBack; or already Healthy on its version again once the aborted rollout
+        # sent it back there, the rollback's report kept in the message
         up = node_status(fleet, first).get("agentUpgrade") or {}
-        return up.get("version") == version and up.get("phase") == "RolledBack"
+        return ((up.get("version"), up.get("phase")) == (version, "RolledBack")
+                or f"before: {version} RolledBack" in (up.get("message") or ""))
 
     fleet.wait(rolled_back, timeout=180, interval=0.5, what=f"{first} RolledBack")
     up = node_status(fleet, first)["agentUpgrade"]
