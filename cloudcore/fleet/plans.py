@@ -52,10 +52,15 @@ class Plan:
 
     def target_for(self, pod: Pod | None) -> Template | None:
         """The template `pod` (None: not made yet) should be made from; None if it
-        already is."""
+        already is. During a rollout a pod at a third template (an update that was
+        under way, or aborted without rollback, when this one was applied) keeps it
+        until its batch: putting it back on the stable template first would restart
+        those pods all at once. A rollback puts every pod back on the stable one."""
         have = pod.metadata.annotations.get(naming.TEMPLATE_HASH) if pod is not None else None
         target = self.update
         if self.hold is not None and (have != self.update.thash or self.rolled_back):
+            if have is not None and have != self.hold.thash and not self.rolled_back:
+                return None  # neither stable nor update: it waits for its batch
             target = self.hold
         return None if have == target.thash else target
 

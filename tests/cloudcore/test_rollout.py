@@ -828,3 +828,39 @@ async def test_a_daemonset_still_being_expanded_is_not_complete(monkeypatch: Any
     fleet.expire(0.0)
     st = fleet.daemonsets[("default", "agent")].status
     assert (st.number_available, st.rollout.phase) == (len(names), "Complete")
+
+
+def test_a_new_template_while_one_waits_does_not_put_every_pod_back_at_once() -> None:
+    """The stable template stays the old one while a rollout waits (here for a pod whose
+    failure was tolerated). A fixed template applied then rolls out in batches from
+    where the pods are: the pods at the waiting update keep it until their batch, none
+    goes back to the stable template first (that would restart every node at once)."""
+    w = World(4)
+    v1, v2, v3 = (staged([v], batch=1, threshold=1) for v in ("v1", "v2", "v3"))
+    r1, r2, r3 = rev_of(w, v1), rev_of(w, v2), rev_of(w, v3)
+    w.apply(v1)
+    w.report_all()
+    w.tick()
+    w.apply(v2)
+    [a] = w.updated(r2)
+    w.report(a, waiting="CrashLoopBackOff")  # tolerated
+    w.tick()
+    while len(w.updated(r2)) < 4:
+        for n in w.updated(r2) - {a}:
+            w.report(n)
+        w.tick()
+    for n in w.updated(r2) - {a}:
+        w.report(n)
+    w.tick()
+    assert w.status().rollout.phase == "Progressing" and w.status().current_revision == r1
+    w.apply(v3)
+    assert w.updated(r1) == set()  # nobody put back
+    assert len(w.updated(r3)) == 1 and len(w.updated(r2)) == 3  # one batch of the fix
+    for _ in range(8):
+        w.report_all()
+        w.tick()
+        assert w.updated(r1) == set()
+    st = w.status()
+    assert (st.rollout.phase, st.current_revision) == ("Complete", r3)
+    assert w.updated(r3) == set(w.names)
+    assert all(w.desired_revision(n) == r3 for n in w.names)
