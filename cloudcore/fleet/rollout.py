@@ -8,7 +8,8 @@ store's `rollouts` database). While `spec.template` differs from it, a rollout i
 under way:
 
 - pods not yet given the update keep the stable template, and so do pods made
-  meanwhile (a node that joins, a replica added);
+  meanwhile (a node that joins, a replica added); a pod at an earlier update that had
+  not completed keeps it until its batch (`Plan.target_for`);
 - every tick (the liveness tick, 1 s, and right after an apply) the next batch of
   pods on **Ready** nodes gets the update, so that at most `maxUnavailable` updated
   pods are in progress (given the update, not yet healthy, not failed);
