@@ -626,12 +626,12 @@ class Fleet:
         """A node joined or changed labels/taints/capacity: DaemonSets and pending pods."""
         self.workloads.node_changed(name)
         self.placement.retry_pending()
-        self.upgrades.selection_changed()  # labels: which AgentUpgrade selects it
+        self.upgrades.selection_changed(name)  # labels: which AgentUpgrade selects it
 
     def _delete_node(self, name: str) -> Node:
         self.workloads.node_deleted(name)
         # The desired set is kept (emptied, not removed) so its gen keeps growing: an
         # agent that comes back under the same name gets a clean delta, never a stale gen.
         self.desired_sets.mark(name)
-        self.upgrades.selection_changed()
+        self.upgrades.selection_changed(name)
         return self.node_ops.remove(name)

@@ -43,9 +43,10 @@ The controller is level-triggered and costs what changed: it keeps where each no
 stands (upgraded, waiting, candidate, in progress, failed) and `tick()` (the fleet's
 liveness tick, and right after an apply) looks again only at the nodes whose agent
 status or readiness changed (`node_changed`) and at those in progress (their
-deadlines); which AgentUpgrade selects which node is worked out again, over every node,
-only after nodes joined, left or changed labels, or an AgentUpgrade changed
-(`selection_changed`, `apply`). At most `MAX_TELL_PER_TICK` nodes are told per tick.
+deadlines); which AgentUpgrade selects a node is worked out again for the nodes that
+joined, left or changed labels (`selection_changed`), and over every node only when an
+AgentUpgrade is applied or deleted (at 100,000 nodes that pass takes about half a
+second). At most `MAX_TELL_PER_TICK` nodes are told per tick.
 `python -m testbed.bench_upgrade` prints what a tick costs.
 """
 
@@ -209,6 +210,7 @@ class Upgrades:
         self._owner: dict[str, str] = {}  # node -> the newest AgentUpgrade selecting it
         self._reselect = True  # labels, nodes or AgentUpgrades changed: owners again
         self._changed: set[str] = set()  # nodes whose status or readiness changed
+        self._reowner: set[str] = set()  # nodes that joined, left or changed labels
 
     # -- loading ------------------------------------------------------------------------
 
@@ -281,10 +283,13 @@ class Upgrades:
         if self._states:
             self._changed.add(name)
 
-    def selection_changed(self) -> None:
-        """A node joined, was deleted or changed labels: which AgentUpgrade selects
-        which node is worked out again on the next tick."""
-        self._reselect = True
+    def selection_changed(self, name: str | None = None) -> None:
+        """Node `name` joined, was deleted or changed labels (None: any node may have):
+        which AgentUpgrade selects it is worked out again on the next tick."""
+        if name is None:
+            self._reselect = True
+        elif self._states:
+            self._reowner.add(name)
 
     # -- the tick -----------------------------------------------------------------------
 
@@ -295,9 +300,10 @@ class Upgrades:
         changed (then every node once)."""
         if not self._states:
             self._changed.clear()
+            self._reowner.clear()
             return False
         moving = any(st.progress and not st.aborted for st in self._states.values())
-        if not (self._reselect or self._changed or moving
+        if not (self._reselect or self._changed or self._reowner or moving
                 or any(st.full for st in self._states.values())):
             return False
         now = self.clock()
@@ -317,6 +323,19 @@ class Upgrades:
             for name in sorted(self._owner):
                 mine.setdefault(self._owner[name], []).append(name)
         changed_nodes, self._changed = self._changed, set()
+        if self._reowner:  # only these nodes' owners: the others' did not change
+            nodes = self.objects.nodes
+            for name in self._reowner:
+                node = nodes.get(name)
+                owner = None if node is None else next(
+                    (au.metadata.name for au in ups
+                     if au.spec.selector.matches(node.metadata.labels)), None)
+                if owner is None:
+                    self._owner.pop(name, None)
+                else:
+                    self._owner[name] = owner
+            changed_nodes |= self._reowner
+            self._reowner = set()
         changed = False
         for au in ups:
             name = au.metadata.name
@@ -333,8 +352,8 @@ class Upgrades:
                 names = sorted(set(ours) | set(st.told))
                 changed |= self._entries(au, st)
             else:
-                names = sorted({n for n in changed_nodes if n in st.cls or n in st.told}
-                               | st.progress)
+                names = sorted({n for n in changed_nodes if n in st.cls or n in st.told
+                                or self._owner.get(n) == name} | st.progress)
             moved = False
             for node in names:
                 moved |= st.set_class(node, self._classify(au, st, node, now))

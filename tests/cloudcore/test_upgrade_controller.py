@@ -374,3 +374,35 @@ def test_a_big_batch_is_told_over_several_ticks(monkeypatch: pytest.MonkeyPatch)
     w.step()
     assert w.told() == w.names
     assert w.status().in_progress == 5
+
+
+def test_nodes_that_join_or_are_relabelled_later_follow_the_selector() -> None:
+    labels = {"n01": {"site": "berlin"}, "n02": {"site": "berlin"}, "n03": {"site": "paris"}}
+    w = World(3, labels=labels)
+    w.apply(upgrade_doc(batch=5, selector={"site": "berlin"}))
+    w.step()
+    assert (w.status().phase, w.status().total) == ("Complete", 2)
+    # a new berlin node joins: level-triggered, it is upgraded too
+    add_node(w.fleet, "n04", labels={"site": "berlin"})
+    w.fleet.node_status("n04", {"agentVersion": OLD})
+    w.names.append("n04")
+    w.agents["n04"], w.running["n04"] = "ok", OLD
+    w.step()
+    assert "n04" in w.told()
+    assert (w.status().total, w.status().phase) == (3, "Progressing")
+    w.step()
+    assert (w.status().phase, w.status().upgraded) == ("Complete", 3)
+    # paris becomes berlin: selected now; a node leaving the selector is no longer counted
+    w.fleet.patch_node("n03", labels={"site": "berlin"})
+    w.fleet.patch_node("n04", labels={"site": "rome"})
+    w.step()
+    assert "n03" in w.told()
+    w.step()
+    assert w.running["n03"] == NEW
+    st = w.status()
+    assert (st.phase, st.total, st.upgraded) == ("Complete", 4, 4)  # n04 stays told
+    # a deleted node is forgotten with its entry
+    w.fleet.delete("Node", None, "n01")
+    w.step()
+    assert w.status().total == 3
+    assert not [k for (db, k) in w.store.data if db == "upgradenodes" and k.endswith("/n01")]
