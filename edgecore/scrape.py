@@ -400,7 +400,11 @@ class Scraper:
         """One round every `interval_s` (aligned to the clock) until cancelled."""
         while True:
             await asyncio.sleep(self.interval_s - (self.clock() % self.interval_s))
-            await self.round()
+            try:
+                await self.round()
+            except Exception as exc:  # pods' metrics are never worth the agent
+                self._rlog.warning("round", "scrape round failed: %s: %s",
+                                   type(exc).__name__, exc)
 
     async def round(self) -> dict[str, Any]:
         """Scrape every target, build the batch, give it to the sink; returns it."""

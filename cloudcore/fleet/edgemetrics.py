@@ -40,6 +40,9 @@ from shared.errors import ObjectError
 
 log = logging.getLogger("cloudcore.fleet")
 
+EXPIRE_EVERY_S = 10.0
+"""Seconds between expiry passes made by arriving batches (`render` makes its own)."""
+
 _SUFFIXES = (("_bucket", ("histogram",)), ("_sum", ("histogram", "summary")),
              ("_count", ("histogram", "summary")))
 
@@ -66,6 +69,7 @@ class EdgeSeries:
         self.series = 0  # held now, over every node
         self._nodes: dict[str, _Held] = {}
         self._logged: dict[tuple[str, str], float] = {}
+        self._expired_at = -math.inf
 
     def put(self, node: str, value: Any) -> bool:
         """Hold `value` (a metrics batch from `node`) as the node's newest; False (and
@@ -82,7 +86,8 @@ class EdgeSeries:
         if n > self.max_series_per_node:
             return self._refuse(node, "node_limit", f"{n} series, over the limit of "
                                 f"{self.max_series_per_node}", now)
-        self.expire(now)
+        if now - self._expired_at >= EXPIRE_EVERY_S:  # a pass over every node: not per batch
+            self.expire(now)
         old = self._nodes.get(node)
         held = self.series - (old.series if old is not None else 0)
         if held + n > self.max_series:
@@ -115,6 +120,7 @@ class EdgeSeries:
     def expire(self, now: float | None = None) -> int:
         """Drop the nodes whose newest batch is older than their ttl; returns how many."""
         now = self.clock() if now is None else now
+        self._expired_at = now
         gone = [n for n, h in self._nodes.items() if now - h.received > h.ttl]
         for n in gone:
             self.forget(n)

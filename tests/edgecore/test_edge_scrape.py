@@ -4,6 +4,7 @@ the bounds and what they drop, the targets, and the offline drop order in a real
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -344,3 +345,29 @@ async def test_batch_bytes_bound_counts_utf8_bytes(server: Server) -> None:
     kept = len(parse_metrics_batch(batch).pods["pod/ns/u"].samples)
     assert 0 < kept < 50 and s.stats.dropped["batch_bytes"] == 50 - kept
     assert len(msgpack.packb(batch)) <= 8192
+
+
+async def test_a_failing_round_does_not_stop_the_scraper() -> None:
+    calls: list[int] = []
+    sent: list[dict[str, Any]] = []
+
+    def found() -> list[Target]:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("a desired entry of a shape nobody expected")
+        return []
+
+    async def sink(batch: dict[str, Any]) -> None:
+        sent.append(batch)
+
+    s = Scraper(targets=found, sink=sink, agent=list, interval_s=0.05)
+    task = asyncio.create_task(s.run())
+    try:
+        async with asyncio.timeout(5):
+            while not sent:
+                await asyncio.sleep(0.02)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert len(calls) >= 2 and parse_metrics_batch(sent[0]).pods == {}
