@@ -3,8 +3,8 @@ registry, cloudcore and two agents in network namespaces, real crun containers.
 
 Releases are built from this checkout with other version strings and published the
 way an operator does (`cloudcore release publish`, signed with the cloud's release
-key); an `AgentUpgrade` object rolls them out. The agents trust the cloud's key with
-`--release-key` (what `edgecore join` stores from the join answer works the same).
+key); `fedctl upgrade nodes` rolls them out (an AgentUpgrade object). The agents
+trust the cloud's key from their join (`releaseKeys` -> `release_keys`).
 
 - a good release: every node reports the new agentVersion and Healthy, the agent's
   process id is the one the testbed started (the launcher exec'd the release), and
@@ -44,15 +44,10 @@ DEADLINE_S = 60
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     workdir = tmp_path_factory.mktemp("upgrade-fleet")
     with real_fleet(FleetSettings(nodes=2, workdir=workdir, heartbeat_s=1.0)) as f:
-        # The cloud's release key (cloudcore makes it at first start; made here if this
-        # cloudcore does not yet); the agents are restarted trusting its public half.
-        key = release.load_or_generate_key(f.cloud_state / "pki" / "release.key")
-        pub = workdir / "release-key.pub"
-        pub.write_text(release.public_key_b64(key) + "\n")
+        # The cloud's release key (made at its first start) reached every node at join.
+        key = release.load_key(f.cloud_state / "pki" / "release.key")
         for a in f.agents:
-            a.proc.argv = [*a.proc.argv, "--release-key", str(pub)]
-            f.restart_agent(a.name)
-        f.wait_nodes_ready(timeout=60)
+            assert f.node_config(a.name)["release_keys"] == [release.public_key_b64(key)]
         f.apply([pause_daemonset(f.image)])
         f.wait(lambda: running_pods(f) == len(f.agents), timeout=120,
                what="the DaemonSet's pods Running")
@@ -129,13 +124,11 @@ def publish(fleet: Fleet, tmp: Path, version: str, *, broken: bool = False) -> s
     return image
 
 
-def agent_upgrade(version: str, image: str, *, max_unavailable: int = 1) -> dict[str, Any]:
-    return {"apiVersion": "edgefed.io/v1", "kind": "AgentUpgrade",
-            "metadata": {"name": f"agent-{version}"},
-            "spec": {"version": version, "image": image,
-                     "selector": {"matchLabels": {"edgefed.io/role": "edge"}},
-                     "maxUnavailable": max_unavailable, "failureThreshold": 0,
-                     "healthDeadlineSeconds": DEADLINE_S}}
+def upgrade_nodes(fleet: Fleet, version: str, image: str, *, max_unavailable: int) -> None:
+    """`fedctl upgrade nodes`, as an operator starts it (the AgentUpgrade agent-VERSION)."""
+    fleet.fedctl("upgrade", "nodes", "-l", "edgefed.io/role=edge", "--version", version,
+                 "--image", image, "--max-unavailable", str(max_unavailable),
+                 "--failure-threshold", "0", "--deadline", f"{DEADLINE_S}s")
 
 
 def upgrade_phase(fleet: Fleet, version: str) -> str | None:
@@ -156,7 +149,7 @@ def test_an_upgrade_moves_every_agent_and_restarts_no_pod(
     assert all(len(c) >= 1 for c in before.values()), before
     pids = {a.name: a.proc.pid for a in fleet.agents}
     t0 = time.monotonic()
-    fleet.apply([agent_upgrade(version, image, max_unavailable=1)])
+    upgrade_nodes(fleet, version, image, max_unavailable=1)
 
     def done() -> bool:
         for a in fleet.agents:
@@ -203,7 +196,7 @@ def test_a_release_that_crashes_is_rolled_back_and_the_rollout_aborts(
     first, second = sorted(a.name for a in fleet.agents)
     was = versions(fleet)
     before = containers(fleet)
-    fleet.apply([agent_upgrade(version, image, max_unavailable=1)])
+    upgrade_nodes(fleet, version, image, max_unavailable=1)
 
     def rolled_back() -> bool:
         # RolledBack; or already Healthy on its version again once the aborted rollout
@@ -219,6 +212,8 @@ def test_a_release_that_crashes_is_rolled_back_and_the_rollout_aborts(
     assert up["previous"] == was[first]
     fleet.wait(lambda: upgrade_phase(fleet, version) == "Aborted", timeout=60,
                what="AgentUpgrade Aborted")
+    described = fleet.fedctl("describe", "agentupgrade", f"agent-{version}").stdout
+    assert first in described and "RolledBack" in described, described
     fleet.wait(lambda: node_status(fleet, first).get("ready") == "Ready", timeout=60,
                what=f"{first} Ready on its previous agent")
     time.sleep(3)  # what the second node would have started by now, had it been asked
@@ -246,7 +241,7 @@ def test_an_offline_node_upgrades_when_its_link_is_back(
     try:
         fleet.wait(lambda: node_status(fleet, offline).get("ready") != "Ready", timeout=60,
                    what=f"{offline} NotReady while cut")
-        fleet.apply([agent_upgrade(version, image, max_unavailable=2)])
+        upgrade_nodes(fleet, version, image, max_unavailable=2)
         fleet.wait(lambda: versions(fleet)[online] == version, timeout=180, interval=0.5,
                    what=f"{online} upgraded")
         time.sleep(3)
