@@ -128,6 +128,10 @@ def _scope(term: PodAffinityTerm, own: str,
     return frozenset(term.namespaces) if term.namespaces else frozenset((own,))
 
 
+def _in(scope: frozenset[str] | None, namespace: str) -> bool:
+    return scope is None or namespace in scope
+
+
 def topology_of(*, namespace: str, name: str, labels: Mapping[str, str],
                 affinity: Affinity | None, placed: Callable[[], Iterable[Placed]],
                 anti_placed: Iterable[Placed], node_labels: NodeLabels,
@@ -143,8 +147,8 @@ def topology_of(*, namespace: str, name: str, labels: Mapping[str, str],
         if (e.namespace, e.name) == (namespace, name) or e.affinity is None:
             continue
         for term in e.affinity.required_anti():
-            scope = _scope(term, e.namespace, namespace_labels)
-            if (scope is not None and namespace not in scope) or not term.selects(labels):
+            if not term.selects(labels) or not _in(
+                    _scope(term, e.namespace, namespace_labels), namespace):
                 continue
             node = node_labels(e.node)
             d = domain_of(e.node, node, term.topology_key) if node is not None else None
@@ -170,16 +174,15 @@ def topology_of(*, namespace: str, name: str, labels: Mapping[str, str],
     for p in placed():
         if (p.namespace, p.name) == (namespace, name):
             continue
-        node: Mapping[str, str] | None = None
+        at: Mapping[str, str] | None = None  # the labels of p's node, read once
         for i, (t, _, _) in enumerate(terms):
-            scope = scopes[i]
-            if (scope is not None and p.namespace not in scope) or not t.selects(p.labels):
+            if not _in(scopes[i], p.namespace) or not t.selects(p.labels):
                 continue
-            if node is None:
-                node = node_labels(p.node)
-                if node is None:
+            if at is None:
+                at = node_labels(p.node)
+                if at is None:
                     break
-            d = domain_of(p.node, node, t.topology_key)
+            d = domain_of(p.node, at, t.topology_key)
             if d is not None:
                 found[i].setdefault(d, f"{p.namespace}/{p.name}")
     hits: dict[str, list[TermHits]] = {"affinity": [], "anti": [], "preferred": []}
@@ -188,7 +191,7 @@ def topology_of(*, namespace: str, name: str, labels: Mapping[str, str],
                                    weight=weight))
     required = [i for i, (_, kind, _) in enumerate(terms) if kind == "affinity"]
     if required and not any(found[i] for i in required) and all(
-            terms[i][0].selects(labels) and (scopes[i] is None or namespace in scopes[i])
+            terms[i][0].selects(labels) and _in(scopes[i], namespace)
             for i in required):
         hits["affinity"] = []  # the first pod of a group that selects itself goes anywhere
     return PodTopology(affinity=tuple(hits["affinity"]), anti=tuple(hits["anti"]),

@@ -102,10 +102,14 @@ class Filter(Protocol):
 
 
 class Scorer(Protocol):
-    """0..100, higher is better. `weight` scales it in the sum."""
+    """0..100, higher is better. `weight` scales it in the sum (read-only, so frozen
+    dataclasses are scorers)."""
 
-    name: str
-    weight: float
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def weight(self) -> float: ...
 
     def __call__(self, spec: PodSpec, req: dict[str, int], node: NodeView) -> float: ...
 
