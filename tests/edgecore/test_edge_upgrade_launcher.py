@@ -231,3 +231,63 @@ def test_an_installed_package_of_another_version_wins_over_the_slots(state: Path
     assert res.returncode == 0 and "base" in res.stdout, res.stderr
     assert runs == []
     assert slots.read().active is None and slots.recorded_base() == __version__
+
+
+def _start_launcher(state: Path) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFED_")}
+    return subprocess.Popen([sys.executable, "-c", LAUNCH, str(state)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _trial_pid(state: Path, timeout: float = 30) -> int:
+    deadline = time.monotonic() + timeout
+    runs = state / "runs.jsonl"
+    while time.monotonic() < deadline:
+        if runs.exists() and runs.read_text().strip():
+            return int(json.loads(runs.read_text().splitlines()[0])["pid"])
+        time.sleep(0.05)
+    raise AssertionError("the trial never started")
+
+
+def _gone(pid: int, timeout: float = 10) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_sigterm_during_a_trial_stops_it_and_rolls_back(state: Path) -> None:
+    slots = slots_of(state)
+    make_slot(slots, "2.0")
+    slots.write(BootState(base=__version__, trial=trial("2.0")))
+    (state / "mode").write_text("hang")
+    proc = _start_launcher(state)
+    child = _trial_pid(state)
+    proc.terminate()  # as systemd stops the agent: SIGTERM to the main process
+    proc.communicate(timeout=30)
+    assert _gone(child)
+    st = slots.read()
+    assert st.trial is None and st.status is not None and st.status["phase"] == "RolledBack"
+    assert "stopped (SIGTERM) during its trial" in st.status["message"]
+
+
+def test_kill_9_of_the_launcher_kills_the_trial_and_the_next_start_rolls_back(
+        state: Path) -> None:
+    slots = slots_of(state)
+    make_slot(slots, "2.0")
+    slots.write(BootState(base=__version__, trial=trial("2.0")))
+    (state / "mode").write_text("hang")
+    proc = _start_launcher(state)
+    child = _trial_pid(state)
+    proc.kill()  # as the fault tests kill an agent
+    proc.communicate(timeout=30)
+    assert _gone(child)  # the trial dies with its launcher: no agent left running
+    res, runs = launch(state)
+    assert "base" in res.stdout and len(runs) == 1  # not started a second time
+    st = slots.read()
+    assert st.status is not None and st.status["phase"] == "RolledBack"
+    assert "never committed" in st.status["message"]
