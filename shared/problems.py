@@ -64,6 +64,10 @@ _HINTS: tuple[tuple[re.Pattern[str], str, bool], ...] = tuple(
         (r"\.envFrom$", "mount the ConfigMap or Secret as a configMap/secret volume", True),
         (r"\.initContainers$", "run the steps before the main process in one container "
          "(`sh -c 'step && exec main'`)", True),
+        (r"\.nodeAffinity\.requiredDuringSchedulingIgnoredDuringExecution$",
+         "a mapping: {nodeSelectorTerms: [{matchExpressions: [{key, operator, values}]}]} "
+         "(weight and preference belong in preferredDuringSchedulingIgnoredDuringExecution)",
+         False),
         (r"\.(serviceAccountName|automountServiceAccountToken)$",
          "leave it out: no API token is mounted at the edge", True),
         (r"\.serviceAccount$", "serviceAccountName (serviceAccount is its deprecated alias)",

@@ -385,3 +385,20 @@ def test_daemonset_pods_respect_pod_anti_affinity_per_node() -> None:
     msg = fleet.pods[("default", "agent-c")].status.message
     assert msg == ("0/1 nodes available: 1 pod anti-affinity: a pod on the node refuses "
                    "app=agent (pod is bound to c)")
+
+
+def test_the_published_malformed_node_affinity_example_is_refused_with_the_shape() -> None:
+    """kubernetes/website's pod-with-node-affinity.yaml at the corpus' commit gives
+    `requiredDuringScheduling...` a list of preferred-style terms: refused (as kubectl
+    would), naming the field and the shape it takes."""
+    from shared.problems import problems_of
+
+    doc = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {
+        "containers": [{"name": "c", "image": "busybox"}],
+        "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+            {"weight": 5, "preference": {"matchExpressions": [expr("zone", "In", "a")]}}]}}}}
+    (problem,) = problems_of(doc)
+    assert problem.field == ("spec.affinity.nodeAffinity."
+                             "requiredDuringSchedulingIgnoredDuringExecution")
+    assert problem.reason == "must be null or a mapping, not list"
+    assert "nodeSelectorTerms" in problem.alternative and not problem.planned
