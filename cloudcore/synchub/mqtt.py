@@ -1,4 +1,4 @@
-"""MQTT connections of the hub: one subscriber, N publishers (the only aiomqtt user).
+"""MQTT connections of the hub: one subscriber, N publishers.
 
 Each connection is one service identity of proposal 0002: it logs in as
 `<user>_sub` or `<user>_pub<i>`, and that is its client id too (the broker runs with
@@ -8,9 +8,12 @@ queues QoS 1 reports while cloudcore is down; they arrive on the next start. Wit
 `tls`, every connection verifies the broker against the fleet CA (or `--mqtt-ca-file`)
 and may present a client certificate of its own identity.
 
-Publishers only send: a queue feeds `publish_concurrency` workers per connection,
-each awaiting its PUBACK, so one slow PUBACK never blocks the rest. Both reconnect
-forever with the shared jittered backoff.
+The subscriber and the publishers speak MQTT through `wire.py`, a small client of
+their own on an asyncio protocol (issue 13: aiomqtt's task, event and timer per
+message were most of cloudcore's CPU per node-update); `SessionCloser`, which makes
+one short connection per revoked node, uses aiomqtt (the only aiomqtt user).
+Publishers only send: at most `publish_concurrency` messages await their PUBACK per
+connection. Both reconnect forever with the shared jittered backoff.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+from collections import deque
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -26,6 +30,7 @@ import aiomqtt
 
 from cloudcore.config import MqttSettings
 from cloudcore.errors import BrokerUnavailable
+from cloudcore.synchub import wire
 from shared import topics
 from shared.backoff import Backoff
 
@@ -69,7 +74,10 @@ def _backoff(settings: MqttSettings) -> Backoff:
 
 
 class Subscriber:
-    """Receives every partition's `up` and `will` messages and hands them to `handler`."""
+    """Receives every partition's `up` and `will` messages and hands them to `handler`.
+
+    Over `wire.Connection` (issue 13): the handler runs in the event loop as the
+    packets are parsed, and the PUBACK of a QoS 1 message goes after it returned."""
 
     def __init__(self, settings: MqttSettings, *, handler: Handler,
                  on_connected: Callable[[bool], None] | None = None,
@@ -98,26 +106,31 @@ class Subscriber:
 
     async def _session(self) -> None:
         s = self._settings
+        conn: wire.Connection | None = None
         try:
-            async with aiomqtt.Client(
-                s.host, s.port, identifier=self.identity, clean_session=False,
-                username=self.identity, password=s.password, tls_context=self._tls,
-                keepalive=s.keepalive, max_queued_incoming_messages=0,
-            ) as client:
-                await client.subscribe([(f, 1) for f in topics.all_up_filters()])
-                log.info("subscriber connected to %s:%d", s.host, s.port)
-                self._on_connected(True)
-                async for message in client.messages:
-                    payload = message.payload
-                    data = bytes(payload) if isinstance(payload, bytes | bytearray) else b""
-                    self._handler(message.topic.value, data)
-        except (aiomqtt.MqttError, OSError) as exc:  # OSError: ssl.SSLError, refused
+            conn, _ = await wire.connect(
+                s.host, s.port, client_id=self.identity, username=self.identity,
+                password=s.password, clean_session=False, keepalive=s.keepalive,
+                tls=self._tls, on_message=self._handler)
+            await conn.subscribe(topics.all_up_filters())
+            log.info("subscriber connected to %s:%d", s.host, s.port)
+            self._on_connected(True)
+            await conn.keepalive(s.keepalive)
+        except (wire.ConnectionLost, OSError) as exc:  # OSError: ssl.SSLError, refused
             raise BrokerUnavailable(f"broker {s.host}:{s.port}: {exc}",
                                     delay=s.reconnect_base) from exc
+        finally:
+            if conn is not None:
+                conn.close()
 
 
 class Publisher:
-    """Sends queued (topic, payload) pairs with QoS 1 over its own connection."""
+    """Sends queued (topic, payload) pairs with QoS 1 over its own connection.
+
+    At most `publish_concurrency` publishes await their PUBACK at once; a PUBACK lets
+    the next queued message go. What was in flight when the connection ended is sent
+    again, first, on the next one (issue 13: over `wire.Connection`, without a task
+    or a future per message)."""
 
     def __init__(self, settings: MqttSettings, *, index: int,
                  on_sent: Callable[[], None] | None = None,
@@ -126,16 +139,22 @@ class Publisher:
         self._index = index
         self._tls = tls
         self.identity = settings.identity(f"pub{index}")
-        self._queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
+        self._queue: deque[tuple[str, bytes]] = deque()
+        self._inflight: dict[int, tuple[str, bytes]] = {}
+        self._mid = 0
+        self._conn: wire.Connection | None = None
         self._on_sent = on_sent or (lambda: None)
         self.connected = False
 
     def enqueue(self, topic: str, payload: bytes) -> None:
-        self._queue.put_nowait((topic, payload))
+        self._queue.append((topic, payload))
+        if self._conn is not None:
+            self._pump()
 
     @property
     def backlog(self) -> int:
-        return self._queue.qsize()
+        """Messages queued and not yet handed to the broker."""
+        return len(self._queue)
 
     async def run(self) -> None:
         attempt = 0
@@ -152,42 +171,49 @@ class Publisher:
             else:
                 attempt = 0
 
+    def _pump(self) -> None:
+        conn, window = self._conn, self._settings.publish_concurrency
+        if conn is None:
+            return
+        queue, inflight = self._queue, self._inflight
+        while queue and len(inflight) < window:
+            mid = self._mid
+            while True:
+                mid = mid % 65535 + 1
+                if mid not in inflight:
+                    break
+            self._mid = mid
+            topic, payload = inflight[mid] = queue.popleft()
+            conn.publish(topic, payload, mid)
+
+    def _puback(self, mid: int) -> None:
+        if self._inflight.pop(mid, None) is not None:
+            self._on_sent()
+            self._pump()
+
     async def _session(self) -> None:
         s = self._settings
+        conn: wire.Connection | None = None
         try:
-            async with aiomqtt.Client(
-                s.host, s.port, identifier=self.identity,
-                username=self.identity, password=s.password, tls_context=self._tls,
-                clean_session=True, keepalive=s.keepalive,
-                max_inflight_messages=s.publish_concurrency,
-            ) as client:
-                # publish_concurrency publishes in flight is the design, not a backlog:
-                # aiomqtt would log a warning for every publish past 10 (two per node in
-                # a rollout, 66k lines in one bench run).
-                client.pending_calls_threshold = s.publish_concurrency
-                self.connected = True
-                async with asyncio.TaskGroup() as tg:
-                    for i in range(s.publish_concurrency):
-                        tg.create_task(self._worker(client), name=f"publisher[{i}]")
-        except (aiomqtt.MqttError, OSError) as exc:
+            conn, _ = await wire.connect(
+                s.host, s.port, client_id=self.identity, username=self.identity,
+                password=s.password, clean_session=True, keepalive=s.keepalive,
+                tls=self._tls, on_puback=self._puback)
+            self._conn = conn
+            self.connected = True
+            self._pump()
+            await conn.keepalive(s.keepalive)
+        except (wire.ConnectionLost, OSError) as exc:
             raise BrokerUnavailable(f"broker {s.host}:{s.port}: {exc}",
                                     delay=s.reconnect_base) from exc
-        except ExceptionGroup as group:
-            mqtt_errors, rest = group.split(aiomqtt.MqttError)
-            if mqtt_errors is None or rest is not None:
-                raise
-            raise BrokerUnavailable(f"broker {s.host}:{s.port}: {mqtt_errors.exceptions[0]}",
-                                    delay=s.reconnect_base) from group
-
-    async def _worker(self, client: aiomqtt.Client) -> None:
-        while True:
-            topic, payload = await self._queue.get()
-            try:
-                await client.publish(topic, payload, qos=1)
-            except aiomqtt.MqttError:
-                self._queue.put_nowait((topic, payload))  # resent after reconnect
-                raise
-            self._on_sent()
+        finally:
+            self._conn = None
+            self.connected = False
+            if self._inflight:  # not acknowledged: first on the next connection
+                self._queue.extendleft(reversed(list(self._inflight.values())))
+                self._inflight.clear()
+            if conn is not None:
+                conn.close()
 
 
 class SessionCloser:
