@@ -186,6 +186,18 @@ def test_an_upgrade_moves_every_agent_and_restarts_no_pod(
     restarts = [c.get("restartCount", 0) for p in fleet.pods(f"app={DS}")
                 for c in (p.get("status") or {}).get("containerStatuses") or []]
     assert restarts and not any(restarts)
+    # kill -9 of an upgraded agent (as the fault tests do): restarted, it runs the
+    # release again and adopts the same containers
+    a = fleet.agents[0]
+    fleet.restart_agent(a.name, kill=True)
+    slot = str(a.state_dir / "agent" / "slots" / version)
+    fleet.wait(lambda: slot in Path(f"/proc/{a.proc.pid}/cmdline").read_bytes().decode(),
+               timeout=30, what="the restarted agent on the release")
+    fleet.wait(lambda: node_status(fleet, a.name).get("ready") == "Ready", timeout=60,
+               what="Ready after the kill")
+    time.sleep(3)
+    assert versions(fleet)[a.name] == version
+    assert containers(fleet) == before
 
 
 def test_a_release_that_crashes_is_rolled_back_and_the_rollout_aborts(
