@@ -254,3 +254,19 @@ def test_a_failed_trials_message_puts_the_exception_first() -> None:
     assert text.startswith(": RuntimeError: boom (stderr: ")
     assert len(text) <= 200 and 'File "x39.py"' in text and "Traceback" not in text
     assert _stderr_summary([]) == ""
+
+
+async def test_release_pulls_use_the_nodes_release_pull_secret(
+        tmp_path: Path, bundle: bytes, keys: dict[str, Any]) -> None:
+    h = Harness(tmp_path, trusted=[pub(keys["good"])])
+    publish(h.images, tmp_path, "reg.example:5000/agent:2.0", bundle, keys["good"])
+    h.slots.dir.mkdir(parents=True)
+    (h.slots.dir / "auth.json").write_text(json.dumps({"auths": {"reg.example:5000": {
+        "auth": base64.b64encode(b"ci:s3cret").decode()}}}))
+    h.ask("2.0", "reg.example:5000/agent:2.0")
+    with pytest.raises(RestartRequested):
+        await h.make().handle(h.desired.items[KEY])
+    (_, _, creds), = h.images.pulls
+    assert creds is not None and (creds.registry, creds.username, creds.password) == (
+        "reg.example:5000", "ci", "s3cret")
+    assert "s3cret" not in json.dumps(h.slots.read().dump())  # never in the status
