@@ -1638,12 +1638,17 @@ def upgrade_nodes(
         "--name", help="The AgentUpgrade's name (default agent-VERSION).")] = None,
     paused: Annotated[bool, typer.Option("--paused", help="Create it paused.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate only.")] = False,
+    wait: Annotated[bool, typer.Option(
+        "--wait", help="Then follow it: exit 0 when Complete, 1 when Aborted.")] = False,
+    timeout: Annotated[str | None, typer.Option(
+        "--timeout", metavar="DURATION", help="With --wait: give up after this long.")] = None,
 ) -> None:
     """Create or update the AgentUpgrade agent-VERSION: the selected nodes' agents move
     to the release in batches; one that fails past the threshold aborts it and the nodes
-    it upgraded go back. Follow it with `fedctl get agentupgrades`."""
+    it upgraded go back. Follow it with `fedctl get agentupgrades`, or `--wait`."""
     from fedctl import upgrade
 
+    limit = parse_duration(timeout) if timeout else None
     seconds = parse_duration(deadline)
     if seconds != int(seconds) or not 1 <= seconds <= 86_400:
         raise UsageError(f"--deadline {deadline!r}: whole seconds from 1s to 24h")
@@ -1664,6 +1669,41 @@ def upgrade_nodes(
         sys.stderr.write(f"warning: agentupgrade/{target} was aborted ({status.get('message')})"
                          f"; it starts no new batches: delete it (fedctl delete agentupgrade "
                          f"{target}) or pass another --name to try again\n")
+    elif wait and not dry_run:
+        _follow_upgrade(ctx, target, limit)
     elif status:
         _print(f"{status.get('message') or status.get('phase')}; follow it with: "
                f"fedctl get agentupgrades")
+
+
+def _follow_upgrade(ctx: typer.Context, name: str, limit: float | None) -> None:
+    """Print an AgentUpgrade's progress as it changes until it is Complete (return) or
+    Aborted (exit 1); a cloudcore that does not answer is retried until `limit`."""
+    kind = kinds.BY_KIND["AgentUpgrade"]
+    start, last, message = time.monotonic(), None, "no status yet"
+    with _state(ctx).client() as api:
+        while True:
+            try:
+                obj = api.get(kind, name)
+            except Unreachable:
+                obj = None
+            if obj is not None:
+                status = obj.get("status") or {}
+                generation = (obj.get("metadata") or {}).get("generation")
+                fresh = not isinstance(generation, int) or (
+                    status.get("observedGeneration") or 0) >= generation
+                phase = status.get("phase")
+                message = str(status.get("message") or phase or message)
+                if fresh and phase == "Aborted":
+                    raise FedctlError(f"agentupgrade/{name} aborted: {message} (see: fedctl "
+                                      f"describe agentupgrade {name})")
+                if fresh and phase == "Complete":
+                    _print(f"agentupgrade/{name} complete: {message}")
+                    return
+                if (phase, message) != last:
+                    _print(f"Waiting for agentupgrade/{name}: {phase}: {message}")
+                    last = (phase, message)
+            if limit is not None and time.monotonic() - start > limit:
+                raise FedctlError(f"timed out after {format_duration(limit)} waiting for "
+                                  f"agentupgrade/{name}: {message}")
+            time.sleep(0.5)

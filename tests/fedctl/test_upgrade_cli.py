@@ -152,3 +152,43 @@ def test_apply_of_an_agentupgrade_document(cloud: Cloud) -> None:
     got = yaml.safe_load(r.stdout)
     assert got["spec"]["selector"] == {"matchLabels": {"site": "paris"}}
     assert got["status"]["total"] == 1
+
+
+class _Agents:
+    """The nodes' agents and the tick, in a thread, every 0.2 s until the block ends."""
+
+    def __init__(self, cloud: Cloud, *, crash: frozenset[str] = frozenset()) -> None:
+        import threading
+
+        self.cloud, self.crash = cloud, crash
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self.stop.wait(0.2):
+            _agents_step(self.cloud, crash=self.crash)
+
+    def __enter__(self) -> None:
+        self.thread.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(5)
+
+
+def test_wait_follows_the_upgrade_to_its_end(cloud: Cloud) -> None:
+    with _Agents(cloud):
+        r = fed(cloud, "upgrade", "nodes", "--version", "0.9.1", "--image", IMAGE, "--wait",
+                "--timeout", "60s")
+    assert r.exit_code == 0, r.output
+    assert "Waiting for agentupgrade/agent-0.9.1: Progressing" in r.stdout
+    assert "agentupgrade/agent-0.9.1 complete: 3 of 3 nodes at 0.9.1" in r.stdout
+    with _Agents(cloud, crash=frozenset({"n1"})):
+        r = fed(cloud, "upgrade", "nodes", "--version", "1.0.0", "--image", IMAGE, "--wait",
+                "--timeout", "60s")
+    assert r.exit_code == 1
+    assert "agentupgrade/agent-1.0.0 aborted: aborted: 1 failed" in r.output
+    r = fed(cloud, "upgrade", "nodes", "--version", "1.0.1", "--image", IMAGE, "--wait",
+            "--timeout", "1s")  # nobody plays the agents: it never ends
+    assert r.exit_code == 1
+    assert "timed out after 1 s waiting for agentupgrade/agent-1.0.1" in r.output
