@@ -172,8 +172,13 @@ class DesiredSets:
         """Desired sets and report seqs from the store; the pods they hold are bound
         there again (`Placement.restore`)."""
         pods = self.objects.pods
+        acked = records.get("acked", {})
         for name, rec in records.get("desired", {}).items():
             nd = NodeDesired.from_record(rec)
+            later = acked.get(name)  # an ack after the set was last written
+            if (isinstance(later, list) and len(later) == 2 and later[0] == nd.epoch
+                    and isinstance(later[1], int) and nd.acked < later[1] <= nd.gen):
+                nd.acked = later[1]
             self._sets[name] = nd
             for k in nd.items:
                 kind, ns, pname = split_key(k)
@@ -264,18 +269,18 @@ class DesiredSets:
     def record_ack(self, name: str, epoch: str, gen: int) -> bool:
         """An edge confirmed (epoch, gen); collects tombstones. True if `acked` moved.
 
-        Cost per node-update (issue 13): an ack writes nothing unless it collected
-        tombstones. The stored set's `acked` may then lag (it is written with the
-        node's next change); after a restart that only means a delta from an older
-        base, which the edge accepts (`shared.delta`: base <= gen applies), and the
-        node's next report or resync records its gen again. The node's
-        `desired_gen` / `acked_gen` are derived from the sets (`sync_node_gens` at
-        load), so they are announced to lists and watches but never written."""
+        Cost per node-update (issue 13): unless it collected tombstones, an ack
+        writes only [epoch, acked] to the `acked` database, not the whole set again;
+        `load` takes the higher of the two. The node's `desired_gen` / `acked_gen`
+        are derived from the sets (`sync_node_gens` at load), so they are announced
+        to lists and watches but never written as a Node record."""
         nd = self._sets.get(name)
         if nd is None or not nd.ack(epoch, gen):
             return False
         if nd.collect():
             self.store.put_later("desired", name, nd.to_record)
+        else:  # a small record, not the whole set again (issue 13); `load` takes it
+            self.store.put("acked", name, [nd.epoch, nd.acked])
         node = self.objects.nodes.get(name)
         if node is not None:
             node.status.acked_gen = nd.acked

@@ -24,9 +24,10 @@ log = logging.getLogger("cloudcore.store")
 
 DBS = ("nodes", "daemonsets", "deployments", "pods", "configmaps", "desired", "reportseq",
        "meta", "tokens", "credentials", "secrets", "namespaces", "deletednodes", "rollouts",
-       "agentupgrades", "upgradenodes", "priorityclasses")
+       "agentupgrades", "upgradenodes", "priorityclasses", "acked")
 """Named databases: one per object kind, plus per-node desired sets (NodeDesired
-records), per-node last processed report seq, meta (the store epoch), join and API
+records), per-node acked gens written at acks ([epoch, gen]: an ack need not rewrite
+the whole set), per-node last processed report seq, meta (the store epoch), join and API
 tokens (hashed), per-node broker credentials (hashed) and the names of deleted nodes
 (whose agents must not re-register them until they join again), AgentUpgrade objects
 and their per-node memory (`upgradenodes`: `upgrade/node` -> what the node ran before,

@@ -61,6 +61,7 @@ from shared.codec import (
     Response,
     Resync,
     Will,
+    check_depth,
     decode,
     encode,
     entry_fits,
@@ -72,6 +73,7 @@ from shared.errors import (
     DecodeError,
     MessageTooLarge,
     ProtocolError,
+    TooDeep,
     UnknownVersion,
 )
 
@@ -92,6 +94,10 @@ DRIFT = "cloudcore_desired_drift_total"
 UNDELIVERABLE = "cloudcore_desired_undeliverable_total"
 LABELS_REFUSED = "cloudcore_node_labels_refused_total"
 UNSENT = "cloudcore_messages_unsent_total"
+_SECRET_PREFIX = SECRET + "/"
+_WHOLE_FITS = min(DOWN_LIMITS.max_str_bytes, DOWN_LIMITS.max_items,
+                  DOWN_LIMITS.max_message_bytes - 1024)
+"""A Desired of at most this many bytes needs no per-entry check (`_for_wire`)."""
 
 
 @dataclass
@@ -411,7 +417,7 @@ class SyncHub:
         nd = self.desired.desired_for(node)
         link = self._link(node)
         epoch = link.epoch if link.epoch_known else nd.epoch
-        self._emit(node, self._for_wire(node, nd.delta(base, epoch)))
+        self._emit(node, *self._for_wire(node, nd.delta(base, epoch)))
         link.inflight = nd.gen
         # An ack is late only after the deltas queued before it could have been
         # answered: allow for the fleet-wide number in flight at the rate one
@@ -499,29 +505,39 @@ class SyncHub:
             cached = self._node_keys[node] = (raw, seal.NodeKeys.derive(raw))
         return cached[1]
 
-    def _for_wire(self, node: str, msg: Desired) -> Desired:
-        """The delta as it may leave: Secret values sealed for the node, and no entry
-        that cannot be delivered (each reported once per change, on its pods)."""
+    def _for_wire(self, node: str, msg: Desired) -> tuple[Desired, bytes]:
+        """The delta as it may leave, and its bytes: Secret values sealed for the node,
+        and no entry that cannot be delivered (each reported once per change, on its
+        pods). Encoded once: a message no longer than `_WHOLE_FITS` bytes that nests
+        within the depth limit holds no string, array or entry over the limits (none
+        is longer or deeper than the whole), so its entries need no check one by one."""
         if not msg.put:
-            return msg
+            return msg, encode(msg)
         keys = self._keys_of(node)
-        put: dict[str, Any] = {}
-        for k, v in msg.put.items():
-            put[k] = (seal.seal_secret(keys.secret, node=node, entry_key=k, value=v)
-                      if keys is not None and k.startswith(SECRET + "/") else v)
-        sizes: dict[str, int] = {}
+        if keys is not None and any(k.startswith(_SECRET_PREFIX) for k in msg.put):
+            msg = msg.model_copy(update={"put": {
+                k: seal.seal_secret(keys.secret, node=node, entry_key=k, value=v)
+                if k.startswith(_SECRET_PREFIX) else v for k, v in msg.put.items()}})
+        payload = encode(msg)
+        if len(payload) <= _WHOLE_FITS:
+            try:
+                check_depth(payload, DOWN_LIMITS.max_depth)
+                return msg, payload
+            except TooDeep:
+                pass  # find the entry that is too deep, below
+        put = dict(msg.put)
         for k, v in list(put.items()):
             reason = entry_fits(k, v, limits=DOWN_LIMITS)
             if reason is not None:
                 del put[k]
                 self._undeliverable_entry(node, k, reason)
         wire = msg.model_copy(update={"put": put}) if put != msg.put else msg
-        size = len(encode(wire))
+        payload = encode(wire)
+        size = len(payload)
         if size > DOWN_LIMITS.max_message_bytes:
             # every entry fits alone, but not all together: leave out the largest
             # until the rest fits (they go once others are gone or smaller)
-            for k, v in put.items():
-                sizes[k] = len(encode_value(v)) + len(k)
+            sizes = {k: len(encode_value(v)) + len(k) for k, v in put.items()}
             for k in sorted(sizes, key=sizes.__getitem__, reverse=True):
                 if size <= DOWN_LIMITS.max_message_bytes:
                     break
@@ -531,7 +547,8 @@ class SyncHub:
                     node, k, f"the node's desired set exceeds the message limit of "
                              f"{DOWN_LIMITS.max_message_bytes} bytes")
             wire = msg.model_copy(update={"put": put})
-        return wire
+            payload = encode(wire)
+        return wire, payload
 
     def _undeliverable_entry(self, node: str, key: str, reason: str) -> None:
         self.metrics.inc(UNDELIVERABLE)
@@ -545,12 +562,15 @@ class SyncHub:
         log.warning("not sending %s to node %s: %s", key, node, reason)
         self.nodes.undeliverable(node, key, reason)
 
-    def _emit(self, node: str, msg: Desired | ReportAck | Request) -> None:
+    def _emit(self, node: str, msg: Desired | ReportAck | Request,
+              payload: bytes | None = None) -> None:
+        """Seal and send `msg` (its bytes `payload` if the caller encoded it already)."""
         if self._send is None:
             log.debug("no transport yet; dropping %s to %s", msg.t, node)
             return
         topic = topics.down(node)
-        payload = encode(msg)
+        if payload is None:
+            payload = encode(msg)
         keys = self._keys_of(node)
         if keys is not None:
             payload = seal.seal(keys.down, topic, payload)
