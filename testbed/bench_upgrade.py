@@ -7,7 +7,7 @@ Over an in-memory store (nothing persisted), it registers N Ready nodes running 
 0.9.0 (`--offline` percent of them NotReady), tunes the collector as the cloudcore binary
 does, applies one AgentUpgrade to 0.9.1 for every node and plays the agents: each
 simulated second every told Ready node reports the new version and Healthy, then the
-fleet ticks. It prints the CPU time of the apply (the first full pass and batch), of
+fleet ticks. It prints the CPU time of the apply (the first slice of a pass), of
 each controller tick and of the desired sets' commit after it (median, p90, max: what
 one liveness tick holds the loop for), the agents' reports, the ticks to Complete, and
 the cost of a tick when nothing moves, after one node's status changed and after a node
@@ -81,7 +81,8 @@ def main() -> None:
                     "maxUnavailable": mu}}
     c0 = time.process_time()
     fleet.apply([parse_object(doc)])
-    print(f"apply (first batch): {(time.process_time() - c0) * 1e3:.1f} ms CPU")
+    print(f"apply (the first slice of the owners' pass): "
+          f"{(time.process_time() - c0) * 1e3:.1f} ms CPU")
     ticks: list[float] = []
     commits: list[float] = []
     reports: list[float] = []

@@ -44,9 +44,10 @@ stands (upgraded, waiting, candidate, in progress, failed) and `tick()` (the fle
 liveness tick, and right after an apply) looks again only at the nodes whose agent
 status or readiness changed (`node_changed`) and at those in progress (their
 deadlines); which AgentUpgrade selects a node is worked out again for the nodes that
-joined, left or changed labels (`selection_changed`), and over every node only when an
-AgentUpgrade is applied or deleted (at 100,000 nodes that pass takes about half a
-second). At most `MAX_TELL_PER_TICK` nodes are told per tick.
+joined, left or changed labels (`selection_changed`). A pass over every node (after an
+AgentUpgrade is applied or deleted, an abort, a cloud restart) goes a slice a tick
+(`OWNER_SLICE` nodes' owners, then `PASS_SLICE` nodes classified), and the AgentUpgrade
+takes no step until it is through. At most `MAX_TELL_PER_TICK` nodes are told per tick.
 `python -m testbed.bench_upgrade` prints what a tick costs.
 """
 
@@ -88,6 +89,10 @@ DEADLINE_MARGIN = 60.0
 the node's own deadline counts from its restart, after the download and checks."""
 MAX_FAILURES_SHOWN = 50
 MAX_TELL_PER_TICK = 2000
+PASS_SLICE = 10000
+"""Nodes classified per tick in a pass over every node of an AgentUpgrade (after it is
+applied, an abort, a cloud restart); OWNER_SLICE nodes' owners worked out per tick."""
+OWNER_SLICE = 10000
 """Nodes told per tick at most (a bigger batch takes several ticks), so one tick holds the
 event loop for tens of milliseconds (testbed/bench_upgrade.py)."""
 MAX_MESSAGE = 1000
@@ -146,6 +151,10 @@ class _State:
     progress: set[str] = field(default_factory=set)
     failed: set[str] = field(default_factory=set)
     """Told nodes that failed (their memo says why)."""
+    pending: list[str] = field(default_factory=list)
+    """A pass over every node of this AgentUpgrade under way, a slice a tick: no batch,
+    abort or status until it is through."""
+    at: int = 0
 
     def set_class(self, node: str, cls: str | None) -> bool:
         """Record where `node` stands (None: not this AgentUpgrade's); True if it moved."""
@@ -180,6 +189,8 @@ class _State:
         return out
 
     def reset(self) -> None:
+        self.pending = []
+        self.at = 0
         self.cls.clear()
         self.count.clear()
         self.candidates.clear()
@@ -211,6 +222,8 @@ class Upgrades:
         self._reselect = True  # labels, nodes or AgentUpgrades changed: owners again
         self._changed: set[str] = set()  # nodes whose status or readiness changed
         self._reowner: set[str] = set()  # nodes that joined, left or changed labels
+        self._opass: tuple[list[str], int, dict[str, str]] | None = None
+        """The owners' pass under way: (every node's name, how far, the owners so far)."""
 
     # -- loading ------------------------------------------------------------------------
 
@@ -296,91 +309,98 @@ class Upgrades:
     def tick(self) -> bool:
         """Advance every AgentUpgrade; True if a node's release entry changed (the caller
         commits the desired sets). Costs what changed: the nodes whose status or
-        readiness changed and those in progress (their deadlines), unless the selection
-        changed (then every node once)."""
+        readiness changed and those in progress (their deadlines); a pass over every
+        node (after an AgentUpgrade changed, an abort, a restart) goes a slice a tick."""
         if not self._states:
             self._changed.clear()
             self._reowner.clear()
+            self._opass = None
             return False
-        moving = any(st.progress and not st.aborted for st in self._states.values())
-        if not (self._reselect or self._changed or self._reowner or moving
-                or any(st.full for st in self._states.values())):
+        moving = any((st.progress and not st.aborted) or st.pending
+                     for st in self._states.values())
+        if not (self._reselect or self._opass is not None or self._changed or self._reowner
+                or moving or any(st.full for st in self._states.values())):
             return False
         now = self.clock()
         ups = sorted(self.objects.agentupgrades.values(),
                      key=lambda a: (a.metadata.creation_timestamp or "", a.metadata.name),
                      reverse=True)
-        mine: dict[str, list[str]] | None = None
-        if self._reselect:
+        if self._reselect:  # start (again) the pass that works out every node's owner
             self._reselect = False
-            self._owner = {}
-            for au in ups:
-                sel = au.spec.selector
-                for name, node in self.objects.nodes.items():
-                    if name not in self._owner and sel.matches(node.metadata.labels):
-                        self._owner[name] = au.metadata.name
-            mine = {}
-            for name in sorted(self._owner):
-                mine.setdefault(self._owner[name], []).append(name)
+            self._opass = (list(self.objects.nodes), 0, {})
+        if self._opass is not None:
+            names, at, owner = self._opass
+            nodes = self.objects.nodes
+            for name in names[at:at + OWNER_SLICE]:
+                node = nodes.get(name)
+                if node is None:
+                    continue
+                for au in ups:
+                    if au.spec.selector.matches(node.metadata.labels):
+                        owner[name] = au.metadata.name
+                        break
+            at += OWNER_SLICE
+            if at < len(names):
+                self._opass = (names, at, owner)
+                return False  # the rest waits for the owners (changes are kept)
+            self._opass = None
+            self._owner = owner
+            for st in self._states.values():
+                st.full = True
         changed_nodes, self._changed = self._changed, set()
         if self._reowner:  # only these nodes' owners: the others' did not change
             nodes = self.objects.nodes
             for name in self._reowner:
                 node = nodes.get(name)
-                owner = None if node is None else next(
+                found = None if node is None else next(
                     (au.metadata.name for au in ups
                      if au.spec.selector.matches(node.metadata.labels)), None)
-                if owner is None:
+                if found is None:
                     self._owner.pop(name, None)
                 else:
-                    self._owner[name] = owner
+                    self._owner[name] = found
             changed_nodes |= self._reowner
             self._reowner = set()
         changed = False
         for au in ups:
-            name = au.metadata.name
-            st = self._state(au)
-            if mine is not None:
-                st.full = True
-                self._forget_gone(name, st)
-            full = st.full
-            if full:
-                st.full = False
-                st.reset()
-                ours = mine.get(name, []) if mine is not None else [
-                    n for n, o in self._owner.items() if o == name]
-                names = sorted(set(ours) | set(st.told))
-                changed |= self._entries(au, st)
-            else:
-                names = sorted({n for n in changed_nodes if n in st.cls or n in st.told
-                                or self._owner.get(n) == name} | st.progress)
-            moved = False
-            for node in names:
-                moved |= st.set_class(node, self._classify(au, st, node, now))
-            aborted = st.aborted
-            changed |= self._advance(au, st)
-            if st.aborted and not aborted:  # every told node stands elsewhere now
-                st.reset()
-                for node in sorted(set(self._ours(name)) | set(st.told)):
-                    st.set_class(node, self._classify(au, st, node, now))
-                moved = True
-            if moved or names or full or au.status is None:
-                self._status(au, st)
+            changed |= self._work(au, self._state(au), changed_nodes, now)
         return changed
 
-    def _ours(self, name: str) -> list[str]:
-        return [n for n, o in self._owner.items() if o == name]
-
-    def _forget_gone(self, name: str, st: _State) -> None:
-        """Told nodes that were deleted, or whose entry a newer AgentUpgrade took: forgotten
-        here. A node whose labels stopped matching stays told (and keeps its entry)."""
-        nodes = self.objects.nodes
-        for node in [n for n in st.told if n not in nodes or self._owned(n, name)]:
-            del st.told[node]
-            st.failed.discard(node)
-            self.store.delete(DB, f"{name}/{node}")
-            if node not in nodes:
-                self.desired.put_entry(node, AGENT_RELEASE_KEY, None)
+    def _work(self, au: AgentUpgrade, st: _State, changed_nodes: set[str],
+              now: float) -> bool:
+        """One AgentUpgrade's share of a tick; True if a release entry changed."""
+        name = au.metadata.name
+        changed = False
+        if st.full:  # a pass over every node of it begins
+            st.full = False
+            st.reset()
+            st.pending = [n for n, o in self._owner.items() if o == name]
+            st.pending += [n for n in st.told if self._owner.get(n) != name]
+        names = sorted({n for n in changed_nodes if n in st.cls or n in st.told
+                        or self._owner.get(n) == name} | st.progress)
+        moved = False
+        for node in names:
+            moved |= st.set_class(node, self._classify(au, st, node, now))
+        if st.pending:
+            part = st.pending[st.at:st.at + PASS_SLICE]
+            st.at += len(part)
+            for node in part:
+                st.set_class(node, self._classify(au, st, node, now))
+                memo = st.told.get(node)
+                if memo is not None:  # its entry as it should be (new spec, abort, load)
+                    changed |= self.desired.put_entry(
+                        node, AGENT_RELEASE_KEY, self._entry(au, memo, aborted=st.aborted))
+            if st.at < len(st.pending):
+                return changed
+            st.pending, st.at, moved = [], 0, True
+        aborted = st.aborted
+        changed |= self._advance(au, st)
+        if st.aborted and not aborted:  # every told node goes back: a pass over them
+            st.full = True
+            return self._work(au, st, set(), now) or True
+        if moved or names or au.status is None:
+            self._status(au, st)
+        return changed
 
     def _owned(self, node: str, name: str) -> bool:
         """Whether `node`'s release entry belongs to another AgentUpgrade than `name`."""
@@ -452,8 +472,8 @@ class Upgrades:
         total = len(st.cls)
         threshold = resolve_count(au.spec.failure_threshold, total, round_up=False)
         if not st.aborted and len(st.failed) > threshold:
-            self._abort(au, st, threshold)
-            return self._entries(au, st)
+            self._abort(au, st, threshold)  # the caller sends the told nodes back
+            return False
         if st.aborted or au.spec.paused or not st.candidates:
             return False
         room = max(1, resolve_count(au.spec.max_unavailable, total, round_up=False)) \
@@ -473,15 +493,6 @@ class Upgrades:
                         [:MAX_MESSAGE])
         log.info("agent upgrade %s: %d more node(s) told", name, len(batch))
         return True
-
-    def _entries(self, au: AgentUpgrade, st: _State) -> bool:
-        """Every told node's entry as it should be (after a spec change, a load, an
-        abort); True if one changed."""
-        changed = False
-        for node, memo in st.told.items():
-            changed |= self.desired.put_entry(node, AGENT_RELEASE_KEY,
-                                              self._entry(au, memo, aborted=st.aborted))
-        return changed
 
     def _entry(self, au: AgentUpgrade, memo: _Told | None, *,
                aborted: bool) -> dict[str, Any] | None:

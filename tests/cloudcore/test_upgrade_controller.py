@@ -406,3 +406,32 @@ def test_nodes_that_join_or_are_relabelled_later_follow_the_selector() -> None:
     w.step()
     assert w.status().total == 3
     assert not [k for (db, k) in w.store.data if db == "upgradenodes" and k.endswith("/n01")]
+
+
+def test_passes_over_every_node_go_a_slice_a_tick(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cloudcore.fleet import upgrades
+
+    monkeypatch.setattr(upgrades, "OWNER_SLICE", 2)
+    monkeypatch.setattr(upgrades, "PASS_SLICE", 2)
+    w = World(5)
+    w.agents["n04"] = "crash"
+    w.apply(upgrade_doc(batch=3))  # owners of n01, n02 in the apply's tick
+    assert w.told() == []
+    assert w.fleet.objects.agentupgrades[f"agent-{NEW}"].status is None
+    w.step()  # owners of n03, n04
+    w.step()  # owner of n05; the classifying pass starts: n01, n02
+    w.step()  # n03, n04
+    assert w.told() == []
+    w.step()  # n05: the pass is through, the first batch goes
+    assert w.told() == ["n01", "n02", "n03"]
+    assert w.status().total == 5
+    w.step()  # all three upgrade; n04 and n05 told
+    w.step()  # n04 crashed: abort, and the pass that sends the told nodes back begins
+    assert [w.entry(n)["version"] for n in w.names] == [OLD, OLD, NEW, NEW, NEW]
+    for _ in range(4):
+        w.step()
+    st = w.status()
+    assert st.phase == "Aborted"
+    assert {n: w.entry(n)["version"] for n in w.names} == dict.fromkeys(w.names, OLD)
+    assert all(w.running[n] == OLD for n in w.names)
+    assert st.rolled_back == 5
