@@ -5,7 +5,10 @@
         ├── ConfigError               a setting is invalid; `field` names it (fatal, before start)
         ├── CacheError                LMDB failed: disk full, corrupt, map full (fatal for the
         │                             operation; the caller decides whether to retry)
-        └── LinkError                 the MQTT session failed; temporary, the link reconnects
+        ├── LinkError                 the MQTT session failed; temporary, the link reconnects
+        └── UpgradeFailed             an agent release refused before any restart (pull,
+                                      missing file, version not held); its status is Failed
+                                      (a signature or digest refusal is shared's ReleaseError)
 
 Third-party errors (lmdb.Error, aiomqtt.MqttError) are wrapped into these at the
 module boundary with `raise ... from exc`, so callers never import those libraries.
@@ -34,3 +37,8 @@ class CacheError(EdgecoreError):
 
 class LinkError(EdgecoreError):
     """The MQTT session to the broker failed; temporary by nature (reconnect)."""
+
+
+class UpgradeFailed(EdgecoreError):
+    """An agent release was refused before any restart (edgecore.upgrade); the message
+    is the `agentUpgrade` status message."""

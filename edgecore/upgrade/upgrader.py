@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from edgecore.errors import UpgradeFailed
 from edgecore.runtime.errors import ContainerRuntimeError
 from edgecore.runtime.registry_auth import RegistryCredentials, credentials_for
 from edgecore.runtime.types import PullPolicy
@@ -58,10 +59,6 @@ class ReleaseImages(Protocol):
                    credentials: RegistryCredentials | None = None) -> str: ...
 
     async def rootfs(self, image: str) -> tuple[str, Path]: ...
-
-
-class UpgradeFailed(Exception):
-    """A request refused before any restart; the message is the status message."""
 
 
 @dataclass(frozen=True)
