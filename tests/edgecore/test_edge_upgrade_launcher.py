@@ -291,3 +291,22 @@ def test_kill_9_of_the_launcher_kills_the_trial_and_the_next_start_rolls_back(
     st = slots.read()
     assert st.status is not None and st.status["phase"] == "RolledBack"
     assert "never committed" in st.status["message"]
+
+
+def test_a_trial_of_the_installed_agent_runs_it_from_the_installed_package(
+        state: Path) -> None:
+    # Back to the installed agent (slot None), which here refuses to start: this
+    # state dir has no config and no --name (exit 2). Rolled back to the slot.
+    slots = slots_of(state)
+    make_slot(slots, "1.0")
+    t = trial(__version__)
+    t.slot, t.previous = None, "1.0"
+    slots.write(BootState(base=__version__, active="1.0", trial=t))
+    res, runs = launch(state)
+    assert res.returncode == 0, res.stderr
+    assert [(r["version"], r["trial"]) for r in runs] == [("1.0", False)]
+    st = slots.read()
+    assert st.active == "1.0" and st.status is not None
+    assert st.status["phase"] == "RolledBack"
+    assert "exited with code 2" in st.status["message"]
+    assert "invalid setting node" in st.status["message"], st.status["message"]
