@@ -4,7 +4,8 @@ The desired set maps keys such as `pod/{namespace}/{name}` to plain JSON-able
 values; both sides build and read them only through this module.
 
 Entry shapes:
-- `pod/{ns}/{name}`: `pod_entry(pod)`, {name, namespace, labels, spec, revision} and
+- `pod/{ns}/{name}`: `pod_entry(pod)`, {name, namespace, labels, spec (without the
+  `CLOUD_ONLY_FIELDS`), revision} and
   `policy` ({level, hostPathAllow}: what cloudcore admitted the pod under, which the
   agent checks again; `shared.policy.Admitted`), absent for pods admitted before levels;
   `uid` and `annotations` (only the keys) when the pod's env reads them (`fieldRef`).
@@ -310,16 +311,27 @@ def telemetry_point(
     return {"ts": ts, "node": dict(node), "pods": {k: dict(v) for k, v in pods.items()}}
 
 
+CLOUD_ONLY_FIELDS = frozenset({"affinity", "priority"})
+"""Pod spec fields only cloudcore reads (scheduling, eviction order): a pod entry leaves
+them out, so an agent from before them (which refuses unknown fields) still runs the pod,
+and no node learns another pod's selectors. They still count in the revision: changing
+them is a new revision, as a template change is in Kubernetes."""
+
+
 def pod_entry(pod: models.Pod, *, revision: str | None = None) -> dict[str, Any]:
     """The desired-set value for a pod placed on a node. A caller that makes many pods
     of one template may pass the `revision` it computed once (`pod_revision`)."""
     spec = pod.spec.dump()
+    if revision is None:
+        revision = pod_revision(spec)
+    if any(f in spec for f in CLOUD_ONLY_FIELDS):
+        spec = {k: v for k, v in spec.items() if k not in CLOUD_ONLY_FIELDS}
     out: dict[str, Any] = {
         "name": pod.metadata.name,
         "namespace": pod.metadata.namespace,
         "labels": pod.metadata.labels,
         "spec": spec,
-        "revision": revision if revision is not None else pod_revision(spec),
+        "revision": revision,
     }
     uid, annotations = referenced_meta(pod.spec)
     if uid and pod.metadata.uid:

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
 from shared import models, pods, policy
-from shared.entries import parse_pod_entry, pod_entry, status_value
+from shared.entries import CLOUD_ONLY_FIELDS, parse_pod_entry, pod_entry, status_value
 from shared.errors import ObjectError, UnsupportedField
 
 Tree = dict[str, Any]
@@ -288,7 +288,8 @@ def test_the_spec_round_trips_on_both_sides(raw: dict[str, Any]) -> None:
     assert loaded.spec == pod.spec and loaded.spec.dump() == want
     assert models.Pod.model_validate(pod.model_dump()).spec == pod.spec  # snake_case names
     entry = parse_pod_entry("pod/default/web", pod_entry(loaded))
-    assert entry.spec == pod.spec and entry.spec.dump() == want
+    on_node = {k: v for k, v in want.items() if k not in CLOUD_ONLY_FIELDS}
+    assert entry.spec.dump() == on_node
     assert pod_entry(loaded)["revision"] == pod_entry(pod)["revision"]
     assert pod.dump()["spec"] == want
 
@@ -304,6 +305,25 @@ def test_pod_entry_round_trip():
         ("web", "default", {"app": "web"}, value["revision"])
     assert entry.spec.dump() == value["spec"]
     assert "policy" not in value and entry.policy is None  # admitted before levels
+
+
+def test_scheduling_only_fields_stay_in_the_cloud_but_count_in_the_revision():
+    """An agent from before affinity and priority refuses unknown spec fields, and a node
+    has no use for another pod's selectors: the entry leaves them out. Changing them is
+    still a new revision (a template change, as in Kubernetes)."""
+    assert {"affinity", "priority"} <= set(FULL)  # FULL really carries them
+    pod = models.parse_object({"apiVersion": "v1", "kind": "Pod",
+                               "metadata": {"name": "web"}, "spec": FULL})
+    assert isinstance(pod, models.Pod)
+    value = pod_entry(pod)
+    assert not CLOUD_ONLY_FIELDS & set(value["spec"])
+    assert set(pod.spec.dump()) - set(value["spec"]) == CLOUD_ONLY_FIELDS
+    bare = {k: v for k, v in FULL.items() if k not in CLOUD_ONLY_FIELDS}
+    other = models.parse_object({"apiVersion": "v1", "kind": "Pod",
+                                 "metadata": {"name": "web"}, "spec": bare})
+    assert isinstance(other, models.Pod)
+    assert pod_entry(other)["spec"] == value["spec"]
+    assert pod_entry(other)["revision"] != value["revision"]
 
 
 def test_pod_entry_carries_the_admitted_level():
