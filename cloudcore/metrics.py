@@ -132,6 +132,50 @@ def rollout_gauges(fleet: Any) -> Iterable[tuple[str, Labels, float]]:
             yield ROLLOUT_PODS, (("kind", kind), ("state", state)), float(n)
 
 
+AGENT_UPGRADES = "cloudcore_agent_upgrades"
+AGENT_UPGRADE_NODES = "cloudcore_agent_upgrade_nodes"
+AGENT_VERSIONS = "cloudcore_agent_versions"
+UPGRADE_PHASES = ("Progressing", "Complete", "Paused", "Aborted")
+
+
+def add_upgrade_gauges(metrics: Metrics, fleet: Any) -> None:
+    """Describe and register `upgrade_gauges(fleet)` for every scrape."""
+    metrics.describe(AGENT_UPGRADES, "AgentUpgrades by phase.")
+    metrics.describe(AGENT_UPGRADE_NODES, "Nodes of every AgentUpgrade by state (selected, "
+                                          "upgraded, in_progress, failed, waiting, "
+                                          "rolled_back).")
+    metrics.describe(AGENT_VERSIONS, "Nodes by the agent version they report (unknown: "
+                                     "none reported yet).")
+    metrics.add_gauges(lambda: upgrade_gauges(fleet))
+
+
+def upgrade_gauges(fleet: Any) -> Iterable[tuple[str, Labels, float]]:
+    """Agent upgrades as counts without names: AgentUpgrades by phase, their nodes by
+    state, and the fleet's nodes by agent version (one pass over the nodes)."""
+    phases = dict.fromkeys(UPGRADE_PHASES, 0)
+    nodes = dict.fromkeys(("selected", "upgraded", "in_progress", "failed", "waiting",
+                           "rolled_back"), 0)
+    for au in fleet.objects.agentupgrades.values():
+        st = au.status
+        if st is None:
+            continue
+        phases[st.phase] = phases.get(st.phase, 0) + 1
+        for state, n in (("selected", st.total), ("upgraded", st.upgraded),
+                         ("in_progress", st.in_progress), ("failed", st.failed),
+                         ("waiting", st.waiting), ("rolled_back", st.rolled_back)):
+            nodes[state] += n
+    for phase, n in phases.items():
+        yield AGENT_UPGRADES, (("phase", phase),), float(n)
+    for state, n in nodes.items():
+        yield AGENT_UPGRADE_NODES, (("state", state),), float(n)
+    versions: dict[str, int] = {}
+    for node in fleet.nodes.values():
+        v = node.status.agent_version or "unknown"
+        versions[v] = versions.get(v, 0) + 1
+    for v, n in sorted(versions.items()):
+        yield AGENT_VERSIONS, (("version", v),), float(n)
+
+
 EDGE_BATCHES = "cloudcore_edge_metrics_batches"
 EDGE_SERIES = "cloudcore_edge_series"
 EDGE_NODES = "cloudcore_edge_series_nodes"

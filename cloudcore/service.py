@@ -54,7 +54,14 @@ from cloudcore.config import Settings
 from cloudcore.errors import ConfigError
 from cloudcore.fleet import Fleet, Liveness
 from cloudcore.fleet.admission import Admission
-from cloudcore.metrics import Labels, LoopLag, Metrics, add_edge_gauges, add_rollout_gauges
+from cloudcore.metrics import (
+    Labels,
+    LoopLag,
+    Metrics,
+    add_edge_gauges,
+    add_rollout_gauges,
+    add_upgrade_gauges,
+)
 from cloudcore.release import open_release_key
 from cloudcore.scheduler import Scheduler
 from cloudcore.store import Store
@@ -503,4 +510,5 @@ def _register_gauges(metrics: Metrics, *, fleet: Fleet, store: Store,
 
     metrics.add_gauges(gauges)
     add_rollout_gauges(metrics, fleet)
+    add_upgrade_gauges(metrics, fleet)
     add_edge_gauges(metrics, fleet.node_ops.edge_series)

@@ -6,11 +6,13 @@ from __future__ import annotations
 import base64
 import stat
 from pathlib import Path
+from typing import Any
 
 from api_fixture import open_api
 from cloudcore_fakes import add_node
 
 from cloudcore.auth import Role
+from cloudcore.config import Settings
 from cloudcore.release import open_release_key, release_key_path
 from shared import release as rel
 
@@ -98,3 +100,27 @@ def test_backup_keeps_the_release_key(tmp_path: Path) -> None:
     copy = release_key_path(tmp_path / "copy" / "pki")
     assert stat.S_IMODE(copy.stat().st_mode) == 0o600
     assert open_release_key(copy.parent) == public
+
+
+async def test_the_service_makes_the_release_key_and_counts_upgrades(
+        service_factory: Any, settings: Settings, mosquitto: int) -> None:
+    """cloudcore as shipped: release.key beside the CA at first start (0600), kept across
+    restarts; /metrics counts AgentUpgrades by phase and their nodes by state."""
+    import httpx
+
+    settings.mqtt.port = mosquitto
+    settings.forecast.enabled = False
+    key = release_key_path(settings.store.state_dir / "pki")
+    assert not key.exists()
+    handle = service_factory()
+    running = await handle.start()
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert (settings.store.state_dir / "pki" / "ca.crt").is_file()
+    first = key.read_bytes()
+    async with httpx.AsyncClient(base_url=running.url) as c:
+        text = (await c.get("/metrics")).text
+    assert 'cloudcore_agent_upgrades{phase="Complete"} 0' in text
+    assert 'cloudcore_agent_upgrade_nodes{state="failed"} 0' in text
+    await handle.stop()
+    await service_factory().start()
+    assert key.read_bytes() == first

@@ -435,3 +435,19 @@ def test_passes_over_every_node_go_a_slice_a_tick(monkeypatch: pytest.MonkeyPatc
     assert {n: w.entry(n)["version"] for n in w.names} == dict.fromkeys(w.names, OLD)
     assert all(w.running[n] == OLD for n in w.names)
     assert st.rolled_back == 5
+
+
+def test_metrics_count_upgrades_nodes_and_versions() -> None:
+    from cloudcore.metrics import upgrade_gauges
+
+    w = World(3)
+    w.agents["n02"] = "crash"
+    w.apply(upgrade_doc(batch=1, threshold=1))
+    for _ in range(4):
+        w.step()
+    got = {(name, labels): v for name, labels, v in upgrade_gauges(w.fleet)}
+    assert got[("cloudcore_agent_upgrades", (("phase", "Complete"),))] == 1
+    assert got[("cloudcore_agent_upgrade_nodes", (("state", "upgraded"),))] == 2
+    assert got[("cloudcore_agent_upgrade_nodes", (("state", "failed"),))] == 1
+    assert got[("cloudcore_agent_versions", (("version", NEW),))] == 2
+    assert got[("cloudcore_agent_versions", (("version", OLD),))] == 1
