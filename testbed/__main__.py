@@ -15,6 +15,8 @@
                                   secure (joined, TLS, sealed) and --insecure side by side
     testbed bench rollout         simulated fleet: health-gated DaemonSet rollouts, a good
                                   update in batches (--batch 10%) and a bad one rolled back
+    testbed bench brokers         the broker tier by measurement: N secure MQTT sessions on
+                                  several mosquittos and on a NATS cluster (--sessions)
     testbed bench idle            two real agents at their defaults (0 and --pods 10 pods):
                                   idle link bytes per node by packet capture (--duration)
     testbed chaos SCENARIO        start a fleet, inject a named fault, print figures:
@@ -326,6 +328,10 @@ def cmd_broker(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from testbed.bench import batch_size, bench_rollout, bench_sync
 
+    if args.what == "brokers":
+        from testbed.bench_brokers import bench_brokers, settings_from
+
+        return bench_brokers(settings_from(args, Path(args.workdir or "var/bench-brokers")))
     if args.what == "idle":
         from testbed.bench_idle import main as bench_idle
 
@@ -451,8 +457,12 @@ def build_parser() -> argparse.ArgumentParser:
              "rollout  simulated fleet: a health-gated rollout in batches, and a bad one "
              "rolled back\n"
              "idle     two real agents at their defaults: idle link bytes per node by "
-             "packet capture")
-    b.add_argument("what", choices=["sync", "rollout", "idle"], help="which benchmark")
+             "packet capture\n"
+             "brokers  N secure MQTT sessions on several mosquittos and on a NATS cluster: "
+             "connect,\n         idle cost, fan-in, a message to every node "
+             "(python -m testbed.bench_brokers --help)")
+    b.add_argument("what", choices=["sync", "rollout", "idle", "brokers"],
+                   help="which benchmark")
     b.add_argument("--nodes", type=int, default=5000, help="sync, rollout: simulated nodes")
     b.add_argument("--procs", type=int, default=2, help="simulator processes")
     b.add_argument("--batch", default="10%",
@@ -466,6 +476,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--duration", type=float, default=600.0,
                    help="idle: capture window in seconds")
     b.add_argument("--pods", type=int, default=10, help="idle: pods on the second node")
+    from testbed.bench_brokers import add_arguments as brokers_arguments
+
+    brokers_arguments(b.add_argument_group("brokers (var/bench-brokers)"))
     b.set_defaults(fn=cmd_bench)
     from testbed.chaos import SCENARIOS
 

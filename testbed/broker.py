@@ -15,6 +15,13 @@ Two shapes, chosen explicitly:
 
 The broker always logs to a file, `log` (`WORKDIR/run/mosquitto.log`; a silent broker
 once hid fd exhaustion); `log_tail()` reads it.
+
+A broker tier (issue 14, `testbed bench brokers`): `spread_partitions` gives each of
+several brokers a contiguous share of the 256 partitions, and `NatsCluster` starts a
+cluster of Debian's nats-server with routes, JetStream (which its MQTT listener needs)
+and, on each server, a TLS MQTT listener whose users are the same identities as
+mosquitto's (`nats_users`: a node may publish only its own `up`/`will` and read only its
+own `down`, the NATS form of `topics.acl_rules()`).
 """
 
 from __future__ import annotations
@@ -29,10 +36,13 @@ import signal
 import subprocess
 import tempfile
 import threading
-from dataclasses import dataclass
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
+from shared import topics
 from testbed.ports import free_port, wait_port
 
 log = logging.getLogger("testbed.broker")
@@ -324,4 +334,290 @@ class Mosquitto:
             link.unlink()
 
 
-__all__ = ["BrokerSecurity", "Mosquitto"]
+# --- a broker tier: several brokers by partition, or one NATS cluster (issue 14) -------
+
+
+def spread_partitions(brokers: int, partitions: int = topics.PARTITIONS) -> list[int]:
+    """partition -> broker index: each broker a contiguous range, sizes differing by at
+    most one (256 over 7: 37, 37, 37, 37, 36, 36, 36). Contiguous ranges keep a move
+    simple to describe: draining a broker hands its range to its neighbours."""
+    if brokers < 1 or brokers > partitions:
+        raise ValueError(f"brokers: {brokers} is not in 1..{partitions}")
+    base, extra = divmod(partitions, brokers)
+    out: list[int] = []
+    for b in range(brokers):
+        out += [b] * (base + (1 if b < extra else 0))
+    return out
+
+
+def brokers_for(sessions: int, *, per_broker: int) -> int:
+    """How many broker processes hold `sessions` with at most about `per_broker` each
+    (at least one; a process's file descriptors bound what it can hold)."""
+    if per_broker < 1:
+        raise ValueError("per_broker: must be >= 1")
+    return max(1, -(-sessions // per_broker))
+
+
+def broker_map(brokers: dict[str, str], partitions: list[list[str]]) -> dict[str, object]:
+    """The partition -> broker map as the testbed hands it to simulators (`--broker-map`):
+    `{"brokers": {name: "host:port"}, "partitions": [[name, ...] x 256]}`, each
+    partition's brokers in the order a node tries them (the first is its home, the rest
+    its fallbacks). The shape proposal 0007 builds on."""
+    if len(partitions) != topics.PARTITIONS:
+        raise ValueError(f"partitions: {len(partitions)} entries, need {topics.PARTITIONS}")
+    for p, names in enumerate(partitions):
+        unknown = [n for n in names if n not in brokers]
+        if not names or unknown:
+            raise ValueError(f"partitions[{p}]: " + (f"unknown broker(s) {unknown}" if unknown
+                                                      else "no broker"))
+    return {"brokers": dict(brokers), "partitions": [list(n) for n in partitions]}
+
+
+def parse_broker_map(doc: object) -> list[tuple[tuple[str, int], ...]]:
+    """partition -> ((host, port), ...) from a `broker_map` document; ValueError naming
+    the entry that is wrong."""
+    if not isinstance(doc, dict) or not isinstance(doc.get("brokers"), dict):
+        raise ValueError("broker map: needs an object with 'brokers' and 'partitions'")
+    ends: dict[str, tuple[str, int]] = {}
+    for name, addr in doc["brokers"].items():
+        host, sep, port = str(addr).rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"broker map: brokers[{name!r}] = {addr!r} is not host:port")
+        ends[str(name)] = (host, int(port))
+    parts = doc.get("partitions")
+    if not isinstance(parts, list) or len(parts) != topics.PARTITIONS:
+        raise ValueError(f"broker map: 'partitions' must list {topics.PARTITIONS} entries")
+    out: list[tuple[tuple[str, int], ...]] = []
+    for p, names in enumerate(parts):
+        if not isinstance(names, list) or not names or any(n not in ends for n in names):
+            raise ValueError(f"broker map: partitions[{p}] = {names!r}: a non-empty list of "
+                             "names from 'brokers'")
+        out.append(tuple(ends[n] for n in names))
+    return out
+
+
+def nats_subject(mqtt_filter: str) -> str:
+    """The NATS subject of an MQTT topic or filter, as nats-server's MQTT listener maps
+    them: levels `/` -> `.`, `+` -> `*`, `#` -> `>`."""
+    if "." in mqtt_filter or " " in mqtt_filter:
+        raise ValueError(f"{mqtt_filter!r}: '.' and ' ' have no NATS form")
+    return ".".join({"+": "*", "#": ">"}.get(level, level) for level in mqtt_filter.split("/"))
+
+
+_NATS_QOS1_DELIVERY = "$MQTT.sub.>"  # where nats-server delivers a QoS 1 subscription's
+# messages from its JetStream consumer; a client must be allowed to subscribe there
+
+
+def _nats_quote(text: str) -> str:
+    if any(c in text for c in '"\\\n'):
+        raise ValueError(f"{text!r}: no quotes, backslashes or newlines in a NATS config value")
+    return f'"{text}"'
+
+
+def nats_users(*, services: dict[str, str], nodes: Iterable[tuple[str, str]]) -> str:
+    """The `users` of a NATS `authorization` block (one line per identity): services
+    (name -> password) publish and subscribe the protocol's whole tree; each node
+    (name, password) publishes only its own `up` and `will` and subscribes only its own
+    `down` (plus the QoS 1 delivery subjects nats-server needs), the rules of
+    `topics.acl_rules()` with the node's name for `%u`."""
+    rules = topics.acl_rules()
+    tree = [nats_subject(f) for a, f in rules if a == "service"]
+    lines = []
+    for name, pw in services.items():
+        subjects = ", ".join(_nats_quote(s) for s in tree)
+        lines.append(f"  {{user: {_nats_quote(name)}, password: {_nats_quote(pw)}, "
+                     f"permissions: {{publish: [{subjects}], subscribe: [{subjects}, "
+                     f"{_nats_quote(_NATS_QOS1_DELIVERY)}]}}}}")
+    for name, pw in nodes:
+        if not topics.valid_node_name(name):
+            raise ValueError(f"nodes: {name!r} is not a valid node name")
+        pub = [nats_subject(f.replace("%u", name)) for a, f in rules if a == "write"]
+        sub = [nats_subject(f.replace("%u", name)) for a, f in rules if a == "read"]
+        lines.append(f"  {{user: {_nats_quote(name)}, password: {_nats_quote(pw)}, "
+                     f"permissions: {{publish: [{', '.join(map(_nats_quote, pub))}], "
+                     f"subscribe: [{', '.join(map(_nats_quote, [*sub, _NATS_QOS1_DELIVERY]))}]}}}}")
+    return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
+class NatsPorts:
+    client: int  # NATS protocol (JetStream API, monitoring clients)
+    cluster: int  # routes between the servers
+    mqtt: int  # the TLS MQTT listener the fleet uses
+    http: int  # monitoring (/healthz, /varz)
+
+
+@dataclass(frozen=True)
+class NatsSettings:
+    """One cluster's shape; every size in the unit its name says."""
+
+    servers: int = 3
+    host: str = "127.0.0.1"
+    cluster_name: str = "edgefed"
+    jetstream_memory_mb: int = 512  # JetStream memory store per server
+    jetstream_file_mb: int = 4096  # JetStream file store per server
+    mqtt_stream_replicas: int | None = None  # None: nats-server's default (min(3, servers))
+    mqtt_consumer_replicas: int | None = None  # None: the streams' replicas
+    mqtt_consumer_memory: bool = False  # QoS 1 consumers in memory, not on disk
+    mqtt_max_ack_pending: int | None = None  # QoS 1 messages unacked per session
+    extra: dict[str, str] = field(default_factory=dict)  # more top-level `key: value`
+
+
+def nats_config(*, name: str, settings: NatsSettings, ports: NatsPorts,
+                routes: list[int], store_dir: Path, tls_dir: Path, users_file: Path) -> str:
+    """The config of one server of the cluster: routes to the `routes` ports of the
+    others, JetStream, and the MQTT listener over TLS (the fleet CA's certificates in
+    `tls_dir`, as `cloudcore pki broker` writes them) and the `authorization` block of
+    `users_file` (in the same directory; the users of `nats_users`). No anonymous access:
+    every listener takes only those users."""
+    h = settings.host
+    mqtt = [f"  listen: {h}:{ports.mqtt}",
+            f"  tls {{ cert_file: {_nats_quote(str(tls_dir / 'broker.crt'))}, "
+            f"key_file: {_nats_quote(str(tls_dir / 'broker.key'))}, "
+            f"ca_file: {_nats_quote(str(tls_dir / 'ca.crt'))} }}"]
+    if settings.mqtt_stream_replicas is not None:
+        mqtt.append(f"  stream_replicas: {settings.mqtt_stream_replicas}")
+    if settings.mqtt_consumer_replicas is not None:
+        mqtt.append(f"  consumer_replicas: {settings.mqtt_consumer_replicas}")
+    if settings.mqtt_consumer_memory:
+        mqtt.append("  consumer_memory_storage: true")
+    if settings.mqtt_max_ack_pending is not None:
+        mqtt.append(f"  max_ack_pending: {settings.mqtt_max_ack_pending}")
+    lines = [f"server_name: {_nats_quote(name)}",
+             f"listen: {h}:{ports.client}",
+             f"http: {h}:{ports.http}",
+             "jetstream {",
+             f"  store_dir: {_nats_quote(str(store_dir))}",
+             f"  max_memory_store: {settings.jetstream_memory_mb}MB",
+             f"  max_file_store: {settings.jetstream_file_mb}MB",
+             "}",
+             *(["cluster {",
+                f"  name: {_nats_quote(settings.cluster_name)}",
+                f"  listen: {h}:{ports.cluster}",
+                f"  routes: [{', '.join(f'nats-route://{h}:{p}' for p in routes)}]",
+                "}"] if settings.servers > 1 else []),
+             "mqtt {", *mqtt, "}",
+             # the authorization block, kept beside this file (nats-server resolves an
+             # include relative to the including file)
+             f"include {_nats_quote(users_file.name)}",
+             *(f"{k}: {v}" for k, v in settings.extra.items())]
+    return "\n".join(lines) + "\n"
+
+
+class NatsCluster:
+    """`settings.servers` nats-server processes in one cluster, each with an MQTT
+    listener over TLS; `users` (the text of `nats_users`) is every server's user list.
+
+    Each server logs to `rundir/nats-<i>.log` (`log_tail(i)`); `start()` returns once
+    every MQTT port accepts and JetStream has a metadata leader (the MQTT listener
+    refuses sessions until then), or raises RuntimeError with the logs."""
+
+    def __init__(self, *, settings: NatsSettings, tls_dir: Path, users: str,
+                 rundir: Path) -> None:
+        if settings.servers < 1:
+            raise ValueError("servers: at least 1")
+        if shutil.which("nats-server") is None:
+            raise RuntimeError("nats-server is not installed (apt-get install nats-server)")
+        self.settings = settings
+        self.tls_dir = tls_dir
+        self.rundir = rundir
+        rundir.mkdir(parents=True, exist_ok=True)
+        self.users_file = rundir / "users.conf"
+        fd = os.open(self.users_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write("authorization {\n  users: [\n" + users + "  ]\n}\n")
+        h = settings.host
+        self.ports = [NatsPorts(client=free_port(h), cluster=free_port(h), mqtt=free_port(h),
+                                http=free_port(h)) for _ in range(settings.servers)]
+        self.procs: list[subprocess.Popen[bytes] | None] = [None] * settings.servers
+
+    @property
+    def host(self) -> str:
+        return self.settings.host
+
+    def name(self, i: int) -> str:
+        return f"nats-{i}"
+
+    def log(self, i: int) -> Path:
+        return self.rundir / f"nats-{i}.log"
+
+    def config(self, i: int) -> str:
+        others = [p.cluster for j, p in enumerate(self.ports) if j != i]
+        return nats_config(name=self.name(i), settings=self.settings, ports=self.ports[i],
+                           routes=others, store_dir=self.rundir / f"js-{i}",
+                           tls_dir=self.tls_dir, users_file=self.users_file)
+
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.procs if p is not None and p.poll() is None]
+
+    def start(self, *, timeout: float = 60.0) -> NatsCluster:
+        for i in range(self.settings.servers):
+            conf = self.rundir / f"nats-{i}.conf"
+            conf.write_text(self.config(i))
+            with self.log(i).open("ab") as out:
+                self.procs[i] = subprocess.Popen(
+                    ["nats-server", "-c", str(conf), "-l", str(self.log(i))],
+                    stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                    start_new_session=True)
+        deadline = time.monotonic() + timeout
+        try:
+            for p in self.ports:
+                wait_port(self.host, p.mqtt, timeout=max(1.0, deadline - time.monotonic()))
+            while not any("metadata leader" in self.log_tail(i, 400)
+                          for i in range(self.settings.servers)):
+                dead = [self.name(i) for i, pr in enumerate(self.procs)
+                        if pr is None or pr.poll() is not None]
+                if dead or time.monotonic() > deadline:
+                    raise TimeoutError(f"dead: {dead}" if dead else
+                                       f"no JetStream metadata leader after {timeout:.0f} s")
+                time.sleep(0.2)
+        except TimeoutError as exc:
+            logs = "\n".join(f"--- {self.name(i)}:\n{self.log_tail(i)}"
+                             for i in range(self.settings.servers))
+            self.stop()
+            raise RuntimeError(f"the NATS cluster did not start ({exc}); its logs:\n{logs}") \
+                from None
+        return self
+
+    def log_tail(self, i: int, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log(i).read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        for p in self.procs:
+            if p is not None and p.poll() is None:
+                p.terminate()
+        for i, p in enumerate(self.procs):
+            if p is None:
+                continue
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+            self.procs[i] = None
+
+    def __enter__(self) -> NatsCluster:
+        return self.start()
+
+    def __exit__(self, et: type[BaseException] | None, e: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+
+__all__ = [
+    "BrokerSecurity",
+    "Mosquitto",
+    "NatsCluster",
+    "NatsPorts",
+    "NatsSettings",
+    "broker_map",
+    "brokers_for",
+    "nats_config",
+    "nats_subject",
+    "nats_users",
+    "parse_broker_map",
+    "spread_partitions",
+]

@@ -29,6 +29,12 @@ broker credentials too), as a testbed gets them by joining the nodes; every mess
 then sealed and checked as a real agent does (`shared.seal`), and a node missing from
 the file is an error. `--tls --ca-file CA` connects over TLS. Without `--keys` the nodes
 speak unsealed, as before, for an `--insecure` cloudcore.
+
+A broker tier (issue 14): `--broker-map FILE` (`testbed.broker.broker_map`) connects each
+node to its partition's first broker instead of `--host/--port`, and to the next one in
+its list when a first connect fails. `--report-on-sigusr1`: SIGUSR1 makes every connected
+node send one report at once (`testbed bench brokers` measures that fan-in). The stats
+name what keeps sessions out: errors by kind, the last one, and some unconnected nodes.
 """
 
 from __future__ import annotations
@@ -70,6 +76,7 @@ from shared.delta import LEFT_EPOCH, EdgeDesired, Outcome
 from shared.entries import POD, split_key, status_value
 from shared.errors import ProtocolError
 from shared.models import ContainerStatus, PodStatus
+from testbed.broker import parse_broker_map
 
 log = logging.getLogger("testbed.simulator")
 
@@ -101,6 +108,9 @@ class SimSettings:
     # node -> (broker username, password); empty: anonymous
     tls: bool = False  # connect over TLS
     ca_file: Path | None = None  # the CA the broker's certificate chains to (with tls)
+    brokers: tuple[tuple[tuple[str, int], ...], ...] = ()  # partition -> (host, port)s a
+    # node tries in turn (`--broker-map`); empty: every node uses host and port
+    report_on_sigusr1: bool = False  # SIGUSR1: every connected node reports once, now
 
 
 class SimNode:
@@ -355,6 +365,9 @@ class Simulator:
         self.connected = 0
         self.msgs_in = self.msgs_out = self.bytes_in = self.bytes_out = 0
         self.reacks = self.gaps = self.invalid = self.connect_failures = 0
+        self.connect_errors: dict[str, int] = {}  # kind of first-connect failure -> count
+        self.last_connect_error: str | None = None
+        self.signalled_reports = 0  # reports sent on SIGUSR1
         self.acks: dict[int, int] = {}  # gen -> nodes that applied it
         self.gen_times: dict[int, list[float]] = {}  # gen -> [first, last] wall time applied
         self.started_at = time.time()
@@ -367,9 +380,26 @@ class Simulator:
 
     # --- lifecycle -------------------------------------------------------------------
 
+    def report_all(self) -> None:
+        """Every connected node sends one (empty) report now: the fleet's fan-in."""
+        for node in self.nodes:
+            if node.connected:
+                node.report()
+                self.signalled_reports += 1
+
+    def endpoint(self, node: SimNode, attempt: int) -> tuple[str, int]:
+        """Where `node` connects on its `attempt`-th try: its partition's brokers in
+        turn (`brokers`), else host and port."""
+        if not self.settings.brokers:
+            return self.settings.host, self.settings.port
+        ends = self.settings.brokers[topics.partition_of(node.name)]
+        return ends[attempt % len(ends)]
+
     async def run(self) -> None:
         """Connect every node (rate-limited), then serve until cancelled; disconnects on exit."""
         tasks: list[asyncio.Task[None]] = []
+        if self.settings.report_on_sigusr1:
+            asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, self.report_all)
         try:
             async with asyncio.TaskGroup() as tg:
                 tasks.append(tg.create_task(self._connect_all(), name="sim.connect"))
@@ -402,7 +432,9 @@ class Simulator:
         """First connect, retried with capped jittered backoff; gmqtt reconnects after that."""
         try:
             delay = 0.5
+            attempt = 0
             while True:
+                host, port = self.endpoint(node, attempt)
                 will_topic = topics.will(node.name)
                 will = encode(Will(node=node.name))
                 if node.keys is not None:
@@ -424,8 +456,8 @@ class Simulator:
                 node.client = client
                 try:
                     await client.connect(
-                        self.settings.host,
-                        self.settings.port,
+                        host,
+                        port,
                         keepalive=self.settings.keepalive,
                         version=MQTTv311,
                         ssl=self._ssl,
@@ -433,6 +465,10 @@ class Simulator:
                     return
                 except (TimeoutError, OSError, gmqtt.MQTTConnectError) as exc:
                     self.connect_failures += 1
+                    kind = f"{type(exc).__name__}: {exc}"[:120]
+                    self.connect_errors[kind] = self.connect_errors.get(kind, 0) + 1
+                    self.last_connect_error = f"{node.name} -> {host}:{port}: {kind}"
+                    attempt += 1
                     log.debug("%s: connect failed: %s", node.name, exc)
                     with contextlib.suppress(Exception):
                         await client.disconnect()
@@ -494,6 +530,10 @@ class Simulator:
             "nodes": len(self.nodes),
             "connected": self.connected,
             "connect_failures": self.connect_failures,
+            "connect_errors": dict(self.connect_errors),
+            "last_connect_error": self.last_connect_error,
+            "not_connected_sample": [n.name for n in self.nodes if not n.connected][:10],
+            "signalled_reports": self.signalled_reports,
             "started_at": self.started_at,
             "all_connected_after_s": self.all_connected_after,
             "first_desired": first_desired,
@@ -564,6 +604,8 @@ async def run_simulator(
     credentials: dict[str, tuple[str, str]] | None = None,
     tls: bool = False,
     ca_file: Path | None = None,
+    brokers: tuple[tuple[tuple[str, int], ...], ...] = (),
+    report_on_sigusr1: bool = False,
 ) -> None:
     """Simulate `names` as edge nodes against the broker until cancelled."""
     settings = SimSettings(
@@ -582,6 +624,8 @@ async def run_simulator(
         credentials=dict(credentials or {}),
         tls=tls,
         ca_file=ca_file,
+        brokers=brokers,
+        report_on_sigusr1=report_on_sigusr1,
     )
     await Simulator(settings).run()
 
@@ -685,6 +729,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--ca-file", type=Path, default=None, help="with --tls: the CA of the broker's certificate"
     )
+    p.add_argument(
+        "--broker-map",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="JSON partition -> broker map (testbed.broker.broker_map): each node connects to "
+        "its partition's first broker, the next on a failed first connect (not --host/--port)",
+    )
+    p.add_argument(
+        "--report-on-sigusr1",
+        action="store_true",
+        help="on SIGUSR1 every connected node sends one report at once (fan-in benchmarks)",
+    )
     p.add_argument("--no-uvloop", action="store_true", help="use the default asyncio loop")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
@@ -713,6 +770,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: --keys: {exc}", file=sys.stderr)
             return 1
 
+    brokers: tuple[tuple[tuple[str, int], ...], ...] = ()
+    if args.broker_map is not None:
+        try:
+            brokers = tuple(parse_broker_map(json.loads(args.broker_map.read_text())))
+        except (OSError, ValueError) as exc:
+            print(f"error: --broker-map: {exc}", file=sys.stderr)
+            return 1
+
     async def serve() -> None:
         # SIGTERM (how the testbed stops us) cancels like Ctrl-C, so the sessions are
         # closed cleanly and the last stats are written.
@@ -738,6 +803,8 @@ def main(argv: list[str] | None = None) -> int:
                 credentials=creds,
                 tls=args.tls,
                 ca_file=args.ca_file,
+                brokers=brokers,
+                report_on_sigusr1=args.report_on_sigusr1,
             )
 
     coro = serve()
