@@ -8,7 +8,11 @@ Entry shapes:
   `CLOUD_ONLY_FIELDS`), revision} and
   `policy` ({level, hostPathAllow}: what cloudcore admitted the pod under, which the
   agent checks again; `shared.policy.Admitted`), absent for pods admitted before levels;
-  `uid` and `annotations` (only the keys) when the pod's env reads them (`fieldRef`).
+  `uid`: the pod object's uid (absent only for pods stored before every pod had one):
+  a pod deleted and created again under the same name and spec is a new pod, which the
+  agent runs in new containers (Kubernetes' kubelet keys pods by uid; issue: a
+  re-created pod stayed Pending); `annotations` (only the keys) when the pod's env reads
+  them (`fieldRef`).
 - `configmap/{ns}/{name}`: {"data": {key: text}}, present on a node only while a
   pod there mounts it or reads it into its env (`referenced_keys`).
 - `secret/{ns}/{name}`: {"data": {key: base64 text}}, same rule.
@@ -333,9 +337,9 @@ def pod_entry(pod: models.Pod, *, revision: str | None = None) -> dict[str, Any]
         "spec": spec,
         "revision": revision,
     }
-    uid, annotations = referenced_meta(pod.spec)
-    if uid and pod.metadata.uid:
+    if pod.metadata.uid:  # a new pod object is a new pod on the node (module docstring)
         out["uid"] = pod.metadata.uid
+    _, annotations = referenced_meta(pod.spec)
     wanted = {k: v for k, v in pod.metadata.annotations.items()
               if k in annotations or k.startswith(SCRAPE_ANNOTATION_PREFIX)}
     if wanted:
@@ -365,7 +369,8 @@ class PodEntry:
     policy: Admitted | None = None
     """The level the cloud admitted the pod under (None: an entry from before levels)."""
     uid: str | None = None
-    """The pod's uid, carried only when its env reads `metadata.uid`."""
+    """The pod object's uid (None: an entry from a cloud or pod without one): another uid
+    under the same key is another pod, run in new containers."""
     annotations: dict[str, str] | None = None
     """The pod's annotations its env reads (`metadata.annotations['KEY']`), only those."""
 

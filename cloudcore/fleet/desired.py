@@ -112,7 +112,7 @@ class DesiredSets:
 
     def pod_entry(self, pod: Pod) -> dict[str, Any]:
         """The desired-set value of a pod. A DaemonSet's pods of one template revision
-        differ only in their name and nodeName: their entries are made once per
+        differ only in their name, uid and nodeName: their entries are made once per
         revision and shallow-copied, sharing the spec's parts (never changed: entries
         are replaced, not edited)."""
         ann = pod.metadata.annotations
@@ -126,14 +126,17 @@ class DesiredSets:
                 self._shared.clear()
             base = self._shared[(owner, thash, rev)] = pod_value(pod)
             return base
-        name, node = pod.metadata.name, pod.spec.node_name
-        if base["name"] == name:
+        name, node, uid = pod.metadata.name, pod.spec.node_name, pod.metadata.uid
+        if base["name"] == name and base.get("uid") == uid:
             return base
         spec = base["spec"]
         if spec.get("nodeName") != node:
             spec = {**spec, "nodeName": node} if node is not None else {
                 k: v for k, v in spec.items() if k != "nodeName"}
-        return {**base, "name": name, "spec": spec}
+        out = {**base, "name": name, "spec": spec, "uid": uid}
+        if uid is None:  # a pod stored before every pod had a uid
+            del out["uid"]
+        return out
 
     def entry(self, node: str, key: str) -> Any | None:
         """The value of an entry set with `put_entry` (None: absent)."""

@@ -108,7 +108,9 @@ class Nodes:
         (they are replaced on a change, never edited in place)."""
         self._shared_annotations: dict[tuple[tuple[str, str], ...], dict[str, str]] = {}
         """Annotation dicts by content (`_annotations`), shared likewise."""
-        self._lost: dict[Key, PodStatus] = {}  # last reported status of pods marked not ready
+        self._lost: dict[Key, tuple[str | None, PodStatus]] = {}
+        """pod -> (its uid, its last reported status), for pods marked not ready: put back
+        only on that pod object (one deleted and made again meanwhile is another pod)."""
         self._node_lost: set[str] = set()  # nodes whose pods were marked NodeLost
 
     # -- reads --------------------------------------------------------------------------
@@ -567,7 +569,10 @@ class Nodes:
             pod = pods.get(pk)
             if pod is None or pod.status.node_name != name:
                 continue  # never reported: nothing to take back
-            was = self._lost.setdefault(pk, pod.status)
+            kept = self._lost.get(pk)
+            if kept is None or kept[0] != pod.metadata.uid:
+                kept = self._lost[pk] = (pod.metadata.uid, pod.status)
+            was = kept[1]
             update: dict[str, Any] = {"ready": False, "container_statuses": [
                 c.model_copy(update={"ready": False}) for c in pod.status.container_statuses]}
             if lost_for is not None:
@@ -584,10 +589,10 @@ class Nodes:
         """`name` reports again: its pods get back what it last reported."""
         # Every entry of this node, also of pods deleted or moved meanwhile (dropped).
         pods = self.objects.pods
-        for pk in [k for k, st in self._lost.items() if st.node_name == name]:
-            was = self._lost.pop(pk)
+        for pk in [k for k, (_, st) in self._lost.items() if st.node_name == name]:
+            uid, was = self._lost.pop(pk)
             pod = pods.get(pk)
-            if (pod is not None and pod.status.node_name == name
+            if (pod is not None and pod.metadata.uid == uid and pod.status.node_name == name
                     and pk in self.placement.on_node(name)):
                 pod.status = was
                 self.objects.save("Pod", pk)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
@@ -127,9 +128,14 @@ class Workloads:
                 revision: str | None = None) -> None:
         """Store a new or updated pod and (re)place it. Its status stays the old one
         until the agent reports; the REVISION annotation (`revision`, else hashed from
-        the spec, never the user's value) tells the two apart."""
+        the spec, never the user's value) tells the two apart. A pod a controller makes
+        gets a uid of its own, kept across its updates: one deleted and made again is a
+        new pod on its node too (`shared.entries.pod_entry`)."""
         with_annotation(pod, naming.REVISION,
                         revision if revision is not None else pod_revision(pod.spec.dump()))
+        if pod.metadata.uid is None:
+            pod.metadata.uid = (old.metadata.uid if old is not None and old.metadata.uid
+                                else str(uuid.uuid4()))
         if old is not None:
             pod.status = old.status
             scheduled = old.metadata.annotations.get(naming.SCHEDULED)

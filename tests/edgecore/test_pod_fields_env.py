@@ -112,7 +112,8 @@ def test_every_source_resolves_in_kubernetes_order() -> None:
     assert spec_.env["PASS"] == "s3cret"
 
 
-def test_the_entry_carries_only_the_metadata_the_env_reads() -> None:
+def test_the_entry_carries_the_uid_and_only_the_annotations_the_env_reads() -> None:
+    """The uid always (a pod made again under its name is a new pod on the node)."""
     spec = {"containers": [{"name": "m", "image": "b", "env": [
         {"name": "T", "valueFrom": {"fieldRef": {"fieldPath":
                                                  "metadata.annotations['team']"}}}]}]}
@@ -120,14 +121,14 @@ def test_the_entry_carries_only_the_metadata_the_env_reads() -> None:
                                            "annotations": {"team": "a", "x": "y"}},
                               "spec": spec})
     value = pod_entry(pod)
-    assert value["annotations"] == {"team": "a"} and "uid" not in value
+    assert value["annotations"] == {"team": "a"} and value["uid"] == "u-7"
     plain = pod_entry(Pod.model_validate({"metadata": {"name": "web", "uid": "u",
                                                        "annotations": {"team": "a"}},
                                           "spec": {"containers": [{"name": "m",
                                                                    "image": "b"}]}}))
-    assert "annotations" not in plain and "uid" not in plain
+    assert "annotations" not in plain and plain["uid"] == "u"
     # no uid from the cloud: one derived from the pod's key, stable
-    entry = parse_pod_entry("pod/default/web", value)
+    entry = parse_pod_entry("pod/default/web", {k: v for k, v in value.items() if k != "uid"})
     assert envs.pod_uid(entry) == envs.pod_uid(entry) != ""
 
 
