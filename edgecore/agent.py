@@ -44,7 +44,7 @@ from edgecore.reconciler.volumes import Volumes
 from edgecore.requests import EdgeRequests
 from edgecore.runtime.errors import ContainerRuntimeError, InsufficientDisk
 from edgecore.scrape import ScrapeLimits, Scraper
-from edgecore.sync import Reporter, ResponseQueue, SyncHandler
+from edgecore.sync import Renewed, Reporter, ResponseQueue, SyncHandler
 from edgecore.telemetry import Telemetry
 from edgecore.upgrade import on_trial, running_version
 from edgecore.upgrade.slots import Slots
@@ -113,12 +113,13 @@ class Agent:
             # (re)connect); `responses` is what the request handler puts and the sync
             # handler drains for the link.
             wake, kick, beat_now = asyncio.Event(), asyncio.Event(), asyncio.Event()
+            renewed = Renewed()  # pods whose entry came down again: report them again
             responses = ResponseQueue()
             requests = self.requests = EdgeRequests(node=s.node, runtime=runtime,
                                                     send=responses.put, kick=kick.set)
             sync = self.sync = SyncHandler(
                 node=s.node, cache=cache, on_applied=wake.set, on_request=requests.submit,
-                responses=responses, require_exp=keys is not None)
+                responses=responses, require_exp=keys is not None, renewed=renewed)
             found = await asyncio.to_thread(discover, dev_root=s.dev_root,
                                             builtin=s.discover_accelerators, generic=s.devices)
             devices = self.devices = DeviceAllocator(found, cache.pod_allocations())
@@ -139,7 +140,7 @@ class Agent:
                 node_status=self._node_status, batch_s=s.report_batch_s, clock=self.clock,
                 kick=link.kick, acked=lambda: link.report_acked,
                 # Full disk: heartbeats go out unpersisted, reusing the cloud's acked seq.
-                publish_unpersisted=link.beat)
+                publish_unpersisted=link.beat, renewed=renewed)
             telemetry = self.telemetry = Telemetry(
                 runtime=runtime, sink=reporter.telemetry, sample_s=s.telemetry_sample_s,
                 point_s=s.telemetry_point_s, clock=self.clock, node=s.node)

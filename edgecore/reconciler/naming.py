@@ -21,6 +21,7 @@ from shared.policy import effective
 ANN_POD = "edgefed.io/pod"  # pod key, e.g. pod/default/web
 ANN_CONTAINER = "edgefed.io/container"  # container name within the pod
 ANN_REVISION = "edgefed.io/revision"  # pod spec revision the container was created from
+ANN_UID = "edgefed.io/uid"  # uid of the pod object it was created for (absent: unknown)
 ANN_GRACE = "edgefed.io/grace-s"  # terminationGracePeriodSeconds, to stop it after deletion
 ENV_DEVICES = "EDGEFED_DEVICES"  # container paths of the allocated accelerators, comma-separated
 
@@ -79,6 +80,14 @@ def container_spec(
         env[ENV_DEVICES] = ",".join(d.paths[0].partition(":")[2] or d.paths[0]
                                     for d in devices)
     entries = list(dict.fromkeys(p for d in devices for p in d.paths))
+    annotations = {
+        ANN_POD: entry.key,
+        ANN_CONTAINER: c.name,
+        ANN_REVISION: entry.revision,
+        ANN_GRACE: str(entry.spec.termination_grace_period_seconds),
+    }
+    if entry.uid is not None:
+        annotations[ANN_UID] = entry.uid
     return ContainerSpec(
         name=c.name,
         image=c.image,
@@ -101,11 +110,6 @@ def container_spec(
         host_pid=eff.host_pid,
         host_ipc=eff.host_ipc,
         sysctls=dict(eff.sysctls),
-        annotations={
-            ANN_POD: entry.key,
-            ANN_CONTAINER: c.name,
-            ANN_REVISION: entry.revision,
-            ANN_GRACE: str(entry.spec.termination_grace_period_seconds),
-        },
+        annotations=annotations,
     )
 

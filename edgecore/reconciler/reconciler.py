@@ -23,6 +23,11 @@ Per pod, in its own task (a slow image pull of one pod never holds up another;
 a pod whose previous work is still running is skipped this pass):
 - containers of another revision are stopped and removed, then the new ones
   created (a rolling update on this node: old down before new up);
+- so are those of another pod object under the same name (the entry's `uid` differs
+  from the one the container or the pod's record was made for: deleted and created
+  again, as the kubelet keys pods by uid); the new pod starts with fresh restart
+  counts and empty emptyDirs. A container or record without a uid (made before entries
+  carried one) is adopted, and the entry's uid remembered from then on;
 - missing containers are run; running ones that match are adopted untouched;
 - exited ones are restarted per restartPolicy with CrashLoopBackOff
   (10 s doubling to 5 min, reset after 10 min of running), the schedule kept in
@@ -93,6 +98,7 @@ from edgecore.reconciler.naming import (
     ANN_GRACE,
     ANN_POD,
     ANN_REVISION,
+    ANN_UID,
     container_id,
     container_spec,
 )
@@ -168,6 +174,17 @@ class _PodContext:
     extra_mounts: tuple[Mount, ...] = ()  # the pod's own files (its resolv.conf)
 
 
+def _other_pod(known: str | None, uid: str | None) -> bool:
+    """Whether containers or records made for pod object `known` belong to another pod
+    than the entry's `uid` (either unknown: no, they are adopted)."""
+    return known is not None and uid is not None and known != uid
+
+
+def _identity(want: PodEntry | Exception | None) -> tuple[str, str | None] | None:
+    """What pod work is for: the entry's (revision, uid); None for a removal."""
+    return (want.revision, want.uid) if isinstance(want, PodEntry) else None
+
+
 def _msg(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
     return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 3] + "..."
@@ -224,7 +241,8 @@ class Reconciler:
         self.passes = 0
         self._wake = wake if wake is not None else asyncio.Event()
         self._inflight: dict[str, asyncio.Task[None]] = {}
-        self._inflight_rev: dict[str, str | None] = {}  # the revision each task works for
+        # The (revision, uid) each task works for (None: a removal).
+        self._inflight_rev: dict[str, tuple[str, str | None] | None] = {}
         self._parsed: dict[str, tuple[Any, PodEntry | Exception]] = {}
         self._refused: dict[str, tuple[str, Level]] = {}  # pod key -> revision, level logged
         self._records = {k: PodRecord.from_dict(v) for k, v in cache.pod_records().items()}
@@ -348,12 +366,12 @@ class Reconciler:
         for key in sorted(keys):
             want = wanted.get(key)
             if key in self._inflight:
-                rev = want.revision if isinstance(want, PodEntry) else None
+                rev = _identity(want)
                 if rev != self._inflight_rev.get(key) and not self._inflight[key].done():
-                    # Work for a superseded spec (typically a pull from a registry that
-                    # is gone, which can take a minute to fail): stop it, as a shutdown
-                    # would, and start the new spec as soon as it has unwound.
-                    log.info("%s: a new revision %s arrived; stopping the work on %s",
+                    # Work for a superseded spec or pod (typically a pull from a registry
+                    # that is gone, which can take a minute to fail): stop it, as a
+                    # shutdown would, and start the new one as soon as it has unwound.
+                    log.info("%s: a new revision or pod %s arrived; stopping the work on %s",
                              key, rev, self._inflight_rev.get(key))
                     self._inflight[key].cancel()
                 self._deferred = True
@@ -363,7 +381,7 @@ class Reconciler:
                 name=f"edgecore[{self.node}].reconciler.{key}",
             )
             self._inflight[key] = task
-            self._inflight_rev[key] = want.revision if isinstance(want, PodEntry) else None
+            self._inflight_rev[key] = _identity(want)
             task.add_done_callback(lambda t, k=key: self._work_done(k, t))
             started.append(task)
         if wait and started:
@@ -563,8 +581,13 @@ class Reconciler:
         self._refused.pop(key, None)
         rec = self._records.get(key)
         before = rec.to_dict() if rec is not None else None
-        if rec is None or rec.revision != entry.revision:
-            rec = PodRecord(revision=entry.revision)  # a new revision starts with fresh counts
+        known = rec.uid if rec is not None else None  # the pod object the record is of
+        renewed = _other_pod(known, entry.uid)
+        if rec is None or rec.revision != entry.revision or renewed:
+            # a new revision, or a new pod under this name, starts with fresh counts
+            rec = PodRecord(revision=entry.revision, uid=entry.uid)
+        elif rec.uid is None:
+            rec.uid = entry.uid  # adopted (module docstring)
         self._records[key] = rec
         _, ns, name = split_key(key)
         names = {c.name for c in entry.spec.all_containers()}
@@ -573,12 +596,17 @@ class Reconciler:
         for st in states:
             cname = st.annotations.get(ANN_CONTAINER, "")
             expected = container_id(ns, name, cname, entry.revision)
+            other = _other_pod(st.annotations.get(ANN_UID) or known, entry.uid)
+            renewed = renewed or other
             if (st.annotations.get(ANN_REVISION) != entry.revision or cname not in names
-                    or cname in current or st.id != expected):
+                    or cname in current or st.id != expected or other):
                 stale.append(st)
             else:
                 current[cname] = st
-        if stale:
+        if renewed:
+            log.info("%s: a new pod (uid %s) under this name; replacing %d container(s)",
+                     key, entry.uid, len(stale))
+        elif stale:
             log.info("%s: replacing %d container(s) with revision %s", key, len(stale),
                      entry.revision)
         now = self.clock()
@@ -596,6 +624,9 @@ class Reconciler:
                 init=creating[:n], sidecar=[c.restart_policy == "Always"
                                             for c in spec.init_containers]))
         await self._stop_remove(stale)
+        if renewed and self.volumes is not None and await asyncio.to_thread(
+                self.volumes.remove, key):
+            log.info("removed the volumes of the previous pod %s", key)
         ctx = replace(await self._prepare(entry, items), items=items)
         if dns.needs_own(entry.spec) and ctx.blocked is None:
             ctx = await self._resolv_conf(entry, ctx)

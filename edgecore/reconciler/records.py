@@ -39,16 +39,24 @@ class ContainerRecord:
 class PodRecord:
     revision: str
     containers: dict[str, ContainerRecord] = field(default_factory=dict)
+    uid: str | None = None
+    """The uid of the pod object these counts belong to (None: not known, e.g. a record
+    written before entries carried uids): another uid is another pod, counted afresh."""
 
     def container(self, name: str) -> ContainerRecord:
         return self.containers.setdefault(name, ContainerRecord())
 
     def to_dict(self) -> dict[str, Any]:
-        return {"revision": self.revision,
-                "containers": {n: asdict(c) for n, c in self.containers.items()}}
+        out: dict[str, Any] = {"revision": self.revision, "containers": {
+            n: asdict(c) for n, c in self.containers.items()}}
+        if self.uid is not None:
+            out["uid"] = self.uid
+        return out
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PodRecord:
+        uid = d.get("uid")
         return cls(revision=str(d.get("revision", "")),
                    containers={n: ContainerRecord.from_dict(c)
-                               for n, c in (d.get("containers") or {}).items()})
+                               for n, c in (d.get("containers") or {}).items()},
+                   uid=uid if isinstance(uid, str) else None)

@@ -26,9 +26,11 @@ from dataclasses import dataclass
 from edgecore.cache import Cache
 from edgecore.errors import CacheError
 from edgecore.ratelimit import RateLimitedLog
+from edgecore.sync.reporter import Renewed
 from edgecore.sync.responses import ResponseQueue
 from shared.codec import Ack, Desired, Message, ReportAck, Request, Resync
 from shared.delta import LEFT_EPOCH, EdgeDesired, Outcome
+from shared.entries import POD
 
 log = logging.getLogger(__name__)
 
@@ -58,15 +60,17 @@ class SyncHandler:
         on_request: Callable[[Request], None] | None = None,
         responses: ResponseQueue | None = None,
         clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
-        require_exp: bool = False,
+        require_exp: bool = False, renewed: Renewed | None = None,
     ) -> None:
         """`on_applied` is called after a new desired set is persisted (the agent wakes
         the reconciler); `on_request` gets every Request that is not a replay (None:
         they are dropped, not served here) and its Responses come back through
         `responses`, drained by `pending`. `wall` is the Unix clock Request expiries
         are checked against; `require_exp` refuses a Request without one (a keyed,
-        secure agent)."""
+        secure agent). `renewed` gets the pod keys each applied Desired puts (the
+        reporter reports their next status even if unchanged; None: not told)."""
         self.node = node
+        self.renewed = renewed
         self._wall = wall
         self.require_exp = require_exp
         self._seen: OrderedDict[tuple[str, bool], float] = OrderedDict()
@@ -156,6 +160,8 @@ class SyncHandler:
                 log.error("cannot persist desired gen %d: %s", new.gen, exc)
                 return []
             self._desired = new
+            if self.renewed is not None:
+                self.renewed.add(k for k in msg.put if k.startswith(POD + "/"))
             self.stats.applied += 1
             log.info("applied desired %s gen %d (%s, %d keys)", new.epoch, new.gen,
                      "snapshot" if msg.snapshot else f"delta from {msg.base}", len(new.items))

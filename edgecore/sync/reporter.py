@@ -17,6 +17,14 @@ heartbeat; each telemetry point is a report of its own (`telemetry`), with no
 node_status (the cloud reads the node's usage from the point itself; a copy in
 node_status was a third of an idle node's telemetry bytes, issue 16).
 
+A pod whose desired entry the cloud sends again (`Renewed`: the entry was in an applied
+Desired's puts, even unchanged) has its next status reported even if it equals what
+was last reported: the cloud put such a pod's status back to Pending when it bound it
+to this node again (moved away and back while this node did not see it go, or deleted
+and created again), and it hears nothing else. Kept in memory: an agent restart
+between the Desired and the next reconciler pass loses it (the next status change of
+the pod is reported as ever).
+
 A full disk (the outbox write raises `CacheError`, e.g. ENOSPC) is temporary:
 - status changes stay pending and are retried with the shared backoff; nothing is
   marked "reported" until a report carrying it is persisted, so the cloud gets the
@@ -35,7 +43,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from edgecore.cache import Cache, OutboxKind
@@ -72,6 +80,25 @@ def urgent(old: dict[str, Any] | None, new: dict[str, Any] | None) -> bool:
     return any(old.get(f) != new.get(f) for f in _URGENT_FIELDS)
 
 
+class Renewed:
+    """Pod keys whose desired entry the cloud sent again (module docstring): the sync
+    handler adds them once a Desired is persisted, the reporter takes them. Made first
+    and given to both, like the agent's `wake` event."""
+
+    def __init__(self) -> None:
+        self._keys: set[str] = set()
+
+    def add(self, keys: Iterable[str]) -> None:
+        self._keys.update(keys)
+
+    def take(self) -> set[str]:
+        keys, self._keys = self._keys, set()
+        return keys
+
+    def __bool__(self) -> bool:
+        return bool(self._keys)
+
+
 class Reporter:
     def __init__(
         self, *, node: str, cache: Cache, desired: Callable[[], EdgeDesired],
@@ -79,9 +106,12 @@ class Reporter:
         batch_s: float = 0.5, clock: Callable[[], float] = time.time,
         acked: Callable[[], int] = lambda: 0,
         publish_unpersisted: Callable[[bytes], None] | None = None,
-        retry: Backoff | None = None,
+        retry: Backoff | None = None, renewed: Renewed | None = None,
     ) -> None:
+        """`renewed`: the pods whose next status is reported even if unchanged (None:
+        its own, which nothing fills)."""
         self.node = node
+        self.renewed = renewed if renewed is not None else Renewed()
         self.cache = cache
         self.desired = desired
         self.node_status = node_status
@@ -122,6 +152,9 @@ class Reporter:
 
     def update(self, key: str, status: PodStatus | None) -> None:
         """StatusSink: the pod's current status (None: gone). Cheap; called every pass."""
+        if self.renewed:  # the cloud no longer shows what it was told: tell it again
+            for k in self.renewed.take():
+                self._reported.pop(k, None)
         value = None if status is None else _comparable(status)
         if self._reported.get(key) == value:
             self._pending.pop(key, None)  # back to what the cloud already knows
