@@ -29,20 +29,23 @@ import hashlib
 import json
 import logging
 import os
-import platform
 import re
-import shutil
 import socket
 import ssl
-import tempfile
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgecore.errors import EdgecoreError
 from shared.errors import ReleaseError
+
+if TYPE_CHECKING:
+    import urllib.error
+
+# `urllib.request` (with `http.client` and `email`), `tempfile`, `shutil` and `platform`
+# are imported by the calls that use them: `edgecore run` imports this module for
+# `JoinError` and the certificate renewal, and an idle agent must not carry them
+# (issue 16; tests/edgecore/test_edge_footprint.py).
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +170,8 @@ def default_name() -> str:
 
 
 def local_arch() -> str:
+    import platform
+
     machine = platform.machine().lower()
     return _ARCH.get(machine, machine or "amd64")
 
@@ -188,6 +193,8 @@ def load_config(path: Path) -> JoinedConfig:
 
 def write_private(path: Path, text: str) -> None:
     """Write `text` atomically with mode 0600 in a 0700 directory."""
+    import tempfile
+
     make_state_dir(path.parent)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
     try:
@@ -288,6 +295,9 @@ def trust(cloud: str, *, token: str, ca_file: Path | None = None,
 
 def _call(cloud: str, path: str, body: dict[str, Any] | None, ctx: ssl.SSLContext | None,
           *, timeout: float, name: str) -> Any:
+    import urllib.error
+    import urllib.request
+
     url = cloud.rstrip("/") + path
     req = urllib.request.Request(
         url, data=None if body is None else json.dumps(body).encode(),
@@ -453,6 +463,8 @@ async def remove_containers(runtime_root: Path) -> int:
 
 def remove_state_dir(state_dir: Path) -> None:
     """Delete the state dir, after unmounting the pods' Secret tmpfs mounts under it."""
+    import shutil
+
     from edgecore.reconciler.volumes import Volumes
 
     pods = state_dir / "pods"
