@@ -19,6 +19,7 @@ from typing import Any
 
 from cloudcore.fleet.objects import Objects, include_fields, redact
 from cloudcore.fleet.projection import PINNED
+from cloudcore.fleet.template import as_model
 
 KEEP_WARM = 600.0
 """Seconds after its last list that a projection (say the `get nodes` table) is still
@@ -148,7 +149,7 @@ class ListCache:
         for key in keys:
             raw = get(key)
             if raw is None:
-                obj = table[key]
+                obj = as_model(table[key])  # a compact DaemonPod as its full Pod
                 cls = type(obj)  # its serializer gives bytes: no str round-trip
                 raw = cls.__pydantic_serializer__.to_json(
                     obj, include=None if fields is None else include_fields(cls, fields),

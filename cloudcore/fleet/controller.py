@@ -224,6 +224,7 @@ class Fleet:
         self.objects.load(records)
         self.workloads.load()
         self.plans.load(records.get("rollouts", {}))
+        self.workloads.compact()  # DaemonSet pods as compact records (proposal 0004)
         self.desired_sets.load(records)
         self.upgrades.load(records)
         self.placement.restore_pending()

@@ -31,6 +31,7 @@ from pydantic import BaseModel
 from cloudcore.errors import Conflict, NotFound
 from cloudcore.fleet import naming
 from cloudcore.fleet.events import EventLog
+from cloudcore.fleet.template import DaemonPod, as_model
 from cloudcore.fleet.watch import WatchHub
 from shared.errors import ObjectError
 from shared.kinds import ALL as KINDS_IN_ORDER
@@ -112,8 +113,9 @@ class ApplyResult:
 
 
 def dump_object(obj: Any) -> dict[str, Any]:
-    """An object as the API shows it: Kubernetes names, status included."""
-    out: dict[str, Any] = obj.model_dump(mode="json", by_alias=True, exclude_none=True)
+    """An object as the API shows it: Kubernetes names, status included (a compact
+    `DaemonPod` as its full `Pod`)."""
+    out: dict[str, Any] = as_model(obj).model_dump(mode="json", by_alias=True, exclude_none=True)
     return out
 
 
@@ -157,7 +159,9 @@ def record_of(obj: Any) -> dict[str, Any]:
     """An object as the store keeps it: what `load` validates back into an equal
     object. A pod's spec is written by its own `dump()` (defaults left out, one
     msgspec call) instead of field by field: it is most of a pod and pods are most of
-    the store's writes."""
+    the store's writes. A compact `DaemonPod` writes the same record (`record`)."""
+    if isinstance(obj, DaemonPod):
+        return obj.record()
     if isinstance(obj, Pod):
         out: dict[str, Any] = obj.model_dump(mode="json", by_alias=True, exclude_none=True,
                                              exclude={"spec"})
@@ -296,8 +300,10 @@ class Objects:
         obj = self._tables[kind][key]
         if kind == "Pod":  # pods get new status objects on reports
             status = obj.status
-            if (obj.__pydantic_fields_set__ is not _ALL_FIELDS.get(type(obj))
-                    or status.__pydantic_fields_set__ is not _ALL_FIELDS.get(type(status))):
+            if status.__pydantic_fields_set__ is not _ALL_FIELDS.get(type(status)):
+                share_fields_set(status)
+            if (not isinstance(obj, DaemonPod)
+                    and obj.__pydantic_fields_set__ is not _ALL_FIELDS.get(type(obj))):
                 share_fields_set(obj)
         self.store.put_later(KIND_DB[kind], skey(key), lambda: record_of(obj))
         self.changed(kind, key)
@@ -510,8 +516,10 @@ def check_selector(obj: DaemonSet | Deployment) -> None:
                           field="spec.selector.matchLabels")
 
 
-def is_daemon(pod: Pod) -> bool:
+def is_daemon(pod: Pod | DaemonPod) -> bool:
     """Whether a DaemonSet owns the pod."""
+    if isinstance(pod, DaemonPod):
+        return True
     return pod.metadata.annotations.get(naming.OWNER, "").startswith("DaemonSet/")
 
 

@@ -102,9 +102,11 @@ MAX_MESSAGE = 400
 WAITING_SHOWN = 3
 """Pods a status message names as what the rollout waits for."""
 SCAN_CHUNK = 5000
-"""Pods of a workload with no rollout moving looked at per tick: a bigger workload's
-status is counted over several ticks (a pass over 100,000 pods held the event loop for
-about 0.45 s)."""
+"""Pods of workloads with no rollout moving looked at per tick, in all: a bigger
+workload's status is counted over several ticks (a pass over 100,000 pods held the
+event loop for about 0.45 s), and the passes of several such workloads share one
+chunk a tick, one after another (ten DaemonSets over 100,000 nodes, each with a pass
+under way, made ticks of 50,000 pods)."""
 
 
 
@@ -236,6 +238,7 @@ class Rollouts:
         Aborted or Complete costs nothing until one of its pods or nodes changes."""
         now = self.clock()
         changed = False
+        scan_left = SCAN_CHUNK  # what status passes may look at this tick, in all
         workloads: list[tuple[Key, Workload]] = [*self.objects.daemonsets.items(),
                                                  *self.objects.deployments.items()]
         if self._passes or len(self._announced) > len(workloads):  # workloads deleted
@@ -256,7 +259,8 @@ class Rollouts:
             job = self._passes.get(owner)
             if job is not None:
                 if not moving and job.update == update.thash:
-                    self._pass_on(key, ds, st, job, update=update, hold=hold, now=now)
+                    scan_left -= self._pass_on(key, ds, st, job, update=update, hold=hold,
+                                               now=now, limit=scan_left)
                     continue
                 del self._passes[owner]  # a rollout or a new template: count afresh
             every = len(keys) / STATUS_PODS_PER_SECOND  # ticks are >= 1 s apart anyway
@@ -271,7 +275,8 @@ class Rollouts:
             if not moving and len(keys) > SCAN_CHUNK:
                 job = self._passes[owner] = _Pass(keys=list(keys), update=update.thash,
                                                   scan=_Scan())
-                self._pass_on(key, ds, st, job, update=update, hold=hold, now=now)
+                scan_left -= self._pass_on(key, ds, st, job, update=update, hold=hold,
+                                           now=now, limit=scan_left)
                 continue
             scan = self._scan(ds, st, update, keys, now, moving=moving)
             if scan.new_failures:
@@ -283,17 +288,21 @@ class Rollouts:
         return changed
 
     def _pass_on(self, key: Key, ds: Workload, st: RolloutState, job: _Pass, *,
-                 update: Template, hold: Template | None, now: float) -> None:
-        """The next chunk of a status pass; at its end, the status and the memo kept
-        for pods that are gone."""
-        chunk = job.keys[job.at:job.at + SCAN_CHUNK]
+                 update: Template, hold: Template | None, now: float, limit: int) -> int:
+        """The next chunk of a status pass, at most `limit` pods (none: it waits for a
+        later tick); at its end, the status and the memo kept for pods that are gone.
+        Returns how many pods it looked at."""
+        if limit <= 0:
+            return 0
+        chunk = job.keys[job.at:job.at + limit]
         job.at += len(chunk)
         self._scan(ds, st, update, chunk, now, moving=False, into=job.scan, prune=False)
         if job.at < len(job.keys):
-            return
+            return len(chunk)
         del self._passes[owner_of(ds)]
         self._prune(st, self.workloads.owned_set(owner_of(ds)))
         self._status(key, ds, st, update=update, hold=hold, scan=job.scan)
+        return len(chunk)
 
     @staticmethod
     def _prune(st: RolloutState, keys: Collection[Key]) -> None:

@@ -105,6 +105,32 @@ class Workloads:
             for ds in self.objects.daemonsets.values():
                 self._expand_later(ds)
 
+    def compact(self) -> int:
+        """After loading (and the rollout plans): keep each DaemonSet pod that is
+        exactly its template on its node (the plan's update or stable template, its
+        identity fields only a uid) as the compact `DaemonPod` the controller makes;
+        the store holds full pods. Returns how many were compacted."""
+        pods = self.objects.pods
+        done = 0
+        for (ns, dsname), ds in self.objects.daemonsets.items():
+            owner = f"DaemonSet/{ns}/{dsname}"
+            templates = {t.thash: t for t in self.plans.plan(ds).pair if t is not None}
+            for key in self._owners.get(owner, ()):
+                pod = pods.get(key)
+                if not isinstance(pod, Pod):
+                    continue
+                meta, node = pod.metadata, pod.spec.node_name
+                tpl = templates.get(meta.annotations.get(naming.TEMPLATE_HASH))
+                if (tpl is None or node is None or meta.generation is not None
+                        or meta.creation_timestamp is not None or meta.namespace != ns
+                        or meta.labels != tpl.labels or pod.spec != tpl.spec_on(node)):
+                    continue
+                rec = tpl.daemon_pod(ns=ns, name=key[1], owner=owner, node=node)
+                rec.status, rec.uid, rec.annotations = pod.status, meta.uid, meta.annotations
+                pods[key] = rec
+                done += 1
+        return done
+
     def owned_keys(self, owner: str) -> list[Key]:
         """The pods of a workload (`Kind/namespace/name`), sorted."""
         return sorted(self._owners.get(owner, ()))
