@@ -27,7 +27,6 @@ Statuses go the other way: the edge builds `PodStatus` / `ContainerStatus` /
 
 from __future__ import annotations
 
-import difflib
 import functools
 import re
 from collections.abc import Callable, Mapping
@@ -275,6 +274,8 @@ def _object_error(cls: type[Spec], text: str, path: str) -> ObjectError:
         why = REFUSED.get(name)
         if why is not None:
             return UnsupportedField(f"{where}: not supported by edgefed: {why}", field=where)
+        import difflib  # only for this hint: the agent never loads it (issue 16)
+
         close = difflib.get_close_matches(name, known, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         return UnsupportedField(f"{where}: field is not supported by edgefed{hint}",

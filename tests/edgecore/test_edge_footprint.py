@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import shutil
 import subprocess
 import sys
 from dataclasses import replace
@@ -166,7 +168,12 @@ print(json.dumps({"traced": tracemalloc.get_traced_memory()[0],
 # not by the modules), and libraries the agent has no use for.
 NOT_AT_START = ("pydantic", "pydantic_core", "shared.models", "fastapi", "uvicorn",
                 "starlette", "numpy", "onnxruntime", "cryptography", "uvloop", "yaml",
-                "requests", "httpx", "sqlite3", "xml", "http.server", "asyncio.windows_events")
+                "requests", "httpx", "sqlite3", "xml", "http.server", "asyncio.windows_events",
+                *("paho", "aiomqtt", "email", "http", "urllib.request", "difflib"))
+# The second row left with issue 16's footprint work: paho-mqtt and aiomqtt (the link
+# has its own MQTT client, edgecore/link/mqtt.py), with what paho imported, `email` and
+# `http.client` by `urllib.request` (edgecore.join imports it only for a join or a
+# certificate renewal), difflib (shared.pods, only for a "did you mean" hint).
 
 # The Python heap the agent's imports allocate (tracemalloc): 12.1 MiB on CPython 3.11
 # with paho 2.2 and msgspec 0.23 (2026-12-06); shared.models with pydantic would add
@@ -186,3 +193,54 @@ def test_the_agents_imports_stay_small() -> None:
     assert got["traced"] < HEAP_BOUND_MIB * 2**20, (
         f"the agent's imports allocate {got['traced'] / 2**20:.1f} MiB of Python heap "
         f"(bound {HEAP_BOUND_MIB} MiB): see docs/edgecore.md, Memory")
+
+
+# A started agent, through the command line a user runs (`edgecore run`, the launcher
+# included): connected to a real mosquitto, the crun runtime, every task running for
+# a few telemetry samples, reconcile passes and metrics writes; then it writes the
+# modules it holds and stops itself.
+STARTED = """
+import asyncio, json, os, signal, sys
+import edgecore.agent
+from edgecore.__main__ import main
+
+out, argv = sys.argv[1], sys.argv[2:]
+run = edgecore.agent.Agent.run
+
+async def watched(self):
+    async def dump():
+        await self.started.wait()
+        await self.link.wait_connected()
+        await asyncio.sleep(4)
+        with open(out, "w") as f:
+            json.dump(sorted(sys.modules), f)
+        os.kill(os.getpid(), signal.SIGTERM)
+    task = asyncio.get_running_loop().create_task(dump())
+    try:
+        await run(self)
+    finally:
+        task.cancel()
+
+edgecore.agent.Agent.run = watched
+sys.exit(main(argv))
+"""
+
+
+@pytest.mark.timeout(120)
+def test_a_started_agent_holds_none_of_the_removed_modules(tmp_path: Path, mosquitto) -> None:
+    if os.geteuid() != 0 or shutil.which("crun") is None:
+        pytest.skip("a started agent runs crun: needs root and crun")
+    out = tmp_path / "modules.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFED_")}
+    argv = ["run", "--insecure", "--name", "fp-1", "--state-dir", str(tmp_path / "state"),
+            "--mqtt-host", "127.0.0.1", "--mqtt-port", str(mosquitto.port),
+            "--telemetry-sample", "1", "--metrics-interval", "1", "--reconcile-interval", "1",
+            "--no-discover-accelerators"]
+    r = subprocess.run([sys.executable, "-c", STARTED, str(out), *argv], env=env, check=False,
+                       capture_output=True, text=True, timeout=100)
+    assert out.exists(), f"the agent did not start (exit {r.returncode}): {r.stderr[-2000:]}"
+    mods = set(json.loads(out.read_text()))
+    assert "edgecore.link" in mods and "edgecore.reconciler" in mods  # it did run
+    loaded = sorted(m for m in mods if any(m == x or m.startswith(x + ".")
+                                            for x in NOT_AT_START))
+    assert not loaded, f"a started, idle agent holds {loaded}"
