@@ -137,6 +137,10 @@ class Fleet:
                                  events=self.events, store=store)
         """AgentUpgrades: the nodes' agent release entries in health-gated batches
         (`upgrades.py`)."""
+        self._back = False
+        """A node became Ready since the last liveness tick: the pods that wait for a
+        node (one was not ready) are retried at the next tick, once however many came
+        back (a cloud restart makes every node Ready again)."""
 
     # -- views of the parts' state (read only) ------------------------------------------
 
@@ -560,6 +564,7 @@ class Fleet:
         if self.node_ops.mark_ready(name):
             self.eviction.observe(name, "Ready")
             self.upgrades.node_changed(name)
+            self._back = True
 
     def mark_not_ready(self, name: str, *, reason: str, message: str) -> bool:
         if not self.node_ops.mark_not_ready(name, reason=reason, message=message):
@@ -570,7 +575,8 @@ class Fleet:
 
     def expire(self, now: float) -> list[str]:
         """Mark nodes NotReady whose liveness deadline passed; returns them. Then, in
-        the same tick, NodeLost, evictions and the rollouts' next steps."""
+        the same tick, NodeLost, evictions, the rollouts' next steps and, if a node
+        became Ready since the last tick, the pending pods (one commit for all)."""
         out = self.node_ops.expire(now)
         for name in out:
             self.eviction.observe(name, "NotReady")
@@ -578,7 +584,8 @@ class Fleet:
         self.eviction.mark_lost()
         self.eviction.run()  # same tick: replicas whose toleration ran out move
         moved = self.rollouts.tick()  # and rollouts take their next step
-        if self.upgrades.tick() or moved:  # and agent upgrades theirs
+        back, self._back = self._back, False  # pending pods may fit a node that is back
+        if self.upgrades.tick() or moved or back:  # and agent upgrades theirs
             self.commit()
         return out
 

@@ -104,3 +104,20 @@ def test_a_node_back_from_not_ready_gives_its_pods_their_status_back() -> None:
     fleet.mark_ready("n1")
     st = fleet.pods[("default", "web")].status
     assert (st.phase, st.ready) == ("Running", True)
+
+
+def test_a_pod_made_for_a_not_ready_node_is_placed_once_the_node_is_back() -> None:
+    """Made again while its node's agent was offline: it waits (node not ready) and is
+    bound at the first liveness tick after the node reports again, not at the next
+    unrelated change."""
+    fleet = make_fleet()
+    add_node(fleet, "n1")
+    fleet.mark_not_ready("n1", reason="NodeLinkLost", message="test")
+    apply(fleet, bare())
+    st = fleet.pods[("default", "web")].status
+    assert (st.reason, "node not ready" in (st.message or "")) == ("Unschedulable", True)
+    fleet.mark_ready("n1")
+    fleet.expire(0.0)
+    assert fleet.bound[("default", "web")] == "n1"
+    assert fleet.pods[("default", "web")].status.reason == "Scheduled"
+    assert pod_key("default", "web") in fleet.desired["n1"].items
