@@ -570,6 +570,9 @@ class Run:
             self.sims.append(Proc(f"sim-{i}", argv, log=self.workdir / f"sim-{i}.log").start())
 
     def stop(self) -> None:
+        for p in self.sims:  # all at once: each closes its sessions, bounded at 10 s
+            if p.alive() and p.popen is not None:
+                p.popen.send_signal(signal.SIGTERM)
         for p in self.sims:
             p.stop(timeout=30)
         self.tier.stop()
