@@ -41,8 +41,9 @@ from edgecore.errors import LinkError
 CONNECT, CONNACK, PUBLISH, PUBACK = 0x10, 0x20, 0x30, 0x40
 SUBSCRIBE, SUBACK, PINGREQ, PINGRESP, DISCONNECT = 0x82, 0x90, 0xC0, 0xD0, 0xE0
 
-REFUSED = {1: "unacceptable protocol version", 2: "client identifier rejected",
-           3: "server unavailable", 4: "bad user name or password", 5: "not authorised"}
+# CONNACK return codes, in paho's words (operators and tests know these lines).
+REFUSED = {1: "Unacceptable protocol version", 2: "Identifier rejected",
+           3: "Server unavailable", 4: "Bad user name or password", 5: "Not authorized"}
 
 
 @dataclass(frozen=True, slots=True)
