@@ -14,8 +14,8 @@ the runtime reads it through onnxruntime like everything else.
 
 Graph (opset 17), L symbolic (60 for the long head, 10 for the short one):
 
-    x [2, B, L], m [2, B, 1] (the node's level) -> a = x[..., -1],
-    s = max((max - min) / 4, SCALE_FLOOR), g = [a, s, s * clip((m - a) / s, -16, 16)]
+    x [2, B, L], m [2, B, 1] (the node's level), d [2, B, 1] (its spread) -> a = x[..., -1],
+    s = max((max - min) / 4, SCALE_FLOOR), g = [a, s, s * clip((m - a) / s, -16, 16), d]
     y [2, B, 2, 15] = clip(x @ w1 + g @ w2, 0, 1)       (axis 2: p50, p90)
 
 with w1, w2 from `cloudcore.forecaster.online.Weights` (the heads' weights folded so
@@ -37,6 +37,8 @@ from cloudcore.forecaster.online import (
     RESOURCES,
     SCALE_FLOOR,
     SHORT,
+    SPREAD_FLOOR,
+    SPREAD_HALF_LIFE,
     TARGET_CLIP,
     design,
 )
@@ -77,7 +79,7 @@ def export_online(path: Path, priors: dict[int, tuple[np.ndarray, np.ndarray]], 
                      const("floor", SCALE_FLOOR)], "s")
     lv = node("Clip", [node("Div", [node("Sub", ["m", a], "ma"), s], "mas"),
                        const("lv_lo", -TARGET_CLIP), const("lv_hi", TARGET_CLIP)], "lv")
-    g = node("Concat", [a, s, node("Mul", [s, lv], "slv")], "g", axis=2)  # [2, B, 3]
+    g = node("Concat", [a, s, node("Mul", [s, lv], "slv"), "d"], "g", axis=2)  # [2, B, 4]
     y30 = node("Add", [node("MatMul", ["x", "w1"], "xw"), node("MatMul", [g, "w2"], "gw")],
                "y30")  # [2, B, 30]: p50 (0..14), p90 (15..29)
     y4 = node("Reshape", [y30, const("shp", [RESOURCES, -1, 2, HORIZON])], "y4")
@@ -96,8 +98,9 @@ def export_online(path: Path, priors: dict[int, tuple[np.ndarray, np.ndarray]], 
     f32 = TensorProto.FLOAT
     ins = [helper.make_tensor_value_info("x", f32, [RESOURCES, "batch", "L"]),
            helper.make_tensor_value_info("m", f32, [RESOURCES, "batch", 1]),
+           helper.make_tensor_value_info("d", f32, [RESOURCES, "batch", 1]),
            helper.make_tensor_value_info("w1", f32, [RESOURCES, "L", 2 * HORIZON]),
-           helper.make_tensor_value_info("w2", f32, [RESOURCES, 3, 2 * HORIZON])]
+           helper.make_tensor_value_info("w2", f32, [RESOURCES, 4, 2 * HORIZON])]
     graph = helper.make_graph(nodes, "edgefed_forecaster_online", ins, outs, inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
                               producer_name="edgefed.models.online")
@@ -107,11 +110,11 @@ def export_online(path: Path, priors: dict[int, tuple[np.ndarray, np.ndarray]], 
     path.write_bytes(model.SerializeToString())
 
 
-def fit_ridge(x: np.ndarray, m: np.ndarray, y: np.ndarray, lam: float = PRIOR_RIDGE,
-              ) -> tuple[np.ndarray, np.ndarray]:
+def fit_ridge(x: np.ndarray, m: np.ndarray, d: np.ndarray, y: np.ndarray,
+              lam: float = PRIOR_RIDGE) -> tuple[np.ndarray, np.ndarray]:
     """Scale-free ridge of the head of length L = x.shape[2] on examples x [2, n, L],
-    levels m [2, n, 1], y [2, n, 15], weighted as online (by s / mean s):
-    (wn [2, L + 1, 15], q [2, 15] = 90th percentile of the normalised errors)."""
+    levels m and spreads d [2, n, 1], y [2, n, 15], weighted as online (by s / mean s):
+    (wn [2, L + 1, 15], q [2, 15] = 90th percentile of the errors in units of d)."""
     f, a, s = design(x, m)
     t = (y - a) / s
     tc = np.clip(t, -TARGET_CLIP, TARGET_CLIP)
@@ -120,7 +123,7 @@ def fit_ridge(x: np.ndarray, m: np.ndarray, y: np.ndarray, lam: float = PRIOR_RI
     fw = f * sw[..., None]
     xtx = np.einsum("rml,rmk->rlk", fw, f) + lam * x.shape[1] * 1e-3 * np.eye(k)[None]
     wn = np.linalg.solve(xtx, np.einsum("rml,rmh->rlh", fw, tc))
-    err = t - np.einsum("rml,rlh->rmh", f, wn)
+    err = (t - np.einsum("rml,rlh->rmh", f, wn)) * (s / np.maximum(d, SPREAD_FLOOR))
     return wn, np.quantile(err, 0.9, axis=1)
 
 
@@ -135,14 +138,28 @@ def levels(v: np.ndarray) -> np.ndarray:
     return out
 
 
+def spreads(v: np.ndarray) -> np.ndarray:
+    """The per-node spread d after each minute of v [2, T] (the Forecaster's EWMA of
+    absolute one-minute changes, bias-corrected, at least SPREAD_FLOOR)."""
+    beta = 1.0 - 0.5 ** (1.0 / SPREAD_HALF_LIFE)
+    out = np.empty_like(v)
+    sp = np.zeros(v.shape[0])
+    for t in range(v.shape[1]):
+        if t:
+            sp += beta * (np.abs(v[:, t] - v[:, t - 1]) - sp)
+        w = 1.0 - (1.0 - beta) ** t
+        out[:, t] = np.maximum(sp / w if w > 0 else 0.0, SPREAD_FLOOR)
+    return out
+
+
 def training_examples(length: int, *, every: int = 3,
-                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Examples x [2, n, L], m [2, n, 1], y [2, n, 15] from the history part of the
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Examples x [2, n, L], m and d [2, n, 1], y [2, n, 15] from the history part of the
     training series and their synthetic nodes (every `every`-th origin; real-sample
     origins only)."""
     from models import data
 
-    xs, ms, ys = [], [], []
+    xs, ms, ds, ys = [], [], [], []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         series = [data.load_series(n) for n in data.TRAIN_SERIES]
@@ -157,9 +174,10 @@ def training_examples(length: int, *, every: int = 3,
             idx_y = o[:, None] + np.arange(HORIZON)[None, :]
             xs.append(v[:, idx_x].astype(np.float32))
             ms.append(levels(v)[:, o - 1, None].astype(np.float32))
+            ds.append(spreads(v)[:, o - 1, None].astype(np.float32))
             ys.append(v[:, idx_y].astype(np.float32))
     return (np.concatenate(xs, axis=1), np.concatenate(ms, axis=1),
-            np.concatenate(ys, axis=1))
+            np.concatenate(ds, axis=1), np.concatenate(ys, axis=1))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -169,10 +187,10 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     priors = {}
     for n in (LONG, SHORT):
-        x, m, y = training_examples(n)
-        wn, q = fit_ridge(x, m, y)
+        x, m, d, y = training_examples(n)
+        wn, q = fit_ridge(x, m, d, y)
         priors[n] = (wn, q)
-        print(f"prior L={n}: {x.shape[1]} examples; q (p90 offset, normalised) "
+        print(f"prior L={n}: {x.shape[1]} examples; q (p90 offset, in units of d) "
               f"cpu {q[0].mean():.3f}, mem {q[1].mean():.3f} (mean over steps)")
     export_online(Path(args.output), priors,
                   doc="edgefed online forecaster: scale-free ridge heads, weights as inputs; "

@@ -12,6 +12,10 @@ Storage (preallocated once, no reallocation as nodes join and leave):
 - `level` float64 [capacity, 2]: the node's level m, an exponentially weighted mean
   of its history up to `last` (half-life `online.LEVEL_HALF_LIFE`), a feature of the
   online heads; updated with every new minute (carried-forward ones included).
+- `spread` float64 [capacity, 2]: the node's spread d, an exponentially weighted mean
+  of its absolute one-minute changes (half-life `online.SPREAD_HALF_LIFE`; a
+  carried-forward minute is a change of 0), the unit of the online heads' p90 offset;
+  served bias-corrected for the minutes the node has (`_spread`).
 - `first`/`last` int64 [capacity]: first and newest minute of the node's current
   history (-1 = free row); `gaps` int64: minutes filled by carrying the last value
   forward; a name -> row dict and a free-list of rows.
@@ -59,6 +63,8 @@ from cloudcore.forecaster.online import (
     LEVEL_HALF_LIFE,
     LONG,
     SHORT,
+    SPREAD_FLOOR,
+    SPREAD_HALF_LIFE,
     OnlineLearner,
     OnlineSettings,
     Sample,
@@ -68,6 +74,7 @@ from cloudcore.forecaster.session import CONTEXT, HORIZON, RESOURCES, OnlineMode
 MIN_POINTS_FOR_MODEL = SHORT
 RING = CONTEXT + HORIZON
 ALPHA = 1.0 - 0.5 ** (1.0 / LEVEL_HALF_LIFE)  # of the per-node level (an EWMA)
+BETA = 1.0 - 0.5 ** (1.0 / SPREAD_HALF_LIFE)  # of the per-node spread (an EWMA)
 
 
 class Method(IntEnum):
@@ -162,6 +169,7 @@ class Forecaster:
         self.last = np.full(capacity_nodes, -1, np.int64)
         self.gaps = np.zeros(capacity_nodes, np.int64)
         self.level = np.zeros((capacity_nodes, RESOURCES), np.float64)
+        self.spread = np.zeros((capacity_nodes, RESOURCES), np.float64)
         self._names = np.empty(capacity_nodes, dtype=object)
         self._row: dict[str, int] = {}
         # free rows, lowest on top so a fleet without churn stays packed in [0, n)
@@ -201,7 +209,8 @@ class Forecaster:
     def nbytes(self) -> int:
         """Bytes of the preallocated arrays (not counting the name index)."""
         return int(self.values.nbytes + self.first.nbytes + self.last.nbytes
-                   + self.gaps.nbytes + self.level.nbytes + self._names.nbytes)
+                   + self.gaps.nbytes + self.level.nbytes + self.spread.nbytes
+                   + self._names.nbytes)
 
     # ---- ingestion --------------------------------------------------------------
     def observe(self, node: str, ts_minute: int, cpu: float, mem: float) -> bool:
@@ -227,6 +236,7 @@ class Forecaster:
             self.first[row] = t
             self.last[row] = t
             self.level[row] = (cpu, mem)
+            self.spread[row] = 0.0
         elif t > last:
             if t - last > 1:  # carry the last value forward over the gap
                 cols = np.arange(last + 1, t) % RING
@@ -234,8 +244,11 @@ class Forecaster:
                 self.gaps[row] += t - last - 1
                 keep = (1.0 - ALPHA) ** (t - last - 1)
                 self.level[row] = keep * self.level[row] + (1.0 - keep) * vals[:, last % RING]
+                self.spread[row] *= (1.0 - BETA) ** (t - last - 1)  # changes of 0
             self.last[row] = t
             self.level[row] += ALPHA * (np.array((cpu, mem)) - self.level[row])
+            change = np.abs(np.array((cpu, mem)) - vals[:, last % RING])
+            self.spread[row] += BETA * (change - self.spread[row])
         elif t < last:
             if t <= last - CONTEXT or t < self.first[row]:
                 self._late_dropped += 1
@@ -265,8 +278,10 @@ class Forecaster:
         fast = rows[ok]
         c = t % RING
         v = np.clip(np.stack([cpu[ok], mem[ok]], axis=1), 0.0, 1.0)
+        change = np.abs(v - self.values[fast, :, (t - 1) % RING])
         self.values[fast, :, c] = v
         self.level[fast] += ALPHA * (v - self.level[fast])
+        self.spread[fast] += BETA * (change - self.spread[fast])
         self.last[fast] = t
         stored = len(fast)
         self._placed += stored
@@ -297,12 +312,14 @@ class Forecaster:
                 continue
             wt = self.learner.weights(length)
             x = self._windows(rows[sel], now, lag[sel], length)
-            lv = self.level[rows[sel]].T[:, :, None].astype(np.float32)
+            r = rows[sel]
+            lv = self.level[r].T[:, :, None].astype(np.float32)
+            sp = self._spread(self.spread[r], self.last[r] - self.first[r])
             if len(sel) == n:  # the usual case: every node alike, no scatter needed
-                self._model.run(x, lv, wt, out=y)
+                self._model.run(x, lv, sp, wt, out=y)
             else:
                 y[:, sel] = self._model.run(
-                    x, lv, wt, out=np.empty((RESOURCES, len(sel), 2, HORIZON), np.float32))
+                    x, lv, sp, wt, out=np.empty((RESOURCES, len(sel), 2, HORIZON), np.float32))
         p50 = y[:, :, 0].transpose(1, 0, 2)
         p90 = y[:, :, 1].transpose(1, 0, 2)
         rest = np.flatnonzero(method >= Method.FALLBACK)
@@ -336,8 +353,23 @@ class Forecaster:
             k = (1.0 - ALPHA) ** np.arange(HORIZON)[::-1]  # oldest target minute first
             recent = x[..., -HORIZON:].astype(np.float64) @ k  # [2, m]
             lv = (self.level[r].T - ALPHA * recent) / (1.0 - ALPHA) ** HORIZON
-            out += [x, lv[:, :, None].astype(np.float32)]
-        return Sample(long=out[0], short=out[2], long_level=out[1], short_level=out[3])
+            # the spread the same way, from the target minutes' absolute changes
+            kb = (1.0 - BETA) ** np.arange(HORIZON)[::-1]
+            ch = np.abs(np.diff(x[..., -HORIZON - 1 :].astype(np.float64), axis=2)) @ kb
+            sp = np.maximum((self.spread[r].T - BETA * ch) / (1.0 - BETA) ** HORIZON, 0.0)
+            out += [x, lv[:, :, None].astype(np.float32),
+                    self._spread(sp.T, now - HORIZON - self.first[r])]
+        return Sample(long=out[0], short=out[3], long_level=out[1], short_level=out[4],
+                      long_spread=out[2], short_spread=out[5])
+
+    @staticmethod
+    def _spread(spread: np.ndarray, changes: np.ndarray) -> np.ndarray:
+        """The spread d served for rows' raw EWMA `spread` [m, 2] after `changes` [m]
+        one-minute changes: bias-corrected (an EWMA started at 0 is divided by the weight
+        its changes have, 1 - (1 - BETA)^n), at least SPREAD_FLOOR; float32 [2, m, 1]."""
+        w = (1.0 - (1.0 - BETA) ** np.maximum(changes, 0))[:, None]
+        d = np.where(w > 0, spread / np.maximum(w, 1e-12), 0.0)
+        return np.maximum(d, SPREAD_FLOOR).T[:, :, None].astype(np.float32)
 
     def _last_and_peak(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Newest value and peak of each row's own stored minutes of the last hour,

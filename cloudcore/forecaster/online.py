@@ -20,7 +20,12 @@ The graph (`models/forecaster_online.onnx`, see `models/online.py`) gets the wei
 as INPUTS, so what is learned here is served by the same onnxruntime call:
 
     p50 = a + (x - a) @ w + s * b + s * clip((m - a) / s) * v
-    p90 = p50 + s * q                      q >= 0 [2, 15] (normalised p90 offset)
+    p90 = p50 + d * q                      q >= 0 [2, 15] (p90 offset in units of d)
+
+with d the node's spread: an exponentially weighted mean of its absolute one-minute
+changes (half-life `SPREAD_HALF_LIFE`, bias-corrected for a young node, at least
+`SPREAD_FLOOR`; kept per node by the `Forecaster` beside m). Shifting a node's
+series leaves d as it is, multiplying it multiplies d: the p90 stays scale-free.
 
 (rearranged for speed as `Weights` describes: two MatMuls, no pass over the window
 but the min/max and the one that multiplies it).
@@ -37,8 +42,11 @@ half-life in examples) and solves
 while a fleet is new and the fleet's own examples take over as they accumulate (lam
 is the prior's weight in examples).
 
-p90, calibrated online (split conformal with an adaptive level): before an example
-joins the statistics, its normalised error under the CURRENT weights is pushed into
+p90, calibrated online (split conformal with an adaptive level, the errors normalised
+by the node's spread d, not by the window's scale s: a window's range says less about
+the next 15 minutes' error than how much the node has been moving in the last hour;
+chosen on the training series' history, `models/README.md`): before an example
+joins the statistics, its error under the CURRENT weights, divided by d, is pushed into
 a ring of the last `residuals` errors per resource; q = that ring's quantile (redone
 once `residuals` / 256 new errors have arrived) at a level that is nudged by `gamma`
 toward the 90 % target whenever the published q covered more or less than 90 % of
@@ -90,6 +98,11 @@ SCALE_FLOOR = 1e-3
 """Smallest window scale s (utilisation units): a flat window is not divided by 0."""
 LEVEL_HALF_LIFE = 360.0
 """Minutes: half-life of the per-node level m (an EWMA of the node's history)."""
+SPREAD_HALF_LIFE = 60.0
+"""Minutes: half-life of the per-node spread d (an EWMA of |one-minute change|), the unit
+of the p90 offset."""
+SPREAD_FLOOR = 1e-4
+"""Smallest spread d (utilisation units per minute): a flat node's p90 offset is not 0/0."""
 TARGET_CLIP = 16.0
 """Normalised targets are clipped to +-this in the ridge fit (a jump out of a flat
 window would otherwise weigh thousands of times more than a normal example); the
@@ -105,7 +118,7 @@ class OnlineSettings:
     sample_nodes: int = 2000
     """Nodes per minute whose newest 75 minutes become training examples (random
     subset when more are eligible): bounds the CPU of learning whatever the fleet."""
-    prior_weight: float = 2000.0
+    prior_weight: float = 200.0
     """lam: how many examples the shipped prior weighs in the ridge fit."""
     half_life: float = 200_000.0
     """Examples after which an old example weighs half (forgetting)."""
@@ -139,8 +152,8 @@ class OnlineSettings:
 @dataclass(frozen=True)
 class Weights:
     """The graph's weight inputs for one head, in the form it computes fastest:
-    y [2, B, 30] = x @ w1 + [a, s, s * clip((m - a) / s)] @ w2, columns 0..14 the p50
-    and 15..29 the p90 (w1 [2, L, 30], w2 [2, 3, 30]). This is the module doc's
+    y [2, B, 30] = x @ w1 + [a, s, s * clip((m - a) / s), d] @ w2, columns 0..14 the p50
+    and 15..29 the p90 (w1 [2, L, 30], w2 [2, 4, 30]). This is the module doc's
     formula with (x - a) @ w = x @ w - a * sum(w) folded into the `a` row."""
 
     w1: np.ndarray
@@ -150,7 +163,8 @@ class Weights:
     def from_normalised(cls, wn: np.ndarray, q: np.ndarray) -> Weights:
         """wn [2, L + 1, 15]: rows 0..L-2 weigh the normalised lags 0..L-2, row L-1 the
         level feature, row L the bias (the last lag is always 0 and has no row);
-        q [2, 15] the normalised p90 offset (negative values count as 0)."""
+        q [2, 15] the p90 offset in units of the node's spread d (negative values count
+        as 0)."""
         length = wn.shape[1] - 1
         w = np.zeros((RESOURCES, length, HORIZON))
         w[:, :-1] = wn[:, : length - 1]
@@ -159,8 +173,9 @@ class Weights:
         w1 = np.concatenate([w, w], axis=2)
         a_row = 1.0 - w.sum(axis=1)
         w2 = np.stack([np.concatenate([a_row, a_row], axis=1),
-                       np.concatenate([b, b + qq], axis=1),
-                       np.concatenate([v, v], axis=1)], axis=1)
+                       np.concatenate([b, b], axis=1),
+                       np.concatenate([v, v], axis=1),
+                       np.concatenate([np.zeros_like(qq), qq], axis=1)], axis=1)
         return cls(np.ascontiguousarray(w1, np.float32), np.ascontiguousarray(w2, np.float32))
 
 
@@ -205,12 +220,12 @@ def design(x: np.ndarray, m: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nda
     return f, a, s
 
 
-def reference(x: np.ndarray, m: np.ndarray, wt: Weights) -> np.ndarray:
-    """Numpy reference of the graph: x [2, n, L], m [2, n, 1] -> y [2, n, 2, 15]
+def reference(x: np.ndarray, m: np.ndarray, d: np.ndarray, wt: Weights) -> np.ndarray:
+    """Numpy reference of the graph: x [2, n, L], m and d [2, n, 1] -> y [2, n, 2, 15]
     (axis 2: p50, p90)."""
     a, s = level_and_scale(x)
     lv = np.clip((m.astype(np.float32) - a) / s, -TARGET_CLIP, TARGET_CLIP)
-    g = np.concatenate([a, s, s * lv], axis=2)
+    g = np.concatenate([a, s, s * lv, d.astype(np.float32)], axis=2)
     y = x.astype(np.float32) @ wt.w1 + g @ wt.w2
     return np.clip(y, 0.0, 1.0).reshape(x.shape[0], x.shape[1], 2, HORIZON).astype(np.float32)
 
@@ -274,9 +289,9 @@ class Head:
         w = np.exp(-st.mix_eta * (rel - 1.0))
         self.mix = w / w.sum(axis=0, keepdims=True)
 
-    def update(self, x: np.ndarray, lv: np.ndarray, y: np.ndarray) -> None:
-        """Learns from examples: x [2, m, L] windows, lv [2, m, 1] the node's level at
-        the window's end, y [2, m, 15] the minutes after."""
+    def update(self, x: np.ndarray, lv: np.ndarray, sp: np.ndarray, y: np.ndarray) -> None:
+        """Learns from examples: x [2, m, L] windows, lv and sp [2, m, 1] the node's level
+        and spread at the window's end, y [2, m, 15] the minutes after."""
         m = x.shape[1]
         if m == 0:
             return
@@ -284,7 +299,7 @@ class Head:
         f, a, s = design(x, lv)
         t = (y - a) / s  # normalised targets
         # calibration first: the errors of the weights in use, on examples they never saw
-        err = (t - f @ self.wmix).astype(np.float32)
+        err = ((t - f @ self.wmix) * (s / np.maximum(sp, SPREAD_FLOOR))).astype(np.float32)
         cov = (err <= self.q[:, None, :]).mean(axis=(1, 2))
         self.level = np.clip(self.level + st.gamma * (st.coverage - cov), 0.5, 0.995)
         self.covered = 0.98 * self.covered + 0.02 * cov if self.covered_n else cov
@@ -328,13 +343,15 @@ class Head:
 class Sample:
     """Training examples cut at one minute: `long` [2, m, 75] (60 context + 15 target
     minutes) and `short` [2, k, 25] (10 + 15) of nodes too young for a long one, and
-    each node's level m at the end of the context (`long_level` [2, m, 1],
-    `short_level` [2, k, 1])."""
+    each node's level m and spread d at the end of the context (`long_level`,
+    `long_spread` [2, m, 1], `short_level`, `short_spread` [2, k, 1])."""
 
     long: np.ndarray
     short: np.ndarray
     long_level: np.ndarray
     short_level: np.ndarray
+    long_spread: np.ndarray
+    short_spread: np.ndarray
 
 
 class OnlineLearner:
@@ -356,12 +373,14 @@ class OnlineLearner:
         with self._lock:
             lg, sh = sample.long, sample.short
             if lg.shape[1]:
-                self.heads[LONG].update(lg[..., :LONG], sample.long_level, lg[..., LONG:])
+                self.heads[LONG].update(lg[..., :LONG], sample.long_level, sample.long_spread,
+                                        lg[..., LONG:])
             # the short head learns from the last 10 context minutes of every window
             xs = np.concatenate([lg[..., LONG - SHORT :], sh], axis=1)
             ls = np.concatenate([sample.long_level, sample.short_level], axis=1)
+            ds = np.concatenate([sample.long_spread, sample.short_spread], axis=1)
             if xs.shape[1]:
-                self.heads[SHORT].update(xs[..., :SHORT], ls, xs[..., SHORT:])
+                self.heads[SHORT].update(xs[..., :SHORT], ls, ds, xs[..., SHORT:])
 
     def calibrated(self, length: int = LONG, *, band: tuple[float, float] = (0.85, 0.95),
                    min_examples: int = 500) -> bool:

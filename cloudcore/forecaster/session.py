@@ -87,7 +87,8 @@ class OnlineModel:
     by onnxruntime; the shipped prior weights are outputs of the same file.
 
         inputs   x [2, batch, L] (resource-major windows, oldest first), m [2, batch, 1]
-                 (each node's level), w1 [2, L, 30], w2 [2, 3, 30] (`online.Weights`;
+                 (each node's level), d [2, batch, 1] (each node's spread),
+                 w1 [2, L, 30], w2 [2, 4, 30] (`online.Weights`;
                  L = 60 or 10: one head each)
         outputs  y [2, batch, 2, 15] (axis 2: p50, p90; in 0..1);
                  prior_w60 [2, 61, 15], prior_q60 [2, 15], prior_w10 [2, 11, 15],
@@ -95,7 +96,7 @@ class OnlineModel:
                  `cloudcore.forecaster.online.Head`)
     """
 
-    INPUTS = ("x", "m", "w1", "w2")
+    INPUTS = ("x", "m", "d", "w1", "w2")
     PRIORS = ("prior_w60", "prior_q60", "prior_w10", "prior_q10")
 
     def __init__(self, path: Path | str) -> None:
@@ -113,16 +114,18 @@ class OnlineModel:
         """The shipped prior per window length: (normalised weights [2, L, 15], q [2, 15])."""
         z = np.zeros((RESOURCES, 1, 10), np.float32)
         feeds = {"x": z, "m": np.zeros((RESOURCES, 1, 1), np.float32),
+                 "d": np.zeros((RESOURCES, 1, 1), np.float32),
                  "w1": np.zeros((RESOURCES, 10, 2 * HORIZON), np.float32),
-                 "w2": np.zeros((RESOURCES, 3, 2 * HORIZON), np.float32)}
+                 "w2": np.zeros((RESOURCES, 4, 2 * HORIZON), np.float32)}
         try:
             w60, q60, w10, q10 = self._sess.run(list(self.PRIORS), feeds)
         except Exception as exc:
             raise ModelLoadError(f"cannot read the prior: {exc}", path=self.path) from exc
         return {60: (np.asarray(w60), np.asarray(q60)), 10: (np.asarray(w10), np.asarray(q10))}
 
-    def run(self, x: np.ndarray, m: np.ndarray, wt: Weights, out: np.ndarray) -> np.ndarray:
-        """One batched call; x C-contiguous float32 [2, B, L], m [2, B, 1], the head's
+    def run(self, x: np.ndarray, m: np.ndarray, d: np.ndarray, wt: Weights,
+            out: np.ndarray) -> np.ndarray:
+        """One batched call; x C-contiguous float32 [2, B, L], m and d [2, B, 1], the head's
         weights; the result is written into `out` (C-contiguous float32 [2, B, 2, 15])."""
         try:
             if not (x.flags.c_contiguous and out.flags.c_contiguous and x.dtype == np.float32
@@ -133,6 +136,7 @@ class OnlineModel:
             bd = self._binding
             bd.bind_cpu_input("x", x)
             bd.bind_cpu_input("m", np.ascontiguousarray(m, np.float32))
+            bd.bind_cpu_input("d", np.ascontiguousarray(d, np.float32))
             bd.bind_cpu_input("w1", wt.w1)
             bd.bind_cpu_input("w2", wt.w2)
             bd.bind_output("y", "cpu", 0, np.float32, list(out.shape), out.ctypes.data)

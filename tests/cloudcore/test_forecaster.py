@@ -157,10 +157,11 @@ def test_batch_of_1000_nodes_in_one_call() -> None:
     calls = 0
     run = fc._model.run
 
-    def counting(x: np.ndarray, m: np.ndarray, wt: object, out: np.ndarray) -> np.ndarray:
+    def counting(x: np.ndarray, m: np.ndarray, d: np.ndarray, wt: object,
+                 out: np.ndarray) -> np.ndarray:
         nonlocal calls
         calls += 1
-        return run(x, m, wt, out)
+        return run(x, m, d, wt, out)
 
     fc._model.run = counting  # type: ignore[method-assign]
     out = fc.predict()
@@ -192,7 +193,8 @@ def test_predict_equals_the_numpy_reference_and_forecasts_do_not_alias() -> None
 
     def forward(x: np.ndarray, rows: list[int]) -> np.ndarray:
         m = fc.level[rows].T[:, :, None]
-        y = reference(x.transpose(1, 0, 2), m, fc.learner.weights(60))  # [2, n, 2, 15]
+        d = fc._spread(fc.spread[rows], fc.last[rows] - fc.first[rows])
+        y = reference(x.transpose(1, 0, 2), m, d, fc.learner.weights(60))  # [2, n, 2, 15]
         return y.transpose(1, 0, 3, 2)  # [n, 2, 15, 2]
 
     rng = np.random.default_rng(3)
