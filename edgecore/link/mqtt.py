@@ -104,6 +104,7 @@ class Session:
         self._last_sent = 0.0
         self._heard = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._skipped = 0
 
     # -- lifecycle ---------------------------------------------------------------
     async def __aenter__(self) -> Session:
@@ -135,8 +136,10 @@ class Session:
                             f"{REFUSED.get(body[1], f'return code {body[1]}')}")
         loop = asyncio.get_running_loop()
         self._last_sent = loop.time()
-        self._tasks = [loop.create_task(self._read_loop(), name=f"mqtt[{self.client_id}].read"),
-                       loop.create_task(self._keepalive(), name=f"mqtt[{self.client_id}].ping")]
+        self._tasks = [loop.create_task(self._read_loop(), name=f"mqtt[{self.client_id}].read")]
+        if self.keepalive_s > 0:  # 0: no keepalive (MQTT 3.1.1, 3.1.2.10)
+            self._tasks.append(loop.create_task(self._keepalive(),
+                                                name=f"mqtt[{self.client_id}].ping"))
         return self
 
     async def __aexit__(self, *exc: object) -> None:
