@@ -719,8 +719,13 @@ class Run:
         return out
 
 
-async def _run(settings: Settings, kind: str, ids: Identities) -> dict[str, Any]:
+async def _run(settings: Settings, kind: str, ids: Identities,
+               into: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """One run; its result is also appended to `into` at once, so an interrupted run
+    (Ctrl-C, SIGTERM) is still reported, with what it was waiting for."""
     run = Run(settings=settings, tier_kind=kind, ids=ids)
+    if into is not None:
+        into.append(run.result)
     print(f"== {kind}: {run.n} sessions, {run.result['brokers']} broker processes, "
           f"load {Path('/proc/loadavg').read_text().split()[0]}", flush=True)
     try:
@@ -730,6 +735,11 @@ async def _run(settings: Settings, kind: str, ids: Identities) -> dict[str, Any]
         run.result["ok"] = False
         run.result["error"] = str(exc)
         print(f"FAILED: {kind} at {run.n} sessions: {exc}", file=sys.stderr, flush=True)
+    except asyncio.CancelledError:
+        run.result["ok"] = False
+        run.result["error"] = run.diagnose("interrupted (Ctrl-C or SIGTERM)")
+        print(run.result["error"], file=sys.stderr, flush=True)
+        raise
     finally:
         run.stop()
     return run.result
@@ -754,13 +764,21 @@ def bench_brokers(settings: Settings) -> int:
         ids = Identities.make(n)
         print(f"-- {n} node identities made in {time.monotonic() - t:.1f} s", flush=True)
         for kind in settings.tiers:
-            r = asyncio.run(_run(settings, kind, ids))
-            results.append(r)
-            print(json.dumps(r, indent=2), flush=True)
-            out.write_text(json.dumps({"runs": results, "cores": os.cpu_count(),
-                                       "fd_limit": _fds(os.getpid())[1]}, indent=2))
+            try:
+                asyncio.run(_run(settings, kind, ids, into=results))
+            except KeyboardInterrupt:
+                _write(out, results)
+                print(f"interrupted; result: {out}", file=sys.stderr)
+                return 130
+            print(json.dumps(results[-1], indent=2), flush=True)
+            _write(out, results)
     print(f"result: {out}")
     return 0 if all(r.get("ok") for r in results) else 1
+
+
+def _write(out: Path, results: list[dict[str, Any]]) -> None:
+    out.write_text(json.dumps({"runs": results, "cores": os.cpu_count(),
+                               "fd_limit": _fds(os.getpid())[1]}, indent=2))
 
 
 def _ints(text: str) -> tuple[int, ...]:
