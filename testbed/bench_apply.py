@@ -10,7 +10,8 @@ over its own LMDB store in a temporary directory:
 
 1. build a `Fleet` as the tests and the old bench do (`Fleet(store=, scheduler=,
    liveness=)`; where the tree's service builds it with `background=True` and runs
-   its `run(settle=store.flush)` task, so does the bench), set cloudcore's collector
+   its `run(settle=...)` task, so does the bench, with the service's settle: the
+   store's flush, then `freeze_survivors` where the tree has it), set cloudcore's collector
    settings (`cloudcore.service.tune_gc`, as the binary does once started) and
    register N Ready nodes with capacity, labels and arch (`register_node`,
    `node_status`, `mark_ready`), as agents leave them;
@@ -95,6 +96,23 @@ def _service_style(fleet_cls: type) -> bool:
             and callable(getattr(fleet_cls, "run", None)))
 
 
+def _settle_of(store: Store) -> Any:
+    """What the tree's service awaits after each expansion slice: the store's flush,
+    then, where the tree has it, `freeze_survivors` (the collector freeze between
+    slices, which acts only in a process tuned by `tune_gc`, as the bench's is)."""
+    from cloudcore import service
+
+    freeze = getattr(service, "freeze_survivors", None)  # trees before it have none
+    if freeze is None:
+        return store.flush
+
+    async def settle() -> None:
+        await store.flush()
+        freeze()
+
+    return settle
+
+
 @contextlib.asynccontextmanager
 async def bench_fleet(prefix: str) -> AsyncIterator[tuple[Fleet, Store, Path]]:
     """A Fleet over its own LMDB store in a temporary directory (also yielded), with the
@@ -113,7 +131,7 @@ async def bench_fleet(prefix: str) -> AsyncIterator[tuple[Fleet, Store, Path]]:
             if background:
                 fleet = Fleet(store=store, scheduler=Scheduler(), liveness=liveness,
                               background=True)
-                tasks.append(asyncio.create_task(fleet.run(settle=store.flush)))
+                tasks.append(asyncio.create_task(fleet.run(settle=_settle_of(store))))
             else:
                 fleet = Fleet(store=store, scheduler=Scheduler(), liveness=liveness)
             try:
