@@ -158,11 +158,9 @@ def test_daemonset_recreated_while_its_agents_are_down_runs_new_containers(
 def test_pod_moved_away_and_back_is_reported_by_its_node(
         fleet: Fleet, chaos: Chaos) -> None:
     """Same pod object (same uid) moved to another node and back while its first node's
-    agent is down: that node keeps the container, and must report it again, since the
-    cloud set the pod's status to Pending when it bound it there again. (The pod comes
-    back once the node is Ready: the node may see it go first. `sleep` as PID 1 ignores
-    SIGTERM, so with a long grace its stop is still under way, and is called off, when
-    the pod comes back: the container runs on, unchanged.)"""
+    agent is down: that node gets the removal and the return in one delta, keeps the
+    container, and must report it again, since the cloud set the pod's status to
+    Pending when it bound it there again."""
     a, b = fleet.agents[0].name, fleet.agents[1].name
     fleet.apply([bare_pod("mover", fleet.image, a, grace=60)])
     first = wait_running(fleet, "mover", node=a)
@@ -170,7 +168,12 @@ def test_pod_moved_away_and_back_is_reported_by_its_node(
     t = time.time()
     fleet.apply([bare_pod("mover", fleet.image, b, grace=60)])
     wait_running(fleet, "mover", node=b, after=t)
+    # A restarted cloud holds its nodes Unknown, not NotReady, until they report: the
+    # pod is bound to `a` again at once, while its agent is still down.
+    fleet.restart_cloud()
     fleet.apply([bare_pod("mover", fleet.image, a, grace=60)])
+    status = get_pod(fleet, "mover")["status"]
+    assert (status.get("reason"), status.get("nodeName")) == ("Scheduled", a), status
     chaos.start_agent(a)
     fleet.wait_nodes_ready(timeout=60)
     back = wait_running(fleet, "mover", node=a)
