@@ -111,6 +111,7 @@ class Settings:
     per_sim: int = 17_000  # sessions per simulator process (one fd each)
     rate: float = 400.0  # connects per second per simulator process
     idle_s: float = 20.0
+    settle_s: float = 5.0  # after every session is up, before the idle window
     stall_s: float = 60.0  # no progress for this long fails the run
     timeout_s: float = 900.0  # a phase's hard limit
     window: int = 5_000  # QoS 1 publishes in flight per cloud connection
@@ -600,7 +601,7 @@ class Run:
                 what="sessions connected", count=self.connected, target=self.n,
                 cloud=cloud), 1)
             r["connect_per_s"] = round(self.n / max(r["connect_s"], 0.1))
-            await asyncio.sleep(5)  # the opening resync and report of every node settle
+            await asyncio.sleep(self.s.settle_s)  # every node's opening resync and report
             r["idle"] = await self._idle(base)
             r["fanin"] = await self._fanin(cloud)
             r["targeted"] = await self._targeted(cloud)

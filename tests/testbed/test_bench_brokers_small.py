@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from testbed.bench_brokers import Identities, Settings, _run, bench_brokers
+from testbed.broker import NatsSettings
 
 pytestmark = [
     pytest.mark.skipif(shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto")
@@ -24,8 +25,13 @@ pytestmark = [
 
 
 def test_small_fleet_on_both_tiers(tmp_path: Path) -> None:
+    # NATS's QoS 1 consumers on one server, in memory: replicated ones take ~0.5 s each
+    # to create here, and the cloud alone makes 256
+    nats = NatsSettings(mqtt_max_ack_pending=256, mqtt_consumer_replicas=1,
+                        mqtt_consumer_memory=True)
     settings = Settings(workdir=tmp_path, sessions=(200,), brokers=2, nats_servers=2,
-                        per_sim=100, rate=1000, idle_s=0.5, stall_s=20)
+                        per_sim=100, rate=1000, idle_s=0.5, settle_s=0.5, stall_s=20,
+                        nats=nats)
     assert bench_brokers(settings) == 0
     runs = json.loads((tmp_path / "result.json").read_text())["runs"]
     assert [(r["tier"], r["brokers"], r["ok"]) for r in runs] == [
@@ -51,7 +57,7 @@ class _SomeUnknown(Identities):
 def test_refused_sessions_fail_the_run_and_are_named(tmp_path: Path) -> None:
     ids = _SomeUnknown.make(40)
     settings = Settings(workdir=tmp_path, sessions=(40,), brokers=1, per_sim=40, rate=1000,
-                        idle_s=0.5, stall_s=3)
+                        idle_s=0.5, settle_s=0.5, stall_s=3)
     result = asyncio.run(_run(settings, "mosquitto", ids))
     assert result["ok"] is False
     err = result["error"]
