@@ -175,10 +175,10 @@ NOT_AT_START = ("pydantic", "pydantic_core", "shared.models", "fastapi", "uvicor
 # `http.client` by `urllib.request` (edgecore.join imports it only for a join or a
 # certificate renewal), difflib (shared.pods, only for a "did you mean" hint).
 
-# The Python heap the agent's imports allocate (tracemalloc): 12.1 MiB on CPython 3.11
-# with paho 2.2 and msgspec 0.23 (2026-12-06); shared.models with pydantic would add
-# 5.5 MiB (and about 11 of RSS), cryptography's x509 2.3. A bound with room for ordinary
-# growth, not a measure of RSS.
+# The Python heap the agent's imports allocate (tracemalloc): 10.4 MiB on CPython 3.11
+# with msgspec 0.23 and the link's own MQTT client (12.5 with aiomqtt on paho 2.2);
+# shared.models with pydantic would add 5.5 MiB (and about 11 of RSS), cryptography's
+# x509 2.3. A bound with room for ordinary growth, not a measure of RSS.
 HEAP_BOUND_MIB = 16
 
 
