@@ -63,11 +63,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from cloudcore.auth.broker import mosquitto_acl
 from cloudcore.auth.secrets import mosquitto_hash
-from cloudcore.synchub import wire
 from shared import seal, topics
 from shared.codec import Ack, Desired, Report, decode, encode
 from shared.errors import ProtocolError
@@ -83,6 +82,9 @@ from testbed.broker import (
     spread_partitions,
 )
 from testbed.procs import Proc
+
+if TYPE_CHECKING:  # imported where used: the package's import costs every `testbed`
+    from cloudcore.synchub import wire  # command half a second (its parser imports us)
 
 TIERS = ("mosquitto", "nats")
 EPOCH = "bench-brokers"
@@ -383,6 +385,8 @@ class Cloud:
         self.got = {}
 
     async def connect(self) -> None:
+        from cloudcore.synchub import wire
+
         parts = self.tier.partitions()
         users = list(self.services)
         for i, (name, (host, port)) in enumerate(self.tier.endpoints().items()):
@@ -412,6 +416,8 @@ class Cloud:
             self._tasks.append(asyncio.create_task(self._keepalive(name, conn)))
 
     async def _keepalive(self, name: str, conn: wire.Connection) -> None:
+        from cloudcore.synchub import wire
+
         with contextlib.suppress(wire.ConnectionLost):
             await conn.keepalive(300)
 
