@@ -23,7 +23,8 @@ over its own LMDB store in a temporary directory:
    DaemonSet's pod and the store has committed (so expansion that continues in the
    background after `apply` returns is waited for, polled in small slices that
    cost the loop little);
-4. print RSS (VmRSS after a 2 s settle, and the peak VmHWM), per-apply wall and CPU
+4. print RSS (VmRSS after a 2 s settle, its anonymous and file-mapped parts, and the
+   peak VmHWM), per-apply wall and CPU
    time, how long the `apply` call itself held the loop, the lag monitor's worst
    and 99th-percentile lateness during the applies, and the collector's worst pause
    per generation during them (gc.callbacks: how much of the lag is the collector's).
@@ -147,11 +148,13 @@ async def bench_fleet(prefix: str) -> AsyncIterator[tuple[Fleet, Store, Path]]:
 
 
 def _mem() -> dict[str, int]:
-    """VmRSS and VmHWM of this process, bytes."""
+    """VmRSS and VmHWM of this process, and VmRSS's two parts: RssAnon (the process's
+    own memory: the Python heap) and RssFile (file pages mapped in it: mostly the
+    LMDB store's map, page cache the kernel may drop), bytes."""
     out = {}
     for line in Path("/proc/self/status").read_text().splitlines():
         key, _, rest = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
+        if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
             out[key] = int(rest.split()[0]) * 1024
     return out
 
@@ -292,6 +295,7 @@ async def _measure(nodes: int, daemonsets: int, settle: float = 2.0) -> None:
             "register_s": round(register_s, 2),
             "rss_start": mem0["VmRSS"], "rss_nodes": mem_nodes["VmRSS"],
             "rss_end": mem_end["VmRSS"], "rss_peak": mem_end["VmHWM"],
+            "rss_end_anon": mem_end.get("RssAnon"), "rss_end_file": mem_end.get("RssFile"),
             "applies": applies,
             "lag_max_ms": round(lags[-1] * 1000, 1) if lags else 0.0,
             "lag_p99_ms": round(p99 * 1000, 1), "lag_samples": len(lags),
@@ -401,6 +405,8 @@ def _fmt(result: dict[str, Any]) -> dict[str, str]:
         "RSS nodes MB": f"{result['rss_nodes'] / mb:.0f}" if "rss_nodes" in result else "-",
         "RSS end MB": f"{result['rss_end'] / mb:.0f}" if "rss_end" in result else "-",
         "peak MB": f"{result['rss_peak'] / mb:.0f}" if "rss_peak" in result else "-",
+        "anon/file MB": (f"{result['rss_end_anon'] / mb:.0f}/{result['rss_end_file'] / mb:.0f}"
+                         if result.get("rss_end_anon") is not None else "-"),
         "apply s (med/max)": (f"{statistics.median(walls):.2f}/{max(walls):.2f}"
                               if walls else "-"),
         "apply CPU s (med)": f"{statistics.median(cpus):.2f}" if cpus else "-",
