@@ -362,8 +362,9 @@ class Cloud:
     partitions homed there; records, per phase, the first message from each node."""
 
     def __init__(self, *, tier: Tier, services: dict[str, str], tls: ssl.SSLContext,
-                 window: int) -> None:
+                 window: int, stall_s: float) -> None:
         self.tier, self.services, self.tls, self.window = tier, services, tls, window
+        self.stall_s = stall_s
         self.conns: dict[str, wire.Connection] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self.phase: str | None = None
@@ -428,17 +429,32 @@ class Cloud:
         for broker, topic, payload in msgs:
             conn = self.conns[broker]
             while self._inflight[broker] >= self.window:
-                self._room[broker].clear()
-                await self._room[broker].wait()
+                await self._pubacks(broker)
             if not conn.is_open:
                 raise BenchFailure(f"the cloud's connection to {broker} closed while publishing")
             mids[broker] = mids[broker] % 65535 + 1
             self._inflight[broker] += 1
             conn.publish(topic, payload, mids[broker])
         while any(self._inflight.values()):
-            ev = next(self._room[b] for b, n in self._inflight.items() if n)
-            ev.clear()
-            await ev.wait()
+            await self._pubacks(next(b for b, n in self._inflight.items() if n))
+
+    async def _pubacks(self, broker: str) -> None:
+        """Wait for a PUBACK from `broker`; BenchFailure if its connection closes or it
+        acknowledges nothing for `stall_s` seconds."""
+        ev = self._room[broker]
+        ev.clear()
+        try:
+            async with asyncio.timeout(self.stall_s):
+                while not ev.is_set():
+                    if not self.conns[broker].is_open:
+                        raise BenchFailure(f"the cloud's connection to {broker} closed with "
+                                           f"{self._inflight[broker]} publishes unacknowledged")
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(1.0):
+                            await ev.wait()
+        except TimeoutError:
+            raise BenchFailure(f"{broker} acknowledged none of {self._inflight[broker]} "
+                               f"publishes for {self.stall_s:.0f} s") from None
 
     def closed(self) -> list[str]:
         return [n for n, c in self.conns.items() if not c.is_open]
@@ -595,7 +611,8 @@ class Run:
         base = _usage(self.tier.pids())
         r["broker_rss_before_sessions_mb"] = round(sum(v[1] for v in base.values()) / 2**20, 1)
         tls = ssl.create_default_context(cafile=str(self.tier.ca_file))
-        cloud = Cloud(tier=self.tier, services=self.services, tls=tls, window=self.s.window)
+        cloud = Cloud(tier=self.tier, services=self.services, tls=tls, window=self.s.window,
+                      stall_s=self.s.stall_s)
         t = time.monotonic()
         await cloud.connect()
         r["cloud_subscribed_s"] = round(time.monotonic() - t, 1)
