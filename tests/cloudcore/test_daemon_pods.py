@@ -201,3 +201,31 @@ def test_a_node_deleted_takes_its_compact_pods(monkeypatch: pytest.MonkeyPatch) 
     fleet.delete("Node", None, "n1")
     assert set(fleet.pods) == {("default", "agent-n2")}
     assert pod_key("default", "agent-n2") in fleet.desired["n2"].items
+
+
+def test_a_status_pass_waits_for_the_next_tick_once_the_time_is_spent(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A tick looks at pods for SCAN_BUDGET_S at most: with none left, a big workload's
+    pass makes no progress that tick, and it completes on later ticks."""
+    monkeypatch.setattr(rollout, "SCAN_CHUNK", 3)
+    monkeypatch.setattr(rollout, "SCAN_STEP", 1)
+    monkeypatch.setattr(rollout, "SCAN_BUDGET_S", -1.0)  # spent before it starts
+    fleet = make_fleet()
+    for i in range(5):
+        add_node(fleet, f"n{i}")
+    scans: list[int] = []
+    real = fleet.rollouts._scan
+
+    def counting(*a: Any, **kw: Any) -> Any:
+        scans.append(len(a[3]))
+        return real(*a, **kw)
+
+    monkeypatch.setattr(fleet.rollouts, "_scan", counting)
+    fleet.apply([parse_object(daemonset("a"))])
+    fleet.expire(0.0)
+    assert scans == [] and fleet.daemonsets[("default", "a")].status is None
+    monkeypatch.setattr(rollout, "SCAN_BUDGET_S", 10.0)
+    fleet.expire(0.0)
+    assert scans == [1, 1, 1]  # SCAN_STEP at a time, SCAN_CHUNK in all
+    fleet.expire(0.0)
+    assert fleet.daemonsets[("default", "a")].status.desired_number_scheduled == 5
