@@ -42,6 +42,9 @@ of minutes of history it has up to `now`:
 - < 10, or no report for `stale_after_minutes`: no model; p50 = last value and
   p90 = the peak of what it has (FALLBACK or STALE). Callers see the flag.
 
+A resource whose newest point is at 100 % is censored (the node's demand is at least
+its capacity): its p90 is 100 % whatever the head forecasts.
+
 Both heads are served by the online graph (`session.OnlineModel`) with the weights
 the `OnlineLearner` has published (the shipped prior until it has learned): one
 onnxruntime call for the MODEL rows, one for the SHORT rows. `training_sample` cuts
@@ -320,6 +323,11 @@ class Forecaster:
             else:
                 y[:, sel] = self._model.run(
                     x, lv, sp, wt, out=np.empty((RESOURCES, len(sel), 2, HORIZON), np.float32))
+            # usage at 100 % is censored: the node's demand is at least its capacity, so
+            # its p90 is capacity (a narrow spread-based band would put it just under)
+            rr, ii = np.nonzero(x[:, :, -1] >= 1.0)
+            if len(rr):
+                y[rr, sel[ii], 1, :] = 1.0
         p50 = y[:, :, 0].transpose(1, 0, 2)
         p90 = y[:, :, 1].transpose(1, 0, 2)
         rest = np.flatnonzero(method >= Method.FALLBACK)

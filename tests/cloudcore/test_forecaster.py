@@ -222,3 +222,18 @@ def test_predict_equals_the_numpy_reference_and_forecasts_do_not_alias() -> None
     rows = [second.position(n) for n in names]
     np.testing.assert_allclose(second.p50[rows], ref2[..., 0], atol=1e-4, rtol=0)
     np.testing.assert_allclose(second.p90[rows], ref2[..., 1], atol=1e-4, rtol=0)
+
+
+def test_a_resource_pinned_at_capacity_has_its_p90_at_capacity() -> None:
+    """Usage at 100 % is censored: a node pinned there for its last 10 minutes (after a
+    quiet hour, so its spread is small) is forecast at capacity (p90), the other
+    resource and a node just under it are not."""
+    fc = make(capacity=4)
+    for m in range(60):
+        fc.observe("hot", m, 0.97 if m < 50 else 1.0, 0.6)
+        fc.observe("warm", m, 0.97 if m < 50 else 0.99, 0.6)
+    out = fc.predict()
+    hot, warm = out.position("hot"), out.position("warm")
+    assert (out.p90[hot, 0] == 1.0).all()
+    assert (out.p90[hot, 1] < 1.0).all()
+    assert (out.p90[warm, 0] < 1.0).all()
