@@ -1,4 +1,4 @@
-"""The agent's one MQTT session (`mqtt.py`: its own small MQTT 3.1.1 client; no MQTT library)."""
+"""The agent's one MQTT session: the ONLY module importing aiomqtt."""
 
 from edgecore.link.link import Link, LinkHandler, LinkStats, TlsFiles
 

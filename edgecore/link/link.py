@@ -35,9 +35,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+import aiomqtt
+
 from edgecore.errors import LinkError
-from edgecore.link.mqtt import Received, Session
-from edgecore.link.mqtt import Will as MqttWill
 from edgecore.ratelimit import RateLimitedLog
 from shared import seal, topics
 from shared.backoff import Backoff
@@ -49,6 +49,20 @@ log = logging.getLogger(__name__)
 # Default upper bound for one connect/publish/subscribe round trip before the session
 # is considered broken and rebuilt (the agent passes `AgentSettings.op_timeout`).
 OP_TIMEOUT_S = 15.0
+
+
+def _resume_cancel() -> None:
+    """Re-raise a cancellation an aiomqtt call swallowed.
+
+    aiomqtt waits for a PUBACK/SUBACK with `asyncio.wait_for`, which on Python 3.11
+    returns the result instead of raising when the cancel and the answer arrive
+    together (gh-86296). The task stays marked as cancelling, so a stop of the agent
+    (or of the pump, when a session ends) would be lost and the task run on: seen as
+    a hung stop over TLS, where the PUBACK often arrives in the same loop turn.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 class LinkHandler(Protocol):
@@ -183,29 +197,33 @@ class Link:
     async def _session(self) -> None:
         self._restart.clear()  # this session reads the certificate files afresh
         will_topic = topics.will(self.node)
-        will = MqttWill(will_topic, self._seal(will_topic, encode(Will(node=self.node))))
+        will = aiomqtt.Will(will_topic, self._seal(will_topic, encode(Will(node=self.node))),
+                            qos=1)
         try:
             tls_context = self.tls.context() if self.tls is not None else None
         except (OSError, ssl.SSLError) as exc:
             raise LinkError(f"TLS setup failed: {exc}") from exc
-        client = Session(
-            self.host, self.port, client_id=self.node, clean_session=False,
-            keepalive_s=self.keepalive_s, will=will, timeout_s=self.op_timeout_s,
-            username=self._username, password=self._password, tls=tls_context,
-            max_payload=DOWN_LIMITS.max_message_bytes + seal.TAG_BYTES,
+        client = aiomqtt.Client(
+            self.host, self.port, identifier=self.node, clean_session=False,
+            keepalive=self.keepalive_s, will=will, timeout=self.op_timeout_s,
+            username=self._username, password=self._password, tls_context=tls_context,
         )
-        async with client:
-            await client.subscribe(self._down, qos=1)
-            self.stats.connects += 1
-            self.backoff.reset()
-            self._connected.set()
-            log.info("mqtt link up: %s:%d as %s", self.host, self.port, self.node)
-            await self._publish(client, self.handler.hello())
-            if self.on_up is not None:
-                self.on_up()
-            await self._serve(client)
+        try:
+            async with client:
+                await client.subscribe(self._down, qos=1)
+                _resume_cancel()
+                self.stats.connects += 1
+                self.backoff.reset()
+                self._connected.set()
+                log.info("mqtt link up: %s:%d as %s", self.host, self.port, self.node)
+                await self._publish(client, self.handler.hello())
+                if self.on_up is not None:
+                    self.on_up()
+                await self._serve(client)
+        except aiomqtt.MqttError as exc:
+            raise LinkError(str(exc) or type(exc).__name__) from exc
 
-    async def _serve(self, client: Session) -> None:
+    async def _serve(self, client: aiomqtt.Client) -> None:
         """Run the outbox pump and the receiver until either fails; then stop both.
 
         Plain tasks rather than a TaskGroup: on Python 3.11 a TaskGroup whose child
@@ -227,41 +245,47 @@ class Link:
             self.backoff.reset()
             raise LinkError("reconnecting as asked (new client certificate)")
         for t in done:
-            t.result()  # re-raises the LinkError (or a bug) that ended the session
+            t.result()  # re-raises the MqttError (or a bug) that ended the session
         raise LinkError("session ended")
 
-    async def _publish(self, client: Session, msg: Ack | Resync) -> None:
+    async def _publish(self, client: aiomqtt.Client, msg: Ack | Resync) -> None:
         await client.publish(self._up, self._seal(self._up, encode(msg)), qos=1)
+        _resume_cancel()
         self.stats.published += 1
 
-    async def _pump(self, client: Session) -> None:
+    async def _pump(self, client: aiomqtt.Client) -> None:
         """Send the outbox in seq order; everything unacked is resent on each new session."""
         sent = 0
         while True:
             self._kick.clear()
             for seq, payload in await asyncio.to_thread(self.handler.pending, sent):
                 await client.publish(self._up, self._seal(self._up, payload), qos=1)
+                _resume_cancel()
                 self.stats.published += 1
                 self.stats.reports_sent += 1
                 sent = seq
             beat, self._beat = self._beat, None
             if beat is not None:
                 await client.publish(self._up, self._seal(self._up, beat), qos=1)
+                _resume_cancel()
                 self.stats.published += 1
                 self.stats.beats_sent += 1
             await self._kick.wait()
 
-    async def _receive(self, client: Session) -> None:
-        message: Received
-        async for message in client.messages():
+    async def _receive(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
             self.stats.received += 1
-            data, topic = message.payload, message.topic
-            if message.size > DOWN_LIMITS.max_message_bytes + seal.TAG_BYTES:
-                self.stats.malformed += 1
-                self._rlog.warning("malformed", "dropped a message of %d bytes on %s: "
-                                   "over the limit", message.size, topic)
-                continue
+            payload = message.payload
+            if not isinstance(payload, bytes | bytearray):
+                payload = b"" if payload is None else str(payload).encode()
+            data = bytes(payload)
+            topic = message.topic.value
             if self.keys is not None:
+                if len(data) > DOWN_LIMITS.max_message_bytes + seal.TAG_BYTES:
+                    self.stats.malformed += 1
+                    self._rlog.warning("malformed", "dropped a message of %d bytes on %s: "
+                                       "over the limit", len(data), topic)
+                    continue
                 try:
                     data = seal.unseal(self.keys.down, topic, data)
                 except AuthFailed as exc:
@@ -273,12 +297,12 @@ class Link:
             except ProtocolError as exc:
                 self.stats.malformed += 1
                 self._rlog.warning("malformed", "dropped a malformed message on %s: %s",
-                                   topic, exc)
+                                   message.topic.value, exc)
                 continue
             if msg.node != self.node:
                 self.stats.foreign += 1
                 self._rlog.warning("foreign", "dropped a message for node %r on %s",
-                                   msg.node, topic)
+                                   msg.node, message.topic.value)
                 continue
             if isinstance(msg, ReportAck):
                 self.report_acked = max(self.report_acked, msg.seq)

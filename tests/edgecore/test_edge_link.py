@@ -234,16 +234,13 @@ async def test_cancel_wins_over_a_failing_disconnect(mosquitto, monkeypatch) -> 
     link = Link(node=NODE, host="127.0.0.1", port=mosquitto.port, handler=_Quiet())
     task = asyncio.create_task(link.run())
     await asyncio.wait_for(link.wait_connected(), 5)
-    from edgecore.errors import LinkError
-    from edgecore.link.mqtt import Session
+    real_exit = aiomqtt.Client.__aexit__
 
-    real_exit = Session.__aexit__
-
-    async def failing_exit(self: Session, *exc: Any) -> None:
+    async def failing_exit(self: aiomqtt.Client, *exc: Any) -> None:
         await real_exit(self, *exc)
-        raise LinkError("no answer from the broker in 15 s")
+        raise aiomqtt.MqttError("Operation timed out")
 
-    monkeypatch.setattr(Session, "__aexit__", failing_exit)
+    monkeypatch.setattr(aiomqtt.Client, "__aexit__", failing_exit)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(task, 5)
