@@ -61,10 +61,10 @@ class AgentSettings:
     certificate, the agent renews it there when a third of its lifetime is left."""
     mqtt_keepalive_s: int = 600
     """MQTT keepalive in seconds; the broker declares the session dead (and publishes the
-    will) after 1.5x this without traffic. The link pings only after this long without
-    sending anything (`edgecore.link.mqtt`), and liveness comes from the telemetry
-    points anyway (3 x heartbeat_s), so it is long: at most one ping exchange per 10
-    minutes (issue 16). A killed agent's will still goes out at once (its socket closes); a
+    will) after 1.5x this without traffic. paho pings every keepalive whatever else was
+    sent (eclipse-paho/paho.mqtt.python#813), and liveness comes from the telemetry
+    points anyway (3 x heartbeat_s), so it is long: one ping exchange per 10 minutes
+    (issue 16). A killed agent's will still goes out at once (its socket closes); a
     link that dies silently is NotReady in the cloud after 3 x heartbeat_s, and the
     agent notices within a minute (the next point's PUBACK times out)."""
     reconnect_initial_s: float = 0.5

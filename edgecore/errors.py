@@ -10,9 +10,8 @@
                                       missing file, version not held); its status is Failed
                                       (a signature or digest refusal is shared's ReleaseError)
 
-Third-party and OS errors (lmdb.Error; the link's OSError and ssl.SSLError) are wrapped
-into these at the module boundary with `raise ... from exc`, so callers never import
-those libraries.
+Third-party errors (lmdb.Error, aiomqtt.MqttError) are wrapped into these at the
+module boundary with `raise ... from exc`, so callers never import those libraries.
 """
 
 from __future__ import annotations

@@ -169,14 +169,16 @@ print(json.dumps({"traced": tracemalloc.get_traced_memory()[0],
 NOT_AT_START = ("pydantic", "pydantic_core", "shared.models", "fastapi", "uvicorn",
                 "starlette", "numpy", "onnxruntime", "cryptography", "uvloop", "yaml",
                 "requests", "httpx", "sqlite3", "xml", "http.server", "asyncio.windows_events",
-                *("paho", "aiomqtt", "email", "http", "urllib.request", "difflib"))
-# The second row left with issue 16's footprint work: paho-mqtt and aiomqtt (the link
-# has its own MQTT client, edgecore/link/mqtt.py), with what paho imported, `email` and
-# `http.client` by `urllib.request` (edgecore.join imports it only for a join or a
-# certificate renewal), difflib (shared.pods, only for a "did you mean" hint).
+                "difflib")
+# difflib left with issue 16's footprint work (shared.pods imports it only for a "did
+# you mean" hint). `urllib.request`, `http.client` and `email` are still loaded: paho
+# imports urllib.request at its top (edgecore.join itself imports urllib only for a
+# join or a certificate renewal). The link stays on aiomqtt and paho-mqtt, the project's
+# MQTT libraries (DESIGN.md 5); an own client was measured at -1.6 MiB RSS and declined
+# (docs/edgecore.md, Memory).
 
-# The Python heap the agent's imports allocate (tracemalloc): 10.4 MiB on CPython 3.11
-# with msgspec 0.23 and the link's own MQTT client (12.5 with aiomqtt on paho 2.2);
+# The Python heap the agent's imports allocate (tracemalloc): about 12.5 MiB on CPython
+# 3.11 with msgspec 0.23 and aiomqtt on paho 2.2 (10.4 with an own MQTT client);
 # shared.models with pydantic would add 5.5 MiB (and about 11 of RSS), cryptography's
 # x509 2.3. A bound with room for ordinary growth, not a measure of RSS.
 HEAP_BOUND_MIB = 16
