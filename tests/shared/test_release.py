@@ -154,3 +154,20 @@ def test_unpack_refuses_members_outside_the_packages(tmp_path: Path) -> None:
             tar.addfile(info, io.BytesIO(data))
     with pytest.raises(ReleaseError, match="outside"):
         release.unpack(raw.getvalue(), tmp_path / "slot", version="1")
+
+
+@pytest.mark.parametrize("name", ["edgecore/../../escape.py", "/edgecore/abs.py",
+                                  "edgecore//x.py"])
+def test_unpack_refuses_paths_that_leave_the_slot(tmp_path: Path, name: str) -> None:
+    """A signed bundle is still checked member by member: a name under a package that
+    climbs out (`..`), an absolute one, or an empty part is refused before anything is
+    written (Python 3.11.2, Debian 12's, has no tarfile extraction filters)."""
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w:gz") as tar:
+        for n, data in (("release.json", b'{"version": "1"}'), (name, b"x")):
+            info = tarfile.TarInfo(n)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    with pytest.raises(ReleaseError, match="plain relative path"):
+        release.unpack(raw.getvalue(), tmp_path / "slot", version="1")
+    assert not (tmp_path / "escape.py").exists() and not (tmp_path / "slot").exists()
