@@ -1002,54 +1002,47 @@ def create_app(fleet: Fleet, *, metrics: Metrics,
                 "stdout": b"".join(out["stdout"]).decode(errors="replace"),
                 "stderr": b"".join(out["stderr"]).decode(errors="replace")}
 
-    @app.get("/api/v1/priorityclasses/{name}", summary="Get one PriorityClass",
-             tags=["objects"], dependencies=[reader])
-    async def get_priority_class(name: str) -> dict[str, Any]:
-        return fleet.get("PriorityClass", None, name)
+    def cluster_scoped(kind: str, plural: str, snake: str, *, what: str, delete: str,
+                       description: str, conflict: bool) -> None:
+        """GET (read-only) and DELETE (operator) of one object of a cluster-scoped kind
+        at /api/v1/{plural}/{name}."""
+        async def get_one(name: str) -> dict[str, Any]:
+            return fleet.get(kind, None, name)
 
-    @app.delete("/api/v1/priorityclasses/{name}", summary="Delete a PriorityClass (operator)",
-                tags=["objects"], dependencies=[operator],
-                responses={409: {"model": ErrorBody}},
-                description="Pods keep the priority they got from it (as in Kubernetes); "
-                            "a pod or template naming it is refused at its next apply. "
-                            "The built-in system-node-critical and system-cluster-critical "
-                            "cannot be deleted (409).")
-    async def delete_priority_class(name: str) -> dict[str, Any]:
-        deleted = fleet.delete("PriorityClass", None, name)
-        await flush()
-        return {"deleted": deleted}
+        async def delete_one(name: str) -> dict[str, Any]:
+            deleted = fleet.delete(kind, None, name)
+            await flush()
+            return {"deleted": deleted}
 
-    @app.get("/api/v1/agentupgrades/{name}", summary="Get one AgentUpgrade",
-             tags=["objects"], dependencies=[reader])
-    async def get_agent_upgrade(name: str) -> dict[str, Any]:
-        return fleet.get("AgentUpgrade", None, name)
+        path = f"/api/v1/{plural}/{{name}}"
+        app.add_api_route(path, get_one, methods=["GET"], name=f"get_{snake}",
+                          summary=f"Get one {what}", tags=["objects"],
+                          dependencies=[reader])
+        app.add_api_route(path, delete_one, methods=["DELETE"], name=f"delete_{snake}",
+                          summary=delete, tags=["objects"], dependencies=[operator],
+                          responses={409: {"model": ErrorBody}} if conflict else None,
+                          description=description)
 
-    @app.delete("/api/v1/agentupgrades/{name}", summary="Delete an AgentUpgrade (operator)",
-                tags=["objects"], dependencies=[operator],
-                description="Stops it: its nodes' release entries are removed and they "
-                            "keep running what they run (an upgrade in flight on a node "
-                            "finishes or rolls back there).")
-    async def delete_agent_upgrade(name: str) -> dict[str, Any]:
-        deleted = fleet.delete("AgentUpgrade", None, name)
-        await flush()
-        return {"deleted": deleted}
-
-    @app.get("/api/v1/namespaces/{name}", summary="Get one namespace", tags=["objects"],
-             dependencies=[reader])
-    async def get_namespace(name: str) -> dict[str, Any]:
-        return fleet.get("Namespace", None, name)
-
-    @app.delete("/api/v1/namespaces/{name}", summary="Delete an empty namespace (operator)",
-                tags=["objects"], dependencies=[operator],
-                responses={409: {"model": ErrorBody}},
-                description="Only a namespace that holds no object may be deleted: 409 "
-                            "names what it still holds (edgefed does not delete a "
-                            "namespace's objects with it, unlike Kubernetes). `default` and "
-                            "`kube-system` always exist (409).")
-    async def delete_namespace(name: str) -> dict[str, Any]:
-        deleted = fleet.delete("Namespace", None, name)
-        await flush()
-        return {"deleted": deleted}
+    cluster_scoped(
+        "PriorityClass", "priorityclasses", "priority_class", what="PriorityClass",
+        delete="Delete a PriorityClass (operator)", conflict=True,
+        description="Pods keep the priority they got from it (as in Kubernetes); a pod or "
+                    "template naming it is refused at its next apply. The built-in "
+                    "system-node-critical and system-cluster-critical cannot be deleted "
+                    "(409).")
+    cluster_scoped(
+        "AgentUpgrade", "agentupgrades", "agent_upgrade", what="AgentUpgrade",
+        delete="Delete an AgentUpgrade (operator)", conflict=False,
+        description="Stops it: its nodes' release entries are removed and they keep "
+                    "running what they run (an upgrade in flight on a node finishes or "
+                    "rolls back there).")
+    cluster_scoped(
+        "Namespace", "namespaces", "namespace", what="namespace",
+        delete="Delete an empty namespace (operator)", conflict=True,
+        description="Only a namespace that holds no object may be deleted: 409 names what "
+                    "it still holds (edgefed does not delete a namespace's objects with "
+                    "it, unlike Kubernetes). `default` and `kube-system` always exist "
+                    "(409).")
 
     @app.get("/api/v1/{plural}/{namespace}/{name}", summary="Get one namespaced object",
              tags=["objects"],
