@@ -37,7 +37,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from cloudcore.errors import Conflict, NotFound
-from cloudcore.fleet.admission import Admission, missing_namespaces
+from cloudcore.fleet.admission import Admission
 from cloudcore.fleet.desired import DesiredSets
 from cloudcore.fleet.events import EventLog
 from cloudcore.fleet.eviction import Eviction
@@ -289,6 +289,11 @@ class Fleet:
         `create_namespaces`, a namespace an object names that does not exist is created
         (a Namespace without labels, `Objects.create_namespace`) before the objects."""
         results, missing = self._plan(objs, create_namespaces=create_namespaces)
+        return self._write(objs, results, missing)
+
+    def _write(self, objs: list[Any], results: list[ApplyResult],
+               missing: list[str]) -> list[ApplyResult]:
+        """Apply objects `_plan` passed (its `results` and `missing` namespaces)."""
         for ns in missing:
             self.objects.create_namespace(ns, why="created by an apply with --create-namespace")
         # Namespaces first (kubectl applies a file's Namespace before what goes in it)
@@ -334,26 +339,25 @@ class Fleet:
         first = (Namespace, PriorityClass)  # what the other objects may refer to
         order = sorted(range(len(objs)), key=lambda i: not isinstance(objs[i], first))
         context: list[Any] = []
-        passed: list[int] = []
+        planned: dict[int, ApplyResult] = {}
+        created: list[str] = []
         for i in order:
             obj = objs[i]
             try:
-                self._plan([*context, obj], create_namespaces=create_namespaces)
+                results, missing = self._plan([*context, obj],
+                                              create_namespaces=create_namespaces)
             except (ObjectError, NotFound, Conflict) as exc:
                 verdicts[i] = exc
                 continue
-            passed.append(i)
+            planned[i] = results[-1]  # each object is planned once, here, not again
+            created += [ns for ns in missing if ns not in created]
             if isinstance(obj, first):
                 context.append(obj)
-        passed.sort()
-        batch = [objs[i] for i in passed]
-        created = (missing_namespaces(batch, self.objects.namespaces) if create_namespaces
-                   else [])
-        if batch:
-            results = (self.plan(batch, create_namespaces=create_namespaces) if dry_run
-                       else self.apply(batch, create_namespaces=create_namespaces))
-            for i, res in zip(passed, results, strict=True):
-                verdicts[i] = res
+        passed = sorted(planned)
+        if passed and not dry_run:
+            self._write([objs[i] for i in passed], [planned[i] for i in passed], created)
+        for i in passed:
+            verdicts[i] = planned[i]
         return [v for v in verdicts if v is not None], created
 
     def delete(self, kind: str, namespace: str | None, name: str) -> dict[str, Any]:
