@@ -42,8 +42,10 @@ from typing import Any
 SCENARIOS = ("plain", "node-required", "node-preferred", "anti-hostname", "plain-after-anti")
 
 
-class _NullStore:
-    """A Persister that keeps nothing (placement is measured, not the store)."""
+class NullStore:
+    """A Persister that keeps nothing (what is measured is the fleet core, not the store;
+    also testbed.bench_upgrade's). Here, not in a shared bench module: with --tree this
+    file runs against another tree's packages, which may not have such a module."""
 
     epoch = "bench"
 
@@ -93,7 +95,7 @@ def _measure(nodes: int, daemonsets: int, replicas: int) -> dict[str, Any]:
 
     fields = getattr(PodSpec, "__struct_fields__", None) or getattr(PodSpec, "model_fields", {})
     has_affinity = "affinity" in fields
-    fleet = Fleet(store=_NullStore(), scheduler=Scheduler(),  # type: ignore[arg-type]
+    fleet = Fleet(store=NullStore(), scheduler=Scheduler(),  # type: ignore[arg-type]
                   liveness=Liveness(default_heartbeat=30, missed=3, now=0))
     for i in range(nodes):
         name = f"edge-{i:06d}"

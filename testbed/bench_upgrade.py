@@ -19,28 +19,13 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from typing import Any
 
 from cloudcore.fleet import Fleet, Liveness
 from cloudcore.scheduler import Scheduler
 from cloudcore.service import tune_gc
 from shared.entries import AGENT_RELEASE_KEY
 from shared.models import parse_object
-
-
-class _NullStore:
-    """A Persister that keeps nothing (the controller is measured, not the store)."""
-
-    epoch = "bench"
-
-    def put(self, db: str, key: str, value: Any) -> None:
-        pass
-
-    def put_later(self, db: str, key: str, producer: Any) -> None:
-        pass
-
-    def delete(self, db: str, key: str) -> None:
-        pass
+from testbed.bench_placement import NullStore
 
 
 def _ms(samples: list[float]) -> str:
@@ -56,7 +41,7 @@ def main() -> None:
     p.add_argument("--max-unavailable", default="10%")
     p.add_argument("--offline", type=float, default=5.0, help="percent of nodes NotReady")
     a = p.parse_args()
-    fleet = Fleet(store=_NullStore(), scheduler=Scheduler(),
+    fleet = Fleet(store=NullStore(), scheduler=Scheduler(),
                   liveness=Liveness(default_heartbeat=30, missed=3, now=0.0))
     clock = [1000.0]
     fleet.upgrades.clock = lambda: clock[0]
