@@ -21,6 +21,10 @@ Entry shapes:
   "upgrade": the AgentUpgrade's name, "deadline": seconds the new agent has to prove
   healthy}; `parse_agent_release` reads it into `AgentRelease`. Absent: run what you
   run. `image` None: switch to a version the node already holds (its previous slot).
+- `broker/-/map` (`BROKER_MAP_KEY`): the brokers this node tries, in order (proposal
+  0007): `broker_map_entry(version, urls)`, {"version": the map's version, "urls":
+  [url, ...] home first}; `parse_broker_map_entry` reads it into `BrokerMapEntry`.
+  Absent: the list the node got at join.
 
 A node's status (a report's `node_status`) carries, beside `agentVersion`,
 `agentUpgrade`: {"version", "phase", "message", "previous"} with phase one of
@@ -52,7 +56,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from shared import pods, validate
+from shared import brokermap, pods, validate
 from shared.errors import ObjectError
 from shared.policy import Admitted
 
@@ -517,3 +521,45 @@ def parse_agent_upgrade(value: Any) -> AgentUpgradeReport | None:
         message=message[:_MAX_UPGRADE_MESSAGE] if isinstance(message, str) else "",
         previous=previous[:validate.MAX_NAME] if isinstance(previous, str) and previous
         else None)
+
+
+# -- the node's brokers (proposal 0007) ---------------------------------------------------
+
+BROKER_MAP_KEY = "broker/-/map"
+"""The desired key listing the brokers a node tries, home first (one per node)."""
+
+
+@dataclass(frozen=True)
+class BrokerMapEntry:
+    """What `broker/-/map` tells a node."""
+
+    version: int
+    """The map's version (a newer one replaces the list the node had)."""
+    urls: tuple[str, ...]
+    """`mqtts://host:port` (or `mqtt://` in insecure mode), home first."""
+
+
+def broker_map_entry(version: int, urls: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """The desired-set value of `broker/-/map` (the cloud's side)."""
+    return {"version": version, "urls": list(urls)}
+
+
+def parse_broker_map_entry(k: str, value: Any) -> BrokerMapEntry:
+    """A `broker/-/map` desired value -> BrokerMapEntry; raises ObjectError naming the
+    field if it is malformed (version not a whole number >= 1, urls empty, too many or
+    not broker URLs). URLs come back in their stored form (port written out)."""
+    if not isinstance(value, dict):
+        raise ObjectError(f"{k}: value must be a mapping, not {type(value).__name__}")
+    version = value.get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ObjectError(f"{k}: version must be a whole number >= 1, not {version!r}",
+                          field="version")
+    urls = value.get("urls")
+    limit = brokermap.MAX_BROKERS * brokermap.MAX_URLS
+    if not isinstance(urls, list) or not urls or len(urls) > limit:
+        raise ObjectError(f"{k}: urls must list 1 to {limit} broker URLs", field="urls")
+    try:
+        out = tuple(brokermap.normal_url(u, f"urls[{i}]") for i, u in enumerate(urls))
+    except ObjectError as exc:
+        raise ObjectError(f"{k}: {exc.message}", field="urls") from None
+    return BrokerMapEntry(version=version, urls=out)
