@@ -67,6 +67,7 @@ POD = "pod"
 CONFIGMAP = "configmap"
 SECRET = "secret"
 AGENT = "agent"
+BROKER = "broker"
 
 AGENT_RELEASE_KEY = "agent/-/release"
 """The desired key naming the agent release a node should run (one per node)."""

@@ -9,7 +9,8 @@ node's gen once. Listeners (the sync hub, through `DesiredSource`) are told whic
 nodes changed.
 
 Entries that come from no pod or config (the agent release, `agent/-/release`, set by
-the AgentUpgrade controller, `upgrades.py`) are held per node with `put_entry`; they
+the AgentUpgrade controller, `upgrades.py`; the node's brokers, `broker/-/map`, set by
+the broker tier, `cloudcore.synchub.brokers`) are held per node with `put_entry`; they
 are persisted inside the desired sets themselves and read back from them at load.
 
 It also owns the cached desired-set value of every pod and config object, the pod
@@ -31,6 +32,7 @@ from cloudcore.fleet.placement import Placement
 from shared.delta import NodeDesired
 from shared.entries import (
     AGENT,
+    BROKER,
     CONFIGMAP,
     POD,
     SECRET,
@@ -188,7 +190,7 @@ class DesiredSets:
                 if kind == POD and (ns, pname) in pods:
                     self.placement.restore((ns, pname), name)
                     self._entries[(ns, pname)] = nd.items[k][0]
-                elif kind == AGENT:
+                elif kind in (AGENT, BROKER):  # agent/-/release, broker/-/map
                     self._extra.setdefault(name, {})[k] = nd.items[k][0]
         self._report_seq = {k: int(v) for k, v in records.get("reportseq", {}).items()}
 
