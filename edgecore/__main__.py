@@ -108,6 +108,10 @@ def _run_flags(run: argparse.ArgumentParser) -> None:
     run.add_argument("--mqtt-host", default=None, help="broker host (127.0.0.1)")
     run.add_argument("--mqtt-port", type=int, default=None, help="broker port (1883)")
     run.add_argument("--mqtt-keepalive", type=int, default=600, help="keepalive seconds (600)")
+    run.add_argument("--broker-move-jitter", type=float, default=60.0, metavar="SECONDS",
+                     help="a broker move the map asks for waits a random 0..this (60)")
+    run.add_argument("--broker-home-retry", type=float, default=300.0, metavar="SECONDS",
+                     help="on a fallback broker, try the ones ahead every this (300)")
     run.add_argument("--insecure", action="store_true",
                      help="DANGEROUS: run without a node key; messages are not "
                           "authenticated and anyone with broker access controls the node")
@@ -233,6 +237,12 @@ def settings_from_args(args: argparse.Namespace) -> AgentSettings:
         labels={**(cfg.labels if cfg else {}), **dict(args.label)},
         mqtt_host=args.mqtt_host or (cfg.broker_host if cfg else "127.0.0.1"),
         mqtt_port=args.mqtt_port or (cfg.broker_port if cfg else 1883),
+        # the joined broker list, unless a broker is named on the command line
+        mqtt_brokers=(cfg.broker_urls() if cfg and not (args.mqtt_host or args.mqtt_port)
+                      else ()),
+        broker_map_version=cfg.broker_map_version if cfg else 0,
+        broker_move_jitter_s=args.broker_move_jitter,
+        broker_home_retry_s=args.broker_home_retry,
         mqtt_username=cfg.username if cfg else None,
         mqtt_password=cfg.password if cfg else None,
         node_key=node_key, tls=tls, ca_file=ca_file if tls else None,

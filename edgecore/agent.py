@@ -35,7 +35,7 @@ from edgecore.cache.check import open_checked
 from edgecore.config import AgentSettings
 from edgecore.devices import DeviceAllocator, discover
 from edgecore.errors import CacheError
-from edgecore.link import Link, TlsFiles
+from edgecore.link import BrokerList, BrokerSource, Link, TlsFiles
 from edgecore.nodeinfo import node_status
 from edgecore.podnet import PodNetwork
 from edgecore.reconciler import CrashLoop, Reconciler
@@ -113,20 +113,27 @@ class Agent:
             # (re)connect); `responses` is what the request handler puts and the sync
             # handler drains for the link.
             wake, kick, beat_now = asyncio.Event(), asyncio.Event(), asyncio.Event()
+            brokers_changed = asyncio.Event()  # a desired set was applied: the link
+            # looks whether its `broker/-/map` entry changed the broker list
             renewed = Renewed()  # pods whose entry came down again: report them again
             responses = ResponseQueue()
             requests = self.requests = EdgeRequests(node=s.node, runtime=runtime,
                                                     send=responses.put, kick=kick.set)
             sync = self.sync = SyncHandler(
-                node=s.node, cache=cache, on_applied=wake.set, on_request=requests.submit,
+                node=s.node, cache=cache, on_request=requests.submit,
+                on_applied=lambda: (wake.set(), brokers_changed.set()),
                 responses=responses, require_exp=keys is not None, renewed=renewed)
             found = await asyncio.to_thread(discover, dev_root=s.dev_root,
                                             builtin=s.discover_accelerators, generic=s.devices)
             devices = self.devices = DeviceAllocator(found, cache.pod_allocations())
             for resource, n in devices.capacity().items():
                 log.info("accelerator %s: %d device(s)", resource, n)
+            joined = BrokerList.of(s.broker_urls, version=s.broker_map_version)
             link = self.link = Link(
                 node=s.node, host=s.mqtt_host, port=s.mqtt_port, handler=sync,
+                brokers=BrokerSource(joined, lambda: sync.desired.items),
+                brokers_changed=brokers_changed, home_retry_s=s.broker_home_retry_s,
+                move_jitter_s=s.broker_move_jitter_s,
                 keepalive_s=s.mqtt_keepalive_s,
                 username=s.mqtt_username, password=s.mqtt_password,
                 backoff=Backoff(initial=s.reconnect_initial_s, cap=s.reconnect_cap_s),

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgecore.errors import ConfigError
+from shared.brokermap import parse_url, url_of
+from shared.errors import ObjectError
 from shared.topics import valid_node_name
 
 MiB = 1024 * 1024
@@ -39,6 +41,20 @@ class AgentSettings:
     """Broker host name or address."""
     mqtt_port: int = 1883
     """Broker TCP port."""
+    mqtt_brokers: tuple[str, ...] = ()
+    """The brokers to try, in order, home first, as URLs (`mqtts://host:port`, or
+    `mqtt://host:port` with `tls` off): the list `edgecore join` got (proposal 0007).
+    Empty (default): `mqtt_host:mqtt_port` alone. A `broker/-/map` entry in the desired
+    set replaces this list while it is there (`edgecore.link.brokers`)."""
+    broker_map_version: int = 0
+    """The broker map version `mqtt_brokers` came from (0: none, e.g. an old config)."""
+    broker_home_retry_s: float = 300.0
+    """Seconds (jittered by 20 %) between attempts to go back to a broker ahead in the
+    list while the link is on a fallback."""
+    broker_move_jitter_s: float = 60.0
+    """When the broker list changes and the link's broker is no longer first, the move
+    waits a random 0..this many seconds, so a partition's nodes do not all reconnect in
+    the same second."""
     mqtt_username: str | None = None
     """Broker username (`edgecore join` writes the node's credentials); None: anonymous."""
     mqtt_password: str | None = field(default=None, repr=False)
@@ -212,6 +228,13 @@ class AgentSettings:
         return max(self.reconnect_initial_s, min(30.0, self.heartbeat_s))
 
     @property
+    def broker_urls(self) -> tuple[str, ...]:
+        """The join list in effect: `mqtt_brokers`, or `mqtt_host:mqtt_port` alone."""
+        if self.mqtt_brokers:
+            return self.mqtt_brokers
+        return (url_of(self.mqtt_host, self.mqtt_port, tls=self.tls),)
+
+    @property
     def op_timeout(self) -> float:
         """The MQTT operation timeout in effect (see `op_timeout_s`)."""
         if self.op_timeout_s is not None:
@@ -272,6 +295,17 @@ class AgentSettings:
         if not self.mqtt_host:
             raise ConfigError("must not be empty", field="mqtt_host")
         _range("mqtt_port", self.mqtt_port, 1, 65535)
+        for i, url in enumerate(self.mqtt_brokers):
+            try:
+                u = parse_url(url, f"mqtt_brokers[{i}]")
+            except ObjectError as exc:
+                raise ConfigError(exc.message, field="mqtt_brokers") from None
+            if self.tls and not u.tls:
+                raise ConfigError(f"{url!r} is plain MQTT and this agent uses TLS (mqtts://)",
+                                  field="mqtt_brokers")
+        _range("broker_map_version", self.broker_map_version, 0, 1 << 62)
+        _range("broker_home_retry_s", self.broker_home_retry_s, 0.01, 86400)
+        _range("broker_move_jitter_s", self.broker_move_jitter_s, 0, 86400)
         if (self.mqtt_username is None) != (self.mqtt_password is None):
             raise ConfigError("username and password go together", field="mqtt_username")
         if self.node_key is not None and (not isinstance(self.node_key, bytes)

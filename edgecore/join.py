@@ -93,6 +93,20 @@ class JoinedConfig:
     release_keys: tuple[str, ...] = ()
     """Public keys (base64 of raw ed25519) an agent release must be signed with
     (the join answer's `releaseKeys`, proposal 0006); empty: upgrades are refused."""
+    brokers: tuple[str, ...] = ()
+    """The brokers this node tries, home first, as URLs (the join answer's `brokers`,
+    proposal 0007); empty (a config written before the broker tier): the one broker
+    above (`broker_urls`)."""
+    broker_map_version: int = 0
+    """The broker map version `brokers` came from (0: none)."""
+
+    def broker_urls(self) -> tuple[str, ...]:
+        """`brokers`, or for an older config `[its broker]`."""
+        if self.brokers:
+            return self.brokers
+        from shared.brokermap import url_of
+
+        return (url_of(self.broker_host, self.broker_port, tls=self.tls),)
 
     def node_key(self) -> bytes | None:
         """The decoded node key, or None if the config has none."""
@@ -124,6 +138,9 @@ class JoinedConfig:
             out["cert_not_after"] = self.cert_not_after
         if self.release_keys:
             out["release_keys"] = list(self.release_keys)
+        if self.brokers:
+            out["brokers"] = list(self.brokers)
+            out["broker_map_version"] = self.broker_map_version
         return out
 
     @classmethod
@@ -144,7 +161,9 @@ class JoinedConfig:
                        client_key=_opt_str(raw.get("client_key")),
                        cert_not_after=(float(raw["cert_not_after"])
                                        if raw.get("cert_not_after") is not None else None),
-                       release_keys=tuple(_str_list(raw.get("release_keys"))))
+                       release_keys=tuple(_str_list(raw.get("release_keys"))),
+                       brokers=_broker_urls(raw.get("brokers"), "brokers"),
+                       broker_map_version=_version(raw.get("broker_map_version")))
         except (AttributeError, KeyError, TypeError, ValueError) as exc:
             raise JoinError(f"{source}: not an edgecore config ({exc})") from None
 
@@ -154,6 +173,26 @@ def _str_list(v: Any) -> list[str]:
         return []
     if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
         raise TypeError(f"{v!r} must be a list of text")
+    return v
+
+
+def _broker_urls(v: Any, field: str) -> tuple[str, ...]:
+    """A list of broker URLs in their stored form; ValueError naming `field` if any is
+    not a broker URL."""
+    from shared.brokermap import normal_url
+    from shared.errors import ObjectError
+
+    try:
+        return tuple(normal_url(u, f"{field}[{i}]") for i, u in enumerate(_str_list(v)))
+    except ObjectError as exc:
+        raise ValueError(exc.message) from None
+
+
+def _version(v: Any) -> int:
+    if v is None:
+        return 0
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise TypeError(f"broker_map_version {v!r} must be a whole number >= 0")
     return v
 
 
@@ -363,6 +402,12 @@ def join(*, cloud: str, token: str, name: str, labels: dict[str, str], state_dir
                           arch=arch or local_arch(), context=ctx)
     node_labels = dict(((answer.get("node") or {}).get("metadata") or {}).get("labels") or {})
     host, port = broker or (answer["broker"]["host"], int(answer["broker"]["port"]))
+    try:
+        # The node's broker list (proposal 0007); `--broker` replaces it with that one.
+        brokers = () if broker else _broker_urls(answer.get("brokers"), "brokers")
+        map_version = 0 if broker else _version(answer.get("broker_map_version"))
+    except (TypeError, ValueError) as exc:
+        raise JoinError(f"the cloud's answer holds an invalid broker list: {exc}") from None
     creds = answer.get("credentials") or {}
     key = answer.get("key")
     if key is not None:
@@ -403,7 +448,8 @@ def join(*, cloud: str, token: str, name: str, labels: dict[str, str], state_dir
                        cloud=cloud, key=key, tls=tls,
                        ca_file=str(ca_path) if ca_path is not None else None,
                        client_cert=client_cert, client_key=client_key,
-                       cert_not_after=not_after, release_keys=tuple(release_keys))
+                       cert_not_after=not_after, release_keys=tuple(release_keys),
+                       brokers=brokers, broker_map_version=map_version)
     write_config(path, cfg)
     return cfg
 

@@ -23,24 +23,37 @@ Why it looks like this:
 - The will (`shared.topics.will`) tells the cloud at once when the session dies
   uncleanly. A clean stop disconnects gracefully (no will): the containers keep
   running, only the agent is restarting.
+- Several brokers (proposal 0007; the order is `edgecore.link.brokers`): a connect
+  round tries the list in order, home first, the next one right after a failed
+  connect (refused, TLS, timeout), and the one backoff between rounds. While the
+  session is on any broker but the first of the list (a fallback, or a broker the map
+  moved the node away from), a watcher tries the ones ahead of it: every
+  `home_retry_s` (jittered) on a fallback, and after a random 0..`move_jitter_s` when
+  the list changed (`brokers_changed`). A move is make-before-break: the new session
+  is connected and subscribed while the old one still serves; then the old one's
+  pump and receiver stop, the hello (a Resync) goes out on the new one, and the old
+  one is DISCONNECTed cleanly, so its will is discarded. `connected` stays set
+  throughout, so heartbeats never pause and the node never goes NotReady.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import aiomqtt
 
 from edgecore.errors import LinkError
+from edgecore.link.brokers import BrokerList, Endpoint
 from edgecore.ratelimit import RateLimitedLog
 from shared import seal, topics
-from shared.backoff import Backoff
+from shared.backoff import Backoff, jittered
 from shared.codec import DOWN_LIMITS, Ack, Message, ReportAck, Resync, Will, decode, encode
 from shared.errors import AuthFailed, ProtocolError
 
@@ -49,6 +62,11 @@ log = logging.getLogger(__name__)
 # Default upper bound for one connect/publish/subscribe round trip before the session
 # is considered broken and rebuilt (the agent passes `AgentSettings.op_timeout`).
 OP_TIMEOUT_S = 15.0
+HOME_RETRY_S = 300.0
+"""Seconds between attempts to go back to a better broker while on a fallback."""
+HOME_RETRY_JITTER = 0.2
+MOVE_JITTER_S = 60.0
+"""A move the map asks for waits a random 0..this many seconds (no connect storm)."""
 
 
 def _resume_cancel() -> None:
@@ -92,6 +110,8 @@ class LinkStats:
     published: int = 0
     reports_sent: int = 0
     beats_sent: int = 0  # unpersisted heartbeats (`Link.beat`)
+    moves: int = 0  # sessions moved make-before-break to a better broker
+    move_failures: int = 0  # attempts to move that found no better broker answering
 
 
 @dataclass(frozen=True)
@@ -109,6 +129,14 @@ class TlsFiles:
         return ctx
 
 
+@dataclass
+class _Session:
+    """One connected, subscribed client and the broker it is on."""
+
+    client: aiomqtt.Client
+    endpoint: Endpoint
+
+
 class Link:
     """`await link.run()` until cancelled; `kick()` after appending to the outbox."""
 
@@ -118,18 +146,35 @@ class Link:
         password: str | None = None, op_timeout_s: float = OP_TIMEOUT_S,
         on_up: Callable[[], None] | None = None, keys: seal.NodeKeys | None = None,
         tls: TlsFiles | None = None, kick: asyncio.Event | None = None,
+        brokers: Callable[[], BrokerList] | None = None,
+        brokers_changed: asyncio.Event | None = None,
+        home_retry_s: float = HOME_RETRY_S, move_jitter_s: float = MOVE_JITTER_S,
+        rng: random.Random | None = None,
     ) -> None:
         """`kick` is the event that wakes the outbox pump (`kick()` sets it): the agent
         shares it with the parts built before the link that queue something to send
-        (the request handler). None: its own."""
+        (the request handler). None: its own.
+
+        `brokers` gives the broker list in force each time it is called (the agent's
+        reads the desired set, `BrokerList.effective`); None: `host:port` alone, over
+        TLS when `tls` is given. `brokers_changed` is set when the list may have changed
+        (a desired set was applied); the link clears it. `mqtts://` brokers use `tls`
+        (or the system's CAs when None); a plain `mqtt://` broker is refused when `tls`
+        is given, so a TLS agent never sends its password in clear."""
         self.node = node
         self.keys = keys
         """k_down/k_up of this node; None: nothing is sealed or checked (insecure)."""
         self.tls = tls
         self._username = username
         self._password = password
-        self.host = host
-        self.port = port
+        single = BrokerList.single(host, port, tls=tls is not None)
+        self._brokers = brokers or (lambda: single)
+        self._changed = brokers_changed if brokers_changed is not None else asyncio.Event()
+        self.home_retry_s = home_retry_s
+        self.move_jitter_s = move_jitter_s
+        self._rng = rng or random.Random()
+        self.endpoint: Endpoint | None = None
+        """The broker of the current session (None while disconnected)."""
         self.keepalive_s = keepalive_s
         self.op_timeout_s = op_timeout_s
         self.on_up = on_up
@@ -144,8 +189,18 @@ class Link:
         self._restart = asyncio.Event()
         self._connected = asyncio.Event()
         self._rlog = RateLimitedLog(log)
+        self._late: set[asyncio.Future[None]] = set()  # closes of connects that settled late
         self._down = topics.down(node)
         self._up = topics.up(node)
+
+    @property
+    def host(self) -> str:
+        """Host of the current broker, or of the home broker while disconnected."""
+        return (self.endpoint or self._brokers().home).host
+
+    @property
+    def port(self) -> int:
+        return (self.endpoint or self._brokers().home).port
 
     @property
     def connected(self) -> bool:
@@ -172,10 +227,14 @@ class Link:
             self._kick.set()
 
     async def run(self) -> None:
-        """Keep a session up until cancelled, backing off between failed attempts."""
+        """Keep a session up until cancelled, backing off between failed rounds."""
         while True:
+            session = await self._connect_round()
+            retiring: _Session | None = None
             try:
-                await self._session()
+                while True:  # one session after another as long as each move succeeds
+                    moved = await self._serve(session, retiring=retiring)
+                    retiring, session = session, moved
             except LinkError as exc:
                 task = asyncio.current_task()
                 if task is not None and task.cancelling():
@@ -184,69 +243,199 @@ class Link:
                     raise asyncio.CancelledError from exc
                 self.stats.connect_failures += 1
                 delay = self.backoff.next()
-                log.warning("mqtt link to %s:%d down (%s); retrying in %.1f s",
-                            self.host, self.port, exc, delay)
+                log.warning("mqtt link to %s down (%s); retrying in %.1f s",
+                            session.endpoint, exc, delay)
                 await asyncio.sleep(delay)
             finally:
                 self._connected.clear()
                 self._beat = None
+                self.endpoint = None
+
+    async def _connect_round(self) -> _Session:
+        """Connect to the first broker of the list that answers; between rounds in which
+        none did, wait the backoff."""
+        while True:
+            brokers = self._brokers()
+            errors: list[str] = []
+            for endpoint in brokers.order():
+                try:
+                    return await self._open(endpoint)
+                except LinkError as exc:
+                    task = asyncio.current_task()
+                    if task is not None and task.cancelling():
+                        raise asyncio.CancelledError from exc
+                    self.stats.connect_failures += 1
+                    errors.append(f"{endpoint}: {exc}")
+                    if len(brokers.endpoints) > 1:
+                        log.warning("mqtt link: cannot connect to %s (%s)", endpoint, exc)
+            delay = self.backoff.next()
+            log.warning("mqtt link down: no broker answered (%s); retrying in %.1f s",
+                        "; ".join(errors), delay)
+            await asyncio.sleep(delay)
 
     def _seal(self, topic: str, payload: bytes) -> bytes:
         return payload if self.keys is None else seal.seal(self.keys.up, topic, payload)
 
-    async def _session(self) -> None:
+    async def _open(self, endpoint: Endpoint) -> _Session:
+        """A client connected to `endpoint` and subscribed to our down topic; LinkError
+        (nothing left open) if that fails."""
         self._restart.clear()  # this session reads the certificate files afresh
+        if not endpoint.tls and self.tls is not None:
+            raise LinkError(f"refusing plain {endpoint}: this agent talks to brokers over "
+                            "TLS only (its password would cross the network in clear)")
         will_topic = topics.will(self.node)
         will = aiomqtt.Will(will_topic, self._seal(will_topic, encode(Will(node=self.node))),
                             qos=1)
         try:
-            tls_context = self.tls.context() if self.tls is not None else None
+            tls_context = (None if not endpoint.tls
+                           else (self.tls or TlsFiles()).context())
         except (OSError, ssl.SSLError) as exc:
             raise LinkError(f"TLS setup failed: {exc}") from exc
         client = aiomqtt.Client(
-            self.host, self.port, identifier=self.node, clean_session=False,
+            endpoint.host, endpoint.port, identifier=self.node, clean_session=False,
             keepalive=self.keepalive_s, will=will, timeout=self.op_timeout_s,
             username=self._username, password=self._password, tls_context=tls_context,
         )
+        session = _Session(client, endpoint)
+        # Shielded: a connect cancelled half-way (the agent stops, or the session a move
+        # was made for ends) would leave a live session behind on that broker, holding
+        # our identity and our will; it is closed as soon as the connect settles.
+        entering = asyncio.ensure_future(client.__aenter__())
         try:
-            async with client:
-                await client.subscribe(self._down, qos=1)
-                _resume_cancel()
-                self.stats.connects += 1
-                self.backoff.reset()
-                self._connected.set()
-                log.info("mqtt link up: %s:%d as %s", self.host, self.port, self.node)
-                await self._publish(client, self.handler.hello())
-                if self.on_up is not None:
-                    self.on_up()
-                await self._serve(client)
+            await asyncio.shield(entering)
         except aiomqtt.MqttError as exc:
             raise LinkError(str(exc) or type(exc).__name__) from exc
+        except asyncio.CancelledError:
+            entering.add_done_callback(lambda f: self._drop_late(f, session))
+            raise
+        try:
+            await client.subscribe(self._down, qos=1)
+            _resume_cancel()
+        except BaseException as exc:
+            await self._close(session)
+            if isinstance(exc, aiomqtt.MqttError):
+                raise LinkError(str(exc) or type(exc).__name__) from exc
+            raise
+        return session
 
-    async def _serve(self, client: aiomqtt.Client) -> None:
-        """Run the outbox pump and the receiver until either fails; then stop both.
+    def _drop_late(self, entered: asyncio.Future[Any], session: _Session) -> None:
+        """A connect whose caller was cancelled has settled: close it if it succeeded."""
+        if entered.cancelled() or entered.exception() is not None:
+            return
+        task = asyncio.ensure_future(self._close(session))
+        self._late.add(task)
+        task.add_done_callback(self._late.discard)
+
+    async def _close(self, session: _Session) -> None:
+        """Disconnect cleanly (the broker discards the will); never raises an MQTT error."""
+        try:
+            await session.client.__aexit__(None, None, None)
+        except aiomqtt.MqttError as exc:
+            log.debug("mqtt link: disconnect from %s: %s", session.endpoint, exc)
+
+    async def _serve(self, session: _Session, *, retiring: _Session | None) -> _Session:
+        """Serve one session: the hello, then the outbox pump and the receiver, until the
+        session breaks (LinkError, after closing it) or a move found a better broker
+        (returns its session, already subscribed; this one is then the caller's
+        `retiring`, closed cleanly by the next call once the hello went out there).
 
         Plain tasks rather than a TaskGroup: on Python 3.11 a TaskGroup whose child
         fails leaves a cancel request on the parent task, which would make a later
         stop request indistinguishable from a broken session.
         """
-        pump = asyncio.create_task(self._pump(client), name=f"edgecore[{self.node}].link.pump")
-        recv = asyncio.create_task(self._receive(client), name=f"edgecore[{self.node}].link.recv")
-        restart = asyncio.create_task(self._restart.wait(),
-                                      name=f"edgecore[{self.node}].link.restart")
+        moved: _Session | None = None
         try:
-            done, _ = await asyncio.wait({pump, recv, restart},
-                                         return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for t in (pump, recv, restart):
-                t.cancel()
-            await asyncio.gather(pump, recv, restart, return_exceptions=True)
-        if restart in done:
+            self.stats.connects += 1
             self.backoff.reset()
-            raise LinkError("reconnecting as asked (new client certificate)")
-        for t in done:
-            t.result()  # re-raises the MqttError (or a bug) that ended the session
-        raise LinkError("session ended")
+            self._connected.set()  # already set during a move: it never drops
+            try:
+                await self._publish(session.client, self.handler.hello())
+            finally:
+                self.endpoint = session.endpoint
+                if retiring is not None:
+                    await self._close(retiring)  # clean DISCONNECT: no will
+                    log.info("mqtt link moved: %s -> %s", retiring.endpoint, session.endpoint)
+            log.info("mqtt link up: %s as %s", session.endpoint, self.node)
+            if self.on_up is not None:
+                self.on_up()
+            name = f"edgecore[{self.node}].link"
+            pump = asyncio.create_task(self._pump(session.client), name=f"{name}.pump")
+            recv = asyncio.create_task(self._receive(session.client), name=f"{name}.recv")
+            restart = asyncio.create_task(self._restart.wait(), name=f"{name}.restart")
+            mover = asyncio.create_task(self._better_broker(session.endpoint),
+                                        name=f"{name}.move")
+            tasks: tuple[asyncio.Task[Any], ...] = (pump, recv, restart, mover)
+            try:
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for t in tasks:
+                    t.cancel()
+                results = await asyncio.gather(*tasks, return_exceptions=True)
+                late = results[3]
+                if isinstance(late, _Session) and mover not in done:
+                    await self._close(late)  # found just as the session ended: not used
+            if mover in done and not mover.cancelled() and mover.exception() is None:
+                moved = mover.result()
+                self.stats.moves += 1
+                return moved
+            if restart in done:
+                self.backoff.reset()
+                raise LinkError("reconnecting as asked (new client certificate)")
+            for t in done:
+                t.result()  # re-raises the MqttError (or a bug) that ended the session
+            raise LinkError("session ended")
+        except aiomqtt.MqttError as exc:
+            raise LinkError(str(exc) or type(exc).__name__) from exc
+        finally:
+            if moved is None:
+                await self._close(session)
+
+    async def _better_broker(self, current: Endpoint) -> _Session:
+        """Wait until a broker ahead of `current` in the list takes a session; return it.
+
+        On a fallback: a try every `home_retry_s` (jittered). When the list changes: a try
+        after a random 0..`move_jitter_s`, so that a partition's nodes do not all
+        reconnect in the same second. Brokers ahead are tried in list order."""
+        moving = False  # the last look was caused by a change of the list
+        while True:
+            brokers = self._brokers()
+            ahead = brokers.ahead_of(current)
+            if not ahead:
+                await self._changed.wait()
+                self._changed.clear()
+                moving = True
+                continue
+            delay = (self._rng.uniform(0.0, self.move_jitter_s) if moving
+                     else jittered(self.home_retry_s, HOME_RETRY_JITTER, self._rng))
+            if moving:
+                log.info("broker list v%d puts %s first; moving there in %.1f s",
+                         brokers.version, brokers.home, delay)
+            if await self._list_changed(brokers, delay):
+                moving = True
+                continue  # a newer list: look again, with a fresh delay
+            moving = False
+            for endpoint in ahead:
+                try:
+                    return await self._open(endpoint)
+                except LinkError as exc:
+                    log.info("mqtt link: staying on %s, %s did not answer: %s",
+                             current, endpoint, exc)
+            self.stats.move_failures += 1
+
+    async def _list_changed(self, brokers: BrokerList, delay: float) -> bool:
+        """Sleep `delay` s; True as soon as the broker list differs from `brokers`."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + delay
+        while (left := deadline - loop.time()) > 0:
+            try:
+                async with asyncio.timeout(left):
+                    await self._changed.wait()
+            except TimeoutError:
+                return False
+            self._changed.clear()
+            if self._brokers() != brokers:
+                return True
+        return False
 
     async def _publish(self, client: aiomqtt.Client, msg: Ack | Resync) -> None:
         await client.publish(self._up, self._seal(self._up, encode(msg)), qos=1)
