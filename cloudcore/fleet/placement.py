@@ -23,8 +23,10 @@ part sits above this one and never the other way round.
 
 from __future__ import annotations
 
+import heapq
+import time
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Hashable, Iterable, Mapping
 from typing import Any
 
 from cloudcore.fleet import naming
@@ -48,7 +50,16 @@ class Placement:
         self.events = events
         self._bound: dict[Key, str] = {}  # pod -> node whose desired set holds it
         self._on_node: dict[str, set[Key]] = {}
-        self._pending: set[Key] = set()
+        self._pending: dict[Key, _Queue] = {}  # pod waiting for a node -> its queue
+        self._queues: dict[Hashable, _Queue] = {}
+        self._round: list[_Queue] | None = None  # a retry round cut short: its queues
+        self._at = 0  # ... and where it stopped
+        self._again = False  # a retry was asked for while a round was under way
+        self._loads: dict[tuple[int, int, bool], tuple[Any, Any, dict[str, int],
+                                                       frozenset[tuple[str, int]]]] = {}
+        """(containers, init containers, hostNetwork) of a spec -> its requests and host
+        ports: the pods of one template share their container lists, so `view` sums a
+        node's requests without parsing each pod's quantities again."""
         self._changed: set[str] = set()  # nodes whose bound pods changed since taken
         # bound pods with required pod anti-affinity: per node when all their terms are
         # per hostname (a one-node check reads only that node's), else in `_anti_wide`
@@ -95,20 +106,73 @@ class Placement:
 
     def restore_pending(self) -> None:
         """After loading: every pod not bound waits for a node."""
-        self._pending = {k for k in self.objects.pods if k not in self._bound}
+        for key in self.objects.pods:
+            if key not in self._bound:
+                self.queue(key)
+
+    def pending_count(self) -> int:
+        """Pods waiting for a node."""
+        return len(self._pending)
 
     def queue(self, key: Key) -> None:
-        """The pod waits for a node (the next `retry_pending` places it)."""
-        self._pending.add(key)
+        """The pod waits for a node (the next `retry_pending` places it), in the queue
+        of the pods the scheduler judges alike (`_Queue`)."""
+        pod = self.objects.pods.get(key)
+        if pod is None:
+            return
+        spec = pod.spec
+        revision = pod.metadata.annotations.get(naming.REVISION)
+        alike: Hashable = (("pod", key) if spec.node_name is not None or revision is None
+                           else (key[0], revision, spec.priority or 0))
+        q = self._pending.get(key)
+        if q is not None:
+            if q.alike == alike:
+                return
+            self._leave(key, q)
+        q = self._queues.get(alike)
+        if q is None:
+            q = self._queues[alike] = _Queue(alike, -(spec.priority or 0))
+        heapq.heappush(q.heap, key)
+        q.size += 1
+        if q.said is not None:
+            q.fresh.append(key)
+        self._pending[key] = q
+
+    def _leave(self, key: Key, q: _Queue) -> None:
+        """`key` is no longer pending (its heap entry goes lazily, `_first`)."""
+        del self._pending[key]
+        q.size -= 1
+        if q.size == 0:
+            if self._queues.get(q.alike) is q:
+                del self._queues[q.alike]
+            q.heap.clear()
+            q.fresh.clear()
+            q.todo.clear()
+        elif len(q.heap) > 64 and len(q.heap) > 4 * q.size:  # mostly stale entries
+            pending = self._pending
+            q.heap = [k for k in q.heap if pending.get(k) is q]
+            heapq.heapify(q.heap)
+
+    def _unqueue(self, key: Key) -> None:
+        q = self._pending.get(key)
+        if q is not None:
+            self._leave(key, q)
+
+    def _first(self, q: _Queue) -> Key | None:
+        """The queue's pod that goes first (the least name), stale entries dropped."""
+        heap, pending = q.heap, self._pending
+        while heap and pending.get(heap[0]) is not q:
+            heapq.heappop(heap)
+        return heap[0] if heap else None
 
     def forget(self, key: Key) -> None:
         """The pod is gone: off its node, out of the pending set."""
         self.unbind(key)
-        self._pending.discard(key)
+        self._unqueue(key)
 
     def bind(self, key: Key, node: str, message: str) -> None:
         pod = self.objects.pods[key]
-        self._pending.discard(key)
+        self._unqueue(key)
         self._bound[key] = node
         self._on_node.setdefault(node, set()).add(key)
         self._track(key)
@@ -174,7 +238,7 @@ class Placement:
                 self._track(key)
                 return
             self.unbind(key)
-        self._pending.add(key)
+        self.queue(key)
 
     def mark(self, node: str) -> None:
         """`node`'s desired set may differ although its bound pods did not change."""
@@ -190,14 +254,23 @@ class Placement:
         pods = self.objects.pods
         requested: dict[str, int] = {}
         ports: frozenset[tuple[str, int]] = frozenset()
+        loads = self._loads
         for pk in self._on_node.get(name, ()):
             if pk == exclude or pk not in pods:
                 continue
             spec = pods[pk].spec
-            for res, amount in requests_of(spec).items():
+            containers, inits = spec.containers, spec.init_containers
+            load = loads.get((id(containers), id(inits), spec.host_network))
+            if load is None:
+                if len(loads) >= LOADS_KEPT:
+                    loads.clear()
+                # the lists are kept in the entry, so their ids cannot be reused meanwhile
+                load = loads[(id(containers), id(inits), spec.host_network)] = (
+                    containers, inits, requests_of(spec), spec.host_ports())
+            for res, amount in load[2].items():
                 requested[res] = requested.get(res, 0) + amount
-            if taken := spec.host_ports():
-                ports |= taken
+            if load[3]:
+                ports |= load[3]
         return NodeView(name=name, labels=node.metadata.labels, taints=node.spec.taints,
                         unschedulable=node.spec.unschedulable, ready=node.status.ready,
                         allocatable=node.status.allocatable, requested=requested,
@@ -264,34 +337,100 @@ class Placement:
         view = self.view(node, exclude=key, topology=self.topology(key, node=node))
         return self.scheduler.check(pod.spec, view, daemon=daemon) is None
 
-    def retry_pending(self) -> None:
-        """Try to place every pending pod: higher `spec.priority` first (when capacity is
+    def retry_pending(self, *, budget: float | None = None, more: bool = False) -> bool:
+        """Try to place the pending pods: higher `spec.priority` first (when capacity is
         scarce the higher ones get it, as Kubernetes' scheduling queue orders pods), then
-        in name order."""
+        in name order.
+
+        Pods the scheduler judges alike (one namespace, one revision, so one spec, no
+        `nodeName`) wait in one queue (`_Queue`): its pods are tried in name order until
+        one does not fit; the others then wait with that pod's reason without being
+        tried (no inter-pod term concerns them, so they would fail the same way). A
+        Deployment with 100,000 replicas that do not fit costs one scheduling attempt
+        per retry, not 100,000. Only the pod tried gets a FailedScheduling event; the
+        others get its reason in their status when the reason changes.
+
+        With `budget` (seconds) a retry stops once it is spent and returns True: the
+        caller calls again with `more=True` to go on where it stopped (a retry asked for
+        with `more=False` while such a round is under way makes another round follow
+        it). Without a budget the round is done in the call and False returned."""
+        end = None if budget is None else time.perf_counter() + budget
+        if self._round is not None and not more:
+            self._again = True
+        elif more and self._round is None and not self._again:
+            return False
+        while True:
+            if self._round is None:
+                self._again = False
+                self._round = sorted(self._queues.values(), key=self._order)
+                self._at = 0
+            while self._at < len(self._round):
+                if end is not None and time.perf_counter() >= end:
+                    return True
+                q = self._round[self._at]
+                if q.size and not self._retry_queue(q, end):
+                    return True
+                self._at += 1
+            self._round = None
+            if not self._again:
+                return False
+            if end is not None and time.perf_counter() >= end:
+                return True
+
+    def _order(self, q: _Queue) -> tuple[int, Key]:
+        first = self._first(q)
+        return (q.priority, first if first is not None else ("", ""))
+
+    def _retry_queue(self, q: _Queue, end: float | None) -> bool:
+        """Place the queue's pods until one does not fit; False if the budget ran out
+        first (the round takes this queue up again next time)."""
+        if q.todo:  # a failure's reason still to be written to the others
+            return self._explain_todo(q, end)
         nodes, pods = self.objects.nodes, self.objects.pods
-        if not nodes:
-            for key in self._pending:
-                self._explain_pending(key, unschedulable_message(0, Counter()))
-            return
-        for key in by_priority(self._pending, pods):
+        while q.size:
+            key = self._first(q)
+            if key is None:
+                break
             pod = pods.get(key)
             if pod is None:
-                self._pending.discard(key)
+                self._leave(key, q)
                 continue
             target = pod.spec.node_name
-            if target is not None:
-                daemon = is_daemon(pod)
+            if not nodes:
+                return self._fail(q, key, unschedulable_message(0, Counter()), end)
+            if target is not None:  # a pinned pod has a queue of its own
                 if target not in nodes:
-                    self._explain_pending(key, f"0/1 nodes available: node {target} not found")
-                    continue
+                    return self._fail(q, key, f"0/1 nodes available: node {target} not found",
+                                      end)
                 reason = self.scheduler.check(
                     pod.spec, self.view(target, topology=self.topology(key, node=target)),
-                    daemon=daemon)
-                if reason is None:
-                    self.bind(key, target, f"scheduled on {target}: bound by spec.nodeName")
-                else:
-                    self._explain_pending(
-                        key, f"0/1 nodes available: 1 {reason} (pod is bound to {target})")
+                    daemon=is_daemon(pod))
+                if reason is not None:
+                    return self._fail(q, key, f"0/1 nodes available: 1 {reason} (pod is "
+                                              f"bound to {target})", end)
+                self.bind(key, target, f"scheduled on {target}: bound by spec.nodeName")
+                continue
+            topology = self.topology(key)
+            if topology is not None and q.size > 1:
+                self._retry_each(q)
+                return True
+            decision = self.scheduler.schedule(pod.spec, (self.view(n, topology=topology)
+                                                          for n in nodes))
+            if decision.node is None:
+                return self._fail(q, key, decision.message, end)
+            self.bind(key, decision.node, decision.message)
+            if end is not None and time.perf_counter() >= end:
+                return not q.size
+        return True
+
+    def _retry_each(self, q: _Queue) -> None:
+        """The queue's pods one by one, each with its own reason: an inter-pod term
+        concerns them, so their labels may make them differ."""
+        nodes, pods = self.objects.nodes, self.objects.pods
+        for key in sorted(k for k in q.heap if self._pending.get(k) is q):
+            pod = pods.get(key)
+            if pod is None:
+                self._leave(key, q)
                 continue
             topology = self.topology(key)
             decision = self.scheduler.schedule(pod.spec, (self.view(n, topology=topology)
@@ -300,6 +439,36 @@ class Placement:
                 self._explain_pending(key, decision.message)
             else:
                 self.bind(key, decision.node, decision.message)
+        q.said, q.fresh = None, []
+
+    def _fail(self, q: _Queue, key: Key, message: str, end: float | None) -> bool:
+        """The queue's first pod does not fit: it gets the reason and an event, the
+        others the reason (all of them when it changed, else those queued since it was
+        last written); the queue is done for this round. False if the budget ran out
+        before every reason was written (`todo` holds the rest)."""
+        self._explain_pending(key, message)
+        pending = self._pending
+        if message != q.said:
+            q.said, q.status = message, pending_status(reason="Unschedulable",
+                                                       message=message)
+            q.todo = [k for k in q.heap if k != key and pending.get(k) is q]
+        else:
+            q.todo = [k for k in q.fresh if k != key]
+        q.fresh = []
+        return self._explain_todo(q, end)
+
+    def _explain_todo(self, q: _Queue, end: float | None) -> bool:
+        """Write the queue's reason to its `todo` pods, EXPLAIN_STEP at a time until
+        `end`; True when none is left."""
+        todo, pending, message = q.todo, self._pending, q.said
+        while todo:
+            for key in todo[-EXPLAIN_STEP:]:
+                if pending.get(key) is q and message is not None:
+                    self._explain_pending(key, message, status=q.status, event=False)
+            del todo[-EXPLAIN_STEP:]
+            if todo and end is not None and time.perf_counter() >= end:
+                return False
+        return True
 
     def drain(self, name: str) -> tuple[list[Key], list[dict[str, str]]]:
         """Unbind the pods of `name` that may run elsewhere (they wait for a node);
@@ -316,24 +485,48 @@ class Placement:
                 kept.append({"pod": ref, "reason": "bound to the node by spec.nodeName"})
             else:
                 self.unbind(key)
-                self._pending.add(key)
+                self.queue(key)
                 moved.append(key)
                 self.events.add(type="Normal", reason="Evicted", obj=f"Pod/{ref}",
                                 message=f"evicted from {name} by drain")
         return moved, kept
 
-    def _explain_pending(self, key: Key, message: str) -> None:
+    def _explain_pending(self, key: Key, message: str, *, status: PodStatus | None = None,
+                         event: bool = True) -> None:
+        """The pod waits with `message` as its reason (`status`: a Pending status with
+        that message, shared by the pods of a queue)."""
         pod = self.objects.pods.get(key)
         if pod is None:
             return
         st = pod.status
         if st.phase == "Pending" and st.reason == "Unschedulable" and st.message == message:
             return
-        pod.status = pending_status(reason="Unschedulable", message=message)
+        pod.status = status or pending_status(reason="Unschedulable", message=message)
         with_annotation(pod, naming.SCHEDULED, f"not scheduled: {message}")
         self.objects.save("Pod", key)
-        self.events.add(type="Warning", reason="FailedScheduling",
-                        obj=f"Pod/{key[0]}/{key[1]}", message=message)
+        if event:
+            self.events.add(type="Warning", reason="FailedScheduling",
+                            obj=f"Pod/{key[0]}/{key[1]}", message=message)
+
+
+class _Queue:
+    """Pending pods the scheduler judges alike (`Placement.queue`): a heap of their
+    keys (entries of pods no longer in the queue are dropped lazily), how many there
+    are, the reason last written to them (`said`, its status object `status`), the
+    pods queued since (`fresh`) and the pods a failure's reason is still to be written
+    to (`todo`)."""
+
+    __slots__ = ("alike", "fresh", "heap", "priority", "said", "size", "status", "todo")
+
+    def __init__(self, alike: Hashable, priority: int) -> None:
+        self.alike = alike
+        self.priority = priority  # negated: the highest goes first
+        self.heap: list[Key] = []
+        self.size = 0
+        self.said: str | None = None
+        self.status: PodStatus | None = None
+        self.fresh: list[Key] = []
+        self.todo: list[Key] = []
 
 
 def by_priority(keys: Iterable[Key], pods: Mapping[Key, Any]) -> list[Key]:
@@ -347,6 +540,10 @@ def by_priority(keys: Iterable[Key], pods: Mapping[Key, Any]) -> list[Key]:
 
 
 _EMPTY: set[Key] = set()
+LOADS_KEPT = 4096
+"""Distinct container lists whose requests `Placement.view` remembers."""
+EXPLAIN_STEP = 256
+"""Pods a queue's reason is written to between two looks at the clock."""
 _NO_CONTAINERS: list[Any] = []
 """The container statuses of every Pending status the cloud writes: one empty list for
 all of them (statuses are replaced, never edited in place; 56 bytes a pod)."""
