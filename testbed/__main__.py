@@ -13,6 +13,9 @@
 
     testbed bench sync --nodes N  simulated fleet: time for a DaemonSet to be acked by all,
                                   secure (joined, TLS, sealed) and --insecure side by side
+    testbed bench storm --nodes N simulated fleet converged, every broker killed -9 and
+                                  restarted: time until every node is Ready, NotReady
+                                  nodes, snapshots vs deltas, acked updates lost (0)
     testbed bench rollout         simulated fleet: health-gated DaemonSet rollouts, a good
                                   update in batches (--batch 10%) and a bad one rolled back
     testbed bench brokers         the broker tier by measurement: N secure MQTT sessions on
@@ -326,7 +329,7 @@ def cmd_broker(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from testbed.bench import batch_size, bench_rollout, bench_sync
+    from testbed.bench import batch_size, bench_rollout, bench_sync, sync_modes
 
     if args.what == "brokers":
         from testbed.bench_brokers import bench_brokers, settings_from
@@ -338,6 +341,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
         argv = ["--duration", str(args.duration), "--pods", str(args.pods)]
         bench_idle([*argv, *(["--workdir", args.workdir] if args.workdir else [])])
         return 0
+    if args.what == "storm":
+        from testbed.bench_storm import bench_storm
+
+        return bench_storm(nodes=args.nodes, workdir=Path(args.workdir or "var/bench-storm"),
+                           procs=args.procs, brokers=args.brokers, per_broker=args.per_broker,
+                           per_sim=args.per_sim, rate=args.rate, stall_s=args.stall)
     workdir = Path(args.workdir or f"var/{'bench' if args.what == 'sync' else 'bench-rollout'}")
     if args.what == "rollout":
         try:
@@ -347,8 +356,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
             return 2
         return bench_rollout(nodes=args.nodes, procs=args.procs, batch=batch, workdir=workdir,
                              secure=args.mode != "insecure")
-    modes = ("secure", "insecure") if args.mode == "both" else (args.mode,)
-    return bench_sync(nodes=args.nodes, procs=args.procs, workdir=workdir, modes=modes)
+    return bench_sync(nodes=args.nodes, procs=args.procs, workdir=workdir,
+                      modes=sync_modes(args.mode), brokers=args.brokers,
+                      per_broker=args.per_broker, per_sim=args.per_sim, rate=args.rate,
+                      stall_s=args.stall)
 
 
 def cmd_chaos(args: argparse.Namespace) -> int:
@@ -454,6 +465,8 @@ def build_parser() -> argparse.ArgumentParser:
     br.set_defaults(fn=cmd_broker)
     b = _sub(sub, "bench", "benchmarks that print figures (docs/benchmarks.md)",
              "sync     simulated fleet: time for a DaemonSet to be acked by every node\n"
+             "storm    simulated fleet converged, every broker killed -9 and restarted "
+             "(python -m testbed.bench_storm --help)\n"
              "rollout  simulated fleet: a health-gated rollout in batches, and a bad one "
              "rolled back\n"
              "idle     two real agents at their defaults: idle link bytes per node by "
@@ -461,18 +474,23 @@ def build_parser() -> argparse.ArgumentParser:
              "brokers  N secure MQTT sessions on several mosquittos and on a NATS cluster: "
              "connect,\n         idle cost, fan-in, a message to every node "
              "(python -m testbed.bench_brokers --help)")
-    b.add_argument("what", choices=["sync", "rollout", "idle", "brokers"],
+    b.add_argument("what", choices=["sync", "storm", "rollout", "idle", "brokers"],
                    help="which benchmark")
-    b.add_argument("--nodes", type=int, default=5000, help="sync, rollout: simulated nodes")
-    b.add_argument("--procs", type=int, default=2, help="simulator processes")
+    b.add_argument("--nodes", type=int, default=5000,
+                   help="sync, storm, rollout: simulated nodes")
+    b.add_argument("--procs", type=int, default=None,
+                   help="simulator processes (default: enough for the open-file limit, at "
+                        "least 2); sync and storm also take --brokers, --per-broker, "
+                        "--per-sim, --rate and --stall below")
     b.add_argument("--batch", default="10%",
                    help="rollout: maxUnavailable, a number or a percentage")
-    b.add_argument("--mode", choices=["both", "secure", "insecure"], default="both",
+    b.add_argument("--mode", choices=["both", "secure", "insecure"], default=None,
                    help="sync: the secure fleet (joined nodes, TLS, sealed messages), the "
-                        "--insecure one, or both side by side; rollout: secure unless "
-                        "insecure")
+                        "--insecure one, or both side by side (default: both up to 20,000 "
+                        "nodes, secure above); rollout: secure unless insecure")
     b.add_argument("--workdir", default=None,
-                   help="var/bench (sync), var/bench-rollout (rollout) when not given")
+                   help="var/bench (sync), var/bench-storm (storm), var/bench-rollout "
+                        "(rollout) when not given")
     b.add_argument("--duration", type=float, default=600.0,
                    help="idle: capture window in seconds")
     b.add_argument("--pods", type=int, default=10, help="idle: pods on the second node")

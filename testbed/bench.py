@@ -41,10 +41,14 @@ memory per session.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
+import resource
 import shutil
+import signal
+import subprocess
 import sys
 import time
 import urllib.error
@@ -54,6 +58,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from shared import topics
+from testbed.broker import BrokerSecurity, Mosquitto, broker_map, contract_partitions
 from testbed.fleet import Fleet, FleetSettings
 from testbed.procs import Proc
 
@@ -100,21 +106,165 @@ def _ds(image_args: list[str]) -> dict[str, Any]:
                                                            "args": image_args}]}}}}
 
 
+# --- sizing (issue 14) ------------------------------------------------------------------
+
+PER_BROKER = 15_000
+"""Sessions a mosquitto is sized for: its open-file limit (20,000 here) holds ~19,990,
+and the rest is room to take a drained neighbour's partitions (proposal 0007)."""
+SIM_FD_MARGIN = 3_000
+"""File descriptors a simulator keeps beyond one per session (a 20,000 limit: 17,000
+sessions a process, as `bench brokers` ran them)."""
+
+
+class BenchFailure(RuntimeError):
+    """The bench cannot go on; the message names what is missing and why."""
+
+
+def fd_limit() -> int:
+    """The open-file limit a child process can lift itself to (the hard limit)."""
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How many brokers and simulator processes hold `nodes` sessions."""
+
+    nodes: int
+    brokers: int
+    procs: int
+    per_sim: int  # the most sessions one simulator process may hold
+
+    @property
+    def per_proc(self) -> int:
+        return -(-self.nodes // self.procs)
+
+
+def plan(nodes: int, *, brokers: int | None = None, procs: int | None = None,
+         per_broker: int = PER_BROKER, per_sim: int | None = None,
+         limit: int | None = None) -> Plan:
+    """Brokers: `ceil(nodes / per_broker)` unless given. Simulator processes: enough
+    that none holds more sessions than the open-file limit allows (`limit -
+    SIM_FD_MARGIN`), and at least two (two cores) unless given. ValueError, naming the
+    numbers, when a given count cannot work (a simulator would exit at once for want of
+    file descriptors; a broker would refuse sessions past its limit)."""
+    if nodes < 1:
+        raise ValueError("--nodes: at least 1")
+    limit = limit or fd_limit()
+    cap = per_sim or max(1, limit - SIM_FD_MARGIN)
+    if brokers is None:
+        brokers = -(-nodes // per_broker)
+    if brokers < 1:
+        raise ValueError("--brokers: at least 1")
+    if procs is None:
+        procs = max(min(2, nodes), -(-nodes // cap))
+    if procs < 1:
+        raise ValueError("--procs: at least 1")
+    per_proc = -(-nodes // procs)
+    if per_proc + 64 > limit:
+        raise ValueError(
+            f"--procs {procs}: {per_proc} sessions per simulator process need about "
+            f"{per_proc + 64} file descriptors, the limit is {limit}; use at least "
+            f"{-(-nodes // (limit - 64))} processes (or leave --procs out)")
+    per_b = -(-nodes // brokers)
+    if per_b + 16 > limit:
+        raise ValueError(
+            f"--brokers {brokers}: about {per_b} sessions per broker, over the open-file "
+            f"limit of {limit} (mosquitto refuses the rest); use at least "
+            f"{-(-nodes // (limit - 16))} brokers (or leave --brokers out)")
+    return Plan(nodes=nodes, brokers=brokers, procs=procs, per_sim=cap)
+
+
+# --- the fleet -----------------------------------------------------------------------
+
+
+class TierFleet(Fleet):
+    """`testbed.fleet.Fleet` with `brokers` mosquittos (issue 14): mq-0 is the fleet's own
+    broker; the others share its password file, ACL (which cloudcore keeps) and TLS
+    files, and are started before cloudcore, which gets one `--broker NAME=URL` flag per
+    broker (none with one broker: exactly the single-broker cloud)."""
+
+    def __init__(self, settings: FleetSettings, *, brokers: int) -> None:
+        super().__init__(settings)
+        self.broker_count = brokers
+        self.extra: list[Mosquitto] = []
+
+    def start_cloud(self) -> None:
+        if self.broker_count > 1 and not self.extra:
+            self._start_extra()
+        super().start_cloud()
+
+    def _start_extra(self) -> None:
+        b0 = self.broker
+        assert b0 is not None
+        if not cloud_has_broker_flag():
+            raise BenchFailure(
+                f"{self.broker_count} brokers asked for, but this cloudcore has no --broker "
+                "flag yet (issue 14 part 2, the multi-broker hub): run with --brokers 1 "
+                f"(at most ~{PER_BROKER} nodes), or wait for that commit")
+        for i in range(1, self.broker_count):
+            if self.secure:
+                mq = Mosquitto(workdir=self.workdir / f"mosquitto-{i}",
+                               security=BrokerSecurity(), shared_auth=(b0.passwd, b0.acl))
+                for f in ("ca.crt", "broker.crt", "broker.key"):
+                    shutil.copy(b0.tls_dir / f, mq.tls_dir / f)
+            else:
+                mq = Mosquitto(workdir=self.workdir / f"mosquitto-{i}", insecure=True)
+            self.extra.append(mq)
+            mq.start()
+        scheme = "mqtt" if self.s.insecure else "mqtts"
+        flags: list[str] = []
+        for name, mq in self.brokers.items():
+            flags += ["--broker", f"{name}={scheme}://{mq.host}:{mq.port}"]
+        self.s.cloud_args = (*self.s.cloud_args, *flags)
+
+    @property
+    def brokers(self) -> dict[str, Mosquitto]:
+        """Every broker by name (mq-0, mq-1, ...), as cloudcore's flags name them."""
+        assert self.broker is not None
+        return {"mq-0": self.broker, **{f"mq-{i + 1}": mq for i, mq in enumerate(self.extra)}}
+
+    def stop(self) -> None:
+        if self.cloud:
+            self.cloud.stop()
+        for mq in self.extra:  # before mq-0, whose run directory holds the shared files
+            mq.stop()
+            mq.remove()
+        self.extra.clear()
+        super().stop()
+
+
+_BROKER_FLAG: dict[str, bool] = {}
+
+
+def cloud_has_broker_flag() -> bool:
+    """Does the cloudcore these processes would run take `--broker NAME=URL`? (Its help,
+    with this process's PYTHONPATH, so a `--cloud-tree` is asked too.)"""
+    key = os.environ.get("PYTHONPATH", "")
+    if key not in _BROKER_FLAG:
+        r = subprocess.run([sys.executable, "-m", "cloudcore", "--help"], capture_output=True,
+                           text=True, timeout=60, check=False)
+        _BROKER_FLAG[key] = "--broker " in r.stdout or "--broker NAME" in r.stdout
+    return _BROKER_FLAG[key]
+
+
 @dataclass
 class SimFleet:
-    """A running benchmark fleet: mosquitto, cloudcore and the simulator processes."""
+    """A running benchmark fleet: brokers, cloudcore and the simulator processes."""
 
-    fleet: Fleet
+    fleet: TierFleet
     nodes: int
     procs: int
     stats_files: list[Path]
     secure: bool = True
     sims: list[Proc] = field(default_factory=list)
+    partitions: list[list[str]] = field(default_factory=list)  # partition -> broker names
+    map_source: str = ""  # where the partition -> broker map came from
+    stall_s: float = 60.0  # a wait without progress for this long fails the bench
     join_s: float = 0.0  # secure: joining every node through the API
     join_cloud_cpu_s: float = 0.0
     connect_s: float = 0.0  # from starting the simulators until every session is up
     registered_s: float = 0.0  # ... until cloudcore lists every node
-    broker_rss_idle: int = 0  # bytes, before the simulators connect
+    broker_rss_idle: int = 0  # bytes, before the simulators connect (all brokers)
     broker_rss_connected: int = 0  # ... once every session is up
 
     @property
@@ -124,12 +274,127 @@ class SimFleet:
 
     @property
     def broker_pid(self) -> int:
+        """mq-0's pid (the only broker below 15,000 nodes)."""
         assert self.fleet.broker is not None and self.fleet.broker.proc is not None
         return self.fleet.broker.proc.pid
+
+    def broker_pids(self) -> dict[str, int]:
+        return {n: mq.proc.pid for n, mq in self.fleet.brokers.items()
+                if mq.proc is not None and mq.proc.poll() is None}
+
+    def sim_pids(self) -> dict[str, int]:
+        return {p.name: p.pid for p in self.sims if p.alive() and p.pid is not None}
+
+    def pids(self) -> dict[str, dict[str, int]]:
+        """Every process of the bench by kind: cloud, brokers, simulators."""
+        return {"cloud": {"cloudcore": self.cloud_pid}, "brokers": self.broker_pids(),
+                "simulators": self.sim_pids()}
+
+    def usage(self) -> dict[str, dict[str, tuple[float, int]]]:
+        """(cpu seconds, rss bytes) of every process, by kind."""
+        out: dict[str, dict[str, tuple[float, int]]] = {}
+        for kind, pids in self.pids().items():
+            out[kind] = {}
+            for name, pid in pids.items():
+                with contextlib.suppress(OSError, IndexError, ValueError):
+                    out[kind][name] = _proc_usage(pid)
+        return out
 
     def stats(self) -> dict[str, Any]:
         """The simulators' counters, summed (each file is rewritten every second)."""
         return _stats(self.stats_files)
+
+    def sim_stats(self) -> list[dict[str, Any]]:
+        out = []
+        for f in self.stats_files:
+            try:
+                out.append(json.loads(f.read_text()))
+            except (OSError, json.JSONDecodeError):
+                out.append({})
+        return out
+
+    def homed(self) -> dict[str, int]:
+        """broker -> sessions homed there by the map."""
+        out: dict[str, int] = {}
+        for i in range(self.nodes):
+            b = self.partitions[topics.partition_of(f"sim-{i}")][0] if self.partitions \
+                else "mq-0"
+            out[b] = out.get(b, 0) + 1
+        return out
+
+    def diagnose(self, what: str) -> str:
+        """What is missing and why, for a failure message: every broker (alive, open
+        files against its limit, the problems its log names), every simulator (alive or
+        its exit and last lines, sessions missing with examples and connect errors) and
+        cloudcore (alive, or the end of its log)."""
+        from testbed.bench_brokers import _fds, log_problems
+
+        lines = [f"{what}:"]
+        homed = self.homed()
+        for name, mq in self.fleet.brokers.items():
+            pid = mq.proc.pid if mq.proc is not None and mq.proc.poll() is None else None
+            fds, lim = _fds(pid) if pid else (-1, None)
+            probs = log_problems(mq.log_tail(2000))
+            lines.append(f"  broker {name} ({mq.host}:{mq.port}): "
+                         f"{'pid ' + str(pid) if pid else 'DEAD'}, {homed.get(name, 0)} "
+                         f"sessions homed, {fds} open files (limit {lim})"
+                         + ("; its log says:" if probs else ""))
+            lines += [f"    {p}" for p in probs]
+        for proc, st in zip(self.sims, self.sim_stats(), strict=True):
+            missing = int(st.get("nodes", 0)) - int(st.get("connected", 0))
+            state = "alive" if proc.alive() else \
+                f"EXITED ({proc.popen.returncode if proc.popen else '?'})"
+            lines.append(f"  {proc.name} ({state}): {st.get('connected', '?')}/"
+                         f"{st.get('nodes', '?')} connected"
+                         + (f", not connected e.g. {st.get('not_connected_sample')}, "
+                            f"connect errors {st.get('connect_errors')}, last: "
+                            f"{st.get('last_connect_error')}" if missing else ""))
+            if not proc.alive():
+                lines.append("    its log: " + proc.tail(5).replace("\n", "\n    "))
+        cloud = self.fleet.cloud
+        if cloud is not None and not cloud.alive():
+            lines.append("  cloudcore EXITED; its log: "
+                         + cloud.tail(10).replace("\n", "\n    "))
+        return "\n".join(lines)
+
+    def wait(self, *, what: str, count: Callable[[], float], target: float,
+             timeout: float = 900.0, interval: float = 0.5) -> float:
+        """Wait until `count() >= target`, checking at every poll that cloudcore, every
+        broker and every simulator is alive and that the count moves: a dead process,
+        no progress for `stall_s` or `timeout` in all raises BenchFailure naming the
+        missing sessions and why (`diagnose`). Returns the seconds it took. A count that
+        cannot be read (cloudcore busy) is no progress, not an error."""
+        t0 = time.monotonic()
+        last: float = -1.0
+        last_move = t0
+        while True:
+            try:
+                now_count = count()
+            except (urllib.error.URLError, OSError, TimeoutError):
+                now_count = last
+            if now_count >= target:
+                return time.monotonic() - t0
+            now = time.monotonic()
+            if now_count != last:
+                last, last_move = now_count, now
+            dead_b = [n for n, mq in self.fleet.brokers.items()
+                      if mq.proc is None or mq.proc.poll() is not None]
+            problem = None
+            if self.fleet.cloud is None or not self.fleet.cloud.alive():
+                problem = "cloudcore exited"
+            elif dead_b:
+                problem = f"broker process(es) died: {dead_b}"
+            elif any(not p.alive() for p in self.sims):
+                problem = f"simulator(s) exited: {[p.name for p in self.sims if not p.alive()]}"
+            elif now - last_move > self.stall_s:
+                problem = f"no progress for {self.stall_s:.0f} s"
+            elif now - t0 > timeout:
+                problem = f"not done after {timeout:.0f} s"
+            if problem:
+                shown = "?" if last < 0 else f"{last:g}"
+                raise BenchFailure(self.diagnose(
+                    f"{what}: {shown} of {target:g} after {now - t0:.0f} s; {problem}"))
+            time.sleep(interval)
 
 
 @contextmanager
@@ -154,36 +419,87 @@ def _cloud_pythonpath(tree: Path | None) -> Iterator[None]:
                 os.environ[k] = v
 
 
+def _partitions(fleet: TierFleet) -> tuple[list[list[str]], str]:
+    """partition -> broker names, home first: the cloud's own map (`GET
+    /api/v1/brokermap`, proposal 0007) when it serves one, else the order its
+    `BrokerMap.spread` gives the flags (`testbed.broker.contract_partitions`)."""
+    names = list(fleet.brokers)
+    try:
+        doc = fleet.get("/api/v1/brokermap")
+    except urllib.error.HTTPError as exc:
+        if exc.code not in (404, 405):
+            raise
+        return contract_partitions(names), "proposal 0007's spread (the cloud serves no map)"
+    m = doc.get("map", doc) if isinstance(doc, dict) else {}
+    parts = m.get("partitions") if isinstance(m, dict) else None
+    if not isinstance(parts, list) or len(parts) != topics.PARTITIONS or any(
+            not isinstance(p, list) or not p or any(b not in fleet.brokers for b in p)
+            for p in parts):
+        raise BenchFailure(f"GET /api/v1/brokermap: no usable 'partitions' naming the "
+                           f"bench's brokers {names}: {json.dumps(doc)[:300]}")
+    return [list(p) for p in parts], "the cloud's map (GET /api/v1/brokermap)"
+
+
+def _metrics(fleet: Fleet) -> dict[str, float]:
+    """cloudcore's /metrics: every sample `name{labels}` -> value (one scrape)."""
+    with fleet.urlopen("/metrics", timeout=30) as r:
+        text = r.read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, _, val = line.rpartition(" ")
+            with contextlib.suppress(ValueError):
+                out[key] = float(val)
+    return out
+
+
+def _sum(m: dict[str, float], name: str, *labels: str) -> float:
+    """Sum of the samples of `name` whose labels contain every `labels` text."""
+    return sum(v for k, v in m.items()
+               if (k == name or k.startswith(name + "{")) and all(t in k for t in labels))
+
+
+LAG_MAX = "cloudcore_event_loop_lag_max_seconds"
+
+
 @contextmanager
-def simulated_fleet(*, nodes: int, procs: int, workdir: Path, secure: bool = True,
-                    sim_args: tuple[str, ...] = (),
-                    cloud_tree: Path | None = None) -> Iterator[SimFleet]:
-    """Start mosquitto, cloudcore (from `cloud_tree` when given, see
-    `_cloud_pythonpath`) and `procs` simulator processes (`nodes` sessions in all, with
-    `sim_args` added), joining every node first when `secure`, wait until every node is
-    connected and registered, and stop everything on exit. Raises TimeoutError or
-    RuntimeError if it cannot."""
+def simulated_fleet(*, nodes: int, procs: int | None = None, workdir: Path,
+                    secure: bool = True, sim_args: tuple[str, ...] = (),
+                    cloud_tree: Path | None = None, brokers: int | None = None,
+                    per_broker: int = PER_BROKER, per_sim: int | None = None,
+                    rate: float = 500.0, stall_s: float = 60.0,
+                    heartbeat_s: float = 300.0) -> Iterator[SimFleet]:
+    """Start the brokers (`plan`: `ceil(nodes / per_broker)` unless `brokers`),
+    cloudcore (from `cloud_tree` when given, see `_cloud_pythonpath`; one `--broker`
+    flag per broker) and the simulator processes (sized by the open-file limit unless
+    `procs`; `nodes` sessions in all, each node to its partition's broker by the
+    cloud's map, with `sim_args` added), joining every node first when `secure`; wait
+    until every node is connected and registered, and stop everything on exit. Raises
+    ValueError (a size that cannot work), BenchFailure (naming what is missing and why)
+    or RuntimeError (a process did not start)."""
+    p = plan(nodes, brokers=brokers, procs=procs, per_broker=per_broker, per_sim=per_sim)
     workdir = workdir.resolve()
-    settings = FleetSettings(nodes=0, workdir=workdir, use_netns=False, heartbeat_s=300,
-                             with_registry=False, insecure=not secure,
+    settings = FleetSettings(nodes=0, workdir=workdir, use_netns=False,
+                             heartbeat_s=heartbeat_s, with_registry=False,
+                             insecure=not secure,
                              # every join comes from this one address
                              cloud_args=("--join-rate", "1000000", "--join-burst", "1000000")
                              if secure else ())
-    fleet = Fleet(settings)
-    stats = [workdir / f"sim-{i}.json" for i in range(procs)]
+    fleet = TierFleet(settings, brokers=p.brokers)
+    stats = [workdir / f"sim-{i}.json" for i in range(p.procs)]
     for f in stats:
         f.unlink(missing_ok=True)
     # The workdir is the bench's scratch space: a cloud store left by an earlier run
     # (say of 10,000 nodes) would hold nodes that never connect now and never ack.
-    for stale in ("cloud", "mosquitto"):
+    for stale in ("cloud", "mosquitto", *(f"mosquitto-{i}" for i in range(1, 64))):
         shutil.rmtree(workdir / stale, ignore_errors=True)
-    sf = SimFleet(fleet=fleet, nodes=nodes, procs=procs, stats_files=stats, secure=secure)
+    sf = SimFleet(fleet=fleet, nodes=nodes, procs=p.procs, stats_files=stats, secure=secure,
+                  stall_s=stall_s)
     try:
         with _cloud_pythonpath(cloud_tree):
             fleet.start()
         assert fleet.cloud is not None and fleet.cloud.pid is not None
-        assert fleet.broker is not None
-        per = -(-nodes // procs)
+        per = p.per_proc
         extra: list[str] = []
         if secure:
             c0, _ = _proc_usage(sf.cloud_pid)
@@ -192,55 +508,94 @@ def simulated_fleet(*, nodes: int, procs: int, workdir: Path, secure: bool = Tru
                                          keys_file=workdir / "keys.json")
             sf.join_s = time.monotonic() - t_join
             sf.join_cloud_cpu_s = _proc_usage(sf.cloud_pid)[0] - c0
-        _, sf.broker_rss_idle = _proc_usage(sf.broker_pid)
+        if p.brokers > 1:
+            sf.partitions, sf.map_source = _partitions(fleet)
+            mapfile = workdir / "broker-map.json"
+            mapfile.write_text(json.dumps(broker_map(
+                {n: f"{mq.host}:{mq.port}" for n, mq in fleet.brokers.items()},
+                sf.partitions)))
+            where = ["--broker-map", str(mapfile)]
+        else:
+            assert fleet.broker is not None
+            where = ["--host", "127.0.0.1", "--port", str(fleet.broker.port)]
+        sf.broker_rss_idle = sum(u[1] for u in sf.usage()["brokers"].values())
         t_conn = time.monotonic()
-        for i in range(procs):
+        for i in range(p.procs):
             count = min(per, nodes - i * per)
-            argv = [sys.executable, "-m", "testbed.simulator", "--host", "127.0.0.1",
-                    "--port", str(fleet.broker.port), "--prefix", "sim", "--start",
-                    str(i * per), "--count", str(count), "--stats", str(stats[i]),
-                    "--heartbeat", "300", *extra, *sim_args]
+            argv = [sys.executable, "-m", "testbed.simulator", *where, "--prefix", "sim",
+                    "--start", str(i * per), "--count", str(count), "--stats", str(stats[i]),
+                    "--heartbeat", str(heartbeat_s), "--rate", str(rate),
+                    "--gens-file", str(workdir / f"sim-{i}.gens.json"), *extra, *sim_args]
             sf.sims.append(
                 Proc(f"sim-{i}", argv, log=workdir / "logs" / f"sim-{i}.log").start())
-        fleet.wait(lambda: _stats(stats)["connected"] >= nodes, timeout=600,
-                   what=f"{nodes} simulated sessions connected", interval=1)
+        sf.wait(what=f"{nodes} simulated sessions connected", count=lambda: sf.stats()[
+            "connected"], target=nodes, timeout=max(600.0, nodes / 100))
         sf.connect_s = time.monotonic() - t_conn
-        fleet.wait(lambda: sum(1 for n in fleet.nodes()
-                               if n.get("status", {}).get("ready") == "Ready") >= nodes,
-                   timeout=600, what=f"{nodes} nodes registered", interval=1)
+        sf.wait(what=f"{nodes} nodes registered Ready",
+                count=lambda: _sum(_metrics(fleet), "cloudcore_nodes", 'ready="Ready"'),
+                target=nodes, timeout=max(600.0, nodes / 100))
         sf.registered_s = time.monotonic() - t_conn
         time.sleep(2)
-        _, sf.broker_rss_connected = _proc_usage(sf.broker_pid)
+        sf.broker_rss_connected = sum(u[1] for u in sf.usage()["brokers"].values())
         yield sf
     finally:
+        for s in sf.sims:  # all at once: each closes its sessions, bounded at 10 s
+            if s.alive() and s.popen is not None:
+                s.popen.send_signal(signal.SIGTERM)
         for s in sf.sims:
-            s.stop()
+            s.stop(timeout=30)
         fleet.stop()
 
 
-def bench_sync(*, nodes: int, procs: int, workdir: Path, modes: tuple[str, ...] = (
-        "secure", "insecure"), cloud_tree: Path | None = None, steady_s: float = 60.0) -> int:
+def _mode_label(modes: tuple[str, ...] | None, nodes: int) -> tuple[str, ...]:
+    """`--mode` unset: both side by side up to 20,000 nodes, the secure fleet above
+    (the fleet as deployed; twice 100,000 would take most of an hour here)."""
+    if modes:
+        return modes
+    return ("secure", "insecure") if nodes <= 20_000 else ("secure",)
+
+
+def bench_sync(*, nodes: int, procs: int | None = None, workdir: Path,
+               modes: tuple[str, ...] | None = ("secure", "insecure"),
+               cloud_tree: Path | None = None, steady_s: float = 60.0,
+               brokers: int | None = None, per_broker: int = PER_BROKER,
+               per_sim: int | None = None, rate: float = 500.0,
+               stall_s: float = 60.0) -> int:
     """`testbed bench sync`: each of `modes` in turn (secure: auth, TLS and sealed
     messages; insecure: none of it), then both side by side; cloudcore from
-    `cloud_tree` when given."""
+    `cloud_tree` when given. Brokers and simulator processes as `plan` sizes them."""
+    modes = _mode_label(modes, nodes)
+    try:
+        p = plan(nodes, brokers=brokers, procs=procs, per_broker=per_broker, per_sim=per_sim)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     results: dict[str, Any] = {}
+    workdir.mkdir(parents=True, exist_ok=True)
     try:
         for mode in modes:
-            print(f"== {mode} fleet of {nodes} simulated nodes, cloudcore from "
+            print(f"== {mode} fleet of {nodes} simulated nodes, {p.brokers} broker(s), "
+                  f"{p.procs} simulator process(es), cloudcore from "
                   f"{cloud_tree or 'this checkout'}, load "
                   f"{Path('/proc/loadavg').read_text().strip()}", flush=True)
-            with simulated_fleet(nodes=nodes, procs=procs, workdir=workdir / mode,
-                                 secure=mode == "secure", cloud_tree=cloud_tree) as sf:
+            with simulated_fleet(nodes=nodes, procs=p.procs, workdir=workdir / mode,
+                                 secure=mode == "secure", cloud_tree=cloud_tree,
+                                 brokers=p.brokers, per_broker=per_broker, per_sim=per_sim,
+                                 rate=rate, stall_s=stall_s) as sf:
                 results[mode] = _sync(sf, (workdir / mode).resolve(), steady_s=steady_s)
                 results[mode]["cloud_tree"] = str(cloud_tree or "this checkout")
-    except (TimeoutError, RuntimeError) as exc:
+    except (BenchFailure, TimeoutError, RuntimeError, ValueError) as exc:
         print(f"bench failed: {exc}", file=sys.stderr)
+        (workdir / "result.json").write_text(json.dumps(
+            {"ok": False, "error": str(exc), **results}, indent=2))
         return 1
+    out: dict[str, Any] = dict(results)
     if len(results) > 1:
         print("== side by side")
         print(json.dumps(_compare(results), indent=2))
-        (workdir / "result.json").write_text(json.dumps(
-            {"compare": _compare(results), **results}, indent=2))
+        out = {"compare": _compare(results), **results}
+    (workdir / "result.json").write_text(json.dumps({"ok": True, **out}, indent=2))
+    print(f"result: {workdir / 'result.json'}")
     return 0
 
 
@@ -260,10 +615,7 @@ def _messages_in(fleet: Fleet, kind: str) -> float:
     """Messages of type `kind` (report, ack...) cloudcore has handled, from its metrics
     (`cloudcore_messages_in_total{type=...}`): one scrape, cheap beside a list of
     every node."""
-    with fleet.urlopen("/metrics", timeout=30) as r:
-        text = r.read().decode()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith("cloudcore_messages_in_total{") and f'type="{kind}"' in line)
+    return _sum(_metrics(fleet), "cloudcore_messages_in_total", f'type="{kind}"')
 
 
 def _reports_in(fleet: Fleet) -> float:
@@ -288,10 +640,192 @@ def _steady(sf: SimFleet, seconds: float) -> dict[str, Any]:
             if reports else None}
 
 
+class LagWatch:
+    """The worst event-loop lag cloudcore reported (`cloudcore_event_loop_lag_max_seconds`,
+    its worst over the last minute) over the scrapes made through `scrape`."""
+
+    def __init__(self, fleet: Fleet) -> None:
+        self.fleet = fleet
+        self.worst = 0.0
+
+    def scrape(self) -> dict[str, float]:
+        m = _metrics(self.fleet)
+        self.worst = max(self.worst, _sum(m, LAG_MAX))
+        return m
+
+    def reset(self) -> None:
+        self.worst = 0.0
+
+
+def _kinds_delta(u0: dict[str, dict[str, tuple[float, int]]],
+                 u1: dict[str, dict[str, tuple[float, int]]], nodes: int) -> dict[str, float]:
+    """CPU seconds per 1,000 nodes of each process kind between two `usage()` readings."""
+    out = {}
+    for kind, procs in u1.items():
+        cpu = sum(v[0] - u0.get(kind, {}).get(n, (v[0], 0))[0] for n, v in procs.items())
+        out[kind] = round(cpu / nodes * 1000, 3)
+    return out
+
+
+def _rss(u: dict[str, dict[str, tuple[float, int]]]) -> dict[str, Any]:
+    """RSS of every process (MB), and the sum per kind."""
+    return {kind: {"each_mb": {n: round(v[1] / 2**20, 1) for n, v in procs.items()},
+                   "sum_mb": round(sum(v[1] for v in procs.values()) / 2**20, 1)}
+            for kind, procs in u.items()}
+
+
+def update_phase(sf: SimFleet, label: str, args: list[str], lag: LagWatch,
+                 *, timeout: float = 900.0) -> dict[str, Any]:
+    """Apply DaemonSet `bench` with `args` and wait until every node applied it (the
+    simulators) and the cloud recorded every ack; the figures of that phase."""
+    fleet, nodes = sf.fleet, sf.nodes
+    before = sf.stats()
+    gens_before = sum(before["gens"].values())
+    acks_before = _messages_in(fleet, "ack")
+    u0 = sf.usage()
+    io0 = sum(_proc_io(pid) for pid in sf.broker_pids().values())
+    lag.reset()
+    t0 = time.monotonic()
+    fleet.apply([_ds(args)])
+    sf.wait(what=f"{label}: every node applied it",
+            count=lambda: sum(sf.stats()["gens"].values()) - gens_before, target=nodes,
+            timeout=timeout, interval=0.2)
+    edge_s = time.monotonic() - t0
+
+    lists = 0
+
+    def cloud_acked() -> float:
+        nonlocal lists
+        lists += 1
+        return sum(1 for n in fleet.nodes()
+                   if n["status"].get("ackedGen", 0) >= n["status"].get("desiredGen", 1))
+
+    # Wait on the ack counter (a metrics scrape), then confirm with a list of every
+    # node: the cloud's CPU is the updates', not 20-50 lists of 15k nodes made by
+    # this bench while it waits (as it was until issue 13).
+    sf.wait(what=f"{label}: the cloud received every node's ack",
+            count=lambda: _sum(lag.scrape(), "cloudcore_messages_in_total", 'type="ack"')
+            - acks_before, target=nodes, timeout=timeout, interval=0.2)
+    sf.wait(what=f"{label}: the cloud recorded every ack (ackedGen == desiredGen)",
+            count=cloud_acked, target=nodes, timeout=timeout, interval=1.0)
+    cloud_s = time.monotonic() - t0
+    time.sleep(1.2)  # the simulators' stats files are rewritten every second
+    after = sf.stats()
+    u1 = sf.usage()
+    lag.scrape()
+    io1 = sum(_proc_io(pid) for pid in sf.broker_pids().values())
+    cloud_cpu = u1["cloud"]["cloudcore"][0] - u0["cloud"]["cloudcore"][0]
+    return {
+        "all_nodes_applied_s": round(edge_s, 2),
+        "cloud_recorded_all_acks_s": round(cloud_s, 2),
+        "msgs_per_node_update": round(
+            (after["msgs_in"] + after["msgs_out"] - before["msgs_in"]
+             - before["msgs_out"]) / nodes, 2),
+        "bytes_down_per_node": round((after["bytes_in"] - before["bytes_in"]) / nodes),
+        "bytes_up_per_node": round((after["bytes_out"] - before["bytes_out"]) / nodes),
+        # both legs (cloud <-> broker <-> node), both directions, as the brokers'
+        # sockets saw them: TLS records and MQTT framing included
+        "broker_wire_bytes_per_node": round((io1 - io0) / nodes),
+        "cloud_cpu_s_per_1000_nodes": round(cloud_cpu / nodes * 1000, 3),
+        # the same figure read per node: CPU-ms per node-update
+        "cloud_cpu_ms_per_node_update": round(cloud_cpu * 1000 / nodes, 3),
+        "cpu_s_per_1000_nodes": _kinds_delta(u0, u1, nodes),
+        "worst_loop_lag_ms": round(lag.worst * 1000, 1),
+        "node_lists_while_waiting": lists,
+        "load1": Path("/proc/loadavg").read_text().split()[0],
+    }
+
+
+def edge_gens(sf: SimFleet, *, timeout: float = 60.0) -> dict[str, tuple[str | None, int]]:
+    """Every simulated node's applied (epoch, gen): SIGUSR2 to each simulator, which
+    writes its `--gens-file`; BenchFailure if one does not answer."""
+    files = [Path(str(f).removesuffix(".json") + ".gens.json") for f in sf.stats_files]
+    t0 = time.time()
+    for proc in sf.sims:
+        if proc.alive() and proc.popen is not None:
+            proc.popen.send_signal(signal.SIGUSR2)
+    out: dict[str, tuple[str | None, int]] = {}
+    for proc, f in zip(sf.sims, files, strict=True):
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                doc = json.loads(f.read_text())
+                if float(doc["ts"]) >= t0:
+                    break
+            except (OSError, ValueError, KeyError):
+                pass
+            if time.monotonic() > deadline or not proc.alive():
+                raise BenchFailure(sf.diagnose(f"{proc.name} wrote no gens file ({f})"))
+            time.sleep(0.2)
+        out.update({n: (e, int(g)) for n, (e, g) in doc["nodes"].items()})
+    return out
+
+
+def audit(sf: SimFleet) -> dict[str, Any]:
+    """Every node's applied state (the simulators) against the cloud's record (the API's
+    node list): `acked_lost` counts nodes whose applied gen is below the gen the cloud
+    recorded as acked (an acknowledged update the edge no longer has: must be 0);
+    `behind` nodes not (yet) at their desired gen; `epochs` how many desired-state
+    epochs the nodes hold (one, unless some were sent a snapshot under a new epoch)."""
+    edge = edge_gens(sf)
+    cloud = {n["metadata"]["name"]: n.get("status", {}) for n in sf.fleet.nodes()}
+    lost, behind, missing = [], [], []
+    for name, (_, gen) in edge.items():
+        st = cloud.get(name)
+        if st is None:
+            missing.append(name)
+            continue
+        if gen < int(st.get("ackedGen", 0)):
+            lost.append(name)
+        if gen < int(st.get("desiredGen", 0)):
+            behind.append(name)
+    epochs = {e for e, _ in edge.values()}
+    return {"nodes_checked": len(edge), "acked_lost": len(lost), "acked_lost_e_g": lost[:10],
+            "behind_desired": len(behind), "behind_e_g": behind[:10],
+            "unknown_to_cloud": len(missing), "epochs": len(epochs),
+            "all_applied": not lost and not behind and not missing
+            and len(edge) == sf.nodes}
+
+
+def describe_fleet(sf: SimFleet) -> dict[str, Any]:
+    """The brokers and processes a run used, for its result."""
+    homed = sf.homed()
+    u = sf.usage()
+    return {
+        "brokers": [{"name": n, "address": f"{mq.host}:{mq.port}",
+                     "pid": mq.proc.pid if mq.proc else None,
+                     "sessions_homed": homed.get(n, 0)}
+                    for n, mq in sf.fleet.brokers.items()],
+        "broker_map": sf.map_source or "one broker: every partition",
+        "processes": {kind: {n: {"pid": pid, "rss_mb": round(u[kind].get(n, (0, 0))[1]
+                                                                / 2**20, 1)}
+                             for n, pid in pids.items()}
+                      for kind, pids in sf.pids().items()},
+        "simulator_sessions_each": [int(s.get("nodes", 0)) for s in sf.sim_stats()],
+        "fd_limit": fd_limit(),
+        "cloud_broker_view": _cloud_view(sf),
+    }
+
+
+def _cloud_view(sf: SimFleet) -> dict[str, Any] | str:
+    """Per broker, the sessions the cloud last heard there and whether it is connected
+    (`GET /api/v1/brokermap`), or why there is none."""
+    try:
+        doc = sf.fleet.get("/api/v1/brokermap")
+    except urllib.error.HTTPError as exc:
+        return f"none: GET /api/v1/brokermap answered {exc.code}"
+    except (urllib.error.URLError, OSError) as exc:
+        return f"none: {exc}"
+    return {n: {k: b.get(k) for k in ("sessions", "connected", "homeOf")}
+            for n, b in (doc.get("brokers") or {}).items() if isinstance(b, dict)}
+
+
 def _sync(sf: SimFleet, workdir: Path, *, steady_s: float = 60.0) -> dict[str, Any]:
-    fleet, nodes, stats = sf.fleet, sf.nodes, sf.stats_files
+    fleet, nodes = sf.fleet, sf.nodes
     _, rss0 = _proc_usage(sf.cloud_pid)
+    lag = LagWatch(fleet)
     results: dict[str, Any] = {"nodes": nodes, "simulator_processes": sf.procs,
+                               "broker_processes": len(sf.fleet.brokers),
                                "secure": sf.secure,
                                "load_start": Path("/proc/loadavg").read_text().split()[0],
                                "connect_s": round(sf.connect_s, 1),
@@ -310,60 +844,26 @@ def _sync(sf: SimFleet, workdir: Path, *, steady_s: float = 60.0) -> dict[str, A
         results["join_cloud_cpu_s_per_1000_nodes"] = round(
             sf.join_cloud_cpu_s / nodes * 1000, 2)
     for label, args in (("create", ["sleep", "1"]), ("update", ["sleep", "2"])):
-        before = _stats(stats)
-        gens_before = sum(before["gens"].values())
-        acks_before = _messages_in(fleet, "ack")
-        c0, _ = _proc_usage(sf.cloud_pid)
-        io0 = _proc_io(sf.broker_pid)
-        t0 = time.monotonic()
-        fleet.apply([_ds(args)])
-        fleet.wait(lambda b=gens_before: sum(_stats(stats)["gens"].values()) >= b + nodes,
-                   timeout=900, what=f"{label}: all {nodes} nodes applied", interval=0.2)
-        edge_s = time.monotonic() - t0
-
-        lists = 0
-
-        def cloud_acked() -> bool:
-            nonlocal lists
-            lists += 1
-            return all(n["status"].get("ackedGen", 0) >= n["status"].get("desiredGen", 1)
-                       for n in fleet.nodes())
-
-        # Wait on the ack counter (a metrics scrape), then confirm with a list of every
-        # node: the cloud's CPU is the updates', not 20-50 lists of 15k nodes made by
-        # this bench while it waits (as it was until issue 13).
-        fleet.wait(lambda a=acks_before: _messages_in(fleet, "ack") >= a + nodes,
-                   timeout=300, what=f"{label}: cloud received {nodes} acks", interval=0.2)
-        fleet.wait(cloud_acked, timeout=300, what=f"{label}: cloud recorded all acks",
-                   interval=1.0)
-        cloud_s = time.monotonic() - t0
-        time.sleep(1)
-        after = _stats(stats)
-        c1, rss1 = _proc_usage(sf.cloud_pid)
-        io1 = _proc_io(sf.broker_pid)
-        results[label] = {
-            "all_nodes_applied_s": round(edge_s, 2),
-            "cloud_recorded_all_acks_s": round(cloud_s, 2),
-            "msgs_per_node_update": round(
-                (after["msgs_in"] + after["msgs_out"] - before["msgs_in"]
-                 - before["msgs_out"]) / nodes, 2),
-            "bytes_down_per_node": round((after["bytes_in"] - before["bytes_in"]) / nodes),
-            "bytes_up_per_node": round((after["bytes_out"] - before["bytes_out"]) / nodes),
-            # both legs (cloud <-> broker <-> node), both directions, as the broker's
-            # sockets saw them: TLS records and MQTT framing included
-            "broker_wire_bytes_per_node": round((io1 - io0) / nodes),
-            "cloud_cpu_s_per_1000_nodes": round((c1 - c0) / nodes * 1000, 3),
-            # the same figure read per node: CPU-ms per node-update
-            "cloud_cpu_ms_per_node_update": round((c1 - c0) * 1000 / nodes, 3),
-            "node_lists_while_waiting": lists,
-            "load1": Path("/proc/loadavg").read_text().split()[0],
-        }
+        results[label] = update_phase(sf, label, args, lag)
     if steady_s > 0:
         results["steady"] = _steady(sf, steady_s)
+    m = lag.scrape()
     cpu1, rss1 = _proc_usage(sf.cloud_pid)
     results["cloud_rss_mb"] = round(rss1 / 2**20, 1)
     results["cloud_rss_mb_per_1000_nodes"] = round(rss1 / 2**20 / nodes * 1000, 2)
     results["cloud_cpu_s_total"] = round(cpu1, 1)
+    results["worst_loop_lag_ms"] = round(max(results["create"]["worst_loop_lag_ms"],
+                                             results["update"]["worst_loop_lag_ms"]), 1)
+    results["cloud_desired_sent"] = int(_sum(m, "cloudcore_messages_out_total",
+                                             'type="desired"'))
+    results["cloud_desired_resends"] = int(_sum(m, "cloudcore_desired_resends_total"))
+    results["edge_snapshots_in"] = sum(int(s.get("snapshots_in", 0)) for s in sf.sim_stats())
+    results["edge_deltas_in"] = sum(int(s.get("deltas_in", 0)) for s in sf.sim_stats())
+    results["gaps"] = sum(int(s.get("gaps", 0)) for s in sf.sim_stats())
+    results["invalid"] = sum(int(s.get("invalid", 0)) for s in sf.sim_stats())
+    results["audit"] = audit(sf)
+    results["rss"] = _rss(sf.usage())
+    results.update(describe_fleet(sf))
     results["load_end"] = Path("/proc/loadavg").read_text().split()[0]
     print(json.dumps(results, indent=2), flush=True)
     steady = results.get("steady") or {}
@@ -372,8 +872,9 @@ def _sync(sf: SimFleet, workdir: Path, *, steady_s: float = 60.0) -> dict[str, A
           f"{steady.get('cloud_cpu_ms_per_report')} ms per node status report "
           f"({steady.get('reports')} reports in {steady.get('seconds')} s); RSS per 1,000 "
           f"nodes: {results['cloud_rss_idle_mb_per_1000_nodes']} MB idle, "
-          f"{results['cloud_rss_mb_per_1000_nodes']} MB after both phases; load "
-          f"{results['load_start']} -> {results['load_end']}", flush=True)
+          f"{results['cloud_rss_mb_per_1000_nodes']} MB after both phases; worst loop lag "
+          f"{results['worst_loop_lag_ms']} ms; load {results['load_start']} -> "
+          f"{results['load_end']}", flush=True)
     (workdir / "result.json").write_text(json.dumps(results, indent=2))
     return results
 
@@ -461,7 +962,7 @@ def _batches(log: Path, offset: int, revision: str) -> tuple[int, int]:
     return len(sizes), sum(sizes)
 
 
-def bench_rollout(*, nodes: int, procs: int, batch: int | str, workdir: Path,
+def bench_rollout(*, nodes: int, procs: int | None, batch: int | str, workdir: Path,
                   secure: bool = True) -> int:
     try:
         with simulated_fleet(nodes=nodes, procs=procs, workdir=workdir, secure=secure,
@@ -573,10 +1074,20 @@ def main(argv: list[str] | None = None) -> int:
                                 description=__doc__.splitlines()[0])
     p.add_argument("what", choices=["sync", "rollout"])
     p.add_argument("--nodes", type=int, default=5000)
-    p.add_argument("--procs", type=int, default=2, help="simulator processes")
-    p.add_argument("--mode", choices=["both", "secure", "insecure"], default="both",
-                   help="sync: secure, insecure or both side by side; rollout: secure "
-                        "unless insecure")
+    p.add_argument("--procs", type=int, default=None,
+                   help="simulator processes (default: enough for the open-file limit, "
+                        "at least 2)")
+    p.add_argument("--brokers", type=int, default=None,
+                   help="mosquitto processes (default: nodes / --per-broker, rounded up)")
+    p.add_argument("--per-broker", type=int, default=PER_BROKER,
+                   help="sessions a broker is sized for (default %(default)s)")
+    p.add_argument("--rate", type=float, default=500.0,
+                   help="connects per second per simulator process (default %(default)s)")
+    p.add_argument("--stall", type=float, default=60.0,
+                   help="fail a wait after this many seconds without progress")
+    p.add_argument("--mode", choices=["both", "secure", "insecure"], default=None,
+                   help="sync: secure, insecure or both side by side (default: both up "
+                        "to 20,000 nodes, secure above); rollout: secure unless insecure")
     p.add_argument("--batch", default="10%", help="rollout: maxUnavailable (10%%)")
     p.add_argument("--workdir", type=Path, default=None)
     p.add_argument("--cloud-tree", type=Path, default=None,
@@ -597,9 +1108,17 @@ def main(argv: list[str] | None = None) -> int:
         return bench_rollout(nodes=a.nodes, procs=a.procs, batch=batch,
                              workdir=a.workdir or Path("var/bench-rollout"),
                              secure=a.mode != "insecure")
-    modes = ("secure", "insecure") if a.mode == "both" else (a.mode,)
+    modes = sync_modes(a.mode)
     return bench_sync(nodes=a.nodes, procs=a.procs, workdir=a.workdir or Path("var/bench"),
-                      modes=modes, cloud_tree=tree, steady_s=a.steady)
+                      modes=modes, cloud_tree=tree, steady_s=a.steady, brokers=a.brokers,
+                      per_broker=a.per_broker, rate=a.rate, stall_s=a.stall)
+
+
+def sync_modes(mode: str | None) -> tuple[str, ...] | None:
+    """`--mode` as `bench_sync` takes it (None: by the fleet's size, `_mode_label`)."""
+    if mode is None:
+        return None
+    return ("secure", "insecure") if mode == "both" else (mode,)
 
 
 if __name__ == "__main__":

@@ -87,6 +87,7 @@ class Mosquitto:
                  workdir: Path | None = None, persistence: bool = False,
                  security: BrokerSecurity | None = None, insecure: bool = False,
                  log_types: tuple[str, ...] = ("error", "warning", "notice", "information"),
+                 shared_auth: tuple[Path, Path] | None = None,
                  ) -> None:
         if (security is None) != insecure:
             raise ValueError("give the broker its security (BrokerSecurity), or ask for the "
@@ -101,8 +102,9 @@ class Mosquitto:
         self.workdir = workdir or self.rundir
         self.persistence = persistence
         self.security = security
-        self.passwd = self.rundir / "passwd"
-        self.acl = self.rundir / "acl"
+        # A broker of a tier (issue 14) reads the password file and ACL another broker's
+        # cloudcore keeps (`shared_auth` = (passwd, acl)): every broker knows every node.
+        self.passwd, self.acl = shared_auth or (self.rundir / "passwd", self.rundir / "acl")
         self.tls_dir = self.rundir / "tls"
         self.cert_port: int | None = None
         if security is not None and security.client_cert_port is not None:
@@ -348,6 +350,19 @@ def spread_partitions(brokers: int, partitions: int = topics.PARTITIONS) -> list
     for b in range(brokers):
         out += [b] * (base + (1 if b < extra else 0))
     return out
+
+
+def contract_partitions(names: list[str], partitions: int = topics.PARTITIONS,
+                        ) -> list[list[str]]:
+    """partition -> broker names as proposal 0007's `BrokerMap.spread` orders them (the
+    map cloudcore makes from its `--broker` flags): partition p's home is broker
+    `p % n` in name order, the others follow as fallbacks in rotation. For a cloudcore
+    that does not serve its map (`GET /api/v1/brokermap`)."""
+    if not names:
+        raise ValueError("names: at least one broker")
+    order = sorted(names)
+    n = len(order)
+    return [[order[(p + k) % n] for k in range(n)] for p in range(partitions)]
 
 
 def brokers_for(sessions: int, *, per_broker: int) -> int:
@@ -615,6 +630,7 @@ __all__ = [
     "NatsSettings",
     "broker_map",
     "brokers_for",
+    "contract_partitions",
     "nats_config",
     "nats_subject",
     "nats_users",

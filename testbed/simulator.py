@@ -35,6 +35,10 @@ node to its partition's first broker instead of `--host/--port`, and to the next
 its list when a first connect fails. `--report-on-sigusr1`: SIGUSR1 makes every connected
 node send one report at once (`testbed bench brokers` measures that fan-in). The stats
 name what keeps sessions out: errors by kind, the last one, and some unconnected nodes.
+They also count the desired messages received by kind (`snapshots_in`, `deltas_in`) and
+sessions lost after they were up (`disconnects`). `--gens-file FILE`: on SIGUSR2 every
+node's applied (epoch, gen) is written there (`testbed bench storm` checks that nothing
+the cloud recorded as acked was lost).
 """
 
 from __future__ import annotations
@@ -111,6 +115,7 @@ class SimSettings:
     brokers: tuple[tuple[tuple[str, int], ...], ...] = ()  # partition -> (host, port)s a
     # node tries in turn (`--broker-map`); empty: every node uses host and port
     report_on_sigusr1: bool = False  # SIGUSR1: every connected node reports once, now
+    gens_path: Path | None = None  # SIGUSR2: write every node's (epoch, gen) here
 
 
 class SimNode:
@@ -225,6 +230,7 @@ class SimNode:
         if self.connected:
             self.connected = False
             self.sim.connected -= 1
+            self.sim.disconnects += 1
 
     def on_message(
         self, client: gmqtt.Client, topic: str, payload: bytes, qos: int, props: Any
@@ -252,6 +258,10 @@ class SimNode:
 
     def on_desired(self, msg: Desired) -> None:
         now = time.time()
+        if msg.snapshot:
+            self.sim.snapshots_in += 1
+        else:
+            self.sim.deltas_in += 1
         if self.first_desired_at is None:
             self.first_desired_at = now
         outcome = self.desired.classify(msg)
@@ -365,6 +375,8 @@ class Simulator:
         self.connected = 0
         self.msgs_in = self.msgs_out = self.bytes_in = self.bytes_out = 0
         self.reacks = self.gaps = self.invalid = self.connect_failures = 0
+        self.snapshots_in = self.deltas_in = 0  # desired messages received, by kind
+        self.disconnects = 0  # sessions lost after they were up (gmqtt reconnects them)
         self.connect_errors: dict[str, int] = {}  # kind of first-connect failure -> count
         self.last_connect_error: str | None = None
         self.signalled_reports = 0  # reports sent on SIGUSR1
@@ -400,6 +412,10 @@ class Simulator:
         tasks: list[asyncio.Task[None]] = []
         if self.settings.report_on_sigusr1:
             asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, self.report_all)
+        if self.settings.gens_path is not None:
+            path = self.settings.gens_path
+            asyncio.get_running_loop().add_signal_handler(
+                signal.SIGUSR2, lambda: self.write_gens(path))
         try:
             async with asyncio.TaskGroup() as tg:
                 tasks.append(tg.create_task(self._connect_all(), name="sim.connect"))
@@ -544,6 +560,9 @@ class Simulator:
             "at_gen": {str(g): c for g, c in sorted(at_gen.items())},
             "reacks": self.reacks,
             "gaps": self.gaps,
+            "snapshots_in": self.snapshots_in,
+            "deltas_in": self.deltas_in,
+            "disconnects": self.disconnects,
             "invalid": self.invalid,
             "msgs_in": self.msgs_in,
             "msgs_out": self.msgs_out,
@@ -571,6 +590,16 @@ class Simulator:
                 for n in self.nodes
             }
         return out
+
+    def write_gens(self, path: Path) -> None:
+        """Every node's applied desired state, `{"ts", "nodes": {name: [epoch, gen]}}`,
+        atomically: what a benchmark checks against the cloud's acked gens (an update
+        the cloud recorded as acked must be applied here)."""
+        doc = {"ts": time.time(),
+               "nodes": {n.name: [n.desired.epoch, n.desired.gen] for n in self.nodes}}
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(doc))
+        os.replace(tmp, path)
 
     def write_stats(self, path: Path) -> None:
         """Atomically (write + rename), so a reader never sees half a file."""
@@ -606,6 +635,7 @@ async def run_simulator(
     ca_file: Path | None = None,
     brokers: tuple[tuple[tuple[str, int], ...], ...] = (),
     report_on_sigusr1: bool = False,
+    gens_path: Path | None = None,
 ) -> None:
     """Simulate `names` as edge nodes against the broker until cancelled."""
     settings = SimSettings(
@@ -626,6 +656,7 @@ async def run_simulator(
         ca_file=ca_file,
         brokers=brokers,
         report_on_sigusr1=report_on_sigusr1,
+        gens_path=gens_path,
     )
     await Simulator(settings).run()
 
@@ -742,6 +773,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="on SIGUSR1 every connected node sends one report at once (fan-in benchmarks)",
     )
+    p.add_argument(
+        "--gens-file",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="on SIGUSR2 write every node's applied (epoch, gen) to FILE (benchmarks check "
+        "them against the cloud's acked gens)",
+    )
     p.add_argument("--no-uvloop", action="store_true", help="use the default asyncio loop")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
@@ -805,6 +844,7 @@ def main(argv: list[str] | None = None) -> int:
                 ca_file=args.ca_file,
                 brokers=brokers,
                 report_on_sigusr1=args.report_on_sigusr1,
+                gens_path=args.gens_file,
             )
 
     coro = serve()
