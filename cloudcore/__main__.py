@@ -81,6 +81,12 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
     p.add_argument("--mqtt-client-cert", action="store_true",
                    default=_env_flag("MQTT_CLIENT_CERT"),
                    help="present fleet-CA client certificates (CN = USER_sub, USER_pub<i>)")
+    p.add_argument("--broker", action="append", metavar="NAME=URL",
+                   default=_env_list("BROKER"),
+                   help="a broker of the tier, e.g. mq-1=mqtts://mq-1.example:8883 "
+                        "(repeatable): the partition -> broker map is spread over them on "
+                        "first start, then kept in the store (fedctl brokers ...); none: "
+                        "one broker mq-0 at --mqtt-host:port")
     p.add_argument("--publishers", type=int, default=int(_env("PUBLISHERS",
                                                               str(d.mqtt.publishers))))
     p.add_argument("--http-host", default=_env("HTTP_HOST", d.http.host))
@@ -168,6 +174,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
     s.forecast.interval = a.forecast_interval
     s.mqtt.host, s.mqtt.port = a.mqtt_host, a.mqtt_port
     s.mqtt.publishers = a.publishers
+    s.mqtt.brokers = _brokers(a.broker)
     s.mqtt.username = a.mqtt_username
     if a.mqtt_password_file:
         s.mqtt.password = _read_secret(Path(a.mqtt_password_file), "--mqtt-password-file")
@@ -195,6 +202,20 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
     s.store.encryption_key_file = (Path(a.encryption_key_file) if a.encryption_key_file
                                    else None)
     return s
+
+
+def _brokers(flags: Sequence[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for flag in flags:
+        name, sep, url = flag.partition("=")
+        name, url = name.strip(), url.strip()
+        if not sep or not name or not url:
+            raise ConfigError(f"--broker {flag!r}: expected NAME=URL, e.g. "
+                              "mq-1=mqtts://mq-1.example:8883", field="mqtt.brokers")
+        if name in out:
+            raise ConfigError(f"--broker {name}: given twice", field="mqtt.brokers")
+        out[name] = url
+    return out
 
 
 def backup_main(argv: Sequence[str]) -> int:

@@ -15,6 +15,8 @@ from pathlib import Path
 
 from cloudcore.errors import ConfigError
 from cloudcore.fleet.admission import PolicySettings
+from shared.brokermap import parse_url, valid_name
+from shared.errors import ObjectError
 
 
 @dataclass
@@ -67,6 +69,13 @@ class MqttSettings:
     """First reconnect delay in seconds (jittered, doubled per failure)."""
     reconnect_cap: float = 30.0
     """Longest reconnect delay in seconds."""
+    brokers: dict[str, str] = field(default_factory=dict)
+    """`--broker NAME=URL` (repeatable): the brokers of a tier (proposal 0007), name ->
+    `mqtts://host:port` (`mqtt://` only with `--insecure`). Used to make the partition ->
+    broker map on first start (`BrokerMap.spread`); afterwards the map in the store wins
+    and a name it lacks is added (active, no partitions). cloudcore connects to each
+    broker at its URL (the one `--advertise-mqtt` names at host/port above). Empty: one
+    broker, `mq-0`, at host/port above, advertised as today."""
 
     def identity(self, role: str) -> str:
         """The login and client id of one connection: `sub`, or `pub<i>`."""
@@ -231,6 +240,19 @@ class Settings:
                               field="mqtt.ca_file")
         if self.mqtt.client_cert and not self.mqtt.tls:
             raise ConfigError("mqtt.client_cert needs mqtt.tls", field="mqtt.client_cert")
+        for name, url in self.mqtt.brokers.items():
+            where = f"mqtt.brokers.{name}"
+            if not valid_name(name):
+                raise ConfigError(f"--broker {name}={url}: the name must be a DNS label "
+                                  "(lower-case letters, digits, '-')", field=where)
+            try:
+                tls = parse_url(url, where).tls
+            except ObjectError as exc:
+                raise ConfigError(f"--broker {name}={url}: {exc.message}",
+                                  field=where) from None
+            if not tls and not self.insecure:
+                raise ConfigError(f"--broker {name}={url}: a plain mqtt:// broker needs "
+                                  "--insecure; use mqtts://", field=where)
         _positive("mqtt.reconnect_base", self.mqtt.reconnect_base)
         if self.mqtt.reconnect_cap < self.mqtt.reconnect_base:
             raise ConfigError("mqtt.reconnect_cap must be >= mqtt.reconnect_base",

@@ -4,8 +4,9 @@
 asyncio.TaskGroup of named tasks until cancelled:
 
     cloudcore.store.writer        batched LMDB commits
-    cloudcore.synchub.subscriber  MQTT in: reports, acks, resyncs, wills
-    cloudcore.synchub.publisher[i] MQTT out: deltas and report acks
+    cloudcore.synchub.brokers     the broker connections, per broker of the map:
+      cloudcore.synchub.subscriber[B]    MQTT in: reports, acks, resyncs, wills
+      cloudcore.synchub.publisher[B][i]  MQTT out: deltas and report acks
     cloudcore.synchub.retries     resend deltas whose ack is late
     cloudcore.synchub.liveness    NotReady after missed heartbeats
     cloudcore.fleet.expander      expands DaemonSets over big fleets in bounded slices
@@ -19,6 +20,13 @@ asyncio.TaskGroup of named tasks until cancelled:
 Before the store opens, the fleet CA is loaded or made (`STATE/pki`, cloudcore.auth.pki)
 and the API's certificate issued; with `--insecure` the API serves plain HTTP, without
 auth, and the hub accepts unsealed messages, after a loud warning.
+
+The brokers (proposal 0007): the partition -> broker map comes from the store, else
+from `--broker` flags, else it is one broker `mq-0` at `--mqtt-host:port` (today's
+behaviour; `cloudcore.synchub.brokers.initial_map`). cloudcore keeps one subscriber and
+`--publishers` publishers on every broker of the map, all logging in with the same
+service identities (every broker shares the password file, ACL and TLS files cloudcore
+writes), and the API changes the map live (`BrokerTier`).
 
 If any task fails, the group cancels the rest and `run` raises; on cancellation
 the store commits what is pending before it closes.
@@ -37,7 +45,7 @@ import ssl
 import sys
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +58,7 @@ from cloudcore.auth import Auth
 from cloudcore.auth.broker import BrokerFiles, mosquitto_acl, service_identities
 from cloudcore.auth.pki import RENEW_BEFORE, FleetCA, api_hosts, not_after
 from cloudcore.auth.secrets import mosquitto_hash
-from cloudcore.config import Settings
+from cloudcore.config import MqttSettings, Settings
 from cloudcore.errors import ConfigError
 from cloudcore.fleet import Fleet, Liveness
 from cloudcore.fleet.admission import Admission
@@ -66,7 +74,11 @@ from cloudcore.release import open_release_key
 from cloudcore.scheduler import Scheduler
 from cloudcore.store import Store
 from cloudcore.synchub import SyncHub
+from cloudcore.synchub.brokers import STORE_DB, STORE_KEY, BrokerTier, Routes, initial_map
 from cloudcore.synchub.mqtt import Publisher, SessionCloser, Subscriber, client_tls
+from shared.brokermap import Broker, parse_url, url_of
+from shared.entries import BROKER_MAP_KEY
+from shared.errors import ObjectError
 
 log = logging.getLogger("cloudcore")
 
@@ -90,6 +102,7 @@ class Running:
     url: str
     ca: FleetCA
     broker_files: BrokerFiles
+    brokers: BrokerTier
 
 
 async def run(settings: Settings, *,
@@ -110,7 +123,8 @@ async def run(settings: Settings, *,
     if settings.auth.broker_cert_dir is not None:
         ca.write_broker_certs(settings.auth.broker_cert_dir, broker_hosts(settings))
     _mqtt_password(settings)
-    mqtt_tls = _mqtt_tls(settings, ca)
+    mqtt_tls = _mqtt_tls(settings, ca, any_tls=any(
+        u.startswith("mqtts://") for u in settings.mqtt.brokers.values()))
     if settings.auth.node_certs and not settings.advertised_broker()[2]:
         log.warning("--node-certs with a plain broker address: nodes get certificates "
                     "they cannot use; advertise mqtts://HOST:PORT")
@@ -131,6 +145,17 @@ async def run(settings: Settings, *,
                       events=settings.api.events, background=True)
         records = store.load()
         fleet.load(records)
+        stored_map = records.get(STORE_DB, {}).get(STORE_KEY)
+        try:
+            first_map, to_store = initial_map(
+                stored_map, settings.mqtt.brokers,
+                default_url=url_of(*settings.advertised_broker()[:2],
+                                   tls=settings.advertised_broker()[2]))
+        except ObjectError as exc:
+            raise ConfigError(exc.message, field="mqtt.brokers") from None
+        if to_store:
+            store.put(STORE_DB, STORE_KEY, first_map.to_value())
+        routes = Routes(first_map)
         closer = _session_closer(settings, ca)
         auth, broker_files = _open_auth(settings, store, records, ca=ca,
                                         on_revoked=closer.close if closer else None)
@@ -140,28 +165,27 @@ async def run(settings: Settings, *,
         forecaster = open_forecaster(settings, fleet)
         hub = SyncHub(nodes=fleet, desired=fleet.desired_sets, store=store,
                       settings=settings.sync, metrics=metrics,
-                      keys=auth.node_key, insecure=settings.insecure)
-        publishers = [Publisher(settings.mqtt, index=i, tls=mqtt_tls.get(f"pub{i}"))
-                      for i in range(settings.mqtt.publishers)]
+                      keys=auth.node_key, insecure=settings.insecure, routes=routes)
+        links = BrokerLinks(settings, hub=hub, tls=mqtt_tls)
+        for name, b in first_map.brokers.items():
+            links.open(name, b)
+        hub.attach(links.send, backlog=links.backlog)
 
-        def send(partition: int, topic: str, payload: bytes) -> None:
-            publishers[partition % len(publishers)].enqueue(topic, payload)
+        def tell(entries: dict[str, dict[str, Any]]) -> None:
+            for node, value in entries.items():
+                fleet.desired_sets.put_entry(node, BROKER_MAP_KEY, value)
+            fleet.commit()
 
-        hub.attach(send, backlog=lambda: sum(p.backlog for p in publishers))
-        connected = {"sub": False}
-
-        def on_connected(up: bool) -> None:
-            connected["sub"] = up
-
-        subscriber = Subscriber(settings.mqtt, handler=hub.handle, on_connected=on_connected,
-                                tls=mqtt_tls.get("sub"))
-        _register_gauges(metrics, fleet=fleet, store=store, publishers=publishers)
+        tier = BrokerTier(routes=routes, store=store, connections=links,
+                          nodes=lambda: list(fleet.nodes), tell=tell,
+                          persisted=to_store or stored_map is not None)
+        _register_gauges(metrics, fleet=fleet, store=store, backlog=links.backlog)
         lists = ListCache(fleet.objects)
         app = create_app(fleet, cache=lists, metrics=metrics, flush=store.flush,
-                         ready=lambda: connected["sub"], auth=auth, settings=settings.api,
-                         auth_settings=settings.auth,
+                         ready=lambda: links.ready(routes.map), auth=auth,
+                         settings=settings.api, auth_settings=settings.auth,
                          broker=settings.advertised_broker(), ca=ca,
-                         requests=hub.requests, release_keys=[release_key])
+                         requests=hub.requests, release_keys=[release_key], brokers=tier)
         tls_kw: dict[str, Any] = {}
         if api_tls is not None:
             tls_kw = {"ssl_certfile": str(api_tls[0]), "ssl_keyfile": str(api_tls[1])}
@@ -170,9 +194,7 @@ async def run(settings: Settings, *,
                                         access_log=False, **tls_kw))
         async with asyncio.TaskGroup() as tg:
             tg.create_task(store.run(), name="cloudcore.store.writer")
-            tg.create_task(subscriber.run(), name="cloudcore.synchub.subscriber")
-            for i, pub in enumerate(publishers):
-                tg.create_task(pub.run(), name=f"cloudcore.synchub.publisher[{i}]")
+            tg.create_task(links.run(), name="cloudcore.synchub.brokers")
             tg.create_task(hub.run_retries(), name="cloudcore.synchub.retries")
             tg.create_task(hub.run_liveness(), name="cloudcore.synchub.liveness")
 
@@ -209,7 +231,106 @@ async def run(settings: Settings, *,
                 if on_started is not None:
                     on_started(Running(fleet=fleet, auth=auth, hub=hub, store=store,
                                        metrics=metrics, app=app, url=url, ca=ca,
-                                       broker_files=broker_files))
+                                       broker_files=broker_files, brokers=tier))
+
+
+class BrokerLinks:
+    """The cloud's connections to every broker of the map (`brokers.Connections`): one
+    subscriber, whose messages the hub learns the broker of, and `mqtt.publishers`
+    publishers each. `run()` owns their tasks until cancelled; `open`/`close` add and
+    stop a broker's connections while it runs (a live map change)."""
+
+    def __init__(self, settings: Settings, *, hub: SyncHub,
+                 tls: dict[str, ssl.SSLContext]) -> None:
+        self._settings = settings
+        self._hub = hub
+        self._tls = tls
+        self._advertised = url_of(*settings.advertised_broker()[:2],
+                                  tls=settings.advertised_broker()[2])
+        self._subs: dict[str, Subscriber] = {}
+        self._pubs: dict[str, list[Publisher]] = {}
+        self._up: dict[str, bool] = {}
+        self._tasks: dict[str, list[asyncio.Task[None]]] = {}
+        self._tg: asyncio.TaskGroup | None = None
+        self.unroutable = 0
+        """Messages dropped because their broker had no connections (the hub resends)."""
+
+    def endpoint(self, broker: Broker) -> MqttSettings:
+        """Where cloudcore reaches a broker: the broker that `--advertise-mqtt` (or the
+        default) names at `--mqtt-host:port`, as before the tier; any other at its first
+        URL."""
+        m = self._settings.mqtt
+        if self._advertised in broker.urls:
+            return m
+        u = parse_url(broker.urls[0])
+        return replace(m, host=u.host, port=u.port, tls=u.tls)
+
+    def open(self, name: str, broker: Broker) -> None:
+        if name in self._subs:
+            return
+        m = self.endpoint(broker)
+        tls = self._tls if m.tls else {}
+        if m.tls and not tls:
+            log.error("broker %s is TLS (%s) but cloudcore has no TLS context for it",
+                      name, broker.urls[0])
+
+        def on_connected(up: bool) -> None:
+            self._up[name] = up
+
+        self._subs[name] = Subscriber(m, handler=self._hub.handler_for(name),
+                                      on_connected=on_connected, tls=tls.get("sub"))
+        self._pubs[name] = [Publisher(m, index=i, tls=tls.get(f"pub{i}"))
+                            for i in range(m.publishers)]
+        self._up[name] = False
+        if self._tg is not None:
+            self._start(name)
+        log.info("broker %s: connecting to %s:%d (%s)", name, m.host, m.port,
+                 "TLS" if m.tls else "plain")
+
+    def close(self, name: str) -> None:
+        for task in self._tasks.pop(name, []):
+            task.cancel()
+        self._subs.pop(name, None)
+        self._pubs.pop(name, None)
+        self._up.pop(name, None)
+        log.info("broker %s: connections closed (taken out of the map)", name)
+
+    def connected(self, name: str) -> bool:
+        return self._up.get(name, False)
+
+    def ready(self, brokermap: Any) -> bool:
+        """Every active broker's subscriber is connected."""
+        return all(self._up.get(n, False) for n, b in brokermap.brokers.items()
+                   if b.state == "active")
+
+    def send(self, partition: int, topic: str, payload: bytes, broker: str) -> None:
+        pubs = self._pubs.get(broker)
+        if not pubs:
+            self.unroutable += 1
+            return
+        pubs[partition % len(pubs)].enqueue(topic, payload)
+
+    def backlog(self) -> int:
+        return sum(p.backlog for pubs in self._pubs.values() for p in pubs)
+
+    def _start(self, name: str) -> None:
+        assert self._tg is not None
+        tasks = [self._tg.create_task(self._subs[name].run(),
+                                      name=f"cloudcore.synchub.subscriber[{name}]")]
+        tasks += [self._tg.create_task(p.run(), name=f"cloudcore.synchub.publisher[{name}][{i}]")
+                  for i, p in enumerate(self._pubs[name])]
+        self._tasks[name] = tasks
+
+    async def run(self) -> None:
+        """Run every broker's connections until cancelled."""
+        async with asyncio.TaskGroup() as tg:
+            self._tg = tg
+            try:
+                for name in list(self._subs):
+                    self._start(name)
+                await asyncio.Event().wait()
+            finally:
+                self._tg = None
 
 
 class _Server(uvicorn.Server):
@@ -420,7 +541,12 @@ def broker_hosts(settings: Settings) -> list[str]:
     broker host, mqtt.host and loopback."""
     if settings.auth.broker_sans:
         return list(settings.auth.broker_sans)
-    return [settings.broker_address()[0], settings.mqtt.host, "127.0.0.1", "localhost"]
+    hosts = [settings.broker_address()[0], settings.mqtt.host, "127.0.0.1", "localhost"]
+    for url in settings.mqtt.brokers.values():  # one certificate for every broker
+        host = parse_url(url).host
+        if host not in hosts:
+            hosts.append(host)
+    return hosts
 
 
 def _mqtt_password(settings: Settings) -> None:
@@ -447,11 +573,13 @@ def _mqtt_password(settings: Settings) -> None:
     m.password = text
 
 
-def _mqtt_tls(settings: Settings, ca: FleetCA) -> dict[str, ssl.SSLContext]:
-    """A TLS context per broker identity (`sub`, `pub<i>`), or none without mqtt.tls.
-    With mqtt.client_cert each presents a fleet-CA certificate of its own identity."""
+def _mqtt_tls(settings: Settings, ca: FleetCA, *,
+              any_tls: bool = False) -> dict[str, ssl.SSLContext]:
+    """A TLS context per broker identity (`sub`, `pub<i>`), or none without mqtt.tls
+    (and no `mqtts://` broker: `any_tls`). With mqtt.client_cert each presents a
+    fleet-CA certificate of its own identity. One context serves every broker."""
     m = settings.mqtt
-    if not m.tls:
+    if not m.tls and not any_tls:
         return {}
     ca_file = m.ca_file or ca.cert_path
     roles = ["sub"] + [f"pub{i}" for i in range(m.publishers)]
@@ -494,7 +622,7 @@ def _url_host(host: str) -> str:
 
 
 def _register_gauges(metrics: Metrics, *, fleet: Fleet, store: Store,
-                     publishers: list[Publisher]) -> None:
+                     backlog: Callable[[], int]) -> None:
     metrics.describe("cloudcore_nodes", "Nodes by readiness.")
     metrics.describe("cloudcore_store_commits", "Batched store write transactions committed.")
     metrics.describe("cloudcore_store_ops_written", "Puts and deletes written by those commits.")
@@ -506,7 +634,7 @@ def _register_gauges(metrics: Metrics, *, fleet: Fleet, store: Store,
         yield "cloudcore_store_ops_written", (), float(store.ops_written)
         yield "cloudcore_store_pending_ops", (), float(store.pending)
         yield "cloudcore_pods", (), float(len(fleet.pods))
-        yield "cloudcore_publish_backlog", (), float(sum(p.backlog for p in publishers))
+        yield "cloudcore_publish_backlog", (), float(backlog())
 
     metrics.add_gauges(gauges)
     add_rollout_gauges(metrics, fleet)

@@ -1,5 +1,5 @@
 """The fedctl commands: apply, get (-w), describe, delete, wait, rollout, label,
-cordon, uncordon, drain, events, token, apitoken, node and config.
+cordon, uncordon, drain, events, token, apitoken, node, brokers and config.
 
 Each command is small: parse flags, call `ApiClient`, hand the result to
 `fedctl.render`. Errors travel as `FedctlError` subclasses up to `_handles_errors`,
@@ -487,7 +487,14 @@ def get(
         typer.Option("--watch-for", metavar="DURATION", help="With -w: stop after this long."),
     ] = None,
 ) -> None:
-    """List objects as a table, or show one; -o json|yaml for scripts; -w to watch."""
+    """List objects as a table, or show one; -o json|yaml for scripts; -w to watch.
+    `get brokers` shows the partition -> broker map."""
+    if resource.lower() in BROKER_NAMES:
+        if watch or watch_for or name:
+            raise UsageError("get brokers takes no name and no -w")
+        with _state(ctx).client() as api:
+            _show_brokers(api.call("GET", "brokermap", what="broker map"), output)
+        return
     group = kinds.resolve(resource)
     ns = _namespace(namespace, all_namespaces)
     if watch or watch_for:
@@ -1102,6 +1109,13 @@ upgrade_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(upgrade_app, name="upgrade")
+brokers_app = typer.Typer(
+    help="The broker tier: add brokers, move partitions between them, drain and remove "
+    "them (operator). `fedctl get brokers` shows the map.",
+    no_args_is_help=True,
+)
+app.add_typer(brokers_app, name="brokers")
+BROKER_NAMES = ("brokers", "broker", "brokermap")
 
 
 def _when(value: Any) -> str:
@@ -1707,3 +1721,91 @@ def _follow_upgrade(ctx: typer.Context, name: str, limit: float | None) -> None:
                 raise FedctlError(f"timed out after {format_duration(limit)} waiting for "
                                   f"agentupgrade/{name}: {message}")
             time.sleep(0.5)
+
+
+# --- brokers (proposal 0007) -----------------------------------------------------------
+
+
+def _show_brokers(view: dict[str, Any], output: Output | None) -> None:
+    """The map as a table (one row per broker), or as JSON/YAML with -o."""
+    if output in (Output.json, Output.yaml):
+        writer = render.write_json if output is Output.json else render.write_yaml
+        writer(sys.stdout, view)
+        return
+    brokers = view.get("brokers") or {}
+    rows = [[str(name), str(b.get("state", "?")), ",".join(b.get("urls") or []),
+             str(b.get("homeOf", "?")), str(b.get("sessions", 0)),
+             "yes" if b.get("connected") else "no"]
+            for name, b in sorted(brokers.items())]
+    console = stdout_console()
+    render.simple_table(console, ["NAME", "STATE", "URL", "PARTITIONS", "SESSIONS",
+                                  "CONNECTED"], rows)
+    console.file.write(f"broker map version {view.get('version', '?')}\n")
+
+
+def _partitions(text: str) -> list[int]:
+    from shared.brokermap import parse_partitions
+    from shared.errors import ObjectError
+
+    try:
+        return parse_partitions(text)
+    except ObjectError as exc:
+        raise UsageError(f"--partitions {text!r}: {exc.message}") from None
+
+
+@brokers_app.command("add")
+@_handles_errors
+def brokers_add(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(metavar="NAME", help="A DNS label, e.g. mq-3.")],
+    url: Annotated[str, typer.Argument(metavar="URL", help="mqtts://host:port")],
+) -> None:
+    """Add a broker (active, home of no partition yet); cloudcore connects to it.
+    Start it first with the password file, ACL and TLS files cloudcore writes."""
+    with _state(ctx).client() as api:
+        view = api.call("POST", "brokermap/brokers", json={"name": name, "url": url})
+    _print(f"broker/{name} added (map version {view.get('version')}); move partitions to "
+           f"it with: fedctl brokers move --partitions 0-15 --to {name}")
+
+
+@brokers_app.command("move")
+@_handles_errors
+def brokers_move(
+    ctx: typer.Context,
+    *,
+    partitions: Annotated[str, typer.Option("--partitions", metavar="LIST",
+                                            help="e.g. 0-15,20 (0-255; 0x10 for hex).")],
+    to: Annotated[str, typer.Option("--to", metavar="NAME", help="The new home broker.")],
+) -> None:
+    """Make NAME the home of these partitions (the old home stays their first fallback);
+    their nodes are told and move within a minute."""
+    ps = _partitions(partitions)
+    with _state(ctx).client() as api:
+        view = api.call("POST", "brokermap/move", json={"partitions": ps, "to": to},
+                        what=f"broker {to!r}")
+    _print(f"{len(ps)} partition(s) now at broker/{to} (map version {view.get('version')})")
+
+
+@brokers_app.command("drain")
+@_handles_errors
+def brokers_drain(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(metavar="NAME")],
+) -> None:
+    """Move every partition of NAME home to the least loaded active brokers; NAME stays
+    their last fallback. Remove it once `fedctl get brokers` shows no sessions there."""
+    with _state(ctx).client() as api:
+        view = api.call("POST", f"brokermap/brokers/{name}/drain", what=f"broker {name!r}")
+    _print(f"broker/{name} draining (map version {view.get('version')})")
+
+
+@brokers_app.command("remove")
+@_handles_errors
+def brokers_remove(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(metavar="NAME")],
+) -> None:
+    """Take NAME out of the map (refused while it is home of any partition)."""
+    with _state(ctx).client() as api:
+        view = api.call("DELETE", f"brokermap/brokers/{name}", what=f"broker {name!r}")
+    _print(f"broker/{name} removed (map version {view.get('version')})")

@@ -40,6 +40,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from cloudcore.api.brokermap import BrokerTierPort, brokermap_router
 from cloudcore.api.listcache import ListCache
 from cloudcore.api.selectors import parse_selector
 from cloudcore.auth import Auth, AuthError, Principal, Role
@@ -54,6 +55,7 @@ from cloudcore.fleet.admission import PolicyRefused, missing_namespaces
 from cloudcore.fleet.objects import ApplyResult, dump_object, ident
 from cloudcore.metrics import Metrics
 from shared import seal
+from shared.brokermap import parse_url, url_of
 from shared.codec import DOWN_LIMITS, Limits
 from shared.entries import secret_entry
 from shared.errors import ObjectError
@@ -177,7 +179,14 @@ class ClientCert(BaseModel):
 
 class JoinResponse(BaseModel):
     node: dict[str, Any]
-    broker: BrokerAddress
+    broker: BrokerAddress = Field(description="The node's home broker (what agents from "
+                                  "before the broker tier read).")
+    brokers: list[str] = Field(default_factory=list, description="The node's brokers, "
+                               "home first, then fallbacks: mqtts://host:port "
+                               "(proposal 0007).")
+    broker_map_version: int = Field(1, description="Version of the partition -> broker "
+                                    "map that list comes from; a `broker/-/map` desired "
+                                    "entry of a later version replaces it.")
     credentials: Credentials
     key: str = Field(description="base64 of the node's 32-byte key for end-to-end "
                      "message authentication (shared.seal); shown once.")
@@ -328,7 +337,8 @@ def create_app(fleet: Fleet, *, metrics: Metrics,
                wire: Limits = DOWN_LIMITS,
                requests: Any = None,
                cache: ListCache | None = None,
-               release_keys: Sequence[str] = ()) -> FastAPI:
+               release_keys: Sequence[str] = (),
+               brokers: BrokerTierPort | None = None) -> FastAPI:
     """The API over `fleet`. `flush` makes writes durable before a write returns;
     `auth` checks bearer tokens (default: an Auth with checks off, for embedding and
     tests; the service always passes its own); `broker` (host, port[, tls]) is what
@@ -337,7 +347,9 @@ def create_app(fleet: Fleet, *, metrics: Metrics,
     limits objects must fit; `requests` (the sync hub's `Requests`) serves pod logs
     and exec (else 503); `cache` the list cache (the service runs its refresher; by
     default one is made over the fleet's objects); `release_keys` the public keys
-    (base64) agent releases are signed with, given to joining nodes."""
+    (base64) agent releases are signed with, given to joining nodes; `brokers` the
+    broker tier (proposal 0007: `/api/v1/brokermap` routes, and a joining node's
+    broker list; without it a node is told `broker` alone, as its one-entry list)."""
     api = settings or ApiSettings()
     lists = cache if cache is not None else ListCache(fleet.objects)
     auth_cfg = auth_settings or AuthSettings()
@@ -413,6 +425,10 @@ def create_app(fleet: Fleet, *, metrics: Metrics,
     # -- the web console at / (cloudcore/console; its pages call the routes below) ----
     from cloudcore.console import console_router  # here: the console imports api.selectors
     app.include_router(console_router(fleet, access=access))
+
+    if brokers is not None:
+        app.include_router(brokermap_router(brokers, reader=reader, operator=operator,
+                                            insecure=not access.enabled))
 
     # -- health ----------------------------------------------------------------------
 
@@ -512,9 +528,18 @@ def create_app(fleet: Fleet, *, metrics: Metrics,
         labels = {**body.labels, **rec.get("labels", {})}
         node = fleet.join_node(body.name, labels=labels, arch=body.arch)
         creds = access.issue_credentials(body.name)
+        home = {"host": broker[0], "port": broker[1], "tls": broker_tls}
+        if brokers is not None:
+            map_version, urls = brokers.for_join(body.name)
+            first = parse_url(urls[0])
+            home = {"host": first.host, "port": first.port, "tls": first.tls}
+        else:
+            map_version, urls = 1, [url_of(broker[0], broker[1], tls=broker_tls)]
         out: dict[str, Any] = {
             "node": dump_object(node),
-            "broker": {"host": broker[0], "port": broker[1], "tls": broker_tls},
+            "broker": home,  # the home broker, for agents from before the broker tier
+            "brokers": urls,
+            "broker_map_version": map_version,
             "credentials": {"username": creds.username, "password": creds.password},
             "key": creds.key_b64,
             "caCert": ca.cert_pem if ca is not None else None,

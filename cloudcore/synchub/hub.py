@@ -29,6 +29,14 @@ the node's next ack (any other report, a duplicate), or after `LAZY_RACK_S`, or 
 `LAZY_RACK_REPORTS` wait. An idle node thus costs one ReportAck every ten minutes
 instead of one a minute; what waits is at most a few telemetry reports in the
 edge's outbox, resent (and dropped here as duplicates) if the link breaks.
+
+With several brokers (proposal 0007) each broker's subscriber hands its messages to
+`handler_for(broker)`: an authenticated message records the broker the node was heard
+on (`brokers.Routes`), and everything for that node goes back through that broker
+(`send(..., broker)`), or through its partition's home while it has not been heard. A
+last will that arrives through another broker than the one the node was last heard on
+is ignored (counted as `stale_will`): the node lives on elsewhere, and it left that
+broker without a clean DISCONNECT (a move is clean; a cut link is not).
 """
 
 from __future__ import annotations
@@ -46,10 +54,12 @@ import msgpack
 from cloudcore.config import SyncSettings
 from cloudcore.metrics import Metrics
 from cloudcore.store import Store
+from cloudcore.synchub.brokers import DEFAULT_BROKER, Routes
 from cloudcore.synchub.ports import DesiredSource, NodeSink, Send
 from cloudcore.synchub.requests import Requests
 from shared import seal, topics
 from shared.backoff import Backoff
+from shared.brokermap import BrokerMap
 from shared.codec import (
     DOWN_LIMITS,
     UP_LIMITS,
@@ -117,18 +127,23 @@ class SyncHub:
     def __init__(self, *, nodes: NodeSink, desired: DesiredSource, store: Store,
                  settings: SyncSettings, metrics: Metrics,
                  clock: Callable[[], float] = time.monotonic,
-                 keys: KeyLookup | None = None, insecure: bool = False) -> None:
+                 keys: KeyLookup | None = None, insecure: bool = False,
+                 routes: Routes | None = None) -> None:
         """`nodes` gets what the edges report (the fleet), `desired` gives what they
         should run (the fleet's desired sets); the hub subscribes to its changes.
         `keys(node)` gives a node's key (cloudcore passes `Auth.node_key`). Without
         a lookup the hub can authenticate nothing and runs insecure (a warning says
-        so); `insecure` also accepts unsealed messages from nodes without a key."""
+        so); `insecure` also accepts unsealed messages from nodes without a key.
+        `routes` holds the broker map and where each node was last heard (default: one
+        broker, `mq-0`)."""
         if keys is None and not insecure:
             log.warning("sync hub without node keys: messages are NOT authenticated "
                         "(insecure)")
             insecure = True
         self.keys = keys
         self.insecure = insecure
+        self.routes = routes if routes is not None else Routes(
+            BrokerMap.single(DEFAULT_BROKER, "mqtt://127.0.0.1:1883"))
         self._node_keys: dict[str, tuple[bytes, seal.NodeKeys]] = {}
         self._undeliverable: dict[tuple[str, str], tuple[int, str]] = {}
         self.nodes = nodes
@@ -162,7 +177,7 @@ class SyncHub:
         self.requests = Requests(emit=self._emit)  # logs/exec: docs/proposals/0001
 
     def attach(self, send: Send, *, backlog: Callable[[], int] | None = None) -> None:
-        """Set the transport: send(partition, topic, payload) must not block.
+        """Set the transport: send(partition, topic, payload, broker) must not block.
 
         `backlog()` tells how many messages are still queued for the broker; while
         it is not zero an ack is not late yet (the delta may not even have left), so
@@ -173,15 +188,22 @@ class SyncHub:
 
     # -- input ---------------------------------------------------------------------------
 
-    def handle(self, topic: str, payload: bytes) -> None:
-        """Process one message from the broker; never raises (bad input is dropped)."""
+    def handler_for(self, broker: str) -> Callable[[str, bytes], None]:
+        """The handler of the messages that arrive through `broker`."""
+        def handle(topic: str, payload: bytes) -> None:
+            self.handle(topic, payload, broker=broker)
+        return handle
+
+    def handle(self, topic: str, payload: bytes, *, broker: str | None = None) -> None:
+        """Process one message from the broker (named `broker`: where the node was
+        heard; None records nothing); never raises (bad input is dropped)."""
         try:
-            self._handle(topic, payload)
+            self._handle(topic, payload, broker)
         except Exception:  # a bug must not take the hub down with it
             self.metrics.inc(DROPPED, reason="internal_error")
             log.exception("internal error handling a message on %s", topic)
 
-    def _handle(self, topic: str, payload: bytes) -> None:
+    def _handle(self, topic: str, payload: bytes, broker: str | None) -> None:
         parsed = topics.parse(topic)
         if parsed is None or parsed[1] == "down":
             self._drop("?", "bad_topic", f"topic {topic[:200]!r} is not an up/will topic")
@@ -219,6 +241,11 @@ class SyncHub:
             return
         if direction == "will":
             if isinstance(msg, Will):
+                last = self.routes.last_heard(node)
+                if broker is not None and last is not None and last != broker:
+                    self._drop(node, "stale_will", f"a last will through broker {broker} "
+                                                   f"while the node is heard on {last}")
+                    return
                 self._on_will(node)
             else:
                 self._drop(node, "unexpected_type", f"{msg.t} on the will topic")
@@ -227,6 +254,8 @@ class SyncHub:
             # deleted through the API while its session lives on: not re-registered
             self._drop(node, "deleted_node", "the node was deleted; it must join again")
             return
+        if broker is not None:
+            self.routes.heard(node, broker)
         if isinstance(msg, Report):
             self._on_report(node, msg)
         elif isinstance(msg, Ack):
@@ -577,7 +606,8 @@ class SyncHub:
         elif not self.insecure:
             self.metrics.inc(UNSENT, reason="no_key")
             return
-        self._send(topics.partition_of(node), topic, payload)
+        partition = topics.partition_of(node)
+        self._send(partition, topic, payload, self.routes.broker_for(node, partition))
         self.metrics.inc(OUT, type=msg.t)
 
     def _drop(self, node: str, reason: str, detail: str) -> None:
@@ -596,7 +626,8 @@ class SyncHub:
 
     def link_state(self, node: str) -> dict[str, Any]:
         link = self._links.get(node, _Link())
-        return {"epoch": link.epoch, "inflight": link.inflight, "attempts": link.attempts}
+        return {"epoch": link.epoch, "inflight": link.inflight, "attempts": link.attempts,
+                "broker": self.routes.last_heard(node)}
 
 
 def encode_value(value: Any) -> bytes:

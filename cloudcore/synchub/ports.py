@@ -8,7 +8,8 @@ the hub can be tested with small fakes and the fleet core can be sharded behind 
 same two interfaces (issue 14).
 
 What the hub publishes goes to a `Send` callable with the node's partition
-(`shared.topics.partition_of`), so the transport picks its publisher without
+(`shared.topics.partition_of`) and the name of the broker to send it through (where
+the node was last heard, proposal 0007), so the transport picks its publisher without
 parsing the topic again.
 """
 
@@ -19,8 +20,8 @@ from typing import Any, Protocol
 
 from shared.delta import NodeDesired
 
-Send = Callable[[int, str, bytes], None]
-"""send(partition, topic, payload): must not block."""
+Send = Callable[[int, str, bytes, str], None]
+"""send(partition, topic, payload, broker): must not block."""
 
 DesiredListener = Callable[[set[str]], None]
 """Told the nodes whose desired sets changed (after each commit)."""

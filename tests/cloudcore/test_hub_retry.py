@@ -21,7 +21,7 @@ def make_hub(backlog: list[int]) -> tuple[SyncHub, list[Desired], list[float]]:
                   settings=settings, metrics=Metrics(), clock=lambda: now[0])
     sent: list[Desired] = []
 
-    def send(partition: int, topic: str, payload: bytes) -> None:
+    def send(partition: int, topic: str, payload: bytes, broker: str) -> None:
         msg = decode(payload)
         if isinstance(msg, Desired):
             sent.append(msg)
@@ -61,7 +61,7 @@ def test_ack_deadline_grows_with_the_number_in_flight() -> None:
     settings.ack_timeout = 1.0
     hub = SyncHub(nodes=fleet, desired=fleet.desired_sets, store=FakeStore(),  # type: ignore[arg-type]
                   settings=settings, metrics=Metrics(), clock=lambda: 0.0)
-    hub.attach(lambda partition, topic, payload: None)
+    hub.attach(lambda partition, topic, payload, broker: None)
     for i in range(50):
         add_node(fleet, f"n{i}")
     fleet.apply([parse_object(daemonset())])

@@ -55,7 +55,7 @@ class World:
                            metrics=self.metrics, clock=lambda: 0.0, keys=self.keys.get,
                            insecure=insecure)
         self.wire: list[tuple[str, bytes]] = []
-        self.hub.attach(lambda part, t, p: self.wire.append((t, p)))
+        self.hub.attach(lambda part, t, p, broker: self.wire.append((t, p)))
 
     def k(self, node: str) -> seal.NodeKeys:
         return seal.NodeKeys.derive(self.keys[node])

@@ -38,6 +38,9 @@ async def test_join_registers_node_with_labels_and_credentials(tmp_path: Path) -
         assert r.status_code == 200, r.text
         body = r.json()
         assert body["broker"] == {"host": "broker.example", "port": 8883, "tls": True}
+        # proposal 0007: the node's broker list (one broker without a tier) and its version
+        assert body["brokers"] == ["mqtts://broker.example:8883"]
+        assert body["broker_map_version"] == 1
         assert body["credentials"]["username"] == "edge-7"
         key = base64.b64decode(body["key"])
         assert len(key) == 32 and api.auth.node_key("edge-7") == key

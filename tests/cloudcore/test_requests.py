@@ -62,7 +62,7 @@ async def setup(tmp_path: Path) -> AsyncIterator[Setup]:
             s = Setup(client, fleet, hub)
             loop = asyncio.get_running_loop()
 
-            def send(partition: int, topic: str, payload: bytes) -> None:
+            def send(partition: int, topic: str, payload: bytes, broker: str) -> None:
                 msg = decode(payload)
                 if not isinstance(msg, Request):
                     return

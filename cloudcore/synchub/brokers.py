@@ -1,0 +1,245 @@
+"""The broker tier at run time (proposal 0007): the partition -> broker map, where each
+node was last heard, and live changes of the map.
+
+Two parts, each the one owner of its state:
+
+- `Routes`: the current `shared.brokermap.BrokerMap` and, per node, the broker the hub
+  last heard it on (an authenticated message, not a will). The hub sends a node's `down`
+  to that broker, or to its partition's home while it has not been heard: the cloud
+  follows the node, not the map, so a node on a fallback or mid-move is reached where it
+  is. Memory only: after a restart every node is found again by its next message.
+- `BrokerTier`: the operations of the API (`GET /api/v1/brokermap`, move, add, drain,
+  remove). Each one changes the map (`BrokerMap` keeps the rules), persists it (the
+  `brokermap` key of the store's `meta` database, committed before the call returns),
+  opens or closes the cloud's connections to a broker (`Connections`, the service's),
+  and puts the `broker/-/map` desired entry (`shared.entries.broker_map_entry`) into the
+  set of every node whose list changed (`tell`, the fleet's desired sets), so agents move.
+  A node whose list did not change gets no entry.
+
+Nothing here speaks MQTT or imports the fleet: the service passes the collaborators.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
+
+from cloudcore.errors import Conflict, NotFound
+from cloudcore.store import Store
+from shared import topics
+from shared.brokermap import Broker, BrokerMap, normal_url
+from shared.entries import broker_map_entry
+from shared.errors import ObjectError
+
+log = logging.getLogger("cloudcore.synchub.brokers")
+
+STORE_DB = "meta"
+STORE_KEY = "brokermap"
+"""Where the map is persisted: key `brokermap` of the store's `meta` database."""
+DEFAULT_BROKER = "mq-0"
+"""The name of the one broker of the embedded default (no `--broker` flag)."""
+
+
+class Routes:
+    """The map in force and the broker each node was last heard on."""
+
+    def __init__(self, brokermap: BrokerMap) -> None:
+        self.map = brokermap
+        self._last: dict[str, str] = {}
+        self._sessions: dict[str, int] = {}
+
+    def heard(self, node: str, broker: str) -> None:
+        """An authenticated message of `node` arrived through `broker`."""
+        was = self._last.get(node)
+        if was == broker:
+            return
+        self._last[node] = broker
+        self._sessions[broker] = self._sessions.get(broker, 0) + 1
+        if was is not None:
+            self._sessions[was] -= 1
+
+    def last_heard(self, node: str) -> str | None:
+        """The broker `node` was last heard on (None: not since this process started)."""
+        return self._last.get(node)
+
+    def broker_for(self, node: str, partition: int) -> str:
+        """Where `node` (of `partition`) is sent to: where it was last heard, else its
+        partition's home."""
+        last = self._last.get(node)
+        if last is not None and last in self.map.brokers:
+            return last
+        return self.map.partitions[partition][0]
+
+    def forget(self, node: str) -> None:
+        was = self._last.pop(node, None)
+        if was is not None:
+            self._sessions[was] -= 1
+
+    def sessions(self) -> dict[str, int]:
+        """Broker name -> the nodes last heard there."""
+        return {b: n for b, n in self._sessions.items() if n}
+
+
+class Connections(Protocol):
+    """The cloud's connections to brokers (one subscriber and its publishers each)."""
+
+    def open(self, name: str, broker: Broker) -> None:
+        """Start connecting to a broker new to the map (returns at once)."""
+        ...
+
+    def close(self, name: str) -> None:
+        """Stop the connections to a broker taken out of the map."""
+        ...
+
+    def connected(self, name: str) -> bool:
+        """Whether the broker's subscriber is connected now."""
+        ...
+
+
+Tell = Callable[[dict[str, dict[str, Any]]], None]
+"""tell({node: broker/-/map value}): put each entry into the node's desired set and
+commit (the hub then sends it like any change)."""
+
+
+class BrokerTier:
+    """Live changes of the map (module docstring). Every change is serialised."""
+
+    def __init__(self, *, routes: Routes, store: Store, connections: Connections,
+                 nodes: Callable[[], Iterable[str]], tell: Tell,
+                 persisted: bool) -> None:
+        """`nodes()` names every node that may hold a list (joined or registered);
+        `persisted` says whether the map in `routes` is already in the store (the
+        embedded default is not, until its first change)."""
+        self.routes = routes
+        self._store = store
+        self._connections = connections
+        self._nodes = nodes
+        self._tell = tell
+        self._persisted = persisted
+        self._lock = asyncio.Lock()
+
+    @property
+    def map(self) -> BrokerMap:
+        return self.routes.map
+
+    # -- reads ------------------------------------------------------------------------
+
+    def view(self) -> dict[str, Any]:
+        """The map (`BrokerMap.to_value`) with, per broker, `sessions` (nodes last heard
+        there), `connected` (the cloud's subscriber) and `partitions` (those it is home
+        of)."""
+        out = self.map.to_value()
+        sessions = self.routes.sessions()
+        homes = self.map.homes()
+        for name, b in out["brokers"].items():
+            b["sessions"] = sessions.get(name, 0)
+            b["connected"] = self._connections.connected(name)
+            b["homeOf"] = len(homes[name])
+        out["persisted"] = self._persisted
+        return out
+
+    def for_join(self, node: str) -> tuple[int, list[str]]:
+        """(map version, the node's URLs home first) for a joining node's answer."""
+        m = self.map
+        return m.version, m.urls_for(topics.partition_of(node))
+
+    # -- changes ----------------------------------------------------------------------
+
+    async def move(self, partitions: list[int], to: str) -> dict[str, Any]:
+        if not partitions:
+            raise ObjectError("partitions: name at least one partition", field="partitions")
+        self._known(to)
+        return await self._change(lambda m: m.move(partitions, to),
+                                  f"moved partitions {partitions[:8]}"
+                                  f"{'...' if len(partitions) > 8 else ''} to {to}")
+
+    async def add(self, name: str, url: str) -> dict[str, Any]:
+        return await self._change(lambda m: m.add(name, url), f"added broker {name} {url}")
+
+    async def drain(self, name: str) -> dict[str, Any]:
+        self._known(name)
+        active = [n for n, b in self.map.brokers.items() if b.state == "active" and n != name]
+        if not active:
+            raise Conflict(f"broker {name!r} is the only active broker; add another "
+                           "before draining it")
+        return await self._change(lambda m: m.drain(name), f"draining broker {name}")
+
+    async def remove(self, name: str) -> dict[str, Any]:
+        self._known(name)
+        homed = self.map.homes()[name]
+        if homed:
+            raise Conflict(f"broker {name!r} is still home of {len(homed)} partition(s); "
+                           "drain it (or move them) first")
+        return await self._change(lambda m: m.remove(name), f"removed broker {name}")
+
+    def _known(self, name: str) -> None:
+        if name not in self.map.brokers:
+            raise NotFound("broker", name)
+
+    async def _change(self, op: Callable[[BrokerMap], BrokerMap], what: str) -> dict[str, Any]:
+        async with self._lock:
+            old = self.map
+            new = op(old)
+            if new is old:
+                return self.view()
+            self._store.put(STORE_DB, STORE_KEY, new.to_value())
+            await self._store.flush()  # the map is durable before anyone acts on it
+            self._persisted = True
+            self.routes.map = new
+            for name in new.brokers.keys() - old.brokers.keys():
+                self._connections.open(name, new.brokers[name])
+            for name in old.brokers.keys() - new.brokers.keys():
+                self._connections.close(name)
+            told = self._tell_nodes(old, new)
+            log.info("broker map version %d: %s; %d node(s) told their new broker list",
+                     new.version, what, told)
+            return self.view()
+
+    def _tell_nodes(self, old: BrokerMap, new: BrokerMap) -> int:
+        changed = {p: broker_map_entry(new.version, new.urls_for(p))
+                   for p in range(topics.PARTITIONS) if old.urls_for(p) != new.urls_for(p)}
+        if not changed:
+            return 0
+        entries = {}
+        for node in self._nodes():
+            value = changed.get(topics.partition_of(node))
+            if value is not None:
+                entries[node] = value
+        if entries:
+            self._tell(entries)
+        return len(entries)
+
+
+def initial_map(stored: Any, flags: dict[str, str], *, default_url: str) -> tuple[BrokerMap, bool]:
+    """The map to start with and whether it must be written to the store: the stored one
+    if any (a flag naming a broker it lacks adds that broker, active, with no partitions;
+    a flag giving a known broker another URL is ignored with a warning), else
+    `BrokerMap.spread(flags)`, else the embedded default (one broker `mq-0` at
+    `default_url`, not persisted until its first change, so it keeps following the
+    `--mqtt-*` / `--advertise-mqtt` flags). Raises ObjectError if the stored map is
+    unreadable."""
+    if stored is not None:
+        try:
+            m = BrokerMap.from_value(stored)
+        except ObjectError as exc:
+            raise ObjectError(f"the broker map in the store is invalid: {exc.message}",
+                              field=exc.field) from None
+        added = False
+        for name, url in sorted(flags.items()):
+            have = m.brokers.get(name)
+            if have is None:
+                m = m.add(name, url)
+                added = True
+                log.info("--broker %s=%s: added to the stored broker map (version %d), "
+                         "active, home of no partition; move partitions to it with "
+                         "`fedctl brokers move`", name, url, m.version)
+            elif normal_url(url, f"--broker {name}") not in have.urls:
+                log.warning("--broker %s=%s: the stored broker map has %s at %s and the "
+                            "store wins (remove the broker and add it again to change its "
+                            "address)", name, url, name, ", ".join(have.urls))
+        return m, added
+    if flags:
+        return BrokerMap.spread(flags, 1), True
+    return BrokerMap.single(DEFAULT_BROKER, default_url), False

@@ -1,0 +1,197 @@
+"""The broker tier's cloud side (proposal 0007) without a broker: the map's start-up
+rules, live changes persisted in a real LMDB store and told to exactly the nodes whose
+list changed, and the hub following each node to the broker it was last heard on."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cloudcore_fakes import FakeStore, add_node, make_fleet
+
+from cloudcore.config import StoreSettings, SyncSettings
+from cloudcore.errors import Conflict, NotFound
+from cloudcore.fleet import Fleet
+from cloudcore.metrics import Metrics
+from cloudcore.store import Store
+from cloudcore.synchub import SyncHub
+from cloudcore.synchub.brokers import (
+    STORE_DB,
+    STORE_KEY,
+    BrokerTier,
+    Routes,
+    initial_map,
+)
+from shared import topics
+from shared.brokermap import Broker, BrokerMap
+from shared.codec import Report, ReportAck, Will, decode, encode
+from shared.entries import BROKER_MAP_KEY, parse_broker_map_entry
+from shared.errors import ObjectError
+
+TWO = {"mq-0": "mqtts://b0:8883", "mq-1": "mqtts://b1:8883"}
+
+
+def nodes_by_partition(count: int) -> dict[int, str]:
+    """One node name per partition for the first `count` distinct partitions hit."""
+    out: dict[int, str] = {}
+    i = 0
+    while len(out) < count:
+        name = f"n{i}"
+        out.setdefault(topics.partition_of(name), name)
+        i += 1
+    return out
+
+
+class FakeConnections:
+    def __init__(self) -> None:
+        self.opened: list[str] = []
+        self.closed: list[str] = []
+
+    def open(self, name: str, broker: Broker) -> None:
+        self.opened.append(name)
+
+    def close(self, name: str) -> None:
+        self.closed.append(name)
+
+    def connected(self, name: str) -> bool:
+        return name == "mq-0"
+
+
+def test_initial_map_store_wins_flags_add_default_is_not_persisted() -> None:
+    m, store = initial_map(None, {}, default_url="mqtts://cloud.example:8883")
+    assert (m.version, list(m.brokers), store) == (1, ["mq-0"], False)
+    assert m.urls_for(7) == ["mqtts://cloud.example:8883"]
+    m, store = initial_map(None, TWO, default_url="x")
+    assert store and m.home(0) == "mq-0" and m.home(1) == "mq-1"
+    stored = m.move([0], "mq-1").to_value()
+    again, store = initial_map(stored, TWO, default_url="x")
+    assert again.to_value() == stored and not store  # the store wins over the flags
+    grown, store = initial_map(stored, {**TWO, "mq-2": "mqtts://b2"}, default_url="x")
+    assert store and grown.version == 3 and grown.homes()["mq-2"] == []
+    with pytest.raises(ObjectError, match="broker map in the store is invalid"):
+        initial_map({"version": 1}, {}, default_url="x")
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    async with Store(StoreSettings(state_dir=tmp_path / "state", batch_interval=0.005)) as s:
+        writer = asyncio.create_task(s.run())
+        try:
+            yield s
+        finally:
+            writer.cancel()
+            await asyncio.gather(writer, return_exceptions=True)
+
+
+def make_tier(fleet: Fleet, store: Store, m: BrokerMap,
+              conns: FakeConnections) -> BrokerTier:
+    def tell(entries: dict[str, dict[str, Any]]) -> None:
+        for node, value in entries.items():
+            fleet.desired_sets.put_entry(node, BROKER_MAP_KEY, value)
+        fleet.commit()
+
+    return BrokerTier(routes=Routes(m), store=store, connections=conns,
+                      nodes=lambda: list(fleet.nodes), tell=tell, persisted=False)
+
+
+async def test_changes_are_persisted_and_told_only_to_nodes_whose_list_changed(
+        store: Store, tmp_path: Path) -> None:
+    fleet = make_fleet()
+    by_p = nodes_by_partition(40)
+    for name in by_p.values():
+        add_node(fleet, name)
+    conns = FakeConnections()
+    tier = make_tier(fleet, store, BrokerMap.spread(TWO), conns)
+    p_on_0 = sorted(p for p in by_p if tier.map.home(p) == "mq-0")[:3]
+
+    view = await tier.move(p_on_0, "mq-1")
+    assert view["version"] == 2
+    told = fleet.desired_sets.entries_of(BROKER_MAP_KEY)
+    assert set(told) == {by_p[p] for p in p_on_0}  # nobody else
+    entry = parse_broker_map_entry(BROKER_MAP_KEY, told[by_p[p_on_0[0]]])
+    assert entry.version == 2 and entry.urls == ("mqtts://b1:8883", "mqtts://b0:8883")
+    nd = fleet.desired_sets.get(by_p[p_on_0[0]])
+    assert nd is not None and BROKER_MAP_KEY in nd.items  # rides the desired set
+    assert (await tier.move(p_on_0, "mq-1"))["version"] == 2  # nothing to do, no version
+
+    await tier.add("mq-2", "mqtts://b2:8883")
+    assert conns.opened == ["mq-2"] and tier.map.version == 3
+    assert len(fleet.desired_sets.entries_of(BROKER_MAP_KEY)) == 3  # no list changed
+
+    with pytest.raises(NotFound):
+        await tier.move([1], "mq-9")
+    with pytest.raises(Conflict, match="still home of"):
+        await tier.remove("mq-0")
+    on_0 = {p for p in by_p if tier.map.home(p) == "mq-0"}
+    await tier.drain("mq-0")
+    assert tier.map.homes()["mq-0"] == []
+    told = fleet.desired_sets.entries_of(BROKER_MAP_KEY)
+    # mq-0's partitions changed (it went last); those already (mq-1, mq-0) did not
+    assert set(told) == {by_p[p] for p in on_0 | set(p_on_0)}
+    assert len(told) < len(by_p)
+    await tier.remove("mq-0")
+    assert conns.closed == ["mq-0"]
+    with pytest.raises(Conflict, match="only active broker"):
+        tier2 = make_tier(fleet, store, BrokerMap.single("mq-0", "mqtts://b0"), conns)
+        await tier2.drain("mq-0")
+
+    view = tier.view()
+    assert view["brokers"]["mq-1"]["connected"] is False and view["persisted"] is True
+    # durable: the store holds the map that was answered
+    await store.flush()
+    stored = store.load()[STORE_DB][STORE_KEY]
+    assert BrokerMap.from_value(stored) == tier.map and tier.map.version == 5
+
+
+async def test_a_broker_map_entry_survives_a_reload_of_the_fleet() -> None:
+    store = FakeStore()
+    fleet = make_fleet(store)
+    add_node(fleet, "n1")
+    value = {"version": 2, "urls": ["mqtts://b1:8883"]}
+    fleet.desired_sets.put_entry("n1", BROKER_MAP_KEY, value)
+    fleet.commit()
+    gen = fleet.desired_sets.get("n1").gen  # type: ignore[union-attr]
+    records: dict[str, dict[str, Any]] = {}
+    for (db, key), v in store.data.items():
+        records.setdefault(db, {})[key] = v
+    again = make_fleet(FakeStore())
+    again.load(records)
+    again.commit()
+    assert again.desired_sets.entry("n1", BROKER_MAP_KEY) == value
+    nd = again.desired_sets.get("n1")
+    assert nd is not None and nd.gen == gen and nd.items[BROKER_MAP_KEY][0] == value
+
+
+class DurableStore(FakeStore):
+    def durable(self) -> asyncio.Future[None]:
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+
+async def test_the_hub_answers_through_the_broker_it_heard_the_node_on() -> None:
+    fleet = make_fleet()
+    routes = Routes(BrokerMap.spread(TWO))
+    hub = SyncHub(nodes=fleet, desired=fleet.desired_sets, store=DurableStore(),  # type: ignore[arg-type]
+                  settings=SyncSettings(), metrics=Metrics(), insecure=True, routes=routes)
+    sent: list[tuple[str, Any]] = []
+    hub.attach(lambda part, topic, payload, broker: sent.append((broker, decode(payload))))
+    node = "n1"
+    home = routes.map.home(topics.partition_of(node))
+    other = "mq-1" if home == "mq-0" else "mq-0"
+    hub.handler_for(other)(topics.up(node), encode(Report(node=node, seq=1)))
+    assert [(b, type(m)) for b, m in sent] == [(other, ReportAck)]
+    assert routes.sessions() == {other: 1} and routes.last_heard(node) == other
+    # a will through the broker it left (not cleanly) is stale: still Ready
+    hub.handler_for(home)(topics.will(node), encode(Will(node=node)))
+    assert fleet.nodes[node].status.ready == "Ready"
+    hub.handler_for(home)(topics.up(node), encode(Report(node=node, seq=2)))
+    assert sent[-1][0] == home and routes.sessions() == {home: 1}
+    hub.handler_for(home)(topics.will(node), encode(Will(node=node)))
+    assert fleet.nodes[node].status.ready == "NotReady"
+    # a node never heard is sent to through its partition's home
+    assert routes.broker_for("never", topics.partition_of("never")) == routes.map.home(
+        topics.partition_of("never"))
