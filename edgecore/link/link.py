@@ -348,6 +348,8 @@ class Link:
             self.stats.connects += 1
             self.backoff.reset()
             self._connected.set()  # already set during a move: it never drops
+            if retiring is None:
+                self.endpoint = session.endpoint
             try:
                 await self._publish(session.client, self.handler.hello())
             finally:
