@@ -251,4 +251,64 @@ class NatsKV:
         self.stop()
 
 
-__all__ = ["NatsKV"]
+class MemberProc:
+    """One `python -m cloudcore.cluster member` process against a `NatsKV`, its JSON
+    lines in `out` (read with `events()`), its log in `err`."""
+
+    def __init__(self, nats: NatsKV, name: str, *, workdir: Path, lease_period: float = 3.0,
+                 replicas: int = 1, python: str | None = None,
+                 extra: list[str] | None = None) -> None:
+        import sys
+
+        self.name = name
+        self.out = workdir / f"member-{name}.jsonl"
+        self.err = workdir / f"member-{name}.log"
+        cmd = [python or sys.executable, "-m", "cloudcore.cluster", "member",
+               *[a for u in nats.urls for a in ("--nats", u)], "--name", name,
+               "--lease-period", str(lease_period), "--replicas", str(replicas),
+               "--log-level", "INFO", *(extra or [])]
+        if nats.insecure:
+            cmd.append("--insecure")
+        else:
+            cmd += ["--user", str(nats.user), "--password-file", str(nats.password_file()),
+                    "--ca", str(nats.ca_file)]
+        with self.out.open("wb") as out, self.err.open("wb") as err:
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=err,
+                                         stdin=subprocess.DEVNULL)
+
+    def events(self) -> list[dict[str, object]]:
+        """Every complete JSON line printed so far."""
+        try:
+            text = self.out.read_text()
+        except OSError:
+            return []
+        complete = text[:text.rfind("\n") + 1]  # a line still being written waits
+        return [json.loads(line) for line in complete.splitlines() if line.strip()]
+
+    def owned(self) -> set[int]:
+        """The partitions of its last change (empty before any)."""
+        changes = [e for e in self.events() if e.get("event") in ("change", "stopped")]
+        return set(changes[-1]["partitions"]) if changes else set()  # type: ignore[call-overload]
+
+    def holds_global(self) -> bool:
+        changes = [e for e in self.events() if e.get("event") == "change"]
+        return bool(changes[-1]["global"]) if changes else False
+
+    def kill(self) -> float:
+        """SIGKILL; returns the wall-clock time just before the signal."""
+        at = time.time()
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+        return at
+
+    def stop(self, timeout: float = 15.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                return self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        return self.proc.wait()
+
+
+__all__ = ["MemberProc", "NatsKV"]

@@ -1,0 +1,600 @@
+"""Shard membership and partition leases on JetStream KV (issue 14, proposal 0008).
+
+Each shard is a `Member`: it heartbeats its key in the `<prefix>_members` bucket and
+holds leases in `<prefix>_leases`, one key per partition (`partition.0a`, 256 of them,
+`shared.topics.PARTITIONS`) and one `global` key for the shard that runs the global
+work. A lease value names its holder (member name and a random instance id); every
+write to a lease key is a compare-and-set on the key's revision, so two members never
+both succeed in taking the same lease from the same state.
+
+Balance: every member sees the live members (their heartbeats, through a watch) and
+computes the same target share for each (256 / n, the first 256 % n members in name
+order one more). A member under its target takes free or expired leases; a member over
+its target releases its excess, but only as much as the others' deficit that free
+partitions cannot fill, so nothing is released into the void. A joining member thus
+takes its share as the others release theirs; a member killed with SIGKILL stops
+renewing, and the others take its leases once they have expired.
+
+Expiry, and the clock assumption (the one thing this module assumes):
+- An observer never compares wall clocks. It notes, on its own monotonic clock, when it
+  first saw each revision of a lease key (through the watch). A lease is expired for
+  it when the key has stayed at that revision for `lease_period` seconds; it then takes
+  the lease by CAS on exactly that revision, which fails if the holder renewed since.
+- A holder notes, on its monotonic clock, the moment *before* it sent the write that
+  produced its current revision (`renewed_at`). It considers the lease lost at
+  `renewed_at + lease_period - margin` unless a renewal succeeded first, and says so
+  (the `lost` callback) before that moment passes (`tick < margin`).
+- The write happened after `renewed_at` and the observer saw it after it happened, so
+  the observer's expiry is later than `renewed_at + lease_period`, and the holder
+  stopped `margin` seconds before that. This holds if the two monotonic clocks advance
+  at the same rate within `margin / lease_period` (10 % by default) over one period:
+  rates, not offsets. A process paused longer than that (SIGSTOP, a VM frozen) wakes up
+  already past its own deadline and drops the lease at its first tick; a pause between
+  that check and its use of a partition is the window every lease system has (a fence
+  token per write would close it: the lease revision is one, for the wiring step).
+- Renewals every `lease_period / 3` give two more attempts before the deadline.
+
+Callbacks: `on_change(Change)` is awaited in order, one at a time. A lost partition is
+announced *before* its lease is released on a rebalance or a clean stop, so a shard's
+sync hub can unsubscribe before another shard subscribes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import re
+import secrets
+import socket
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from cloudcore.cluster.errors import (
+    CASConflict,
+    ClusterError,
+    ConfigError,
+    KVUnavailable,
+    MemberNameTaken,
+)
+from cloudcore.cluster.kv import KV, Bucket, Entry, Watch
+from shared import topics
+from shared.backoff import Backoff
+
+log = logging.getLogger("cloudcore.cluster.leases")
+
+GLOBAL_KEY = "global"
+T = TypeVar("T")
+_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def partition_key(p: int) -> str:
+    return f"partition.{p:02x}"
+
+
+def partition_of(key: str) -> int | None:
+    if not key.startswith("partition."):
+        return None
+    try:
+        return int(key[len("partition."):], 16)
+    except ValueError:
+        return None
+
+
+def shares(members: Iterable[str], partitions: int = topics.PARTITIONS) -> dict[str, int]:
+    """Each live member's target: `partitions // n`, the first `partitions % n` in name
+    order one more. Every member computes the same from the same set."""
+    names = sorted(set(members))
+    if not names:
+        return {}
+    base, extra = divmod(partitions, len(names))
+    return {m: base + (1 if i < extra else 0) for i, m in enumerate(names)}
+
+
+@dataclass(frozen=True)
+class LeaseSettings:
+    """One member's lease behaviour. Times in seconds."""
+
+    name: str  # member name, unique among live members ([A-Za-z0-9_-], 1-64)
+    lease_period: float = 15.0  # a lease not renewed for this long is taken over
+    margin: float | None = None  # holder gives up this much earlier (None: period / 10)
+    tick: float | None = None  # how often to check (None: min(margin / 3, period / 15))
+    partitions: int = topics.PARTITIONS
+    replicas: int = 1  # bucket copies: 1 on a single server, 3 on a cluster
+    bucket_prefix: str = "edgefed"  # buckets <prefix>_members and <prefix>_leases
+
+    @property
+    def margin_s(self) -> float:
+        return self.margin if self.margin is not None else self.lease_period / 10
+
+    @property
+    def tick_s(self) -> float:
+        return self.tick if self.tick is not None else min(self.margin_s / 3,
+                                                           self.lease_period / 15)
+
+    @property
+    def renew_every(self) -> float:
+        return self.lease_period / 3
+
+    def validate(self) -> None:
+        if not _NAME.match(self.name):
+            raise ConfigError(f"name: {self.name!r} must be 1-64 of [A-Za-z0-9_-]",
+                              field="cluster.name")
+        if self.lease_period < 0.5:
+            raise ConfigError("lease_period: at least 0.5 s", field="cluster.lease_period")
+        if not 0 < self.margin_s < self.renew_every:
+            raise ConfigError(f"margin: must be in (0, lease_period / 3 = "
+                              f"{self.renew_every:.2f}) s", field="cluster.margin")
+        if not 0 < self.tick_s < self.margin_s:
+            raise ConfigError(f"tick: must be in (0, margin = {self.margin_s:.2f}) s: the "
+                              "holder must notice its deadline before others may take over",
+                              field="cluster.tick")
+        if not 1 <= self.partitions <= 256:
+            raise ConfigError("partitions: 1..256", field="cluster.partitions")
+        if self.replicas < 1:
+            raise ConfigError("replicas: at least 1", field="cluster.replicas")
+        if not re.match(r"^[A-Za-z0-9_-]{1,32}$", self.bucket_prefix):
+            raise ConfigError("bucket_prefix: 1-32 of [A-Za-z0-9_-]",
+                              field="cluster.bucket_prefix")
+
+
+@dataclass(frozen=True)
+class Change:
+    """What changed for this member at one moment; `owned` is the set after it."""
+
+    acquired: frozenset[int]
+    lost: frozenset[int]
+    owned: frozenset[int]
+    global_acquired: bool = False
+    global_lost: bool = False
+    holds_global: bool = False
+    reason: str = ""  # "acquire", "rebalance", "expired", "conflict", "stop"
+
+
+OnChange = Callable[[Change], Awaitable[None]]
+
+
+@dataclass
+class _Seen:
+    """A key as the watch showed it, and when (our monotonic clock) this revision came."""
+
+    revision: int
+    seen_at: float
+    holder: str = ""
+    instance: str = ""
+    deleted: bool = False
+
+
+@dataclass
+class _Held:
+    revision: int
+    renewed_at: float  # monotonic time just before the write that made `revision`
+
+
+@dataclass
+class _View:
+    keys: dict[str, _Seen] = field(default_factory=dict)
+
+
+class Member:
+    """One shard's membership and leases. `await member.run()` joins, keeps the leases
+    balanced until cancelled, then releases them (announcing the loss first) and
+    leaves. Raises MemberNameTaken if another live member has the name, ClusterError
+    subclasses on a fatal failure; a NATS outage is not fatal (leases lapse and are
+    announced lost; they are taken again when NATS is back)."""
+
+    def __init__(self, kv: KV, settings: LeaseSettings, *, on_change: OnChange | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        settings.validate()
+        self.kv = kv
+        self.settings = settings
+        self.name = settings.name
+        self.instance = secrets.token_hex(6)
+        self._on_change = on_change
+        self._clock = clock
+        self._owned: dict[int, _Held] = {}
+        self._global: _Held | None = None
+        self._leases = _View()
+        self._members = _View()
+        self._emit_lock = asyncio.Lock()
+        self._member_rev = 0
+        self._beat_at = 0.0
+        self._seq = 0
+        self.joined = asyncio.Event()
+        self._members_bucket: Bucket | None = None
+        self._leases_bucket: Bucket | None = None
+
+    # -- what others may read -------------------------------------------------------
+
+    @property
+    def owned(self) -> frozenset[int]:
+        return frozenset(self._owned)
+
+    @property
+    def holds_global(self) -> bool:
+        return self._global is not None
+
+    def live_members(self) -> list[str]:
+        """Members whose heartbeat advanced within a lease period and who hold no
+        expired lease (a live member renews them all), this member included."""
+        now = self._clock()
+        period = self.settings.lease_period
+        live = {n for n, s in self._members.keys.items()
+                if not s.deleted and now - s.seen_at < period}
+        stale = {s.holder for s in self._leases.keys.values()
+                 if not s.deleted and now - s.seen_at >= period}
+        return sorted((live - stale) | {self.name})
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        s = self.settings
+        prefix = s.bucket_prefix
+        members = await self._until_available("open the members bucket", lambda: self.kv.bucket(
+            f"{prefix}_members", create=True, replicas=s.replicas,
+            ttl=max(60.0, 20 * s.lease_period)))
+        leases = await self._until_available("open the leases bucket", lambda: self.kv.bucket(
+            f"{prefix}_leases", create=True, replicas=s.replicas))
+        self._members_bucket, self._leases_bucket = members, leases
+        mw = await self._until_available("watch the members", members.watch)
+        lw = await self._until_available("watch the leases", leases.watch)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._follow(mw, self._members),
+                               name=f"cluster[{self.name}].members-watch")
+                tg.create_task(self._follow(lw, self._leases),
+                               name=f"cluster[{self.name}].leases-watch")
+                try:
+                    await self._wait_caught_up(mw, lw)
+                    await self._until_available("join", lambda: self._join(members))
+                    self.joined.set()
+                    tg.create_task(self._guard(), name=f"cluster[{self.name}].guard")
+                    while True:
+                        await self._tick(members, leases)
+                        await asyncio.sleep(s.tick_s)
+                finally:
+                    await self._leave(members, leases)
+                    await mw.stop()
+                    await lw.stop()
+        except BaseExceptionGroup as eg:
+            # one failure inside the group: raise it as itself, not wrapped
+            if len(eg.exceptions) == 1:
+                raise eg.exceptions[0] from None
+            raise
+
+    async def _until_available(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        """Retry `call` while NATS is unavailable (a cluster electing a leader, a
+        server restarting), with the shared backoff; other errors pass through."""
+        backoff = Backoff(initial=0.2, cap=5.0)
+        while True:
+            try:
+                return await call()
+            except KVUnavailable as exc:
+                delay = backoff.next()
+                log.warning("member %s: %s: %s; retrying in %.1f s", self.name, what, exc,
+                            delay)
+                await asyncio.sleep(delay)
+
+    async def _ours(self, bucket: Bucket, key: str) -> int | None:
+        """The key's revision if its current value is this instance's own write (a write
+        whose answer was lost, e.g. a timeout during a leader change), else None."""
+        try:
+            e = await bucket.get(key)
+        except ClusterError:
+            return None
+        if e is None:
+            return None
+        try:
+            doc = json.loads(e.value)
+        except ValueError:
+            return None
+        return e.revision if isinstance(doc, dict) and doc.get("instance") == self.instance \
+            else None
+
+    async def _wait_caught_up(self, *watches: Watch) -> None:
+        try:
+            await asyncio.wait_for(asyncio.gather(*(w.caught_up.wait() for w in watches)),
+                                   self.kv.settings.request_timeout * 2)
+        except TimeoutError as exc:
+            raise KVUnavailable("the lease and member watches did not catch up") from exc
+
+    async def _follow(self, watch: Watch, view: _View) -> None:
+        async for e in watch:
+            self._observe(view, e)
+
+    def _observe(self, view: _View, e: Entry) -> None:
+        old = view.keys.get(e.key)
+        if old is not None and old.revision >= e.revision:
+            return
+        holder = instance = ""
+        if not e.deleted:
+            try:
+                doc = json.loads(e.value)
+                holder, instance = str(doc.get("holder") or doc.get("name") or ""), \
+                    str(doc.get("instance", ""))
+            except (ValueError, AttributeError):
+                log.warning("lease key %s: unreadable value at revision %d", e.key,
+                            e.revision)
+        view.keys[e.key] = _Seen(e.revision, self._clock(), holder, instance, e.deleted)
+
+    def _member_value(self) -> bytes:
+        return json.dumps({"name": self.name, "instance": self.instance, "pid": os.getpid(),
+                           "host": socket.gethostname(), "at": time.time()}).encode()
+
+    def _lease_value(self) -> bytes:
+        self._seq += 1
+        return json.dumps({"holder": self.name, "instance": self.instance,
+                           "n": self._seq}).encode()
+
+    async def _join(self, members: Bucket) -> None:
+        """Register our heartbeat key. A key of that name that is still heartbeating
+        belongs to someone else (MemberNameTaken); one that stays still for a lease
+        period is a dead predecessor's and is taken over by CAS."""
+        seen = self._members.keys.get(self.name)
+        if seen is not None and not seen.deleted:
+            log.info("member %s: a previous %s key exists; waiting up to %.1f s to see "
+                     "whether it is alive", self.name, self.name, self.settings.lease_period)
+            first = seen.revision
+            deadline = seen.seen_at + self.settings.lease_period
+            while self._clock() < deadline:
+                cur = self._members.keys.get(self.name)
+                if cur is None or cur.revision != first:
+                    raise MemberNameTaken(self.name)
+                await asyncio.sleep(self.settings.tick_s)
+            t0 = self._clock()
+            try:
+                self._member_rev = await members.update(self.name, self._member_value(),
+                                                        revision=first)
+            except CASConflict as exc:
+                raise MemberNameTaken(self.name) from exc
+            self._beat_at = t0
+            return
+        t0 = self._clock()
+        try:
+            self._member_rev = await members.create(self.name, self._member_value())
+        except CASConflict as exc:
+            rev = await self._ours(members, self.name)  # our earlier try did succeed
+            if rev is None:
+                raise MemberNameTaken(self.name) from exc
+            self._member_rev = rev
+        self._beat_at = t0
+
+    async def _leave(self, members: Bucket, leases: Bucket) -> None:
+        """Clean stop: announce every lease lost, then release them and our key."""
+        lost = frozenset(self._owned)
+        held = dict(self._owned)
+        g = self._global
+        self._owned.clear()
+        self._global = None
+        if lost or g is not None:
+            await self._emit(Change(frozenset(), lost, frozenset(), global_lost=g is not None,
+                                    reason="stop"))
+        calls = [leases.delete(partition_key(p), revision=h.revision) for p, h in held.items()]
+        if g is not None:
+            calls.append(leases.delete(GLOBAL_KEY, revision=g.revision))
+        if self._member_rev:
+            calls.append(members.delete(self.name, revision=self._member_rev))
+        if calls:
+            with contextlib.suppress(TimeoutError):
+                results = await asyncio.wait_for(
+                    asyncio.gather(*calls, return_exceptions=True),
+                    self.kv.settings.request_timeout)
+                failed = [r for r in results if isinstance(r, BaseException)]
+                if failed:
+                    log.warning("member %s: %d of %d releases failed (they expire by "
+                                "themselves): %s", self.name, len(failed), len(calls),
+                                failed[0])
+
+    async def _emit(self, change: Change) -> None:
+        if self._on_change is None:
+            return
+        async with self._emit_lock:
+            await self._on_change(change)
+
+    # -- the loop -----------------------------------------------------------------------
+
+    def _deadline(self, h: _Held) -> float:
+        return h.renewed_at + self.settings.lease_period - self.settings.margin_s
+
+    async def _guard(self) -> None:
+        """Drop leases past our own deadline even while the main loop waits on NATS."""
+        while True:
+            await self._expire_own()
+            await asyncio.sleep(self.settings.tick_s / 2)
+
+    async def _expire_own(self) -> None:
+        now = self._clock()
+        lost = frozenset(p for p, h in self._owned.items() if now >= self._deadline(h))
+        g_lost = self._global is not None and now >= self._deadline(self._global)
+        if not lost and not g_lost:
+            return
+        for p in lost:
+            del self._owned[p]
+        if g_lost:
+            self._global = None
+        log.warning("member %s: %d lease(s)%s not renewed in time; dropped", self.name,
+                    len(lost), " and the global lease" if g_lost else "")
+        await self._emit(Change(frozenset(), lost, self.owned, global_lost=g_lost,
+                                holds_global=self.holds_global, reason="expired"))
+
+    async def _tick(self, members: Bucket, leases: Bucket) -> None:
+        await self._expire_own()
+        await self._heartbeat(members)
+        await self._renew(leases)
+        await self._rebalance(leases)
+        await self._take_global(leases)
+
+    async def _heartbeat(self, members: Bucket) -> None:
+        t0 = self._clock()
+        if t0 - self._beat_at < self.settings.renew_every:
+            return
+        try:
+            self._member_rev = await members.update(self.name, self._member_value(),
+                                                    revision=self._member_rev)
+            self._beat_at = t0
+        except CASConflict as exc:
+            rev = await self._ours(members, self.name)
+            if rev is None:
+                raise MemberNameTaken(self.name) from exc
+            self._member_rev = rev  # an earlier heartbeat did land; beat again next tick
+        except KVUnavailable as exc:
+            log.warning("member %s: heartbeat failed: %s", self.name, exc)
+
+    async def _renew(self, leases: Bucket) -> None:
+        now = self._clock()
+        due = [p for p, h in self._owned.items()
+               if now - h.renewed_at >= self.settings.renew_every]
+        g_due = self._global is not None and \
+            now - self._global.renewed_at >= self.settings.renew_every
+        if not due and not g_due:
+            return
+
+        async def renew(key: str, h: _Held) -> tuple[str, _Held | None, BaseException | None]:
+            t0 = self._clock()
+            try:
+                rev = await leases.update(key, self._lease_value(), revision=h.revision)
+            except CASConflict as exc:
+                # a renewal whose answer was lost may have landed: then the key is ours
+                # at a newer revision, written after h.renewed_at, so h.renewed_at is
+                # still a safe (early) start for our deadline
+                mine = await self._ours(leases, key)
+                if mine is None:
+                    return key, None, exc
+                return key, _Held(mine, h.renewed_at), None
+            except ClusterError as exc:
+                return key, None, exc
+            return key, _Held(rev, t0), None
+
+        jobs = [renew(partition_key(p), self._owned[p]) for p in due]
+        if g_due and self._global is not None:
+            jobs.append(renew(GLOBAL_KEY, self._global))
+        conflicts: set[int] = set()
+        g_conflict = False
+        unavailable = 0
+        for key, held, exc in await asyncio.gather(*jobs):
+            p = partition_of(key)
+            if held is not None:
+                if p is not None and p in self._owned:
+                    self._owned[p] = held
+                elif p is None and self._global is not None:
+                    self._global = held
+                else:  # dropped by the guard meanwhile: give it back
+                    with contextlib.suppress(ClusterError):
+                        await leases.delete(key, revision=held.revision)
+            elif isinstance(exc, CASConflict):
+                if p is None:
+                    g_conflict = self._global is not None
+                    self._global = None
+                elif self._owned.pop(p, None) is not None:
+                    conflicts.add(p)
+            else:
+                unavailable += 1
+        if unavailable:
+            log.warning("member %s: %d renewal(s) failed (NATS unavailable); retrying",
+                        self.name, unavailable)
+        if conflicts or g_conflict:
+            log.error("member %s: %d lease(s) were taken by another member before we "
+                      "renewed them", self.name, len(conflicts) + g_conflict)
+            await self._emit(Change(frozenset(), frozenset(conflicts), self.owned,
+                                    global_lost=g_conflict, holds_global=self.holds_global,
+                                    reason="conflict"))
+
+    def _free_or_expired(self, key: str, now: float) -> tuple[bool, int] | None:
+        """(expired?, revision to CAS on) if the key may be taken now, else None."""
+        seen = self._leases.keys.get(key)
+        if seen is None:
+            return False, 0
+        if seen.deleted:
+            return False, seen.revision
+        if now - seen.seen_at >= self.settings.lease_period:
+            return True, seen.revision
+        return None
+
+    async def _take(self, leases: Bucket, key: str, revision: int) -> _Held | None:
+        t0 = self._clock()
+        try:
+            if revision == 0:
+                rev = await leases.create(key, self._lease_value())
+            else:
+                rev = await leases.update(key, self._lease_value(), revision=revision)
+        except CASConflict:
+            return None
+        except KVUnavailable as exc:
+            log.warning("member %s: taking %s failed: %s", self.name, key, exc)
+            return None
+        return _Held(rev, t0)
+
+    async def _rebalance(self, leases: Bucket) -> None:
+        now = self._clock()
+        live = self.live_members()
+        targets = shares(live, self.settings.partitions)
+        mine = targets.get(self.name, 0)
+        free: list[tuple[int, bool, int]] = []
+        held_by: dict[str, int] = {}
+        for p in range(self.settings.partitions):
+            if p in self._owned:
+                continue
+            key = partition_key(p)
+            takeable = self._free_or_expired(key, now)
+            if takeable is not None:
+                free.append((p, *takeable))
+            else:
+                seen = self._leases.keys[key]
+                held_by[seen.holder] = held_by.get(seen.holder, 0) + 1
+        have = len(self._owned)
+        if have > mine:
+            deficit = sum(max(0, t - held_by.get(m, 0)) for m, t in targets.items()
+                          if m != self.name)
+            n = min(have - mine, max(0, deficit - len(free)))
+            if n > 0:
+                await self._release(leases, sorted(self._owned)[-n:])
+            return
+        need = mine - have
+        if need <= 0 or not free:
+            return
+        # free ones first, then expired; start at a point of our own so that members
+        # taking at the same moment mostly try different keys
+        offset = sum(self.name.encode()) % self.settings.partitions
+        free.sort(key=lambda t: (t[1], (t[0] - offset) % self.settings.partitions))
+        picks = free[:need]
+        results = await asyncio.gather(*(self._take(leases, partition_key(p), rev)
+                                         for p, _, rev in picks))
+        got = {p: h for (p, _, _), h in zip(picks, results, strict=True) if h is not None}
+        if not got:
+            return
+        self._owned.update(got)
+        await self._emit(Change(frozenset(got), frozenset(), self.owned,
+                                holds_global=self.holds_global, reason="acquire"))
+
+    async def _release(self, leases: Bucket, parts: list[int]) -> None:
+        held = {p: self._owned.pop(p) for p in parts}
+        await self._emit(Change(frozenset(), frozenset(held), self.owned,
+                                holds_global=self.holds_global, reason="rebalance"))
+        results = await asyncio.gather(
+            *(leases.delete(partition_key(p), revision=h.revision) for p, h in held.items()),
+            return_exceptions=True)
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if failed:
+            log.warning("member %s: %d release(s) failed (they expire instead): %s",
+                        self.name, len(failed), failed[0])
+
+    async def _take_global(self, leases: Bucket) -> None:
+        if self._global is not None:
+            return
+        takeable = self._free_or_expired(GLOBAL_KEY, self._clock())
+        if takeable is None:
+            return
+        held = await self._take(leases, GLOBAL_KEY, takeable[1])
+        if held is None:
+            return
+        self._global = held
+        await self._emit(Change(frozenset(), frozenset(), self.owned, global_acquired=True,
+                                holds_global=True, reason="acquire"))
+
+
+__all__ = ["GLOBAL_KEY", "Change", "LeaseSettings", "Member", "OnChange", "partition_key",
+           "partition_of", "shares"]
