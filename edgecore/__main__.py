@@ -20,22 +20,25 @@ agent that prepared a trial ends with `RestartRequested` and execs the launcher 
 
 from __future__ import annotations
 
+# Only light modules up here: `run` hands over to the launcher before the agent is
+# imported, and during an agent release's trial the launcher's process stays beside the
+# trial agent for its lifetime holding whatever was imported here. asyncio (with ssl),
+# the settings (shared's schema) and the agent come after the hand-over (issue 16).
 import argparse
-import asyncio
-import json
 import logging
 import os
-import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgecore import __version__
-from edgecore.config import AgentSettings
 from edgecore.errors import ConfigError, EdgecoreError
 
 if TYPE_CHECKING:
+    import asyncio
+
+    from edgecore.config import AgentSettings
     from edgecore.upgrade import RestartRequested
 
 log = logging.getLogger("edgecore")
@@ -213,6 +216,7 @@ def settings_from_args(args: argparse.Namespace) -> AgentSettings:
 
     Raises ConfigError for a bad value and JoinError for an unreadable config file.
     """
+    from edgecore.config import AgentSettings
     from edgecore.join import JoinedConfig, config_path, load_config
 
     cfg: JoinedConfig | None = None
@@ -282,6 +286,9 @@ def settings_from_args(args: argparse.Namespace) -> AgentSettings:
 async def _serve(settings: AgentSettings) -> RestartRequested | None:
     """Run the agent until a signal (None) or until it asks to restart into an agent
     release on trial (the request)."""
+    import asyncio
+    import signal
+
     from edgecore.agent import Agent
     from edgecore.upgrade import RestartRequested
 
@@ -319,6 +326,50 @@ async def _serve(settings: AgentSettings) -> RestartRequested | None:
     return restart
 
 
+DEFERRED_IMPORTS = ("urllib.request", "bz2", "lzma")
+"""Standard modules that libraries import at their top but the agent never calls:
+paho-mqtt imports `urllib.request` (which loads `http.client` and 21 `email` modules)
+for one proxy lookup that returns early without PySocks; `shutil` imports `bz2` and
+`lzma` (with libbz2 and liblzma) for archive formats the agent never writes. About
+1.4 MiB of RSS together (docs/edgecore.md, Memory)."""
+
+
+def defer_unused_imports(names: Sequence[str] = DEFERRED_IMPORTS) -> None:
+    """Put a placeholder for each of `names` into `sys.modules` that imports the real
+    module on its first attribute access, so an `import` of it costs nothing until it
+    is used (and behaves the same once it is). Call before anything imports them; a
+    module already imported, or not installed, is left alone.
+
+    Not `importlib.util.LazyLoader`: on CPython 3.11 the import statement itself reads
+    the module's `__spec__` and so loads a lazily loaded module at once."""
+    import importlib
+    import importlib.util
+    import types
+
+    for name in names:
+        if name in sys.modules:
+            continue
+        spec = importlib.util.find_spec(name)
+        if spec is None:
+            continue
+        stub = types.ModuleType(name)
+        stub.__spec__ = spec
+
+        def load(attr: str, name: str = name, stub: types.ModuleType = stub) -> Any:
+            if sys.modules.get(name) is stub:
+                del sys.modules[name]
+            real = importlib.import_module(name)
+            stub.__dict__.update((k, v) for k, v in vars(real).items() if k != "__getattr__")
+            stub.__dict__.pop("__getattr__", None)
+            return getattr(real, attr)
+
+        stub.__getattr__ = load  # type: ignore[method-assign]
+        sys.modules[name] = stub
+        parent, _, child = name.rpartition(".")
+        if parent:
+            setattr(importlib.import_module(parent), child, stub)
+
+
 def _libc() -> Any:
     """glibc through ctypes, or None (musl, other platforms): memory tuning is optional."""
     import ctypes
@@ -342,6 +393,7 @@ def _limit_malloc_arenas() -> None:
 async def _trim_memory(started: asyncio.Event, *, every_s: float = 60.0) -> None:
     """Once the agent has started (the imports and the start leave free
     heap behind), then every `every_s`: collect garbage and hand free heap back to the OS."""
+    import asyncio
     import gc
 
     libc = _libc()
@@ -355,8 +407,7 @@ async def _trim_memory(started: asyncio.Event, *, every_s: float = 60.0) -> None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from edgecore.join import JoinError
-
+    defer_unused_imports()  # first: argparse's help formatter imports shutil
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -366,6 +417,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         if not launched():
             launch(args.state_dir, list(sys.argv[1:] if argv is None else argv))
+    from edgecore.join import JoinError
+
     if args.command == "reset":
         return _reset(args)
     try:
@@ -386,6 +439,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _join(args: argparse.Namespace) -> AgentSettings | None:
     """`edgecore join`: the settings to run with if `--start`, else None."""
+    import json
+
+    from edgecore.config import AgentSettings
     from edgecore.join import config_path, join, remove_state_dir
 
     name = args.name or _default_name()
@@ -435,6 +491,8 @@ def _default_name() -> str:
 
 
 def _reset(args: argparse.Namespace) -> int:
+    import asyncio
+
     from edgecore.join import (
         JoinError,
         looks_like_state_dir,
@@ -473,6 +531,8 @@ def _reset(args: argparse.Namespace) -> int:
 
 
 def _run(settings: AgentSettings) -> int:
+    import asyncio
+
     _limit_malloc_arenas()
     try:
         if settings.event_loop == "uvloop":

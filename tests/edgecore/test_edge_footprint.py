@@ -156,7 +156,9 @@ async def test_telemetry_reads_stats_in_one_batch(tmp_path: Path) -> None:
 IMPORTS = """
 import json, sys, tracemalloc
 tracemalloc.start()
-import edgecore.__main__, edgecore.agent
+import edgecore.__main__
+edgecore.__main__.defer_unused_imports()  # what `edgecore run` does before the agent
+import edgecore.agent
 edgecore.__main__.build_parser()
 print(json.dumps({"traced": tracemalloc.get_traced_memory()[0],
                   "modules": sorted(sys.modules)}))
@@ -169,12 +171,15 @@ print(json.dumps({"traced": tracemalloc.get_traced_memory()[0],
 NOT_AT_START = ("pydantic", "pydantic_core", "shared.models", "fastapi", "uvicorn",
                 "starlette", "numpy", "onnxruntime", "cryptography", "uvloop", "yaml",
                 "requests", "httpx", "sqlite3", "xml", "http.server", "asyncio.windows_events",
-                "difflib")
+                "difflib", "http.client", "email", "_bz2", "_lzma", "calendar")
 # difflib left with issue 16's footprint work (shared.pods imports it only for a "did
-# you mean" hint). `urllib.request`, `http.client` and `email` are still loaded: paho
-# imports urllib.request at its top (edgecore.join itself imports urllib only for a
-# join or a certificate renewal). The link stays on aiomqtt and paho-mqtt, the project's
-# MQTT libraries (DESIGN.md 5); an own client was measured at -1.6 MiB RSS and declined
+# you mean" hint). paho-mqtt imports `urllib.request` at its top for a proxy lookup that
+# returns early without PySocks, and shutil imports bz2 and lzma for archive formats:
+# `edgecore run` puts placeholders for those three into sys.modules that import the real
+# module only when it is used (`edgecore.__main__.defer_unused_imports`), so
+# `http.client`, the `email` package, `calendar` and the compression libraries stay out
+# (about 1.4 MiB of RSS). The link stays on aiomqtt and paho-mqtt, the project's MQTT
+# libraries (DESIGN.md 5); an own client was measured at -1.6 MiB RSS and declined
 # (docs/edgecore.md, Memory).
 
 # The Python heap the agent's imports allocate (tracemalloc): about 12.5 MiB on CPython
@@ -202,28 +207,46 @@ def test_the_agents_imports_stay_small() -> None:
 # a few telemetry samples, reconcile passes and metrics writes; then it writes the
 # modules it holds and stops itself.
 STARTED = """
-import asyncio, json, os, signal, sys
-import edgecore.agent
+import importlib.machinery, json, os, signal, sys
 from edgecore.__main__ import main
 
 out, argv = sys.argv[1], sys.argv[2:]
-run = edgecore.agent.Agent.run
 
-async def watched(self):
-    async def dump():
-        await self.started.wait()
-        await self.link.wait_connected()
-        await asyncio.sleep(4)
-        with open(out, "w") as f:
-            json.dump(sorted(sys.modules), f)
-        os.kill(os.getpid(), signal.SIGTERM)
-    task = asyncio.get_running_loop().create_task(dump())
-    try:
-        await run(self)
-    finally:
-        task.cancel()
+def watch(agent_module):
+    import asyncio
+    run = agent_module.Agent.run
 
-edgecore.agent.Agent.run = watched
+    async def watched(self):
+        async def dump():
+            await self.started.wait()
+            await self.link.wait_connected()
+            await asyncio.sleep(4)
+            with open(out, "w") as f:
+                json.dump(sorted(sys.modules), f)
+            os.kill(os.getpid(), signal.SIGTERM)
+        task = asyncio.get_running_loop().create_task(dump())
+        try:
+            await run(self)
+        finally:
+            task.cancel()
+
+    agent_module.Agent.run = watched
+
+class WhenImported:
+    # Wraps edgecore.agent when `run` imports it, so that everything `run` does before
+    # the agent's imports (the launcher, the deferred modules) happens as it would.
+    def find_spec(self, name, path=None, target=None):
+        if name != "edgecore.agent":
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        exec_module = spec.loader.exec_module
+        def run_and_watch(module):
+            exec_module(module)
+            watch(module)
+        spec.loader.exec_module = run_and_watch
+        return spec
+
+sys.meta_path.insert(0, WhenImported())
 sys.exit(main(argv))
 """
 
@@ -246,3 +269,38 @@ def test_a_started_agent_holds_none_of_the_removed_modules(tmp_path: Path, mosqu
     loaded = sorted(m for m in mods if any(m == x or m.startswith(x + ".")
                                             for x in NOT_AT_START))
     assert not loaded, f"a started, idle agent holds {loaded}"
+    # The placeholders are still there: nothing the idle agent did needed them.
+    assert "urllib.request" in mods and "http.client" not in mods
+
+
+# `edgecore run` up to the launcher's hand-over: during an agent release's trial that
+# process stays beside the trial agent, holding what it imported by then.
+LAUNCHER = """
+import json, sys
+import edgecore.upgrade.launcher as launcher
+
+def launch(state_dir, args):
+    print(json.dumps(sorted(sys.modules)))
+    sys.exit(0)
+
+launcher.launch = launch
+from edgecore.__main__ import main
+main(["run", "--state-dir", sys.argv[1], "--name", "n1"])
+"""
+
+# What the agent needs and the launcher does not: the event loop with ssl, the
+# settings with shared's schema, msgspec, the MQTT client, the agent itself.
+NOT_IN_LAUNCHER = ("asyncio", "ssl", "_ssl", "msgspec", "paho", "aiomqtt", "lmdb",
+                   "edgecore.config", "edgecore.agent", "edgecore.join", "shared.pods",
+                   "shared.codec")
+
+
+def test_the_launchers_process_imports_nothing_heavy(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFED_")}
+    out = subprocess.run([sys.executable, "-c", LAUNCHER, str(tmp_path / "state")], env=env,
+                         capture_output=True, text=True, check=True, timeout=60).stdout
+    mods = set(json.loads(out))
+    assert "edgecore.upgrade.launcher" in mods
+    loaded = sorted(m for m in mods if any(m == x or m.startswith(x + ".")
+                                            for x in NOT_IN_LAUNCHER))
+    assert not loaded, f"`edgecore run` imports {loaded} before the launcher hands over"

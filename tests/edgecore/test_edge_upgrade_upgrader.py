@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
+from importlib.util import cache_from_source
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,7 @@ from edgecore.runtime.registry_auth import RegistryCredentials
 from edgecore.runtime.types import PullPolicy
 from edgecore.upgrade import RestartRequested
 from edgecore.upgrade.slots import BootState, Slots, Trial
-from edgecore.upgrade.upgrader import Upgrader
+from edgecore.upgrade.upgrader import Upgrader, _compile
 from shared import entries, release
 from shared.delta import EdgeDesired
 
@@ -109,6 +111,9 @@ async def test_a_good_release_is_installed_and_a_trial_prepared(
     assert h.slots.has("2.0")
     assert (h.slots.path("2.0") / "shared/release.py").read_bytes() == (
         ROOT / "shared/release.py").read_bytes()
+    # Compiled at install, as pip does, so the new agent does not compile at each start.
+    for module in ("edgecore/agent.py", "edgecore/upgrade/launcher.py", "shared/codec.py"):
+        assert Path(cache_from_source(str(h.slots.path("2.0") / module))).is_file(), module
     st = h.slots.read()
     assert st.trial is not None and st.trial.version == "2.0" and st.trial.slot == "2.0"
     assert st.trial.previous == __version__ and st.trial.deadline_s == 60
@@ -270,3 +275,17 @@ async def test_release_pulls_use_the_nodes_release_pull_secret(
     assert creds is not None and (creds.registry, creds.username, creds.password) == (
         "reg.example:5000", "ci", "s3cret")
     assert "s3cret" not in json.dumps(h.slots.read().dump())  # never in the status
+
+
+def test_a_module_that_does_not_compile_is_named_and_the_rest_compiled(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    (tmp_path / "edgecore").mkdir()
+    (tmp_path / "edgecore" / "good.py").write_text("X = 1\n")
+    (tmp_path / "edgecore" / "bad.py").write_text("def f(:\n")
+    with caplog.at_level(logging.WARNING, logger="edgecore.upgrade.upgrader"):
+        _compile(tmp_path, "2.0")
+    assert Path(cache_from_source(str(tmp_path / "edgecore" / "good.py"))).is_file()
+    assert not Path(cache_from_source(str(tmp_path / "edgecore" / "bad.py"))).exists()
+    [warning] = [r.getMessage() for r in caplog.records]
+    assert "agent release 2.0: 1 module(s) do not compile: edgecore/bad.py: SyntaxError" in (
+        warning)
