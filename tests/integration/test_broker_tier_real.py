@@ -15,8 +15,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import json
 import shutil
 import ssl
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -251,3 +253,86 @@ async def test_nodes_on_two_secure_brokers_sessions_and_a_move(
     async with cloudcore(settings) as cloud:
         m = cloud.brokers.map
         assert m.version == 2 and m.home(topics.partition_of(n0)) == "mq-1"
+
+
+async def fedctl(cloud: Running, token: str, *args: str) -> str:
+    """The real fedctl CLI against the running cloudcore; its stdout (fails on an error)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "fedctl", "--server", cloud.url, "--token", token,
+        "--certificate-authority", str(cloud.ca.cert_path), *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+    assert proc.returncode == 0, f"fedctl {' '.join(args)}: {err.decode()}"
+    return out.decode()
+
+
+async def test_a_broker_added_moved_to_drained_and_removed_live_with_fedctl(
+        tmp_path: Path, brokers: tuple[Mosquitto, Mosquitto]) -> None:
+    """From the embedded default (no --broker: one broker mq-0 at --mqtt-host:port) to a
+    second broker and back to one, while cloudcore runs."""
+    a, b = brokers
+    settings = settings_for(tmp_path, a, b)
+    settings.mqtt.brokers = {}
+    node = "edge-7"
+    async with cloudcore(settings) as cloud:
+        for f in ("ca.crt", "broker.crt", "broker.key"):
+            shutil.copy(a.tls_dir / f, b.tls_dir / f)
+        a.start()
+        b.start()
+        admin = (settings.store.state_dir / "admin.token").read_text().strip()
+        tls = ssl.create_default_context(cafile=str(cloud.ca.cert_path))
+        view = json.loads(await fedctl(cloud, admin, "get", "brokers", "-o", "json"))
+        assert list(view["brokers"]) == ["mq-0"] and view["persisted"] is False
+        url0, url1 = f"mqtts://127.0.0.1:{a.port}", f"mqtts://127.0.0.1:{b.port}"
+        assert view["brokers"]["mq-0"]["urls"] == [url0]
+
+        out = await fedctl(cloud, admin, "brokers", "add", "mq-1", url1)
+        assert "broker/mq-1 added (map version 2)" in out
+        await until(lambda: cloud.brokers.view()["brokers"]["mq-1"]["connected"],
+                    what="cloudcore connected to the added broker")
+        table = await fedctl(cloud, admin, "get", "brokers")
+        assert "mq-1" in table and "broker map version 2" in table
+
+        async with httpx.AsyncClient(base_url=cloud.url, verify=tls,
+                                     headers={"Authorization": f"Bearer {admin}"}) as api:
+            token = (await api.post("/api/v1/jointokens", json={"ttlSeconds": 600})
+                     ).json()["token"]
+            j = (await api.post("/api/v1/join", json={"token": token, "name": node})).json()
+        assert j["brokers"] == [url0] and j["broker_map_version"] == 2
+        await until(lambda: f"{node}:" in a.passwd.read_text() and a.reloads >= 1
+                    and b.reloads >= 1, what="brokers reloaded")
+        await asyncio.sleep(0.5)
+
+        def edge(port: int) -> Edge:
+            return Edge(node, port, password=j["credentials"]["password"],
+                        key=base64.b64decode(j["key"]), tls=tls)
+
+        p = topics.partition_of(node)
+        async with edge(a.port) as e0:
+            await e0.send(Report(node=node, seq=1))
+            assert (await e0.recv(ReportAck)).seq == 1
+            out = await fedctl(cloud, admin, "brokers", "move", "--partitions", f"{p},{p}",
+                               "--to", "mq-1")
+            assert "1 partition(s) now at broker/mq-1 (map version 3)" in out
+            d = await e0.recv(Desired)
+            assert d.put[BROKER_MAP_KEY] == {"version": 3, "urls": [url1, url0]}
+            await e0.send(Ack(node=node, epoch=d.epoch, gen=d.gen))
+            async with edge(b.port) as e1:
+                await e1.send(Resync(node=node, epoch=d.epoch, gen=d.gen, seq=1))
+                await until(lambda: cloud.hub.routes.last_heard(node) == "mq-1")
+                await e0.__aexit__(None, None, None)
+
+                await fedctl(cloud, admin, "brokers", "drain", "mq-0")
+                m = cloud.brokers.map
+                assert m.brokers["mq-0"].state == "draining" and m.homes()["mq-0"] == []
+                out = await fedctl(cloud, admin, "brokers", "remove", "mq-0")
+                assert "broker/mq-0 removed (map version 5)" in out
+                view = json.loads(await fedctl(cloud, admin, "get", "brokers", "-o", "json"))
+                assert list(view["brokers"]) == ["mq-1"]
+                assert view["brokers"]["mq-1"]["sessions"] == 1
+                # our node's list only lost its last fallback: one entry, no move
+                d2 = await e1.recv(Desired)
+                assert d2.put[BROKER_MAP_KEY] == {"version": 5, "urls": [url1]}
+                await e1.send(Report(node=node, seq=2))
+                assert (await e1.recv(ReportAck)).seq == 2
+                assert cloud.fleet.nodes[node].status.ready == "Ready"
