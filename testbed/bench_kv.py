@@ -12,6 +12,12 @@ fleet CA and a password, exactly as a shard connects (`cloudcore.cluster.kv`):
 - throughput: puts/s and CAS updates/s with `--concurrency` calls in flight over
   `--keys` keys (the CAS writers each own their key, as lease renewals do).
 
+With `--takeover SECONDS` (a lease period), also three real member processes
+(`python -m cloudcore.cluster member`) on each shape: time until they split the 256
+partitions, then kill -9 of the member holding the global lease and the seconds until
+every one of its partitions and the global lease are held by the others, then a fourth
+member joining and the seconds until it holds its share.
+
 Prints a table and one JSON document, and writes `result.json` in the workdir, with the
 load average before and after each shape (this machine is shared: say it with the
 figures).
@@ -32,7 +38,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from cloudcore.cluster.kv import KV, Bucket, KVSettings
-from testbed.natskv import NatsKV
+from testbed.natskv import MemberProc, NatsKV
 
 
 def _dist(samples: list[float]) -> dict[str, float]:
@@ -121,6 +127,52 @@ async def _shape(srv: NatsKV, *, replicas: int, ops: int, concurrency: int,
             "cas_per_s": round(cas_s)}
 
 
+def _takeover(srv: NatsKV, *, workdir: Path, lease: float, replicas: int) -> dict[str, object]:
+    """Three members; kill -9 the global holder; a fourth joins. Seconds of each step."""
+    def balanced(ms: list[MemberProc]) -> bool:
+        sets = [m.owned() for m in ms]
+        want = sorted(256 // len(ms) + (1 if i < 256 % len(ms) else 0)
+                      for i in range(len(ms)))
+        return sorted(len(x) for x in sets) == want and len(set().union(*sets)) == 256
+
+    def wait(cond: Callable[[], bool], timeout: float) -> float:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if cond():
+                return time.time()
+            time.sleep(0.02)
+        raise RuntimeError(f"not reached in {timeout} s (see {workdir})")
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    ms = [MemberProc(srv, f"S{i}", workdir=workdir, lease_period=lease, replicas=replicas)
+          for i in (1, 2, 3)]
+    everyone = list(ms)
+    try:
+        split_at = wait(lambda: balanced(ms), 60 + lease * 3)
+        victim = next(m for m in ms if m.holds_global())
+        orphaned = victim.owned()
+        rest = [m for m in ms if m is not victim]
+        killed = victim.kill()
+        taken = wait(lambda: orphaned <= set().union(*(m.owned() for m in rest)), lease * 5)
+        glob = wait(lambda: sum(m.holds_global() for m in rest) == 1, lease * 5)
+        rebalanced = wait(lambda: balanced(rest), lease * 5)
+        joiner = MemberProc(srv, "S4", workdir=workdir, lease_period=lease,
+                            replicas=replicas)
+        everyone.append(joiner)
+        joined_t = time.time()
+        share = wait(lambda: balanced([*rest, joiner]), lease * 10 + 30)
+    finally:
+        for m in everyone:
+            m.stop()
+    return {"lease_period_s": lease, "three_split_s": round(split_at - t0, 2),
+            "killed_partitions": len(orphaned),
+            "takeover_s": round(taken - killed, 2), "global_takeover_s": round(glob - killed, 2),
+            "rebalanced_s": round(rebalanced - killed, 2),
+            "join_share_s": round(share - joined_t, 2),
+            "renewal_writes_per_s": round(257 * 3 / lease, 1)}
+
+
 def _load() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
@@ -134,6 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", type=int, default=64, help="calls in flight (throughput)")
     p.add_argument("--value-bytes", type=int, default=200,
                    help="value size (a lease value is ~60 bytes, an object ~0.2-2 KB)")
+    p.add_argument("--takeover", type=float, default=None, metavar="LEASE_S",
+                   help="also measure lease takeover with member processes at this lease "
+                        "period (seconds)")
     p.add_argument("--workdir", type=Path, default=None)
     args = p.parse_args(argv)
     sizes = [int(x) for x in str(args.servers).split(",") if x.strip()]
@@ -155,6 +210,10 @@ def main(argv: list[str] | None = None) -> int:
                 figures.update({"servers": n, "replicas": replicas,
                                 "seconds": round(time.monotonic() - t0, 1),
                                 "load_before": before, "load_after": _load()})
+                if args.takeover:
+                    figures["takeover"] = _takeover(srv, workdir=workdir / f"members-{n}",
+                                                    lease=args.takeover, replicas=replicas)
+                    figures["load_after_takeover"] = _load()
             result["shapes"][f"{n}-server"] = figures  # type: ignore[index]
             f = figures
             print(f"\n{n} server(s), bucket replicas {replicas} (load {before} -> "
@@ -165,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
                       f"p99 {d['p99_ms']:7.2f}  max {d['max_ms']:7.2f}", file=sys.stderr)  # type: ignore[index]
             print(f"  puts/s {f['puts_per_s']}  CAS/s {f['cas_per_s']} "
                   f"({args.concurrency} in flight)", file=sys.stderr)
+            if "takeover" in f:
+                print(f"  leases: {f['takeover']}", file=sys.stderr)
     finally:
         (workdir / "result.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result))
