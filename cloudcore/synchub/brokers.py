@@ -77,6 +77,12 @@ class Routes:
         if was is not None:
             self._sessions[was] -= 1
 
+    def drop_broker(self, broker: str) -> None:
+        """`broker` left the map: nobody is heard there any more (its nodes are sent to
+        through their homes until heard again)."""
+        self._last = {n: b for n, b in self._last.items() if b != broker}
+        self._sessions.pop(broker, None)
+
     def sessions(self) -> dict[str, int]:
         """Broker name -> the nodes last heard there."""
         return {b: n for b, n in self._sessions.items() if n}
@@ -192,6 +198,7 @@ class BrokerTier:
                 self._connections.open(name, new.brokers[name])
             for name in old.brokers.keys() - new.brokers.keys():
                 self._connections.close(name)
+                self.routes.drop_broker(name)
             told = self._tell_nodes(old, new)
             log.info("broker map version %d: %s; %d node(s) told their new broker list",
                      new.version, what, told)

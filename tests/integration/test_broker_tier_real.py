@@ -329,6 +329,9 @@ async def test_a_broker_added_moved_to_drained_and_removed_live_with_fedctl(
                 assert "broker/mq-0 removed (map version 5)" in out
                 view = json.loads(await fedctl(cloud, admin, "get", "brokers", "-o", "json"))
                 assert list(view["brokers"]) == ["mq-1"]
+                await until(lambda: not [t for t in asyncio.all_tasks() if not t.done()
+                                         and "[mq-0]" in t.get_name()],
+                            what="the connections to mq-0 closed")
                 assert view["brokers"]["mq-1"]["sessions"] == 1
                 # our node's list only lost its last fallback: one entry, no move
                 d2 = await e1.recv(Desired)
