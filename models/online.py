@@ -152,11 +152,13 @@ def spreads(v: np.ndarray) -> np.ndarray:
     return out
 
 
-def training_examples(length: int, *, every: int = 3,
+def training_examples(length: int, *, every: int = 3, history_fraction: float = 1.0,
                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Examples x [2, n, L], m and d [2, n, 1], y [2, n, 15] from the history part of the
     training series and their synthetic nodes (every `every`-th origin; real-sample
-    origins only)."""
+    origins only). `history_fraction` < 1 uses only the first part of each history (the
+    prior of a history-split run, `models.evaluate_online --history-split`, must not see
+    the part that run scores)."""
     from models import data
 
     xs, ms, ds, ys = [], [], [], []
@@ -165,7 +167,7 @@ def training_examples(length: int, *, every: int = 3,
         series = [data.load_series(n) for n in data.TRAIN_SERIES]
     rng = np.random.default_rng(PRIOR_SEED)
     for s in series:
-        hist = s.values[:, : s.split]
+        hist = s.values[:, : int(s.split * history_fraction)]
         nodes = [hist, *data.synthetic_nodes(hist, count=PRIOR_NODES, rng=rng)]
         o = np.arange(LONG, hist.shape[1] - HORIZON + 1)
         o = o[(o - 1) % s.step == 0][::every]
@@ -180,21 +182,29 @@ def training_examples(length: int, *, every: int = 3,
             np.concatenate(ds, axis=1), np.concatenate(ys, axis=1))
 
 
+def build(path: Path, *, history_fraction: float = 1.0, verbose: bool = True) -> None:
+    """Fits both heads' priors on the training series' history (its first
+    `history_fraction`) and writes the graph to `path`."""
+    priors = {}
+    for n in (LONG, SHORT):
+        x, m, d, y = training_examples(n, history_fraction=history_fraction)
+        wn, q = fit_ridge(x, m, d, y)
+        priors[n] = (wn, q)
+        if verbose:
+            print(f"prior L={n}: {x.shape[1]} examples; q (p90 offset, in units of d) "
+                  f"cpu {q[0].mean():.3f}, mem {q[1].mean():.3f} (mean over steps)")
+    part = "" if history_fraction == 1.0 else f" (first {history_fraction:g} of it)"
+    export_online(path, priors,
+                  doc="edgefed online forecaster: scale-free ridge heads, weights as inputs; "
+                      f"prior fitted on alibaba2018 + google2019 history{part} (models/online.py)")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description="fit the online forecaster's prior and "
                                              "write its graph")
     ap.add_argument("--output", default=str(ONLINE_PATH))
     args = ap.parse_args(argv)
-    priors = {}
-    for n in (LONG, SHORT):
-        x, m, d, y = training_examples(n)
-        wn, q = fit_ridge(x, m, d, y)
-        priors[n] = (wn, q)
-        print(f"prior L={n}: {x.shape[1]} examples; q (p90 offset, in units of d) "
-              f"cpu {q[0].mean():.3f}, mem {q[1].mean():.3f} (mean over steps)")
-    export_online(Path(args.output), priors,
-                  doc="edgefed online forecaster: scale-free ridge heads, weights as inputs; "
-                      "prior fitted on alibaba2018 + google2019 history (models/online.py)")
+    build(Path(args.output))
     print(f"wrote {args.output}")
 
 

@@ -291,7 +291,8 @@ def _add(v: NodeView, req: np.ndarray, sign: int) -> NodeView:
 
 def run_policy(policy: str, w: Workloads, usage: UsageModel, names: list[str], *,
                start: np.ndarray, minutes: int, safety: float = SAFETY,
-               overcommit: float = OVERCOMMIT, by_usage: bool = True) -> Result:
+               overcommit: float = OVERCOMMIT, by_usage: bool = True,
+               lifetime_margin: float | None = None) -> Result:
     n = len(names)
     res = Result(policy)
     use_forecast = policy != "requests"
@@ -301,7 +302,8 @@ def run_policy(policy: str, w: Workloads, usage: UsageModel, names: list[str], *
     sim_now = [0.0]  # the simulated wall clock, seconds
     if policy == "right-sizing":
         sched = Scheduler.right_sizing(safety=safety, overcommit=overcommit,
-                                       by_usage=by_usage, clock=lambda: sim_now[0])
+                                       by_usage=by_usage, clock=lambda: sim_now[0],
+                                       lifetime_margin=lifetime_margin)
     else:
         sched = Scheduler(filters=filters, clock=lambda: sim_now[0])
     forecasts: dict[str, dict[str, float]] = {}
@@ -422,7 +424,8 @@ def replay(nodes: int, hours: float, seed: int = 0,
            policies: tuple[str, ...] = ("requests", "forecast"),
            out=print, *, safety: float = SAFETY, overcommit: float = OVERCOMMIT,
            by_usage: bool = True, request_factor: float = 1.0,
-           demand: float = TARGET_DEMAND) -> list[Result]:
+           demand: float = TARGET_DEMAND, lifetime_margin: float | None = None,
+           ) -> list[Result]:
     minutes = WARMUP + round(hours * 60)
     rng = np.random.default_rng(seed)
     series, note = load_usage_series(minutes + HISTORY_DAY, rng)
@@ -438,7 +441,9 @@ def replay(nodes: int, hours: float, seed: int = 0,
     usage = UsageModel(w, series, offsets, mu, seed + 1)
     out(f"replay: {nodes} nodes, {hours:g} h after a {WARMUP}-minute warm-up, seed {seed}; "
         f"requests = {request_factor:g} x p95, demand {demand:g}; right-sizing safety "
-        f"{safety:g}, overcommit {overcommit:g}{', by usage' if by_usage else ''}; {note}")
+        f"{safety:g}, overcommit {overcommit:g}{', by usage' if by_usage else ''}"
+        f"{'' if lifetime_margin is None else f', lifetime margin {lifetime_margin:g}'}; "
+        f"{note}")
     out(f"workloads: {int((w.arrive == 0).sum())} initial ({int((start >= 0).sum())} placed), "
         f"{int((w.arrive > 0).sum())} arriving; requests/usage-p95-of-previous-day: "
         f"cpu {np.mean(w.request[:, 0]):.0f}m, mem {np.mean(w.request[:, 1]) / 2**30:.2f} GiB "
@@ -447,7 +452,8 @@ def replay(nodes: int, hours: float, seed: int = 0,
     for policy in policies:
         t1 = time.perf_counter()
         r = run_policy(policy, w, usage, names, start=start, minutes=minutes, safety=safety,
-                       overcommit=overcommit, by_usage=by_usage)
+                       overcommit=overcommit, by_usage=by_usage,
+                       lifetime_margin=lifetime_margin)
         results.append(r)
         out(f"  {policy}: simulated in {time.perf_counter() - t1:.1f} s")
     out(format_table(results))
@@ -504,6 +510,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--whole-requests", action="store_true",
                     help="right-sizing: count a pod at its whole request, not at the share "
                          "of their requests the node's pods use (by_usage=False)")
+    ap.add_argument("--lifetime-margin", type=float, default=None,
+                    help="right-sizing: turn on the lifetime bound (a node's remembered "
+                         "peak share of its requests x its requests <= 1 - this of "
+                         "allocatable); default off")
     ap.add_argument("--policies", default="requests,forecast",
                     help=f"comma-separated, of {', '.join(POLICIES)}")
     args = ap.parse_args(argv)
@@ -521,10 +531,12 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit("--request-factor must be within 0.5..4")
     if not args.overcommit >= 0:
         sys.exit("--overcommit must be >= 0")
+    if args.lifetime_margin is not None and not 0 <= args.lifetime_margin <= 0.5:
+        sys.exit("--lifetime-margin must be within 0..0.5")
     runs = [replay(args.nodes, args.hours, s, policies, safety=args.safety,
                    overcommit=args.overcommit, by_usage=not args.whole_requests,
                    request_factor=args.request_factor,
-                   demand=args.demand)
+                   demand=args.demand, lifetime_margin=args.lifetime_margin)
             for s in range(args.seed, args.seed + args.seeds)]
     if len(runs) > 1:
         print(format_spread(runs))

@@ -54,7 +54,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from cloudcore.scheduler.affinity import PodTopology
-from cloudcore.scheduler.recent import RecentPlacements
+from cloudcore.scheduler.recent import DEFAULT_PEAK_HALF_LIFE, PeakUsage, RecentPlacements
 from shared.models import NodeSelector, PodSpec, Taint, Toleration
 
 ARCH_LABEL = "kubernetes.io/arch"
@@ -271,13 +271,25 @@ class RightSizedCapacity:
     otherwise (see the module doc). `safety` is a fraction of allocatable (0.05 = 5
     points of utilisation) kept free above the p90; `overcommit` the most a trusted
     node's cpu or memory requests may exceed its allocatable (0.25 = requests up to
-    125 %; `math.inf` = no cap)."""
+    125 %; `math.inf` = no cap).
+
+    `lifetime` (a `PeakUsage` ledger; None = off) bounds a trusted node by its pods'
+    whole life, not only the next 15 minutes: the filter records the share of their
+    requests the node's pods use now (p50 x allocatable / the requests the forecast
+    has seen) and admits past the node's requests only while the remembered peak share
+    times the node's requests, the pod's included, stays within 1 - `lifetime_margin`
+    of allocatable (`lifetime_bound`). A node that has not been seen with at least
+    `MIN_SEEN_REQUESTS` of its allocatable requested has no peak yet: it is not
+    admitted past its requests."""
 
     safety: float = 0.05
     overcommit: float = math.inf
     by_usage: bool = False
     """Count the pod (and the pods placed since the forecast) at the share of their
     requests this node's pods use (`usage_per_request`) instead of whole."""
+    lifetime: PeakUsage | None = field(default=None, compare=False)
+    lifetime_margin: float = 0.1
+    clock: Callable[[], float] = field(default=time.time, compare=False)
 
     def __call__(self, spec: PodSpec, req: dict[str, int], node: NodeView) -> str | None:
         if not trusted(node):
@@ -292,8 +304,53 @@ class RightSizedCapacity:
                           > alloc * (1.0 + self.overcommit)):
                 return (f"right-sized over capacity ({'cpu' if res == 'cpu' else 'mem'} "
                         f"requests over {100 * (1.0 + self.overcommit):.0f}%)")
+        if self.lifetime is not None:
+            reason = lifetime_bound(req, node, self.lifetime, self.lifetime_margin,
+                                    self.clock())
+            if reason is not None:
+                return reason
         return _over_p90(req, node, safety=self.safety, what="right-sized",
                          by_usage=self.by_usage)
+
+
+MIN_SEEN_REQUESTS = 0.1
+"""Right-sizing's lifetime bound learns a node's share of its requests only from
+forecasts that saw at least this fraction of its allocatable requested (below it the
+system's own use dominates the share)."""
+
+
+def lifetime_bound(req: dict[str, int], node: NodeView, peaks: PeakUsage, margin: float,
+                   now: float) -> str | None:
+    """Records the node's current share of its requests in `peaks` and returns why the
+    pod would take it past its lifetime bound, or None (see `RightSizedCapacity`).
+    Share = the forecast's p50 peak (what the node uses, system included) x allocatable
+    / the requests the forecast has seen. Past its requests (for cpu and memory) a node
+    takes the pod only while peak share x (requested + the pod's request) <= (1 -
+    margin) x allocatable; within its requests the bound does not refuse (the p90
+    check still applies); with no peak known, not past its requests at all."""
+    fc = node.forecast or {}
+    for res, key in (("cpu", "cpu_p50"), ("memory", "mem_p50")):
+        alloc = node.allocatable.get(res)
+        p50 = fc.get(key)
+        if not alloc or p50 is None:
+            continue
+        requested = node.requested.get(res, 0)
+        seen = requested - node.unforecast.get(res, 0)  # the requests the forecast saw
+        if seen >= MIN_SEEN_REQUESTS * alloc:
+            peak: float | None = peaks.observe(node.name, res, min(2.0, p50 * alloc / seen),
+                                               now)
+        else:
+            peak = peaks.peak(node.name, res)
+        after = requested + req.get(res, 0)
+        if after <= alloc:
+            continue
+        short = "cpu" if res == "cpu" else "mem"
+        if peak is None:
+            return f"right-sized over lifetime bound ({short}: no usage peak known yet)"
+        if peak * after > (1.0 - margin) * alloc:
+            return (f"right-sized over lifetime bound ({short} requests x peak use "
+                    f"{100 * peak:.0f}% > {100 * (1.0 - margin):.0f}%)")
+    return None
 
 
 DEFAULT_FILTERS: tuple[Filter, ...] = (unschedulable, not_ready, arch, node_selector,
@@ -437,18 +494,29 @@ class Scheduler:
     @classmethod
     def right_sizing(cls, *, safety: float = 0.05, overcommit: float = 0.3,
                      by_usage: bool = True, clock: Callable[[], float] = time.time,
-                     scorers: Sequence[Scorer] = DEFAULT_SCORERS) -> Scheduler:
+                     scorers: Sequence[Scorer] = DEFAULT_SCORERS,
+                     lifetime_margin: float | None = None,
+                     lifetime_half_life: float = DEFAULT_PEAK_HALF_LIFE) -> Scheduler:
         """A scheduler in right-sizing mode (module doc); `safety` in 0..0.5,
         `overcommit` >= 0 (math.inf: requests do not bound a trusted node), `by_usage`
         as in `RightSizedCapacity`. The defaults (cap 30 %, pods counted by usage) were
         chosen in `testbed.replay` on training seeds (docs/benchmarks.md), with safety
-        0.1 (the caller's: cloudcore passes `forecast.placement_safety`)."""
+        0.1 (the caller's: cloudcore passes `forecast.placement_safety`).
+        `lifetime_margin` in 0..0.5 turns on the lifetime bound (`RightSizedCapacity`,
+        `PeakUsage` with `lifetime_half_life` seconds); None leaves it off."""
         if not 0.0 <= safety <= 0.5:
             raise ValueError(f"right-sizing safety must be within 0..0.5, got {safety}")
         if not overcommit >= 0.0:
             raise ValueError(f"right-sizing overcommit must be >= 0, got {overcommit}")
-        filters = tuple(RightSizedCapacity(safety, overcommit, by_usage)
-                        if isinstance(f, RightSizedCapacity) else f
+        if lifetime_margin is not None and not 0.0 <= lifetime_margin <= 0.5:
+            raise ValueError(f"right-sizing lifetime margin must be within 0..0.5, "
+                             f"got {lifetime_margin}")
+        peaks = (None if lifetime_margin is None
+                 else PeakUsage(half_life=lifetime_half_life))
+        rsc = RightSizedCapacity(safety, overcommit, by_usage, lifetime=peaks,
+                                 lifetime_margin=0.0 if lifetime_margin is None
+                                 else lifetime_margin, clock=clock)
+        filters = tuple(rsc if isinstance(f, RightSizedCapacity) else f
                         for f in RIGHT_SIZING_FILTERS)
         return cls(filters=filters, scorers=scorers, clock=clock)
 

@@ -87,3 +87,60 @@ class RecentPlacements:
     def forget(self, node: str) -> None:
         """The node left the fleet."""
         self._by_node.pop(node, None)
+
+
+DEFAULT_PEAK_HALF_LIFE = 86_400.0
+"""Seconds: how fast a node's remembered peak share of its requests decays toward its
+current one (a day: the daily cycle's peak is remembered through its trough)."""
+
+
+class PeakUsage:
+    """Per node: the highest share of their requests the node's pods have been seen to
+    use, per resource (right-sizing's lifetime bound, `RightSizedCapacity`).
+
+    Why: a forecast looks 15 minutes ahead; a pod stays for hours. A node admitted past
+    its requests in a trough of its daily cycle overloads when the cycle comes back
+    (`testbed.replay` measured it: most right-sizing overloads came more than 15
+    minutes after the node's newest pod). The node's past says how much of their
+    requests its pods use at their peak; that share, times the requests, bounds what
+    the node may take for the pods' whole life, whatever the next 15 minutes look like.
+
+    `observe(node, resource, share, at)` records the share seen at `at` (Unix s): the p90
+    of the node's forecast x allocatable / the requests that forecast has seen. The
+    remembered peak is the largest share seen, its excess over the newest share decaying
+    with `half_life` seconds (so a node whose pods changed for good is not held to its
+    old pods' peak forever): peak' = share + (peak - share) x 0.5^(dt / half_life) when
+    the new share is lower, else the new share. Memory: one small tuple per node and
+    resource; `forget` drops a node."""
+
+    def __init__(self, *, half_life: float = DEFAULT_PEAK_HALF_LIFE) -> None:
+        if not half_life > 0:
+            raise ValueError(f"peak half-life must be > 0 s, got {half_life}")
+        self.half_life = half_life
+        self._peak: dict[tuple[str, str], tuple[float, float]] = {}  # (time, peak share)
+
+    def __len__(self) -> int:
+        return len(self._peak)
+
+    def observe(self, node: str, resource: str, share: float, at: float) -> float:
+        """Records `share` at `at`; returns the remembered peak (>= share)."""
+        key = (node, resource)
+        old = self._peak.get(key)
+        if old is None or share >= old[1]:
+            peak = share
+        elif at <= old[0]:
+            return old[1]  # the same minute again (or an older view): nothing decays
+        else:
+            peak = share + (old[1] - share) * 0.5 ** ((at - old[0]) / self.half_life)
+        self._peak[key] = (max(at, old[0]) if old is not None else at, peak)
+        return peak
+
+    def peak(self, node: str, resource: str) -> float | None:
+        """The remembered peak share, or None if the node was never observed."""
+        hit = self._peak.get((node, resource))
+        return None if hit is None else hit[1]
+
+    def forget(self, node: str) -> None:
+        """The node left the fleet."""
+        for res in ("cpu", "memory"):
+            self._peak.pop((node, res), None)
