@@ -195,3 +195,19 @@ async def test_the_hub_answers_through_the_broker_it_heard_the_node_on() -> None
     # a node never heard is sent to through its partition's home
     assert routes.broker_for("never", topics.partition_of("never")) == routes.map.home(
         topics.partition_of("never"))
+
+
+def test_broker_flags_are_checked_before_anything_starts() -> None:
+    from cloudcore.__main__ import parse_args
+    from cloudcore.errors import ConfigError
+
+    s = parse_args(["--broker", "mq-0=mqtts://a:8883", "--broker", "mq-1=mqtts://b"])
+    assert s.validate().mqtt.brokers == {"mq-0": "mqtts://a:8883", "mq-1": "mqtts://b"}
+    for flags, words in ((["--broker", "mq-0"], "NAME=URL"),
+                         (["--broker", "a=mqtts://x", "--broker", "a=mqtts://y"], "twice"),
+                         (["--broker", "MQ_0=mqtts://x"], "DNS label"),
+                         (["--broker", "mq-0=tcp://x:1"], "not a broker URL"),
+                         (["--broker", "mq-0=mqtt://x:1883"], "needs --insecure")):
+        with pytest.raises(ConfigError, match=words):
+            parse_args(flags).validate()
+    assert parse_args(["--insecure", "--broker", "mq-0=mqtt://x"]).validate().insecure
