@@ -123,8 +123,7 @@ async def run(settings: Settings, *,
     if settings.auth.broker_cert_dir is not None:
         ca.write_broker_certs(settings.auth.broker_cert_dir, broker_hosts(settings))
     _mqtt_password(settings)
-    mqtt_tls = _mqtt_tls(settings, ca, any_tls=any(
-        u.startswith("mqtts://") for u in settings.mqtt.brokers.values()))
+    mqtt_tls = _mqtt_tls(settings, ca)
     if settings.auth.node_certs and not settings.advertised_broker()[2]:
         log.warning("--node-certs with a plain broker address: nodes get certificates "
                     "they cannot use; advertise mqtts://HOST:PORT")
@@ -573,14 +572,12 @@ def _mqtt_password(settings: Settings) -> None:
     m.password = text
 
 
-def _mqtt_tls(settings: Settings, ca: FleetCA, *,
-              any_tls: bool = False) -> dict[str, ssl.SSLContext]:
-    """A TLS context per broker identity (`sub`, `pub<i>`), or none without mqtt.tls
-    (and no `mqtts://` broker: `any_tls`). With mqtt.client_cert each presents a
+def _mqtt_tls(settings: Settings, ca: FleetCA) -> dict[str, ssl.SSLContext]:
+    """A TLS context per broker identity (`sub`, `pub<i>`), whether or not mqtt.tls is
+    set: any broker of the map may be `mqtts://`, flags or one added through the API
+    later (the contexts cost nothing until used). With mqtt.client_cert each presents a
     fleet-CA certificate of its own identity. One context serves every broker."""
     m = settings.mqtt
-    if not m.tls and not any_tls:
-        return {}
     ca_file = m.ca_file or ca.cert_path
     roles = ["sub"] + [f"pub{i}" for i in range(m.publishers)]
     out = {}
