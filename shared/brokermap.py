@@ -16,7 +16,8 @@ Rules every operation keeps (and `from_value` checks):
 - `partitions[p]` is a non-empty list of distinct known broker names: home first, then
   the fallbacks in the order a node tries them.
 - a `draining` broker is home of no partition once `drain` ran, and no move makes it one;
-  it stays as the last fallback of the partitions it served until `remove`.
+  it stays as the last fallback of the partitions it was home of until `remove` (the
+  lists of other partitions are left alone: their nodes get one new list, at `remove`).
 - broker names are DNS labels (they appear in API paths); URLs are
   `mqtts://host:port` (TLS) or `mqtt://host:port` (plain, insecure mode only), stored
   with their port (a URL given without one gets 8883 or 1883).
@@ -231,9 +232,9 @@ class BrokerMap:
 
     def drain(self, name: str) -> BrokerMap:
         """Mark `name` draining: each partition it is home of moves home to the active
-        broker with the fewest homes at that moment (ties: name order); `name` becomes
-        the last fallback of every partition that lists it. Refused if no other broker
-        is active."""
+        broker with the fewest homes at that moment (ties: name order), and keeps `name`
+        as its last fallback; other partitions' lists do not change. Refused if no other
+        broker is active."""
         if name not in self.brokers:
             raise ObjectError(f"name: no broker {name!r} in the map", field="name")
         active = sorted(n for n, b in self.brokers.items() if b.state == "active" and n != name)
@@ -246,14 +247,11 @@ class BrokerMap:
                 load[names[0]] += 1
         parts = list(self.partitions)
         for p, names in enumerate(parts):
-            if name not in names:
+            if names[0] != name:
                 continue
-            rest = [n for n in names if n != name]
-            if names[0] == name:
-                to = min(active, key=lambda n: (load[n], n))
-                load[to] += 1
-                rest = [to, *(n for n in rest if n != to)]
-            parts[p] = (*rest, name)
+            to = min(active, key=lambda n: (load[n], n))
+            load[to] += 1
+            parts[p] = (to, *(n for n in names if n not in (name, to)), name)
         brokers = dict(self.brokers)
         brokers[name] = replace(brokers[name], state="draining")
         return self._changed(brokers=brokers, partitions=tuple(parts))

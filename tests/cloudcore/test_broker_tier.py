@@ -211,3 +211,21 @@ def test_broker_flags_are_checked_before_anything_starts() -> None:
         with pytest.raises(ConfigError, match=words):
             parse_args(flags).validate()
     assert parse_args(["--insecure", "--broker", "mq-0=mqtt://x"]).validate().insecure
+
+
+async def test_a_change_reaching_many_nodes_is_told_in_slices(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cloudcore.synchub import brokers as brokers_module
+
+    monkeypatch.setattr(brokers_module, "TELL_SLICE", 4)
+    names = [f"n{i}" for i in range(50)]
+    calls: list[dict[str, Any]] = []
+    m = BrokerMap.single("mq-0", "mqtts://b0").add("mq-1", "mqtts://b1")
+    tier = BrokerTier(routes=Routes(m), store=store, connections=FakeConnections(),
+                      nodes=lambda: names, tell=lambda e: calls.append(dict(e)),
+                      persisted=True)
+    await tier.drain("mq-0")  # every partition's list changes: every node is told
+    assert all(len(c) <= 4 for c in calls) and len(calls) >= 13
+    told = [n for c in calls for n in c]
+    assert sorted(told) == sorted(names)  # each once
+    assert {v["urls"][0] for c in calls for v in c.values()} == {"mqtts://b1:8883"}
