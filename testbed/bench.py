@@ -1,4 +1,4 @@
-"""`testbed bench sync|rollout`: a simulated fleet against one cloudcore and one mosquitto.
+"""`testbed bench sync|rollout`: a simulated fleet against one cloudcore and its brokers.
 
 `sync` measures, in one run on this machine:
 - time from `apply` of a DaemonSet until every node has applied and acked it
@@ -29,8 +29,24 @@ contain `crash-now`, which they report in CrashLoopBackOff:
 - a bad update: time until cloudcore rolled it back, how many nodes ever got the bad
   template, and the time until every node is available at the good revision again.
 
-Both share `simulated_fleet` (broker, cloudcore, simulator processes, teardown). The
-fleet is secure by default, as `testbed up` runs it: every simulated node is joined
+Both share `simulated_fleet` (brokers, cloudcore, simulator processes, teardown), and so
+does `testbed bench storm` (`testbed/bench_storm.py`). Sizes (issue 14, `plan`):
+`ceil(nodes / 15,000)` mosquittos (`--brokers`), the extra ones sharing cloudcore's
+password file, ACL and TLS files, cloudcore started with one `--broker NAME=URL` per broker
+and each simulated node sent to its partition's broker by the cloud's own map (`GET
+/api/v1/brokermap`); simulator processes by the open-file limit (20,000 here: at most
+17,000 sessions each, at least two processes; `--procs`). A size that cannot work is
+refused before anything starts. Every wait checks at each poll that cloudcore, every broker
+and every simulator is alive and that the awaited count moves: a dead process or
+`--stall` seconds without progress fails the bench with the missing sessions named per
+simulator, each broker's open files against its limit and its log's complaints
+(`SimFleet.diagnose`). `sync` also reports CPU per 1,000 nodes per process kind (cloud,
+brokers, simulators), the RSS of every process, cloudcore's worst event-loop lag (its
+`cloudcore_event_loop_lag_max_seconds`), and an audit of every node's applied gen against
+the cloud's acked and desired gens; `result.json` lists the brokers and processes used.
+`--mode` unset runs both fleets up to 20,000 nodes and the secure one above.
+
+The fleet is secure by default, as `testbed up` runs it: every simulated node is joined
 through the API first (`Fleet.join_many`: one multi-use join token, concurrent joins; the
 simulators get the node keys and broker credentials in a `--keys` file), then
 connects over TLS and seals every message. `bench sync` measures both the secure and
