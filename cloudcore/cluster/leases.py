@@ -203,6 +203,8 @@ class Member:
         self._emit_lock = asyncio.Lock()
         self._member_rev = 0
         self._beat_at = 0.0
+        self._started_at = clock()
+        self._reaped: set[tuple[str, int]] = set()
         self._seq = 0
         self.joined = asyncio.Event()
         self._members_bucket: Bucket | None = None
@@ -424,6 +426,7 @@ class Member:
     async def _tick(self, members: Bucket, leases: Bucket) -> None:
         await self._expire_own()
         await self._heartbeat(members)
+        await self._reap(members)
         await self._renew(leases)
         await self._rebalance(leases)
         await self._take_global(leases)
@@ -438,11 +441,37 @@ class Member:
             self._beat_at = t0
         except CASConflict as exc:
             rev = await self._ours(members, self.name)
-            if rev is None:
+            if rev is not None:
+                self._member_rev = rev  # an earlier heartbeat did land; beat again soon
+                return
+            current = await members.get(self.name)
+            if current is not None:
                 raise MemberNameTaken(self.name) from exc
-            self._member_rev = rev  # an earlier heartbeat did land; beat again next tick
+            # reaped while we could not beat (NATS out of reach for a lease period):
+            # our leases lapsed already (the guard said so); join again
+            log.warning("member %s: our heartbeat key was removed; joining again", self.name)
+            try:
+                self._member_rev = await members.create(self.name, self._member_value())
+                self._beat_at = t0
+            except CASConflict as again:
+                raise MemberNameTaken(self.name) from again
         except KVUnavailable as exc:
             log.warning("member %s: heartbeat failed: %s", self.name, exc)
+
+    async def _reap(self, members: Bucket) -> None:
+        """Delete the heartbeat keys of members dead in our view (CAS on the revision we
+        saw, so a member that just beat is left alone), so that a member joining now
+        does not count them live for a whole lease period."""
+        now = self._clock()
+        for name, seen in list(self._members.keys.items()):
+            if name == self.name or seen.deleted or (name, seen.revision) in self._reaped \
+                    or now - seen.seen_at < self.settings.lease_period:
+                continue
+            self._reaped.add((name, seen.revision))
+            with contextlib.suppress(ClusterError):
+                await members.delete(name, revision=seen.revision)
+                log.info("member %s: %s stopped heartbeating; its key is removed",
+                         self.name, name)
 
     async def _renew(self, leases: Bucket) -> None:
         now = self._clock()
@@ -503,15 +532,15 @@ class Member:
                                     global_lost=g_conflict, holds_global=self.holds_global,
                                     reason="conflict"))
 
-    def _free_or_expired(self, key: str, now: float) -> tuple[bool, int] | None:
-        """(expired?, revision to CAS on) if the key may be taken now, else None."""
+    def _free_or_expired(self, key: str, now: float) -> tuple[bool, int, float] | None:
+        """(expired?, revision to CAS on, free since) if the key may be taken now."""
         seen = self._leases.keys.get(key)
         if seen is None:
-            return False, 0
+            return False, 0, self._started_at
         if seen.deleted:
-            return False, seen.revision
+            return False, seen.revision, seen.seen_at
         if now - seen.seen_at >= self.settings.lease_period:
-            return True, seen.revision
+            return True, seen.revision, seen.seen_at + self.settings.lease_period
         return None
 
     async def _take(self, leases: Bucket, key: str, revision: int) -> _Held | None:
@@ -533,7 +562,7 @@ class Member:
         live = self.live_members()
         targets = shares(live, self.settings.partitions)
         mine = targets.get(self.name, 0)
-        free: list[tuple[int, bool, int]] = []
+        free: list[tuple[int, bool, int, float]] = []
         held_by: dict[str, int] = {}
         for p in range(self.settings.partitions):
             if p in self._owned:
@@ -553,22 +582,31 @@ class Member:
             if n > 0:
                 await self._release(leases, sorted(self._owned)[-n:])
             return
-        need = mine - have
-        if need <= 0 or not free:
+        if not free:
             return
         # free ones first, then expired; start at a point of our own so that members
         # taking at the same moment mostly try different keys
         offset = sum(self.name.encode()) % self.settings.partitions
         free.sort(key=lambda t: (t[1], (t[0] - offset) % self.settings.partitions))
-        picks = free[:need]
+        picks = free[:max(0, mine - have)]
+        reason = "acquire"
+        if not picks:
+            # Members may briefly disagree on who is live (a newcomer still counts a
+            # dead member for one lease period): then free partitions can sit below
+            # everyone's target. Whatever stayed free for lease_period / 3 is taken by
+            # anyone; the rebalance hands it on once the views agree.
+            picks = [f for f in free if now - f[3] >= self.settings.renew_every]
+            reason = "stranded"
+        if not picks:
+            return
         results = await asyncio.gather(*(self._take(leases, partition_key(p), rev)
-                                         for p, _, rev in picks))
-        got = {p: h for (p, _, _), h in zip(picks, results, strict=True) if h is not None}
+                                         for p, _, rev, _ in picks))
+        got = {f[0]: h for f, h in zip(picks, results, strict=True) if h is not None}
         if not got:
             return
         self._owned.update(got)
         await self._emit(Change(frozenset(got), frozenset(), self.owned,
-                                holds_global=self.holds_global, reason="acquire"))
+                                holds_global=self.holds_global, reason=reason))
 
     async def _release(self, leases: Bucket, parts: list[int]) -> None:
         held = {p: self._owned.pop(p) for p in parts}

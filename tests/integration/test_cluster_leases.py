@@ -175,3 +175,30 @@ def test_members_on_a_three_server_cluster(tmp_path: Path) -> None:
                 assert m.stop() == 0, m.err.read_text()
                 ends[m.name] = time.time()
         assert_no_double_ownership(members, ends)
+
+
+def test_join_while_a_dead_member_still_looks_alive(nats1: NatsKV, tmp_path: Path) -> None:
+    """A member joins right after another was killed: for one lease period it still
+    counts the dead one as live (its heartbeat key is fresh to it), so the members
+    disagree on the targets. Every partition is still owned again, the split ends
+    balanced, and no partition is ever owned by two members at once."""
+    members = [MemberProc(nats1, f"S{i}", workdir=tmp_path, lease_period=LEASE)
+               for i in (1, 2, 3)]
+    everyone = list(members)
+    wait_for("three-way split", lambda: balanced(members), 30, everyone)
+    victim = members[0]
+    killed_at = victim.kill()
+    joiner = MemberProc(nats1, "S4", workdir=tmp_path, lease_period=LEASE)
+    everyone.append(joiner)
+    members = [*members[1:], joiner]
+    try:
+        done = wait_for("balanced without the dead member", lambda: balanced(members),
+                        LEASE * 10, everyone)
+        print(f"\nkilled {victim.name} and started S4 at once: balanced again after "
+              f"{done - killed_at:.2f} s")
+    finally:
+        ends = {victim.name: killed_at}
+        for m in members:
+            assert m.stop() == 0, m.err.read_text()
+            ends[m.name] = time.time()
+    assert_no_double_ownership(everyone, ends)
