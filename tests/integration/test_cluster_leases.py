@@ -202,3 +202,28 @@ def test_join_while_a_dead_member_still_looks_alive(nats1: NatsKV, tmp_path: Pat
             assert m.stop() == 0, m.err.read_text()
             ends[m.name] = time.time()
     assert_no_double_ownership(everyone, ends)
+
+
+def test_nats_outage_drops_leases_in_time_and_they_come_back(nats1: NatsKV,
+                                                              tmp_path: Path) -> None:
+    """NATS gone: a member cannot renew, so it announces every lease lost before a lease
+    period has passed since its last renewal (others could take them then), and keeps
+    running; NATS back: it takes them again."""
+    m = MemberProc(nats1, "S1", workdir=tmp_path, lease_period=LEASE)
+    try:
+        wait_for("S1 holds everything", lambda: m.owned() == ALL, 30, [m])
+        nats1.kill(0)
+        killed_at = time.time()
+        wait_for("leases announced lost", lambda: m.owned() == set(), LEASE * 3, [m])
+        expired = [e for e in m.events() if e.get("reason") == "expired"]
+        assert expired and m.proc.poll() is None
+        lost_at = float(expired[-1]["ts"])  # type: ignore[arg-type]
+        print(f"\nNATS killed: S1 announced its leases lost after {lost_at - killed_at:.2f} s "
+              f"(lease period {LEASE} s)")
+        # the safety property itself: the holder gives up before anyone else may take
+        # over (one lease period after its last renewal, which was before the kill)
+        assert lost_at - killed_at < LEASE
+        nats1.restart(0)
+        wait_for("S1 holds everything again", lambda: m.owned() == ALL, 60, [m])
+    finally:
+        assert m.stop() == 0, m.err.read_text()
