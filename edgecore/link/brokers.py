@@ -4,11 +4,12 @@ A node's broker list comes from two places, and this module is the one rule that
 combines them (`BrokerList.effective`):
 - the list it got at join (`edgecore.json`'s `brokers`, or the single broker of an
   older config or of `edgecore run --mqtt-host/--mqtt-port`): `AgentSettings.mqtt_brokers`;
-- the `broker/-/map` entry of its desired set, when the cloud has one for it. The cloud
-  puts that entry there exactly while the node's list differs from the one it got at
-  join, so "the entry if present, else the join list" is the cloud's own rule read
-  back. The entry is persisted with the desired set (one synced LMDB transaction,
-  acked like any entry), which is what makes a followed move survive a restart.
+- the `broker/-/map` entry of its desired set. The cloud puts it there when a change of
+  the map changes the node's list (a node whose list never changed since it joined has
+  none), so the entry, when present, is the newer word: "the entry if present and not
+  older than the join list, else the join list". The entry is persisted with the
+  desired set (one synced LMDB transaction, acked like any entry), which is what makes
+  a followed move survive a restart; `edgecore.json` keeps the join list as it was.
 
 The link connects to the first URL that answers, in list order (`order`), and while it
 sits on any other broker it asks `ahead_of` which ones it should try to go back to.
@@ -97,13 +98,17 @@ class BrokerList:
     @classmethod
     def effective(cls, joined: BrokerList, items: Mapping[str, Any]) -> BrokerList:
         """The list in force: the desired set's `broker/-/map` entry if it has a valid
-        one (`items` is the desired set's key -> value), else the join list. A malformed
-        entry is logged and ignored (the node stays reachable on its join list)."""
+        one not older than the join list (`items` is the desired set's key -> value),
+        else the join list. A malformed or older entry is logged and ignored (the node
+        stays reachable on its join list)."""
         value = items.get(BROKER_MAP_KEY)
         if value is None:
             return joined
         try:
             entry = parse_broker_map_entry(BROKER_MAP_KEY, value)
+            if entry.version < joined.version:
+                raise ValueError(f"its map version {entry.version} is older than the "
+                                 f"join list's ({joined.version})")
             return cls.of(entry.urls, version=entry.version)
         except (ObjectError, ValueError) as exc:
             log.warning("ignoring the desired %s entry: %s; using the brokers from join "

@@ -65,6 +65,12 @@ def test_entry_wins_over_the_join_list_while_present(caplog: pytest.LogCaptureFi
     bad = BrokerList.effective(joined, {BROKER_MAP_KEY: {"version": 5, "urls": ["http://x"]}})
     assert bad is joined
     assert "ignoring the desired broker/-/map entry" in caplog.text and "http://x" in caplog.text
+    joined4 = BrokerList.of(["mqtts://a:8883"], version=4)
+    same = BrokerList.effective(joined4, {BROKER_MAP_KEY: broker_map_entry(4, ["mqtts://c"])})
+    assert same.urls == ("mqtts://c:8883",)  # the join list's own version: the entry wins
+    joined5 = BrokerList.of(["mqtts://a:8883"], version=5)
+    assert BrokerList.effective(joined5, {BROKER_MAP_KEY: broker_map_entry(4, ["mqtts://c"])}
+                                ) is joined5  # an entry older than the join list: not used
 
     items: dict[str, Any] = {}
     source = BrokerSource(joined, lambda: items)
