@@ -228,6 +228,8 @@ def storm(sf: SimFleet, *, down_s: float, timeout: float) -> dict[str, Any]:
                         for name, v in procs.items()) / n * 1000, 3)
         for kind, procs in u1.items()}
     res["worst_loop_lag_ms"] = round(max(sampler.lag.worst, lag.worst) * 1000, 1)
+    res["loop_lag_sampled_max_ms"] = round(
+        max(sampler.lag.worst_sampled, lag.worst_sampled) * 1000, 1)
     res["rss"] = _rss(u1)
     res["shard_kill"] = dict(SHARD_KILL)
     ready_s = waits["all_ready_and_reported_s"]
