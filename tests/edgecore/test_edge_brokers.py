@@ -347,3 +347,37 @@ async def test_agent_follows_the_map_entry_and_restarts_on_the_new_list(
             assert hello.gen == 3
             assert not any(name == "a" and isinstance(m, Resync) and m.gen == 3
                            for name, m in cloud.seen)
+
+
+def test_join_keeps_the_answers_list_and_run_uses_it(tmp_path: Path, capsys) -> None:
+    """`edgecore join` against a real cloudcore API writes the node's broker list and the
+    map version from the answer; `run` takes them unless a broker is named on its
+    command line."""
+    import sys
+
+    from typer.testing import CliRunner
+
+    from edgecore.__main__ import build_parser, main, settings_from_args
+    from fedctl.app import app as fedctl_app
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
+    from e2e_cloud import serve_cloud
+
+    for cloud in serve_cloud(tmp_path):
+        r = CliRunner().invoke(fedctl_app, ["--server", cloud.url, "token", "create"])
+        assert r.exit_code == 0, r.output
+        d = tmp_path / "edge"
+        rc = main(["join", "--cloud", cloud.url, "--token", r.stdout.strip(), "--name",
+                   "edge-7", "--state-dir", str(d), "--insecure-skip-tls-verify"])
+        assert rc == 0, capsys.readouterr().err
+        cfg = json.loads((d / "edgecore.json").read_text())
+        # One broker (no --broker flags): the embedded map, version 1, its one URL.
+        assert cfg["brokers"] in (["mqtt://broker.example:8883"],
+                                  ["mqtts://broker.example:8883"])
+        assert cfg["broker_map_version"] == 1
+        s = settings_from_args(build_parser().parse_args(["run", "--state-dir", str(d)]))
+        assert s.mqtt_brokers == tuple(cfg["brokers"])
+        assert s.broker_map_version == cfg["broker_map_version"]
+        s = settings_from_args(build_parser().parse_args(
+            ["run", "--state-dir", str(d), "--mqtt-host", "10.0.0.1"]))
+        assert s.mqtt_brokers == () and s.broker_urls[0].endswith("10.0.0.1:8883")
