@@ -15,24 +15,28 @@ partitions cannot fill, so nothing is released into the void. A joining member t
 takes its share as the others release theirs; a member killed with SIGKILL stops
 renewing, and the others take its leases once they have expired.
 
-Expiry, and the clock assumption (the one thing this module assumes):
+Expiry, and the clock assumption (the one thing this module assumes). With P the lease
+period and M the margin (P / 10 by default):
 - An observer never compares wall clocks. It notes, on its own monotonic clock, when it
-  first saw each revision of a lease key (through the watch). A lease is expired for
-  it when the key has stayed at that revision for `lease_period` seconds; it then takes
-  the lease by CAS on exactly that revision, which fails if the holder renewed since.
+  first saw each revision of a lease key (through the watch). The lease is expired for
+  it when the key has stayed at that revision for P - M seconds; it then takes the
+  lease by CAS on exactly that revision, which fails if the holder renewed since.
 - A holder notes, on its monotonic clock, the moment *before* it sent the write that
   produced its current revision (`renewed_at`). It considers the lease lost at
-  `renewed_at + lease_period - margin` unless a renewal succeeded first, and says so
-  (the `lost` callback) before that moment passes (`tick < margin`).
+  `renewed_at + P - 2M` unless a renewal succeeded first, and says so (the `lost`
+  callback; a guard task checks every tick/2, even while the main loop waits on NATS).
 - The write happened after `renewed_at` and the observer saw it after it happened, so
-  the observer's expiry is later than `renewed_at + lease_period`, and the holder
-  stopped `margin` seconds before that. This holds if the two monotonic clocks advance
-  at the same rate within `margin / lease_period` (10 % by default) over one period:
-  rates, not offsets. A process paused longer than that (SIGSTOP, a VM frozen) wakes up
-  already past its own deadline and drops the lease at its first tick; a pause between
-  that check and its use of a partition is the window every lease system has (a fence
-  token per write would close it: the lease revision is one, for the wiring step).
-- Renewals every `lease_period / 3` give two more attempts before the deadline.
+  the observer takes over no earlier than `renewed_at + P - M`, M seconds after the
+  holder stopped. This holds if the two monotonic clocks advance at the same rate within
+  M / P (10 %) over one period: rates, not offsets. A process paused longer than that
+  (SIGSTOP, a frozen VM) wakes up past its own deadline and drops the lease at its first
+  tick; a pause between that check and a use of the partition is the window every lease
+  system has (a fence token per write closes it: the lease revision is one, for the
+  wiring step).
+- A member killed with SIGKILL renewed last at most P / 3 before; its leases are taken
+  over P - M after that renewal was seen, plus one tick (< M / 3) and one CAS: within
+  one lease period of the kill.
+- Renewals every P / 3 give the holder two attempts before its deadline.
 
 Callbacks: `on_change(Change)` is awaited in order, one at a time. A lost partition is
 announced *before* its lease is released on a rebalance or a clean stop, so a shard's
@@ -100,8 +104,9 @@ class LeaseSettings:
     """One member's lease behaviour. Times in seconds."""
 
     name: str  # member name, unique among live members ([A-Za-z0-9_-], 1-64)
-    lease_period: float = 15.0  # a lease not renewed for this long is taken over
-    margin: float | None = None  # holder gives up this much earlier (None: period / 10)
+    lease_period: float = 15.0  # a dead member's leases are taken within this long
+    margin: float | None = None  # clock-rate allowance (None: period / 10): others take a
+    # lease unchanged for period - margin, the holder gives up at period - 2 x margin
     tick: float | None = None  # how often to check (None: min(margin / 3, period / 15))
     partitions: int = topics.PARTITIONS
     replicas: int = 1  # bucket copies: 1 on a single server, 3 on a cluster
@@ -115,6 +120,11 @@ class LeaseSettings:
     def tick_s(self) -> float:
         return self.tick if self.tick is not None else min(self.margin_s / 3,
                                                            self.lease_period / 15)
+
+    @property
+    def expiry(self) -> float:
+        """Seconds a key must stay at one revision before others may take it."""
+        return self.lease_period - self.margin_s
 
     @property
     def renew_every(self) -> float:
@@ -221,14 +231,14 @@ class Member:
         return self._global is not None
 
     def live_members(self) -> list[str]:
-        """Members whose heartbeat advanced within a lease period and who hold no
-        expired lease (a live member renews them all), this member included."""
+        """Members whose heartbeat advanced within `expiry` and who hold no expired
+        lease (a live member renews them all), this member included."""
         now = self._clock()
-        period = self.settings.lease_period
+        expiry = self.settings.expiry
         live = {n for n, s in self._members.keys.items()
-                if not s.deleted and now - s.seen_at < period}
+                if not s.deleted and now - s.seen_at < expiry}
         stale = {s.holder for s in self._leases.keys.values()
-                 if not s.deleted and now - s.seen_at >= period}
+                 if not s.deleted and now - s.seen_at >= expiry}
         return sorted((live - stale) | {self.name})
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -400,7 +410,7 @@ class Member:
     # -- the loop -----------------------------------------------------------------------
 
     def _deadline(self, h: _Held) -> float:
-        return h.renewed_at + self.settings.lease_period - self.settings.margin_s
+        return h.renewed_at + self.settings.lease_period - 2 * self.settings.margin_s
 
     async def _guard(self) -> None:
         """Drop leases past our own deadline even while the main loop waits on NATS."""
@@ -465,7 +475,7 @@ class Member:
         now = self._clock()
         for name, seen in list(self._members.keys.items()):
             if name == self.name or seen.deleted or (name, seen.revision) in self._reaped \
-                    or now - seen.seen_at < self.settings.lease_period:
+                    or now - seen.seen_at < self.settings.expiry:
                 continue
             self._reaped.add((name, seen.revision))
             with contextlib.suppress(ClusterError):
@@ -539,8 +549,8 @@ class Member:
             return False, 0, self._started_at
         if seen.deleted:
             return False, seen.revision, seen.seen_at
-        if now - seen.seen_at >= self.settings.lease_period:
-            return True, seen.revision, seen.seen_at + self.settings.lease_period
+        if now - seen.seen_at >= self.settings.expiry:
+            return True, seen.revision, seen.seen_at + self.settings.expiry
         return None
 
     async def _take(self, leases: Bucket, key: str, revision: int) -> _Held | None:
