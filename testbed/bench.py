@@ -58,16 +58,20 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import http.client
 import json
 import os
 import re
 import resource
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
+import urllib.parse
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -475,6 +479,77 @@ def _sum(m: dict[str, float], name: str, *labels: str) -> float:
                if (k == name or k.startswith(name + "{")) and all(t in k for t in labels))
 
 
+def join_all(fleet: Fleet, names: list[str], *, keys_file: Path,
+             threads: int = 8) -> list[str]:
+    """Join every node of `names` through the API with one multi-use join token, as
+    `Fleet.simulator_args` does, but over `threads` kept-alive HTTPS connections (one TLS
+    handshake per thread, not per join: at 100,000 nodes the handshakes were most of the
+    bench's own share of the join). Writes the simulators' `--keys` file (0600) and
+    returns their arguments (keys, TLS against the fleet CA). RuntimeError naming the
+    node and the answer when a join fails (429s are retried)."""
+    assert fleet.ca_file is not None and fleet.broker is not None
+    assert fleet.broker.ca_file is not None
+    token = fleet.join_token(uses=len(names), ttl=7200, labels={})
+    url = urllib.parse.urlsplit(fleet.api)
+    ctx = ssl.create_default_context(cafile=str(fleet.ca_file))
+    out: dict[str, Any] = {}
+    lock = threading.Lock()
+
+    def worker(part: list[str]) -> None:
+        conn = http.client.HTTPSConnection(url.hostname or "127.0.0.1", url.port,
+                                           context=ctx, timeout=120)
+        got: dict[str, Any] = {}
+        try:
+            for name in part:
+                body = json.dumps({"token": token, "name": name}).encode()
+                for attempt in range(8):
+                    try:
+                        conn.request("POST", "/api/v1/join", body=body,
+                                     headers={"content-type": "application/json"})
+                        r = conn.getresponse()
+                        data = r.read()
+                    except (OSError, http.client.HTTPException):
+                        conn.close()  # the next request opens a new connection
+                        if attempt == 7:
+                            raise
+                        time.sleep(1 + attempt)
+                        continue
+                    if r.status == 429 and attempt < 7:
+                        time.sleep(1 + attempt)
+                        continue
+                    if r.status != 200:
+                        raise RuntimeError(f"join {name}: HTTP {r.status}: {data[:200]!r}")
+                    doc = json.loads(data)
+                    got[name] = {"key": doc["key"], **doc["credentials"]}
+                    break
+        finally:
+            conn.close()
+            with lock:
+                out.update(got)
+
+    errors: list[BaseException] = []
+
+    def run(part: list[str]) -> None:
+        try:
+            worker(part)
+        except BaseException as exc:  # reported below, with the node it failed on
+            errors.append(exc)
+
+    pool = [threading.Thread(target=run, args=(names[i::threads],), daemon=True)
+            for i in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    if errors:
+        raise RuntimeError(f"joining {len(names)} nodes: {errors[0]}") from errors[0]
+    fd = os.open(keys_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(out, f)
+    time.sleep(1.5)  # cloudcore rewrites the brokers' password file twice a second
+    return ["--keys", str(keys_file), "--tls", "--ca-file", str(fleet.broker.ca_file)]
+
+
 LAG_MAX = "cloudcore_event_loop_lag_max_seconds"
 LAG = "cloudcore_event_loop_lag_seconds"
 
@@ -521,8 +596,8 @@ def simulated_fleet(*, nodes: int, procs: int | None = None, workdir: Path,
         if secure:
             c0, _ = _proc_usage(sf.cloud_pid)
             t_join = time.monotonic()
-            extra = fleet.simulator_args([f"sim-{i}" for i in range(nodes)],
-                                         keys_file=workdir / "keys.json")
+            extra = join_all(fleet, [f"sim-{i}" for i in range(nodes)],
+                             keys_file=workdir / "keys.json")
             sf.join_s = time.monotonic() - t_join
             sf.join_cloud_cpu_s = _proc_usage(sf.cloud_pid)[0] - c0
         if p.brokers > 1:
