@@ -83,18 +83,37 @@ def ewma(x: np.ndarray, alpha: float) -> np.ndarray:
     return np.repeat((x @ w)[..., None], H, axis=2)
 
 
-def online_ridge(x: np.ndarray, y: np.ndarray, lam: float, step: int = 1) -> np.ndarray:
+LEVEL_TERMS = {
+    "raw lags + bias (the baseline)": "raw",
+    "lags - last value, no bias (shift- and scale-free)": "free",
+    "lags - last value + bias": "bias",
+    "lags - last value + last value": "level",
+}
+"""Feature sets of `online_ridge` for the `--level-terms` diagnostic: the baseline's raw
+lags and bias can express a pull toward a fixed utilisation level (sum(w) a + b), which
+a shift- and scale-free forecaster must give up."""
+
+
+def online_ridge(x: np.ndarray, y: np.ndarray, lam: float, step: int = 1,
+                 features: str = "raw") -> np.ndarray:
     """p50 [T, 2, 15]: at origin t, a ridge fitted on the examples of origins <= t - 15
     (on an upsampled series only those whose window ends at a real sample, as the
-    forecaster learns: `forecast_csv --real-every`)."""
+    forecaster learns: `forecast_csv --real-every`). `features` (`LEVEL_TERMS`): "raw"
+    the 60 raw lags and a bias (the baseline); "free" the lags minus the last value
+    only; "bias" those and a bias; "level" those and the last value."""
     t_len = len(x)
-    f = np.concatenate([np.nan_to_num(x), np.ones((t_len, 2, 1))], axis=2)  # [T, 2, 61]
     a = np.nan_to_num(x[..., -1:])
+    raw = np.nan_to_num(x)
+    f = {"raw": lambda: np.concatenate([raw, np.ones((t_len, 2, 1))], axis=2),
+         "free": lambda: raw - a,
+         "bias": lambda: np.concatenate([raw - a, np.ones((t_len, 2, 1))], axis=2),
+         "level": lambda: np.concatenate([raw - a, a], axis=2)}[features]()
+    k = f.shape[2]
     tgt = np.nan_to_num(y - a)
-    xtx = np.zeros((2, C + 1, C + 1))
-    xty = np.zeros((2, C + 1, H))
-    eye = lam * np.eye(C + 1)[None]
-    w = np.zeros((2, C + 1, H))
+    xtx = np.zeros((2, k, k))
+    xty = np.zeros((2, k, H))
+    eye = lam * np.eye(k)[None]
+    w = np.zeros((2, k, H))
     out = np.empty((t_len, 2, H))
     for t in range(t_len):
         u = t - H
@@ -192,12 +211,35 @@ def verdicts(name: str, res: dict[str, dict[str, float]]) -> list[str]:
         f"vs best baseline {pin_best:.5f} ({'met' if m['pinball_p90'] < pin_best else 'NOT met'})"]
 
 
+def level_terms(names: list[str]) -> None:
+    """Prints p50 sMAPE on the held-out range of each series for the online ridge with
+    each feature set of `LEVEL_TERMS` (lambda chosen on the history part, as the
+    baseline's)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        for name in names:
+            series = data.load_series(name)
+            x, y = all_windows(series.values)
+            lam = choose(series, x, y)["ridge_lambda"]
+            o = data.origins(series.split, series.values.shape[1], step=series.step) - 1
+            for label, feats in LEVEL_TERMS.items():
+                p = online_ridge(x, y, lam, series.step, feats)
+                print(f"| {name} | {label} | {metrics.smape(y[o], p[o]):.3f} |", flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description="evaluate the online forecaster via forecast_csv")
     ap.add_argument("--held-out", action="store_true", help="also score azure_v2 (once)")
     ap.add_argument("--write-readme", action="store_true")
     ap.add_argument("--series", default=",".join(data.TRAIN_SERIES))
+    ap.add_argument("--level-terms", action="store_true",
+                    help="only the diagnostic: the online ridge baseline with and without "
+                         "its absolute-level terms, on the held-out ranges of --series "
+                         "(chooses nothing)")
     args = ap.parse_args(argv)
+    if args.level_terms:
+        level_terms([s for s in args.series.split(",") if s])
+        return
     names = [s for s in args.series.split(",") if s]
     if args.held_out:
         names += [n for n in data.HELD_OUT_SERIES if n not in names]

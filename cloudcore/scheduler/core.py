@@ -41,6 +41,18 @@ Two placement modes (`Scheduler.requests_mode()`, the default, and
   not from a wrong p90 (measured in `testbed.replay`, docs/benchmarks.md). Requests
   still say something about the long run; the cap keeps them as a bound on how far
   the forecast may reclaim.
+
+  The lifetime bound (issue 15, `Scheduler.right_sizing(lifetime_margin=...)`) bounds
+  that drift by what the node itself has shown instead of a fixed cap: the scheduler
+  remembers, per node and resource, the highest share of their requests the node's
+  pods have used (`PeakUsage`: the forecast's p50 x allocatable / the requests that
+  forecast saw, decaying toward the current share with a half-life of a day), and a
+  trusted node takes a pod past its requests only while that peak share x its
+  requests (the pod's included) stays within 1 - margin of allocatable. Pods that
+  used half their requests at the node's busiest time so far may be packed to about
+  1.8x allocatable in requests; pods that used all of theirs get nothing past them.
+  What the node has not shown yet (a surge beyond its busiest time so far) it cannot
+  bound: requests are the only guess about that.
 """
 
 from __future__ import annotations
@@ -490,6 +502,10 @@ class Scheduler:
         self._plain_scorers = tuple(s for s in self.scorers
                                     if not isinstance(s, AFFINITY_SCORERS))
         self.recent = RecentPlacements(clock=clock) if recent is None else recent
+        # right-sizing's lifetime bound keeps its ledger in its filter; pruned here
+        self.peaks = next((f.lifetime for f in self.filters
+                           if isinstance(f, RightSizedCapacity) and f.lifetime is not None),
+                          None)
 
     @classmethod
     def right_sizing(cls, *, safety: float = 0.05, overcommit: float = 0.3,
@@ -522,8 +538,11 @@ class Scheduler:
 
     def forecast_made(self, origins: dict[str, float]) -> None:
         """New forecasts exist; `origins[node]` is the start (Unix s) of the newest
-        telemetry minute the node's forecast saw. Placements they cover stop counting."""
+        telemetry minute the node's forecast saw. Placements they cover stop counting;
+        the lifetime bound forgets nodes that no longer have a forecast."""
         self.recent.forecast_made(origins)
+        if self.peaks is not None:
+            self.peaks.keep_only(origins)
 
     def _with_recent(self, node: NodeView) -> NodeView:
         # the right-sizing filter counts the ledger against the forecast, as the

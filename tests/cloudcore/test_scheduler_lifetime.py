@@ -112,3 +112,13 @@ def test_a_node_without_a_known_peak_stays_within_its_requests() -> None:
         "right-sized over lifetime bound (cpu: no usage peak known yet)"
     with pytest.raises(ValueError, match="lifetime margin"):
         Scheduler.right_sizing(lifetime_margin=0.9)
+
+
+def test_nodes_without_a_forecast_are_forgotten_by_the_bound() -> None:
+    rs = Scheduler.right_sizing(lifetime_margin=0.1)
+    assert rs.peaks is not None and Scheduler.right_sizing().peaks is None
+    for name in ("a", "b"):
+        rs.check(_pod(100), _node(2000, 0.4, name=name))
+    assert len(rs.peaks) == 2 and rs.peaks.peak("b", "memory") is not None
+    rs.forecast_made({"a": 0.0})  # b left the fleet
+    assert rs.peaks.peak("a", "cpu") == pytest.approx(0.8) and rs.peaks.peak("b", "cpu") is None
