@@ -80,6 +80,10 @@ from shared.models import (
 
 __all__ = ["ApplyResult", "Fleet", "Persister", "Refusal", "dump_object"]
 
+RETRY_BUDGET_S = 0.010
+"""With `background`, how long one retry of pending pods may run in a call (the rest
+goes on between the background slices)."""
+
 Refusal = ObjectError | NotFound | Conflict
 """Why `Fleet.apply_each` refused one object (HTTP 422, 404 or 409)."""
 
@@ -137,6 +141,9 @@ class Fleet:
                                  events=self.events, store=store)
         """AgentUpgrades: the nodes' agent release entries in health-gated batches
         (`upgrades.py`)."""
+        self._retry_budget = RETRY_BUDGET_S if background else None
+        """How long one pending retry may hold the event loop (with `background`; a
+        retry cut short goes on in `run`'s slices)."""
         self._back = False
         """A node became Ready since the last liveness tick: the pods that wait for a
         node (one was not ready) are retried at the next tick, once however many came
@@ -236,19 +243,29 @@ class Fleet:
         self.commit()
 
     async def run(self, *, settle: Callable[[], Awaitable[None]] | None = None) -> None:
-        """Work until cancelled: expand DaemonSets in the background (with
-        `background`), committing after each bounded slice; `settle` (the store's
-        flush) is awaited after each, so a store batch holds one slice's writes."""
+        """Work until cancelled: expand DaemonSets and scale big Deployments in the
+        background (with `background`), committing after each bounded slice, and go on
+        with pending retries that a call cut short; `settle` (the store's flush) is
+        awaited after each, so a store batch holds one slice's writes."""
         await self.workloads.run_expansions(self.commit, settle=settle)
 
     async def expanded(self) -> None:
         """Wait until every DaemonSet applied so far has its pods (`run` must run)."""
         await self.workloads.expanded()
 
-    def commit(self) -> None:
-        """Retry pending pods, then recompute the desired sets that may differ."""
-        self.placement.retry_pending()
+    def commit(self, more: bool = False) -> bool:
+        """Retry pending pods, then recompute the desired sets that may differ. With
+        `background` a retry holds the loop at most RETRY_BUDGET_S; True if it was cut
+        short (`run` goes on with it: `more` says a call only continues it)."""
+        left = self._retry(more=more)
         self.desired_sets.commit()
+        return left
+
+    def _retry(self, *, more: bool = False) -> bool:
+        left = self.placement.retry_pending(budget=self._retry_budget, more=more)
+        if left:
+            self.workloads.wake()
+        return left
 
     # -- API: apply / delete / read -----------------------------------------------------
 
@@ -637,7 +654,7 @@ class Fleet:
     def _node_changed(self, name: str) -> None:
         """A node joined or changed labels/taints/capacity: DaemonSets and pending pods."""
         self.workloads.node_changed(name)
-        self.placement.retry_pending()
+        self._retry()
         self.upgrades.selection_changed(name)  # labels: which AgentUpgrade selects it
 
     def _delete_node(self, name: str) -> Node:

@@ -364,9 +364,11 @@ class Placement:
                 self._again = False
                 self._round = sorted(self._queues.values(), key=self._order)
                 self._at = 0
+            first = True  # each call gets somewhere, however small its budget
             while self._at < len(self._round):
-                if end is not None and time.perf_counter() >= end:
+                if not first and end is not None and time.perf_counter() >= end:
                     return True
+                first = False
                 q = self._round[self._at]
                 if q.size and not self._retry_queue(q, end):
                     return True
@@ -542,7 +544,7 @@ def by_priority(keys: Iterable[Key], pods: Mapping[Key, Any]) -> list[Key]:
 _EMPTY: set[Key] = set()
 LOADS_KEPT = 4096
 """Distinct container lists whose requests `Placement.view` remembers."""
-EXPLAIN_STEP = 256
+EXPLAIN_STEP = 64
 """Pods a queue's reason is written to between two looks at the clock."""
 _NO_CONTAINERS: list[Any] = []
 """The container statuses of every Pending status the cloud writes: one empty list for

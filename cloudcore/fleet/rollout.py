@@ -544,12 +544,17 @@ class Rollouts:
             return False
         if isinstance(ds, DaemonSet):
             return not self.workloads.is_expanding(ds)  # pods yet to be made
-        return sc.total == ds.spec.replicas  # no surge pod or old replica left
+        # no surge pod or old replica left, and no pods being made or removed
+        return sc.total == ds.spec.replicas and not self.workloads.is_scaling(owner_of(ds))
 
     # -- status -------------------------------------------------------------------------
 
     def _waiting(self, ds: Workload, sc: _Scan) -> str:
         """What completion waits for, in a few words."""
+        if not isinstance(ds, DaemonSet) and self.workloads.is_scaling(owner_of(ds)):
+            way = "up" if sc.total < ds.spec.replicas else "down"
+            return (f"scaling {way}: {sc.total} pods, {ds.spec.replicas} wanted (made or "
+                    "removed in the background)")
         if sc.waiting:
             shown = sorted(sc.waiting_for)[:WAITING_SHOWN]
             more = f" and {sc.waiting - len(shown)} more" if sc.waiting > len(shown) else ""

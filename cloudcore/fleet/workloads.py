@@ -23,6 +23,19 @@ the rollout status counts them; a later apply, a template change or a delete of 
 same DaemonSet restarts or ends its expansion. Expanding is idempotent (a node whose
 pod is already at its target is skipped), so a node that joins meanwhile, or a
 restart in the middle (every DaemonSet is expanded again after `load`), is harmless.
+
+A Deployment is scaled the same way (issue 16): with `background`, a Deployment of
+more than `SYNC_PODS` pods (before or after) is not synced in the apply: the apply
+stores it and answers, and the same slices make or remove its pods (`_Scaling`), as
+Kubernetes' Deployment controller does after the API has answered. Meanwhile its
+status counts the pods made so far and its rollout message says it is scaling. A
+scale-down removes the pods above the new count's indexes (a full pass over a copy
+of its pod keys, so never more than it must); a scale-up makes the missing ones at the
+lowest free indexes; the pods that stay get the template the rollout plan says. The
+delete of such a Deployment removes its pods in the same slices. A later apply (back
+to 3, say) replaces the job under way: the last apply wins, whatever the slices had
+done. After a restart every Deployment whose pod count is not its replicas is scaled
+again.
 """
 
 from __future__ import annotations
@@ -66,7 +79,9 @@ SLICE_S = 0.012
 """Seconds the event loop is held by one slice of expansion and its commit together
 (the slice's own share is adapted to what its commit took last time)."""
 STEP = 32
-"""Nodes expanded between two looks at the clock."""
+"""Nodes expanded (pods made or removed) between two looks at the clock."""
+SYNC_PODS = 256
+"""A Deployment with at most this many pods, before and after, is synced in the call."""
 
 
 @dataclass
@@ -74,6 +89,18 @@ class _Expansion:
     ds: DaemonSet  # the object this expansion is for (a new apply makes a new one)
     names: list[str]  # the nodes at the time it started
     done: int = 0
+
+
+@dataclass
+class _Scaling:
+    """A Deployment whose pods are being made or removed in the background."""
+
+    key: Key
+    dep: Deployment | None  # the object it was queued for (None: deleted, its pods go);
+    # each step works toward what the table holds then
+    keys: list[Key] | None = None  # a copy of its pods' keys, for the trim/update pass
+    at: int = 0  # how far that pass got
+    index: int = 0  # the next replica index a new pod may take
 
 
 class Workloads:
@@ -90,6 +117,7 @@ class Workloads:
         self.background = background
         self._owners: dict[str, set[Key]] = {}  # workload ("Kind/ns/name") -> its pods
         self._expanding: dict[Key, _Expansion] = {}
+        self._scaling: dict[str, _Scaling] = {}  # owner "Deployment/ns/name" -> its job
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -104,6 +132,9 @@ class Workloads:
         if self.background:
             for ds in self.objects.daemonsets.values():
                 self._expand_later(ds)
+            for (ns, name), dep in self.objects.deployments.items():
+                if len(self.owned_set(f"Deployment/{ns}/{name}")) != dep.spec.replicas:
+                    self._scale_later(dep)
 
     def compact(self) -> int:
         """After loading (and the rollout plans): keep each DaemonSet pod that is
@@ -194,7 +225,18 @@ class Workloads:
         self.desired.invalidate(key)
 
     def delete_owned(self, owner: str) -> None:
-        """Delete every pod of a workload (it was deleted)."""
+        """Delete every pod of a workload (it was deleted): in the call, or, for a
+        Deployment of more than SYNC_PODS pods with `background`, in the background
+        slices (`is_scaling` says so until they are gone)."""
+        kind, _, rest = owner.partition("/")
+        if kind == "Deployment" and self.background and len(
+                self.owned_set(owner)) > SYNC_PODS:
+            ns, _, name = rest.partition("/")
+            self._scaling.pop(owner, None)
+            self._scaling[owner] = _Scaling(key=(ns, name), dep=None)
+            self._work_later()
+            return
+        self._scaling.pop(owner, None)
         for pk in self.owned_keys(owner):
             self.delete_pod(pk)
 
@@ -216,8 +258,6 @@ class Workloads:
             self._expand_later(obj)
         else:
             self._expanding.pop((obj.metadata.namespace, obj.metadata.name), None)
-            if not self._expanding:
-                self._idle.set()
             self.sync_daemonset(obj, self.objects.nodes)
 
     # -- background expansion of DaemonSets ---------------------------------------------
@@ -226,23 +266,41 @@ class Workloads:
         """DaemonSets whose expansion is under way."""
         return len(self._expanding)
 
+    def scaling(self) -> int:
+        """Deployments whose pods are being made or removed in the background."""
+        return len(self._scaling)
+
+    def is_scaling(self, owner: str) -> bool:
+        """Whether a Deployment's (`Deployment/ns/name`) pods are being made or
+        removed in the background (its pod count is not final yet)."""
+        return owner in self._scaling
+
+    def wake(self) -> None:
+        """There is background work (`run_expansions` calls the commit again)."""
+        self._work_later()
+
+    def _work_later(self) -> None:
+        self._idle.clear()
+        self._wake.set()
+
     def is_expanding(self, ds: DaemonSet) -> bool:
         """Whether `ds`'s pods are still being made (its rollout cannot be complete)."""
         return (ds.metadata.namespace, ds.metadata.name) in self._expanding
 
     async def expanded(self) -> None:
-        """Wait until no DaemonSet expansion is under way."""
+        """Wait until no DaemonSet expansion or Deployment scaling is under way and the
+        retries of pending pods have caught up (`run_expansions` must run)."""
         await self._idle.wait()
 
     def _expand_later(self, ds: DaemonSet) -> None:
         key = (ds.metadata.namespace, ds.metadata.name)
         self._expanding.pop(key, None)  # a new one goes last; starts over the fleet
         self._expanding[key] = _Expansion(ds=ds, names=list(self.objects.nodes))
-        self._idle.clear()
-        self._wake.set()
+        self._work_later()
 
     def expand_slice(self, budget: float = SLICE_S) -> bool:
-        """Expand DaemonSets for about `budget` seconds; True if work remains."""
+        """Expand DaemonSets, then scale Deployments, for about `budget` seconds; True
+        if work remains."""
         end = time.perf_counter() + budget
         daemonsets = self.objects.daemonsets
         while self._expanding:
@@ -258,34 +316,108 @@ class Workloads:
                 self.plans.touch(f"DaemonSet/{key[0]}/{key[1]}")  # its status: complete?
             if time.perf_counter() >= end:
                 break
-        if not self._expanding:
-            self._idle.set()
-        return bool(self._expanding)
+        if self._expanding and time.perf_counter() >= end:
+            return True
+        while self._scaling:  # at least one step, as for a DaemonSet
+            owner, job = next(iter(self._scaling.items()))
+            if self._scale_step(owner, job, end):
+                del self._scaling[owner]
+                self.plans.touch(owner)  # its status: the count is final
+            if time.perf_counter() >= end:
+                break
+        return bool(self._expanding or self._scaling)
 
-    async def run_expansions(self, commit: Callable[[], None], *,
+    async def run_expansions(self, commit: Callable[..., bool | None], *,
                              settle: Callable[[], Awaitable[None]] | None = None,
                              budget: float = SLICE_S) -> None:
-        """Work until cancelled: expand queued DaemonSets a slice at a time, calling
-        `commit` (pending retry and desired-set commit) after each slice and letting
-        the event loop run between slices. `settle` (the store's flush) is awaited
-        after each slice, so what a slice wrote is serialised in a batch of its own
-        and no store batch grows with the fleet."""
+        """Work until cancelled: expand queued DaemonSets and scale Deployments a slice
+        at a time, calling `commit` (pending retry and desired-set commit) after each
+        slice and letting the event loop run between slices; a commit that returns
+        True (its pending retry ran out of time) is called again, as `commit(True)` (go
+        on where it stopped) when no slice work came between.
+        `settle` (the store's flush) is awaited after each slice, so what a slice wrote
+        is serialised in a batch of its own and no store batch grows with the fleet."""
         share = budget / 2  # of the slice's time spent expanding (the rest: the commit)
         while True:
             await self._wake.wait()
             self._wake.clear()
-            while self._expanding:
+            more = True
+            while self._expanding or self._scaling or more:
                 start = time.perf_counter()
-                self.expand_slice(share)
+                worked = bool(self._expanding or self._scaling)
+                if worked:
+                    self.expand_slice(share)
                 mid = time.perf_counter()
-                commit()
+                more = bool(commit() if worked else commit(True))
                 took = time.perf_counter() - start
-                if took > 0:  # aim the next slice at `budget` in all
+                if took > 0 and mid > start:  # aim the next slice at `budget` in all
                     share = min(budget, max(budget / 20, (mid - start) * budget / took))
                 if settle is not None:
                     await settle()
                 else:
                     await asyncio.sleep(0)
+            if not self._wake.is_set():
+                self._idle.set()
+
+    def _scale_step(self, owner: str, job: _Scaling, end: float) -> bool:
+        """Work on a Deployment's scaling until `end` (perf_counter); True when its pods
+        are what its spec says. First a pass over a copy of its pod keys: a pod above
+        the count goes (index at or above replicas, + maxSurge during such a rollout),
+        one that stays gets its plan's template; then the missing pods are made at the
+        lowest free indexes."""
+        ns, name = job.key
+        dep = self.objects.deployments.get(job.key)  # level-triggered: what it is now
+        plan = self.plans.plan(dep) if dep is not None else None
+        replicas = dep.spec.replicas if dep is not None else 0
+        allowed = replicas + (surge_allowed(dep, plan) if dep is not None and plan else 0)
+        owned = self._owners.setdefault(owner, set())
+        pods = self.objects.pods
+        if job.keys is None:
+            job.keys = list(owned)
+        keys = job.keys
+        while job.at < len(keys):
+            for key in keys[job.at:job.at + STEP]:
+                if key not in owned:
+                    continue
+                if len(owned) > allowed and replica_index(name, key[1]) >= allowed:
+                    self.delete_pod(key)
+                    continue
+                if plan is not None:
+                    pod = pods.get(key)
+                    target = plan.target_for(pod)
+                    if target is not None:
+                        self.put_pod(key, target.pod(ns=ns, name=key[1], owner=owner,
+                                                     node=None), pod,
+                                     revision=target.revision)
+            job.at += STEP
+            if time.perf_counter() >= end:
+                return False
+        if plan is None:
+            if not owned:
+                self._owners.pop(owner, None)
+            return True
+        target = plan.target_for(None)
+        while len(owned) < replicas and target is not None:
+            for _ in range(STEP):
+                if len(owned) >= replicas:
+                    break
+                key = (ns, naming.child_name(name, str(job.index)))
+                job.index += 1
+                if key in owned or key in pods:
+                    continue
+                self.put_pod(key, target.pod(ns=ns, name=key[1], owner=owner, node=None),
+                             None, revision=target.revision)
+            if time.perf_counter() >= end:
+                return len(owned) >= replicas
+        return True
+
+    def _scale_later(self, dep: Deployment) -> None:
+        owner = f"Deployment/{dep.metadata.namespace}/{dep.metadata.name}"
+        self._scaling.pop(owner, None)  # a new one goes last and starts over
+        self._scaling[owner] = _Scaling(key=(dep.metadata.namespace, dep.metadata.name),
+                                        dep=dep)
+        self.plans.touch(owner)
+        self._work_later()
 
     def sync_daemonset(self, ds: DaemonSet, nodes: Iterable[str]) -> None:
         """One pod per admitting node. During a rollout (`rollout.py`) a pod gets the
@@ -320,6 +452,11 @@ class Workloads:
         rollback, the update's), then the highest indexes."""
         ns, depname = dep.metadata.namespace, dep.metadata.name
         owner = f"Deployment/{ns}/{depname}"
+        if self.background and max(len(self.owned_set(owner)),
+                                   dep.spec.replicas) > SYNC_PODS:
+            self._scale_later(dep)  # big: in the background slices (`_scale_step`)
+            return
+        self._scaling.pop(owner, None)  # a small sync now supersedes a job under way
         plan = self.plans.plan(dep)
         pods = self.objects.pods
         keys = sorted(self.owned_set(owner), key=lambda k: replica_index(depname, k[1]))

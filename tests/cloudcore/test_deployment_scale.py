@@ -1,0 +1,161 @@
+"""Big Deployments are scaled in the background, a bounded slice at a time, and their
+pending pods cost one scheduling attempt per retry, not one per pod (issue 16 part 4:
+`replicas: 100000` timed the apply out and stalled the API for two minutes)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from cloudcore_fakes import FakeStore, add_node, deployment
+
+from cloudcore.fleet import Fleet, Liveness, workloads
+from cloudcore.scheduler import Scheduler
+from shared.models import parse_object
+
+NODES = 3
+FIT = 110 * NODES  # add_node's nodes take 110 pods each
+
+
+def fleet_of(*, background: bool) -> Fleet:
+    fleet = Fleet(store=FakeStore(), scheduler=Scheduler(), background=background,
+                  liveness=Liveness(default_heartbeat=30, missed=3, now=0.0))
+    for i in range(NODES):
+        add_node(fleet, f"n{i}")
+    return fleet
+
+
+@contextlib.asynccontextmanager
+async def running(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Fleet]:
+    """A background fleet whose slices run, tiny (a few pods each)."""
+    monkeypatch.setattr(workloads, "SYNC_PODS", 10)
+    monkeypatch.setattr(workloads, "STEP", 3)
+    fleet = fleet_of(background=True)
+    task = asyncio.create_task(fleet.workloads.run_expansions(fleet.commit, budget=1e-6))
+    try:
+        yield fleet
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def web(fleet: Fleet) -> set[str]:
+    return {k[1] for k in fleet.owned_set("Deployment/default/web")}
+
+
+def apply(fleet: Fleet, replicas: int) -> str:
+    [res] = fleet.apply([parse_object(deployment("web", replicas=replicas))])
+    return res.action
+
+
+async def test_scale_up_answers_first_and_the_pods_follow(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    async with running(monkeypatch) as fleet:
+        assert apply(fleet, 500) == "created"
+        assert len(web(fleet)) < 500  # the apply did not make them all
+        assert fleet.workloads.is_scaling("Deployment/default/web")
+        fleet.expire(0.0)  # a status tick while scaling
+        status = fleet.get("Deployment", "default", "web")["status"]
+        assert status["rollout"]["phase"] == "Progressing"
+        assert "scaling" in status["rollout"]["message"]
+        await asyncio.wait_for(fleet.expanded(), 20)
+        assert web(fleet) == {f"web-{i}" for i in range(500)}
+        assert not fleet.workloads.is_scaling("Deployment/default/web")
+        assert len(fleet.bound) == FIT
+        pending = [fleet.pods[("default", f"web-{i}")] for i in range(500)
+                   if ("default", f"web-{i}") not in fleet.bound]
+        assert len(pending) == 500 - FIT
+        assert {(p.status.phase, p.status.reason) for p in pending} == {
+            ("Pending", "Unschedulable")}
+        assert {p.status.message for p in pending} == {
+            f"0/{NODES} nodes available: {NODES} insufficient pods"}
+        fleet.expire(0.0)
+        status = fleet.get("Deployment", "default", "web")["status"]
+        assert status["replicas"] == 500
+        assert "scaling" not in status["rollout"]["message"]
+
+
+async def test_a_second_apply_while_scaling_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+    async with running(monkeypatch) as fleet:
+        apply(fleet, 500)
+        await asyncio.sleep(0.01)  # some slices run
+        assert 0 < len(web(fleet)) < 500
+        assert apply(fleet, 3) == "configured"
+        await asyncio.wait_for(fleet.expanded(), 20)
+        assert web(fleet) == {"web-0", "web-1", "web-2"}
+        assert set(fleet.pods) == {("default", f"web-{i}") for i in range(3)}
+        assert len(fleet.bound) == 3
+        assert not fleet.placement.pending_count()
+
+
+async def test_scale_down_and_delete_go_in_slices(monkeypatch: pytest.MonkeyPatch) -> None:
+    async with running(monkeypatch) as fleet:
+        apply(fleet, 400)
+        await asyncio.wait_for(fleet.expanded(), 20)
+        apply(fleet, 50)
+        assert len(web(fleet)) > 50  # not all removed in the call
+        await asyncio.wait_for(fleet.expanded(), 20)
+        assert web(fleet) == {f"web-{i}" for i in range(50)}
+        apply(fleet, 400)
+        await asyncio.wait_for(fleet.expanded(), 20)
+        fleet.delete("Deployment", "default", "web")
+        with pytest.raises(Exception, match="not found"):
+            fleet.get("Deployment", "default", "web")
+        assert len(web(fleet)) > 0  # the answer came before every pod was gone
+        await asyncio.wait_for(fleet.expanded(), 20)
+        assert not fleet.pods and not fleet.bound
+        assert not fleet.placement.pending_count()
+
+
+async def test_made_again_while_its_pods_go(monkeypatch: pytest.MonkeyPatch) -> None:
+    async with running(monkeypatch) as fleet:
+        apply(fleet, 400)
+        await asyncio.wait_for(fleet.expanded(), 20)
+        fleet.delete("Deployment", "default", "web")
+        apply(fleet, 20)  # the same name again: its pods are kept, the rest go
+        await asyncio.wait_for(fleet.expanded(), 20)
+        assert web(fleet) == {f"web-{i}" for i in range(20)}
+
+
+def test_pending_pods_of_one_template_cost_one_attempt_per_retry(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    fleet = fleet_of(background=False)
+    apply(fleet, 2000)
+    assert len(fleet.bound) == FIT
+    calls: list[Any] = []
+    schedule = fleet.scheduler.schedule
+    monkeypatch.setattr(fleet.scheduler, "schedule",
+                        lambda *a, **k: calls.append(a) or schedule(*a, **k))
+    fleet.commit()
+    fleet.commit()
+    assert len(calls) == 2  # one attempt per retry for 2000 - FIT pending pods
+    # room appears: the queue is placed in name order until it is full again
+    pending = sorted(k for k in fleet.pods if k not in fleet.bound)
+    for key in sorted(fleet.bound)[:5]:
+        fleet.workloads.delete_pod(key)
+    fleet.commit()
+    assert len(fleet.bound) == FIT
+    assert [k for k in pending if k in fleet.bound] == pending[:5]
+    events = [e for e in fleet.events.list() if e["reason"] == "FailedScheduling"]
+    assert len(events) < 10  # the pod tried gets one, not every pod
+
+
+def test_a_retry_with_a_budget_goes_on_where_it_stopped() -> None:
+    fleet = fleet_of(background=False)
+    fleet.placement.retry_pending(budget=0.0)  # nothing pending: done at once
+    for i in range(30):
+        fleet.objects.put(parse_object({
+            "apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"bare-{i}"},
+            "spec": {"containers": [{"name": "m", "image": "busybox",
+                                     "args": [str(i)]}]}}))
+        fleet.placement.queue(("default", f"bare-{i}"))
+    calls = 1
+    while fleet.placement.retry_pending(budget=0.0, more=calls > 1) and calls < 1000:
+        calls += 1
+    assert calls > 2  # it stopped and went on
+    assert all(("default", f"bare-{i}") in fleet.bound for i in range(30))
+    assert not fleet.placement.pending_count()
