@@ -178,6 +178,7 @@ class KV:
         self._nc: NatsClient | None = None
         self._js: JetStreamContext | None = None
         self._last_error: str = ""
+        self._watches: list[Watch] = []  # ended by close(), so no reader waits forever
 
     async def __aenter__(self) -> KV:
         await self.connect()
@@ -267,6 +268,9 @@ class KV:
         self._js = self._nc.jetstream(timeout=s.request_timeout)
 
     async def close(self) -> None:
+        watches, self._watches = self._watches, []
+        for w in watches:
+            await w.stop()
         nc, self._nc, self._js = self._nc, None, None
         if nc is not None and not nc.is_closed:
             with contextlib.suppress(Exception):
@@ -301,7 +305,7 @@ class KV:
         else:
             kv = await _wrapped(f"open bucket {name}", js.key_value(name), bucket=name,
                                 timeout=timeout)
-        return Bucket(name, kv, js, timeout=timeout)
+        return Bucket(name, kv, js, timeout=timeout, watches=self._watches)
 
 
 class Watch:
@@ -339,7 +343,12 @@ class Watch:
             raise StopAsyncIteration
         return item
 
+    @property
+    def stopped(self) -> bool:
+        return self._stopped
+
     async def stop(self) -> None:
+        """End the iteration (also done for every watch when its KV closes)."""
         if self._stopped:
             return
         self._stopped = True
@@ -360,11 +369,12 @@ class Bucket:
     """One KV bucket. Values are bytes; revisions are ints that only grow."""
 
     def __init__(self, name: str, kv: KeyValue, js: JetStreamContext, *,
-                 timeout: float) -> None:
+                 timeout: float, watches: list[Watch] | None = None) -> None:
         self.name = name
         self._kv = kv
         self._js = js
         self._timeout = timeout
+        self._watches = watches if watches is not None else []
 
     def _call(self, what: str, call: Awaitable[T], *, key: str = "",
               expected: int | None = None) -> Awaitable[T]:
@@ -441,6 +451,8 @@ class Bucket:
         if info.num_pending == 0 and (info.delivered is None or
                                       not info.delivered.stream_seq):
             w.caught_up.set()
+        self._watches[:] = [x for x in self._watches if not x.stopped]
+        self._watches.append(w)
         return w
 
 

@@ -154,3 +154,24 @@ async def test_cluster_of_three_survives_a_server_kill(tmp_path: Path) -> None:
                 pytest.fail("the bucket never took a write after one server of 3 died")
             got = await b.get("k")
             assert got is not None and got.value == b"v2"
+
+
+async def test_closing_the_connection_ends_its_watches(nats1: NatsKV) -> None:
+    kv = KV(settings(nats1))
+    await kv.connect()
+    b = await kv.bucket("t_close", create=True)
+    w = await b.watch(deliver="new")
+    reader = asyncio.ensure_future(anext(w, None))
+    await asyncio.sleep(0.1)
+    await kv.close()
+    assert await asyncio.wait_for(reader, 5) is None  # the iteration ended
+
+
+async def test_insecure_mode_is_explicit_and_works(tmp_path: Path) -> None:
+    with NatsKV(rundir=tmp_path / "plain", servers=1, insecure=True) as srv:
+        assert all(u.startswith("nats://") for u in srv.urls)
+        async with KV(KVSettings(urls=tuple(srv.urls), insecure=True)) as kv:
+            b = await kv.bucket("t_plain", create=True)
+            assert await b.get("k") is None
+            await b.put("k", b"v")
+            assert (await b.get("k")).value == b"v"  # type: ignore[union-attr]
