@@ -106,6 +106,8 @@ class KVSettings:
             if not self.user or not self.password:
                 raise ConfigError("nats.user/nats.password: a NATS user and password are "
                                   "required (or set insecure explicitly)", field="nats.user")
+        if self.ca_file is not None:
+            self.tls_context()  # a file that is no certificate fails here, named
         if self.connect_timeout <= 0 or self.request_timeout <= 0:
             raise ConfigError("nats timeouts must be > 0 s", field="nats.request_timeout")
 
@@ -113,7 +115,11 @@ class KVSettings:
         """A client context that trusts only the fleet CA (None: no CA file given)."""
         if self.ca_file is None:
             return None
-        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(self.ca_file))
+        try:
+            ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(self.ca_file))
+        except (ssl.SSLError, OSError) as exc:
+            raise ConfigError(f"nats.ca_file: {self.ca_file} holds no usable CA certificate "
+                              f"({exc})", field="nats.ca_file") from exc
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         return ctx
 

@@ -46,8 +46,14 @@ def test_lease_settings_are_checked() -> None:
 
 
 def test_kv_settings_are_secure_by_default(tmp_path: Path) -> None:
-    ca = tmp_path / "ca.crt"
-    ca.write_text("-")
+    from cloudcore.auth.pki import FleetCA
+
+    ca = FleetCA.open(tmp_path / "pki").cert_path
+    junk = tmp_path / "junk.crt"
+    junk.write_text("not a certificate\n")
+    with pytest.raises(ConfigError, match="no usable CA certificate"):
+        KVSettings(urls=("tls://127.0.0.1:4222",), user="u", password="p",
+                   ca_file=junk).validate()
     with pytest.raises(ConfigError, match="plain text") as err:
         KVSettings(urls=("nats://127.0.0.1:4222",), user="u", password="p",
                    ca_file=ca).validate()
