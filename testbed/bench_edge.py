@@ -18,7 +18,9 @@ cloudcore, one agent in its network namespace):
    /proc/PID/stat; separately cutime+cstime, the crun processes it spawned) with 0
    and with 20 running pods, the load average beside. `--footprint` prints only this
    (no start latency, isolation or install figures); with `--importtime` the agent
-   runs with PYTHONPROFILEIMPORTTIME and the bench prints what it imported.
+   runs with PYTHONPROFILEIMPORTTIME and the bench prints what it imported. The fleet
+   runs from compiled bytecode, as an installed package does (`compiled_bytecode`;
+   `--from-source` leaves a PYTHONDONTWRITEBYTECODE environment compiling at each start).
 3. installed size of `pip install edgefed[edge]` in a fresh venv (du of
    site-packages), and that onnxruntime, fastapi, uvicorn, numpy and pydantic are
    absent.
@@ -194,6 +196,20 @@ def bare_crun(f: Fleet, template_cid: str, runs: int) -> list[float]:
                        check=False, capture_output=True)
     shutil.rmtree(rt.root, ignore_errors=True)
     return times
+
+
+def mount_table() -> str:
+    """The host's mount count: on a hybrid-cgroup host every crun call that needs a
+    cgroup (conmon's `crun create` on the start path) runs in a new mount namespace,
+    a copy of this table, and unmounts the cgroup v2 hierarchy there; both cost time
+    in proportion to the table (issue 16: with 1,088 mounts, 1,046 of them network
+    namespaces left behind on this shared machine, that was 15-20 ms at load 7)."""
+    kinds: dict[str, int] = {}
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split(" - ", 1)[1].split() if " - " in line else ["?"]
+        kinds[fields[0]] = kinds.get(fields[0], 0) + 1
+    top = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items(), key=lambda x: -x[1])[:3])
+    return f"host mount table: {sum(kinds.values())} mounts ({top})"
 
 
 def agent_pid(f: Fleet) -> int:
@@ -517,7 +533,7 @@ def main() -> None:
         delete_pod(f, "warmup-host", host_network=True)
         log_path = f.workdir / "logs" / f"{f.agents[0].name}.log"
         print(f"apply -> Running from a quiet state ({args.quiet_s:g} s before each apply), "
-              f"{args.runs} runs each; {load()}", flush=True)
+              f"{args.runs} runs each; {load()}; {mount_table()}", flush=True)
         results: dict[str, tuple[list[float], list[dict[str, float]]]] = {}
         for label, host in (("pod network", False), ("hostNetwork", True)):
             times, stages = [], []
