@@ -190,6 +190,7 @@ class Link:
         self._connected = asyncio.Event()
         self._rlog = RateLimitedLog(log)
         self._late: set[asyncio.Future[None]] = set()  # closes of connects that settled late
+        self._handling = asyncio.Lock()  # held while a received message is handled
         self._down = topics.down(node)
         self._up = topics.up(node)
 
@@ -374,8 +375,10 @@ class Link:
                     t.cancel()
                 results = await asyncio.gather(*tasks, return_exceptions=True)
                 late = results[3]
-                if isinstance(late, _Session) and mover not in done:
-                    await self._close(late)  # found just as the session ended: not used
+                if isinstance(late, _Session):
+                    self._handling.release()  # the mover took it; the receiver is stopped
+                    if mover not in done:
+                        await self._close(late)  # found just as the session ended
             if mover in done and not mover.cancelled() and mover.exception() is None:
                 moved = mover.result()
                 self.stats.moves += 1
@@ -418,10 +421,17 @@ class Link:
             moving = False
             for endpoint in ahead:
                 try:
-                    return await self._open(endpoint)
+                    session = await self._open(endpoint)
                 except LinkError as exc:
                     log.info("mqtt link: staying on %s, %s did not answer: %s",
                              current, endpoint, exc)
+                    continue
+                try:  # the caller releases it once the old session's tasks are stopped
+                    await self._handling.acquire()
+                except BaseException:
+                    await self._close(session)
+                    raise
+                return session
             self.stats.move_failures += 1
 
     async def _list_changed(self, brokers: BrokerList, delay: float) -> bool:
@@ -465,37 +475,44 @@ class Link:
 
     async def _receive(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
-            self.stats.received += 1
-            payload = message.payload
-            if not isinstance(payload, bytes | bytearray):
-                payload = b"" if payload is None else str(payload).encode()
-            data = bytes(payload)
-            topic = message.topic.value
-            if self.keys is not None:
-                if len(data) > DOWN_LIMITS.max_message_bytes + seal.TAG_BYTES:
-                    self.stats.malformed += 1
-                    self._rlog.warning("malformed", "dropped a message of %d bytes on %s: "
-                                       "over the limit", len(data), topic)
-                    continue
-                try:
-                    data = seal.unseal(self.keys.down, topic, data)
-                except AuthFailed as exc:
-                    self.stats.auth_failed += 1
-                    self._rlog.warning("auth", "dropped a message on %s: %s", topic, exc)
-                    continue
-            try:
-                msg = decode(data, limits=DOWN_LIMITS)
-            except ProtocolError as exc:
+            # A move waits for this lock, so the message in hand is handled and its
+            # replies (the Ack of the very entry that moves us) go out on this session.
+            async with self._handling:
+                await self._take(client, message)
+
+    async def _take(self, client: aiomqtt.Client, message: aiomqtt.Message) -> None:
+        """Check, decode and hand one message to the handler; publish its replies."""
+        self.stats.received += 1
+        payload = message.payload
+        if not isinstance(payload, bytes | bytearray):
+            payload = b"" if payload is None else str(payload).encode()
+        data = bytes(payload)
+        topic = message.topic.value
+        if self.keys is not None:
+            if len(data) > DOWN_LIMITS.max_message_bytes + seal.TAG_BYTES:
                 self.stats.malformed += 1
-                self._rlog.warning("malformed", "dropped a malformed message on %s: %s",
-                                   message.topic.value, exc)
-                continue
-            if msg.node != self.node:
-                self.stats.foreign += 1
-                self._rlog.warning("foreign", "dropped a message for node %r on %s",
-                                   msg.node, message.topic.value)
-                continue
-            if isinstance(msg, ReportAck):
-                self.report_acked = max(self.report_acked, msg.seq)
-            for reply in await self.handler.handle(msg):
-                await self._publish(client, reply)
+                self._rlog.warning("malformed", "dropped a message of %d bytes on %s: "
+                                   "over the limit", len(data), topic)
+                return
+            try:
+                data = seal.unseal(self.keys.down, topic, data)
+            except AuthFailed as exc:
+                self.stats.auth_failed += 1
+                self._rlog.warning("auth", "dropped a message on %s: %s", topic, exc)
+                return
+        try:
+            msg = decode(data, limits=DOWN_LIMITS)
+        except ProtocolError as exc:
+            self.stats.malformed += 1
+            self._rlog.warning("malformed", "dropped a malformed message on %s: %s",
+                               message.topic.value, exc)
+            return
+        if msg.node != self.node:
+            self.stats.foreign += 1
+            self._rlog.warning("foreign", "dropped a message for node %r on %s",
+                               msg.node, message.topic.value)
+            return
+        if isinstance(msg, ReportAck):
+            self.report_acked = max(self.report_acked, msg.seq)
+        for reply in await self.handler.handle(msg):
+            await self._publish(client, reply)
