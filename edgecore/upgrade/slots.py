@@ -29,7 +29,6 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,30 +38,64 @@ KEEP_SLOTS = 2
 """Slots kept: the running version and the previous one (the rollback target)."""
 
 
-@dataclass
-class Trial:
-    """A version started on probation: it must commit before `deadline_ts`."""
+class _Record:
+    """Equality and repr by attribute, as a dataclass would give. Plain classes rather
+    than dataclasses: `dataclasses` imports `inspect` and `ast` (1.1 MiB of RSS), and
+    the launcher, which reads this module, runs before the agent and stays beside a
+    trial agent for the trial's lifetime (issue 16)."""
 
-    version: str
-    slot: str | None
-    """The slot to run (None: the installed package, a switch back to the base)."""
-    deadline_s: int
-    deadline_ts: float
-    upgrade: str
-    previous: str
-    """The version that asked for the trial (where a rollback goes)."""
-    starts: int = 0
-    """Times the launcher started it: a second start means the first one never
+    __slots__ = ()
+    FIELDS: tuple[str, ...] = ()
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and all(
+            getattr(self, f) == getattr(other, f) for f in self.FIELDS)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, as a dataclass's
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{f}={getattr(self, f)!r}" for f in self.FIELDS)
+        return f"{type(self).__name__}({inner})"
+
+
+class Trial(_Record):
+    """A version started on probation: it must commit before `deadline_ts`.
+
+    `slot`: the slot to run (None: the installed package, a switch back to the base).
+    `previous`: the version that asked for the trial (where a rollback goes).
+    `starts`: times the launcher started it: a second start means the first one never
     committed and never came back to its launcher (power cut, launcher killed)."""
 
+    FIELDS = ("version", "slot", "deadline_s", "deadline_ts", "upgrade", "previous", "starts")
+    __slots__ = ("deadline_s", "deadline_ts", "previous", "slot", "starts", "upgrade",
+                 "version")
 
-@dataclass
-class BootState:
-    base: str
-    active: str | None = None
-    trial: Trial | None = None
-    status: dict[str, Any] | None = None
-    refused: list[dict[str, str]] = field(default_factory=list)
+    def __init__(self, *, version: str, slot: str | None, deadline_s: int,
+                 deadline_ts: float, upgrade: str, previous: str, starts: int = 0) -> None:
+        self.version = version
+        self.slot = slot
+        self.deadline_s = deadline_s
+        self.deadline_ts = deadline_ts
+        self.upgrade = upgrade
+        self.previous = previous
+        self.starts = starts
+
+    def dump(self) -> dict[str, Any]:
+        return {f: getattr(self, f) for f in self.FIELDS}
+
+
+class BootState(_Record):
+    FIELDS = ("base", "active", "trial", "status", "refused")
+    __slots__ = ("active", "base", "refused", "status", "trial")
+
+    def __init__(self, *, base: str, active: str | None = None, trial: Trial | None = None,
+                 status: dict[str, Any] | None = None,
+                 refused: list[dict[str, str]] | None = None) -> None:
+        self.base = base
+        self.active = active
+        self.trial = trial
+        self.status = status
+        self.refused: list[dict[str, str]] = [] if refused is None else refused
 
     def running(self) -> str:
         """The committed version: the active slot's, else the base's."""
@@ -77,7 +110,7 @@ class BootState:
 
     def dump(self) -> dict[str, Any]:
         return {"base": self.base, "active": self.active,
-                "trial": None if self.trial is None else vars(self.trial),
+                "trial": None if self.trial is None else self.trial.dump(),
                 "status": self.status, "refused": self.refused}
 
     @classmethod
