@@ -528,3 +528,28 @@ async def test_a_new_pod_after_a_quiet_spell_starts_without_listing(tmp_path: Pa
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         w.cache.close()
+
+
+async def test_a_started_pods_status_is_reported_before_its_record_is_written(
+        tmp_path: Path) -> None:
+    """Issue 16, the start path: the report's synced commit must not queue behind the
+    pod record's, so the status reaches the sink first; the record still follows in
+    the same pass (and holds what the status says)."""
+    w = World(tmp_path)
+    key, entry = pod("web")
+    seen_at_write: list[PodStatus | None] = []
+    put = w.cache.put_pod_record
+
+    def spying_put(k: str, value: Any) -> None:
+        seen_at_write.append(w.sink.latest.get(k))
+        put(k, value)
+
+    w.cache.put_pod_record = spying_put  # type: ignore[method-assign]
+    w.set((key, entry))
+    await w.step()
+    assert w.status(key).phase == "Running"
+    [reported] = seen_at_write  # one record write, after the status was reported
+    assert reported is not None and reported.phase == "Running"
+    restarted = World.new_reconciler(w)  # a restarted agent reads the record
+    await restarted.reconcile_once()
+    assert w.sink.latest[key] is not None and w.sink.latest[key].phase == "Running"
