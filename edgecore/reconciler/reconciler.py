@@ -665,6 +665,9 @@ class Reconciler:
         self.sink.update(key, status)
         after = rec.to_dict()
         if after != before:
+            # One turn of the loop first: a reporter woken by an urgent status runs up to
+            # its commit's worker thread, so that commit asks for LMDB's lock first.
+            await asyncio.sleep(0)
             await self._persist(("record", key), self.cache.put_pod_record, key, after)
 
     async def _init_containers(
