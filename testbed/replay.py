@@ -1,7 +1,8 @@
 """Placement replay: request-based vs forecast-aware scheduling on a simulated fleet.
 
     python -m testbed.replay [--nodes 1000] [--hours 4] [--seed 0] [--seeds N]
-                             [--safety 0.1] [--overcommit 0.3] [--whole-requests]
+                             [--safety 0.05] [--overcommit inf] [--whole-requests]
+                             [--lifetime-margin 0.1 | --no-lifetime]
                              [--policies requests,forecast[,forecast-overcommit][,right-sizing]]
 
 A fleet of identical nodes (4 cpu, 16 GiB, 110 pods) runs workloads whose actual usage
@@ -26,9 +27,13 @@ follows public trace segments, placed by the REAL cloudcore scheduler
   calibration within 85-95 %), cpu and memory are admitted by p90 + `--safety` +
   the pods placed since the forecast + the pod, the pods counted at the share of
   their requests the node's pods use (`--whole-requests`: at their whole request),
-  as long as the node's requests stay within 1 + `--overcommit` of allocatable;
-  elsewhere by requests. Defaults (safety 0.1, overcommit 0.3, by usage) were chosen
-  on seeds 0, 1, 2 (500 nodes, 3 h, requests 1.5 x p95, demand 2); report on others.
+  as long as the node's requests stay within 1 + `--overcommit` of allocatable and,
+  past its requests, within its lifetime bound (`--lifetime-margin`: the node's
+  remembered peak share of its requests x its requests <= 1 - margin of allocatable;
+  `cloudcore.scheduler.recent.PeakUsage`); elsewhere by requests. Defaults (safety
+  0.05, no cap, lifetime margin 0.1, by usage; the third round's were safety 0.1, cap
+  0.3, no lifetime bound: `--safety 0.1 --overcommit 0.3 --no-lifetime`) were chosen on
+  seeds 0, 1, 2 (500 nodes, 3 h, requests 1.5 x p95, demand 2); report on others.
 
 Every forecast policy runs the forecaster as cloudcore does, online learning
 included: after each tick the runner learns from that minute's examples (here
@@ -72,6 +77,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import sys
 import time
 import warnings
@@ -97,8 +103,9 @@ GIVE_UP_AFTER = 30
 INITIAL_FILL = 0.9
 TARGET_DEMAND = 1.3
 POLICIES = ("requests", "forecast", "forecast-overcommit", "right-sizing")
-SAFETY = 0.1  # right-sizing defaults, chosen on seeds 0-2 (docs/benchmarks.md)
-OVERCOMMIT = 0.3
+SAFETY = 0.05  # right-sizing defaults, chosen on seeds 0-2 (docs/benchmarks.md)
+OVERCOMMIT = math.inf  # the lifetime bound replaces the cap (issue 15, fourth round)
+LIFETIME_MARGIN = 0.1
 
 
 # -- usage data ------------------------------------------------------------------------
@@ -292,7 +299,7 @@ def _add(v: NodeView, req: np.ndarray, sign: int) -> NodeView:
 def run_policy(policy: str, w: Workloads, usage: UsageModel, names: list[str], *,
                start: np.ndarray, minutes: int, safety: float = SAFETY,
                overcommit: float = OVERCOMMIT, by_usage: bool = True,
-               lifetime_margin: float | None = None) -> Result:
+               lifetime_margin: float | None = LIFETIME_MARGIN) -> Result:
     n = len(names)
     res = Result(policy)
     use_forecast = policy != "requests"
@@ -424,7 +431,7 @@ def replay(nodes: int, hours: float, seed: int = 0,
            policies: tuple[str, ...] = ("requests", "forecast"),
            out=print, *, safety: float = SAFETY, overcommit: float = OVERCOMMIT,
            by_usage: bool = True, request_factor: float = 1.0,
-           demand: float = TARGET_DEMAND, lifetime_margin: float | None = None,
+           demand: float = TARGET_DEMAND, lifetime_margin: float | None = LIFETIME_MARGIN,
            ) -> list[Result]:
     minutes = WARMUP + round(hours * 60)
     rng = np.random.default_rng(seed)
@@ -510,10 +517,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--whole-requests", action="store_true",
                     help="right-sizing: count a pod at its whole request, not at the share "
                          "of their requests the node's pods use (by_usage=False)")
-    ap.add_argument("--lifetime-margin", type=float, default=None,
-                    help="right-sizing: turn on the lifetime bound (a node's remembered "
-                         "peak share of its requests x its requests <= 1 - this of "
-                         "allocatable); default off")
+    ap.add_argument("--lifetime-margin", type=float, default=LIFETIME_MARGIN,
+                    help="right-sizing's lifetime bound: past its requests a node takes a "
+                         "pod only while its remembered peak share of its requests x its "
+                         "requests <= 1 - this of allocatable")
+    ap.add_argument("--no-lifetime", action="store_true",
+                    help="right-sizing without the lifetime bound (the third round's mode; "
+                         "with --overcommit 0.3 --safety 0.1 as it was)")
     ap.add_argument("--policies", default="requests,forecast",
                     help=f"comma-separated, of {', '.join(POLICIES)}")
     args = ap.parse_args(argv)
@@ -531,12 +541,13 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit("--request-factor must be within 0.5..4")
     if not args.overcommit >= 0:
         sys.exit("--overcommit must be >= 0")
-    if args.lifetime_margin is not None and not 0 <= args.lifetime_margin <= 0.5:
+    if not 0 <= args.lifetime_margin <= 0.5:
         sys.exit("--lifetime-margin must be within 0..0.5")
     runs = [replay(args.nodes, args.hours, s, policies, safety=args.safety,
                    overcommit=args.overcommit, by_usage=not args.whole_requests,
                    request_factor=args.request_factor,
-                   demand=args.demand, lifetime_margin=args.lifetime_margin)
+                   demand=args.demand,
+                   lifetime_margin=None if args.no_lifetime else args.lifetime_margin)
             for s in range(args.seed, args.seed + args.seeds)]
     if len(runs) > 1:
         print(format_spread(runs))

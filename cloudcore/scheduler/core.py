@@ -325,6 +325,11 @@ class RightSizedCapacity:
                          by_usage=self.by_usage)
 
 
+LIFETIME_MARGIN = 0.1
+"""Right-sizing's lifetime bound keeps this fraction of allocatable free above the
+node's peak share x its requests (chosen in `testbed.replay` on seeds 0-2 with safety
+0.05 and no cap, docs/benchmarks.md)."""
+
 MIN_SEEN_REQUESTS = 0.1
 """Right-sizing's lifetime bound learns a node's share of its requests only from
 forecasts that saw at least this fraction of its allocatable requested (below it the
@@ -511,15 +516,16 @@ class Scheduler:
     def right_sizing(cls, *, safety: float = 0.05, overcommit: float = 0.3,
                      by_usage: bool = True, clock: Callable[[], float] = time.time,
                      scorers: Sequence[Scorer] = DEFAULT_SCORERS,
-                     lifetime_margin: float | None = None,
+                     lifetime_margin: float | None = LIFETIME_MARGIN,
                      lifetime_half_life: float = DEFAULT_PEAK_HALF_LIFE) -> Scheduler:
         """A scheduler in right-sizing mode (module doc); `safety` in 0..0.5,
         `overcommit` >= 0 (math.inf: requests do not bound a trusted node), `by_usage`
         as in `RightSizedCapacity`. The defaults (cap 30 %, pods counted by usage) were
         chosen in `testbed.replay` on training seeds (docs/benchmarks.md), with safety
         0.1 (the caller's: cloudcore passes `forecast.placement_safety`).
-        `lifetime_margin` in 0..0.5 turns on the lifetime bound (`RightSizedCapacity`,
-        `PeakUsage` with `lifetime_half_life` seconds); None leaves it off."""
+        `lifetime_margin` in 0..0.5: the lifetime bound (`RightSizedCapacity`,
+        `PeakUsage` with `lifetime_half_life` seconds; default `LIFETIME_MARGIN`); None
+        turns it off."""
         if not 0.0 <= safety <= 0.5:
             raise ValueError(f"right-sizing safety must be within 0..0.5, got {safety}")
         if not overcommit >= 0.0:

@@ -65,3 +65,5 @@ def test_right_sizing_options_are_checked_on_the_command_line() -> None:
         replay.main(["--nodes", "5", "--hours", "0.1", "--overcommit", "-1"])
     with pytest.raises(SystemExit, match="safety"):
         replay.main(["--nodes", "5", "--hours", "0.1", "--safety", "0.9"])
+    with pytest.raises(SystemExit, match="lifetime-margin"):
+        replay.main(["--nodes", "5", "--hours", "0.1", "--lifetime-margin", "0.9"])
