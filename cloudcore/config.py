@@ -18,6 +18,8 @@ from cloudcore.fleet.admission import PolicySettings
 from shared.brokermap import parse_url, valid_name
 from shared.errors import ObjectError
 
+log = logging.getLogger("cloudcore.config")
+
 
 @dataclass
 class StoreSettings:
@@ -202,6 +204,39 @@ class ForecastSettings:
 
 
 @dataclass
+class ClusterSettings:
+    """Scale-out mode (issue 14, proposal 0008): this process is one shard of several
+    that share partition leases in NATS JetStream KV. `shard` None (the default) is the
+    embedded mode: one process owns every partition, no NATS."""
+
+    shard: str | None = None
+    """This shard's member name ([A-Za-z0-9_-], unique among live shards); None: embedded."""
+    nats_urls: tuple[str, ...] = ()
+    """Every NATS server of the cluster, tls://host:port."""
+    nats_user: str | None = None
+    """NATS user of the shard."""
+    nats_password: str | None = None
+    """Its password (from `--nats-password-file`, never the command line)."""
+    nats_ca_file: Path | None = None
+    """The CA of the NATS servers' certificates; None: the fleet CA (`<state_dir>/pki/ca.crt`)."""
+    nats_insecure: bool = False
+    """Allow nats:// and no user (tests only; warns)."""
+    lease_period: float = 15.0
+    """Seconds a partition lease lives without renewal: a dead shard's partitions are
+    taken over within this long. Keep it below 3 x heartbeat so no node goes NotReady."""
+    replicas: int = 1
+    """KV bucket replicas when the buckets are made: 1 on one server, 3 on a cluster."""
+    bucket_prefix: str = "edgefed"
+    """Buckets `<prefix>_members`, `<prefix>_leases`, `<prefix>_status`."""
+    status_interval: float = 3.0
+    """Seconds between two writes of each owned partition's liveness summary."""
+
+    @property
+    def enabled(self) -> bool:
+        return self.shard is not None
+
+
+@dataclass
 class Settings:
     store: StoreSettings = field(default_factory=StoreSettings)
     mqtt: MqttSettings = field(default_factory=MqttSettings)
@@ -210,6 +245,8 @@ class Settings:
     auth: AuthSettings = field(default_factory=AuthSettings)
     api: ApiSettings = field(default_factory=ApiSettings)
     forecast: ForecastSettings = field(default_factory=ForecastSettings)
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)
+    """Shard mode (`--shard`); the default is the embedded mode."""
     policy: PolicySettings = field(default_factory=PolicySettings)
     """Pod security: the default level of a namespace and the hostPath allowlist."""
     log_level: str = "INFO"
@@ -289,9 +326,36 @@ class Settings:
             raise ConfigError(f"forecast.placement_overcommit: "
                               f"{self.forecast.placement_overcommit} is outside 0..10",
                               field="forecast.placement_overcommit")
+        if self.cluster.enabled:
+            self._validate_cluster()
         if logging.getLevelName(self.log_level.upper()) not in range(60):
             raise ConfigError(f"log_level: unknown level {self.log_level!r}", field="log_level")
         return self
+
+    def _validate_cluster(self) -> None:
+        c = self.cluster
+        name = c.shard or ""
+        if not name or len(name) > 32 or not all(ch.isalnum() or ch in "_-" for ch in name):
+            raise ConfigError(f"cluster.shard: {name!r} must be 1-32 of [A-Za-z0-9_-]",
+                              field="cluster.shard")
+        if len(self.mqtt.username) + 1 + len(name) > 40:
+            raise ConfigError(f"cluster.shard: mqtt.username {self.mqtt.username!r} and the "
+                              f"shard name {name!r} together exceed 39 characters (the "
+                              "shard's broker identities are <user>_<shard>_sub/pub<i>)",
+                              field="cluster.shard")
+        if not c.nats_urls:
+            raise ConfigError("cluster.nats_urls: --shard needs at least one --nats URL",
+                              field="cluster.nats_urls")
+        _positive("cluster.lease_period", c.lease_period)
+        _positive("cluster.status_interval", c.status_interval)
+        if c.replicas < 1:
+            raise ConfigError("cluster.replicas must be >= 1", field="cluster.replicas")
+        window = self.sync.heartbeat * self.sync.missed_heartbeats
+        if c.lease_period >= window:
+            log.warning("cluster.lease_period %gs is not below the NotReady window "
+                        "(%g x %gs heartbeat = %gs): nodes of a killed shard may go "
+                        "NotReady before their partition is taken over", c.lease_period,
+                        self.sync.missed_heartbeats, self.sync.heartbeat, window)
 
     def broker_address(self) -> tuple[str, int]:
         """The broker as nodes should reach it: `auth.advertise_mqtt` or mqtt host/port."""

@@ -58,6 +58,9 @@ from cloudcore.auth import Auth
 from cloudcore.auth.broker import BrokerFiles, mosquitto_acl, service_identities
 from cloudcore.auth.pki import RENEW_BEFORE, FleetCA, api_hosts, not_after
 from cloudcore.auth.secrets import mosquitto_hash
+from cloudcore.cluster.kv import KV, KVSettings
+from cloudcore.cluster.leases import LeaseSettings
+from cloudcore.cluster.shard import GatedNodes, Shard
 from cloudcore.config import MqttSettings, Settings
 from cloudcore.errors import ConfigError
 from cloudcore.fleet import Fleet, Liveness
@@ -113,8 +116,12 @@ async def run(settings: Settings, *,
         log.warning(INSECURE_WARNING)
         if not log.isEnabledFor(logging.WARNING):  # loud even with --log-level ERROR
             print(f"cloudcore: WARNING: {INSECURE_WARNING}", file=sys.stderr, flush=True)
+    if settings.cluster.enabled:  # the shard's own broker identities: <user>_<shard>_...
+        settings = replace(settings, mqtt=replace(
+            settings.mqtt, username=f"{settings.mqtt.username}_{settings.cluster.shard}"))
     metrics = Metrics()
     ca = FleetCA.open(settings.pki_dir)
+    kv_settings = _kv_settings(settings, ca) if settings.cluster.enabled else None
     release_key = open_release_key(settings.pki_dir)  # signs agent releases; nodes get it
     api_tls = None
     if not settings.insecure:
@@ -162,10 +169,17 @@ async def run(settings: Settings, *,
         log.info("loaded %d nodes, %d pods; store epoch %s", len(fleet.nodes), len(fleet.pods),
                  store.epoch)
         forecaster = open_forecaster(settings, fleet)
-        hub = SyncHub(nodes=fleet, desired=fleet.desired_sets, store=store,
+        shard: Shard | None = None
+        sink: Any = fleet
+        if settings.cluster.enabled:
+            sink = GatedNodes(fleet, is_global=lambda: shard is not None and shard.holds_global)
+        hub = SyncHub(nodes=sink, desired=fleet.desired_sets, store=store,
                       settings=settings.sync, metrics=metrics,
                       keys=auth.node_key, insecure=settings.insecure, routes=routes)
         links = BrokerLinks(settings, hub=hub, tls=mqtt_tls)
+        if settings.cluster.enabled:
+            shard = _shard(settings, fleet=fleet, hub=hub, links=links)
+            links.filters = shard.filters
         for name, b in first_map.brokers.items():
             links.open(name, b)
         hub.attach(links.send, backlog=links.backlog)
@@ -211,9 +225,15 @@ async def run(settings: Settings, *,
             if api_tls is not None:
                 tg.create_task(_renew_api_cert(settings, ca, server),
                                name="cloudcore.auth.api-cert")
-            if forecaster is not None:
+            if forecaster is not None and shard is not None:  # only with the global lease
+                shard.gated("cloudcore.forecaster",
+                            lambda: forecaster.run(settings.forecast.interval))
+            elif forecaster is not None:
                 tg.create_task(forecaster.run(settings.forecast.interval),
                                name="cloudcore.forecaster")
+            if shard is not None and kv_settings is not None:
+                tg.create_task(_run_shard(shard, kv_settings),
+                               name=f"cloudcore[{shard.name}].cluster")
             sock = _bind(settings.http.host, settings.http.port)
             api = tg.create_task(_serve(server, sock, on_stop=fleet.watches.close),
                                  name="cloudcore.api")
@@ -251,6 +271,8 @@ class BrokerLinks:
         self._up: dict[str, bool] = {}
         self._tasks: dict[str, list[asyncio.Task[None]]] = {}
         self._tg: asyncio.TaskGroup | None = None
+        self.filters: Callable[[], list[str]] | None = None
+        """A shard's subscriptions (`Shard.filters`); None: every partition."""
         self.unroutable = 0
         """Messages dropped because their broker had no connections (the hub resends)."""
 
@@ -277,7 +299,8 @@ class BrokerLinks:
             self._up[name] = up
 
         self._subs[name] = Subscriber(m, handler=self._hub.handler_for(name),
-                                      on_connected=on_connected, tls=tls.get("sub"))
+                                      on_connected=on_connected, tls=tls.get("sub"),
+                                      filters=self.filters)
         self._pubs[name] = [Publisher(m, index=i, tls=tls.get(f"pub{i}"))
                             for i in range(m.publishers)]
         self._up[name] = False
@@ -312,6 +335,14 @@ class BrokerLinks:
     def backlog(self) -> int:
         return sum(p.backlog for pubs in self._pubs.values() for p in pubs)
 
+    async def subscribe(self, filters: list[str]) -> None:
+        """A shard took partitions: subscribe their filters on every broker."""
+        await asyncio.gather(*(s.add(filters) for s in list(self._subs.values())))
+
+    async def unsubscribe(self, filters: list[str]) -> None:
+        """A shard gave partitions up: unsubscribe on every broker (answers awaited)."""
+        await asyncio.gather(*(s.remove(filters) for s in list(self._subs.values())))
+
     def _start(self, name: str) -> None:
         assert self._tg is not None
         tasks = [self._tg.create_task(self._subs[name].run(),
@@ -330,6 +361,40 @@ class BrokerLinks:
                 await asyncio.Event().wait()
             finally:
                 self._tg = None
+
+
+def _kv_settings(settings: Settings, ca: FleetCA) -> KVSettings:
+    """The shard's NATS connection settings, checked before the store opens; the CA is
+    the fleet CA unless `--nats-ca-file` names another."""
+    c = settings.cluster
+    kv = KVSettings(urls=c.nats_urls, user=c.nats_user, password=c.nats_password,
+                    ca_file=c.nats_ca_file or ca.cert_path, insecure=c.nats_insecure,
+                    client_name=f"cloudcore-{c.shard}")
+    kv.validate()
+    if kv.insecure:
+        log.warning("shard %s: NATS without TLS or login (--nats-insecure): anyone who "
+                    "reaches NATS can take this fleet's partitions", c.shard)
+    return kv
+
+
+def _shard(settings: Settings, *, fleet: Fleet, hub: SyncHub, links: BrokerLinks) -> Shard:
+    c = settings.cluster
+    assert c.shard is not None
+    lease = LeaseSettings(name=c.shard, lease_period=c.lease_period, replicas=c.replicas,
+                          bucket_prefix=c.bucket_prefix)
+    lease.validate()
+    shard = Shard(name=c.shard, fleet=fleet, hub=hub, subscribe=links.subscribe,
+                  unsubscribe=links.unsubscribe, lease=lease,
+                  status_interval=c.status_interval)
+    shard.forget_all()  # no partition held yet: no node's liveness runs here
+    log.info("shard %s: joining through NATS %s (lease period %gs)", c.shard,
+             ", ".join(c.nats_urls), c.lease_period)
+    return shard
+
+
+async def _run_shard(shard: Shard, kv_settings: KVSettings) -> None:
+    async with KV(kv_settings) as kv:
+        await shard.run(kv)
 
 
 class _Server(uvicorn.Server):

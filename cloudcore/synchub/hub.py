@@ -162,6 +162,10 @@ class SyncHub:
         self._logged: dict[tuple[str, str], float] = {}
         self._backoff = Backoff(base=settings.ack_timeout, cap=settings.ack_timeout_cap)
         self._wake_retry = asyncio.Event()
+        self.owns: Callable[[int], bool] | None = None
+        """A shard's gate (proposal 0008): the partitions it holds the lease of. A
+        message of a node in any other partition is dropped (`not_owned`) and nothing
+        is sent to such a node. None: every partition (the embedded mode)."""
         metrics.describe(IN, "Valid messages received from edges, by type.")
         metrics.describe(OUT, "Messages sent to edges, by type.")
         metrics.describe(DROPPED, "Messages dropped as invalid, by reason.")
@@ -209,6 +213,9 @@ class SyncHub:
             self._drop("?", "bad_topic", f"topic {topic[:200]!r} is not an up/will topic")
             return
         node, direction = parsed
+        if self.owns is not None and not self.owns(topics.partition_of(node)):
+            self.metrics.inc(DROPPED, reason="not_owned")  # in flight while unsubscribing
+            return
         if len(payload) > UP_LIMITS.max_message_bytes + seal.TAG_BYTES:
             self._drop(node, "too_large", f"message of {len(payload)} bytes exceeds the "
                                           f"limit of {UP_LIMITS.max_message_bytes} bytes")
@@ -435,6 +442,8 @@ class SyncHub:
         nd = self.desired.get(node)
         if nd is None or nd.gen <= nd.acked:
             return
+        if self.owns is not None and not self.owns(topics.partition_of(node)):
+            return  # another shard's node
         link = self._link(node)
         if link.inflight is not None:
             return  # sent after the ack, or by the retry timer: changes collapse
@@ -479,7 +488,8 @@ class SyncHub:
             if link is None or link.inflight is None or link.retry_at != when:
                 continue
             nd = self.desired.get(node)
-            if nd is None or nd.acked >= nd.gen or self.nodes.readiness(node) == "NotReady":
+            if (nd is None or nd.acked >= nd.gen or self.nodes.readiness(node) == "NotReady"
+                    or (self.owns is not None and not self.owns(topics.partition_of(node)))):
                 link.inflight = None
                 continue
             link.attempts += 1
@@ -607,6 +617,9 @@ class SyncHub:
             self.metrics.inc(UNSENT, reason="no_key")
             return
         partition = topics.partition_of(node)
+        if self.owns is not None and not self.owns(partition):
+            self.metrics.inc(UNSENT, reason="not_owned")  # the partition moved away
+            return
         self._send(partition, topic, payload, self.routes.broker_for(node, partition))
         self.metrics.inc(OUT, type=msg.t)
 
@@ -623,6 +636,21 @@ class SyncHub:
             if len(self._logged) > 100_000:
                 cutoff = now - self.settings.log_interval
                 self._logged = {k: t for k, t in self._logged.items() if t >= cutoff}
+
+    def restart_links(self, nodes: list[str]) -> None:
+        """A shard took these nodes over (proposal 0008): forget their delivery state
+        and treat their edges as in an epoch not ours, so the next message to each is a
+        snapshot and deltas follow its ack."""
+        for node in nodes:
+            self._links[node] = _Link(epoch=None, epoch_known=True)
+            self._lazy.pop(node, None)
+
+    def drop_links(self, nodes: list[str]) -> None:
+        """A shard lost these nodes: no retries, no waiting acks, no route for them."""
+        for node in nodes:
+            self._links.pop(node, None)
+            self._lazy.pop(node, None)
+            self.routes.forget(node)
 
     def link_state(self, node: str) -> dict[str, Any]:
         link = self._links.get(node, _Link())

@@ -81,12 +81,48 @@ class Subscriber:
 
     def __init__(self, settings: MqttSettings, *, handler: Handler,
                  on_connected: Callable[[bool], None] | None = None,
-                 tls: ssl.SSLContext | None = None) -> None:
+                 tls: ssl.SSLContext | None = None,
+                 filters: Callable[[], list[str]] | None = None) -> None:
+        """With `filters` (a shard, proposal 0008) the subscriber subscribes only what
+        `filters()` names at each connect, with a clean session (a partition that moved
+        away while it was down must not stay subscribed in the broker), and `add` /
+        `remove` change the subscriptions of the live connection; without, every
+        partition's filters with a kept session (the embedded mode)."""
         self._settings = settings
         self._handler = handler
         self._on_connected = on_connected or (lambda _up: None)
         self._tls = tls
+        self._filters = filters
+        self._conn: wire.Connection | None = None
         self.identity = settings.identity("sub")
+
+    async def add(self, filters: list[str]) -> None:
+        """Subscribe `filters` now if connected (else at the next connect, through
+        `filters()`). A refusal or a lost answer ends the connection, and the reconnect
+        subscribes the whole current set."""
+        conn = self._conn
+        if conn is None or not filters:
+            return
+        try:
+            await conn.subscribe(filters)
+        except wire.ConnectionLost as exc:
+            log.warning("subscriber: subscribing %d filter(s): %s; reconnecting",
+                        len(filters), exc)
+            conn.abort()
+
+    async def remove(self, filters: list[str]) -> None:
+        """Unsubscribe `filters` and wait for the broker's answer (bounded); when it does
+        not come the connection is dropped, which ends every subscription of the clean
+        session."""
+        conn = self._conn
+        if conn is None or not filters:
+            return
+        try:
+            await conn.unsubscribe(filters)
+        except wire.ConnectionLost as exc:
+            log.warning("subscriber: unsubscribing %d filter(s): %s; dropping the "
+                        "connection", len(filters), exc)
+            conn.abort()
 
     async def run(self) -> None:
         """Work until cancelled; reconnects on broker errors."""
@@ -110,9 +146,15 @@ class Subscriber:
         try:
             conn, _ = await wire.connect(
                 s.host, s.port, client_id=self.identity, username=self.identity,
-                password=s.password, clean_session=False, keepalive=s.keepalive,
-                tls=self._tls, on_message=self._handler)
-            await conn.subscribe(topics.all_up_filters())
+                password=s.password, clean_session=self._filters is not None,
+                keepalive=s.keepalive, tls=self._tls, on_message=self._handler)
+            if self._filters is None:
+                await conn.subscribe(topics.all_up_filters())
+            else:
+                self._conn = conn  # add/remove from here on; then what is owned now
+                wanted = self._filters()
+                if wanted:
+                    await conn.subscribe(wanted)
             log.info("subscriber connected to %s:%d", s.host, s.port)
             self._on_connected(True)
             await conn.keepalive(s.keepalive)
@@ -120,6 +162,7 @@ class Subscriber:
             raise BrokerUnavailable(f"broker {s.host}:{s.port}: {exc}",
                                     delay=s.reconnect_base) from exc
         finally:
+            self._conn = None
             if conn is not None:
                 conn.close()
 

@@ -162,6 +162,22 @@ class Connection(asyncio.Protocol):
         if refused or len(codes) != len(filters):
             raise ConnectionLost(f"the broker refused the subscription to {refused or filters}")
 
+    async def unsubscribe(self, filters: list[str]) -> None:
+        """Unsubscribe from `filters` and wait for the UNSUBACK (ConnectionLost if none
+        comes): after it the broker sends nothing more that only they matched."""
+        self._next_sub = self._next_sub % 65535 + 1
+        mid = self._next_sub
+        body = mid.to_bytes(2, "big") + b"".join(_str(f) for f in filters)
+        fut = self._subacks[mid] = self._loop.create_future()
+        self.send(b"\xa2" + _length(len(body)) + body)
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT):
+                await fut
+        except TimeoutError:
+            raise ConnectionLost("no UNSUBACK from the broker") from None
+        finally:
+            self._subacks.pop(mid, None)
+
     def close(self) -> None:
         """Send DISCONNECT and close (what is queued goes first)."""
         if self.is_open:
@@ -256,7 +272,7 @@ class Connection(asyncio.Protocol):
                 raise ConnectionLost("a short CONNACK")
             if not self._connack.done():
                 self._connack.set_result((body[1], bool(body[0] & 1)))
-        elif kind == 9:  # SUBACK
+        elif kind in (9, 11):  # SUBACK, UNSUBACK
             mid = int.from_bytes(body[:2], "big")
             fut = self._subacks.get(mid)
             if fut is not None and not fut.done():

@@ -1,0 +1,317 @@
+"""The shard runtime (issue 14, proposal 0008 wiring steps 1, 3 and 4): what a
+`cloudcore --shard NAME` process does with the leases its `Member` holds.
+
+The service builds one `Shard` over the fleet, the sync hub and the broker links, and
+runs it in its task group (`cloudcore[NAME].cluster`). The shard:
+
+- gates the hub (`SyncHub.owns`): a message of a node in a partition it does not hold
+  is dropped, nothing is sent to such a node;
+- on `acquired` (after the lease CAS succeeded): subscribes the partition's `up` and
+  `will` filters on every broker, gives each node of it a new epoch (its desired set,
+  recomputed from the objects this shard holds, goes out as one snapshot, then deltas)
+  and starts its liveness from the previous owner's summary in KV;
+- on `lost` (announced before the release): takes the gate down first, unsubscribes
+  (waiting for the brokers' answer, bounded), forgets the nodes' delivery state and
+  liveness, and drops their report seqs and acked gens from its LMDB; the nodes read
+  `Unknown` (`OwnedByAnotherShard`) in this shard's API;
+- writes, every `status_interval`, one liveness summary per partition it holds into
+  the `<prefix>_status` bucket, key `liveness.<pp>`: `{"shard", "instance", "at": unix
+  time, "nodes": {node: [readiness, last_seen unix time or null]}}`. A shard taking the
+  partition over starts each node as it was last known there (Ready stays Ready, its
+  NotReady deadline counted from that last_seen), so a takeover within the heartbeat
+  window flaps no node to NotReady. Wall clocks of the shards are compared here (NTP);
+  a node not in the summary starts `Unknown` with a full window, as after a restart;
+- runs the global work only while it holds the `global` lease: the forecaster's task
+  and the part of the liveness tick that moves rollouts, agent upgrades and evictions
+  (`GatedNodes.expire`); on `global_lost` they stop before the lease is released.
+
+Not done here (see proposal 0008): the global objects replica (each shard today holds
+the objects applied through its own API or restored from its store, and expands
+DaemonSets for every node it knows, not only its own), Deployment scheduling behind the
+global lease (a shard schedules the Deployments applied to it), fencing tokens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from cloudcore.cluster.errors import ClusterError
+from cloudcore.cluster.kv import KV, Bucket
+from cloudcore.cluster.leases import Change, LeaseSettings, Member
+from shared import topics
+from shared.delta import new_epoch
+
+log = logging.getLogger("cloudcore.cluster.shard")
+
+UNSUBSCRIBE_WAIT = 3.0
+"""Seconds a loss waits for the brokers to confirm the unsubscription before it lets
+the release go on (the gate already drops the partition's messages)."""
+STATUS_KEY = "liveness.{pp}"
+TAKEOVER_REASON = "ShardTakeover"
+AWAY_REASON = "OwnedByAnotherShard"
+
+Filters = Callable[[list[str]], Awaitable[None]]
+
+
+def partition_filters(partitions: list[int]) -> list[str]:
+    """The `up` and `will` filters of these partitions."""
+    out: list[str] = []
+    for p in sorted(partitions):
+        out += [topics.up_filter(p), topics.will_filter(p)]
+    return out
+
+
+def status_bucket(prefix: str) -> str:
+    return f"{prefix}_status"
+
+
+class Shard:
+    """One shard's use of its leases (module docstring)."""
+
+    def __init__(self, *, name: str, fleet: Any, hub: Any, subscribe: Filters,
+                 unsubscribe: Filters, lease: LeaseSettings, status_interval: float,
+                 clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time) -> None:
+        self.name = name
+        self.fleet = fleet
+        self.hub = hub
+        self._subscribe = subscribe
+        self._unsubscribe = unsubscribe
+        self.lease = lease
+        self.status_interval = status_interval
+        self.clock = clock
+        self.wall = wall
+        self.owned: set[int] = set()
+        self.holds_global = False
+        self.member: Member | None = None
+        self._status: Bucket | None = None
+        self._gated: list[tuple[str, Callable[[], Awaitable[None]]]] = []
+        self._running: list[asyncio.Task[None]] = []
+        self._tg: asyncio.TaskGroup | None = None
+        self.takeovers = 0
+        """Nodes started from a previous owner's summary (Ready or NotReady as there)."""
+        hub.owns = self.owns
+
+    def owns(self, partition: int) -> bool:
+        return partition in self.owned
+
+    def filters(self) -> list[str]:
+        """What a (re)connecting subscriber subscribes: the partitions held now."""
+        return partition_filters(list(self.owned))
+
+    def gated(self, name: str, factory: Callable[[], Awaitable[None]]) -> None:
+        """Run `factory()` as task `name` only while this shard holds the global lease."""
+        self._gated.append((name, factory))
+
+    # -- the service's task -------------------------------------------------------------
+
+    async def run(self, kv: KV) -> None:
+        """Join, hold leases and act on them until cancelled (then every lease is
+        announced lost and released)."""
+        self._status = await kv.bucket(status_bucket(self.lease.bucket_prefix), create=True,
+                                       replicas=self.lease.replicas)
+        self.member = Member(kv, self.lease, on_change=self.on_change)
+        async with asyncio.TaskGroup() as tg:
+            self._tg = tg
+            try:
+                tg.create_task(self._write_status(), name=f"cloudcore[{self.name}].status")
+                await self.member.run()
+            finally:
+                self._tg = None
+                await self._stop_global()
+
+    # -- lease changes ------------------------------------------------------------------
+
+    async def on_change(self, c: Change) -> None:
+        if c.global_lost:
+            await self._stop_global()
+        if c.lost:
+            await self._lose(sorted(c.lost))
+        if c.acquired:
+            await self._acquire(sorted(c.acquired))
+        if c.global_acquired:
+            self._start_global()
+        log.info("shard %s: %s: +%d -%d partitions, %d held%s", self.name, c.reason,
+                 len(c.acquired), len(c.lost), len(self.owned),
+                 "; holds the global lease" if self.holds_global else "")
+
+    def _nodes_by_partition(self, parts: set[int]) -> dict[int, list[str]]:
+        out: dict[int, list[str]] = {p: [] for p in parts}
+        for node in self.fleet.nodes:
+            p = topics.partition_of(node)
+            if p in out:
+                out[p].append(node)
+        return out
+
+    async def _acquire(self, parts: list[int]) -> None:
+        summaries = await self._summaries(parts)
+        by_part = self._nodes_by_partition(set(parts))
+        self.owned.update(parts)  # the gate opens before the first message can arrive
+        now_wall, now = self.wall(), self.clock()
+        fleet, desired = self.fleet, self.fleet.desired_sets
+        liveness, nodes = fleet.liveness, fleet.objects.nodes
+        taken: list[str] = []
+        for p in parts:
+            known = summaries.get(p, {})
+            for name in by_part[p]:
+                node = nodes.get(name)
+                if node is None:
+                    continue
+                nd = desired.desired_for(name)
+                nd.restart_epoch(new_epoch())  # snapshot first, then deltas
+                fleet.store.put_later("desired", name, nd.to_record)
+                node.status.acked_gen = 0
+                was = known.get(name)
+                if was is not None and was[0] in ("Ready", "NotReady"):
+                    node.status.ready = was[0]
+                    node.status.reason = TAKEOVER_REASON
+                    if was[1] is not None:
+                        node.status.last_seen = float(was[1])
+                    self.takeovers += 1
+                    if was[0] == "Ready":
+                        age = max(0.0, now_wall - float(was[1] or now_wall))
+                        liveness.heard(name, now - age)
+                else:
+                    node.status.ready = "Unknown"
+                    node.status.reason = TAKEOVER_REASON
+                    liveness.heard(name, now)
+                fleet.objects.changed("Node", name)
+                taken.append(name)
+        self.hub.restart_links(taken)
+        await self._subscribe(partition_filters(parts))
+        log.info("shard %s: took %d partition(s), %d node(s) (%d as last known)",
+                 self.name, len(parts), len(taken),
+                 sum(1 for p in parts for n in by_part[p] if n in summaries.get(p, {})))
+
+    async def _lose(self, parts: list[int]) -> None:
+        self.owned.difference_update(parts)  # the gate closes first
+        by_part = self._nodes_by_partition(set(parts))
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(UNSUBSCRIBE_WAIT):
+                await self._unsubscribe(partition_filters(parts))
+        fleet = self.fleet
+        gone = [n for p in parts for n in by_part[p]]
+        self.hub.drop_links(gone)
+        for name in gone:
+            fleet.liveness.forget(name)
+            fleet.desired_sets.forget_report_seq(name)
+            fleet.store.delete("acked", name)
+            node = fleet.objects.nodes.get(name)
+            if node is not None:
+                node.status.ready = "Unknown"
+                node.status.reason = AWAY_REASON
+                fleet.objects.changed("Node", name)
+        log.info("shard %s: gave up %d partition(s), %d node(s)", self.name, len(parts),
+                 len(gone))
+
+    def forget_all(self) -> None:
+        """At start, before any lease: no node is this shard's, so none has a liveness
+        deadline here (a shard never marks another shard's node NotReady)."""
+        for name in list(self.fleet.objects.nodes):
+            self.fleet.liveness.forget(name)
+
+    # -- global work --------------------------------------------------------------------
+
+    def _start_global(self) -> None:
+        self.holds_global = True
+        if self._tg is None:
+            return
+        for name, factory in self._gated:
+            self._running.append(self._tg.create_task(_forever(factory), name=name))
+        log.info("shard %s: holds the global lease; running %s", self.name,
+                 ", ".join(n for n, _ in self._gated) or "the liveness tick's global part")
+
+    async def _stop_global(self) -> None:
+        self.holds_global = False
+        running, self._running = self._running, []
+        for t in running:
+            t.cancel()
+        for t in running:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        if running:
+            log.info("shard %s: global work stopped", self.name)
+
+    # -- liveness summaries -------------------------------------------------------------
+
+    async def _summaries(self, parts: list[int]) -> dict[int, dict[str, tuple[str, Any]]]:
+        out: dict[int, dict[str, tuple[str, Any]]] = {}
+        if self._status is None:
+            return out
+        for p in parts:
+            try:
+                e = await self._status.get(STATUS_KEY.format(pp=topics.pp(p)))
+            except ClusterError as exc:
+                log.warning("shard %s: no liveness summary of partition %s: %s", self.name,
+                            topics.pp(p), exc)
+                continue
+            if e is None or not e.value:
+                continue
+            try:
+                doc = json.loads(e.value)
+                out[p] = {str(n): (str(v[0]), v[1]) for n, v in doc["nodes"].items()}
+            except (ValueError, KeyError, TypeError, IndexError):
+                log.warning("shard %s: unreadable liveness summary of partition %s",
+                            self.name, topics.pp(p))
+        return out
+
+    async def _write_status(self) -> None:
+        assert self._status is not None
+        while True:
+            await asyncio.sleep(self.status_interval)
+            owned = sorted(self.owned)
+            if not owned:
+                continue
+            docs = self._summaries_now(set(owned))
+            for p in owned:
+                if p not in self.owned:
+                    continue  # lost meanwhile: its new owner writes it now
+                try:
+                    await self._status.put(STATUS_KEY.format(pp=topics.pp(p)), docs[p])
+                except ClusterError as exc:
+                    log.warning("shard %s: liveness summary not written: %s", self.name, exc)
+                    break
+
+    def _summaries_now(self, parts: set[int]) -> dict[int, bytes]:
+        """One pass over the nodes for every held partition's summary."""
+        nodes: dict[int, dict[str, list[Any]]] = {p: {} for p in parts}
+        for name, node in self.fleet.objects.nodes.items():
+            part = nodes.get(topics.partition_of(name))
+            if part is not None:
+                part[name] = [node.status.ready, node.status.last_seen]
+        head = {"shard": self.name, "instance": self.member.instance if self.member else None,
+                "at": self.wall()}
+        return {p: json.dumps({**head, "nodes": n}, separators=(",", ":")).encode()
+                for p, n in nodes.items()}
+
+
+async def _forever(factory: Callable[[], Awaitable[None]]) -> None:
+    await factory()
+
+
+class GatedNodes:
+    """The fleet as the hub's `NodeSink`, with the global part of the liveness tick
+    (rollout steps, agent upgrades, evictions: `Fleet.expire`) only while the shard
+    holds the global lease; otherwise only its own nodes' deadlines."""
+
+    def __init__(self, fleet: Any, *, is_global: Callable[[], bool]) -> None:
+        self._fleet = fleet
+        self._is_global = is_global
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._fleet, name)
+
+    def expire(self, now: float) -> list[str]:
+        if self._is_global():
+            return list(self._fleet.expire(now))
+        out = list(self._fleet.node_ops.expire(now))
+        for name in out:
+            self._fleet.eviction.observe(name, "NotReady")
+            self._fleet.upgrades.node_changed(name)
+        return out
