@@ -344,18 +344,19 @@ def defer_unused_imports(names: Sequence[str] = DEFERRED_IMPORTS) -> None:
     the module's `__spec__` and so loads a lazily loaded module at once."""
     import importlib
     import importlib.util
-    import types
+    from types import ModuleType
 
     for name in names:
         if name in sys.modules:
             continue
         spec = importlib.util.find_spec(name)
-        if spec is None:
-            continue
-        stub = types.ModuleType(name)
-        stub.__spec__ = spec
+        if spec is None or not (spec.origin or "").endswith(".py"):
+            continue  # not installed, or not a source module (creating it would load it)
+        # __file__, __loader__ and the like set from the spec, nothing executed: a caller
+        # that walks sys.modules for them (inspect.getmodule) does not load the module.
+        stub = importlib.util.module_from_spec(spec)
 
-        def load(attr: str, name: str = name, stub: types.ModuleType = stub) -> Any:
+        def load(attr: str, name: str = name, stub: ModuleType = stub) -> Any:
             if sys.modules.get(name) is stub:
                 del sys.modules[name]
             real = importlib.import_module(name)

@@ -305,3 +305,26 @@ def test_the_launchers_process_imports_nothing_heavy(tmp_path: Path) -> None:
     loaded = sorted(m for m in mods if any(m == x or m.startswith(x + ".")
                                             for x in NOT_IN_LAUNCHER))
     assert not loaded, f"`edgecore run` imports {loaded} before the launcher hands over"
+
+
+DEFERRED = """
+import json, sys
+from edgecore.__main__ import defer_unused_imports
+defer_unused_imports()
+import bz2, inspect, lzma, urllib.request
+import paho.mqtt.client
+inspect.getmodule(paho.mqtt.client.Client)  # walks sys.modules reading __file__
+before = sorted(m for m in ("http.client", "email", "_bz2", "_lzma") if m in sys.modules)
+from urllib.request import Request  # a real use loads the real module
+ok = (Request("http://example.invalid/").get_method() == "GET"
+      and bz2.decompress(bz2.compress(b"edge")) == b"edge"
+      and lzma.decompress(lzma.compress(b"edge")) == b"edge"
+      and urllib.request.getproxies is sys.modules["urllib.request"].getproxies)
+print(json.dumps({"before": before, "ok": ok, "after": "http.client" in sys.modules}))
+"""
+
+
+def test_deferred_modules_load_on_first_use_and_behave_as_the_real_ones() -> None:
+    out = subprocess.run([sys.executable, "-c", DEFERRED], capture_output=True, text=True,
+                         check=True, timeout=60).stdout
+    assert json.loads(out) == {"before": [], "ok": True, "after": True}
