@@ -519,7 +519,7 @@ def check_selector(obj: DaemonSet | Deployment) -> None:
 def is_daemon(pod: Pod | DaemonPod) -> bool:
     """Whether a DaemonSet owns the pod."""
     if isinstance(pod, DaemonPod):
-        return True
+        return pod.node is not None  # a compact Deployment pod has none
     return pod.metadata.annotations.get(naming.OWNER, "").startswith("DaemonSet/")
 
 

@@ -74,18 +74,20 @@ class Template:
     def _bases(self) -> dict[str, PodBase]:
         return {}
 
-    def daemon_pod(self, *, ns: str, name: str, owner: str, node: str) -> DaemonPod:
-        """The compact record of a DaemonSet's pod on `node`: what `pod` would make,
-        in 88 bytes (`DaemonPod`)."""
+    def daemon_pod(self, *, ns: str, name: str, owner: str, node: str | None) -> DaemonPod:
+        """The compact record of a DaemonSet's pod on `node` (or of a Deployment's pod,
+        `node` None): what `pod` would make, in 88 bytes (`DaemonPod`)."""
         base = self._bases.get(owner)
         if base is None:
             base = self._bases[owner] = PodBase(self, ns, owner)
         return DaemonPod(base, name, node)
 
     def pod(self, *, ns: str, name: str, owner: str, node: str | None) -> Pod | DaemonPod:
-        """A pod of the template: a DaemonSet's pod on its node is a compact
+        """A pod of the template: a DaemonSet's pod on its node, or a Deployment's pod
+        (no nodeName: the scheduler binds it; issue 16, 100,000 replicas), is a compact
         `DaemonPod`, any other a `Pod`."""
-        if node is not None and owner.startswith("DaemonSet/"):
+        if (node is not None and owner.startswith("DaemonSet/")) or (
+                node is None and owner.startswith("Deployment/")):
             return self.daemon_pod(ns=ns, name=name, owner=owner, node=node)
         # One validation builds the pod's metadata; the spec is frozen, so the pod takes
         # the template's own parts (validation passes a PodSpec instance through). Its
@@ -142,11 +144,11 @@ class DaemonPod:
     kind = "Pod"
     api_version = "v1"
 
-    def __init__(self, base: PodBase, name: str, node: str,
+    def __init__(self, base: PodBase, name: str, node: str | None,
                  status: PodStatus | None = None) -> None:
         self.base = base
         self.name = name
-        self.node = sys.intern(node)
+        self.node = sys.intern(node) if node is not None else None  # None: a replica
         self.status = status if status is not None else _NEW_STATUS
         self.scheduled: str | None = None
         self.own: dict[str, str] | None = None

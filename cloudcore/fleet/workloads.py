@@ -138,21 +138,26 @@ class Workloads:
 
     def compact(self) -> int:
         """After loading (and the rollout plans): keep each DaemonSet pod that is
-        exactly its template on its node (the plan's update or stable template, its
-        identity fields only a uid) as the compact `DaemonPod` the controller makes;
-        the store holds full pods. Returns how many were compacted."""
+        exactly its template on its node, and each Deployment pod that is exactly its
+        template (no nodeName), the plan's update or stable template with only a uid
+        for identity, as the compact `DaemonPod` the controllers make; the store holds
+        full pods. Returns how many were compacted."""
         pods = self.objects.pods
         done = 0
-        for (ns, dsname), ds in self.objects.daemonsets.items():
-            owner = f"DaemonSet/{ns}/{dsname}"
-            templates = {t.thash: t for t in self.plans.plan(ds).pair if t is not None}
+        workloads: list[tuple[str, Key, DaemonSet | Deployment]] = [
+            *(("DaemonSet", k, ds) for k, ds in self.objects.daemonsets.items()),
+            *(("Deployment", k, dep) for k, dep in self.objects.deployments.items())]
+        for kind, (ns, wname), obj in workloads:
+            owner = f"{kind}/{ns}/{wname}"
+            templates = {t.thash: t for t in self.plans.plan(obj).pair if t is not None}
             for key in self._owners.get(owner, ()):
                 pod = pods.get(key)
                 if not isinstance(pod, Pod):
                     continue
                 meta, node = pod.metadata, pod.spec.node_name
                 tpl = templates.get(meta.annotations.get(naming.TEMPLATE_HASH))
-                if (tpl is None or node is None or meta.generation is not None
+                if (tpl is None or (node is None) != (kind == "Deployment")
+                        or meta.generation is not None
                         or meta.creation_timestamp is not None or meta.namespace != ns
                         or meta.labels != tpl.labels or pod.spec != tpl.spec_on(node)):
                     continue

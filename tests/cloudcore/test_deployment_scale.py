@@ -1,20 +1,25 @@
-"""Big Deployments are scaled in the background, a bounded slice at a time, and their
-pending pods cost one scheduling attempt per retry, not one per pod (issue 16 part 4:
-`replicas: 100000` timed the apply out and stalled the API for two minutes)."""
+"""Big Deployments are scaled in the background, a bounded slice at a time, their
+pending pods cost one scheduling attempt per retry, not one per pod, and their pods are
+compact records (issue 16 part 4: `replicas: 100000` timed the apply out, stalled the
+API for two minutes and grew cloudcore by 0.5 GB)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from cloudcore_fakes import FakeStore, add_node, deployment
+from cloudcore_fakes import FakeStore, add_node, deployment, make_fleet
 
 from cloudcore.fleet import Fleet, Liveness, workloads
+from cloudcore.fleet.objects import dump_object, is_daemon
+from cloudcore.fleet.template import DaemonPod, Template
+from cloudcore.fleet.workloads import Workloads
 from cloudcore.scheduler import Scheduler
-from shared.models import parse_object
+from shared.models import Pod, parse_object
 
 NODES = 3
 FIT = 110 * NODES  # add_node's nodes take 110 pods each
@@ -159,3 +164,79 @@ def test_a_retry_with_a_budget_goes_on_where_it_stopped() -> None:
     assert calls > 2  # it stopped and went on
     assert all(("default", f"bare-{i}") in fleet.bound for i in range(30))
     assert not fleet.placement.pending_count()
+
+
+def full_pod(self: Template, *, ns: str, name: str, owner: str, node: str | None) -> Pod:
+    """What `Template.pod` made for a controller's pod before the compact records."""
+    pod = Pod.model_validate({"metadata": {"name": name, "namespace": ns, "labels": {},
+                                           "annotations": {}},
+                              "spec": self.spec_on(node)})
+    pod.metadata.__dict__.update(labels=self.labels, annotations=self.annotations(owner))
+    return pod
+
+
+def replica_story(store: FakeStore) -> list[Any]:
+    """Apply, place (some pending), report, drain, roll out, scale, restart: what is
+    shown after each step (pods as the API dumps them, desired sets, events)."""
+    fleet = make_fleet(store)
+    seen: list[Any] = []
+
+    def shown(f: Fleet) -> Any:
+        uids = {key: pod.metadata.uid for key, pod in f.pods.items()}
+        pods = {f"{k[0]}/{k[1]}": dump_object(p) for k, p in sorted(f.pods.items())}
+        desired = {n: nd.values() for n, nd in sorted(f.desired.items())}
+        events = [(e["reason"], e["object"], e["message"]) for e in f.events.list()]
+        text = json.dumps([pods, desired, events, f.bound.get(("default", "web-0"))],
+                          sort_keys=True)
+        for key, uid in uids.items():
+            if uid:
+                text = text.replace(uid, f"uid-of-{key[1]}")
+        return json.loads(text)
+
+    for n in ("n1", "n2"):
+        add_node(fleet, n, memory=256 * 2**20)  # four 64Mi replicas each
+    doc = deployment("web", replicas=10)
+    fleet.apply([parse_object(doc)])
+    seen.append(shown(fleet))
+    for node in ("n1", "n2"):
+        for key, (value, _) in fleet.desired[node].items.items():
+            fleet.pod_statuses(node, {key: {
+                "phase": "Running", "revision": value["revision"], "ready": True,
+                "containerStatuses": [{"name": "main", "state": "running",
+                                       "ready": True}]}})
+    fleet.expire(0.0)
+    seen.append(shown(fleet))
+    fleet.drain("n1")
+    seen.append(shown(fleet))
+    doc["spec"]["template"]["spec"]["containers"][0]["args"] = ["v2"]
+    doc["spec"]["replicas"] = 6
+    fleet.apply([parse_object(doc)])
+    fleet.patch_node("n1", unschedulable=False)
+    fleet.commit()
+    seen.append(shown(fleet))
+    records: dict[str, dict[str, Any]] = {}
+    for (db, key), value in store.data.items():
+        records.setdefault(db, {})[key] = value
+    again = make_fleet(FakeStore())
+    again.load(records)
+    seen.append(shown(again))
+    seen.append(sum(isinstance(p, DaemonPod) for p in again.pods.values()))
+    seen.append(sum(is_daemon(p) for p in again.pods.values()))
+    return seen
+
+
+def test_deployment_pods_are_compact_and_show_what_full_pods_showed(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    compact = replica_story(FakeStore())
+    with monkeypatch.context() as m:
+        m.setattr(Template, "daemon_pod", full_pod)
+        m.setattr(Workloads, "compact", lambda self: 0)
+        full = replica_story(FakeStore())
+    assert compact[:-2] == full[:-2]
+    assert full[-2] == 0 and compact[-2] == 6  # a restart compacts the loaded pods again
+    assert compact[-1] == 0  # none of them counts as a DaemonSet's
+    pods = compact[-3][0]  # the story moved: rolled out to v2, 6 replicas, none pinned
+    assert len(pods) == 6
+    assert all(p["spec"]["containers"][0]["args"] == ["v2"] for p in pods.values())
+    assert all("nodeName" not in p["spec"] for p in pods.values())
+    assert sum(p["status"].get("reason") == "Unschedulable" for p in pods.values()) == 0
