@@ -40,7 +40,7 @@ STORE_KEY = "brokermap"
 """Where the map is persisted: key `brokermap` of the store's `meta` database."""
 DEFAULT_BROKER = "mq-0"
 """The name of the one broker of the embedded default (no `--broker` flag)."""
-TELL_SLICE = 2000
+TELL_SLICE = 1000
 """Nodes told per commit when a change reaches many (a drain at 100,000 nodes): the
 event loop is given back between slices, so no one call holds it for long."""
 
