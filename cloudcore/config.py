@@ -350,12 +350,14 @@ class Settings:
         _positive("cluster.status_interval", c.status_interval)
         if c.replicas < 1:
             raise ConfigError("cluster.replicas must be >= 1", field="cluster.replicas")
-        window = self.sync.heartbeat * self.sync.missed_heartbeats
-        if c.lease_period >= window:
-            log.warning("cluster.lease_period %gs is not below the NotReady window "
-                        "(%g x %gs heartbeat = %gs): nodes of a killed shard may go "
-                        "NotReady before their partition is taken over", c.lease_period,
-                        self.sync.missed_heartbeats, self.sync.heartbeat, window)
+        # A node last heard up to a heartbeat before a kill, its partition taken within
+        # a lease period, and its next report up to a heartbeat after that: it stays
+        # within missed x heartbeat if lease_period < (missed - 2) x heartbeat.
+        spare = (self.sync.missed_heartbeats - 2) * self.sync.heartbeat
+        if c.lease_period >= spare:
+            log.warning("cluster.lease_period %gs is not below (missed heartbeats - 2) x "
+                        "heartbeat = %gs: nodes of a killed shard may go NotReady before "
+                        "their partition is taken over", c.lease_period, spare)
 
     def broker_address(self) -> tuple[str, int]:
         """The broker as nodes should reach it: `auth.advertise_mqtt` or mqtt host/port."""

@@ -93,6 +93,16 @@ class ShardProc:
         with urllib.request.urlopen(req, timeout=timeout, context=self.ssl) as r:
             return json.loads(r.read())
 
+    def dropped_not_owned(self) -> float:
+        """Messages this shard received for partitions it does not hold."""
+        req = urllib.request.Request(f"{self.api}/metrics",
+                                     headers={"Authorization": f"Bearer {self.token}"})
+        with urllib.request.urlopen(req, timeout=10, context=self.ssl) as r:
+            text = r.read().decode()
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith("cloudcore_messages_dropped_total")
+                   and 'reason="not_owned"' in line)
+
     def readiness(self) -> dict[str, str]:
         items = self.call("/api/v1/nodes")["items"]
         return {n["metadata"]["name"]: n["status"]["ready"] for n in items}
@@ -221,6 +231,11 @@ def test_shards_split_partitions_and_take_over_a_killed_shard(tmp_path: Path) ->
             assert all(len(v) == 1 for v in by_part.values()), by_part
             held = {s: sum(1 for v in split.values() if v == [s]) for s in SHARDS}
             print(f"nodes per shard: {held}")
+            # each shard subscribes only its partitions: with the split settled, no
+            # heartbeat of another shard's node reaches it (two heartbeats watched)
+            before = [s.dropped_not_owned() for s in shards]
+            time.sleep(2 * HEARTBEAT + 1)
+            assert [s.dropped_not_owned() for s in shards] == before
 
             # 2. a DaemonSet (through each shard's API: no global replica yet) reaches
             # every node through its owner
@@ -273,8 +288,36 @@ def test_shards_split_partitions_and_take_over_a_killed_shard(tmp_path: Path) ->
             print("simulator:", {k: stats.get(k) for k in ("snapshots_in", "deltas_in",
                                                            "gaps", "reacks")})
 
-            # 4. a DaemonSet applied after the takeover reaches every node, and ds1
+            # 4. the killed shard comes back (same state dir): it takes its share again,
+            # the survivors hand partitions over (loss announced, unsubscribed, before
+            # the release), and still no node is NotReady anywhere
+            victim.proc.start()
+            wait_for(f"{victim.name} ready again", lambda: victim.call("/readyz"), 60)
+
+            def rebalanced() -> bool:
+                try:
+                    o = owners(shards)
+                except NotReadySeen as exc:
+                    seen_not_ready.append(str(exc))
+                    return False
+                mine = sum(1 for v in o.values() if v == [victim.name])
+                return len(o) == NODES and all(len(v) == 1 for v in o.values()) and mine > 0
+
+            wait_for(f"{victim.name} holds nodes again", rebalanced, 60)
+            end = time.monotonic() + 3 * HEARTBEAT
+            while time.monotonic() < end:
+                try:
+                    owners(shards)
+                except NotReadySeen as exc:
+                    seen_not_ready.append(str(exc))
+                time.sleep(0.3)
+            assert not seen_not_ready, seen_not_ready
+            back = {n for n, v in owners(shards).items() if v == [victim.name]}
+            print(f"{victim.name} rejoined and holds {len(back)} node(s)")
+
+            # 5. a DaemonSet applied after the takeover reaches every node, and ds1
             # (acked before the kill) is still Running everywhere
+            survivors = shards
             for s in survivors:
                 s.call("/api/v1/apply", {"documents": [daemonset("ds2")]})
             wait_for("ds2 Running on every node", lambda: ds_everywhere("ds2", survivors), 60)
