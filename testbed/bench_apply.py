@@ -224,7 +224,7 @@ async def _expanded(fleet: Any, names: list[str], key_prefix: str) -> None:
     while i < len(names):
         end = min(i + 500, len(names))
         while i < end:
-            if not any(k.startswith(key_prefix) for k in fleet.desired_for(names[i]).values()):
+            if not any(k.startswith(key_prefix) for k in fleet.desired_for(names[i]).items):
                 break
             i += 1
         await asyncio.sleep(0 if i == end else LAG_TICK)

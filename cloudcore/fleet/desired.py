@@ -22,13 +22,15 @@ seqs the hub keeps idempotent by.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Set
+from collections.abc import Callable, Iterator, Mapping, Set
 from typing import Any
 
 from cloudcore.fleet import naming
 from cloudcore.fleet.events import EventLog
-from cloudcore.fleet.objects import Key, Objects
+from cloudcore.fleet.objects import Key, Objects, Parts
 from cloudcore.fleet.placement import Placement
+from cloudcore.fleet.template import DaemonPod
+from shared.codec import Desired
 from shared.delta import NodeDesired
 from shared.entries import (
     AGENT,
@@ -48,6 +50,147 @@ from shared.models import Pod
 
 log = logging.getLogger("cloudcore.fleet")
 
+
+class EntryPart:
+    """The desired entry of one pod of a DaemonSet's template revision (`value`), which
+    the entries of all its other pods share but for their name, uid and nodeName
+    (`PodRef`). The store keeps it once, as a part (`objects.Parts`) named by `pid`."""
+
+    __slots__ = ("pid", "value")
+
+    def __init__(self, value: dict[str, Any], pid: str | None = None) -> None:
+        self.value = value
+        self.pid = pid
+
+    def part(self) -> dict[str, Any]:
+        return self.value
+
+
+class PodRef(Mapping[str, Any]):
+    """A DaemonSet pod's desired entry kept compact (proposal 0004): its `EntryPart`
+    and the three fields that are the pod's own (name, uid, node: about 64 bytes where
+    the entry's dicts took about 520). It reads as the entry (a Mapping), compares
+    equal to it, and `CloudDesired` sends and stores it as the entry (`wire`): what
+    goes on the wire is byte for byte what `pod_entry` of the pod gives."""
+
+    __slots__ = ("name", "node", "part", "uid")
+
+    def __init__(self, part: EntryPart, name: str, uid: str | None, node: str | None) -> None:
+        """`name` is the pod's (its key's last part), `node` the node it runs on."""
+        self.part = part
+        self.name = name
+        self.uid = uid
+        self.node = node
+
+    def wire(self) -> dict[str, Any]:
+        """The entry as a plain dict (a new one unless the part is this pod's own)."""
+        base = self.part.value
+        spec = base["spec"]
+        name, uid, node = self.name, self.uid, self.node
+        if base["name"] == name and base.get("uid") == uid and spec.get("nodeName") == node:
+            return base
+        if spec.get("nodeName") != node:
+            spec = {**spec, "nodeName": node} if node is not None else {
+                k: v for k, v in spec.items() if k != "nodeName"}
+        out = {**base, "name": name, "spec": spec, "uid": uid}
+        if uid is None:  # a pod stored before every pod had a uid
+            del out["uid"]
+        return out
+
+    def __getitem__(self, key: str) -> Any:
+        return self.wire()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.wire())
+
+    def __len__(self) -> int:
+        return len(self.wire())
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, PodRef):
+            return (self.name == other.name and self.uid == other.uid
+                    and self.node == other.node
+                    and (self.part is other.part or self.part.value == other.part.value))
+        if isinstance(other, Mapping):
+            return self.wire() == other
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  # as the dict it stands for
+
+    def __repr__(self) -> str:
+        return f"PodRef({self.name} on {self.node})"
+
+
+def wire_value(value: Any) -> Any:
+    """A desired value as it goes on the wire (a `PodRef` as its entry)."""
+    return value.wire() if isinstance(value, PodRef) else value
+
+
+class CloudDesired(NodeDesired):
+    """The cloud's `NodeDesired`: its items may hold `PodRef`s, which leave as the plain
+    entries they stand for (`values`, `delta`, `snapshot`: the wire is unchanged), and
+    are stored as references to their part (`to_record`; `loaded` resolves them
+    through `Parts`)."""
+
+    def values(self) -> dict[str, Any]:
+        return {k: wire_value(v) for k, (v, _) in self.items.items()}
+
+    def delta(self, base: int, epoch: str | None) -> Desired:
+        if self.needs_snapshot(base, epoch):
+            return self.snapshot()
+        return Desired(
+            node=self.node, epoch=self.epoch, base=base, gen=self.gen,
+            put={k: wire_value(v) for k, (v, kg) in self.items.items() if kg > base},
+            delete=[k for k, g in self.tombs.items() if g > base])
+
+    def snapshot(self) -> Desired:
+        return Desired(node=self.node, epoch=self.epoch, base=0, gen=self.gen,
+                       snapshot=True, put=self.values())
+
+    def to_record(self) -> dict[str, Any]:
+        """`NodeDesired.to_record`, but a `PodRef` item as [part id, uid, kgen] (its
+        name is its key's, its node the set's; [part id, uid, kgen, node] should it be
+        another's). Plain items are [value, kgen]."""
+        node = self.node
+        items: dict[str, Any] = {}
+        for k, (v, g) in self.items.items():
+            if isinstance(v, PodRef):
+                items[k] = ([v.part.pid, v.uid, g] if v.node == node
+                            else [v.part.pid, v.uid, g, v.node])
+            else:
+                items[k] = [v, g]
+        return {"node": node, "epoch": self.epoch, "gen": self.gen, "items": items,
+                "tombs": self.tombs, "floor": self.floor, "acked": self.acked}
+
+    @classmethod
+    def loaded(cls, r: dict[str, Any], parts: Parts,
+               shared: dict[str, EntryPart]) -> tuple[CloudDesired, list[str]]:
+        """A set from its record (`to_record`, or `NodeDesired.to_record` of older
+        stores); `shared` (part id -> EntryPart) is filled and reused. A reference whose
+        part is missing is left out: the keys left out are returned (the node's next
+        commit puts them back)."""
+        items: dict[str, tuple[Any, int]] = {}
+        lost = []
+        for k, item in r["items"].items():
+            if len(item) == 2:
+                items[k] = (item[0], item[1])
+                continue
+            pid, uid, g = item[0], item[1], item[2]
+            part = shared.get(pid)
+            if part is None:
+                value = parts.get(pid)
+                if value is None:
+                    lost.append(k)
+                    continue
+                part = shared[pid] = EntryPart(value, pid)
+            else:
+                parts.get(pid)  # marks it used
+            node = item[3] if len(item) > 3 else r["node"]
+            items[k] = (PodRef(part, split_key(k)[2], uid, node), g)
+        nd = cls(node=r["node"], epoch=r["epoch"], gen=r["gen"], items=items,
+                 tombs=dict(r["tombs"]), floor=r["floor"], acked=r["acked"])
+        return nd, lost
+
 Listener = Callable[[set[str]], None]
 _NO_REFS: frozenset[str] = frozenset()  # what most pods mount: one shared empty set
 SHARED_ENTRIES = 4096
@@ -64,11 +207,13 @@ class DesiredSets:
         self.events = events
         self._sets: dict[str, NodeDesired] = {}
         self._report_seq: dict[str, int] = {}
-        self._entries: dict[Key, dict[str, Any]] = {}  # cached desired-set values of pods
+        self._entries: dict[Key, Any] = {}  # cached desired-set values of pods (or PodRefs)
         self._refs: dict[Key, Set[str]] = {}  # pod -> configmap/secret keys it mounts
-        self._shared: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self._shared: dict[tuple[str, str, str], EntryPart] = {}
         """(DaemonSet, template hash, revision) -> the entry of one of its pods: every
-        other pod's entry shares all of it but its name and nodeName."""
+        other pod's entry (`PodRef`) shares all of it but its name, uid and nodeName."""
+        self._parts: dict[str, EntryPart] = {}
+        """part id -> the one EntryPart of that content (loaded or made)."""
         self._config_entries: dict[str, dict[str, Any] | None] = {}  # None: no such object
         self._extra: dict[str, dict[str, Any]] = {}
         """node -> {key: value} of entries from no pod or config (`put_entry`)."""
@@ -90,7 +235,7 @@ class DesiredSets:
         """The node's desired set, created empty in the store epoch if it has none."""
         nd = self._sets.get(name)
         if nd is None:
-            nd = self._sets[name] = NodeDesired(node=name, epoch=self.store.epoch)
+            nd = self._sets[name] = CloudDesired(node=name, epoch=self.store.epoch)
         return nd
 
     @property
@@ -112,33 +257,33 @@ class DesiredSets:
             refs = self._refs[key] = referenced_keys(key[0], spec) or _NO_REFS
         return refs
 
-    def pod_entry(self, pod: Pod) -> dict[str, Any]:
+    def pod_entry(self, pod: Pod | DaemonPod) -> dict[str, Any] | PodRef:
         """The desired-set value of a pod. A DaemonSet's pods of one template revision
-        differ only in their name, uid and nodeName: their entries are made once per
-        revision and shallow-copied, sharing the spec's parts (never changed: entries
-        are replaced, not edited)."""
-        ann = pod.metadata.annotations
+        differ only in their name, uid and nodeName: their entries are `PodRef`s to one
+        `EntryPart` per revision, made from the first pod's entry (never changed:
+        entries are replaced, not edited); its part is enqueued for the store now,
+        before any set that refers to it."""
+        if isinstance(pod, DaemonPod):
+            ann = pod.base.annotations if pod.own is None else pod.own
+            name, node, uid = pod.name, pod.node, pod.uid
+        else:
+            ann = pod.metadata.annotations
+            name, node, uid = pod.metadata.name, pod.spec.node_name, pod.metadata.uid
         owner, thash = ann.get(naming.OWNER), ann.get(naming.TEMPLATE_HASH)
         rev = ann.get(naming.REVISION)
         if owner is None or thash is None or rev is None or not owner.startswith("DaemonSet/"):
             return pod_value(pod)
-        base = self._shared.get((owner, thash, rev))
-        if base is None:
+        part = self._shared.get((owner, thash, rev))
+        if part is None:
             if len(self._shared) >= SHARED_ENTRIES:
                 self._shared.clear()
-            base = self._shared[(owner, thash, rev)] = pod_value(pod)
-            return base
-        name, node, uid = pod.metadata.name, pod.spec.node_name, pod.metadata.uid
-        if base["name"] == name and base.get("uid") == uid:
-            return base
-        spec = base["spec"]
-        if spec.get("nodeName") != node:
-            spec = {**spec, "nodeName": node} if node is not None else {
-                k: v for k, v in spec.items() if k != "nodeName"}
-        out = {**base, "name": name, "spec": spec, "uid": uid}
-        if uid is None:  # a pod stored before every pod had a uid
-            del out["uid"]
-        return out
+            made = EntryPart(pod_value(pod))
+            pid = self.objects.parts.of(made)
+            part = self._parts.setdefault(pid, made)
+            if len(self._parts) > 2 * SHARED_ENTRIES:  # parts of gone revisions
+                self._parts = {pid: part}
+            self._shared[(owner, thash, rev)] = part
+        return PodRef(part, name, uid, node)
 
     def entry(self, node: str, key: str) -> Any | None:
         """The value of an entry set with `put_entry` (None: absent)."""
@@ -176,10 +321,14 @@ class DesiredSets:
     def load(self, records: dict[str, dict[str, Any]]) -> None:
         """Desired sets and report seqs from the store; the pods they hold are bound
         there again (`Placement.restore`)."""
-        pods = self.objects.pods
+        pods, parts = self.objects.pods, self.objects.parts
         acked = records.get("acked", {})
         for name, rec in records.get("desired", {}).items():
-            nd = NodeDesired.from_record(rec)
+            nd, lost = CloudDesired.loaded(rec, parts, self._parts)
+            if lost:
+                log.error("store: node %s's desired set refers to missing parts for %s; "
+                          "they are made again from their pods", name, ", ".join(lost))
+                self._dirty.add(name)
             later = acked.get(name)  # an ack after the set was last written
             if (isinstance(later, list) and len(later) == 2 and later[0] == nd.epoch
                     and isinstance(later[1], int) and nd.acked < later[1] <= nd.gen):
@@ -193,6 +342,7 @@ class DesiredSets:
                 elif kind in (AGENT, BROKER):  # agent/-/release, broker/-/map
                     self._extra.setdefault(name, {})[k] = nd.items[k][0]
         self._report_seq = {k: int(v) for k, v in records.get("reportseq", {}).items()}
+        parts.collect()  # the last loader of parts (after Objects.load)
 
     def sync_node_gens(self) -> None:
         """After loading: every node's status shows its set's gen and acked gen."""
@@ -233,7 +383,10 @@ class DesiredSets:
             for pk in self.placement.on_node(name):
                 entry = self._entries.get(pk)
                 if entry is None:
-                    entry = self._entries[pk] = self.pod_entry(pods[pk])
+                    pod = pods[pk]
+                    entry = self.pod_entry(pod)
+                    if not isinstance(pod, DaemonPod):  # a PodRef is cheaper to make
+                        self._entries[pk] = entry  # again than to keep twice (memory)
                 wanted[pod_key(*pk)] = entry
                 for ck in self.pod_refs(pk):
                     value = self._config_entry(ck)

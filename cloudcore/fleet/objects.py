@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import bisect
 import functools
+import hashlib
 import json
 import logging
 import time
@@ -26,6 +27,7 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+import msgpack
 from pydantic import BaseModel
 
 from cloudcore.errors import Conflict, NotFound
@@ -170,6 +172,93 @@ def record_of(obj: Any) -> dict[str, Any]:
     return dump_object(obj)
 
 
+PARTS_DB = "parts"
+"""The store's database of shared parts (`Parts`)."""
+
+
+def part_id(value: Any) -> str:
+    """The content address of a part: 16 hex digits of a hash of its msgpack bytes."""
+    return hashlib.blake2b(msgpack.packb(value, use_bin_type=True), digest_size=8).hexdigest()
+
+
+class Shared(Protocol):
+    """Something whose part many records share (`Parts.of`): `pid` None until known."""
+
+    pid: str | None
+
+    def part(self) -> Any: ...
+
+
+class Parts:
+    """Values that many stored records share, stored once (proposal 0004: the store's
+    form compact too): a DaemonSet pod's template part (`PodBase.part`) and the
+    template part of its desired entry (`desired.EntryPart`). Each is kept in the
+    store's `parts` database under a hash of its content (`part_id`); records hold
+    that id instead of the value.
+
+    A part is enqueued for writing the first time this process refers to it
+    (`written`), which is before any record that refers to it is enqueued, so no
+    store batch commits a reference to a part that is not written in it or earlier.
+    Parts no record refers to any more are dropped at the next load (`collect`)."""
+
+    def __init__(self, store: Persister) -> None:
+        self.store = store
+        self._have: dict[str, Any] = {}
+        """id -> value of every part loaded or written by this process."""
+        self._used: set[str] = set()
+
+    def of(self, holder: Shared) -> str:
+        """The id of `holder`'s part, written to the store the first time."""
+        pid = holder.pid
+        if pid is None:
+            value = holder.part()
+            pid = holder.pid = part_id(value)
+            self.written(pid, value)
+        return pid
+
+    def written(self, pid: str, value: Any) -> str:
+        """Make sure part `pid` (`part_id(value)`) is in the store; returns `pid`."""
+        if pid not in self._have:
+            self._have[pid] = value
+            self.store.put(PARTS_DB, pid, value)
+        return pid
+
+    def load(self, records: dict[str, dict[str, Any]]) -> None:
+        """The parts of the store (`Objects.load` calls it first)."""
+        self._have = dict(records.get(PARTS_DB, {}))
+        self._used = set()
+
+    def get(self, pid: Any) -> Any | None:
+        """A loaded part (None: there is none by that id); marks it used."""
+        value = self._have.get(pid) if isinstance(pid, str) else None
+        if value is not None:
+            self._used.add(pid)
+        return value
+
+    def collect(self) -> int:
+        """After every loader has read its records: delete the parts none of them
+        asked for (`get`). Returns how many went."""
+        gone = [pid for pid in self._have if pid not in self._used]
+        for pid in gone:
+            del self._have[pid]
+            self.store.delete(PARTS_DB, pid)
+        self._used = set()
+        return len(gone)
+
+
+def loaded_pod(key: str, raw: dict[str, Any], parts: Parts) -> dict[str, Any] | None:
+    """A pod's record as `record_of` makes it, from what the store holds under `key`
+    (`ns/name`): a compact record (`DaemonPod.stored`) is joined to its part. None if
+    its part is missing."""
+    pid = raw.get("part")
+    if pid is None:
+        return raw
+    part = parts.get(pid)
+    if part is None:
+        return None
+    return DaemonPod.joined(raw, part, key.partition("/")[2])
+
+
 class Objects:
     """Every object of the fleet by kind, persisted and watched."""
 
@@ -194,13 +283,23 @@ class Objects:
             "AgentUpgrade": self.agentupgrades, "PriorityClass": self.priorityclasses}
         self._sinks: list[ChangeSink] = []
         self._sorted: dict[str, tuple[int, list[Any]]] = {}
+        self.parts = Parts(store)
 
     # -- loading ------------------------------------------------------------------------
 
     def load(self, records: dict[str, dict[str, Any]]) -> None:
         """Rebuild the tables of every kind but nodes (`Nodes.load`) from the store."""
-        for db, target, model in (("pods", self.pods, Pod),
-                                  ("daemonsets", self.daemonsets, DaemonSet),
+        self.parts.load(records)
+        for skey_, raw in records.get("pods", {}).items():
+            full = loaded_pod(skey_, raw, self.parts)
+            if full is None:  # its part is gone: the controller makes the pod again
+                log.error("store: pod %s refers to part %s, which is missing; dropped "
+                          "(its DaemonSet makes it again)", skey_, raw.get("part"))
+                continue
+            pod = Pod.model_validate(full)
+            share_fields_set(pod)
+            self.pods[(pod.metadata.namespace, pod.metadata.name)] = pod
+        for db, target, model in (("daemonsets", self.daemonsets, DaemonSet),
                                   ("deployments", self.deployments, Deployment),
                                   ("configmaps", self.configmaps, ConfigMap),
                                   ("secrets", self.secrets, Secret)):
@@ -305,8 +404,18 @@ class Objects:
             if (not isinstance(obj, DaemonPod)
                     and obj.__pydantic_fields_set__ is not _ALL_FIELDS.get(type(obj))):
                 share_fields_set(obj)
-        self.store.put_later(KIND_DB[kind], skey(key), lambda: record_of(obj))
+        self.store.put_later(KIND_DB[kind], skey(key), self._record(obj))
         self.changed(kind, key)
+
+    def _record(self, obj: Any) -> Callable[[], dict[str, Any]]:
+        """What makes the store's record of `obj` at commit time: `record_of`, but a
+        compact `DaemonPod` as its own fields and the id of its template part
+        (`DaemonPod.stored`; `loaded_pod` joins them again). The part is enqueued
+        now, before the record."""
+        if isinstance(obj, DaemonPod):
+            pid = self.parts.of(obj.base)
+            return lambda: obj.stored(pid)
+        return lambda: record_of(obj)
 
     def put(self, obj: Any) -> Any:
         """Store a new or replaced object (identity carried over from the one it
@@ -316,7 +425,7 @@ class Objects:
         table = self._tables[kind]
         stamp(obj, table.get(key))
         table[key] = obj
-        self.store.put_later(KIND_DB[kind], skey(key), lambda: record_of(obj))
+        self.store.put_later(KIND_DB[kind], skey(key), self._record(obj))
         self.changed(kind, key)
         return key
 

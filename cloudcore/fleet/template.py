@@ -114,15 +114,25 @@ def with_annotation(pod: Any, key: str, value: str) -> None:
 
 class PodBase:
     """What every pod of one template and one DaemonSet shares: the template, the
-    namespace, the labels and the starting annotations (`Template.annotations`)."""
+    namespace, the labels and the starting annotations (`Template.annotations`).
+    The store keeps it once, as a part (`part`, `objects.Parts`), which each pod's
+    stored record names by `pid`."""
 
-    __slots__ = ("annotations", "labels", "namespace", "template")
+    __slots__ = ("annotations", "labels", "namespace", "pid", "template")
 
     def __init__(self, template: Template, namespace: str, owner: str) -> None:
         self.template = template
         self.namespace = sys.intern(namespace)
         self.labels = template.labels
         self.annotations = template.annotations(owner)
+        self.pid: str | None = None
+        """The id of `part` in the store (`objects.Parts.of` sets it)."""
+
+    def part(self) -> dict[str, Any]:
+        """What the stored record of each pod of it leaves out (`DaemonPod.stored`)."""
+        return {"metadata": {"namespace": self.namespace, "labels": self.labels,
+                             "annotations": self.annotations},
+                "spec": self.template.tpl.spec.dump()}
 
 
 class DaemonPod:
@@ -212,6 +222,43 @@ class DaemonPod:
                 "spec": self.spec.dump(),
                 "status": self.status.model_dump(mode="json", by_alias=True,
                                                  exclude_none=True)}
+
+    def stored(self, pid: str) -> dict[str, Any]:
+        """The compact form the store keeps (proposal 0004): the pod's own fields and
+        `pid`, the id of its `PodBase.part`; `joined` makes `record()` of the two and
+        the pod's name (the store's key has it). A SCHEDULED annotation equal to the
+        status's message (as placement sets them) is kept once."""
+        out: dict[str, Any] = {"part": pid, "node": self.node}
+        if self.uid is not None:
+            out["uid"] = self.uid
+        status = self.status.model_dump(mode="json", by_alias=True, exclude_none=True)
+        if self.own is not None:
+            out["annotations"] = self.own
+        elif self.scheduled is not None:
+            out["scheduled"] = (True if self.scheduled == status.get("message")
+                                else self.scheduled)
+        out["status"] = status
+        return out
+
+    @staticmethod
+    def joined(raw: dict[str, Any], part: dict[str, Any], name: str) -> dict[str, Any]:
+        """`record()` again, from a `stored` record, its part and the pod's name."""
+        base = part["metadata"]
+        status = raw.get("status", {})
+        annotations = raw.get("annotations")
+        if annotations is None:
+            annotations = base["annotations"]
+            scheduled = raw.get("scheduled")
+            if scheduled is True:
+                scheduled = status.get("message")
+            if isinstance(scheduled, str):
+                annotations = {**annotations, naming.SCHEDULED: scheduled}
+        meta = {"name": name, "namespace": base["namespace"],
+                "labels": base["labels"], "annotations": annotations}
+        if raw.get("uid") is not None:
+            meta["uid"] = raw["uid"]
+        return {"apiVersion": "v1", "kind": "Pod", "metadata": meta,
+                "spec": {**part["spec"], "nodeName": raw["node"]}, "status": status}
 
     def model_dump(self, **kwargs: Any) -> dict[str, Any]:
         return self.materialise().model_dump(**kwargs)

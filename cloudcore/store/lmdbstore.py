@@ -24,14 +24,16 @@ log = logging.getLogger("cloudcore.store")
 
 DBS = ("nodes", "daemonsets", "deployments", "pods", "configmaps", "desired", "reportseq",
        "meta", "tokens", "credentials", "secrets", "namespaces", "deletednodes", "rollouts",
-       "agentupgrades", "upgradenodes", "priorityclasses", "acked")
+       "agentupgrades", "upgradenodes", "priorityclasses", "acked", "parts")
 """Named databases: one per object kind, plus per-node desired sets (NodeDesired
 records), per-node acked gens written at acks ([epoch, gen]: an ack need not rewrite
 the whole set), per-node last processed report seq, meta (the store epoch), join and API
 tokens (hashed), per-node broker credentials (hashed) and the names of deleted nodes
 (whose agents must not re-register them until they join again), AgentUpgrade objects
 and their per-node memory (`upgradenodes`: `upgrade/node` -> what the node ran before,
-whether it failed)."""
+whether it failed), and `parts`: values many records share, stored once under a hash
+of their content (a DaemonSet's pod template, the template part of its pods' desired
+entries; `cloudcore.fleet.objects.Parts`), which those records name instead."""
 _MAX_DBS = 32  # room for new named databases without reopening old environments
 DIR_MODE = 0o700
 FILE_MODE = 0o600

@@ -137,13 +137,13 @@ def test_pods_carry_their_level_and_a_relabel_does_not_evict_them() -> None:
     add_node(fleet, "n1")
     fleet.apply([parse_object(namespace("tools", "privileged"))])
     fleet.apply([parse_object(bad_daemonset("tools"))])
-    entry = parse_pod_entry("k", fleet.desired["n1"].items[pod_key("tools", "dev-n1")][0])
+    entry = parse_pod_entry("k", fleet.desired["n1"].values()[pod_key("tools", "dev-n1")])
     assert entry.policy == policy.Admitted("privileged")
     assert policy.check(entry.spec, entry.policy.level) == []
 
     fleet.apply([parse_object(namespace("tools", "baseline"))])
     # the running pod keeps its entry (and its level): relabelling evicts nothing
-    again = parse_pod_entry("k", fleet.desired["n1"].items[pod_key("tools", "dev-n1")][0])
+    again = parse_pod_entry("k", fleet.desired["n1"].values()[pod_key("tools", "dev-n1")])
     assert again == entry
     with pytest.raises(PolicyRefused, match="DaemonSet tools/dev"):
         fleet.apply([parse_object(bad_daemonset("tools"))])  # the next apply is checked

@@ -47,8 +47,9 @@ def test_daemonset_on_three_nodes_update_and_delete() -> None:
     for n in ("n1", "n2", "n3"):
         nd = fleet.desired[n]
         assert nd.gen == gens[n] + 1
-        (value, kgen), = nd.items.values()
+        (key, (_, kgen)), = nd.items.items()
         assert kgen == nd.gen
+        value = nd.values()[key]  # the entry as sent
         assert parse_pod_entry("k", value).spec.containers[0].args == ["sleep", "2d"]
     delta = fleet.desired["n1"].delta(edge.gen, edge.epoch)
     assert list(delta.put) == [pod_key("default", "agent-n1")] and not delta.snapshot

@@ -95,8 +95,7 @@ def shown(fleet: Fleet) -> dict[str, Any]:
         return text
 
     pods = {f"{k[0]}/{k[1]}": dump_object(p) for k, p in sorted(fleet.pods.items())}
-    desired = {n: {k: v for k, (v, _) in nd.items.items()}
-               for n, nd in sorted(fleet.desired.items())}
+    desired = {n: nd.values() for n, nd in sorted(fleet.desired.items())}
     events = [(e["reason"], e["object"], e["message"]) for e in fleet.events.list()]
     status = fleet.get("DaemonSet", "default", "agent").get("status")
     return json.loads(same_uids(json.dumps([pods, desired, events, status], sort_keys=True)))

@@ -25,7 +25,7 @@ def bare(name: str = "web", node: str = "n1") -> dict[str, Any]:
 
 
 def entry_uid(fleet: Any, node: str, name: str) -> str | None:
-    value, _ = fleet.desired[node].items[pod_key("default", name)]
+    value = fleet.desired[node].values()[pod_key("default", name)]  # as sent
     return parse_pod_entry(pod_key("default", name), value).uid
 
 
