@@ -16,6 +16,10 @@ asyncio.TaskGroup of named tasks until cancelled:
     cloudcore.synchub.closer      closes a revoked node's session (--node-certs only)
     cloudcore.auth.api-cert       issues the API's certificate again before it expires
     cloudcore.api                 uvicorn serving the FastAPI app (HTTPS by default)
+    cloudcore[S].cluster          with --shard S only: NATS KV, the partition and global
+                                  leases and what the shard does with them
+                                  (cloudcore.cluster.shard; the forecaster then runs only
+                                  while S holds the global lease)
 
 Before the store opens, the fleet CA is loaded or made (`STATE/pki`, cloudcore.auth.pki)
 and the API's certificate issued; with `--insecure` the API serves plain HTTP, without

@@ -11,8 +11,8 @@ owned after it), `global` (holds the global lease), `reason`. SIGTERM or SIGINT 
 cleanly: every lease is announced lost, then released. Exit codes: 0 stopped, 2 bad
 settings, 3 name taken, 4 NATS unavailable or refused.
 
-The wiring of these leases into a cloudcore shard's sync hub is the next step
-(docs/proposals/0008-shards.md); this command shows and tests ownership on its own.
+`cloudcore --shard NAME` runs the same membership inside the service
+(`cloudcore.cluster.shard`); this command shows and tests ownership on its own.
 """
 
 from __future__ import annotations
