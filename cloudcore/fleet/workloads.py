@@ -100,6 +100,7 @@ class _Scaling:
     # each step works toward what the table holds then
     keys: list[Key] | None = None  # a copy of its pods' keys, for the trim/update pass
     at: int = 0  # how far that pass got
+    unplaced_first: bool = True  # the first pass removes only pods bound to no node
     index: int = 0  # the next replica index a new pod may take
 
 
@@ -369,7 +370,10 @@ class Workloads:
         are what its spec says. First a pass over a copy of its pod keys: a pod above
         the count goes (index at or above replicas, + maxSurge during such a rollout),
         one that stays gets its plan's template; then the missing pods are made at the
-        lowest free indexes."""
+        lowest free indexes. When pods must go, a first pass removes only those placed
+        on no node (Kubernetes' ReplicaSet removes unscheduled pods first): removing
+        placed ones first freed room that the pending retry filled with pods that went
+        next."""
         ns, name = job.key
         dep = self.objects.deployments.get(job.key)  # level-triggered: what it is now
         plan = self.plans.plan(dep) if dep is not None else None
@@ -380,6 +384,18 @@ class Workloads:
         if job.keys is None:
             job.keys = list(owned)
         keys = job.keys
+        node_of = self.placement.node_of
+        if job.unplaced_first and len(owned) > allowed:
+            while job.at < len(keys) and len(owned) > allowed:
+                for key in keys[job.at:job.at + STEP]:
+                    if (key in owned and len(owned) > allowed and node_of(key) is None
+                            and replica_index(name, key[1]) >= allowed):
+                        self.delete_pod(key)
+                job.at += STEP
+                if time.perf_counter() >= end:
+                    return False
+            job.at = 0
+        job.unplaced_first = False
         while job.at < len(keys):
             for key in keys[job.at:job.at + STEP]:
                 if key not in owned:

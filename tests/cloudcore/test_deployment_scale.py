@@ -116,6 +116,23 @@ async def test_scale_down_and_delete_go_in_slices(monkeypatch: pytest.MonkeyPatc
         assert not fleet.placement.pending_count()
 
 
+async def test_a_scale_down_removes_unplaced_pods_first(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    async with running(monkeypatch) as fleet:
+        apply(fleet, 600)
+        await asyncio.wait_for(fleet.expanded(), 20)
+        seen = len(fleet.events.list())
+        apply(fleet, 100)  # web-0..329 placed (made and placed slice by slice), 270 wait
+        await asyncio.wait_for(fleet.expanded(), 20)
+        assert web(fleet) == {f"web-{i}" for i in range(100)}
+        placed = {e["object"] for e in fleet.events.list()[seen:]
+                  if e["reason"] == "Scheduled"}
+        # room freed by a placed pod that went is never taken by a pod placed only to
+        # go next (the pending ones go first)
+        assert {f"Pod/default/{name}" for name in web(fleet)} >= placed
+        assert len(fleet.bound) == 100
+
+
 async def test_made_again_while_its_pods_go(monkeypatch: pytest.MonkeyPatch) -> None:
     async with running(monkeypatch) as fleet:
         apply(fleet, 400)
