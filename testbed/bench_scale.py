@@ -3,7 +3,7 @@ cloudcore process (issue 16 part 4: `replicas: 100000` made `fedctl apply` time 
 stalled the API for about 2 minutes and grew cloudcore from 0.8 to 1.3 GB).
 
     python -m testbed.bench_scale [--nodes 10] [--replicas 100000] [--down 3]
-        [--workdir DIR] [--insecure] [--quiet-wait 70]
+        [--workdir DIR] [--insecure] [--quiet-wait 70] [--cloud-tree DIR]
 
 Starts a real fleet as `testbed bench` does (`testbed.bench.simulated_fleet`): mosquitto,
 cloudcore as its own process, and `--nodes` simulated nodes (one real MQTT session each,
@@ -21,7 +21,9 @@ back to `--down` replicas:
   thread during the run (min / median / p90 / p99 / max, and how many);
 - cloudcore's RSS before, after (3 s after the pods exist) and its peak (VmHWM).
 
-The 1-minute load average is printed beside the figures. A benchmark prints figures;
+`--cloud-tree DIR` runs cloudcore from another checkout (`git archive OLD | tar -x -C
+DIR`), to measure the code before a change with the same bench. The 1-minute load
+average is printed beside the figures. A benchmark prints figures;
 it asserts nothing.
 """
 
@@ -186,11 +188,14 @@ def main(argv: list[str] | None = None) -> None:
                    help="seconds to wait for the start's lag to leave the 1-minute "
                         "window (default 70)")
     p.add_argument("--timeout", type=float, default=900.0, help="per phase, seconds")
+    p.add_argument("--cloud-tree", type=Path, default=None,
+                   help="run cloudcore from this checkout (default: this one)")
     a = p.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
         workdir = a.workdir or Path(tmp)
         with simulated_fleet(nodes=a.nodes, procs=1, workdir=workdir,
-                             secure=not a.insecure, sim_args=("--report-pods",)) as sf:
+                             secure=not a.insecure, sim_args=("--report-pods",),
+                             cloud_tree=a.cloud_tree) as sf:
             fleet, pid = sf.fleet, sf.cloud_pid
             print(f"{a.nodes} nodes Ready; cloudcore pid {pid}; waiting for a quiet loop",
                   flush=True)
