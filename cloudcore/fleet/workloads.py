@@ -325,8 +325,8 @@ class Workloads:
         if self._expanding and time.perf_counter() >= end:
             return True
         while self._scaling:  # at least one step, as for a DaemonSet
-            owner, job = next(iter(self._scaling.items()))
-            if self._scale_step(owner, job, end):
+            owner, scaling = next(iter(self._scaling.items()))
+            if self._scale_step(owner, scaling, end):
                 del self._scaling[owner]
                 self.plans.touch(owner)  # its status: the count is final
             if time.perf_counter() >= end:
