@@ -46,6 +46,7 @@ NODES = 24
 HEARTBEAT = 5.0  # NotReady after 15 s without a report
 LEASE = 3.0
 SHARDS = ("S1", "S2", "S3")
+GLOBAL_LOG = "holds the global lease; running"
 
 pytestmark = pytest.mark.skipif(
     shutil.which("nats-server") is None or (shutil.which("mosquitto") is None
@@ -249,10 +250,15 @@ def test_shards_split_partitions_and_take_over_a_killed_shard(tmp_path: Path) ->
 
             wait_for("ds1 Running on every node", lambda: ds_everywhere("ds1", shards), 60)
 
-            # 3. kill -9 the shard holding the most nodes
-            victim = max(shards, key=lambda s: held[s.name])
+            # 3. kill -9 the shard holding the global lease (the global work runs on
+            # exactly one shard), or if it holds no node, the one holding the most
+            holders = [s for s in shards if GLOBAL_LOG in s.log_text()]
+            assert len(holders) == 1, [s.name for s in holders]
+            victim = (holders[0] if held[holders[0].name]
+                      else max(shards, key=lambda s: held[s.name]))
             moved = {n for n, v in split.items() if v == [victim.name]}
             assert moved
+            print(f"global lease: {holders[0].name}; killing {victim.name}")
             victim.proc.kill()
             killed = time.monotonic()
             survivors = [s for s in shards if s is not victim]
@@ -269,6 +275,11 @@ def test_shards_split_partitions_and_take_over_a_killed_shard(tmp_path: Path) ->
             wait_for("the killed shard's nodes Ready on a survivor", taken_over,
                      LEASE + 3 * HEARTBEAT)
             took = time.monotonic() - killed
+            if victim is holders[0]:  # the global work moved to exactly one survivor
+                wait_for("a survivor holds the global lease", lambda: [
+                    s for s in shards if s is not victim and GLOBAL_LOG in s.log_text()],
+                    LEASE + 5)
+                assert sum(GLOBAL_LOG in s.log_text() for s in shards if s is not victim) == 1
             print(f"{len(moved)} node(s) of {victim.name} Ready on a survivor "
                   f"{took:.1f} s after kill -9 (lease period {LEASE} s)")
             # keep watching for one NotReady window: none may flap
