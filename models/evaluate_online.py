@@ -3,6 +3,9 @@
     python -m models.evaluate_online                # alibaba2018, google2019 (~5 min)
     python -m models.evaluate_online --held-out     # + azure_v2, reported once at the end
     python -m models.evaluate_online --write-readme # also writes the tables into README.md
+    python -m models.evaluate_online --history-split [--set mix_eta=300 ...]
+                                                    # the selection runs (history only)
+    python -m models.evaluate_online --level-terms  # the ridge's level terms (diagnostic)
 
 Each series (one-minute, `models.data`) is written to a CSV and run, whole (history
 and held-out range), through `python -m models.forecast_csv`: the forecaster starts
@@ -32,6 +35,7 @@ by 1/c (c = 1, 1.5, 2, 3, 4: the same fleet on nodes c times larger).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -42,6 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cloudcore.forecaster.online import OnlineSettings
 from models import data, forecast_csv, metrics
 
 HERE = Path(__file__).resolve().parent
@@ -65,14 +70,23 @@ def all_windows(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-def model_forecast(values: np.ndarray, tmp: Path, step: int = 1,
+def model_forecast(values: np.ndarray, tmp: Path, step: int = 1, *,
+                   model: Path | None = None, online: OnlineSettings | None = None,
                    ) -> tuple[np.ndarray, np.ndarray]:
     """p50, p90 [T, 2, 15] at every origin, through the forecast_csv program (learning
-    from real-sample examples only on an upsampled series: `--real-every step`)."""
+    from real-sample examples only on an upsampled series: `--real-every step`). With
+    `online` settings other than the defaults (the history split's candidates), through
+    `forecast_csv.forecast_array`, the same code without the files."""
+    if online is not None:
+        res = forecast_csv.forecast_array(["node"], values.T[None].astype(np.float32),
+                                          model=model or forecast_csv.DEFAULT_MODEL,
+                                          online=online, real_every=step)
+        return res["p50"][0].astype(np.float64), res["p90"][0].astype(np.float64)
     csv_path, out = tmp / "series.csv", tmp / "series.npz"
     np.savetxt(csv_path, values.T, fmt="%.7g", delimiter=",", header="cpu,mem", comments="")
     forecast_csv.main(["--input", str(csv_path), "--output", str(out),
-                       "--real-every", str(step)])
+                       "--real-every", str(step)]
+                      + (["--model", str(model)] if model is not None else []))
     with np.load(out) as z:
         return z["p50"][0].astype(np.float64), z["p90"][0].astype(np.float64)
 
@@ -211,6 +225,47 @@ def verdicts(name: str, res: dict[str, dict[str, float]]) -> list[str]:
         f"vs best baseline {pin_best:.5f} ({'met' if m['pinball_p90'] < pin_best else 'NOT met'})"]
 
 
+def history_split(names: list[str], settings: dict[str, str]) -> None:
+    """The selection protocol (module doc of `models/README.md`, "Chosen on the training
+    series' history only"): each series cut to its history part (first 80 %), the last
+    fifth of that scored, the prior refitted on the first 80 % of the history
+    (`models.online.build(history_fraction=0.8)`: it must not have seen the scored
+    part), `settings` (OnlineSettings fields) for the forecaster. Prints the model's and
+    the online ridge's figures; writes nothing."""
+    from models import online as prior_fit
+
+    fields = {f.name: f.type for f in dataclasses.fields(OnlineSettings)}
+    kw: dict[str, object] = {}
+    for k, v in settings.items():
+        if k not in fields:
+            raise SystemExit(f"--set: unknown OnlineSettings field {k!r}; known: "
+                             f"{', '.join(fields)}")
+        kw[k] = (v.lower() in ("1", "true", "yes")) if fields[k] in (bool, "bool") else (
+            int(v) if fields[k] in (int, "int") else float(v))
+    st = OnlineSettings(**kw)  # type: ignore[arg-type]
+    with warnings.catch_warnings(), tempfile.TemporaryDirectory() as td:
+        warnings.simplefilter("ignore", DeprecationWarning)
+        tmp = Path(td)
+        prior = tmp / "prior_history_0.8.onnx"
+        prior_fit.build(prior, history_fraction=0.8, verbose=False)
+        for name in names:
+            full = data.load_series(name)
+            series = data.Series(name=full.name, values=full.values[:, : full.split],
+                                 note=full.note, step=full.step)
+            x, y = all_windows(series.values)
+            cfg = choose(series, x, y)
+            o = data.origins(series.split, series.values.shape[1], step=series.step) - 1
+            p50, p90 = model_forecast(series.values, tmp, series.step, model=prior, online=st)
+            ridge = online_ridge(x, y, cfg["ridge_lambda"], series.step)
+            rows = [(name, f"model (online) {kw or 'defaults'}", scores(y[o], p50[o], p90[o])),
+                    (name, "ridge, 60 lags, online",
+                     scores(y[o], ridge[o], past_error_p90(ridge, y)[o]))]
+            print(table(rows), flush=True)
+            print(f"{name}: sMAPE p50 model {rows[0][2]['smape_p50']:.4f}, online ridge "
+                  f"{rows[1][2]['smape_p50']:.4f}; pinball p90 {rows[0][2]['pinball_p90']:.6f}, "
+                  f"{rows[1][2]['pinball_p90']:.6f}", flush=True)
+
+
 def level_terms(names: list[str]) -> None:
     """Prints p50 sMAPE on the held-out range of each series for the online ridge with
     each feature set of `LEVEL_TERMS` (lambda chosen on the history part, as the
@@ -232,11 +287,22 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--held-out", action="store_true", help="also score azure_v2 (once)")
     ap.add_argument("--write-readme", action="store_true")
     ap.add_argument("--series", default=",".join(data.TRAIN_SERIES))
+    ap.add_argument("--history-split", action="store_true",
+                    help="only the selection run: the last fifth of each training series' "
+                         "history scored, prior refitted on the rest (writes nothing)")
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="with --history-split: an OnlineSettings field for the forecaster")
     ap.add_argument("--level-terms", action="store_true",
                     help="only the diagnostic: the online ridge baseline with and without "
                          "its absolute-level terms, on the held-out ranges of --series "
                          "(chooses nothing)")
     args = ap.parse_args(argv)
+    if args.history_split:
+        names = [s for s in args.series.split(",") if s]
+        if any(n not in data.TRAIN_SERIES for n in names):
+            raise SystemExit("--history-split runs on the training series only")
+        history_split(names, dict(kv.split("=", 1) for kv in args.set))
+        return
     if args.level_terms:
         level_terms([s for s in args.series.split(",") if s])
         return
