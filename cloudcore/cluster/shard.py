@@ -44,6 +44,7 @@ from typing import Any
 from cloudcore.cluster.errors import ClusterError
 from cloudcore.cluster.kv import KV, Bucket
 from cloudcore.cluster.leases import Change, LeaseSettings, Member
+from cloudcore.fleet.naming import HEARTBEAT
 from shared import topics
 from shared.delta import new_epoch
 
@@ -167,6 +168,8 @@ class Shard:
                 nd.restart_epoch(new_epoch())  # snapshot first, then deltas
                 fleet.store.put_later("desired", name, nd.to_record)
                 node.status.acked_gen = 0
+                hb = node.metadata.annotations.get(HEARTBEAT)  # the node's own window
+                liveness.set_heartbeat(name, float(hb) if hb else None)
                 was = known.get(name)
                 if was is not None and was[0] in ("Ready", "NotReady"):
                     node.status.ready = was[0]
