@@ -296,10 +296,48 @@ def _add(v: NodeView, req: np.ndarray, sign: int) -> NodeView:
         "pods": r["pods"] + sign})
 
 
+def seed_peaks(sched: Scheduler, w: Workloads, usage: UsageModel, start: np.ndarray,
+               names: list[str]) -> int:
+    """What a scheduler that had watched the fleet for a day would remember: the lifetime
+    bound's peak share of requests of every node over the day before the warm-up, from
+    the usage of the initial pods placed on it (assumed to have run there that day, as
+    the requests assume), the system's share included, every 5 minutes, at the times it
+    was seen (so it has decayed by minute 0 as it would have). Returns the nodes seeded.
+    The usage noise is drawn afresh (same size and correlation), not the exact draw the
+    requests were derived from."""
+    peaks = sched.peaks
+    if peaks is None:
+        return 0
+    rng = np.random.default_rng(usage.seed + 7)
+    on = np.flatnonzero(start >= 0)
+    hist_t = np.arange(-HISTORY_DAY, 0, 5)
+    n = len(names)
+    req = np.zeros((n, 2))
+    np.add.at(req, start[on], w.request[on].astype(float))
+    cap = np.array([NODE_CPU, NODE_MEM], float)
+    mu = usage.mu[w.series[on]]
+    noise = rng.normal(0, 1, (len(on), 2)) * w.sigma[on]
+    k = np.sqrt(1.0 - w.phi[on] ** 2)
+    rows = [j for j in range(n) if (req[j] >= 0.1 * cap).all()]  # MIN_SEEN_REQUESTS
+    for t in hist_t:
+        x = np.stack([sv[:, usage.offsets[i] + t] for i, sv in enumerate(usage.series)])
+        for _ in range(5):  # the AR(1) noise moves every minute
+            noise = w.phi[on] * noise + k * rng.normal(0, 1, noise.shape) * w.sigma[on]
+        u = np.clip(w.level[on] + w.gain[on] * (x[w.series[on]] - mu) + noise, 0.02, 1.0)
+        load = np.zeros((n, 2))
+        np.add.at(load, start[on], u * w.size[on])
+        share = (SYSTEM * cap + load) / np.maximum(req, 1.0)
+        for j in rows:
+            peaks.observe(names[j], "cpu", min(2.0, float(share[j, 0])), 60.0 * t)
+            peaks.observe(names[j], "memory", min(2.0, float(share[j, 1])), 60.0 * t)
+    return len(rows)
+
+
 def run_policy(policy: str, w: Workloads, usage: UsageModel, names: list[str], *,
                start: np.ndarray, minutes: int, safety: float = SAFETY,
                overcommit: float = OVERCOMMIT, by_usage: bool = True,
-               lifetime_margin: float | None = LIFETIME_MARGIN) -> Result:
+               lifetime_margin: float | None = LIFETIME_MARGIN,
+               watched_day: bool = True) -> Result:
     n = len(names)
     res = Result(policy)
     use_forecast = policy != "requests"
@@ -311,6 +349,8 @@ def run_policy(policy: str, w: Workloads, usage: UsageModel, names: list[str], *
         sched = Scheduler.right_sizing(safety=safety, overcommit=overcommit,
                                        by_usage=by_usage, clock=lambda: sim_now[0],
                                        lifetime_margin=lifetime_margin)
+        if watched_day:
+            seed_peaks(sched, w, usage, start, names)
     else:
         sched = Scheduler(filters=filters, clock=lambda: sim_now[0])
     forecasts: dict[str, dict[str, float]] = {}
@@ -432,7 +472,7 @@ def replay(nodes: int, hours: float, seed: int = 0,
            out=print, *, safety: float = SAFETY, overcommit: float = OVERCOMMIT,
            by_usage: bool = True, request_factor: float = 1.0,
            demand: float = TARGET_DEMAND, lifetime_margin: float | None = LIFETIME_MARGIN,
-           ) -> list[Result]:
+           watched_day: bool = True) -> list[Result]:
     minutes = WARMUP + round(hours * 60)
     rng = np.random.default_rng(seed)
     series, note = load_usage_series(minutes + HISTORY_DAY, rng)
@@ -449,7 +489,8 @@ def replay(nodes: int, hours: float, seed: int = 0,
     out(f"replay: {nodes} nodes, {hours:g} h after a {WARMUP}-minute warm-up, seed {seed}; "
         f"requests = {request_factor:g} x p95, demand {demand:g}; right-sizing safety "
         f"{safety:g}, overcommit {overcommit:g}{', by usage' if by_usage else ''}"
-        f"{'' if lifetime_margin is None else f', lifetime margin {lifetime_margin:g}'}; "
+        f"{'' if lifetime_margin is None else f', lifetime margin {lifetime_margin:g}'}"
+        f"{'' if lifetime_margin is None or watched_day else ' (no day watched)'}; "
         f"{note}")
     out(f"workloads: {int((w.arrive == 0).sum())} initial ({int((start >= 0).sum())} placed), "
         f"{int((w.arrive > 0).sum())} arriving; requests/usage-p95-of-previous-day: "
@@ -460,7 +501,7 @@ def replay(nodes: int, hours: float, seed: int = 0,
         t1 = time.perf_counter()
         r = run_policy(policy, w, usage, names, start=start, minutes=minutes, safety=safety,
                        overcommit=overcommit, by_usage=by_usage,
-                       lifetime_margin=lifetime_margin)
+                       lifetime_margin=lifetime_margin, watched_day=watched_day)
         results.append(r)
         out(f"  {policy}: simulated in {time.perf_counter() - t1:.1f} s")
     out(format_table(results))
@@ -524,6 +565,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--no-lifetime", action="store_true",
                     help="right-sizing without the lifetime bound (the third round's mode; "
                          "with --overcommit 0.3 --safety 0.1 as it was)")
+    ap.add_argument("--no-watched-day", action="store_true",
+                    help="right-sizing: the lifetime bound starts knowing nothing (by "
+                         "default it remembers the day before the warm-up, as a scheduler "
+                         "that had watched the fleet would)")
     ap.add_argument("--policies", default="requests,forecast",
                     help=f"comma-separated, of {', '.join(POLICIES)}")
     args = ap.parse_args(argv)
@@ -547,7 +592,8 @@ def main(argv: list[str] | None = None) -> None:
                    overcommit=args.overcommit, by_usage=not args.whole_requests,
                    request_factor=args.request_factor,
                    demand=args.demand,
-                   lifetime_margin=None if args.no_lifetime else args.lifetime_margin)
+                   lifetime_margin=None if args.no_lifetime else args.lifetime_margin,
+                   watched_day=not args.no_watched_day)
             for s in range(args.seed, args.seed + args.seeds)]
     if len(runs) > 1:
         print(format_spread(runs))

@@ -67,3 +67,37 @@ def test_right_sizing_options_are_checked_on_the_command_line() -> None:
         replay.main(["--nodes", "5", "--hours", "0.1", "--safety", "0.9"])
     with pytest.raises(SystemExit, match="lifetime-margin"):
         replay.main(["--nodes", "5", "--hours", "0.1", "--lifetime-margin", "0.9"])
+
+
+def test_the_watched_day_seeds_peaks_from_before_the_replay_only() -> None:
+    """`seed_peaks` remembers each node's peak share of its requests over the day before
+    the warm-up; changing every minute from the warm-up on changes none of it."""
+    from cloudcore.scheduler import Scheduler
+
+    rng = np.random.default_rng(5)
+    minutes = replay.WARMUP + 30
+    series, _ = replay.load_usage_series(minutes + replay.HISTORY_DAY, rng)
+    offsets = np.array([rng.integers(replay.HISTORY_DAY, s.shape[1] - minutes) for s in series])
+    mu = np.stack([s[:, o - replay.HISTORY_DAY : o].mean(axis=1)
+                   for s, o in zip(series, offsets, strict=True)])
+    w = replay.draw_workloads(rng, series, offsets, mu, nodes=20, minutes=minutes,
+                              request_factor=1.5, demand=2.0)
+    names = [f"n{i}" for i in range(20)]
+    start = replay.initial_placement(w, names)
+
+    def peaks(ser: list[np.ndarray]) -> dict[str, float | None]:
+        sched = Scheduler.right_sizing()
+        assert replay.seed_peaks(sched, w, replay.UsageModel(w, ser, offsets, mu, 1), start,
+                                 names) > 0
+        assert sched.peaks is not None
+        return {n: sched.peaks.peak(n, "cpu") for n in names}
+
+    before = peaks(series)
+    known = [v for v in before.values() if v is not None]
+    assert known and all(0.05 < v <= 2.0 for v in known)
+    changed = [s.copy() for s in series]
+    for s, o in zip(changed, offsets, strict=True):
+        s[:, o:] = 1.0  # the future: everything from minute 0 on
+    assert peaks(changed) == before
+    assert replay.seed_peaks(Scheduler.right_sizing(lifetime_margin=None), w,
+                             replay.UsageModel(w, series, offsets, mu, 1), start, names) == 0
