@@ -263,6 +263,8 @@ class Rollouts:
             update, hold = self.plan(ds).pair
             moving = hold is not None and st.aborted != update.thash
             keys = self.workloads.owned_set(owner)
+            if isinstance(ds, Deployment) and self.workloads.is_scaling(owner):
+                self._scaling_status(key, ds, len(keys))
             job = self._passes.get(owner)
             if job is not None:
                 if not moving and job.update == update.thash:
@@ -573,6 +575,24 @@ class Rollouts:
         if not isinstance(ds, DaemonSet) and sc.total != ds.spec.replicas:
             return f"waiting for {sc.total} pods to become {ds.spec.replicas}"
         return "waiting for a pod on a Ready node"
+
+    def _scaling_status(self, key: Key, dep: Deployment, made: int) -> None:
+        """While a Deployment's pods are made or removed in the background, its status
+        counts them every tick (a status pass over 100,000 pods takes many ticks; the
+        other counts are the last pass's)."""
+        status = dep.status
+        if status is None or status.replicas == made:
+            return
+        way = "up" if made < dep.spec.replicas else "down"
+        dep.status = status.model_copy(update={
+            "replicas": made,
+            "rollout": RolloutStatus(
+                phase="Paused" if dep.spec.paused else "Progressing",
+                failed=status.rollout.failed, offline=status.rollout.offline,
+                message=(f"{status.available_replicas} of {made} pods available; scaling "
+                         f"{way}: {made} pods, {dep.spec.replicas} wanted (made or removed "
+                         "in the background)"))})
+        self.objects.save(dep.kind, key)
 
     def _status(self, key: Key, ds: Workload, st: RolloutState, *, update: Template,
                 hold: Template | None, scan: _Scan) -> None:

@@ -67,6 +67,13 @@ async def test_scale_up_answers_first_and_the_pods_follow(
         status = fleet.get("Deployment", "default", "web")["status"]
         assert status["rollout"]["phase"] == "Progressing"
         assert "scaling" in status["rollout"]["message"]
+        await asyncio.sleep(0.01)  # more slices
+        fleet.expire(0.0)  # the next tick counts the pods made by now
+        status = fleet.get("Deployment", "default", "web")["status"]
+        assert fleet.workloads.is_scaling("Deployment/default/web")  # 3 pods a slice
+        assert status["replicas"] == len(web(fleet))
+        assert f"scaling up: {len(web(fleet))} pods, 500 wanted" in (
+            status["rollout"]["message"])
         await asyncio.wait_for(fleet.expanded(), 20)
         assert web(fleet) == {f"web-{i}" for i in range(500)}
         assert not fleet.workloads.is_scaling("Deployment/default/web")
