@@ -59,11 +59,12 @@ def deployment(replicas: int) -> dict[str, Any]:
 
 
 def memory(pid: int) -> dict[str, int]:
-    """VmRSS and VmHWM of `pid`, bytes."""
+    """VmRSS, its anonymous and file-mapped parts (RssAnon: the heap; RssFile: mostly
+    LMDB's map) and VmHWM of `pid`, bytes."""
     out = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
+        if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
             out[key] = int(value.split()[0]) * 1024
     return out
 
@@ -158,6 +159,10 @@ def scale(fleet: Fleet, pid: int, replicas: int, *, timeout: float) -> dict[str,
                         for k, v in prober.summary().items()},
         "rss_before_mb": round(rss0["VmRSS"] / 2**20, 1),
         "rss_after_mb": round(rss1["VmRSS"] / 2**20, 1),
+        "anon_before_after_mb": [round(rss0["RssAnon"] / 2**20, 1),
+                                 round(rss1["RssAnon"] / 2**20, 1)],
+        "file_before_after_mb": [round(rss0["RssFile"] / 2**20, 1),
+                                 round(rss1["RssFile"] / 2**20, 1)],
         "rss_peak_mb": round(rss1["VmHWM"] / 2**20, 1),
         "nodes_ready": int(at_apply.get('cloudcore_nodes{ready="Ready"}', 0)),
         "load_1m": [round(load0, 2), round(load(), 2)],
