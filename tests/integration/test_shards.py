@@ -234,6 +234,7 @@ def test_shards_split_partitions_and_take_over_a_killed_shard(tmp_path: Path) ->
             print(f"nodes per shard: {held}")
             # each shard subscribes only its partitions: with the split settled, no
             # heartbeat of another shard's node reaches it (two heartbeats watched)
+            time.sleep(LEASE)  # the membership settled (a late joiner's share taken)
             before = [s.dropped_not_owned() for s in shards]
             time.sleep(2 * HEARTBEAT + 1)
             assert [s.dropped_not_owned() for s in shards] == before
@@ -342,6 +343,8 @@ def test_shards_split_partitions_and_take_over_a_killed_shard(tmp_path: Path) ->
                            == views[o[n][0]][n]["status"]["desiredGen"] > 0 for n in o)
 
             wait_for("every owner's acked gen equals its desired gen", all_acked, 30)
+            for s in shards:  # no shard ever marked a node NotReady (also between polls)
+                assert " is NotReady" not in s.log_text(), s.name
     finally:
         if sim is not None:
             sim.terminate()
