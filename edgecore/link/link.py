@@ -259,6 +259,7 @@ class Link:
             brokers = self._brokers()
             errors: list[str] = []
             for endpoint in brokers.order():
+                self._restart.clear()  # this session reads the certificate files afresh
                 try:
                     return await self._open(endpoint)
                 except LinkError as exc:
@@ -280,7 +281,6 @@ class Link:
     async def _open(self, endpoint: Endpoint) -> _Session:
         """A client connected to `endpoint` and subscribed to our down topic; LinkError
         (nothing left open) if that fails."""
-        self._restart.clear()  # this session reads the certificate files afresh
         if not endpoint.tls and self.tls is not None:
             raise LinkError(f"refusing plain {endpoint}: this agent talks to brokers over "
                             "TLS only (its password would cross the network in clear)")
@@ -368,6 +368,7 @@ class Link:
             mover = asyncio.create_task(self._better_broker(session.endpoint),
                                         name=f"{name}.move")
             tasks: tuple[asyncio.Task[Any], ...] = (pump, recv, restart, mover)
+            done: set[asyncio.Task[Any]] = set()  # stays empty if we are cancelled
             try:
                 done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             finally:

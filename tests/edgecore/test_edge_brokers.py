@@ -386,3 +386,49 @@ def test_join_keeps_the_answers_list_and_run_uses_it(tmp_path: Path, capsys) -> 
         s = settings_from_args(build_parser().parse_args(
             ["run", "--state-dir", str(d), "--mqtt-host", "10.0.0.1"]))
         assert s.mqtt_brokers == () and s.broker_urls[0].endswith("10.0.0.1:8883")
+
+
+class _Stuck(_Hello):
+    """Handles every message by waiting forever (a message in hand when a move comes)."""
+
+    def __init__(self) -> None:
+        self.took = asyncio.Event()
+
+    async def handle(self, msg: Any) -> list[Any]:
+        self.took.set()
+        await asyncio.Event().wait()
+        return []
+
+
+async def test_stop_during_a_move_leaves_no_session_behind(
+        brokers: tuple[Mosquitto, Mosquitto]) -> None:
+    """The agent stops while a move has connected to the new broker and waits for the
+    message in hand: the new session is closed cleanly, nothing is left on either
+    broker (a leftover session would fire its will when its client id is taken over)."""
+    a, b = brokers
+    a.start()
+    b.start()
+    lists = [BrokerList.of([url(a)], version=1)]
+    changed = asyncio.Event()
+    handler = _Stuck()
+    link = Link(node=NODE, host="unused", port=1, handler=handler, brokers=lambda: lists[-1],
+                brokers_changed=changed, move_jitter_s=0)
+    async with cloud_on(a=a, b=b) as cloud:
+        task = asyncio.create_task(link.run())
+        await cloud.expect("a", Resync)
+        await cloud.send("a", Desired(node=NODE, epoch="E", base=0, gen=1, snapshot=True,
+                                      put={}))
+        await asyncio.wait_for(handler.took.wait(), 10)
+        lists.append(BrokerList.of([url(b)], version=2))
+        changed.set()
+        await asyncio.sleep(1.0)  # the move connects to b and waits for the message
+        assert link.endpoint == lists[0].home and link.stats.moves == 0
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(task, 10)
+        for mq in (a, b):  # take the client id over on both: a live session would will
+            async with aiomqtt.Client("127.0.0.1", mq.port, identifier=NODE,
+                                      clean_session=True):
+                pass
+        await asyncio.sleep(0.5)
+        assert cloud.wills() == []
