@@ -219,6 +219,7 @@ class Rollouts:
         # workload -> the template hash whose completion its last RolloutComplete event
         # announced (a pod that fails and recovers later does not announce it again)
         self._announced: dict[str, str | None] = {}
+        self._scaled: set[str] = set()  # Deployments counted while scaling (`_scaling_status`)
 
     @property
     def clock(self) -> Callable[[], float]:
@@ -254,6 +255,7 @@ class Rollouts:
                 del self._passes[gone]
             for gone in [o for o in self._announced if o not in live]:
                 del self._announced[gone]
+            self._scaled &= live
         for key, ds in workloads:
             owner = owner_of(ds)
             st = self.plans.state(owner)
@@ -263,7 +265,8 @@ class Rollouts:
             update, hold = self.plan(ds).pair
             moving = hold is not None and st.aborted != update.thash
             keys = self.workloads.owned_set(owner)
-            if isinstance(ds, Deployment) and self.workloads.is_scaling(owner):
+            if isinstance(ds, Deployment) and (self.workloads.is_scaling(owner)
+                                               or owner in self._scaled):
                 self._scaling_status(key, ds, len(keys))
             job = self._passes.get(owner)
             if job is not None:
@@ -580,18 +583,25 @@ class Rollouts:
         """While a Deployment's pods are made or removed in the background, its status
         counts them every tick (a status pass over 100,000 pods takes many ticks; the
         other counts are the last pass's)."""
+        owner = owner_of(dep)
+        scaling = self.workloads.is_scaling(owner)
+        if scaling:
+            self._scaled.add(owner)
+        else:  # the last count, then the status passes take over
+            self._scaled.discard(owner)
         status = dep.status
         if status is None or status.replicas == made:
             return
         way = "up" if made < dep.spec.replicas else "down"
+        doing = (f"scaling {way}: {made} pods, {dep.spec.replicas} wanted (made or removed "
+                 "in the background)" if scaling else
+                 f"{made} pods, the other counts follow")
         dep.status = status.model_copy(update={
             "replicas": made,
             "rollout": RolloutStatus(
                 phase="Paused" if dep.spec.paused else "Progressing",
                 failed=status.rollout.failed, offline=status.rollout.offline,
-                message=(f"{status.available_replicas} of {made} pods available; scaling "
-                         f"{way}: {made} pods, {dep.spec.replicas} wanted (made or removed "
-                         "in the background)"))})
+                message=f"{status.available_replicas} of {made} pods available; {doing}")})
         self.objects.save(dep.kind, key)
 
     def _status(self, key: Key, ds: Workload, st: RolloutState, *, update: Template,
