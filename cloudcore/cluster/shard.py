@@ -6,10 +6,11 @@ runs it in its task group (`cloudcore[NAME].cluster`). The shard:
 
 - gates the hub (`SyncHub.owns`): a message of a node in a partition it does not hold
   is dropped, nothing is sent to such a node;
-- on `acquired` (after the lease CAS succeeded): subscribes the partition's `up` and
-  `will` filters on every broker, gives each node of it a new epoch (its desired set,
-  recomputed from the objects this shard holds, goes out as one snapshot, then deltas)
-  and starts its liveness from the previous owner's summary in KV;
+- on `acquired` (after the lease CAS succeeded): gives each node of the partition a new
+  epoch (its desired set, recomputed from the objects this shard holds, goes out as one
+  snapshot, then deltas) and starts its liveness from the previous owner's summary in
+  KV, in slices of `SLICE` nodes; then opens the gate and subscribes the partition's `up`
+  and `will` filters on every broker;
 - on `lost` (announced before the release): takes the gate down first, unsubscribes
   (waiting for the brokers' answer, bounded), forgets the nodes' delivery state and
   liveness, and drops their report seqs and acked gens from its LMDB; the nodes read
@@ -54,6 +55,8 @@ UNSUBSCRIBE_WAIT = 3.0
 """Seconds a loss waits for the brokers to confirm the unsubscription before it lets
 the release go on (the gate already drops the partition's messages)."""
 STATUS_KEY = "liveness.{pp}"
+SLICE = 250
+"""Nodes handled between two yields to the event loop in a takeover or a loss."""
 TAKEOVER_REASON = "ShardTakeover"
 AWAY_REASON = "OwnedByAnotherShard"
 
@@ -95,6 +98,7 @@ class Shard:
         self._gated: list[tuple[str, Callable[[], Awaitable[None]]]] = []
         self._running: list[asyncio.Task[None]] = []
         self._tg: asyncio.TaskGroup | None = None
+        self._pcache: dict[str, int] = {}
         self.takeovers = 0
         """Nodes started from a previous owner's summary (Ready or NotReady as there)."""
         hub.owns = self.owns
@@ -142,10 +146,17 @@ class Shard:
                  len(c.acquired), len(c.lost), len(self.owned),
                  "; holds the global lease" if self.holds_global else "")
 
+    def partition_of(self, node: str) -> int:
+        """`topics.partition_of`, remembered (the summaries ask every few seconds)."""
+        p = self._pcache.get(node)
+        if p is None:
+            p = self._pcache[node] = topics.partition_of(node)
+        return p
+
     def _nodes_by_partition(self, parts: set[int]) -> dict[int, list[str]]:
         out: dict[int, list[str]] = {p: [] for p in parts}
         for node in self.fleet.nodes:
-            p = topics.partition_of(node)
+            p = self.partition_of(node)
             if p in out:
                 out[p].append(node)
         return out
@@ -153,7 +164,6 @@ class Shard:
     async def _acquire(self, parts: list[int]) -> None:
         summaries = await self._summaries(parts)
         by_part = self._nodes_by_partition(set(parts))
-        self.owned.update(parts)  # the gate opens before the first message can arrive
         now_wall, now = self.wall(), self.clock()
         fleet, desired = self.fleet, self.fleet.desired_sets
         liveness, nodes = fleet.liveness, fleet.objects.nodes
@@ -186,7 +196,10 @@ class Shard:
                     liveness.heard(name, now)
                 fleet.objects.changed("Node", name)
                 taken.append(name)
+                if len(taken) % SLICE == 0:
+                    await asyncio.sleep(0)  # a big takeover never holds the loop long
         self.hub.restart_links(taken)
+        self.owned.update(parts)  # the gate opens before the subscription
         await self._subscribe(partition_filters(parts))
         log.info("shard %s: took %d partition(s), %d node(s) (%d as last known)",
                  self.name, len(parts), len(taken),
@@ -201,7 +214,9 @@ class Shard:
         fleet = self.fleet
         gone = [n for p in parts for n in by_part[p]]
         self.hub.drop_links(gone)
-        for name in gone:
+        for i, name in enumerate(gone, 1):
+            if i % SLICE == 0:
+                await asyncio.sleep(0)
             fleet.liveness.forget(name)
             fleet.desired_sets.forget_report_seq(name)
             fleet.store.delete("acked", name)
@@ -271,27 +286,25 @@ class Shard:
             owned = sorted(self.owned)
             if not owned:
                 continue
-            docs = self._summaries_now(set(owned))
+            by_part = self._nodes_by_partition(set(owned))
             for p in owned:
                 if p not in self.owned:
                     continue  # lost meanwhile: its new owner writes it now
-                try:
-                    await self._status.put(STATUS_KEY.format(pp=topics.pp(p)), docs[p])
+                try:  # one partition's nodes between two yields (the put's await)
+                    await self._status.put(STATUS_KEY.format(pp=topics.pp(p)),
+                                           self.summary(by_part[p]))
                 except ClusterError as exc:
                     log.warning("shard %s: liveness summary not written: %s", self.name, exc)
                     break
 
-    def _summaries_now(self, parts: set[int]) -> dict[int, bytes]:
-        """One pass over the nodes for every held partition's summary."""
-        nodes: dict[int, dict[str, list[Any]]] = {p: {} for p in parts}
-        for name, node in self.fleet.objects.nodes.items():
-            part = nodes.get(topics.partition_of(name))
-            if part is not None:
-                part[name] = [node.status.ready, node.status.last_seen]
-        head = {"shard": self.name, "instance": self.member.instance if self.member else None,
-                "at": self.wall()}
-        return {p: json.dumps({**head, "nodes": n}, separators=(",", ":")).encode()
-                for p, n in nodes.items()}
+    def summary(self, names: list[str]) -> bytes:
+        """The liveness summary of one partition's nodes (module docstring)."""
+        nodes = self.fleet.objects.nodes
+        doc = {"shard": self.name, "instance": self.member.instance if self.member else None,
+               "at": self.wall(),
+               "nodes": {n: [nodes[n].status.ready, nodes[n].status.last_seen]
+                         for n in names if n in nodes}}
+        return json.dumps(doc, separators=(",", ":")).encode()
 
 
 async def _forever(factory: Callable[[], Awaitable[None]]) -> None:

@@ -145,8 +145,20 @@ def test_acquire_then_lose_a_partition() -> None:
     assert w.fleet.nodes[w.b1].status.acked_gen == first[w.b1].gen
 
     # its summary as this shard writes it
-    docs = w.shard._summaries_now({w.pa})
-    assert json.loads(docs[w.pa])["nodes"][w.a1][0] == "Ready"
+    doc = json.loads(w.shard.summary([w.a1, w.a2]))
+    assert doc["shard"] == "S1" and doc["at"] == 1000.0
+    assert doc["nodes"][w.a1] == ["Ready", 990.0] and doc["nodes"][w.a2][0] == "Unknown"
+
+    # the summaries the shard writes every status_interval, one key per held partition
+    async def write_for_a_moment() -> None:
+        w.shard.status_interval = 0.01
+        task = asyncio.create_task(w.shard._write_status())
+        await asyncio.sleep(0.1)
+        task.cancel()
+    asyncio.run(write_for_a_moment())
+    put_a = json.loads(w.status.puts[f"liveness.{topics.pp(w.pa)}"])
+    put_b = json.loads(w.status.puts[f"liveness.{topics.pp(w.pb)}"])
+    assert set(put_a["nodes"]) == {w.a1, w.a2} and set(put_b["nodes"]) == {w.b1}
 
     # losing pa: the gate is closed before the unsubscription, nothing more goes there
     w.calls.clear()
