@@ -60,6 +60,10 @@ class Placement:
         """(containers, init containers, hostNetwork) of a spec -> its requests and host
         ports: the pods of one template share their container lists, so `view` sums a
         node's requests without parsing each pod's quantities again."""
+        self._sums: dict[str, tuple[dict[str, int], frozenset[tuple[str, int]]]] = {}
+        """node -> the summed requests and host ports of its bound pods, until they
+        change (bind, unbind, a spec replaced): a pending retry asks every node, and
+        most nodes' pods did not change since the last one. At most SUMS_KEPT nodes."""
         self._changed: set[str] = set()  # nodes whose bound pods changed since taken
         # bound pods with required pod anti-affinity: per node when all their terms are
         # per hostname (a one-node check reads only that node's), else in `_anti_wide`
@@ -102,6 +106,7 @@ class Placement:
         """Record a binding loaded from the store (the desired set already holds it)."""
         self._bound[key] = node
         self._on_node.setdefault(node, set()).add(key)
+        self._sums.pop(node, None)
         self._track(key)
 
     def restore_pending(self) -> None:
@@ -175,6 +180,7 @@ class Placement:
         self._unqueue(key)
         self._bound[key] = node
         self._on_node.setdefault(node, set()).add(key)
+        self._sums.pop(node, None)
         self._track(key)
         status = self._scheduled.get(node)
         if status is None or status.message != message:
@@ -193,6 +199,7 @@ class Placement:
         node = self._bound.pop(key, None)
         if node is not None:
             self._on_node.get(node, set()).discard(key)
+            self._sums.pop(node, None)
             self._changed.add(node)
             self._untrack(key, node)
 
@@ -231,6 +238,7 @@ class Placement:
         pod = self.objects.pods[key]
         node = self._bound.get(key)
         if node is not None:
+            self._sums.pop(node, None)  # its requests may have changed
             target = pod.spec.node_name
             if (target is None or target == node) and self.fits(key, node,
                                                                 daemon=is_daemon(pod)):
@@ -251,6 +259,22 @@ class Placement:
         """What the scheduler sees of node `name`: labels, taints, readiness, room, and
         the `topology` of the pod being placed (`topology()`)."""
         node = self.objects.nodes[name]
+        sums = self._sums.get(name) if exclude is None else None
+        if sums is None:
+            sums = self._sum(name, exclude)
+            if exclude is None and len(self._sums) < SUMS_KEPT:
+                self._sums[name] = sums
+        requested, ports = sums
+        return NodeView(name=name, labels=node.metadata.labels, taints=node.spec.taints,
+                        unschedulable=node.spec.unschedulable, ready=node.status.ready,
+                        allocatable=node.status.allocatable, requested=requested,
+                        host_ports=ports, forecast=forecast_of(node.status.usage),
+                        pod_topology=topology)
+
+    def _sum(self, name: str, exclude: Key | None
+             ) -> tuple[dict[str, int], frozenset[tuple[str, int]]]:
+        """The summed requests and host ports of the pods bound to `name` (but
+        `exclude`). The returned dict is shared: never change it."""
         pods = self.objects.pods
         requested: dict[str, int] = {}
         ports: frozenset[tuple[str, int]] = frozenset()
@@ -271,11 +295,7 @@ class Placement:
                 requested[res] = requested.get(res, 0) + amount
             if load[3]:
                 ports |= load[3]
-        return NodeView(name=name, labels=node.metadata.labels, taints=node.spec.taints,
-                        unschedulable=node.spec.unschedulable, ready=node.status.ready,
-                        allocatable=node.status.allocatable, requested=requested,
-                        host_ports=ports, forecast=forecast_of(node.status.usage),
-                        pod_topology=topology)
+        return requested, ports
 
     def topology(self, key: Key, *, node: str | None = None) -> PodTopology | None:
         """What pod `key`'s inter-pod terms find among the bound pods (itself left
@@ -542,6 +562,8 @@ def by_priority(keys: Iterable[Key], pods: Mapping[Key, Any]) -> list[Key]:
 
 
 _EMPTY: set[Key] = set()
+SUMS_KEPT = 20_000
+"""Nodes whose summed requests `Placement.view` keeps between changes (a dict each)."""
 LOADS_KEPT = 4096
 """Distinct container lists whose requests `Placement.view` remembers."""
 EXPLAIN_STEP = 64
