@@ -251,7 +251,10 @@ class DesiredSets:
         imagePullSecrets; read only)."""
         refs = self._refs.get(key)
         if refs is None:
-            spec = self.objects.pods[key].spec
+            pod = self.objects.pods[key]
+            if isinstance(pod, DaemonPod) and not pod.base.template.may_reference:
+                return _NO_REFS  # (the spec of a DaemonPod is made when read)
+            spec = pod.spec
             if not may_reference(spec):  # most pods: nothing to cache (a slot is memory)
                 return _NO_REFS
             refs = self._refs[key] = referenced_keys(key[0], spec) or _NO_REFS

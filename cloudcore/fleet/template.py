@@ -12,8 +12,11 @@ from typing import Any
 import msgspec
 
 from cloudcore.fleet import naming
-from shared.entries import pod_revision
+from shared.entries import may_reference, pod_revision
 from shared.models import Pod, PodStatus, PodTemplate, spec_hash
+
+SPECS_KEPT = 1024
+"""Specs on a node (`Template.spec_on`) kept per template, the most recent."""
 
 
 class Template:
@@ -35,12 +38,27 @@ class Template:
         spec = self.tpl.spec
         if node is None:
             return spec
-        # A copy with its nodeName set: the template's spec is valid and no rule of
-        # `PodSpec.__post_init__` reads nodeName, so it is not run again (`replace` ran
-        # it: 8 us, where a compact DaemonSet pod's spec is made on every read).
-        spec = spec.__copy__()
-        msgspec.structs.force_setattr(spec, "node_name", node)
-        return spec
+        made = self._on_nodes
+        on = made.get(node)
+        if on is None:
+            # A copy with its nodeName set: the template's spec is valid and no rule of
+            # `PodSpec.__post_init__` reads nodeName, so it is not run again (`replace`
+            # ran it: 8 us, where a compact DaemonSet pod's spec is made on every read).
+            # The last SPECS_KEPT are kept: placing a pod reads its spec several times.
+            if len(made) >= SPECS_KEPT:
+                made.clear()
+            on = made[node] = spec.__copy__()
+            msgspec.structs.force_setattr(on, "node_name", node)
+        return on
+
+    @functools.cached_property
+    def _on_nodes(self) -> dict[str, Any]:
+        return {}
+
+    @functools.cached_property
+    def may_reference(self) -> bool:
+        """Whether pods of it may mount or read ConfigMaps/Secrets (most do not)."""
+        return may_reference(self.tpl.spec)
 
     @functools.cached_property
     def revision(self) -> str:
