@@ -264,3 +264,21 @@ def test_deployment_pods_are_compact_and_show_what_full_pods_showed(
     assert all(p["spec"]["containers"][0]["args"] == ["v2"] for p in pods.values())
     assert all("nodeName" not in p["spec"] for p in pods.values())
     assert sum(p["status"].get("reason") == "Unschedulable" for p in pods.values()) == 0
+
+
+def test_a_node_s_summed_requests_follow_its_pods() -> None:
+    """`Placement.view` keeps each node's sums between changes: a spec replaced on its
+    node, a pod gone and a pod bound all show in the next decision."""
+    fleet = make_fleet()
+    add_node(fleet, "n1", memory=256 * 2**20)
+    fleet.apply([parse_object(deployment("web", replicas=2, memory="64Mi"))])
+    assert len(fleet.bound) == 2
+    fleet.apply([parse_object(deployment("web", replicas=2, memory="128Mi"))])
+    assert len(fleet.bound) == 2  # 2 x 128Mi fill the node
+    fleet.apply([parse_object(deployment("db", replicas=1, memory="64Mi"))])
+    assert ("default", "db-0") not in fleet.bound  # the sums saw the bigger spec
+    fleet.apply([parse_object(deployment("web", replicas=1, memory="128Mi"))])
+    assert fleet.bound.get(("default", "db-0")) == "n1"  # ... and the pod that went
+    fleet.apply([parse_object(deployment("db", replicas=3, memory="64Mi"))])
+    assert len(fleet.bound) == 3  # 128 + 64 + 64: one db pod waits
+    assert sum(k[1].startswith("db-") for k in fleet.bound) == 2
