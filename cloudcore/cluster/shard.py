@@ -153,17 +153,21 @@ class Shard:
             p = self._pcache[node] = topics.partition_of(node)
         return p
 
-    def _nodes_by_partition(self, parts: set[int]) -> dict[int, list[str]]:
+    async def _nodes_by_partition(self, parts: set[int]) -> dict[int, list[str]]:
+        """The nodes of these partitions (a pass over every node, in slices)."""
         out: dict[int, list[str]] = {p: [] for p in parts}
-        for node in self.fleet.nodes:
-            p = self.partition_of(node)
-            if p in out:
-                out[p].append(node)
+        names = list(self.fleet.nodes)
+        for i in range(0, len(names), 20 * SLICE):
+            for node in names[i:i + 20 * SLICE]:
+                p = self.partition_of(node)
+                if p in out:
+                    out[p].append(node)
+            await asyncio.sleep(0)
         return out
 
     async def _acquire(self, parts: list[int]) -> None:
         summaries = await self._summaries(parts)
-        by_part = self._nodes_by_partition(set(parts))
+        by_part = await self._nodes_by_partition(set(parts))
         now_wall, now = self.wall(), self.clock()
         fleet, desired = self.fleet, self.fleet.desired_sets
         liveness, nodes = fleet.liveness, fleet.objects.nodes
@@ -176,7 +180,8 @@ class Shard:
                     continue
                 nd = desired.desired_for(name)
                 nd.restart_epoch(new_epoch())  # snapshot first, then deltas
-                fleet.store.put_later("desired", name, nd.to_record)
+                # not written now: a shard starts holding nothing and every acquisition
+                # starts a new epoch again, so no store commit of every set at once
                 node.status.acked_gen = 0
                 hb = node.metadata.annotations.get(HEARTBEAT)  # the node's own window
                 liveness.set_heartbeat(name, float(hb) if hb else None)
@@ -207,7 +212,7 @@ class Shard:
 
     async def _lose(self, parts: list[int]) -> None:
         self.owned.difference_update(parts)  # the gate closes first
-        by_part = self._nodes_by_partition(set(parts))
+        by_part = await self._nodes_by_partition(set(parts))
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(UNSUBSCRIBE_WAIT):
                 await self._unsubscribe(partition_filters(parts))
@@ -286,11 +291,12 @@ class Shard:
             owned = sorted(self.owned)
             if not owned:
                 continue
-            by_part = self._nodes_by_partition(set(owned))
+            by_part = await self._nodes_by_partition(set(owned))
             for p in owned:
+                await asyncio.sleep(0)  # one partition's nodes between two yields
                 if p not in self.owned:
                     continue  # lost meanwhile: its new owner writes it now
-                try:  # one partition's nodes between two yields (the put's await)
+                try:
                     await self._status.put(STATUS_KEY.format(pp=topics.pp(p)),
                                            self.summary(by_part[p]))
                 except ClusterError as exc:
