@@ -386,9 +386,8 @@ class DesiredSets:
             for pk in self.placement.on_node(name):
                 entry = self._entries.get(pk)
                 if entry is None:
-                    pod = pods[pk]
-                    entry = self.pod_entry(pod)
-                    if not isinstance(pod, DaemonPod):  # a PodRef is cheaper to make
+                    entry = self.pod_entry(pods[pk])
+                    if not isinstance(entry, PodRef):  # a PodRef is cheaper to make
                         self._entries[pk] = entry  # again than to keep twice (memory)
                 wanted[pod_key(*pk)] = entry
                 for ck in self.pod_refs(pk):

@@ -275,8 +275,11 @@ class DaemonPod:
                 "labels": base["labels"], "annotations": annotations}
         if raw.get("uid") is not None:
             meta["uid"] = raw["uid"]
-        return {"apiVersion": "v1", "kind": "Pod", "metadata": meta,
-                "spec": {**part["spec"], "nodeName": raw["node"]}, "status": status}
+        spec = part["spec"]
+        if raw.get("node") is not None:  # a Deployment's pod has none (it is bound)
+            spec = {**spec, "nodeName": raw["node"]}
+        return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec,
+                "status": status}
 
     def model_dump(self, **kwargs: Any) -> dict[str, Any]:
         return self.materialise().model_dump(**kwargs)

@@ -78,6 +78,11 @@ async def test_daemonset_pods_are_stored_compact_and_load_back_as_they_were(
             add_node(fleet, n)
         fleet.apply([parse_object(daemonset(args=["sleep", "1d"]))])
         fleet.apply([parse_object({
+            "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
+            "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}},
+                     "template": {"metadata": {"labels": {"app": "web"}}, "spec": {
+                         "containers": [{"name": "c", "image": "busybox"}]}}}})])
+        fleet.apply([parse_object({
             "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "bare"},
             "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "busybox"}]}})])
         fleet.pod_statuses("n2", {pod_key("default", "agent-n2"): {
@@ -97,9 +102,11 @@ async def test_daemonset_pods_are_stored_compact_and_load_back_as_they_were(
     assert "spec" not in stored and "metadata" not in stored and stored["part"] in raw[PARTS_DB]
     assert stored["status"]["phase"] == "Running"
     assert "part" not in raw["pods"]["default/bare"]  # a bare pod is stored in full
+    web = [v for k, v in raw["pods"].items() if k.startswith("default/web-")]
+    assert len(web) == 2 and all("part" in v and v["node"] is None for v in web)
     item = raw["desired"]["n1"]["items"][pod_key("default", "agent-n1")]
     assert item[0] in raw[PARTS_DB] and len(item) == 3  # [part id, uid, kgen]
-    assert len(raw[PARTS_DB]) == 2  # the pods' part and their entries' part
+    assert len(raw[PARTS_DB]) == 3  # the two workloads' pods' parts, the entries' part
 
     async with running(state) as (again, _):
         assert shown(again) == before
