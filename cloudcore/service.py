@@ -64,7 +64,9 @@ from cloudcore.auth.pki import RENEW_BEFORE, FleetCA, api_hosts, not_after
 from cloudcore.auth.secrets import mosquitto_hash
 from cloudcore.cluster.kv import KV, KVSettings
 from cloudcore.cluster.leases import LeaseSettings
-from cloudcore.cluster.shard import GatedNodes, Shard
+from cloudcore.cluster.objects import ClusterObjects
+from cloudcore.cluster.shard import GatedNodes, Shard, status_bucket
+from cloudcore.cluster.status import NodeStatuses, run_shared
 from cloudcore.config import MqttSettings, Settings
 from cloudcore.errors import ConfigError
 from cloudcore.fleet import Fleet, Liveness
@@ -80,6 +82,7 @@ from cloudcore.metrics import (
 from cloudcore.release import open_release_key
 from cloudcore.scheduler import Scheduler
 from cloudcore.store import Store
+from cloudcore.store.encryption import KeyRing
 from cloudcore.synchub import SyncHub
 from cloudcore.synchub.brokers import STORE_DB, STORE_KEY, BrokerTier, Routes, initial_map
 from cloudcore.synchub.mqtt import Publisher, SessionCloser, Subscriber, client_tls
@@ -198,11 +201,22 @@ async def run(settings: Settings, *,
                           persisted=to_store or stored_map is not None)
         _register_gauges(metrics, fleet=fleet, store=store, backlog=links.backlog)
         lists = ListCache(fleet.objects)
+        replica: ClusterObjects | None = None  # the global objects and node statuses
+        statuses: NodeStatuses | None = None  # shared by shards (proposal 0008 steps 2, 5)
+        if shard is not None:
+            c = settings.cluster
+            replica = ClusterObjects(fleet, shard=shard.name, prefix=c.bucket_prefix,
+                                     replicas=c.replicas, keys=KeyRing.open(
+                                         settings.store.state_dir,
+                                         settings.store.encryption_key_file))
+            statuses = NodeStatuses(fleet, shard=shard.name, owns=shard.owns,
+                                    interval=min(2.0, c.status_interval))
         app = create_app(fleet, cache=lists, metrics=metrics, flush=store.flush,
                          ready=lambda: links.ready(routes.map), auth=auth,
                          settings=settings.api, auth_settings=settings.auth,
                          broker=settings.advertised_broker(), ca=ca,
-                         requests=hub.requests, release_keys=[release_key], brokers=tier)
+                         requests=hub.requests, release_keys=[release_key], brokers=tier,
+                         cluster=replica)
         tls_kw: dict[str, Any] = {}
         if api_tls is not None:
             tls_kw = {"ssl_certfile": str(api_tls[0]), "ssl_keyfile": str(api_tls[1])}
@@ -238,6 +252,11 @@ async def run(settings: Settings, *,
             if shard is not None and kv_settings is not None:
                 tg.create_task(_run_shard(shard, kv_settings),
                                name=f"cloudcore[{shard.name}].cluster")
+            if replica is not None and statuses is not None and kv_settings is not None:
+                tg.create_task(run_shared(
+                    kv_settings, replica, statuses, replicas=settings.cluster.replicas,
+                    status_bucket=status_bucket(settings.cluster.bucket_prefix)),
+                    name=f"cloudcore[{statuses.shard}].shared")
             sock = _bind(settings.http.host, settings.http.port)
             api = tg.create_task(_serve(server, sock, on_stop=fleet.watches.close),
                                  name="cloudcore.api")

@@ -48,8 +48,10 @@ from cloudcore.auth.errors import TooManyJoins
 from cloudcore.auth.pki import FleetCA
 from cloudcore.auth.ratelimit import RateLimiter
 from cloudcore.auth.registry import public
+from cloudcore.cluster.errors import ClusterError, KVUnavailable
+from cloudcore.cluster.objects import ClusterObjects, is_global
 from cloudcore.config import ApiSettings, AuthSettings
-from cloudcore.errors import Conflict, NamespaceNotFound, NotFound
+from cloudcore.errors import Conflict, NamespaceNotFound, NotFound, TemporaryError
 from cloudcore.fleet import Fleet, naming
 from cloudcore.fleet.admission import PolicyRefused, missing_namespaces
 from cloudcore.fleet.objects import ApplyResult, dump_object, ident
@@ -338,7 +340,8 @@ def create_app(fleet: Fleet, *, metrics: Metrics,
                requests: Any = None,
                cache: ListCache | None = None,
                release_keys: Sequence[str] = (),
-               brokers: BrokerTierPort | None = None) -> FastAPI:
+               brokers: BrokerTierPort | None = None,
+               cluster: ClusterObjects | None = None) -> FastAPI:
     """The API over `fleet`. `flush` makes writes durable before a write returns;
     `auth` checks bearer tokens (default: an Auth with checks off, for embedding and
     tests; the service always passes its own); `broker` (host, port[, tls]) is what
@@ -349,7 +352,10 @@ def create_app(fleet: Fleet, *, metrics: Metrics,
     default one is made over the fleet's objects); `release_keys` the public keys
     (base64) agent releases are signed with, given to joining nodes; `brokers` the
     broker tier (proposal 0007: `/api/v1/brokermap` routes, and a joining node's
-    broker list; without it a node is told `broker` alone, as its one-entry list)."""
+    broker list; without it a node is told `broker` alone, as its one-entry list);
+    `cluster` a shard's global objects (proposal 0008): writes of global kinds go to
+    the shared store by compare-and-set and return once this shard's replica applied
+    them; single reads carry `metadata.resourceVersion`."""
     api = settings or ApiSettings()
     lists = cache if cache is not None else ListCache(fleet.objects)
     auth_cfg = auth_settings or AuthSettings()
@@ -399,6 +405,17 @@ def create_app(fleet: Fleet, *, metrics: Metrics,
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         return _error(exc.status_code, str(exc.detail), headers=exc.headers)
+
+    @app.exception_handler(TemporaryError)
+    async def _temporary(_: Request, exc: TemporaryError) -> JSONResponse:
+        return _error(503, str(exc), reason=type(exc).__name__,
+                      headers={"Retry-After": str(max(1, math.ceil(exc.delay)))})
+
+    @app.exception_handler(ClusterError)
+    async def _cluster(_: Request, exc: ClusterError) -> JSONResponse:
+        log.error("shared store: %s", exc)
+        return _error(503 if isinstance(exc, KVUnavailable) else 500,
+                      f"shared store (NATS): {exc}", reason=type(exc).__name__)
 
     @app.exception_handler(Exception)
     async def _bug(_: Request, exc: Exception) -> JSONResponse:
@@ -640,6 +657,7 @@ def create_app(fleet: Fleet, *, metrics: Metrics,
                           "passed are applied.")
     async def apply(body: ApplyBody) -> dict[str, Any]:
         objs: list[Any] = []
+        versions: list[str | None] = []  # metadata.resourceVersion of each object
         slots: list[Any] = []  # per document item: its index in objs, or its refusal
         wheres: list[str] = []
         for i, doc in enumerate(body.documents):
@@ -655,11 +673,22 @@ def create_app(fleet: Fleet, *, metrics: Metrics,
                     continue
                 slots.append(len(objs))
                 objs.append(obj)
+                versions.append(_version_of(item))
         if len(slots) > MAX_DOCUMENTS:
             raise ObjectError(f"documents: at most {MAX_DOCUMENTS} objects",
                               field="documents")
         out: dict[str, Any] = {"dryRun": body.dryRun}
-        if body.perDocument:
+        shared_write = cluster is not None and not body.dryRun and any(
+            is_global(o.kind) for o in objs)
+        if body.perDocument and shared_write:
+            verdicts, made = await _apply_each_shared(objs, versions, body.createNamespaces)
+            await flush()
+            out["perDocument"] = True
+            out["results"] = [
+                slot if isinstance(slot, dict) else _verdict(wheres[k], objs[slot],
+                                                             verdicts[slot])
+                for k, slot in enumerate(slots)]
+        elif body.perDocument:
             verdicts, made = fleet.apply_each(objs, dry_run=body.dryRun,
                                               create_namespaces=body.createNamespaces)
             if not body.dryRun:
@@ -677,6 +706,9 @@ def create_app(fleet: Fleet, *, metrics: Metrics,
                     else [])
             if body.dryRun:
                 results = fleet.plan(objs, create_namespaces=body.createNamespaces)
+            elif shared_write:
+                results = await _apply_shared(objs, versions, body.createNamespaces)
+                await flush()
             else:
                 results = fleet.apply(objs, create_namespaces=body.createNamespaces)
                 await flush()
@@ -684,6 +716,65 @@ def create_app(fleet: Fleet, *, metrics: Metrics,
         if made:
             out["namespacesCreated"] = made
         return out
+
+    async def _apply_shared(objs: list[Any], versions: list[str | None],
+                            create_namespaces: bool) -> list[ApplyResult]:
+        """A shard's all-or-nothing apply: validated here, global kinds written to the
+        shared store (every shard applies them from there), Nodes applied locally."""
+        assert cluster is not None
+        results = fleet.plan(objs, create_namespaces=create_namespaces)
+        made = (missing_namespaces(objs, fleet.namespaces) if create_namespaces else [])
+        glob = [i for i, o in enumerate(objs) if is_global(o.kind)]
+        await cluster.apply([objs[i] for i in glob], [results[i] for i in glob],
+                            [versions[i] for i in glob], namespaces=made)
+        local = [o for o in objs if not is_global(o.kind)]
+        if local:
+            fleet.apply(local)
+        return results
+
+    async def _apply_each_shared(objs: list[Any], versions: list[str | None],
+                                 create_namespaces: bool) -> tuple[list[Any], list[str]]:
+        """`apply_each` for a shard: judged here (dry run), then each passed object
+        written on its own (a stale resourceVersion refuses that document only)."""
+        assert cluster is not None
+        verdicts, made = fleet.apply_each(objs, dry_run=True,
+                                          create_namespaces=create_namespaces)
+        local: list[int] = []
+        first = True
+        for i, v in enumerate(verdicts):
+            if not isinstance(v, ApplyResult):
+                continue
+            if not is_global(objs[i].kind):
+                local.append(i)
+                continue
+            try:
+                await cluster.apply([objs[i]], [v], [versions[i]],
+                                    namespaces=made if first else ())
+                first = False
+            except (Conflict, ObjectError, NotFound) as exc:
+                verdicts[i] = exc
+        if local:
+            done, _ = fleet.apply_each([objs[i] for i in local],
+                                       create_namespaces=create_namespaces)
+            for i, v in zip(local, done, strict=True):
+                verdicts[i] = v
+        return verdicts, made
+
+    def _version_of(item: Any) -> str | None:
+        """The resourceVersion a document carries (shards compare it; the embedded
+        mode ignores it, as before)."""
+        if cluster is None or not isinstance(item, dict):
+            return None
+        meta = item.get("metadata")
+        rv = meta.get("resourceVersion") if isinstance(meta, dict) else None
+        return str(rv) if rv not in (None, "") else None
+
+    def _versioned(kind: str, namespace: str | None, doc: dict[str, Any]) -> dict[str, Any]:
+        if cluster is not None and is_global(kind):
+            rv = cluster.version_of(kind, namespace, doc["metadata"]["name"])
+            if rv is not None:
+                doc["metadata"]["resourceVersion"] = str(rv)
+        return doc
 
     def _verdict(where: str, obj: Any, verdict: Any) -> dict[str, Any]:
         """One per-document result of an object that parsed: applied, or refused by the
@@ -1032,10 +1123,11 @@ def create_app(fleet: Fleet, *, metrics: Metrics,
         """GET (read-only) and DELETE (operator) of one object of a cluster-scoped kind
         at /api/v1/{plural}/{name}."""
         async def get_one(name: str) -> dict[str, Any]:
-            return fleet.get(kind, None, name)
+            return _versioned(kind, None, fleet.get(kind, None, name))
 
         async def delete_one(name: str) -> dict[str, Any]:
-            deleted = fleet.delete(kind, None, name)
+            deleted = (await cluster.delete(kind, None, name) if cluster is not None
+                       else fleet.delete(kind, None, name))
             await flush()
             return {"deleted": deleted}
 
@@ -1078,13 +1170,16 @@ def create_app(fleet: Fleet, *, metrics: Metrics,
         kind = _namespaced(plural)
         access.require(who, Role.OPERATOR if kind == "Secret" else Role.READ_ONLY,
                        "reading Secret values" if kind == "Secret" else "reading")
-        return fleet.get(kind, namespace, name)
+        return _versioned(kind, namespace, fleet.get(kind, namespace, name))
 
     @app.delete("/api/v1/{plural}/{namespace}/{name}",
                 summary="Delete a namespaced object and what it owns (operator)",
                 tags=["objects"], dependencies=[operator])
     async def delete_object(plural: str, namespace: str, name: str) -> dict[str, Any]:
-        deleted = fleet.delete(_namespaced(plural), namespace, name)
+        kind = _namespaced(plural)
+        deleted = (await cluster.delete(kind, namespace, name)
+                   if cluster is not None and is_global(kind)
+                   else fleet.delete(kind, namespace, name))
         await flush()
         return {"deleted": deleted}
 

@@ -105,8 +105,12 @@ class ShardProc:
                    and 'reason="not_owned"' in line)
 
     def readiness(self) -> dict[str, str]:
+        """node -> readiness as this shard sees it for the nodes it owns; a node
+        another shard owns (shown from that shard's status summary, reason
+        OwnedByAnotherShard...) reads Unknown here."""
         items = self.call("/api/v1/nodes")["items"]
-        return {n["metadata"]["name"]: n["status"]["ready"] for n in items}
+        return {n["metadata"]["name"]: "Unknown" if (n["status"].get("reason") or "")
+                .startswith("OwnedByAnotherShard") else n["status"]["ready"] for n in items}
 
     def nodes(self) -> dict[str, dict[str, Any]]:
         return {n["metadata"]["name"]: n for n in self.call("/api/v1/nodes")["items"]}

@@ -1,0 +1,372 @@
+"""Global objects of the shards in NATS JetStream KV, a replica in every shard (issue 14
+part 2, proposal 0008 wiring step 2).
+
+What it owns: the bucket `<prefix>_objects` (default `edgefed_objects`), one key per
+object, `<Kind>.<namespace>.<name>` (cluster-scoped kinds: `<Kind>._.<name>`), each part
+escaped by `escape` (KV keys take `[-_=A-Za-z0-9]` tokens between dots; anything else,
+the dot included, becomes `=XX` per UTF-8 byte). The value is JSON: `{"object": the
+document as applied (no status, no server metadata), "uid", "creationTimestamp", "by":
+the writing shard}`; a Secret's value is encrypted with the store's key ring (AES-GCM,
+the key's name in the record, the KV key as associated data), so every shard of a fleet
+needs the same `encryption.keys` file.
+
+The kinds that are global (`GLOBAL_KINDS`): DaemonSet, Deployment, Pod (bare pods),
+ConfigMap, Secret, Namespace, PriorityClass, AgentUpgrade. Not global yet: Nodes (each
+shard holds the registrations it started with or that joined through it; node label
+and taint changes stay on the shard they were made on), API and join tokens, the broker
+map.
+
+The replica (`ClusterObjects.run`): a watch of the whole bucket (each key's last value,
+then every change, in revision order) applied to the shard's fleet with the same
+operations a local apply runs (`Fleet.apply` / `Fleet.delete`): a DaemonSet expands for
+this shard's nodes, ConfigMap changes reach the nodes whose pods use them, and watches
+of this shard's API see the change. The objects' identity (uid, creationTimestamp) comes
+from the record, so every shard shows the same.
+
+Writes (`apply`, `delete`): the API validates first (`Fleet.plan`, the same admission a
+local apply runs), then writes each changed object by compare-and-set on its key's
+revision, and returns only once this shard's replica applied that revision
+(read-your-writes). The revision is the object's `resourceVersion`: a document that
+carries `metadata.resourceVersion` is written only if the key is still at that revision,
+else 409 as in Kubernetes; one without it is written over the current revision (kubectl
+apply's last-writer-wins), retried if another writer slipped in between.
+
+Known limits (proposal 0008): Deployment and bare Pod placement still runs on every
+shard that holds the object (each schedules it over the nodes it knows; only the owner
+of a node delivers to it), not once behind the global lease; lists do not carry
+`resourceVersion` (single GETs do).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from cloudcore.cluster.errors import CASConflict
+from cloudcore.cluster.kv import KV, Bucket, Entry
+from cloudcore.errors import CloudcoreError, Conflict, NotFound, TemporaryError
+from cloudcore.fleet.objects import ApplyResult, dump_object, ident, key_of
+from shared.errors import ObjectError
+from shared.models import (
+    CLUSTER_KINDS,
+    SYSTEM_PRIORITY_CLASSES,
+    Namespace,
+    NamespaceMeta,
+    Secret,
+    parse_object,
+    without_server_fields,
+)
+
+log = logging.getLogger("cloudcore.cluster.objects")
+
+GLOBAL_KINDS = frozenset({"DaemonSet", "Deployment", "Pod", "ConfigMap", "Secret",
+                          "Namespace", "PriorityClass", "AgentUpgrade"})
+CLUSTER_NS = "_"
+"""The namespace part of a cluster-scoped object's key."""
+APPLIED_WAIT = 15.0
+"""Seconds a write waits for this shard's replica to apply its revision."""
+WRITE_TRIES = 5
+"""Writes of a document without resourceVersion retried when another writer won."""
+SECRET_DB = "kv_objects"
+"""The associated-data name a Secret's KV value is encrypted under."""
+_SAFE = frozenset("-_ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
+
+
+class NotReplicated(TemporaryError):
+    """Written to KV, but this shard's replica did not apply the revision in time (or
+    the replica is not running): the write is durable, the read of it here may lag."""
+
+
+class StaleVersion(Conflict):
+    """A write carried a resourceVersion the object is no longer at (409)."""
+
+
+def escape(part: str) -> str:
+    """One token of a KV key: `[-_A-Za-z0-9]` kept, every other byte `=XX`."""
+    if part and all(c in _SAFE for c in part):
+        return part
+    return "".join(c if c in _SAFE else "".join(f"={b:02X}" for b in c.encode())
+                   for c in part) or "="
+
+
+def unescape(token: str) -> str:
+    if "=" not in token:
+        return token
+    if token == "=":
+        return ""
+    out = bytearray()
+    i = 0
+    while i < len(token):
+        if token[i] == "=":
+            out.append(int(token[i + 1:i + 3], 16))
+            i += 3
+        else:
+            out += token[i].encode()
+            i += 1
+    return out.decode()
+
+
+def object_key(kind: str, namespace: str | None, name: str) -> str:
+    ns = CLUSTER_NS if kind in CLUSTER_KINDS else escape(namespace or "default")
+    return f"{kind}.{ns}.{escape(name)}"
+
+
+def parse_key(key: str) -> tuple[str, str | None, str]:
+    """(kind, namespace or None, name) of an object key; ValueError if not one."""
+    kind, ns, name = key.split(".")
+    if kind not in GLOBAL_KINDS:
+        raise ValueError(f"not a global kind: {kind!r}")
+    return kind, (None if kind in CLUSTER_KINDS else unescape(ns)), unescape(name)
+
+
+def objects_bucket(prefix: str) -> str:
+    return f"{prefix}_objects"
+
+
+class ClusterObjects:
+    """The global objects of one shard: writes to KV and the replica fed by its watch
+    (module docstring). `keys` is the store's key ring (Secrets); None refuses Secrets."""
+
+    def __init__(self, fleet: Any, *, shard: str, prefix: str = "edgefed",
+                 replicas: int = 1, keys: Any = None,
+                 applied_wait: float = APPLIED_WAIT) -> None:
+        self.fleet = fleet
+        self.shard = shard
+        self.prefix = prefix
+        self.replicas = replicas
+        self.keys = keys
+        self.applied_wait = applied_wait
+        self.bucket: Bucket | None = None
+        self.revision = 0
+        """The highest revision this replica applied (every earlier one is applied)."""
+        self.revisions: dict[str, int] = {}
+        """Object key -> the revision of its last value this replica applied."""
+        self.ready = asyncio.Event()
+        """Set once the existing objects were all applied."""
+        self._advanced = asyncio.Event()
+        self.applied = 0
+        self.failed = 0
+
+    # -- the replica --------------------------------------------------------------------
+
+    async def run(self, kv: KV) -> None:
+        """Open the bucket, watch it and apply every change until cancelled."""
+        self.bucket = await kv.bucket(objects_bucket(self.prefix), create=True,
+                                      replicas=self.replicas)
+        watch = await self.bucket.watch(">")
+        if watch.caught_up.is_set():
+            self._caught_up()
+        try:
+            async for entry in watch:
+                self.apply_entry(entry)
+                if not self.ready.is_set() and watch.caught_up.is_set():
+                    self._caught_up()
+        finally:
+            await watch.stop()
+
+    def _caught_up(self) -> None:
+        self.ready.set()
+        log.info("shard %s: global objects replica caught up at revision %d (%d applied, "
+                 "%d refused)", self.shard, self.revision, self.applied, self.failed)
+
+    def apply_entry(self, e: Entry) -> None:
+        """Apply one change of the bucket to this shard's fleet (never raises: what
+        cannot be applied is logged with its key and revision)."""
+        try:
+            kind, ns, name = parse_key(e.key)
+        except ValueError:
+            log.warning("shard %s: KV key %r is not an object key; ignored", self.shard, e.key)
+            self._advance(e)
+            return
+        try:
+            if e.deleted:
+                self._delete_local(kind, ns, name)
+            else:
+                self._apply_local(e.key, kind, e.value)
+            self.applied += 1
+        except (CloudcoreError, ObjectError, ValueError, KeyError, TypeError) as exc:
+            self.failed += 1
+            log.error("shard %s: global object %s at revision %d not applied here: %s",
+                      self.shard, e.key, e.revision, exc)
+        self._advance(e)
+
+    def _advance(self, e: Entry) -> None:
+        if e.deleted:
+            self.revisions.pop(e.key, None)
+        else:
+            self.revisions[e.key] = e.revision
+        self.revision = max(self.revision, e.revision)
+        self._advanced.set()
+
+    def _apply_local(self, key: str, kind: str, value: bytes) -> None:
+        record = self._decode(key, kind, value)
+        obj = parse_object(record["object"])
+        fleet = self.fleet
+        results = fleet.apply([obj])
+        k, ns, name = ident(obj)
+        tkey = key_of(k, ns, name)
+        live = fleet.objects.lookup(k, tkey)
+        uid, created = record.get("uid"), record.get("creationTimestamp")
+        if live is not None and uid and (live.metadata.uid != uid or (
+                created and live.metadata.creation_timestamp != created)):
+            live.metadata.uid = uid  # one identity on every shard
+            if created:
+                live.metadata.creation_timestamp = created
+            if results and results[0].action == "unchanged":
+                fleet.objects.save(k, tkey)
+
+    def _delete_local(self, kind: str, ns: str | None, name: str) -> None:
+        with contextlib.suppress(NotFound):
+            self.fleet.delete(kind, ns, name)
+
+    # -- encoding -----------------------------------------------------------------------
+
+    def _encode(self, key: str, obj: Any, *, uid: str | None, created: str | None) -> bytes:
+        doc = without_server_fields(obj.dump())
+        raw = json.dumps({"object": doc, "uid": uid, "creationTimestamp": created,
+                          "by": self.shard}, separators=(",", ":")).encode()
+        if isinstance(obj, Secret):
+            if self.keys is None:
+                raise ObjectError("Secrets cannot be written to the shared store: this "
+                                  "shard has no encryption key ring", field="kind")
+            raw = self.keys.encrypt(SECRET_DB, key.encode(), raw)
+        return bytes(raw)
+
+    def _decode(self, key: str, kind: str, value: bytes) -> dict[str, Any]:
+        if kind == "Secret":
+            if self.keys is None:
+                raise ValueError("a Secret, and this shard has no encryption key ring")
+            value = self.keys.decrypt(SECRET_DB, key.encode(), value)
+        record = json.loads(value)
+        if not isinstance(record, dict) or not isinstance(record.get("object"), dict):
+            raise ValueError("not an object record")
+        return record
+
+    # -- writes through this shard's API ------------------------------------------------
+
+    def _bucket(self) -> Bucket:
+        if self.bucket is None:
+            raise NotReplicated("the shard is not connected to the shared store (NATS) yet; "
+                                "retry", delay=1.0)
+        return self.bucket
+
+    def version_of(self, kind: str, namespace: str | None, name: str) -> int | None:
+        """The revision of the object this replica holds (its resourceVersion)."""
+        return self.revisions.get(object_key(kind, namespace, name))
+
+    async def apply(self, objs: list[Any], results: list[ApplyResult],
+                    versions: list[str | None], *, namespaces: Sequence[str] = ()
+                    ) -> list[ApplyResult]:
+        """Write objects `Fleet.plan` passed (`results`), after creating `namespaces`;
+        `versions` the resourceVersion each document carried. Returns the results once
+        this replica applied every revision written."""
+        bucket = self._bucket()
+        top = 0
+        for ns in namespaces:
+            top = max(top, await self._write(bucket, Namespace(metadata=NamespaceMeta(
+                name=ns)), None, create_only=True) or 0)
+        order = sorted(range(len(objs)), key=lambda i: not isinstance(objs[i], Namespace))
+        for i in order:
+            if results[i].action == "unchanged" and versions[i] is None:
+                continue
+            top = max(top, await self._write(bucket, objs[i], versions[i]) or 0)
+        await self.wait_applied(top)
+        return results
+
+    async def _write(self, bucket: Bucket, obj: Any, version: str | None, *,
+                     create_only: bool = False) -> int | None:
+        kind, ns, name = ident(obj)
+        key = object_key(kind, ns, name)
+        live = self.fleet.objects.lookup(kind, key_of(kind, ns, name))
+        uid = live.metadata.uid if live is not None else None
+        created = live.metadata.creation_timestamp if live is not None else None
+        if uid is None:
+            uid = str(uuid.uuid4())
+            created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        value = self._encode(key, obj, uid=uid, created=created)
+        if version is not None:
+            try:
+                expected = int(version)
+            except ValueError:
+                raise ObjectError(f"metadata.resourceVersion: {version!r} is not a version "
+                                  "this server gave", field="metadata.resourceVersion"
+                                  ) from None
+            try:
+                if expected < 1:
+                    return await bucket.create(key, value)
+                return await bucket.update(key, value, revision=expected)
+            except CASConflict:
+                raise StaleVersion(
+                    f'Operation cannot be fulfilled on {kind} "{name}": the object has been '
+                    "modified; please apply your changes to the latest version and try "
+                    f"again (resourceVersion {version} is stale)") from None
+        for _ in range(WRITE_TRIES):
+            rev = await bucket.revision_of(key)
+            try:
+                if rev == 0:
+                    return await bucket.create(key, value)
+                if create_only:
+                    entry = await bucket.get(key)
+                    if entry is not None:
+                        return None  # exists (made by another writer meanwhile)
+                return await bucket.update(key, value, revision=rev)
+            except CASConflict:
+                continue
+        raise Conflict(f"{kind} {name!r}: other writers kept changing it; try again")
+
+    async def delete(self, kind: str, namespace: str | None, name: str) -> dict[str, Any]:
+        """Delete a global object everywhere (CAS on its current revision); returns it
+        as this shard held it, once this replica applied the deletion."""
+        bucket = self._bucket()
+        key = key_of(kind, namespace or "default", name)
+        obj = self.fleet.objects.table(kind).get(key)
+        if obj is None:
+            raise NotFound(kind, name if kind in CLUSTER_KINDS else f"{key[0]}/{name}")
+        if kind == "Namespace":
+            self.fleet.objects.check_namespace_deletable(name)
+        if kind == "PriorityClass" and name in SYSTEM_PRIORITY_CLASSES:
+            raise Conflict(f'priorityclasses "{name}" cannot be deleted: it is built in')
+        dumped = dump_object(obj)
+        kkey = object_key(kind, namespace, name)
+        rev = await bucket.revision_of(kkey)
+        if rev == 0 or self.revisions.get(kkey) is None:
+            # made on this shard before it joined the cluster (or a built-in): local only
+            return dict(self.fleet.delete(kind, namespace, name))
+        try:
+            await bucket.delete(kkey, revision=rev)
+        except CASConflict:
+            raise Conflict(f"{kind} {name!r} changed while it was being deleted; "
+                           "try again") from None
+        await self.wait_applied(await bucket.revision_of(kkey))
+        return dumped
+
+    async def wait_applied(self, revision: int) -> None:
+        """Return once this replica applied `revision` (read-your-writes)."""
+        if revision <= self.revision:
+            return
+        deadline = asyncio.get_running_loop().time() + self.applied_wait
+        while self.revision < revision:
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                raise NotReplicated(
+                    f"written to the shared store at revision {revision}, but shard "
+                    f"{self.shard}'s replica applied only up to {self.revision} within "
+                    f"{self.applied_wait:g} s: the change is durable and will show here "
+                    "shortly", delay=1.0)
+            self._advanced.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(left):
+                    await self._advanced.wait()
+
+
+def is_global(kind: str) -> bool:
+    return kind in GLOBAL_KINDS
+
+__all__ = ["GLOBAL_KINDS", "ClusterObjects", "NotReplicated", "StaleVersion", "escape",
+           "object_key", "parse_key", "unescape"]

@@ -1,0 +1,192 @@
+"""Node status summaries shared by the shards (issue 14 part 2, proposal 0008 wiring
+step 5), so that any shard lists every node with its status.
+
+What it owns: the keys `node.<name>` of the `<prefix>_status` bucket (default
+`edgefed_status`; the shard runtime's `liveness.<pp>` keys live beside them and are not
+touched here). `<name>` is escaped as object keys are (`cloudcore.cluster.objects.escape`).
+
+- The owning shard writes, every `interval` seconds, the summaries of its own nodes
+  (those of the partitions it holds) that changed since it last wrote them: readiness,
+  reason, last report time, agent version, desired and acked gen. The time of the last
+  report alone changing is written at most every `seen_every` seconds, so a settled
+  fleet costs one write per node per `seen_every`, not per heartbeat. Writes go out
+  `BATCH` at a time, in flight together.
+- Every shard watches `node.>` and sets the status of each node it does *not* own from
+  the summary (readiness, last report time, agent version, gens; reason
+  `OwnedByAnotherShard`, or `OwnedByAnotherShard (<owner's reason>)`), announced as a
+  change (`Objects.changed`: lists, gets and watches of nodes show it) but never written
+  to the shard's own store. A node this shard owns is never overwritten from a summary.
+
+Only nodes the shard knows are shown (node registrations are not global yet: a node
+that joined through another shard after this one started is not listed here).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from cloudcore.cluster.errors import ClusterError
+from cloudcore.cluster.kv import KV, Bucket, Entry
+from cloudcore.cluster.objects import escape, unescape
+from shared import topics
+
+log = logging.getLogger("cloudcore.cluster.status")
+
+NODE_KEY = "node.{name}"
+AWAY_REASON = "OwnedByAnotherShard"
+BATCH = 64
+"""Summary writes in flight at once."""
+
+
+def node_key(name: str) -> str:
+    return NODE_KEY.format(name=escape(name))
+
+
+class NodeStatuses:
+    """Writer of this shard's nodes' summaries and reader of the others' (module
+    docstring). `owns(partition)` says whether this shard holds a partition."""
+
+    def __init__(self, fleet: Any, *, shard: str, owns: Callable[[int], bool],
+                 interval: float = 2.0, seen_every: float = 15.0,
+                 wall: Callable[[], float] = time.time) -> None:
+        self.fleet = fleet
+        self.shard = shard
+        self.owns = owns
+        self.interval = interval
+        self.seen_every = seen_every
+        self.wall = wall
+        self.bucket: Bucket | None = None
+        self._written: dict[str, tuple[Any, ...]] = {}
+        self._pcache: dict[str, int] = {}
+        self.writes = 0
+        self.shown = 0
+        self.foreign: dict[str, dict[str, Any]] = {}
+        """node -> the last summary read for a node owned by another shard."""
+
+    def _partition(self, node: str) -> int:
+        p = self._pcache.get(node)
+        if p is None:
+            p = self._pcache[node] = topics.partition_of(node)
+        return p
+
+    async def run(self, kv: KV, bucket: str, *, replicas: int = 1) -> None:
+        self.bucket = await kv.bucket(bucket, create=True, replicas=replicas)
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._write_loop(), name=f"cloudcore[{self.shard}].node-status")
+            watch = await self.bucket.watch("node.>")
+            try:
+                async for e in watch:
+                    self.show(e)
+            finally:
+                await watch.stop()
+
+    # -- the owner's side ---------------------------------------------------------------
+
+    def _state(self, node: Any) -> tuple[Any, ...]:
+        st = node.status
+        seen = st.last_seen
+        bucket = int(seen // self.seen_every) if seen is not None else None
+        return (st.ready, st.reason, bucket, st.agent_version, st.desired_gen, st.acked_gen)
+
+    def changed_summaries(self) -> dict[str, bytes]:
+        """The summaries of this shard's nodes that changed since written last."""
+        out: dict[str, bytes] = {}
+        for name, node in self.fleet.objects.nodes.items():
+            if not self.owns(self._partition(name)):
+                self._written.pop(name, None)  # written again when it comes back
+                continue
+            state = self._state(node)
+            if self._written.get(name) == state:
+                continue
+            st = node.status
+            out[name] = json.dumps({
+                "shard": self.shard, "ready": st.ready, "reason": st.reason,
+                "lastSeen": st.last_seen, "agentVersion": st.agent_version,
+                "desiredGen": st.desired_gen, "ackedGen": st.acked_gen,
+                "at": self.wall()}, separators=(",", ":")).encode()
+            self._written[name] = state
+        return out
+
+    async def _write_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            await self.write_changed()
+
+    async def write_changed(self) -> int:
+        assert self.bucket is not None
+        todo = list(self.changed_summaries().items())
+        done = 0
+        for i in range(0, len(todo), BATCH):
+            chunk = todo[i:i + BATCH]
+            got = await asyncio.gather(*(self.bucket.put(node_key(n), v) for n, v in chunk),
+                                       return_exceptions=True)
+            for (name, _), r in zip(chunk, got, strict=True):
+                if isinstance(r, BaseException):
+                    self._written.pop(name, None)  # try again next round
+                    if not isinstance(r, ClusterError):
+                        raise r
+                else:
+                    done += 1
+            failed = [r for r in got if isinstance(r, ClusterError)]
+            if failed:
+                log.warning("shard %s: %d node status summaries not written: %s",
+                            self.shard, len(failed), failed[0])
+                break
+        self.writes += done
+        return done
+
+    # -- the others' side ---------------------------------------------------------------
+
+    def show(self, e: Entry) -> None:
+        """Set a node's status from another shard's summary (not for own nodes)."""
+        name = unescape(e.key.partition(".")[2])
+        if e.deleted:
+            self.foreign.pop(name, None)
+            return
+        try:
+            doc = json.loads(e.value)
+        except ValueError:
+            log.warning("shard %s: unreadable status summary %s", self.shard, e.key)
+            return
+        if not isinstance(doc, dict) or doc.get("shard") == self.shard:
+            return
+        self.foreign[name] = doc
+        node = self.fleet.objects.nodes.get(name)
+        if node is None or self.owns(self._partition(name)):
+            return
+        st = node.status
+        ready = doc.get("ready")
+        if ready in ("Ready", "NotReady", "Unknown"):
+            st.ready = ready
+        reason = doc.get("reason")
+        st.reason = AWAY_REASON if not reason or reason == AWAY_REASON \
+            else f"{AWAY_REASON} ({reason})"
+        if isinstance(doc.get("lastSeen"), int | float):
+            st.last_seen = float(doc["lastSeen"])
+        if isinstance(doc.get("agentVersion"), str):
+            st.agent_version = doc["agentVersion"]
+        for field, attr in (("desiredGen", "desired_gen"), ("ackedGen", "acked_gen")):
+            if isinstance(doc.get(field), int):
+                setattr(st, attr, doc[field])
+        self.shown += 1
+        self.fleet.objects.changed("Node", name)
+
+
+
+
+
+async def run_shared(kv_settings: Any, objects: Any, statuses: NodeStatuses, *,
+                     status_bucket: str, replicas: int = 1) -> None:
+    """A shard's shared state beside its leases, on its own NATS connection: the global
+    objects replica (`cloudcore.cluster.objects.ClusterObjects`) and the node status
+    summaries, until cancelled."""
+    async with KV(kv_settings) as kv, asyncio.TaskGroup() as tg:
+        tg.create_task(objects.run(kv), name=f"cloudcore[{statuses.shard}].objects")
+        tg.create_task(statuses.run(kv, status_bucket, replicas=replicas),
+                       name=f"cloudcore[{statuses.shard}].statuses")
+__all__ = ["AWAY_REASON", "NODE_KEY", "NodeStatuses", "node_key", "run_shared"]

@@ -1,0 +1,236 @@
+"""Global state shared by cloudcore shards (issue 14 part 2, proposal 0008 wiring steps 2
+and 5) with real processes: a nats-server with JetStream (`testbed.natskv`), a secure
+mosquitto, two `cloudcore --shard` processes and a simulated fleet speaking the real
+protocol (`testbed.simulator`).
+
+Checked, each through the shard that did not make the change:
+- a DaemonSet applied through shard A only is readable through B (same uid and
+  resourceVersion) and Running on every node, B's nodes included (B's replica expanded
+  it for the nodes B owns);
+- a Secret applied through A is readable, decrypted, through B;
+- an update carrying a resourceVersion that another shard's write made stale answers 409;
+- a watch of ConfigMaps on B sees the create, update and delete made through A;
+- a node owned by A is listed by B with its status (Ready, its last report time),
+  marked `OwnedByAnotherShard`.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from integration.test_shards import (
+    ShardProc,
+    daemonset,
+    merge_broker_files,
+    pytestmark,  # noqa: F401  (needs nats-server and mosquitto)
+    wait_for,
+)
+from testbed.bench import join_all
+from testbed.fleet import Fleet, FleetSettings
+from testbed.natskv import NatsKV
+
+NODES = 12
+HEARTBEAT = 5.0
+AWAY = "OwnedByAnotherShard"
+
+
+def owners(shards: list[ShardProc]) -> dict[str, str]:
+    """node -> the shard on which it is Ready and not marked as another shard's."""
+    out: dict[str, str] = {}
+    for s in shards:
+        for name, n in s.nodes().items():
+            st = n["status"]
+            if st["ready"] == "Ready" and not (st.get("reason") or "").startswith(AWAY):
+                assert name not in out, f"{name} owned by {out[name]} and {s.name}"
+                out[name] = s.name
+    return out
+
+
+def configmap(name: str, value: str, version: str | None = None) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name, "namespace": "default"}
+    if version is not None:
+        meta["resourceVersion"] = version
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta, "data": {"k": value}}
+
+
+class WatchReader:
+    """A watch stream read in a thread: every JSON line it sent, in order."""
+
+    def __init__(self, shard: ShardProc, path: str) -> None:
+        req = urllib.request.Request(f"{shard.api}{path}",
+                                     headers={"Authorization": f"Bearer {shard.token}"})
+        self.resp = urllib.request.urlopen(req, timeout=120, context=shard.ssl)
+        self.lines: list[dict[str, Any]] = []
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        try:
+            for raw in self.resp:
+                if raw.strip():
+                    self.lines.append(json.loads(raw))
+        except (OSError, ValueError, AttributeError):  # closed by close() meanwhile
+            pass
+
+    def events(self, name: str) -> list[str]:
+        return [x["type"] for x in list(self.lines)
+                if x.get("type") != "BOOKMARK" and x["object"]["metadata"]["name"] == name]
+
+    def close(self) -> None:
+        self.resp.close()
+
+
+def test_objects_applied_through_one_shard_reach_the_other(tmp_path: Path) -> None:
+    fleet = Fleet(FleetSettings(nodes=0, workdir=tmp_path / "seed", use_netns=False,
+                                with_registry=False, heartbeat_s=HEARTBEAT,
+                                cloud_args=("--join-rate", "6000", "--join-burst", "100"),
+                                )).start()
+    shards: list[ShardProc] = []
+    sim: subprocess.Popen[bytes] | None = None
+    try:
+        names = [f"sim-{i}" for i in range(NODES)]
+        sim_args = join_all(fleet, names, keys_file=tmp_path / "keys.json", threads=2)
+        assert fleet.cloud is not None and fleet.broker is not None
+        fleet.cloud.stop()
+        with NatsKV(rundir=tmp_path / "nats", ca_dir=fleet.cloud_state / "pki") as nats:
+            shards = [ShardProc(n, workdir=tmp_path / "shards", seed=fleet.cloud_state,
+                                fleet=fleet, nats=nats).start() for n in ("A", "B")]
+            for s in shards:
+                wait_for(f"{s.name} wrote its broker files",
+                         lambda s=s: s.passwd.exists() and s.acl.exists(), 60)
+            merge_broker_files(shards, fleet)
+            for s in shards:
+                wait_for(f"{s.name} ready", lambda s=s: s.call("/readyz"), 60)
+            sim_log = (tmp_path / "sim.log").open("wb")
+            sim = subprocess.Popen(
+                [sys.executable, "-m", "testbed.simulator", "--host", "127.0.0.1",
+                 "--port", str(fleet.broker.port), "--prefix", "sim", "--count", str(NODES),
+                 "--heartbeat", str(HEARTBEAT), "--rate", "50", "--report-pods", *sim_args],
+                stdout=sim_log, stderr=subprocess.STDOUT)
+            sim_log.close()
+
+            split = wait_for("every node Ready on exactly one shard",
+                             lambda: _if(owners(shards), lambda o: len(o) == NODES), 90)
+            held = {s.name: sorted(n for n, o in split.items() if o == s.name)
+                    for s in shards}
+            print(f"nodes per shard: { {k: len(v) for k, v in held.items()} }")
+            # A: the shard holding nodes (writes go through it); B the other
+            a, b = sorted(shards, key=lambda s: -len(held[s.name]))
+
+            # a node owned by A is listed by B with its status
+            def shown_by_b() -> bool:
+                seen = b.nodes()
+                return all(seen[n]["status"]["ready"] == "Ready"
+                           and seen[n]["status"]["reason"].startswith(AWAY)
+                           and seen[n]["status"].get("lastSeen") for n in held[a.name])
+
+            wait_for("A's nodes listed Ready by B", shown_by_b, 30)
+            one = held[a.name][0]
+            assert b.call(f"/api/v1/nodes/{one}")["status"]["ready"] == "Ready"
+
+            # a DaemonSet applied through A only: readable through B, on every node
+            assert a.call("/api/v1/apply", {"documents": [daemonset("g1")]}
+                          )["results"][0]["action"] == "created"
+            on_a = a.call("/api/v1/daemonsets/default/g1")
+            assert on_a["metadata"]["resourceVersion"]
+            on_b = wait_for("g1 on B", lambda: _get(b, "/api/v1/daemonsets/default/g1"), 15)
+            assert on_b["metadata"]["uid"] == on_a["metadata"]["uid"]
+            assert on_b["metadata"]["resourceVersion"] == on_a["metadata"]["resourceVersion"]
+
+            def everywhere() -> bool:
+                by_shard = {s.name: s.running("g1") for s in shards}
+                return all(n in by_shard[o] for n, o in split.items())
+
+            wait_for("g1 Running on every node through its owner", everywhere, 90)
+
+            # a Secret applied through A, read decrypted through B
+            secret = {"apiVersion": "v1", "kind": "Secret",
+                      "metadata": {"name": "s1", "namespace": "default"},
+                      "stringData": {"password": "hunter2"}}
+            a.call("/api/v1/apply", {"documents": [secret]})
+            got = wait_for("s1 on B", lambda: _get(b, "/api/v1/secrets/default/s1"), 15)
+            assert got["data"]["password"] == "aHVudGVyMg=="
+
+            # a watch on B sees what is done through A
+            watch = WatchReader(b, "/api/v1/watch/configmaps?heartbeatSeconds=0.5")
+            try:
+                a.call("/api/v1/apply", {"documents": [configmap("c1", "one")]})
+                v1 = wait_for("c1 on B", lambda: _get(b, "/api/v1/configmaps/default/c1"),
+                              15)["metadata"]["resourceVersion"]
+                # A changes it; B's write at the version it read is now stale: 409
+                assert a.call("/api/v1/apply", {"documents": [configmap("c1", "two")]}
+                              )["results"][0]["action"] == "configured"
+                code, err = _status(b, "/api/v1/apply",
+                                    {"documents": [configmap("c1", "three", v1)]})
+                assert code == 409, (code, err)
+                assert "modified" in err["error"], err
+                v2 = wait_for("c1 two on B", lambda: _cm(b, "c1", "two"), 15)["metadata"][
+                    "resourceVersion"]
+                # at the current version the write goes through (and A sees it)
+                code, _ = _status(b, "/api/v1/apply",
+                                  {"documents": [configmap("c1", "three", v2)]})
+                assert code == 200
+                assert wait_for("c1 three on A", lambda: _cm(a, "c1", "three"), 15)
+                # per document: the stale one refused with 409, the other applied
+                out = a.call("/api/v1/apply", {"perDocument": True, "documents": [
+                    configmap("c1", "four", v1), configmap("c3", "x")]})
+                assert [r["status"] for r in out["results"]] == ["refused", "applied"]
+                assert out["results"][0]["code"] == 409
+                _status(a, "/api/v1/configmaps/default/c1", method="DELETE")
+                assert wait_for("c1 gone from B", lambda: _get(
+                    b, "/api/v1/configmaps/default/c1") is None, 15)
+                wait_for("B's watch saw c1 added, modified and deleted", lambda: (
+                    (ev := watch.events("c1")) and ev[0] == "ADDED" and "MODIFIED" in ev
+                    and ev[-1] == "DELETED"), 15)
+            finally:
+                watch.close()
+            # the delete of a DaemonSet through B removes its pods on A's nodes
+            assert _status(b, "/api/v1/daemonsets/default/g1", method="DELETE")[0] == 200
+            wait_for("g1's pods gone on A", lambda: not a.running("g1"), 60)
+            for s in shards:
+                log = s.log_text()
+                assert "not applied here" not in log, log[-3000:]
+    finally:
+        if sim is not None:
+            sim.terminate()
+            try:
+                sim.wait(10)
+            except subprocess.TimeoutExpired:
+                sim.kill()
+        for s in shards:
+            s.proc.stop()
+        fleet.stop()
+
+
+def _if(value: Any, ok: Any) -> Any:
+    return value if ok(value) else None
+
+
+def _cm(shard: ShardProc, name: str, value: str) -> Any:
+    """The ConfigMap once it holds `value` (None before)."""
+    d = _get(shard, f"/api/v1/configmaps/default/{name}")
+    return d if d is not None and d.get("data", {}).get("k") == value else None
+
+
+def _get(shard: ShardProc, path: str) -> Any:
+    code, body = _status(shard, path)
+    return body if code == 200 else None
+
+
+def _status(shard: ShardProc, path: str, body: Any = None,
+            method: str | None = None) -> tuple[int, Any]:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(f"{shard.api}{path}", data=data, method=method, headers={
+        "Authorization": f"Bearer {shard.token}", "content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=30, context=shard.ssl) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
