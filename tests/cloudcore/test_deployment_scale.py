@@ -282,3 +282,35 @@ def test_a_node_s_summed_requests_follow_its_pods() -> None:
     assert fleet.bound.get(("default", "db-0")) == "n1"  # ... and the pod that went
     fleet.apply([parse_object(deployment("db", replicas=3, memory="64Mi"))])
     assert sum(k[1].startswith("db-") for k in fleet.bound) == 2  # 128 + 64 + 64
+
+
+async def test_a_restart_in_the_middle_scales_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    store = FakeStore()
+    monkeypatch.setattr(workloads, "SYNC_PODS", 10)
+    monkeypatch.setattr(workloads, "STEP", 3)
+    first = Fleet(store=store, scheduler=Scheduler(), background=True,  # runner not run
+                  liveness=Liveness(default_heartbeat=30, missed=3, now=0.0))
+    for i in range(NODES):
+        add_node(first, f"n{i}")
+    apply(first, 500)
+    first.workloads.expand_slice(0.0)  # one slice, then the process is gone
+    first.commit()
+    made = len(web(first))
+    assert 0 < made < 500
+    records: dict[str, dict[str, Any]] = {}
+    for (db, key), value in store.data.items():
+        records.setdefault(db, {})[key] = value
+    again = Fleet(store=FakeStore(), scheduler=Scheduler(), background=True,
+                  liveness=Liveness(default_heartbeat=30, missed=3, now=0.0))
+    again.load(records)
+    assert len(web(again)) == made
+    assert again.workloads.is_scaling("Deployment/default/web")
+    task = asyncio.create_task(again.workloads.run_expansions(again.commit, budget=1e-6))
+    try:
+        await asyncio.wait_for(again.expanded(), 20)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert web(again) == {f"web-{i}" for i in range(500)}
+    assert all(isinstance(again.pods[k], DaemonPod) for k in again.pods)
