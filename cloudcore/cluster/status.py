@@ -41,6 +41,8 @@ NODE_KEY = "node.{name}"
 AWAY_REASON = "OwnedByAnotherShard"
 BATCH = 64
 """Summary writes in flight at once."""
+SLICE = 2_000
+"""Nodes compared between two yields to the event loop."""
 
 
 def node_key(name: str) -> str:
@@ -93,10 +95,17 @@ class NodeStatuses:
         bucket = int(seen // self.seen_every) if seen is not None else None
         return (st.ready, st.reason, bucket, st.agent_version, st.desired_gen, st.acked_gen)
 
-    def changed_summaries(self) -> dict[str, bytes]:
-        """The summaries of this shard's nodes that changed since written last."""
+    async def changed_summaries(self) -> dict[str, bytes]:
+        """The summaries of this shard's nodes that changed since written last (the
+        loop yields every SLICE nodes: no pass holds the event loop long)."""
         out: dict[str, bytes] = {}
-        for name, node in self.fleet.objects.nodes.items():
+        nodes = self.fleet.objects.nodes
+        for i, name in enumerate(list(nodes), 1):
+            if i % SLICE == 0:
+                await asyncio.sleep(0)
+            node = nodes.get(name)
+            if node is None:
+                continue
             if not self.owns(self._partition(name)):
                 self._written.pop(name, None)  # written again when it comes back
                 continue
@@ -119,7 +128,7 @@ class NodeStatuses:
 
     async def write_changed(self) -> int:
         assert self.bucket is not None
-        todo = list(self.changed_summaries().items())
+        todo = list((await self.changed_summaries()).items())
         done = 0
         for i in range(0, len(todo), BATCH):
             chunk = todo[i:i + BATCH]
