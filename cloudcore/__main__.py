@@ -171,26 +171,26 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
                    help="run as shard NAME of several sharing partition leases in NATS "
                         "JetStream KV (default: the embedded mode, every partition, no NATS)")
     g.add_argument("--nats", action="append", metavar="URL",
-                   default=_env_list("NATS") or None,
-                   help="a NATS server tls://host:port (repeat for every server)")
-    g.add_argument("--nats-user", default=_env("NATS_USER", "") or None)
+                   help="a NATS server tls://host:port (repeat for every server; "
+                        "default: $CLOUDCORE_NATS, comma-separated)")
+    g.add_argument("--nats-user", default=_env("NATS_USER", "") or None, metavar="USER")
     g.add_argument("--nats-password-file", metavar="FILE",
                    default=_env("NATS_PASSWORD_FILE", "") or None)
     g.add_argument("--nats-ca-file", metavar="FILE", default=_env("NATS_CA_FILE", "") or None,
                    help="CA of the NATS servers (default: the fleet CA)")
     g.add_argument("--nats-insecure", action="store_true", default=_env_flag("NATS_INSECURE"),
                    help="allow nats:// and no user (tests only; warns)")
-    g.add_argument("--lease-period", type=float,
+    g.add_argument("--lease-period", type=float, metavar="SECONDS",
                    default=float(_env("LEASE_PERIOD", str(d.cluster.lease_period))),
                    help="seconds a partition lease lives without renewal (15)")
-    g.add_argument("--nats-replicas", type=int,
+    g.add_argument("--nats-replicas", type=int, metavar="N",
                    default=int(_env("NATS_REPLICAS", str(d.cluster.replicas))),
                    help="KV bucket replicas when making them: 1 server 1, cluster 3")
     a = p.parse_args(argv)
     s = Settings()
     if a.shard is not None:
         s.cluster.shard = a.shard
-        s.cluster.nats_urls = tuple(a.nats or ())
+        s.cluster.nats_urls = tuple(a.nats or _env_list("NATS"))
         s.cluster.nats_user = a.nats_user
         if a.nats_password_file:
             s.cluster.nats_password = _read_secret(Path(a.nats_password_file),
