@@ -267,6 +267,11 @@ class ClusterObjects:
         `versions` the resourceVersion each document carried. Returns the results once
         this replica applied every revision written."""
         bucket = self._bucket()
+        for obj, version in zip(objs, versions, strict=True):
+            if version is not None:  # a stale one refuses the call before any write
+                kind, ns, name = ident(obj)
+                if str(await bucket.revision_of(object_key(kind, ns, name))) != version:
+                    raise _stale(kind, name, version)
         top = 0
         for ns in namespaces:
             top = max(top, await self._write(bucket, Namespace(metadata=NamespaceMeta(
@@ -302,10 +307,7 @@ class ClusterObjects:
                     return await bucket.create(key, value)
                 return await bucket.update(key, value, revision=expected)
             except CASConflict:
-                raise StaleVersion(
-                    f'Operation cannot be fulfilled on {kind} "{name}": the object has been '
-                    "modified; please apply your changes to the latest version and try "
-                    f"again (resourceVersion {version} is stale)") from None
+                raise _stale(kind, name, version) from None
         for _ in range(WRITE_TRIES):
             rev = await bucket.revision_of(key)
             try:
@@ -363,6 +365,12 @@ class ClusterObjects:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(left):
                     await self._advanced.wait()
+
+
+def _stale(kind: str, name: str, version: str) -> StaleVersion:
+    return StaleVersion(f'Operation cannot be fulfilled on {kind} "{name}": the object has '
+                        "been modified; please apply your changes to the latest version and "
+                        f"try again (resourceVersion {version} is stale)")
 
 
 def is_global(kind: str) -> bool:

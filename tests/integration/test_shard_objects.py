@@ -20,6 +20,7 @@ import json
 import subprocess
 import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -136,11 +137,17 @@ def test_objects_applied_through_one_shard_reach_the_other(tmp_path: Path) -> No
             assert b.call(f"/api/v1/nodes/{one}")["status"]["ready"] == "Ready"
 
             # a DaemonSet applied through A only: readable through B, on every node
+            t0 = time.monotonic()
             assert a.call("/api/v1/apply", {"documents": [daemonset("g1")]}
                           )["results"][0]["action"] == "created"
+            t1 = time.monotonic()
+            on_b = wait_for("g1 on B", lambda: _get(b, "/api/v1/daemonsets/default/g1"), 15,
+                            every=0.02)
+            t2 = time.monotonic()
+            print(f"apply through A answered in {t1 - t0:.3f} s; readable through B "
+                  f"{t2 - t0:.3f} s after the call")
             on_a = a.call("/api/v1/daemonsets/default/g1")
             assert on_a["metadata"]["resourceVersion"]
-            on_b = wait_for("g1 on B", lambda: _get(b, "/api/v1/daemonsets/default/g1"), 15)
             assert on_b["metadata"]["uid"] == on_a["metadata"]["uid"]
             assert on_b["metadata"]["resourceVersion"] == on_a["metadata"]["resourceVersion"]
 
@@ -178,6 +185,11 @@ def test_objects_applied_through_one_shard_reach_the_other(tmp_path: Path) -> No
                                   {"documents": [configmap("c1", "three", v2)]})
                 assert code == 200
                 assert wait_for("c1 three on A", lambda: _cm(a, "c1", "three"), 15)
+                # all or nothing: a stale document refuses the call before any write
+                code, _ = _status(a, "/api/v1/apply", {"documents": [
+                    configmap("c4", "x"), configmap("c1", "four", v1)]})
+                assert code == 409
+                assert _get(a, "/api/v1/configmaps/default/c4") is None
                 # per document: the stale one refused with 409, the other applied
                 out = a.call("/api/v1/apply", {"perDocument": True, "documents": [
                     configmap("c1", "four", v1), configmap("c3", "x")]})
