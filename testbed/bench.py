@@ -105,18 +105,28 @@ def _proc_io(pid: int) -> int:
 
 
 def _stats(files: list[Path]) -> dict[str, Any]:
-    total: dict[str, Any] = {"connected": 0, "gens": {}, "msgs_in": 0, "msgs_out": 0,
-                             "bytes_in": 0, "bytes_out": 0}
+    """The simulators' counters summed; `gens` counts applies per gen (a node that
+    applied two gens counts twice), `at_gen` nodes by the gen they are at now, `read`
+    how many files could be read (a missing one is not an error here)."""
+    total: dict[str, Any] = {"connected": 0, "gens": {}, "at_gen": {}, "msgs_in": 0,
+                             "msgs_out": 0, "bytes_in": 0, "bytes_out": 0, "read": 0}
     for f in files:
         try:
             s = json.loads(f.read_text())
         except (FileNotFoundError, json.JSONDecodeError):
             continue
+        total["read"] += 1
         for k in ("connected", "msgs_in", "msgs_out", "bytes_in", "bytes_out"):
             total[k] += int(s.get(k, 0))
-        for g, n in s.get("gens", {}).items():
-            total["gens"][int(g)] = total["gens"].get(int(g), 0) + int(n)
+        for key in ("gens", "at_gen"):
+            for g, n in s.get(key, {}).items():
+                total[key][int(g)] = total[key].get(int(g), 0) + int(n)
     return total
+
+
+def nodes_past(stats: dict[str, Any], base: int) -> int:
+    """Simulated nodes whose applied gen is above `base` now."""
+    return sum(n for g, n in stats["at_gen"].items() if g > base)
 
 
 def _ds(image_args: list[str]) -> dict[str, Any]:
@@ -323,6 +333,18 @@ class SimFleet:
     def stats(self) -> dict[str, Any]:
         """The simulators' counters, summed (each file is rewritten every second)."""
         return _stats(self.stats_files)
+
+    def full_stats(self, timeout: float = 10.0) -> dict[str, Any]:
+        """`stats()` once every simulator's file could be read (a baseline must not miss
+        one: its nodes would count as progress later)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            st = self.stats()
+            if st["read"] == len(self.stats_files) or time.monotonic() > deadline:
+                if st["read"] != len(self.stats_files):
+                    raise BenchFailure(self.diagnose("simulators' stats files unreadable"))
+                return st
+            time.sleep(0.2)
 
     def sim_stats(self) -> list[dict[str, Any]]:
         out = []
@@ -770,21 +792,40 @@ def _rss(u: dict[str, dict[str, tuple[float, int]]]) -> dict[str, Any]:
             for kind, procs in u.items()}
 
 
+def cloud_past(fleet: Fleet, base: int) -> int:
+    """Nodes the cloud lists with `ackedGen == desiredGen` above `base` (one list of every
+    node: a node whose new desired state is not made yet does not count)."""
+    return sum(1 for n in fleet.nodes()
+               if int(n["status"].get("ackedGen", 0)) >= int(n["status"].get("desiredGen", 0))
+               > base)
+
+
+def after_deltas(sf: SimFleet) -> int:
+    """Desired deltas the simulated nodes have received so far."""
+    return sum(int(st.get("deltas_in", 0)) for st in sf.sim_stats())
+
+
 def update_phase(sf: SimFleet, label: str, args: list[str], lag: LagWatch,
                  *, timeout: float = 900.0) -> dict[str, Any]:
     """Apply DaemonSet `bench` with `args` and wait until every node applied it (the
     simulators) and the cloud recorded every ack; the figures of that phase."""
     fleet, nodes = sf.fleet, sf.nodes
-    before = sf.stats()
-    gens_before = sum(before["gens"].values())
+    before = sf.full_stats()
+    # Every node is at one gen between phases; the phase is done for a node once it is
+    # past the highest (counting applies instead let a node that got two deltas, as
+    # a 100,000-node DaemonSet expanded in chunks can send, stand in for one that got
+    # none yet).
+    base = max(before["at_gen"], default=0)
+    behind = nodes - before["at_gen"].get(base, 0)
     acks_before = _messages_in(fleet, "ack")
+    before_deltas = after_deltas(sf)
     u0 = sf.usage()
     io0 = sum(_proc_io(pid) for pid in sf.broker_pids().values())
     lag.reset()
     t0 = time.monotonic()
     fleet.apply([_ds(args)])
-    sf.wait(what=f"{label}: every node applied it",
-            count=lambda: sum(sf.stats()["gens"].values()) - gens_before, target=nodes,
+    sf.wait(what=f"{label}: every node applied it (past gen {base})",
+            count=lambda: nodes_past(sf.stats(), base), target=nodes,
             timeout=timeout, interval=0.2)
     edge_s = time.monotonic() - t0
 
@@ -793,8 +834,7 @@ def update_phase(sf: SimFleet, label: str, args: list[str], lag: LagWatch,
     def cloud_acked() -> float:
         nonlocal lists
         lists += 1
-        return sum(1 for n in fleet.nodes()
-                   if n["status"].get("ackedGen", 0) >= n["status"].get("desiredGen", 1))
+        return cloud_past(fleet, base)
 
     # Wait on the ack counter (a metrics scrape), then confirm with a list of every
     # node: the cloud's CPU is the updates', not 20-50 lists of 15k nodes made by
@@ -802,7 +842,7 @@ def update_phase(sf: SimFleet, label: str, args: list[str], lag: LagWatch,
     sf.wait(what=f"{label}: the cloud received every node's ack",
             count=lambda: _sum(lag.scrape(), "cloudcore_messages_in_total", 'type="ack"')
             - acks_before, target=nodes, timeout=timeout, interval=0.2)
-    sf.wait(what=f"{label}: the cloud recorded every ack (ackedGen == desiredGen)",
+    sf.wait(what=f"{label}: the cloud recorded every ack (ackedGen == desiredGen > {base})",
             count=cloud_acked, target=nodes, timeout=timeout, interval=1.0)
     cloud_s = time.monotonic() - t0
     time.sleep(1.2)  # the simulators' stats files are rewritten every second
@@ -829,6 +869,9 @@ def update_phase(sf: SimFleet, label: str, args: list[str], lag: LagWatch,
         "worst_loop_lag_ms": round(lag.worst * 1000, 1),
         "loop_lag_sampled_max_ms": round(lag.worst_sampled * 1000, 1),
         "node_lists_while_waiting": lists,
+        "gen_before": base,
+        "nodes_behind_at_start": behind,
+        "deltas_per_node": round((after_deltas(sf) - before_deltas) / nodes, 2),
         "load1": Path("/proc/loadavg").read_text().split()[0],
     }
 

@@ -56,7 +56,9 @@ from testbed.bench import (
     _rss,
     _sum,
     audit,
+    cloud_past,
     describe_fleet,
+    nodes_past,
     plan,
     simulated_fleet,
     update_phase,
@@ -145,7 +147,7 @@ def storm(sf: SimFleet, *, down_s: float, timeout: float) -> dict[str, Any]:
     time.sleep(2)
     edge0, cloud0 = _edge_counts(sf), _cloud_counts(sf)
     seq0 = _event_seq(sf)
-    gens0 = sum(sf.stats()["gens"].values())
+    base = max(sf.full_stats()["at_gen"], default=0)
     u0 = sf.usage()
     with Sampler(sf) as sampler:
         u_kill = sf.usage()  # the killed brokers' CPU ends here; new processes start at 0
@@ -174,12 +176,11 @@ def storm(sf: SimFleet, *, down_s: float, timeout: float) -> dict[str, Any]:
         waits["all_sessions_back_s"] = since_back()
         sf.wait(what="after the storm: every node applied the change made while the "
                      "brokers were down",
-                count=lambda: sum(sf.stats()["gens"].values()) - gens0, target=n,
+                count=lambda: nodes_past(sf.stats(), base), target=n,
                 timeout=timeout)
         waits["change_applied_by_all_s"] = since_back()
         sf.wait(what="after the storm: the cloud recorded every ack of that change",
-                count=lambda: sum(1 for x in fleet.nodes() if x["status"].get("ackedGen", 0)
-                                  >= x["status"].get("desiredGen", 1)),
+                count=lambda: cloud_past(fleet, base),
                 target=n, timeout=timeout, interval=1.0)
         waits["change_recorded_by_cloud_s"] = since_back()
         def ready_and_heard() -> float:

@@ -5,10 +5,13 @@ cloud serves no map is the one cloudcore's `BrokerMap.spread` makes. Pure; no pr
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from shared.brokermap import BrokerMap
-from testbed.bench import plan
+from testbed.bench import _stats, nodes_past, plan
 from testbed.broker import contract_partitions
 
 
@@ -49,3 +52,17 @@ def test_contract_partitions_match_the_clouds_spread(count: int) -> None:
     spread = BrokerMap.spread({n: f"mqtts://127.0.0.1:{8000 + i}" for i, n in
                                enumerate(names)})
     assert contract_partitions(names) == [list(p) for p in spread.partitions]
+
+
+def test_a_phase_ends_when_every_node_is_past_its_gen(tmp_path: Path) -> None:
+    # two simulators: in the first, 2 of 3 nodes got two deltas (gen 2) and one none
+    # (gen 0); counting applies (4 > 3 nodes) would end the phase, counting nodes not
+    (tmp_path / "a.json").write_text(json.dumps(
+        {"connected": 3, "gens": {"0": 3, "1": 2, "2": 2}, "at_gen": {"0": 1, "2": 2}}))
+    (tmp_path / "b.json").write_text(json.dumps(
+        {"connected": 2, "gens": {"0": 2, "1": 2}, "at_gen": {"1": 2}}))
+    st = _stats([tmp_path / "a.json", tmp_path / "b.json", tmp_path / "missing.json"])
+    assert st["read"] == 2 and st["connected"] == 5
+    assert sum(st["gens"].values()) - 5 >= 5  # what the old count saw: "done"
+    assert nodes_past(st, 0) == 4  # one node has not moved: not done
+    assert nodes_past(st, 1) == 2
