@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import ssl
 import subprocess
 import sys
@@ -213,12 +214,24 @@ def test_shards_split_partitions_and_take_over_a_killed_shard(tmp_path: Path) ->
             merge_broker_files(shards, fleet)
             for s in shards:
                 wait_for(f"{s.name} ready", lambda s=s: s.call("/readyz"), 60)
+            gens_file = tmp_path / "gens.json"
+
+            def sim_gens() -> dict[str, tuple[str, int]]:
+                """Every simulated node's applied (epoch, gen), asked of it now."""
+                assert sim is not None
+                gens_file.unlink(missing_ok=True)
+                sim.send_signal(signal.SIGUSR2)
+                wait_for("the simulator's gens file", gens_file.exists, 10, every=0.05)
+                doc = json.loads(gens_file.read_text())
+                return {n: (e, g) for n, (e, g) in doc["nodes"].items()}
+
             sim_log = (tmp_path / "sim.log").open("wb")
             sim = subprocess.Popen(
                 [sys.executable, "-m", "testbed.simulator", "--host", "127.0.0.1",
                  "--port", str(fleet.broker.port), "--prefix", "sim", "--count", str(NODES),
                  "--heartbeat", str(HEARTBEAT), "--rate", "50", "--report-pods", *sim_args,
-                 "--stats", str(tmp_path / "sim.json"), "--per-node-stats"],
+                 "--stats", str(tmp_path / "sim.json"), "--per-node-stats",
+                 "--gens-file", str(gens_file)],
                 stdout=sim_log, stderr=subprocess.STDOUT)
             sim_log.close()  # the child holds its own descriptor
 
@@ -264,6 +277,7 @@ def test_shards_split_partitions_and_take_over_a_killed_shard(tmp_path: Path) ->
             moved = {n for n, v in split.items() if v == [victim.name]}
             assert moved
             print(f"global lease: {holders[0].name}; killing {victim.name}")
+            before_kill = sim_gens()
             victim.proc.kill()
             killed = time.monotonic()
             survivors = [s for s in shards if s is not victim]
@@ -299,7 +313,13 @@ def test_shards_split_partitions_and_take_over_a_killed_shard(tmp_path: Path) ->
             for s in survivors:
                 assert " is NotReady" not in s.log_text(), s.name
 
-            # the taken-over nodes resynced: each got a snapshot from its new owner
+            # the taken-over nodes resynced (a new epoch: a snapshot from the new owner);
+            # the survivors' own nodes were not disturbed (same epoch as before)
+            def resynced() -> bool:
+                now = sim_gens()
+                return all((now[n][0] != before_kill[n][0]) == (n in moved) for n in now)
+
+            wait_for("the moved nodes (only) in a new epoch", resynced, 2 * HEARTBEAT)
             stats = json.loads((tmp_path / "sim.json").read_text())
             print("simulator:", {k: stats.get(k) for k in ("snapshots_in", "deltas_in",
                                                            "gaps", "reacks")})
@@ -347,6 +367,11 @@ def test_shards_split_partitions_and_take_over_a_killed_shard(tmp_path: Path) ->
                            == views[o[n][0]][n]["status"]["desiredGen"] > 0 for n in o)
 
             wait_for("every owner's acked gen equals its desired gen", all_acked, 30)
+            # and the nodes applied exactly what their owners recorded as acked
+            o = owners(shards)
+            views = {s.name: s.nodes() for s in shards}
+            applied = sim_gens()
+            assert all(applied[n][1] == views[o[n][0]][n]["status"]["ackedGen"] for n in o)
             for s in shards:  # no shard ever marked a node NotReady (also between polls)
                 assert " is NotReady" not in s.log_text(), s.name
     finally:
