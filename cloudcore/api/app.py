@@ -536,6 +536,13 @@ def create_app(fleet: Fleet, *, metrics: Metrics,
         return out
 
     async def _join(body: JoinRequest, request: Request) -> dict[str, Any]:
+        if cluster is not None:  # registrations are not in the shared store yet
+            metrics.inc(JOINS, result="Sharded")
+            raise Conflict("joining through a sharded cloudcore is not supported yet: node "
+                           "registrations and credentials are not shared between shards "
+                           "(proposal 0008), so the other shards would refuse this node. "
+                           "Join nodes through the cloudcore whose state dir the shards "
+                           "start from (docs/operations.md section 11)")
         wait = joins.take(request.client.host if request.client else "-")
         if wait > 0:
             raise TooManyJoins(f"too many joins from this address; retry in {wait:.0f} s",

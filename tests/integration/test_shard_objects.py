@@ -12,7 +12,7 @@ Checked, each through the shard that did not make the change:
 - a watch of ConfigMaps on B sees the create, update and delete made through A;
 - a node owned by A is listed by B with its status (Ready, its last report time),
   marked `OwnedByAnotherShard`;
-- a change of the broker map (not shared yet) is refused on a shard (409).
+- a change of the broker map and a join (not shared yet) are refused on a shard (409).
 """
 
 from __future__ import annotations
@@ -207,6 +207,9 @@ def test_objects_applied_through_one_shard_reach_the_other(tmp_path: Path) -> No
             # the broker map is not shared yet: a change is refused on a shard
             code, err = _status(b, "/api/v1/brokermap/brokers",
                                 {"name": "mq-2", "url": "mqtts://127.0.0.1:1"})
+            assert code == 409 and "not shared between shards" in err["error"], err
+            # node registrations are not shared yet: a join through a shard is refused
+            code, err = _status(b, "/api/v1/join", {"name": "late-1", "token": "x"})
             assert code == 409 and "not shared between shards" in err["error"], err
             # the delete of a DaemonSet through B removes its pods on A's nodes
             assert _status(b, "/api/v1/daemonsets/default/g1", method="DELETE")[0] == 200
