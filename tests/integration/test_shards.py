@@ -6,9 +6,9 @@ password file, ACL), three `cloudcore --shard` processes and a simulated fleet
 What the shards share today and what they do not (stated, not hidden):
 - The fleet is joined once through an embedded cloudcore (the seed), whose state dir
   (store, fleet CA, broker password) is then copied to each shard: every shard starts
-  with the same nodes, credentials and tokens. The global objects replica in KV
-  (proposal 0008 step 2) is another engineer's work in progress; until it lands, a
-  DaemonSet is applied through *each* shard's API.
+  with the same nodes, credentials and tokens. Objects are global (KV, proposal 0008
+  step 2; tests/integration/test_shard_objects.py): the DaemonSets here are still
+  applied through each shard's API, which after the first is "unchanged".
 - The broker's password file and ACL must hold every shard's identities
   (`<user>_<shard>_sub/pub<i>`); each shard writes its own files and the test merges
   them into the broker's (docs/operations.md section 11 says the same for operators).
