@@ -661,6 +661,24 @@ def simulated_fleet(*, nodes: int, procs: int | None = None, workdir: Path,
         fleet.stop()
 
 
+@contextmanager
+def stoppable() -> Iterator[None]:
+    """While the block runs, SIGINT and SIGTERM raise KeyboardInterrupt (also when started
+    in the background, where SIGINT comes ignored), so a stopped bench still stops its
+    brokers, cloudcore and simulators; the old handlers are put back after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in old:
+        signal.signal(sig, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
 def _mode_label(modes: tuple[str, ...] | None, nodes: int) -> tuple[str, ...]:
     """`--mode` unset: both side by side up to 20,000 nodes, the secure fleet above
     (the fleet as deployed; twice 100,000 would take most of an hour here)."""
@@ -687,22 +705,28 @@ def bench_sync(*, nodes: int, procs: int | None = None, workdir: Path,
     results: dict[str, Any] = {}
     workdir.mkdir(parents=True, exist_ok=True)
     try:
-        for mode in modes:
-            print(f"== {mode} fleet of {nodes} simulated nodes, {p.brokers} broker(s), "
-                  f"{p.procs} simulator process(es), cloudcore from "
-                  f"{cloud_tree or 'this checkout'}, load "
-                  f"{Path('/proc/loadavg').read_text().strip()}", flush=True)
-            with simulated_fleet(nodes=nodes, procs=p.procs, workdir=workdir / mode,
-                                 secure=mode == "secure", cloud_tree=cloud_tree,
-                                 brokers=p.brokers, per_broker=per_broker, per_sim=per_sim,
-                                 rate=rate, stall_s=stall_s) as sf:
-                results[mode] = _sync(sf, (workdir / mode).resolve(), steady_s=steady_s)
-                results[mode]["cloud_tree"] = str(cloud_tree or "this checkout")
+        with stoppable():
+            for mode in modes:
+                print(f"== {mode} fleet of {nodes} simulated nodes, {p.brokers} broker(s), "
+                      f"{p.procs} simulator process(es), cloudcore from "
+                      f"{cloud_tree or 'this checkout'}, load "
+                      f"{Path('/proc/loadavg').read_text().strip()}", flush=True)
+                with simulated_fleet(nodes=nodes, procs=p.procs, workdir=workdir / mode,
+                                     secure=mode == "secure", cloud_tree=cloud_tree,
+                                     brokers=p.brokers, per_broker=per_broker,
+                                     per_sim=per_sim, rate=rate, stall_s=stall_s) as sf:
+                    results[mode] = _sync(sf, (workdir / mode).resolve(), steady_s=steady_s)
+                    results[mode]["cloud_tree"] = str(cloud_tree or "this checkout")
     except (BenchFailure, TimeoutError, RuntimeError, ValueError) as exc:
         print(f"bench failed: {exc}", file=sys.stderr)
         (workdir / "result.json").write_text(json.dumps(
             {"ok": False, "error": str(exc), **results}, indent=2))
         return 1
+    except KeyboardInterrupt:
+        print("bench interrupted; everything it started is stopped", file=sys.stderr)
+        (workdir / "result.json").write_text(json.dumps(
+            {"ok": False, "error": "interrupted (Ctrl-C or SIGTERM)", **results}, indent=2))
+        return 130
     out: dict[str, Any] = dict(results)
     if len(results) > 1:
         print("== side by side")

@@ -61,6 +61,7 @@ from testbed.bench import (
     nodes_past,
     plan,
     simulated_fleet,
+    stoppable,
     update_phase,
 )
 
@@ -273,16 +274,21 @@ def bench_storm(*, nodes: int, workdir: Path, procs: int | None = None,
           f"process(es), heartbeat {heartbeat_s:g} s, brokers down {down_s:g} s, load "
           f"{Path('/proc/loadavg').read_text().strip()}", flush=True)
     try:
-        with simulated_fleet(nodes=nodes, procs=p.procs, workdir=workdir, secure=True,
-                             cloud_tree=cloud_tree, brokers=p.brokers, per_broker=per_broker,
-                             per_sim=per_sim, rate=rate, stall_s=stall_s,
-                             heartbeat_s=heartbeat_s) as sf:
+        with stoppable(), simulated_fleet(
+                nodes=nodes, procs=p.procs, workdir=workdir, secure=True,
+                cloud_tree=cloud_tree, brokers=p.brokers, per_broker=per_broker,
+                per_sim=per_sim, rate=rate, stall_s=stall_s, heartbeat_s=heartbeat_s) as sf:
             res = storm(sf, down_s=down_s, timeout=timeout)
     except (BenchFailure, TimeoutError, RuntimeError, ValueError) as exc:
         print(f"bench failed: {exc}", file=sys.stderr)
         out.write_text(json.dumps({"ok": False, "error": str(exc),
                                    "shard_kill": SHARD_KILL}, indent=2))
         return 1
+    except KeyboardInterrupt:
+        print("bench interrupted; everything it started is stopped", file=sys.stderr)
+        out.write_text(json.dumps({"ok": False, "error": "interrupted (Ctrl-C or SIGTERM)",
+                                   "shard_kill": SHARD_KILL}, indent=2))
+        return 130
     res = {"ok": True, **res}
     print(json.dumps(res, indent=2), flush=True)
     out.write_text(json.dumps(res, indent=2))
