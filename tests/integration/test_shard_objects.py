@@ -12,7 +12,9 @@ Checked, each through the shard that did not make the change:
 - a watch of ConfigMaps on B sees the create, update and delete made through A;
 - a node owned by A is listed by B with its status (Ready, its last report time),
   marked `OwnedByAnotherShard`;
-- a change of the broker map and a join (not shared yet) are refused on a shard (409).
+- a change of the broker map and a join (not shared yet) are refused on a shard (409);
+- a shard restarted after an object was deleted and another made through A drops the
+  first and holds the second.
 """
 
 from __future__ import annotations
@@ -214,6 +216,17 @@ def test_objects_applied_through_one_shard_reach_the_other(tmp_path: Path) -> No
             # the delete of a DaemonSet through B removes its pods on A's nodes
             assert _status(b, "/api/v1/daemonsets/default/g1", method="DELETE")[0] == 200
             wait_for("g1's pods gone on A", lambda: not a.running("g1"), 60)
+            # B stopped; an object deleted and one made through A meanwhile: B back
+            # up drops the first (the deletion marker in KV) and holds the second
+            a.call("/api/v1/apply", {"documents": [configmap("c5", "x")]})
+            wait_for("c5 on B", lambda: _get(b, "/api/v1/configmaps/default/c5"), 15)
+            b.proc.stop()
+            assert _status(a, "/api/v1/configmaps/default/c5", method="DELETE")[0] == 200
+            a.call("/api/v1/apply", {"documents": [configmap("c6", "y")]})
+            b.start()
+            wait_for("B ready again", lambda: b.call("/readyz"), 60)
+            wait_for("B caught up: c6 there, c5 gone", lambda: _cm(b, "c6", "y") and _get(
+                b, "/api/v1/configmaps/default/c5") is None, 30)
             for s in shards:
                 log = s.log_text()
                 assert "not applied here" not in log, log[-3000:]
