@@ -148,7 +148,8 @@ class ClusterObjects:
         self.revisions: dict[str, int] = {}
         """Object key -> the revision of its last value this replica applied."""
         self.ready = asyncio.Event()
-        """Set once the existing objects were all applied."""
+        """Set once the watch says the existing values were sent (nats' consumer info;
+        writes do not rely on it: they wait for their own revision)."""
         self._advanced = asyncio.Event()
         self.applied = 0
         self.failed = 0
@@ -172,8 +173,9 @@ class ClusterObjects:
 
     def _caught_up(self) -> None:
         self.ready.set()
-        log.info("shard %s: global objects replica caught up at revision %d (%d applied, "
-                 "%d refused)", self.shard, self.revision, self.applied, self.failed)
+        log.info("shard %s: global objects replica watching bucket %s (the watch reports "
+                 "its existing values sent; %d applied so far, at revision %d)",
+                 self.shard, objects_bucket(self.prefix), self.applied, self.revision)
 
     def apply_entry(self, e: Entry) -> None:
         """Apply one change of the bucket to this shard's fleet (never raises: what
