@@ -365,6 +365,19 @@ class DaemonSet(_Model):
     status: WorkloadStatus | None = None
 
 
+class DeploymentCondition(_Model):
+    """One of a Deployment's conditions, with Kubernetes' types and reasons (what
+    `kubectl describe deploy` shows): `Available` (MinimumReplicasAvailable /
+    MinimumReplicasUnavailable) and `Progressing` (ScalingReplicaSet while pods are made
+    or removed, ReplicaSetUpdated while they become available, NewReplicaSetAvailable
+    once the rollout is complete)."""
+
+    type: Literal["Available", "Progressing"]
+    status: Literal["True", "False", "Unknown"]
+    reason: str | None = None
+    message: str | None = None
+
+
 class DeploymentStatus(_Model):
     """Deployment status, with Kubernetes' field names, computed by cloudcore."""
 
@@ -376,6 +389,7 @@ class DeploymentStatus(_Model):
     current_revision: str | None = None  # edgefed: the template that last rolled out
     update_revision: str | None = None  # edgefed: spec.template's
     rollout: RolloutStatus = Field(default_factory=RolloutStatus)
+    conditions: list[DeploymentCondition] = Field(default_factory=list)
 
 
 class DeploymentSpec(_Model):

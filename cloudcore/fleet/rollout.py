@@ -61,6 +61,7 @@ import logging
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
+from typing import Literal
 
 from cloudcore.fleet import naming
 from cloudcore.fleet.events import EventLog
@@ -80,6 +81,7 @@ from cloudcore.fleet.workloads import Workloads, replica_index, surge_allowed
 from shared.models import (
     DaemonSet,
     Deployment,
+    DeploymentCondition,
     DeploymentStatus,
     Pod,
     RolloutStatus,
@@ -201,6 +203,37 @@ def waiting_for(pod: Pod, revision: str | None, *, placed: bool, since: float, n
         if not c.ready:
             return f"container {c.name} not Ready"
     return s.reason or s.phase
+
+
+def conditions(dep: Deployment, *, available: int, rollout: RolloutStatus,
+               scaling: bool) -> list[DeploymentCondition]:
+    """A Deployment's conditions as Kubernetes' Deployment controller writes them:
+    Available once at least replicas - maxUnavailable pods are available (Kubernetes'
+    default maxUnavailable, 25 %, without a strategy); Progressing with the reason of
+    what it does (edgefed's rollout message as its message)."""
+    replicas = dep.spec.replicas
+    strategy = dep.spec.strategy
+    unavailable = resolve_count(strategy.rolling_update.max_unavailable if strategy
+                                else "25%", replicas, round_up=False)
+    minimum = max(0, replicas - unavailable)
+    progressing: Literal["True", "False", "Unknown"] = "True"
+    reason = ("ScalingReplicaSet" if scaling
+              else "NewReplicaSetAvailable" if rollout.phase == "Complete"
+              else "ReplicaSetUpdated")
+    if dep.spec.paused:
+        progressing, reason = "Unknown", "DeploymentPaused"
+    elif rollout.phase in ("Aborted", "RolledBack"):  # edgefed's health gate
+        progressing, reason = "False", f"Rollout{rollout.phase}"
+    return [
+        DeploymentCondition(
+            type="Available", status="True" if available >= minimum else "False",
+            reason=("MinimumReplicasAvailable" if available >= minimum
+                    else "MinimumReplicasUnavailable"),
+            message=(f"{available} of {replicas} pods available, at least {minimum} "
+                     "wanted")),
+        DeploymentCondition(type="Progressing", status=progressing, reason=reason,
+                            message=rollout.message),
+    ]
 
 
 class Rollouts:
@@ -596,12 +629,14 @@ class Rollouts:
         doing = (f"scaling {way}: {made} pods, {dep.spec.replicas} wanted (made or removed "
                  "in the background)" if scaling else
                  f"{made} pods, the other counts follow")
+        rollout = RolloutStatus(
+            phase="Paused" if dep.spec.paused else "Progressing",
+            failed=status.rollout.failed, offline=status.rollout.offline,
+            message=f"{status.available_replicas} of {made} pods available; {doing}")
         dep.status = status.model_copy(update={
-            "replicas": made,
-            "rollout": RolloutStatus(
-                phase="Paused" if dep.spec.paused else "Progressing",
-                failed=status.rollout.failed, offline=status.rollout.offline,
-                message=f"{status.available_replicas} of {made} pods available; {doing}")})
+            "replicas": made, "rollout": rollout,
+            "conditions": conditions(dep, available=status.available_replicas,
+                                     rollout=rollout, scaling=scaling)})
         self.objects.save(dep.kind, key)
 
     def _status(self, key: Key, ds: Workload, st: RolloutState, *, update: Template,
@@ -677,7 +712,9 @@ class Rollouts:
                 observed_generation=ds.metadata.generation, replicas=total,
                 updated_replicas=scan.updated, ready_replicas=scan.ready,
                 available_replicas=scan.available, current_revision=(hold or update).revision,
-                update_revision=update.revision, rollout=rollout)
+                update_revision=update.revision, rollout=rollout,
+                conditions=conditions(ds, available=scan.available, rollout=rollout,
+                                      scaling=self.workloads.is_scaling(owner)))
         if status != ds.status:
             ds.status = status  # type: ignore[assignment]
             self.objects.save(ds.kind, key)

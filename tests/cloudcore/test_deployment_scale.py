@@ -72,6 +72,10 @@ async def test_scale_up_answers_first_and_the_pods_follow(
         status = fleet.get("Deployment", "default", "web")["status"]
         assert fleet.workloads.is_scaling("Deployment/default/web")  # 3 pods a slice
         assert status["replicas"] == len(web(fleet))
+        conditions = {c["type"]: c for c in status["conditions"]}
+        assert conditions["Progressing"]["status"] == "True"
+        assert conditions["Progressing"]["reason"] == "ScalingReplicaSet"
+        assert conditions["Available"]["status"] == "False"  # nothing reported Running
         assert f"scaling up: {len(web(fleet))} pods, 500 wanted" in (
             status["rollout"]["message"])
         await asyncio.wait_for(fleet.expanded(), 20)
@@ -89,6 +93,9 @@ async def test_scale_up_answers_first_and_the_pods_follow(
         status = fleet.get("Deployment", "default", "web")["status"]
         assert status["replicas"] == 500
         assert "scaling" not in status["rollout"]["message"]
+        conditions = {c["type"]: c for c in status["conditions"]}
+        assert conditions["Progressing"]["reason"] == "ReplicaSetUpdated"  # not available
+        assert conditions["Available"]["reason"] == "MinimumReplicasUnavailable"
 
 
 async def test_a_second_apply_while_scaling_wins(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -314,3 +321,24 @@ async def test_a_restart_in_the_middle_scales_again(monkeypatch: pytest.MonkeyPa
             await task
     assert web(again) == {f"web-{i}" for i in range(500)}
     assert all(isinstance(again.pods[k], DaemonPod) for k in again.pods)
+
+
+def test_a_deployment_s_conditions_say_what_kubectl_would() -> None:
+    fleet = make_fleet()
+    add_node(fleet, "n1")
+    fleet.apply([parse_object(deployment("web", replicas=2))])
+    for key, (value, _) in fleet.desired["n1"].items.items():
+        fleet.pod_statuses("n1", {key: {
+            "phase": "Running", "revision": value["revision"], "ready": True,
+            "containerStatuses": [{"name": "main", "state": "running", "ready": True}]}})
+    fleet.expire(0.0)
+    status = fleet.get("Deployment", "default", "web")["status"]
+    assert status["rollout"]["phase"] == "Complete"
+    assert [(c["type"], c["status"], c["reason"]) for c in status["conditions"]] == [
+        ("Available", "True", "MinimumReplicasAvailable"),
+        ("Progressing", "True", "NewReplicaSetAvailable")]
+    fleet.rollout("Deployment", "default", "web", "pause")
+    fleet.expire(0.0)
+    status = fleet.get("Deployment", "default", "web")["status"]
+    assert ("Progressing", "Unknown", "DeploymentPaused") in [
+        (c["type"], c["status"], c["reason"]) for c in status["conditions"]]
