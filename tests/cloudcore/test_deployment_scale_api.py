@@ -62,14 +62,19 @@ async def test_big_deployment_over_http(service_factory: Any, settings: Settings
         assert "Progressing" in shown.output and str(REPLICAS) in shown.output
         assert "scaling up" in shown.output
         answered_while_scaling = 0
+        scaling_said = False  # a Progressing condition with reason ScalingReplicaSet
         while fleet.workloads.is_scaling(OWNER):
             got = await http.get("/api/v1/deployments/default/big")
             assert got.status_code == 200
+            conditions = (got.json().get("status") or {}).get("conditions") or []
+            scaling_said |= any(c["type"] == "Progressing" and c["reason"] == "ScalingReplicaSet"
+                                for c in conditions)
             made = len(fleet.owned_set(OWNER))
             if fleet.workloads.is_scaling(OWNER) and 0 < made < REPLICAS:
                 answered_while_scaling += 1
             await asyncio.sleep(0.05)
         assert answered_while_scaling > 0
+        assert scaling_said
 
         async def converged() -> bool:
             status = (await http.get("/api/v1/deployments/default/big")).json()["status"]
