@@ -8,6 +8,7 @@ never their timings. And a simulator that exits fails the bench at once, named."
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
 from pathlib import Path
@@ -86,7 +87,8 @@ def test_a_simulator_that_exits_fails_the_bench_at_once(tmp_path: Path) -> None:
         pytest.fail("the fleet started with simulators that exit")
     msg = str(exc.value)
     assert "20 simulated sessions connected" in msg
-    assert "simulator(s) exited: ['sim-0', 'sim-1']" in msg
-    assert "sim-0 (EXITED (1))" in msg and "no-such-keys.json" in msg
+    # whichever simulator the poll found gone first is named, with its exit and log
+    assert re.search(r"simulator\(s\) exited: \['sim-[01]'", msg)
+    assert re.search(r"sim-[01] \(EXITED \(1\)\)", msg) and "no-such-keys.json" in msg
     assert "broker mq-0" in msg
     assert time.monotonic() - t0 < 100  # named well before the 120 s stall
