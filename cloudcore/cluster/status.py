@@ -108,6 +108,11 @@ class NodeStatuses:
                 continue
             if not self.owns(self._partition(name)):
                 self._written.pop(name, None)  # written again when it comes back
+                doc = self.foreign.get(name)
+                if (doc is not None and doc.get("ready") in ("Ready", "NotReady")
+                        and node.status.reason == AWAY_REASON
+                        and node.status.ready == "Unknown"):
+                    self._overlay(name, node, doc)  # just lost: the owner's view again
                 continue
             state = self._state(node)
             if self._written.get(name) == state:
@@ -168,6 +173,9 @@ class NodeStatuses:
         node = self.fleet.objects.nodes.get(name)
         if node is None or self.owns(self._partition(name)):
             return
+        self._overlay(name, node, doc)
+
+    def _overlay(self, name: str, node: Any, doc: dict[str, Any]) -> None:
         st = node.status
         ready = doc.get("ready")
         if ready in ("Ready", "NotReady", "Unknown"):
@@ -184,9 +192,6 @@ class NodeStatuses:
                 setattr(st, attr, doc[field])
         self.shown += 1
         self.fleet.objects.changed("Node", name)
-
-
-
 
 
 async def run_shared(kv_settings: Any, objects: Any, statuses: NodeStatuses, *,
