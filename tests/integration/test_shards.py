@@ -6,20 +6,24 @@ password file, ACL), three `cloudcore --shard` processes and a simulated fleet
 What the shards share today and what they do not (stated, not hidden):
 - The fleet is joined once through an embedded cloudcore (the seed), whose state dir
   (store, fleet CA, broker password) is then copied to each shard: every shard starts
-  with the same nodes, credentials and tokens. Objects are global (KV, proposal 0008
-  step 2; tests/integration/test_shard_objects.py): the DaemonSets here are still
-  applied through each shard's API, which after the first is "unchanged".
+  with the same nodes, credentials and tokens (node registrations are not global yet).
+  Objects are (KV, proposal 0008 step 2; tests/integration/test_shard_objects.py): each
+  DaemonSet here is applied through one shard's API only and reaches the others through
+  the global objects replica.
 - The broker's password file and ACL must hold every shard's identities
   (`<user>_<shard>_sub/pub<i>`); each shard writes its own files and the test merges
   them into the broker's (docs/operations.md section 11 says the same for operators).
 
 What is checked: the 256 partitions are split so that each node is Ready on exactly one
-shard (the others hold it `Unknown` and never mark it NotReady); a DaemonSet reaches
-every node through its owner; kill -9 of a shard holding nodes: its nodes are Ready on
-a survivor within the lease period plus a heartbeat, none is ever NotReady on any
-shard (polled throughout), each taken-over node got a snapshot, a DaemonSet applied
-after the takeover reaches every node, and every owner's acked gen equals its desired
-gen (nothing acked is lost: the first DaemonSet's pods are still Running on every node).
+shard (the others never mark it NotReady) and no shard receives another's heartbeats; a
+DaemonSet applied through one shard reaches every node through its owner; kill -9 of
+the global holder: its nodes are Ready on a survivor within the lease period plus a
+heartbeat, the global lease on exactly one survivor, exactly the moved nodes resynced
+(new epoch), none ever NotReady on any shard (polled throughout, and in the logs); a
+DaemonSet applied through one survivor reaches every node; the killed shard restarted
+takes its share back (with the DaemonSet applied while it was dead), none NotReady;
+every owner's acked gen equals its desired gen and each node applied exactly that gen
+(nothing acked is lost: the first DaemonSet's pods are still Running everywhere).
 """
 
 from __future__ import annotations
@@ -256,10 +260,9 @@ def test_shards_split_partitions_and_take_over_a_killed_shard(tmp_path: Path) ->
             time.sleep(2 * HEARTBEAT + 1)
             assert [s.dropped_not_owned() for s in shards] == before
 
-            # 2. a DaemonSet (through each shard's API: no global replica yet) reaches
-            # every node through its owner
-            for s in shards:
-                s.call("/api/v1/apply", {"documents": [daemonset("ds1")]})
+            # 2. a DaemonSet applied through one shard reaches every node through its
+            # owner (the other shards get it from the global objects replica)
+            shards[0].call("/api/v1/apply", {"documents": [daemonset("ds1")]})
 
             def ds_everywhere(app: str, live: list[ShardProc]) -> bool:
                 o = owners(live)
@@ -324,7 +327,14 @@ def test_shards_split_partitions_and_take_over_a_killed_shard(tmp_path: Path) ->
             print("simulator:", {k: stats.get(k) for k in ("snapshots_in", "deltas_in",
                                                            "gaps", "reacks")})
 
-            # 4. the killed shard comes back (same state dir): it takes its share again,
+            # 4. a DaemonSet applied through one survivor after the takeover reaches
+            # every node, and ds1 (acked before the kill) is still Running everywhere
+            survivors[0].call("/api/v1/apply", {"documents": [daemonset("ds2")]})
+            wait_for("ds2 Running on every node", lambda: ds_everywhere("ds2", survivors), 60)
+            wait_for("ds1 still Running on every node",
+                     lambda: ds_everywhere("ds1", survivors), 30)
+
+            # 5. the killed shard comes back (same state dir): it takes its share again,
             # the survivors hand partitions over (loss announced, unsubscribed, before
             # the release), and still no node is NotReady anywhere
             victim.proc.start()
@@ -351,13 +361,12 @@ def test_shards_split_partitions_and_take_over_a_killed_shard(tmp_path: Path) ->
             back = {n for n, v in owners(shards).items() if v == [victim.name]}
             print(f"{victim.name} rejoined and holds {len(back)} node(s)")
 
-            # 5. a DaemonSet applied after the takeover reaches every node, and ds1
-            # (acked before the kill) is still Running everywhere
+            # 6. both DaemonSets Running on every node through its owner, the restarted
+            # shard's nodes included (ds2 reached it from the replica)
             survivors = shards
-            for s in survivors:
-                s.call("/api/v1/apply", {"documents": [daemonset("ds2")]})
-            wait_for("ds2 Running on every node", lambda: ds_everywhere("ds2", survivors), 60)
-            wait_for("ds1 still Running on every node",
+            wait_for("ds2 Running on every node after the rejoin",
+                     lambda: ds_everywhere("ds2", survivors), 60)
+            wait_for("ds1 Running on every node after the rejoin",
                      lambda: ds_everywhere("ds1", survivors), 30)
 
             def all_acked() -> bool:
