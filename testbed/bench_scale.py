@@ -3,7 +3,7 @@ cloudcore process (issue 16 part 4: `replicas: 100000` made `fedctl apply` time 
 stalled the API for about 2 minutes and grew cloudcore from 0.8 to 1.3 GB).
 
     python -m testbed.bench_scale [--nodes 10] [--replicas 100000] [--down 3]
-        [--workdir DIR] [--insecure] [--quiet-wait 70] [--cloud-tree DIR]
+        [--workdir DIR] [--insecure] [--quiet-wait 70] [--cloud-tree DIR] [--delete]
 
 Starts a real fleet as `testbed bench` does (`testbed.bench.simulated_fleet`): mosquitto,
 cloudcore as its own process, and `--nodes` simulated nodes (one real MQTT session each,
@@ -20,6 +20,10 @@ back to `--down` replicas:
 - the latency of `GET /api/v1/deployments/default/big` asked in a loop from another
   thread during the run (min / median / p90 / p99 / max, and how many);
 - cloudcore's RSS before, after (3 s after the pods exist) and its peak (VmHWM).
+
+With `--delete`, a third phase scales up to `--replicas` again and deletes the
+Deployment (`DELETE /api/v1/deployments/default/big`): the answer time, the time until
+no pod is left, the lag and the GET latency meanwhile (GETs then answer 404).
 
 `--cloud-tree DIR` runs cloudcore from another checkout (`git archive OLD | tar -x -C
 DIR`), to measure the code before a change with the same bench. The 1-minute load
@@ -111,9 +115,11 @@ class Prober(threading.Thread):
                 "p90_ms": pct(0.9) * 1e3, "p99_ms": pct(0.99) * 1e3, "max_ms": lat[-1] * 1e3}
 
 
-def scale(fleet: Fleet, pid: int, replicas: int, *, timeout: float) -> dict[str, Any]:
+def scale(fleet: Fleet, pid: int, replicas: int, *, timeout: float,
+          delete: bool = False) -> dict[str, Any]:
     """Apply the Deployment with `replicas` and follow it until its pods exist and its
-    status counts them; the figures of the module docstring."""
+    status counts them (with `delete`: delete it and follow it until no pod is left);
+    the figures of the module docstring."""
     lag = LagWatch(fleet)
     at_apply = lag.scrape()
     lag_before = lag.worst
@@ -123,7 +129,11 @@ def scale(fleet: Fleet, pid: int, replicas: int, *, timeout: float) -> dict[str,
     prober.start()
     load0 = load()
     t0 = time.perf_counter()
-    answer = fleet.apply([deployment(replicas)])
+    if delete:
+        fleet.delete(f"/api/v1/deployments/default/{NAME}")
+        action, replicas = "deleted", 0
+    else:
+        action = fleet.apply([deployment(replicas)])["results"][0]["action"]
     answered = time.perf_counter() - t0
     made_at = status_at = None
     pods_at_answer = None
@@ -135,6 +145,8 @@ def scale(fleet: Fleet, pid: int, replicas: int, *, timeout: float) -> dict[str,
         now = time.perf_counter() - t0
         if made_at is None and pods == replicas:
             made_at = now
+        if made_at is not None and status_at is None and delete:
+            status_at = now
         if made_at is not None and status_at is None:
             st = fleet.get(f"/api/v1/deployments/default/{NAME}").get("status") or {}
             if st.get("replicas") == replicas:
@@ -148,7 +160,7 @@ def scale(fleet: Fleet, pid: int, replicas: int, *, timeout: float) -> dict[str,
     prober.join()
     rss1 = memory(pid)
     return {
-        "replicas": replicas, "action": answer["results"][0]["action"],
+        "replicas": replicas, "action": action,
         "apply_answer_s": round(answered, 3), "pods_at_first_scrape": pods_at_answer,
         "all_pods_s": None if made_at is None else round(made_at, 2),
         "status_counts_them_s": None if status_at is None else round(status_at, 2),
@@ -193,6 +205,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="seconds to wait for the start's lag to leave the 1-minute "
                         "window (default 70)")
     p.add_argument("--timeout", type=float, default=900.0, help="per phase, seconds")
+    p.add_argument("--delete", action="store_true",
+                   help="then scale up again and delete the Deployment")
     p.add_argument("--cloud-tree", type=Path, default=None,
                    help="run cloudcore from this checkout (default: this one)")
     a = p.parse_args(argv)
@@ -208,6 +222,10 @@ def main(argv: list[str] | None = None) -> None:
                   flush=True)
             for replicas in (a.replicas, a.down):
                 result = scale(fleet, pid, replicas, timeout=a.timeout)
+                print(json.dumps(result), flush=True)
+            if a.delete:
+                scale(fleet, pid, a.replicas, timeout=a.timeout)
+                result = scale(fleet, pid, 0, timeout=a.timeout, delete=True)
                 print(json.dumps(result), flush=True)
 
 
