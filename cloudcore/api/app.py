@@ -358,6 +358,8 @@ def create_app(fleet: Fleet, *, metrics: Metrics,
     them; single reads carry `metadata.resourceVersion`."""
     api = settings or ApiSettings()
     lists = cache if cache is not None else ListCache(fleet.objects)
+    if cluster is not None:  # lists and watches carry resourceVersion
+        lists.versions = cluster.version_by_key
     auth_cfg = auth_settings or AuthSettings()
     access = auth if auth is not None else Auth(store=fleet.store, enabled=False)
     broker_tls = bool(broker[2]) if len(broker) > 2 else False  # type: ignore[misc]

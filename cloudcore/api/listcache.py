@@ -13,6 +13,7 @@ only announces changes.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable, Hashable, Iterable
 from typing import Any
@@ -43,6 +44,9 @@ class ListCache:
         """When each cached projection was last listed (monotonic): the ones listed
         within KEEP_WARM are re-encoded in the background as objects change."""
         self._stale: dict[str, set[Any]] = {}
+        self.versions: Callable[[str, Any], int | None] | None = None
+        """On a shard: (kind, key) -> the object's resourceVersion (its KV revision),
+        written into `metadata.resourceVersion` of what is encoded (proposal 0008)."""
         objects.subscribe(self.changed)
 
     # -- reads --------------------------------------------------------------------------
@@ -156,6 +160,21 @@ class ListCache:
                     by_alias=True, exclude_none=True)
                 if secret:
                     raw = redact(raw)
+                if self.versions is not None and (fields is None or any(
+                        f.startswith("metadata") for f in fields)):
+                    raw = _versioned(raw, self.versions(kind, key))
                 cache[key] = raw
             out.append(raw)
         return out
+
+
+def _versioned(raw: bytes, version: int | None) -> bytes:
+    """The encoded object with `metadata.resourceVersion` set (unchanged without one)."""
+    if version is None:
+        return raw
+    doc = json.loads(raw)
+    meta = doc.get("metadata")
+    if not isinstance(meta, dict):
+        return raw
+    meta["resourceVersion"] = str(version)
+    return json.dumps(doc, separators=(",", ":")).encode()

@@ -147,6 +147,8 @@ class ClusterObjects:
         """The highest revision this replica applied (every earlier one is applied)."""
         self.revisions: dict[str, int] = {}
         """Object key -> the revision of its last value this replica applied."""
+        self._by_table: dict[tuple[str, Any], int] = {}
+        """(kind, table key) -> the same revision (`version_by_key`)."""
         self.ready = asyncio.Event()
         """Set once the watch says the existing values were sent (nats' consumer info;
         writes do not rely on it: they wait for their own revision)."""
@@ -199,10 +201,22 @@ class ClusterObjects:
         self._advance(e)
 
     def _advance(self, e: Entry) -> None:
+        try:
+            kind, ns, name = parse_key(e.key)
+            tkey: Any = (kind, key_of(kind, ns, name))
+        except ValueError:
+            tkey = None
         if e.deleted:
             self.revisions.pop(e.key, None)
+            self._by_table.pop(tkey, None)
         else:
             self.revisions[e.key] = e.revision
+            if tkey is not None and self._by_table.get(tkey) != e.revision:
+                self._by_table[tkey] = e.revision
+                if self.fleet.objects.lookup(*tkey) is not None:
+                    # a new resourceVersion even when nothing else changed: lists and
+                    # watches show it (Kubernetes sends MODIFIED for it too)
+                    self.fleet.objects.changed(*tkey)
         self.revision = max(self.revision, e.revision)
         self._advanced.set()
 
@@ -257,6 +271,10 @@ class ClusterObjects:
             raise NotReplicated("the shard is not connected to the shared store (NATS) yet; "
                                 "retry", delay=1.0)
         return self.bucket
+
+    def version_by_key(self, kind: str, key: Any) -> int | None:
+        """`version_of` by table key (the API's list cache asks it per object)."""
+        return self._by_table.get((kind, key))
 
     def version_of(self, kind: str, namespace: str | None, name: str) -> int | None:
         """The revision of the object this replica holds (its resourceVersion)."""

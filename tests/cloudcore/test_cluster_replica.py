@@ -34,6 +34,7 @@ def test_entries_apply_like_a_local_apply_with_one_identity() -> None:
     assert {k[1].split("-")[0] for k in fleet.objects.pods} == {"agent"}
     assert {fleet.placement.node_of(k) for k in fleet.objects.pods} == {"n1", "n2"}
     assert rep.revision == 7 and rep.version_of("DaemonSet", "default", "agent") == 7
+    assert rep.version_by_key("DaemonSet", ("default", "agent")) == 7
     # the same value again (a restart's replay) changes nothing
     rep.apply_entry(Entry(key=key, value=record(daemonset()), revision=7))
     assert fleet.objects.lookup("DaemonSet", ("default", "agent")).metadata.generation == 1

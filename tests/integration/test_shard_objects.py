@@ -174,6 +174,9 @@ def test_objects_applied_through_one_shard_reach_the_other(tmp_path: Path) -> No
                 a.call("/api/v1/apply", {"documents": [configmap("c1", "one")]})
                 v1 = wait_for("c1 on B", lambda: _get(b, "/api/v1/configmaps/default/c1"),
                               15)["metadata"]["resourceVersion"]
+                listed = {c["metadata"]["name"]: c for c in b.call("/api/v1/configmaps")[
+                    "items"]}
+                assert listed["c1"]["metadata"]["resourceVersion"] == v1
                 # A changes it; B's write at the version it read is now stale: 409
                 assert a.call("/api/v1/apply", {"documents": [configmap("c1", "two")]}
                               )["results"][0]["action"] == "configured"
@@ -204,6 +207,9 @@ def test_objects_applied_through_one_shard_reach_the_other(tmp_path: Path) -> No
                 wait_for("B's watch saw c1 added, modified and deleted", lambda: (
                     (ev := watch.events("c1")) and ev[0] == "ADDED" and "MODIFIED" in ev
                     and ev[-1] == "DELETED"), 15)
+                added = next(x for x in watch.lines if x.get("type") == "ADDED"
+                             and x["object"]["metadata"]["name"] == "c1")
+                assert added["object"]["metadata"]["resourceVersion"] == v1
             finally:
                 watch.close()
             # the broker map is not shared yet: a change is refused on a shard
