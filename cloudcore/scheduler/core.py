@@ -330,6 +330,11 @@ LIFETIME_MARGIN = 0.1
 node's peak share x its requests (chosen in `testbed.replay` on seeds 0-2 with safety
 0.05 and no cap, docs/benchmarks.md)."""
 
+LOOK_AGAIN_AFTER = 30.0
+"""Seconds: a node within its requests is looked at (its share recorded) at most this
+often by the lifetime bound (forecasts come once a minute); the cost of the bound per
+node and decision is otherwise a few dictionary reads."""
+
 MIN_SEEN_REQUESTS = 0.1
 """Right-sizing's lifetime bound learns a node's share of its requests only from
 forecasts that saw at least this fraction of its allocatable requested (below it the
@@ -345,6 +350,13 @@ def lifetime_bound(req: dict[str, int], node: NodeView, peaks: PeakUsage, margin
     takes the pod only while peak share x (requested + the pod's request) <= (1 -
     margin) x allocatable; within its requests the bound does not refuse (the p90
     check still applies); with no peak known, not past its requests at all."""
+    alloc_c, alloc_m = node.allocatable.get("cpu"), node.allocatable.get("memory")
+    within = ((not alloc_c or node.requested.get("cpu", 0) + req.get("cpu", 0) <= alloc_c)
+              and (not alloc_m
+                   or node.requested.get("memory", 0) + req.get("memory", 0) <= alloc_m))
+    if within and peaks.recent(node.name, now, LOOK_AGAIN_AFTER):
+        return None  # fast path: nothing to refuse, nothing new to learn
+    peaks.looked_at(node.name, now)
     fc = node.forecast or {}
     for res, key in (("cpu", "cpu_p50"), ("memory", "mem_p50")):
         alloc = node.allocatable.get(res)

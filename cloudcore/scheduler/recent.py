@@ -111,8 +111,8 @@ class PeakUsage:
     remembered peak is the largest share seen, its excess over the newest share decaying
     with `half_life` seconds (so a node whose pods changed for good is not held to its
     old pods' peak forever): peak' = share + (peak - share) x 0.5^(dt / half_life) when
-    the new share is lower, else the new share. Memory: one 4-float list per node
-    (about 170 bytes with its key: 17 MB at 100,000 nodes); `forget` drops a node and
+    the new share is lower, else the new share. Memory: one 5-float list per node
+    (about 180 bytes with its key: 18 MB at 100,000 nodes); `forget` drops a node and
     `keep_only` every node not in a set (`Scheduler.forecast_made` passes the nodes that
     still have a forecast)."""
 
@@ -122,7 +122,7 @@ class PeakUsage:
         if not half_life > 0:
             raise ValueError(f"peak half-life must be > 0 s, got {half_life}")
         self.half_life = half_life
-        # node -> [cpu time, cpu peak, memory time, memory peak] (NaN: never seen)
+        # node -> [cpu time, cpu peak, memory time, memory peak, looked at] (NaN: never)
         self._peak: dict[str, list[float]] = {}
 
     def __len__(self) -> int:
@@ -133,7 +133,7 @@ class PeakUsage:
         i = self._SLOT[resource]
         entry = self._peak.get(node)
         if entry is None:
-            entry = self._peak[node] = [math.nan] * 4
+            entry = self._peak[node] = [math.nan] * 5
         when, old = entry[i], entry[i + 1]
         if math.isnan(old) or share >= old:
             entry[i + 1] = share
@@ -142,6 +142,18 @@ class PeakUsage:
         if math.isnan(when) or at > when:
             entry[i] = at
         return entry[i + 1]
+
+    def recent(self, node: str, now: float, within: float) -> bool:
+        """Whether `node` was looked at (`looked_at`) less than `within` seconds before
+        `now`: its share cannot have changed unless a new forecast came since."""
+        entry = self._peak.get(node)
+        return entry is not None and now - entry[4] < within
+
+    def looked_at(self, node: str, now: float) -> None:
+        entry = self._peak.get(node)
+        if entry is None:
+            entry = self._peak[node] = [math.nan] * 5
+        entry[4] = now
 
     def peak(self, node: str, resource: str) -> float | None:
         """The remembered peak share, or None if the node was never observed."""
