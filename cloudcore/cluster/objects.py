@@ -33,8 +33,7 @@ apply's last-writer-wins), retried if another writer slipped in between.
 
 Known limits (proposal 0008): Deployment and bare Pod placement still runs on every
 shard that holds the object (each schedules it over the nodes it knows; only the owner
-of a node delivers to it), not once behind the global lease; lists do not carry
-`resourceVersion` (single GETs do).
+of a node delivers to it), not once behind the global lease.
 """
 
 from __future__ import annotations
