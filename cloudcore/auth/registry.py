@@ -303,6 +303,24 @@ class Auth:
         self._credentials_changed()
         return NodeCredentials(username=node, password=password, key=key)
 
+    def credentials_of(self, node: str) -> dict[str, Any] | None:
+        """The stored credentials record of a node (hash, key...; a copy), or None."""
+        rec = self.credentials.get(node)
+        return dict(rec) if rec is not None else None
+
+    def adopt_credentials(self, node: str, rec: dict[str, Any]) -> bool:
+        """Take a node's credentials record issued by another cloudcore shard (proposal
+        0008: registrations shared through KV); False (nothing changed) if this one
+        already holds credentials for the node or the record has no usable key."""
+        key = _decode_key(rec.get("key"))
+        if node in self.credentials or key is None or not rec.get("hash"):
+            return False
+        self.credentials[node] = dict(rec)
+        self._keys[node] = key
+        self.store.put("credentials", node, dict(rec))
+        self._credentials_changed()
+        return True
+
     def node_key(self, node: str) -> bytes | None:
         """The node's 32-byte key, or None (not joined, or deleted: refuse its messages)."""
         return self._keys.get(node)
