@@ -26,8 +26,11 @@ over its own LMDB store in a temporary directory:
 4. print RSS (VmRSS after a 2 s settle, its anonymous and file-mapped parts, and the
    peak VmHWM), per-apply wall and CPU
    time, how long the `apply` call itself held the loop, the lag monitor's worst
-   and 99th-percentile lateness during the applies, and the collector's worst pause
-   per generation during them (gc.callbacks: how much of the lag is the collector's).
+   and 99th-percentile lateness during the applies, the collector's worst pause
+   per generation during them (gc.callbacks: how much of the lag is the collector's),
+   and the loop thread's CPU time per expansion slice (expand, then commit) and per
+   store batch built on the loop: what would hold the loop on an idle machine, which
+   the wall-clock lag shows only on a quiet one.
 
 `--tree DIR` runs the measuring subprocess with `PYTHONPATH=DIR` (and `PYTHONSAFEPATH=1`,
 so the working directory cannot shadow it): `git archive OLD | tar -x -C /tmp/before`
@@ -216,6 +219,68 @@ class _GcPauses:
                             "total_s": round(self.total[g], 2)} for g in range(3)}
 
 
+class _SliceCpu:
+    """CPU time (of the event loop's thread) of each expansion slice, from the start of
+    `Workloads.expand_slice` to the end of the `commit` after it, and of each store
+    batch built on the loop (`Store._take`): what holds the loop on an idle machine,
+    whatever the load of a shared one does to the wall-clock lag. Wraps those methods of
+    the tree under test where it has them."""
+
+    def __init__(self) -> None:
+        self.recording = False
+        self.slices: list[float] = []
+        self.takes: list[float] = []
+        self._t0: float | None = None
+
+    def install(self) -> None:
+        from cloudcore.fleet import Fleet
+        from cloudcore.store import Store
+
+        try:
+            from cloudcore.fleet.workloads import Workloads
+        except ImportError:  # a tree before the fleet's parts
+            return
+        me = self
+        expand, commit, take = Workloads.expand_slice, Fleet.commit, Store._take
+
+        def expand_slice(self: Any, *a: Any, **k: Any) -> Any:
+            if me._t0 is None:
+                me._t0 = time.thread_time()
+            return expand(self, *a, **k)
+
+        def fleet_commit(self: Any, *a: Any, **k: Any) -> Any:
+            try:
+                return commit(self, *a, **k)
+            finally:
+                if me._t0 is not None:
+                    if me.recording:
+                        me.slices.append(time.thread_time() - me._t0)
+                    me._t0 = None
+
+        def store_take(self: Any) -> Any:
+            t = time.thread_time()
+            try:
+                return take(self)
+            finally:
+                if me.recording:
+                    me.takes.append(time.thread_time() - t)
+
+        Workloads.expand_slice = expand_slice  # type: ignore[method-assign]
+        Fleet.commit = fleet_commit  # type: ignore[method-assign]
+        Store._take = store_take  # type: ignore[method-assign]
+
+    def summary(self) -> dict[str, Any]:
+        def ms(xs: list[float]) -> dict[str, Any]:
+            xs = sorted(xs)
+            if not xs:
+                return {"n": 0}
+            return {"n": len(xs), "p50_ms": round(xs[len(xs) // 2] * 1000, 1),
+                    "p99_ms": round(xs[min(len(xs) - 1, int(len(xs) * 0.99))] * 1000, 1),
+                    "max_ms": round(xs[-1] * 1000, 1)}
+
+        return {"slice": ms(self.slices), "store_take": ms(self.takes)}
+
+
 async def _expanded(fleet: Any, names: list[str], key_prefix: str) -> None:
     """Until every node's desired set holds a key starting with `key_prefix`: checked
     in slices of 500 nodes with a loop turn between, so the check itself holds the
@@ -240,6 +305,8 @@ async def _measure(nodes: int, daemonsets: int, settle: float = 2.0) -> None:
     t_start = time.perf_counter()
     mem0 = _mem()
     background = _service_style(Fleet)
+    loop_cpu = _SliceCpu()
+    loop_cpu.install()
     async with bench_fleet("bench-apply-") as (fleet, store, _):
         tune_gc()  # as the cloudcore binary does once started, before agents connect
         t = time.perf_counter()
@@ -261,7 +328,7 @@ async def _measure(nodes: int, daemonsets: int, settle: float = 2.0) -> None:
             ds = parse_object(_ds_doc(k))
             await asyncio.sleep(settle / 4)  # a quiet loop before each apply
             monitor.samples = []
-            monitor.recording = pauses.recording = True
+            monitor.recording = pauses.recording = loop_cpu.recording = True
             load = _loadavg()
             t0, c0 = time.perf_counter(), time.process_time()
             fleet.apply([ds])  # the API's apply handler, then its `await flush()`
@@ -272,7 +339,7 @@ async def _measure(nodes: int, daemonsets: int, settle: float = 2.0) -> None:
             await store.flush()
             wall, cpu = time.perf_counter() - t0, time.process_time() - c0
             await asyncio.sleep(0.05)  # the timer that was due during the last hold fires
-            monitor.recording = pauses.recording = False
+            monitor.recording = pauses.recording = loop_cpu.recording = False
             samples = monitor.samples
             lags += samples
             rec = {"ds": k + 1, "wall_s": round(wall, 3), "cpu_s": round(cpu, 3),
@@ -303,6 +370,8 @@ async def _measure(nodes: int, daemonsets: int, settle: float = 2.0) -> None:
             "held_over_50ms_s": round(sum(x for x in lags if x > 0.05), 2),
             # the collector's pauses during the applies, per generation
             "gc_pauses": pauses.summary(),
+            # CPU of the loop's thread per expansion slice and per store batch built
+            "loop_cpu": loop_cpu.summary(),
             "gc_count": gc.get_count(), "total_s": round(time.perf_counter() - t_start, 1)})
 
 
@@ -417,6 +486,13 @@ def _fmt(result: dict[str, Any]) -> dict[str, str]:
         "lag p99 ms": f"{result['lag_p99_ms']:.0f}" if "lag_p99_ms" in result else "-",
         "held>50ms s": (f"{result['held_over_50ms_s']:.1f}" if "held_over_50ms_s" in result
                         else "-"),
+        "slice CPU ms (p99/max)": (
+            f"{result['loop_cpu']['slice']['p99_ms']:.0f}/"
+            f"{result['loop_cpu']['slice']['max_ms']:.0f}"
+            if result.get("loop_cpu", {}).get("slice", {}).get("n") else "-"),
+        "batch CPU ms (max)": (
+            f"{result['loop_cpu']['store_take']['max_ms']:.0f}"
+            if result.get("loop_cpu", {}).get("store_take", {}).get("n") else "-"),
         "worst gc ms (gen 0/1/2)": ("/".join(f"{v['worst_ms']:.0f}" for v in
                                              result["gc_pauses"].values())
                                     if "gc_pauses" in result else "-"),
