@@ -206,7 +206,7 @@ async def run(settings: Settings, *,
         if shard is not None:
             c = settings.cluster
             replica = ClusterObjects(fleet, shard=shard.name, prefix=c.bucket_prefix,
-                                     replicas=c.replicas, keys=KeyRing.open(
+                                     replicas=c.replicas, auth=auth, keys=KeyRing.open(
                                          settings.store.state_dir,
                                          settings.store.encryption_key_file))
             statuses = NodeStatuses(fleet, shard=shard.name, owns=shard.owns,

@@ -43,7 +43,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from cloudcore.api.brokermap import BrokerTierPort, ShardRefusesChanges, brokermap_router
 from cloudcore.api.listcache import ListCache
 from cloudcore.api.selectors import parse_selector
-from cloudcore.auth import Auth, AuthError, Principal, Role
+from cloudcore.auth import Auth, AuthError, JoinRefused, Principal, Role
 from cloudcore.auth.errors import TooManyJoins
 from cloudcore.auth.pki import FleetCA
 from cloudcore.auth.ratelimit import RateLimiter
@@ -538,13 +538,6 @@ def create_app(fleet: Fleet, *, metrics: Metrics,
         return out
 
     async def _join(body: JoinRequest, request: Request) -> dict[str, Any]:
-        if cluster is not None:  # registrations are not in the shared store yet
-            metrics.inc(JOINS, result="Sharded")
-            raise Conflict("joining through a sharded cloudcore is not supported yet: node "
-                           "registrations and credentials are not shared between shards "
-                           "(proposal 0008), so the other shards would refuse this node. "
-                           "Join nodes through the cloudcore whose state dir the shards "
-                           "start from (docs/operations.md section 11)")
         wait = joins.take(request.client.host if request.client else "-")
         if wait > 0:
             raise TooManyJoins(f"too many joins from this address; retry in {wait:.0f} s",
@@ -553,6 +546,10 @@ def create_app(fleet: Fleet, *, metrics: Metrics,
                                       pin=ca.pin if ca is not None else None)
         _check_node_name(body.name)
         access.check_can_join(body.name)
+        if cluster is not None and await cluster.registered(body.name):
+            raise JoinRefused(f"node {body.name!r} has already joined (through another "
+                              f"shard); delete it first (fedctl node delete {body.name}) "
+                              "to join it again", field="name")
         labels = {**body.labels, **rec.get("labels", {})}
         node = fleet.join_node(body.name, labels=labels, arch=body.arch)
         creds = access.issue_credentials(body.name)
@@ -574,6 +571,8 @@ def create_app(fleet: Fleet, *, metrics: Metrics,
             "releaseKeys": list(release_keys)}
         if auth_cfg.node_certs and ca is not None:
             out["clientCert"] = _client_cert(body.name)
+        if cluster is not None:  # every shard learns the node and its credentials
+            await cluster.register(body.name)
         access.used_join_token(rec["id"])
         await flush()
         log.info("node %s joined with join token %s", body.name, rec["id"])

@@ -66,6 +66,9 @@ log = logging.getLogger("cloudcore.cluster.objects")
 
 GLOBAL_KINDS = frozenset({"DaemonSet", "Deployment", "Pod", "ConfigMap", "Secret",
                           "Namespace", "PriorityClass", "AgentUpgrade"})
+REGISTRATION = "Registration"
+"""The key kind of a node's registration (`Registration._.<node>`): the Node as it
+joined and its credentials record (broker password hash, node key), encrypted."""
 CLUSTER_NS = "_"
 """The namespace part of a cluster-scoped object's key."""
 APPLIED_WAIT = 15.0
@@ -112,13 +115,16 @@ def unescape(token: str) -> str:
 
 
 def object_key(kind: str, namespace: str | None, name: str) -> str:
-    ns = CLUSTER_NS if kind in CLUSTER_KINDS else escape(namespace or "default")
+    ns = CLUSTER_NS if kind in CLUSTER_KINDS or kind == REGISTRATION \
+        else escape(namespace or "default")
     return f"{kind}.{ns}.{escape(name)}"
 
 
 def parse_key(key: str) -> tuple[str, str | None, str]:
     """(kind, namespace or None, name) of an object key; ValueError if not one."""
     kind, ns, name = key.split(".")
+    if kind == REGISTRATION:
+        return kind, None, unescape(name)
     if kind not in GLOBAL_KINDS:
         raise ValueError(f"not a global kind: {kind!r}")
     return kind, (None if kind in CLUSTER_KINDS else unescape(ns)), unescape(name)
@@ -133,9 +139,12 @@ class ClusterObjects:
     (module docstring). `keys` is the store's key ring (Secrets); None refuses Secrets."""
 
     def __init__(self, fleet: Any, *, shard: str, prefix: str = "edgefed",
-                 replicas: int = 1, keys: Any = None,
+                 replicas: int = 1, keys: Any = None, auth: Any = None,
                  applied_wait: float = APPLIED_WAIT) -> None:
         self.fleet = fleet
+        self.auth = auth
+        """The node credentials registry (`cloudcore.auth.Auth`); None: registrations
+        are neither written nor adopted."""
         self.shard = shard
         self.prefix = prefix
         self.replicas = replicas
@@ -188,7 +197,10 @@ class ClusterObjects:
             self._advance(e)
             return
         try:
-            if e.deleted:
+            if kind == REGISTRATION:
+                if not e.deleted:
+                    self._adopt(e.key, name, e.value)
+            elif e.deleted:
                 self._delete_local(kind, ns, name)
             else:
                 self._apply_local(e.key, kind, e.value)
@@ -202,7 +214,7 @@ class ClusterObjects:
     def _advance(self, e: Entry) -> None:
         try:
             kind, ns, name = parse_key(e.key)
-            tkey: Any = (kind, key_of(kind, ns, name))
+            tkey: Any = (kind, key_of(kind, ns, name)) if kind in GLOBAL_KINDS else None
         except ValueError:
             tkey = None
         if e.deleted:
@@ -235,6 +247,56 @@ class ClusterObjects:
                 live.metadata.creation_timestamp = created
             if results and results[0].action == "unchanged":
                 fleet.objects.save(k, tkey)
+
+    def _adopt(self, key: str, name: str, value: bytes) -> None:
+        """A node registered through another shard: the Node (as it joined) and its
+        credentials, so this shard serves it when it holds the node's partition."""
+        if self.keys is None:
+            raise ValueError("a registration, and this shard has no encryption key ring")
+        record = json.loads(self.keys.decrypt(SECRET_DB, key.encode(), value))
+        node, creds = record["node"], record["credentials"]
+        fleet = self.fleet
+        if name not in fleet.objects.nodes:
+            fleet.join_node(name, labels=dict(node.get("labels") or {}),
+                            arch=node.get("arch"))
+            live = fleet.objects.nodes[name]
+            if node.get("uid"):
+                live.metadata.uid = node["uid"]
+                live.metadata.creation_timestamp = node.get("creationTimestamp")
+                fleet.objects.save("Node", name)
+        if self.auth is not None and self.auth.adopt_credentials(name, creds):
+            log.info("shard %s: node %s registered through shard %s", self.shard, name,
+                     record.get("by"))
+
+    async def registered(self, name: str) -> bool:
+        """Whether a node of that name registered through any shard."""
+        return await self._bucket().get(object_key(REGISTRATION, None, name)) is not None
+
+    async def register(self, name: str) -> None:
+        """Share the registration of a node that just joined through this shard (its
+        Node and credentials as stored here); Conflict if another shard registered the
+        name meanwhile. Returns once this replica applied it."""
+        bucket = self._bucket()
+        if self.keys is None or self.auth is None:
+            raise ObjectError("this shard cannot share node registrations (no encryption "
+                              "key ring or credentials registry)", field="name")
+        creds = self.auth.credentials_of(name)
+        node = self.fleet.objects.nodes.get(name)
+        if creds is None or node is None:
+            raise NotFound("Node", name)
+        key = object_key(REGISTRATION, None, name)
+        raw = json.dumps({"node": {"labels": dict(node.metadata.labels),
+                                   "arch": node.status.arch, "uid": node.metadata.uid,
+                                   "creationTimestamp": node.metadata.creation_timestamp},
+                          "credentials": creds, "by": self.shard},
+                         separators=(",", ":")).encode()
+        try:
+            rev = await bucket.create(key, bytes(self.keys.encrypt(SECRET_DB, key.encode(),
+                                                                   raw)))
+        except CASConflict:
+            raise Conflict(f"node {name!r} has already joined through another shard; "
+                           f"delete it first (fedctl node delete {name})") from None
+        await self.wait_applied(rev)
 
     def _delete_local(self, kind: str, ns: str | None, name: str) -> None:
         with contextlib.suppress(NotFound):

@@ -12,7 +12,9 @@ Checked, each through the shard that did not make the change:
 - a watch of ConfigMaps on B sees the create, update and delete made through A;
 - a node owned by A is listed by B with its status (Ready, its last report time),
   marked `OwnedByAnotherShard`;
-- a change of the broker map and a join (not shared yet) are refused on a shard (409);
+- a node joining through B into a partition A holds is known to A with its credentials
+  (the same name joining through A is refused), Ready on A and running the DaemonSet;
+- a change of the broker map (not shared yet) is refused on a shard (409);
 - a shard restarted after an object was deleted and another made through A drops the
   first and holds the second.
 """
@@ -36,6 +38,7 @@ from integration.test_shards import (
     pytestmark,  # noqa: F401  (needs nats-server and mosquitto)
     wait_for,
 )
+from shared.topics import partition_of
 from testbed.bench import join_all
 from testbed.fleet import Fleet, FleetSettings
 from testbed.natskv import NatsKV
@@ -216,9 +219,47 @@ def test_objects_applied_through_one_shard_reach_the_other(tmp_path: Path) -> No
             code, err = _status(b, "/api/v1/brokermap/brokers",
                                 {"name": "mq-2", "url": "mqtts://127.0.0.1:1"})
             assert code == 409 and "not shared between shards" in err["error"], err
-            # node registrations are not shared yet: a join through a shard is refused
-            code, err = _status(b, "/api/v1/join", {"name": "late-1", "token": "x"})
-            assert code == 409 and "not shared between shards" in err["error"], err
+            # a node joining through B into a partition A holds: A learns it and its
+            # credentials (the same name through A is refused) and serves it
+            a_parts = {partition_of(n) for n in held[a.name]}
+            index = next(i for i in range(100_000) if partition_of(f"late-{i}") in a_parts)
+            late = f"late-{index}"
+            token = b.call("/api/v1/jointokens", {"uses": 2})["token"]
+            code, joined = _status(b, "/api/v1/join", {"name": late, "token": token})
+            assert code == 200, joined
+            assert wait_for(f"{late} listed by A", lambda: late in a.nodes(), 15)
+            code, err = _status(a, "/api/v1/join", {
+                "name": late, "token": a.call("/api/v1/jointokens", {})["token"]})
+            assert code == 409 and "already joined" in err["error"], err
+            for s in shards:  # each shard's broker password file names the node
+                wait_for(f"{s.name}'s password file has {late}",
+                         lambda s=s: f"{late}:" in s.passwd.read_text(), 15)
+            merge_broker_files(shards, fleet)
+            keys = tmp_path / "late-keys.json"
+            keys.write_text(json.dumps({late: {"key": joined["key"],
+                                               **joined["credentials"]}}))
+            late_args = list(sim_args)
+            late_args[late_args.index("--keys") + 1] = str(keys)
+            late_log = (tmp_path / "late.log").open("wb")
+            late_sim = subprocess.Popen(
+                [sys.executable, "-m", "testbed.simulator", "--host", "127.0.0.1",
+                 "--port", str(fleet.broker.port), "--prefix", "late", "--start", str(index),
+                 "--count", "1", "--heartbeat", str(HEARTBEAT), "--report-pods",
+                 *late_args], stdout=late_log, stderr=subprocess.STDOUT)
+            late_log.close()
+            try:
+                got = wait_for(f"{late} Ready on its owner", lambda: owners(shards).get(late),
+                               60)
+                assert got == a.name, got
+                print(f"{late} joined through {b.name}, Ready on {got}")
+                wait_for(f"g1 Running on {late} through {got}",
+                         lambda: late in a.running("g1"), 60)
+            finally:
+                late_sim.terminate()
+                try:
+                    late_sim.wait(10)
+                except subprocess.TimeoutExpired:
+                    late_sim.kill()
             # the delete of a DaemonSet through B removes its pods on A's nodes
             assert _status(b, "/api/v1/daemonsets/default/g1", method="DELETE")[0] == 200
             wait_for("g1's pods gone on A", lambda: not a.running("g1"), 60)
