@@ -11,10 +11,11 @@ the key's name in the record, the KV key as associated data), so every shard of 
 needs the same `encryption.keys` file.
 
 The kinds that are global (`GLOBAL_KINDS`): DaemonSet, Deployment, Pod (bare pods),
-ConfigMap, Secret, Namespace, PriorityClass, AgentUpgrade. Not global yet: Nodes (each
-shard holds the registrations it started with or that joined through it; node label
-and taint changes stay on the shard they were made on), API and join tokens, the broker
-map.
+ConfigMap, Secret, Namespace, PriorityClass, AgentUpgrade; and node registrations (key
+`Registration._.<node>`, encrypted: the Node as it joined and its credentials record),
+written by the shard a node joins through and adopted by every shard. Not global yet:
+node deletes and label/taint changes (they stay on the shard that made them), API and
+join tokens, the broker map.
 
 The replica (`ClusterObjects.run`): a watch of the whole bucket (each key's last value,
 then every change, in revision order) applied to the shard's fleet with the same
