@@ -1020,6 +1020,8 @@ def create_app(fleet: Fleet, *, metrics: Metrics,
     async def delete_node(name: str) -> dict[str, Any]:
         deleted = fleet.delete("Node", None, name)
         access.forget_node(name)
+        if cluster is not None:  # every shard deletes it and its credentials
+            await cluster.unregister(name)
         await flush()
         return {"deleted": deleted}
 

@@ -199,7 +199,9 @@ class ClusterObjects:
             return
         try:
             if kind == REGISTRATION:
-                if not e.deleted:
+                if e.deleted:
+                    self._unregister(name)
+                else:
                     self._adopt(e.key, name, e.value)
             elif e.deleted:
                 self._delete_local(kind, ns, name)
@@ -268,6 +270,23 @@ class ClusterObjects:
         if self.auth is not None and self.auth.adopt_credentials(name, creds):
             log.info("shard %s: node %s registered through shard %s", self.shard, name,
                      record.get("by"))
+
+    def _unregister(self, name: str) -> None:
+        """A node deleted through another shard: delete it and its credentials here."""
+        if name in self.fleet.objects.nodes:
+            with contextlib.suppress(NotFound):
+                self.fleet.delete("Node", None, name)
+        if self.auth is not None:
+            self.auth.forget_node(name)
+
+    async def unregister(self, name: str) -> None:
+        """Tell every shard a node was deleted (its registration key deleted: a marker
+        even if it joined before the shards shared registrations); returns once this
+        replica applied it."""
+        bucket = self._bucket()
+        key = object_key(REGISTRATION, None, name)
+        await bucket.delete(key)
+        await self.wait_applied(await bucket.revision_of(key))
 
     async def registered(self, name: str) -> bool:
         """Whether a node of that name registered through any shard."""

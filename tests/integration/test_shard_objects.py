@@ -14,6 +14,7 @@ Checked, each through the shard that did not make the change:
   marked `OwnedByAnotherShard`;
 - a node joining through B into a partition A holds is known to A with its credentials
   (the same name joining through A is refused), Ready on A and running the DaemonSet;
+  deleted through A, it is gone from B and from both shards' broker password files;
 - a change of the broker map (not shared yet) is refused on a shard (409);
 - a shard restarted after an object was deleted and another made through A drops the
   first and holds the second.
@@ -260,6 +261,13 @@ def test_objects_applied_through_one_shard_reach_the_other(tmp_path: Path) -> No
                     late_sim.wait(10)
                 except subprocess.TimeoutExpired:
                     late_sim.kill()
+            # a node deleted through A (it joined through B) is gone from B, and from
+            # the broker password files of both
+            assert _status(a, f"/api/v1/nodes/{late}", method="DELETE")[0] == 200
+            wait_for(f"{late} gone from B", lambda: late not in b.nodes(), 15)
+            for s in shards:
+                wait_for(f"{late} gone from {s.name}'s password file",
+                         lambda s=s: f"{late}:" not in s.passwd.read_text(), 15)
             # the delete of a DaemonSet through B removes its pods on A's nodes
             assert _status(b, "/api/v1/daemonsets/default/g1", method="DELETE")[0] == 200
             wait_for("g1's pods gone on A", lambda: not a.running("g1"), 60)
