@@ -1743,6 +1743,17 @@ def _show_brokers(view: dict[str, Any], output: Output | None) -> None:
     console.file.write(f"broker map version {view.get('version', '?')}\n")
 
 
+def _broker_name(name: str, what: str = "NAME") -> str:
+    """A broker name checked before any call: it goes into the request's path, where
+    '../..' would reach another route (`brokers remove ../../nodes/x` deleted a node)."""
+    from shared.brokermap import valid_name
+
+    if not valid_name(name):
+        raise UsageError(f"{what} {name!r}: a broker name is a DNS label (lower-case "
+                         "letters, digits and '-', at most 63 characters)")
+    return name
+
+
 def _partitions(text: str) -> list[int]:
     from shared.brokermap import parse_partitions
     from shared.errors import ObjectError
@@ -1762,6 +1773,7 @@ def brokers_add(
 ) -> None:
     """Add a broker (active, home of no partition yet); cloudcore connects to it.
     Start it first with the password file, ACL and TLS files cloudcore writes."""
+    _broker_name(name)
     with _state(ctx).client() as api:
         view = api.call("POST", "brokermap/brokers", json={"name": name, "url": url})
     _print(f"broker/{name} added (map version {view.get('version')}); move partitions to "
@@ -1780,6 +1792,7 @@ def brokers_move(
     """Make NAME the home of these partitions (the old home stays their first fallback);
     their nodes are told and move within a minute."""
     ps = _partitions(partitions)
+    _broker_name(to, "--to")
     with _state(ctx).client() as api:
         view = api.call("POST", "brokermap/move", json={"partitions": ps, "to": to},
                         what=f"broker {to!r}")
@@ -1794,6 +1807,7 @@ def brokers_drain(
 ) -> None:
     """Move every partition of NAME home to the least loaded active brokers; NAME stays
     their last fallback. Remove it once `fedctl get brokers` shows no sessions there."""
+    _broker_name(name)
     with _state(ctx).client() as api:
         view = api.call("POST", f"brokermap/brokers/{name}/drain", what=f"broker {name!r}")
     _print(f"broker/{name} draining (map version {view.get('version')})")
@@ -1806,6 +1820,7 @@ def brokers_remove(
     name: Annotated[str, typer.Argument(metavar="NAME")],
 ) -> None:
     """Take NAME out of the map (refused while it is home of any partition)."""
+    _broker_name(name)
     with _state(ctx).client() as api:
         view = api.call("DELETE", f"brokermap/brokers/{name}", what=f"broker {name!r}")
     _print(f"broker/{name} removed (map version {view.get('version')})")
