@@ -10,7 +10,9 @@ both succeed in taking the same lease from the same state.
 Balance: every member sees the live members (their heartbeats, through a watch) and
 computes the same target share for each (256 / n, the first 256 % n members in name
 order one more). A member under its target takes free or expired leases; a member over
-its target releases its excess, but only as much as the others' deficit that free
+its target releases its excess (the partitions it took last, so that one that overshot
+while the views of the membership settled hands back what it just took, not the
+partitions it has served all along), but only as much as the others' deficit that free
 partitions cannot fill, so nothing is released into the void. A joining member thus
 takes its share as the others release theirs; a member killed with SIGKILL stops
 renewing, and the others take its leases once they have expired.
@@ -589,8 +591,8 @@ class Member:
             deficit = sum(max(0, t - held_by.get(m, 0)) for m, t in targets.items()
                           if m != self.name)
             n = min(have - mine, max(0, deficit - len(free)))
-            if n > 0:
-                await self._release(leases, sorted(self._owned)[-n:])
+            if n > 0:  # the ones taken last: a shard's settled partitions stay put
+                await self._release(leases, list(self._owned)[-n:])
             return
         if not free:
             return
