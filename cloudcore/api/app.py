@@ -740,6 +740,8 @@ def create_app(fleet: Fleet, *, metrics: Metrics,
         local = [o for o in objs if not is_global(o.kind)]
         if local:
             fleet.apply(local)
+            for o in local:  # a Node's labels and spec reach every shard
+                await cluster.node_changed(o.metadata.name)
         return results
 
     async def _apply_each_shared(objs: list[Any], versions: list[str | None],
@@ -768,6 +770,8 @@ def create_app(fleet: Fleet, *, metrics: Metrics,
                                        create_namespaces=create_namespaces)
             for i, v in zip(local, done, strict=True):
                 verdicts[i] = v
+                if isinstance(v, ApplyResult):
+                    await cluster.node_changed(objs[i].metadata.name)
         return verdicts, made
 
     def _version_of(item: Any) -> str | None:
@@ -983,6 +987,8 @@ def create_app(fleet: Fleet, *, metrics: Metrics,
                                   field="metadata.labels")
         node = fleet.patch_node(name, labels=body.metadata.labels,
                                 unschedulable=body.spec.unschedulable)
+        if cluster is not None:  # labels and cordon reach every shard
+            await cluster.node_changed(name)
         await flush()
         return node
 
@@ -992,6 +998,8 @@ def create_app(fleet: Fleet, *, metrics: Metrics,
                           "nodes; DaemonSet pods and pods pinned by spec.nodeName stay.")
     async def drain(name: str) -> dict[str, Any]:
         result = fleet.drain(name)
+        if cluster is not None:  # the cordon reaches every shard
+            await cluster.node_changed(name)
         await flush()
         return result
 

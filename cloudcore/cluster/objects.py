@@ -59,6 +59,7 @@ from shared.models import (
     SYSTEM_PRIORITY_CLASSES,
     Namespace,
     NamespaceMeta,
+    Node,
     Secret,
     parse_object,
     without_server_fields,
@@ -71,6 +72,9 @@ GLOBAL_KINDS = frozenset({"DaemonSet", "Deployment", "Pod", "ConfigMap", "Secret
 REGISTRATION = "Registration"
 """The key kind of a node's registration (`Registration._.<node>`): the Node as it
 joined and its credentials record (broker password hash, node key), encrypted."""
+NODE_SPEC = "NodeSpec"
+"""The key kind of a node's API-owned part (`NodeSpec._.<node>`): the labels set through
+the API and the spec (taints, unschedulable), last writer wins."""
 CLUSTER_NS = "_"
 """The namespace part of a cluster-scoped object's key."""
 APPLIED_WAIT = 15.0
@@ -117,7 +121,7 @@ def unescape(token: str) -> str:
 
 
 def object_key(kind: str, namespace: str | None, name: str) -> str:
-    ns = CLUSTER_NS if kind in CLUSTER_KINDS or kind == REGISTRATION \
+    ns = CLUSTER_NS if kind in CLUSTER_KINDS or kind in (REGISTRATION, NODE_SPEC) \
         else escape(namespace or "default")
     return f"{kind}.{ns}.{escape(name)}"
 
@@ -125,7 +129,7 @@ def object_key(kind: str, namespace: str | None, name: str) -> str:
 def parse_key(key: str) -> tuple[str, str | None, str]:
     """(kind, namespace or None, name) of an object key; ValueError if not one."""
     kind, ns, name = key.split(".")
-    if kind == REGISTRATION:
+    if kind in (REGISTRATION, NODE_SPEC):
         return kind, None, unescape(name)
     if kind not in GLOBAL_KINDS:
         raise ValueError(f"not a global kind: {kind!r}")
@@ -199,7 +203,10 @@ class ClusterObjects:
             self._advance(e)
             return
         try:
-            if kind == REGISTRATION:
+            if kind == NODE_SPEC:
+                if not e.deleted:
+                    self._node_spec(name, e.value)
+            elif kind == REGISTRATION:
                 if e.deleted:
                     self._unregister(name)
                 else:
@@ -271,6 +278,31 @@ class ClusterObjects:
         if self.auth is not None and self.auth.adopt_credentials(name, creds):
             log.info("shard %s: node %s registered through shard %s", self.shard, name,
                      record.get("by"))
+
+    def _node_spec(self, name: str, value: bytes) -> None:
+        """A node's labels or spec changed through another shard: apply them here as a
+        Node apply does (DaemonSets follow its labels on the shard that owns it)."""
+        if name not in self.fleet.objects.nodes:
+            return  # not registered here (yet): its registration brings it
+        doc = json.loads(value)
+        obj = Node.model_validate({"metadata": {"name": name,
+                                                "labels": dict(doc.get("labels") or {})},
+                                   "spec": doc.get("spec") or {}})
+        if not self.fleet.node_ops.unchanged(obj):
+            self.fleet.apply([obj])
+
+    async def node_changed(self, name: str) -> None:
+        """Share a node's API-owned labels and spec after a change through this
+        shard's API (apply of a Node, label, cordon, drain)."""
+        node = self.fleet.objects.nodes.get(name)
+        if node is None:
+            return
+        bucket = self._bucket()
+        raw = json.dumps({"labels": self.fleet.node_ops.applied_labels(node),
+                          "spec": node.spec.model_dump(mode="json", by_alias=True,
+                                                       exclude_none=True),
+                          "by": self.shard}, separators=(",", ":")).encode()
+        await self.wait_applied(await bucket.put(object_key(NODE_SPEC, None, name), raw))
 
     def _unregister(self, name: str) -> None:
         """A node deleted through another shard: delete it and its credentials here."""

@@ -8,6 +8,7 @@ Checked, each through the shard that did not make the change:
   resourceVersion) and Running on every node, B's nodes included (B's replica expanded
   it for the nodes B owns);
 - a Secret applied through A is readable, decrypted, through B;
+- a label set through B on a node A owns reaches A (a DaemonSet selecting it runs there);
 - an update carrying a resourceVersion that another shard's write made stale answers 409;
 - a watch of ConfigMaps on B sees the create, update and delete made through A;
 - a node owned by A is listed by B with its status (Ready, its last report time),
@@ -163,6 +164,21 @@ def test_objects_applied_through_one_shard_reach_the_other(tmp_path: Path) -> No
                 return all(n in by_shard[o] for n, o in split.items())
 
             wait_for("g1 Running on every node through its owner", everywhere, 90)
+
+            # a label set through B on a node A owns reaches A: a DaemonSet selecting
+            # it (applied through B) runs there, through A, and nowhere else
+            target = held[a.name][0]
+            code, _ = _status(b, f"/api/v1/nodes/{target}",
+                              {"metadata": {"labels": {"tier": "special"}}}, method="PATCH")
+            assert code == 200
+            wait_for(f"the label on {target} on A", lambda: a.nodes()[target]["metadata"][
+                "labels"].get("tier") == "special", 15)
+            picky = daemonset("g2")
+            picky["spec"]["template"]["spec"]["nodeSelector"] = {"tier": "special"}
+            b.call("/api/v1/apply", {"documents": [picky]})
+            wait_for(f"g2 Running on {target} through A",
+                     lambda: a.running("g2") == {target}, 60)
+            assert not b.running("g2")
 
             # a Secret applied through A, read decrypted through B
             secret = {"apiVersion": "v1", "kind": "Secret",
