@@ -80,6 +80,13 @@ class Routes:
         if was is not None:
             self._sessions[was] -= 1
 
+    def keep_only(self, nodes: Iterable[str]) -> None:
+        """Forget the nodes not in `nodes` (deleted since they were heard), so that a
+        broker's `sessions` do not count them for ever."""
+        known = set(nodes)
+        for node in [n for n in self._last if n not in known]:
+            self.forget(node)
+
     def drop_broker(self, broker: str) -> None:
         """`broker` left the map: nobody is heard there any more (its nodes are sent to
         through their homes until heard again)."""
@@ -137,8 +144,9 @@ class BrokerTier:
 
     def view(self) -> dict[str, Any]:
         """The map (`BrokerMap.to_value`) with, per broker, `sessions` (nodes last heard
-        there), `connected` (the cloud's subscriber) and `partitions` (those it is home
-        of)."""
+        there, deleted nodes not counted), `connected` (the cloud's subscriber) and
+        `homeOf` (how many partitions it is home of)."""
+        self.routes.keep_only(self._nodes())
         out = self.map.to_value()
         sessions = self.routes.sessions()
         homes = self.map.homes()

@@ -229,3 +229,18 @@ async def test_a_change_reaching_many_nodes_is_told_in_slices(
     told = [n for c in calls for n in c]
     assert sorted(told) == sorted(names)  # each once
     assert {v["urls"][0] for c in calls for v in c.values()} == {"mqtts://b1:8883"}
+
+
+async def test_a_deleted_node_no_longer_counts_as_a_session(store: Store) -> None:
+    # `fedctl get brokers` says: remove a drained broker once it shows no sessions. A
+    # node deleted while last heard there counted for ever (until a restart).
+    fleet = make_fleet()
+    for name in ("n1", "n2"):
+        add_node(fleet, name)
+    tier = make_tier(fleet, store, BrokerMap.spread(TWO), FakeConnections())
+    tier.routes.heard("n1", "mq-1")
+    tier.routes.heard("n2", "mq-1")
+    assert tier.view()["brokers"]["mq-1"]["sessions"] == 2
+    fleet.delete("Node", None, "n1")
+    assert tier.view()["brokers"]["mq-1"]["sessions"] == 1
+    assert tier.routes.last_heard("n1") is None and tier.routes.last_heard("n2") == "mq-1"
