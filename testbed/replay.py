@@ -1,8 +1,8 @@
 """Placement replay: request-based vs forecast-aware scheduling on a simulated fleet.
 
     python -m testbed.replay [--nodes 1000] [--hours 4] [--seed 0] [--seeds N]
-                             [--safety 0.05] [--overcommit inf] [--whole-requests]
-                             [--lifetime-margin 0.1 | --no-lifetime]
+                             [--safety 0.1] [--overcommit 0.3] [--whole-requests]
+                             [--lifetime-margin 0.1 [--no-watched-day]]
                              [--policies requests,forecast[,forecast-overcommit][,right-sizing]]
 
 A fleet of identical nodes (4 cpu, 16 GiB, 110 pods) runs workloads whose actual usage
@@ -27,13 +27,14 @@ follows public trace segments, placed by the REAL cloudcore scheduler
   calibration within 85-95 %), cpu and memory are admitted by p90 + `--safety` +
   the pods placed since the forecast + the pod, the pods counted at the share of
   their requests the node's pods use (`--whole-requests`: at their whole request),
-  as long as the node's requests stay within 1 + `--overcommit` of allocatable and,
-  past its requests, within its lifetime bound (`--lifetime-margin`: the node's
-  remembered peak share of its requests x its requests <= 1 - margin of allocatable;
-  `cloudcore.scheduler.recent.PeakUsage`); elsewhere by requests. Defaults (safety
-  0.05, no cap, lifetime margin 0.1, by usage; the third round's were safety 0.1, cap
-  0.3, no lifetime bound: `--safety 0.1 --overcommit 0.3 --no-lifetime`) were chosen on
-  seeds 0, 1, 2 (500 nodes, 3 h, requests 1.5 x p95, demand 2); report on others.
+  as long as the node's requests stay within 1 + `--overcommit` of allocatable;
+  elsewhere by requests. Defaults (safety 0.1, overcommit 0.3, by usage) were chosen
+  on seeds 0, 1, 2 (500 nodes, 3 h, requests 1.5 x p95, demand 2); report on others.
+  `--lifetime-margin M` adds the lifetime bound (issue 15, fourth round; measured with
+  `--lifetime-margin 0.1 --safety 0.05 --overcommit inf`): past its requests a node
+  takes a pod only while its remembered peak share of its requests x its requests
+  stays within 1 - M of allocatable (`cloudcore.scheduler.recent.PeakUsage`), the
+  peaks starting from a watched day (`seed_peaks`; `--no-watched-day`: from nothing).
 
 Every forecast policy runs the forecaster as cloudcore does, online learning
 included: after each tick the runner learns from that minute's examples (here
@@ -77,7 +78,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import sys
 import time
 import warnings
@@ -103,9 +103,8 @@ GIVE_UP_AFTER = 30
 INITIAL_FILL = 0.9
 TARGET_DEMAND = 1.3
 POLICIES = ("requests", "forecast", "forecast-overcommit", "right-sizing")
-SAFETY = 0.05  # right-sizing defaults, chosen on seeds 0-2 (docs/benchmarks.md)
-OVERCOMMIT = math.inf  # the lifetime bound replaces the cap (issue 15, fourth round)
-LIFETIME_MARGIN = 0.1
+SAFETY = 0.1  # right-sizing defaults, chosen on seeds 0-2 (docs/benchmarks.md)
+OVERCOMMIT = 0.3
 
 
 # -- usage data ------------------------------------------------------------------------
@@ -336,7 +335,7 @@ def seed_peaks(sched: Scheduler, w: Workloads, usage: UsageModel, start: np.ndar
 def run_policy(policy: str, w: Workloads, usage: UsageModel, names: list[str], *,
                start: np.ndarray, minutes: int, safety: float = SAFETY,
                overcommit: float = OVERCOMMIT, by_usage: bool = True,
-               lifetime_margin: float | None = LIFETIME_MARGIN,
+               lifetime_margin: float | None = None,
                watched_day: bool = True) -> Result:
     n = len(names)
     res = Result(policy)
@@ -471,7 +470,7 @@ def replay(nodes: int, hours: float, seed: int = 0,
            policies: tuple[str, ...] = ("requests", "forecast"),
            out=print, *, safety: float = SAFETY, overcommit: float = OVERCOMMIT,
            by_usage: bool = True, request_factor: float = 1.0,
-           demand: float = TARGET_DEMAND, lifetime_margin: float | None = LIFETIME_MARGIN,
+           demand: float = TARGET_DEMAND, lifetime_margin: float | None = None,
            watched_day: bool = True) -> list[Result]:
     minutes = WARMUP + round(hours * 60)
     rng = np.random.default_rng(seed)
@@ -558,13 +557,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--whole-requests", action="store_true",
                     help="right-sizing: count a pod at its whole request, not at the share "
                          "of their requests the node's pods use (by_usage=False)")
-    ap.add_argument("--lifetime-margin", type=float, default=LIFETIME_MARGIN,
-                    help="right-sizing's lifetime bound: past its requests a node takes a "
-                         "pod only while its remembered peak share of its requests x its "
-                         "requests <= 1 - this of allocatable")
-    ap.add_argument("--no-lifetime", action="store_true",
-                    help="right-sizing without the lifetime bound (the third round's mode; "
-                         "with --overcommit 0.3 --safety 0.1 as it was)")
+    ap.add_argument("--lifetime-margin", type=float, default=None,
+                    help="right-sizing: turn on the lifetime bound (past its requests a node "
+                         "takes a pod only while its remembered peak share of its requests "
+                         "x its requests <= 1 - this of allocatable; measured: 0.1 with "
+                         "--safety 0.05 --overcommit inf); default off")
     ap.add_argument("--no-watched-day", action="store_true",
                     help="right-sizing: the lifetime bound starts knowing nothing (by "
                          "default it remembers the day before the warm-up, as a scheduler "
@@ -586,13 +583,13 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit("--request-factor must be within 0.5..4")
     if not args.overcommit >= 0:
         sys.exit("--overcommit must be >= 0")
-    if not 0 <= args.lifetime_margin <= 0.5:
+    if args.lifetime_margin is not None and not 0 <= args.lifetime_margin <= 0.5:
         sys.exit("--lifetime-margin must be within 0..0.5")
     runs = [replay(args.nodes, args.hours, s, policies, safety=args.safety,
                    overcommit=args.overcommit, by_usage=not args.whole_requests,
                    request_factor=args.request_factor,
                    demand=args.demand,
-                   lifetime_margin=None if args.no_lifetime else args.lifetime_margin,
+                   lifetime_margin=args.lifetime_margin,
                    watched_day=not args.no_watched_day)
             for s in range(args.seed, args.seed + args.seeds)]
     if len(runs) > 1:

@@ -116,9 +116,8 @@ def test_a_node_without_a_known_peak_stays_within_its_requests() -> None:
 
 def test_nodes_without_a_forecast_are_forgotten_by_the_bound() -> None:
     rs = Scheduler.right_sizing(lifetime_margin=0.1)
-    assert rs.peaks is not None  # on by default, too; None turns it off
-    assert Scheduler.right_sizing().peaks is not None
-    assert Scheduler.right_sizing(lifetime_margin=None).peaks is None
+    assert rs.peaks is not None
+    assert Scheduler.right_sizing().peaks is None  # off by default
     for name in ("a", "b"):
         rs.check(_pod(100), _node(2000, 0.4, name=name))
     assert len(rs.peaks) == 2 and rs.peaks.peak("b", "memory") is not None

@@ -86,7 +86,7 @@ def test_the_watched_day_seeds_peaks_from_before_the_replay_only() -> None:
     start = replay.initial_placement(w, names)
 
     def peaks(ser: list[np.ndarray]) -> dict[str, float | None]:
-        sched = Scheduler.right_sizing()
+        sched = Scheduler.right_sizing(lifetime_margin=0.1)
         assert replay.seed_peaks(sched, w, replay.UsageModel(w, ser, offsets, mu, 1), start,
                                  names) > 0
         assert sched.peaks is not None
@@ -99,5 +99,14 @@ def test_the_watched_day_seeds_peaks_from_before_the_replay_only() -> None:
     for s, o in zip(changed, offsets, strict=True):
         s[:, o:] = 1.0  # the future: everything from minute 0 on
     assert peaks(changed) == before
-    assert replay.seed_peaks(Scheduler.right_sizing(lifetime_margin=None), w,
+    assert replay.seed_peaks(Scheduler.right_sizing(), w,
                              replay.UsageModel(w, series, offsets, mu, 1), start, names) == 0
+
+
+def test_right_sizing_with_the_lifetime_bound_runs_and_says_so() -> None:
+    lines: list[str] = []
+    (rs,) = replay.replay(30, 0.5, seed=3, policies=("right-sizing",), out=lines.append,
+                          request_factor=1.5, demand=2.0, lifetime_margin=0.1,
+                          safety=0.05, overcommit=float("inf"))
+    assert rs.placed > 0 and rs.forecast_ms > 0
+    assert "lifetime margin 0.1" in lines[0] and "no day watched" not in lines[0]
