@@ -35,7 +35,7 @@ lowest free indexes; the pods that stay get the template the rollout plan says. 
 delete of such a Deployment removes its pods in the same slices. A later apply (back
 to 3, say) replaces the job under way: the last apply wins, whatever the slices had
 done. After a restart every Deployment whose pod count is not its replicas is scaled
-again.
+again, and the pods left of a Deployment deleted in the middle go.
 """
 
 from __future__ import annotations
@@ -127,7 +127,9 @@ class Workloads:
 
     def load(self) -> None:
         """Index the owners of the pods loaded from the store; in the background, expand
-        every DaemonSet again (a restart may have cut an expansion short)."""
+        every DaemonSet again and scale every Deployment whose pod count is not its
+        replicas (a restart may have cut either short), and remove the pods of a
+        Deployment that was deleted while they went in the background."""
         for key, pod in self.objects.pods.items():
             self._index_owner(key, pod)
         if self.background:
@@ -136,6 +138,14 @@ class Workloads:
             for (ns, name), dep in self.objects.deployments.items():
                 if len(self.owned_set(f"Deployment/{ns}/{name}")) != dep.spec.replicas:
                     self._scale_later(dep)
+            deployments = self.objects.deployments
+            for owner in list(self._owners):
+                kind, _, rest = owner.partition("/")
+                ns, _, name = rest.partition("/")
+                if kind == "Deployment" and (ns, name) not in deployments:
+                    # deleted while its pods went in the background: the rest go now
+                    self._scaling[owner] = _Scaling(key=(ns, name), dep=None)
+                    self._work_later()
 
     def compact(self) -> int:
         """After loading (and the rollout plans): keep each DaemonSet pod that is

@@ -342,3 +342,43 @@ def test_a_deployment_s_conditions_say_what_kubectl_would() -> None:
     status = fleet.get("Deployment", "default", "web")["status"]
     assert ("Progressing", "Unknown", "DeploymentPaused") in [
         (c["type"], c["status"], c["reason"]) for c in status["conditions"]]
+
+
+async def test_a_restart_in_the_middle_of_a_delete_removes_the_rest(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The delete answers (the Deployment is gone from the store) before its pods are;
+    # a restart then loaded pods whose Deployment no longer exists, and nothing removed
+    # them: they stayed bound and kept running on their nodes.
+    store = FakeStore()
+    monkeypatch.setattr(workloads, "SYNC_PODS", 10)
+    monkeypatch.setattr(workloads, "STEP", 3)
+    first = Fleet(store=store, scheduler=Scheduler(), background=True,  # runner not run
+                  liveness=Liveness(default_heartbeat=30, missed=3, now=0.0))
+    for i in range(NODES):
+        add_node(first, f"n{i}")
+    apply(first, 60)
+    while first.workloads.expand_slice(1.0):
+        pass
+    first.commit()
+    assert len(web(first)) == 60
+    first.delete("Deployment", "default", "web")
+    while len(web(first)) == 60:  # slices of the delete, then the process is gone
+        first.workloads.expand_slice(0.0)
+    first.commit()
+    assert 0 < len(web(first)) < 60
+    records: dict[str, dict[str, Any]] = {}
+    for (db, key), value in store.data.items():
+        records.setdefault(db, {})[key] = value
+    again = Fleet(store=FakeStore(), scheduler=Scheduler(), background=True,
+                  liveness=Liveness(default_heartbeat=30, missed=3, now=0.0))
+    again.load(records)
+    assert ("default", "web") not in again.objects.deployments
+    assert again.workloads.is_scaling("Deployment/default/web")
+    task = asyncio.create_task(again.workloads.run_expansions(again.commit, budget=1e-6))
+    try:
+        await asyncio.wait_for(again.expanded(), 20)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert not web(again) and not again.pods and not again.bound
