@@ -49,7 +49,7 @@ from cloudcore.auth.pki import FleetCA
 from cloudcore.auth.ratelimit import RateLimiter
 from cloudcore.auth.registry import public
 from cloudcore.cluster.errors import ClusterError, KVUnavailable
-from cloudcore.cluster.objects import ClusterObjects, is_global
+from cloudcore.cluster.objects import ClusterObjects, NotReplicated, is_global
 from cloudcore.config import ApiSettings, AuthSettings
 from cloudcore.errors import Conflict, NamespaceNotFound, NotFound, TemporaryError
 from cloudcore.fleet import Fleet, naming
@@ -572,7 +572,18 @@ def create_app(fleet: Fleet, *, metrics: Metrics,
         if auth_cfg.node_certs and ca is not None:
             out["clientCert"] = _client_cert(body.name)
         if cluster is not None:  # every shard learns the node and its credentials
-            await cluster.register(body.name)
+            try:
+                await cluster.register(body.name)
+            except NotReplicated as exc:  # shared, only this replica is slow: the answer
+                log.warning("join %s: %s", body.name, exc)  # holds the only copy of the
+                # node's password and key, so it is given
+            except BaseException:
+                # not shared: undone here too, so the node may join again
+                with contextlib.suppress(NotFound):
+                    fleet.delete("Node", None, body.name)
+                access.forget_node(body.name)
+                await flush()
+                raise
         access.used_join_token(rec["id"])
         await flush()
         log.info("node %s joined with join token %s", body.name, rec["id"])

@@ -91,6 +91,10 @@ class NotReplicated(TemporaryError):
     the replica is not running): the write is durable, the read of it here may lag."""
 
 
+class NotConnected(TemporaryError):
+    """The shard has not reached the shared store (NATS) yet: nothing was written."""
+
+
 class StaleVersion(Conflict):
     """A write carried a resourceVersion the object is no longer at (409)."""
 
@@ -382,8 +386,8 @@ class ClusterObjects:
 
     def _bucket(self) -> Bucket:
         if self.bucket is None:
-            raise NotReplicated("the shard is not connected to the shared store (NATS) yet; "
-                                "retry", delay=1.0)
+            raise NotConnected("the shard is not connected to the shared store (NATS) yet; "
+                               "retry", delay=1.0)
         return self.bucket
 
     def version_by_key(self, kind: str, key: Any) -> int | None:
@@ -510,5 +514,6 @@ def _stale(kind: str, name: str, version: str) -> StaleVersion:
 def is_global(kind: str) -> bool:
     return kind in GLOBAL_KINDS
 
-__all__ = ["GLOBAL_KINDS", "ClusterObjects", "NotReplicated", "StaleVersion", "escape",
-           "object_key", "parse_key", "unescape"]
+
+__all__ = ["GLOBAL_KINDS", "ClusterObjects", "NotConnected", "NotReplicated", "StaleVersion",
+           "escape", "object_key", "parse_key", "unescape"]
