@@ -303,6 +303,23 @@ class Auth:
         self._credentials_changed()
         return NodeCredentials(username=node, password=password, key=key)
 
+    def token_record(self, kind: str, tid: str) -> dict[str, Any] | None:
+        """An API ("api") or join ("join") token's stored record (a copy), or None."""
+        table = self.api_tokens if kind == "api" else self.join_tokens
+        rec = table.get(tid)
+        return dict(rec) if rec is not None else None
+
+    def adopt_token(self, kind: str, tid: str, rec: dict[str, Any] | None) -> None:
+        """Take (or, with None, drop) an API or join token record another cloudcore
+        shard made or changed (proposal 0008: tokens shared through KV)."""
+        table = self.api_tokens if kind == "api" else self.join_tokens
+        if rec is None:
+            if table.pop(tid, None) is not None:
+                self.store.delete("tokens", f"{kind}/{tid}")
+            return
+        table[tid] = dict(rec)
+        self.store.put("tokens", f"{kind}/{tid}", dict(rec))
+
     def credentials_of(self, node: str) -> dict[str, Any] | None:
         """The stored credentials record of a node (hash, key...; a copy), or None."""
         rec = self.credentials.get(node)
