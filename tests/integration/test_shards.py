@@ -6,7 +6,9 @@ password file, ACL), three `cloudcore --shard` processes and a simulated fleet
 What the shards share today and what they do not (stated, not hidden):
 - The fleet is joined once through an embedded cloudcore (the seed), whose state dir
   (store, fleet CA, broker password) is then copied to each shard: every shard starts
-  with the same nodes, credentials and tokens (node registrations are not global yet).
+  with the same nodes, credentials and tokens (the fleet CA and broker password must be
+  the same anyway; node registrations are shared through KV too since, which
+  tests/integration/test_shard_objects.py covers, so the seed is no longer the only way).
   Objects are (KV, proposal 0008 step 2; tests/integration/test_shard_objects.py): each
   DaemonSet here is applied through one shard's API only and reaches the others through
   the global objects replica.
