@@ -29,7 +29,7 @@ from cloudcore.fleet import naming
 from cloudcore.fleet.events import EventLog
 from cloudcore.fleet.objects import Key, Objects, Parts
 from cloudcore.fleet.placement import Placement
-from cloudcore.fleet.template import DaemonPod
+from cloudcore.fleet.template import DaemonPod, uid_text
 from shared.codec import Desired
 from shared.delta import NodeDesired
 from shared.entries import (
@@ -75,8 +75,10 @@ class PodRef(Mapping[str, Any]):
 
     __slots__ = ("name", "node", "part", "uid")
 
-    def __init__(self, part: EntryPart, name: str, uid: str | None, node: str | None) -> None:
-        """`name` is the pod's (its key's last part), `node` the node it runs on."""
+    def __init__(self, part: EntryPart, name: str, uid: str | bytes | None,
+                 node: str | None) -> None:
+        """`name` is the pod's (its key's last part), `uid` its uid as a compact pod
+        keeps it (`template.pack_uid`), `node` the node it runs on."""
         self.part = part
         self.name = name
         self.uid = uid
@@ -86,7 +88,7 @@ class PodRef(Mapping[str, Any]):
         """The entry as a plain dict (a new one unless the part is this pod's own)."""
         base = self.part.value
         spec = base["spec"]
-        name, uid, node = self.name, self.uid, self.node
+        name, uid, node = self.name, uid_text(self.uid), self.node
         if base["name"] == name and base.get("uid") == uid and spec.get("nodeName") == node:
             return base
         if spec.get("nodeName") != node:
@@ -108,8 +110,8 @@ class PodRef(Mapping[str, Any]):
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, PodRef):
-            return (self.name == other.name and self.uid == other.uid
-                    and self.node == other.node
+            return (self.name == other.name and self.node == other.node
+                    and (self.uid == other.uid or uid_text(self.uid) == uid_text(other.uid))
                     and (self.part is other.part or self.part.value == other.part.value))
         if isinstance(other, Mapping):
             return self.wire() == other
@@ -268,7 +270,7 @@ class DesiredSets:
         before any set that refers to it."""
         if isinstance(pod, DaemonPod):
             ann = pod.base.annotations if pod.own is None else pod.own
-            name, node, uid = pod.name, pod.node, pod.uid
+            name, node, uid = pod.name, pod.node, pod.puid
         else:
             ann = pod.metadata.annotations
             name, node, uid = pod.metadata.name, pod.spec.node_name, pod.metadata.uid

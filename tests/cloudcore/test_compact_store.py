@@ -20,7 +20,7 @@ from cloudcore.config import StoreSettings
 from cloudcore.fleet import Fleet, Liveness
 from cloudcore.fleet.desired import PodRef, pod_value
 from cloudcore.fleet.objects import PARTS_DB, dump_object
-from cloudcore.fleet.template import DaemonPod
+from cloudcore.fleet.template import DaemonPod, pack_uid, uid_text
 from cloudcore.scheduler import Scheduler
 from cloudcore.store import Store
 from shared.codec import encode
@@ -106,6 +106,8 @@ async def test_daemonset_pods_are_stored_compact_and_load_back_as_they_were(
     assert len(web) == 2 and all("part" in v and v["node"] is None for v in web)
     item = raw["desired"]["n1"]["items"][pod_key("default", "agent-n1")]
     assert item[0] in raw[PARTS_DB] and len(item) == 3  # [part id, uid, kgen]
+    assert isinstance(item[1], bytes) and len(item[1]) == 16  # the uid's 16 bytes
+    assert stored["uid"] == raw["desired"]["n2"]["items"][pod_key("default", "agent-n2")][1]
     assert len(raw[PARTS_DB]) == 3  # the two workloads' pods' parts, the entries' part
 
     async with running(state) as (again, _):
@@ -154,3 +156,11 @@ async def test_a_missing_part_is_made_again_from_the_pods(
             assert again.desired["n1"].gen == gen + 1  # put back: sent again
     assert "refers to missing parts" in caplog.text
     assert entry_part in raw_records(state)[PARTS_DB]  # written again
+
+
+def test_uids_are_kept_as_bytes_only_when_their_text_comes_back_exactly() -> None:
+    canonical = "54fe89ec-d473-4737-ae50-fdb336f8c293"
+    assert pack_uid(canonical) == bytes.fromhex(canonical.replace("-", ""))
+    assert uid_text(pack_uid(canonical)) == canonical
+    for text in (canonical.upper(), "not-a-uuid", "{" + canonical[1:] + "}", "", None):
+        assert pack_uid(text) == text and uid_text(pack_uid(text)) == text
