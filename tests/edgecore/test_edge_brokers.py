@@ -285,6 +285,11 @@ async def test_a_changed_list_moves_make_before_break(
             await asyncio.sleep(0.3)
             assert link.endpoint == lists[-1].home and link.stats.moves == 1
             assert down == []
+        # Take the client id over on a: a session the move left there would will now
+        # (without this the test passed with the old session never closed).
+        async with aiomqtt.Client("127.0.0.1", a.port, identifier=NODE, clean_session=True):
+            pass
+        await asyncio.sleep(0.5)
         assert cloud.wills() == []
 
 
