@@ -513,7 +513,7 @@ class Fleet:
         for a in self.agents:
             a.proc.stop()
         for a in self.agents:
-            remove_containers(a.state_dir)
+            remove_containers(a.state_dir, nsenter=a.host.nsenter() if a.host else None)
             unmount_below(a.state_dir)  # Secret volumes are tmpfs mounts of their own
             if self.s.state_tmpfs_mib and os.path.ismount(a.state_dir):
                 subprocess.run(["umount", "-l", str(a.state_dir)], check=False,
@@ -589,13 +589,17 @@ def unmount_below(directory: Path) -> None:
         subprocess.run(["umount", "-l", m], check=False, capture_output=True)
 
 
-def remove_containers(state_dir: Path) -> None:
-    """Stop and delete every container an agent left behind (they outlive agents)."""
+def remove_containers(state_dir: Path, *, nsenter: list[str] | None = None) -> None:
+    """Stop and delete every container an agent left behind (they outlive agents), then
+    their pods' network namespaces and veths, which outlive them too: a fleet stopped
+    without this left one `/run/netns/edgefed-*` per pod behind (about a thousand a day
+    of test runs here), and each of them lengthens the mount table that every wrapped
+    crun call copies on a hybrid-cgroup host. `nsenter`: the node's namespace (testbed
+    nodes live in one), where the pod network's cleanup runs, so that a pod with host
+    ports does not make the host's namespace the node's bridge and nft table."""
     from edgecore.runtime import CrunRuntime
 
     root = state_dir / "runtime"
-    if not root.exists():
-        return
 
     async def clean() -> None:
         rt = CrunRuntime(root)
@@ -603,7 +607,18 @@ def remove_containers(state_dir: Path) -> None:
             await rt.stop(c.id, grace_s=1)
             await rt.remove(c.id)
 
-    asyncio.run(clean())
+    if root.exists():
+        asyncio.run(clean())
+    if not (state_dir / "podnet").is_dir():
+        return
+    code = ("import asyncio, sys; from pathlib import Path; "
+            "from edgecore.join import remove_pod_network; "
+            "asyncio.run(remove_pod_network(Path(sys.argv[1])))")
+    done = subprocess.run([*(nsenter or []), sys.executable, "-c", code, str(state_dir)],
+                          capture_output=True, text=True, check=False)
+    if done.returncode:
+        log.warning("could not remove the pod network of %s: %s", state_dir,
+                    done.stderr.strip()[-300:])
 
 
 __all__ = ["Agent", "Fleet", "FleetSettings", "clear_workdir", "earlier_run",
