@@ -43,7 +43,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from cloudcore.api.brokermap import BrokerTierPort, ShardRefusesChanges, brokermap_router
 from cloudcore.api.listcache import ListCache
 from cloudcore.api.selectors import parse_selector
-from cloudcore.auth import Auth, AuthError, JoinRefused, Principal, Role
+from cloudcore.auth import Auth, AuthError, JoinRefused, JoinTokenUsedUp, Principal, Role
 from cloudcore.auth.errors import TooManyJoins
 from cloudcore.auth.pki import FleetCA
 from cloudcore.auth.ratelimit import RateLimiter
@@ -550,6 +550,12 @@ def create_app(fleet: Fleet, *, metrics: Metrics,
             raise JoinRefused(f"node {body.name!r} has already joined (through another "
                               f"shard); delete it first (fedctl node delete {body.name}) "
                               "to join it again", field="name")
+        counted = "not_shared"  # a shard counts a shared token's uses in KV
+        if cluster is not None:
+            counted = await cluster.use_join_token(rec["id"])
+            if counted == "used_up":
+                raise JoinTokenUsedUp("join token used up (through other shards)",
+                                      field="token")
         labels = {**body.labels, **rec.get("labels", {})}
         node = fleet.join_node(body.name, labels=labels, arch=body.arch)
         creds = access.issue_credentials(body.name)
@@ -584,7 +590,8 @@ def create_app(fleet: Fleet, *, metrics: Metrics,
                 access.forget_node(body.name)
                 await flush()
                 raise
-        access.used_join_token(rec["id"])
+        if counted == "not_shared":
+            access.used_join_token(rec["id"])
         await flush()
         log.info("node %s joined with join token %s", body.name, rec["id"])
         return out
@@ -622,6 +629,8 @@ def create_app(fleet: Fleet, *, metrics: Metrics,
         token, rec = access.create_join_token(ttl=ttl, labels=body.labels,
                                               description=body.description,
                                               uses=body.uses, name=body.name)
+        if cluster is not None:  # usable through every shard
+            await cluster.share_token("join", rec["id"])
         await flush()
         if ca is not None:  # the printed token pins the CA (proposal 0002)
             token = f"{token}.{ca.pin}"
@@ -637,6 +646,8 @@ def create_app(fleet: Fleet, *, metrics: Metrics,
                 tags=["auth"], dependencies=[admin])
     async def revoke_join_token(token_id: str) -> dict[str, Any]:
         rec = access.revoke_join_token(token_id.split(".", 1)[0])
+        if cluster is not None:
+            await cluster.drop_token("join", rec["id"])
         await flush()
         return {"deleted": public(rec)}
 
@@ -648,6 +659,8 @@ def create_app(fleet: Fleet, *, metrics: Metrics,
         except ValueError as exc:
             raise ObjectError(f"role: {exc}", field="role") from None
         token, rec = access.create_api_token(role=role, name=body.name, ttl=body.ttlSeconds)
+        if cluster is not None:  # usable through every shard
+            await cluster.share_token("api", rec["id"])
         await flush()
         return {"token": token, **public(rec)}
 
@@ -660,6 +673,8 @@ def create_app(fleet: Fleet, *, metrics: Metrics,
                 tags=["auth"], dependencies=[admin])
     async def revoke_api_token(token_id: str) -> dict[str, Any]:
         rec = access.revoke_api_token(token_id.split(".", 1)[0])
+        if cluster is not None:
+            await cluster.drop_token("api", rec["id"])
         await flush()
         return {"deleted": public(rec)}
 

@@ -75,6 +75,10 @@ joined and its credentials record (broker password hash, node key), encrypted.""
 NODE_SPEC = "NodeSpec"
 """The key kind of a node's API-owned part (`NodeSpec._.<node>`): the labels set through
 the API and the spec (taints, unschedulable), last writer wins."""
+TOKEN = "Token"
+"""The key kind of an API or join token's record (`Token._.<api|join>=2F<id>`: the
+token's hash and role or labels, uses; encrypted). Join token uses are counted here
+by compare-and-set, so a token's `uses` hold across shards."""
 CLUSTER_NS = "_"
 """The namespace part of a cluster-scoped object's key."""
 APPLIED_WAIT = 15.0
@@ -125,7 +129,7 @@ def unescape(token: str) -> str:
 
 
 def object_key(kind: str, namespace: str | None, name: str) -> str:
-    ns = CLUSTER_NS if kind in CLUSTER_KINDS or kind in (REGISTRATION, NODE_SPEC) \
+    ns = CLUSTER_NS if kind in CLUSTER_KINDS or kind in (REGISTRATION, NODE_SPEC, TOKEN) \
         else escape(namespace or "default")
     return f"{kind}.{ns}.{escape(name)}"
 
@@ -133,7 +137,7 @@ def object_key(kind: str, namespace: str | None, name: str) -> str:
 def parse_key(key: str) -> tuple[str, str | None, str]:
     """(kind, namespace or None, name) of an object key; ValueError if not one."""
     kind, ns, name = key.split(".")
-    if kind in (REGISTRATION, NODE_SPEC):
+    if kind in (REGISTRATION, NODE_SPEC, TOKEN):
         return kind, None, unescape(name)
     if kind not in GLOBAL_KINDS:
         raise ValueError(f"not a global kind: {kind!r}")
@@ -207,7 +211,9 @@ class ClusterObjects:
             self._advance(e)
             return
         try:
-            if kind == NODE_SPEC:
+            if kind == TOKEN:
+                self._token(e.key, name, None if e.deleted else e.value)
+            elif kind == NODE_SPEC:
                 if not e.deleted:
                     self._node_spec(name, e.value)
             elif kind == REGISTRATION:
@@ -282,6 +288,65 @@ class ClusterObjects:
         if self.auth is not None and self.auth.adopt_credentials(name, creds):
             log.info("shard %s: node %s registered through shard %s", self.shard, name,
                      record.get("by"))
+
+    def _token(self, key: str, name: str, value: bytes | None) -> None:
+        if self.auth is None:
+            return
+        tkind, _, tid = name.partition("/")
+        rec = None if value is None else self._sealed_json(key, value)
+        self.auth.adopt_token(tkind, tid, rec)
+
+    def _sealed(self, key: str, doc: dict[str, Any]) -> bytes:
+        if self.keys is None:
+            raise ObjectError("this shard has no encryption key ring to share secrets with",
+                              field="kind")
+        raw = json.dumps(doc, separators=(",", ":")).encode()
+        return bytes(self.keys.encrypt(SECRET_DB, key.encode(), raw))
+
+    def _sealed_json(self, key: str, value: bytes) -> Any:
+        if self.keys is None:
+            raise ValueError("a sealed record, and this shard has no encryption key ring")
+        return json.loads(self.keys.decrypt(SECRET_DB, key.encode(), value))
+
+    async def share_token(self, kind: str, tid: str) -> None:
+        """Share a token made through this shard (`kind` "api" or "join")."""
+        if self.auth is None:
+            return
+        rec = self.auth.token_record(kind, tid)
+        if rec is None:
+            return
+        key = object_key(TOKEN, None, f"{kind}/{tid}")
+        await self.wait_applied(await self._bucket().put(key, self._sealed(key, rec)))
+
+    async def drop_token(self, kind: str, tid: str) -> None:
+        """A token revoked through this shard: revoked on every shard."""
+        bucket = self._bucket()
+        key = object_key(TOKEN, None, f"{kind}/{tid}")
+        await bucket.delete(key)
+        await self.wait_applied(await bucket.revision_of(key))
+
+    async def use_join_token(self, tid: str) -> str:
+        """Count one use of a shared join token by compare-and-set: "counted", "used_up"
+        (other shards used its last use: refuse the join), or "not_shared" (made before
+        the shards shared tokens: counted on this shard only)."""
+        bucket = self._bucket()
+        key = object_key(TOKEN, None, f"join/{tid}")
+        for _ in range(WRITE_TRIES * 2):
+            e = await bucket.get(key)
+            if e is None:
+                return "not_shared"
+            rec = self._sealed_json(key, e.value)
+            if int(rec.get("uses", 0)) >= int(rec.get("maxUses") or 1):
+                return "used_up"
+            rec["uses"] = int(rec.get("uses", 0)) + 1
+            rec["lastUsed"] = time.time()
+            try:
+                rev = await bucket.update(key, self._sealed(key, rec), revision=e.revision)
+            except CASConflict:
+                continue
+            await self.wait_applied(rev)
+            return "counted"
+        raise Conflict("join token: other joins kept using it at the same time; try again")
 
     def _node_spec(self, name: str, value: bytes) -> None:
         """A node's labels or spec changed through another shard: apply them here as a

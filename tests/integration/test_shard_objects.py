@@ -16,6 +16,8 @@ Checked, each through the shard that did not make the change:
 - a node joining through B into a partition A holds is known to A with its credentials
   (the same name joining through A is refused), Ready on A and running the DaemonSet;
   deleted through A, it is gone from B and from both shards' broker password files;
+- API and join tokens made through one shard work through the other (a join token's
+  uses are counted for all), a token revoked through one is refused by the other;
 - a change of the broker map (not shared yet) is refused on a shard (409);
 - a shard restarted after an object was deleted and another made through A drops the
   first and holds the second.
@@ -232,6 +234,12 @@ def test_objects_applied_through_one_shard_reach_the_other(tmp_path: Path) -> No
                 assert added["object"]["metadata"]["resourceVersion"] == v1
             finally:
                 watch.close()
+            # an API token made through A works through B; revoked through B, A refuses it
+            made = a.call("/api/v1/apitokens", {"role": "read-only", "name": "ci"})
+            code, who = _status(b, "/api/v1/whoami", token=made["token"])
+            assert code == 200 and who["name"] == "ci", who
+            assert _status(b, f"/api/v1/apitokens/{made['id']}", method="DELETE")[0] == 200
+            assert _status(a, "/api/v1/whoami", token=made["token"])[0] == 401
             # the broker map is not shared yet: a change is refused on a shard
             code, err = _status(b, "/api/v1/brokermap/brokers",
                                 {"name": "mq-2", "url": "mqtts://127.0.0.1:1"})
@@ -241,9 +249,12 @@ def test_objects_applied_through_one_shard_reach_the_other(tmp_path: Path) -> No
             a_parts = {partition_of(n) for n in held[a.name]}
             index = next(i for i in range(100_000) if partition_of(f"late-{i}") in a_parts)
             late = f"late-{index}"
-            token = b.call("/api/v1/jointokens", {"uses": 2})["token"]
+            token = a.call("/api/v1/jointokens", {"uses": 1})["token"]  # made on A
             code, joined = _status(b, "/api/v1/join", {"name": late, "token": token})
             assert code == 200, joined
+            # its one use was counted for every shard
+            code, err = _status(a, "/api/v1/join", {"name": "other-1", "token": token})
+            assert code == 401 and "used up" in err["error"], (code, err)
             assert wait_for(f"{late} listed by A", lambda: late in a.nodes(), 15)
             code, err = _status(a, "/api/v1/join", {
                 "name": late, "token": a.call("/api/v1/jointokens", {})["token"]})
@@ -329,10 +340,11 @@ def _get(shard: ShardProc, path: str) -> Any:
 
 
 def _status(shard: ShardProc, path: str, body: Any = None,
-            method: str | None = None) -> tuple[int, Any]:
+            method: str | None = None, token: str | None = None) -> tuple[int, Any]:
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(f"{shard.api}{path}", data=data, method=method, headers={
-        "Authorization": f"Bearer {shard.token}", "content-type": "application/json"})
+        "Authorization": f"Bearer {token or shard.token}",
+        "content-type": "application/json"})
     try:
         with urllib.request.urlopen(req, timeout=30, context=shard.ssl) as r:
             return r.status, json.loads(r.read())
