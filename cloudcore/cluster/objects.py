@@ -15,8 +15,9 @@ ConfigMap, Secret, Namespace, PriorityClass, AgentUpgrade; and node registration
 `Registration._.<node>`, encrypted: the Node as it joined and its credentials record),
 written by the shard a node joins through and adopted by every shard, deleted (with the
 node and its credentials on every shard) by a node delete through any shard; and a
-node's API-owned labels and spec (`NodeSpec._.<node>`, last writer wins). Not global
-yet: API and join tokens, the broker map, certificate renewals' records.
+node's API-owned labels and spec (`NodeSpec._.<node>`, last writer wins); API and join
+tokens (`Token._.<api|join>=2F<id>`, encrypted; a join token's uses counted by CAS). Not
+global yet: the broker map, certificate renewals' records.
 
 The replica (`ClusterObjects.run`): a watch of the whole bucket (each key's last value,
 then every change, in revision order) applied to the shard's fleet with the same
