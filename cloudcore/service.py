@@ -163,7 +163,8 @@ async def run(settings: Settings, *,
             first_map, to_store = initial_map(
                 stored_map, settings.mqtt.brokers,
                 default_url=url_of(*settings.advertised_broker()[:2],
-                                   tls=settings.advertised_broker()[2]))
+                                   tls=settings.advertised_broker()[2]),
+                joined=bool(fleet.nodes))
         except ObjectError as exc:
             raise ConfigError(exc.message, field="mqtt.brokers") from None
         if to_store:
@@ -227,6 +228,9 @@ async def run(settings: Settings, *,
             tg.create_task(store.run(), name="cloudcore.store.writer")
             tg.create_task(links.run(), name="cloudcore.synchub.brokers")
             tg.create_task(hub.run_retries(), name="cloudcore.synchub.retries")
+            if stored_map is None and to_store and first_map.version > 1:
+                # --broker flags replaced the default the nodes joined under: tell them
+                tg.create_task(tier.tell_all(), name="cloudcore.synchub.brokers.tell-all")
             tg.create_task(hub.run_liveness(), name="cloudcore.synchub.liveness")
 
             async def settle() -> None:  # after each expansion slice

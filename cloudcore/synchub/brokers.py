@@ -215,9 +215,26 @@ class BrokerTier:
                      new.version, what, told)
             return self.view()
 
+    async def tell_all(self) -> int:
+        """Tell every node its list in the map in force (sliced like a change), e.g. at a
+        start whose `--broker` flags replaced the one-broker default that nodes joined
+        under. Returns how many nodes were told."""
+        async with self._lock:
+            m = self.map
+            lists = {p: broker_map_entry(m.version, m.urls_for(p))
+                     for p in range(topics.PARTITIONS)}
+            told = await self._tell_partitions(lists)
+            log.info("broker map version %d: %d node(s) told their broker list",
+                     m.version, told)
+            return told
+
     async def _tell_nodes(self, old: BrokerMap, new: BrokerMap) -> int:
-        changed = {p: broker_map_entry(new.version, new.urls_for(p))
-                   for p in range(topics.PARTITIONS) if old.urls_for(p) != new.urls_for(p)}
+        return await self._tell_partitions({
+            p: broker_map_entry(new.version, new.urls_for(p))
+            for p in range(topics.PARTITIONS) if old.urls_for(p) != new.urls_for(p)})
+
+    async def _tell_partitions(self, changed: dict[int, dict[str, Any]]) -> int:
+        """Put `changed[partition]` into the set of every node of those partitions."""
         if not changed:
             return 0
         told = 0
@@ -238,14 +255,17 @@ class BrokerTier:
         return told
 
 
-def initial_map(stored: Any, flags: dict[str, str], *, default_url: str) -> tuple[BrokerMap, bool]:
+def initial_map(stored: Any, flags: dict[str, str], *, default_url: str,
+                joined: bool = False) -> tuple[BrokerMap, bool]:
     """The map to start with and whether it must be written to the store: the stored one
     if any (a flag naming a broker it lacks adds that broker, active, with no partitions;
     a flag giving a known broker another URL is ignored with a warning), else
     `BrokerMap.spread(flags)`, else the embedded default (one broker `mq-0` at
     `default_url`, not persisted until its first change, so it keeps following the
-    `--mqtt-*` / `--advertise-mqtt` flags). Raises ObjectError if the stored map is
-    unreadable."""
+    `--mqtt-*` / `--advertise-mqtt` flags). `joined` says the store already has nodes:
+    they joined under the default (version 1), so a map from the flags is version 2 and
+    every node must be told its list (`BrokerTier.tell_all`). Raises ObjectError if the
+    stored map is unreadable."""
     if stored is not None:
         try:
             m = BrokerMap.from_value(stored)
@@ -267,5 +287,9 @@ def initial_map(stored: Any, flags: dict[str, str], *, default_url: str) -> tupl
                             "address)", name, url, name, ", ".join(have.urls))
         return m, added
     if flags:
-        return BrokerMap.spread(flags, 1), True
+        if joined:
+            log.info("--broker flags first given to a store with nodes (joined under the "
+                     "one-broker default): broker map version 2, every node is told its "
+                     "list")
+        return BrokerMap.spread(flags, 2 if joined else 1), True
     return BrokerMap.single(DEFAULT_BROKER, default_url), False

@@ -244,3 +244,24 @@ async def test_a_deleted_node_no_longer_counts_as_a_session(store: Store) -> Non
     fleet.delete("Node", None, "n1")
     assert tier.view()["brokers"]["mq-1"]["sessions"] == 1
     assert tier.routes.last_heard("n1") is None and tier.routes.last_heard("n2") == "mq-1"
+
+
+async def test_first_broker_flags_on_a_fleet_are_version_2_and_told_to_every_node(
+        store: Store) -> None:
+    # Issue 14: nodes joined under the one-broker default (version 1). When --broker flags
+    # first appear, the map they build must be newer than what the nodes hold, and every
+    # node must be told its list, or they stay on the broker they joined.
+    m, to_store = initial_map(None, TWO, default_url="mqtts://old:8883", joined=True)
+    assert to_store and m.version == 2
+    assert initial_map(None, TWO, default_url="x")[0].version == 1  # a fresh fleet
+    fleet = make_fleet()
+    by_p = nodes_by_partition(6)
+    for name in by_p.values():
+        add_node(fleet, name)
+    tier = make_tier(fleet, store, m, FakeConnections())
+    assert await tier.tell_all() == len(by_p)
+    told = fleet.desired_sets.entries_of(BROKER_MAP_KEY)
+    assert set(told) == set(by_p.values())
+    for p, name in by_p.items():
+        entry = parse_broker_map_entry(BROKER_MAP_KEY, told[name])
+        assert entry.version == 2 and list(entry.urls) == m.urls_for(p)
