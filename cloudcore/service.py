@@ -84,7 +84,15 @@ from cloudcore.scheduler import Scheduler
 from cloudcore.store import Store
 from cloudcore.store.encryption import KeyRing
 from cloudcore.synchub import SyncHub
-from cloudcore.synchub.brokers import STORE_DB, STORE_KEY, BrokerTier, Routes, initial_map
+from cloudcore.synchub.brokers import (
+    STORE_DB,
+    STORE_KEY,
+    TOLD_KEY,
+    BrokerTier,
+    Routes,
+    initial_map,
+    initial_told,
+)
 from cloudcore.synchub.mqtt import Publisher, SessionCloser, Subscriber, client_tls
 from shared.brokermap import Broker, parse_url, url_of
 from shared.entries import BROKER_MAP_KEY
@@ -167,8 +175,10 @@ async def run(settings: Settings, *,
                 joined=bool(fleet.nodes))
         except ObjectError as exc:
             raise ConfigError(exc.message, field="mqtt.brokers") from None
+        told = initial_told(stored_map, records.get(STORE_DB, {}).get(TOLD_KEY), first_map)
         if to_store:
             store.put(STORE_DB, STORE_KEY, first_map.to_value())
+            store.put(STORE_DB, TOLD_KEY, told)
         routes = Routes(first_map)
         closer = _session_closer(settings, ca)
         auth, broker_files = _open_auth(settings, store, records, ca=ca,
@@ -199,7 +209,7 @@ async def run(settings: Settings, *,
 
         tier = BrokerTier(routes=routes, store=store, connections=links,
                           nodes=lambda: list(fleet.nodes), tell=tell,
-                          persisted=to_store or stored_map is not None)
+                          persisted=to_store or stored_map is not None, told=told)
         _register_gauges(metrics, fleet=fleet, store=store, backlog=links.backlog)
         lists = ListCache(fleet.objects)
         replica: ClusterObjects | None = None  # the global objects and node statuses
@@ -228,9 +238,9 @@ async def run(settings: Settings, *,
             tg.create_task(store.run(), name="cloudcore.store.writer")
             tg.create_task(links.run(), name="cloudcore.synchub.brokers")
             tg.create_task(hub.run_retries(), name="cloudcore.synchub.retries")
-            if stored_map is None and to_store and first_map.version > 1:
-                # --broker flags replaced the default the nodes joined under: tell them
-                tg.create_task(tier.tell_all(), name="cloudcore.synchub.brokers.tell-all")
+            # nodes behind the map (a tell cut short, or --broker flags replacing the
+            # default they joined under) are told their lists
+            tg.create_task(tier.catch_up(), name="cloudcore.synchub.brokers.catch-up")
             tg.create_task(hub.run_liveness(), name="cloudcore.synchub.liveness")
 
             async def settle() -> None:  # after each expansion slice

@@ -14,7 +14,9 @@ Two parts, each the one owner of its state:
   opens or closes the cloud's connections to a broker (`Connections`, the service's),
   and puts the `broker/-/map` desired entry (`shared.entries.broker_map_entry`) into the
   set of every node whose list changed (`tell`, the fleet's desired sets), so agents move.
-  A node whose list did not change gets no entry.
+  A node whose list did not change gets no entry. After the last slice of that tell the
+  `brokermap-told` key beside the map records the version told; at start a marker
+  behind the map (a stop part-way) makes every node be told its list (`catch_up`).
 
 Nothing here speaks MQTT or imports the fleet: the service passes the collaborators.
 """
@@ -38,6 +40,10 @@ log = logging.getLogger("cloudcore.synchub.brokers")
 STORE_DB = "meta"
 STORE_KEY = "brokermap"
 """Where the map is persisted: key `brokermap` of the store's `meta` database."""
+TOLD_KEY = "brokermap-told"
+"""Beside it: the map version every node has been told its list of (an int), written
+after the last slice of a change's tell. A map newer than it at start means cloudcore
+stopped part-way through telling: every node is told its list again (`catch_up`)."""
 DEFAULT_BROKER = "mq-0"
 """The name of the one broker of the embedded default (no `--broker` flag)."""
 TELL_SLICE = 1000
@@ -124,16 +130,18 @@ class BrokerTier:
 
     def __init__(self, *, routes: Routes, store: Store, connections: Connections,
                  nodes: Callable[[], Iterable[str]], tell: Tell,
-                 persisted: bool) -> None:
+                 persisted: bool, told: int | None = None) -> None:
         """`nodes()` names every node that may hold a list (joined or registered);
         `persisted` says whether the map in `routes` is already in the store (the
-        embedded default is not, until its first change)."""
+        embedded default is not, until its first change); `told` the map version every
+        node has been told (`initial_told`; None: the map in `routes`)."""
         self.routes = routes
         self._store = store
         self._connections = connections
         self._nodes = nodes
         self._tell = tell
         self._persisted = persisted
+        self._told = routes.map.version if told is None else told
         self._lock = asyncio.Lock()
 
     @property
@@ -210,7 +218,11 @@ class BrokerTier:
             for name in old.brokers.keys() - new.brokers.keys():
                 self._connections.close(name)
                 self.routes.drop_broker(name)
-            told = await self._tell_nodes(old, new)
+            if self._told < old.version:  # a tell was cut short: everyone, not a diff
+                told = await self._tell_partitions(self._lists(new))
+            else:
+                told = await self._tell_nodes(old, new)
+            self._mark_told(new.version)
             log.info("broker map version %d: %s; %d node(s) told their new broker list",
                      new.version, what, told)
             return self.view()
@@ -221,12 +233,33 @@ class BrokerTier:
         under. Returns how many nodes were told."""
         async with self._lock:
             m = self.map
-            lists = {p: broker_map_entry(m.version, m.urls_for(p))
-                     for p in range(topics.PARTITIONS)}
-            told = await self._tell_partitions(lists)
+            told = await self._tell_partitions(self._lists(m))
+            self._mark_told(m.version)
             log.info("broker map version %d: %d node(s) told their broker list",
                      m.version, told)
             return told
+
+    async def catch_up(self) -> int:
+        """At start: if the nodes were last told an older version than the map in force
+        (cloudcore stopped part-way through a change's tell, or `--broker` flags replaced
+        the default the nodes joined under), tell every node its list (`tell_all`).
+        Returns how many nodes were told."""
+        if self._told >= self.map.version:
+            return 0
+        log.info("broker map version %d, nodes last told version %d: telling every node "
+                 "its list", self.map.version, self._told)
+        return await self.tell_all()
+
+    @staticmethod
+    def _lists(m: BrokerMap) -> dict[int, dict[str, Any]]:
+        return {p: broker_map_entry(m.version, m.urls_for(p))
+                for p in range(topics.PARTITIONS)}
+
+    def _mark_told(self, version: int) -> None:
+        """Every node has been told `version` (after the last slice, so a stop part-way
+        leaves the marker behind and `catch_up` finishes the job at the next start)."""
+        self._told = version
+        self._store.put(STORE_DB, TOLD_KEY, version)
 
     async def _tell_nodes(self, old: BrokerMap, new: BrokerMap) -> int:
         return await self._tell_partitions({
@@ -253,6 +286,20 @@ class BrokerTier:
             self._tell(entries)
             told += len(entries)
         return told
+
+
+def initial_told(stored: Any, told: Any, start: BrokerMap) -> int:
+    """The map version every node has been told, at start: `stored` is the stored map
+    (None: none), `told` the stored `TOLD_KEY` (None: none), `start` the map
+    `initial_map` chose. Nothing stored: the default the nodes joined under (1). A stored
+    map without a marker is from before the marker: taken as told. `--broker` flags that
+    add brokers to a told map change no node's list (a new broker is home of nothing)."""
+    if stored is None:
+        return 1
+    stored_version = stored.get("version") if isinstance(stored, dict) else None
+    if not isinstance(told, int) or not isinstance(stored_version, int):
+        return start.version
+    return start.version if told >= stored_version else told
 
 
 def initial_map(stored: Any, flags: dict[str, str], *, default_url: str,

@@ -21,9 +21,11 @@ from cloudcore.synchub import SyncHub
 from cloudcore.synchub.brokers import (
     STORE_DB,
     STORE_KEY,
+    TOLD_KEY,
     BrokerTier,
     Routes,
     initial_map,
+    initial_told,
 )
 from shared import topics
 from shared.brokermap import Broker, BrokerMap
@@ -265,3 +267,51 @@ async def test_first_broker_flags_on_a_fleet_are_version_2_and_told_to_every_nod
     for p, name in by_p.items():
         entry = parse_broker_map_entry(BROKER_MAP_KEY, told[name])
         assert entry.version == 2 and list(entry.urls) == m.urls_for(p)
+
+
+async def test_a_tell_cut_short_is_finished_at_the_next_start(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Issue 14: a change is saved and in force before the nodes are told, in slices; a
+    # stop part-way left the rest untold for ever. The marker beside the map says which
+    # version every node was told, and a start behind it tells everyone.
+    from cloudcore.synchub import brokers as brokers_module
+
+    monkeypatch.setattr(brokers_module, "TELL_SLICE", 4)
+    names = [f"n{i}" for i in range(50)]
+    calls: list[dict[str, Any]] = []
+
+    def stops_after_one_slice(entries: dict[str, Any]) -> None:
+        if calls:
+            raise asyncio.CancelledError  # cloudcore stopped part-way
+        calls.append(dict(entries))
+
+    m = BrokerMap.single("mq-0", "mqtts://b0").add("mq-1", "mqtts://b1")
+    store.put(STORE_DB, STORE_KEY, m.to_value())
+    store.put(STORE_DB, TOLD_KEY, m.version)
+    tier = BrokerTier(routes=Routes(m), store=store, connections=FakeConnections(),
+                      nodes=lambda: names, tell=stops_after_one_slice, persisted=True)
+    with pytest.raises(asyncio.CancelledError):
+        await tier.drain("mq-0")
+    assert len(calls) == 1 and len(calls[0]) < len(names)
+    await store.flush()
+    meta = store.load()[STORE_DB]
+    stored, marker = meta[STORE_KEY], meta[TOLD_KEY]
+    assert stored["version"] == m.version + 1 and marker == m.version  # behind
+
+    # the next start
+    again = BrokerMap.from_value(stored)
+    told = initial_told(stored, marker, again)
+    assert told == m.version
+    seen: list[dict[str, Any]] = []
+    tier = BrokerTier(routes=Routes(again), store=store, connections=FakeConnections(),
+                      nodes=lambda: names, tell=lambda e: seen.append(dict(e)),
+                      persisted=True, told=told)
+    assert await tier.catch_up() == len(names)
+    assert sorted(n for c in seen for n in c) == sorted(names)
+    assert {v["urls"][0] for c in seen for v in c.values()} == {"mqtts://b1:8883"}
+    await store.flush()
+    assert store.load()[STORE_DB][TOLD_KEY] == again.version
+    assert await tier.catch_up() == 0  # caught up: nobody told twice
+    # a stored map from before the marker is taken as told; nothing stored: version 1
+    assert initial_told(stored, None, again) == again.version
+    assert initial_told(None, None, BrokerMap.spread(TWO, 2)) == 1
