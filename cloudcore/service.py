@@ -202,13 +202,8 @@ async def run(settings: Settings, *,
             links.open(name, b)
         hub.attach(links.send, backlog=links.backlog)
 
-        def tell(entries: dict[str, dict[str, Any]]) -> None:
-            for node, value in entries.items():
-                fleet.desired_sets.put_entry(node, BROKER_MAP_KEY, value)
-            fleet.commit()
-
         tier = BrokerTier(routes=routes, store=store, connections=links,
-                          nodes=lambda: list(fleet.nodes), tell=tell,
+                          nodes=lambda: list(fleet.nodes), tell=broker_map_teller(fleet),
                           persisted=to_store or stored_map is not None, told=told)
         _register_gauges(metrics, fleet=fleet, store=store, backlog=links.backlog)
         lists = ListCache(fleet.objects)
@@ -398,6 +393,19 @@ class BrokerLinks:
                 await asyncio.Event().wait()
             finally:
                 self._tg = None
+
+
+def broker_map_teller(fleet: Fleet) -> Callable[[dict[str, dict[str, Any]]], None]:
+    """The broker tier's `tell`: put each `broker/-/map` entry into its node's desired
+    set and commit. A node deleted since the tier listed the nodes (a tell goes in
+    slices, giving the loop back between them) is skipped: it would keep an entry for
+    ever."""
+    def tell(entries: dict[str, dict[str, Any]]) -> None:
+        for node, value in entries.items():
+            if node in fleet.nodes:
+                fleet.desired_sets.put_entry(node, BROKER_MAP_KEY, value)
+        fleet.commit()
+    return tell
 
 
 def _kv_settings(settings: Settings, ca: FleetCA) -> KVSettings:

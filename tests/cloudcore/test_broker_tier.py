@@ -315,3 +315,34 @@ async def test_a_tell_cut_short_is_finished_at_the_next_start(
     # a stored map from before the marker is taken as told; nothing stored: version 1
     assert initial_told(stored, None, again) == again.version
     assert initial_told(None, None, BrokerMap.spread(TWO, 2)) == 1
+
+
+async def test_a_node_deleted_mid_tell_gets_no_entry(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Issue 14: the tell goes in slices over a list of nodes taken at its start; a node
+    # deleted between slices still got a broker/-/map entry (kept for ever).
+    from cloudcore.service import broker_map_teller
+    from cloudcore.synchub import brokers as brokers_module
+
+    monkeypatch.setattr(brokers_module, "TELL_SLICE", 2)
+    fleet = make_fleet()
+    names = [f"n{i}" for i in range(12)]
+    for name in names:
+        add_node(fleet, name)
+    teller = broker_map_teller(fleet)
+    gone: list[str] = []
+
+    def tell(entries: dict[str, dict[str, Any]]) -> None:
+        teller(entries)
+        if not gone:  # after the first slice, delete a node not told yet
+            victim = next(n for n in reversed(names) if n not in entries)
+            fleet.delete("Node", None, victim)
+            gone.append(victim)
+
+    m = BrokerMap.single("mq-0", "mqtts://b0").add("mq-1", "mqtts://b1")
+    tier = BrokerTier(routes=Routes(m), store=store, connections=FakeConnections(),
+                      nodes=lambda: list(fleet.nodes), tell=tell, persisted=True)
+    await tier.drain("mq-0")  # every node's list changes
+    told = fleet.desired_sets.entries_of(BROKER_MAP_KEY)
+    assert gone and gone[0] not in told
+    assert set(told) == set(names) - set(gone)
