@@ -1818,9 +1818,14 @@ def brokers_drain(
 def brokers_remove(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(metavar="NAME")],
+    force: Annotated[bool, typer.Option("--force", help="Remove it even while nodes were "
+                                        "last heard there (they are cut off until their "
+                                        "next retry of their home broker).")] = False,
 ) -> None:
-    """Take NAME out of the map (refused while it is home of any partition)."""
+    """Take NAME out of the map (refused while it is home of any partition, and while
+    nodes were last heard there unless --force)."""
     _broker_name(name)
     with _state(ctx).client() as api:
-        view = api.call("DELETE", f"brokermap/brokers/{name}", what=f"broker {name!r}")
+        view = api.call("DELETE", f"brokermap/brokers/{name}"
+                        + ("?force=true" if force else ""), what=f"broker {name!r}")
     _print(f"broker/{name} removed (map version {view.get('version')})")

@@ -7,7 +7,9 @@
     POST   /api/v1/brokermap/move                  operator: {"partitions": [..], "to"}
     POST   /api/v1/brokermap/brokers               operator: add {"name", "url"}
     POST   /api/v1/brokermap/brokers/{name}/drain  operator
-    DELETE /api/v1/brokermap/brokers/{name}        operator; 409 while it is a home
+    DELETE /api/v1/brokermap/brokers/{name}        operator; 409 while it is a home, and
+                                                   while nodes were last heard there
+                                                   unless ?force=true
 
 Every change answers the new map as GET does. The API does not own the map: the
 service passes a `BrokerTierPort` (cloudcore.synchub.brokers.BrokerTier), which
@@ -41,7 +43,7 @@ class BrokerTierPort(Protocol):
 
     async def drain(self, name: str) -> dict[str, Any]: ...
 
-    async def remove(self, name: str) -> dict[str, Any]: ...
+    async def remove(self, name: str, *, force: bool = False) -> dict[str, Any]: ...
 
 
 class MoveRequest(BaseModel):
@@ -87,7 +89,7 @@ class ShardRefusesChanges:
     async def drain(self, name: str) -> dict[str, Any]:
         raise Conflict(self.REFUSAL)
 
-    async def remove(self, name: str) -> dict[str, Any]:
+    async def remove(self, name: str, *, force: bool = False) -> dict[str, Any]:
         raise Conflict(self.REFUSAL)
 
 
@@ -131,9 +133,13 @@ def brokermap_router(tier: BrokerTierPort, *, reader: Any, operator: Any,
         return await tier.drain(name)
 
     @r.delete("/api/v1/brokermap/brokers/{name}", summary="Remove a broker (operator)",
-              description="409 while it is any partition's home (drain it first). "
-                          "cloudcore closes its connections to it.")
-    async def remove(name: str, _: Principal = operator) -> dict[str, Any]:
-        return await tier.remove(name)
+              description="409 while it is any partition's home (drain it first), and "
+                          "while nodes were last heard on it (its `sessions`), unless "
+                          "`?force=true`. cloudcore closes its connections to it at once: "
+                          "a node still there is reached again only when it next retries "
+                          "its home broker.")
+    async def remove(name: str, force: bool = False,
+                     _: Principal = operator) -> dict[str, Any]:
+        return await tier.remove(name, force=force)
 
     return r

@@ -191,12 +191,22 @@ class BrokerTier:
                            "before draining it")
         return await self._change(lambda m: m.drain(name), f"draining broker {name}")
 
-    async def remove(self, name: str) -> dict[str, Any]:
+    async def remove(self, name: str, *, force: bool = False) -> dict[str, Any]:
+        """Refused while `name` is any partition's home, and (unless `force`) while nodes
+        were last heard there: the cloud closes its connections at once, and such a node
+        is reached again only when it next retries its home."""
         self._known(name)
         homed = self.map.homes()[name]
         if homed:
             raise Conflict(f"broker {name!r} is still home of {len(homed)} partition(s); "
                            "drain it (or move them) first")
+        self.routes.keep_only(self._nodes())
+        sessions = self.routes.sessions().get(name, 0)
+        if sessions and not force:
+            raise Conflict(f"broker {name!r} still has {sessions} session(s) (nodes last "
+                           "heard there); wait until `fedctl get brokers` shows 0, or "
+                           "force it (`fedctl brokers remove --force`, ?force=true): those "
+                           "nodes are cut off until their next retry of their home broker")
         return await self._change(lambda m: m.remove(name), f"removed broker {name}")
 
     def _known(self, name: str) -> None:

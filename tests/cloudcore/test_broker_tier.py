@@ -346,3 +346,20 @@ async def test_a_node_deleted_mid_tell_gets_no_entry(
     told = fleet.desired_sets.entries_of(BROKER_MAP_KEY)
     assert gone and gone[0] not in told
     assert set(told) == set(names) - set(gone)
+
+
+async def test_a_broker_nodes_were_last_heard_on_is_removed_only_with_force(
+        store: Store) -> None:
+    # Issue 14: removing a drained broker closes the cloud's connections at once; the
+    # nodes still there were cut off until their next home retry, without a word.
+    fleet = make_fleet()
+    for name in ("n1", "n2"):
+        add_node(fleet, name)
+    tier = make_tier(fleet, store, BrokerMap.spread(TWO), FakeConnections())
+    await tier.drain("mq-0")
+    tier.routes.heard("n1", "mq-0")
+    with pytest.raises(Conflict, match="still has 1 session"):
+        await tier.remove("mq-0")
+    assert "mq-0" in tier.map.brokers
+    view = await tier.remove("mq-0", force=True)
+    assert list(view["brokers"]) == ["mq-1"]

@@ -255,13 +255,17 @@ async def test_nodes_on_two_secure_brokers_sessions_and_a_move(
         assert m.version == 2 and m.home(topics.partition_of(n0)) == "mq-1"
 
 
-async def fedctl(cloud: Running, token: str, *args: str) -> str:
-    """The real fedctl CLI against the running cloudcore; its stdout (fails on an error)."""
+async def fedctl(cloud: Running, token: str, *args: str, fails: bool = False) -> str:
+    """The real fedctl CLI against the running cloudcore; its stdout (fails on an error;
+    `fails`: must exit non-zero, and its stderr and stdout are returned)."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "fedctl", "--server", cloud.url, "--token", token,
         "--certificate-authority", str(cloud.ca.cert_path), *args,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+    if fails:
+        assert proc.returncode != 0, f"fedctl {' '.join(args)} did not fail"
+        return err.decode() + out.decode()
     assert proc.returncode == 0, f"fedctl {' '.join(args)}: {err.decode()}"
     return out.decode()
 
@@ -325,6 +329,16 @@ async def test_a_broker_added_moved_to_drained_and_removed_live_with_fedctl(
                 await fedctl(cloud, admin, "brokers", "drain", "mq-0")
                 m = cloud.brokers.map
                 assert m.brokers["mq-0"].state == "draining" and m.homes()["mq-0"] == []
+                # heard on the drained broker again (as on a fallback): removing it would
+                # cut the node off, so it is refused, naming the sessions left
+                async with edge(a.port) as e2:
+                    await e2.send(Report(node=node, seq=2))
+                    assert (await e2.recv(ReportAck)).seq == 2
+                    assert cloud.hub.routes.last_heard(node) == "mq-0"
+                    out = await fedctl(cloud, admin, "brokers", "remove", "mq-0", fails=True)
+                    assert "1 session(s)" in out and "--force" in out, out
+                    await e1.send(Report(node=node, seq=3))
+                    assert (await e1.recv(ReportAck)).seq == 3
                 out = await fedctl(cloud, admin, "brokers", "remove", "mq-0")
                 assert "broker/mq-0 removed (map version 5)" in out
                 view = json.loads(await fedctl(cloud, admin, "get", "brokers", "-o", "json"))
@@ -336,6 +350,6 @@ async def test_a_broker_added_moved_to_drained_and_removed_live_with_fedctl(
                 # our node's list only lost its last fallback: one entry, no move
                 d2 = await e1.recv(Desired)
                 assert d2.put[BROKER_MAP_KEY] == {"version": 5, "urls": [url1]}
-                await e1.send(Report(node=node, seq=2))
-                assert (await e1.recv(ReportAck)).seq == 2
+                await e1.send(Report(node=node, seq=4))
+                assert (await e1.recv(ReportAck)).seq == 4
                 assert cloud.fleet.nodes[node].status.ready == "Ready"
