@@ -440,6 +440,7 @@ def create_app(fleet: Fleet, *, metrics: Metrics,
     operator = needs(Role.OPERATOR, "changing workloads and nodes")
     admin = needs(Role.ADMIN, "managing tokens and nodes")
     log_reader = needs(Role.OPERATOR, "reading pod logs")
+    map_operator = needs(Role.OPERATOR, "changing the broker map")
 
     # -- the web console at / (cloudcore/console; its pages call the routes below) ----
     from cloudcore.console import console_router  # here: the console imports api.selectors
@@ -448,7 +449,7 @@ def create_app(fleet: Fleet, *, metrics: Metrics,
     if brokers is not None and cluster is not None:
         brokers = ShardRefusesChanges(brokers)  # the map is not shared by shards yet
     if brokers is not None:
-        app.include_router(brokermap_router(brokers, reader=reader, operator=operator,
+        app.include_router(brokermap_router(brokers, reader=reader, operator=map_operator,
                                             insecure=not access.enabled))
 
     # -- health ----------------------------------------------------------------------
@@ -714,8 +715,7 @@ def create_app(fleet: Fleet, *, metrics: Metrics,
             raise ObjectError(f"documents: at most {MAX_DOCUMENTS} objects",
                               field="documents")
         out: dict[str, Any] = {"dryRun": body.dryRun}
-        shared_write = cluster is not None and not body.dryRun and any(
-            is_global(o.kind) for o in objs)
+        shared_write = cluster is not None and not body.dryRun
         if body.perDocument and shared_write:
             verdicts, made = await _apply_each_shared(objs, versions, body.createNamespaces)
             await flush()
