@@ -217,6 +217,9 @@ async def test_nodes_on_two_secure_brokers_sessions_and_a_move(
             r = await api.post("/api/v1/brokermap/move", headers=viewer,
                                json={"partitions": [p0], "to": "mq-1"})
             assert r.status_code == 403
+            assert "changing the broker map needs operator" in r.json()["error"]
+            r = await api.delete("/api/v1/brokermap/brokers/mq-1", headers=viewer)
+            assert r.status_code == 403 and "broker map" in r.json()["error"]
             r = await api.delete("/api/v1/brokermap/brokers/mq-1")
             assert r.status_code == 409 and "still home" in r.json()["error"]
 
