@@ -8,6 +8,7 @@ environment behind the caller's back.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,8 @@ from edgecore.errors import ConfigError
 from shared.brokermap import parse_url, url_of
 from shared.errors import ObjectError
 from shared.topics import valid_node_name
+
+log = logging.getLogger("edgecore.config")
 
 MiB = 1024 * 1024
 _LABEL_KEY = re.compile(
@@ -229,8 +232,11 @@ class AgentSettings:
 
     @property
     def broker_urls(self) -> tuple[str, ...]:
-        """The join list in effect: `mqtt_brokers`, or `mqtt_host:mqtt_port` alone."""
+        """The join list in effect: `mqtt_brokers` (a TLS agent skips its plain
+        entries), or `mqtt_host:mqtt_port` alone."""
         if self.mqtt_brokers:
+            if self.tls:
+                return tuple(u for u in self.mqtt_brokers if parse_url(u).tls)
             return self.mqtt_brokers
         return (url_of(self.mqtt_host, self.mqtt_port, tls=self.tls),)
 
@@ -295,14 +301,20 @@ class AgentSettings:
         if not self.mqtt_host:
             raise ConfigError("must not be empty", field="mqtt_host")
         _range("mqtt_port", self.mqtt_port, 1, 65535)
+        plain = []
         for i, url in enumerate(self.mqtt_brokers):
             try:
                 u = parse_url(url, f"mqtt_brokers[{i}]")
             except ObjectError as exc:
                 raise ConfigError(exc.message, field="mqtt_brokers") from None
             if self.tls and not u.tls:
-                raise ConfigError(f"{url!r} is plain MQTT and this agent uses TLS (mqtts://)",
-                                  field="mqtt_brokers")
+                plain.append(url)
+        if plain and len(plain) == len(self.mqtt_brokers):
+            raise ConfigError(f"every broker ({', '.join(plain)}) is plain MQTT and this "
+                              "agent uses TLS (mqtts://)", field="mqtt_brokers")
+        if plain:  # a mixed map: the TLS entries still reach the fleet
+            log.warning("mqtt_brokers: skipping %s: plain MQTT, and this agent uses TLS "
+                        "(its password would cross the network in clear)", ", ".join(plain))
         _range("broker_map_version", self.broker_map_version, 0, 1 << 62)
         _range("broker_home_retry_s", self.broker_home_retry_s, 0.01, 86400)
         _range("broker_move_jitter_s", self.broker_move_jitter_s, 0, 86400)

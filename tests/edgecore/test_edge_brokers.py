@@ -95,6 +95,19 @@ def test_settings_list_and_its_checks(tmp_path: Path) -> None:
     assert "tcp://a:1" in str(bad.value)
     with pytest.raises(ConfigError, match="plain MQTT"):
         AgentSettings(node="n1", state_dir=tmp_path, tls=True, mqtt_brokers=("mqtt://a:1",))
+
+
+def test_a_tls_agent_skips_the_plain_entries_of_a_mixed_list(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # Issue 14: a mixed plain/TLS map stranded TLS agents: they refused to start on it.
+    with caplog.at_level("WARNING", logger="edgecore.config"):
+        s = AgentSettings(node="n1", state_dir=tmp_path, tls=True,
+                          mqtt_brokers=("mqtt://a:1883", "mqtts://b:8883", "mqtt://c:1"))
+    assert s.broker_urls == ("mqtts://b:8883",)
+    assert "skipping mqtt://a:1883, mqtt://c:1" in caplog.text
+    plain = AgentSettings(node="n1", state_dir=tmp_path,
+                          mqtt_brokers=("mqtt://a:1883", "mqtts://b:8883"))
+    assert plain.broker_urls == ("mqtt://a:1883", "mqtts://b:8883")  # a plain agent: both
     with pytest.raises(ConfigError, match="broker_move_jitter_s"):
         AgentSettings(node="n1", state_dir=tmp_path, broker_move_jitter_s=-1)
 
