@@ -74,6 +74,7 @@ def test_storm_kills_every_broker_and_loses_nothing(tmp_path: Path) -> None:
     assert r["messages"]["edge_snapshots_received"] == 0
     assert r["messages"]["edge_deltas_received"] >= 200
     assert r["shard_kill"]["run"] is False and "not built" in r["shard_kill"]["why"]
+    assert "faked" in r["shard_kill"]["why"]
     assert r["targets"]["nothing lost"]["met"] is True
     assert set(r["cpu_s_per_1000_nodes"]) == {"cloud", "brokers", "simulators"}
 
