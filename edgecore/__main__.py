@@ -249,7 +249,10 @@ def settings_from_args(args: argparse.Namespace) -> AgentSettings:
         broker_home_retry_s=args.broker_home_retry,
         mqtt_username=cfg.username if cfg else None,
         mqtt_password=cfg.password if cfg else None,
-        node_key=node_key, tls=tls, ca_file=ca_file if tls else None,
+        # a plain agent keeps the fleet CA too: its list (now or after a map change) may
+        # name mqtts:// brokers, verified against it
+        node_key=node_key, tls=tls,
+        ca_file=ca_file,
         client_cert=client_cert if tls else None, client_key=client_key if tls else None,
         cloud_url=cfg.cloud if cfg else None,
         mqtt_keepalive_s=args.mqtt_keepalive,

@@ -140,6 +140,7 @@ class Agent:
                 op_timeout_s=s.op_timeout, keys=keys,
                 tls=TlsFiles(ca_file=s.ca_file, client_cert=s.client_cert,
                              client_key=s.client_key) if s.tls else None,
+                mqtts=TlsFiles(ca_file=s.ca_file) if not s.tls and s.ca_file else None,
                 on_up=beat_now.set,  # a (re)connected node reports at once
                 kick=kick)
             reporter = self.reporter = Reporter(

@@ -70,7 +70,8 @@ class AgentSettings:
     tls: bool = False
     """Connect to the broker over TLS, verified against `ca_file` (or the system CAs)."""
     ca_file: Path | None = None
-    """The fleet CA (PEM) that the broker's certificate must chain to."""
+    """The fleet CA (PEM) that the broker's certificate must chain to; a plain agent
+    (`tls` False) keeps it for the `mqtts://` brokers its list may name."""
     client_cert: Path | None = None
     """Client certificate (PEM) presented to the broker; with `client_key`."""
     client_key: Path | None = None
@@ -325,8 +326,9 @@ class AgentSettings:
             raise ConfigError("must be 32 bytes", field="node_key")
         if (self.client_cert is None) != (self.client_key is None):
             raise ConfigError("client_cert and client_key go together", field="client_cert")
-        if (self.ca_file is not None or self.client_cert is not None) and not self.tls:
-            raise ConfigError("ca_file and client certificates need tls", field="tls")
+        if self.client_cert is not None and not self.tls:  # a plain agent may keep
+            # ca_file: its map may list mqtts:// brokers (verified against it)
+            raise ConfigError("client certificates need tls", field="tls")
         if self.event_loop not in ("asyncio", "uvloop"):
             raise ConfigError("must be asyncio or uvloop", field="event_loop")
         if self.policy_cap not in ("privileged", "baseline", "restricted"):

@@ -146,6 +146,7 @@ class Link:
         password: str | None = None, op_timeout_s: float = OP_TIMEOUT_S,
         on_up: Callable[[], None] | None = None, keys: seal.NodeKeys | None = None,
         tls: TlsFiles | None = None, kick: asyncio.Event | None = None,
+        mqtts: TlsFiles | None = None,
         brokers: Callable[[], BrokerList] | None = None,
         brokers_changed: asyncio.Event | None = None,
         home_retry_s: float = HOME_RETRY_S, move_jitter_s: float = MOVE_JITTER_S,
@@ -160,11 +161,14 @@ class Link:
         TLS when `tls` is given. `brokers_changed` is set when the list may have changed
         (a desired set was applied); the link clears it. `mqtts://` brokers use `tls`
         (or the system's CAs when None); a plain `mqtt://` broker is refused when `tls`
-        is given, so a TLS agent never sends its password in clear."""
+        is given, so a TLS agent never sends its password in clear. `mqtts` is what a
+        plain agent (no `tls`) uses for the `mqtts://` brokers of a mixed list (the fleet
+        CA it joined with); None: the system's CAs."""
         self.node = node
         self.keys = keys
         """k_down/k_up of this node; None: nothing is sealed or checked (insecure)."""
         self.tls = tls
+        self._mqtts = mqtts
         self._username = username
         self._password = password
         single = BrokerList.single(host, port, tls=tls is not None)
@@ -289,7 +293,7 @@ class Link:
                             qos=1)
         try:
             tls_context = (None if not endpoint.tls
-                           else (self.tls or TlsFiles()).context())
+                           else (self.tls or self._mqtts or TlsFiles()).context())
         except (OSError, ssl.SSLError) as exc:
             raise LinkError(f"TLS setup failed: {exc}") from exc
         client = aiomqtt.Client(

@@ -450,3 +450,57 @@ async def test_stop_during_a_move_leaves_no_session_behind(
                 pass
         await asyncio.sleep(0.5)
         assert cloud.wills() == []
+
+
+async def test_a_plain_agent_keeps_the_fleet_ca_for_the_mqtts_brokers_of_its_list(
+        tmp_path: Path) -> None:
+    """Issue 14: an agent that joined a plain broker dropped the fleet CA, so an
+    `mqtts://` broker of a mixed map (verified against the system CAs) never took it. It
+    keeps the CA now: its home (plain) is down, and it lands on the TLS fallback."""
+    import shutil
+    import ssl
+    import subprocess
+
+    from cloudcore.auth.pki import FleetCA
+    from edgecore.__main__ import build_parser, settings_from_args
+    from edgecore.join import config_path, write_config
+    from testbed.broker import BrokerSecurity
+    from testbed.ports import free_port
+
+    if shutil.which("mosquitto_passwd") is None:
+        pytest.skip("mosquitto_passwd is not installed")
+    ca = FleetCA.open(tmp_path / "pki")
+    secure = Mosquitto(workdir=tmp_path / "mq-tls", security=BrokerSecurity())
+    ca.write_broker_certs(secure.tls_dir, ["127.0.0.1"])
+    secure.passwd.touch()
+    for user, pw in ((NODE, "node-pw"), ("svc", "svc-pw")):
+        subprocess.run(["mosquitto_passwd", "-b", str(secure.passwd), user, pw], check=True,
+                       capture_output=True)
+    secure.acl.write_text("user svc\ntopic readwrite fed/v1/#\n\n"
+                          "pattern read fed/v1/+/%u/down\npattern write fed/v1/+/%u/up\n"
+                          "pattern write fed/v1/+/%u/will\n")
+    state = tmp_path / "state"
+    state.mkdir()
+    shutil.copy(ca.cert_path, state / "ca.crt")
+    dead = f"mqtt://127.0.0.1:{free_port('127.0.0.1')}"
+    tls_url = f"mqtts://127.0.0.1:{secure.port}"
+    write_config(config_path(state), JoinedConfig(
+        name=NODE, broker_host="127.0.0.1", broker_port=1, username=NODE,
+        password="node-pw", tls=False, ca_file=str(state / "ca.crt"),
+        brokers=(dead, tls_url), broker_map_version=2))
+    s = settings_from_args(build_parser().parse_args(
+        ["run", "--state-dir", str(state), "--insecure", "--reconnect-max", "0.5"]))
+    assert not s.tls and s.ca_file == state / "ca.crt"
+    assert s.broker_urls == (dead, tls_url)
+    with secure:
+        tls = ssl.create_default_context(cafile=str(ca.cert_path))
+        async with aiomqtt.Client("127.0.0.1", secure.port, identifier="svc",
+                                  username="svc", password="svc-pw", tls_context=tls) as c:
+            await c.subscribe(topics.up(NODE), qos=1)
+            agent = Agent(s, runtime=FakeRuntime(clock=time.time))
+            async with running(agent):
+                async with asyncio.timeout(20):
+                    async for m in c.messages:
+                        if isinstance(decode(bytes(m.payload)), Resync):  # type: ignore[arg-type]
+                            break
+                assert agent.link.connected
