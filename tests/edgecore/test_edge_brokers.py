@@ -346,8 +346,11 @@ async def test_agent_follows_the_map_entry_and_restarts_on_the_new_list(
             assert (await cloud.expect("a", Ack)).gen == 2
             moved = await cloud.expect("b", Resync, timeout=10)
             assert (moved.epoch, moved.gen) == ("E", 2)  # the resync names what it holds
-            assert agent.link is not None and agent.link.endpoint is not None
-            assert agent.link.endpoint.url == url(b)
+            assert agent.link is not None
+            # the new session says hello before the link swaps over to it: wait for that
+            async with asyncio.timeout(5):
+                while agent.link.endpoint is None or agent.link.endpoint.url != url(b):
+                    await asyncio.sleep(0.01)
             assert agent.sync is not None and agent.sync.stats.applied == 1
             assert agent.sync.stats.unexpected == 0
             # Later changes reach it on b, and the reconciler still passes over a desired
