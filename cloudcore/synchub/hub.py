@@ -116,9 +116,9 @@ class _Link:
 
     epoch: str | None = None  # the epoch the edge said it is in (None: it has none yet)
     epoch_known: bool = False  # False: not heard since start; assume ours
-    inflight: int | None = None  # gen of the delta awaiting its ack
+    inflight: int | None = None  # gen of the delta awaiting its ack (via `_set_inflight`)
     attempts: int = 0
-    retry_at: float = 0.0
+    retry_at: float = 0.0  # when its ack is late; the heap entry with this time is live
 
 
 class SyncHub:
@@ -155,7 +155,12 @@ class SyncHub:
         self._send: Send | None = None
         self._backlog: Callable[[], int] | None = None
         self._links: dict[str, _Link] = {}
+        # (retry_at, node), lazily pruned: an entry whose node's link no longer has
+        # that retry_at (acked, resent, dropped) is skipped when it comes to the head
         self._retry: list[tuple[float, str]] = []
+        self._in_flight = 0  # links with a delta awaiting its ack (live, unlike the heap)
+        self._not_before = 0.0  # no retry before this: our own publish queue was full
+        self._sleep_until = float("inf")  # when run_retries wakes by itself
         self._racks: dict[asyncio.Future[None], dict[str, int]] = {}
         # node -> (clock() the ack is due, seq, reports waiting): acks that can wait
         self._lazy: dict[str, tuple[float, int, int]] = {}
@@ -279,7 +284,7 @@ class SyncHub:
     def _on_resync(self, node: str, msg: Resync) -> None:
         link = self._link(node)
         link.epoch, link.epoch_known = msg.epoch, True
-        link.inflight = -1  # hold sends triggered by registering: the reply below covers them
+        self._set_inflight(link, -1)  # hold sends triggered by registering: the reply covers them
         self.nodes.register_node(node)
         self.nodes.heard(node, self.clock())
         nd = self.desired.desired_for(node)
@@ -297,7 +302,7 @@ class SyncHub:
                                               f"{nd.epoch}, which it had left")
         if msg.epoch == nd.epoch:
             self.desired.record_ack(node, msg.epoch, msg.gen)
-        link.inflight = None
+        self._set_inflight(link, None)
         link.attempts = 0
         if msg.epoch != nd.epoch or msg.gen != nd.gen:
             self._send_delta(node, base=msg.gen)
@@ -316,7 +321,7 @@ class SyncHub:
         if msg.epoch == nd.epoch:
             link.epoch, link.epoch_known = nd.epoch, True
         if link.inflight is not None and nd.acked >= link.inflight:
-            link.inflight = None
+            self._set_inflight(link, None)
             link.attempts = 0
         self._maybe_send(node)
 
@@ -355,7 +360,7 @@ class SyncHub:
             self.desired.record_ack(node, msg.epoch, msg.gen)
             link = self._link(node)
             if link.inflight is not None and nd.acked >= link.inflight:
-                link.inflight = None
+                self._set_inflight(link, None)
         self.nodes.heard(node, self.clock())  # after node_status: it may set the heartbeat
         self.nodes.mark_ready(node)
         self.desired.set_report_seq(node, msg.seq)
@@ -377,7 +382,7 @@ class SyncHub:
         nd = self.desired.restart_epoch(node, new_epoch(), why=why)
         link = self._link(node)
         link.epoch, link.epoch_known = edge_epoch, True
-        link.inflight = None
+        self._set_inflight(link, None)
         link.attempts = 0
         return nd
 
@@ -389,7 +394,7 @@ class SyncHub:
                                   message="the agent's MQTT session ended (last will)")
         link = self._links.get(node)
         if link is not None:
-            link.inflight = None  # the agent resyncs on reconnect; no retries meanwhile
+            self._set_inflight(link, None)  # the agent resyncs on reconnect; no retries meanwhile
 
     # -- reports: group-committed acks ---------------------------------------------------
 
@@ -456,31 +461,36 @@ class SyncHub:
         link = self._link(node)
         epoch = link.epoch if link.epoch_known else nd.epoch
         self._emit(node, *self._for_wire(node, nd.delta(base, epoch)))
-        link.inflight = nd.gen
+        self._set_inflight(link, nd.gen)
         # An ack is late only after the deltas queued before it could have been
         # answered: allow for the fleet-wide number in flight at the rate one
         # subscriber connection processes acks, so a rollout to 15,000 nodes does not
         # resend to nodes whose acks are merely waiting in our inbound queue.
-        in_flight = len(self._retry)
+        # One heap push per send (O(log n)); the loop is woken only when this retry is
+        # due before it would wake anyway, not on every send of a rollout (issue 14).
         link.retry_at = (self.clock() + self._backoff.delay(link.attempts)
-                         + in_flight / ACKS_PER_S)
+                         + self._in_flight / ACKS_PER_S)
         heapq.heappush(self._retry, (link.retry_at, node))
-        self._wake_retry.set()
+        if link.retry_at < self._sleep_until:
+            self._sleep_until = link.retry_at
+            self._wake_retry.set()
 
-    def _postpone(self, until: float) -> None:
-        """Move every retry due before `until` to `until` (attempts unchanged)."""
-        while self._retry and self._retry[0][0] < until:
-            when, node = heapq.heappop(self._retry)
-            link = self._links.get(node)
-            if link is not None and link.retry_at == when:
-                link.retry_at = until
-                heapq.heappush(self._retry, (until, node))
+    def _set_inflight(self, link: _Link, gen: int | None) -> None:
+        """Set the gen awaiting its ack (None: nothing), keeping the live count."""
+        self._in_flight += (gen is not None) - (link.inflight is not None)
+        link.inflight = gen
 
     def retry_due(self, now: float) -> int:
-        """Resend deltas whose ack is late; returns how many were resent."""
+        """Resend deltas whose ack is late; returns how many were resent.
+
+        While our own publish queue is not empty no ack is late yet: retries wait for
+        one "not before" time (`BACKLOG_WAIT` on) instead of each being moved in the
+        heap, so a wake-up during a burst costs nothing per entry (issue 14)."""
         sent = 0
+        if now < self._not_before:
+            return 0
         if self._retry and self._retry[0][0] <= now and self._backlog and self._backlog():
-            self._postpone(now + BACKLOG_WAIT)
+            self._not_before = now + BACKLOG_WAIT
             return 0
         while self._retry and self._retry[0][0] <= now:
             when, node = heapq.heappop(self._retry)
@@ -490,7 +500,7 @@ class SyncHub:
             nd = self.desired.get(node)
             if (nd is None or nd.acked >= nd.gen or self.nodes.readiness(node) == "NotReady"
                     or (self.owns is not None and not self.owns(topics.partition_of(node)))):
-                link.inflight = None
+                self._set_inflight(link, None)
                 continue
             link.attempts += 1
             self.metrics.inc(RESENT)
@@ -502,10 +512,14 @@ class SyncHub:
         """Work until cancelled: fire retry timers."""
         while True:
             self._wake_retry.clear()
+            self._sleep_until = float("-inf")  # sends meanwhile need no wake-up
             self.retry_due(self.clock())
+            now = self.clock()
             delay = 1.0
             if self._retry:
-                delay = min(delay, max(0.0, self._retry[0][0] - self.clock()))
+                due = max(self._retry[0][0], self._not_before)
+                delay = min(delay, max(0.0, due - now))
+            self._sleep_until = now + delay
             try:
                 async with asyncio.timeout(delay):
                     await self._wake_retry.wait()
@@ -518,7 +532,7 @@ class SyncHub:
             for node in self.nodes.expire(self.clock()):
                 link = self._links.get(node)
                 if link is not None:
-                    link.inflight = None
+                    self._set_inflight(link, None)
             if self._lazy:
                 self.flush_acks(self.clock())
             await asyncio.sleep(self.settings.liveness_interval)
@@ -642,13 +656,18 @@ class SyncHub:
         and treat their edges as in an epoch not ours, so the next message to each is a
         snapshot and deltas follow its ack."""
         for node in nodes:
+            old = self._links.get(node)
+            if old is not None:
+                self._set_inflight(old, None)
             self._links[node] = _Link(epoch=None, epoch_known=True)
             self._lazy.pop(node, None)
 
     def drop_links(self, nodes: list[str]) -> None:
         """A shard lost these nodes: no retries, no waiting acks, no route for them."""
         for node in nodes:
-            self._links.pop(node, None)
+            link = self._links.pop(node, None)
+            if link is not None:
+                self._set_inflight(link, None)
             self._lazy.pop(node, None)
             self.routes.forget(node)
 
