@@ -356,3 +356,41 @@ async def test_a_broker_added_moved_to_drained_and_removed_live_with_fedctl(
                 await e1.send(Report(node=node, seq=4))
                 assert (await e1.recv(ReportAck)).seq == 4
                 assert cloud.fleet.nodes[node].status.ready == "Ready"
+
+
+async def test_first_broker_flags_on_a_fleet_tell_every_joined_node(
+        tmp_path: Path, brokers: tuple[Mosquitto, Mosquitto]) -> None:
+    """Issue 14: nodes that joined under the one-broker default (version 1) are told
+    their list when cloudcore restarts with its first `--broker` flags: the map is
+    version 2, every node gets a `broker/-/map` entry, and the told marker follows."""
+    a, b = brokers
+    settings = settings_for(tmp_path, a, b)
+    flags, settings.mqtt.brokers = settings.mqtt.brokers, {}
+    nodes = two_nodes()
+    async with cloudcore(settings) as cloud:
+        admin = (settings.store.state_dir / "admin.token").read_text().strip()
+        tls = ssl.create_default_context(cafile=str(cloud.ca.cert_path))
+        async with httpx.AsyncClient(base_url=cloud.url, verify=tls,
+                                     headers={"Authorization": f"Bearer {admin}"}) as api:
+            for node in nodes:
+                token = (await api.post("/api/v1/jointokens", json={"ttlSeconds": 600})
+                         ).json()["token"]
+                j = (await api.post("/api/v1/join", json={"token": token, "name": node})
+                     ).json()
+                assert j["broker_map_version"] == 1
+        await cloud.store.flush()
+    settings.mqtt.brokers = flags
+    async with cloudcore(settings) as cloud:
+        m = cloud.brokers.map
+        assert m.version == 2 and list(m.brokers) == ["mq-0", "mq-1"]
+
+        def told() -> dict[str, Any]:
+            return cloud.fleet.desired_sets.entries_of(BROKER_MAP_KEY)
+
+        await until(lambda: set(told()) == set(nodes), what="every node told")
+        for node in nodes:
+            entry = parse_broker_map_entry(BROKER_MAP_KEY, told()[node])
+            assert entry.version == 2
+            assert list(entry.urls) == m.urls_for(topics.partition_of(node))
+        await cloud.store.flush()
+        assert cloud.store.load()["meta"]["brokermap-told"] == 2
