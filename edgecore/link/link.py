@@ -172,7 +172,9 @@ class Link:
         self._username = username
         self._password = password
         single = BrokerList.single(host, port, tls=tls is not None)
-        self._brokers = brokers or (lambda: single)
+        source = brokers or (lambda: single)
+        self._skipped: tuple[str, ...] = ()
+        self._brokers = source if tls is None else (lambda: self._tls_only(source()))
         self._changed = brokers_changed if brokers_changed is not None else asyncio.Event()
         self.home_retry_s = home_retry_s
         self.move_jitter_s = move_jitter_s
@@ -197,6 +199,20 @@ class Link:
         self._handling = asyncio.Lock()  # held while a received message is handled
         self._down = topics.down(node)
         self._up = topics.up(node)
+
+    def _tls_only(self, brokers: BrokerList) -> BrokerList:
+        """A TLS agent's view of a mixed list (a map with plain and TLS brokers): the
+        plain entries dropped, with a warning each time the dropped set changes. An
+        all-plain list is kept, and refused with a clear error at each connect."""
+        keep = tuple(e for e in brokers.endpoints if e.tls)
+        if not keep or len(keep) == len(brokers.endpoints):
+            return brokers
+        skipped = tuple(e.url for e in brokers.endpoints if not e.tls)
+        if skipped != self._skipped:
+            self._skipped = skipped
+            log.warning("mqtt link: skipping %s: plain MQTT, and this agent uses TLS",
+                        ", ".join(skipped))
+        return BrokerList(endpoints=keep, version=brokers.version)
 
     @property
     def host(self) -> str:

@@ -462,26 +462,12 @@ async def test_a_plain_agent_keeps_the_fleet_ca_for_the_mqtts_brokers_of_its_lis
     keeps the CA now: its home (plain) is down, and it lands on the TLS fallback."""
     import shutil
     import ssl
-    import subprocess
 
-    from cloudcore.auth.pki import FleetCA
     from edgecore.__main__ import build_parser, settings_from_args
     from edgecore.join import config_path, write_config
-    from testbed.broker import BrokerSecurity
     from testbed.ports import free_port
 
-    if shutil.which("mosquitto_passwd") is None:
-        pytest.skip("mosquitto_passwd is not installed")
-    ca = FleetCA.open(tmp_path / "pki")
-    secure = Mosquitto(workdir=tmp_path / "mq-tls", security=BrokerSecurity())
-    ca.write_broker_certs(secure.tls_dir, ["127.0.0.1"])
-    secure.passwd.touch()
-    for user, pw in ((NODE, "node-pw"), ("svc", "svc-pw")):
-        subprocess.run(["mosquitto_passwd", "-b", str(secure.passwd), user, pw], check=True,
-                       capture_output=True)
-    secure.acl.write_text("user svc\ntopic readwrite fed/v1/#\n\n"
-                          "pattern read fed/v1/+/%u/down\npattern write fed/v1/+/%u/up\n"
-                          "pattern write fed/v1/+/%u/will\n")
+    secure, ca = secure_broker(tmp_path)
     state = tmp_path / "state"
     state.mkdir()
     shutil.copy(ca.cert_path, state / "ca.crt")
@@ -507,3 +493,54 @@ async def test_a_plain_agent_keeps_the_fleet_ca_for_the_mqtts_brokers_of_its_lis
                         if isinstance(decode(bytes(m.payload)), Resync):  # type: ignore[arg-type]
                             break
                 assert agent.link.connected
+
+
+def secure_broker(tmp_path: Path) -> tuple[Mosquitto, Any]:
+    """A TLS mosquitto (not started) with certificates from a fleet CA, NODE's login
+    (password node-pw) and a cloud login `svc` (svc-pw); and that CA."""
+    import shutil
+    import subprocess
+
+    from cloudcore.auth.pki import FleetCA
+    from testbed.broker import BrokerSecurity
+
+    if shutil.which("mosquitto_passwd") is None:
+        pytest.skip("mosquitto_passwd is not installed")
+    ca = FleetCA.open(tmp_path / "pki")
+    secure = Mosquitto(workdir=tmp_path / "mq-tls", security=BrokerSecurity())
+    ca.write_broker_certs(secure.tls_dir, ["127.0.0.1"])
+    secure.passwd.touch()
+    for user, pw in ((NODE, "node-pw"), ("svc", "svc-pw")):
+        subprocess.run(["mosquitto_passwd", "-b", str(secure.passwd), user, pw], check=True,
+                       capture_output=True)
+    secure.acl.write_text("user svc\ntopic readwrite fed/v1/#\n\n"
+                          "pattern read fed/v1/+/%u/down\npattern write fed/v1/+/%u/up\n"
+                          "pattern write fed/v1/+/%u/will\n")
+    return secure, ca
+
+
+async def test_a_tls_link_skips_the_plain_brokers_of_a_mixed_map_entry(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 14: a TLS agent given a mixed list by the map (plain home, TLS fallback)
+    tried the plain home first on every round and every home retry, and was refused;
+    it now leaves the plain entries out of its list (warned once) and goes to TLS."""
+    from edgecore.link.link import TlsFiles
+    from testbed.ports import free_port
+
+    secure, ca = secure_broker(tmp_path)
+    plain = f"mqtt://127.0.0.1:{free_port('127.0.0.1')}"
+    tls_url = f"mqtts://127.0.0.1:{secure.port}"
+    mixed = BrokerList.of([plain, tls_url], version=3)
+    link = Link(node=NODE, host="127.0.0.1", port=1, handler=_Hello(),
+                username=NODE, password="node-pw", tls=TlsFiles(ca_file=ca.cert_path),
+                brokers=lambda: mixed, home_retry_s=0.2)
+    assert (link.host, link.port) == ("127.0.0.1", secure.port)  # the TLS one is home
+    with secure, caplog.at_level("WARNING", logger="edgecore.link.link"):
+        async with run_link(link):
+            async with asyncio.timeout(15):
+                while not link.connected:
+                    await asyncio.sleep(0.02)
+            await asyncio.sleep(0.5)  # past a home retry or two
+            assert link.endpoint is not None and link.endpoint.url == tls_url
+    assert "refusing plain" not in caplog.text
+    assert caplog.text.count(f"skipping {plain}") == 1
