@@ -13,12 +13,15 @@ their own on an asyncio protocol (issue 13: aiomqtt's task, event and timer per
 message were most of cloudcore's CPU per node-update); `SessionCloser`, which makes
 one short connection per revoked node, uses aiomqtt (the only aiomqtt user).
 Publishers only send: at most `publish_concurrency` messages await their PUBACK per
-connection. Both reconnect forever with the shared jittered backoff.
+connection. Both reconnect forever with the shared jittered backoff, capped at
+`REFUSED_CAP` while the broker refuses connections (issue 14: a broker restarting
+after a crash; a longer wait let the first edges' resyncs go to no subscriber).
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import ssl
 from collections import deque
@@ -69,8 +72,38 @@ def client_tls(ca_file: Path, *, cert: tuple[Path, Path] | None = None) -> ssl.S
     return ctx
 
 
-def _backoff(settings: MqttSettings) -> Backoff:
-    return Backoff(base=settings.reconnect_base, cap=settings.reconnect_cap)
+REFUSED_CAP = 1.0
+"""Longest reconnect delay in seconds while the broker refuses connections (it is
+down or restarting, so it will be back soon and the edges reconnect at once)."""
+
+
+def _refused(exc: BaseException | None) -> bool:
+    """Whether `exc` is the broker's host refusing the TCP connection (for a host name
+    of several addresses asyncio raises one OSError naming every refusal)."""
+    if isinstance(exc, ConnectionRefusedError):
+        return True
+    return (type(exc) is OSError and exc.errno is None
+            and str(exc).startswith("Multiple exceptions:")
+            and str(exc).count("Errno") == str(exc).count(f"[Errno {errno.ECONNREFUSED}]"))
+
+
+class _Reconnect:
+    """The reconnect delays of one connection: the configured backoff, capped at
+    `REFUSED_CAP` after a refused connection, reset by a session that connected."""
+
+    def __init__(self, settings: MqttSettings) -> None:
+        self._backoff = Backoff(base=settings.reconnect_base, cap=settings.reconnect_cap)
+        self._refused = Backoff(base=settings.reconnect_base,
+                                cap=max(settings.reconnect_base,
+                                        min(REFUSED_CAP, settings.reconnect_cap)))
+        self.attempt = 0
+
+    def delay(self, exc: BaseException) -> float:
+        """The wait before the next attempt after `exc` ended this one."""
+        refused = _refused(exc.__cause__)
+        delay = (self._refused if refused else self._backoff).delay(self.attempt)
+        self.attempt += 1
+        return delay
 
 
 class Subscriber:
@@ -126,19 +159,17 @@ class Subscriber:
 
     async def run(self) -> None:
         """Work until cancelled; reconnects on broker errors."""
-        attempt = 0
-        backoff = _backoff(self._settings)
+        reconnect = _Reconnect(self._settings)
         while True:
             try:
                 await _bounded(self._session(), "subscriber.session")
             except BrokerUnavailable as exc:
                 self._on_connected(False)
-                delay = backoff.delay(attempt)
-                attempt += 1
+                delay = reconnect.delay(exc)
                 log.warning("subscriber: %s; reconnecting in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
             else:
-                attempt = 0
+                reconnect.attempt = 0
 
     async def _session(self) -> None:
         s = self._settings
@@ -200,19 +231,17 @@ class Publisher:
         return len(self._queue)
 
     async def run(self) -> None:
-        attempt = 0
-        backoff = _backoff(self._settings)
+        reconnect = _Reconnect(self._settings)
         while True:
             try:
                 await _bounded(self._session(), f"publisher[{self._index}].session")
             except BrokerUnavailable as exc:
                 self.connected = False
-                delay = backoff.delay(attempt)
-                attempt += 1
+                delay = reconnect.delay(exc)
                 log.warning("publisher %d: %s; reconnecting in %.1fs", self._index, exc, delay)
                 await asyncio.sleep(delay)
             else:
-                attempt = 0
+                reconnect.attempt = 0
 
     def _pump(self) -> None:
         conn, window = self._conn, self._settings.publish_concurrency
