@@ -72,8 +72,12 @@ def test_tls_and_key_settings_are_checked(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         AgentSettings(node="n", state_dir=tmp_path, node_key=b"short")
     assert err.value.field == "node_key"
+    # a plain agent may keep the fleet CA (for the mqtts:// brokers of a mixed map, issue
+    # 14), not a client certificate
+    AgentSettings(node="n", state_dir=tmp_path, ca_file=tmp_path / "ca.crt")
     with pytest.raises(ConfigError) as err:
-        AgentSettings(node="n", state_dir=tmp_path, ca_file=tmp_path / "ca.crt")
+        AgentSettings(node="n", state_dir=tmp_path, client_cert=tmp_path / "c",
+                      client_key=tmp_path / "k")
     assert err.value.field == "tls"
     with pytest.raises(ConfigError) as err:
         AgentSettings(node="n", state_dir=tmp_path, tls=True, client_cert=tmp_path / "c")
