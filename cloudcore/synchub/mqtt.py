@@ -128,6 +128,9 @@ class Subscriber:
         self._filters = filters
         self._conn: wire.Connection | None = None
         self.identity = settings.identity("sub")
+        self._connected_before = False
+        self.sessions_lost = 0
+        """Reconnects on which the broker had not kept our session (embedded mode)."""
 
     async def add(self, filters: list[str]) -> None:
         """Subscribe `filters` now if connected (else at the next connect, through
@@ -175,10 +178,19 @@ class Subscriber:
         s = self._settings
         conn: wire.Connection | None = None
         try:
-            conn, _ = await wire.connect(
+            conn, present = await wire.connect(
                 s.host, s.port, client_id=self.identity, username=self.identity,
                 password=s.password, clean_session=self._filters is not None,
                 keepalive=s.keepalive, tls=self._tls, on_message=self._handler)
+            if self._filters is None and self._connected_before and not present:
+                # The broker restarted without our session: what the edges published
+                # before this subscribe went to nobody (their unacked reports come
+                # again; a reconnected agent's Resync does not).
+                self.sessions_lost += 1
+                log.warning("subscriber: broker %s:%d had lost our session; messages "
+                            "published to it before now were not queued for us",
+                            s.host, s.port)
+            self._connected_before = True
             if self._filters is None:
                 await conn.subscribe(topics.all_up_filters())
             else:

@@ -204,8 +204,10 @@ async def test_publisher_and_subscriber_through_mosquitto(broker) -> None:  # ty
         for i in range(50):
             pub.enqueue("fed/v1/00/edge/down", b"later %d" % i)
         assert pub.backlog == 50
+        assert sub.sessions_lost == 0
         start()
         await until(lambda: pub.connected and states[-1] is True, "reconnected")
+        assert sub.sessions_lost == 1  # persistence false: the restart lost our session
         await until(lambda: sent == 550 and pub.backlog == 0, "the 50 queued acknowledged")
     finally:
         for t in tasks:
