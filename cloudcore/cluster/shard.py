@@ -181,8 +181,11 @@ class Shard:
                 nd = desired.desired_for(name)
                 nd.restart_epoch(new_epoch())  # snapshot first, then deltas
                 # not written now: a shard starts holding nothing and every acquisition
-                # starts a new epoch again, so no store commit of every set at once
-                node.status.acked_gen = 0
+                # starts a new epoch again, so no store commit of every set at once.
+                # The status showed the previous owner's gens (its summary): from now
+                # on it shows this shard's set, or desired_gen would stay the other's
+                # until the node's set next changes, never equal to what is acked here
+                node.status.desired_gen, node.status.acked_gen = nd.gen, 0
                 hb = node.metadata.annotations.get(HEARTBEAT)  # the node's own window
                 liveness.set_heartbeat(name, float(hb) if hb else None)
                 was = known.get(name)

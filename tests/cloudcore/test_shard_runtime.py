@@ -176,6 +176,28 @@ def test_acquire_then_lose_a_partition() -> None:
     assert liveness.expired(10_000.0) == [w.b1]  # a1 and a2 have no deadline here
 
 
+def test_a_taken_node_shows_this_shards_desired_gen_not_the_previous_owners() -> None:
+    """While another shard owned it, the node's status showed that owner's gens (its
+    summary); taking it over, the status shows this shard's set: the gen it sends and
+    that the edge's ack will be compared with, and nothing acked yet."""
+    w = World()
+    assert w.shard is not None
+    w.fleet.apply([parse_object(daemonset("ds1"))])
+    ours = w.fleet.desired_sets.desired_for(w.a1).gen
+    st = w.fleet.nodes[w.a1].status
+    st.desired_gen, st.acked_gen = ours + 7, ours + 7  # as a foreign summary showed it
+    asyncio.run(w.shard.on_change(change({w.pa}, owned={w.pa})))
+    assert (st.desired_gen, st.acked_gen) == (ours, 0)
+    # the edge's next message (here an ack in the previous owner's epoch) gets the
+    # snapshot; its ack completes it
+    w.hub.handle(topics.topic(w.a1, "up"), encode(Ack(node=w.a1, epoch="prev", gen=1)))
+    snap = next(m for n, m in w.sent if n == w.a1 and isinstance(m, Desired))
+    assert snap.snapshot and snap.gen == ours
+    w.hub.handle(topics.topic(w.a1, "up"), encode(Ack(node=w.a1, epoch=snap.epoch,
+                                                      gen=snap.gen)))
+    assert st.acked_gen == st.desired_gen == ours
+
+
 def test_global_work_stops_before_the_loss_returns() -> None:
     w = World()
     assert w.shard is not None

@@ -398,7 +398,26 @@ def test_shards_split_partitions_and_take_over_a_killed_shard(tmp_path: Path) ->
                 return all(views[o[n][0]][n]["status"]["ackedGen"]
                            == views[o[n][0]][n]["status"]["desiredGen"] > 0 for n in o)
 
-            wait_for("every owner's acked gen equals its desired gen", all_acked, 30)
+            try:
+                wait_for("every owner's acked gen equals its desired gen", all_acked, 30)
+            except AssertionError:
+                o = owners(survivors)
+                views = {s.name: s.nodes() for s in survivors}
+                applied = sim_gens()
+                for n in sorted(o):
+                    st = views[o[n][0]][n]["status"]
+                    if st["ackedGen"] != st["desiredGen"]:
+                        shown = {k: (v[n]["status"]["desiredGen"], v[n]["status"]["ackedGen"])
+                                 for k, v in views.items()}
+                        print(f"UNACKED {n}: owner {o[n][0]} ackedGen {st['ackedGen']} "
+                              f"desiredGen {st['desiredGen']} ready {st.get('ready')} "
+                              f"reason {st.get('reason')} edge {applied.get(n)}; "
+                              f"(desiredGen, ackedGen) as each shard shows them: {shown}")
+                        for s in survivors:
+                            for line in s.log_text().splitlines():
+                                if n in line:
+                                    print(f"  {s.name}: {line}")
+                raise
             # and the nodes applied exactly what their owners recorded as acked
             o = owners(shards)
             views = {s.name: s.nodes() for s in shards}
