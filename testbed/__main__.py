@@ -486,8 +486,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rollout: maxUnavailable, a number or a percentage")
     b.add_argument("--mode", choices=["both", "secure", "insecure"], default=None,
                    help="sync: the secure fleet (joined nodes, TLS, sealed messages), the "
-                        "--insecure one, or both side by side (default: both up to 20,000 "
-                        "nodes, secure above); rollout: secure unless insecure")
+                        "--insecure one (an anonymous broker, only when asked), or both side by "
+                        "side (default: secure); rollout: secure unless insecure")
     b.add_argument("--workdir", default=None,
                    help="var/bench (sync), var/bench-storm (storm), var/bench-rollout "
                         "(rollout) when not given")

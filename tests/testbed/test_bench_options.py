@@ -28,3 +28,16 @@ def test_cloud_pythonpath_is_set_for_the_block_only(tmp_path: Path,
         assert os.environ["PYTHONSAFEPATH"] == "1"
     assert os.environ["PYTHONPATH"] == "/somewhere"
     assert "PYTHONSAFEPATH" not in os.environ
+
+
+def test_bench_sync_runs_no_anonymous_broker_unless_asked(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Secure by default: without --mode only the secure fleet runs, at any size; the
+    insecure fleet (an anonymous broker) runs only when named, and says so loudly."""
+    from testbed.bench import _mode_label, sync_modes
+
+    for nodes in (100, 5_000, 20_000, 100_000):
+        assert _mode_label(sync_modes(None), nodes) == ("secure",)
+    assert capsys.readouterr().err == ""
+    assert _mode_label(sync_modes("both"), 100) == ("secure", "insecure")
+    assert "ANONYMOUS broker" in capsys.readouterr().err
