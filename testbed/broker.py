@@ -44,6 +44,7 @@ from types import TracebackType
 
 from shared import topics
 from testbed.ports import free_port, wait_port
+from testbed.procs import ServerGroup
 
 log = logging.getLogger("testbed.broker")
 
@@ -519,7 +520,7 @@ def nats_config(*, name: str, settings: NatsSettings, ports: NatsPorts,
     return "\n".join(lines) + "\n"
 
 
-class NatsCluster:
+class NatsCluster(ServerGroup):
     """`settings.servers` nats-server processes in one cluster, each with an MQTT
     listener over TLS; `users` (the text of `nats_users`) is every server's user list.
 
@@ -594,32 +595,6 @@ class NatsCluster:
                 from None
         return self
 
-    def log_tail(self, i: int, lines: int = 20) -> str:
-        try:
-            return "\n".join(self.log(i).read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-    def stop(self) -> None:
-        for p in self.procs:
-            if p is not None and p.poll() is None:
-                p.terminate()
-        for i, p in enumerate(self.procs):
-            if p is None:
-                continue
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-            self.procs[i] = None
-
-    def __enter__(self) -> NatsCluster:
-        return self.start()
-
-    def __exit__(self, et: type[BaseException] | None, e: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()
 
 
 __all__ = [

@@ -35,9 +35,9 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from types import TracebackType
 
 from testbed.ports import free_port, wait_port
+from testbed.procs import ServerGroup
 
 log = logging.getLogger("testbed.nats")
 
@@ -48,7 +48,7 @@ def _quote(text: str) -> str:
     return f'"{text}"'
 
 
-class NatsKV:
+class NatsKV(ServerGroup):
     """`servers` nats-server processes with JetStream, as a context manager.
 
     `urls` is what a client (`cloudcore.cluster.kv.KVSettings.urls`) connects to;
@@ -223,32 +223,6 @@ class NatsKV:
     def pids(self) -> list[int]:
         return [p.pid for p in self.procs if p is not None and p.poll() is None]
 
-    def log_tail(self, i: int, lines: int = 20) -> str:
-        try:
-            return "\n".join(self.log(i).read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-    def stop(self) -> None:
-        for p in self.procs:
-            if p is not None and p.poll() is None:
-                p.terminate()
-        for i, p in enumerate(self.procs):
-            if p is None:
-                continue
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-            self.procs[i] = None
-
-    def __enter__(self) -> NatsKV:
-        return self.start()
-
-    def __exit__(self, et: type[BaseException] | None, e: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()
 
 
 class MemberProc:

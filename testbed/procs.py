@@ -7,6 +7,8 @@ import os
 import signal
 import subprocess
 from pathlib import Path
+from types import TracebackType
+from typing import Self
 
 
 class Proc:
@@ -58,3 +60,46 @@ class Proc:
             return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
         except FileNotFoundError:
             return ""
+
+
+class ServerGroup:
+    """What a group of server processes started by the testbed shares (a NATS cluster
+    for the broker bench, NATS for the shards' KV): their logs' tails, a stop that
+    terminates them all and then waits (killing what does not exit within 15 s), and
+    use as a context manager. A subclass fills `procs` and gives `log(i)` and
+    `start()`."""
+
+    procs: list[subprocess.Popen[bytes] | None]
+
+    def log(self, i: int) -> Path:
+        raise NotImplementedError
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def log_tail(self, i: int, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log(i).read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        for p in self.procs:
+            if p is not None and p.poll() is None:
+                p.terminate()
+        for i, p in enumerate(self.procs):
+            if p is None:
+                continue
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+            self.procs[i] = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, et: type[BaseException] | None, e: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
