@@ -592,11 +592,14 @@ class Simulator:
         return out
 
     def write_gens(self, path: Path) -> None:
-        """Every node's applied desired state, `{"ts", "nodes": {name: [epoch, gen]}}`,
-        atomically: what a benchmark checks against the cloud's acked gens (an update
-        the cloud recorded as acked must be applied here)."""
+        """Every node's applied desired state, `{"ts", "nodes": {name: [epoch, gen]},
+        "pods": {name: [its desired set's pod keys "pod/ns/name"]}}`, atomically: what a
+        benchmark checks against the cloud's acked gens (an update the cloud recorded as
+        acked must be applied here), and what pods the fleet really runs."""
         doc = {"ts": time.time(),
-               "nodes": {n.name: [n.desired.epoch, n.desired.gen] for n in self.nodes}}
+               "nodes": {n.name: [n.desired.epoch, n.desired.gen] for n in self.nodes},
+               "pods": {n.name: sorted(k for k in n.desired.items if k.startswith("pod/"))
+                        for n in self.nodes}}
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(json.dumps(doc))
         os.replace(tmp, path)
