@@ -62,6 +62,7 @@ from cloudcore.auth import Auth
 from cloudcore.auth.broker import BrokerFiles, mosquitto_acl, service_identities
 from cloudcore.auth.pki import RENEW_BEFORE, FleetCA, api_hosts, not_after
 from cloudcore.auth.secrets import mosquitto_hash
+from cloudcore.cluster.bindings import Bindings
 from cloudcore.cluster.kv import KV, KVSettings
 from cloudcore.cluster.leases import LeaseSettings
 from cloudcore.cluster.objects import ClusterObjects
@@ -209,6 +210,7 @@ async def run(settings: Settings, *,
         lists = ListCache(fleet.objects)
         replica: ClusterObjects | None = None  # the global objects and node statuses
         statuses: NodeStatuses | None = None  # shared by shards (proposal 0008 steps 2, 5)
+        bindings: Bindings | None = None
         if shard is not None:
             c = settings.cluster
             replica = ClusterObjects(fleet, shard=shard.name, prefix=c.bucket_prefix,
@@ -217,6 +219,9 @@ async def run(settings: Settings, *,
                                          settings.store.encryption_key_file))
             statuses = NodeStatuses(fleet, shard=shard.name, owns=shard.owns,
                                     interval=min(2.0, c.status_interval))
+            bindings = Bindings(fleet, shard=shard.name,  # placement behind the global lease
+                                holds_global=lambda: shard is not None and shard.holds_global)
+            shard.on_global.append(bindings.global_changed)
         app = create_app(fleet, cache=lists, metrics=metrics, flush=store.flush,
                          ready=lambda: links.ready(routes.map), auth=auth,
                          settings=settings.api, auth_settings=settings.auth,
@@ -264,7 +269,8 @@ async def run(settings: Settings, *,
             if replica is not None and statuses is not None and kv_settings is not None:
                 tg.create_task(run_shared(
                     kv_settings, replica, statuses, replicas=settings.cluster.replicas,
-                    status_bucket=status_bucket(settings.cluster.bucket_prefix)),
+                    status_bucket=status_bucket(settings.cluster.bucket_prefix),
+                    bindings=bindings, prefix=settings.cluster.bucket_prefix),
                     name=f"cloudcore[{statuses.shard}].shared")
             sock = _bind(settings.http.host, settings.http.port)
             api = tg.create_task(_serve(server, sock, on_stop=fleet.watches.close),

@@ -26,10 +26,9 @@ runs it in its task group (`cloudcore[NAME].cluster`). The shard:
   and the part of the liveness tick that moves rollouts, agent upgrades and evictions
   (`GatedNodes.expire`); on `global_lost` they stop before the lease is released.
 
-Not done here (see proposal 0008): the global objects replica (each shard today holds
-the objects applied through its own API or restored from its store, and expands
-DaemonSets for every node it knows, not only its own), Deployment scheduling behind the
-global lease (a shard schedules the Deployments applied to it), fencing tokens.
+Deployment and bare Pod placement behind the global lease is
+`cloudcore.cluster.bindings` (told of lease changes through `on_global`). Not done here
+(see proposal 0008): fencing tokens.
 """
 
 from __future__ import annotations
@@ -96,6 +95,9 @@ class Shard:
         self.member: Member | None = None
         self._status: Bucket | None = None
         self._gated: list[tuple[str, Callable[[], Awaitable[None]]]] = []
+        self.on_global: list[Callable[[bool], Awaitable[None]]] = []
+        """Called with True after the global lease was taken, with False after it was
+        lost and before it is released (`cloudcore.cluster.bindings`)."""
         self._running: list[asyncio.Task[None]] = []
         self._tg: asyncio.TaskGroup | None = None
         self._pcache: dict[str, int] = {}
@@ -136,12 +138,16 @@ class Shard:
     async def on_change(self, c: Change) -> None:
         if c.global_lost:
             await self._stop_global()
+            for hook in self.on_global:
+                await hook(False)
         if c.lost:
             await self._lose(sorted(c.lost))
         if c.acquired:
             await self._acquire(sorted(c.acquired))
         if c.global_acquired:
             self._start_global()
+            for hook in self.on_global:
+                await hook(True)
         log.info("shard %s: %s: +%d -%d partitions, %d held%s", self.name, c.reason,
                  len(c.acquired), len(c.lost), len(self.owned),
                  "; holds the global lease" if self.holds_global else "")

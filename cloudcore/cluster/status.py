@@ -7,7 +7,8 @@ touched here). `<name>` is escaped as object keys are (`cloudcore.cluster.object
 
 - The owning shard writes, every `interval` seconds, the summaries of its own nodes
   (those of the partitions it holds) that changed since it last wrote them: readiness,
-  reason, last report time, agent version, desired and acked gen. The time of the last
+  reason, last report time, agent version, desired and acked gen, allocatable (what
+  the shard placing Deployment replicas needs of another shard's node). The time of the last
   report alone changing is written at most every `seen_every` seconds, so a settled
   fleet costs one write per node per `seen_every`, not per heartbeat. Writes go out
   `BATCH` at a time, in flight together.
@@ -93,7 +94,9 @@ class NodeStatuses:
         st = node.status
         seen = st.last_seen
         bucket = int(seen // self.seen_every) if seen is not None else None
-        return (st.ready, st.reason, bucket, st.agent_version, st.desired_gen, st.acked_gen)
+        alloc = st.allocatable
+        return (st.ready, st.reason, bucket, st.agent_version, st.desired_gen, st.acked_gen,
+                tuple(sorted(alloc.items())) if alloc else ())
 
     async def changed_summaries(self) -> dict[str, bytes]:
         """The summaries of this shard's nodes that changed since written last (the
@@ -122,7 +125,8 @@ class NodeStatuses:
                 "shard": self.shard, "ready": st.ready, "reason": st.reason,
                 "lastSeen": st.last_seen, "agentVersion": st.agent_version,
                 "desiredGen": st.desired_gen, "ackedGen": st.acked_gen,
-                "at": self.wall()}, separators=(",", ":")).encode()
+                "allocatable": dict(st.allocatable or {}), "at": self.wall()},
+                separators=(",", ":")).encode()
             self._written[name] = state
         return out
 
@@ -187,6 +191,10 @@ class NodeStatuses:
             st.last_seen = float(doc["lastSeen"])
         if isinstance(doc.get("agentVersion"), str):
             st.agent_version = doc["agentVersion"]
+        alloc = doc.get("allocatable")
+        if isinstance(alloc, dict) and alloc and all(
+                isinstance(v, int) for v in alloc.values()):
+            st.allocatable = {str(k): v for k, v in alloc.items()}  # the global placement
         for field, attr in (("desiredGen", "desired_gen"), ("ackedGen", "acked_gen")):
             if isinstance(doc.get(field), int):
                 setattr(st, attr, doc[field])
@@ -195,12 +203,16 @@ class NodeStatuses:
 
 
 async def run_shared(kv_settings: Any, objects: Any, statuses: NodeStatuses, *,
-                     status_bucket: str, replicas: int = 1) -> None:
+                     status_bucket: str, replicas: int = 1, bindings: Any = None,
+                     prefix: str = "edgefed") -> None:
     """A shard's shared state beside its leases, on its own NATS connection: the global
-    objects replica (`cloudcore.cluster.objects.ClusterObjects`) and the node status
-    summaries, until cancelled."""
+    objects replica (`cloudcore.cluster.objects.ClusterObjects`), the node status
+    summaries and the pod bindings (`cloudcore.cluster.bindings`), until cancelled."""
     async with KV(kv_settings) as kv, asyncio.TaskGroup() as tg:
         tg.create_task(objects.run(kv), name=f"cloudcore[{statuses.shard}].objects")
+        if bindings is not None:
+            tg.create_task(bindings.run(kv, prefix=prefix, replicas=replicas),
+                           name=f"cloudcore[{statuses.shard}].bindings")
         tg.create_task(statuses.run(kv, status_bucket, replicas=replicas),
                        name=f"cloudcore[{statuses.shard}].statuses")
 __all__ = ["AWAY_REASON", "NODE_KEY", "NodeStatuses", "node_key", "run_shared"]

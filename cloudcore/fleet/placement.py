@@ -16,6 +16,14 @@ pod on its node) looks only at that node's pods when every term is per hostname,
 DaemonSet with hostname anti-affinity costs what a plain one does per node, not a pass
 over the fleet per pod.
 
+Shards (proposal 0008): with `shared` set (`cloudcore.cluster.bindings`), pods the
+scheduler places (no `spec.nodeName`: Deployment replicas, bare pods) are placed once
+for the whole fleet, by the shard holding the global lease. While `shared.schedules()`
+says so, this placement schedules them as usual and tells `shared` every bind and
+unbind of such a pod (it writes them to KV); otherwise it never schedules them: a
+pending one is bound only where `shared.binding(key)` says the holder bound it.
+Pinned pods (DaemonSet pods, `spec.nodeName`) are bound on every shard as before.
+
 It does not build desired sets: every node whose set of bound pods changed is
 remembered until `DesiredSets.commit` takes them (`take_changed`), so the desired
 part sits above this one and never the other way round.
@@ -27,7 +35,7 @@ import heapq
 import time
 from collections import Counter
 from collections.abc import Hashable, Iterable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from cloudcore.fleet import naming
 from cloudcore.fleet.events import EventLog
@@ -69,6 +77,8 @@ class Placement:
         # per hostname (a one-node check reads only that node's), else in `_anti_wide`
         self._anti_host: dict[str, set[Key]] = {}
         self._anti_wide: set[Key] = set()
+        self.shared: SharedPlacement | None = None
+        """Shards: the fleet-wide placement of unpinned pods (module docstring)."""
         self._scheduled: dict[str, PodStatus] = {}
         """node -> the Scheduled status last written for a pod bound there: the pods
         bound to one node by one reason (each DaemonSet's pod on it) share one status
@@ -194,10 +204,16 @@ class Placement:
         self.objects.save("Pod", key)
         self.events.add(type="Normal", reason="Scheduled", obj=f"Pod/{key[0]}/{key[1]}",
                         message=message)
+        if self.shared is not None and pod.spec.node_name is None:
+            self.shared.bound(key, node, message)
 
     def unbind(self, key: Key) -> None:
         node = self._bound.pop(key, None)
         if node is not None:
+            if self.shared is not None:
+                pod = self.objects.pods.get(key)
+                if pod is None or pod.spec.node_name is None:
+                    self.shared.unbound(key)
             self._on_node.get(node, set()).discard(key)
             self._sums.pop(node, None)
             self._changed.add(node)
@@ -432,6 +448,14 @@ class Placement:
                                               f"bound to {target})", end)
                 self.bind(key, target, f"scheduled on {target}: bound by spec.nodeName")
                 continue
+            if self.shared is not None:
+                if not self.shared.schedules():
+                    self._follow(q)
+                    return True
+                got = self.shared.binding(key)  # placed by a previous holder: resume
+                if got is not None and got[0] in nodes:
+                    self.bind(key, got[0], got[1])
+                    continue
             topology = self.topology(key)
             if topology is not None and q.size > 1:
                 self._retry_each(q)
@@ -444,6 +468,16 @@ class Placement:
             if end is not None and time.perf_counter() >= end:
                 return not q.size
         return True
+
+    def _follow(self, q: _Queue) -> None:
+        """A shard not holding the global lease: bind the queue's pods where the holder
+        bound them (`shared.binding`); the others wait for it, with no reason written."""
+        assert self.shared is not None
+        nodes = self.objects.nodes
+        for key in sorted(k for k in q.heap if self._pending.get(k) is q):
+            got = self.shared.binding(key)
+            if got is not None and got[0] in nodes:
+                self.bind(key, got[0], got[1])
 
     def _retry_each(self, q: _Queue) -> None:
         """The queue's pods one by one, each with its own reason: an inter-pod term
@@ -529,6 +563,26 @@ class Placement:
         if event:
             self.events.add(type="Warning", reason="FailedScheduling",
                             obj=f"Pod/{key[0]}/{key[1]}", message=message)
+
+
+class SharedPlacement(Protocol):
+    """The placement shared by shards (`cloudcore.cluster.bindings.Bindings`)."""
+
+    def schedules(self) -> bool:
+        """Whether this shard places unpinned pods now (it holds the global lease)."""
+        ...
+
+    def binding(self, key: Key) -> tuple[str, str] | None:
+        """(node, message) the placing shard bound the pod to, or None."""
+        ...
+
+    def bound(self, key: Key, node: str, message: str) -> None:
+        """An unpinned pod was bound here."""
+        ...
+
+    def unbound(self, key: Key) -> None:
+        """An unpinned pod was unbound here."""
+        ...
 
 
 class _Queue:

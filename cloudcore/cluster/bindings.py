@@ -1,0 +1,290 @@
+"""Deployment and bare Pod placement once for the whole fleet (issue 14, proposal 0008:
+"the global lease for the global work").
+
+Pods the scheduler places (no `spec.nodeName`: Deployment replicas, bare pods) are
+placed by one shard only, the holder of the global lease. It schedules over every node
+(all shards know every node through the shared registrations; another shard's node
+shows its readiness and allocatable from that shard's status summary) and writes each
+binding to KV; every other shard binds its copy of the pod where the binding says and
+never schedules such a pod itself. Each shard then derives the desired sets of its own
+nodes from its bindings as before, so a pod name (`{deployment}-{i}`, the same on every
+shard) runs on exactly one node of the fleet.
+
+Bucket `<prefix>_bindings`, one key per pod `<namespace>.<name>` (escaped as object
+keys are), value JSON `{"node", "message": the scheduler's explanation, "by": shard}`;
+an unbind deletes the key. Pinned pods (DaemonSet pods, `spec.nodeName`) are bound on
+each shard by their pin, as before, and never written.
+
+- Every shard watches the bucket (each key's last value, then changes) into `remote`
+  (pod -> (node, message)) and, once the watch reported the existing values, makes its
+  own bindings of unpinned pods what `remote` says (`reconcile`): a pod bound elsewhere
+  moves, one `remote` does not have waits for the holder. Afterwards each change is
+  applied as it arrives (by every shard but the holder, whose own bindings are the
+  newest), and a pod made here later (its Deployment reached this
+  shard's replica after the binding) is bound from `remote` at the next pending retry.
+- The holder (`schedules()`: holds the global lease and caught up) binds as a single
+  cloudcore does; `Placement` tells it every bind and unbind of an unpinned pod, which
+  goes to an outbox written by a task, `BATCH` writes in flight. A pod the holder finds
+  pending with a binding in `remote` (placed by a previous holder) is bound there, not
+  scheduled again: the new holder resumes from KV.
+- On `global_lost` the outbox is dropped (what it held was never written, so no other
+  shard acted on it) and this shard's bindings are made what `remote` says again: the
+  pods the old holder bound but did not write wait for the next holder, which finds
+  them pending and places them.
+
+Not done: fencing (a holder paused past its lease could still write a binding after
+the next holder wrote one; the lease revision is not checked on writes); a drain
+through a shard not holding the global lease unbinds only that shard's copy (the holder
+keeps the binding, so the pods come back); pods waiting for the holder carry no reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from cloudcore.cluster.errors import ClusterError
+from cloudcore.cluster.kv import KV, Bucket, Entry
+from cloudcore.cluster.objects import escape, unescape
+
+log = logging.getLogger("cloudcore.cluster.bindings")
+
+Key = tuple[str, str]
+BATCH = 64
+"""Binding writes in flight at once."""
+SLICE = 2_000
+"""Pods compared between two yields to the event loop in a reconcile."""
+RETRY_S = 1.0
+"""Seconds before writes that failed (NATS unreachable) are tried again."""
+
+
+def bindings_bucket(prefix: str) -> str:
+    return f"{prefix}_bindings"
+
+
+def binding_key(key: Key) -> str:
+    return f"{escape(key[0])}.{escape(key[1])}"
+
+
+def parse_binding_key(text: str) -> Key:
+    ns, name = text.split(".")
+    return unescape(ns), unescape(name)
+
+
+class Bindings:
+    """The placement shared by shards (module docstring); `Placement.shared`."""
+
+    def __init__(self, fleet: Any, *, shard: str, holds_global: Callable[[], bool]) -> None:
+        self.fleet = fleet
+        self.shard = shard
+        self._holds = holds_global
+        self.remote: dict[Key, tuple[str, str]] = {}
+        """pod -> (node, message) as the bucket says (the holder's own writes included
+        as soon as it makes them)."""
+        self.caught_up = False
+        self.bucket: Bucket | None = None
+        self._out: dict[Key, tuple[str, str] | None] = {}
+        self._inflight: set[Key] = set()
+        self._wake = asyncio.Event()
+        self._commit = asyncio.Event()
+        self.writes = 0
+        self.applied = 0
+        """Changes of the bucket (by another shard) applied to this shard's bindings."""
+        fleet.placement.shared = self
+
+    # -- Placement.shared ---------------------------------------------------------------
+
+    def schedules(self) -> bool:
+        return self.caught_up and self._holds()
+
+    def binding(self, key: Key) -> tuple[str, str] | None:
+        return self.remote.get(key)
+
+    def bound(self, key: Key, node: str, message: str) -> None:
+        if not self.schedules():
+            return
+        was = self.remote.get(key)
+        if was is not None and was[0] == node:
+            return  # adopted from the bucket: already written
+        self.remote[key] = (node, message)
+        self._out[key] = (node, message)
+        self._wake.set()
+
+    def unbound(self, key: Key) -> None:
+        if not self.schedules() or key not in self.remote:
+            return
+        del self.remote[key]
+        self._out[key] = None
+        self._wake.set()
+
+    # -- the lease ----------------------------------------------------------------------
+
+    async def global_changed(self, held: bool) -> None:
+        """The shard took (`held`) or lost the global lease."""
+        if held:
+            log.info("shard %s: places Deployment replicas and bare pods for the fleet "
+                     "(%d bindings in the shared store)", self.shard, len(self.remote))
+        else:
+            dropped = len(self._out)
+            self._out.clear()
+            if dropped:
+                log.warning("shard %s: global lease lost with %d binding(s) not written; "
+                            "the next holder places those pods", self.shard, dropped)
+            await self.reconcile()
+        self._commit.set()
+
+    # -- the replica --------------------------------------------------------------------
+
+    async def run(self, kv: KV, *, prefix: str, replicas: int = 1) -> None:
+        """Watch the bindings and write the holder's until cancelled."""
+        self.bucket = await kv.bucket(bindings_bucket(prefix), create=True,
+                                      replicas=replicas)
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._flush(), name=f"cloudcore[{self.shard}].bindings.writer")
+            tg.create_task(self._committer(),
+                           name=f"cloudcore[{self.shard}].bindings.commit")
+            watch = await self.bucket.watch(">")
+            try:
+                if watch.caught_up.is_set():
+                    await self._caught_up()
+                async for e in watch:
+                    self.apply_entry(e)
+                    if not self.caught_up and watch.caught_up.is_set():
+                        await self._caught_up()
+            finally:
+                await watch.stop()
+
+    async def _caught_up(self) -> None:
+        await self.reconcile()
+        self.caught_up = True
+        self._commit.set()
+        log.info("shard %s: pod bindings replica caught up (%d bindings)", self.shard,
+                 len(self.remote))
+
+    def apply_entry(self, e: Entry) -> None:
+        """One change of the bucket: remembered, and applied to this shard's binding of
+        the pod unless this shard has a newer one of its own to write."""
+        try:
+            key = parse_binding_key(e.key)
+        except ValueError:
+            log.warning("shard %s: %r is not a binding key; ignored", self.shard, e.key)
+            return
+        if self.schedules() or key in self._out or key in self._inflight:
+            # the holder's own bindings are the newest (a previous holder wrote its
+            # last ones a lease period before this one took over)
+            return
+        if e.deleted:
+            if self.remote.pop(key, None) is None:
+                return
+        else:
+            try:
+                doc = json.loads(e.value)
+                node, message = str(doc["node"]), str(doc.get("message") or "")
+            except (ValueError, KeyError, TypeError):
+                log.warning("shard %s: unreadable binding %s (revision %d); ignored",
+                            self.shard, e.key, e.revision)
+                return
+            self.remote[key] = (node, message)
+        if self.caught_up and self._follow(key):
+            self.applied += 1
+            self._commit.set()
+
+    def _follow(self, key: Key) -> bool:
+        """Make this shard's binding of `key` what `remote` says; True if it changed."""
+        placement = self.fleet.placement
+        pod = self.fleet.objects.pods.get(key)
+        if pod is None or pod.spec.node_name is not None:
+            return False
+        want = self.remote.get(key)
+        cur = placement.node_of(key)
+        if want is not None and want[0] not in self.fleet.objects.nodes:
+            want = None  # a node this shard does not know (yet): wait
+        if want is None:
+            if cur is None:
+                return False
+            placement.unbind(key)
+            placement.queue(key)
+            return True
+        if cur == want[0]:
+            return False
+        if cur is not None:
+            placement.unbind(key)
+        placement.bind(key, want[0], want[1])
+        return True
+
+    async def reconcile(self) -> int:
+        """Make every binding of an unpinned pod here what `remote` says (the pods the
+        bucket has but this shard has pending are bound at the next retry). Returns how
+        many changed."""
+        placement = self.fleet.placement
+        changed = 0
+        for i, key in enumerate([*placement.bound, *self.remote], 1):
+            if i % SLICE == 0:
+                await asyncio.sleep(0)
+            if self._follow(key):
+                changed += 1
+        if changed:
+            log.info("shard %s: %d pod binding(s) made what the shared store says",
+                     self.shard, changed)
+        return changed
+
+    async def _committer(self) -> None:
+        """Commit (pending retry, desired sets) after changes applied from the bucket or
+        a lease change; at most every 50 ms."""
+        while True:
+            await self._commit.wait()
+            self._commit.clear()
+            if self.fleet.commit():
+                self.fleet.workloads.wake()
+            await asyncio.sleep(0.05)
+
+    async def _flush(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._out and self.schedules():
+                batch = list(self._out.items())[:BATCH]
+                for key, _ in batch:
+                    del self._out[key]
+                self._inflight = {k for k, _ in batch}
+                try:
+                    failed = await self._write(batch)
+                finally:
+                    self._inflight = set()
+                if failed:
+                    for key, value in failed:
+                        self._out.setdefault(key, value)
+                    await asyncio.sleep(RETRY_S)
+
+    async def _write(self, batch: list[tuple[Key, tuple[str, str] | None]]
+                     ) -> list[tuple[Key, tuple[str, str] | None]]:
+        assert self.bucket is not None
+        bucket = self.bucket
+
+        async def one(key: Key, value: tuple[str, str] | None) -> None:
+            if value is None:
+                await bucket.delete(binding_key(key))
+            else:
+                await bucket.put(binding_key(key), json.dumps(
+                    {"node": value[0], "message": value[1], "by": self.shard},
+                    separators=(",", ":")).encode())
+
+        got = await asyncio.gather(*(one(k, v) for k, v in batch), return_exceptions=True)
+        failed: list[tuple[Key, tuple[str, str] | None]] = []
+        for (key, value), r in zip(batch, got, strict=True):
+            if isinstance(r, ClusterError):
+                failed.append((key, value))
+            elif isinstance(r, BaseException):
+                raise r
+            else:
+                self.writes += 1
+        if failed:
+            log.warning("shard %s: %d pod binding(s) not written yet: %s", self.shard,
+                        len(failed), next(r for r in got if isinstance(r, ClusterError)))
+        return failed
+
+
+__all__ = ["Bindings", "binding_key", "bindings_bucket", "parse_binding_key"]
