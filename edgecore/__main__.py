@@ -195,7 +195,30 @@ def _run_flags(run: argparse.ArgumentParser) -> None:
     run.add_argument("--release-pull-secret", type=Path, default=None, metavar="FILE",
                      help="registry auth file (docker config JSON) for release images "
                           "(STATE/agent/auth.json if present)")
+    run.add_argument("--plain-python", action="store_true",
+                     help="run on the interpreter as started, without "
+                          f"{' '.join(LEAN_FLAGS)} (docstrings, asserts and a traceback's "
+                          "column markers kept; about 1.3 MiB more RSS)")
     run.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (INFO)")
+
+
+LEAN_FLAGS = ("-OO", "-X", "no_debug_ranges")
+"""Interpreter flags `edgecore run` restarts itself with (issue 16): `-OO` leaves out
+docstrings and asserts (the agent's asserts only narrow types for mypy; nothing it or
+its libraries do reads a docstring), `-X no_debug_ranges` the column table behind a
+traceback's `^^^^` markers. Together 1.2-1.4 MiB less RSS on an idle agent, whether the
+modules come from compiled bytecode (`.opt-2.pyc`) or are compiled at start."""
+
+
+def lean_argv(argv: Sequence[str] | None = None) -> list[str] | None:
+    """The command that runs this process again under LEAN_FLAGS, or None if it already
+    runs under them. `argv` is this interpreter's own command line (`sys.orig_argv`:
+    the interpreter, its options, then `-m edgecore ...`, `-c ...` or a script such as
+    the `edgecore` console script), so the restart keeps whatever it was started with."""
+    if sys.flags.optimize >= 2 and "no_debug_ranges" in sys._xoptions:
+        return None
+    orig = list(sys.orig_argv if argv is None else argv)
+    return [sys.executable, *LEAN_FLAGS, *orig[1:]]
 
 
 def _release_keys(args: argparse.Namespace, joined: tuple[str, ...]) -> tuple[bytes, ...]:
@@ -416,6 +439,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "run":
+        if argv is None and not args.plain_python:
+            lean = lean_argv()
+            if lean is not None:
+                # Same pid, so systemd, the testbed and the launcher see no difference.
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os.execv(lean[0], lean)
         from edgecore.upgrade import launched
         from edgecore.upgrade.launcher import launch
 

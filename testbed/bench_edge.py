@@ -269,6 +269,8 @@ def footprint(f: Fleet, *, pods: int, settle_s: float, idle_s: float,
     """Figure 2: the agent idle with 0 pods, with `pods` running, and with 0 again
     after them (what the pods left behind)."""
     pid = agent_pid(f)
+    argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    print(f"agent process {pid}: {' '.join(argv[:7])} ...", flush=True)
     time.sleep(settle_s)
     print(footprint_line("0 pods", pid, idle_s), flush=True)
     f.apply([pod(f"idle-{i}", f.image, {"bench": "idle"}) for i in range(pods)])
@@ -315,7 +317,11 @@ def compiled_bytecode(workdir: Path) -> str:
     os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
     os.environ["PYTHONPYCACHEPREFIX"] = str(prefix)
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-c", _WARM], check=True, timeout=300)
+    from edgecore.__main__ import LEAN_FLAGS
+
+    # both levels: `edgecore run` restarts under -OO (.opt-2.pyc), --plain-python not
+    for flags in ((), LEAN_FLAGS):
+        subprocess.run([sys.executable, *flags, "-c", _WARM], check=True, timeout=300)
     return (f"bytecode: compiled into {prefix} in {time.perf_counter() - t0:.1f} s "
             "(PYTHONPYCACHEPREFIX for the fleet; --from-source to compile at each start)")
 
@@ -496,6 +502,9 @@ def main() -> None:
     ap.add_argument("--importtime", action="store_true",
                     help="run the fleet with PYTHONPROFILEIMPORTTIME and print the modules "
                          "the agent imported (slows every start a little)")
+    ap.add_argument("--plain-python", action="store_true",
+                    help="run the agent with `edgecore run --plain-python` (not restarted "
+                         "under -OO -X no_debug_ranges): the before of issue 16's A/B")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench_edge runs real containers: run it as root")
@@ -518,12 +527,14 @@ def main() -> None:
     # capacity (cpu p90 100%)") and the bench wait 120 s for a pod never bound. What is
     # measured is the agent, not the scheduler's view of a busy host.
     f = Fleet(FleetSettings(nodes=1, workdir=workdir, heartbeat_s=defaults.heartbeat_s,
-                            agent_args=("--cpu-millis", str(BENCH_CPU_MILLIS))))
+                            agent_args=("--cpu-millis", str(BENCH_CPU_MILLIS),
+                                        *(("--plain-python",) if args.plain_python else ()))))
     f.start()
     try:
         f.wait_nodes_ready(timeout=60)
         if args.footprint:
-            print(f"agent at its defaults (heartbeat {defaults.heartbeat_s:g} s, telemetry "
+            print(f"agent at its defaults{' but --plain-python' if args.plain_python else ''} "
+                  f"(heartbeat {defaults.heartbeat_s:g} s, telemetry "
                   f"sample {defaults.telemetry_sample_s:g} s); settling {args.settle_s:g} s "
                   f"before each window; {load()}", flush=True)
             footprint(f, pods=args.pods, settle_s=args.settle_s, idle_s=args.idle_s,
