@@ -77,7 +77,7 @@ from shared.codec import (
     encode,
 )
 from shared.delta import LEFT_EPOCH, EdgeDesired, Outcome
-from shared.entries import POD, split_key, status_value
+from shared.entries import BROKER_MAP_KEY, POD, split_key, status_value
 from shared.errors import ProtocolError
 from shared.models import ContainerStatus, PodStatus
 from testbed.broker import parse_broker_map
@@ -593,13 +593,16 @@ class Simulator:
 
     def write_gens(self, path: Path) -> None:
         """Every node's applied desired state, `{"ts", "nodes": {name: [epoch, gen]},
-        "pods": {name: [its desired set's pod keys "pod/ns/name"]}}`, atomically: what a
+        "pods": {name: [its desired set's pod keys "pod/ns/name"]}, "maps": {name: its
+        `broker/-/map` entry, if any}}`, atomically: what a
         benchmark checks against the cloud's acked gens (an update the cloud recorded as
         acked must be applied here), and what pods the fleet really runs."""
         doc = {"ts": time.time(),
                "nodes": {n.name: [n.desired.epoch, n.desired.gen] for n in self.nodes},
                "pods": {n.name: sorted(k for k in n.desired.items if k.startswith("pod/"))
-                        for n in self.nodes}}
+                        for n in self.nodes},
+               "maps": {n.name: n.desired.items[BROKER_MAP_KEY] for n in self.nodes
+                        if BROKER_MAP_KEY in n.desired.items}}
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(json.dumps(doc))
         os.replace(tmp, path)
