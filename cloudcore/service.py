@@ -63,6 +63,7 @@ from cloudcore.auth.broker import BrokerFiles, mosquitto_acl, service_identities
 from cloudcore.auth.pki import RENEW_BEFORE, FleetCA, api_hosts, not_after
 from cloudcore.auth.secrets import mosquitto_hash
 from cloudcore.cluster.bindings import Bindings
+from cloudcore.cluster.brokermap import SharedBrokerMap
 from cloudcore.cluster.kv import KV, KVSettings
 from cloudcore.cluster.leases import LeaseSettings
 from cloudcore.cluster.objects import ClusterObjects
@@ -211,6 +212,7 @@ async def run(settings: Settings, *,
         replica: ClusterObjects | None = None  # the global objects and node statuses
         statuses: NodeStatuses | None = None  # shared by shards (proposal 0008 steps 2, 5)
         bindings: Bindings | None = None
+        shared_map: SharedBrokerMap | None = None
         if shard is not None:
             c = settings.cluster
             replica = ClusterObjects(fleet, shard=shard.name, prefix=c.bucket_prefix,
@@ -222,11 +224,13 @@ async def run(settings: Settings, *,
             bindings = Bindings(fleet, shard=shard.name,  # placement behind the global lease
                                 holds_global=lambda: shard is not None and shard.holds_global)
             shard.on_global.append(bindings.global_changed)
+            shared_map = SharedBrokerMap(tier, shard=shard.name)  # the map through KV
         app = create_app(fleet, cache=lists, metrics=metrics, flush=store.flush,
                          ready=lambda: links.ready(routes.map), auth=auth,
                          settings=settings.api, auth_settings=settings.auth,
                          broker=settings.advertised_broker(), ca=ca,
-                         requests=hub.requests, release_keys=[release_key], brokers=tier,
+                         requests=hub.requests, release_keys=[release_key],
+                         brokers=shared_map or tier,
                          cluster=replica)
         tls_kw: dict[str, Any] = {}
         if api_tls is not None:
@@ -270,7 +274,8 @@ async def run(settings: Settings, *,
                 tg.create_task(run_shared(
                     kv_settings, replica, statuses, replicas=settings.cluster.replicas,
                     status_bucket=status_bucket(settings.cluster.bucket_prefix),
-                    bindings=bindings, prefix=settings.cluster.bucket_prefix),
+                    bindings=bindings, brokermap=shared_map,
+                    prefix=settings.cluster.bucket_prefix),
                     name=f"cloudcore[{statuses.shard}].shared")
             sock = _bind(settings.http.host, settings.http.port)
             api = tg.create_task(_serve(server, sock, on_stop=fleet.watches.close),

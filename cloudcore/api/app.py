@@ -40,7 +40,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from cloudcore.api.brokermap import BrokerTierPort, ShardRefusesChanges, brokermap_router
+from cloudcore.api.brokermap import BrokerTierPort, brokermap_router
 from cloudcore.api.listcache import ListCache
 from cloudcore.api.selectors import parse_selector
 from cloudcore.auth import Auth, AuthError, JoinRefused, JoinTokenUsedUp, Principal, Role
@@ -446,8 +446,6 @@ def create_app(fleet: Fleet, *, metrics: Metrics,
     from cloudcore.console import console_router  # here: the console imports api.selectors
     app.include_router(console_router(fleet, access=access))
 
-    if brokers is not None and cluster is not None:
-        brokers = ShardRefusesChanges(brokers)  # the map is not shared by shards yet
     if brokers is not None:
         app.include_router(brokermap_router(brokers, reader=reader, operator=map_operator,
                                             insecure=not access.enabled))

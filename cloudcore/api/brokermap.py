@@ -13,7 +13,9 @@
 
 Every change answers the new map as GET does. The API does not own the map: the
 service passes a `BrokerTierPort` (cloudcore.synchub.brokers.BrokerTier), which
-persists each change before it answers and tells the nodes whose list changed.
+persists each change before it answers and tells the nodes whose list changed; on a
+shard, `cloudcore.cluster.brokermap.SharedBrokerMap`, which writes the change to the
+shared store and answers once this shard applied it (every shard applies it).
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from cloudcore.auth import Principal
-from cloudcore.errors import Conflict
 from shared.brokermap import parse_url
 from shared.errors import ObjectError
 from shared.topics import PARTITIONS
@@ -59,38 +60,6 @@ class AddBrokerRequest(BaseModel):
     name: str = Field(min_length=1, max_length=63, description="A DNS label, e.g. mq-3.")
     url: str = Field(min_length=1, max_length=300,
                      description="mqtts://host:port (mqtt:// only on an insecure cloudcore).")
-
-
-class ShardRefusesChanges:
-    """The broker tier of a shard (proposal 0008): read as usual, but a change is
-    refused (409), because the map is not shared between shards yet: one shard's change
-    would leave the others routing by the old map."""
-
-    REFUSAL = ("the partition -> broker map cannot be changed on a sharded cloudcore yet: "
-               "it is not shared between shards (proposal 0008), so a change here would "
-               "leave the other shards on the old map. Give every shard the same --broker "
-               "list")
-
-    def __init__(self, tier: BrokerTierPort) -> None:
-        self._tier = tier
-
-    def view(self) -> dict[str, Any]:
-        return self._tier.view()
-
-    def for_join(self, node: str) -> tuple[int, list[str]]:
-        return self._tier.for_join(node)
-
-    async def move(self, partitions: list[int], to: str) -> dict[str, Any]:
-        raise Conflict(self.REFUSAL)
-
-    async def add(self, name: str, url: str) -> dict[str, Any]:
-        raise Conflict(self.REFUSAL)
-
-    async def drain(self, name: str) -> dict[str, Any]:
-        raise Conflict(self.REFUSAL)
-
-    async def remove(self, name: str, *, force: bool = False) -> dict[str, Any]:
-        raise Conflict(self.REFUSAL)
 
 
 def brokermap_router(tier: BrokerTierPort, *, reader: Any, operator: Any,

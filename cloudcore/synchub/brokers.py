@@ -209,6 +209,12 @@ class BrokerTier:
                            "nodes are cut off until their next retry of their home broker")
         return await self._change(lambda m: m.remove(name), f"removed broker {name}")
 
+    async def adopt(self, new: BrokerMap, what: str) -> dict[str, Any]:
+        """A map changed through another shard (proposal 0008): made the map in force
+        here as a change made here is (persisted, connections opened or closed, nodes
+        whose list changed told), if it is newer than the one in force."""
+        return await self._change(lambda m: new if new.version > m.version else m, what)
+
     def _known(self, name: str) -> None:
         if name not in self.map.brokers:
             raise NotFound("broker", name)

@@ -240,10 +240,18 @@ def test_objects_applied_through_one_shard_reach_the_other(tmp_path: Path) -> No
             assert code == 200 and who["name"] == "ci", who
             assert _status(b, f"/api/v1/apitokens/{made['id']}", method="DELETE")[0] == 200
             assert _status(a, "/api/v1/whoami", token=made["token"])[0] == 401
-            # the broker map is not shared yet: a change is refused on a shard
-            code, err = _status(b, "/api/v1/brokermap/brokers",
+            # the broker map is shared (tests/integration/test_shard_brokermap.py has
+            # the moves): a broker added through B is in A's map, removed through A gone
+            # from B's
+            code, got = _status(b, "/api/v1/brokermap/brokers",
                                 {"name": "mq-2", "url": "mqtts://127.0.0.1:1"})
-            assert code == 409 and "not shared between shards" in err["error"], err
+            assert code == 200 and "mq-2" in got["brokers"], got
+            wait_for("mq-2 in A's map", lambda: "mq-2" in a.call("/api/v1/brokermap")[
+                "brokers"], 15)
+            code, got = _status(a, "/api/v1/brokermap/brokers/mq-2", method="DELETE")
+            assert code == 200 and "mq-2" not in got["brokers"], got
+            wait_for("mq-2 gone from B's map", lambda: "mq-2" not in b.call(
+                "/api/v1/brokermap")["brokers"], 15)
             # a node joining through B into a partition A holds: A learns it and its
             # credentials (the same name through A is refused) and serves it
             a_parts = {partition_of(n) for n in held[a.name]}
