@@ -34,7 +34,8 @@ from cloudcore.fleet.edgemetrics import EdgeSeries
 from cloudcore.fleet.events import EventLog
 from cloudcore.fleet.forecast import FORECAST_KEYS, WARN_INTERVAL, normalise
 from cloudcore.fleet.lifecycle import Liveness
-from cloudcore.fleet.objects import Key, Objects, now_iso, share_fields_set
+from cloudcore.fleet.noderecord import NO_VALUES, NodeRecord
+from cloudcore.fleet.objects import Key, Objects, now_iso
 from cloudcore.fleet.placement import Placement, pending_status
 from cloudcore.scheduler.core import ARCH_LABEL
 from shared.entries import POD, agent_upgrade_value, parse_agent_upgrade, split_key
@@ -60,18 +61,18 @@ def _applied(raw: str | None) -> Mapping[str, str]:
 _PLAIN_SPEC = NodeSpec()
 """The spec of every node without taints that is not cordoned: one object for all of
 them. Node specs are replaced (`apply`, `patch` copy on write), never changed in place."""
-_NO_USAGE: dict[str, float] = {}
-"""status.usage of a node that sent no telemetry yet: shared; usage is always replaced."""
 
 
 class Nodes:
     """Registration, reports, liveness, telemetry and forecasts of the fleet's nodes.
 
-    Memory: at 100,000 nodes what every node would hold a copy of is shared. Equal
-    capacity / allocatable dicts (`_shape`), equal annotation dicts (`_annotations`),
-    the plain spec and the empty usage are one object each, and the strings a report
-    repeats (label keys and values, arch, os, agent version) are interned. Shared
-    dicts are replaced on change, never edited in place."""
+    Memory: a node is a compact `NodeRecord` (two slotted objects, its labels dict
+    and its uid's 16 bytes; `noderecord.py`), and at 100,000 nodes what every node
+    would hold a copy of is shared. Equal capacity / allocatable dicts (`_shape`),
+    equal annotation dicts (`_annotations`), the plain spec and the empty usage are one
+    object each, and the strings a report repeats (label keys and values, arch, os,
+    agent version) are interned. Shared dicts are replaced on change, never edited in
+    place. The full `Node` is made only when the API, a watch or the store asks."""
 
     def __init__(self, *, objects: Objects, placement: Placement, desired: DesiredSets,
                  liveness: Liveness, events: EventLog, touch: Touch,
@@ -116,7 +117,7 @@ class Nodes:
     # -- reads --------------------------------------------------------------------------
 
     @property
-    def table(self) -> dict[str, Node]:
+    def table(self) -> dict[str, NodeRecord]:
         return self.objects.nodes
 
     @property
@@ -142,7 +143,7 @@ class Nodes:
         return counts
 
     @staticmethod
-    def applied_labels(node: Node) -> dict[str, str]:
+    def applied_labels(node: NodeRecord) -> dict[str, str]:
         """Labels set through the API (kept over what the agent reports); a copy."""
         return dict(_applied(node.metadata.annotations.get(naming.APPLIED_LABELS)))
 
@@ -159,11 +160,10 @@ class Nodes:
     def load(self, records: dict[str, dict[str, Any]]) -> None:
         """Nodes from the store; they are Unknown until they report."""
         for name, raw in records.get("nodes", {}).items():
-            node = Node.model_validate(raw)
+            node = NodeRecord.of(Node.model_validate(raw))
             node.status.ready = "Unknown"
             node.status.reason = "CloudcoreRestarted"
             self._compact(node)
-            share_fields_set(node)
             self.objects.nodes[name] = node
             hb = node.metadata.annotations.get(naming.HEARTBEAT)
             self.liveness.set_heartbeat(name, float(hb) if hb else None)
@@ -184,12 +184,13 @@ class Nodes:
                 return False
             del self._deleted[name]
             self.store.delete("deletednodes", name)
-        node = Node.model_validate({"metadata": {"name": name, "namespace": "default"}})
-        node.metadata.uid = str(uuid.uuid4())
-        node.metadata.creation_timestamp = sys.intern(now_iso())
-        node.metadata.labels = {"kubernetes.io/hostname": name}
+        # validated as a Node is (its name), then kept as a compact record
+        node = NodeRecord.of(Node.model_validate({"metadata": {"name": name,
+                                                               "namespace": "default"}}))
+        node.puid = uuid.uuid4().bytes  # what `pack_uid` keeps of its text
+        node.created = now_iso()
+        node.labels = {"kubernetes.io/hostname": name}
         self._compact(node)
-        share_fields_set(node)
         self.objects.nodes[name] = node
         self.objects.save("Node", name)
         log.info("node %s registered", name)
@@ -215,11 +216,10 @@ class Nodes:
             **node.metadata.annotations,
             naming.APPLIED_LABELS: json.dumps(obj.metadata.labels, sort_keys=True)})
         node.spec = _PLAIN_SPEC if obj.spec == _PLAIN_SPEC else obj.spec
-        share_fields_set(node)
         self.objects.save("Node", name)
 
     def patch(self, name: str, *, labels: dict[str, str | None] | None = None,
-              unschedulable: bool | None = None) -> Node:
+              unschedulable: bool | None = None) -> NodeRecord:
         """Set or remove (value None) node labels and/or (un)cordon. Labels set here are
         API-owned (kept over what the agent reports), as with `apply` of a Node."""
         node = self.objects.nodes.get(name)
@@ -248,7 +248,7 @@ class Nodes:
         self.objects.save("Node", name)
         return node
 
-    def remove(self, name: str) -> Node:
+    def remove(self, name: str) -> NodeRecord:
         """Delete the node record (its pods were dealt with by the caller); it is
         marked deleted so its agent's messages do not bring it back."""
         node = self.objects.nodes[name]
@@ -326,20 +326,25 @@ class Nodes:
             self.objects.save("Node", name)
         return refused, placed
 
-    def _compact(self, node: Node) -> None:
-        """Share what a new or loaded node holds like many others (see the class)."""
+    def _compact(self, node: NodeRecord) -> None:
+        """Share what a loaded node holds like many others (see the class)."""
         if node.spec == _PLAIN_SPEC:
             node.spec = _PLAIN_SPEC
         st = node.status
-        if not st.usage:
-            st.usage = _NO_USAGE
-        for attr in ("capacity", "allocatable"):
+        for attr in ("capacity", "allocatable", "usage"):
             val = getattr(st, attr)
-            if val:
+            if not val:
+                setattr(st, attr, NO_VALUES)
+            elif attr != "usage":
                 setattr(st, attr, self._shape(val))
-        node.metadata.annotations = self._annotations(node.metadata.annotations)
-        node.metadata.labels = {sys.intern(k): sys.intern(v)
-                                for k, v in node.metadata.labels.items()}
+        for attr in ("arch", "os", "agent_version", "reason"):
+            val = getattr(st, attr)
+            if isinstance(val, str):
+                setattr(st, attr, sys.intern(val))
+        if node.created is not None:
+            node.created = sys.intern(node.created)
+        node.annotations = self._annotations(node.annotations)
+        node.labels = {sys.intern(k): sys.intern(v) for k, v in node.labels.items()}
 
     def _annotations(self, ann: dict[str, str]) -> dict[str, str]:
         """A node's annotations, shared with every node that has the same (most have
@@ -531,7 +536,7 @@ class Nodes:
                 out.append(name)
         return out
 
-    def _set_ready(self, node: Node, ready: Ready, reason: str, message: str) -> None:
+    def _set_ready(self, node: NodeRecord, ready: Ready, reason: str, message: str) -> None:
         node.status.ready = ready
         node.status.reason = reason
         pods = self.objects.pods

@@ -33,6 +33,7 @@ from pydantic import BaseModel
 from cloudcore.errors import Conflict, NotFound
 from cloudcore.fleet import naming
 from cloudcore.fleet.events import EventLog
+from cloudcore.fleet.noderecord import NodeRecord
 from cloudcore.fleet.template import DaemonPod, as_model
 from cloudcore.fleet.watch import WatchHub
 from shared.errors import ObjectError
@@ -47,7 +48,6 @@ from shared.models import (
     Deployment,
     Namespace,
     NamespaceMeta,
-    Node,
     Pod,
     PriorityClass,
     Secret,
@@ -161,8 +161,9 @@ def record_of(obj: Any) -> dict[str, Any]:
     """An object as the store keeps it: what `load` validates back into an equal
     object. A pod's spec is written by its own `dump()` (defaults left out, one
     msgspec call) instead of field by field: it is most of a pod and pods are most of
-    the store's writes. A compact `DaemonPod` writes the same record (`record`)."""
-    if isinstance(obj, DaemonPod):
+    the store's writes. A compact `DaemonPod` or `NodeRecord` writes the same record
+    (`record`)."""
+    if isinstance(obj, DaemonPod | NodeRecord):
         return obj.record()
     if isinstance(obj, Pod):
         out: dict[str, Any] = obj.model_dump(mode="json", by_alias=True, exclude_none=True,
@@ -267,7 +268,7 @@ class Objects:
         self.store = store
         self.events = events
         self.watches = watches or WatchHub()
-        self.nodes: dict[str, Node] = Table()
+        self.nodes: dict[str, NodeRecord] = Table()  # compact: `noderecord`
         self.pods: dict[Key, Pod] = Table()
         self.daemonsets: dict[Key, DaemonSet] = Table()
         self.deployments: dict[Key, Deployment] = Table()

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import functools
 import sys
-import uuid
 from typing import Any
 
 import msgspec
 
 from cloudcore.fleet import naming
+from cloudcore.fleet.noderecord import NodeRecord
+from cloudcore.fleet.uids import pack_uid, uid_text
 from shared.entries import may_reference, pod_revision
 from shared.models import Pod, PodStatus, PodTemplate, spec_hash
 
@@ -354,24 +355,6 @@ class DaemonPodMeta:
         self._pod.annotations = value
 
 
-def pack_uid(uid: str | None) -> str | bytes | None:
-    """A uid as a compact pod keeps it: the 16 bytes of a UUID in its canonical text
-    form (49 bytes of heap where the text took 85, and 17 in a stored record instead of
-    37), any other text as it is; `uid_text` gives the text back exactly."""
-    if uid is None or len(uid) != 36:
-        return uid
-    try:
-        packed = uuid.UUID(uid)
-    except ValueError:
-        return uid
-    return packed.bytes if str(packed) == uid else uid
-
-
-def uid_text(uid: str | bytes | None) -> str | None:
-    """The text of a uid kept by `pack_uid`."""
-    return str(uuid.UUID(bytes=uid)) if isinstance(uid, bytes) else uid
-
-
 def _new_status() -> PodStatus:
     status = PodStatus()
     status.__dict__["container_statuses"] = _NO_CONTAINERS
@@ -385,5 +368,6 @@ replaced, never edited in place)."""
 
 
 def as_model(obj: Any) -> Any:
-    """`obj`, or the full `Pod` of a compact `DaemonPod`: what pydantic serialises."""
-    return obj.materialise() if isinstance(obj, DaemonPod) else obj
+    """`obj`, or the full object of a compact record (a `DaemonPod`'s `Pod`, a
+    `noderecord.NodeRecord`'s `Node`): what pydantic serialises."""
+    return obj.materialise() if isinstance(obj, DaemonPod | NodeRecord) else obj
