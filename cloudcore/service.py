@@ -64,6 +64,7 @@ from cloudcore.auth.pki import RENEW_BEFORE, FleetCA, api_hosts, not_after
 from cloudcore.auth.secrets import mosquitto_hash
 from cloudcore.cluster.bindings import Bindings
 from cloudcore.cluster.brokermap import SharedBrokerMap
+from cloudcore.cluster.identities import BrokerIdentities
 from cloudcore.cluster.kv import KV, KVSettings
 from cloudcore.cluster.leases import LeaseSettings
 from cloudcore.cluster.objects import ClusterObjects
@@ -183,8 +184,8 @@ async def run(settings: Settings, *,
             store.put(STORE_DB, TOLD_KEY, told)
         routes = Routes(first_map)
         closer = _session_closer(settings, ca)
-        auth, broker_files = _open_auth(settings, store, records, ca=ca,
-                                        on_revoked=closer.close if closer else None)
+        auth, broker_files, service_users = _open_auth(
+            settings, store, records, ca=ca, on_revoked=closer.close if closer else None)
         del records
         log.info("loaded %d nodes, %d pods; store epoch %s", len(fleet.nodes), len(fleet.pods),
                  store.epoch)
@@ -213,6 +214,7 @@ async def run(settings: Settings, *,
         statuses: NodeStatuses | None = None  # shared by shards (proposal 0008 steps 2, 5)
         bindings: Bindings | None = None
         shared_map: SharedBrokerMap | None = None
+        identities: BrokerIdentities | None = None
         if shard is not None:
             c = settings.cluster
             replica = ClusterObjects(fleet, shard=shard.name, prefix=c.bucket_prefix,
@@ -225,6 +227,12 @@ async def run(settings: Settings, *,
                                 holds_global=lambda: shard is not None and shard.holds_global)
             shard.on_global.append(bindings.global_changed)
             shared_map = SharedBrokerMap(tier, shard=shard.name)  # the map through KV
+
+            def others_changed(users: dict[str, str | None]) -> None:
+                service_users.others = users
+                broker_files.changed()
+            identities = BrokerIdentities(shard=shard.name, own=service_users.published(),
+                                          on_change=others_changed)
         app = create_app(fleet, cache=lists, metrics=metrics, flush=store.flush,
                          ready=lambda: links.ready(routes.map), auth=auth,
                          settings=settings.api, auth_settings=settings.auth,
@@ -274,7 +282,7 @@ async def run(settings: Settings, *,
                 tg.create_task(run_shared(
                     kv_settings, replica, statuses, replicas=settings.cluster.replicas,
                     status_bucket=status_bucket(settings.cluster.bucket_prefix),
-                    bindings=bindings, brokermap=shared_map,
+                    bindings=bindings, brokermap=shared_map, identities=identities,
                     prefix=settings.cluster.bucket_prefix),
                     name=f"cloudcore[{statuses.shard}].shared")
             sock = _bind(settings.http.host, settings.http.port)
@@ -575,7 +583,8 @@ def tune_gc() -> None:
 
 def _open_auth(settings: Settings, store: Store,
                records: dict[str, dict[str, object]], *, ca: FleetCA,
-               on_revoked: Callable[[str], None] | None = None) -> tuple[Auth, BrokerFiles]:
+               on_revoked: Callable[[str], None] | None = None
+               ) -> tuple[Auth, BrokerFiles, ServiceUsers]:
     """The auth registry from the store, static tokens and the first admin token, and
     the broker files it keeps (written once now, then after every change, debounced;
     with node certificates and a broker cert dir, the CRL too)."""
@@ -585,11 +594,12 @@ def _open_auth(settings: Settings, store: Store,
     if settings.mqtt.password:
         digest = mosquitto_hash(settings.mqtt.password)
         own = dict.fromkeys(users, digest)
+    service = ServiceUsers(users, own)
     crl = (cfg.broker_cert_dir / "crl.pem"
            if cfg.node_certs and cfg.broker_cert_dir is not None else None)
     files = BrokerFiles(passwd=cfg.mosquitto_passwd, acl=cfg.mosquitto_acl,
-                        passwd_text=lambda: auth.mosquitto_passwd(own),
-                        acl_text=mosquitto_acl(users),
+                        passwd_text=lambda: auth.mosquitto_passwd(service.hashes()),
+                        acl_text=lambda: mosquitto_acl(service.names()),
                         crl=crl, crl_pem=lambda: ca.crl(auth.revoked_serials()))
     auth = Auth(store=store, enabled=cfg.enabled, on_credentials=files.changed,
                 on_revoked=on_revoked)
@@ -605,7 +615,30 @@ def _open_auth(settings: Settings, store: Store,
         raise ConfigError(f"cannot write the broker files: {exc}",
                           field="auth.mosquitto_passwd") from exc
     log.info("API auth is %s", "on" if cfg.enabled else "off (anyone may call the API)")
-    return auth, files
+    return auth, files, service
+
+
+class ServiceUsers:
+    """cloudcore's broker identities in its broker files: its own, and on a shard every
+    other shard's (`cloudcore.cluster.identities`), so a broker may read any one
+    shard's files."""
+
+    def __init__(self, names: list[str], hashes: dict[str, str]) -> None:
+        self.own_names = list(names)
+        self.own = dict(hashes)
+        self.others: dict[str, str | None] = {}
+
+    def names(self) -> list[str]:
+        return [*self.own_names, *(u for u in sorted(self.others)
+                                   if u not in self.own_names)]
+
+    def hashes(self) -> dict[str, str]:
+        out = {u: h for u, h in self.others.items() if h is not None}
+        out.update(self.own)
+        return out
+
+    def published(self) -> dict[str, str | None]:
+        return {u: self.own.get(u) for u in self.own_names}
 
 
 API_CERT_CHECK = 12 * 3600.0

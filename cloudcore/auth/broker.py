@@ -64,7 +64,7 @@ class BrokerFiles:
     """Writes the password file and ACL from `passwd_text()`, debounced (see module)."""
 
     def __init__(self, *, passwd: Path | None, acl: Path | None,
-                 passwd_text: Callable[[], str], acl_text: str,
+                 passwd_text: Callable[[], str], acl_text: str | Callable[[], str],
                  crl: Path | None = None, crl_pem: Callable[[], bytes] | None = None,
                  min_interval: float = MIN_INTERVAL) -> None:
         self.passwd = passwd
@@ -77,6 +77,7 @@ class BrokerFiles:
         self.writes = 0
         """Rewrites of the password file so far (for tests and metrics)."""
         self._dirty = asyncio.Event()
+        self._acl_written: str | None = None
 
     @property
     def enabled(self) -> bool:
@@ -92,8 +93,12 @@ class BrokerFiles:
         """Write both files at once (at start, before cloudcore logs in)."""
         self._dirty.clear()
         if self.acl is not None:
-            _replace(self.acl, self._acl_text)
+            self._acl_written = self._acl()
+            _replace(self.acl, self._acl_written)
         self._write_passwd()
+
+    def _acl(self) -> str:
+        return self._acl_text if isinstance(self._acl_text, str) else self._acl_text()
 
     async def run(self) -> None:
         """Rewrite the password file after changes until cancelled; a change pending at
@@ -119,6 +124,14 @@ class BrokerFiles:
                 log.error("cannot write the broker's CRL %s: %s", self.crl, exc)
         if self.passwd is None:
             return
+        if self.acl is not None and not isinstance(self._acl_text, str):
+            text = self._acl()  # it changes (shards' identities): before the reload
+            if text != self._acl_written:
+                try:
+                    _replace(self.acl, text)
+                    self._acl_written = text
+                except OSError as exc:
+                    log.error("cannot write mosquitto ACL %s: %s", self.acl, exc)
         try:
             _replace(self.passwd, self._passwd_text())
             self.writes += 1

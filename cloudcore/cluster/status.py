@@ -204,11 +204,13 @@ class NodeStatuses:
 
 async def run_shared(kv_settings: Any, objects: Any, statuses: NodeStatuses, *,
                      status_bucket: str, replicas: int = 1, bindings: Any = None,
-                     brokermap: Any = None, prefix: str = "edgefed") -> None:
+                     brokermap: Any = None, identities: Any = None,
+                     prefix: str = "edgefed") -> None:
     """A shard's shared state beside its leases, on its own NATS connection: the global
     objects replica (`cloudcore.cluster.objects.ClusterObjects`), the node status
-    summaries, the pod bindings (`cloudcore.cluster.bindings`) and the broker map
-    (`cloudcore.cluster.brokermap`), until cancelled."""
+    summaries, the pod bindings (`cloudcore.cluster.bindings`), the broker map
+    (`cloudcore.cluster.brokermap`) and the shards' broker users
+    (`cloudcore.cluster.identities`), until cancelled."""
     async with KV(kv_settings) as kv, asyncio.TaskGroup() as tg:
         tg.create_task(objects.run(kv), name=f"cloudcore[{statuses.shard}].objects")
         if bindings is not None:
@@ -217,6 +219,9 @@ async def run_shared(kv_settings: Any, objects: Any, statuses: NodeStatuses, *,
         if brokermap is not None:
             tg.create_task(brokermap.run(kv, prefix=prefix, replicas=replicas),
                            name=f"cloudcore[{statuses.shard}].brokermap")
+        if identities is not None:
+            tg.create_task(identities.run(kv, prefix=prefix, replicas=replicas),
+                           name=f"cloudcore[{statuses.shard}].broker-users")
         tg.create_task(statuses.run(kv, status_bucket, replicas=replicas),
                        name=f"cloudcore[{statuses.shard}].statuses")
 __all__ = ["AWAY_REASON", "NODE_KEY", "NodeStatuses", "node_key", "run_shared"]

@@ -1,10 +1,14 @@
 """The partition -> broker map shared by shards (issue 14, proposal 0008;
-`cloudcore.cluster.brokermap`), with real processes: a nats-server with JetStream, two
-secure mosquittos (the second reads the first one's password file and ACL and has a
-certificate from the same fleet CA), two `cloudcore --shard` processes and a simulated
-fleet (`testbed.simulator`, the real protocol, sealed messages over TLS).
+`cloudcore.cluster.brokermap`) and the shards' broker identities in every shard's
+broker files (`cloudcore.cluster.identities`), with real processes: a nats-server with
+JetStream, two secure mosquittos (both read the password file and ACL of shard A, not
+merged by hand; the second has a certificate from the same fleet CA), two `cloudcore
+--shard` processes and a simulated fleet (`testbed.simulator`, the real protocol,
+sealed messages over TLS).
 
-Checked: a broker added through one shard is in the other's map, and both shards
+Checked: each shard's broker password file and ACL hold both shards' identities (the
+brokers read shard A's files as they are: B connects with its own identities, and its
+nodes are Ready on it); a broker added through one shard is in the other's map, and both shards
 connect to it; partitions moved through the other shard: the nodes of those partitions,
 owned by either shard, hold the new list in their applied desired sets (each told by
 its owner) and no other node does; two moves through the two shards at the same time
@@ -28,7 +32,6 @@ from integration.test_shard_objects import _status
 from integration.test_shards import (
     HEARTBEAT,
     ShardProc,
-    merge_broker_files,
     owners,
     pytestmark,  # noqa: F401  (needs nats-server and mosquitto)
     wait_for,
@@ -64,10 +67,16 @@ def test_broker_map_changed_through_any_shard(tmp_path: Path) -> None:
         with NatsKV(rundir=tmp_path / "nats", ca_dir=fleet.cloud_state / "pki") as nats:
             shards = [ShardProc(n, workdir=tmp_path / "shards", seed=fleet.cloud_state,
                                 fleet=fleet, nats=nats).start() for n in ("A", "B")]
+            # every shard's broker files hold every shard's identities (published in
+            # KV): the broker reads shard A's files as they are, no merge
             for s in shards:
-                wait_for(f"{s.name} wrote its broker files",
-                         lambda s=s: s.passwd.exists() and s.acl.exists(), 60)
-            merge_broker_files(shards, fleet)
+                for t in shards:
+                    wait_for(f"{s.name}'s broker files name {t.name}'s users", lambda s=s, t=t: (
+                        s.passwd.exists() and s.acl.exists()
+                        and f"_{t.name}_sub:" in s.passwd.read_text()
+                        and f"_{t.name}_pub0\n" in s.acl.read_text()), 60)
+            shutil.copyfile(shards[0].passwd, fleet.broker.passwd)  # in place: its group
+            shutil.copyfile(shards[0].acl, fleet.broker.acl)
             for s in shards:
                 wait_for(f"{s.name} ready", lambda s=s: s.call("/readyz"), 60)
             gens_file = tmp_path / "gens.json"
