@@ -817,14 +817,23 @@ def bench_storm(*, nodes: int, workdir: Path, procs: int | None = None,
                 cloud_tree=cloud_tree, brokers=p.brokers, per_broker=per_broker,
                 per_sim=per_sim, rate=rate, stall_s=stall_s, heartbeat_s=heartbeat_s) as sf:
             res = storm(sf, down_s=down_s, timeout=timeout, brokers=broker_storm)
+            res["shard_kill"] = dict(SHARD_KILL)
             if shards:
+                # the broker storm's figures are kept whatever the shard kill does
+                out.write_text(json.dumps({"ok": False, "error": "shard kill under way",
+                                           **res}, indent=2))
                 print(f"== shard kill: the fleet moves onto {shards} shards", flush=True)
-                with _cloud_pythonpath(cloud_tree):
-                    res["shard_kill"] = shard_kill(sf, shards=shards, lease_s=lease_s,
-                                                   workdir=workdir.resolve(),
-                                                   timeout=timeout)
-            else:
-                res["shard_kill"] = dict(SHARD_KILL)
+                try:
+                    with _cloud_pythonpath(cloud_tree):
+                        res["shard_kill"] = shard_kill(sf, shards=shards, lease_s=lease_s,
+                                                       workdir=workdir.resolve(),
+                                                       timeout=timeout)
+                except (BenchFailure, OSError, RuntimeError, ValueError) as exc:
+                    print(f"shard kill failed: {exc}", file=sys.stderr)
+                    res["shard_kill"] = {"run": True, "ok": False, "error": str(exc)}
+                    out.write_text(json.dumps({"ok": False, **res}, indent=2))
+                    print(json.dumps(res, indent=2), flush=True)
+                    return 1
     except (BenchFailure, TimeoutError, RuntimeError, ValueError) as exc:
         print(f"bench failed: {exc}", file=sys.stderr)
         out.write_text(json.dumps({"ok": False, "error": str(exc),
