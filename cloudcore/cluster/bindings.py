@@ -35,7 +35,8 @@ each shard by their pin, as before, and never written.
 Not done: fencing (a holder paused past its lease could still write a binding after
 the next holder wrote one; the lease revision is not checked on writes); a drain
 through a shard not holding the global lease unbinds only that shard's copy (the holder
-keeps the binding, so the pods come back); pods waiting for the holder carry no reason.
+keeps the binding, so the pods come back); eviction moves replicas only off the holder's
+own long-NotReady nodes; pods waiting for the holder carry no reason.
 """
 
 from __future__ import annotations
