@@ -185,6 +185,24 @@ class Sampler:
         self._thread.join(5)
 
 
+TCP_COUNTERS = ("ListenOverflows", "ListenDrops", "TCPSynRetrans", "TCPTimeouts",
+                "TCPReqQFullDoCookies")
+
+
+def tcp_counters() -> dict[str, int]:
+    """The kernel's TCP counters that show a burst of connects refused at the listen
+    queue (`/proc/net/netstat`, TcpExt; machine-wide): a connect whose handshake the
+    kernel dropped is retried by the client's TCP 1, 2, 4, 8... s later."""
+    try:
+        rows = [line.split() for line in Path("/proc/net/netstat").read_text().splitlines()
+                if line.startswith("TcpExt:")]
+        head, vals = rows[0], rows[1]
+    except (OSError, IndexError):
+        return {}
+    got = dict(zip(head[1:], vals[1:], strict=False))
+    return {k: int(got[k]) for k in TCP_COUNTERS if k in got}
+
+
 def _event_seq(sf: SimFleet) -> int:
     items = sf.fleet.get("/api/v1/events?type=Warning")["items"]
     return max((int(e.get("seq", 0)) for e in items), default=0)
@@ -248,6 +266,7 @@ def storm(sf: SimFleet, *, down_s: float, timeout: float,
         if rest > 0:
             time.sleep(rest)
         t_back, t_back_wall = time.monotonic(), time.time()
+        tcp0 = tcp_counters()
         for mq in fleet.brokers.values():
             mq.start()
         sampler.back(sf)
@@ -262,6 +281,7 @@ def storm(sf: SimFleet, *, down_s: float, timeout: float,
         sf.wait(what="after the storm: sessions connected again",
                 count=lambda: sf.stats()["connected"], target=n, timeout=timeout)
         waits["all_sessions_back_s"] = since_back()
+        tcp1 = tcp_counters()
         sf.wait(what="after the storm: every node applied the change made while the "
                      "brokers were down",
                 count=lambda: nodes_past(sf.stats(), base), target=n,
@@ -288,6 +308,8 @@ def storm(sf: SimFleet, *, down_s: float, timeout: float,
         waits["all_ready_and_reported_s"] = since_back()
         time.sleep(1.2)  # the simulators' stats files are rewritten every second
     res["after_brokers_return"] = waits
+    # until every session was back; machine-wide (other programs' connects count too)
+    res["kernel_tcp_until_sessions_back"] = {k: tcp1[k] - tcp0[k] for k in tcp1 if k in tcp0}
     res["timeline_after_return"] = {"columns": TIMELINE_COLUMNS, "rows": sampler.timeline,
                                     "reached": _reached(sampler.timeline, n,
                                                         cloud0["resyncs_in"])}

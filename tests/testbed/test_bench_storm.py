@@ -79,6 +79,7 @@ def test_storm_kills_every_broker_and_loses_nothing(tmp_path: Path) -> None:
     assert tl["columns"][:2] == ["s_since_return", "sessions_up"]
     assert tl["rows"] and max(row[1] for row in tl["rows"]) == 200
     assert tl["reached"]["sessions_up_99pct_s"] is not None
+    assert set(r["kernel_tcp_until_sessions_back"]) >= {"ListenOverflows", "TCPSynRetrans"}
     assert r["targets"]["nothing lost"]["met"] is True
     assert set(r["cpu_s_per_1000_nodes"]) == {"cloud", "brokers", "simulators"}
 
