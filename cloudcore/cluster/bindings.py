@@ -85,6 +85,8 @@ class Bindings:
         self.remote: dict[Key, tuple[str, str]] = {}
         """pod -> (node, message) as the bucket says (the holder's own writes included
         as soon as it makes them)."""
+        self._kv: dict[Key, tuple[str, str]] = {}
+        """What the bucket says, as far as the watch delivered it (in revision order)."""
         self.caught_up = False
         self.bucket: Bucket | None = None
         self._out: dict[Key, tuple[str, str] | None] = {}
@@ -130,6 +132,12 @@ class Bindings:
                      "(%d bindings in the shared store)", self.shard, len(self.remote))
         else:
             dropped = len(self._out)
+            for key in [*self._out, *self._inflight]:  # back to what the bucket says
+                was = self._kv.get(key)
+                if was is None:
+                    self.remote.pop(key, None)
+                else:
+                    self.remote[key] = was
             self._out.clear()
             if dropped:
                 log.warning("shard %s: global lease lost with %d binding(s) not written; "
@@ -173,6 +181,16 @@ class Bindings:
         except ValueError:
             log.warning("shard %s: %r is not a binding key; ignored", self.shard, e.key)
             return
+        if e.deleted:
+            self._kv.pop(key, None)
+        else:
+            try:
+                doc = json.loads(e.value)
+                self._kv[key] = (str(doc["node"]), str(doc.get("message") or ""))
+            except (ValueError, KeyError, TypeError):
+                log.warning("shard %s: unreadable binding %s (revision %d); ignored",
+                            self.shard, e.key, e.revision)
+                return
         if self.schedules() or key in self._out or key in self._inflight:
             # the holder's own bindings are the newest (a previous holder wrote its
             # last ones a lease period before this one took over)
@@ -181,14 +199,7 @@ class Bindings:
             if self.remote.pop(key, None) is None:
                 return
         else:
-            try:
-                doc = json.loads(e.value)
-                node, message = str(doc["node"]), str(doc.get("message") or "")
-            except (ValueError, KeyError, TypeError):
-                log.warning("shard %s: unreadable binding %s (revision %d); ignored",
-                            self.shard, e.key, e.revision)
-                return
-            self.remote[key] = (node, message)
+            self.remote[key] = self._kv[key]
         if self.caught_up and self._follow(key):
             self.applied += 1
             self._commit.set()
