@@ -78,9 +78,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import sys
 import time
 import warnings
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -250,6 +252,7 @@ class Result:
     overload_any: int = 0
     node_minutes: int = 0
     pods_per_used_node: float = 0.0
+    pods_last_hour: float = 0.0  # pods per used node over the replay's last 60 minutes
     cpu_util_used: float = 0.0
     mem_util_used: float = 0.0
     used_nodes: float = 0.0
@@ -262,6 +265,10 @@ class Result:
     # newest placement (within the 15-minute horizon or after it)
     overload_over_requests: int = 0
     overload_ages: list[int] = dataclasses.field(default_factory=list)
+    # what refused the pods that found no node: per failed attempt, each node's reason
+    # (its numbers dropped), summed; says what limits admission
+    refusals: Counter[str] = dataclasses.field(default_factory=Counter)
+    ceiling: float = 0.0  # pods per node if every arrival were placed (`arrival_ceiling`)
 
 
 def initial_placement(w: Workloads, names: list[str]) -> np.ndarray:
@@ -293,6 +300,20 @@ def _add(v: NodeView, req: np.ndarray, sign: int) -> NodeView:
     return dataclasses.replace(v, requested={
         "cpu": r["cpu"] + sign * int(req[0]), "memory": r["memory"] + sign * int(req[1]),
         "pods": r["pods"] + sign})
+
+
+def arrival_ceiling(w: Workloads, start: np.ndarray, nodes: int, minutes: int) -> float:
+    """Pods per node, averaged over the replay minutes, if every workload were placed
+    the minute it arrives and stayed until it leaves (the initial ones that were
+    placed included): the most any policy could reach on these arrivals, since a
+    scheduler can place only what has arrived. All nodes count as used (at the
+    replay's demands every node runs pods)."""
+    t = np.arange(WARMUP, minutes)
+    keep = (w.arrive > 0) | (start >= 0)
+    arrive, depart = w.arrive[keep], w.depart[keep]
+    alive = (np.searchsorted(np.sort(arrive), t, side="right")
+             - np.searchsorted(np.sort(depart), t, side="right"))
+    return float(alive.mean()) / nodes
 
 
 def seed_peaks(sched: Scheduler, w: Workloads, usage: UsageModel, start: np.ndarray,
@@ -368,7 +389,7 @@ def run_policy(policy: str, w: Workloads, usage: UsageModel, names: list[str], *
     sched_calls = 0
     fc_t = 0.0
     fc_calls = 0
-    used_sum = pods_sum = cpu_sum = mem_sum = trusted_sum = 0.0
+    used_sum = pods_sum = cpu_sum = mem_sum = trusted_sum = last_sum = 0.0
     arrivals_at = {}
     for i in np.flatnonzero(w.arrive >= WARMUP).tolist():
         arrivals_at.setdefault(int(w.arrive[i]), []).append(i)
@@ -401,6 +422,7 @@ def run_policy(policy: str, w: Workloads, usage: UsageModel, names: list[str], *
                 sched_t += time.perf_counter() - t0
                 sched_calls += 1
                 if d.node is None:
+                    res.refusals.update(refusal_kinds(d.message))
                     if t - first >= GIVE_UP_AFTER:
                         res.abandoned += 1
                     else:
@@ -433,6 +455,8 @@ def run_policy(policy: str, w: Workloads, usage: UsageModel, names: list[str], *
             used_sum += used.sum()
             if used.any():
                 pods_sum += req[used, 2].mean()
+                if t >= minutes - 60:
+                    last_sum += req[used, 2].mean()
                 cpu_sum += frac[used, 0].mean()
                 mem_sum += frac[used, 1].mean()
         # telemetry -> forecaster, one batched forecast per minute (the runner's tick)
@@ -454,6 +478,7 @@ def run_policy(policy: str, w: Workloads, usage: UsageModel, names: list[str], *
     res.abandoned += len(pending)  # still waiting at the end
     res.used_nodes = used_sum / steps
     res.pods_per_used_node = pods_sum / steps
+    res.pods_last_hour = last_sum / min(60, steps)
     res.cpu_util_used = cpu_sum / steps
     res.mem_util_used = mem_sum / steps
     res.sched_ms = 1e3 * sched_t / max(1, sched_calls)
@@ -461,6 +486,22 @@ def run_policy(policy: str, w: Workloads, usage: UsageModel, names: list[str], *
     res.trusted_share = trusted_sum / steps
     res.forecast_methods = ",".join(f"{k}:{v}" for k, v in sorted(methods.items()))
     return res
+
+
+_COUNTED = re.compile(r"(\d+) ([^,]+?)(?=, \d+ |$)")
+
+
+def refusal_kinds(message: str) -> Counter[str]:
+    """Node counts per kind of reason in an Unschedulable message ("0/500 nodes
+    available: 300 insufficient cpu, 200 right-sized over capacity (cpu p90 80% + 10%
+    safety)"), the kind being the reason with its numbers left out."""
+    out: Counter[str] = Counter()
+    _, _, parts = message.partition(": ")
+    for n, reason in _COUNTED.findall(parts):
+        kind = re.sub(r"\d+", "#", reason)
+        kind = re.sub(r" \+ #% placed since", "", kind)
+        out[kind] += int(n)
+    return out
 
 
 # -- entry point -----------------------------------------------------------------------
@@ -495,12 +536,14 @@ def replay(nodes: int, hours: float, seed: int = 0,
         f"{int((w.arrive > 0).sum())} arriving; requests/usage-p95-of-previous-day: "
         f"cpu {np.mean(w.request[:, 0]):.0f}m, mem {np.mean(w.request[:, 1]) / 2**30:.2f} GiB "
         f"on average; set-up {time.perf_counter() - t0:.1f} s")
+    ceiling = arrival_ceiling(w, start, nodes, minutes)
     results = []
     for policy in policies:
         t1 = time.perf_counter()
         r = run_policy(policy, w, usage, names, start=start, minutes=minutes, safety=safety,
                        overcommit=overcommit, by_usage=by_usage,
                        lifetime_margin=lifetime_margin, watched_day=watched_day)
+        r.ceiling = ceiling
         results.append(r)
         out(f"  {policy}: simulated in {time.perf_counter() - t1:.1f} s")
     out(format_table(results))
@@ -521,6 +564,7 @@ def format_table(results: list[Result]) -> str:
         ("abandoned (unschedulable 30 min)", lambda r: str(r.abandoned)),
         ("used nodes (mean)", lambda r: f"{r.used_nodes:.0f}"),
         ("pods per used node", lambda r: f"{r.pods_per_used_node:.2f}"),
+        ("  in the last hour", lambda r: f"{r.pods_last_hour:.2f}"),
         ("cpu utilisation of used nodes", lambda r: f"{100 * r.cpu_util_used:.1f} %"),
         ("mem utilisation of used nodes", lambda r: f"{100 * r.mem_util_used:.1f} %"),
         ("scheduler ms per attempt", lambda r: f"{r.sched_ms:.1f}"),
@@ -529,11 +573,22 @@ def format_table(results: list[Result]) -> str:
         ("trusted node forecasts", lambda r: f"{100 * r.trusted_share:.0f} %"
          if r.forecast_ms else "-"),
     ]
+
     width = max(len(k) for k, _ in rows)
     head = " " * width + "  " + "  ".join(f"{r.policy:>20}" for r in results)
     lines = [head]
     for label, f in rows:
         lines.append(f"{label:<{width}}  " + "  ".join(f"{f(r):>20}" for r in results))
+    if results and results[0].ceiling:
+        lines.append(f"pods per node if every arrival were placed at once (the most any "
+                     f"policy could reach): {results[0].ceiling:.2f}")
+    for r in results:
+        total = sum(r.refusals.values())
+        if total:
+            top = ", ".join(f"{kind} {100 * n / total:.0f} %"
+                            for kind, n in r.refusals.most_common(4))
+            lines.append(f"what refused the unplaced pods ({r.policy}, share of node "
+                         f"refusals): {top}")
     return "\n".join(lines)
 
 
@@ -612,9 +667,21 @@ def format_spread(runs: list[list[Result]]) -> str:
             dp = [100 * (run[k].pods_per_used_node / run[0].pods_per_used_node - 1)
                   for run in runs]
             do = [run[k].overload_any - run[0].overload_any for run in runs]
+            dl = [100 * (run[k].pods_last_hour / run[0].pods_last_hour - 1) for run in runs]
             lines.append(f"  {'':>20}  vs requests: pods per used node {np.mean(dp):+.1f} % "
                          f"({min(dp):+.1f}..{max(dp):+.1f}), overloaded node-minutes "
-                         f"{np.mean(do):+.0f} ({min(do):+d}..{max(do):+d})")
+                         f"{np.mean(do):+.0f} ({min(do):+d}..{max(do):+d}); pods per used "
+                         f"node in the last hour {np.mean(dl):+.1f} % "
+                         f"({min(dl):+.1f}..{max(dl):+.1f})")
+            lines.append(f"  {'':>20}  per seed: pods per used node "
+                         + " / ".join(f"{v:+.1f} %" for v in dp)
+                         + "; overloaded node-minutes "
+                         + " / ".join(f"{run[k].overload_any} ({run[0].overload_any})"
+                                      for run in runs))
+    if runs[0] and runs[0][0].policy == "requests" and runs[0][0].ceiling:
+        dc = [100 * (run[0].ceiling / run[0].pods_per_used_node - 1) for run in runs]
+        lines.append(f"  every arrival placed at once (ceiling) vs requests: pods per node "
+                     f"{np.mean(dc):+.1f} % ({min(dc):+.1f}..{max(dc):+.1f})")
     return "\n".join(lines)
 
 

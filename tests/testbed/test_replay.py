@@ -110,3 +110,27 @@ def test_right_sizing_with_the_lifetime_bound_runs_and_says_so() -> None:
                           safety=0.05, overcommit=float("inf"))
     assert rs.placed > 0 and rs.forecast_ms > 0
     assert "lifetime margin 0.1" in lines[0] and "no day watched" not in lines[0]
+
+
+def test_refusal_kinds_count_nodes_per_reason_without_its_numbers() -> None:
+    kinds = replay.refusal_kinds(
+        "0/500 nodes available: 300 right-sized over capacity (cpu requests over 130%), "
+        "150 right-sized over capacity (cpu p90 81% + 10% safety + 3% placed since), "
+        "40 right-sized over capacity (cpu p90 77% + 10% safety), 10 insufficient cpu")
+    assert kinds == {"right-sized over capacity (cpu requests over #%)": 300,
+                     "right-sized over capacity (cpu p# #% + #% safety)": 190,
+                     "insufficient cpu": 10}
+
+
+def test_arrival_ceiling_counts_every_arrival_placed_at_once() -> None:
+    from types import SimpleNamespace
+
+    w = SimpleNamespace(  # 2 initial (one never placed), 2 arriving in the replay
+        arrive=np.array([0, 0, replay.WARMUP, replay.WARMUP + 5]),
+        depart=np.array([replay.WARMUP + 10, replay.WARMUP + 10, replay.WARMUP + 20,
+                         replay.WARMUP + 100]))
+    start = np.array([0, -1, -1, -1])
+    minutes = replay.WARMUP + 20
+    # minutes 0-4: 2 pods, 5-9: 3, 10-19: 2 (the initial one left, the third leaves at 20)
+    want = (5 * 2 + 5 * 3 + 10 * 2) / 20 / 4
+    assert replay.arrival_ceiling(w, start, 4, minutes) == pytest.approx(want)
