@@ -305,7 +305,7 @@ import edgecore.__main__
 """
 
 
-def compiled_bytecode(workdir: Path) -> str:
+def compiled_bytecode(workdir: Path, agent_python: str | None = None) -> str:
     """Let the fleet's Python processes run from compiled bytecode, as an installed
     package does (pip compiles it at install; the upgrader compiles each agent release
     it installs): a private cache under `workdir` (PYTHONPYCACHEPREFIX, inherited by the
@@ -320,8 +320,9 @@ def compiled_bytecode(workdir: Path) -> str:
     from edgecore.__main__ import LEAN_FLAGS
 
     # both levels: `edgecore run` restarts under -OO (.opt-2.pyc), --plain-python not
-    for flags in ((), LEAN_FLAGS):
-        subprocess.run([sys.executable, *flags, "-c", _WARM], check=True, timeout=300)
+    for python in dict.fromkeys((sys.executable, agent_python or sys.executable)):
+        for flags in ((), LEAN_FLAGS):
+            subprocess.run([python, *flags, "-c", _WARM], check=True, timeout=300)
     return (f"bytecode: compiled into {prefix} in {time.perf_counter() - t0:.1f} s "
             "(PYTHONPYCACHEPREFIX for the fleet; --from-source to compile at each start)")
 
@@ -505,6 +506,10 @@ def main() -> None:
     ap.add_argument("--plain-python", action="store_true",
                     help="run the agent with `edgecore run --plain-python` (not restarted "
                          "under -OO -X no_debug_ranges): the before of issue 16's A/B")
+    ap.add_argument("--agent-python", default=None, metavar="PYTHON",
+                    help="the agent's interpreter, e.g. that of a venv made with `pip install "
+                         "'.[edge]'` (the libraries a device has, none of the dev venv's "
+                         "extras); the agent's own code still comes from this checkout")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench_edge runs real containers: run it as root")
@@ -518,7 +523,7 @@ def main() -> None:
 
     defaults = AgentSettings(node="x", state_dir=Path("/nonexistent"))
     if not args.from_source:
-        print(compiled_bytecode(workdir), flush=True)
+        print(compiled_bytecode(workdir, args.agent_python), flush=True)
     if args.importtime:
         os.environ["PYTHONPROFILEIMPORTTIME"] = "1"  # inherited by the fleet's processes
     # The node announces a capacity far above this machine's 2 cores: the agent reports
@@ -528,7 +533,8 @@ def main() -> None:
     # measured is the agent, not the scheduler's view of a busy host.
     f = Fleet(FleetSettings(nodes=1, workdir=workdir, heartbeat_s=defaults.heartbeat_s,
                             agent_args=("--cpu-millis", str(BENCH_CPU_MILLIS),
-                                        *(("--plain-python",) if args.plain_python else ()))))
+                                        *(("--plain-python",) if args.plain_python else ())),
+                            agent_python=args.agent_python))
     f.start()
     try:
         f.wait_nodes_ready(timeout=60)

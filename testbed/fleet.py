@@ -60,6 +60,8 @@ class FleetSettings:
     labels: dict[str, str] = field(default_factory=lambda: {"edgefed.io/role": "edge"})
     cloud_args: tuple[str, ...] = ()
     agent_args: tuple[str, ...] = ()
+    agent_python: str | None = None  # the agents' interpreter (None: this one), e.g. an
+    # edge-only venv's, to measure an agent as `pip install edgefed[edge]` has it
     state_tmpfs_mib: int = 0  # >0: each agent's state dir is its own tmpfs of this size
     # (root only), so fault injection can fill an agent's disk without touching the host's
     insecure: bool = False  # the old open fleet (module doc); warns
@@ -243,14 +245,15 @@ class Fleet:
 
     def agent_argv(self, name: str, state_dir: Path) -> list[str]:
         assert self.broker is not None
+        python = self.s.agent_python or sys.executable
         if self.secure:  # everything else comes from the state dir `edgecore join` wrote;
             # the broker's address too, but it gets a new port on every start of the fleet
             port = self.broker.cert_port if self.s.node_certs else self.broker.port
-            argv = [sys.executable, "-m", "edgecore", "run", "--state-dir", str(state_dir),
+            argv = [python, "-m", "edgecore", "run", "--state-dir", str(state_dir),
                     "--mqtt-host", self.broker_host, "--mqtt-port", str(port),
                     "--heartbeat", str(self.s.heartbeat_s)]
         else:
-            argv = [sys.executable, "-m", "edgecore", "run", "--insecure", "--name", name,
+            argv = [python, "-m", "edgecore", "run", "--insecure", "--name", name,
                     "--state-dir", str(state_dir), "--mqtt-host", self.broker_host,
                     "--mqtt-port", str(self.broker.port), "--heartbeat", str(self.s.heartbeat_s)]
             for k, v in self.s.labels.items():

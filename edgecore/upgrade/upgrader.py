@@ -273,15 +273,18 @@ class Upgrader:
 def _compile(root: Path, version: str) -> None:
     """Compile the release's modules to bytecode beside them, as pip does at install:
     an agent that imports from source compiles at every start, which costs CPU and
-    leaves the compiler's memory in its heap (issue 16: 1-2 MiB of RSS). At the running
-    interpreter's optimisation level. A file that does not compile is logged and left
-    to the trial, which then fails and is rolled back with the error it printed."""
+    leaves the compiler's memory in its heap (issue 16: 1-2 MiB of RSS). At both levels
+    the release may run at: `.opt-2.pyc` for `edgecore run` (it restarts itself under
+    -OO) and plain `.pyc` (`--plain-python`, or a release from before that). A file that
+    does not compile is logged and left to the trial, which then fails and is rolled
+    back with the error it printed."""
     import py_compile
 
     failed = []
     for path in sorted(root.rglob("*.py")):
         try:
-            py_compile.compile(str(path), doraise=True)
+            for level in (0, 2):
+                py_compile.compile(str(path), doraise=True, optimize=level)
         except py_compile.PyCompileError as exc:
             failed.append(f"{path.relative_to(root)}: {exc.exc_type_name}: {exc.exc_value}")
     if failed:

@@ -285,6 +285,9 @@ def test_a_module_that_does_not_compile_is_named_and_the_rest_compiled(
     with caplog.at_level(logging.WARNING, logger="edgecore.upgrade.upgrader"):
         _compile(tmp_path, "2.0")
     assert Path(cache_from_source(str(tmp_path / "edgecore" / "good.py"))).is_file()
+    # and for `edgecore run`, which restarts itself under -OO
+    assert Path(cache_from_source(str(tmp_path / "edgecore" / "good.py"),
+                                  optimization=2)).is_file()
     assert not Path(cache_from_source(str(tmp_path / "edgecore" / "bad.py"))).exists()
     [warning] = [r.getMessage() for r in caplog.records]
     assert "agent release 2.0: 1 module(s) do not compile: edgecore/bad.py: SyntaxError" in (
