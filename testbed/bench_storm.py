@@ -37,9 +37,10 @@ The shard kill (`--shards N`, N >= 2), after the broker storm (or instead of it,
 `--no-broker-storm`): the fleet moves onto N real `cloudcore --shard` processes and a
 real nats-server with JetStream (`testbed.natskv.NatsKV`, TLS and a password): the
 embedded cloud is stopped (the sessions stay on the brokers), each shard starts from a
-copy of its state dir (nodes, credentials, fleet CA, tokens), the shards' MQTT
-identities are merged into the brokers' password file and ACL (as docs/operations.md
-section 11 tells an operator), and the bench waits until every node is Ready on exactly
+copy of its state dir (nodes, credentials, fleet CA, tokens), the files in which each
+shard keeps the brokers' password file and ACL are merged into the brokers' (a union:
+the shards share their MQTT identities through KV, `edgefed_brokerusers`, so every
+shard's files come to hold them all), and the bench waits until every node is Ready on exactly
 one shard, has reported since, and has acked its owner's snapshot. Then kill -9 of the
 shard holding the most nodes, and at once a DaemonSet update through a survivor's API.
 Measured from the kill: seconds until the survivors hold all 256 partitions (from their
@@ -474,8 +475,10 @@ def _broker_flags(cloud_args: tuple[str, ...]) -> list[str]:
 
 def merge_broker_files(shards: list[ShardProc], passwd: Path, acl: Path) -> None:
     """The brokers' password file and ACL (the fleet's broker's, which the others share):
-    every shard's MQTT identities (`<user>_<shard>_sub` / `_pub<i>`) and the nodes', from
-    the files each shard keeps (docs/operations.md section 11: an operator merges them)."""
+    every shard's MQTT identities (`<user>_<shard>_sub` / `_pub<i>`) and the nodes', the
+    union of the files each shard keeps (each holds every shard's identities once they
+    are shared through KV; the union also covers a shard that has not seen the others'
+    yet)."""
     users: dict[str, str] = {}
     blocks: list[str] = []
     patterns: list[str] = []
