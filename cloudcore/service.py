@@ -224,7 +224,8 @@ async def run(settings: Settings, *,
             statuses = NodeStatuses(fleet, shard=shard.name, owns=shard.owns,
                                     interval=min(2.0, c.status_interval))
             bindings = Bindings(fleet, shard=shard.name,  # placement behind the global lease
-                                holds_global=lambda: shard is not None and shard.holds_global)
+                                holds_global=lambda: shard is not None and shard.holds_global,
+                                fence=shard.global_fence)
             shard.on_global.append(bindings.global_changed)
             shared_map = SharedBrokerMap(tier, shard=shard.name)  # the map through KV
 

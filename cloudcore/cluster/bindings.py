@@ -42,6 +42,7 @@ own long-NotReady nodes; pods waiting for the holder carry no reason.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Callable
@@ -58,6 +59,8 @@ BATCH = 64
 """Binding writes in flight at once."""
 SLICE = 2_000
 """Pods compared between two yields to the event loop in a reconcile."""
+FENCE_KEY = "fence"
+"""The key holding the fencing token of the latest holder, `{"fence", "by"}`."""
 RETRY_S = 1.0
 """Seconds before writes that failed (NATS unreachable) are tried again."""
 
@@ -78,10 +81,19 @@ def parse_binding_key(text: str) -> Key:
 class Bindings:
     """The placement shared by shards (module docstring); `Placement.shared`."""
 
-    def __init__(self, fleet: Any, *, shard: str, holds_global: Callable[[], bool]) -> None:
+    def __init__(self, fleet: Any, *, shard: str, holds_global: Callable[[], bool],
+                 fence: Callable[[], int | None]) -> None:
         self.fleet = fleet
         self.shard = shard
         self._holds = holds_global
+        self._fence = fence
+        self.max_fence = 0
+        """The greatest fencing token seen in the bucket (a write carrying a smaller one
+        is a former holder's, late: refused)."""
+        self.fenced = 0
+        """Binding writes refused for their stale fencing token."""
+        self._acquired_fence: int | None = None
+        self._announced = 0
         self.remote: dict[Key, tuple[str, str]] = {}
         """pod -> (node, message) as the bucket says (the holder's own writes included
         as soon as it makes them)."""
@@ -127,6 +139,8 @@ class Bindings:
 
     async def global_changed(self, held: bool) -> None:
         """The shard took (`held`) or lost the global lease."""
+        self._acquired_fence = self._fence() if held else None
+        self._wake.set()  # a new holder announces its fencing token at once
         if held:
             log.info("shard %s: places Deployment replicas and bare pods for the fleet "
                      "(%d bindings in the shared store)", self.shard, len(self.remote))
@@ -176,26 +190,38 @@ class Bindings:
     def apply_entry(self, e: Entry) -> None:
         """One change of the bucket: remembered, and applied to this shard's binding of
         the pod unless this shard has a newer one of its own to write."""
+        if e.key == FENCE_KEY:
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                self.max_fence = max(self.max_fence, int(json.loads(e.value)["fence"]))
+            return
         try:
             key = parse_binding_key(e.key)
         except ValueError:
             log.warning("shard %s: %r is not a binding key; ignored", self.shard, e.key)
             return
-        if e.deleted:
-            self._kv.pop(key, None)
-        else:
+        node: str | None = None
+        if not e.deleted:  # a delete or purge by hand: no token to check
             try:
                 doc = json.loads(e.value)
-                self._kv[key] = (str(doc["node"]), str(doc.get("message") or ""))
+                node = None if doc["node"] is None else str(doc["node"])
+                fence = int(doc.get("fence") or 0)
             except (ValueError, KeyError, TypeError):
                 log.warning("shard %s: unreadable binding %s (revision %d); ignored",
                             self.shard, e.key, e.revision)
                 return
+            if fence < self.max_fence:
+                self._refuse(key, e, fence)
+                return
+            self.max_fence = fence
+        if node is None:
+            self._kv.pop(key, None)
+        else:
+            self._kv[key] = (node, str(doc.get("message") or ""))
         if self.schedules() or key in self._out or key in self._inflight:
             # the holder's own bindings are the newest (a previous holder wrote its
             # last ones a lease period before this one took over)
             return
-        if e.deleted:
+        if node is None:
             if self.remote.pop(key, None) is None:
                 return
         else:
@@ -203,6 +229,18 @@ class Bindings:
         if self.caught_up and self._follow(key):
             self.applied += 1
             self._commit.set()
+
+    def _refuse(self, key: Key, e: Entry, fence: int) -> None:
+        """A binding written with a fencing token older than one already seen: a former
+        holder's late write (it was paused past its lease). Not applied; the holder
+        writes its own binding of that pod over it, so the bucket heals."""
+        self.fenced += 1
+        log.warning("shard %s: binding %s (revision %d) refused: written under global "
+                    "lease token %d, token %d seen before (a former holder's late write)",
+                    self.shard, e.key, e.revision, fence, self.max_fence)
+        if self.schedules() and key not in self._out and key not in self._inflight:
+            self._out[key] = self.remote.get(key)
+            self._wake.set()
 
     def _follow(self, key: Key) -> bool:
         """Make this shard's binding of `key` what `remote` says; True if it changed."""
@@ -257,13 +295,19 @@ class Bindings:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            while self._out and self.schedules():
+            while (self._out or self._announce_due()) and self.schedules():
+                fence = self._fence()
+                if fence is None:
+                    break  # the lease is going: never write without a token
+                if self._announce_due() and not await self._announce():
+                    await asyncio.sleep(RETRY_S)
+                    continue
                 batch = list(self._out.items())[:BATCH]
                 for key, _ in batch:
                     del self._out[key]
                 self._inflight = {k for k, _ in batch}
                 try:
-                    failed = await self._write(batch)
+                    failed = await self._write(batch, fence)
                 finally:
                     self._inflight = set()
                 if failed:
@@ -271,18 +315,36 @@ class Bindings:
                         self._out.setdefault(key, value)
                     await asyncio.sleep(RETRY_S)
 
-    async def _write(self, batch: list[tuple[Key, tuple[str, str] | None]]
+    def _announce_due(self) -> bool:
+        return self._acquired_fence is not None and self._announced < self._acquired_fence
+
+    async def _announce(self) -> bool:
+        """Write this holder's fencing token (key `fence`) before its first binding:
+        from then on every shard refuses a former holder's late writes."""
+        assert self.bucket is not None and self._acquired_fence is not None
+        fence = self._acquired_fence
+        try:
+            await self.bucket.put(FENCE_KEY, json.dumps(
+                {"fence": fence, "by": self.shard}, separators=(",", ":")).encode())
+        except ClusterError as exc:
+            log.warning("shard %s: global lease token not announced yet: %s", self.shard,
+                        exc)
+            return False
+        self._announced = fence
+        self.max_fence = max(self.max_fence, fence)
+        return True
+
+    async def _write(self, batch: list[tuple[Key, tuple[str, str] | None]], fence: int
                      ) -> list[tuple[Key, tuple[str, str] | None]]:
         assert self.bucket is not None
         bucket = self.bucket
 
         async def one(key: Key, value: tuple[str, str] | None) -> None:
-            if value is None:
-                await bucket.delete(binding_key(key))
-            else:
-                await bucket.put(binding_key(key), json.dumps(
-                    {"node": value[0], "message": value[1], "by": self.shard},
-                    separators=(",", ":")).encode())
+            # an unbind is a value without a node, not a delete: it carries the token
+            node, message = value if value is not None else (None, "")
+            await bucket.put(binding_key(key), json.dumps(
+                {"node": node, "message": message, "by": self.shard, "fence": fence},
+                separators=(",", ":")).encode())
 
         got = await asyncio.gather(*(one(k, v) for k, v in batch), return_exceptions=True)
         failed: list[tuple[Key, tuple[str, str] | None]] = []

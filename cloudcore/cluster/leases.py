@@ -232,6 +232,14 @@ class Member:
     def holds_global(self) -> bool:
         return self._global is not None
 
+    @property
+    def global_revision(self) -> int | None:
+        """The revision of the `global` lease key this member last wrote (None: it does
+        not hold it). KV revisions only grow and a new holder takes the key by CAS on
+        the last one, so this is a fencing token: any write of a later holder carries a
+        greater one than any of an earlier holder (`cloudcore.cluster.bindings`)."""
+        return self._global.revision if self._global is not None else None
+
     def live_members(self) -> list[str]:
         """Members whose heartbeat advanced within `expiry` and who hold no expired
         lease (a live member renews them all), this member included."""

@@ -105,6 +105,11 @@ class Shard:
         """Nodes started from a previous owner's summary (Ready or NotReady as there)."""
         hub.owns = self.owns
 
+    def global_fence(self) -> int | None:
+        """The global lease's fencing token while this shard holds it
+        (`Member.global_revision`)."""
+        return self.member.global_revision if self.member is not None else None
+
     def owns(self, partition: int) -> bool:
         return partition in self.owned
 

@@ -25,7 +25,9 @@ class Shard:
         for n in NODES:
             add_node(self.fleet, n)
         self.holds = False
-        self.b = Bindings(self.fleet, shard=name, holds_global=lambda: self.holds)
+        self.token = 0  # the global lease's revision while held (the fencing token)
+        self.b = Bindings(self.fleet, shard=name, holds_global=lambda: self.holds,
+                          fence=lambda: self.token if self.holds else None)
         self.b.caught_up = True
 
     def apply(self, replicas: int) -> None:
@@ -41,11 +43,10 @@ class Shard:
         out = []
         for key, value in self.b._out.items():
             rev[0] += 1
-            if value is None:
-                out.append(Entry(binding_key(key), b"", rev[0], operation="delete"))
-            else:
-                out.append(Entry(binding_key(key), json.dumps(
-                    {"node": value[0], "message": value[1], "by": "x"}).encode(), rev[0]))
+            node, message = value if value is not None else (None, "")
+            out.append(Entry(binding_key(key), json.dumps(
+                {"node": node, "message": message, "by": "x", "fence": self.token}
+            ).encode(), rev[0]))
         self.b._out.clear()
         return out
 
@@ -59,7 +60,7 @@ def feed(shard: Shard, entries: list[Entry]) -> None:
 def test_the_holder_places_the_other_binds_where_it_says() -> None:
     rev = [0]
     a, b = Shard("A"), Shard("B")
-    a.holds = True
+    a.holds, a.token = True, 5
     a.apply(4)
     b.apply(4)
     assert len(a.placed()) == 4
@@ -83,7 +84,7 @@ def test_the_holder_places_the_other_binds_where_it_says() -> None:
 def test_lease_loss_drops_unwritten_and_the_new_holder_resumes() -> None:
     rev = [0]
     a, b = Shard("A"), Shard("B")
-    a.holds = True
+    a.holds, a.token = True, 5
     a.apply(3)
     b.apply(3)
     feed(b, a.written(rev))
@@ -98,7 +99,7 @@ def test_lease_loss_drops_unwritten_and_the_new_holder_resumes() -> None:
     assert a.placed() == first  # its own unwritten bindings undone
     assert b.placed() == first  # B never saw them
     # B takes the lease: the 3 written stay where they are, the 2 others are placed
-    b.holds = True
+    b.holds, b.token = True, 9
     asyncio.run(b.b.global_changed(True))
     b.fleet.commit()
     now = b.placed()
@@ -112,7 +113,7 @@ def test_lease_loss_drops_unwritten_and_the_new_holder_resumes() -> None:
 
 def test_a_binding_before_its_pod_and_to_an_unknown_node() -> None:
     a, b = Shard("A"), Shard("B")
-    a.holds = True
+    a.holds, a.token = True, 5
     a.apply(2)
     rev = [0]
     entries = a.written(rev)
@@ -123,8 +124,46 @@ def test_a_binding_before_its_pod_and_to_an_unknown_node() -> None:
     # a binding to a node B does not know leaves the pod waiting, not bound to nothing
     rev[0] += 1
     b.b.apply_entry(Entry(binding_key(("default", "web-1")),
-                          json.dumps({"node": "gone", "message": "m"}).encode(), rev[0]))
+                          json.dumps({"node": "gone", "message": "m", "fence": 5}).encode(),
+                          rev[0]))
     b.fleet.commit()
     assert "web-1" not in b.placed()
     assert b.fleet.placement.is_pending(("default", "web-1"))
 
+
+
+def test_a_former_holders_late_write_is_refused_and_healed() -> None:
+    rev = [0]
+    a, b, c = Shard("A"), Shard("B"), Shard("C")
+    a.holds, a.token = True, 5
+    for s in (a, b, c):
+        s.apply(2)
+    first = a.written(rev)
+    feed(b, first)
+    feed(c, first)
+    placed = c.placed()
+    # B takes the global lease (token 9) and announces it; A, paused past its lease,
+    # then writes a binding under its old token
+    a.holds = False
+    b.holds, b.token = True, 9
+    asyncio.run(b.b.global_changed(True))
+    rev[0] += 1
+    announce = Entry("fence", json.dumps({"fence": 9, "by": "B"}).encode(), rev[0])
+    feed(c, [announce])
+    feed(b, [announce])
+    other = next(n for n in NODES if n not in placed.values())
+    rev[0] += 1
+    late = Entry(binding_key(("default", "web-0")), json.dumps(
+        {"node": other, "message": "late", "by": "A", "fence": 5}).encode(), rev[0])
+    feed(c, [late])
+    assert c.placed() == placed and c.b.fenced == 1  # refused
+    feed(b, [late])  # the holder writes its own binding over it
+    assert b.b._out[("default", "web-0")] == (placed["web-0"], b.b.remote[
+        ("default", "web-0")][1])
+    healed = b.written(rev)
+    feed(c, healed)
+    assert c.placed() == placed and c.b.fenced == 1  # token 9: taken
+    # a write under the current token is taken as before
+    b.fleet.placement.move(("default", "web-0"), other, "moved")
+    feed(c, b.written(rev))
+    assert c.placed()["web-0"] == other

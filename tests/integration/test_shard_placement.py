@@ -15,7 +15,9 @@ exactly N pods fleet-wide, on nodes of more than one shard, and every shard list
 same node for each pod; kill -9 of the global holder, then a scale up through a
 survivor: the new holder places the change (exactly the new N, the first pods left on
 their nodes: it resumed from the bindings in KV, it did not place them again); a scale
-down through the other survivor: exactly the new N.
+down through the other survivor: exactly the new N; the new holder paused (SIGSTOP)
+past its lease while the other takes over and places a scale up, then resumed: exactly
+the new N.
 """
 
 from __future__ import annotations
@@ -183,6 +185,26 @@ def test_deployment_placed_once_for_the_fleet_and_after_a_holder_kill(
             survivors[0].call("/api/v1/apply", {"documents": [deployment(4)]})
             third = settled(4, survivors, "4 replicas fleet-wide")
             assert all(second[k] == v for k, v in third.items())
+
+            # 4. the holder paused (SIGSTOP) past its lease: the other takes the global
+            # lease and places a scale to 7; the paused one resumes as a follower (its
+            # late writes, if any, carry an older lease token and are refused): still
+            # exactly 7, on the nodes the new holder chose
+            paused = new_holder[0]
+            other = next(s for s in survivors if s is not paused)
+            assert paused.proc.popen is not None
+            paused.proc.popen.send_signal(signal.SIGSTOP)
+            try:
+                wait_for(f"{other.name} holds the global lease", lambda: other.log_text(
+                    ).count(GLOBAL_LOG) > 0, 30)
+                other.call("/api/v1/apply", {"documents": [deployment(7)]})
+                wait_for("7 replicas fleet-wide while paused", lambda: placed(7), 60)
+            finally:
+                paused.proc.popen.send_signal(signal.SIGCONT)
+            fourth = settled(7, survivors, "7 replicas fleet-wide after the pause")
+            assert len(set(fourth.values())) == 7
+            assert all(third[k] == v for k, v in fourth.items() if k in third)
+            print(f"paused {paused.name}; 7 replicas on {sorted(fourth.items())}")
     finally:
         if sim is not None:
             sim.terminate()
