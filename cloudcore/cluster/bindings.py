@@ -11,8 +11,9 @@ nodes from its bindings as before, so a pod name (`{deployment}-{i}`, the same o
 shard) runs on exactly one node of the fleet.
 
 Bucket `<prefix>_bindings`, one key per pod `<namespace>.<name>` (escaped as object
-keys are), value JSON `{"node", "message": the scheduler's explanation, "by": shard}`;
-an unbind deletes the key. Pinned pods (DaemonSet pods, `spec.nodeName`) are bound on
+keys are), value JSON `{"node", "message": the scheduler's explanation, "by": shard,
+"fence": the global lease token}`; an unbind writes `"node": null` (a value, so that it
+carries the token too). Pinned pods (DaemonSet pods, `spec.nodeName`) are bound on
 each shard by their pin, as before, and never written.
 
 - Every shard watches the bucket (each key's last value, then changes) into `remote`
@@ -28,12 +29,20 @@ each shard by their pin, as before, and never written.
   pending with a binding in `remote` (placed by a previous holder) is bound there, not
   scheduled again: the new holder resumes from KV.
 - On `global_lost` the outbox is dropped (what it held was never written, so no other
-  shard acted on it) and this shard's bindings are made what `remote` says again: the
-  pods the old holder bound but did not write wait for the next holder, which finds
-  them pending and places them.
+  shard acted on it) and this shard's bindings are made what the bucket says again
+  (`_kv`): the pods the old holder bound but did not write wait for the next holder,
+  which finds them pending and places them.
+- Fencing: the token is the revision of the `global` lease key the holder last wrote
+  (`Member.global_revision`; KV revisions only grow and each holder takes the key by
+  CAS on the last one, so a later holder's token is always greater). A new holder
+  writes key `fence` `{"fence", "by"}` before its first binding, and every write
+  carries its token; every shard keeps the greatest token seen and refuses a binding
+  written under a smaller one (a former holder paused past its lease, writing late),
+  and the holder writes its own binding of that pod over it. The window left: a late
+  write that lands after the new holder took the lease but before its `fence` key is
+  written is taken (until the holder's next write of that pod).
 
-Not done: fencing (a holder paused past its lease could still write a binding after
-the next holder wrote one; the lease revision is not checked on writes); a drain
+Not done: a drain
 through a shard not holding the global lease unbinds only that shard's copy (the holder
 keeps the binding, so the pods come back); eviction moves replicas only off the holder's
 own long-NotReady nodes; pods waiting for the holder carry no reason.
