@@ -38,9 +38,10 @@ each shard by their pin, as before, and never written.
   writes key `fence` `{"fence", "by"}` before its first binding, and every write
   carries its token; every shard keeps the greatest token seen and refuses a binding
   written under a smaller one (a former holder paused past its lease, writing late),
-  and the holder writes its own binding of that pod over it. The window left: a late
-  write that lands after the new holder took the lease but before its `fence` key is
-  written is taken (until the holder's next write of that pod).
+  and the holder writes its own binding of that pod over it. A late write that lands
+  after the new holder took the lease but before its `fence` key was written is taken
+  by the other shards for a moment: the holder, which knows its own token, refuses it
+  and writes its binding over it at once.
 
 Not done: a drain
 through a shard not holding the global lease unbinds only that shard's copy (the holder
@@ -218,7 +219,8 @@ class Bindings:
                 log.warning("shard %s: unreadable binding %s (revision %d); ignored",
                             self.shard, e.key, e.revision)
                 return
-            if fence < self.max_fence:
+            if fence < self.max_fence or (self.schedules() and fence < (
+                    self._acquired_fence or 0)):
                 self._refuse(key, e, fence)
                 return
             self.max_fence = fence

@@ -163,6 +163,21 @@ def test_a_former_holders_late_write_is_refused_and_healed() -> None:
     healed = b.written(rev)
     feed(c, healed)
     assert c.placed() == placed and c.b.fenced == 1  # token 9: taken
+    # a late write before the new token was announced: the others take it, the holder
+    # (which knows its token) refuses it and writes its own over it
+    d = Shard("D")
+    d.apply(2)
+    feed(d, first)
+    rev[0] += 1
+    early = Entry(binding_key(("default", "web-1")), json.dumps(
+        {"node": other, "message": "late", "by": "A", "fence": 5}).encode(), rev[0])
+    feed(d, [early])
+    assert d.placed()["web-1"] == other
+    feed(b, [early])
+    fix = b.written(rev)
+    assert len(fix) == 1 and json.loads(fix[0].value)["node"] == placed["web-1"]
+    feed(d, fix)
+    assert d.placed() == placed
     # a write under the current token is taken as before
     b.fleet.placement.move(("default", "web-0"), other, "moved")
     feed(c, b.written(rev))
