@@ -30,7 +30,9 @@ over its own LMDB store in a temporary directory:
    per generation during them (gc.callbacks: how much of the lag is the collector's),
    and the loop thread's CPU time per expansion slice (expand, then commit) and per
    store batch built on the loop: what would hold the loop on an idle machine, which
-   the wall-clock lag shows only on a quiet one.
+   the wall-clock lag shows only on a quiet one; and the latest-firing timers, each
+   with the steps of over 5 ms CPU that ran while it was due (slice, store batch,
+   rollout tick, apply call, a collection): which step held the loop.
 
 `--tree DIR` runs the measuring subprocess with `PYTHONPATH=DIR` (and `PYTHONSAFEPATH=1`,
 so the working directory cannot shadow it): `git archive OLD | tar -x -C /tmp/before`
@@ -183,6 +185,8 @@ class _LagMonitor:
 
     def __init__(self) -> None:
         self.samples: list[float] = []
+        self.late: list[tuple[float, float]] = []
+        """(perf_counter when the timer was due, how late) of the timers over 25 ms."""
         self.recording = False
 
     async def run(self) -> None:
@@ -191,7 +195,10 @@ class _LagMonitor:
             t = loop.time()
             await asyncio.sleep(LAG_TICK)
             if self.recording:
-                self.samples.append(max(0.0, loop.time() - t - LAG_TICK))
+                lag = max(0.0, loop.time() - t - LAG_TICK)
+                self.samples.append(lag)
+                if lag > 0.025:
+                    self.late.append((time.perf_counter() - lag, lag))
 
 
 class _GcPauses:
@@ -203,6 +210,8 @@ class _GcPauses:
         self.worst = [0.0, 0.0, 0.0]
         self.total = [0.0, 0.0, 0.0]
         self.count = [0, 0, 0]
+        self.spans: list[tuple[str, float, float, float]] = []
+        """(what, start, end, CPU) of the collections over 5 ms (`_SliceCpu.spans`)."""
         self._t = 0.0
 
     def __call__(self, phase: str, info: dict[str, int]) -> None:
@@ -210,6 +219,8 @@ class _GcPauses:
             self._t = time.perf_counter()
         elif self.recording:
             gen, pause = info["generation"], time.perf_counter() - self._t
+            if pause > 0.005:
+                self.spans.append((f"gc{gen}", self._t, self._t + pause, pause))
             self.worst[gen] = max(self.worst[gen], pause)
             self.total[gen] += pause
             self.count[gen] += 1
@@ -230,7 +241,12 @@ class _SliceCpu:
         self.recording = False
         self.slices: list[float] = []
         self.takes: list[float] = []
+        self.spans: list[tuple[str, float, float, float]] = []
+        """(what, start, end, CPU of the loop's thread) of every step over 5 ms: an
+        expansion slice (expand + commit), a store batch, a rollout tick, an apply
+        call; set beside the lag monitor's late timers (`worst_stretches`)."""
         self._t0: float | None = None
+        self._w0 = 0.0
 
     def install(self) -> None:
         from cloudcore.fleet import Fleet
@@ -243,31 +259,60 @@ class _SliceCpu:
         me = self
         expand, commit, take = Workloads.expand_slice, Fleet.commit, Store._take
 
+        def span(what: str, w0: float, c0: float) -> float:
+            cpu = time.thread_time() - c0
+            if me.recording and cpu > 0.005:
+                me.spans.append((what, w0, time.perf_counter(), cpu))
+            return cpu
+
         def expand_slice(self: Any, *a: Any, **k: Any) -> Any:
             if me._t0 is None:
-                me._t0 = time.thread_time()
+                me._t0, me._w0 = time.thread_time(), time.perf_counter()
             return expand(self, *a, **k)
 
         def fleet_commit(self: Any, *a: Any, **k: Any) -> Any:
+            w, c = time.perf_counter(), time.thread_time()
             try:
                 return commit(self, *a, **k)
             finally:
                 if me._t0 is not None:
+                    cpu = span("slice", me._w0, me._t0)
                     if me.recording:
-                        me.slices.append(time.thread_time() - me._t0)
+                        me.slices.append(cpu)
                     me._t0 = None
+                else:
+                    span("commit", w, c)
 
         def store_take(self: Any) -> Any:
-            t = time.thread_time()
+            w, t = time.perf_counter(), time.thread_time()
             try:
                 return take(self)
             finally:
+                cpu = span("store_batch", w, t)
                 if me.recording:
-                    me.takes.append(time.thread_time() - t)
+                    me.takes.append(cpu)
+
+        def timed(cls: Any, name: str, what: str) -> None:
+            inner = getattr(cls, name)
+
+            def wrapper(self: Any, *a: Any, **k: Any) -> Any:
+                w, c = time.perf_counter(), time.thread_time()
+                try:
+                    return inner(self, *a, **k)
+                finally:
+                    span(what, w, c)
+
+            setattr(cls, name, wrapper)
 
         Workloads.expand_slice = expand_slice  # type: ignore[method-assign]
         Fleet.commit = fleet_commit  # type: ignore[method-assign]
         Store._take = store_take  # type: ignore[method-assign]
+        timed(Fleet, "apply", "apply_call")
+        try:
+            from cloudcore.fleet.rollout import Rollouts
+        except ImportError:
+            return
+        timed(Rollouts, "tick", "rollout_tick")
 
     def summary(self) -> dict[str, Any]:
         def ms(xs: list[float]) -> dict[str, Any]:
@@ -279,6 +324,19 @@ class _SliceCpu:
                     "max_ms": round(xs[-1] * 1000, 1)}
 
         return {"slice": ms(self.slices), "store_take": ms(self.takes)}
+
+
+def worst_stretches(late: list[tuple[float, float]],
+                    spans: list[tuple[str, float, float, float]],
+                    n: int = 8) -> list[dict[str, Any]]:
+    """The `n` latest-firing timers, each with the steps that ran while it was due
+    (what, wall ms, CPU ms): which step held the loop."""
+    out = []
+    for due, lag in sorted(late, key=lambda x: -x[1])[:n]:
+        held = [f"{what} {1000 * (end - start):.0f}/{1000 * cpu:.0f}"
+                for what, start, end, cpu in spans if start < due + lag and end > due]
+        out.append({"lag_ms": round(lag * 1000, 1), "steps (wall/cpu ms)": held})
+    return out
 
 
 async def _expanded(fleet: Any, names: list[str], key_prefix: str) -> None:
@@ -324,6 +382,7 @@ async def _measure(nodes: int, daemonsets: int, settle: float = 2.0) -> None:
         await asyncio.sleep(0.5)
         applies: list[dict[str, Any]] = []
         lags: list[float] = []
+        late: list[tuple[float, float]] = []
         for k in range(daemonsets):
             ds = parse_object(_ds_doc(k))
             await asyncio.sleep(settle / 4)  # a quiet loop before each apply
@@ -342,6 +401,8 @@ async def _measure(nodes: int, daemonsets: int, settle: float = 2.0) -> None:
             monitor.recording = pauses.recording = loop_cpu.recording = False
             samples = monitor.samples
             lags += samples
+            late += monitor.late
+            monitor.late = []
             rec = {"ds": k + 1, "wall_s": round(wall, 3), "cpu_s": round(cpu, 3),
                    "apply_call_s": round(held, 3), "call_and_flush_s": round(t_call, 3),
                    "lag_max_ms": round(max(samples, default=0.0) * 1000, 1),
@@ -372,6 +433,8 @@ async def _measure(nodes: int, daemonsets: int, settle: float = 2.0) -> None:
             "gc_pauses": pauses.summary(),
             # CPU of the loop's thread per expansion slice and per store batch built
             "loop_cpu": loop_cpu.summary(),
+            # the worst late timers and the steps that ran meanwhile
+            "worst_stretches": worst_stretches(late, loop_cpu.spans + pauses.spans),
             "gc_count": gc.get_count(), "total_s": round(time.perf_counter() - t_start, 1)})
 
 
@@ -574,6 +637,10 @@ def main(argv: list[str] | None = None) -> None:
                 result["tree"], result["run"], result["load1_start"] = label, run, load
                 rows.append((label, ds, run, load, result))
                 print(_table([rows[-1]]), flush=True)
+                for w in result.get("worst_stretches", []):
+                    print(f"    late {w['lag_ms']:6.1f} ms: "
+                          f"{', '.join(w['steps (wall/cpu ms)']) or '(no step over 5 ms)'}",
+                          flush=True)
     print(f"\n== {a.nodes} nodes; RSS after a 2 s settle; apply = until every node's "
           "desired set holds the pod and the store committed; lag = how late a 10 ms "
           f"timer fired during the applies; load at end {_loadavg():.2f}")
