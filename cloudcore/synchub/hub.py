@@ -44,6 +44,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -105,14 +106,21 @@ UNDELIVERABLE = "cloudcore_desired_undeliverable_total"
 LABELS_REFUSED = "cloudcore_node_labels_refused_total"
 UNSENT = "cloudcore_messages_unsent_total"
 _SECRET_PREFIX = SECRET + "/"
+_DOWN = slice(-64, -32)  # of a cached `raw || k_down || k_up` (`SyncHub._keys_of`)
+_UP = slice(-32, None)
 _WHOLE_FITS = min(DOWN_LIMITS.max_str_bytes, DOWN_LIMITS.max_items,
                   DOWN_LIMITS.max_message_bytes - 1024)
 """A Desired of at most this many bytes needs no per-entry check (`_for_wire`)."""
 
 
-@dataclass
+@dataclass(slots=True)
 class _Link:
-    """Delivery state of one node's desired stream (memory only; rebuilt on resync)."""
+    """Delivery state of one node's desired stream (memory only; rebuilt on resync).
+
+    Only a node with something to track has one (issue 14, cloud RSS at 100,000 nodes):
+    a delta in flight, attempts, or an epoch that is not the desired set's. A settled
+    link (nothing in flight, no attempts, the edge in our epoch) is dropped
+    (`SyncHub._settle`); a missing one reads as "assume ours", the same thing."""
 
     epoch: str | None = None  # the epoch the edge said it is in (None: it has none yet)
     epoch_known: bool = False  # False: not heard since start; assume ours
@@ -144,7 +152,9 @@ class SyncHub:
         self.insecure = insecure
         self.routes = routes if routes is not None else Routes(
             BrokerMap.single(DEFAULT_BROKER, "mqtt://127.0.0.1:1883"))
-        self._node_keys: dict[str, tuple[bytes, seal.NodeKeys]] = {}
+        # node -> its key and the derived down and up keys, one 96-byte string
+        # (raw || k_down || k_up: a third of the objects of a NodeKeys; issue 14)
+        self._node_keys: dict[str, bytes] = {}
         self._undeliverable: dict[tuple[str, str], tuple[int, str]] = {}
         self.nodes = nodes
         self.desired = desired
@@ -218,6 +228,9 @@ class SyncHub:
             self._drop("?", "bad_topic", f"topic {topic[:200]!r} is not an up/will topic")
             return
         node, direction = parsed
+        # one string per node name in every per-node dict, not one per message that
+        # added it (each message's topic is split anew; issue 14)
+        node = sys.intern(node)
         if self.owns is not None and not self.owns(topics.partition_of(node)):
             self.metrics.inc(DROPPED, reason="not_owned")  # in flight while unsubscribing
             return
@@ -228,7 +241,7 @@ class SyncHub:
         keys = self._keys_of(node)
         if keys is not None:
             try:
-                payload = seal.unseal(keys.up, topic, payload)
+                payload = seal.unseal(keys[_UP], topic, payload)
             except AuthFailed as exc:
                 if not self.insecure:
                     self._drop(node, "auth_failed", str(exc))
@@ -306,6 +319,8 @@ class SyncHub:
         link.attempts = 0
         if msg.epoch != nd.epoch or msg.gen != nd.gen:
             self._send_delta(node, base=msg.gen)
+        else:
+            self._settle(node, link, nd)
 
     def _on_ack(self, node: str, msg: Ack) -> None:
         if not self.nodes.known(node):
@@ -324,6 +339,7 @@ class SyncHub:
             self._set_inflight(link, None)
             link.attempts = 0
         self._maybe_send(node)
+        self._settle(node, link, nd)
 
     def _on_report(self, node: str, msg: Report) -> None:
         self.nodes.register_node(node)
@@ -358,9 +374,10 @@ class SyncHub:
                              f"it reported gen {msg.gen} above the cloud's {nd.gen}")
         elif msg.epoch == nd.epoch and msg.gen:
             self.desired.record_ack(node, msg.epoch, msg.gen)
-            link = self._link(node)
-            if link.inflight is not None and nd.acked >= link.inflight:
+            link = self._links.get(node)
+            if link is not None and link.inflight is not None and nd.acked >= link.inflight:
                 self._set_inflight(link, None)
+                link.attempts = 0
         self.nodes.heard(node, self.clock())  # after node_status: it may set the heartbeat
         self.nodes.mark_ready(node)
         self.desired.set_report_seq(node, msg.seq)
@@ -374,6 +391,9 @@ class SyncHub:
             self._send_delta(node, base=0)
         else:
             self._maybe_send(node)
+            link = self._links.get(node)
+            if link is not None:
+                self._settle(node, link, nd)
 
     def _drift(self, node: str, edge_epoch: str | None, why: str) -> NodeDesired:
         """The edge (in `edge_epoch`) holds a gen we never made: a new epoch for the
@@ -395,6 +415,9 @@ class SyncHub:
         link = self._links.get(node)
         if link is not None:
             self._set_inflight(link, None)  # the agent resyncs on reconnect; no retries meanwhile
+            nd = self.desired.get(node)
+            if nd is not None:
+                self._settle(node, link, nd)
 
     # -- reports: group-committed acks ---------------------------------------------------
 
@@ -475,6 +498,14 @@ class SyncHub:
             self._sleep_until = link.retry_at
             self._wake_retry.set()
 
+    def _settle(self, node: str, link: _Link, nd: NodeDesired) -> None:
+        """Forget `link` if it has nothing to track (`_Link`): no delta in flight, no
+        attempts, the edge in our epoch (or not heard: assumed ours)."""
+        if (link.inflight is None and not link.attempts
+                and (not link.epoch_known or link.epoch == nd.epoch)
+                and self._links.get(node) is link):
+            del self._links[node]
+
     def _set_inflight(self, link: _Link, gen: int | None) -> None:
         """Set the gen awaiting its ack (None: nothing), keeping the live count."""
         self._in_flight += (gen is not None) - (link.inflight is not None)
@@ -501,6 +532,8 @@ class SyncHub:
             if (nd is None or nd.acked >= nd.gen or self.nodes.readiness(node) == "NotReady"
                     or (self.owns is not None and not self.owns(topics.partition_of(node)))):
                 self._set_inflight(link, None)
+                if nd is not None:
+                    self._settle(node, link, nd)
                 continue
             link.attempts += 1
             self.metrics.inc(RESENT)
@@ -545,8 +578,10 @@ class SyncHub:
             link = self._links[node] = _Link()
         return link
 
-    def _keys_of(self, node: str) -> seal.NodeKeys | None:
-        """The node's derived keys (cached while its key stays the same)."""
+    def _keys_of(self, node: str) -> bytes | None:
+        """The node's key and its derived down and up keys, `raw || k_down || k_up`
+        (slice with `_DOWN`, `_UP`), cached while its key stays the same; None if it
+        has none."""
         if self.keys is None:
             return None
         raw = self.keys(node)
@@ -554,9 +589,10 @@ class SyncHub:
             self._node_keys.pop(node, None)
             return None
         cached = self._node_keys.get(node)
-        if cached is None or cached[0] != raw:
-            cached = self._node_keys[node] = (raw, seal.NodeKeys.derive(raw))
-        return cached[1]
+        if cached is None or len(cached) != len(raw) + 64 or not cached.startswith(raw):
+            derived = seal.NodeKeys.derive(raw)
+            cached = self._node_keys[node] = bytes(raw) + derived.down + derived.up
+        return cached
 
     def _for_wire(self, node: str, msg: Desired) -> tuple[Desired, bytes]:
         """The delta as it may leave, and its bytes: Secret values sealed for the node,
@@ -568,8 +604,9 @@ class SyncHub:
             return msg, encode(msg)
         keys = self._keys_of(node)
         if keys is not None and any(k.startswith(_SECRET_PREFIX) for k in msg.put):
+            secret = seal.NodeKeys.derive(keys[:-64]).secret  # rare: not cached
             msg = msg.model_copy(update={"put": {
-                k: seal.seal_secret(keys.secret, node=node, entry_key=k, value=v)
+                k: seal.seal_secret(secret, node=node, entry_key=k, value=v)
                 if k.startswith(_SECRET_PREFIX) else v for k, v in msg.put.items()}})
         payload = encode(msg)
         if len(payload) <= _WHOLE_FITS:
@@ -626,7 +663,7 @@ class SyncHub:
             payload = encode(msg)
         keys = self._keys_of(node)
         if keys is not None:
-            payload = seal.seal(keys.down, topic, payload)
+            payload = seal.seal(keys[_DOWN], topic, payload)
         elif not self.insecure:
             self.metrics.inc(UNSENT, reason="no_key")
             return
@@ -672,8 +709,17 @@ class SyncHub:
             self.routes.forget(node)
 
     def link_state(self, node: str) -> dict[str, Any]:
-        link = self._links.get(node, _Link())
-        return {"epoch": link.epoch, "inflight": link.inflight, "attempts": link.attempts,
+        """The node's delivery state: `epoch` the edge is taken to be in (ours when
+        nothing says otherwise), the gen `inflight`, `attempts`, the `broker` it was
+        last heard on."""
+        link = self._links.get(node)
+        if link is None or not link.epoch_known:
+            nd = self.desired.get(node)
+            epoch = nd.epoch if nd is not None else None
+        else:
+            epoch = link.epoch
+        return {"epoch": epoch, "inflight": link.inflight if link else None,
+                "attempts": link.attempts if link else 0,
                 "broker": self.routes.last_heard(node)}
 
 
