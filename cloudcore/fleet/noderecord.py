@@ -7,8 +7,8 @@ slotted objects instead of three pydantic models with a `__dict__` each:
 
 - the record: name, labels (the node's own dict, strings interned), annotations and
   spec (shared with every node that has equal ones: `Nodes._annotations`,
-  `nodes._PLAIN_SPEC`), uid kept as the 16 bytes of its UUID (`template.pack_uid`),
-  creation time (interned), generation, namespace; `metadata` is a view on it;
+  `nodes._PLAIN_SPEC`), uid kept as the 16 bytes of its UUID (`uids.pack_uid`),
+  creation time (interned), generation, namespace; `metadata` is the record itself;
 - `NodeState`, its status: `NodeStatus`'s fields in slots; capacity / allocatable
   dicts are shared by nodes of one hardware shape, usage by nodes without telemetry.
 
@@ -84,10 +84,10 @@ class NodeState:
 
 class NodeRecord:
     """A `Node` kept compact (the module docstring). `kind` and `api_version` are
-    the class's; `metadata` is a view whose assignments change the record."""
+    the class's; `metadata` is the record itself."""
 
-    __slots__ = ("annotations", "created", "generation", "labels", "name", "namespace",
-                 "puid", "spec", "status")
+    __slots__ = ("annotations", "creation_timestamp", "generation", "labels", "name",
+                 "namespace", "puid", "spec", "status")
 
     kind = "Node"
     api_version = "v1"
@@ -102,7 +102,8 @@ class NodeRecord:
         self.spec = spec
         self.status = status if status is not None else NodeState()
         self.puid: str | bytes | None = None
-        self.created: str | None = None
+        """The uid as kept (`uids.pack_uid`: 16 bytes for a canonical UUID)."""
+        self.creation_timestamp: str | None = None
         self.generation: int | None = None
 
     @classmethod
@@ -113,17 +114,24 @@ class NodeRecord:
                   spec=node.spec, status=NodeState.of(node.status),
                   namespace=meta.namespace)
         rec.puid = pack_uid(meta.uid)
-        rec.created = meta.creation_timestamp
+        rec.creation_timestamp = meta.creation_timestamp
         rec.generation = meta.generation
         return rec
 
     @property
-    def metadata(self) -> NodeMeta:
-        return NodeMeta(self)
+    def metadata(self) -> NodeRecord:
+        """The record itself: it has `ObjectMeta`'s attributes (name, namespace,
+        labels, annotations, uid, generation, creation_timestamp), assignable as there;
+        labels and annotations are the record's dicts, not copies."""
+        return self
 
     @property
     def uid(self) -> str | None:
         return uid_text(self.puid)
+
+    @uid.setter
+    def uid(self, value: str | None) -> None:
+        self.puid = pack_uid(value)
 
     # -- the full object -----------------------------------------------------------------
 
@@ -134,7 +142,8 @@ class NodeRecord:
         meta = _built(ObjectMeta, {
             "name": self.name, "namespace": self.namespace, "labels": self.labels,
             "annotations": self.annotations, "uid": self.uid,
-            "generation": self.generation, "creation_timestamp": self.created})
+            "generation": self.generation,
+            "creation_timestamp": self.creation_timestamp})
         return _built(Node, {"api_version": "v1", "kind": "Node", "metadata": meta,
                              "spec": self.spec, "status": self.status.materialise()})
 
@@ -149,71 +158,13 @@ class NodeRecord:
             meta["uid"] = uid
         if self.generation is not None:
             meta["generation"] = self.generation
-        if self.created is not None:
-            meta["creationTimestamp"] = self.created
+        if self.creation_timestamp is not None:
+            meta["creationTimestamp"] = self.creation_timestamp
         return {"apiVersion": "v1", "kind": "Node", "metadata": meta,
                 "spec": _spec_json(self.spec), "status": self.status.dump()}
 
     def __repr__(self) -> str:
         return f"NodeRecord({self.name})"
-
-
-class NodeMeta:
-    """`NodeRecord.metadata`: a view of the record's fields, assignable as on
-    `ObjectMeta` (labels and annotations are the record's dicts, not copies)."""
-
-    __slots__ = ("_rec",)
-
-    def __init__(self, rec: NodeRecord) -> None:
-        self._rec = rec
-
-    @property
-    def name(self) -> str:
-        return self._rec.name
-
-    @property
-    def namespace(self) -> str:
-        return self._rec.namespace
-
-    @property
-    def labels(self) -> dict[str, str]:
-        return self._rec.labels
-
-    @labels.setter
-    def labels(self, value: dict[str, str]) -> None:
-        self._rec.labels = value
-
-    @property
-    def annotations(self) -> dict[str, str]:
-        return self._rec.annotations
-
-    @annotations.setter
-    def annotations(self, value: dict[str, str]) -> None:
-        self._rec.annotations = value
-
-    @property
-    def uid(self) -> str | None:
-        return self._rec.uid
-
-    @uid.setter
-    def uid(self, value: str | None) -> None:
-        self._rec.puid = pack_uid(value)
-
-    @property
-    def creation_timestamp(self) -> str | None:
-        return self._rec.created
-
-    @creation_timestamp.setter
-    def creation_timestamp(self, value: str | None) -> None:
-        self._rec.created = value
-
-    @property
-    def generation(self) -> int | None:
-        return self._rec.generation
-
-    @generation.setter
-    def generation(self, value: int | None) -> None:
-        self._rec.generation = value
 
 
 _SPEC_JSON: dict[int, tuple[NodeSpec, dict[str, Any]]] = {}

@@ -188,7 +188,7 @@ class Nodes:
         node = NodeRecord.of(Node.model_validate({"metadata": {"name": name,
                                                                "namespace": "default"}}))
         node.puid = uuid.uuid4().bytes  # what `pack_uid` keeps of its text
-        node.created = now_iso()
+        node.creation_timestamp = now_iso()
         node.labels = {"kubernetes.io/hostname": name}
         self._compact(node)
         self.objects.nodes[name] = node
@@ -341,8 +341,8 @@ class Nodes:
             val = getattr(st, attr)
             if isinstance(val, str):
                 setattr(st, attr, sys.intern(val))
-        if node.created is not None:
-            node.created = sys.intern(node.created)
+        if node.creation_timestamp is not None:
+            node.creation_timestamp = sys.intern(node.creation_timestamp)
         node.annotations = self._annotations(node.annotations)
         node.labels = {sys.intern(k): sys.intern(v) for k, v in node.labels.items()}
 
