@@ -300,7 +300,10 @@ import importlib, pkgutil, edgecore, shared
 for pkg in (edgecore, shared):
     for m in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + "."):
         if m.name != "shared.models" and not m.name.endswith("__main__"):
-            importlib.import_module(m.name)
+            try:
+                importlib.import_module(m.name)
+            except ImportError:  # cloud-only (shared.problems: pydantic) on an edge venv
+                pass
 import edgecore.__main__
 """
 
