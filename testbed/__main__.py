@@ -359,7 +359,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return bench_sync(nodes=args.nodes, procs=args.procs, workdir=workdir,
                       modes=sync_modes(args.mode), brokers=args.brokers,
                       per_broker=args.per_broker, per_sim=args.per_sim, rate=args.rate,
-                      stall_s=args.stall)
+                      stall_s=args.stall, steady_s=60.0 if args.idle is None else args.idle)
 
 
 def cmd_chaos(args: argparse.Namespace) -> int:

@@ -10,9 +10,12 @@
   both phases). The wait for the acks scrapes the ack counter in /metrics and lists
   every node only to confirm (usually once): until issue 13 it listed every node
   every 0.5 s, and those lists were a good part of the CPU figure;
-- a steady phase (`--steady S` seconds, default 60, after the update): the cloud's
-  CPU-ms per node status report it handled (its `cloudcore_messages_in_total` reports)
-  while the fleet only reports (heartbeats every ~300 s per node) and nothing changes.
+- the idle cost (`--idle S` seconds, default 60, after the update; `--steady` is the
+  old name): with the fleet settled, reporting only (heartbeats every ~300 s per node)
+  and nothing changing, per node per second the cloud's and the brokers' CPU (from /proc
+  of each process), the bytes through the brokers' sockets and the MQTT payload bytes
+  of the nodes, the messages per node per hour, and the cloud's CPU-ms per status
+  report it handled (`_idle`, result key `idle`).
 
 `--cloud-tree DIR` runs cloudcore (and `cloudcore pki broker`) with `PYTHONPATH=DIR`
 (and `PYTHONSAFEPATH=1`, so the working directory does not shadow it), while the
@@ -749,7 +752,7 @@ def _compare(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
     for phase in ("create", "update"):
         out[phase] = {k: {m: r[phase][k] for m, r in results.items()} for k in keys}
     for k in ("broker_rss_kib_per_session", "connect_s", "cloud_rss_mb",
-              "cloud_rss_mb_per_1000_nodes", "cloud_rss_idle_mb_per_1000_nodes", "steady"):
+              "cloud_rss_mb_per_1000_nodes", "cloud_rss_idle_mb_per_1000_nodes", "idle"):
         out[k] = {m: r.get(k) for m, r in results.items()}
     return out
 
@@ -765,22 +768,54 @@ def _reports_in(fleet: Fleet) -> float:
     return _messages_in(fleet, "report")
 
 
-def _steady(sf: SimFleet, seconds: float) -> dict[str, Any]:
-    """`seconds` of a settled fleet that only reports: the cloud's CPU-ms per node
-    status report it handled, and its CPU share."""
+def _idle(sf: SimFleet, seconds: float) -> dict[str, Any]:
+    """`seconds` of a settled fleet that only reports (its heartbeats, nothing changes):
+    the idle cost of issue 14. Per node per second: the cloud's and the brokers' CPU
+    (microseconds, from /proc of each process), the bytes through the brokers' sockets
+    (/proc/PID/io: both legs, edge <-> broker <-> cloud, both directions, TLS records and
+    MQTT framing included) and the sealed MQTT payload bytes the simulated nodes sent
+    and received; also the messages per node per hour and the cloud's CPU-ms per status
+    report it handled (`cloudcore_messages_in_total{type="report"}`)."""
+    nodes = sf.nodes
     n0 = _reports_in(sf.fleet)
-    c0, _ = _proc_usage(sf.cloud_pid)
+    st0 = sf.full_stats()
+    u0 = sf.usage()
+    io0 = {n: _proc_io(pid) for n, pid in sf.broker_pids().items()}
     t0 = time.monotonic()
     time.sleep(seconds)
-    c1, _ = _proc_usage(sf.cloud_pid)
+    u1 = sf.usage()
+    io1 = {n: _proc_io(pid) for n, pid in sf.broker_pids().items() if n in io0}
     elapsed = time.monotonic() - t0
+    time.sleep(1.2)  # the simulators' stats files are rewritten every second
+    st1 = sf.full_stats()
     n1 = _reports_in(sf.fleet)
     reports = n1 - n0
+
+    def cpu(kind: str) -> float:
+        return sum(v[0] - u0.get(kind, {}).get(name, (v[0], 0))[0]
+                   for name, v in u1.get(kind, {}).items())
+
+    node_s = nodes * elapsed
+    cloud_s, broker_s, sim_s = cpu("cloud"), cpu("brokers"), cpu("simulators")
+    wire = sum(io1[n] - io0[n] for n in io1)
+    msgs = st1["msgs_in"] + st1["msgs_out"] - st0["msgs_in"] - st0["msgs_out"]
     return {"seconds": round(elapsed, 1), "reports": int(reports),
-            "cloud_cpu_s": round(c1 - c0, 2),
-            "cloud_cpu_pct": round((c1 - c0) / elapsed * 100, 1),
-            "cloud_cpu_ms_per_report": round((c1 - c0) * 1000 / reports, 3)
-            if reports else None}
+            "cloud_cpu_s": round(cloud_s, 2),
+            "cloud_cpu_pct": round(cloud_s / elapsed * 100, 1),
+            "cloud_cpu_ms_per_report": round(cloud_s * 1000 / reports, 3)
+            if reports else None,
+            "cloud_cpu_us_per_node_s": round(cloud_s * 1e6 / node_s, 3),
+            "broker_cpu_s": round(broker_s, 2),
+            "broker_cpu_pct": round(broker_s / elapsed * 100, 1),
+            "broker_cpu_us_per_node_s": round(broker_s * 1e6 / node_s, 3),
+            "simulator_cpu_us_per_node_s": round(sim_s * 1e6 / node_s, 3),
+            "broker_wire_bytes_per_node_s": round(wire / node_s, 3),
+            "payload_bytes_down_per_node_s": round(
+                (st1["bytes_in"] - st0["bytes_in"]) / node_s, 3),
+            "payload_bytes_up_per_node_s": round(
+                (st1["bytes_out"] - st0["bytes_out"]) / node_s, 3),
+            "msgs_per_node_hour": round(msgs / node_s * 3600, 2),
+            "load1": Path("/proc/loadavg").read_text().split()[0]}
 
 
 class LagWatch:
@@ -821,10 +856,23 @@ def _rss(u: dict[str, dict[str, tuple[float, int]]]) -> dict[str, Any]:
             for kind, procs in u.items()}
 
 
+NODE_TABLE_FIELDS = ("metadata.name,spec.unschedulable,status.ackedGen,status.desiredGen,"
+                     "status.lastSeen,status.ready")
+"""The fields of `fedctl get nodes`, a view cloudcore keeps encoded from start to stop
+(`cloudcore.fleet.projection.NODE_TABLE`). The bench lists nodes with exactly these: a
+list of whole nodes made the cloud keep a second encoded copy of every node for ten
+minutes (about 100 MB at 100,000 nodes, in the cloud RSS figure; issue 14)."""
+
+
+def node_table(fleet: Fleet) -> list[dict[str, Any]]:
+    """Every node, the fields of `NODE_TABLE_FIELDS` only."""
+    return list(fleet.get(f"/api/v1/nodes?fields={NODE_TABLE_FIELDS}")["items"])
+
+
 def cloud_past(fleet: Fleet, base: int) -> int:
     """Nodes the cloud lists with `ackedGen == desiredGen` above `base` (one list of every
     node: a node whose new desired state is not made yet does not count)."""
-    return sum(1 for n in fleet.nodes()
+    return sum(1 for n in node_table(fleet)
                if int(n["status"].get("ackedGen", 0)) >= int(n["status"].get("desiredGen", 0))
                > base)
 
@@ -868,9 +916,12 @@ def update_phase(sf: SimFleet, label: str, args: list[str], lag: LagWatch,
     # Wait on the ack counter (a metrics scrape), then confirm with a list of every
     # node: the cloud's CPU is the updates', not 20-50 lists of 15k nodes made by
     # this bench while it waits (as it was until issue 13).
+    # a scrape costs the cloud a pass over every node's readiness: at most 2 a second
+    # above 20,000 nodes (5 a second were ~2 % of its time at 100,000)
     sf.wait(what=f"{label}: the cloud received every node's ack",
             count=lambda: _sum(lag.scrape(), "cloudcore_messages_in_total", 'type="ack"')
-            - acks_before, target=nodes, timeout=timeout, interval=0.2)
+            - acks_before, target=nodes, timeout=timeout,
+            interval=0.2 if nodes <= 20_000 else 0.5)
     sf.wait(what=f"{label}: the cloud recorded every ack (ackedGen == desiredGen > {base})",
             count=cloud_acked, target=nodes, timeout=timeout, interval=1.0)
     cloud_s = time.monotonic() - t0
@@ -937,7 +988,7 @@ def audit(sf: SimFleet) -> dict[str, Any]:
     `behind` nodes not (yet) at their desired gen; `epochs` how many desired-state
     epochs the nodes hold (one, unless some were sent a snapshot under a new epoch)."""
     edge = edge_gens(sf)
-    cloud = {n["metadata"]["name"]: n.get("status", {}) for n in sf.fleet.nodes()}
+    cloud = {n["metadata"]["name"]: n.get("status", {}) for n in node_table(sf.fleet)}
     lost, behind, missing = [], [], []
     for name, (_, gen) in edge.items():
         st = cloud.get(name)
@@ -1015,7 +1066,7 @@ def _sync(sf: SimFleet, workdir: Path, *, steady_s: float = 60.0) -> dict[str, A
     for label, args in (("create", ["sleep", "1"]), ("update", ["sleep", "2"])):
         results[label] = update_phase(sf, label, args, lag)
     if steady_s > 0:
-        results["steady"] = _steady(sf, steady_s)
+        results["idle"] = _idle(sf, steady_s)
     m = lag.scrape()
     cpu1, rss1 = _proc_usage(sf.cloud_pid)
     results["cloud_rss_mb"] = round(rss1 / 2**20, 1)
@@ -1035,11 +1086,14 @@ def _sync(sf: SimFleet, workdir: Path, *, steady_s: float = 60.0) -> dict[str, A
     results.update(describe_fleet(sf))
     results["load_end"] = Path("/proc/loadavg").read_text().split()[0]
     print(json.dumps(results, indent=2), flush=True)
-    steady = results.get("steady") or {}
+    idle = results.get("idle") or {}
     print(f"cloud CPU per node-update: create {results['create']['cloud_cpu_ms_per_node_update']}"
-          f" ms, update {results['update']['cloud_cpu_ms_per_node_update']} ms; steady: "
-          f"{steady.get('cloud_cpu_ms_per_report')} ms per node status report "
-          f"({steady.get('reports')} reports in {steady.get('seconds')} s); RSS per 1,000 "
+          f" ms, update {results['update']['cloud_cpu_ms_per_node_update']} ms; idle "
+          f"({idle.get('seconds')} s, {idle.get('reports')} reports): per node per second "
+          f"cloud {idle.get('cloud_cpu_us_per_node_s')} us CPU, brokers "
+          f"{idle.get('broker_cpu_us_per_node_s')} us CPU and "
+          f"{idle.get('broker_wire_bytes_per_node_s')} wire bytes, "
+          f"{idle.get('cloud_cpu_ms_per_report')} cloud CPU-ms per status report; RSS per 1,000 "
           f"nodes: {results['cloud_rss_idle_mb_per_1000_nodes']} MB idle, "
           f"{results['cloud_rss_mb_per_1000_nodes']} MB after both phases; worst loop lag "
           f"{results['worst_loop_lag_ms']} ms; load {results['load_start']} -> "
@@ -1238,7 +1292,7 @@ def _rollout(sf: SimFleet, batch: int | str, workdir: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m testbed.bench sync|rollout`: the benches with the options `testbed
-    bench` does not carry (`--cloud-tree`, `--steady`)."""
+    bench` does not carry (`--cloud-tree`)."""
     p = argparse.ArgumentParser(prog="python -m testbed.bench",
                                 description=__doc__.splitlines()[0])
     p.add_argument("what", choices=["sync", "rollout"])
@@ -1261,8 +1315,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workdir", type=Path, default=None)
     p.add_argument("--cloud-tree", type=Path, default=None,
                    help="run cloudcore from this source tree (PYTHONPATH, the cloud only)")
-    p.add_argument("--steady", type=float, default=60.0,
-                   help="sync: seconds of the steady (reports only) phase; 0 skips it")
+    p.add_argument("--idle", "--steady", dest="idle", type=float, default=60.0,
+                   help="sync: seconds of the idle phase (fleet settled, reports only) "
+                        "after the update, for the idle cost per node; 0 skips it")
     a = p.parse_args(argv)
     tree = a.cloud_tree.resolve() if a.cloud_tree else None
     if tree is not None and not (tree / "cloudcore" / "__main__.py").is_file():
@@ -1279,7 +1334,7 @@ def main(argv: list[str] | None = None) -> int:
                              secure=a.mode != "insecure")
     modes = sync_modes(a.mode)
     return bench_sync(nodes=a.nodes, procs=a.procs, workdir=a.workdir or Path("var/bench"),
-                      modes=modes, cloud_tree=tree, steady_s=a.steady, brokers=a.brokers,
+                      modes=modes, cloud_tree=tree, steady_s=a.idle, brokers=a.brokers,
                       per_broker=a.per_broker, rate=a.rate, stall_s=a.stall)
 
 

@@ -48,6 +48,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -101,7 +102,9 @@ class SimSettings:
     report_pods: bool = False  # report each applied pod Running (the ack bench leaves it off)
     stats_path: Path | None = None  # JSON stats file, rewritten every `stats_interval`
     stats_interval: float = 1.0  # seconds
-    keepalive: int = 60  # MQTT keepalive, seconds
+    keepalive: int = 600  # MQTT keepalive, seconds: the agent's default (edgecore.config
+    # mqtt_keepalive_s); at 60 the pings were 10x an agent's idle traffic and half of a
+    # simulator's CPU in `bench sync` at 100,000 nodes (issue 14)
     per_node_stats: bool = False  # add every node's timings and counters to the stats file
     max_connecting: int = 256  # connects in flight at once (a slow broker must not pile up)
     crash_marker: str | None = None  # with report_pods: a pod whose container command or
@@ -264,6 +267,7 @@ class SimNode:
             self.sim.deltas_in += 1
         if self.first_desired_at is None:
             self.first_desired_at = now
+            self.sim.first_desired += 1
         outcome = self.desired.classify(msg)
         if outcome is Outcome.REFUSED:
             self.resyncs += 1
@@ -291,7 +295,9 @@ class SimNode:
             )
             return
         old = self.desired.items
+        was = self.desired.gen
         self.desired = self.desired.applied(msg)
+        self.sim.moved_gen(was, self.desired.gen)
         self.applied_at[msg.gen] = now
         self.sim.record_applied(msg.gen, now)
         self.send(Ack(node=self.name, epoch=msg.epoch, gen=msg.gen))
@@ -372,6 +378,12 @@ class Simulator:
             self._ssl = ssl.create_default_context(
                 cafile=str(settings.ca_file) if settings.ca_file else None)
         self.nodes = [SimNode(n, self) for n in settings.names]
+        # kept as nodes change, not counted over every node at each stats write (that
+        # was about a tenth of a simulator's CPU at 16,667 nodes; issue 14)
+        self.at_gen: dict[int, int] = {}
+        for n in self.nodes:
+            self.at_gen[n.desired.gen] = self.at_gen.get(n.desired.gen, 0) + 1
+        self.first_desired = 0  # nodes that have received a desired message
         self.connected = 0
         self.msgs_in = self.msgs_out = self.bytes_in = self.bytes_out = 0
         self.reacks = self.gaps = self.invalid = self.connect_failures = 0
@@ -384,6 +396,17 @@ class Simulator:
         self.gen_times: dict[int, list[float]] = {}  # gen -> [first, last] wall time applied
         self.started_at = time.time()
         self.all_connected_after: float | None = None  # seconds from start
+
+    def moved_gen(self, was: int, now: int) -> None:
+        """A node's applied gen went from `was` to `now` (`at_gen`)."""
+        if was == now:
+            return
+        left = self.at_gen[was] - 1
+        if left:
+            self.at_gen[was] = left
+        else:
+            del self.at_gen[was]
+        self.at_gen[now] = self.at_gen.get(now, 0) + 1
 
     def record_applied(self, gen: int, now: float) -> None:
         self.acks[gen] = self.acks.get(gen, 0) + 1
@@ -534,11 +557,9 @@ class Simulator:
 
     def stats(self) -> dict[str, Any]:
         """The figures a benchmark reads: sessions, per-gen applies, traffic, memory."""
-        at_gen: dict[int, int] = {}
-        first_desired = 0
-        for n in self.nodes:
-            at_gen[n.desired.gen] = at_gen.get(n.desired.gen, 0) + 1
-            first_desired += n.first_desired_at is not None
+        at_gen, first_desired = self.at_gen, self.first_desired
+        missing = ([] if self.connected >= len(self.nodes) else
+                   list(itertools.islice((n.name for n in self.nodes if not n.connected), 10)))
         applied = {str(g): c for g, c in sorted(self.acks.items())}
         out: dict[str, Any] = {
             "ts": time.time(),
@@ -548,7 +569,7 @@ class Simulator:
             "connect_failures": self.connect_failures,
             "connect_errors": dict(self.connect_errors),
             "last_connect_error": self.last_connect_error,
-            "not_connected_sample": [n.name for n in self.nodes if not n.connected][:10],
+            "not_connected_sample": missing,
             "signalled_reports": self.signalled_reports,
             "started_at": self.started_at,
             "all_connected_after_s": self.all_connected_after,
@@ -632,7 +653,7 @@ async def run_simulator(
     connect_rate_per_s: float,
     report_pods: bool,
     stats_path: Path | None,
-    keepalive: int = 60,
+    keepalive: int = 600,
     per_node_stats: bool = False,
     crash_marker: str | None = None,
     keys: dict[str, bytes] | None = None,
@@ -740,7 +761,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--rate", type=float, default=500.0, help="connects per second (default %(default)s)"
     )
     p.add_argument(
-        "--keepalive", type=int, default=60, help="MQTT keepalive s (default %(default)s)"
+        "--keepalive", type=int, default=600,
+        help="MQTT keepalive s (default %(default)s, the agent's default)"
     )
     p.add_argument("--report-pods", action="store_true", help="report applied pods Running")
     p.add_argument(

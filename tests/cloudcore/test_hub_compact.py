@@ -2,7 +2,9 @@
 settled node has no delivery link and still gets deltas from its acked gen in our
 epoch; a node in another epoch or with a delta in flight keeps its link until it acks;
 the compact key cache follows a changed key; every per-node dict holds one string per
-node name however many messages named it."""
+node name however many messages named it; while the publish queue is full a node's
+delta is not built, the node waits by name and gets one delta of its latest set, in
+turn, when there is room."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from cloudcore_fakes import FakeStore, add_node, daemonset, make_fleet
 
 from cloudcore.config import SyncSettings
 from cloudcore.metrics import Metrics
-from cloudcore.synchub.hub import DROPPED, RESENT, SyncHub
+from cloudcore.synchub.hub import DROPPED, QUEUE_AHEAD, RESENT, SyncHub
 from shared import seal, topics
 from shared.codec import DOWN_LIMITS, Ack, Desired, Report, ReportAck, Resync, decode, encode
 from shared.models import parse_object
@@ -28,6 +30,7 @@ class Store(FakeStore):
 
 class World:
     def __init__(self) -> None:
+        self.backlog = [0]
         self.keys = {"n1": bytes(range(32)), "n2": bytes(range(1, 33))}
         self.fleet = make_fleet(Store())
         self.metrics = Metrics()
@@ -38,7 +41,7 @@ class World:
                            keys=self.keys.get)
         self.wire: list[tuple[str, bytes]] = []
         self.hub.attach(lambda part, t, p, broker: self.wire.append((t, p)),
-                        backlog=lambda: 0)
+                        backlog=lambda: self.backlog[0])
 
     def up(self, node: str, msg: Any, *, key: bytes | None = None) -> None:
         topic = "/".join(topics.up(node).split("/"))  # a string of its own, as parsed
@@ -129,3 +132,59 @@ async def test_one_string_per_node_name_in_the_per_node_dicts() -> None:
     names = [next(k for k in d if k == "n1")
              for d in (w.hub._node_keys, w.hub.routes._last, w.hub._lazy)]
     assert all(n is names[0] for n in names)
+
+
+async def test_deltas_wait_by_name_while_the_publish_queue_is_full() -> None:
+    w = World()
+    names = [f"n{i}" for i in range(1, 3)]
+    for i, name in enumerate(names):
+        w.keys[name] = bytes(range(10 + i, 42 + i))
+        _connected(w, name)
+    w.backlog[0] = QUEUE_AHEAD
+    w.fleet.apply([parse_object(daemonset(args=["sleep", "2"]))])
+    w.fleet.apply([parse_object(daemonset(args=["sleep", "3"]))])
+    first, second = w.hub._deferred
+    assert w.wire == [] and {first, second} == set(names)
+    assert w.hub._in_flight == 0 and not w.hub._links  # nothing built, nothing to retry
+    assert w.hub.drain_deferred() == 0  # still full
+    w.backlog[0] = QUEUE_AHEAD - 1
+    assert w.hub.drain_deferred(limit=1) == 1  # in turn: the first one
+    (d1,) = w.down(first)
+    assert w.down(second) == [] and list(w.hub._deferred) == [second]
+    w.backlog[0] = 0
+    assert w.hub.drain_deferred() == 1
+    (d2,) = w.down(second)
+    for d, name in ((d1, first), (d2, second)):  # one delta of the latest set each
+        nd = w.fleet.desired_sets.get(name)
+        assert nd is not None and not d.snapshot and d.gen == nd.gen
+        assert any("sleep" in str(v) and "3" in str(v) for v in d.put.values())
+    # a node's own resync is answered at once, and takes it out of the wait
+    w.backlog[0] = QUEUE_AHEAD
+    w.up(first, Ack(node=first, epoch=d1.epoch, gen=d1.gen))
+    w.up(second, Ack(node=second, epoch=d2.epoch, gen=d2.gen))
+    w.fleet.apply([parse_object(daemonset(args=["sleep", "4"]))])
+    assert set(w.hub._deferred) == set(names)
+    w.up(first, Resync(node=first, epoch=d1.epoch, gen=d1.gen))
+    nd = w.fleet.desired_sets.get(first)
+    assert nd is not None and [m.gen for m in w.down(first)] == [nd.gen]
+    assert list(w.hub._deferred) == [second]
+
+
+async def test_the_retry_loop_sends_the_waiting_deltas_when_the_queue_drains() -> None:
+    w = World()
+    _connected(w, "n1")
+    loop = asyncio.create_task(w.hub.run_retries())
+    try:
+        w.backlog[0] = QUEUE_AHEAD
+        w.fleet.apply([parse_object(daemonset(args=["sleep", "2"]))])
+        await asyncio.sleep(0.1)
+        assert w.down("n1") == [] and list(w.hub._deferred) == ["n1"]
+        w.backlog[0] = 0
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if w.wire:
+                break
+        (delta,) = w.down("n1")
+        assert not w.hub._deferred and delta.gen == w.fleet.desired_sets.get("n1").gen  # type: ignore[union-attr]
+    finally:
+        loop.cancel()

@@ -170,6 +170,12 @@ async def test_fifty_nodes_ack_snapshots_and_reack_duplicates(broker: int, tmp_p
             lambda: bool(cloud.messages(Ack, lambda m: m.node == "sim-1" and m.gen == 3)),
             "ack of the resynced delta",
         )
+        # the per-gen counts the benches read, kept as gens move, agree with every node's
+        await until(lambda: stats().get("at_gen") == {"1": N - 1, "3": 1}, "at_gen counted")
+        st = stats()
+        gens = [n["gen"] for n in st["per_node"].values()]
+        assert {str(g): gens.count(g) for g in set(gens)} == st["at_gen"]
+        assert st["first_desired"] == N and st["not_connected_sample"] == []
 
         # Heartbeats are empty reports with a growing seq.
         await until(
