@@ -878,15 +878,35 @@ def create_app(fleet: Fleet, *, metrics: Metrics,
                               "true`."}},
              description="Changes coalesce: an object that changed several times while "
                          "the client was slow is sent once, in its latest state. An object "
-                         "that stops matching the filters is sent as DELETED.")
+                         "that stops matching the filters is sent as DELETED. On a shard, "
+                         "a watch of a global kind (workloads, ConfigMaps, Secrets, ...) "
+                         "resumes from `resourceVersion` (the last one a client saw, on "
+                         "any shard: every shard gives the same): no initial events; each "
+                         "object changed since, as MODIFIED, and each deleted since, as "
+                         "DELETED, then the changes as they come; 410 if the deletions "
+                         "since were already forgotten (list again).")
     async def watch(*, plural: str, namespace: str | None = None,
                     labelSelector: str | None = None, node: str | None = None,
                     name: str | None = None, sendInitialEvents: bool = True,
-                    heartbeatSeconds: Annotated[float | None, Query(ge=0.05, le=300)] = None
-                    ) -> StreamingResponse:
+                    heartbeatSeconds: Annotated[float | None, Query(ge=0.05, le=300)] = None,
+                    resourceVersion: str | None = None) -> StreamingResponse:
         kind = _kind(plural)
         selector = parse_selector(labelSelector) if labelSelector else None
         beat = heartbeatSeconds or api.watch_heartbeat
+        resume = None  # a shard's watch of a global kind from a revision
+        if resourceVersion not in (None, "", "0") and cluster is not None \
+                and is_global(kind):
+            try:
+                since = int(str(resourceVersion))
+            except ValueError:
+                raise ObjectError(f"resourceVersion: {resourceVersion!r} is not a version "
+                                  "this server gave", field="resourceVersion") from None
+            await cluster.wait_applied(since)  # given by a shard ahead of this one
+            resume = cluster.changes_since(kind, since)
+            if resume is None:
+                raise StarletteHTTPException(410, f"resourceVersion {since} is too old: "
+                                             "deletions since then are forgotten; list "
+                                             "again and watch from the list's version")
 
         def want(key: Any, obj: Any) -> bool:
             if name is not None and (key if kind in CLUSTER_KINDS else key[1]) != name:
@@ -894,12 +914,36 @@ def create_app(fleet: Fleet, *, metrics: Metrics,
             return fleet.matches(kind, key, obj, namespace=namespace, selector=selector,
                                  node=node)
 
+        def _wanted_gone(key: Any, body: dict[str, Any]) -> bool:
+            """Whether a deleted object (as it was) matched the watch's filters."""
+            meta = body.get("metadata") or {}
+            if name is not None and meta.get("name") != name:
+                return False
+            if namespace is not None and kind not in CLUSTER_KINDS \
+                    and meta.get("namespace") != namespace:
+                return False
+            return selector is None or selector(meta.get("labels") or {})
+
+        def _resumed(since: tuple[list[Any], list[tuple[Any, dict[str, Any]]]],
+                     sent: set[Any]) -> bytes:
+            """A resumed watch's first lines: DELETED for what went since the client's
+            version, MODIFIED for what changed since (`sent`: every matching object)."""
+            objects = fleet.table_of(kind)
+            sent.update(k for k, o in objects.items() if want(k, o))
+            changed, deleted = since
+            lines = [_line("DELETED", json.dumps(body, separators=(",", ":")).encode())
+                     for k, body in deleted if k not in objects and _wanted_gone(k, body)]
+            lines += [_line("MODIFIED", lists.encoded(kind, k)) for k in changed if k in sent]
+            return b"".join(lines) + b'{"type":"BOOKMARK"}\n'
+
         watcher = fleet.watches.subscribe(kind)
 
         async def stream() -> AsyncIterator[bytes]:
             sent: set[Any] = set()
             try:
-                if sendInitialEvents:
+                if resume is not None:
+                    yield _resumed(resume, sent)
+                elif sendInitialEvents:
                     chunk: list[bytes] = []
                     table = fleet.table_of(kind)
                     for key in list(fleet.sorted_keys(kind)):

@@ -47,6 +47,7 @@ import json
 import logging
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -85,6 +86,8 @@ CLUSTER_NS = "_"
 APPLIED_WAIT = 15.0
 """Seconds a write waits for this shard's replica to apply its revision."""
 WRITE_TRIES = 5
+TOMBSTONES_KEPT = 10_000
+"""Deleted global objects a replica remembers for watches resumed from a revision."""
 """Writes of a document without resourceVersion retried when another writer won."""
 SECRET_DB = "kv_objects"
 """The associated-data name a Secret's KV value is encrypted under."""
@@ -178,6 +181,14 @@ class ClusterObjects:
         self._advanced = asyncio.Event()
         self.applied = 0
         self.failed = 0
+        self.tombstones: OrderedDict[tuple[str, Any], tuple[int, dict[str, Any]]] = \
+            OrderedDict()
+        """(kind, table key) -> (revision, the object as it was) of the last
+        TOMBSTONES_KEPT global objects deleted, oldest first: what a watch resumed
+        from a revision sends as DELETED (`changes_since`)."""
+        self.forgotten = 0
+        """The revision of the newest tombstone dropped from `tombstones`: a watch from
+        an older revision cannot be resumed (410, as Kubernetes answers)."""
 
     # -- the replica --------------------------------------------------------------------
 
@@ -223,6 +234,7 @@ class ClusterObjects:
                 else:
                     self._adopt(e.key, name, e.value)
             elif e.deleted:
+                self._tombstone(kind, ns, name, e.revision)
                 self._delete_local(kind, ns, name)
             else:
                 self._apply_local(e.key, kind, e.value)
@@ -252,6 +264,33 @@ class ClusterObjects:
                     self.fleet.objects.changed(*tkey)
         self.revision = max(self.revision, e.revision)
         self._advanced.set()
+
+    def _tombstone(self, kind: str, ns: str | None, name: str, revision: int) -> None:
+        tkey = (kind, key_of(kind, ns, name))
+        live = self.fleet.objects.lookup(*tkey)
+        body: dict[str, Any] = dump_object(live) if live is not None else {
+            "kind": kind, "metadata": {"name": name, **({"namespace": ns} if ns else {})}}
+        meta: dict[str, Any] = body.setdefault("metadata", {})
+        meta["resourceVersion"] = str(revision)
+        self.tombstones.pop(tkey, None)
+        self.tombstones[tkey] = (revision, body)
+        while len(self.tombstones) > TOMBSTONES_KEPT:
+            _, (rev, _) = self.tombstones.popitem(last=False)
+            self.forgotten = max(self.forgotten, rev)
+
+    def changes_since(self, kind: str, revision: int
+                      ) -> tuple[list[Any], list[tuple[Any, dict[str, Any]]]] | None:
+        """What changed in `kind` after `revision` as this replica holds it: (table keys
+        of the objects at a later revision, (table key, the object as it was) of those
+        deleted after it, in revision order); None if deletions after `revision` were
+        already forgotten (the watch must start over with a list)."""
+        if revision < self.forgotten:
+            return None
+        changed = sorted((rev, tkey) for (k, tkey), rev in self._by_table.items()
+                         if k == kind and rev > revision)
+        deleted = [(tkey, body) for (k, tkey), (rev, body) in self.tombstones.items()
+                   if k == kind and rev > revision and (k, tkey) not in self._by_table]
+        return [tkey for _, tkey in changed], deleted
 
     def _apply_local(self, key: str, kind: str, value: bytes) -> None:
         record = self._decode(key, kind, value)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 
+import pytest
 from cloudcore_fakes import add_node, daemonset, make_fleet
 
 from cloudcore.cluster.kv import Entry
@@ -103,3 +104,39 @@ def test_status_summaries_only_changes_and_never_over_own_nodes() -> None:
     fleet.objects.nodes["n3"].status.reason = AWAY_REASON
     asyncio.run(st.changed_summaries())
     assert fleet.objects.nodes["n3"].status.ready == "Ready"
+
+
+def test_changes_since_a_revision_and_forgotten_deletions(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import cloudcore.cluster.objects as objects_mod
+
+    fleet = make_fleet()
+    rep = ClusterObjects(fleet, shard="B")
+
+    def cm(name: str) -> bytes:
+        return record({"apiVersion": "v1", "kind": "ConfigMap",
+                       "metadata": {"name": name, "namespace": "default",
+                                    "labels": {"app": "x"}}, "data": {"k": name}})
+
+    for rev, name in enumerate(("a", "b", "c"), 1):
+        rep.apply_entry(Entry(object_key("ConfigMap", "default", name), cm(name), rev))
+    rep.apply_entry(Entry(object_key("ConfigMap", "default", "b"), b"", 4,
+                          operation="delete"))
+    rep.apply_entry(Entry(object_key("ConfigMap", "default", "c"), cm("c"), 5))
+    got = rep.changes_since("ConfigMap", 2)
+    assert got is not None
+    changed, deleted = got
+    assert changed == [("default", "c")]
+    assert [(k, body["metadata"]["resourceVersion"], body["metadata"]["labels"])
+            for k, body in deleted] == [(("default", "b"), "4", {"app": "x"})]
+    assert rep.changes_since("ConfigMap", 5) == ([], [])
+    assert rep.changes_since("DaemonSet", 0) == ([], [])
+    # only TOMBSTONES_KEPT deletions are remembered: older resumes are refused (None)
+    monkeypatch.setattr(objects_mod, "TOMBSTONES_KEPT", 1)
+    rep.apply_entry(Entry(object_key("ConfigMap", "default", "a"), b"", 6,
+                          operation="delete"))
+    assert rep.forgotten == 4
+    assert rep.changes_since("ConfigMap", 3) is None
+    assert rep.changes_since("ConfigMap", 4) == ([("default", "c")],
+                                                 [(("default", "a"), rep.tombstones[
+                                                     ("ConfigMap", ("default", "a"))][1])])

@@ -10,7 +10,9 @@ Checked, each through the shard that did not make the change:
 - a Secret applied through A is readable, decrypted, through B;
 - a label set through B on a node A owns reaches A (a DaemonSet selecting it runs there);
 - an update carrying a resourceVersion that another shard's write made stale answers 409;
-- a watch of ConfigMaps on B sees the create, update and delete made through A;
+- a watch of ConfigMaps on B sees the create, update and delete made through A; a
+  watch on A resumed from a resourceVersion seen on B gets only what changed since
+  (MODIFIED, DELETED), then what comes;
 - a node owned by A is listed by B with its status (Ready, its last report time),
   marked `OwnedByAnotherShard`;
 - a node joining through B into a partition A holds is known to A with its credentials
@@ -18,7 +20,7 @@ Checked, each through the shard that did not make the change:
   deleted through A, it is gone from B and from both shards' broker password files;
 - API and join tokens made through one shard work through the other (a join token's
   uses are counted for all), a token revoked through one is refused by the other;
-- a change of the broker map (not shared yet) is refused on a shard (409);
+- a broker added to the map through B is in A's map; removed through A, gone from B's;
 - a shard restarted after an object was deleted and another made through A drops the
   first and holds the second.
 """
@@ -234,6 +236,29 @@ def test_objects_applied_through_one_shard_reach_the_other(tmp_path: Path) -> No
                 assert added["object"]["metadata"]["resourceVersion"] == v1
             finally:
                 watch.close()
+            # a watch resumed from a version seen on B, on A: only what changed since
+            a.call("/api/v1/apply", {"documents": [configmap("c10", "x")]})
+            seen = wait_for("c10 on B", lambda: _get(b, "/api/v1/configmaps/default/c10"),
+                            30)["metadata"]["resourceVersion"]
+            b.call("/api/v1/apply", {"documents": [configmap("c8", "x"), configmap("c9", "x")]})
+            assert _status(b, "/api/v1/configmaps/default/c9", method="DELETE")[0] == 200
+            wait_for("c8 on A, c9 gone", lambda: _get(a, "/api/v1/configmaps/default/c8")
+                     and _get(a, "/api/v1/configmaps/default/c9") is None, 30)
+            resumed = WatchReader(a, f"/api/v1/watch/configmaps?resourceVersion={seen}"
+                                     "&heartbeatSeconds=0.5")
+            try:
+                wait_for("the resumed watch's catch-up", lambda: any(
+                    x.get("type") == "BOOKMARK" for x in resumed.lines), 15)
+                first = [(x["type"], x["object"]["metadata"]["name"]) for x in resumed.lines
+                         if x.get("type") != "BOOKMARK"]
+                assert sorted(first) == [("DELETED", "c9"), ("MODIFIED", "c8")], first
+                b.call("/api/v1/apply", {"documents": [configmap("c8", "y")]})
+                wait_for("c8 changed, on the resumed watch", lambda: resumed.events("c8")
+                         == ["MODIFIED", "MODIFIED"], 30)
+            finally:
+                resumed.close()
+            code, err = _status(a, "/api/v1/watch/configmaps?resourceVersion=x")
+            assert code == 422, (code, err)
             # an API token made through A works through B; revoked through B, A refuses it
             made = a.call("/api/v1/apitokens", {"role": "read-only", "name": "ci"})
             code, who = _status(b, "/api/v1/whoami", token=made["token"])
