@@ -357,7 +357,7 @@ def run_policy(policy: str, w: Workloads, usage: UsageModel, names: list[str], *
                start: np.ndarray, minutes: int, safety: float = SAFETY,
                overcommit: float = OVERCOMMIT, by_usage: bool = True,
                lifetime_margin: float | None = None,
-               watched_day: bool = True) -> Result:
+               watched_day: bool = True, requests_floor: bool = False) -> Result:
     n = len(names)
     res = Result(policy)
     use_forecast = policy != "requests"
@@ -368,7 +368,8 @@ def run_policy(policy: str, w: Workloads, usage: UsageModel, names: list[str], *
     if policy == "right-sizing":
         sched = Scheduler.right_sizing(safety=safety, overcommit=overcommit,
                                        by_usage=by_usage, clock=lambda: sim_now[0],
-                                       lifetime_margin=lifetime_margin)
+                                       lifetime_margin=lifetime_margin,
+                                       requests_floor=requests_floor)
         if watched_day:
             seed_peaks(sched, w, usage, start, names)
     else:
@@ -512,7 +513,7 @@ def replay(nodes: int, hours: float, seed: int = 0,
            out=print, *, safety: float = SAFETY, overcommit: float = OVERCOMMIT,
            by_usage: bool = True, request_factor: float = 1.0,
            demand: float = TARGET_DEMAND, lifetime_margin: float | None = None,
-           watched_day: bool = True) -> list[Result]:
+           watched_day: bool = True, requests_floor: bool = False) -> list[Result]:
     minutes = WARMUP + round(hours * 60)
     rng = np.random.default_rng(seed)
     series, note = load_usage_series(minutes + HISTORY_DAY, rng)
@@ -530,7 +531,8 @@ def replay(nodes: int, hours: float, seed: int = 0,
         f"requests = {request_factor:g} x p95, demand {demand:g}; right-sizing safety "
         f"{safety:g}, overcommit {overcommit:g}{', by usage' if by_usage else ''}"
         f"{'' if lifetime_margin is None else f', lifetime margin {lifetime_margin:g}'}"
-        f"{'' if lifetime_margin is None or watched_day else ' (no day watched)'}; "
+        f"{'' if lifetime_margin is None or watched_day else ' (no day watched)'}"
+        f"{', requests floor' if requests_floor else ''}; "
         f"{note}")
     out(f"workloads: {int((w.arrive == 0).sum())} initial ({int((start >= 0).sum())} placed), "
         f"{int((w.arrive > 0).sum())} arriving; requests/usage-p95-of-previous-day: "
@@ -542,7 +544,8 @@ def replay(nodes: int, hours: float, seed: int = 0,
         t1 = time.perf_counter()
         r = run_policy(policy, w, usage, names, start=start, minutes=minutes, safety=safety,
                        overcommit=overcommit, by_usage=by_usage,
-                       lifetime_margin=lifetime_margin, watched_day=watched_day)
+                       lifetime_margin=lifetime_margin, watched_day=watched_day,
+                       requests_floor=requests_floor)
         r.ceiling = ceiling
         results.append(r)
         out(f"  {policy}: simulated in {time.perf_counter() - t1:.1f} s")
@@ -621,6 +624,9 @@ def main(argv: list[str] | None = None) -> None:
                     help="right-sizing: the lifetime bound starts knowing nothing (by "
                          "default it remembers the day before the warm-up, as a scheduler "
                          "that had watched the fleet would)")
+    ap.add_argument("--requests-floor", action="store_true",
+                    help="right-sizing: a trusted node takes every pod its requests admit; "
+                         "the forecast decides only past its requests")
     ap.add_argument("--policies", default="requests,forecast",
                     help=f"comma-separated, of {', '.join(POLICIES)}")
     args = ap.parse_args(argv)
@@ -645,7 +651,8 @@ def main(argv: list[str] | None = None) -> None:
                    request_factor=args.request_factor,
                    demand=args.demand,
                    lifetime_margin=args.lifetime_margin,
-                   watched_day=not args.no_watched_day)
+                   watched_day=not args.no_watched_day,
+                   requests_floor=args.requests_floor)
             for s in range(args.seed, args.seed + args.seeds)]
     if len(runs) > 1:
         print(format_spread(runs))

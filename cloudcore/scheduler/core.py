@@ -34,6 +34,9 @@ Two placement modes (`Scheduler.requests_mode()`, the default, and
   the node's pods use (`usage_per_request`), not whole: over-requested pods are
   admitted by what pods like them use. On any other node, or for any other resource (pods,
   accelerators), the request-based `capacity` filter applies, unchanged.
+  With `requests_floor` (issue 15, fifth round; off by default) a trusted node takes
+  every pod its requests admit, whatever its p90, and the forecast decides only past
+  its requests: right-sizing then never refuses what the requests mode would.
 
   Why the overcommit cap: the forecast looks 15 minutes ahead, a pod stays for
   hours. Without a cap, a node whose load is in a trough of its daily cycle takes
@@ -303,10 +306,16 @@ class RightSizedCapacity:
     lifetime: PeakUsage | None = field(default=None, compare=False)
     lifetime_margin: float = 0.1
     clock: Callable[[], float] = field(default=time.time, compare=False)
+    requests_floor: bool = False
+    """A trusted node takes every pod whose requests fit its allocatable, as the
+    requests mode would, whatever its p90; the forecast decides only past the requests
+    (so right-sizing never refuses what requests would admit)."""
 
     def __call__(self, spec: PodSpec, req: dict[str, int], node: NodeView) -> str | None:
         if not trusted(node):
             return capacity(spec, req, node)
+        if self.requests_floor and capacity(spec, req, node) is None:
+            return None
         others = {r: v for r, v in req.items() if r not in ("cpu", "memory")}
         reason = capacity(spec, others, node)
         if reason is not None:
@@ -530,7 +539,8 @@ class Scheduler:
                      by_usage: bool = True, clock: Callable[[], float] = time.time,
                      scorers: Sequence[Scorer] = DEFAULT_SCORERS,
                      lifetime_margin: float | None = None,
-                     lifetime_half_life: float = DEFAULT_PEAK_HALF_LIFE) -> Scheduler:
+                     lifetime_half_life: float = DEFAULT_PEAK_HALF_LIFE,
+                     requests_floor: bool = False) -> Scheduler:
         """A scheduler in right-sizing mode (module doc); `safety` in 0..0.5,
         `overcommit` >= 0 (math.inf: requests do not bound a trusted node), `by_usage`
         as in `RightSizedCapacity`. The defaults (cap 30 %, pods counted by usage) were
@@ -551,7 +561,8 @@ class Scheduler:
                  else PeakUsage(half_life=lifetime_half_life))
         rsc = RightSizedCapacity(safety, overcommit, by_usage, lifetime=peaks,
                                  lifetime_margin=0.0 if lifetime_margin is None
-                                 else lifetime_margin, clock=clock)
+                                 else lifetime_margin, clock=clock,
+                                 requests_floor=requests_floor)
         filters = tuple(rsc if isinstance(f, RightSizedCapacity) else f
                         for f in RIGHT_SIZING_FILTERS)
         return cls(filters=filters, scorers=scorers, clock=clock)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -157,6 +158,29 @@ def test_right_sizing_by_usage_counts_pods_at_what_the_nodes_pods_use() -> None:
     # never below the floor, never above 1
     busy = node("b", requested={"cpu": 1000, "memory": GI, "pods": 1}, forecast=fc)
     assert usage_per_request(busy, "cpu") == 1.0
+
+
+def test_right_sizing_requests_floor_never_refuses_what_requests_admit() -> None:
+    # a hot trusted node (p90 75 %) with 2 cpu of its 4 requested: requests admit 1 cpu
+    hot = {"cpu_p50": 0.7, "cpu_p90": 0.75, "mem_p50": 0.1, "mem_p90": 0.1, "trusted": 1.0}
+    n = node("h", requested={"cpu": 2000, "memory": GI, "pods": 2}, forecast=hot)
+    pod = spec(resources={"requests": {"cpu": "1"}})
+    plain = Scheduler.right_sizing(safety=0.1, overcommit=0.3, by_usage=False)
+    assert plain.check(pod, n) == "right-sized over capacity (cpu p90 75% + 10% safety)"
+    floored = Scheduler.right_sizing(safety=0.1, overcommit=0.3, by_usage=False,
+                                     requests_floor=True)
+    assert floored.check(pod, n) is None  # within requests: admitted as requests would
+    # past its requests the forecast still decides, and the cap still applies
+    full = node("f", requested={"cpu": 3500, "memory": GI, "pods": 3}, forecast=hot)
+    assert floored.check(pod, full) == "right-sized over capacity (cpu p90 75% + 10% safety)"
+    quiet = {**hot, "cpu_p50": 0.2, "cpu_p90": 0.25}
+    capped = node("c", requested={"cpu": 4800, "memory": GI, "pods": 5}, forecast=quiet)
+    assert floored.check(pod, capped) == "right-sized over capacity (cpu requests over 130%)"
+    assert floored.check(pod, dataclasses.replace(capped, requested={
+        "cpu": 3500, "memory": GI, "pods": 5})) is None  # 25 % + 10 % + 25 % fits
+    # an untrusted node: requests, as before
+    assert floored.check(pod, dataclasses.replace(full, forecast={**hot, "trusted": 0.0})) \
+        == "insufficient cpu"
 
 
 def test_host_ports_are_a_constraint_per_node_and_protocol() -> None:
