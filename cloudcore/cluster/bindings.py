@@ -68,7 +68,8 @@ Key = tuple[str, str]
 BATCH = 64
 """Binding writes in flight at once."""
 SLICE = 2_000
-"""Pods compared between two yields to the event loop in a reconcile."""
+"""Pods compared between two yields to the event loop in a reconcile, and binding
+changes applied between two yields (about 70 ms of them at 35 us each)."""
 FENCE_KEY = "fence"
 """The key holding the fencing token of the latest holder, `{"fence", "by"}`."""
 RETRY_S = 1.0
@@ -183,10 +184,14 @@ class Bindings:
             try:
                 if watch.caught_up.is_set():
                     await self._caught_up()
+                n = 0
                 async for e in watch:
                     self.apply_entry(e)
                     if not self.caught_up and watch.caught_up.is_set():
                         await self._caught_up()
+                    n += 1
+                    if n % SLICE == 0:  # a burst (a catch-up, a big scale) in slices
+                        await asyncio.sleep(0)
             finally:
                 await watch.stop()
 

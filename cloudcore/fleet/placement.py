@@ -473,9 +473,11 @@ class Placement:
         """A shard not holding the global lease: bind the queue's pods where the holder
         bound them (`shared.binding`); the others wait for it, with no reason written."""
         assert self.shared is not None
-        nodes = self.objects.nodes
-        for key in sorted(k for k in q.heap if self._pending.get(k) is q):
-            got = self.shared.binding(key)
+        nodes, pending, binding = self.objects.nodes, self._pending, self.shared.binding
+        for key in list(q.heap):  # a copy: binding one may clear the queue's heap
+            if pending.get(key) is not q:
+                continue
+            got = binding(key)
             if got is not None and got[0] in nodes:
                 self.bind(key, got[0], got[1])
 
