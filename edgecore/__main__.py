@@ -220,6 +220,8 @@ def lean_argv(argv: Sequence[str] | None = None) -> list[str] | None:
     if sys.flags.optimize >= 2 and "no_debug_ranges" in sys._xoptions:
         return None
     orig = list(sys.orig_argv if argv is None else argv)
+    if orig[1:1 + len(LEAN_FLAGS)] == list(LEAN_FLAGS):
+        return None  # restarted once already: never a loop, whatever the flags did
     return [sys.executable, *LEAN_FLAGS, *orig[1:]]
 
 

@@ -20,6 +20,7 @@ from edgecore.__main__ import LEAN_FLAGS, lean_argv
 def test_lean_argv_keeps_the_command_and_stops_once_lean() -> None:
     orig = ["/opt/edgefed/bin/python", "/opt/edgefed/bin/edgecore", "run", "--state-dir", "/s"]
     assert lean_argv(orig) == [sys.executable, *LEAN_FLAGS, *orig[1:]]
+    assert lean_argv([orig[0], *LEAN_FLAGS, *orig[1:]]) is None  # restarted once already
     # under the flags: nothing to do (no exec loop)
     out = subprocess.run([sys.executable, *LEAN_FLAGS, "-c",
                           "from edgecore.__main__ import lean_argv; print(lean_argv())"],
