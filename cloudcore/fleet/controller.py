@@ -337,7 +337,9 @@ class Fleet:
                 self.objects.put(obj)
             elif isinstance(obj, AgentUpgrade):
                 self.upgrades.apply(obj)
-        self.rollouts.tick()  # statuses now, and a rollout's first batch
+        # statuses now, and a rollout's first batch (other workloads' status passes go
+        # on in the periodic ticks: CALL_SCAN_BUDGET_S)
+        self.rollouts.tick(in_call=True)
         self.upgrades.tick()  # and an AgentUpgrade's
         self.commit()
         return results
