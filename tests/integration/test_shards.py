@@ -13,8 +13,9 @@ What the shards share today and what they do not (stated, not hidden):
   DaemonSet here is applied through one shard's API only and reaches the others through
   the global objects replica.
 - The broker's password file and ACL must hold every shard's identities
-  (`<user>_<shard>_sub/pub<i>`); each shard writes its own files and the test merges
-  them into the broker's (docs/operations.md section 11 says the same for operators).
+  (`<user>_<shard>_sub/pub<i>`); every shard's files hold every shard's now (published
+  in KV; tests/integration/test_shard_brokermap.py has brokers read one shard's files
+  as they are); this test still merges them, which changes nothing.
 
 What is checked: the 256 partitions are split so that each node is Ready on exactly one
 shard (the others never mark it NotReady) and no shard receives another's heartbeats; a
