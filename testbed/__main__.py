@@ -15,7 +15,8 @@
                                   secure (joined, TLS, sealed) and --insecure side by side
     testbed bench storm --nodes N simulated fleet converged, every broker killed -9 and
                                   restarted: time until every node is Ready, NotReady
-                                  nodes, snapshots vs deltas, acked updates lost (0)
+                                  nodes, snapshots vs deltas, acked updates lost (0);
+                                  --shards 3: then onto 3 cloudcore shards, one killed -9
     testbed bench rollout         simulated fleet: health-gated DaemonSet rollouts, a good
                                   update in batches (--batch 10%) and a bad one rolled back
     testbed bench brokers         the broker tier by measurement: N secure MQTT sessions on
@@ -346,7 +347,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
         return bench_storm(nodes=args.nodes, workdir=Path(args.workdir or "var/bench-storm"),
                            procs=args.procs, brokers=args.brokers, per_broker=args.per_broker,
-                           per_sim=args.per_sim, rate=args.rate, stall_s=args.stall)
+                           per_sim=args.per_sim, rate=args.rate, stall_s=args.stall,
+                           shards=args.shards, lease_s=args.lease_period,
+                           broker_storm=args.broker_storm)
     workdir = Path(args.workdir or f"var/{'bench' if args.what == 'sync' else 'bench-rollout'}")
     if args.what == "rollout":
         try:
@@ -494,6 +497,13 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--duration", type=float, default=600.0,
                    help="idle: capture window in seconds")
     b.add_argument("--pods", type=int, default=10, help="idle: pods on the second node")
+    b.add_argument("--shards", type=int, default=0,
+                   help="storm: after the broker storm, move the fleet onto N real cloudcore "
+                        "shards (real nats-server) and kill -9 one (default 0: none)")
+    b.add_argument("--lease-period", type=float, default=15.0,
+                   help="storm: the shards' lease period, s")
+    b.add_argument("--no-broker-storm", dest="broker_storm", action="store_false",
+                   help="storm: skip the broker storm (with --shards: the shard kill only)")
     from testbed.bench_brokers import add_arguments as brokers_arguments
 
     brokers_arguments(b.add_argument_group("brokers (var/bench-brokers)"))

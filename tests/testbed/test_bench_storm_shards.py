@@ -78,3 +78,17 @@ def test_merge_broker_files_keeps_every_identity_once(tmp_path: Path) -> None:
     text = acl.read_text()
     assert "user cc_S1_sub\ntopic read up/#" in text and "user cc_S2_sub" in text
     assert text.count("pattern read down/%u") == 1
+
+
+def test_a_shard_count_that_cannot_work_is_refused_before_anything_starts(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from testbed.__main__ import main as testbed_main
+
+    assert bench_storm(nodes=10, workdir=tmp_path / "a", shards=1) == 2
+    assert "--shards 1: 0 (no shard kill) or at least 2" in capsys.readouterr().err
+    assert bench_storm(nodes=10, workdir=tmp_path / "b", broker_storm=False) == 2
+    assert "nothing to run" in capsys.readouterr().err
+    assert testbed_main(["bench", "storm", "--nodes", "10", "--shards", "1",
+                         "--workdir", str(tmp_path / "c")]) == 2
+    assert "--shards 1" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # refused before a directory was made
