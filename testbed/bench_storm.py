@@ -127,7 +127,7 @@ class Sampler:
         self.unknown = 0
         self.scrapes = 0
         self.failed = 0
-        self.timeline: list[list[float]] = []  # TIMELINE_COLUMNS, from the brokers' return
+        self.timeline: list[list[Any]] = []  # TIMELINE_COLUMNS, from the brokers' return
         self._sf: SimFleet | None = None
         self._t_back = 0.0
         self._u_last: tuple[float, dict[str, dict[str, tuple[float, int]]]] = (0.0, {})
@@ -148,9 +148,11 @@ class Sampler:
         now = time.monotonic()
         u = sf.usage()
         t_last, u_last = self._u_last
-        cpu = {kind: round(sum(v[0] - u_last.get(kind, {}).get(name, (v[0], 0))[0]
-                               for name, v in procs.items()) / max(now - t_last, 1e-3) * 100)
-               for kind, procs in u.items()}
+        # CPU ticks are 10 ms: over less than half a second the share is noise (None)
+        cpu: dict[str, int | None] = {
+            kind: round(sum(v[0] - u_last.get(kind, {}).get(name, (v[0], 0))[0]
+                            for name, v in procs.items()) / (now - t_last) * 100)
+            if now - t_last >= 0.5 else None for kind, procs in u.items()}
         self._u_last = (now, u)
         self.timeline.append([
             round(now - self._t_back, 1), int(sf.stats()["connected"]),
@@ -792,7 +794,7 @@ def _shard_audit(sf: SimFleet, cl: ShardCluster, survivors: list[ShardProc]) -> 
             "all_applied": not lost and not behind and not missing and len(edge) == sf.nodes}
 
 
-def _reached(rows: list[list[float]], n: int, resyncs0: float) -> dict[str, Any]:
+def _reached(rows: list[list[Any]], n: int, resyncs0: float) -> dict[str, Any]:
     """From the timeline: seconds after the return when 50, 90 and 99 % of the sessions
     were up and of the nodes' resyncs had reached the cloud (which side is slow)."""
     out: dict[str, Any] = {}
