@@ -1066,8 +1066,8 @@ def create_app(fleet: Fleet, *, metrics: Metrics,
                           "nodes; DaemonSet pods and pods pinned by spec.nodeName stay.")
     async def drain(name: str) -> dict[str, Any]:
         result = fleet.drain(name)
-        if cluster is not None:  # the cordon reaches every shard
-            await cluster.node_changed(name)
+        if cluster is not None:  # the cordon and the drain reach every shard
+            await cluster.node_changed(name, drain=True)
         await flush()
         return result
 

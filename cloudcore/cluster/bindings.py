@@ -118,6 +118,8 @@ class Bindings:
         self._inflight: set[Key] = set()
         self._wake = asyncio.Event()
         self._commit = asyncio.Event()
+        self.drains: set[str] = set()
+        """Nodes drained through some shard and still cordoned (`drain_mark`)."""
         self.writes = 0
         self.applied = 0
         """Changes of the bucket (by another shard) applied to this shard's bindings."""
@@ -148,6 +150,27 @@ class Bindings:
         self._out[key] = None
         self._wake.set()
 
+    def drain_mark(self, node: str, marked: bool) -> None:
+        """A node's shared spec (`NodeSpec` key) arrived, drained (`marked`: drained
+        through some shard and still cordoned) or not. The holder moves the node's
+        replicas at once; the mark is kept so that a later holder does too."""
+        if not marked:
+            self.drains.discard(node)
+            return
+        self.drains.add(node)
+        if self.schedules():
+            self._drain(node)
+
+    def _drain(self, node: str) -> None:
+        placement = self.fleet.placement
+        if node not in self.fleet.objects.nodes:
+            return
+        moved, _ = placement.drain(node)
+        if moved:
+            log.info("shard %s: %d replica(s) moved off %s, drained through a shard",
+                     self.shard, len(moved), node)
+            self._commit.set()  # the commit places them elsewhere (and writes them)
+
     # -- the lease ----------------------------------------------------------------------
 
     async def global_changed(self, held: bool) -> None:
@@ -157,6 +180,9 @@ class Bindings:
         if held:
             log.info("shard %s: places Deployment replicas and bare pods for the fleet "
                      "(%d bindings in the shared store)", self.shard, len(self.remote))
+            if self.schedules():
+                for node in sorted(self.drains):  # drains a former holder may have missed
+                    self._drain(node)
         else:
             dropped = len(self._out)
             for key in [*self._out, *self._inflight]:  # back to what the bucket says
@@ -200,6 +226,9 @@ class Bindings:
     async def _caught_up(self) -> None:
         await self.reconcile()
         self.caught_up = True
+        if self.schedules():
+            for node in sorted(self.drains):
+                self._drain(node)
         self._commit.set()
         log.info("shard %s: pod bindings replica caught up (%d bindings)", self.shard,
                  len(self.remote))
@@ -268,8 +297,9 @@ class Bindings:
             return False
         want = self.remote.get(key)
         cur = placement.node_of(key)
-        if want is not None and want[0] not in self.fleet.objects.nodes:
-            want = None  # a node this shard does not know (yet): wait
+        if want is not None and (want[0] not in self.fleet.objects.nodes
+                                 or placement.drained_here(want[0])):
+            want = None  # a node this shard does not know (yet), or drained here: wait
         if want is None:
             if cur is None:
                 return False

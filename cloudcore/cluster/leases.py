@@ -240,6 +240,20 @@ class Member:
         greater one than any of an earlier holder (`cloudcore.cluster.bindings`)."""
         return self._global.revision if self._global is not None else None
 
+    def partition_holder(self, p: int) -> str | None:
+        """The member holding partition `p` as this member sees it: the lease key is
+        held and was renewed within `expiry` (its holder is alive); None while it is
+        free, expired or being taken over (`cloudcore.cluster.status`: the eviction
+        clock of another shard's node counts only on a live owner's word)."""
+        if p in self._owned:
+            return self.name
+        seen = self._leases.keys.get(partition_key(p))
+        if seen is None or seen.deleted or not seen.holder:
+            return None
+        if self._clock() - seen.seen_at >= self.settings.expiry:
+            return None
+        return seen.holder
+
     def live_members(self) -> list[str]:
         """Members whose heartbeat advanced within `expiry` and who hold no expired
         lease (a live member renews them all), this member included."""

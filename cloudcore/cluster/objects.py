@@ -399,10 +399,17 @@ class ClusterObjects:
                                    "spec": doc.get("spec") or {}})
         if not self.fleet.node_ops.unchanged(obj):
             self.fleet.apply([obj])
+        shared = self.fleet.placement.shared
+        mark = getattr(shared, "drain_mark", None)
+        if mark is not None:  # a drain through any shard: the holder moves the replicas
+            mark(name, bool(doc.get("drain")) and bool(obj.spec.unschedulable))
 
-    async def node_changed(self, name: str) -> None:
+    async def node_changed(self, name: str, *, drain: bool = False) -> None:
         """Share a node's API-owned labels and spec after a change through this
-        shard's API (apply of a Node, label, cordon, drain)."""
+        shard's API (apply of a Node, label, cordon, drain). `drain` marks the key so
+        that the shard holding the global lease moves the node's replicas (a drain
+        through any shard moves them fleet-wide; the mark stays while the node is
+        cordoned, so a later holder honours it too)."""
         node = self.fleet.objects.nodes.get(name)
         if node is None:
             return
@@ -410,7 +417,11 @@ class ClusterObjects:
         raw = json.dumps({"labels": self.fleet.node_ops.applied_labels(node),
                           "spec": node.spec.model_dump(mode="json", by_alias=True,
                                                        exclude_none=True),
-                          "by": self.shard}, separators=(",", ":")).encode()
+                          "by": self.shard,
+                          **({"drain": True} if node.spec.unschedulable and (
+                              drain or name in getattr(self.fleet.placement.shared,
+                                                       "drains", ())) else {})},
+                         separators=(",", ":")).encode()
         await self.wait_applied(await bucket.put(object_key(NODE_SPEC, None, name), raw))
 
     def _unregister(self, name: str) -> None:

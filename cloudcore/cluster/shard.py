@@ -113,6 +113,13 @@ class Shard:
     def owns(self, partition: int) -> bool:
         return partition in self.owned
 
+    def partition_holder(self, partition: int) -> str | None:
+        """The shard holding `partition` and alive, as the leases show it (None: free,
+        expired, being taken over; `Member.partition_holder`)."""
+        if partition in self.owned:
+            return self.name
+        return self.member.partition_holder(partition) if self.member is not None else None
+
     def filters(self) -> list[str]:
         """What a (re)connecting subscriber subscribes: the partitions held now."""
         return partition_filters(list(self.owned))
@@ -213,6 +220,11 @@ class Shard:
                     node.status.ready = "Unknown"
                     node.status.reason = TAKEOVER_REASON
                     liveness.heard(name, now)
+                if node.status.ready != "NotReady" or \
+                        fleet.eviction.not_ready_since(name) is None:
+                    # NotReady as the previous owner said: its eviction clock goes on
+                    # (started when this shard read that owner's summary)
+                    fleet.eviction.observe(name, node.status.ready)
                 fleet.objects.changed("Node", name)
                 taken.append(name)
                 if len(taken) % SLICE == 0:

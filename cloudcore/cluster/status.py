@@ -55,11 +55,16 @@ class NodeStatuses:
     docstring). `owns(partition)` says whether this shard holds a partition."""
 
     def __init__(self, fleet: Any, *, shard: str, owns: Callable[[int], bool],
+                 holder: Callable[[int], str | None] | None = None,
                  interval: float = 2.0, seen_every: float = 15.0,
                  wall: Callable[[], float] = time.time) -> None:
         self.fleet = fleet
         self.shard = shard
         self.owns = owns
+        self.holder = holder
+        """partition -> the live shard holding its lease, or None (`Shard.partition_holder`);
+        without it a summary's writer is taken as the live owner."""
+        fleet.eviction.trusted = self.trusted
         self.interval = interval
         self.seen_every = seen_every
         self.wall = wall
@@ -179,10 +184,30 @@ class NodeStatuses:
             return
         self._overlay(name, node, doc)
 
+    def trusted(self, name: str) -> bool:
+        """Whether this shard may act on node `name`'s readiness now (the eviction of
+        its replicas, `Eviction.trusted`): its own node, or one whose summary was
+        written by the shard that holds the node's partition lease and is alive. While
+        the owner is dead or its partition is being taken over, the summary is an old
+        word: the node's NotReady clock starts again once the new owner speaks."""
+        p = self._partition(name)
+        if self.owns(p):
+            return True
+        doc = self.foreign.get(name)
+        if doc is None:
+            return False
+        writer = doc.get("shard")
+        return writer is not None and (self.holder is None or self.holder(p) == writer)
+
     def _overlay(self, name: str, node: Any, doc: dict[str, Any]) -> None:
         st = node.status
         ready = doc.get("ready")
         if ready in ("Ready", "NotReady", "Unknown"):
+            if ready != st.ready or (ready == "NotReady" and
+                                     self.fleet.eviction.not_ready_since(name) is None):
+                # every shard keeps every node's NotReady clock; the holder of the
+                # global lease moves the replicas off (`Eviction.run`, `trusted`)
+                self.fleet.eviction.observe(name, ready)
             st.ready = ready
         reason = doc.get("reason")
         st.reason = AWAY_REASON if not reason or reason == AWAY_REASON \
@@ -199,6 +224,7 @@ class NodeStatuses:
             if isinstance(doc.get(field), int):
                 setattr(st, attr, doc[field])
         self.shown += 1
+        self.fleet.upgrades.node_changed(name)  # readiness, agent version: upgrade gates
         self.fleet.objects.changed("Node", name)
 
 

@@ -95,6 +95,9 @@ class Eviction:
         """Seconds between attempts to move a pod that nothing else could take."""
         self.clock = clock
         self.evicted = 0
+        self.trusted: Callable[[str], bool] | None = None
+        """Shards (`cloudcore.cluster.status.NodeStatuses.trusted`): whether a node's
+        NotReady may be acted on now; while not, its clock starts again."""
         self._since: dict[str, float] = {}  # node -> clock() when it became NotReady
         self._next: dict[str, float] = {}  # node -> clock() of its next useful check
 
@@ -115,7 +118,10 @@ class Eviction:
         now = self.clock()
         nodes = self.objects.nodes
         # only the NotReady nodes (`_since`), not the whole fleet every tick (issue 13)
+        trusted = self.trusted
         for name, since in list(self._since.items()):
+            if trusted is not None and not trusted(name):
+                continue  # `run` restarts its clock
             node = nodes.get(name)
             if (node is None or node.status.ready != "NotReady" or self.nodes.lost(name)
                     or now - since < self.timeout):
@@ -129,7 +135,14 @@ class Eviction:
         """
         now = self.clock()
         moved = 0
+        trusted = self.trusted
         for name, since in list(self._since.items()):
+            if trusted is not None and not trusted(name):
+                # another shard's node whose owner died or is being taken over: its
+                # NotReady is an old word; the clock counts from the new owner's
+                self._since[name] = now
+                self._next.pop(name, None)
+                continue
             if self._next.get(name, since) > now:
                 continue
             node = self.objects.nodes.get(name)

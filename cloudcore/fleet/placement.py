@@ -23,6 +23,10 @@ says so, this placement schedules them as usual and tells `shared` every bind an
 unbind of such a pod (it writes them to KV); otherwise it never schedules them: a
 pending one is bound only where `shared.binding(key)` says the holder bound it.
 Pinned pods (DaemonSet pods, `spec.nodeName`) are bound on every shard as before.
+A pending pod without a binding yet shows reason `WaitingForPlacement` on such a
+shard. A drain through such a shard unbinds its copies and binds them again only where
+the holder binds them next, never back on the drained node while it stays cordoned
+(`drained_here`; the holder moves them when the cordon reaches it with the drain mark).
 
 It does not build desired sets: every node whose set of bound pods changed is
 remembered until `DesiredSets.commit` takes them (`take_changed`), so the desired
@@ -78,6 +82,7 @@ class Placement:
         self._anti_host: dict[str, set[Key]] = {}
         self._anti_wide: set[Key] = set()
         self.shared: SharedPlacement | None = None
+        self._drained: set[str] = set()  # nodes drained through this shard (shards)
         """Shards: the fleet-wide placement of unpinned pods (module docstring)."""
         self._scheduled: dict[str, PodStatus] = {}
         """node -> the Scheduled status last written for a pod bound there: the pods
@@ -478,8 +483,29 @@ class Placement:
             if pending.get(key) is not q:
                 continue
             got = binding(key)
-            if got is not None and got[0] in nodes:
+            if got is not None and got[0] in nodes and not self.drained_here(got[0]):
                 self.bind(key, got[0], got[1])
+            else:
+                self._wait_for_holder(key)
+
+    def _wait_for_holder(self, key: Key) -> None:
+        """A pending pod that the shard holding the global lease has not bound (yet)."""
+        pod = self.objects.pods.get(key)
+        if pod is None or pod.status.reason == WAITING_REASON:
+            return
+        pod.status = _WAITING
+        self.objects.save("Pod", key)
+
+    def drained_here(self, node: str) -> bool:
+        """Drained through this shard and still cordoned: the holder's old bindings to
+        it are not followed (it moves those pods when the drain reaches it)."""
+        if node not in self._drained:
+            return False
+        rec = self.objects.nodes.get(node)
+        if rec is None or not rec.spec.unschedulable:
+            self._drained.discard(node)
+            return False
+        return True
 
     def _retry_each(self, q: _Queue) -> None:
         """The queue's pods one by one, each with its own reason: an inter-pod term
@@ -534,6 +560,8 @@ class Placement:
         kept pods with the reason)."""
         moved: list[Key] = []
         kept: list[dict[str, str]] = []
+        if self.shared is not None and not self.shared.schedules():
+            self._drained.add(name)
         for key in sorted(self._on_node.get(name, ())):
             pod = self.objects.pods[key]
             ref = f"{key[0]}/{key[1]}"
@@ -634,3 +662,8 @@ def pending_status(*, reason: str, message: str, node_name: str | None = None) -
     status = PodStatus(phase="Pending", reason=reason, message=message, node_name=node_name)
     status.__dict__["container_statuses"] = _NO_CONTAINERS
     return status
+
+
+WAITING_REASON = "WaitingForPlacement"
+_WAITING = pending_status(reason=WAITING_REASON, message=(
+    "placed by the shard holding the global lease; waiting for its binding"))
