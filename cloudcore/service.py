@@ -68,6 +68,7 @@ from cloudcore.cluster.identities import BrokerIdentities
 from cloudcore.cluster.kv import KV, KVSettings
 from cloudcore.cluster.leases import LeaseSettings
 from cloudcore.cluster.objects import ClusterObjects
+from cloudcore.cluster.rollouts import SharedSteps
 from cloudcore.cluster.shard import GatedNodes, Shard, status_bucket
 from cloudcore.cluster.status import NodeStatuses, run_shared
 from cloudcore.config import MqttSettings, Settings
@@ -213,6 +214,7 @@ async def run(settings: Settings, *,
         replica: ClusterObjects | None = None  # the global objects and node statuses
         statuses: NodeStatuses | None = None  # shared by shards (proposal 0008 steps 2, 5)
         bindings: Bindings | None = None
+        steps: SharedSteps | None = None
         shared_map: SharedBrokerMap | None = None
         identities: BrokerIdentities | None = None
         if shard is not None:
@@ -228,6 +230,9 @@ async def run(settings: Settings, *,
                                 holds_global=lambda: shard is not None and shard.holds_global,
                                 fence=shard.global_fence)
             shard.on_global.append(bindings.global_changed)
+            steps = SharedSteps(fleet, shard=shard.name,  # rollout batches by the holder
+                                holds_global=lambda: shard is not None and shard.holds_global,
+                                fence=shard.global_fence)
             shared_map = SharedBrokerMap(tier, shard=shard.name)  # the map through KV
 
             def others_changed(users: dict[str, str | None]) -> None:
@@ -285,6 +290,7 @@ async def run(settings: Settings, *,
                     kv_settings, replica, statuses, replicas=settings.cluster.replicas,
                     status_bucket=status_bucket(settings.cluster.bucket_prefix),
                     bindings=bindings, brokermap=shared_map, identities=identities,
+                    rollouts=steps,
                     prefix=settings.cluster.bucket_prefix),
                     name=f"cloudcore[{statuses.shard}].shared")
             sock = _bind(settings.http.host, settings.http.port)

@@ -35,6 +35,9 @@ from cloudcore.cluster.errors import ClusterError
 from cloudcore.cluster.kv import KV, Bucket, Entry
 from cloudcore.cluster.objects import escape, unescape
 from shared import topics
+from shared.models import PodStatus
+
+Key = tuple[str, str]
 
 log = logging.getLogger("cloudcore.cluster.status")
 
@@ -73,6 +76,9 @@ class NodeStatuses:
         self._pcache: dict[str, int] = {}
         self.writes = 0
         self.shown = 0
+        self._pod_seen: dict[str, dict[str, Any]] = {}
+        """node -> pod -> the status last applied from its owner's summary."""
+        self.pods_shown = 0
         self.foreign: dict[str, dict[str, Any]] = {}
         """node -> the last summary read for a node owned by another shard."""
 
@@ -101,7 +107,23 @@ class NodeStatuses:
         bucket = int(seen // self.seen_every) if seen is not None else None
         alloc = st.allocatable
         return (st.ready, st.reason, bucket, st.agent_version, st.desired_gen, st.acked_gen,
-                tuple(sorted(alloc.items())) if alloc else ())
+                tuple(sorted(alloc.items())) if alloc else (), self._pod_ids(node.metadata.name))
+
+    def _reported(self, name: str) -> list[tuple[Key, Any]]:
+        """The pods bound to node `name` with a status its agent reported."""
+        pods = self.fleet.objects.pods
+        out = []
+        for key in self.fleet.placement.on_node(name):
+            pod = pods.get(key)
+            if pod is not None and pod.status.node_name == name \
+                    and pod.status.revision is not None:
+                out.append((key, pod))
+        return out
+
+    def _pod_ids(self, name: str) -> tuple[tuple[Key, int], ...]:
+        """Which reported statuses the node's pods have (statuses are replaced on each
+        report, never edited in place: their identity says whether one changed)."""
+        return tuple(sorted((k, id(p.status)) for k, p in self._reported(name)))
 
     async def changed_summaries(self) -> dict[str, bytes]:
         """The summaries of this shard's nodes that changed since written last (the
@@ -130,7 +152,10 @@ class NodeStatuses:
                 "shard": self.shard, "ready": st.ready, "reason": st.reason,
                 "lastSeen": st.last_seen, "agentVersion": st.agent_version,
                 "desiredGen": st.desired_gen, "ackedGen": st.acked_gen,
-                "allocatable": dict(st.allocatable or {}), "at": self.wall()},
+                "allocatable": dict(st.allocatable or {}), "at": self.wall(),
+                "pods": {f"{k[0]}/{k[1]}": p.status.model_dump(
+                    mode="json", by_alias=True, exclude_none=True, exclude_defaults=True)
+                    for k, p in self._reported(name)}},
                 separators=(",", ":")).encode()
             self._written[name] = state
         return out
@@ -184,6 +209,35 @@ class NodeStatuses:
             return
         self._overlay(name, node, doc)
 
+    def _pods(self, node: str, pods: dict[str, Any]) -> None:
+        """The owner's reported pod statuses of `node`: set on this shard's copies of
+        the pods bound there (announced, not stored), and told to the rollouts as a
+        report (`RolloutPlans.pod_reported`): the holder's gates see every shard's pods."""
+        seen = self._pod_seen.setdefault(node, {})
+        table, placement = self.fleet.objects.pods, self.fleet.placement
+        for ref, value in pods.items():
+            if seen.get(ref) == value:
+                continue
+            ns, _, pname = ref.partition("/")
+            key = (ns, pname)
+            pod = table.get(key)
+            if pod is None or placement.node_of(key) != node or not isinstance(value, dict):
+                continue
+            try:
+                status = PodStatus.model_validate(value)
+            except ValueError:
+                log.warning("shard %s: unreadable status of pod %s in the summary of %s",
+                            self.shard, ref, node)
+                continue
+            status.node_name = node
+            seen[ref] = value
+            pod.status = status
+            self.pods_shown += 1
+            self.fleet.objects.changed("Pod", key)
+            self.fleet.plans.pod_reported(key, pod)
+        for ref in [r for r in seen if r not in pods]:
+            del seen[ref]
+
     def trusted(self, name: str) -> bool:
         """Whether this shard may act on node `name`'s readiness now (the eviction of
         its replicas, `Eviction.trusted`): its own node, or one whose summary was
@@ -223,6 +277,9 @@ class NodeStatuses:
         for field, attr in (("desiredGen", "desired_gen"), ("ackedGen", "acked_gen")):
             if isinstance(doc.get(field), int):
                 setattr(st, attr, doc[field])
+        pods = doc.get("pods")
+        if isinstance(pods, dict):
+            self._pods(name, pods)
         self.shown += 1
         self.fleet.upgrades.node_changed(name)  # readiness, agent version: upgrade gates
         self.fleet.objects.changed("Node", name)
@@ -231,10 +288,11 @@ class NodeStatuses:
 async def run_shared(kv_settings: Any, objects: Any, statuses: NodeStatuses, *,
                      status_bucket: str, replicas: int = 1, bindings: Any = None,
                      brokermap: Any = None, identities: Any = None,
-                     prefix: str = "edgefed") -> None:
+                     rollouts: Any = None, prefix: str = "edgefed") -> None:
     """A shard's shared state beside its leases, on its own NATS connection: the global
     objects replica (`cloudcore.cluster.objects.ClusterObjects`), the node status
-    summaries, the pod bindings (`cloudcore.cluster.bindings`), the broker map
+    summaries, the pod bindings (`cloudcore.cluster.bindings`), the rollout steps
+    (`cloudcore.cluster.rollouts`), the broker map
     (`cloudcore.cluster.brokermap`) and the shards' broker users
     (`cloudcore.cluster.identities`), until cancelled."""
     async with KV(kv_settings) as kv, asyncio.TaskGroup() as tg:
@@ -242,6 +300,9 @@ async def run_shared(kv_settings: Any, objects: Any, statuses: NodeStatuses, *,
         if bindings is not None:
             tg.create_task(bindings.run(kv, prefix=prefix, replicas=replicas),
                            name=f"cloudcore[{statuses.shard}].bindings")
+        if rollouts is not None:
+            tg.create_task(rollouts.run(kv, prefix=prefix, replicas=replicas),
+                           name=f"cloudcore[{statuses.shard}].rollouts")
         if brokermap is not None:
             tg.create_task(brokermap.run(kv, prefix=prefix, replicas=replicas),
                            name=f"cloudcore[{statuses.shard}].brokermap")

@@ -61,7 +61,7 @@ import logging
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 
 from cloudcore.fleet import naming
 from cloudcore.fleet.events import EventLog
@@ -258,6 +258,10 @@ class Rollouts:
         # announced (a pod that fails and recovers later does not announce it again)
         self._announced: dict[str, str | None] = {}
         self._scaled: set[str] = set()  # Deployments counted while scaling (`_scaling_status`)
+        self.shared: SharedRollouts | None = None
+        """Shards (`cloudcore.cluster.rollouts`): only the shard that `decides()` (holds
+        the global lease) advances rollouts; it is told every batch, completion and
+        abort, and the other shards apply them (`give`, `adopt`)."""
 
     @property
     def clock(self) -> Callable[[], float]:
@@ -452,6 +456,8 @@ class Rollouts:
     def _advance(self, ds: Workload, owner: str, st: RolloutState, update: Template,
                  sc: _Scan) -> bool:
         """The rollout's next step from the scan: abort, complete, or the next batch."""
+        if self.shared is not None and not self.shared.decides():
+            return False  # the holder of the global lease decides; its steps arrive here
         strategy = strategy_of(ds)
         assert strategy is not None
         threshold = resolve_count(strategy.failure_threshold, sc.total, round_up=False)
@@ -547,7 +553,55 @@ class Rollouts:
                 sc.ready -= 1
                 sc.available -= now - was[1] >= ds.spec.min_ready_seconds
         sc.updated += len(batch)
+        if self.shared is not None and batch:
+            self.shared.given(owner, update.thash, batch)
         return bool(batch)
+
+    def give(self, ds: Workload, thash: str, keys: Collection[Key]) -> int:
+        """Shards: the holder of the global lease gave these pods the update `thash`
+        (`cloudcore.cluster.rollouts`); those of them here not at it yet get it. Returns
+        how many changed (0 while this shard's workload is not at that template yet)."""
+        update, hold = self.plan(ds).pair
+        owner = owner_of(ds)
+        st = self.plans.state(owner)
+        if update.thash != thash or hold is None or st is None or st.aborted == thash:
+            return 0
+        pods, ns, now = self.objects.pods, ds.metadata.namespace, self.clock()
+        n = 0
+        for k in keys:
+            old = pods.get(k)
+            if old is None or old.metadata.annotations.get(naming.TEMPLATE_HASH) == thash:
+                continue
+            node = old.spec.node_name if isinstance(ds, DaemonSet) else None
+            self.workloads.put_pod(k, update.pod(ns=ns, name=k[1], owner=owner, node=node),
+                                   old, revision=update.revision)
+            st.updated_at[k] = now
+            st.ready_since.pop(k, None)
+            n += 1
+        if n:
+            self.plans.dirty.add(owner)
+        return n
+
+    def adopt(self, ds: Workload, thash: str, outcome: str) -> bool:
+        """Shards: the holder's rollout of `thash` ended (`Complete`, `RolledBack`,
+        `Aborted`): the same here. False while this shard's workload is not at that
+        template (or already there)."""
+        update, hold = self.plan(ds).pair
+        owner = owner_of(ds)
+        st = self.plans.state(owner)
+        if update.thash != thash or hold is None or st is None:
+            return False
+        if outcome == "Complete":
+            self._complete(ds, owner, st, update)
+        elif st.aborted == thash:
+            return False
+        else:
+            st.aborted = thash
+            self.plans.save(owner)
+            if outcome == "RolledBack":
+                self.workloads.sync(ds)
+        self.plans.dirty.add(owner)
+        return True
 
     def _abort(self, ds: Workload, owner: str, st: RolloutState, update: Template,
                threshold: int) -> bool:
@@ -564,6 +618,8 @@ class Rollouts:
             message=(f"revision {update.revision}: {len(st.failed)} updated pod(s) failed "
                      f"(threshold {threshold}): {worst}{more}; {what}")[:1000])
         log.warning("rollout of %s aborted: %d failed pods; %s", owner, len(st.failed), what)
+        if self.shared is not None:
+            self.shared.ended(owner, update.thash, "RolledBack" if back else "Aborted")
         if back:
             self.workloads.sync(ds)
             return True
@@ -578,6 +634,8 @@ class Rollouts:
         st.aborted = None
         self.plans.save(owner)
         self.workloads.sync(ds)  # the pods of nodes that were not Ready get it too
+        if self.shared is not None:
+            self.shared.ended(owner, update.thash, "Complete")
         return True
 
     def _settled(self, ds: Workload, sc: _Scan) -> bool:
@@ -726,3 +784,19 @@ class Rollouts:
         if status != ds.status:
             ds.status = status  # type: ignore[assignment]
             self.objects.save(ds.kind, key)
+
+
+class SharedRollouts(Protocol):
+    """Rollout steps shared by shards (`cloudcore.cluster.rollouts.SharedSteps`)."""
+
+    def decides(self) -> bool:
+        """Whether this shard advances rollouts (it holds the global lease)."""
+        ...
+
+    def given(self, owner: str, thash: str, keys: Collection[Key]) -> None:
+        """These pods were given the update `thash` here."""
+        ...
+
+    def ended(self, owner: str, thash: str, outcome: str) -> None:
+        """The rollout of `thash` ended here: Complete, RolledBack or Aborted."""
+        ...

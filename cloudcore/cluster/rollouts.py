@@ -1,0 +1,251 @@
+"""Rollout steps decided once for the fleet (issue 14, proposal 0008: "rollouts' gates"
+behind the global lease).
+
+Every shard holds every workload and its pods (DaemonSets expand for every node it
+knows) but delivers only its own nodes' desired sets. A staged rollout (a DaemonSet's
+`updateStrategy`, a Deployment's `strategy`) is advanced by the holder of the global
+lease only (`Rollouts.shared.decides()`): it sees every pod's reported status (the
+owners put them in their node status summaries, `cloudcore.cluster.status`), gives each
+batch the update, and writes what it gave to KV; every shard gives its copies of those
+pods the update, so the owner of each pod's node delivers it. The end of a rollout
+(Complete, RolledBack, Aborted) is written too, and every shard ends it the same way.
+
+Bucket `<prefix>_rollouts`:
+- `<owner>.<pp>` (owner `Kind/ns/name` escaped, `pp` the partition of the pod's name,
+  so a key holds about 1/256 of a workload's pods): `{"update": template hash, "pods":
+  [names given that update], "by", "fence"}`, rewritten with the names added at each
+  batch (a new update starts the list again);
+- `<owner>.end`: `{"update", "outcome", "by", "fence"}`.
+
+Each value carries the writer's global lease token (`Member.global_revision`, as the
+bindings do); a value under a smaller token than one seen is refused (a former holder
+paused past its lease). A shard applies a value once its own copy of the workload is at
+that template (the objects replica and this bucket are separate watches; what arrives
+early is applied at the next `RETRY_S` round). A new holder goes on from the bucket's
+lists (its copies of the pods were given the update from them).
+
+Not done: a Deployment's `maxSurge` rollout across shards (its surge pods are made by
+the holder only; the other shards never make them), AgentUpgrade batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable, Collection
+from typing import Any
+
+from cloudcore.cluster.errors import ClusterError
+from cloudcore.cluster.kv import KV, Bucket, Entry
+from cloudcore.cluster.objects import escape, unescape
+from shared import topics
+
+log = logging.getLogger("cloudcore.cluster.rollouts")
+
+Key = tuple[str, str]
+END = "end"
+BATCH = 64
+RETRY_S = 1.0
+"""Seconds between rounds that apply values whose workload template was not here yet,
+and between attempts to write values NATS refused."""
+
+
+def rollouts_bucket(prefix: str) -> str:
+    return f"{prefix}_rollouts"
+
+
+def step_key(owner: str, part: str) -> str:
+    return f"{escape(owner)}.{part}"
+
+
+class SharedSteps:
+    """The rollout steps shared by shards (module docstring); `Rollouts.shared`."""
+
+    def __init__(self, fleet: Any, *, shard: str, holds_global: Callable[[], bool],
+                 fence: Callable[[], int | None]) -> None:
+        self.fleet = fleet
+        self.shard = shard
+        self._holds = holds_global
+        self._fence = fence
+        self.caught_up = False
+        self.max_fence = 0
+        self.fenced = 0
+        self.lists: dict[tuple[str, str], tuple[str, set[str]]] = {}
+        """(owner, pp) -> (update hash, pod names given it), as the bucket says (and,
+        on the holder, as it wrote)."""
+        self.ends: dict[str, tuple[str, str]] = {}
+        """owner -> (update hash, outcome)."""
+        self._todo: set[tuple[str, str]] = set()
+        """Keys (owner, pp or END) not fully applied here yet (template not here)."""
+        self._out: set[tuple[str, str]] = set()
+        self._wake = asyncio.Event()
+        self.bucket: Bucket | None = None
+        self.writes = 0
+        self.given_here = 0
+        fleet.rollouts.shared = self
+
+    # -- Rollouts.shared ----------------------------------------------------------------
+
+    def decides(self) -> bool:
+        return self.caught_up and self._holds()
+
+    def given(self, owner: str, thash: str, keys: Collection[Key]) -> None:
+        if not self.decides():
+            return
+        for _, name in keys:
+            part = topics.pp(topics.partition_of(name))
+            was = self.lists.get((owner, part))
+            if was is None or was[0] != thash:
+                was = self.lists[(owner, part)] = (thash, set())
+            was[1].add(name)
+            self._out.add((owner, part))
+        self._wake.set()
+
+    def ended(self, owner: str, thash: str, outcome: str) -> None:
+        if not self.decides():
+            return
+        self.ends[owner] = (thash, outcome)
+        self._out.add((owner, END))
+        self._wake.set()
+
+    # -- the replica --------------------------------------------------------------------
+
+    async def run(self, kv: KV, *, prefix: str, replicas: int = 1) -> None:
+        self.bucket = await kv.bucket(rollouts_bucket(prefix), create=True,
+                                      replicas=replicas)
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._flush(), name=f"cloudcore[{self.shard}].rollouts.writer")
+            tg.create_task(self._retry(), name=f"cloudcore[{self.shard}].rollouts.apply")
+            watch = await self.bucket.watch(">")
+            try:
+                if watch.caught_up.is_set():
+                    self.caught_up = True
+                async for e in watch:
+                    self.apply_entry(e)
+                    if not self.caught_up and watch.caught_up.is_set():
+                        self.caught_up = True
+                        log.info("shard %s: rollout steps replica caught up (%d keys)",
+                                 self.shard, len(self.lists) + len(self.ends))
+            finally:
+                await watch.stop()
+
+    def apply_entry(self, e: Entry) -> None:
+        """One value of the bucket: remembered and applied (a holder's own are not)."""
+        if e.deleted:
+            return
+        try:
+            owner_raw, part = e.key.rsplit(".", 1)
+            owner = unescape(owner_raw)
+            doc = json.loads(e.value)
+            thash = str(doc["update"])
+            fence = int(doc.get("fence") or 0)
+        except (ValueError, KeyError, TypeError):
+            log.warning("shard %s: unreadable rollout step %s (revision %d); ignored",
+                        self.shard, e.key, e.revision)
+            return
+        if fence < self.max_fence:
+            self.fenced += 1
+            log.warning("shard %s: rollout step %s (revision %d) refused: written under "
+                        "global lease token %d, token %d seen before", self.shard, e.key,
+                        e.revision, fence, self.max_fence)
+            return
+        self.max_fence = fence
+        if self.decides() and doc.get("by") == self.shard:
+            return  # its own write coming back
+        if part == END:
+            self.ends[owner] = (thash, str(doc.get("outcome") or ""))
+        else:
+            names = doc.get("pods") or []
+            was = self.lists.get((owner, part))
+            if was is not None and was[0] == thash:
+                was[1].update(str(n) for n in names)
+            else:
+                self.lists[(owner, part)] = (thash, {str(n) for n in names})
+        if not self._apply((owner, part)):
+            self._todo.add((owner, part))
+        else:
+            self._todo.discard((owner, part))
+
+    def _workload(self, owner: str) -> Any:
+        kind, _, rest = owner.partition("/")
+        ns, _, name = rest.partition("/")
+        table = {"DaemonSet": self.fleet.objects.daemonsets,
+                 "Deployment": self.fleet.objects.deployments}.get(kind)
+        return None if table is None else table.get((ns, name))
+
+    def _apply(self, key: tuple[str, str]) -> bool:
+        """Apply one remembered value to this shard's copies; False if the workload
+        here is not at that template yet (tried again later)."""
+        owner, part = key
+        ds = self._workload(owner)
+        if ds is None:
+            return False
+        rollouts = self.fleet.rollouts
+        if part == END:
+            got = self.ends.get(owner)
+            if got is None:
+                return True
+            if rollouts.plan(ds).update.thash != got[0]:
+                return False
+            if rollouts.adopt(ds, got[0], got[1]):
+                self.fleet.commit()
+            return True
+        thash, names = self.lists[key]
+        if rollouts.plan(ds).update.thash != thash:
+            return False
+        ns = ds.metadata.namespace
+        n = rollouts.give(ds, thash, [(ns, name) for name in sorted(names)])
+        if n:
+            self.given_here += n
+            self.fleet.commit()
+        return True
+
+    async def _retry(self) -> None:
+        while True:
+            await asyncio.sleep(RETRY_S)
+            for key in sorted(self._todo):
+                if self._apply(key):
+                    self._todo.discard(key)
+
+    # -- the holder's writes ------------------------------------------------------------
+
+    def value(self, key: tuple[str, str], fence: int) -> bytes:
+        owner, part = key
+        if part == END:
+            thash, outcome = self.ends[owner]
+            doc: dict[str, Any] = {"update": thash, "outcome": outcome}
+        else:
+            thash, names = self.lists[key]
+            doc = {"update": thash, "pods": sorted(names)}
+        doc.update({"by": self.shard, "fence": fence})
+        return json.dumps(doc, separators=(",", ":")).encode()
+
+    async def _flush(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._out and self.decides():
+                fence = self._fence()
+                if fence is None or self.bucket is None:
+                    break
+                batch = sorted(self._out)[:BATCH]
+                self._out.difference_update(batch)
+                bucket = self.bucket
+                got = await asyncio.gather(
+                    *(bucket.put(step_key(*k), self.value(k, fence)) for k in batch),
+                    return_exceptions=True)
+                failed = [k for k, r in zip(batch, got, strict=True)
+                          if isinstance(r, ClusterError)]
+                for r in got:
+                    if isinstance(r, BaseException) and not isinstance(r, ClusterError):
+                        raise r
+                self.writes += len(batch) - len(failed)
+                if failed:
+                    log.warning("shard %s: %d rollout step(s) not written yet",
+                                self.shard, len(failed))
+                    self._out.update(failed)
+                    await asyncio.sleep(RETRY_S)
+
+
+__all__ = ["SharedSteps", "rollouts_bucket", "step_key"]

@@ -1,0 +1,180 @@
+"""A staged DaemonSet rollout across shards, against real fleet cores in one event loop:
+the holder of the global lease sees every shard's pods through the node status
+summaries (`cloudcore.cluster.status`) and decides each batch; the other shards give
+their copies the update from the shared steps (`cloudcore.cluster.rollouts`), so each
+pod's owner delivers it, and the rollout completes everywhere (before, it never went
+past the first batch). A rollback decided by the holder reaches the other shard too."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+from typing import Any
+
+from cloudcore_fakes import add_node, daemonset, make_fleet
+
+from cloudcore.cluster.kv import Entry
+from cloudcore.cluster.rollouts import SharedSteps, step_key
+from cloudcore.cluster.status import NodeStatuses, node_key
+from cloudcore.fleet.controller import Fleet
+from cloudcore.fleet.naming import REVISION
+from cloudcore.fleet.template import Template
+from shared import topics
+from shared.entries import pod_key
+from shared.models import parse_object
+
+NODES = [f"n{i}" for i in range(8)]
+OWNER = {n: ("A" if i % 2 == 0 else "B") for i, n in enumerate(NODES)}
+PART_OWNER = {topics.partition_of(n): s for n, s in OWNER.items()}
+assert len(PART_OWNER) == len(NODES)
+
+
+def staged(args: list[str], *, threshold: int = 0) -> dict[str, Any]:
+    doc = daemonset(args=args)
+    doc["spec"].update({
+        "minReadySeconds": 0, "progressDeadlineSeconds": 600,
+        "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 2},
+                           "failureThreshold": threshold, "autoRollback": True}})
+    return doc
+
+
+def rev_of(doc: dict[str, Any]) -> str:
+    return Template(parse_object(doc).spec.template).revision
+
+
+class Shard:
+    def __init__(self, name: str, *, holds: bool) -> None:
+        self.name = name
+        self.fleet: Fleet = make_fleet()
+        self.t = [1000.0]
+        self.fleet.rollouts.clock = lambda: self.t[0]
+        for n in NODES:
+            add_node(self.fleet, n)
+        self.holds = holds
+        self.steps = SharedSteps(self.fleet, shard=name, holds_global=lambda: self.holds,
+                                 fence=lambda: 7 if self.holds else None)
+        self.steps.caught_up = True
+        self.st = NodeStatuses(self.fleet, shard=name, owns=lambda p: PART_OWNER[p] == name,
+                               holder=PART_OWNER.get)
+        self.rev = 0
+
+    def own(self) -> list[str]:
+        return [n for n in NODES if OWNER[n] == self.name]
+
+    def apply(self, doc: dict[str, Any]) -> None:
+        self.fleet.apply([parse_object(doc)])
+        self.fleet.commit()
+
+    def desired_revision(self, node: str) -> str:
+        (value, _), = self.fleet.desired[node].items.values()
+        return str(value["revision"])
+
+    def report(self, *, failing: bool = False) -> None:
+        """Each own node's agent reports its pod at the revision its set holds."""
+        for node in self.own():
+            pod = next(p for p in self.fleet.pods.values() if p.spec.node_name == node)
+            rev = self.desired_revision(node)
+            container: dict[str, Any] = {"name": "main", "state": "running", "ready": True}
+            ready = True
+            if failing and rev == self.bad:
+                container = {"name": "main", "state": "waiting",
+                             "reason": "CrashLoopBackOff", "restartCount": 3}
+                ready = False
+            self.fleet.pod_statuses(node, {pod_key(pod.metadata.namespace,
+                                                   pod.metadata.name): {
+                "phase": "Running", "revision": rev, "ready": ready,
+                "containerStatuses": [container]}})
+
+    bad = ""
+
+    def tick(self) -> None:
+        self.t[0] += 1
+        if self.holds:
+            self.fleet.expire(0.0)  # the global part of the liveness tick
+
+
+def exchange(a: Shard, b: Shard) -> None:
+    """Summaries both ways, the holder's steps to the other."""
+    for src, dst in ((a, b), (b, a)):
+        for node, value in asyncio.run(src.st.changed_summaries()).items():
+            dst.rev += 1
+            dst.st.show(Entry(node_key(node), value, dst.rev))
+        dst.fleet.commit()
+    for k in sorted(a.steps._out):
+        b.rev += 1
+        b.steps.apply_entry(Entry(step_key(*k), a.steps.value(k, 7), b.rev))
+    a.steps._out.clear()
+
+
+def delivered(s: Shard) -> dict[str, str]:
+    return {n: s.desired_revision(n) for n in s.own()}
+
+
+def test_a_staged_daemonset_rollout_completes_across_shards() -> None:
+    a, b = Shard("A", holds=True), Shard("B", holds=False)
+    v1, v2 = staged(["v1"]), staged(["v2"])
+    r2 = rev_of(v2)
+    for s in (a, b):
+        s.apply(v1)
+    for _ in range(3):
+        for s in (a, b):
+            s.report()
+        exchange(a, b)
+        a.tick()
+    assert a.fleet.daemonsets[("default", "agent")].status.rollout.phase == "Complete"
+    for s in (a, b):
+        s.apply(v2)
+    # the first batch: the holder's two pods in name order; B gave none itself
+    assert sum(r == r2 for r in delivered(b).values()) == 0
+    seen_batches = []
+    for _ in range(30):
+        exchange(a, b)
+        for s in (a, b):
+            s.report()
+        exchange(a, b)
+        a.tick()
+        now = {**delivered(a), **delivered(b)}
+        seen_batches.append(sum(r == r2 for r in now.values()))
+        if a.fleet.daemonsets[("default", "agent")].status.rollout.phase == "Complete":
+            break
+    exchange(a, b)
+    assert {**delivered(a), **delivered(b)} == dict.fromkeys(NODES, r2)
+    assert a.fleet.daemonsets[("default", "agent")].status.rollout.phase == "Complete"
+    # never more than maxUnavailable (2) new ones not yet reported healthy per round
+    assert all(y - x <= 2 for x, y in itertools.pairwise(seen_batches))
+    # B ended the rollout as the holder did: its copies all at r2, v2 its stable
+    assert all(p.metadata.annotations[REVISION] == r2 for p in b.fleet.pods.values())
+    assert b.steps.given_here > 0
+    st = b.fleet.rollouts.plans.state("DaemonSet/default/agent")
+    assert st is not None and st.stable is not None and st.stable.revision == r2
+
+
+def test_a_rollback_decided_by_the_holder_reaches_the_other_shard() -> None:
+    a, b = Shard("A", holds=True), Shard("B", holds=False)
+    v1, v3 = staged(["v1"]), staged(["v3"])
+    r1, r3 = rev_of(v1), rev_of(v3)
+    for s in (a, b):
+        s.apply(v1)
+        s.bad = r3
+    for _ in range(3):
+        for s in (a, b):
+            s.report()
+        exchange(a, b)
+        a.tick()
+    for s in (a, b):
+        s.apply(v3)
+    b_had_r3 = False
+    for _ in range(10):
+        exchange(a, b)
+        b_had_r3 |= r3 in delivered(b).values()
+        for s in (a, b):
+            s.report(failing=True)
+        exchange(a, b)
+        a.tick()
+    exchange(a, b)
+    assert b_had_r3  # the first batch held a pod of B's, which failed there
+    assert a.fleet.daemonsets[("default", "agent")].status.rollout.phase == "RolledBack"
+    assert {**delivered(a), **delivered(b)} == dict.fromkeys(NODES, r1)
+    assert json.loads(a.steps.value(("DaemonSet/default/agent", "end"), 7))[
+        "outcome"] == "RolledBack"
