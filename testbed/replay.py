@@ -71,7 +71,12 @@ utilisation of used nodes (a used node runs >= 1 workload). Node usage includes 
 system overhead of 5 %. Where the overloaded node-minutes come from: how many were on
 nodes whose requests are over allocatable (only right-sizing admits past requests),
 and the minutes since the overloaded node's newest pod (median; how many after the
-forecast's 15-minute horizon).
+forecast's 15-minute horizon). What limits admission: the reasons the pods that found
+no node were refused for, as shares of the node refusals. The arrival ceiling: pods per
+node if every workload were placed the minute it arrives (`arrival_ceiling`), the most
+any policy could reach on these arrivals (at demand 2 over 3 h, about 10-14 % over
+requests: docs/benchmarks.md, fifth round of issue 15); and pods per used node over
+the last hour, when the fleet is saturated.
 """
 
 from __future__ import annotations
