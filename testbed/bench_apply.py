@@ -247,6 +247,7 @@ class _SliceCpu:
         call; set beside the lag monitor's late timers (`worst_stretches`)."""
         self._t0: float | None = None
         self._w0 = 0.0
+        self._parts: dict[str, float] = {}
 
     def install(self) -> None:
         from cloudcore.fleet import Fleet
@@ -265,10 +266,24 @@ class _SliceCpu:
                 me.spans.append((what, w0, time.perf_counter(), cpu))
             return cpu
 
+        def part(what: str, inner: Any) -> Any:
+            """`inner` timed as a part of the slice under way (`_parts`)."""
+            def wrapper(self: Any, *a: Any, **k: Any) -> Any:
+                c = time.thread_time()
+                try:
+                    return inner(self, *a, **k)
+                finally:
+                    if me._t0 is not None:
+                        me._parts[what] = me._parts.get(what, 0.0) + time.thread_time() - c
+            return wrapper
+
         def expand_slice(self: Any, *a: Any, **k: Any) -> Any:
             if me._t0 is None:
                 me._t0, me._w0 = time.thread_time(), time.perf_counter()
-            return expand(self, *a, **k)
+                me._parts = {}
+            return timed_expand(self, *a, **k)
+
+        timed_expand = part("expand", expand)
 
         def fleet_commit(self: Any, *a: Any, **k: Any) -> Any:
             w, c = time.perf_counter(), time.thread_time()
@@ -276,7 +291,9 @@ class _SliceCpu:
                 return commit(self, *a, **k)
             finally:
                 if me._t0 is not None:
-                    cpu = span("slice", me._w0, me._t0)
+                    label = "slice (" + " ".join(
+                        f"{k} {1000 * v:.0f}" for k, v in me._parts.items()) + ")"
+                    cpu = span(label, me._w0, me._t0)
                     if me.recording:
                         me.slices.append(cpu)
                     me._t0 = None
@@ -305,6 +322,10 @@ class _SliceCpu:
             setattr(cls, name, wrapper)
 
         Workloads.expand_slice = expand_slice  # type: ignore[method-assign]
+        if hasattr(Fleet, "_retry"):  # the slice's parts: pending retry, desired commit
+            Fleet._retry = part("retry", Fleet._retry)  # type: ignore[attr-defined]
+        from cloudcore.fleet.desired import DesiredSets
+        DesiredSets.commit = part("desired", DesiredSets.commit)  # type: ignore[method-assign]
         Fleet.commit = fleet_commit  # type: ignore[method-assign]
         Store._take = store_take  # type: ignore[method-assign]
         timed(Fleet, "apply", "apply_call")
