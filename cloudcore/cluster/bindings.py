@@ -43,10 +43,15 @@ each shard by their pin, as before, and never written.
   by the other shards for a moment: the holder, which knows its own token, refuses it
   and writes its binding over it at once.
 
-Not done: a drain
-through a shard not holding the global lease unbinds only that shard's copy (the holder
-keeps the binding, so the pods come back); eviction moves replicas only off the holder's
-own long-NotReady nodes; pods waiting for the holder carry no reason.
+- Drains: a drain through any shard puts the node's shared spec (`NodeSpec` key) with
+  a drain mark; every shard remembers the marked nodes (`drain_mark`, `drains`) and the
+  holder moves their replicas (`Placement.drain`, then placed and written as any bind),
+  at once or when it takes the lease. The draining shard does not follow the old
+  bindings back to the node meanwhile (`Placement.drained_here`).
+
+Eviction of replicas off another shard's long-NotReady node goes through these
+bindings too: `Eviction.run` on the holder moves them, trusting the node's readiness
+only on its live owner's word (`cloudcore.cluster.status.NodeStatuses.trusted`).
 """
 
 from __future__ import annotations

@@ -27,8 +27,9 @@ runs it in its task group (`cloudcore[NAME].cluster`). The shard:
   (`GatedNodes.expire`); on `global_lost` they stop before the lease is released.
 
 Deployment and bare Pod placement behind the global lease is
-`cloudcore.cluster.bindings` (told of lease changes through `on_global`). Not done here
-(see proposal 0008): fencing tokens.
+`cloudcore.cluster.bindings` (told of lease changes through `on_global`), staged
+rollouts `cloudcore.cluster.rollouts`. Not done here (see proposal 0008): fencing
+tokens for the partition state.
 """
 
 from __future__ import annotations

@@ -18,6 +18,17 @@ touched here). `<name>` is escaped as object keys are (`cloudcore.cluster.object
   change (`Objects.changed`: lists, gets and watches of nodes show it) but never written
   to the shard's own store. A node this shard owns is never overwritten from a summary.
 
+- The summary also carries the node's pods' reported statuses (`pods`: `ns/name` ->
+  the status as its agent reported it; written when one changes, statuses being
+  replaced on each report). Every shard sets its copies of those pods from it and tells
+  its rollouts, so the holder of the global lease gates rollouts on every shard's pods
+  (`cloudcore.cluster.rollouts`).
+- A readiness change of another shard's node starts or stops its NotReady clock here
+  (`Eviction.observe`); the holder's eviction acts on it only while the summary's
+  writer holds the node's partition lease and is alive (`trusted`): while the owner is
+  dead or the partition is being taken over the clock starts again, so it counts from
+  the new owner's word.
+
 Only nodes the shard knows are shown (node registrations are not global yet: a node
 that joined through another shard after this one started is not listed here).
 """
