@@ -153,6 +153,12 @@ def test_deployment_placed_once_for_the_fleet_and_after_a_holder_kill(
             assert len(holders) == 1, [s.name for s in holders]
             holder = holders[0]
             others = [s for s in shards if s is not holder]
+            # the holder places over the nodes it sees Ready: the other shards' nodes
+            # once their status summaries reached it (up to 2 s after they were Ready)
+            wait_for("the holder sees every node Ready", lambda: [
+                n for n in holder.nodes().values() if n["status"]["ready"] == "Ready"
+            ] if len([n for n in holder.nodes().values()
+                      if n["status"]["ready"] == "Ready"]) == NODES else None, 30)
 
             # 1. applied through a shard that does not place: exactly 6 on the fleet
             others[0].call("/api/v1/apply", {"documents": [deployment(6)]})
