@@ -79,6 +79,7 @@ class SharedSteps:
         self._todo: set[tuple[str, str]] = set()
         """Keys (owner, pp or END) not fully applied here yet (template not here)."""
         self._out: set[tuple[str, str]] = set()
+        self._out_fence: int | None = None
         self._wake = asyncio.Event()
         self.bucket: Bucket | None = None
         self.writes = 0
@@ -90,8 +91,19 @@ class SharedSteps:
     def decides(self) -> bool:
         return self.caught_up and self._holds()
 
-    def given(self, owner: str, thash: str, keys: Collection[Key]) -> None:
+    def _as_holder(self) -> bool:
+        """Whether this shard decides now; steps it decided under an earlier lease
+        token and never wrote are dropped (the holders since decided afresh)."""
         if not self.decides():
+            return False
+        fence = self._fence()
+        if fence != self._out_fence:
+            self._out.clear()
+            self._out_fence = fence
+        return True
+
+    def given(self, owner: str, thash: str, keys: Collection[Key]) -> None:
+        if not self._as_holder():
             return
         for _, name in keys:
             part = topics.pp(topics.partition_of(name))
@@ -103,7 +115,7 @@ class SharedSteps:
         self._wake.set()
 
     def ended(self, owner: str, thash: str, outcome: str) -> None:
-        if not self.decides():
+        if not self._as_holder():
             return
         self.ends[owner] = (thash, outcome)
         self._out.add((owner, END))

@@ -53,7 +53,8 @@ class Shard:
             add_node(self.fleet, n)
         self.holds = holds
         self.steps = SharedSteps(self.fleet, shard=name, holds_global=lambda: self.holds,
-                                 fence=lambda: 7 if self.holds else None)
+                                 fence=lambda: self.token if self.holds else None)
+        self.token = 7
         self.steps.caught_up = True
         self.st = NodeStatuses(self.fleet, shard=name, owns=lambda p: PART_OWNER[p] == name,
                                holder=PART_OWNER.get)
@@ -178,3 +179,18 @@ def test_a_rollback_decided_by_the_holder_reaches_the_other_shard() -> None:
     assert {**delivered(a), **delivered(b)} == dict.fromkeys(NODES, r1)
     assert json.loads(a.steps.value(("DaemonSet/default/agent", "end"), 7))[
         "outcome"] == "RolledBack"
+
+
+def test_steps_not_written_under_an_earlier_lease_are_dropped() -> None:
+    a = Shard("A", holds=True)
+    owner = "DaemonSet/default/agent"
+    a.steps.given(owner, "h1", [("default", "agent-n0")])
+    assert a.steps._out
+    a.holds = False  # lost the lease before writing; takes it again later
+    a.steps.given(owner, "h1", [("default", "agent-n1")])  # not the holder: nothing
+    a.holds, a.token = True, 12
+    a.steps.given(owner, "h2", [("default", "agent-n2")])
+    part = topics.pp(topics.partition_of("agent-n2"))
+    assert part != topics.pp(topics.partition_of("agent-n0"))
+    assert a.steps._out == {(owner, part)}
+    assert json.loads(a.steps.value((owner, part), 12))["pods"] == ["agent-n2"]
