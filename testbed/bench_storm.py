@@ -508,7 +508,8 @@ class ShardCluster:
     """The fleet's cloud moved onto `count` shards: the seed cloudcore stopped (the
     simulated sessions stay on the brokers), a real nats-server with JetStream, `count`
     `cloudcore --shard` processes from copies of the seed's state, their identities
-    merged into the brokers' files. `wait` polls with the same care as the fleet's."""
+    merged into the brokers' files. `until` polls, failing at once (naming them) when a
+    shard that was not killed, a broker or a simulator has exited."""
 
     def __init__(self, sf: SimFleet, *, count: int, lease_s: float, workdir: Path) -> None:
         self.sf = sf
@@ -530,14 +531,14 @@ class ShardCluster:
                                      lease_s=self.lease_s).start()
                            for i in range(self.count)]
             for s in self.shards:
-                self._until(f"shard {s.name} wrote its broker files",
+                self.until(f"shard {s.name} wrote its broker files",
                             lambda s=s: s.passwd.exists() and s.acl.exists(), 120)
             merge_broker_files(self.shards, fleet.broker.passwd, fleet.broker.acl)
             for mq in fleet.brokers.values():  # reload them now, not at the next watch
                 if mq.proc is not None and mq.proc.poll() is None:
                     mq.proc.send_signal(signal.SIGHUP)
             for s in self.shards:
-                self._until(f"shard {s.name} ready", lambda s=s: s.call("/readyz"), 120)
+                self.until(f"shard {s.name} ready", lambda s=s: s.call("/readyz"), 120)
         except BaseException:
             self.stop()
             raise
@@ -555,16 +556,28 @@ class ShardCluster:
     def alive(self) -> list[ShardProc]:
         return [s for s in self.shards if s.proc.alive()]
 
-    def _until(self, what: str, check: Callable[[], Any], timeout: float) -> Any:
+    def check_alive(self, what: str) -> None:
+        """BenchFailure naming them if a shard exited other than by the bench's kill -9,
+        or a broker or a simulator exited."""
+        dead = [s.name for s in self.shards if s.proc.popen is not None
+                and not s.proc.alive() and s.proc.popen.returncode != -signal.SIGKILL]
+        if dead:
+            tails = "\n".join(f"--- {s.name}:\n{s.proc.tail(15)}" for s in self.shards
+                              if s.name in dead)
+            raise BenchFailure(f"{what}: shard(s) {dead} exited; their logs:\n{tails}")
+        gone = [n for n, mq in self.sf.fleet.brokers.items()
+                if mq.proc is None or mq.proc.poll() is not None]
+        gone += [p.name for p in self.sf.sims if not p.alive()]
+        if gone:
+            raise BenchFailure(self.sf.diagnose(f"{what}: {gone} exited"))
+
+    def until(self, what: str, check: Callable[[], Any], timeout: float) -> Any:
+        """Poll `check` until it returns something true (that is returned); BenchFailure
+        after `timeout` s with its last answer, or at once when a process exited."""
         deadline = time.monotonic() + timeout
         last: Any = None
         while time.monotonic() < deadline:
-            dead = [s.name for s in self.shards if s.proc.popen is not None
-                    and not s.proc.alive() and s.proc.popen.returncode != -signal.SIGKILL]
-            if dead:
-                tails = "\n".join(f"--- {s.name}:\n{s.proc.tail(15)}" for s in self.shards
-                                  if s.name in dead)
-                raise BenchFailure(f"{what}: shard(s) {dead} exited; their logs:\n{tails}")
+            self.check_alive(what)
             try:
                 last = check()
             except (urllib.error.URLError, OSError, TimeoutError, ValueError) as exc:
@@ -635,7 +648,7 @@ def shard_kill(sf: SimFleet, *, shards: int, lease_s: float, workdir: Path,
                             and int(x.get("ackedGen", 0)) == int(x.get("desiredGen", -1)) > 0
                             for x in st.values()))
 
-        cl._until(f"every node Ready on exactly one of {shards} shards, heard and acked",
+        cl.until(f"every node Ready on exactly one of {shards} shards, heard and acked",
                   settled, timeout)
         res["fleet_on_shards_s"] = round(time.monotonic() - t0, 1)
         time.sleep(2)
@@ -709,9 +722,7 @@ def shard_kill(sf: SimFleet, *, shards: int, lease_s: float, workdir: Path,
                     f"survivors hold {sum(s.held for s in survivors)} of 256 partitions; "
                     f"their logs' ends:\n" + "\n".join(f"--- {s.name}:\n{s.proc.tail(8)}"
                                                        for s in survivors))
-            if not all(s.proc.alive() for s in survivors):
-                raise BenchFailure("shard kill: a survivor exited: " + ", ".join(
-                    f"{s.name}: {s.proc.tail(8)}" for s in survivors if not s.proc.alive()))
+            cl.check_alive("shard kill")
             time.sleep(0.5)
         time.sleep(1.2)  # the simulators' stats files are rewritten every second
         edge1 = _edge_counts(sf)
