@@ -1,5 +1,5 @@
-"""The collector between DaemonSet expansion slices (issue 13 part 3,
-`cloudcore.fleet.workloads.between_slices`)."""
+"""Between DaemonSet expansion slices and their commits (issue 13 part 3,
+`cloudcore.fleet.workloads.between_slices`, `run_expansions`)."""
 
 from __future__ import annotations
 
@@ -27,3 +27,50 @@ def test_between_slices_freezes_only_in_a_tuned_process() -> None:
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)
+
+
+async def test_the_loop_gets_a_turn_before_the_commit_of_an_overrun_slice() -> None:
+    """An expansion that took the slice's whole budget (a table of every pod grew)
+    is followed by a loop turn before its commit, so the two do not hold the event
+    loop as one stretch (issue 13 part 3)."""
+    import asyncio
+    import time
+
+    from cloudcore_fakes import make_fleet
+
+    fleet = make_fleet()
+    work = fleet.workloads
+    events: list[str] = []
+    slices = iter([0.03, 0.0, 0.0])  # the first expansion overruns a 10 ms budget
+
+    def expand_slice(budget: float) -> bool:
+        took = next(slices)
+        time.sleep(took)
+        events.append("expand")
+        return False
+
+    def commit(more: bool = False) -> bool:
+        events.append("commit")
+        return False
+
+    async def other() -> None:
+        while True:
+            events.append("loop")
+            await asyncio.sleep(0)
+
+    work.expand_slice = expand_slice  # type: ignore[method-assign]
+    ticker = asyncio.create_task(other())
+    runner = asyncio.create_task(work.run_expansions(commit, budget=0.01))
+    await asyncio.sleep(0)
+    events.clear()
+    work._scaling["Deployment/default/x"] = None  # type: ignore[assignment]
+    work.wake()
+    for _ in range(20):
+        await asyncio.sleep(0)
+        if events.count("commit") >= 1:
+            work._scaling.clear()
+    await asyncio.sleep(0.05)
+    runner.cancel()
+    ticker.cancel()
+    first = events.index("expand")
+    assert events[first:first + 3] == ["expand", "loop", "commit"], events
