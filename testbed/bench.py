@@ -700,10 +700,12 @@ def bench_sync(*, nodes: int, procs: int | None = None, workdir: Path,
                cloud_tree: Path | None = None, steady_s: float = 60.0,
                brokers: int | None = None, per_broker: int = PER_BROKER,
                per_sim: int | None = None, rate: float = 500.0,
-               stall_s: float = 60.0) -> int:
+               stall_s: float = 60.0, py_spy: Path | None = None) -> int:
     """`testbed bench sync`: each of `modes` in turn (secure: auth, TLS and sealed
     messages; insecure: none of it), then both side by side; cloudcore from
-    `cloud_tree` when given. Brokers and simulator processes as `plan` sizes them."""
+    `cloud_tree` when given. Brokers and simulator processes as `plan` sizes them.
+    With `py_spy` (a py-spy executable) each phase of the cloud is profiled into
+    `py-spy-<phase>.txt` beside that mode's result."""
     modes = _mode_label(modes, nodes)
     try:
         p = plan(nodes, brokers=brokers, procs=procs, per_broker=per_broker, per_sim=per_sim)
@@ -723,7 +725,8 @@ def bench_sync(*, nodes: int, procs: int | None = None, workdir: Path,
                                      secure=mode == "secure", cloud_tree=cloud_tree,
                                      brokers=p.brokers, per_broker=per_broker,
                                      per_sim=per_sim, rate=rate, stall_s=stall_s) as sf:
-                    results[mode] = _sync(sf, (workdir / mode).resolve(), steady_s=steady_s)
+                    results[mode] = _sync(sf, (workdir / mode).resolve(), steady_s=steady_s,
+                                          py_spy=py_spy)
                     results[mode]["cloud_tree"] = str(cloud_tree or "this checkout")
     except (BenchFailure, TimeoutError, RuntimeError, ValueError) as exc:
         print(f"bench failed: {exc}", file=sys.stderr)
@@ -882,30 +885,11 @@ def after_deltas(sf: SimFleet) -> int:
     return sum(int(st.get("deltas_in", 0)) for st in sf.sim_stats())
 
 
-def update_phase(sf: SimFleet, label: str, args: list[str], lag: LagWatch,
-                 *, timeout: float = 900.0) -> dict[str, Any]:
-    """Apply DaemonSet `bench` with `args` and wait until every node applied it (the
-    simulators) and the cloud recorded every ack; the figures of that phase."""
+def _recorded(sf: SimFleet, label: str, base: int, lag: LagWatch, *, acks_before: float,
+              timeout: float) -> tuple[float, int]:
+    """Wait until the cloud recorded every node's ack past `base`; the monotonic time it
+    did and the node lists made to confirm it."""
     fleet, nodes = sf.fleet, sf.nodes
-    before = sf.full_stats()
-    # Every node is at one gen between phases; the phase is done for a node once it is
-    # past the highest (counting applies instead let a node that got two deltas, as
-    # a 100,000-node DaemonSet expanded in chunks can send, stand in for one that got
-    # none yet).
-    base = max(before["at_gen"], default=0)
-    behind = nodes - before["at_gen"].get(base, 0)
-    acks_before = _messages_in(fleet, "ack")
-    before_deltas = after_deltas(sf)
-    u0 = sf.usage()
-    io0 = sum(_proc_io(pid) for pid in sf.broker_pids().values())
-    lag.reset()
-    t0 = time.monotonic()
-    fleet.apply([_ds(args)])
-    sf.wait(what=f"{label}: every node applied it (past gen {base})",
-            count=lambda: nodes_past(sf.stats(), base), target=nodes,
-            timeout=timeout, interval=0.2)
-    edge_s = time.monotonic() - t0
-
     lists = 0
 
     def cloud_acked() -> float:
@@ -924,7 +908,62 @@ def update_phase(sf: SimFleet, label: str, args: list[str], lag: LagWatch,
             interval=0.2 if nodes <= 20_000 else 0.5)
     sf.wait(what=f"{label}: the cloud recorded every ack (ackedGen == desiredGen > {base})",
             count=cloud_acked, target=nodes, timeout=timeout, interval=1.0)
-    cloud_s = time.monotonic() - t0
+    return time.monotonic(), lists
+
+
+@contextmanager
+def profiled(py_spy: Path | None, pid: int, out: Path) -> Iterator[None]:
+    """While the block runs, `py_spy record` samples process `pid` (50 a second, idle
+    included, without pausing it) into `out` (collapsed stacks, one line per stack and
+    its count: `flamegraph.pl` or a sort reads them). Nothing when `py_spy` is None."""
+    if py_spy is None:
+        yield
+        return
+    proc = subprocess.Popen(
+        [str(py_spy), "record", "--nonblocking", "--idle", "--rate", "50", "--format",
+         "raw", "--output", str(out), "--pid", str(pid)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        yield
+    finally:
+        proc.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+        try:
+            _, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate()
+        if not out.is_file():
+            print(f"py-spy wrote no profile to {out}: {err.decode(errors='replace')[-500:]}",
+                  file=sys.stderr, flush=True)
+
+
+def update_phase(sf: SimFleet, label: str, args: list[str], lag: LagWatch,
+                 *, timeout: float = 900.0, py_spy: Path | None = None,
+                 workdir: Path | None = None) -> dict[str, Any]:
+    """Apply DaemonSet `bench` with `args` and wait until every node applied it (the
+    simulators) and the cloud recorded every ack; the figures of that phase."""
+    fleet, nodes = sf.fleet, sf.nodes
+    before = sf.full_stats()
+    # Every node is at one gen between phases; the phase is done for a node once it is
+    # past the highest (counting applies instead let a node that got two deltas, as
+    # a 100,000-node DaemonSet expanded in chunks can send, stand in for one that got
+    # none yet).
+    base = max(before["at_gen"], default=0)
+    behind = nodes - before["at_gen"].get(base, 0)
+    acks_before = _messages_in(fleet, "ack")
+    before_deltas = after_deltas(sf)
+    u0 = sf.usage()
+    io0 = sum(_proc_io(pid) for pid in sf.broker_pids().values())
+    lag.reset()
+    profile = (workdir or Path(".")) / f"py-spy-{label}.txt"
+    with profiled(py_spy, sf.cloud_pid, profile):
+        t0 = time.monotonic()
+        fleet.apply([_ds(args)])
+        sf.wait(what=f"{label}: every node applied it (past gen {base})",
+                count=lambda: nodes_past(sf.stats(), base), target=nodes,
+                timeout=timeout, interval=0.2)
+        edge_s = time.monotonic() - t0
+        cloud_s = _recorded(sf, label, base, lag, acks_before=acks_before, timeout=timeout)
     time.sleep(1.2)  # the simulators' stats files are rewritten every second
     after = sf.stats()
     u1 = sf.usage()
@@ -933,7 +972,7 @@ def update_phase(sf: SimFleet, label: str, args: list[str], lag: LagWatch,
     cloud_cpu = u1["cloud"]["cloudcore"][0] - u0["cloud"]["cloudcore"][0]
     return {
         "all_nodes_applied_s": round(edge_s, 2),
-        "cloud_recorded_all_acks_s": round(cloud_s, 2),
+        "cloud_recorded_all_acks_s": round(cloud_s[0] - t0, 2),
         "msgs_per_node_update": round(
             (after["msgs_in"] + after["msgs_out"] - before["msgs_in"]
              - before["msgs_out"]) / nodes, 2),
@@ -948,7 +987,7 @@ def update_phase(sf: SimFleet, label: str, args: list[str], lag: LagWatch,
         "cpu_s_per_1000_nodes": _kinds_delta(u0, u1, nodes),
         "worst_loop_lag_ms": round(lag.worst * 1000, 1),
         "loop_lag_sampled_max_ms": round(lag.worst_sampled * 1000, 1),
-        "node_lists_while_waiting": lists,
+        "node_lists_while_waiting": cloud_s[1],
         "gen_before": base,
         "nodes_behind_at_start": behind,
         "deltas_per_node": round((after_deltas(sf) - before_deltas) / nodes, 2),
@@ -1040,7 +1079,8 @@ def _cloud_view(sf: SimFleet) -> dict[str, Any] | str:
             for n, b in (doc.get("brokers") or {}).items() if isinstance(b, dict)}
 
 
-def _sync(sf: SimFleet, workdir: Path, *, steady_s: float = 60.0) -> dict[str, Any]:
+def _sync(sf: SimFleet, workdir: Path, *, steady_s: float = 60.0,
+          py_spy: Path | None = None) -> dict[str, Any]:
     fleet, nodes = sf.fleet, sf.nodes
     _, rss0 = _proc_usage(sf.cloud_pid)
     lag = LagWatch(fleet)
@@ -1064,7 +1104,7 @@ def _sync(sf: SimFleet, workdir: Path, *, steady_s: float = 60.0) -> dict[str, A
         results["join_cloud_cpu_s_per_1000_nodes"] = round(
             sf.join_cloud_cpu_s / nodes * 1000, 2)
     for label, args in (("create", ["sleep", "1"]), ("update", ["sleep", "2"])):
-        results[label] = update_phase(sf, label, args, lag)
+        results[label] = update_phase(sf, label, args, lag, py_spy=py_spy, workdir=workdir)
     if steady_s > 0:
         results["idle"] = _idle(sf, steady_s)
     m = lag.scrape()
@@ -1318,6 +1358,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--idle", "--steady", dest="idle", type=float, default=60.0,
                    help="sync: seconds of the idle phase (fleet settled, reports only) "
                         "after the update, for the idle cost per node; 0 skips it")
+    p.add_argument("--py-spy", type=Path, default=None, metavar="PATH",
+                   help="sync: profile cloudcore in each phase with this py-spy executable "
+                        "(install it outside the project's venv); collapsed stacks in "
+                        "WORKDIR/MODE/py-spy-PHASE.txt")
     a = p.parse_args(argv)
     tree = a.cloud_tree.resolve() if a.cloud_tree else None
     if tree is not None and not (tree / "cloudcore" / "__main__.py").is_file():
@@ -1333,9 +1377,11 @@ def main(argv: list[str] | None = None) -> int:
                              workdir=a.workdir or Path("var/bench-rollout"),
                              secure=a.mode != "insecure")
     modes = sync_modes(a.mode)
+    if a.py_spy is not None and not os.access(a.py_spy, os.X_OK):
+        p.error(f"--py-spy {a.py_spy}: not an executable file")
     return bench_sync(nodes=a.nodes, procs=a.procs, workdir=a.workdir or Path("var/bench"),
                       modes=modes, cloud_tree=tree, steady_s=a.idle, brokers=a.brokers,
-                      per_broker=a.per_broker, rate=a.rate, stall_s=a.stall)
+                      per_broker=a.per_broker, rate=a.rate, stall_s=a.stall, py_spy=a.py_spy)
 
 
 def sync_modes(mode: str | None) -> tuple[str, ...] | None:
