@@ -113,6 +113,19 @@ def test_depth_scan_agrees_with_the_structure(value: object) -> None:
             check_depth(raw, d - 1)
 
 
+@pytest.mark.parametrize("filler", [b"", bytes(range(0x80, 0xA0)) * 4])
+def test_the_quick_count_of_container_bytes_never_passes_a_deep_message(
+        filler: bytes) -> None:
+    # strings full of container lead-byte values are an overcount: still walked, and
+    # a shallow message passes; a deep one is refused whatever its strings hold
+    shallow = msgpack.packb({"v": 1, "s": filler, "x": _nested(3)}, use_bin_type=True)
+    check_depth(shallow, 5)
+    deep = msgpack.packb({"v": 1, "s": filler, "x": _nested(33)}, use_bin_type=True)
+    check_depth(deep, 34)
+    with pytest.raises(TooDeep):
+        check_depth(deep, 33)
+
+
 def test_request_carries_an_expiry() -> None:
     req = Request(node="n1", id="r1", kind="exec", argv=["id"], exp=1700000000.5)
     assert decode(encode(req)) == req
