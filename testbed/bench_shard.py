@@ -5,7 +5,9 @@
 Builds a fleet of N registered nodes with one DaemonSet on a real LMDB store (a
 temporary directory), then runs `cloudcore.cluster.shard.Shard` as a shard that takes
 all 256 partitions at once (the first shard of a cluster to start), writes one round of
-liveness summaries, and gives half of the partitions up (a second shard joining), with
+liveness summaries, and gives half of the partitions up (a second shard joining); then
+one round of node status summaries with every node's pod reported (written, unchanged,
+and read by another shard: `cloudcore.cluster.status`), with
 a probe task measuring the longest the event loop was held (the collector tuned as the
 binary tunes it, `cloudcore.service.tune_gc`). No NATS, no MQTT: the
 subscriptions are no-ops and the summaries go to a bucket in memory. Prints one JSON.
@@ -24,8 +26,10 @@ from pathlib import Path
 from cloudcore.cluster.kv import Entry
 from cloudcore.cluster.leases import Change, LeaseSettings
 from cloudcore.cluster.shard import GatedNodes, Shard
+from cloudcore.cluster.status import DOC_SLICE, NodeStatuses, node_key
 from cloudcore.config import StoreSettings, SyncSettings
 from cloudcore.fleet import Fleet, Liveness
+from cloudcore.fleet.naming import REVISION
 from cloudcore.metrics import Metrics
 from cloudcore.scheduler import Scheduler
 from cloudcore.service import tune_gc
@@ -115,7 +119,39 @@ async def bench(nodes: int, state: Path) -> dict[str, object]:
         t = time.perf_counter()
         await shard.on_change(Change(acquired=frozenset(), lost=half, owned=everything - half))
         lose = time.perf_counter() - t
+        lose_hold, worst[0] = worst[0], 0.0
+        # node status summaries with each node's reported pod status (proposal 0008:
+        # the holder's rollout gates read them): every node's agent pod reported
+        # Running, then one round of summaries of the 128 partitions still held, a
+        # round with nothing changed, and the round read by another shard
+        for i, (key, pod) in enumerate(list(fleet.pods.items()), 1):
+            fleet.pod_statuses(pod.spec.node_name or "", {f"pod/{key[0]}/{key[1]}": {
+                "phase": "Running", "revision": pod.metadata.annotations.get(REVISION),
+                "containerStatuses": [{"name": "c", "state": "running", "ready": True}]}})
+            if i % 1000 == 0:
+                await asyncio.sleep(0)
         await asyncio.sleep(0.02)
+        worst[0] = 0.0
+        writer_st = NodeStatuses(fleet, shard="S1", owns=shard.owns)
+        t = time.perf_counter()
+        docs = await writer_st.changed_summaries()
+        status_round = time.perf_counter() - t
+        await asyncio.sleep(0.02)  # the probe notes the last hold
+        status_hold, worst[0] = worst[0], 0.0
+        t = time.perf_counter()
+        again = await writer_st.changed_summaries()
+        status_idle = time.perf_counter() - t
+        await asyncio.sleep(0.02)
+        worst[0] = 0.0
+        reader = NodeStatuses(fleet, shard="S2", owns=lambda p: False)
+        t = time.perf_counter()
+        for i, (name, value) in enumerate(docs.items(), 1):
+            reader.show(Entry(node_key(name), value, i))
+            if i % DOC_SLICE == 0:  # as `NodeStatuses.run` reads its watch
+                await asyncio.sleep(0)
+        status_read = time.perf_counter() - t
+        await asyncio.sleep(0.02)
+        read_hold = worst[0]
         stop.set()
         await prober
         writer.cancel()
@@ -126,7 +162,16 @@ async def bench(nodes: int, state: Path) -> dict[str, object]:
                 "summaries_worst_loop_hold_ms": round(hold_summaries * 1000, 1),
                 "summary_bytes": sum(len(v) for v in bucket.values.values()),
                 "lose_128_partitions_s": round(lose, 3),
-                "lose_worst_loop_hold_ms": round(worst[0] * 1000, 1),
+                "lose_worst_loop_hold_ms": round(lose_hold * 1000, 1),
+                "node_summaries": len(docs),
+                "node_summaries_with_pods_s": round(status_round, 3),
+                "node_summaries_worst_loop_hold_ms": round(status_hold * 1000, 1),
+                "node_summary_bytes": sum(len(v) for v in docs.values()),
+                "node_summaries_unchanged_s": round(status_idle, 3),
+                "node_summaries_unchanged_written": len(again),
+                "node_summaries_read_s": round(status_read, 3),
+                "node_summaries_read_worst_loop_hold_ms": round(read_hold * 1000, 1),
+                "pod_statuses_shown": reader.pods_shown,
                 "load_average": os.getloadavg()[0]}
 
 

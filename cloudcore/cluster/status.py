@@ -58,6 +58,9 @@ BATCH = 64
 """Summary writes in flight at once."""
 SLICE = 2_000
 """Nodes compared between two yields to the event loop."""
+DOC_SLICE = 200
+"""Summaries made, or read, between two yields (each holds the node's pod statuses:
+about 20 us to make, 29 us to read at 20,000 nodes, load average 4.5)."""
 
 
 def node_key(name: str) -> str:
@@ -105,8 +108,12 @@ class NodeStatuses:
             tg.create_task(self._write_loop(), name=f"cloudcore[{self.shard}].node-status")
             watch = await self.bucket.watch("node.>")
             try:
+                n = 0
                 async for e in watch:
                     self.show(e)
+                    n += 1
+                    if n % DOC_SLICE == 0:  # a burst (a catch-up, a takeover's round)
+                        await asyncio.sleep(0)
             finally:
                 await watch.stop()
 
@@ -159,6 +166,8 @@ class NodeStatuses:
             if self._written.get(name) == state:
                 continue
             st = node.status
+            if len(out) % DOC_SLICE == DOC_SLICE - 1:
+                await asyncio.sleep(0)
             out[name] = json.dumps({
                 "shard": self.shard, "ready": st.ready, "reason": st.reason,
                 "lastSeen": st.last_seen, "agentVersion": st.agent_version,
