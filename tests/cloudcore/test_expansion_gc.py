@@ -53,10 +53,10 @@ async def test_the_loop_gets_a_turn_before_the_commit_of_an_overrun_slice() -> N
         events.append("commit")
         return False
 
-    async def other() -> None:
+    async def other() -> None:  # a task woken by a timer, as the lag monitor is
         while True:
+            await asyncio.sleep(0.002)
             events.append("loop")
-            await asyncio.sleep(0)
 
     work.expand_slice = expand_slice  # type: ignore[method-assign]
     ticker = asyncio.create_task(other())
@@ -73,4 +73,4 @@ async def test_the_loop_gets_a_turn_before_the_commit_of_an_overrun_slice() -> N
     runner.cancel()
     ticker.cancel()
     first = events.index("expand")
-    assert events[first:first + 3] == ["expand", "loop", "commit"], events
+    assert events[first + 1] == "loop" and "commit" in events[first + 2:], events
