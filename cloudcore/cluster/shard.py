@@ -9,8 +9,9 @@ runs it in its task group (`cloudcore[NAME].cluster`). The shard:
 - on `acquired` (after the lease CAS succeeded): gives each node of the partition a new
   epoch (its desired set, recomputed from the objects this shard holds, goes out as one
   snapshot, then deltas) and starts its liveness from the previous owner's summary in
-  KV, in slices of `SLICE` nodes; then opens the gate and subscribes the partition's `up`
-  and `will` filters on every broker;
+  KV, in slices of `SLICE` nodes; then opens the gate, subscribes the partition's `up`
+  and `will` filters on every broker, and sends each taken node its snapshot at once,
+  paced by the hub's publish queue limit (not at the node's next report);
 - on `lost` (announced before the release): takes the gate down first, unsubscribes
   (waiting for the brokers' answer, bounded), forgets the nodes' delivery state and
   liveness, and drops their report seqs and acked gens from its LMDB; the nodes read
@@ -233,9 +234,21 @@ class Shard:
         self.hub.restart_links(taken)
         self.owned.update(parts)  # the gate opens before the subscription
         await self._subscribe(partition_filters(parts))
+        await self._push(taken)  # after the subscription: the acks are heard
         log.info("shard %s: took %d partition(s), %d node(s) (%d as last known)",
                  self.name, len(parts), len(taken),
                  sum(1 for p in parts for n in by_part[p] if n in summaries.get(p, {})))
+
+    async def _push(self, taken: list[str]) -> None:
+        """Send each taken node its set now (a snapshot under its new epoch) rather than
+        at its next report, up to a heartbeat later: a change made while its partition
+        had no owner reaches it within the takeover. The hub's own path for a changed set
+        (`SyncHub.desired_changed`): a node with nothing to send, NotReady or with a
+        delta in flight is skipped, and beyond the publish queue limit a node waits in
+        the hub's deferred queue, so thousands of nodes taken at once do not flood."""
+        for i in range(0, len(taken), SLICE):
+            self.hub.desired_changed(set(taken[i:i + SLICE]))
+            await asyncio.sleep(0)  # snapshots are sealed here: the loop is not held
 
     async def _lose(self, parts: list[int]) -> None:
         self.owned.difference_update(parts)  # the gate closes first

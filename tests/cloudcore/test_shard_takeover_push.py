@@ -1,0 +1,136 @@
+"""A shard that acquires partitions sends each taken node its desired set at once (a
+snapshot under the node's new epoch), not at the node's next report (issue 14, proposal
+0008): a change made while the partition had no owner reaches the node within the
+takeover. Against the real fleet core and sync hub in one event loop; the nodes'
+heartbeat is an hour, and no message from them is handled before the snapshot is
+checked, so nothing here can pass by a heartbeat. The sends go through the hub's flow
+control: beyond its publish queue limit the nodes wait in its deferred queue."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from cloudcore_fakes import FakeStore, add_node, daemonset, make_fleet
+
+from cloudcore.cluster.kv import Entry
+from cloudcore.cluster.leases import Change, LeaseSettings
+from cloudcore.cluster.shard import GatedNodes, Shard
+from cloudcore.config import SyncSettings
+from cloudcore.metrics import Metrics
+from cloudcore.synchub.hub import QUEUE_AHEAD, SyncHub
+from shared import topics
+from shared.codec import Ack, Desired, decode, encode
+from shared.models import parse_object
+
+HOUR = 3600  # the nodes' heartbeat: their next report is an hour away
+
+
+def three_in_one_partition() -> tuple[list[str], int]:
+    by: dict[int, list[str]] = {}
+    i = 0
+    while True:
+        n = f"node-{i}"
+        i += 1
+        p = topics.partition_of(n)
+        by.setdefault(p, []).append(n)
+        if len(by[p]) == 3:
+            return by[p], p
+
+
+class Summary:
+    """The status bucket, holding the previous owner's liveness summary."""
+
+    def __init__(self, key: str, doc: dict[str, Any]) -> None:
+        self.key, self.doc = key, doc
+
+    async def get(self, key: str) -> Entry | None:
+        return Entry(key, json.dumps(self.doc).encode(), 1) if key == self.key else None
+
+    async def put(self, key: str, value: bytes) -> int:
+        return 1
+
+
+class World:
+    def __init__(self) -> None:
+        (self.a1, self.a2, self.down), self.p = three_in_one_partition()
+        self.fleet = make_fleet()
+        for n in (self.a1, self.a2, self.down):
+            add_node(self.fleet, n)
+            self.fleet.node_status(n, {"heartbeat": HOUR})
+        self.now = [100.0]
+        self.backlog = [0]
+        self.hub = SyncHub(nodes=GatedNodes(self.fleet, is_global=lambda: False),
+                           desired=self.fleet.desired_sets, store=FakeStore(),  # type: ignore[arg-type]
+                           settings=SyncSettings(), metrics=Metrics(),
+                           clock=lambda: self.now[0], insecure=True)
+        self.sent: list[tuple[str, Any]] = []
+        self.hub.attach(lambda p, t, payload, b: self.sent.append(
+            (topics.parse(t)[0], decode(payload))),  # type: ignore[index]
+            backlog=lambda: self.backlog[0])
+
+        async def noop(filters: list[str]) -> None:
+            return None
+
+        self.shard = Shard(name="S2", fleet=self.fleet, hub=self.hub, subscribe=noop,
+                           unsubscribe=noop, lease=LeaseSettings(name="S2"),
+                           status_interval=3.0, clock=lambda: self.now[0],
+                           wall=lambda: 1000.0)
+        self.shard.forget_all()
+        # the killed owner's last summary: a1 and a2 Ready, `down` NotReady
+        self.shard._status = Summary(  # type: ignore[assignment]
+            f"liveness.{topics.pp(self.p)}",
+            {"shard": "S1", "at": 998.0, "nodes": {self.a1: ["Ready", 995.0],
+                                                   self.a2: ["Ready", 990.0],
+                                                   self.down: ["NotReady", 700.0]}})
+
+    def desired(self) -> dict[str, list[Desired]]:
+        out: dict[str, list[Desired]] = {}
+        for n, m in self.sent:
+            if isinstance(m, Desired):
+                out.setdefault(n, []).append(m)
+        return out
+
+    def take(self) -> None:
+        asyncio.run(self.shard.on_change(Change(
+            acquired=frozenset({self.p}), lost=frozenset(), owned=frozenset({self.p}))))
+
+
+def test_a_change_made_during_the_takeover_reaches_the_taken_nodes_at_once() -> None:
+    w = World()
+    w.fleet.apply([parse_object(daemonset("ds1"))])  # as the killed owner had it
+    w.fleet.apply([parse_object(daemonset("ds2"))])  # made while no shard held p
+    assert w.desired() == {}  # not this shard's partition yet: nothing sent
+
+    w.take()  # no message from any node is handled: only the takeover sends
+
+    got = w.desired()
+    assert set(got) == {w.a1, w.a2}  # `down` is NotReady: it resyncs when it is back
+    for n in (w.a1, w.a2):
+        nd = w.fleet.desired_sets.desired_for(n)
+        [snap] = got[n]
+        assert snap.snapshot and snap.epoch == nd.epoch and snap.gen == nd.gen
+        assert set(snap.put) == set(nd.items)
+        assert any("ds2" in k for k in snap.put)  # the change made during the takeover
+        # the edge applies it and acks: acked before its next heartbeat is due
+        w.hub.handle(topics.topic(n, "up"), encode(Ack(node=n, epoch=snap.epoch,
+                                                       gen=snap.gen)))
+        st = w.fleet.nodes[n].status
+        assert st.acked_gen == st.desired_gen == nd.gen
+    assert w.now[0] == 100.0 and w.fleet.liveness.expired(100.0 + HOUR / 2) == []
+
+
+def test_the_takeover_snapshots_wait_for_room_in_the_publish_queue() -> None:
+    w = World()
+    w.fleet.apply([parse_object(daemonset("ds1"))])
+    w.backlog[0] = QUEUE_AHEAD  # our publishers are full
+    w.take()
+    assert w.desired() == {}  # nothing built or queued while the queue is full
+    assert w.hub.drain_deferred() == 0
+
+    w.backlog[0] = 0  # room again: the waiting nodes get their snapshots, in turn
+    assert w.hub.drain_deferred() == 2
+    got = w.desired()
+    assert set(got) == {w.a1, w.a2}
+    assert all(len(ms) == 1 and ms[0].snapshot for ms in got.values())
