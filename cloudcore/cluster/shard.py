@@ -58,6 +58,8 @@ the release go on (the gate already drops the partition's messages)."""
 STATUS_KEY = "liveness.{pp}"
 SLICE = 250
 """Nodes handled between two yields to the event loop in a takeover or a loss."""
+PUSH_SLICE = 100
+"""Snapshots built and queued between two yields when taken nodes get their sets."""
 TAKEOVER_REASON = "ShardTakeover"
 AWAY_REASON = "OwnedByAnotherShard"
 
@@ -246,8 +248,8 @@ class Shard:
         (`SyncHub.desired_changed`): a node with nothing to send, NotReady or with a
         delta in flight is skipped, and beyond the publish queue limit a node waits in
         the hub's deferred queue, so thousands of nodes taken at once do not flood."""
-        for i in range(0, len(taken), SLICE):
-            self.hub.desired_changed(set(taken[i:i + SLICE]))
+        for i in range(0, len(taken), PUSH_SLICE):
+            self.hub.desired_changed(set(taken[i:i + PUSH_SLICE]))
             await asyncio.sleep(0)  # snapshots are sealed here: the loop is not held
 
     async def _lose(self, parts: list[int]) -> None:
