@@ -188,8 +188,9 @@ def test_a_taken_node_shows_this_shards_desired_gen_not_the_previous_owners() ->
     st.desired_gen, st.acked_gen = ours + 7, ours + 7  # as a foreign summary showed it
     asyncio.run(w.shard.on_change(change({w.pa}, owned={w.pa})))
     assert (st.desired_gen, st.acked_gen) == (ours, 0)
-    # the edge's next message (here an ack in the previous owner's epoch) gets the
-    # snapshot; its ack completes it
+    # the snapshot goes out at the takeover (cluster.shard pushes taken nodes) or, as
+    # here, at the edge's next message (an ack in the previous owner's epoch); its ack
+    # completes it
     w.hub.handle(topics.topic(w.a1, "up"), encode(Ack(node=w.a1, epoch="prev", gen=1)))
     snap = next(m for n, m in w.sent if n == w.a1 and isinstance(m, Desired))
     assert snap.snapshot and snap.gen == ours
