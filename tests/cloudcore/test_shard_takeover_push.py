@@ -21,7 +21,7 @@ from cloudcore.config import SyncSettings
 from cloudcore.metrics import Metrics
 from cloudcore.synchub.hub import QUEUE_AHEAD, SyncHub
 from shared import topics
-from shared.codec import Ack, Desired, decode, encode
+from shared.codec import Ack, Desired, Report, decode, encode
 from shared.models import parse_object
 
 HOUR = 3600  # the nodes' heartbeat: their next report is an hour away
@@ -134,3 +134,43 @@ def test_the_takeover_snapshots_wait_for_room_in_the_publish_queue() -> None:
     got = w.desired()
     assert set(got) == {w.a1, w.a2}
     assert all(len(ms) == 1 and ms[0].snapshot for ms in got.values())
+
+
+def test_one_snapshot_per_taken_node_across_takeover_update_and_next_report() -> None:
+    """The hub's side of the shard kill's two snapshots per moved node (issue 14): one
+    acquisition sends each taken node one snapshot, whatever comes after it: a change
+    while its ack is on the way, a report the node sent in the previous owner's epoch
+    before the snapshot reached it, the ack, then its next heartbeat. (The second
+    snapshot came from a second acquisition of the same partitions: the lease churn
+    fixed in `Member.live_members`, tests/unit/test_cluster_member_logic.py.)"""
+    w = World()
+    w.fleet.apply([parse_object(daemonset("ds1"))])
+    w.take()
+    up = dict.fromkeys((w.a1, w.a2), 0)
+
+    def send(n: str, msg: Any) -> None:
+        w.hub.handle(topics.topic(n, "up"), encode(msg))
+
+    def report(n: str, epoch: str, gen: int) -> None:
+        up[n] += 1
+        send(n, Report(node=n, seq=up[n] + 1000, epoch=epoch, gen=gen, ts=1000.0))
+
+    snap = {n: w.desired()[n][0] for n in up}
+    w.fleet.apply([parse_object(daemonset("ds2"))])  # the snapshots' acks are on the way
+    for n in up:
+        report(n, "the-previous-owners-epoch", 3)  # sent before the snapshot arrived
+    for n in up:
+        send(n, Ack(node=n, epoch=snap[n].epoch, gen=snap[n].gen))
+    got = w.desired()
+    for n in up:
+        nd = w.fleet.desired_sets.desired_for(n)
+        assert [m.snapshot for m in got[n]] == [True, False]  # ds2 followed as a delta
+        [delta] = got[n][1:]
+        assert delta.epoch == nd.epoch and delta.base == snap[n].gen and delta.gen == nd.gen
+        send(n, Ack(node=n, epoch=delta.epoch, gen=delta.gen))
+        report(n, nd.epoch, nd.gen)  # its next heartbeat, in this shard's epoch
+    assert {n: [m.snapshot for m in ms] for n, ms in w.desired().items()} == \
+        {n: [True, False] for n in up}
+    for n in up:
+        st = w.fleet.nodes[n].status
+        assert st.acked_gen == st.desired_gen == w.fleet.desired_sets.desired_for(n).gen
