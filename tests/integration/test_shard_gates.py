@@ -143,10 +143,21 @@ def test_staged_rollout_and_drain_across_shards(tmp_path: Path) -> None:
             r2 = done["updateRevision"]
             assert done["currentRevision"] == r2 and done["numberReady"] == NODES
             for s in shards:  # every shard shows every pod reported at the update
-                items = s.call("/api/v1/pods?labelSelector=app=agent")["items"]
-                revs = {p["metadata"]["name"]: (p.get("status") or {}).get("revision")
-                        for p in items}
-                assert len(revs) == NODES and set(revs.values()) == {r2}, (s.name, revs)
+                # (other shards' pods come from their owners' status summaries, which
+                # reach each shard on their own schedule: eventually, not at Complete)
+                def at_update(s: Any = s) -> dict[str, Any] | None:
+                    items = s.call("/api/v1/pods?labelSelector=app=agent")["items"]
+                    revs = {p["metadata"]["name"]: (p.get("status") or {}).get("revision")
+                            for p in items}
+                    return revs if len(revs) == NODES and set(revs.values()) == {r2} else None
+
+                try:
+                    wait_for(f"{s.name} shows every pod at {r2}", at_update, 30, every=0.5)
+                except AssertionError:
+                    items = s.call("/api/v1/pods?labelSelector=app=agent")["items"]
+                    print(s.name, {p["metadata"]["name"]: (p.get("status") or {}).get(
+                        "revision") for p in items}, "owners:", own)
+                    raise
 
             # 2. a drain through a shard not holding the lease
             def fleet_pods() -> dict[str, str]:
