@@ -217,9 +217,6 @@ class Member:
         self._beat_at = 0.0
         self._started_at = clock()
         self._reaped: set[tuple[str, int]] = set()
-        # member -> revision of its heartbeat key when it was seen holding an expired
-        # lease: not live again until that key moves (`live_members`)
-        self._dead: dict[str, int] = {}
         self._seq = 0
         self.joined = asyncio.Event()
         self._members_bucket: Bucket | None = None
@@ -259,24 +256,13 @@ class Member:
 
     def live_members(self) -> list[str]:
         """Members whose heartbeat advanced within `expiry` and who hold no expired
-        lease (a live member renews them all), this member included. A member once seen
-        holding an expired lease stays out until its heartbeat key moves again: its last
-        heartbeat may have landed after its last renewal, and once its expired leases
-        are taken over it would otherwise count as live again for up to a renewal
-        period, so the members that took them would hand them back and take them once
-        more (two owner changes, two snapshots per node; issue 14)."""
+        lease (a live member renews them all), this member included."""
         now = self._clock()
         expiry = self.settings.expiry
-        members = self._members.keys
+        live = {n for n, s in self._members.keys.items()
+                if not s.deleted and now - s.seen_at < expiry}
         stale = {s.holder for s in self._leases.keys.values()
                  if not s.deleted and now - s.seen_at >= expiry}
-        for n in stale:
-            m = members.get(n)
-            if m is not None and n != self.name:
-                self._dead[n] = m.revision
-        live = {n for n, s in members.items()
-                if not s.deleted and now - s.seen_at < expiry
-                and self._dead.get(n) != s.revision}
         return sorted((live - stale) | {self.name})
 
     # -- lifecycle ----------------------------------------------------------------------
