@@ -108,7 +108,7 @@ def test_staged_rollout_and_drain_across_shards(tmp_path: Path) -> None:
                 return None
 
             own = wait_for("every node Ready on one shard, nodes on every shard",
-                           all_owned, 60)
+                           all_owned, 150)
             holders = [s for s in shards if GLOBAL_LOG in s.log_text()]
             assert len(holders) == 1, [s.name for s in holders]
             holder = holders[0]
