@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+from abc import ABC, abstractmethod
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -62,7 +63,7 @@ class Proc:
             return ""
 
 
-class ServerGroup:
+class ServerGroup(ABC):
     """What a group of server processes started by the testbed shares (a NATS cluster
     for the broker bench, NATS for the shards' KV): their logs' tails, a stop that
     terminates them all and then waits (killing what does not exit within 15 s), and
@@ -71,11 +72,13 @@ class ServerGroup:
 
     procs: list[subprocess.Popen[bytes] | None]
 
+    @abstractmethod
     def log(self, i: int) -> Path:
-        raise NotImplementedError
+        """Server i's log file."""
 
+    @abstractmethod
     def start(self) -> Self:
-        raise NotImplementedError
+        """Start the group's servers and return once they answer."""
 
     def log_tail(self, i: int, lines: int = 20) -> str:
         try:
