@@ -17,25 +17,18 @@ Running at their revision).
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from integration.shard_fleet import sharded_fleet
 from integration.test_shards import (
     GLOBAL_LOG,
     HEARTBEAT,
-    ShardProc,
-    merge_broker_files,
     owners,
     pytestmark,  # noqa: F401  (needs nats-server and mosquitto)
     wait_for,
 )
-from testbed.bench import join_all
-from testbed.fleet import Fleet, FleetSettings
-from testbed.natskv import NatsKV
 
 NODES = 18
 SHARDS = ("G1", "G2", "G3")
@@ -67,141 +60,96 @@ def deployment(replicas: int) -> dict[str, Any]:
 
 
 def test_staged_rollout_and_drain_across_shards(tmp_path: Path) -> None:
-    fleet = Fleet(FleetSettings(nodes=0, workdir=tmp_path / "seed", use_netns=False,
-                                with_registry=False, heartbeat_s=HEARTBEAT,
-                                cloud_args=("--join-rate", "6000", "--join-burst", "100"),
-                                )).start()
-    shards: list[ShardProc] = []
-    sim: subprocess.Popen[bytes] | None = None
-    try:
-        names = [f"sim-{i}" for i in range(NODES)]
-        sim_args = join_all(fleet, names, keys_file=tmp_path / "keys.json", threads=2)
-        assert fleet.cloud is not None and fleet.broker is not None
-        fleet.cloud.stop()
-        with NatsKV(rundir=tmp_path / "nats", ca_dir=fleet.cloud_state / "pki") as nats:
-            shards = [ShardProc(n, workdir=tmp_path / "shards", seed=fleet.cloud_state,
-                                fleet=fleet, nats=nats).start() for n in SHARDS]
-            for s in shards:
-                wait_for(f"{s.name} wrote its broker files",
-                         lambda s=s: s.passwd.exists() and s.acl.exists(), 60)
-            merge_broker_files(shards, fleet)
-            for s in shards:
-                wait_for(f"{s.name} ready", lambda s=s: s.call("/readyz"), 60)
-            gens_file = tmp_path / "gens.json"
-            sim_log = (tmp_path / "sim.log").open("wb")
-            sim = subprocess.Popen(
-                [sys.executable, "-m", "testbed.simulator", "--host", "127.0.0.1",
-                 "--port", str(fleet.broker.port), "--prefix", "sim", "--count", str(NODES),
-                 "--heartbeat", str(HEARTBEAT), "--rate", "50", "--report-pods", *sim_args,
-                 "--gens-file", str(gens_file)],
-                stdout=sim_log, stderr=subprocess.STDOUT)
-            sim_log.close()
+    with sharded_fleet(tmp_path, SHARDS, NODES, HEARTBEAT) as sf:
+        shards = sf.shards
 
-            def all_owned() -> dict[str, str] | None:
-                try:
-                    o = owners(shards)
-                except AssertionError:
-                    return None
-                if len(o) == NODES and all(len(v) == 1 for v in o.values()) \
-                        and len({v[0] for v in o.values()}) == len(SHARDS):
-                    return {n: v[0] for n, v in o.items()}
-                return None
-
-            own = wait_for("every node Ready on one shard, nodes on every shard",
-                           all_owned, 150)
-            holders = [s for s in shards if GLOBAL_LOG in s.log_text()]
-            assert len(holders) == 1, [s.name for s in holders]
-            holder = holders[0]
-            others = [s for s in shards if s is not holder]
-
-            # 1. a staged DaemonSet update through a shard not holding the lease
-            def ds_status() -> dict[str, Any]:
-                got: dict[str, Any] = holder.call("/api/v1/daemonsets/default/agent")
-                return got.get("status") or {}
-
-            def complete(revision: str | None = None) -> dict[str, Any] | None:
-                st = ds_status()
-                ro = st.get("rollout") or {}
-                if ro.get("phase") != "Complete" or st.get("updatedNumberScheduled") != NODES:
-                    return None
-                if revision is not None and st.get("currentRevision") == revision:
-                    return None
-                return st
-
-            others[0].call("/api/v1/apply", {"documents": [staged(["v1"])]})
-            first = wait_for("v1 Complete", complete, 60, every=0.5)
-            t0 = time.monotonic()
-            others[1].call("/api/v1/apply", {"documents": [staged(["v2"])]})
+        def all_owned() -> dict[str, str] | None:
             try:
-                done = wait_for("v2 rolled out on every node", lambda: complete(
-                    first["currentRevision"]), 120, every=0.5)
+                o = owners(shards)
             except AssertionError:
-                print("holder's status:", json.dumps(ds_status())[:2000])
+                return None
+            if len(o) == NODES and all(len(v) == 1 for v in o.values()) \
+                    and len({v[0] for v in o.values()}) == len(SHARDS):
+                return {n: v[0] for n, v in o.items()}
+            return None
+
+        own = wait_for("every node Ready on one shard, nodes on every shard",
+                       all_owned, 150)
+        holders = [s for s in shards if GLOBAL_LOG in s.log_text()]
+        assert len(holders) == 1, [s.name for s in holders]
+        holder = holders[0]
+        others = [s for s in shards if s is not holder]
+
+        # 1. a staged DaemonSet update through a shard not holding the lease
+        def ds_status() -> dict[str, Any]:
+            got: dict[str, Any] = holder.call("/api/v1/daemonsets/default/agent")
+            return got.get("status") or {}
+
+        def complete(revision: str | None = None) -> dict[str, Any] | None:
+            st = ds_status()
+            ro = st.get("rollout") or {}
+            if ro.get("phase") != "Complete" or st.get("updatedNumberScheduled") != NODES:
+                return None
+            if revision is not None and st.get("currentRevision") == revision:
+                return None
+            return st
+
+        others[0].call("/api/v1/apply", {"documents": [staged(["v1"])]})
+        first = wait_for("v1 Complete", complete, 60, every=0.5)
+        t0 = time.monotonic()
+        others[1].call("/api/v1/apply", {"documents": [staged(["v2"])]})
+        try:
+            done = wait_for("v2 rolled out on every node", lambda: complete(
+                first["currentRevision"]), 120, every=0.5)
+        except AssertionError:
+            print("holder's status:", json.dumps(ds_status())[:2000])
+            raise
+        print(f"staged rollout over {NODES} nodes of 3 shards: {time.monotonic() - t0:.1f}"
+              f" s; {done.get('rollout')}")
+        r2 = done["updateRevision"]
+        assert done["currentRevision"] == r2 and done["numberReady"] == NODES
+        for s in shards:  # every shard shows every pod reported at the update
+            # (other shards' pods come from their owners' status summaries, which
+            # reach each shard on their own schedule: eventually, not at Complete)
+            def at_update(s: Any = s) -> dict[str, Any] | None:
+                items = s.call("/api/v1/pods?labelSelector=app=agent")["items"]
+                revs = {p["metadata"]["name"]: (p.get("status") or {}).get("revision")
+                        for p in items}
+                return revs if len(revs) == NODES and set(revs.values()) == {r2} else None
+
+            try:
+                wait_for(f"{s.name} shows every pod at {r2}", at_update, 30, every=0.5)
+            except AssertionError:
+                items = s.call("/api/v1/pods?labelSelector=app=agent")["items"]
+                print(s.name, {p["metadata"]["name"]: (p.get("status") or {}).get(
+                    "revision") for p in items}, "owners:", own)
                 raise
-            print(f"staged rollout over {NODES} nodes of 3 shards: {time.monotonic() - t0:.1f}"
-                  f" s; {done.get('rollout')}")
-            r2 = done["updateRevision"]
-            assert done["currentRevision"] == r2 and done["numberReady"] == NODES
-            for s in shards:  # every shard shows every pod reported at the update
-                # (other shards' pods come from their owners' status summaries, which
-                # reach each shard on their own schedule: eventually, not at Complete)
-                def at_update(s: Any = s) -> dict[str, Any] | None:
-                    items = s.call("/api/v1/pods?labelSelector=app=agent")["items"]
-                    revs = {p["metadata"]["name"]: (p.get("status") or {}).get("revision")
-                            for p in items}
-                    return revs if len(revs) == NODES and set(revs.values()) == {r2} else None
 
-                try:
-                    wait_for(f"{s.name} shows every pod at {r2}", at_update, 30, every=0.5)
-                except AssertionError:
-                    items = s.call("/api/v1/pods?labelSelector=app=agent")["items"]
-                    print(s.name, {p["metadata"]["name"]: (p.get("status") or {}).get(
-                        "revision") for p in items}, "owners:", own)
-                    raise
+        # 2. a drain through a shard not holding the lease
+        def fleet_pods() -> dict[str, str]:
+            return sf.pods("web-")
 
-            # 2. a drain through a shard not holding the lease
-            def fleet_pods() -> dict[str, str]:
-                assert sim is not None
-                gens_file.unlink(missing_ok=True)
-                sim.send_signal(signal.SIGUSR2)
-                wait_for("the simulator's gens file", gens_file.exists, 10, every=0.05)
-                out: dict[str, str] = {}
-                for node, keys in json.loads(gens_file.read_text())["pods"].items():
-                    for k in keys:
-                        name = k.split("/")[2]
-                        if name.startswith("web-"):
-                            assert name not in out, f"{name} on {out[name]} and {node}"
-                            out[name] = node
-                return out
+        def settled(check: Any, what: str) -> dict[str, str]:
+            def twice() -> dict[str, str] | None:
+                a = fleet_pods()
+                time.sleep(2)
+                b = fleet_pods()
+                return b if a == b and check(b) else None
+            return wait_for(what, twice, 60, every=0.5)
 
-            def settled(check: Any, what: str) -> dict[str, str]:
-                def twice() -> dict[str, str] | None:
-                    a = fleet_pods()
-                    time.sleep(2)
-                    b = fleet_pods()
-                    return b if a == b and check(b) else None
-                return wait_for(what, twice, 60, every=0.5)
-
-            holder.call("/api/v1/apply", {"documents": [deployment(6)]})
-            placed = settled(lambda p: len(p) == 6, "6 web replicas on the fleet")
-            # a replica's node owned by a shard that does not hold the lease, drained
-            # through the third shard (neither owner nor holder) when there is one
-            node = next((n for n in sorted(placed.values()) if own[n] != holder.name),
-                        placed["web-0"])
-            via = next((s for s in others if s.name != own[node]), others[0])
-            print(f"draining {node} (owned by {own[node]}) through {via.name}; "
-                  f"holder {holder.name}; replicas {placed}")
-            via.call(f"/api/v1/nodes/{node}/drain", {})
-            moved = settled(lambda p: len(p) == 6 and node not in p.values(),
-                            f"the replicas off {node}")
-            assert all(moved[k] == v for k, v in placed.items() if v != node)
-            time.sleep(3)  # they do not come back
-            again = fleet_pods()
-            assert again == moved, again
-    finally:
-        if sim is not None:
-            sim.terminate()
-            sim.wait(10)
-        for s in shards:
-            s.proc.stop()
-        fleet.stop()
+        holder.call("/api/v1/apply", {"documents": [deployment(6)]})
+        placed = settled(lambda p: len(p) == 6, "6 web replicas on the fleet")
+        # a replica's node owned by a shard that does not hold the lease, drained
+        # through the third shard (neither owner nor holder) when there is one
+        node = next((n for n in sorted(placed.values()) if own[n] != holder.name),
+                    placed["web-0"])
+        via = next((s for s in others if s.name != own[node]), others[0])
+        print(f"draining {node} (owned by {own[node]}) through {via.name}; "
+              f"holder {holder.name}; replicas {placed}")
+        via.call(f"/api/v1/nodes/{node}/drain", {})
+        moved = settled(lambda p: len(p) == 6 and node not in p.values(),
+                        f"the replicas off {node}")
+        assert all(moved[k] == v for k, v in placed.items() if v != node)
+        time.sleep(3)  # they do not come back
+        again = fleet_pods()
+        assert again == moved, again

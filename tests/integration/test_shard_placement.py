@@ -22,26 +22,20 @@ the new N.
 
 from __future__ import annotations
 
-import json
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from integration.shard_fleet import sharded_fleet
 from integration.test_shards import (
     GLOBAL_LOG,
     HEARTBEAT,
     ShardProc,
-    merge_broker_files,
     owners,
     pytestmark,  # noqa: F401  (needs nats-server and mosquitto)
     wait_for,
 )
-from testbed.bench import join_all
-from testbed.fleet import Fleet, FleetSettings
-from testbed.natskv import NatsKV
 
 NODES = 18
 SHARDS = ("P1", "P2", "P3")
@@ -63,161 +57,111 @@ def deployment(replicas: int) -> dict[str, Any]:
 
 def test_deployment_placed_once_for_the_fleet_and_after_a_holder_kill(
         tmp_path: Path) -> None:
-    fleet = Fleet(FleetSettings(nodes=0, workdir=tmp_path / "seed", use_netns=False,
-                                with_registry=False, heartbeat_s=HEARTBEAT,
-                                cloud_args=("--join-rate", "6000", "--join-burst", "100"),
-                                )).start()
-    shards: list[ShardProc] = []
-    sim: subprocess.Popen[bytes] | None = None
-    try:
-        names = [f"sim-{i}" for i in range(NODES)]
-        sim_args = join_all(fleet, names, keys_file=tmp_path / "keys.json", threads=2)
-        assert fleet.cloud is not None and fleet.broker is not None
-        fleet.cloud.stop()
-        with NatsKV(rundir=tmp_path / "nats", ca_dir=fleet.cloud_state / "pki") as nats:
-            shards = [ShardProc(n, workdir=tmp_path / "shards", seed=fleet.cloud_state,
-                                fleet=fleet, nats=nats).start() for n in SHARDS]
-            for s in shards:
-                wait_for(f"{s.name} wrote its broker files",
-                         lambda s=s: s.passwd.exists() and s.acl.exists(), 60)
-            merge_broker_files(shards, fleet)
-            for s in shards:
-                wait_for(f"{s.name} ready", lambda s=s: s.call("/readyz"), 60)
-            gens_file = tmp_path / "gens.json"
-            sim_log = (tmp_path / "sim.log").open("wb")
-            sim = subprocess.Popen(
-                [sys.executable, "-m", "testbed.simulator", "--host", "127.0.0.1",
-                 "--port", str(fleet.broker.port), "--prefix", "sim", "--count", str(NODES),
-                 "--heartbeat", str(HEARTBEAT), "--rate", "50", "--report-pods", *sim_args,
-                 "--gens-file", str(gens_file)],
-                stdout=sim_log, stderr=subprocess.STDOUT)
-            sim_log.close()
+    with sharded_fleet(tmp_path, SHARDS, NODES, HEARTBEAT) as sf:
+        shards = sf.shards
 
-            def fleet_pods() -> dict[str, str]:
-                """pod name -> the node whose applied desired set holds it, asked of the
-                simulated nodes now (a pod on two nodes fails the test at once)."""
-                assert sim is not None
-                gens_file.unlink(missing_ok=True)
-                sim.send_signal(signal.SIGUSR2)
-                wait_for("the simulator's gens file", gens_file.exists, 10, every=0.05)
-                out: dict[str, str] = {}
-                for node, keys in json.loads(gens_file.read_text())["pods"].items():
-                    for k in keys:
-                        name = k.split("/")[2]
-                        if name.startswith(f"{APP}-"):
-                            assert name not in out, f"{name} on {out[name]} and {node}"
-                            out[name] = node
-                return out
+        def fleet_pods() -> dict[str, str]:
+            return sf.pods(f"{APP}-")
 
-            def placed(n: int) -> dict[str, str] | None:
-                got = fleet_pods()
-                return got if len(got) == n else None
+        def placed(n: int) -> dict[str, str] | None:
+            got = fleet_pods()
+            return got if len(got) == n else None
 
-            def settled(n: int, live: list[ShardProc], what: str) -> dict[str, str]:
-                """Exactly n pods fleet-wide, for two looks 2 s apart, and every live
-                shard lists each of them on that node."""
-                def check() -> dict[str, str] | None:
-                    first = placed(n)
-                    time.sleep(2)
-                    again = placed(n)
-                    if first is None or first != again:
-                        return None
-                    for s in live:
-                        items = s.call(f"/api/v1/pods?labelSelector=app={APP}")["items"]
-                        listed = {p["metadata"]["name"]: (p.get("status") or {}).get(
-                            "nodeName") for p in items}
-                        if listed != again:
-                            return None
-                    return again
-                try:
-                    return wait_for(what, check, 60, every=0.5)
-                except AssertionError:
-                    print("fleet:", fleet_pods())
-                    for s in live:
-                        items = s.call(f"/api/v1/pods?labelSelector=app={APP}")["items"]
-                        print(s.name, sorted((p["metadata"]["name"], (p.get("status") or {})
-                                              .get("nodeName")) for p in items))
-                    raise
-
-            def all_owned(live: list[ShardProc]) -> dict[str, str] | None:
-                try:
-                    o = owners(live)
-                except AssertionError:
+        def settled(n: int, live: list[ShardProc], what: str) -> dict[str, str]:
+            """Exactly n pods fleet-wide, for two looks 2 s apart, and every live
+            shard lists each of them on that node."""
+            def check() -> dict[str, str] | None:
+                first = placed(n)
+                time.sleep(2)
+                again = placed(n)
+                if first is None or first != again:
                     return None
-                if len(o) == NODES and all(len(v) == 1 for v in o.values()):
-                    return {n: v[0] for n, v in o.items()}
+                for s in live:
+                    items = s.call(f"/api/v1/pods?labelSelector=app={APP}")["items"]
+                    listed = {p["metadata"]["name"]: (p.get("status") or {}).get(
+                        "nodeName") for p in items}
+                    if listed != again:
+                        return None
+                return again
+            try:
+                return wait_for(what, check, 60, every=0.5)
+            except AssertionError:
+                print("fleet:", fleet_pods())
+                for s in live:
+                    items = s.call(f"/api/v1/pods?labelSelector=app={APP}")["items"]
+                    print(s.name, sorted((p["metadata"]["name"], (p.get("status") or {})
+                                          .get("nodeName")) for p in items))
+                raise
+
+        def all_owned(live: list[ShardProc]) -> dict[str, str] | None:
+            try:
+                o = owners(live)
+            except AssertionError:
                 return None
+            if len(o) == NODES and all(len(v) == 1 for v in o.values()):
+                return {n: v[0] for n, v in o.items()}
+            return None
 
-            own = wait_for("every node Ready on one shard", lambda: all_owned(shards), 60)
-            holders = [s for s in shards if GLOBAL_LOG in s.log_text()]
-            assert len(holders) == 1, [s.name for s in holders]
-            holder = holders[0]
-            others = [s for s in shards if s is not holder]
-            # the holder places over the nodes it sees Ready: the other shards' nodes
-            # once their status summaries reached it (up to 2 s after they were Ready)
-            wait_for("the holder sees every node Ready", lambda: [
-                n for n in holder.nodes().values() if n["status"]["ready"] == "Ready"
-            ] if len([n for n in holder.nodes().values()
-                      if n["status"]["ready"] == "Ready"]) == NODES else None, 30)
+        own = wait_for("every node Ready on one shard", lambda: all_owned(shards), 60)
+        holders = [s for s in shards if GLOBAL_LOG in s.log_text()]
+        assert len(holders) == 1, [s.name for s in holders]
+        holder = holders[0]
+        others = [s for s in shards if s is not holder]
+        # the holder places over the nodes it sees Ready: the other shards' nodes
+        # once their status summaries reached it (up to 2 s after they were Ready)
+        wait_for("the holder sees every node Ready", lambda: [
+            n for n in holder.nodes().values() if n["status"]["ready"] == "Ready"
+        ] if len([n for n in holder.nodes().values()
+                  if n["status"]["ready"] == "Ready"]) == NODES else None, 30)
 
-            # 1. applied through a shard that does not place: exactly 6 on the fleet
-            others[0].call("/api/v1/apply", {"documents": [deployment(6)]})
-            first = settled(6, shards, "6 replicas fleet-wide")
-            assert len(set(first.values())) == 6  # the anti-affinity held fleet-wide
-            spread = {own[n] for n in first.values()}
-            print(f"holder {holder.name}; 6 replicas on {sorted(first.items())}, "
-                  f"owners {sorted(spread)}")
-            assert len(spread) >= 2, "all replicas on nodes of one shard"
-            assert "places Deployment replicas and bare pods" in holder.log_text()
-            for s in others:
-                assert "places Deployment replicas and bare pods" not in s.log_text()
+        # 1. applied through a shard that does not place: exactly 6 on the fleet
+        others[0].call("/api/v1/apply", {"documents": [deployment(6)]})
+        first = settled(6, shards, "6 replicas fleet-wide")
+        assert len(set(first.values())) == 6  # the anti-affinity held fleet-wide
+        spread = {own[n] for n in first.values()}
+        print(f"holder {holder.name}; 6 replicas on {sorted(first.items())}, "
+              f"owners {sorted(spread)}")
+        assert len(spread) >= 2, "all replicas on nodes of one shard"
+        assert "places Deployment replicas and bare pods" in holder.log_text()
+        for s in others:
+            assert "places Deployment replicas and bare pods" not in s.log_text()
 
-            # 2. kill -9 of the global holder, then a scale up through a survivor: the
-            # new holder places the 3 new pods and leaves the first 6 where they are
-            holder.proc.kill()
-            survivors = others
-            wait_for("a survivor holds the global lease",
-                     lambda: [s for s in survivors if GLOBAL_LOG in s.log_text()], 30)
-            wait_for("every node Ready on a survivor", lambda: all_owned(survivors), 60)
-            survivors[1].call("/api/v1/apply", {"documents": [deployment(9)]})
-            second = settled(9, survivors, "9 replicas fleet-wide after the kill")
-            assert len(set(second.values())) == 9
-            assert {k: second[k] for k in first} == first, "the first pods moved"
-            new_holder = [s for s in survivors if GLOBAL_LOG in s.log_text()]
-            assert len(new_holder) == 1
-            print(f"new holder {new_holder[0].name}; 9 replicas on {sorted(second.items())}")
+        # 2. kill -9 of the global holder, then a scale up through a survivor: the
+        # new holder places the 3 new pods and leaves the first 6 where they are
+        holder.proc.kill()
+        survivors = others
+        wait_for("a survivor holds the global lease",
+                 lambda: [s for s in survivors if GLOBAL_LOG in s.log_text()], 30)
+        wait_for("every node Ready on a survivor", lambda: all_owned(survivors), 60)
+        survivors[1].call("/api/v1/apply", {"documents": [deployment(9)]})
+        second = settled(9, survivors, "9 replicas fleet-wide after the kill")
+        assert len(set(second.values())) == 9
+        assert {k: second[k] for k in first} == first, "the first pods moved"
+        new_holder = [s for s in survivors if GLOBAL_LOG in s.log_text()]
+        assert len(new_holder) == 1
+        print(f"new holder {new_holder[0].name}; 9 replicas on {sorted(second.items())}")
 
-            # 3. a scale down through the other survivor: exactly 4
-            survivors[0].call("/api/v1/apply", {"documents": [deployment(4)]})
-            third = settled(4, survivors, "4 replicas fleet-wide")
-            assert all(second[k] == v for k, v in third.items())
+        # 3. a scale down through the other survivor: exactly 4
+        survivors[0].call("/api/v1/apply", {"documents": [deployment(4)]})
+        third = settled(4, survivors, "4 replicas fleet-wide")
+        assert all(second[k] == v for k, v in third.items())
 
-            # 4. the holder paused (SIGSTOP) past its lease: the other takes the global
-            # lease and places a scale to 7; the paused one resumes as a follower (its
-            # late writes, if any, carry an older lease token and are refused): still
-            # exactly 7, on the nodes the new holder chose
-            paused = new_holder[0]
-            other = next(s for s in survivors if s is not paused)
-            assert paused.proc.popen is not None
-            paused.proc.popen.send_signal(signal.SIGSTOP)
-            try:
-                wait_for(f"{other.name} holds the global lease", lambda: other.log_text(
-                    ).count(GLOBAL_LOG) > 0, 30)
-                other.call("/api/v1/apply", {"documents": [deployment(7)]})
-                wait_for("7 replicas fleet-wide while paused", lambda: placed(7), 60)
-            finally:
-                paused.proc.popen.send_signal(signal.SIGCONT)
-            fourth = settled(7, survivors, "7 replicas fleet-wide after the pause")
-            assert len(set(fourth.values())) == 7
-            assert all(third[k] == v for k, v in fourth.items() if k in third)
-            print(f"paused {paused.name}; 7 replicas on {sorted(fourth.items())}")
-    finally:
-        if sim is not None:
-            sim.terminate()
-            try:
-                sim.wait(10)
-            except subprocess.TimeoutExpired:
-                sim.kill()
-        for s in shards:
-            s.proc.stop()
-        fleet.stop()
+        # 4. the holder paused (SIGSTOP) past its lease: the other takes the global
+        # lease and places a scale to 7; the paused one resumes as a follower (its
+        # late writes, if any, carry an older lease token and are refused): still
+        # exactly 7, on the nodes the new holder chose
+        paused = new_holder[0]
+        other = next(s for s in survivors if s is not paused)
+        assert paused.proc.popen is not None
+        paused.proc.popen.send_signal(signal.SIGSTOP)
+        try:
+            wait_for(f"{other.name} holds the global lease", lambda: other.log_text(
+                ).count(GLOBAL_LOG) > 0, 30)
+            other.call("/api/v1/apply", {"documents": [deployment(7)]})
+            wait_for("7 replicas fleet-wide while paused", lambda: placed(7), 60)
+        finally:
+            paused.proc.popen.send_signal(signal.SIGCONT)
+        fourth = settled(7, survivors, "7 replicas fleet-wide after the pause")
+        assert len(set(fourth.values())) == 7
+        assert all(third[k] == v for k, v in fourth.items() if k in third)
+        print(f"paused {paused.name}; 7 replicas on {sorted(fourth.items())}")
