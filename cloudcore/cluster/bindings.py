@@ -64,6 +64,7 @@ from collections.abc import Callable
 from typing import Any
 
 from cloudcore.cluster.errors import ClusterError
+from cloudcore.cluster.fenced import RETRY_S, put_all
 from cloudcore.cluster.kv import KV, Bucket, Entry
 from cloudcore.cluster.objects import escape, unescape
 
@@ -79,8 +80,6 @@ APPLY_SLICE = 1_000
 in-process at 20,000 replicas)."""
 FENCE_KEY = "fence"
 """The key holding the fencing token of the latest holder, `{"fence", "by"}`."""
-RETRY_S = 1.0
-"""Seconds before writes that failed (NATS unreachable) are tried again."""
 
 
 def bindings_bucket(prefix: str) -> str:
@@ -390,28 +389,17 @@ class Bindings:
     async def _write(self, batch: list[tuple[Key, tuple[str, str] | None]], fence: int
                      ) -> list[tuple[Key, tuple[str, str] | None]]:
         assert self.bucket is not None
-        bucket = self.bucket
 
-        async def one(key: Key, value: tuple[str, str] | None) -> None:
+        def value(v: tuple[str, str] | None) -> bytes:
             # an unbind is a value without a node, not a delete: it carries the token
-            node, message = value if value is not None else (None, "")
-            await bucket.put(binding_key(key), json.dumps(
-                {"node": node, "message": message, "by": self.shard, "fence": fence},
-                separators=(",", ":")).encode())
+            node, message = v if v is not None else (None, "")
+            return json.dumps({"node": node, "message": message, "by": self.shard,
+                               "fence": fence}, separators=(",", ":")).encode()
 
-        got = await asyncio.gather(*(one(k, v) for k, v in batch), return_exceptions=True)
-        failed: list[tuple[Key, tuple[str, str] | None]] = []
-        for (key, value), r in zip(batch, got, strict=True):
-            if isinstance(r, ClusterError):
-                failed.append((key, value))
-            elif isinstance(r, BaseException):
-                raise r
-            else:
-                self.writes += 1
-        if failed:
-            log.warning("shard %s: %d pod binding(s) not written yet: %s", self.shard,
-                        len(failed), next(r for r in got if isinstance(r, ClusterError)))
-        return failed
+        bad = await put_all(self.bucket, [(binding_key(k), value(v)) for k, v in batch],
+                            log=log, what="pod binding(s)", shard=self.shard)
+        self.writes += len(batch) - len(bad)
+        return [batch[i] for i in bad]
 
 
 __all__ = ["Bindings", "binding_key", "bindings_bucket", "parse_binding_key"]

@@ -36,19 +36,21 @@ import logging
 from collections.abc import Callable, Collection
 from typing import Any
 
-from cloudcore.cluster.errors import ClusterError
+from cloudcore.cluster.fenced import RETRY_S, put_all
 from cloudcore.cluster.kv import KV, Bucket, Entry
 from cloudcore.cluster.objects import escape, unescape
+from cloudcore.fleet.workloads import surge_allowed
 from shared import topics
+from shared.models import Deployment
 
 log = logging.getLogger("cloudcore.cluster.rollouts")
 
 Key = tuple[str, str]
 END = "end"
 BATCH = 64
-RETRY_S = 1.0
-"""Seconds between rounds that apply values whose workload template was not here yet,
-and between attempts to write values NATS refused."""
+"""Step writes in flight at once. `RETRY_S` (`cloudcore.cluster.fenced`): seconds
+between rounds that apply values whose workload template was not here yet, and between
+attempts to write values NATS refused."""
 
 
 def rollouts_bucket(prefix: str) -> str:
@@ -57,6 +59,11 @@ def rollouts_bucket(prefix: str) -> str:
 
 def step_key(owner: str, part: str) -> str:
     return f"{escape(owner)}.{part}"
+
+
+def part_of(name: str) -> str:
+    """The `pp` of a pod name: which key of its owner holds it."""
+    return topics.pp(topics.partition_of(name))
 
 
 class SharedSteps:
@@ -76,6 +83,14 @@ class SharedSteps:
         on the holder, as it wrote)."""
         self.ends: dict[str, tuple[str, str]] = {}
         """owner -> (update hash, outcome)."""
+        self.sets: dict[tuple[str, str], tuple[str, set[str]]] = {}
+        """(owner, pp) -> (update hash, the names of every pod of the Deployment in that
+        pp) during a maxSurge rollout, as the bucket says (followers only)."""
+        self.surging: dict[str, str] = {}
+        """Holder: owner -> the update hash of the maxSurge rollout whose values carry
+        the pod set."""
+        self.made_here = 0
+        self.removed_here = 0
         self._todo: set[tuple[str, str]] = set()
         """Keys (owner, pp or END) not fully applied here yet (template not here)."""
         self._out: set[tuple[str, str]] = set()
@@ -105,14 +120,34 @@ class SharedSteps:
     def given(self, owner: str, thash: str, keys: Collection[Key]) -> None:
         if not self._as_holder():
             return
+        self._surge_of(owner, thash)
         for _, name in keys:
-            part = topics.pp(topics.partition_of(name))
-            was = self.lists.get((owner, part))
-            if was is None or was[0] != thash:
-                was = self.lists[(owner, part)] = (thash, set())
-            was[1].add(name)
-            self._out.add((owner, part))
+            self._list(owner, part_of(name), thash)[1].add(name)
         self._wake.set()
+
+    def removed(self, owner: str, thash: str, keys: Collection[Key]) -> None:
+        if not self._as_holder():
+            return
+        self.surging[owner] = thash  # only a maxSurge rollout removes pods
+        for _, name in keys:
+            self._list(owner, part_of(name), thash)
+        self._wake.set()
+
+    def _list(self, owner: str, part: str, thash: str) -> tuple[str, set[str]]:
+        """The names given `thash` in (owner, part), that key marked to be written."""
+        was = self.lists.get((owner, part))
+        if was is None or was[0] != thash:
+            was = self.lists[(owner, part)] = (thash, set())
+        self._out.add((owner, part))
+        return was
+
+    def _surge_of(self, owner: str, thash: str) -> None:
+        """Holder: note that `owner`'s rollout of `thash` is a Deployment's maxSurge
+        rollout (its values then carry the pod set: the other shards make and remove
+        the same pods)."""
+        ds = self._workload(owner)
+        if isinstance(ds, Deployment) and surge_allowed(ds, self.fleet.rollouts.plan(ds)):
+            self.surging[owner] = thash
 
     def ended(self, owner: str, thash: str, outcome: str) -> None:
         if not self._as_holder():
@@ -174,6 +209,9 @@ class SharedSteps:
                 was[1].update(str(n) for n in names)
             else:
                 self.lists[(owner, part)] = (thash, {str(n) for n in names})
+            pset = doc.get("set")
+            if isinstance(pset, list):
+                self.sets[(owner, part)] = (thash, {str(n) for n in pset})
         if not self._apply((owner, part)):
             self._todo.add((owner, part))
         else:
@@ -198,25 +236,54 @@ class SharedSteps:
             got = self.ends.get(owner)
             if got is None:
                 return True
+            if any(k[0] == owner and k[1] != END for k in self._todo):
+                return False  # the steps before it first (a maxSurge pod set)
             if rollouts.plan(ds).update.thash != got[0]:
                 return False
             if rollouts.adopt(ds, got[0], got[1]):
                 self.fleet.commit()
             return True
         thash, names = self.lists[key]
-        if rollouts.plan(ds).update.thash != thash:
+        plan = rollouts.plan(ds)
+        if plan.update.thash != thash:
             return False
         ns = ds.metadata.namespace
-        n = rollouts.give(ds, thash, [(ns, name) for name in sorted(names)])
-        if n:
+        pset = self.sets.get(key)
+        if pset is not None and pset[0] == thash and isinstance(ds, Deployment):
+            n = self._reshape(ds, key, thash, names, pset[1]) if surge_allowed(ds, plan) \
+                else 0  # the rollout ended here already: its end made the pods
+        else:
+            n = rollouts.give(ds, thash, [(ns, name) for name in sorted(names)])
             self.given_here += n
+        if n:
             self.fleet.commit()
         return True
+
+    def _reshape(self, dep: Deployment, key: tuple[str, str], thash: str, names: set[str],
+                 keep: set[str]) -> int:
+        """A maxSurge rollout's pods of one pp made what the holder has: the pods not
+        in its set removed, those given the update made (or updated) here, so the
+        holder's bindings of its surge pods find them on every shard and each node's
+        owner delivers them. Returns how many changed."""
+        owner, part = key
+        workloads = self.fleet.workloads
+        gone = sorted(k for k in workloads.owned_set(owner)
+                      if k[1] not in keep and part_of(k[1]) == part)
+        for k in gone:
+            workloads.delete_pod(k)
+        ns = dep.metadata.namespace
+        n = self.fleet.rollouts.give(dep, thash, [(ns, name) for name in sorted(names)
+                                                  if name in keep], make=True)
+        if gone:
+            self.fleet.plans.dirty.add(owner)
+        self.removed_here += len(gone)
+        self.made_here += n
+        return n + len(gone)
 
     async def _retry(self) -> None:
         while True:
             await asyncio.sleep(RETRY_S)
-            for key in sorted(self._todo):
+            for key in sorted(self._todo, key=lambda k: (k[1] == END, k)):  # ends last
                 if self._apply(key):
                     self._todo.discard(key)
 
@@ -230,10 +297,15 @@ class SharedSteps:
         else:
             thash, names = self.lists[key]
             doc = {"update": thash, "pods": sorted(names)}
+            if self.surging.get(owner) == thash:  # the pod set, as it is now
+                doc["set"] = sorted(k[1] for k in self.fleet.workloads.owned_set(owner)
+                                    if part_of(k[1]) == part)
         doc.update({"by": self.shard, "fence": fence})
         return json.dumps(doc, separators=(",", ":")).encode()
 
     async def _flush(self) -> None:
+        """Write the marked keys, BATCH at a time; an owner's end after its steps (a
+        shard that reads the end must have read the pod set before it)."""
         while True:
             await self._wake.wait()
             self._wake.clear()
@@ -241,21 +313,20 @@ class SharedSteps:
                 fence = self._fence()
                 if fence is None or self.bucket is None:
                     break
-                batch = sorted(self._out)[:BATCH]
+                batch = sorted(self._out, key=lambda k: (k[1] == END, k))[:BATCH]
                 self._out.difference_update(batch)
-                bucket = self.bucket
-                got = await asyncio.gather(
-                    *(bucket.put(step_key(*k), self.value(k, fence)) for k in batch),
-                    return_exceptions=True)
-                failed = [k for k, r in zip(batch, got, strict=True)
-                          if isinstance(r, ClusterError)]
-                for r in got:
-                    if isinstance(r, BaseException) and not isinstance(r, ClusterError):
-                        raise r
-                self.writes += len(batch) - len(failed)
+                failed: list[tuple[str, str]] = []
+                for keys in ([k for k in batch if k[1] != END],
+                             [k for k in batch if k[1] == END]):
+                    if failed:  # no end written while a step of the round was not
+                        failed += keys
+                        continue
+                    bad = await put_all(self.bucket,
+                                        [(step_key(*k), self.value(k, fence)) for k in keys],
+                                        log=log, what="rollout step(s)", shard=self.shard)
+                    failed += [keys[i] for i in bad]
+                    self.writes += len(keys) - len(bad)
                 if failed:
-                    log.warning("shard %s: %d rollout step(s) not written yet",
-                                self.shard, len(failed))
                     self._out.update(failed)
                     await asyncio.sleep(RETRY_S)
 

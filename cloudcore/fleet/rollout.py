@@ -507,18 +507,23 @@ class Rollouts:
             gone = sorted(sc.candidates, key=lambda k: (k in sc.serving, k[1]))[:down]
             for k in gone:
                 self.workloads.delete_pod(k)
+            if self.shared is not None:
+                self.shared.removed(owner, update.thash, gone)
             log.info("rollout of %s: %d old pod(s) removed", owner, len(gone))
             moved = True
         # New pods while under replicas + maxSurge and short of replicas new ones.
         up = min(want + surge - live, want - new)
         if up > 0:
             now, ns = self.clock(), dep.metadata.namespace
-            for k in self.workloads.free_replica_keys(dep, up):
+            made = self.workloads.free_replica_keys(dep, up)
+            for k in made:
                 self.workloads.put_pod(k, update.pod(ns=ns, name=k[1], owner=owner, node=None),
                                        None, revision=update.revision)
                 st.updated_at[k] = now
                 st.ready_since.pop(k, None)  # a name an old pod had: nothing of it counts
                 st.reported_at.pop(k, None)
+            if self.shared is not None:  # the other shards make them too
+                self.shared.given(owner, update.thash, made)
             log.info("rollout of %s: %d more pod(s) at revision %s (surge)", owner, up,
                      update.revision)
             moved = True
@@ -535,6 +540,8 @@ class Rollouts:
                                         -replica_index(dep.metadata.name, k[1])))
             for k in surplus[:new - want]:
                 self.workloads.delete_pod(k)
+            if self.shared is not None:
+                self.shared.removed(owner, update.thash, surplus[:new - want])
             moved = True
         return moved
 
@@ -557,10 +564,12 @@ class Rollouts:
             self.shared.given(owner, update.thash, batch)
         return bool(batch)
 
-    def give(self, ds: Workload, thash: str, keys: Collection[Key]) -> int:
+    def give(self, ds: Workload, thash: str, keys: Collection[Key], *,
+             make: bool = False) -> int:
         """Shards: the holder of the global lease gave these pods the update `thash`
-        (`cloudcore.cluster.rollouts`); those of them here not at it yet get it. Returns
-        how many changed (0 while this shard's workload is not at that template yet)."""
+        (`cloudcore.cluster.rollouts`); those of them here not at it yet get it, and with
+        `make` (a Deployment's maxSurge pods) those not here are made at it. Returns how
+        many changed (0 while this shard's workload is not at that template yet)."""
         update, hold = self.plan(ds).pair
         owner = owner_of(ds)
         st = self.plans.state(owner)
@@ -570,13 +579,15 @@ class Rollouts:
         n = 0
         for k in keys:
             old = pods.get(k)
-            if old is None or old.metadata.annotations.get(naming.TEMPLATE_HASH) == thash:
+            if (old is None and not make) or (old is not None and old.metadata.annotations
+                                              .get(naming.TEMPLATE_HASH) == thash):
                 continue
-            node = old.spec.node_name if isinstance(ds, DaemonSet) else None
+            node = old.spec.node_name if isinstance(ds, DaemonSet) and old else None
             self.workloads.put_pod(k, update.pod(ns=ns, name=k[1], owner=owner, node=node),
                                    old, revision=update.revision)
             st.updated_at[k] = now
             st.ready_since.pop(k, None)
+            st.reported_at.pop(k, None)
             n += 1
         if n:
             self.plans.dirty.add(owner)
@@ -799,4 +810,8 @@ class SharedRollouts(Protocol):
 
     def ended(self, owner: str, thash: str, outcome: str) -> None:
         """The rollout of `thash` ended here: Complete, RolledBack or Aborted."""
+        ...
+
+    def removed(self, owner: str, thash: str, keys: Collection[Key]) -> None:
+        """A maxSurge rollout of `thash` removed these pods of a Deployment here."""
         ...

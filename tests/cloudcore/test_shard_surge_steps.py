@@ -1,0 +1,201 @@
+"""A Deployment's maxSurge rollout across shards, against real fleet cores in one event
+loop (`cloudcore.cluster.rollouts`, `bindings`, `status`): the holder of the global lease
+makes the surge pods and places them on any shard's nodes, removes old ones, and writes
+each pp's pod set with its steps; the other shard makes and removes the same pods, so
+its nodes run the surge pods the holder bound there. Before, the other shard never made
+them: a surge pod bound to its node ran nowhere and the rollout waited for it forever."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from cloudcore_fakes import add_node, deployment, make_fleet
+
+from cloudcore.cluster.bindings import Bindings, binding_key
+from cloudcore.cluster.kv import Entry
+from cloudcore.cluster.rollouts import END, SharedSteps, step_key
+from cloudcore.cluster.status import NodeStatuses, node_key
+from cloudcore.fleet.controller import Fleet
+from cloudcore.fleet.naming import REVISION
+from cloudcore.fleet.template import Template
+from shared import topics
+from shared.entries import pod_key
+from shared.models import parse_object
+
+NODES = [f"n{i}" for i in range(8)]
+OWNER = {n: ("A" if i % 2 == 0 else "B") for i, n in enumerate(NODES)}
+assert len({topics.partition_of(n) for n in NODES}) == len(NODES)
+PART_OWNER = {topics.partition_of(n): s for n, s in OWNER.items()}
+REPLICAS = 6
+
+
+def surge(args: list[str], *, bad: bool = False) -> dict[str, Any]:
+    doc = deployment("web", replicas=REPLICAS)
+    spec = doc["spec"]
+    spec["template"]["spec"]["containers"][0]["args"] = args
+    spec.update({"minReadySeconds": 0, "progressDeadlineSeconds": 600,
+                 "strategy": {"type": "RollingUpdate",
+                              "rollingUpdate": {"maxSurge": 2, "maxUnavailable": 0},
+                              "failureThreshold": 0, "autoRollback": True}})
+    return doc
+
+
+def rev_of(doc: dict[str, Any]) -> str:
+    return Template(parse_object(doc).spec.template).revision
+
+
+class Shard:
+    def __init__(self, name: str, *, holds: bool) -> None:
+        self.name = name
+        self.fleet: Fleet = make_fleet()
+        self.t = [1000.0]
+        self.fleet.rollouts.clock = lambda: self.t[0]
+        for n in NODES:
+            add_node(self.fleet, n)
+        self.holds = holds
+        self.token = 7
+        fence = lambda: self.token if self.holds else None  # noqa: E731
+        self.b = Bindings(self.fleet, shard=name, holds_global=lambda: self.holds,
+                          fence=fence)
+        self.b.caught_up = True
+        self.steps = SharedSteps(self.fleet, shard=name, holds_global=lambda: self.holds,
+                                 fence=fence)
+        self.steps.caught_up = True
+        self.st = NodeStatuses(self.fleet, shard=name, owns=lambda p: PART_OWNER[p] == name,
+                               holder=PART_OWNER.get)
+        self.rev = 0
+        self.bad = ""
+
+    def own(self) -> list[str]:
+        return [n for n in NODES if OWNER[n] == self.name]
+
+    def apply(self, doc: dict[str, Any]) -> None:
+        self.fleet.apply([parse_object(doc)])
+        self.fleet.commit()
+
+    def running(self) -> dict[str, tuple[str, str]]:
+        """What this shard's own nodes' desired sets hold: pod -> (node, revision)."""
+        out = {}
+        for node in self.own():
+            nd = self.fleet.desired.get(node)
+            for key, (value, _) in (nd.items.items() if nd is not None else ()):
+                if key.startswith("pod/default/web-"):
+                    out[key.rsplit("/", 1)[1]] = (node, str(value["revision"]))
+        return out
+
+    def report(self) -> None:
+        """Each own node reports every pod its set holds, Running (failing at `bad`)."""
+        for name, (node, rev) in self.running().items():
+            ok = rev != self.bad
+            container: dict[str, Any] = (
+                {"name": "main", "state": "running", "ready": True} if ok else
+                {"name": "main", "state": "waiting", "reason": "CrashLoopBackOff",
+                 "restartCount": 3})
+            self.fleet.pod_statuses(node, {pod_key("default", name): {
+                "phase": "Running", "revision": rev, "ready": ok,
+                "containerStatuses": [container]}})
+
+    def tick(self) -> None:
+        self.t[0] += 1
+        if self.holds:
+            self.fleet.expire(0.0)  # the global part of the liveness tick
+
+
+def exchange(a: Shard, b: Shard) -> None:
+    """The holder's bindings and steps to the other shard (steps before ends, as its
+    writer puts them), then the status summaries both ways."""
+    for key, value in list(a.b._out.items()):
+        b.rev += 1
+        node, message = value if value is not None else (None, "")
+        b.b.apply_entry(Entry(binding_key(key), json.dumps(
+            {"node": node, "message": message, "by": a.name, "fence": 7}).encode(), b.rev))
+    a.b._out.clear()
+    for k in sorted(a.steps._out, key=lambda k: (k[1] == END, k)):
+        b.rev += 1
+        b.steps.apply_entry(Entry(step_key(*k), a.steps.value(k, 7), b.rev))
+    a.steps._out.clear()
+    b.fleet.commit()
+    for src, dst in ((a, b), (b, a)):
+        for node, value in asyncio.run(src.st.changed_summaries()).items():
+            dst.rev += 1
+            dst.st.show(Entry(node_key(node), value, dst.rev))
+        dst.fleet.commit()
+
+
+def status(s: Shard) -> Any:
+    return s.fleet.deployments[("default", "web")].status
+
+
+def settle(a: Shard, b: Shard, rounds: int, until: Any) -> list[dict[str, tuple[str, str]]]:
+    """Rounds of exchange, reports, the holder's tick; what ran fleet-wide each round."""
+    seen = []
+    for _ in range(rounds):
+        exchange(a, b)
+        for s in (a, b):
+            s.report()
+        exchange(a, b)
+        a.tick()
+        seen.append({**a.running(), **b.running()})
+        if until():
+            break
+    exchange(a, b)
+    return seen
+
+
+def start(v1: dict[str, Any]) -> tuple[Shard, Shard]:
+    a, b = Shard("A", holds=True), Shard("B", holds=False)
+    for s in (a, b):
+        s.apply(v1)
+    settle(a, b, 5, lambda: status(a).rollout.phase == "Complete")
+    assert status(a).rollout.phase == "Complete"
+    assert len({**a.running(), **b.running()}) == REPLICAS
+    return a, b
+
+
+def test_a_maxsurge_rollout_makes_its_surge_pods_on_every_shard() -> None:
+    v1, v2 = surge(["v1"]), surge(["v2"])
+    r2 = rev_of(v2)
+    a, b = start(v1)
+    for s in (a, b):
+        s.apply(v2)
+    seen = settle(a, b, 40, lambda: status(a).rollout.phase == "Complete"
+                  and status(a).updated_replicas == REPLICAS)
+    assert status(a).rollout.phase == "Complete", status(a).rollout
+    final = {**a.running(), **b.running()}
+    assert len(final) == REPLICAS and {r for _, r in final.values()} == {r2}
+    # the surge: never more than replicas + maxSurge pods ran, never fewer than replicas
+    # (maxUnavailable 0), and some ran above replicas
+    assert all(REPLICAS <= len(s) <= REPLICAS + 2 for s in seen), [len(s) for s in seen]
+    assert any(len(s) > REPLICAS for s in seen)
+    # B made pods the holder made (surge pods bound to its nodes) and removed old ones
+    assert b.steps.made_here > 0 and b.steps.removed_here > 0
+    # both shards hold the same pods, bound to the same nodes, all at the update
+    for s in (a, b):
+        pods = {k[1]: p for k, p in s.fleet.pods.items() if k[1].startswith("web-")}
+        assert sorted(pods) == sorted(final)
+        assert {p.metadata.annotations[REVISION] for p in pods.values()} == {r2}
+        assert {k[1]: n for k, n in s.fleet.placement.bound.items()} == \
+            {name: node for name, (node, _) in final.items()}
+    st = b.fleet.rollouts.plans.state("Deployment/default/web")
+    assert st is not None and st.stable is not None and st.stable.revision == r2
+
+
+def test_a_maxsurge_rollout_rolled_back_by_the_holder_ends_alike_on_both() -> None:
+    v1, v3 = surge(["v1"]), surge(["v3"])
+    r1, r3 = rev_of(v1), rev_of(v3)
+    a, b = start(v1)
+    for s in (a, b):
+        s.bad = r3
+        s.apply(v3)
+    seen = settle(a, b, 20, lambda: status(a).rollout.phase == "RolledBack")
+    assert status(a).rollout.phase == "RolledBack"
+    assert any(r == r3 for s in seen for _, r in s.values())
+    for _ in range(3):
+        exchange(a, b)
+        a.tick()
+    final = {**a.running(), **b.running()}
+    assert len(final) == REPLICAS and {r for _, r in final.values()} == {r1}
+    assert sorted(k[1] for k in a.fleet.pods if k[1].startswith("web-")) == \
+        sorted(k[1] for k in b.fleet.pods if k[1].startswith("web-")) == sorted(final)
