@@ -71,6 +71,7 @@ from cloudcore.cluster.objects import ClusterObjects
 from cloudcore.cluster.rollouts import SharedSteps
 from cloudcore.cluster.shard import GatedNodes, Shard, status_bucket
 from cloudcore.cluster.status import NodeStatuses, run_shared
+from cloudcore.cluster.upgrades import SharedBatches
 from cloudcore.config import MqttSettings, Settings
 from cloudcore.errors import ConfigError
 from cloudcore.fleet import Fleet, Liveness
@@ -215,6 +216,7 @@ async def run(settings: Settings, *,
         statuses: NodeStatuses | None = None  # shared by shards (proposal 0008 steps 2, 5)
         bindings: Bindings | None = None
         steps: SharedSteps | None = None
+        batches: SharedBatches | None = None
         shared_map: SharedBrokerMap | None = None
         identities: BrokerIdentities | None = None
         if shard is not None:
@@ -233,6 +235,10 @@ async def run(settings: Settings, *,
             steps = SharedSteps(fleet, shard=shard.name,  # rollout batches by the holder
                                 holds_global=lambda: shard is not None and shard.holds_global,
                                 fence=shard.global_fence)
+            batches = SharedBatches(fleet, shard=shard.name,  # agent upgrades by the holder
+                                    holds_global=lambda: shard is not None
+                                    and shard.holds_global, fence=shard.global_fence)
+            shard.on_global.append(batches.global_changed)
             shared_map = SharedBrokerMap(tier, shard=shard.name)  # the map through KV
 
             def others_changed(users: dict[str, str | None]) -> None:
@@ -290,7 +296,7 @@ async def run(settings: Settings, *,
                     kv_settings, replica, statuses, replicas=settings.cluster.replicas,
                     status_bucket=status_bucket(settings.cluster.bucket_prefix),
                     bindings=bindings, brokermap=shared_map, identities=identities,
-                    rollouts=steps,
+                    rollouts=steps, upgrades=batches,
                     prefix=settings.cluster.bucket_prefix),
                     name=f"cloudcore[{statuses.shard}].shared")
             sock = _bind(settings.http.host, settings.http.port)

@@ -7,7 +7,8 @@ touched here). `<name>` is escaped as object keys are (`cloudcore.cluster.object
 
 - The owning shard writes, every `interval` seconds, the summaries of its own nodes
   (those of the partitions it holds) that changed since it last wrote them: readiness,
-  reason, last report time, agent version, desired and acked gen, allocatable (what
+  reason, last report time, agent version and `agentUpgrade` report (the holder's
+  AgentUpgrade gates), desired and acked gen, allocatable (what
   the shard placing Deployment replicas needs of another shard's node). The time of the last
   report alone changing is written at most every `seen_every` seconds, so a settled
   fleet costs one write per node per `seen_every`, not per heartbeat. Writes go out
@@ -124,8 +125,10 @@ class NodeStatuses:
         seen = st.last_seen
         bucket = int(seen // self.seen_every) if seen is not None else None
         alloc = st.allocatable
-        return (st.ready, st.reason, bucket, st.agent_version, st.desired_gen, st.acked_gen,
-                tuple(sorted(alloc.items())) if alloc else (), self._pod_ids(node.metadata.name))
+        return (st.ready, st.reason, bucket, st.agent_version,
+                dict(st.agent_upgrade) if st.agent_upgrade else None, st.desired_gen,
+                st.acked_gen, tuple(sorted(alloc.items())) if alloc else (),
+                self._pod_ids(node.metadata.name))
 
     def _reported(self, name: str) -> list[tuple[Key, Any]]:
         """The pods bound to node `name` with a status its agent reported."""
@@ -171,6 +174,7 @@ class NodeStatuses:
             out[name] = json.dumps({
                 "shard": self.shard, "ready": st.ready, "reason": st.reason,
                 "lastSeen": st.last_seen, "agentVersion": st.agent_version,
+                "agentUpgrade": st.agent_upgrade,
                 "desiredGen": st.desired_gen, "ackedGen": st.acked_gen,
                 "allocatable": dict(st.allocatable or {}), "at": self.wall(),
                 "pods": {f"{k[0]}/{k[1]}": p.status.model_dump(
@@ -290,6 +294,9 @@ class NodeStatuses:
             st.last_seen = float(doc["lastSeen"])
         if isinstance(doc.get("agentVersion"), str):
             st.agent_version = doc["agentVersion"]
+        if "agentUpgrade" in doc:  # how its last upgrade went: the holder's upgrade gates
+            up = doc["agentUpgrade"]
+            st.agent_upgrade = up if isinstance(up, dict) else None
         alloc = doc.get("allocatable")
         if isinstance(alloc, dict) and alloc and all(
                 isinstance(v, int) for v in alloc.values()):
@@ -308,11 +315,13 @@ class NodeStatuses:
 async def run_shared(kv_settings: Any, objects: Any, statuses: NodeStatuses, *,
                      status_bucket: str, replicas: int = 1, bindings: Any = None,
                      brokermap: Any = None, identities: Any = None,
-                     rollouts: Any = None, prefix: str = "edgefed") -> None:
+                     rollouts: Any = None, upgrades: Any = None,
+                     prefix: str = "edgefed") -> None:
     """A shard's shared state beside its leases, on its own NATS connection: the global
     objects replica (`cloudcore.cluster.objects.ClusterObjects`), the node status
     summaries, the pod bindings (`cloudcore.cluster.bindings`), the rollout steps
-    (`cloudcore.cluster.rollouts`), the broker map
+    (`cloudcore.cluster.rollouts`), the agent upgrade batches
+    (`cloudcore.cluster.upgrades`), the broker map
     (`cloudcore.cluster.brokermap`) and the shards' broker users
     (`cloudcore.cluster.identities`), until cancelled."""
     async with KV(kv_settings) as kv, asyncio.TaskGroup() as tg:
@@ -323,6 +332,9 @@ async def run_shared(kv_settings: Any, objects: Any, statuses: NodeStatuses, *,
         if rollouts is not None:
             tg.create_task(rollouts.run(kv, prefix=prefix, replicas=replicas),
                            name=f"cloudcore[{statuses.shard}].rollouts")
+        if upgrades is not None:
+            tg.create_task(upgrades.run(kv, prefix=prefix, replicas=replicas),
+                           name=f"cloudcore[{statuses.shard}].upgrades")
         if brokermap is not None:
             tg.create_task(brokermap.run(kv, prefix=prefix, replicas=replicas),
                            name=f"cloudcore[{statuses.shard}].brokermap")

@@ -49,6 +49,12 @@ AgentUpgrade is applied or deleted, an abort, a cloud restart) goes a slice a ti
 (`OWNER_SLICE` nodes' owners, then `PASS_SLICE` nodes classified), and the AgentUpgrade
 takes no step until it is through. At most `MAX_TELL_PER_TICK` nodes are told per tick.
 `python -m testbed.bench_upgrade` prints what a tick costs.
+
+Shards (proposal 0008): with `shared` set (`cloudcore.cluster.upgrades`), only the shard
+holding the global lease ticks (`shared.decides()`); it tells `shared` of every node
+whose release entry or memory changed (`noted`) and of every status it computed
+(`status_changed`), which it writes to KV; the other shards take them over (`adopt`,
+`adopt_status`) and a new holder goes on from what it took over (`resync`).
 """
 
 from __future__ import annotations
@@ -59,7 +65,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from cloudcore.fleet.desired import DesiredSets
 from cloudcore.fleet.events import EventLog
@@ -224,6 +230,9 @@ class Upgrades:
         self._reowner: set[str] = set()  # nodes that joined, left or changed labels
         self._opass: tuple[list[str], int, dict[str, str]] | None = None
         """The owners' pass under way: (every node's name, how far, the owners so far)."""
+        self.shared: SharedUpgrades | None = None
+        """Shards: the batches decided by the holder of the global lease only, shared
+        through KV (`cloudcore.cluster.upgrades`)."""
 
     # -- loading ------------------------------------------------------------------------
 
@@ -311,8 +320,8 @@ class Upgrades:
         commits the desired sets). Costs what changed: the nodes whose status or
         readiness changed and those in progress (their deadlines); a pass over every
         node (after an AgentUpgrade changed, an abort, a restart) goes a slice a tick."""
-        if not self._states:
-            self._changed.clear()
+        if not self._states or (self.shared is not None and not self.shared.decides()):
+            self._changed.clear()  # a new holder looks at every node again (`resync`)
             self._reowner.clear()
             self._opass = None
             return False
@@ -388,8 +397,7 @@ class Upgrades:
                 st.set_class(node, self._classify(au, st, node, now))
                 memo = st.told.get(node)
                 if memo is not None:  # its entry as it should be (new spec, abort, load)
-                    changed |= self.desired.put_entry(
-                        node, AGENT_RELEASE_KEY, self._entry(au, memo, aborted=st.aborted))
+                    changed |= self._put(name, node, self._entry(au, memo, aborted=st.aborted))
             if st.at < len(st.pending):
                 return changed
             st.pending, st.at, moved = [], 0, True
@@ -419,6 +427,7 @@ class Upgrades:
                 self.store.delete(DB, f"{au.metadata.name}/{name}")
                 if node is None:
                     self.desired.put_entry(name, AGENT_RELEASE_KEY, None)
+                self._note(au.metadata.name, name)
             return None
         if memo is None and self._owner.get(name) != au.metadata.name:
             return None
@@ -462,6 +471,7 @@ class Upgrades:
         memo.failed = (why[0], why[1][:MAX_MESSAGE])
         st.failed.add(name)
         self.store.put(DB, f"{au.metadata.name}/{name}", memo.record(version))
+        self._note(au.metadata.name, name)
         self.events.add(type="Warning", reason="AgentUpgradeFailed", obj=f"Node/{name}",
                         message=f"{au.metadata.name}: {why[0]}: {why[1]}"[:MAX_MESSAGE])
         return "failed"
@@ -484,7 +494,7 @@ class Upgrades:
         entry = self._entry(au, None, aborted=False)
         for node in batch:
             self._tell(au, st, node)
-            self.desired.put_entry(node, AGENT_RELEASE_KEY, entry)
+            self._put(name, node, entry)
             st.set_class(node, "progress")
         st.completed = False
         self.events.add(type="Normal", reason="AgentUpgradeBatch", obj=f"AgentUpgrade/{name}",
@@ -493,6 +503,18 @@ class Upgrades:
                         [:MAX_MESSAGE])
         log.info("agent upgrade %s: %d more node(s) told", name, len(batch))
         return True
+
+    def _put(self, upgrade: str, node: str, value: dict[str, Any] | None) -> bool:
+        """Put `node`'s release entry for AgentUpgrade `upgrade` (shared with the other
+        shards); True if it changed."""
+        changed = self.desired.put_entry(node, AGENT_RELEASE_KEY, value)
+        if changed:
+            self._note(upgrade, node)
+        return changed
+
+    def _note(self, upgrade: str, node: str) -> None:
+        if self.shared is not None:
+            self.shared.noted(upgrade, node)
 
     def _entry(self, au: AgentUpgrade, memo: _Told | None, *,
                aborted: bool) -> dict[str, Any] | None:
@@ -513,6 +535,7 @@ class Upgrades:
         memo.seen = self.clock()
         st.told[name] = memo
         self.store.put(DB, f"{au.metadata.name}/{name}", memo.record(au.spec.version))
+        self._note(au.metadata.name, name)
 
     def _abort(self, au: AgentUpgrade, st: _State, threshold: int) -> None:
         st.aborted = True
@@ -570,3 +593,77 @@ class Upgrades:
         if status != au.status:
             au.status = status
             self.objects.save("AgentUpgrade", au.metadata.name)
+            if self.shared is not None:
+                self.shared.status_changed(au.metadata.name)
+
+    # -- shards -------------------------------------------------------------------------
+
+    def memo(self, upgrade: str, node: str) -> dict[str, Any] | None:
+        """What AgentUpgrade `upgrade` remembers of `node` (`_Told.record`), or None."""
+        st = self._states.get(upgrade)
+        memo = st.told.get(node) if st is not None else None
+        return None if memo is None or st is None else memo.record(st.version)
+
+    def aborted(self, upgrade: str) -> bool:
+        st = self._states.get(upgrade)
+        return st is not None and st.aborted
+
+    def adopt(self, au: AgentUpgrade, node: str, entry: dict[str, Any] | None,
+              memo: dict[str, Any] | None, *, aborted: bool) -> bool:
+        """Shards: the holder's entry and memory of `node` for `au` (`noted` there), the
+        same here: the entry goes to the node's desired set (its owner delivers it) and
+        the memory is kept for the day this shard holds the lease. True if the entry
+        changed (the caller commits)."""
+        name = au.metadata.name
+        st = self._state(au)
+        st.aborted |= aborted  # an aborted AgentUpgrade stays aborted
+        if memo is None:
+            if st.told.pop(node, None) is not None:
+                self.store.delete(DB, f"{name}/{node}")
+            st.failed.discard(node)
+        else:
+            told = st.told[node] = _Told.from_record(memo)
+            if told.failed is not None:
+                st.failed.add(node)
+            else:
+                st.failed.discard(node)
+            self.store.put(DB, f"{name}/{node}", told.record(st.version))
+        if entry is None:
+            current = self.desired.entry(node, AGENT_RELEASE_KEY)
+            if not (isinstance(current, dict) and current.get("upgrade") == name):
+                return False  # not this AgentUpgrade's entry (a newer one's): kept
+        return self.desired.put_entry(node, AGENT_RELEASE_KEY, entry)
+
+    def adopt_status(self, au: AgentUpgrade, status: AgentUpgradeStatus, *,
+                     aborted: bool) -> None:
+        """Shards: the status the holder computed for `au` (this shard does not tick)."""
+        st = self._state(au)
+        st.aborted |= aborted
+        st.completed = status.phase == "Complete"
+        if status != au.status:
+            au.status = status
+            self.objects.save("AgentUpgrade", au.metadata.name)
+
+    def resync(self) -> None:
+        """This shard now decides (it took the global lease): every node of every
+        AgentUpgrade is looked at again on the next tick, from the memory it took over
+        (the deadlines of nodes in progress start again)."""
+        self._reselect = True
+        for st in self._states.values():
+            st.full = True
+
+
+class SharedUpgrades(Protocol):
+    """AgentUpgrade batches shared by shards (`cloudcore.cluster.upgrades`)."""
+
+    def decides(self) -> bool:
+        """Whether this shard ticks the AgentUpgrades (it holds the global lease)."""
+        ...
+
+    def noted(self, upgrade: str, node: str) -> None:
+        """`node`'s release entry or memory for `upgrade` changed here."""
+        ...
+
+    def status_changed(self, upgrade: str) -> None:
+        """`upgrade`'s status changed here."""
+        ...

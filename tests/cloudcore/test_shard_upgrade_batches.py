@@ -1,0 +1,202 @@
+"""AgentUpgrade batches across shards, against real fleet cores in one event loop
+(`cloudcore.cluster.upgrades`, `status`, `cloudcore.fleet.upgrades`): the holder of the
+global lease reads every node's agent version and upgrade report from the node status
+summaries, decides each health-gated batch over both shards' nodes and writes it; the
+other shard puts the same release entries in its nodes' desired sets (its nodes get them
+only from it), shows the holder's status, and a shard taking the lease over goes on from
+what it adopted. A failure on the other shard's node aborts and sends every told node
+back. Before, the other shard's nodes never got their entry (the holder's went nowhere)
+and an apply through the other shard told its own nodes outside the holder's gate."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from cloudcore_fakes import add_node, make_fleet
+
+from cloudcore.cluster.kv import Entry
+from cloudcore.cluster.status import NodeStatuses, node_key
+from cloudcore.cluster.upgrades import STATUS, SharedBatches, batch_key
+from cloudcore.fleet.controller import Fleet
+from shared import topics
+from shared.entries import AGENT_RELEASE_KEY, parse_agent_release
+from shared.models import parse_object
+
+OLD, NEW = "0.9.0", "0.9.1"
+NAME = f"agent-{NEW}"
+NODES = [f"n{i}" for i in range(8)]
+OWNER = {n: ("A" if i % 2 == 0 else "B") for i, n in enumerate(NODES)}
+assert len({topics.partition_of(n) for n in NODES}) == len(NODES)
+PART_OWNER = {topics.partition_of(n): s for n, s in OWNER.items()}
+BATCH = 2
+
+
+def upgrade_doc(*, threshold: int = 0) -> dict[str, Any]:
+    return {"apiVersion": "edgefed.io/v1", "kind": "AgentUpgrade", "metadata": {"name": NAME},
+            "spec": {"version": NEW, "image": "reg.example:5000/edgefed/agent:0.9.1",
+                     "maxUnavailable": BATCH, "failureThreshold": threshold,
+                     "healthDeadlineSeconds": 120, "selector": {"matchLabels": {}}}}
+
+
+class Shard:
+    """A shard's fleet core, its summaries and its AgentUpgrade batches, with fake
+    agents on its own nodes (`agents[node]`: "ok" upgrades and reports Healthy,
+    "crash" reports RolledBack)."""
+
+    def __init__(self, name: str, *, holds: bool, token: int = 7) -> None:
+        self.name = name
+        self.fleet: Fleet = make_fleet()
+        self.t = [1000.0]
+        self.fleet.upgrades.clock = lambda: self.t[0]
+        for n in NODES:
+            add_node(self.fleet, n)
+            self.fleet.node_status(n, {"agentVersion": OLD})
+        self.holds, self.token = holds, token
+        self.batches = SharedBatches(self.fleet, shard=name,
+                                     holds_global=lambda: self.holds,
+                                     fence=lambda: self.token if self.holds else None)
+        self.batches.caught_up = True
+        self.st = NodeStatuses(self.fleet, shard=name, owns=lambda p: PART_OWNER[p] == name,
+                               holder=PART_OWNER.get)
+        self.rev = 0
+        self.agents = {n: "ok" for n in NODES if OWNER[n] == name}
+        self.running = dict.fromkeys(self.agents, OLD)
+        self.handled: dict[str, Any] = {}
+
+    def entry(self, node: str) -> Any:
+        nd = self.fleet.desired.get(node)
+        item = nd.items.get(AGENT_RELEASE_KEY) if nd is not None else None
+        return None if item is None else item[0]
+
+    def delivered(self) -> dict[str, Any]:
+        """The release entries this shard's own nodes' desired sets hold."""
+        return {n: self.entry(n) for n in self.agents if self.entry(n) is not None}
+
+    def agents_act(self) -> None:
+        for n, behaviour in self.agents.items():
+            value = self.entry(n)
+            if value is None or self.handled.get(n) == value:
+                continue
+            self.handled[n] = value
+            rel = parse_agent_release(AGENT_RELEASE_KEY, value)
+            previous = self.running[n]
+            if behaviour == "ok" or rel.image is None:  # a rollback always works
+                self.running[n] = rel.version
+                report = {"version": rel.version, "phase": "Healthy", "message": "",
+                          "previous": previous}
+            else:
+                report = {"version": rel.version, "phase": "RolledBack",
+                          "message": "exit 3 at start", "previous": previous}
+            self.fleet.node_status(n, {"agentVersion": self.running[n],
+                                       "agentUpgrade": report})
+
+    def tick(self) -> None:
+        self.t[0] += 1
+        if self.holds:
+            self.fleet.expire(0.0)  # the global part of the liveness tick
+
+    def status(self) -> Any:
+        return self.fleet.objects.agentupgrades[NAME].status
+
+
+def exchange(src: Shard, dst: Shard) -> None:
+    """The holder's values to the other shard, then the summaries both ways."""
+    holder, other = (src, dst) if src.holds else (dst, src)
+    for k in sorted(holder.batches._out):
+        value = holder.batches.value(k, holder.token)
+        assert value is not None
+        other.rev += 1
+        other.batches.apply_entry(Entry(batch_key(*k), value, other.rev))
+    holder.batches._out.clear()
+    for a, b in ((src, dst), (dst, src)):
+        for node, value in asyncio.run(a.st.changed_summaries()).items():
+            b.rev += 1
+            b.st.show(Entry(node_key(node), value, b.rev))
+        b.fleet.commit()
+
+
+def apply_both(a: Shard, b: Shard, doc: dict[str, Any]) -> None:
+    for s in (a, b):
+        s.fleet.apply([parse_object(doc)])
+        s.fleet.commit()
+    # one identity on every shard, as the objects replica gives it
+    b.fleet.objects.agentupgrades[NAME].metadata.uid = \
+        a.fleet.objects.agentupgrades[NAME].metadata.uid
+
+
+def rounds(a: Shard, b: Shard, n: int, until: Any) -> list[int]:
+    """Rounds of exchange, agents, exchange, the holder's tick; returns the nodes
+    delivered an entry and not yet at NEW after each round."""
+    out = []
+    for _ in range(n):
+        exchange(a, b)
+        for s in (a, b):
+            s.agents_act()
+        exchange(a, b)
+        for s in (a, b):
+            s.tick()
+        running = {**a.running, **b.running}
+        told = {**a.delivered(), **b.delivered()}
+        out.append(sum(1 for n, v in told.items()
+                       if v["version"] == NEW and running[n] != NEW))
+        if until():
+            break
+    exchange(a, b)
+    return out
+
+
+def test_an_agent_upgrade_completes_over_both_shards_in_gated_batches() -> None:
+    a, b = Shard("A", holds=True), Shard("B", holds=False)
+    apply_both(a, b, upgrade_doc())
+    assert b.delivered() == {}  # B's apply tells nothing: the holder decides
+    exchange(a, b)
+    first = {**a.delivered(), **b.delivered()}
+    assert sorted(first) == ["n0", "n1"], first  # the holder's first batch, both shards
+    in_progress = rounds(a, b, 30, lambda: a.status().phase == "Complete")
+    assert a.status().phase == "Complete", a.status()
+    assert {**a.running, **b.running} == dict.fromkeys(NODES, NEW)
+    assert max(in_progress) <= BATCH
+    assert b.batches.adopted > 0
+    # B shows the holder's status, and keeps its memory of every node told
+    assert b.status().phase == "Complete" and b.status().upgraded == len(NODES)
+    assert all(b.fleet.upgrades.memo(NAME, n) is not None for n in NODES)
+
+
+def test_a_failure_on_the_other_shards_node_aborts_and_sends_every_told_node_back() -> None:
+    a, b = Shard("A", holds=True), Shard("B", holds=False)
+    b.agents["n3"] = "crash"
+    apply_both(a, b, upgrade_doc())
+    rounds(a, b, 30, lambda: a.status().phase == "Aborted"
+           and all(v["version"] == OLD for v in {**a.delivered(), **b.delivered()}.values()))
+    assert a.status().phase == "Aborted", a.status()
+    assert [f.node for f in a.status().failures] == ["n3"]
+    told = {**a.delivered(), **b.delivered()}
+    assert told and all(v["version"] == OLD and v["image"] is None for v in told.values())
+    assert {**a.running, **b.running} == dict.fromkeys(NODES, OLD)
+    assert b.status().phase == "Aborted"
+    assert json.loads(a.batches.value((NAME, STATUS), 7) or b"")["aborted"] is True
+
+
+def test_a_new_holder_goes_on_from_what_it_adopted() -> None:
+    a, b = Shard("A", holds=True), Shard("B", holds=False, token=9)
+    b.agents["n5"] = "crash"
+    apply_both(a, b, upgrade_doc(threshold=1))
+    rounds(a, b, 3, lambda: False)
+    done = {n for n, v in {**a.running, **b.running}.items() if v == NEW}
+    assert 0 < len(done) < len(NODES)
+    a.holds, b.holds = False, True  # A lost the lease; B took it
+    asyncio.run(b.batches.global_changed(True))
+    in_progress = rounds(a, b, 40, lambda: b.status().phase == "Complete")
+    assert b.status().phase == "Complete", b.status()
+    assert max(in_progress) <= BATCH
+    # n5 failed (tolerated: threshold 1) and stays failed; every other node at NEW
+    assert [f.node for f in b.status().failures] == ["n5"]
+    assert {n: v for n, v in {**a.running, **b.running}.items() if v != NEW} == {"n5": OLD}
+    # A's late value under its old token is refused by the new holder
+    late = Entry(batch_key(NAME, STATUS), json.dumps(
+        {"uid": "x", "version": NEW, "aborted": True, "status": None, "by": "A",
+         "fence": 7}).encode(), 10_000)
+    b.batches.apply_entry(late)
+    assert b.batches.fenced == 1 and not b.fleet.upgrades.aborted(NAME)
