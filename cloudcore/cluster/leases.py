@@ -56,6 +56,7 @@ import re
 import secrets
 import socket
 import time
+import zlib
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -217,6 +218,10 @@ class Member:
         self._beat_at = 0.0
         self._started_at = clock()
         self._reaped: set[tuple[str, int]] = set()
+        self._last_live: list[str] = []
+        # member -> revision of its heartbeat key when it was last seen holding an
+        # expired lease: out of the live set until that key moves (`live_members`)
+        self._dead: dict[str, int] = {}
         self._seq = 0
         self.joined = asyncio.Event()
         self._members_bucket: Bucket | None = None
@@ -255,15 +260,37 @@ class Member:
         return seen.holder
 
     def live_members(self) -> list[str]:
-        """Members whose heartbeat advanced within `expiry` and who hold no expired
-        lease (a live member renews them all), this member included."""
+        """Members whose heartbeat advanced within `expiry`, this member included, less
+        those seen holding an expired lease (a live member renews them all).
+
+        A member once seen holding an expired lease stays out until its heartbeat key
+        moves again. Its keys are separate writes at separate moments (the heartbeat,
+        and each batch of leases renewed from when it was taken), so after a kill -9
+        they expire one after another in any observer's view: without this, once the
+        first expired batch was taken over the dead member held no expired lease while
+        its heartbeat or its other batches were still young, counted as live again, and
+        the survivors handed back what they had just taken and took it again when the
+        rest expired (two owner changes, two snapshots per moved node; issue 14)."""
         now = self._clock()
         expiry = self.settings.expiry
-        live = {n for n, s in self._members.keys.items()
-                if not s.deleted and now - s.seen_at < expiry}
-        stale = {s.holder for s in self._leases.keys.values()
-                 if not s.deleted and now - s.seen_at >= expiry}
-        return sorted((live - stale) | {self.name})
+        members = self._members.keys
+        stale: set[str] = set()
+        for s in self._leases.keys.values():
+            if not s.deleted and s.holder and now - s.seen_at >= expiry:
+                stale.add(s.holder)
+        for n in stale - {self.name}:
+            m = members.get(n)
+            self._dead[n] = m.revision if m is not None else 0
+        live = {self.name}
+        for n, s in members.items():
+            if s.deleted or now - s.seen_at >= expiry or n in stale:
+                continue
+            if n in self._dead:
+                if self._dead[n] == s.revision:
+                    continue  # not heard from since it was seen dead
+                del self._dead[n]  # it wrote its heartbeat since: alive
+            live.add(n)
+        return sorted(live)
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -594,6 +621,10 @@ class Member:
     async def _rebalance(self, leases: Bucket) -> None:
         now = self._clock()
         live = self.live_members()
+        if live != self._last_live:
+            log.info("member %s: live members %s (were %s)", self.name, live,
+                     self._last_live)
+            self._last_live = live
         targets = shares(live, self.settings.partitions)
         mine = targets.get(self.name, 0)
         free: list[tuple[int, bool, int, float]] = []
@@ -614,14 +645,20 @@ class Member:
                           if m != self.name)
             n = min(have - mine, max(0, deficit - len(free)))
             if n > 0:  # the ones taken last: a shard's settled partitions stay put
+                log.info("member %s: releasing %d of %d (target %d; live %s; others "
+                         "hold %s; %d free)", self.name, n, have, mine, live, held_by,
+                         len(free))
                 await self._release(leases, list(self._owned)[-n:])
             return
         if not free:
             return
-        # free ones first, then expired; start at a point of our own so that members
-        # taking at the same moment mostly try different keys
-        offset = sum(self.name.encode()) % self.settings.partitions
-        free.sort(key=lambda t: (t[1], (t[0] - offset) % self.settings.partitions))
+        # free ones first, then expired, each in an order of our own (a hash of our name
+        # and the partition): members taking at the same moment mostly try different
+        # keys, and what a member takes or hands back (the ones taken last) is spread over
+        # the partition space, not one contiguous run of it, so each member gets its
+        # share of the nodes too (nodes sit in partitions by a hash of their name; a run
+        # of 85 of 256 partitions held none of 18 test nodes, issue 14)
+        free.sort(key=lambda t: (t[1], self._order(t[0])))
         picks = free[:max(0, mine - have)]
         reason = "acquire"
         if not picks:
@@ -639,8 +676,15 @@ class Member:
         if not got:
             return
         self._owned.update(got)
+        log.info("member %s: took %d (%s, %d expired; target %d, had %d; live %s; others "
+                 "hold %s; %d free)", self.name, len(got), reason,
+                 sum(1 for f in picks if f[1] and f[0] in got), mine, have, live, held_by,
+                 len(free))
         await self._emit(Change(frozenset(got), frozenset(), self.owned,
                                 holds_global=self.holds_global, reason=reason))
+
+    def _order(self, p: int) -> int:
+        return zlib.crc32(f"{self.name}/{p}".encode())
 
     async def _release(self, leases: Bucket, parts: list[int]) -> None:
         held = {p: self._owned.pop(p) for p in parts}
