@@ -5,7 +5,9 @@ Each simulated node is one real MQTT session speaking the real protocol
 cloudcore cannot tell it from an edgecore agent, except that nothing is persisted
 and no container runs: a pod entry is reported Running as soon as its gen is
 applied (optionally; with a crash marker, a pod whose command or args contain it is
-reported crash-looping instead, to exercise health-gated rollouts). That is what a
+reported crash-looping instead, to exercise health-gated rollouts; likewise an
+`agent/-/release` entry is taken at once: the node reports that version Healthy, or
+RolledBack if the version contains the crash marker, for AgentUpgrades). That is what a
 benchmark of the cloud and the broker needs: the protocol's traffic and timing,
 without the agent's disk and crun costs.
 
@@ -78,7 +80,7 @@ from shared.codec import (
     encode,
 )
 from shared.delta import LEFT_EPOCH, EdgeDesired, Outcome
-from shared.entries import BROKER_MAP_KEY, POD, split_key, status_value
+from shared.entries import AGENT_RELEASE_KEY, BROKER_MAP_KEY, POD, split_key, status_value
 from shared.errors import ProtocolError
 from shared.models import ContainerStatus, PodStatus
 from testbed.broker import parse_broker_map
@@ -125,6 +127,8 @@ class SimNode:
     """One simulated edge: its desired state in memory, its counters and its session."""
 
     __slots__ = (
+        "agent_upgrade",
+        "agent_version",
         "applied_at",
         "bytes_in",
         "bytes_out",
@@ -161,6 +165,8 @@ class SimNode:
         self.applied_at: dict[int, float] = {}  # gen -> wall time it was applied
         self.msgs_in = self.msgs_out = self.bytes_in = self.bytes_out = 0
         self.reacks = self.resyncs = 0
+        self.agent_version = AGENT_VERSION
+        self.agent_upgrade: dict[str, Any] | None = None
 
     # --- outgoing ----------------------------------------------------------------
 
@@ -196,7 +202,8 @@ class SimNode:
             "allocatable": dict(CAPACITY),
             "arch": "amd64",
             "os": "linux",
-            "agentVersion": AGENT_VERSION,
+            "agentVersion": self.agent_version,
+            "agentUpgrade": self.agent_upgrade,
             "labels": dict(self.sim.settings.labels),
             "heartbeat": self.sim.settings.heartbeat,
         }
@@ -305,6 +312,28 @@ class SimNode:
             pods = self.pod_changes(old, self.desired.items)
             if pods:
                 self.report(pods=pods)
+            self.release_changed(old.get(AGENT_RELEASE_KEY),
+                                 self.desired.items.get(AGENT_RELEASE_KEY))
+
+    def release_changed(self, old: Any, new: Any) -> None:
+        """A new `agent/-/release` entry: this simulated agent runs that version at once
+        and reports it Healthy; a version containing the crash marker is reported
+        RolledBack (the node stays at its version), as an agent whose new version
+        crashed at start (shared.entries' agentUpgrade report)."""
+        if new == old or not isinstance(new, dict) or not isinstance(new.get("version"), str):
+            return
+        version, previous = new["version"], self.agent_version
+        marker = self.sim.settings.crash_marker
+        if marker is not None and marker in version:
+            self.agent_upgrade = {"version": version, "phase": "RolledBack",
+                                  "message": "simulated: exit 3 at start",
+                                  "previous": previous}
+        else:
+            self.agent_version = version
+            self.agent_upgrade = {"version": version, "phase": "Healthy", "message": "",
+                                  "previous": previous}
+        self.report(node_status={"agentVersion": self.agent_version,
+                                 "agentUpgrade": self.agent_upgrade})
 
     def pod_changes(self, old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
         """Statuses to report: new or changed pods Running at once (crashing, with a
