@@ -1,0 +1,167 @@
+"""A Deployment's maxSurge rollout and an AgentUpgrade across shards with real processes
+(issue 14, proposal 0008): a nats-server with JetStream, a secure mosquitto, three
+`cloudcore --shard` processes and a simulated fleet (`testbed.simulator --report-pods`:
+each node reports its applied pods Running at their revision, and takes an
+`agent/-/release` entry at once, reporting the version Healthy).
+
+- maxSurge 2, maxUnavailable 0 over 6 replicas (one per node), the update applied
+  through a shard not holding the global lease: the holder makes the surge pods and
+  places them on any shard's nodes; their owners make them too (the holder's rollout
+  steps carry the pod set) and the nodes run them, so the rollout completes with 6 pods
+  at the update on the nodes, never more than 8 seen running. Before, a surge pod bound
+  to another shard's node ran nowhere and the rollout never completed.
+- An AgentUpgrade of every node (maxUnavailable 4), applied through a shard not holding
+  the lease: the holder decides the batches over every shard's nodes from the status
+  summaries and each owner delivers its nodes' release entries: every node reports the
+  version, the AgentUpgrade is Complete on every shard. Before, only the holder's own
+  nodes got their entry.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from integration.shard_fleet import sharded_fleet
+from integration.test_shards import (
+    GLOBAL_LOG,
+    HEARTBEAT,
+    owners,
+    pytestmark,  # noqa: F401  (needs nats-server and mosquitto)
+    wait_for,
+)
+
+NODES = 18
+SHARDS = ("U1", "U2", "U3")
+REPLICAS, SURGE = 6, 2
+VERSION = "1.2.3"
+
+
+def deployment(args: list[str]) -> dict[str, Any]:
+    return {"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "web", "namespace": "default"},
+            "spec": {"replicas": REPLICAS, "minReadySeconds": 0,
+                     "selector": {"matchLabels": {"app": "web"}},
+                     "strategy": {"type": "RollingUpdate", "rollingUpdate": {
+                         "maxSurge": SURGE, "maxUnavailable": 0}},
+                     "template": {"metadata": {"labels": {"app": "web"}}, "spec": {
+                         "affinity": {"podAntiAffinity": {  # one per node: spread
+                             "requiredDuringSchedulingIgnoredDuringExecution": [{
+                                 "labelSelector": {"matchLabels": {"app": "web"}},
+                                 "topologyKey": "kubernetes.io/hostname"}]}},
+                         "containers": [{"name": "c", "image": "busybox",
+                                         "command": ["sleep", "9999"], "args": args}]}}}}
+
+
+UPGRADE = {"apiVersion": "edgefed.io/v1", "kind": "AgentUpgrade",
+           "metadata": {"name": f"agent-{VERSION}"},
+           "spec": {"version": VERSION, "image": f"reg.example:5000/edgefed/agent:{VERSION}",
+                    "maxUnavailable": 4, "failureThreshold": 0,
+                    "healthDeadlineSeconds": 120}}
+
+
+def test_maxsurge_rollout_and_agent_upgrade_across_shards(tmp_path: Path) -> None:
+    with sharded_fleet(tmp_path, SHARDS, NODES, HEARTBEAT) as sf:
+        shards = sf.shards
+
+        def all_owned() -> dict[str, str] | None:
+            try:
+                o = owners(shards)
+            except AssertionError:
+                return None
+            if len(o) == NODES and all(len(v) == 1 for v in o.values()) \
+                    and len({v[0] for v in o.values()}) == len(SHARDS):
+                return {n: v[0] for n, v in o.items()}
+            return None
+
+        own = wait_for("every node Ready on one shard, nodes on every shard",
+                       all_owned, 150)
+        holders = [s for s in shards if GLOBAL_LOG in s.log_text()]
+        assert len(holders) == 1, [s.name for s in holders]
+        holder = holders[0]
+        others = [s for s in shards if s is not holder]
+
+        # 1. a maxSurge rollout through a shard not holding the lease
+        def dep_status() -> dict[str, Any]:
+            got: dict[str, Any] = holder.call("/api/v1/deployments/default/web")
+            return got.get("status") or {}
+
+        def complete(previous: str | None = None) -> dict[str, Any] | None:
+            st = dep_status()
+            ro = st.get("rollout") or {}
+            if ro.get("phase") != "Complete" or st.get("updatedReplicas") != REPLICAS \
+                    or st.get("replicas") != REPLICAS:
+                return None
+            if previous is not None and st.get("currentRevision") == previous:
+                return None
+            return st
+
+        others[0].call("/api/v1/apply", {"documents": [deployment(["v1"])]})
+        first = wait_for("v1 Complete", complete, 60, every=0.5)
+        before = sf.pods("web-")
+        assert len(before) == REPLICAS, before
+        t0 = time.monotonic()
+        others[1].call("/api/v1/apply", {"documents": [deployment(["v2"])]})
+        most = 0
+
+        def done() -> dict[str, Any] | None:
+            nonlocal most
+            most = max(most, len(sf.pods("web-")))
+            return complete(first["currentRevision"])
+
+        try:
+            st = wait_for("v2 rolled out with surge pods", done, 120, every=0.5)
+        except AssertionError:
+            print("holder's status:", json.dumps(dep_status())[:2000])
+            raise
+        print(f"maxSurge rollout of {REPLICAS} replicas over 3 shards: "
+              f"{time.monotonic() - t0:.1f} s; at most {most} pods seen running; "
+              f"{st.get('rollout')}")
+        r2 = st["updateRevision"]
+        assert most <= REPLICAS + SURGE
+
+        def settled() -> dict[str, str] | None:
+            a = sf.pods("web-")
+            time.sleep(2)
+            b = sf.pods("web-")
+            return b if a == b and len(b) == REPLICAS else None
+
+        running = wait_for("6 web pods on the fleet's nodes", settled, 60, every=0.5)
+        items = holder.call("/api/v1/pods?labelSelector=app=web")["items"]
+        revs = {p["metadata"]["name"]: (p.get("status") or {}).get("revision") for p in items}
+        assert revs == dict.fromkeys(running, r2), (revs, running)
+        elsewhere = sorted(n for n in running.values() if own[n] != holder.name)
+        print(f"holder {holder.name}; the update runs on {running}; on other shards' nodes:"
+              f" {elsewhere}")
+        assert elsewhere, "every surge pod landed on the holder's nodes: nothing shown"
+        assert set(running) != set(before)  # surge pods are new pods, not in-place updates
+
+        # 2. an AgentUpgrade through a shard not holding the lease
+        others[0].call("/api/v1/apply", {"documents": [UPGRADE]})
+
+        def upgraded(s: Any) -> dict[str, Any] | None:
+            au = s.call(f"/api/v1/agentupgrades/agent-{VERSION}").get("status") or {}
+            nodes = s.call("/api/v1/nodes")["items"]
+            versions = {n["metadata"]["name"]: (n.get("status") or {}).get("agentVersion")
+                        for n in nodes}
+            if au.get("phase") == "Complete" and set(versions.values()) == {VERSION} \
+                    and len(versions) == NODES:
+                return au
+            return None
+
+        t0 = time.monotonic()
+        try:
+            au = wait_for("every node at the AgentUpgrade's version", lambda: upgraded(
+                holder), 120, every=0.5)
+        except AssertionError:
+            print("holder's AgentUpgrade:", json.dumps(holder.call(
+                f"/api/v1/agentupgrades/agent-{VERSION}"))[:2000])
+            raise
+        print(f"AgentUpgrade of {NODES} nodes over 3 shards: {time.monotonic() - t0:.1f} s;"
+              f" {au}")
+        assert au["upgraded"] == NODES and au["failed"] == 0
+        for s in others:  # the holder's status, shown by every shard
+            wait_for(f"{s.name} shows the AgentUpgrade Complete", lambda s=s: upgraded(s),
+                     30, every=0.5)
