@@ -14,18 +14,35 @@ Bucket `<prefix>_rollouts`:
 - `<owner>.<pp>` (owner `Kind/ns/name` escaped, `pp` the partition of the pod's name,
   so a key holds about 1/256 of a workload's pods): `{"update": template hash, "pods":
   [names given that update], "by", "fence"}`, rewritten with the names added at each
-  batch (a new update starts the list again);
-- `<owner>.end`: `{"update", "outcome", "by", "fence"}`.
+  batch (a new update starts the list again); during a Deployment's `maxSurge` rollout
+  also `"set": [the names of every pod of the Deployment in that pp, as the holder has
+  them when it writes]`;
+- `<owner>.end`: `{"update", "outcome", "by", "fence"}`, written after the owner's
+  steps of the same round (a shard reading the end has read the steps before it).
+
+A Deployment's `maxSurge` rollout does not update pods in place: the holder makes new
+pods of the update at free indexes (placed by it, on any shard's node, through the
+bindings, `cloudcore.cluster.bindings`) and removes old ones (`Rollouts._surge`). Its
+steps therefore carry the pod set of each pp they touch: every other shard removes its
+copies of the pods not in the set and makes those of the set given the update that it
+does not have (`Rollouts.give(make=True)`), so the binding of a surge pod to its node
+finds the pod there and the node's owner delivers it; the end (Complete, RolledBack)
+then finds the same pods on every shard and ends the rollout alike.
 
 Each value carries the writer's global lease token (`Member.global_revision`, as the
 bindings do); a value under a smaller token than one seen is refused (a former holder
 paused past its lease). A shard applies a value once its own copy of the workload is at
-that template (the objects replica and this bucket are separate watches; what arrives
-early is applied at the next `RETRY_S` round). A new holder goes on from the bucket's
-lists (its copies of the pods were given the update from them).
+that template (the objects replica and this bucket are separate watches: what arrives
+early is applied at the next `RETRY_S` round, an owner's end only after its steps). A
+new holder goes on from the bucket's lists (its copies of the pods were given the
+update, made and removed from them). The writes go through `cloudcore.cluster.fenced`.
 
-Not done: a Deployment's `maxSurge` rollout across shards (its surge pods are made by
-the holder only; the other shards never make them), AgentUpgrade batches.
+AgentUpgrade batches across shards are `cloudcore.cluster.upgrades`, in the same shape.
+
+Not done: a Deployment scaled (replicas changed) while its maxSurge rollout is under way
+is scaled by each shard on its own (the pod names agree when their pod sets did), and
+a pod set older than that scale, applied late on a shard, can remove a pod made there
+by the scale until the holder's next step in that pp.
 """
 
 from __future__ import annotations
@@ -289,7 +306,17 @@ class SharedSteps:
 
     # -- the holder's writes ------------------------------------------------------------
 
-    def value(self, key: tuple[str, str], fence: int) -> bytes:
+    def pod_sets(self, owner: str) -> dict[str, list[str]]:
+        """pp -> the names of `owner`'s pods there, as this shard has them now."""
+        out: dict[str, list[str]] = {}
+        for _, name in self.fleet.workloads.owned_set(owner):
+            out.setdefault(part_of(name), []).append(name)
+        return out
+
+    def value(self, key: tuple[str, str], fence: int,
+              sets: dict[str, dict[str, list[str]]] | None = None) -> bytes:
+        """The value of `key` to write (`sets`: `pod_sets` of owners, made once for a
+        round of writes)."""
         owner, part = key
         if part == END:
             thash, outcome = self.ends[owner]
@@ -298,8 +325,11 @@ class SharedSteps:
             thash, names = self.lists[key]
             doc = {"update": thash, "pods": sorted(names)}
             if self.surging.get(owner) == thash:  # the pod set, as it is now
-                doc["set"] = sorted(k[1] for k in self.fleet.workloads.owned_set(owner)
-                                    if part_of(k[1]) == part)
+                if sets is None:
+                    sets = {}
+                if owner not in sets:
+                    sets[owner] = self.pod_sets(owner)
+                doc["set"] = sorted(sets[owner].get(part, ()))
         doc.update({"by": self.shard, "fence": fence})
         return json.dumps(doc, separators=(",", ":")).encode()
 
@@ -316,13 +346,15 @@ class SharedSteps:
                 batch = sorted(self._out, key=lambda k: (k[1] == END, k))[:BATCH]
                 self._out.difference_update(batch)
                 failed: list[tuple[str, str]] = []
+                sets: dict[str, dict[str, list[str]]] = {}  # once per owner a round
                 for keys in ([k for k in batch if k[1] != END],
                              [k for k in batch if k[1] == END]):
                     if failed:  # no end written while a step of the round was not
                         failed += keys
                         continue
                     bad = await put_all(self.bucket,
-                                        [(step_key(*k), self.value(k, fence)) for k in keys],
+                                        [(step_key(*k), self.value(k, fence, sets))
+                                         for k in keys],
                                         log=log, what="rollout step(s)", shard=self.shard)
                     failed += [keys[i] for i in bad]
                     self.writes += len(keys) - len(bad)
