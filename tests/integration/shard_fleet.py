@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from integration.test_shards import ShardProc, merge_broker_files, wait_for
 from testbed.bench import join_all
@@ -26,6 +27,12 @@ class ShardedFleet:
     shards: list[ShardProc]
     sim: subprocess.Popen[bytes]
     gens_file: Path
+    nats: NatsKV
+    stats_file: Path  # the simulator's counters (`snapshots_in`, ...), every second
+
+    def sim_stats(self) -> dict[str, Any]:
+        got: dict[str, Any] = json.loads(self.stats_file.read_text())
+        return got
 
     def pods(self, prefix: str) -> dict[str, str]:
         """pod name (starting with `prefix`) -> the node whose applied desired set holds
@@ -68,15 +75,16 @@ def sharded_fleet(tmp_path: Path, shard_names: tuple[str, ...], nodes: int,
             merge_broker_files(shards, fleet)
             for s in shards:
                 wait_for(f"{s.name} ready", lambda s=s: s.call("/readyz"), 60)
-            gens_file = tmp_path / "gens.json"
+            gens_file, stats_file = tmp_path / "gens.json", tmp_path / "sim-stats.json"
             with (tmp_path / "sim.log").open("wb") as sim_log:
                 sim = subprocess.Popen(
                     [sys.executable, "-m", "testbed.simulator", "--host", "127.0.0.1",
                      "--port", str(fleet.broker.port), "--prefix", "sim", "--count",
                      str(nodes), "--heartbeat", str(heartbeat), "--rate", "50",
-                     "--report-pods", *sim_args, "--gens-file", str(gens_file)],
+                     "--report-pods", *sim_args, "--gens-file", str(gens_file),
+                     "--stats", str(stats_file)],
                     stdout=sim_log, stderr=subprocess.STDOUT)
-            yield ShardedFleet(fleet, shards, sim, gens_file)
+            yield ShardedFleet(fleet, shards, sim, gens_file, nats, stats_file)
     finally:
         if sim is not None:
             sim.terminate()
