@@ -362,7 +362,8 @@ async def _forever(factory: Callable[[], Awaitable[None]]) -> None:
 class GatedNodes:
     """The fleet as the hub's `NodeSink`, with the global part of the liveness tick
     (rollout steps, agent upgrades, evictions: `Fleet.expire`) only while the shard
-    holds the global lease; otherwise only its own nodes' deadlines."""
+    holds the global lease; otherwise its own nodes' deadlines and the workloads'
+    statuses (`Rollouts.tick` takes no step while `Rollouts.shared` does not decide)."""
 
     def __init__(self, fleet: Any, *, is_global: Callable[[], bool]) -> None:
         self._fleet = fleet
@@ -378,4 +379,5 @@ class GatedNodes:
         for name in out:
             self._fleet.eviction.observe(name, "NotReady")
             self._fleet.upgrades.node_changed(name)
+        self._fleet.rollouts.tick()  # workload statuses only: the holder takes the steps
         return out
