@@ -8,8 +8,9 @@ each node reports its applied pods Running at their revision, and takes an
   through a shard not holding the global lease: the holder makes the surge pods and
   places them on any shard's nodes; their owners make them too (the holder's rollout
   steps carry the pod set) and the nodes run them, so the rollout completes with 6 pods
-  at the update on the nodes, never more than 8 seen running. Before, a surge pod bound
-  to another shard's node ran nowhere and the rollout never completed.
+  at the update on the nodes, never more than 8 seen running, and every shard's API
+  shows it Complete. Before, a surge pod bound to another shard's node ran nowhere and
+  the rollout never completed.
 - An AgentUpgrade of every node (maxUnavailable 4), applied through a shard not holding
   the lease: the holder decides the batches over every shard's nodes from the status
   summaries and each owner delivers its nodes' release entries: every node reports the
@@ -137,6 +138,10 @@ def test_maxsurge_rollout_and_agent_upgrade_across_shards(tmp_path: Path) -> Non
               f" {elsewhere}")
         assert elsewhere, "every surge pod landed on the holder's nodes: nothing shown"
         assert set(running) != set(before)  # surge pods are new pods, not in-place updates
+        for s in others:  # `fedctl rollout status` through any shard sees it end
+            wait_for(f"{s.name} shows the rollout Complete", lambda s=s: (
+                (s.call("/api/v1/deployments/default/web").get("status") or {}).get(
+                    "rollout", {}).get("phase") == "Complete"), 30, every=0.5)
 
         # 2. an AgentUpgrade through a shard not holding the lease
         others[0].call("/api/v1/apply", {"documents": [UPGRADE]})
