@@ -158,10 +158,11 @@ import json, sys, tracemalloc
 tracemalloc.start()
 import edgecore.__main__
 edgecore.__main__.defer_unused_imports()  # what `edgecore run` does before the agent
+edgecore.__main__.block_unused_imports()
 import edgecore.agent
 edgecore.__main__.build_parser()
 print(json.dumps({"traced": tracemalloc.get_traced_memory()[0],
-                  "modules": sorted(sys.modules)}))
+                  "modules": sorted(n for n, m in sys.modules.items() if m is not None)}))
 """
 
 # Loaded only where they are needed, never by starting the agent: the cloud's schema
@@ -171,14 +172,17 @@ print(json.dumps({"traced": tracemalloc.get_traced_memory()[0],
 NOT_AT_START = ("pydantic", "pydantic_core", "shared.models", "fastapi", "uvicorn",
                 "starlette", "numpy", "onnxruntime", "cryptography", "uvloop", "yaml",
                 "requests", "httpx", "sqlite3", "xml", "http.server", "asyncio.windows_events",
-                "difflib", "http.client", "email", "_bz2", "_lzma", "calendar")
+                "difflib", "http.client", "email", "_bz2", "_lzma", "calendar",
+                "typing_extensions")
 # difflib left with issue 16's footprint work (shared.pods imports it only for a "did
 # you mean" hint). paho-mqtt imports `urllib.request` at its top for a proxy lookup that
 # returns early without PySocks, and shutil imports bz2 and lzma for archive formats:
 # `edgecore run` puts placeholders for those three into sys.modules that import the real
 # module only when it is used (`edgecore.__main__.defer_unused_imports`), so
 # `http.client`, the `email` package, `calendar` and the compression libraries stay out
-# (about 1.4 MiB of RSS). The link stays on aiomqtt and paho-mqtt, the project's MQTT
+# (about 1.4 MiB of RSS). typing_extensions (msgspec imports it if installed, for what
+# Python 3.11's typing has) is blocked: `edgecore.__main__.block_unused_imports`, 0.3 MiB.
+# The link stays on aiomqtt and paho-mqtt, the project's MQTT
 # libraries (DESIGN.md 5); an own client was measured at -1.6 MiB RSS and declined
 # (docs/edgecore.md, Memory).
 
@@ -221,8 +225,13 @@ def watch(agent_module):
             await self.started.wait()
             await self.link.wait_connected()
             await asyncio.sleep(4)
+            held = {n: m for n, m in sys.modules.items() if m is not None}
+            # placeholders (edgecore.__main__.defer_unused_imports) import the real
+            # module on first use: a name held as one is not loaded
+            stubs = [n for n, m in held.items() if "defer_unused_imports" in getattr(
+                vars(m).get("__getattr__"), "__qualname__", "")]
             with open(out, "w") as f:
-                json.dump(sorted(sys.modules), f)
+                json.dump({"modules": sorted(held), "placeholders": sorted(stubs)}, f)
             os.kill(os.getpid(), signal.SIGTERM)
         task = asyncio.get_running_loop().create_task(dump())
         try:
@@ -264,13 +273,17 @@ def test_a_started_agent_holds_none_of_the_removed_modules(tmp_path: Path, mosqu
     r = subprocess.run([sys.executable, "-c", STARTED, str(out), *argv], env=env, check=False,
                        capture_output=True, text=True, timeout=100)
     assert out.exists(), f"the agent did not start (exit {r.returncode}): {r.stderr[-2000:]}"
-    mods = set(json.loads(out.read_text()))
+    got = json.loads(out.read_text())
+    mods, stubs = set(got["modules"]), set(got["placeholders"])
     assert "edgecore.link" in mods and "edgecore.reconciler" in mods  # it did run
     loaded = sorted(m for m in mods if any(m == x or m.startswith(x + ".")
                                             for x in NOT_AT_START))
     assert not loaded, f"a started, idle agent holds {loaded}"
     # The placeholders are still there: nothing the idle agent did needed them.
-    assert "urllib.request" in mods and "http.client" not in mods
+    assert "urllib.request" in stubs and "http.client" not in mods
+    # The command line's modules were let go once the flags were parsed (issue 16).
+    assert not {"argparse", "gettext"} & (mods - stubs), (
+        f"a started agent holds {sorted({'argparse', 'gettext'} & (mods - stubs))}")
 
 
 # `edgecore run` up to the launcher's hand-over: during an agent release's trial that
@@ -328,3 +341,29 @@ def test_deferred_modules_load_on_first_use_and_behave_as_the_real_ones() -> Non
     out = subprocess.run([sys.executable, "-c", DEFERRED], capture_output=True, text=True,
                          check=True, timeout=60).stdout
     assert json.loads(out) == {"before": [], "ok": True, "after": True}
+
+
+RELEASED = """
+import gc, json, sys, weakref
+from pathlib import Path
+import edgecore.__main__ as em
+flags = em.build_parser().parse_args(["run", "--state-dir", "/s1", "--label", "a=b"])
+import argparse  # a namespace holding the module: rebound to the placeholder too
+real = weakref.ref(sys.modules["argparse"])
+del flags
+released = em.release_modules(["argparse", "gettext", "no_such_module"])
+gc.collect()
+freed = real() is None
+again = em.build_parser().parse_args(["run", "--state-dir", "/s2"])  # loads it again
+print(json.dumps({"released": released, "freed": freed, "again": str(again.state_dir),
+                  "same": isinstance(again, argparse.Namespace)
+                  and argparse.Namespace is sys.modules["argparse"].Namespace}))
+"""
+
+
+def test_released_modules_are_collected_and_load_again_when_used() -> None:
+    # `edgecore run` lets argparse and gettext go once its flags are parsed (issue 16)
+    out = subprocess.run([sys.executable, "-c", RELEASED], capture_output=True, text=True,
+                         check=True, timeout=60).stdout
+    assert json.loads(out) == {"released": ["argparse", "gettext"], "freed": True,
+                               "again": "/s2", "same": True}
