@@ -214,14 +214,20 @@ class TierFleet(Fleet):
     """`testbed.fleet.Fleet` with `brokers` mosquittos (issue 14): mq-0 is the fleet's own
     broker; the others share its password file, ACL (which cloudcore keeps) and TLS
     files, and are started before cloudcore, which gets one `--broker NAME=URL` flag per
-    broker (none with one broker: exactly the single-broker cloud)."""
+    broker (none with one broker: exactly the single-broker cloud). `listen_backlog`
+    (`testbed.broker.Mosquitto`): every broker's after its first start, the extra
+    brokers' from it (mq-0 first starts with mosquitto's own 100)."""
 
-    def __init__(self, settings: FleetSettings, *, brokers: int) -> None:
+    def __init__(self, settings: FleetSettings, *, brokers: int,
+                 listen_backlog: int | None = None) -> None:
         super().__init__(settings)
         self.broker_count = brokers
+        self.listen_backlog = listen_backlog
         self.extra: list[Mosquitto] = []
 
     def start_cloud(self) -> None:
+        if self.broker is not None:
+            self.broker.listen_backlog = self.listen_backlog
         if self.broker_count > 1 and not self.extra:
             self._start_extra()
         super().start_cloud()
@@ -237,11 +243,13 @@ class TierFleet(Fleet):
         for i in range(1, self.broker_count):
             if self.secure:
                 mq = Mosquitto(workdir=self.workdir / f"mosquitto-{i}",
-                               security=BrokerSecurity(), shared_auth=(b0.passwd, b0.acl))
+                               security=BrokerSecurity(), shared_auth=(b0.passwd, b0.acl),
+                               listen_backlog=self.listen_backlog)
                 for f in ("ca.crt", "broker.crt", "broker.key"):
                     shutil.copy(b0.tls_dir / f, mq.tls_dir / f)
             else:
-                mq = Mosquitto(workdir=self.workdir / f"mosquitto-{i}", insecure=True)
+                mq = Mosquitto(workdir=self.workdir / f"mosquitto-{i}", insecure=True,
+                               listen_backlog=self.listen_backlog)
             self.extra.append(mq)
             mq.start()
         scheme = "mqtt" if self.s.insecure else "mqtts"
@@ -585,12 +593,14 @@ def simulated_fleet(*, nodes: int, procs: int | None = None, workdir: Path,
                     cloud_tree: Path | None = None, brokers: int | None = None,
                     per_broker: int = PER_BROKER, per_sim: int | None = None,
                     rate: float = 500.0, stall_s: float = 60.0,
-                    heartbeat_s: float = 300.0) -> Iterator[SimFleet]:
+                    heartbeat_s: float = 300.0,
+                    listen_backlog: int | None = None) -> Iterator[SimFleet]:
     """Start the brokers (`plan`: `ceil(nodes / per_broker)` unless `brokers`),
     cloudcore (from `cloud_tree` when given, see `_cloud_pythonpath`; one `--broker`
     flag per broker) and the simulator processes (sized by the open-file limit unless
     `procs`; `nodes` sessions in all, each node to its partition's broker by the
-    cloud's map, with `sim_args` added), joining every node first when `secure`; wait
+    cloud's map, with `sim_args` added; `listen_backlog`: the brokers', see `TierFleet`),
+    joining every node first when `secure`; wait
     until every node is connected and registered, and stop everything on exit. Raises
     ValueError (a size that cannot work), BenchFailure (naming what is missing and why)
     or RuntimeError (a process did not start)."""
@@ -602,7 +612,7 @@ def simulated_fleet(*, nodes: int, procs: int | None = None, workdir: Path,
                              # every join comes from this one address
                              cloud_args=("--join-rate", "1000000", "--join-burst", "1000000")
                              if secure else ())
-    fleet = TierFleet(settings, brokers=p.brokers)
+    fleet = TierFleet(settings, brokers=p.brokers, listen_backlog=listen_backlog)
     stats = [workdir / f"sim-{i}.json" for i in range(p.procs)]
     for f in stats:
         f.unlink(missing_ok=True)
@@ -1053,6 +1063,7 @@ def describe_fleet(sf: SimFleet) -> dict[str, Any]:
     return {
         "brokers": [{"name": n, "address": f"{mq.host}:{mq.port}",
                      "pid": mq.proc.pid if mq.proc else None,
+                     "listen_backlog": mq.listen_backlog or "100 (mosquitto's own)",
                      "sessions_homed": homed.get(n, 0)}
                     for n, mq in sf.fleet.brokers.items()],
         "broker_map": sf.map_source or "one broker: every partition",

@@ -110,6 +110,9 @@ SHARD_KILL = {"run": False, "why": "not asked for: --shards N (at least 2) moves
                                    "kills one. Nothing is measured or faked"}
 
 
+LISTEN_BACKLOG = 4096
+"""The brokers' listen backlog in the storm (`testbed.broker`: mosquitto's own is 100)."""
+
 TIMELINE_EVERY = 2.0
 TIMELINE_COLUMNS = ["s_since_return", "sessions_up", "cloud_resyncs_in_total",
                     "cloud_reports_in_total", "cloud_acks_in_total", "cloud_cpu_pct",
@@ -822,7 +825,7 @@ def bench_storm(*, nodes: int, workdir: Path, procs: int | None = None,
                 per_sim: int | None = None, rate: float = 500.0, stall_s: float = 60.0,
                 down_s: float = 5.0, heartbeat_s: float = 60.0, timeout: float = 900.0,
                 cloud_tree: Path | None = None, shards: int = 0, lease_s: float = 15.0,
-                broker_storm: bool = True) -> int:
+                broker_storm: bool = True, listen_backlog: int = LISTEN_BACKLOG) -> int:
     """Start the fleet, run the storm (the brokers' unless `broker_storm=False`, then
     with `shards` >= 2 the shard kill), print and write the result; 0 if it ran (targets
     missed are figures, not failures), 1 if it could not finish (the error names what
@@ -838,13 +841,17 @@ def bench_storm(*, nodes: int, workdir: Path, procs: int | None = None,
             raise ValueError("--lease-period: must be positive")
         if not broker_storm and not shards:
             raise ValueError("--no-broker-storm without --shards: nothing to run")
+        if listen_backlog < 0:
+            raise ValueError(f"--listen-backlog {listen_backlog}: 0 (mosquitto's own, 100) "
+                             "or more")
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     workdir.mkdir(parents=True, exist_ok=True)
     out = workdir / "result.json"
-    print(f"== storm: {nodes} simulated nodes, {p.brokers} broker(s), {p.procs} simulator "
-          f"process(es), heartbeat {heartbeat_s:g} s, "
+    print(f"== storm: {nodes} simulated nodes, {p.brokers} broker(s) (listen backlog "
+          f"{listen_backlog or 100}), {p.procs} simulator process(es), heartbeat "
+          f"{heartbeat_s:g} s, "
           + (f"brokers down {down_s:g} s" if broker_storm else "no broker storm")
           + (f", then {shards} shards (lease {lease_s:g} s) and one killed" if shards
              else "")
@@ -853,7 +860,8 @@ def bench_storm(*, nodes: int, workdir: Path, procs: int | None = None,
         with stoppable(), simulated_fleet(
                 nodes=nodes, procs=p.procs, workdir=workdir, secure=True,
                 cloud_tree=cloud_tree, brokers=p.brokers, per_broker=per_broker,
-                per_sim=per_sim, rate=rate, stall_s=stall_s, heartbeat_s=heartbeat_s) as sf:
+                per_sim=per_sim, rate=rate, stall_s=stall_s, heartbeat_s=heartbeat_s,
+                listen_backlog=listen_backlog or None) as sf:
             res = storm(sf, down_s=down_s, timeout=timeout, brokers=broker_storm)
             res["shard_kill"] = dict(SHARD_KILL)
             if shards:
@@ -950,6 +958,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the shards' partition lease period, s (cloudcore's default)")
     p.add_argument("--no-broker-storm", dest="broker_storm", action="store_false",
                    help="skip the broker storm (with --shards: the shard kill only)")
+    p.add_argument("--listen-backlog", type=int, default=LISTEN_BACKLOG,
+                   help="the brokers' listen backlog after their first start (a listen() "
+                        "shim, testbed.broker; the kernel caps it at net.core.somaxconn); "
+                        "0: mosquitto's own, 100 (default %(default)s)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -965,7 +977,7 @@ def main(argv: list[str] | None = None) -> int:
                        per_broker=a.per_broker, rate=a.rate, stall_s=a.stall, down_s=a.down,
                        heartbeat_s=a.heartbeat, timeout=a.timeout, cloud_tree=tree,
                        shards=a.shards, lease_s=a.lease_period,
-                       broker_storm=a.broker_storm)
+                       broker_storm=a.broker_storm, listen_backlog=a.listen_backlog)
 
 
 if __name__ == "__main__":

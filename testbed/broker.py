@@ -16,6 +16,15 @@ Two shapes, chosen explicitly:
 The broker always logs to a file, `log` (`WORKDIR/run/mosquitto.log`; a silent broker
 once hid fd exhaustion); `log_tail()` reads it.
 
+The listen backlog (`listen_backlog`, issue 14's storm): mosquitto 2.0 calls
+`listen(sock, 100)` with no setting to change it, so when thousands of sessions reconnect
+at once (every broker restarted) the kernel drops the handshakes that do not fit in
+100, and TCP retries each 1, 2, 4, 8, 16, 32 s later: the waits, not the CPU, set how
+long a restarted broker takes to get its sessions back. Given a backlog, the broker runs
+with a small `listen()` shim preloaded (`LD_PRELOAD`, built once with the system's C
+compiler into the temporary directory) that raises every backlog it asks for to that
+number; the kernel still caps it at `net.core.somaxconn`.
+
 A broker tier (issue 14, `testbed bench brokers`): `spread_partitions` gives each of
 several brokers a contiguous share of the 256 partitions, and `NatsCluster` starts a
 cluster of Debian's nats-server with routes, JetStream (which its MQTT listener needs)
@@ -28,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import grp
+import hashlib
 import logging
 import os
 import pwd
@@ -53,6 +63,62 @@ INSECURE_WARNING = (
     "{where} can read every node's desired state (Secret values included), forge "
     "reports and requests, and take over any client id. Use it for tests only."
 )
+
+
+LISTEN_SHIM_C = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+
+/* edgefed testbed: raise mosquitto's fixed listen(sock, 100) to EDGEFED_LISTEN_BACKLOG */
+int listen(int fd, int backlog) {
+    static int (*real)(int, int);
+    if (!real) real = (int (*)(int, int))dlsym(RTLD_NEXT, "listen");
+    const char *want = getenv("EDGEFED_LISTEN_BACKLOG");
+    if (want) {
+        int b = atoi(want);
+        if (b > backlog) backlog = b;
+    }
+    return real(fd, backlog);
+}
+"""
+
+
+def somaxconn() -> int | None:
+    """The kernel's cap on any listen backlog (`net.core.somaxconn`), if readable."""
+    try:
+        return int(Path("/proc/sys/net/core/somaxconn").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def listen_shim() -> Path:
+    """The shared object that raises mosquitto's listen backlog (module docstring), built
+    on first use into the temporary directory; RuntimeError naming the missing compiler
+    or the compiler's complaint."""
+    digest = hashlib.sha256(LISTEN_SHIM_C.encode()).hexdigest()[:12]
+    out = Path(tempfile.gettempdir()) / f"edgefed-listen-backlog-{digest}.so"
+    if out.is_file():
+        return out
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        raise RuntimeError("a listen backlog for mosquitto needs a C compiler to build its "
+                           "listen() shim (apt-get install gcc); or leave the backlog out "
+                           "(mosquitto's own is 100)")
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "listen_backlog.c"
+        src.write_text(LISTEN_SHIM_C)
+        built = Path(tmp) / "listen_backlog.so"
+        done = subprocess.run([cc, "-shared", "-fPIC", "-O2", "-o", str(built), str(src),
+                               "-ldl"], capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"building mosquitto's listen() shim failed: {done.stderr}")
+        built.chmod(0o755)
+        tmp_out = out.with_suffix(f".{os.getpid()}.tmp")
+        shutil.copy(built, tmp_out)
+        tmp_out.replace(out)  # atomic: brokers started at once never load a partial file
+    return out
 
 
 @dataclass(frozen=True)
@@ -89,6 +155,7 @@ class Mosquitto:
                  security: BrokerSecurity | None = None, insecure: bool = False,
                  log_types: tuple[str, ...] = ("error", "warning", "notice", "information"),
                  shared_auth: tuple[Path, Path] | None = None,
+                 listen_backlog: int | None = None,
                  ) -> None:
         if (security is None) != insecure:
             raise ValueError("give the broker its security (BrokerSecurity), or ask for the "
@@ -116,6 +183,11 @@ class Mosquitto:
         if security is not None and security.probe_password is not None:
             self.probe_port = free_port("127.0.0.1")
         self.log_types = log_types
+        if listen_backlog is not None and listen_backlog < 1:
+            raise ValueError(f"listen_backlog: at least 1, not {listen_backlog}")
+        self.listen_backlog = listen_backlog
+        """The listen backlog of the broker's next start (None: mosquitto's own 100);
+        see the module docstring. May be set between starts."""
         self.log = self.rundir / "mosquitto.log"
         self.reloads = 0
         self.proc: subprocess.Popen[bytes] | None = None
@@ -206,8 +278,12 @@ class Mosquitto:
             log.warning(INSECURE_WARNING.format(
                 where=", ".join(f"{h}:{self.port}" for h in self.hosts)))
         binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        env = None
+        if self.listen_backlog is not None:
+            env = {**os.environ, "LD_PRELOAD": str(listen_shim()),
+                   "EDGEFED_LISTEN_BACKLOG": str(self.listen_backlog)}
         self.proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE)
+                                     stderr=subprocess.PIPE, env=env)
         try:
             wait_port(self.host, self.port, timeout=10)
         except TimeoutError:

@@ -87,6 +87,29 @@ from testbed.broker import parse_broker_map
 
 log = logging.getLogger("testbed.simulator")
 
+
+class GatedClient(gmqtt.Client):  # type: ignore[misc]
+    """A gmqtt client whose every connection (the first and each of gmqtt's reconnects)
+    opens through a semaphore shared by the process (`Simulator.connecting`).
+
+    Why (issue 14's storm): when every broker restarts, each simulator process has
+    thousands of sessions reconnecting within a few seconds. Opened all at once, their
+    TLS handshakes share one process's CPU and progress together, so none finishes until
+    nearly all do (at 20,000 nodes no session was back for 28 s, then 14,000 within 5 s),
+    and the cloud sits idle meanwhile. A real device does its handshake on its own CPU;
+    bounding the handshakes in flight lets a process finish them in turn, as devices
+    would, and the cloud starts on the first ones at once. gmqtt's own reconnect delay is
+    kept: the gate is taken after it, around `_create_connection` (gmqtt's one place that
+    opens the transport and TLS), and released as soon as it returns."""
+
+    def __init__(self, *args: Any, gate: asyncio.Semaphore, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._gate = gate
+
+    async def _create_connection(self, *args: Any, **kwargs: Any) -> Any:
+        async with self._gate:
+            return await super()._create_connection(*args, **kwargs)
+
 CAPACITY = {"cpu": 4000, "memory": 8_589_934_592, "pods": 110}
 AGENT_VERSION = "sim"
 
@@ -108,7 +131,8 @@ class SimSettings:
     # mqtt_keepalive_s); at 60 the pings were 10x an agent's idle traffic and half of a
     # simulator's CPU in `bench sync` at 100,000 nodes (issue 14)
     per_node_stats: bool = False  # add every node's timings and counters to the stats file
-    max_connecting: int = 256  # connects in flight at once (a slow broker must not pile up)
+    max_connecting: int = 256  # connects in flight at once, the first ones and gmqtt's
+    # reconnects alike (a slow broker must not pile up; see GatedClient)
     crash_marker: str | None = None  # with report_pods: a pod whose container command or
     # args contain this text is reported crashing (Running, not ready, CrashLoopBackOff)
     keys: dict[str, bytes] = field(default_factory=dict, repr=False)  # node -> node key;
@@ -418,6 +442,10 @@ class Simulator:
         self.reacks = self.gaps = self.invalid = self.connect_failures = 0
         self.snapshots_in = self.deltas_in = 0  # desired messages received, by kind
         self.disconnects = 0  # sessions lost after they were up (gmqtt reconnects them)
+        if settings.max_connecting < 1:
+            raise ValueError("max_connecting: at least 1")
+        self.connecting = asyncio.Semaphore(settings.max_connecting)
+        """Every session's connection opens through this (`GatedClient`)."""
         self.connect_errors: dict[str, int] = {}  # kind of first-connect failure -> count
         self.last_connect_error: str | None = None
         self.signalled_reports = 0  # reports sent on SIGUSR1
@@ -507,10 +535,11 @@ class Simulator:
                 will = encode(Will(node=node.name))
                 if node.keys is not None:
                     will = seal.seal(node.keys.up, will_topic, will)
-                client = gmqtt.Client(
+                client = GatedClient(
                     node.name,
                     clean_session=False,
                     will_message=gmqtt.Message(will_topic, will, qos=1),
+                    gate=self.connecting,
                 )
                 creds = self.settings.credentials.get(node.name)
                 if creds is not None:
