@@ -13,51 +13,54 @@ sets, so the owner of each node delivers its entry, and keeps the holder's memor
 told node (the version it ran before, its failure), from which a new holder goes on.
 
 Bucket `<prefix>_upgrades`:
-- `<upgrade>.<pp>` (the AgentUpgrade's name escaped, `pp` the partition of the node, so a
-  key holds about 1/256 of its nodes): `{"uid", "version", "aborted", "nodes": {node:
-  {"entry": the node's `agent/-/release` value for this AgentUpgrade or null, "memo":
-  what the controller remembers of it (`_Told.record`) or null}}, "by", "fence"}`,
-  rewritten with every node of that pp the AgentUpgrade ever wrote (the node a holder
-  changed read afresh at write time);
-- `<upgrade>.status`: `{"uid", "version", "aborted", "status": the AgentUpgrade's status
-  as the holder computed it, "by", "fence"}`; the other shards show it (they do not
-  tick).
+- `<upgrade>.<node>` (both escaped as object keys are): `{"uid", "version", "aborted",
+  "entry": the node's `agent/-/release` value for this AgentUpgrade or null, "memo":
+  what the controller remembers of it (`_Told.record`: the version it ran before, its
+  failure) or null, "by", "fence"}`, written when the holder changed either (read
+  afresh at write time), so a batch writes the keys of the nodes it told and no more;
+- `<upgrade>._status` (no node name holds `_`): `{"uid", "version", "aborted", "status":
+  the AgentUpgrade's status as the holder computed it, "by", "fence"}`, written after
+  the nodes' values of the same round; the other shards show it (they do not tick).
 
 Each value carries the writer's global lease token (`Member.global_revision`); a value
 under a smaller token than one seen is refused, and the holder refuses any value under
 a token older than its own (a former holder paused past its lease, writing late). A
 value is applied once the shard's replica has the AgentUpgrade with that uid (the
-objects replica and this bucket are separate watches: what arrives early is applied at
-the next `RETRY_S` round; a key of a deleted AgentUpgrade waits until one with its uid
-comes, which is never, and costs a dictionary look-up a round). A shard taking the lease
-looks at every node again from what it adopted (`Upgrades.resync`): nodes in progress
-start their health deadline afresh, the failed ones stay failed, an aborted AgentUpgrade
-stays aborted.
+objects replica and this bucket are separate watches: what arrives early waits, and is
+applied at the next `RETRY_S` round; a round costs a look-up per AgentUpgrade name
+waited for, not per value). A shard taking the lease looks at every node again from
+what it adopted (`Upgrades.resync`): nodes in progress start their health deadline
+afresh, the failed ones stay failed, an aborted AgentUpgrade stays aborted.
 
 A delete of the AgentUpgrade removes its entries on every shard (each shard's own
-`Upgrades.deleted`, from the objects replica); its keys here stay until the bucket's
-keys are purged by hand.
+`Upgrades.deleted`, from the objects replica, which tells `deleted` here): values of its
+uid waiting here are dropped and later ones ignored, and the holder deletes its keys
+(before any write of that round, so a re-created AgentUpgrade of the same name keeps
+its own). Keys of an AgentUpgrade deleted while no shard held the lease, or written by
+a former holder after the delete, stay in the bucket (a shard reading them keeps them
+in memory until restarted: purge the keys `<name>.>` by hand after such a delete).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Callable
 from typing import Any
 
+from cloudcore.cluster.errors import ClusterError
 from cloudcore.cluster.fenced import RETRY_S, put_all
 from cloudcore.cluster.kv import KV, Bucket, Entry
 from cloudcore.cluster.objects import escape, unescape
-from shared import topics
 from shared.entries import AGENT_RELEASE_KEY
 from shared.models import AgentUpgradeStatus
 
 log = logging.getLogger("cloudcore.cluster.upgrades")
 
 Key = tuple[str, str]
-STATUS = "status"
+STATUS = "_status"
 BATCH = 64
 """Values written at once."""
 
@@ -66,8 +69,9 @@ def upgrades_bucket(prefix: str) -> str:
     return f"{prefix}_upgrades"
 
 
-def batch_key(upgrade: str, part: str) -> str:
-    return f"{escape(upgrade)}.{part}"
+def batch_key(upgrade: str, node: str) -> str:
+    """The key of `node`'s value (or, for node STATUS, the status) of `upgrade`."""
+    return f"{escape(upgrade)}.{node if node == STATUS else escape(node)}"
 
 
 class SharedBatches:
@@ -83,15 +87,19 @@ class SharedBatches:
         self.max_fence = 0
         self.fenced = 0
         """Values refused for their stale fencing token."""
-        self.nodes: dict[Key, set[str]] = {}
-        """(upgrade, pp) -> the nodes its key holds (written here or read from KV)."""
-        self._docs: dict[Key, dict[str, Any]] = {}
-        """Values read and not applied yet (the AgentUpgrade with that uid not here)."""
-        self._seen: dict[tuple[str, str], tuple[Any, Any]] = {}
-        """(upgrade, node) -> (entry, memo) last adopted here."""
+        self._docs: dict[str, dict[str, dict[str, Any]]] = {}
+        """upgrade -> node (or STATUS) -> the value read and not applied yet (no
+        AgentUpgrade with that uid here yet)."""
+        self._dead: set[str] = set()
+        """uids of AgentUpgrades deleted here: their values are ignored."""
+        self.keys: dict[str, set[str]] = {}
+        """upgrade -> the nodes (and STATUS) it has keys of, as far as seen here."""
+        self._purge: list[str] = []
+        """Holder: keys to delete before its next writes (a deleted AgentUpgrade's)."""
         self._out: set[Key] = set()
         self._out_fence: int | None = None
         self._wake = asyncio.Event()
+        self._commit = asyncio.Event()
         self.bucket: Bucket | None = None
         self.writes = 0
         self.adopted = 0
@@ -117,15 +125,31 @@ class SharedBatches:
     def noted(self, upgrade: str, node: str) -> None:
         if not self._as_holder():
             return
-        key = (upgrade, topics.pp(topics.partition_of(node)))
-        self.nodes.setdefault(key, set()).add(node)
-        self._out.add(key)
+        self._out.add((upgrade, node))
+        self.keys.setdefault(upgrade, set()).add(node)
         self._wake.set()
+
+    def deleted(self, upgrade: str, uid: str | None) -> None:
+        """AgentUpgrade `upgrade` (`uid`) was deleted here: its values are dropped and,
+        on the holder, its keys deleted."""
+        if uid is not None:
+            self._dead.add(uid)
+        waiting = self._docs.get(upgrade, {})
+        for node in [n for n, d in waiting.items() if d.get("uid") == uid]:
+            del waiting[node]
+        if not waiting:
+            self._docs.pop(upgrade, None)
+        self._out = {k for k in self._out if k[0] != upgrade}
+        known = self.keys.pop(upgrade, set())
+        if self.decides():
+            self._purge += [batch_key(upgrade, n) for n in sorted(known)]
+            self._wake.set()
 
     def status_changed(self, upgrade: str) -> None:
         if not self._as_holder():
             return
         self._out.add((upgrade, STATUS))
+        self.keys.setdefault(upgrade, set()).add(STATUS)
         self._wake.set()
 
     async def global_changed(self, held: bool) -> None:
@@ -142,6 +166,8 @@ class SharedBatches:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._flush(), name=f"cloudcore[{self.shard}].upgrades.writer")
             tg.create_task(self._retry(), name=f"cloudcore[{self.shard}].upgrades.apply")
+            tg.create_task(self._committer(),
+                           name=f"cloudcore[{self.shard}].upgrades.commit")
             watch = await self.bucket.watch(">")
             try:
                 if watch.caught_up.is_set():
@@ -155,8 +181,9 @@ class SharedBatches:
 
     def _caught_up(self) -> None:
         self.caught_up = True
-        log.info("shard %s: agent upgrade batches replica caught up (%d keys)",
-                 self.shard, len(self.nodes))
+        log.info("shard %s: agent upgrade batches replica caught up (%d values waiting "
+                 "for their AgentUpgrade)", self.shard,
+                 sum(len(d) for d in self._docs.values()))
         if self._holds():
             self.fleet.upgrades.resync()
         self._wake.set()
@@ -164,15 +191,22 @@ class SharedBatches:
     def apply_entry(self, e: Entry) -> None:
         """One value of the bucket: remembered and applied (a holder's own are not)."""
         if e.deleted:
+            with contextlib.suppress(ValueError):
+                raw, part = e.key.rsplit(".", 1)
+                upgrade = unescape(raw)
+                node = part if part == STATUS else unescape(part)
+                self._docs.get(upgrade, {}).pop(node, None)
+                self.keys.get(upgrade, set()).discard(node)
             return
         try:
             raw, part = e.key.rsplit(".", 1)
-            upgrade = unescape(raw)
+            upgrade, node = unescape(raw), part if part == STATUS else unescape(part)
             doc = json.loads(e.value)
             fence = int(doc.get("fence") or 0)
             str(doc["uid"])
-            if part != STATUS and not isinstance(doc["nodes"], dict):
-                raise TypeError("nodes")
+            if part != STATUS and not (isinstance(doc.get("entry"), dict | None)
+                                       and isinstance(doc.get("memo"), dict | None)):
+                raise TypeError("entry, memo")
         except (ValueError, KeyError, TypeError):
             log.warning("shard %s: unreadable agent upgrade batch %s (revision %d); "
                         "ignored", self.shard, e.key, e.revision)
@@ -187,80 +221,78 @@ class SharedBatches:
         self.max_fence = fence
         if own is not None and doc.get("by") == self.shard:
             return  # its own write coming back
-        key = (upgrade, part)
-        if part != STATUS:
-            self.nodes.setdefault(key, set()).update(str(n) for n in doc["nodes"])
-        self._docs[key] = doc
-        if self._apply(key):
-            del self._docs[key]
+        if doc["uid"] in self._dead:
+            return
+        self.keys.setdefault(upgrade, set()).add(node)
+        if not self._apply(upgrade, node, doc):
+            self._docs.setdefault(upgrade, {})[node] = doc
 
-    def _apply(self, key: Key) -> bool:
+    def _apply(self, upgrade: str, node: str, doc: dict[str, Any]) -> bool:
         """Apply a value read to this shard's copies; False while this shard has no
         AgentUpgrade of that name and uid (tried again later)."""
-        upgrade, part = key
-        doc = self._docs[key]
         au = self.fleet.objects.agentupgrades.get(upgrade)
         if au is None or au.metadata.uid != doc["uid"]:
             return False
         ups = self.fleet.upgrades
         aborted = bool(doc.get("aborted"))
-        if part == STATUS:
+        if node == STATUS:
             if isinstance(doc.get("status"), dict):
                 try:
                     status = AgentUpgradeStatus.model_validate(doc["status"])
                 except ValueError:
                     log.warning("shard %s: unreadable status in agent upgrade batch %s",
-                                self.shard, batch_key(*key))
+                                self.shard, batch_key(upgrade, node))
                     return True
                 ups.adopt_status(au, status, aborted=aborted)
             return True
-        changed = False
-        for node, v in doc["nodes"].items():
-            entry = v.get("entry") if isinstance(v, dict) else None
-            memo = v.get("memo") if isinstance(v, dict) else None
-            if not isinstance(entry, dict | None) or not isinstance(memo, dict | None):
-                log.warning("shard %s: unreadable node %s in agent upgrade batch %s",
-                            self.shard, node, batch_key(*key))
-                continue
-            if self._seen.get((upgrade, node)) == (entry, memo):
-                continue
-            self._seen[(upgrade, node)] = (entry, memo)
-            changed |= ups.adopt(au, str(node), entry, memo, aborted=aborted)
-            self.adopted += 1
-        if changed:
-            self.fleet.commit()  # the owners deliver the entries
+        self.adopted += 1
+        if ups.adopt(au, node, doc.get("entry"), doc.get("memo"), aborted=aborted):
+            self._commit.set()  # the node's owner delivers its entry
         return True
+
+    async def _committer(self) -> None:
+        """Commit the desired sets after entries were adopted; at most every 50 ms (a
+        batch of thousands of nodes is one commit, not one each)."""
+        while True:
+            await self._commit.wait()
+            self._commit.clear()
+            self.fleet.commit()
+            await asyncio.sleep(0.05)
 
     async def _retry(self) -> None:
         while True:
             await asyncio.sleep(RETRY_S)
-            for key in sorted(self._docs):
-                if self._apply(key):
-                    del self._docs[key]
+            for upgrade in sorted(self._docs):
+                waiting = self._docs[upgrade]
+                au = self.fleet.objects.agentupgrades.get(upgrade)
+                if au is None:
+                    continue  # one look-up for all its values
+                for node in [n for n, d in waiting.items() if d["uid"] == au.metadata.uid]:
+                    if self._apply(upgrade, node, waiting[node]):
+                        del waiting[node]
+                if not waiting:
+                    del self._docs[upgrade]
 
     # -- the holder's writes ------------------------------------------------------------
 
     def value(self, key: Key, fence: int) -> bytes | None:
         """The value of `key` as this shard's controller has it now (None: the
         AgentUpgrade is gone)."""
-        upgrade, part = key
+        upgrade, node = key
         au = self.fleet.objects.agentupgrades.get(upgrade)
         if au is None:
             return None
         ups = self.fleet.upgrades
         doc: dict[str, Any] = {"uid": au.metadata.uid, "version": au.spec.version,
                                "aborted": ups.aborted(upgrade)}
-        if part == STATUS:
+        if node == STATUS:
             doc["status"] = None if au.status is None else au.status.model_dump(
                 mode="json", by_alias=True, exclude_none=True)
         else:
-            nodes: dict[str, Any] = {}
-            for node in sorted(self.nodes.get(key, ())):
-                entry = self.fleet.desired_sets.entry(node, AGENT_RELEASE_KEY)
-                if not (isinstance(entry, dict) and entry.get("upgrade") == upgrade):
-                    entry = None
-                nodes[node] = {"entry": entry, "memo": ups.memo(upgrade, node)}
-            doc["nodes"] = nodes
+            entry = self.fleet.desired_sets.entry(node, AGENT_RELEASE_KEY)
+            doc["entry"] = entry if isinstance(entry, dict) and \
+                entry.get("upgrade") == upgrade else None
+            doc["memo"] = ups.memo(upgrade, node)
         doc.update({"by": self.shard, "fence": fence})
         return json.dumps(doc, separators=(",", ":")).encode()
 
@@ -268,11 +300,14 @@ class SharedBatches:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            while self._out and self.decides():
+            while (self._out or self._purge) and self.decides():
                 fence = self._fence()
                 if fence is None or self.bucket is None:
                     break
-                batch = sorted(self._out, key=lambda k: (k[1] == STATUS, k))[:BATCH]
+                if self._purge and not await self._purged():
+                    await asyncio.sleep(RETRY_S)
+                    continue
+                batch = sorted(self._out, key=lambda k: (k[1] == STATUS, k))[:BATCH]  # status last
                 self._out.difference_update(batch)
                 items = [(k, v) for k in batch if (v := self.value(k, fence)) is not None]
                 bad = await put_all(self.bucket, [(batch_key(*k), v) for k, v in items],
@@ -282,6 +317,27 @@ class SharedBatches:
                 if bad:
                     self._out.update(items[i][0] for i in bad)
                     await asyncio.sleep(RETRY_S)
+
+    async def _purged(self) -> bool:
+        """Delete the keys of deleted AgentUpgrades, BATCH at a time, before any write;
+        False if NATS refused some (kept for the next round)."""
+        assert self.bucket is not None
+        bucket = self.bucket
+        while self._purge:
+            batch, self._purge = self._purge[:BATCH], self._purge[BATCH:]
+            got = await asyncio.gather(*(bucket.delete(k) for k in batch),
+                                       return_exceptions=True)
+            failed = [k for k, r in zip(batch, got, strict=True)
+                      if isinstance(r, ClusterError)]
+            for r in got:
+                if isinstance(r, BaseException) and not isinstance(r, ClusterError):
+                    raise r
+            if failed:
+                log.warning("shard %s: %d key(s) of deleted AgentUpgrades not deleted yet",
+                            self.shard, len(failed))
+                self._purge = failed + self._purge
+                return False
+        return True
 
 
 __all__ = ["SharedBatches", "batch_key", "upgrades_bucket"]

@@ -404,7 +404,7 @@ class Fleet:
             self.desired_sets.config_changed(CONFIGMAP if kind == "ConfigMap" else SECRET,
                                              *key)
         if kind == "AgentUpgrade":
-            self.upgrades.deleted(name)  # its release entries go
+            self.upgrades.deleted(name, uid=obj.metadata.uid)  # its release entries go
         if kind in ("DaemonSet", "Deployment"):
             owner = f"{kind}/{key[0]}/{name}"
             self.workloads.delete_owned(owner)

@@ -287,10 +287,12 @@ class Upgrades:
         self._state(au).full = True
         self._reselect = True
 
-    def deleted(self, name: str) -> None:
-        """An AgentUpgrade was deleted (the caller removed the object): its entries go,
-        and its memory."""
+    def deleted(self, name: str, *, uid: str | None = None) -> None:
+        """An AgentUpgrade was deleted (the caller removed the object; `uid` its uid):
+        its entries go, and its memory."""
         st = self._states.pop(name, None)
+        if self.shared is not None:
+            self.shared.deleted(name, uid)
         if st is None:
             return
         for node in st.told:
@@ -666,4 +668,8 @@ class SharedUpgrades(Protocol):
 
     def status_changed(self, upgrade: str) -> None:
         """`upgrade`'s status changed here."""
+        ...
+
+    def deleted(self, upgrade: str, uid: str | None) -> None:
+        """AgentUpgrade `upgrade` (`uid`, None if unknown) was deleted here."""
         ...

@@ -200,3 +200,24 @@ def test_a_new_holder_goes_on_from_what_it_adopted() -> None:
          "fence": 7}).encode(), 10_000)
     b.batches.apply_entry(late)
     assert b.batches.fenced == 1 and not b.fleet.upgrades.aborted(NAME)
+
+
+def test_a_deleted_agent_upgrade_leaves_nothing_behind_and_a_new_one_applies() -> None:
+    a, b = Shard("A", holds=True), Shard("B", holds=False)
+    apply_both(a, b, upgrade_doc())
+    exchange(a, b)
+    assert sorted({**a.delivered(), **b.delivered()}) == ["n0", "n1"]
+    late = Entry(batch_key(NAME, "n3"), a.batches.value((NAME, "n1"), 7) or b"", 5_000)
+    known = sorted(a.batches.keys[NAME])
+    for s in (a, b):
+        s.fleet.delete("AgentUpgrade", None, NAME)
+    # every shard took the entries away; the holder deletes the keys before its next writes
+    assert a.delivered() == {} and b.delivered() == {}
+    assert a.batches._purge == [batch_key(NAME, n) for n in known]
+    b.batches.apply_entry(late)  # the deleted one's value, read late: ignored
+    assert not b.batches._docs and b.delivered() == {}
+    apply_both(a, b, upgrade_doc())  # the same name again: its own values apply
+    exchange(a, b)
+    assert sorted({**a.delivered(), **b.delivered()}) == ["n0", "n1"]
+    in_progress = rounds(a, b, 30, lambda: a.status().phase == "Complete")
+    assert a.status().phase == "Complete" and max(in_progress) <= BATCH
