@@ -61,37 +61,50 @@ def sharded_fleet(tmp_path: Path, shard_names: tuple[str, ...], nodes: int,
                                 )).start()
     shards: list[ShardProc] = []
     sim: subprocess.Popen[bytes] | None = None
-    try:
-        names = [f"sim-{i}" for i in range(nodes)]
-        sim_args = join_all(fleet, names, keys_file=tmp_path / "keys.json", threads=2)
-        assert fleet.cloud is not None and fleet.broker is not None
-        fleet.cloud.stop()
-        with NatsKV(rundir=tmp_path / "nats", ca_dir=fleet.cloud_state / "pki") as nats:
-            shards = [ShardProc(n, workdir=tmp_path / "shards", seed=fleet.cloud_state,
-                                fleet=fleet, nats=nats).start() for n in shard_names]
-            for s in shards:
-                wait_for(f"{s.name} wrote its broker files",
-                         lambda s=s: s.passwd.exists() and s.acl.exists(), 60)
-            merge_broker_files(shards, fleet)
-            for s in shards:
-                wait_for(f"{s.name} ready", lambda s=s: s.call("/readyz"), 60)
-            gens_file, stats_file = tmp_path / "gens.json", tmp_path / "sim-stats.json"
-            with (tmp_path / "sim.log").open("wb") as sim_log:
-                sim = subprocess.Popen(
-                    [sys.executable, "-m", "testbed.simulator", "--host", "127.0.0.1",
-                     "--port", str(fleet.broker.port), "--prefix", "sim", "--count",
-                     str(nodes), "--heartbeat", str(heartbeat), "--rate", "50",
-                     "--report-pods", *sim_args, "--gens-file", str(gens_file),
-                     "--stats", str(stats_file)],
-                    stdout=sim_log, stderr=subprocess.STDOUT)
-            yield ShardedFleet(fleet, shards, sim, gens_file, nats, stats_file)
-    finally:
+
+    def stop_sim_and_shards() -> None:
         if sim is not None:
             sim.terminate()
             try:
                 sim.wait(10)
             except subprocess.TimeoutExpired:
                 sim.kill()
+        for s in shards:  # all at once, so none takes over what another just released
+            if s.proc.popen is not None and s.proc.popen.poll() is None:
+                s.proc.popen.send_signal(signal.SIGTERM)
         for s in shards:
             s.proc.stop()
+
+    try:
+        names = [f"sim-{i}" for i in range(nodes)]
+        sim_args = join_all(fleet, names, keys_file=tmp_path / "keys.json", threads=2)
+        assert fleet.cloud is not None and fleet.broker is not None
+        fleet.cloud.stop()
+        with NatsKV(rundir=tmp_path / "nats", ca_dir=fleet.cloud_state / "pki") as nats:
+            try:
+                shards = [ShardProc(n, workdir=tmp_path / "shards", seed=fleet.cloud_state,
+                                    fleet=fleet, nats=nats).start() for n in shard_names]
+                for s in shards:
+                    wait_for(f"{s.name} wrote its broker files",
+                             lambda s=s: s.passwd.exists() and s.acl.exists(), 60)
+                merge_broker_files(shards, fleet)
+                for s in shards:
+                    wait_for(f"{s.name} ready", lambda s=s: s.call("/readyz"), 60)
+                gens_file = tmp_path / "gens.json"
+                stats_file = tmp_path / "sim-stats.json"
+                with (tmp_path / "sim.log").open("wb") as sim_log:
+                    sim = subprocess.Popen(
+                        [sys.executable, "-m", "testbed.simulator", "--host", "127.0.0.1",
+                         "--port", str(fleet.broker.port), "--prefix", "sim", "--count",
+                         str(nodes), "--heartbeat", str(heartbeat), "--rate", "50",
+                         "--report-pods", *sim_args, "--gens-file", str(gens_file),
+                         "--stats", str(stats_file)],
+                        stdout=sim_log, stderr=subprocess.STDOUT)
+                yield ShardedFleet(fleet, shards, sim, gens_file, nats, stats_file)
+            finally:
+                # the shards stop (releasing their leases) while NATS is still up, not
+                # retrying into a stopped server until their timeouts
+                stop_sim_and_shards()
+    finally:
+        stop_sim_and_shards()
         fleet.stop()

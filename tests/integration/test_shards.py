@@ -32,6 +32,7 @@ every owner's acked gen equals its desired gen and each node applied exactly tha
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import signal
 import ssl
@@ -39,6 +40,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -184,6 +186,28 @@ def wait_for(what: str, check: Any, timeout: float, every: float = 0.3) -> Any:
     raise AssertionError(f"{what}: not after {timeout} s (last: {last!r})")
 
 
+LEASE_CHANGE = re.compile(r"^(\S+ \S+) INFO cloudcore\.cluster\.shard: shard (\S+): \w+: "
+                          r"\+\d+ -\d+ partitions, (\d+) held")
+
+
+def leases_settled(shards: list[ShardProc], quiet: float) -> bool:
+    """The shards hold all 256 partitions between them (each by its log's last lease
+    change) and none changed for `quiet` seconds: the membership settled, instead of
+    assuming it did after a fixed time (a late joiner's share is taken at a pace that
+    depends on the machine's load)."""
+    total, last = 0, 0.0
+    for s in shards:
+        held = 0
+        for line in s.log_text().splitlines():
+            m = LEASE_CHANGE.match(line)
+            if m and m.group(2) == s.name:
+                held = int(m.group(3))
+                last = max(last, datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f")
+                           .timestamp())  # the logging module's local time
+        total += held
+    return total == 256 and time.time() - last >= quiet
+
+
 def owners(shards: list[ShardProc]) -> dict[str, list[str]]:
     """node -> the shards on which it is Ready (also records NotReady sightings)."""
     out: dict[str, list[str]] = {}
@@ -258,7 +282,8 @@ def test_shards_split_partitions_and_take_over_a_killed_shard(tmp_path: Path) ->
             print(f"nodes per shard: {held}")
             # each shard subscribes only its partitions: with the split settled, no
             # heartbeat of another shard's node reaches it (two heartbeats watched)
-            time.sleep(LEASE)  # the membership settled (a late joiner's share taken)
+            wait_for("the membership settled (no lease change for a lease period)",
+                     lambda: leases_settled(shards, LEASE), 60)
             before = [s.dropped_not_owned() for s in shards]
             time.sleep(2 * HEARTBEAT + 1)
             assert [s.dropped_not_owned() for s in shards] == before
