@@ -54,7 +54,8 @@ Shards (proposal 0008): with `shared` set (`cloudcore.cluster.upgrades`), only t
 holding the global lease ticks (`shared.decides()`); it tells `shared` of every node
 whose release entry or memory changed (`noted`) and of every status it computed
 (`status_changed`), which it writes to KV; the other shards take them over (`adopt`,
-`adopt_status`) and a new holder goes on from what it took over (`resync`).
+`adopt_status`) and a new holder goes on from what it took over (`resync`). Every
+shard tells `shared` of a delete (`deleted`), so the AgentUpgrade's values go too.
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ PART_OWNER = {topics.partition_of(n): s for n, s in OWNER.items()}
 REPLICAS = 6
 
 
-def surge(args: list[str], *, bad: bool = False) -> dict[str, Any]:
+def surge(args: list[str]) -> dict[str, Any]:
     doc = deployment("web", replicas=REPLICAS)
     spec = doc["spec"]
     spec["template"]["spec"]["containers"][0]["args"] = args
