@@ -253,8 +253,10 @@ class SharedSteps:
             got = self.ends.get(owner)
             if got is None:
                 return True
-            if any(k[0] == owner and k[1] != END for k in self._todo):
-                return False  # the steps before it first (a maxSurge pod set)
+            if any(k[0] == owner and k[1] != END and self.lists.get(k, ("",))[0] == got[0]
+                   for k in self._todo):
+                return False  # its steps first (a maxSurge pod set); not an older
+                # rollout's, which wait for a template this shard may never have again
             if rollouts.plan(ds).update.thash != got[0]:
                 return False
             if rollouts.adopt(ds, got[0], got[1]):

@@ -199,3 +199,22 @@ def test_a_maxsurge_rollout_rolled_back_by_the_holder_ends_alike_on_both() -> No
     assert len(final) == REPLICAS and {r for _, r in final.values()} == {r1}
     assert sorted(k[1] for k in a.fleet.pods if k[1].startswith("web-")) == \
         sorted(k[1] for k in b.fleet.pods if k[1].startswith("web-")) == sorted(final)
+
+
+def test_an_end_is_not_held_by_an_older_rollouts_step_left_in_the_bucket() -> None:
+    a, b = start(surge(["v1"]))
+    owner = "Deployment/default/web"
+    # a key of a rollout whose template B never had (left in the bucket): it waits
+    b.rev += 1
+    b.steps.apply_entry(Entry(step_key(owner, "00"), json.dumps(
+        {"update": "0ld", "pods": ["web-9"], "by": "A", "fence": 7}).encode(), b.rev))
+    assert (owner, "00") in b.steps._todo
+    v2 = surge(["v2"])
+    r2 = rev_of(v2)
+    for s in (a, b):
+        s.apply(v2)
+    settle(a, b, 40, lambda: status(a).rollout.phase == "Complete"
+           and status(a).updated_replicas == REPLICAS)
+    assert status(a).rollout.phase == "Complete"
+    st = b.fleet.rollouts.plans.state(owner)
+    assert st is not None and st.stable is not None and st.stable.revision == r2
