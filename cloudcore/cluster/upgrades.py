@@ -13,8 +13,9 @@ sets, so the owner of each node delivers its entry, and keeps the holder's memor
 told node (the version it ran before, its failure), from which a new holder goes on.
 
 Bucket `<prefix>_upgrades`:
-- `<upgrade>.<node>` (both escaped as object keys are): `{"uid", "version", "aborted",
-  "entry": the node's `agent/-/release` value for this AgentUpgrade or null, "memo":
+- `<upgrade>.<node>` (both escaped as object keys are): `{"uid", "version", "created",
+  "aborted", "entry": the node's `agent/-/release` value for this AgentUpgrade or null,
+  "memo":
   what the controller remembers of it (`_Told.record`: the version it ran before, its
   failure) or null, "by", "fence"}`, written when the holder changed either (read
   afresh at write time), so a batch writes the keys of the nodes it told and no more;
@@ -28,9 +29,11 @@ a token older than its own (a former holder paused past its lease, writing late)
 value is applied once the shard's replica has the AgentUpgrade with that uid (the
 objects replica and this bucket are separate watches: what arrives early waits, and is
 applied at the next `RETRY_S` round; a round costs a look-up per AgentUpgrade name
-waited for, not per value). A shard taking the lease looks at every node again from
-what it adopted (`Upgrades.resync`): nodes in progress start their health deadline
-afresh, the failed ones stay failed, an aborted AgentUpgrade stays aborted.
+waited for while it is not here; a value of an AgentUpgrade of that name made before the
+one here (`"created"`, the object's creationTimestamp) is dropped). A shard taking the
+lease looks at every node again from what it adopted (`Upgrades.resync`): nodes in
+progress start their health deadline afresh, the failed ones stay failed, an aborted
+AgentUpgrade stays aborted.
 
 A delete of the AgentUpgrade removes its entries on every shard (each shard's own
 `Upgrades.deleted`, from the objects replica, which tells `deleted` here): values of its
@@ -221,11 +224,20 @@ class SharedBatches:
         self.max_fence = fence
         if own is not None and doc.get("by") == self.shard:
             return  # its own write coming back
-        if doc["uid"] in self._dead:
+        if doc["uid"] in self._dead or self._older(upgrade, doc):
             return
         self.keys.setdefault(upgrade, set()).add(node)
         if not self._apply(upgrade, node, doc):
             self._docs.setdefault(upgrade, {})[node] = doc
+
+    def _older(self, upgrade: str, doc: dict[str, Any]) -> bool:
+        """Whether `doc` is of an AgentUpgrade of that name made before the one here (a
+        deleted one's value, not deleted from the bucket): never applied."""
+        au = self.fleet.objects.agentupgrades.get(upgrade)
+        if au is None or au.metadata.uid == doc["uid"]:
+            return False
+        mine, theirs = au.metadata.creation_timestamp, doc.get("created")
+        return isinstance(theirs, str) and mine is not None and theirs < mine
 
     def _apply(self, upgrade: str, node: str, doc: dict[str, Any]) -> bool:
         """Apply a value read to this shard's copies; False while this shard has no
@@ -267,8 +279,10 @@ class SharedBatches:
                 au = self.fleet.objects.agentupgrades.get(upgrade)
                 if au is None:
                     continue  # one look-up for all its values
-                for node in [n for n, d in waiting.items() if d["uid"] == au.metadata.uid]:
-                    if self._apply(upgrade, node, waiting[node]):
+                for node in list(waiting):
+                    doc = waiting[node]
+                    if self._older(upgrade, doc) or (doc["uid"] == au.metadata.uid
+                                                     and self._apply(upgrade, node, doc)):
                         del waiting[node]
                 if not waiting:
                     del self._docs[upgrade]
@@ -284,6 +298,7 @@ class SharedBatches:
             return None
         ups = self.fleet.upgrades
         doc: dict[str, Any] = {"uid": au.metadata.uid, "version": au.spec.version,
+                               "created": au.metadata.creation_timestamp,
                                "aborted": ups.aborted(upgrade)}
         if node == STATUS:
             doc["status"] = None if au.status is None else au.status.model_dump(

@@ -122,8 +122,9 @@ def apply_both(a: Shard, b: Shard, doc: dict[str, Any]) -> None:
         s.fleet.apply([parse_object(doc)])
         s.fleet.commit()
     # one identity on every shard, as the objects replica gives it
-    b.fleet.objects.agentupgrades[NAME].metadata.uid = \
-        a.fleet.objects.agentupgrades[NAME].metadata.uid
+    mine, theirs = b.fleet.objects.agentupgrades[NAME], a.fleet.objects.agentupgrades[NAME]
+    mine.metadata.uid = theirs.metadata.uid
+    mine.metadata.creation_timestamp = theirs.metadata.creation_timestamp
 
 
 def rounds(a: Shard, b: Shard, n: int, until: Any) -> list[int]:
@@ -217,6 +218,13 @@ def test_a_deleted_agent_upgrade_leaves_nothing_behind_and_a_new_one_applies() -
     b.batches.apply_entry(late)  # the deleted one's value, read late: ignored
     assert not b.batches._docs and b.delivered() == {}
     apply_both(a, b, upgrade_doc())  # the same name again: its own values apply
+    # a shard that never saw the delete (restarted) drops the old one's value too: it
+    # was made before the AgentUpgrade of that name it has
+    old = json.loads(late.value)
+    old["created"] = "2000-01-01T00:00:00Z"
+    b.batches._dead.clear()
+    b.batches.apply_entry(Entry(late.key, json.dumps(old).encode(), 5_001))
+    assert not b.batches._docs
     exchange(a, b)
     assert sorted({**a.delivered(), **b.delivered()}) == ["n0", "n1"]
     in_progress = rounds(a, b, 30, lambda: a.status().phase == "Complete")
