@@ -41,7 +41,8 @@ uid waiting here are dropped and later ones ignored, and the holder deletes its 
 (before any write of that round, so a re-created AgentUpgrade of the same name keeps
 its own). Keys of an AgentUpgrade deleted while no shard held the lease, or written by
 a former holder after the delete, stay in the bucket (a shard reading them keeps them
-in memory until restarted: purge the keys `<name>.>` by hand after such a delete).
+in memory until an AgentUpgrade of that name made later is there: purge the keys
+`<name>.>` by hand after such a delete).
 """
 
 from __future__ import annotations
