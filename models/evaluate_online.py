@@ -225,13 +225,17 @@ def verdicts(name: str, res: dict[str, dict[str, float]]) -> list[str]:
         f"vs best baseline {pin_best:.5f} ({'met' if m['pinball_p90'] < pin_best else 'NOT met'})"]
 
 
-def history_split(names: list[str], settings: dict[str, str]) -> None:
+def history_split(names: list[str], settings: dict[str, str], cut: float = 1.0) -> None:
     """The selection protocol (module doc of `models/README.md`, "Chosen on the training
     series' history only"): each series cut to its history part (first 80 %), the last
     fifth of that scored, the prior refitted on the first 80 % of the history
     (`models.online.build(history_fraction=0.8)`: it must not have seen the scored
-    part), `settings` (OnlineSettings fields) for the forecaster. Prints the model's and
-    the online ridge's figures; writes nothing."""
+    part), `settings` (OnlineSettings fields) for the forecaster. `cut` < 1: an earlier
+    fold, the series cut to the first `cut` of its history instead (the last fifth of
+    that scored, the prior fitted on what comes before). Prints the model's and the
+    online ridge's figures; writes nothing."""
+    if not 0.3 <= cut <= 1.0:
+        raise SystemExit(f"--cut must be within 0.3..1, got {cut}")
     from models import online as prior_fit
 
     fields = {f.name: f.type for f in dataclasses.fields(OnlineSettings)}
@@ -247,10 +251,11 @@ def history_split(names: list[str], settings: dict[str, str]) -> None:
         warnings.simplefilter("ignore", DeprecationWarning)
         tmp = Path(td)
         prior = tmp / "prior_history_0.8.onnx"
-        prior_fit.build(prior, history_fraction=0.8, verbose=False)
+        prior_fit.build(prior, history_fraction=0.8 * cut, verbose=False)
         for name in names:
             full = data.load_series(name)
-            series = data.Series(name=full.name, values=full.values[:, : full.split],
+            series = data.Series(name=full.name,
+                                 values=full.values[:, : int(full.split * cut)],
                                  note=full.note, step=full.step)
             x, y = all_windows(series.values)
             cfg = choose(series, x, y)
@@ -292,6 +297,9 @@ def main(argv: list[str] | None = None) -> None:
                          "history scored, prior refitted on the rest (writes nothing)")
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                     help="with --history-split: an OnlineSettings field for the forecaster")
+    ap.add_argument("--cut", type=float, default=1.0,
+                    help="with --history-split: an earlier fold, the series cut to this "
+                         "fraction of its history (default 1: the whole history)")
     ap.add_argument("--level-terms", action="store_true",
                     help="only the diagnostic: the online ridge baseline with and without "
                          "its absolute-level terms, on the held-out ranges of --series "
@@ -301,7 +309,7 @@ def main(argv: list[str] | None = None) -> None:
         names = [s for s in args.series.split(",") if s]
         if any(n not in data.TRAIN_SERIES for n in names):
             raise SystemExit("--history-split runs on the training series only")
-        history_split(names, dict(kv.split("=", 1) for kv in args.set))
+        history_split(names, dict(kv.split("=", 1) for kv in args.set), args.cut)
         return
     if args.level_terms:
         level_terms([s for s in args.series.split(",") if s])

@@ -14,8 +14,9 @@ the runtime reads it through onnxruntime like everything else.
 
 Graph (opset 17), L symbolic (60 for the long head, 10 for the short one):
 
-    x [2, B, L], m [2, B, 1] (the node's level), d [2, B, 1] (its spread) -> a = x[..., -1],
-    s = max((max - min) / 4, SCALE_FLOOR), g = [a, s, s * clip((m - a) / s, -16, 16), d]
+    x [2, B, L], m [2, B, 2] (the node's levels: 6 h and long-run), d [2, B, 1] (its
+    spread) -> a = x[..., -1], s = max((max - min) / 4, SCALE_FLOOR),
+    g = [a, s, s * clip((m - a) / s, -16, 16) (two columns), d]
     y [2, B, 2, 15] = clip(x @ w1 + g @ w2, 0, 1)       (axis 2: p50, p90)
 
 with w1, w2 from `cloudcore.forecaster.online.Weights` (the heads' weights folded so
@@ -33,7 +34,9 @@ import numpy as np
 from cloudcore.forecaster.online import (
     HORIZON,
     LEVEL_HALF_LIFE,
+    LEVELS,
     LONG,
+    MEAN_HALF_LIFE,
     RESOURCES,
     SCALE_FLOOR,
     SHORT,
@@ -79,7 +82,7 @@ def export_online(path: Path, priors: dict[int, tuple[np.ndarray, np.ndarray]], 
                      const("floor", SCALE_FLOOR)], "s")
     lv = node("Clip", [node("Div", [node("Sub", ["m", a], "ma"), s], "mas"),
                        const("lv_lo", -TARGET_CLIP), const("lv_hi", TARGET_CLIP)], "lv")
-    g = node("Concat", [a, s, node("Mul", [s, lv], "slv"), "d"], "g", axis=2)  # [2, B, 4]
+    g = node("Concat", [a, s, node("Mul", [s, lv], "slv"), "d"], "g", axis=2)  # [2, B, 5]
     y30 = node("Add", [node("MatMul", ["x", "w1"], "xw"), node("MatMul", [g, "w2"], "gw")],
                "y30")  # [2, B, 30]: p50 (0..14), p90 (15..29)
     y4 = node("Reshape", [y30, const("shp", [RESOURCES, -1, 2, HORIZON])], "y4")
@@ -92,15 +95,15 @@ def export_online(path: Path, priors: dict[int, tuple[np.ndarray, np.ndarray]], 
         node("Identity", [const(f"c_q{n}", q.astype(np.float32).reshape(RESOURCES, HORIZON))],
              f"prior_q{n}")
         outs += [helper.make_tensor_value_info(f"prior_w{n}", TensorProto.FLOAT,
-                                               [RESOURCES, n + 1, HORIZON]),
+                                               [RESOURCES, n + LEVELS, HORIZON]),
                  helper.make_tensor_value_info(f"prior_q{n}", TensorProto.FLOAT,
                                                [RESOURCES, HORIZON])]
     f32 = TensorProto.FLOAT
     ins = [helper.make_tensor_value_info("x", f32, [RESOURCES, "batch", "L"]),
-           helper.make_tensor_value_info("m", f32, [RESOURCES, "batch", 1]),
+           helper.make_tensor_value_info("m", f32, [RESOURCES, "batch", LEVELS]),
            helper.make_tensor_value_info("d", f32, [RESOURCES, "batch", 1]),
            helper.make_tensor_value_info("w1", f32, [RESOURCES, "L", 2 * HORIZON]),
-           helper.make_tensor_value_info("w2", f32, [RESOURCES, 4, 2 * HORIZON])]
+           helper.make_tensor_value_info("w2", f32, [RESOURCES, 3 + LEVELS, 2 * HORIZON])]
     graph = helper.make_graph(nodes, "edgefed_forecaster_online", ins, outs, inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
                               producer_name="edgefed.models.online")
@@ -113,12 +116,13 @@ def export_online(path: Path, priors: dict[int, tuple[np.ndarray, np.ndarray]], 
 def fit_ridge(x: np.ndarray, m: np.ndarray, d: np.ndarray, y: np.ndarray,
               lam: float = PRIOR_RIDGE) -> tuple[np.ndarray, np.ndarray]:
     """Scale-free ridge of the head of length L = x.shape[2] on examples x [2, n, L],
-    levels m and spreads d [2, n, 1], y [2, n, 15], weighted as online (by s / mean s):
-    (wn [2, L + 1, 15], q [2, 15] = 90th percentile of the errors in units of d)."""
+    levels m [2, n, LEVELS], spreads d [2, n, 1], y [2, n, 15], weighted as online (by
+    s / mean s): (wn [2, L + LEVELS, 15], q [2, 15] = 90th percentile of the errors in
+    units of d)."""
     f, a, s = design(x, m)
     t = (y - a) / s
     tc = np.clip(t, -TARGET_CLIP, TARGET_CLIP)
-    k = x.shape[2] + 1
+    k = x.shape[2] + LEVELS
     sw = s[..., 0] / s[..., 0].mean(axis=1, keepdims=True)
     fw = f * sw[..., None]
     xtx = np.einsum("rml,rmk->rlk", fw, f) + lam * x.shape[1] * 1e-3 * np.eye(k)[None]
@@ -138,6 +142,18 @@ def levels(v: np.ndarray) -> np.ndarray:
     return out
 
 
+def means(v: np.ndarray) -> np.ndarray:
+    """The per-node long-run level mu after each minute of v [2, T] (the Forecaster's
+    EWMA started at 0, half-life MEAN_HALF_LIFE, bias-corrected)."""
+    gamma = 1.0 - 0.5 ** (1.0 / MEAN_HALF_LIFE)
+    out = np.empty_like(v)
+    mu = np.zeros(v.shape[0])
+    for t in range(v.shape[1]):
+        mu += gamma * (v[:, t] - mu)
+        out[:, t] = mu / (1.0 - (1.0 - gamma) ** (t + 1))
+    return out
+
+
 def spreads(v: np.ndarray) -> np.ndarray:
     """The per-node spread d after each minute of v [2, T] (the Forecaster's EWMA of
     absolute one-minute changes, bias-corrected, at least SPREAD_FLOOR)."""
@@ -154,8 +170,8 @@ def spreads(v: np.ndarray) -> np.ndarray:
 
 def training_examples(length: int, *, every: int = 3, history_fraction: float = 1.0,
                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Examples x [2, n, L], m and d [2, n, 1], y [2, n, 15] from the history part of the
-    training series and their synthetic nodes (every `every`-th origin; real-sample
+    """Examples x [2, n, L], m [2, n, LEVELS], d [2, n, 1], y [2, n, 15] from the history
+    part of the training series and their synthetic nodes (every `every`-th origin; real-sample
     origins only). `history_fraction` < 1 uses only the first part of each history (the
     prior of a history-split run, `models.evaluate_online --history-split`, must not see
     the part that run scores)."""
@@ -175,7 +191,8 @@ def training_examples(length: int, *, every: int = 3, history_fraction: float = 
             idx_x = o[:, None] + np.arange(-length, 0)[None, :]
             idx_y = o[:, None] + np.arange(HORIZON)[None, :]
             xs.append(v[:, idx_x].astype(np.float32))
-            ms.append(levels(v)[:, o - 1, None].astype(np.float32))
+            ms.append(np.stack([levels(v)[:, o - 1], means(v)[:, o - 1]],
+                               axis=2).astype(np.float32))
             ds.append(spreads(v)[:, o - 1, None].astype(np.float32))
             ys.append(v[:, idx_y].astype(np.float32))
     return (np.concatenate(xs, axis=1), np.concatenate(ms, axis=1),

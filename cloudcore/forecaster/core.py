@@ -12,6 +12,10 @@ Storage (preallocated once, no reallocation as nodes join and leave):
 - `level` float64 [capacity, 2]: the node's level m, an exponentially weighted mean
   of its history up to `last` (half-life `online.LEVEL_HALF_LIFE`), a feature of the
   online heads; updated with every new minute (carried-forward ones included).
+- `mean` float64 [capacity, 2]: the node's long-run level mu, the second level
+  feature: an EWMA of its history started at 0 (half-life `online.MEAN_HALF_LIFE`,
+  7 days), served bias-corrected for the minutes the node has (`_mean`: a node younger
+  than that gets about the plain mean of its history).
 - `spread` float64 [capacity, 2]: the node's spread d, an exponentially weighted mean
   of its absolute one-minute changes (half-life `online.SPREAD_HALF_LIFE`; a
   carried-forward minute is a change of 0), the unit of the online heads' p90 offset;
@@ -65,6 +69,7 @@ from cloudcore.forecaster.errors import CapacityExceeded
 from cloudcore.forecaster.online import (
     LEVEL_HALF_LIFE,
     LONG,
+    MEAN_HALF_LIFE,
     SHORT,
     SPREAD_FLOOR,
     SPREAD_HALF_LIFE,
@@ -78,6 +83,7 @@ MIN_POINTS_FOR_MODEL = SHORT
 RING = CONTEXT + HORIZON
 ALPHA = 1.0 - 0.5 ** (1.0 / LEVEL_HALF_LIFE)  # of the per-node level (an EWMA)
 BETA = 1.0 - 0.5 ** (1.0 / SPREAD_HALF_LIFE)  # of the per-node spread (an EWMA)
+GAMMA = 1.0 - 0.5 ** (1.0 / MEAN_HALF_LIFE)  # of the per-node long-run level (an EWMA)
 
 
 class Method(IntEnum):
@@ -172,6 +178,7 @@ class Forecaster:
         self.last = np.full(capacity_nodes, -1, np.int64)
         self.gaps = np.zeros(capacity_nodes, np.int64)
         self.level = np.zeros((capacity_nodes, RESOURCES), np.float64)
+        self.mean = np.zeros((capacity_nodes, RESOURCES), np.float64)
         self.spread = np.zeros((capacity_nodes, RESOURCES), np.float64)
         self._names = np.empty(capacity_nodes, dtype=object)
         self._row: dict[str, int] = {}
@@ -212,7 +219,8 @@ class Forecaster:
     def nbytes(self) -> int:
         """Bytes of the preallocated arrays (not counting the name index)."""
         return int(self.values.nbytes + self.first.nbytes + self.last.nbytes
-                   + self.gaps.nbytes + self.level.nbytes + self.spread.nbytes
+                   + self.gaps.nbytes + self.level.nbytes + self.mean.nbytes
+                   + self.spread.nbytes
                    + self._names.nbytes)
 
     # ---- ingestion --------------------------------------------------------------
@@ -239,6 +247,7 @@ class Forecaster:
             self.first[row] = t
             self.last[row] = t
             self.level[row] = (cpu, mem)
+            self.mean[row] = (GAMMA * cpu, GAMMA * mem)  # its first minute
             self.spread[row] = 0.0
         elif t > last:
             if t - last > 1:  # carry the last value forward over the gap
@@ -247,9 +256,12 @@ class Forecaster:
                 self.gaps[row] += t - last - 1
                 keep = (1.0 - ALPHA) ** (t - last - 1)
                 self.level[row] = keep * self.level[row] + (1.0 - keep) * vals[:, last % RING]
+                keep = (1.0 - GAMMA) ** (t - last - 1)
+                self.mean[row] = keep * self.mean[row] + (1.0 - keep) * vals[:, last % RING]
                 self.spread[row] *= (1.0 - BETA) ** (t - last - 1)  # changes of 0
             self.last[row] = t
             self.level[row] += ALPHA * (np.array((cpu, mem)) - self.level[row])
+            self.mean[row] += GAMMA * (np.array((cpu, mem)) - self.mean[row])
             change = np.abs(np.array((cpu, mem)) - vals[:, last % RING])
             self.spread[row] += BETA * (change - self.spread[row])
         elif t < last:
@@ -284,6 +296,7 @@ class Forecaster:
         change = np.abs(v - self.values[fast, :, (t - 1) % RING])
         self.values[fast, :, c] = v
         self.level[fast] += ALPHA * (v - self.level[fast])
+        self.mean[fast] += GAMMA * (v - self.mean[fast])
         self.spread[fast] += BETA * (change - self.spread[fast])
         self.last[fast] = t
         stored = len(fast)
@@ -316,7 +329,8 @@ class Forecaster:
             wt = self.learner.weights(length)
             x = self._windows(rows[sel], now, lag[sel], length)
             r = rows[sel]
-            lv = self.level[r].T[:, :, None].astype(np.float32)
+            mu = self._mean(self.mean[r], self.last[r] - self.first[r] + 1)
+            lv = np.stack([self.level[r].T, mu], axis=2).astype(np.float32)
             sp = self._spread(self.spread[r], self.last[r] - self.first[r])
             if len(sel) == n:  # the usual case: every node alike, no scatter needed
                 self._model.run(x, lv, sp, wt, out=y)
@@ -361,14 +375,28 @@ class Forecaster:
             k = (1.0 - ALPHA) ** np.arange(HORIZON)[::-1]  # oldest target minute first
             recent = x[..., -HORIZON:].astype(np.float64) @ k  # [2, m]
             lv = (self.level[r].T - ALPHA * recent) / (1.0 - ALPHA) ** HORIZON
+            # the long-run level the same way (its own GAMMA), bias-corrected for the
+            # minutes the node had at the end of the context
+            kg = (1.0 - GAMMA) ** np.arange(HORIZON)[::-1]
+            mu_raw = (self.mean[r].T - GAMMA * (x[..., -HORIZON:].astype(np.float64) @ kg)
+                      ) / (1.0 - GAMMA) ** HORIZON
+            mu = self._mean(mu_raw.T, now - HORIZON - self.first[r] + 1)
             # the spread the same way, from the target minutes' absolute changes
             kb = (1.0 - BETA) ** np.arange(HORIZON)[::-1]
             ch = np.abs(np.diff(x[..., -HORIZON - 1 :].astype(np.float64), axis=2)) @ kb
             sp = np.maximum((self.spread[r].T - BETA * ch) / (1.0 - BETA) ** HORIZON, 0.0)
-            out += [x, lv[:, :, None].astype(np.float32),
+            out += [x, np.stack([lv, mu], axis=2).astype(np.float32),
                     self._spread(sp.T, now - HORIZON - self.first[r])]
         return Sample(long=out[0], short=out[3], long_level=out[1], short_level=out[4],
                       long_spread=out[2], short_spread=out[5])
+
+    @staticmethod
+    def _mean(mean: np.ndarray, minutes: np.ndarray) -> np.ndarray:
+        """The long-run level mu served for rows' raw EWMA `mean` [m, 2] (started at 0)
+        after `minutes` [m] minutes: divided by the weight those minutes have,
+        1 - (1 - GAMMA)^n; float64 [2, m]."""
+        w = (1.0 - (1.0 - GAMMA) ** np.maximum(minutes, 1))[:, None]
+        return (mean / w).T
 
     @staticmethod
     def _spread(spread: np.ndarray, changes: np.ndarray) -> np.ndarray:

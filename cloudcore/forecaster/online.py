@@ -9,22 +9,28 @@ the fleet it serves; only the shipped prior is learned elsewhere.
 Scale-free inputs. A window x (L one-minute points, oldest first) is described
 relative to itself: its last value `a` and its scale `s = max((max - min) / 4,
 SCALE_FLOOR)`. A head predicts the normalised step z_h = (y_h - a) / s from the
-normalised lags (x - a) / s, the node's own longer-term level relative to the window,
-clip((m - a) / s) with m an exponentially weighted mean of the node's history
-(half-life `LEVEL_HALF_LIFE`, kept per node by the `Forecaster`), and a bias; so
-p50_h = a + s * z_h. Shifting a window by
-a constant or multiplying it by a factor (another capacity) shifts or multiplies its
-forecast the same way (exactly, as long as the range is above 4 x SCALE_FLOOR).
+normalised lags (x - a) / s, the node's own levels relative to the window,
+clip((m - a) / s) and clip((mu - a) / s), and a bias; so p50_h = a + s * z_h. m is an
+exponentially weighted mean of the node's history (half-life `LEVEL_HALF_LIFE`, 6 h),
+mu its long-run level (half-life `MEAN_HALF_LIFE`, 7 days, bias-corrected: the plain
+mean of a younger node's history); both kept per node by the `Forecaster`. mu is the
+scale-free counterpart of what a ridge on raw lags with a bias learns on one series
+(a pull toward that series' fixed long-run level, `sum(w) a + b`): the node's own
+long-run level moves with the node when it is shifted or scaled, a fixed one does not
+(since issue 15's sixth round; `models/README.md` has how it was chosen). Shifting a
+node's series by a constant or multiplying it by a factor (another capacity) shifts or
+multiplies its forecast the same way (exactly, as long as the range is above
+4 x SCALE_FLOOR).
 
 The graph (`models/forecaster_online.onnx`, see `models/online.py`) gets the weights
 as INPUTS, so what is learned here is served by the same onnxruntime call:
 
-    p50 = a + (x - a) @ w + s * b + s * clip((m - a) / s) * v
+    p50 = a + (x - a) @ w + s * b + s * clip((m - a) / s) * v + s * clip((mu - a) / s) * u
     p90 = p50 + d * q                      q >= 0 [2, 15] (p90 offset in units of d)
 
 with d the node's spread: an exponentially weighted mean of its absolute one-minute
 changes (half-life `SPREAD_HALF_LIFE`, bias-corrected for a young node, at least
-`SPREAD_FLOOR`; kept per node by the `Forecaster` beside m). Shifting a node's
+`SPREAD_FLOOR`; kept per node by the `Forecaster` beside m and mu). Shifting a node's
 series leaves d as it is, multiplying it multiplies d: the p90 stays scale-free.
 
 (rearranged for speed as `Weights` describes: two MatMuls, no pass over the window
@@ -98,6 +104,12 @@ SCALE_FLOOR = 1e-3
 """Smallest window scale s (utilisation units): a flat window is not divided by 0."""
 LEVEL_HALF_LIFE = 360.0
 """Minutes: half-life of the per-node level m (an EWMA of the node's history)."""
+MEAN_HALF_LIFE = 10_080.0
+"""Minutes (7 days): half-life of the per-node long-run level mu, the second level
+feature: an EWMA of the node's history, bias-corrected for the minutes it has (so a
+node younger than a week gets the plain mean of its history)."""
+LEVELS = 2
+"""Per-node level features of a head: m (6 h) and mu (7 days), in this order."""
 SPREAD_HALF_LIFE = 60.0
 """Minutes: half-life of the per-node spread d (an EWMA of |one-minute change|), the unit
 of the p90 offset."""
@@ -136,6 +148,11 @@ class OnlineSettings:
     decayed loss (dimensionless, so the weights do not depend on the utilisation level)."""
     mix_half_life: float = 20_000.0
     """Examples after which an old example's loss weighs half in the combination."""
+    prior_expert: bool = False
+    """Also mix the shipped prior's weights as a fifth expert (by its own recent loss)."""
+    weight_power: float = 1.0
+    """Each example weighs (s / mean s) ** weight_power in the ridge fit (s its window's
+    scale; 2 = squared errors in utilisation units, 0 = every example alike)."""
 
     def validate(self) -> OnlineSettings:
         for name in ("sample_nodes", "residuals"):
@@ -152,8 +169,9 @@ class OnlineSettings:
 @dataclass(frozen=True)
 class Weights:
     """The graph's weight inputs for one head, in the form it computes fastest:
-    y [2, B, 30] = x @ w1 + [a, s, s * clip((m - a) / s), d] @ w2, columns 0..14 the p50
-    and 15..29 the p90 (w1 [2, L, 30], w2 [2, 4, 30]). This is the module doc's
+    y [2, B, 30] = x @ w1 + [a, s, s * clip((m_k - a) / s) for each level, d] @ w2,
+    columns 0..14 the p50 and 15..29 the p90 (w1 [2, L, 30], w2 [2, 3 + LEVELS, 30]).
+    This is the module doc's
     formula with (x - a) @ w = x @ w - a * sum(w) folded into the `a` row."""
 
     w1: np.ndarray
@@ -161,20 +179,21 @@ class Weights:
 
     @classmethod
     def from_normalised(cls, wn: np.ndarray, q: np.ndarray) -> Weights:
-        """wn [2, L + 1, 15]: rows 0..L-2 weigh the normalised lags 0..L-2, row L-1 the
-        level feature, row L the bias (the last lag is always 0 and has no row);
-        q [2, 15] the p90 offset in units of the node's spread d (negative values count
-        as 0)."""
-        length = wn.shape[1] - 1
+        """wn [2, L + LEVELS, 15]: rows 0..L-2 weigh the normalised lags 0..L-2, rows
+        L-1..L+LEVELS-2 the level features, the last row the bias (the last lag is always
+        0 and has no row); q [2, 15] the p90 offset in units of the node's spread d
+        (negative values count as 0)."""
+        length = wn.shape[1] - LEVELS
         w = np.zeros((RESOURCES, length, HORIZON))
         w[:, :-1] = wn[:, : length - 1]
-        b, v = wn[:, length], wn[:, length - 1]
+        b = wn[:, -1]
+        vs = [wn[:, length - 1 + k] for k in range(LEVELS)]
         qq = np.maximum(np.asarray(q, np.float64).reshape(RESOURCES, HORIZON), 0.0)
         w1 = np.concatenate([w, w], axis=2)
         a_row = 1.0 - w.sum(axis=1)
         w2 = np.stack([np.concatenate([a_row, a_row], axis=1),
                        np.concatenate([b, b], axis=1),
-                       np.concatenate([v, v], axis=1),
+                       *[np.concatenate([v, v], axis=1) for v in vs],
                        np.concatenate([np.zeros_like(qq), qq], axis=1)], axis=1)
         return cls(np.ascontiguousarray(w1, np.float32), np.ascontiguousarray(w2, np.float32))
 
@@ -190,11 +209,11 @@ def expert_weights(length: int) -> np.ndarray:
     same for every step): last value (all zeros: p50 = a) and an EWMA of the window
     per `EWMA_ALPHAS`. An EWMA's weights sum to one, so ewma - a = sum c_i (x_i - a):
     a weighted sum of the normalised lags, without level or bias."""
-    rows = [np.zeros(length + 1)]
+    rows = [np.zeros(length + LEVELS)]
     for al in EWMA_ALPHAS:
         c = (1.0 - al) ** np.arange(length - 1, -1, -1, dtype=np.float64)
         c[1:] *= al  # oldest point keeps the rest of the mass: sum(c) == 1
-        e = np.zeros(length + 1)
+        e = np.zeros(length + LEVELS)
         e[: length - 1] = c[:-1]  # the last lag is a itself (normalised 0): no row
         rows.append(e)
     return np.stack(rows)
@@ -210,18 +229,21 @@ def level_and_scale(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def design(x: np.ndarray, m: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """x [2, n, L], m [2, n, 1] -> (f [2, n, L + 1] = L-1 normalised lags, the level
-    feature and a 1, a, s), float64 f."""
+    """x [2, n, L], m [2, n, LEVELS] -> (f [2, n, L + LEVELS] = L-1 normalised lags, the
+    level features and a 1, a, s), float64 f."""
     a, s = level_and_scale(x)
-    f = np.empty((*x.shape[:2], x.shape[2] + 1), np.float64)
-    f[..., :-2] = (x[..., :-1] - a) / s
-    f[..., -2] = np.clip((m.astype(np.float32) - a) / s, -TARGET_CLIP, TARGET_CLIP)[..., 0]
+    length = x.shape[2]
+    f = np.empty((*x.shape[:2], length + LEVELS), np.float64)
+    f[..., : length - 1] = (x[..., :-1] - a) / s
+    f[..., length - 1 : -1] = np.clip((m.astype(np.float32) - a) / s, -TARGET_CLIP,
+                                      TARGET_CLIP)
     f[..., -1] = 1.0
     return f, a, s
 
 
 def reference(x: np.ndarray, m: np.ndarray, d: np.ndarray, wt: Weights) -> np.ndarray:
-    """Numpy reference of the graph: x [2, n, L], m and d [2, n, 1] -> y [2, n, 2, 15]
+    """Numpy reference of the graph: x [2, n, L], m [2, n, LEVELS], d [2, n, 1] ->
+    y [2, n, 2, 15]
     (axis 2: p50, p90)."""
     a, s = level_and_scale(x)
     lv = np.clip((m.astype(np.float32) - a) / s, -TARGET_CLIP, TARGET_CLIP)
@@ -235,14 +257,17 @@ class Head:
 
     def __init__(self, length: int, prior_wn: np.ndarray, prior_q: np.ndarray,
                  settings: OnlineSettings) -> None:
-        if prior_wn.shape != (RESOURCES, length + 1, HORIZON):
+        k = length + LEVELS
+        if prior_wn.shape != (RESOURCES, k, HORIZON):
             raise ValueError(f"prior of the {length}-minute head must be "
-                             f"[2, {length + 1}, 15], got {list(prior_wn.shape)}")
+                             f"[2, {k}, 15], got {list(prior_wn.shape)} (a graph built "
+                             "before the node's long-run level was a feature: rebuild it "
+                             "with python -m models.online)")
         self.length = length
         self.settings = settings
         self.prior = prior_wn.astype(np.float64)
-        self.xtx = np.zeros((RESOURCES, length + 1, length + 1))
-        self.xty = np.zeros((RESOURCES, length + 1, HORIZON))
+        self.xtx = np.zeros((RESOURCES, k, k))
+        self.xty = np.zeros((RESOURCES, k, HORIZON))
         self.s_ref = np.zeros((RESOURCES, 1))  # running mean scale (example weights)
         self.examples = 0.0  # decayed count
         self.seen = 0  # examples ever learned from
@@ -257,18 +282,24 @@ class Head:
         self.q = np.asarray(prior_q, np.float64).reshape(RESOURCES, HORIZON).copy()
         # the combination of experts (module doc): fixed experts in the normalised form,
         # their decayed losses and the weights they earn, per resource and step
-        self.experts = expert_weights(length)  # [K - 1, L + 1]: last value, EWMAs
-        k = 1 + len(self.experts)
-        self.loss = np.zeros((k, RESOURCES, HORIZON))
-        self.mix = np.zeros((k, RESOURCES, HORIZON))
+        # [K - 1, 2, L + LEVELS, 15]: last value, the EWMAs (the same for every resource
+        # and step) and, with `prior_expert`, the shipped prior
+        fixed = np.broadcast_to(expert_weights(length)[:, None, :, None],
+                                (len(EWMA_ALPHAS) + 1, RESOURCES, k, HORIZON))
+        self.names = EXPERTS + (("prior",) if settings.prior_expert else ())
+        self.experts = np.concatenate([fixed, self.prior[None]] if settings.prior_expert
+                                      else [fixed])
+        ne = 1 + len(self.experts)
+        self.loss = np.zeros((ne, RESOURCES, HORIZON))
+        self.mix = np.zeros((ne, RESOURCES, HORIZON))
         self.mix[0] = 1.0  # the ridge head alone until the first losses are in
         self.wmix = self._mixed()
         self.current = Weights.from_normalised(self.wmix, self.q)
 
     def _mixed(self) -> np.ndarray:
-        """The served normalised weights [2, L + 1, 15]: the mix of the ridge head and
+        """The served normalised weights [2, L + LEVELS, 15]: the mix of the ridge head and
         the fixed experts (all linear in the normalised features, so their mix is too)."""
-        fixed = np.einsum("krh,kl->rlh", self.mix[1:], self.experts)
+        fixed = np.einsum("krh,krlh->rlh", self.mix[1:], self.experts)
         return self.mix[0][:, None, :] * self.wn + fixed
 
     def _update_mix(self, f: np.ndarray, a: np.ndarray, s: np.ndarray, y: np.ndarray) -> None:
@@ -277,8 +308,7 @@ class Head:
         relative error |y - p| / (|y| + |p|) (what sMAPE averages; scale-free)."""
         st = self.settings
         m = f.shape[1]
-        zs = [f @ self.wn] + [np.repeat((f @ e)[..., None], HORIZON, axis=2)
-                              for e in self.experts]
+        zs = [f @ self.wn] + [f @ e for e in self.experts]
         losses = []
         for z in zs:
             p = np.clip(a + s * z, 0.0, 1.0)
@@ -290,8 +320,8 @@ class Head:
         self.mix = w / w.sum(axis=0, keepdims=True)
 
     def update(self, x: np.ndarray, lv: np.ndarray, sp: np.ndarray, y: np.ndarray) -> None:
-        """Learns from examples: x [2, m, L] windows, lv and sp [2, m, 1] the node's level
-        and spread at the window's end, y [2, m, 15] the minutes after."""
+        """Learns from examples: x [2, m, L] windows, lv [2, m, LEVELS] the node's levels
+        and sp [2, m, 1] its spread at the window's end, y [2, m, 15] the minutes after."""
         m = x.shape[1]
         if m == 0:
             return
@@ -320,14 +350,14 @@ class Head:
         sm = s[..., 0].astype(np.float64)  # [2, m]
         self.s_ref = (decay * self.s_ref * self.examples + sm.sum(axis=1, keepdims=True)) / (
             decay * self.examples + m)
-        fw = f * (sm / self.s_ref)[..., None]
+        fw = f * ((sm / self.s_ref) ** st.weight_power)[..., None]
         fwt = fw.transpose(0, 2, 1)
         self.xtx = decay * self.xtx + fwt @ f  # BLAS, not einsum: 5x faster here
         self.xty = decay * self.xty + fwt @ tc
         self.examples = decay * self.examples + m
         self.seen += m
         lam = st.prior_weight
-        eye = np.eye(self.length + 1)[None]
+        eye = np.eye(self.length + LEVELS)[None]
         self.wn = np.linalg.solve(self.xtx + lam * eye, self.xty + lam * self.prior)
         self._since_q += m
         if self.res_n >= 50 and self._since_q >= max(1, st.residuals // 256):
@@ -343,8 +373,9 @@ class Head:
 class Sample:
     """Training examples cut at one minute: `long` [2, m, 75] (60 context + 15 target
     minutes) and `short` [2, k, 25] (10 + 15) of nodes too young for a long one, and
-    each node's level m and spread d at the end of the context (`long_level`,
-    `long_spread` [2, m, 1], `short_level`, `short_spread` [2, k, 1])."""
+    each node's levels (m, mu) and spread d at the end of the context (`long_level`
+    [2, m, LEVELS], `long_spread` [2, m, 1], `short_level` [2, k, LEVELS],
+    `short_spread` [2, k, 1])."""
 
     long: np.ndarray
     short: np.ndarray
@@ -396,6 +427,6 @@ class OnlineLearner:
         """Examples learned and the calibration state per head (for logs and tests)."""
         return {str(n): {"examples": h.seen, "level": h.level.round(3).tolist(),
                          "recent_coverage": h.covered.round(3).tolist(),
-                         "mix": dict(zip(EXPERTS, h.mix.mean(axis=2).round(3).tolist(),
+                         "mix": dict(zip(h.names, h.mix.mean(axis=2).round(3).tolist(),
                                          strict=True))}
                 for n, h in self.heads.items()}

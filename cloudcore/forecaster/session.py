@@ -18,7 +18,7 @@ import numpy as np
 import onnxruntime as ort
 
 from cloudcore.forecaster.errors import InferenceError, ModelLoadError
-from cloudcore.forecaster.online import Weights
+from cloudcore.forecaster.online import LEVELS, Weights
 
 CONTEXT = 60
 HORIZON = 15
@@ -86,12 +86,12 @@ class OnlineModel:
     `models/online.py`): weights are inputs, so the heads learned in cloudcore are served
     by onnxruntime; the shipped prior weights are outputs of the same file.
 
-        inputs   x [2, batch, L] (resource-major windows, oldest first), m [2, batch, 1]
-                 (each node's level), d [2, batch, 1] (each node's spread),
-                 w1 [2, L, 30], w2 [2, 4, 30] (`online.Weights`;
+        inputs   x [2, batch, L] (resource-major windows, oldest first), m [2, batch, 2]
+                 (each node's levels: 6 h and long-run), d [2, batch, 1] (each node's
+                 spread), w1 [2, L, 30], w2 [2, 5, 30] (`online.Weights`;
                  L = 60 or 10: one head each)
         outputs  y [2, batch, 2, 15] (axis 2: p50, p90; in 0..1);
-                 prior_w60 [2, 61, 15], prior_q60 [2, 15], prior_w10 [2, 11, 15],
+                 prior_w60 [2, 62, 15], prior_q60 [2, 15], prior_w10 [2, 12, 15],
                  prior_q10 [2, 15] (the prior in the normalised form of
                  `cloudcore.forecaster.online.Head`)
     """
@@ -113,10 +113,10 @@ class OnlineModel:
     def prior(self) -> dict[int, tuple[np.ndarray, np.ndarray]]:
         """The shipped prior per window length: (normalised weights [2, L, 15], q [2, 15])."""
         z = np.zeros((RESOURCES, 1, 10), np.float32)
-        feeds = {"x": z, "m": np.zeros((RESOURCES, 1, 1), np.float32),
+        feeds = {"x": z, "m": np.zeros((RESOURCES, 1, LEVELS), np.float32),
                  "d": np.zeros((RESOURCES, 1, 1), np.float32),
                  "w1": np.zeros((RESOURCES, 10, 2 * HORIZON), np.float32),
-                 "w2": np.zeros((RESOURCES, 4, 2 * HORIZON), np.float32)}
+                 "w2": np.zeros((RESOURCES, 3 + LEVELS, 2 * HORIZON), np.float32)}
         try:
             w60, q60, w10, q10 = self._sess.run(list(self.PRIORS), feeds)
         except Exception as exc:
@@ -125,7 +125,7 @@ class OnlineModel:
 
     def run(self, x: np.ndarray, m: np.ndarray, d: np.ndarray, wt: Weights,
             out: np.ndarray) -> np.ndarray:
-        """One batched call; x C-contiguous float32 [2, B, L], m and d [2, B, 1], the head's
+        """One batched call; x C-contiguous float32 [2, B, L], m [2, B, 2], d [2, B, 1], the head's
         weights; the result is written into `out` (C-contiguous float32 [2, B, 2, 15])."""
         try:
             if not (x.flags.c_contiguous and out.flags.c_contiguous and x.dtype == np.float32

@@ -192,7 +192,8 @@ def test_predict_equals_the_numpy_reference_and_forecasts_do_not_alias() -> None
     not overwritten by the next predict()."""
 
     def forward(x: np.ndarray, rows: list[int]) -> np.ndarray:
-        m = fc.level[rows].T[:, :, None]
+        mu = fc._mean(fc.mean[rows], fc.last[rows] - fc.first[rows] + 1)
+        m = np.stack([fc.level[rows].T, mu], axis=2)
         d = fc._spread(fc.spread[rows], fc.last[rows] - fc.first[rows])
         y = reference(x.transpose(1, 0, 2), m, d, fc.learner.weights(60))  # [2, n, 2, 15]
         return y.transpose(1, 0, 3, 2)  # [n, 2, 15, 2]

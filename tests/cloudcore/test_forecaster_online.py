@@ -160,10 +160,11 @@ def test_combination_off_serves_the_ridge_head_alone() -> None:
 
 
 def test_expert_weights_are_the_ewma_in_normalised_form() -> None:
-    from cloudcore.forecaster.online import EWMA_ALPHAS, expert_weights
+    from cloudcore.forecaster.online import EWMA_ALPHAS, LEVELS, expert_weights
 
     e = expert_weights(60)
-    assert e.shape == (1 + len(EWMA_ALPHAS), 61)
+    assert e.shape == (1 + len(EWMA_ALPHAS), 60 + LEVELS)
+    assert (e[:, 59:] == 0).all()  # no level feature, no bias
     assert (e[0] == 0).all()  # last value
     x = np.random.default_rng(7).uniform(0.2, 0.8, 60)
     a, s = x[-1], max((x.max() - x.min()) / 4, 1e-3)
@@ -171,3 +172,70 @@ def test_expert_weights_are_the_ewma_in_normalised_form() -> None:
         w = (1 - al) ** np.arange(59, -1, -1.0)
         w[1:] *= al
         assert abs(a + s * (row[:59] @ ((x[:-1] - a) / s)) - x @ w) < 1e-12
+
+
+def test_the_long_run_level_is_the_nodes_own_mean_and_the_sample_has_it_as_it_was() -> None:
+    """The second level feature mu is the node's bias-corrected EWMA (half-life
+    MEAN_HALF_LIFE, so about the plain mean of a young node's history), and a training
+    example carries the levels the node had at the end of its context (minute now - 15),
+    not the newer ones."""
+    from cloudcore.forecaster.online import LEVEL_HALF_LIFE, MEAN_HALF_LIFE
+
+    fc = Forecaster(default_model_path(), capacity_nodes=4)
+    x = wavy(240, seed=5)
+    x[120:] += 0.3  # a step
+    seen: list[tuple[np.ndarray, np.ndarray]] = []
+    gamma = 1 - 0.5 ** (1 / MEAN_HALF_LIFE)
+    alpha = 1 - 0.5 ** (1 / LEVEL_HALF_LIFE)
+    raw, lvl = np.zeros(2), x[0].copy()
+    for t in range(240):
+        fc.observe("n", t, *x[t])
+        raw += gamma * (x[t] - raw)
+        lvl += alpha * (x[t] - lvl) if t else 0.0
+        row = fc._row["n"]
+        mu = fc._mean(fc.mean[[row]], np.array([t + 1]))[:, 0]
+        np.testing.assert_allclose(mu, raw / (1 - (1 - gamma) ** (t + 1)), rtol=1e-9)
+        np.testing.assert_allclose(fc.level[row], lvl, rtol=1e-9)
+        seen.append((lvl.copy(), mu))
+        if t >= 74:
+            s = fc.training_sample(now_minute=t)
+            np.testing.assert_allclose(s.long_level[:, 0, 0], seen[t - 15][0], atol=2e-6)
+            np.testing.assert_allclose(s.long_level[:, 0, 1], seen[t - 15][1], atol=2e-6)
+    np.testing.assert_allclose(seen[-1][1], x.mean(axis=0), atol=0.005)  # ~ plain mean
+    # a young node's long-run level is its mean so far; the 6 h EWMA, started at its first
+    # point, still lags behind the step: two different features
+    assert (np.abs(seen[-1][0] - seen[-1][1]) > 0.05).all()
+
+
+def test_the_prior_as_a_fifth_expert_is_mixed_into_the_served_weights() -> None:
+    """`prior_expert`: the shipped prior joins the combination; the served weights are
+    the mix of all five, and the prior earns weight only by its own loss."""
+    rng = np.random.default_rng(8)
+    walk = np.clip(0.5 + np.cumsum(rng.normal(0, 0.01, (300, 2, 2)), axis=0), 0.02, 0.98)
+    fc = _run(walk, OnlineSettings(prior_expert=True))
+    head = fc.learner.heads[60]
+    assert head.names[-1] == "prior" and head.mix.shape == (5, 2, 15)
+    np.testing.assert_allclose(head.mix.sum(axis=0), 1.0)
+    want = head.mix[0][:, None, :] * head.wn + sum(
+        head.mix[k + 1][:, None, :] * head.experts[k] for k in range(4))
+    np.testing.assert_allclose(head.wmix, want, atol=1e-12)
+    np.testing.assert_array_equal(head.experts[-1], head.prior)
+    np.testing.assert_array_equal(head.mix.argmax(axis=0), head.loss.argmin(axis=0))
+
+
+def test_weight_power_sets_how_much_a_busy_window_weighs_in_the_fit() -> None:
+    """weight_power 0: every example weighs the same in the ridge statistics (X'X is the
+    plain sum of f f'); 1 (default): weighed by s / mean s."""
+    from cloudcore.forecaster.online import LONG, design
+
+    rng = np.random.default_rng(9)
+    walk = np.clip(0.5 + np.cumsum(rng.normal(0, 0.01, (75, 2, 2)), axis=0), 0.02, 0.98)
+    for power in (0.0, 1.0):
+        fc = _run(walk, OnlineSettings(weight_power=power))
+        head = fc.learner.heads[LONG]
+        s = fc.training_sample(now_minute=74)
+        f, _, sc = design(s.long[..., :LONG], s.long_level)
+        w = (sc[..., 0] / sc[..., 0].mean(axis=1, keepdims=True)) ** power
+        np.testing.assert_allclose(head.xtx, (f * w[..., None]).transpose(0, 2, 1) @ f,
+                                   rtol=1e-5, atol=1e-6)
+        assert power == 0.0 or not np.allclose(w, 1.0)  # the windows' scales differ
