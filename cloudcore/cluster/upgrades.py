@@ -67,6 +67,8 @@ Key = tuple[str, str]
 STATUS = "_status"
 BATCH = 64
 """Values written at once."""
+APPLY_SLICE = 1_000
+"""Values read between two yields to the event loop (a catch-up, a big batch)."""
 
 
 def upgrades_bucket(prefix: str) -> str:
@@ -176,10 +178,14 @@ class SharedBatches:
             try:
                 if watch.caught_up.is_set():
                     self._caught_up()
+                n = 0
                 async for e in watch:
                     self.apply_entry(e)
                     if not self.caught_up and watch.caught_up.is_set():
                         self._caught_up()
+                    n += 1
+                    if n % APPLY_SLICE == 0:
+                        await asyncio.sleep(0)
             finally:
                 await watch.stop()
 
