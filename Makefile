@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-8)
 # what the edge runtime and the testbed run for real
 APT_PACKAGES := mosquitto crun skopeo umoci docker-registry busybox-static conmon iproute2 \
-                nats-server util-linux tmux tcpdump nftables chromium
+                nats-server util-linux tmux tcpdump nftables chromium gcc
 DEMO_NODES ?= 3
 DEMO_DURATION ?=
 
