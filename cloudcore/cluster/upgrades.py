@@ -67,8 +67,9 @@ Key = tuple[str, str]
 STATUS = "_status"
 BATCH = 64
 """Values written at once."""
-APPLY_SLICE = 1_000
-"""Values read between two yields to the event loop (a catch-up, a big batch)."""
+APPLY_SLICE = 200
+"""Values read between two yields to the event loop (a catch-up, a big batch): about
+5-20 ms of them at 26-105 us each (`python -m testbed.bench_shard_upgrade`)."""
 
 
 def upgrades_bucket(prefix: str) -> str:
