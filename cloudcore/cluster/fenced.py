@@ -4,17 +4,19 @@
 (`cloudcore.cluster.upgrades`) all write a batch of values, each carrying the holder's
 fencing token, at once, and keep what NATS refused for their next round.
 
-`put_all` is that round: every value put concurrently; a `ClusterError` (NATS
-unreachable, a refusal) is returned for its key so the caller keeps it for later, any
-other exception is a bug and propagates. The fencing itself (what token a value
-carries, who refuses an older one) stays with each caller: their values differ.
+`put_all` is that round (`delete_all` for deletes): every value put concurrently; a
+`ClusterError` (NATS unreachable, a refusal) is returned for its key so the caller keeps
+it for later, any other exception is a bug and propagates. The fencing itself (what
+token a value carries, who refuses an older one) stays with each caller: their values
+differ.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
+from typing import Any
 
 from cloudcore.cluster.errors import ClusterError
 from cloudcore.cluster.kv import Bucket
@@ -28,8 +30,20 @@ async def put_all(bucket: Bucket, items: Sequence[tuple[str, bytes]], *,
     """Put every `(key, value)` of `items` at once. Returns the indexes (into `items`)
     that were not written because of a `ClusterError` (logged once for the round, with
     the first error, as "N <what> not written yet"); any other error is raised."""
-    got = await asyncio.gather(*(bucket.put(k, v) for k, v in items),
-                               return_exceptions=True)
+    return await _round([bucket.put(k, v) for k, v in items], log=log, shard=shard,
+                        what=f"{what} not written yet")
+
+
+async def delete_all(bucket: Bucket, keys: Sequence[str], *, log: logging.Logger,
+                     what: str, shard: str) -> list[int]:
+    """Delete every key of `keys` at once; as `put_all` ("N <what> not deleted yet")."""
+    return await _round([bucket.delete(k) for k in keys], log=log, shard=shard,
+                        what=f"{what} not deleted yet")
+
+
+async def _round(calls: list[Coroutine[Any, Any, Any]], *, log: logging.Logger, what: str,
+                 shard: str) -> list[int]:
+    got = await asyncio.gather(*calls, return_exceptions=True)
     failed: list[int] = []
     first: ClusterError | None = None
     for i, r in enumerate(got):
@@ -39,8 +53,8 @@ async def put_all(bucket: Bucket, items: Sequence[tuple[str, bytes]], *,
         elif isinstance(r, BaseException):
             raise r
     if first is not None:
-        log.warning("shard %s: %d %s not written yet: %s", shard, len(failed), what, first)
+        log.warning("shard %s: %d %s: %s", shard, len(failed), what, first)
     return failed
 
 
-__all__ = ["RETRY_S", "put_all"]
+__all__ = ["RETRY_S", "delete_all", "put_all"]

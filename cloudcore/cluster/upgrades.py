@@ -54,8 +54,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from cloudcore.cluster.errors import ClusterError
-from cloudcore.cluster.fenced import RETRY_S, put_all
+from cloudcore.cluster.fenced import RETRY_S, delete_all, put_all
 from cloudcore.cluster.kv import KV, Bucket, Entry
 from cloudcore.cluster.objects import escape, unescape
 from shared.entries import AGENT_RELEASE_KEY
@@ -345,20 +344,12 @@ class SharedBatches:
         """Delete the keys of deleted AgentUpgrades, BATCH at a time, before any write;
         False if NATS refused some (kept for the next round)."""
         assert self.bucket is not None
-        bucket = self.bucket
         while self._purge:
             batch, self._purge = self._purge[:BATCH], self._purge[BATCH:]
-            got = await asyncio.gather(*(bucket.delete(k) for k in batch),
-                                       return_exceptions=True)
-            failed = [k for k, r in zip(batch, got, strict=True)
-                      if isinstance(r, ClusterError)]
-            for r in got:
-                if isinstance(r, BaseException) and not isinstance(r, ClusterError):
-                    raise r
-            if failed:
-                log.warning("shard %s: %d key(s) of deleted AgentUpgrades not deleted yet",
-                            self.shard, len(failed))
-                self._purge = failed + self._purge
+            bad = await delete_all(self.bucket, batch, log=log, shard=self.shard,
+                                   what="key(s) of deleted AgentUpgrades")
+            if bad:
+                self._purge = [batch[i] for i in bad] + self._purge
                 return False
         return True
 
