@@ -50,6 +50,7 @@ class SyncStats:
     persist_failures: int = 0
     refused_epochs: int = 0  # snapshots under an epoch we left (replays, old backups)
     replayed_requests: int = 0  # a Request seen before, expired, or without exp
+    new_epochs: int = 0  # snapshots under a new epoch applied (a new owner: full report)
 
 
 class SyncHandler:
@@ -160,7 +161,13 @@ class SyncHandler:
                 log.error("cannot persist desired gen %d: %s", new.gen, exc)
                 return []
             self._desired = new
-            if self.renewed is not None:
+            if msg.snapshot and local.epoch is not None and msg.epoch != local.epoch:
+                self.stats.new_epochs += 1
+                if self.renewed is not None:
+                    # A new owner (a shard took the node over): tell it everything once
+                    # (sync.reporter); that report covers the pods this snapshot puts.
+                    self.renewed.everything()
+            elif self.renewed is not None:
                 self.renewed.add(k for k in msg.put if k.startswith(POD + "/"))
             self.stats.applied += 1
             log.info("applied desired %s gen %d (%s, %d keys)", new.epoch, new.gen,

@@ -25,6 +25,16 @@ and created again), and it hears nothing else. Kept in memory: an agent restart
 between the Desired and the next reconciler pass loses it (the next status change of
 the pod is reported as ever).
 
+A new owner: a snapshot under a new epoch (shard takeover, issue 14, `cloudcore.cluster.
+shard`; a cloud restored from a backup; drift) comes from a cloud that may lack reports an
+earlier owner acked but never shared (a shard killed in the seconds before it wrote its
+node summary), and the statuses in them change only when the pod's or the node's status
+next changes. So the sync handler calls `Renewed.everything` once such a snapshot is
+persisted, and the next report carries the node status (agentVersion, agentUpgrade) and
+every pod's last status again (`resend_all`), through the outbox like any report. An
+ordinary snapshot (same epoch, e.g. after a gap) does not: the same cloud has every report
+it acked.
+
 A full disk (the outbox write raises `CacheError`, e.g. ENOSPC) is temporary:
 - status changes stay pending and are retried with the shared backoff; nothing is
   marked "reported" until a report carrying it is persisted, so the cloud gets the
@@ -81,15 +91,23 @@ def urgent(old: dict[str, Any] | None, new: dict[str, Any] | None) -> bool:
 
 
 class Renewed:
-    """Pod keys whose desired entry the cloud sent again (module docstring): the sync
-    handler adds them once a Desired is persisted, the reporter takes them. Made first
+    """What the cloud must be told again (module docstring): the pod keys whose desired
+    entry it sent again, which the sync handler adds once a Desired is persisted and the
+    reporter takes; and `everything`, a new owner of the node's desired set. Made first
     and given to both, like the agent's `wake` event."""
 
     def __init__(self) -> None:
         self._keys: set[str] = set()
+        self.on_everything: Callable[[], None] = lambda: None
+        """Set by the reporter: report the node status and every pod again, once."""
 
     def add(self, keys: Iterable[str]) -> None:
         self._keys.update(keys)
+
+    def everything(self) -> None:
+        """A snapshot under a new epoch was persisted: the cloud that sent it may lack
+        reports an earlier owner acked (module docstring, "A new owner")."""
+        self.on_everything()
 
     def take(self) -> set[str]:
         keys, self._keys = self._keys, set()
@@ -112,6 +130,7 @@ class Reporter:
         its own, which nothing fills)."""
         self.node = node
         self.renewed = renewed if renewed is not None else Renewed()
+        self.renewed.on_everything = self.resend_all
         self.cache = cache
         self.desired = desired
         self.node_status = node_status
@@ -135,6 +154,8 @@ class Reporter:
         self._rlog = RateLimitedLog(log)
         self._floor: int | None = None  # computed on first need (it reads the outbox)
         self._failed = False  # the last flush could not be persisted
+        self.resends = 0  # full status reports asked for by a new owner (resend_all)
+        self._again: set[str] = set()  # pods the next report carries even if unchanged
 
     @property
     def acked_floor(self) -> int:
@@ -156,7 +177,7 @@ class Reporter:
             for k in self.renewed.take():
                 self._reported.pop(k, None)
         value = None if status is None else _comparable(status)
-        if self._reported.get(key) == value:
+        if self._reported.get(key) == value and key not in self._again:
             self._pending.pop(key, None)  # back to what the cloud already knows
             return
         self._pending[key] = value
@@ -220,6 +241,7 @@ class Reporter:
                 self._reported.pop(k, None)
             else:
                 self._reported[k] = v
+        self._again.difference_update(pods)
         self._send_node_status = False
         self.last_append = time.monotonic()
         if result.dropped_status:
@@ -231,6 +253,17 @@ class Reporter:
             self._event.set()
         self.kick()
         return result.seq
+
+    def resend_all(self) -> None:
+        """Report the node status and every pod's status again, in the next report
+        (module docstring, "A new owner"). Not urgent: the reconciler pass that the new
+        set wakes usually lands its statuses in the same report (within `batch_s`)."""
+        self.resends += 1
+        self._again = set(self._reported)
+        for k, v in self._reported.items():
+            self._pending.setdefault(k, v)  # a newer pending value stays
+        self._send_node_status = True
+        self._event.set()
 
     def node_status_changed(self) -> None:
         """The node status changed in a way the cloud waits for (an agent upgrade's

@@ -1,0 +1,144 @@
+"""A new owner of the node's desired set gets the full status once (issue 14).
+
+A shard killed in the seconds after it acked a report, before it wrote its node summary
+to NATS KV, takes that report with it; the shard that takes the node over sends a
+snapshot under a new epoch. The agent then reports its node status and every pod's
+status again, through the outbox, in one report; an ordinary snapshot (same epoch) and a
+delta do not. Real LMDB cache, real sync handler and reporter, no broker.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from edgecore.cache import Cache
+from edgecore.sync import Renewed, Reporter, SyncHandler
+from shared.codec import Ack, Desired, Report, ReportAck, decode
+from shared.entries import pod_entry, pod_key
+from shared.models import Pod
+from shared.pods import ContainerStatus, PodStatus
+
+NODE = "edge-1"
+WEB, DB = pod_key("default", "web"), pod_key("default", "db")
+RUNNING = PodStatus(phase="Running", container_statuses=[
+    ContainerStatus(name="main", state="running", ready=True)])
+
+
+def entry(name: str) -> dict[str, Any]:
+    return pod_entry(Pod.model_validate({
+        "metadata": {"name": name, "namespace": "default", "uid": f"u-{name}"},
+        "spec": {"containers": [{"name": "main", "image": "busybox:1"}]}}))
+
+
+class Agent:
+    """The agent's sync half as `edgecore.agent` wires it: one `Renewed` given to both."""
+
+    def __init__(self, cache: Cache) -> None:
+        self.cache = cache
+        self.status: dict[str, Any] = {"arch": "amd64", "agentVersion": "1.0.0",
+                                       "agentUpgrade": None}
+        renewed = Renewed()
+        self.sync = SyncHandler(node=NODE, cache=cache, renewed=renewed)
+        self.reporter = Reporter(node=NODE, cache=cache, desired=lambda: self.sync.desired,
+                                 node_status=lambda: dict(self.status), batch_s=0,
+                                 renewed=renewed)
+
+    async def desired(self, epoch: str, base: int, gen: int, *, snapshot: bool,
+                      put: dict[str, Any]) -> None:
+        replies = await self.sync.handle(Desired(node=NODE, epoch=epoch, base=base, gen=gen,
+                                                 snapshot=snapshot, put=put))
+        assert replies == [Ack(node=NODE, epoch=epoch, gen=gen)]
+
+    async def acked(self) -> None:
+        """The cloud (the shard about to die) acks everything sent: the outbox empties."""
+        await self.sync.handle(ReportAck(node=NODE, seq=self.cache.last_seq()))
+        assert self.cache.outbox() == []
+
+    def outbox(self) -> list[Report]:
+        out = []
+        for _, raw in self.cache.outbox():
+            msg = decode(raw)
+            assert isinstance(msg, Report)
+            out.append(msg)
+        return out
+
+
+async def converged(agent: Agent) -> None:
+    """Owner A (epoch EA) sent two pods; they run, the agent upgraded, all acked."""
+    assert await agent.reporter.flush() is not None  # the first report: node status
+    await agent.desired("EA", 0, 1, snapshot=True, put={WEB: entry("web"), DB: entry("db")})
+    agent.reporter.update(WEB, RUNNING)
+    agent.reporter.update(DB, RUNNING)
+    assert await agent.reporter.flush() is not None
+    agent.status["agentVersion"] = "1.1.0"
+    agent.status["agentUpgrade"] = {"version": "1.1.0", "phase": "Healthy", "message": "",
+                                    "previous": "1.0.0"}
+    agent.reporter.node_status_changed()
+    assert await agent.reporter.flush() is not None
+    await agent.acked()  # ... by owner A, which is then killed before sharing it
+
+
+async def test_a_new_epoch_snapshot_sends_the_full_status_once(tmp_path: Path) -> None:
+    with Cache(tmp_path / "c") as cache:
+        agent = Agent(cache)
+        await converged(agent)
+        # Owner B takes the node over: the same set, as a snapshot under its epoch.
+        await agent.desired("EB", 0, 1, snapshot=True, put={WEB: entry("web"), DB: entry("db")})
+        # The reconciler's next pass finds nothing changed; the resend still goes.
+        agent.reporter.update(WEB, RUNNING)
+        agent.reporter.update(DB, RUNNING)
+        seq = await agent.reporter.flush()
+        assert seq is not None
+        (report,) = agent.outbox()
+        assert (report.seq, report.epoch, report.gen) == (seq, "EB", 1)
+        assert report.node_status is not None
+        assert report.node_status["agentVersion"] == "1.1.0"
+        assert report.node_status["agentUpgrade"]["phase"] == "Healthy"
+        assert set(report.pods) == {WEB, DB}
+        assert all(v is not None and v["phase"] == "Running" for v in report.pods.values())
+        # Once: the next pass and a later delta say nothing more.
+        agent.reporter.update(WEB, RUNNING)
+        agent.reporter.update(DB, RUNNING)
+        assert await agent.reporter.flush() is None
+        await agent.desired("EB", 1, 2, snapshot=False, put={"configmap/default/c": {}})
+        assert await agent.reporter.flush() is None
+        # Another snapshot of the same owner is no resend: its pods' next statuses go
+        # again as for any entry put again (`Renewed`), the node status does not.
+        await agent.desired("EB", 0, 3, snapshot=True,
+                            put={WEB: entry("web"), DB: entry("db"), "configmap/default/c": {}})
+        agent.reporter.update(WEB, RUNNING)
+        agent.reporter.update(DB, RUNNING)
+        assert await agent.reporter.flush() is not None
+        assert agent.outbox()[-1].node_status is None
+        assert agent.sync.stats.new_epochs == 1 and agent.reporter.resends == 1
+
+
+async def test_the_resend_keeps_newer_statuses_and_gone_pods(tmp_path: Path) -> None:
+    """A change made after the snapshot wins over the last reported status, and a pod
+    that goes away before the report is reported gone, not as it last was."""
+    with Cache(tmp_path / "c") as cache:
+        agent = Agent(cache)
+        await converged(agent)
+        await agent.desired("EB", 0, 1, snapshot=True, put={WEB: entry("web")})
+        failed = PodStatus(phase="Failed", reason="Error", container_statuses=[
+            ContainerStatus(name="main", state="terminated", exit_code=1)])
+        agent.reporter.update(WEB, failed)
+        agent.reporter.update(DB, None)  # no longer desired: removed
+        assert await agent.reporter.flush() is not None
+        (report,) = agent.outbox()
+        assert report.pods[WEB] is not None and report.pods[WEB]["phase"] == "Failed"
+        assert report.pods[DB] is None
+        assert report.node_status is not None
+
+
+async def test_first_snapshot_after_join_sends_nothing_extra(tmp_path: Path) -> None:
+    """The first set a node gets (no epoch before) is not a new owner: its statuses go
+    out as they change, as ever."""
+    with Cache(tmp_path / "c") as cache:
+        agent = Agent(cache)
+        assert await agent.reporter.flush() is not None
+        await agent.acked()
+        await agent.desired("EA", 0, 1, snapshot=True, put={WEB: entry("web")})
+        assert agent.sync.stats.new_epochs == 0 and agent.reporter.resends == 0
+        assert await agent.reporter.flush() is None
