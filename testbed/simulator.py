@@ -194,9 +194,10 @@ class SimNode:
 
     # --- outgoing ----------------------------------------------------------------
 
-    def send(self, msg: Ack | Report | Resync) -> None:
+    def send(self, msg: Ack | Report | Resync) -> int:
+        """Publish `msg`; returns its bytes on the wire (0: not connected, not sent)."""
         if self.client is None or not self.connected:
-            return  # the resync on the next connect brings the cloud up to date
+            return 0  # the resync on the next connect brings the cloud up to date
         topic = topics.up(self.name)
         data = encode(msg)
         if self.keys is not None:
@@ -206,10 +207,11 @@ class SimNode:
         self.bytes_out += len(data)
         self.sim.msgs_out += 1
         self.sim.bytes_out += len(data)
+        return len(data)
 
-    def report(self, **fields: Any) -> None:
+    def report(self, **fields: Any) -> int:
         self.seq += 1
-        self.send(
+        return self.send(
             Report(
                 node=self.name,
                 seq=self.seq,
@@ -326,12 +328,15 @@ class SimNode:
             )
             return
         old = self.desired.items
-        was = self.desired.gen
+        was, was_epoch = self.desired.gen, self.desired.epoch
         self.desired = self.desired.applied(msg)
         self.sim.moved_gen(was, self.desired.gen)
         self.applied_at[msg.gen] = now
         self.sim.record_applied(msg.gen, now)
         self.send(Ack(node=self.name, epoch=msg.epoch, gen=msg.gen))
+        if msg.snapshot and was_epoch is not None and msg.epoch != was_epoch:
+            self.full_report(old)  # a new owner (edgecore.sync.reporter)
+            return
         if self.sim.settings.report_pods:
             pods = self.pod_changes(old, self.desired.items)
             if pods:
@@ -339,7 +344,24 @@ class SimNode:
             self.release_changed(old.get(AGENT_RELEASE_KEY),
                                  self.desired.items.get(AGENT_RELEASE_KEY))
 
-    def release_changed(self, old: Any, new: Any) -> None:
+    def full_report(self, old: dict[str, Any]) -> None:
+        """A snapshot under a new epoch (a shard took this node over): one report with
+        the node status and every pod's status, as an agent sends it to a new owner (it
+        may lack reports the previous owner acked); pods the set no longer holds, gone."""
+        if self.sim.settings.report_pods:
+            self.release_changed(old.get(AGENT_RELEASE_KEY),
+                                 self.desired.items.get(AGENT_RELEASE_KEY), report=False)
+            pods = self.pod_changes({}, self.desired.items)
+            pods.update((k, None) for k in old
+                        if k not in self.desired.items and split_key(k)[0] == POD)
+        else:
+            pods = {}
+        size = self.report(node_status=self.node_status(), pods=pods)
+        if size:
+            self.sim.full_reports += 1
+            self.sim.full_report_bytes += size
+
+    def release_changed(self, old: Any, new: Any, *, report: bool = True) -> None:
         """A new `agent/-/release` entry: this simulated agent runs that version at once
         and reports it Healthy; a version containing the crash marker is reported
         RolledBack (the node stays at its version), as an agent whose new version
@@ -356,8 +378,9 @@ class SimNode:
             self.agent_version = version
             self.agent_upgrade = {"version": version, "phase": "Healthy", "message": "",
                                   "previous": previous}
-        self.report(node_status={"agentVersion": self.agent_version,
-                                 "agentUpgrade": self.agent_upgrade})
+        if report:
+            self.report(node_status={"agentVersion": self.agent_version,
+                                     "agentUpgrade": self.agent_upgrade})
 
     def pod_changes(self, old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
         """Statuses to report: new or changed pods Running at once (crashing, with a
@@ -441,6 +464,8 @@ class Simulator:
         self.msgs_in = self.msgs_out = self.bytes_in = self.bytes_out = 0
         self.reacks = self.gaps = self.invalid = self.connect_failures = 0
         self.snapshots_in = self.deltas_in = 0  # desired messages received, by kind
+        # reports of the whole status to a new owner (a snapshot under a new epoch)
+        self.full_reports = self.full_report_bytes = 0
         self.disconnects = 0  # sessions lost after they were up (gmqtt reconnects them)
         if settings.max_connecting < 1:
             raise ValueError("max_connecting: at least 1")
@@ -641,6 +666,8 @@ class Simulator:
             "gaps": self.gaps,
             "snapshots_in": self.snapshots_in,
             "deltas_in": self.deltas_in,
+            "full_reports": self.full_reports,
+            "full_report_bytes": self.full_report_bytes,
             "disconnects": self.disconnects,
             "invalid": self.invalid,
             "msgs_in": self.msgs_in,
