@@ -12,7 +12,12 @@ limit, every node joined), converged on a DaemonSet. Then:
    again and resyncs.
 2. While they are down, an update of the DaemonSet (a desired-state change the cloud
    cannot deliver yet).
-3. `--down` seconds later, start every broker again on its port.
+3. `--down` seconds later, start every broker again on its port, with a listen backlog
+   of `--listen-backlog` (4096; mosquitto's own is 100, which made the kernel drop most
+   of a restarted broker's reconnects and TCP retry them for up to a minute:
+   `testbed.broker`). The simulators reconnect through their connect gate
+   (`testbed.simulator.GatedClient`), as many handshakes in flight per process as its
+   first connects.
 
 Measured from the brokers' return: seconds until every session is up again, until every
 node applied the change made while the brokers were down, until the cloud recorded every
@@ -224,7 +229,8 @@ def _not_ready_events(sf: SimFleet, after_seq: int) -> list[str]:
 def _edge_counts(sf: SimFleet) -> dict[str, int]:
     out: dict[str, int] = {}
     for st in sf.sim_stats():
-        for k in ("snapshots_in", "deltas_in", "gaps", "disconnects", "invalid", "reacks"):
+        for k in ("snapshots_in", "deltas_in", "gaps", "disconnects", "invalid", "reacks",
+                  "full_reports", "full_report_bytes"):
             out[k] = out.get(k, 0) + int(st.get(k, 0))
     return out
 
@@ -743,6 +749,9 @@ def shard_kill(sf: SimFleet, *, shards: int, lease_s: float, workdir: Path,
             "edge_snapshots_received": edge1["snapshots_in"] - edge0["snapshots_in"],
             "edge_deltas_received": edge1["deltas_in"] - edge0["deltas_in"],
             "edge_gaps": edge1["gaps"] - edge0["gaps"],
+            # one report of the whole status per moved node (a new owner, issue 14)
+            "edge_full_reports_sent": edge1["full_reports"] - edge0["full_reports"],
+            "edge_full_report_bytes": edge1["full_report_bytes"] - edge0["full_report_bytes"],
             "survivors_desired_sent": int(cloud1["desired_sent"] - cloud0["desired_sent"]),
             "survivors_resyncs_received": int(cloud1["resyncs_in"] - cloud0["resyncs_in"]),
             "survivors_dropped_not_owned": int(cloud1["not_owned"] - cloud0["not_owned"])}
