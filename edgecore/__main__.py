@@ -437,7 +437,8 @@ def release_modules(names: Sequence[str]) -> list[str]:
     for mod in list(sys.modules.values()):
         if not isinstance(mod, ModuleType):
             continue
-        ns = mod.__dict__
+        # not `mod.__dict__`: a lazily loaded module (importlib.util.LazyLoader) would load
+        ns = object.__getattribute__(mod, "__dict__")
         for key, value in list(ns.items()):
             for name, module in old.items():
                 if value is module:
