@@ -49,14 +49,18 @@ def test_shard_kill_over_two_brokers(tmp_path: Path) -> None:
         [n for n in k["rss_mb"] if n.startswith("S")]) == 2
     assert k["not_ready"]["polls"] > 0
     assert k["targets"]["no node NotReady"]["met"] is True
-    # every moved node got its new owner's snapshot; nobody else needed one (survivors
-    # may also hand each other partitions while the membership settles: those resync too)
+    # every moved node got its new owner's snapshot. Exactly one each is what a kill
+    # gives now (the survivors no longer take, hand back and take again: counted exactly
+    # in tests/integration/test_shard_kill_once.py); not asserted here, where a survivor
+    # stalled past its lease deadline on a loaded machine may drop and retake leases
     m = k["messages"]
+    print("snapshots:", m["edge_snapshots_received"], "for", killed["nodes"], "moved nodes")
     assert m["edge_snapshots_received"] >= killed["nodes"]
     # Gaps (a delta whose base the node does not hold, recovered by a resync) should be
     # 0. A clean-checkout CI run at 150 nodes once saw 21 after the kill (and the 20,000-
-    # node bench 0), cause not yet found: the test prints them and checks what a gap
-    # must never cost (every node applied, nothing acked lost, audit below).
+    # node bench 0), cause not yet found (0 in every run since, also with the lease churn
+    # forced: docs/benchmarks.md): the test prints them and checks what a gap must never
+    # cost (every node applied, nothing acked lost, audit below).
     print("edge gaps after the kill:", m["edge_gaps"])
     assert m["edge_gaps"] <= killed["nodes"]
     a = k["audit"]
