@@ -4,7 +4,7 @@ a simulated fleet (tests/integration/shard_fleet.py).
 
 The test follows the lease bucket itself (a KV watch from this process: every write of
 every partition key, with its holder) and the simulated nodes' counters. After kill -9
-of the shard holding the most nodes, it writes that shard's heartbeat key once more, 0.9
+of the shard holding the most nodes, it writes that shard's heartbeat key once more, 0.6
 of a renewal period later, as its last heartbeat is seen when it landed that long after
 its last lease renewal (separate writes, each due every lease period / 3 on its own
 schedule, so a kill can fall between them; at 20,000 nodes this ordering made the
@@ -25,6 +25,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from cloudcore.cluster.kv import KV, KVSettings
 from integration.shard_fleet import sharded_fleet
@@ -79,6 +81,15 @@ class LeaseTap:
             assert e is not None, f"no heartbeat key for {name}"
             await members.put(name, e.value)
         self._run(put())
+
+    def oldest_write(self, holder: str) -> float:
+        """When the least recently written of `holder`'s current lease keys was written
+        (this process's monotonic clock)."""
+        last: dict[str, tuple[float, str]] = {}
+        for ts, key, h in list(self.seen):
+            if key.startswith("partition."):
+                last[key] = (ts, h)
+        return min(ts for ts, h in last.values() if h == holder)
 
     def holders(self) -> dict[str, str]:
         """partition key -> its holder now ("" when released)."""
@@ -163,8 +174,14 @@ def test_a_shard_kill_moves_each_partition_once(tmp_path: Path) -> None:
         victim.proc.kill()
         # its last heartbeat, seen most of a renewal period after its last renewal (each
         # is due every lease / 3 on its own schedule, so a kill can fall between them)
-        time.sleep(0.9 * LEASE / 3)
+        time.sleep(0.6 * LEASE / 3)
+        oldest = tap.oldest_write(victim.name)
         tap.put_member(victim.name)
+        if time.monotonic() - oldest > 0.9 * LEASE - 0.5:
+            # its renewals were already late (a starved machine): the survivors may have
+            # seen it dead before this write, which then counts as a sign of life
+            pytest.skip(f"{victim.name}'s oldest lease was {time.monotonic() - oldest:.1f}"
+                        " s old at its late heartbeat: too loaded to stage this kill")
         survivors = [s for s in sf.shards if s is not victim]
 
         def taken_over() -> bool:
