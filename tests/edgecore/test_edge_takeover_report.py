@@ -9,6 +9,7 @@ delta do not. Real LMDB cache, real sync handler and reporter, no broker.
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -142,3 +143,28 @@ async def test_first_snapshot_after_join_sends_nothing_extra(tmp_path: Path) -> 
         await agent.desired("EA", 0, 1, snapshot=True, put={WEB: entry("web")})
         assert agent.sync.stats.new_epochs == 0 and agent.reporter.resends == 0
         assert await agent.reporter.flush() is None
+
+
+async def test_the_running_reporter_sends_it_without_a_pod_update(tmp_path: Path) -> None:
+    """The reporter's loop is woken by the new owner alone (a node with no pod, or a
+    reconciler pass that finds nothing changed, calls nothing)."""
+    with Cache(tmp_path / "c") as cache:
+        agent = Agent(cache)
+        agent.reporter.batch_s = 0.05
+        task = asyncio.create_task(agent.reporter.run())
+        try:
+            for _ in range(200):
+                if cache.last_seq() >= 1:
+                    break
+                await asyncio.sleep(0.01)
+            await agent.desired("EA", 0, 1, snapshot=True, put={})
+            await agent.acked()
+            await agent.desired("EB", 0, 1, snapshot=True, put={})
+            for _ in range(200):
+                if agent.outbox():
+                    break
+                await asyncio.sleep(0.01)
+            (report,) = agent.outbox()
+            assert report.node_status is not None and report.epoch == "EB"
+        finally:
+            task.cancel()
