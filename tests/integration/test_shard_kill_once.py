@@ -17,9 +17,10 @@ one snapshot per moved node."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import threading
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,7 +29,6 @@ from typing import Any
 
 import pytest
 
-from cloudcore.cluster.kv import KV, KVSettings
 from integration.shard_fleet import sharded_fleet
 from integration.test_shards import (
     HEARTBEAT,
@@ -44,49 +44,85 @@ NODES = 30
 SHARDS = ("K1", "K2", "K3")
 
 
+TAP = """
+import asyncio, json, signal, sys, time
+from pathlib import Path
+from cloudcore.cluster.kv import KV, KVSettings
+
+cfg = json.loads(sys.argv[1])
+out = open(cfg["out"], "a", buffering=1)
+
+
+async def main() -> None:
+    kv = KV(KVSettings(urls=tuple(cfg["urls"]), user=cfg["user"], password=cfg["password"],
+                       ca_file=Path(cfg["ca"]), client_name="test-lease-tap"))
+    await kv.connect()
+    leases = await kv.bucket("edgefed_leases")
+    members = await kv.bucket("edgefed_members")
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+
+    async def put() -> None:
+        name = Path(cfg["put"]).read_text().strip()
+        e = await members.get(name)
+        await members.put(name, e.value)
+        out.write(json.dumps({"put": name, "t": time.monotonic()}) + "\\n")
+
+    loop.add_signal_handler(signal.SIGUSR1, lambda: loop.create_task(put()))
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    watch = await leases.watch()
+    await watch.caught_up.wait()
+    out.write(json.dumps({"ready": True}) + "\\n")
+
+    async def follow() -> None:
+        async for e in watch:
+            holder = "" if e.deleted else str(json.loads(e.value).get("holder", ""))
+            out.write(json.dumps({"t": time.monotonic(), "key": e.key, "holder": holder})
+                      + "\\n")
+    task = asyncio.create_task(follow())
+    await stop.wait()
+    task.cancel()
+    await kv.close()
+
+asyncio.run(main())
+"""
+
+
 class LeaseTap:
-    """Every write of the lease bucket seen from here: (monotonic time, key, holder or
-    "" for a deletion), in revision order; `put_member` rewrites a member's key."""
+    """Every write of the lease bucket, seen by a child process (its own NATS client and
+    event loop; a thread here would compile code beside pytest's, which CPython 3.11's
+    AST state does not survive): (monotonic time, key, holder or "" for a deletion), in
+    revision order. `put_member` has it rewrite a member's heartbeat key."""
 
-    def __init__(self, nats: NatsKV) -> None:
-        self.settings = KVSettings(urls=tuple(nats.urls), user=nats.user,
-                                   password=nats.password, ca_file=nats.ca_file,
-                                   client_name="test-lease-tap")
-        self.seen: list[tuple[float, str, str]] = []
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._kv: KV | None = None
-        self._task: Any = None
+    def __init__(self, nats: NatsKV, workdir: Path) -> None:
+        self.out = workdir / "lease-tap.jsonl"
+        self.put_file = workdir / "lease-tap.put"
+        self.cfg = {"urls": list(nats.urls), "user": nats.user, "password": nats.password,
+                    "ca": str(nats.ca_file), "out": str(self.out), "put": str(self.put_file)}
+        self.proc: subprocess.Popen[bytes] | None = None
 
-    def _run(self, coro: Any, timeout: float = 30) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+    def _lines(self) -> list[dict[str, Any]]:
+        if not self.out.exists():
+            return []
+        text = self.out.read_text()
+        return [json.loads(x) for x in text[:text.rfind("\n") + 1].splitlines()]
 
-    async def _start(self) -> None:
-        self._kv = KV(self.settings)
-        await self._kv.connect()
-        bucket = await self._kv.bucket("edgefed_leases")
-        watch = await bucket.watch()
-
-        async def follow() -> None:
-            async for e in watch:
-                holder = "" if e.deleted else str(json.loads(e.value).get("holder", ""))
-                self.seen.append((time.monotonic(), e.key, holder))
-        self._task = asyncio.ensure_future(follow())
+    @property
+    def seen(self) -> list[tuple[float, str, str]]:
+        return [(x["t"], x["key"], x["holder"]) for x in self._lines() if "key" in x]
 
     def put_member(self, name: str) -> None:
-        async def put() -> None:
-            assert self._kv is not None
-            members = await self._kv.bucket("edgefed_members")
-            e = await members.get(name)
-            assert e is not None, f"no heartbeat key for {name}"
-            await members.put(name, e.value)
-        self._run(put())
+        assert self.proc is not None
+        self.put_file.write_text(name + "\n")
+        self.proc.send_signal(signal.SIGUSR1)
+        wait_for(f"the tap rewrote {name}'s heartbeat key",
+                 lambda: any(x.get("put") == name for x in self._lines()), 10, every=0.02)
 
     def oldest_write(self, holder: str) -> float:
         """When the least recently written of `holder`'s current lease keys was written
-        (this process's monotonic clock)."""
+        (the monotonic clock, the same in every process)."""
         last: dict[str, tuple[float, str]] = {}
-        for ts, key, h in list(self.seen):
+        for ts, key, h in self.seen:
             if key.startswith("partition."):
                 last[key] = (ts, h)
         return min(ts for ts, h in last.values() if h == holder)
@@ -94,7 +130,7 @@ class LeaseTap:
     def holders(self) -> dict[str, str]:
         """partition key -> its holder now ("" when released)."""
         out: dict[str, str] = {}
-        for _, key, holder in list(self.seen):
+        for _, key, holder in self.seen:
             if key.startswith("partition."):
                 out[key] = holder
         return out
@@ -102,9 +138,11 @@ class LeaseTap:
     def changes_since(self, t: float) -> dict[str, list[str]]:
         """partition key -> the holders it had after `t`, one entry per change of holder
         (renewals by the same holder are not changes; a release is "")."""
-        now = self.holders_at(t)
+        seen = self.seen
+        now = {key: holder for ts, key, holder in seen
+               if ts <= t and key.startswith("partition.")}
         out: dict[str, list[str]] = {}
-        for ts, key, holder in list(self.seen):
+        for ts, key, holder in seen:
             if ts <= t or not key.startswith("partition."):
                 continue
             if holder != now.get(key):
@@ -112,38 +150,28 @@ class LeaseTap:
                 now[key] = holder
         return out
 
-    def holders_at(self, t: float) -> dict[str, str]:
-        out: dict[str, str] = {}
-        for ts, key, holder in list(self.seen):
-            if ts <= t and key.startswith("partition."):
-                out[key] = holder
-        return out
-
-    def stop(self) -> None:
-        async def close() -> None:
-            if self._task is not None:
-                self._task.cancel()
-            if self._kv is not None:
-                await self._kv.close()
-        try:
-            self._run(close(), 10)
-        finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(10)
-
     @contextmanager
     def running(self) -> Iterator[LeaseTap]:
-        self._thread.start()
+        with (self.out.parent / "lease-tap.log").open("wb") as log:
+            self.proc = subprocess.Popen([sys.executable, "-c", TAP, json.dumps(self.cfg)],
+                                         stderr=log, cwd=Path(__file__).parents[2])
         try:
-            self._run(self._start())
+            wait_for("the lease tap caught up",
+                     lambda: any(x.get("ready") for x in self._lines())
+                     or self.proc is None or self.proc.poll() is not None, 30)
+            assert self.proc.poll() is None, (self.out.parent / "lease-tap.log").read_text()
             yield self
         finally:
-            self.stop()
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
 
 
 def test_a_shard_kill_moves_each_partition_once(tmp_path: Path) -> None:
     with sharded_fleet(tmp_path, SHARDS, NODES, HEARTBEAT) as sf, \
-            LeaseTap(sf.nats).running() as tap:
+            LeaseTap(sf.nats, tmp_path).running() as tap:
         shards = {s.name: s for s in sf.shards}
 
         def one_owner_each() -> dict[str, str] | None:
