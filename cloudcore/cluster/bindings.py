@@ -64,9 +64,10 @@ from collections.abc import Callable
 from typing import Any
 
 from cloudcore.cluster.errors import ClusterError
-from cloudcore.cluster.fenced import RETRY_S, put_all
-from cloudcore.cluster.kv import KV, Bucket, Entry
+from cloudcore.cluster.fenced import put_all
+from cloudcore.cluster.kv import Entry
 from cloudcore.cluster.objects import escape, unescape
+from cloudcore.cluster.replica import HolderReplica, Task
 
 log = logging.getLogger("cloudcore.cluster.bindings")
 
@@ -95,20 +96,17 @@ def parse_binding_key(text: str) -> Key:
     return unescape(ns), unescape(name)
 
 
-class Bindings:
+class Bindings(HolderReplica):
     """The placement shared by shards (module docstring); `Placement.shared`."""
+
+    NAME = "bindings"
+    NOUN = "binding"
+    APPLY_SLICE = APPLY_SLICE
+    log = log
 
     def __init__(self, fleet: Any, *, shard: str, holds_global: Callable[[], bool],
                  fence: Callable[[], int | None]) -> None:
-        self.fleet = fleet
-        self.shard = shard
-        self._holds = holds_global
-        self._fence = fence
-        self.max_fence = 0
-        """The greatest fencing token seen in the bucket (a write carrying a smaller one
-        is a former holder's, late: refused)."""
-        self.fenced = 0
-        """Binding writes refused for their stale fencing token."""
+        super().__init__(fleet, shard=shard, holds_global=holds_global, fence=fence)
         self._acquired_fence: int | None = None
         self._announced = 0
         self.remote: dict[Key, tuple[str, str]] = {}
@@ -116,15 +114,10 @@ class Bindings:
         as soon as it makes them)."""
         self._kv: dict[Key, tuple[str, str]] = {}
         """What the bucket says, as far as the watch delivered it (in revision order)."""
-        self.caught_up = False
-        self.bucket: Bucket | None = None
         self._out: dict[Key, tuple[str, str] | None] = {}
         self._inflight: set[Key] = set()
-        self._wake = asyncio.Event()
-        self._commit = asyncio.Event()
         self.drains: set[str] = set()
         """Nodes drained through some shard and still cordoned (`drain_mark`)."""
-        self.writes = 0
         self.applied = 0
         """Changes of the bucket (by another shard) applied to this shard's bindings."""
         fleet.placement.shared = self
@@ -132,7 +125,7 @@ class Bindings:
     # -- Placement.shared ---------------------------------------------------------------
 
     def schedules(self) -> bool:
-        return self.caught_up and self._holds()
+        return self.decides()
 
     def binding(self, key: Key) -> tuple[str, str] | None:
         return self.remote.get(key)
@@ -204,28 +197,11 @@ class Bindings:
 
     # -- the replica --------------------------------------------------------------------
 
-    async def run(self, kv: KV, *, prefix: str, replicas: int = 1) -> None:
-        """Watch the bindings and write the holder's until cancelled."""
-        self.bucket = await kv.bucket(bindings_bucket(prefix), create=True,
-                                      replicas=replicas)
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(self._flush(), name=f"cloudcore[{self.shard}].bindings.writer")
-            tg.create_task(self._committer(),
-                           name=f"cloudcore[{self.shard}].bindings.commit")
-            watch = await self.bucket.watch(">")
-            try:
-                if watch.caught_up.is_set():
-                    await self._caught_up()
-                n = 0
-                async for e in watch:
-                    self.apply_entry(e)
-                    if not self.caught_up and watch.caught_up.is_set():
-                        await self._caught_up()
-                    n += 1
-                    if n % APPLY_SLICE == 0:  # a burst (a catch-up, a big scale)
-                        await asyncio.sleep(0)
-            finally:
-                await watch.stop()
+    def bucket_name(self, prefix: str) -> str:
+        return bindings_bucket(prefix)
+
+    def _tasks(self) -> list[Task]:
+        return [("writer", self._writer), ("commit", self._committer)]
 
     async def _caught_up(self) -> None:
         await self.reconcile()
@@ -256,14 +232,12 @@ class Bindings:
                 node = None if doc["node"] is None else str(doc["node"])
                 fence = int(doc.get("fence") or 0)
             except (ValueError, KeyError, TypeError):
-                log.warning("shard %s: unreadable binding %s (revision %d); ignored",
-                            self.shard, e.key, e.revision)
+                self._unreadable(e)
                 return
-            if fence < self.max_fence or (self.schedules() and fence < (
-                    self._acquired_fence or 0)):
-                self._refuse(key, e, fence)
+            own = (self._acquired_fence or 0) if self.schedules() else None
+            if not self._accepts(e, fence, own=own):
+                self._rewrite(key)
                 return
-            self.max_fence = fence
         if node is None:
             self._kv.pop(key, None)
         else:
@@ -281,14 +255,10 @@ class Bindings:
             self.applied += 1
             self._commit.set()
 
-    def _refuse(self, key: Key, e: Entry, fence: int) -> None:
-        """A binding written with a fencing token older than one already seen: a former
-        holder's late write (it was paused past its lease). Not applied; the holder
-        writes its own binding of that pod over it, so the bucket heals."""
-        self.fenced += 1
-        log.warning("shard %s: binding %s (revision %d) refused: written under global "
-                    "lease token %d, token %d seen before (a former holder's late write)",
-                    self.shard, e.key, e.revision, fence, self.max_fence)
+    def _rewrite(self, key: Key) -> None:
+        """A binding refused for its fencing token (`_accepts`: a former holder's late
+        write, not applied): the holder writes its own binding of that pod over it, so
+        the bucket heals."""
         if self.schedules() and key not in self._out and key not in self._inflight:
             self._out[key] = self.remote.get(key)
             self._wake.set()
@@ -333,39 +303,29 @@ class Bindings:
                      self.shard, changed)
         return changed
 
-    async def _committer(self) -> None:
+    def _commit_now(self) -> None:
         """Commit (pending retry, desired sets) after changes applied from the bucket or
-        a lease change; at most every 50 ms."""
-        while True:
-            await self._commit.wait()
-            self._commit.clear()
-            if self.fleet.commit():
-                self.fleet.workloads.wake()
-            await asyncio.sleep(0.05)
+        a lease change."""
+        if self.fleet.commit():
+            self.fleet.workloads.wake()
 
-    async def _flush(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while (self._out or self._announce_due()) and self.schedules():
-                fence = self._fence()
-                if fence is None:
-                    break  # the lease is going: never write without a token
-                if self._announce_due() and not await self._announce():
-                    await asyncio.sleep(RETRY_S)
-                    continue
-                batch = list(self._out.items())[:BATCH]
-                for key, _ in batch:
-                    del self._out[key]
-                self._inflight = {k for k, _ in batch}
-                try:
-                    failed = await self._write(batch, fence)
-                finally:
-                    self._inflight = set()
-                if failed:
-                    for key, value in failed:
-                        self._out.setdefault(key, value)
-                    await asyncio.sleep(RETRY_S)
+    def _to_write(self) -> bool:
+        return bool(self._out) or self._announce_due()
+
+    async def _write_round(self, fence: int) -> bool:
+        if self._announce_due() and not await self._announce():
+            return False
+        batch = list(self._out.items())[:BATCH]
+        for key, _ in batch:
+            del self._out[key]
+        self._inflight = {k for k, _ in batch}
+        try:
+            failed = await self._write(batch, fence)
+        finally:
+            self._inflight = set()
+        for key, value in failed:
+            self._out.setdefault(key, value)
+        return not failed
 
     def _announce_due(self) -> bool:
         return self._acquired_fence is not None and self._announced < self._acquired_fence

@@ -6,9 +6,9 @@ fencing token, at once, and keep what NATS refused for their next round.
 
 `put_all` is that round (`delete_all` for deletes): every value put concurrently; a
 `ClusterError` (NATS unreachable, a refusal) is returned for its key so the caller keeps
-it for later, any other exception is a bug and propagates. The fencing itself (what
-token a value carries, who refuses an older one) stays with each caller: their values
-differ.
+it for later, any other exception is a bug and propagates. What token a value carries
+stays with each caller (their values differ); the refusal of a value read under an
+older token is `cloudcore.cluster.replica.HolderReplica._accepts`.
 """
 
 from __future__ import annotations

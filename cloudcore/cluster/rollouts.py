@@ -35,7 +35,8 @@ paused past its lease). A shard applies a value once its own copy of the workloa
 that template (the objects replica and this bucket are separate watches: what arrives
 early is applied at the next `RETRY_S` round, an owner's end only after its steps). A
 new holder goes on from the bucket's lists (its copies of the pods were given the
-update, made and removed from them). The writes go through `cloudcore.cluster.fenced`.
+update, made and removed from them). The writes go through `cloudcore.cluster.fenced`;
+the watch, fencing and write loops are `cloudcore.cluster.replica`'s.
 
 AgentUpgrade batches across shards are `cloudcore.cluster.upgrades`, in the same shape.
 
@@ -47,15 +48,15 @@ by the scale until the holder's next step in that pp.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import Callable, Collection
 from typing import Any
 
-from cloudcore.cluster.fenced import RETRY_S, put_all
-from cloudcore.cluster.kv import KV, Bucket, Entry
+from cloudcore.cluster.fenced import put_all
+from cloudcore.cluster.kv import Entry
 from cloudcore.cluster.objects import escape, unescape
+from cloudcore.cluster.replica import HolderReplica, Task
 from cloudcore.fleet.workloads import surge_allowed
 from shared import topics
 from shared.models import Deployment
@@ -83,18 +84,16 @@ def part_of(name: str) -> str:
     return topics.pp(topics.partition_of(name))
 
 
-class SharedSteps:
+class SharedSteps(HolderReplica):
     """The rollout steps shared by shards (module docstring); `Rollouts.shared`."""
+
+    NAME = "rollouts"
+    NOUN = "rollout step"
+    log = log
 
     def __init__(self, fleet: Any, *, shard: str, holds_global: Callable[[], bool],
                  fence: Callable[[], int | None]) -> None:
-        self.fleet = fleet
-        self.shard = shard
-        self._holds = holds_global
-        self._fence = fence
-        self.caught_up = False
-        self.max_fence = 0
-        self.fenced = 0
+        super().__init__(fleet, shard=shard, holds_global=holds_global, fence=fence)
         self.lists: dict[tuple[str, str], tuple[str, set[str]]] = {}
         """(owner, pp) -> (update hash, pod names given it), as the bucket says (and,
         on the holder, as it wrote)."""
@@ -111,28 +110,13 @@ class SharedSteps:
         self._todo: set[tuple[str, str]] = set()
         """Keys (owner, pp or END) not fully applied here yet (template not here)."""
         self._out: set[tuple[str, str]] = set()
-        self._out_fence: int | None = None
-        self._wake = asyncio.Event()
-        self.bucket: Bucket | None = None
-        self.writes = 0
         self.given_here = 0
         fleet.rollouts.shared = self
 
     # -- Rollouts.shared ----------------------------------------------------------------
 
-    def decides(self) -> bool:
-        return self.caught_up and self._holds()
-
-    def _as_holder(self) -> bool:
-        """Whether this shard decides now; steps it decided under an earlier lease
-        token and never wrote are dropped (the holders since decided afresh)."""
-        if not self.decides():
-            return False
-        fence = self._fence()
-        if fence != self._out_fence:
-            self._out.clear()
-            self._out_fence = fence
-        return True
+    def _drop_unwritten(self) -> None:
+        self._out.clear()
 
     def given(self, owner: str, thash: str, keys: Collection[Key]) -> None:
         if not self._as_holder():
@@ -175,24 +159,16 @@ class SharedSteps:
 
     # -- the replica --------------------------------------------------------------------
 
-    async def run(self, kv: KV, *, prefix: str, replicas: int = 1) -> None:
-        self.bucket = await kv.bucket(rollouts_bucket(prefix), create=True,
-                                      replicas=replicas)
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(self._flush(), name=f"cloudcore[{self.shard}].rollouts.writer")
-            tg.create_task(self._retry(), name=f"cloudcore[{self.shard}].rollouts.apply")
-            watch = await self.bucket.watch(">")
-            try:
-                if watch.caught_up.is_set():
-                    self.caught_up = True
-                async for e in watch:
-                    self.apply_entry(e)
-                    if not self.caught_up and watch.caught_up.is_set():
-                        self.caught_up = True
-                        log.info("shard %s: rollout steps replica caught up (%d keys)",
-                                 self.shard, len(self.lists) + len(self.ends))
-            finally:
-                await watch.stop()
+    def bucket_name(self, prefix: str) -> str:
+        return rollouts_bucket(prefix)
+
+    def _tasks(self) -> list[Task]:
+        return [("writer", self._writer), ("apply", self._retrier)]
+
+    async def _caught_up(self) -> None:
+        self.caught_up = True
+        log.info("shard %s: rollout steps replica caught up (%d keys)", self.shard,
+                 len(self.lists) + len(self.ends))
 
     def apply_entry(self, e: Entry) -> None:
         """One value of the bucket: remembered and applied (a holder's own are not)."""
@@ -205,16 +181,10 @@ class SharedSteps:
             thash = str(doc["update"])
             fence = int(doc.get("fence") or 0)
         except (ValueError, KeyError, TypeError):
-            log.warning("shard %s: unreadable rollout step %s (revision %d); ignored",
-                        self.shard, e.key, e.revision)
+            self._unreadable(e)
             return
-        if fence < self.max_fence:
-            self.fenced += 1
-            log.warning("shard %s: rollout step %s (revision %d) refused: written under "
-                        "global lease token %d, token %d seen before", self.shard, e.key,
-                        e.revision, fence, self.max_fence)
+        if not self._accepts(e, fence):
             return
-        self.max_fence = fence
         if self.decides() and doc.get("by") == self.shard:
             return  # its own write coming back
         if part == END:
@@ -299,12 +269,10 @@ class SharedSteps:
         self.made_here += n
         return n + len(gone)
 
-    async def _retry(self) -> None:
-        while True:
-            await asyncio.sleep(RETRY_S)
-            for key in sorted(self._todo, key=lambda k: (k[1] == END, k)):  # ends last
-                if self._apply(key):
-                    self._todo.discard(key)
+    def _retry(self) -> None:
+        for key in sorted(self._todo, key=lambda k: (k[1] == END, k)):  # ends last
+            if self._apply(key):
+                self._todo.discard(key)
 
     # -- the holder's writes ------------------------------------------------------------
 
@@ -335,34 +303,29 @@ class SharedSteps:
         doc.update({"by": self.shard, "fence": fence})
         return json.dumps(doc, separators=(",", ":")).encode()
 
-    async def _flush(self) -> None:
+    def _to_write(self) -> bool:
+        return bool(self._out)
+
+    async def _write_round(self, fence: int) -> bool:
         """Write the marked keys, BATCH at a time; an owner's end after its steps (a
         shard that reads the end must have read the pod set before it)."""
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._out and self.decides():
-                fence = self._fence()
-                if fence is None or self.bucket is None:
-                    break
-                batch = sorted(self._out, key=lambda k: (k[1] == END, k))[:BATCH]
-                self._out.difference_update(batch)
-                failed: list[tuple[str, str]] = []
-                sets: dict[str, dict[str, list[str]]] = {}  # once per owner a round
-                for keys in ([k for k in batch if k[1] != END],
-                             [k for k in batch if k[1] == END]):
-                    if failed:  # no end written while a step of the round was not
-                        failed += keys
-                        continue
-                    bad = await put_all(self.bucket,
-                                        [(step_key(*k), self.value(k, fence, sets))
-                                         for k in keys],
-                                        log=log, what="rollout step(s)", shard=self.shard)
-                    failed += [keys[i] for i in bad]
-                    self.writes += len(keys) - len(bad)
-                if failed:
-                    self._out.update(failed)
-                    await asyncio.sleep(RETRY_S)
+        assert self.bucket is not None
+        batch = sorted(self._out, key=lambda k: (k[1] == END, k))[:BATCH]
+        self._out.difference_update(batch)
+        failed: list[tuple[str, str]] = []
+        sets: dict[str, dict[str, list[str]]] = {}  # once per owner a round
+        for keys in ([k for k in batch if k[1] != END],
+                     [k for k in batch if k[1] == END]):
+            if failed:  # no end written while a step of the round was not
+                failed += keys
+                continue
+            bad = await put_all(self.bucket,
+                                [(step_key(*k), self.value(k, fence, sets)) for k in keys],
+                                log=log, what="rollout step(s)", shard=self.shard)
+            failed += [keys[i] for i in bad]
+            self.writes += len(keys) - len(bad)
+        self._out.update(failed)
+        return not failed
 
 
 __all__ = ["SharedSteps", "rollouts_bucket", "step_key"]

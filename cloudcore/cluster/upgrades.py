@@ -47,16 +47,16 @@ in memory until an AgentUpgrade of that name made later is there: purge the keys
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
 from collections.abc import Callable
 from typing import Any
 
-from cloudcore.cluster.fenced import RETRY_S, delete_all, put_all
-from cloudcore.cluster.kv import KV, Bucket, Entry
+from cloudcore.cluster.fenced import delete_all, put_all
+from cloudcore.cluster.kv import Entry
 from cloudcore.cluster.objects import escape, unescape
+from cloudcore.cluster.replica import HolderReplica, Task
 from shared.entries import AGENT_RELEASE_KEY
 from shared.models import AgentUpgradeStatus
 
@@ -80,19 +80,17 @@ def batch_key(upgrade: str, node: str) -> str:
     return f"{escape(upgrade)}.{node if node == STATUS else escape(node)}"
 
 
-class SharedBatches:
+class SharedBatches(HolderReplica):
     """The AgentUpgrade batches shared by shards (module docstring); `Upgrades.shared`."""
+
+    NAME = "upgrades"
+    NOUN = "agent upgrade batch"
+    APPLY_SLICE = APPLY_SLICE
+    log = log
 
     def __init__(self, fleet: Any, *, shard: str, holds_global: Callable[[], bool],
                  fence: Callable[[], int | None]) -> None:
-        self.fleet = fleet
-        self.shard = shard
-        self._holds = holds_global
-        self._fence = fence
-        self.caught_up = False
-        self.max_fence = 0
-        self.fenced = 0
-        """Values refused for their stale fencing token."""
+        super().__init__(fleet, shard=shard, holds_global=holds_global, fence=fence)
         self._docs: dict[str, dict[str, dict[str, Any]]] = {}
         """upgrade -> node (or STATUS) -> the value read and not applied yet (no
         AgentUpgrade with that uid here yet)."""
@@ -103,30 +101,14 @@ class SharedBatches:
         self._purge: list[str] = []
         """Holder: keys to delete before its next writes (a deleted AgentUpgrade's)."""
         self._out: set[Key] = set()
-        self._out_fence: int | None = None
-        self._wake = asyncio.Event()
-        self._commit = asyncio.Event()
-        self.bucket: Bucket | None = None
-        self.writes = 0
         self.adopted = 0
         """Nodes whose entry or memory was taken over from the holder's values here."""
         fleet.upgrades.shared = self
 
     # -- Upgrades.shared ----------------------------------------------------------------
 
-    def decides(self) -> bool:
-        return self.caught_up and self._holds()
-
-    def _as_holder(self) -> bool:
-        """Whether this shard decides now; values it marked under an earlier lease
-        token and never wrote are dropped (it looks at every node again anyway)."""
-        if not self.decides():
-            return False
-        fence = self._fence()
-        if fence != self._out_fence:
-            self._out.clear()
-            self._out_fence = fence
-        return True
+    def _drop_unwritten(self) -> None:
+        self._out.clear()  # it looks at every node again anyway
 
     def noted(self, upgrade: str, node: str) -> None:
         if not self._as_holder():
@@ -166,30 +148,14 @@ class SharedBatches:
 
     # -- the replica --------------------------------------------------------------------
 
-    async def run(self, kv: KV, *, prefix: str, replicas: int = 1) -> None:
-        self.bucket = await kv.bucket(upgrades_bucket(prefix), create=True,
-                                      replicas=replicas)
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(self._flush(), name=f"cloudcore[{self.shard}].upgrades.writer")
-            tg.create_task(self._retry(), name=f"cloudcore[{self.shard}].upgrades.apply")
-            tg.create_task(self._committer(),
-                           name=f"cloudcore[{self.shard}].upgrades.commit")
-            watch = await self.bucket.watch(">")
-            try:
-                if watch.caught_up.is_set():
-                    self._caught_up()
-                n = 0
-                async for e in watch:
-                    self.apply_entry(e)
-                    if not self.caught_up and watch.caught_up.is_set():
-                        self._caught_up()
-                    n += 1
-                    if n % APPLY_SLICE == 0:
-                        await asyncio.sleep(0)
-            finally:
-                await watch.stop()
+    def bucket_name(self, prefix: str) -> str:
+        return upgrades_bucket(prefix)
 
-    def _caught_up(self) -> None:
+    def _tasks(self) -> list[Task]:
+        return [("writer", self._writer), ("apply", self._retrier),
+                ("commit", self._committer)]
+
+    async def _caught_up(self) -> None:
         self.caught_up = True
         log.info("shard %s: agent upgrade batches replica caught up (%d values waiting "
                  "for their AgentUpgrade)", self.shard,
@@ -218,17 +184,11 @@ class SharedBatches:
                                        and isinstance(doc.get("memo"), dict | None)):
                 raise TypeError("entry, memo")
         except (ValueError, KeyError, TypeError):
-            log.warning("shard %s: unreadable agent upgrade batch %s (revision %d); "
-                        "ignored", self.shard, e.key, e.revision)
+            self._unreadable(e)
             return
         own = self._fence() if self.decides() else None
-        if fence < self.max_fence or (own is not None and fence < own):
-            self.fenced += 1
-            log.warning("shard %s: agent upgrade batch %s (revision %d) refused: written "
-                        "under global lease token %d, token %d seen before", self.shard,
-                        e.key, e.revision, fence, max(self.max_fence, own or 0))
+        if not self._accepts(e, fence, own=own):
             return
-        self.max_fence = fence
         if own is not None and doc.get("by") == self.shard:
             return  # its own write coming back
         if doc["uid"] in self._dead or self._older(upgrade, doc):
@@ -269,30 +229,19 @@ class SharedBatches:
             self._commit.set()  # the node's owner delivers its entry
         return True
 
-    async def _committer(self) -> None:
-        """Commit the desired sets after entries were adopted; at most every 50 ms (a
-        batch of thousands of nodes is one commit, not one each)."""
-        while True:
-            await self._commit.wait()
-            self._commit.clear()
-            self.fleet.commit()
-            await asyncio.sleep(0.05)
-
-    async def _retry(self) -> None:
-        while True:
-            await asyncio.sleep(RETRY_S)
-            for upgrade in sorted(self._docs):
-                waiting = self._docs[upgrade]
-                au = self.fleet.objects.agentupgrades.get(upgrade)
-                if au is None:
-                    continue  # one look-up for all its values
-                for node in list(waiting):
-                    doc = waiting[node]
-                    if self._older(upgrade, doc) or (doc["uid"] == au.metadata.uid
-                                                     and self._apply(upgrade, node, doc)):
-                        del waiting[node]
-                if not waiting:
-                    del self._docs[upgrade]
+    def _retry(self) -> None:
+        for upgrade in sorted(self._docs):
+            waiting = self._docs[upgrade]
+            au = self.fleet.objects.agentupgrades.get(upgrade)
+            if au is None:
+                continue  # one look-up for all its values
+            for node in list(waiting):
+                doc = waiting[node]
+                if self._older(upgrade, doc) or (doc["uid"] == au.metadata.uid
+                                                 and self._apply(upgrade, node, doc)):
+                    del waiting[node]
+            if not waiting:
+                del self._docs[upgrade]
 
     # -- the holder's writes ------------------------------------------------------------
 
@@ -318,27 +267,23 @@ class SharedBatches:
         doc.update({"by": self.shard, "fence": fence})
         return json.dumps(doc, separators=(",", ":")).encode()
 
-    async def _flush(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while (self._out or self._purge) and self.decides():
-                fence = self._fence()
-                if fence is None or self.bucket is None:
-                    break
-                if self._purge and not await self._purged():
-                    await asyncio.sleep(RETRY_S)
-                    continue
-                batch = sorted(self._out, key=lambda k: (k[1] == STATUS, k))[:BATCH]  # status last
-                self._out.difference_update(batch)
-                items = [(k, v) for k in batch if (v := self.value(k, fence)) is not None]
-                bad = await put_all(self.bucket, [(batch_key(*k), v) for k, v in items],
-                                    log=log, what="agent upgrade batch value(s)",
-                                    shard=self.shard)
-                self.writes += len(items) - len(bad)
-                if bad:
-                    self._out.update(items[i][0] for i in bad)
-                    await asyncio.sleep(RETRY_S)
+    def _to_write(self) -> bool:
+        return bool(self._out or self._purge)
+
+    async def _write_round(self, fence: int) -> bool:
+        """The deleted AgentUpgrades' keys first, then BATCH marked values (the status
+        last)."""
+        assert self.bucket is not None
+        if self._purge and not await self._purged():
+            return False
+        batch = sorted(self._out, key=lambda k: (k[1] == STATUS, k))[:BATCH]
+        self._out.difference_update(batch)
+        items = [(k, v) for k in batch if (v := self.value(k, fence)) is not None]
+        bad = await put_all(self.bucket, [(batch_key(*k), v) for k, v in items],
+                            log=log, what="agent upgrade batch value(s)", shard=self.shard)
+        self.writes += len(items) - len(bad)
+        self._out.update(items[i][0] for i in bad)
+        return not bad
 
     async def _purged(self) -> bool:
         """Delete the keys of deleted AgentUpgrades, BATCH at a time, before any write;
