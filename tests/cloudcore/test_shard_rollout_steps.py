@@ -7,27 +7,18 @@ past the first batch). A rollback decided by the holder reaches the other shard 
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import json
 from typing import Any
 
-from cloudcore_fakes import add_node, daemonset, make_fleet
+from cloudcore_fakes import daemonset
+from shard_cores import NODES, ShardCore, rev_of, share_summaries
 
 from cloudcore.cluster.kv import Entry
 from cloudcore.cluster.rollouts import SharedSteps, step_key
-from cloudcore.cluster.status import NodeStatuses, node_key
-from cloudcore.fleet.controller import Fleet
 from cloudcore.fleet.naming import REVISION
-from cloudcore.fleet.template import Template
 from shared import topics
 from shared.entries import pod_key
-from shared.models import parse_object
-
-NODES = [f"n{i}" for i in range(8)]
-OWNER = {n: ("A" if i % 2 == 0 else "B") for i, n in enumerate(NODES)}
-PART_OWNER = {topics.partition_of(n): s for n, s in OWNER.items()}
-assert len(PART_OWNER) == len(NODES)
 
 
 def staged(args: list[str], *, threshold: int = 0) -> dict[str, Any]:
@@ -39,33 +30,13 @@ def staged(args: list[str], *, threshold: int = 0) -> dict[str, Any]:
     return doc
 
 
-def rev_of(doc: dict[str, Any]) -> str:
-    return Template(parse_object(doc).spec.template).revision
-
-
-class Shard:
+class Shard(ShardCore):
     def __init__(self, name: str, *, holds: bool) -> None:
-        self.name = name
-        self.fleet: Fleet = make_fleet()
-        self.t = [1000.0]
-        self.fleet.rollouts.clock = lambda: self.t[0]
-        for n in NODES:
-            add_node(self.fleet, n)
-        self.holds = holds
-        self.steps = SharedSteps(self.fleet, shard=name, holds_global=lambda: self.holds,
-                                 fence=lambda: self.token if self.holds else None)
-        self.token = 7
+        super().__init__(name, holds=holds)
+        self.fleet.rollouts.clock = self.clock
+        self.steps = SharedSteps(self.fleet, shard=name, holds_global=self.holding,
+                                 fence=self.fence)
         self.steps.caught_up = True
-        self.st = NodeStatuses(self.fleet, shard=name, owns=lambda p: PART_OWNER[p] == name,
-                               holder=PART_OWNER.get)
-        self.rev = 0
-
-    def own(self) -> list[str]:
-        return [n for n in NODES if OWNER[n] == self.name]
-
-    def apply(self, doc: dict[str, Any]) -> None:
-        self.fleet.apply([parse_object(doc)])
-        self.fleet.commit()
 
     def desired_revision(self, node: str) -> str:
         (value, _), = self.fleet.desired[node].items.values()
@@ -89,19 +60,10 @@ class Shard:
 
     bad = ""
 
-    def tick(self) -> None:
-        self.t[0] += 1
-        if self.holds:
-            self.fleet.expire(0.0)  # the global part of the liveness tick
-
 
 def exchange(a: Shard, b: Shard) -> None:
     """Summaries both ways, the holder's steps to the other."""
-    for src, dst in ((a, b), (b, a)):
-        for node, value in asyncio.run(src.st.changed_summaries()).items():
-            dst.rev += 1
-            dst.st.show(Entry(node_key(node), value, dst.rev))
-        dst.fleet.commit()
+    share_summaries(a, b)
     for k in sorted(a.steps._out):
         b.rev += 1
         b.steps.apply_entry(Entry(step_key(*k), a.steps.value(k, 7), b.rev))

@@ -7,27 +7,18 @@ them: a surge pod bound to its node ran nowhere and the rollout waited for it fo
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any
 
-from cloudcore_fakes import add_node, deployment, make_fleet
+from cloudcore_fakes import deployment
+from shard_cores import ShardCore, rev_of, share_summaries
 
 from cloudcore.cluster.bindings import Bindings, binding_key
 from cloudcore.cluster.kv import Entry
 from cloudcore.cluster.rollouts import END, SharedSteps, step_key
-from cloudcore.cluster.status import NodeStatuses, node_key
-from cloudcore.fleet.controller import Fleet
 from cloudcore.fleet.naming import REVISION
-from cloudcore.fleet.template import Template
-from shared import topics
 from shared.entries import pod_key
-from shared.models import parse_object
 
-NODES = [f"n{i}" for i in range(8)]
-OWNER = {n: ("A" if i % 2 == 0 else "B") for i, n in enumerate(NODES)}
-assert len({topics.partition_of(n) for n in NODES}) == len(NODES)
-PART_OWNER = {topics.partition_of(n): s for n, s in OWNER.items()}
 REPLICAS = 6
 
 
@@ -42,38 +33,17 @@ def surge(args: list[str]) -> dict[str, Any]:
     return doc
 
 
-def rev_of(doc: dict[str, Any]) -> str:
-    return Template(parse_object(doc).spec.template).revision
-
-
-class Shard:
+class Shard(ShardCore):
     def __init__(self, name: str, *, holds: bool) -> None:
-        self.name = name
-        self.fleet: Fleet = make_fleet()
-        self.t = [1000.0]
-        self.fleet.rollouts.clock = lambda: self.t[0]
-        for n in NODES:
-            add_node(self.fleet, n)
-        self.holds = holds
-        self.token = 7
-        fence = lambda: self.token if self.holds else None  # noqa: E731
-        self.b = Bindings(self.fleet, shard=name, holds_global=lambda: self.holds,
-                          fence=fence)
+        super().__init__(name, holds=holds)
+        self.fleet.rollouts.clock = self.clock
+        self.b = Bindings(self.fleet, shard=name, holds_global=self.holding,
+                          fence=self.fence)
         self.b.caught_up = True
-        self.steps = SharedSteps(self.fleet, shard=name, holds_global=lambda: self.holds,
-                                 fence=fence)
+        self.steps = SharedSteps(self.fleet, shard=name, holds_global=self.holding,
+                                 fence=self.fence)
         self.steps.caught_up = True
-        self.st = NodeStatuses(self.fleet, shard=name, owns=lambda p: PART_OWNER[p] == name,
-                               holder=PART_OWNER.get)
-        self.rev = 0
         self.bad = ""
-
-    def own(self) -> list[str]:
-        return [n for n in NODES if OWNER[n] == self.name]
-
-    def apply(self, doc: dict[str, Any]) -> None:
-        self.fleet.apply([parse_object(doc)])
-        self.fleet.commit()
 
     def running(self) -> dict[str, tuple[str, str]]:
         """What this shard's own nodes' desired sets hold: pod -> (node, revision)."""
@@ -97,11 +67,6 @@ class Shard:
                 "phase": "Running", "revision": rev, "ready": ok,
                 "containerStatuses": [container]}})
 
-    def tick(self) -> None:
-        self.t[0] += 1
-        if self.holds:
-            self.fleet.expire(0.0)  # the global part of the liveness tick
-
 
 def exchange(a: Shard, b: Shard) -> None:
     """The holder's bindings and steps to the other shard (steps before ends, as its
@@ -117,11 +82,7 @@ def exchange(a: Shard, b: Shard) -> None:
         b.steps.apply_entry(Entry(step_key(*k), a.steps.value(k, 7), b.rev))
     a.steps._out.clear()
     b.fleet.commit()
-    for src, dst in ((a, b), (b, a)):
-        for node, value in asyncio.run(src.st.changed_summaries()).items():
-            dst.rev += 1
-            dst.st.show(Entry(node_key(node), value, dst.rev))
-        dst.fleet.commit()
+    share_summaries(a, b)
 
 
 def status(s: Shard) -> Any:

@@ -14,22 +14,15 @@ import asyncio
 import json
 from typing import Any
 
-from cloudcore_fakes import add_node, make_fleet
+from shard_cores import NODES, OWNER, ShardCore, share_summaries
 
 from cloudcore.cluster.kv import Entry
-from cloudcore.cluster.status import NodeStatuses, node_key
 from cloudcore.cluster.upgrades import STATUS, SharedBatches, batch_key
-from cloudcore.fleet.controller import Fleet
-from shared import topics
 from shared.entries import AGENT_RELEASE_KEY, parse_agent_release
 from shared.models import parse_object
 
 OLD, NEW = "0.9.0", "0.9.1"
 NAME = f"agent-{NEW}"
-NODES = [f"n{i}" for i in range(8)]
-OWNER = {n: ("A" if i % 2 == 0 else "B") for i, n in enumerate(NODES)}
-assert len({topics.partition_of(n) for n in NODES}) == len(NODES)
-PART_OWNER = {topics.partition_of(n): s for n, s in OWNER.items()}
 BATCH = 2
 
 
@@ -40,27 +33,19 @@ def upgrade_doc(*, threshold: int = 0) -> dict[str, Any]:
                      "healthDeadlineSeconds": 120, "selector": {"matchLabels": {}}}}
 
 
-class Shard:
+class Shard(ShardCore):
     """A shard's fleet core, its summaries and its AgentUpgrade batches, with fake
     agents on its own nodes (`agents[node]`: "ok" upgrades and reports Healthy,
     "crash" reports RolledBack)."""
 
     def __init__(self, name: str, *, holds: bool, token: int = 7) -> None:
-        self.name = name
-        self.fleet: Fleet = make_fleet()
-        self.t = [1000.0]
-        self.fleet.upgrades.clock = lambda: self.t[0]
+        super().__init__(name, holds=holds, token=token)
+        self.fleet.upgrades.clock = self.clock
         for n in NODES:
-            add_node(self.fleet, n)
             self.fleet.node_status(n, {"agentVersion": OLD})
-        self.holds, self.token = holds, token
-        self.batches = SharedBatches(self.fleet, shard=name,
-                                     holds_global=lambda: self.holds,
-                                     fence=lambda: self.token if self.holds else None)
+        self.batches = SharedBatches(self.fleet, shard=name, holds_global=self.holding,
+                                     fence=self.fence)
         self.batches.caught_up = True
-        self.st = NodeStatuses(self.fleet, shard=name, owns=lambda p: PART_OWNER[p] == name,
-                               holder=PART_OWNER.get)
-        self.rev = 0
         self.agents = {n: "ok" for n in NODES if OWNER[n] == name}
         self.running = dict.fromkeys(self.agents, OLD)
         self.handled: dict[str, Any] = {}
@@ -92,11 +77,6 @@ class Shard:
             self.fleet.node_status(n, {"agentVersion": self.running[n],
                                        "agentUpgrade": report})
 
-    def tick(self) -> None:
-        self.t[0] += 1
-        if self.holds:
-            self.fleet.expire(0.0)  # the global part of the liveness tick
-
     def status(self) -> Any:
         return self.fleet.objects.agentupgrades[NAME].status
 
@@ -110,11 +90,7 @@ def exchange(src: Shard, dst: Shard) -> None:
         other.rev += 1
         other.batches.apply_entry(Entry(batch_key(*k), value, other.rev))
     holder.batches._out.clear()
-    for a, b in ((src, dst), (dst, src)):
-        for node, value in asyncio.run(a.st.changed_summaries()).items():
-            b.rev += 1
-            b.st.show(Entry(node_key(node), value, b.rev))
-        b.fleet.commit()
+    share_summaries(src, dst)
 
 
 def apply_both(a: Shard, b: Shard, doc: dict[str, Any]) -> None:
