@@ -858,6 +858,8 @@ def bench_storm(*, nodes: int, workdir: Path, procs: int | None = None,
         return 2
     workdir.mkdir(parents=True, exist_ok=True)
     out = workdir / "result.json"
+    not_reached = SHARD_KILL if not shards else {
+        "run": False, "why": f"--shards {shards} asked for, but the bench stopped before it"}
     print(f"== storm: {nodes} simulated nodes, {p.brokers} broker(s) (listen backlog "
           f"{listen_backlog or 100}), {p.procs} simulator process(es), heartbeat "
           f"{heartbeat_s:g} s, "
@@ -892,12 +894,12 @@ def bench_storm(*, nodes: int, workdir: Path, procs: int | None = None,
     except (BenchFailure, TimeoutError, RuntimeError, ValueError) as exc:
         print(f"bench failed: {exc}", file=sys.stderr)
         out.write_text(json.dumps({"ok": False, "error": str(exc),
-                                   "shard_kill": SHARD_KILL}, indent=2))
+                                   "shard_kill": not_reached}, indent=2))
         return 1
     except KeyboardInterrupt:
         print("bench interrupted; everything it started is stopped", file=sys.stderr)
         out.write_text(json.dumps({"ok": False, "error": "interrupted (Ctrl-C or SIGTERM)",
-                                   "shard_kill": SHARD_KILL}, indent=2))
+                                   "shard_kill": not_reached}, indent=2))
         return 130
     res = {"ok": True, **res}
     print(json.dumps(res, indent=2), flush=True)
