@@ -1,7 +1,12 @@
 """A sharded fleet of simulated nodes for the shard tests (issue 14): a seed cloudcore
 joins the nodes, then real `cloudcore --shard` processes start from its state on a real
 nats-server, the brokers read their files, and one `testbed.simulator` process runs the
-nodes with pod reports and a gens file (`pods()` asks it what each node applied)."""
+nodes with pod reports and a gens file (`pods()` asks it what each node applied).
+
+Also what the tests on such a fleet ask of it alike: which shard owns each node
+(`one_owner_each`), which one holds the global lease (`holder_and_others`), where the
+pods settled (`ShardedFleet.settled_pods`), each node's agent version as a shard lists
+it (`versions`), and the documents they apply (`spread_deployment`, `agent_upgrade`)."""
 
 from __future__ import annotations
 
@@ -9,15 +14,23 @@ import json
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from integration.test_shards import ShardProc, merge_broker_files, wait_for
-from testbed.bench import join_all
-from testbed.fleet import Fleet, FleetSettings
+from integration.test_shards import (
+    GLOBAL_LOG,
+    ShardProc,
+    join_seed,
+    owners,
+    seed_fleet,
+    start_shards,
+    wait_for,
+)
+from testbed.fleet import Fleet
 from testbed.natskv import NatsKV
 
 
@@ -49,16 +62,79 @@ class ShardedFleet:
                     out[name] = node
         return out
 
+    def settled_pods(self, prefix: str, check: Callable[[dict[str, str]], bool], what: str,
+                     timeout: float = 60) -> dict[str, str]:
+        """`pods(prefix)` once two looks 2 s apart agree and `check` holds of them."""
+        def twice() -> dict[str, str] | None:
+            a = self.pods(prefix)
+            time.sleep(2)
+            b = self.pods(prefix)
+            return b if a == b and check(b) else None
+        return wait_for(what, twice, timeout, every=0.5)
+
+
+def one_owner_each(shards: list[ShardProc], nodes: int, *, spread: bool = True,
+                   strict: bool = False) -> dict[str, str] | None:
+    """node -> its shard once each of the `nodes` nodes is Ready on exactly one of
+    `shards` (with `spread`, every shard owning some); None before. A node seen NotReady
+    reads as not yet or, with `strict`, fails at once."""
+    try:
+        o = owners(shards)
+    except AssertionError:
+        if strict:
+            raise
+        return None
+    if len(o) == nodes and all(len(v) == 1 for v in o.values()) \
+            and (not spread or len({v[0] for v in o.values()}) == len(shards)):
+        return {n: v[0] for n, v in o.items()}
+    return None
+
+
+def holder_and_others(shards: list[ShardProc]) -> tuple[ShardProc, list[ShardProc]]:
+    """The one shard holding the global lease (its log says so) and the others."""
+    holders = [s for s in shards if GLOBAL_LOG in s.log_text()]
+    assert len(holders) == 1, [s.name for s in holders]
+    return holders[0], [s for s in shards if s is not holders[0]]
+
+
+def versions(s: ShardProc) -> dict[str, str | None]:
+    """node -> its agent version, as shard `s` lists it."""
+    return {n["metadata"]["name"]: (n.get("status") or {}).get("agentVersion")
+            for n in s.call("/api/v1/nodes")["items"]}
+
+
+def spread_deployment(replicas: int, *, name: str = "web") -> dict[str, Any]:
+    """A Deployment of `replicas` busybox pods with required hostname anti-affinity (one
+    per node)."""
+    return {"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
+                     "template": {"metadata": {"labels": {"app": name}}, "spec": {
+                         "affinity": {"podAntiAffinity": {
+                             "requiredDuringSchedulingIgnoredDuringExecution": [{
+                                 "labelSelector": {"matchLabels": {"app": name}},
+                                 "topologyKey": "kubernetes.io/hostname"}]}},
+                         "containers": [{"name": "c", "image": "busybox",
+                                         "command": ["sleep", "9999"]}]}}}}
+
+
+def agent_upgrade(version: str, *, batch: int, deadline: int = 120) -> dict[str, Any]:
+    """AgentUpgrade `agent-<version>` of every node, `batch` at a time, no failure
+    allowed, `deadline` seconds to report Healthy."""
+    return {"apiVersion": "edgefed.io/v1", "kind": "AgentUpgrade",
+            "metadata": {"name": f"agent-{version}"},
+            "spec": {"version": version,
+                     "image": f"reg.example:5000/edgefed/agent:{version}",
+                     "maxUnavailable": batch, "failureThreshold": 0,
+                     "healthDeadlineSeconds": deadline}}
+
 
 @contextmanager
 def sharded_fleet(tmp_path: Path, shard_names: tuple[str, ...], nodes: int,
                   heartbeat: float) -> Iterator[ShardedFleet]:
     """`nodes` simulated nodes `sim-0...` on shards `shard_names`, every shard ready;
     everything stopped on exit."""
-    fleet = Fleet(FleetSettings(nodes=0, workdir=tmp_path / "seed", use_netns=False,
-                                with_registry=False, heartbeat_s=heartbeat,
-                                cloud_args=("--join-rate", "6000", "--join-burst", "100"),
-                                )).start()
+    fleet = seed_fleet(tmp_path, heartbeat=heartbeat)
     shards: list[ShardProc] = []
     sim: subprocess.Popen[bytes] | None = None
 
@@ -76,20 +152,12 @@ def sharded_fleet(tmp_path: Path, shard_names: tuple[str, ...], nodes: int,
             s.proc.stop()
 
     try:
-        names = [f"sim-{i}" for i in range(nodes)]
-        sim_args = join_all(fleet, names, keys_file=tmp_path / "keys.json", threads=2)
-        assert fleet.cloud is not None and fleet.broker is not None
-        fleet.cloud.stop()
+        sim_args = join_seed(fleet, nodes, tmp_path / "keys.json")
+        assert fleet.broker is not None
         with NatsKV(rundir=tmp_path / "nats", ca_dir=fleet.cloud_state / "pki") as nats:
             try:
-                shards = [ShardProc(n, workdir=tmp_path / "shards", seed=fleet.cloud_state,
-                                    fleet=fleet, nats=nats).start() for n in shard_names]
-                for s in shards:
-                    wait_for(f"{s.name} wrote its broker files",
-                             lambda s=s: s.passwd.exists() and s.acl.exists(), 60)
-                merge_broker_files(shards, fleet)
-                for s in shards:
-                    wait_for(f"{s.name} ready", lambda s=s: s.call("/readyz"), 60)
+                start_shards(shards, shard_names, workdir=tmp_path / "shards", fleet=fleet,
+                             nats=nats)
                 gens_file = tmp_path / "gens.json"
                 stats_file = tmp_path / "sim-stats.json"
                 with (tmp_path / "sim.log").open("wb") as sim_log:

@@ -21,11 +21,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from integration.shard_fleet import sharded_fleet
+from integration.shard_fleet import (
+    holder_and_others,
+    one_owner_each,
+    sharded_fleet,
+    spread_deployment,
+)
 from integration.test_shards import (
-    GLOBAL_LOG,
     HEARTBEAT,
-    owners,
     pytestmark,  # noqa: F401  (needs nats-server and mosquitto)
     wait_for,
 )
@@ -46,39 +49,12 @@ def staged(args: list[str]) -> dict[str, Any]:
                                       "command": ["sleep", "9999"], "args": args}]}}}}
 
 
-def deployment(replicas: int) -> dict[str, Any]:
-    return {"apiVersion": "apps/v1", "kind": "Deployment",
-            "metadata": {"name": "web", "namespace": "default"},
-            "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": "web"}},
-                     "template": {"metadata": {"labels": {"app": "web"}}, "spec": {
-                         "affinity": {"podAntiAffinity": {  # one per node: spread
-                             "requiredDuringSchedulingIgnoredDuringExecution": [{
-                                 "labelSelector": {"matchLabels": {"app": "web"}},
-                                 "topologyKey": "kubernetes.io/hostname"}]}},
-                         "containers": [{"name": "c", "image": "busybox",
-                                         "command": ["sleep", "9999"]}]}}}}
-
-
 def test_staged_rollout_and_drain_across_shards(tmp_path: Path) -> None:
     with sharded_fleet(tmp_path, SHARDS, NODES, HEARTBEAT) as sf:
         shards = sf.shards
-
-        def all_owned() -> dict[str, str] | None:
-            try:
-                o = owners(shards)
-            except AssertionError:
-                return None
-            if len(o) == NODES and all(len(v) == 1 for v in o.values()) \
-                    and len({v[0] for v in o.values()}) == len(SHARDS):
-                return {n: v[0] for n, v in o.items()}
-            return None
-
         own = wait_for("every node Ready on one shard, nodes on every shard",
-                       all_owned, 150)
-        holders = [s for s in shards if GLOBAL_LOG in s.log_text()]
-        assert len(holders) == 1, [s.name for s in holders]
-        holder = holders[0]
-        others = [s for s in shards if s is not holder]
+                       lambda: one_owner_each(shards, NODES), 150)
+        holder, others = holder_and_others(shards)
 
         # 1. a staged DaemonSet update through a shard not holding the lease
         def ds_status() -> dict[str, Any]:
@@ -129,16 +105,8 @@ def test_staged_rollout_and_drain_across_shards(tmp_path: Path) -> None:
         def fleet_pods() -> dict[str, str]:
             return sf.pods("web-")
 
-        def settled(check: Any, what: str) -> dict[str, str]:
-            def twice() -> dict[str, str] | None:
-                a = fleet_pods()
-                time.sleep(2)
-                b = fleet_pods()
-                return b if a == b and check(b) else None
-            return wait_for(what, twice, 60, every=0.5)
-
-        holder.call("/api/v1/apply", {"documents": [deployment(6)]})
-        placed = settled(lambda p: len(p) == 6, "6 web replicas on the fleet")
+        holder.call("/api/v1/apply", {"documents": [spread_deployment(6)]})
+        placed = sf.settled_pods("web-", lambda p: len(p) == 6, "6 web replicas on the fleet")
         # a replica's node owned by a shard that does not hold the lease, drained
         # through the third shard (neither owner nor holder) when there is one
         node = next((n for n in sorted(placed.values()) if own[n] != holder.name),
@@ -147,8 +115,8 @@ def test_staged_rollout_and_drain_across_shards(tmp_path: Path) -> None:
         print(f"draining {node} (owned by {own[node]}) through {via.name}; "
               f"holder {holder.name}; replicas {placed}")
         via.call(f"/api/v1/nodes/{node}/drain", {})
-        moved = settled(lambda p: len(p) == 6 and node not in p.values(),
-                        f"the replicas off {node}")
+        moved = sf.settled_pods("web-", lambda p: len(p) == 6 and node not in p.values(),
+                                f"the replicas off {node}")
         assert all(moved[k] == v for k, v in placed.items() if v != node)
         time.sleep(3)  # they do not come back
         again = fleet_pods()

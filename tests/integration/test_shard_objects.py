@@ -40,13 +40,14 @@ from typing import Any
 from integration.test_shards import (
     ShardProc,
     daemonset,
+    join_seed,
     merge_broker_files,
     pytestmark,  # noqa: F401  (needs nats-server and mosquitto)
+    seed_fleet,
+    start_shards,
     wait_for,
 )
 from shared.topics import partition_of
-from testbed.bench import join_all
-from testbed.fleet import Fleet, FleetSettings
 from testbed.natskv import NatsKV
 
 NODES = 12
@@ -101,26 +102,15 @@ class WatchReader:
 
 
 def test_objects_applied_through_one_shard_reach_the_other(tmp_path: Path) -> None:
-    fleet = Fleet(FleetSettings(nodes=0, workdir=tmp_path / "seed", use_netns=False,
-                                with_registry=False, heartbeat_s=HEARTBEAT,
-                                cloud_args=("--join-rate", "6000", "--join-burst", "100"),
-                                )).start()
+    fleet = seed_fleet(tmp_path, heartbeat=HEARTBEAT)
     shards: list[ShardProc] = []
     sim: subprocess.Popen[bytes] | None = None
     try:
-        names = [f"sim-{i}" for i in range(NODES)]
-        sim_args = join_all(fleet, names, keys_file=tmp_path / "keys.json", threads=2)
-        assert fleet.cloud is not None and fleet.broker is not None
-        fleet.cloud.stop()
+        sim_args = join_seed(fleet, NODES, tmp_path / "keys.json")
+        assert fleet.broker is not None
         with NatsKV(rundir=tmp_path / "nats", ca_dir=fleet.cloud_state / "pki") as nats:
-            shards = [ShardProc(n, workdir=tmp_path / "shards", seed=fleet.cloud_state,
-                                fleet=fleet, nats=nats).start() for n in ("A", "B")]
-            for s in shards:
-                wait_for(f"{s.name} wrote its broker files",
-                         lambda s=s: s.passwd.exists() and s.acl.exists(), 60)
-            merge_broker_files(shards, fleet)
-            for s in shards:
-                wait_for(f"{s.name} ready", lambda s=s: s.call("/readyz"), 60)
+            start_shards(shards, ("A", "B"), workdir=tmp_path / "shards", fleet=fleet,
+                         nats=nats)
             sim_log = (tmp_path / "sim.log").open("wb")
             sim = subprocess.Popen(
                 [sys.executable, "-m", "testbed.simulator", "--host", "127.0.0.1",

@@ -27,12 +27,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from integration.shard_fleet import sharded_fleet
+from integration.shard_fleet import (
+    holder_and_others,
+    one_owner_each,
+    sharded_fleet,
+    spread_deployment,
+)
 from integration.test_shards import (
     GLOBAL_LOG,
     HEARTBEAT,
     ShardProc,
-    owners,
     pytestmark,  # noqa: F401  (needs nats-server and mosquitto)
     wait_for,
 )
@@ -43,16 +47,7 @@ APP = "web"
 
 
 def deployment(replicas: int) -> dict[str, Any]:
-    return {"apiVersion": "apps/v1", "kind": "Deployment",
-            "metadata": {"name": APP, "namespace": "default"},
-            "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": APP}},
-                     "template": {"metadata": {"labels": {"app": APP}}, "spec": {
-                         "affinity": {"podAntiAffinity": {
-                             "requiredDuringSchedulingIgnoredDuringExecution": [{
-                                 "labelSelector": {"matchLabels": {"app": APP}},
-                                 "topologyKey": "kubernetes.io/hostname"}]}},
-                         "containers": [{"name": "c", "image": "busybox",
-                                         "command": ["sleep", "9999"]}]}}}}
+    return spread_deployment(replicas, name=APP)
 
 
 def test_deployment_placed_once_for_the_fleet_and_after_a_holder_kill(
@@ -93,20 +88,9 @@ def test_deployment_placed_once_for_the_fleet_and_after_a_holder_kill(
                                           .get("nodeName")) for p in items))
                 raise
 
-        def all_owned(live: list[ShardProc]) -> dict[str, str] | None:
-            try:
-                o = owners(live)
-            except AssertionError:
-                return None
-            if len(o) == NODES and all(len(v) == 1 for v in o.values()):
-                return {n: v[0] for n, v in o.items()}
-            return None
-
-        own = wait_for("every node Ready on one shard", lambda: all_owned(shards), 60)
-        holders = [s for s in shards if GLOBAL_LOG in s.log_text()]
-        assert len(holders) == 1, [s.name for s in holders]
-        holder = holders[0]
-        others = [s for s in shards if s is not holder]
+        own = wait_for("every node Ready on one shard", lambda: one_owner_each(
+            shards, NODES, spread=False), 60)
+        holder, others = holder_and_others(shards)
         # the holder places over the nodes it sees Ready: the other shards' nodes
         # once their status summaries reached it (up to 2 s after they were Ready)
         wait_for("the holder sees every node Ready", lambda: [
@@ -132,7 +116,8 @@ def test_deployment_placed_once_for_the_fleet_and_after_a_holder_kill(
         survivors = others
         wait_for("a survivor holds the global lease",
                  lambda: [s for s in survivors if GLOBAL_LOG in s.log_text()], 30)
-        wait_for("every node Ready on a survivor", lambda: all_owned(survivors), 60)
+        wait_for("every node Ready on a survivor", lambda: one_owner_each(
+            survivors, NODES, spread=False), 60)
         survivors[1].call("/api/v1/apply", {"documents": [deployment(9)]})
         second = settled(9, survivors, "9 replicas fleet-wide after the kill")
         assert len(set(second.values())) == 9

@@ -32,11 +32,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from integration.shard_fleet import sharded_fleet
+from integration.shard_fleet import (
+    agent_upgrade,
+    holder_and_others,
+    one_owner_each,
+    sharded_fleet,
+    spread_deployment,
+    versions,
+)
 from integration.test_shards import (
     GLOBAL_LOG,
     HEARTBEAT,
-    owners,
     pytestmark,  # noqa: F401  (needs nats-server and mosquitto)
     wait_for,
 )
@@ -48,34 +54,15 @@ VERSION = "1.2.3"
 
 
 def deployment(args: list[str]) -> dict[str, Any]:
-    return {"apiVersion": "apps/v1", "kind": "Deployment",
-            "metadata": {"name": "web", "namespace": "default"},
-            "spec": {"replicas": REPLICAS, "minReadySeconds": 0,
-                     "selector": {"matchLabels": {"app": "web"}},
-                     "strategy": {"type": "RollingUpdate", "rollingUpdate": {
-                         "maxSurge": SURGE, "maxUnavailable": 0}},
-                     "template": {"metadata": {"labels": {"app": "web"}}, "spec": {
-                         "affinity": {"podAntiAffinity": {  # one per node: spread
-                             "requiredDuringSchedulingIgnoredDuringExecution": [{
-                                 "labelSelector": {"matchLabels": {"app": "web"}},
-                                 "topologyKey": "kubernetes.io/hostname"}]}},
-                         "containers": [{"name": "c", "image": "busybox",
-                                         "command": ["sleep", "9999"], "args": args}]}}}}
+    doc = spread_deployment(REPLICAS)
+    doc["spec"]["template"]["spec"]["containers"][0]["args"] = args
+    doc["spec"].update({"minReadySeconds": 0, "strategy": {
+        "type": "RollingUpdate", "rollingUpdate": {"maxSurge": SURGE, "maxUnavailable": 0}}})
+    return doc
 
 
 def upgrade(batch: int) -> dict[str, Any]:
-    return {"apiVersion": "edgefed.io/v1", "kind": "AgentUpgrade",
-            "metadata": {"name": f"agent-{VERSION}"},
-            "spec": {"version": VERSION,
-                     "image": f"reg.example:5000/edgefed/agent:{VERSION}",
-                     "maxUnavailable": batch, "failureThreshold": 0,
-                     "healthDeadlineSeconds": 120}}
-
-
-def versions(s: Any) -> dict[str, str | None]:
-    """node -> its agent version, as shard `s` lists it."""
-    return {n["metadata"]["name"]: (n.get("status") or {}).get("agentVersion")
-            for n in s.call("/api/v1/nodes")["items"]}
+    return agent_upgrade(VERSION, batch=batch)
 
 
 def upgraded(s: Any) -> dict[str, Any] | None:
@@ -87,26 +74,12 @@ def upgraded(s: Any) -> dict[str, Any] | None:
     return None
 
 
-def every_node_owned(shards: list[Any]) -> dict[str, str] | None:
-    try:
-        o = owners(shards)
-    except AssertionError:
-        return None
-    if len(o) == NODES and all(len(v) == 1 for v in o.values()) \
-            and len({v[0] for v in o.values()}) == len(SHARDS):
-        return {n: v[0] for n, v in o.items()}
-    return None
-
-
 def test_maxsurge_rollout_and_agent_upgrade_across_shards(tmp_path: Path) -> None:
     with sharded_fleet(tmp_path, SHARDS, NODES, HEARTBEAT) as sf:
         shards = sf.shards
         own = wait_for("every node Ready on one shard, nodes on every shard",
-                       lambda: every_node_owned(shards), 150)
-        holders = [s for s in shards if GLOBAL_LOG in s.log_text()]
-        assert len(holders) == 1, [s.name for s in holders]
-        holder = holders[0]
-        others = [s for s in shards if s is not holder]
+                       lambda: one_owner_each(shards, NODES), 150)
+        holder, others = holder_and_others(shards)
 
         # 1. a maxSurge rollout through a shard not holding the lease
         def dep_status() -> dict[str, Any]:
@@ -147,13 +120,8 @@ def test_maxsurge_rollout_and_agent_upgrade_across_shards(tmp_path: Path) -> Non
         r2 = st["updateRevision"]
         assert most <= REPLICAS + SURGE
 
-        def settled() -> dict[str, str] | None:
-            a = sf.pods("web-")
-            time.sleep(2)
-            b = sf.pods("web-")
-            return b if a == b and len(b) == REPLICAS else None
-
-        running = wait_for("6 web pods on the fleet's nodes", settled, 60, every=0.5)
+        running = sf.settled_pods("web-", lambda p: len(p) == REPLICAS,
+                                  "6 web pods on the fleet's nodes")
         items = holder.call("/api/v1/pods?labelSelector=app=web")["items"]
         revs = {p["metadata"]["name"]: (p.get("status") or {}).get("revision") for p in items}
         assert revs == dict.fromkeys(running, r2), (revs, running)
@@ -190,7 +158,7 @@ def test_agent_upgrade_goes_on_after_the_holder_is_killed(tmp_path: Path) -> Non
     with sharded_fleet(tmp_path, SHARDS, NODES, HEARTBEAT) as sf:
         shards = sf.shards
         wait_for("every node Ready on one shard, nodes on every shard",
-                 lambda: every_node_owned(shards), 150)
+                 lambda: one_owner_each(shards, NODES), 150)
         # every shard knows every node's agent version (the owners' summaries went
         # round): a report its owner never summarised is lost with it (not done)
         wait_for("every node's agent version on every shard", lambda: all(

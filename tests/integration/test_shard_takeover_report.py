@@ -20,11 +20,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from integration.shard_fleet import sharded_fleet
+from integration.shard_fleet import agent_upgrade, one_owner_each, sharded_fleet, versions
 from integration.test_shards import (
     GLOBAL_LOG,
     HEARTBEAT,
-    owners,
     pytestmark,  # noqa: F401  (needs nats-server and mosquitto)
     wait_for,
 )
@@ -35,40 +34,19 @@ VERSION = "1.2.3"
 DEADLINE = 40  # the AgentUpgrade's health deadline, seconds
 
 
-def upgrade() -> dict[str, Any]:
-    return {"apiVersion": "edgefed.io/v1", "kind": "AgentUpgrade",
-            "metadata": {"name": f"agent-{VERSION}"},
-            "spec": {"version": VERSION,
-                     "image": f"reg.example:5000/edgefed/agent:{VERSION}",
-                     "maxUnavailable": NODES, "failureThreshold": 0,
-                     "healthDeadlineSeconds": DEADLINE}}
-
-
-def versions(s: Any) -> dict[str, str | None]:
-    """node -> its agent version, as shard `s` lists it."""
-    return {n["metadata"]["name"]: (n.get("status") or {}).get("agentVersion")
-            for n in s.call("/api/v1/nodes")["items"]}
-
-
 def test_a_report_the_killed_owner_never_shared_reaches_the_new_owner(tmp_path: Path) -> None:
     with sharded_fleet(tmp_path, SHARDS, NODES, HEARTBEAT) as sf:
         shards = sf.shards
-
-        def split() -> dict[str, str] | None:
-            o = owners(shards)
-            if len(o) == NODES and all(len(v) == 1 for v in o.values()) \
-                    and len({v[0] for v in o.values()}) == len(SHARDS):
-                return {n: v[0] for n, v in o.items()}
-            return None
-
-        owner = wait_for("every node Ready on one shard, nodes on both", split, 150)
+        owner = wait_for("every node Ready on one shard, nodes on both",
+                         lambda: one_owner_each(shards, NODES, strict=True), 150)
         wait_for("every node's agent version on every shard", lambda: all(
             set(versions(s).values()) == {"sim"} for s in shards), 60, every=0.5)
         holder = next(s for s in shards if GLOBAL_LOG in s.log_text())
         victim = next(s for s in shards if s is not holder)
         moved = sorted(n for n, s in owner.items() if s == victim.name)
         full_before = sf.sim_stats().get("full_reports", 0)
-        holder.call("/api/v1/apply", {"documents": [upgrade()]})
+        holder.call("/api/v1/apply", {"documents": [agent_upgrade(
+            VERSION, batch=NODES, deadline=DEADLINE)]})
 
         def victim_saw_one() -> dict[str, str | None] | None:
             v = versions(victim)

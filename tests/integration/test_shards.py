@@ -172,6 +172,41 @@ def merge_broker_files(shards: list[ShardProc], fleet: Fleet) -> None:
         f.write("\n\n".join(dict.fromkeys(acl_users)) + "\n\n" + "\n".join(patterns) + "\n")
 
 
+def seed_fleet(tmp_path: Path, *, heartbeat: float = HEARTBEAT) -> Fleet:
+    """The seed: an embedded cloudcore taking joins fast, with the secure broker; no
+    nodes yet (`join_seed`). Stop it with `stop()`."""
+    return Fleet(FleetSettings(nodes=0, workdir=tmp_path / "seed", use_netns=False,
+                               with_registry=False, heartbeat_s=heartbeat,
+                               cloud_args=("--join-rate", "6000", "--join-burst", "100"),
+                               )).start()
+
+
+def join_seed(fleet: Fleet, nodes: int, keys_file: Path) -> list[str]:
+    """Simulated nodes `sim-0...` joined through the seed, whose cloudcore then stops
+    (its state is every shard's starting point). Returns the simulator's arguments for
+    their keys (`keys_file`)."""
+    names = [f"sim-{i}" for i in range(nodes)]
+    sim_args = join_all(fleet, names, keys_file=keys_file, threads=2)
+    assert fleet.cloud is not None and fleet.broker is not None
+    fleet.cloud.stop()
+    return sim_args
+
+
+def start_shards(shards: list[ShardProc], names: tuple[str, ...], *, workdir: Path,
+                 fleet: Fleet, nats: NatsKV) -> None:
+    """Shards `names` started from the seed's state, added to `shards` at once (so that
+    the caller stops them whatever happens next), the broker given every shard's
+    identities; returns once every shard is ready."""
+    shards += [ShardProc(n, workdir=workdir, seed=fleet.cloud_state, fleet=fleet,
+                         nats=nats).start() for n in names]
+    for s in shards:
+        wait_for(f"{s.name} wrote its broker files",
+                 lambda s=s: s.passwd.exists() and s.acl.exists(), 60)
+    merge_broker_files(shards, fleet)
+    for s in shards:
+        wait_for(f"{s.name} ready", lambda s=s: s.call("/readyz"), 60)
+
+
 def wait_for(what: str, check: Any, timeout: float, every: float = 0.3) -> Any:
     deadline = time.monotonic() + timeout
     last: Any = None
@@ -225,26 +260,15 @@ class NotReadySeen(AssertionError):
 
 
 def test_shards_split_partitions_and_take_over_a_killed_shard(tmp_path: Path) -> None:
-    fleet = Fleet(FleetSettings(nodes=0, workdir=tmp_path / "seed", use_netns=False,
-                                with_registry=False, heartbeat_s=HEARTBEAT,
-                                cloud_args=("--join-rate", "6000", "--join-burst", "100"),
-                                )).start()
+    fleet = seed_fleet(tmp_path)
     shards: list[ShardProc] = []
     sim: subprocess.Popen[bytes] | None = None
     try:
-        names = [f"sim-{i}" for i in range(NODES)]
-        sim_args = join_all(fleet, names, keys_file=tmp_path / "keys.json", threads=2)
-        assert fleet.cloud is not None and fleet.broker is not None
-        fleet.cloud.stop()  # the seed's state is every shard's starting point
+        sim_args = join_seed(fleet, NODES, tmp_path / "keys.json")
+        assert fleet.broker is not None
         with NatsKV(rundir=tmp_path / "nats", ca_dir=fleet.cloud_state / "pki") as nats:
-            shards = [ShardProc(n, workdir=tmp_path / "shards", seed=fleet.cloud_state,
-                                fleet=fleet, nats=nats).start() for n in SHARDS]
-            for s in shards:
-                wait_for(f"{s.name} wrote its broker files",
-                         lambda s=s: s.passwd.exists() and s.acl.exists(), 60)
-            merge_broker_files(shards, fleet)
-            for s in shards:
-                wait_for(f"{s.name} ready", lambda s=s: s.call("/readyz"), 60)
+            start_shards(shards, SHARDS, workdir=tmp_path / "shards", fleet=fleet,
+                         nats=nats)
             gens_file = tmp_path / "gens.json"
 
             def sim_gens() -> dict[str, tuple[str, int]]:
