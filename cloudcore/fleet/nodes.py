@@ -112,6 +112,10 @@ class Nodes:
         self._lost: dict[Key, tuple[str | None, PodStatus]] = {}
         """pod -> (its uid, its last reported status), for pods marked not ready: put back
         only on that pod object (one deleted and made again meanwhile is another pod)."""
+        self._lost_on: dict[str, set[Key]] = {}
+        """node -> its pods in `_lost` (by the kept status' node): a node coming back looks
+        at its own, not at every lost pod of the fleet (after a region-wide outage that
+        scan made recovery quadratic in the fleet's size)."""
         self._node_lost: set[str] = set()  # nodes whose pods were marked NodeLost
 
     # -- reads --------------------------------------------------------------------------
@@ -393,7 +397,7 @@ class Nodes:
                 ignored += 1
                 continue
             status.node_name = name
-            self._lost.pop(pk, None)  # reported afresh: nothing to put back
+            self._drop_lost(pk)  # reported afresh: nothing to put back
             self._pod_events(pk, pod.status, status)
             pod.status = status
             self.objects.save("Pod", pk)
@@ -576,7 +580,9 @@ class Nodes:
                 continue  # never reported: nothing to take back
             kept = self._lost.get(pk)
             if kept is None or kept[0] != pod.metadata.uid:
+                self._drop_lost(pk)
                 kept = self._lost[pk] = (pod.metadata.uid, pod.status)
+                self._lost_on.setdefault(name, set()).add(pk)
             was = kept[1]
             update: dict[str, Any] = {"ready": False, "container_statuses": [
                 c.model_copy(update={"ready": False}) for c in pod.status.container_statuses]}
@@ -590,11 +596,21 @@ class Nodes:
                 self.objects.save("Pod", pk)
                 self.touch(pod.metadata.annotations.get(naming.OWNER))
 
+    def _drop_lost(self, pk: Key) -> None:
+        """Forget what `pk` last reported before its node was lost (and its index entry)."""
+        kept = self._lost.pop(pk, None)
+        if kept is not None and (node := kept[1].node_name) is not None:
+            on = self._lost_on.get(node)
+            if on is not None:
+                on.discard(pk)
+                if not on:
+                    del self._lost_on[node]
+
     def _pods_back(self, name: str) -> None:
         """`name` reports again: its pods get back what it last reported."""
         # Every entry of this node, also of pods deleted or moved meanwhile (dropped).
         pods = self.objects.pods
-        for pk in [k for k, (_, st) in self._lost.items() if st.node_name == name]:
+        for pk in sorted(self._lost_on.pop(name, ())):
             uid, was = self._lost.pop(pk)
             pod = pods.get(pk)
             if (pod is not None and pod.metadata.uid == uid and pod.status.node_name == name

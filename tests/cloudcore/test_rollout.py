@@ -552,6 +552,32 @@ def test_pods_of_a_node_not_ready_are_not_ready_then_node_lost() -> None:
     assert w.status().number_available == 2
 
 
+def test_a_node_back_gets_its_own_pods_back_and_no_other_nodes() -> None:
+    """Several nodes lost at once (a region-wide outage): each one reporting again gets
+    back only its own pods' statuses (the lost pods are kept per node, so recovery does not
+    scan the whole fleet's lost pods per node); a pod reported afresh while its node was
+    lost keeps the fresh status."""
+    w = World(3)
+    w.fleet.eviction.clock = w.clock
+    w.apply(daemonset(args=["v1"]))
+    w.report_all()
+    w.tick()
+    pods = w.pods()
+    for name in ("n01", "n02", "n03"):
+        w.fleet.mark_not_ready(name, reason="NodeStatusUnknown", message="no report")
+    w.tick(w.fleet.eviction.timeout + 1)
+    assert all(p.status.reason == "NodeLost" for p in pods.values())
+    w.fleet.mark_ready("n02")
+    assert (pods["n02"].status.phase, pods["n02"].status.ready) == ("Running", True)
+    assert pods["n01"].status.reason == "NodeLost" and pods["n03"].status.reason == "NodeLost"
+    w.fleet.mark_ready("n01")
+    assert (pods["n01"].status.phase, pods["n01"].status.ready) == ("Running", True)
+    assert pods["n03"].status.reason == "NodeLost"
+    w.fleet.mark_ready("n03")
+    assert all(p.status.phase == "Running" and p.status.ready for p in pods.values())
+    assert w.fleet.node_ops._lost == {} and w.fleet.node_ops._lost_on == {}
+
+
 def test_a_big_workloads_status_is_counted_over_several_ticks(monkeypatch: Any) -> None:
     """Without a rollout moving, a workload of more than SCAN_CHUNK pods is counted a
     chunk per tick (no tick holds the event loop for a whole 100k-pod pass); the status
