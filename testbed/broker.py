@@ -53,7 +53,7 @@ from pathlib import Path
 from types import TracebackType
 
 from shared import topics
-from testbed.ports import free_port, wait_port
+from testbed.ports import free_port, free_port_on, wait_port
 from testbed.procs import ServerGroup
 
 log = logging.getLogger("testbed.broker")
@@ -164,7 +164,10 @@ class Mosquitto:
             raise RuntimeError("mosquitto is not installed (apt-get install mosquitto)")
         self.hosts = hosts
         self.host = hosts[0]
-        self.port = port or free_port(self.host)
+        self._picked = port is None
+        """The ports were picked here (not asked for): a first start that finds one taken
+        meanwhile (another process's connection) picks again instead of failing."""
+        self.port = port or free_port_on(hosts)
         self.rundir = Path(tempfile.mkdtemp(prefix="edgefed-mosquitto-"))
         self._own_dir = workdir is None
         self.workdir = workdir or self.rundir
@@ -176,7 +179,7 @@ class Mosquitto:
         self.tls_dir = self.rundir / "tls"
         self.cert_port: int | None = None
         if security is not None and security.client_cert_port is not None:
-            self.cert_port = security.client_cert_port or free_port(self.host)
+            self.cert_port = security.client_cert_port or free_port_on(hosts)
         self.probe_port: int | None = None
         self._probe_passwd = self.rundir / "probe.passwd"
         self._probe_acl = self.rundir / "probe.acl"
@@ -271,6 +274,26 @@ class Mosquitto:
             link.symlink_to(self.rundir)
 
     def start(self) -> Mosquitto:
+        """Start (or restart, on the same ports) the broker. Ports picked by this object are
+        free when picked but may be taken before mosquitto binds them (a port is free only
+        until someone uses it): the first start then picks new ones, up to three times."""
+        for attempt in range(3):
+            try:
+                return self._start()
+            except RuntimeError as e:
+                if not (self._picked and attempt < 2 and "Address already in use" in str(e)):
+                    raise
+                log.warning("mosquitto: port %d was taken before it could bind; picking "
+                            "another", self.port)
+                self.port = free_port_on(self.hosts)
+                if self.cert_port is not None and not (
+                        self.security is not None and self.security.client_cert_port):
+                    self.cert_port = free_port_on(self.hosts)
+                if self.probe_port is not None:
+                    self.probe_port = free_port("127.0.0.1")
+        raise AssertionError("unreachable")
+
+    def _start(self) -> Mosquitto:
         conf = self.rundir / "mosquitto.conf"
         conf.write_text(self.config())
         self._prepare_files([conf])
@@ -285,7 +308,14 @@ class Mosquitto:
         self.proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE, env=env)
         try:
-            wait_port(self.host, self.port, timeout=10)
+            deadline = time.monotonic() + 10
+            while True:  # until it listens, or has exited (a port taken: say so at once)
+                try:
+                    wait_port(self.host, self.port, timeout=0.2)
+                    break
+                except TimeoutError:
+                    if self.proc.poll() is not None or time.monotonic() > deadline:
+                        raise
         except TimeoutError:
             err = self.log_tail()
             self.stop()
@@ -295,6 +325,7 @@ class Mosquitto:
             self._watcher = threading.Thread(target=self._watch_files, daemon=True,
                                              name="mosquitto-auth-watch")
             self._watcher.start()
+        self._picked = False  # a restart keeps its ports: clients know them
         return self
 
     def _prepare_files(self, files: list[Path]) -> None:
