@@ -168,14 +168,22 @@ def test_a_deployment_with_max_surge_keeps_every_replica_serving(fleet: Fleet) -
     Ready at every look during the update; it ends with two pods serving v2."""
     fleet.apply([surge_web(fleet.image, "v1")])
 
+    seen: list[str] = []  # what the last look found, for the failure message
+
     def serving(text: str) -> list[str] | None:
         names = sorted(p["metadata"]["name"] for p in fleet.pods(f"app={SURGE}"))
-        if len(names) != 2 or deployment_phase(fleet) != "Complete":
+        phase = deployment_phase(fleet)
+        seen[:] = [f"pods {names}, rollout {phase}"]
+        if len(names) != 2 or phase != "Complete":
             return None
         pages = [fleet.pod_page(n, port=8082, timeout=3).strip() for n in names]
+        seen.append(f"pages {pages}")
         return names if pages == [text, text] else None
 
-    fleet.wait(lambda: serving("v1"), timeout=120, what="v1 on two replicas")
+    try:
+        fleet.wait(lambda: serving("v1"), timeout=120, what="v1 on two replicas")
+    except TimeoutError as e:
+        raise AssertionError(f"{e}; last seen: {seen}") from None
     t = time.monotonic()
     fleet.apply([surge_web(fleet.image, "v2")])
     most, least = 0, 2
