@@ -23,8 +23,10 @@ from typing import Any
 
 from integration.test_shards import (
     GLOBAL_LOG,
+    LEASE,
     ShardProc,
     join_seed,
+    leases_settled,
     owners,
     seed_fleet,
     start_shards,
@@ -158,6 +160,13 @@ def sharded_fleet(tmp_path: Path, shard_names: tuple[str, ...], nodes: int,
             try:
                 start_shards(shards, shard_names, workdir=tmp_path / "shards", fleet=fleet,
                              nats=nats)
+                # The nodes connect once the shards shared the partitions out: a node's
+                # start report sent while its partition is between a releasing and a
+                # taking shard reaches neither, and nothing makes it report its status
+                # again before the next change (a gap named in proposal 0008); the tests
+                # here are about what follows, not about that window.
+                wait_for("the shards' leases settled",
+                         lambda: leases_settled(shards, LEASE), 60, every=0.5)
                 gens_file = tmp_path / "gens.json"
                 stats_file = tmp_path / "sim-stats.json"
                 with (tmp_path / "sim.log").open("wb") as sim_log:
