@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Coroutine
 from typing import Any, ClassVar
 
@@ -43,7 +44,7 @@ of thousands of changes is one commit, not one each)."""
 Task = tuple[str, Callable[[], Coroutine[Any, Any, None]]]
 
 
-class HolderReplica:
+class HolderReplica(ABC):
     """A shard's copy of a bucket the global lease holder writes (module docstring)."""
 
     NAME: ClassVar[str]
@@ -77,12 +78,13 @@ class HolderReplica:
 
     # -- what a subclass provides -------------------------------------------------------
 
+    @abstractmethod
     def bucket_name(self, prefix: str) -> str:
-        raise NotImplementedError
+        """The bucket's name under the cluster's `prefix`."""
 
+    @abstractmethod
     def apply_entry(self, e: Entry) -> None:
         """One value (or delete) of the bucket, as the watch delivers it."""
-        raise NotImplementedError
 
     def _tasks(self) -> list[Task]:
         """The tasks `run` starts beside the watch: (role, coroutine function)."""
@@ -92,26 +94,28 @@ class HolderReplica:
         """The watch has reported every value that existed when it started."""
         self.caught_up = True
 
+    @abstractmethod
     def _to_write(self) -> bool:
         """Whether the holder has something to write."""
-        raise NotImplementedError
 
+    @abstractmethod
     async def _write_round(self, fence: int) -> bool:
         """Write one round under token `fence`; False if NATS refused part of it (what
         was not written kept for a later round)."""
-        raise NotImplementedError
 
     def _drop_unwritten(self) -> None:
         """What was marked to write under an earlier lease token is dropped
-        (`_as_holder`)."""
-        raise NotImplementedError
+        (`_as_holder`). A replica that marks nothing ahead of its rounds (the bindings:
+        they are written as they are decided) has nothing to drop."""
+        return
 
     def _commit_now(self) -> None:
         self.fleet.commit()
 
     def _retry(self) -> None:
-        """Apply again what could not be applied when it was read."""
-        raise NotImplementedError
+        """Apply again what could not be applied when it was read (by `_retrier`, which
+        only replicas that keep such values start); nothing by default."""
+        return
 
     # -- shared -------------------------------------------------------------------------
 
