@@ -30,6 +30,7 @@ from integration.test_shards import (
     owners,
     seed_fleet,
     start_shards,
+    stop_sim_and_shards,
     wait_for,
 )
 from testbed.fleet import Fleet
@@ -140,19 +141,6 @@ def sharded_fleet(tmp_path: Path, shard_names: tuple[str, ...], nodes: int,
     shards: list[ShardProc] = []
     sim: subprocess.Popen[bytes] | None = None
 
-    def stop_sim_and_shards() -> None:
-        if sim is not None:
-            sim.terminate()
-            try:
-                sim.wait(10)
-            except subprocess.TimeoutExpired:
-                sim.kill()
-        for s in shards:  # all at once, so none takes over what another just released
-            if s.proc.popen is not None and s.proc.popen.poll() is None:
-                s.proc.popen.send_signal(signal.SIGTERM)
-        for s in shards:
-            s.proc.stop()
-
     try:
         sim_args = join_seed(fleet, nodes, tmp_path / "keys.json")
         assert fleet.broker is not None
@@ -181,7 +169,7 @@ def sharded_fleet(tmp_path: Path, shard_names: tuple[str, ...], nodes: int,
             finally:
                 # the shards stop (releasing their leases) while NATS is still up, not
                 # retrying into a stopped server until their timeouts
-                stop_sim_and_shards()
+                stop_sim_and_shards(sim, shards)
     finally:
-        stop_sim_and_shards()
+        stop_sim_and_shards(sim, shards)
         fleet.stop()

@@ -34,6 +34,7 @@ from integration.test_shards import (
     ShardProc,
     owners,
     pytestmark,  # noqa: F401  (needs nats-server and mosquitto)
+    stop_sim_and_shards,
     wait_for,
 )
 from shared.topics import partition_of
@@ -168,14 +169,7 @@ def test_broker_map_changed_through_any_shard(tmp_path: Path) -> None:
             for s in shards:
                 assert "not shared between shards" not in s.log_text()
     finally:
-        if sim is not None:
-            sim.terminate()
-            try:
-                sim.wait(10)
-            except subprocess.TimeoutExpired:
-                sim.kill()
-        for s in shards:
-            s.proc.stop()
+        stop_sim_and_shards(sim, shards)
         if second is not None:
             second.stop()
             second.remove()

@@ -45,6 +45,7 @@ from integration.test_shards import (
     pytestmark,  # noqa: F401  (needs nats-server and mosquitto)
     seed_fleet,
     start_shards,
+    stop_sim_and_shards,
     wait_for,
 )
 from shared.topics import partition_of
@@ -337,14 +338,7 @@ def test_objects_applied_through_one_shard_reach_the_other(tmp_path: Path) -> No
                 log = s.log_text()
                 assert "not applied here" not in log, log[-3000:]
     finally:
-        if sim is not None:
-            sim.terminate()
-            try:
-                sim.wait(10)
-            except subprocess.TimeoutExpired:
-                sim.kill()
-        for s in shards:
-            s.proc.stop()
+        stop_sim_and_shards(sim, shards)
         fleet.stop()
 
 

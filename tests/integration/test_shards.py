@@ -225,6 +225,23 @@ LEASE_CHANGE = re.compile(r"^(\S+ \S+) INFO cloudcore\.cluster\.shard: shard (\S
                           r"\+\d+ -\d+ partitions, (\d+) held")
 
 
+def stop_sim_and_shards(sim: subprocess.Popen[bytes] | None,
+                        shards: list[ShardProc]) -> None:
+    """Stop the simulator, then every shard, all signalled at once (so none takes over
+    what another just released)."""
+    if sim is not None:
+        sim.terminate()
+        try:
+            sim.wait(10)
+        except subprocess.TimeoutExpired:
+            sim.kill()
+    for s in shards:
+        if s.proc.popen is not None and s.proc.popen.poll() is None:
+            s.proc.popen.send_signal(signal.SIGTERM)
+    for s in shards:
+        s.proc.stop()
+
+
 def leases_settled(shards: list[ShardProc], quiet: float) -> bool:
     """The shards hold all 256 partitions between them (each by its log's last lease
     change) and none changed for `quiet` seconds: the membership settled, instead of
@@ -476,12 +493,5 @@ def test_shards_split_partitions_and_take_over_a_killed_shard(tmp_path: Path) ->
             for s in shards:  # no shard ever marked a node NotReady (also between polls)
                 assert " is NotReady" not in s.log_text(), s.name
     finally:
-        if sim is not None:
-            sim.terminate()
-            try:
-                sim.wait(10)
-            except subprocess.TimeoutExpired:
-                sim.kill()
-        for s in shards:
-            s.proc.stop()
+        stop_sim_and_shards(sim, shards)
         fleet.stop()
