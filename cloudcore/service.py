@@ -234,7 +234,7 @@ async def run(settings: Settings, *,
             shard.on_global.append(bindings.global_changed)
             steps = SharedSteps(fleet, shard=shard.name,  # rollout batches by the holder
                                 holds_global=lambda: shard is not None and shard.holds_global,
-                                fence=shard.global_fence)
+                                fence=shard.global_fence, version=replica.version_by_key)
             batches = SharedBatches(fleet, shard=shard.name,  # agent upgrades by the holder
                                     holds_global=lambda: shard is not None
                                     and shard.holds_global, fence=shard.global_fence)

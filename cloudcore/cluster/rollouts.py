@@ -92,8 +92,16 @@ class SharedSteps(HolderReplica):
     log = log
 
     def __init__(self, fleet: Any, *, shard: str, holds_global: Callable[[], bool],
-                 fence: Callable[[], int | None]) -> None:
+                 fence: Callable[[], int | None],
+                 version: Callable[[str, Key], int | None] | None = None) -> None:
+        """`version(kind, (namespace, name))`: the revision in the objects bucket of a
+        workload as this shard's objects replica applied it (its resourceVersion,
+        `ClusterObjects.version_by_key`); without it values wait for no version."""
         super().__init__(fleet, shard=shard, holds_global=holds_global, fence=fence)
+        self._version = version
+        self.specs: dict[tuple[str, str], int] = {}
+        """(owner, END) -> the workload's version the holder had when it wrote the end
+        (`"spec"`): applied here only once this shard's copy is at least there."""
         self.lists: dict[tuple[str, str], tuple[str, set[str]]] = {}
         """(owner, pp) -> (update hash, pod names given it), as the bucket says (and,
         on the holder, as it wrote)."""
@@ -112,6 +120,7 @@ class SharedSteps(HolderReplica):
         self._out: set[tuple[str, str]] = set()
         self.given_here = 0
         fleet.rollouts.shared = self
+        fleet.workloads.shared = self  # the holder alone scales a surging Deployment
 
     # -- Rollouts.shared ----------------------------------------------------------------
 
@@ -130,6 +139,18 @@ class SharedSteps(HolderReplica):
         if not self._as_holder():
             return
         self.surging[owner] = thash  # only a maxSurge rollout removes pods
+        for _, name in keys:
+            self._list(owner, part_of(name), thash)
+        self._wake.set()
+
+    def resized(self, owner: str, thash: str, keys: Collection[Key]) -> None:
+        """`Workloads.shared`: the holder scaled a Deployment under a maxSurge rollout
+        of `thash` (made or removed `keys`): the pod sets of their pps are written, so
+        the other shards, which do not scale it on their own, make and remove the same
+        pods."""
+        if not self._as_holder():
+            return
+        self.surging[owner] = thash
         for _, name in keys:
             self._list(owner, part_of(name), thash)
         self._wake.set()
@@ -187,6 +208,11 @@ class SharedSteps(HolderReplica):
             return
         if self.decides() and doc.get("by") == self.shard:
             return  # its own write coming back
+        spec = doc.get("spec")
+        if isinstance(spec, int):
+            self.specs[(owner, part)] = spec
+        else:
+            self.specs.pop((owner, part), None)
         if part == END:
             self.ends[owner] = (thash, str(doc.get("outcome") or ""))
         else:
@@ -211,12 +237,33 @@ class SharedSteps(HolderReplica):
                  "Deployment": self.fleet.objects.deployments}.get(kind)
         return None if table is None else table.get((ns, name))
 
+    def version_of(self, owner: str) -> int | None:
+        """The version (objects bucket revision) of `owner` as this shard has it; None
+        if not known."""
+        if self._version is None:
+            return None
+        kind, _, rest = owner.partition("/")
+        ns, _, name = rest.partition("/")
+        return self._version(kind, (ns, name))
+
+    def _behind(self, key: tuple[str, str]) -> bool:
+        """Whether this shard's copy of the workload is older than the one the holder
+        ended its rollout at (a scale the objects replica has not brought yet: the end
+        applied before it would sync the Deployment's pods to the old count here). Pod
+        sets do not wait: this shard applies them whatever its copy says (it does not
+        scale such a Deployment itself)."""
+        spec = self.specs.get(key)
+        if spec is None or self._version is None:
+            return False
+        here = self.version_of(key[0])
+        return here is None or here < spec
+
     def _apply(self, key: tuple[str, str]) -> bool:
         """Apply one remembered value to this shard's copies; False if the workload
         here is not at that template yet (tried again later)."""
         owner, part = key
         ds = self._workload(owner)
-        if ds is None:
+        if ds is None or self._behind(key):
             return False
         rollouts = self.fleet.rollouts
         if part == END:
@@ -263,6 +310,16 @@ class SharedSteps(HolderReplica):
         ns = dep.metadata.namespace
         n = self.fleet.rollouts.give(dep, thash, [(ns, name) for name in sorted(names)
                                                   if name in keep], make=True)
+        # pods of the set not given the update: a scale on the holder made them at the
+        # template its plan gives a new pod (the stable one); the same here
+        target = self.fleet.rollouts.plan(dep).target_for(None)
+        pods = self.fleet.pods
+        for name in sorted(keep - names):
+            if (ns, name) not in pods and target is not None:
+                workloads.put_pod((ns, name), target.pod(ns=ns, name=name, owner=owner,
+                                                         node=None),
+                                  None, revision=target.revision)
+                n += 1
         if gone:
             self.fleet.plans.dirty.add(owner)
         self.removed_here += len(gone)
@@ -300,6 +357,9 @@ class SharedSteps(HolderReplica):
                 if owner not in sets:
                     sets[owner] = self.pod_sets(owner)
                 doc["set"] = sorted(sets[owner].get(part, ()))
+        version = self.version_of(owner) if part == END else None
+        if version is not None:  # the copy the end was decided from (`_behind`)
+            doc["spec"] = version
         doc.update({"by": self.shard, "fence": fence})
         return json.dumps(doc, separators=(",", ":")).encode()
 

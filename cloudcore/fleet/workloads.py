@@ -36,6 +36,13 @@ delete of such a Deployment removes its pods in the same slices. A later apply (
 to 3, say) replaces the job under way: the last apply wins, whatever the slices had
 done. After a restart every Deployment whose pod count is not its replicas is scaled
 again, and the pods left of a Deployment deleted in the middle go.
+
+Shards (proposal 0008, `shared`, `cloudcore.cluster.rollouts.SharedSteps`): while a
+Deployment's maxSurge rollout is under way, only the holder of the global lease changes
+its pod count (a scale, an apply changing replicas), and it names the pods it made or
+removed (`SharedScale.resized`) so that their pod sets reach the other shards, which
+make and remove the same pods from those sets and never scale such a Deployment on
+their own (their pod set may be behind the holder's: they would pick other indexes).
 """
 
 from __future__ import annotations
@@ -44,8 +51,9 @@ import asyncio
 import gc
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Collection, Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
 from cloudcore.fleet import naming
 from cloudcore.fleet.desired import DesiredSets
@@ -113,6 +121,20 @@ def between_slices() -> None:
         gc.collect(0)
 
 
+class SharedScale(Protocol):
+    """Who changes the pod count of a Deployment under a maxSurge rollout across shards
+    (`cloudcore.cluster.rollouts.SharedSteps`; module docstring)."""
+
+    def decides(self) -> bool:
+        """Whether this shard decides (it holds the global lease)."""
+        ...
+
+    def resized(self, owner: str, thash: str, keys: Collection[Key]) -> None:
+        """The holder made or removed these pods of a Deployment whose maxSurge rollout
+        of `thash` is under way (a scale): their pod sets go to the other shards."""
+        ...
+
+
 @dataclass
 class _Expansion:
     ds: DaemonSet  # the object this expansion is for (a new apply makes a new one)
@@ -148,6 +170,8 @@ class Workloads:
         self._owners: dict[str, set[Key]] = {}  # workload ("Kind/ns/name") -> its pods
         self._expanding: dict[Key, _Expansion] = {}
         self._scaling: dict[str, _Scaling] = {}  # owner "Deployment/ns/name" -> its job
+        self.shared: SharedScale | None = None
+        """Shards: the holder alone scales a Deployment under a maxSurge rollout."""
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -425,9 +449,22 @@ class Workloads:
         on no node (Kubernetes' ReplicaSet removes unscheduled pods first): removing
         placed ones first freed room that the pending retry filled with pods that went
         next."""
-        ns, name = job.key
         dep = self.objects.deployments.get(job.key)  # level-triggered: what it is now
         plan = self.plans.plan(dep) if dep is not None else None
+        if dep is None or plan is None:
+            return self._scale_work(owner, job, end, dep=None, plan=None, changed=[])
+        if self._held_elsewhere(dep, plan):
+            return True  # the holder's pod sets make and remove its pods here
+        changed: list[Key] = []
+        try:
+            return self._scale_work(owner, job, end, dep=dep, plan=plan, changed=changed)
+        finally:
+            self._resized(owner, dep, plan, changed)
+
+    def _scale_work(self, owner: str, job: _Scaling, end: float, *, dep: Deployment | None,
+                    plan: Plan | None, changed: list[Key]) -> bool:
+        """`_scale_step`'s work; the pods it made or removed added to `changed`."""
+        ns, name = job.key
         replicas = dep.spec.replicas if dep is not None else 0
         allowed = replicas + (surge_allowed(dep, plan) if dep is not None and plan else 0)
         owned = self._owners.setdefault(owner, set())
@@ -442,6 +479,7 @@ class Workloads:
                     if (key in owned and len(owned) > allowed and node_of(key) is None
                             and replica_index(name, key[1]) >= allowed):
                         self.delete_pod(key)
+                        changed.append(key)
                 job.at += STEP
                 if time.perf_counter() >= end:
                     return False
@@ -453,6 +491,7 @@ class Workloads:
                     continue
                 if len(owned) > allowed and replica_index(name, key[1]) >= allowed:
                     self.delete_pod(key)
+                    changed.append(key)
                     continue
                 if plan is not None:
                     pod = pods.get(key)
@@ -479,6 +518,7 @@ class Workloads:
                     continue
                 self.put_pod(key, target.pod(ns=ns, name=key[1], owner=owner, node=None),
                              None, revision=target.revision)
+                changed.append(key)
             if time.perf_counter() >= end:
                 return len(owned) >= replicas
         return True
@@ -530,24 +570,43 @@ class Workloads:
             return
         self._scaling.pop(owner, None)  # a small sync now supersedes a job under way
         plan = self.plans.plan(dep)
+        if self._held_elsewhere(dep, plan):
+            return  # the holder's pod sets make and remove its pods here
         pods = self.objects.pods
         keys = sorted(self.owned_set(owner), key=lambda k: replica_index(depname, k[1]))
         allowed = dep.spec.replicas + surge_allowed(dep, plan)
+        resized: list[Key] = []
         if len(keys) > allowed:
             keys.sort(key=lambda k: (plan.target_for(pods.get(k)) is None,
                                      -replica_index(depname, k[1])))
-            for key in keys[:len(keys) - allowed]:
+            resized = keys[:len(keys) - allowed]
+            for key in resized:
                 self.delete_pod(key)
             keys = sorted(keys[len(keys) - allowed:],
                           key=lambda k: replica_index(depname, k[1]))
         if len(keys) < dep.spec.replicas:
-            keys += self.free_replica_keys(dep, dep.spec.replicas - len(keys))
+            resized = self.free_replica_keys(dep, dep.spec.replicas - len(keys))
+            keys += resized
+        self._resized(owner, dep, plan, resized)
         for key in keys:
             pod = pods.get(key)
             target = plan.target_for(pod)
             if target is not None:
                 self.put_pod(key, target.pod(ns=ns, name=key[1], owner=owner, node=None),
                              pod, revision=target.revision)
+
+    def _held_elsewhere(self, dep: Deployment, plan: Plan) -> bool:
+        """Shards: whether the holder of the global lease, not this shard, decides the
+        Deployment's pod count now (a maxSurge rollout is under way; module
+        docstring)."""
+        return (self.shared is not None and surge_allowed(dep, plan) > 0
+                and not self.shared.decides())
+
+    def _resized(self, owner: str, dep: Deployment, plan: Plan, keys: Collection[Key]) -> None:
+        """Shards: the holder tells which pods of a Deployment under a maxSurge rollout
+        a scale made or removed."""
+        if keys and self.shared is not None and surge_allowed(dep, plan) > 0:
+            self.shared.resized(owner, plan.update.thash, keys)
 
     def free_replica_keys(self, dep: Deployment, count: int) -> list[Key]:
         """`count` pod keys of the Deployment at the lowest indexes no pod of it uses."""
