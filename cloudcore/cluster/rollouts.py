@@ -17,8 +17,9 @@ Bucket `<prefix>_rollouts`:
   batch (a new update starts the list again); during a Deployment's `maxSurge` rollout
   also `"set": [the names of every pod of the Deployment in that pp, as the holder has
   them when it writes]`;
-- `<owner>.end`: `{"update", "outcome", "by", "fence"}`, written after the owner's
-  steps of the same round (a shard reading the end has read the steps before it).
+- `<owner>.end`: `{"update", "outcome", "spec", "by", "fence"}` (`spec`: the
+  workload's version the holder ended it at, below), written after the owner's steps of
+  the same round (a shard reading the end has read the steps before it).
 
 A Deployment's `maxSurge` rollout does not update pods in place: the holder makes new
 pods of the update at free indexes (placed by it, on any shard's node, through the
@@ -40,10 +41,21 @@ the watch, fencing and write loops are `cloudcore.cluster.replica`'s.
 
 AgentUpgrade batches across shards are `cloudcore.cluster.upgrades`, in the same shape.
 
-Not done: a Deployment scaled (replicas changed) while its maxSurge rollout is under way
-is scaled by each shard on its own (the pod names agree when their pod sets did), and
-a pod set older than that scale, applied late on a shard, can remove a pod made there
-by the scale until the holder's next step in that pp.
+A Deployment scaled (replicas changed) while its maxSurge rollout is under way is scaled
+by the holder alone (`Workloads.shared`, this class): the other shards leave its pod
+count as it is (their pod set may be behind the holder's, so they would pick other
+indexes, and a pod set written before the scale, read after it, would remove what they
+made), the holder marks the pps of the pods its scale made or removed (`resized`), and
+the sets it writes make and remove the same pods everywhere (a pod of a set that was
+not given the update is made at the template a new pod gets, the stable one). A set is
+ordered by its key's revision (every set of a pp goes to one key, which the watch
+delivers in order; a former holder's late value is fenced) and is the only thing that
+changes a follower's pods of such a Deployment, so an older set never follows a newer
+one. The end of a rollout carries the version of the workload the holder ended it at
+(`"spec"`, its revision in the objects bucket, `ClusterObjects.version_by_key`) and is
+applied only once this shard's copy is at least there: applied to an older copy, the end
+would sync the pods to the count before the scale (running pods removed, made again).
+While no shard holds the global lease, such a Deployment is not scaled at all.
 """
 
 from __future__ import annotations
