@@ -178,16 +178,19 @@ class Report(_Msg):
 
     An empty report (no pods, no node status) is the heartbeat. On the wire the
     optional fields at their defaults (`epoch` null, `gen` 0, `pods` empty,
-    `node_status` null, `telemetry` empty) are left out (proposal 0003): an idle
-    node's telemetry report a minute is about 30 bytes shorter. Decoding fills them
-    in, so either form reads the same, as it always did.
+    `node_status` null, `telemetry` empty, `full` false) are left out (proposal
+    0003): an idle node's telemetry report a minute is about 30 bytes shorter.
+    Decoding fills them in, so either form reads the same, as it always did.
+
+    `full`: this report holds the node status and every pod's status (asked for by
+    `ReportAck.again`, or sent to a new owner), so reports missed before it are moot.
     """
 
     t: ClassVar[str] = "report"
     _own_checks: ClassVar[dict[str, _Check]] = {
         "seq": _int(ge=1), "epoch": _opt(_str(max_length=64)), "gen": _int(ge=0),
         "ts": _float(), "pods": _map(_dict_or_none), "node_status": _dict_or_none,
-        "telemetry": _list(_map())}
+        "telemetry": _list(_map()), "full": _bool}
     seq: int
     epoch: str | None = None
     gen: int = 0
@@ -195,15 +198,23 @@ class Report(_Msg):
     pods: dict[str, dict[str, Any] | None] = field(default_factory=dict)
     node_status: dict[str, Any] | None = None
     telemetry: list[dict[str, Any]] = field(default_factory=list)
+    full: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ReportAck(_Msg):
-    """cloud -> edge: every report with seq <= `seq` is stored; drop them from the outbox."""
+    """cloud -> edge: every report with seq <= `seq` is stored; drop them from the outbox.
+
+    `again`: the cloud saw a gap in the node's report seqs (reports published while
+    nothing was subscribed: a broker back before the cloud's subscriber, a partition
+    between shards), so it may lack statuses the edge sent; the edge reports its node
+    status and every pod's status again, once. Left out of the wire when false (an
+    agent that does not know it ignores it, as every unknown field)."""
 
     t: ClassVar[str] = "rack"
-    _own_checks: ClassVar[dict[str, _Check]] = {"seq": _int(ge=0)}
+    _own_checks: ClassVar[dict[str, _Check]] = {"seq": _int(ge=0), "again": _bool}
     seq: int
+    again: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -283,16 +294,20 @@ _FIELDS: dict[str, frozenset[str]] = {
 
 
 _REPORT_DEFAULTS: tuple[tuple[str, Any], ...] = (
-    ("epoch", None), ("gen", 0), ("pods", {}), ("node_status", None), ("telemetry", []))
+    ("epoch", None), ("gen", 0), ("pods", {}), ("node_status", None), ("telemetry", []),
+    ("full", False))
 
 
 def wire_dict(msg: _Msg) -> dict[str, Any]:
-    """What `encode` packs: every field, but a Report without its defaults."""
+    """What `encode` packs: every field, but a Report without its defaults and a
+    ReportAck without `again` when it is false."""
     out = msg.as_dict()
     if isinstance(msg, Report):
         for name, default in _REPORT_DEFAULTS:
             if out[name] == default and type(out[name]) is type(default):
                 del out[name]
+    elif isinstance(msg, ReportAck) and not msg.again:
+        del out["again"]
     return out
 
 

@@ -230,7 +230,7 @@ def _edge_counts(sf: SimFleet) -> dict[str, int]:
     out: dict[str, int] = {}
     for st in sf.sim_stats():
         for k in ("snapshots_in", "deltas_in", "gaps", "disconnects", "invalid", "reacks",
-                  "full_reports", "full_report_bytes"):
+                  "full_reports", "full_report_bytes", "report_again"):
             out[k] = out.get(k, 0) + int(st.get(k, 0))
     return out
 
@@ -339,6 +339,10 @@ def storm(sf: SimFleet, *, down_s: float, timeout: float,
         "edge_deltas_received": edge1["deltas_in"] - edge0["deltas_in"],
         "edge_gaps": edge1["gaps"] - edge0["gaps"],
         "edge_reacks": edge1["reacks"] - edge0["reacks"],
+        # reports published before the cloud's subscriber was back are lost; the cloud
+        # sees the gap in their seqs and asks the node for everything again (once)
+        "edge_report_again": edge1["report_again"] - edge0["report_again"],
+        "edge_full_reports_sent": edge1["full_reports"] - edge0["full_reports"],
         "sessions_lost": edge1["disconnects"] - edge0["disconnects"],
         "cloud_desired_sent": int(cloud1["desired_sent"] - cloud0["desired_sent"]),
         "cloud_desired_resent": int(cloud1["desired_resent"] - cloud0["desired_resent"]),

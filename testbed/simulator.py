@@ -290,6 +290,9 @@ class SimNode:
             self.on_desired(msg)
         elif isinstance(msg, ReportAck):
             self.racked = max(self.racked, msg.seq)
+            if msg.again:  # the cloud missed some of our reports: everything once more
+                self.sim.report_again += 1
+                self.full_report(self.desired.items)
         return 0
 
     def on_desired(self, msg: Desired) -> None:
@@ -345,9 +348,10 @@ class SimNode:
                                  self.desired.items.get(AGENT_RELEASE_KEY))
 
     def full_report(self, old: dict[str, Any]) -> None:
-        """A snapshot under a new epoch (a shard took this node over): one report with
-        the node status and every pod's status, as an agent sends it to a new owner (it
-        may lack reports the previous owner acked); pods the set no longer holds, gone."""
+        """A snapshot under a new epoch (a shard took this node over), or a ReportAck
+        asking `again`: one report marked `full` with the node status and every pod's
+        status, as an agent sends it to a cloud that may lack reports (a new owner, one
+        that missed some); pods the set no longer holds (in `old`), gone."""
         if self.sim.settings.report_pods:
             self.release_changed(old.get(AGENT_RELEASE_KEY),
                                  self.desired.items.get(AGENT_RELEASE_KEY), report=False)
@@ -356,7 +360,7 @@ class SimNode:
                         if k not in self.desired.items and split_key(k)[0] == POD)
         else:
             pods = {}
-        size = self.report(node_status=self.node_status(), pods=pods)
+        size = self.report(node_status=self.node_status(), pods=pods, full=True)
         if size:
             self.sim.full_reports += 1
             self.sim.full_report_bytes += size
@@ -466,6 +470,7 @@ class Simulator:
         self.snapshots_in = self.deltas_in = 0  # desired messages received, by kind
         # reports of the whole status to a new owner (a snapshot under a new epoch)
         self.full_reports = self.full_report_bytes = 0
+        self.report_again = 0  # ReportAcks that asked for a full report (a gap seen)
         self.disconnects = 0  # sessions lost after they were up (gmqtt reconnects them)
         if settings.max_connecting < 1:
             raise ValueError("max_connecting: at least 1")
@@ -668,6 +673,7 @@ class Simulator:
             "deltas_in": self.deltas_in,
             "full_reports": self.full_reports,
             "full_report_bytes": self.full_report_bytes,
+            "report_again": self.report_again,
             "disconnects": self.disconnects,
             "invalid": self.invalid,
             "msgs_in": self.msgs_in,

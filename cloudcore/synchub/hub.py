@@ -113,6 +113,7 @@ DRIFT = "cloudcore_desired_drift_total"
 UNDELIVERABLE = "cloudcore_desired_undeliverable_total"
 LABELS_REFUSED = "cloudcore_node_labels_refused_total"
 UNSENT = "cloudcore_messages_unsent_total"
+REPORT_GAPS = "cloudcore_report_gaps_total"
 _SECRET_PREFIX = SECRET + "/"
 _DOWN = slice(-64, -32)  # of a cached `raw || k_down || k_up` (`SyncHub._keys_of`)
 _UP = slice(-32, None)
@@ -208,6 +209,11 @@ class SyncHub:
         metrics.describe(LABELS_REFUSED, "Protected labels a node tried to set on itself.")
         metrics.describe(UNSENT, "Messages not sent to a node, by reason (no_key: the "
                                  "node has no key, e.g. revoked).")
+        metrics.describe(REPORT_GAPS, "Reports that came after a gap in the node's report "
+                                      "seqs; each asked the node to report everything again.")
+        self._again: set[str] = set()  # nodes whose next ReportAck asks for a full report
+        self._gaps_unlogged = 0
+        self._gaps_logged_at = -1e18
         desired.add_listener(self.desired_changed)
         self.requests = Requests(emit=self._emit)  # logs/exec: docs/proposals/0001
 
@@ -383,6 +389,10 @@ class SyncHub:
                 self.metrics.inc("cloudcore_pod_statuses_ignored_total", ignored)
         if msg.telemetry:
             self.nodes.add_telemetry(node, msg.telemetry)
+        if msg.full:
+            self._again.discard(node)  # it holds everything: whatever was missed is moot
+        elif msg.seq > last + 1:
+            self._report_gap(node, last, msg.seq)
         nd = self.desired.desired_for(node)
         drifted = nd.drifted(msg.epoch, msg.gen)
         if drifted:
@@ -397,8 +407,8 @@ class SyncHub:
         self.nodes.heard(node, self.clock())  # after node_status: it may set the heartbeat
         self.nodes.mark_ready(node)
         self.desired.set_report_seq(node, msg.seq)
-        if msg.telemetry and not msg.pods and (not msg.node_status
-                                               or set(msg.node_status) == {"usage"}):
+        if node not in self._again and msg.telemetry and not msg.pods and (
+                not msg.node_status or set(msg.node_status) == {"usage"}):
             self._ack_later(node, msg.seq, within=LAZY_RACK_S)
         else:
             self._lazy.pop(node, None)  # this ack covers the waiting ones (cumulative)
@@ -410,6 +420,21 @@ class SyncHub:
             link = self._links.get(node)
             if link is not None:
                 self._settle(node, link, nd)
+
+    def _report_gap(self, node: str, last: int, seq: int) -> None:
+        """Reports `last`+1 .. `seq`-1 never reached us (published while nothing was
+        subscribed: a broker back before our subscriber, a partition between shards; or
+        a node whose outbox dropped some offline, or a cloud without its memory of the
+        node, `last` 0). Their statuses may be lost, so this report's ack asks the node
+        to report everything again (`ReportAck.again`); its full report ends it."""
+        self._again.add(node)
+        self.metrics.inc(REPORT_GAPS)
+        self._gaps_unlogged += 1
+        now = self.clock()
+        if now - self._gaps_logged_at >= self.settings.log_interval:
+            log.info("report gaps: %d node(s) asked to report everything again (last: %s, "
+                     "reports %d..%d missed)", self._gaps_unlogged, node, last + 1, seq - 1)
+            self._gaps_logged_at, self._gaps_unlogged = now, 0
 
     def _drift(self, node: str, edge_epoch: str | None, why: str) -> NodeDesired:
         """The edge (in `edge_epoch`) holds a gen we never made: a new epoch for the
@@ -460,7 +485,7 @@ class SyncHub:
         """Send ReportAck(seq) once everything enqueued so far is committed."""
         fut = self.store.durable()
         if fut.done():
-            self._emit(node, ReportAck(node=node, seq=seq))
+            self._emit_rack(node, seq)
             return
         acks = self._racks.get(fut)
         if acks is None:
@@ -473,7 +498,13 @@ class SyncHub:
         if fut.cancelled() or fut.exception() is not None:
             return  # not durable: the edges resend, and we process them again
         for node, seq in acks.items():
-            self._emit(node, ReportAck(node=node, seq=seq))
+            self._emit_rack(node, seq)
+
+    def _emit_rack(self, node: str, seq: int) -> None:
+        again = node in self._again
+        if again:
+            self._again.discard(node)
+        self._emit(node, ReportAck(node=node, seq=seq, again=again))
 
     # -- desired: one delta in flight per node -------------------------------------------
 
@@ -773,6 +804,7 @@ class SyncHub:
                 self._set_inflight(link, None)
             self._lazy.pop(node, None)
             self._deferred.pop(node, None)
+            self._again.discard(node)
             self.routes.forget(node)
 
     def link_state(self, node: str) -> dict[str, Any]:

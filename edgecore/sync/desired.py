@@ -46,6 +46,7 @@ class SyncStats:
     duplicates: int = 0
     gaps: int = 0
     report_acks: int = 0
+    report_again: int = 0  # ReportAcks asking for a full report (the cloud saw a gap)
     unexpected: int = 0  # a message type the cloud should not send us
     persist_failures: int = 0
     refused_epochs: int = 0  # snapshots under an epoch we left (replays, old backups)
@@ -106,6 +107,11 @@ class SyncHandler:
                 await asyncio.to_thread(self.cache.ack_reports, msg.seq)
             except CacheError as exc:
                 self._rlog.warning("rack", "cannot trim the outbox: %s", exc)
+            if msg.again:
+                # The cloud missed reports (a gap in their seqs): tell it everything once.
+                self.stats.report_again += 1
+                if self.renewed is not None:
+                    self.renewed.everything()
             return []
         if isinstance(msg, Request):
             why = self._replayed(msg)

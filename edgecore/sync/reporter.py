@@ -35,6 +35,13 @@ every pod's last status again (`resend_all`), through the outbox like any report
 ordinary snapshot (same epoch, e.g. after a gap) does not: the same cloud has every report
 it acked.
 
+Reports the cloud missed: a report published while nothing was subscribed (the broker
+came back before the cloud's subscriber; the node's partition between two shards) is
+PUBACKed by the broker and dropped, and a later report is acked cumulatively over it.
+The cloud sees the gap in the seqs and sets `again` on that ReportAck; the sync handler
+then calls `Renewed.everything` too. A report carrying everything is marked `full`, so
+the cloud does not ask again for the gap before it.
+
 A full disk (the outbox write raises `CacheError`, e.g. ENOSPC) is temporary:
 - status changes stay pending and are retried with the shared backoff; nothing is
   marked "reported" until a report carrying it is persisted, so the cloud gets the
@@ -154,7 +161,9 @@ class Reporter:
         self._rlog = RateLimitedLog(log)
         self._floor: int | None = None  # computed on first need (it reads the outbox)
         self._failed = False  # the last flush could not be persisted
-        self.resends = 0  # full status reports asked for by a new owner (resend_all)
+        self.resends = 0  # full status reports asked for (resend_all)
+        self.full_reports = 0  # reports persisted with `full` (everything in them)
+        self._full = False  # the next report holds everything: mark it `full`
         self._again: set[str] = set()  # pods the next report carries even if unchanged
 
     @property
@@ -215,14 +224,18 @@ class Reporter:
         if not self._pending and not self._send_node_status:
             return None
         pods, self._pending = self._pending, {}
+        # Taken now, so that a resend_all while this report is being persisted is kept
+        # for the next one rather than cleared with this one.
+        with_status, self._send_node_status = self._send_node_status, False
+        full, self._full = self._full, False
         now = self.clock()
         wire = {k: None if v is None else {**v, "updatedAt": now} for k, v in pods.items()}
-        node_status = self.node_status() if self._send_node_status else None
+        node_status = self.node_status() if with_status else None
         d = self.desired()
 
         def make(seq: int) -> bytes:
             return encode(Report(node=self.node, seq=seq, epoch=d.epoch, gen=d.gen, ts=now,
-                                 pods=wire, node_status=node_status))
+                                 pods=wire, node_status=node_status, full=full))
 
         try:
             result = await asyncio.to_thread(
@@ -233,6 +246,8 @@ class Reporter:
                                "pending), will retry: %s", len(pods), exc)
             for k, v in pods.items():  # put back what newer updates have not replaced
                 self._pending.setdefault(k, v)
+            self._send_node_status |= with_status
+            self._full |= full
             self._failed = True
             self._event.set()
             return None
@@ -242,27 +257,31 @@ class Reporter:
             else:
                 self._reported[k] = v
         self._again.difference_update(pods)
-        self._send_node_status = False
         self.last_append = time.monotonic()
+        if full:
+            self.full_reports += 1
         if result.dropped_status:
             # The cloud will never see some status changes: tell it everything again.
             forgotten, self._reported = self._reported, {}
             for k, v in forgotten.items():
                 self._pending.setdefault(k, v)
             self._send_node_status = True
+            self._full = True
             self._event.set()
         self.kick()
         return result.seq
 
     def resend_all(self) -> None:
-        """Report the node status and every pod's status again, in the next report
-        (module docstring, "A new owner"). Not urgent: the reconciler pass that the new
-        set wakes usually lands its statuses in the same report (within `batch_s`)."""
+        """Report the node status and every pod's status again, in the next report,
+        marked `full` (module docstring, "A new owner" and "Reports the cloud missed").
+        Not urgent: the reconciler pass that the new set wakes usually lands its
+        statuses in the same report (within `batch_s`)."""
         self.resends += 1
         self._again = set(self._reported)
         for k, v in self._reported.items():
             self._pending.setdefault(k, v)  # a newer pending value stays
         self._send_node_status = True
+        self._full = True
         self._event.set()
 
     def node_status_changed(self) -> None:

@@ -271,3 +271,36 @@ async def test_telemetry_reports_are_acked_lazily_and_cumulatively(
         for seq in range(6, 6 + hub_module.LAZY_RACK_REPORTS):  # or once enough wait
             await edge.send(Report(node="e3", seq=seq, telemetry=[point]))
         assert (await edge.recv(ReportAck)).seq == 5 + hub_module.LAZY_RACK_REPORTS
+
+
+async def test_a_gap_in_report_seqs_asks_the_node_for_everything_once(
+        mosquitto: int, settings: Settings, service_factory: Any) -> None:
+    """Issue 14: reports published while nothing was subscribed (a broker back before the
+    cloud's subscriber; a partition between shards) are dropped by the broker, and the
+    next report's cumulative ack would bury them. The cloud sees the gap in the seqs and
+    asks the node, on that ack, to report everything again; a `full` report ends it."""
+    settings.mqtt.port = mosquitto
+    settings.insecure = True
+    run = await service_factory().start()
+    point = {"ts": 60, "node": {"cpu": 5, "mem": 7}}
+    async with FakeEdge("e4", mosquitto) as edge:
+        await edge.send(Report(node="e4", seq=1, node_status={"heartbeat": 30}))
+        first = await edge.recv(ReportAck)
+        assert (first.seq, first.again) == (1, False)
+        await edge.send(Report(node="e4", seq=2))
+        assert (await edge.recv(ReportAck)).again is False
+        # 3 and 4 went to nobody; 5 is telemetry only, yet its ack goes at once
+        await edge.send(Report(node="e4", seq=5, telemetry=[point]))
+        asked = await edge.recv(ReportAck, timeout=2.0)
+        assert (asked.seq, asked.again) == (5, True)
+        assert run.metrics.value("cloudcore_report_gaps_total") == 1
+        # the node's full report: acked plainly, and a gap before a full report is moot
+        await edge.send(Report(node="e4", seq=6, node_status={"heartbeat": 30},
+                               pods={}, full=True))
+        assert (await edge.recv(ReportAck)).again is False
+        await edge.send(Report(node="e4", seq=9, node_status={"heartbeat": 30}, full=True))
+        done = await edge.recv(ReportAck)
+        assert (done.seq, done.again) == (9, False)
+        await edge.send(Report(node="e4", seq=10))
+        assert (await edge.recv(ReportAck)).again is False
+        assert run.metrics.value("cloudcore_report_gaps_total") == 1

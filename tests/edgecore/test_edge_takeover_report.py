@@ -168,3 +168,61 @@ async def test_the_running_reporter_sends_it_without_a_pod_update(tmp_path: Path
             assert report.node_status is not None and report.epoch == "EB"
         finally:
             task.cancel()
+
+
+async def test_a_report_ack_asking_again_sends_everything_once_marked_full(
+        tmp_path: Path) -> None:
+    """The cloud saw a gap in this node's report seqs (reports published while nothing
+    was subscribed) and set `again` on its ack: the next report carries the node status
+    and every pod's status, marked `full`, once; ordinary reports are not `full`."""
+    with Cache(tmp_path / "c") as cache:
+        agent = Agent(cache)
+        await converged(agent)
+        assert agent.reporter.full_reports == 0
+        # the reconciler's pass finds nothing changed: nothing to say
+        agent.reporter.update(WEB, RUNNING)
+        assert await agent.reporter.flush() is None
+        await agent.sync.handle(ReportAck(node=NODE, seq=cache.last_seq(), again=True))
+        assert agent.sync.stats.report_again == 1
+        agent.reporter.update(WEB, RUNNING)
+        agent.reporter.update(DB, RUNNING)
+        seq = await agent.reporter.flush()
+        assert seq is not None
+        (report,) = agent.outbox()
+        assert report.full is True and report.seq == seq
+        assert report.node_status is not None and report.node_status["agentVersion"] == "1.1.0"
+        assert set(report.pods) == {WEB, DB}
+        assert agent.reporter.full_reports == 1
+        await agent.acked()
+        # once: the next change goes as an ordinary report
+        failed = PodStatus(phase="Failed", reason="Error", container_statuses=[
+            ContainerStatus(name="main", state="terminated", exit_code=1)])
+        agent.reporter.update(WEB, failed)
+        assert await agent.reporter.flush() is not None
+        (later,) = agent.outbox()
+        assert later.full is False and set(later.pods) == {WEB} and later.node_status is None
+
+
+async def test_asked_again_while_a_report_is_being_persisted(tmp_path: Path) -> None:
+    """A resend asked for while the previous report is being written goes in the next
+    report, node status included (the write in flight must not clear it)."""
+    with Cache(tmp_path / "c") as cache:
+        agent = Agent(cache)
+        await converged(agent)
+        real = cache.append_report
+
+        def slow_append(*args: Any, **kwargs: Any) -> Any:
+            agent.reporter.resend_all()  # lands while this report is being persisted
+            return real(*args, **kwargs)
+
+        agent.reporter.update(WEB, PodStatus(phase="Running"))
+        cache.append_report = slow_append  # type: ignore[method-assign]
+        try:
+            assert await agent.reporter.flush() is not None
+        finally:
+            cache.append_report = real  # type: ignore[method-assign]
+        assert await agent.reporter.flush() is not None
+        first, second = agent.outbox()
+        assert first.full is False
+        assert second.full is True and second.node_status is not None
+        assert set(second.pods) == {WEB, DB}

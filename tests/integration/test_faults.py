@@ -273,6 +273,54 @@ def test_broker_killed_mid_rollout_loses_no_update(fleet: Fleet, chaos: Chaos) -
         assert cached(a)[1] == want[a.name]
 
 
+def restarts_in_cloud(fleet: Fleet, pod_key: str) -> int | None:
+    """The pod's container restart count as the cloud shows it (None: no status yet)."""
+    name = pod_key.rsplit("/", 1)[1]
+    for p in fleet.pods():
+        if p["metadata"]["name"] == name:
+            cs = (p.get("status") or {}).get("containerStatuses") or []
+            if cs:
+                return int(cs[0].get("restartCount", cs[0].get("restart_count", 0)))
+    return None
+
+
+def test_a_status_reported_while_nothing_subscribed_reaches_the_cloud(
+        fleet: Fleet, chaos: Chaos) -> None:
+    """Issue 14: the broker restarts empty and a node reconnects before the cloud's
+    subscriber does; what it reports then (here: its container crashed and was
+    restarted) is PUBACKed by the broker and dropped, and the node's next report is
+    acked over it. The cloud sees the gap in the report seqs and asks the node for its
+    whole status again, so the crash shows in the cloud. Before, the restart count
+    stayed stale until the pod's next change."""
+    a = fleet.agents[0]
+    fleet.apply([sleeper("pt", "gap-1")])
+    fleet.wait(lambda: settled(fleet, a) and bool(running_revisions(a)), timeout=60,
+               what="settled before")
+    key = next(iter(running_revisions(a)))
+    fleet.wait(lambda: restarts_in_cloud(fleet, key) is not None, timeout=30,
+               what=f"{key} has a status in the cloud")
+    before = restarts_in_cloud(fleet, key)
+    assert before is not None
+    off = log_size(a)
+    chaos.kill_cloud()  # the cloud's subscriber is gone ...
+    chaos.restart_broker()  # ... and the broker forgot its session
+    # the node reconnects to the empty broker
+    fleet.wait(lambda: "mqtt link up" in log_since(a, off), timeout=30,
+               what="the agent reconnected")
+    (old,) = [c for c in containers(a) if c.annotations.get("edgefed.io/pod") == key
+              and c.status == "running"]
+    asyncio.run(CrunRuntime(a.state_dir / "runtime").stop(old.id, grace_s=0))
+    fleet.wait(lambda: any(c.annotations.get("edgefed.io/pod") == key and c.status == "running"
+                           and c.pid != old.pid for c in containers(a)),
+               timeout=60, what="the crashed container restarted by the agent")
+    time.sleep(3 * HB)  # its report, and a heartbeat or two, went to nobody
+    chaos.start_cloud()
+    t = time.monotonic()
+    fleet.wait(lambda: restarts_in_cloud(fleet, key) == before + 1, timeout=30,
+               what=f"the cloud shows {key}'s restart")
+    figure("report_gap.recovered_s", round(time.monotonic() - t, 2))
+
+
 def test_cloud_killed_mid_rollout_converges_without_flapping(fleet: Fleet,
                                                             chaos: Chaos) -> None:
     fleet.wait(lambda: all_settled(fleet), timeout=60, what="settled before")

@@ -70,3 +70,21 @@ def test_topics():
     assert topics.parse(forged) is None
     assert topics.parse("fed/v1/00/bad+name/up") is None
     assert topics.partition_of("edge-1") == topics.partition_of("edge-1")
+
+
+def test_report_gap_fields_stay_off_the_wire_when_false():
+    """`ReportAck.again` and `Report.full` (issue 14's report-gap recovery) cost no byte
+    when false, and a message without them (an older peer) reads as false."""
+    from shared.codec import ReportAck
+
+    plain = msgpack.unpackb(encode(ReportAck(node="n", seq=3)))
+    assert "again" not in plain
+    asked = decode(encode(ReportAck(node="n", seq=3, again=True)))
+    assert isinstance(asked, ReportAck) and asked.again is True
+    assert decode(msgpack.packb({"v": 1, "t": "rack", "node": "n", "seq": 3})) == \
+        ReportAck(node="n", seq=3)
+    assert "full" not in msgpack.unpackb(encode(Report(node="n", seq=1)))
+    full = decode(encode(Report(node="n", seq=2, node_status={"arch": "amd64"}, full=True)))
+    assert isinstance(full, Report) and full.full is True
+    with pytest.raises(DecodeError):
+        decode(msgpack.packb({"v": 1, "t": "rack", "node": "n", "seq": 3, "again": "yes"}))

@@ -64,11 +64,13 @@ class Report(_Msg):
     pods: dict[str, dict[str, Any] | None] = Field(default_factory=dict)
     node_status: dict[str, Any] | None = None
     telemetry: list[dict[str, Any]] = Field(default_factory=list)
+    full: bool = False  # added with the report-gap recovery (issue 14)
 
 
 class ReportAck(_Msg):
     t: Literal["rack"] = "rack"
     seq: int = Field(ge=0)
+    again: bool = False  # added with the report-gap recovery (issue 14)
 
 
 class Will(_Msg):
@@ -115,7 +117,9 @@ SAMPLES: list[dict[str, Any]] = [
      "pods": {"pod/d/a": {"phase": "Running"}, "pod/d/b": None},
      "node_status": {"arch": "amd64"}, "telemetry": [{"ts": 60, "node": {"cpu": 1.0}}]},
     {"t": "report", "node": "n1", "seq": 2},
+    {"t": "report", "node": "n1", "seq": 3, "node_status": {"arch": "amd64"}, "full": True},
     {"t": "rack", "node": "n1", "seq": 0},
+    {"t": "rack", "node": "n1", "seq": 7, "again": True},
     {"t": "will", "node": "n1"},
     {"t": "req", "node": "n1", "id": "r1", "kind": "logs", "pod": "pod/d/a", "tail": 10,
      "since": 5.5, "follow": True, "timeout": 60.0},
@@ -152,10 +156,13 @@ def _verdict(raw: dict[str, Any]) -> tuple[str, Any]:
 
 
 # Proposal 0003: a report leaves out its optional fields at their defaults.
-_REPORT_DEFAULTS = {"epoch": None, "gen": 0, "pods": {}, "node_status": None, "telemetry": []}
+_REPORT_DEFAULTS = {"epoch": None, "gen": 0, "pods": {}, "node_status": None, "telemetry": [],
+                    "full": False}
 
 
 def _wire(dump: dict[str, Any]) -> dict[str, Any]:
+    if dump.get("t") == "rack" and dump.get("again") is False:
+        return {k: v for k, v in dump.items() if k != "again"}
     if dump.get("t") != "report":
         return dump
     return {k: v for k, v in dump.items()
