@@ -241,7 +241,8 @@ def _cloud_counts(sf: SimFleet) -> dict[str, float]:
             "desired_resent": _sum(m, "cloudcore_desired_resends_total"),
             "desired_snapshots": _sum(m, "cloudcore_desired_snapshots_total"),
             "resyncs_in": _sum(m, "cloudcore_messages_in_total", 'type="resync"'),
-            "acks_in": _sum(m, "cloudcore_messages_in_total", 'type="ack"')}
+            "acks_in": _sum(m, "cloudcore_messages_in_total", 'type="ack"'),
+            "report_gaps": _sum(m, "cloudcore_report_gaps_total")}
 
 
 def storm(sf: SimFleet, *, down_s: float, timeout: float,
@@ -343,6 +344,7 @@ def storm(sf: SimFleet, *, down_s: float, timeout: float,
         # sees the gap in their seqs and asks the node for everything again (once)
         "edge_report_again": edge1["report_again"] - edge0["report_again"],
         "edge_full_reports_sent": edge1["full_reports"] - edge0["full_reports"],
+        "cloud_report_gaps": int(cloud1["report_gaps"] - cloud0["report_gaps"]),
         "sessions_lost": edge1["disconnects"] - edge0["disconnects"],
         "cloud_desired_sent": int(cloud1["desired_sent"] - cloud0["desired_sent"]),
         "cloud_desired_resent": int(cloud1["desired_resent"] - cloud0["desired_resent"]),
