@@ -362,7 +362,8 @@ def run_policy(policy: str, w: Workloads, usage: UsageModel, names: list[str], *
                start: np.ndarray, minutes: int, safety: float = SAFETY,
                overcommit: float = OVERCOMMIT, by_usage: bool = True,
                lifetime_margin: float | None = None,
-               watched_day: bool = True, requests_floor: bool = False) -> Result:
+               watched_day: bool = True, requests_floor: bool = False,
+               lifetime_within: bool = False) -> Result:
     n = len(names)
     res = Result(policy)
     use_forecast = policy != "requests"
@@ -374,7 +375,8 @@ def run_policy(policy: str, w: Workloads, usage: UsageModel, names: list[str], *
         sched = Scheduler.right_sizing(safety=safety, overcommit=overcommit,
                                        by_usage=by_usage, clock=lambda: sim_now[0],
                                        lifetime_margin=lifetime_margin,
-                                       requests_floor=requests_floor)
+                                       requests_floor=requests_floor,
+                                       lifetime_within=lifetime_within)
         if watched_day:
             seed_peaks(sched, w, usage, start, names)
     else:
@@ -518,7 +520,8 @@ def replay(nodes: int, hours: float, seed: int = 0,
            out=print, *, safety: float = SAFETY, overcommit: float = OVERCOMMIT,
            by_usage: bool = True, request_factor: float = 1.0,
            demand: float = TARGET_DEMAND, lifetime_margin: float | None = None,
-           watched_day: bool = True, requests_floor: bool = False) -> list[Result]:
+           watched_day: bool = True, requests_floor: bool = False,
+           lifetime_within: bool = False) -> list[Result]:
     minutes = WARMUP + round(hours * 60)
     rng = np.random.default_rng(seed)
     series, note = load_usage_series(minutes + HISTORY_DAY, rng)
@@ -537,7 +540,8 @@ def replay(nodes: int, hours: float, seed: int = 0,
         f"{safety:g}, overcommit {overcommit:g}{', by usage' if by_usage else ''}"
         f"{'' if lifetime_margin is None else f', lifetime margin {lifetime_margin:g}'}"
         f"{'' if lifetime_margin is None or watched_day else ' (no day watched)'}"
-        f"{', requests floor' if requests_floor else ''}; "
+        f"{', requests floor' if requests_floor else ''}"
+        f"{', bound within requests too' if lifetime_within else ''}; "
         f"{note}")
     out(f"workloads: {int((w.arrive == 0).sum())} initial ({int((start >= 0).sum())} placed), "
         f"{int((w.arrive > 0).sum())} arriving; requests/usage-p95-of-previous-day: "
@@ -550,7 +554,7 @@ def replay(nodes: int, hours: float, seed: int = 0,
         r = run_policy(policy, w, usage, names, start=start, minutes=minutes, safety=safety,
                        overcommit=overcommit, by_usage=by_usage,
                        lifetime_margin=lifetime_margin, watched_day=watched_day,
-                       requests_floor=requests_floor)
+                       requests_floor=requests_floor, lifetime_within=lifetime_within)
         r.ceiling = ceiling
         results.append(r)
         out(f"  {policy}: simulated in {time.perf_counter() - t1:.1f} s")
@@ -632,6 +636,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--requests-floor", action="store_true",
                     help="right-sizing: a trusted node takes every pod its requests admit; "
                          "the forecast decides only past its requests")
+    ap.add_argument("--lifetime-within", action="store_true",
+                    help="right-sizing: the lifetime bound refuses within the node's "
+                         "requests too (needs --lifetime-margin)")
     ap.add_argument("--policies", default="requests,forecast",
                     help=f"comma-separated, of {', '.join(POLICIES)}")
     args = ap.parse_args(argv)
@@ -651,13 +658,16 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit("--overcommit must be >= 0")
     if args.lifetime_margin is not None and not 0 <= args.lifetime_margin <= 0.5:
         sys.exit("--lifetime-margin must be within 0..0.5")
+    if args.lifetime_within and args.lifetime_margin is None:
+        sys.exit("--lifetime-within needs --lifetime-margin")
     runs = [replay(args.nodes, args.hours, s, policies, safety=args.safety,
                    overcommit=args.overcommit, by_usage=not args.whole_requests,
                    request_factor=args.request_factor,
                    demand=args.demand,
                    lifetime_margin=args.lifetime_margin,
                    watched_day=not args.no_watched_day,
-                   requests_floor=args.requests_floor)
+                   requests_floor=args.requests_floor,
+                   lifetime_within=args.lifetime_within)
             for s in range(args.seed, args.seed + args.seeds)]
     if len(runs) > 1:
         print(format_spread(runs))

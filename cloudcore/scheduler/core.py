@@ -310,6 +310,11 @@ class RightSizedCapacity:
     """A trusted node takes every pod whose requests fit its allocatable, as the
     requests mode would, whatever its p90; the forecast decides only past the requests
     (so right-sizing never refuses what requests would admit)."""
+    lifetime_within: bool = False
+    """The lifetime bound refuses within the node's requests too: a node whose pods were
+    seen using more than 1 - `lifetime_margin` of allocatable per their requests' worth
+    (peak share x requests) takes no more pods even while its requests fit (a node with
+    no peak known is admitted by requests there)."""
 
     def __call__(self, spec: PodSpec, req: dict[str, int], node: NodeView) -> str | None:
         if not trusted(node):
@@ -328,7 +333,7 @@ class RightSizedCapacity:
                         f"requests over {100 * (1.0 + self.overcommit):.0f}%)")
         if self.lifetime is not None:
             reason = lifetime_bound(req, node, self.lifetime, self.lifetime_margin,
-                                    self.clock())
+                                    self.clock(), within=self.lifetime_within)
             if reason is not None:
                 return reason
         return _over_p90(req, node, safety=self.safety, what="right-sized",
@@ -352,19 +357,21 @@ system's own use dominates the share)."""
 
 
 def lifetime_bound(req: dict[str, int], node: NodeView, peaks: PeakUsage, margin: float,
-                   now: float) -> str | None:
+                   now: float, *, within: bool = False) -> str | None:
     """Records the node's current share of its requests in `peaks` and returns why the
     pod would take it past its lifetime bound, or None (see `RightSizedCapacity`).
     Share = the forecast's p50 peak (what the node uses, system included) x allocatable
     / the requests the forecast has seen. Past its requests (for cpu and memory) a node
     takes the pod only while peak share x (requested + the pod's request) <= (1 -
     margin) x allocatable; within its requests the bound does not refuse (the p90
-    check still applies); with no peak known, not past its requests at all."""
+    check still applies) unless `within` (then the bound applies there too, and a node
+    with no peak known is admitted by requests); with no peak known, not past its
+    requests at all."""
     alloc_c, alloc_m = node.allocatable.get("cpu"), node.allocatable.get("memory")
-    within = ((not alloc_c or node.requested.get("cpu", 0) + req.get("cpu", 0) <= alloc_c)
+    inside = ((not alloc_c or node.requested.get("cpu", 0) + req.get("cpu", 0) <= alloc_c)
               and (not alloc_m
                    or node.requested.get("memory", 0) + req.get("memory", 0) <= alloc_m))
-    if within and peaks.recent(node.name, now, LOOK_AGAIN_AFTER):
+    if inside and not within and peaks.recent(node.name, now, LOOK_AGAIN_AFTER):
         return None  # fast path: nothing to refuse, nothing new to learn
     peaks.looked_at(node.name, now)
     fc = node.forecast or {}
@@ -381,7 +388,7 @@ def lifetime_bound(req: dict[str, int], node: NodeView, peaks: PeakUsage, margin
         else:
             peak = peaks.peak(node.name, res)
         after = requested + req.get(res, 0)
-        if after <= alloc:
+        if after <= alloc and (not within or peak is None):
             continue
         short = "cpu" if res == "cpu" else "mem"
         if peak is None:
@@ -540,7 +547,8 @@ class Scheduler:
                      scorers: Sequence[Scorer] = DEFAULT_SCORERS,
                      lifetime_margin: float | None = None,
                      lifetime_half_life: float = DEFAULT_PEAK_HALF_LIFE,
-                     requests_floor: bool = False) -> Scheduler:
+                     requests_floor: bool = False,
+                     lifetime_within: bool = False) -> Scheduler:
         """A scheduler in right-sizing mode (module doc); `safety` in 0..0.5,
         `overcommit` >= 0 (math.inf: requests do not bound a trusted node), `by_usage`
         as in `RightSizedCapacity`. The defaults (cap 30 %, pods counted by usage) were
@@ -562,7 +570,8 @@ class Scheduler:
         rsc = RightSizedCapacity(safety, overcommit, by_usage, lifetime=peaks,
                                  lifetime_margin=0.0 if lifetime_margin is None
                                  else lifetime_margin, clock=clock,
-                                 requests_floor=requests_floor)
+                                 requests_floor=requests_floor,
+                                 lifetime_within=lifetime_within)
         filters = tuple(rsc if isinstance(f, RightSizedCapacity) else f
                         for f in RIGHT_SIZING_FILTERS)
         return cls(filters=filters, scorers=scorers, clock=clock)

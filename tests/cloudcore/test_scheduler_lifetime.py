@@ -123,3 +123,26 @@ def test_nodes_without_a_forecast_are_forgotten_by_the_bound() -> None:
     assert len(rs.peaks) == 2 and rs.peaks.peak("b", "memory") is not None
     rs.forecast_made({"a": 0.0})  # b left the fleet
     assert rs.peaks.peak("a", "cpu") == pytest.approx(0.8) and rs.peaks.peak("b", "cpu") is None
+
+
+def test_the_bound_within_requests_refuses_a_node_whose_pods_ran_hot() -> None:
+    """`lifetime_within`: a node whose pods were seen using 95 % of their requests is
+    refused a pod that still fits its requests, once peak share x requests passes
+    1 - margin; a node that ran cool is not, and a node never seen goes by requests."""
+    now = [0.0]
+    within = Scheduler.right_sizing(safety=0.0, overcommit=0.0, clock=lambda: now[0],
+                                    lifetime_margin=0.1, lifetime_within=True)
+    plain = Scheduler.right_sizing(safety=0.0, overcommit=0.0, clock=lambda: now[0],
+                                   lifetime_margin=0.1)
+    pod = _pod(400)
+    # 2 cpu requested, its pods used 1.9 of them at their peak (p50 47.5 % of 4 cpu)
+    for sched in (within, plain):
+        sched.check(pod, _node(2000, 0.475))
+    now[0] += 3600
+    quiet = _node(3600, 0.45)  # an hour later: 3.6 cpu requested, p50 45 % (share 50 %)
+    assert plain.check(pod, quiet) is None  # within requests: the bound does not refuse
+    reason = within.check(pod, quiet)  # 4 cpu x ~94 % (barely decayed) > 90 % of 4
+    assert reason is not None and reason.startswith("right-sized over lifetime bound (cpu")
+    assert within.check(_pod(400), _node(2000, 0.3, name="cool")) is None  # share 60 %
+    # never observed with enough requested: no peak, so requests decide
+    assert within.check(_pod(400), _node(300, 0.5, name="new")) is None

@@ -67,6 +67,8 @@ def test_right_sizing_options_are_checked_on_the_command_line() -> None:
         replay.main(["--nodes", "5", "--hours", "0.1", "--safety", "0.9"])
     with pytest.raises(SystemExit, match="lifetime-margin"):
         replay.main(["--nodes", "5", "--hours", "0.1", "--lifetime-margin", "0.9"])
+    with pytest.raises(SystemExit, match="lifetime-within needs --lifetime-margin"):
+        replay.main(["--nodes", "5", "--hours", "0.1", "--lifetime-within"])
 
 
 def test_the_watched_day_seeds_peaks_from_before_the_replay_only() -> None:
@@ -110,6 +112,11 @@ def test_right_sizing_with_the_lifetime_bound_runs_and_says_so() -> None:
                           safety=0.05, overcommit=float("inf"))
     assert rs.placed > 0 and rs.forecast_ms > 0
     assert "lifetime margin 0.1" in lines[0] and "no day watched" not in lines[0]
+    lines.clear()
+    (within,) = replay.replay(30, 0.5, seed=3, policies=("right-sizing",), out=lines.append,
+                              lifetime_margin=0.1, lifetime_within=True, safety=0.0,
+                              overcommit=0.1)
+    assert within.placed > 0 and "bound within requests too" in lines[0]
 
 
 def test_refusal_kinds_count_nodes_per_reason_without_its_numbers() -> None:
