@@ -245,6 +245,13 @@ class Member:
         greater one than any of an earlier holder (`cloudcore.cluster.bindings`)."""
         return self._global.revision if self._global is not None else None
 
+    def partition_revision(self, p: int) -> int | None:
+        """The revision of partition `p`'s lease key this member last wrote (None: it
+        does not hold it): the partition's fencing token, as `global_revision` is the
+        global lease's (`cloudcore.cluster.forecasts`)."""
+        h = self._owned.get(p)
+        return h.revision if h is not None else None
+
     def partition_holder(self, p: int) -> str | None:
         """The member holding partition `p` as this member sees it: the lease key is
         held and was renewed within `expiry` (its holder is alive); None while it is

@@ -23,9 +23,11 @@ runs it in its task group (`cloudcore[NAME].cluster`). The shard:
   NotReady deadline counted from that last_seen), so a takeover within the heartbeat
   window flaps no node to NotReady. Wall clocks of the shards are compared here (NTP);
   a node not in the summary starts `Unknown` with a full window, as after a restart;
-- runs the global work only while it holds the `global` lease: the forecaster's task
-  and the part of the liveness tick that moves rollouts, agent upgrades and evictions
-  (`GatedNodes.expire`); on `global_lost` they stop before the lease is released.
+- runs the global work only while it holds the `global` lease: the part of the
+  liveness tick that moves rollouts, agent upgrades and evictions
+  (`GatedNodes.expire`); on `global_lost` they stop before the lease is released. The
+  forecaster runs on every shard, over its own nodes, and the shards share their
+  partitions' forecasts (`cloudcore.cluster.forecasts`, fenced by `partition_fence`).
 
 Deployment and bare Pod placement behind the global lease is
 `cloudcore.cluster.bindings` (told of lease changes through `on_global`), staged
@@ -113,6 +115,17 @@ class Shard:
         """The global lease's fencing token while this shard holds it
         (`Member.global_revision`)."""
         return self.member.global_revision if self.member is not None else None
+
+    def partition_fence(self, partition: int) -> int | None:
+        """Partition `partition`'s lease revision while this shard holds it (its fencing
+        token, `Member.partition_revision`; `cloudcore.cluster.forecasts`)."""
+        if partition not in self.owned or self.member is None:
+            return None
+        return self.member.partition_revision(partition)
+
+    def instance(self) -> str | None:
+        """This process's member instance (None before it joined)."""
+        return self.member.instance if self.member is not None else None
 
     def owns(self, partition: int) -> bool:
         return partition in self.owned

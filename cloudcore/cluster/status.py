@@ -315,13 +315,14 @@ class NodeStatuses:
 async def run_shared(kv_settings: Any, objects: Any, statuses: NodeStatuses, *,
                      status_bucket: str, replicas: int = 1, bindings: Any = None,
                      brokermap: Any = None, identities: Any = None,
-                     rollouts: Any = None, upgrades: Any = None,
+                     rollouts: Any = None, upgrades: Any = None, forecasts: Any = None,
                      prefix: str = "edgefed") -> None:
     """A shard's shared state beside its leases, on its own NATS connection: the global
     objects replica (`cloudcore.cluster.objects.ClusterObjects`), the node status
     summaries, the pod bindings (`cloudcore.cluster.bindings`), the rollout steps
     (`cloudcore.cluster.rollouts`), the agent upgrade batches
-    (`cloudcore.cluster.upgrades`), the broker map
+    (`cloudcore.cluster.upgrades`), the shared node forecasts
+    (`cloudcore.cluster.forecasts`), the broker map
     (`cloudcore.cluster.brokermap`) and the shards' broker users
     (`cloudcore.cluster.identities`), until cancelled."""
     async with KV(kv_settings) as kv, asyncio.TaskGroup() as tg:
@@ -335,6 +336,9 @@ async def run_shared(kv_settings: Any, objects: Any, statuses: NodeStatuses, *,
         if upgrades is not None:
             tg.create_task(upgrades.run(kv, prefix=prefix, replicas=replicas),
                            name=f"cloudcore[{statuses.shard}].upgrades")
+        if forecasts is not None:
+            tg.create_task(forecasts.run(kv, prefix=prefix, replicas=replicas),
+                           name=f"cloudcore[{statuses.shard}].forecasts")
         if brokermap is not None:
             tg.create_task(brokermap.run(kv, prefix=prefix, replicas=replicas),
                            name=f"cloudcore[{statuses.shard}].brokermap")

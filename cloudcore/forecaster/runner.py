@@ -10,6 +10,12 @@ admits by forecast only on trusted nodes). Before that, `origins` (the scheduler
 seconds, of the newest minute the node reported, so placements made since still
 count against the node. `run()` is the `cloudcore.forecaster` task.
 
+`exchange` (shards only: `cloudcore.cluster.forecasts.SharedForecasts.exchange`) sees
+each tick's results and origins first and returns what is applied and what the
+scheduler learns: the forecasts of the nodes the shard owns (the others' histories here
+are left over from partitions it gave up), and the origins of those nodes plus of every
+other shard's node whose forecast it shares.
+
 Online learning: each tick also cuts the learner's examples at that minute
 (`Forecaster.training_sample`, a copy of at most `online.sample_nodes` windows, made
 on the event loop so it never races `observe`); `run()` then hands them to a worker
@@ -35,6 +41,7 @@ from cloudcore.forecaster.online import OnlineSettings, Sample
 log = logging.getLogger("cloudcore.forecaster")
 
 Results = dict[str, dict[str, float]]
+Origins = dict[str, float]
 
 
 class ForecastRunner:
@@ -43,12 +50,15 @@ class ForecastRunner:
                  known: Callable[[], Container[str]] = lambda: (),
                  clock: Callable[[], float] = time.time,
                  origins: Callable[[dict[str, float]], None] | None = None,
-                 online: OnlineSettings | None = None) -> None:
+                 online: OnlineSettings | None = None,
+                 exchange: Callable[[Results, Origins], tuple[Results, Origins]] | None = None
+                 ) -> None:
         self.forecaster = Forecaster(model_path, capacity_nodes=capacity_nodes, online=online)
         self._pending: Sample | None = None
         self.learn_failures = 0
         self.apply = apply
         self.origins = origins
+        self.exchange = exchange
         self.known = known
         self.clock = clock
         self.rejected = 0  # points refused because the forecaster is full
@@ -64,7 +74,8 @@ class ForecastRunner:
                 log.warning("forecaster full, nodes beyond it get no forecast: %s", exc)
 
     def tick(self, *, now_minute: int | None = None) -> Results:
-        """One batched forecast; forgets nodes no longer in the fleet."""
+        """One batched forecast; forgets nodes no longer in the fleet. Returns the
+        forecasts applied (with `exchange`: this shard's nodes' only)."""
         fc = self.forecaster.predict(now_minute=now_minute)
         known = self.known()
         p50 = fc.p50.max(axis=2)  # [n, 2] peak over the horizon
@@ -85,6 +96,8 @@ class ForecastRunner:
             origin[name] = float(newest[i])
         for name in gone:
             self.forecaster.remove(name)
+        if self.exchange is not None:
+            out, origin = self.exchange(out, origin)
         if self.origins is not None:
             self.origins(origin)
         self.apply(out)
