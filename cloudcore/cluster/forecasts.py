@@ -186,8 +186,9 @@ class SharedForecasts:
         self.wall = wall
         self.bucket: Bucket | None = None
         self._pcache: dict[str, int] = {}
-        self._out: dict[int, tuple[bytes, bool]] = {}
-        """partition -> this tick's value, not written yet, and whether it has nodes."""
+        self._out: dict[int, tuple[int, float, Results, dict[str, float]]] = {}
+        """partition -> this tick's (token, wall time, forecasts, origins), not written
+        yet (encoded by the writer, a partition between two yields)."""
         self._nonempty: set[int] = set()
         """Partitions whose last value written had nodes."""
         self._local: set[str] = set()
@@ -223,21 +224,21 @@ class SharedForecasts:
         every other shard's node shown here); queues one value per held partition for
         the writer and wakes the applier (other shards' values)."""
         by_part: dict[int, Results] = {}
+        mine: Results = {}
         for name, fc in results.items():
             p = self.partition_of(name)
             if self.owns(p):
-                by_part.setdefault(p, {})[name] = fc
-        mine: Results = {}
-        for part in by_part.values():
-            mine.update(part)
-        now, instance = self.wall(), self.instance() or ""
-        for p in sorted(set(by_part) | self._nonempty):
+                part = by_part.get(p)
+                if part is None:
+                    part = by_part[p] = {}
+                part[name] = mine[name] = fc
+        now = self.wall()
+        for p in set(by_part) | self._nonempty:
             token = self.fence(p)
             if token is None:
                 continue  # no longer held: never write without the token
             part = by_part.get(p, {})
-            self._out[p] = (encode(shard=self.shard, instance=instance, fence=token, at=now,
-                                   results=part, origins=origins), bool(part))
+            self._out[p] = (token, now, part, {n: origins.get(n, 0.0) for n in part})
         # own nodes that lost their forecast here (partition given up, history gone)
         dropped = [n for n in self._local if n not in mine]
         self._local = set(mine)
@@ -262,7 +263,8 @@ class SharedForecasts:
             watch = await self.bucket.watch("fc.>")
             try:
                 async for e in watch:
-                    self.take(e)
+                    self.take(e)  # a partition's value decoded between two yields
+                    await asyncio.sleep(0)
             finally:
                 await watch.stop()
 
@@ -273,20 +275,27 @@ class SharedForecasts:
             await self.write_pending()
 
     async def write_pending(self) -> int:
-        """Write the values the last tick made (each partition still held); what NATS
+        """Write the values of the last tick (each partition still held; encoded a
+        partition between two yields, then written all in flight together); what NATS
         refused is dropped: the next tick writes newer ones. Returns values written."""
         assert self.bucket is not None
         out, self._out = self._out, {}
-        parts = [p for p in sorted(out) if self.owns(p)]
-        if not parts:
+        instance = self.instance() or ""
+        items: list[tuple[int, bytes, bool]] = []
+        for p in sorted(out):
+            token, at, part, origins = out[p]
+            items.append((p, encode(shard=self.shard, instance=instance, fence=token, at=at,
+                                    results=part, origins=origins), bool(part)))
+            await asyncio.sleep(0)
+        items = [x for x in items if self.owns(x[0])]  # not a partition lost meanwhile
+        if not items:
             return 0
-        failed = set(await put_all(self.bucket, [(key_of(p), out[p][0]) for p in parts],
+        failed = set(await put_all(self.bucket, [(key_of(p), v) for p, v, _ in items],
                                    log=log, what="partition forecasts", shard=self.shard))
         done = 0
-        for i, p in enumerate(parts):
+        for i, (p, value, has_nodes) in enumerate(items):
             if i in failed:
                 continue
-            value, has_nodes = out[p]
             done += 1
             self.bytes_written += len(value)
             if has_nodes:
