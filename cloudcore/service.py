@@ -18,8 +18,9 @@ asyncio.TaskGroup of named tasks until cancelled:
     cloudcore.api                 uvicorn serving the FastAPI app (HTTPS by default)
     cloudcore[S].cluster          with --shard S only: NATS KV, the partition and global
                                   leases and what the shard does with them
-                                  (cloudcore.cluster.shard; the forecaster then runs only
-                                  while S holds the global lease)
+                                  (cloudcore.cluster.shard; the forecaster then
+                                  forecasts S's own nodes and the shards share their
+                                  forecasts through KV: cloudcore.cluster.forecasts)
 
 Before the store opens, the fleet CA is loaded or made (`STATE/pki`, cloudcore.auth.pki)
 and the API's certificate issued; with `--insecure` the API serves plain HTTP, without
@@ -64,6 +65,7 @@ from cloudcore.auth.pki import RENEW_BEFORE, FleetCA, api_hosts, not_after
 from cloudcore.auth.secrets import mosquitto_hash
 from cloudcore.cluster.bindings import Bindings
 from cloudcore.cluster.brokermap import SharedBrokerMap
+from cloudcore.cluster.forecasts import SharedForecasts
 from cloudcore.cluster.identities import BrokerIdentities
 from cloudcore.cluster.kv import KV, KVSettings
 from cloudcore.cluster.leases import LeaseSettings
@@ -219,6 +221,7 @@ async def run(settings: Settings, *,
         batches: SharedBatches | None = None
         shared_map: SharedBrokerMap | None = None
         identities: BrokerIdentities | None = None
+        forecasts: SharedForecasts | None = None
         if shard is not None:
             c = settings.cluster
             replica = ClusterObjects(fleet, shard=shard.name, prefix=c.bucket_prefix,
@@ -240,6 +243,13 @@ async def run(settings: Settings, *,
                                     and shard.holds_global, fence=shard.global_fence)
             shard.on_global.append(batches.global_changed)
             shared_map = SharedBrokerMap(tier, shard=shard.name)  # the map through KV
+            if forecaster is not None:  # each shard forecasts its own nodes; shared in KV
+                forecasts = SharedForecasts(fleet, shard=shard.name, owns=shard.owns,
+                                            holder=shard.partition_holder,
+                                            fence=shard.partition_fence,
+                                            instance=shard.instance,
+                                            interval=settings.forecast.interval)
+                forecaster.exchange = forecasts.exchange
 
             def others_changed(users: dict[str, str | None]) -> None:
                 service_users.others = users
@@ -282,10 +292,7 @@ async def run(settings: Settings, *,
             if api_tls is not None:
                 tg.create_task(_renew_api_cert(settings, ca, server),
                                name="cloudcore.auth.api-cert")
-            if forecaster is not None and shard is not None:  # only with the global lease
-                shard.gated("cloudcore.forecaster",
-                            lambda: forecaster.run(settings.forecast.interval))
-            elif forecaster is not None:
+            if forecaster is not None:  # a shard's own nodes (cloudcore.cluster.forecasts)
                 tg.create_task(forecaster.run(settings.forecast.interval),
                                name="cloudcore.forecaster")
             if shard is not None and kv_settings is not None:
@@ -296,7 +303,7 @@ async def run(settings: Settings, *,
                     kv_settings, replica, statuses, replicas=settings.cluster.replicas,
                     status_bucket=status_bucket(settings.cluster.bucket_prefix),
                     bindings=bindings, brokermap=shared_map, identities=identities,
-                    rollouts=steps, upgrades=batches,
+                    rollouts=steps, upgrades=batches, forecasts=forecasts,
                     prefix=settings.cluster.bucket_prefix),
                     name=f"cloudcore[{statuses.shard}].shared")
             sock = _bind(settings.http.host, settings.http.port)
@@ -363,9 +370,12 @@ class BrokerLinks:
         def on_connected(up: bool) -> None:
             self._up[name] = up
 
+        def on_back(deaf_s: float, lost: bool) -> None:
+            self._hub.broker_back(name, deaf_s, lost)
+
         self._subs[name] = Subscriber(m, handler=self._hub.handler_for(name),
-                                      on_connected=on_connected, tls=tls.get("sub"),
-                                      filters=self.filters)
+                                      on_connected=on_connected, on_back=on_back,
+                                      tls=tls.get("sub"), filters=self.filters)
         self._pubs[name] = [Publisher(m, index=i, tls=tls.get(f"pub{i}"))
                             for i in range(m.publishers)]
         self._up[name] = False

@@ -242,7 +242,8 @@ def _cloud_counts(sf: SimFleet) -> dict[str, float]:
             "desired_snapshots": _sum(m, "cloudcore_desired_snapshots_total"),
             "resyncs_in": _sum(m, "cloudcore_messages_in_total", 'type="resync"'),
             "acks_in": _sum(m, "cloudcore_messages_in_total", 'type="ack"'),
-            "report_gaps": _sum(m, "cloudcore_report_gaps_total")}
+            "report_gaps": _sum(m, "cloudcore_report_gaps_total"),
+            "report_probes": _sum(m, "cloudcore_report_probes_total")}
 
 
 def storm(sf: SimFleet, *, down_s: float, timeout: float,
@@ -345,6 +346,9 @@ def storm(sf: SimFleet, *, down_s: float, timeout: float,
         "edge_report_again": edge1["report_again"] - edge0["report_again"],
         "edge_full_reports_sent": edge1["full_reports"] - edge0["full_reports"],
         "cloud_report_gaps": int(cloud1["report_gaps"] - cloud0["report_gaps"]),
+        # nodes not heard shortly after their broker came back without the cloud's
+        # session (their resync went to nobody), asked for everything
+        "cloud_report_probes": int(cloud1["report_probes"] - cloud0["report_probes"]),
         "sessions_lost": edge1["disconnects"] - edge0["disconnects"],
         "cloud_desired_sent": int(cloud1["desired_sent"] - cloud0["desired_sent"]),
         "cloud_desired_resent": int(cloud1["desired_resent"] - cloud0["desired_resent"]),

@@ -8,6 +8,7 @@ clock. Deadlines live in a heap with lazy invalidation, so checking a fleet of
 from __future__ import annotations
 
 import heapq
+from collections.abc import Iterable
 
 
 class Liveness:
@@ -35,6 +36,28 @@ class Liveness:
 
     def heard(self, node: str, now: float) -> None:
         self._arm(node, now + self.window(node))
+
+    def deaf(self, nodes: Iterable[str], now: float, *, deaf_s: float, lost: bool) -> int:
+        """The cloud could not hear `nodes` for `deaf_s` seconds up to `now` (its
+        subscriber's connection to their broker was down): silence then is no evidence.
+        Each deadline moves `deaf_s` later; if what they sent meanwhile is gone and their
+        sessions with it (`lost`: a broker restarted empty), their clocks start again at
+        `now`, as at service start (`start`), since they must reconnect before they can
+        be heard. Nodes already expired stay so until heard. Returns how many moved."""
+        moved = 0
+        for node in nodes:
+            when = self._deadline.get(node)
+            if when is None:
+                continue
+            new = max(when + deaf_s, now + self.window(node)) if lost else when + deaf_s
+            if new > when:
+                self._arm(node, new)
+                moved += 1
+        return moved
+
+    def tracked(self) -> list[str]:
+        """Nodes with a live deadline (not expired since last heard)."""
+        return list(self._deadline)
 
     def forget(self, node: str) -> None:
         self._deadline.pop(node, None)

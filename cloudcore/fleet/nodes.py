@@ -506,6 +506,13 @@ class Nodes:
         """Any valid message from the node restarts its liveness clock (monotonic `now`)."""
         self.liveness.heard(name, now)
 
+    def deaf(self, select: Callable[[str], bool], now: float, *, deaf_s: float,
+             lost: bool) -> int:
+        """The cloud could not hear the nodes `select` picks for `deaf_s` s up to `now`
+        (`Liveness.deaf`); returns how many deadlines moved."""
+        return self.liveness.deaf([n for n in self.liveness.tracked() if select(n)], now,
+                                  deaf_s=deaf_s, lost=lost)
+
     def mark_ready(self, name: str) -> bool:
         """A report arrived: the node is Ready and last_seen is now (wall clock).
         True if it was not Ready before."""

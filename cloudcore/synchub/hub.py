@@ -114,6 +114,11 @@ UNDELIVERABLE = "cloudcore_desired_undeliverable_total"
 LABELS_REFUSED = "cloudcore_node_labels_refused_total"
 UNSENT = "cloudcore_messages_unsent_total"
 REPORT_GAPS = "cloudcore_report_gaps_total"
+REPORT_PROBES = "cloudcore_report_probes_total"
+PROBE_AFTER_S = 2.0
+"""After a broker that lost our session is subscribed again, how long the hub listens
+before it asks the nodes there that said nothing for their whole status (`broker_back`)."""
+PROBE_SLICE = 1000
 _SECRET_PREFIX = SECRET + "/"
 _DOWN = slice(-64, -32)  # of a cached `raw || k_down || k_up` (`SyncHub._keys_of`)
 _UP = slice(-32, None)
@@ -211,7 +216,11 @@ class SyncHub:
                                  "node has no key, e.g. revoked).")
         metrics.describe(REPORT_GAPS, "Reports that came after a gap in the node's report "
                                       "seqs; each asked the node to report everything again.")
+        metrics.describe(REPORT_PROBES, "Nodes asked for their whole status after the "
+                                        "broker they are on came back without our session.")
         self._again: set[str] = set()  # nodes whose next ReportAck asks for a full report
+        self._listening: list[set[str]] = []  # nodes heard since a broker came back
+        self._probes: set[asyncio.Task[int]] = set()
         self._gaps_unlogged = 0
         self._gaps_logged_at = -1e18
         desired.add_listener(self.desired_changed)
@@ -303,6 +312,11 @@ class SyncHub:
             return
         if broker is not None:
             self.routes.heard(node, broker)
+        if self._listening and isinstance(msg, Report | Resync):
+            # its resync (then its outbox) or a report: what it sent before is known to
+            # us or shows as a gap; an ack alone says nothing of its reports
+            for heard in self._listening:
+                heard.add(node)
         if isinstance(msg, Report):
             self._on_report(node, msg)
         elif isinstance(msg, Ack):
@@ -795,6 +809,60 @@ class SyncHub:
                 self._set_inflight(old, None)
             self._links[node] = _Link(epoch=None, epoch_known=True)
             self._lazy.pop(node, None)
+
+    def broker_back(self, broker: str, deaf_s: float, lost: bool) -> int:
+        """Our subscriber on `broker` is subscribed again after `deaf_s` s without it:
+        the nodes we reach there were not heard meanwhile, which says nothing about them,
+        so their liveness deadlines move (`Liveness.deaf`: by `deaf_s`, or, when what
+        they published is `lost` with their sessions, to a full window from now, as at
+        our own start). A broker restart thus flaps no node NotReady that reconnects
+        within its window. Returns how many deadlines moved."""
+        routes = self.routes
+
+        def on_it(node: str) -> bool:
+            return routes.broker_for(node, topics.partition_of(node)) == broker
+
+        moved = self.nodes.deaf(on_it, self.clock(), deaf_s=deaf_s, lost=lost)
+        log.info("broker %s: subscribed again after %.1f s%s; %d node(s) given that time "
+                 "before they count as silent", broker, deaf_s,
+                 " (its sessions and their messages lost)" if lost else "", moved)
+        if lost:
+            # A node that reconnected before we subscribed again sent its resync and
+            # reports to nobody, and says nothing more until its next report: ask the
+            # ones not heard from shortly after our return for everything.
+            heard: set[str] = set()
+            self._listening.append(heard)
+            loop = asyncio.get_running_loop()
+            loop.call_later(PROBE_AFTER_S, lambda: self._spawn_probe(on_it, heard, broker))
+        return moved
+
+    def _spawn_probe(self, on_it: Callable[[str], bool], heard: set[str], broker: str) -> None:
+        self._listening.remove(heard)
+        task = asyncio.get_running_loop().create_task(
+            self._probe(on_it, heard, broker), name=f"cloudcore.synchub.probe[{broker}]")
+        self._probes.add(task)
+        task.add_done_callback(self._probes.discard)
+
+    async def _probe(self, on_it: Callable[[str], bool], heard: set[str], broker: str) -> int:
+        """Ask each node on `broker` that reported before but was not heard since our
+        return for its whole status (`ReportAck.again` with its last seq: it trims
+        nothing new and answers with one `full` report). A node not connected yet does
+        not get it (its session is gone) and is heard when its own resync arrives."""
+        asked = 0
+        for i, (node, seq) in enumerate(list(self.desired.report_seqs.items()), 1):
+            if i % PROBE_SLICE == 0:
+                await asyncio.sleep(0)
+            if seq < 1 or node in heard or not on_it(node) or not self.nodes.known(node):
+                continue
+            if self.owns is not None and not self.owns(topics.partition_of(node)):
+                continue
+            self._again.add(node)
+            self._ack_report(node, self.desired.report_seq(node))
+            asked += 1
+        self.metrics.inc(REPORT_PROBES, asked)
+        log.info("broker %s: asked %d node(s) not heard since it came back for their "
+                 "whole status", broker, asked)
+        return asked
 
     def drop_links(self, nodes: list[str]) -> None:
         """A shard lost these nodes: no retries, no waiting acks, no route for them."""

@@ -114,16 +114,24 @@ class Subscriber:
 
     def __init__(self, settings: MqttSettings, *, handler: Handler,
                  on_connected: Callable[[bool], None] | None = None,
+                 on_back: Callable[[float, bool], None] | None = None,
                  tls: ssl.SSLContext | None = None,
                  filters: Callable[[], list[str]] | None = None) -> None:
         """With `filters` (a shard, proposal 0008) the subscriber subscribes only what
         `filters()` names at each connect, with a clean session (a partition that moved
         away while it was down must not stay subscribed in the broker), and `add` /
         `remove` change the subscriptions of the live connection; without, every
-        partition's filters with a kept session (the embedded mode)."""
+        partition's filters with a kept session (the embedded mode).
+
+        `on_back(deaf_s, lost)` is called when the subscriber is subscribed again after
+        a connection it had was lost: `deaf_s` seconds since that loss, `lost` whether
+        what the edges published meanwhile is gone (the broker did not keep our session,
+        or it is a clean one) rather than queued for us. Not on the first connect."""
         self._settings = settings
         self._handler = handler
         self._on_connected = on_connected or (lambda _up: None)
+        self._on_back = on_back or (lambda _deaf, _lost: None)
+        self._down_at: float | None = None  # loop time the last connection was lost
         self._tls = tls
         self._filters = filters
         self._conn: wire.Connection | None = None
@@ -200,7 +208,14 @@ class Subscriber:
                     await conn.subscribe(wanted)
             log.info("subscriber connected to %s:%d", s.host, s.port)
             self._on_connected(True)
-            await conn.keepalive(s.keepalive)
+            loop = asyncio.get_running_loop()
+            if self._down_at is not None:
+                deaf, self._down_at = loop.time() - self._down_at, None
+                self._on_back(deaf, self._filters is not None or not present)
+            try:
+                await conn.keepalive(s.keepalive)
+            finally:
+                self._down_at = loop.time()
         except (wire.ConnectionLost, OSError) as exc:  # OSError: ssl.SSLError, refused
             raise BrokerUnavailable(f"broker {s.host}:{s.port}: {exc}",
                                     delay=s.reconnect_base) from exc

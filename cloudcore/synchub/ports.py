@@ -15,7 +15,7 @@ parsing the topic again.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from shared.delta import NodeDesired
@@ -60,6 +60,12 @@ class NodeSink(Protocol):
         """Any valid message: the node's liveness clock restarts (monotonic `now`)."""
         ...
 
+    def deaf(self, select: Callable[[str], bool], now: float, *, deaf_s: float,
+             lost: bool) -> int:
+        """The cloud could not hear the nodes `select` picks for `deaf_s` s up to `now`:
+        their liveness deadlines move (`cloudcore.fleet.lifecycle.Liveness.deaf`)."""
+        ...
+
     def mark_ready(self, name: str) -> None:
         """A report arrived: Ready, last seen now."""
         ...
@@ -89,6 +95,11 @@ class DesiredSource(Protocol):
     def record_ack(self, name: str, epoch: str, gen: int) -> bool: ...
 
     def restart_epoch(self, name: str, epoch: str, *, why: str) -> NodeDesired: ...
+
+    @property
+    def report_seqs(self) -> Mapping[str, int]:
+        """Every node's highest processed report seq (nodes that reported)."""
+        ...
 
     def report_seq(self, name: str) -> int:
         """The highest report seq processed for the node (0: none)."""

@@ -1,0 +1,147 @@
+"""While cloudcore cannot listen to a broker, silence is no evidence (issue 14's storm).
+
+A node's liveness deadline is its last report plus 3 heartbeats. When the cloud's
+subscriber loses its broker (a broker restarted empty: the nodes' sessions are gone
+too, and they must reconnect), the nodes reached there get their deadlines moved
+(`Liveness.deaf`) once the subscriber is back, so a restart shorter than the window
+flaps no node NotReady while it reconnects; a node that stays silent still goes
+NotReady, a window after the broker's return.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+
+from cloudcore.config import Settings
+from cloudcore.fleet.lifecycle import Liveness
+from shared import topics
+from shared.codec import Report, encode
+from testbed.broker import Mosquitto
+
+
+def test_deaf_moves_live_deadlines_only() -> None:
+    lv = Liveness(default_heartbeat=60.0, missed=3, now=0.0)
+    lv.heard("a", 0.0)  # due at 180
+    lv.heard("b", 100.0)  # due at 280
+    lv.heard("c", -500.0)
+    assert lv.expired(1.0) == ["c"]  # already NotReady: stays so until heard
+    assert lv.deaf(["a", "b", "c"], 150.0, deaf_s=20.0, lost=False) == 2
+    assert lv.expired(199.9) == []
+    assert lv.expired(200.0) == ["a"]  # 180 + 20 s deaf
+    assert lv.expired(299.9) == [] and lv.expired(300.0) == ["b"]
+    # sessions lost with the broker: a whole window from the return, as at start
+    lv.heard("a", 0.0)
+    lv.heard("b", 140.0)  # due at 320, later than 150 + 20 + ... keeps the later one
+    assert lv.deaf(["a", "b"], 150.0, deaf_s=20.0, lost=True) == 2
+    assert lv.expired(329.9) == []
+    assert sorted(lv.expired(340.0)) == ["a", "b"]  # a: 150 + 180; b: 320 + 20
+    assert lv.tracked() == []
+
+
+async def _report(port: int, node: str, heartbeat: float) -> None:
+    async with aiomqtt.Client("127.0.0.1", port, identifier=f"edge-{node}",
+                              clean_session=True) as c:
+        await c.publish(topics.topic(node, "up"),
+                        encode(Report(node=node, seq=1, node_status={"heartbeat": heartbeat})),
+                        qos=1)
+
+
+async def test_a_broker_restart_counts_nothing_against_its_nodes(
+        tmp_path: Path, settings: Settings, service_factory: Any) -> None:
+    with Mosquitto(workdir=tmp_path / "mq", insecure=True) as broker:
+        settings.mqtt.port = broker.port
+        run = await service_factory().start()
+        ops = run.fleet.node_ops
+
+        def ready() -> str:
+            return run.fleet.objects.nodes["e1"].status.ready
+
+        await _report(broker.port, "e1", 2.0)
+        async with asyncio.timeout(5):
+            while "e1" not in run.fleet.objects.nodes or ready() != "Ready":
+                await asyncio.sleep(0.02)
+        t0 = time.monotonic()
+        window = ops.liveness.window("e1")
+        assert window == 6.0
+        broker.kill()
+        broker.stop()
+        await asyncio.sleep(window / 2)
+        await asyncio.to_thread(broker.start)
+        # The subscriber is back within its reconnect cap (0.5 s); the node's old
+        # deadline (t0 + 6) passes, yet it is Ready: its clock restarted at the return.
+        await asyncio.sleep(t0 + window + 1.0 - time.monotonic())
+        assert ready() == "Ready"
+        # Silent still: NotReady a window after the broker came back, not never.
+        async with asyncio.timeout(window + 2.0):
+            while ready() != "NotReady":
+                await asyncio.sleep(0.05)
+        took = time.monotonic() - t0
+        assert took > window + 1.0
+
+
+async def test_nodes_not_heard_after_a_lost_session_are_asked_for_everything(
+        tmp_path: Path, settings: Settings, service_factory: Any) -> None:
+    """A node that reconnected before the cloud's subscriber did sent its resync into
+    the void. Shortly after the broker's return the hub asks every node there that it
+    has not heard since (and that reported before) for its whole status; a node heard
+    meanwhile is not asked."""
+    from cloudcore.synchub import hub as hub_module
+    from shared.codec import ReportAck, decode
+
+    with Mosquitto(workdir=tmp_path / "mq", insecure=True) as broker:
+        settings.mqtt.port = broker.port
+        run = await service_factory().start()
+        got: dict[str, list[ReportAck]] = {"quiet": [], "talker": []}
+
+        async def edge(node: str, ready: asyncio.Event, talk: asyncio.Event) -> None:
+            async with aiomqtt.Client("127.0.0.1", broker.port, identifier=f"edge-{node}",
+                                      clean_session=True) as c:
+                await c.subscribe(topics.topic(node, "down"), qos=1)
+                up = topics.topic(node, "up")
+                await c.publish(up, encode(Report(node=node, seq=1)), qos=1)
+                ready.set()
+
+                async def talker() -> None:
+                    await talk.wait()
+                    await c.publish(up, encode(Report(node=node, seq=2)), qos=1)
+
+                t = asyncio.create_task(talker())
+                try:
+                    async for m in c.messages:
+                        msg = decode(bytes(m.payload))  # type: ignore[arg-type]
+                        if isinstance(msg, ReportAck):
+                            got[node].append(msg)
+                finally:
+                    t.cancel()
+
+        ready = {n: asyncio.Event() for n in got}
+        talk = asyncio.Event()
+        never = asyncio.Event()
+        tasks = [asyncio.create_task(edge("quiet", ready["quiet"], never)),
+                 asyncio.create_task(edge("talker", ready["talker"], talk))]
+        try:
+            async with asyncio.timeout(10):
+                for n in got:
+                    await ready[n].wait()
+                while run.fleet.report_seq.get("quiet") != 1 or \
+                        run.fleet.report_seq.get("talker") != 1:
+                    await asyncio.sleep(0.02)
+            await asyncio.sleep(0.3)
+            for acks in got.values():
+                assert acks and not any(a.again for a in acks)
+            # as the subscriber does when it is back on a broker that lost its session
+            run.hub.broker_back("mq-0", 3.0, True)
+            talk.set()  # heard within the window: not asked
+            await asyncio.sleep(hub_module.PROBE_AFTER_S + 1.0)
+            assert [(a.seq, a.again) for a in got["quiet"] if a.again] == [(1, True)]
+            assert not any(a.again for a in got["talker"])
+            assert run.metrics.value(hub_module.REPORT_PROBES) == 1
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
