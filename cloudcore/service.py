@@ -370,8 +370,8 @@ class BrokerLinks:
         def on_connected(up: bool) -> None:
             self._up[name] = up
 
-        def on_back(deaf_s: float, lost: bool) -> None:
-            self._hub.broker_back(name, deaf_s, lost)
+        def on_back(deaf_s: float, lost: bool, restarted: bool) -> None:
+            self._hub.broker_back(name, deaf_s, lost, restarted=restarted)
 
         self._subs[name] = Subscriber(m, handler=self._hub.handler_for(name),
                                       on_connected=on_connected, on_back=on_back,

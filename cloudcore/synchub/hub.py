@@ -119,6 +119,9 @@ PROBE_AFTER_S = 2.0
 """After a broker that lost our session is subscribed again, how long the hub listens
 before it asks the nodes there that said nothing for their whole status (`broker_back`)."""
 PROBE_SLICE = 1000
+PROBE_MIN_INTERVAL_S = 60.0
+"""At most one probe round per broker in this time: a broker restarting in a loop does
+not make every node send its whole status each time."""
 _SECRET_PREFIX = SECRET + "/"
 _DOWN = slice(-64, -32)  # of a cached `raw || k_down || k_up` (`SyncHub._keys_of`)
 _UP = slice(-32, None)
@@ -221,6 +224,7 @@ class SyncHub:
         self._again: set[str] = set()  # nodes whose next ReportAck asks for a full report
         self._listening: list[set[str]] = []  # nodes heard since a broker came back
         self._probes: set[asyncio.Task[int]] = set()
+        self._probed_at: dict[str, float] = {}  # broker -> clock() of its last probe round
         self._gaps_unlogged = 0
         self._gaps_logged_at = -1e18
         desired.add_listener(self.desired_changed)
@@ -810,13 +814,19 @@ class SyncHub:
             self._links[node] = _Link(epoch=None, epoch_known=True)
             self._lazy.pop(node, None)
 
-    def broker_back(self, broker: str, deaf_s: float, lost: bool) -> int:
+    def broker_back(self, broker: str, deaf_s: float, lost: bool, *,
+                    restarted: bool = False) -> int:
         """Our subscriber on `broker` is subscribed again after `deaf_s` s without it:
         the nodes we reach there were not heard meanwhile, which says nothing about them,
         so their liveness deadlines move (`Liveness.deaf`: by `deaf_s`, or, when what
-        they published is `lost` with their sessions, to a full window from now, as at
-        our own start). A broker restart thus flaps no node NotReady that reconnects
-        within its window. Returns how many deadlines moved."""
+        they published is `lost`, to a full window from now, as at our own start). A
+        broker restart thus flaps no node NotReady that reconnects within its window.
+        If the broker `restarted` (it lost the session it kept for us), the nodes that
+        say nothing shortly after are asked for their whole status (`_probe`). Not for
+        a shard's clean session (`lost` but not known `restarted`): there most nodes kept
+        their sessions and lost nothing, and asking every one of them would load the
+        cloud right when it just lost a connection; what they did lose shows as a gap
+        at their next report. Returns how many deadlines moved."""
         routes = self.routes
 
         def on_it(node: str) -> bool:
@@ -826,7 +836,9 @@ class SyncHub:
         log.info("broker %s: subscribed again after %.1f s%s; %d node(s) given that time "
                  "before they count as silent", broker, deaf_s,
                  " (its sessions and their messages lost)" if lost else "", moved)
-        if lost:
+        now = self.clock()
+        if restarted and now - self._probed_at.get(broker, -1e18) >= PROBE_MIN_INTERVAL_S:
+            self._probed_at[broker] = now
             # A node that reconnected before we subscribed again sent its resync and
             # reports to nobody, and says nothing more until its next report: ask the
             # ones not heard from shortly after our return for everything.

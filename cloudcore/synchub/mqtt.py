@@ -114,7 +114,7 @@ class Subscriber:
 
     def __init__(self, settings: MqttSettings, *, handler: Handler,
                  on_connected: Callable[[bool], None] | None = None,
-                 on_back: Callable[[float, bool], None] | None = None,
+                 on_back: Callable[[float, bool, bool], None] | None = None,
                  tls: ssl.SSLContext | None = None,
                  filters: Callable[[], list[str]] | None = None) -> None:
         """With `filters` (a shard, proposal 0008) the subscriber subscribes only what
@@ -123,14 +123,16 @@ class Subscriber:
         `remove` change the subscriptions of the live connection; without, every
         partition's filters with a kept session (the embedded mode).
 
-        `on_back(deaf_s, lost)` is called when the subscriber is subscribed again after
-        a connection it had was lost: `deaf_s` seconds since that loss, `lost` whether
-        what the edges published meanwhile is gone (the broker did not keep our session,
-        or it is a clean one) rather than queued for us. Not on the first connect."""
+        `on_back(deaf_s, lost, restarted)` is called when the subscriber is subscribed
+        again after a connection it had was lost: `deaf_s` seconds since that loss, `lost`
+        whether what the edges published meanwhile is gone (the broker did not keep our
+        session, or it is a clean one) rather than queued for us, `restarted` whether the
+        broker is known to have restarted (it lost the session it kept for us, so the
+        edges' sessions are gone too). Not on the first connect."""
         self._settings = settings
         self._handler = handler
         self._on_connected = on_connected or (lambda _up: None)
-        self._on_back = on_back or (lambda _deaf, _lost: None)
+        self._on_back = on_back or (lambda _deaf, _lost, _restarted: None)
         self._down_at: float | None = None  # loop time the last connection was lost
         self._tls = tls
         self._filters = filters
@@ -211,7 +213,8 @@ class Subscriber:
             loop = asyncio.get_running_loop()
             if self._down_at is not None:
                 deaf, self._down_at = loop.time() - self._down_at, None
-                self._on_back(deaf, self._filters is not None or not present)
+                kept = self._filters is None
+                self._on_back(deaf, not kept or not present, kept and not present)
             try:
                 await conn.keepalive(s.keepalive)
             finally:

@@ -87,9 +87,10 @@ async def test_a_broker_restart_counts_nothing_against_its_nodes(
 async def test_nodes_not_heard_after_a_lost_session_are_asked_for_everything(
         tmp_path: Path, settings: Settings, service_factory: Any) -> None:
     """A node that reconnected before the cloud's subscriber did sent its resync into
-    the void. Shortly after the broker's return the hub asks every node there that it
-    has not heard since (and that reported before) for its whole status; a node heard
-    meanwhile is not asked."""
+    the void. Shortly after the return of a broker that restarted (it lost our kept
+    session) the hub asks every node there that it has not heard since (and that
+    reported before) for its whole status; a node heard meanwhile is not asked, and a
+    shard's clean session coming back asks nobody."""
     from cloudcore.synchub import hub as hub_module
     from shared.codec import ReportAck, decode
 
@@ -134,8 +135,12 @@ async def test_nodes_not_heard_after_a_lost_session_are_asked_for_everything(
             await asyncio.sleep(0.3)
             for acks in got.values():
                 assert acks and not any(a.again for a in acks)
+            # a shard's clean session back (the broker may not have restarted): no probe
+            run.hub.broker_back("mq-0", 3.0, True, restarted=False)
+            await asyncio.sleep(hub_module.PROBE_AFTER_S + 0.5)
+            assert not any(a.again for acks in got.values() for a in acks)
             # as the subscriber does when it is back on a broker that lost its session
-            run.hub.broker_back("mq-0", 3.0, True)
+            run.hub.broker_back("mq-0", 3.0, True, restarted=True)
             talk.set()  # heard within the window: not asked
             await asyncio.sleep(hub_module.PROBE_AFTER_S + 1.0)
             assert [(a.seq, a.again) for a in got["quiet"] if a.again] == [(1, True)]
