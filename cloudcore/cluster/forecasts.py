@@ -74,6 +74,8 @@ STALE_TICKS = 3
 """Forecast intervals after which a partition's value is no longer used."""
 APPLY_SLICE = 1
 """Partitions applied between two yields (about 400 nodes each at 100,000 nodes)."""
+GROUP_SLICE = 5_000
+"""Own nodes grouped by partition between two yields by the writer."""
 PEAKS = FORECAST_KEYS[:4]  # cpu_p50, cpu_p90, mem_p50, mem_p90
 assert FORECAST_KEYS[4] == "trusted"
 
@@ -186,9 +188,9 @@ class SharedForecasts:
         self.wall = wall
         self.bucket: Bucket | None = None
         self._pcache: dict[str, int] = {}
-        self._out: dict[int, tuple[int, float, Results, dict[str, float]]] = {}
-        """partition -> this tick's (token, wall time, forecasts, origins), not written
-        yet (encoded by the writer, a partition between two yields)."""
+        self._tick: tuple[float, Results, dict[str, float]] | None = None
+        """The last tick's (wall time, own forecasts, origins), not written yet (grouped
+        and encoded by the writer, in slices)."""
         self._nonempty: set[int] = set()
         """Partitions whose last value written had nodes."""
         self._local: set[str] = set()
@@ -223,31 +225,23 @@ class SharedForecasts:
         the partitions it holds) and the origins the scheduler learns (those nodes' and
         every other shard's node shown here); queues one value per held partition for
         the writer and wakes the applier (other shards' values)."""
-        by_part: dict[int, Results] = {}
-        mine: Results = {}
-        for name, fc in results.items():
-            p = self.partition_of(name)
-            if self.owns(p):
-                part = by_part.get(p)
-                if part is None:
-                    part = by_part[p] = {}
-                part[name] = mine[name] = fc
-        now = self.wall()
-        for p in set(by_part) | self._nonempty:
-            token = self.fence(p)
-            if token is None:
-                continue  # no longer held: never write without the token
-            part = by_part.get(p, {})
-            self._out[p] = (token, now, part, {n: origins.get(n, 0.0) for n in part})
+        owned = {p for p in range(topics.PARTITIONS) if self.owns(p)}
+        pc, part_of = self._pcache, self.partition_of
+        mine = {n: fc for n, fc in results.items()
+                if (pc[n] if n in pc else part_of(n)) in owned}
+        if len(mine) == len(results):  # the usual case: nothing left from a lost partition
+            mine, merged = results, dict(origins)
+        else:
+            merged = {n: o for n, o in origins.items() if n in mine}
+        self._tick = (self.wall(), mine, origins)
         # own nodes that lost their forecast here (partition given up, history gone)
-        dropped = [n for n in self._local if n not in mine]
-        self._local = set(mine)
+        local = set(mine)
+        dropped, self._local = self._local - local, local
         for name in dropped:
             if name not in self.origins:
                 self._clear(name)
         self._wake_writer.set()
         self._wake_apply.set()
-        merged = {n: o for n, o in origins.items() if n in mine}
         merged.update(self.origins)
         return mine, merged
 
@@ -275,15 +269,31 @@ class SharedForecasts:
             await self.write_pending()
 
     async def write_pending(self) -> int:
-        """Write the values of the last tick (each partition still held; encoded a
-        partition between two yields, then written all in flight together); what NATS
-        refused is dropped: the next tick writes newer ones. Returns values written."""
+        """Write the values of the last tick: one per partition still held that has
+        forecasts or had some in its last value, under the partition's token now
+        (grouped `GROUP_SLICE` nodes and encoded a partition between two yields, then
+        written all in flight together); what NATS refused is dropped: the next tick
+        writes newer ones. Returns values written."""
         assert self.bucket is not None
-        out, self._out = self._out, {}
+        if self._tick is None:
+            return 0
+        (at, mine, origins), self._tick = self._tick, None
+        by_part: dict[int, Results] = {}
+        for i, (name, fc) in enumerate(mine.items(), 1):
+            p = self.partition_of(name)
+            part = by_part.get(p)
+            if part is None:
+                part = by_part[p] = {}
+            part[name] = fc
+            if i % GROUP_SLICE == 0:
+                await asyncio.sleep(0)
         instance = self.instance() or ""
         items: list[tuple[int, bytes, bool]] = []
-        for p in sorted(out):
-            token, at, part, origins = out[p]
+        for p in sorted(set(by_part) | self._nonempty):
+            token = self.fence(p)
+            if token is None:
+                continue  # not held (lost meanwhile): never written without the token
+            part = by_part.get(p, {})
             items.append((p, encode(shard=self.shard, instance=instance, fence=token, at=at,
                                     results=part, origins=origins), bool(part)))
             await asyncio.sleep(0)
