@@ -363,7 +363,7 @@ def run_policy(policy: str, w: Workloads, usage: UsageModel, names: list[str], *
                overcommit: float = OVERCOMMIT, by_usage: bool = True,
                lifetime_margin: float | None = None,
                watched_day: bool = True, requests_floor: bool = False,
-               lifetime_within: bool = False) -> Result:
+               lifetime_within: bool = False, overcommit_safety: float = 0.0) -> Result:
     n = len(names)
     res = Result(policy)
     use_forecast = policy != "requests"
@@ -376,7 +376,8 @@ def run_policy(policy: str, w: Workloads, usage: UsageModel, names: list[str], *
                                        by_usage=by_usage, clock=lambda: sim_now[0],
                                        lifetime_margin=lifetime_margin,
                                        requests_floor=requests_floor,
-                                       lifetime_within=lifetime_within)
+                                       lifetime_within=lifetime_within,
+                                       overcommit_safety=overcommit_safety)
         if watched_day:
             seed_peaks(sched, w, usage, start, names)
     else:
@@ -521,7 +522,7 @@ def replay(nodes: int, hours: float, seed: int = 0,
            by_usage: bool = True, request_factor: float = 1.0,
            demand: float = TARGET_DEMAND, lifetime_margin: float | None = None,
            watched_day: bool = True, requests_floor: bool = False,
-           lifetime_within: bool = False) -> list[Result]:
+           lifetime_within: bool = False, overcommit_safety: float = 0.0) -> list[Result]:
     minutes = WARMUP + round(hours * 60)
     rng = np.random.default_rng(seed)
     series, note = load_usage_series(minutes + HISTORY_DAY, rng)
@@ -541,7 +542,8 @@ def replay(nodes: int, hours: float, seed: int = 0,
         f"{'' if lifetime_margin is None else f', lifetime margin {lifetime_margin:g}'}"
         f"{'' if lifetime_margin is None or watched_day else ' (no day watched)'}"
         f"{', requests floor' if requests_floor else ''}"
-        f"{', bound within requests too' if lifetime_within else ''}; "
+        f"{', bound within requests too' if lifetime_within else ''}"
+        f"{f', overcommit safety {overcommit_safety:g}' if overcommit_safety else ''}; "
         f"{note}")
     out(f"workloads: {int((w.arrive == 0).sum())} initial ({int((start >= 0).sum())} placed), "
         f"{int((w.arrive > 0).sum())} arriving; requests/usage-p95-of-previous-day: "
@@ -554,7 +556,8 @@ def replay(nodes: int, hours: float, seed: int = 0,
         r = run_policy(policy, w, usage, names, start=start, minutes=minutes, safety=safety,
                        overcommit=overcommit, by_usage=by_usage,
                        lifetime_margin=lifetime_margin, watched_day=watched_day,
-                       requests_floor=requests_floor, lifetime_within=lifetime_within)
+                       requests_floor=requests_floor, lifetime_within=lifetime_within,
+                       overcommit_safety=overcommit_safety)
         r.ceiling = ceiling
         results.append(r)
         out(f"  {policy}: simulated in {time.perf_counter() - t1:.1f} s")
@@ -636,6 +639,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--requests-floor", action="store_true",
                     help="right-sizing: a trusted node takes every pod its requests admit; "
                          "the forecast decides only past its requests")
+    ap.add_argument("--overcommit-safety", type=float, default=0.0,
+                    help="right-sizing: extra fraction of allocatable kept free above the "
+                         "p90 when a pod takes a trusted node past its requests")
     ap.add_argument("--lifetime-within", action="store_true",
                     help="right-sizing: the lifetime bound refuses within the node's "
                          "requests too (needs --lifetime-margin)")
@@ -658,6 +664,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit("--overcommit must be >= 0")
     if args.lifetime_margin is not None and not 0 <= args.lifetime_margin <= 0.5:
         sys.exit("--lifetime-margin must be within 0..0.5")
+    if not 0 <= args.overcommit_safety <= 0.5:
+        sys.exit("--overcommit-safety must be within 0..0.5")
     if args.lifetime_within and args.lifetime_margin is None:
         sys.exit("--lifetime-within needs --lifetime-margin")
     runs = [replay(args.nodes, args.hours, s, policies, safety=args.safety,
@@ -667,7 +675,8 @@ def main(argv: list[str] | None = None) -> None:
                    lifetime_margin=args.lifetime_margin,
                    watched_day=not args.no_watched_day,
                    requests_floor=args.requests_floor,
-                   lifetime_within=args.lifetime_within)
+                   lifetime_within=args.lifetime_within,
+                   overcommit_safety=args.overcommit_safety)
             for s in range(args.seed, args.seed + args.seeds)]
     if len(runs) > 1:
         print(format_spread(runs))

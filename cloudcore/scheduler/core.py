@@ -310,6 +310,10 @@ class RightSizedCapacity:
     """A trusted node takes every pod whose requests fit its allocatable, as the
     requests mode would, whatever its p90; the forecast decides only past the requests
     (so right-sizing never refuses what requests would admit)."""
+    overcommit_safety: float = 0.0
+    """Added to `safety` when the pod would take the node's cpu or memory requests past
+    its allocatable: within its requests a trusted node is refused only when its p90
+    is hot, past them only when it is cool by this much more."""
     lifetime_within: bool = False
     """The lifetime bound refuses within the node's requests too: a node whose pods were
     seen using more than 1 - `lifetime_margin` of allocatable per their requests' worth
@@ -336,8 +340,20 @@ class RightSizedCapacity:
                                     self.clock(), within=self.lifetime_within)
             if reason is not None:
                 return reason
-        return _over_p90(req, node, safety=self.safety, what="right-sized",
+        safety = self.safety
+        if self.overcommit_safety and _past_requests(req, node):
+            safety += self.overcommit_safety
+        return _over_p90(req, node, safety=safety, what="right-sized",
                          by_usage=self.by_usage)
+
+
+def _past_requests(req: dict[str, int], node: NodeView) -> bool:
+    """Whether the pod takes the node's cpu or memory requests past its allocatable."""
+    for res in ("cpu", "memory"):
+        alloc = node.allocatable.get(res)
+        if alloc and node.requested.get(res, 0) + req.get(res, 0) > alloc:
+            return True
+    return False
 
 
 LIFETIME_MARGIN = 0.1
@@ -548,7 +564,8 @@ class Scheduler:
                      lifetime_margin: float | None = None,
                      lifetime_half_life: float = DEFAULT_PEAK_HALF_LIFE,
                      requests_floor: bool = False,
-                     lifetime_within: bool = False) -> Scheduler:
+                     lifetime_within: bool = False,
+                     overcommit_safety: float = 0.0) -> Scheduler:
         """A scheduler in right-sizing mode (module doc); `safety` in 0..0.5,
         `overcommit` >= 0 (math.inf: requests do not bound a trusted node), `by_usage`
         as in `RightSizedCapacity`. The defaults (cap 30 %, pods counted by usage) were
@@ -562,6 +579,9 @@ class Scheduler:
             raise ValueError(f"right-sizing safety must be within 0..0.5, got {safety}")
         if not overcommit >= 0.0:
             raise ValueError(f"right-sizing overcommit must be >= 0, got {overcommit}")
+        if not 0.0 <= overcommit_safety <= 0.5:
+            raise ValueError(f"right-sizing overcommit safety must be within 0..0.5, "
+                             f"got {overcommit_safety}")
         if lifetime_margin is not None and not 0.0 <= lifetime_margin <= 0.5:
             raise ValueError(f"right-sizing lifetime margin must be within 0..0.5, "
                              f"got {lifetime_margin}")
@@ -571,7 +591,8 @@ class Scheduler:
                                  lifetime_margin=0.0 if lifetime_margin is None
                                  else lifetime_margin, clock=clock,
                                  requests_floor=requests_floor,
-                                 lifetime_within=lifetime_within)
+                                 lifetime_within=lifetime_within,
+                                 overcommit_safety=overcommit_safety)
         filters = tuple(rsc if isinstance(f, RightSizedCapacity) else f
                         for f in RIGHT_SIZING_FILTERS)
         return cls(filters=filters, scorers=scorers, clock=clock)

@@ -183,6 +183,25 @@ def test_right_sizing_requests_floor_never_refuses_what_requests_admit() -> None
         == "insufficient cpu"
 
 
+def test_right_sizing_overcommit_safety_asks_more_room_only_past_requests() -> None:
+    # a trusted node at p90 60 %: within its requests the plain p90 check decides,
+    # past them the node must be cool by the extra safety too
+    fc = {"cpu_p50": 0.55, "cpu_p90": 0.6, "mem_p50": 0.1, "mem_p90": 0.1, "trusted": 1.0}
+    pod = spec(resources={"requests": {"cpu": "500m"}})
+    within = node("w", requested={"cpu": 3000, "memory": GI, "pods": 3}, forecast=fc)
+    past = node("p", requested={"cpu": 3800, "memory": GI, "pods": 3}, forecast=fc)
+    plain = Scheduler.right_sizing(safety=0.0, overcommit=0.2, by_usage=False)
+    extra = Scheduler.right_sizing(safety=0.0, overcommit=0.2, by_usage=False,
+                                   overcommit_safety=0.3)
+    assert plain.check(pod, within) is None and extra.check(pod, within) is None
+    assert plain.check(pod, past) is None  # 60 % + 12.5 % fits
+    assert extra.check(pod, past) == "right-sized over capacity (cpu p90 60% + 30% safety)"
+    cool = dataclasses.replace(past, forecast={**fc, "cpu_p90": 0.5})
+    assert extra.check(pod, cool) is None  # 50 % + 30 % + 12.5 % fits
+    with pytest.raises(ValueError, match="overcommit safety"):
+        Scheduler.right_sizing(overcommit_safety=0.8)
+
+
 def test_host_ports_are_a_constraint_per_node_and_protocol() -> None:
     web = spec(containers=[{"name": "c", "image": "busybox",
                             "ports": [{"containerPort": 80, "hostPort": 5000}]}])

@@ -67,6 +67,8 @@ def test_right_sizing_options_are_checked_on_the_command_line() -> None:
         replay.main(["--nodes", "5", "--hours", "0.1", "--safety", "0.9"])
     with pytest.raises(SystemExit, match="lifetime-margin"):
         replay.main(["--nodes", "5", "--hours", "0.1", "--lifetime-margin", "0.9"])
+    with pytest.raises(SystemExit, match="overcommit-safety"):
+        replay.main(["--nodes", "5", "--hours", "0.1", "--overcommit-safety", "0.7"])
     with pytest.raises(SystemExit, match="lifetime-within needs --lifetime-margin"):
         replay.main(["--nodes", "5", "--hours", "0.1", "--lifetime-within"])
 
