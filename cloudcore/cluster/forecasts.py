@@ -39,7 +39,8 @@ showed its writer as the holder); they are announced (`Objects.changed`), never
 written to this shard's store, like the other shards' node statuses
 (`cloudcore.cluster.status`). The tick hands the scheduler the origins of every node
 with a forecast, own and others' (`Scheduler.forecast_made` forgets the right-sizing
-peaks of nodes not in it).
+peaks of nodes not in it). Forecasts loaded from the store with the nodes (an earlier
+run's) are taken off at the first tick unless it or another shard gives a new one.
 
 Not here: the forecaster's history of a node moves with nothing: a shard taking a
 partition over forecasts its nodes from the telemetry it hears from then on (the
@@ -195,6 +196,9 @@ class SharedForecasts:
         """Partitions whose last value written had nodes."""
         self._local: set[str] = set()
         """Nodes given a forecast by this shard's own tick last time."""
+        self._first = True
+        """No tick yet: forecasts loaded from the store (an earlier run's) are not this
+        run's; the first tick takes off every one it does not set or show."""
         self.read: dict[int, PartitionForecasts] = {}
         """partition -> the newest value taken from the bucket."""
         self._max_fence: dict[int, int] = {}
@@ -237,6 +241,10 @@ class SharedForecasts:
         # own nodes that lost their forecast here (partition given up, history gone)
         local = set(mine)
         dropped, self._local = self._local - local, local
+        if self._first:
+            self._first = False
+            dropped = {n for n, node in self.fleet.objects.nodes.items()
+                       if n not in local and "cpu_p90" in node.status.usage}
         for name in dropped:
             if name not in self.origins:
                 self._clear(name)

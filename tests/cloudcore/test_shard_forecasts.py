@@ -225,6 +225,21 @@ async def test_a_lost_partition_keeps_no_forecast_of_its_own_and_takes_the_new_o
     assert fc is not None and fc == pytest.approx(a.forecast("hot"), abs=1e-4)
 
 
+async def test_forecasts_loaded_from_the_store_are_dropped_at_the_first_tick(
+        two: tuple[Cluster, Bucket, Side, Side]) -> None:
+    _, bucket, a, b = two
+    # an earlier run's forecasts, as loaded with the nodes: not this run's word
+    old = {"cpu_p50": 0.9, "cpu_p90": 0.99, "mem_p50": 0.9, "mem_p90": 0.99, "trusted": 1.0}
+    a.fleet.apply_forecasts(dict.fromkeys(OWNER, old))
+    await a.tick()
+    assert a.forecast("hot") is None and a.forecast("cool") is None  # B's: not shared yet
+    fc = a.forecast("a1")  # A's own: this run's forecast
+    assert fc is not None and fc["cpu_p90"] < 0.9
+    await b.tick()
+    await deliver(bucket, a)
+    assert a.forecast("hot") is not None
+
+
 def test_a_value_is_checked_before_it_is_used() -> None:
     p = topics.partition_of("hot")
     good = encode(shard="B", instance="i", fence=3, at=1.0,
