@@ -34,8 +34,9 @@ requests, as a node without a forecast):
 
 Forecasts read are applied to the fleet's nodes (`status.usage`, where the scheduler
 and the API read them) by a task of their own, a partition between two yields, as
-they arrive and after each tick (a value that arrived before this shard's lease view
-showed its writer as the holder); they are announced (`Objects.changed`), never
+they arrive, after each tick and every `RECHECK_S` seconds (a value that arrived
+before this shard's lease view showed its writer as the holder; a writer whose lease
+lapsed or moved, a value grown stale); they are announced (`Objects.changed`), never
 written to this shard's store, like the other shards' node statuses
 (`cloudcore.cluster.status`). The tick hands the scheduler the origins of every node
 with a forecast, own and others' (`Scheduler.forecast_made` forgets the right-sizing
@@ -51,6 +52,7 @@ warning of a node is raised by its owner only.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -75,6 +77,8 @@ STALE_TICKS = 3
 """Forecast intervals after which a partition's value is no longer used."""
 APPLY_SLICE = 1
 """Partitions applied between two yields (about 400 nodes each at 100,000 nodes)."""
+RECHECK_S = 2.0
+"""Seconds between two checks of the values applied here when nothing arrives."""
 GROUP_SLICE = 5_000
 """Own nodes grouped by partition between two yields by the writer."""
 PEAKS = FORECAST_KEYS[:4]  # cpu_p50, cpu_p90, mem_p50, mem_p90
@@ -368,7 +372,9 @@ class SharedForecasts:
 
     async def _applier(self) -> None:
         while True:
-            await self._wake_apply.wait()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(RECHECK_S):
+                    await self._wake_apply.wait()
             self._wake_apply.clear()
             await self.apply_read()
 

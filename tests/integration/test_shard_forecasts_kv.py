@@ -3,8 +3,9 @@ with two real lease members (`cloudcore.cluster.leases.Member`, TLS and a passwo
 one event loop: each member's shard forecasts its own node with a real forecaster (the
 shipped ONNX model) and writes its partitions' values under its real partition lease
 tokens; the other shard's scheduler lookup gets the node's forecast through the bucket's
-watch. When B stops (its leases released, A takes its partitions), A's next tick drops
-B's forecasts: the partition is its own now and it has heard no telemetry of the node."""
+watch. When B stops (its leases released, A takes its partitions), A drops B's
+forecasts within its applier's recheck, no tick needed: the partition is its own now
+and it has heard no telemetry of the node."""
 
 from __future__ import annotations
 
@@ -116,14 +117,13 @@ async def test_a_shards_forecast_reaches_the_other_through_nats(nats: NatsKV) ->
             assert b.shared.writes >= 1 and a.shared.writes >= 1
             assert a.shared.fenced == 0 and a.shared.unreadable == 0
 
-            # B stops: its leases are released, A takes hot's partition; at its next tick
-            # A drops B's value (the partition is A's own, and A heard nothing of hot)
+            # B stops: its leases are released, A takes hot's partition and drops B's
+            # value (the partition is A's own, and A heard nothing of hot), no tick needed
             tasks[1].cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await tasks[1]
             await until("A to take B's partitions",
                         lambda: topics.partition_of(hot) in a_member.owned)
-            a.runner.tick()
             await until(f"A to drop B's forecast of {hot}", lambda: a.forecast(hot) is None)
             assert a.forecast(a1) is not None
         finally:
