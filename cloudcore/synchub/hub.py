@@ -47,7 +47,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
@@ -115,9 +115,12 @@ LABELS_REFUSED = "cloudcore_node_labels_refused_total"
 UNSENT = "cloudcore_messages_unsent_total"
 REPORT_GAPS = "cloudcore_report_gaps_total"
 REPORT_PROBES = "cloudcore_report_probes_total"
-PROBE_AFTER_S = 2.0
-"""After a broker that lost our session is subscribed again, how long the hub listens
-before it asks the nodes there that said nothing for their whole status (`broker_back`)."""
+PROBE_QUIET_S = 2.0
+"""After a broker that restarted is subscribed again, the hub asks the nodes there that
+said nothing for their whole status (`broker_back`) once no new node's resync has come
+for this long (the reconnect wave has passed) ..."""
+PROBE_MAX_WAIT_S = 30.0
+"""... or this long after the return, whichever is first."""
 PROBE_SLICE = 1000
 PROBE_MIN_INTERVAL_S = 60.0
 """At most one probe round per broker in this time: a broker restarting in a loop does
@@ -149,6 +152,15 @@ class _Link:
     inflight: int | None = None  # gen of the delta awaiting its ack (via `_set_inflight`)
     attempts: int = 0
     retry_at: float = 0.0  # when its ack is late; the heap entry with this time is live
+
+
+@dataclass(slots=True)
+class _Listen:
+    """Nodes heard (a resync or a report) since a restarted broker came back."""
+
+    since: float
+    last_resync: float  # clock() when the last node not heard before sent its resync
+    heard: set[str] = field(default_factory=set)
 
 
 class SyncHub:
@@ -222,7 +234,7 @@ class SyncHub:
         metrics.describe(REPORT_PROBES, "Nodes asked for their whole status after the "
                                         "broker they are on came back without our session.")
         self._again: set[str] = set()  # nodes whose next ReportAck asks for a full report
-        self._listening: list[set[str]] = []  # nodes heard since a broker came back
+        self._listening: list[_Listen] = []  # nodes heard since a broker came back
         self._probes: set[asyncio.Task[int]] = set()
         self._probed_at: dict[str, float] = {}  # broker -> clock() of its last probe round
         self._gaps_unlogged = 0
@@ -319,8 +331,11 @@ class SyncHub:
         if self._listening and isinstance(msg, Report | Resync):
             # its resync (then its outbox) or a report: what it sent before is known to
             # us or shows as a gap; an ack alone says nothing of its reports
-            for heard in self._listening:
-                heard.add(node)
+            for w in self._listening:
+                if node not in w.heard:
+                    w.heard.add(node)
+                    if isinstance(msg, Resync):
+                        w.last_resync = self.clock()
         if isinstance(msg, Report):
             self._on_report(node, msg)
         elif isinstance(msg, Ack):
@@ -842,18 +857,29 @@ class SyncHub:
             # A node that reconnected before we subscribed again sent its resync and
             # reports to nobody, and says nothing more until its next report: ask the
             # ones not heard from shortly after our return for everything.
-            heard: set[str] = set()
-            self._listening.append(heard)
-            loop = asyncio.get_running_loop()
-            loop.call_later(PROBE_AFTER_S, lambda: self._spawn_probe(on_it, heard, broker))
+            w = _Listen(since=now, last_resync=now)
+            self._listening.append(w)
+            task = asyncio.get_running_loop().create_task(
+                self._probe_when_quiet(w, on_it, broker),
+                name=f"cloudcore.synchub.probe[{broker}]")
+            self._probes.add(task)
+            task.add_done_callback(self._probes.discard)
         return moved
 
-    def _spawn_probe(self, on_it: Callable[[str], bool], heard: set[str], broker: str) -> None:
-        self._listening.remove(heard)
-        task = asyncio.get_running_loop().create_task(
-            self._probe(on_it, heard, broker), name=f"cloudcore.synchub.probe[{broker}]")
-        self._probes.add(task)
-        task.add_done_callback(self._probes.discard)
+    async def _probe_when_quiet(self, w: _Listen, on_it: Callable[[str], bool],
+                                broker: str) -> int:
+        """Listen until the nodes' reconnects have passed (`PROBE_QUIET_S` without a new
+        node's resync, at most `PROBE_MAX_WAIT_S`), then `_probe`."""
+        try:
+            while True:
+                now = self.clock()
+                left = min(w.last_resync + PROBE_QUIET_S, w.since + PROBE_MAX_WAIT_S) - now
+                if left <= 0:
+                    break
+                await asyncio.sleep(min(left, 0.5))
+        finally:
+            self._listening.remove(w)
+        return await self._probe(on_it, w.heard, broker)
 
     async def _probe(self, on_it: Callable[[str], bool], heard: set[str], broker: str) -> int:
         """Ask each node on `broker` that reported before but was not heard since our

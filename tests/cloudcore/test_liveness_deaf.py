@@ -137,12 +137,12 @@ async def test_nodes_not_heard_after_a_lost_session_are_asked_for_everything(
                 assert acks and not any(a.again for a in acks)
             # a shard's clean session back (the broker may not have restarted): no probe
             run.hub.broker_back("mq-0", 3.0, True, restarted=False)
-            await asyncio.sleep(hub_module.PROBE_AFTER_S + 0.5)
+            await asyncio.sleep(hub_module.PROBE_QUIET_S + 0.5)
             assert not any(a.again for acks in got.values() for a in acks)
             # as the subscriber does when it is back on a broker that lost its session
             run.hub.broker_back("mq-0", 3.0, True, restarted=True)
             talk.set()  # heard within the window: not asked
-            await asyncio.sleep(hub_module.PROBE_AFTER_S + 1.0)
+            await asyncio.sleep(hub_module.PROBE_QUIET_S + 1.0)
             assert [(a.seq, a.again) for a in got["quiet"] if a.again] == [(1, True)]
             assert not any(a.again for a in got["talker"])
             assert run.metrics.value(hub_module.REPORT_PROBES) == 1
