@@ -232,13 +232,16 @@ def agent_pid(f: Fleet) -> int:
 def memory_mib(pid: int) -> dict[str, float]:
     """MiB: VmRSS and VmHWM (its peak) from status; Pss, Pss_Anon, Pss_File,
     Anonymous from smaps_rollup (PSS shares the libraries' pages among the processes
-    that map them: the figure to add up over processes)."""
+    that map them: the figure to add up over processes). Also Threads, a count (asyncio's
+    default executor starts its threads as work comes, up to min(32, cpus + 4))."""
     out: dict[str, float] = {}
     for name in ("status", "smaps_rollup"):
         for line in Path(f"/proc/{pid}/{name}").read_text().splitlines():
             key, _, rest = line.partition(":")
             if key in ("VmRSS", "VmHWM", "Pss", "Pss_Anon", "Pss_File", "Anonymous"):
                 out[key] = int(rest.split()[0]) / 1024
+            elif key == "Threads":
+                out[key] = int(rest)
     return out
 
 
@@ -248,7 +251,8 @@ def footprint_line(label: str, pid: int, idle_s: float) -> str:
     m = memory_mib(pid)
     return (f"edgecore, {label}: RSS {m['VmRSS']:.1f} MiB (peak {m['VmHWM']:.1f}, "
             f"anonymous {m['Anonymous']:.1f}), PSS {m['Pss']:.1f} MiB (anonymous "
-            f"{m['Pss_Anon']:.1f}, file {m['Pss_File']:.1f}); idle CPU {cpu:.2f} % of a core "
+            f"{m['Pss_Anon']:.1f}, file {m['Pss_File']:.1f}), {m['Threads']:.0f} threads; "
+            f"idle CPU {cpu:.2f} % of a core "
             f"(+ {kids:.2f} % in processes it spawned) over {idle_s:g} s; {load()}")
 
 
