@@ -666,15 +666,20 @@ class SyncHub:
                 pass
 
     async def run_liveness(self) -> None:
-        """Work until cancelled: NotReady after missed heartbeats."""
-        while True:
-            for node in self.nodes.expire(self.clock()):
-                link = self._links.get(node)
-                if link is not None:
-                    self._set_inflight(link, None)
-            if self._lazy:
-                self.flush_acks(self.clock())
-            await asyncio.sleep(self.settings.liveness_interval)
+        """Work until cancelled: NotReady after missed heartbeats. The probe rounds
+        `broker_back` starts end with it (they belong to the running service)."""
+        try:
+            while True:
+                for node in self.nodes.expire(self.clock()):
+                    link = self._links.get(node)
+                    if link is not None:
+                        self._set_inflight(link, None)
+                if self._lazy:
+                    self.flush_acks(self.clock())
+                await asyncio.sleep(self.settings.liveness_interval)
+        finally:
+            for task in list(self._probes):
+                task.cancel()
 
     # -- helpers -------------------------------------------------------------------------
 

@@ -150,3 +150,23 @@ async def test_nodes_not_heard_after_a_lost_session_are_asked_for_everything(
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_a_probe_waiting_when_the_service_stops_ends_with_it(
+        tmp_path: Path, settings: Settings, service_factory: Any) -> None:
+    """The probe round a broker's return starts belongs to the service: stopping the
+    service ends it, rather than leaving it to ask nodes through a closed store."""
+    with Mosquitto(workdir=tmp_path / "mq", insecure=True) as broker:
+        settings.mqtt.port = broker.port
+        svc = service_factory()
+        run = await svc.start()
+        run.hub.broker_back("mq-0", 1.0, True, restarted=True)
+
+        def probes() -> list[str]:
+            return [t.get_name() for t in asyncio.all_tasks()
+                    if t.get_name().startswith("cloudcore.synchub.probe") and not t.done()]
+
+        assert probes() == ["cloudcore.synchub.probe[mq-0]"]
+        await svc.stop()
+        await asyncio.sleep(0.1)
+        assert probes() == []
