@@ -165,6 +165,7 @@ class Reporter:
         self.full_reports = 0  # reports persisted with `full` (everything in them)
         self._full = False  # the next report holds everything: mark it `full`
         self._again: set[str] = set()  # pods the next report carries even if unchanged
+        self._writing: dict[str, dict[str, Any] | None] = {}  # pods of the report in flight
 
     @property
     def acked_floor(self) -> int:
@@ -237,6 +238,8 @@ class Reporter:
             return encode(Report(node=self.node, seq=seq, epoch=d.epoch, gen=d.gen, ts=now,
                                  pods=wire, node_status=node_status, full=full))
 
+        resends = self.resends
+        self._writing = pods
         try:
             result = await asyncio.to_thread(
                 self.cache.append_report, make, kind=OutboxKind.STATUS, reported=pods)
@@ -251,12 +254,15 @@ class Reporter:
             self._failed = True
             self._event.set()
             return None
+        finally:
+            self._writing = {}
         for k, v in pods.items():
             if v is None:
                 self._reported.pop(k, None)
             else:
                 self._reported[k] = v
-        self._again.difference_update(pods)
+        if self.resends == resends:  # else resend_all counted these in the next report
+            self._again.difference_update(pods)
         self.last_append = time.monotonic()
         if full:
             self.full_reports += 1
@@ -277,8 +283,10 @@ class Reporter:
         Not urgent: the reconciler pass that the new set wakes usually lands its
         statuses in the same report (within `batch_s`)."""
         self.resends += 1
-        self._again = set(self._reported)
-        for k, v in self._reported.items():
+        # with the pods of a report being persisted now: their values are the newest
+        last = {**self._reported, **self._writing}
+        self._again = set(last)
+        for k, v in last.items():
             self._pending.setdefault(k, v)  # a newer pending value stays
         self._send_node_status = True
         self._full = True

@@ -10,6 +10,7 @@ delta do not. Real LMDB cache, real sync handler and reporter, no broker.
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -226,3 +227,46 @@ async def test_asked_again_while_a_report_is_being_persisted(tmp_path: Path) -> 
         assert first.full is False
         assert second.full is True and second.node_status is not None
         assert set(second.pods) == {WEB, DB}
+
+
+class _HeldCache(Cache):
+    """A real LMDB cache whose next status write waits until the test lets it go, so a
+    ReportAck can arrive while a report is being persisted (as on a busy agent)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.hold: threading.Event | None = None
+        self.writing = threading.Event()
+
+    def append_report(self, make: Any, **kw: Any) -> Any:
+        if self.hold is not None:
+            self.writing.set()
+            self.hold.wait(10)
+        return super().append_report(make, **kw)
+
+
+async def test_again_while_a_report_is_written_sends_the_newest_status_in_the_full_one(
+        tmp_path: Path) -> None:
+    """A ReportAck asking `again` arrives while the agent persists a report that changes
+    a pod's status: the full report that follows carries that pod at its new status
+    (not the one reported before), even after a reconciler pass that finds it unchanged."""
+    with _HeldCache(tmp_path / "c") as cache:
+        agent = Agent(cache)
+        await converged(agent)
+        failed = PodStatus(phase="Failed", reason="Error", container_statuses=[
+            ContainerStatus(name="main", state="terminated", exit_code=1)])
+        agent.reporter.update(WEB, failed)
+        cache.hold = threading.Event()
+        flush = asyncio.create_task(agent.reporter.flush())
+        assert await asyncio.to_thread(cache.writing.wait, 10)
+        await agent.sync.handle(ReportAck(node=NODE, seq=cache.last_seq(), again=True))
+        cache.hold.set()
+        assert await flush is not None
+        cache.hold = None
+        agent.reporter.update(WEB, failed)  # the next pass: nothing changed for it
+        agent.reporter.update(DB, RUNNING)
+        assert await agent.reporter.flush() is not None
+        report = agent.outbox()[-1]
+        assert report.full is True
+        assert set(report.pods) == {WEB, DB}
+        assert report.pods[WEB] is not None and report.pods[WEB]["phase"] == "Failed"
