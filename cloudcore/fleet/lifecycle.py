@@ -21,6 +21,8 @@ class Liveness:
         self._deadline: dict[str, float] = {}
         self._heartbeat: dict[str, float] = {}
         self._heap: list[tuple[float, str]] = []
+        self._restarted: set[str] = set()
+        """Nodes whose clock a `lost` return started again and that were not heard since."""
 
     def set_heartbeat(self, node: str, seconds: float | None) -> None:
         if seconds is not None and seconds > 0:
@@ -35,6 +37,7 @@ class Liveness:
         self._arm(node, self.started + self.window(node))
 
     def heard(self, node: str, now: float) -> None:
+        self._restarted.discard(node)
         self._arm(node, now + self.window(node))
 
     def deaf(self, nodes: Iterable[str], now: float, *, deaf_s: float, lost: bool) -> int:
@@ -43,13 +46,21 @@ class Liveness:
         Each deadline moves `deaf_s` later; if what they sent meanwhile is gone and their
         sessions with it (`lost`: a broker restarted empty), their clocks start again at
         `now`, as at service start (`start`), since they must reconnect before they can
-        be heard. Nodes already expired stay so until heard. Returns how many moved."""
+        be heard; once: a node not heard since an earlier such return had its window
+        while we listened, so later ones move it by `deaf_s` only (a subscriber that drops
+        again and again does not keep a silent node Ready). Nodes already expired stay
+        so until heard. Returns how many moved."""
         moved = 0
+        restarted = self._restarted
         for node in nodes:
             when = self._deadline.get(node)
             if when is None:
                 continue
-            new = max(when + deaf_s, now + self.window(node)) if lost else when + deaf_s
+            if lost and node not in restarted:
+                restarted.add(node)
+                new = max(when + deaf_s, now + self.window(node))
+            else:
+                new = when + deaf_s
             if new > when:
                 self._arm(node, new)
                 moved += 1
@@ -62,6 +73,7 @@ class Liveness:
     def forget(self, node: str) -> None:
         self._deadline.pop(node, None)
         self._heartbeat.pop(node, None)
+        self._restarted.discard(node)
 
     def expired(self, now: float) -> list[str]:
         """Nodes whose deadline passed; each is returned once until heard again."""
@@ -70,6 +82,7 @@ class Liveness:
             when, node = heapq.heappop(self._heap)
             if self._deadline.get(node) == when:
                 del self._deadline[node]
+                self._restarted.discard(node)
                 out.append(node)
         return out
 

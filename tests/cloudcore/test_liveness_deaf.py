@@ -170,3 +170,27 @@ async def test_a_probe_waiting_when_the_service_stops_ends_with_it(
         await svc.stop()
         await asyncio.sleep(0.1)
         assert probes() == []
+
+
+def test_a_flapping_subscriber_does_not_keep_a_silent_node_ready() -> None:
+    """A shard's subscriber that drops and comes back again and again (a clean session
+    each time, so `lost`) gives a node one window from the first return; after that,
+    each return moves its deadline by the deaf time only, so a node that says nothing
+    while the cloud listens still goes NotReady. Heard again, it gets a window anew."""
+    lv = Liveness(default_heartbeat=30.0, missed=3, now=0.0)
+    lv.heard("dead", 0.0)  # due at 90
+    lv.heard("live", 0.0)
+    expired: dict[str, float] = {}
+    for second in range(1, 601):  # the liveness tick, every second
+        now = float(second)
+        if second % 80 == 60:  # the subscriber is back after 5 s deaf, every 80 s
+            lv.deaf(["dead", "live"], now, deaf_s=5.0, lost=True)
+        if second % 20 == 0:
+            lv.heard("live", now)  # the live node beats while the cloud listens
+        for node in lv.expired(now):
+            expired.setdefault(node, now)
+    # a window from the first return (60 + 90), then 5 s deaf at the return at 140
+    assert expired == {"dead": 155.0}
+    lv.heard("dead", 600.0)  # heard again: the next return gives it a window anew
+    assert lv.deaf(["dead"], 610.0, deaf_s=5.0, lost=True) == 1
+    assert "dead" not in lv.expired(610.0 + 90.0 - 0.1)
