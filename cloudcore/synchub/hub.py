@@ -234,6 +234,7 @@ class SyncHub:
         metrics.describe(REPORT_PROBES, "Nodes asked for their whole status after the "
                                         "broker they are on came back without our session.")
         self._again: set[str] = set()  # nodes whose next ReportAck asks for a full report
+        self._asked: set[str] = set()  # nodes asked `again` whose full report has not come
         self._listening: list[_Listen] = []  # nodes heard since a broker came back
         self._probes: set[asyncio.Task[int]] = set()
         self._probed_at: dict[str, float] = {}  # broker -> clock() of its last probe round
@@ -407,6 +408,8 @@ class SyncHub:
             # restart a duplicate may be the broker redelivering from before it.
             if self.nodes.readiness(node) == "NotReady":
                 self.nodes.mark_ready(node)
+            if node in self._asked:  # it resends what our ask acked: the ask may be lost
+                self._again.add(node)
             self._lazy.pop(node, None)
             self._ack_report(node, last)
             return
@@ -424,6 +427,7 @@ class SyncHub:
             self.nodes.add_telemetry(node, msg.telemetry)
         if msg.full:
             self._again.discard(node)  # it holds everything: whatever was missed is moot
+            self._asked.discard(node)
         elif msg.seq > last + 1:
             self._report_gap(node, last, msg.seq)
         nd = self.desired.desired_for(node)
@@ -537,6 +541,7 @@ class SyncHub:
         again = node in self._again
         if again:
             self._again.discard(node)
+            self._asked.add(node)
         self._emit(node, ReportAck(node=node, seq=seq, again=again))
 
     # -- desired: one delta in flight per node -------------------------------------------
@@ -916,6 +921,7 @@ class SyncHub:
             self._lazy.pop(node, None)
             self._deferred.pop(node, None)
             self._again.discard(node)
+            self._asked.discard(node)
             self.routes.forget(node)
 
     def link_state(self, node: str) -> dict[str, Any]:

@@ -304,3 +304,30 @@ async def test_a_gap_in_report_seqs_asks_the_node_for_everything_once(
         await edge.send(Report(node="e4", seq=10))
         assert (await edge.recv(ReportAck)).again is False
         assert run.metrics.value("cloudcore_report_gaps_total") == 1
+
+
+async def test_a_lost_ask_is_made_again_when_the_node_resends_what_it_carried(
+        mosquitto: int, settings: Settings, service_factory: Any) -> None:
+    """The ack that asks `again` can be lost on its way down (the broker restarts again
+    before the node has it): the node then keeps that report in its outbox and sends it
+    again once reconnected, a duplicate here. Until the node's full report comes, such
+    a duplicate's ack asks again, rather than the missed statuses being buried."""
+    settings.mqtt.port = mosquitto
+    settings.insecure = True
+    await service_factory().start()
+    async with FakeEdge("e5", mosquitto) as edge:
+        await edge.send(Report(node="e5", seq=1, node_status={"heartbeat": 30}))
+        assert (await edge.recv(ReportAck)).again is False
+        await edge.send(Report(node="e5", seq=4, pods={"pod/default/web": None}))
+        asked = await edge.recv(ReportAck)
+        assert (asked.seq, asked.again) == (4, True)  # ... taken as lost: never seen
+    async with FakeEdge("e5", mosquitto) as edge:  # reconnected: the outbox again
+        await edge.send(Report(node="e5", seq=4, pods={"pod/default/web": None}))
+        again = await edge.recv(ReportAck)
+        assert (again.seq, again.again) == (4, True)
+        await edge.send(Report(node="e5", seq=5, node_status={"heartbeat": 30},
+                               full=True))
+        assert (await edge.recv(ReportAck)).again is False
+        await edge.send(Report(node="e5", seq=5, node_status={"heartbeat": 30},
+                               full=True))  # a duplicate after the full one: not asked
+        assert (await edge.recv(ReportAck)).again is False
