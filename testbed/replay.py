@@ -2,7 +2,8 @@
 
     python -m testbed.replay [--nodes 1000] [--hours 4] [--seed 0] [--seeds N]
                              [--safety 0.1] [--overcommit 0.3] [--whole-requests]
-                             [--lifetime-margin 0.1 [--no-watched-day]]
+                             [--lifetime-margin 0.1 [--no-watched-day] [--lifetime-within]]
+                             [--overcommit-safety 0.05] [--requests-floor]
                              [--policies requests,forecast[,forecast-overcommit][,right-sizing]]
 
 A fleet of identical nodes (4 cpu, 16 GiB, 110 pods) runs workloads whose actual usage
@@ -34,7 +35,10 @@ follows public trace segments, placed by the REAL cloudcore scheduler
   `--lifetime-margin 0.1 --safety 0.05 --overcommit inf`): past its requests a node
   takes a pod only while its remembered peak share of its requests x its requests
   stays within 1 - M of allocatable (`cloudcore.scheduler.recent.PeakUsage`), the
-  peaks starting from a watched day (`seed_peaks`; `--no-watched-day`: from nothing).
+  peaks starting from a watched day (`seed_peaks`; `--no-watched-day`: from nothing);
+  `--lifetime-within` applies it within the node's requests too. `--overcommit-safety
+  S` asks a trusted node for S more room above its p90 when the pod takes it past its
+  requests (issue 15, seventh round).
 
 Every forecast policy runs the forecaster as cloudcore does, online learning
 included: after each tick the runner learns from that minute's examples (here

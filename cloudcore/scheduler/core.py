@@ -56,7 +56,15 @@ Two placement modes (`Scheduler.requests_mode()`, the default, and
   used half their requests at the node's busiest time so far may be packed to about
   1.8x allocatable in requests; pods that used all of theirs get nothing past them.
   What the node has not shown yet (a surge beyond its busiest time so far) it cannot
-  bound: requests are the only guess about that.
+  bound: requests are the only guess about that. `lifetime_within=True` applies the
+  bound within the node's requests too (issue 15, seventh round; off by default: it
+  cost 6-10 % of packing in `testbed.replay`).
+
+  `overcommit_safety` (issue 15, seventh round; 0, off, by default) is added to
+  `safety` only when the pod would take a trusted node past its requests: within
+  them the node is refused when its p90 is hot, past them only taken when it is cool
+  by that much more. With careful requests (the p95 of usage) it trades packing for
+  fewer overloads a little better than a tighter cap (docs/benchmarks.md).
 """
 
 from __future__ import annotations
