@@ -234,7 +234,7 @@ class SyncHub:
         metrics.describe(REPORT_PROBES, "Nodes asked for their whole status after the "
                                         "broker they are on came back without our session.")
         self._again: set[str] = set()  # nodes whose next ReportAck asks for a full report
-        self._asked: set[str] = set()  # nodes asked `again` whose full report has not come
+        self._asked: set[str] = set()  # nodes with a gap whose full report has not come
         self._listening: list[_Listen] = []  # nodes heard since a broker came back
         self._probes: set[asyncio.Task[int]] = set()
         self._probed_at: dict[str, float] = {}  # broker -> clock() of its last probe round
@@ -465,6 +465,7 @@ class SyncHub:
         node, `last` 0). Their statuses may be lost, so this report's ack asks the node
         to report everything again (`ReportAck.again`); its full report ends it."""
         self._again.add(node)
+        self._asked.add(node)  # until its full report: a duplicate asks again (lost ask)
         self.metrics.inc(REPORT_GAPS)
         self._gaps_unlogged += 1
         now = self.clock()
@@ -541,7 +542,6 @@ class SyncHub:
         again = node in self._again
         if again:
             self._again.discard(node)
-            self._asked.add(node)
         self._emit(node, ReportAck(node=node, seq=seq, again=again))
 
     # -- desired: one delta in flight per node -------------------------------------------

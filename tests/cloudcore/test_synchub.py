@@ -331,3 +331,24 @@ async def test_a_lost_ask_is_made_again_when_the_node_resends_what_it_carried(
         await edge.send(Report(node="e5", seq=5, node_status={"heartbeat": 30},
                                full=True))  # a duplicate after the full one: not asked
         assert (await edge.recv(ReportAck)).again is False
+
+
+async def test_a_probes_ask_is_not_made_again_on_a_duplicate(
+        mosquitto: int, settings: Settings, service_factory: Any) -> None:
+    """The probe after a broker's return asks nodes that may not be connected yet; its
+    asks are not repeated when they later resend what the cloud had processed (a
+    reconnect resends the outbox), or a probe fired before the nodes came back would
+    make every one of them send its whole status."""
+    from cloudcore.synchub import hub as hub_module
+
+    settings.mqtt.port = mosquitto
+    settings.insecure = True
+    run = await service_factory().start()
+    async with FakeEdge("e6", mosquitto) as edge:
+        await edge.send(Report(node="e6", seq=1, node_status={"heartbeat": 30}))
+        assert (await edge.recv(ReportAck)).again is False
+        run.hub.broker_back("mq-0", 1.0, True, restarted=True)
+        probed = await edge.recv(ReportAck, timeout=hub_module.PROBE_QUIET_S + 3.0)
+        assert (probed.seq, probed.again) == (1, True)
+        await edge.send(Report(node="e6", seq=1, node_status={"heartbeat": 30}))
+        assert (await edge.recv(ReportAck)).again is False
