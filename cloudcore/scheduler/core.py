@@ -58,7 +58,7 @@ Two placement modes (`Scheduler.requests_mode()`, the default, and
   What the node has not shown yet (a surge beyond its busiest time so far) it cannot
   bound: requests are the only guess about that. `lifetime_within=True` applies the
   bound within the node's requests too (issue 15, seventh round; off by default: it
-  cost 6-10 % of packing in `testbed.replay`).
+  cost 4-10 % of packing in `testbed.replay`).
 
   `overcommit_safety` (issue 15, seventh round; 0, off, by default) is added to
   `safety` only when the pod would take a trusted node past its requests: within
