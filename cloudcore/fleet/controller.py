@@ -583,9 +583,9 @@ class Fleet:
         self.node_ops.heard(name, now)
 
     def deaf(self, select: Callable[[str], bool], now: float, *, deaf_s: float,
-             lost: bool) -> int:
+             lost: bool) -> None:
         """The cloud could not hear these nodes for `deaf_s` s (`Liveness.deaf`)."""
-        return self.node_ops.deaf(select, now, deaf_s=deaf_s, lost=lost)
+        self.node_ops.deaf(select, now, deaf_s=deaf_s, lost=lost)
 
     def mark_ready(self, name: str) -> None:
         """A report arrived: the node is Ready and last_seen is now (wall clock)."""

@@ -8,7 +8,22 @@ clock. Deadlines live in a heap with lazy invalidation, so checking a fleet of
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class _Deaf:
+    """A time the cloud could not hear the nodes `select` picks (`Liveness.deaf`)."""
+
+    at: float
+    deaf_s: float
+    lost: bool
+    select: Callable[[str], bool]
+
+
+MAX_DEAF_EVENTS = 256
+"""Deaf times kept; a node armed before the oldest kept one misses only its shift."""
 
 
 class Liveness:
@@ -19,8 +34,11 @@ class Liveness:
         self.missed = missed
         self.started = now
         self._deadline: dict[str, float] = {}
+        self._since: dict[str, float] = {}
+        """When each deadline was set, or last had the deaf times before it folded in."""
         self._heartbeat: dict[str, float] = {}
         self._heap: list[tuple[float, str]] = []
+        self._deafs: list[_Deaf] = []
         self._restarted: set[str] = set()
         """Nodes whose clock a `lost` return started again and that were not heard since."""
 
@@ -34,44 +52,33 @@ class Liveness:
     def start(self, node: str) -> None:
         """A node known from the store: its clock starts now (service start), not at
         its stored last_seen, so a restart never flaps the fleet to NotReady in bulk."""
-        self._arm(node, self.started + self.window(node))
+        self._arm(node, self.started + self.window(node), since=self.started)
 
     def heard(self, node: str, now: float) -> None:
         self._restarted.discard(node)
-        self._arm(node, now + self.window(node))
+        self._arm(node, now + self.window(node), since=now)
 
-    def deaf(self, nodes: Iterable[str], now: float, *, deaf_s: float, lost: bool) -> int:
-        """The cloud could not hear `nodes` for `deaf_s` seconds up to `now` (its
-        subscriber's connection to their broker was down): silence then is no evidence.
-        Each deadline moves `deaf_s` later; if what they sent meanwhile is gone and their
-        sessions with it (`lost`: a broker restarted empty), their clocks start again at
-        `now`, as at service start (`start`), since they must reconnect before they can
-        be heard; once: a node not heard since an earlier such return had its window
-        while we listened, so later ones move it by `deaf_s` only (a subscriber that drops
-        again and again does not keep a silent node Ready). Nodes already expired stay
-        so until heard. Returns how many moved."""
-        moved = 0
-        restarted = self._restarted
-        for node in nodes:
-            when = self._deadline.get(node)
-            if when is None:
-                continue
-            if lost and node not in restarted:
-                restarted.add(node)
-                new = max(when + deaf_s, now + self.window(node))
-            else:
-                new = when + deaf_s
-            if new > when:
-                self._arm(node, new)
-                moved += 1
-        return moved
+    def deaf(self, select: Callable[[str], bool], now: float, *, deaf_s: float,
+             lost: bool) -> None:
+        """The cloud could not hear the nodes `select` picks for `deaf_s` seconds up to
+        `now` (its subscriber's connection to their broker was down): silence then is no
+        evidence. Each such deadline moves `deaf_s` later; if what they sent meanwhile is
+        gone and their sessions with it (`lost`: a broker restarted empty), their clocks
+        start again at `now`, as at service start (`start`), since they must reconnect
+        before they can be heard; once: a node not heard since an earlier such return
+        had its window while we listened, so later ones move it by `deaf_s` only (a
+        subscriber that drops again and again does not keep a silent node Ready). Nodes
+        already expired stay so until heard.
 
-    def tracked(self) -> list[str]:
-        """Nodes with a live deadline (not expired since last heard)."""
-        return list(self._deadline)
+        O(1) here: the shift is folded into a node's deadline when that deadline comes
+        (`expired`), so a broker's return at 100,000 nodes does not hold the loop."""
+        self._deafs.append(_Deaf(now, deaf_s, lost, select))
+        if len(self._deafs) > MAX_DEAF_EVENTS:
+            del self._deafs[0]
 
     def forget(self, node: str) -> None:
         self._deadline.pop(node, None)
+        self._since.pop(node, None)
         self._heartbeat.pop(node, None)
         self._restarted.discard(node)
 
@@ -80,14 +87,35 @@ class Liveness:
         out = []
         while self._heap and self._heap[0][0] <= now:
             when, node = heapq.heappop(self._heap)
-            if self._deadline.get(node) == when:
-                del self._deadline[node]
-                self._restarted.discard(node)
-                out.append(node)
+            if self._deadline.get(node) != when:
+                continue
+            if self._deafs:
+                later = self._fold(node, when, now)
+                if later > now:
+                    self._arm(node, later, since=now)
+                    continue
+            del self._deadline[node]
+            self._since.pop(node, None)
+            self._restarted.discard(node)
+            out.append(node)
         return out
 
-    def _arm(self, node: str, when: float) -> None:
+    def _fold(self, node: str, when: float, now: float) -> float:
+        """`when` with the deaf times after the node's deadline was set applied, in order."""
+        since = self._since.get(node, float("-inf"))
+        for e in self._deafs:
+            if e.at <= since or e.at > now or not e.select(node):
+                continue
+            if e.lost and node not in self._restarted:
+                self._restarted.add(node)
+                when = max(when + e.deaf_s, e.at + self.window(node))
+            else:
+                when += e.deaf_s
+        return when
+
+    def _arm(self, node: str, when: float, *, since: float) -> None:
         self._deadline[node] = when
+        self._since[node] = since
         heapq.heappush(self._heap, (when, node))
         if len(self._heap) > 4 * len(self._deadline) + 1024:
             self._heap = [(w, n) for n, w in self._deadline.items()]

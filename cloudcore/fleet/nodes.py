@@ -507,11 +507,10 @@ class Nodes:
         self.liveness.heard(name, now)
 
     def deaf(self, select: Callable[[str], bool], now: float, *, deaf_s: float,
-             lost: bool) -> int:
+             lost: bool) -> None:
         """The cloud could not hear the nodes `select` picks for `deaf_s` s up to `now`
-        (`Liveness.deaf`); returns how many deadlines moved."""
-        return self.liveness.deaf([n for n in self.liveness.tracked() if select(n)], now,
-                                  deaf_s=deaf_s, lost=lost)
+        (`Liveness.deaf`)."""
+        self.liveness.deaf(select, now, deaf_s=deaf_s, lost=lost)
 
     def mark_ready(self, name: str) -> bool:
         """A report arrived: the node is Ready and last_seen is now (wall clock).

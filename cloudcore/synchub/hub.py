@@ -840,7 +840,7 @@ class SyncHub:
             self._lazy.pop(node, None)
 
     def broker_back(self, broker: str, deaf_s: float, lost: bool, *,
-                    restarted: bool = False) -> int:
+                    restarted: bool = False) -> None:
         """Our subscriber on `broker` is subscribed again after `deaf_s` s without it:
         the nodes we reach there were not heard meanwhile, which says nothing about them,
         so their liveness deadlines move (`Liveness.deaf`: by `deaf_s`, or, when what
@@ -851,16 +851,16 @@ class SyncHub:
         a shard's clean session (`lost` but not known `restarted`): there most nodes kept
         their sessions and lost nothing, and asking every one of them would load the
         cloud right when it just lost a connection; what they did lose shows as a gap
-        at their next report. Returns how many deadlines moved."""
+        at their next report."""
         routes = self.routes
 
         def on_it(node: str) -> bool:
             return routes.broker_for(node, topics.partition_of(node)) == broker
 
-        moved = self.nodes.deaf(on_it, self.clock(), deaf_s=deaf_s, lost=lost)
-        log.info("broker %s: subscribed again after %.1f s%s; %d node(s) given that time "
-                 "before they count as silent", broker, deaf_s,
-                 " (its sessions and their messages lost)" if lost else "", moved)
+        self.nodes.deaf(on_it, self.clock(), deaf_s=deaf_s, lost=lost)
+        log.info("broker %s: subscribed again after %.1f s%s; its nodes are given that "
+                 "time before they count as silent", broker, deaf_s,
+                 " (its sessions and their messages lost)" if lost else "")
         now = self.clock()
         if restarted and now - self._probed_at.get(broker, -1e18) >= PROBE_MIN_INTERVAL_S:
             self._probed_at[broker] = now
@@ -874,7 +874,6 @@ class SyncHub:
                 name=f"cloudcore.synchub.probe[{broker}]")
             self._probes.add(task)
             task.add_done_callback(self._probes.discard)
-        return moved
 
     async def _probe_when_quiet(self, w: _Listen, on_it: Callable[[str], bool],
                                 broker: str) -> int:

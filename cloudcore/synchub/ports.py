@@ -61,7 +61,7 @@ class NodeSink(Protocol):
         ...
 
     def deaf(self, select: Callable[[str], bool], now: float, *, deaf_s: float,
-             lost: bool) -> int:
+             lost: bool) -> None:
         """The cloud could not hear the nodes `select` picks for `deaf_s` s up to `now`:
         their liveness deadlines move (`cloudcore.fleet.lifecycle.Liveness.deaf`)."""
         ...
