@@ -497,8 +497,13 @@ class Fleet:
                                  where=self._on_node(kind, node), limit=limit, after=after)
 
     def join_node(self, name: str, *, labels: dict[str, str], arch: str | None) -> Node:
-        """Register a node that joined with a token (or adopt one its agent registered)."""
+        """Register a node that joined with a token (or adopt one its agent registered).
+        A join is a new agent identity, whose report seqs start again (a reset cache):
+        the seq processed for the name before is forgotten, or its first reports would
+        be taken as duplicates if its resync is lost (a report from a cache that was
+        kept then shows as a gap, and the cloud asks for everything once)."""
         self.register_node(name, rejoin=True)
+        self.desired_sets.forget_report_seq(name)
         node = self.objects.nodes[name]
         status: dict[str, Any] = {"labels": labels}
         if arch:

@@ -218,3 +218,17 @@ def test_a_flapping_subscriber_does_not_keep_a_silent_node_ready() -> None:
     lv.heard("dead", 600.0)  # heard again: the next return gives it a window anew
     lv.deaf(lambda n: n == "dead", 610.0, deaf_s=5.0, lost=True)
     assert "dead" not in lv.expired(610.0 + 90.0 - 0.1)
+
+
+def test_a_join_forgets_the_report_seq_of_the_name() -> None:
+    """A node wiped and joined again numbers its reports from 1; if its resync is lost
+    (a broker back before the cloud), the cloud must not take them for duplicates of
+    the old stream and ack them away (the review of issue 14's report-gap work)."""
+    from cloudcore_fakes import make_fleet
+
+    fleet = make_fleet()
+    fleet.join_node("n1", labels={}, arch="amd64")
+    fleet.set_report_seq("n1", 40)
+    assert fleet.report_seq.get("n1") == 40
+    fleet.join_node("n1", labels={}, arch="amd64")
+    assert fleet.report_seq.get("n1") is None
