@@ -78,7 +78,7 @@ def test_storm_kills_every_broker_and_loses_nothing(tmp_path: Path) -> None:
     # each), and each node asked sent its full report
     m = r["messages"]
     assert 0 <= m["edge_report_again"] <= m["cloud_report_gaps"] + m["cloud_report_probes"]
-    assert m["edge_full_reports_sent"] >= m["edge_report_again"]
+    assert m["edge_full_reports_sent"] == m["edge_report_again"]  # no takeover here
     assert r["shard_kill"]["run"] is False and "--shards" in r["shard_kill"]["why"]
     # the timeline from the brokers' return saw every session come back
     tl = r["timeline_after_return"]
