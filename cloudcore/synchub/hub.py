@@ -117,10 +117,15 @@ REPORT_GAPS = "cloudcore_report_gaps_total"
 REPORT_PROBES = "cloudcore_report_probes_total"
 PROBE_QUIET_S = 2.0
 """After a broker that restarted is subscribed again, the hub asks the nodes there that
-said nothing for their whole status (`broker_back`) once no new node's resync has come
-for this long (the reconnect wave has passed) ..."""
-PROBE_MAX_WAIT_S = 30.0
-"""... or this long after the return, whichever is first."""
+said nothing for their whole status (`broker_back`) once the reconnect wave has passed:
+no new node's resync for this long, and ..."""
+PROBE_HEARD_SHARE = 0.9
+"""... at least this share of the nodes to ask heard from since the return (at 100,000
+nodes the wave starts seconds after the return and lasts minutes; before it starts the
+first condition holds too) ..."""
+PROBE_MAX_WAIT_S = 60.0
+"""... or this long after the return, whichever is first (by then most nodes there have
+sent a telemetry point, which is heard anyway)."""
 PROBE_SLICE = 1000
 PROBE_MIN_INTERVAL_S = 60.0
 """At most one probe round per broker in this time: a broker restarting in a loop does
@@ -878,33 +883,48 @@ class SyncHub:
     async def _probe_when_quiet(self, w: _Listen, on_it: Callable[[str], bool],
                                 broker: str) -> int:
         """Listen until the nodes' reconnects have passed (`PROBE_QUIET_S` without a new
-        node's resync, at most `PROBE_MAX_WAIT_S`), then `_probe`."""
+        node's resync and `PROBE_HEARD_SHARE` of the nodes to ask heard; at most
+        `PROBE_MAX_WAIT_S`), then `_probe` those not heard."""
         try:
+            candidates = await self._probe_candidates(on_it)
             while True:
                 now = self.clock()
-                left = min(w.last_resync + PROBE_QUIET_S, w.since + PROBE_MAX_WAIT_S) - now
-                if left <= 0:
+                if now - w.since >= PROBE_MAX_WAIT_S:
                     break
-                await asyncio.sleep(min(left, 0.5))
+                if now - w.last_resync >= PROBE_QUIET_S and \
+                        len(candidates & w.heard) >= PROBE_HEARD_SHARE * len(candidates):
+                    break
+                await asyncio.sleep(0.5)
         finally:
             self._listening.remove(w)
-        return await self._probe(on_it, w.heard, broker)
+        return self._probe(candidates - w.heard, broker)
 
-    async def _probe(self, on_it: Callable[[str], bool], heard: set[str], broker: str) -> int:
-        """Ask each node on `broker` that reported before but was not heard since our
-        return for its whole status (`ReportAck.again` with its last seq: it trims
-        nothing new and answers with one `full` report). A node not connected yet does
-        not get it (its session is gone) and is heard when its own resync arrives."""
-        asked = 0
+    async def _probe_candidates(self, on_it: Callable[[str], bool]) -> set[str]:
+        """The nodes a probe may ask: on the broker (`on_it`), known, reported before,
+        in a partition this hub owns. In slices: a scan of 100,000 names."""
+        out: set[str] = set()
         for i, (node, seq) in enumerate(list(self.desired.report_seqs.items()), 1):
             if i % PROBE_SLICE == 0:
                 await asyncio.sleep(0)
-            if seq < 1 or node in heard or not on_it(node) or not self.nodes.known(node):
+            if seq < 1 or not on_it(node) or not self.nodes.known(node):
                 continue
             if self.owns is not None and not self.owns(topics.partition_of(node)):
                 continue
+            out.add(node)
+        return out
+
+    def _probe(self, nodes: set[str], broker: str) -> int:
+        """Ask each of `nodes` (on `broker`, reported before, not heard since our return)
+        for its whole status (`ReportAck.again` with its last seq: it trims nothing new
+        and answers with one `full` report). A node not connected yet does not get it
+        (its session is gone) and is heard when its own resync arrives."""
+        asked = 0
+        for node in nodes:
+            seq = self.desired.report_seq(node)
+            if seq < 1:
+                continue  # forgotten meanwhile (deleted, joined again, moved away)
             self._again.add(node)
-            self._ack_report(node, self.desired.report_seq(node))
+            self._ack_report(node, seq)
             asked += 1
         self.metrics.inc(REPORT_PROBES, asked)
         log.info("broker %s: asked %d node(s) not heard since it came back for their "

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import aiomqtt
+import pytest
 
 from cloudcore.config import Settings
 from cloudcore.fleet.lifecycle import Liveness
@@ -109,7 +110,8 @@ async def test_a_broker_restart_counts_nothing_against_its_nodes(
 
 
 async def test_nodes_not_heard_after_a_lost_session_are_asked_for_everything(
-        tmp_path: Path, settings: Settings, service_factory: Any) -> None:
+        tmp_path: Path, settings: Settings, service_factory: Any,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """A node that reconnected before the cloud's subscriber did sent its resync into
     the void. Shortly after the return of a broker that restarted (it lost our kept
     session) the hub asks every node there that it has not heard since (and that
@@ -166,7 +168,11 @@ async def test_nodes_not_heard_after_a_lost_session_are_asked_for_everything(
             # as the subscriber does when it is back on a broker that lost its session
             run.hub.broker_back("mq-0", 3.0, True, restarted=True)
             talk.set()  # heard within the window: not asked
+            # quiet, but half of the nodes to ask heard: the wave may not have come yet
             await asyncio.sleep(hub_module.PROBE_QUIET_S + 1.0)
+            assert not any(a.again for acks in got.values() for a in acks)
+            monkeypatch.setattr(hub_module, "PROBE_HEARD_SHARE", 0.5)
+            await asyncio.sleep(1.5)
             assert [(a.seq, a.again) for a in got["quiet"] if a.again] == [(1, True)]
             assert not any(a.again for a in got["talker"])
             assert run.metrics.value(hub_module.REPORT_PROBES) == 1

@@ -14,6 +14,7 @@ from typing import Any
 import aiomqtt
 import httpx
 import msgpack
+import pytest
 from cloudcore_fakes import daemonset
 
 from cloudcore.config import Settings
@@ -334,13 +335,15 @@ async def test_a_lost_ask_is_made_again_when_the_node_resends_what_it_carried(
 
 
 async def test_a_probes_ask_is_not_made_again_on_a_duplicate(
-        mosquitto: int, settings: Settings, service_factory: Any) -> None:
+        mosquitto: int, settings: Settings, service_factory: Any,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """The probe after a broker's return asks nodes that may not be connected yet; its
     asks are not repeated when they later resend what the cloud had processed (a
     reconnect resends the outbox), or a probe fired before the nodes came back would
     make every one of them send its whole status."""
     from cloudcore.synchub import hub as hub_module
 
+    monkeypatch.setattr(hub_module, "PROBE_HEARD_SHARE", 0.0)  # the one node is not heard
     settings.mqtt.port = mosquitto
     settings.insecure = True
     run = await service_factory().start()
