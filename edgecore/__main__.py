@@ -30,7 +30,7 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Mapping, MutableMapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -469,42 +469,13 @@ by default grow with every larger block freed (up to 32 and 64 MiB), so a burst 
 large buffers (pod starts, a snapshot) leaves them in the heap; set, they stay fixed."""
 
 
-LEAN_TUNABLES = (f"glibc.malloc.arena_max={MALLOC_ARENA_MAX}"
-                 f":glibc.malloc.mmap_threshold={MALLOC_THRESHOLD}"
-                 f":glibc.malloc.trim_threshold={MALLOC_THRESHOLD}")
-"""The same for glibc as `_tune_malloc`, from the interpreter's first allocation on: the
-lean restart puts it into GLIBC_TUNABLES (issue 16, fifth round: 0.1-0.2 MiB less RSS,
-0.2-0.3 less peak, against 0.0-0.1 for the same settings made with mallopt once
-`run` has parsed its flags). Other C libraries ignore the variable."""
-
-
-def lean_environ(environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment of the lean restart: `environ` (this process's) with LEAN_TUNABLES
-    ahead of any GLIBC_TUNABLES it has, so a tunable the user set wins (glibc applies
-    them in order)."""
-    env = dict(os.environ if environ is None else environ)
-    theirs = env.get("GLIBC_TUNABLES")
-    env["GLIBC_TUNABLES"] = f"{LEAN_TUNABLES}:{theirs}" if theirs else LEAN_TUNABLES
-    return env
-
-
-def restore_environ(environ: MutableMapping[str, str] | None = None) -> None:
-    """Take LEAN_TUNABLES out of the lean agent's environment again (it has done its work
-    at the interpreter's start), so that the processes the agent spawns (conmon, crun,
-    skopeo, hooks) get the GLIBC_TUNABLES they would have got, or none."""
-    env = os.environ if environ is None else environ
-    value = env.get("GLIBC_TUNABLES")
-    if value == LEAN_TUNABLES:
-        del env["GLIBC_TUNABLES"]
-    elif value is not None and value.startswith(LEAN_TUNABLES + ":"):
-        env["GLIBC_TUNABLES"] = value[len(LEAN_TUNABLES) + 1:]
-
-
 def _tune_malloc() -> None:
     """glibc's malloc for a small, long-running agent (MALLOC_ARENA_MAX,
-    MALLOC_THRESHOLD), for a process that did not start with LEAN_TUNABLES
-    (`--plain-python`, `join --start`, `main()` called in-process). Called before the
-    agent's imports and before any thread exists."""
+    MALLOC_THRESHOLD): about 0.1 MiB less RSS with 20 pods, 0.15 less anonymous memory
+    (issue 16, fifth round; docs/benchmarks.md). Called once this process is the agent,
+    before the agent's imports and before any thread exists. The same settings made
+    through `GLIBC_TUNABLES` at the lean restart (from the interpreter's first
+    allocation) measured no better, and would be inherited by the processes it spawns."""
     libc = _libc()
     if libc is not None:
         libc.mallopt(-8, MALLOC_ARENA_MAX)  # M_ARENA_MAX
@@ -541,8 +512,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 # Same pid, so systemd, the testbed and the launcher see no difference.
                 sys.stdout.flush()
                 sys.stderr.flush()
-                os.execve(lean[0], lean, lean_environ())
-            restore_environ()
+                os.execv(lean[0], lean)
         from edgecore.upgrade import launched
         from edgecore.upgrade.launcher import launch
 

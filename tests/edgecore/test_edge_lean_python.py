@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from edgecore.__main__ import LEAN_FLAGS, LEAN_TUNABLES, lean_argv, lean_environ, restore_environ
+from edgecore.__main__ import LEAN_FLAGS, lean_argv
 
 
 def test_lean_argv_keeps_the_command_and_stops_once_lean() -> None:
@@ -28,48 +28,13 @@ def test_lean_argv_keeps_the_command_and_stops_once_lean() -> None:
     assert out.strip() == "None"
 
 
-def test_the_lean_restart_tunes_glibc_and_the_agents_children_do_not_inherit_it() -> None:
-    # issue 16, fifth round: LEAN_TUNABLES from the interpreter's start, ahead of the
-    # user's own (which win), and taken out again once the lean agent runs
-    assert lean_environ({"PATH": "/bin"}) == {"PATH": "/bin", "GLIBC_TUNABLES": LEAN_TUNABLES}
-    theirs = "glibc.malloc.arena_max=4"
-    restarted = lean_environ({"GLIBC_TUNABLES": theirs})
-    assert restarted == {"GLIBC_TUNABLES": f"{LEAN_TUNABLES}:{theirs}"}
-    restore_environ(restarted)
-    assert restarted == {"GLIBC_TUNABLES": theirs}
-    alone = lean_environ({})
-    restore_environ(alone)
-    assert alone == {}
-    assert "arena_max=1" in LEAN_TUNABLES and "mmap_threshold=131072" in LEAN_TUNABLES
-
-
 def _cmdline(pid: int) -> list[str]:
     return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
 
 
-def _environ(pid: int) -> bytes:
-    """The environment `pid` was exec'd with, as /proc shows it: NUL-separated, and where
-    glibc read GLIBC_TUNABLES it wrote a NUL after each tunable (glibc 2.36: the process
-    itself gets a copy)."""
-    return Path(f"/proc/{pid}/environ").read_bytes()
-
-
-def _exec_tunables(environ: bytes) -> str | None:
-    """GLIBC_TUNABLES as the process was exec'd with it, or None."""
-    entries = environ.split(b"\0")
-    for i, entry in enumerate(entries):
-        if entry.startswith(b"GLIBC_TUNABLES="):
-            value = [entry[len(b"GLIBC_TUNABLES="):]]
-            value += [e for e in entries[i + 1:] if e.startswith(b"glibc.")][:2]
-            return b":".join(value).decode()
-    return None
-
-
-def _run_agent(tmp_path: Path, port: int, *extra: str
-               ) -> tuple[list[str], str, bytes]:
+def _run_agent(tmp_path: Path, port: int, *extra: str) -> tuple[list[str], str]:
     """Start `python -m edgecore run` as a user would; once it has written its metrics
-    file (it runs), return its command line and the environment it was exec'd with (read
-    from /proc: the same pid), and stop it."""
+    file (it runs), return its command line (read from /proc: the same pid) and stop it."""
     state = tmp_path / "state"
     metrics = tmp_path / "metrics.prom"
     env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFED_")}
@@ -86,7 +51,6 @@ def _run_agent(tmp_path: Path, port: int, *extra: str
         assert proc.poll() is None, f"the agent exited {proc.returncode}: {proc.stderr}"
         assert metrics.exists(), "the agent did not write its metrics file in 60 s"
         argv = _cmdline(proc.pid)
-        environ = _environ(proc.pid)
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -95,7 +59,7 @@ def _run_agent(tmp_path: Path, port: int, *extra: str
             proc.kill()
             _, err = proc.communicate()
     assert proc.returncode == 0, err[-2000:]
-    return argv, err, environ
+    return argv, err
 
 
 @pytest.fixture
@@ -106,16 +70,14 @@ def runnable() -> None:
 
 @pytest.mark.usefixtures("runnable")
 def test_edgecore_run_restarts_itself_lean_and_runs(tmp_path: Path, mosquitto) -> None:
-    argv, err, environ = _run_agent(tmp_path, mosquitto.port)
+    argv, err = _run_agent(tmp_path, mosquitto.port)
     assert argv[1:1 + len(LEAN_FLAGS)] == list(LEAN_FLAGS), argv
-    assert _exec_tunables(environ) == LEAN_TUNABLES  # glibc tuned from the start
     assert argv[1 + len(LEAN_FLAGS):1 + len(LEAN_FLAGS) + 3] == ["-m", "edgecore", "run"]
     assert "Traceback" not in err
 
 
 @pytest.mark.usefixtures("runnable")
 def test_plain_python_keeps_the_interpreter_as_started(tmp_path: Path, mosquitto) -> None:
-    argv, _, environ = _run_agent(tmp_path, mosquitto.port, "--plain-python")
+    argv, _ = _run_agent(tmp_path, mosquitto.port, "--plain-python")
     assert "-OO" not in argv and "no_debug_ranges" not in argv
-    assert _exec_tunables(environ) is None  # mallopt instead, once the flags are parsed
     assert argv[1:4] == ["-m", "edgecore", "run"]
