@@ -461,11 +461,17 @@ async def test_logs_since(runtime: CrunRuntime, seeded_registry: SeededRegistry)
     t0 = time.time()
     await runtime.run(
         "since",
-        spec(seeded_registry.busybox, "since", "sh", "-c", "echo early; sleep 1; echo late"),
+        spec(seeded_registry.busybox, "since", "sh", "-c", "echo early; sleep 2; echo late"),
     )
+    # The boundary is taken once "early" is logged (not at a guessed offset from the
+    # start, which a loaded machine overshoots): "late" comes 2 s after it.
+    async with asyncio.timeout(30):
+        while b"early" not in await runtime.logs("since"):
+            await asyncio.sleep(0.05)
+    mid = time.time()
     await wait_state(runtime, "since", stopped)
     assert await runtime.logs("since", since=t0 - 1) == b"early\nlate\n"
-    assert await runtime.logs("since", since=t0 + 0.5) == b"late\n"
+    assert await runtime.logs("since", since=mid) == b"late\n"
     assert await runtime.logs("since", since=time.time() + 1) == b""
     assert await runtime.logs("since", since=t0 - 1, tail=1) == b"late\n"
 
