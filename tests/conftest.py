@@ -1,10 +1,16 @@
-"""Test-wide rules: no test may leave asyncio tasks running (as kopf does)."""
+"""Test-wide rules: no test may leave asyncio tasks running (as kopf does); property
+tests have no per-example deadline (hypothesis's 200 ms default fails them on a
+loaded 2-core machine, which says nothing about the property)."""
 
 from __future__ import annotations
 
 import asyncio
 
 import pytest
+from hypothesis import settings
+
+settings.register_profile("edgefed", deadline=None)
+settings.load_profile("edgefed")
 
 
 @pytest.fixture(autouse=True)
