@@ -124,8 +124,10 @@ PROBE_HEARD_SHARE = 0.9
 nodes the wave starts seconds after the return and lasts minutes; before it starts the
 first condition holds too) ..."""
 PROBE_MAX_WAIT_S = 60.0
-"""... or this long after the return, whichever is first (by then most nodes there have
-sent a telemetry point, which is heard anyway)."""
+"""If the wave has not passed this long after the return, there is no probe: the nodes
+that reconnected before our subscriber have been connected since, and their telemetry
+point (a minute) has been heard; the nodes not heard yet are mostly not connected, and
+asking them would be tens of thousands of messages to nobody (the 100,000-node storm)."""
 PROBE_SLICE = 1000
 PROBE_MIN_INTERVAL_S = 60.0
 """At most one probe round per broker in this time: a broker restarting in a loop does
@@ -884,13 +886,17 @@ class SyncHub:
                                 broker: str) -> int:
         """Listen until the nodes' reconnects have passed (`PROBE_QUIET_S` without a new
         node's resync and `PROBE_HEARD_SHARE` of the nodes to ask heard; at most
-        `PROBE_MAX_WAIT_S`), then `_probe` those not heard."""
+        `PROBE_MAX_WAIT_S`: else no probe), then `_probe` those not heard."""
         try:
             candidates = await self._probe_candidates(on_it)
             while True:
                 now = self.clock()
                 if now - w.since >= PROBE_MAX_WAIT_S:
-                    break
+                    heard = len(candidates & w.heard)
+                    log.info("broker %s: no probe: %d of %d node(s) heard %.0f s after its "
+                             "return (the rest are heard through their own resync or "
+                             "telemetry)", broker, heard, len(candidates), now - w.since)
+                    return 0
                 if now - w.last_resync >= PROBE_QUIET_S and \
                         len(candidates & w.heard) >= PROBE_HEARD_SHARE * len(candidates):
                     break
