@@ -302,10 +302,13 @@ class KV:
                     bucket=name, history=1, replicas=replicas, ttl=ttl), bucket=name,
                     timeout=timeout)
             except KVRefused as exc:
-                cause = exc.__cause__
-                if getattr(cause, "err_code", None) != 10058:  # exists, other settings
+                code = getattr(exc.__cause__, "err_code", None)
+                # 10058: it exists with other settings; 10065: "subjects overlap with an
+                # existing stream", the loser of a race with another shard creating it
+                if code not in (10058, 10065):
                     raise
-                log.info("bucket %s exists with other settings; opening it as it is", name)
+                log.info("bucket %s exists (%s); opening it as it is", name,
+                         "other settings" if code == 10058 else "made meanwhile by another")
                 kv = await _wrapped(f"open bucket {name}", js.key_value(name), bucket=name,
                                     timeout=timeout)
         else:

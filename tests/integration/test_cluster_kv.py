@@ -175,3 +175,20 @@ async def test_insecure_mode_is_explicit_and_works(tmp_path: Path) -> None:
             assert await b.get("k") is None
             await b.put("k", b"v")
             assert (await b.get("k")).value == b"v"  # type: ignore[union-attr]
+
+
+async def test_two_shards_creating_a_bucket_at_once_both_open_it(nats1: NatsKV) -> None:
+    """Shards that start together create their buckets at the same moment: the loser of
+    that race gets "subjects overlap with an existing stream" (err 10065) from NATS, not
+    "exists" (10058), and must open the bucket the winner made (CI caught a shard test
+    failing on it)."""
+    async with KV(settings(nats1)) as a, KV(settings(nats1)) as b, \
+            KV(settings(nats1)) as c, KV(settings(nats1)) as d:
+        for i in range(40):
+            name = f"t_race{i}"
+            opened = await asyncio.gather(*(kv.bucket(name, create=True)
+                                            for kv in (a, b, c, d)))
+            await opened[0].put("k", b"from a")
+            for other in opened[1:]:
+                got = await other.get("k")
+                assert got is not None and got.value == b"from a"
