@@ -66,6 +66,8 @@ HOME_RETRY_S = 300.0
 """Seconds between attempts to go back to a better broker while on a fallback."""
 HOME_RETRY_JITTER = 0.2
 MOVE_JITTER_S = 60.0
+SUBACK_GRACE_S = 2.0
+"""Seconds a stop during the subscribe waits for its SUBACK before closing the session."""
 """A move the map asks for waits a random 0..this many seconds (no connect storm)."""
 
 
@@ -81,6 +83,13 @@ def _resume_cancel() -> None:
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError
+
+
+def _retrieve(done: asyncio.Future[Any]) -> None:
+    """Mark a background future's outcome as seen: its caller may have stopped waiting,
+    and the failure is handled there (or moot); asyncio would log it as never retrieved."""
+    if not done.cancelled():
+        done.exception()
 
 
 class LinkHandler(Protocol):
@@ -329,10 +338,18 @@ class Link:
         except asyncio.CancelledError:
             entering.add_done_callback(lambda f: self._drop_late(f, session))
             raise
+        # Shielded too: aiomqtt forgets a cancelled subscribe at once, and logs the SUBACK
+        # that still arrives (before our DISCONNECT is answered) as an error with a
+        # traceback. A stop during the subscribe lets the answer arrive first.
+        subscribing = asyncio.ensure_future(client.subscribe(self._down, qos=1))
+        subscribing.add_done_callback(_retrieve)
         try:
-            await client.subscribe(self._down, qos=1)
+            await asyncio.shield(subscribing)
             _resume_cancel()
         except BaseException as exc:
+            if not subscribing.done():
+                await asyncio.wait({subscribing}, timeout=min(self.op_timeout_s, SUBACK_GRACE_S))
+                subscribing.cancel()
             await self._close(session)
             if isinstance(exc, aiomqtt.MqttError):
                 raise LinkError(str(exc) or type(exc).__name__) from exc

@@ -252,10 +252,6 @@ def malloc_facts():
     libc = ctypes.CDLL(None)
     if not hasattr(libc, "mallinfo2"):
         return None
-    class Info(ctypes.Structure):
-        _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks",
-                    "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
-    libc.mallinfo2.restype = Info
     libc.malloc.restype = ctypes.c_void_p
     libc.malloc.argtypes = [ctypes.c_size_t]
     libc.free.argtypes = [ctypes.c_void_p]
@@ -270,11 +266,14 @@ def malloc_facts():
         f.seek(0)
         heaps = f.read().count(b"<heap nr=")
     libc.free(libc.malloc(1 << 20))
-    before = libc.mallinfo2().hblks
     block = libc.malloc(512 * 1024)
-    mmapped = libc.mallinfo2().hblks - before
+    # The chunk's own header (the size word before the block) says whether it was
+    # mmapped (bit 0x2, IS_MMAPPED): a fact of this block alone, where a before/after
+    # count of mmapped blocks would also see the worker threads' allocations.
+    mmapped = bool(ctypes.c_size_t.from_address(block - ctypes.sizeof(ctypes.c_size_t)).value
+                   & 0x2)
     libc.free(block)
-    return {"arenas": heaps, "half_mib_mmapped": mmapped == 1}
+    return {"arenas": heaps, "half_mib_mmapped": mmapped}
 
 class WhenImported:
     # Wraps edgecore.agent when `run` imports it, so that everything `run` does before

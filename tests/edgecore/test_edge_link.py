@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -244,3 +245,39 @@ async def test_cancel_wins_over_a_failing_disconnect(mosquitto, monkeypatch) -> 
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(task, 5)
+
+
+
+async def test_a_stop_during_the_subscribe_logs_no_error(
+        mosquitto, monkeypatch, caplog: pytest.LogCaptureFixture) -> None:
+    """The agent stopped as its SUBSCRIBE goes out: the SUBACK that arrives while the
+    session closes is not logged as an error. aiomqtt forgets a cancelled subscribe and
+    logs its answer with a traceback (`KeyError: 1`, seen in CI when `edgecore run` got
+    SIGTERM right after starting). Made certain here by a loop busy for 0.2 s as the
+    DISCONNECT is queued: the SUBACK is then read before the DISCONNECT is written."""
+    import time as clock
+
+    import paho.mqtt.client as paho
+
+    from edgecore.link import Link
+
+    link = Link(node=NODE, host="127.0.0.1", port=mosquitto.port, handler=_Quiet())
+    task = asyncio.create_task(link.run())
+    real_subscribe, real_disconnect = aiomqtt.Client.subscribe, paho.Client.disconnect
+
+    async def subscribe_as_the_stop_comes(self: aiomqtt.Client, *a: Any, **kw: Any) -> Any:
+        task.cancel()
+        return await real_subscribe(self, *a, **kw)
+
+    def busy_then_disconnect(self: paho.Client, *a: Any, **kw: Any) -> Any:
+        clock.sleep(0.2)
+        return real_disconnect(self, *a, **kw)
+
+    monkeypatch.setattr(aiomqtt.Client, "subscribe", subscribe_as_the_stop_comes)
+    monkeypatch.setattr(paho.Client, "disconnect", busy_then_disconnect)
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 10)
+    await asyncio.sleep(0.3)
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not errors, [r.getMessage() for r in errors]
+    assert not link.connected
