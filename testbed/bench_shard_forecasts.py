@@ -46,23 +46,9 @@ from cloudcore.fleet import Fleet, Liveness
 from cloudcore.scheduler import Scheduler
 from cloudcore.service import tune_gc
 from shared import topics
+from testbed.bench_placement import NullStore  # a Persister that keeps nothing
 
 T0 = 1_800_000_000.0
-
-
-class NullStore:
-    """A Persister that keeps nothing (the reader never writes another shard's nodes)."""
-
-    epoch = "bench"
-
-    def put(self, db: str, key: str, value: Any) -> None:
-        pass
-
-    def put_later(self, db: str, key: str, producer: Any) -> None:
-        pass
-
-    def delete(self, db: str, key: str) -> None:
-        pass
 
 
 class MemoryBucket:
