@@ -223,9 +223,15 @@ async def test_pod_network_pod_ip_nat_and_host_port(
             ip_a, ip_b = node.latest[a].pod_ip, node.latest[b].pod_ip  # type: ignore[union-attr]
             assert ip_a and ip_b and ip_a != ip_b
             cid_b = container_id("default", "b", "web", b_entry["revision"])
-            # Pod to pod by pod IP.
-            rc, out, err = await runtime.exec(cid_b, ["wget", "-q", "-O", "-",
-                                                      f"http://{ip_a}/index.html"])
+            # Pod to pod by pod IP. Running means httpd's shell started, not that httpd
+            # listens yet (a loaded machine shows the difference): asked until it answers.
+            async with asyncio.timeout(30):
+                while True:
+                    rc, out, err = await runtime.exec(cid_b, ["wget", "-q", "-O", "-",
+                                                              f"http://{ip_a}/index.html"])
+                    if rc == 0 or b"refused" not in err:
+                        break
+                    await asyncio.sleep(0.2)
             assert rc == 0 and b"hello-from-web" in out, err
             # Pod to the outside, masqueraded to the node's address on that link.
             rc, out, err = await runtime.exec(cid_b, ["nc", "-w", "3", "10.124.0.2",

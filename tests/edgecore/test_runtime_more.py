@@ -437,9 +437,24 @@ async def test_log_rotation_keeps_files_and_loses_nothing(
     async with own_runtime(tmp_path / "rt", seeded_registry, log_size_max_bytes=2000) as rt:
         await rt.run("chatty", spec(seeded_registry.busybox, "chatty", "sh", "-c", script))
         rotations = 0
-        while (st := await state_of(rt, "chatty")) is not None and not stopped(st):
-            rotations += await rt.rotate_logs("chatty", keep=3)
-            await asyncio.sleep(0.01)
+        done = asyncio.Event()
+
+        async def rotate_often() -> None:
+            # As the agent does: often enough that conmon never writes a whole
+            # log_size_max_bytes between two calls. Apart from the `crun state` polls,
+            # which take far longer than 10 ms on a loaded machine.
+            nonlocal rotations
+            while not done.is_set():
+                rotations += await rt.rotate_logs("chatty", keep=3)
+                await asyncio.sleep(0.01)
+
+        rotating = asyncio.create_task(rotate_often())
+        try:
+            while (st := await state_of(rt, "chatty")) is not None and not stopped(st):
+                await asyncio.sleep(0.05)
+        finally:
+            done.set()
+            await rotating
         rotations += await rt.rotate_logs("chatty", keep=3)
         assert rotations >= 4
         files = sorted(p.name for p in (rt.root / "logs").iterdir())
