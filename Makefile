@@ -40,7 +40,7 @@ lint: deps
 	$(VENV)/bin/mypy --strict shared/
 
 test: lint
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider --durations=15
 
 bench: deps
 	$(VENV)/bin/testbed bench sync --nodes 5000

@@ -87,6 +87,11 @@ assert FORECAST_KEYS[4] == "trusted"
 Results = dict[str, dict[str, float]]
 
 
+PCACHE_SLACK = 1024
+"""Names the node -> partition cache may hold beyond twice the fleet's nodes (deleted
+nodes' names, other shards' nodes) before it is emptied and filled again."""
+
+
 def bucket_name(prefix: str) -> str:
     return f"{prefix}_forecasts"
 
@@ -234,6 +239,8 @@ class SharedForecasts:
         every other shard's node shown here); queues one value per held partition for
         the writer and wakes the applier (other shards' values)."""
         owned = {p for p in range(topics.PARTITIONS) if self.owns(p)}
+        if len(self._pcache) > 2 * len(self.fleet.objects.nodes) + PCACHE_SLACK:
+            self._pcache.clear()  # mostly deleted nodes' names: start again
         pc, part_of = self._pcache, self.partition_of
         mine = {n: fc for n, fc in results.items()
                 if (pc[n] if n in pc else part_of(n)) in owned}
