@@ -238,6 +238,7 @@ async def run(settings: Settings, *,
             steps = SharedSteps(fleet, shard=shard.name,  # rollout batches by the holder
                                 holds_global=lambda: shard is not None and shard.holds_global,
                                 fence=shard.global_fence, version=replica.version_by_key)
+            shard.on_global.append(steps.global_changed)  # a scale made while none held
             batches = SharedBatches(fleet, shard=shard.name,  # agent upgrades by the holder
                                     holds_global=lambda: shard is not None
                                     and shard.holds_global, fence=shard.global_fence)

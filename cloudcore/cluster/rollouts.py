@@ -55,7 +55,9 @@ one. The end of a rollout carries the version of the workload the holder ended i
 (`"spec"`, its revision in the objects bucket, `ClusterObjects.version_by_key`) and is
 applied only once this shard's copy is at least there: applied to an older copy, the end
 would sync the pods to the count before the scale (running pods removed, made again).
-While no shard holds the global lease, such a Deployment is not scaled at all.
+While no shard holds the global lease, such a Deployment is not scaled at all; the next
+holder, once its replica of the steps caught up, brings each to its replicas
+(`global_changed`, `_rescale`).
 """
 
 from __future__ import annotations
@@ -202,6 +204,28 @@ class SharedSteps(HolderReplica):
         self.caught_up = True
         log.info("shard %s: rollout steps replica caught up (%d keys)", self.shard,
                  len(self.lists) + len(self.ends))
+        if self._holds():
+            self._rescale()
+
+    async def global_changed(self, held: bool) -> None:
+        """The shard took (`held`) or lost the global lease (`Shard.on_global`)."""
+        if held and self.caught_up:
+            self._rescale()
+
+    def _rescale(self) -> None:
+        """A new holder (caught up): the Deployments under a maxSurge rollout are scaled
+        to their replicas now. An apply changing them while no shard held the lease was
+        made by none (each leaves such a Deployment's count to the holder)."""
+        plans, workloads = self.fleet.rollouts, self.fleet.workloads
+        scaled = 0
+        for dep in list(self.fleet.objects.deployments.values()):
+            if surge_allowed(dep, plans.plan(dep)) > 0:
+                workloads.sync_deployment(dep)
+                scaled += 1
+        if scaled:
+            self.fleet.commit()
+            log.info("shard %s: holds the global lease: %d Deployment(s) under a maxSurge "
+                     "rollout brought to their replicas", self.shard, scaled)
 
     def apply_entry(self, e: Entry) -> None:
         """One value of the bucket: remembered and applied (a holder's own are not)."""

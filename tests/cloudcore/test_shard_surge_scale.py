@@ -11,6 +11,7 @@ before the scale, read after it, removed pods the scale had made there.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from cloudcore_fakes import deployment
@@ -187,3 +188,20 @@ def test_a_deployment_with_no_rollout_under_way_is_scaled_by_each_shard() -> Non
     exchange(a, b)
     b.apply(scaled(deployment("web", replicas=REPLICAS), REPLICAS + 2))
     assert len(web_pods(b)) == REPLICAS + 2
+
+
+def test_a_scale_made_while_no_shard_holds_the_lease_is_made_by_the_next_holder() -> None:
+    """The scale arrives while the global lease is between holders (the holder died,
+    its lease not yet taken): no shard scales a Deployment under a maxSurge rollout on
+    its own, so the shard that takes the lease scales it then. Before, the scale waited
+    for the next apply of the Deployment (or a restart)."""
+    a, b, v2 = start_rollout()
+    a.holds = False  # A's lease ran out; nobody holds it
+    before = web_pods(a)
+    for s in (a, b):
+        s.apply(scaled(v2, REPLICAS + 3))
+    assert web_pods(a) == web_pods(b) == before  # no shard decides
+    b.holds = True
+    asyncio.run(b.steps.global_changed(True))  # as `Shard.on_global` calls it
+    assert len(web_pods(b)) > len(before)  # the new holder made the scale's pods
+    finish(b, a, REPLICAS + 3)
