@@ -134,9 +134,11 @@ def agent_upgrade(version: str, *, batch: int, deadline: int = 120) -> dict[str,
 
 @contextmanager
 def sharded_fleet(tmp_path: Path, shard_names: tuple[str, ...], nodes: int,
-                  heartbeat: float) -> Iterator[ShardedFleet]:
+                  heartbeat: float, *, crash_marker: str | None = None
+                  ) -> Iterator[ShardedFleet]:
     """`nodes` simulated nodes `sim-0...` on shards `shard_names`, every shard ready;
-    everything stopped on exit."""
+    everything stopped on exit. `crash_marker`: an agent release whose version holds it
+    is reported RolledBack (`testbed.simulator --crash-marker`)."""
     fleet = seed_fleet(tmp_path, heartbeat=heartbeat)
     shards: list[ShardProc] = []
     sim: subprocess.Popen[bytes] | None = None
@@ -163,6 +165,7 @@ def sharded_fleet(tmp_path: Path, shard_names: tuple[str, ...], nodes: int,
                          "--port", str(fleet.broker.port), "--prefix", "sim", "--count",
                          str(nodes), "--heartbeat", str(heartbeat), "--rate", "50",
                          "--report-pods", *sim_args, "--gens-file", str(gens_file),
+                         *(["--crash-marker", crash_marker] if crash_marker else []),
                          "--stats", str(stats_file)],
                         stdout=sim_log, stderr=subprocess.STDOUT)
                 yield ShardedFleet(fleet, shards, sim, gens_file, nats, stats_file)

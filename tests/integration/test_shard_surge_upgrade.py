@@ -16,6 +16,12 @@ each node reports its applied pods Running at their revision, and takes an
   summaries and each owner delivers its nodes' release entries: every node reports the
   version, the AgentUpgrade is Complete on every shard. Before, only the holder's own
   nodes got their entry.
+- Then an AgentUpgrade of a release that crashes at start (two nodes owned by shards not
+  holding the lease, selected by a label; one at a time, no failure allowed), through
+  another shard not holding the lease: the first node reports RolledBack to its owner;
+  the holder aborts it from that owner's summary, every shard shows it Aborted, and the
+  second node is never upgraded.
+  Before, the abort across shards was tested in-process only.
 - kill -9 of the holder in the middle of an AgentUpgrade (maxUnavailable 2, paused with
   no node in progress first): a survivor takes the global lease, and once resumed goes
   on from the batches in KV until every node, the killed shard's included (taken
@@ -29,6 +35,7 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +58,9 @@ NODES = 18
 SHARDS = ("U1", "U2", "U3")
 REPLICAS, SURGE = 6, 2
 VERSION = "1.2.3"
+CRASH = "crash-now"
+"""A release whose version holds this is reported RolledBack by the simulated agents."""
+BROKEN = f"1.2.4-{CRASH}"
 
 
 def deployment(args: list[str]) -> dict[str, Any]:
@@ -74,8 +84,18 @@ def upgraded(s: Any) -> dict[str, Any] | None:
     return None
 
 
+def label(s: Any, node: str, labels: dict[str, str]) -> None:
+    """`fedctl label node` through shard `s`."""
+    req = urllib.request.Request(
+        f"{s.api}/api/v1/nodes/{node}", method="PATCH",
+        data=json.dumps({"metadata": {"labels": labels}}).encode(),
+        headers={"Authorization": f"Bearer {s.token}", "content-type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30, context=s.ssl):
+        pass
+
+
 def test_maxsurge_rollout_and_agent_upgrade_across_shards(tmp_path: Path) -> None:
-    with sharded_fleet(tmp_path, SHARDS, NODES, HEARTBEAT) as sf:
+    with sharded_fleet(tmp_path, SHARDS, NODES, HEARTBEAT, crash_marker=CRASH) as sf:
         shards = sf.shards
         own = wait_for("every node Ready on one shard, nodes on every shard",
                        lambda: one_owner_each(shards, NODES), 150)
@@ -152,6 +172,47 @@ def test_maxsurge_rollout_and_agent_upgrade_across_shards(tmp_path: Path) -> Non
         for s in others:  # the holder's status, shown by every shard
             wait_for(f"{s.name} shows the AgentUpgrade Complete", lambda s=s: upgraded(s),
                      30, every=0.5)
+
+        # 3. an AgentUpgrade whose release crashes at start, through another shard, of
+        # two nodes owned by shards not holding the lease: the holder hears of the
+        # failure only through their owners' summaries
+        away = sorted(n for n, o in own.items() if o != holder.name)
+        picked = {away[0], away[-1]}
+        broken = agent_upgrade(BROKEN, batch=1)
+        broken["spec"]["selector"] = {"matchLabels": {"edgefed.io/canary": "yes"}}
+        for n in picked:
+            label(holder, n, {"edgefed.io/canary": "yes"})
+        others[1].call("/api/v1/apply", {"documents": [broken]})
+
+        def aborted(s: Any) -> dict[str, Any] | None:
+            st = s.call(f"/api/v1/agentupgrades/agent-{BROKEN}").get("status") or {}
+            return st if st.get("phase") == "Aborted" else None
+
+        t0 = time.monotonic()
+        try:
+            st = wait_for("the broken AgentUpgrade Aborted", lambda: aborted(holder), 90,
+                          every=0.5)
+        except AssertionError:
+            print("holder's AgentUpgrade:", json.dumps(holder.call(
+                f"/api/v1/agentupgrades/agent-{BROKEN}"))[:2000])
+            raise
+        for s in others:
+            wait_for(f"{s.name} shows it Aborted", lambda s=s: aborted(s), 30, every=0.5)
+        time.sleep(2 * HEARTBEAT)  # room for a wrong next batch to show
+        st = aborted(holder) or {}
+        failed = {f["node"] for f in st.get("failures", [])}
+        print(f"broken AgentUpgrade over 3 shards: Aborted {time.monotonic() - t0:.1f} s "
+              f"after the apply; {st}")
+        assert st.get("phase") == "Aborted" and st.get("upgraded") == 0, st
+        assert failed and st["failed"] == len(failed), st
+        # the first batch only was told, and it was sent back to the good release
+        assert st["total"] == 2 and failed <= picked, st
+        assert st["rolledBack"] == 1 and st["inProgress"] == 0, st  # one batch told
+        for s in shards:  # every node still runs the good release
+            assert set(versions(s).values()) == {VERSION}, (s.name, versions(s))
+        owners = {own[n] for n in failed}
+        print(f"the failed nodes' owners: {sorted(owners)}; holder {holder.name}")
+        assert holder.name not in owners
 
 
 def test_agent_upgrade_goes_on_after_the_holder_is_killed(tmp_path: Path) -> None:
