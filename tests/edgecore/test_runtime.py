@@ -293,14 +293,14 @@ async def test_stop_escalates_to_sigkill(
     await asyncio.sleep(0.3)  # let the shells install their traps
 
     t0 = time.monotonic()
-    await runtime.stop("polite", grace_s=5)
-    assert time.monotonic() - t0 < 3
+    await runtime.stop("polite", grace_s=30)
+    assert time.monotonic() - t0 < 15  # returned when it exited, not at the grace's end
     assert (await state_of(runtime, "polite")).exit_code == 42  # type: ignore[union-attr]
 
     t0 = time.monotonic()
     await runtime.stop("stubborn", grace_s=1)
     took = time.monotonic() - t0
-    assert 0.9 < took < 5
+    assert 0.9 < took < 15  # waited its grace, then SIGKILL
     st = await state_of(runtime, "stubborn")
     assert st is not None and st.status == "stopped" and st.exit_code == 137
     await runtime.stop("stubborn")  # already stopped: no-op

@@ -518,13 +518,13 @@ def test_wait_until_running(stub: Any) -> None:
         "-l",
         "app=web",
         "--timeout",
-        "10",
+        "60",
         "--interval",
         "0.1",
     )
     t.join()
     assert r.exit_code == 0, r.output
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 30  # returned once met, not at its timeout
     assert r.stdout.splitlines() == ["pod/web-a condition met", "pod/web-b condition met"]
 
 

@@ -232,9 +232,9 @@ def test_rollout_status_follows_the_rollout_to_its_end(cloud: Cloud) -> None:
     apply(cloud, v2)
     with Agents(cloud, delay=0.5):
         started = time.monotonic()
-        r = fed(cloud, "rollout", "status", "ds/agent", "--interval", "0.05", "--timeout", "20s")
+        r = fed(cloud, "rollout", "status", "ds/agent", "--interval", "0.05", "--timeout", "60s")
     assert r.exit_code == 0, r.output
-    assert time.monotonic() - started < 10
+    assert time.monotonic() - started < 30  # it followed the rollout to its end
     *waiting, done = r.stdout.splitlines()
     assert done == 'daemonset "agent" successfully rolled out'
     matches = [WAITING.match(line) for line in waiting]
