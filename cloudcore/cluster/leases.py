@@ -323,6 +323,8 @@ class Member:
                     await self._until_available("join", lambda: self._join(members))
                     self.joined.set()
                     tg.create_task(self._guard(), name=f"cluster[{self.name}].guard")
+                    tg.create_task(self._keepalive(members, leases),
+                                   name=f"cluster[{self.name}].keepalive")
                     while True:
                         await self._tick(members, leases)
                         await asyncio.sleep(s.tick_s)
@@ -491,11 +493,22 @@ class Member:
         await self._emit(Change(frozenset(), lost, self.owned, global_lost=g_lost,
                                 holds_global=self.holds_global, reason="expired"))
 
+    async def _keepalive(self, members: Bucket, leases: Bucket) -> None:
+        """The heartbeat and the renewals, in their own task: the tick awaits `on_change`
+        for what it takes or hands back, and a shard's takeover of tens of thousands of
+        nodes can run longer than a lease period on a busy loop (96 s for 50,000 nodes in
+        the 100,000-node shard kill, issue 14). Behind it, the heartbeat and renewals
+        stopped, every lease lapsed, the others reaped the member and took its partitions
+        while it was still taking them over, and the leases went round the shards for
+        good."""
+        while True:
+            await self._heartbeat(members)
+            await self._renew(leases)
+            await asyncio.sleep(self.settings.tick_s)
+
     async def _tick(self, members: Bucket, leases: Bucket) -> None:
         await self._expire_own()
-        await self._heartbeat(members)
         await self._reap(members)
-        await self._renew(leases)
         await self._rebalance(leases)
         await self._take_global(leases)
 
