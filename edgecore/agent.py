@@ -165,6 +165,7 @@ class Agent:
             scraper = self.scraper = Scraper(
                 targets=lambda: scrape.targets(sync.desired.items, self._pod_ip(network)),
                 sink=reporter.metrics, interval_s=s.scrape_interval_s or 60.0,
+                always=s.agent_metrics,
                 agent=lambda: metrics.samples(link.stats, sync.stats),
                 clock=self.clock, limits=ScrapeLimits(
                     max_body_bytes=s.scrape_max_body_bytes, timeout_s=s.scrape_timeout_s,

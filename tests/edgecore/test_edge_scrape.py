@@ -360,7 +360,7 @@ async def test_a_failing_round_does_not_stop_the_scraper() -> None:
     async def sink(batch: dict[str, Any]) -> None:
         sent.append(batch)
 
-    s = Scraper(targets=found, sink=sink, agent=list, interval_s=0.05)
+    s = Scraper(targets=found, sink=sink, agent=list, interval_s=0.05, always=True)
     task = asyncio.create_task(s.run())
     try:
         async with asyncio.timeout(5):
@@ -371,3 +371,18 @@ async def test_a_failing_round_does_not_stop_the_scraper() -> None:
         with contextlib.suppress(asyncio.CancelledError):
             await task
     assert len(calls) >= 2 and parse_metrics_batch(sent[0]).pods == {}
+
+
+async def test_a_round_with_no_pod_to_scrape_sends_nothing_unless_asked() -> None:
+    """Issue 16's quiet link: the agent's own metrics alone (about 2 KB) are not sent every
+    minute by a node with nothing to scrape; `agent_metrics` (`always`) sends them."""
+    quiet: list[dict[str, Any]] = []
+    assert await scraper([], quiet).round() is None
+    assert quiet == []
+    asked: list[dict[str, Any]] = []
+    s = scraper([], asked)
+    s.always = True
+    batch = await s.round()
+    assert asked == [batch]
+    assert "edgecore_messages_received_total" in {
+        n for n, _, _ in parse_metrics_batch(batch).agent.samples}
