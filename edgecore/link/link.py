@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import aiomqtt
+import paho.mqtt.client as paho_mqtt
 
 from edgecore.errors import LinkError
 from edgecore.link.brokers import BrokerList, Endpoint
@@ -83,6 +84,24 @@ def _resume_cancel() -> None:
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError
+
+
+def _count_as_sent(client: aiomqtt.Client, at: float) -> None:
+    """Tell paho that a packet went out at `at` (its clock, `time_func`).
+
+    paho-mqtt 2.x never moves its "last packet sent" time when a write empties its queue
+    (eclipse-paho/paho.mqtt.python#813, open), so it sends a PINGREQ every keepalive however
+    often we publish: at the agent's 600 s keepalive, about 180 bytes every 10 minutes on
+    a link that carries a telemetry report every minute (2.4 bit/s of an idle node's 60,
+    issue 16). A QoS 1 publish the broker has acked is a packet the broker received and
+    answered, so the link is alive both ways: its start counts as the last packet sent.
+    A paho without these attributes keeps its pings (nothing else changes)."""
+    inner = getattr(client, "_client", None)
+    lock = getattr(inner, "_msgtime_mutex", None)
+    if lock is None or not isinstance(getattr(inner, "_last_msg_out", None), float):
+        return
+    with lock:
+        inner._last_msg_out = max(inner._last_msg_out, at)
 
 
 def _retrieve(done: asyncio.Future[Any]) -> None:
@@ -488,8 +507,14 @@ class Link:
         return False
 
     async def _publish(self, client: aiomqtt.Client, msg: Ack | Resync) -> None:
-        await client.publish(self._up, self._seal(self._up, encode(msg)), qos=1)
+        await self._send(client, encode(msg))
+
+    async def _send(self, client: aiomqtt.Client, payload: bytes) -> None:
+        """One QoS 1 publish up, sealed; returns once the broker acked it."""
+        started = paho_mqtt.time_func()
+        await client.publish(self._up, self._seal(self._up, payload), qos=1)
         _resume_cancel()
+        _count_as_sent(client, started)
         self.stats.published += 1
 
     async def _pump(self, client: aiomqtt.Client) -> None:
@@ -498,16 +523,12 @@ class Link:
         while True:
             self._kick.clear()
             for seq, payload in await asyncio.to_thread(self.handler.pending, sent):
-                await client.publish(self._up, self._seal(self._up, payload), qos=1)
-                _resume_cancel()
-                self.stats.published += 1
+                await self._send(client, payload)
                 self.stats.reports_sent += 1
                 sent = seq
             beat, self._beat = self._beat, None
             if beat is not None:
-                await client.publish(self._up, self._seal(self._up, beat), qos=1)
-                _resume_cancel()
-                self.stats.published += 1
+                await self._send(client, beat)
                 self.stats.beats_sent += 1
             await self._kick.wait()
 

@@ -281,3 +281,51 @@ async def test_a_stop_during_the_subscribe_logs_no_error(
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert not errors, [r.getMessage() for r in errors]
     assert not link.connected
+
+
+class _Reporting(_Quiet):
+    """A LinkHandler with a report to send whenever one is added."""
+
+    def __init__(self) -> None:
+        self.reports: list[tuple[int, bytes]] = []
+
+    def pending(self, after: int) -> list[tuple[int, bytes]]:
+        return [(s, p) for s, p in self.reports if s > after]
+
+
+async def test_no_keepalive_ping_while_reports_are_acked(mosquitto, monkeypatch) -> None:
+    """Issue 16's quiet link: paho 2.x pings every keepalive however often the agent
+    publishes (its last-sent time never moves; eclipse-paho/paho.mqtt.python#813). A
+    QoS 1 report the broker acked counts as the packet sent: no PINGREQ while reports
+    flow, and pings again once they stop (the keepalive still watches an idle link)."""
+    import paho.mqtt.client as paho
+
+    from edgecore.link import Link
+
+    pings: list[float] = []
+    real_ping = paho.Client._send_pingreq
+
+    def counted(self: paho.Client) -> Any:
+        pings.append(time.monotonic())
+        return real_ping(self)
+
+    monkeypatch.setattr(paho.Client, "_send_pingreq", counted)
+    handler = _Reporting()
+    link = Link(node=NODE, host="127.0.0.1", port=mosquitto.port, handler=handler,
+                keepalive_s=2)
+    task = asyncio.create_task(link.run())
+    try:
+        await asyncio.wait_for(link.wait_connected(), 5)
+        for seq in range(1, 13):  # a report every 0.5 s for 6 s: three keepalives
+            handler.reports.append((seq, encode(Report(node=NODE, seq=seq))))
+            link.kick()
+            await asyncio.sleep(0.5)
+        assert link.stats.reports_sent == 12
+        assert pings == []
+        quiet_from = time.monotonic()
+        await asyncio.sleep(3.5)  # nothing sent: paho pings within a keepalive or so
+        assert pings and pings[0] >= quiet_from
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
