@@ -496,7 +496,7 @@ class Member:
     async def _keepalive(self, members: Bucket, leases: Bucket) -> None:
         """The heartbeat and the renewals, in their own task: the tick awaits `on_change`
         for what it takes or hands back, and a shard's takeover of tens of thousands of
-        nodes can run longer than a lease period on a busy loop (96 s for 50,000 nodes in
+        nodes can run longer than a lease period on a busy loop (95 s for 50,000 nodes in
         the 100,000-node shard kill, issue 14). Behind it, the heartbeat and renewals
         stopped, every lease lapsed, the others reaped the member and took its partitions
         while it was still taking them over, and the leases went round the shards for

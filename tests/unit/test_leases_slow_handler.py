@@ -2,7 +2,7 @@
 the member its leases.
 
 A shard's `on_change` for an acquisition takes its nodes over (a new epoch and a snapshot
-each); with 100,000 nodes on 3 shards one such takeover of 50,000 nodes ran 96 s on a
+each); with 100,000 nodes on 3 shards one such takeover of 50,000 nodes ran 95 s on a
 busy loop. The member's tick awaits the handler, and the heartbeat and renewals used to
 be in that tick: they stopped, every lease lapsed, the other members reaped the member
 and took its partitions while it was still taking them over (and its "expired"
