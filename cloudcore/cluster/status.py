@@ -162,7 +162,8 @@ class NodeStatuses:
                 doc = self.foreign.get(name)
                 if (doc is not None and doc.get("ready") in ("Ready", "NotReady")
                         and node.status.reason == AWAY_REASON
-                        and node.status.ready == "Unknown"):
+                        and node.status.ready == "Unknown"
+                        and not self._mine(self._partition(name))):
                     self._overlay(name, node, doc)  # just lost: the owner's view again
                 continue
             state = self._state(node)
@@ -229,9 +230,17 @@ class NodeStatuses:
             return
         self.foreign[name] = doc
         node = self.fleet.objects.nodes.get(name)
-        if node is None or self.owns(self._partition(name)):
+        if node is None or self._mine(self._partition(name)):
             return
         self._overlay(name, node, doc)
+
+    def _mine(self, p: int) -> bool:
+        """Whether partition `p` is this shard's or being taken over by it (its lease is
+        ours, the takeover has not ended): another shard's summary of its nodes is then an
+        old word, not to be shown. Shown during a takeover, it stayed on the node for good
+        (`OwnedByAnotherShard (...)` on the owner itself, which then wrote it into its own
+        summary: 4,241 nodes in the 100,000-node shard kill, issue 14)."""
+        return self.owns(p) or (self.holder is not None and self.holder(p) == self.shard)
 
     def _pods(self, node: str, pods: dict[str, Any]) -> None:
         """The owner's reported pod statuses of `node`: set on this shard's copies of
