@@ -247,11 +247,17 @@ def malloc_facts():
     # glibc's malloc as the agent runs with it: its arenas (malloc_info lists one <heap>
     # per arena) and whether a block under the largest one freed so far still gets its
     # own mmap (fixed M_MMAP_THRESHOLD) or comes from the heap (glibc's default raises
-    # the threshold to the size of every larger mmapped block freed).
+    # the threshold to the size of every larger mmapped block freed). The block asked
+    # for is larger than all the free memory in the heap, so no free hole can serve it
+    # (a hole would, whatever the threshold: seen in CI as False with the tuning on).
     import ctypes, tempfile
     libc = ctypes.CDLL(None)
     if not hasattr(libc, "mallinfo2"):
         return None
+    class Info(ctypes.Structure):
+        _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks",
+                    "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+    libc.mallinfo2.restype = Info
     libc.malloc.restype = ctypes.c_void_p
     libc.malloc.argtypes = [ctypes.c_size_t]
     libc.free.argtypes = [ctypes.c_void_p]
@@ -265,8 +271,9 @@ def malloc_facts():
         libc.fclose(stream)
         f.seek(0)
         heaps = f.read().count(b"<heap nr=")
-    libc.free(libc.malloc(1 << 20))
-    block = libc.malloc(512 * 1024)
+    free_bytes = libc.mallinfo2().fordblks
+    libc.free(libc.malloc(free_bytes + (4 << 20)))  # mmapped: larger than any threshold
+    block = libc.malloc(free_bytes + (2 << 20))  # under it, and no free hole fits it
     # The chunk's own header (the size word before the block) says whether it was
     # mmapped (bit 0x2, IS_MMAPPED): a fact of this block alone, where a before/after
     # count of mmapped blocks would also see the worker threads' allocations.
