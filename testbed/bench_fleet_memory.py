@@ -4,9 +4,9 @@ proposal 0008 "What is not done": what per-partition state would save a shard).
     python -m testbed.bench_fleet_memory [--nodes 10000] [--daemonsets 2] [--top 12]
 
 In one interpreter, over an in-memory store that keeps nothing (`testbed.bench_placement`'s
-`NullStore`): registers N Ready nodes, then applies K DaemonSets and commits; tracemalloc
-snapshots before, between and after give the bytes held per node by the file that
-allocated them, for each phase. Python heap only (no allocator overhead, no RSS): a
+fleet, nodes and DaemonSets): registers N Ready nodes, then applies K DaemonSets and
+commits; tracemalloc snapshots before, between and after give the bytes held per node by
+the file that allocated them, for each phase. Python heap only (no allocator overhead, no RSS): a
 breakdown, not a total. Prints JSON, asserts nothing.
 """
 
@@ -19,7 +19,7 @@ import os
 import tracemalloc
 from typing import Any
 
-from testbed.bench_placement import NullStore
+from testbed.bench_placement import add_ready_nodes, bare_fleet, daemonset_doc
 
 
 def _per_node(before: tracemalloc.Snapshot, after: tracemalloc.Snapshot, nodes: int,
@@ -33,35 +33,18 @@ def _per_node(before: tracemalloc.Snapshot, after: tracemalloc.Snapshot, nodes: 
 
 
 def measure(nodes: int, daemonsets: int, top: int) -> dict[str, Any]:
-    from cloudcore.fleet import Fleet, Liveness
-    from cloudcore.scheduler import Scheduler
     from shared.models import parse_object
 
-    fleet = Fleet(store=NullStore(), scheduler=Scheduler(),  # type: ignore[arg-type]
-                  liveness=Liveness(default_heartbeat=30, missed=3, now=0))
+    fleet = bare_fleet()
     tracemalloc.start(1)
     gc.collect()
     s0 = tracemalloc.take_snapshot()
-    for i in range(nodes):
-        name = f"edge-{i:06d}"
-        fleet.register_node(name)
-        fleet.node_status(name, {
-            "allocatable": {"cpu": 4000, "memory": 8 << 30, "pods": 110},
-            "capacity": {"cpu": 4000, "memory": 8 << 30, "pods": 110},
-            "arch": "amd64", "labels": {"zone": f"z{i % 50}"}, "heartbeat": 30})
-        fleet.mark_ready(name)
+    add_ready_nodes(fleet, nodes)
     fleet.commit()
     gc.collect()
     s1 = tracemalloc.take_snapshot()
     for k in range(daemonsets):
-        fleet.apply([parse_object({
-            "apiVersion": "apps/v1", "kind": "DaemonSet",
-            "metadata": {"name": f"ds{k}", "namespace": "default"},
-            "spec": {"selector": {"matchLabels": {"app": f"ds{k}"}},
-                     "template": {"metadata": {"labels": {"app": f"ds{k}"}},
-                                  "spec": {"containers": [{
-                                      "name": "main", "image": "busybox",
-                                      "resources": {"requests": {"cpu": "5m"}}}]}}}})])
+        fleet.apply([parse_object(daemonset_doc(k))])
     fleet.commit()
     gc.collect()
     s2 = tracemalloc.take_snapshot()

@@ -88,15 +88,18 @@ def _affinity(scenario: str, name: str) -> dict[str, Any] | None:
     return None
 
 
-def _measure(nodes: int, daemonsets: int, replicas: int) -> dict[str, Any]:
+def bare_fleet() -> Any:
+    """A fleet core over `NullStore`, with a default scheduler (also
+    testbed.bench_fleet_memory's)."""
     from cloudcore.fleet import Fleet, Liveness
     from cloudcore.scheduler import Scheduler
-    from shared.models import PodSpec, parse_object
 
-    fields = getattr(PodSpec, "__struct_fields__", None) or getattr(PodSpec, "model_fields", {})
-    has_affinity = "affinity" in fields
-    fleet = Fleet(store=NullStore(), scheduler=Scheduler(),  # type: ignore[arg-type]
-                  liveness=Liveness(default_heartbeat=30, missed=3, now=0))
+    return Fleet(store=NullStore(), scheduler=Scheduler(),  # type: ignore[arg-type]
+                 liveness=Liveness(default_heartbeat=30, missed=3, now=0))
+
+
+def add_ready_nodes(fleet: Any, nodes: int) -> None:
+    """`nodes` Ready nodes `edge-000000...` with capacity and `zone` / `site` labels."""
     for i in range(nodes):
         name = f"edge-{i:06d}"
         fleet.register_node(name)
@@ -106,16 +109,29 @@ def _measure(nodes: int, daemonsets: int, replicas: int) -> dict[str, Any]:
             "arch": "amd64", "labels": {"zone": f"z{i % 50}", "site": f"shop-{i % 1000}"},
             "heartbeat": 30})
         fleet.mark_ready(name)
-    t = time.perf_counter()
-    for k in range(daemonsets):
-        fleet.apply([parse_object({
-            "apiVersion": "apps/v1", "kind": "DaemonSet",
+
+
+def daemonset_doc(k: int) -> dict[str, Any]:
+    """DaemonSet `ds<k>`: one busybox container asking 5m cpu, on every node."""
+    return {"apiVersion": "apps/v1", "kind": "DaemonSet",
             "metadata": {"name": f"ds{k}", "namespace": "default"},
             "spec": {"selector": {"matchLabels": {"app": f"ds{k}"}},
                      "template": {"metadata": {"labels": {"app": f"ds{k}"}},
                                   "spec": {"containers": [{
                                       "name": "main", "image": "busybox",
-                                      "resources": {"requests": {"cpu": "5m"}}}]}}}})])
+                                      "resources": {"requests": {"cpu": "5m"}}}]}}}}
+
+
+def _measure(nodes: int, daemonsets: int, replicas: int) -> dict[str, Any]:
+    from shared.models import PodSpec, parse_object
+
+    fields = getattr(PodSpec, "__struct_fields__", None) or getattr(PodSpec, "model_fields", {})
+    has_affinity = "affinity" in fields
+    fleet = bare_fleet()
+    add_ready_nodes(fleet, nodes)
+    t = time.perf_counter()
+    for k in range(daemonsets):
+        fleet.apply([parse_object(daemonset_doc(k))])
     out: dict[str, Any] = {"nodes": nodes, "daemonsets": daemonsets, "replicas": replicas,
                            "daemonsets_s": round(time.perf_counter() - t, 3),
                            "ms_per_replica": {}}
