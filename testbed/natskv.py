@@ -24,6 +24,7 @@ leader elected on a cluster), or raises RuntimeError with the servers' logs.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -276,11 +277,18 @@ class MemberProc:
         return at
 
     def stop(self, timeout: float = 15.0) -> int:
+        """SIGTERM and wait; a member still running after `timeout` has its asyncio
+        tasks' and threads' stacks written to its log (SIGUSR1, SIGUSR2), then is
+        killed."""
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
                 return self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
+                for sig in (signal.SIGUSR1, signal.SIGUSR2):
+                    with contextlib.suppress(ProcessLookupError):
+                        self.proc.send_signal(sig)
+                    time.sleep(0.5)
                 self.proc.kill()
         return self.proc.wait()
 

@@ -9,7 +9,9 @@ Each line: `{"ts": <unix time>, "member", "instance", "event": "joined" | "chang
 "stopped" | "error", ...}`; a change carries `acquired`, `lost`, `partitions` (all
 owned after it), `global` (holds the global lease), `reason`. SIGTERM or SIGINT stops
 cleanly: every lease is announced lost, then released. Exit codes: 0 stopped, 2 bad
-settings, 3 name taken, 4 NATS unavailable or refused.
+settings, 3 name taken, 4 NATS unavailable or refused. For a member that does not stop:
+SIGUSR1 writes every asyncio task's stack to stderr, SIGUSR2 every thread's (also when
+the event loop is blocked).
 
 `cloudcore --shard NAME` runs the same membership inside the service
 (`cloudcore.cluster.shard`); this command shows and tests ownership on its own.
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import faulthandler
 import json
 import logging
 import os
@@ -65,6 +68,13 @@ def _print(doc: dict[str, object]) -> None:
     sys.stdout.flush()
 
 
+def _dump_tasks() -> None:
+    for t in asyncio.all_tasks():
+        print(f"--- task {t.get_name()}: {t!r}", file=sys.stderr)
+        t.print_stack(file=sys.stderr)
+    sys.stderr.flush()
+
+
 async def _member(args: argparse.Namespace) -> int:
     password = None
     if args.password_file is not None:
@@ -100,6 +110,8 @@ async def _member(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, task.cancel if task else (lambda: None))
+    loop.add_signal_handler(signal.SIGUSR1, _dump_tasks)
+    faulthandler.register(signal.SIGUSR2, all_threads=True)
     async with KV(kv_settings) as kv:
         member = Member(kv, lease_settings, on_change=on_change)
 

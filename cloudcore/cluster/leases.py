@@ -214,6 +214,11 @@ class Member:
         self._leases = _View()
         self._members = _View()
         self._emit_lock = asyncio.Lock()
+        # held by the keepalive's heartbeat and renewals, by a release while it takes
+        # partitions out of `_owned`, and by a stop while it ends the keepalive: a
+        # renewal in flight moves a key's revision, and a delete on the revision seen
+        # before it fails (the key then lapses instead of being handed over at once)
+        self._keep_lock = asyncio.Lock()
         self._member_rev = 0
         self._beat_at = 0.0
         self._started_at = clock()
@@ -312,6 +317,7 @@ class Member:
         self._members_bucket, self._leases_bucket = members, leases
         mw = await self._until_available("watch the members", members.watch)
         lw = await self._until_available("watch the leases", leases.watch)
+        keepalive: asyncio.Task[None] | None = None
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._follow(mw, self._members),
@@ -323,12 +329,13 @@ class Member:
                     await self._until_available("join", lambda: self._join(members))
                     self.joined.set()
                     tg.create_task(self._guard(), name=f"cluster[{self.name}].guard")
-                    tg.create_task(self._keepalive(members, leases),
-                                   name=f"cluster[{self.name}].keepalive")
+                    keepalive = tg.create_task(self._keepalive(members, leases),
+                                               name=f"cluster[{self.name}].keepalive")
                     while True:
                         await self._tick(members, leases)
                         await asyncio.sleep(s.tick_s)
                 finally:
+                    await self._stop_keepalive(keepalive)
                     await self._leave(members, leases)
                     await mw.stop()
                     await lw.stop()
@@ -435,6 +442,19 @@ class Member:
             self._member_rev = rev
         self._beat_at = t0
 
+    async def _stop_keepalive(self, task: asyncio.Task[None] | None) -> None:
+        """End the heartbeat and renewals before `_leave`, between two rounds (a round
+        in flight finishes first, so the revisions `_leave` deletes on are the keys'
+        last). Left running, a renewal landing during `_leave` made its deletes fail, and
+        the next heartbeat found our key deleted and wrote it again: a stopped member
+        looked alive for a lease period (issue 14, CI of stop 25)."""
+        if task is None or task.done():
+            return
+        async with self._keep_lock:
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
     async def _leave(self, members: Bucket, leases: Bucket) -> None:
         """Clean stop: announce every lease lost, then release them and our key."""
         lost = frozenset(self._owned)
@@ -502,8 +522,11 @@ class Member:
         while it was still taking them over, and the leases went round the shards for
         good."""
         while True:
-            await self._heartbeat(members)
-            await self._renew(leases)
+            async with self._keep_lock:
+                await self._heartbeat(members)
+                change = await self._renew(leases)
+            if change is not None:
+                await self._emit(change)
             await asyncio.sleep(self.settings.tick_s)
 
     async def _tick(self, members: Bucket, leases: Bucket) -> None:
@@ -554,14 +577,16 @@ class Member:
                 log.info("member %s: %s stopped heartbeating; its key is removed",
                          self.name, name)
 
-    async def _renew(self, leases: Bucket) -> None:
+    async def _renew(self, leases: Bucket) -> Change | None:
+        """Renew what is due; the loss of leases another member took meanwhile is
+        returned, to be announced once the keepalive lock is let go."""
         now = self._clock()
         due = [p for p, h in self._owned.items()
                if now - h.renewed_at >= self.settings.renew_every]
         g_due = self._global is not None and \
             now - self._global.renewed_at >= self.settings.renew_every
         if not due and not g_due:
-            return
+            return None
 
         async def renew(key: str, h: _Held) -> tuple[str, _Held | None, BaseException | None]:
             t0 = self._clock()
@@ -609,9 +634,10 @@ class Member:
         if conflicts or g_conflict:
             log.error("member %s: %d lease(s) were taken by another member before we "
                       "renewed them", self.name, len(conflicts) + g_conflict)
-            await self._emit(Change(frozenset(), frozenset(conflicts), self.owned,
-                                    global_lost=g_conflict, holds_global=self.holds_global,
-                                    reason="conflict"))
+            return Change(frozenset(), frozenset(conflicts), self.owned,
+                          global_lost=g_conflict, holds_global=self.holds_global,
+                          reason="conflict")
+        return None
 
     def _free_or_expired(self, key: str, now: float) -> tuple[bool, int, float] | None:
         """(expired?, revision to CAS on, free since) if the key may be taken now."""
@@ -707,7 +733,8 @@ class Member:
         return zlib.crc32(f"{self.name}/{p}".encode())
 
     async def _release(self, leases: Bucket, parts: list[int]) -> None:
-        held = {p: self._owned.pop(p) for p in parts}
+        async with self._keep_lock:  # no renewal in flight: these revisions are the last
+            held = {p: self._owned.pop(p) for p in parts if p in self._owned}
         await self._emit(Change(frozenset(), frozenset(held), self.owned,
                                 holds_global=self.holds_global, reason="rebalance"))
         results = await asyncio.gather(

@@ -29,6 +29,8 @@ class Store:
     keys: dict[tuple[str, str], Entry] = field(default_factory=dict)
     watches: list[FakeWatch] = field(default_factory=list)
     cut: set[str] = field(default_factory=set)  # clients that cannot reach "NATS"
+    answer_delay: float = 0.0  # an update lands at once; its answer comes this late
+    in_flight: int = 0  # updates landed whose answers have not come yet
 
     def write(self, bucket: str, key: str, value: bytes, op: str) -> int:
         self.rev += 1
@@ -102,7 +104,14 @@ class FakeBucket:
         e = self._current(key)
         if e is None or e.revision != revision:
             raise CASConflict(self.name, key, revision)
-        return self.store.write(self.name, key, value, "put")
+        rev = self.store.write(self.name, key, value, "put")
+        if self.store.answer_delay:
+            self.store.in_flight += 1
+            try:
+                await asyncio.sleep(self.store.answer_delay)
+            finally:
+                self.store.in_flight -= 1
+        return rev
 
     async def delete(self, key: str, *, revision: int | None = None) -> None:
         await self._reach()
