@@ -246,6 +246,17 @@ class Shard:
                 taken.append(name)
                 if len(taken) % SLICE == 0:
                     await asyncio.sleep(0)  # a big takeover never holds the loop long
+        lapsed = [p for p in parts if not self._still_held(p)]
+        if lapsed:
+            # the lease of these lapsed while they were being taken over (a loop too busy
+            # to renew for a lease period): another shard may hold them already, so
+            # they are not opened here; their loss is announced next and `_lose` marks
+            # their nodes as another shard's
+            log.warning("shard %s: %d of %d partition(s) lapsed during their takeover; "
+                        "not taken", self.name, len(lapsed), len(parts))
+            parts = [p for p in parts if p not in lapsed]
+            gone = {n for p in lapsed for n in by_part[p]}
+            taken = [n for n in taken if n not in gone]
         self.hub.restart_links(taken)
         self.owned.update(parts)  # the gate opens before the subscription
         await self._subscribe(partition_filters(parts))
@@ -253,6 +264,11 @@ class Shard:
         log.info("shard %s: took %d partition(s), %d node(s) (%d as last known)",
                  self.name, len(parts), len(taken),
                  sum(1 for p in parts for n in by_part[p] if n in summaries.get(p, {})))
+
+    def _still_held(self, partition: int) -> bool:
+        """Whether the member still holds `partition`'s lease (True without a member:
+        tests drive `on_change` directly)."""
+        return self.member is None or self.member.partition_revision(partition) is not None
 
     async def _push(self, taken: list[str]) -> None:
         """Send each taken node its set now (a snapshot under its new epoch) rather than

@@ -17,6 +17,7 @@ from cloudcore_fakes import FakeStore, add_node, daemonset, make_fleet
 from cloudcore.cluster.kv import Entry
 from cloudcore.cluster.leases import Change, LeaseSettings
 from cloudcore.cluster.shard import GatedNodes, Shard
+from cloudcore.cluster.status import AWAY_REASON
 from cloudcore.config import SyncSettings
 from cloudcore.metrics import Metrics
 from cloudcore.synchub.hub import QUEUE_AHEAD, SyncHub
@@ -174,3 +175,40 @@ def test_one_snapshot_per_taken_node_across_takeover_update_and_next_report() ->
     for n in up:
         st = w.fleet.nodes[n].status
         assert st.acked_gen == st.desired_gen == w.fleet.desired_sets.desired_for(n).gen
+
+
+class Lapsed:
+    """A member whose lease of every partition lapsed during the takeover (its guard
+    dropped them; the "expired" change waits behind the acquisition's)."""
+
+    owned: frozenset[int] = frozenset()
+
+    def partition_revision(self, p: int) -> int | None:
+        return None
+
+
+def test_a_partition_lapsed_during_its_takeover_is_not_opened() -> None:
+    """Issue 14: a takeover of tens of thousands of nodes ran longer than a lease period
+    on a saturated loop. Before, the partitions whose lease lapsed meanwhile were still
+    added to the shard's own, subscribed to and sent snapshots, until the "expired"
+    change (waiting behind the takeover) took them away again: two shards acted as the
+    nodes' owner at once."""
+    w = World()
+    w.fleet.apply([parse_object(daemonset("ds1"))])
+    subscribed: list[list[str]] = []
+
+    async def subscribe(filters: list[str]) -> None:
+        subscribed.append(filters)
+
+    w.shard._subscribe = subscribe
+    w.shard.member = Lapsed()  # type: ignore[assignment]
+    w.take()
+    assert w.p not in w.shard.owned
+    assert not w.shard.owns(w.p)
+    assert all(f == [] for f in subscribed), f"subscribed a lapsed partition: {subscribed}"
+    assert w.desired() == {}, "snapshots sent for a partition no longer held"
+    # then the loss is announced: the nodes are another shard's
+    asyncio.run(w.shard.on_change(Change(acquired=frozenset(), lost=frozenset({w.p}),
+                                         owned=frozenset(), reason="expired")))
+    for n in (w.a1, w.a2, w.down):
+        assert w.fleet.nodes[n].status.reason == AWAY_REASON
