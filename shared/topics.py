@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import zlib
 from typing import Literal, TypeGuard
@@ -25,6 +26,14 @@ def valid_node_name(name: str) -> bool:
     return bool(_NODE_NAME.match(name))
 
 
+PARTITION_CACHE = 1 << 18
+"""Node names whose partition `partition_of` remembers, the least recently used let go
+beyond: every shard pass over its nodes (liveness summaries, forecasts, takeovers) asks
+for each, and a lookup here costs half the crc32 of the name. Bounded, so the names of
+deleted nodes are not kept for ever: about 30 MB full."""
+
+
+@functools.lru_cache(maxsize=PARTITION_CACHE)
 def partition_of(node: str) -> int:
     return zlib.crc32(node.encode()) % PARTITIONS
 

@@ -87,10 +87,6 @@ assert FORECAST_KEYS[4] == "trusted"
 Results = dict[str, dict[str, float]]
 
 
-PCACHE_SLACK = 1024
-"""Names the node -> partition cache may hold beyond twice the fleet's nodes (deleted
-nodes' names, other shards' nodes) before it is emptied and filled again."""
-
 
 def bucket_name(prefix: str) -> str:
     return f"{prefix}_forecasts"
@@ -197,7 +193,6 @@ class SharedForecasts:
         self.stale_ticks = stale_ticks
         self.wall = wall
         self.bucket: Bucket | None = None
-        self._pcache: dict[str, int] = {}
         self._tick: tuple[float, Results, dict[str, float]] | None = None
         """The last tick's (wall time, own forecasts, origins), not written yet (grouped
         and encoded by the writer, in slices)."""
@@ -224,12 +219,6 @@ class SharedForecasts:
         self.applied = 0
         """Other shards' node forecasts applied here, since start."""
 
-    def partition_of(self, node: str) -> int:
-        p = self._pcache.get(node)
-        if p is None:
-            p = self._pcache[node] = topics.partition_of(node)
-        return p
-
     # -- the tick (ForecastRunner.exchange) ----------------------------------------------
 
     def exchange(self, results: Results, origins: dict[str, float]
@@ -239,11 +228,8 @@ class SharedForecasts:
         every other shard's node shown here); queues one value per held partition for
         the writer and wakes the applier (other shards' values)."""
         owned = {p for p in range(topics.PARTITIONS) if self.owns(p)}
-        if len(self._pcache) > 2 * len(self.fleet.objects.nodes) + PCACHE_SLACK:
-            self._pcache.clear()  # mostly deleted nodes' names: start again
-        pc, part_of = self._pcache, self.partition_of
-        mine = {n: fc for n, fc in results.items()
-                if (pc[n] if n in pc else part_of(n)) in owned}
+        part_of = topics.partition_of
+        mine = {n: fc for n, fc in results.items() if part_of(n) in owned}
         if len(mine) == len(results):  # the usual case: nothing left from a lost partition
             mine, merged = results, dict(origins)
         else:
@@ -299,7 +285,7 @@ class SharedForecasts:
         (at, mine, origins), self._tick = self._tick, None
         by_part: dict[int, Results] = {}
         for i, (name, fc) in enumerate(mine.items(), 1):
-            p = self.partition_of(name)
+            p = topics.partition_of(name)
             part = by_part.get(p)
             if part is None:
                 part = by_part[p] = {}
@@ -348,7 +334,7 @@ class SharedForecasts:
             return
         try:
             v = decode(e.value, partition=p, revision=e.revision,
-                       partition_of=self.partition_of)
+                       partition_of=topics.partition_of)
         except ValueError as exc:
             self.unreadable += 1
             log.warning("shard %s: unreadable forecasts of partition %s (revision %d): "
@@ -440,7 +426,7 @@ class SharedForecasts:
             return
         node.status.usage = {k: x for k, x in node.status.usage.items()
                              if k not in FORECAST_KEYS}
-        if self.owns(self.partition_of(name)):
+        if self.owns(topics.partition_of(name)):
             self.fleet.objects.save("Node", name)
         else:
             self.fleet.objects.changed("Node", name)

@@ -106,7 +106,6 @@ class Shard:
         lost and before it is released (`cloudcore.cluster.bindings`)."""
         self._running: list[asyncio.Task[None]] = []
         self._tg: asyncio.TaskGroup | None = None
-        self._pcache: dict[str, int] = {}
         self.takeovers = 0
         """Nodes started from a previous owner's summary (Ready or NotReady as there)."""
         hub.owns = self.owns
@@ -181,20 +180,13 @@ class Shard:
                  len(c.acquired), len(c.lost), len(self.owned),
                  "; holds the global lease" if self.holds_global else "")
 
-    def partition_of(self, node: str) -> int:
-        """`topics.partition_of`, remembered (the summaries ask every few seconds)."""
-        p = self._pcache.get(node)
-        if p is None:
-            p = self._pcache[node] = topics.partition_of(node)
-        return p
-
     async def _nodes_by_partition(self, parts: set[int]) -> dict[int, list[str]]:
         """The nodes of these partitions (a pass over every node, in slices)."""
         out: dict[int, list[str]] = {p: [] for p in parts}
         names = list(self.fleet.nodes)
         for i in range(0, len(names), 20 * SLICE):
             for node in names[i:i + 20 * SLICE]:
-                p = self.partition_of(node)
+                p = topics.partition_of(node)
                 if p in out:
                     out[p].append(node)
             await asyncio.sleep(0)

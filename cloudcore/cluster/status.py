@@ -88,7 +88,6 @@ class NodeStatuses:
         self.wall = wall
         self.bucket: Bucket | None = None
         self._written: dict[str, tuple[Any, ...]] = {}
-        self._pcache: dict[str, int] = {}
         self.writes = 0
         self.shown = 0
         self._pod_seen: dict[str, dict[str, Any]] = {}
@@ -96,12 +95,6 @@ class NodeStatuses:
         self.pods_shown = 0
         self.foreign: dict[str, dict[str, Any]] = {}
         """node -> the last summary read for a node owned by another shard."""
-
-    def _partition(self, node: str) -> int:
-        p = self._pcache.get(node)
-        if p is None:
-            p = self._pcache[node] = topics.partition_of(node)
-        return p
 
     async def run(self, kv: KV, bucket: str, *, replicas: int = 1) -> None:
         self.bucket = await kv.bucket(bucket, create=True, replicas=replicas)
@@ -157,13 +150,13 @@ class NodeStatuses:
             node = nodes.get(name)
             if node is None:
                 continue
-            if not self.owns(self._partition(name)):
+            if not self.owns(topics.partition_of(name)):
                 self._written.pop(name, None)  # written again when it comes back
                 doc = self.foreign.get(name)
                 if (doc is not None and doc.get("ready") in ("Ready", "NotReady")
                         and node.status.reason == AWAY_REASON
                         and node.status.ready == "Unknown"
-                        and not self._mine(self._partition(name))):
+                        and not self._mine(topics.partition_of(name))):
                     self._overlay(name, node, doc)  # just lost: the owner's view again
                 continue
             state = self._state(node)
@@ -230,7 +223,7 @@ class NodeStatuses:
             return
         self.foreign[name] = doc
         node = self.fleet.objects.nodes.get(name)
-        if node is None or self._mine(self._partition(name)):
+        if node is None or self._mine(topics.partition_of(name)):
             return
         self._overlay(name, node, doc)
 
@@ -277,7 +270,7 @@ class NodeStatuses:
         written by the shard that holds the node's partition lease and is alive. While
         the owner is dead or its partition is being taken over, the summary is an old
         word: the node's NotReady clock starts again once the new owner speaks."""
-        p = self._partition(name)
+        p = topics.partition_of(name)
         if self.owns(p):
             return True
         doc = self.foreign.get(name)

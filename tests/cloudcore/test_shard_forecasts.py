@@ -263,16 +263,3 @@ def test_a_value_is_checked_before_it_is_used() -> None:
                         fence=lambda _: None, interval=INTERVAL, wall=lambda: 2.0)
     s.take(Entry(key_of(p), b"junk", 1))
     assert s.unreadable == 1 and s.read == {}
-
-
-async def test_deleted_nodes_names_are_not_kept_for_ever(
-        two: tuple[Cluster, Bucket, Side, Side]) -> None:
-    from cloudcore.cluster.forecasts import PCACHE_SLACK
-
-    _, _, a, _ = two
-    gone = [f"gone-{i}" for i in range(PCACHE_SLACK + 10)]  # nodes joined, then deleted
-    for n in gone:
-        a.shared.partition_of(n)
-    await a.tick()
-    assert not set(gone) & set(a.shared._pcache)
-    assert a.forecast("a1") is not None  # the tick itself still did its work
