@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import faulthandler
 import json
 import logging
@@ -113,7 +114,9 @@ async def _member(args: argparse.Namespace) -> int:
     loop.add_signal_handler(signal.SIGUSR1, _dump_tasks)
     faulthandler.register(signal.SIGUSR2, all_threads=True)
     async with KV(kv_settings) as kv:
-        member = Member(kv, lease_settings, on_change=on_change)
+        member = Member(kv, lease_settings, on_change=on_change,
+                        keepalive_kv=lambda: KV(dataclasses.replace(
+                            kv_settings, client_name=f"{kv_settings.client_name}-keepalive")))
 
         async def announce() -> None:
             await member.joined.wait()

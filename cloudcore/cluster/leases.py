@@ -40,6 +40,14 @@ period and M the margin (P / 10 by default):
   one lease period of the kill.
 - Renewals every P / 3 give the holder two attempts before its deadline.
 
+The heartbeat and the renewals run apart from everything else: in a thread of their own,
+with their own event loop and NATS connection, when the member is given `keepalive_kv`
+(cloudcore and the `member` command are), else in a task of the member's loop (the unit
+tests' in-memory KV). A shard's event loop can be held for seconds at a time by a
+takeover of tens of thousands of nodes (a loop lag of 2.5-7.4 s at 100,000 nodes); in a
+task, each await of a renewal round waited that long and a 15 s lease lapsed; in the
+thread a round takes a NATS round trip whatever the shard's loop is doing.
+
 Callbacks: `on_change(Change)` is awaited in order, one at a time. A lost partition is
 announced *before* its lease is released on a rebalance or a clean stop, so a shard's
 sync hub can unsubscribe before another shard subscribes.
@@ -49,15 +57,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import os
 import re
 import secrets
 import socket
+import threading
 import time
 import zlib
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -201,7 +211,10 @@ class Member:
     announced lost; they are taken again when NATS is back)."""
 
     def __init__(self, kv: KV, settings: LeaseSettings, *, on_change: OnChange | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 keepalive_kv: Callable[[], KV] | None = None) -> None:
+        """`keepalive_kv`: makes the (unconnected) KV of a second NATS connection, for
+        the heartbeat and renewals in a thread of their own (module docstring)."""
         settings.validate()
         self.kv = kv
         self.settings = settings
@@ -214,11 +227,17 @@ class Member:
         self._leases = _View()
         self._members = _View()
         self._emit_lock = asyncio.Lock()
-        # held by the keepalive's heartbeat and renewals, by a release while it takes
-        # partitions out of `_owned`, and by a stop while it ends the keepalive: a
+        self._keepalive_kv = keepalive_kv
+        # held through a keepalive round (heartbeat and renewals), by a release while it
+        # takes partitions out of `_owned`, and by a stop while it ends the keepalive: a
         # renewal in flight moves a key's revision, and a delete on the revision seen
-        # before it fails (the key then lapses instead of being handed over at once)
-        self._keep_lock = asyncio.Lock()
+        # before it fails (the key then lapses instead of being handed over at once).
+        # A threading lock, taken without blocking either loop (`_between_rounds`).
+        self._round_lock = threading.Lock()
+        # every change of `_owned` and `_global` (never held across an await): the
+        # keepalive thread writes renewals into them while this loop takes and drops
+        self._state_lock = threading.Lock()
+        self._keep_stop = threading.Event()
         self._member_rev = 0
         self._beat_at = 0.0
         self._started_at = clock()
@@ -227,7 +246,7 @@ class Member:
         # member -> revision of its heartbeat key when it was last seen holding an
         # expired lease: out of the live set until that key moves (`live_members`)
         self._dead: dict[str, int] = {}
-        self._seq = 0
+        self._seq = itertools.count(1)
         self.joined = asyncio.Event()
         self._members_bucket: Bucket | None = None
         self._leases_bucket: Bucket | None = None
@@ -329,8 +348,9 @@ class Member:
                     await self._until_available("join", lambda: self._join(members))
                     self.joined.set()
                     tg.create_task(self._guard(), name=f"cluster[{self.name}].guard")
-                    keepalive = tg.create_task(self._keepalive(members, leases),
-                                               name=f"cluster[{self.name}].keepalive")
+                    keepalive = tg.create_task(
+                        self._keepalive(members, leases) if self._keepalive_kv is None
+                        else self._keepalive_thread(), name=f"cluster[{self.name}].keepalive")
                     while True:
                         await self._tick(members, leases)
                         await asyncio.sleep(s.tick_s)
@@ -405,9 +425,8 @@ class Member:
                            "host": socket.gethostname(), "at": time.time()}).encode()
 
     def _lease_value(self) -> bytes:
-        self._seq += 1
         return json.dumps({"holder": self.name, "instance": self.instance,
-                           "n": self._seq}).encode()
+                           "n": next(self._seq)}).encode()
 
     async def _join(self, members: Bucket) -> None:
         """Register our heartbeat key. A key of that name that is still heartbeating
@@ -450,18 +469,31 @@ class Member:
         looked alive for a lease period (issue 14, CI of stop 25)."""
         if task is None or task.done():
             return
-        async with self._keep_lock:
+        async with self._between_rounds():
+            self._keep_stop.set()
             task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
 
+    @contextlib.asynccontextmanager
+    async def _between_rounds(self) -> AsyncIterator[None]:
+        """Hold `_round_lock`: no keepalive round is in flight meanwhile. Polled, so
+        neither event loop blocks on it and a cancelled wait leaves it free."""
+        while not self._round_lock.acquire(blocking=False):
+            await asyncio.sleep(0.005)
+        try:
+            yield
+        finally:
+            self._round_lock.release()
+
     async def _leave(self, members: Bucket, leases: Bucket) -> None:
         """Clean stop: announce every lease lost, then release them and our key."""
-        lost = frozenset(self._owned)
-        held = dict(self._owned)
-        g = self._global
-        self._owned.clear()
-        self._global = None
+        with self._state_lock:
+            lost = frozenset(self._owned)
+            held = dict(self._owned)
+            g = self._global
+            self._owned.clear()
+            self._global = None
         if lost or g is not None:
             await self._emit(Change(frozenset(), lost, frozenset(), global_lost=g is not None,
                                     reason="stop"))
@@ -500,14 +532,15 @@ class Member:
 
     async def _expire_own(self) -> None:
         now = self._clock()
-        lost = frozenset(p for p, h in self._owned.items() if now >= self._deadline(h))
-        g_lost = self._global is not None and now >= self._deadline(self._global)
-        if not lost and not g_lost:
-            return
-        for p in lost:
-            del self._owned[p]
-        if g_lost:
-            self._global = None
+        with self._state_lock:
+            lost = frozenset(p for p, h in self._owned.items() if now >= self._deadline(h))
+            g_lost = self._global is not None and now >= self._deadline(self._global)
+            if not lost and not g_lost:
+                return
+            for p in lost:
+                del self._owned[p]
+            if g_lost:
+                self._global = None
         log.warning("member %s: %d lease(s)%s not renewed in time; dropped", self.name,
                     len(lost), " and the global lease" if g_lost else "")
         await self._emit(Change(frozenset(), lost, self.owned, global_lost=g_lost,
@@ -522,12 +555,81 @@ class Member:
         while it was still taking them over, and the leases went round the shards for
         good."""
         while True:
-            async with self._keep_lock:
-                await self._heartbeat(members)
-                change = await self._renew(leases)
+            change = await self._round(members, leases)
             if change is not None:
                 await self._emit(change)
             await asyncio.sleep(self.settings.tick_s)
+
+    async def _round(self, members: Bucket, leases: Bucket) -> Change | None:
+        async with self._between_rounds():
+            if self._keep_stop.is_set():
+                return None
+            await self._heartbeat(members)
+            return await self._renew(leases)
+
+    async def _keepalive_thread(self) -> None:
+        """`_keepalive` in a thread of its own, with its own event loop and NATS
+        connection (module docstring). Returns never; raises what ends the thread
+        (MemberNameTaken); cancelled, stops it (`_stop_keepalive` first waits for the
+        round in flight) and waits for it."""
+        assert self._keepalive_kv is not None
+        loop = asyncio.get_running_loop()
+        ended: asyncio.Future[None] = loop.create_future()
+
+        def end(exc: BaseException | None) -> None:
+            if not ended.done():
+                if exc is None:
+                    ended.set_result(None)
+                else:
+                    ended.set_exception(exc)
+
+        def main() -> None:
+            try:
+                asyncio.run(self._keepalive_loop(loop))
+            except BaseException as exc:  # handed to the member's loop
+                loop.call_soon_threadsafe(end, exc)
+            else:
+                loop.call_soon_threadsafe(end, None)
+
+        thread = threading.Thread(target=main, name=f"cluster[{self.name}].keepalive",
+                                  daemon=True)
+        thread.start()
+        try:
+            await ended
+        finally:
+            self._keep_stop.set()
+            await asyncio.to_thread(thread.join, self.kv.settings.request_timeout * 3)
+            if thread.is_alive():
+                log.warning("member %s: the keepalive thread did not stop", self.name)
+
+    async def _keepalive_loop(self, member_loop: asyncio.AbstractEventLoop) -> None:
+        assert self._keepalive_kv is not None
+        prefix = self.settings.bucket_prefix
+        kv = self._keepalive_kv()
+        backoff = Backoff(initial=0.2, cap=5.0)
+        while True:  # connect (then nats-py reconnects by itself)
+            if self._keep_stop.is_set():
+                return
+            try:
+                await kv.connect()
+                break
+            except KVUnavailable as exc:
+                delay = backoff.next()
+                log.warning("member %s: keepalive connection: %s; retrying in %.1f s",
+                            self.name, exc, delay)
+                await asyncio.sleep(delay)
+        try:
+            members = await self._until_available(
+                "open the members bucket (keepalive)", lambda: kv.bucket(f"{prefix}_members"))
+            leases = await self._until_available(
+                "open the leases bucket (keepalive)", lambda: kv.bucket(f"{prefix}_leases"))
+            while not self._keep_stop.is_set():
+                change = await self._round(members, leases)
+                if change is not None:  # announced by the member's own loop, in order
+                    asyncio.run_coroutine_threadsafe(self._emit(change), member_loop)
+                await asyncio.sleep(self.settings.tick_s)
+        finally:
+            await kv.close()
 
     async def _tick(self, members: Bucket, leases: Bucket) -> None:
         await self._expire_own()
@@ -581,11 +683,12 @@ class Member:
         """Renew what is due; the loss of leases another member took meanwhile is
         returned, to be announced once the keepalive lock is let go."""
         now = self._clock()
-        due = [p for p, h in self._owned.items()
-               if now - h.renewed_at >= self.settings.renew_every]
-        g_due = self._global is not None and \
-            now - self._global.renewed_at >= self.settings.renew_every
-        if not due and not g_due:
+        with self._state_lock:
+            due = [(p, h) for p, h in self._owned.items()
+                   if now - h.renewed_at >= self.settings.renew_every]
+            g_held = self._global if self._global is not None and \
+                now - self._global.renewed_at >= self.settings.renew_every else None
+        if not due and g_held is None:
             return None
 
         async def renew(key: str, h: _Held) -> tuple[str, _Held | None, BaseException | None]:
@@ -604,30 +707,35 @@ class Member:
                 return key, None, exc
             return key, _Held(rev, t0), None
 
-        jobs = [renew(partition_key(p), self._owned[p]) for p in due]
-        if g_due and self._global is not None:
-            jobs.append(renew(GLOBAL_KEY, self._global))
+        jobs = [renew(partition_key(p), h) for p, h in due]
+        if g_held is not None:
+            jobs.append(renew(GLOBAL_KEY, g_held))
         conflicts: set[int] = set()
         g_conflict = False
         unavailable = 0
-        for key, held, exc in await asyncio.gather(*jobs):
-            p = partition_of(key)
-            if held is not None:
-                if p is not None and p in self._owned:
-                    self._owned[p] = held
-                elif p is None and self._global is not None:
-                    self._global = held
-                else:  # dropped by the guard meanwhile: give it back
-                    with contextlib.suppress(ClusterError):
-                        await leases.delete(key, revision=held.revision)
-            elif isinstance(exc, CASConflict):
-                if p is None:
-                    g_conflict = self._global is not None
-                    self._global = None
-                elif self._owned.pop(p, None) is not None:
-                    conflicts.add(p)
-            else:
-                unavailable += 1
+        give_back: list[tuple[str, int]] = []
+        results = await asyncio.gather(*jobs)
+        with self._state_lock:  # each applied only if still the lease renewed
+            for key, held, exc in results:
+                p = partition_of(key)
+                if held is not None:
+                    if p is not None and p in self._owned:
+                        self._owned[p] = held
+                    elif p is None and self._global is not None:
+                        self._global = held
+                    else:  # dropped by the guard meanwhile: give it back
+                        give_back.append((key, held.revision))
+                elif isinstance(exc, CASConflict):
+                    if p is None:
+                        g_conflict = self._global is not None
+                        self._global = None
+                    elif self._owned.pop(p, None) is not None:
+                        conflicts.add(p)
+                else:
+                    unavailable += 1
+        for key, rev in give_back:
+            with contextlib.suppress(ClusterError):
+                await leases.delete(key, revision=rev)
         if unavailable:
             log.warning("member %s: %d renewal(s) failed (NATS unavailable); retrying",
                         self.name, unavailable)
@@ -721,7 +829,8 @@ class Member:
         got = {f[0]: h for f, h in zip(picks, results, strict=True) if h is not None}
         if not got:
             return
-        self._owned.update(got)
+        with self._state_lock:
+            self._owned.update(got)
         log.info("member %s: took %d (%s, %d expired; target %d, had %d; live %s; others "
                  "hold %s; %d free)", self.name, len(got), reason,
                  sum(1 for f in picks if f[1] and f[0] in got), mine, have, live, held_by,
@@ -733,8 +842,9 @@ class Member:
         return zlib.crc32(f"{self.name}/{p}".encode())
 
     async def _release(self, leases: Bucket, parts: list[int]) -> None:
-        async with self._keep_lock:  # no renewal in flight: these revisions are the last
-            held = {p: self._owned.pop(p) for p in parts if p in self._owned}
+        async with self._between_rounds():  # no renewal in flight: these are the last
+            with self._state_lock:
+                held = {p: self._owned.pop(p) for p in parts if p in self._owned}
         await self._emit(Change(frozenset(), frozenset(held), self.owned,
                                 holds_global=self.holds_global, reason="rebalance"))
         results = await asyncio.gather(
@@ -754,7 +864,8 @@ class Member:
         held = await self._take(leases, GLOBAL_KEY, takeable[1])
         if held is None:
             return
-        self._global = held
+        with self._state_lock:
+            self._global = held
         await self._emit(Change(frozenset(), frozenset(), self.owned, global_acquired=True,
                                 holds_global=True, reason="acquire"))
 

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import time
@@ -151,7 +152,10 @@ class Shard:
         announced lost and released)."""
         self._status = await kv.bucket(status_bucket(self.lease.bucket_prefix), create=True,
                                        replicas=self.lease.replicas)
-        self.member = Member(kv, self.lease, on_change=self.on_change)
+        self.member = Member(kv, self.lease, on_change=self.on_change,
+                             keepalive_kv=lambda: KV(dataclasses.replace(
+                                 kv.settings, client_name=f"{kv.settings.client_name}"
+                                 "-keepalive")))
         async with asyncio.TaskGroup() as tg:
             self._tg = tg
             try:

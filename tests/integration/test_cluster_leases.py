@@ -11,6 +11,7 @@ period; this machine is shared)."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import time
 from collections.abc import Callable, Iterator
@@ -227,3 +228,58 @@ def test_nats_outage_drops_leases_in_time_and_they_come_back(nats1: NatsKV,
         wait_for("S1 holds everything again", lambda: m.owned() == ALL, 60, [m])
     finally:
         assert m.stop() == 0, m.err.read_text()
+
+
+BLOCK = LEASE * 3  # the member's event loop is held this long by its change handler
+
+
+async def test_leases_outlive_a_blocked_event_loop(nats1: NatsKV, tmp_path: Path) -> None:
+    """The heartbeat and renewals run in a thread of their own, with their own NATS
+    connection: a member whose event loop is held for three lease periods (a shard's
+    takeover of tens of thousands of nodes held its loop for seconds at a time at
+    100,000 nodes) keeps its leases, and the other member takes none of them. In a task
+    of the member's loop (`keepalive_kv` not given) they lapsed and were taken."""
+    import asyncio
+    import dataclasses
+
+    from cloudcore.cluster.kv import KV, KVSettings
+    from cloudcore.cluster.leases import Change, LeaseSettings, Member
+
+    settings = KVSettings(urls=tuple(nats1.urls), user=nats1.user, password=nats1.password,
+                          ca_file=nats1.ca_file, client_name="member-A")
+    b = MemberProc(nats1, "B", workdir=tmp_path, lease_period=LEASE)
+    blocked: list[float] = []  # (start, end) of the block, wall clock
+    changes: list[Change] = []
+
+    async def on_change(c: Change) -> None:
+        changes.append(c)
+        if c.acquired and not blocked:
+            blocked.append(time.time())
+            time.sleep(BLOCK)  # noqa: ASYNC251 (the point: this loop is held)
+            blocked.append(time.time())
+
+    try:
+        wait_for("B holds every partition", lambda: b.owned() == ALL, 30, [b])
+        async with KV(settings) as kv:
+            a = Member(kv, LeaseSettings(name="A", lease_period=LEASE), on_change=on_change,
+                       keepalive_kv=lambda: KV(dataclasses.replace(
+                           settings, client_name="member-A-keepalive")))
+            task = asyncio.create_task(a.run())
+            try:
+                async with asyncio.timeout(30):
+                    while len(blocked) < 2 or len(a.owned) != 128:
+                        await asyncio.sleep(0.05)
+                await asyncio.sleep(LEASE)  # B's view of A settles after the block
+                mine = set(a.owned)
+                assert len(mine) == 128 and not mine & b.owned()
+            finally:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+    finally:
+        assert b.stop() == 0, b.err.read_text()
+    lapsed = [c.reason for c in changes if c.reason in ("expired", "conflict")]
+    assert not lapsed, f"A's leases lapsed while its loop was held: {lapsed}"
+    # B never took back what A held: its only acquisition is its start
+    taken_by_b = [e for e in b.events() if e.get("event") == "change" and e["acquired"]]
+    assert len(taken_by_b) == 1, f"B took partitions again during A's block: {taken_by_b[1:]}"
