@@ -4,7 +4,8 @@
                              [--safety 0.1] [--overcommit 0.3] [--whole-requests]
                              [--lifetime-margin 0.1 [--no-watched-day] [--lifetime-within]]
                              [--overcommit-safety 0.05] [--requests-floor]
-                             [--policies requests,forecast[,forecast-overcommit][,right-sizing]]
+                             [--policies requests,forecast[,forecast-overcommit][,right-sizing]
+                                         [,perfect-15][,clairvoyant]]
 
 A fleet of identical nodes (4 cpu, 16 GiB, 110 pods) runs workloads whose actual usage
 follows public trace segments, placed by the REAL cloudcore scheduler
@@ -39,6 +40,13 @@ follows public trace segments, placed by the REAL cloudcore scheduler
   `--lifetime-within` applies it within the node's requests too. `--overcommit-safety
   S` asks a trusted node for S more room above its p90 when the pod takes it past its
   requests (issue 15, seventh round).
+- `perfect-15` and `clairvoyant` (issue 15, eighth round) READ THE FUTURE: they are
+  oracles, diagnostics of what knowledge would buy, not placements (`Clairvoyance`).
+  `perfect-15` is right-sizing's mode with the forecaster replaced by the true peak
+  of each node's next 15 minutes (every node trusted); `clairvoyant` admits a pod
+  where the node's true usage, the pod's included, stays within allocatable for the
+  pod's whole stay (no requests cap): the most a placement-time scheduler could pack
+  on these arrivals without overloading.
 
 Every forecast policy runs the forecaster as cloudcore does, online learning
 included: after each tick the runner learns from that minute's examples (here
@@ -113,7 +121,9 @@ RETRY_EVERY = 5
 GIVE_UP_AFTER = 30
 INITIAL_FILL = 0.9
 TARGET_DEMAND = 1.3
-POLICIES = ("requests", "forecast", "forecast-overcommit", "right-sizing")
+POLICIES = ("requests", "forecast", "forecast-overcommit", "right-sizing", "perfect-15",
+            "clairvoyant")
+ORACLES = ("perfect-15", "clairvoyant")  # read the future: diagnostics, not placement
 SAFETY = 0.1  # right-sizing defaults, chosen on seeds 0-2 (docs/benchmarks.md)
 OVERCOMMIT = 0.3
 
@@ -362,15 +372,79 @@ def seed_peaks(sched: Scheduler, w: Workloads, usage: UsageModel, start: np.ndar
     return len(rows)
 
 
+class Clairvoyance:
+    """The replay's ground truth, read ahead: for the two oracle policies only (they
+    read the future, so they are diagnostics of what knowledge would buy, not
+    placements a scheduler could make).
+
+    - `perfect-15`: right-sizing's own mode (`Scheduler.right_sizing`, same settings),
+      its forecast replaced by the TRUE peak of each node's next 15 minutes (from the
+      pods on it, the system's share included; p50 = p90, every node trusted): what a
+      perfect forecaster with the forecaster's horizon would let right-sizing do.
+    - `clairvoyant`: a node takes a pod when its true usage, the pod's included, stays
+      within allocatable at every minute of the pod's stay (up to the replay's end);
+      no requests cap, only the pods limit. With perfect knowledge of every pod's life
+      it causes no overload: its packing is what a placement-time scheduler (no
+      migration) could reach on these arrivals without overloading. `horizon` (minutes,
+      `--oracle-horizon`) limits what it sees to the next `horizon` minutes of the
+      pod's stay: how far ahead a scheduler must know usage to pack without overloads.
+
+    Memory: every workload's usage for the whole run, float32 [minutes, P, 2], and each
+    node's future load [n, minutes, 2] (about 30 MB at 500 nodes, 3 h)."""
+
+    def __init__(self, w: Workloads, usage: UsageModel, start: np.ndarray, n: int,
+                 minutes: int, *, horizon: int | None = None) -> None:
+        self.w = w
+        self.minutes = minutes
+        self.horizon = horizon
+        self.usage = np.stack(list(usage.run(minutes))).astype(np.float32)
+        self.load = np.zeros((n, minutes, 2), np.float64)  # pods placed so far, their life
+        self.cap = np.array([NODE_CPU, NODE_MEM], float)
+        self.fit: np.ndarray | None = None  # per node, for the pod being considered
+        self.index: dict[str, int] = {}
+        for i in np.flatnonzero(start >= 0).tolist():
+            self.place(i, int(start[i]), 0)
+
+    def place(self, i: int, j: int, t: int) -> None:
+        end = min(int(self.w.depart[i]), self.minutes)
+        self.load[j, t:end] += self.usage[t:end, i]
+
+    def next_peaks(self, t: int, names: list[str]) -> dict[str, dict[str, float]]:
+        """Each node's true peak utilisation over minutes t..t+14, as a forecast."""
+        self.index = {name: j for j, name in enumerate(names)}
+        peak = np.minimum(1.0, SYSTEM + self.load[:, t : t + 15].max(axis=1) / self.cap)
+        return {name: {"cpu_p50": float(c), "cpu_p90": float(c), "mem_p50": float(m),
+                       "mem_p90": float(m), "trusted": 1.0}
+                for name, (c, m) in zip(names, peak.tolist(), strict=True)}
+
+    def consider(self, i: int, t: int) -> None:
+        """Which nodes pod `i`, placed at minute `t`, would not overload (over its stay,
+        or its next `horizon` minutes)."""
+        end = min(int(self.w.depart[i]), self.minutes)
+        if self.horizon is not None:
+            end = min(end, t + self.horizon)
+        peak = (self.load[:, t:end] + self.usage[t:end, i][None]).max(axis=1)  # [n, 2]
+        self.fit = (SYSTEM + peak / self.cap <= 1.0).all(axis=1)
+
+    def fits(self, spec: PodSpec, req: dict[str, int], node: NodeView) -> str | None:
+        """`clairvoyant`'s only filter (`consider` first): the pods limit, then the future."""
+        if node.requested.get("pods", 0) + 1 > node.allocatable.get("pods", NODE_PODS):
+            return "insufficient pods"
+        assert self.fit is not None
+        return None if self.fit[self.index[node.name]] else "overloads within its life"
+
+
 def run_policy(policy: str, w: Workloads, usage: UsageModel, names: list[str], *,
                start: np.ndarray, minutes: int, safety: float = SAFETY,
                overcommit: float = OVERCOMMIT, by_usage: bool = True,
                lifetime_margin: float | None = None,
                watched_day: bool = True, requests_floor: bool = False,
-               lifetime_within: bool = False, overcommit_safety: float = 0.0) -> Result:
+               lifetime_within: bool = False, overcommit_safety: float = 0.0,
+               oracle_horizon: int | None = None) -> Result:
     n = len(names)
     res = Result(policy)
-    use_forecast = policy != "requests"
+    oracle = policy in ORACLES
+    use_forecast = policy != "requests" and not oracle
     filters = DEFAULT_FILTERS
     if policy == "forecast-overcommit":
         filters = tuple(f for f in DEFAULT_FILTERS if f is not capacity)
@@ -384,9 +458,19 @@ def run_policy(policy: str, w: Workloads, usage: UsageModel, names: list[str], *
                                        overcommit_safety=overcommit_safety)
         if watched_day:
             seed_peaks(sched, w, usage, start, names)
+    elif policy == "perfect-15":  # right-sizing's mode, fed the true next 15 minutes
+        sched = Scheduler.right_sizing(safety=safety, overcommit=overcommit,
+                                       by_usage=by_usage, clock=lambda: sim_now[0],
+                                       requests_floor=requests_floor,
+                                       overcommit_safety=overcommit_safety)
     else:
         sched = Scheduler(filters=filters, clock=lambda: sim_now[0])
     forecasts: dict[str, dict[str, float]] = {}
+    future = None
+    if oracle:
+        future = Clairvoyance(w, usage, start, n, minutes, horizon=oracle_horizon)
+        if policy == "clairvoyant":
+            sched = Scheduler(filters=(future.fits,), clock=lambda: sim_now[0])
     runner = None
     if use_forecast:
         runner = ForecastRunner(default_model_path(), capacity_nodes=n,
@@ -409,7 +493,7 @@ def run_policy(policy: str, w: Workloads, usage: UsageModel, names: list[str], *
     methods: dict[str, int] = {}
     last_placed = np.zeros(n, np.int64)  # the initial population arrives at minute 0
 
-    for t, u in enumerate(usage.run(minutes)):
+    for t, u in enumerate(usage.run(minutes) if future is None else future.usage):
         sim_now[0] = 60.0 * t
         # departures
         gone = np.flatnonzero((w.depart == t) & (node_of >= 0))
@@ -422,14 +506,20 @@ def run_policy(policy: str, w: Workloads, usage: UsageModel, names: list[str], *
             todo = pending + todo
             pending = []
         if todo:
+            if future is not None:  # the true peak of the next 15 minutes, as a forecast
+                forecasts = future.next_peaks(t, names)
+                sched.forecast_made(dict.fromkeys(names, 60.0 * t - 1.0))
             views = [NodeView(name=names[j], ready="Ready", allocatable=_alloc(),
                               requested={"cpu": int(req[j, 0]), "memory": int(req[j, 1]),
                                          "pods": int(req[j, 2])},
-                              forecast=forecasts.get(names[j]) if use_forecast else None)
+                              forecast=forecasts.get(names[j])
+                              if use_forecast or oracle else None)
                      for j in range(n)]
             for i, first in todo:
                 if w.depart[i] <= t:
                     continue  # it would have finished while waiting
+                if future is not None:
+                    future.consider(i, t)
                 t0 = time.perf_counter()
                 d = sched.schedule(w.specs[i], views)
                 sched_t += time.perf_counter() - t0
@@ -442,6 +532,8 @@ def run_policy(policy: str, w: Workloads, usage: UsageModel, names: list[str], *
                         pending.append((i, first))
                     continue
                 j = index[d.node]
+                if future is not None:
+                    future.place(i, j, t)
                 last_placed[j] = t
                 node_of[i] = j
                 req[j, :2] += w.request[i]
@@ -526,7 +618,8 @@ def replay(nodes: int, hours: float, seed: int = 0,
            by_usage: bool = True, request_factor: float = 1.0,
            demand: float = TARGET_DEMAND, lifetime_margin: float | None = None,
            watched_day: bool = True, requests_floor: bool = False,
-           lifetime_within: bool = False, overcommit_safety: float = 0.0) -> list[Result]:
+           lifetime_within: bool = False, overcommit_safety: float = 0.0,
+           oracle_horizon: int | None = None) -> list[Result]:
     minutes = WARMUP + round(hours * 60)
     rng = np.random.default_rng(seed)
     series, note = load_usage_series(minutes + HISTORY_DAY, rng)
@@ -547,7 +640,8 @@ def replay(nodes: int, hours: float, seed: int = 0,
         f"{'' if lifetime_margin is None or watched_day else ' (no day watched)'}"
         f"{', requests floor' if requests_floor else ''}"
         f"{', bound within requests too' if lifetime_within else ''}"
-        f"{f', overcommit safety {overcommit_safety:g}' if overcommit_safety else ''}; "
+        f"{f', overcommit safety {overcommit_safety:g}' if overcommit_safety else ''}"
+        f"{f', clairvoyant sees {oracle_horizon} min' if oracle_horizon else ''}; "
         f"{note}")
     out(f"workloads: {int((w.arrive == 0).sum())} initial ({int((start >= 0).sum())} placed), "
         f"{int((w.arrive > 0).sum())} arriving; requests/usage-p95-of-previous-day: "
@@ -561,7 +655,7 @@ def replay(nodes: int, hours: float, seed: int = 0,
                        overcommit=overcommit, by_usage=by_usage,
                        lifetime_margin=lifetime_margin, watched_day=watched_day,
                        requests_floor=requests_floor, lifetime_within=lifetime_within,
-                       overcommit_safety=overcommit_safety)
+                       overcommit_safety=overcommit_safety, oracle_horizon=oracle_horizon)
         r.ceiling = ceiling
         results.append(r)
         out(f"  {policy}: simulated in {time.perf_counter() - t1:.1f} s")
@@ -649,6 +743,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--lifetime-within", action="store_true",
                     help="right-sizing: the lifetime bound refuses within the node's "
                          "requests too (needs --lifetime-margin)")
+    ap.add_argument("--oracle-horizon", type=int, default=None,
+                    help="clairvoyant: sees only this many minutes of each pod's stay "
+                         "(default: all of it)")
     ap.add_argument("--policies", default="requests,forecast",
                     help=f"comma-separated, of {', '.join(POLICIES)}")
     args = ap.parse_args(argv)
@@ -670,6 +767,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit("--lifetime-margin must be within 0..0.5")
     if not 0 <= args.overcommit_safety <= 0.5:
         sys.exit("--overcommit-safety must be within 0..0.5")
+    if args.oracle_horizon is not None and args.oracle_horizon < 1:
+        sys.exit("--oracle-horizon must be >= 1")
     if args.lifetime_within and args.lifetime_margin is None:
         sys.exit("--lifetime-within needs --lifetime-margin")
     runs = [replay(args.nodes, args.hours, s, policies, safety=args.safety,
@@ -680,7 +779,8 @@ def main(argv: list[str] | None = None) -> None:
                    watched_day=not args.no_watched_day,
                    requests_floor=args.requests_floor,
                    lifetime_within=args.lifetime_within,
-                   overcommit_safety=args.overcommit_safety)
+                   overcommit_safety=args.overcommit_safety,
+                   oracle_horizon=args.oracle_horizon)
             for s in range(args.seed, args.seed + args.seeds)]
     if len(runs) > 1:
         print(format_spread(runs))

@@ -143,3 +143,37 @@ def test_arrival_ceiling_counts_every_arrival_placed_at_once() -> None:
     # minutes 0-4: 2 pods, 5-9: 3, 10-19: 2 (the initial one left, the third leaves at 20)
     want = (5 * 2 + 5 * 3 + 10 * 2) / 20 / 4
     assert replay.arrival_ceiling(w, start, 4, minutes) == pytest.approx(want)
+
+
+def test_the_oracles_read_the_replays_own_truth_and_clairvoyant_adds_no_overload() -> None:
+    """`clairvoyant` admits by every pod's true usage over its stay: the only overloaded
+    node-minutes left are those of the initial population (placed by requests, the same
+    for every policy). `perfect-15` runs right-sizing's mode with every node trusted."""
+    rng = np.random.default_rng(4)
+    minutes = replay.WARMUP + 45
+    series, _ = replay.load_usage_series(minutes + replay.HISTORY_DAY, rng)
+    offsets = np.array([rng.integers(replay.HISTORY_DAY, s.shape[1] - minutes) for s in series])
+    mu = np.stack([s[:, o - replay.HISTORY_DAY : o].mean(axis=1)
+                   for s, o in zip(series, offsets, strict=True)])
+    # careful requests and high demand: requests overload, so there is something to avoid
+    w = replay.draw_workloads(rng, series, offsets, mu, nodes=30, minutes=minutes,
+                              request_factor=1.0, demand=3.0)
+    names = [f"n{i}" for i in range(30)]
+    start = replay.initial_placement(w, names)
+    usage = replay.UsageModel(w, series, offsets, mu, 9)
+    truth = replay.Clairvoyance(w, usage, start, len(names), minutes)
+    assert np.allclose(truth.usage, np.stack(list(usage.run(minutes))), rtol=1e-6)
+    frac = replay.SYSTEM + truth.load / truth.cap  # the initial population alone
+    initial_only = int((frac[:, replay.WARMUP:] > 1.0).any(axis=2).sum())
+
+    req, clair, p15 = (replay.run_policy(p, w, usage, names, start=start, minutes=minutes)
+                       for p in ("requests", "clairvoyant", "perfect-15"))
+    assert req.overload_any > initial_only  # requests add overloads here...
+    assert clair.overload_any == initial_only  # ...the clairvoyant none
+    assert clair.placed > 0
+    # seeing only the next minute of each pod's stay, it admits into later overloads
+    myopic = replay.run_policy("clairvoyant", w, usage, names, start=start, minutes=minutes,
+                               oracle_horizon=1)
+    assert myopic.overload_any > clair.overload_any
+    assert p15.placed > 0 and p15.trusted_share == 0  # no forecaster ran: the truth did
+    assert p15.refusals and all(k.startswith(("right-sized", "insufficient")) for k in p15.refusals)
