@@ -440,7 +440,8 @@ def run_policy(policy: str, w: Workloads, usage: UsageModel, names: list[str], *
                lifetime_margin: float | None = None,
                watched_day: bool = True, requests_floor: bool = False,
                lifetime_within: bool = False, overcommit_safety: float = 0.0,
-               oracle_horizon: int | None = None) -> Result:
+               oracle_horizon: int | None = None,
+               rising_margin: float | None = None) -> Result:
     n = len(names)
     res = Result(policy)
     oracle = policy in ORACLES
@@ -455,7 +456,8 @@ def run_policy(policy: str, w: Workloads, usage: UsageModel, names: list[str], *
                                        lifetime_margin=lifetime_margin,
                                        requests_floor=requests_floor,
                                        lifetime_within=lifetime_within,
-                                       overcommit_safety=overcommit_safety)
+                                       overcommit_safety=overcommit_safety,
+                                       rising_margin=rising_margin)
         if watched_day:
             seed_peaks(sched, w, usage, start, names)
     elif policy == "perfect-15":  # right-sizing's mode, fed the true next 15 minutes
@@ -619,7 +621,8 @@ def replay(nodes: int, hours: float, seed: int = 0,
            demand: float = TARGET_DEMAND, lifetime_margin: float | None = None,
            watched_day: bool = True, requests_floor: bool = False,
            lifetime_within: bool = False, overcommit_safety: float = 0.0,
-           oracle_horizon: int | None = None) -> list[Result]:
+           oracle_horizon: int | None = None,
+           rising_margin: float | None = None) -> list[Result]:
     minutes = WARMUP + round(hours * 60)
     rng = np.random.default_rng(seed)
     series, note = load_usage_series(minutes + HISTORY_DAY, rng)
@@ -641,7 +644,8 @@ def replay(nodes: int, hours: float, seed: int = 0,
         f"{', requests floor' if requests_floor else ''}"
         f"{', bound within requests too' if lifetime_within else ''}"
         f"{f', overcommit safety {overcommit_safety:g}' if overcommit_safety else ''}"
-        f"{f', clairvoyant sees {oracle_horizon} min' if oracle_horizon else ''}; "
+        f"{f', clairvoyant sees {oracle_horizon} min' if oracle_horizon else ''}"
+        f"{'' if rising_margin is None else f', rising guard {rising_margin:g}'}; "
         f"{note}")
     out(f"workloads: {int((w.arrive == 0).sum())} initial ({int((start >= 0).sum())} placed), "
         f"{int((w.arrive > 0).sum())} arriving; requests/usage-p95-of-previous-day: "
@@ -655,7 +659,8 @@ def replay(nodes: int, hours: float, seed: int = 0,
                        overcommit=overcommit, by_usage=by_usage,
                        lifetime_margin=lifetime_margin, watched_day=watched_day,
                        requests_floor=requests_floor, lifetime_within=lifetime_within,
-                       overcommit_safety=overcommit_safety, oracle_horizon=oracle_horizon)
+                       overcommit_safety=overcommit_safety, oracle_horizon=oracle_horizon,
+                       rising_margin=rising_margin)
         r.ceiling = ceiling
         results.append(r)
         out(f"  {policy}: simulated in {time.perf_counter() - t1:.1f} s")
@@ -743,6 +748,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--lifetime-within", action="store_true",
                     help="right-sizing: the lifetime bound refuses within the node's "
                          "requests too (needs --lifetime-margin)")
+    ap.add_argument("--rising-margin", type=float, default=None,
+                    help="right-sizing: turn on the rising guard (no pod past a node's "
+                         "requests while its pods' share of their requests is above 1 + "
+                         "this times its one-hour average); default off")
     ap.add_argument("--oracle-horizon", type=int, default=None,
                     help="clairvoyant: sees only this many minutes of each pod's stay "
                          "(default: all of it)")
@@ -767,6 +776,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit("--lifetime-margin must be within 0..0.5")
     if not 0 <= args.overcommit_safety <= 0.5:
         sys.exit("--overcommit-safety must be within 0..0.5")
+    if args.rising_margin is not None and not 0 <= args.rising_margin <= 1:
+        sys.exit("--rising-margin must be within 0..1")
     if args.oracle_horizon is not None and args.oracle_horizon < 1:
         sys.exit("--oracle-horizon must be >= 1")
     if args.lifetime_within and args.lifetime_margin is None:
@@ -780,7 +791,8 @@ def main(argv: list[str] | None = None) -> None:
                    requests_floor=args.requests_floor,
                    lifetime_within=args.lifetime_within,
                    overcommit_safety=args.overcommit_safety,
-                   oracle_horizon=args.oracle_horizon)
+                   oracle_horizon=args.oracle_horizon,
+                   rising_margin=args.rising_margin)
             for s in range(args.seed, args.seed + args.seeds)]
     if len(runs) > 1:
         print(format_spread(runs))

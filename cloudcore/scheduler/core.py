@@ -65,6 +65,14 @@ Two placement modes (`Scheduler.requests_mode()`, the default, and
   them the node is refused when its p90 is hot, past them only taken when it is cool
   by that much more. With careful requests (the p95 of usage) it trades packing for
   fewer overloads a little better than a tighter cap (docs/benchmarks.md).
+
+  The rising guard (issue 15, eighth round; `Scheduler.right_sizing(rising_margin=0.1)`,
+  off by default) keeps a trusted node within its requests while its pods' share of
+  their requests (p50 x allocatable / the requests its forecast saw) is above 1 +
+  margin times its slow average (`ShareTrend`, half-life an hour): a node on a rise
+  (a surge of its workloads) is not packed past its requests on the strength of a
+  15-minute forecast that cannot see where the rise ends. Even a perfect 15-minute
+  forecast let right-sizing overload in `testbed.replay` (`--policies perfect-15`).
 """
 
 from __future__ import annotations
@@ -78,7 +86,13 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from cloudcore.scheduler.affinity import PodTopology
-from cloudcore.scheduler.recent import DEFAULT_PEAK_HALF_LIFE, PeakUsage, RecentPlacements
+from cloudcore.scheduler.recent import (
+    DEFAULT_PEAK_HALF_LIFE,
+    DEFAULT_TREND_HALF_LIFE,
+    PeakUsage,
+    RecentPlacements,
+    ShareTrend,
+)
 from shared.models import NodeSelector, PodSpec, Taint, Toleration
 
 ARCH_LABEL = "kubernetes.io/arch"
@@ -327,10 +341,19 @@ class RightSizedCapacity:
     seen using more than 1 - `lifetime_margin` of allocatable per their requests' worth
     (peak share x requests) takes no more pods even while its requests fit (a node with
     no peak known is admitted by requests there)."""
+    trend: ShareTrend | None = field(default=None, compare=False)
+    """The rising guard (issue 15, eighth round; None = off): a trusted node whose pods'
+    share of their requests (p50 x allocatable / the requests the forecast saw) is
+    above `1 + rising_margin` times its slow average (`ShareTrend`) takes no pod past
+    its requests (within them, the p90 check decides as usual)."""
+    rising_margin: float = 0.1
 
     def __call__(self, spec: PodSpec, req: dict[str, int], node: NodeView) -> str | None:
         if not trusted(node):
             return capacity(spec, req, node)
+        # the rising guard follows every trusted node it is shown, whatever refuses it
+        rising = (None if self.trend is None
+                  else rising_guard(req, node, self.trend, self.rising_margin, self.clock()))
         if self.requests_floor and capacity(spec, req, node) is None:
             return None
         others = {r: v for r, v in req.items() if r not in ("cpu", "memory")}
@@ -343,6 +366,8 @@ class RightSizedCapacity:
                           > alloc * (1.0 + self.overcommit)):
                 return (f"right-sized over capacity ({'cpu' if res == 'cpu' else 'mem'} "
                         f"requests over {100 * (1.0 + self.overcommit):.0f}%)")
+        if rising is not None:
+            return rising
         if self.lifetime is not None:
             reason = lifetime_bound(req, node, self.lifetime, self.lifetime_margin,
                                     self.clock(), within=self.lifetime_within)
@@ -362,6 +387,32 @@ def _past_requests(req: dict[str, int], node: NodeView) -> bool:
         if alloc and node.requested.get(res, 0) + req.get(res, 0) > alloc:
             return True
     return False
+
+
+def rising_guard(req: dict[str, int], node: NodeView, trend: ShareTrend, margin: float,
+                 now: float) -> str | None:
+    """Folds the node's current share of its requests into `trend` and returns why the
+    pod may not take it past its requests while that share is rising (above 1 + `margin`
+    times its slow average), or None. Share as in `lifetime_bound`; learnt only from
+    forecasts that saw at least `MIN_SEEN_REQUESTS` of allocatable requested."""
+    fc = node.forecast or {}
+    reason = None
+    for res, key in (("cpu", "cpu_p50"), ("memory", "mem_p50")):
+        alloc = node.allocatable.get(res)
+        p50 = fc.get(key)
+        if not alloc or p50 is None:
+            continue
+        seen = node.requested.get(res, 0) - node.unforecast.get(res, 0)
+        if seen < MIN_SEEN_REQUESTS * alloc:
+            continue
+        share = p50 * alloc / seen
+        base = trend.observe(node.name, res, share, now)
+        if (reason is None and share > (1.0 + margin) * base
+                and node.requested.get(res, 0) + req.get(res, 0) > alloc):
+            short = "cpu" if res == "cpu" else "mem"
+            reason = (f"right-sized: {short} use rising (share of requests "
+                      f"{100 * share:.0f}% > {100 * (1.0 + margin):.0f}% of its average)")
+    return reason
 
 
 LIFETIME_MARGIN = 0.1
@@ -564,6 +615,9 @@ class Scheduler:
         self.peaks = next((f.lifetime for f in self.filters
                            if isinstance(f, RightSizedCapacity) and f.lifetime is not None),
                           None)
+        self.trend = next((f.trend for f in self.filters
+                           if isinstance(f, RightSizedCapacity) and f.trend is not None),
+                          None)
 
     @classmethod
     def right_sizing(cls, *, safety: float = 0.05, overcommit: float = 0.3,
@@ -573,7 +627,9 @@ class Scheduler:
                      lifetime_half_life: float = DEFAULT_PEAK_HALF_LIFE,
                      requests_floor: bool = False,
                      lifetime_within: bool = False,
-                     overcommit_safety: float = 0.0) -> Scheduler:
+                     overcommit_safety: float = 0.0,
+                     rising_margin: float | None = None,
+                     rising_half_life: float = DEFAULT_TREND_HALF_LIFE) -> Scheduler:
         """A scheduler in right-sizing mode (module doc); `safety` in 0..0.5,
         `overcommit` >= 0 (math.inf: requests do not bound a trusted node), `by_usage`
         as in `RightSizedCapacity`. The defaults (cap 30 %, pods counted by usage) were
@@ -582,7 +638,9 @@ class Scheduler:
         `lifetime_margin` in 0..0.5 turns on the lifetime bound (`RightSizedCapacity`,
         `PeakUsage` with `lifetime_half_life` seconds; `LIFETIME_MARGIN` is the margin
         measured); None (the default) leaves it off: in `testbed.replay` it did not beat
-        the requests cap on the seeds where both were run (docs/benchmarks.md)."""
+        the requests cap on the seeds where both were run (docs/benchmarks.md).
+        `rising_margin` in 0..1 turns on the rising guard (`RightSizedCapacity.trend`,
+        `ShareTrend` with `rising_half_life` seconds); None (the default) leaves it off."""
         if not 0.0 <= safety <= 0.5:
             raise ValueError(f"right-sizing safety must be within 0..0.5, got {safety}")
         if not overcommit >= 0.0:
@@ -593,14 +651,20 @@ class Scheduler:
         if lifetime_margin is not None and not 0.0 <= lifetime_margin <= 0.5:
             raise ValueError(f"right-sizing lifetime margin must be within 0..0.5, "
                              f"got {lifetime_margin}")
+        if rising_margin is not None and not 0.0 <= rising_margin <= 1.0:
+            raise ValueError(f"right-sizing rising margin must be within 0..1, "
+                             f"got {rising_margin}")
         peaks = (None if lifetime_margin is None
                  else PeakUsage(half_life=lifetime_half_life))
+        trend = None if rising_margin is None else ShareTrend(half_life=rising_half_life)
         rsc = RightSizedCapacity(safety, overcommit, by_usage, lifetime=peaks,
                                  lifetime_margin=0.0 if lifetime_margin is None
                                  else lifetime_margin, clock=clock,
                                  requests_floor=requests_floor,
                                  lifetime_within=lifetime_within,
-                                 overcommit_safety=overcommit_safety)
+                                 overcommit_safety=overcommit_safety, trend=trend,
+                                 rising_margin=0.0 if rising_margin is None
+                                 else rising_margin)
         filters = tuple(rsc if isinstance(f, RightSizedCapacity) else f
                         for f in RIGHT_SIZING_FILTERS)
         return cls(filters=filters, scorers=scorers, clock=clock)
@@ -612,6 +676,8 @@ class Scheduler:
         self.recent.forecast_made(origins)
         if self.peaks is not None:
             self.peaks.keep_only(origins)
+        if self.trend is not None:
+            self.trend.keep_only(origins)
 
     def _with_recent(self, node: NodeView) -> NodeView:
         # the right-sizing filter counts the ledger against the forecast, as the

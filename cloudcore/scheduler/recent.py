@@ -172,3 +172,68 @@ class PeakUsage:
             return
         for node in [n for n in self._peak if n not in nodes]:
             del self._peak[node]
+
+
+DEFAULT_TREND_HALF_LIFE = 3_600.0
+"""Seconds: the half-life of the slow average `ShareTrend` compares a node's share of its
+requests against (an hour: a rise over the last hour or two shows, the daily cycle's
+slow drift much less)."""
+
+
+class ShareTrend:
+    """Per node: a slow average of the share of their requests the node's pods use, per
+    resource (right-sizing's rising guard, `RightSizedCapacity.rising_margin`).
+
+    Why: the eighth round of issue 15 found that even a perfect 15-minute forecast lets
+    right-sizing overload (`testbed.replay --policies perfect-15`): pods taken past a
+    node's requests stay for hours while their usage keeps rising (a surge of the whole
+    workload). A node whose pods' share of their requests is well above its own recent
+    average is on such a rise; the guard keeps it within its requests until the rise
+    stops.
+
+    `observe(node, resource, share, at)` returns the average BEFORE `share` is folded in
+    (the baseline to compare against), then updates it as an exponential average in
+    time: avg' = share + (avg - share) x 0.5^(dt / half_life); the first share seen is
+    its own baseline. Memory: one 4-float list per node; `keep_only` prunes as
+    `PeakUsage.keep_only` does."""
+
+    _SLOT = {"cpu": 0, "memory": 2}  # [time, average] of each resource in a node's list
+
+    def __init__(self, *, half_life: float = DEFAULT_TREND_HALF_LIFE) -> None:
+        if not half_life > 0:
+            raise ValueError(f"trend half-life must be > 0 s, got {half_life}")
+        self.half_life = half_life
+        self._avg: dict[str, list[float]] = {}  # node -> [cpu t, cpu avg, mem t, mem avg]
+
+    def __len__(self) -> int:
+        return len(self._avg)
+
+    def observe(self, node: str, resource: str, share: float, at: float) -> float:
+        """Folds `share` (seen at `at`, Unix s) in; returns the average before it."""
+        i = self._SLOT[resource]
+        entry = self._avg.get(node)
+        if entry is None:
+            entry = self._avg[node] = [math.nan] * 4
+        when, avg = entry[i], entry[i + 1]
+        if math.isnan(avg):
+            entry[i], entry[i + 1] = at, share
+            return share
+        if at > when:
+            entry[i + 1] = share + (avg - share) * 0.5 ** ((at - when) / self.half_life)
+            entry[i] = at
+        return avg
+
+    def average(self, node: str, resource: str) -> float | None:
+        entry = self._avg.get(node)
+        if entry is None or math.isnan(entry[self._SLOT[resource] + 1]):
+            return None
+        return entry[self._SLOT[resource] + 1]
+
+    def forget(self, node: str) -> None:
+        self._avg.pop(node, None)
+
+    def keep_only(self, nodes: Collection[str]) -> None:
+        if len(self._avg) <= len(nodes):
+            return
+        for node in [n for n in self._avg if n not in nodes]:
+            del self._avg[node]
