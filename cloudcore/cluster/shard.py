@@ -59,10 +59,21 @@ UNSUBSCRIBE_WAIT = 3.0
 """Seconds a loss waits for the brokers to confirm the unsubscription before it lets
 the release go on (the gate already drops the partition's messages)."""
 STATUS_KEY = "liveness.{pp}"
-SLICE = 250
-"""Nodes handled between two yields to the event loop in a takeover or a loss."""
-PUSH_SLICE = 100
-"""Snapshots built and queued between two yields when taken nodes get their sets."""
+SLICE = 1000
+"""Nodes handled between two yields to the event loop in a takeover or a loss (5-15 ms
+of the loop: `testbed.bench_shard`, "Shard takeover cost" in docs/benchmarks.md). On a
+saturated loop (the 100,000-node runs: turns of 100-200 ms) a takeover's wall time is
+about its yields times the turn, not its own work (~35 us a node): 250 made 200 yields
+of 50,000 nodes, and the takeover took minutes (issue 14)."""
+PUSH_SLICE = 400
+"""Snapshots built, sealed and queued between two yields when taken nodes get their sets
+(~12 ms at ~30 us each, the budget the workload expansion slices aim at)."""
+QUEUE_SLICE = 5000
+"""Nodes put in the hub's deferred queue between two yields when the hub builds no
+snapshot now (its publish queue is full): a microsecond or two each."""
+SCAN_SLICE = 20000
+"""Node names looked at between two yields when the nodes of partitions are listed
+(~0.4 us each)."""
 TAKEOVER_REASON = "ShardTakeover"
 AWAY_REASON = "OwnedByAnotherShard"
 
@@ -109,6 +120,15 @@ class Shard:
         self._tg: asyncio.TaskGroup | None = None
         self.takeovers = 0
         """Nodes started from a previous owner's summary (Ready or NotReady as there)."""
+        self.last_takeover: dict[str, float] = {}
+        """The last acquisition's partitions, nodes, wall times (s: in all; listed_s:
+        summaries read and nodes listed; prepared_s: epochs, statuses, liveness;
+        subscribed_s; pushed_s), yields to the loop and the longest stretch between two
+        in the preparation (yields, longest_slice_s) and the push (push_yields,
+        longest_push_slice_s); its log line says the same."""
+        self.last_loss: dict[str, float] = {}
+        """The same of the last loss (s, unsubscribed_s, forgotten_s, yields,
+        longest_slice_s)."""
         hub.owns = self.owns
 
     def global_fence(self) -> int | None:
@@ -188,60 +208,69 @@ class Shard:
         """The nodes of these partitions (a pass over every node, in slices)."""
         out: dict[int, list[str]] = {p: [] for p in parts}
         names = list(self.fleet.nodes)
-        for i in range(0, len(names), 20 * SLICE):
-            for node in names[i:i + 20 * SLICE]:
-                p = topics.partition_of(node)
+        partition_of = topics.partition_of
+        for i in range(0, len(names), SCAN_SLICE):
+            for node in names[i:i + SCAN_SLICE]:
+                p = partition_of(node)
                 if p in out:
                     out[p].append(node)
             await asyncio.sleep(0)
         return out
 
     async def _acquire(self, parts: list[int]) -> None:
+        t0 = time.perf_counter()
         summaries = await self._summaries(parts)
         by_part = await self._nodes_by_partition(set(parts))
+        t_listed = time.perf_counter()
         now_wall, now = self.wall(), self.clock()
         fleet, desired = self.fleet, self.fleet.desired_sets
         liveness, nodes = fleet.liveness, fleet.objects.nodes
+        desired_for, set_heartbeat, heard = (desired.desired_for, liveness.set_heartbeat,
+                                             liveness.heard)
+        eviction, changed = fleet.eviction, fleet.objects.changed
         taken: list[str] = []
+        slices = _Slices()
         for p in parts:
             known = summaries.get(p, {})
             for name in by_part[p]:
                 node = nodes.get(name)
                 if node is None:
                     continue
-                nd = desired.desired_for(name)
+                nd = desired_for(name)
                 nd.restart_epoch(new_epoch())  # snapshot first, then deltas
                 # not written now: a shard starts holding nothing and every acquisition
                 # starts a new epoch again, so no store commit of every set at once.
                 # The status showed the previous owner's gens (its summary): from now
                 # on it shows this shard's set, or desired_gen would stay the other's
                 # until the node's set next changes, never equal to what is acked here
-                node.status.desired_gen, node.status.acked_gen = nd.gen, 0
+                status = node.status
+                status.desired_gen, status.acked_gen = nd.gen, 0
                 hb = node.metadata.annotations.get(HEARTBEAT)  # the node's own window
-                liveness.set_heartbeat(name, float(hb) if hb else None)
+                set_heartbeat(name, float(hb) if hb else None)
                 was = known.get(name)
                 if was is not None and was[0] in ("Ready", "NotReady"):
-                    node.status.ready = was[0]
-                    node.status.reason = TAKEOVER_REASON
+                    status.ready = was[0]
+                    status.reason = TAKEOVER_REASON
                     if was[1] is not None:
-                        node.status.last_seen = float(was[1])
+                        status.last_seen = float(was[1])
                     self.takeovers += 1
                     if was[0] == "Ready":
                         age = max(0.0, now_wall - float(was[1] or now_wall))
-                        liveness.heard(name, now - age)
+                        heard(name, now - age)
                 else:
-                    node.status.ready = "Unknown"
-                    node.status.reason = TAKEOVER_REASON
-                    liveness.heard(name, now)
-                if node.status.ready != "NotReady" or \
-                        fleet.eviction.not_ready_since(name) is None:
+                    status.ready = "Unknown"
+                    status.reason = TAKEOVER_REASON
+                    heard(name, now)
+                if status.ready != "NotReady" or eviction.not_ready_since(name) is None:
                     # NotReady as the previous owner said: its eviction clock goes on
                     # (started when this shard read that owner's summary)
-                    fleet.eviction.observe(name, node.status.ready)
-                fleet.objects.changed("Node", name)
+                    eviction.observe(name, status.ready)
+                changed("Node", name)
                 taken.append(name)
                 if len(taken) % SLICE == 0:
-                    await asyncio.sleep(0)  # a big takeover never holds the loop long
+                    await slices.pause()  # a big takeover never holds the loop long
+        slices.end()
+        t_prepared = time.perf_counter()
         lapsed = [p for p in parts if not self._still_held(p)]
         if lapsed:
             # the lease of these lapsed while they were being taken over (a loop too busy
@@ -256,49 +285,89 @@ class Shard:
         self.hub.restart_links(taken)
         self.owned.update(parts)  # the gate opens before the subscription
         await self._subscribe(partition_filters(parts))
-        await self._push(taken)  # after the subscription: the acks are heard
-        log.info("shard %s: took %d partition(s), %d node(s) (%d as last known)",
+        t_subscribed = time.perf_counter()
+        pushed = await self._push(taken)  # after the subscription: the acks are heard
+        t_end = time.perf_counter()
+        self.last_takeover = {
+            "partitions": len(parts), "nodes": len(taken), "s": t_end - t0,
+            "listed_s": t_listed - t0, "prepared_s": t_prepared - t_listed,
+            "subscribed_s": t_subscribed - t_prepared, "pushed_s": t_end - t_subscribed,
+            "yields": slices.n, "longest_slice_s": slices.longest,
+            "push_yields": pushed.n, "longest_push_slice_s": pushed.longest}
+        log.info("shard %s: took %d partition(s), %d node(s) (%d as last known) in %.1f s "
+                 "(summaries and nodes listed %.1f s, prepared %.1f s, subscribed %.1f s, "
+                 "pushed %.1f s; %d + %d yields to the loop, longest hold %.0f + %.0f ms)",
                  self.name, len(parts), len(taken),
-                 sum(1 for p in parts for n in by_part[p] if n in summaries.get(p, {})))
+                 sum(1 for p in parts for n in by_part[p] if n in summaries.get(p, {})),
+                 t_end - t0, t_listed - t0, t_prepared - t_listed,
+                 t_subscribed - t_prepared, t_end - t_subscribed, slices.n, pushed.n,
+                 slices.longest * 1000, pushed.longest * 1000)
 
     def _still_held(self, partition: int) -> bool:
         """Whether the member still holds `partition`'s lease (True without a member:
         tests drive `on_change` directly)."""
         return self.member is None or self.member.partition_revision(partition) is not None
 
-    async def _push(self, taken: list[str]) -> None:
+    async def _push(self, taken: list[str]) -> _Slices:
         """Send each taken node its set now (a snapshot under its new epoch) rather than
         at its next report, up to a heartbeat later: a change made while its partition
         had no owner reaches it within the takeover. The hub's own path for a changed set
         (`SyncHub.desired_changed`): a node with nothing to send, NotReady or with a
         delta in flight is skipped, and beyond the publish queue limit a node waits in
-        the hub's deferred queue, so thousands of nodes taken at once do not flood."""
+        the hub's deferred queue, so thousands of nodes taken at once do not flood.
+        Yields to the loop after each `PUSH_SLICE` nodes, but while the hub only queues
+        them (`SyncHub.deferring`: no snapshot is built now) after `QUEUE_SLICE`; a
+        saturated loop's turn can be 100 ms (issue 14). Returns its yields and longest
+        hold."""
+        slices = _Slices()
+        queued = 0
         for i in range(0, len(taken), PUSH_SLICE):
+            only_queued = self.hub.deferring()
             self.hub.desired_changed(set(taken[i:i + PUSH_SLICE]))
-            await asyncio.sleep(0)  # snapshots are sealed here: the loop is not held
+            if only_queued:
+                queued += PUSH_SLICE
+                if queued < QUEUE_SLICE:
+                    continue
+            queued = 0
+            await slices.pause()  # snapshots are sealed here: the loop is not held
+        slices.end()
+        return slices
 
     async def _lose(self, parts: list[int]) -> None:
+        t0 = time.perf_counter()
         self.owned.difference_update(parts)  # the gate closes first
         by_part = await self._nodes_by_partition(set(parts))
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(UNSUBSCRIBE_WAIT):
                 await self._unsubscribe(partition_filters(parts))
+        t_unsubscribed = time.perf_counter()
         fleet = self.fleet
         gone = [n for p in parts for n in by_part[p]]
         self.hub.drop_links(gone)
+        forget, forget_report_seq = fleet.liveness.forget, fleet.desired_sets.forget_report_seq
+        delete, nodes, changed = fleet.store.delete, fleet.objects.nodes, fleet.objects.changed
+        slices = _Slices()
         for i, name in enumerate(gone, 1):
             if i % SLICE == 0:
-                await asyncio.sleep(0)
-            fleet.liveness.forget(name)
-            fleet.desired_sets.forget_report_seq(name)
-            fleet.store.delete("acked", name)
-            node = fleet.objects.nodes.get(name)
+                await slices.pause()
+            forget(name)
+            forget_report_seq(name)
+            delete("acked", name)
+            node = nodes.get(name)
             if node is not None:
                 node.status.ready = "Unknown"
                 node.status.reason = AWAY_REASON
-                fleet.objects.changed("Node", name)
-        log.info("shard %s: gave up %d partition(s), %d node(s)", self.name, len(parts),
-                 len(gone))
+                changed("Node", name)
+        slices.end()
+        t_end = time.perf_counter()
+        self.last_loss = {"partitions": len(parts), "nodes": len(gone), "s": t_end - t0,
+                          "unsubscribed_s": t_unsubscribed - t0,
+                          "forgotten_s": t_end - t_unsubscribed, "yields": slices.n,
+                          "longest_slice_s": slices.longest}
+        log.info("shard %s: gave up %d partition(s), %d node(s) in %.1f s (unsubscribed "
+                 "%.1f s; %d yields to the loop, longest hold %.0f ms)", self.name,
+                 len(parts), len(gone), t_end - t0, t_unsubscribed - t0, slices.n,
+                 slices.longest * 1000)
 
     def forget_all(self) -> None:
         """At start, before any lease: no node is this shard's, so none has a liveness
@@ -378,6 +447,27 @@ class Shard:
                "nodes": {n: [nodes[n].status.ready, nodes[n].status.last_seen]
                          for n in names if n in nodes}}
         return json.dumps(doc, separators=(",", ":")).encode()
+
+
+class _Slices:
+    """A loop of work in slices: its yields to the event loop, and the longest it held
+    the loop between two (or before the first, or after the last)."""
+
+    __slots__ = ("_since", "longest", "n")
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.longest = 0.0
+        self._since = time.perf_counter()
+
+    async def pause(self) -> None:
+        self.end()
+        await asyncio.sleep(0)
+        self.n += 1
+        self._since = time.perf_counter()
+
+    def end(self) -> None:
+        self.longest = max(self.longest, time.perf_counter() - self._since)
 
 
 async def _forever(factory: Callable[[], Awaitable[None]]) -> None:

@@ -21,7 +21,13 @@ def pack_uid(uid: str | None) -> str | bytes | None:
 
 
 def uid_text(uid: str | bytes | None) -> str | None:
-    """The text of a uid kept by `pack_uid`."""
-    return str(uuid.UUID(bytes=uid)) if isinstance(uid, bytes) else uid
+    """The text of a uid kept by `pack_uid` (what `str(uuid.UUID(bytes=uid))` gives,
+    without making the UUID: once per DaemonSet pod of every snapshot, issue 14)."""
+    if not isinstance(uid, bytes):
+        return uid
+    if len(uid) != 16:
+        return str(uuid.UUID(bytes=uid))  # raises as it always did
+    h = uid.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 

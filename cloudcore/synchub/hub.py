@@ -558,6 +558,12 @@ class SyncHub:
         for node in nodes:
             self._maybe_send(node)
 
+    def deferring(self) -> bool:
+        """Whether `desired_changed` builds nothing now: every node it is told of waits
+        in the deferred queue (nodes wait already, or the publish queue is full)."""
+        return bool(self._deferred) or (self._backlog is not None
+                                        and self._backlog() >= QUEUE_AHEAD)
+
     def _maybe_send(self, node: str, *, wait: bool = True) -> None:
         """Send the node its delta if it needs one and may get one now; with `wait`, it
         waits in turn behind others while the publish queue is full (`QUEUE_AHEAD`)."""
@@ -725,8 +731,9 @@ class SyncHub:
         is longer or deeper than the whole), so its entries need no check one by one."""
         if not msg.put:
             return msg, encode(msg)
-        keys = self._keys_of(node)
-        if keys is not None and any(k.startswith(_SECRET_PREFIX) for k in msg.put):
+        keys = (self._keys_of(node)
+                if any(k.startswith(_SECRET_PREFIX) for k in msg.put) else None)
+        if keys is not None:
             secret = seal.NodeKeys.derive(keys[:-64]).secret  # rare: not cached
             msg = msg.model_copy(update={"put": {
                 k: seal.seal_secret(secret, node=node, entry_key=k, value=v)

@@ -1,0 +1,146 @@
+"""A takeover's loop turns (issue 14). On a saturated loop (the 100,000-node shard
+kill: turns of 100-200 ms) a takeover's wall time was its yields to the loop times the
+turn: 82-153 s for 50,000 nodes, for about 35 ms of its own work per 1,000 nodes
+(`testbed.bench_shard`). While the hub's publish queue is full the push builds no
+snapshot (every node waits in the hub's deferred queue), so it no longer yields after
+every `PUSH_SLICE` nodes, only after `QUEUE_SLICE`; what goes out is the same: each
+taken node gets one snapshot once the queue has room. Against the real fleet core and
+sync hub in one event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from typing import Any
+
+import pytest
+from cloudcore_fakes import FakeStore, add_node, daemonset, make_fleet
+
+from cloudcore.cluster import shard as shard_module
+from cloudcore.cluster.leases import Change, LeaseSettings
+from cloudcore.cluster.shard import GatedNodes, Shard
+from cloudcore.config import SyncSettings
+from cloudcore.fleet.uids import uid_text
+from cloudcore.metrics import Metrics
+from cloudcore.synchub.hub import QUEUE_AHEAD, SyncHub
+from shared import topics
+from shared.codec import Desired, decode
+from shared.models import parse_object
+
+NODES = 400
+EVERY = frozenset(range(256))
+
+
+class World:
+    def __init__(self) -> None:
+        self.fleet = make_fleet()
+        self.names = [f"node-{i}" for i in range(NODES)]
+        for n in self.names:
+            add_node(self.fleet, n)
+        self.fleet.apply([parse_object(daemonset("agent"))])
+        self.backlog = [0]
+        self.hub = SyncHub(nodes=GatedNodes(self.fleet, is_global=lambda: False),
+                           desired=self.fleet.desired_sets, store=FakeStore(),  # type: ignore[arg-type]
+                           settings=SyncSettings(), metrics=Metrics(), insecure=True)
+        self.sent: list[tuple[str, Any]] = []
+        self.hub.attach(lambda p, t, payload, b: self.sent.append(
+            (topics.parse(t)[0], decode(payload))),  # type: ignore[index]
+            backlog=lambda: self.backlog[0])
+
+        async def noop(filters: list[str]) -> None:
+            return None
+
+        self.shard = Shard(name="S1", fleet=self.fleet, hub=self.hub, subscribe=noop,
+                           unsubscribe=noop, lease=LeaseSettings(name="S1"),
+                           status_interval=3.0)
+        self.shard.forget_all()
+
+    def take(self) -> int:
+        """Take every partition; returns the loop turns the acquisition took."""
+
+        async def run() -> int:
+            turns = 0
+
+            async def count() -> None:
+                nonlocal turns
+                while True:
+                    await asyncio.sleep(0)
+                    turns += 1
+
+            counter = asyncio.create_task(count())
+            await asyncio.sleep(0)
+            turns = 0
+            await self.shard.on_change(Change(acquired=EVERY, lost=frozenset(),
+                                              owned=EVERY))
+            counter.cancel()
+            return turns
+
+        return asyncio.run(run())
+
+    def snapshots(self) -> dict[str, list[Desired]]:
+        out: dict[str, list[Desired]] = {}
+        for n, m in self.sent:
+            if isinstance(m, Desired):
+                out.setdefault(n, []).append(m)
+        return out
+
+
+@pytest.fixture
+def small_slices(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(shard_module, "SLICE", 50)
+    monkeypatch.setattr(shard_module, "PUSH_SLICE", 10)
+    monkeypatch.setattr(shard_module, "QUEUE_SLICE", 100)
+
+
+def test_a_push_the_hub_only_queues_takes_few_loop_turns(small_slices: None) -> None:
+    w = World()
+    w.backlog[0] = QUEUE_AHEAD  # our publishers are full: every node waits
+    assert w.hub.deferring()
+    turns = w.take()
+    assert w.snapshots() == {}  # nothing built while the queue is full
+    # 8 yields preparing 400 nodes in slices of 50, then 40 push slices of 10 queued
+    # only: a yield after each 100 (4), not after each slice (40 before)
+    assert w.shard.last_takeover["yields"] == NODES // 50
+    assert w.shard.last_takeover["push_yields"] == NODES // 100
+    assert turns <= NODES // 50 + NODES // 100 + 4, turns
+    w.backlog[0] = 0  # room: every taken node gets its one snapshot, in turn
+    while w.hub.drain_deferred():
+        pass
+    got = w.snapshots()
+    assert set(got) == set(w.names)
+    for n, msgs in got.items():
+        nd = w.fleet.desired_sets.desired_for(n)
+        [snap] = msgs
+        assert snap.snapshot and snap.epoch == nd.epoch and snap.gen == nd.gen
+
+
+def test_a_push_that_builds_snapshots_yields_after_each_slice(small_slices: None) -> None:
+    w = World()
+    assert not w.hub.deferring()
+    w.take()  # room in the queue: each slice builds its snapshots, then a yield
+    assert w.shard.last_takeover["push_yields"] == NODES // 10
+    got = w.snapshots()
+    assert set(got) == set(w.names)
+    assert all(len(ms) == 1 and ms[0].snapshot for ms in got.values())
+
+
+def test_the_hub_defers_once_nodes_wait_or_its_queue_is_full() -> None:
+    w = World()
+    w.shard.owned.update(EVERY)
+    assert not w.hub.deferring()
+    w.backlog[0] = QUEUE_AHEAD
+    assert w.hub.deferring()
+    w.hub.desired_changed({w.names[0]})  # waits in the deferred queue
+    w.backlog[0] = 0
+    assert w.hub.deferring()  # nodes wait: a new one waits behind them
+    assert w.hub.drain_deferred() == 1
+    assert not w.hub.deferring()
+
+
+def test_uid_text_is_the_uuid_text() -> None:
+    for raw in [os.urandom(16) for _ in range(200)] + [uuid.uuid4().bytes, bytes(16)]:
+        assert uid_text(raw) == str(uuid.UUID(bytes=raw))
+    assert uid_text("not-a-uuid") == "not-a-uuid" and uid_text(None) is None
+    with pytest.raises(ValueError):
+        uid_text(b"short")
