@@ -230,12 +230,13 @@ def test_nats_outage_drops_leases_in_time_and_they_come_back(nats1: NatsKV,
         assert m.stop() == 0, m.err.read_text()
 
 
-BLOCK = LEASE * 3  # the member's event loop is held this long by its change handler
+BLOCK_LEASE = 4.0  # longer than LEASE: a 2 s lease's renewals can fall behind at load 14
+BLOCK = BLOCK_LEASE * 2  # the member's event loop is held this long by its handler
 
 
 async def test_leases_outlive_a_blocked_event_loop(nats1: NatsKV, tmp_path: Path) -> None:
     """The heartbeat and renewals run in a thread of their own, with their own NATS
-    connection: a member whose event loop is held for three lease periods (a shard's
+    connection: a member whose event loop is held for two lease periods (a shard's
     takeover of tens of thousands of nodes held its loop for seconds at a time at
     100,000 nodes) keeps its leases, and the other member takes none of them. In a task
     of the member's loop (`keepalive_kv` not given) they lapsed and were taken."""
@@ -247,7 +248,7 @@ async def test_leases_outlive_a_blocked_event_loop(nats1: NatsKV, tmp_path: Path
 
     settings = KVSettings(urls=tuple(nats1.urls), user=nats1.user, password=nats1.password,
                           ca_file=nats1.ca_file, client_name="member-A")
-    b = MemberProc(nats1, "B", workdir=tmp_path, lease_period=LEASE)
+    b = MemberProc(nats1, "B", workdir=tmp_path, lease_period=BLOCK_LEASE)
     blocked: list[float] = []  # (start, end) of the block, wall clock
     changes: list[Change] = []
 
@@ -261,15 +262,16 @@ async def test_leases_outlive_a_blocked_event_loop(nats1: NatsKV, tmp_path: Path
     try:
         wait_for("B holds every partition", lambda: b.owned() == ALL, 30, [b])
         async with KV(settings) as kv:
-            a = Member(kv, LeaseSettings(name="A", lease_period=LEASE), on_change=on_change,
+            a = Member(kv, LeaseSettings(name="A", lease_period=BLOCK_LEASE),
+                       on_change=on_change,
                        keepalive_kv=lambda: KV(dataclasses.replace(
                            settings, client_name="member-A-keepalive")))
             task = asyncio.create_task(a.run())
             try:
-                async with asyncio.timeout(30):
+                async with asyncio.timeout(45):
                     while len(blocked) < 2 or len(a.owned) != 128:
                         await asyncio.sleep(0.05)
-                await asyncio.sleep(LEASE)  # B's view of A settles after the block
+                await asyncio.sleep(BLOCK_LEASE)  # B's view of A settles after the block
                 mine = set(a.owned)
                 assert len(mine) == 128 and not mine & b.owned()
             finally:

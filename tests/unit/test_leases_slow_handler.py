@@ -58,3 +58,46 @@ async def test_a_handler_longer_than_the_lease_period_keeps_the_leases() -> None
     log.check_exclusive()
     lapsed = [(who, c.reason) for who, c in log.events if c.reason in ("expired", "conflict")]
     assert not lapsed, f"leases lapsed or were taken from under their holder: {lapsed}"
+
+
+async def test_leases_being_released_are_renewed_until_the_handler_is_done() -> None:
+    """A member hands partitions back (a second member joined): it announces the loss,
+    its handler runs (a shard's loss of 66,000 nodes ran 42 s at 100,000 nodes), and
+    only then deletes the keys. Before, those leases were no longer renewed from the
+    announcement on: they lapsed during the handler, the other member took them as
+    expired and counted the first as dead (it held expired leases), and the targets
+    went round (issue 14, the 100,000-node shard kill of 2026-12-07)."""
+    store, log = Store(), Log()
+    record = log.recorder("A")
+    releasing = asyncio.Event()
+    handed_back = asyncio.Event()
+
+    async def slow_on_change(c: Change) -> None:
+        await record(c)
+        if c.lost and c.reason == "rebalance" and not releasing.is_set():
+            releasing.set()
+            await asyncio.sleep(SLOW)  # the loss of many nodes, yielding as it goes
+            handed_back.set()
+
+    a = Member(FakeKV(store, "A"), LeaseSettings(name="A", lease_period=PERIOD),  # type: ignore[arg-type]
+               on_change=slow_on_change)
+    b = member(store, log, "B")
+    async with asyncio.TaskGroup() as tg:
+        ta = tg.create_task(a.run())
+        await until(lambda: len(log.owned("A")) == 256, 10)
+        tb = tg.create_task(b.run())
+        await until(releasing.is_set, 10)
+        seen_live: list[list[str]] = []
+        while not handed_back.is_set():
+            seen_live.append(b.live_members())
+            assert not log.owned("B") & log.owned("A") and len(log.owned("B")) == 0, \
+                "B took partitions A was still handing back"
+            await asyncio.sleep(PERIOD / 10)
+        assert all(live == ["A", "B"] for live in seen_live), \
+            f"B counted A dead while A handed partitions back: {seen_live}"
+        await until(lambda: len(log.owned("A")) == len(log.owned("B")) == 128, PERIOD * 20)
+        ta.cancel()
+        tb.cancel()
+    log.check_exclusive()
+    lapsed = [(who, c.reason) for who, c in log.events if c.reason in ("expired", "conflict")]
+    assert not lapsed, f"leases lapsed or were taken from under their holder: {lapsed}"
