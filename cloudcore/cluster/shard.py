@@ -118,6 +118,9 @@ class Shard:
         lost and before it is released (`cloudcore.cluster.bindings`)."""
         self._running: list[asyncio.Task[None]] = []
         self._tg: asyncio.TaskGroup | None = None
+        self._forgetting: asyncio.Task[None] | None = None
+        """The tail of the last loss (`_forget`), run after the leases were let go; the
+        next change waits for it."""
         self.takeovers = 0
         """Nodes started from a previous owner's summary (Ready or NotReady as there)."""
         self.last_takeover: dict[str, float] = {}
@@ -188,6 +191,9 @@ class Shard:
     # -- lease changes ------------------------------------------------------------------
 
     async def on_change(self, c: Change) -> None:
+        if self._forgetting is not None:  # the last loss's tail first: changes in order
+            await self._forgetting
+            self._forgetting = None
         if c.global_lost:
             await self._stop_global()
             for hook in self.on_global:
@@ -344,14 +350,31 @@ class Shard:
         fleet = self.fleet
         gone = [n for p in parts for n in by_part[p]]
         self.hub.drop_links(gone)
+        # no liveness deadline here for them from now on (a shard never marks another
+        # shard's node NotReady): a dict removal each, so all at once
         forget, forget_report_seq = fleet.liveness.forget, fleet.desired_sets.forget_report_seq
+        for i, name in enumerate(gone, 1):
+            if i % SCAN_SLICE == 0:
+                await asyncio.sleep(0)
+            forget(name)
+            forget_report_seq(name)
+        # the rest is this shard's own view of them: after the leases are let go, so the
+        # next shard takes them over without waiting for it (66,438 nodes took 41.9 s of
+        # a loaded loop at 100,000 nodes, issue 14)
+        tail = self._forget(parts, gone, t0, t_unsubscribed)
+        if self._tg is None:  # tests driving on_change directly
+            await tail
+        else:
+            self._forgetting = self._tg.create_task(tail, name=f"cloudcore[{self.name}].forget")
+
+    async def _forget(self, parts: list[int], gone: list[str], t0: float,
+                      t_unsubscribed: float) -> None:
+        fleet = self.fleet
         delete, nodes, changed = fleet.store.delete, fleet.objects.nodes, fleet.objects.changed
         slices = _Slices()
         for i, name in enumerate(gone, 1):
             if i % SLICE == 0:
                 await slices.pause()
-            forget(name)
-            forget_report_seq(name)
             delete("acked", name)
             node = nodes.get(name)
             if node is not None:

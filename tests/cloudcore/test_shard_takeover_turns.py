@@ -144,3 +144,44 @@ def test_uid_text_is_the_uuid_text() -> None:
     assert uid_text("not-a-uuid") == "not-a-uuid" and uid_text(None) is None
     with pytest.raises(ValueError):
         uid_text(b"short")
+
+
+def test_a_loss_lets_the_leases_go_before_its_per_node_tail(small_slices: None) -> None:
+    """A loss holds the lease handover only for the gate, the subscription and the
+    nodes' liveness; each node's status and acked record are this shard's own view,
+    updated after (in 66 loop turns, 41.9 s of a loaded loop, a shard's loss of 66,438
+    nodes held its leases at 100,000 nodes, issue 14). The next change waits for that
+    tail: a partition taken again is not overwritten by its earlier loss."""
+    from cloudcore.cluster.shard import AWAY_REASON, TAKEOVER_REASON
+
+    w = World()
+    w.take()
+
+    async def run() -> None:
+        async with asyncio.TaskGroup() as tg:
+            w.shard._tg = tg  # as Shard.run sets it
+            turns = 0
+
+            async def count() -> None:
+                nonlocal turns
+                while True:
+                    await asyncio.sleep(0)
+                    turns += 1
+
+            counter = asyncio.create_task(count())
+            await asyncio.sleep(0)
+            turns = 0
+            await w.shard.on_change(Change(acquired=frozenset(), lost=EVERY,
+                                           owned=frozenset(), reason="rebalance"))
+            counter.cancel()
+            assert turns <= 2, f"the loss held the handover for {turns} loop turns"
+            assert not w.shard.owned
+            assert not any(n in w.fleet.liveness._deadline for n in w.names)
+            # taken again at once: the acquisition waits for the loss's tail
+            await w.shard.on_change(Change(acquired=EVERY, lost=frozenset(), owned=EVERY))
+            w.shard._tg = None
+        reasons = {w.fleet.nodes[n].status.reason for n in w.names}
+        assert reasons == {TAKEOVER_REASON}, reasons
+        assert AWAY_REASON not in reasons
+
+    asyncio.run(run())
