@@ -4,6 +4,7 @@
                              [--safety 0.1] [--overcommit 0.3] [--whole-requests]
                              [--lifetime-margin 0.1 [--no-watched-day] [--lifetime-within]]
                              [--overcommit-safety 0.05] [--requests-floor]
+                             [--rising-margin 0.1] [--oracle-horizon 60]
                              [--policies requests,forecast[,forecast-overcommit][,right-sizing]
                                          [,perfect-15][,clairvoyant]]
 
@@ -39,7 +40,9 @@ follows public trace segments, placed by the REAL cloudcore scheduler
   peaks starting from a watched day (`seed_peaks`; `--no-watched-day`: from nothing);
   `--lifetime-within` applies it within the node's requests too. `--overcommit-safety
   S` asks a trusted node for S more room above its p90 when the pod takes it past its
-  requests (issue 15, seventh round).
+  requests (issue 15, seventh round). `--rising-margin M` turns on the rising guard
+  (issue 15, eighth round): no pod past a trusted node's requests while its pods' share
+  of their requests is above 1 + M times its one-hour average (`ShareTrend`).
 - `perfect-15` and `clairvoyant` (issue 15, eighth round) READ THE FUTURE: they are
   oracles, diagnostics of what knowledge would buy, not placements (`Clairvoyance`).
   `perfect-15` is right-sizing's mode with the forecaster replaced by the true peak
