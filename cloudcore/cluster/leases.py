@@ -846,6 +846,8 @@ class Member:
         results = await asyncio.gather(*(self._take(leases, partition_key(p), rev)
                                          for p, _, rev, _ in picks))
         got = {f[0]: h for f, h in zip(picks, results, strict=True) if h is not None}
+        kept = await self._confirmed({partition_key(p): h for p, h in got.items()})
+        got = {p: h for p, h in got.items() if partition_key(p) in kept}
         if not got:
             return
         with self._state_lock:
@@ -856,6 +858,36 @@ class Member:
                  len(free))
         await self._emit(Change(frozenset(got), frozenset(), self.owned,
                                 holds_global=self.holds_global, reason=reason))
+
+    async def _confirmed(self, taken: dict[str, _Held]) -> dict[str, _Held]:
+        """The takes the leases' watch shows as their key's latest write. A take is a
+        compare-and-set, so none should be overtaken; but Debian's nats-server 2.9.10
+        accepted two members' CAS writes on the same keys at once just after a stream
+        leader change (R3 bucket, one server killed: 120 partitions taken by both, 7 ms
+        apart, CI of 2026-12-07). Both writes are in the stream, in order, so the one
+        seen overtaken by another member's write is not announced; waits for the watch
+        at most a request timeout (then trusts the CAS)."""
+        if not taken:
+            return taken
+        keys = self._leases.keys
+        deadline = self._clock() + self.kv.settings.request_timeout
+
+        def caught_up() -> bool:
+            return all((s := keys.get(k)) is not None and s.revision >= h.revision
+                       for k, h in taken.items())
+
+        while not caught_up() and self._clock() < deadline:
+            await asyncio.sleep(0.005)
+        out: dict[str, _Held] = {}
+        for k, h in taken.items():
+            s = keys.get(k)
+            if s is None or s.revision <= h.revision or s.instance == self.instance:
+                out[k] = h
+        if len(out) < len(taken):
+            log.error("member %s: %d lease(s) taken were overtaken by another member's "
+                      "write at once (NATS accepted two compare-and-sets); not taken",
+                      self.name, len(taken) - len(out))
+        return out
 
     def _order(self, p: int) -> int:
         return zlib.crc32(f"{self.name}/{p}".encode())
@@ -889,7 +921,7 @@ class Member:
         if takeable is None:
             return
         held = await self._take(leases, GLOBAL_KEY, takeable[1])
-        if held is None:
+        if held is None or not await self._confirmed({GLOBAL_KEY: held}):
             return
         with self._state_lock:
             self._global = held
