@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
+from collections.abc import Awaitable
 from typing import Any
 
 import pytest
@@ -30,6 +31,24 @@ from shared.models import parse_object
 
 NODES = 400
 EVERY = frozenset(range(256))
+
+
+async def turns_of(work: Awaitable[None]) -> int:
+    """The event loop turns `work` took (a task counting the turns beside it)."""
+    turns = 0
+
+    async def count() -> None:
+        nonlocal turns
+        while True:
+            await asyncio.sleep(0)
+            turns += 1
+
+    counter = asyncio.create_task(count())
+    await asyncio.sleep(0)
+    turns = 0
+    await work
+    counter.cancel()
+    return turns
 
 
 class World:
@@ -58,25 +77,8 @@ class World:
 
     def take(self) -> int:
         """Take every partition; returns the loop turns the acquisition took."""
-
-        async def run() -> int:
-            turns = 0
-
-            async def count() -> None:
-                nonlocal turns
-                while True:
-                    await asyncio.sleep(0)
-                    turns += 1
-
-            counter = asyncio.create_task(count())
-            await asyncio.sleep(0)
-            turns = 0
-            await self.shard.on_change(Change(acquired=EVERY, lost=frozenset(),
-                                              owned=EVERY))
-            counter.cancel()
-            return turns
-
-        return asyncio.run(run())
+        return asyncio.run(turns_of(self.shard.on_change(
+            Change(acquired=EVERY, lost=frozenset(), owned=EVERY))))
 
     def snapshots(self) -> dict[str, list[Desired]]:
         out: dict[str, list[Desired]] = {}
@@ -160,20 +162,8 @@ def test_a_loss_lets_the_leases_go_before_its_per_node_tail(small_slices: None) 
     async def run() -> None:
         async with asyncio.TaskGroup() as tg:
             w.shard._tg = tg  # as Shard.run sets it
-            turns = 0
-
-            async def count() -> None:
-                nonlocal turns
-                while True:
-                    await asyncio.sleep(0)
-                    turns += 1
-
-            counter = asyncio.create_task(count())
-            await asyncio.sleep(0)
-            turns = 0
-            await w.shard.on_change(Change(acquired=frozenset(), lost=EVERY,
-                                           owned=frozenset(), reason="rebalance"))
-            counter.cancel()
+            turns = await turns_of(w.shard.on_change(Change(
+                acquired=frozenset(), lost=EVERY, owned=frozenset(), reason="rebalance")))
             assert turns <= 2, f"the loss held the handover for {turns} loop turns"
             assert not w.shard.owned
             assert not any(n in w.fleet.liveness._deadline for n in w.names)

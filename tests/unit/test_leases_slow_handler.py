@@ -16,6 +16,7 @@ test_cluster_member_logic (NATS's revision and CAS semantics)."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from unit.test_cluster_member_logic import PERIOD, FakeKV, Log, Store, member, until
 
@@ -24,21 +25,34 @@ from cloudcore.cluster.leases import Change, LeaseSettings, Member
 SLOW = PERIOD * 4  # the first acquisition's handler runs this long (the loop stays free)
 
 
-async def test_a_handler_longer_than_the_lease_period_keeps_the_leases() -> None:
-    store, log = Store(), Log()
+def slow_member(store: Store, log: Log,
+                slow: Callable[[Change], bool]) -> tuple[Member, asyncio.Event, asyncio.Event]:
+    """Member A whose handler of the first change `slow` picks runs SLOW seconds (many
+    nodes taken over or let go, yielding as it goes); the events: in it, done."""
     record = log.recorder("A")
-    in_handler = asyncio.Event()
-    handler_done = asyncio.Event()
+    in_handler, handler_done = asyncio.Event(), asyncio.Event()
 
     async def slow_on_change(c: Change) -> None:
         await record(c)
-        if c.acquired and not in_handler.is_set():
+        if slow(c) and not in_handler.is_set():
             in_handler.set()
-            await asyncio.sleep(SLOW)  # a takeover of many nodes, yielding as it goes
+            await asyncio.sleep(SLOW)
             handler_done.set()
 
     a = Member(FakeKV(store, "A"), LeaseSettings(name="A", lease_period=PERIOD),  # type: ignore[arg-type]
                on_change=slow_on_change)
+    return a, in_handler, handler_done
+
+
+def nothing_lapsed(log: Log) -> None:
+    log.check_exclusive()
+    lapsed = [(who, c.reason) for who, c in log.events if c.reason in ("expired", "conflict")]
+    assert not lapsed, f"leases lapsed or were taken from under their holder: {lapsed}"
+
+
+async def test_a_handler_longer_than_the_lease_period_keeps_the_leases() -> None:
+    store, log = Store(), Log()
+    a, in_handler, handler_done = slow_member(store, log, lambda c: bool(c.acquired))
     b = member(store, log, "B")
     async with asyncio.TaskGroup() as tg:
         ta = tg.create_task(a.run())
@@ -55,9 +69,7 @@ async def test_a_handler_longer_than_the_lease_period_keeps_the_leases() -> None
         await until(lambda: len(log.owned("A")) == len(log.owned("B")) == 128, PERIOD * 20)
         ta.cancel()
         tb.cancel()
-    log.check_exclusive()
-    lapsed = [(who, c.reason) for who, c in log.events if c.reason in ("expired", "conflict")]
-    assert not lapsed, f"leases lapsed or were taken from under their holder: {lapsed}"
+    nothing_lapsed(log)
 
 
 async def test_leases_being_released_are_renewed_until_the_handler_is_done() -> None:
@@ -68,19 +80,8 @@ async def test_leases_being_released_are_renewed_until_the_handler_is_done() -> 
     expired and counted the first as dead (it held expired leases), and the targets
     went round (issue 14, the 100,000-node shard kill of 2026-12-07)."""
     store, log = Store(), Log()
-    record = log.recorder("A")
-    releasing = asyncio.Event()
-    handed_back = asyncio.Event()
-
-    async def slow_on_change(c: Change) -> None:
-        await record(c)
-        if c.lost and c.reason == "rebalance" and not releasing.is_set():
-            releasing.set()
-            await asyncio.sleep(SLOW)  # the loss of many nodes, yielding as it goes
-            handed_back.set()
-
-    a = Member(FakeKV(store, "A"), LeaseSettings(name="A", lease_period=PERIOD),  # type: ignore[arg-type]
-               on_change=slow_on_change)
+    a, releasing, handed_back = slow_member(
+        store, log, lambda c: bool(c.lost) and c.reason == "rebalance")
     b = member(store, log, "B")
     async with asyncio.TaskGroup() as tg:
         ta = tg.create_task(a.run())
@@ -98,6 +99,4 @@ async def test_leases_being_released_are_renewed_until_the_handler_is_done() -> 
         await until(lambda: len(log.owned("A")) == len(log.owned("B")) == 128, PERIOD * 20)
         ta.cancel()
         tb.cancel()
-    log.check_exclusive()
-    lapsed = [(who, c.reason) for who, c in log.events if c.reason in ("expired", "conflict")]
-    assert not lapsed, f"leases lapsed or were taken from under their holder: {lapsed}"
+    nothing_lapsed(log)
