@@ -233,8 +233,8 @@ class Member:
         self._emit_lock = asyncio.Lock()
         self._keepalive_kv = keepalive_kv
         # held through a keepalive round (heartbeat and renewals), by a release while it
-        # takes partitions out of `_owned`, and by a stop while it ends the keepalive: a
-        # renewal in flight moves a key's revision, and a delete on the revision seen
+        # takes its keys out of `_releasing`, and by a stop while it ends the keepalive:
+        # a renewal in flight moves a key's revision, and a delete on the revision seen
         # before it fails (the key then lapses instead of being handed over at once).
         # A threading lock, taken without blocking either loop (`_between_rounds`).
         self._round_lock = threading.Lock()
@@ -465,11 +465,11 @@ class Member:
         self._beat_at = t0
 
     async def _stop_keepalive(self, task: asyncio.Task[None] | None) -> None:
-        """End the heartbeat and renewals before `_leave`, between two rounds (a round
-        in flight finishes first, so the revisions `_leave` deletes on are the keys'
-        last). Left running, a renewal landing during `_leave` made its deletes fail, and
-        the next heartbeat found our key deleted and wrote it again: a stopped member
-        looked alive for a lease period (issue 14, CI of stop 25)."""
+        """End the heartbeat and renewals once `_leave` has announced the loss, between
+        two rounds (a round in flight finishes first, so the revisions `_leave` deletes
+        on are the keys' last). Left running, a renewal landing during `_leave` made its
+        deletes fail, and the next heartbeat found our key deleted and wrote it again: a
+        stopped member looked alive for a lease period (issue 14, CI of stop 25)."""
         if task is None or task.done():
             return
         async with self._between_rounds():

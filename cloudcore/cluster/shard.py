@@ -279,8 +279,8 @@ class Shard:
         t_prepared = time.perf_counter()
         lapsed = [p for p in parts if not self._still_held(p)]
         if lapsed:
-            # the lease of these lapsed while they were being taken over (a loop too busy
-            # to renew for a lease period): another shard may hold them already, so
+            # the lease of these lapsed while they were being taken over (NATS out of
+            # reach for a lease period): another shard may hold them already, so
             # they are not opened here; their loss is announced next and `_lose` marks
             # their nodes as another shard's
             log.warning("shard %s: %d of %d partition(s) lapsed during their takeover; "
@@ -351,7 +351,7 @@ class Shard:
         gone = [n for p in parts for n in by_part[p]]
         self.hub.drop_links(gone)
         # no liveness deadline here for them from now on (a shard never marks another
-        # shard's node NotReady): a dict removal each, so all at once
+        # shard's node NotReady): a dict removal each, so in big slices
         forget, forget_report_seq = fleet.liveness.forget, fleet.desired_sets.forget_report_seq
         for i, name in enumerate(gone, 1):
             if i % SCAN_SLICE == 0:

@@ -561,8 +561,10 @@ class SyncHub:
     def deferring(self) -> bool:
         """Whether `desired_changed` builds nothing now: every node it is told of waits
         in the deferred queue (nodes wait already, or the publish queue is full)."""
-        return bool(self._deferred) or (self._backlog is not None
-                                        and self._backlog() >= QUEUE_AHEAD)
+        return bool(self._deferred) or self._queue_full()
+
+    def _queue_full(self) -> bool:
+        return self._backlog is not None and self._backlog() >= QUEUE_AHEAD
 
     def _maybe_send(self, node: str, *, wait: bool = True) -> None:
         """Send the node its delta if it needs one and may get one now; with `wait`, it
@@ -577,8 +579,7 @@ class SyncHub:
             return  # sent after the ack, or by the retry timer: changes collapse
         if self.nodes.readiness(node) == "NotReady":
             return  # the agent resyncs when it comes back
-        if wait and (self._deferred
-                     or (self._backlog is not None and self._backlog() >= QUEUE_AHEAD)):
+        if wait and self.deferring():
             self._deferred[node] = None  # made when the queue has room, in turn
             if len(self._deferred) == 1:
                 self._wake_retry.set()
@@ -590,7 +591,7 @@ class SyncHub:
         room, at most `limit`; returns how many nodes left the wait."""
         done = 0
         while self._deferred and done < limit:
-            if self._backlog is not None and self._backlog() >= QUEUE_AHEAD:
+            if self._queue_full():
                 break
             node = next(iter(self._deferred))
             del self._deferred[node]

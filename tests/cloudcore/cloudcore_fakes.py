@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -62,3 +63,34 @@ def deployment(name: str = "web", *, replicas: int = 2, memory: str = "64Mi") ->
                                   "spec": {"containers": [{
                                       "name": "main", "image": "nginx",
                                       "resources": {"requests": {"memory": memory}}}]}}}}
+
+
+def hub_and_shard(fleet: Fleet, name: str, *, clock: Callable[[], float] = time.monotonic,
+                  wall: Callable[[], float] = time.time) -> tuple[Any, Any, list[Any], list[int]]:
+    """A sync hub over `fleet` whose publishes are decoded into `sent` as (node, message),
+    its publish queue depth `backlog[0]`, and a Shard `name` on it whose subscriptions
+    are no-ops, holding nothing yet: (hub, shard, sent, backlog)."""
+    from cloudcore.cluster.leases import LeaseSettings
+    from cloudcore.cluster.shard import GatedNodes, Shard
+    from cloudcore.config import SyncSettings
+    from cloudcore.metrics import Metrics
+    from cloudcore.synchub.hub import SyncHub
+    from shared import topics
+    from shared.codec import decode
+
+    backlog = [0]
+    sent: list[Any] = []
+    hub = SyncHub(nodes=GatedNodes(fleet, is_global=lambda: False),
+                  desired=fleet.desired_sets, store=FakeStore(),  # type: ignore[arg-type]
+                  settings=SyncSettings(), metrics=Metrics(), clock=clock, insecure=True)
+    hub.attach(lambda p, t, payload, b: sent.append(
+        (topics.parse(t)[0], decode(payload))),  # type: ignore[index]
+        backlog=lambda: backlog[0])
+
+    async def noop(filters: list[str]) -> None:
+        return None
+
+    shard = Shard(name=name, fleet=fleet, hub=hub, subscribe=noop, unsubscribe=noop,
+                  lease=LeaseSettings(name=name), status_interval=3.0, clock=clock, wall=wall)
+    shard.forget_all()
+    return hub, shard, sent, backlog

@@ -12,17 +12,14 @@ import asyncio
 import json
 from typing import Any
 
-from cloudcore_fakes import FakeStore, add_node, daemonset, make_fleet
+from cloudcore_fakes import add_node, daemonset, hub_and_shard, make_fleet
 
 from cloudcore.cluster.kv import Entry
-from cloudcore.cluster.leases import Change, LeaseSettings
-from cloudcore.cluster.shard import GatedNodes, Shard
+from cloudcore.cluster.leases import Change
 from cloudcore.cluster.status import AWAY_REASON
-from cloudcore.config import SyncSettings
-from cloudcore.metrics import Metrics
-from cloudcore.synchub.hub import QUEUE_AHEAD, SyncHub
+from cloudcore.synchub.hub import QUEUE_AHEAD
 from shared import topics
-from shared.codec import Ack, Desired, Report, decode, encode
+from shared.codec import Ack, Desired, Report, encode
 from shared.models import parse_object
 
 HOUR = 3600  # the nodes' heartbeat: their next report is an hour away
@@ -61,24 +58,8 @@ class World:
             add_node(self.fleet, n)
             self.fleet.node_status(n, {"heartbeat": HOUR})
         self.now = [100.0]
-        self.backlog = [0]
-        self.hub = SyncHub(nodes=GatedNodes(self.fleet, is_global=lambda: False),
-                           desired=self.fleet.desired_sets, store=FakeStore(),  # type: ignore[arg-type]
-                           settings=SyncSettings(), metrics=Metrics(),
-                           clock=lambda: self.now[0], insecure=True)
-        self.sent: list[tuple[str, Any]] = []
-        self.hub.attach(lambda p, t, payload, b: self.sent.append(
-            (topics.parse(t)[0], decode(payload))),  # type: ignore[index]
-            backlog=lambda: self.backlog[0])
-
-        async def noop(filters: list[str]) -> None:
-            return None
-
-        self.shard = Shard(name="S2", fleet=self.fleet, hub=self.hub, subscribe=noop,
-                           unsubscribe=noop, lease=LeaseSettings(name="S2"),
-                           status_interval=3.0, clock=lambda: self.now[0],
-                           wall=lambda: 1000.0)
-        self.shard.forget_all()
+        self.hub, self.shard, self.sent, self.backlog = hub_and_shard(
+            self.fleet, "S2", clock=lambda: self.now[0], wall=lambda: 1000.0)
         # the killed owner's last summary: a1 and a2 Ready, `down` NotReady
         self.shard._status = Summary(  # type: ignore[assignment]
             f"liveness.{topics.pp(self.p)}",

@@ -13,20 +13,15 @@ import asyncio
 import os
 import uuid
 from collections.abc import Awaitable
-from typing import Any
 
 import pytest
-from cloudcore_fakes import FakeStore, add_node, daemonset, make_fleet
+from cloudcore_fakes import add_node, daemonset, hub_and_shard, make_fleet
 
 from cloudcore.cluster import shard as shard_module
-from cloudcore.cluster.leases import Change, LeaseSettings
-from cloudcore.cluster.shard import GatedNodes, Shard
-from cloudcore.config import SyncSettings
+from cloudcore.cluster.leases import Change
 from cloudcore.fleet.uids import uid_text
-from cloudcore.metrics import Metrics
-from cloudcore.synchub.hub import QUEUE_AHEAD, SyncHub
-from shared import topics
-from shared.codec import Desired, decode
+from cloudcore.synchub.hub import QUEUE_AHEAD
+from shared.codec import Desired
 from shared.models import parse_object
 
 NODES = 400
@@ -58,22 +53,7 @@ class World:
         for n in self.names:
             add_node(self.fleet, n)
         self.fleet.apply([parse_object(daemonset("agent"))])
-        self.backlog = [0]
-        self.hub = SyncHub(nodes=GatedNodes(self.fleet, is_global=lambda: False),
-                           desired=self.fleet.desired_sets, store=FakeStore(),  # type: ignore[arg-type]
-                           settings=SyncSettings(), metrics=Metrics(), insecure=True)
-        self.sent: list[tuple[str, Any]] = []
-        self.hub.attach(lambda p, t, payload, b: self.sent.append(
-            (topics.parse(t)[0], decode(payload))),  # type: ignore[index]
-            backlog=lambda: self.backlog[0])
-
-        async def noop(filters: list[str]) -> None:
-            return None
-
-        self.shard = Shard(name="S1", fleet=self.fleet, hub=self.hub, subscribe=noop,
-                           unsubscribe=noop, lease=LeaseSettings(name="S1"),
-                           status_interval=3.0)
-        self.shard.forget_all()
+        self.hub, self.shard, self.sent, self.backlog = hub_and_shard(self.fleet, "S1")
 
     def take(self) -> int:
         """Take every partition; returns the loop turns the acquisition took."""
