@@ -18,6 +18,8 @@ anonymous plain MQTT, an open plain-HTTP API, unjoined agents; it warns.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import json
 import logging
 import os
@@ -29,6 +31,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -513,24 +516,39 @@ class Fleet:
 
     # ---- stop ----------------------------------------------------------------
     def stop(self) -> None:
+        """Stop everything; each step runs even when one before it failed (a failed
+        container cleanup once left the network behind, and every later fleet of the
+        test run failed to start on it). The first failure is raised at the end."""
+        steps: list[tuple[str, Callable[[], object]]] = [
+            (f"stop agent {a.name}", a.proc.stop) for a in self.agents]
         for a in self.agents:
-            a.proc.stop()
-        for a in self.agents:
-            remove_containers(a.state_dir, nsenter=a.host.nsenter() if a.host else None)
-            unmount_below(a.state_dir)  # Secret volumes are tmpfs mounts of their own
-            if self.s.state_tmpfs_mib and os.path.ismount(a.state_dir):
-                subprocess.run(["umount", "-l", str(a.state_dir)], check=False,
-                               capture_output=True)
+            steps.append((f"clean up agent {a.name}", functools.partial(self._clean_agent, a)))
         if self.cloud:
-            self.cloud.stop()
+            steps.append(("stop cloudcore", self.cloud.stop))
         if self.registry is not None:
-            self.registry.stop()
+            steps.append(("stop the registry", self.registry.stop))
         if self.broker:
-            self.broker.stop()
-            self.broker.remove()
+            steps += [("stop the broker", self.broker.stop),
+                      ("remove the broker", self.broker.remove)]
         if self.net:
-            self.net.close()
+            steps.append(("remove the network", self.net.close))
+        first: BaseException | None = None
+        for what, step in steps:
+            try:
+                step()
+            except Exception as exc:
+                log.error("fleet stop: %s failed: %s", what, exc)
+                first = first or exc
         self.agents.clear()
+        if first is not None:
+            raise first
+
+    def _clean_agent(self, a: Agent) -> None:
+        remove_containers(a.state_dir, nsenter=a.host.nsenter() if a.host else None)
+        unmount_below(a.state_dir)  # Secret volumes are tmpfs mounts of their own
+        if self.s.state_tmpfs_mib and os.path.ismount(a.state_dir):
+            subprocess.run(["umount", "-l", str(a.state_dir)], check=False,
+                           capture_output=True)
 
     def destroy(self) -> None:
         self.stop()
@@ -600,15 +618,22 @@ def remove_containers(state_dir: Path, *, nsenter: list[str] | None = None) -> N
     crun call copies on a hybrid-cgroup host. `nsenter`: the node's namespace (testbed
     nodes live in one), where the pod network's cleanup runs, so that a pod with host
     ports does not make the host's namespace the node's bridge and nft table."""
-    from edgecore.runtime import CrunRuntime
+    from edgecore.runtime import ContainerNotFound, ContainerRuntimeError, CrunRuntime
 
     root = state_dir / "runtime"
 
     async def clean() -> None:
         rt = CrunRuntime(root)
         for c in await rt.list():
-            await rt.stop(c.id, grace_s=1)
-            await rt.remove(c.id)
+            # a container listed a moment ago can be gone by now (its conmon reaped it
+            # after the agent's kill): a CI run's teardown failed on that, and every
+            # later fleet of the run then found this one's network still there
+            with contextlib.suppress(ContainerNotFound):
+                await rt.stop(c.id, grace_s=1)
+            try:
+                await rt.remove(c.id)
+            except ContainerRuntimeError as exc:
+                log.warning("could not remove container %s of %s: %s", c.id, state_dir, exc)
 
     if root.exists():
         asyncio.run(clean())

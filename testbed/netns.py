@@ -74,6 +74,7 @@ class Network:
         veth = f"efv{self.id}x{index}"
         address = f"10.231.{self.id}.{index + 2}"
         _ip("netns", "del", name, check=False)
+        _ip("link", "del", veth, check=False)  # left by a fleet of this process not closed
         _ip("netns", "add", name)
         _ip("link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", name)
         _ip("link", "set", veth, "master", self.bridge)
