@@ -433,11 +433,18 @@ class Bucket:
                          expected=revision)
 
     async def watch(self, keys: str = ">", *, from_revision: int | None = None,
-                    deliver: Literal["last", "new"] = "last") -> Watch:
+                    deliver: Literal["last", "new"] = "last",
+                    idle_heartbeat: float = 5.0) -> Watch:
         """Changes of the keys matching `keys` (a NATS subject filter: `>` all,
         `partition.*`...). `from_revision`: every change from that revision on;
         otherwise `deliver="last"` gives each key's current value first, then changes
-        ("new": only changes from now). Deletions arrive as entries with `deleted`."""
+        ("new": only changes from now). Deletions arrive as entries with `deleted`.
+
+        `idle_heartbeat`: the server beats this often on a quiet watch, and nats-py
+        restarts the watch's consumer after two beats missed. The consumer lives on
+        one server (R1, in memory): when that server dies, the watch delivers nothing
+        until then, and its reader's view of the bucket is that old (10-15 s at the
+        default 5 s: a lease member saw no heartbeat of the other for 16 s)."""
         prefix = f"$KV.{self.name}."
         w = Watch(self.name, prefix)
         config = api.ConsumerConfig()
@@ -451,7 +458,7 @@ class Bucket:
         w._sub = await self._call("watch", self._js.subscribe(
             prefix + keys, stream=f"KV_{self.name}", cb=w._on_msg,
             ordered_consumer=True, deliver_policy=policy, config=config,
-            inactive_threshold=300.0))
+            idle_heartbeat=idle_heartbeat, inactive_threshold=300.0))
         try:
             info = await self._call("watch", w._sub.consumer_info())
         except ClusterError:

@@ -98,14 +98,16 @@ class FakeBucket:
         e = self._current(key)
         if e is not None and not e.deleted and self.client not in self.store.lax:
             raise CASConflict(self.name, key, 0)
-        return self.store.write(self.name, key, value, "put")
+        return await self._answer(self.store.write(self.name, key, value, "put"))
 
     async def update(self, key: str, value: bytes, *, revision: int) -> int:
         await self._reach()
         e = self._current(key)
         if (e is None or e.revision != revision) and self.client not in self.store.lax:
             raise CASConflict(self.name, key, revision)
-        rev = self.store.write(self.name, key, value, "put")
+        return await self._answer(self.store.write(self.name, key, value, "put"))
+
+    async def _answer(self, rev: int) -> int:
         if self.store.answer_delay:
             self.store.in_flight += 1
             try:
@@ -121,7 +123,7 @@ class FakeBucket:
             raise CASConflict(self.name, key, revision)
         self.store.write(self.name, key, b"", "delete")
 
-    async def watch(self) -> FakeWatch:
+    async def watch(self, **_: object) -> FakeWatch:
         await self._reach()
         w = FakeWatch(self.store, self.name, self.client)
         for (b, _), e in sorted(self.store.keys.items(), key=lambda kv: kv[1].revision):
