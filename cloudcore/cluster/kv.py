@@ -434,7 +434,7 @@ class Bucket:
 
     async def watch(self, keys: str = ">", *, from_revision: int | None = None,
                     deliver: Literal["last", "new"] = "last",
-                    idle_heartbeat: float = 5.0) -> Watch:
+                    idle_heartbeat: float = 2.0) -> Watch:
         """Changes of the keys matching `keys` (a NATS subject filter: `>` all,
         `partition.*`...). `from_revision`: every change from that revision on;
         otherwise `deliver="last"` gives each key's current value first, then changes
@@ -443,8 +443,8 @@ class Bucket:
         `idle_heartbeat`: the server beats this often on a quiet watch, and nats-py
         restarts the watch's consumer after two beats missed. The consumer lives on
         one server (R1, in memory): when that server dies, the watch delivers nothing
-        until then, and its reader's view of the bucket is that old (10-15 s at the
-        default 5 s: a lease member saw no heartbeat of the other for 16 s)."""
+        until then, and its reader's view of the bucket is that old (10-15 s at nats-py's
+        default of 5 s: a lease member saw no heartbeat of the other for 16 s)."""
         prefix = f"$KV.{self.name}."
         w = Watch(self.name, prefix)
         config = api.ConsumerConfig()
