@@ -390,6 +390,8 @@ def storm(sf: SimFleet, *, down_s: float, timeout: float,
 # --- the shard kill (issue 14 part 4, second storm) ------------------------------------
 
 HELD = re.compile(r"shard (\S+): .*: \+\d+ -\d+ partitions, (\d+) held")
+TOOK = re.compile(r"shard (\S+): took \d+ partition\(s\), \d+ node\(s\)")
+"""A takeover's end: every taken node's snapshot pushed (after the partitions were held)."""
 AWAY = "OwnedByAnotherShard"
 
 
@@ -429,6 +431,7 @@ class ShardProc:
         self.held = 0  # partitions, from its log's last lease change
         self.holds_global = False
         self.held_at = 0.0  # wall time of that change, from the log line
+        self.took_at = 0.0  # wall time of its last takeover's end (`TOOK`)
         self._log_at = 0
 
     def start(self) -> ShardProc:
@@ -477,6 +480,11 @@ class ShardProc:
                 self.holds_global = "holds the global lease" in line
                 with contextlib.suppress(ValueError):  # the logging module's local time
                     self.held_at = datetime.strptime(
+                        line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+            m = TOOK.search(line)
+            if m and m.group(1) == self.name:
+                with contextlib.suppress(ValueError):
+                    self.took_at = datetime.strptime(
                         line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
         return lines
 
@@ -733,7 +741,14 @@ def shard_kill(sf: SimFleet, *, shards: int, lease_s: float, workdir: Path,
                                    or int(st[x]["desiredGen"]) > base_desired[x]))
                 if "change_acked_by_all_s" not in waits and current == n:
                     waits["change_acked_by_all_s"] = since()
-                if len(waits) == 5:
+                if "partitions_held_by_survivors_s" in waits and \
+                        "takeovers_pushed_by_survivors_s" not in waits and \
+                        all(s.took_at >= s.held_at for s in survivors):
+                    # the held partitions' nodes all sent their snapshots (the push runs
+                    # after the partitions are held and announced)
+                    waits["takeovers_pushed_by_survivors_s"] = round(
+                        max(s.took_at for s in survivors) - t_kill_wall, 2)
+                if len(waits) == 6:
                     break
             if time.monotonic() > deadline:
                 raise BenchFailure(
@@ -940,7 +955,8 @@ def summary(res: dict[str, Any], out: Path) -> str:
             f"shard kill: {k['killed']['shard']} ({k['killed']['nodes']} nodes, "
             f"{k['killed']['partitions']} partitions) killed -9; partitions held by "
             f"survivors {a['partitions_held_by_survivors_s']} s after (lease "
-            f"{k['lease_period_s']:g} s), its nodes Ready on a survivor "
+            f"{k['lease_period_s']:g} s), their nodes' snapshots pushed "
+            f"{a.get('takeovers_pushed_by_survivors_s')} s, its nodes Ready on a survivor "
             f"{a['moved_nodes_ready_on_survivor_s']} s, NotReady "
             f"{k['targets']['no node NotReady']['figure']}, acked lost "
             f"{k['audit']['acked_lost']}; targets missed: {missed or 'none'}")
