@@ -29,7 +29,7 @@ from edgecore_fakes import FakeRuntime  # isort: skip
 
 NODE = "edge-link-1"
 M = TypeVar("M")
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("sweeps_pod_network")]
 
 
 class FakeCloud:

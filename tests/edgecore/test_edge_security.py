@@ -42,7 +42,7 @@ NODE = "edge-sec-1"
 KEY = bytes(range(32))
 K = seal.NodeKeys.derive(KEY)
 M = TypeVar("M")
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("sweeps_pod_network")]
 
 
 class SealedCloud:

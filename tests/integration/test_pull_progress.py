@@ -32,6 +32,7 @@ import pytest
 from edgecore.agent import Agent
 from edgecore.cache import Cache
 from edgecore.config import AgentSettings
+from edgecore.join import remove_pod_network
 from edgecore.runtime import CrunRuntime
 from shared.codec import Report, decode
 from shared.delta import EdgeDesired
@@ -175,6 +176,7 @@ async def test_pull_progress_then_running(big_image: tuple[LocalRegistry, str, i
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         await cleanup_root(root, cgroup)
+        await remove_pod_network(s.state_dir)  # the pod's netns outlives its container
         shutil.rmtree(tmp_path / "state", ignore_errors=True)
 
     seen: list[tuple[float, float, int, int]] = []
