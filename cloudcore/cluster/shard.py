@@ -76,6 +76,8 @@ snapshot now (its publish queue is full): a microsecond or two each."""
 SCAN_SLICE = 20000
 """Node names looked at between two yields when the nodes of partitions are listed
 (~0.4 us each)."""
+SUMMARY_READS = 32
+"""Liveness summaries read from KV at once in a takeover."""
 TAKEOVER_REASON = "ShardTakeover"
 AWAY_REASON = "OwnedByAnotherShard"
 
@@ -229,8 +231,8 @@ class Shard:
 
     async def _acquire(self, parts: list[int]) -> None:
         t0 = time.perf_counter()
-        summaries = await self._summaries(parts)
-        by_part = await self._nodes_by_partition(set(parts))
+        summaries, by_part = await asyncio.gather(self._summaries(parts),
+                                                  self._nodes_by_partition(set(parts)))
         t_listed = time.perf_counter()
         now_wall, now = self.wall(), self.clock()
         fleet, desired = self.fleet, self.fleet.desired_sets
@@ -444,24 +446,33 @@ class Shard:
     # -- liveness summaries -------------------------------------------------------------
 
     async def _summaries(self, parts: list[int]) -> dict[int, dict[str, tuple[str, Any]]]:
+        """The previous owners' liveness summaries of these partitions, read at once
+        (`SUMMARY_READS` at a time): one after the other, each read waited for a turn of
+        a loaded loop, and 43 of them took 4.7 s of a takeover at 100,000 nodes."""
         out: dict[int, dict[str, tuple[str, Any]]] = {}
-        if self._status is None:
+        status = self._status
+        if status is None:
             return out
-        for p in parts:
-            try:
-                e = await self._status.get(STATUS_KEY.format(pp=topics.pp(p)))
-            except ClusterError as exc:
-                log.warning("shard %s: no liveness summary of partition %s: %s", self.name,
-                            topics.pp(p), exc)
-                continue
+        room = asyncio.Semaphore(SUMMARY_READS)
+
+        async def read(p: int) -> None:
+            async with room:
+                try:
+                    e = await status.get(STATUS_KEY.format(pp=topics.pp(p)))
+                except ClusterError as exc:
+                    log.warning("shard %s: no liveness summary of partition %s: %s",
+                                self.name, topics.pp(p), exc)
+                    return
             if e is None or not e.value:
-                continue
+                return
             try:
                 doc = json.loads(e.value)
                 out[p] = {str(n): (str(v[0]), v[1]) for n, v in doc["nodes"].items()}
             except (ValueError, KeyError, TypeError, IndexError):
                 log.warning("shard %s: unreadable liveness summary of partition %s",
                             self.name, topics.pp(p))
+
+        await asyncio.gather(*(read(p) for p in parts))
         return out
 
     async def _write_status(self) -> None:
