@@ -41,11 +41,12 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from cloudcore.cluster.errors import ClusterError
 from cloudcore.cluster.kv import KV, Bucket, Entry
 from cloudcore.cluster.objects import escape, unescape
+from cloudcore.fleet.objects import share_fields_set
 from shared import topics
 from shared.models import PodStatus
 
@@ -62,6 +63,46 @@ SLICE = 2_000
 DOC_SLICE = 200
 """Summaries made, or read, between two yields (each holds the node's pod statuses:
 about 20 us to make, 29 us to read at 20,000 nodes, load average 4.5)."""
+
+
+SHAPES = 10_000
+"""Distinct allocatable dicts shared at most (`NodeStatuses._shape`); then it starts
+over."""
+_READY = {r: r for r in ("Ready", "NotReady", "Unknown")}
+"""A summary's readiness as one string object each."""
+_INTERNED: dict[str, str] = {}
+"""Shard names and shown reasons, one string object each (few; see `_interned`)."""
+
+
+class Foreign(NamedTuple):
+    """The last summary read of a node owned by another shard (`NodeStatuses.foreign`)."""
+
+    writer: str | None
+    """The shard that wrote it."""
+    ready: str | None
+    """Its readiness ("Ready", "NotReady", "Unknown"; None if none)."""
+    value: bytes
+    """The summary as read (JSON)."""
+
+
+def _interned(text: str) -> str:
+    """`text` as one object for all its equal copies (shard names, reasons: few; a
+    flood of distinct ones is not kept past 1,000)."""
+    got = _INTERNED.get(text)
+    if got is None:
+        if len(_INTERNED) >= 1000:
+            return text
+        got = _INTERNED[text] = text
+    return got
+
+
+def _document(value: bytes) -> dict[str, Any] | None:
+    """A summary decoded, or None if it is not a JSON object."""
+    try:
+        doc = json.loads(value)
+    except ValueError:
+        return None
+    return doc if isinstance(doc, dict) else None
 
 
 def node_key(name: str) -> str:
@@ -90,11 +131,19 @@ class NodeStatuses:
         self._written: dict[str, tuple[Any, ...]] = {}
         self.writes = 0
         self.shown = 0
-        self._pod_seen: dict[str, dict[str, Any]] = {}
-        """node -> pod -> the status last applied from its owner's summary."""
+        self._pod_seen: dict[str, dict[str, str]] = {}
+        """node -> pod -> the status last applied from its owner's summary, as compact
+        JSON (compared, never read back: a string of ~150 bytes where the decoded dicts
+        took ~1.6 KB a pod, issue 14)."""
         self.pods_shown = 0
-        self.foreign: dict[str, dict[str, Any]] = {}
-        """node -> the last summary read for a node owned by another shard."""
+        self.foreign: dict[str, Foreign] = {}
+        """node -> the last summary read for a node owned by another shard: its writer,
+        its readiness and the summary as read (bytes: decoded again only when the node
+        is just lost here and shown as its owner says; the decoded document took ~2.6 KB
+        a node, kept for the two thirds of the fleet a shard does not own, issue 14)."""
+        self._shapes: dict[tuple[tuple[str, int], ...], dict[str, int]] = {}
+        """Allocatable dicts of other shards' nodes by content: nodes of one hardware
+        shape share one (replaced on a change, never edited in place)."""
 
     async def run(self, kv: KV, bucket: str, *, replicas: int = 1) -> None:
         self.bucket = await kv.bucket(bucket, create=True, replicas=replicas)
@@ -114,14 +163,16 @@ class NodeStatuses:
     # -- the owner's side ---------------------------------------------------------------
 
     def _state(self, node: Any) -> tuple[Any, ...]:
+        """What a summary says of the node, to compare with what was written. The
+        allocatable is the node's own dict (nodes of one shape share one, replaced on a
+        change, never edited in place: `Nodes.status`), not a sorted copy: ~210 bytes a
+        node fewer (issue 14)."""
         st = node.status
         seen = st.last_seen
         bucket = int(seen // self.seen_every) if seen is not None else None
-        alloc = st.allocatable
         return (st.ready, st.reason, bucket, st.agent_version,
                 dict(st.agent_upgrade) if st.agent_upgrade else None, st.desired_gen,
-                st.acked_gen, tuple(sorted(alloc.items())) if alloc else (),
-                self._pod_ids(node.metadata.name))
+                st.acked_gen, st.allocatable or None, self._pod_ids(node.metadata.name))
 
     def _reported(self, name: str) -> list[tuple[Key, Any]]:
         """The pods bound to node `name` with a status its agent reported."""
@@ -152,12 +203,14 @@ class NodeStatuses:
                 continue
             if not self.owns(topics.partition_of(name)):
                 self._written.pop(name, None)  # written again when it comes back
-                doc = self.foreign.get(name)
-                if (doc is not None and doc.get("ready") in ("Ready", "NotReady")
+                was = self.foreign.get(name)
+                if (was is not None and was.ready in ("Ready", "NotReady")
                         and node.status.reason == AWAY_REASON
                         and node.status.ready == "Unknown"
                         and not self._mine(topics.partition_of(name))):
-                    self._overlay(name, node, doc)  # just lost: the owner's view again
+                    doc = _document(was.value)
+                    if doc is not None:  # just lost: the owner's view again
+                        self._overlay(name, node, doc)
                 continue
             state = self._state(node)
             if self._written.get(name) == state:
@@ -213,15 +266,19 @@ class NodeStatuses:
         name = unescape(e.key.partition(".")[2])
         if e.deleted:
             self.foreign.pop(name, None)
+            self._pod_seen.pop(name, None)
             return
-        try:
-            doc = json.loads(e.value)
-        except ValueError:
+        doc = _document(e.value)
+        if doc is None:
             log.warning("shard %s: unreadable status summary %s", self.shard, e.key)
             return
-        if not isinstance(doc, dict) or doc.get("shard") == self.shard:
+        writer = doc.get("shard")
+        if writer == self.shard:
             return
-        self.foreign[name] = doc
+        ready = doc.get("ready")
+        self.foreign[name] = Foreign(
+            writer=_interned(writer) if isinstance(writer, str) else None,
+            ready=_READY.get(ready) if isinstance(ready, str) else None, value=e.value)
         node = self.fleet.objects.nodes.get(name)
         if node is None or self._mine(topics.partition_of(name)):
             return
@@ -239,10 +296,15 @@ class NodeStatuses:
         """The owner's reported pod statuses of `node`: set on this shard's copies of
         the pods bound there (announced, not stored), and told to the rollouts as a
         report (`RolloutPlans.pod_reported`): the holder's gates see every shard's pods."""
-        seen = self._pod_seen.setdefault(node, {})
+        seen = self._pod_seen.get(node)
+        if seen is None:
+            if not pods:
+                return
+            seen = self._pod_seen[node] = {}
         table, placement = self.fleet.objects.pods, self.fleet.placement
         for ref, value in pods.items():
-            if seen.get(ref) == value:
+            compact = json.dumps(value, separators=(",", ":"))
+            if seen.get(ref) == compact:
                 continue
             ns, _, pname = ref.partition("/")
             key = (ns, pname)
@@ -256,13 +318,16 @@ class NodeStatuses:
                             self.shard, ref, node)
                 continue
             status.node_name = node
-            seen[ref] = value
+            share_fields_set(status)  # as a reported status (`Objects.save`): ~670 B a pod
+            seen[ref] = compact
             pod.status = status
             self.pods_shown += 1
             self.fleet.objects.changed("Pod", key)
             self.fleet.plans.pod_reported(key, pod)
         for ref in [r for r in seen if r not in pods]:
             del seen[ref]
+        if not seen:
+            del self._pod_seen[node]
 
     def trusted(self, name: str) -> bool:
         """Whether this shard may act on node `name`'s readiness now (the eviction of
@@ -273,11 +338,21 @@ class NodeStatuses:
         p = topics.partition_of(name)
         if self.owns(p):
             return True
-        doc = self.foreign.get(name)
-        if doc is None:
+        was = self.foreign.get(name)
+        if was is None:
             return False
-        writer = doc.get("shard")
+        writer = was.writer
         return writer is not None and (self.holder is None or self.holder(p) == writer)
+
+    def _shape(self, alloc: dict[str, int]) -> dict[str, int]:
+        """An allocatable dict, shared with every other shard's node showing the same."""
+        items = tuple((str(k), v) for k, v in alloc.items())
+        shape = self._shapes.get(items)
+        if shape is None:
+            if len(self._shapes) >= SHAPES:  # shapes are few; a flood of them is not kept
+                self._shapes.clear()
+            shape = self._shapes[items] = dict(items)
+        return shape
 
     def _overlay(self, name: str, node: Any, doc: dict[str, Any]) -> None:
         st = node.status
@@ -291,7 +366,7 @@ class NodeStatuses:
             st.ready = ready
         reason = doc.get("reason")
         st.reason = AWAY_REASON if not reason or reason == AWAY_REASON \
-            else f"{AWAY_REASON} ({reason})"
+            else _interned(f"{AWAY_REASON} ({reason})")
         if isinstance(doc.get("lastSeen"), int | float):
             st.last_seen = float(doc["lastSeen"])
         if isinstance(doc.get("agentVersion"), str):
@@ -302,7 +377,7 @@ class NodeStatuses:
         alloc = doc.get("allocatable")
         if isinstance(alloc, dict) and alloc and all(
                 isinstance(v, int) for v in alloc.values()):
-            st.allocatable = {str(k): v for k, v in alloc.items()}  # the global placement
+            st.allocatable = self._shape(alloc)  # the global placement
         for field, attr in (("desiredGen", "desired_gen"), ("ackedGen", "acked_gen")):
             if isinstance(doc.get(field), int):
                 setattr(st, attr, doc[field])

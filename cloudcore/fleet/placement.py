@@ -199,8 +199,8 @@ class Placement:
         self._track(key)
         status = self._scheduled.get(node)
         if status is None or status.message != message:
-            if len(self._scheduled) > 2 * len(self.objects.nodes) + 1000:
-                self._scheduled.clear()  # deleted nodes' entries go now and then
+            if len(self._scheduled) >= SCHEDULED_KEPT:
+                self._scheduled.clear()  # see SCHEDULED_KEPT
             status = self._scheduled[node] = pending_status(
                 reason="Scheduled", message=message, node_name=node)
         with_annotation(pod, naming.SCHEDULED, status.message or message)
@@ -648,6 +648,12 @@ def by_priority(keys: Iterable[Key], pods: Mapping[Key, Any]) -> list[Key]:
 _EMPTY: set[Key] = set()
 SUMS_KEPT = 20_000
 """Nodes whose summed requests `Placement.view` keeps between changes (a dict each)."""
+SCHEDULED_KEPT = 4096
+"""Nodes whose last Scheduled status `Placement.bind` keeps for the next pod bound
+there; then it starts over. It was one per node of the fleet, kept after the pods
+reported and replaced it (~450 bytes a node, every shard holding every node: issue 14);
+what it is for, one status shared by the pods bound to a node in one burst, needs
+only the nodes bound lately."""
 LOADS_KEPT = 4096
 """Distinct container lists whose requests `Placement.view` remembers."""
 EXPLAIN_STEP = 64

@@ -56,3 +56,26 @@ def test_nodes_share_spec_and_annotations_until_one_changes() -> None:
     assert dump_object(n2) == before
     fleet.patch_node("n1", unschedulable=False)
     assert not n1.spec.unschedulable and not n2.spec.unschedulable
+
+
+def test_scheduled_statuses_are_kept_for_the_nodes_bound_lately_only(
+        monkeypatch: Any) -> None:
+    """Issue 14: the Scheduled status shared by a node's pods was kept for every node of
+    the fleet for good, after the pods reported and replaced it (~450 bytes a node in
+    every shard). Now for the last `SCHEDULED_KEPT` nodes bound to (the pods of two
+    DaemonSets on one node share one status while the fleet is within it, as in the
+    test above; beyond it each pod waiting for its report holds its own)."""
+    from cloudcore.fleet import placement
+    monkeypatch.setattr(placement, "SCHEDULED_KEPT", 4, raising=False)
+    fleet = make_fleet()
+    names = [f"n{i}" for i in range(10)]
+    for n in names:
+        add_node(fleet, n)
+    apply(fleet, daemonset("a"), daemonset("b"))
+    assert len(fleet.placement._scheduled) <= 4
+    last = names[-1]
+    a, b = fleet.pods[("default", f"a-{last}")], fleet.pods[("default", f"b-{last}")]
+    assert a.status == b.status and a.status.node_name == last
+    for n in names:
+        assert fleet.pods[("default", f"a-{n}")].status.node_name == n
+        assert "scheduled on" in fleet.pods[("default", f"a-{n}")].status.message
