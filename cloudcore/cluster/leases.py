@@ -89,6 +89,10 @@ T = TypeVar("T")
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
+TAKE_ROUNDS = 3
+"""Rounds of takes in one rebalance when some were lost to another member's CAS."""
+
+
 def partition_key(p: int) -> str:
     return f"partition.{p:02x}"
 
@@ -848,12 +852,28 @@ class Member:
             reason = "stranded"
         if not picks:
             return
-        results = await asyncio.gather(*(self._take(leases, partition_key(p), rev)
-                                         for p, _, rev, _ in picks))
-        got = {f[0]: h for f, h in zip(picks, results, strict=True) if h is not None}
-        kept = await self._confirmed(self._in_time({partition_key(p): h
-                                                     for p, h in got.items()}))
-        got = {p: h for p, h in got.items() if partition_key(p) in kept}
+        # Two members taking a dead member's share at once pick in different orders, and
+        # each loses some CASes to the other: the picks lost are made up from the free
+        # ones not tried, at once (`TAKE_ROUNDS`), not at a later tick, when this change's
+        # handler has started (a survivor took 10 of its 43, and the other 33 only 3.5 s
+        # later, after the first takeover: two takeovers, the second one late)
+        got: dict[int, _Held] = {}
+        tried: list[tuple[int, bool, int, float]] = []
+        for _ in range(TAKE_ROUNDS):
+            results = await asyncio.gather(*(self._take(leases, partition_key(p), rev)
+                                             for p, _, rev, _ in picks))
+            tried += picks
+            won = {f[0]: h for f, h in zip(picks, results, strict=True) if h is not None}
+            kept = await self._confirmed(self._in_time({partition_key(p): h
+                                                         for p, h in won.items()}))
+            got.update((p, h) for p, h in won.items() if partition_key(p) in kept)
+            if reason != "acquire" or len(won) == len(picks):
+                break
+            untried = {f[0] for f in tried}
+            picks = [f for f in free if f[0] not in untried][:max(0, mine - have - len(got))]
+            if not picks:
+                break
+        picks = tried
         if not got:
             return
         with self._state_lock:
