@@ -411,6 +411,12 @@ class BrokerLinks:
     def backlog(self) -> int:
         return sum(p.backlog for pubs in self._pubs.values() for p in pubs)
 
+    def drop_queued(self, partitions: set[int]) -> int:
+        """A shard gave these partitions up: what it queued for their nodes and has not
+        handed to a broker yet is not sent (the next owner sends them their sets)."""
+        return sum(p.drop_partitions(partitions) for pubs in self._pubs.values()
+                   for p in pubs)
+
     async def subscribe(self, filters: list[str]) -> None:
         """A shard took partitions: subscribe their filters on every broker."""
         await asyncio.gather(*(s.add(filters) for s in list(self._subs.values())))
@@ -474,7 +480,7 @@ def _shard(settings: Settings, *, fleet: Fleet, hub: SyncHub, links: BrokerLinks
     lease.validate()
     shard = Shard(name=c.shard, fleet=fleet, hub=hub, subscribe=links.subscribe,
                   unsubscribe=links.unsubscribe, lease=lease,
-                  status_interval=c.status_interval)
+                  status_interval=c.status_interval, drop_queued=links.drop_queued)
     shard.forget_all()  # no partition held yet: no node's liveness runs here
     log.info("shard %s: joining through NATS %s (lease period %gs)", c.shard,
              ", ".join(c.nats_urls), c.lease_period)

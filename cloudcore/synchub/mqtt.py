@@ -260,6 +260,17 @@ class Publisher:
         """Messages queued and not yet handed to the broker."""
         return len(self._queue)
 
+    def drop_partitions(self, partitions: set[int]) -> int:
+        """Take the queued messages to nodes of these partitions out of the queue (not
+        those in flight: they are the broker's already); returns how many."""
+        def keep(topic_name: str) -> bool:
+            parsed = topics.parse(topic_name)
+            return parsed is None or topics.partition_of(parsed[0]) not in partitions
+
+        before = len(self._queue)
+        self._queue = deque(m for m in self._queue if keep(m[0]))
+        return before - len(self._queue)
+
     async def run(self) -> None:
         reconnect = _Reconnect(self._settings)
         while True:

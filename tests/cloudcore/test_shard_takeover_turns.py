@@ -226,3 +226,32 @@ def test_a_takeover_reads_the_partitions_summaries_at_once() -> None:
     assert w.shard.takeovers == NODES  # every node started from its summary
     assert {w.fleet.nodes[n].status.ready for n in w.names} == {"Ready"}
     assert {w.fleet.nodes[n].status.reason for n in w.names} == {TAKEOVER_REASON}
+
+
+def test_a_loss_drops_what_the_publishers_queued_for_its_nodes() -> None:
+    """What a shard queued for the nodes of partitions it gives up, and has not handed
+    to a broker yet, is not sent: up to 4,096 messages wait in the publishers, and a
+    snapshot of the old owner reaching a node after the new owner's moved it back to
+    the old epoch (the new owner's next delta refused: 677-1,593 resyncs in the
+    100,000-node shard kill). Real publishers, not connected, so nothing leaves them."""
+    from cloudcore.config import MqttSettings
+    from cloudcore.synchub.mqtt import Publisher
+    from shared import topics
+
+    pubs = [Publisher(MqttSettings(), index=i) for i in range(2)]
+
+    def drop_queued(parts: set[int]) -> int:  # as BrokerLinks.drop_queued
+        return sum(p.drop_partitions(parts) for p in pubs)
+
+    w = World()
+    w.shard._drop_queued = drop_queued
+    w.take()
+    for i, n in enumerate(w.names):
+        pubs[i % 2].enqueue(topics.down(n), b"x")
+    lost = frozenset(range(128))
+    asyncio.run(w.shard.on_change(Change(acquired=frozenset(), lost=lost,
+                                         owned=EVERY - lost, reason="rebalance")))
+    left = [t for p in pubs for t, _ in p._queue]
+    assert sorted(left) == sorted(topics.down(n) for n in w.names
+                                  if topics.partition_of(n) not in lost)
+    assert 0 < len(left) < NODES
