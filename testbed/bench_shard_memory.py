@@ -126,7 +126,8 @@ def _short(path: str) -> str:
 
 
 async def measure(nodes: int, state: Path, *, owned_fraction: float, top: int,
-                  trace: list[str], rss_only: bool = False) -> dict[str, Any]:
+                  trace: list[str], rss_only: bool = False,
+                  pod_reports: bool = True) -> dict[str, Any]:
     rss0 = _rss_mb()
     if not rss_only:
         tracemalloc.start(8 if trace else 1)
@@ -161,7 +162,7 @@ async def measure(nodes: int, state: Path, *, owned_fraction: float, top: int,
         fleet.apply([parse_object(DAEMONSET)])
         await store.flush()
         stages.mark("DaemonSet expanded (every node)", nodes)
-        for i, (key, pod) in enumerate(list(fleet.pods.items()), 1):
+        for i, (key, pod) in enumerate(list(fleet.pods.items()) if pod_reports else [], 1):
             fleet.pod_statuses(pod.spec.node_name or "", {f"pod/{key[0]}/{key[1]}": {
                 "phase": "Running", "revision": pod.metadata.annotations.get(REVISION),
                 "containerStatuses": [{"name": "c", "state": "running", "ready": True}]}})
@@ -217,6 +218,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--top", type=int, default=25)
     p.add_argument("--rss-only", action="store_true",
                    help="no tracemalloc: the process's RSS growth per stage only")
+    p.add_argument("--no-pod-reports", action="store_true",
+                   help="no pod reports its status (as `bench_storm`'s simulators, "
+                        "without --report-pods): summaries carry no pods")
     p.add_argument("--trace", action="append", default=[], metavar="FILE:LINE",
                    help="also print where the allocations of this line come from "
                         "(8 frames; slower)")
@@ -224,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="edgefed-bench-shardmem-") as d:
         print(json.dumps(asyncio.run(measure(a.nodes, Path(d),
                                              owned_fraction=a.owned_fraction, top=a.top,
-                                             trace=a.trace, rss_only=a.rss_only))),
+                                             trace=a.trace, rss_only=a.rss_only,
+                                             pod_reports=not a.no_pod_reports))),
               flush=True)
     return 0
 
