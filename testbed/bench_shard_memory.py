@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import gc
 import json
 import os
@@ -63,6 +64,25 @@ def _rss_mb() -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) / 1024
+
+
+def _rss_split_mb() -> dict[str, float]:
+    """RssAnon (the heap) and RssFile (LMDB's mapped pages, the libraries) in MB."""
+    out: dict[str, float] = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(("RssAnon:", "RssFile:")):
+                out[line.split(":")[0]] = round(int(line.split()[1]) / 1024, 1)
+    return out
+
+
+def _trimmed() -> float | None:
+    """RSS after glibc's malloc_trim(0) (free memory the allocator held, given back)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        return None
+    return round(_rss_mb(), 1)
 
 
 class Stages:
@@ -205,6 +225,8 @@ async def measure(nodes: int, state: Path, *, owned_fraction: float, top: int,
                 ("rss_growth_bytes_per_fleet_node" if rss_only
                  else "python_heap_bytes_per_fleet_node"): round(total / nodes),
                 "rss_mb": round(_rss_mb(), 1), "rss_mb_at_start": round(rss0, 1),
+                "rss_split_mb": _rss_split_mb(),
+                "rss_mb_after_malloc_trim": _trimmed(),
                 "rss_bytes_per_fleet_node": round((_rss_mb() - rss0) * 2**20 / nodes),
                 "load_average": os.getloadavg()}
 
