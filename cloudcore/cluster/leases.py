@@ -701,15 +701,23 @@ class Member:
         """Renew what is due; the loss of leases another member took meanwhile is
         returned, to be announced once the keepalive lock is let go."""
         now = self._clock()
+        every = self.settings.renew_every
         with self._state_lock:
-            due = [(p, h) for p, h in self._owned.items()
-                   if now - h.renewed_at >= self.settings.renew_every]
+            ages = [now - h.renewed_at for h in (*self._owned.values(),
+                                                 *self._releasing.values())]
+            if self._global is not None:
+                ages.append(now - self._global.renewed_at)
+            if not ages or max(ages) < every:
+                return None
+            # one is due: every lease past half its renewal interval goes with it, so
+            # the leases renew (and, the member killed, expire) together, not in the
+            # phases they were taken in: the batches of a killed shard's leases expired
+            # over 6 s, and its partitions were taken over in 3 rounds (issue 14)
+            at = every / 2
+            due = [(p, h) for p, h in self._owned.items() if now - h.renewed_at >= at]
             g_held = self._global if self._global is not None and \
-                now - self._global.renewed_at >= self.settings.renew_every else None
-            going = [(k, h) for k, h in self._releasing.items()
-                     if now - h.renewed_at >= self.settings.renew_every]
-        if not due and g_held is None and not going:
-            return None
+                now - self._global.renewed_at >= at else None
+            going = [(k, h) for k, h in self._releasing.items() if now - h.renewed_at >= at]
 
         async def renew(key: str, h: _Held) -> tuple[str, _Held | None, BaseException | None]:
             t0 = self._clock()
