@@ -389,7 +389,7 @@ def storm(sf: SimFleet, *, down_s: float, timeout: float,
 
 # --- the shard kill (issue 14 part 4, second storm) ------------------------------------
 
-HELD = re.compile(r"shard (\S+): .*: \+\d+ -\d+ partitions, (\d+) held")
+HELD = re.compile(r"shard (\S+): .*: \+(\d+) -\d+ partitions, (\d+) held")
 TOOK = re.compile(r"shard (\S+): took \d+ partition\(s\), \d+ node\(s\)")
 """A takeover's end: every taken node's snapshot pushed (after the partitions were held)."""
 AWAY = "OwnedByAnotherShard"
@@ -432,6 +432,7 @@ class ShardProc:
         self.holds_global = False
         self.held_at = 0.0  # wall time of that change, from the log line
         self.took_at = 0.0  # wall time of its last takeover's end (`TOOK`)
+        self.acquired_at = 0.0  # wall time of its last change that took partitions
         self._log_at = 0
 
     def start(self) -> ShardProc:
@@ -476,11 +477,13 @@ class ShardProc:
         for line in lines:
             m = HELD.search(line)
             if m and m.group(1) == self.name:
-                self.held = int(m.group(2))
+                self.held = int(m.group(3))
                 self.holds_global = "holds the global lease" in line
                 with contextlib.suppress(ValueError):  # the logging module's local time
                     self.held_at = datetime.strptime(
                         line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+                    if int(m.group(2)):
+                        self.acquired_at = self.held_at
             m = TOOK.search(line)
             if m and m.group(1) == self.name:
                 with contextlib.suppress(ValueError):
@@ -743,7 +746,7 @@ def shard_kill(sf: SimFleet, *, shards: int, lease_s: float, workdir: Path,
                     waits["change_acked_by_all_s"] = since()
                 if "partitions_held_by_survivors_s" in waits and \
                         "takeovers_pushed_by_survivors_s" not in waits and \
-                        all(s.took_at >= s.held_at for s in survivors):
+                        all(s.took_at >= s.acquired_at for s in survivors):
                     # the held partitions' nodes all sent their snapshots (the push runs
                     # after the partitions are held and announced)
                     waits["takeovers_pushed_by_survivors_s"] = round(
