@@ -43,7 +43,10 @@ def test_shard_kill_over_two_brokers(tmp_path: Path) -> None:
     assert set(k["after_kill"]) == {
         "change_applied_through_survivor_s", "partitions_held_by_survivors_s",
         "moved_nodes_ready_on_survivor_s", "moved_nodes_reported_to_survivor_s",
-        "change_acked_by_all_s"}
+        "change_acked_by_all_s", "takeovers_pushed_by_survivors_s"}
+    # the push of the taken nodes' snapshots ends after the partitions are held
+    assert k["after_kill"]["takeovers_pushed_by_survivors_s"] >= \
+        k["after_kill"]["partitions_held_by_survivors_s"]
     # only the survivors (and NATS) are measured after the kill
     assert killed["shard"] not in k["rss_mb"] and len(
         [n for n in k["rss_mb"] if n.startswith("S")]) == 2
