@@ -49,13 +49,7 @@ from cloudcore.store import Store
 from cloudcore.synchub import SyncHub
 from shared import topics
 from shared.models import parse_object
-
-DAEMONSET = {"apiVersion": "apps/v1", "kind": "DaemonSet",
-             "metadata": {"name": "agent", "namespace": "default"},
-             "spec": {"selector": {"matchLabels": {"app": "agent"}},
-                      "template": {"metadata": {"labels": {"app": "agent"}},
-                                   "spec": {"containers": [{"name": "c", "image": "busybox",
-                                                            "args": ["sleep", "1d"]}]}}}}
+from testbed.bench_shard import DAEMONSET
 
 
 def _rss_mb() -> float:
