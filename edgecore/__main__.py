@@ -317,11 +317,57 @@ def settings_from_args(args: argparse.Namespace) -> AgentSettings:
     return settings
 
 
-async def _serve(settings: AgentSettings) -> RestartRequested | None:
+class _Signals:
+    """SIGTERM and SIGINT for `_serve`: installed with `signal.signal` before the event
+    loop starts (`_run`), and handed to the loop with `call_soon_threadsafe`. Not
+    `loop.add_signal_handler`: it asks `inspect` whether the callback is a coroutine
+    function, which loads `inspect`, `ast` and `dis` into every agent (about 0.6 MiB;
+    issue 16, sixth round). Installed first, it also keeps `asyncio.run` from putting
+    in its own SIGINT handler. A signal that comes before the loop runs stops the
+    agent as soon as it starts."""
+
+    SIGNALS = ("SIGTERM", "SIGINT")
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: Any = None
+        self._early: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        import signal
+
+        for name in self.SIGNALS:
+            sig = getattr(signal, name)
+            self._previous[sig] = signal.signal(sig, self._received)
+
+    def restore(self) -> None:
+        import signal
+
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def serve(self, loop: asyncio.AbstractEventLoop, stop: Any) -> None:
+        """From now on a signal calls `stop(signame)` in `loop`."""
+        self._loop, self._stop = loop, stop
+        if self._early is not None:
+            loop.call_soon(stop, self._early)
+
+    def _received(self, signum: int, frame: object) -> None:
+        import signal
+
+        name = signal.Signals(signum).name
+        if self._loop is None:
+            self._early = name
+        else:
+            self._loop.call_soon_threadsafe(self._stop, name)
+
+
+async def _serve(settings: AgentSettings, signals: _Signals) -> RestartRequested | None:
     """Run the agent until a signal (None) or until it asks to restart into an agent
     release on trial (the request)."""
     import asyncio
-    import signal
 
     from edgecore.agent import Agent
     from edgecore.upgrade import RestartRequested
@@ -338,8 +384,7 @@ async def _serve(settings: AgentSettings) -> RestartRequested | None:
             log.info("%s: stopping the agent (containers keep running)", signame)
             task.cancel()
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop, sig.name)
+    signals.serve(loop, stop)
     agent = Agent(settings)
     trimmer = asyncio.create_task(_trim_memory(agent.started), name="edgecore.trim")
     restart: RestartRequested | None = None
@@ -355,17 +400,25 @@ async def _serve(settings: AgentSettings) -> RestartRequested | None:
             raise
     finally:
         trimmer.cancel()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
     return restart
 
 
-DEFERRED_IMPORTS = ("urllib.request", "bz2", "lzma")
-"""Standard modules that libraries import at their top but the agent never calls:
+DEFERRED_IMPORTS = ("urllib.request", "bz2", "lzma", "inspect")
+"""Modules that libraries import at their top but the agent never calls:
 paho-mqtt imports `urllib.request` (which loads `http.client` and 21 `email` modules)
 for one proxy lookup that returns early without PySocks; `shutil` imports `bz2` and
 `lzma` (with libbz2 and liblzma) for archive formats the agent never writes. About
-1.4 MiB of RSS together (docs/edgecore.md, Memory)."""
+1.4 MiB of RSS together (docs/edgecore.md, Memory). `asyncio` and `dataclasses` import
+`inspect` (with `ast`, `_ast` and `dis`) for debug-mode checks, task reprs and
+`loop.add_signal_handler` (which the agent does not use: `_Signals`), and for the
+docstring `dataclasses` writes into a class without one
+(`keep_dataclasses_off_inspect`). With `AGENT_DEFERRED_IMPORTS`: about 0.6 MiB of RSS
+(`python -m testbed.bench_agent_floor`, issue 16, sixth round)."""
+
+AGENT_DEFERRED_IMPORTS = ("msgspec.inspect",)
+"""Deferred once this process is the agent (after the launcher's hand-over, which
+must not import msgspec): `msgspec` imports its `msgspec.inspect` (type descriptions)
+in its `__init__`, and `shared.pods` reads them only to word a validation error."""
 
 
 def defer_unused_imports(names: Sequence[str] = DEFERRED_IMPORTS) -> None:
@@ -375,15 +428,29 @@ def defer_unused_imports(names: Sequence[str] = DEFERRED_IMPORTS) -> None:
     module already imported, or not installed, is left alone.
 
     Not `importlib.util.LazyLoader`: on CPython 3.11 the import statement itself reads
-    the module's `__spec__` and so loads a lazily loaded module at once."""
+    the module's `__spec__` and so loads a lazily loaded module at once. Call after
+    `block_unused_imports`: the placeholder of a submodule imports its package
+    (`msgspec`), which would import a module still to be blocked."""
     import importlib
+    import importlib.machinery
     import importlib.util
     from types import ModuleType
 
     for name in names:
         if name in sys.modules:
             continue
-        spec = importlib.util.find_spec(name)
+        parent, _, child = name.rpartition(".")
+        if parent and parent not in sys.modules:
+            # find_spec(name) would import the parent, and a package that imports this
+            # submodule in its __init__ (msgspec) would load it: look in its folder
+            # instead, and import the parent once the placeholder is in place
+            outer = importlib.util.find_spec(parent)
+            if outer is None or not outer.submodule_search_locations:
+                continue
+            spec = importlib.machinery.PathFinder.find_spec(
+                name, list(outer.submodule_search_locations))
+        else:
+            spec = importlib.util.find_spec(name)
         if spec is None or not (spec.origin or "").endswith(".py"):
             continue  # not installed, or not a source module (creating it would load it)
         # __file__, __loader__ and the like set from the spec, nothing executed: a caller
@@ -400,9 +467,31 @@ def defer_unused_imports(names: Sequence[str] = DEFERRED_IMPORTS) -> None:
 
         stub.__getattr__ = load  # type: ignore[method-assign]
         sys.modules[name] = stub
-        parent, _, child = name.rpartition(".")
         if parent:
             setattr(importlib.import_module(parent), child, stub)
+
+
+class _NoSignatures:
+    """What `dataclasses` finds as its `inspect` in the lean agent. It asks `inspect` for
+    one thing, the signature it writes as the docstring of a class that has none, and
+    under `-OO` (the lean restart strips docstrings) that is every class. Refused, it
+    falls back to the bare class name (it catches ValueError), and `inspect` is not
+    loaded for it."""
+
+    @staticmethod
+    def signature(obj: object) -> Any:
+        raise ValueError("no signatures in the docstrings of the lean agent")
+
+
+def keep_dataclasses_off_inspect() -> None:
+    """Under `-OO` (the lean agent), give `dataclasses` `_NoSignatures` for `inspect`.
+    With docstrings kept it never asks, and nothing is changed. Call after
+    `defer_unused_imports`."""
+    if sys.flags.optimize < 2:
+        return
+    import dataclasses
+
+    dataclasses.inspect = _NoSignatures  # type: ignore[attr-defined]
 
 
 BLOCKED_IMPORTS = ("typing_extensions",)
@@ -504,8 +593,9 @@ async def _trim_memory(started: asyncio.Event, *, every_s: float = 60.0) -> None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    defer_unused_imports()  # first: argparse's help formatter imports shutil
-    block_unused_imports()
+    block_unused_imports()  # first: typing_extensions, if installed, loads inspect
+    defer_unused_imports()  # before argparse, whose help formatter imports shutil
+    keep_dataclasses_off_inspect()
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -523,6 +613,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not launched():
             launch(args.state_dir, list(sys.argv[1:] if argv is None else argv))
         _tune_malloc()  # this process is the agent now; before the agent's imports
+        defer_unused_imports(AGENT_DEFERRED_IMPORTS)
     from edgecore.join import JoinError
 
     if args.command == "reset":
@@ -642,6 +733,8 @@ def _run(settings: AgentSettings) -> int:
     import asyncio
 
     _tune_malloc()  # again for `join --start`; before any thread exists
+    signals = _Signals()
+    signals.install()
     try:
         if settings.event_loop == "uvloop":
             try:
@@ -649,15 +742,17 @@ def _run(settings: AgentSettings) -> int:
             except ImportError:
                 log.error("edgecore: --event-loop uvloop, but uvloop is not installed")
                 return 2
-            restart = uvloop.run(_serve(settings))
+            restart = uvloop.run(_serve(settings, signals))
         else:
-            restart = asyncio.run(_serve(settings))
+            restart = asyncio.run(_serve(settings, signals))
     except EdgecoreError as exc:
         log.error("edgecore stopped: %s", exc)
         return 1
     except Exception as exc:  # a component failed (an ExceptionGroup from the TaskGroup)
         log.error("edgecore failed", exc_info=exc)
         return 1
+    finally:
+        signals.restore()
     if restart is not None:
         from edgecore.upgrade.launcher import restart_into_launcher
 
