@@ -593,10 +593,17 @@ async def _trim_memory(started: asyncio.Event, *, every_s: float = 60.0) -> None
         await asyncio.sleep(every_s)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    block_unused_imports()  # first: typing_extensions, if installed, loads inspect
-    defer_unused_imports()  # before argparse, whose help formatter imports shutil
+def prepare_imports() -> None:
+    """What every `edgecore` command does to its imports first, in this order: block
+    (typing_extensions, if installed, would load inspect), defer (before argparse, whose
+    help formatter imports shutil), and keep dataclasses off inspect under `-OO`."""
+    block_unused_imports()
+    defer_unused_imports()
     keep_dataclasses_off_inspect()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    prepare_imports()
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

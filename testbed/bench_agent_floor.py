@@ -3,8 +3,8 @@
 
 Starts a fresh interpreter the way `edgecore run` restarts itself (`-OO -X
 no_debug_ranges`, bytecode compiled once beforehand into a cache, as an installed
-package has it), applies the agent's own start-up (`block_unused_imports`,
-`defer_unused_imports`, `keep_dataclasses_off_inspect`, glibc malloc tuning), then
+package has it), applies the agent's own start-up (`prepare_imports`, glibc malloc tuning, the
+agent's deferred imports), then
 imports, step by step, what the agent cannot run without, and prints the process's
 VmRSS after each step. Before each reading it does what the agent's memory trimmer
 does (`gc.collect()` and `malloc_trim(0)`), so import-time garbage is not counted:
@@ -41,11 +41,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 CHILD = r"""
 import gc, json, re, sys
-from edgecore.__main__ import (AGENT_DEFERRED_IMPORTS, _libc, _tune_malloc, block_unused_imports,
-                               defer_unused_imports, keep_dataclasses_off_inspect)
-block_unused_imports()
-defer_unused_imports()
-keep_dataclasses_off_inspect()
+from edgecore.__main__ import (AGENT_DEFERRED_IMPORTS, _libc, _tune_malloc, defer_unused_imports,
+                               prepare_imports)
+prepare_imports()
 _tune_malloc()
 defer_unused_imports(AGENT_DEFERRED_IMPORTS)
 libc = _libc()

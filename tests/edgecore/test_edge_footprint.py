@@ -157,8 +157,7 @@ IMPORTS = """
 import json, sys, tracemalloc
 tracemalloc.start()
 import edgecore.__main__
-edgecore.__main__.block_unused_imports()  # what `edgecore run` does before the agent
-edgecore.__main__.defer_unused_imports()
+edgecore.__main__.prepare_imports()  # what `edgecore run` does before the agent
 edgecore.__main__.defer_unused_imports(edgecore.__main__.AGENT_DEFERRED_IMPORTS)
 import edgecore.agent
 edgecore.__main__.build_parser()
@@ -454,9 +453,7 @@ def test_released_modules_are_collected_and_load_again_when_used() -> None:
 NO_SIGNATURES = """
 import json, sys
 import edgecore.__main__ as em
-em.block_unused_imports()  # as `edgecore run` starts
-em.defer_unused_imports()
-em.keep_dataclasses_off_inspect()
+em.prepare_imports()  # as `edgecore run` starts
 em.defer_unused_imports(em.AGENT_DEFERRED_IMPORTS)
 import dataclasses
 
