@@ -479,12 +479,87 @@ def renew_certificate(cloud: str, *, name: str, k_up: bytes, cert_file: Path, ke
     return float(not_after) if isinstance(not_after, int | float) else None
 
 
-def certificate_lifetime(cert_file: Path) -> tuple[float, float]:
-    """(notBefore, notAfter) of a PEM certificate, Unix seconds."""
-    from cryptography import x509
+_PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----\s*([A-Za-z0-9+/=\s]+?)\s*"
+                       rb"-----END CERTIFICATE-----")
 
-    cert = x509.load_pem_x509_certificate(cert_file.read_bytes())
-    return (cert.not_valid_before_utc.timestamp(), cert.not_valid_after_utc.timestamp())
+
+def certificate_lifetime(cert_file: Path) -> tuple[float, float]:
+    """(notBefore, notAfter) of the first certificate in a PEM file, Unix seconds;
+    ValueError if it holds none or it is malformed.
+
+    Read with the standard library (the DER walk below): the agent calls this at
+    start whenever it logs in with a client certificate, and cryptography's x509 would
+    stay in its memory for good (11.8 MiB of RSS on this machine, issue 16)."""
+    found = _PEM_CERT.search(cert_file.read_bytes())
+    if found is None:
+        raise ValueError(f"{cert_file}: no PEM certificate in it")
+    try:
+        der = base64.b64decode(b"".join(found.group(1).split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError(f"{cert_file}: the certificate is not base64") from None
+    try:
+        return der_validity(der)
+    except ValueError as exc:
+        raise ValueError(f"{cert_file}: {exc}") from None
+
+
+def _der(buf: bytes, pos: int, want: int | None = None) -> tuple[int, int, int]:
+    """The DER item at `pos`: (tag, start of its content, end of its content);
+    ValueError if it runs past `buf` or (with `want`) has another tag."""
+    if pos + 2 > len(buf):
+        raise ValueError("the certificate is truncated")
+    tag, size = buf[pos], buf[pos + 1]
+    start = pos + 2
+    if size & 0x80:
+        count = size & 0x7F
+        if not 1 <= count <= 4 or start + count > len(buf):
+            raise ValueError("the certificate has a bad DER length")
+        size = int.from_bytes(buf[start:start + count], "big")
+        start += count
+    end = start + size
+    if end > len(buf):
+        raise ValueError("the certificate is truncated")
+    if want is not None and tag != want:
+        raise ValueError(f"the certificate has DER tag {tag:#x} where {want:#x} belongs")
+    return tag, start, end
+
+
+_SEQUENCE, _INTEGER, _UTC_TIME, _GENERALIZED_TIME, _VERSION = 0x30, 0x02, 0x17, 0x18, 0xA0
+
+
+def der_validity(der: bytes) -> tuple[float, float]:
+    """(notBefore, notAfter) of a DER X.509 certificate (RFC 5280 4.1), Unix seconds."""
+    import datetime
+
+    _, pos, _ = _der(der, 0, _SEQUENCE)  # Certificate
+    _, pos, tbs_end = _der(der, pos, _SEQUENCE)  # TBSCertificate
+    tag, _, end = _der(der, pos)
+    if tag == _VERSION:  # [0] EXPLICIT Version, absent in v1
+        tag, _, end = _der(der, end)
+    if tag != _INTEGER:
+        raise ValueError("the certificate has no serial number")
+    for _field in ("signature", "issuer"):
+        _, _, end = _der(der, end, _SEQUENCE)
+    _, pos, validity_end = _der(der, end, _SEQUENCE)
+    if validity_end > tbs_end:
+        raise ValueError("the certificate's validity runs past it")
+    out = []
+    for _bound in ("notBefore", "notAfter"):
+        tag, start, pos = _der(der, pos)
+        text = der[start:pos].decode("ascii", "replace")
+        if tag == _UTC_TIME and len(text) == 13 and text.endswith("Z") and text[:12].isdigit():
+            year = int(text[:2])
+            text = f"{1900 + year if year >= 50 else 2000 + year}{text[2:]}"  # RFC 5280
+        elif not (tag == _GENERALIZED_TIME and len(text) == 15 and text.endswith("Z")
+                  and text[:14].isdigit()):
+            raise ValueError(f"the certificate's {_bound} {text!r} is not a DER time")
+        d = [int(text[i:i + 2]) for i in range(4, 14, 2)]
+        try:
+            at = datetime.datetime(int(text[:4]), *d, tzinfo=datetime.UTC)
+        except ValueError:
+            raise ValueError(f"the certificate's {_bound} {text!r} is not a date") from None
+        out.append(at.timestamp())
+    return out[0], out[1]
 
 
 def looks_like_state_dir(state_dir: Path) -> bool:

@@ -20,8 +20,9 @@ What it owns:
   a sealed value cannot be moved to another node or another entry.
 
 Message tags need only the standard library (hmac, hashlib): the agent verifies
-every message with nothing else. `cryptography` is imported when a Secret value is
-sealed or opened, not before.
+every message with nothing else. A Secret value is opened with the libcrypto that `ssl`
+already mapped (shared.aead: ChaCha20-Poly1305 through ctypes; `cryptography` only where
+there is none) and sealed with `cryptography`, imported then and not before.
 """
 
 from __future__ import annotations
@@ -142,12 +143,20 @@ def open_secret(k_secret: bytes, *, node: str, entry_key: str, sealed: Any) -> A
     nonce, ct = sealed.get("n"), sealed.get("ct")
     if not isinstance(nonce, bytes) or len(nonce) != NONCE_BYTES or not isinstance(ct, bytes):
         raise AuthFailed(f"{entry_key}: malformed sealed value")
-    from cryptography.exceptions import InvalidTag
-    from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+    from shared import aead
 
+    failed = AuthFailed(f"{entry_key}: sealed value does not open with this node's key")
     try:
-        plain = ChaCha20Poly1305(k_secret).decrypt(nonce, ct, _aad(node, entry_key))
-    except InvalidTag:
-        raise AuthFailed(f"{entry_key}: sealed value does not open with this node's "
-                         "key") from None
+        # the process's own libcrypto (the agent's ssl maps it), else cryptography
+        plain = aead.open_chacha20_poly1305(k_secret, nonce, ct, _aad(node, entry_key))
+    except (aead.InvalidTag, ValueError):
+        raise failed from None
+    if plain is None:
+        from cryptography.exceptions import InvalidTag
+        from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+        try:
+            plain = ChaCha20Poly1305(k_secret).decrypt(nonce, ct, _aad(node, entry_key))
+        except InvalidTag:
+            raise failed from None
     return msgpack.unpackb(plain, raw=False, strict_map_key=True)

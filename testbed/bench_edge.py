@@ -245,15 +245,28 @@ def memory_mib(pid: int) -> dict[str, float]:
     return out
 
 
+# Extension libraries an agent need not hold (each several MiB of RSS once loaded):
+# cryptography's x509 (11.8 MiB on this machine), pydantic's core, uvloop, numpy.
+HEAVY_LIBRARIES = ("cryptography", "pydantic_core", "uvloop", "numpy", "onnxruntime")
+
+
+def heavy_libraries(pid: int) -> list[str]:
+    """Which of HEAVY_LIBRARIES the process has mapped (from /proc/PID/maps)."""
+    maps = Path(f"/proc/{pid}/maps").read_text()
+    return [name for name in HEAVY_LIBRARIES if f"/{name}/" in maps]
+
+
 def footprint_line(label: str, pid: int, idle_s: float) -> str:
     """One line: the agent's CPU over `idle_s` and its memory at the end of it."""
     cpu, kids = idle_cpu(pid, idle_s)
     m = memory_mib(pid)
+    heavy = heavy_libraries(pid)
     return (f"edgecore, {label}: RSS {m['VmRSS']:.1f} MiB (peak {m['VmHWM']:.1f}, "
             f"anonymous {m['Anonymous']:.1f}), PSS {m['Pss']:.1f} MiB (anonymous "
             f"{m['Pss_Anon']:.1f}, file {m['Pss_File']:.1f}), {m['Threads']:.0f} threads; "
             f"idle CPU {cpu:.2f} % of a core "
-            f"(+ {kids:.2f} % in processes it spawned) over {idle_s:g} s; {load()}")
+            f"(+ {kids:.2f} % in processes it spawned) over {idle_s:g} s; "
+            f"heavy libraries mapped: {', '.join(heavy) or 'none'}; {load()}")
 
 
 def imported_modules(log_text: str) -> list[str]:
@@ -513,6 +526,9 @@ def main() -> None:
     ap.add_argument("--plain-python", action="store_true",
                     help="run the agent with `edgecore run --plain-python` (not restarted "
                          "under -OO -X no_debug_ranges): the before of issue 16's A/B")
+    ap.add_argument("--node-certs", action="store_true",
+                    help="the agent logs in to the broker with a client certificate "
+                         "(mutual TLS, `testbed up --node-certs`) instead of a password")
     ap.add_argument("--agent-python", default=None, metavar="PYTHON",
                     help="the agent's interpreter, e.g. that of a venv made with `pip install "
                          "'.[edge]'` (the libraries a device has, none of the dev venv's "
@@ -541,12 +557,13 @@ def main() -> None:
     f = Fleet(FleetSettings(nodes=1, workdir=workdir, heartbeat_s=defaults.heartbeat_s,
                             agent_args=("--cpu-millis", str(BENCH_CPU_MILLIS),
                                         *(("--plain-python",) if args.plain_python else ())),
-                            agent_python=args.agent_python))
+                            agent_python=args.agent_python, node_certs=args.node_certs))
     f.start()
     try:
         f.wait_nodes_ready(timeout=60)
         if args.footprint:
-            print(f"agent at its defaults{' but --plain-python' if args.plain_python else ''} "
+            print(f"agent at its defaults{' but --plain-python' if args.plain_python else ''}"
+                  f"{', broker login by client certificate' if args.node_certs else ''} "
                   f"(heartbeat {defaults.heartbeat_s:g} s, telemetry "
                   f"sample {defaults.telemetry_sample_s:g} s); settling {args.settle_s:g} s "
                   f"before each window; {load()}", flush=True)

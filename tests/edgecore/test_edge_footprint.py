@@ -166,9 +166,10 @@ print(json.dumps({"traced": tracemalloc.get_traced_memory()[0],
 """
 
 # Loaded only where they are needed, never by starting the agent: the cloud's schema
-# and web stack, numerics, the certificate renewal's x509 parser (edgecore.join imports
-# it when a renewal is due), the event loop's C extension (imported by `run` itself,
-# not by the modules), and libraries the agent has no use for.
+# and web stack, numerics, cryptography (an agent release's signature check imports it
+# when an upgrade comes; the client certificate's lifetime is read without it:
+# tests/edgecore/test_cert_lifetime.py), the event loop's C extension (imported by
+# `run` itself, not by the modules), and libraries the agent has no use for.
 NOT_AT_START = ("pydantic", "pydantic_core", "shared.models", "fastapi", "uvicorn",
                 "starlette", "numpy", "onnxruntime", "cryptography", "uvloop", "yaml",
                 "requests", "httpx", "sqlite3", "xml", "http.server", "asyncio.windows_events",
