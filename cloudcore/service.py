@@ -229,7 +229,7 @@ async def run(settings: Settings, *,
                                          settings.store.state_dir,
                                          settings.store.encryption_key_file))
             statuses = NodeStatuses(fleet, shard=shard.name, owns=shard.owns,
-                                    holder=shard.partition_holder,
+                                    holder=shard.partition_holder, fence=shard.partition_fence,
                                     interval=min(2.0, c.status_interval))
             bindings = Bindings(fleet, shard=shard.name,  # placement behind the global lease
                                 holds_global=lambda: shard is not None and shard.holds_global,

@@ -280,9 +280,14 @@ class Member:
     def partition_revision(self, p: int) -> int | None:
         """The revision of partition `p`'s lease key this member last wrote (None: it
         does not hold it): the partition's fencing token, as `global_revision` is the
-        global lease's (`cloudcore.cluster.forecasts`)."""
+        global lease's (`cloudcore.cluster.forecasts`, `.status`, `.shard`'s liveness
+        summaries). None as well once the lease is past its own deadline, before the
+        guard has dropped it: a process that was paused (SIGSTOP, a stalled VM) and runs
+        again must not stamp a write with a token it no longer holds."""
         h = self._owned.get(p)
-        return h.revision if h is not None else None
+        if h is None or self._clock() >= self._deadline(h):
+            return None
+        return h.revision
 
     def partition_holder(self, p: int) -> str | None:
         """The member holding partition `p` as this member sees it: the lease key is

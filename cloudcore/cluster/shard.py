@@ -19,8 +19,13 @@ runs it in its task group (`cloudcore[NAME].cluster`). The shard:
   liveness, and drops their report seqs and acked gens from its LMDB; the nodes read
   `Unknown` (`OwnedByAnotherShard`) in this shard's API;
 - writes, every `status_interval`, one liveness summary per partition it holds into
-  the `<prefix>_status` bucket, key `liveness.<pp>`: `{"shard", "instance", "at": unix
-  time, "nodes": {node: [readiness, last_seen unix time or null]}}`. A shard taking the
+  the `<prefix>_status` bucket, key `liveness.<pp>`: `{"shard", "instance", "fence",
+  "at": unix time, "nodes": {node: [readiness, last_seen unix time or null]}}`. The
+  write is a compare-and-set on the key's revision this shard last read or wrote, and
+  `fence` is the partition lease's revision (`partition_fence`): a former owner that
+  was paused past its lease and writes late finds the key moved, reads a greater fence
+  there and stops (`liveness_fenced`); an owner that finds a smaller one (such a late
+  write that landed first) writes over it at once (`liveness_healed`). A shard taking the
   partition over starts each node as it was last known there (Ready stays Ready, its
   NotReady deadline counted from that last_seen), so a takeover within the heartbeat
   window flaps no node to NotReady. Wall clocks of the shards are compared here (NTP);
@@ -33,8 +38,8 @@ runs it in its task group (`cloudcore[NAME].cluster`). The shard:
 
 Deployment and bare Pod placement behind the global lease is
 `cloudcore.cluster.bindings` (told of lease changes through `on_global`), staged
-rollouts `cloudcore.cluster.rollouts`. Not done here (see proposal 0008): fencing
-tokens for the partition state.
+rollouts `cloudcore.cluster.rollouts`. The node status summaries are fenced by the
+same token (`cloudcore.cluster.status`).
 """
 
 from __future__ import annotations
@@ -48,7 +53,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from cloudcore.cluster.errors import ClusterError
+from cloudcore.cluster.errors import CASConflict, ClusterError
 from cloudcore.cluster.kv import KV, Bucket
 from cloudcore.cluster.leases import Change, LeaseSettings, Member
 from cloudcore.fleet.naming import HEARTBEAT
@@ -133,6 +138,15 @@ class Shard:
         waits for it."""
         self.takeovers = 0
         """Nodes started from a previous owner's summary (Ready or NotReady as there)."""
+        self._liveness_rev: dict[int, int] = {}
+        """partition -> the revision of its liveness key as this shard last read or
+        wrote it (0: absent): the next write is a compare-and-set on it."""
+        self.liveness_fenced = 0
+        """Liveness writes given up because a later owner wrote the key (this shard's
+        lease is gone, whatever its clock says)."""
+        self.liveness_healed = 0
+        """Liveness keys written over at once because a former owner had written them
+        late (a smaller fence)."""
         self.last_takeover: dict[str, float] = {}
         """The last acquisition's partitions, nodes, wall times (s: in all; listed_s:
         summaries read and nodes listed; prepared_s: epochs, statuses, liveness;
@@ -369,6 +383,8 @@ class Shard:
     async def _lose(self, parts: list[int]) -> None:
         t0 = time.perf_counter()
         self.owned.difference_update(parts)  # the gate closes first
+        for p in parts:
+            self._liveness_rev.pop(p, None)
         if self._drop_queued is not None:
             # and nothing queued for their nodes goes out after the release: up to 4,096
             # messages wait in the publishers (`QUEUE_AHEAD`), and a snapshot of this
@@ -477,6 +493,7 @@ class Shard:
                     log.warning("shard %s: no liveness summary of partition %s: %s",
                                 self.name, topics.pp(p), exc)
                     return
+            self._liveness_rev[p] = e.revision if e is not None else 0
             if e is None or not e.value:
                 return
             try:
@@ -502,20 +519,72 @@ class Shard:
                 if p not in self.owned:
                     continue  # lost meanwhile: its new owner writes it now
                 try:
-                    await self._status.put(STATUS_KEY.format(pp=topics.pp(p)),
-                                           self.summary(by_part[p]))
+                    await self.write_liveness(p, by_part[p])
                 except ClusterError as exc:
                     log.warning("shard %s: liveness summary not written: %s", self.name, exc)
                     break
 
-    def summary(self, names: list[str]) -> bytes:
+    async def write_liveness(self, p: int, names: list[str]) -> bool:
+        """Write partition `p`'s liveness summary, fenced (module docstring): False if
+        not written (this shard does not hold the lease, or a later owner wrote)."""
+        assert self._status is not None
+        key = STATUS_KEY.format(pp=topics.pp(p))
+        if self.member is None:  # driven without leases (tests): nothing to fence with
+            await self._status.put(key, self.summary(names))
+            return True
+        healing = False
+        for _attempt in range(2):
+            fence = self.partition_fence(p)
+            if fence is None:
+                return False  # the lease is gone (or past its deadline): not ours to write
+            rev = self._liveness_rev.get(p)
+            if rev is None:
+                rev = self._liveness_rev[p] = await self._status.revision_of(key)
+            value = self.summary(names, fence=fence)
+            try:
+                self._liveness_rev[p] = (await self._status.update(key, value, revision=rev)
+                                         if rev else await self._status.create(key, value))
+                self.liveness_healed += healing
+                return True
+            except CASConflict:
+                e = await self._status.get(key)
+                theirs = _fence_of(e.value) if e is not None else None
+                if theirs is not None and theirs > fence:
+                    self._liveness_rev.pop(p, None)
+                    self.liveness_fenced += 1
+                    log.warning("shard %s: liveness summary of partition %s not written: a "
+                                "later owner (%s) wrote it; this shard's lease is gone",
+                                self.name, topics.pp(p), _writer_of(e.value))
+                    return False
+                # a former owner's late write (or one of ours we did not see): over it
+                self._liveness_rev[p] = await self._status.revision_of(key)
+                healing = True
+        return False
+
+    def summary(self, names: list[str], *, fence: int | None = None) -> bytes:
         """The liveness summary of one partition's nodes (module docstring)."""
         nodes = self.fleet.objects.nodes
         doc = {"shard": self.name, "instance": self.member.instance if self.member else None,
-               "at": self.wall(),
+               "fence": fence, "at": self.wall(),
                "nodes": {n: [nodes[n].status.ready, nodes[n].status.last_seen]
                          for n in names if n in nodes}}
         return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def _fence_of(value: bytes) -> int | None:
+    """The fencing token of a liveness summary as stored (None: none, or unreadable)."""
+    try:
+        fence = json.loads(value).get("fence")
+    except (ValueError, AttributeError):
+        return None
+    return fence if isinstance(fence, int) and not isinstance(fence, bool) else None
+
+
+def _writer_of(value: bytes) -> str:
+    try:
+        return str(json.loads(value).get("shard"))
+    except (ValueError, AttributeError):
+        return "?"
 
 
 class _Slices:

@@ -30,6 +30,14 @@ touched here). `<name>` is escaped as object keys are (`cloudcore.cluster.object
   dead or the partition is being taken over the clock starts again, so it counts from
   the new owner's word.
 
+- Fencing: with `fence` (`Shard.partition_fence`), each summary carries its partition
+  lease's revision (`fence`), and a node whose partition this shard holds no more (or
+  whose lease is past its deadline) is not written. A reader keeps the greatest fence
+  it has seen per partition and refuses a summary with a smaller one (`fenced`): a
+  former owner that was paused past its lease and writes late does not overwrite the
+  new owner's word on the other shards. A summary without `fence` (a shard of an
+  earlier version) is taken as before.
+
 Only nodes the shard knows are shown (node registrations are not global yet: a node
 that joined through another shard after this one started is not listed here).
 """
@@ -115,6 +123,7 @@ class NodeStatuses:
 
     def __init__(self, fleet: Any, *, shard: str, owns: Callable[[int], bool],
                  holder: Callable[[int], str | None] | None = None,
+                 fence: Callable[[int], int | None] | None = None,
                  interval: float = 2.0, seen_every: float = 15.0,
                  wall: Callable[[], float] = time.time) -> None:
         self.fleet = fleet
@@ -123,6 +132,14 @@ class NodeStatuses:
         self.holder = holder
         """partition -> the live shard holding its lease, or None (`Shard.partition_holder`);
         without it a summary's writer is taken as the live owner."""
+        self.fence = fence
+        """partition -> this shard's fencing token for it, None when not held
+        (`Shard.partition_fence`); without it summaries go out unfenced (tests)."""
+        self._max_fence: dict[int, int] = {}
+        """partition -> the greatest fence read in another shard's summary of it."""
+        self.fenced = 0
+        """Summaries refused as written by a former owner after a later one."""
+        self._fenced_logged = 0.0
         fleet.eviction.trusted = self.trusted
         self.interval = interval
         self.seen_every = seen_every
@@ -215,11 +232,16 @@ class NodeStatuses:
             state = self._state(node)
             if self._written.get(name) == state:
                 continue
+            fence = None
+            if self.fence is not None:
+                fence = self.fence(topics.partition_of(name))
+                if fence is None:
+                    continue  # the lease is past its deadline: not ours to write now
             st = node.status
             if len(out) % DOC_SLICE == DOC_SLICE - 1:
                 await asyncio.sleep(0)
             out[name] = json.dumps({
-                "shard": self.shard, "ready": st.ready, "reason": st.reason,
+                "shard": self.shard, "fence": fence, "ready": st.ready, "reason": st.reason,
                 "lastSeen": st.last_seen, "agentVersion": st.agent_version,
                 "agentUpgrade": st.agent_upgrade,
                 "desiredGen": st.desired_gen, "ackedGen": st.acked_gen,
@@ -242,6 +264,13 @@ class NodeStatuses:
         done = 0
         for i in range(0, len(todo), BATCH):
             chunk = todo[i:i + BATCH]
+            if self.fence is not None:  # a partition lost while the batches went out
+                gone = [n for n, _ in chunk if self.fence(topics.partition_of(n)) is None]
+                for name in gone:
+                    self._written.pop(name, None)
+                if gone:
+                    skip = set(gone)
+                    chunk = [(n, v) for n, v in chunk if n not in skip]
             got = await asyncio.gather(*(self.bucket.put(node_key(n), v) for n, v in chunk),
                                        return_exceptions=True)
             for (name, _), r in zip(chunk, got, strict=True):
@@ -275,6 +304,18 @@ class NodeStatuses:
         writer = doc.get("shard")
         if writer == self.shard:
             return
+        fence = doc.get("fence")
+        if isinstance(fence, int) and not isinstance(fence, bool):
+            p = topics.partition_of(name)
+            if fence < self._max_fence.get(p, 0):
+                self.fenced += 1
+                if self.fenced == 1 or time.monotonic() - self._fenced_logged >= 60:
+                    self._fenced_logged = time.monotonic()
+                    log.warning("shard %s: status summary of %s by %s refused: fence %d, "
+                                "a later owner's was %d (%d refused so far)", self.shard,
+                                name, writer, fence, self._max_fence[p], self.fenced)
+                return
+            self._max_fence[p] = fence
         ready = doc.get("ready")
         self.foreign[name] = Foreign(
             writer=_interned(writer) if isinstance(writer, str) else None,

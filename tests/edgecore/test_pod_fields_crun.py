@@ -173,8 +173,10 @@ async def test_a_hostpath_without_type_that_is_missing_is_created_and_runs(
     task = asyncio.create_task(node.rec.run())
     try:
         await node.until("ran", (missing / "seen").exists)
-        st = node.latest[key]
-        assert st is not None and st.phase == "Running"
+        # the container can write before the reconciler has recorded its start (CI of
+        # stop 28 read Pending/ContainerCreating right after the file appeared)
+        await node.until("running", lambda: (st := node.latest.get(key)) is not None
+                         and st.phase == "Running")
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
