@@ -312,12 +312,15 @@ class Agent:
         (`POST /api/v1/nodes/{name}/certificate`, authenticated by the node key), then
         reconnect with it; the old one stays valid meanwhile, so no session is lost.
         A failed attempt is retried every RENEW_RETRY_S (and logged); without a client
-        certificate, a cloud URL or a key there is nothing to do."""
-        from edgecore.join import JoinError, certificate_lifetime, renew_certificate
-
+        certificate, a cloud URL or a key there is nothing to do. The lifetime is read
+        without cryptography and the call is made by a child process
+        (`edgecore.renew`): neither leaves anything in the agent's memory (issue 16)."""
         s = self.settings
         if s.client_cert is None or s.client_key is None or not s.cloud_url or keys is None:
             return
+        from edgecore.join import JoinError, certificate_lifetime
+        from edgecore.renew import renew_in_child
+
         while True:
             try:
                 start, end = await asyncio.to_thread(certificate_lifetime, s.client_cert)
@@ -328,10 +331,9 @@ class Agent:
             due = end - (end - start) / 3
             await asyncio.sleep(max(0.0, due - self.clock()))
             try:
-                await asyncio.to_thread(
-                    renew_certificate, s.cloud_url, name=s.node, k_up=keys.up,
-                    cert_file=s.client_cert, key_file=s.client_key, ca_file=s.ca_file,
-                    now=self.clock())
+                await renew_in_child(
+                    s.cloud_url, name=s.node, k_up=keys.up, cert_file=s.client_cert,
+                    key_file=s.client_key, ca_file=s.ca_file, now=self.clock())
             except (JoinError, OSError) as exc:
                 log.warning("client certificate renewal failed (it expires at %s): %s; "
                             "retrying in %.0f s", time.ctime(end), exc, RENEW_RETRY_S)

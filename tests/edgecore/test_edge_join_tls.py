@@ -251,3 +251,71 @@ async def test_the_agent_renews_its_client_certificate_when_a_third_is_left(
 
     start, end = certificate_lifetime(d / "client.crt")
     assert end - start > 20 * 3600  # the fresh one: not due again for hours
+
+
+RENEW_IN_A_FRESH_AGENT = """
+import asyncio, json, sys
+from pathlib import Path
+from edgecore.renew import renew_in_child
+from shared import seal
+
+cfg = json.loads(sys.argv[1])
+keys = seal.NodeKeys.derive(bytes(range(32)))
+try:
+    got = asyncio.run(renew_in_child(cfg["cloud"], name="e1", k_up=keys.up,
+                                     cert_file=Path(cfg["cert"]), key_file=Path(cfg["key"]),
+                                     ca_file=Path(cfg["ca"]), now=cfg["now"]))
+    err = None
+except Exception as exc:
+    got, err = None, f"{type(exc).__name__}: {exc}"
+print(json.dumps({"not_after": got, "error": err,
+                  "held": sorted(m for m in ("urllib.request", "http.client", "email")
+                                 if m in sys.modules)}))
+"""
+
+
+def _renew_in_a_fresh_process(https_cloud: FakeCloud, d: Path, cloud: str) -> dict[str, Any]:
+    import subprocess
+    import sys
+    import time
+
+    cfg = {"cloud": cloud, "cert": str(d / "client.crt"), "key": str(d / "client.key"),
+           "ca": str(d / "ca.crt"), "now": time.time()}
+    out = subprocess.run([sys.executable, "-c", RENEW_IN_A_FRESH_AGENT, json.dumps(cfg)],
+                         capture_output=True, text=True, check=True, timeout=120).stdout
+    got: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    return got
+
+
+def test_the_renewal_runs_in_a_child_and_leaves_no_http_client_behind(
+        https_cloud: FakeCloud, tmp_path: Path) -> None:
+    # Issue 16: the renewal's urllib.request, http.client and email (1.1-1.9 MiB of RSS)
+    # stayed in a mutual-TLS agent for good after its first renewal; the call is made
+    # by `python -m edgecore.renew` now, the agent only waits for its answer.
+    ca_key, ca = make_ca()
+    key, cert = _client_cert(ca_key, ca, "e1", hours=(-20, 4))
+    d = tmp_path / "state"
+    d.mkdir()
+    (d / "client.crt").write_bytes(cert)
+    (d / "client.key").write_bytes(key)
+    (d / "ca.crt").write_text(pem(https_cloud.ca))
+    got = _renew_in_a_fresh_process(https_cloud, d, https_cloud.url)
+    assert got["error"] is None, got
+    assert len(https_cloud.renewals) == 1
+    assert (d / "client.crt").read_bytes() != cert
+    assert stat.S_IMODE((d / "client.key").stat().st_mode) == 0o600
+    assert got["held"] == [], f"the renewing process holds {got['held']}"
+
+
+def test_a_failed_renewal_in_the_child_says_why(https_cloud: FakeCloud, tmp_path: Path) -> None:
+    ca_key, ca = make_ca()
+    key, cert = _client_cert(ca_key, ca, "e1", hours=(-20, 4))
+    d = tmp_path / "state"
+    d.mkdir()
+    (d / "client.crt").write_bytes(cert)
+    (d / "client.key").write_bytes(key)
+    (d / "ca.crt").write_text(pem(ca))  # not the CA of the cloud's server certificate
+    got = _renew_in_a_fresh_process(https_cloud, d, https_cloud.url)
+    assert got["not_after"] is None
+    assert got["error"].startswith("JoinError") and "CERTIFICATE_VERIFY_FAILED" in got["error"]
+    assert https_cloud.renewals == [] and (d / "client.crt").read_bytes() == cert
