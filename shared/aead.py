@@ -8,8 +8,11 @@ link is TLS), and libcrypto has the cipher (`EVP_chacha20_poly1305`), so the age
 calls it through ctypes (which its runtime imports anyway) and loads nothing new.
 
 `open_chacha20_poly1305` is the only entry point; it returns None when this process
-has no usable libcrypto (another platform, a static build), and the caller falls back
-to `cryptography`. Sealing stays on `cryptography` (the cloud has it loaded anyway).
+has no usable libcrypto (another platform, a static build, a library replaced on disk
+since it was mapped), and the caller falls back to `cryptography`. The calls are
+OpenSSL's EVP API as of 1.1.0 (the AEAD controls, `EVP_chacha20_poly1305`); Python
+3.10 and later build `ssl` only against OpenSSL 1.1.1 or newer, so any libcrypto found
+here has them. Sealing stays on `cryptography` (the cloud has it loaded anyway).
 """
 
 from __future__ import annotations
