@@ -64,11 +64,18 @@ BENCH_NS = "bench-host"  # privileged namespace: hostNetwork pods are beyond bas
 BENCH_CPU_MILLIS = 256_000  # the node's announced cpu capacity (main() says why)
 
 
+SECRET = "bench-secret"
+"""The Secret `--secret` pods mount (sealed for the node: the agent opens it)."""
+
+
 def pod(name: str, image: str, labels: dict[str, str] | None = None, *,
-        host_network: bool = False) -> dict[str, Any]:
+        host_network: bool = False, secret: bool = False) -> dict[str, Any]:
     spec: dict[str, Any] = {"terminationGracePeriodSeconds": 1,
                             "containers": [{"name": "main", "image": image,
                                             "command": ["sleep", "3600"]}]}
+    if secret:
+        spec["volumes"] = [{"name": "s", "secret": {"secretName": SECRET}}]
+        spec["containers"][0]["volumeMounts"] = [{"name": "s", "mountPath": "/secret"}]
     meta: dict[str, Any] = {"name": name, "labels": labels or {"bench": "one"}}
     if host_network:
         spec["hostNetwork"] = True
@@ -282,7 +289,7 @@ def imported_modules(log_text: str) -> list[str]:
 
 
 def footprint(f: Fleet, *, pods: int, settle_s: float, idle_s: float,
-              importtime: bool = False) -> None:
+              importtime: bool = False, secret: bool = False) -> None:
     """Figure 2: the agent idle with 0 pods, with `pods` running, and with 0 again
     after them (what the pods left behind)."""
     pid = agent_pid(f)
@@ -290,7 +297,10 @@ def footprint(f: Fleet, *, pods: int, settle_s: float, idle_s: float,
     print(f"agent process {pid}: {' '.join(argv[:7])} ...", flush=True)
     time.sleep(settle_s)
     print(footprint_line("0 pods", pid, idle_s), flush=True)
-    f.apply([pod(f"idle-{i}", f.image, {"bench": "idle"}) for i in range(pods)])
+    secrets = [{"apiVersion": "v1", "kind": "Secret", "metadata": {"name": SECRET},
+                "stringData": {"password": "bench"}}] if secret else []
+    f.apply([*secrets, *(pod(f"idle-{i}", f.image, {"bench": "idle"}, secret=secret)
+                         for i in range(pods))])
     f.wait(lambda: sum(p["status"].get("phase") == "Running"
                        for p in f.pods("bench=idle")) == pods,
            timeout=300, what=f"{pods} pods Running")
@@ -526,6 +536,9 @@ def main() -> None:
     ap.add_argument("--plain-python", action="store_true",
                     help="run the agent with `edgecore run --plain-python` (not restarted "
                          "under -OO -X no_debug_ranges): the before of issue 16's A/B")
+    ap.add_argument("--secret", action="store_true",
+                    help="with --footprint: the pods mount a Secret (the agent opens its "
+                         "sealed value)")
     ap.add_argument("--node-certs", action="store_true",
                     help="the agent logs in to the broker with a client certificate "
                          "(mutual TLS, `testbed up --node-certs`) instead of a password")
@@ -563,12 +576,13 @@ def main() -> None:
         f.wait_nodes_ready(timeout=60)
         if args.footprint:
             print(f"agent at its defaults{' but --plain-python' if args.plain_python else ''}"
-                  f"{', broker login by client certificate' if args.node_certs else ''} "
+                  f"{', broker login by client certificate' if args.node_certs else ''}"
+                  f"{', the pods mount a Secret' if args.secret else ''} "
                   f"(heartbeat {defaults.heartbeat_s:g} s, telemetry "
                   f"sample {defaults.telemetry_sample_s:g} s); settling {args.settle_s:g} s "
                   f"before each window; {load()}", flush=True)
             footprint(f, pods=args.pods, settle_s=args.settle_s, idle_s=args.idle_s,
-                      importtime=args.importtime)
+                      importtime=args.importtime, secret=args.secret)
             return
         # Warm-up: pulls and unpacks the image once, so runs measure starts only.
         warm = apply_to_running(f, "warmup")[0]
