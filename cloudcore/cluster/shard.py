@@ -548,13 +548,13 @@ class Shard:
                 return True
             except CASConflict:
                 e = await self._status.get(key)
-                theirs = _fence_of(e.value) if e is not None else None
+                theirs, writer = _fence_of(e.value) if e is not None else (None, "")
                 if theirs is not None and theirs > fence:
                     self._liveness_rev.pop(p, None)
                     self.liveness_fenced += 1
                     log.warning("shard %s: liveness summary of partition %s not written: a "
                                 "later owner (%s) wrote it; this shard's lease is gone",
-                                self.name, topics.pp(p), _writer_of(e.value))
+                                self.name, topics.pp(p), writer)
                     return False
                 # a former owner's late write (or one of ours we did not see): over it
                 self._liveness_rev[p] = await self._status.revision_of(key)
@@ -571,20 +571,15 @@ class Shard:
         return json.dumps(doc, separators=(",", ":")).encode()
 
 
-def _fence_of(value: bytes) -> int | None:
-    """The fencing token of a liveness summary as stored (None: none, or unreadable)."""
+def _fence_of(value: bytes) -> tuple[int | None, str]:
+    """The fencing token (None: none, or unreadable) and writer of a liveness summary
+    as stored."""
     try:
-        fence = json.loads(value).get("fence")
+        doc = json.loads(value)
+        fence, writer = doc.get("fence"), str(doc.get("shard"))
     except (ValueError, AttributeError):
-        return None
-    return fence if isinstance(fence, int) and not isinstance(fence, bool) else None
-
-
-def _writer_of(value: bytes) -> str:
-    try:
-        return str(json.loads(value).get("shard"))
-    except (ValueError, AttributeError):
-        return "?"
+        return None, "?"
+    return (fence if isinstance(fence, int) and not isinstance(fence, bool) else None), writer
 
 
 class _Slices:

@@ -94,3 +94,29 @@ def hub_and_shard(fleet: Fleet, name: str, *, clock: Callable[[], float] = time.
                   lease=LeaseSettings(name=name), status_interval=3.0, clock=clock, wall=wall)
     shard.forget_all()
     return hub, shard, sent, backlog
+
+
+class FixedLeases:
+    """What a Shard asks of its member for fencing: one partition token for all (None:
+    no lease, or past its deadline)."""
+
+    def __init__(self, fence: int | None) -> None:
+        self.fence = fence
+        self.instance = "i-1"
+
+    def partition_revision(self, p: int) -> int | None:
+        return self.fence
+
+
+def fenced_shard(name: str, bucket: Any, fence: int | None, node: str) -> Any:
+    """A Shard `name` (`hub_and_shard`) over a fleet of one node, holding the node's
+    partition with lease token `fence` and writing its liveness into `bucket`."""
+    from shared import topics
+
+    fleet = make_fleet()
+    add_node(fleet, node)
+    _, shard, _, _ = hub_and_shard(fleet, name)
+    shard._status = bucket
+    shard.member = FixedLeases(fence)
+    shard.owned.add(topics.partition_of(node))
+    return shard

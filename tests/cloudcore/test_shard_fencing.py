@@ -23,16 +23,13 @@ import asyncio
 import json
 from typing import Any
 
-from cloudcore_fakes import FakeStore, add_node, make_fleet
+from cloudcore_fakes import add_node, fenced_shard, make_fleet
 
 from cloudcore.cluster.errors import CASConflict
 from cloudcore.cluster.kv import Entry
 from cloudcore.cluster.leases import LeaseSettings, Member, _Held
-from cloudcore.cluster.shard import GatedNodes, Shard
+from cloudcore.cluster.shard import Shard
 from cloudcore.cluster.status import NodeStatuses, node_key
-from cloudcore.config import SyncSettings
-from cloudcore.metrics import Metrics
-from cloudcore.synchub.hub import SyncHub
 from shared import topics
 
 NODE = "n1"
@@ -77,33 +74,8 @@ class Bucket:
         return json.loads(self.values[key][0])
 
 
-class Leases:
-    """What the shard asks of its member: the partition's token, or None."""
-
-    def __init__(self, fence: int | None) -> None:
-        self.fence = fence
-        self.instance = "i-1"
-
-    def partition_revision(self, p: int) -> int | None:
-        return self.fence
-
-
 def shard(name: str, bucket: Bucket, fence: int | None) -> Shard:
-    fleet = make_fleet()
-    add_node(fleet, NODE)
-    hub = SyncHub(nodes=GatedNodes(fleet, is_global=lambda: False), desired=fleet.desired_sets,
-                  store=FakeStore(), settings=SyncSettings(), metrics=Metrics(),  # type: ignore[arg-type]
-                  insecure=True)
-
-    async def nothing(filters: list[str]) -> None:
-        return None
-
-    s = Shard(name=name, fleet=fleet, hub=hub, subscribe=nothing, unsubscribe=nothing,
-              lease=LeaseSettings(name=name), status_interval=3.0)
-    s._status = bucket  # type: ignore[assignment]
-    s.member = Leases(fence)  # type: ignore[assignment]
-    s.owned.add(P)
-    return s
+    return fenced_shard(name, bucket, fence, NODE)  # type: ignore[no-any-return]
 
 
 def test_a_paused_former_owner_does_not_overwrite_the_new_owners_liveness() -> None:

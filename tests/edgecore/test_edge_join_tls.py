@@ -287,18 +287,25 @@ def _renew_in_a_fresh_process(https_cloud: FakeCloud, d: Path, cloud: str) -> di
     return got
 
 
-def test_the_renewal_runs_in_a_child_and_leaves_no_http_client_behind(
-        https_cloud: FakeCloud, tmp_path: Path) -> None:
-    # Issue 16: the renewal's urllib.request, http.client and email (1.1-1.9 MiB of RSS)
-    # stayed in a mutual-TLS agent for good after its first renewal; the call is made
-    # by `python -m edgecore.renew` now, the agent only waits for its answer.
+def _state_due_for_renewal(tmp_path: Path, ca_pem: str) -> tuple[Path, bytes]:
+    """A state dir with a client certificate 4 h from its end of 24 (due) and `ca_pem`
+    as the CA to verify the cloud with: (the dir, the certificate)."""
     ca_key, ca = make_ca()
     key, cert = _client_cert(ca_key, ca, "e1", hours=(-20, 4))
     d = tmp_path / "state"
     d.mkdir()
     (d / "client.crt").write_bytes(cert)
     (d / "client.key").write_bytes(key)
-    (d / "ca.crt").write_text(pem(https_cloud.ca))
+    (d / "ca.crt").write_text(ca_pem)
+    return d, cert
+
+
+def test_the_renewal_runs_in_a_child_and_leaves_no_http_client_behind(
+        https_cloud: FakeCloud, tmp_path: Path) -> None:
+    # Issue 16: the renewal's urllib.request, http.client and email (1.1-1.9 MiB of RSS)
+    # stayed in a mutual-TLS agent for good after its first renewal; the call is made
+    # by `python -m edgecore.renew` now, the agent only waits for its answer.
+    d, cert = _state_due_for_renewal(tmp_path, pem(https_cloud.ca))
     got = _renew_in_a_fresh_process(https_cloud, d, https_cloud.url)
     assert got["error"] is None, got
     assert len(https_cloud.renewals) == 1
@@ -308,13 +315,8 @@ def test_the_renewal_runs_in_a_child_and_leaves_no_http_client_behind(
 
 
 def test_a_failed_renewal_in_the_child_says_why(https_cloud: FakeCloud, tmp_path: Path) -> None:
-    ca_key, ca = make_ca()
-    key, cert = _client_cert(ca_key, ca, "e1", hours=(-20, 4))
-    d = tmp_path / "state"
-    d.mkdir()
-    (d / "client.crt").write_bytes(cert)
-    (d / "client.key").write_bytes(key)
-    (d / "ca.crt").write_text(pem(ca))  # not the CA of the cloud's server certificate
+    _, ca = make_ca()  # not the CA of the cloud's server certificate
+    d, cert = _state_due_for_renewal(tmp_path, pem(ca))
     got = _renew_in_a_fresh_process(https_cloud, d, https_cloud.url)
     assert got["not_after"] is None
     assert got["error"].startswith("JoinError") and "CERTIFICATE_VERIFY_FAILED" in got["error"]

@@ -18,16 +18,11 @@ from pathlib import Path
 import pytest
 
 from cloudcore.cluster.kv import KV, KVSettings
-from cloudcore.cluster.leases import LeaseSettings
-from cloudcore.cluster.shard import GatedNodes, Shard
-from cloudcore.config import SyncSettings
-from cloudcore.metrics import Metrics
-from cloudcore.synchub.hub import SyncHub
 from shared import topics
 from testbed.natskv import NatsKV
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cloudcore"))
-from cloudcore_fakes import FakeStore, add_node, make_fleet
+from cloudcore_fakes import fenced_shard
 
 pytestmark = pytest.mark.integration
 
@@ -40,32 +35,6 @@ KEY = f"liveness.{topics.pp(P)}"
 def nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsKV]:
     with NatsKV(rundir=tmp_path_factory.mktemp("nats-fence"), servers=1) as srv:
         yield srv
-
-
-class Leases:
-    def __init__(self, fence: int) -> None:
-        self.fence, self.instance = fence, "i"
-
-    def partition_revision(self, p: int) -> int | None:
-        return self.fence
-
-
-def shard(name: str, fence: int, bucket: object) -> Shard:
-    fleet = make_fleet()
-    add_node(fleet, NODE)
-    hub = SyncHub(nodes=GatedNodes(fleet, is_global=lambda: False), desired=fleet.desired_sets,
-                  store=FakeStore(), settings=SyncSettings(), metrics=Metrics(),  # type: ignore[arg-type]
-                  insecure=True)
-
-    async def nothing(filters: list[str]) -> None:
-        return None
-
-    s = Shard(name=name, fleet=fleet, hub=hub, subscribe=nothing, unsubscribe=nothing,
-              lease=LeaseSettings(name=name), status_interval=3.0)
-    s._status = bucket  # type: ignore[assignment]
-    s.member = Leases(fence)  # type: ignore[assignment]
-    s.owned.add(P)
-    return s
 
 
 def test_the_liveness_fence_holds_on_nats(nats: NatsKV) -> None:
@@ -82,7 +51,7 @@ def test_the_liveness_fence_holds_on_nats(nats: NatsKV) -> None:
                 got: dict[str, object] = json.loads(e.value)
                 return got
 
-            s1, s2 = shard("S1", 5, bucket), shard("S2", 9, bucket)
+            s1, s2 = fenced_shard("S1", bucket, 5, NODE), fenced_shard("S2", bucket, 9, NODE)
             await s1._summaries([P])  # absent: S1's first write creates the key
             assert await s1.write_liveness(P, [NODE])
             await s2._summaries([P])  # S2 takes over: reads it and its revision
