@@ -67,9 +67,10 @@ HOME_RETRY_S = 300.0
 """Seconds between attempts to go back to a better broker while on a fallback."""
 HOME_RETRY_JITTER = 0.2
 MOVE_JITTER_S = 60.0
-SUBACK_GRACE_S = 2.0
-"""Seconds a stop during the subscribe waits for its SUBACK before closing the session."""
 """A move the map asks for waits a random 0..this many seconds (no connect storm)."""
+SUBACK_GRACE_S = 2.0
+"""Seconds a stop during the subscribe (or the connect) waits for the broker's answer
+before closing the session."""
 
 
 def _resume_cancel() -> None:
@@ -224,6 +225,7 @@ class Link:
         self._connected = asyncio.Event()
         self._rlog = RateLimitedLog(log)
         self._late: set[asyncio.Future[None]] = set()  # closes of connects that settled late
+        self._stopping = asyncio.Event()  # run() is ending: connects cut short close fast
         self._handling = asyncio.Lock()  # held while a received message is handled
         self._down = topics.down(node)
         self._up = topics.up(node)
@@ -276,7 +278,26 @@ class Link:
             self._kick.set()
 
     async def run(self) -> None:
-        """Keep a session up until cancelled, backing off between failed rounds."""
+        """Keep a session up until cancelled, backing off between failed rounds.
+
+        On the way out, a connect that the stop cut short is waited for and closed
+        (`_settle`): left to `asyncio.run`'s shutdown, its socket could open after the
+        loop's tasks were cancelled, and be closed by the garbage collector on a closed
+        loop (a traceback at exit, and our will published by the broker)."""
+        self._stopping.clear()
+        try:
+            await self._sessions()
+        finally:
+            await self._settle()
+
+    async def _settle(self) -> None:
+        """Wait (bounded) for the connects cut short to settle and be closed."""
+        self._stopping.set()
+        if self._late:
+            # a CONNACK grace, paho's 5 s TCP connect, a disconnect: a few seconds at most
+            await asyncio.wait(set(self._late), timeout=self.op_timeout_s + 5.0)
+
+    async def _sessions(self) -> None:
         while True:
             session = await self._connect_round()
             retiring: _Session | None = None
@@ -355,7 +376,9 @@ class Link:
         except aiomqtt.MqttError as exc:
             raise LinkError(str(exc) or type(exc).__name__) from exc
         except asyncio.CancelledError:
-            entering.add_done_callback(lambda f: self._drop_late(f, session))
+            late = asyncio.ensure_future(self._drop_late(entering, session))
+            self._late.add(late)
+            late.add_done_callback(self._late.discard)
             raise
         # Shielded too: aiomqtt forgets a cancelled subscribe at once, and logs the SUBACK
         # that still arrives (before our DISCONNECT is answered) as an error with a
@@ -375,13 +398,39 @@ class Link:
             raise
         return session
 
-    def _drop_late(self, entered: asyncio.Future[Any], session: _Session) -> None:
-        """A connect whose caller was cancelled has settled: close it if it succeeded."""
-        if entered.cancelled() or entered.exception() is not None:
+    async def _drop_late(self, entering: asyncio.Future[Any], session: _Session) -> None:
+        """Close a connect whose caller was cancelled, once it has settled: with a clean
+        DISCONNECT if it succeeded; a failed one may still hold its socket (a CONNACK
+        that never came), closed the same way.
+
+        Once the agent stops, a CONNACK is waited for `SUBACK_GRACE_S` only; then the
+        socket is closed as soon as paho's TCP connect (its own 5 s limit, in a worker
+        thread) has made one, so a hung broker does not hold the stop for op_timeout_s."""
+        inner = getattr(session.client, "_client", None)
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait({entering, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+        if not entering.done():
+            await asyncio.wait({entering}, timeout=SUBACK_GRACE_S)
+        if not entering.done() and inner is not None:
+            while not entering.done() and inner.socket() is None:
+                await asyncio.sleep(0.05)
+            if not entering.done():
+                inner.disconnect()  # queues DISCONNECT (no will); once written, closes
+                for _ in range(20):
+                    if inner.socket() is None:
+                        break
+                    await asyncio.sleep(0.05)
+                # only now: aiomqtt's callbacks read the CONNACK future a cancel cancels
+                entering.cancel()
+        await asyncio.wait({entering})
+        _retrieve(entering)
+        if entering.cancelled() or (entering.exception() is not None
+                                    and (inner is None or inner.socket() is None)):
             return
-        task = asyncio.ensure_future(self._close(session))
-        self._late.add(task)
-        task.add_done_callback(self._late.discard)
+        await self._close(session)
 
     async def _close(self, session: _Session) -> None:
         """Disconnect cleanly (the broker discards the will); never raises an MQTT error."""
