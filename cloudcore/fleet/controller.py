@@ -41,7 +41,7 @@ from cloudcore.fleet.admission import Admission
 from cloudcore.fleet.desired import DesiredSets
 from cloudcore.fleet.events import EventLog
 from cloudcore.fleet.eviction import Eviction
-from cloudcore.fleet.lifecycle import Liveness
+from cloudcore.fleet.lifecycle import Liveness, Wave
 from cloudcore.fleet.nodes import Nodes
 from cloudcore.fleet.objects import (
     Action,
@@ -588,9 +588,9 @@ class Fleet:
         self.node_ops.heard(name, now)
 
     def deaf(self, select: Callable[[str], bool], now: float, *, deaf_s: float,
-             lost: bool) -> None:
+             lost: bool, wave: Wave | None = None) -> None:
         """The cloud could not hear these nodes for `deaf_s` s (`Liveness.deaf`)."""
-        self.node_ops.deaf(select, now, deaf_s=deaf_s, lost=lost)
+        self.node_ops.deaf(select, now, deaf_s=deaf_s, lost=lost, wave=wave)
 
     def mark_ready(self, name: str) -> None:
         """A report arrived: the node is Ready and last_seen is now (wall clock)."""

@@ -10,6 +10,16 @@ from __future__ import annotations
 import heapq
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
+
+
+class Wave(Protocol):
+    """A broker's reconnect wave: its nodes lost their sessions and are coming back."""
+
+    def holds_until(self, now: float) -> float | None:
+        """While the wave goes on: the earliest time it may be over (a node of it not
+        back yet is looked at again then); None once it is over."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,6 +30,7 @@ class _Deaf:
     deaf_s: float
     lost: bool
     select: Callable[[str], bool]
+    wave: Wave | None = None
 
 
 MAX_DEAF_EVENTS = 256
@@ -59,7 +70,7 @@ class Liveness:
         self._arm(node, now + self.window(node), since=now)
 
     def deaf(self, select: Callable[[str], bool], now: float, *, deaf_s: float,
-             lost: bool) -> None:
+             lost: bool, wave: Wave | None = None) -> None:
         """The cloud could not hear the nodes `select` picks for `deaf_s` seconds up to
         `now` (its subscriber's connection to their broker was down): silence then is no
         evidence. Each such deadline moves `deaf_s` later; if what they sent meanwhile is
@@ -70,9 +81,16 @@ class Liveness:
         subscriber that drops again and again does not keep a silent node Ready). Nodes
         already expired stay so until heard.
 
+        With `wave` (sessions `lost`: the broker's nodes must all reconnect), a node whose
+        restarted clock runs out while the wave still goes on is not expired but looked
+        at again when the wave may be over (`Wave.holds_until`): a broker whose nodes
+        take longer than a window to come back (100,000 TLS reconnects on a loaded
+        machine take minutes) flaps none of them NotReady, and one that stays silent
+        goes NotReady once the wave is over.
+
         O(1) here: the shift is folded into a node's deadline when that deadline comes
         (`expired`), so a broker's return at 100,000 nodes does not hold the loop."""
-        self._deafs.append(_Deaf(now, deaf_s, lost, select))
+        self._deafs.append(_Deaf(now, deaf_s, lost, select, wave if lost else None))
         if len(self._deafs) > MAX_DEAF_EVENTS:
             del self._deafs[0]
 
@@ -91,6 +109,8 @@ class Liveness:
                 continue
             if self._deafs:
                 later = self._fold(node, when, now)
+                if later <= now and node in self._restarted:
+                    later = self._held(node, now)
                 if later > now:
                     self._arm(node, later, since=now)
                     continue
@@ -112,6 +132,18 @@ class Liveness:
             else:
                 when += e.deaf_s
         return when
+
+    def _held(self, node: str, now: float) -> float:
+        """The latest time a reconnect wave that restarted `node`'s clock may still go on
+        (`now` or earlier if none holds it)."""
+        until = now
+        for e in self._deafs:
+            if e.wave is None or not e.select(node):
+                continue
+            end = e.wave.holds_until(now)
+            if end is not None and end > until:
+                until = end
+        return until
 
     def _arm(self, node: str, when: float, *, since: float) -> None:
         self._deadline[node] = when

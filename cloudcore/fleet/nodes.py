@@ -33,7 +33,7 @@ from cloudcore.fleet.desired import DesiredSets
 from cloudcore.fleet.edgemetrics import EdgeSeries
 from cloudcore.fleet.events import EventLog
 from cloudcore.fleet.forecast import FORECAST_KEYS, WARN_INTERVAL, normalise
-from cloudcore.fleet.lifecycle import Liveness
+from cloudcore.fleet.lifecycle import Liveness, Wave
 from cloudcore.fleet.noderecord import NO_VALUES, NodeRecord
 from cloudcore.fleet.objects import Key, Objects, now_iso
 from cloudcore.fleet.placement import Placement, pending_status
@@ -507,10 +507,10 @@ class Nodes:
         self.liveness.heard(name, now)
 
     def deaf(self, select: Callable[[str], bool], now: float, *, deaf_s: float,
-             lost: bool) -> None:
+             lost: bool, wave: Wave | None = None) -> None:
         """The cloud could not hear the nodes `select` picks for `deaf_s` s up to `now`
         (`Liveness.deaf`)."""
-        self.liveness.deaf(select, now, deaf_s=deaf_s, lost=lost)
+        self.liveness.deaf(select, now, deaf_s=deaf_s, lost=lost, wave=wave)
 
     def mark_ready(self, name: str) -> bool:
         """A report arrived: the node is Ready and last_seen is now (wall clock).

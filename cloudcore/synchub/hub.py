@@ -132,6 +132,13 @@ PROBE_SLICE = 1000
 PROBE_MIN_INTERVAL_S = 60.0
 """At most one probe round per broker in this time: a broker restarting in a loop does
 not make every node send its whole status each time."""
+WAVE_QUIET_S = 60.0
+"""A broker's reconnect wave (its sessions lost, its nodes coming back) goes on until no
+node's resync came through it for this long (twice the agents' 30 s backoff cap) ..."""
+WAVE_MAX_S = 1800.0
+"""... or this long after the return at most. While it goes on, a node of that broker
+not back yet does not go NotReady (`Liveness.deaf`'s hold)."""
+WAVES_KEPT = 64
 _SECRET_PREFIX = SECRET + "/"
 _DOWN = slice(-64, -32)  # of a cached `raw || k_down || k_up` (`SyncHub._keys_of`)
 _UP = slice(-32, None)
@@ -168,6 +175,20 @@ class _Listen:
     since: float
     last_resync: float  # clock() when the last node not heard before sent its resync
     heard: set[str] = field(default_factory=set)
+
+
+@dataclass(slots=True)
+class _Wave:
+    """A broker's nodes reconnecting after it lost their sessions (`broker_back`)."""
+
+    broker: str
+    since: float
+    last_back: float  # clock() of the last resync that came through the broker
+    back: int = 0  # resyncs seen through it since
+
+    def holds_until(self, now: float) -> float | None:
+        end = min(self.last_back + WAVE_QUIET_S, self.since + WAVE_MAX_S)
+        return end if end > now else None
 
 
 class SyncHub:
@@ -243,6 +264,7 @@ class SyncHub:
         self._again: set[str] = set()  # nodes whose next ReportAck asks for a full report
         self._asked: set[str] = set()  # nodes with a gap whose full report has not come
         self._listening: list[_Listen] = []  # nodes heard since a broker came back
+        self._waves: list[_Wave] = []  # reconnect waves of brokers that lost sessions
         self._probes: set[asyncio.Task[int]] = set()
         self._probed_at: dict[str, float] = {}  # broker -> clock() of its last probe round
         self._gaps_unlogged = 0
@@ -336,6 +358,8 @@ class SyncHub:
             return
         if broker is not None:
             self.routes.heard(node, broker)
+        if self._waves and broker is not None and isinstance(msg, Resync):
+            self._wave_heard(broker)
         if self._listening and isinstance(msg, Report | Resync):
             # its resync (then its outbox) or a report: what it sent before is known to
             # us or shows as a gap; an ack alone says nothing of its reports
@@ -689,6 +713,8 @@ class SyncHub:
         `broker_back` starts end with it (they belong to the running service)."""
         try:
             while True:
+                if self._waves:
+                    self._waves_over(self.clock())
                 for node in self.nodes.expire(self.clock()):
                     link = self._links.get(node)
                     if link is not None:
@@ -872,11 +898,14 @@ class SyncHub:
         def on_it(node: str) -> bool:
             return routes.broker_for(node, topics.partition_of(node)) == broker
 
-        self.nodes.deaf(on_it, self.clock(), deaf_s=deaf_s, lost=lost)
+        now = self.clock()
+        wave = self._wave_started(broker, now) if lost else None
+        self.nodes.deaf(on_it, now, deaf_s=deaf_s, lost=lost, wave=wave)
         log.info("broker %s: subscribed again after %.1f s%s; its nodes are given that "
                  "time before they count as silent", broker, deaf_s,
-                 " (its sessions and their messages lost)" if lost else "")
-        now = self.clock()
+                 " (its sessions and their messages lost: a full window, and more while "
+                 f"they keep coming back, until {WAVE_QUIET_S:.0f} s without one)"
+                 if lost else "")
         if restarted and now - self._probed_at.get(broker, -1e18) >= PROBE_MIN_INTERVAL_S:
             self._probed_at[broker] = now
             # A node that reconnected before we subscribed again sent its resync and
@@ -889,6 +918,37 @@ class SyncHub:
                 name=f"cloudcore.synchub.probe[{broker}]")
             self._probes.add(task)
             task.add_done_callback(self._probes.discard)
+
+    def _wave_started(self, broker: str, now: float) -> _Wave:
+        """A reconnect wave on `broker` from `now` (one at a time per broker; waves over
+        are dropped and logged)."""
+        self._waves_over(now)
+        for w in self._waves:
+            if w.broker == broker:
+                w.since = w.last_back = now  # the broker restarted again
+                return w
+        w = _Wave(broker, now, now)
+        self._waves.append(w)
+        del self._waves[:-WAVES_KEPT]
+        return w
+
+    def _wave_heard(self, broker: str) -> None:
+        now = self.clock()
+        for w in self._waves:
+            if w.broker == broker and w.holds_until(now) is not None:
+                w.last_back = now
+                w.back += 1
+
+    def _waves_over(self, now: float) -> None:
+        keep = []
+        for w in self._waves:
+            if w.holds_until(now) is None:
+                log.info("broker %s: reconnect wave over: %d node(s) came back in %.0f s; "
+                         "those not back count as silent from now", w.broker, w.back,
+                         w.last_back - w.since)
+            else:
+                keep.append(w)
+        self._waves = keep
 
     async def _probe_when_quiet(self, w: _Listen, on_it: Callable[[str], bool],
                                 broker: str) -> int:

@@ -27,6 +27,15 @@ DesiredListener = Callable[[set[str]], None]
 """Told the nodes whose desired sets changed (after each commit)."""
 
 
+class Wave(Protocol):
+    """A broker's reconnect wave, as the hub tracks it (`Liveness.deaf` holds the
+    clocks of its nodes not back yet while it goes on)."""
+
+    def holds_until(self, now: float) -> float | None:
+        """The earliest time the wave may be over; None once it is."""
+        ...
+
+
 class NodeSink(Protocol):
     """Node lifecycle and reports, as the hub feeds them."""
 
@@ -61,9 +70,10 @@ class NodeSink(Protocol):
         ...
 
     def deaf(self, select: Callable[[str], bool], now: float, *, deaf_s: float,
-             lost: bool) -> None:
+             lost: bool, wave: Wave | None = None) -> None:
         """The cloud could not hear the nodes `select` picks for `deaf_s` s up to `now`:
-        their liveness deadlines move (`cloudcore.fleet.lifecycle.Liveness.deaf`)."""
+        their liveness deadlines move (`cloudcore.fleet.lifecycle.Liveness.deaf`), and
+        with `wave`, those not back are held while it goes on."""
         ...
 
     def mark_ready(self, name: str) -> None:

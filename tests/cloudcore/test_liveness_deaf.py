@@ -77,7 +77,11 @@ async def _report(port: int, node: str, heartbeat: float) -> None:
 
 
 async def test_a_broker_restart_counts_nothing_against_its_nodes(
-        tmp_path: Path, settings: Settings, service_factory: Any) -> None:
+        tmp_path: Path, settings: Settings, service_factory: Any,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from cloudcore.synchub import hub as hub_module
+
+    monkeypatch.setattr(hub_module, "WAVE_QUIET_S", 1.0)  # no node comes back: over soon
     with Mosquitto(workdir=tmp_path / "mq", insecure=True) as broker:
         settings.mqtt.port = broker.port
         run = await service_factory().start()
@@ -107,6 +111,51 @@ async def test_a_broker_restart_counts_nothing_against_its_nodes(
                 await asyncio.sleep(0.05)
         took = time.monotonic() - t0
         assert took > window + 1.0
+
+
+async def test_a_silent_node_stays_ready_while_its_broker_s_nodes_come_back(
+        tmp_path: Path, settings: Settings, service_factory: Any,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real service and broker: after the broker restarted empty, other nodes keep
+    reconnecting through it (their resyncs) for longer than the window; the silent node
+    stays Ready until no resync came for WAVE_QUIET_S, then goes NotReady."""
+    from cloudcore.synchub import hub as hub_module
+    from shared.codec import Resync
+
+    monkeypatch.setattr(hub_module, "WAVE_QUIET_S", 3.0)
+    with Mosquitto(workdir=tmp_path / "mq", insecure=True) as broker:
+        settings.mqtt.port = broker.port
+        run = await service_factory().start()
+
+        def ready() -> str:
+            return run.fleet.objects.nodes["e1"].status.ready
+
+        await _report(broker.port, "e1", 2.0)
+        async with asyncio.timeout(5):
+            while "e1" not in run.fleet.objects.nodes or ready() != "Ready":
+                await asyncio.sleep(0.02)
+        window = run.fleet.node_ops.liveness.window("e1")
+        assert window == 6.0
+        broker.kill()
+        broker.stop()
+        await asyncio.sleep(1.0)
+        await asyncio.to_thread(broker.start)
+        back = time.monotonic()
+        async with aiomqtt.Client("127.0.0.1", broker.port, identifier="edge-w",
+                                  clean_session=True) as c:
+            # the wave: a node of the broker comes back every second, for 2 windows
+            for i in range(12):
+                await c.publish(topics.topic(f"w{i}", "up"),
+                                encode(Resync(node=f"w{i}", gen=0)), qos=1)
+                await asyncio.sleep(1.0)
+                assert ready() == "Ready", f"NotReady {time.monotonic() - back:.1f} s " \
+                                           "after the return, while the wave went on"
+        stopped = time.monotonic()
+        async with asyncio.timeout(10):
+            while ready() != "NotReady":
+                await asyncio.sleep(0.05)
+        quiet = time.monotonic() - stopped
+        assert 1.5 < quiet < 6.0, quiet  # WAVE_QUIET_S after the last resync (+ a tick)
 
 
 async def test_nodes_not_heard_after_a_lost_session_are_asked_for_everything(
@@ -212,6 +261,65 @@ async def test_a_probe_waiting_when_the_service_stops_ends_with_it(
         await svc.stop()
         await asyncio.sleep(0.1)
         assert probes() == []
+
+
+class _Wave:
+    """A reconnect wave as the hub keeps it: over `quiet` s after the last node came back."""
+
+    def __init__(self, at: float, quiet: float) -> None:
+        self.last_back, self.quiet = at, quiet
+
+    def holds_until(self, now: float) -> float | None:
+        end = self.last_back + self.quiet
+        return end if end > now else None
+
+
+def test_a_reconnect_wave_holds_the_nodes_not_back_until_it_is_over() -> None:
+    """100,000 nodes reconnecting over TLS to a restarted broker on a loaded machine come
+    back over minutes, longer than the window (issue 14's storm: 47,711-62,605 NotReady at
+    once). While the wave goes on, a node of that broker not back yet is not expired but
+    looked at again when the wave may be over; a silent one goes NotReady then. A node on
+    another broker, or heard since the return, keeps its own clock."""
+    lv = Liveness(default_heartbeat=60.0, missed=3, now=0.0)
+    for n in ("slow", "dead", "back", "other"):
+        lv.heard(n, 0.0)
+    wave = _Wave(10.0, quiet=60.0)
+    looked: list[str] = []
+
+    def on_broker(n: str) -> bool:
+        looked.append(n)
+        return n != "other"
+
+    lv.deaf(on_broker, 10.0, deaf_s=5.0, lost=True, wave=wave)
+    lv.heard("back", 50.0)  # came back with the first of the wave: due at 230
+    expired: dict[str, float] = {}
+    for second in range(1, 1001):
+        now = float(second)
+        if second <= 400 and second % 7 == 0:
+            wave.last_back = now  # nodes of that broker keep coming back until 399
+        if second == 390:
+            lv.heard("slow", now)  # among the last of the wave
+        for node in lv.expired(now):
+            expired.setdefault(node, now)
+    assert expired["other"] == 180.0  # not that broker's: its clock as before
+    assert expired["back"] == 230.0  # heard since the return: a window from then
+    # silent: held past its window (10 + 180) until the wave was quiet 60 s (399 + 60)
+    assert expired["dead"] == 459.0
+    assert expired["slow"] == 570.0  # heard at 390: a window from then
+    # looked at when due, and again when the wave may be over: not every tick
+    assert looked.count("dead") < 20
+
+
+def test_a_wave_does_not_hold_without_lost_sessions_nor_a_node_expired_before() -> None:
+    lv = Liveness(default_heartbeat=60.0, missed=3, now=0.0)
+    lv.heard("kept", 0.0)  # its session kept on the broker: deaf time only
+    lv.heard("gone", -500.0)
+    assert lv.expired(1.0) == ["gone"]
+    forever = _Wave(0.0, quiet=1e9)
+    lv.deaf(lambda _n: True, 10.0, deaf_s=5.0, lost=False, wave=forever)
+    assert lv.expired(184.9) == [] and lv.expired(185.0) == ["kept"]
+    lv.deaf(lambda _n: True, 200.0, deaf_s=5.0, lost=True, wave=forever)
+    assert lv.expired(10_000.0) == []  # "gone" stays expired, no clock to hold
 
 
 def test_a_flapping_subscriber_does_not_keep_a_silent_node_ready() -> None:
