@@ -202,6 +202,7 @@ async def run(settings: Settings, *,
                       settings=settings.sync, metrics=metrics,
                       keys=auth.node_key, insecure=settings.insecure, routes=routes)
         links = BrokerLinks(settings, hub=hub, tls=mqtt_tls)
+        hub.listen_to(links.heard_at, stall_s=float(settings.mqtt.keepalive))
         if settings.cluster.enabled:
             shard = _shard(settings, fleet=fleet, hub=hub, links=links)
             links.filters = shard.filters
@@ -395,6 +396,12 @@ class BrokerLinks:
 
     def connected(self, name: str) -> bool:
         return self._up.get(name, False)
+
+    def heard_at(self, name: str) -> float | None:
+        """Loop time of the last packet from broker `name` to our subscriber (None while
+        it is not subscribed, or the broker is not in the map)."""
+        sub = self._subs.get(name)
+        return None if sub is None else sub.heard_at()
 
     def ready(self, brokermap: Any) -> bool:
         """Every active broker's subscriber is connected."""

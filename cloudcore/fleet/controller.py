@@ -592,6 +592,10 @@ class Fleet:
         """The cloud could not hear these nodes for `deaf_s` s (`Liveness.deaf`)."""
         self.node_ops.deaf(select, now, deaf_s=deaf_s, lost=lost, wave=wave)
 
+    def hold(self, hold: Callable[[str, float], float | None]) -> None:
+        """Expiries wait while `hold` says so (`Liveness.hold`)."""
+        self.node_ops.liveness.hold(hold)
+
     def mark_ready(self, name: str) -> None:
         """A report arrived: the node is Ready and last_seen is now (wall clock)."""
         if self.node_ops.mark_ready(name):

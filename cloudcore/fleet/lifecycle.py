@@ -33,6 +33,10 @@ class _Deaf:
     wave: Wave | None = None
 
 
+Hold = Callable[[str, float], "float | None"]
+"""(node, now) -> until when the node's expiry waits (a time after `now`), or None: the
+cloud cannot hear the node's broker right now (`Liveness.hold`)."""
+
 MAX_DEAF_EVENTS = 256
 """Deaf times kept; a node armed before the oldest kept one misses only its shift."""
 
@@ -52,6 +56,7 @@ class Liveness:
         self._deafs: list[_Deaf] = []
         self._restarted: set[str] = set()
         """Nodes whose clock a `lost` return started again and that were not heard since."""
+        self._holds: list[Hold] = []
 
     def set_heartbeat(self, node: str, seconds: float | None) -> None:
         if seconds is not None and seconds > 0:
@@ -94,6 +99,13 @@ class Liveness:
         if len(self._deafs) > MAX_DEAF_EVENTS:
             del self._deafs[0]
 
+    def hold(self, hold: Hold) -> None:
+        """While `hold(node, now)` gives a time, a node whose deadline comes is looked at
+        again then instead of expiring: the cloud cannot hear its broker (our subscriber
+        is down, or the broker answers nothing), so its silence is no evidence. When
+        the hold ends, the deaf time is added by `deaf` at the subscriber's return."""
+        self._holds.append(hold)
+
     def forget(self, node: str) -> None:
         self._deadline.pop(node, None)
         self._since.pop(node, None)
@@ -107,9 +119,9 @@ class Liveness:
             when, node = heapq.heappop(self._heap)
             if self._deadline.get(node) != when:
                 continue
-            if self._deafs:
-                later = self._fold(node, when, now)
-                if later <= now and node in self._restarted:
+            if self._deafs or self._holds:
+                later = self._fold(node, when, now) if self._deafs else when
+                if later <= now:
                     later = self._held(node, now)
                 if later > now:
                     self._arm(node, later, since=now)
@@ -134,15 +146,21 @@ class Liveness:
         return when
 
     def _held(self, node: str, now: float) -> float:
-        """The latest time a reconnect wave that restarted `node`'s clock may still go on
-        (`now` or earlier if none holds it)."""
+        """Until when `node`'s expiry waits (`now` if nothing holds it): the holds (its
+        broker cannot be heard now), and the reconnect waves that restarted its clock and
+        still go on."""
         until = now
-        for e in self._deafs:
-            if e.wave is None or not e.select(node):
-                continue
-            end = e.wave.holds_until(now)
+        for hold in self._holds:
+            end = hold(node, now)
             if end is not None and end > until:
                 until = end
+        if node in self._restarted:
+            for e in self._deafs:
+                if e.wave is None or not e.select(node):
+                    continue
+                end = e.wave.holds_until(now)
+                if end is not None and end > until:
+                    until = end
         return until
 
     def _arm(self, node: str, when: float, *, since: float) -> None:

@@ -139,6 +139,11 @@ WAVE_MAX_S = 1800.0
 """... or this long after the return at most. While it goes on, a node of that broker
 not back yet does not go NotReady (`Liveness.deaf`'s hold)."""
 WAVES_KEPT = 64
+HOLD_RECHECK_S = 5.0
+"""A node held because its broker cannot be heard is looked at again this much later."""
+DEAF_HOLD_MAX_S = 600.0
+"""A broker not heard for longer than this holds its nodes no more: they go NotReady as
+their deadlines come (a broker gone for good, or one cloudcore cannot reach, shows)."""
 _SECRET_PREFIX = SECRET + "/"
 _DOWN = slice(-64, -32)  # of a cached `raw || k_down || k_up` (`SyncHub._keys_of`)
 _UP = slice(-32, None)
@@ -179,16 +184,28 @@ class _Listen:
 
 @dataclass(slots=True)
 class _Wave:
-    """A broker's nodes reconnecting after it lost their sessions (`broker_back`)."""
+    """A broker's nodes reconnecting after it lost their sessions (`broker_back`).
+
+    Over once the broker has been heard (`heard_at`: any packet to our subscriber, pings
+    answered included) `WAVE_QUIET_S` past the last resync through it: a stretch in
+    which we could not hear the broker (our subscriber down, or the broker too busy to
+    answer) is not quiet, since resyncs may be waiting there."""
 
     broker: str
     since: float
     last_back: float  # clock() of the last resync that came through the broker
+    heard_at: Callable[[str], float | None] | None = None
     back: int = 0  # resyncs seen through it since
 
     def holds_until(self, now: float) -> float | None:
-        end = min(self.last_back + WAVE_QUIET_S, self.since + WAVE_MAX_S)
-        return end if end > now else None
+        cap = self.since + WAVE_MAX_S
+        if now >= cap:
+            return None
+        quiet_end = self.last_back + WAVE_QUIET_S
+        heard = now if self.heard_at is None else self.heard_at(self.broker)
+        if heard is not None and heard >= quiet_end:
+            return None
+        return min(max(quiet_end, now + HOLD_RECHECK_S), cap)
 
 
 class SyncHub:
@@ -265,6 +282,8 @@ class SyncHub:
         self._asked: set[str] = set()  # nodes with a gap whose full report has not come
         self._listening: list[_Listen] = []  # nodes heard since a broker came back
         self._waves: list[_Wave] = []  # reconnect waves of brokers that lost sessions
+        self._heard_at: Callable[[str], float | None] | None = None
+        self._stall_s = 30.0
         self._probes: set[asyncio.Task[int]] = set()
         self._probed_at: dict[str, float] = {}  # broker -> clock() of its last probe round
         self._gaps_unlogged = 0
@@ -899,6 +918,9 @@ class SyncHub:
             return routes.broker_for(node, topics.partition_of(node)) == broker
 
         now = self.clock()
+        for going in self._waves:
+            if going.broker == broker:
+                going.last_back = max(going.last_back, now)  # could not hear it: not quiet
         wave = self._wave_started(broker, now) if lost else None
         self.nodes.deaf(on_it, now, deaf_s=deaf_s, lost=lost, wave=wave)
         log.info("broker %s: subscribed again after %.1f s%s; its nodes are given that "
@@ -919,6 +941,27 @@ class SyncHub:
             self._probes.add(task)
             task.add_done_callback(self._probes.discard)
 
+    def listen_to(self, heard_at: Callable[[str], float | None], *, stall_s: float) -> None:
+        """`heard_at(broker)`: clock() of the last packet our subscriber got from that
+        broker (None while not subscribed). From now on, a node whose liveness deadline
+        comes while its broker cannot be heard (not subscribed, or nothing from it for
+        `stall_s`: the subscriber pings every keepalive / 2; at most `DEAF_HOLD_MAX_S`)
+        waits: at 100,000 nodes a
+        broker busy with a reconnect storm answered nothing for 47-58 s, and every node
+        behind it went NotReady although the cloud, not the nodes, had gone deaf."""
+        self._heard_at = heard_at
+        self._stall_s = stall_s
+        started = self.clock()
+
+        def hold(node: str, now: float) -> float | None:
+            heard = heard_at(self.routes.broker_for(node, topics.partition_of(node)))
+            deaf = now - (started if heard is None else heard)
+            if deaf <= stall_s or deaf > DEAF_HOLD_MAX_S:
+                return None
+            return now + HOLD_RECHECK_S
+
+        self.nodes.hold(hold)
+
     def _wave_started(self, broker: str, now: float) -> _Wave:
         """A reconnect wave on `broker` from `now` (one at a time per broker; waves over
         are dropped and logged)."""
@@ -927,7 +970,7 @@ class SyncHub:
             if w.broker == broker:
                 w.since = w.last_back = now  # the broker restarted again
                 return w
-        w = _Wave(broker, now, now)
+        w = _Wave(broker, now, now, heard_at=self._heard_at)
         self._waves.append(w)
         del self._waves[:-WAVES_KEPT]
         return w

@@ -137,10 +137,20 @@ class Subscriber:
         self._tls = tls
         self._filters = filters
         self._conn: wire.Connection | None = None
+        self._live: wire.Connection | None = None  # the subscribed connection, if any
+        self._last_heard: float | None = None  # last_rx of the last subscribed connection
         self.identity = settings.identity("sub")
         self._connected_before = False
         self.sessions_lost = 0
         """Reconnects on which the broker had not kept our session (embedded mode)."""
+
+    def heard_at(self) -> float | None:
+        """Loop time of the last packet from the broker (a message, a ping's answer) to
+        this subscriber, on the subscribed connection or the last one; None if it never
+        subscribed. It pings every keepalive / 2: a broker that answers nothing for
+        longer is stalled, or the connection is down."""
+        live = self._live
+        return self._last_heard if live is None else live.last_rx
 
     async def add(self, filters: list[str]) -> None:
         """Subscribe `filters` now if connected (else at the next connect, through
@@ -211,6 +221,7 @@ class Subscriber:
             log.info("subscriber connected to %s:%d", s.host, s.port)
             self._on_connected(True)
             loop = asyncio.get_running_loop()
+            self._live = conn
             if self._down_at is not None:
                 deaf, self._down_at = loop.time() - self._down_at, None
                 kept = self._filters is None
@@ -218,12 +229,14 @@ class Subscriber:
             try:
                 await conn.keepalive(s.keepalive)
             finally:
-                self._down_at = loop.time()
+                # deaf since the broker last said anything: a stalled broker (no answer
+                # to our pings before the connection is dropped) counts as well
+                self._down_at = self._last_heard = min(loop.time(), conn.last_rx)
         except (wire.ConnectionLost, OSError) as exc:  # OSError: ssl.SSLError, refused
             raise BrokerUnavailable(f"broker {s.host}:{s.port}: {exc}",
                                     delay=s.reconnect_base) from exc
         finally:
-            self._conn = None
+            self._conn = self._live = None
             if conn is not None:
                 conn.close()
 

@@ -76,6 +76,11 @@ class NodeSink(Protocol):
         with `wave`, those not back are held while it goes on."""
         ...
 
+    def hold(self, hold: Callable[[str, float], float | None]) -> None:
+        """While `hold(node, now)` gives a time, a node whose liveness deadline comes
+        waits until then (`Liveness.hold`: its broker cannot be heard)."""
+        ...
+
     def mark_ready(self, name: str) -> None:
         """A report arrived: Ready, last seen now."""
         ...

@@ -84,6 +84,7 @@ async def test_a_broker_restart_counts_nothing_against_its_nodes(
     monkeypatch.setattr(hub_module, "WAVE_QUIET_S", 1.0)  # no node comes back: over soon
     with Mosquitto(workdir=tmp_path / "mq", insecure=True) as broker:
         settings.mqtt.port = broker.port
+        settings.mqtt.keepalive = 2  # the subscriber hears the broker's pong every second
         run = await service_factory().start()
         ops = run.fleet.node_ops
 
@@ -125,6 +126,7 @@ async def test_a_silent_node_stays_ready_while_its_broker_s_nodes_come_back(
     monkeypatch.setattr(hub_module, "WAVE_QUIET_S", 3.0)
     with Mosquitto(workdir=tmp_path / "mq", insecure=True) as broker:
         settings.mqtt.port = broker.port
+        settings.mqtt.keepalive = 2
         run = await service_factory().start()
 
         def ready() -> str:
@@ -156,6 +158,64 @@ async def test_a_silent_node_stays_ready_while_its_broker_s_nodes_come_back(
                 await asyncio.sleep(0.05)
         quiet = time.monotonic() - stopped
         assert 1.5 < quiet < 6.0, quiet  # WAVE_QUIET_S after the last resync (+ a tick)
+
+
+def test_a_hold_keeps_a_node_from_expiring_while_its_broker_cannot_be_heard() -> None:
+    lv = Liveness(default_heartbeat=60.0, missed=3, now=0.0)
+    lv.heard("behind", 0.0)
+    lv.heard("other", 0.0)
+    deaf_until = 400.0  # the cloud hears nothing from "behind"'s broker until then
+    asked: list[float] = []
+
+    def hold(node: str, now: float) -> float | None:
+        asked.append(now)
+        return now + 5.0 if node == "behind" and now < deaf_until else None
+
+    lv.hold(hold)
+    expired = {}
+    for second in range(1, 601):
+        for node in lv.expired(float(second)):
+            expired[node] = second
+    assert expired == {"other": 180, "behind": 400}  # looked at every 5 s from 180
+    assert 40 < len(asked) < 50
+
+
+async def test_a_stalled_broker_flaps_no_node_not_ready(
+        tmp_path: Path, settings: Settings, service_factory: Any) -> None:
+    """A broker that answers nothing (SIGSTOP: a broker busy with a reconnect storm
+    answered nothing for 47-58 s at 100,000 nodes) for two windows: the cloud cannot
+    hear any node behind it, so none goes NotReady meanwhile; once it answers again, a
+    node that stays silent goes NotReady (its deadline moved by the deaf time)."""
+    import os
+    import signal as sig
+
+    with Mosquitto(workdir=tmp_path / "mq", insecure=True) as broker:
+        settings.mqtt.port = broker.port
+        settings.mqtt.keepalive = 2  # pings every second; silence for 3 s drops it
+        run = await service_factory().start()
+
+        def ready() -> str:
+            return run.fleet.objects.nodes["e1"].status.ready
+
+        await _report(broker.port, "e1", 2.0)
+        async with asyncio.timeout(5):
+            while "e1" not in run.fleet.objects.nodes or ready() != "Ready":
+                await asyncio.sleep(0.02)
+        window = run.fleet.node_ops.liveness.window("e1")
+        assert window == 6.0
+        assert broker.proc is not None
+        os.kill(broker.proc.pid, sig.SIGSTOP)
+        try:
+            stopped = time.monotonic()
+            while time.monotonic() - stopped < 2 * window:
+                assert ready() == "Ready", \
+                    f"NotReady {time.monotonic() - stopped:.1f} s into the broker's stall"
+                await asyncio.sleep(0.2)
+        finally:
+            os.kill(broker.proc.pid, sig.SIGCONT)
+        async with asyncio.timeout(60):  # the subscriber's reconnect, then a window
+            while ready() != "NotReady":
+                await asyncio.sleep(0.1)
 
 
 async def test_nodes_not_heard_after_a_lost_session_are_asked_for_everything(
