@@ -923,7 +923,7 @@ class SyncHub:
                 going.last_back = max(going.last_back, now)  # could not hear it: not quiet
         wave = self._wave_started(broker, now) if lost else None
         self.nodes.deaf(on_it, now, deaf_s=deaf_s, lost=lost, wave=wave)
-        log.info("broker %s: subscribed again after %.1f s%s; its nodes are given that "
+        log.info("broker %s: heard again after %.1f s%s; its nodes are given that "
                  "time before they count as silent", broker, deaf_s,
                  " (its sessions and their messages lost: a full window, and more while "
                  f"they keep coming back, until {WAVE_QUIET_S:.0f} s without one)"

@@ -152,6 +152,13 @@ class Subscriber:
         live = self._live
         return self._last_heard if live is None else live.last_rx
 
+    def _stall_ended(self, silence_s: float) -> None:
+        """The broker answered again after `silence_s` of silence on a live connection:
+        as deaf as a reconnect, but our session and what was queued for us are kept."""
+        log.warning("subscriber: broker %s:%d said nothing for %.0f s (stalled); heard "
+                    "again", self._settings.host, self._settings.port, silence_s)
+        self._on_back(silence_s, False, False)
+
     async def add(self, filters: list[str]) -> None:
         """Subscribe `filters` now if connected (else at the next connect, through
         `filters()`). A refusal or a lost answer ends the connection, and the reconnect
@@ -222,6 +229,8 @@ class Subscriber:
             self._on_connected(True)
             loop = asyncio.get_running_loop()
             self._live = conn
+            conn.silence_s = float(s.keepalive)
+            conn.on_heard_again = self._stall_ended
             if self._down_at is not None:
                 deaf, self._down_at = loop.time() - self._down_at, None
                 kept = self._filters is None

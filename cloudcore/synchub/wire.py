@@ -11,8 +11,12 @@ per node-update in `testbed bench sync`. This client keeps only what the hub use
 - PUBLISH at QoS 1 out, with the PUBACK reported by packet id (`on_puback`);
 - PUBLISH at QoS 0/1 in (`on_message(topic, payload)`, called in the event loop),
   answered with a PUBACK after the handler returned;
-- PINGREQ every half keepalive; a connection that stays silent for 1.5 keepalives is
-  dropped (the broker answers every ping, so silence means it is gone).
+- PINGREQ every half keepalive; a connection that stays silent for 1.5 keepalives, and
+  at least `DEAD_AFTER_S`, is dropped (the broker answers every ping, so long silence
+  means it is gone; a broker busy with a reconnect storm of 14,000 TLS sessions answered
+  nothing for 46-60 s and was not gone, and dropping it sent our reconnect to the back
+  of that queue for minutes). A silence longer than `silence_s` that ends is reported
+  (`on_heard_again`).
 
 What it sends in one turn of the event loop is written at once (one TLS record for
 many packets), and what it receives is parsed from the buffers the transport hands
@@ -33,6 +37,8 @@ from collections.abc import Callable
 
 log = logging.getLogger("cloudcore.synchub.mqtt")
 
+DEAD_AFTER_S = 120.0
+"""A connection silent this long (and 1.5 keepalives) is dropped; see the module doc."""
 MAX_PACKETS_PER_TURN = 1000
 """Received packets handled before the protocol yields to the event loop."""
 CONNECT_TIMEOUT = 10.0
@@ -93,6 +99,10 @@ class Connection(asyncio.Protocol):
         self.closed: asyncio.Future[None] = self._loop.create_future()
         """Resolves (with ConnectionLost) when the connection ends."""
         self.last_rx = self._loop.time()
+        self.silence_s = float("inf")
+        self.on_heard_again: Callable[[float], None] | None = None
+        """Called with the silence's length when the broker says something after more
+        than `silence_s` of silence (our pings unanswered: the broker was stalled)."""
 
     # -- asyncio.Protocol ---------------------------------------------------------------
 
@@ -100,7 +110,10 @@ class Connection(asyncio.Protocol):
         self._transport = transport  # type: ignore[assignment]  # a stream transport
 
     def data_received(self, data: bytes) -> None:
-        self.last_rx = self._loop.time()
+        now = self._loop.time()
+        silence, self.last_rx = now - self.last_rx, now
+        if silence > self.silence_s and self.on_heard_again is not None:
+            self.on_heard_again(silence)
         self._in += data
         if not self._paused:
             self._parse()
@@ -295,14 +308,15 @@ class Connection(asyncio.Protocol):
 
     async def keepalive(self, seconds: int) -> None:
         """Work until the connection ends: ping every `seconds` / 2, drop a connection
-        silent for 1.5 x `seconds`; then raise ConnectionLost."""
+        silent for 1.5 x `seconds` and `DEAD_AFTER_S`; then raise ConnectionLost."""
         interval = max(0.5, seconds / 2)
+        dead_after = max(1.5 * seconds, DEAD_AFTER_S)
         while not self.closed.done():
             try:
                 async with asyncio.timeout(interval):
                     await asyncio.shield(self.closed)
             except TimeoutError:
-                if self._loop.time() - self.last_rx > 1.5 * seconds:
+                if self._loop.time() - self.last_rx > dead_after:
                     log.warning("mqtt: nothing from the broker for %.0fs; reconnecting",
                                 self._loop.time() - self.last_rx)
                     self.abort()

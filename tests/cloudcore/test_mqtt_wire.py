@@ -102,7 +102,10 @@ async def test_protocol_errors_close_the_connection() -> None:
     assert transport.closed
 
 
-async def test_a_silent_broker_is_dropped_after_one_and_a_half_keepalives() -> None:
+async def test_a_silent_broker_is_dropped_after_one_and_a_half_keepalives(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(wire, "DEAD_AFTER_S", 0.0)  # the keepalive rule alone
+
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.read(100)  # CONNECT
         writer.write(b"\x20\x02\x00\x00")  # CONNACK, then nothing, PINGREQs unanswered
@@ -122,6 +125,45 @@ async def test_a_silent_broker_is_dropped_after_one_and_a_half_keepalives() -> N
             async with asyncio.timeout(10):
                 await conn.keepalive(1)
         assert 1.5 <= loop.time() - t0 < 5
+    finally:
+        server.close()
+
+
+async def test_a_stalled_broker_is_kept_and_its_return_reported(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A broker that answers nothing for longer than 1.5 keepalives but less than
+    DEAD_AFTER_S (a broker busy with a reconnect storm) keeps its connection; when it
+    answers again, `on_heard_again` gets the silence's length."""
+    monkeypatch.setattr(wire, "DEAD_AFTER_S", 30.0)
+    answer = asyncio.Event()
+
+    async def stalls(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(100)  # CONNECT
+        writer.write(b"\x20\x02\x00\x00")
+        await answer.wait()  # PINGREQs pile up unanswered
+        writer.write(b"\xd0\x00")  # one PINGRESP
+        while await reader.read(100):
+            pass
+        writer.close()
+
+    server = await asyncio.start_server(stalls, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        conn, _ = await wire.connect("127.0.0.1", port, client_id="c", username=None,
+                                     password=None, clean_session=True, keepalive=1)
+        heard: list[float] = []
+        conn.silence_s = 1.0
+        conn.on_heard_again = heard.append
+        pinging = asyncio.create_task(conn.keepalive(1))
+        await asyncio.sleep(3.0)  # 2 x the 1.5 keepalives
+        assert not pinging.done() and not conn.closed.done()
+        answer.set()
+        async with asyncio.timeout(5):
+            while not heard:
+                await asyncio.sleep(0.05)
+        assert len(heard) == 1 and 2.9 < heard[0] < 6.0
+        pinging.cancel()
+        conn.close()
     finally:
         server.close()
 
