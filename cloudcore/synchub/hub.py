@@ -986,8 +986,8 @@ class SyncHub:
         keep = []
         for w in self._waves:
             if w.holds_until(now) is None:
-                log.info("broker %s: reconnect wave over: %d node(s) came back in %.0f s; "
-                         "those not back count as silent from now", w.broker, w.back,
+                log.info("broker %s: reconnect wave over: %d resync(s) through it in %.0f s; "
+                         "its nodes not back count as silent from now", w.broker, w.back,
                          w.last_back - w.since)
             else:
                 keep.append(w)
