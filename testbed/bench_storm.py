@@ -718,9 +718,12 @@ def shard_kill(sf: SimFleet, *, shards: int, lease_s: float, workdir: Path,
                 s.read_log()
             if "partitions_held_by_survivors_s" not in waits and \
                     sum(s.held for s in survivors) == 256:
-                # when the last survivor logged its change (not when this poll saw it)
+                # when the last survivor logged the change that took partitions (not when
+                # this poll saw it; a later change that took none, such as the global
+                # lease alone, is not when the partitions became held: CI saw one 10 ms
+                # after the last takeover's push had ended)
                 waits["partitions_held_by_survivors_s"] = round(
-                    max(s.held_at for s in survivors) - t_kill_wall, 2)
+                    max(s.acquired_at for s in survivors) - t_kill_wall, 2)
             try:
                 v = cl.view(survivors)
                 polls += 1
