@@ -283,7 +283,6 @@ class SyncHub:
         self._listening: list[_Listen] = []  # nodes heard since a broker came back
         self._waves: list[_Wave] = []  # reconnect waves of brokers that lost sessions
         self._heard_at: Callable[[str], float | None] | None = None
-        self._stall_s = 30.0
         self._probes: set[asyncio.Task[int]] = set()
         self._probed_at: dict[str, float] = {}  # broker -> clock() of its last probe round
         self._gaps_unlogged = 0
@@ -950,7 +949,6 @@ class SyncHub:
         broker busy with a reconnect storm answered nothing for 47-58 s, and every node
         behind it went NotReady although the cloud, not the nodes, had gone deaf."""
         self._heard_at = heard_at
-        self._stall_s = stall_s
         started = self.clock()
 
         def hold(node: str, now: float) -> float | None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,20 @@ async def _report(port: int, node: str, heartbeat: float) -> None:
                         qos=1)
 
 
+async def _ready_node(run: Any, port: int) -> Callable[[], str]:
+    """Node e1 reports (heartbeat 2 s: a 6 s window) and is Ready; its readiness getter."""
+
+    def ready() -> str:
+        return str(run.fleet.objects.nodes["e1"].status.ready)
+
+    await _report(port, "e1", 2.0)
+    async with asyncio.timeout(5):
+        while "e1" not in run.fleet.objects.nodes or ready() != "Ready":
+            await asyncio.sleep(0.02)
+    assert run.fleet.node_ops.liveness.window("e1") == 6.0
+    return ready
+
+
 async def test_a_broker_restart_counts_nothing_against_its_nodes(
         tmp_path: Path, settings: Settings, service_factory: Any,
         monkeypatch: pytest.MonkeyPatch) -> None:
@@ -86,18 +101,9 @@ async def test_a_broker_restart_counts_nothing_against_its_nodes(
         settings.mqtt.port = broker.port
         settings.mqtt.keepalive = 2  # the subscriber hears the broker's pong every second
         run = await service_factory().start()
-        ops = run.fleet.node_ops
-
-        def ready() -> str:
-            return run.fleet.objects.nodes["e1"].status.ready
-
-        await _report(broker.port, "e1", 2.0)
-        async with asyncio.timeout(5):
-            while "e1" not in run.fleet.objects.nodes or ready() != "Ready":
-                await asyncio.sleep(0.02)
+        ready = await _ready_node(run, broker.port)
         t0 = time.monotonic()
-        window = ops.liveness.window("e1")
-        assert window == 6.0
+        window = 6.0
         broker.kill()
         broker.stop()
         await asyncio.sleep(window / 2)
@@ -129,15 +135,7 @@ async def test_a_silent_node_stays_ready_while_its_broker_s_nodes_come_back(
         settings.mqtt.keepalive = 2
         run = await service_factory().start()
 
-        def ready() -> str:
-            return run.fleet.objects.nodes["e1"].status.ready
-
-        await _report(broker.port, "e1", 2.0)
-        async with asyncio.timeout(5):
-            while "e1" not in run.fleet.objects.nodes or ready() != "Ready":
-                await asyncio.sleep(0.02)
-        window = run.fleet.node_ops.liveness.window("e1")
-        assert window == 6.0
+        ready = await _ready_node(run, broker.port)
         broker.kill()
         broker.stop()
         await asyncio.sleep(1.0)
@@ -194,15 +192,8 @@ async def test_a_stalled_broker_flaps_no_node_not_ready(
         settings.mqtt.keepalive = 2  # pings every second; silence for 3 s drops it
         run = await service_factory().start()
 
-        def ready() -> str:
-            return run.fleet.objects.nodes["e1"].status.ready
-
-        await _report(broker.port, "e1", 2.0)
-        async with asyncio.timeout(5):
-            while "e1" not in run.fleet.objects.nodes or ready() != "Ready":
-                await asyncio.sleep(0.02)
-        window = run.fleet.node_ops.liveness.window("e1")
-        assert window == 6.0
+        ready = await _ready_node(run, broker.port)
+        window = 6.0
         assert broker.proc is not None
         os.kill(broker.proc.pid, sig.SIGSTOP)
         try:
