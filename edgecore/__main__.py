@@ -510,9 +510,10 @@ def block_unused_imports(names: Sequence[str] = BLOCKED_IMPORTS) -> None:
         sys.modules.setdefault(name, None)  # type: ignore[arg-type]
 
 
-RELEASED_AFTER_PARSING = ("argparse", "gettext")
+RELEASED_AFTER_PARSING = ("argparse", "gettext", "locale")
 """The command line's modules: `run` needs them only to parse its flags, and afterwards
-they held about 0.3 MiB of the agent's memory (issue 16)."""
+they held about 0.3 MiB of the agent's memory (issue 16). `locale` is gettext's: argparse
+translates its messages through it when the parser is built."""
 
 
 def release_modules(names: Sequence[str]) -> list[str]:
@@ -615,13 +616,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 sys.stdout.flush()
                 sys.stderr.flush()
                 os.execv(lean[0], lean)
-        from edgecore.upgrade import launched
-        from edgecore.upgrade.launcher import launch
+        _hand_over(args.state_dir, list(sys.argv[1:] if argv is None else argv))
+        # this process is the agent now; before the agent's imports
+        _tune_malloc()
+        release_modules(("edgecore.upgrade.launcher",))
+        from edgecore.lean import lighten_library_imports
 
-        if not launched():
-            launch(args.state_dir, list(sys.argv[1:] if argv is None else argv))
-        _tune_malloc()  # this process is the agent now; before the agent's imports
-        defer_unused_imports(AGENT_DEFERRED_IMPORTS)
+        # msgspec is imported by deferring its msgspec.inspect, with decimal stood in
+        lighten_library_imports(lambda: defer_unused_imports(AGENT_DEFERRED_IMPORTS))
+        defer_unused_imports(AGENT_DEFERRED_IMPORTS)  # anything else in it (a no-op today)
     from edgecore.join import JoinError
 
     if args.command == "reset":
@@ -642,6 +645,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     del args  # the parsed flags (an argparse object) are in `settings` now
     release_modules(RELEASED_AFTER_PARSING)
     return _run(settings)
+
+
+def _hand_over(state_dir: Path, args: list[str]) -> None:
+    """The launcher's turn (an agent release to run instead, a trial to roll back);
+    returns when the installed agent runs in this process, holding nothing of the
+    launcher's but its module (released next)."""
+    from edgecore.upgrade import launched
+    from edgecore.upgrade.launcher import launch
+
+    if not launched():
+        launch(state_dir, args)
 
 
 def _join(args: argparse.Namespace) -> AgentSettings | None:

@@ -22,7 +22,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -122,7 +121,7 @@ def _escape(value: str) -> str:
 def write(path: Path, text: str) -> None:
     """Replace `path` atomically (0644: counters hold nothing secret)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".metrics-", suffix=".tmp")
+    fd, tmp = _create_beside(path)
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
@@ -132,6 +131,19 @@ def write(path: Path, text: str) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def _create_beside(path: Path) -> tuple[int, str]:
+    """A new file beside `path` for writing, created exclusively 0600 under a random
+    name (what tempfile.mkstemp does, without importing tempfile and random into the
+    agent for it: issue 16)."""
+    while True:
+        tmp = str(path.parent / f".metrics-{os.urandom(6).hex()}.tmp")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                           0o600), tmp
+        except FileExistsError:
+            continue
 
 
 async def run(path: Path, *, node: str, collect: Callable[[], list[Sample]],

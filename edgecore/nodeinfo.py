@@ -7,7 +7,6 @@ the settings override it (a device may want to keep headroom for itself).
 from __future__ import annotations
 
 import os
-import platform
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -20,8 +19,8 @@ _ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm6
 
 
 def go_arch(machine: str | None = None) -> str:
-    """platform.machine() in the GOARCH/OCI spelling images use (amd64, arm64, arm)."""
-    m = (machine if machine is not None else platform.machine()).lower()
+    """os.uname().machine in the GOARCH/OCI spelling images use (amd64, arm64, arm)."""
+    m = (machine if machine is not None else os.uname().machine).lower()
     if m in _ARCH:
         return _ARCH[m]
     if m.startswith("arm"):
@@ -62,7 +61,7 @@ def node_status(
         "capacity": capacity,
         "allocatable": dict(capacity),  # no system reservation yet: allocatable = capacity
         "arch": go_arch(),
-        "os": platform.system().lower() or "linux",
+        "os": os.uname().sysname.lower() or "linux",
         "agentVersion": running_version(),
         "labels": dict(settings.labels),
         "heartbeat": settings.heartbeat_s,

@@ -52,6 +52,13 @@ from edgecore.__main__ import (AGENT_DEFERRED_IMPORTS, _libc, _tune_malloc, defe
                                prepare_imports)
 prepare_imports()
 _tune_malloc()
+if hasattr(sys.modules["edgecore"], "__path__"):
+    try:
+        from edgecore.lean import lighten_library_imports
+    except ImportError:  # a tree from before issue 16's eighth round
+        pass
+    else:
+        lighten_library_imports(lambda: defer_unused_imports(AGENT_DEFERRED_IMPORTS))
 defer_unused_imports(AGENT_DEFERRED_IMPORTS)
 libc = _libc()
 out = []
@@ -67,7 +74,8 @@ import asyncio, ssl
 step("+ asyncio, ssl")
 ctx = ssl.create_default_context(cafile=sys.argv[1])
 ctx.load_cert_chain(sys.argv[2], sys.argv[3])
-step("+ TLS client context (CA, client cert)")
+ctx.wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO(), server_hostname="broker.example")
+step("+ TLS client context (CA, client cert), a server name")
 import paho.mqtt.client, aiomqtt
 step("+ paho-mqtt, aiomqtt")
 import msgpack, lmdb

@@ -27,10 +27,8 @@ import hashlib
 import json
 import logging
 import os
-import platform as _platform
 import re
 import shutil
-import tempfile
 import time
 import uuid
 from collections.abc import Collection
@@ -77,8 +75,8 @@ _MACHINE_TO_OCI: dict[str, tuple[str, str | None]] = {
 
 
 def host_platform(machine: str | None = None) -> tuple[str, str | None]:
-    """OCI (architecture, variant) of this host, from ``platform.machine()``."""
-    m = (machine if machine is not None else _platform.machine()).lower()
+    """OCI (architecture, variant) of this host, from ``os.uname().machine``."""
+    m = (machine if machine is not None else os.uname().machine).lower()
     return _MACHINE_TO_OCI.get(m, (m, None))
 
 
@@ -363,6 +361,8 @@ class ImageStore:
 
     def _write_authfile(self, credentials: RegistryCredentials) -> str:
         """A containers-auth.json for one pull: created 0600 (mkstemp), beside the store."""
+        import tempfile  # only pulls with credentials need it
+
         fd, path = tempfile.mkstemp(prefix=".auth-", suffix=".json", dir=self._policy.parent)
         try:
             os.write(fd, credentials.authfile())

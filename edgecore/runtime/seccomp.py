@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import errno
 import json
-import platform
+import os
 from typing import Any
 
 __all__ = ["CLONE_NEWUSER", "DENIED", "default_profile", "seccomp_arch"]
@@ -78,7 +78,7 @@ _ARCH = {"x86_64": "SCMP_ARCH_X86_64", "aarch64": "SCMP_ARCH_AARCH64"}
 
 def seccomp_arch(machine: str | None = None) -> str:
     """The profile's architecture key for ``machine`` (default: this host's)."""
-    m = (machine or platform.machine()).lower()
+    m = (machine or os.uname().machine).lower()
     m = {"amd64": "x86_64", "arm64": "aarch64"}.get(m, m)
     if m not in _ARCH:
         raise ValueError(f"no default seccomp profile for architecture {m!r} "

@@ -28,7 +28,6 @@ import contextlib
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -177,6 +176,8 @@ class Slots:
     def write(self, state: BootState) -> None:
         """Replace boot.json atomically and durably."""
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        import tempfile  # here: the agent's process holds no tempfile until an upgrade
+
         data = json.dumps(state.dump(), indent=1, sort_keys=True).encode()
         fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".boot-")
         try:
@@ -197,6 +198,8 @@ class Slots:
 
     def staging(self) -> Path:
         """A new empty-named staging path beside the slots (not created)."""
+        import tempfile
+
         self.slots.mkdir(parents=True, exist_ok=True, mode=0o700)
         return Path(tempfile.mkdtemp(dir=self.slots, prefix=".new-")) / "x"
 

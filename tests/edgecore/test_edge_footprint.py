@@ -234,6 +234,7 @@ def watch(agent_module):
             await asyncio.to_thread(bytes, 100_000)  # a worker thread mallocs
             with open(out, "w") as f:
                 json.dump({"modules": sorted(held), "placeholders": sorted(stubs),
+                           "platform": type(held.get("platform")).__name__,
                            "malloc": malloc_facts()}, f)
             os.kill(os.getpid(), signal.SIGTERM)
         task = asyncio.get_running_loop().create_task(dump())
@@ -348,6 +349,13 @@ def test_a_started_lean_agent_holds_no_inspect_and_stops_on_sigterm(tmp_path: Pa
     assert "edgecore.link" in mods and "edgecore.reconciler" in mods  # it did run
     assert {"inspect", "msgspec.inspect"} <= stubs, sorted(stubs)
     assert not {"ast", "_ast", "dis"} & mods, sorted({"ast", "_ast", "dis"} & mods)
+    # Issue 16, eighth round: msgspec's decimal, uuid's platform and datetime's Python
+    # half stood in for (edgecore.lean), tempfile not needed to write the metrics file,
+    # and the launcher's module and gettext's locale let go once done with
+    assert not {"_decimal", "decimal", "tempfile", "stringprep"} & mods, (
+        sorted({"_decimal", "decimal", "tempfile", "stringprep"} & mods))
+    assert got["platform"] == "_PlatformPlaceholder"
+    assert {"edgecore.upgrade.launcher", "locale"} <= stubs, sorted(stubs)
     # STARTED ends with os.kill(SIGTERM): the agent's own handler stops it cleanly
     assert got["exit"] == 0, got["stderr"][-2000:]
     assert "SIGTERM: stopping the agent" in got["stderr"]
