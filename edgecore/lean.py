@@ -1,5 +1,6 @@
 """Lighter stand-ins for standard-library modules that the agent's libraries import at
-their top and use one or two things of (issue 16, eighth round).
+their top and use one or two things of, and cheaper dataclass methods (issue 16, eighth
+round).
 
 `lighten_library_imports()` runs once a process is the agent (`edgecore run`, after the
 launcher's hand-over), before msgspec and the agent's modules are imported. Each stand-in
@@ -7,6 +8,9 @@ keeps the behaviour the agent and its libraries see; what each saved is in
 docs/benchmarks.md ("The agent's memory, eighth round"), measured with
 `python -m testbed.bench_agent_floor`:
 
+- `dataclasses`: each class gets closures of shared functions for `__repr__`, `__eq__`,
+  `__hash__` and a frozen class's `__setattr__`/`__delattr__` instead of functions
+  compiled from source per class (`share_dataclass_methods`).
 - `datetime`: CPython's `datetime.py` first defines its whole pure-Python
   implementation, then replaces every public name with the C module `_datetime`'s
   (`from _datetime import *`). The agent gets a module holding `_datetime`'s names
@@ -183,11 +187,93 @@ def ascii_idna_first() -> bool:
     return True
 
 
+def _names(tuple_str: str) -> tuple[str, ...]:
+    """The field names in dataclasses' `_tuple_str` text: '(self.a,self.b,)' or '()'."""
+    return tuple(part.split(".", 1)[1] for part in tuple_str.strip("()").split(",") if part)
+
+
+def share_dataclass_methods() -> bool:
+    """Make `dataclasses` give each class closures of shared functions for `__repr__`,
+    `__eq__` (and the order methods), `__hash__`, and a frozen class's `__setattr__` and
+    `__delattr__`, in place of a function compiled from source for each (its own code
+    object: about 1 KiB a method, 4-6 methods a class, ~75 classes in the agent). Same
+    results, errors and messages as the compiled ones (tests/edgecore/
+    test_edge_lean_imports.py compares them); `__init__` stays compiled per class.
+    CPython 3.11's dataclasses only (its private helpers, checked by name); False, and
+    nothing changed, elsewhere."""
+    import dataclasses as dc
+    import operator
+
+    helpers = ("_repr_fn", "_cmp_fn", "_hash_fn", "_frozen_get_del_attr", "_tuple_str",
+               "_recursive_repr")
+    if sys.version_info[:2] != (3, 11) or not all(hasattr(dc, n) for n in helpers):
+        return False
+    if getattr(dc, "_edgefed_shared", False):
+        return True
+    frozen_error = dc.FrozenInstanceError
+    ops = {"==": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le,
+           ">": operator.gt, ">=": operator.ge}
+
+    def repr_fn(fields: list[Any], globals: dict[str, Any]) -> Any:
+        names = tuple(f.name for f in fields)
+
+        def __repr__(self: Any) -> str:
+            return (self.__class__.__qualname__ + "("
+                    + ", ".join([f"{n}={getattr(self, n)!r}" for n in names]) + ")")
+
+        return dc._recursive_repr(__repr__)  # type: ignore[attr-defined]
+
+    def cmp_fn(name: str, op: str, self_tuple: str, other_tuple: str,
+               globals: dict[str, Any]) -> Any:
+        names, compare = _names(self_tuple), ops[op]
+
+        def cmp(self: Any, other: Any) -> Any:
+            if other.__class__ is self.__class__:
+                return compare(tuple([getattr(self, n) for n in names]),
+                               tuple([getattr(other, n) for n in names]))
+            return NotImplemented
+
+        cmp.__name__ = cmp.__qualname__ = name
+        return cmp
+
+    def hash_fn(fields: list[Any], globals: dict[str, Any]) -> Any:
+        names = tuple(f.name for f in fields)
+
+        def __hash__(self: Any) -> int:
+            return hash(tuple([getattr(self, n) for n in names]))
+
+        return __hash__
+
+    def frozen_get_del_attr(cls: type, fields: list[Any], globals: dict[str, Any]) -> Any:
+        names = tuple(f.name for f in fields)
+
+        def __setattr__(self: Any, name: str, value: Any) -> None:
+            if type(self) is cls or name in names:
+                raise frozen_error(f"cannot assign to field {name!r}")
+            super(cls, self).__setattr__(name, value)
+
+        def __delattr__(self: Any, name: str) -> None:
+            if type(self) is cls or name in names:
+                raise frozen_error(f"cannot delete field {name!r}")
+            super(cls, self).__delattr__(name)
+
+        return __setattr__, __delattr__
+
+    dc._repr_fn = repr_fn  # type: ignore[attr-defined]
+    dc._cmp_fn = cmp_fn  # type: ignore[attr-defined]
+    dc._hash_fn = hash_fn  # type: ignore[attr-defined]
+    dc._frozen_get_del_attr = frozen_get_del_attr  # type: ignore[attr-defined]
+    dc._edgefed_shared = True  # type: ignore[attr-defined]
+    return True
+
+
 def lighten_library_imports(import_msgspec: Callable[[], object] | None = None) -> list[str]:
     """All of the above, in the order they must run (datetime and platform before
     msgspec imports them); msgspec is imported here, by `import_msgspec` if given.
     Returns the names of the stand-ins put in place."""
     done = []
+    if share_dataclass_methods():
+        done.append("dataclasses")
     if alias_datetime():
         done.append("datetime")
     if defer_platform():

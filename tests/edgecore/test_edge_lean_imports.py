@@ -73,7 +73,7 @@ def test_the_stand_ins_behave_as_the_modules_they_replace() -> None:
     done = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True,
                           check=True, timeout=60)
     got = json.loads(done.stdout)
-    assert got["done"] == ["datetime", "platform", "decimal", "encodings.idna"]
+    assert got["done"] == ["dataclasses", "datetime", "platform", "decimal", "encodings.idna"]
     assert got["datetime_is_c"] and got["msgspec_datetime"]
     assert got["uuid5"] == str(uuid.uuid5(uuid.NAMESPACE_URL, "edgefed:x"))
     # msgspec, datetime, uuid and the idna codec in place, and none of what they cost
@@ -131,3 +131,107 @@ def test_each_stand_in_leaves_an_imported_module_alone(monkeypatch) -> None:
     assert sys.modules["datetime"] is datetime and sys.modules["platform"] is platform
     monkeypatch.setitem(sys.modules, "encodings.idna", encodings.idna)
     assert not lean.ascii_idna_first()
+
+
+DATACLASSES = r'''
+import dataclasses, json, sys
+from dataclasses import dataclass, field
+
+SOURCE = """
+@dataclass
+class A:
+    x: int
+    y: object = "s"
+    z: list = field(default_factory=list, repr=False, compare=False)
+
+@dataclass(frozen=True)
+class F:
+    a: int
+    b: tuple = ()
+
+class G(F):
+    pass
+
+@dataclass(order=True)
+class O:
+    a: int
+    b: str
+
+@dataclass(unsafe_hash=True)
+class U:
+    a: int
+
+@dataclass(frozen=True)
+class E:
+    pass
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class S:
+    a: int
+    b: int = 2
+"""
+
+def outcomes(ns):
+    A, F, G, O, U, E, S = (ns[n] for n in "AFGOUES")
+    def run(fn):
+        try:
+            return ["ok", repr(fn())]
+        except Exception as exc:
+            return [type(exc).__name__, str(exc)]
+    def assign(obj, name, value):
+        setattr(obj, name, value)
+        return getattr(obj, name)
+    loop = A(1)
+    loop.y = loop
+    g = G(1)
+    cases = {
+        "repr": lambda: [repr(A(1, "t", [9])), repr(F(2, (1,))), repr(O(1, "b")), repr(E()),
+                         repr(S(a=1)), repr(U(3)), repr(g)],
+        "recursive repr": lambda: repr(loop),
+        "eq": lambda: [A(1, "t", [1]) == A(1, "t", [2]), A(1) == A(2), A(1) == 1, F(1) == F(1),
+                       S(a=1) == S(a=1, b=2), S(a=1) == S(a=1, b=3), E() == E(), g == F(1)],
+        "ne": lambda: [A(1) != A(1), F(1) != F(2)],
+        "hash": lambda: [hash(F(1, (2,))), hash(E()), hash(U(3)), hash(S(a=1)), A.__hash__],
+        "order": lambda: [O(1, "a") < O(1, "b"), O(2, "a") <= O(1, "z"), O(1, "a") > O(0, "z"),
+                          O(1, "a") >= O(1, "a")],
+        "order other type": lambda: O(1, "a") < 1,
+        "set field": lambda: assign(F(1), "a", 2),
+        "set other": lambda: assign(F(1), "zz", 2),
+        "del field": lambda: delattr(F(1), "a"),
+        "set slots": lambda: assign(S(a=1), "b", 5),
+        "subclass sets its own": lambda: assign(g, "extra", 5),
+        "subclass sets a field": lambda: assign(g, "a", 5),
+        "subclass dels its own": lambda: delattr(g, "extra"),
+        "names": lambda: [(m.__name__, m.__qualname__) for m in
+                          (F.__setattr__, F.__delattr__, F.__hash__, F.__eq__, O.__lt__)],
+        "repr name": lambda: A.__repr__.__name__,
+    }
+    return {k: run(v) for k, v in cases.items()}
+
+before = {"dataclass": dataclass, "field": field}
+exec(SOURCE, before)
+from edgecore.lean import share_dataclass_methods
+shared = share_dataclass_methods()
+after = {"dataclass": dataclass, "field": field}
+exec(SOURCE, after)
+compiled = sum(1 for n in "AFOUES" for m in vars(after[n]).values()
+               if getattr(getattr(m, "__code__", None), "co_filename", "") == "<string>")
+print(json.dumps({"shared": shared, "before": outcomes(before), "after": outcomes(after),
+                  "compiled_after": compiled}))
+'''
+
+
+def test_shared_dataclass_methods_do_what_the_compiled_ones_do() -> None:
+    done = subprocess.run([sys.executable, "-c", DATACLASSES], capture_output=True,
+                          text=True, check=True, timeout=60)
+    got = json.loads(done.stdout)
+    if sys.version_info[:2] != (3, 11):
+        assert got["shared"] is False
+        return
+    assert got["shared"] is True
+    for case, before in got["before"].items():
+        assert got["after"][case] == before, case
+    assert got["before"]["set field"][0] == "FrozenInstanceError"  # the cases bite
+    assert got["before"]["order other type"][0] == "TypeError"
+    # only __init__ is still compiled from source, one per class
+    assert got["compiled_after"] == 6
