@@ -18,13 +18,14 @@ docs/benchmarks.md ("The agent's memory, eighth round"), measured with
   timestamps use the same types as before.
 - `decimal`: msgspec's C module takes `decimal.Decimal` at import, to recognise Decimal
   values, and nothing else; importing `decimal` loads `_decimal` and `numbers`. msgspec
-  is given a stand-in class while it imports; the placeholder is then removed, so a later
-  `import decimal` is the real one. What changes: msgspec in the agent treats a real
-  `decimal.Decimal` as an unsupported type (the agent's messages, pod specs and cache hold
-  none; shared.pods has no Decimal field).
-- `platform`: `uuid` (which msgspec imports) calls `platform.system()` at import, and
-  the `platform` module is large. A placeholder answers `system()` and `machine()` from
-  `os.uname()`, as `platform` does on Linux, and imports the real module on any other use.
+  is given a stand-in class while it imports; the stand-in module is then removed, so a
+  later `import decimal` is the real one. What changes: msgspec in the agent treats a
+  real `decimal.Decimal` as an unsupported type (the agent's messages, pod specs and
+  cache hold none: shared.pods and shared.codec have no Decimal field).
+- `platform`: `uuid` (which paho-mqtt and msgspec import) calls `platform.system()` at
+  import, and the `platform` module is large. A placeholder answers `system()`
+  and `machine()` from `os.uname()`, as `platform` does on Linux, and imports the real
+  module on any other use.
 - `encodings.idna`: `ssl` encodes every server name with the "idna" codec, whose module
   imports `stringprep` and `unicodedata`'s tables. A codec registered under the same
   name encodes an ASCII name as `encodings.idna` does (its fast path, the same checks and
@@ -93,29 +94,40 @@ def defer_platform() -> bool:
     return True
 
 
-def import_msgspec_without_decimal(importer: Callable[[], object] | None = None) -> bool:
-    """Import msgspec with a stand-in `decimal` (see the module's docstring), by calling
-    `importer` if given (the agent's start-up defers `msgspec.inspect` and imports
-    msgspec that way); False if msgspec or decimal is imported already (then nothing is
-    changed, and `importer` is not called)."""
-    if "msgspec" in sys.modules or "decimal" in sys.modules:
-        return False
-    stand_in = ModuleType("decimal")
+STOOD_IN = (("decimal", ("Decimal",)),)
+"""What msgspec's C module takes from `decimal` at import: its value type, to recognise
+it. The agent's messages, pod specs and cache hold none. (msgspec takes `uuid.UUID` and
+`uuid.SafeUUID.unknown` the same way, but paho-mqtt imports `uuid` itself.)"""
 
-    class Decimal:
-        """What msgspec in the agent knows as Decimal: never made, never received."""
 
-    Decimal.__module__ = "decimal"
-    stand_in.Decimal = Decimal  # type: ignore[attr-defined]
-    sys.modules["decimal"] = stand_in
+def import_msgspec_with_stand_ins(importer: Callable[[], object] | None = None) -> list[str]:
+    """Import msgspec with stand-ins for what STOOD_IN names (see the module's
+    docstring), by calling `importer` if given (the agent's start-up defers
+    `msgspec.inspect` and imports msgspec that way). Returns the modules stood in for:
+    none if msgspec is imported already (then nothing is changed, and `importer` is not
+    called), and not one that was imported already."""
+    if "msgspec" in sys.modules:
+        return []
+    stand_ins = {}
+    for module, type_names in STOOD_IN:
+        if module in sys.modules:
+            continue
+        stand_in = ModuleType(module)
+        for type_name in type_names:
+            setattr(stand_in, type_name, type(type_name, (), {
+                "__module__": module, "unknown": None,
+                "__doc__": "What msgspec in the agent knows by this name: never made, "
+                           "never received."}))
+        stand_ins[module] = sys.modules[module] = stand_in
     try:
         if importer is not None:
             importer()
         import msgspec  # noqa: F401
     finally:
-        if sys.modules.get("decimal") is stand_in:
-            del sys.modules["decimal"]
-    return True
+        for module, stand_in in stand_ins.items():
+            if sys.modules.get(module) is stand_in:
+                del sys.modules[module]
+    return list(stand_ins)
 
 
 _real_idna: ModuleType | None = None
@@ -278,8 +290,7 @@ def lighten_library_imports(import_msgspec: Callable[[], object] | None = None) 
         done.append("datetime")
     if defer_platform():
         done.append("platform")
-    if import_msgspec_without_decimal(import_msgspec):
-        done.append("decimal")
+    done += import_msgspec_with_stand_ins(import_msgspec)
     if ascii_idna_first():
         done.append("encodings.idna")
     return done

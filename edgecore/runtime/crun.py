@@ -49,7 +49,6 @@ import shlex
 import shutil
 import signal
 import time
-import uuid
 from collections import Counter
 from datetime import datetime
 from pathlib import Path
@@ -868,7 +867,7 @@ class CrunRuntime:
         except (FileNotFoundError, ValueError, KeyError) as exc:
             raise RuntimeCommandError(f"exec in {cid}: its config.json is unreadable") from exc
         user = proc_cfg.get("user") or {}
-        pid_file = self._bundles / cid / f"exec-{uuid.uuid4().hex[:12]}.pid"
+        pid_file = self._bundles / cid / f"exec-{os.urandom(6).hex()}.pid"
         full = self._crun_argv(
             "exec", "--user", f"{int(user.get('uid', 0))}:{int(user.get('gid', 0))}",
             "--cwd", str(proc_cfg.get("cwd") or "/"), "--pid-file", str(pid_file),

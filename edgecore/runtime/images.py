@@ -30,7 +30,6 @@ import os
 import re
 import shutil
 import time
-import uuid
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
@@ -518,7 +517,7 @@ class ImageStore:
         return data
 
     def _write_usage(self, usage: dict[str, dict[str, Any]]) -> None:
-        tmp = self._usage_file.with_suffix(f".tmp-{uuid.uuid4().hex[:8]}")
+        tmp = self._usage_file.with_suffix(f".tmp-{os.urandom(4).hex()}")
         tmp.write_text(json.dumps(usage))
         tmp.replace(self._usage_file)
 
@@ -637,7 +636,7 @@ class ImageStore:
         index["manifests"] = [
             d for d in index.get("manifests", []) if d.get("annotations", {}).get(_REF_NAME) != tag
         ]
-        tmp = self.layout / f".index-{uuid.uuid4().hex[:8]}.json"
+        tmp = self.layout / f".index-{os.urandom(4).hex()}.json"
         tmp.write_text(json.dumps(index))
         tmp.replace(self.layout / "index.json")
         usage = self._usage()
@@ -668,7 +667,7 @@ class ImageStore:
                 continue
             doomed = entry
             if not entry.name.startswith((".tmp-", ".trash-")):
-                doomed = self.cache / f".trash-{uuid.uuid4().hex}"
+                doomed = self.cache / f".trash-{os.urandom(16).hex()}"
                 os.rename(entry, doomed)
             await asyncio.to_thread(shutil.rmtree, doomed, True)
 
@@ -687,7 +686,7 @@ class ImageStore:
         async with self._lock:
             if target.exists():
                 return digest, target
-            tmp = self.cache / f".tmp-{uuid.uuid4().hex}"
+            tmp = self.cache / f".tmp-{os.urandom(16).hex()}"
             try:
                 argv = [self._umoci, "raw", "unpack", "--image",
                         f"{self.layout}:{_layout_tag(ref)}", str(tmp)]  # fmt: skip

@@ -21,16 +21,17 @@ from edgecore.lean import lighten_library_imports
 done = lighten_library_imports()
 out = {"done": done}
 
-import msgspec, datetime, uuid
+import msgspec, datetime
+out["loaded_after_msgspec"] = sorted(
+    m for m in ("decimal", "_decimal", "numbers", "stringprep", "unicodedata",
+                "encodings.idna") if m in sys.modules)
+import uuid
 out["datetime_is_c"] = datetime.datetime.__module__ == "datetime" and not hasattr(
     datetime, "_ymd2ord")
 stamp = datetime.datetime(2026, 12, 7, 22, 0, tzinfo=datetime.UTC)
 back = msgspec.json.decode(msgspec.json.encode(stamp), type=datetime.datetime)
 out["msgspec_datetime"] = back == stamp
 out["uuid5"] = str(uuid.uuid5(uuid.NAMESPACE_URL, "edgefed:x"))
-out["loaded_after_msgspec"] = sorted(
-    m for m in ("decimal", "_decimal", "numbers", "stringprep", "unicodedata",
-                "encodings.idna") if m in sys.modules)
 out["platform_placeholder"] = type(sys.modules["platform"]).__name__
 import platform
 out["system"] = platform.system()
@@ -62,6 +63,7 @@ except TypeError as exc:
     out["msgspec_decimal"] = str(exc)
 else:
     out["msgspec_decimal"] = "encoded"
+out["msgspec_uuid"] = msgspec.json.encode(uuid.UUID(int=5)).decode()
 print(json.dumps(out))
 """
 
@@ -73,7 +75,8 @@ def test_the_stand_ins_behave_as_the_modules_they_replace() -> None:
     done = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True,
                           check=True, timeout=60)
     got = json.loads(done.stdout)
-    assert got["done"] == ["dataclasses", "datetime", "platform", "decimal", "encodings.idna"]
+    assert got["done"] == ["dataclasses", "datetime", "platform", "decimal",
+                           "encodings.idna"]
     assert got["datetime_is_c"] and got["msgspec_datetime"]
     assert got["uuid5"] == str(uuid.uuid5(uuid.NAMESPACE_URL, "edgefed:x"))
     # msgspec, datetime, uuid and the idna codec in place, and none of what they cost
@@ -94,6 +97,7 @@ def test_the_stand_ins_behave_as_the_modules_they_replace() -> None:
     # plainly that it does not take one (the trade, edgecore.lean's docstring)
     assert got["decimal_real"] == "2.5"
     assert "Decimal" in got["msgspec_decimal"] and "unsupported" in got["msgspec_decimal"].lower()
+    assert got["msgspec_uuid"] == '"00000000-0000-0000-0000-000000000005"'
 
 
 def _outcome(fn, name: str) -> tuple[str, object]:
@@ -127,7 +131,7 @@ def test_each_stand_in_leaves_an_imported_module_alone(monkeypatch) -> None:
     import msgspec  # noqa: F401
 
     assert not lean.alias_datetime() and not lean.defer_platform()
-    assert not lean.import_msgspec_without_decimal()
+    assert lean.import_msgspec_with_stand_ins() == []
     assert sys.modules["datetime"] is datetime and sys.modules["platform"] is platform
     monkeypatch.setitem(sys.modules, "encodings.idna", encodings.idna)
     assert not lean.ascii_idna_first()
