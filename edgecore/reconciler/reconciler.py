@@ -150,6 +150,14 @@ class StatusSink(Protocol):
     def update(self, key: str, status: PodStatus | None) -> None: ...
 
 
+PARALLEL_STARTS = 4
+"""Containers the reconciler creates and starts at once (`runtime.run`: the bundle, the
+OCI config, conmon and crun). Pods still converge in parallel, pulls included; only this
+step waits for a slot. Twenty pods applied at once held the agent's memory about
+0.3 MiB higher for good, each start's transient objects at the same time (issue 16,
+docs/benchmarks.md); a start takes tens of milliseconds, so the wait is short."""
+
+
 @dataclass(frozen=True)
 class CrashLoop:
     """Restart backoff of a container (Kubernetes' CrashLoopBackOff numbers)."""
@@ -202,6 +210,7 @@ class Reconciler:
         network: PodNetwork | None = None, policy_default: Level = "baseline",
         policy_cap: Level = "privileged", wake: asyncio.Event | None = None,
         seccomp_dir: Path | None = None,
+        parallel_starts: int = PARALLEL_STARTS,
     ) -> None:
         """`wake` is the event that asks for a pass as soon as possible: the agent
         shares it with the parts that must wake the reconciler (the sync handler on a
@@ -212,6 +221,7 @@ class Reconciler:
         self.node = node
         self.network = network  # None: pods without hostNetwork cannot start here
         self.seccomp_dir = seccomp_dir  # Localhost seccomp profiles (None: refused)
+        self._starts = asyncio.Semaphore(parallel_starts)  # runtime.run calls at once
         self.policy_default = policy_default  # for entries that carry no level
         self.policy_cap = policy_cap  # the most this agent allows, whatever the entry says
         self.volumes = volumes  # None: pods with volumes cannot start here
@@ -1017,6 +1027,10 @@ class Reconciler:
         return credentials_for(image, found)
 
     async def _run(self, entry: PodEntry, cid: str, spec: ContainerSpec) -> None:
+        async with self._starts:  # PARALLEL_STARTS; after any pull, so none waits on one
+            await self._run_now(entry, cid, spec)
+
+    async def _run_now(self, entry: PodEntry, cid: str, spec: ContainerSpec) -> None:
         try:
             async with self._changing(entry.key):
                 await self.runtime.run(cid, spec)

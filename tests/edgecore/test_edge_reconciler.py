@@ -553,3 +553,30 @@ async def test_a_started_pods_status_is_reported_before_its_record_is_written(
     restarted = World.new_reconciler(w)  # a restarted agent reads the record
     await restarted.reconcile_once()
     assert w.sink.latest[key] is not None and w.sink.latest[key].phase == "Running"
+
+
+async def test_at_most_parallel_starts_containers_start_at_once(world: World) -> None:
+    # Issue 16: twenty pods applied at once all started their containers together, and
+    # their transient objects raised the agent's memory for good. Pods still converge
+    # in parallel; runtime.run (bundle, OCI config, conmon, crun) waits for a slot.
+    import asyncio
+
+    from edgecore.reconciler.reconciler import PARALLEL_STARTS
+
+    running, most = 0, 0
+    plain_run = world.runtime.run
+
+    async def slow_run(cid, spec):
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        await asyncio.sleep(0.01)
+        running -= 1
+        await plain_run(cid, spec)
+
+    world.runtime.run = slow_run  # type: ignore[method-assign]
+    pods = [pod(f"p{i}") for i in range(3 * PARALLEL_STARTS)]
+    world.set(*pods)
+    await world.step()
+    assert most == PARALLEL_STARTS
+    assert all(world.status(key).phase == "Running" for key, _ in pods)
