@@ -510,10 +510,12 @@ def block_unused_imports(names: Sequence[str] = BLOCKED_IMPORTS) -> None:
         sys.modules.setdefault(name, None)  # type: ignore[arg-type]
 
 
-RELEASED_AFTER_PARSING = ("argparse", "gettext", "locale")
+RELEASED_AFTER_PARSING = ("argparse", "gettext", "locale", "edgecore.join", "shared.release")
 """The command line's modules: `run` needs them only to parse its flags, and afterwards
 they held about 0.3 MiB of the agent's memory (issue 16). `locale` is gettext's: argparse
-translates its messages through it when the parser is built."""
+translates its messages through it when the parser is built. `edgecore.join` and
+`shared.release` read the joined config and the release keys; the agent imports them
+again only to renew a client certificate or to install an agent release."""
 
 
 def release_modules(names: Sequence[str]) -> list[str]:
@@ -533,7 +535,10 @@ def release_modules(names: Sequence[str]) -> list[str]:
         if not isinstance(mod, ModuleType):
             continue
         # not `mod.__dict__`: a lazily loaded module (importlib.util.LazyLoader) would load
-        ns = object.__getattribute__(mod, "__dict__")
+        try:
+            ns = object.__getattribute__(mod, "__dict__")
+        except AttributeError:  # a module-like object without one (cffi's Lib)
+            continue
         for key, value in list(ns.items()):
             for name, module in old.items():
                 if value is module:
@@ -620,11 +625,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         # this process is the agent now; before the agent's imports
         _tune_malloc()
         release_modules(("edgecore.upgrade.launcher",))
-        from edgecore.lean import lighten_library_imports
+        if lean_argv() is None:  # the lean agent's own process (not a caller's, a test's)
+            from edgecore.lean import lighten_library_imports
 
-        # msgspec is imported by deferring its msgspec.inspect, with decimal stood in
-        lighten_library_imports(lambda: defer_unused_imports(AGENT_DEFERRED_IMPORTS))
-        defer_unused_imports(AGENT_DEFERRED_IMPORTS)  # anything else in it (a no-op today)
+            # msgspec is imported by deferring its msgspec.inspect, with decimal stood in
+            lighten_library_imports(lambda: defer_unused_imports(AGENT_DEFERRED_IMPORTS))
+        defer_unused_imports(AGENT_DEFERRED_IMPORTS)
     from edgecore.join import JoinError
 
     if args.command == "reset":

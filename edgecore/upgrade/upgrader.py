@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from edgecore.errors import UpgradeFailed
 from edgecore.runtime.errors import ContainerRuntimeError
@@ -44,9 +44,12 @@ from edgecore.runtime.registry_auth import RegistryCredentials, credentials_for
 from edgecore.runtime.types import PullPolicy
 from edgecore.upgrade import RestartRequested
 from edgecore.upgrade.slots import BootState, Slots, Trial
-from shared import entries, release
+from shared import entries
 from shared.delta import EdgeDesired
 from shared.errors import ObjectError, ReleaseError
+
+if TYPE_CHECKING:
+    from shared import release
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +74,8 @@ async def fetch_release(images: ReleaseImages, image: str, *,
                         credentials: RegistryCredentials | None) -> Fetched:
     """Pull the release image and read its manifest and bundle; UpgradeFailed with the
     cause (the pull error, or the file the image lacks)."""
+    from shared import release  # here: the agent holds it only while it upgrades
+
     try:
         await images.pull(image, policy="Always", credentials=credentials)
         _, root = await images.rootfs(image)
@@ -205,12 +210,16 @@ class Upgrader:
                                           self._credentials, rel.image))
         self._set_status(rel.version, "Verifying", f"sha256:{fetched.manifest.sha256}",
                          upgrade=rel.upgrade, previous=self.version)
+        from shared import release
+
         release.verify(fetched.manifest, fetched.bundle, trusted=self.trusted,
                        version=rel.version)
         await asyncio.to_thread(self._unpack, fetched.bundle, rel.version)
         return rel.version
 
     def _unpack(self, bundle: bytes, version: str) -> None:
+        from shared import release
+
         staged = self.slots.staging()
         try:
             release.unpack(bundle, staged, version=version)

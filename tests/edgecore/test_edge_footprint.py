@@ -355,7 +355,8 @@ def test_a_started_lean_agent_holds_no_inspect_and_stops_on_sigterm(tmp_path: Pa
     assert not {"_decimal", "decimal", "tempfile", "stringprep"} & mods, (
         sorted({"_decimal", "decimal", "tempfile", "stringprep"} & mods))
     assert got["platform"] == "_PlatformPlaceholder"
-    assert {"edgecore.upgrade.launcher", "locale"} <= stubs, sorted(stubs)
+    assert {"edgecore.upgrade.launcher", "locale", "edgecore.join", "shared.release"} <= stubs, (
+        sorted(stubs))
     # STARTED ends with os.kill(SIGTERM): the agent's own handler stops it cleanly
     assert got["exit"] == 0, got["stderr"][-2000:]
     assert "SIGTERM: stopping the agent" in got["stderr"]
