@@ -630,6 +630,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             # msgspec is imported by deferring its msgspec.inspect, with decimal stood in
             lighten_library_imports(lambda: defer_unused_imports(AGENT_DEFERRED_IMPORTS))
+        # elsewhere, or where decimal was imported already (then no stand-in, and
+        # msgspec not imported yet); a no-op after the line above
         defer_unused_imports(AGENT_DEFERRED_IMPORTS)
     from edgecore.join import JoinError
 

@@ -94,40 +94,26 @@ def defer_platform() -> bool:
     return True
 
 
-STOOD_IN = (("decimal", ("Decimal",)),)
-"""What msgspec's C module takes from `decimal` at import: its value type, to recognise
-it. The agent's messages, pod specs and cache hold none. (msgspec takes `uuid.UUID` and
-`uuid.SafeUUID.unknown` the same way, but paho-mqtt imports `uuid` itself.)"""
-
-
-def import_msgspec_with_stand_ins(importer: Callable[[], object] | None = None) -> list[str]:
-    """Import msgspec with stand-ins for what STOOD_IN names (see the module's
-    docstring), by calling `importer` if given (the agent's start-up defers
-    `msgspec.inspect` and imports msgspec that way). Returns the modules stood in for:
-    none if msgspec is imported already (then nothing is changed, and `importer` is not
-    called), and not one that was imported already."""
-    if "msgspec" in sys.modules:
-        return []
-    stand_ins = {}
-    for module, type_names in STOOD_IN:
-        if module in sys.modules:
-            continue
-        stand_in = ModuleType(module)
-        for type_name in type_names:
-            setattr(stand_in, type_name, type(type_name, (), {
-                "__module__": module, "unknown": None,
-                "__doc__": "What msgspec in the agent knows by this name: never made, "
-                           "never received."}))
-        stand_ins[module] = sys.modules[module] = stand_in
+def import_msgspec_without_decimal(importer: Callable[[], object] | None = None) -> bool:
+    """Import msgspec with a stand-in `decimal` (see the module's docstring), by calling
+    `importer` if given (the agent's start-up defers `msgspec.inspect` and imports msgspec
+    that way); False, and nothing changed, if msgspec or decimal is imported already.
+    (msgspec takes `uuid.UUID` the same way, but paho-mqtt imports `uuid` itself.)"""
+    if "msgspec" in sys.modules or "decimal" in sys.modules:
+        return False
+    stand_in = ModuleType("decimal")
+    stand_in.Decimal = type("Decimal", (), {  # type: ignore[attr-defined]
+        "__module__": "decimal",
+        "__doc__": "What msgspec in the agent knows as Decimal: never made, never received."})
+    sys.modules["decimal"] = stand_in
     try:
         if importer is not None:
             importer()
         import msgspec  # noqa: F401
     finally:
-        for module, stand_in in stand_ins.items():
-            if sys.modules.get(module) is stand_in:
-                del sys.modules[module]
-    return list(stand_ins)
+        if sys.modules.get("decimal") is stand_in:
+            del sys.modules["decimal"]
+    return True
 
 
 _real_idna: ModuleType | None = None
@@ -290,7 +276,8 @@ def lighten_library_imports(import_msgspec: Callable[[], object] | None = None) 
         done.append("datetime")
     if defer_platform():
         done.append("platform")
-    done += import_msgspec_with_stand_ins(import_msgspec)
+    if import_msgspec_without_decimal(import_msgspec):
+        done.append("decimal")
     if ascii_idna_first():
         done.append("encodings.idna")
     return done

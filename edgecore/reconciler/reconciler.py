@@ -1028,21 +1028,18 @@ class Reconciler:
 
     async def _run(self, entry: PodEntry, cid: str, spec: ContainerSpec) -> None:
         async with self._starts:  # PARALLEL_STARTS; after any pull, so none waits on one
-            await self._run_now(entry, cid, spec)
-
-    async def _run_now(self, entry: PodEntry, cid: str, spec: ContainerSpec) -> None:
-        try:
-            async with self._changing(entry.key):
-                await self.runtime.run(cid, spec)
-        except ImagePullError as exc:
-            if spec.pull_policy != "Always" or isinstance(exc, InsufficientDisk):
-                raise
-            # Offline first: a registry we cannot reach must not keep a container
-            # down whose image is already here; IfNotPresent pulls only if missing.
-            log.warning("%s: pull (Always) of %s failed, trying the local copy: %s",
-                        entry.key, spec.image, exc)
-            async with self._changing(entry.key):
-                await self.runtime.run(cid, replace(spec, pull_policy="IfNotPresent"))
+            try:
+                async with self._changing(entry.key):
+                    await self.runtime.run(cid, spec)
+            except ImagePullError as exc:
+                if spec.pull_policy != "Always" or isinstance(exc, InsufficientDisk):
+                    raise
+                # Offline first: a registry we cannot reach must not keep a container
+                # down whose image is already here; IfNotPresent pulls only if missing.
+                log.warning("%s: pull (Always) of %s failed, trying the local copy: %s",
+                            entry.key, spec.image, exc)
+                async with self._changing(entry.key):
+                    await self.runtime.run(cid, replace(spec, pull_policy="IfNotPresent"))
 
     async def _needs_pull(self, spec: ContainerSpec) -> bool:
         """Whether to pull before run() (so the pod can be reported as pulling): only for
